@@ -1,0 +1,112 @@
+"""Config is data: validation helpers and dict/JSON conversion shared by every config dataclass.
+
+Configs are frozen dataclasses. They validate themselves in ``__post_init__`` with the helpers
+here, so every bad value ends in a :class:`~attnlab.errors.ConfigError` that names the field and
+what is allowed. ``config_from_dict`` is the one way TOML files, JSON checkpoints and CLI flags
+become configs: unknown keys and wrong types are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from attnlab.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def check_positive(owner: str, **fields: int | float) -> None:
+    """Raise ConfigError unless every given field is > 0."""
+    for name, value in fields.items():
+        if value <= 0:
+            raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
+
+
+def check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
+    """Raise ConfigError unless low <= value <= high."""
+    if not low <= value <= high:
+        raise ConfigError(f"{owner}.{name} must be in [{low}, {high}], got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Raise ConfigError unless value is one of allowed, listing the allowed values."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed)
+        raise ConfigError(f"{owner}.{name} must be one of {choices}; got {value!r}")
+
+
+def check_divides(owner: str, divisor_name: str, divisor: int, name: str, value: int) -> None:
+    """Raise ConfigError unless divisor divides value."""
+    if value % divisor:
+        raise ConfigError(
+            f"{owner}.{name}={value} must be divisible by {owner}.{divisor_name}={divisor}"
+        )
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain, JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+    """Build ``cls`` from a dict, rejecting unknown keys and values of the wrong type.
+
+    ``source`` names where the dict came from (a file, "--flags") for the error message.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"known keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(cls.__name__, name, value, hints[name]) for name, value in data.items()}
+    return cls(**values)
+
+
+def replace(config: C, **changes: Any) -> C:
+    """A copy of ``config`` with some fields changed, type-checked like ``config_from_dict``."""
+    merged = {**config_to_dict(config), **changes}
+    return config_from_dict(type(config), merged)
+
+
+def _coerce(owner: str, name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type hint; widen int to float and lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(owner, name, value, option)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{owner}.{name} must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        items = [_coerce(owner, name, v, item) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is typing.Literal:
+        check_choice(owner, name, value, typing.get_args(hint))
+        return value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(
+            f"{owner}.{name} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value

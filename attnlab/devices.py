@@ -1,0 +1,84 @@
+"""Devices and dtypes, decided in one place.
+
+Layers never name a device: models are moved with ``.to(device)`` and everything else follows
+the parameters. This module picks the device (cuda -> mps -> cpu), the autocast dtype, and seeds
+every random generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from attnlab.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device named, or the best available one for "auto" (cuda, then mps, then cpu)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but MPS is not available here")
+    return torch.device(name)
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The compute dtype for autocast: bf16 where the hardware runs it fast, else fp32.
+
+    "auto" picks bf16 on CUDA GPUs that support it; on CPUs bf16 autocast is only faster with
+    native bf16 matrix units (AMX / AVX512-BF16), so "auto" keeps fp32 there unless asked.
+    """
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise UserError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and _cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_fast_bf16() -> bool:
+    capability = torch.backends.cpu.get_cpu_capability()  # e.g. "AVX512", "AVX2"
+    if "AMX" in capability:
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """A context manager running matmuls in ``dtype``; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

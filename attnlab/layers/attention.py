@@ -1,0 +1,255 @@
+"""Attention: the one entry point, masks, the KV cache, and multi-head attention.
+
+Dimensions: B batch, Tq query positions, Tk key positions, D model width, H query heads,
+Hkv key/value heads (Hkv divides H: Hkv == H is multi-head, 1 < Hkv < H grouped-query,
+Hkv == 1 multi-query attention), Dh head width.
+
+Boolean masks follow torch's convention everywhere in attnlab: True means "may attend".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.layers.positional import RelativePosition
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    return_weights: bool = False,
+    dropout_p: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q Kᵀ / √d_k + M) V  ("Attention Is All You Need", section 3.2.1).
+
+    q: (B, H, Tq, Dh); k, v: (B, Hkv, Tk, Dh) with Hkv dividing H.
+    mask: boolean (True = may attend) or additive float, broadcastable to (B, H, Tq, Tk).
+    causal: query i may see key j only when j <= i + (Tk - Tq); the queries are the *last* Tq
+        positions, which is what incremental decoding with a KV cache needs.
+    return_weights: take the eager path, which is the equation written out, and also return
+        the attention weights (B, H, Tq, Tk). Otherwise torch's fused kernel computes the same
+        function (flash / memory-efficient attention where available).
+    Returns the output (B, H, Tq, Dh), and the weights when asked.
+    """
+    n_heads, n_kv_heads = q.size(1), k.size(1)
+    if n_kv_heads != n_heads:  # grouped-query: each key/value head serves H / Hkv query heads
+        k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)  # (B, H, Tk, Dh)
+        v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)  # (B, H, Tk, Dh)
+    q_len, k_len = q.size(-2), k.size(-2)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    if not return_weights:
+        if causal and mask is None and q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        if causal and q_len > 1:
+            mask = merge_masks(mask, causal_mask(q_len, k_len, q.device))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+    if causal:
+        mask = merge_masks(mask, causal_mask(q_len, k_len, q.device))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = torch.softmax(scores, dim=-1)
+    out = F.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v  # (B, H, Tq, Dh)
+    return out, weights
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """(Tq, Tk) boolean mask, True on and below the diagonal aligned to the last key."""
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+
+
+def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, 1, 1, T) boolean mask that lets every query attend to the non-pad keys of `tokens`."""
+    return (tokens != pad_id)[:, None, None, :]
+
+
+def merge_masks(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Combine two masks (either may be None, boolean or additive) into one."""
+    if a is None or b is None:
+        return b if a is None else a
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    return _additive(a) + _additive(b)
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype != torch.bool:
+        return mask
+    zeros = torch.zeros(mask.shape, device=mask.device)
+    return zeros.masked_fill(~mask, float("-inf"))
+
+
+class KVCache:
+    """The keys and values one attention layer has seen, for incremental decoding.
+
+    Buffers of shape (B, Hkv, capacity, Dh) are allocated at the first append and doubled when
+    full, so decoding a token costs a copy of one position, not of the whole history.
+    """
+
+    def __init__(self, max_length: int = 0):
+        self.max_length = max_length
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, Hkv, T, Dh) keys and values; return all of them so far, (B, Hkv, S, Dh)."""
+        new_length = self.length + k.size(2)
+        if self.keys is None or new_length > self.keys.size(2):
+            capacity = max(
+                new_length, self.max_length, 2 * (0 if self.keys is None else self.keys.size(2))
+            )
+            self.keys = self._grow(self.keys, k, capacity)
+            self.values = self._grow(self.values, v, capacity)
+        self.keys[:, :, self.length : new_length] = k
+        self.values[:, :, self.length : new_length] = v
+        self.length = new_length
+        return self.keys[:, :, :new_length], self.values[:, :, :new_length]
+
+    def _grow(self, old: torch.Tensor | None, new: torch.Tensor, capacity: int) -> torch.Tensor:
+        buffer = new.new_empty(new.size(0), new.size(1), capacity, new.size(3))
+        if old is not None:
+            buffer[:, :, : self.length] = old[:, :, : self.length]
+        return buffer
+
+    def cached(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys and values so far."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (in that order): beam search calls this after each step."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
+
+
+class HookPoint(nn.Identity):
+    """An identity module marking a tensor that hooks may read or replace.
+
+    Register an ordinary ``register_forward_hook`` on it: the hook receives the tensor as the
+    output. Attention routes its weights through one, and takes the eager path while any hook is
+    attached, so inspection tools see exactly the weights the model used.
+    """
+
+    @property
+    def active(self) -> bool:
+        return bool(self._forward_hooks or self._forward_pre_hooks)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (section 3.2.2) for self, causal and cross attention.
+
+    One (H + 2·Hkv)·Dh-wide input projection holds the query, key and value weights. Self
+    attention applies all of it to x; cross attention applies the query rows to x and the
+    key/value rows to the context (the encoder output), as torch.nn.MultiheadAttention does.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        *,
+        causal: bool = False,
+        cross: bool = False,
+        bias: bool = True,
+        dropout: float = 0.0,
+        relative_position: RelativePosition | None = None,
+    ):
+        super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
+        if d_model % n_heads or n_heads % n_kv_heads:
+            raise ValueError(
+                f"bad heads: d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}"
+            )
+        if causal and cross:
+            raise ValueError("cross attention is never causal")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.causal, self.cross, self.dropout = causal, cross, dropout
+        self.qkv_projection = nn.Linear(
+            d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias
+        )
+        self.output_projection = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.relative_position = relative_position
+        self.attention_weights = HookPoint()
+        self.backend = "fused"  # "eager" forces the written-out equation
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x: (B, Tq, D); context: (B, Tk, D) for cross attention; mask as in the entry point.
+
+        With a cache, x holds only the new positions; keys and values of earlier ones come from
+        the cache (for cross attention, the context is projected once and then reused).
+        """
+        batch, q_len, _ = x.shape
+        q_width = self.n_heads * self.head_dim
+        offset = cache.length if cache is not None and not self.cross else 0
+        if self.cross:
+            q = F.linear(
+                x, self.qkv_projection.weight[:q_width], _rows(self.qkv_projection.bias, 0, q_width)
+            )
+            if cache is not None and cache.length:
+                k, v = cache.cached()
+            else:
+                kv = F.linear(
+                    context,
+                    self.qkv_projection.weight[q_width:],
+                    _rows(self.qkv_projection.bias, q_width, None),
+                )
+                k, v = self._split_heads(kv, 2 * self.n_kv_heads).chunk(
+                    2, dim=1
+                )  # (B, Hkv, Tk, Dh)
+                if cache is not None:
+                    k, v = cache.append(k, v)
+            q = self._split_heads(q, self.n_heads)  # (B, H, Tq, Dh)
+        else:
+            qkv = self._split_heads(self.qkv_projection(x), self.n_heads + 2 * self.n_kv_heads)
+            q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+            if self.relative_position is not None:
+                q, k = self.relative_position.rotate(q, k, offset)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, Hkv, S, Dh), S = all positions so far
+        if self.relative_position is not None:
+            mask = merge_masks(mask, self.relative_position.bias(q_len, k.size(2), offset))
+        out = self._attend(q, k, v, mask)  # (B, H, Tq, Dh)
+        out = out.transpose(1, 2).reshape(batch, q_len, q_width)  # (B, Tq, H·Dh)
+        return self.output_projection(out)
+
+    def _attend(self, q, k, v, mask):
+        dropout = self.dropout if self.training else 0.0
+        if self.backend == "eager" or self.attention_weights.active:
+            out, weights = scaled_dot_product_attention(
+                q, k, v, mask, self.causal, return_weights=True, dropout_p=dropout
+            )
+            self.attention_weights(weights)
+            return out
+        return scaled_dot_product_attention(q, k, v, mask, self.causal, dropout_p=dropout)
+
+    def _split_heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, n_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, Dh)
+
+    def new_cache(self, max_length: int = 0) -> KVCache:
+        return KVCache(0 if self.cross else max_length)
+
+
+def _rows(bias: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
+    return None if bias is None else bias[start:stop]

@@ -1,0 +1,73 @@
+"""Position-wise feed-forward networks (section 3.3), plain and gated.
+
+FeedForward: down(act(up(x))), the paper's FFN(x) = max(0, xW1 + b1)W2 + b2 with ReLU, or GELU
+as in GPT/BERT. GatedFeedForward: down(act(gate(x)) * up(x)), the GLU variants of Shazeer 2020
+(SwiGLU with SiLU, GEGLU with GELU), used by Llama-style models.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
+    "silu": F.silu,
+}
+GATED = {"swiglu": "silu", "geglu": "gelu"}
+FEEDFORWARDS = (*ACTIVATIONS, *GATED)
+
+
+class FeedForward(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "gelu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.activation_name = activation
+        self.activation = ACTIVATIONS[activation]
+        self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_projection = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_projection(self.dropout(self.activation(self.up_projection(x))))
+
+
+class GatedFeedForward(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "silu",
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.activation = ACTIVATIONS[activation]
+        self.gate_projection = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_projection = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.activation(self.gate_projection(x)) * self.up_projection(x)
+        return self.down_projection(self.dropout(hidden))
+
+
+def make_feedforward(
+    kind: str, d_model: int, d_ff: int, *, bias: bool = True, dropout: float = 0.0
+) -> nn.Module:
+    """A feed-forward network by activation name: relu, gelu, gelu_tanh, silu, swiglu, geglu."""
+    if kind in GATED:
+        return GatedFeedForward(d_model, d_ff, GATED[kind], bias=bias, dropout=dropout)
+    if kind in ACTIVATIONS:
+        return FeedForward(d_model, d_ff, kind, bias=bias, dropout=dropout)
+    raise ValueError(f"unknown activation {kind!r}; choose one of {', '.join(FEEDFORWARDS)}")

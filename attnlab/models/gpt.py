@@ -1,0 +1,211 @@
+"""GPT: a decoder-only transformer language model (Radford et al. 2018, 2019).
+
+Dimensions: B batch, T positions, D model width, V vocabulary size.
+
+Token embeddings (+ absolute positions) -> n_layers pre-norm causal blocks -> final norm ->
+a linear head to V logits, tied to the token embedding by default (Press & Wolf 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.config import check_choice, check_divides, check_positive, check_range
+from attnlab.layers import (
+    ALiBi,
+    DecodingCache,
+    LearnedPositionalEmbedding,
+    MultiHeadAttention,
+    ResidualBlock,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    make_feedforward,
+    make_norm,
+)
+from attnlab.layers.feedforward import FEEDFORWARDS
+from attnlab.layers.normalization import NORMS
+
+POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
+IGNORE_INDEX = -100  # targets with this value add nothing to the loss
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257  # tokens in the vocabulary
+    context_length: int = 1024  # most positions the model reads at once
+    n_layers: int = 12  # residual blocks
+    n_heads: int = 12  # query heads per attention layer
+    n_kv_heads: int | None = None  # key/value heads; None = n_heads, fewer = grouped-query
+    d_model: int = 768  # residual stream width
+    d_ff: int | None = None  # feed-forward hidden width; None = 4 * d_model
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    positional: str = "learned"  # learned | sinusoidal | rope | alibi | none
+    activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | silu | swiglu | geglu
+    bias: bool = True  # biases in linear layers and LayerNorm
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    tie_weights: bool = True  # output head shares the token embedding matrix
+    rope_base: float = 10000.0  # RoPE frequency base
+
+    def __post_init__(self):
+        name = "GPTConfig"
+        check_positive(
+            name,
+            vocab_size=self.vocab_size,
+            context_length=self.context_length,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_model=self.d_model,
+            norm_eps=self.norm_eps,
+        )
+        if self.n_kv_heads is not None:
+            check_positive(name, n_kv_heads=self.n_kv_heads)
+            check_divides(name, "n_kv_heads", self.n_kv_heads, "n_heads", self.n_heads)
+        if self.d_ff is not None:
+            check_positive(name, d_ff=self.d_ff)
+        check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)
+        check_choice(name, "norm", self.norm, NORMS)
+        check_choice(name, "positional", self.positional, POSITIONALS)
+        check_choice(name, "activation", self.activation, FEEDFORWARDS)
+        check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"{name}.positional='rope' needs an even head width, got {self.head_dim}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+
+def _gpt2(n_layers: int, n_heads: int, d_model: int) -> GPTConfig:
+    return GPTConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": _gpt2(12, 12, 768),  # 124M
+    "gpt2-medium": _gpt2(24, 16, 1024),  # 350M
+    "gpt2-large": _gpt2(36, 20, 1280),  # 774M
+    "gpt2-xl": _gpt2(48, 25, 1600),  # 1558M
+    # The classic CPU "baby GPT": trains on a laptop in minutes.
+    "tiny": GPTConfig(vocab_size=256, context_length=64, n_layers=4, n_heads=4, d_model=128),
+}
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
+        self.position_embedding = {
+            "learned": lambda: LearnedPositionalEmbedding(c.context_length, c.d_model),
+            "sinusoidal": lambda: SinusoidalPositionalEncoding(c.context_length, c.d_model),
+        }.get(c.positional, lambda: None)()
+        self.dropout = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(self._block() for _ in range(c.n_layers))
+        self.final_norm = make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)
+        self.output_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_weights:
+            self.output_head.weight = self.token_embedding.weight
+        self.reset_parameters()
+
+    def _block(self) -> ResidualBlock:
+        c = self.config
+        relative = {
+            "rope": lambda: RotaryEmbedding(c.head_dim, c.rope_base),
+            "alibi": lambda: ALiBi(c.n_heads),
+        }.get(c.positional, lambda: None)()
+        attention = MultiHeadAttention(
+            c.d_model,
+            c.n_heads,
+            c.n_kv_heads,
+            causal=True,
+            bias=c.bias,
+            dropout=c.dropout,
+            relative_position=relative,
+        )
+        feedforward = make_feedforward(
+            c.activation, c.d_model, c.ff_width, bias=c.bias, dropout=c.dropout
+        )
+        norm = lambda: make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)  # noqa: E731
+        return ResidualBlock(attention, feedforward, norm, dropout=c.dropout)
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and the projections that write
+        into the residual stream scaled by 1/√(2·n_layers), so the stream's variance does not grow
+        with depth (GPT-2 paper, section 2.3)."""
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
+            elif param.dim() == 1:  # norm gains
+                nn.init.ones_(param)
+            elif name.endswith(("output_projection.weight", "down_projection.weight")):
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(param, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: DecodingCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) token ids; targets: (B, T) next-token ids (IGNORE_INDEX to skip).
+
+        Returns logits (B, T, V) and the mean cross-entropy loss (None without targets). With a
+        cache, idx holds only the tokens after those the cache has seen.
+        """
+        _, length = idx.shape
+        offset = cache.position if cache is not None else 0
+        if offset + length > self.config.context_length:
+            raise ValueError(
+                f"{offset + length} positions exceed the context length "
+                f"{self.config.context_length}"
+            )
+        x = self.token_embedding(idx)  # (B, T, D)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(length, offset)
+        x = self.dropout(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=cache.blocks[i] if cache is not None else None)
+        logits = self.output_head(self.final_norm(x))  # (B, T, V)
+        if cache is not None:
+            cache.position += length
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss
+
+    def new_cache(self, max_length: int | None = None) -> DecodingCache:
+        """An empty decoding cache with room for max_length positions (default: the context)."""
+        max_length = max_length or self.config.context_length
+        return DecodingCache([block.new_cache(max_length) for block in self.blocks])
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tied head counts once), optionally without embedding tables."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.token_embedding.weight.numel()
+            if isinstance(self.position_embedding, LearnedPositionalEmbedding):
+                total -= self.position_embedding.weight.numel()
+        return total
+
+    def flops_per_token(self, sequence_length: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward): 6·N + 12·L·T·D (Kaplan et al. 2020;
+        PaLM appendix B), N = weights used in matrix products (the head included, the embedding
+        lookups not), and 12·L·T·D for the attention scores and the weighted sum of values."""
+        c = self.config
+        length = sequence_length or c.context_length
+        matmul_params = self.num_parameters(exclude_embeddings=True) + c.vocab_size * c.d_model
+        return 6 * matmul_params + 12 * c.n_layers * length * c.n_heads * c.head_dim

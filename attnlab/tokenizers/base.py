@@ -1,0 +1,104 @@
+"""The tokenizer interface every tokenizer keeps, and JSON save/load.
+
+A tokenizer maps text to integer ids and back. Special tokens (``<|endoftext|>``, ``<pad>``,
+...) have ids after the ordinary vocabulary; ``encode`` treats its input as plain text, so a
+special token is only ever produced on purpose, by looking up its id.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from attnlab.errors import UserError
+from attnlab.files import atomic_write_json, read_json
+
+
+class Tokenizer(ABC):
+    kind: ClassVar[str]  # the "type" field in the saved JSON
+
+    def __init__(self, base_vocab_size: int, special_tokens: Iterable[str] = ()):
+        special_tokens = list(special_tokens)
+        if len(set(special_tokens)) != len(special_tokens):
+            raise ValueError(f"duplicate special tokens in {special_tokens}")
+        self.special_tokens: dict[str, int] = {
+            token: base_vocab_size + i for i, token in enumerate(special_tokens)
+        }
+        self._special_by_id = {i: t for t, i in self.special_tokens.items()}
+        self._base_vocab_size = base_vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Ordinary tokens plus special tokens: the model's V."""
+        return self._base_vocab_size + len(self.special_tokens)
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`, read as plain text."""
+
+    @abstractmethod
+    def _decode_ordinary(self, ids: list[int]) -> str:
+        """Text of ids below the base vocabulary size."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; special tokens appear as their names. Unknown ids raise ValueError."""
+        pieces, run = [], []
+        for i in ids:
+            i = int(i)
+            if 0 <= i < self._base_vocab_size:
+                run.append(i)
+            elif i in self._special_by_id:
+                pieces += [self._decode_ordinary(run), self._special_by_id[i]]
+                run = []
+            else:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+        pieces.append(self._decode_ordinary(run))
+        return "".join(pieces)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "special_tokens": list(self.special_tokens)}
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer: ...
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+# type name -> "module:class", imported on first use.
+TOKENIZER_TYPES = {
+    "char": "attnlab.tokenizers.char:CharTokenizer",
+    "byte": "attnlab.tokenizers.byte:ByteTokenizer",
+    "bpe": "attnlab.tokenizers.bpe:BPETokenizer",
+}
+
+
+def tokenizer_class(kind: str) -> type[Tokenizer]:
+    if kind not in TOKENIZER_TYPES:
+        raise UserError(
+            f"unknown tokenizer type {kind!r}; known types: {', '.join(TOKENIZER_TYPES)}"
+        )
+    module, name = TOKENIZER_TYPES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load any saved tokenizer; its "type" field picks the class."""
+    data = read_json(path, "tokenizer file")
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind not in TOKENIZER_TYPES:
+        raise UserError(
+            f"tokenizer file {path} has unknown type {kind!r}; "
+            f"known types: {', '.join(TOKENIZER_TYPES)}"
+        )
+    try:
+        return tokenizer_class(kind).from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"tokenizer file {path} is malformed: {error}") from None

@@ -1,0 +1,28 @@
+"""Byte-level tokenizer: the 256 byte values of the UTF-8 encoding are the vocabulary.
+
+Any text encodes; decoding any id sequence gives text, with invalid UTF-8 replaced by U+FFFD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from attnlab.tokenizers.base import Tokenizer
+
+
+class ByteTokenizer(Tokenizer):
+    kind = "byte"
+
+    def __init__(self, special_tokens: Iterable[str] = ()):
+        super().__init__(256, special_tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _decode_ordinary(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ByteTokenizer:
+        return cls(data.get("special_tokens", ()))

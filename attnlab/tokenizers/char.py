@@ -1,0 +1,45 @@
+"""Character-level tokenizer: one id per distinct character of a training text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from attnlab.errors import UserError
+from attnlab.tokenizers.base import Tokenizer
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str], special_tokens: Iterable[str] = ()):
+        self.chars = list(chars)
+        super().__init__(len(self.chars), special_tokens)
+        self._ids = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str, special_tokens: Iterable[str] = ()) -> CharTokenizer:
+        """The vocabulary is the sorted set of characters in `text`."""
+        if not text:
+            raise UserError("cannot build a character tokenizer from empty text")
+        return cls(sorted(set(text)), special_tokens)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError:
+            unseen = sorted({c for c in text if c not in self._ids})
+            raise UserError(
+                f"text has {len(unseen)} character(s) the tokenizer never saw: "
+                + " ".join(repr(c) for c in unseen[:20])
+            ) from None
+
+    def _decode_ordinary(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "chars": "".join(self.chars)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
+        return cls(data["chars"], data.get("special_tokens", ()))

@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Shared datasets: $ATTNLAB_DATA, else ../shared/data beside the repository."""
+    return Path(os.environ.get("ATTNLAB_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    path = data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared datasets not found at {path} (set ATTNLAB_DATA)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,147 @@
+import pytest
+import torch
+from torch import nn
+
+from attnlab.layers import (
+    MultiHeadAttention,
+    causal_mask,
+    padding_mask,
+    scaled_dot_product_attention,
+)
+from attnlab.layers.attention import KVCache
+
+TOL = 1e-5
+
+
+def qkv(batch=2, heads=4, kv_heads=4, q_len=7, k_len=7, dim=8):
+    return (
+        torch.randn(batch, heads, q_len, dim),
+        torch.randn(batch, kv_heads, k_len, dim),
+        torch.randn(batch, kv_heads, k_len, dim),
+    )
+
+
+def both_paths(q, k, v, **kwargs):
+    eager, weights = scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
+    fused = scaled_dot_product_attention(q, k, v, **kwargs)
+    return eager, fused, weights
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_eager_equals_fused_without_mask(causal, kv_heads):
+    eager, fused, weights = both_paths(*qkv(kv_heads=kv_heads), causal=causal)
+    assert (eager - fused).abs().max() < TOL
+    assert torch.allclose(weights.sum(-1), torch.ones(()))
+
+
+def test_eager_is_the_equation():
+    q, k, v = qkv()
+    expected = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v
+    eager, _ = scaled_dot_product_attention(q, k, v, return_weights=True)
+    assert (eager - expected).abs().max() < TOL
+
+
+def test_eager_equals_fused_with_masks():
+    q, k, v = qkv(q_len=5, k_len=9)
+    tokens = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
+    boolean = padding_mask(tokens, pad_id=0)
+    additive = torch.randn(1, 4, 5, 9)
+    for mask in (
+        boolean,
+        additive,
+        boolean & (torch.rand(2, 4, 5, 9) > 0.3) | torch.eye(5, 9, dtype=torch.bool),
+    ):
+        eager, fused, weights = both_paths(q, k, v, mask=mask)
+        assert (eager - fused).abs().max() < TOL
+    eager, fused, weights = both_paths(q, k, v, mask=boolean, causal=True)
+    assert (eager - fused).abs().max() < TOL
+    assert weights[1, :, :, 6:].abs().max() == 0  # padded keys get no weight
+
+
+def test_causal_with_fewer_queries_aligns_to_the_last_keys():
+    q, k, v = qkv(q_len=3, k_len=8)
+    eager, fused, weights = both_paths(q, k, v, causal=True)
+    assert (eager - fused).abs().max() < TOL
+    assert torch.equal(weights[0, 0] > 0, causal_mask(3, 8))
+    assert causal_mask(3, 8)[0].tolist() == [True] * 6 + [False] * 2
+
+
+def copy_to_torch_mha(
+    ours: MultiHeadAttention, d_model: int, n_heads: int
+) -> nn.MultiheadAttention:
+    reference = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(ours.qkv_projection.weight)
+        reference.in_proj_bias.copy_(ours.qkv_projection.bias)
+        reference.out_proj.weight.copy_(ours.output_projection.weight)
+        reference.out_proj.bias.copy_(ours.output_projection.bias)
+    return reference.eval()
+
+
+@pytest.mark.parametrize("backend", ["fused", "eager"])
+def test_self_attention_matches_torch_multihead_attention(backend):
+    ours = MultiHeadAttention(32, 4, causal=True).eval()
+    ours.backend = backend
+    reference = copy_to_torch_mha(ours, 32, 4)
+    x = torch.randn(3, 10, 32)
+    tokens = torch.ones(3, 10, dtype=torch.long)
+    tokens[1, 7:] = 0
+    expected, _ = reference(
+        x, x, x, attn_mask=~causal_mask(10, 10), key_padding_mask=tokens == 0, need_weights=False
+    )
+    got = ours(x, mask=padding_mask(tokens, 0))
+    assert (got - expected).abs().max() < TOL
+
+
+def test_cross_attention_matches_torch_multihead_attention():
+    ours = MultiHeadAttention(32, 4, cross=True).eval()
+    reference = copy_to_torch_mha(ours, 32, 4)
+    x, memory = torch.randn(2, 5, 32), torch.randn(2, 11, 32)
+    source = torch.ones(2, 11, dtype=torch.long)
+    source[0, 8:] = 0
+    expected, _ = reference(x, memory, memory, key_padding_mask=source == 0, need_weights=False)
+    got = ours(x, context=memory, mask=padding_mask(source, 0))
+    assert (got - expected).abs().max() < TOL
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_kv_cache_decoding_equals_full_pass(kv_heads):
+    attention = MultiHeadAttention(32, 4, kv_heads, causal=True).eval()
+    x = torch.randn(2, 9, 32)
+    full = attention(x)
+    cache = KVCache(max_length=4)  # smaller than needed: exercises buffer growth
+    steps = [attention(x[:, :5], cache=cache)] + [
+        attention(x[:, t : t + 1], cache=cache) for t in range(5, 9)
+    ]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < TOL
+    assert cache.length == 9
+
+
+def test_cross_attention_cache_projects_context_once():
+    attention = MultiHeadAttention(16, 2, cross=True).eval()
+    memory = torch.randn(1, 6, 16)
+    cache = attention.new_cache()
+    first = attention(torch.randn(1, 1, 16), context=memory, cache=cache)
+    assert cache.length == 6 and first.shape == (1, 1, 16)
+    x = torch.randn(1, 1, 16)
+    assert torch.allclose(attention(x, context=None, cache=cache), attention(x, context=memory))
+
+
+def test_hook_point_captures_the_weights_used():
+    attention = MultiHeadAttention(16, 2, causal=True).eval()
+    captured = []
+    handle = attention.attention_weights.register_forward_hook(lambda m, i, o: captured.append(o))
+    x = torch.randn(1, 5, 16)
+    out = attention(x)
+    handle.remove()
+    assert captured[0].shape == (1, 2, 5, 5)
+    assert torch.all(captured[0].triu(1) == 0)
+    assert (out - attention(x)).abs().max() < TOL  # fused path without the hook: same output
+
+
+def test_bad_head_counts_are_rejected():
+    with pytest.raises(ValueError):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ValueError):
+        MultiHeadAttention(32, 4, 3)

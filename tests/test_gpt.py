@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from attnlab.errors import ConfigError
+from attnlab.models.gpt import GPT, PRESETS, GPTConfig
+
+TINY = dict(vocab_size=50, context_length=16, n_layers=2, n_heads=4, d_model=32)
+
+
+def tiny(**overrides) -> GPT:
+    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.mark.parametrize(
+    "fields, names",
+    [
+        (dict(d_model=30), ["d_model", "n_heads"]),
+        (dict(n_kv_heads=3), ["n_kv_heads", "n_heads"]),
+        (dict(n_layers=0), ["n_layers"]),
+        (dict(vocab_size=-1), ["vocab_size"]),
+        (dict(positional="absolute"), ["positional", "'rope'", "'alibi'"]),
+        (dict(norm="batchnorm"), ["norm", "'rmsnorm'"]),
+        (dict(activation="tanh"), ["activation", "'swiglu'"]),
+        (dict(dropout=1.5), ["dropout"]),
+    ],
+)
+def test_bad_configs_name_the_field_and_the_allowed_values(fields, names):
+    with pytest.raises(ValueError) as error:
+        GPTConfig(**{**TINY, **fields})
+    assert isinstance(error.value, ConfigError)
+    for name in names:
+        assert name in str(error.value)
+
+
+VARIANTS = [
+    dict(),
+    dict(positional="sinusoidal", norm="rmsnorm", activation="swiglu", bias=False),
+    dict(positional="rope", n_kv_heads=2),
+    dict(positional="alibi", n_kv_heads=1, tie_weights=False),
+    dict(positional="none", activation="relu"),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_changing_a_future_token_never_changes_earlier_logits(variant):
+    model = tiny(**variant)
+    idx = torch.randint(0, 50, (2, 12))
+    logits, _ = model(idx)
+    for t in (0, 5, 11):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 50
+        new_logits, _ = model(changed)
+        assert torch.allclose(new_logits[:, :t], logits[:, :t], atol=1e-6)
+        assert not torch.allclose(new_logits[:, t], logits[:, t])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_decoding_equals_full_recompute(variant):
+    model = tiny(**variant)
+    idx = torch.randint(0, 50, (2, 14))
+    full, _ = model(idx)
+    cache = model.new_cache()
+    steps = [model(idx[:, :6], cache=cache)[0]]
+    steps += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(6, 14)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
+    assert cache.position == 14
+
+
+def test_loss_at_initialisation_is_about_ln_vocab():
+    model = GPT(GPTConfig(vocab_size=512, context_length=32, n_layers=2, n_heads=2, d_model=64))
+    idx, targets = torch.randint(0, 512, (2, 8, 32))  # independent: tied weights favour idx itself
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(512)) < 0.1
+
+
+def test_tiny_gpt_overfits_one_batch():
+    model = tiny().train()
+    idx = torch.randint(0, 50, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def test_ignored_targets_do_not_count():
+    model = tiny()
+    idx = torch.randint(0, 50, (2, 8))
+    targets = idx.clone()
+    targets[:, 4:] = -100
+    _, partial = model(idx, targets)
+    logits, _ = model(idx)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].flatten(0, 1), idx[:, :4].flatten())
+    assert torch.allclose(partial, expected, atol=1e-6)
+
+
+def test_gpt2_preset_sizes():
+    with torch.device("meta"):
+        small = GPT(PRESETS["gpt2"])
+        xl = GPT(PRESETS["gpt2-xl"])
+    assert small.num_parameters() == 124_439_808  # GPT-2 small, tied head counted once
+    assert 1.55e9 < xl.num_parameters() < 1.56e9
+    n = small.num_parameters(exclude_embeddings=True) + 50257 * 768
+    assert small.flops_per_token(1024) == 6 * n + 12 * 12 * 1024 * 768
+
+
+def test_too_long_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="context length 16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))

@@ -1,0 +1,72 @@
+import torch
+from torch import nn
+
+from attnlab.layers import MultiHeadAttention, ResidualBlock, make_feedforward, make_norm
+from attnlab.layers.normalization import RMSNorm
+
+
+def test_layernorm_without_bias_has_no_bias():
+    assert make_norm("layernorm", 8, bias=False).bias is None
+
+
+def test_rmsnorm_formula():
+    x = torch.randn(3, 8)
+    norm = RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2, 8))
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+
+
+def test_swiglu_is_gated():
+    ff = make_feedforward("swiglu", 8, 16, bias=False)
+    x = torch.randn(2, 8)
+    expected = ff.down_projection(
+        torch.nn.functional.silu(ff.gate_projection(x)) * ff.up_projection(x)
+    )
+    assert torch.allclose(ff(x), expected)
+    assert ff.up_projection.bias is None
+
+
+def test_relu_feedforward_is_the_paper_ffn():
+    ff = make_feedforward("relu", 8, 32)
+    x = torch.randn(4, 8)
+    expected = ff.down_projection(torch.relu(ff.up_projection(x)))
+    assert torch.allclose(ff(x), expected)
+
+
+def test_post_norm_block_matches_torch_encoder_layer():
+    d_model, heads = 16, 4
+    reference = nn.TransformerEncoderLayer(d_model, heads, 32, dropout=0.0, batch_first=True).eval()
+    attention = MultiHeadAttention(d_model, heads)
+    block = ResidualBlock(
+        attention,
+        make_feedforward("relu", d_model, 32),
+        lambda: nn.LayerNorm(d_model),
+        prenorm=False,
+    ).eval()
+    with torch.no_grad():
+        attention.qkv_projection.weight.copy_(reference.self_attn.in_proj_weight)
+        attention.qkv_projection.bias.copy_(reference.self_attn.in_proj_bias)
+        attention.output_projection.load_state_dict(reference.self_attn.out_proj.state_dict())
+        block.feedforward.up_projection.load_state_dict(reference.linear1.state_dict())
+        block.feedforward.down_projection.load_state_dict(reference.linear2.state_dict())
+        block.mixer_norm.load_state_dict(reference.norm1.state_dict())
+        block.feedforward_norm.load_state_dict(reference.norm2.state_dict())
+    x = torch.randn(2, 6, d_model)
+    assert (block(x) - reference(x)).abs().max() < 1e-5
+
+
+def test_pre_norm_block_is_residual():
+    block = ResidualBlock(
+        MultiHeadAttention(8, 2), make_feedforward("gelu", 8, 16), lambda: nn.LayerNorm(8)
+    )
+    for p in (
+        block.token_mixer.output_projection.weight,
+        block.token_mixer.output_projection.bias,
+        block.feedforward.down_projection.weight,
+        block.feedforward.down_projection.bias,
+    ):
+        nn.init.zeros_(p)
+    x = torch.randn(2, 5, 8)
+    assert torch.equal(block(x), x)  # zeroed branches leave the residual stream untouched

@@ -1,0 +1,66 @@
+import math
+
+import torch
+
+from attnlab.layers import (
+    ALiBi,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+)
+from attnlab.layers.positional import alibi_slopes
+
+
+def test_sinusoidal_values_match_the_formula():
+    d_model, table = 16, SinusoidalPositionalEncoding(50, 16)(50)
+    for pos in (0, 1, 7, 49):
+        for i in range(d_model // 2):
+            angle = pos / 10000 ** (2 * i / d_model)
+            assert math.isclose(table[pos, 2 * i].item(), math.sin(angle), abs_tol=1e-6)
+            assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-6)
+
+
+def test_sinusoidal_offset_continues_the_table():
+    encoding = SinusoidalPositionalEncoding(20, 8)
+    assert torch.equal(encoding(3, offset=5), encoding(20)[5:8])
+
+
+def test_learned_embedding_rejects_positions_past_the_table():
+    import pytest
+
+    with pytest.raises(ValueError, match="context length"):
+        LearnedPositionalEmbedding(8, 4)(5, offset=4)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rope = RotaryEmbedding(16)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        rq, _ = rope.rotate(q, q, m)
+        _, rk = rope.rotate(k, k, n)
+        return (rq * rk).sum().item()
+
+    for m, n in [(3, 1), (10, 5), (40, 0)]:
+        for shift in (1, 7, 100):
+            assert math.isclose(
+                score(m, n), score(m + shift, n + shift), rel_tol=1e-4, abs_tol=1e-4
+            )
+    assert not math.isclose(score(3, 1), score(9, 1), rel_tol=1e-3)
+
+
+def test_rope_keeps_norms_and_leaves_position_zero_alone():
+    rope = RotaryEmbedding(8)
+    x = torch.randn(2, 3, 5, 8)
+    rotated, _ = rope.rotate(x, x, 4)
+    assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    at_zero, _ = rope.rotate(x[:, :, :1], x[:, :, :1], 0)
+    assert torch.allclose(at_zero, x[:, :, :1])
+
+
+def test_alibi_slopes_and_bias():
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    assert len(alibi_slopes(6)) == 6 and torch.all(alibi_slopes(6) > 0)
+    bias = ALiBi(2).bias(2, 4, offset=2)  # queries at positions 2, 3
+    assert bias.shape == (2, 2, 4)
+    assert torch.allclose(bias[0, 1], -torch.tensor([3.0, 2.0, 1.0, 0.0]) * 2**-4)

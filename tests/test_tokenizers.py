@@ -1,0 +1,61 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnlab.errors import UserError
+from attnlab.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+
+
+@given(st.text())
+def test_byte_tokenizer_round_trips_any_unicode(text):
+    tokenizer = ByteTokenizer()
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@given(st.text(min_size=1))
+def test_char_tokenizer_round_trips_its_alphabet(text):
+    tokenizer = CharTokenizer.from_text(text)
+    ids = tokenizer.encode(text)
+    assert len(ids) == len(text) and max(ids) < tokenizer.vocab_size
+    assert tokenizer.decode(ids) == text
+
+
+@given(st.lists(st.integers(0, 255)))
+def test_byte_decode_never_fails(ids):
+    assert isinstance(ByteTokenizer().decode(ids), str)
+
+
+def test_special_tokens_come_after_the_vocabulary(tmp_path):
+    tokenizer = CharTokenizer.from_text("<pad>", special_tokens=["<|endoftext|>", "<pad>"])
+    assert tokenizer.vocab_size == 7
+    assert tokenizer.special_tokens == {"<|endoftext|>": 5, "<pad>": 6}
+    assert tokenizer.decode([0, 5, 1]) == "<<|endoftext|>>"
+    assert tokenizer.encode("<pad>") == [0, 4, 2, 3, 1]  # plain text never becomes a special token
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tokenizer.decode([7])
+
+
+def test_unseen_characters_are_named():
+    with pytest.raises(UserError, match="'z'"):
+        CharTokenizer.from_text("abc").encode("abz")
+
+
+@pytest.mark.parametrize(
+    "tokenizer", [CharTokenizer.from_text("hello, wörld ✓", ["<|eot|>"]), ByteTokenizer(["<pad>"])]
+)
+def test_save_load_round_trip(tmp_path, tokenizer):
+    tokenizer.save(tmp_path / "tok.json")
+    loaded = load_tokenizer(tmp_path / "tok.json")
+    assert type(loaded) is type(tokenizer) and loaded.to_dict() == tokenizer.to_dict()
+    assert loaded.encode("hello") == tokenizer.encode("hello")
+
+
+def test_bad_tokenizer_files_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_tokenizer(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_tokenizer(tmp_path / "bad.json")
+    (tmp_path / "odd.json").write_text('{"type": "sentencepiece"}')
+    with pytest.raises(UserError, match="unknown type"):
+        load_tokenizer(tmp_path / "odd.json")
