@@ -14,17 +14,27 @@ from attnlab.errors import UserError
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a temporary file beside `path`, then rename it over: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write_files(path.parent, {path.name: data})
+
+
+def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write several files into `directory`: all to temporary names first, then rename them in
+    order. A crash while writing leaves the old files untouched; the renames take microseconds."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for name, data in files.items():
+            fd, temporary[name] = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for name, tmp in temporary.items():
+            os.replace(tmp, directory / name)
+    finally:
+        for tmp in temporary.values():
+            Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -23,3 +23,9 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache(tmp_path_factory):
+    """Token caches go to a temporary directory, never the user's."""
+    os.environ["ATTNLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -13,7 +13,7 @@ import sys
 
 from attnlab.errors import UserError
 
-COMMANDS = ("tokenize",)
+COMMANDS = ("train", "sample", "evaluate", "tokenize")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -102,3 +102,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return tokenizer_class(kind).from_dict(data)
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"tokenizer file {path} is malformed: {error}") from None
+
+
+def build_tokenizer(spec: str, texts: list[str]) -> Tokenizer:
+    """A tokenizer by spec, fitted to `texts` where it learns: "char", "byte" or "bpe:N"."""
+    kind, _, size = spec.partition(":")
+    if kind == "char" and not size:
+        return tokenizer_class("char").from_text("".join(texts))
+    if kind == "byte" and not size:
+        return tokenizer_class("byte")()
+    if kind == "bpe" and size.isdigit():
+        return tokenizer_class("bpe").train(texts, int(size), special_tokens=["<|endoftext|>"])
+    raise UserError(f"unknown tokenizer {spec!r}; choose char, byte or bpe:N (N = vocabulary size)")

@@ -1,0 +1,65 @@
+"""`attnlab evaluate CKPT --data PATH`: loss, perplexity and bits per byte of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from attnlab.cli.options import resolve_data_path
+from attnlab.data.text import TextSplits, corpus_text
+from attnlab.devices import pick_device
+from attnlab.errors import UserError
+from attnlab.evaluation.evaluate import evaluate_language_model
+from attnlab.training.checkpoints import load_checkpoint
+
+SPLITS = ("val", "train", "all")
+
+
+def register(subparsers) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        formatter_class=HelpFormatter,
+        help="score a checkpoint on data",
+        description="Loss (nats/token), perplexity and bits per byte of a language model over "
+        "every window of a split.\nexample: attnlab evaluate runs/gpt --data input.txt",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
+    parser.add_argument(
+        "--data", required=True, metavar="PATH", help="text file, directory, DIR:GLOB or 'stdlib'"
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="val",
+        help="which part: the last 10%% (val), the first 90%% (train), or all",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=evaluate)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    model, tokenizer = load_checkpoint(args.checkpoint, pick_device(args.device))
+    tokens = np.asarray(tokenizer.encode(corpus_text(resolve_data_path(args.data))))
+    splits = TextSplits.from_tokens(tokens)
+    chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
+    if len(chosen) <= model.config.context_length:
+        raise UserError(
+            f"the {args.split} split has {len(chosen)} tokens, fewer than one "
+            f"window of {model.config.context_length + 1}"
+        )
+    result = evaluate_language_model(model, chosen, tokenizer, args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("loss", "perplexity", "bits_per_byte"):
+            print(f"{key:>14}  {result[key]:.4f}")
+        print(f"{'tokens':>14}  {result['tokens']:,}\n{'bytes':>14}  {result['bytes']:,}")
+    return 0

@@ -1,0 +1,122 @@
+"""Config dataclasses as command-line options and TOML sections.
+
+Every field of a config becomes a flag (``n_layers`` -> ``--n-layers``) whose help is the
+field's trailing comment in the dataclass source, so the comment is the one description. Values
+come, lowest priority first, from the dataclass defaults, a TOML file, then the flags given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from attnlab.config import config_from_dict
+from attnlab.errors import UserError
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field line in a dataclass's source."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+):[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field; flags not given stay absent from the namespace (argparse.SUPPRESS)."""
+    group = parser.add_argument_group(title)
+    comments = field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{comments.get(field.name, '')} (default: {field.default})".strip()
+        hint = hints[field.name]
+        if hint is bool:
+            group.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag,
+                type=_parser_for(hint),
+                default=argparse.SUPPRESS,
+                metavar=field.name.upper(),
+                help=help_text,
+            )
+
+
+def _parser_for(hint: Any):
+    options = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    base = options[0]
+
+    def parse(text: str):
+        if text.lower() == "none" and type(None) in typing.get_args(hint):
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+
+    parse.__name__ = base.__name__  # argparse names the type in its error message
+    return parse
+
+
+def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` that were given as flags."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def read_toml(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def build_config(cls: type, *layers: dict[str, Any], source: str) -> Any:
+    """A config from dicts merged left to right (later wins), type-checked."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return config_from_dict(cls, merged, source=source)
+
+
+def check_sections(toml: dict[str, Any], allowed: dict[str, Any], path: str) -> None:
+    """Reject unknown top-level keys or sections in a TOML config."""
+    unknown = sorted(set(toml) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
+    for key, kind in allowed.items():
+        if key in toml and not isinstance(toml[key], kind):
+            raise UserError(
+                f"{path}: '{key}' must be a {'table' if kind is dict else kind.__name__}"
+            )
+
+
+def resolve_data_path(spec: str) -> str:
+    """A data spec as given, or relative to $ATTNLAB_DATA when it names a file found there."""
+    if spec == "stdlib" or Path(spec.split(":")[0]).exists():
+        return spec
+    root = os.environ.get("ATTNLAB_DATA")
+    if root and Path(root, spec.split(":")[0]).exists():
+        return str(Path(root, spec))
+    return spec

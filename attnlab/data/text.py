@@ -1,0 +1,123 @@
+"""Text data for language modelling: a corpus, tokenized once into a cached array, split into
+train and validation, and served as random windows.
+
+Dimensions: B batch, T window length (the model's context).
+
+The token cache lives in ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) under a key hashed
+from the corpus contents and the tokenizer, so changing either re-tokenizes and nothing stale is
+ever read. The split is by position: the first 90% of tokens train, the rest validate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlab.data.corpus import read_corpus
+from attnlab.errors import UserError
+from attnlab.files import atomic_write_bytes
+from attnlab.tokenizers import Tokenizer
+
+DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ATTNLAB_CACHE", Path.home() / ".cache" / "attnlab"))
+
+
+def corpus_text(spec: str) -> str:
+    """The whole corpus as one string, files joined by a blank line."""
+    return DOCUMENT_SEPARATOR.join(read_corpus(spec))
+
+
+def tokenize_cached(text: str, tokenizer: Tokenizer) -> np.ndarray:
+    """Token ids of `text` as a read-only memory-mapped array, tokenized at most once."""
+    key = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
+    key.update(text.encode("utf-8", errors="surrogatepass"))
+    path = cache_dir() / "tokens" / f"{key.hexdigest()[:32]}.npy"
+    if not path.is_file():
+        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+        tokens = np.asarray(tokenizer.encode(text), dtype=dtype)
+        buffer = io.BytesIO()
+        np.save(buffer, tokens)
+        atomic_write_bytes(path, buffer.getvalue())
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass
+class TextSplits:
+    train: np.ndarray
+    val: np.ndarray
+
+    @classmethod
+    def from_tokens(cls, tokens: np.ndarray, val_fraction: float = 0.1) -> TextSplits:
+        cut = int(len(tokens) * (1 - val_fraction))
+        return cls(tokens[:cut], tokens[cut:])
+
+    def check_length(self, context_length: int) -> None:
+        for name, tokens in (("train", self.train), ("val", self.val)):
+            if len(tokens) <= context_length:
+                raise UserError(
+                    f"the {name} split has {len(tokens)} tokens, but windows of "
+                    f"context_length + 1 = {context_length + 1} are needed: give more data "
+                    "or a shorter context"
+                )
+
+
+class RandomWindows:
+    """Batches of random windows for next-token prediction: inputs and targets shifted by one.
+
+    The sampler owns its random generator, whose state is part of a checkpoint, so a resumed
+    run draws exactly the batches the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, length: int, seed: int):
+        if len(tokens) <= length:
+            raise UserError(f"{len(tokens)} tokens cannot fill a window of {length + 1}")
+        self.tokens, self.batch_size, self.length = tokens, batch_size, length
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = np.arange(length + 1)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (B, T) and targets (B, T), int64, on the CPU."""
+        high = len(self.tokens) - self.length
+        starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
+        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def sequential_windows(tokens: np.ndarray, length: int, batch_size: int):
+    """Non-overlapping windows covering `tokens` once, in order: (inputs, targets) batches."""
+    n_windows = (len(tokens) - 1) // length
+    for first in range(0, n_windows, batch_size):
+        rows = range(first, min(first + batch_size, n_windows))
+        windows = np.stack([tokens[r * length : r * length + length + 1] for r in rows])
+        windows = torch.from_numpy(windows.astype(np.int64))
+        yield windows[:, :-1], windows[:, 1:]
+
+
+def language_model_data(splits: TextSplits, batch_size: int, context_length: int, seed: int,
+                        eval_iters: int):
+    """The trainer's data for next-token prediction: random train windows, and the same
+    `eval_iters` validation batches at every evaluation."""
+    splits.check_length(context_length)
+    train = RandomWindows(splits.train, batch_size, context_length, seed)
+
+    def validation_batches():
+        windows = RandomWindows(splits.val, batch_size, context_length, seed + 1)
+        return [windows.next() for _ in range(eval_iters)]
+
+    return train, {"val": validation_batches}

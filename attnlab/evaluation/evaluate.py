@@ -1,0 +1,42 @@
+"""Evaluation procedures over whole datasets (not sampled estimates)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnlab.data.text import sequential_windows
+from attnlab.evaluation.metrics import bits_per_byte, perplexity
+from attnlab.tokenizers import Tokenizer
+
+
+@torch.no_grad()
+def evaluate_language_model(
+    model: nn.Module, tokens: np.ndarray, tokenizer: Tokenizer, batch_size: int = 32
+) -> dict[str, float]:
+    """Loss over every non-overlapping context-length window of `tokens`, each target once.
+
+    Returns loss (nats/token), perplexity, bits per byte and the counts behind them. Bytes are
+    those of the decoded evaluated text, so bits/byte compares models with different tokenizers.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    length = model.config.context_length
+    total_loss, total_tokens = 0.0, 0
+    for inputs, targets in sequential_windows(tokens, length, batch_size):
+        _, loss = model(inputs.to(device), targets.to(device))
+        total_loss += loss.item() * targets.numel()
+        total_tokens += targets.numel()
+    if total_tokens == 0:
+        raise ValueError(f"{len(tokens)} tokens do not fill one window of {length + 1}")
+    evaluated = tokens[1 : total_tokens + 1]
+    n_bytes = len(tokenizer.decode(evaluated.tolist()).encode("utf-8"))
+    mean = total_loss / total_tokens
+    return {
+        "loss": mean,
+        "perplexity": perplexity(mean),
+        "bits_per_byte": bits_per_byte(mean, total_tokens, n_bytes),
+        "tokens": total_tokens,
+        "bytes": n_bytes,
+    }

@@ -1,0 +1,56 @@
+"""AdamW with weight decay only where it belongs, and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW decaying only 2-D weights (matrices and embeddings). Biases and norm gains are left
+    alone: shrinking them towards zero has no regularising meaning (Loshchilov & Hutter 2019
+    decouple decay; GPT-3 and later exclude these)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    device = params[0].device.type
+    fused = device in ("cuda", "cpu", "mps")  # torch's fused AdamW kernels cover these devices
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+
+def learning_rate(
+    step: int,
+    *,
+    schedule: str,
+    max_lr: float,
+    min_lr: float,
+    warmup: int,
+    total: int,
+    d_model: int = 512,
+) -> float:
+    """The learning rate for optimizer step `step` (0-based).
+
+    cosine: linear warmup from 0 to max_lr over `warmup` steps, then a half cosine down to
+        min_lr at `total` steps (Loshchilov & Hutter 2017; GPT-3).
+    constant: the warmup, then max_lr.
+    inverse_sqrt: "Attention Is All You Need", section 5.3:
+        lr = max_lr · d_model^-0.5 · min(n^-0.5, n · warmup^-1.5), n = step + 1,
+        where max_lr is a multiplier (1.0 in the paper).
+    """
+    n = step + 1
+    if schedule == "inverse_sqrt":
+        return max_lr * d_model**-0.5 * min(n**-0.5, n * max(warmup, 1) ** -1.5)
+    if n <= warmup:
+        return max_lr * n / warmup
+    if schedule == "constant":
+        return max_lr
+    progress = min(1.0, (n - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))

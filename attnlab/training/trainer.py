@@ -1,0 +1,289 @@
+"""The one training loop, for every model and objective.
+
+The loop knows nothing of the objective: a batch is a tuple of tensors and the model's
+``forward(*batch)`` returns ``(logits, loss)``. The data source decides what the tuple holds
+(inputs and next tokens for a GPT; source, target input and target output for translation).
+
+Each optimizer step: gradient accumulation over micro-batches under autocast, a finiteness check
+(a NaN/inf loss stops the run before it touches the weights), gradient clipping, AdamW. Every
+``eval_interval`` steps: evaluation and a checkpoint. Ctrl-C finishes the current step, saves a
+checkpoint and returns; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from attnlab.config import check_choice, check_positive, config_to_dict
+from attnlab.devices import autocast, measure_peak_flops, pick_device, pick_dtype
+from attnlab.errors import UserError
+from attnlab.tokenizers import Tokenizer
+from attnlab.training.checkpoints import (
+    decode_tensor,
+    encode_tensor,
+    load_training_state,
+    save_checkpoint,
+)
+from attnlab.training.optimizers import SCHEDULES, build_optimizer, learning_rate
+
+METRICS_FILE = "metrics.jsonl"
+Batch = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_iters: int = 2000  # optimizer steps
+    batch_size: int = 12  # sequences per micro-batch
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-3  # peak learning rate (a multiplier for inverse_sqrt)
+    min_learning_rate: float = 1e-4  # where the cosine ends
+    lr_schedule: str = "cosine"  # cosine | constant | inverse_sqrt
+    warmup_iters: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # on 2-D weights only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # evaluate and checkpoint every N steps (and at the end)
+    eval_iters: int = 20  # batches per evaluation
+    seed: int = 1337
+    precision: str = "auto"  # auto | fp32 | bf16
+    compile: bool = False  # torch.compile the model for training
+    device: str = "auto"  # auto | cpu | cuda | mps
+
+    def __post_init__(self):
+        check_positive(
+            "TrainConfig",
+            max_iters=self.max_iters,
+            batch_size=self.batch_size,
+            gradient_accumulation=self.gradient_accumulation,
+            learning_rate=self.learning_rate,
+            eval_interval=self.eval_interval,
+            eval_iters=self.eval_iters,
+        )
+        if self.warmup_iters < 0 or self.grad_clip < 0 or self.min_learning_rate < 0:
+            raise UserError(
+                "TrainConfig: warmup_iters, grad_clip and min_learning_rate must be >= 0"
+            )
+        check_choice("TrainConfig", "lr_schedule", self.lr_schedule, SCHEDULES)
+        check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
+
+
+class BatchSource(Protocol):
+    def next(self) -> Batch: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    step: int
+    interrupted: bool
+    last_eval: dict[str, float]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_data: BatchSource,
+        eval_data: dict[str, Callable[[], Iterable[Batch]]],
+        *,
+        tokenizer: Tokenizer,
+        out_dir: str | Path,
+        tokens_per_batch: int,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        """eval_data: split name -> a function giving that split's evaluation batches (the same
+        batches every time, so evaluations compare). tokens_per_batch: tokens in one micro-batch,
+        for throughput. on_record: called with each step's metrics (the CLI draws progress)."""
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(self.device, config.precision)
+        self.model = model.to(self.device)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = build_optimizer(
+            self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
+        )
+        self.train_data, self.eval_data = train_data, eval_data
+        self.tokenizer, self.out_dir = tokenizer, Path(out_dir)
+        self.tokens_per_step = tokens_per_batch * config.gradient_accumulation
+        self.on_record = on_record or (lambda record: None)
+        self.step, self.last_eval, self.elapsed = 0, {}, 0.0
+        self._stop_requested = False
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> FitResult:
+        """Train until max_iters or Ctrl-C; returns where it stopped."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        previous_handler = self._install_interrupt_handler()
+        try:
+            peak = measure_peak_flops(self.device, self.dtype)
+            flops_per_token = getattr(self.model, "flops_per_token", lambda: None)()
+            with (self.out_dir / METRICS_FILE).open("a") as metrics:
+                while self.step < self.config.max_iters and not self._stop_requested:
+                    record = self._step_record(peak, flops_per_token)
+                    if (
+                        self.step % self.config.eval_interval == 0
+                        or self.step == self.config.max_iters
+                    ):
+                        record.update(self.evaluate())
+                        self.save()
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    self.on_record(record)
+            if self._stop_requested:
+                self.save()
+            return FitResult(self.step, self._stop_requested, self.last_eval)
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+
+    def _step_record(self, peak_flops: float, flops_per_token: int | None) -> dict[str, Any]:
+        c = self.config
+        lr = learning_rate(
+            self.step,
+            schedule=c.lr_schedule,
+            max_lr=c.learning_rate,
+            min_lr=c.min_learning_rate,
+            warmup=c.warmup_iters,
+            total=c.max_iters,
+            d_model=getattr(getattr(self.model, "config", None), "d_model", 512),
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        loss = self._optimizer_step()
+        seconds = time.perf_counter() - start
+        self.elapsed += seconds
+        self.step += 1
+        tokens_per_s = self.tokens_per_step / seconds
+        record = {
+            "step": self.step,
+            "train_loss": loss,
+            "lr": lr,
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": self.elapsed,
+        }
+        if flops_per_token:
+            record["mfu"] = flops_per_token * tokens_per_s / peak_flops
+        return record
+
+    def _optimizer_step(self) -> float:
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.config.gradient_accumulation):
+            batch = tuple(t.to(self.device, non_blocking=True) for t in self.train_data.next())
+            with autocast(self.device, self.dtype):
+                _, loss = self.forward(*batch)
+            (loss / self.config.gradient_accumulation).backward()
+            total += loss.detach()
+        loss = total.item() / self.config.gradient_accumulation
+        if not torch.isfinite(torch.tensor(loss)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"loss became {loss} at step {self.step + 1}; training stopped. The last good "
+                f"checkpoint (step {self._saved_step()}) is in {self.out_dir}: lower the learning "
+                "rate or raise warmup, then --resume"
+            )
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss on each evaluation split: {"val_loss": ...}."""
+        self.model.eval()
+        results = {}
+        for split, batches in self.eval_data.items():
+            losses = []
+            for batch in batches():
+                with autocast(self.device, self.dtype):
+                    _, loss = self.forward(*(t.to(self.device) for t in batch))
+                losses.append(loss.item())
+            results[f"{split}_loss"] = sum(losses) / len(losses)
+        self.last_eval = results
+        return results
+
+    def request_stop(self) -> None:
+        """Finish the current step, save a checkpoint and return from fit (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    # ----------------------------------------------------------------- state
+    def save(self) -> None:
+        state = {
+            "step": self.step,
+            "elapsed_s": self.elapsed,
+            "precision": str(self.dtype).removeprefix("torch."),
+            "train_config": config_to_dict(self.config),
+            "last_eval": self.last_eval,
+            "rng": {
+                "torch": encode_tensor(torch.get_rng_state()),
+                "cuda": [encode_tensor(s) for s in torch.cuda.get_rng_state_all()]
+                if torch.cuda.is_available()
+                else [],
+                "python": random.getstate()[1],
+                "data": {k: encode_tensor(v) for k, v in self.train_data.state_dict().items()},
+            },
+        }
+        save_checkpoint(self.out_dir, self.model, self.tokenizer, self.optimizer, state)
+
+    def resume(self) -> None:
+        """Continue from the checkpoint in out_dir; the weights must already be in the model."""
+        state = load_training_state(self.out_dir, self.optimizer)
+        self.step, self.elapsed = state["step"], state["elapsed_s"]
+        self.last_eval = state.get("last_eval", {})
+        rng = state["rng"]
+        torch.set_rng_state(decode_tensor(rng["torch"]))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
+        random.setstate((3, tuple(rng["python"]), None))
+        self.train_data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines logged after the checkpoint: the resumed run logs those steps again."""
+        path = self.out_dir / METRICS_FILE
+        if path.is_file():
+            lines = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= self.step
+            ]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    def _saved_step(self) -> int:
+        try:
+            return json.loads((self.out_dir / "trainer_state.json").read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def _install_interrupt_handler(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self.request_stop()
+
+        return signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,164 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnlab.cli import COMMANDS, build_parser, main
+from attnlab.cli.options import read_toml
+from attnlab.config import config_from_dict
+from attnlab.models.gpt import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--context-length", "16", "--n-layers", "1", "--n-heads", "2", "--d-model", "16",
+        "--batch-size", "4", "--eval-iters", "2", "--device", "cpu"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("To be, or not to be, that is the question.\n" * 40)
+    return path
+
+
+def subcommands(parser, prefix=()):
+    """Every command path of the CLI: ("train",), ("train", "gpt"), ("sample",), ..."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, child in action.choices.items():
+            yield (*prefix, name)
+            yield from subcommands(child, (*prefix, name))
+
+
+def test_help_works_for_every_command(capsys):
+    paths = list(subcommands(build_parser()))
+    assert {p[0] for p in paths} == set(COMMANDS) and ("train", "gpt") in paths
+    for path in [(), *paths]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: attnlab" in capsys.readouterr().out
+
+
+def test_train_gpt_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "gpt", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--max-iters", "--eval-interval", "--eval-iters", "--batch-size", "--seed",
+                 "--device", "--resume", "--n-kv-heads", "--positional", "--compile"):
+        assert flag in text
+    assert "(default: 2000)" in text and "residual stream width" in text
+
+
+def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["train", "gpt", "--data", str(corpus), "--out", str(out),
+                        "--max-iters", "6", "--eval-interval", "3", *TINY], capsys)
+    assert code == 0, err
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert {"step", "train_loss", "lr", "tokens_per_s"} <= records[0].keys()
+    assert "val_loss" in records[2] and "val_loss" in records[5]
+
+    code, text, _ = run(["sample", str(out), "--prompt", "To be", "--max-new-tokens", "20",
+                         "--seed", "3"], capsys)
+    assert code == 0 and text.startswith("To be") and len(text) >= 20
+    assert run(["sample", str(out), "--prompt", "To be", "--max-new-tokens", "20",
+                "--seed", "3"], capsys)[1] == text
+
+    code, text, _ = run(["evaluate", str(out), "--data", str(corpus), "--json"], capsys)
+    result = json.loads(text)
+    assert code == 0 and result["perplexity"] > 1 and result["bits_per_byte"] > 0
+
+    # --resume extends the run with more steps; earlier metric lines are kept
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "8"], capsys)
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def one_line_error(code, err):
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
+    assert len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, capsys):
+    out = str(tmp_path / "run")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    short = tmp_path / "short.txt"
+    short.write_text("tiny text")
+    bad_key = tmp_path / "bad_key.toml"
+    bad_key.write_text("[model]\nn_layer = 3\n")
+    bad_type = tmp_path / "bad_type.toml"
+    bad_type.write_text('[training]\nbatch_size = "twelve"\n')
+    cases = [
+        (["train", "gpt", "--data", str(tmp_path / "missing.txt"), "--out", out], "not found"),
+        (["train", "gpt", "--data", str(empty), "--out", out], "empty"),
+        (["train", "gpt", "--data", str(short), "--out", out, *TINY], "context_length"),
+        (["train", "gpt", "--config", str(bad_key), "--data", str(corpus), "--out", out], "n_layer"),
+        (["train", "gpt", "--config", str(bad_type), "--data", str(corpus), "--out", out],
+         "batch_size"),
+        (["train", "gpt", "--data", str(corpus), "--out", out, "--d-model", "30"], "d_model"),
+        (["evaluate", str(tmp_path / "nowhere"), "--data", str(corpus)], "no checkpoint"),
+        (["sample", str(tmp_path / "nowhere")], "no checkpoint"),
+    ]
+    for argv, needle in cases:
+        line = one_line_error(*run(argv, capsys)[::2])
+        assert needle in line, (argv, line)
+
+
+def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path, corpus, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "gpt", "--data", str(corpus), "--out", out, "--max-iters", "2", *TINY]
+    assert run(args, capsys)[0] == 0
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert "--resume" in one_line_error(*run(args, capsys)[::2])
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_sample_names_characters_the_tokenizer_never_saw(tmp_path, corpus, capsys):
+    out = str(tmp_path / "run")
+    run(["train", "gpt", "--data", str(corpus), "--out", out, "--max-iters", "1", *TINY], capsys)
+    line = one_line_error(*run(["sample", out, "--prompt", "Zebra €"], capsys)[::2])
+    assert "'Z'" in line and "'€'" in line
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds_its_model(path):
+    toml = read_toml(str(path))
+    config = config_from_dict(GPTConfig, {"vocab_size": 65, **toml.get("model", {})})
+    model = GPT(config)
+    assert model.num_parameters() > 0
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "attnlab", "train", "gpt", "--data", str(corpus), "--out", str(out),
+         "--max-iters", "100000", "--eval-interval", "100000", *TINY],
+        stderr=subprocess.PIPE, text=True, env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] >= 1 and (out / "optimizer.safetensors").is_file()

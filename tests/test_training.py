@@ -1,0 +1,132 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.data.text import RandomWindows, TextSplits, language_model_data
+from attnlab.errors import UserError
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers import CharTokenizer
+from attnlab.training.checkpoints import load_checkpoint, load_weights, save_checkpoint
+from attnlab.training.optimizers import build_optimizer, learning_rate
+from attnlab.training.trainer import TrainConfig, Trainer, TrainingDiverged
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 60
+TOKENIZER = CharTokenizer.from_text(TEXT)
+MODEL = GPTConfig(vocab_size=TOKENIZER.vocab_size, context_length=16, n_layers=2, n_heads=2,
+                  d_model=32, dropout=0.1)
+
+
+def make_trainer(out_dir, max_iters=8, eval_interval=4, **train_fields):
+    config = TrainConfig(max_iters=max_iters, batch_size=4, eval_interval=eval_interval,
+                         eval_iters=2, warmup_iters=2, precision="fp32", device="cpu",
+                         **train_fields)
+    torch.manual_seed(0)
+    model = GPT(MODEL)
+    splits = TextSplits.from_tokens(np.array(TOKENIZER.encode(TEXT), dtype=np.uint16))
+    train, evaluation = language_model_data(splits, 4, 16, config.seed, 2)
+    return Trainer(model, config, train, evaluation, tokenizer=TOKENIZER, out_dir=out_dir,
+                   tokens_per_batch=64)
+
+
+def losses(out_dir):
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["train_loss"] for line in lines]
+
+
+def test_schedule_warms_up_then_decays_to_the_minimum():
+    kwargs = dict(schedule="cosine", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
+    assert learning_rate(0, **kwargs) == pytest.approx(1e-4)
+    assert learning_rate(9, **kwargs) == pytest.approx(1e-3)
+    assert learning_rate(99, **kwargs) == pytest.approx(1e-4)
+    assert learning_rate(54, **kwargs) == pytest.approx(5.5e-4)  # half-way down the cosine
+
+
+def test_inverse_sqrt_is_the_papers_formula():
+    for step, expected in [(0, 512**-0.5 * 4000**-1.5), (3999, 512**-0.5 * 4000**-0.5),
+                           (15999, 512**-0.5 * 16000**-0.5)]:
+        got = learning_rate(step, schedule="inverse_sqrt", max_lr=1.0, min_lr=0, warmup=4000,
+                            total=0, d_model=512)
+        assert got == pytest.approx(expected)
+
+
+def test_weight_decay_only_on_matrices():
+    optimizer = build_optimizer(GPT(MODEL), 1e-3, 0.1, (0.9, 0.99))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+
+
+def test_random_windows_are_shifted_by_one_and_reproducible():
+    tokens = np.arange(100, dtype=np.uint16)
+    a, b = RandomWindows(tokens, 3, 8, seed=1), RandomWindows(tokens, 3, 8, seed=1)
+    x, y = a.next()
+    assert torch.equal(y, x + 1) and x.shape == (3, 8)
+    assert torch.equal(b.next()[0], x)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=60, eval_interval=60, learning_rate=3e-3)
+    result = trainer.fit()
+    assert result.last_eval["val_loss"] < math.log(TOKENIZER.vocab_size) - 1
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
+    whole, rest = tmp_path / "whole", tmp_path / "interrupted"
+    make_trainer(whole, max_iters=8, eval_interval=3).fit()
+    interrupted = make_trainer(rest, max_iters=8, eval_interval=3)
+    interrupted.on_record = lambda record: record["step"] == 4 and interrupted.request_stop()
+    assert interrupted.fit().interrupted  # stops and checkpoints at step 4, between evaluations
+    resumed = make_trainer(rest, max_iters=8, eval_interval=3)
+    load_weights(resumed.model, rest / "model.safetensors")
+    resumed.resume()
+    assert resumed.step == 4
+    resumed.fit()
+    assert losses(rest) == losses(whole)
+    a, _ = load_checkpoint(whole)
+    b, _ = load_checkpoint(rest)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)
+    embedding = trainer.model.token_embedding.weight
+
+    def poison(record):
+        if record["step"] == 3:
+            with torch.no_grad():
+                embedding.fill_(float("nan"))
+
+    trainer.on_record = poison
+    with pytest.raises(TrainingDiverged, match="step 4.*step 2"):
+        trainer.fit()
+    model, _ = load_checkpoint(tmp_path)
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = GPT(MODEL)
+    save_checkpoint(tmp_path, model, TOKENIZER)
+    loaded, tokenizer = load_checkpoint(tmp_path)
+    assert loaded.config == model.config and tokenizer.to_dict() == TOKENIZER.to_dict()
+    assert loaded.output_head.weight is loaded.token_embedding.weight  # still tied
+    for x, y in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, GPT(MODEL), TOKENIZER)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, GPT(MODEL), TOKENIZER)
+    (tmp_path / "config.json").write_text('{"kind": "gpt", "config": {"n_layers": 3}}')
+    with pytest.raises(UserError, match="do not fit"):
+        load_checkpoint(tmp_path)
