@@ -1,6 +1,8 @@
 # Each target sets up .venv itself when it is missing, so a fresh clone needs only `make demo`
 # or `make test`. PyTorch is pinned to the local CPU build; see README.
 PYTHON ?= python3
+# Shared datasets, read by path; configs name files relative to this folder.
+export ATTNLAB_DATA ?= $(abspath ../shared/data)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -17,7 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m attnlab.cli.demo
+	rm -rf runs/demo
+	$(BIN)/attnlab train gpt --config configs/demo_stdlib.toml
+	@echo "--- three samples from the model (prompt: 'def '):"
+	$(BIN)/attnlab sample runs/demo --prompt "def " --max-new-tokens 300 --num-samples 3
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,6 +25,11 @@ def _seed():
     torch.manual_seed(0)
 
 
+# Tiny models gain nothing from two threads, and a thread that waits on a busy core slows them
+# down a hundredfold; one thread keeps the suite fast and its timings steady.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _token_cache(tmp_path_factory):
     """Token caches go to a temporary directory, never the user's."""

@@ -15,20 +15,32 @@ from attnlab.training.trainer import TrainConfig, Trainer, TrainingDiverged
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 60
 TOKENIZER = CharTokenizer.from_text(TEXT)
-MODEL = GPTConfig(vocab_size=TOKENIZER.vocab_size, context_length=16, n_layers=2, n_heads=2,
-                  d_model=32, dropout=0.1)
+MODEL = GPTConfig(
+    vocab_size=TOKENIZER.vocab_size,
+    context_length=16,
+    n_layers=2,
+    n_heads=2,
+    d_model=32,
+    dropout=0.1,
+)
 
 
 def make_trainer(out_dir, max_iters=8, eval_interval=4, **train_fields):
-    config = TrainConfig(max_iters=max_iters, batch_size=4, eval_interval=eval_interval,
-                         eval_iters=2, warmup_iters=2, precision="fp32", device="cpu",
-                         **train_fields)
+    config = TrainConfig(
+        max_iters=max_iters,
+        batch_size=4,
+        eval_interval=eval_interval,
+        eval_iters=2,
+        warmup_iters=2,
+        precision="fp32",
+        device="cpu",
+        **train_fields,
+    )
     torch.manual_seed(0)
     model = GPT(MODEL)
     splits = TextSplits.from_tokens(np.array(TOKENIZER.encode(TEXT), dtype=np.uint16))
     train, evaluation = language_model_data(splits, 4, 16, config.seed, 2)
-    return Trainer(model, config, train, evaluation, tokenizer=TOKENIZER, out_dir=out_dir,
-                   tokens_per_batch=64)
+    return Trainer(model, config, train, evaluation, tokenizer=TOKENIZER, out_dir=out_dir)
 
 
 def losses(out_dir):
@@ -45,10 +57,14 @@ def test_schedule_warms_up_then_decays_to_the_minimum():
 
 
 def test_inverse_sqrt_is_the_papers_formula():
-    for step, expected in [(0, 512**-0.5 * 4000**-1.5), (3999, 512**-0.5 * 4000**-0.5),
-                           (15999, 512**-0.5 * 16000**-0.5)]:
-        got = learning_rate(step, schedule="inverse_sqrt", max_lr=1.0, min_lr=0, warmup=4000,
-                            total=0, d_model=512)
+    for step, expected in [
+        (0, 512**-0.5 * 4000**-1.5),
+        (3999, 512**-0.5 * 4000**-0.5),
+        (15999, 512**-0.5 * 16000**-0.5),
+    ]:
+        got = learning_rate(
+            step, schedule="inverse_sqrt", max_lr=1.0, min_lr=0, warmup=4000, total=0, d_model=512
+        )
         assert got == pytest.approx(expected)
 
 

@@ -17,11 +17,17 @@ from attnlab.cli.options import (
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.data.corpus import read_corpus
-from attnlab.data.text import DOCUMENT_SEPARATOR, TextSplits, language_model_data, tokenize_cached
+from attnlab.data.text import (
+    DOCUMENT_SEPARATOR,
+    TextSplits,
+    language_model_data,
+    tokenize_cached,
+    tokenizer_cached,
+)
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 from attnlab.models.gpt import GPT, PRESETS, GPTConfig
-from attnlab.tokenizers import build_tokenizer, load_tokenizer
+from attnlab.tokenizers import load_tokenizer
 from attnlab.training.checkpoints import load_weights
 from attnlab.training.trainer import METRICS_FILE, TrainConfig, Trainer
 
@@ -82,7 +88,7 @@ def train_gpt(args: argparse.Namespace) -> int:
     tokenizer = (
         load_tokenizer(out / "tokenizer.json")
         if args.resume
-        else build_tokenizer(tokenizer_spec, texts)
+        else tokenizer_cached(tokenizer_spec, texts)
     )
     tokens = tokenize_cached(DOCUMENT_SEPARATOR.join(texts), tokenizer)
     model_config, train_config = _configs(args, toml, out, tokenizer.vocab_size)
@@ -108,7 +114,6 @@ def train_gpt(args: argparse.Namespace) -> int:
         eval_data,
         tokenizer=tokenizer,
         out_dir=out,
-        tokens_per_batch=train_config.batch_size * model_config.context_length,
         on_record=progress.update,
     )
     if args.resume:

@@ -23,7 +23,7 @@ import torch
 from attnlab.data.corpus import read_corpus
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes
-from attnlab.tokenizers import Tokenizer
+from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
 
@@ -35,6 +35,22 @@ def cache_dir() -> Path:
 def corpus_text(spec: str) -> str:
     """The whole corpus as one string, files joined by a blank line."""
     return DOCUMENT_SEPARATOR.join(read_corpus(spec))
+
+
+def tokenizer_cached(spec: str, texts: list[str]) -> Tokenizer:
+    """build_tokenizer(spec, texts), reusing a learned tokenizer (bpe:N) trained before on the
+    same texts instead of training it again."""
+    if not spec.startswith("bpe:"):
+        return build_tokenizer(spec, texts)
+    key = hashlib.sha256(spec.encode())
+    for text in texts:
+        key.update(text.encode("utf-8", errors="surrogatepass"))
+    path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
+    if path.is_file():
+        return load_tokenizer(path)
+    tokenizer = build_tokenizer(spec, texts, progress=True)
+    tokenizer.save(path)
+    return tokenizer
 
 
 def tokenize_cached(text: str, tokenizer: Tokenizer) -> np.ndarray:
@@ -109,8 +125,9 @@ def sequential_windows(tokens: np.ndarray, length: int, batch_size: int):
         yield windows[:, :-1], windows[:, 1:]
 
 
-def language_model_data(splits: TextSplits, batch_size: int, context_length: int, seed: int,
-                        eval_iters: int):
+def language_model_data(
+    splits: TextSplits, batch_size: int, context_length: int, seed: int, eval_iters: int
+):
     """The trainer's data for next-token prediction: random train windows, and the same
     `eval_iters` validation batches at every evaluation."""
     splits.check_length(context_length)

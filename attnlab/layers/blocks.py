@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnlab.layers.attention import MultiHeadAttention
@@ -56,7 +57,7 @@ class ResidualBlock(nn.Module):
         self.cross_norm = norm() if cross_attention is not None else None
         self.feedforward = feedforward
         self.feedforward_norm = norm()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout  # functional: no module call per sub-layer when it is 0
 
     def forward(
         self,
@@ -84,8 +85,8 @@ class ResidualBlock(nn.Module):
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer: Callable) -> torch.Tensor:
         if self.prenorm:
-            return x + self.dropout(sublayer(norm(x)))
-        return norm(x + self.dropout(sublayer(x)))
+            return x + F.dropout(sublayer(norm(x)), self.dropout, self.training)
+        return norm(x + F.dropout(sublayer(x), self.dropout, self.training))
 
     def new_cache(self, max_length: int = 0) -> BlockCache:
         cross = self.cross_attention.new_cache() if self.cross_attention is not None else None

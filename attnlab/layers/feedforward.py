@@ -35,10 +35,11 @@ class FeedForward(nn.Module):
         self.activation = ACTIVATIONS[activation]
         self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.down_projection = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_projection(self.dropout(self.activation(self.up_projection(x))))
+        hidden = self.activation(self.up_projection(x))
+        return self.down_projection(F.dropout(hidden, self.dropout, self.training))
 
 
 class GatedFeedForward(nn.Module):
@@ -55,11 +56,11 @@ class GatedFeedForward(nn.Module):
         self.gate_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.down_projection = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.activation(self.gate_projection(x)) * self.up_projection(x)
-        return self.down_projection(self.dropout(hidden))
+        return self.down_projection(F.dropout(hidden, self.dropout, self.training))
 
 
 def make_feedforward(

@@ -110,7 +110,6 @@ class GPT(nn.Module):
             "learned": lambda: LearnedPositionalEmbedding(c.context_length, c.d_model),
             "sinusoidal": lambda: SinusoidalPositionalEncoding(c.context_length, c.d_model),
         }.get(c.positional, lambda: None)()
-        self.dropout = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(self._block() for _ in range(c.n_layers))
         self.final_norm = make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)
         self.output_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -174,7 +173,7 @@ class GPT(nn.Module):
         x = self.token_embedding(idx)  # (B, T, D)
         if self.position_embedding is not None:
             x = x + self.position_embedding(length, offset)
-        x = self.dropout(x)
+        x = F.dropout(x, self.config.dropout, self.training)
         for i, block in enumerate(self.blocks):
             x = block(x, cache=cache.blocks[i] if cache is not None else None)
         logits = self.output_head(self.final_norm(x))  # (B, T, V)

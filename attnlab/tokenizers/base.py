@@ -104,7 +104,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise UserError(f"tokenizer file {path} is malformed: {error}") from None
 
 
-def build_tokenizer(spec: str, texts: list[str]) -> Tokenizer:
+def build_tokenizer(spec: str, texts: list[str], progress: bool = False) -> Tokenizer:
     """A tokenizer by spec, fitted to `texts` where it learns: "char", "byte" or "bpe:N"."""
     kind, _, size = spec.partition(":")
     if kind == "char" and not size:
@@ -112,5 +112,11 @@ def build_tokenizer(spec: str, texts: list[str]) -> Tokenizer:
     if kind == "byte" and not size:
         return tokenizer_class("byte")()
     if kind == "bpe" and size.isdigit():
-        return tokenizer_class("bpe").train(texts, int(size), special_tokens=["<|endoftext|>"])
+        return tokenizer_class("bpe").train(
+            texts,
+            int(size),
+            special_tokens=["<|endoftext|>"],
+            progress=progress,
+            workers=os.cpu_count() or 1,
+        )
     raise UserError(f"unknown tokenizer {spec!r}; choose char, byte or bpe:N (N = vocabulary size)")

@@ -106,12 +106,12 @@ class Trainer:
         *,
         tokenizer: Tokenizer,
         out_dir: str | Path,
-        tokens_per_batch: int,
         on_record: Callable[[dict[str, Any]], None] | None = None,
     ):
         """eval_data: split name -> a function giving that split's evaluation batches (the same
-        batches every time, so evaluations compare). tokens_per_batch: tokens in one micro-batch,
-        for throughput. on_record: called with each step's metrics (the CLI draws progress)."""
+        batches every time, so evaluations compare). on_record: called with each step's metrics
+        (the CLI draws progress). Throughput counts the elements of each batch's last tensor, the
+        targets (padding included)."""
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
@@ -122,7 +122,6 @@ class Trainer:
         )
         self.train_data, self.eval_data = train_data, eval_data
         self.tokenizer, self.out_dir = tokenizer, Path(out_dir)
-        self.tokens_per_step = tokens_per_batch * config.gradient_accumulation
         self.on_record = on_record or (lambda record: None)
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self._stop_requested = False
@@ -170,11 +169,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        loss = self._optimizer_step()
+        loss, tokens = self._optimizer_step()
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         self.step += 1
-        tokens_per_s = self.tokens_per_step / seconds
+        tokens_per_s = tokens / seconds
         record = {
             "step": self.step,
             "train_loss": loss,
@@ -186,11 +185,13 @@ class Trainer:
             record["mfu"] = flops_per_token * tokens_per_s / peak_flops
         return record
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> tuple[float, int]:
+        """One optimizer step; returns the mean loss and the number of target tokens."""
         self.model.train()
-        total = torch.zeros((), device=self.device)
+        total, tokens = torch.zeros((), device=self.device), 0
         for _ in range(self.config.gradient_accumulation):
             batch = tuple(t.to(self.device, non_blocking=True) for t in self.train_data.next())
+            tokens += batch[-1].numel()
             with autocast(self.device, self.dtype):
                 _, loss = self.forward(*batch)
             (loss / self.config.gradient_accumulation).backward()
@@ -207,7 +208,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss, tokens
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

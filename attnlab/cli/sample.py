@@ -1,0 +1,120 @@
+"""`attnlab sample DIR`: generate text from a checkpoint, streamed to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from attnlab.cli import HelpFormatter
+from attnlab.devices import DEVICES, pick_device
+from attnlab.errors import UserError
+from attnlab.generation import make_generator, stream_text
+from attnlab.training.checkpoints import load_checkpoint
+
+SEPARATOR = "---------------"
+
+DESCRIPTION = """\
+Generate text from a checkpoint directory (model.safetensors, config.json, tokenizer.json).
+
+stdout holds only text: each sample is the prompt followed by its continuation, streamed as the
+tokens are produced, then a newline; with --num-samples > 1 a line of dashes separates samples.
+An empty prompt starts from the tokenizer's "<|endoftext|>" when it has one (and generation then
+also stops there), else from a newline; that start token is not printed. Notes go to stderr.
+
+Past the model's context length the window slides: by default every step sees the last
+context_length tokens (as nanoGPT's sampler; exact, but the cache stops saving work there);
+--crop-to N keeps only the last N tokens when the context fills, then decodes with the cache
+until it fills again (faster, the model sees between N and context_length tokens).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="generate text from a trained checkpoint",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("--prompt", default="", help="text to continue ('' = start of a text)")
+    parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens per sample")
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 flatter"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=200, help="keep the k most likely tokens (0 = off)"
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus probability mass (1.0 = off)"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats"
+    )
+    parser.add_argument("--num-samples", type=int, default=1, help="samples to draw")
+    parser.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same text)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help="end a sample before this text (repeatable)",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="recompute every step without the KV cache"
+    )
+    parser.add_argument(
+        "--crop-to",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens kept when the context fills; unset = the context length",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_counts(args)
+    device = pick_device(args.device)
+    model, tokenizer = load_checkpoint(args.checkpoint, device=device)
+    generator = make_generator(model, args.seed)  # one stream of randomness for all samples
+    options = dict(
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        generator=generator,
+        use_cache=not args.no_cache,
+        crop_to=args.crop_to,
+        stop=args.stop,
+    )
+    out = sys.stdout
+    started = time.perf_counter()
+    for index in range(args.num_samples):
+        # Build the stream before printing anything, so a bad prompt fails with stdout empty.
+        pieces = stream_text(model, tokenizer, args.prompt, args.max_new_tokens, **options)
+        if index:
+            out.write(SEPARATOR + "\n")
+        out.write(args.prompt)
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    elapsed = time.perf_counter() - started
+    print(
+        f"attnlab: {args.num_samples} sample(s) of up to {args.max_new_tokens} tokens "
+        f"on {device} in {elapsed:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")

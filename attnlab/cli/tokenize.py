@@ -1,0 +1,210 @@
+"""`attnlab tokenize`: train a byte-level BPE tokenizer, encode, decode, and show token boundaries.
+
+    attnlab tokenize train --data stdlib --vocab-size 4096 --out tok.json
+    attnlab tokenize encode --tokenizer tok.json "def main():"
+    attnlab tokenize decode --tokenizer tok.json 4 200 11
+    attnlab tokenize show --tokenizer gpt2 "Tokenization is fun."
+
+--tokenizer takes a saved tokenizer file, ``byte`` (the 256 bytes), or ``gpt2``: GPT-2's
+vocabulary from vocab.bpe and encoder.json in $ATTNLAB_DATA/gpt2-bpe/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from attnlab.cli import HelpFormatter
+from attnlab.data.corpus import corpus_files, read_corpus
+from attnlab.errors import UserError
+from attnlab.tokenizers.base import Tokenizer, load_tokenizer
+from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
+from attnlab.tokenizers.byte import ByteTokenizer
+
+# Pastel 256-colour backgrounds with black text: neighbouring tokens always differ.
+_COLOURS = (
+    "\x1b[30;48;5;153m",
+    "\x1b[30;48;5;229m",
+    "\x1b[30;48;5;194m",
+    "\x1b[30;48;5;218m",
+    "\x1b[30;48;5;223m",
+    "\x1b[30;48;5;189m",
+)
+_RESET = "\x1b[0m"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tokenize",
+        help="train, run and inspect tokenizers",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="tokenize_command", metavar="SUBCOMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a byte-level BPE tokenizer on a corpus", formatter_class=HelpFormatter
+    )
+    train.add_argument(
+        "--data", default="stdlib", help="corpus: a text file, a directory, DIR:GLOB, or 'stdlib'"
+    )
+    train.add_argument(
+        "--vocab-size", type=int, default=4096, help="vocabulary size, special tokens included"
+    )
+    train.add_argument("--out", default="tokenizer.json", help="where to save the tokenizer")
+    train.add_argument(
+        "--pattern",
+        default="gpt2",
+        help=f"pre-tokenization regex: {' or '.join(PATTERNS)}, or your own",
+    )
+    train.add_argument(
+        "--special",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="TOKEN",
+        help="special tokens, e.g. '<|endoftext|>' '<pad>'",
+    )
+    train.add_argument(
+        "--workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="processes that count pre-tokens",
+    )
+    train.set_defaults(handler=run_train)
+
+    encode = commands.add_parser(
+        "encode", help="print the token ids of a text", formatter_class=HelpFormatter
+    )
+    _add_tokenizer_option(encode)
+    encode.add_argument("text", nargs="?", metavar="TEXT", help="text to encode; none: stdin")
+    encode.set_defaults(handler=run_encode)
+
+    decode = commands.add_parser(
+        "decode", help="print the text of token ids", formatter_class=HelpFormatter
+    )
+    _add_tokenizer_option(decode)
+    decode.add_argument("ids", nargs="*", metavar="IDS", help="token ids; none: read stdin")
+    decode.set_defaults(handler=run_decode)
+
+    show = commands.add_parser(
+        "show", help="show a text's token boundaries and compression", formatter_class=HelpFormatter
+    )
+    _add_tokenizer_option(show)
+    show.add_argument("text", metavar="TEXT", help="text to tokenize")
+    show.add_argument(
+        "--no-color",
+        action="store_true",
+        help="separate tokens with '|' instead of colours (also when not a tty)",
+    )
+    show.set_defaults(handler=run_show)
+
+
+def _add_tokenizer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="a saved tokenizer file, 'gpt2' ($ATTNLAB_DATA/gpt2-bpe/) or 'byte'",
+    )
+
+
+def open_tokenizer(spec: str) -> Tokenizer:
+    """The tokenizer a --tokenizer value names."""
+    if spec == "byte":
+        return ByteTokenizer()
+    if spec == "gpt2":
+        folder = _data_dir() / "gpt2-bpe"
+        if not (folder / "vocab.bpe").is_file() or not (folder / "encoder.json").is_file():
+            raise UserError(
+                f"GPT-2's vocab.bpe and encoder.json not found in {folder} "
+                "(set ATTNLAB_DATA to the folder that holds gpt2-bpe/)"
+            )
+        return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
+    return load_tokenizer(spec)
+
+
+def _data_dir() -> Path:
+    """$ATTNLAB_DATA, else shared/data beside the repository (this workplace's layout)."""
+    if "ATTNLAB_DATA" in os.environ:
+        return Path(os.environ["ATTNLAB_DATA"])
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    texts = read_corpus(args.data)
+    corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
+    start = time.perf_counter()
+    tokenizer = BPETokenizer.train(
+        texts,
+        args.vocab_size,
+        pattern=args.pattern,
+        special_tokens=args.special,
+        progress=True,
+        workers=args.workers,
+    )
+    seconds = time.perf_counter() - start
+    tokenizer.save(args.out)
+    n_tokens = sum(len(tokenizer.encode(t)) for t in texts)
+    print(
+        f"trained in {seconds:.1f} s on {corpus_bytes / 1e6:.1f} MB "
+        f"({len(corpus_files(args.data))} file(s))"
+    )
+    print(
+        f"vocab {tokenizer.vocab_size}: 256 bytes + {len(tokenizer.merges)} merges "
+        f"+ {len(tokenizer.special_tokens)} special token(s)"
+    )
+    if tokenizer.vocab_size < args.vocab_size:
+        print(f"the corpus ran out of pairs to merge before vocab {args.vocab_size}")
+    print(f"compression {corpus_bytes / max(n_tokens, 1):.2f} bytes/token on the corpus")
+    print(f"saved {args.out}")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    tokenizer = open_tokenizer(args.tokenizer)
+    text = sys.stdin.read() if args.text is None else args.text
+    print(" ".join(map(str, tokenizer.encode(text))))
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    tokenizer = open_tokenizer(args.tokenizer)
+    words = args.ids if args.ids else sys.stdin.read().split()
+    ids = []
+    for word in words:
+        try:
+            ids.append(int(word))
+        except ValueError:
+            raise UserError(f"not a token id: {word!r} (ids are integers)") from None
+    try:
+        print(tokenizer.decode(ids))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    tokenizer = open_tokenizer(args.tokenizer)
+    ids = tokenizer.encode(args.text)
+    pieces = [_token_text(tokenizer, i) for i in ids]
+    if args.no_color or not sys.stdout.isatty():
+        print("|".join(pieces))
+    else:
+        print("".join(f"{_COLOURS[k % len(_COLOURS)]}{p}{_RESET}" for k, p in enumerate(pieces)))
+    n_bytes = len(args.text.encode("utf-8", "replace"))
+    print(f"{len(ids)} tokens, {n_bytes} bytes: {n_bytes / max(len(ids), 1):.2f} bytes/token")
+    return 0
+
+
+def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """One token as text; a token holding part of a character shows its bytes as \\xNN."""
+    if isinstance(tokenizer, BPETokenizer) and token_id < 256 + len(tokenizer.merges):
+        return tokenizer.decode_bytes([token_id]).decode("utf-8", errors="backslashreplace")
+    if isinstance(tokenizer, ByteTokenizer) and token_id < 256:
+        return bytes([token_id]).decode("utf-8", errors="backslashreplace")
+    return tokenizer.decode([token_id])

@@ -1,0 +1,372 @@
+"""Autoregressive decoding: token ids with a KV cache, streamed, stopped by ids or by text.
+
+Dimensions: B batch, T positions, N positions of prompt + new tokens, V vocabulary size.
+
+Any model keeping the GPT contract works: ``forward(idx, cache=...) -> (logits (B, T, V), _)``,
+``new_cache()``, ``config.vocab_size`` and ``config.context_length`` (absent or None: no limit,
+so the window never slides).
+
+KV cache. The prompt is prefilled in one forward; each later step feeds only the newest token and
+attention reads the earlier keys and values from the cache.
+
+Sliding window. A model reads at most context_length positions. When the sequence would pass
+that, it is cropped to its last ``crop_to`` tokens and a fresh cache is prefilled with them:
+cached keys cannot simply be shifted, because with absolute positions (learned, sinusoidal) each
+key depends on where it sat. With the default ``crop_to = context_length`` every step past the
+context sees exactly the last context_length tokens, as nanoGPT's sampler does, but each such
+step re-runs the whole window, so the cache no longer saves work there. A smaller ``crop_to``
+(e.g. context_length // 2) re-prefills once every context_length - crop_to steps and decodes with
+the cache in between, at the price of the model seeing between crop_to and context_length tokens.
+``use_cache=False`` recomputes the same windows from scratch each step, so both paths give the
+same logits; that is the test of the cache.
+
+Batches. With absolute positions, prompts of different lengths cannot share a batch without
+position ids (left padding shifts every position; right padding puts pads inside the sequence),
+so ``generate`` groups the prompts by length and decodes each group as one batch. Greedy results
+are therefore the same batched or one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from attnlab.errors import UserError
+from attnlab.generation.sampling import SamplingConfig
+from attnlab.tokenizers.base import Tokenizer
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+class _Window:
+    """Feeds the model the tokens it has not seen yet, sliding the window past the context."""
+
+    def __init__(self, model: nn.Module, use_cache: bool, crop_to: int | None):
+        self.model = model
+        # A model without a context limit (a recurrent one, say) never slides.
+        limit = getattr(model.config, "context_length", None)
+        self.context_length = limit if limit is not None else sys.maxsize
+        self.keep = crop_to if crop_to is not None else self.context_length
+        if not 1 <= self.keep <= self.context_length:
+            raise UserError(
+                f"crop_to must be between 1 and the context length {self.context_length}, "
+                f"got {crop_to}"
+            )
+        self.use_cache = use_cache
+        self.start = 0  # first sequence position the model sees
+        self.cache = None
+        self.fed = 0  # sequence positions already in the cache
+
+    def next_logits(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
+        """tokens: (B, N), of which the first `length` are real -> logits of the next, (B, V)."""
+        if length - self.start > self.context_length:
+            self.start = length - self.keep
+            self.cache = None  # positions moved: every cached key is stale
+        # Once a full-context window slides every step, a cache would be dropped right after
+        # being filled: skip it and save the copies.
+        sliding_every_step = self.start > 0 and self.keep == self.context_length
+        if not self.use_cache or sliding_every_step:
+            logits, _ = self.model(tokens[:, self.start : length])
+            return logits[:, -1]
+        if self.cache is None:
+            self.cache = self.model.new_cache()
+            self.fed = self.start
+        logits, _ = self.model(tokens[:, self.fed : length], cache=self.cache)  # (B, T, V)
+        self.fed = length
+        return logits[:, -1]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode (no dropout) for the duration, then the caller's mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_prompts(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int) -> None:
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if prompts.dim() != 2:
+        raise UserError(f"prompts must be (B, T) token ids, got shape {tuple(prompts.shape)}")
+    if prompts.size(1) == 0:
+        raise UserError("the prompt is empty: generation needs at least one token to start from")
+    vocab_size = getattr(model.config, "vocab_size", sys.maxsize)
+    if prompts.numel() and (prompts.min() < 0 or prompts.max() >= vocab_size):
+        raise UserError(f"prompt token ids must be in [0, {vocab_size}), the model's vocabulary")
+
+
+def stream_batch(
+    model: nn.Module,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    sampling: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    crop_to: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """The decoding loop. prompts: (B, T) ids, every row the same length; yields each step's new
+    ids, (B,), on the model's device. Stop conditions are the caller's: stop iterating."""
+    sampling = sampling or SamplingConfig()
+    prompts = torch.as_tensor(prompts, dtype=torch.long, device=_device(model))
+    _check_prompts(model, prompts, max_new_tokens)
+    window = _Window(model, use_cache, crop_to)
+    return _decode(model, window, prompts, max_new_tokens, sampling, generator)
+
+
+@torch.inference_mode()
+def _decode(model, window, prompts, max_new_tokens, sampling, generator):
+    batch, prompt_length = prompts.shape
+    # One buffer for the whole sequence: no per-step concatenation.
+    tokens = prompts.new_empty(batch, prompt_length + max_new_tokens)  # (B, N)
+    tokens[:, :prompt_length] = prompts
+    penalise = sampling.repetition_penalty != 1
+    with _eval_mode(model):
+        for length in range(prompt_length, prompt_length + max_new_tokens):
+            logits = window.next_logits(tokens, length)  # (B, V)
+            previous = tokens[:, :length] if penalise else None
+            next_ids = sampling.choose(logits, previous, generator)  # (B,)
+            tokens[:, length] = next_ids
+            yield next_ids
+
+
+def make_generator(model: nn.Module, seed: int | None) -> torch.Generator | None:
+    """A generator on the model's device seeded with `seed` (None: torch's global generator)."""
+    if seed is None:
+        return None
+    return torch.Generator(device=_device(model)).manual_seed(seed)
+
+
+def generate(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_ids: Iterable[int] = (),
+    use_cache: bool = True,
+    crop_to: int | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to max_new_tokens tokens; returns only the new ids per prompt.
+
+    prompts: a list of id lists (any lengths) or a (B, T) tensor. A row ends before the first id
+    in stop_ids (which is not returned). temperature 0 is greedy. seed (or a generator of your
+    own) makes sampling reproducible. See the module docstring for crop_to and batching.
+    """
+    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
+    generator = generator or make_generator(model, seed)
+    stop_ids = set(stop_ids)
+    rows = [[int(i) for i in row] for row in prompts]
+    groups: dict[int, list[int]] = {}  # prompt length -> indices of the prompts that long
+    for index, row in enumerate(rows):
+        groups.setdefault(len(row), []).append(index)
+    results: list[list[int]] = [[] for _ in rows]
+    for indices in groups.values():
+        batch = torch.tensor([rows[i] for i in indices], dtype=torch.long, device=_device(model))
+        steps = stream_batch(
+            model,
+            batch,
+            max_new_tokens,
+            sampling=sampling,
+            generator=generator,
+            use_cache=use_cache,
+            crop_to=crop_to,
+        )
+        for index, new_ids in zip(indices, _collect(steps, len(indices), stop_ids), strict=True):
+            results[index] = new_ids
+    return results
+
+
+def _collect(steps: Iterator[torch.Tensor], batch: int, stop_ids: set[int]) -> list[list[int]]:
+    """Run the steps until every row has met a stop id; each row's ids before its first stop."""
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long) if stop_ids else None
+    done = torch.zeros(batch, dtype=torch.bool)
+    columns = []
+    for next_ids in steps:
+        columns.append(next_ids)
+        if stop is not None:
+            done |= torch.isin(next_ids.cpu(), stop)
+            if bool(done.all()):
+                break
+    if not columns:
+        return [[] for _ in range(batch)]
+    table = torch.stack(columns, dim=1).tolist()  # (B, steps), one transfer at the end
+    return [_before_stop(row, stop_ids) for row in table]
+
+
+def _before_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:position]
+    return ids
+
+
+def stream(
+    model: nn.Module,
+    prompt: Sequence[int] | torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_ids: Iterable[int] = (),
+    use_cache: bool = True,
+    crop_to: int | None = None,
+) -> Iterator[int]:
+    """Like `generate` for one prompt, yielding each new id as soon as it is chosen. Ends before
+    the first id in stop_ids. Yields the same ids as ``generate(model, [prompt], ...)[0]``.
+    Bad arguments raise here, not at the first ``next``."""
+    steps = stream_batch(
+        model,
+        torch.tensor([[int(i) for i in prompt]], dtype=torch.long),
+        max_new_tokens,
+        sampling=SamplingConfig(temperature, top_k, top_p, repetition_penalty),
+        generator=generator or make_generator(model, seed),
+        use_cache=use_cache,
+        crop_to=crop_to,
+    )
+    return _first_row(steps, set(stop_ids))
+
+
+def _first_row(steps: Iterator[torch.Tensor], stop_ids: set[int]) -> Iterator[int]:
+    for next_ids in steps:
+        token = int(next_ids[0])
+        if token in stop_ids:
+            return
+        yield token
+
+
+def start_ids(tokenizer: Tokenizer) -> list[int]:
+    """What an empty prompt starts from: "<|endoftext|>" when the tokenizer has it (documents
+    begin after it in training), else a newline (nanoGPT's choice for character models)."""
+    if END_OF_TEXT in tokenizer.special_tokens:
+        return [tokenizer.special_tokens[END_OF_TEXT]]
+    try:
+        return tokenizer.encode("\n")
+    except UserError:
+        raise UserError(
+            "the prompt is empty and the tokenizer has neither '<|endoftext|>' nor a newline "
+            "to start from; give a prompt"
+        ) from None
+
+
+class StopScanner:
+    """Passes text through until the first stop string, which is cut off with all that follows.
+
+    Text that might be the beginning of a stop string is held back until the next piece shows
+    whether it is, so nothing after a stop string is ever given out, even when the stop string
+    arrives split across several tokens.
+    """
+
+    def __init__(self, stops: Iterable[str] = ()):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Add decoded text; return what can be given out now."""
+        self.pending += piece
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
+            return out
+        keep = self._partial_stop_length()
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        """The text held back at the end of generation (no stop string followed)."""
+        out, self.pending = self.pending, ""
+        return out
+
+    def _partial_stop_length(self) -> int:
+        """Length of the longest end of the pending text that begins some stop string."""
+        longest = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), longest, -1):
+                if self.pending.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+
+def _decode_pieces(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Text of each id as it comes. A byte-level id may end inside a multi-byte character,
+    which decodes to U+FFFD; such ids wait (up to 4, a UTF-8 character's longest) until the
+    character is complete."""
+    waiting: list[int] = []
+    for token in ids:
+        waiting.append(token)
+        text = tokenizer.decode(waiting)
+        if text.endswith("\ufffd") and len(waiting) < 4:
+            continue
+        waiting = []
+        yield text
+    if waiting:
+        yield tokenizer.decode(waiting)
+
+
+def stream_text(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    stop: Iterable[str] = (),
+    stop_ids: Iterable[int] | None = None,
+    **options,
+) -> Iterator[str]:
+    """Continue `prompt`, yielding text pieces as tokens are produced, ending before the first
+    stop string. An empty prompt starts from `start_ids`. stop_ids defaults to the tokenizer's
+    "<|endoftext|>" when it has one. Other options are `generate`'s. Yields only new text.
+    A prompt the tokenizer cannot encode raises here, before anything is generated."""
+    prompt_ids = tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
+    if stop_ids is None:
+        stop_ids = (
+            [tokenizer.special_tokens[END_OF_TEXT]]
+            if END_OF_TEXT in tokenizer.special_tokens
+            else []
+        )
+    ids = stream(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, **options)
+    return _text_pieces(tokenizer, ids, StopScanner(stop))
+
+
+def _text_pieces(tokenizer: Tokenizer, ids: Iterator[int], scanner: StopScanner) -> Iterator[str]:
+    for piece in _decode_pieces(tokenizer, ids):
+        out = scanner.feed(piece)
+        if out:
+            yield out
+        if scanner.stopped:
+            ids.close()  # stop decoding now rather than at max_new_tokens
+            return
+    rest = scanner.flush()
+    if rest:
+        yield rest
+
+
+def generate_text(
+    model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, **options
+) -> str:
+    """The continuation of `prompt` as one string (without the prompt); see `stream_text`."""
+    return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, **options))

@@ -1,0 +1,139 @@
+"""Pure logit filters and next-token sampling.
+
+Dimensions: B batch, V vocabulary size, S previous positions.
+
+Every filter takes (B, V) logits and returns a new tensor; the input is never modified. Removed
+tokens get a logit of -inf, so a later softmax gives them probability exactly zero. The order
+`SamplingConfig.choose` applies them in is the usual one (as in Hugging Face's samplers):
+repetition penalty, temperature, top-k, then top-p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attnlab.config import check_positive, check_range
+from attnlab.errors import ConfigError
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, V) logits / temperature: below 1 sharpens the distribution, above 1 flattens it."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature} (0 means greedy)")
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep exactly the k largest logits of each row (B, V); the rest become -inf.
+
+    Ties at the k-th value are broken by torch.topk, so exactly k survive even then.
+    """
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1, got {k}")
+    if k >= logits.size(-1):
+        return logits.clone()
+    values, indices = torch.topk(logits, k, dim=-1)  # (B, k)
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (Holtzman et al. 2020, section 3.1): keep, per row, the smallest set of
+    most likely tokens whose probability mass is at least p; the most likely token always stays.
+
+    logits: (B, V); p in (0, 1], where 1 keeps everything.
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    if p >= 1:
+        return logits.clone()
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    # A token is dropped when the tokens ranked above it already reach p: the mass *before* it
+    # decides, so the token that crosses p is kept and the first token is never dropped.
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def repetition_penalty(
+    logits: torch.Tensor, previous_ids: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Discourage tokens already in the sequence (Keskar et al. 2019, CTRL, section 4.1).
+
+    logits: (B, V); previous_ids: (B, S) token ids seen so far in each row. The logit of every
+    seen token is divided by `penalty` when positive and multiplied by it when negative, so with
+    penalty > 1 a seen token always becomes less likely, whatever its sign. Each seen token is
+    penalised once however often it occurred.
+    """
+    if penalty <= 0:
+        raise ValueError(f"repetition penalty must be positive, got {penalty}")
+    if penalty == 1 or previous_ids.numel() == 0:
+        return logits.clone()
+    seen = logits.gather(-1, previous_ids)  # (B, S)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, previous_ids, seen)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token id per row from (B, V) logits -> (B,) ids, on the logits' device.
+
+    temperature 0 is greedy decoding (argmax, no randomness); top_k None and top_p None (or 1)
+    switch those filters off.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = apply_temperature(logits, temperature)
+    if top_k is not None and top_k < logits.size(-1):
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen from the model's logits."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax); < 1 sharper, > 1 flatter
+    top_k: int | None = None  # keep only the k most likely tokens; None = all
+    top_p: float | None = None  # nucleus mass to keep, in (0, 1]; None or 1 = all
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence
+
+    def __post_init__(self):
+        name = "SamplingConfig"
+        if self.temperature < 0:
+            raise ConfigError(f"{name}.temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k is not None:
+            check_positive(name, top_k=self.top_k)
+        if self.top_p is not None:
+            check_positive(name, top_p=self.top_p)
+            check_range(name, "top_p", self.top_p, 0.0, 1.0)
+        check_positive(name, repetition_penalty=self.repetition_penalty)
+
+    def choose(
+        self,
+        logits: torch.Tensor,
+        previous_ids: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(B, V) logits, (B, S) ids so far -> (B,) next ids."""
+        if self.repetition_penalty != 1 and previous_ids is not None:
+            logits = repetition_penalty(logits, previous_ids, self.repetition_penalty)
+        return sample_next(
+            logits,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            generator=generator,
+        )

@@ -1,0 +1,341 @@
+"""Byte-level byte-pair encoding (BPE), GPT-2 compatible.
+
+The vocabulary starts as the 256 byte values; each merge adds the token ``left + right``
+(training: :mod:`attnlab.tokenizers.bpe_training`). Text is first cut into pre-tokens by a regex
+(GPT-2's or GPT-4's pattern, or your own), and merges never cross a pre-token boundary.
+
+Every token is a byte string, and its id doubles as its merge *rank*: a lower id merges first.
+Encoding a pre-token (tiktoken's rule, followed exactly by both encoders here):
+
+- if the whole pre-token is a token, that token;
+- else start from single bytes and repeatedly merge the adjacent pair whose concatenation is the
+  token of lowest rank (the leftmost one on a tie), until no adjacent pair is a token.
+
+``encode`` hands the same ranks to tiktoken (fast, Rust); ``encode_reference`` is the readable
+Python version of the rule above. Both give the same ids on any text. (A custom pattern must mean
+the same to both regex engines, Python's `regex` and tiktoken's; the built-in ones are tested. A
+pattern that skips some characters drops them from the encoding.)
+
+Trained tokenizers give byte b the id b. GPT-2 permutes the 256 bytes (its printable bytes come
+first), so the tokenizer keeps an explicit ``byte_order``: the byte value of ids 0..255.
+
+Saved JSON (type "bpe", version 1)::
+
+    {"type": "bpe", "version": 1, "pattern": "<regex>",
+     "byte_order": "<the 256 base tokens, in id order>",
+     "merges": ["Ġ t", "Ġ a", ...],      # merge i makes token id 256 + i
+     "special_tokens": ["<|endoftext|>"]}
+
+Token bytes are written in GPT-2's printable form (as in its vocab.bpe): each byte is one
+character, printable Latin-1 bytes stand for themselves and the rest (space, control bytes, ...)
+are shifted to characters from U+0100 up, so " the" reads "Ġthe" and a newline "Ċ".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import regex
+import tiktoken
+
+from attnlab.errors import UserError
+from attnlab.tokenizers.base import Tokenizer, load_tokenizer
+from attnlab.tokenizers.bpe_training import count_words, train_merges
+
+# Pre-tokenization patterns. GPT-2's keeps English contractions, runs of letters, of digits and
+# of other symbols apart, each with an optional leading space; whitespace before a word is left
+# to that word. GPT-4's (cl100k) also caps number runs at three digits and keeps newlines apart.
+PATTERNS = {
+    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "gpt4": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+FORMAT_VERSION = 1
+_CACHE_LIMIT = 200_000  # pre-tokens remembered by the reference encoder before it starts over
+_NO_MERGE = float("inf")
+
+
+def resolve_pattern(pattern: str) -> str:
+    """A built-in pattern's regex by name, or `pattern` itself once checked to compile."""
+    pattern = PATTERNS.get(pattern, pattern)
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as error:
+        raise UserError(f"invalid pre-tokenization pattern {pattern!r}: {error}") from None
+    if compiled.fullmatch(""):
+        raise UserError(f"pre-tokenization pattern {pattern!r} matches the empty string")
+    try:  # tiktoken's Rust regex engine must accept it too (checked now, not after training)
+        tiktoken.Encoding(
+            "check",
+            pat_str=pattern,
+            special_tokens={},
+            mergeable_ranks={bytes([b]): b for b in range(256)},
+        )
+    except ValueError as error:
+        raise UserError(f"tiktoken cannot use pattern {pattern!r}: {error}") from None
+    return pattern
+
+
+@cache
+def printable_bytes() -> tuple[str, ...]:
+    """GPT-2's byte -> printable character table: the character that stands for each byte.
+
+    The printable Latin-1 bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other
+    68 bytes, in byte order, take the characters U+0100, U+0101, ...
+    """
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    table, shifted = [], 0
+    for b in range(256):
+        if b in keep:
+            table.append(chr(b))
+        else:
+            table.append(chr(256 + shifted))
+            shifted += 1
+    return tuple(table)
+
+
+@cache
+def _byte_of_char() -> dict[str, int]:
+    return {c: b for b, c in enumerate(printable_bytes())}
+
+
+def token_to_text(token: bytes) -> str:
+    """`token` in GPT-2's printable form, one character per byte."""
+    table = printable_bytes()
+    return "".join(table[b] for b in token)
+
+
+def text_to_token(text: str) -> bytes:
+    """Inverse of :func:`token_to_text`; a character outside the table is a ValueError."""
+    byte_of = _byte_of_char()
+    try:
+        return bytes(byte_of[c] for c in text)
+    except KeyError as error:
+        raise ValueError(f"{text!r} is not a token in printable byte form ({error})") from None
+
+
+def fix_surrogates(text: str) -> str:
+    """Text that UTF-8 can encode: pairs of surrogates join, lone ones become U+FFFD.
+
+    tiktoken does this before encoding; the reference encoder must do the same to match it.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE: a pattern, a byte order and an ordered list of merges.
+
+    Ids: 0..255 are the bytes (in `byte_order`), 256 + i is merge i, then the special tokens.
+    """
+
+    kind = "bpe"
+
+    def __init__(
+        self,
+        merges: Sequence[tuple[bytes, bytes]],
+        pattern: str = "gpt2",
+        special_tokens: Iterable[str] = (),
+        byte_order: Sequence[int] | None = None,
+    ):
+        self.pattern = resolve_pattern(pattern)
+        self.byte_order = list(range(256) if byte_order is None else byte_order)
+        if sorted(self.byte_order) != list(range(256)):
+            raise ValueError("byte_order must list each of the 256 byte values once")
+        self.merges = [(bytes(left), bytes(right)) for left, right in merges]
+        self._token_bytes = [bytes([b]) for b in self.byte_order]
+        self._ranks = {token: i for i, token in enumerate(self._token_bytes)}
+        for i, (left, right) in enumerate(self.merges):
+            if left not in self._ranks or right not in self._ranks:
+                raise ValueError(f"merge {i} uses a token that no earlier merge made")
+            if left + right in self._ranks:
+                raise ValueError(f"merge {i} makes {left + right!r}, which is already a token")
+            self._ranks[left + right] = len(self._token_bytes)
+            self._token_bytes.append(left + right)
+        super().__init__(len(self._token_bytes), special_tokens)
+        self._pre_tokenizer = regex.compile(self.pattern)
+        self._cache: dict[str, list[int]] = {}
+        # Specials stay out: encode() reads text as plain text, never producing them.
+        self._fast = tiktoken.Encoding(
+            "attnlab-bpe", pat_str=self.pattern, mergeable_ranks=self._ranks, special_tokens={}
+        )
+
+    # ---- training and loading ----
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        pattern: str = "gpt2",
+        special_tokens: Iterable[str] = (),
+        progress: bool = False,
+        workers: int = 1,
+    ) -> BPETokenizer:
+        """Learn merges from `texts` until the vocabulary (specials included) has `vocab_size`.
+
+        Ties between equally frequent pairs go to the smallest (left id, right id); see
+        :mod:`attnlab.tokenizers.bpe_training`. Training stops early, with a smaller
+        vocabulary, if the corpus runs out of pairs. `workers` processes count pre-tokens.
+        """
+        special_tokens = list(special_tokens)
+        if vocab_size < 256 + len(special_tokens):
+            minimum = 256 + len(special_tokens)
+            raise UserError(
+                f"vocab size {vocab_size} is too small: need at least {minimum} "
+                f"(256 bytes + {len(special_tokens)} special token(s))"
+            )
+        pattern = resolve_pattern(pattern)
+        counts = count_words(texts, pattern, special_tokens, workers=workers, progress=progress)
+        merges = train_merges(counts, vocab_size - 256 - len(special_tokens), progress=progress)
+        return cls(merges, pattern, special_tokens)
+
+    @classmethod
+    def from_gpt2_files(
+        cls, vocab_bpe_path: str | os.PathLike, encoder_json_path: str | os.PathLike
+    ) -> BPETokenizer:
+        """GPT-2's vocabulary from its ``vocab.bpe`` (merges) and ``encoder.json`` (ids)."""
+        for path in (vocab_bpe_path, encoder_json_path):
+            if not Path(path).is_file():
+                raise UserError(f"GPT-2 vocabulary file not found: {path}")
+        try:
+            lines = Path(vocab_bpe_path).read_text(encoding="utf-8").splitlines()
+            if lines and lines[0].startswith("#version"):
+                lines = lines[1:]  # only the header: "#" itself is a byte that merges can use
+            merges = [_parse_merge(line) for line in lines if line]
+            encoder = json.loads(Path(encoder_json_path).read_text(encoding="utf-8"))
+            if not isinstance(encoder, dict):
+                raise ValueError("encoder.json is not a JSON object")
+            byte_order = sorted(range(256), key=lambda b: encoder[printable_bytes()[b]])
+            tokenizer = cls(merges, "gpt2", _gpt2_specials(encoder, 256 + len(merges)), byte_order)
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(
+                f"{vocab_bpe_path} and {encoder_json_path} are not GPT-2's "
+                f"vocab.bpe and encoder.json: {error}"
+            ) from None
+        # tiktoken's rule needs each token's id to equal its merge rank; check encoder.json agrees.
+        expected = {token_to_text(t): i for i, t in enumerate(tokenizer._token_bytes)}
+        if encoder != {**expected, **tokenizer.special_tokens}:
+            raise UserError(
+                f"{encoder_json_path} does not give the ids that {vocab_bpe_path} "
+                "implies (token id = 256 + merge number)"
+            )
+        return tokenizer
+
+    # ---- encoding and decoding ----
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`, by tiktoken running our merges."""
+        return self._fast.encode_ordinary(text)
+
+    def encode_reference(self, text: str) -> list[int]:
+        """Ids of `text`, in plain Python: same result as :meth:`encode`, slower."""
+        ids: list[int] = []
+        cache = self._cache
+        for piece in self.pre_tokenize(fix_surrogates(text)):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                piece_ids = cache[piece] = self._encode_piece(piece.encode("utf-8"))
+            ids.extend(piece_ids)
+        return ids
+
+    def pre_tokenize(self, text: str) -> list[str]:
+        """The pre-tokens of `text`: every match of the pattern, in order."""
+        if self._pre_tokenizer.groups:  # findall would return the groups, not the matches
+            return [m.group() for m in self._pre_tokenizer.finditer(text)]
+        return self._pre_tokenizer.findall(text)
+
+    def _encode_piece(self, piece: bytes) -> list[int]:
+        ranks = self._ranks
+        if piece in ranks:
+            return [ranks[piece]]
+        parts = [piece[i : i + 1] for i in range(len(piece))]
+        # pair_ranks[i]: rank of the token parts[i] + parts[i + 1], or _NO_MERGE if none.
+        pair_ranks = [ranks.get(a + b, _NO_MERGE) for a, b in zip(parts, parts[1:], strict=False)]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best == _NO_MERGE:
+                break
+            i = pair_ranks.index(best)  # leftmost of the lowest rank
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+            del pair_ranks[i]
+            # Only the two pairs touching the merged part changed.
+            if i > 0:
+                pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], _NO_MERGE)
+            if i < len(pair_ranks):
+                pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], _NO_MERGE)
+        return [ranks[p] for p in parts]
+
+    def _decode_ordinary(self, ids: list[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes of ordinary token ids (a token may hold part of a character)."""
+        table = self._token_bytes
+        return b"".join(table[i] for i in ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._token_bytes[token_id]
+
+    # ---- saving ----
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "version": FORMAT_VERSION,
+            "pattern": self.pattern,
+            "byte_order": token_to_text(bytes(self.byte_order)),
+            "merges": [f"{token_to_text(a)} {token_to_text(b)}" for a, b in self.merges],
+            "special_tokens": list(self.special_tokens),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported bpe format version {data.get('version')!r}")
+        merges = [_parse_merge(line) for line in data["merges"]]
+        byte_order = list(text_to_token(data["byte_order"]))
+        return cls(merges, data["pattern"], data.get("special_tokens", ()), byte_order)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+        tokenizer = load_tokenizer(path)
+        if not isinstance(tokenizer, cls):
+            raise UserError(f"{path} holds a {tokenizer.kind!r} tokenizer, not a BPE one")
+        return tokenizer
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BPETokenizer):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # equal by value, so not usable as a dict key
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)})"
+
+
+def _gpt2_specials(encoder: dict[str, int], first_special: int) -> list[str]:
+    """encoder.json's tokens past the merges (GPT-2: just <|endoftext|> = 50256), in id order."""
+    specials = sorted((i, t) for t, i in encoder.items() if i >= first_special)
+    if [i for i, _ in specials] != list(range(first_special, first_special + len(specials))):
+        raise ValueError("special token ids do not follow the merges contiguously")
+    return [t for _, t in specials]
+
+
+def _parse_merge(line: str) -> tuple[bytes, bytes]:
+    """ "Ġ t" -> (b" ", b"t"): two tokens in printable form, one space between."""
+    parts = line.split(" ") if isinstance(line, str) else []
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"merge {line!r} is not two tokens separated by one space")
+    return text_to_token(parts[0]), text_to_token(parts[1])

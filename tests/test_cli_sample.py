@@ -1,0 +1,114 @@
+"""`attnlab sample`: help, end-to-end sampling from a tiny checkpoint, and clean failures."""
+
+import pytest
+import torch
+
+from attnlab.cli import main
+from attnlab.generation import generate_text
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers import CharTokenizer
+from attnlab.training.checkpoints import save_checkpoint
+
+TEXT = "first citizen:\nbefore we proceed any further, hear me speak.\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is faster and does not spin against other work on 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1, n_heads=2, d_model=16
+    )
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, GPT(config), tokenizer)
+    return path
+
+
+def sample(capsys, *args):
+    code = main(["sample", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max-new-tokens" in out and "(default: 500)" in out
+
+
+def test_sample_prints_prompt_and_continuation_only(capsys, checkpoint):
+    code, out, err = sample(capsys, checkpoint, "--prompt", "hear", "--max-new-tokens", 30)
+    assert code == 0
+    assert out.startswith("hear") and out.endswith("\n")
+    assert len(out) == len("hear") + 30 + 1
+    assert set(out) <= set(TEXT)  # nothing but generated characters
+    assert "sample" in err  # notes go to stderr
+
+
+def test_sample_matches_the_library_and_is_reproducible(capsys, checkpoint):
+    from attnlab.training.checkpoints import load_checkpoint
+
+    args = (checkpoint, "--prompt", "me", "--max-new-tokens", 40, "--seed", 5, "--crop-to", 8)
+    _, first, _ = sample(capsys, *args)
+    _, again, _ = sample(capsys, *args)
+    assert first == again
+    _, uncached, _ = sample(capsys, *args, "--no-cache")
+    assert uncached == first
+    model, tokenizer = load_checkpoint(checkpoint)
+    expected = generate_text(
+        model, tokenizer, "me", 40, temperature=0.8, top_k=200, seed=5, crop_to=8
+    )
+    assert first == "me" + expected + "\n"
+
+
+def test_several_samples_are_separated(capsys, checkpoint):
+    code, out, _ = sample(capsys, checkpoint, "--num-samples", 3, "--max-new-tokens", 10)
+    assert code == 0
+    samples = out.split("---------------\n")
+    assert len(samples) == 3
+    assert all(len(s) == 11 for s in samples)  # empty prompt: 10 characters and a newline
+    assert len(set(samples)) > 1  # one random stream across samples, so they differ
+
+
+def test_stop_string_cuts_the_sample(capsys, checkpoint):
+    _, full, _ = sample(capsys, checkpoint, "--prompt", "a", "--temperature", 0)
+    stop = full[5:7]
+    _, cut, _ = sample(capsys, checkpoint, "--prompt", "a", "--temperature", 0, "--stop", stop)
+    assert cut == full[: full.index(stop)] + "\n"
+
+
+def test_unseen_prompt_characters_exit_2(capsys, checkpoint):
+    code, out, err = sample(capsys, checkpoint, "--prompt", "hello WORLD")
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and "'W'" in err and "'D'" in err
+
+
+def test_missing_checkpoint_exits_2(capsys, tmp_path):
+    code, out, err = sample(capsys, tmp_path / "nowhere")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "no checkpoint" in err
+
+
+def test_corrupt_checkpoint_exits_2(capsys, checkpoint):
+    (checkpoint / "model.safetensors").write_bytes(b"not a tensor file")
+    code, out, err = sample(capsys, checkpoint)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "corrupt" in err
+
+
+def test_bad_option_values_exit_2(capsys, checkpoint):
+    for flag, value in [("--top-p", 2), ("--num-samples", 0), ("--crop-to", 99)]:
+        code, out, err = sample(capsys, checkpoint, "--prompt", "me", flag, value)
+        assert code == 2 and out == "" and err.count("\n") == 1, (flag, err)

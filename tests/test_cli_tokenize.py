@@ -1,0 +1,110 @@
+"""`attnlab tokenize`: help, train/encode/decode/show end to end, one-line errors."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnlab.cli import main
+from attnlab.tokenizers import load_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs.\n" * 20
+
+
+@pytest.fixture
+def trained_file(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    out = tmp_path / "tok.json"
+    code = main(["tokenize", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "280",
+                 "--out", str(out), "--special", "<|endoftext|>", "--workers", "1"])
+    assert code == 0
+    report = capsys.readouterr().out
+    assert "vocab 280:" in report and "bytes/token" in report and "trained in" in report
+    return out
+
+
+@pytest.mark.parametrize("sub", [[], ["train"], ["encode"], ["decode"], ["show"]])
+def test_help(sub, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tokenize", *sub, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: attnlab tokenize" in text
+    if sub:  # every option shows its default
+        assert "(default:" in text
+
+
+def test_train_encode_decode_show(trained_file, capsys, monkeypatch):
+    tokenizer = load_tokenizer(trained_file)
+    assert tokenizer.vocab_size == 280 and tokenizer.special_tokens == {"<|endoftext|>": 279}
+
+    assert main(["tokenize", "encode", "--tokenizer", str(trained_file), "the lazy fox"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert [int(i) for i in ids] == tokenizer.encode("the lazy fox")
+
+    assert main(["tokenize", "decode", "--tokenizer", str(trained_file), *ids]) == 0
+    assert capsys.readouterr().out == "the lazy fox\n"
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the dog\n"))
+    assert main(["tokenize", "encode", "--tokenizer", str(trained_file)]) == 0
+    ids = capsys.readouterr().out.strip()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(ids))
+    assert main(["tokenize", "decode", "--tokenizer", str(trained_file)]) == 0
+    assert capsys.readouterr().out == "the dog\n\n"
+
+    assert main(["tokenize", "show", "--tokenizer", str(trained_file), "the fox"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "|".join(tokenizer.decode([i]) for i in tokenizer.encode("the fox")) == lines[0]
+    assert "bytes/token" in lines[1]
+
+
+def test_show_colours_on_a_terminal(trained_file, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["tokenize", "show", "--tokenizer", str(trained_file), "the fox"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "\x1b[" in first and "|" not in first
+    assert main(["tokenize", "show", "--no-color", "--tokenizer", str(trained_file), "a b"]) == 0
+    assert "\x1b[" not in capsys.readouterr().out
+
+
+def test_byte_tokenizer(capsys):
+    assert main(["tokenize", "encode", "--tokenizer", "byte", "hé"]) == 0
+    assert capsys.readouterr().out.split() == ["104", "195", "169"]
+    assert main(["tokenize", "show", "--tokenizer", "byte", "hé"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "h|\\xc3|\\xa9"
+
+
+def test_gpt2_tokenizer(capsys):
+    if main(["tokenize", "encode", "--tokenizer", "gpt2", "hello world"]) != 0:
+        pytest.skip("GPT-2 vocabulary not found (set ATTNLAB_DATA)")
+    assert capsys.readouterr().out.split() == ["31373", "995"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/no/such/file.txt"], "data not found"),
+    (["train", "--data", "{corpus}", "--vocab-size", "256", "--special", "<pad>"], "too small"),
+    (["train", "--data", "{corpus}", "--pattern", "([a-z]"], "invalid pre-tokenization pattern"),
+    (["train", "--data", "{corpus}", "--workers", "0"], "--workers"),
+    (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
+    (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
+    (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
+    (["encode", "--tokenizer", "{corpus}", "hi"], "not valid JSON"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):
+    corpus = trained_file.parent / "corpus.txt"
+    args = [a.format(corpus=corpus, tok=trained_file) for a in args]
+    assert main(["tokenize", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attnlab: error:") and message in err[0]
+
+
+def test_missing_gpt2_files_exit_2_in_a_subprocess(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "attnlab", "tokenize", "show", "--tokenizer", "gpt2", "hi"],
+        capture_output=True, text=True, cwd=REPO,
+        env={"ATTNLAB_DATA": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "gpt2-bpe" in result.stderr

@@ -1,0 +1,299 @@
+"""Sampling filters, the decoding loop (KV cache vs recompute, sliding window, batching, seeds,
+streaming) and stop strings."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnlab.errors import UserError
+from attnlab.generation import (
+    SamplingConfig,
+    StopScanner,
+    apply_temperature,
+    generate,
+    generate_text,
+    repetition_penalty,
+    sample_next,
+    stream,
+    stream_batch,
+    stream_text,
+    top_k_filter,
+    top_p_filter,
+)
+from attnlab.generation.decoding import _decode_pieces, _Window
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers import ByteTokenizer, CharTokenizer
+
+INF = float("inf")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one thread is faster, and spares the 2-core machine's OpenMP
+    threads from spinning against whatever else runs (which made these tests 100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_gpt(positional="learned", context_length=16, vocab_size=11, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        vocab_size=vocab_size,
+        context_length=context_length,
+        n_layers=2,
+        n_heads=2,
+        d_model=16,
+        positional=positional,
+    )
+    model = GPT(config).eval()
+    with torch.no_grad():  # larger weights than GPT-2's init, so random logits are not all flat
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model
+
+
+# --- filters ---------------------------------------------------------------------------------
+
+
+def test_temperature_scales_logits():
+    logits = torch.tensor([[1.0, -2.0, 4.0]])
+    assert torch.equal(apply_temperature(logits, 0.5), torch.tensor([[2.0, -4.0, 8.0]]))
+    assert torch.equal(apply_temperature(logits, 2.0), torch.tensor([[0.5, -1.0, 2.0]]))
+    with pytest.raises(ValueError):
+        apply_temperature(logits, 0.0)
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    out = top_k_filter(logits, 2)
+    assert torch.equal(out, torch.tensor([[-INF, 3.0, -INF, 2.0, -INF]]))
+    assert torch.equal(top_k_filter(logits, 10), logits)
+    assert torch.equal(logits, torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]]))  # input untouched
+
+
+def test_top_k_keeps_exactly_k_even_with_ties():
+    out = top_k_filter(torch.zeros(3, 7), 4)
+    assert (out.isfinite().sum(-1) == 4).all()
+
+
+def test_top_p_keeps_the_nucleus():
+    # probabilities 0.5, 0.3, 0.15, 0.05 (in a shuffled order)
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    logits = probs.log()
+    kept = lambda p: top_p_filter(logits, p).isfinite()[0].tolist()  # noqa: E731
+    assert kept(0.5) == [False, True, False, False]  # the top token alone reaches 0.5
+    assert kept(0.6) == [False, True, False, True]  # 0.5 + 0.3 >= 0.6
+    assert kept(0.8) == [False, True, False, True]
+    assert kept(0.81) == [True, True, False, True]
+    assert kept(0.01) == [False, True, False, False]  # always at least one token
+    assert kept(1.0) == [True, True, True, True]
+    kept_values = top_p_filter(logits, 0.6)
+    assert torch.equal(kept_values[0, [1, 3]], logits[0, [1, 3]])  # survivors unchanged
+
+
+def test_repetition_penalty_known_values():
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    previous = torch.tensor([[0, 1, 1]])  # repeated ids are penalised once
+    out = repetition_penalty(logits, previous, 2.0)
+    assert torch.equal(out, torch.tensor([[1.0, -4.0, 1.0, -1.0]]))
+    assert torch.equal(repetition_penalty(logits, previous, 1.0), logits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.floats(-20, 20), min_size=2, max_size=30),
+    k=st.integers(1, 40),
+    p=st.floats(0.01, 1.0),
+)
+def test_filter_properties(values, k, p):
+    logits = torch.tensor([values])
+    by_k = top_k_filter(logits, k)
+    assert int(by_k.isfinite().sum()) == min(k, len(values))
+    top = logits.max()
+    assert logits[by_k.isfinite()].max() == top
+    by_p = top_p_filter(logits, p)
+    kept = by_p.isfinite()[0]
+    probs = torch.softmax(logits.double(), -1)[0]
+    assert logits[0][kept].max() == top
+    assert float(probs[kept].sum()) >= p - 1e-6
+    # minimal: every kept token is at least as likely as every dropped one
+    if (~kept).any():
+        assert float(probs[kept].min()) >= float(probs[~kept].max())
+
+
+def test_sample_next_greedy_and_filters():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 2.0]])
+    assert sample_next(logits, temperature=0).tolist() == [1, 0]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):  # top_k=1 leaves only the argmax to draw
+        assert sample_next(logits, top_k=1, generator=generator).tolist() == [1, 0]
+
+
+def test_sampling_config_rejects_bad_values():
+    with pytest.raises(UserError, match="temperature"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(UserError, match="top_p"):
+        SamplingConfig(top_p=1.5)
+    with pytest.raises(UserError, match="top_k"):
+        SamplingConfig(top_k=0)
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def step_logits(model, prompt, steps, use_cache, crop_to=None):
+    """Greedy decoding that also records each step's (V,) logits."""
+    window = _Window(model, use_cache, crop_to)
+    tokens = torch.tensor([prompt + [0] * steps])
+    all_logits = []
+    with torch.no_grad():
+        for length in range(len(prompt), len(prompt) + steps):
+            logits = window.next_logits(tokens, length)[0]
+            all_logits.append(logits)
+            tokens[0, length] = logits.argmax()
+    return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+@pytest.mark.parametrize("crop_to", [None, 9])
+def test_cache_equals_recompute_across_the_window(positional, crop_to):
+    model = tiny_gpt(positional, context_length=16)
+    prompt = [1, 2, 3, 4, 5]
+    # 30 steps: the sequence passes the 16-token context, so the window slides several times
+    cached_ids, cached = step_logits(model, prompt, 30, use_cache=True, crop_to=crop_to)
+    full_ids, full = step_logits(model, prompt, 30, use_cache=False, crop_to=crop_to)
+    assert cached_ids == full_ids
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    assert generate(model, [prompt], 30, temperature=0, crop_to=crop_to) == [cached_ids]
+
+
+def test_default_window_matches_a_naive_sampler():
+    """With crop_to unset, every step sees exactly the last context_length tokens."""
+    model = tiny_gpt(context_length=8)
+    tokens = [3, 1, 4]
+    with torch.no_grad():
+        for _ in range(20):
+            logits, _ = model(torch.tensor([tokens[-8:]]))
+            tokens.append(int(logits[0, -1].argmax()))
+    assert generate(model, [[3, 1, 4]], 20, temperature=0) == [tokens[3:]]
+
+
+def test_prompt_longer_than_the_context():
+    model = tiny_gpt(context_length=8)
+    prompt = list(range(11)) + list(range(9))
+    cached = generate(model, [prompt], 5, temperature=0)
+    assert cached == generate(model, [prompt], 5, temperature=0, use_cache=False)
+
+
+def test_same_seed_same_samples_different_seed_different():
+    model = tiny_gpt()
+    run = lambda seed: generate(model, [[1, 2]], 24, temperature=1.0, seed=seed)  # noqa: E731
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_batched_prompts_equal_one_by_one():
+    model = tiny_gpt()
+    prompts = [[1, 2, 3], [4], [5, 6, 7], [8, 9, 10, 1, 2, 3, 4, 5, 6, 7]]
+    batched = generate(model, prompts, 12, temperature=0)
+    assert batched == [generate(model, [p], 12, temperature=0)[0] for p in prompts]
+    assert all(len(row) == 12 for row in batched)
+
+
+def test_tensor_prompts_and_stream_batch_shapes():
+    model = tiny_gpt()
+    prompts = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    steps = list(stream_batch(model, prompts, 4, sampling=SamplingConfig(temperature=0)))
+    assert len(steps) == 4 and steps[0].shape == (3,)
+    assert torch.stack(steps, 1).tolist() == generate(model, prompts, 4, temperature=0)
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    model = tiny_gpt()
+    options = dict(temperature=0.9, top_k=5, top_p=0.9, repetition_penalty=1.3, seed=3)
+    streamed = list(stream(model, [1, 2, 3], 20, **options))
+    assert streamed == generate(model, [[1, 2, 3]], 20, **options)[0]
+
+
+def test_stop_ids_end_each_row():
+    model = tiny_gpt()
+    full = generate(model, [[1, 2], [3, 4]], 15, temperature=0)
+    stop = full[0][4]
+    cut = generate(model, [[1, 2], [3, 4]], 15, temperature=0, stop_ids=[stop])
+    for row, whole in zip(cut, full, strict=True):
+        expected = whole[: whole.index(stop)] if stop in whole else whole
+        assert row == expected
+    assert list(stream(model, [1, 2], 15, temperature=0, stop_ids=[stop])) == cut[0]
+
+
+def test_model_mode_is_restored():
+    model = tiny_gpt().train()
+    generate(model, [[1]], 3, temperature=0)
+    assert model.training
+
+
+def test_bad_prompts_are_user_errors():
+    model = tiny_gpt()
+    with pytest.raises(UserError, match="empty"):
+        generate(model, [[]], 3)
+    with pytest.raises(UserError, match="vocabulary"):
+        generate(model, [[99]], 3)
+    with pytest.raises(UserError, match="crop_to"):
+        generate(model, [[1]], 3, crop_to=17)
+    with pytest.raises(UserError, match="crop_to"):
+        generate(model, [[1]], 3, crop_to=0)
+    assert generate(model, [], 3) == []
+
+
+# --- text --------------------------------------------------------------------------------------
+
+
+def test_stop_scanner_cuts_at_a_split_stop_string():
+    scanner = StopScanner(["END", "\n\n"])
+    pieces = ["ab", "c E", "N", "xyz"]  # "E" could start "END": held back until "N"... then "x"
+    out = [scanner.feed(p) for p in pieces]
+    assert "".join(out) + scanner.flush() == "abc ENxyz"
+    scanner = StopScanner(["END"])
+    out = [scanner.feed(p) for p in ["ab", "c E", "N", "Dxyz"]]
+    assert "".join(out) == "abc " and scanner.stopped
+    assert out[1] == "c "  # " E" split: only the safe part is given out
+
+
+def test_generate_text_stops_at_a_stop_string():
+    text = "hello world, hello there\n"
+    tokenizer = CharTokenizer.from_text(text)
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size, context_length=32)
+    full = generate_text(model, tokenizer, "he", 40, temperature=0)
+    assert len(full) == 40
+    stop = full[10:12]
+    cut = generate_text(model, tokenizer, "he", 40, temperature=0, stop=[stop])
+    assert cut == full[: full.index(stop)]
+    assert "".join(stream_text(model, tokenizer, "he", 40, temperature=0)) == full
+
+
+def test_text_starts_from_endoftext_and_stops_there():
+    tokenizer = CharTokenizer.from_text("abc", special_tokens=["<|endoftext|>"])
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size)
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    ids = generate(model, [[eot]], 30, temperature=0)[0]
+    text = generate_text(model, tokenizer, "", 30, temperature=0)
+    expected = ids[: ids.index(eot)] if eot in ids else ids
+    assert text == tokenizer.decode(expected)
+
+
+def test_byte_text_waits_for_whole_characters():
+    tokenizer = ByteTokenizer()
+    ids = list("aé€b".encode())  # 1 + 2 + 3 + 1 bytes
+    assert list(_decode_pieces(tokenizer, ids)) == ["a", "é", "€", "b"]
+    assert list(_decode_pieces(tokenizer, [0xE2, 0x82])) == ["\ufffd"]  # unfinished: flushed
+
+
+def test_char_tokenizer_rejects_unseen_prompt_characters():
+    tokenizer = CharTokenizer.from_text("abc")
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size)
+    with pytest.raises(UserError, match="'z'"):
+        generate_text(model, tokenizer, "abz", 3)
