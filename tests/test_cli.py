@@ -10,12 +10,29 @@ import pytest
 
 from attnlab.cli import COMMANDS, build_parser, main
 from attnlab.cli.options import read_toml
-from attnlab.config import config_from_dict
+from attnlab.config import config_from_dict, config_to_dict
+from attnlab.models.encoder_decoder import PRESETS as TRANSLATION_PRESETS
+from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--context-length", "16", "--n-layers", "1", "--n-heads", "2", "--d-model", "16",
-        "--batch-size", "4", "--eval-iters", "2", "--device", "cpu"]
+TINY = [
+    "--context-length",
+    "16",
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--d-model",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-iters",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def run(argv, capsys):
@@ -53,16 +70,40 @@ def test_train_gpt_help_lists_every_field_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "gpt", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--max-iters", "--eval-interval", "--eval-iters", "--batch-size", "--seed",
-                 "--device", "--resume", "--n-kv-heads", "--positional", "--compile"):
+    for flag in (
+        "--max-iters",
+        "--eval-interval",
+        "--eval-iters",
+        "--batch-size",
+        "--seed",
+        "--device",
+        "--resume",
+        "--n-kv-heads",
+        "--positional",
+        "--compile",
+    ):
         assert flag in text
     assert "(default: 2000)" in text and "residual stream width" in text
 
 
 def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     out = tmp_path / "run"
-    code, _, err = run(["train", "gpt", "--data", str(corpus), "--out", str(out),
-                        "--max-iters", "6", "--eval-interval", "3", *TINY], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "gpt",
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--max-iters",
+            "6",
+            "--eval-interval",
+            "3",
+            *TINY,
+        ],
+        capsys,
+    )
     assert code == 0, err
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"):
         assert (out / name).is_file()
@@ -71,11 +112,17 @@ def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     assert {"step", "train_loss", "lr", "tokens_per_s"} <= records[0].keys()
     assert "val_loss" in records[2] and "val_loss" in records[5]
 
-    code, text, _ = run(["sample", str(out), "--prompt", "To be", "--max-new-tokens", "20",
-                         "--seed", "3"], capsys)
+    code, text, _ = run(
+        ["sample", str(out), "--prompt", "To be", "--max-new-tokens", "20", "--seed", "3"], capsys
+    )
     assert code == 0 and text.startswith("To be") and len(text) >= 20
-    assert run(["sample", str(out), "--prompt", "To be", "--max-new-tokens", "20",
-                "--seed", "3"], capsys)[1] == text
+    assert (
+        run(
+            ["sample", str(out), "--prompt", "To be", "--max-new-tokens", "20", "--seed", "3"],
+            capsys,
+        )[1]
+        == text
+    )
 
     code, text, _ = run(["evaluate", str(out), "--data", str(corpus), "--json"], capsys)
     result = json.loads(text)
@@ -109,10 +156,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, capsys):
         (["train", "gpt", "--data", str(tmp_path / "missing.txt"), "--out", out], "not found"),
         (["train", "gpt", "--data", str(empty), "--out", out], "empty"),
         (["train", "gpt", "--data", str(short), "--out", out, *TINY], "context_length"),
-        (["train", "gpt", "--config", str(bad_key), "--data", str(corpus), "--out", out],
-         "n_layer"),
-        (["train", "gpt", "--config", str(bad_type), "--data", str(corpus), "--out", out],
-         "batch_size"),
+        (
+            ["train", "gpt", "--config", str(bad_key), "--data", str(corpus), "--out", out],
+            "n_layer",
+        ),
+        (
+            ["train", "gpt", "--config", str(bad_type), "--data", str(corpus), "--out", out],
+            "batch_size",
+        ),
         (["train", "gpt", "--data", str(corpus), "--out", out, "--d-model", "30"], "d_model"),
         (["evaluate", str(tmp_path / "nowhere"), "--data", str(corpus)], "no checkpoint"),
         (["sample", str(tmp_path / "nowhere")], "no checkpoint"),
@@ -141,18 +192,42 @@ def test_sample_names_characters_the_tokenizer_never_saw(tmp_path, corpus, capsy
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_model(path):
     toml = read_toml(str(path))
-    config = config_from_dict(GPTConfig, {"vocab_size": 65, **toml.get("model", {})})
-    model = GPT(config)
+    if "translation" in toml:  # a `train translation` config: a preset, then [model] fields
+        base = config_to_dict(TRANSLATION_PRESETS[toml.get("preset", "tiny")])
+        model = EncoderDecoder(
+            config_from_dict(EncoderDecoderConfig, {**base, **toml.get("model", {})})
+        )
+    else:
+        model = GPT(config_from_dict(GPTConfig, {"vocab_size": 65, **toml.get("model", {})}))
     assert model.num_parameters() > 0
+    if "training" in toml:
+        config_from_dict(TrainConfig, toml["training"])
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "attnlab", "train", "gpt", "--data", str(corpus), "--out", str(out),
-         "--max-iters", "100000", "--eval-interval", "100000", *TINY],
-        stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "attnlab",
+            "train",
+            "gpt",
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--max-iters",
+            "100000",
+            "--eval-interval",
+            "100000",
+            *TINY,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):

@@ -111,3 +111,13 @@ def test_gpt2_preset_sizes():
 def test_too_long_input_is_a_clear_error():
     with pytest.raises(ValueError, match="context length 16"):
         tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_autocast_stays_close_to_fp32(variant):
+    model = tiny(**variant)
+    idx = torch.randint(0, 50, (2, 12))
+    reference, _ = model(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = model(idx)
+    assert (low.float() - reference).abs().max() < 0.05

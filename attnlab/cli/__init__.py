@@ -14,7 +14,7 @@ import sys
 
 from attnlab.errors import UserError
 
-COMMANDS = ("train", "sample", "evaluate", "tokenize")
+COMMANDS = ("train", "sample", "evaluate", "tokenize", "translate")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1,4 +1,5 @@
-"""`attnlab evaluate CKPT --data PATH`: loss, perplexity and bits per byte of a checkpoint."""
+"""`attnlab evaluate CKPT --data PATH`: loss, perplexity and bits per byte of a checkpoint;
+`attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of a translation checkpoint."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import json
 import numpy as np
 
 from attnlab.cli.options import resolve_data_path
+from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.data.text import TextSplits, corpus_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
+from attnlab.models.registry import model_kind
 from attnlab.training.checkpoints import load_checkpoint
 
 SPLITS = ("val", "train", "all")
@@ -25,28 +28,42 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
         help="score a checkpoint on data",
         description="Loss (nats/token), perplexity and bits per byte of a language model over "
-        "every window of a split.\nexample: attnlab evaluate runs/gpt --data input.txt",
+        "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
+        "translation model's detokenized output.\nexamples:\n  attnlab evaluate runs/gpt --data "
+        "input.txt\n  attnlab evaluate runs/multi30k --src test.de.gz --ref test.en.gz",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
     parser.add_argument(
-        "--data", required=True, metavar="PATH", help="text file, directory, DIR:GLOB or 'stdlib'"
+        "--data", metavar="PATH", help="text file, directory, DIR:GLOB or 'stdlib' (language model)"
     )
+    parser.add_argument("--src", metavar="FILE", help="source sentences, one a line (translation)")
+    parser.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")
+    parser.add_argument("--hypotheses", metavar="FILE", help="also write the translations here")
     parser.add_argument(
         "--split",
         choices=SPLITS,
         default="val",
         help="which part: the last 10%% (val), the first 90%% (train), or all",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="windows or sentences per forward pass"
+    )
+    add_decoding_flags(parser, batch_size=False)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=evaluate)
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    if args.src or args.ref:
+        return evaluate_translation_command(args)
+    if args.data is None:
+        raise UserError("give --data (a language model) or --src and --ref (a translation model)")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     model, tokenizer = load_checkpoint(args.checkpoint, pick_device(args.device))
+    if model_kind(model) == "encoder_decoder":
+        raise UserError(f"{args.checkpoint} is a translation model: evaluate it with --src, --ref")
     tokens = np.asarray(tokenizer.encode(corpus_text(resolve_data_path(args.data))))
     splits = TextSplits.from_tokens(tokens)
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]

@@ -20,6 +20,8 @@ from typing import Any
 from attnlab.config import config_from_dict
 from attnlab.errors import UserError
 
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
 
 def field_comments(cls: type) -> dict[str, str]:
     """The trailing ``# comment`` of each field line in a dataclass's source."""
@@ -64,6 +66,10 @@ def _parser_for(hint: Any):
     def parse(text: str):
         if text.lower() == "none" and type(None) in typing.get_args(hint):
             return None
+        if base is bool:  # bool("no") would be True
+            if text.lower() not in BOOLEANS:
+                raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+            return BOOLEANS[text.lower()]
         try:
             return base(text)
         except ValueError:

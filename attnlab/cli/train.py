@@ -64,6 +64,8 @@ def register(subparsers) -> None:
     add_config_flags(gpt, GPTConfig, "model (GPTConfig)")
     add_config_flags(gpt, TrainConfig, "training (TrainConfig)")
     gpt.set_defaults(handler=train_gpt)
+    from attnlab.cli.train_translation import register as register_translation
+    register_translation(models)
 
 
 def train_gpt(args: argparse.Namespace) -> int:

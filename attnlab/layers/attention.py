@@ -68,6 +68,8 @@ def _fused(q, k, v, mask, is_causal: bool, dropout_p: float) -> torch.Tensor:
         # torch's CPU flash-attention kernel is slow in bf16: measured on a Zen 4 core, its
         # backward took 4.5x the fp32 time for a 4-layer, T=64 model. Attention is a small part
         # of the FLOPs at these lengths, so it runs in fp32 while the projections stay in bf16.
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.float()
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(
                 q.float(),

@@ -8,11 +8,14 @@ from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.errors import UserError
+from attnlab.models.encoder_decoder import PRESETS as ENCODER_DECODER_PRESETS
+from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.gpt import PRESETS as GPT_PRESETS
 
 MODELS: dict[str, tuple[type, type[nn.Module], dict[str, Any]]] = {
     "gpt": (GPTConfig, GPT, GPT_PRESETS),
+    "encoder_decoder": (EncoderDecoderConfig, EncoderDecoder, ENCODER_DECODER_PRESETS),
 }
 
 

@@ -1,0 +1,132 @@
+"""`attnlab translate CKPT [TEXT]`: translate with an encoder–decoder checkpoint.
+
+Also the translation mode of `attnlab evaluate CKPT --src FILE --ref FILE` (BLEU and chrF),
+whose options and handler live here so both commands decode the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from attnlab.devices import DEVICES, pick_device
+from attnlab.errors import UserError
+from attnlab.models.encoder_decoder import EncoderDecoder
+from attnlab.models.registry import model_kind
+
+DESCRIPTION = """\
+Translate text with an encoder-decoder checkpoint (from `attnlab train translation`).
+
+With TEXT, translate it. Without, read one source sentence per line from stdin and write one
+detokenized translation per line to stdout, in order (lines are batched by length internally).
+Decoding is beam search with GNMT's length penalty ((5 + |Y|) / 6)^alpha; --beam-size 1 is
+greedy. At most factor x source tokens + offset tokens are generated.
+
+examples:
+  attnlab translate runs/multi30k "Ein Mann fährt Fahrrad."
+  attnlab translate runs/multi30k < test.de > test.hyp.en
+"""
+
+
+def register(subparsers) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "translate",
+        help="translate text with an encoder-decoder checkpoint",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
+    parser.add_argument("text", nargs="?", help="sentence to translate (default: read stdin)")
+    add_decoding_flags(parser)
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    parser.set_defaults(handler=translate_command)
+
+
+def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    """Beam size, length penalty, length limit and (unless the parser has its own) batch size:
+    shared with `evaluate`."""
+    parser.add_argument("--beam-size", type=int, default=4, help="hypotheses kept; 1 = greedy")
+    parser.add_argument(
+        "--length-penalty", type=float, default=0.6, help="GNMT alpha (0 = none, > 0 longer)"
+    )
+    if batch_size:
+        parser.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
+    parser.add_argument(
+        "--max-length-factor", type=float, default=1.0, help="length limit: factor x source..."
+    )
+    parser.add_argument("--max-length-offset", type=int, default=50, help="... + offset tokens")
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    if args.beam_size < 1:
+        raise UserError(f"--beam-size must be >= 1, got {args.beam_size}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_length_factor < 0 or args.max_length_offset < 0:
+        raise UserError("--max-length-factor and --max-length-offset must be >= 0")
+    return {
+        "beam_size": args.beam_size,
+        "length_penalty": args.length_penalty,
+        "batch_size": args.batch_size,
+        "max_length_factor": args.max_length_factor,
+        "max_length_offset": args.max_length_offset,
+    }
+
+
+def load_translation_model(path: str, device: str):
+    """Model and tokenizer of an encoder-decoder checkpoint; another kind is a UserError."""
+    from attnlab.training.checkpoints import load_checkpoint
+
+    model, tokenizer = load_checkpoint(path, pick_device(device))
+    if not isinstance(model, EncoderDecoder):
+        raise UserError(
+            f"{path} holds a {model_kind(model)!r} model; translation needs an "
+            "'encoder_decoder' checkpoint (from `attnlab train translation`)"
+        )
+    return model, tokenizer
+
+
+def translate_command(args: argparse.Namespace) -> int:
+    from attnlab.generation.beam_search import translate
+
+    options = decoding_options(args)
+    model, tokenizer = load_translation_model(args.checkpoint, args.device)
+    lines = [args.text] if args.text is not None else sys.stdin.read().splitlines()
+    for translation in translate(model, tokenizer, [line.strip() for line in lines], **options):
+        sys.stdout.write(translation + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def evaluate_translation_command(args: argparse.Namespace) -> int:
+    """`attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of the translations."""
+    from attnlab.data.translation import read_lines
+    from attnlab.evaluation.bleu import evaluate_translation
+    from attnlab.files import atomic_write_bytes
+
+    if not (args.src and args.ref):
+        raise UserError("translation evaluation needs both --src and --ref")
+    options = decoding_options(args)
+    sources, references = read_lines(args.src), read_lines(args.ref)
+    if len(sources) != len(references):
+        raise UserError(
+            f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}: "
+            "line i of one must translate line i of the other"
+        )
+    model, tokenizer = load_translation_model(args.checkpoint, args.device)
+    scores, hypotheses = evaluate_translation(model, tokenizer, sources, references, **options)
+    if args.hypotheses:
+        atomic_write_bytes(args.hypotheses, "".join(h + "\n" for h in hypotheses).encode())
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"{'BLEU':>10}  {scores['bleu']:.2f}   ({scores['bleu_detail']})")
+        print(f"{'chrF':>10}  {scores['chrf']:.2f}")
+        print(f"{'exact':>10}  {scores['exact_match']:.2f}%")
+        print(f"{'sentences':>10}  {scores['sentences']:,}")
+        print(f"{'signature':>10}  BLEU {scores['bleu_signature']}")
+        print(f"{'':>10}  chrF {scores['chrf_signature']}")
+    return 0

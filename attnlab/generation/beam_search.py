@@ -1,0 +1,250 @@
+"""Greedy and beam-search decoding for encoder–decoder models, batched, with a KV cache.
+
+Dimensions: B sentences, K beams per sentence, N = B·K hypothesis rows, S source positions,
+t target positions so far, V vocabulary size.
+
+Any model with the encoder–decoder contract works: ``encode(src) -> (memory, src_mask)``,
+``decode(tgt_in, memory, src_mask, cache=None) -> logits (B, T, V)``, ``new_cache()`` and a
+config with pad_id, bos_id, eos_id and max_length.
+
+Incremental decoding. The source is encoded once. Each step feeds only the newest target token;
+the decoder's self-attention reads earlier keys and values from the cache, and each cross
+attention projects the memory to keys and values at the first step and reuses them. Beam search
+reorders the cache rows after every step (``DecodingCache.reorder``) so each surviving
+hypothesis keeps its own history, and drops the rows of sentences whose search has ended.
+
+Beam search (Sutskever et al. 2014; GNMT, Wu et al. 2016, section 7). Hypotheses are ranked by
+their summed log-probability while they grow; a hypothesis that ends with </s> is scored by
+log P(Y|X) / lp(Y), lp(Y) = ((5 + |Y|) / 6)^α with |Y| counting its tokens and </s>, so α > 0
+favours longer outputs (α = 0: raw log-probability; the paper uses α = 0.6, with beam size 4).
+Each step keeps the 2K best extensions: those ending in </s> among the best K are finished, the
+best K others live on. A sentence's search ends when it has K finished hypotheses or reaches its
+length limit, where </s> is forced; decoding stops when every sentence has ended.
+
+Length limit. At most ⌊a·|X| + b⌋ tokens are generated for a source of |X| tokens (its </s>
+included), </s> included, and never more than the model's max_length: a = 1, b = 50 by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from attnlab.errors import UserError
+
+
+def max_target_lengths(
+    src: torch.Tensor, model: nn.Module, factor: float = 1.0, offset: int = 50
+) -> torch.Tensor:
+    """(B,) most tokens to generate per sentence: ⌊factor·|X| + offset⌋, within [1, max_length]."""
+    source_lengths = (src != model.config.pad_id).sum(-1)
+    limits = (factor * source_lengths.double() + offset).floor().long()
+    return limits.clamp(1, model.config.max_length)
+
+
+def _next_log_probs(model, tokens, memory, src_mask, cache) -> torch.Tensor:
+    """Log-probabilities (N, V) of the token after `tokens` (N, t): only the newest token goes
+    through the decoder with a cache, the whole prefix without one (the test of the cache).
+    <pad> and <s> never follow in a target, so they are never chosen."""
+    if cache is not None:
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)
+    else:
+        logits = model.decode(tokens, memory, src_mask)
+    log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
+    log_probs[:, [model.config.pad_id, model.config.bos_id]] = float("-inf")
+    return log_probs
+
+
+def _force_end(log_probs: torch.Tensor, at_limit: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Rows at their length limit may only choose </s>. log_probs (..., V), at_limit (...)."""
+    only_end = torch.full_like(log_probs, float("-inf"))
+    only_end[..., eos_id] = log_probs[..., eos_id]
+    return torch.where(at_limit[..., None], only_end, log_probs)
+
+
+@torch.no_grad()
+def greedy_search(
+    model: nn.Module,
+    src: torch.Tensor,
+    *,
+    max_length_factor: float = 1.0,
+    max_length_offset: int = 50,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """The most likely next token at every step. src: (B, S) right-padded source ids.
+
+    Returns each sentence's target ids, without <s> and </s>.
+    """
+    c = model.config
+    limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
+    memory, src_mask = model.encode(src)
+    cache = model.new_cache() if use_cache else None
+    tokens = torch.full((src.size(0), 1), c.bos_id, dtype=torch.long, device=src.device)
+    ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+    for step in range(int(limits.max())):
+        log_probs = _next_log_probs(model, tokens, memory, src_mask, cache)  # (B, V)
+        next_token = _force_end(log_probs, step + 1 >= limits, c.eos_id).argmax(-1)  # (B,)
+        next_token = next_token.masked_fill(ended, c.pad_id)
+        ended |= next_token == c.eos_id
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
+        if ended.all():
+            break
+    return [_strip(row, c) for row in tokens[:, 1:].tolist()]
+
+
+def _strip(ids: list[int], config) -> list[int]:
+    """Ids up to the first </s> (or padding)."""
+    for i, token in enumerate(ids):
+        if token in (config.eos_id, config.pad_id):
+            return ids[:i]
+    return ids
+
+
+def gnmt_length_penalty(length: int, alpha: float) -> float:
+    """GNMT's lp(Y) = ((5 + |Y|) / 6)^α."""
+    return ((5 + length) / 6) ** alpha
+
+
+class _Search:
+    """The state of a batched beam search: the rows still searching and their hypotheses."""
+
+    def __init__(self, model, src, beam_size, alpha, limits, use_cache):
+        self.model, self.k, self.alpha, self.limits = model, beam_size, alpha, limits
+        self.eos = model.config.eos_id
+        memory, src_mask = model.encode(src)
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size)
+        self.memory, self.src_mask = memory[rows], src_mask[rows]  # (N, S, D), (N, 1, 1, S)
+        self.cache = model.new_cache() if use_cache else None
+        self.tokens = torch.full(
+            (rows.numel(), 1), model.config.bos_id, dtype=torch.long, device=src.device
+        )  # (N, t)
+        # Only beam 0 starts alive, so the first step's K beams are K different tokens.
+        self.scores = torch.full((src.size(0), beam_size), float("-inf"), device=src.device)
+        self.scores[:, 0] = 0.0  # (B, K) summed log-probabilities
+        self.active = list(range(src.size(0)))  # original index of each searching sentence
+        self.finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(src.size(0))]
+
+    def step(self, step: int) -> None:
+        k, n = self.k, len(self.active)
+        log_probs = _next_log_probs(self.model, self.tokens, self.memory, self.src_mask, self.cache)
+        at_limit = step + 1 >= self.limits  # (B,)
+        log_probs = _force_end(log_probs.view(n, k, -1), at_limit[:, None], self.eos)
+        vocab = log_probs.size(-1)
+        candidates = (self.scores[:, :, None] + log_probs).view(n, k * vocab)  # (B, K·V)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K), best first
+        beam, token = top_index // vocab, top_index % vocab
+        is_end = token == self.eos
+        self._finish(step, beam, top_scores, is_end)
+        # The K best extensions that do not end: ranks of ending ones are pushed past 2K.
+        rank = torch.arange(2 * k, device=token.device) + is_end.long() * 2 * k  # (B, 2K)
+        keep = rank.topk(k, dim=1, largest=False).indices  # (B, K), best first
+        self.scores = top_scores.gather(1, keep)
+        parent = torch.arange(n, device=token.device)[:, None] * k + beam.gather(1, keep)
+        self._select_rows(parent.view(-1))
+        self.tokens = torch.cat([self.tokens, token.gather(1, keep).view(-1, 1)], dim=1)
+        ended = [len(self.finished[self.active[r]]) >= k or bool(at_limit[r]) for r in range(n)]
+        if any(ended):
+            self._drop_sentences([r for r in range(n) if not ended[r]])
+
+    def _finish(self, step, beam, top_scores, is_end) -> None:
+        """Store the hypotheses ending among the K best candidates, length-normalized."""
+        finite = top_scores > float("-inf")
+        for r, j in (is_end[:, : self.k] & finite[:, : self.k]).nonzero().tolist():
+            row = r * self.k + int(beam[r, j])
+            ids = self.tokens[row, 1:].tolist()  # without <s>; </s> is not stored
+            score = float(top_scores[r, j]) / gnmt_length_penalty(step + 1, self.alpha)
+            self.finished[self.active[r]].append((score, ids))
+
+    def _select_rows(self, rows: torch.Tensor) -> None:
+        self.tokens = self.tokens[rows]
+        if self.cache is not None:
+            self.cache.reorder(rows)
+
+    def _drop_sentences(self, keep: list[int]) -> None:
+        """Stop decoding the sentences not in `keep`: their rows leave the batch and cache."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)
+        rows = (index[:, None] * self.k + torch.arange(self.k, device=index.device)).view(-1)
+        self._select_rows(rows)
+        self.memory, self.src_mask = self.memory[rows], self.src_mask[rows]
+        self.scores, self.limits = self.scores[index], self.limits[index]
+        self.active = [self.active[r] for r in keep]
+
+    def best(self) -> list[list[int]]:
+        return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in self.finished]
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module,
+    src: torch.Tensor,
+    *,
+    beam_size: int = 4,
+    length_penalty: float = 0.6,
+    max_length_factor: float = 1.0,
+    max_length_offset: int = 50,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Batched beam search (see the module docstring). src: (B, S) right-padded source ids.
+
+    Returns each sentence's best target ids, without <s> and </s>. beam_size 1 is greedy search.
+    """
+    vocab_size = model.config.vocab_size
+    if not 1 <= beam_size <= vocab_size // 2:
+        raise UserError(f"beam size must be between 1 and {vocab_size // 2}, got {beam_size}")
+    limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
+    search = _Search(model, src, beam_size, length_penalty, limits, use_cache)
+    step = 0
+    while search.active:
+        search.step(step)
+        step += 1
+    return search.best()
+
+
+def encode_sources(sentences: Sequence[str], tokenizer, model: nn.Module) -> torch.Tensor:
+    """(B, S) right-padded source ids: each sentence's BPE ids and </s>, cut to max_length."""
+    c = model.config
+    ids = [tokenizer.encode(s)[: c.max_length - 1] + [c.eos_id] for s in sentences]
+    src = torch.full((len(ids), max(map(len, ids))), c.pad_id, dtype=torch.long)
+    for row, sentence in enumerate(ids):
+        src[row, : len(sentence)] = torch.tensor(sentence)
+    return src
+
+
+def translate(
+    model: nn.Module,
+    tokenizer,
+    sentences: Sequence[str],
+    *,
+    beam_size: int = 4,
+    length_penalty: float = 0.6,
+    batch_size: int = 32,
+    max_length_factor: float = 1.0,
+    max_length_offset: int = 50,
+) -> list[str]:
+    """Detokenized translations of `sentences`, in order, each on one line. Sentences are
+    decoded in batches of similar length (less padding); a source longer than the model's
+    max_length is cut to fit."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    results: list[str] = [""] * len(sentences)
+    for first in range(0, len(order), batch_size):
+        chosen = order[first : first + batch_size]
+        src = encode_sources([sentences[i] for i in chosen], tokenizer, model).to(device)
+        outputs = beam_search(
+            model,
+            src,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            max_length_factor=max_length_factor,
+            max_length_offset=max_length_offset,
+        )
+        for i, ids in zip(chosen, outputs, strict=True):
+            # One line per translation: any line break or whitespace run (a byte-level model can
+            # emit them) becomes one space.
+            results[i] = " ".join(tokenizer.decode(ids).split())
+    return results

@@ -1,0 +1,229 @@
+import io
+import json
+
+import pytest
+import safetensors.torch
+
+from attnlab.cli import main
+from attnlab.data.translation import embedded_pairs
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers import ByteTokenizer
+from attnlab.training.checkpoints import save_checkpoint
+
+TINY = [
+    "--embedded-pairs",
+    "200",
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--d-ff",
+    "32",
+    "--n-encoder-layers",
+    "1",
+    "--n-decoder-layers",
+    "1",
+    "--max-batch-tokens",
+    "256",
+    "--eval-iters",
+    "2",
+    "--device",
+    "cpu",
+]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    """Exit code 2 and one error line (after any progress notes), no traceback."""
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
+    assert pattern in errors[0], err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("translation") / "run"
+    code = main(
+        [
+            "train",
+            "translation",
+            "--out",
+            str(out),
+            "--max-iters",
+            "6",
+            "--eval-interval",
+            "3",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def gpt_checkpoint(tmp_path):
+    model = GPT(GPTConfig(vocab_size=256, context_length=8, n_layers=1, n_heads=1, d_model=8))
+    save_checkpoint(tmp_path / "gpt", model, ByteTokenizer())
+    return tmp_path / "gpt"
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [["train", "translation"], ["translate"], ["evaluate"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "usage: attnlab" in text
+    expected = {"train": "--max-batch-tokens", "translate": "--beam-size", "evaluate": "--ref"}
+    assert expected[command[0]] in text
+
+
+def test_train_writes_a_translation_checkpoint(trained):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "run.json", "loss.png"):
+        assert (trained / name).is_file()
+    config = json.loads((trained / "config.json").read_text())
+    assert config["kind"] == "encoder_decoder" and config["config"]["d_model"] == 16
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and "val_loss" in records[5]
+
+
+def test_translate_text_and_stdin(trained, capsys, monkeypatch):
+    code, out, _ = run(["translate", str(trained), "forty-two", "--beam-size", "2"], capsys)
+    assert code == 0 and out.count("\n") == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n\nseven hundred\nfive\n"))
+    code, lines, _ = run(["translate", str(trained), "--batch-size", "2"], capsys)
+    assert code == 0 and len(lines.splitlines()) == 4
+    monkeypatch.setattr("sys.stdin", io.StringIO("forty-two\n"))
+    assert run(["translate", str(trained), "--beam-size", "2"], capsys)[1] == out
+
+
+def test_evaluate_bleu(trained, tmp_path, capsys):
+    pairs = embedded_pairs(20, seed=9)
+    src = write(tmp_path / "test.words", [s for s, _ in pairs])
+    ref = write(tmp_path / "test.digits", [t for _, t in pairs])
+    hyps = tmp_path / "hyps.txt"
+    code, out, _ = run(
+        ["evaluate", str(trained), "--src", src, "--ref", ref, "--hypotheses", str(hyps)], capsys
+    )
+    assert code == 0 and "BLEU" in out and "chrF" in out and "case:mixed|eff:no|tok:13a" in out
+    assert len(hyps.read_text().splitlines()) == 20
+    code, out, _ = run(
+        ["evaluate", str(trained), "--src", src, "--ref", ref, "--json", "--beam-size", "1"], capsys
+    )
+    scores = json.loads(out)
+    assert code == 0 and 0 <= scores["bleu"] <= 100 and scores["sentences"] == 20
+    assert {"chrf", "exact_match", "bleu_signature", "chrf_signature"} <= scores.keys()
+
+
+def test_resume_reproduces_the_straight_run(tmp_path):
+    straight, halted = tmp_path / "straight", tmp_path / "halted"
+    common = ["--eval-interval", "2", *TINY]
+    assert main(["train", "translation", "--out", str(straight), "--max-iters", "4", *common]) == 0
+    assert main(["train", "translation", "--out", str(halted), "--max-iters", "2", *common]) == 0
+    assert main(["train", "translation", "--out", str(halted), "--resume", "--max-iters", "4"]) == 0
+    weights = [safetensors.torch.load_file(d / "model.safetensors") for d in (straight, halted)]
+    assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+
+
+def test_train_on_files_and_time_limit(tmp_path, capsys):
+    pairs = embedded_pairs(60, seed=2)
+    for split in ("train", "val"):
+        write(tmp_path / f"{split}.w", [s for s, _ in pairs])
+        write(tmp_path / f"{split}.d", [t for _, t in pairs])
+    out = tmp_path / "run"
+    code, _, err = run(
+        [
+            "train",
+            "translation",
+            "--data",
+            str(tmp_path),
+            "--src",
+            "w",
+            "--tgt",
+            "d",
+            "--out",
+            str(out),
+            "--max-iters",
+            "50",
+            "--time-limit",
+            "1e-6",
+            "--bpe-vocab-size",
+            "300",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 0 and "time limit" in err and "train: 60 of 60 pairs kept" in err
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 1
+
+
+def test_bad_training_input(tmp_path, capsys):
+    write(tmp_path / "train.de", ["a", "b", "c"])
+    write(tmp_path / "train.en", ["x", "y"])
+    out = str(tmp_path / "run")
+    code, _, err = run(
+        [
+            "train",
+            "translation",
+            "--data",
+            str(tmp_path),
+            "--src",
+            "de",
+            "--tgt",
+            "en",
+            "--out",
+            out,
+            *TINY,
+        ],
+        capsys,
+    )
+    assert_one_line_error(code, err, "has 3 lines but")
+    code, _, err = run(["train", "translation", "--data", str(tmp_path), "--out", out], capsys)
+    assert_one_line_error(code, err, "--data needs --src and --tgt")
+    code, _, err = run(["train", "translation", "--src", "de", "--tgt", "en", "--out", out], capsys)
+    assert_one_line_error(code, err, "embedded task")
+
+
+def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
+    src = write(tmp_path / "src.txt", ["one", "two", "three"])
+    short = write(tmp_path / "ref.txt", ["1", "2"])
+    empty = write(tmp_path / "empty.txt", [])
+    cases = [
+        (["evaluate", str(trained), "--src", src, "--ref", short], "has 3 lines but"),
+        (["evaluate", str(trained), "--src", empty, "--ref", short], "is empty"),
+        (["evaluate", str(trained), "--src", src], "needs both --src and --ref"),
+        (["evaluate", str(gpt_checkpoint), "--src", src, "--ref", src], "holds a 'gpt' model"),
+        (["evaluate", str(trained), "--data", src], "is a translation model"),
+        (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
+        (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
+        (["translate", str(tmp_path / "nothing"), "one"], "no checkpoint"),
+    ]
+    for argv, pattern in cases:
+        code, out, err = run(argv, capsys)
+        assert_one_line_error(code, err, pattern)
+        assert out == ""
+
+
+def test_corpus_scores():
+    from attnlab.errors import UserError
+    from attnlab.evaluation.bleu import corpus_scores
+
+    refs = ["A man rides a bike down the road .", "Two dogs play in the grass ."]
+    perfect = corpus_scores(refs, refs)
+    assert perfect["bleu"] == pytest.approx(100) and perfect["exact_match"] == 100
+    assert perfect["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    partial = corpus_scores(["A man rides a bike .", "Two dogs play in the grass ."], refs)
+    assert 0 < partial["bleu"] < 100 and partial["exact_match"] == 50
+    with pytest.raises(UserError, match="must pair up"):
+        corpus_scores(refs, refs[:1])

@@ -1,0 +1,166 @@
+import gzip
+
+import pytest
+import torch
+
+from attnlab.data.translation import (
+    EOS,
+    SPECIAL_TOKENS,
+    TokenBatches,
+    bucket,
+    collate,
+    embedded_pairs,
+    encode_pairs,
+    fixed_batches,
+    load_split,
+    number_words,
+    read_parallel,
+    special_ids,
+    train_joint_tokenizer,
+)
+from attnlab.errors import UserError
+from attnlab.training.checkpoints import decode_tensor, encode_tensor
+
+SPECIAL = {"pad_id": 0, "bos_id": 1, "eos_id": 2}
+
+
+def write(path, lines, compress=False):
+    data = "".join(line + "\n" for line in lines).encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def test_reads_plain_and_gzipped_pairs(tmp_path):
+    write(tmp_path / "train.de.gz", ["Ein Hund.", "Zwei Katzen."], compress=True)
+    write(tmp_path / "train.en", ["A dog.", "Two cats."])
+    assert load_split(tmp_path, "train", "de", "en") == [
+        ("Ein Hund.", "A dog."),
+        ("Zwei Katzen.", "Two cats."),
+    ]
+
+
+@pytest.mark.parametrize(
+    "source, target, message",
+    [
+        (["a", "b"], ["x"], "has 2 lines but .* has 1"),
+        ([], ["x"], "is empty"),
+        (["", "  "], ["x", "y"], "is empty"),
+    ],
+)
+def test_bad_parallel_files(tmp_path, source, target, message):
+    with pytest.raises(UserError, match=message):
+        read_parallel(write(tmp_path / "a.src", source), write(tmp_path / "a.tgt", target))
+
+
+def test_missing_files_and_directory(tmp_path):
+    with pytest.raises(UserError, match="file not found: .*val.de"):
+        load_split(tmp_path, "val", "de", "en")
+    with pytest.raises(UserError, match="data directory not found"):
+        load_split(tmp_path / "nowhere", "train", "de", "en")
+
+
+@pytest.mark.parametrize(
+    "number, words",
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (45, "forty-five"),
+        (412, "four hundred twelve"),
+        (700_000, "seven hundred thousand"),
+        (1_000_001, "one million one"),
+        (999_999, "nine hundred ninety-nine thousand nine hundred ninety-nine"),
+    ],
+)
+def test_number_words(number, words):
+    assert number_words(number) == words
+
+
+def test_embedded_task_is_deterministic_and_distinct():
+    pairs = embedded_pairs(300, seed=5)
+    assert pairs == embedded_pairs(300, seed=5) and len(set(pairs)) == 300
+    words, digits = pairs[0]
+    assert number_words(int(digits.replace(",", ""))) == words
+    assert embedded_pairs(10, 5, "digits", "words") == [(b, a) for a, b in embedded_pairs(10, 5)]
+    assert any(len(d) == 1 for _, d in pairs) and any(len(d) == 7 for _, d in pairs)
+    with pytest.raises(UserError, match="embedded task"):
+        embedded_pairs(10, 5, "de", "en")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_joint_tokenizer(embedded_pairs(500, seed=1), 400)
+
+
+def test_joint_tokenizer_has_the_specials_and_is_cached(tokenizer):
+    assert set(SPECIAL_TOKENS) <= set(tokenizer.special_tokens)
+    assert tokenizer.vocab_size <= 400
+    again = train_joint_tokenizer(embedded_pairs(500, seed=1), 400)
+    assert again == tokenizer
+    assert special_ids(tokenizer)["eos_id"] == tokenizer.special_tokens[EOS]
+
+
+def test_length_filtering_counts(tokenizer):
+    pairs = [("one", "1"), ("", "2"), ("three", ""), (" ".join(["seven"] * 20), "7" * 20)]
+    examples, report = encode_pairs(pairs, tokenizer, max_tokens=10)
+    assert (report.total, report.kept, report.too_long, report.empty) == (4, 1, 1, 2)
+    eos = special_ids(tokenizer)["eos_id"]
+    assert examples == [(tokenizer.encode("one") + [eos], tokenizer.encode("1"))]
+
+
+def test_collate_layout():
+    src, tgt_in, tgt_out = collate([([5, 6, 2], [7]), ([8, 2], [9, 10, 11])], **SPECIAL)
+    assert src.tolist() == [[5, 6, 2], [8, 2, 0]]
+    assert tgt_in.tolist() == [[1, 7, 0, 0], [1, 9, 10, 11]]
+    assert tgt_out.tolist() == [[7, 2, 0, 0], [9, 10, 11, 2]]
+
+
+def test_bucket_keeps_the_token_budget():
+    lengths = torch.tensor([3, 3, 4, 4, 5, 9, 30]).numpy()
+    batches = bucket(torch.arange(7).numpy(), lengths, max_tokens=12)
+    assert [b.tolist() for b in batches] == [[0, 1, 2], [3, 4], [5], [6]]
+
+
+def random_examples(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 20, (n, 2), generator=g).tolist()
+    return [([3] * a + [2], [4] * b) for a, b in lengths]
+
+
+def test_token_batches_cover_each_pair_once_per_epoch():
+    examples = [(ids + [100 + i], tgt) for i, (ids, tgt) in enumerate(random_examples(200))]
+    batches = TokenBatches(examples, max_tokens=64, special=SPECIAL, seed=0)
+    seen = []
+    for _ in range(len(batches)):
+        src, tgt_in, tgt_out = batches.next()
+        assert src.size(0) * max(src.size(1), tgt_out.size(1)) <= 64 or src.size(0) == 1
+        assert tgt_in.shape == tgt_out.shape
+        seen += [int(row[(row != 0).nonzero().max()]) for row in src]  # each source's last id
+    assert sorted(seen) == list(range(100, 300))
+
+
+def test_token_batches_resume_exactly():
+    examples = random_examples(300)
+    straight = TokenBatches(examples, 128, SPECIAL, seed=3)
+    for _ in range(len(straight) - 2):  # stop near the end of an epoch
+        straight.next()
+    # the trainer stores data state as base64 bytes: round-trip it the same way
+    state = {k: decode_tensor(encode_tensor(v)) for k, v in straight.state_dict().items()}
+    expected = [straight.next() for _ in range(6)]
+    resumed = TokenBatches(examples, 128, SPECIAL, seed=99)
+    resumed.load_state_dict(state)
+    for a, b in zip(expected, [resumed.next() for _ in range(6)], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_fixed_batches_are_the_same_every_call():
+    examples = random_examples(100)
+    first, second = (fixed_batches(examples, 64, SPECIAL, limit=5) for _ in range(2))
+    assert len(first) == 5
+    assert all(
+        torch.equal(x, y)
+        for a, b in zip(first, second, strict=True)
+        for x, y in zip(a, b, strict=True)
+    )
+    with pytest.raises(UserError, match="no validation pairs"):
+        fixed_batches([], 64, SPECIAL)
