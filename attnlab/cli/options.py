@@ -118,11 +118,17 @@ def check_sections(toml: dict[str, Any], allowed: dict[str, Any], path: str) -> 
             )
 
 
+def data_root() -> Path:
+    """Where shared datasets live: $ATTNLAB_DATA, else shared/data beside the source checkout."""
+    if "ATTNLAB_DATA" in os.environ:
+        return Path(os.environ["ATTNLAB_DATA"])
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
 def resolve_data_path(spec: str) -> str:
-    """A data spec as given, or relative to $ATTNLAB_DATA when it names a file found there."""
+    """A data spec as given, or relative to data_root() when it names a file found there."""
     if spec == "stdlib" or Path(spec.split(":")[0]).exists():
         return spec
-    root = os.environ.get("ATTNLAB_DATA")
-    if root and Path(root, spec.split(":")[0]).exists():
-        return str(Path(root, spec))
+    if (data_root() / spec.split(":")[0]).exists():
+        return str(data_root() / spec)
     return spec

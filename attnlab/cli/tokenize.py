@@ -15,9 +15,9 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from attnlab.cli import HelpFormatter
+from attnlab.cli.options import data_root
 from attnlab.data.corpus import corpus_files, read_corpus
 from attnlab.errors import UserError
 from attnlab.tokenizers.base import Tokenizer, load_tokenizer
@@ -116,7 +116,7 @@ def open_tokenizer(spec: str) -> Tokenizer:
     if spec == "byte":
         return ByteTokenizer()
     if spec == "gpt2":
-        folder = _data_dir() / "gpt2-bpe"
+        folder = data_root() / "gpt2-bpe"
         if not (folder / "vocab.bpe").is_file() or not (folder / "encoder.json").is_file():
             raise UserError(
                 f"GPT-2's vocab.bpe and encoder.json not found in {folder} "
@@ -124,13 +124,6 @@ def open_tokenizer(spec: str) -> Tokenizer:
             )
         return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
     return load_tokenizer(spec)
-
-
-def _data_dir() -> Path:
-    """$ATTNLAB_DATA, else shared/data beside the repository (this workplace's layout)."""
-    if "ATTNLAB_DATA" in os.environ:
-        return Path(os.environ["ATTNLAB_DATA"])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ def register(subparsers) -> None:
     add_config_flags(gpt, TrainConfig, "training (TrainConfig)")
     gpt.set_defaults(handler=train_gpt)
     from attnlab.cli.train_translation import register as register_translation
+
     register_translation(models)
 
 

@@ -85,8 +85,12 @@ class ResidualBlock(nn.Module):
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer: Callable) -> torch.Tensor:
         if self.prenorm:
-            return x + F.dropout(sublayer(norm(x)), self.dropout, self.training)
-        return norm(x + F.dropout(sublayer(x), self.dropout, self.training))
+            return x + self._dropout(sublayer(norm(x)))
+        return norm(x + self._dropout(sublayer(x)))
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        # skipped, not called with p=0: decoding one token is dominated by per-call overhead
+        return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
 
     def new_cache(self, max_length: int = 0) -> BlockCache:
         cross = self.cross_attention.new_cache() if self.cross_attention is not None else None

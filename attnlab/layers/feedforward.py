@@ -39,7 +39,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.activation(self.up_projection(x))
-        return self.down_projection(F.dropout(hidden, self.dropout, self.training))
+        return self.down_projection(_dropout(hidden, self.dropout, self.training))
 
 
 class GatedFeedForward(nn.Module):
@@ -60,7 +60,11 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.activation(self.gate_projection(x)) * self.up_projection(x)
-        return self.down_projection(F.dropout(hidden, self.dropout, self.training))
+        return self.down_projection(_dropout(hidden, self.dropout, self.training))
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(x, p, True) if training and p else x  # no call at all when inactive
 
 
 def make_feedforward(

@@ -173,7 +173,8 @@ class GPT(nn.Module):
         x = self.token_embedding(idx)  # (B, T, D)
         if self.position_embedding is not None:
             x = x + self.position_embedding(length, offset)
-        x = F.dropout(x, self.config.dropout, self.training)
+        if self.training and self.config.dropout:
+            x = F.dropout(x, self.config.dropout)
         for i, block in enumerate(self.blocks):
             x = block(x, cache=cache.blocks[i] if cache is not None else None)
         logits = self.output_head(self.final_norm(x))  # (B, T, V)
