@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error, run
 
 from attnlab.cli import COMMANDS, build_parser, main
 from attnlab.cli.options import read_toml
@@ -33,12 +34,6 @@ TINY = [
     "--device",
     "cpu",
 ]
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -133,13 +128,6 @@ def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
-
-
-def one_line_error(code, err):
-    assert code == 2, err
-    errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
-    assert len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
-    return errors[0]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, capsys):

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import safetensors.torch
+from helpers import one_line_error, run
 
 from attnlab.cli import main
 from attnlab.data.translation import embedded_pairs
@@ -30,20 +31,6 @@ TINY = [
     "--device",
     "cpu",
 ]
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    """Exit code 2 and one error line (after any progress notes), no traceback."""
-    assert code == 2
-    errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
-    assert pattern in errors[0], err
 
 
 @pytest.fixture(scope="module")
@@ -188,11 +175,11 @@ def test_bad_training_input(tmp_path, capsys):
         ],
         capsys,
     )
-    assert_one_line_error(code, err, "has 3 lines but")
+    assert "has 3 lines but" in one_line_error(code, err)
     code, _, err = run(["train", "translation", "--data", str(tmp_path), "--out", out], capsys)
-    assert_one_line_error(code, err, "--data needs --src and --tgt")
+    assert "--data needs --src and --tgt" in one_line_error(code, err)
     code, _, err = run(["train", "translation", "--src", "de", "--tgt", "en", "--out", out], capsys)
-    assert_one_line_error(code, err, "embedded task")
+    assert "embedded task" in one_line_error(code, err)
 
 
 def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
@@ -211,7 +198,7 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
     ]
     for argv, pattern in cases:
         code, out, err = run(argv, capsys)
-        assert_one_line_error(code, err, pattern)
+        assert pattern in one_line_error(code, err)
         assert out == ""
 
 
