@@ -2,7 +2,7 @@
 # Multi30k German -> English on the CPU: train an encoder-decoder (at most 90 minutes of training
 # steps) and report sacreBLEU and chrF on test_2016_flickr (cased, detokenized output).
 #
-#   benchmarks/multi30k_bleu.sh                        # the full run (~75 min on a free 2-core CPU)
+#   benchmarks/multi30k_bleu.sh                        # the full run (~40 min on a free 2-core CPU)
 #   OUT=runs/multi30k_trial benchmarks/multi30k_bleu.sh --max-iters 250      # a short trial
 #
 # Settings: configs/translation_multi30k.toml. Extra arguments go to `attnlab train translation`
