@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from attnlab.cli.options import (
@@ -14,7 +13,7 @@ from attnlab.cli.options import (
     read_toml,
     resolve_data_path,
 )
-from attnlab.cli.reports import plot_losses, progress_printer
+from attnlab.cli.runs import fit_and_report, note, refuse_existing_checkpoint
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.data.corpus import read_corpus
 from attnlab.data.text import (
@@ -29,7 +28,7 @@ from attnlab.files import atomic_write_json, read_json
 from attnlab.models.gpt import GPT, PRESETS, GPTConfig
 from attnlab.tokenizers import load_tokenizer
 from attnlab.training.checkpoints import load_weights
-from attnlab.training.trainer import METRICS_FILE, TrainConfig, Trainer
+from attnlab.training.trainer import TrainConfig, Trainer
 
 RUN_FILE = "run.json"  # data and tokenizer specs, so --resume needs no repeated flags
 TOML_SECTIONS = {"data": str, "tokenizer": str, "out": str, "model": dict, "training": dict}
@@ -77,11 +76,7 @@ def train_gpt(args: argparse.Namespace) -> int:
         run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
         data, tokenizer_spec = args.data or run["data"], run["tokenizer"]
     else:
-        if (out / "model.safetensors").exists():
-            raise UserError(
-                f"{out} already holds a checkpoint: pass --resume to continue it, "
-                "or choose another --out"
-            )
+        refuse_existing_checkpoint(out)
         data = args.data or toml.get("data", "stdlib")
         tokenizer_spec = args.tokenizer or toml.get("tokenizer", "char")
     data = resolve_data_path(data)
@@ -109,41 +104,19 @@ def train_gpt(args: argparse.Namespace) -> int:
         load_weights(model, out / "model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, {"data": data, "tokenizer": tokenizer_spec})
-    progress = progress_printer(train_config.max_iters)
-    trainer = Trainer(
-        model,
-        train_config,
-        train_data,
-        eval_data,
-        tokenizer=tokenizer,
-        out_dir=out,
-        on_record=progress.update,
-    )
-    if args.resume:
-        trainer.resume()
-        progress.start_at(trainer.step)
-    note(
+    trainer = Trainer(model, train_config, train_data, eval_data, tokenizer=tokenizer, out_dir=out)
+    summary = (
         f"{len(tokens):,} tokens ({len(splits.train):,} train, {len(splits.val):,} val), "
-        f"vocab {tokenizer.vocab_size}; model {model.num_parameters() / 1e6:.2f}M parameters; "
-        f"device {trainer.device.type}, precision {str(trainer.dtype).removeprefix('torch.')}"
+        f"vocab {tokenizer.vocab_size}; model {model.num_parameters() / 1e6:.2f}M parameters"
     )
-    try:
-        result = trainer.fit()
-    finally:
-        progress.close()
-    plot = plot_losses(out / METRICS_FILE, out / "loss.png")
-    if result.interrupted:
-        note(
-            f"interrupted at step {result.step}; checkpoint saved in {out}. "
-            f"Continue with: attnlab train gpt --out {out} --resume"
-        )
-        return 130
-    val = result.last_eval.get("val_loss")
-    note(f"done: step {result.step}" + (f", val loss {val:.4f}" if val is not None else ""))
-    note(f"checkpoint: {out}/model.safetensors (+ config.json, tokenizer.json)")
-    note(f"metrics:    {out}/{METRICS_FILE}" + (f"\nloss plot:  {plot}" if plot else ""))
-    note(f"sample it:  attnlab sample {out}")
-    return 0
+    return fit_and_report(
+        trainer,
+        out,
+        command="train gpt",
+        resume=args.resume,
+        summary=summary,
+        next_step=f"sample it:  attnlab sample {out}",
+    )
 
 
 def _configs(args, toml, out: Path, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:
@@ -176,7 +149,3 @@ def _configs(args, toml, out: Path, vocab_size: int) -> tuple[GPTConfig, TrainCo
         source=f"{args.config or 'flags'} [training]",
     )
     return model, train
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

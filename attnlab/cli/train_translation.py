@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from attnlab.cli.options import (
@@ -20,7 +19,7 @@ from attnlab.cli.options import (
     read_toml,
     resolve_data_path,
 )
-from attnlab.cli.reports import plot_losses, progress_printer
+from attnlab.cli.runs import fit_and_report, note, refuse_existing_checkpoint
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.data.translation import (
     TokenBatches,
@@ -38,7 +37,7 @@ from attnlab.files import atomic_write_json, read_json
 from attnlab.models.encoder_decoder import PRESETS, EncoderDecoder, EncoderDecoderConfig
 from attnlab.tokenizers import load_tokenizer
 from attnlab.training.checkpoints import load_weights
-from attnlab.training.trainer import METRICS_FILE, TrainConfig, Trainer
+from attnlab.training.trainer import TrainConfig, Trainer
 
 RUN_FILE = "run.json"  # data, languages, preset and data options, so --resume needs no flags
 TOML_SECTIONS = {
@@ -109,10 +108,7 @@ def _run_settings(args, toml, out: Path) -> dict:
         if data_flags or args.preset or args.data or args.src or args.tgt:
             raise UserError("cannot change the data, languages or preset when resuming")
         return run
-    if (out / "model.safetensors").exists():
-        raise UserError(
-            f"{out} already holds a checkpoint: pass --resume to continue it, or another --out"
-        )
+    refuse_existing_checkpoint(out)
     data = args.data or toml.get("data")
     src = args.src or toml.get("src") or (None if data else "words")
     tgt = args.tgt or toml.get("tgt") or (None if data else "digits")
@@ -184,14 +180,6 @@ def train_translation(args: argparse.Namespace) -> int:
 
 
 def _fit(args, model, train_config, train_data, val_batches, tokenizer, out: Path) -> int:
-    progress = progress_printer(train_config.max_iters)
-    limit_s = args.time_limit * 60 if args.time_limit else None
-
-    def on_record(record):
-        progress.update(record)
-        if limit_s is not None and record["elapsed_s"] >= limit_s:
-            trainer.request_stop()  # saves a checkpoint and returns, as Ctrl-C does
-
     trainer = Trainer(
         model,
         train_config,
@@ -199,33 +187,20 @@ def _fit(args, model, train_config, train_data, val_batches, tokenizer, out: Pat
         {"val": lambda: val_batches},
         tokenizer=tokenizer,
         out_dir=out,
-        on_record=on_record,
     )
-    if args.resume:
-        trainer.resume()
-        progress.start_at(trainer.step)
-    note(
+    summary = (
         f"vocab {tokenizer.vocab_size}; {len(train_data)} batches per epoch; model "
-        f"{model.num_parameters() / 1e6:.2f}M parameters; device {trainer.device.type}"
+        f"{model.num_parameters() / 1e6:.2f}M parameters"
     )
-    try:
-        result = trainer.fit()
-    finally:
-        progress.close()
-    plot_losses(out / METRICS_FILE, out / "loss.png")
-    timed_out = limit_s is not None and trainer.elapsed >= limit_s
-    if result.interrupted and not timed_out:
-        note(
-            f"interrupted at step {result.step}; checkpoint saved in {out}. "
-            f"Continue with: attnlab train translation --out {out} --resume"
-        )
-        return 130
-    val = result.last_eval.get("val_loss")
-    reason = f" (time limit of {args.time_limit:g} min)" if timed_out else ""
-    note(f"done: step {result.step}{reason}" + (f", val loss {val:.4f}" if val is not None else ""))
-    note(f"checkpoint: {out}/model.safetensors (+ config.json, tokenizer.json)")
-    note(f'translate:  attnlab translate {out} "..."')
-    return 0
+    return fit_and_report(
+        trainer,
+        out,
+        command="train translation",
+        resume=args.resume,
+        summary=summary,
+        next_step=f'translate:  attnlab translate {out} "..."',
+        time_limit=args.time_limit,
+    )
 
 
 def _train_config(args, toml, out: Path) -> TrainConfig:
@@ -253,7 +228,3 @@ def _model_config(args, toml, out, preset, vocab_size, special) -> EncoderDecode
     return build_config(
         EncoderDecoderConfig, base, given, source=f"{args.config or 'flags'} [model]"
     )
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

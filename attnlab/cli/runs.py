@@ -1,0 +1,75 @@
+"""What every `attnlab train MODEL` command does around the Trainer: guard the run directory,
+draw progress, stop at a time limit, plot the losses and say where everything is."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from attnlab.cli.reports import plot_losses, progress_printer
+from attnlab.errors import UserError
+from attnlab.training.trainer import METRICS_FILE, Trainer
+
+
+def note(message: str) -> None:
+    """Progress and results for the person watching: stderr, so stdout stays clean."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def refuse_existing_checkpoint(out: Path) -> None:
+    """A new run never overwrites a checkpoint: nothing is lost by a repeated command."""
+    if (out / "model.safetensors").exists():
+        raise UserError(
+            f"{out} already holds a checkpoint: pass --resume to continue it, or another --out"
+        )
+
+
+def fit_and_report(
+    trainer: Trainer,
+    out: Path,
+    *,
+    command: str,
+    resume: bool,
+    summary: str,
+    next_step: str,
+    time_limit: float | None = None,
+) -> int:
+    """Resume if asked, train with a progress bar, plot, and report; returns the exit code.
+
+    command: the `attnlab train ...` words, for the resume hint. summary: one line on the data
+    and model. next_step: what to do with the result. time_limit: minutes of training steps
+    after which the run stops and saves, as Ctrl-C does.
+    """
+    progress = progress_printer(trainer.config.max_iters)
+    limit_s = time_limit * 60 if time_limit else None
+
+    def on_record(record):
+        progress.update(record)
+        if limit_s is not None and record["elapsed_s"] >= limit_s:
+            trainer.request_stop()
+
+    trainer.on_record = on_record
+    if resume:
+        trainer.resume()
+        progress.start_at(trainer.step)
+    precision = str(trainer.dtype).removeprefix("torch.")
+    note(f"{summary}; device {trainer.device.type}, precision {precision}")
+    try:
+        result = trainer.fit()
+    finally:
+        progress.close()
+    plot = plot_losses(out / METRICS_FILE, out / "loss.png")
+    timed_out = limit_s is not None and trainer.elapsed >= limit_s
+    if result.interrupted and not timed_out:
+        note(
+            f"interrupted at step {result.step}; checkpoint saved in {out}. "
+            f"Continue with: attnlab {command} --out {out} --resume"
+        )
+        return 130
+    val = result.last_eval.get("val_loss")
+    reason = f" (time limit of {time_limit:g} min)" if timed_out else ""
+    note(f"done: step {result.step}{reason}" + (f", val loss {val:.4f}" if val is not None else ""))
+    note(f"checkpoint: {out}/model.safetensors (+ config.json, tokenizer.json)")
+    note(f"metrics:    {out}/{METRICS_FILE}" + (f"\nloss plot:  {plot}" if plot else ""))
+    note(next_step)
+    return 0
