@@ -2,17 +2,19 @@
 
     python benchmarks/generation_speed.py [CHECKPOINT_DIR] [--new-tokens 500] [--threads N]
 
-Without a checkpoint it builds the baby GPT (models.gpt.PRESETS["tiny"] with a 65-character
-vocabulary and a 64-token context) with random weights: speed does not depend on what the
-weights learned. Each row generates --new-tokens tokens per sequence from a one-token prompt
-with the CLI's sampling defaults (temperature 0.8, top-k 200), and reports the best of
---repeats timed runs after one warm-up run (the best, not the median, because other work on a
-shared machine only ever slows a run down; the load average is printed with the table). Prints a
-markdown table.
+Without a checkpoint it builds the model of configs/gpt_shakespeare_char.toml (the baby GPT:
+RoPE, 4 layers, width 128, a 64-token context) for a 65-character vocabulary with random
+weights: speed does not depend on what the weights learned. Each row generates --new-tokens
+tokens per sequence from a one-token prompt with the CLI's sampling defaults (temperature 0.8,
+top-k 200). The rows take turns, one run each per round after a warm-up run, so a machine whose
+speed drifts slows them all alike; the table gives the best and the median of --rounds runs
+(other work on a shared machine only ever slows a run down). Prints a markdown table.
 
-The rows past the context slide the window (see attnlab.generation.decoding): "exact" re-runs
-the last context_length tokens every step once the context is full (what nanoGPT's sampler
-computes); "crop to N" re-prefills the last N tokens each time the context fills.
+Past the context (see attnlab.generation.decoding): "sliding cache" is the default for models
+with relative positions (RoPE, ALiBi): each token attends to the last context_length cached
+positions, one decoding step per token; "exact window" (`--no-cache`, or the default for learned
+positions) re-runs the last context_length tokens every step, which is what nanoGPT's sampler
+computes; "crop to N" re-prefills the last N tokens each time the context fills.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import argparse
 import dataclasses
 import os
 import platform
+import statistics
 import time
 
 import torch
 
 from attnlab.generation import generate
-from attnlab.models.gpt import GPT, PRESETS
+from attnlab.models.gpt import GPT
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("checkpoint", nargs="?", help="checkpoint directory (default: baby GPT)")
     parser.add_argument("--new-tokens", type=int, default=500, help="tokens per sequence")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the batched rows")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row")
+    parser.add_argument("--rounds", type=int, default=5, help="timed runs per row")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -48,44 +51,24 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
 
         model, _ = load_checkpoint(args.checkpoint, device=args.device)
         return model
+    from train_throughput import shipped  # the baby GPT's config, beside this script
+
     torch.manual_seed(0)
-    config = dataclasses.replace(PRESETS["tiny"], vocab_size=65, context_length=64)
-    return GPT(config).to(args.device).eval()
+    config, _ = shipped()
+    return GPT(dataclasses.replace(config, vocab_size=65)).to(args.device).eval()
 
 
-def tokens_per_second(model, batch: int, new_tokens: int, repeats: int, **options) -> float:
-    """Generated tokens/s (all rows of the batch counted) of the fastest of `repeats` runs."""
-    prompts = [[0]] * batch
-
-    def run():
-        generate(model, prompts, new_tokens, temperature=0.8, top_k=200, seed=1, **options)
-
-    run()  # warm-up: allocator, kernels, lazy initialisation
-    timings = []
-    for _ in range(repeats):
-        if model_device(model).type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        run()
-        timings.append(time.perf_counter() - started)
-    return batch * new_tokens / min(timings)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def rows(context: int, batch: int, new_tokens: int):
+def rows(model, batch: int, new_tokens: int):
     """(label, batch, new tokens, generate options) for each table row."""
+    context = model.config.context_length
     half = context // 2
     within = min(new_tokens, context - 1)
-    yield "no cache (full recompute)", 1, new_tokens, dict(use_cache=False)
-    yield "KV cache, exact window", 1, new_tokens, dict()
-    yield f"KV cache, crop to {half}", 1, new_tokens, dict(crop_to=half)
+    default = "sliding cache" if getattr(model, "sliding_cache", False) else "exact window"
+    for size in (1, batch):
+        yield "no cache: exact window, recomputed", size, new_tokens, dict(use_cache=False)
+        yield f"KV cache, default ({default})", size, new_tokens, dict()
+        yield f"KV cache, crop to {half}", size, new_tokens, dict(crop_to=half)
     yield f"KV cache, within the context ({within} tokens)", 1, within, dict()
-    yield "no cache (full recompute)", batch, new_tokens, dict(use_cache=False)
-    yield "KV cache, exact window", batch, new_tokens, dict()
-    yield f"KV cache, crop to {half}", batch, new_tokens, dict(crop_to=half)
 
 
 def main() -> None:
@@ -94,23 +77,41 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model = load_model(args)
     config = model.config
+    device = next(model.parameters()).device
+
+    def run(batch: int, new_tokens: int, options: dict) -> float:
+        """Seconds for one generate call."""
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        generate(model, [[0]] * batch, new_tokens, temperature=0.8, top_k=200, seed=1, **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    table = list(rows(model, args.batch, args.new_tokens))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    for _, batch, new_tokens, options in table:
+        run(batch, new_tokens, options)  # warm-up: allocator, kernels, lazy initialisation
+    speeds: list[list[float]] = [[] for _ in table]
+    for _ in range(args.rounds):
+        for row, (_, batch, new_tokens, options) in enumerate(table):
+            speeds[row].append(batch * new_tokens / run(batch, new_tokens, options))
+
     print(
         f"model: {config.n_layers} layers, d_model {config.d_model}, vocab {config.vocab_size}, "
-        f"context {config.context_length}; device {args.device}, {torch.get_num_threads()} "
-        f"thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}"
+        f"context {config.context_length}, positions {config.positional}; device {device}, "
+        f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
     )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"{args.new_tokens} new tokens per sequence unless stated; best of {args.repeats}; "
+        f"{args.new_tokens} new tokens per sequence unless stated; {args.rounds} rounds; "
         f"load average before: {load}\n"
     )
-    print("| setting | batch | tokens/s |")
-    print("|---|---:|---:|")
-    for label, batch, new_tokens, options in rows(
-        config.context_length, args.batch, args.new_tokens
-    ):
-        speed = tokens_per_second(model, batch, new_tokens, args.repeats, **options)
-        print(f"| {label} | {batch} | {speed:,.0f} |", flush=True)
+    print("| setting | batch | tokens/s, best | tokens/s, median |")
+    print("|---|---:|---:|---:|")
+    for (label, batch, _, _), measured in zip(table, speeds, strict=True):
+        print(f"| {label} | {batch} | {max(measured):,.0f} | {statistics.median(measured):,.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,101 +1,136 @@
-"""Training throughput of the CPU "baby GPT" (configs/gpt_shakespeare_char.toml's shape).
+"""Training throughput of the CPU "baby GPT" (configs/gpt_shakespeare_char.toml).
 
-Prints a markdown table: ms/iter, tokens/s and MFU (against this machine's measured matmul peak)
-for eager and compiled models, fp32 and bf16. Synthetic tokens: throughput does not depend on
-the text.
+Prints a markdown table: ms/iter, tokens/s, MFU (against this machine's measured matmul peak)
+and the speed-up over a baseline, for these variants of the baby GPT's shape:
 
-    .venv/bin/python benchmarks/train_throughput.py [--iters 100] [--variants eager,compile]
+- baseline: nanoGPT's recipe for it: learned positions, exact GELU, fp32, eager;
+- shipped: the config exactly as `attnlab train gpt --config configs/gpt_shakespeare_char.toml`
+  runs it (RoPE, exact GELU, `auto` precision, compiled);
+- ablations between the two: eager/compiled, fp32/bf16, tanh GELU.
+
+Every variant trains the same synthetic tokens (throughput does not depend on the text) through
+the real Trainer. The variants run interleaved in one process, a few steps each in turn, so a
+machine whose speed drifts (a shared or throttled CPU) slows them all alike, and the speed-ups
+stay comparable even when the absolute figures move.
+
+    .venv/bin/python benchmarks/train_throughput.py [--rounds 12] [--variants baseline,shipped]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnlab.cli.options import build_config, read_toml
 from attnlab.data.text import RandomWindows
 from attnlab.devices import measure_peak_flops
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import ByteTokenizer
 from attnlab.training.trainer import TrainConfig, Trainer
 
-BABY = GPTConfig(vocab_size=65, context_length=64, n_layers=4, n_heads=4, d_model=128)
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "gpt_shakespeare_char.toml"
+VOCAB = 65  # tiny Shakespeare's characters
+
+# name -> (what it is, model fields, training fields), each over the shipped config
 VARIANTS = {
-    "eager-fp32": dict(compile=False, precision="fp32"),
-    "compile-fp32": dict(compile=True, precision="fp32"),
-    "eager-bf16": dict(compile=False, precision="bf16"),
-    "compile-bf16": dict(compile=True, precision="bf16"),
+    "baseline": (
+        "nanoGPT's recipe: learned positions, fp32, eager",
+        dict(positional="learned"),
+        dict(precision="fp32", compile=False),
+    ),
+    "eager-fp32": ("shipped model, fp32, eager", {}, dict(precision="fp32", compile=False)),
+    "eager-bf16": ("shipped model, bf16, eager", {}, dict(precision="bf16", compile=False)),
+    "compiled-fp32": ("shipped model, fp32, compiled", {}, dict(precision="fp32")),
+    "tanh-gelu": ("shipped, with GPT-2's tanh GELU", dict(activation="gelu_tanh"), {}),
+    "shipped": ("the shipped config", {}, {}),
 }
 
 
-def measure(variant: dict, iters: int, warmup: int, device: str, batch_size: int) -> dict:
-    config = TrainConfig(
-        max_iters=iters + warmup,
-        batch_size=batch_size,
-        eval_interval=10**9,
-        eval_iters=1,
-        device=device,
-        **variant,
+def shipped() -> tuple[GPTConfig, TrainConfig]:
+    toml = read_toml(str(CONFIG))
+    model = build_config(GPTConfig, toml["model"], dict(vocab_size=VOCAB), source=str(CONFIG))
+    training = build_config(TrainConfig, toml["training"], source=str(CONFIG))
+    return model, training
+
+
+def make_trainer(variant: str, out_dir: str, device: str) -> Trainer:
+    _, model_fields, train_fields = VARIANTS[variant]
+    model_config, train_config = shipped()
+    model_config = dataclasses.replace(model_config, **model_fields)
+    train_config = dataclasses.replace(
+        train_config, eval_interval=10**9, device=device, **train_fields
     )
     torch.manual_seed(0)
-    model = GPT(BABY)
-    tokens = np.random.default_rng(0).integers(0, 65, 200_000, dtype=np.uint16)
-    data = RandomWindows(tokens, batch_size, BABY.context_length, seed=0)
-    records = []
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(
-            model,
-            config,
-            data,
-            {},
-            tokenizer=ByteTokenizer(),
-            out_dir=out,
-            on_record=records.append,
-        )
-        trainer.save = lambda: None  # measure steps, not checkpoint writes
-        start = time.perf_counter()
-        trainer.fit()
-        wall = time.perf_counter() - start
-    timed = [r for r in records[warmup:]]
-    seconds = statistics.median(batch_size * BABY.context_length / r["tokens_per_s"] for r in timed)
-    peak = measure_peak_flops(trainer.device, trainer.dtype)
-    tokens_per_s = batch_size * BABY.context_length / seconds
-    return {
-        "ms_per_iter": seconds * 1e3,
-        "tokens_per_s": tokens_per_s,
-        "mfu": model.flops_per_token() * tokens_per_s / peak,
-        "peak_tflops": peak / 1e12,
-        "wall_s": wall,
-    }
+    tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000, dtype=np.uint16)
+    data = RandomWindows(tokens, train_config.batch_size, model_config.context_length, seed=0)
+    return Trainer(
+        GPT(model_config), train_config, data, {}, tokenizer=ByteTokenizer(), out_dir=out_dir
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--iters", type=int, default=100, help="timed steps per variant")
+    parser.add_argument("--rounds", type=int, default=12, help="turns each variant takes")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per turn")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation)")
-    parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     args = parser.parse_args()
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+
+    model_config, train_config = shipped()
+    with tempfile.TemporaryDirectory() as out:
+        trainers = {
+            name: make_trainer(name, f"{out}/{i}", args.device) for i, name in enumerate(names)
+        }
+        started = time.perf_counter()
+        for trainer in trainers.values():
+            for _ in range(args.warmup):
+                trainer.train_step()
+        warmup_s = time.perf_counter() - started
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name, trainer in trainers.items():
+                for _ in range(args.steps):
+                    record = trainer.train_step()
+                    tokens = train_config.batch_size * model_config.context_length
+                    seconds[name].append(tokens / record["tokens_per_s"])
+
+    tokens = train_config.batch_size * model_config.context_length
     print(
-        f"baby GPT {BABY.n_layers}L/{BABY.n_heads}H/{BABY.d_model}D, context "
-        f"{BABY.context_length}, batch {args.batch_size}, {args.device}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
+        f"baby GPT {model_config.n_layers}L/{model_config.n_heads}H/{model_config.d_model}D, "
+        f"context {model_config.context_length}, batch {train_config.batch_size}, "
+        f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{args.rounds} rounds x {args.steps} steps per variant after {args.warmup} warm-up "
+        f"steps ({warmup_s:.0f} s, compilation included); load average before: "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + "\n"
     )
-    print("| variant | ms/iter (median) | tokens/s | MFU | peak TFLOP/s | wall s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name in args.variants.split(","):
-        r = measure(VARIANTS[name], args.iters, args.warmup, args.device, args.batch_size)
+    print("| variant | | precision | ms/iter (median) | tokens/s | MFU | speed-up |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    base = statistics.median(seconds[names[0]])
+    for name, trainer in trainers.items():
+        median = statistics.median(seconds[name])
+        peak = measure_peak_flops(trainer.device, trainer.dtype)
+        mfu = trainer.model.flops_per_token() * tokens / median / peak
+        precision = str(trainer.dtype).removeprefix("torch.")
+        precision += ", compiled" if trainer.compiled is not None else ""
         print(
-            f"| {name} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,.0f} | "
-            f"{r['mfu']:.1%} | {r['peak_tflops']:.2f} | {r['wall_s']:.0f} |",
-            flush=True,
+            f"| {name} | {VARIANTS[name][0]} | {precision} | {median * 1e3:.1f} | "
+            f"{tokens / median:,.0f} | {mfu:.1%} | {base / median:.2f}x |"
         )
 
 

@@ -118,6 +118,33 @@ def test_kv_cache_decoding_equals_full_pass(kv_heads):
     assert cache.length == 9
 
 
+def test_sliding_cache_keeps_the_last_positions_in_order():
+    cache = KVCache(max_length=3, sliding=True)
+    cache.append(torch.zeros(1, 1, 2, 1), torch.zeros(1, 1, 2, 1))  # positions 0 and 1
+    for p in range(2, 12):  # then one at a time, moving the window back within the buffer
+        one = torch.full((1, 1, 1, 1), float(p))
+        keys, values = cache.append(one, -one)
+    assert keys.flatten().tolist() == [9.0, 10.0, 11.0]
+    assert values.flatten().tolist() == [-9.0, -10.0, -11.0]
+    assert (cache.length, cache.position) == (3, 12)
+    assert cache.keys.size(2) == 6  # fixed buffers of 2 * max_length
+    with pytest.raises(ValueError, match="one position at a time"):
+        cache.append(torch.zeros(1, 1, 2, 1), torch.zeros(1, 1, 2, 1))
+
+
+def test_sliding_attention_cache_equals_a_band_mask():
+    """One token at a time through a sliding cache of 4 == full attention where each query sees
+    itself and the 3 keys before it."""
+    attention = MultiHeadAttention(16, 2, causal=True).eval()
+    x = torch.randn(1, 10, 16)
+    i = torch.arange(10)
+    band = (i[:, None] - i[None, :]) < 4
+    cache = attention.new_cache(4, sliding=True)
+    steps = [attention(x[:, :3], cache=cache)]
+    steps += [attention(x[:, t : t + 1], cache=cache) for t in range(3, 10)]
+    assert (torch.cat(steps, dim=1) - attention(x, mask=band)).abs().max() < TOL
+
+
 def test_cross_attention_cache_projects_context_once():
     attention = MultiHeadAttention(16, 2, cross=True).eval()
     memory = torch.randn(1, 6, 16)

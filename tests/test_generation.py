@@ -158,8 +158,9 @@ def step_logits(model, prompt, steps, use_cache, crop_to=None):
     return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)
 
 
-@pytest.mark.parametrize("positional", ["learned", "rope"])
-@pytest.mark.parametrize("crop_to", [None, 9])
+@pytest.mark.parametrize(
+    "positional, crop_to", [("learned", None), ("learned", 9), ("rope", 9), ("alibi", 9)]
+)
 def test_cache_equals_recompute_across_the_window(positional, crop_to):
     model = tiny_gpt(positional, context_length=16)
     prompt = [1, 2, 3, 4, 5]
@@ -169,6 +170,38 @@ def test_cache_equals_recompute_across_the_window(positional, crop_to):
     assert cached_ids == full_ids
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
     assert generate(model, [prompt], 30, temperature=0, crop_to=crop_to) == [cached_ids]
+
+
+def band_logits(model, tokens, window):
+    """Reference for a sliding cache: the whole sequence in one pass, each position attending
+    to itself and the window - 1 positions before it in every layer. (B, N, V)."""
+    i = torch.arange(tokens.size(1))
+    band = (i[:, None] - i[None, :]) < window  # the blocks' attention adds causality
+    x = model.token_embedding(tokens)
+    for block in model.blocks:
+        x = block(x, mask=band)
+    return model.output_head(model.final_norm(x))
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi", "none"])
+def test_sliding_cache_equals_sliding_window_attention(positional):
+    model = tiny_gpt(positional, context_length=16)
+    assert model.sliding_cache
+    prompt = [1, 2, 3, 4, 5]
+    ids, cached = step_logits(model, prompt, 40, use_cache=True)  # 45 positions, context 16
+    with torch.no_grad():
+        reference = band_logits(model, torch.tensor([prompt + ids]), 16)[0]
+    torch.testing.assert_close(cached, reference[len(prompt) - 1 : -1], atol=1e-5, rtol=1e-5)
+    assert generate(model, [prompt], 40, temperature=0) == [ids]
+
+
+def test_sliding_cache_prefills_the_last_window_of_a_long_prompt():
+    model = tiny_gpt("rope", context_length=8)
+    prompt = list(range(11)) + list(range(9))  # 20 tokens
+    # the first step sees exactly the last 8 prompt tokens, as re-running the window would
+    first, _ = step_logits(model, prompt, 1, use_cache=True)
+    assert first == step_logits(model, prompt, 1, use_cache=False)[0]
+    assert len(generate(model, [prompt], 12, temperature=0)[0]) == 12
 
 
 def test_default_window_matches_a_naive_sampler():

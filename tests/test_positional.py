@@ -37,8 +37,7 @@ def test_rope_scores_depend_only_on_relative_position():
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
 
     def score(m, n):
-        rq, _ = rope.rotate(q, q, m)
-        _, rk = rope.rotate(k, k, n)
+        rq, rk = rope.rotate(q, m), rope.rotate(k, n)
         return (rq * rk).sum().item()
 
     for m, n in [(3, 1), (10, 5), (40, 0)]:
@@ -52,15 +51,32 @@ def test_rope_scores_depend_only_on_relative_position():
 def test_rope_keeps_norms_and_leaves_position_zero_alone():
     rope = RotaryEmbedding(8)
     x = torch.randn(2, 3, 5, 8)
-    rotated, _ = rope.rotate(x, x, 4)
+    rotated = rope.rotate(x, 4)
     assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
-    at_zero, _ = rope.rotate(x[:, :, :1], x[:, :, :1], 0)
+    at_zero = rope.rotate(x[:, :, :1], 0)
     assert torch.allclose(at_zero, x[:, :, :1])
+
+
+def test_rope_rotates_channel_pairs_by_position_times_frequency():
+    """The written-out definition: channels (i, i + Dh/2) rotate by pos·base^(-2i/Dh)."""
+    head_dim, base = 8, 10000.0
+    x = torch.randn(1, 2, 6, head_dim, dtype=torch.float64)
+    expected = torch.empty_like(x)
+    for pos in range(6):
+        for i in range(head_dim // 2):
+            angle = (pos + 3) * base ** (-2 * i / head_dim)
+            a, b = x[..., pos, i], x[..., pos, i + head_dim // 2]
+            expected[..., pos, i] = a * math.cos(angle) - b * math.sin(angle)
+            expected[..., pos, i + head_dim // 2] = b * math.cos(angle) + a * math.sin(angle)
+    got = RotaryEmbedding(head_dim, base).rotate(x.float(), 3)
+    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the decoding path keeps the latest rows: same answer again
+        assert torch.equal(RotaryEmbedding(head_dim, base).rotate(x.float(), 3), got)
 
 
 def test_alibi_slopes_and_bias():
     assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
     assert len(alibi_slopes(6)) == 6 and torch.all(alibi_slopes(6) > 0)
-    bias = ALiBi(2).bias(2, 4, offset=2)  # queries at positions 2, 3
+    bias = ALiBi(2).bias(2, 4)  # the queries are the last two keys: positions 2, 3
     assert bias.shape == (2, 2, 4)
     assert torch.allclose(bias[0, 1], -torch.tensor([3.0, 2.0, 1.0, 0.0]) * 2**-4)

@@ -89,6 +89,25 @@ def test_training_lowers_the_loss(tmp_path):
     assert result.last_eval["val_loss"] < math.log(TOKENIZER.vocab_size) - 1
 
 
+def test_a_failing_compiler_falls_back_to_eager(tmp_path, monkeypatch):
+    """No C++ compiler, say: the run warns and trains uncompiled, with the same losses."""
+
+    def broken_compile(model):
+        def compiled(*args):
+            raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
+
+        return compiled
+
+    eager = make_trainer(tmp_path / "eager", max_iters=4)
+    eager.fit()
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    trainer = make_trainer(tmp_path / "compiled", max_iters=4, compile=True)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no working C"):
+        trainer.fit()
+    assert trainer.compiled is None
+    assert losses(tmp_path / "compiled") == losses(tmp_path / "eager")
+
+
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     whole, rest = tmp_path / "whole", tmp_path / "interrupted"
     make_trainer(whole, max_iters=8, eval_interval=3).fit()

@@ -53,7 +53,8 @@ def fit_and_report(
         trainer.resume()
         progress.start_at(trainer.step)
     precision = str(trainer.dtype).removeprefix("torch.")
-    note(f"{summary}; device {trainer.device.type}, precision {precision}")
+    compiled = ", compiled" if trainer.compiled is not None else ""
+    note(f"{summary}; device {trainer.device.type}, precision {precision}{compiled}")
     try:
         result = trainer.fit()
     finally:

@@ -22,10 +22,13 @@ tokens are produced, then a newline; with --num-samples > 1 a line of dashes sep
 An empty prompt starts from the tokenizer's "<|endoftext|>" when it has one (and generation then
 also stops there), else from a newline; that start token is not printed. Notes go to stderr.
 
-Past the model's context length the window slides: by default every step sees the last
-context_length tokens (as nanoGPT's sampler; exact, but the cache stops saving work there);
---crop-to N keeps only the last N tokens when the context fills, then decodes with the cache
-until it fills again (faster, the model sees between N and context_length tokens).
+Past the model's context length the window slides. With relative positions (RoPE, ALiBi) the
+KV cache slides by default: each new token attends to the last context_length cached positions
+(sliding-window attention), one cheap step per token. With learned positions every step
+re-runs the last context_length tokens (as nanoGPT's sampler; exact, but the cache stops saving
+work there); so does --no-cache for any model. --crop-to N keeps only the last N tokens when the
+context fills, then decodes with the cache until it fills again (the model sees between N and
+context_length tokens).
 """
 
 

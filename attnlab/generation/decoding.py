@@ -4,21 +4,26 @@ Dimensions: B batch, T positions, N positions of prompt + new tokens, V vocabula
 
 Any model keeping the GPT contract works: ``forward(idx, cache=...) -> (logits (B, T, V), _)``,
 ``new_cache()``, ``config.vocab_size`` and ``config.context_length`` (absent or None: no limit,
-so the window never slides).
+so the window never slides), and optionally ``sliding_cache`` (True: its cache slides).
 
 KV cache. The prompt is prefilled in one forward; each later step feeds only the newest token and
 attention reads the earlier keys and values from the cache.
 
-Sliding window. A model reads at most context_length positions. When the sequence would pass
-that, it is cropped to its last ``crop_to`` tokens and a fresh cache is prefilled with them:
-cached keys cannot simply be shifted, because with absolute positions (learned, sinusoidal) each
-key depends on where it sat. With the default ``crop_to = context_length`` every step past the
-context sees exactly the last context_length tokens, as nanoGPT's sampler does, but each such
-step re-runs the whole window, so the cache no longer saves work there. A smaller ``crop_to``
-(e.g. context_length // 2) re-prefills once every context_length - crop_to steps and decodes with
-the cache in between, at the price of the model seeing between crop_to and context_length tokens.
-``use_cache=False`` recomputes the same windows from scratch each step, so both paths give the
-same logits; that is the test of the cache.
+Past the context. A model reads at most context_length positions, so the window slides.
+- Relative or no positions (RoPE, ALiBi, none): the model's cache slides by itself
+  (``GPT.new_cache``): each new token attends to the last context_length cached positions of
+  every layer, i.e. sliding-window attention (as Mistral's rolling cache), and no step re-runs a
+  window. The deeper layers' cached states were computed from their own windows, so this is not
+  the same function as re-running the last context_length tokens from scratch.
+- Absolute positions (learned, sinusoidal), ``crop_to`` given, or ``use_cache=False``: when the
+  sequence would pass the context it is cropped to its last ``crop_to`` tokens and a fresh cache
+  is prefilled with them (cached keys cannot be shifted when each depends on where it sat). With
+  the default ``crop_to = context_length`` every step past the context sees exactly the last
+  context_length tokens, as nanoGPT's sampler does, but each such step re-runs the whole window.
+  A smaller ``crop_to`` re-prefills once every context_length - crop_to steps and decodes with
+  the cache in between, at the price of the model seeing between crop_to and context_length
+  tokens. ``use_cache=False`` recomputes the same windows from scratch each step, so both paths
+  give the same logits; that is the test of the cache.
 
 Batches. With absolute positions, prompts of different lengths cannot share a batch without
 position ids (left padding shifts every position; right padding puts pads inside the sequence),
@@ -57,12 +62,19 @@ class _Window:
                 f"got {crop_to}"
             )
         self.use_cache = use_cache
+        # A sliding cache keeps the window itself (see the module docstring) unless cropping
+        # was asked for.
+        self.cache_slides = use_cache and crop_to is None and getattr(model, "sliding_cache", False)
         self.start = 0  # first sequence position the model sees
         self.cache = None
         self.fed = 0  # sequence positions already in the cache
 
     def next_logits(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
         """tokens: (B, N), of which the first `length` are real -> logits of the next, (B, V)."""
+        if self.cache_slides:
+            if self.cache is None:  # a prompt longer than the context prefills its last window
+                self.start = max(0, length - self.context_length)
+            return self._feed(tokens, length)
         if length - self.start > self.context_length:
             self.start = length - self.keep
             self.cache = None  # positions moved: every cached key is stale
@@ -72,6 +84,9 @@ class _Window:
         if not self.use_cache or sliding_every_step:
             logits, _ = self.model(tokens[:, self.start : length])
             return logits[:, -1]
+        return self._feed(tokens, length)
+
+    def _feed(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
         if self.cache is None:
             self.cache = self.model.new_cache()
             self.fed = self.start

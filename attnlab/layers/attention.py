@@ -114,39 +114,75 @@ def _additive(mask: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """The keys and values one attention layer has seen, for incremental decoding.
 
-    Buffers of shape (B, Hkv, capacity, Dh) are allocated at the first append and doubled when
-    full, so decoding a token costs a copy of one position, not of the whole history.
+    Keys and values sit in order in (B, Hkv, capacity, Dh) buffers allocated at the first
+    append; decoding a token copies one position, not the whole history. `position` counts the
+    positions appended so far, `length` those held.
+
+    Growing (the default): the buffers double when full, and every position is kept.
+    Sliding (sliding=True, max_length > 0): at most max_length positions are held; appending one
+    position to a full cache drops the oldest, so attention reads the last max_length positions
+    (sliding-window attention, as Mistral's rolling cache). The buffers hold 2·max_length
+    positions, and the window moves back to their start only when it reaches their end: one
+    copy per max_length steps. Past max_length positions come one at a time.
     """
 
-    def __init__(self, max_length: int = 0):
-        self.max_length = max_length
+    def __init__(self, max_length: int = 0, sliding: bool = False):
+        if sliding and max_length < 1:
+            raise ValueError("a sliding cache needs max_length >= 1")
+        self.max_length, self.sliding = max_length, sliding
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
+        self.start = 0  # buffer index of the oldest held position
         self.length = 0
+        self.position = 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (B, Hkv, T, Dh) keys and values; return all of them so far, (B, Hkv, S, Dh)."""
-        new_length = self.length + k.size(2)
-        if self.keys is None or new_length > self.keys.size(2):
-            capacity = max(
-                new_length, self.max_length, 2 * (0 if self.keys is None else self.keys.size(2))
-            )
-            self.keys = self._grow(self.keys, k, capacity)
-            self.values = self._grow(self.values, v, capacity)
-        self.keys[:, :, self.length : new_length] = k
-        self.values[:, :, self.length : new_length] = v
-        self.length = new_length
-        return self.keys[:, :, :new_length], self.values[:, :, :new_length]
+        """Add (B, Hkv, T, Dh) keys and values; return those held now, (B, Hkv, S, Dh)."""
+        new = k.size(2)
+        if self.sliding and self.length + new > self.max_length:
+            if new > 1:
+                raise ValueError(
+                    f"a sliding cache of {self.max_length} positions holding {self.length} "
+                    f"takes one position at a time past its length, got {new}"
+                )
+            self.start, self.length = self.start + 1, self.length - 1  # drop the oldest
+        end = self.start + self.length + new
+        if self.keys is None or end > self.keys.size(2):
+            self._reallocate(k, v)
+            end = self.length + new
+        self.keys[:, :, end - new : end] = k
+        self.values[:, :, end - new : end] = v
+        self.length += new
+        self.position += new
+        return self.cached()
 
-    def _grow(self, old: torch.Tensor | None, new: torch.Tensor, capacity: int) -> torch.Tensor:
+    def _reallocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Move the held positions to the start of buffers with room for the new ones."""
+        needed = self.length + k.size(2)
+        if self.sliding:
+            capacity = 2 * self.max_length
+        else:
+            old = 0 if self.keys is None else self.keys.size(2)
+            capacity = max(needed, self.max_length, 2 * old)
+        self.keys, self.values = (
+            self._moved(old, new, capacity) for old, new in ((self.keys, k), (self.values, v))
+        )
+        self.start = 0
+
+    def _moved(self, old: torch.Tensor | None, new: torch.Tensor, capacity: int) -> torch.Tensor:
+        if self.sliding and old is not None:  # move the window back within the buffer
+            # it starts past max_length > length here, so source and target do not overlap
+            old[:, :, : self.length] = old[:, :, self.start : self.start + self.length]
+            return old
         buffer = new.new_empty(new.size(0), new.size(1), capacity, new.size(3))
         if old is not None:
-            buffer[:, :, : self.length] = old[:, :, : self.length]
+            buffer[:, :, : self.length] = old[:, :, self.start : self.start + self.length]
         return buffer
 
     def cached(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All keys and values so far."""
-        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+        """The keys and values held, in order."""
+        held = slice(self.start, self.start + self.length)
+        return self.keys[:, :, held], self.values[:, :, held]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` (in that order): beam search calls this after each step."""
@@ -221,7 +257,6 @@ class MultiHeadAttention(nn.Module):
         """
         batch, q_len, _ = x.shape
         q_width = self.n_heads * self.head_dim
-        offset = cache.length if cache is not None and not self.cross else 0
         if self.cross:
             q = F.linear(
                 x, self.qkv_projection.weight[:q_width], _rows(self.qkv_projection.bias, 0, q_width)
@@ -242,13 +277,17 @@ class MultiHeadAttention(nn.Module):
             q = self._split_heads(q, self.n_heads)  # (B, H, Tq, Dh)
         else:
             qkv = self._split_heads(self.qkv_projection(x), self.n_heads + 2 * self.n_kv_heads)
-            q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
-            if self.relative_position is not None:
-                q, k = self.relative_position.rotate(q, k, offset)
+            # Heads are [queries | keys | values]; slicing is cheaper than Tensor.split when
+            # decoding one token, where per-call overhead is most of the cost.
+            n_qk = self.n_heads + self.n_kv_heads
+            qk, v = qkv[:, :n_qk], qkv[:, n_qk:]
+            if self.relative_position is not None:  # queries and keys rotate in one call
+                qk = self.relative_position.rotate(qk, 0 if cache is None else cache.position)
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             if cache is not None:
-                k, v = cache.append(k, v)  # (B, Hkv, S, Dh), S = all positions so far
+                k, v = cache.append(k, v)  # (B, Hkv, S, Dh), S = positions held
         if self.relative_position is not None:
-            mask = merge_masks(mask, self.relative_position.bias(q_len, k.size(2), offset))
+            mask = merge_masks(mask, self.relative_position.bias(q_len, k.size(2)))
         out = self._attend(q, k, v, mask)  # (B, H, Tq, Dh)
         out = out.transpose(1, 2).reshape(batch, q_len, q_width)  # (B, Tq, H·Dh)
         return self.output_projection(out)
@@ -267,8 +306,12 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, n_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, Dh)
 
-    def new_cache(self, max_length: int = 0) -> KVCache:
-        return KVCache(0 if self.cross else max_length)
+    def new_cache(self, max_length: int = 0, sliding: bool = False) -> KVCache:
+        """A growing cache, or for self attention with sliding=True one holding the last
+        max_length positions (see KVCache)."""
+        if self.cross:
+            return KVCache()
+        return KVCache(max_length, sliding)
 
 
 def _rows(bias: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:

@@ -8,7 +8,8 @@ Pre-norm, as in GPT-2 and most models since (Xiong et al. 2020 show it trains wi
     x = x + dropout(mixer(norm(x)))
 A decoder block for the encoder-decoder adds cross attention between the two sub-layers.
 The token mixer is anything with ``forward(x, mask=None, cache=None) -> (B, T, D)``: attention,
-and later Hyena, Mamba or a recurrent layer; ``new_cache(max_length)`` makes its decoding state.
+and later Hyena, Mamba or a recurrent layer; ``new_cache(max_length, sliding)`` makes its decoding
+state (sliding: keep only the last max_length positions, for mixers that have positions).
 """
 
 from __future__ import annotations
@@ -92,17 +93,19 @@ class ResidualBlock(nn.Module):
         # skipped, not called with p=0: decoding one token is dominated by per-call overhead
         return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
 
-    def new_cache(self, max_length: int = 0) -> BlockCache:
+    def new_cache(self, max_length: int = 0, sliding: bool = False) -> BlockCache:
         cross = self.cross_attention.new_cache() if self.cross_attention is not None else None
-        return BlockCache(self.token_mixer.new_cache(max_length), cross)
+        return BlockCache(self.token_mixer.new_cache(max_length, sliding=sliding), cross)
 
 
 @dataclass
 class DecodingCache:
-    """A model's decoding state: one BlockCache per block and how many positions were consumed."""
+    """A model's decoding state: one BlockCache per block and how many positions were consumed.
+    sliding: the blocks keep only the last context of positions, so decoding may go past it."""
 
     blocks: list[BlockCache]
     position: int = 0
+    sliding: bool = False
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index`, in that order (beam search)."""

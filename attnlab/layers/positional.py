@@ -58,19 +58,17 @@ def _check_length(length: int, max_length: int) -> None:
 
 
 class RelativePosition(nn.Module):
-    """What attention asks of a relative position scheme: rotate q and k, or bias the scores.
-
-    The defaults do nothing, so a scheme overrides only the part it uses.
+    """What attention asks of a relative position scheme: rotate queries and keys, or bias the
+    scores. The defaults do nothing, so a scheme overrides only the part it uses. One instance
+    may serve every layer of a model.
     """
 
-    def rotate(
-        self, q: torch.Tensor, k: torch.Tensor, offset: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: (B, H, T, Dh), k: (B, Hkv, T, Dh) at positions offset..offset+T-1."""
-        return q, k
+    def rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """x: (B, heads, T, Dh) queries or keys at positions offset..offset+T-1."""
+        return x
 
-    def bias(self, q_len: int, k_len: int, offset: int) -> torch.Tensor | None:
-        """An additive (H, Tq, Tk) score bias for queries at offset.. and keys at 0..Tk-1."""
+    def bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
+        """An additive (H, Tq, Tk) score bias; the queries are the last Tq of the Tk keys."""
         return None
 
 
@@ -79,7 +77,8 @@ class RotaryEmbedding(RelativePosition):
 
     Rotating q at position m and k at position n by their angles makes q·k depend on m - n only,
     so attention scores see relative positions while keys can still be cached after rotation.
-    Channels are paired by halves (the GPT-NeoX / Llama layout).
+    Channels are paired by halves (the GPT-NeoX / Llama layout): with x = (x1, x2),
+    rotate(x) = x·cos + (-x2, x1)·sin = x·cos + roll(x, Dh/2)·(-sin, sin).
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0):
@@ -88,26 +87,37 @@ class RotaryEmbedding(RelativePosition):
             raise ValueError(f"rotary embeddings need an even head width, got {head_dim}")
         inverse_frequency = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inverse_frequency", inverse_frequency, persistent=False)
-        self._cos = self._sin = None
+        self._cos = self._signed_sin = None
+        self._last = None  # ((offset, T, dtype, device), (cos, signed sin)) of the latest call
 
     def _tables(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and (-sin, sin) tables, (≥ length, Dh), grown by doubling. Built as ordinary
+        tensors even under inference mode, so training can use them afterwards."""
         if self._cos is None or self._cos.size(0) < length or self._cos.device != like.device:
-            positions = torch.arange(max(length, 256), device=like.device, dtype=torch.float32)
-            angles = torch.outer(positions, self.inverse_frequency.to(like.device))  # (T, Dh/2)
-            angles = torch.cat([angles, angles], dim=-1)  # (T, Dh)
-            self._cos, self._sin = angles.cos(), angles.sin()
-        return self._cos[:length], self._sin[:length]
+            with torch.inference_mode(False):
+                positions = torch.arange(max(2 * length, 256), device=like.device)
+                angles = torch.outer(positions.float(), self.inverse_frequency.to(like.device))
+                self._cos = torch.cat([angles.cos(), angles.cos()], dim=-1)  # (T, Dh)
+                self._signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
+        return self._cos, self._signed_sin
 
-    def rotate(self, q, k, offset):
-        length = offset + q.size(2)
-        cos, sin = self._tables(length, q)
-        cos, sin = cos[offset:length].to(q.dtype), sin[offset:length].to(q.dtype)  # (T, Dh)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    def _rows(self, offset: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (T, Dh) cos and signed sin rows of x's positions, in x's dtype. When decoding
+        (no autograd, not compiling) the latest rows are kept for the model's other layers."""
+        key = (offset, x.size(2), x.dtype, x.device)
+        keep = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if keep and self._last is not None and self._last[0] == key:
+            return self._last[1]
+        cos, sin = self._tables(offset + x.size(2), x)
+        rows = slice(offset, offset + x.size(2))
+        value = cos[rows].to(x.dtype), sin[rows].to(x.dtype)
+        if keep:
+            self._last = key, value
+        return value
 
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-second, first], dim=-1) * sin
+    def rotate(self, x, offset):
+        cos, sin = self._rows(offset, x)
+        return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class ALiBi(RelativePosition):
@@ -122,8 +132,8 @@ class ALiBi(RelativePosition):
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
-    def bias(self, q_len, k_len, offset):
-        query_positions = torch.arange(offset, offset + q_len, device=self.slopes.device)
+    def bias(self, q_len, k_len):
+        query_positions = torch.arange(k_len - q_len, k_len, device=self.slopes.device)
         key_positions = torch.arange(k_len, device=self.slopes.device)
         distance = (query_positions[:, None] - key_positions[None, :]).abs()  # (Tq, Tk)
         return -self.slopes[:, None, None] * distance  # (H, Tq, Tk)

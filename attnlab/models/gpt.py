@@ -21,6 +21,7 @@ from attnlab.layers import (
     DecodingCache,
     LearnedPositionalEmbedding,
     MultiHeadAttention,
+    RelativePosition,
     ResidualBlock,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
@@ -31,6 +32,7 @@ from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
+RELATIVE = ("rope", "alibi", "none")  # no absolute positions: the decoding window can slide
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss
 
 
@@ -110,19 +112,19 @@ class GPT(nn.Module):
             "learned": lambda: LearnedPositionalEmbedding(c.context_length, c.d_model),
             "sinusoidal": lambda: SinusoidalPositionalEncoding(c.context_length, c.d_model),
         }.get(c.positional, lambda: None)()
-        self.blocks = nn.ModuleList(self._block() for _ in range(c.n_layers))
+        relative = {  # one module for every layer: they share its tables
+            "rope": lambda: RotaryEmbedding(c.head_dim, c.rope_base),
+            "alibi": lambda: ALiBi(c.n_heads),
+        }.get(c.positional, lambda: None)()
+        self.blocks = nn.ModuleList(self._block(relative) for _ in range(c.n_layers))
         self.final_norm = make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)
         self.output_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_weights:
             self.output_head.weight = self.token_embedding.weight
         self.reset_parameters()
 
-    def _block(self) -> ResidualBlock:
+    def _block(self, relative: RelativePosition | None) -> ResidualBlock:
         c = self.config
-        relative = {
-            "rope": lambda: RotaryEmbedding(c.head_dim, c.rope_base),
-            "alibi": lambda: ALiBi(c.n_heads),
-        }.get(c.positional, lambda: None)()
         attention = MultiHeadAttention(
             c.d_model,
             c.n_heads,
@@ -161,11 +163,13 @@ class GPT(nn.Module):
         """idx: (B, T) token ids; targets: (B, T) next-token ids (IGNORE_INDEX to skip).
 
         Returns logits (B, T, V) and the mean cross-entropy loss (None without targets). With a
-        cache, idx holds only the tokens after those the cache has seen.
+        cache, idx holds only the tokens after those the cache has seen; a sliding cache (see
+        new_cache) then goes on past the context one token at a time.
         """
         _, length = idx.shape
         offset = cache.position if cache is not None else 0
-        if offset + length > self.config.context_length:
+        sliding = cache is not None and cache.sliding
+        if offset + length > self.config.context_length and not sliding:
             raise ValueError(
                 f"{offset + length} positions exceed the context length "
                 f"{self.config.context_length}"
@@ -188,9 +192,22 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self, max_length: int | None = None) -> DecodingCache:
-        """An empty decoding cache with room for max_length positions (default: the context)."""
+        """An empty decoding cache with room for max_length positions (default: the context).
+
+        With relative or no positions (rope, alibi, none) the cache slides: past max_length
+        positions each new token attends to the last max_length of every layer's cached keys
+        (sliding-window attention), so decoding goes on without re-running a window. Learned
+        and sinusoidal positions end at the context, so their cache stops there.
+        """
         max_length = max_length or self.config.context_length
-        return DecodingCache([block.new_cache(max_length) for block in self.blocks])
+        sliding = self.sliding_cache
+        blocks = [block.new_cache(max_length, sliding=sliding) for block in self.blocks]
+        return DecodingCache(blocks, sliding=sliding)
+
+    @property
+    def sliding_cache(self) -> bool:
+        """Whether new_cache() slides past the context (relative or no positions)."""
+        return self.config.positional in RELATIVE
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied head counts once), optionally without embedding tables."""

@@ -17,6 +17,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,8 @@ class Trainer:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
         self.model = model.to(self.device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        # the compiled model, or None: uncompiled, or compilation failed (see _forward)
+        self.compiled = torch.compile(self.model) if config.compile else None
         self.optimizer = build_optimizer(
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
         )
@@ -134,11 +136,9 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         previous_handler = self._install_interrupt_handler()
         try:
-            peak = measure_peak_flops(self.device, self.dtype)
-            flops_per_token = getattr(self.model, "flops_per_token", lambda: None)()
             with (self.out_dir / METRICS_FILE).open("a") as metrics:
                 while self.step < self.config.max_iters and not self._stop_requested:
-                    record = self._step_record(peak, flops_per_token)
+                    record = self.train_step()
                     if (
                         self.step % self.config.eval_interval == 0
                         or self.step == self.config.max_iters
@@ -155,7 +155,9 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
 
-    def _step_record(self, peak_flops: float, flops_per_token: int | None) -> dict[str, Any]:
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step at the scheduled learning rate; returns its metrics record (step,
+        train_loss, lr, tokens_per_s, elapsed_s, and mfu for models that count their FLOPs)."""
         c = self.config
         lr = learning_rate(
             self.step,
@@ -181,8 +183,10 @@ class Trainer:
             "tokens_per_s": tokens_per_s,
             "elapsed_s": self.elapsed,
         }
+        flops_per_token = getattr(self.model, "flops_per_token", lambda: None)()
         if flops_per_token:
-            record["mfu"] = flops_per_token * tokens_per_s / peak_flops
+            peak = measure_peak_flops(self.device, self.dtype)  # measured once per process
+            record["mfu"] = flops_per_token * tokens_per_s / peak
         return record
 
     def _optimizer_step(self) -> tuple[float, int]:
@@ -192,8 +196,7 @@ class Trainer:
         for _ in range(self.config.gradient_accumulation):
             batch = tuple(t.to(self.device, non_blocking=True) for t in self.train_data.next())
             tokens += batch[-1].numel()
-            with autocast(self.device, self.dtype):
-                _, loss = self.forward(*batch)
+            _, loss = self._forward(batch)
             (loss / self.config.gradient_accumulation).backward()
             total += loss.detach()
         loss = total.item() / self.config.gradient_accumulation
@@ -218,12 +221,30 @@ class Trainer:
         for split, batches in self.eval_data.items():
             losses = []
             for batch in batches():
-                with autocast(self.device, self.dtype):
-                    _, loss = self.forward(*(t.to(self.device) for t in batch))
+                _, loss = self._forward(tuple(t.to(self.device) for t in batch))
                 losses.append(loss.item())
             results[f"{split}_loss"] = sum(losses) / len(losses)
         self.last_eval = results
         return results
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model on a batch under autocast. torch.compile compiles at the first call of
+        each mode; if that fails (no C++ compiler, say), training goes on uncompiled: the
+        eager retry raises any error that is the model's own."""
+        with autocast(self.device, self.dtype):
+            if self.compiled is None:
+                return self.model(*batch)
+            try:
+                return self.compiled(*batch)
+            except Exception as error:  # noqa: BLE001 - any compiler failure
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); "
+                    "training without it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.compiled = None
+                return self.model(*batch)
 
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return from fit (what Ctrl-C does)."""
@@ -288,3 +309,7 @@ class Trainer:
             self.request_stop()
 
         return signal.signal(signal.SIGINT, handler)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
