@@ -11,6 +11,8 @@ import contextlib
 import os
 import random
 import time
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -77,6 +79,37 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Compiled:
+    """``torch.compile(module, **options)`` that falls back to the module itself, with one
+    RuntimeWarning, when compiling fails (no C++ compiler, say). Compilation happens at the first
+    call of each new shape, before anything runs, so the eager retry computes the call afresh and
+    raises any error that is the module's own."""
+
+    def __init__(self, module: Callable, **options):
+        self.module = module
+        self.compiled: Callable | None = torch.compile(module, **options)
+
+    @property
+    def active(self) -> bool:
+        """False once compiling has failed and calls run eagerly."""
+        return self.compiled is not None
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any compiler failure
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {first_line}); "
+                    "running without it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.compiled = None
+        return self.module(*args, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

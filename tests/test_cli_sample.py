@@ -72,6 +72,13 @@ def test_sample_matches_the_library_and_is_reproducible(capsys, checkpoint):
     assert first == "me" + expected + "\n"
 
 
+def test_compiled_sampling_gives_the_same_text(capsys, checkpoint):
+    args = (checkpoint, "--prompt", "me", "--max-new-tokens", 30, "--temperature", 0)
+    _, eager, _ = sample(capsys, *args)
+    code, compiled, _ = sample(capsys, *args, "--compile")  # past the 16-token context
+    assert code == 0 and compiled == eager
+
+
 def test_several_samples_are_separated(capsys, checkpoint):
     code, out, _ = sample(capsys, checkpoint, "--num-samples", 3, "--max-new-tokens", 10)
     assert code == 0

@@ -22,6 +22,7 @@ from attnlab.generation import (
     top_p_filter,
 )
 from attnlab.generation.decoding import _decode_pieces, _Window
+from attnlab.layers import StaticKVCache
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -145,9 +146,9 @@ def test_sampling_config_rejects_bad_values():
 # --- decoding ----------------------------------------------------------------------------------
 
 
-def step_logits(model, prompt, steps, use_cache, crop_to=None):
+def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
     """Greedy decoding that also records each step's (V,) logits."""
-    window = _Window(model, use_cache, crop_to)
+    window = _Window(model, use_cache, crop_to, compile)
     tokens = torch.tensor([prompt + [0] * steps])
     all_logits = []
     with torch.no_grad():
@@ -193,6 +194,49 @@ def test_sliding_cache_equals_sliding_window_attention(positional):
         reference = band_logits(model, torch.tensor([prompt + ids]), 16)[0]
     torch.testing.assert_close(cached, reference[len(prompt) - 1 : -1], atol=1e-5, rtol=1e-5)
     assert generate(model, [prompt], 40, temperature=0) == [ids]
+
+
+@pytest.mark.parametrize(
+    "positional, steps", [("rope", 40), ("none", 40), ("learned", 10), ("sinusoidal", 10)]
+)
+def test_static_cache_equals_the_dynamic_cache(positional, steps):
+    """The ring of a static cache holds the sliding window's keys out of order; positions are
+    tensors. Past the context for relative positions, up to it for absolute ones."""
+    model = tiny_gpt(positional, context_length=16)
+    tokens = torch.randint(0, 11, (2, 5 + steps))
+    logits = []
+    with torch.no_grad():
+        for static in (False, True):
+            cache = model.new_cache(static=static)
+            first, _ = model(tokens[:, :5], cache=cache)  # the prompt, then one token a step
+            rest = [model(tokens[:, t : t + 1], cache=cache)[0] for t in range(5, 5 + steps)]
+            logits.append(torch.cat([first, *rest], dim=1))
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_refuses_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="ALiBi"):
+        tiny_gpt("alibi").new_cache(static=True)
+    with pytest.raises(UserError, match="ALiBi"):  # before anything is generated
+        stream(tiny_gpt("alibi"), [1, 2], 5, compile=True)
+    cache = StaticKVCache(4)
+    cache.append(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
+    with pytest.raises(ValueError, match="only while it is empty"):
+        cache.append(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
+    with pytest.raises(ValueError, match="overflows"):
+        StaticKVCache(4).append(torch.zeros(1, 1, 5, 8), torch.zeros(1, 1, 5, 8))
+
+
+@pytest.mark.parametrize("positional", ["rope", "learned"])
+def test_compiled_decoding_equals_eager(positional):
+    """compile=True: compiled one-token steps on static caches (rope: past the context, a
+    sliding window; learned: then compiled full-window recomputes)."""
+    model = tiny_gpt(positional, context_length=16)
+    prompt = [1, 2, 3, 4, 5]
+    compiled_ids, compiled = step_logits(model, prompt, 30, use_cache=True, compile=True)
+    eager_ids, eager = step_logits(model, prompt, 30, use_cache=True)
+    assert compiled_ids == eager_ids
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
 def test_sliding_cache_prefills_the_last_window_of_a_long_prompt():

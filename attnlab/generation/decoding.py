@@ -25,6 +25,12 @@ Past the context. A model reads at most context_length positions, so the window 
   tokens. ``use_cache=False`` recomputes the same windows from scratch each step, so both paths
   give the same logits; that is the test of the cache.
 
+Compiled decoding. ``compile=True`` compiles the calls whose shapes never change: each
+one-token step, with static caches (``StaticKVCache``: fixed buffers, positions as tensors) in
+place of growing ones, and full-window recomputes. The prompt runs eagerly. On a GPU the steps
+replay as CUDA graphs. Compiling takes seconds to tens of seconds, so it pays off for long
+generations; the results equal the eager ones up to floating-point rounding. Not for ALiBi.
+
 Batches. With absolute positions, prompts of different lengths cannot share a batch without
 position ids (left padding shifts every position; right padding puts pads inside the sequence),
 so ``generate`` groups the prompts by length and decodes each group as one batch. Greedy results
@@ -34,12 +40,14 @@ are therefore the same batched or one by one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from attnlab.devices import Compiled
 from attnlab.errors import UserError
 from attnlab.generation.sampling import SamplingConfig
 from attnlab.tokenizers.base import Tokenizer
@@ -47,11 +55,28 @@ from attnlab.tokenizers.base import Tokenizer
 END_OF_TEXT = "<|endoftext|>"
 
 
+@functools.lru_cache(maxsize=1)
+def compile_for_decoding(model: nn.Module) -> Compiled:
+    """The model compiled for fixed-shape decoding calls: one token with a static cache, or a
+    whole context window. CUDA graphs replay each step on a GPU ("reduce-overhead"); on a CPU
+    the C++ wrapper cuts Python out of the compiled step. The latest one is kept, so that
+    generating again from the same model reuses what the first call compiled (a new
+    torch.compile wrapper may compile again); keeping only one keeps no other model alive."""
+    if _device(model).type == "cuda":
+        return Compiled(model, dynamic=False, mode="reduce-overhead")
+    return Compiled(model, dynamic=False, options={"cpp_wrapper": True})
+
+
 class _Window:
     """Feeds the model the tokens it has not seen yet, sliding the window past the context."""
 
-    def __init__(self, model: nn.Module, use_cache: bool, crop_to: int | None):
+    def __init__(self, model: nn.Module, use_cache: bool, crop_to: int | None, compile: bool):
         self.model = model
+        # compiled: the one-token steps (with static caches) and the full-window recomputes,
+        # whose shapes never change; prompts, of any length, run eagerly
+        self.compiled = compile_for_decoding(model) if compile else None
+        if compile and use_cache:
+            model.new_cache(static=True)  # raises now for models that cannot have one
         # A model without a context limit (a recurrent one, say) never slides.
         limit = getattr(model.config, "context_length", None)
         self.context_length = limit if limit is not None else sys.maxsize
@@ -82,15 +107,23 @@ class _Window:
         # being filled: skip it and save the copies.
         sliding_every_step = self.start > 0 and self.keep == self.context_length
         if not self.use_cache or sliding_every_step:
-            logits, _ = self.model(tokens[:, self.start : length])
+            window = tokens[:, self.start : length]
+            full = self.compiled is not None and window.size(1) == self.context_length
+            logits, _ = (self.compiled if full else self.model)(window)
             return logits[:, -1]
         return self._feed(tokens, length)
 
     def _feed(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
-        if self.cache is None:
-            self.cache = self.model.new_cache()
+        prompt = self.cache is None  # the first call: the prompt, run eagerly
+        if prompt:
+            self.cache = self.model.new_cache(static=self.compiled is not None)
             self.fed = self.start
-        logits, _ = self.model(tokens[:, self.fed : length], cache=self.cache)  # (B, T, V)
+        forward = self.model if prompt or self.compiled is None else self.compiled
+        logits, _ = forward(tokens[:, self.fed : length], cache=self.cache)  # (B, T, V)
+        if prompt and self.compiled is not None and _device(self.model).type == "cuda":
+            # CUDA graphs update tensors in place only at fixed addresses
+            for buffer in self.cache.buffers():  # allocated by the prompt
+                torch._dynamo.mark_static_address(buffer)
         self.fed = length
         return logits[:, -1]
 
@@ -131,13 +164,14 @@ def stream_batch(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     crop_to: int | None = None,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """The decoding loop. prompts: (B, T) ids, every row the same length; yields each step's new
     ids, (B,), on the model's device. Stop conditions are the caller's: stop iterating."""
     sampling = sampling or SamplingConfig()
     prompts = torch.as_tensor(prompts, dtype=torch.long, device=_device(model))
     _check_prompts(model, prompts, max_new_tokens)
-    window = _Window(model, use_cache, crop_to)
+    window = _Window(model, use_cache, crop_to, compile)
     return _decode(model, window, prompts, max_new_tokens, sampling, generator)
 
 
@@ -178,12 +212,14 @@ def generate(
     stop_ids: Iterable[int] = (),
     use_cache: bool = True,
     crop_to: int | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Continue each prompt by up to max_new_tokens tokens; returns only the new ids per prompt.
 
     prompts: a list of id lists (any lengths) or a (B, T) tensor. A row ends before the first id
     in stop_ids (which is not returned). temperature 0 is greedy. seed (or a generator of your
-    own) makes sampling reproducible. See the module docstring for crop_to and batching.
+    own) makes sampling reproducible. See the module docstring for crop_to, batching and
+    compile.
     """
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
     generator = generator or make_generator(model, seed)
@@ -203,6 +239,7 @@ def generate(
             generator=generator,
             use_cache=use_cache,
             crop_to=crop_to,
+            compile=compile,
         )
         for index, new_ids in zip(indices, _collect(steps, len(indices), stop_ids), strict=True):
             results[index] = new_ids
@@ -247,6 +284,7 @@ def stream(
     stop_ids: Iterable[int] = (),
     use_cache: bool = True,
     crop_to: int | None = None,
+    compile: bool = False,
 ) -> Iterator[int]:
     """Like `generate` for one prompt, yielding each new id as soon as it is chosen. Ends before
     the first id in stop_ids. Yields the same ids as ``generate(model, [prompt], ...)[0]``.
@@ -259,6 +297,7 @@ def stream(
         generator=generator or make_generator(model, seed),
         use_cache=use_cache,
         crop_to=crop_to,
+        compile=compile,
     )
     return _first_row(steps, set(stop_ids))
 

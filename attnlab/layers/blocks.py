@@ -8,8 +8,9 @@ Pre-norm, as in GPT-2 and most models since (Xiong et al. 2020 show it trains wi
     x = x + dropout(mixer(norm(x)))
 A decoder block for the encoder-decoder adds cross attention between the two sub-layers.
 The token mixer is anything with ``forward(x, mask=None, cache=None) -> (B, T, D)``: attention,
-and later Hyena, Mamba or a recurrent layer; ``new_cache(max_length, sliding)`` makes its decoding
-state (sliding: keep only the last max_length positions, for mixers that have positions).
+and later Hyena, Mamba or a recurrent layer; ``new_cache(max_length, **options)`` makes its
+decoding state (sliding=True: keep only the last max_length positions, for mixers that have
+positions; static=True: fixed shapes, for compiled decoding).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.layers.attention import MultiHeadAttention
+from attnlab.layers.attention import MultiHeadAttention, StaticKVCache
 
 
 @dataclass
@@ -93,19 +94,29 @@ class ResidualBlock(nn.Module):
         # skipped, not called with p=0: decoding one token is dominated by per-call overhead
         return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
 
-    def new_cache(self, max_length: int = 0, sliding: bool = False) -> BlockCache:
+    def new_cache(self, max_length: int = 0, **options) -> BlockCache:
+        """The block's decoding state; options (sliding, static) go to the token mixer."""
         cross = self.cross_attention.new_cache() if self.cross_attention is not None else None
-        return BlockCache(self.token_mixer.new_cache(max_length, sliding=sliding), cross)
+        return BlockCache(self.token_mixer.new_cache(max_length, **options), cross)
 
 
 @dataclass
 class DecodingCache:
-    """A model's decoding state: one BlockCache per block and how many positions were consumed.
-    sliding: the blocks keep only the last context of positions, so decoding may go past it."""
+    """A model's decoding state: one BlockCache per block and how many positions were consumed
+    (a 0-dim tensor for static caches, advanced in place). sliding: the blocks keep only the
+    last context of positions, so decoding may go past it."""
 
     blocks: list[BlockCache]
-    position: int = 0
+    position: int | torch.Tensor = 0
     sliding: bool = False
+
+    def buffers(self) -> list[torch.Tensor]:
+        """The tensors of static caches, which a compiled step updates in place."""
+        tensors = [self.position] if isinstance(self.position, torch.Tensor) else []
+        for block in self.blocks:
+            if isinstance(block.mixer, StaticKVCache):
+                tensors += block.mixer.buffers()
+        return tensors
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index`, in that order (beam search)."""

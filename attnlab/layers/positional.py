@@ -23,10 +23,9 @@ class LearnedPositionalEmbedding(nn.Module):
         self.max_length = max_length
         self.weight = nn.Parameter(torch.zeros(max_length, d_model))
 
-    def forward(self, length: int, offset: int = 0) -> torch.Tensor:
+    def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Embeddings of positions offset..offset+length-1, (T, D)."""
-        _check_length(offset + length, self.max_length)
-        return self.weight[offset : offset + length]
+        return _rows(self.weight, length, offset)
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -47,14 +46,21 @@ class SinusoidalPositionalEncoding(nn.Module):
         table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
         self.register_buffer("table", table.float(), persistent=False)
 
-    def forward(self, length: int, offset: int = 0) -> torch.Tensor:
-        _check_length(offset + length, self.max_length)
-        return self.table[offset : offset + length]
+    def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        return _rows(self.table, length, offset)
 
 
-def _check_length(length: int, max_length: int) -> None:
-    if length > max_length:
-        raise ValueError(f"sequence of {length} positions exceeds the context length {max_length}")
+def _rows(table: torch.Tensor, length: int, offset: int | torch.Tensor) -> torch.Tensor:
+    """Rows offset..offset+length-1 of a (max_length, D) table. A tensor offset (a static
+    cache's position) is gathered without reading its value, so compiled decoding need not
+    synchronise; the caller keeps it in range."""
+    if isinstance(offset, torch.Tensor):
+        return table.index_select(0, offset + torch.arange(length, device=table.device))
+    if offset + length > len(table):
+        raise ValueError(
+            f"sequence of {offset + length} positions exceeds the context length {len(table)}"
+        )
+    return table[offset : offset + length]
 
 
 class RelativePosition(nn.Module):
@@ -63,8 +69,11 @@ class RelativePosition(nn.Module):
     may serve every layer of a model.
     """
 
-    def rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
-        """x: (B, heads, T, Dh) queries or keys at positions offset..offset+T-1."""
+    biases_scores = False  # True when bias() depends on the keys' order (ALiBi)
+
+    def rotate(self, x: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
+        """x: (B, heads, T, Dh) queries or keys at positions offset..offset+T-1; the offset
+        is a 0-dim tensor when a static cache decodes."""
         return x
 
     def bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
@@ -96,10 +105,15 @@ class RotaryEmbedding(RelativePosition):
         if self._cos is None or self._cos.size(0) < length or self._cos.device != like.device:
             with torch.inference_mode(False):
                 positions = torch.arange(max(2 * length, 256), device=like.device)
-                angles = torch.outer(positions.float(), self.inverse_frequency.to(like.device))
-                self._cos = torch.cat([angles.cos(), angles.cos()], dim=-1)  # (T, Dh)
-                self._signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
+                self._cos, self._signed_sin = self._cos_sin(positions)
         return self._cos, self._signed_sin
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) positions -> cos and (-sin, sin), each (T, Dh)."""
+        angles = torch.outer(positions.float(), self.inverse_frequency.to(positions.device))
+        return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat(
+            [-angles.sin(), angles.sin()], dim=-1
+        )
 
     def _rows(self, offset: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (T, Dh) cos and signed sin rows of x's positions, in x's dtype. When decoding
@@ -116,7 +130,11 @@ class RotaryEmbedding(RelativePosition):
         return value
 
     def rotate(self, x, offset):
-        cos, sin = self._rows(offset, x)
+        if isinstance(offset, torch.Tensor):  # compiled decoding: the angles, in the graph
+            positions = offset + torch.arange(x.size(2), device=x.device)
+            cos, sin = (table.to(x.dtype) for table in self._cos_sin(positions))
+        else:
+            cos, sin = self._rows(offset, x)
         return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
@@ -127,6 +145,8 @@ class ALiBi(RelativePosition):
     when H is not a power of two, take the slopes of the nearest lower power of two and fill in
     with every other slope of the next one, as the paper's reference does.
     """
+
+    biases_scores = True
 
     def __init__(self, n_heads: int):
         super().__init__()

@@ -169,7 +169,9 @@ class GPT(nn.Module):
         _, length = idx.shape
         offset = cache.position if cache is not None else 0
         sliding = cache is not None and cache.sliding
-        if offset + length > self.config.context_length and not sliding:
+        # a static cache's position is a tensor, not read here (see new_cache)
+        exceeds = isinstance(offset, int) and offset + length > self.config.context_length
+        if exceeds and not sliding:
             raise ValueError(
                 f"{offset + length} positions exceed the context length "
                 f"{self.config.context_length}"
@@ -191,18 +193,25 @@ class GPT(nn.Module):
             )
         return logits, loss
 
-    def new_cache(self, max_length: int | None = None) -> DecodingCache:
+    def new_cache(self, max_length: int | None = None, static: bool = False) -> DecodingCache:
         """An empty decoding cache with room for max_length positions (default: the context).
 
         With relative or no positions (rope, alibi, none) the cache slides: past max_length
         positions each new token attends to the last max_length of every layer's cached keys
         (sliding-window attention), so decoding goes on without re-running a window. Learned
         and sinusoidal positions end at the context, so their cache stops there.
+
+        static=True: StaticKVCaches (fixed shapes, tensor positions) for a compiled one-token
+        step; not for ALiBi. The model then never reads the position, so the caller must not
+        feed learned or sinusoidal positions past the context (generation does not).
         """
         max_length = max_length or self.config.context_length
         sliding = self.sliding_cache
-        blocks = [block.new_cache(max_length, sliding=sliding) for block in self.blocks]
-        return DecodingCache(blocks, sliding=sliding)
+        blocks = [
+            block.new_cache(max_length, sliding=sliding, static=static) for block in self.blocks
+        ]
+        position = torch.zeros((), dtype=torch.long, device=self.output_head.weight.device)
+        return DecodingCache(blocks, position if static else 0, sliding)
 
     @property
     def sliding_cache(self) -> bool:

@@ -17,7 +17,6 @@ import random
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from attnlab.config import check_choice, check_positive, config_to_dict
-from attnlab.devices import autocast, measure_peak_flops, pick_device, pick_dtype
+from attnlab.devices import Compiled, autocast, measure_peak_flops, pick_device, pick_dtype
 from attnlab.errors import UserError
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.checkpoints import (
@@ -117,8 +116,8 @@ class Trainer:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
         self.model = model.to(self.device)
-        # the compiled model, or None: uncompiled, or compilation failed (see _forward)
-        self.compiled = torch.compile(self.model) if config.compile else None
+        # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
+        self.compiled = Compiled(self.model) if config.compile else None
         self.optimizer = build_optimizer(
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
         )
@@ -228,23 +227,9 @@ class Trainer:
         return results
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model on a batch under autocast. torch.compile compiles at the first call of
-        each mode; if that fails (no C++ compiler, say), training goes on uncompiled: the
-        eager retry raises any error that is the model's own."""
+        """The model (compiled, if asked) on a batch under autocast."""
         with autocast(self.device, self.dtype):
-            if self.compiled is None:
-                return self.model(*batch)
-            try:
-                return self.compiled(*batch)
-            except Exception as error:  # noqa: BLE001 - any compiler failure
-                warnings.warn(
-                    f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); "
-                    "training without it",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.compiled = None
-                return self.model(*batch)
+            return (self.compiled or self.model)(*batch)
 
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return from fit (what Ctrl-C does)."""
@@ -309,7 +294,3 @@ class Trainer:
             self.request_stop()
 
         return signal.signal(signal.SIGINT, handler)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:200]
