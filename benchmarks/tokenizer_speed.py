@@ -29,17 +29,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--corpus", default="stdlib",
-                        help="stdlib, stdlib-all (with tests), or any attnlab corpus spec")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus",
+        default="stdlib",
+        help="stdlib, stdlib-all (with tests), or any attnlab corpus spec",
+    )
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary to train")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="cores for training (both trainers)")
-    parser.add_argument("--reference-mb", type=float, default=3.0,
-                        help="MB of text for the reference encoder")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timed runs per encoding row; the fastest is reported")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="cores for training (both trainers)",
+    )
+    parser.add_argument(
+        "--reference-mb", type=float, default=3.0, help="MB of text for the reference encoder"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed runs per encoding row; the fastest is reported",
+    )
     parser.add_argument("--skip-hf", action="store_true", help="do not train with HF tokenizers")
     return parser.parse_args()
 
@@ -55,8 +68,9 @@ def load_texts(spec: str) -> list[str]:
     return [p.read_text(encoding="utf-8", errors="replace") for p in files]
 
 
-def timed(fn: Callable[[], object], repeats: int = 1,
-          before: Callable[[], object] = lambda: None) -> tuple[float, object]:
+def timed(
+    fn: Callable[[], object], repeats: int = 1, before: Callable[[], object] = lambda: None
+) -> tuple[float, object]:
     """Fastest of `repeats` runs of `fn` (`before` runs untimed ahead of each), and its result."""
     best = float("inf")
     for _ in range(repeats):
@@ -72,8 +86,11 @@ def train_hf(texts: list[str], vocab_size: int):
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
@@ -93,23 +110,30 @@ def mb(texts: list[str]) -> float:
     return sum(len(t.encode("utf-8", "replace")) for t in texts) / 1e6
 
 
-def encoder_rows(name: str, tokenizer, texts: list[str], reference_mb: float,
-                 repeats: int) -> list[tuple]:
+def encoder_rows(
+    name: str, tokenizer, texts: list[str], reference_mb: float, repeats: int
+) -> list[tuple]:
     """(row name, seconds, MB, tokens) for our fast path, raw tiktoken and our reference."""
     import tiktoken
 
     ranks = {tokenizer.token_bytes(i): i for i in range(256 + len(tokenizer.merges))}
-    raw = tiktoken.Encoding("raw", pat_str=tokenizer.pattern, mergeable_ranks=ranks,
-                            special_tokens={})
+    raw = tiktoken.Encoding(
+        "raw", pat_str=tokenizer.pattern, mergeable_ranks=ranks, special_tokens={}
+    )
     rows = []
-    for label, encode in [(f"{name}: attnlab encode (fast path)", tokenizer.encode),
-                          (f"{name}: tiktoken directly, same ranks", raw.encode_ordinary)]:
+    for label, encode in [
+        (f"{name}: attnlab encode (fast path)", tokenizer.encode),
+        (f"{name}: tiktoken directly, same ranks", raw.encode_ordinary),
+    ]:
         seconds, n = timed(lambda encode=encode: sum(len(encode(t)) for t in texts), repeats)
         rows.append((label, seconds, mb(texts), n))
     sample = prefix(texts, reference_mb)
     # From a cold start each time: the per-pre-token cache fills as it goes.
-    seconds, n = timed(lambda: sum(len(tokenizer.encode_reference(t)) for t in sample), repeats,
-                       before=tokenizer._cache.clear)
+    seconds, n = timed(
+        lambda: sum(len(tokenizer.encode_reference(t)) for t in sample),
+        repeats,
+        before=tokenizer._cache.clear,
+    )
     rows.append((f"{name}: attnlab encode_reference (pure Python)", seconds, mb(sample), n))
     return rows
 
@@ -121,8 +145,10 @@ def main() -> None:
 
     texts = load_texts(args.corpus)
     size = mb(texts)
-    print(f"corpus {args.corpus}: {len(texts)} files, {size:.1f} MB; vocab {args.vocab_size}; "
-          f"{args.workers} worker(s); {os.cpu_count()} cores; Python {platform.python_version()}")
+    print(
+        f"corpus {args.corpus}: {len(texts)} files, {size:.1f} MB; vocab {args.vocab_size}; "
+        f"{args.workers} worker(s); {os.cpu_count()} cores; Python {platform.python_version()}"
+    )
     print()
     print("| training | seconds | MB/s |")
     print("| --- | ---: | ---: |")
@@ -130,12 +156,12 @@ def main() -> None:
     print(f"| attnlab BPETokenizer.train | {seconds:.2f} | {size / seconds:.2f} |", flush=True)
     if not args.skip_hf:
         hf_seconds, _ = timed(lambda: train_hf(texts, args.vocab_size))
-        print(f"| HF tokenizers BpeTrainer (ByteLevel) | {hf_seconds:.2f} | "
-              f"{size / hf_seconds:.2f} |")
+        print(
+            f"| HF tokenizers BpeTrainer (ByteLevel) | {hf_seconds:.2f} | {size / hf_seconds:.2f} |"
+        )
         print(f"| ratio attnlab / HF | {seconds / hf_seconds:.2f}x | |")
     print()
-    rows = encoder_rows(f"trained {args.vocab_size}", ours, texts, args.reference_mb,
-                        args.repeats)
+    rows = encoder_rows(f"trained {args.vocab_size}", ours, texts, args.reference_mb, args.repeats)
     gpt2_dir = Path(os.environ.get("ATTNLAB_DATA", REPO.parent / "shared" / "data")) / "gpt2-bpe"
     if (gpt2_dir / "vocab.bpe").is_file():
         gpt2 = BPETokenizer.from_gpt2_files(gpt2_dir / "vocab.bpe", gpt2_dir / "encoder.json")
@@ -145,8 +171,10 @@ def main() -> None:
     print("| encoding (1 thread) | MB | seconds | MB/s | bytes/token |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, secs, megabytes, n in rows:
-        print(f"| {label} | {megabytes:.1f} | {secs:.2f} | {megabytes / secs:.2f} | "
-              f"{megabytes * 1e6 / n:.2f} |")
+        print(
+            f"| {label} | {megabytes:.1f} | {secs:.2f} | {megabytes / secs:.2f} | "
+            f"{megabytes * 1e6 / n:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,15 +25,20 @@ SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 # Text that stresses pre-tokenization and byte merges: emoji, CJK, combining marks, control and
 # format characters, long and odd whitespace runs, contractions, digits, plus arbitrary Unicode.
 WHITESPACE = " \t\n\r\x0b\x0c\x1c\x85\u00a0\u1680\u2003\u2028\u3000"
-unicode_texts = st.lists(st.one_of(
-    st.text(),
-    st.text(alphabet=st.sampled_from(WHITESPACE), min_size=1, max_size=300),
-    st.text(alphabet=st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF)),
-    st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF)),
-    st.text(alphabet=st.characters(categories=["Mn", "Mc", "Me"])),
-    st.text(alphabet=st.characters(categories=["Cc", "Cf", "Co", "Zs"])),
-    st.sampled_from(["'s", "'LL", " don't", "1234567", " hello", "\n\n", "  world", "é", "👍🏽"]),
-), max_size=10).map("".join)
+unicode_texts = st.lists(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=st.sampled_from(WHITESPACE), min_size=1, max_size=300),
+        st.text(alphabet=st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF)),
+        st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF)),
+        st.text(alphabet=st.characters(categories=["Mn", "Mc", "Me"])),
+        st.text(alphabet=st.characters(categories=["Cc", "Cf", "Co", "Zs"])),
+        st.sampled_from(
+            ["'s", "'LL", " don't", "1234567", " hello", "\n\n", "  world", "é", "👍🏽"]
+        ),
+    ),
+    max_size=10,
+).map("".join)
 
 
 def own_sources() -> list[str]:
@@ -66,14 +71,19 @@ def tiktoken_gpt2(gpt2) -> tiktoken.Encoding:
     try:
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=str(GPT2_DIR / "vocab.bpe"),
-            encoder_json_file=str(GPT2_DIR / "encoder.json"))
+            encoder_json_file=str(GPT2_DIR / "encoder.json"),
+        )
     finally:
         if saved is None:
             del os.environ["TIKTOKEN_CACHE_DIR"]
         else:
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
-    return tiktoken.Encoding("gpt2-offline", pat_str=PATTERNS["gpt2"], mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": 50256})
+    return tiktoken.Encoding(
+        "gpt2-offline",
+        pat_str=PATTERNS["gpt2"],
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+    )
 
 
 def assert_same_as_tiktoken(ours: BPETokenizer, theirs: tiktoken.Encoding, text: str) -> None:
@@ -83,6 +93,7 @@ def assert_same_as_tiktoken(ours: BPETokenizer, theirs: tiktoken.Encoding, text:
 
 
 # ---- training ----
+
 
 def test_known_answer_aaabdaaabac():
     # aaabdaaabac -> ZabdZabac (Z=aa) -> ZYdZYac (Y=ab wins the tie with Za) -> XdXac (X=ZY)
@@ -120,15 +131,21 @@ def naive_merges(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[b
             i = 0
             while i < len(word) - 1:
                 if word[i] == a and word[i + 1] == b:
-                    word[i:i + 2] = [new]
+                    word[i : i + 2] = [new]
                 i += 1
     return merges
 
 
 @settings(deadline=None, max_examples=150)
-@given(st.dictionaries(st.text("abc", min_size=1, max_size=12).map(str.encode),
-                       st.integers(1, 5), min_size=1, max_size=12),
-       st.integers(1, 40))
+@given(
+    st.dictionaries(
+        st.text("abc", min_size=1, max_size=12).map(str.encode),
+        st.integers(1, 5),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 40),
+)
 def test_incremental_trainer_matches_a_full_recount(word_counts, num_merges):
     # A three-letter alphabet makes ties and two paths to the same bytes ((ab)c, a(bc)) common.
     assert train_merges(word_counts, num_merges) == naive_merges(word_counts, num_merges)
@@ -182,6 +199,7 @@ def test_custom_pattern(trained):
 
 # ---- encoding ----
 
+
 @settings(deadline=None, max_examples=200)
 @given(unicode_texts)
 def test_reference_equals_fast_path_on_trained(trained, trained_gpt4, text):
@@ -222,6 +240,7 @@ def test_lone_surrogates_are_replaced_like_tiktoken(trained):
 
 # ---- GPT-2's vocabulary ----
 
+
 def test_gpt2_known_ids(gpt2):
     assert gpt2.encode("hello world") == [31373, 995]
     assert gpt2.encode_reference("hello world") == [31373, 995]
@@ -259,6 +278,7 @@ def test_gpt2_files_must_agree(tmp_path, gpt2):
 
 # ---- saving ----
 
+
 def test_save_load_round_trip(tmp_path, trained):
     path = tmp_path / "tok.json"
     trained.save(path)
@@ -282,10 +302,17 @@ def test_gpt2_save_load_round_trip(tmp_path, gpt2):
     assert loaded == gpt2 and loaded.encode("hello world") == [31373, 995]
 
 
-@pytest.mark.parametrize("change", [
-    {"version": 99}, {"merges": ["a"]}, {"merges": ["a b", "a b"]}, {"merges": [5]},
-    {"byte_order": "abc"}, {"pattern": "("},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"version": 99},
+        {"merges": ["a"]},
+        {"merges": ["a b", "a b"]},
+        {"merges": [5]},
+        {"byte_order": "abc"},
+        {"pattern": "("},
+    ],
+)
 def test_malformed_files_are_user_errors(tmp_path, trained, change):
     path = tmp_path / "tok.json"
     BPETokenizer(trained.merges[:2], trained.pattern).save(path)

@@ -18,8 +18,22 @@ CORPUS = "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox 
 def trained_file(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_text(CORPUS)
     out = tmp_path / "tok.json"
-    code = main(["tokenize", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "280",
-                 "--out", str(out), "--special", "<|endoftext|>", "--workers", "1"])
+    code = main(
+        [
+            "tokenize",
+            "train",
+            "--data",
+            str(tmp_path / "corpus.txt"),
+            "--vocab-size",
+            "280",
+            "--out",
+            str(out),
+            "--special",
+            "<|endoftext|>",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     report = capsys.readouterr().out
     assert "vocab 280:" in report and "bytes/token" in report and "trained in" in report
@@ -83,16 +97,22 @@ def test_gpt2_tokenizer(capsys):
     assert capsys.readouterr().out.split() == ["31373", "995"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--data", "/no/such/file.txt"], "data not found"),
-    (["train", "--data", "{corpus}", "--vocab-size", "256", "--special", "<pad>"], "too small"),
-    (["train", "--data", "{corpus}", "--pattern", "([a-z]"], "invalid pre-tokenization pattern"),
-    (["train", "--data", "{corpus}", "--workers", "0"], "--workers"),
-    (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
-    (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
-    (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
-    (["encode", "--tokenizer", "{corpus}", "hi"], "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "/no/such/file.txt"], "data not found"),
+        (["train", "--data", "{corpus}", "--vocab-size", "256", "--special", "<pad>"], "too small"),
+        (
+            ["train", "--data", "{corpus}", "--pattern", "([a-z]"],
+            "invalid pre-tokenization pattern",
+        ),
+        (["train", "--data", "{corpus}", "--workers", "0"], "--workers"),
+        (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
+        (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
+        (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
+        (["encode", "--tokenizer", "{corpus}", "hi"], "not valid JSON"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):
     corpus = trained_file.parent / "corpus.txt"
     args = [a.format(corpus=corpus, tok=trained_file) for a in args]
@@ -104,7 +124,11 @@ def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):
 def test_missing_gpt2_files_exit_2_in_a_subprocess(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "attnlab", "tokenize", "show", "--tokenizer", "gpt2", "hi"],
-        capture_output=True, text=True, cwd=REPO,
-        env={"ATTNLAB_DATA": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"ATTNLAB_DATA": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "gpt2-bpe" in result.stderr
