@@ -29,7 +29,7 @@ Compiled decoding. ``compile=True`` compiles the calls whose shapes never change
 one-token step, with static caches (``StaticKVCache``: fixed buffers, positions as tensors) in
 place of growing ones, and full-window recomputes. The prompt runs eagerly. On a GPU the steps
 replay as CUDA graphs. Compiling takes seconds to tens of seconds, so it pays off for long
-generations; the results equal the eager ones up to floating-point rounding. Not for ALiBi.
+generations; the results equal the eager ones up to floating-point rounding.
 
 Batches. With absolute positions, prompts of different lengths cannot share a batch without
 position ids (left padding shifts every position; right padding puts pads inside the sequence),
@@ -75,8 +75,6 @@ class _Window:
         # compiled: the one-token steps (with static caches) and the full-window recomputes,
         # whose shapes never change; prompts, of any length, run eagerly
         self.compiled = compile_for_decoding(model) if compile else None
-        if compile and use_cache:
-            model.new_cache(static=True)  # raises now for models that cannot have one
         # A model without a context limit (a recurrent one, say) never slides.
         limit = getattr(model.config, "context_length", None)
         self.context_length = limit if limit is not None else sys.maxsize

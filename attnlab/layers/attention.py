@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.errors import ConfigError
 from attnlab.layers.positional import RelativePosition
 
 
@@ -198,6 +197,10 @@ class KVCache:
         """Every held position may be attended (causality aside): no mask."""
         return None
 
+    def key_distance(self, q_len: int) -> None:
+        """The held keys are in order: relative positions follow from the lengths."""
+        return None
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` (in that order): beam search calls this after each step."""
         if self.keys is not None:
@@ -212,8 +215,9 @@ class StaticKVCache:
     The last max_length positions sit in a ring of max_length slots, position p in slot
     p % max_length, and `position` is a 0-dim tensor advanced in place. One new token attends to
     every filled slot: the same keys as KVCache(sliding=True) holds, in another order, which
-    attention cannot tell apart (a softmax over a set). Several positions at once (the prompt)
-    go only into an empty cache, and attend to each other causally.
+    attention cannot tell apart (a softmax over a set; key_distance gives position biases the
+    order). Several positions at once (the prompt) go only into an empty cache, and attend to
+    each other causally.
     """
 
     def __init__(self, max_length: int, device: torch.device | None = None):
@@ -245,6 +249,13 @@ class StaticKVCache:
     def key_mask(self, q_len: int) -> torch.Tensor | None:
         """(1, max_length), True on the filled slots, when one position was appended."""
         return (self.slots < self.position)[None] if q_len == 1 else None
+
+    def key_distance(self, q_len: int) -> torch.Tensor | None:
+        """(1, max_length): how many positions each slot lies behind the newest one, when one
+        position was appended (the keys are out of order; for position biases such as ALiBi)."""
+        if q_len != 1:
+            return None
+        return ((self.position - 1 - self.slots) % self.max_length)[None]
 
     def buffers(self) -> list[torch.Tensor]:
         """The tensors a compiled step updates in place (CUDA graphs need their addresses)."""
@@ -348,7 +359,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.append(k, v)  # (B, Hkv, S, Dh), S = positions held
                 mask = merge_masks(mask, cache.key_mask(q_len))
         if self.relative_position is not None:
-            mask = merge_masks(mask, self.relative_position.bias(q_len, k.size(2)))
+            distance = None if cache is None else cache.key_distance(q_len)
+            mask = merge_masks(mask, self.relative_position.bias(q_len, k.size(2), distance))
         out = self._attend(q, k, v, mask)  # (B, H, Tq, Dh)
         out = out.transpose(1, 2).reshape(batch, q_len, q_width)  # (B, Tq, H·Dh)
         return self.output_projection(out)
@@ -376,11 +388,6 @@ class MultiHeadAttention(nn.Module):
         if self.cross:
             return KVCache()
         if static:
-            if self.relative_position is not None and self.relative_position.biases_scores:
-                raise ConfigError(
-                    "a static KV cache (compiled decoding) keeps keys out of order, so it "
-                    "cannot serve position biases that depend on key order (ALiBi)"
-                )
             return StaticKVCache(max_length, self.qkv_projection.weight.device)
         return KVCache(max_length, sliding)
 

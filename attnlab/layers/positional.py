@@ -69,15 +69,17 @@ class RelativePosition(nn.Module):
     may serve every layer of a model.
     """
 
-    biases_scores = False  # True when bias() depends on the keys' order (ALiBi)
-
     def rotate(self, x: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
         """x: (B, heads, T, Dh) queries or keys at positions offset..offset+T-1; the offset
         is a 0-dim tensor when a static cache decodes."""
         return x
 
-    def bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
-        """An additive (H, Tq, Tk) score bias; the queries are the last Tq of the Tk keys."""
+    def bias(
+        self, q_len: int, k_len: int, distance: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """An additive (H, Tq, Tk) score bias; the queries are the last Tq of the Tk keys, or
+        `distance` (Tq, Tk) says how far each key lies behind each query (keys out of order,
+        in a static cache)."""
         return None
 
 
@@ -146,16 +148,15 @@ class ALiBi(RelativePosition):
     with every other slope of the next one, as the paper's reference does.
     """
 
-    biases_scores = True
-
     def __init__(self, n_heads: int):
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
-    def bias(self, q_len, k_len):
-        query_positions = torch.arange(k_len - q_len, k_len, device=self.slopes.device)
-        key_positions = torch.arange(k_len, device=self.slopes.device)
-        distance = (query_positions[:, None] - key_positions[None, :]).abs()  # (Tq, Tk)
+    def bias(self, q_len, k_len, distance=None):
+        if distance is None:
+            query_positions = torch.arange(k_len - q_len, k_len, device=self.slopes.device)
+            key_positions = torch.arange(k_len, device=self.slopes.device)
+            distance = (query_positions[:, None] - key_positions[None, :]).abs()  # (Tq, Tk)
         return -self.slopes[:, None, None] * distance  # (H, Tq, Tk)
 
 

@@ -202,7 +202,7 @@ class GPT(nn.Module):
         and sinusoidal positions end at the context, so their cache stops there.
 
         static=True: StaticKVCaches (fixed shapes, tensor positions) for a compiled one-token
-        step; not for ALiBi. The model then never reads the position, so the caller must not
+        step. The model then never reads the position, so the caller must not
         feed learned or sinusoidal positions past the context (generation does not).
         """
         max_length = max_length or self.config.context_length
