@@ -134,6 +134,18 @@ def test_sample_next_greedy_and_filters():
         assert sample_next(logits, top_k=1, generator=generator).tolist() == [1, 0]
 
 
+def test_sampling_follows_the_softmax_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]))
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_next(logits, generator=generator) for _ in range(20000)])
+    frequencies = torch.bincount(draws.flatten(), minlength=5) / draws.numel()
+    torch.testing.assert_close(
+        frequencies, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]), atol=0.012, rtol=0
+    )
+    hot = sample_next(logits.expand(3, 5), temperature=0.1, generator=generator)
+    assert hot.shape == (3,) and set(hot.tolist()) <= {0, 1}
+
+
 def test_sampling_config_rejects_bad_values():
     with pytest.raises(UserError, match="temperature"):
         SamplingConfig(temperature=-1)

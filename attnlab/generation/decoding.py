@@ -106,8 +106,10 @@ class _Window:
         sliding_every_step = self.start > 0 and self.keep == self.context_length
         if not self.use_cache or sliding_every_step:
             window = tokens[:, self.start : length]
-            full = self.compiled is not None and window.size(1) == self.context_length
-            logits, _ = (self.compiled if full else self.model)(window)
+            if self.compiled is not None and window.size(1) == self.context_length:
+                logits, _ = self.compiled(_fresh(window))  # see _feed
+            else:
+                logits, _ = self.model(window)
             return logits[:, -1]
         return self._feed(tokens, length)
 
@@ -116,14 +118,23 @@ class _Window:
         if prompt:
             self.cache = self.model.new_cache(static=self.compiled is not None)
             self.fed = self.start
-        forward = self.model if prompt or self.compiled is None else self.compiled
-        logits, _ = forward(tokens[:, self.fed : length], cache=self.cache)  # (B, T, V)
+        new = tokens[:, self.fed : length]
+        if prompt or self.compiled is None:
+            logits, _ = self.model(new, cache=self.cache)  # (B, T, V)
+        else:
+            logits, _ = self.compiled(_fresh(new), cache=self.cache)
         if prompt and self.compiled is not None and _device(self.model).type == "cuda":
             # CUDA graphs update tensors in place only at fixed addresses
             for buffer in self.cache.buffers():  # allocated by the prompt
                 torch._dynamo.mark_static_address(buffer)
         self.fed = length
         return logits[:, -1]
+
+
+def _fresh(ids: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of a view of the token buffer: the view's strides depend on the
+    buffer's length, and compiled code would recompile for every new length."""
+    return ids.clone(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager

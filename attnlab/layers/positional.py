@@ -25,7 +25,7 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Embeddings of positions offset..offset+length-1, (T, D)."""
-        return _rows(self.weight, length, offset)
+        return _table_rows(self.weight, length, offset)
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -47,10 +47,10 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.register_buffer("table", table.float(), persistent=False)
 
     def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
-        return _rows(self.table, length, offset)
+        return _table_rows(self.table, length, offset)
 
 
-def _rows(table: torch.Tensor, length: int, offset: int | torch.Tensor) -> torch.Tensor:
+def _table_rows(table: torch.Tensor, length: int, offset: int | torch.Tensor) -> torch.Tensor:
     """Rows offset..offset+length-1 of a (max_length, D) table. A tensor offset (a static
     cache's position) is gathered without reading its value, so compiled decoding need not
     synchronise; the caller keeps it in range."""

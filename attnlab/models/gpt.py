@@ -202,16 +202,17 @@ class GPT(nn.Module):
         and sinusoidal positions end at the context, so their cache stops there.
 
         static=True: StaticKVCaches (fixed shapes, tensor positions) for a compiled one-token
-        step. The model then never reads the position, so the caller must not
-        feed learned or sinusoidal positions past the context (generation does not).
+        step. The model then never reads the position, so the caller must not feed learned or
+        sinusoidal positions past the context (generation does not).
         """
         max_length = max_length or self.config.context_length
         sliding = self.sliding_cache
         blocks = [
             block.new_cache(max_length, sliding=sliding, static=static) for block in self.blocks
         ]
-        position = torch.zeros((), dtype=torch.long, device=self.output_head.weight.device)
-        return DecodingCache(blocks, position if static else 0, sliding)
+        device = self.output_head.weight.device
+        position = torch.zeros((), dtype=torch.long, device=device) if static else 0
+        return DecodingCache(blocks, position, sliding)
 
     @property
     def sliding_cache(self) -> bool:
