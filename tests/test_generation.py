@@ -1,6 +1,8 @@
 """Sampling filters, the decoding loop (KV cache vs recompute, sliding window, batching, seeds,
 streaming) and stop strings."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -163,7 +165,7 @@ def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
     window = _Window(model, use_cache, crop_to, compile)
     tokens = torch.tensor([prompt + [0] * steps])
     all_logits = []
-    with torch.no_grad():
+    with torch.inference_mode():  # as generate runs
         for length in range(len(prompt), len(prompt) + steps):
             logits = window.next_logits(tokens, length)[0]
             all_logits.append(logits)
@@ -246,6 +248,10 @@ def test_compiled_decoding_equals_eager(positional):
     eager_ids, eager = step_logits(model, prompt, 30, use_cache=True)
     assert compiled_ids == eager_ids
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    # another length reuses the compiled code (a recompile would warn and fall back to eager)
+    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert generate(model, [prompt], 25, temperature=0, compile=True) == [eager_ids[:25]]
 
 
 def test_sliding_cache_prefills_the_last_window_of_a_long_prompt():
