@@ -39,14 +39,18 @@ def test_fused_attention_equals_the_equation_on_cuda(dtype, tolerance, kv_heads)
         assert (out.double() - reference).abs().max() < tolerance
 
 
-@pytest.mark.parametrize("positional", ["learned", "rope"])
-def test_cached_generation_equals_recompute_on_cuda(positional):
+def cuda_gpt(positional: str) -> tuple[GPT, torch.Tensor]:
+    """A small random GPT on the GPU (context 16) and three 5-token prompts."""
     torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=50, context_length=16, n_layers=2, n_heads=4, d_model=64, positional=positional
     )
-    model = GPT(config).to(CUDA).eval()
-    prompts = torch.randint(0, 50, (3, 5))
+    return GPT(config).to(CUDA).eval(), torch.randint(0, 50, (3, 5))
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+def test_cached_generation_equals_recompute_on_cuda(positional):
+    model, prompts = cuda_gpt(positional)
     cached = generate(model, prompts, 30, temperature=0)
     recomputed = generate(model, prompts, 30, temperature=0, use_cache=False)
     assert cached == recomputed
@@ -57,12 +61,7 @@ def test_cached_generation_equals_recompute_on_cuda(positional):
 @pytest.mark.parametrize("positional", ["learned", "rope"])
 def test_compiled_decoding_equals_eager_on_cuda(positional):
     """CUDA graphs replaying one-token steps over static caches, then (learned) full windows."""
-    torch.manual_seed(0)
-    config = GPTConfig(
-        vocab_size=50, context_length=16, n_layers=2, n_heads=4, d_model=64, positional=positional
-    )
-    model = GPT(config).to(CUDA).eval()
-    prompts = torch.randint(0, 50, (3, 5))
+    model, prompts = cuda_gpt(positional)
     eager = generate(model, prompts, 40, temperature=0)
     assert generate(model, prompts, 40, temperature=0, compile=True) == eager
     assert generate(model, prompts, 40, temperature=0, compile=True) == eager  # replayed
