@@ -104,6 +104,8 @@ def test_repetition_penalty_known_values():
     out = repetition_penalty(logits, previous, 2.0)
     assert torch.equal(out, torch.tensor([[1.0, -4.0, 1.0, -1.0]]))
     assert torch.equal(repetition_penalty(logits, previous, 1.0), logits)
+    mask = torch.tensor([[True, True, False, False]])  # the same tokens as a (B, V) mask
+    assert torch.equal(repetition_penalty(logits, mask, 2.0), out)
 
 
 @settings(max_examples=40, deadline=None)
@@ -162,14 +164,14 @@ def test_sampling_config_rejects_bad_values():
 
 def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
     """Greedy decoding that also records each step's (V,) logits."""
-    window = _Window(model, use_cache, crop_to, compile)
+    window = _Window(model, SamplingConfig(temperature=0), use_cache, crop_to, compile)
     tokens = torch.tensor([prompt + [0] * steps])
     all_logits = []
     with torch.inference_mode():  # as generate runs
         for length in range(len(prompt), len(prompt) + steps):
-            logits = window.next_logits(tokens, length)[0]
-            all_logits.append(logits)
-            tokens[0, length] = logits.argmax()
+            next_ids, logits = window.next_ids(tokens, length)
+            all_logits.append(logits[0])
+            tokens[0, length] = next_ids[0]
     return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)
 
 
@@ -252,6 +254,10 @@ def test_compiled_decoding_equals_eager(positional):
     with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert generate(model, [prompt], 25, temperature=0, compile=True) == [eager_ids[:25]]
+    # sampling with a repetition penalty, inside the compiled step: the same draws
+    options = dict(temperature=0.8, top_k=5, repetition_penalty=1.3, seed=3)
+    sampled = generate(model, [prompt], 30, compile=True, **options)
+    assert sampled == generate(model, [prompt], 30, **options)
 
 
 def test_sliding_cache_prefills_the_last_window_of_a_long_prompt():

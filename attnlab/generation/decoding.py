@@ -27,9 +27,11 @@ Past the context. A model reads at most context_length positions, so the window 
 
 Compiled decoding. ``compile=True`` compiles the calls whose shapes never change: each
 one-token step, with static caches (``StaticKVCache``: fixed buffers, positions as tensors) in
-place of growing ones, and full-window recomputes. The prompt runs eagerly. On a GPU the steps
-replay as CUDA graphs. Compiling takes seconds to tens of seconds, so it pays off for long
-generations; the results equal the eager ones up to floating-point rounding.
+place of growing ones, and full-window recomputes. A step is the model and the choice of the
+next ids; the random draws come in as an input and the repetition penalty reads a (B, V) mask
+of the tokens so far, so every step has the same shapes. The prompt runs eagerly. On a GPU the
+steps replay as CUDA graphs. Compiling takes seconds to tens of seconds, so it pays off for
+long generations; the results equal the eager ones up to floating-point rounding.
 
 Batches. With absolute positions, prompts of different lengths cannot share a batch without
 position ids (left padding shifts every position; right padding puts pads inside the sequence),
@@ -49,32 +51,52 @@ from torch import nn
 
 from attnlab.devices import Compiled
 from attnlab.errors import UserError
-from attnlab.generation.sampling import SamplingConfig
+from attnlab.generation.sampling import SamplingConfig, seen_mask
 from attnlab.tokenizers.base import Tokenizer
 
 END_OF_TEXT = "<|endoftext|>"
 
 
+def _decoding_step(model, sampling, idx, cache, seen, noise):
+    """The model on the new ids idx (B, T), then the next ids from the last position's logits:
+    returns (B,) ids and the (B, V) logits they were chosen from."""
+    logits, _ = model(idx, cache=cache)
+    last = logits[:, -1]
+    return sampling.choose(last, seen, noise=noise), last
+
+
 @functools.lru_cache(maxsize=1)
-def compile_for_decoding(model: nn.Module) -> Compiled:
-    """The model compiled for fixed-shape decoding calls: one token with a static cache, or a
-    whole context window. CUDA graphs replay each step on a GPU ("reduce-overhead"); on a CPU
-    the C++ wrapper cuts Python out of the compiled step. The latest one is kept, so that
-    generating again from the same model reuses what the first call compiled (a new
+def compile_for_decoding(model: nn.Module, sampling: SamplingConfig) -> Compiled:
+    """The decoding step (the model and the choice of the next ids) compiled for fixed-shape
+    calls: one token with a static cache, or a whole context window. CUDA graphs replay each
+    step on a GPU ("reduce-overhead"); on a CPU the C++ wrapper cuts Python out of it. The
+    latest one is kept, so that generating again reuses what the first call compiled (a new
     torch.compile wrapper may compile again); keeping only one keeps no other model alive."""
+
+    def step(idx, cache, seen, noise):
+        return _decoding_step(model, sampling, idx, cache, seen, noise)
+
     if _device(model).type == "cuda":
-        return Compiled(model, dynamic=False, mode="reduce-overhead")
-    return Compiled(model, dynamic=False, options={"cpp_wrapper": True})
+        return Compiled(step, dynamic=False, mode="reduce-overhead")
+    return Compiled(step, dynamic=False, options={"cpp_wrapper": True})
 
 
 class _Window:
     """Feeds the model the tokens it has not seen yet, sliding the window past the context."""
 
-    def __init__(self, model: nn.Module, use_cache: bool, crop_to: int | None, compile: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        sampling: SamplingConfig,
+        use_cache: bool,
+        crop_to: int | None,
+        compile: bool,
+    ):
         self.model = model
+        self.eager = functools.partial(_decoding_step, model, sampling)
         # compiled: the one-token steps (with static caches) and the full-window recomputes,
         # whose shapes never change; prompts, of any length, run eagerly
-        self.compiled = compile_for_decoding(model) if compile else None
+        self.compiled = compile_for_decoding(model, sampling) if compile else None
         # A model without a context limit (a recurrent one, say) never slides.
         limit = getattr(model.config, "context_length", None)
         self.context_length = limit if limit is not None else sys.maxsize
@@ -92,12 +114,19 @@ class _Window:
         self.cache = None
         self.fed = 0  # sequence positions already in the cache
 
-    def next_logits(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
-        """tokens: (B, N), of which the first `length` are real -> logits of the next, (B, V)."""
+    def next_ids(
+        self,
+        tokens: torch.Tensor,
+        length: int,
+        seen: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens: (B, N), of which the first `length` are real; seen, noise: for the sampler
+        (SamplingConfig.choose). Returns the next ids (B,) and their logits (B, V)."""
         if self.cache_slides:
             if self.cache is None:  # a prompt longer than the context prefills its last window
                 self.start = max(0, length - self.context_length)
-            return self._feed(tokens, length)
+            return self._feed(tokens, length, seen, noise)
         if length - self.start > self.context_length:
             self.start = length - self.keep
             self.cache = None  # positions moved: every cached key is stale
@@ -107,28 +136,26 @@ class _Window:
         if not self.use_cache or sliding_every_step:
             window = tokens[:, self.start : length]
             if self.compiled is not None and window.size(1) == self.context_length:
-                logits, _ = self.compiled(_fresh(window))  # see _feed
-            else:
-                logits, _ = self.model(window)
-            return logits[:, -1]
-        return self._feed(tokens, length)
+                return self.compiled(_fresh(window), None, seen, noise)  # see _feed
+            return self.eager(window, None, seen, noise)
+        return self._feed(tokens, length, seen, noise)
 
-    def _feed(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
+    def _feed(self, tokens, length, seen, noise):
         prompt = self.cache is None  # the first call: the prompt, run eagerly
         if prompt:
             self.cache = self.model.new_cache(static=self.compiled is not None)
             self.fed = self.start
         new = tokens[:, self.fed : length]
         if prompt or self.compiled is None:
-            logits, _ = self.model(new, cache=self.cache)  # (B, T, V)
+            result = self.eager(new, self.cache, seen, noise)
         else:
-            logits, _ = self.compiled(_fresh(new), cache=self.cache)
+            result = self.compiled(_fresh(new), self.cache, seen, noise)
         if prompt and self.compiled is not None and _device(self.model).type == "cuda":
             # CUDA graphs update tensors in place only at fixed addresses
             for buffer in self.cache.buffers():  # allocated by the prompt
                 torch._dynamo.mark_static_address(buffer)
         self.fed = length
-        return logits[:, -1]
+        return result
 
 
 def _fresh(ids: torch.Tensor) -> torch.Tensor:
@@ -180,7 +207,7 @@ def stream_batch(
     sampling = sampling or SamplingConfig()
     prompts = torch.as_tensor(prompts, dtype=torch.long, device=_device(model))
     _check_prompts(model, prompts, max_new_tokens)
-    window = _Window(model, use_cache, crop_to, compile)
+    window = _Window(model, sampling, use_cache, crop_to, compile)
     return _decode(model, window, prompts, max_new_tokens, sampling, generator)
 
 
@@ -190,13 +217,16 @@ def _decode(model, window, prompts, max_new_tokens, sampling, generator):
     # One buffer for the whole sequence: no per-step concatenation.
     tokens = prompts.new_empty(batch, prompt_length + max_new_tokens)  # (B, N)
     tokens[:, :prompt_length] = prompts
-    penalise = sampling.repetition_penalty != 1
+    shape = (batch, model.config.vocab_size)
+    # The tokens so far as a (B, V) mask, for the repetition penalty: the same shape every step.
+    seen = seen_mask(prompts, shape[1]) if sampling.repetition_penalty != 1 else None
     with _eval_mode(model):
         for length in range(prompt_length, prompt_length + max_new_tokens):
-            logits = window.next_logits(tokens, length)  # (B, V)
-            previous = tokens[:, :length] if penalise else None
-            next_ids = sampling.choose(logits, previous, generator)  # (B,)
+            noise = sampling.noise(shape, prompts.device, generator)
+            next_ids, _ = window.next_ids(tokens, length, seen, noise)  # (B,)
             tokens[:, length] = next_ids
+            if seen is not None:
+                seen.scatter_(1, next_ids[:, None], True)
             yield next_ids
 
 

@@ -58,23 +58,35 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def repetition_penalty(
-    logits: torch.Tensor, previous_ids: torch.Tensor, penalty: float
-) -> torch.Tensor:
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """Discourage tokens already in the sequence (Keskar et al. 2019, CTRL, section 4.1).
 
-    logits: (B, V); previous_ids: (B, S) token ids seen so far in each row. The logit of every
-    seen token is divided by `penalty` when positive and multiplied by it when negative, so with
+    logits: (B, V); seen: (B, S) token ids seen so far in each row, or a (B, V) boolean mask of
+    them (decoding keeps one, so every step has the same shapes). The logit of every seen token
+    is divided by `penalty` when positive and multiplied by it when negative, so with
     penalty > 1 a seen token always becomes less likely, whatever its sign. Each seen token is
     penalised once however often it occurred.
     """
     if penalty <= 0:
         raise ValueError(f"repetition penalty must be positive, got {penalty}")
-    if penalty == 1 or previous_ids.numel() == 0:
-        return logits.clone()
-    seen = logits.gather(-1, previous_ids)  # (B, S)
-    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits.scatter(-1, previous_ids, seen)
+    if seen.dtype != torch.bool:
+        seen = seen_mask(seen, logits.size(-1))
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, S) token ids -> (B, V) boolean mask, True where a row holds the token."""
+    mask = torch.zeros(ids.size(0), vocab_size, dtype=torch.bool, device=ids.device)
+    return mask.scatter_(-1, ids, True)
+
+
+def exponential_noise(
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Independent Exp(1) draws for the exponential race of `sample_next`, never exactly 0 (a
+    zero would make 0/0 of a filtered token)."""
+    noise = torch.empty(shape, device=device).exponential_(generator=generator)
+    return noise.clamp_min_(torch.finfo(noise.dtype).tiny)
 
 
 def sample_next(
@@ -84,11 +96,13 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw one token id per row from (B, V) logits -> (B,) ids, on the logits' device.
 
     temperature 0 is greedy decoding (argmax, no randomness); top_k None and top_p None (or 1)
-    switch those filters off.
+    switch those filters off. The randomness is `noise`, (B, V) from `exponential_noise`, drawn
+    from `generator` when not given.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -98,12 +112,13 @@ def sample_next(
     if top_p is not None and top_p < 1:
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+    if noise is None:
+        noise = exponential_noise(probs.shape, probs.device, generator)
     # The exponential race: with E_i ~ Exp(1) independent, argmax p_i / E_i is token i with
-    # probability p_i (the Gumbel-max trick in another form). Half the time of
-    # torch.multinomial for one draw; the clamp keeps a zero draw from making 0/0 of a
-    # filtered token.
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / noise.clamp_min_(torch.finfo(probs.dtype).tiny)).argmax(dim=-1)
+    # probability p_i (the Gumbel-max trick in another form), in half the time of
+    # torch.multinomial for one draw, and with the randomness drawn apart from the arithmetic,
+    # so a compiled decoding step can take it as an input.
+    return (probs / noise).argmax(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -126,19 +141,28 @@ class SamplingConfig:
             check_range(name, "top_p", self.top_p, 0.0, 1.0)
         check_positive(name, repetition_penalty=self.repetition_penalty)
 
+    def noise(
+        self, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """The randomness `choose` needs for (B, V) logits: None when greedy."""
+        return None if self.temperature == 0 else exponential_noise(shape, device, generator)
+
     def choose(
         self,
         logits: torch.Tensor,
-        previous_ids: torch.Tensor | None = None,
+        seen: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, V) logits, (B, S) ids so far -> (B,) next ids."""
-        if self.repetition_penalty != 1 and previous_ids is not None:
-            logits = repetition_penalty(logits, previous_ids, self.repetition_penalty)
+        """(B, V) logits -> (B,) next ids. seen: the tokens so far, as (B, S) ids or a (B, V)
+        mask, for the repetition penalty; noise: from `noise`, else drawn from generator."""
+        if self.repetition_penalty != 1 and seen is not None:
+            logits = repetition_penalty(logits, seen, self.repetition_penalty)
         return sample_next(
             logits,
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,
             generator=generator,
+            noise=noise,
         )
