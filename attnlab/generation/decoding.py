@@ -227,7 +227,8 @@ def _decode(model, window, prompts, max_new_tokens, sampling, generator):
             tokens[:, length] = next_ids
             if seen is not None:
                 seen.scatter_(1, next_ids[:, None], True)
-            yield next_ids
+            # the buffer's copy: a CUDA graph's output is overwritten by its next replay
+            yield tokens[:, length]
 
 
 def make_generator(model: nn.Module, seed: int | None) -> torch.Generator | None:
