@@ -3,8 +3,9 @@
 Dimensions: B batch, T positions, N positions of prompt + new tokens, V vocabulary size.
 
 Any model keeping the GPT contract works: ``forward(idx, cache=...) -> (logits (B, T, V), _)``,
-``new_cache()``, ``config.vocab_size`` and ``config.context_length`` (absent or None: no limit,
-so the window never slides), and optionally ``sliding_cache`` (True: its cache slides).
+``new_cache()`` (``new_cache(static=True)`` for compile=True), ``config.vocab_size`` and
+``config.context_length`` (absent or None: no limit, so the window never slides), and
+optionally ``sliding_cache`` (True: its cache slides).
 
 KV cache. The prompt is prefilled in one forward; each later step feeds only the newest token and
 attention reads the earlier keys and values from the cache.
