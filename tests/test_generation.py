@@ -23,7 +23,8 @@ from attnlab.generation import (
     top_k_filter,
     top_p_filter,
 )
-from attnlab.generation.decoding import _decode_pieces, _Window
+from attnlab.generation.decoding import _Window
+from attnlab.generation.text import _decode_pieces
 from attnlab.layers import StaticKVCache
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import ByteTokenizer, CharTokenizer

@@ -1,15 +1,7 @@
-"""Generation: logit filters and sampling (sampling), decoding loops with a KV cache (decoding)."""
+"""Generation: logit filters and sampling (sampling), decoding loops with a KV cache (decoding),
+and text on top of them (text)."""
 
-from attnlab.generation.decoding import (
-    StopScanner,
-    generate,
-    generate_text,
-    make_generator,
-    start_ids,
-    stream,
-    stream_batch,
-    stream_text,
-)
+from attnlab.generation.decoding import generate, make_generator, stream, stream_batch
 from attnlab.generation.sampling import (
     SamplingConfig,
     apply_temperature,
@@ -18,6 +10,7 @@ from attnlab.generation.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from attnlab.generation.text import StopScanner, generate_text, start_ids, stream_text
 
 __all__ = [
     "SamplingConfig",
