@@ -101,15 +101,19 @@ class Compiled:
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compiler failure
-                first_line = (str(error).strip().splitlines() or [""])[0][:200]
-                warnings.warn(
-                    f"torch.compile failed ({type(error).__name__}: {first_line}); "
-                    "running without it",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                warn_compiler_failure(error, "torch.compile", "running without it", stacklevel=2)
                 self.compiled = None
         return self.module(*args, **kwargs)
+
+
+def warn_compiler_failure(error: Exception, what: str, instead: str, stacklevel: int) -> None:
+    """One RuntimeWarning: what failed, the first line of why, and what happens instead."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:200]
+    warnings.warn(
+        f"{what} failed ({type(error).__name__}: {first_line}); {instead}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -132,8 +136,10 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
     key = (str(device), dtype)
     if key not in _PEAK_FLOPS:
         n = 4096 if device.type == "cuda" else 1024
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        # a generator of its own: drawing from the global one would change the training run
+        # that happens to measure first (its dropout masks, say)
+        generator = torch.Generator(device=device).manual_seed(0)
+        a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in "ab")
         a @ b  # warm-up
         _synchronize(device)
         count, start = 0, time.perf_counter()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnlab import devices
 from attnlab.data.text import RandomWindows, TextSplits, language_model_data
 from attnlab.errors import UserError
 from attnlab.models.gpt import GPT, GPTConfig
@@ -100,6 +101,15 @@ def test_a_failing_compiler_falls_back_to_eager(tmp_path, monkeypatch):
         trainer.fit()
     assert not trainer.compiled.active
     assert losses(tmp_path / "compiled") == losses(tmp_path / "eager")
+
+
+def test_measuring_the_peak_leaves_the_seeded_generator_alone(monkeypatch):
+    """MFU's peak is measured during the first run of a process; that run must not draw
+    different random numbers from the next one with the same seed."""
+    monkeypatch.setattr(devices, "_PEAK_FLOPS", {})
+    state = torch.get_rng_state()
+    assert devices.measure_peak_flops(torch.device("cpu"), torch.float32, seconds=0.01) > 0
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
