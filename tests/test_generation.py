@@ -23,6 +23,7 @@ from attnlab.generation import (
     top_k_filter,
     top_p_filter,
 )
+from attnlab.generation import compiled as compiled_steps
 from attnlab.generation.decoding import _Window
 from attnlab.generation.text import _decode_pieces
 from attnlab.layers import StaticKVCache
@@ -242,7 +243,7 @@ def test_static_cache_refuses_what_it_cannot_hold():
 
 
 @pytest.mark.parametrize("positional", ["rope", "learned"])
-def test_compiled_decoding_equals_eager(positional):
+def test_compiled_decoding_equals_eager(positional, monkeypatch):
     """compile=True: compiled one-token steps on static caches (rope: past the context, a
     sliding window; learned: then compiled full-window recomputes)."""
     model = tiny_gpt(positional, context_length=16)
@@ -251,14 +252,38 @@ def test_compiled_decoding_equals_eager(positional):
     eager_ids, eager = step_logits(model, prompt, 30, use_cache=True)
     assert compiled_ids == eager_ids
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
-    # another length reuses the compiled code (a recompile would warn and fall back to eager)
-    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
+    # Another length in a fresh process (nothing in memory) loads the libraries from the disk
+    # cache: compiling again would fail, warn and decode eagerly.
+    compiled_steps._libraries.cache_clear()
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert generate(model, [prompt], 25, temperature=0, compile=True) == [eager_ids[:25]]
-    # sampling with a repetition penalty, inside the compiled step: the same draws
+
+
+def no_compiler(*args, **kwargs):
+    raise RuntimeError("no C++ compiler")
+
+
+def test_compiled_sampling_equals_eager():
+    """Top-k sampling with a repetition penalty, inside the compiled step: the same draws."""
+    model = tiny_gpt("rope", context_length=16)
     options = dict(temperature=0.8, top_k=5, repetition_penalty=1.3, seed=3)
-    sampled = generate(model, [prompt], 30, compile=True, **options)
-    assert sampled == generate(model, [prompt], 30, **options)
+    sampled = generate(model, [[1, 2, 3]], 30, compile=True, **options)
+    assert sampled == generate(model, [[1, 2, 3]], 30, **options)
+
+
+def test_a_failing_compiler_decodes_eagerly(monkeypatch):
+    model = tiny_gpt("rope", context_length=16)
+    expected = generate(model, [[1, 2, 3]], 20, temperature=0)
+    monkeypatch.setattr(compiled_steps, "_build", no_compiler)
+    compiled_steps._libraries.cache_clear()
+    with pytest.warns(RuntimeWarning, match="compiling the decoding step failed .*no C"):
+        assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
+    with warnings.catch_warnings():  # once: it does not try again
+        warnings.simplefilter("error", RuntimeWarning)
+        assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
+    compiled_steps._libraries.cache_clear()
 
 
 def test_sliding_cache_prefills_the_last_window_of_a_long_prompt():

@@ -30,9 +30,11 @@ Compiled decoding. ``compile=True`` compiles the calls whose shapes never change
 one-token step, with static caches (``StaticKVCache``: fixed buffers, positions as tensors) in
 place of growing ones, and full-window recomputes. A step is the model and the choice of the
 next ids; the random draws come in as an input and the repetition penalty reads a (B, V) mask
-of the tokens so far, so every step has the same shapes. The prompt runs eagerly. On a GPU the
-steps replay as CUDA graphs. Compiling takes seconds to tens of seconds, so it pays off for
-long generations; the results equal the eager ones up to floating-point rounding.
+of the tokens so far, so every step has the same shapes. The prompt runs eagerly. On a CPU the
+steps are compiled ahead of time into a library kept on disk for the next run; on a GPU they
+replay as CUDA graphs (see compiled.py). Compiling takes seconds to tens of seconds, so it pays
+off for long generations or repeated runs; the results equal the eager ones up to
+floating-point rounding.
 
 Batches. With absolute positions, prompts of different lengths cannot share a batch without
 position ids (left padding shifts every position; right padding puts pads inside the sequence),
@@ -50,33 +52,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from attnlab.devices import Compiled
 from attnlab.errors import UserError
+from attnlab.generation.compiled import compiled_step, decoding_step
 from attnlab.generation.sampling import SamplingConfig, seen_mask
-
-
-def _decoding_step(model, sampling, idx, cache, seen, noise):
-    """The model on the new ids idx (B, T), then the next ids from the last position's logits:
-    returns (B,) ids and the (B, V) logits they were chosen from."""
-    logits, _ = model(idx, cache=cache)
-    last = logits[:, -1]
-    return sampling.choose(last, seen, noise=noise), last
-
-
-@functools.lru_cache(maxsize=1)
-def compile_for_decoding(model: nn.Module, sampling: SamplingConfig) -> Compiled:
-    """The decoding step (the model and the choice of the next ids) compiled for fixed-shape
-    calls: one token with a static cache, or a whole context window. CUDA graphs replay each
-    step on a GPU ("reduce-overhead"); on a CPU the C++ wrapper cuts Python out of it. The
-    latest one is kept, so that generating again reuses what the first call compiled (a new
-    torch.compile wrapper may compile again); keeping only one keeps no other model alive."""
-
-    def step(idx, cache, seen, noise):
-        return _decoding_step(model, sampling, idx, cache, seen, noise)
-
-    if _device(model).type == "cuda":
-        return Compiled(step, dynamic=False, mode="reduce-overhead")
-    return Compiled(step, dynamic=False, options={"cpp_wrapper": True})
 
 
 class _Window:
@@ -91,10 +69,10 @@ class _Window:
         compile: bool,
     ):
         self.model = model
-        self.eager = functools.partial(_decoding_step, model, sampling)
+        self.eager = functools.partial(decoding_step, model, sampling)
         # compiled: the one-token steps (with static caches) and the full-window recomputes,
         # whose shapes never change; prompts, of any length, run eagerly
-        self.compiled = compile_for_decoding(model, sampling) if compile else None
+        self.compiled = compiled_step(model, sampling) if compile else None
         # A model without a context limit (a recurrent one, say) never slides.
         limit = getattr(model.config, "context_length", None)
         self.context_length = limit if limit is not None else sys.maxsize

@@ -9,6 +9,7 @@ Boolean masks follow torch's convention everywhere in attnlab: True means "may a
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -260,6 +261,13 @@ class StaticKVCache:
     def buffers(self) -> list[torch.Tensor]:
         """The tensors a compiled step updates in place (CUDA graphs need their addresses)."""
         return [self.keys, self.values, self.position]
+
+    def with_buffers(self, keys, values, position) -> StaticKVCache:
+        """A copy holding these tensors in place of buffers() (an exported step takes them as
+        inputs)."""
+        cache = copy.copy(self)
+        cache.keys, cache.values, cache.position = keys, values, position
+        return cache
 
 
 class HookPoint(nn.Identity):

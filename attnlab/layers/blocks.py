@@ -118,6 +118,19 @@ class DecodingCache:
                 tensors += block.mixer.buffers()
         return tensors
 
+    def with_buffers(self, tensors: list[torch.Tensor]) -> DecodingCache:
+        """A copy of this cache holding `tensors` in place of buffers(), in that order (an
+        exported step takes them as inputs)."""
+        rest = iter(tensors)
+        position = next(rest) if isinstance(self.position, torch.Tensor) else self.position
+        blocks = []
+        for block in self.blocks:
+            if isinstance(block.mixer, StaticKVCache):
+                own = [next(rest) for _ in block.mixer.buffers()]
+                block = BlockCache(block.mixer.with_buffers(*own), block.cross)
+            blocks.append(block)
+        return DecodingCache(blocks, position, self.sliding)
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index`, in that order (beam search)."""
         for block in self.blocks:
