@@ -29,6 +29,8 @@ import copy
 import functools
 import hashlib
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -168,11 +170,23 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
                 package_path=str(partial),
                 inductor_configs=copy.deepcopy(INDUCTOR_OPTIONS),  # Inductor fills it in
             )
+            _check_loads(partial)
             os.replace(partial, path)  # whole or absent, for a concurrent run
         package = torch._inductor.aoti_load_package(str(path))
     # The loader's own entry point takes the flat list; the package's __call__ would flatten
     # nested inputs on every call, which costs half as much as the step.
     return package.loader.run
+
+
+def _check_loads(path: Path) -> None:
+    """Load a new library in a child process first: with some torch builds loading one kills
+    the process outright (a segmentation fault with torch 2.11 for CUDA 13), and no exception
+    handler could then fall back to eager decoding."""
+    load = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])"
+    child = subprocess.run([sys.executable, "-c", load, str(path)], capture_output=True)
+    if child.returncode != 0:
+        path.unlink()
+        raise RuntimeError(f"the compiled library fails to load (exit code {child.returncode})")
 
 
 def _traceable(inputs):
