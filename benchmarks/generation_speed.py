@@ -16,8 +16,9 @@ with relative positions (RoPE, ALiBi): each token attends to the last context_le
 positions, one decoding step per token; "exact window" (`--no-cache`, or the default for learned
 positions) re-runs the last context_length tokens every step, which is what nanoGPT's sampler
 computes; "crop to N" re-prefills the last N tokens each time the context fills; "compiled"
-is `compile=True` (`sample --compile`): a compiled one-token step over static caches (CUDA graphs
-on a GPU), timed after the warm-up run that compiles it.
+is `compile=True` (`sample --compile`): a compiled one-token step over static caches (an
+AOTInductor library on a CPU, kept in $ATTNLAB_CACHE for the next run; CUDA graphs on a GPU),
+timed after the warm-up run that builds or loads it.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def main() -> None:
     compiling = [
         f"{t:.1f} s" for (_, _, _, o), t in zip(table, warm_up, strict=True) if o.get("compile")
     ]
-    print(f"\nFirst run of the compiled rows (compiling included): {', '.join(compiling)}")
+    print(f"\nFirst run of the compiled rows (building or loading): {', '.join(compiling)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Sampling filters, the decoding loop (KV cache vs recompute, sliding window, batching, seeds,
 streaming) and stop strings."""
 
+import os
 import warnings
 
 import pytest
@@ -271,6 +272,14 @@ def test_compiled_sampling_equals_eager():
     options = dict(temperature=0.8, top_k=5, repetition_penalty=1.3, seed=3)
     sampled = generate(model, [[1, 2, 3]], 30, compile=True, **options)
     assert sampled == generate(model, [[1, 2, 3]], 30, **options)
+
+
+def test_the_disk_cache_keeps_the_most_recently_used_libraries(tmp_path):
+    for age, name in enumerate("abcde"):
+        (tmp_path / f"{name}.pt2").write_bytes(b"")
+        os.utime(tmp_path / f"{name}.pt2", (1000 - age, 1000 - age))  # a: the newest
+    compiled_steps._prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt2", "b.pt2"]
 
 
 def test_a_failing_compiler_decodes_eagerly(monkeypatch):

@@ -162,7 +162,9 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
         inputs = _traceable((idx, g.weights, g.buffers, seen, noise))
         program = torch.export.export(step, inputs, strict=False)
         path = _package_path(program)
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # recently used: kept by _prune
+        else:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
             torch._inductor.aoti_compile_and_package(
@@ -172,10 +174,19 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
             )
             _check_loads(partial)
             os.replace(partial, path)  # whole or absent, for a concurrent run
+            _prune(path.parent)
         package = torch._inductor.aoti_load_package(str(path))
     # The loader's own entry point takes the flat list; the package's __call__ would flatten
     # nested inputs on every call, which costs half as much as the step.
     return package.loader.run
+
+
+def _prune(directory: Path, keep: int = 32) -> None:
+    """Delete all but the `keep` most recently used libraries (2-3 MB each for small models;
+    each new sampling setting or model shape adds one)."""
+    libraries = sorted(directory.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in libraries[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def _check_loads(path: Path) -> None:
