@@ -15,8 +15,8 @@ The library takes the weights and the cache as inputs, so it does not depend on 
 are (the model's buffers, such as RoPE's frequencies, are constants in it). It is saved in
 ``$ATTNLAB_CACHE/decoding`` under a hash of the exported graph with its constants, the compiler
 and the processor, and any model of the same architecture, batch size and sampling settings
-reuses it. Building one takes 15-30 s; loading it again takes the export,
-about 2 s.
+reuses it. Building one takes 15-30 s; loading it again takes the export, about 2 s. A new
+library is loaded in a child process first, where a broken torch build may crash.
 
 On a GPU, torch.compile with CUDA graphs ("reduce-overhead") replays each step as one launch.
 
