@@ -1,6 +1,11 @@
-"""Helpers shared by the CLI tests (the tests folder is on sys.path under pytest)."""
+"""Helpers shared by tests (the tests folder is on sys.path under pytest)."""
+
+import torch
 
 from attnlab.cli import main
+from attnlab.generation.decoding import _Window
+from attnlab.generation.sampling import SamplingConfig
+from attnlab.models.gpt import GPT, GPTConfig
 
 
 def run(argv, capsys):
@@ -16,3 +21,34 @@ def one_line_error(code, err):
     errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
     assert len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
     return errors[0]
+
+
+def tiny_gpt(positional="learned", context_length=16, vocab_size=11, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        vocab_size=vocab_size,
+        context_length=context_length,
+        n_layers=2,
+        n_heads=2,
+        d_model=16,
+        positional=positional,
+    )
+    model = GPT(config).eval()
+    with torch.no_grad():  # larger weights than GPT-2's init, so random logits are not all flat
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model
+
+
+def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
+    """Greedy decoding that also records each step's (V,) logits."""
+    window = _Window(model, SamplingConfig(temperature=0), use_cache, crop_to, compile)
+    tokens = torch.tensor([prompt + [0] * steps])
+    all_logits = []
+    with torch.inference_mode():  # as generate runs
+        for length in range(len(prompt), len(prompt) + steps):
+            next_ids, logits = window.next_ids(tokens, length)
+            all_logits.append(logits[0])
+            tokens[0, length] = next_ids[0]
+    return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)

@@ -1,11 +1,9 @@
 """Sampling filters, the decoding loop (KV cache vs recompute, sliding window, batching, seeds,
 streaming) and stop strings."""
 
-import os
-import warnings
-
 import pytest
 import torch
+from helpers import step_logits, tiny_gpt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,11 +22,8 @@ from attnlab.generation import (
     top_k_filter,
     top_p_filter,
 )
-from attnlab.generation import compiled as compiled_steps
-from attnlab.generation.decoding import _Window
 from attnlab.generation.text import _decode_pieces
 from attnlab.layers import StaticKVCache
-from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import ByteTokenizer, CharTokenizer
 
 INF = float("inf")
@@ -42,24 +37,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_gpt(positional="learned", context_length=16, vocab_size=11, seed=0) -> GPT:
-    torch.manual_seed(seed)
-    config = GPTConfig(
-        vocab_size=vocab_size,
-        context_length=context_length,
-        n_layers=2,
-        n_heads=2,
-        d_model=16,
-        positional=positional,
-    )
-    model = GPT(config).eval()
-    with torch.no_grad():  # larger weights than GPT-2's init, so random logits are not all flat
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return model
 
 
 # --- filters ---------------------------------------------------------------------------------
@@ -165,19 +142,6 @@ def test_sampling_config_rejects_bad_values():
 # --- decoding ----------------------------------------------------------------------------------
 
 
-def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
-    """Greedy decoding that also records each step's (V,) logits."""
-    window = _Window(model, SamplingConfig(temperature=0), use_cache, crop_to, compile)
-    tokens = torch.tensor([prompt + [0] * steps])
-    all_logits = []
-    with torch.inference_mode():  # as generate runs
-        for length in range(len(prompt), len(prompt) + steps):
-            next_ids, logits = window.next_ids(tokens, length)
-            all_logits.append(logits[0])
-            tokens[0, length] = next_ids[0]
-    return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)
-
-
 @pytest.mark.parametrize(
     "positional, crop_to", [("learned", None), ("learned", 9), ("rope", 9), ("alibi", 9)]
 )
@@ -241,58 +205,6 @@ def test_static_cache_refuses_what_it_cannot_hold():
         cache.append(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
     with pytest.raises(ValueError, match="overflows"):
         StaticKVCache(4).append(torch.zeros(1, 1, 5, 8), torch.zeros(1, 1, 5, 8))
-
-
-@pytest.mark.parametrize("positional", ["rope", "learned"])
-def test_compiled_decoding_equals_eager(positional, monkeypatch):
-    """compile=True: compiled one-token steps on static caches (rope: past the context, a
-    sliding window; learned: then compiled full-window recomputes)."""
-    model = tiny_gpt(positional, context_length=16)
-    prompt = [1, 2, 3, 4, 5]
-    compiled_ids, compiled = step_logits(model, prompt, 30, use_cache=True, compile=True)
-    eager_ids, eager = step_logits(model, prompt, 30, use_cache=True)
-    assert compiled_ids == eager_ids
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
-    # Another length in a fresh process (nothing in memory) loads the libraries from the disk
-    # cache: compiling again would fail, warn and decode eagerly.
-    compiled_steps._libraries.cache_clear()
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        assert generate(model, [prompt], 25, temperature=0, compile=True) == [eager_ids[:25]]
-
-
-def no_compiler(*args, **kwargs):
-    raise RuntimeError("no C++ compiler")
-
-
-def test_compiled_sampling_equals_eager():
-    """Top-k sampling with a repetition penalty, inside the compiled step: the same draws."""
-    model = tiny_gpt("rope", context_length=16)
-    options = dict(temperature=0.8, top_k=5, repetition_penalty=1.3, seed=3)
-    sampled = generate(model, [[1, 2, 3]], 30, compile=True, **options)
-    assert sampled == generate(model, [[1, 2, 3]], 30, **options)
-
-
-def test_the_disk_cache_keeps_the_most_recently_used_libraries(tmp_path):
-    for age, name in enumerate("abcde"):
-        (tmp_path / f"{name}.pt2").write_bytes(b"")
-        os.utime(tmp_path / f"{name}.pt2", (1000 - age, 1000 - age))  # a: the newest
-    compiled_steps._prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt2", "b.pt2"]
-
-
-def test_a_failing_compiler_decodes_eagerly(monkeypatch):
-    model = tiny_gpt("rope", context_length=16)
-    expected = generate(model, [[1, 2, 3]], 20, temperature=0)
-    monkeypatch.setattr(compiled_steps, "_build", no_compiler)
-    compiled_steps._libraries.cache_clear()
-    with pytest.warns(RuntimeWarning, match="compiling the decoding step failed .*no C"):
-        assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
-    with warnings.catch_warnings():  # once: it does not try again
-        warnings.simplefilter("error", RuntimeWarning)
-        assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
-    compiled_steps._libraries.cache_clear()
 
 
 def test_sliding_cache_prefills_the_last_window_of_a_long_prompt():

@@ -263,8 +263,7 @@ class StaticKVCache:
         return [self.keys, self.values, self.position]
 
     def with_buffers(self, keys, values, position) -> StaticKVCache:
-        """A copy holding these tensors in place of buffers() (an exported step takes them as
-        inputs)."""
+        """A copy holding these tensors in place of buffers() (an exported step's inputs)."""
         cache = copy.copy(self)
         cache.keys, cache.values, cache.position = keys, values, position
         return cache

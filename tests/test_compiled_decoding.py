@@ -1,0 +1,64 @@
+"""Compiled decoding (attnlab/generation/compiled.py): AOTInductor libraries on a CPU, built
+once, kept on disk, and equal to eager decoding."""
+
+import os
+import warnings
+
+import pytest
+import torch
+from helpers import step_logits, tiny_gpt
+
+from attnlab.generation import compiled as compiled_steps
+from attnlab.generation import generate
+
+
+@pytest.mark.parametrize("positional", ["rope", "learned"])
+def test_compiled_decoding_equals_eager(positional, monkeypatch):
+    """compile=True: compiled one-token steps on static caches (rope: past the context, a
+    sliding window; learned: then compiled full-window recomputes)."""
+    model = tiny_gpt(positional, context_length=16)
+    prompt = [1, 2, 3, 4, 5]
+    compiled_ids, compiled = step_logits(model, prompt, 30, use_cache=True, compile=True)
+    eager_ids, eager = step_logits(model, prompt, 30, use_cache=True)
+    assert compiled_ids == eager_ids
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    # Another length in a fresh process (nothing in memory) loads the libraries from the disk
+    # cache: compiling again would fail, warn and decode eagerly.
+    compiled_steps._libraries.cache_clear()
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert generate(model, [prompt], 25, temperature=0, compile=True) == [eager_ids[:25]]
+
+
+def no_compiler(*args, **kwargs):
+    raise RuntimeError("no C++ compiler")
+
+
+def test_compiled_sampling_equals_eager():
+    """Top-k sampling with a repetition penalty, inside the compiled step: the same draws."""
+    model = tiny_gpt("rope", context_length=16)
+    options = dict(temperature=0.8, top_k=5, repetition_penalty=1.3, seed=3)
+    sampled = generate(model, [[1, 2, 3]], 30, compile=True, **options)
+    assert sampled == generate(model, [[1, 2, 3]], 30, **options)
+
+
+def test_the_disk_cache_keeps_the_most_recently_used_libraries(tmp_path):
+    for age, name in enumerate("abcde"):
+        (tmp_path / f"{name}.pt2").write_bytes(b"")
+        os.utime(tmp_path / f"{name}.pt2", (1000 - age, 1000 - age))  # a: the newest
+    compiled_steps._prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt2", "b.pt2"]
+
+
+def test_a_failing_compiler_decodes_eagerly(monkeypatch):
+    model = tiny_gpt("rope", context_length=16)
+    expected = generate(model, [[1, 2, 3]], 20, temperature=0)
+    monkeypatch.setattr(compiled_steps, "_build", no_compiler)
+    compiled_steps._libraries.cache_clear()
+    with pytest.warns(RuntimeWarning, match="compiling the decoding step failed .*no C"):
+        assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
+    with warnings.catch_warnings():  # once: it does not try again
+        warnings.simplefilter("error", RuntimeWarning)
+        assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
+    compiled_steps._libraries.cache_clear()
