@@ -117,8 +117,7 @@ def merge_masks(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor 
 def _additive(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype != torch.bool:
         return mask
-    zeros = torch.zeros(mask.shape, device=mask.device)
-    return zeros.masked_fill(~mask, float("-inf"))
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 class KVCache:
@@ -211,7 +210,7 @@ class KVCache:
 
 class StaticKVCache:
     """A KV cache whose shapes and Python state stay the same from one decoding step to the
-    next, so a compiled one-token step compiles once (torch.compile; CUDA graphs on a GPU).
+    next, so a compiled one-token step compiles once (decoding with compile=True).
 
     The last max_length positions sit in a ring of max_length slots, position p in slot
     p % max_length, and `position` is a 0-dim tensor advanced in place. One new token attends to
@@ -254,12 +253,10 @@ class StaticKVCache:
     def key_distance(self, q_len: int) -> torch.Tensor | None:
         """(1, max_length): how many positions each slot lies behind the newest one, when one
         position was appended (the keys are out of order; for position biases such as ALiBi)."""
-        if q_len != 1:
-            return None
-        return ((self.position - 1 - self.slots) % self.max_length)[None]
+        return ((self.position - 1 - self.slots) % self.max_length)[None] if q_len == 1 else None
 
     def buffers(self) -> list[torch.Tensor]:
-        """The tensors a compiled step updates in place (CUDA graphs need their addresses)."""
+        """The tensors a compiled step takes as inputs and updates in place."""
         return [self.keys, self.values, self.position]
 
     def with_buffers(self, keys, values, position) -> StaticKVCache:
