@@ -3,7 +3,8 @@
 Prints a markdown table: ms/iter, tokens/s, MFU (against this machine's measured matmul peak)
 and the speed-up over a baseline, for these variants of the baby GPT's shape:
 
-- baseline: nanoGPT's recipe for it: learned positions, exact GELU, fp32, eager;
+- baseline: nanoGPT's recipe for it: learned positions, exact GELU, no biases, fp32, eager, and
+  torch's default AdamW on a CPU (a loop over the parameters: nanoGPT fuses AdamW on CUDA only);
 - shipped: the config exactly as `attnlab train gpt --config configs/gpt_shakespeare_char.toml`
   runs it (RoPE, exact GELU, `auto` precision, compiled);
 - ablations between the two: eager/compiled, fp32/bf16, tanh GELU.
@@ -42,7 +43,7 @@ VOCAB = 65  # tiny Shakespeare's characters
 # name -> (what it is, model fields, training fields), each over the shipped config
 VARIANTS = {
     "baseline": (
-        "nanoGPT's recipe: learned positions, fp32, eager",
+        "nanoGPT's recipe: learned positions, fp32, eager, AdamW's loop",
         dict(positional="learned"),
         dict(precision="fp32", compile=False),
     ),
@@ -71,9 +72,17 @@ def make_trainer(variant: str, out_dir: str, device: str) -> Trainer:
     torch.manual_seed(0)
     tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000, dtype=np.uint16)
     data = RandomWindows(tokens, train_config.batch_size, model_config.context_length, seed=0)
-    return Trainer(
+    trainer = Trainer(
         GPT(model_config), train_config, data, {}, tokenizer=ByteTokenizer(), out_dir=out_dir
     )
+    if variant == "baseline":  # torch's default AdamW where the parameters are on a CPU
+        groups = [
+            {"params": group["params"], "weight_decay": group["weight_decay"]}
+            for group in trainer.optimizer.param_groups
+        ]
+        betas = (train_config.beta1, train_config.beta2)
+        trainer.optimizer = torch.optim.AdamW(groups, train_config.learning_rate, betas=betas)
+    return trainer
 
 
 def default_variants(device: str) -> list[str]:

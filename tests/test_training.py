@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -84,10 +85,23 @@ def test_training_lowers_the_loss(tmp_path):
     assert result.last_eval["val_loss"] < math.log(TOKENIZER.vocab_size) - 1
 
 
+def test_compiled_training_follows_eager_on_the_cpu(tmp_path):
+    """The CPU's compile options (C++ wrapper, no asserts) train as eager code does. Without
+    dropout: compiled code draws its dropout masks from a different generator."""
+    model = dataclasses.replace(MODEL, dropout=0.0)
+    runs = {}
+    for compiled in (False, True):
+        trainer = make_trainer(tmp_path / str(compiled), 4, model=model, compile=compiled)
+        trainer.fit()  # trains and evaluates: both compile
+        assert compiled == bool(trainer.compiled and trainer.compiled.active)  # no fallback
+        runs[compiled] = losses(tmp_path / str(compiled)) + [trainer.evaluate()["val_loss"]]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
 def test_a_failing_compiler_falls_back_to_eager(tmp_path, monkeypatch):
     """No C++ compiler, say: the run warns and trains uncompiled, with the same losses."""
 
-    def broken_compile(model):
+    def broken_compile(model, **options):
         def compiled(*args):
             raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
 

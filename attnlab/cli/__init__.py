@@ -18,7 +18,13 @@ COMMANDS = ("train", "sample", "evaluate", "tokenize", "translate")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default and keeps descriptions' line breaks."""
+    """Shows each option's default and keeps descriptions' line breaks. An option whose help
+    says its default in words ("(default: stdlib, ...)") is left as written."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

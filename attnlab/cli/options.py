@@ -33,14 +33,22 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One flag per field; flags not given stay absent from the namespace (argparse.SUPPRESS)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """One flag per field; flags not given stay absent from the namespace (argparse.SUPPRESS).
+    defaults: the values the command starts from where they are not the dataclass's own (a
+    preset's), so that --help shows what a run gets."""
     group = parser.add_argument_group(title)
     comments = field_comments(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{comments.get(field.name, '')} (default: {field.default})".strip()
+        default = (defaults or {}).get(field.name, field.default)
+        help_text = f"{comments.get(field.name, '')} (default: {default})".strip()
         hint = hints[field.name]
         if hint is bool:
             group.add_argument(

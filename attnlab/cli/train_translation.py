@@ -94,7 +94,8 @@ def register(models) -> None:
         metavar="MINUTES",
         help="stop (and save) once training steps have taken this long (default: none)",
     )
-    add_config_flags(parser, EncoderDecoderConfig, "model (EncoderDecoderConfig)")
+    tiny = {**config_to_dict(PRESETS["tiny"]), "vocab_size": "the tokenizer's"}
+    add_config_flags(parser, EncoderDecoderConfig, "model (EncoderDecoderConfig)", defaults=tiny)
     add_config_flags(parser, TrainConfig, "training (TrainConfig)")
     add_config_flags(parser, TranslationDataConfig, "data (TranslationDataConfig)")
     parser.set_defaults(handler=train_translation)

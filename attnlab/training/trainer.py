@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from attnlab.config import check_choice, check_positive, config_to_dict
-from attnlab.devices import Compiled, autocast, measure_peak_flops, pick_device, pick_dtype
+from attnlab.devices import (
+    Compiled,
+    autocast,
+    measure_peak_flops,
+    pick_device,
+    pick_dtype,
+    training_compile_options,
+)
 from attnlab.errors import UserError
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.checkpoints import (
@@ -117,7 +124,8 @@ class Trainer:
         self.dtype = pick_dtype(self.device, config.precision)
         self.model = model.to(self.device)
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
-        self.compiled = Compiled(self.model) if config.compile else None
+        options = training_compile_options(self.device)
+        self.compiled = Compiled(self.model, **options) if config.compile else None
         self.optimizer = build_optimizer(
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
         )
