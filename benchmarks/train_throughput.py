@@ -6,7 +6,7 @@ and the speed-up over a baseline, for these variants of the baby GPT's shape:
 - baseline: nanoGPT's recipe for it: learned positions, exact GELU, no biases, fp32, eager, and
   torch's default AdamW on a CPU (a loop over the parameters: nanoGPT fuses AdamW on CUDA only);
 - shipped: the config exactly as `attnlab train gpt --config configs/gpt_shakespeare_char.toml`
-  runs it (RoPE, exact GELU, `auto` precision, compiled);
+  runs it (RoPE, exact GELU, no biases, `auto` precision, compiled);
 - ablations between the two: eager/compiled, fp32/bf16, tanh GELU.
 
 Every variant trains the same synthetic tokens (throughput does not depend on the text) through
