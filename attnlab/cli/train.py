@@ -10,6 +10,7 @@ from attnlab.cli.options import (
     build_config,
     check_sections,
     flag_values,
+    preset_defaults,
     read_toml,
     resolve_data_path,
 )
@@ -60,8 +61,7 @@ def register(subparsers) -> None:
     gpt.add_argument("--tokenizer", metavar="KIND", help="char, byte or bpe:N (default: char)")
     gpt.add_argument("--out", metavar="DIR", help="run directory (default: runs/gpt)")
     gpt.add_argument("--resume", action="store_true", help="continue the run in --out")
-    tiny = {**config_to_dict(PRESETS["tiny"]), "vocab_size": "the tokenizer's"}
-    add_config_flags(gpt, GPTConfig, "model (GPTConfig)", defaults=tiny)
+    add_config_flags(gpt, GPTConfig, "model (GPTConfig)", preset_defaults(PRESETS["tiny"]))
     add_config_flags(gpt, TrainConfig, "training (TrainConfig)")
     gpt.set_defaults(handler=train_gpt)
     from attnlab.cli.train_translation import register as register_translation

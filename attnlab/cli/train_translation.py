@@ -16,6 +16,7 @@ from attnlab.cli.options import (
     build_config,
     check_sections,
     flag_values,
+    preset_defaults,
     read_toml,
     resolve_data_path,
 )
@@ -94,8 +95,8 @@ def register(models) -> None:
         metavar="MINUTES",
         help="stop (and save) once training steps have taken this long (default: none)",
     )
-    tiny = {**config_to_dict(PRESETS["tiny"]), "vocab_size": "the tokenizer's"}
-    add_config_flags(parser, EncoderDecoderConfig, "model (EncoderDecoderConfig)", defaults=tiny)
+    model_defaults = preset_defaults(PRESETS["tiny"])
+    add_config_flags(parser, EncoderDecoderConfig, "model (EncoderDecoderConfig)", model_defaults)
     add_config_flags(parser, TrainConfig, "training (TrainConfig)")
     add_config_flags(parser, TranslationDataConfig, "data (TranslationDataConfig)")
     parser.set_defaults(handler=train_translation)
