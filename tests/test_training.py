@@ -126,6 +126,38 @@ def test_measuring_the_peak_leaves_the_seeded_generator_alone(monkeypatch):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def measured_cpu(monkeypatch, bf16_speedup, instructions=True):
+    """A CPU whose bf16 matrix products run `bf16_speedup` times as fast as its fp32 ones."""
+    cpu = str(torch.device("cpu"))
+    peaks = {(cpu, torch.float32): 1e11, (cpu, torch.bfloat16): bf16_speedup * 1e11}
+    monkeypatch.setattr(devices, "_PEAK_FLOPS", peaks)
+    monkeypatch.setattr(devices, "_cpu_has_bf16_instructions", lambda: instructions)
+
+
+@pytest.mark.parametrize(
+    "speedup, instructions, dtype",
+    [(2.0, True, torch.bfloat16), (0.55, True, torch.float32), (2.0, False, torch.float32)],
+)
+def test_auto_precision_on_a_cpu_is_bf16_only_where_measured_faster(
+    monkeypatch, speedup, instructions, dtype
+):
+    measured_cpu(monkeypatch, speedup, instructions)
+    assert devices.pick_dtype(torch.device("cpu"), "auto") == dtype
+    assert devices.pick_dtype(torch.device("cpu"), "fp32") == torch.float32
+
+
+def test_resume_keeps_the_precision_auto_first_chose(tmp_path, monkeypatch):
+    measured_cpu(monkeypatch, 0.55)
+    first = make_trainer(tmp_path, max_iters=2, precision="auto")
+    assert first.dtype == torch.float32
+    first.fit()
+    measured_cpu(monkeypatch, 2.0)  # a second measurement that disagrees
+    resumed = make_trainer(tmp_path, max_iters=4, precision="auto")
+    assert resumed.dtype == torch.bfloat16
+    resumed.resume()
+    assert resumed.dtype == torch.float32
+
+
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     whole, rest = tmp_path / "whole", tmp_path / "interrupted"
     make_trainer(whole, max_iters=8, eval_interval=3).fit()

@@ -267,6 +267,9 @@ class Trainer:
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
         self.last_eval = state.get("last_eval", {})
+        saved = getattr(torch, str(state.get("precision")), None)
+        if self.config.precision == "auto" and isinstance(saved, torch.dtype):
+            self.dtype = saved  # as first chosen: measuring the CPU again might not agree
         rng = state["rng"]
         torch.set_rng_state(decode_tensor(rng["torch"]))
         if rng["cuda"] and torch.cuda.is_available():
