@@ -11,6 +11,12 @@ from typing import Any
 from attnlab.errors import UserError
 
 
+def cache_dir() -> Path:
+    """Where derived files are kept between runs (token arrays, built kernels): $ATTNLAB_CACHE,
+    else ~/.cache/attnlab."""
+    return Path(os.environ.get("ATTNLAB_CACHE", Path.home() / ".cache" / "attnlab"))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a temporary file beside `path`, then rename it over: readers never see half a file."""
     path = Path(path)

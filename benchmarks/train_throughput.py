@@ -33,6 +33,7 @@ import torch
 from attnlab.cli.options import build_config, read_toml
 from attnlab.data.text import RandomWindows
 from attnlab.devices import measure_peak_flops, pick_device, pick_dtype
+from attnlab.layers import MultiHeadAttention
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import ByteTokenizer
 from attnlab.training.trainer import TrainConfig, Trainer
@@ -75,7 +76,11 @@ def make_trainer(variant: str, out_dir: str, device: str) -> Trainer:
     trainer = Trainer(
         GPT(model_config), train_config, data, {}, tokenizer=ByteTokenizer(), out_dir=out_dir
     )
-    if variant == "baseline":  # torch's default AdamW where the parameters are on a CPU
+    if variant == "baseline":
+        for module in trainer.model.modules():  # torch's attention kernels, as nanoGPT calls
+            if isinstance(module, MultiHeadAttention):
+                module.backend = "torch"
+        # and torch's default AdamW where the parameters are on a CPU
         groups = [
             {"params": group["params"], "weight_decay": group["weight_decay"]}
             for group in trainer.optimizer.param_groups

@@ -1,7 +1,13 @@
 import torch
 from torch import nn
 
-from attnlab.layers import MultiHeadAttention, ResidualBlock, make_feedforward, make_norm
+from attnlab.layers import (
+    MultiHeadAttention,
+    ResidualBlock,
+    TokenEmbedding,
+    make_feedforward,
+    make_norm,
+)
 from attnlab.layers.normalization import RMSNorm
 
 
@@ -70,3 +76,15 @@ def test_pre_norm_block_is_residual():
         nn.init.zeros_(p)
     x = torch.randn(2, 5, 8)
     assert torch.equal(block(x), x)  # zeroed branches leave the residual stream untouched
+
+
+def test_token_embedding_compiled_sums_gradient_rows_like_nn_embedding():
+    table, reference = TokenEmbedding(7, 5), nn.Embedding(7, 5)
+    reference.weight = nn.Parameter(table.weight.detach().clone())
+    ids = torch.randint(0, 7, (3, 9))  # repeated ids: their gradient rows add up
+    grad = torch.randn(3, 9, 5)
+    out = torch.compile(table, fullgraph=True)(ids)
+    out.backward(grad)
+    reference(ids).backward(grad)
+    torch.testing.assert_close(out, reference(ids))
+    torch.testing.assert_close(table.weight.grad, reference.weight.grad)

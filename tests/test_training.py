@@ -12,7 +12,7 @@ from attnlab.errors import UserError
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import CharTokenizer
 from attnlab.training.checkpoints import load_checkpoint, load_weights, save_checkpoint
-from attnlab.training.optimizers import build_optimizer, learning_rate
+from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
 from attnlab.training.trainer import TrainConfig, Trainer, TrainingDiverged
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 60
@@ -69,6 +69,28 @@ def test_weight_decay_only_on_matrices():
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+
+
+@pytest.mark.parametrize("gradient_scale", [100.0, 1e-3])  # clipped, and left alone
+@pytest.mark.parametrize("fused", [True, False])
+def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused):
+    steps = []
+    for clip in (clip_gradients, None):
+        torch.manual_seed(0)
+        model = GPT(MODEL)
+        optimizer = build_optimizer(model, 1e-2, 0.1, (0.9, 0.99))
+        if not fused:
+            optimizer = torch.optim.AdamW(optimizer.param_groups, fused=False)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * gradient_scale
+        if clip:
+            clip(optimizer, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        steps.append([p.detach() for p in model.parameters()])
+    for mine, theirs in zip(*steps, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
 
 
 def test_random_windows_are_shifted_by_one_and_reproducible():

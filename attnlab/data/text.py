@@ -13,23 +13,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from attnlab.data.corpus import read_corpus
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_bytes
+from attnlab.files import atomic_write_bytes, cache_dir
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ATTNLAB_CACHE", Path.home() / ".cache" / "attnlab"))
 
 
 def corpus_text(spec: str) -> str:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from attnlab.config import check_positive
-from attnlab.data.text import cache_dir
 from attnlab.errors import UserError
+from attnlab.files import cache_dir
 from attnlab.tokenizers import load_tokenizer
 from attnlab.tokenizers.bpe import BPETokenizer
 

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnlab.data.text import cache_dir
 from attnlab.devices import Compiled, warn_compiler_failure
+from attnlab.files import cache_dir
 from attnlab.generation.sampling import SamplingConfig
 
 # Inductor's CPU limits for the rewrite: products with one row, other sides up to 2048

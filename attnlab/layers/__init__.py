@@ -10,6 +10,7 @@ from attnlab.layers.attention import (
     scaled_dot_product_attention,
 )
 from attnlab.layers.blocks import BlockCache, DecodingCache, ResidualBlock
+from attnlab.layers.embedding import TokenEmbedding
 from attnlab.layers.feedforward import FeedForward, GatedFeedForward, make_feedforward
 from attnlab.layers.normalization import RMSNorm, make_norm
 from attnlab.layers.positional import (
@@ -36,6 +37,7 @@ __all__ = [
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
     "StaticKVCache",
+    "TokenEmbedding",
     "causal_mask",
     "make_feedforward",
     "make_norm",

@@ -34,6 +34,7 @@ from attnlab.layers import (
     MultiHeadAttention,
     ResidualBlock,
     SinusoidalPositionalEncoding,
+    TokenEmbedding,
     make_feedforward,
     make_norm,
     padding_mask,
@@ -125,9 +126,9 @@ class EncoderDecoder(nn.Module):
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
         self.config = c = config
-        self.target_embedding = nn.Embedding(c.vocab_size, c.d_model)
+        self.target_embedding = TokenEmbedding(c.vocab_size, c.d_model)
         self.source_embedding = (
-            self.target_embedding if c.share_embeddings else nn.Embedding(c.vocab_size, c.d_model)
+            self.target_embedding if c.share_embeddings else TokenEmbedding(c.vocab_size, c.d_model)
         )
         self.positions = SinusoidalPositionalEncoding(c.max_length, c.d_model)
         self.dropout = nn.Dropout(c.dropout)

@@ -25,6 +25,7 @@ from attnlab.layers import (
     ResidualBlock,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
+    TokenEmbedding,
     make_feedforward,
     make_norm,
 )
@@ -107,7 +108,7 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
-        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
+        self.token_embedding = TokenEmbedding(c.vocab_size, c.d_model)
         self.position_embedding = {
             "learned": lambda: LearnedPositionalEmbedding(c.context_length, c.d_model),
             "sinusoidal": lambda: SinusoidalPositionalEncoding(c.context_length, c.d_model),

@@ -35,6 +35,7 @@ from attnlab.devices import (
     training_compile_options,
 )
 from attnlab.errors import UserError
+from attnlab.layers import cpu_attention
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.checkpoints import (
     decode_tensor,
@@ -42,7 +43,7 @@ from attnlab.training.checkpoints import (
     load_training_state,
     save_checkpoint,
 )
-from attnlab.training.optimizers import SCHEDULES, build_optimizer, learning_rate
+from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
 
 METRICS_FILE = "metrics.jsonl"
 Batch = tuple[torch.Tensor, ...]
@@ -123,6 +124,8 @@ class Trainer:
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
         self.model = model.to(self.device)
+        if self.device.type == "cpu":
+            cpu_attention.load()  # before torch.compile traces the model; see that module
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
         options = training_compile_options(self.device)
         self.compiled = Compiled(self.model, **options) if config.compile else None
@@ -215,7 +218,7 @@ class Trainer:
                 "rate or raise warmup, then --resume"
             )
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            clip_gradients(self.optimizer, self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens

@@ -1,0 +1,107 @@
+"""The CPU attention kernel against torch's attention in float64, and how attention picks it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.layers import MultiHeadAttention, causal_mask
+from attnlab.layers import cpu_attention as kernel
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built():
+    assert kernel.load(), "the CPU attention kernel did not build"
+
+
+def strided_qkv(batch, heads, length, width):
+    """Queries, keys and values as views of one (B, T, 3H, Dh) projection, as attention makes
+    them: rows contiguous, the other strides not."""
+    qkv = torch.randn(batch, length, 3 * heads, width).transpose(1, 2)
+    return [x.requires_grad_() for x in qkv.detach().chunk(3, dim=1)]
+
+
+def reference(q, k, v, grad, causal):
+    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out.backward(grad.double())
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 64, 32), (1, 3, 17, 24), (3, 1, 5, 8), (1, 2, 1, 4), (2, 2, 100, 40)]
+)
+def test_output_and_gradients_match_torch_in_float64(shape, causal):
+    q, k, v = strided_qkv(*shape)
+    grad = torch.randn(shape)
+    out = kernel.attention(q, k, v, causal)
+    out.backward(grad)
+    for mine, theirs in zip(
+        (out, q.grad, k.grad, v.grad), reference(q, k, v, grad, causal), strict=True
+    ):
+        torch.testing.assert_close(mine.double(), theirs, rtol=0, atol=1e-5)
+
+
+def test_the_ops_registrations_agree_with_the_kernel():
+    """Fake shapes for torch.compile, autograd, and schema checks (torch.library.opcheck)."""
+    q, k, v = strided_qkv(2, 3, 20, 16)
+    torch.library.opcheck(torch.ops.attnlab.attention.default, (q, k, v, True, 0.25))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    q, k, v = strided_qkv(3, 5, 33, 16)
+    grad = torch.randn(3, 5, 33, 16)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for x in (q, k, v):
+                x.grad = None
+            out = kernel.attention(q, k, v, True)
+            out.backward(grad)
+            results.append([out, q.grad, k.grad, v.grad])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_compiles_into_one_graph_and_matches_eager():
+    q, k, v = strided_qkv(2, 2, 24, 8)
+    step = lambda q, k, v: kernel.attention(q, k, v, True).square().sum()  # noqa: E731
+    eager = torch.autograd.grad(step(q, k, v), (q, k, v))
+    compiled = torch.compile(step, fullgraph=True)
+    torch.testing.assert_close(torch.autograd.grad(compiled(q, k, v), (q, k, v)), eager)
+
+
+def test_taken_only_for_unmasked_training_attention_over_short_sequences():
+    q, k, _ = strided_qkv(1, 2, 8, 4)
+    assert kernel.applies(q, k, None, 0.0)
+    assert not kernel.applies(q, k, causal_mask(8, 8), 0.0)
+    assert not kernel.applies(q, k, None, 0.1)
+    assert not kernel.applies(q.detach(), k, None, 0.0)
+    with torch.no_grad():
+        assert not kernel.applies(q, k, None, 0.0)
+    long_q, long_k, _ = strided_qkv(1, 1, kernel.MAX_LENGTH + 1, 4)
+    assert not kernel.applies(long_q, long_k, None, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_layer_trains_alike_with_torch_kernels(dtype, monkeypatch):
+    calls = []
+    attention = kernel.attention
+    monkeypatch.setattr(kernel, "attention", lambda *a: calls.append(1) or attention(*a))
+    x = torch.randn(2, 16, 32)
+    grads = {}
+    for backend in ("fused", "torch"):
+        torch.manual_seed(1)
+        layer = MultiHeadAttention(32, 4, causal=True)
+        layer.backend = backend
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = layer(x)
+        out.float().square().mean().backward()
+        grads[backend] = [out.float()] + [p.grad for p in layer.parameters()]
+    assert len(calls) == 1  # the "fused" layer took the kernel, the "torch" one did not
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for mine, theirs in zip(grads["fused"], grads["torch"], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=tol, atol=tol)
