@@ -3,8 +3,9 @@
 Prints a markdown table: ms/iter, tokens/s, MFU (against this machine's measured matmul peak)
 and the speed-up over a baseline, for these variants of the baby GPT's shape:
 
-- baseline: nanoGPT's recipe for it: learned positions, exact GELU, no biases, fp32, eager, and
-  torch's default AdamW on a CPU (a loop over the parameters: nanoGPT fuses AdamW on CUDA only);
+- baseline: nanoGPT's recipe for it: learned positions, exact GELU, no biases, fp32, eager,
+  torch's kernels only (attnlab's CPU kernels disabled), and torch's default AdamW on a CPU (a
+  loop over the parameters: nanoGPT fuses AdamW on CUDA only);
 - shipped: the config exactly as `attnlab train gpt --config configs/gpt_shakespeare_char.toml`
   runs it (RoPE, exact GELU, no biases, `auto` precision, compiled);
 - ablations between the two: eager/compiled, fp32/bf16, tanh GELU.
@@ -20,6 +21,7 @@ stay comparable even when the absolute figures move.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -33,7 +35,7 @@ import torch
 from attnlab.cli.options import build_config, read_toml
 from attnlab.data.text import RandomWindows
 from attnlab.devices import measure_peak_flops, pick_device, pick_dtype
-from attnlab.layers import MultiHeadAttention
+from attnlab.layers import cpu_kernels
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import ByteTokenizer
 from attnlab.training.trainer import TrainConfig, Trainer
@@ -76,11 +78,7 @@ def make_trainer(variant: str, out_dir: str, device: str) -> Trainer:
     trainer = Trainer(
         GPT(model_config), train_config, data, {}, tokenizer=ByteTokenizer(), out_dir=out_dir
     )
-    if variant == "baseline":
-        for module in trainer.model.modules():  # torch's attention kernels, as nanoGPT calls
-            if isinstance(module, MultiHeadAttention):
-                module.backend = "torch"
-        # and torch's default AdamW where the parameters are on a CPU
+    if variant == "baseline":  # torch's default AdamW where the parameters are on a CPU
         groups = [
             {"params": group["params"], "weight_decay": group["weight_decay"]}
             for group in trainer.optimizer.param_groups
@@ -88,6 +86,12 @@ def make_trainer(variant: str, out_dir: str, device: str) -> Trainer:
         betas = (train_config.beta1, train_config.beta2)
         trainer.optimizer = torch.optim.AdamW(groups, train_config.learning_rate, betas=betas)
     return trainer
+
+
+def run_steps(name: str, trainer: Trainer, count: int) -> list[dict]:
+    """`count` training steps; the baseline's with torch's kernels only, as nanoGPT runs."""
+    with cpu_kernels.disabled() if name == "baseline" else contextlib.nullcontext():
+        return [trainer.train_step() for _ in range(count)]
 
 
 def default_variants(device: str) -> list[str]:
@@ -125,15 +129,13 @@ def main() -> None:
             name: make_trainer(name, f"{out}/{i}", args.device) for i, name in enumerate(names)
         }
         started = time.perf_counter()
-        for trainer in trainers.values():
-            for _ in range(args.warmup):
-                trainer.train_step()
+        for name, trainer in trainers.items():
+            run_steps(name, trainer, args.warmup)
         warmup_s = time.perf_counter() - started
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name, trainer in trainers.items():
-                for _ in range(args.steps):
-                    record = trainer.train_step()
+                for record in run_steps(name, trainer, args.steps):
                     tokens = train_config.batch_size * model_config.context_length
                     seconds[name].append(tokens / record["tokens_per_s"])
 

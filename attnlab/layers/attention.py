@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.layers import cpu_attention
+from attnlab.layers import cpu_kernels
 from attnlab.layers.positional import RelativePosition
 
 
@@ -28,7 +28,6 @@ def scaled_dot_product_attention(
     causal: bool = False,
     return_weights: bool = False,
     dropout_p: float = 0.0,
-    cpu_kernel: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q Kᵀ / √d_k + M) V  ("Attention Is All You Need", section 3.2.1).
 
@@ -40,8 +39,6 @@ def scaled_dot_product_attention(
         the attention weights (B, H, Tq, Tk). Otherwise torch's fused kernel computes the same
         function (flash / memory-efficient attention where available), except in a compiled
         one-query step on a CPU, where the compiler fuses the equation faster.
-    cpu_kernel: let attnlab's CPU kernel compute training-time attention over short sequences,
-        where it beats torch's (see cpu_attention); False keeps to torch's kernels.
     Returns the output (B, H, Tq, Dh), and the weights when asked.
     """
     n_heads, n_kv_heads = q.size(1), k.size(1)
@@ -54,7 +51,7 @@ def scaled_dot_product_attention(
     if not return_weights and not _equation_is_faster(q):
         if causal and q_len > 1 and (mask is not None or q_len != k_len):
             mask, causal = merge_masks(mask, causal_mask(q_len, k_len, q.device)), False
-        return _fused(q, k, v, mask, causal and q_len > 1, dropout_p, cpu_kernel)
+        return _fused(q, k, v, mask, causal and q_len > 1, dropout_p)
 
     if causal:
         mask = merge_masks(mask, causal_mask(q_len, k_len, q.device))
@@ -77,9 +74,9 @@ def _equation_is_faster(q: torch.Tensor) -> bool:
     return q.size(-2) == 1 and q.device.type == "cpu" and torch.compiler.is_compiling()
 
 
-def _fused(q, k, v, mask, is_causal: bool, dropout_p: float, cpu_kernel: bool) -> torch.Tensor:
-    if cpu_kernel and cpu_attention.applies(q, k, mask, dropout_p):
-        return cpu_attention.attention(q, k, v, is_causal)
+def _fused(q, k, v, mask, is_causal: bool, dropout_p: float) -> torch.Tensor:
+    if cpu_kernels.attention_applies(q, k, mask, dropout_p):  # training on a CPU
+        return cpu_kernels.attention(q, k, v, is_causal)
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         # torch's CPU flash-attention kernel is slow in bf16: measured on a Zen 4 core, its
         # backward took 4.5x the fp32 time for a 4-layer, T=64 model. Attention is a small part
@@ -322,8 +319,7 @@ class MultiHeadAttention(nn.Module):
         self.output_projection = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.relative_position = relative_position
         self.attention_weights = HookPoint()
-        # "eager" forces the written-out equation; "torch" keeps to torch's fused kernels
-        self.backend = "fused"
+        self.backend = "fused"  # "eager" forces the written-out equation
 
     def forward(
         self,
@@ -384,9 +380,7 @@ class MultiHeadAttention(nn.Module):
             )
             self.attention_weights(weights)
             return out
-        return scaled_dot_product_attention(
-            q, k, v, mask, self.causal, dropout_p=dropout, cpu_kernel=self.backend != "torch"
-        )
+        return scaled_dot_product_attention(q, k, v, mask, self.causal, dropout_p=dropout)
 
     def _split_heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         batch, length, _ = x.shape

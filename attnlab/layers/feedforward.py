@@ -11,9 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.layers import cpu_kernels
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU, x Φ(x); in training on a CPU through attnlab's kernel (see cpu_kernels)."""
+    return cpu_kernels.gelu(x) if cpu_kernels.training_on_cpu(x) else F.gelu(x)
+
+
 ACTIVATIONS = {
     "relu": F.relu,
-    "gelu": F.gelu,
+    "gelu": gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
     "silu": F.silu,
 }

@@ -35,7 +35,7 @@ from attnlab.devices import (
     training_compile_options,
 )
 from attnlab.errors import UserError
-from attnlab.layers import cpu_attention
+from attnlab.layers import cpu_kernels
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.checkpoints import (
     decode_tensor,
@@ -125,7 +125,7 @@ class Trainer:
         self.dtype = pick_dtype(self.device, config.precision)
         self.model = model.to(self.device)
         if self.device.type == "cpu":
-            cpu_attention.load()  # before torch.compile traces the model; see that module
+            cpu_kernels.load()  # before torch.compile traces the model; see that module
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
         options = training_compile_options(self.device)
         self.compiled = Compiled(self.model, **options) if config.compile else None

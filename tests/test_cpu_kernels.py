@@ -1,16 +1,18 @@
-"""The CPU attention kernel against torch's attention in float64, and how attention picks it."""
+"""attnlab's CPU kernels against torch in float64, and where layers take them."""
+
+import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlab.layers import MultiHeadAttention, causal_mask
-from attnlab.layers import cpu_attention as kernel
+from attnlab.layers import MultiHeadAttention, causal_mask, make_feedforward
+from attnlab.layers import cpu_kernels as kernel
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _built():
-    assert kernel.load(), "the CPU attention kernel did not build"
+    assert kernel.load(), "the CPU kernels did not build"
 
 
 def strided_qkv(batch, heads, length, width):
@@ -76,32 +78,80 @@ def test_compiles_into_one_graph_and_matches_eager():
 
 def test_taken_only_for_unmasked_training_attention_over_short_sequences():
     q, k, _ = strided_qkv(1, 2, 8, 4)
-    assert kernel.applies(q, k, None, 0.0)
-    assert not kernel.applies(q, k, causal_mask(8, 8), 0.0)
-    assert not kernel.applies(q, k, None, 0.1)
-    assert not kernel.applies(q.detach(), k, None, 0.0)
+    assert kernel.attention_applies(q, k, None, 0.0)
+    assert not kernel.attention_applies(q, k, causal_mask(8, 8), 0.0)
+    assert not kernel.attention_applies(q, k, None, 0.1)
+    assert not kernel.attention_applies(q.detach(), k, None, 0.0)
     with torch.no_grad():
-        assert not kernel.applies(q, k, None, 0.0)
+        assert not kernel.attention_applies(q, k, None, 0.0)
     long_q, long_k, _ = strided_qkv(1, 1, kernel.MAX_LENGTH + 1, 4)
-    assert not kernel.applies(long_q, long_k, None, 0.0)
+    assert not kernel.attention_applies(long_q, long_k, None, 0.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_layer_trains_alike_with_torch_kernels(dtype, monkeypatch):
+def test_attention_layer_trains_alike_with_torchs_kernels(dtype, monkeypatch):
     calls = []
     attention = kernel.attention
     monkeypatch.setattr(kernel, "attention", lambda *a: calls.append(1) or attention(*a))
     x = torch.randn(2, 16, 32)
     grads = {}
-    for backend in ("fused", "torch"):
+    for kernels in ("attnlab", "torch"):
         torch.manual_seed(1)
         layer = MultiHeadAttention(32, 4, causal=True)
-        layer.backend = backend
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with (
+            kernel.disabled() if kernels == "torch" else contextlib.nullcontext(),
+            torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32),
+        ):
             out = layer(x)
         out.float().square().mean().backward()
-        grads[backend] = [out.float()] + [p.grad for p in layer.parameters()]
-    assert len(calls) == 1  # the "fused" layer took the kernel, the "torch" one did not
+        grads[kernels] = [out.float()] + [p.grad for p in layer.parameters()]
+    assert len(calls) == 1  # taken, except where disabled
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for mine, theirs in zip(grads["fused"], grads["torch"], strict=True):
+    for mine, theirs in zip(grads["attnlab"], grads["torch"], strict=True):
         torch.testing.assert_close(mine, theirs, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(768, 512), (3, 5, 7), (1,), (33,)])
+def test_gelu_and_its_gradient_match_torch_in_float64(shape):
+    x = (torch.randn(shape) * 3).requires_grad_()
+    grad = torch.randn(shape)
+    y = kernel.gelu(x)
+    y.backward(grad)
+    x64 = x.detach().double().requires_grad_()
+    reference = F.gelu(x64)
+    reference.backward(grad.double())
+    torch.testing.assert_close(y.double(), reference.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_in_bfloat16_rounds_like_torch():
+    x = (torch.randn(4, 100) * 3).bfloat16().t().requires_grad_()  # not contiguous
+    grad = torch.randn(100, 4).bfloat16()
+    y = kernel.gelu(x)
+    y.backward(grad)
+    x32 = x.detach().float().requires_grad_()
+    reference = F.gelu(x32)
+    reference.backward(grad.float())
+    assert y.dtype == x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(y, reference.bfloat16(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x.grad, x32.grad.bfloat16(), rtol=1e-2, atol=1e-2)
+
+
+def test_the_gelu_registrations_agree_with_the_kernel():
+    x = torch.randn(6, 40, requires_grad=True)
+    torch.library.opcheck(torch.ops.attnlab.gelu.default, (x,))
+
+
+def test_feedforward_takes_the_gelu_kernel_only_in_training(monkeypatch):
+    calls = []
+    gelu = kernel.gelu
+    monkeypatch.setattr(kernel, "gelu", lambda x: calls.append(1) or gelu(x))
+    ff = make_feedforward("gelu", 8, 32)
+    x = torch.randn(2, 5, 8)
+    out = ff(x)
+    out.square().sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(ff(x), out)
+    with kernel.disabled():
+        torch.testing.assert_close(ff(x), out)
+    assert len(calls) == 1

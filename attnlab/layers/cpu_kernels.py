@@ -1,19 +1,26 @@
-"""A CPU attention kernel for short sequences (cpu_attention.cpp), built on first use.
+"""attnlab's CPU kernels for training small models (cpu_kernels.cpp), built on first use.
 
-torch's CPU flash-attention kernel pays a fixed cost per block, which dominates at the baby
-GPT's context of 64. This kernel computes each (batch, head) whole in cache and keeps the
-attention weights for the backward pass. On two Sapphire Rapids-class cores, for 12 x 4 heads of
-64 x 32, its forward takes 194 µs against torch's 224 µs and its backward 210 µs against 500 µs.
+- Attention over short sequences. torch's CPU flash-attention kernel pays a fixed cost per
+  block, which dominates at the baby GPT's context of 64; this one computes each (batch, head)
+  whole in cache and keeps the attention weights for the backward pass. For 12 x 4 heads of
+  64 x 32 on two Sapphire Rapids-class cores: forward 194 µs against torch's 224 µs, backward
+  210 µs against 500 µs.
+- Exact GELU with its slope, computed together in the forward pass, so that the backward pass
+  is one multiplication. Compiled, torch computes GELU in one kernel and its derivative (erf and
+  one more exponential) in another: 184 + 292 µs for the baby GPT's (768, 512) activations,
+  against 154 µs here, and a step 1.05-1.07x as fast.
 
-`load()` compiles it once with the C++ compiler torch.compile also uses on a CPU (the library
+`load()` compiles them once with the C++ compiler torch.compile also uses on a CPU (the library
 lands in the cache, keyed by the source, the flags and the torch version) and registers the ops
-``attnlab::attention`` and ``attnlab::attention_backward``, which autograd and torch.compile then
-treat like any other op. The Trainer loads it before compiling a model that trains on a CPU;
-until it is loaded, `applies` is False and attention goes to torch's kernels.
+``attnlab::attention``, ``attnlab::attention_backward`` and ``attnlab::gelu``, which autograd
+and torch.compile then treat like any other op. The Trainer loads them before compiling a model
+that trains on a CPU. They are taken only where gradients are wanted: for inference alone,
+torch's kernels are as fast and keep less.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -27,7 +34,7 @@ from torch.utils import cpp_extension
 from attnlab.devices import warn_compiler_failure
 from attnlab.files import cache_dir
 
-SOURCE = os.path.join(os.path.dirname(__file__), "cpu_attention.cpp")
+SOURCE = os.path.join(os.path.dirname(__file__), "cpu_kernels.cpp")
 # The kernel keeps the (T, T) weights of every head: beyond this, torch's flash kernel, which
 # keeps only a row statistic, is the better trade.
 MAX_LENGTH = 128
@@ -43,21 +50,34 @@ _VECTOR_FLAGS = {
 }
 
 _lock = threading.Lock()
-_state = {"loaded": False, "failed": False}
+_state = {"loaded": False, "failed": False, "enabled": True}
 
 
-def applies(q: torch.Tensor, k: torch.Tensor, mask, dropout_p: float) -> bool:
-    """Whether the kernel computes this attention: loaded, on a CPU, self attention over at most
-    MAX_LENGTH positions without a mask or dropout, with gradients wanted (forward alone, it is
-    no faster than torch's kernel, and it keeps the weights)."""
+def training_on_cpu(x: torch.Tensor) -> bool:
+    """Whether the kernels are loaded (and not disabled) and x is a CPU tensor that gradients
+    will flow through."""
+    usable = _state["loaded"] and _state["enabled"]
+    return usable and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
+
+
+@contextlib.contextmanager
+def disabled():
+    """Inside, layers keep to torch's kernels (the nanoGPT baseline of the benchmarks)."""
+    enabled, _state["enabled"] = _state["enabled"], False
+    try:
+        yield
+    finally:
+        _state["enabled"] = enabled
+
+
+def attention_applies(q: torch.Tensor, k: torch.Tensor, mask, dropout_p: float) -> bool:
+    """Whether the attention kernel computes this: training on a CPU, self attention over at
+    most MAX_LENGTH positions, without a mask or dropout."""
     return (
-        _state["loaded"]
-        and q.device.type == "cpu"
+        training_on_cpu(q)
         and mask is None
         and not dropout_p
         and q.size(-2) == k.size(-2) <= MAX_LENGTH
-        and torch.is_grad_enabled()
-        and q.requires_grad
     )
 
 
@@ -70,9 +90,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -
     return out.to(q.dtype)
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU, x Φ(x), of a float32 or bfloat16 tensor; its slope is kept for backward."""
+    return torch.ops.attnlab.gelu(x)[0]
+
+
 def load() -> bool:
-    """Build (once per machine) and register the kernel; False, with one warning, where building
-    fails (no C++ compiler, say): attention then stays with torch's kernels."""
+    """Build (once per machine) and register the kernels; False, with one warning, where building
+    fails (no C++ compiler, say): layers then stay with torch's kernels."""
     with _lock:
         if not (_state["loaded"] or _state["failed"]):
             try:
@@ -82,7 +107,7 @@ def load() -> bool:
             except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
                 _state["failed"] = True
                 warn_compiler_failure(
-                    error, "building the CPU attention kernel", "using torch's", stacklevel=3
+                    error, "building attnlab's CPU kernels", "using torch's", stacklevel=3
                 )
         return _state["loaded"]
 
@@ -96,7 +121,7 @@ def _build() -> str:
     with open(SOURCE, "rb") as f:
         source = f.read()
     key = hashlib.sha256(source + " ".join([torch.__version__, *flags]).encode()).hexdigest()
-    library = cache_dir() / "kernels" / f"cpu_attention-{key[:24]}.so"
+    library = cache_dir() / "kernels" / f"cpu_kernels-{key[:24]}.so"
     if library.exists():
         return str(library)
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -140,3 +165,17 @@ def _register() -> None:
         return *grads, None, None
 
     torch.library.register_autograd("attnlab::attention", backward, setup_context=setup_context)
+
+    @torch.library.register_fake("attnlab::gelu")
+    def _(x):
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        return y, x.new_empty(x.shape, dtype=torch.float)
+
+    def keep_slope(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+
+    def gelu_backward(ctx, grad, _grad_slope):
+        (slope,) = ctx.saved_tensors
+        return (grad * slope).to(grad.dtype)
+
+    torch.library.register_autograd("attnlab::gelu", gelu_backward, setup_context=keep_slope)

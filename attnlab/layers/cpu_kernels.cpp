@@ -1,14 +1,19 @@
-// Self-attention for short sequences on a CPU: softmax(Q Kᵀ · scale) V and its gradients.
+// attnlab's CPU kernels for training small models: attention over short sequences, and GELU
+// with its slope. Built on first use by cpu_kernels.py; registered as torch ops (attnlab::...).
 //
-// torch's CPU flash-attention kernel splits each head into blocks and calls a BLAS for every
-// block product; at a context of 64 those calls cost more than their arithmetic. Here one task
-// computes one (batch, head) pair whole: the scores fit in cache, every product runs in register
-// tiles of 4 rows x up to 64 columns, the attention weights P are kept for the backward pass, and
-// a causal mask skips the tiles above the diagonal. Each head is computed by one thread in a
-// fixed order, so results do not depend on the number of threads.
+// Attention: softmax(Q Kᵀ · scale) V and its gradients. torch's CPU flash-attention kernel
+// splits each head into blocks and calls a BLAS for every block product; at a context of 64
+// those calls cost more than their arithmetic. Here one task computes one (batch, head) pair
+// whole: the scores fit in cache, every product runs in register tiles of 4 rows x up to 64
+// columns, the attention weights P are kept for the backward pass, and a causal mask skips the
+// tiles above the diagonal. Each head is computed by one thread in a fixed order, so results do
+// not depend on the number of threads. Tensors are (B, H, T, D) float32 with contiguous rows (the
+// last dimension); the other strides may be anything. Outputs are contiguous; P is (B, H, T, T)
+// with zeros above the diagonal.
 //
-// Tensors are (B, H, T, D) float32 with contiguous rows (the last dimension); the other strides
-// may be anything. Outputs are contiguous; P is (B, H, T, T) with zeros above the diagonal.
+// GELU: y = x Φ(x) and its slope Φ(x) + x φ(x) in one pass, sharing one exponential, so the
+// backward pass is one multiplication (compiled, torch computes the erf again there, and one
+// more exponential).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -234,9 +239,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
   return {dq, dk, dv};
 }
 
+// Φ(x) from erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, the formula ATen's vectorized
+// erf uses): Φ(x) = 1 - q for x >= 0, q for x < 0, q = ½ t r(t) e^(-x²/2), t = 1 / (1 + p|x|/√2).
+void gelu_and_slope(const Vec& x, Vec& y, Vec& slope) {
+  const Vec one(1.f);
+  const Vec t = one / at::vec::fmadd(Vec(0.3275911f * 0.70710678f), x.abs(), one);
+  Vec r = at::vec::fmadd(Vec(1.061405429f), t, Vec(-1.453152027f));
+  r = at::vec::fmadd(r, t, Vec(1.421413741f));
+  r = at::vec::fmadd(r, t, Vec(-0.284496736f));
+  r = at::vec::fmadd(r, t, Vec(0.254829592f));
+  const Vec e = (x * x * Vec(-0.5f)).exp_u20();
+  const Vec q = Vec(0.5f) * r * t * e;
+  const Vec cdf = Vec::blendv(q, one - q, x >= Vec(0.f));
+  y = x * cdf;
+  slope = at::vec::fmadd(x, e * Vec(0.3989422804f), cdf);  // φ(x) = e^(-x²/2) / √(2π)
+}
+
+// x: float32 or bfloat16, any shape. Returns y (x's dtype) and the slope (float32), contiguous.
+std::tuple<at::Tensor, at::Tensor> gelu(const at::Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu(), "x must be a CPU tensor");
+  const auto x = input.contiguous();
+  auto y = at::empty_like(x), slope = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  float* S = slope.data_ptr<float>();
+  if (x.scalar_type() == at::kBFloat16) {
+    using Half = at::vec::Vectorized<at::BFloat16>;  // 2 x kLanes bfloat16 lanes
+    const at::BFloat16* X = x.data_ptr<at::BFloat16>();
+    at::BFloat16* Y = y.data_ptr<at::BFloat16>();
+    at::parallel_for(0, x.numel(), 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; i += Half::size()) {
+        const int64_t n = std::min<int64_t>(Half::size(), end - i);
+        auto [x0, x1] = at::vec::convert_to_float<at::BFloat16>(Half::loadu(X + i, n));
+        Vec y0, y1, s0, s1;
+        gelu_and_slope(x0, y0, s0);
+        gelu_and_slope(x1, y1, s1);
+        at::vec::convert_from_float<at::BFloat16>(y0, y1).store(Y + i, n);
+        s0.store(S + i, lanes(n));
+        s1.store(S + i + kLanes, n - lanes(n));
+      }
+    });
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kFloat, "x must be float32 or bfloat16");
+    const float* X = x.data_ptr<float>();
+    float* Y = y.data_ptr<float>();
+    at::parallel_for(0, x.numel(), 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; i += kLanes) {
+        const int64_t n = lanes(end - i);
+        Vec yv, sv;
+        gelu_and_slope(Vec::loadu(X + i, n), yv, sv);
+        yv.store(Y + i, n);
+        sv.store(S + i, n);
+      }
+    });
+  }
+  return {y, slope};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(attnlab, m) {
+  m.def("gelu(Tensor x) -> (Tensor, Tensor)");
   m.def("attention(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)");
   m.def(
       "attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor probs, bool causal, "
@@ -246,4 +307,5 @@ TORCH_LIBRARY(attnlab, m) {
 TORCH_LIBRARY_IMPL(attnlab, CPU, m) {
   m.impl("attention", &attention_forward);
   m.impl("attention_backward", &attention_backward);
+  m.impl("gelu", &gelu);
 }
