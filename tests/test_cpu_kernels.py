@@ -76,6 +76,17 @@ def test_compiles_into_one_graph_and_matches_eager():
     torch.testing.assert_close(torch.autograd.grad(compiled(q, k, v), (q, k, v)), eager)
 
 
+def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel, "_state", {"loaded": False, "failed": False, "enabled": True})
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="building attnlab's CPU kernels failed"):
+        assert not kernel.load()
+    assert not kernel.load()  # no second try, no second warning
+    q, k, _ = strided_qkv(1, 2, 8, 4)
+    assert not kernel.attention_applies(q, k, None, 0.0)
+
+
 def test_taken_only_for_unmasked_training_attention_over_short_sequences():
     q, k, _ = strided_qkv(1, 2, 8, 4)
     assert kernel.attention_applies(q, k, None, 0.0)
