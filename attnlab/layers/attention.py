@@ -84,15 +84,7 @@ def _fused(q, k, v, mask, is_causal: bool, dropout_p: float) -> torch.Tensor:
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.float()
         with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(
-                q.float(),
-                k.float(),
-                v.float(),
-                attn_mask=mask,
-                dropout_p=dropout_p,
-                is_causal=is_causal,
-            )
-        return out.to(q.dtype)
+            return _fused(q.float(), k.float(), v.float(), mask, is_causal, dropout_p).to(q.dtype)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
     )
