@@ -59,7 +59,7 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint:
         from attnlab.training.checkpoints import load_checkpoint
 
-        model, _ = load_checkpoint(args.checkpoint, device=args.device)
+        model = load_checkpoint(args.checkpoint, device=args.device).model
         return model
     toml = read_toml(args.config)
     config = build_config(GPTConfig, toml["model"], dict(vocab_size=65), source=args.config)

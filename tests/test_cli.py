@@ -82,7 +82,7 @@ def test_train_gpt_help_lists_every_field_with_its_default(capsys):
     # model flags show the preset a run starts from, and each default is said once
     assert "most positions the model reads at once (default: 64)" in text
     assert "(default: the tokenizer's)" in text
-    assert "[training] (default: none) --data" in text  # not "(default: none) (default: None)"
+    assert "[training] (default: none) --preset" in text  # not "(default: none) (default: None)"
 
 
 def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):

@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def gpt_checkpoint(tmp_path):
     model = GPT(GPTConfig(vocab_size=256, context_length=8, n_layers=1, n_heads=1, d_model=8))
-    save_checkpoint(tmp_path / "gpt", model, ByteTokenizer())
+    save_checkpoint(tmp_path / "gpt", model, {"tokenizer": ByteTokenizer()})
     return tmp_path / "gpt"
 
 
@@ -80,7 +80,7 @@ def test_train_writes_a_translation_checkpoint(trained):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "run.json", "loss.png"):
         assert (trained / name).is_file()
     config = json.loads((trained / "config.json").read_text())
-    assert config["kind"] == "encoder_decoder" and config["config"]["d_model"] == 16
+    assert config["kind"] == "translation" and config["config"]["d_model"] == 16
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and "val_loss" in records[5]
 
@@ -191,7 +191,7 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
         (["evaluate", str(trained), "--src", empty, "--ref", short], "is empty"),
         (["evaluate", str(trained), "--src", src], "needs both --src and --ref"),
         (["evaluate", str(gpt_checkpoint), "--src", src, "--ref", src], "holds a 'gpt' model"),
-        (["evaluate", str(trained), "--data", src], "is a translation model"),
+        (["evaluate", str(trained), "--data", src], "holds a 'translation' model"),
         (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
         (["translate", str(tmp_path / "nothing"), "one"], "no checkpoint"),

@@ -6,13 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attnlab.kernels import cpu as kernel
 from attnlab.layers import MultiHeadAttention, causal_mask, make_feedforward
-from attnlab.layers import cpu_kernels as kernel
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _built():
+def _enabled():
     assert kernel.load(), "the CPU kernels did not build"
+    with kernel.enabled():
+        yield
+
+
+def test_loading_switches_nothing_on_outside_enabled():
+    q, k, _ = strided_qkv(1, 2, 8, 4)
+    with kernel.enabled(False):
+        assert kernel.load()  # loaded, and still off here
+        assert not kernel.attention_applies(q, k, None, 0.0)
+    assert kernel.attention_applies(q, k, None, 0.0)
 
 
 def strided_qkv(batch, heads, length, width):
@@ -110,7 +120,7 @@ def test_attention_layer_trains_alike_with_torchs_kernels(dtype, monkeypatch):
         torch.manual_seed(1)
         layer = MultiHeadAttention(32, 4, causal=True)
         with (
-            kernel.disabled() if kernels == "torch" else contextlib.nullcontext(),
+            kernel.enabled(False) if kernels == "torch" else contextlib.nullcontext(),
             torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32),
         ):
             out = layer(x)
@@ -163,6 +173,6 @@ def test_feedforward_takes_the_gelu_kernel_only_in_training(monkeypatch):
     out.square().sum().backward()
     with torch.no_grad():
         torch.testing.assert_close(ff(x), out)
-    with kernel.disabled():
+    with kernel.enabled(False):
         torch.testing.assert_close(ff(x), out)
     assert len(calls) == 1

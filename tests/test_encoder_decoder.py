@@ -214,9 +214,9 @@ def test_checkpoint_round_trip(tmp_path):
     from attnlab.tokenizers import ByteTokenizer
 
     model = EncoderDecoder(small(vocab_size=259, pad_id=256, bos_id=257, eos_id=258)).eval()
-    save_checkpoint(tmp_path, model, ByteTokenizer())
-    loaded, _ = load_checkpoint(tmp_path)
-    assert describe(loaded)["kind"] == "encoder_decoder"
+    save_checkpoint(tmp_path, model, {"tokenizer": ByteTokenizer()})
+    loaded = load_checkpoint(tmp_path).model
+    assert describe(loaded)["kind"] == "translation"
     assert isinstance(build_model("encoder_decoder", describe(model)["config"]), EncoderDecoder)
     src = torch.randint(0, 256, (2, 5))
     assert torch.equal(model(src, src)[0], loaded(src, src)[0])

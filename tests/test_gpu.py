@@ -97,11 +97,11 @@ def test_compiled_training_follows_eager_on_cuda(tmp_path):
 def test_a_checkpoint_trained_on_cuda_loads_on_the_cpu(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=4, eval_interval=4, device="cuda")
     trainer.fit()
-    model, _ = load_checkpoint(tmp_path, device="cpu")
+    model = load_checkpoint(tmp_path, device="cpu").model
     idx = torch.randint(0, TOKENIZER.vocab_size, (2, 16))
     on_cpu, _ = model(idx)
     on_cuda, _ = trainer.model.eval()(idx.to(CUDA))
     assert (on_cpu - on_cuda.cpu()).abs().max() < 1e-4
-    save_checkpoint(tmp_path / "again", model, TOKENIZER)
-    again, _ = load_checkpoint(tmp_path / "again", device="cuda")
+    save_checkpoint(tmp_path / "again", model, {"tokenizer": TOKENIZER})
+    again = load_checkpoint(tmp_path / "again", device="cuda").model
     assert (again(idx.to(CUDA))[0] - on_cuda).abs().max() < 1e-6

@@ -36,7 +36,9 @@ def make_trainer(out_dir, max_iters=8, eval_interval=4, model=MODEL, **train_fie
     model = GPT(model)
     splits = TextSplits.from_tokens(np.array(TOKENIZER.encode(TEXT), dtype=np.uint16))
     train, evaluation = language_model_data(splits, 4, 16, config.seed, 2)
-    return Trainer(model, config, train, evaluation, tokenizer=TOKENIZER, out_dir=out_dir)
+    return Trainer(
+        model, config, train, evaluation, artifacts={"tokenizer": TOKENIZER}, out_dir=out_dir
+    )
 
 
 def losses(out_dir):
@@ -192,8 +194,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert resumed.step == 4
     resumed.fit()
     assert losses(rest) == losses(whole)
-    a, _ = load_checkpoint(whole)
-    b, _ = load_checkpoint(rest)
+    a, b = load_checkpoint(whole).model, load_checkpoint(rest).model
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
 
@@ -210,15 +211,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer.on_record = poison
     with pytest.raises(TrainingDiverged, match="step 4.*step 2"):
         trainer.fit()
-    model, _ = load_checkpoint(tmp_path)
+    model = load_checkpoint(tmp_path).model
     assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_checkpoint_round_trip(tmp_path):
     model = GPT(MODEL)
-    save_checkpoint(tmp_path, model, TOKENIZER)
-    loaded, tokenizer = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER})
+    checkpoint = load_checkpoint(tmp_path)
+    loaded, tokenizer = checkpoint.model, checkpoint.tokenizer
     assert loaded.config == model.config and tokenizer.to_dict() == TOKENIZER.to_dict()
     assert loaded.output_head.weight is loaded.token_embedding.weight  # still tied
     for x, y in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
@@ -229,11 +231,11 @@ def test_checkpoint_round_trip(tmp_path):
 def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, GPT(MODEL), TOKENIZER)
+    save_checkpoint(tmp_path, GPT(MODEL), {"tokenizer": TOKENIZER})
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="corrupt"):
         load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, GPT(MODEL), TOKENIZER)
+    save_checkpoint(tmp_path, GPT(MODEL), {"tokenizer": TOKENIZER})
     (tmp_path / "config.json").write_text('{"kind": "gpt", "config": {"n_layers": 3}}')
     with pytest.raises(UserError, match="do not fit"):
         load_checkpoint(tmp_path)

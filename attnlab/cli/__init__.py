@@ -1,8 +1,9 @@
 """`attnlab <command>`: the command-line interface.
 
 Each command lives in its own module with ``register(subparsers)``, which adds its parser and sets
-``handler``. Libraries raise; this is the one place that prints errors: a UserError becomes one
-line on stderr and exit code 2, Ctrl-C exit code 130.
+``handler``. Only the module of the command given is imported, so `attnlab --help` answers
+without loading torch. Libraries raise; this is the one place that prints errors: a UserError
+becomes one line on stderr and exit code 2, Ctrl-C exit code 130.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import sys
 
 from attnlab.errors import UserError
 
-COMMANDS = ("train", "sample", "evaluate", "tokenize", "translate")
+# command -> (module in attnlab.cli, one line for `attnlab --help`)
+COMMANDS = {
+    "train": ("train", "train a model of any registered kind (attnlab train --help lists them)"),
+    "sample": ("sample", "generate text from a trained checkpoint"),
+    "evaluate": ("evaluate", "score a checkpoint on data"),
+    "translate": ("translate", "translate text with an encoder-decoder checkpoint"),
+    "tokenize": ("tokenize", "train, apply and look at tokenizers"),
+    "data": ("data", "list and download the datasets the configs use"),
+}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -27,20 +36,26 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the full options of `command` only (None: every command's)."""
     parser = argparse.ArgumentParser(
         prog="attnlab",
         description="Build, train, sample, evaluate and look inside your own transformers.",
         formatter_class=HelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"attnlab.cli.{name}").register(subparsers)
+    for name, (module, summary) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(f"attnlab.cli.{module}").register(subparsers)
+        else:  # named in the list, its module left unimported
+            subparsers.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0

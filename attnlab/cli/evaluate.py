@@ -8,14 +8,14 @@ import json
 
 import numpy as np
 
+from attnlab.cli.checkpoint import load_for
 from attnlab.cli.options import resolve_data_path
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.data.text import TextSplits, corpus_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
-from attnlab.models.registry import model_kind
-from attnlab.training.checkpoints import load_checkpoint
+from attnlab.models.registry import GENERATE
 
 SPLITS = ("val", "train", "all")
 
@@ -61,9 +61,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError("give --data (a language model) or --src and --ref (a translation model)")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    model, tokenizer = load_checkpoint(args.checkpoint, pick_device(args.device))
-    if model_kind(model) == "encoder_decoder":
-        raise UserError(f"{args.checkpoint} is a translation model: evaluate it with --src, --ref")
+    checkpoint = load_for("evaluate --data", GENERATE, args.checkpoint, pick_device(args.device))
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
     tokens = np.asarray(tokenizer.encode(corpus_text(resolve_data_path(args.data))))
     splits = TextSplits.from_tokens(tokens)
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]

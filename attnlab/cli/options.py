@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import os
 import re
 import tomllib
 import typing
@@ -74,6 +73,8 @@ def preset_defaults(preset: Any) -> dict[str, Any]:
 
 
 def _parser_for(hint: Any):
+    if hint is Any:  # a table of options (GPTConfig.mixer_options)
+        return _table
     options = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
     base = options[0]
 
@@ -91,6 +92,24 @@ def _parser_for(hint: Any):
 
     parse.__name__ = base.__name__  # argparse names the type in its error message
     return parse
+
+
+def _table(text: str) -> dict[str, Any]:
+    """KEY=VALUE,KEY=VALUE as a dict, each value read as TOML (2, 0.5, true, "text"); a value
+    that is not TOML is taken as a string."""
+    table = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        try:
+            table[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            table[key.strip()] = value.strip()
+    return table
+
+
+_table.__name__ = "table"
 
 
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -118,31 +137,31 @@ def build_config(cls: type, *layers: dict[str, Any], source: str) -> Any:
     return config_from_dict(cls, merged, source=source)
 
 
-def check_sections(toml: dict[str, Any], allowed: dict[str, Any], path: str) -> None:
-    """Reject unknown top-level keys or sections in a TOML config."""
-    unknown = sorted(set(toml) - set(allowed))
-    if unknown:
-        raise UserError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
-        )
-    for key, kind in allowed.items():
-        if key in toml and not isinstance(toml[key], kind):
-            raise UserError(
-                f"{path}: '{key}' must be a {'table' if kind is dict else kind.__name__}"
-            )
-
-
 def data_root() -> Path:
-    """Where shared datasets live: $ATTNLAB_DATA, else shared/data beside the source checkout."""
-    if "ATTNLAB_DATA" in os.environ:
-        return Path(os.environ["ATTNLAB_DATA"])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    """Where datasets live: $ATTNLAB_DATA, else ~/.cache/attnlab/data (the catalog decides)."""
+    from attnlab.data import catalog
+
+    return catalog.data_root()
 
 
 def resolve_data_path(spec: str) -> str:
-    """A data spec as given, or relative to data_root() when it names a file found there."""
-    if spec == "stdlib" or Path(spec.split(":")[0]).exists():
+    """A data spec as given when it exists on disk (or is 'stdlib'); else the catalog's path
+    for it inside data_root(), downloading a named dataset first ("tinyshakespeare/input.txt",
+    "multi30k"), with one note on stderr since a download takes a while."""
+    import sys
+
+    from attnlab.cli.data import human_size
+    from attnlab.data import catalog
+
+    if spec == "stdlib" or Path(spec).exists() or Path(spec.partition(":")[0]).exists():
         return spec
-    if (data_root() / spec.split(":")[0]).exists():
-        return str(data_root() / spec)
-    return spec
+
+    def announce(dataset: catalog.Dataset, folder: Path) -> None:
+        print(
+            f"attnlab: {spec} is not here: getting dataset '{dataset.name}' "
+            f"({human_size(dataset.size)}) into {folder}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return catalog.locate(spec, on_fetch=announce)

@@ -9,9 +9,9 @@ from typing import Any
 
 
 class progress_printer:  # noqa: N801 - used like a function
-    """A tqdm bar on stderr: step, loss, last val loss, tokens/s, ETA."""
+    """A tqdm bar on stderr: step, loss, last val loss, throughput (tokens/s, images/s), ETA."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, unit: str = "token"):
         from tqdm import tqdm
 
         self.bar = tqdm(
@@ -23,6 +23,7 @@ class progress_printer:  # noqa: N801 - used like a function
             smoothing=0.05,
         )
         self.val_loss: float | None = None
+        self.unit = unit
 
     def start_at(self, step: int) -> None:
         self.bar.n = self.bar.last_print_n = step
@@ -30,7 +31,8 @@ class progress_printer:  # noqa: N801 - used like a function
 
     def update(self, record: dict[str, Any]) -> None:
         self.val_loss = record.get("val_loss", self.val_loss)
-        postfix = {"loss": f"{record['train_loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
+        rate = record[f"{self.unit}s_per_s"]
+        postfix = {"loss": f"{record['train_loss']:.4f}", f"{self.unit}s/s": f"{rate:,.0f}"}
         if self.val_loss is not None:
             postfix["val"] = f"{self.val_loss:.4f}"
         self.bar.set_postfix(postfix, refresh=False)

@@ -40,7 +40,7 @@ def fit_and_report(
     and model. next_step: what to do with the result. time_limit: minutes of training steps
     after which the run stops and saves, as Ctrl-C does.
     """
-    progress = progress_printer(trainer.config.max_iters)
+    progress = progress_printer(trainer.config.max_iters, trainer.unit)
     limit_s = time_limit * 60 if time_limit else None
 
     def on_record(record):
@@ -70,7 +70,8 @@ def fit_and_report(
     val = result.last_eval.get("val_loss")
     reason = f" (time limit of {time_limit:g} min)" if timed_out else ""
     note(f"done: step {result.step}{reason}" + (f", val loss {val:.4f}" if val is not None else ""))
-    note(f"checkpoint: {out}/model.safetensors (+ config.json, tokenizer.json)")
+    extras = "".join(f", {name}.json" for name in trainer.artifacts)
+    note(f"checkpoint: {out}/model.safetensors (+ config.json{extras})")
     note(f"metrics:    {out}/{METRICS_FILE}" + (f"\nloss plot:  {plot}" if plot else ""))
     note(next_step)
     return 0

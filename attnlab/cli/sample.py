@@ -7,10 +7,11 @@ import sys
 import time
 
 from attnlab.cli import HelpFormatter
+from attnlab.cli.checkpoint import load_for
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.generation import make_generator, stream_text
-from attnlab.training.checkpoints import load_checkpoint
+from attnlab.models.registry import GENERATE
 
 SEPARATOR = "---------------"
 
@@ -87,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_counts(args)
     device = pick_device(args.device)
-    model, tokenizer = load_checkpoint(args.checkpoint, device=device)
+    checkpoint = load_for("sample", GENERATE, args.checkpoint, device)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
     generator = make_generator(model, args.seed)  # one stream of randomness for all samples
     options = dict(
         temperature=args.temperature,

@@ -1,152 +1,186 @@
-"""`attnlab train gpt`: train a GPT on a text corpus (the embedded default: Python's stdlib)."""
+"""`attnlab train KIND`: one command for every registered model kind (models/registry.py).
+
+Settings come, lowest priority first, from the kind's preset (--preset), a TOML file (--config:
+top-level out, preset and the kind's data settings; [model] and [training] tables), then flags,
+one per field of the data settings, the model config and TrainConfig. A run directory keeps
+run.json (kind, preset, data settings), so --resume needs no repeated flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 from pathlib import Path
+from typing import Any
 
 from attnlab.cli.options import (
     add_config_flags,
     build_config,
-    check_sections,
     flag_values,
     preset_defaults,
     read_toml,
-    resolve_data_path,
 )
 from attnlab.cli.runs import fit_and_report, note, refuse_existing_checkpoint
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.data.corpus import read_corpus
-from attnlab.data.text import (
-    DOCUMENT_SEPARATOR,
-    TextSplits,
-    language_model_data,
-    tokenize_cached,
-    tokenizer_cached,
-)
+from attnlab.devices import seed_everything
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
-from attnlab.models.gpt import GPT, PRESETS, GPTConfig
-from attnlab.tokenizers import load_tokenizer
-from attnlab.training.checkpoints import load_weights
+from attnlab.models import KINDS
+from attnlab.models.registry import GENERATE, TRANSLATE, ModelKind, get_kind
+from attnlab.training.checkpoints import load_artifacts
+from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig, Trainer
 
-RUN_FILE = "run.json"  # data and tokenizer specs, so --resume needs no repeated flags
-TOML_SECTIONS = {"data": str, "tokenizer": str, "out": str, "model": dict, "training": dict}
+RUN_FILE = "run.json"
+TABLES = {"model": dict, "training": dict}
+NEXT_STEPS = {
+    GENERATE: "sample it:  attnlab sample {out}",
+    TRANSLATE: 'translate:  attnlab translate {out} "..."',
+}
 
 
 def register(subparsers) -> None:
     from attnlab.cli import HelpFormatter
 
-    train = subparsers.add_parser("train", help="train a model", formatter_class=HelpFormatter)
-    models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
-    gpt = models.add_parser(
-        "gpt",
+    train = subparsers.add_parser(
+        "train",
+        help="train a model of any registered kind",
+        description="Train a model. `attnlab train KIND --help` lists a kind's settings.",
         formatter_class=HelpFormatter,
-        help="a decoder-only language model on a text corpus",
-        description="Train a GPT. Settings come from the defaults (the 'tiny' preset), then "
-        "--config, then flags.\nexample: attnlab train gpt --data input.txt --max-iters 500",
     )
-    gpt.add_argument(
+    kinds = train.add_subparsers(dest="kind", metavar="KIND", required=True, title="model kinds")
+    for kind in KINDS.values():
+        _add_kind(kinds, kind)
+
+
+def _add_kind(kinds, kind: ModelKind) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = kinds.add_parser(
+        kind.name,
+        help=kind.description,
+        formatter_class=HelpFormatter,
+        description=f"Train {kind.description}. Settings come from the preset, then "
+        "--config, then flags.",
+    )
+    parser.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML file with data, tokenizer, out, [model] and [training] (default: none)",
+        help="TOML file: out, preset, data settings; [model] and [training] (default: none)",
     )
-    gpt.add_argument(
-        "--data",
-        metavar="PATH",
-        help="text file, directory, DIR:GLOB or 'stdlib' "
-        "(default: stdlib, the Python standard library's sources)",
+    parser.add_argument(
+        "--preset",
+        choices=sorted(kind.presets),
+        help=f"model shape to start from (default: {kind.default_preset})",
     )
-    gpt.add_argument("--tokenizer", metavar="KIND", help="char, byte or bpe:N (default: char)")
-    gpt.add_argument("--out", metavar="DIR", help="run directory (default: runs/gpt)")
-    gpt.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_config_flags(gpt, GPTConfig, "model (GPTConfig)", preset_defaults(PRESETS["tiny"]))
-    add_config_flags(gpt, TrainConfig, "training (TrainConfig)")
-    gpt.set_defaults(handler=train_gpt)
-    from attnlab.cli.train_translation import register as register_translation
+    parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{kind.name})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="stop (and save) once training steps have taken this long (default: none)",
+    )
+    add_config_flags(parser, kind.data_config, f"data ({kind.data_config.__name__})")
+    defaults = preset_defaults(kind.presets[kind.default_preset])
+    add_config_flags(parser, kind.config, f"model ({kind.config.__name__})", defaults)
+    add_config_flags(parser, TrainConfig, "training (TrainConfig)")
+    parser.set_defaults(handler=functools.partial(train, kind.name))
 
-    register_translation(models)
 
-
-def train_gpt(args: argparse.Namespace) -> int:
+def train(kind_name: str, args: argparse.Namespace) -> int:
+    kind = get_kind(kind_name)
     toml = read_toml(args.config)
-    check_sections(toml, TOML_SECTIONS, args.config or "config")
-    out = Path(args.out or toml.get("out", "runs/gpt"))
+    source = args.config or "flags"
+    data_keys = _check_toml(toml, kind, source)
+    out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     if args.resume:
-        run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
-        data, tokenizer_spec = args.data or run["data"], run["tokenizer"]
+        run, (model_base, given), train_config = _resumed(kind, args, out)
     else:
         refuse_existing_checkpoint(out)
-        data = args.data or toml.get("data", "stdlib")
-        tokenizer_spec = args.tokenizer or toml.get("tokenizer", "char")
-    data = resolve_data_path(data)
-
-    note(f"reading {data} ...")
-    texts = read_corpus(data)
-    tokenizer = (
-        load_tokenizer(out / "tokenizer.json")
-        if args.resume
-        else tokenizer_cached(tokenizer_spec, texts)
+        run, (model_base, given), train_config = _chosen(kind, args, toml, data_keys, source)
+    settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
+    artifacts = load_artifacts(out) if args.resume else None
+    data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, note))
+    clashes = [k for k, v in data.model_fields.items() if k in given and given[k] != v]
+    if clashes:
+        raise UserError(f"{', '.join(clashes)} come(s) from the data; leave them unset")
+    model_config = config_from_dict(
+        kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
-    tokens = tokenize_cached(DOCUMENT_SEPARATOR.join(texts), tokenizer)
-    model_config, train_config = _configs(args, toml, out, tokenizer.vocab_size)
-    splits = TextSplits.from_tokens(tokens)
-    train_data, eval_data = language_model_data(
-        splits,
-        train_config.batch_size,
-        model_config.context_length,
-        train_config.seed,
-        train_config.eval_iters,
-    )
-
-    model = GPT(model_config)
-    if args.resume:
-        load_weights(model, out / "model.safetensors")
+    seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
+    model = kind.model(model_config)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_FILE, {"data": data, "tokenizer": tokenizer_spec})
-    trainer = Trainer(model, train_config, train_data, eval_data, tokenizer=tokenizer, out_dir=out)
-    summary = (
-        f"{len(tokens):,} tokens ({len(splits.train):,} train, {len(splits.val):,} val), "
-        f"vocab {tokenizer.vocab_size}; model {model.num_parameters() / 1e6:.2f}M parameters"
+    atomic_write_json(out / RUN_FILE, run)
+    trainer = Trainer(
+        model, train_config, data.train, data.eval, artifacts=data.artifacts, out_dir=out
     )
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    steps = [NEXT_STEPS[c].format(out=out) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
     return fit_and_report(
         trainer,
         out,
-        command="train gpt",
+        command=f"train {kind.name}",
         resume=args.resume,
-        summary=summary,
-        next_step=f"sample it:  attnlab sample {out}",
+        summary=f"{data.summary}; model {params:.2f}M parameters",
+        next_step="\n".join(steps) or f"the checkpoint is in {out}",
+        time_limit=args.time_limit,
     )
 
 
-def _configs(args, toml, out: Path, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:
-    model_flags, train_flags = flag_values(args, GPTConfig), flag_values(args, TrainConfig)
-    if args.resume:
-        if model_flags:
-            raise UserError(f"cannot change the model ({', '.join(model_flags)}) when resuming")
-        saved = read_json(out / "config.json", "checkpoint config")["config"]
-        state = read_json(out / "trainer_state.json", "trainer state")
-        model = config_from_dict(GPTConfig, saved, source=str(out / "config.json"))
-        train = build_config(TrainConfig, state["train_config"], train_flags, source="--resume")
-        return model, train
-    base = {**config_to_dict(PRESETS["tiny"]), "vocab_size": vocab_size}
-    model = build_config(
-        GPTConfig,
-        base,
-        toml.get("model", {}),
-        model_flags,
-        source=f"{args.config or 'flags'} [model]",
-    )
-    if model.vocab_size != vocab_size:
+def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
+    """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
+    data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
+    allowed = {"out", "preset", *data_fields, *TABLES}
+    unknown = sorted(set(toml) - allowed)
+    if unknown:
         raise UserError(
-            f"vocab_size={model.vocab_size} does not match the tokenizer's "
-            f"{vocab_size}; leave vocab_size unset"
+            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
         )
-    train = build_config(
-        TrainConfig,
-        toml.get("training", {}),
-        train_flags,
-        source=f"{args.config or 'flags'} [training]",
+    for key in ("out", "preset"):
+        if key in toml and not isinstance(toml[key], str):
+            raise UserError(f"{path}: '{key}' must be a string")
+    for key in TABLES:
+        if key in toml and not isinstance(toml[key], dict):
+            raise UserError(f"{path}: '{key}' must be a table ([{key}])")
+    return data_fields & set(toml)
+
+
+def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
+    """A new run's settings: preset, data settings and configs from the file and the flags."""
+    preset = args.preset or toml.get("preset") or kind.default_preset
+    if preset not in kind.presets:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(kind.presets)}")
+    data = build_config(
+        kind.data_config,
+        {k: toml[k] for k in data_keys},
+        flag_values(args, kind.data_config),
+        source=f"{source} data settings",
     )
-    return model, train
+    run = {"kind": kind.name, "preset": preset, "data": config_to_dict(data)}
+    given = {**toml.get("model", {}), **flag_values(args, kind.config)}
+    model = ({**config_to_dict(kind.presets[preset]), **given}, given)
+    train = build_config(
+        TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
+    )
+    return run, model, train
+
+
+def _resumed(kind: ModelKind, args, out: Path):
+    """A resumed run's settings, from its directory; only training settings may change."""
+    run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
+    if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
+        raise UserError(f"{out / RUN_FILE} is not a run description")
+    if get_kind(run.get("kind", kind.name)) is not kind:
+        raise UserError(f"{out} holds a {run['kind']!r} run: resume it with that kind")
+    changed = [*flag_values(args, kind.data_config), *flag_values(args, kind.config)]
+    if changed or args.preset:
+        raise UserError(
+            f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when resuming"
+        )
+    saved = read_json(out / "config.json", "checkpoint config")["config"]
+    state = read_json(out / "trainer_state.json", "trainer state")
+    flags = flag_values(args, TrainConfig)
+    train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
+    return run, (saved, saved), train

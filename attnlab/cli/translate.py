@@ -10,10 +10,10 @@ import argparse
 import json
 import sys
 
+from attnlab.cli.options import resolve_data_path
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
-from attnlab.models.encoder_decoder import EncoderDecoder
-from attnlab.models.registry import model_kind
+from attnlab.models.registry import TRANSLATE
 
 DESCRIPTION = """\
 Translate text with an encoder-decoder checkpoint (from `attnlab train translation`).
@@ -76,17 +76,12 @@ def decoding_options(args: argparse.Namespace) -> dict:
     }
 
 
-def load_translation_model(path: str, device: str):
-    """Model and tokenizer of an encoder-decoder checkpoint; another kind is a UserError."""
-    from attnlab.training.checkpoints import load_checkpoint
+def load_translation_model(path: str, device: str, command: str = "translate"):
+    """Model and tokenizer of a checkpoint that translates; another kind is a UserError."""
+    from attnlab.cli.checkpoint import load_for
 
-    model, tokenizer = load_checkpoint(path, pick_device(device))
-    if not isinstance(model, EncoderDecoder):
-        raise UserError(
-            f"{path} holds a {model_kind(model)!r} model; translation needs an "
-            "'encoder_decoder' checkpoint (from `attnlab train translation`)"
-        )
-    return model, tokenizer
+    checkpoint = load_for(command, TRANSLATE, path, pick_device(device))
+    return checkpoint.model, checkpoint.tokenizer
 
 
 def translate_command(args: argparse.Namespace) -> int:
@@ -110,13 +105,14 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
     if not (args.src and args.ref):
         raise UserError("translation evaluation needs both --src and --ref")
     options = decoding_options(args)
-    sources, references = read_lines(args.src), read_lines(args.ref)
+    src, ref = resolve_data_path(args.src), resolve_data_path(args.ref)
+    sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise UserError(
-            f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}: "
+            f"{src} has {len(sources)} lines but {ref} has {len(references)}: "
             "line i of one must translate line i of the other"
         )
-    model, tokenizer = load_translation_model(args.checkpoint, args.device)
+    model, tokenizer = load_translation_model(args.checkpoint, args.device, "evaluate --src")
     scores, hypotheses = evaluate_translation(model, tokenizer, sources, references, **options)
     if args.hypotheses:
         atomic_write_bytes(args.hypotheses, "".join(h + "\n" for h in hypotheses).encode())

@@ -22,6 +22,7 @@ from attnlab.data.corpus import read_corpus
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes, cache_dir
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from attnlab.training.sources import DataRequest, TrainingData
 
 DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
 
@@ -88,6 +89,8 @@ class RandomWindows:
     run draws exactly the batches the uninterrupted run would have drawn.
     """
 
+    unit = "token"
+
     def __init__(self, tokens: np.ndarray, batch_size: int, length: int, seed: int):
         if len(tokens) <= length:
             raise UserError(f"{len(tokens)} tokens cannot fill a window of {length + 1}")
@@ -132,3 +135,36 @@ def language_model_data(
         return [windows.next() for _ in range(eval_iters)]
 
     return train, {"val": validation_batches}
+
+
+@dataclass(frozen=True)
+class TextDataConfig:
+    data: str = "stdlib"  # text file, directory, DIR:GLOB, a dataset (tinyshakespeare), or stdlib
+    tokenizer: str = "char"  # char, byte or bpe:N (N = vocabulary size, learned on the data)
+
+
+def text_training_data(request: DataRequest) -> TrainingData:
+    """A GPT's data: the corpus tokenized (the tokenizer learned on it, or the checkpoint's when
+    resuming), split 90/10, served as random windows of the model's context."""
+    from attnlab.cli.options import resolve_data_path
+
+    settings, train = request.settings, request.train
+    spec = resolve_data_path(settings.data)
+    request.log(f"reading {spec} ...")
+    texts = read_corpus(spec)
+    tokenizer = (request.artifacts or {}).get("tokenizer") or tokenizer_cached(
+        settings.tokenizer, texts
+    )
+    tokens = tokenize_cached(DOCUMENT_SEPARATOR.join(texts), tokenizer)
+    splits = TextSplits.from_tokens(tokens)
+    batches, evaluation = language_model_data(
+        splits, train.batch_size, request.model["context_length"], train.seed, train.eval_iters
+    )
+    return TrainingData(
+        batches,
+        evaluation,
+        model_fields={"vocab_size": tokenizer.vocab_size},
+        artifacts={"tokenizer": tokenizer},
+        summary=f"{len(tokens):,} tokens ({len(splits.train):,} train, {len(splits.val):,} val), "
+        f"vocab {tokenizer.vocab_size}",
+    )

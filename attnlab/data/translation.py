@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,21 @@ from attnlab.errors import UserError
 from attnlab.files import cache_dir
 from attnlab.tokenizers import load_tokenizer
 from attnlab.tokenizers.bpe import BPETokenizer
+from attnlab.training.sources import DataRequest, TrainingData
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
 EMBEDDED_LANGUAGES = ("words", "digits")
+EMBEDDED_VAL_PAIRS = 500
 Pair = tuple[str, str]
 Example = tuple[list[int], list[int]]  # source ids (ending in </s>), target ids (no specials)
 
 
 @dataclass(frozen=True)
 class TranslationDataConfig:
+    data: str | None = None  # dir or dataset (multi30k) of train/val.SRC/.TGT; unset = embedded task
+    src: str | None = None  # source file suffix, e.g. de (embedded task: words)
+    tgt: str | None = None  # target file suffix, e.g. en (embedded task: digits)
     bpe_vocab_size: int = 8000  # joint source/target BPE vocabulary, special tokens included
     max_sentence_tokens: int = 128  # pairs with a longer side (</s> included) are dropped
     max_batch_tokens: int = 4096  # batch budget: sentences x longest side, padding included
@@ -53,6 +59,12 @@ class TranslationDataConfig:
             max_batch_tokens=self.max_batch_tokens,
             embedded_pairs=self.embedded_pairs,
         )
+        if self.data and not (self.src and self.tgt):
+            raise UserError("--data needs --src and --tgt (the file suffixes, e.g. de and en)")
+
+    @property
+    def languages(self) -> tuple[str, str]:
+        return self.src or EMBEDDED_LANGUAGES[0], self.tgt or EMBEDDED_LANGUAGES[1]
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -261,6 +273,8 @@ class TokenBatches:
     the position within it make the state, so a resumed run draws exactly the same batches.
     """
 
+    unit = "token"
+
     def __init__(
         self, examples: list[Example], max_tokens: int, special: dict[str, int], seed: int
     ):
@@ -323,3 +337,49 @@ def fixed_batches(
     batches = bucket(order, np.maximum(src_lengths, tgt_lengths), max_tokens)
     random.Random(seed).shuffle(batches)
     return [collate([examples[i] for i in b], **special) for b in batches[:limit]]
+
+
+# ----------------------------------------------------------------------------- the kind's data
+def translation_training_data(request: DataRequest) -> TrainingData:
+    """An encoder-decoder's data: sentence pairs (files, or the embedded task), a joint BPE
+    learned on the training pairs (or the checkpoint's when resuming), batches by token budget."""
+    from attnlab.cli.options import resolve_data_path
+
+    options, train, log = request.settings, request.train, request.log
+    src, tgt = options.languages
+    if options.data is None:
+        pairs = embedded_pairs(options.embedded_pairs + EMBEDDED_VAL_PAIRS, train.seed, src, tgt)
+        train_pairs, val_pairs = pairs[EMBEDDED_VAL_PAIRS:], pairs[:EMBEDDED_VAL_PAIRS]
+    else:
+        directory = resolve_data_path(options.data)
+        log(f"reading {directory} ({src} -> {tgt}) ...")
+        train_pairs = load_split(directory, "train", src, tgt)
+        val_pairs = load_split(directory, "val", src, tgt)
+    tokenizer = (request.artifacts or {}).get("tokenizer")
+    if tokenizer is None:
+        log(f"learning a joint BPE vocabulary of {options.bpe_vocab_size} ...")
+        tokenizer = train_joint_tokenizer(train_pairs, options.bpe_vocab_size, os.cpu_count() or 1)
+    special, limit = special_ids(tokenizer), options.max_sentence_tokens
+    if request.model["max_length"] < limit:
+        raise UserError(
+            f"max_length={request.model['max_length']} is shorter than max_sentence_tokens="
+            f"{limit}: raise one or lower the other"
+        )
+    examples = {}
+    for name, split in (("train", train_pairs), ("val", val_pairs)):
+        examples[name], report = encode_pairs(split, tokenizer, limit)
+        log(
+            f"{name}: {report.kept:,} of {report.total:,} pairs kept ({report.too_long:,} longer "
+            f"than {limit} tokens, {report.empty:,} with an empty side)"
+        )
+    batches = TokenBatches(examples["train"], options.max_batch_tokens, special, train.seed)
+    val = fixed_batches(
+        examples["val"], options.max_batch_tokens, special, train.eval_iters, train.seed
+    )
+    return TrainingData(
+        batches,
+        {"val": lambda: val},
+        model_fields={"vocab_size": tokenizer.vocab_size, **special},
+        artifacts={"tokenizer": tokenizer},
+        summary=f"{src} -> {tgt}, vocab {tokenizer.vocab_size}; {len(batches)} batches per epoch",
+    )

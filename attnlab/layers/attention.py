@@ -1,4 +1,4 @@
-"""Attention: the one entry point, masks, the KV cache, and multi-head attention.
+"""Attention: the one entry point, masks, and multi-head attention (the "attention" mixer).
 
 Dimensions: B batch, Tq query positions, Tk key positions, D model width, H query heads,
 Hkv key/value heads (Hkv divides H: Hkv == H is multi-head, 1 < Hkv < H grouped-query,
@@ -9,14 +9,19 @@ Boolean masks follow torch's convention everywhere in attnlab: True means "may a
 
 from __future__ import annotations
 
-import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.layers import cpu_kernels
+from attnlab.config import check_choice, check_divides
+from attnlab.kernels import cpu as cpu_kernels
+from attnlab.layers.caches import KVCache, StaticKVCache
+from attnlab.layers.contracts import writes_residual
+from attnlab.layers.hooks import HookPoint
+from attnlab.layers.mixers import MixerContext, register_mixer
 from attnlab.layers.positional import RelativePosition
 
 
@@ -115,165 +120,6 @@ def _additive(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
-class KVCache:
-    """The keys and values one attention layer has seen, for incremental decoding.
-
-    Keys and values sit in order in (B, Hkv, capacity, Dh) buffers allocated at the first
-    append; decoding a token copies one position, not the whole history. `position` counts the
-    positions appended so far, `length` those held.
-
-    Growing (the default): the buffers double when full, and every position is kept.
-    Sliding (sliding=True, max_length > 0): at most max_length positions are held; appending one
-    position to a full cache drops the oldest, so attention reads the last max_length positions
-    (sliding-window attention, as Mistral's rolling cache). The buffers hold 2·max_length
-    positions, and the window moves back to their start only when it reaches their end: one
-    copy per max_length steps. Past max_length positions come one at a time.
-    """
-
-    def __init__(self, max_length: int = 0, sliding: bool = False):
-        if sliding and max_length < 1:
-            raise ValueError("a sliding cache needs max_length >= 1")
-        self.max_length, self.sliding = max_length, sliding
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-        self.start = 0  # buffer index of the oldest held position
-        self.length = 0
-        self.position = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (B, Hkv, T, Dh) keys and values; return those held now, (B, Hkv, S, Dh)."""
-        new = k.size(2)
-        if self.sliding and self.length + new > self.max_length:
-            if new > 1:
-                raise ValueError(
-                    f"a sliding cache of {self.max_length} positions holding {self.length} "
-                    f"takes one position at a time past its length, got {new}"
-                )
-            self.start, self.length = self.start + 1, self.length - 1  # drop the oldest
-        end = self.start + self.length + new
-        if self.keys is None or end > self.keys.size(2):
-            self._reallocate(k, v)
-            end = self.length + new
-        self.keys[:, :, end - new : end] = k
-        self.values[:, :, end - new : end] = v
-        self.length += new
-        self.position += new
-        return self.cached()
-
-    def _reallocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Move the held positions to the start of buffers with room for the new ones."""
-        needed = self.length + k.size(2)
-        if self.sliding:
-            capacity = 2 * self.max_length
-        else:
-            old = 0 if self.keys is None else self.keys.size(2)
-            capacity = max(needed, self.max_length, 2 * old)
-        self.keys, self.values = (
-            self._moved(old, new, capacity) for old, new in ((self.keys, k), (self.values, v))
-        )
-        self.start = 0
-
-    def _moved(self, old: torch.Tensor | None, new: torch.Tensor, capacity: int) -> torch.Tensor:
-        if self.sliding and old is not None:  # move the window back within the buffer
-            # it starts past max_length > length here, so source and target do not overlap
-            old[:, :, : self.length] = old[:, :, self.start : self.start + self.length]
-            return old
-        buffer = new.new_empty(new.size(0), new.size(1), capacity, new.size(3))
-        if old is not None:
-            buffer[:, :, : self.length] = old[:, :, self.start : self.start + self.length]
-        return buffer
-
-    def cached(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and values held, in order."""
-        held = slice(self.start, self.start + self.length)
-        return self.keys[:, :, held], self.values[:, :, held]
-
-    def key_mask(self, q_len: int) -> None:
-        """Every held position may be attended (causality aside): no mask."""
-        return None
-
-    def key_distance(self, q_len: int) -> None:
-        """The held keys are in order: relative positions follow from the lengths."""
-        return None
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index` (in that order): beam search calls this after each step."""
-        if self.keys is not None:
-            self.keys = self.keys.index_select(0, index)
-            self.values = self.values.index_select(0, index)
-
-
-class StaticKVCache:
-    """A KV cache whose shapes and Python state stay the same from one decoding step to the
-    next, so a compiled one-token step compiles once (decoding with compile=True).
-
-    The last max_length positions sit in a ring of max_length slots, position p in slot
-    p % max_length, and `position` is a 0-dim tensor advanced in place. One new token attends to
-    every filled slot: the same keys as KVCache(sliding=True) holds, in another order, which
-    attention cannot tell apart (a softmax over a set; key_distance gives position biases the
-    order). Several positions at once (the prompt) go only into an empty cache, and attend to
-    each other causally.
-    """
-
-    def __init__(self, max_length: int, device: torch.device | None = None):
-        if max_length < 1:
-            raise ValueError("a static cache needs max_length >= 1")
-        self.max_length = max_length
-        self.slots = torch.arange(max_length, device=device)
-        self.position = torch.zeros((), dtype=torch.long, device=device)
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (B, Hkv, T, Dh) keys and values. One position: returns the whole ring,
-        (B, Hkv, max_length, Dh), to be read with key_mask; a prompt: returns it as given."""
-        new = k.size(2)
-        if self.keys is None:
-            if new > self.max_length:
-                raise ValueError(f"a prompt of {new} positions overflows {self.max_length} slots")
-            self.keys = k.new_zeros(k.size(0), k.size(1), self.max_length, k.size(3))
-            self.values = torch.zeros_like(self.keys)
-        elif new > 1:
-            raise ValueError("a static cache takes several positions only while it is empty")
-        slots = (self.position + self.slots[:new]) % self.max_length
-        self.keys.index_copy_(2, slots, k)
-        self.values.index_copy_(2, slots, v)
-        self.position += new
-        return (k, v) if new > 1 else (self.keys, self.values)
-
-    def key_mask(self, q_len: int) -> torch.Tensor | None:
-        """(1, max_length), True on the filled slots, when one position was appended."""
-        return (self.slots < self.position)[None] if q_len == 1 else None
-
-    def key_distance(self, q_len: int) -> torch.Tensor | None:
-        """(1, max_length): how many positions each slot lies behind the newest one, when one
-        position was appended (the keys are out of order; for position biases such as ALiBi)."""
-        return ((self.position - 1 - self.slots) % self.max_length)[None] if q_len == 1 else None
-
-    def buffers(self) -> list[torch.Tensor]:
-        """The tensors a compiled step takes as inputs and updates in place."""
-        return [self.keys, self.values, self.position]
-
-    def with_buffers(self, keys, values, position) -> StaticKVCache:
-        """A copy holding these tensors in place of buffers() (an exported step's inputs)."""
-        cache = copy.copy(self)
-        cache.keys, cache.values, cache.position = keys, values, position
-        return cache
-
-
-class HookPoint(nn.Identity):
-    """An identity module marking a tensor that hooks may read or replace.
-
-    Register an ordinary ``register_forward_hook`` on it: the hook receives the tensor as the
-    output. Attention routes its weights through one, and takes the eager path while any hook is
-    attached, so inspection tools see exactly the weights the model used.
-    """
-
-    @property
-    def active(self) -> bool:
-        return bool(self._forward_hooks or self._forward_pre_hooks)
-
-
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (section 3.2.2) for self, causal and cross attention.
 
@@ -293,7 +139,10 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         relative_position: RelativePosition | None = None,
+        backend: str = "fused",
     ):
+        """backend: "fused" (torch's kernels where nothing needs the weights) or "eager" (the
+        equation written out, always)."""
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
         if d_model % n_heads or n_heads % n_kv_heads:
@@ -309,9 +158,10 @@ class MultiHeadAttention(nn.Module):
             d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias
         )
         self.output_projection = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        writes_residual(self.output_projection.weight)
         self.relative_position = relative_position
         self.attention_weights = HookPoint()
-        self.backend = "fused"  # "eager" forces the written-out equation
+        self.backend = backend
 
     def forward(
         self,
@@ -374,6 +224,11 @@ class MultiHeadAttention(nn.Module):
             return out
         return scaled_dot_product_attention(q, k, v, mask, self.causal, dropout_p=dropout)
 
+    def mixing_flops_per_token(self, length: int) -> int:
+        """Training FLOPs per token beyond the projections: Q·Kᵀ and weights·V over `length`
+        keys, 2 · 2·T·H·Dh forward, twice that backward (PaLM, appendix B)."""
+        return 12 * length * self.n_heads * self.head_dim
+
     def _split_heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         batch, length, _ = x.shape
         return x.view(batch, length, n_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, Dh)
@@ -393,3 +248,41 @@ class MultiHeadAttention(nn.Module):
 
 def _rows(bias: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
     return None if bias is None else bias[start:stop]
+
+
+# ------------------------------------------------------------------- the "attention" mixer
+BACKENDS = ("fused", "eager")
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    backend: str = "fused"  # fused (torch's kernels) | eager (the equation written out)
+
+    def __post_init__(self):
+        check_choice("AttentionOptions", "backend", self.backend, BACKENDS)
+
+
+def build_attention(options: AttentionOptions, context: MixerContext) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        context.d_model,
+        context.n_heads,
+        context.n_kv_heads,
+        causal=context.causal,
+        bias=context.bias,
+        dropout=context.dropout,
+        relative_position=context.relative_position,
+        backend=options.backend,
+    )
+
+
+def check_heads(config) -> None:
+    """Heads that divide the width, and key/value heads that divide the heads."""
+    name = type(config).__name__
+    check_divides(name, "n_heads", config.n_heads, "d_model", config.d_model)
+    if config.n_kv_heads is not None:
+        check_divides(name, "n_kv_heads", config.n_kv_heads, "n_heads", config.n_heads)
+
+
+register_mixer(
+    "attention", AttentionOptions, build_attention, relative_positions=True, check=check_heads
+)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.layers import cpu_kernels
+from attnlab.kernels import cpu as cpu_kernels
+from attnlab.layers.contracts import writes_residual
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,7 @@ class FeedForward(nn.Module):
         self.activation = ACTIVATIONS[activation]
         self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.down_projection = nn.Linear(d_ff, d_model, bias=bias)
+        writes_residual(self.down_projection.weight)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +66,7 @@ class GatedFeedForward(nn.Module):
         self.gate_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.down_projection = nn.Linear(d_ff, d_model, bias=bias)
+        writes_residual(self.down_projection.weight)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,11 @@ class LearnedPositionalEmbedding(nn.Module):
     def __init__(self, max_length: int, d_model: int):
         super().__init__()
         self.max_length = max_length
-        self.weight = nn.Parameter(torch.zeros(max_length, d_model))
+        self.weight = nn.Parameter(torch.empty(max_length, d_model))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)  # as GPT-2's token and position tables
 
     def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Embeddings of positions offset..offset+length-1, (T, D)."""

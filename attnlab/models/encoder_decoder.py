@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlab.config import check_choice, check_divides, check_positive, check_range
+from attnlab.data.translation import TranslationDataConfig, translation_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
     DecodingCache,
@@ -35,12 +36,14 @@ from attnlab.layers import (
     ResidualBlock,
     SinusoidalPositionalEncoding,
     TokenEmbedding,
+    initialize,
     make_feedforward,
     make_norm,
     padding_mask,
 )
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
+from attnlab.models.registry import TRANSLATE, ModelKind, register_kind
 
 FINAL_NORMS = ("auto", "yes", "no")
 
@@ -178,19 +181,18 @@ class EncoderDecoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform matrices (Glorot & Bengio 2010, as torch.nn.Transformer and the
-        tensor2tensor reference use), zero biases, unit norm gains. Embeddings are N(0, 1/D): the
-        √D scaling of section 3.4 then gives token vectors of unit variance, the scale of the
-        sinusoids added to them, and as the tied output projection they give small initial
-        logits."""
-        for name, param in self.named_parameters():
-            if name.endswith("embedding.weight"):
-                nn.init.normal_(param, std=self.config.d_model**-0.5)
-            elif name.endswith("bias"):
-                nn.init.zeros_(param)
-            elif param.dim() == 1:
-                nn.init.ones_(param)
+        tensor2tensor reference use), zero biases; norms initialise themselves. Embeddings are
+        N(0, 1/D): the √D scaling of section 3.4 then gives token vectors of unit variance, the
+        scale of the sinusoids added to them, and as the tied output projection they give small
+        initial logits."""
+
+        def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
+            if isinstance(layer, nn.Embedding):
+                nn.init.normal_(weight, std=self.config.d_model**-0.5)
             else:
-                nn.init.xavier_uniform_(param)
+                nn.init.xavier_uniform_(weight)
+
+        initialize(self, matrix_init)
 
     def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         length = ids.size(1)
@@ -268,3 +270,18 @@ class EncoderDecoder(nn.Module):
             }
             total -= sum(w.numel() for w in tables.values())
         return total
+
+
+register_kind(
+    ModelKind(
+        name="translation",
+        config=EncoderDecoderConfig,
+        model=EncoderDecoder,
+        presets=PRESETS,
+        data_config=TranslationDataConfig,
+        build_data=translation_training_data,
+        capabilities={TRANSLATE},
+        description="an encoder-decoder on a parallel corpus (default: an embedded task)",
+        aliases=("encoder_decoder",),
+    )
+)

@@ -10,27 +10,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.config import check_choice, check_divides, check_positive, check_range
+from attnlab.config import check_choice, check_positive, check_range
+from attnlab.data.text import TextDataConfig, text_training_data
+from attnlab.errors import ConfigError
 from attnlab.layers import (
     ALiBi,
     DecodingCache,
     LearnedPositionalEmbedding,
-    MultiHeadAttention,
+    MixerContext,
     RelativePosition,
     ResidualBlock,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     TokenEmbedding,
+    initialize,
     make_feedforward,
     make_norm,
 )
+from attnlab.layers.contracts import is_residual_output
 from attnlab.layers.feedforward import FEEDFORWARDS
+from attnlab.layers.mixers import mixer_options, mixer_spec
 from attnlab.layers.normalization import NORMS
+from attnlab.models.registry import GENERATE, ModelKind, register_kind
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
 RELATIVE = ("rope", "alibi", "none")  # no absolute positions: the decoding window can slide
@@ -42,6 +49,8 @@ class GPTConfig:
     vocab_size: int = 50257  # tokens in the vocabulary
     context_length: int = 1024  # most positions the model reads at once
     n_layers: int = 12  # residual blocks
+    mixer: str = "attention"  # token mixer of every block, by registered name
+    mixer_options: Any = None  # the mixer's own options: a table or KEY=VALUE,...; unset = defaults
     n_heads: int = 12  # query heads per attention layer
     n_kv_heads: int | None = None  # key/value heads; None = n_heads, fewer = grouped-query
     d_model: int = 768  # residual stream width
@@ -68,18 +77,33 @@ class GPTConfig:
         )
         if self.n_kv_heads is not None:
             check_positive(name, n_kv_heads=self.n_kv_heads)
-            check_divides(name, "n_kv_heads", self.n_kv_heads, "n_heads", self.n_heads)
         if self.d_ff is not None:
             check_positive(name, d_ff=self.d_ff)
-        check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)
         check_choice(name, "norm", self.norm, NORMS)
         check_choice(name, "positional", self.positional, POSITIONALS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
         check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        spec = mixer_spec(self.mixer)
+        # Checked, and kept as the mixer's own (frozen) dataclass; the defaults as None, so that
+        # a preset's defaults never stand in the way of choosing another mixer.
+        options = mixer_options(self.mixer, self.mixer_options, name)
+        object.__setattr__(self, "mixer_options", None if options == spec.options() else options)
+        if spec.check is not None:
+            spec.check(self)
+        if self.positional in ("rope", "alibi") and not spec.relative_positions:
+            raise ConfigError(
+                f"{name}.positional={self.positional!r} acts inside attention; mixer "
+                f"{self.mixer!r} takes 'learned', 'sinusoidal' or 'none'"
+            )
         if self.positional == "rope" and self.head_dim % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}.positional='rope' needs an even head width, got {self.head_dim}"
             )
+
+    @property
+    def mixer_settings(self) -> Any:
+        """The mixer's options, its defaults filled in (an instance of its options class)."""
+        return mixer_options(self.mixer, self.mixer_options, "GPTConfig")
 
     @property
     def head_dim(self) -> int:
@@ -117,43 +141,44 @@ class GPT(nn.Module):
             "rope": lambda: RotaryEmbedding(c.head_dim, c.rope_base),
             "alibi": lambda: ALiBi(c.n_heads),
         }.get(c.positional, lambda: None)()
-        self.blocks = nn.ModuleList(self._block(relative) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(self._block(i, relative) for i in range(c.n_layers))
         self.final_norm = make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)
         self.output_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_weights:
             self.output_head.weight = self.token_embedding.weight
         self.reset_parameters()
 
-    def _block(self, relative: RelativePosition | None) -> ResidualBlock:
+    def _block(self, layer: int, relative: RelativePosition | None) -> ResidualBlock:
         c = self.config
-        attention = MultiHeadAttention(
-            c.d_model,
-            c.n_heads,
-            c.n_kv_heads,
+        context = MixerContext(
+            d_model=c.d_model,
+            context_length=c.context_length,
+            n_heads=c.n_heads,
+            n_kv_heads=c.n_kv_heads,
             causal=True,
             bias=c.bias,
             dropout=c.dropout,
+            layer=layer,
+            n_layers=c.n_layers,
             relative_position=relative,
         )
+        mixer = mixer_spec(c.mixer).build(c.mixer_settings, context)
         feedforward = make_feedforward(
             c.activation, c.d_model, c.ff_width, bias=c.bias, dropout=c.dropout
         )
         norm = lambda: make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)  # noqa: E731
-        return ResidualBlock(attention, feedforward, norm, dropout=c.dropout)
+        return ResidualBlock(mixer, feedforward, norm, dropout=c.dropout)
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and the projections that write
-        into the residual stream scaled by 1/√(2·n_layers), so the stream's variance does not grow
-        with depth (GPT-2 paper, section 2.3)."""
-        for name, param in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(param)
-            elif param.dim() == 1:  # norm gains
-                nn.init.ones_(param)
-            elif name.endswith(("output_projection.weight", "down_projection.weight")):
-                nn.init.normal_(param, std=0.02 / math.sqrt(2 * self.config.n_layers))
-            else:
-                nn.init.normal_(param, std=0.02)
+        """GPT-2 initialisation of the matrices: N(0, 0.02), and the projections that write into
+        the residual stream scaled by 1/√(2·n_layers), so the stream's variance does not grow
+        with depth (GPT-2 paper, section 2.3). Every other parameter is its layer's own."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+
+        def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
+            nn.init.normal_(weight, std=residual_std if is_residual_output(weight) else 0.02)
+
+        initialize(self, matrix_init)
 
     def forward(
         self,
@@ -230,10 +255,29 @@ class GPT(nn.Module):
         return total
 
     def flops_per_token(self, sequence_length: int | None = None) -> int:
-        """Training FLOPs per token (forward + backward): 6·N + 12·L·T·D (Kaplan et al. 2020;
-        PaLM appendix B), N = weights used in matrix products (the head included, the embedding
-        lookups not), and 12·L·T·D for the attention scores and the weighted sum of values."""
+        """Training FLOPs per token (forward + backward): 6·N (Kaplan et al. 2020; PaLM appendix
+        B), N = weights used in matrix products (the head included, the embedding lookups not),
+        plus what each mixer computes beyond its weights (attention: 12·T·D for the scores and
+        the weighted sum of values)."""
         c = self.config
         length = sequence_length or c.context_length
         matmul_params = self.num_parameters(exclude_embeddings=True) + c.vocab_size * c.d_model
-        return 6 * matmul_params + 12 * c.n_layers * length * c.n_heads * c.head_dim
+        mixing = sum(
+            getattr(block.token_mixer, "mixing_flops_per_token", lambda _: 0)(length)
+            for block in self.blocks
+        )
+        return 6 * matmul_params + mixing
+
+
+register_kind(
+    ModelKind(
+        name="gpt",
+        config=GPTConfig,
+        model=GPT,
+        presets=PRESETS,
+        data_config=TextDataConfig,
+        build_data=text_training_data,
+        capabilities={GENERATE},
+        description="a decoder-only language model on a text corpus (default: Python's stdlib)",
+    )
+)

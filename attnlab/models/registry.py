@@ -1,39 +1,85 @@
-"""Model kinds by name: the config class and the model class, for checkpoints and the CLI."""
+"""Model kinds by registration: what `attnlab train KIND`, checkpoints and the commands know.
+
+A kind is registered once, usually at the end of its model's file:
+
+    register_kind(ModelKind(name="gpt", config=GPTConfig, model=GPT, presets=PRESETS,
+                            data_config=TextDataConfig, build_data=text_training_data,
+                            capabilities={GENERATE}, description="..."))
+
+``config`` and ``presets`` give the model's shape, ``data_config`` the kind's data settings
+(top-level keys of a TOML config, and flags), ``build_data`` turns them into batches
+(training/sources.py), and ``capabilities`` say which commands serve its checkpoints. Nothing
+else in attnlab names a kind: the train command, checkpoints and the other commands read this.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.errors import UserError
-from attnlab.models.encoder_decoder import PRESETS as ENCODER_DECODER_PRESETS
-from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from attnlab.models.gpt import GPT, GPTConfig
-from attnlab.models.gpt import PRESETS as GPT_PRESETS
 
-MODELS: dict[str, tuple[type, type[nn.Module], dict[str, Any]]] = {
-    "gpt": (GPTConfig, GPT, GPT_PRESETS),
-    "encoder_decoder": (EncoderDecoderConfig, EncoderDecoder, ENCODER_DECODER_PRESETS),
-}
+# Capabilities: what a kind's checkpoints can do, and so which commands serve them.
+GENERATE = "generate"  # continues token sequences: sample, evaluate --data
+TRANSLATE = "translate"  # maps a source sentence to a target one: translate, evaluate --src
 
 
-def model_kind(model: nn.Module) -> str:
-    for kind, (_, model_class, _) in MODELS.items():
-        if type(model) is model_class:
+@dataclass(frozen=True)
+class ModelKind:
+    name: str  # the word in `attnlab train NAME`, and "kind" in a checkpoint's config.json
+    config: type  # the model's config dataclass
+    model: type[nn.Module]  # built as model(config)
+    presets: Mapping[str, Any]  # name -> config
+    data_config: type  # the kind's data settings (a frozen dataclass)
+    build_data: Callable[..., Any]  # DataRequest -> TrainingData
+    capabilities: frozenset[str] = frozenset()
+    default_preset: str = "tiny"
+    description: str = ""  # one line for `attnlab train --help`
+    aliases: tuple[str, ...] = ()  # earlier names still found in checkpoints
+
+    def __post_init__(self):
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        if self.default_preset not in self.presets:
+            raise ValueError(f"kind {self.name!r}: no preset {self.default_preset!r}")
+
+
+KINDS: dict[str, ModelKind] = {}
+
+
+def register_kind(kind: ModelKind) -> ModelKind:
+    """Make `kind` known to `attnlab train`, checkpoints and the commands; returns it."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> ModelKind:
+    for kind in KINDS.values():
+        if name == kind.name or name in kind.aliases:
+            return kind
+    raise UserError(f"unknown model kind {name!r}; known kinds: {', '.join(KINDS)}")
+
+
+def kind_of(model: nn.Module) -> ModelKind:
+    for kind in KINDS.values():
+        if type(model) is kind.model:
             return kind
     raise ValueError(f"{type(model).__name__} is not a registered model kind")
 
 
+def model_kind(model: nn.Module) -> str:
+    return kind_of(model).name
+
+
 def build_model(kind: str, config: dict[str, Any] | Any) -> nn.Module:
     """A model of `kind` from its config (a config object or a dict, as in config.json)."""
-    if kind not in MODELS:
-        raise UserError(f"unknown model kind {kind!r}; known kinds: {', '.join(MODELS)}")
-    config_class, model_class, _ = MODELS[kind]
+    spec = get_kind(kind)
     if isinstance(config, dict):
-        config = config_from_dict(config_class, config, source=f"{kind} config")
-    return model_class(config)
+        config = config_from_dict(spec.config, config, source=f"{spec.name} config")
+    return spec.model(config)
 
 
 def describe(model: nn.Module) -> dict[str, Any]:

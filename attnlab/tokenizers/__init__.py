@@ -6,6 +6,7 @@ from attnlab.tokenizers.base import (
     build_tokenizer,
     load_tokenizer,
     tokenizer_class,
+    tokenizer_from_dict,
 )
 from attnlab.tokenizers.byte import ByteTokenizer
 from attnlab.tokenizers.char import CharTokenizer
@@ -18,4 +19,5 @@ __all__ = [
     "Tokenizer",
     "load_tokenizer",
     "tokenizer_class",
+    "tokenizer_from_dict",
 ]

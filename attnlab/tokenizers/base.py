@@ -91,17 +91,20 @@ def tokenizer_class(kind: str) -> type[Tokenizer]:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load any saved tokenizer; its "type" field picks the class."""
-    data = read_json(path, "tokenizer file")
+    return tokenizer_from_dict(read_json(path, "tokenizer file"), source=f"tokenizer file {path}")
+
+
+def tokenizer_from_dict(data: Any, source: str = "tokenizer") -> Tokenizer:
+    """A tokenizer from its to_dict() form; its "type" field picks the class."""
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in TOKENIZER_TYPES:
         raise UserError(
-            f"tokenizer file {path} has unknown type {kind!r}; "
-            f"known types: {', '.join(TOKENIZER_TYPES)}"
+            f"{source} has unknown type {kind!r}; known types: {', '.join(TOKENIZER_TYPES)}"
         )
     try:
         return tokenizer_class(kind).from_dict(data)
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"tokenizer file {path} is malformed: {error}") from None
+        raise UserError(f"{source} is malformed: {error}") from None
 
 
 def build_tokenizer(spec: str, texts: list[str], progress: bool = False) -> Tokenizer:

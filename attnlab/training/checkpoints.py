@@ -2,7 +2,8 @@
 
     model.safetensors      weights of the unwrapped, uncompiled model (tied tensors stored once)
     config.json            {"kind": "gpt", "config": {...}}: enough to rebuild the model
-    tokenizer.json         the tokenizer (attnlab.tokenizers)
+    NAME.json              preprocessing artefacts, each optional: tokenizer.json (a tokenizer),
+                           or any other kind registered with register_artifact (an image palette)
     optimizer.safetensors  optimizer tensors; the param groups as JSON in the file's metadata
     trainer_state.json     step, training config, RNG and data-sampler states
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +28,53 @@ from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_files, read_json
-from attnlab.models.registry import build_model, describe
-from attnlab.tokenizers import Tokenizer, load_tokenizer
+from attnlab.models.registry import ModelKind, build_model, describe, get_kind
+from attnlab.tokenizers import Tokenizer, tokenizer_from_dict
 
-MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
+
+# artefact name -> how to rebuild it from its JSON dict (saved as NAME.json, from obj.to_dict())
+ARTIFACTS: dict[str, Callable[[dict], Any]] = {"tokenizer": tokenizer_from_dict}
+
+
+def register_artifact(name: str, from_dict: Callable[[dict], Any]) -> None:
+    """Let checkpoints hold a preprocessing artefact `name` (an object with to_dict())."""
+    ARTIFACTS[name] = from_dict
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module  # in eval mode
+    kind: ModelKind
+    artifacts: dict[str, Any]  # name -> object, for those the checkpoint holds
+    path: Path
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if "tokenizer" not in self.artifacts:
+            raise UserError(f"{self.path} holds no tokenizer ({self.kind.name!r} model)")
+        return self.artifacts["tokenizer"]
 
 
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
-    tokenizer: Tokenizer,
+    artifacts: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     trainer_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint directory (see the module docstring). `model` must be unwrapped."""
+    """Write a checkpoint directory (see the module docstring). `model` must be unwrapped;
+    artifacts: name -> object with to_dict(), for names registered with register_artifact."""
     path = Path(path)
     files = {
         MODEL_FILE: safetensors.torch.save(_unique_tensors(model.state_dict())),
         CONFIG_FILE: _json_bytes(describe(model)),
-        TOKENIZER_FILE: _json_bytes(tokenizer.to_dict()),
     }
+    for name, artifact in (artifacts or {}).items():
+        if name not in ARTIFACTS:
+            raise ValueError(f"unknown artefact {name!r}: register it with register_artifact")
+        files[f"{name}.json"] = _json_bytes(artifact.to_dict())
     if optimizer is not None:
         files[OPTIMIZER_FILE] = _optimizer_bytes(optimizer)
     if trainer_state is not None:
@@ -53,24 +82,44 @@ def save_checkpoint(
     atomic_write_files(path, files)  # renamed in this order: the trainer state last
 
 
-def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Tokenizer]:
-    """The model (in eval mode, on `device`) and tokenizer saved in a checkpoint directory."""
+def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a checkpoint directory, checked: {"kind": ..., "config": {...}}. Reading
+    it builds nothing, so a command can check the kind before loading any weights."""
     path = Path(path)
     if not (path / MODEL_FILE).is_file():
         raise UserError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
     description = read_json(path / CONFIG_FILE, "checkpoint config")
     if (
         not isinstance(description, dict)
-        or "kind" not in description
-        or "config" not in description
+        or not isinstance(description.get("kind"), str)
+        or not isinstance(description.get("config"), dict)
     ):
         raise UserError(f"checkpoint config {path / CONFIG_FILE} lacks 'kind' and 'config'")
-    model = build_model(description["kind"], description["config"])
+    return description
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """The model (in eval mode, on `device`), its kind and artefacts saved in a directory."""
+    path = Path(path)
+    description = checkpoint_description(path)
+    kind = get_kind(description["kind"])
+    model = build_model(kind.name, description["config"])
     load_weights(model, path / MODEL_FILE)
-    tokenizer = load_tokenizer(path / TOKENIZER_FILE)
-    return model.to(device).eval(), tokenizer
+    return Checkpoint(model.to(device).eval(), kind, load_artifacts(path), path)
+
+
+def load_artifacts(path: str | os.PathLike) -> dict[str, Any]:
+    """The registered artefacts a checkpoint directory holds, by name."""
+    found = {}
+    for name, from_dict in ARTIFACTS.items():
+        file = Path(path) / f"{name}.json"
+        if file.is_file():
+            data = read_json(file, name)
+            try:
+                found[name] = from_dict(data)
+            except (ValueError, KeyError, TypeError) as error:
+                raise UserError(f"{file} is not a valid {name}: {error}") from None
+    return found
 
 
 def load_weights(model: nn.Module, file: Path) -> None:

@@ -7,19 +7,21 @@ import math
 import torch
 from torch import nn
 
+from attnlab.layers.contracts import decays
+
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 
 
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
 ) -> torch.optim.AdamW:
-    """AdamW decaying only 2-D weights (matrices and embeddings). Biases and norm gains are left
-    alone: shrinking them towards zero has no regularising meaning (Loshchilov & Hutter 2019
-    decouple decay; GPT-3 and later exclude these)."""
+    """AdamW decaying only matrices (layers/contracts.py: decays). Biases, norm gains and what a
+    layer marks no_weight_decay are left alone: shrinking them towards zero has no regularising
+    meaning (Loshchilov & Hutter 2019 decouple decay; GPT-3 and later exclude these)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
+        {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
     ]
     device = params[0].device.type
     fused = device in ("cuda", "cpu", "mps")  # torch's fused AdamW kernels cover these devices

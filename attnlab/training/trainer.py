@@ -1,8 +1,10 @@
 """The one training loop, for every model and objective.
 
-The loop knows nothing of the objective: a batch is a tuple of tensors and the model's
-``forward(*batch)`` returns ``(logits, loss)``. The data source decides what the tuple holds
-(inputs and next tokens for a GPT; source, target input and target output for translation).
+The loop knows nothing of the objective or of text: a batch is a tuple of tensors and the
+model's ``forward(*batch)`` returns ``(logits, loss)``. The data source decides what the tuple
+holds (inputs and next tokens for a GPT; source, target input and target output for
+translation) and names the unit its throughput counts. Preprocessing artefacts (a tokenizer, a
+palette) are only carried into the checkpoint.
 
 Each optimizer step: gradient accumulation over micro-batches under autocast, a finiteness check
 (a NaN/inf loss stops the run before it touches the weights), gradient clipping, AdamW. Every
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,18 +37,19 @@ from attnlab.devices import (
     training_compile_options,
 )
 from attnlab.errors import UserError
-from attnlab.layers import cpu_kernels
-from attnlab.tokenizers import Tokenizer
+from attnlab.kernels import cpu as cpu_kernels
 from attnlab.training.checkpoints import (
+    MODEL_FILE,
     decode_tensor,
     encode_tensor,
     load_training_state,
+    load_weights,
     save_checkpoint,
 )
 from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
+from attnlab.training.sources import Batch, BatchSource
 
 METRICS_FILE = "metrics.jsonl"
-Batch = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class TrainConfig:
     seed: int = 1337
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model for training
+    cpu_kernels: bool = True  # on a CPU, attnlab's own kernels (short-sequence attention, GELU)
     device: str = "auto"  # auto | cpu | cuda | mps
 
     def __post_init__(self):
@@ -85,12 +89,6 @@ class TrainConfig:
             )
         check_choice("TrainConfig", "lr_schedule", self.lr_schedule, SCHEDULES)
         check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
-
-
-class BatchSource(Protocol):
-    def next(self) -> Batch: ...
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 class TrainingDiverged(UserError):
@@ -112,20 +110,22 @@ class Trainer:
         train_data: BatchSource,
         eval_data: dict[str, Callable[[], Iterable[Batch]]],
         *,
-        tokenizer: Tokenizer,
         out_dir: str | Path,
+        artifacts: dict[str, Any] | None = None,
         on_record: Callable[[dict[str, Any]], None] | None = None,
     ):
         """eval_data: split name -> a function giving that split's evaluation batches (the same
-        batches every time, so evaluations compare). on_record: called with each step's metrics
-        (the CLI draws progress). Throughput counts the elements of each batch's last tensor, the
-        targets (padding included)."""
+        batches every time, so evaluations compare). artifacts: saved beside the weights (a
+        tokenizer, a palette). on_record: called with each step's metrics (the CLI draws
+        progress). Throughput counts the elements of each batch's last tensor, the targets
+        (padding included), in the data source's unit (default "token")."""
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
         self.model = model.to(self.device)
-        if self.device.type == "cpu":
-            cpu_kernels.load()  # before torch.compile traces the model; see that module
+        self.unit = getattr(train_data, "unit", "token")
+        # attnlab's CPU kernels, for this trainer's steps only (see attnlab/kernels/cpu.py)
+        self.kernels_on = config.cpu_kernels and self.device.type == "cpu"
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
         options = training_compile_options(self.device)
         self.compiled = Compiled(self.model, **options) if config.compile else None
@@ -133,7 +133,7 @@ class Trainer:
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
         )
         self.train_data, self.eval_data = train_data, eval_data
-        self.tokenizer, self.out_dir = tokenizer, Path(out_dir)
+        self.artifacts, self.out_dir = artifacts or {}, Path(out_dir)
         self.on_record = on_record or (lambda record: None)
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self._stop_requested = False
@@ -167,7 +167,8 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step at the scheduled learning rate; returns its metrics record (step,
-        train_loss, lr, tokens_per_s, elapsed_s, and mfu for models that count their FLOPs)."""
+        train_loss, lr, tokens_per_s (in the data's unit: images_per_s, ...), elapsed_s, and mfu
+        for models that count their FLOPs per unit: flops_per_token(), flops_per_image(), ...)."""
         c = self.config
         lr = learning_rate(
             self.step,
@@ -181,26 +182,27 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        loss, tokens = self._optimizer_step()
+        with cpu_kernels.enabled(self.kernels_on):
+            loss, units = self._optimizer_step()
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         self.step += 1
-        tokens_per_s = tokens / seconds
+        rate = units / seconds
         record = {
             "step": self.step,
             "train_loss": loss,
             "lr": lr,
-            "tokens_per_s": tokens_per_s,
+            f"{self.unit}s_per_s": rate,
             "elapsed_s": self.elapsed,
         }
-        flops_per_token = getattr(self.model, "flops_per_token", lambda: None)()
-        if flops_per_token:
+        flops_per_unit = getattr(self.model, f"flops_per_{self.unit}", lambda: None)()
+        if flops_per_unit:
             peak = measure_peak_flops(self.device, self.dtype)  # measured once per process
-            record["mfu"] = flops_per_token * tokens_per_s / peak
+            record["mfu"] = flops_per_unit * rate / peak
         return record
 
     def _optimizer_step(self) -> tuple[float, int]:
-        """One optimizer step; returns the mean loss and the number of target tokens."""
+        """One optimizer step; returns the mean loss and the number of targets."""
         self.model.train()
         total, tokens = torch.zeros((), device=self.device), 0
         for _ in range(self.config.gradient_accumulation):
@@ -263,10 +265,11 @@ class Trainer:
                 "data": {k: encode_tensor(v) for k, v in self.train_data.state_dict().items()},
             },
         }
-        save_checkpoint(self.out_dir, self.model, self.tokenizer, self.optimizer, state)
+        save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
 
     def resume(self) -> None:
-        """Continue from the checkpoint in out_dir; the weights must already be in the model."""
+        """Continue from the checkpoint in out_dir: weights, optimizer, step, RNG and data."""
+        load_weights(self.model, self.out_dir / MODEL_FILE)
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
         self.last_eval = state.get("last_eval", {})

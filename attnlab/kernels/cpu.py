@@ -1,4 +1,4 @@
-"""attnlab's CPU kernels for training small models (cpu_kernels.cpp), built on first use.
+"""attnlab's CPU kernels for training small models (cpu.cpp), built on first use.
 
 - Attention over short sequences. torch's CPU flash-attention kernel pays a fixed cost per
   block, which dominates at the baby GPT's context of 64; this one computes each (batch, head)
@@ -14,9 +14,9 @@
 `load()` compiles them once with the C++ compiler torch.compile also uses on a CPU (the library
 lands in the cache, keyed by the source, the flags and the torch version) and registers the ops
 ``attnlab::attention``, ``attnlab::attention_backward`` and ``attnlab::gelu``, which autograd
-and torch.compile then treat like any other op. The Trainer loads them before compiling a model
-that trains on a CPU. They are taken only where gradients are wanted: for inference alone,
-torch's kernels are as fast and keep less.
+and torch.compile then treat like any other op. Layers take them only inside ``enabled()``
+(the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the default) and only where
+gradients are wanted: for inference alone, torch's kernels are as fast and keep less.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch.utils import cpp_extension
 from attnlab.devices import warn_compiler_failure
 from attnlab.files import cache_dir
 
-SOURCE = os.path.join(os.path.dirname(__file__), "cpu_kernels.cpp")
+SOURCE = os.path.join(os.path.dirname(__file__), "cpu.cpp")
 # The kernel keeps the (T, T) weights of every head: beyond this, torch's flash kernel, which
 # keeps only a row statistic, is the better trade.
 MAX_LENGTH = 128
@@ -51,24 +51,27 @@ _VECTOR_FLAGS = {
 }
 
 _lock = threading.Lock()
-_state = {"loaded": False, "failed": False, "enabled": True}
+_state = {"loaded": False, "failed": False, "enabled": False}
 
 
 def training_on_cpu(x: torch.Tensor) -> bool:
-    """Whether the kernels are loaded (and not disabled) and x is a CPU tensor that gradients
-    will flow through."""
+    """Whether the kernels are enabled (and loaded) and x is a CPU tensor that gradients will
+    flow through."""
     usable = _state["loaded"] and _state["enabled"]
     return usable and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
 
 
 @contextlib.contextmanager
-def disabled():
-    """Inside, layers keep to torch's kernels (the nanoGPT baseline of the benchmarks)."""
-    enabled, _state["enabled"] = _state["enabled"], False
+def enabled(on: bool = True):
+    """Inside, layers training on a CPU take attnlab's kernels (built and loaded on first use);
+    enabled(False) keeps them to torch's kernels."""
+    if on:
+        load()
+    previous, _state["enabled"] = _state["enabled"], on
     try:
         yield
     finally:
-        _state["enabled"] = enabled
+        _state["enabled"] = previous
 
 
 def attention_applies(q: torch.Tensor, k: torch.Tensor, mask, dropout_p: float) -> bool:

@@ -1,0 +1,53 @@
+"""What a model kind's data builder gives the Trainer, and what it is given.
+
+Every model kind registers a data builder (models/registry.py): ``build(request) -> TrainingData``.
+The request carries the kind's data settings, the model config as chosen so far (a dict: a
+builder reads, say, the context length from it), the training config, the preprocessing
+artefacts of the checkpoint when a run resumes (its tokenizer, so nothing is learned again), and
+a function for notes to the person watching. The result holds the batches, the config fields
+that the data decides (the vocabulary size, special token ids), the artefacts to save beside the
+weights, and one line describing the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class BatchSource(Protocol):
+    """Training batches, drawn one at a time. ``unit`` names what throughput counts ("token",
+    "image", "sequence"): each batch counts the elements of its last tensor, the targets."""
+
+    unit: str
+
+    def next(self) -> Batch: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+def _quiet(message: str) -> None:
+    """The default for notes: libraries do not print (the CLI passes its own)."""
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    settings: Any  # the kind's data config (a frozen dataclass)
+    model: dict[str, Any]  # the model config so far, before the fields the data decides
+    train: Any  # the TrainConfig: batch size, seed, evaluation batches
+    artifacts: dict[str, Any] | None = None  # from the checkpoint, when resuming
+    log: Callable[[str], None] = _quiet
+
+
+@dataclass
+class TrainingData:
+    train: BatchSource
+    eval: dict[str, Callable[[], Iterable[Batch]]]  # split -> the same batches every time
+    model_fields: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 65}
+    artifacts: dict[str, Any] = field(default_factory=dict)  # e.g. {"tokenizer": ...}
+    summary: str = ""  # one line on the data, for the person watching
