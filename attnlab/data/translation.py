@@ -43,7 +43,7 @@ Example = tuple[list[int], list[int]]  # source ids (ending in </s>), target ids
 
 @dataclass(frozen=True)
 class TranslationDataConfig:
-    data: str | None = None  # dir or dataset (multi30k) of train/val.SRC/.TGT; unset = embedded task
+    data: str | None = None  # dir or dataset (multi30k): train/val.SRC/.TGT; unset = embedded task
     src: str | None = None  # source file suffix, e.g. de (embedded task: words)
     tgt: str | None = None  # target file suffix, e.g. en (embedded task: digits)
     bpe_vocab_size: int = 8000  # joint source/target BPE vocabulary, special tokens included
