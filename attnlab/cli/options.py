@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import sys
 import tomllib
 import typing
 from pathlib import Path
@@ -145,23 +146,8 @@ def data_root() -> Path:
 
 
 def resolve_data_path(spec: str) -> str:
-    """A data spec as given when it exists on disk (or is 'stdlib'); else the catalog's path
-    for it inside data_root(), downloading a named dataset first ("tinyshakespeare/input.txt",
-    "multi30k"), with one note on stderr since a download takes a while."""
-    import sys
-
-    from attnlab.cli.data import human_size
+    """A data spec as given when it exists on disk; else the catalog's path for it, fetching
+    a named dataset first with a note on stderr (catalog.resolve)."""
     from attnlab.data import catalog
 
-    if spec == "stdlib" or Path(spec).exists() or Path(spec.partition(":")[0]).exists():
-        return spec
-
-    def announce(dataset: catalog.Dataset, folder: Path) -> None:
-        print(
-            f"attnlab: {spec} is not here: getting dataset '{dataset.name}' "
-            f"({human_size(dataset.size)}) into {folder}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return catalog.locate(spec, on_fetch=announce)
+    return catalog.resolve(spec, log=lambda message: print(f"attnlab: {message}", file=sys.stderr))

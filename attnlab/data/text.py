@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attnlab.data import catalog
 from attnlab.data.corpus import read_corpus
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes, cache_dir
@@ -146,10 +147,8 @@ class TextDataConfig:
 def text_training_data(request: DataRequest) -> TrainingData:
     """A GPT's data: the corpus tokenized (the tokenizer learned on it, or the checkpoint's when
     resuming), split 90/10, served as random windows of the model's context."""
-    from attnlab.cli.options import resolve_data_path
-
     settings, train = request.settings, request.train
-    spec = resolve_data_path(settings.data)
+    spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
     texts = read_corpus(spec)
     tokenizer = (request.artifacts or {}).get("tokenizer") or tokenizer_cached(

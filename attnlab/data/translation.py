@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from attnlab.config import check_positive
+from attnlab.data import catalog
 from attnlab.errors import UserError
 from attnlab.files import cache_dir
 from attnlab.tokenizers import load_tokenizer
@@ -343,15 +344,13 @@ def fixed_batches(
 def translation_training_data(request: DataRequest) -> TrainingData:
     """An encoder-decoder's data: sentence pairs (files, or the embedded task), a joint BPE
     learned on the training pairs (or the checkpoint's when resuming), batches by token budget."""
-    from attnlab.cli.options import resolve_data_path
-
     options, train, log = request.settings, request.train, request.log
     src, tgt = options.languages
     if options.data is None:
         pairs = embedded_pairs(options.embedded_pairs + EMBEDDED_VAL_PAIRS, train.seed, src, tgt)
         train_pairs, val_pairs = pairs[EMBEDDED_VAL_PAIRS:], pairs[:EMBEDDED_VAL_PAIRS]
     else:
-        directory = resolve_data_path(options.data)
+        directory = catalog.resolve(options.data, log)
         log(f"reading {directory} ({src} -> {tgt}) ...")
         train_pairs = load_split(directory, "train", src, tgt)
         val_pairs = load_split(directory, "val", src, tgt)

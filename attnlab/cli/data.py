@@ -1,0 +1,105 @@
+"""`attnlab data list` and `attnlab data get NAME...`: the datasets the configs use, by name.
+
+Notes go to stderr and the dataset folders to stdout, so `cd "$(attnlab data get mnist)"` works.
+Nothing here imports torch or numpy: listing and downloading start at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from attnlab.data import catalog
+from attnlab.errors import UserError
+
+WHERE = "$ATTNLAB_DATA, else ~/.cache/attnlab/data"
+
+
+def register(subparsers) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "data",
+        formatter_class=HelpFormatter,
+        help="list and download the datasets the configs use",
+        description="The datasets the configs name, by name: which are present, and a download "
+        "that checks every file's SHA-256.\n"
+        f"They live in {WHERE}. A data path that starts with a dataset's name "
+        "(tinyshakespeare/input.txt, multi30k) resolves there, and is downloaded on first use.\n"
+        "ATTNLAB_DATA_MIRROR=URL downloads from a server laid out like the data folder, "
+        "URL/DATASET/FILE, instead of each dataset's source.\n"
+        "examples:\n  attnlab data list\n  attnlab data get tinyshakespeare multi30k\n"
+        "  ATTNLAB_DATA=~/data attnlab data get --all",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list",
+        formatter_class=HelpFormatter,
+        help="the catalog: sizes, file counts, which datasets are present",
+        description=f"A table of the catalog's datasets and whether each is present in {WHERE}.",
+    )
+    listing.set_defaults(handler=list_datasets)
+    getting = actions.add_parser(
+        "get",
+        formatter_class=HelpFormatter,
+        help="download datasets and verify their checksums",
+        description="Download the missing files of each dataset named, check every file's "
+        "SHA-256 (those already present too), and print each dataset's folder.",
+    )
+    getting.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="datasets, as `data list` names them (default: none)",
+    )
+    getting.add_argument("--all", action="store_true", help="every dataset in the catalog")
+    getting.set_defaults(handler=get_datasets)
+
+
+def list_datasets(args: argparse.Namespace) -> int:
+    root = catalog.data_root()
+    rows = [("NAME", "SIZE", "FILES", "PRESENT", "DESCRIPTION")]
+    for dataset in catalog.DATASETS:
+        missing = len(catalog.missing_files(dataset.name, root))
+        present = "yes" if not missing else f"{dataset.count - missing} of {dataset.count}"
+        present = "no" if missing == dataset.count else present
+        size, count = catalog.human_size(dataset.size), str(dataset.count)
+        rows.append((dataset.name, size, count, present, dataset.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print(f"data folder: {root}")
+    for name, size, count, present, description in rows:
+        print(
+            f"{name:<{widths[0]}}  {size:>{widths[1]}}  {count:>{widths[2]}}  "
+            f"{present:<{widths[3]}}  {description}"
+        )
+    return 0
+
+
+def get_datasets(args: argparse.Namespace) -> int:
+    if args.all and args.names:
+        raise UserError("give dataset names or --all, not both")
+    names = list(catalog.CATALOG) if args.all else list(dict.fromkeys(args.names))
+    if not names:
+        raise UserError("name the datasets to get (`attnlab data list` shows them) or give --all")
+    datasets = [catalog.lookup(name) for name in names]  # a typo fails before any download
+    root = catalog.data_root()
+    mirror = os.environ.get("ATTNLAB_DATA_MIRROR")
+    for dataset in datasets:
+        missing = catalog.missing_files(dataset.name, root)
+        if missing:
+            source = f"from {mirror}" if mirror else "from its source"
+            print(
+                f"attnlab: getting {dataset.name}: {len(missing)} of {files(dataset.count)} "
+                f"{source} into {root / dataset.name}",
+                file=sys.stderr,
+                flush=True,
+            )
+        folder = catalog.get(dataset.name, root)
+        print(f"attnlab: {dataset.name}: {files(dataset.count)}, SHA-256 verified", file=sys.stderr)
+        print(folder, flush=True)
+    return 0
+
+
+def files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"

@@ -1,0 +1,177 @@
+"""Downloading a dataset's files: each into a temporary file beside its target, checked against
+its pinned SHA-256, then renamed into place (the catalog, catalog.py, says what and from where).
+ATTNLAB_DATA_MIRROR replaces every source with a server that has the data folder's layout.
+Standard library only (tqdm aside): `attnlab data` starts without loading torch or numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attnlab.data.catalog import DataFile, Dataset
+
+TIMEOUT_S = 60  # seconds a connection may stay silent before the download counts as failed
+CHUNK = 1 << 20
+USER_AGENT = "attnlab-data/0.1 (python urllib)"
+
+
+class Failure(Exception):
+    """A download gone wrong: args are (why, the URL tried); `get` makes it a UserError."""
+
+
+def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: bool) -> None:
+    """Download the missing files: each from ATTNLAB_DATA_MIRROR when it is set, else from its
+    own URL, and those that have none from the dataset's archive, in one pass."""
+    mirror = os.environ.get("ATTNLAB_DATA_MIRROR", "").rstrip("/")
+    direct = [entry for entry in missing if mirror or entry.url]
+    from_archive = [entry for entry in missing if not (mirror or entry.url)]
+    sizes = [entry.size for entry in missing]
+    if from_archive:
+        total = None  # the archive's size, once its response gives it
+    elif None in sizes:  # a manifest's files have no sizes: the dataset's, if all are missing
+        total = dataset.size if len(missing) == dataset.count else None
+    else:
+        total = sum(sizes)
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, CI, tests)
+    options = {"unit": "B", "unit_scale": True, "disable": None if progress else True}
+    with tqdm(total=total, desc=dataset.name, **options) as bar:
+        for entry in direct:
+            url = entry.url
+            if mirror:
+                url = f"{mirror}/{urllib.parse.quote(f'{dataset.name}/{entry.path}')}"
+            target = folder / entry.path
+            with _staged(target) as (out, temporary):
+                _commit(out, temporary, target, entry, _download(url, out, bar), url)
+        if from_archive:
+            _fetch_from_archive(dataset, folder, from_archive, bar)
+
+
+def _fetch_from_archive(dataset: Dataset, folder: Path, missing: list[DataFile], bar) -> None:
+    """Download the archive into the folder, extract the missing members one by one, each
+    verified before it is renamed into place, then delete the archive. Only members that the
+    catalog names are read, so no archive can write outside the folder."""
+    url, prefix = dataset.archive.url, dataset.archive.member_prefix
+    with _staged(folder / ".archive") as (out, temporary):
+        _download(url, out, bar, sized=True)
+        out.flush()
+        try:
+            with zipfile.ZipFile(temporary) as archive:
+                names = set(archive.namelist())
+                for entry in missing:
+                    if prefix + entry.path not in names:
+                        raise Failure(f"the archive has no {prefix + entry.path}", url)
+                    target = folder / entry.path
+                    with _staged(target) as (member_out, member_temporary):
+                        with archive.open(prefix + entry.path) as member:
+                            digest = _copy(member, member_out)
+                        _commit(member_out, member_temporary, target, entry, digest, url)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+            raise Failure(f"the archive is not a readable zip file ({error})", url) from None
+
+
+@contextlib.contextmanager
+def _staged(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    """A temporary file beside `target` (same folder, so the final rename is atomic), deleted
+    on the way out unless it was renamed into place: nothing half-written survives an error."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out, Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _commit(out: IO[bytes], temporary: Path, target: Path, entry: DataFile, digest, url) -> None:
+    """Flush the temporary file to disk, check it, and rename it over `target`."""
+    out.flush()
+    os.fsync(out.fileno())
+    if problem := mismatch(temporary, entry, digest):
+        raise Failure(problem, url)
+    umask = os.umask(0)  # mkstemp makes owner-only files; a dataset is as readable as any file
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, target)
+
+
+def _download(url: str, out: IO[bytes], bar, sized: bool = False) -> str:
+    """Stream `url` into `out`; the SHA-256 of what came. A body shorter than its
+    Content-Length is a dropped connection, never a file. sized: the bar's total is the
+    response's length (for an archive, whose size is not pinned)."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    digest, expected = None, None
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length", "")
+            expected = int(length) if length.isdigit() else None
+            if sized and expected:
+                bar.reset(total=expected)
+            digest = _copy(response, out, bar)
+    except http.client.IncompleteRead:
+        pass  # reported below, with the byte counts
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        raise Failure(_describe(error), url) from None
+    received = out.tell()
+    if digest is None or received != (expected or received):
+        of = f" of {expected:,}" if expected else ""
+        raise Failure(f"the connection dropped after {received:,}{of} bytes", url)
+    return digest
+
+
+def _describe(error: BaseException) -> str:
+    """One phrase for a network error: no exception class names, no nested reprs."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        if not isinstance(error.reason, BaseException):
+            return str(error.reason)
+        error = error.reason
+    if isinstance(error, TimeoutError):
+        return f"no answer within {TIMEOUT_S} s"
+    return (error.strerror if isinstance(error, OSError) else None) or str(error) or repr(error)
+
+
+def _copy(source: IO[bytes], out: IO[bytes], bar=None) -> str:
+    """Copy `source` to `out` in chunks; the SHA-256 of the bytes copied."""
+    digest = hashlib.sha256()
+    while chunk := source.read(CHUNK):
+        out.write(chunk)
+        digest.update(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def mismatch(path: Path, entry: DataFile, digest: str) -> str | None:
+    """Why the file at `path` is not `entry`, or None when it is."""
+    if digest == entry.sha256:
+        return None
+    if entry.gunzip_sha256:
+        try:
+            with gzip.open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() == entry.gunzip_sha256:
+                    return None
+        except (OSError, EOFError, zlib.error):
+            pass  # not gzip at all: the plain mismatch below says enough
+    return f"{entry.path} has SHA-256 {digest[:16]}..., expected {entry.sha256[:16]}..."
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
