@@ -127,8 +127,15 @@ def test_missing_gpt2_files_exit_2_in_a_subprocess(tmp_path):
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={"ATTNLAB_DATA": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        # no data, and downloads go to a port nobody listens on
+        env={
+            "ATTNLAB_DATA": str(tmp_path),
+            "ATTNLAB_DATA_MIRROR": "http://127.0.0.1:9",
+            "PATH": "/usr/bin:/bin",
+        },
         timeout=120,
     )
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "gpt2-bpe" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("attnlab: error: cannot get dataset 'gpt2-bpe'")
+    assert list(tmp_path.rglob("*.*")) == []  # nothing half-written

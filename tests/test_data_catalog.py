@@ -290,25 +290,44 @@ def test_the_shared_data_folder_matches_the_catalog(shared_data, monkeypatch):
             assert catalog.get(dataset.name, shared_data, progress=False)
 
 
-def test_tinyshakespeare_from_the_shared_folder_served_as_a_mirror(
-    shared_data, monkeypatch, tmp_path
+SHIPPED_CONFIG = str(Path(__file__).resolve().parent.parent / "configs/gpt_shakespeare_char.toml")
+QUICK = ["--max-iters", "2", "--eval-iters", "1", "--no-compile", "--device", "cpu"]
+
+
+def test_training_the_shipped_config_fetches_its_dataset(
+    shared_data, monkeypatch, tmp_path, capsys
 ):
+    """On a machine without the data folder, `attnlab train gpt --config
+    configs/gpt_shakespeare_char.toml` gets tiny Shakespeare (here from the shared folder served
+    as a mirror) and trains."""
     if not catalog.dataset_present("tinyshakespeare", shared_data):
         pytest.skip(f"tinyshakespeare not found in {shared_data}")
     handler = functools.partial(QuietFiles, directory=str(shared_data))
     mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = serve(mirror)
     try:
-        monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path))
+        monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data"))
         monkeypatch.setenv("ATTNLAB_DATA_MIRROR", f"http://127.0.0.1:{mirror.server_address[1]}")
-        path = Path(resolve_data_path("tinyshakespeare/input.txt"))
+        argv = ["train", "gpt", "--config", SHIPPED_CONFIG, "--out", str(tmp_path / "run")]
+        code, _, err = run_cli([*argv, *QUICK], capsys)
     finally:
         mirror.shutdown()
         mirror.server_close()
         thread.join()
-    assert path == tmp_path / "tinyshakespeare" / "input.txt"
+    assert code == 0, err
+    assert "getting dataset 'tinyshakespeare'" in err
+    path = tmp_path / "data" / "tinyshakespeare" / "input.txt"
     assert sha256(path.read_bytes()) == catalog.lookup("tinyshakespeare").files[0].sha256
-    assert (
-        sha256(path.read_bytes())
-        == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-    )
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_training_without_data_or_network_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("ATTNLAB_DATA_MIRROR", f"http://127.0.0.1:{closed_port()}")
+    argv = ["train", "gpt", "--config", SHIPPED_CONFIG, "--out", str(tmp_path / "run"), *QUICK]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("attnlab: error: cannot get dataset 'tinyshakespeare'")
+    assert str(tmp_path / "data" / "tinyshakespeare") in line
+    assert contents(tmp_path / "data") == {} and not (tmp_path / "run").exists()

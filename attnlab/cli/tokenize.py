@@ -15,9 +15,10 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from attnlab.cli import HelpFormatter
-from attnlab.cli.options import data_root
+from attnlab.cli.options import resolve_data_path
 from attnlab.data.corpus import corpus_files, read_corpus
 from attnlab.errors import UserError
 from attnlab.tokenizers.base import Tokenizer, load_tokenizer
@@ -107,7 +108,7 @@ def _add_tokenizer_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer",
         default="gpt2",
-        help="a saved tokenizer file, 'gpt2' ($ATTNLAB_DATA/gpt2-bpe/) or 'byte'",
+        help="a saved tokenizer file, 'gpt2' (dataset gpt2-bpe, fetched on first use) or 'byte'",
     )
 
 
@@ -116,12 +117,7 @@ def open_tokenizer(spec: str) -> Tokenizer:
     if spec == "byte":
         return ByteTokenizer()
     if spec == "gpt2":
-        folder = data_root() / "gpt2-bpe"
-        if not (folder / "vocab.bpe").is_file() or not (folder / "encoder.json").is_file():
-            raise UserError(
-                f"GPT-2's vocab.bpe and encoder.json not found in {folder} "
-                "(set ATTNLAB_DATA to the folder that holds gpt2-bpe/)"
-            )
+        folder = Path(resolve_data_path("gpt2-bpe"))  # fetched on first use
         return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
     return load_tokenizer(spec)
 
