@@ -299,3 +299,31 @@ def test_weight_decay_follows_the_layers_marks():
         0.02 / math.sqrt(2),
         rel_tol=0.2,
     )
+
+
+PLUGIN = """
+from attnlab.models.registry import register_kind
+import test_platform as t
+
+class PluginModel(t.SumModel):  # each kind has a class of its own: checkpoints name it
+    pass
+
+register_kind(t.ModelKind(name="plugin_sum", config=t.SumConfig, model=PluginModel,
+                          presets={"tiny": t.SumConfig()}, data_config=t.SumDataConfig,
+                          build_data=t.sum_data, description="a kind from a plugin file"))
+"""
+
+
+def test_plugins_register_before_the_command_runs(tmp_path, monkeypatch, capsys):
+    plugin = tmp_path / "my_kinds.py"
+    plugin.write_text(PLUGIN)
+    monkeypatch.setenv("ATTNLAB_PLUGINS", str(plugin))
+    out = tmp_path / "run"
+    code, _, err = run(
+        ["train", "plugin_sum", "--max-iters", "2", "--out", str(out), *FAST], capsys
+    )
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["kind"] == "plugin_sum"
+    monkeypatch.setenv("ATTNLAB_PLUGINS", "no_such_module_here")
+    code, _, err = run(["train", "--help"], capsys)
+    assert "ATTNLAB_PLUGINS: cannot import no_such_module_here" in one_line_error(code, err)

@@ -2,16 +2,20 @@
 
 Each command lives in its own module with ``register(subparsers)``, which adds its parser and sets
 ``handler``. Only the module of the command given is imported, so `attnlab --help` answers
-without loading torch. Libraries raise; this is the one place that prints errors: a UserError
-becomes one line on stderr and exit code 2, Ctrl-C exit code 130.
+without loading torch. ATTNLAB_PLUGINS (comma-separated modules or .py files) is imported
+first: a user's own mixers and model kinds register themselves there. Libraries raise; this is
+the one place that prints errors: a UserError becomes one line on stderr and exit code 2,
+Ctrl-C exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 from attnlab.errors import UserError
 
@@ -52,12 +56,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins(spec: str) -> None:
+    """Import each comma-separated module name or .py file, so it can register mixers and
+    model kinds before the parser lists them."""
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            if entry.endswith(".py"):
+                module_spec = importlib.util.spec_from_file_location(Path(entry).stem, entry)
+                if module_spec is None or not Path(entry).is_file():
+                    raise ImportError(f"no such file: {entry}")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_spec.name] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(entry)
+        except ImportError as error:
+            raise UserError(f"ATTNLAB_PLUGINS: cannot import {entry}: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else "")
-    args = parser.parse_args(argv)
     try:
+        load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
+        args = build_parser(command if command in COMMANDS else "").parse_args(argv)
         return args.handler(args) or 0
     except UserError as error:
         print(f"attnlab: error: {error}", file=sys.stderr)

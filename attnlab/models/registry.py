@@ -51,7 +51,11 @@ KINDS: dict[str, ModelKind] = {}
 
 
 def register_kind(kind: ModelKind) -> ModelKind:
-    """Make `kind` known to `attnlab train`, checkpoints and the commands; returns it."""
+    """Make `kind` known to `attnlab train`, checkpoints and the commands; returns it. Each
+    kind has a model class of its own: a checkpoint's kind is found from its model's class."""
+    for other in KINDS.values():
+        if other.model is kind.model and other.name != kind.name:
+            raise ValueError(f"{kind.model.__name__} is already kind {other.name!r}")
     KINDS[kind.name] = kind
     return kind
 
