@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m attnlab.kernels.cpu  # attnlab's CPU kernels, built once here
 	touch $(STAMP)
 
 demo: $(STAMP)

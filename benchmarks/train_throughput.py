@@ -33,7 +33,11 @@ import torch
 
 from attnlab.cli.options import build_config, read_toml
 from attnlab.data.text import RandomWindows
-from attnlab.devices import measure_peak_flops, pick_device, pick_dtype
+from attnlab.devices import (
+    measure_peak_flops,
+    pick_device,
+    pick_dtype,
+)
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.training.trainer import TrainConfig, Trainer
 
@@ -51,6 +55,7 @@ VARIANTS = {
     "eager-bf16": ("shipped model, bf16, eager", {}, dict(precision="bf16", compile=False)),
     "compiled-fp32": ("shipped model, fp32, compiled", {}, dict(precision="fp32")),
     "tanh-gelu": ("shipped, with GPT-2's tanh GELU", dict(activation="gelu_tanh"), {}),
+    "by-block": ("shipped, compiled block by block", {}, dict(compile_by_block=True)),
     "shipped": ("the shipped config", {}, {}),
 }
 

@@ -87,7 +87,9 @@ def test_compiles_into_one_graph_and_matches_eager():
 
 
 def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernel, "_state", {"loaded": False, "failed": False, "enabled": True})
+    monkeypatch.setattr(
+        kernel, "_state", {"loaded": False, "failed": False, "enabled": True, "build": None}
+    )
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.warns(RuntimeWarning, match="building attnlab's CPU kernels failed"):

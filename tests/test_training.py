@@ -114,12 +114,18 @@ def test_compiled_training_follows_eager_on_the_cpu(tmp_path):
     dropout: compiled code draws its dropout masks from a different generator."""
     model = dataclasses.replace(MODEL, dropout=0.0)
     runs = {}
-    for compiled in (False, True):
-        trainer = make_trainer(tmp_path / str(compiled), 4, model=model, compile=compiled)
+    for mode in ("eager", "whole", "by_block"):
+        options = dict(compile=mode != "eager", compile_by_block=mode == "by_block")
+        trainer = make_trainer(tmp_path / mode, 4, model=model, **options)
         trainer.fit()  # trains and evaluates: both compile
-        assert compiled == bool(trainer.compiled and trainer.compiled.active)  # no fallback
-        runs[compiled] = losses(tmp_path / str(compiled)) + [trainer.evaluate()["val_loss"]]
-    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+        assert (mode != "eager") == bool(trainer.compiled and trainer.compiled.active)
+        runs[mode] = losses(tmp_path / mode) + [trainer.evaluate()["val_loss"]]
+        blocks = trainer.model.blocks
+        assert all(block._compiled_call_impl is None for block in blocks)  # left as it was
+        if mode == "by_block":
+            assert [region for region, _ in trainer.compiled.regions] == list(blocks)
+    assert runs["whole"] == pytest.approx(runs["eager"], rel=1e-4)
+    assert runs["by_block"] == pytest.approx(runs["eager"], rel=1e-4)
 
 
 def test_a_failing_compiler_falls_back_to_eager(tmp_path, monkeypatch):

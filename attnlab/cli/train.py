@@ -30,7 +30,7 @@ from attnlab.models import KINDS
 from attnlab.models.registry import GENERATE, TRANSLATE, ModelKind, get_kind
 from attnlab.training.checkpoints import load_artifacts
 from attnlab.training.sources import DataRequest
-from attnlab.training.trainer import TrainConfig, Trainer
+from attnlab.training.trainer import TrainConfig, Trainer, prepare
 
 RUN_FILE = "run.json"
 TABLES = {"model": dict, "training": dict}
@@ -100,6 +100,7 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     else:
         refuse_existing_checkpoint(out)
         run, (model_base, given), train_config = _chosen(kind, args, toml, data_keys, source)
+    prepare(train_config)  # the CPU kernels build while the data and model are prepared
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
     artifacts = load_artifacts(out) if args.resume else None
     data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, note))

@@ -1,5 +1,5 @@
 // attnlab's CPU kernels for training small models: attention over short sequences, and GELU
-// with its slope. Built on first use by cpu_kernels.py; registered as torch ops (attnlab::...).
+// with its slope. Built on first use by cpu.py; registered as torch ops (attnlab::...).
 //
 // Attention: softmax(Q Kᵀ · scale) V and its gradients. torch's CPU flash-attention kernel
 // splits each head into blocks and calls a BLAS for every block product; at a context of 64
@@ -15,7 +15,10 @@
 // backward pass is one multiplication (compiled, torch computes the erf again there, and one
 // more exponential).
 
-#include <ATen/ATen.h>
+// Only the headers of what is used (not <ATen/ATen.h>): the build takes 7 s instead of 10.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>

@@ -21,6 +21,7 @@ gradients are wanted: for inference alone, torch's kernels are as fast and keep 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import math
@@ -51,7 +52,7 @@ _VECTOR_FLAGS = {
 }
 
 _lock = threading.Lock()
-_state = {"loaded": False, "failed": False, "enabled": False}
+_state = {"loaded": False, "failed": False, "enabled": False, "build": None}
 
 
 def training_on_cpu(x: torch.Tensor) -> bool:
@@ -99,13 +100,22 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.attnlab.gelu(x)[0]
 
 
+def start_building() -> None:
+    """Start building the library in a background thread (a C++ compiler process), so that a
+    caller can prepare its data and model meanwhile; load() then waits for it."""
+    with _lock:
+        if _state["build"] is None and not (_state["loaded"] or _state["failed"]):
+            _state["build"] = concurrent.futures.ThreadPoolExecutor(1).submit(_build)
+
+
 def load() -> bool:
     """Build (once per machine) and register the kernels; False, with one warning, where building
     fails (no C++ compiler, say): layers then stay with torch's kernels."""
+    start_building()
     with _lock:
         if not (_state["loaded"] or _state["failed"]):
             try:
-                torch.ops.load_library(_build())
+                torch.ops.load_library(_state["build"].result())
                 _register()
                 _state["loaded"] = True
             except (OSError, RuntimeError) as error:  # no compiler, or it failed
@@ -187,3 +197,7 @@ def _register() -> None:
         return (grad * slope).to(grad.dtype)
 
     torch.library.register_autograd("attnlab::gelu", gelu_backward, setup_context=keep_slope)
+
+
+if __name__ == "__main__":  # `python -m attnlab.kernels.cpu`: build now (make setup does)
+    print(_build() if load() else "attnlab's CPU kernels could not be built; torch's are used")

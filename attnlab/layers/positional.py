@@ -136,7 +136,10 @@ class RotaryEmbedding(RelativePosition):
         return value
 
     def rotate(self, x, offset):
-        if isinstance(offset, torch.Tensor):  # compiled decoding: the angles, in the graph
+        # Compiled (training, or decoding with a tensor offset): the angles are computed in the
+        # graph, where the compiler fuses them, and no table kept between calls changes the
+        # module, which would make the compiled code recompile on the second call.
+        if isinstance(offset, torch.Tensor) or torch.compiler.is_compiling():
             positions = offset + torch.arange(x.size(2), device=x.device)
             cos, sin = (table.to(x.dtype) for table in self._cos_sin(positions))
         else:

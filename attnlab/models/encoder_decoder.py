@@ -261,6 +261,10 @@ class EncoderDecoder(nn.Module):
         max_length = max_length or self.config.max_length
         return DecodingCache([block.new_cache(max_length) for block in self.decoder_blocks])
 
+    def compile_regions(self) -> list[nn.Module]:
+        """What training compiles: the blocks (each stack's share one compiled graph)."""
+        return [*self.encoder_blocks, *self.decoder_blocks]
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (tied matrices count once), optionally without the embeddings."""
         total = sum(p.numel() for p in self.parameters())

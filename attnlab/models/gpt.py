@@ -240,6 +240,10 @@ class GPT(nn.Module):
         position = torch.zeros((), dtype=torch.long, device=device) if static else 0
         return DecodingCache(blocks, position, sliding)
 
+    def compile_regions(self) -> list[nn.Module]:
+        """What training compiles: the blocks, which share one compiled graph."""
+        return list(self.blocks)
+
     @property
     def sliding_cache(self) -> bool:
         """Whether new_cache() slides past the context (relative or no positions)."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from attnlab.config import check_choice, check_positive, config_to_dict
 from attnlab.devices import (
-    Compiled,
+    CompiledRegions,
     autocast,
     measure_peak_flops,
     pick_device,
@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 1337
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model for training
+    compile_by_block: bool = False  # compile one block for all layers: faster to build, slower
     cpu_kernels: bool = True  # on a CPU, attnlab's own kernels (short-sequence attention, GELU)
     device: str = "auto"  # auto | cpu | cuda | mps
 
@@ -89,6 +90,13 @@ class TrainConfig:
             )
         check_choice("TrainConfig", "lr_schedule", self.lr_schedule, SCHEDULES)
         check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
+
+
+def prepare(config: TrainConfig) -> None:
+    """Start what a Trainer with this config will wait for, so that it happens while the caller
+    prepares data and model: the build of attnlab's CPU kernels (7-10 s the first time)."""
+    if config.cpu_kernels and pick_device(config.device).type == "cpu":
+        cpu_kernels.start_building()
 
 
 class TrainingDiverged(UserError):
@@ -128,7 +136,10 @@ class Trainer:
         self.kernels_on = config.cpu_kernels and self.device.type == "cpu"
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
         options = training_compile_options(self.device)
-        self.compiled = Compiled(self.model, **options) if config.compile else None
+        regions = None  # the whole model as one graph
+        if config.compile_by_block:  # one compiled block serves every layer (devices.py)
+            regions = getattr(self.model, "compile_regions", lambda: None)()
+        self.compiled = CompiledRegions(self.model, regions, **options) if config.compile else None
         self.optimizer = build_optimizer(
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
         )
