@@ -230,3 +230,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
     assert "--resume" in err and "Traceback" not in err
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["step"] >= 1 and (out / "optimizer.safetensors").is_file()
+
+
+def test_top_level_help_answers_without_loading_torch():
+    code = (
+        "import sys\nfrom attnlab.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
