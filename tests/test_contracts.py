@@ -7,6 +7,7 @@ import pytest
 import test_platform  # noqa: F401 - registers a model kind and a mixer from outside the package
 import torch
 from helpers import step_logits
+from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.generation.beam_search import greedy_search
@@ -60,11 +61,12 @@ def mixer_model(name):
 
 
 def larger_weights(model):
-    """Matrices drawn wider than the models' initialisation, so greedy choices are not ties."""
+    """Linear weights drawn wider than the models' initialisation, so greedy choices are not
+    ties (position tables keep their scale: logits stay where fp32 rounds below 1e-5)."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, MATRIX_LAYERS):
-                module.weight.normal_(0, 0.3)
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0, 0.1)
     return model
 
 

@@ -50,9 +50,9 @@ class MeanMixer(nn.Module):
         self.options = options
         self.value = nn.Linear(context.d_model, context.d_model, bias=False)
         self.output = nn.Linear(context.d_model, context.d_model, bias=False)
-        # 2-D, so an initialisation that went by p.dim() would draw it at random
+        # 2-D, so an initialisation or a weight decay that went by p.dim() would touch it
         self.mix = nn.Parameter(torch.empty(1, context.d_model))
-        no_weight_decay(self.mix)
+        no_weight_decay(self.output.weight)  # a linear weight opted out of decay
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -291,7 +291,9 @@ def test_weight_decay_follows_the_layers_marks():
     decay, no_decay = build_optimizer(model, 1e-3, 0.1, (0.9, 0.99)).param_groups
     decayed = {id(p) for p in decay["params"]}
     mixer = model.blocks[0].token_mixer
-    assert id(mixer.mix) not in decayed and id(mixer.value.weight) in decayed
+    assert id(mixer.value.weight) in decayed and id(model.position_embedding.weight) in decayed
+    assert id(mixer.mix) not in decayed  # a mixer's own parameter, by default
+    assert id(mixer.output.weight) not in decayed  # marked by its layer
     assert all(p.dim() >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
     assert torch.equal(mixer.mix, torch.full((1, 8), 0.5))  # the layer's own initialisation
     assert math.isclose(

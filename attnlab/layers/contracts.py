@@ -16,8 +16,9 @@ Dimensions: B batch, T positions, D model width.
   Training, generation, evaluation and inspection are procedures over that contract.
 - **Parameters**: each layer initialises its own (``reset_parameters``). A model's scheme
   (``initialize``) covers only the weights of linear and embedding layers, and leaves alone what
-  a layer marks ``keep_init``. Weight decay applies to matrices; biases, norm gains and what a
-  layer marks ``no_weight_decay`` (a mixer's dynamics parameters) are not decayed.
+  a layer marks ``keep_init``. Weight decay applies to those same weights (linear and embedding
+  layers) unless a layer marks them ``no_weight_decay``; biases, norm gains and a mixer's own
+  parameters (its dynamics, such as Mamba's A and D) are never decayed.
 """
 
 from __future__ import annotations
@@ -69,9 +70,15 @@ def writes_residual(*params: nn.Parameter) -> None:
         param._writes_residual = True
 
 
-def decays(param: nn.Parameter) -> bool:
-    """Whether weight decay applies: matrices, unless marked no_weight_decay."""
-    return param.dim() >= 2 and not getattr(param, "_no_weight_decay", False)
+def decayed(model: nn.Module) -> set[int]:
+    """The ids of the parameters that weight decay applies to: the weights of linear and
+    embedding layers, unless marked no_weight_decay."""
+    return {
+        id(module.weight)
+        for module in model.modules()
+        if isinstance(module, MATRIX_LAYERS)
+        and not getattr(module.weight, "_no_weight_decay", False)
+    }
 
 
 def is_residual_output(param: nn.Parameter) -> bool:

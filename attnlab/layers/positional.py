@@ -15,17 +15,13 @@ import torch
 from torch import nn
 
 
-class LearnedPositionalEmbedding(nn.Module):
-    """A trained (max_length, D) table: row p is the embedding of position p."""
+class LearnedPositionalEmbedding(nn.Embedding):
+    """A trained (max_length, D) table: row p is the embedding of position p (an embedding
+    layer, so models initialise and decay it as they do their token embeddings)."""
 
     def __init__(self, max_length: int, d_model: int):
-        super().__init__()
+        super().__init__(max_length, d_model)
         self.max_length = max_length
-        self.weight = nn.Parameter(torch.empty(max_length, d_model))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.02)  # as GPT-2's token and position tables
 
     def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Embeddings of positions offset..offset+length-1, (T, D)."""

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from attnlab.layers.contracts import decays
+from attnlab.layers.contracts import decayed
 
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 
@@ -15,13 +15,15 @@ SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
 ) -> torch.optim.AdamW:
-    """AdamW decaying only matrices (layers/contracts.py: decays). Biases, norm gains and what a
-    layer marks no_weight_decay are left alone: shrinking them towards zero has no regularising
-    meaning (Loshchilov & Hutter 2019 decouple decay; GPT-3 and later exclude these)."""
+    """AdamW decaying only the weights of linear and embedding layers (layers/contracts.py:
+    decayed). Biases, norm gains, a mixer's dynamics and what a layer marks no_weight_decay are
+    left alone: shrinking them towards zero has no regularising meaning (Loshchilov & Hutter
+    2019 decouple decay; GPT-3 and later exclude biases and gains)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    decay = decayed(model)
     groups = [
-        {"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
-        {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
+        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
     ]
     device = params[0].device.type
     fused = device in ("cuda", "cpu", "mps")  # torch's fused AdamW kernels cover these devices
