@@ -12,8 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/multi30k_de_en}
-export ATTNLAB_DATA=${ATTNLAB_DATA:-$(cd .. && pwd)/shared/data}
-DATA="$ATTNLAB_DATA/multi30k"
+# Datasets by name: read from $ATTNLAB_DATA, fetched there first when missing.
+DATA=multi30k
 # On a 2-core machine shared with another busy process, OpenMP threads that spin while waiting
 # for each other made a training step 6x slower (7.1 s instead of 1.1 s); waiting passively
 # keeps it at ~1.1 s and costs nothing on a free machine.
