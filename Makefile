@@ -1,8 +1,11 @@
 # Each target sets up .venv itself when it is missing, so a fresh clone needs only `make demo`
 # or `make test`. PyTorch is pinned to the local CPU build; see README.
 PYTHON ?= python3
-# Shared datasets, read by path; configs name files relative to this folder.
+# Datasets: a shared folder beside the checkout when there is one, else attnlab's default
+# (~/.cache/attnlab/data, where missing datasets are fetched on first use).
+ifneq ($(wildcard ../shared/data),)
 export ATTNLAB_DATA ?= $(abspath ../shared/data)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
