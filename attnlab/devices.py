@@ -188,9 +188,10 @@ class CompiledRegions:
     With regions = its blocks, identical blocks share one compiled graph, so compiling takes
     about one block's time. Measured for the baby GPT from empty caches (two cores of a Xeon
     with AMX): the first training step took 16 s instead of 24 s, the first evaluation 3.8 s
-    instead of 8.5 s, but a step ran at 16.3 against 14.5 ms (benchmarks/train_throughput.py,
-    whole-model variant): the embedding, head and loss run eagerly, and each block is a call of
-    its own. It pays for short runs of deep models.
+    instead of 8.5 s; but a training step ran at 17.2-17.3 against 15.2-15.5 ms
+    (benchmarks/train_throughput.py, by-block variant): the embedding, head and loss run
+    eagerly, and each block is a call of its own. The Trainer evaluates by block always, and
+    trains by block where asked (TrainConfig.compile_by_block: short runs of deep models).
 
     Each region is swapped in only for the duration of a call, through the hook that
     ``nn.Module.compile`` uses, so the model is left as it was outside training. Compiling

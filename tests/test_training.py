@@ -122,8 +122,10 @@ def test_compiled_training_follows_eager_on_the_cpu(tmp_path):
         runs[mode] = losses(tmp_path / mode) + [trainer.evaluate()["val_loss"]]
         blocks = trainer.model.blocks
         assert all(block._compiled_call_impl is None for block in blocks)  # left as it was
-        if mode == "by_block":
-            assert [region for region, _ in trainer.compiled.regions] == list(blocks)
+        if mode != "eager":  # evaluation compiles by block, training as asked
+            assert [region for region, _ in trainer.compiled_eval.regions] == list(blocks)
+            whole = [region for region, _ in trainer.compiled.regions] == [trainer.model]
+            assert whole == (mode == "whole")
     assert runs["whole"] == pytest.approx(runs["eager"], rel=1e-4)
     assert runs["by_block"] == pytest.approx(runs["eager"], rel=1e-4)
 
@@ -132,7 +134,7 @@ def test_a_failing_compiler_falls_back_to_eager(tmp_path, monkeypatch):
     """No C++ compiler, say: the run warns and trains uncompiled, with the same losses."""
 
     def broken_compile(model, **options):
-        def compiled(*args):
+        def compiled(*args, **kwargs):
             raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
 
         return compiled
@@ -143,7 +145,7 @@ def test_a_failing_compiler_falls_back_to_eager(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path / "compiled", max_iters=4, compile=True)
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no working C"):
         trainer.fit()
-    assert not trainer.compiled.active
+    assert not trainer.compiled.active and not trainer.compiled_eval.active
     assert losses(tmp_path / "compiled") == losses(tmp_path / "eager")
 
 

@@ -136,10 +136,16 @@ class Trainer:
         self.kernels_on = config.cpu_kernels and self.device.type == "cpu"
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
         options = training_compile_options(self.device)
-        regions = None  # the whole model as one graph
-        if config.compile_by_block:  # one compiled block serves every layer (devices.py)
-            regions = getattr(self.model, "compile_regions", lambda: None)()
-        self.compiled = CompiledRegions(self.model, regions, **options) if config.compile else None
+        blocks = getattr(self.model, "compile_regions", lambda: None)()
+        # Training: the whole model as one graph (the fastest steps), or one compiled block for
+        # every layer (the shortest compile; devices.py). Evaluation, a forward pass without
+        # gradients that compiles anew, always by block: the baby GPT's first evaluation took
+        # 3.8 s instead of 8.5 s from empty caches, and each later one 1.0 s instead of 0.9 s.
+        self.compiled = self.compiled_eval = None
+        if config.compile:
+            regions = blocks if config.compile_by_block else None
+            self.compiled = CompiledRegions(self.model, regions, **options)
+            self.compiled_eval = CompiledRegions(self.model, blocks, **options)
         self.optimizer = build_optimizer(
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
         )
@@ -219,7 +225,7 @@ class Trainer:
         for _ in range(self.config.gradient_accumulation):
             batch = tuple(t.to(self.device, non_blocking=True) for t in self.train_data.next())
             tokens += batch[-1].numel()
-            _, loss = self._forward(batch)
+            _, loss = self._forward(batch, self.compiled)
             (loss / self.config.gradient_accumulation).backward()
             total += loss.detach()
         loss = total.item() / self.config.gradient_accumulation
@@ -244,16 +250,17 @@ class Trainer:
         for split, batches in self.eval_data.items():
             losses = []
             for batch in batches():
-                _, loss = self._forward(tuple(t.to(self.device) for t in batch))
+                batch = tuple(t.to(self.device) for t in batch)
+                _, loss = self._forward(batch, self.compiled_eval)
                 losses.append(loss.item())
             results[f"{split}_loss"] = sum(losses) / len(losses)
         self.last_eval = results
         return results
 
-    def _forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, batch: Batch, compiled=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The model (compiled, if asked) on a batch under autocast."""
         with autocast(self.device, self.dtype):
-            return (self.compiled or self.model)(*batch)
+            return (compiled or self.model)(*batch)
 
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return from fit (what Ctrl-C does)."""
