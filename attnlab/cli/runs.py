@@ -16,11 +16,24 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def refuse_existing_checkpoint(out: Path) -> None:
-    """A new run never overwrites a checkpoint: nothing is lost by a repeated command."""
+def claim_run_directory(out: Path, resume: bool) -> None:
+    """--out must be a new or empty directory, or an attnlab run (it holds run.json): a file, or
+    a folder of someone else's files, is refused before anything is written, so no file that
+    attnlab did not write is ever overwritten. A new run never replaces a checkpoint."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run directory")
+    if resume or not out.is_dir():
+        return
     if (out / "model.safetensors").exists():
         raise UserError(
             f"{out} already holds a checkpoint: pass --resume to continue it, or another --out"
+        )
+    contents = sorted(p.name for p in out.iterdir())
+    if contents and "run.json" not in contents:
+        shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
+        raise UserError(
+            f"--out {out} holds files that are not an attnlab run ({shown}): give a new or "
+            "empty directory"
         )
 
 

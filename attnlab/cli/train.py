@@ -21,7 +21,7 @@ from attnlab.cli.options import (
     preset_defaults,
     read_toml,
 )
-from attnlab.cli.runs import fit_and_report, note, refuse_existing_checkpoint
+from attnlab.cli.runs import claim_run_directory, fit_and_report, note
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import seed_everything
 from attnlab.errors import UserError
@@ -95,10 +95,10 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     source = args.config or "flags"
     data_keys = _check_toml(toml, kind, source)
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
+    claim_run_directory(out, args.resume)
     if args.resume:
         run, (model_base, given), train_config = _resumed(kind, args, out)
     else:
-        refuse_existing_checkpoint(out)
         run, (model_base, given), train_config = _chosen(kind, args, toml, data_keys, source)
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")

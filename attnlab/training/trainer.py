@@ -19,6 +19,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from attnlab.devices import (
     training_compile_options,
 )
 from attnlab.errors import UserError
+from attnlab.files import atomic_write_bytes
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.training.checkpoints import (
     MODEL_FILE,
@@ -303,15 +305,27 @@ class Trainer:
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        """Drop metric lines logged after the checkpoint: the resumed run logs those steps again."""
+        """Drop metric lines logged after the checkpoint: the resumed run logs those steps again.
+        A damaged log (a line that is not a record with a step) is cut at the last good record
+        before it, with a warning: the checkpoint, not the log, is what resuming needs."""
         path = self.out_dir / METRICS_FILE
-        if path.is_file():
-            lines = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step
-            ]
-            path.write_text("".join(line + "\n" for line in lines))
+        if not path.is_file():
+            return
+        kept = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            record = _record(line)
+            if record is None:
+                warnings.warn(
+                    f"{path}: line {number} is not a metrics record; the log is cut there",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                break
+            if record["step"] <= self.step:
+                kept.append(line)
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
     def _saved_step(self) -> int:
         try:
@@ -329,3 +343,13 @@ class Trainer:
             self.request_stop()
 
         return signal.signal(signal.SIGINT, handler)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """A metrics line as a record with an integer step, or None."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and type(record.get("step")) is int
+    return record if ok else None

@@ -1,0 +1,88 @@
+"""A run directory holds only attnlab's own work: --out that is a file or a folder of someone
+else's files is refused before anything is written, a run of another kind is not resumed, and a
+damaged metrics log does not stop --resume."""
+
+import json
+
+import pytest
+import test_platform  # noqa: F401 - registers the test_sum kind
+from helpers import one_line_error, run
+
+FAST = ["--batch-size", "4", "--eval-iters", "1", "--device", "cpu", "--no-compile"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("All the world's a stage, and all the men and women merely players. " * 30)
+    return path
+
+
+def train(capsys, corpus, out, *flags):
+    argv = ["train", "gpt", "--data", str(corpus), "--context-length", "16", "--out", str(out)]
+    return run([*argv, *FAST, *flags], capsys)
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path, corpus, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "own"}')
+    (out / "metrics.jsonl").write_text("my notes\n")
+    (out / "loss.png").write_bytes(b"\x89PNG")
+    before = snapshot(out)
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2")
+    assert "holds files that are not an attnlab run (config.json, loss.png" in one_line_error(
+        code, err
+    )
+    assert snapshot(out) == before
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, corpus, capsys):
+    out = tmp_path / "a_file"
+    out.write_text("keep me")
+    for argv in (["--data", str(corpus)], ["--resume"]):
+        code, _, err = run(["train", "gpt", "--out", str(out), *argv], capsys)
+        assert "is a file, not a run directory" in one_line_error(code, err)
+    assert out.read_text() == "keep me"
+
+
+def test_an_empty_folder_or_an_unfinished_run_may_be_used(tmp_path, corpus, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+    (out / "model.safetensors").unlink()  # a run stopped before its first checkpoint
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+
+
+def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
+    out = tmp_path / "gpt_run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+    before = snapshot(out)
+    code, _, err = run(["train", "test_sum", "--out", str(out), "--resume"], capsys)
+    assert "holds a 'gpt' run: resume it with that kind" in one_line_error(code, err)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("damage", ["garbage\n", "[1, 2]\n", '{"loss": 1.0}\n'])
+def test_resume_cuts_a_damaged_metrics_log_at_its_last_good_record(
+    tmp_path, corpus, capsys, damage
+):
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "4", "--eval-interval", "2")
+    assert code == 0, err
+    log = out / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:3]) + "\n" + damage + "\n".join(lines[3:]) + "\n")
+    resume = ["train", "gpt", "--out", str(out), "--resume", "--max-iters", "6"]
+    with pytest.warns(RuntimeWarning, match="line 4 is not a metrics record"):
+        code, _, err = run(resume, capsys)
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 5, 6]  # cut after step 3; the run went on from its checkpoint
