@@ -192,6 +192,7 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
         (["evaluate", str(trained), "--src", src], "needs both --src and --ref"),
         (["evaluate", str(gpt_checkpoint), "--src", src, "--ref", src], "holds a 'gpt' model"),
         (["evaluate", str(trained), "--data", src], "holds a 'translation' model"),
+        (["sample", str(trained)], "holds a 'translation' model, which `attnlab sample`"),
         (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
         (["translate", str(tmp_path / "nothing"), "one"], "no checkpoint"),
