@@ -86,3 +86,25 @@ def test_resume_cuts_a_damaged_metrics_log_at_its_last_good_record(
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [1, 2, 3, 5, 6]  # cut after step 3; the run went on from its checkpoint
+
+
+@pytest.mark.parametrize(
+    "file, text, message",
+    [
+        ("config.json", "[1, 2]", "lacks 'kind' and 'config'"),
+        ("config.json", '{"kind": "gpt", "config": 3}', "lacks 'kind' and 'config'"),
+        ("trainer_state.json", '{"step": "ten"}', "is damaged: step is missing or wrong"),
+        ("trainer_state.json", "[]", "is damaged: step"),
+        ("run.json", '{"kind": "gpt"}', "is not a run description"),
+        ("run.json", "not json", "run.json"),
+    ],
+)
+def test_hand_edited_run_files_are_one_line(tmp_path, corpus, capsys, file, text, message):
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+    (out / file).write_text(text)
+    before = snapshot(out)
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"], capsys)
+    assert message in one_line_error(code, err)
+    assert snapshot(out) == before

@@ -28,7 +28,11 @@ from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 from attnlab.models import KINDS
 from attnlab.models.registry import GENERATE, TRANSLATE, ModelKind, get_kind
-from attnlab.training.checkpoints import load_artifacts
+from attnlab.training.checkpoints import (
+    checkpoint_description,
+    load_artifacts,
+    read_training_state,
+)
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig, Trainer, prepare
 
@@ -180,8 +184,8 @@ def _resumed(kind: ModelKind, args, out: Path):
         raise UserError(
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when resuming"
         )
-    saved = read_json(out / "config.json", "checkpoint config")["config"]
-    state = read_json(out / "trainer_state.json", "trainer state")
+    saved = checkpoint_description(out)["config"]
+    state = read_training_state(out)
     flags = flag_values(args, TrainConfig)
     train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
     return run, (saved, saved), train

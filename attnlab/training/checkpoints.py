@@ -144,12 +144,33 @@ def load_weights(model: nn.Module, file: Path) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
+# trainer_state.json: the fields resuming reads, and their JSON types
+STATE_FIELDS = {"step": int, "elapsed_s": (int, float), "train_config": dict, "rng": dict}
+RNG_FIELDS = {"torch": str, "cuda": list, "python": list, "data": dict}
+
+
+def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint directory, checked field by field (a hand-edited file
+    of the wrong shape is one clear error, not a failure halfway through resuming)."""
+    file = Path(path) / STATE_FILE
+    state = read_json(file, "trainer state")
+    rng = state.get("rng") if isinstance(state, dict) else None
+    for where, value, fields in (("", state, STATE_FIELDS), ("rng.", rng, RNG_FIELDS)):
+        for name, kind in fields.items():
+            field = value.get(name) if isinstance(value, dict) else None
+            if isinstance(field, bool) or not isinstance(field, kind):
+                raise UserError(
+                    f"trainer state {file} is damaged: {where}{name} is missing or wrong"
+                )
+    return state
+
+
 def load_training_state(
     path: str | os.PathLike, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Restore the optimizer from a checkpoint and return its trainer state."""
     path = Path(path)
-    state = read_json(path / STATE_FILE, "trainer state")
+    state = read_training_state(path)
     try:
         with safetensors.safe_open(path / OPTIMIZER_FILE, framework="pt") as f:
             groups = json.loads(f.metadata()["param_groups"])
