@@ -15,25 +15,36 @@ from attnlab.layers import MIXERS
 from attnlab.layers.contracts import MATRIX_LAYERS
 from attnlab.models import KINDS
 from attnlab.models.gpt import GPT, GPTConfig
-from attnlab.models.registry import GENERATE, TRANSLATE
+from attnlab.models.registry import CLASSIFY, GENERATE, TRANSLATE, kind_of
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig
-
-# Small data settings for the built-in kinds (a kind not named here uses its defaults).
-SMALL_DATA = {"translation": {"embedded_pairs": 300, "bpe_vocab_size": 300}}
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("contract") / "corpus.txt"
     path.write_text("It is a truth universally acknowledged, that a single man. " * 80)
+    labelled = "".join(
+        f"{'good' if i % 3 else 'bad'} film number {i}\t{i % 3 % 2}\n" for i in range(60)
+    )
+    (path.parent / "labelled.tsv").write_text(labelled)
     return path
+
+
+def small_data(name, corpus):
+    """Small data settings for the built-in kinds (a kind not named here uses its defaults)."""
+    return {
+        "gpt": {"data": str(corpus)},
+        "bert": {"data": str(corpus), "tokenizer": "char"},
+        "classifier": {"data": str(corpus.parent / "labelled.tsv"), "tokenizer": "char"},
+        "translation": {"embedded_pairs": 300, "bpe_vocab_size": 300},
+    }.get(name, {})
 
 
 def build(kind, corpus):
     """A model of `kind` at its default preset, and a training batch from its own data builder."""
-    settings = {"data": str(corpus)} if kind.name == "gpt" else SMALL_DATA.get(kind.name, {})
+    settings = small_data(kind.name, corpus)
     base = config_to_dict(kind.presets[kind.default_preset])
     request = DataRequest(
         config_from_dict(kind.data_config, settings),
@@ -75,9 +86,12 @@ MIXER_NAMES = sorted(MIXERS)
 
 
 def check_initial_loss(model, batch):
+    """The loss of fresh weights is about that of a uniform guess over the model's outputs."""
     logits, loss = model(*batch)
-    assert logits.shape[:-1] == batch[-1].shape and logits.shape[-1] == model.config.vocab_size
-    log_v = math.log(model.config.vocab_size)
+    classes = CLASSIFY in kind_of(model).capabilities
+    outputs = model.config.n_classes if classes else model.config.vocab_size
+    assert logits.shape[-1] == outputs
+    log_v = math.log(outputs)
     assert math.isfinite(loss.item()) and abs(loss.item() - log_v) < 0.2 * log_v, loss.item()
 
 

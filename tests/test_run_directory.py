@@ -3,6 +3,10 @@ else's files is refused before anything is written, a run of another kind is not
 damaged metrics log does not stop --resume."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import test_platform  # noqa: F401 - registers the test_sum kind
@@ -108,3 +112,30 @@ def test_hand_edited_run_files_are_one_line(tmp_path, corpus, capsys, file, text
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"], capsys)
     assert message in one_line_error(code, err)
     assert snapshot(out) == before
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".attnlab.lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")  # alive
+    before = snapshot(out)
+    line = one_line_error(*train(capsys, corpus, out, "--max-iters", "1")[::2])
+    assert f"PID {os.getpid()}" in line and "in use" in line
+    assert snapshot(out) == before
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path, corpus, capsys):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its PID now names no process
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".attnlab.lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+    code, _, err = train(capsys, corpus, out, "--max-iters", "1")
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and not (out / ".attnlab.lock").exists()
+
+
+def test_a_run_stopped_by_bad_input_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    one_line_error(*train(capsys, tmp_path / "missing.txt", out, "--max-iters", "1")[::2])
+    assert not out.exists()

@@ -25,6 +25,8 @@ COMMANDS = {
     "sample": ("sample", "generate text from a trained checkpoint"),
     "evaluate": ("evaluate", "score a checkpoint on data"),
     "translate": ("translate", "translate text with an encoder-decoder checkpoint"),
+    "fill-mask": ("fill_mask", "predict the hidden words of a text with a BERT checkpoint"),
+    "classify": ("classify", "label texts with a classifier checkpoint"),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use"),
 }

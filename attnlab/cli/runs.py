@@ -3,7 +3,11 @@ draw progress, stop at a time limit, plot the losses and say where everything is
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from attnlab.cli.reports import plot_losses, progress_printer
@@ -14,6 +18,55 @@ from attnlab.training.trainer import METRICS_FILE, Trainer
 def note(message: str) -> None:
     """Progress and results for the person watching: stderr, so stdout stays clean."""
     print(message, file=sys.stderr, flush=True)
+
+
+LOCK_FILE = ".attnlab.lock"  # "PID HOST" of the process writing the run
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Own the run directory for the duration: one writer per run. A second process gets one
+    line naming the holder; a lock left by a process that is gone (kill -9) is taken over. A
+    directory created here and left empty (a run that stopped on bad input) is removed."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        holder = _lock_holder(path)
+        if holder is not None:
+            raise UserError(
+                f"{out} is in use by another attnlab process ({holder}): wait for it to end, "
+                f"or give another --out (if no such process runs, delete {path})"
+            ) from None
+        path.unlink(missing_ok=True)  # stale: its process is gone
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(descriptor, "w") as lock:
+        lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _lock_holder(path: Path) -> str | None:
+    """The holder ("PID N on HOST") of a lock whose process may still run; None when gone."""
+    try:
+        pid, host = path.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: its writer died before finishing it
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+    return f"PID {pid} on {host}"
 
 
 def claim_run_directory(out: Path, resume: bool) -> None:
@@ -28,7 +81,7 @@ def claim_run_directory(out: Path, resume: bool) -> None:
         raise UserError(
             f"{out} already holds a checkpoint: pass --resume to continue it, or another --out"
         )
-    contents = sorted(p.name for p in out.iterdir())
+    contents = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     if contents and "run.json" not in contents:
         shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
         raise UserError(
@@ -80,9 +133,14 @@ def fit_and_report(
             f"Continue with: attnlab {command} --out {out} --resume"
         )
         return 130
-    val = result.last_eval.get("val_loss")
     reason = f" (time limit of {time_limit:g} min)" if timed_out else ""
-    note(f"done: step {result.step}{reason}" + (f", val loss {val:.4f}" if val is not None else ""))
+    scores = "".join(
+        f", {name.replace('_', ' ')} {value:.4f}" for name, value in result.last_eval.items()
+    )
+    note(f"done: step {result.step}{reason}{scores}")
+    if trainer.best:
+        best = trainer.best
+        note(f"best:       {best['score']} {best['value']:.4f} at step {best['step']}: {out}/best")
     extras = "".join(f", {name}.json" for name in trainer.artifacts)
     note(f"checkpoint: {out}/model.safetensors (+ config.json{extras})")
     note(f"metrics:    {out}/{METRICS_FILE}" + (f"\nloss plot:  {plot}" if plot else ""))

@@ -21,16 +21,25 @@ from attnlab.cli.options import (
     preset_defaults,
     read_toml,
 )
-from attnlab.cli.runs import claim_run_directory, fit_and_report, note
+from attnlab.cli.runs import claim_run_directory, fit_and_report, note, run_lock
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import seed_everything
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 from attnlab.models import KINDS
-from attnlab.models.registry import GENERATE, TRANSLATE, ModelKind, get_kind
+from attnlab.models.registry import (
+    CLASSIFY,
+    FILL_MASK,
+    GENERATE,
+    TRANSLATE,
+    ModelKind,
+    get_kind,
+)
 from attnlab.training.checkpoints import (
+    MODEL_FILE,
     checkpoint_description,
     load_artifacts,
+    load_matching_weights,
     read_training_state,
 )
 from attnlab.training.sources import DataRequest
@@ -41,6 +50,8 @@ TABLES = {"model": dict, "training": dict}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",
     TRANSLATE: 'translate:  attnlab translate {out} "..."',
+    FILL_MASK: 'fill in:    attnlab fill-mask {out} "the movie was [MASK] good ."',
+    CLASSIFY: 'classify:   attnlab classify {out} "..."',
 }
 
 
@@ -80,6 +91,13 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{kind.name})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    starts = " or ".join((kind.name, *kind.init_from))
+    parser.add_argument(
+        "--init",
+        metavar="CKPT",
+        help=f"start from the weights of a {starts} checkpoint: its model shape and tokenizer; "
+        "layers it lacks start new (default: none, random weights)",
+    )
     parser.add_argument(
         "--time-limit",
         type=float,
@@ -100,13 +118,23 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     data_keys = _check_toml(toml, kind, source)
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     claim_run_directory(out, args.resume)
+    with run_lock(out):
+        return _train(kind, args, toml, source, data_keys, out)
+
+
+def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> int:
+    init = _init_checkpoint(kind, args.init, args.resume)
     if args.resume:
         run, (model_base, given), train_config = _resumed(kind, args, out)
     else:
         run, (model_base, given), train_config = _chosen(kind, args, toml, data_keys, source)
+    if init is not None:  # the checkpoint's shape, under what the user gave
+        shape = {k: v for k, v in init["config"].items() if k in model_base}
+        model_base = {**model_base, **shape, **given}
+        run["init"] = args.init
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
-    artifacts = load_artifacts(out) if args.resume else None
+    artifacts = load_artifacts(out if args.resume else args.init) if args.resume or init else None
     data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, note))
     clashes = [k for k, v in data.model_fields.items() if k in given and given[k] != v]
     if clashes:
@@ -116,10 +144,23 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     )
     seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
     model = kind.model(model_config)
+    if init is not None:
+        new, unused = load_matching_weights(model, Path(args.init) / MODEL_FILE)
+        note(
+            f"started from {args.init}; new: {', '.join(new) or 'none'}; "
+            f"left out: {', '.join(unused) or 'none'}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, run)
     trainer = Trainer(
-        model, train_config, data.train, data.eval, artifacts=data.artifacts, out_dir=out
+        model,
+        train_config,
+        data.train,
+        data.eval,
+        artifacts=data.artifacts,
+        out_dir=out,
+        metrics=data.metrics,
+        keep_best=data.best,
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
     steps = [NEXT_STEPS[c].format(out=out) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
@@ -132,6 +173,22 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
+
+
+def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[str, Any] | None:
+    """The description of the --init checkpoint, checked to be one this kind starts from."""
+    if path is None:
+        return None
+    if resume:
+        raise UserError("--init starts a new run; a resumed run continues from its own weights")
+    description = checkpoint_description(path)
+    starts = (kind.name, *kind.init_from)
+    if get_kind(description["kind"]).name not in starts:
+        raise UserError(
+            f"--init {path} holds a {description['kind']!r} model; `attnlab train {kind.name}` "
+            f"starts from a {' or '.join(starts)} checkpoint"
+        )
+    return description
 
 
 def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:

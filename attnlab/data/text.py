@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,18 +34,22 @@ def corpus_text(spec: str) -> str:
     return DOCUMENT_SEPARATOR.join(read_corpus(spec))
 
 
-def tokenizer_cached(spec: str, texts: list[str]) -> Tokenizer:
-    """build_tokenizer(spec, texts), reusing a learned tokenizer (bpe:N) trained before on the
-    same texts instead of training it again."""
+def tokenizer_cached(
+    spec: str, texts: list[str], special_tokens: Iterable[str] | None = None
+) -> Tokenizer:
+    """build_tokenizer(spec, texts, special_tokens=...), reusing a learned tokenizer (bpe:N)
+    trained before on the same texts instead of training it again."""
     if not spec.startswith("bpe:"):
-        return build_tokenizer(spec, texts)
+        return build_tokenizer(spec, texts, special_tokens=special_tokens)
     key = hashlib.sha256(spec.encode())
+    if special_tokens is not None:
+        key.update(json.dumps(list(special_tokens)).encode())
     for text in texts:
         key.update(text.encode("utf-8", errors="surrogatepass"))
     path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
     if path.is_file():
         return load_tokenizer(path)
-    tokenizer = build_tokenizer(spec, texts, progress=True)
+    tokenizer = build_tokenizer(spec, texts, progress=True, special_tokens=special_tokens)
     tokenizer.save(path)
     return tokenizer
 

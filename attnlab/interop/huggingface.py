@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnlab.models.bert import BertClassifier, BertConfig, BertForMaskedLM
 from attnlab.models.gpt import GPT, GPTConfig
 
 # (Hugging Face name, attnlab name, transpose). "{i}" is the block index.
@@ -40,7 +41,51 @@ GPT2_BLOCK = [
     ("transformer.h.{i}.mlp.c_proj.bias", "blocks.{i}.feedforward.down_projection.bias", False),
 ]
 GPT2_HEAD = ("lm_head.weight", "output_head.weight", False)
-# GPT-2's activation names -> ours
+# BERT: (Hugging Face name(s), attnlab name, transpose); "{i}" is the block index. Hugging Face
+# keeps query, key and value as three linear layers; attnlab one fused projection.
+BERT_ENCODER = [
+    ("embeddings.word_embeddings.weight", "encoder.token_embedding.weight", False),
+    ("embeddings.position_embeddings.weight", "encoder.position_embedding.weight", False),
+    ("embeddings.token_type_embeddings.weight", "encoder.segment_embedding.weight", False),
+    ("embeddings.LayerNorm.weight", "encoder.embedding_norm.weight", False),
+    ("embeddings.LayerNorm.bias", "encoder.embedding_norm.bias", False),
+]
+_WEIGHT_BIAS = ("weight", "bias")
+BERT_BLOCK = [
+    (
+        tuple(f"encoder.layer.{{i}}.attention.self.{n}.{p}" for n in ("query", "key", "value")),
+        f"encoder.blocks.{{i}}.token_mixer.qkv_projection.{p}",
+        False,
+    )
+    for p in _WEIGHT_BIAS
+] + [
+    (f"encoder.layer.{{i}}.{hf}.{p}", f"encoder.blocks.{{i}}.{ours}.{p}", False)
+    for hf, ours in (
+        ("attention.output.dense", "token_mixer.output_projection"),
+        ("attention.output.LayerNorm", "mixer_norm"),
+        ("intermediate.dense", "feedforward.up_projection"),
+        ("output.dense", "feedforward.down_projection"),
+        ("output.LayerNorm", "feedforward_norm"),
+    )
+    for p in _WEIGHT_BIAS
+]
+BERT_POOLER = [(f"pooler.dense.{p}", f"pooler.{p}", False) for p in _WEIGHT_BIAS]
+BERT_CLASSIFIER = [(f"classifier.{p}", f"classifier.{p}", False) for p in _WEIGHT_BIAS]
+BERT_MLM_HEAD = [
+    (f"cls.predictions.transform.{hf}.{p}", f"{ours}.{p}", False)
+    for hf, ours in (("dense", "mlm_transform"), ("LayerNorm", "mlm_norm"))
+    for p in _WEIGHT_BIAS
+] + [("cls.predictions.bias", "mlm_bias", False)]
+# Hugging Face BERT class -> (its encoder's name prefix, the table of its heads)
+BERT_HEADS = {
+    "BertModel": ("", BERT_POOLER),
+    "BertForSequenceClassification": (
+        "bert.",
+        [("bert." + hf, ours, t) for hf, ours, t in BERT_POOLER] + BERT_CLASSIFIER,
+    ),
+    "BertForMaskedLM": ("bert.", BERT_MLM_HEAD),
+}
+# Hugging Face activation names -> ours
 GPT2_ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -59,10 +104,17 @@ def _gpt2_table(config: GPTConfig) -> list[tuple[str, str, bool]]:
 
 
 def from_hf(model: nn.Module) -> nn.Module:
-    """An attnlab model with the weights of a Hugging Face model (GPT2LMHeadModel)."""
+    """An attnlab model with the weights of a Hugging Face model: GPT2LMHeadModel -> GPT;
+    BertForMaskedLM -> BertForMaskedLM; BertForSequenceClassification and BertModel ->
+    BertClassifier (from BertModel, with a new classification head)."""
     kind = type(model).__name__
+    if kind.startswith("Bert"):
+        return _bert_from_hf(model)
     if kind != "GPT2LMHeadModel":
-        raise ValueError(f"from_hf supports GPT2LMHeadModel, got {kind}")
+        raise ValueError(
+            "from_hf supports GPT2LMHeadModel, BertModel, BertForMaskedLM and "
+            f"BertForSequenceClassification, got {kind}"
+        )
     hf = model.config
     unsupported = {
         "scale_attn_by_inverse_layer_idx": True,
@@ -95,9 +147,12 @@ def from_hf(model: nn.Module) -> nn.Module:
 
 
 def to_hf(model: nn.Module) -> nn.Module:
-    """A Hugging Face model with the weights of an attnlab model (GPT -> GPT2LMHeadModel)."""
+    """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel,
+    BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    if isinstance(model, BertForMaskedLM | BertClassifier):
+        return _bert_to_hf(model)
     if not isinstance(model, GPT):
         raise ValueError(f"to_hf supports GPT, got {type(model).__name__}")
     c = model.config
@@ -134,16 +189,99 @@ def to_hf(model: nn.Module) -> nn.Module:
 
 
 def _copy(
-    source: dict[str, torch.Tensor], target: nn.Module, table: list[tuple[str, str, bool]]
+    source: dict[str, torch.Tensor], target: nn.Module, table: list[tuple[Any, Any, bool]]
 ) -> None:
-    """Copy source[src] (transposed where marked) into target's parameter dst, checking shapes."""
+    """Copy source[src] (transposed where marked) into target's parameter dst, checking shapes.
+    A tuple of source names is concatenated along dim 0 (one fused projection from three); a
+    tuple of target names receives equal dim-0 slices (three projections from one)."""
     target_state: dict[str, Any] = target.state_dict()
     with torch.no_grad():
         for src, dst, transpose in table:
-            value = source[src].t() if transpose else source[src]
-            if value.shape != target_state[dst].shape:
-                raise ValueError(
-                    f"shape mismatch {src} {tuple(value.shape)} -> {dst} "
-                    f"{tuple(target_state[dst].shape)}"
-                )
-            target_state[dst].copy_(value)
+            value = torch.cat([source[n] for n in src]) if isinstance(src, tuple) else source[src]
+            value = value.t() if transpose else value
+            pieces = dst if isinstance(dst, tuple) else (dst,)
+            for name, piece in zip(pieces, value.chunk(len(pieces)), strict=True):
+                if piece.shape != target_state[name].shape:
+                    raise ValueError(
+                        f"shape mismatch {src} {tuple(piece.shape)} -> {name} "
+                        f"{tuple(target_state[name].shape)}"
+                    )
+                target_state[name].copy_(piece)
+
+
+def _bert_table(config: BertConfig, hf_class: str) -> list[tuple[Any, str, bool]]:
+    """The name table of a BERT model of Hugging Face class `hf_class`."""
+    prefix, heads = BERT_HEADS[hf_class]
+    rows = list(BERT_ENCODER)
+    for i in range(config.n_layers):
+        rows += [(_format(hf, i), ours.format(i=i), t) for hf, ours, t in BERT_BLOCK]
+    return [(_prefixed(prefix, hf), ours, t) for hf, ours, t in rows] + heads
+
+
+def _format(name: Any, i: int) -> Any:
+    return tuple(n.format(i=i) for n in name) if isinstance(name, tuple) else name.format(i=i)
+
+
+def _prefixed(prefix: str, name: Any) -> Any:
+    return tuple(prefix + n for n in name) if isinstance(name, tuple) else prefix + name
+
+
+def _bert_from_hf(model: nn.Module) -> nn.Module:
+    kind = type(model).__name__
+    if kind not in BERT_HEADS:
+        raise ValueError(f"from_hf supports {', '.join(BERT_HEADS)} among BERT models, got {kind}")
+    hf = model.config
+    if getattr(hf, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"BERT with {hf.position_embedding_type} positions is not supported")
+    if hf.hidden_act not in GPT2_ACTIVATIONS:
+        raise ValueError(f"unsupported BERT activation {hf.hidden_act!r}")
+    config = BertConfig(
+        vocab_size=hf.vocab_size,
+        context_length=hf.max_position_embeddings,
+        n_layers=hf.num_hidden_layers,
+        n_heads=hf.num_attention_heads,
+        d_model=hf.hidden_size,
+        d_ff=hf.intermediate_size,
+        n_segments=hf.type_vocab_size,
+        activation=GPT2_ACTIVATIONS[hf.hidden_act],
+        norm_eps=hf.layer_norm_eps,
+        dropout=hf.hidden_dropout_prob,
+        pad_id=hf.pad_token_id if hf.pad_token_id is not None else 0,
+        n_classes=hf.num_labels,
+    )
+    ours = BertForMaskedLM(config) if kind == "BertForMaskedLM" else BertClassifier(config)
+    _copy(model.state_dict(), ours, _bert_table(config, kind))
+    return ours
+
+
+def _bert_to_hf(model: nn.Module) -> nn.Module:
+    from transformers import BertConfig as HFBertConfig
+    from transformers import BertForMaskedLM as HFBertForMaskedLM
+    from transformers import BertForSequenceClassification
+
+    c = model.config
+    if c.prenorm:
+        raise ValueError("only post-norm BERT (prenorm=False) converts to Hugging Face")
+    activation = {v: k for k, v in GPT2_ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
+    hf_config = HFBertConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        intermediate_size=c.ff_width,
+        hidden_act=activation[c.activation],
+        hidden_dropout_prob=c.dropout,
+        attention_probs_dropout_prob=c.dropout,
+        max_position_embeddings=c.context_length,
+        type_vocab_size=c.n_segments,
+        layer_norm_eps=c.norm_eps,
+        pad_token_id=c.pad_id,
+        num_labels=c.n_classes,
+    )
+    masked = isinstance(model, BertForMaskedLM)
+    hf = (HFBertForMaskedLM if masked else BertForSequenceClassification)(hf_config)
+    table = _bert_table(c, type(hf).__name__)
+    _copy(model.state_dict(), hf, [(ours, theirs, t) for theirs, ours, t in table])
+    if masked:
+        hf.tie_weights()
+    return hf

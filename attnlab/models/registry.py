@@ -26,6 +26,8 @@ from attnlab.errors import UserError
 # Capabilities: what a kind's checkpoints can do, and so which commands serve them.
 GENERATE = "generate"  # continues token sequences: sample, evaluate --data
 TRANSLATE = "translate"  # maps a source sentence to a target one: translate, evaluate --src
+FILL_MASK = "fill-mask"  # predicts hidden tokens of a text: fill-mask
+CLASSIFY = "classify"  # labels a text: classify
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ModelKind:
     default_preset: str = "tiny"
     description: str = ""  # one line for `attnlab train --help`
     aliases: tuple[str, ...] = ()  # earlier names still found in checkpoints
+    init_from: tuple[str, ...] = ()  # other kinds whose checkpoints can start it (train --init)
 
     def __post_init__(self):
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))

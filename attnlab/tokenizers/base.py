@@ -107,18 +107,25 @@ def tokenizer_from_dict(data: Any, source: str = "tokenizer") -> Tokenizer:
         raise UserError(f"{source} is malformed: {error}") from None
 
 
-def build_tokenizer(spec: str, texts: list[str], progress: bool = False) -> Tokenizer:
-    """A tokenizer by spec, fitted to `texts` where it learns: "char", "byte" or "bpe:N"."""
+def build_tokenizer(
+    spec: str,
+    texts: list[str],
+    progress: bool = False,
+    special_tokens: Iterable[str] | None = None,
+) -> Tokenizer:
+    """A tokenizer by spec, fitted to `texts` where it learns: "char", "byte" or "bpe:N".
+    special_tokens: after the ordinary vocabulary (default: none, and for BPE <|endoftext|>)."""
     kind, _, size = spec.partition(":")
+    specials = list(special_tokens) if special_tokens is not None else None
     if kind == "char" and not size:
-        return tokenizer_class("char").from_text("".join(texts))
+        return tokenizer_class("char").from_text("".join(texts), specials or ())
     if kind == "byte" and not size:
-        return tokenizer_class("byte")()
+        return tokenizer_class("byte")(specials or ())
     if kind == "bpe" and size.isdigit():
         return tokenizer_class("bpe").train(
             texts,
             int(size),
-            special_tokens=["<|endoftext|>"],
+            special_tokens=["<|endoftext|>"] if specials is None else specials,
             progress=progress,
             workers=os.cpu_count() or 1,
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,11 @@ from torch import nn
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_files, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind
-from attnlab.tokenizers import Tokenizer, tokenizer_from_dict
+from attnlab.tokenizers import Tokenizer
+from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F401
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
-
-# artefact name -> how to rebuild it from its JSON dict (saved as NAME.json, from obj.to_dict())
-ARTIFACTS: dict[str, Callable[[dict], Any]] = {"tokenizer": tokenizer_from_dict}
-
-
-def register_artifact(name: str, from_dict: Callable[[dict], Any]) -> None:
-    """Let checkpoints hold a preprocessing artefact `name` (an object with to_dict())."""
-    ARTIFACTS[name] = from_dict
 
 
 @dataclass
@@ -124,10 +116,7 @@ def load_artifacts(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_weights(model: nn.Module, file: Path) -> None:
     """Load safetensors weights into `model`, requiring every parameter to be present."""
-    try:
-        tensors = safetensors.torch.load(file.read_bytes())
-    except Exception as error:  # safetensors raises several types for a damaged file
-        raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
+    tensors = _read_weights(file)
     expected = _unique_tensors(model.state_dict())
     missing, unexpected = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
     if missing or unexpected:
@@ -135,10 +124,34 @@ def load_weights(model: nn.Module, file: Path) -> None:
             f"checkpoint weights {file} do not fit the model: missing "
             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    _load_checked(model, file, tensors, expected)
+
+
+def load_matching_weights(model: nn.Module, file: Path) -> tuple[list[str], list[str]]:
+    """Load the weights of `file` that `model` has by name (same shapes required), to start a
+    model from another's (a classifier from a pre-trained encoder). Returns the model's
+    weights left as they were and the file's weights left unused."""
+    tensors = _read_weights(file)
+    expected = _unique_tensors(model.state_dict())
+    shared = expected.keys() & tensors.keys()
+    if not shared:
+        raise UserError(f"no weight of {file} has a name the model has")
+    _load_checked(model, file, {name: tensors[name] for name in shared}, expected)
+    return sorted(expected.keys() - shared), sorted(tensors.keys() - shared)
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load(file.read_bytes())
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
+
+
+def _load_checked(model, file, tensors, expected) -> None:
     for name, value in tensors.items():
         if value.shape != expected[name].shape:
             raise UserError(
-                f"checkpoint weight {name} has shape {tuple(value.shape)}, "
+                f"checkpoint weight {name} in {file} has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(expected[name].shape)}"
             )
     model.load_state_dict(tensors, strict=False)

@@ -6,7 +6,8 @@ builder reads, say, the context length from it), the training config, the prepro
 artefacts of the checkpoint when a run resumes (its tokenizer, so nothing is learned again), and
 a function for notes to the person watching. The result holds the batches, the config fields
 that the data decides (the vocabulary size, special token ids), the artefacts to save beside the
-weights, and one line describing the data.
+weights, one line describing the data, and optionally scores to evaluate beyond the loss and the
+one whose best checkpoint to keep.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from typing import Any, Protocol
 import torch
 
 Batch = tuple[torch.Tensor, ...]
+
+
+class Metrics(Protocol):
+    """Scores beyond the loss, accumulated over one evaluation: ``update(logits, batch)`` for
+    each batch, then ``compute()`` -> {"accuracy": ..., ...}."""
+
+    def update(self, logits: torch.Tensor, batch: Batch) -> None: ...
+    def compute(self) -> dict[str, float]: ...
 
 
 class BatchSource(Protocol):
@@ -51,3 +60,5 @@ class TrainingData:
     model_fields: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 65}
     artifacts: dict[str, Any] = field(default_factory=dict)  # e.g. {"tokenizer": ...}
     summary: str = ""  # one line on the data, for the person watching
+    metrics: Callable[[], Metrics] | None = None  # a fresh accumulator for each evaluation
+    best: str | None = None  # keep the checkpoint best in this score ("val_accuracy")

@@ -49,9 +49,10 @@ from attnlab.training.checkpoints import (
     save_checkpoint,
 )
 from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
-from attnlab.training.sources import Batch, BatchSource
+from attnlab.training.sources import Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
+BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,17 @@ class Trainer:
         out_dir: str | Path,
         artifacts: dict[str, Any] | None = None,
         on_record: Callable[[dict[str, Any]], None] | None = None,
+        metrics: Callable[[], Metrics] | None = None,
+        keep_best: str | None = None,
     ):
         """eval_data: split name -> a function giving that split's evaluation batches (the same
         batches every time, so evaluations compare). artifacts: saved beside the weights (a
         tokenizer, a palette). on_record: called with each step's metrics (the CLI draws
         progress). Throughput counts the elements of each batch's last tensor, the targets
-        (padding included), in the data source's unit (default "token")."""
+        (padding included), in the data source's unit (default "token"). metrics: makes an
+        accumulator of scores beyond the loss (accuracy, ...), reported per split. keep_best: a
+        score ("val_accuracy"; lower is better for a loss) whose best evaluation's weights are
+        kept in out_dir/best, a checkpoint of its own."""
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
@@ -154,6 +160,8 @@ class Trainer:
         self.train_data, self.eval_data = train_data, eval_data
         self.artifacts, self.out_dir = artifacts or {}, Path(out_dir)
         self.on_record = on_record or (lambda record: None)
+        self.metrics, self.keep_best = metrics, keep_best
+        self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self._stop_requested = False
         torch.manual_seed(config.seed)
@@ -173,6 +181,7 @@ class Trainer:
                         or self.step == self.config.max_iters
                     ):
                         record.update(self.evaluate())
+                        self._keep_if_best()
                         self.save()
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
@@ -246,18 +255,39 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss on each evaluation split: {"val_loss": ...}."""
+        """Mean loss on each evaluation split, and the data's scores: {"val_loss": ...,
+        "val_accuracy": ...}."""
         self.model.eval()
         results = {}
         for split, batches in self.eval_data.items():
-            losses = []
+            losses, scores = [], self.metrics() if self.metrics else None
             for batch in batches():
                 batch = tuple(t.to(self.device) for t in batch)
-                _, loss = self._forward(batch, self.compiled_eval)
+                logits, loss = self._forward(batch, self.compiled_eval)
                 losses.append(loss.item())
+                if scores is not None:
+                    scores.update(logits, batch)
             results[f"{split}_loss"] = sum(losses) / len(losses)
+            if scores is not None:
+                results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
         self.last_eval = results
         return results
+
+    def _keep_if_best(self) -> None:
+        """Save the weights to out_dir/best when this evaluation is the best so far."""
+        if not self.keep_best:
+            return
+        if self.keep_best not in self.last_eval:
+            raise UserError(
+                f"keep_best: no score {self.keep_best!r}; evaluation gives "
+                f"{', '.join(self.last_eval)}"
+            )
+        value = self.last_eval[self.keep_best]
+        sign = -1 if self.keep_best.endswith("loss") else 1
+        if self.best and sign * value <= sign * self.best["value"]:
+            return
+        self.best = {"score": self.keep_best, "value": value, "step": self.step}
+        save_checkpoint(self.out_dir / BEST_DIR, self.model, self.artifacts)
 
     def _forward(self, batch: Batch, compiled=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The model (compiled, if asked) on a batch under autocast."""
@@ -276,6 +306,7 @@ class Trainer:
             "precision": str(self.dtype).removeprefix("torch."),
             "train_config": config_to_dict(self.config),
             "last_eval": self.last_eval,
+            "best": self.best,
             "rng": {
                 "torch": encode_tensor(torch.get_rng_state()),
                 "cuda": [encode_tensor(s) for s in torch.cuda.get_rng_state_all()]
@@ -293,6 +324,8 @@ class Trainer:
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
         self.last_eval = state.get("last_eval", {})
+        best = state.get("best")
+        self.best = best if isinstance(best, dict) and "value" in best else {}
         saved = getattr(torch, str(state.get("precision")), None)
         if self.config.precision == "auto" and isinstance(saved, torch.dtype):
             self.dtype = saved  # as first chosen: measuring the CPU again might not agree

@@ -1,0 +1,40 @@
+"""`attnlab classify DIR [TEXT ...]`: the label and its probability for each text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attnlab.cli import HelpFormatter
+from attnlab.cli.checkpoint import load_for
+from attnlab.devices import DEVICES, pick_device
+from attnlab.errors import UserError
+from attnlab.evaluation.predict import classify
+from attnlab.models.registry import CLASSIFY
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify",
+        help="label texts with a classifier checkpoint",
+        description="Print label<TAB>probability<TAB>text for each TEXT, or for each line of "
+        "stdin when no TEXT is given, with a classifier (attnlab train classifier) checkpoint.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: stdin lines)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = load_for("classify", CLASSIFY, args.checkpoint, pick_device(args.device))
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise UserError("no text to classify: give TEXT arguments or lines on stdin")
+    names = checkpoint.artifacts["labels"].names if "labels" in checkpoint.artifacts else None
+    probabilities = classify(checkpoint.model, checkpoint.tokenizer, texts)
+    for text, row in zip(texts, probabilities, strict=True):
+        label = int(row.argmax())
+        print(f"{names[label] if names else label}\t{row[label]:.4f}\t{text}", flush=True)
+    return 0

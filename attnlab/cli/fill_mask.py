@@ -1,0 +1,37 @@
+"""`attnlab fill-mask DIR TEXT`: the likeliest tokens for each [MASK] of a text."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnlab.cli import HelpFormatter
+from attnlab.cli.checkpoint import load_for
+from attnlab.devices import DEVICES, pick_device
+from attnlab.evaluation.predict import fill_mask
+from attnlab.models.registry import FILL_MASK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fill-mask",
+        help="predict the hidden words of a text with a BERT checkpoint",
+        description="Print the top-k fillers of each [MASK] in TEXT, with probabilities, for "
+        'a masked-LM (attnlab train bert) checkpoint. Example: "the movie was [MASK] good ."',
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("text", help="text holding one or more [MASK]")
+    parser.add_argument("--top-k", type=int, default=5, help="fillers shown per mask")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = load_for("fill-mask", FILL_MASK, args.checkpoint, pick_device(args.device))
+    results = fill_mask(checkpoint.model, checkpoint.tokenizer, args.text, max(args.top_k, 1))
+    for number, fillers in enumerate(results, 1):
+        if len(results) > 1:
+            print(f"[MASK] {number}:")
+        for token, probability in fillers:
+            print(f"{probability:8.4f}  {token}")
+    return 0

@@ -1,0 +1,234 @@
+"""Text classification data: labelled sentences or documents, for fine-tuning an encoder.
+
+Dimensions: B batch, T the longest sequence of a batch (at most the model's context).
+
+Two layouts are read:
+- TSV, ``sentence<TAB>label`` per line with integer labels from 0 (a header line is skipped):
+  one file, or a directory holding ``train.tsv`` and, optionally, ``dev.tsv`` (SST-2's layout);
+- a directory with one sub-folder of text files per class (the movie reviews' ``neg/``,
+  ``pos/``): the class names are the folder names, in sorted order.
+Without a dev file, one fold of the training examples is held out: each class's examples, in
+file (or sorted file-name) order, are cut into `folds` contiguous parts and part `fold`
+validates. For the movie reviews (cv000-cv999) these are Pang & Lee's cross-validation folds.
+
+An example is encoded as ``[CLS] text [SEP]``; a text longer than the context keeps its head
+and its tail (Sun et al. 2019: a review's verdict is often in its last lines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attnlab.config import check_positive
+from attnlab.data import catalog
+from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
+from attnlab.errors import UserError
+from attnlab.evaluation.metrics import ClassificationMetrics
+from attnlab.tokenizers import Tokenizer
+from attnlab.training.artifacts import register_artifact
+from attnlab.training.sources import DataRequest, TrainingData
+
+Examples = tuple[list[str], list[int]]  # texts, labels
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    """The name of each class index, saved with a classifier (labels.json)."""
+
+    names: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClassNames:
+        names = data["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("'names' must be a list of strings")
+        return cls(tuple(names))
+
+
+register_artifact("labels", ClassNames.from_dict)
+
+
+def read_tsv(path: Path) -> Examples:
+    """sentence<TAB>label lines; the first line may be a header. Errors name file and line."""
+    texts, labels = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text ({error.reason})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) != 2:
+            raise UserError(
+                f"{path}:{number}: expected 'sentence<TAB>label', found {len(columns)} column(s)"
+            )
+        text, label = columns[0].strip(), columns[1].strip()
+        if number == 1 and not label.lstrip("-").isdigit():
+            continue  # a header
+        if not label.isdigit():
+            raise UserError(f"{path}:{number}: label {label!r} is not an integer >= 0")
+        texts.append(text)
+        labels.append(int(label))
+    if not texts:
+        raise UserError(f"{path} holds no examples")
+    return texts, labels
+
+
+def read_class_folders(root: Path) -> tuple[Examples, list[str]]:
+    """Every file in each sub-folder of `root`, labelled by its folder; and the class names."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root} has no class folders (one sub-folder of text files per class)")
+    texts, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+        if not files:
+            raise UserError(f"class folder {root / name} has no files")
+        texts += [p.read_text(encoding="utf-8", errors="replace") for p in files]
+        labels += [label] * len(files)
+    return (texts, labels), classes
+
+
+def hold_out(examples: Examples, folds: int, fold: int) -> tuple[Examples, Examples]:
+    """(train, dev): part `fold` of `folds` contiguous parts of each class's examples is dev."""
+    texts, labels = examples
+    train, dev = ([], []), ([], [])
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        start, stop = len(members) * fold // folds, len(members) * (fold + 1) // folds
+        for position, i in enumerate(members):
+            split = dev if start <= position < stop else train
+            split[0].append(texts[i])
+            split[1].append(label)
+    return train, dev
+
+
+def read_examples(spec: str, folds: int, fold: int) -> tuple[Examples, Examples, list[str]]:
+    """Train and dev examples of a data spec, and the class names (None: numbered)."""
+    path = Path(spec)
+    if path.is_file():
+        train, dev = hold_out(read_tsv(path), folds, fold)
+        return train, dev, None
+    if not path.is_dir():
+        raise UserError(f"data not found: {spec} (give a TSV file or a directory)")
+    if (path / "train.tsv").is_file():
+        train = read_tsv(path / "train.tsv")
+        if (path / "dev.tsv").is_file():
+            return train, read_tsv(path / "dev.tsv"), None
+        return (*hold_out(train, folds, fold), None)
+    examples, classes = read_class_folders(path)
+    return (*hold_out(examples, folds, fold), classes)
+
+
+def encode_example(tokenizer: Tokenizer, text: str, length: int) -> list[int]:
+    """[CLS] text [SEP] in at most `length` tokens: a long text keeps its head and tail."""
+    ids = encode_sentence(tokenizer, text)
+    room = length - 2
+    if len(ids) > room:
+        head = room // 2
+        ids = ids[:head] + ids[len(ids) - (room - head) :]
+    specials = tokenizer.special_tokens
+    return [specials[CLS], *ids, specials[SEP]]
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(B, T) ids, each row padded to the longest."""
+    batch = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        batch[row, : len(ids)] = torch.tensor(ids)
+    return batch
+
+
+class LabelledBatches:
+    """Training batches of examples drawn at random: ids (B, T) and labels (B,)."""
+
+    unit = "sequence"
+
+    def __init__(self, sequences, labels, batch_size: int, pad_id: int, seed: int):
+        self.sequences, self.labels = sequences, torch.tensor(labels)
+        self.batch_size, self.pad_id = batch_size, pad_id
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self.sequences), (self.batch_size,), generator=self.generator)
+        ids = pad_batch([self.sequences[i] for i in index.tolist()], self.pad_id)
+        return ids, self.labels[index]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@dataclass(frozen=True)
+class ClassificationDataConfig:
+    data: str = "sst2"  # TSV file, directory with train.tsv (+ dev.tsv), or class folders
+    tokenizer: str = "bpe:8192"  # learned on the training texts; --init brings its own
+    folds: int = 10  # without a dev file: the training examples' parts ...
+    fold: int = 0  # ... and the one held out for evaluation
+    label_names: str = ""  # names of integer labels, comma-separated (default: the numbers)
+
+    def __post_init__(self):
+        check_positive("ClassificationDataConfig", folds=self.folds)
+        if not 0 <= self.fold < self.folds:
+            raise UserError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
+
+
+def classification_training_data(request: DataRequest) -> TrainingData:
+    settings, train = request.settings, request.train
+    spec = catalog.resolve(settings.data, request.log)
+    train_examples, dev_examples, classes = read_examples(spec, settings.folds, settings.fold)
+    if not dev_examples[0]:
+        raise UserError(
+            f"{spec}: no examples are left to evaluate on (fewer than {settings.folds})"
+        )
+    n_classes = max(train_examples[1] + dev_examples[1]) + 1
+    classes = classes or _label_names(settings.label_names, n_classes)
+    tokenizer = bert_tokenizer(settings.tokenizer, train_examples[0], request)
+    pad_id = tokenizer.special_tokens[PAD]
+    length = request.model["context_length"]
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [encode_example(tokenizer, text, length) for text in texts]
+
+    sequences = encode(train_examples[0])
+    dev_sequences = encode(dev_examples[0])
+    batches = LabelledBatches(sequences, train_examples[1], train.batch_size, pad_id, train.seed)
+
+    def dev_batches():  # every dev example, in order
+        size = train.batch_size
+        return [
+            (
+                pad_batch(dev_sequences[i : i + size], pad_id),
+                torch.tensor(dev_examples[1][i : i + size]),
+            )
+            for i in range(0, len(dev_sequences), size)
+        ]
+
+    counts = ", ".join(f"{name} {train_examples[1].count(i):,}" for i, name in enumerate(classes))
+    return TrainingData(
+        batches,
+        {"val": dev_batches},
+        model_fields={"vocab_size": tokenizer.vocab_size, "pad_id": pad_id, "n_classes": n_classes},
+        artifacts={"tokenizer": tokenizer, "labels": ClassNames(tuple(classes))},
+        summary=f"{len(sequences):,} training examples ({counts}), {len(dev_sequences):,} dev",
+        metrics=ClassificationMetrics,
+        best="val_accuracy",
+    )
+
+
+def _label_names(given: str, n_classes: int) -> list[str]:
+    names = [n.strip() for n in given.split(",")] if given else [str(i) for i in range(n_classes)]
+    if len(names) != n_classes:
+        raise UserError(f"label_names gives {len(names)} names for {n_classes} classes")
+    return names

@@ -1,0 +1,193 @@
+"""Masked-language-model data (BERT): sentences packed into sequences, a fresh mask each batch.
+
+Dimensions: N packed sequences, B batch, L sequence length (the model's context).
+
+Every line of the corpus is a sentence (or a paragraph). Sentences are encoded once (cached),
+then packed in order, whole, into sequences ``[CLS] s1 s2 ... [SEP] [PAD]...`` of at most L
+tokens; a sentence longer than L - 2 tokens is cut into pieces. The last tenth of the sequences
+validates. Each batch draws sequences at random and masks them afresh (Devlin et al. 2019,
+section 3.1): 15% of the ordinary tokens are selected (never [CLS], [SEP] or padding); a selected
+token becomes [MASK] 80% of the time, a random ordinary token 10%, and stays itself 10%; the
+loss is on the selected positions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnlab.config import check_range
+from attnlab.data import catalog
+from attnlab.data.corpus import read_corpus
+from attnlab.data.text import tokenizer_cached
+from attnlab.errors import UserError
+from attnlab.files import atomic_write_bytes, cache_dir
+from attnlab.tokenizers import Tokenizer
+from attnlab.training.sources import DataRequest, TrainingData
+
+PAD, CLS, SEP, MASK = "[PAD]", "[CLS]", "[SEP]", "[MASK]"
+SPECIALS = (PAD, CLS, SEP, MASK)
+IGNORE_INDEX = -100
+
+
+def check_specials(tokenizer: Tokenizer, source: str) -> None:
+    missing = [t for t in SPECIALS if t not in tokenizer.special_tokens]
+    if missing:
+        raise UserError(f"{source}'s tokenizer lacks BERT's special tokens {', '.join(missing)}")
+
+
+def encode_sentence(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids of one sentence, read as if it followed a space: every word then starts with the same
+    (space-prefixed) tokens wherever it stands, in pre-training, fine-tuning and fill-mask."""
+    return tokenizer.encode(" " + text.strip())
+
+
+def encode_lines_cached(texts: list[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The non-empty lines of `texts`, encoded: (tokens, starts), line i being
+    tokens[starts[i]:starts[i + 1]]. Encoded at most once per corpus and tokenizer."""
+    key = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
+    for text in texts:
+        key.update(text.encode("utf-8", errors="surrogatepass"))
+    path = cache_dir() / "lines" / f"{key.hexdigest()[:32]}.npz"
+    if path.is_file():
+        with np.load(path) as saved:
+            return saved["tokens"], saved["starts"]
+    lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    encoded = [encode_sentence(tokenizer, line) for line in lines]
+    starts = np.cumsum([0] + [len(ids) for ids in encoded])
+    tokens = np.fromiter((i for ids in encoded for i in ids), np.int32, count=int(starts[-1]))
+    buffer = io.BytesIO()
+    np.savez(buffer, tokens=tokens, starts=starts)
+    atomic_write_bytes(path, buffer.getvalue())
+    return tokens, starts
+
+
+def pack_sentences(
+    tokens: np.ndarray, starts: np.ndarray, length: int, cls: int, sep: int, pad: int
+) -> np.ndarray:
+    """Sentences packed whole, in order, into (N, length) rows [CLS] ... [SEP] [PAD]..."""
+    room = length - 2
+    rows, current = [], []
+
+    def emit():
+        row = [cls, *current, sep]
+        rows.append(row + [pad] * (length - len(row)))
+
+    for first, stop in zip(starts[:-1], starts[1:], strict=True):
+        for piece in range(first, stop, room):  # a long sentence in pieces of `room`
+            sentence = tokens[piece : min(piece + room, stop)].tolist()
+            if len(current) + len(sentence) > room:
+                emit()
+                current = []
+            current += sentence
+    if current:
+        emit()
+    return np.asarray(rows, dtype=np.int64).reshape(-1, length)
+
+
+@dataclass(frozen=True)
+class Masking:
+    """BERT's masking rule for one vocabulary (see the module docstring)."""
+
+    mask_id: int
+    n_ordinary: int  # ids below this are ordinary tokens (the special tokens come after)
+    probability: float = 0.15
+
+    def __call__(
+        self, ids: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, L) -> inputs (B, L) with the selected positions replaced, and targets (B, L):
+        the original token where selected, IGNORE_INDEX elsewhere."""
+        candidates = ids < self.n_ordinary  # never a special token or padding
+        selected = (torch.rand(ids.shape, generator=generator) < self.probability) & candidates
+        if not selected.any():  # a loss needs at least one position
+            selected.view(-1)[candidates.view(-1).nonzero()[:1]] = True
+        action = torch.rand(ids.shape, generator=generator)
+        random_ids = torch.randint(self.n_ordinary, ids.shape, generator=generator)
+        inputs = torch.where(selected & (action < 0.8), self.mask_id, ids)
+        inputs = torch.where(selected & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+        return inputs, torch.where(selected, ids, IGNORE_INDEX)
+
+
+class MaskedSequences:
+    """Training batches: packed sequences drawn at random, masked afresh every time. The
+    generator's state is part of a checkpoint, so a resumed run draws the same batches."""
+
+    unit = "token"
+
+    def __init__(self, rows: np.ndarray, batch_size: int, masking: Masking, seed: int):
+        self.rows, self.batch_size, self.masking = torch.from_numpy(rows), batch_size, masking
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self.rows), (self.batch_size,), generator=self.generator)
+        return self.masking(self.rows[index], self.generator)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@dataclass(frozen=True)
+class MaskedLMDataConfig:
+    data: str = "stdlib"  # text file, directory, DIR:GLOB, a dataset; one sentence per line
+    tokenizer: str = "bpe:8192"  # char, byte or bpe:N, learned on the data with BERT's specials
+    mask_probability: float = 0.15  # share of ordinary tokens selected for prediction
+
+    def __post_init__(self):
+        check_range("MaskedLMDataConfig", "mask_probability", self.mask_probability, 0.0, 1.0)
+
+
+def bert_tokenizer(spec: str, texts: list[str], request: DataRequest) -> Tokenizer:
+    """The checkpoint's tokenizer when resuming or starting from one, else one learned on
+    `texts` with BERT's special tokens."""
+    saved = (request.artifacts or {}).get("tokenizer")
+    if saved is not None:
+        check_specials(saved, "the checkpoint")
+        return saved
+    return tokenizer_cached(spec, texts, special_tokens=SPECIALS)
+
+
+def masked_lm_training_data(request: DataRequest) -> TrainingData:
+    settings, train = request.settings, request.train
+    spec = catalog.resolve(settings.data, request.log)
+    request.log(f"reading {spec} ...")
+    texts = read_corpus(spec)
+    tokenizer = bert_tokenizer(settings.tokenizer, texts, request)
+    ids = tokenizer.special_tokens
+    tokens, starts = encode_lines_cached(texts, tokenizer)
+    length = request.model["context_length"]
+    rows = pack_sentences(tokens, starts, length, ids[CLS], ids[SEP], ids[PAD])
+    n_val = len(rows) // 10
+    if n_val == 0:
+        raise UserError(
+            f"{spec} packs into {len(rows)} sequence(s) of {length} tokens; at least 10 are "
+            "needed (one tenth validates): give more text or a shorter context"
+        )
+    masking = Masking(ids[MASK], min(ids.values()), settings.mask_probability)
+    batches = MaskedSequences(rows[:-n_val], train.batch_size, masking, train.seed)
+
+    def validation_batches():  # the same sequences and masks at every evaluation
+        generator = torch.Generator().manual_seed(train.seed + 1)
+        val = torch.from_numpy(rows[-n_val:])
+        return [
+            masking(val[i : i + train.batch_size], generator)
+            for i in range(0, min(len(val), train.eval_iters * train.batch_size), train.batch_size)
+        ]
+
+    return TrainingData(
+        batches,
+        {"val": validation_batches},
+        model_fields={"vocab_size": tokenizer.vocab_size, "pad_id": ids[PAD]},
+        artifacts={"tokenizer": tokenizer},
+        summary=f"{len(starts) - 1:,} lines, {len(tokens):,} tokens packed into {len(rows):,} "
+        f"sequences of {length} ({len(rows) - n_val:,} train, {n_val:,} val), "
+        f"vocab {tokenizer.vocab_size}",
+    )

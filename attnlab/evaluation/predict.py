@@ -1,0 +1,80 @@
+"""Predictions of an encoder: the likeliest fillers of [MASK] positions, and class labels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnlab.data.classification import encode_example, pad_batch
+from attnlab.data.masked_lm import CLS, MASK, PAD, SEP, encode_sentence
+from attnlab.errors import UserError
+from attnlab.tokenizers import Tokenizer
+
+
+def masked_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    """[CLS] text [SEP] with each "[MASK]" in the text as the mask token. A mask stands for a
+    whole token with the space before it, as the words of pre-training were encoded."""
+    pieces = text.split(MASK)
+    if len(pieces) == 1:
+        raise UserError(f"the text has no {MASK} to fill: {text!r}")
+    specials = tokenizer.special_tokens
+    ids = [specials[CLS]]
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        piece = piece if last else piece.rstrip()
+        if piece.strip():
+            ids += encode_sentence(tokenizer, piece) if i == 0 else tokenizer.encode(piece)
+        if not last:
+            ids.append(specials[MASK])
+    return [*ids, specials[SEP]]
+
+
+@torch.no_grad()
+def fill_mask(
+    model: nn.Module, tokenizer: Tokenizer, text: str, top_k: int = 5
+) -> list[list[tuple[str, float]]]:
+    """For each [MASK] of `text`, in order: the top_k fillers (token text, probability)."""
+    ids = masked_ids(tokenizer, text)
+    _check_length(model, len(ids))
+    device = next(model.parameters()).device
+    logits, _ = model(torch.tensor([ids], device=device))
+    logits = logits[0].float()
+    logits[:, list(tokenizer.special_tokens.values())] = float("-inf")  # fillers are words
+    probabilities = logits.softmax(-1)
+    positions = [p for p, i in enumerate(ids) if i == tokenizer.special_tokens[MASK]]
+    results = []
+    for position in positions:
+        top = probabilities[position].topk(min(top_k, probabilities.size(-1)))
+        results.append(
+            [
+                (tokenizer.decode([i]).strip(), p)
+                for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+            ]
+        )
+    return results
+
+
+@torch.no_grad()
+def classify(
+    model: nn.Module, tokenizer: Tokenizer, texts: list[str], batch_size: int = 32
+) -> torch.Tensor:
+    """Class probabilities (N, C) of each text (a long text keeps its head and tail)."""
+    length = model.config.context_length
+    device = next(model.parameters()).device
+    pad = tokenizer.special_tokens[PAD]
+    out = []
+    for start in range(0, len(texts), batch_size):
+        sequences = [
+            encode_example(tokenizer, t, length) for t in texts[start : start + batch_size]
+        ]
+        logits, _ = model(pad_batch(sequences, pad).to(device))
+        out.append(logits.float().softmax(-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, model.config.n_classes)
+
+
+def _check_length(model: nn.Module, n_tokens: int) -> None:
+    limit = model.config.context_length
+    if n_tokens > limit:
+        raise UserError(
+            f"the text is {n_tokens} tokens with [CLS] and [SEP]; the model reads {limit}"
+        )

@@ -1,0 +1,161 @@
+"""BERT: parity with Hugging Face transformers, masking statistics, the classifier's data."""
+
+import pytest
+import torch
+
+from attnlab.data.classification import encode_example, hold_out, read_tsv
+from attnlab.data.masked_lm import IGNORE_INDEX, Masking, pack_sentences
+from attnlab.interop.huggingface import from_hf, to_hf
+from attnlab.models.bert import PRESETS, BertClassifier, BertConfig, BertForMaskedLM
+
+transformers = pytest.importorskip("transformers")
+
+HF_CONFIGS = [
+    dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+         intermediate_size=64, max_position_embeddings=24),
+    dict(vocab_size=61, hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+         intermediate_size=40, max_position_embeddings=16, hidden_act="relu", type_vocab_size=3,
+         layer_norm_eps=1e-6, num_labels=5),
+]  # fmt: skip
+PAD = 0
+
+
+def random_hf(cls_name: str, fields: dict):
+    config = transformers.BertConfig(
+        **fields, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=PAD
+    )
+    model = getattr(transformers, cls_name)(config).eval()
+    with torch.no_grad():  # HF zero-initialises biases and norms: randomise all for a real check
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model
+
+
+def padded_batch(fields: dict, seed: int = 0):
+    """Ids (3, T) with padding at the end of two rows, and random segment ids."""
+    generator = torch.Generator().manual_seed(seed)
+    length = fields["max_position_embeddings"] - 3
+    ids = torch.randint(1, fields["vocab_size"], (3, length), generator=generator)
+    ids[1, length - 4 :] = PAD
+    ids[2, 5:] = PAD
+    segments = torch.randint(0, fields.get("type_vocab_size", 2), ids.shape, generator=generator)
+    return ids, segments, (ids != PAD).long()
+
+
+@pytest.mark.parametrize("fields", HF_CONFIGS)
+def test_hidden_states_and_pooler_match_hf_bert_model(fields):
+    hf = random_hf("BertModel", fields)
+    ours = from_hf(hf).eval()
+    ids, segments, attention_mask = padded_batch(fields)
+    expected = hf(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask)
+    hidden = ours.encoder(ids, segments)
+    real = attention_mask.bool()
+    torch.testing.assert_close(hidden[real], expected.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    pooled = torch.tanh(ours.pooler(hidden[:, 0]))
+    torch.testing.assert_close(pooled, expected.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fields", HF_CONFIGS)
+def test_masked_lm_logits_match_and_round_trip(fields):
+    hf = random_hf("BertForMaskedLM", fields)
+    ours = from_hf(hf).eval()
+    assert isinstance(ours, BertForMaskedLM)
+    ids, segments, attention_mask = padded_batch(fields, seed=1)
+    expected = hf(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask).logits
+    logits, _ = ours(ids, segments=segments)
+    real = attention_mask.bool()
+    torch.testing.assert_close(logits[real], expected[real], atol=1e-5, rtol=1e-5)
+    back = to_hf(ours).eval()
+    again = back(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask).logits
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+    assert back.cls.predictions.decoder.weight is back.bert.embeddings.word_embeddings.weight
+
+
+@pytest.mark.parametrize("fields", HF_CONFIGS)
+def test_classifier_logits_match_and_round_trip(fields):
+    hf = random_hf("BertForSequenceClassification", fields)
+    ours = from_hf(hf).eval()
+    assert isinstance(ours, BertClassifier) and ours.config.n_classes == hf.config.num_labels
+    ids, segments, attention_mask = padded_batch(fields, seed=2)
+    expected = hf(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask).logits
+    logits, _ = ours(ids, segments=segments)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    back = to_hf(ours).eval()
+    state, original = back.state_dict(), hf.state_dict()
+    assert state.keys() == original.keys()
+    for name, value in original.items():
+        torch.testing.assert_close(state[name], value, msg=name)
+
+
+def test_padding_is_never_attended_to():
+    model = BertClassifier(BertConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2,
+                                      d_model=16, dropout=0.0)).eval()  # fmt: skip
+    ids = torch.tensor([[3, 7, 9, 11]])
+    padded = torch.tensor([[3, 7, 9, 11, 0, 0, 0]])
+    torch.testing.assert_close(model(ids)[0], model(padded)[0], atol=1e-6, rtol=1e-6)
+
+
+def test_masking_statistics():
+    generator = torch.Generator().manual_seed(0)
+    n_ordinary, pad, cls, sep, mask = 1000, 1000, 1001, 1002, 1003
+    ids = torch.randint(0, n_ordinary, (64, 512), generator=generator)
+    ids[:, 0], ids[:, -1], ids[:8, 400:] = cls, sep, pad
+    masking = Masking(mask, n_ordinary, 0.15)
+    inputs, targets = masking(ids, generator)
+    selected = targets != IGNORE_INDEX
+    special = ids >= n_ordinary
+    assert not (selected & special).any()  # specials and padding never selected
+    assert (inputs[special] == ids[special]).all()
+    rate = selected.sum() / (~special).sum()
+    assert abs(rate - 0.15) < 0.005
+    assert (targets[selected] == ids[selected]).all()
+    n = selected.sum()
+    masked = (inputs[selected] == mask).sum() / n
+    unchanged = (inputs[selected] == ids[selected]).sum() / n
+    assert abs(masked - 0.8) < 0.01
+    # unchanged: the 10% kept plus random draws that hit the same token (1 in 1000)
+    assert abs(unchanged - 0.1) < 0.01
+    assert abs(1 - masked - unchanged - 0.1) < 0.01  # replaced by a random token
+    assert (inputs[selected & (inputs != mask)] < n_ordinary).all()  # random ones are ordinary
+    again, _ = masking(ids, generator)
+    assert not torch.equal(again, inputs)  # a fresh mask every batch
+
+
+def test_packing_keeps_sentences_whole_and_in_order():
+    sentences = [[5, 6, 7], [8, 9], [10, 11, 12, 13], list(range(20, 31))]
+    tokens = torch.tensor([t for s in sentences for t in s]).numpy()
+    starts = torch.tensor([0, 3, 5, 9, 20]).numpy()
+    rows = pack_sentences(tokens, starts, 8, cls=1, sep=2, pad=0)
+    assert rows.tolist() == [
+        [1, 5, 6, 7, 8, 9, 2, 0],  # the third sentence would not fit: next row
+        [1, 10, 11, 12, 13, 2, 0, 0],
+        [1, 20, 21, 22, 23, 24, 25, 2],  # a long sentence in pieces of 6
+        [1, 26, 27, 28, 29, 30, 2, 0],
+    ]
+
+
+def test_tsv_and_folds(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(20)))
+    texts, labels = read_tsv(path)
+    assert len(texts) == 20 and labels[:3] == [0, 1, 0]
+    train, dev = hold_out((texts, labels), folds=10, fold=3)
+    assert len(dev[0]) == 2 and sorted(dev[1]) == [0, 1]
+    assert not set(train[0]) & set(dev[0])
+    folds = [hold_out((texts, labels), 10, k)[1][0] for k in range(10)]
+    assert sorted(t for fold in folds for t in fold) == sorted(texts)  # each example once
+
+
+def test_long_text_keeps_head_and_tail():
+    from attnlab.tokenizers import build_tokenizer
+
+    tokenizer = build_tokenizer(
+        "char", ["abcdefghij "], special_tokens=["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    ids = encode_example(tokenizer, "abcdefghij", 8)
+    assert tokenizer.decode(ids) == "[CLS] abhij[SEP]"  # 3 head, 3 tail tokens
+
+
+def test_presets_build():
+    for name in ("tiny", "bert-tiny"):
+        assert BertForMaskedLM(PRESETS[name]).config.n_layers == PRESETS[name].n_layers

@@ -1,0 +1,112 @@
+"""`attnlab train bert`, `train classifier --init`, `fill-mask` and `classify`, end to end on
+tiny models, and their one-line errors on bad input."""
+
+import json
+
+import pytest
+from helpers import one_line_error, run
+
+TINY = ["--context-length", "32", "--n-layers", "1", "--n-heads", "2", "--d-model", "16",
+        "--batch-size", "8", "--eval-iters", "2", "--device", "cpu",
+        "--tokenizer", "char"]  # fmt: skip
+SENTENCES = ["a fine , warm and funny film", "a dull , cold and boring mess",
+             "the best movie of the year", "the worst movie of the year"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert")
+    (root / "corpus.txt").write_text("\n".join(SENTENCES * 30))
+    rows = [f"{s} \t{i % 2}" for i, s in enumerate(SENTENCES * 10)]
+    (root / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(texts):
+    out = texts / "bert"
+    code = run_quiet(["train", "bert", "--data", str(texts / "corpus.txt"), "--out", str(out),
+                      "--max-iters", "4", "--eval-interval", "2", *TINY])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def run_quiet(argv):
+    from attnlab.cli import main
+
+    return main(argv)
+
+
+def test_fill_mask_prints_top_k_fillers(pretrained, capsys):
+    code, out, err = run(["fill-mask", str(pretrained), "a [MASK] film", "--top-k", "3"], capsys)
+    assert code == 0, err
+    rows = [line.split(maxsplit=1) for line in out.splitlines()]
+    assert len(rows) == 3
+    probabilities = [float(row[0]) for row in rows]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0
+
+
+def test_fill_mask_needs_a_mask(pretrained, capsys):
+    line = one_line_error(*run(["fill-mask", str(pretrained), "no mask here"], capsys)[::2])
+    assert "[MASK]" in line
+
+
+def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
+    out = tmp_path / "cls"
+    code, _, err = run(["train", "classifier", "--init", str(pretrained), "--data",
+                        str(texts / "train.tsv"), "--out", str(out), "--max-iters", "4",
+                        "--eval-interval", "2", "--folds", "4", *TINY[:-2]], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "new: classifier.bias, classifier.weight, pooler.bias, pooler.weight" in err
+    assert "mlm_bias" in err  # the masked-LM head is left out
+    assert json.loads((out / "run.json").read_text())["init"] == str(pretrained)
+    assert (out / "best" / "model.safetensors").is_file() and "best:" in err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_accuracy", "val_f1"} <= records[-1].keys()
+    assert 0 <= records[-1]["val_accuracy"] <= 1
+    code, stdout, err = run(["classify", str(out / "best"), *SENTENCES[:2]], capsys)
+    assert code == 0, err
+    rows = [line.split("\t") for line in stdout.splitlines()]
+    assert [r[2] for r in rows] == SENTENCES[:2] and all(r[0] in ("0", "1") for r in rows)
+    assert all(0.5 <= float(r[1]) <= 1 for r in rows)
+
+
+def test_init_must_be_a_kind_the_classifier_starts_from(texts, tmp_path, capsys):
+    gpt = tmp_path / "gpt"
+    assert run_quiet(["train", "gpt", "--data", str(texts / "corpus.txt"), "--out", str(gpt),
+                      "--max-iters", "1", *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["train", "classifier", "--init", str(gpt), "--data", str(texts / "train.tsv"),
+            "--out", str(tmp_path / "c")]  # fmt: skip
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert "'gpt' model" in line and "bert" in line
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("good film\t1\nbad film\n", "train.tsv:2: expected 'sentence<TAB>label'"),
+        ("good film\t1\nbad film\tnegative\n", "train.tsv:2: label 'negative' is not an integer"),
+        ("sentence\tlabel\n", "train.tsv holds no examples"),
+    ],
+)
+def test_bad_tsv_is_one_line(content, expected, tmp_path, capsys):
+    (tmp_path / "train.tsv").write_text(content)
+    argv = ["train", "classifier", "--data", str(tmp_path / "train.tsv"), "--out",
+            str(tmp_path / "out"), *TINY]  # fmt: skip
+    assert expected in one_line_error(*run(argv, capsys)[::2])
+
+
+def test_empty_class_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "reviews" / "pos").mkdir(parents=True)
+    (tmp_path / "reviews" / "neg").mkdir()
+    (tmp_path / "reviews" / "pos" / "a.txt").write_text("great")
+    argv = ["train", "classifier", "--data", str(tmp_path / "reviews"), "--out",
+            str(tmp_path / "out"), *TINY]  # fmt: skip
+    assert "class folder" in one_line_error(*run(argv, capsys)[::2])
+
+
+def test_classify_refuses_a_masked_lm_checkpoint(pretrained, capsys):
+    line = one_line_error(*run(["classify", str(pretrained), "text"], capsys)[::2])
+    assert "'bert' model" in line and "fill-mask" in line
