@@ -10,6 +10,7 @@ from helpers import step_logits
 from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
+from attnlab.data.text import TextDataConfig
 from attnlab.generation.beam_search import greedy_search
 from attnlab.layers import MIXERS
 from attnlab.layers.contracts import MATRIX_LAYERS
@@ -33,7 +34,8 @@ def corpus(tmp_path_factory):
 
 def build(kind, corpus):
     """A model of `kind` at its default preset, and a training batch from its own data builder."""
-    settings = {"data": str(corpus)} if kind.name == "gpt" else SMALL_DATA.get(kind.name, {})
+    text = kind.data_config is TextDataConfig  # the text kinds read the small corpus
+    settings = {"data": str(corpus)} if text else SMALL_DATA.get(kind.name, {})
     base = config_to_dict(kind.presets[kind.default_preset])
     request = DataRequest(
         config_from_dict(kind.data_config, settings),
