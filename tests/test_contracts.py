@@ -10,6 +10,7 @@ from helpers import step_logits
 from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
+from attnlab.data.text import TextDataConfig
 from attnlab.generation.beam_search import greedy_search
 from attnlab.layers import MIXERS
 from attnlab.layers.contracts import MATRIX_LAYERS
@@ -32,19 +33,21 @@ def corpus(tmp_path_factory):
     return path
 
 
-def small_data(name, corpus):
-    """Small data settings for the built-in kinds (a kind not named here uses its defaults)."""
+def small_data(kind, corpus):
+    """Small data settings for the built-in kinds: the text kinds read the small corpus; a kind
+    not named here uses its defaults."""
+    if kind.data_config is TextDataConfig:
+        return {"data": str(corpus)}
     return {
-        "gpt": {"data": str(corpus)},
         "bert": {"data": str(corpus), "tokenizer": "char"},
         "classifier": {"data": str(corpus.parent / "labelled.tsv"), "tokenizer": "char"},
         "translation": {"embedded_pairs": 300, "bpe_vocab_size": 300},
-    }.get(name, {})
+    }.get(kind.name, {})
 
 
 def build(kind, corpus):
     """A model of `kind` at its default preset, and a training batch from its own data builder."""
-    settings = small_data(kind.name, corpus)
+    settings = small_data(kind, corpus)
     base = config_to_dict(kind.presets[kind.default_preset])
     request = DataRequest(
         config_from_dict(kind.data_config, settings),

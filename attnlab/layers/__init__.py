@@ -1,6 +1,7 @@
 """Building blocks shared by every model. Importing the package registers the built-in token
 mixers (layers/mixers.py)."""
 
+from attnlab.layers import hyena, mamba, recurrent  # noqa: F401 - register their mixers
 from attnlab.layers.attention import (
     AttentionOptions,
     MultiHeadAttention,

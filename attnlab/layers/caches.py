@@ -230,3 +230,44 @@ class DecodingCache:
         """Keep batch rows `index`, in that order (beam search)."""
         for block in self.blocks:
             block.reorder(index)
+
+
+class RecurrentState:
+    """The fixed-size tensors a recurrent mixer carries from one position to the next: an RNN's
+    hidden (and cell) vectors, Mamba's convolution and SSM states, Hyena's window of inputs.
+
+    The first forward (the prompt) creates them; every later step overwrites them in place, so
+    their shapes and identities never change and one state serves eager and compiled decoding
+    alike (``buffers`` / ``with_buffers``). Tensors are held by name, in the order first set.
+    """
+
+    def __init__(self, **tensors: torch.Tensor):
+        self.tensors: dict[str, torch.Tensor] = dict(tensors)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.tensors.get(name)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing seen yet: the next forward is the prompt."""
+        return not self.tensors
+
+    def set(self, **tensors: torch.Tensor) -> None:
+        """Store these tensors: a copy the first time, in place after."""
+        for name, value in tensors.items():
+            held = self.tensors.get(name)
+            if held is None:
+                self.tensors[name] = value.detach().clone(memory_format=torch.contiguous_format)
+            else:
+                held.copy_(value)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index`, in place (every tensor is batch-first)."""
+        for tensor in self.tensors.values():
+            tensor.copy_(tensor.index_select(0, index))
+
+    def buffers(self) -> list[torch.Tensor]:
+        return list(self.tensors.values())
+
+    def with_buffers(self, tensors: list[torch.Tensor]) -> RecurrentState:
+        return RecurrentState(**dict(zip(self.tensors, tensors, strict=True)))
