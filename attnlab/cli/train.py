@@ -236,12 +236,13 @@ def _resumed(kind: ModelKind, args, out: Path):
         raise UserError(f"{out / RUN_FILE} is not a run description")
     if get_kind(run.get("kind", kind.name)) is not kind:
         raise UserError(f"{out} holds a {run['kind']!r} run: resume it with that kind")
-    changed = [*flag_values(args, kind.data_config), *flag_values(args, kind.config)]
-    if changed or args.preset:
+    saved = checkpoint_description(out)["config"]
+    given = {**flag_values(args, kind.data_config), **flag_values(args, kind.config)}
+    changed = [k for k, v in given.items() if run["data"].get(k, saved.get(k)) != v]
+    if changed or args.preset not in (None, run.get("preset")):
         raise UserError(
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when resuming"
         )
-    saved = checkpoint_description(out)["config"]
     state = read_training_state(out)
     flags = flag_values(args, TrainConfig)
     train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
