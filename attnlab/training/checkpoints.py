@@ -95,9 +95,61 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     description = checkpoint_description(path)
     kind = get_kind(description["kind"])
+    check_config_fits_weights(kind, description["config"], path / MODEL_FILE)
     model = build_model(kind.name, description["config"])
     load_weights(model, path / MODEL_FILE)
     return Checkpoint(model.to(device).eval(), kind, load_artifacts(path), path)
+
+
+class _LargerThanWeights(Exception):
+    pass
+
+
+def check_config_fits_weights(kind: ModelKind, config: dict[str, Any], file: Path) -> None:
+    """Compare the model a config describes with the tensors a weights file holds, before any
+    memory is spent on either: the model is built on the meta device (no storage), and its
+    building stops once it has more parameters than the file could hold, so a config.json that
+    claims 100,000 layers is one line, not gigabytes; only the file's header is read."""
+    try:
+        with safetensors.safe_open(file, framework="pt") as f:
+            header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint weights at {file}") from None
+    except Exception as error:  # safetensors raises several types for a damaged header
+        raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
+    limit, registered = 2 * len(header) + 16, 0
+
+    def count(module, name, param):
+        nonlocal registered
+        registered += 1
+        if registered > limit:
+            raise _LargerThanWeights
+
+    hook = nn.modules.module.register_module_parameter_registration_hook(count)
+    try:
+        with torch.device("meta"):
+            model = build_model(kind.name, config)
+    except _LargerThanWeights:
+        raise UserError(
+            f"{file.parent / CONFIG_FILE} describes a model far larger than the {len(header)} "
+            f"tensors of {file}: the config does not belong to these weights"
+        ) from None
+    finally:
+        hook.remove()
+    seen, expected = set(), {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:  # a tied tensor is stored once
+            seen.add(id(tensor))
+            expected[name] = tuple(tensor.shape)
+    wrong = [n for n in expected.keys() & header.keys() if expected[n] != header[n]]
+    missing, unexpected = expected.keys() - header.keys(), header.keys() - expected.keys()
+    if wrong or missing or unexpected:
+        detail = (
+            f"{wrong[0]} has shape {header[wrong[0]]} there, the config gives {expected[wrong[0]]}"
+            if wrong
+            else f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+        raise UserError(f"checkpoint weights {file} do not fit its config: {detail}")
 
 
 def load_artifacts(path: str | os.PathLike) -> dict[str, Any]:
