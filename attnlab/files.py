@@ -23,12 +23,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write_files(path.parent, {path.name: data})
 
 
-def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
+def atomic_write_files(
+    directory: str | os.PathLike, files: dict[str, bytes], journal: str | None = None
+) -> None:
     """Write several files into `directory`: all to temporary names first, then rename them in
-    order. A crash while writing leaves the old files untouched; the renames take microseconds."""
+    order. A crash while writing leaves the old files untouched.
+
+    With `journal` (a file name), the set switches as a whole: once every file is written, the
+    journal records the renames, the renames run, and the journal goes. A crash before the
+    journal leaves the old set and temporary files that finish_writes removes; a crash after
+    it leaves a journal from which finish_writes completes the new set. Never a mix."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = {}
+    temporary, journaled = {}, False
     try:
         for name, data in files.items():
             fd, temporary[name] = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
@@ -36,11 +43,40 @@ def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes]) ->
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        if journal is not None:
+            renames = {name: Path(tmp).name for name, tmp in temporary.items()}
+            atomic_write_bytes(directory / journal, json.dumps(renames).encode())
+            journaled = True
         for name, tmp in temporary.items():
             os.replace(tmp, directory / name)
+        if journal is not None:
+            (directory / journal).unlink()
     finally:
-        for tmp in temporary.values():
-            Path(tmp).unlink(missing_ok=True)
+        if not journaled:  # past the journal, what is left is finish_writes's to complete
+            for tmp in temporary.values():
+                Path(tmp).unlink(missing_ok=True)
+
+
+def finish_writes(directory: str | os.PathLike, journal: str) -> bool:
+    """Complete the renames of an interrupted atomic_write_files(..., journal), and remove the
+    temporary files of one interrupted before its journal. Only for the directory's one writer
+    (see DirectoryLock). Returns whether anything was left to finish."""
+    directory = Path(directory)
+    path, finished = directory / journal, False
+    if path.is_file():
+        try:
+            renames = json.loads(path.read_text())
+        except ValueError:  # written atomically: unreadable only if damaged by hand
+            renames = {}
+        for name, tmp in renames.items() if isinstance(renames, dict) else ():
+            if (directory / str(tmp)).is_file():
+                os.replace(directory / str(tmp), directory / str(name))
+        path.unlink()
+        finished = True
+    for stray in directory.glob(".*.tmp"):
+        stray.unlink(missing_ok=True)
+        finished = True
+    return finished
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

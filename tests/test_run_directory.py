@@ -10,7 +10,11 @@ import sys
 
 import pytest
 import test_platform  # noqa: F401 - registers the test_sum kind
+import torch
 from helpers import one_line_error, run
+
+from attnlab.training.checkpoints import load_checkpoint
+from attnlab.training.trainer import Trainer
 
 FAST = ["--batch-size", "4", "--eval-iters", "1", "--device", "cpu", "--no-compile"]
 
@@ -139,3 +143,61 @@ def test_a_run_stopped_by_bad_input_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "run"
     one_line_error(*train(capsys, tmp_path / "missing.txt", out, "--max-iters", "1")[::2])
     assert not out.exists()
+
+
+class Killed(BaseException):
+    """A process killed in the middle of a save (no `except Exception` stops it)."""
+
+
+def test_a_kill_at_any_write_or_rename_of_a_save_never_leaves_a_mix(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """Kill the last save at each of its writes and renames in turn: --resume then either ends
+    with the uninterrupted run's weights exactly, or is refused in one line."""
+    flags = ("--max-iters", "4", "--eval-interval", "2")
+    assert train(capsys, corpus, tmp_path / "whole", *flags)[0] == 0
+    final = load_checkpoint(tmp_path / "whole").model.state_dict()
+    real_replace, real_fsync, real_save = os.replace, os.fsync, Trainer.save
+    budget = {"left": None, "used": 0, "armed": True}  # operations the armed save may still do
+
+    def operation(real):
+        def wrapped(*args):
+            if budget["left"] is not None:
+                if budget["left"] == 0:
+                    raise Killed
+                budget["left"] -= 1
+                budget["used"] += 1
+            return real(*args)
+
+        return wrapped
+
+    def save(self):  # armed during the last save of a run to be killed
+        budget["left"] = limit if self.step == 4 and budget["armed"] else None
+        try:
+            real_save(self)
+        finally:
+            budget["left"] = None
+
+    monkeypatch.setattr(os, "replace", operation(real_replace))
+    monkeypatch.setattr(os, "fsync", operation(real_fsync))
+    monkeypatch.setattr(Trainer, "save", save)
+    limit, outcomes = 10**6, set()
+    train(capsys, corpus, tmp_path / "count", *flags)
+    operations = budget["used"]  # of one whole save
+    assert operations >= 10
+    for limit in range(operations):
+        out = tmp_path / f"killed{limit}"
+        budget["armed"] = True
+        with pytest.raises(Killed):
+            train(capsys, corpus, out, *flags)
+        budget["armed"] = False
+        code, _, err = run(["train", "gpt", "--out", str(out), "--resume", *FAST], capsys)
+        if code != 0:
+            one_line_error(code, err)
+            outcomes.add("refused")
+            continue
+        resumed = load_checkpoint(out).model.state_dict()
+        assert all(torch.equal(resumed[k], final[k]) for k in final), f"killed at {limit}"
+        assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.journal").exists()
+        outcomes.add("resumed")
+    assert outcomes == {"resumed"}  # every kill point recovers here

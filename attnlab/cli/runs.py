@@ -12,6 +12,7 @@ from pathlib import Path
 
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.errors import UserError
+from attnlab.training.checkpoints import JOURNAL_FILE
 from attnlab.training.trainer import METRICS_FILE, Trainer
 
 
@@ -81,13 +82,18 @@ def claim_run_directory(out: Path, resume: bool) -> None:
         raise UserError(
             f"{out} already holds a checkpoint: pass --resume to continue it, or another --out"
         )
-    contents = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    contents = sorted(p.name for p in out.iterdir() if not _own_bookkeeping(p.name))
     if contents and "run.json" not in contents:
         shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
         raise UserError(
             f"--out {out} holds files that are not an attnlab run ({shown}): give a new or "
             "empty directory"
         )
+
+
+def _own_bookkeeping(name: str) -> bool:
+    """The lock, a save's journal and temporary files: what a killed run leaves behind."""
+    return name in (LOCK_FILE, JOURNAL_FILE) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def fit_and_report(

@@ -38,12 +38,13 @@ from attnlab.models.registry import (
 from attnlab.training.checkpoints import (
     MODEL_FILE,
     checkpoint_description,
+    finish_checkpoint,
     load_artifacts,
     load_matching_weights,
     read_training_state,
 )
 from attnlab.training.sources import DataRequest
-from attnlab.training.trainer import TrainConfig, Trainer, prepare
+from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 
 RUN_FILE = "run.json"
 TABLES = {"model": dict, "training": dict}
@@ -119,6 +120,9 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     claim_run_directory(out, args.resume)
     with run_lock(out):
+        for checkpoint in (out, out / BEST_DIR):  # a save a crash interrupted
+            finish_checkpoint(checkpoint)
+        claim_run_directory(out, args.resume)  # again: the finished save may be a checkpoint
         return _train(kind, args, toml, source, data_keys, out)
 
 

@@ -7,8 +7,11 @@
     optimizer.safetensors  optimizer tensors; the param groups as JSON in the file's metadata
     trainer_state.json     step, training config, RNG and data-sampler states
 
-Every file is written to a temporary name first; the renames happen together at the end, the
-trainer state last, so an interrupted save leaves the previous checkpoint usable.
+A checkpoint switches as a whole: every file is written to a temporary name first, then a
+journal records the renames, the renames run and the journal goes (files.py). A save killed
+before its journal leaves the previous checkpoint; one killed after it is completed by the
+run's next writer (finish_checkpoint, which `--resume` calls). Readers refuse a directory with
+a journal, and one whose weights, optimizer and trainer state carry different save ids.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,15 @@ import torch
 from torch import nn
 
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_files, read_json
+from attnlab.files import atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F401
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
+JOURNAL_FILE = "checkpoint.journal"  # the renames of a save in progress (files.py)
+SAVE_ID = "save_id"  # one random id per save, in the files that change between saves
 
 
 @dataclass
@@ -59,8 +65,9 @@ def save_checkpoint(
     """Write a checkpoint directory (see the module docstring). `model` must be unwrapped;
     artifacts: name -> object with to_dict(), for names registered with register_artifact."""
     path = Path(path)
+    save_id = {SAVE_ID: uuid.uuid4().hex}  # in every file that changes from save to save
     files = {
-        MODEL_FILE: safetensors.torch.save(_unique_tensors(model.state_dict())),
+        MODEL_FILE: safetensors.torch.save(_unique_tensors(model.state_dict()), metadata=save_id),
         CONFIG_FILE: _json_bytes(describe(model)),
     }
     for name, artifact in (artifacts or {}).items():
@@ -68,10 +75,46 @@ def save_checkpoint(
             raise ValueError(f"unknown artefact {name!r}: register it with register_artifact")
         files[f"{name}.json"] = _json_bytes(artifact.to_dict())
     if optimizer is not None:
-        files[OPTIMIZER_FILE] = _optimizer_bytes(optimizer)
+        files[OPTIMIZER_FILE] = _optimizer_bytes(optimizer, save_id)
     if trainer_state is not None:
-        files[STATE_FILE] = _json_bytes(trainer_state)
-    atomic_write_files(path, files)  # renamed in this order: the trainer state last
+        files[STATE_FILE] = _json_bytes({**trainer_state, **save_id})
+    atomic_write_files(path, files, journal=JOURNAL_FILE)  # switched in as a whole
+
+
+def finish_checkpoint(path: str | os.PathLike) -> None:
+    """Complete a save that a crash interrupted, or remove what it left (see files.py:
+    atomic_write_files): for the run's one writer, before it reads the checkpoint."""
+    if Path(path).is_dir():
+        finish_writes(path, JOURNAL_FILE)
+
+
+def _check_whole(path: Path) -> None:
+    """Refuse a checkpoint whose save did not finish, or whose files come from different saves."""
+    if (path / JOURNAL_FILE).exists():
+        raise UserError(
+            f"the checkpoint in {path} is being saved, or its save was interrupted: "
+            f"`attnlab train KIND --out {path} --resume` completes it"
+        )
+    ids = {MODEL_FILE: _save_id(path / MODEL_FILE)}
+    if (path / OPTIMIZER_FILE).is_file():
+        ids[OPTIMIZER_FILE] = _save_id(path / OPTIMIZER_FILE)
+    if (path / STATE_FILE).is_file():
+        state = read_json(path / STATE_FILE, "trainer state")
+        ids[STATE_FILE] = state.get(SAVE_ID) if isinstance(state, dict) else None
+    known = {i for i in ids.values() if i is not None}
+    if len(known) > 1:
+        raise UserError(
+            f"{path} mixes files of different saves ({', '.join(sorted(ids))} do not belong "
+            "together): restore the directory from one save"
+        )
+
+
+def _save_id(file: Path) -> str | None:
+    try:
+        with safetensors.safe_open(file, framework="pt") as f:
+            return (f.metadata() or {}).get(SAVE_ID)
+    except Exception as error:  # safetensors raises several types for a damaged header
+        raise UserError(f"checkpoint file {file} is corrupt: {error}") from None
 
 
 def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
@@ -80,6 +123,7 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not (path / MODEL_FILE).is_file():
         raise UserError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
+    _check_whole(path)
     description = read_json(path / CONFIG_FILE, "checkpoint config")
     if (
         not isinstance(description, dict)
@@ -261,7 +305,7 @@ def decode_tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
-def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> bytes:
+def _optimizer_bytes(optimizer: torch.optim.Optimizer, metadata: dict[str, str]) -> bytes:
     state = optimizer.state_dict()
     tensors = {
         f"{index}.{key}": value
@@ -269,7 +313,7 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> bytes:
         for key, value in param_state.items()
     }
     return safetensors.torch.save(
-        tensors, metadata={"param_groups": json.dumps(state["param_groups"])}
+        tensors, metadata={"param_groups": json.dumps(state["param_groups"]), **metadata}
     )
 
 
