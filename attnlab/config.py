@@ -9,6 +9,7 @@ become configs: unknown keys and wrong types are errors, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -20,10 +21,10 @@ C = TypeVar("C")
 
 
 def check_positive(owner: str, **fields: int | float) -> None:
-    """Raise ConfigError unless every given field is > 0."""
+    """Raise ConfigError unless every given field is > 0 (and finite: NaN is not positive)."""
     for name, value in fields.items():
-        if value <= 0:
-            raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
+        if not 0 < value < math.inf:
+            raise ConfigError(f"{owner}.{name} must be a positive number, got {value!r}")
 
 
 def check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
@@ -105,6 +106,8 @@ def _coerce(owner: str, name: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(
             f"{owner}.{name} must be {hint.__name__}, got {type(value).__name__} {value!r}"

@@ -4,8 +4,8 @@ Each command lives in its own module with ``register(subparsers)``, which adds i
 ``handler``. Only the module of the command given is imported, so `attnlab --help` answers
 without loading torch. ATTNLAB_PLUGINS (comma-separated modules or .py files) is imported
 first: a user's own mixers and model kinds register themselves there. Libraries raise; this is
-the one place that prints errors: a UserError becomes one line on stderr and exit code 2,
-Ctrl-C exit code 130.
+the one place that prints errors: a UserError, an OSError (a missing or read-only file, a full
+disk) or text that is not UTF-8 becomes one line on stderr and exit code 2, Ctrl-C exit code 130.
 """
 
 from __future__ import annotations
@@ -85,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except UserError as error:
         print(f"attnlab: error: {error}", file=sys.stderr)
+        return 2
+    except UnicodeError as error:  # text from the user that is not UTF-8 (stdin, arguments)
+        reason = getattr(error, "reason", error)
+        print(f"attnlab: error: the input is not valid UTF-8 text ({reason})", file=sys.stderr)
+        return 2
+    except OSError as error:  # the user's files and folders: missing, read-only, full disk
+        where = f": {error.filename}" if error.filename else ""
+        print(f"attnlab: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)

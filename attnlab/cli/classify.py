@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
+from attnlab.cli.options import read_stdin, user_text
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.predict import classify
@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = load_for("classify", CLASSIFY, args.checkpoint, pick_device(args.device))
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = [user_text(t) for t in args.texts] or [
+        line for line in read_stdin().splitlines() if line.strip()
+    ]
     if not texts:
         raise UserError("no text to classify: give TEXT arguments or lines on stdin")
     names = checkpoint.artifacts["labels"].names if "labels" in checkpoint.artifacts else None

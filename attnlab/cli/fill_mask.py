@@ -6,6 +6,7 @@ import argparse
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
+from attnlab.cli.options import user_text
 from attnlab.devices import DEVICES, pick_device
 from attnlab.evaluation.predict import fill_mask
 from attnlab.models.registry import FILL_MASK
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = load_for("fill-mask", FILL_MASK, args.checkpoint, pick_device(args.device))
-    results = fill_mask(checkpoint.model, checkpoint.tokenizer, args.text, max(args.top_k, 1))
+    results = fill_mask(
+        checkpoint.model, checkpoint.tokenizer, user_text(args.text), max(args.top_k, 1)
+    )
     for number, fillers in enumerate(results, 1):
         if len(results) > 1:
             print(f"[MASK] {number}:")

@@ -151,3 +151,19 @@ def resolve_data_path(spec: str) -> str:
     from attnlab.data import catalog
 
     return catalog.resolve(spec, log=lambda message: print(f"attnlab: {message}", file=sys.stderr))
+
+
+def read_stdin() -> str:
+    """All of stdin as UTF-8 text; other bytes are a UnicodeDecodeError (one line at the CLI),
+    never characters that only look like text. A stream without bytes beneath (a test's
+    StringIO) is read as the text it holds."""
+    if hasattr(sys.stdin, "buffer"):
+        return sys.stdin.buffer.read().decode("utf-8")
+    return user_text(sys.stdin.read())
+
+
+def user_text(text: str) -> str:
+    """A text argument, checked: bytes of the command line that are not UTF-8 arrive as lone
+    surrogates (Python's surrogateescape), which are refused here in one line."""
+    text.encode("utf-8")  # raises UnicodeEncodeError on a lone surrogate
+    return text

@@ -8,6 +8,7 @@ import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
+from attnlab.cli.options import user_text
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.generation import make_generator, stream_text
@@ -87,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_counts(args)
+    user_text(args.prompt)
     device = pick_device(args.device)
     checkpoint = load_for("sample", GENERATE, args.checkpoint, device)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
@@ -136,3 +138,5 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from attnlab.cli import HelpFormatter
-from attnlab.cli.options import resolve_data_path
+from attnlab.cli.options import read_stdin, resolve_data_path, user_text
 from attnlab.data.corpus import corpus_files, read_corpus
 from attnlab.errors import UserError
 from attnlab.tokenizers.base import Tokenizer, load_tokenizer
@@ -156,14 +156,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_encode(args: argparse.Namespace) -> int:
     tokenizer = open_tokenizer(args.tokenizer)
-    text = sys.stdin.read() if args.text is None else args.text
+    text = read_stdin() if args.text is None else user_text(args.text)
     print(" ".join(map(str, tokenizer.encode(text))))
     return 0
 
 
 def run_decode(args: argparse.Namespace) -> int:
     tokenizer = open_tokenizer(args.tokenizer)
-    words = args.ids if args.ids else sys.stdin.read().split()
+    words = args.ids if args.ids else read_stdin().split()
     ids = []
     for word in words:
         try:

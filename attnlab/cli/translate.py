@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
-from attnlab.cli.options import resolve_data_path
+from attnlab.cli.options import read_stdin, resolve_data_path, user_text
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import TRANSLATE
@@ -65,8 +66,10 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError(f"--beam-size must be >= 1, got {args.beam_size}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_length_factor < 0 or args.max_length_offset < 0:
-        raise UserError("--max-length-factor and --max-length-offset must be >= 0")
+    if not 0 <= args.max_length_factor < math.inf or args.max_length_offset < 0:
+        raise UserError("--max-length-factor and --max-length-offset must be numbers >= 0")
+    if not math.isfinite(args.length_penalty):
+        raise UserError(f"--length-penalty must be a finite number, got {args.length_penalty}")
     return {
         "beam_size": args.beam_size,
         "length_penalty": args.length_penalty,
@@ -89,7 +92,7 @@ def translate_command(args: argparse.Namespace) -> int:
 
     options = decoding_options(args)
     model, tokenizer = load_translation_model(args.checkpoint, args.device)
-    lines = [args.text] if args.text is not None else sys.stdin.read().splitlines()
+    lines = [user_text(args.text)] if args.text is not None else read_stdin().splitlines()
     for translation in translate(model, tokenizer, [line.strip() for line in lines], **options):
         sys.stdout.write(translation + "\n")
     sys.stdout.flush()

@@ -40,8 +40,8 @@ def max_target_lengths(
 ) -> torch.Tensor:
     """(B,) most tokens to generate per sentence: ⌊factor·|X| + offset⌋, within [1, max_length]."""
     source_lengths = (src != model.config.pad_id).sum(-1)
-    limits = (factor * source_lengths.double() + offset).floor().long()
-    return limits.clamp(1, model.config.max_length)
+    limits = (factor * source_lengths.double() + offset).clamp(1, model.config.max_length)
+    return limits.floor().long()  # clamped first: a huge factor must not overflow the integers
 
 
 def _next_log_probs(model, tokens, memory, src_mask, cache) -> torch.Tensor:

@@ -10,6 +10,7 @@ repetition penalty, temperature, top-k, then top-p.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -132,8 +133,8 @@ class SamplingConfig:
 
     def __post_init__(self):
         name = "SamplingConfig"
-        if self.temperature < 0:
-            raise ConfigError(f"{name}.temperature must be >= 0, got {self.temperature!r}")
+        if not 0 <= self.temperature < math.inf:
+            raise ConfigError(f"{name}.temperature must be a number >= 0, got {self.temperature!r}")
         if self.top_k is not None:
             check_positive(name, top_k=self.top_k)
         if self.top_p is not None:

@@ -92,6 +92,8 @@ class TrainConfig:
                 "TrainConfig: warmup_iters, grad_clip and min_learning_rate must be >= 0"
             )
         check_choice("TrainConfig", "lr_schedule", self.lr_schedule, SCHEDULES)
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"TrainConfig.seed must be in [0, 2**63), got {self.seed}")
         check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
 
 

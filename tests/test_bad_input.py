@@ -1,0 +1,90 @@
+"""Bad numbers and bad text from the user: one line, exit code 2, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+from helpers import one_line_error, run
+
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers.bpe import BPETokenizer
+from attnlab.training.checkpoints import save_checkpoint
+
+TEXT = "the quick brown fox jumps over the lazy dog " * 20
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tokenizer = BPETokenizer.train([TEXT], 300)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1, n_heads=2, d_model=16
+    )
+    path = tmp_path_factory.mktemp("bad") / "ckpt"
+    save_checkpoint(path, GPT(config), {"tokenizer": tokenizer})
+    return path
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--temperature", "nan"], "temperature"),
+        (["--temperature", "inf"], "temperature"),
+        (["--repetition-penalty", "nan"], "repetition_penalty"),
+        (["--top-p", "nan"], "top_p"),
+        (["--seed", str(2**70)], "seed"),
+        (["--prompt", "fox \udcff"], "not valid UTF-8"),  # a command-line byte that is not UTF-8
+    ],
+)
+def test_sample_refuses_non_numbers_and_non_text(checkpoint, capsys, flags, expected):
+    line = one_line_error(*run(["sample", str(checkpoint), *flags], capsys)[::2])
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--learning-rate", "nan"], "learning_rate must be a finite number"),
+        (["--norm-eps", "inf"], "norm_eps must be a finite number"),
+        (["--seed", str(2**64)], "seed must be in [0, 2**63)"),
+    ],
+)
+def test_train_refuses_non_finite_settings(tmp_path, capsys, flags, expected):
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    argv = ["train", "gpt", "--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "r")]
+    assert expected in one_line_error(*run([*argv, *flags], capsys)[::2])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_nan_in_a_config_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    (tmp_path / "c.toml").write_text(
+        f'data = "{tmp_path / "corpus.txt"}"\n[model]\nnorm_eps = nan\n'
+    )
+    argv = ["train", "gpt", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]
+    assert "norm_eps must be a finite number" in one_line_error(*run(argv, capsys)[::2])
+
+
+def test_stdin_that_is_not_utf8_is_one_line(checkpoint):
+    tokenizer = str(checkpoint / "tokenizer.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "attnlab", "tokenize", "encode", "--tokenizer", tokenizer],
+        input=b"caf\xe9 \xff\n",
+        capture_output=True,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "not valid UTF-8" in err and "Traceback" not in err
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    (tmp_path / "file").write_text("mine")
+    argv = [
+        "train",
+        "gpt",
+        "--data",
+        str(tmp_path / "corpus.txt"),
+        "--out",
+        str(tmp_path / "file" / "run"),
+    ]
+    one_line_error(*run(argv, capsys)[::2])
+    assert (tmp_path / "file").read_text() == "mine"
