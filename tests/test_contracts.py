@@ -21,7 +21,10 @@ from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig
 
 # Small data settings for the built-in kinds (a kind not named here uses its defaults).
-SMALL_DATA = {"translation": {"embedded_pairs": 300, "bpe_vocab_size": 300}}
+SMALL_DATA = {
+    "translation": {"embedded_pairs": 300, "bpe_vocab_size": 300},
+    "vit": {"embedded_images": 200},
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +78,11 @@ MIXER_NAMES = sorted(MIXERS)
 
 
 def check_initial_loss(model, batch):
+    """One output per target, and a first loss near ln(outputs): V tokens, K classes."""
     logits, loss = model(*batch)
-    assert logits.shape[:-1] == batch[-1].shape and logits.shape[-1] == model.config.vocab_size
-    log_v = math.log(model.config.vocab_size)
+    outputs = getattr(model.config, "vocab_size", None) or model.config.n_classes
+    assert logits.shape[:-1] == batch[-1].shape and logits.shape[-1] == outputs
+    log_v = math.log(outputs)
     assert math.isfinite(loss.item()) and abs(loss.item() - log_v) < 0.2 * log_v, loss.item()
 
 

@@ -25,6 +25,7 @@ COMMANDS = {
     "sample": ("sample", "generate text from a trained checkpoint"),
     "evaluate": ("evaluate", "score a checkpoint on data"),
     "translate": ("translate", "translate text with an encoder-decoder checkpoint"),
+    "classify-image": ("classify_image", "classify images with a vision checkpoint"),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use"),
 }

@@ -80,9 +80,11 @@ def fit_and_report(
             f"Continue with: attnlab {command} --out {out} --resume"
         )
         return 130
-    val = result.last_eval.get("val_loss")
     reason = f" (time limit of {time_limit:g} min)" if timed_out else ""
-    note(f"done: step {result.step}{reason}" + (f", val loss {val:.4f}" if val is not None else ""))
+    scores = "".join(
+        f", {name.replace('_', ' ')} {value:.4f}" for name, value in result.last_eval.items()
+    )
+    note(f"done: step {result.step}{reason}{scores}")
     extras = "".join(f", {name}.json" for name in trainer.artifacts)
     note(f"checkpoint: {out}/model.safetensors (+ config.json{extras})")
     note(f"metrics:    {out}/{METRICS_FILE}" + (f"\nloss plot:  {plot}" if plot else ""))

@@ -27,7 +27,7 @@ from attnlab.devices import seed_everything
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 from attnlab.models import KINDS
-from attnlab.models.registry import GENERATE, TRANSLATE, ModelKind, get_kind
+from attnlab.models.registry import CLASSIFY, GENERATE, TRANSLATE, ModelKind, get_kind
 from attnlab.training.checkpoints import (
     checkpoint_description,
     load_artifacts,
@@ -41,6 +41,8 @@ TABLES = {"model": dict, "training": dict}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",
     TRANSLATE: 'translate:  attnlab translate {out} "..."',
+    CLASSIFY: "score it:   attnlab evaluate {out}\n"
+    "classify:   attnlab classify-image {out} IMAGE.png",
 }
 
 
@@ -119,7 +121,13 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, run)
     trainer = Trainer(
-        model, train_config, data.train, data.eval, artifacts=data.artifacts, out_dir=out
+        model,
+        train_config,
+        data.train,
+        data.eval,
+        artifacts=data.artifacts,
+        out_dir=out,
+        metrics=data.metrics,
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
     steps = [NEXT_STEPS[c].format(out=out) for c in sorted(kind.capabilities) if c in NEXT_STEPS]

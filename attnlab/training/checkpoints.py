@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,11 @@ from torch import nn
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_files, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind
-from attnlab.tokenizers import Tokenizer, tokenizer_from_dict
+from attnlab.tokenizers import Tokenizer
+from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F401 - re-exported
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
-
-# artefact name -> how to rebuild it from its JSON dict (saved as NAME.json, from obj.to_dict())
-ARTIFACTS: dict[str, Callable[[dict], Any]] = {"tokenizer": tokenizer_from_dict}
-
-
-def register_artifact(name: str, from_dict: Callable[[dict], Any]) -> None:
-    """Let checkpoints hold a preprocessing artefact `name` (an object with to_dict())."""
-    ARTIFACTS[name] = from_dict
-
 
 @dataclass
 class Checkpoint:

@@ -6,7 +6,8 @@ builder reads, say, the context length from it), the training config, the prepro
 artefacts of the checkpoint when a run resumes (its tokenizer, so nothing is learned again), and
 a function for notes to the person watching. The result holds the batches, the config fields
 that the data decides (the vocabulary size, special token ids), the artefacts to save beside the
-weights, and one line describing the data.
+weights, one line describing the data, and the metrics that evaluation reports besides the loss
+(accuracy, for a classifier).
 """
 
 from __future__ import annotations
@@ -51,3 +52,6 @@ class TrainingData:
     model_fields: dict[str, Any] = field(default_factory=dict)  # e.g. {"vocab_size": 65}
     artifacts: dict[str, Any] = field(default_factory=dict)  # e.g. {"tokenizer": ...}
     summary: str = ""  # one line on the data, for the person watching
+    # name -> metric(logits, targets) -> the batch's mean, reported beside the loss at each
+    # evaluation as {split}_{name} (e.g. val_accuracy), weighted by the targets in each batch
+    metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)

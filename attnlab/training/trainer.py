@@ -123,12 +123,14 @@ class Trainer:
         out_dir: str | Path,
         artifacts: dict[str, Any] | None = None,
         on_record: Callable[[dict[str, Any]], None] | None = None,
+        metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
     ):
         """eval_data: split name -> a function giving that split's evaluation batches (the same
         batches every time, so evaluations compare). artifacts: saved beside the weights (a
         tokenizer, a palette). on_record: called with each step's metrics (the CLI draws
-        progress). Throughput counts the elements of each batch's last tensor, the targets
-        (padding included), in the data source's unit (default "token")."""
+        progress). metrics: name -> metric(logits, targets), evaluated beside the loss (see
+        TrainingData.metrics). Throughput counts the elements of each batch's last tensor, the
+        targets (padding included), in the data source's unit (default "token")."""
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.precision)
@@ -154,6 +156,7 @@ class Trainer:
         self.train_data, self.eval_data = train_data, eval_data
         self.artifacts, self.out_dir = artifacts or {}, Path(out_dir)
         self.on_record = on_record or (lambda record: None)
+        self.metrics = metrics or {}
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self._stop_requested = False
         torch.manual_seed(config.seed)
@@ -246,16 +249,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss on each evaluation split: {"val_loss": ...}."""
+        """Mean loss on each evaluation split, and each metric: {"val_loss": ..., "val_accuracy":
+        ...}. The loss is the mean over batches; a metric is weighted by each batch's targets."""
         self.model.eval()
         results = {}
         for split, batches in self.eval_data.items():
-            losses = []
+            losses, totals, count = [], dict.fromkeys(self.metrics, 0.0), 0
             for batch in batches():
                 batch = tuple(t.to(self.device) for t in batch)
-                _, loss = self._forward(batch, self.compiled_eval)
+                logits, loss = self._forward(batch, self.compiled_eval)
                 losses.append(loss.item())
+                for name, metric in self.metrics.items():
+                    totals[name] += metric(logits, batch[-1]) * batch[-1].numel()
+                count += batch[-1].numel()
             results[f"{split}_loss"] = sum(losses) / len(losses)
+            results.update({f"{split}_{name}": total / count for name, total in totals.items()})
         self.last_eval = results
         return results
 
