@@ -1,7 +1,8 @@
 """`attnlab train KIND`: one command for every registered model kind (models/registry.py).
 
 Settings come, lowest priority first, from the kind's preset (--preset), a TOML file (--config:
-top-level out, preset and the kind's data settings; [model] and [training] tables), then flags,
+top-level kind (checked), out, preset and the kind's data settings; [model] and [training]
+tables), then flags,
 one per field of the data settings, the model config and TrainConfig. A run directory keeps
 run.json (kind, preset, data settings), so --resume needs no repeated flags.
 """
@@ -145,12 +146,14 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
 def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
     data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
-    allowed = {"out", "preset", *data_fields, *TABLES}
+    allowed = {"kind", "out", "preset", *data_fields, *TABLES}
     unknown = sorted(set(toml) - allowed)
     if unknown:
         raise UserError(
             f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
         )
+    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:
+        raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     for key in ("out", "preset"):
         if key in toml and not isinstance(toml[key], str):
             raise UserError(f"{path}: '{key}' must be a string")
