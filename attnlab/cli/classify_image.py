@@ -120,7 +120,10 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     data = _evaluation_images(args, checkpoint)
     result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
     png = Path(args.confusion or Path(args.checkpoint) / f"confusion_{args.split}.png")
-    title = f"{Path(args.checkpoint).name}: {args.split} accuracy {result['accuracy']:.2%}"
+    title = (
+        f"{Path(args.checkpoint).name}: accuracy {result['accuracy']:.2%} on "
+        f"{result['images']:,} {'test' if args.split == 'val' else args.split} images"
+    )
     plot_confusion(result["confusion"], artifacts["classes"].names, png, title)
     if args.json:
         print(json.dumps({**result, "confusion": result["confusion"].tolist(), "plot": str(png)}))

@@ -4,5 +4,16 @@
 from attnlab.models import gpt, encoder_decoder, vision_transformer  # noqa: F401, I001 - registers the kinds, in this order
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.registry import KINDS, ModelKind, build_model, get_kind, register_kind
+from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
 
-__all__ = ["GPT", "KINDS", "GPTConfig", "ModelKind", "build_model", "get_kind", "register_kind"]
+__all__ = [
+    "GPT",
+    "KINDS",
+    "GPTConfig",
+    "ModelKind",
+    "ViTConfig",
+    "VisionTransformer",
+    "build_model",
+    "get_kind",
+    "register_kind",
+]

@@ -34,6 +34,7 @@ from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F40
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
 
+
 @dataclass
 class Checkpoint:
     model: nn.Module  # in eval mode
