@@ -5,13 +5,13 @@ before any weights are read."""
 from __future__ import annotations
 
 from attnlab.errors import UserError
-from attnlab.models.registry import CLASSIFY, GENERATE, TRANSLATE, get_kind
+from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, TRANSLATE, get_kind
 from attnlab.training.checkpoints import Checkpoint, checkpoint_description, load_checkpoint
 
 SERVED_BY = {
     GENERATE: "attnlab sample (and evaluate --data)",
     TRANSLATE: "attnlab translate (and evaluate --src --ref)",
-    CLASSIFY: "attnlab classify-image (and evaluate)",
+    CLASSIFY_IMAGE: "attnlab classify-image (and evaluate)",
 }
 
 

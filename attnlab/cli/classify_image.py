@@ -13,7 +13,7 @@ from pathlib import Path
 
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
-from attnlab.models.registry import CLASSIFY
+from attnlab.models.registry import CLASSIFY_IMAGE
 
 DESCRIPTION = """\
 Classify images with an image classifier checkpoint (from `attnlab train vit`): for each image,
@@ -51,7 +51,7 @@ def load_classifier(path: str, device: str, command: str):
     """A checkpoint that classifies images, with its class names and normalisation."""
     from attnlab.cli.checkpoint import load_for
 
-    checkpoint = load_for(command, CLASSIFY, path, pick_device(device))
+    checkpoint = load_for(command, CLASSIFY_IMAGE, path, pick_device(device))
     missing = [f"{n}.json" for n in ("classes", "normalization") if n not in checkpoint.artifacts]
     if missing:
         raise UserError(f"{path} lacks {' and '.join(missing)}: it cannot read images")

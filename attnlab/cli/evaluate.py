@@ -20,7 +20,7 @@ from attnlab.data.text import TextSplits, corpus_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
-from attnlab.models.registry import CLASSIFY, GENERATE, get_kind
+from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, get_kind
 from attnlab.training.checkpoints import checkpoint_description
 
 SPLITS = ("val", "train", "all")
@@ -74,7 +74,7 @@ def register(subparsers) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     if args.src or args.ref:
         return evaluate_translation_command(args)
-    if CLASSIFY in get_kind(checkpoint_description(args.checkpoint)["kind"]).capabilities:
+    if CLASSIFY_IMAGE in get_kind(checkpoint_description(args.checkpoint)["kind"]).capabilities:
         return evaluate_classifier_command(args)
     if args.data is None:
         raise UserError("give --data (a language model) or --src and --ref (a translation model)")

@@ -28,7 +28,7 @@ from attnlab.devices import seed_everything
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 from attnlab.models import KINDS
-from attnlab.models.registry import CLASSIFY, GENERATE, TRANSLATE, ModelKind, get_kind
+from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, TRANSLATE, ModelKind, get_kind
 from attnlab.training.checkpoints import (
     checkpoint_description,
     load_artifacts,
@@ -42,7 +42,7 @@ TABLES = {"model": dict, "training": dict}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",
     TRANSLATE: 'translate:  attnlab translate {out} "..."',
-    CLASSIFY: "score it:   attnlab evaluate {out}\n"
+    CLASSIFY_IMAGE: "score it:   attnlab evaluate {out}\n"
     "classify:   attnlab classify-image {out} IMAGE.png",
 }
 

@@ -26,7 +26,7 @@ from attnlab.errors import UserError
 # Capabilities: what a kind's checkpoints can do, and so which commands serve them.
 GENERATE = "generate"  # continues token sequences: sample, evaluate --data
 TRANSLATE = "translate"  # maps a source sentence to a target one: translate, evaluate --src
-CLASSIFY = "classify"  # labels an image: classify-image, evaluate (accuracy, confusion matrix)
+CLASSIFY_IMAGE = "classify-image"  # labels an image: classify-image, evaluate (accuracy, confusion)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from attnlab.layers import (
 )
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
-from attnlab.models.registry import CLASSIFY, ModelKind, register_kind
+from attnlab.models.registry import CLASSIFY_IMAGE, ModelKind, register_kind
 
 POOLINGS = ("cls", "mean")
 
@@ -227,7 +227,7 @@ register_kind(
         presets=PRESETS,
         data_config=ImageDataConfig,
         build_data=image_training_data,
-        capabilities={CLASSIFY},
+        capabilities={CLASSIFY_IMAGE},
         description="a Vision Transformer classifying images (default: embedded shapes)",
     )
 )
