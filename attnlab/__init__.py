@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "GPT": "attnlab.models",
     "GPTConfig": "attnlab.models",
+    "VisionTransformer": "attnlab.models",
+    "ViTConfig": "attnlab.models",
     "build_model": "attnlab.models",
     "register_kind": "attnlab.models",
     "ModelKind": "attnlab.models",

@@ -12,9 +12,7 @@ from helpers import one_line_error, run
 from attnlab.cli import COMMANDS, build_parser, main
 from attnlab.cli.options import read_toml
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.models.encoder_decoder import PRESETS as TRANSLATION_PRESETS
-from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models import get_kind
 from attnlab.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,15 +181,13 @@ def test_sample_names_characters_the_tokenizer_never_saw(tmp_path, corpus, capsy
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_model(path):
+    """A config names its kind (`kind = "vit"`; GPT when it does not); the model is that kind's
+    preset with the [model] fields over it."""
     toml = read_toml(str(path))
-    if "translation" in toml:  # a `train translation` config: a preset, then [model] fields
-        base = config_to_dict(TRANSLATION_PRESETS[toml.get("preset", "tiny")])
-        model = EncoderDecoder(
-            config_from_dict(EncoderDecoderConfig, {**base, **toml.get("model", {})})
-        )
-    else:
-        model = GPT(config_from_dict(GPTConfig, {"vocab_size": 65, **toml.get("model", {})}))
-    assert model.num_parameters() > 0
+    kind = get_kind(toml.get("kind", "gpt"))
+    base = config_to_dict(kind.presets[toml.get("preset", kind.default_preset)])
+    model = kind.model(config_from_dict(kind.config, {**base, **toml.get("model", {})}))
+    assert sum(p.numel() for p in model.parameters()) > 0
     if "training" in toml:
         config_from_dict(TrainConfig, toml["training"])
 

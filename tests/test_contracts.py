@@ -16,7 +16,7 @@ from attnlab.layers import MIXERS
 from attnlab.layers.contracts import MATRIX_LAYERS
 from attnlab.models import KINDS
 from attnlab.models.gpt import GPT, GPTConfig
-from attnlab.models.registry import CLASSIFY, GENERATE, TRANSLATE, kind_of
+from attnlab.models.registry import CLASSIFY, CLASSIFY_IMAGE, GENERATE, TRANSLATE, kind_of
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig
@@ -42,6 +42,7 @@ def small_data(kind, corpus):
         "bert": {"data": str(corpus), "tokenizer": "char"},
         "classifier": {"data": str(corpus.parent / "labelled.tsv"), "tokenizer": "char"},
         "translation": {"embedded_pairs": 300, "bpe_vocab_size": 300},
+        "vit": {"embedded_images": 200},
     }.get(kind.name, {})
 
 
@@ -89,10 +90,10 @@ MIXER_NAMES = sorted(MIXERS)
 
 
 def check_initial_loss(model, batch):
-    """The loss of fresh weights is about that of a uniform guess over the model's outputs."""
+    """A first loss near ln(outputs), the loss of a uniform guess: V tokens, or K classes."""
     logits, loss = model(*batch)
-    classes = CLASSIFY in kind_of(model).capabilities
-    outputs = model.config.n_classes if classes else model.config.vocab_size
+    classifies = kind_of(model).capabilities & {CLASSIFY, CLASSIFY_IMAGE}
+    outputs = model.config.n_classes if classifies else model.config.vocab_size
     assert logits.shape[-1] == outputs
     log_v = math.log(outputs)
     assert math.isfinite(loss.item()) and abs(loss.item() - log_v) < 0.2 * log_v, loss.item()

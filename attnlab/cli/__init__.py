@@ -27,6 +27,7 @@ COMMANDS = {
     "translate": ("translate", "translate text with an encoder-decoder checkpoint"),
     "fill-mask": ("fill_mask", "predict the hidden words of a text with a BERT checkpoint"),
     "classify": ("classify", "label texts with a classifier checkpoint"),
+    "classify-image": ("classify_image", "classify images with a vision checkpoint"),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use"),
 }

@@ -5,7 +5,14 @@ before any weights are read."""
 from __future__ import annotations
 
 from attnlab.errors import UserError
-from attnlab.models.registry import CLASSIFY, FILL_MASK, GENERATE, TRANSLATE, get_kind
+from attnlab.models.registry import (
+    CLASSIFY,
+    CLASSIFY_IMAGE,
+    FILL_MASK,
+    GENERATE,
+    TRANSLATE,
+    get_kind,
+)
 from attnlab.training.checkpoints import Checkpoint, checkpoint_description, load_checkpoint
 
 SERVED_BY = {
@@ -13,6 +20,7 @@ SERVED_BY = {
     TRANSLATE: "attnlab translate (and evaluate --src --ref)",
     FILL_MASK: "attnlab fill-mask",
     CLASSIFY: "attnlab classify",
+    CLASSIFY_IMAGE: "attnlab classify-image (and evaluate)",
 }
 
 

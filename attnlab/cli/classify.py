@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if not texts:
         raise UserError("no text to classify: give TEXT arguments or lines on stdin")
-    names = checkpoint.artifacts["labels"].names if "labels" in checkpoint.artifacts else None
+    names = checkpoint.artifacts["classes"].names if "classes" in checkpoint.artifacts else None
     probabilities = classify(checkpoint.model, checkpoint.tokenizer, texts)
     for text, row in zip(texts, probabilities, strict=True):
         label = int(row.argmax())

@@ -1,5 +1,9 @@
 """`attnlab evaluate CKPT --data PATH`: loss, perplexity and bits per byte of a checkpoint;
-`attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of a translation checkpoint."""
+`attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of a translation checkpoint;
+`attnlab evaluate CKPT [--data SPEC]`: accuracy and a confusion matrix of an image classifier.
+
+Which evaluation a checkpoint gets follows what its kind can do (its capabilities), never its
+name."""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ import json
 import numpy as np
 
 from attnlab.cli.checkpoint import load_for
+from attnlab.cli.classify_image import evaluate_classifier_command
 from attnlab.cli.options import resolve_data_path
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.data.text import TextSplits, corpus_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
-from attnlab.models.registry import GENERATE
+from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, get_kind
+from attnlab.training.checkpoints import checkpoint_description
 
 SPLITS = ("val", "train", "all")
 
@@ -29,12 +35,17 @@ def register(subparsers) -> None:
         help="score a checkpoint on data",
         description="Loss (nats/token), perplexity and bits per byte of a language model over "
         "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
-        "translation model's detokenized output.\nexamples:\n  attnlab evaluate runs/gpt --data "
-        "input.txt\n  attnlab evaluate runs/multi30k --src test.de.gz --ref test.en.gz",
+        "translation model's detokenized output; or an image classifier's accuracy, with a "
+        "confusion-matrix PNG (on the data it trained on unless --data says otherwise)."
+        "\nexamples:\n  attnlab evaluate runs/gpt --data input.txt\n  attnlab evaluate "
+        "runs/multi30k --src test.de.gz --ref test.en.gz\n  attnlab evaluate runs/vit_mnist",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
     parser.add_argument(
-        "--data", metavar="PATH", help="text file, directory, DIR:GLOB or 'stdlib' (language model)"
+        "--data",
+        metavar="PATH",
+        help="text file, directory, DIR:GLOB or 'stdlib' (language model); shapes, mnist or an "
+        "image folder (image classifier)",
     )
     parser.add_argument("--src", metavar="FILE", help="source sentences, one a line (translation)")
     parser.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")
@@ -43,7 +54,13 @@ def register(subparsers) -> None:
         "--split",
         choices=SPLITS,
         default="val",
-        help="which part: the last 10%% (val), the first 90%% (train), or all",
+        help="which part: the last 10%% (val), the first 90%% (train), or all; for an image "
+        "classifier val is the test images",
+    )
+    parser.add_argument(
+        "--confusion",
+        metavar="FILE",
+        help="image classifier: the confusion-matrix PNG (default: CKPT/confusion_SPLIT.png)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="windows or sentences per forward pass"
@@ -57,6 +74,8 @@ def register(subparsers) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     if args.src or args.ref:
         return evaluate_translation_command(args)
+    if CLASSIFY_IMAGE in get_kind(checkpoint_description(args.checkpoint)["kind"]).capabilities:
+        return evaluate_classifier_command(args)
     if args.data is None:
         raise UserError("give --data (a language model) or --src and --ref (a translation model)")
     if args.batch_size <= 0:

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# what every step's record holds; the rest of an evaluation step's are its scores (val_loss, ...)
+STEP_FIELDS = ("step", "train_loss", "lr", "elapsed_s", "mfu")
+
 
 class progress_printer:  # noqa: N801 - used like a function
     """A tqdm bar on stderr: step, loss, last val loss, throughput (tokens/s, images/s), ETA."""
@@ -38,9 +41,13 @@ class progress_printer:  # noqa: N801 - used like a function
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
         if "val_loss" in record and self.bar.disable:  # no live bar (not a terminal): log evals
+            scores = "".join(
+                f", {name.replace('_', ' ')} {value:.4f}"
+                for name, value in record.items()
+                if name not in STEP_FIELDS and not name.endswith("_per_s")
+            )
             print(
-                f"step {record['step']}: train loss {record['train_loss']:.4f}, "
-                f"val loss {record['val_loss']:.4f}",
+                f"step {record['step']}: train loss {record['train_loss']:.4f}{scores}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -76,6 +83,40 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
+    """A confusion matrix (K, K), rows the true classes and columns the predicted ones, as a
+    heatmap with the counts written in its cells (shares of each row set the colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.tolist()
+    k = len(counts)
+    shares = [[c / max(sum(row), 1) for c in row] for row in counts]
+    side = min(max(4.0, 0.5 * k + 2), 14.0)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=120)
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:  # names and counts stay legible up to about this many classes
+        ticks = range(k)
+        ax.set_xticks(ticks, class_names, rotation=90 if k > 10 else 0)
+        ax.set_yticks(ticks, class_names)
+        for i in ticks:
+            for j in ticks:
+                if counts[i][j]:
+                    colour = "white" if shares[i][j] > 0.5 else "black"
+                    ax.text(
+                        j, i, str(counts[i][j]), ha="center", va="center", fontsize=7, color=colour
+                    )
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
     plt.close(fig)
     return png

@@ -1,7 +1,8 @@
 """`attnlab train KIND`: one command for every registered model kind (models/registry.py).
 
 Settings come, lowest priority first, from the kind's preset (--preset), a TOML file (--config:
-top-level out, preset and the kind's data settings; [model] and [training] tables), then flags,
+top-level kind (checked), out, preset and the kind's data settings; [model] and [training]
+tables), then flags,
 one per field of the data settings, the model config and TrainConfig. A run directory keeps
 run.json (kind, preset, data settings), so --resume needs no repeated flags.
 """
@@ -29,6 +30,7 @@ from attnlab.files import atomic_write_json, read_json
 from attnlab.models import KINDS
 from attnlab.models.registry import (
     CLASSIFY,
+    CLASSIFY_IMAGE,
     FILL_MASK,
     GENERATE,
     TRANSLATE,
@@ -53,6 +55,8 @@ NEXT_STEPS = {
     TRANSLATE: 'translate:  attnlab translate {out} "..."',
     FILL_MASK: 'fill in:    attnlab fill-mask {out} "the movie was [MASK] good ."',
     CLASSIFY: 'classify:   attnlab classify {out} "..."',
+    CLASSIFY_IMAGE: "score it:   attnlab evaluate {out}\n"
+    "classify:   attnlab classify-image {out} IMAGE.png",
 }
 
 
@@ -198,12 +202,14 @@ def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[st
 def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
     data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
-    allowed = {"out", "preset", *data_fields, *TABLES}
+    allowed = {"kind", "out", "preset", *data_fields, *TABLES}
     unknown = sorted(set(toml) - allowed)
     if unknown:
         raise UserError(
             f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
         )
+    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:
+        raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     for key in ("out", "preset"):
         if key in toml and not isinstance(toml[key], str):
             raise UserError(f"{path}: '{key}' must be a string")

@@ -28,30 +28,10 @@ from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentenc
 from attnlab.errors import UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
 from attnlab.tokenizers import Tokenizer
-from attnlab.training.artifacts import register_artifact
+from attnlab.training.artifacts import ClassNames
 from attnlab.training.sources import DataRequest, TrainingData
 
 Examples = tuple[list[str], list[int]]  # texts, labels
-
-
-@dataclass(frozen=True)
-class ClassNames:
-    """The name of each class index, saved with a classifier (labels.json)."""
-
-    names: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {"names": list(self.names)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ClassNames:
-        names = data["names"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("'names' must be a list of strings")
-        return cls(tuple(names))
-
-
-register_artifact("labels", ClassNames.from_dict)
 
 
 def read_tsv(path: Path) -> Examples:
@@ -220,7 +200,7 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         batches,
         {"val": dev_batches},
         model_fields={"vocab_size": tokenizer.vocab_size, "pad_id": pad_id, "n_classes": n_classes},
-        artifacts={"tokenizer": tokenizer, "labels": ClassNames(tuple(classes))},
+        artifacts={"tokenizer": tokenizer, "classes": ClassNames(tuple(classes))},
         summary=f"{len(sequences):,} training examples ({counts}), {len(dev_sequences):,} dev",
         metrics=ClassificationMetrics,
         best="val_accuracy",

@@ -1,8 +1,19 @@
 """Models: each owns its config, presets, embeddings, head and forward, and registers its kind
 (registry.py). Importing the package registers the built-in kinds."""
 
-from attnlab.models import gpt, encoder_decoder, bert, recurrent_lm  # noqa: F401, I001 - registers the kinds, in this order
+from attnlab.models import gpt, encoder_decoder, bert, recurrent_lm, vision_transformer  # noqa: F401, I001 - registers the kinds, in this order
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.registry import KINDS, ModelKind, build_model, get_kind, register_kind
+from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
 
-__all__ = ["GPT", "KINDS", "GPTConfig", "ModelKind", "build_model", "get_kind", "register_kind"]
+__all__ = [
+    "GPT",
+    "KINDS",
+    "GPTConfig",
+    "ModelKind",
+    "ViTConfig",
+    "VisionTransformer",
+    "build_model",
+    "get_kind",
+    "register_kind",
+]

@@ -28,6 +28,7 @@ GENERATE = "generate"  # continues token sequences: sample, evaluate --data
 TRANSLATE = "translate"  # maps a source sentence to a target one: translate, evaluate --src
 FILL_MASK = "fill-mask"  # predicts hidden tokens of a text: fill-mask
 CLASSIFY = "classify"  # labels a text: classify
+CLASSIFY_IMAGE = "classify-image"  # labels an image: classify-image, evaluate (accuracy, confusion)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""Preprocessing artefacts a checkpoint can hold beside its weights (a tokenizer, class names,
-an image palette), by name. Each is saved as NAME.json from its to_dict() and rebuilt by the
-function registered here. A module of its own, importing no model, so that data modules can
-register what they produce."""
+"""Preprocessing artefacts a checkpoint can hold beside its weights, by name: a tokenizer, a
+classifier's class names, an image normalisation. Each is saved as NAME.json from its to_dict()
+and rebuilt by the function registered here. A module of its own, importing no model, so that
+data modules can register what they produce."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from attnlab.tokenizers import tokenizer_from_dict
@@ -17,3 +18,23 @@ ARTIFACTS: dict[str, Callable[[dict], Any]] = {"tokenizer": tokenizer_from_dict}
 def register_artifact(name: str, from_dict: Callable[[dict], Any]) -> None:
     """Let checkpoints hold a preprocessing artefact `name` (an object with to_dict())."""
     ARTIFACTS[name] = from_dict
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    """What each output of a classifier means: names[k] is class k (classes.json)."""
+
+    names: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClassNames:
+        names = data["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("'names' must be a list of strings")
+        return cls(tuple(names))
+
+
+register_artifact("classes", ClassNames.from_dict)

@@ -1,0 +1,178 @@
+"""`attnlab classify-image CKPT IMAGE...`: the most probable classes of images, by an image
+classifier checkpoint (from `attnlab train vit`).
+
+Also the classifier mode of `attnlab evaluate CKPT` (accuracy and a confusion-matrix PNG), whose
+handler lives here so that both commands read images and checkpoints the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from attnlab.devices import DEVICES, pick_device
+from attnlab.errors import UserError
+from attnlab.models.registry import CLASSIFY_IMAGE
+
+DESCRIPTION = """\
+Classify images with an image classifier checkpoint (from `attnlab train vit`): for each image,
+the --top-k most probable classes and their probabilities. Images are read as the model was
+trained: converted to its channels (grayscale or RGB) and normalised with the statistics saved
+in the checkpoint. An image of another size is refused unless --resize scales it.
+
+examples:
+  attnlab classify-image runs/vit_mnist digit.png
+  attnlab classify-image runs/vit cat.jpg dog.jpg --top-k 3 --resize
+"""
+
+
+def register(subparsers) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "classify-image",
+        help="classify images with a vision checkpoint",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    parser.add_argument(
+        "--resize", action="store_true", help="scale images of another size to the model's"
+    )
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.set_defaults(handler=classify_command)
+
+
+def load_classifier(path: str, device: str, command: str):
+    """A checkpoint that classifies images, with its class names and normalisation."""
+    from attnlab.cli.checkpoint import load_for
+
+    checkpoint = load_for(command, CLASSIFY_IMAGE, path, pick_device(device))
+    missing = [f"{n}.json" for n in ("classes", "normalization") if n not in checkpoint.artifacts]
+    if missing:
+        raise UserError(f"{path} lacks {' and '.join(missing)}: it cannot read images")
+    return checkpoint
+
+
+def read_images(paths: list[str], config, resize: bool):
+    """The images as one uint8 batch (B, C, S, S) in the model's channels; every file is read
+    (and refused) before anything is classified."""
+    import numpy as np
+    import torch
+
+    from attnlab.data.images import image_array, open_image
+
+    side, arrays = config.image_size, []
+    for path in paths:
+        image = open_image(path)
+        if image.size != (side, side) and not resize:
+            width, height = image.size
+            raise UserError(
+                f"{path} is {width}x{height} pixels; this model reads {side}x{side} images "
+                "(--resize scales it)"
+            )
+        arrays.append(image_array(image, config.channels, side))
+    return torch.from_numpy(np.stack(arrays))
+
+
+def classify_command(args: argparse.Namespace) -> int:
+    from attnlab.evaluation.classification import top_k
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    checkpoint = load_classifier(args.checkpoint, args.device, "classify-image")
+    model, artifacts = checkpoint.model, checkpoint.artifacts
+    images = read_images(args.images, model.config, args.resize)
+    device = next(model.parameters()).device
+    probabilities, indices = top_k(model, artifacts["normalization"](images.to(device)), args.top_k)
+    names = artifacts["classes"].names
+    for path, probs, classes in zip(
+        args.images, probabilities.tolist(), indices.tolist(), strict=True
+    ):
+        ranked = [(names[c], p) for c, p in zip(classes, probs, strict=True)]
+        if args.json:
+            print(
+                json.dumps(
+                    {"image": path, "top": [{"class": n, "probability": p} for n, p in ranked]}
+                )
+            )
+        else:
+            print(path)
+            for name, probability in ranked:
+                print(f"  {probability:7.4f}  {name}")
+    return 0
+
+
+def evaluate_classifier_command(args: argparse.Namespace) -> int:
+    """`attnlab evaluate CKPT [--data SPEC]`: accuracy over a split of the data, and the
+    confusion matrix as a PNG. The data defaults to what the run trained on (its run.json)."""
+    from attnlab.cli.reports import plot_confusion
+    from attnlab.evaluation.classification import evaluate_classifier
+
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    checkpoint = load_classifier(args.checkpoint, args.device, "evaluate")
+    model, artifacts = checkpoint.model, checkpoint.artifacts
+    data = _evaluation_images(args, checkpoint)
+    result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
+    png = Path(args.confusion or Path(args.checkpoint) / f"confusion_{args.split}.png")
+    title = (
+        f"{Path(args.checkpoint).name}: accuracy {result['accuracy']:.2%} on "
+        f"{result['images']:,} {'test' if args.split == 'val' else args.split} images"
+    )
+    plot_confusion(result["confusion"], artifacts["classes"].names, png, title)
+    if args.json:
+        print(json.dumps({**result, "confusion": result["confusion"].tolist(), "plot": str(png)}))
+    else:
+        print(f"{'accuracy':>10}  {result['accuracy']:.4f}")
+        print(f"{'loss':>10}  {result['loss']:.4f}")
+        print(f"{'images':>10}  {result['images']:,}")
+        print(f"{'confusion':>10}  {png}")
+    return 0
+
+
+def _evaluation_images(args: argparse.Namespace, checkpoint):
+    """The split asked for, of --data or of the run's own data, checked against the model."""
+    import torch
+
+    from attnlab.cli.runs import note
+    from attnlab.cli.train import RUN_FILE
+    from attnlab.config import config_from_dict
+    from attnlab.data.image_classification import load_image_data
+    from attnlab.data.images import ImageSet
+    from attnlab.files import read_json
+
+    run_file = Path(args.checkpoint) / RUN_FILE
+    run = read_json(run_file, "run description") if run_file.is_file() else {"data": {}}
+    settings = run.get("data") if isinstance(run, dict) else None
+    if not isinstance(settings, dict):
+        raise UserError(f"{run_file} is not a run description")
+    if args.data is None and not settings:
+        raise UserError(f"give --data: {run_file} does not say what the model was trained on")
+    if args.data is not None:
+        settings = {**settings, "data": args.data}
+    settings = config_from_dict(checkpoint.kind.data_config, settings, source="--data")
+    config = checkpoint.model.config
+    dataset = load_image_data(settings, config.image_size, log=note)
+    names = checkpoint.artifacts["classes"].names
+    if dataset.classes != names:
+        raise UserError(
+            f"{dataset.name} has the classes {', '.join(dataset.classes)}, but the model was "
+            f"trained on {', '.join(names)}"
+        )
+    shape = tuple(dataset.test.images.shape[1:])
+    if shape != (config.channels, config.image_size, config.image_size):
+        raise UserError(
+            f"{dataset.name} holds {'x'.join(map(str, shape))} images; the model "
+            f"reads {config.channels}x{config.image_size}x{config.image_size}"
+        )
+    if args.split == "all":
+        return ImageSet(
+            torch.cat([dataset.train.images, dataset.test.images]),
+            torch.cat([dataset.train.labels, dataset.test.labels]),
+        )
+    return dataset.test if args.split == "val" else dataset.train

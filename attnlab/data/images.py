@@ -1,0 +1,294 @@
+"""Images for classification: where they come from, and what travels with a classifier.
+
+Dimensions: N images, C channels, H height, W width (pixels), K classes.
+
+Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held in memory:
+
+- **IDX files** (LeCun's MNIST format), plain or gzip-compressed: a big-endian header (magic
+  number 2051 for images, 2049 for labels, then the dimensions) and raw uint8 data. The magic
+  number and the length the header promises are checked.
+- **A folder of images**, one sub-folder per class (DIR/cat/*.png, DIR/dog/*.jpg); or DIR/train/
+  and DIR/test/ (or DIR/val/) of that shape. Without a test folder, a seeded 10% is held out.
+  Images are resized to the model's size (bilinear), grayscale when every image is, else RGB.
+  A file that is not a readable image (a README, a damaged PNG) is skipped with a warning that
+  names it, so one stray file does not stop a run.
+- **"shapes"**, embedded: eight kinds of shape drawn at random places and sizes, deterministic
+  for a seed, so `attnlab train vit` runs with no files at all.
+
+A classifier's checkpoint carries two artefacts: its class names and the pixel normalisation
+(per-channel mean and std of the training images), so that `attnlab classify-image` reads a
+new image exactly as training did.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlab.errors import UserError
+from attnlab.training.artifacts import register_artifact
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: uint8 data with 3 and 1 dimensions
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+HOLDOUT, HOLDOUT_SEED = 0.1, 0  # share of a folder's images held out when it has no test folder
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageDataset:
+    train: ImageSet
+    test: ImageSet
+    classes: tuple[str, ...]
+    name: str  # for messages: "mnist", "shapes", a folder
+
+
+# ----------------------------------------------------------------------------- artefacts
+@dataclass(frozen=True)
+class Normalization:
+    """Pixels in [0, 1], then per channel (x - mean) / std: inputs of unit scale."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, images: torch.Tensor) -> Normalization:
+        """The per-channel mean and std of uint8 images (N, C, H, W)."""
+        x = images.float().div_(255).transpose(0, 1).flatten(1)  # (C, N·H·W)
+        return cls(tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist()))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float32 (N, C, H, W), normalised."""
+        mean = torch.tensor(self.mean, device=images.device)[:, None, None]
+        std = torch.tensor(self.std, device=images.device)[:, None, None]
+        return (images.float() / 255 - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        mean, std = data["mean"], data["std"]
+        if len(mean) != len(std) or not all(s > 0 for s in std):
+            raise ValueError("'mean' and 'std' must be lists of one number per channel, std > 0")
+        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+register_artifact("normalization", Normalization.from_dict)
+
+
+# ----------------------------------------------------------------------------- IDX files
+def read_idx(path: str | Path, magic: int) -> np.ndarray:
+    """The array in an IDX file (gzip-compressed when it ends in .gz), whose magic number must
+    be `magic` (IDX_IMAGES or IDX_LABELS) and whose length must be what its header says."""
+    path = Path(path)
+    what = "image" if magic == IDX_IMAGES else "label"
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        raise UserError(f"{path} is not an IDX {what} file: magic number {found}, expected {magic}")
+    n_dims = data[3]
+    header = 4 + 4 * n_dims
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims)]
+    expected = header + math.prod(dims)
+    if len(data) != expected:
+        problem = "is truncated" if len(data) < expected else "has extra bytes"
+        raise UserError(
+            f"{path} {problem}: {len(data):,} bytes, but its header ({' x '.join(map(str, dims))}"
+            f" {what}s) needs {expected:,}"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _idx_file(directory: Path, stem: str) -> Path:
+    """DIR/stem, or DIR/stem.gz when only that exists."""
+    plain = directory / stem
+    compressed = directory / f"{stem}.gz"
+    return compressed if compressed.is_file() and not plain.is_file() else plain
+
+
+def is_idx_folder(directory: Path) -> bool:
+    return _idx_file(directory, MNIST_FILES["train"][0]).is_file()
+
+
+def load_idx_split(directory: str | Path, split: str) -> ImageSet:
+    """The "train" or "test" split of an MNIST-layout folder of IDX files."""
+    image_stem, label_stem = MNIST_FILES[split]
+    image_file = _idx_file(Path(directory), image_stem)
+    label_file = _idx_file(Path(directory), label_stem)
+    for file in (image_file, label_file):
+        if not file.is_file():
+            raise UserError(f"IDX file not found: {file} (or {file.name}.gz)")
+    images, labels = read_idx(image_file, IDX_IMAGES), read_idx(label_file, IDX_LABELS)
+    if len(images) != len(labels):
+        raise UserError(
+            f"{image_file} holds {len(images):,} images but {label_file} {len(labels):,} labels"
+        )
+    return ImageSet(
+        torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+    )
+
+
+def load_idx_folder(directory: str | Path) -> ImageDataset:
+    train, test = load_idx_split(directory, "train"), load_idx_split(directory, "test")
+    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    names = tuple(str(k) for k in range(n_classes))
+    return ImageDataset(train, test, names, Path(directory).name)
+
+
+# ----------------------------------------------------------------------------- image files
+def open_image(path: str | Path):
+    """A PIL image, fully read; a missing or unreadable file is a UserError naming it."""
+    from PIL import Image  # imported when images are read
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path} is not a readable image: {error}") from None
+
+
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
+    """A PIL image as uint8 (C, H, W), converted to 1 (grayscale) or 3 (RGB) channels and, when
+    `size` is given, resized to size x size pixels (bilinear)."""
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]:
+    """Class name -> the images of DIR/<class>/ (read, in name order); files that are not
+    readable images are skipped with a warning."""
+    found = {}
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name[0] != "."):
+        images = []
+        for file in sorted(p for p in folder.iterdir() if p.is_file() and p.name[0] != "."):
+            try:
+                images.append(open_image(file))
+            except UserError as error:
+                log(f"warning: skipping {file}: {str(error).removeprefix(f'{file} ')}")
+        found[folder.name] = images
+    return found
+
+
+def load_image_folder(
+    directory: str | Path, size: int, log: Callable[[str], None] = print
+) -> ImageDataset:
+    """DIR/<class>/*, or DIR/train/<class>/* with DIR/test/ (or DIR/val/); see the module. The
+    held-out share is drawn with a fixed seed, so evaluation finds the same images."""
+    directory = Path(directory)
+    held_out = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
+    split = (directory / "train").is_dir() and held_out is not None
+    train_files = _class_files(directory / "train" if split else directory, log)
+    classes = tuple(train_files)
+    if len(classes) < 2:
+        raise UserError(
+            f"{directory} needs one sub-folder per class (at least two); found {len(classes)}"
+        )
+    test_files = _class_files(held_out, log) if split else {}
+    unknown = sorted(set(test_files) - set(classes))
+    if unknown:
+        raise UserError(f"{held_out} has class folders that train/ lacks: {', '.join(unknown)}")
+    every = [im for files in (train_files, test_files) for ims in files.values() for im in ims]
+    channels = 1 if all(im.mode in GRAY_MODES for im in every) else 3
+    train = _image_set(train_files, classes, channels, size, directory)
+    if split:
+        test = _image_set(test_files, classes, channels, size, held_out)
+    else:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        cut = max(1, round(HOLDOUT * len(train)))
+        test = ImageSet(train.images[order[:cut]], train.labels[order[:cut]])
+        train = ImageSet(train.images[order[cut:]], train.labels[order[cut:]])
+    return ImageDataset(train, test, classes, str(directory))
+
+
+def _image_set(files: dict[str, list], classes, channels: int, size: int, where) -> ImageSet:
+    arrays = [image_array(im, channels, size) for name in files for im in files[name]]
+    if not arrays:
+        raise UserError(f"no readable images in {where}")
+    labels = [classes.index(name) for name in files for _ in files[name]]
+    return ImageSet(torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- embedded shapes
+SHAPES = ("circle", "ring", "square", "diamond", "cross", "triangle", "bar", "pillar")
+EMBEDDED_TEST_IMAGES = 2000
+TRAIN_SEED, TEST_SEED = 0, 1  # fixed, so evaluation redraws the very same test images
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Pixels inside `shape` of radius r, at offsets (dx, dy) from its centre; (n, H, W)."""
+    w = np.maximum(0.25 * r, 1.0)  # stroke width
+    ax, ay = np.abs(dx), np.abs(dy)
+    if shape == "circle":
+        return np.hypot(dx, dy) <= r
+    if shape == "ring":
+        return np.abs(np.hypot(dx, dy) - 0.8 * r) <= 0.6 * w
+    if shape == "square":
+        return np.maximum(ax, ay) <= 0.8 * r
+    if shape == "diamond":
+        return ax + ay <= r
+    if shape == "cross":
+        return ((ax <= w) & (ay <= r)) | ((ay <= w) & (ax <= r))
+    if shape == "triangle":  # apex up: half-width grows from 0 at the top to 0.9 r at the base
+        return (dy >= -r) & (dy <= 0.8 * r) & (ax <= 0.5 * (dy + r))
+    if shape == "bar":
+        return (ay <= w) & (ax <= r)
+    return (ax <= w) & (ay <= r)  # pillar
+
+
+def draw_shapes(count: int, size: int, seed: int) -> ImageSet:
+    """`count` grayscale size x size images of SHAPES (label = index), each at a random place,
+    size and brightness over faint noise; the same images for the same seed."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(len(SHAPES), size=count)
+    r = rng.uniform(0.18, 0.3, count) * size
+    cx, cy = (rng.uniform(r + 1, size - r - 1) for _ in range(2))
+    y, x = np.mgrid[:size, :size] + 0.5
+    dx, dy = x[None] - cx[:, None, None], y[None] - cy[:, None, None]  # (N, H, W)
+    inside = np.zeros((count, size, size), dtype=bool)
+    for k, shape in enumerate(SHAPES):
+        rows = labels == k
+        inside[rows] = _shape_mask(shape, dx[rows], dy[rows], r[rows, None, None])
+    brightness = rng.uniform(150, 255, count)[:, None, None]
+    pixels = inside * brightness + rng.normal(0, 12, inside.shape)
+    images = np.clip(pixels, 0, 255).astype(np.uint8)[:, None]  # (N, 1, H, W)
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
+
+
+def embedded_shapes(count: int, size: int) -> ImageDataset:
+    train = draw_shapes(count, size, TRAIN_SEED)
+    test = draw_shapes(EMBEDDED_TEST_IMAGES, size, TEST_SEED)
+    return ImageDataset(train, test, SHAPES, "shapes")

@@ -1,0 +1,139 @@
+"""`attnlab train vit`, `attnlab evaluate` and `attnlab classify-image` end to end on the
+embedded shapes, and bad input (a wrong-size or corrupt image, a bad IDX file, a stray file in an
+image folder): one clear line, exit code 2, nothing lost."""
+
+import contextlib
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from helpers import one_line_error, run
+from PIL import Image
+from test_images import idx_bytes, write_mnist, write_png
+
+from attnlab.cli import main
+from attnlab.data.images import IDX_LABELS, draw_shapes
+from attnlab.training.checkpoints import load_checkpoint
+
+SMALL = [
+    "--embedded-images", "200", "--n-layers", "1", "--d-model", "32", "--batch-size", "16",
+    "--eval-iters", "2", "--device", "cpu", "--precision", "fp32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny ViT trained for a few steps on the embedded shapes."""
+    out = tmp_path_factory.mktemp("vit") / "run"
+    code, _, err = run_quiet(["train", "vit", "--max-iters", "6", "--eval-interval", "3",
+                              "--shift", "1", "--out", str(out), *SMALL])  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+def run_quiet(argv):
+    """`attnlab ARGV` in-process, outside pytest's capture (for module fixtures)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, None, err.getvalue()
+
+
+def fingerprint(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def shape_png(tmp_path):
+    """A 32 x 32 image of the embedded shapes' first test kind."""
+    data = draw_shapes(1, 32, seed=5)
+    path = tmp_path / "shape.png"
+    Image.fromarray(data.images[0, 0].numpy()).save(path)
+    return path
+
+
+def test_training_reports_accuracy_and_saves_the_classes(trained):
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert "images_per_s" in records[0] and 0 <= records[-1]["val_accuracy"] <= 1
+    checkpoint = load_checkpoint(trained)
+    assert checkpoint.artifacts["classes"].names[0] == "circle"
+    assert checkpoint.model.config.n_classes == 8 and checkpoint.model.config.image_size == 32
+
+
+def test_evaluate_gives_accuracy_and_a_confusion_matrix(trained, capsys):
+    png = trained.parent / "confusion.png"
+    code, out, err = run(["evaluate", str(trained), "--json", "--confusion", str(png)], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["images"] == 2000 and 0 <= result["accuracy"] <= 1
+    assert sum(map(sum, result["confusion"])) == 2000
+    assert png.is_file() and Image.open(png).size[0] > 100
+
+
+def test_classify_image_prints_the_top_classes(trained, shape_png, capsys):
+    code, out, err = run(["classify-image", str(trained), str(shape_png), "--top-k", "3"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == str(shape_png) and len(lines) == 4
+    probabilities = [float(line.split()[0]) for line in lines[1:]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
+
+
+def test_classify_image_refuses_bad_images_in_one_line(trained, shape_png, tmp_path, capsys):
+    before = fingerprint(trained)
+    small = tmp_path / "small.png"
+    write_png(small, size=20)
+    code, _, err = run(["classify-image", str(trained), str(small)], capsys)
+    assert "is 20x20 pixels; this model reads 32x32 images" in one_line_error(code, err)
+    code, out, err = run(["classify-image", str(trained), str(small), "--resize"], capsys)
+    assert code == 0 and out.startswith(str(small)), err
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(shape_png.read_bytes()[:60])
+    code, out, err = run(["classify-image", str(trained), str(shape_png), str(corrupt)], capsys)
+    assert "corrupt.png is not a readable image" in one_line_error(code, err) and out == ""
+    code, _, err = run(["classify-image", str(trained), str(tmp_path / "none.png")], capsys)
+    assert "image not found" in one_line_error(code, err)
+    assert fingerprint(trained) == before
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_one(tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    args = ["train", "vit", "--shift", "2", "--eval-interval", "2", *SMALL]
+    assert run_quiet([*args, "--max-iters", "4", "--out", str(whole)])[0] == 0
+    assert run_quiet([*args, "--max-iters", "2", "--out", str(part)])[0] == 0
+    assert run_quiet(["train", "vit", "--out", str(part), "--resume", "--max-iters", "4"])[0] == 0
+
+    def losses(out):
+        return [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").open()]
+
+    assert losses(part) == losses(whole)
+
+
+def test_training_on_a_bad_idx_file_is_one_line(tmp_path, capsys):
+    data = tmp_path / "digits"
+    write_mnist(data, compress=False)
+    (data / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros(6, np.uint8), IDX_LABELS))
+    out = tmp_path / "run"
+    code, _, err = run(["train", "vit", "--data", str(data), "--out", str(out), *SMALL], capsys)
+    assert "not an IDX image file: magic number 2049" in one_line_error(code, err)
+    assert not (out / "model.safetensors").exists()
+
+
+def test_training_on_a_folder_warns_of_a_stray_file(tmp_path, capsys):
+    data = tmp_path / "pictures"
+    for name in ("light", "dark"):
+        for i in range(12):
+            write_png(
+                data / name / f"{i}.png", size=12, value=250 - 20 * i if name == "light" else 5 * i
+            )
+    (data / "light" / "README.md").write_text("# my pictures")
+    out = tmp_path / "run"
+    argv = ["train", "vit", "--data", str(data), "--patch-size", "8", "--image-size", "16",
+            "--max-iters", "2", "--batch-size", "8", "--eval-iters", "1", "--device", "cpu",
+            "--n-layers", "1", "--d-model", "16", "--out", str(out)]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert f"warning: skipping {data / 'light' / 'README.md'}" in err
+    assert load_checkpoint(out).artifacts["classes"].names == ("dark", "light")

@@ -1,0 +1,147 @@
+"""Image data: IDX files checked by magic number and length, class folders that skip what is
+not an image, the embedded shapes, shifts, and batches that resume exactly."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.data.image_classification import ImageBatches, random_shift
+from attnlab.data.images import (
+    IDX_IMAGES,
+    IDX_LABELS,
+    Normalization,
+    draw_shapes,
+    load_idx_folder,
+    load_image_folder,
+    read_idx,
+)
+from attnlab.errors import UserError
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(folder, n_train=12, n_test=6, compress=True):
+    """A tiny MNIST-layout folder of IDX files; returns the training images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    train = None
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 6, 6), dtype=np.uint8)
+        labels = (np.arange(n) % 3).astype(np.uint8)
+        train = images if split == "train" else train
+        for stem, data in (
+            (f"{split}-images-idx3-ubyte", idx_bytes(images, IDX_IMAGES)),
+            (f"{split}-labels-idx1-ubyte", idx_bytes(labels, IDX_LABELS)),
+        ):
+            if compress:
+                (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / stem).write_bytes(data)
+    return train
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_folder_reads_plain_and_gzip(tmp_path, compress):
+    train = write_mnist(tmp_path, compress=compress)
+    data = load_idx_folder(tmp_path)
+    assert data.train.images.shape == (12, 1, 6, 6) and data.test.images.shape == (6, 1, 6, 6)
+    assert torch.equal(data.train.images[:, 0], torch.from_numpy(train))
+    assert data.classes == ("0", "1", "2") and data.train.labels.tolist()[:4] == [0, 1, 2, 0]
+
+
+def test_idx_with_a_wrong_magic_number_is_refused(tmp_path):
+    path = tmp_path / "labels"
+    path.write_bytes(idx_bytes(np.zeros(4, np.uint8), IDX_LABELS))
+    with pytest.raises(UserError, match="not an IDX image file: magic number 2049, expected 2051"):
+        read_idx(path, IDX_IMAGES)
+    path.write_bytes(b"\x89PNG")
+    with pytest.raises(UserError, match="magic number"):
+        read_idx(path, IDX_LABELS)
+
+
+def test_truncated_idx_is_refused(tmp_path):
+    path = tmp_path / "images.gz"
+    data = idx_bytes(np.zeros((3, 4, 4), np.uint8), IDX_IMAGES)
+    path.write_bytes(gzip.compress(data[:-5]))
+    with pytest.raises(UserError, match=r"is truncated: 59 bytes, but its header .* needs 64"):
+        read_idx(path, IDX_IMAGES)
+    path.write_bytes(gzip.compress(data)[:-12])  # a cut gzip stream
+    with pytest.raises(UserError, match="cannot read"):
+        read_idx(path, IDX_IMAGES)
+
+
+def write_png(path, size=8, value=200, mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def test_image_folder_skips_what_is_not_an_image_and_names_it(tmp_path):
+    for name in ("cat", "dog"):
+        for i in range(5):
+            write_png(tmp_path / name / f"{i}.png", size=10 + i, value=40 * i)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    warnings = []
+    data = load_image_folder(tmp_path, 8, log=warnings.append)
+    assert data.classes == ("cat", "dog")
+    assert len(data.train) + len(data.test) == 10 and len(data.test) == 1
+    assert data.train.images.shape[1:] == (1, 8, 8)  # grayscale, resized
+    assert len(warnings) == 2
+    assert any("skipping" in w and "notes.txt" in w for w in warnings)
+    assert any("skipping" in w and "broken.png" in w for w in warnings)
+
+
+def test_image_folder_with_train_and_test_and_colour(tmp_path):
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            write_png(tmp_path / split / name / "x.png", mode="RGB")
+    write_png(tmp_path / "train" / "a" / "y.png")  # one grayscale image among colour ones
+    data = load_image_folder(tmp_path, 8, log=lambda m: None)
+    assert len(data.train) == 3 and len(data.test) == 2
+    assert data.train.images.shape[1:] == (3, 8, 8)
+
+
+def test_embedded_shapes_are_deterministic():
+    a, b = draw_shapes(40, 16, seed=3), draw_shapes(40, 16, seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, draw_shapes(40, 16, seed=4).images)
+    assert a.images.dtype == torch.uint8 and a.labels.max() < 8
+
+
+def test_random_shift_moves_whole_images():
+    images = torch.zeros(50, 1, 9, 9, dtype=torch.uint8)
+    images[:, :, 4, 4] = 255
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and (shifted.sum((1, 2, 3)) == 255).all()
+    where = shifted[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 9, where % 9
+    assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
+    assert len(set(where.tolist())) > 5
+
+
+def test_batches_resume_exactly():
+    data = draw_shapes(30, 8, seed=0)
+    normalize = Normalization.of(data.images)
+    first = ImageBatches(data, normalize, batch_size=7, seed=1, shift=1)
+    for _ in range(5):  # into the second epoch
+        first.next()
+    state = first.state_dict()
+    second = ImageBatches(data, normalize, batch_size=7, seed=1, shift=1)
+    second.load_state_dict(state)
+    for _ in range(6):
+        for x, y in zip(first.next(), second.next(), strict=True):
+            assert torch.equal(x, y)
+
+
+def test_normalization_gives_unit_scale_and_round_trips():
+    data = draw_shapes(200, 8, seed=0)
+    normalize = Normalization.of(data.images)
+    x = normalize(data.images)
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
+    assert Normalization.from_dict(normalize.to_dict()) == normalize
