@@ -187,8 +187,8 @@ def from_hf(model: nn.Module) -> nn.Module:
 
 def to_hf(model: nn.Module) -> nn.Module:
     """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel, or
-    LlamaForCausalLM for a GPT with RoPE positions; BertForMaskedLM -> BertForMaskedLM,
-    BertClassifier -> BertForSequenceClassification."""
+    LlamaForCausalLM for a Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases);
+    BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if isinstance(model, BertForMaskedLM | BertClassifier):
@@ -196,18 +196,21 @@ def to_hf(model: nn.Module) -> nn.Module:
     if not isinstance(model, GPT):
         raise ValueError(f"to_hf supports GPT, got {type(model).__name__}")
     c = model.config
-    if c.positional == "rope":
+    shape = (c.mixer, c.positional, c.norm, c.activation, c.bias)
+    if shape == ("attention", "rope", "rmsnorm", "swiglu", False):
         return _llama_to_hf(model)
     activation = {v: k for k, v in GPT2_ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
-    if (c.positional, c.norm, c.bias, c.n_kv_heads or c.n_heads) != (
-        "learned",
-        "layernorm",
-        True,
-        c.n_heads,
-    ) or c.activation not in activation:
+    gpt2_shaped = (
+        shape[:3] == ("attention", "learned", "layernorm")
+        and c.bias
+        and (c.n_kv_heads or c.n_heads) == c.n_heads
+        and c.activation in activation
+    )
+    if not gpt2_shaped:
         raise ValueError(
-            "only GPT-2-shaped models (learned positions, LayerNorm with bias, "
-            "multi-head attention, gelu/gelu_tanh/relu) convert to GPT2LMHeadModel"
+            "only GPT-2-shaped models (learned positions, LayerNorm with bias, multi-head "
+            "attention, gelu/gelu_tanh/relu) convert, to GPT2LMHeadModel, and Llama-shaped ones "
+            "(attention, RoPE, RMSNorm, SwiGLU, no biases), to LlamaForCausalLM"
         )
     hf_config = GPT2Config(
         vocab_size=c.vocab_size,
@@ -402,12 +405,6 @@ def _llama_to_hf(model: GPT) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
-    shape = (c.mixer, c.norm, c.activation, c.bias)
-    if shape != ("attention", "rmsnorm", "swiglu", False):
-        raise ValueError(
-            "only Llama-shaped models (attention, RoPE, RMSNorm, SwiGLU, no biases) convert to "
-            f"LlamaForCausalLM; got mixer, norm, activation, bias = {shape}"
-        )
     hf_config = LlamaConfig(
         vocab_size=c.vocab_size,
         hidden_size=c.d_model,
