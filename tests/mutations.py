@@ -97,7 +97,12 @@ MUTATIONS = [
     Mutation(
         "decoding-step-never-compiles",
         "attnlab/generation/compiled.py",
-        (("built[key] = build()", 'raise RuntimeError("no C++ compiler")'),),
+        (
+            (
+                "try:\n            built[key] = build()",
+                'try:\n            raise RuntimeError("no C++ compiler")',
+            ),
+        ),
         (
             ("tests/test_compiled_decoding.py", "-k", "equals_eager"),
             ("tests/test_cli_sample.py", "-k", "compiled"),
@@ -192,14 +197,14 @@ def scratch_copy(parent: Path) -> Path:
     return root
 
 
-def mutate(root: Path, mutation: Mutation) -> None:
-    path = root / mutation.file
-    text = path.read_text(encoding="utf-8")
+def mutated(root: Path, mutation: Mutation) -> str:
+    """The text of the mutation's file under root with its edits made."""
+    text = (root / mutation.file).read_text(encoding="utf-8")
     for old, new in mutation.edits:
         if text.count(old) != 1:
             raise SystemExit(f"{mutation.name}: {old!r} is not in {mutation.file} exactly once")
         text = text.replace(old, new)
-    path.write_text(text, encoding="utf-8")
+    return text
 
 
 def pytest(root: Path, selection: tuple[str, ...]) -> int:
@@ -231,6 +236,8 @@ def main() -> int:
     parser.add_argument("--skip-clean", action="store_true", help="skip the unmutated run")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    for mutation in chosen:  # every edit applies, before anything runs
+        mutated(REPO, mutation)
     started, missed = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="attnlab-mutations-") as parent:
         if not args.skip_clean:
@@ -244,7 +251,7 @@ def main() -> int:
             print(f"unmutated: {len(selections)} selections pass")
         for mutation in chosen:
             root = scratch_copy(Path(parent))
-            mutate(root, mutation)
+            (root / mutation.file).write_text(mutated(root, mutation), encoding="utf-8")
             codes = [pytest(root, selection) for selection in mutation.selections]
             caught = all(code == 1 for code in codes)
             if not caught:
