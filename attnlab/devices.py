@@ -132,12 +132,19 @@ def training_compile_options(device: torch.device) -> dict:
     return {"options": {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False}}
 
 
+class CompilerFailureWarning(RuntimeWarning):
+    """A compiler failed and attnlab goes on without it (eager code, torch's kernels). Its own
+    class, so that a caller (or a test) that needs the compiled path can turn it into an error:
+    ``warnings.simplefilter("error", CompilerFailureWarning)``."""
+
+
 def warn_compiler_failure(error: Exception, what: str, instead: str, stacklevel: int) -> None:
-    """One RuntimeWarning: what failed, the first line of why, and what happens instead."""
+    """One CompilerFailureWarning: what failed, the first line of why, and what happens
+    instead."""
     first_line = (str(error).strip().splitlines() or [""])[0][:200]
     warnings.warn(
         f"{what} failed ({type(error).__name__}: {first_line}); {instead}",
-        RuntimeWarning,
+        CompilerFailureWarning,
         stacklevel=stacklevel + 1,
     )
 

@@ -1,11 +1,16 @@
 """Helpers shared by tests (the tests folder is on sys.path under pytest)."""
 
+import pytest
 import torch
 
 from attnlab.cli import main
 from attnlab.generation.decoding import _Window
 from attnlab.generation.sampling import SamplingConfig
 from attnlab.models.gpt import GPT, GPTConfig
+
+# For tests of compiled code: a compiler that fails must fail the test, not fall back to eager
+# code with a warning (which would then pass any comparison with eager code).
+MUST_COMPILE = pytest.mark.filterwarnings("error::attnlab.devices.CompilerFailureWarning")
 
 
 def run(argv, capsys):

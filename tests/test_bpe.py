@@ -1,11 +1,13 @@
 """Byte-level BPE: known answer, trainer against a naive recount, GPT-2 parity with tiktoken."""
 
+import hashlib
 import json
 import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import regex
 import tiktoken
 import tiktoken.load
 from hypothesis import given, settings
@@ -65,25 +67,29 @@ def gpt2() -> BPETokenizer:
 
 @pytest.fixture(scope="module")
 def tiktoken_gpt2(gpt2) -> tiktoken.Encoding:
-    """tiktoken's own GPT-2 encoder, built offline from the same two files."""
-    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # local paths are read directly; "" turns off its cache
-    try:
-        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
-            vocab_bpe_file=str(GPT2_DIR / "vocab.bpe"),
-            encoder_json_file=str(GPT2_DIR / "encoder.json"),
+    """tiktoken's own GPT-2 encoding, built by tiktoken's own constructor (its pattern, its
+    special tokens), with the two files it would download read from GPT2_DIR instead. Nothing of
+    attnlab's goes into it: a change to attnlab's PATTERNS["gpt2"] shows as a difference."""
+    from tiktoken_ext import openai_public
+
+    load_ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks
+
+    def from_local_files(vocab_bpe_file, encoder_json_file, vocab_bpe_hash, **hashes):
+        assert (Path(vocab_bpe_file).name, Path(encoder_json_file).name) == (
+            "vocab.bpe",
+            "encoder.json",
         )
-    finally:
-        if saved is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = saved
-    return tiktoken.Encoding(
-        "gpt2-offline",
-        pat_str=PATTERNS["gpt2"],
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-    )
+        merges = (GPT2_DIR / "vocab.bpe").read_bytes()
+        # the merges file tiktoken publishes; encoder.json is re-serialised (see its README)
+        assert hashlib.sha256(merges).hexdigest() == vocab_bpe_hash
+        return load_ranks(str(GPT2_DIR / "vocab.bpe"), str(GPT2_DIR / "encoder.json"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", from_local_files)
+        patch.setenv("TIKTOKEN_CACHE_DIR", "")  # local paths are read directly, nothing cached
+        encoding = tiktoken.Encoding(**openai_public.gpt2())
+    assert encoding.n_vocab == 50257
+    return encoding
 
 
 def assert_same_as_tiktoken(ours: BPETokenizer, theirs: tiktoken.Encoding, text: str) -> None:
@@ -265,6 +271,16 @@ def test_gpt2_matches_tiktoken_on_the_whole_stdlib(gpt2, tiktoken_gpt2):
 def test_gpt2_matches_tiktoken_on_unicode(gpt2, tiktoken_gpt2, text):
     assert_same_as_tiktoken(gpt2, tiktoken_gpt2, text)
     assert gpt2.decode(gpt2.encode(text)) == text
+
+
+@settings(deadline=None, max_examples=300)
+@given(unicode_texts)
+def test_gpt2_pattern_splits_as_tiktokens_own(text):
+    """Hermetic (no vocabulary files): our GPT-2 pre-tokens are the matches of the pattern
+    tiktoken itself ships for GPT-2 (an equivalent, faster form of GPT-2's released one)."""
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    assert BPETokenizer([], "gpt2").pre_tokenize(text) == regex.findall(r50k_pat_str, text)
 
 
 def test_gpt2_files_must_agree(tmp_path, gpt2):

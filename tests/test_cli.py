@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -6,13 +7,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from helpers import one_line_error, run
 
 from attnlab.cli import COMMANDS, build_parser, main
 from attnlab.cli.options import read_toml
 from attnlab.config import config_from_dict, config_to_dict
+from attnlab.data.text import TextSplits
 from attnlab.models import get_kind
+from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.training.checkpoints import load_checkpoint
 from attnlab.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,14 +130,36 @@ def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     )
 
     code, text, _ = run(["evaluate", str(out), "--data", str(corpus), "--json"], capsys)
-    result = json.loads(text)
-    assert code == 0 and result["perplexity"] > 1 and result["bits_per_byte"] > 0
+    assert code == 0
+    check_evaluation(json.loads(text), out, corpus)
 
     # --resume extends the run with more steps; earlier metric lines are kept
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "8"], capsys)
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def check_evaluation(result: dict, run_dir: Path, corpus: Path) -> None:
+    """`evaluate --json` on the validation split against the same loss computed here: the mean
+    cross-entropy over every non-overlapping context window, each target once; perplexity and
+    bits per byte from it (one byte per character of this ASCII corpus)."""
+    loaded = load_checkpoint(run_dir)
+    model, length = loaded.model.eval(), loaded.model.config.context_length
+    tokens = TextSplits.from_tokens(np.array(loaded.tokenizer.encode(corpus.read_text()))).val
+    windows = torch.from_numpy(tokens.astype(np.int64))
+    n_windows = (len(windows) - 1) // length
+    inputs = torch.stack([windows[i * length : (i + 1) * length] for i in range(n_windows)])
+    targets = torch.stack(
+        [windows[i * length + 1 : (i + 1) * length + 1] for i in range(n_windows)]
+    )
+    with torch.no_grad():
+        logits, _ = model(inputs)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
+    assert result["tokens"] == targets.numel() == result["bytes"]
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(loss / math.log(2), rel=1e-5)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, capsys):
@@ -179,6 +209,40 @@ def test_sample_names_characters_the_tokenizer_never_saw(tmp_path, corpus, capsy
     assert "'Z'" in line and "'€'" in line
 
 
+def gpt_parameters(c: GPTConfig) -> int:
+    """A GPT's parameter count from its shape: embeddings, per block an attention layer (query,
+    key and value rows, output), a feed-forward (two or, gated, three matrices) and two norms,
+    a final norm, and an untied head."""
+    assert c.mixer == "attention"
+    d, width = c.d_model, c.ff_width
+
+    def linear(n_in: int, n_out: int) -> int:
+        return n_in * n_out + (n_out if c.bias else 0)
+
+    qkv_rows = (c.n_heads + 2 * (c.n_kv_heads or c.n_heads)) * c.head_dim
+    attention = linear(d, qkv_rows) + linear(c.n_heads * c.head_dim, d)
+    gated = c.activation in ("swiglu", "geglu")
+    feedforward = (2 if gated else 1) * linear(d, width) + linear(width, d)
+    norm = 2 * d if c.norm == "layernorm" and c.bias else d
+    positions = c.context_length * d if c.positional == "learned" else 0
+    head = 0 if c.tie_weights else c.vocab_size * d
+    block = attention + feedforward + 2 * norm
+    return c.vocab_size * d + positions + c.n_layers * block + norm + head
+
+
+def encoder_decoder_parameters(c: EncoderDecoderConfig) -> int:
+    """torch.nn.Transformer of the same shape (its final norms only where ours has them), plus
+    the embedding matrices: one shared with the output projection, or three."""
+    assert c.norm == "layernorm" and c.activation not in ("swiglu", "geglu")
+    reference = torch.nn.Transformer(
+        c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff, bias=c.bias
+    )
+    if not c.has_final_norm:
+        reference.encoder.norm = reference.decoder.norm = torch.nn.Identity()
+    embeddings = (1 if c.share_embeddings else 3) * c.vocab_size * c.d_model
+    return sum(p.numel() for p in reference.parameters()) + embeddings
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_model(path):
     """A config names its kind (`kind = "vit"`; GPT when it does not); the model is that kind's
@@ -187,7 +251,9 @@ def test_every_shipped_config_builds_its_model(path):
     kind = get_kind(toml.get("kind", "gpt"))
     base = config_to_dict(kind.presets[toml.get("preset", kind.default_preset)])
     model = kind.model(config_from_dict(kind.config, {**base, **toml.get("model", {})}))
-    assert sum(p.numel() for p in model.parameters()) > 0
+    counted = {GPT: gpt_parameters, EncoderDecoder: encoder_decoder_parameters}.get(type(model))
+    if counted is not None:  # counted from the shape, independently of the modules
+        assert model.num_parameters() == counted(model.config)
     if "training" in toml:
         config_from_dict(TrainConfig, toml["training"])
 

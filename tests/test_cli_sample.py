@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import MUST_COMPILE
 
 from attnlab.cli import main
 from attnlab.generation import generate_text
@@ -73,6 +74,7 @@ def test_sample_matches_the_library_and_is_reproducible(capsys, checkpoint):
     assert first == "me" + expected + "\n"
 
 
+@MUST_COMPILE
 def test_compiled_sampling_gives_the_same_text(capsys, checkpoint):
     args = (checkpoint, "--prompt", "me", "--max-new-tokens", 30, "--temperature", 0)
     _, eager, _ = sample(capsys, *args)

@@ -91,9 +91,11 @@ def test_byte_tokenizer(capsys):
     assert capsys.readouterr().out.splitlines()[0] == "h|\\xc3|\\xa9"
 
 
-def test_gpt2_tokenizer(capsys):
-    if main(["tokenize", "encode", "--tokenizer", "gpt2", "hello world"]) != 0:
-        pytest.skip("GPT-2 vocabulary not found (set ATTNLAB_DATA)")
+def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
+    if not (shared_data / "gpt2-bpe").is_dir():
+        pytest.skip(f"GPT-2 vocabulary not found in {shared_data} (set ATTNLAB_DATA)")
+    monkeypatch.setenv("ATTNLAB_DATA", str(shared_data))  # read there, never downloaded
+    assert main(["tokenize", "encode", "--tokenizer", "gpt2", "hello world"]) == 0
     assert capsys.readouterr().out.split() == ["31373", "995"]
 
 

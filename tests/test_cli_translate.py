@@ -1,7 +1,9 @@
 import io
 import json
+import math
 
 import pytest
+import sacrebleu
 import safetensors.torch
 from helpers import one_line_error, run
 
@@ -105,12 +107,21 @@ def test_evaluate_bleu(trained, tmp_path, capsys):
     )
     assert code == 0 and "BLEU" in out and "chrF" in out and "case:mixed|eff:no|tok:13a" in out
     assert len(hyps.read_text().splitlines()) == 20
+    greedy = tmp_path / "greedy.txt"
     code, out, _ = run(
-        ["evaluate", str(trained), "--src", src, "--ref", ref, "--json", "--beam-size", "1"], capsys
+        ["evaluate", str(trained), "--src", src, "--ref", ref, "--json", "--beam-size", "1"]
+        + ["--hypotheses", str(greedy)],
+        capsys,
     )
     scores = json.loads(out)
-    assert code == 0 and 0 <= scores["bleu"] <= 100 and scores["sentences"] == 20
+    assert code == 0 and scores["sentences"] == 20
     assert {"chrf", "exact_match", "bleu_signature", "chrf_signature"} <= scores.keys()
+    # the scores of the translations it wrote, by sacreBLEU itself and by counting
+    hypotheses, references = greedy.read_text().splitlines(), [t for _, t in pairs]
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+    matches = sum(h == r for h, r in zip(hypotheses, references, strict=True))
+    assert scores["exact_match"] == pytest.approx(100 * matches / 20)
 
 
 def test_resume_reproduces_the_straight_run(tmp_path):
@@ -212,6 +223,10 @@ def test_corpus_scores():
     assert perfect["bleu"] == pytest.approx(100) and perfect["exact_match"] == 100
     assert perfect["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     partial = corpus_scores(["A man rides a bike .", "Two dogs play in the grass ."], refs)
-    assert 0 < partial["bleu"] < 100 and partial["exact_match"] == 50
+    # by hand: 13 of 13 unigrams match, 10/11 bigrams, 8/9 trigrams, 6/7 4-grams (the first
+    # hypothesis misses "bike ." and what follows), and 13 hypothesis words for 16 reference
+    # words give a brevity penalty of exp(1 - 16/13)
+    expected = 100 * math.exp(1 - 16 / 13) * (10 / 11 * 8 / 9 * 6 / 7) ** (1 / 4)
+    assert partial["bleu"] == pytest.approx(expected) and partial["exact_match"] == 50
     with pytest.raises(UserError, match="must pair up"):
         corpus_scores(refs, refs[:1])

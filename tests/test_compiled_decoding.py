@@ -6,12 +6,13 @@ import warnings
 
 import pytest
 import torch
-from helpers import step_logits, tiny_gpt
+from helpers import MUST_COMPILE, step_logits, tiny_gpt
 
 from attnlab.generation import compiled as compiled_steps
 from attnlab.generation import generate
 
 
+@MUST_COMPILE
 @pytest.mark.parametrize("positional", ["rope", "learned"])
 def test_compiled_decoding_equals_eager(positional, monkeypatch):
     """compile=True: compiled one-token steps on static caches (rope: past the context, a
@@ -35,6 +36,7 @@ def no_compiler(*args, **kwargs):
     raise RuntimeError("no C++ compiler")
 
 
+@MUST_COMPILE
 def test_compiled_sampling_equals_eager():
     """Top-k sampling with a repetition penalty, inside the compiled step: the same draws."""
     model = tiny_gpt("rope", context_length=16)

@@ -120,4 +120,5 @@ def test_bf16_autocast_stays_close_to_fp32(variant):
     reference, _ = model(idx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, _ = model(idx)
-    assert (low.float() - reference).abs().max() < 0.05
+    # Measured: at most 2.4e-3 over these variants and seeds 0-4, for logits up to 0.73.
+    assert (low.float() - reference).abs().max() < 5e-3

@@ -15,10 +15,12 @@ from attnlab.generation import generate
 from attnlab.layers.attention import scaled_dot_product_attention
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
+from tests.helpers import MUST_COMPILE
 from tests.test_training import MODEL, TOKENIZER, make_trainer
 
 pytestmark = [
     pytest.mark.gpu,
+    MUST_COMPILE,  # compiled decoding and training must compile, not fall back to eager
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]
 CUDA = torch.device("cuda")

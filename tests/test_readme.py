@@ -1,14 +1,43 @@
 import re
 from pathlib import Path
 
+import torch
+
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+# `a, b = ...  # (2, 127, 256) and a scalar`: the shapes a line's comment states for the names
+# it assigns (numbers only; a comment such as `# (B, T, D)` states no checkable shape)
+SHAPE_COMMENT = re.compile(r"^(\w+(?:, \w+)*) = .*#\s*(\([\d, ]+\))(\s+and a scalar)?\s*$")
 
 
-def test_python_examples_in_the_readme_run():
+def stated_shapes(block: str) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for line in block.splitlines():
+        match = SHAPE_COMMENT.match(line)
+        if match:
+            names = match.group(1).split(", ")
+            shapes[names[0]] = tuple(int(n) for n in re.findall(r"\d+", match.group(2)))
+            if match.group(3):
+                shapes[names[1]] = ()
+    return shapes
+
+
+def test_python_examples_in_the_readme_run_and_give_the_shapes_they_state():
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     assert blocks
+    checked = 0
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        namespace = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+        for name, shape in stated_shapes(block).items():
+            assert isinstance(namespace[name], torch.Tensor), name
+            assert tuple(namespace[name].shape) == shape, (name, shape)
+            checked += 1
+    assert checked >= 2  # the Python API's logits and loss at least
+
+
+def test_shape_comments_are_read():
+    block = "logits, loss = model(x)  # (2, 127, 256) and a scalar\nh = f(x)  # (B, T, D)\n"
+    assert stated_shapes(block) == {"logits": (2, 127, 256), "loss": ()}
 
 
 def test_readme_shows_the_two_quickstart_commands():

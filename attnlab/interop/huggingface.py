@@ -1,11 +1,13 @@
 """Weights to and from Hugging Face ``transformers`` models, through explicit name tables.
 
 Foreign parameter names appear only in the tables below. GPT-2 stores its linear layers as
-``Conv1D`` with (in, out) weights, so those entries are transposed on the way across. ViT keeps
-separate query, key and value layers, which our one qkv_projection holds stacked, and stores
-its patch projection as a convolution and its position table as (1, T, D): those entries are
-joined, split or reshaped on the way across. ``transformers`` is imported lazily: only these
-functions need it.
+``Conv1D`` with (in, out) weights, so those entries are transposed on the way across. Llama
+(and Mistral, the same weights) is a GPT with RoPE, RMSNorm, SwiGLU, grouped-query attention
+and no biases; both rotate channel i with channel i + Dh/2 ("rotate half"), so the query and
+key rows cross unpermuted. BERT, Llama and ViT keep separate query, key and value layers, which
+our one qkv_projection holds stacked; ViT stores its patch projection as a convolution and its
+position table as (1, T, D): those entries are joined, split or reshaped on the way across.
+``transformers`` is imported lazily: only these functions need it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,40 @@ BERT_HEADS = {
     ),
     "BertForMaskedLM": ("bert.", BERT_MLM_HEAD),
 }
+# Llama: (Hugging Face name(s), attnlab name, transpose); "{i}" is the block index. A tuple of
+# three names (query, key and value rows, in that order) is attnlab's one fused projection.
+LLAMA_GLOBAL = [
+    ("model.embed_tokens.weight", "token_embedding.weight", False),
+    ("model.norm.weight", "final_norm.weight", False),
+]
+LLAMA_BLOCK = [
+    ("model.layers.{i}.input_layernorm.weight", "blocks.{i}.mixer_norm.weight", False),
+    (
+        tuple(f"model.layers.{{i}}.self_attn.{n}_proj.weight" for n in "qkv"),
+        "blocks.{i}.token_mixer.qkv_projection.weight",
+        False,
+    ),
+    (
+        "model.layers.{i}.self_attn.o_proj.weight",
+        "blocks.{i}.token_mixer.output_projection.weight",
+        False,
+    ),
+    (
+        "model.layers.{i}.post_attention_layernorm.weight",
+        "blocks.{i}.feedforward_norm.weight",
+        False,
+    ),
+] + [
+    (
+        f"model.layers.{{i}}.mlp.{n}_proj.weight",
+        f"blocks.{{i}}.feedforward.{n}_projection.weight",
+        False,
+    )
+    for n in ("gate", "up", "down")
+]
+LLAMA_HEAD = ("lm_head.weight", "output_head.weight", False)
+# Hugging Face classes whose weights and computation are Llama's (Mistral: without a window)
+LLAMA_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM")
 # Hugging Face activation names -> ours
 GPT2_ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
@@ -108,7 +144,8 @@ def _gpt2_table(config: GPTConfig) -> list[tuple[str, str, bool]]:
 
 
 def from_hf(model: nn.Module) -> nn.Module:
-    """An attnlab model with the weights of a Hugging Face model: GPT2LMHeadModel -> GPT;
+    """An attnlab model with the weights of a Hugging Face model: GPT2LMHeadModel,
+    LlamaForCausalLM and MistralForCausalLM (without a sliding window) -> GPT;
     BertForMaskedLM -> BertForMaskedLM; BertForSequenceClassification and BertModel ->
     BertClassifier (from BertModel, with a new classification head); ViTForImageClassification
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
@@ -116,12 +153,15 @@ def from_hf(model: nn.Module) -> nn.Module:
     kind = type(model).__name__
     if kind.startswith("Bert"):
         return _bert_from_hf(model)
+    if kind in LLAMA_CLASSES or kind.startswith("Qwen2"):
+        return _llama_from_hf(model)
     if kind in ("ViTModel", "ViTForImageClassification"):
         return _vit_from_hf(model)
     if kind != "GPT2LMHeadModel":
         raise ValueError(
-            "from_hf supports GPT2LMHeadModel, BertModel, BertForMaskedLM, "
-            f"BertForSequenceClassification, ViTModel and ViTForImageClassification, got {kind}"
+            "from_hf supports GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, BertModel, "
+            "BertForMaskedLM, BertForSequenceClassification, ViTModel and "
+            f"ViTForImageClassification, got {kind}"
         )
     hf = model.config
     unsupported = {
@@ -155,8 +195,9 @@ def from_hf(model: nn.Module) -> nn.Module:
 
 
 def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
-    """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel,
-    BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification,
+    """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel, or
+    LlamaForCausalLM for a Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases);
+    BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification;
     VisionTransformer -> ViTForImageClassification, or with head=False ViTModel (no pooler)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -167,16 +208,21 @@ def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
     if not isinstance(model, GPT):
         raise ValueError(f"to_hf supports GPT, got {type(model).__name__}")
     c = model.config
+    shape = (c.mixer, c.positional, c.norm, c.activation, c.bias)
+    if shape == ("attention", "rope", "rmsnorm", "swiglu", False):
+        return _llama_to_hf(model)
     activation = {v: k for k, v in GPT2_ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
-    if (c.positional, c.norm, c.bias, c.n_kv_heads or c.n_heads) != (
-        "learned",
-        "layernorm",
-        True,
-        c.n_heads,
-    ) or c.activation not in activation:
+    gpt2_shaped = (
+        shape[:3] == ("attention", "learned", "layernorm")
+        and c.bias
+        and (c.n_kv_heads or c.n_heads) == c.n_heads
+        and c.activation in activation
+    )
+    if not gpt2_shaped:
         raise ValueError(
-            "only GPT-2-shaped models (learned positions, LayerNorm with bias, "
-            "multi-head attention, gelu/gelu_tanh/relu) convert to GPT2LMHeadModel"
+            "only GPT-2-shaped models (learned positions, LayerNorm with bias, multi-head "
+            "attention, gelu/gelu_tanh/relu) convert, to GPT2LMHeadModel, and Llama-shaped ones "
+            "(attention, RoPE, RMSNorm, SwiGLU, no biases), to LlamaForCausalLM"
         )
     hf_config = GPT2Config(
         vocab_size=c.vocab_size,
@@ -204,14 +250,17 @@ def _copy(
 ) -> None:
     """Copy source[src] (transposed where marked) into target's parameter dst, checking shapes.
     A tuple of source names is concatenated along dim 0 (one fused projection from three); a
-    tuple of target names receives equal dim-0 slices (three projections from one)."""
+    tuple of target names receives consecutive dim-0 slices as long as each target's rows
+    (three projections from one; with grouped-query heads, keys and values have fewer rows)."""
     target_state: dict[str, Any] = target.state_dict()
     with torch.no_grad():
         for src, dst, transpose in table:
             value = torch.cat([source[n] for n in src]) if isinstance(src, tuple) else source[src]
             value = value.t() if transpose else value
             pieces = dst if isinstance(dst, tuple) else (dst,)
-            for name, piece in zip(pieces, value.chunk(len(pieces)), strict=True):
+            rows = [len(target_state[name]) for name in pieces]
+            slices = value.split(rows) if sum(rows) == len(value) else [value] * len(pieces)
+            for name, piece in zip(pieces, slices, strict=True):
                 if piece.shape != target_state[name].shape:
                     raise ValueError(
                         f"shape mismatch {src} {tuple(piece.shape)} -> {name} "
@@ -442,3 +491,98 @@ def _check_shape(src: str, value: torch.Tensor, dst: str, target: torch.Tensor, 
         raise ValueError(
             f"shape mismatch {src} {tuple(value.shape)} -> {dst} {tuple(target.shape)}"
         )
+
+
+def _llama_table(config: GPTConfig) -> list[tuple[Any, str, bool]]:
+    table = list(LLAMA_GLOBAL)
+    for i in range(config.n_layers):
+        table += [(_format(hf, i), ours.format(i=i), t) for hf, ours, t in LLAMA_BLOCK]
+    if not config.tie_weights:
+        table.append(LLAMA_HEAD)
+    return table
+
+
+def _rope_base(hf: Any) -> float:
+    """The RoPE base of a Llama-family config (transformers 5: rope_parameters; 4: rope_theta
+    and rope_scaling); scaled or partial rotations are refused."""
+    parameters = getattr(hf, "rope_parameters", None)
+    if parameters is None:  # transformers 4
+        parameters = dict(getattr(hf, "rope_scaling", None) or {}, rope_theta=hf.rope_theta)
+    if (
+        parameters.get("rope_type", parameters.get("type", "default")) != "default"
+        or parameters.get("partial_rotary_factor", 1.0) != 1.0
+    ):
+        raise ValueError(f"only plain RoPE converts, got rope parameters {parameters}")
+    return float(parameters["rope_theta"])
+
+
+def _llama_from_hf(model: nn.Module) -> GPT:
+    kind, hf = type(model).__name__, model.config
+    if kind.startswith("Qwen2"):
+        raise ValueError(
+            "Qwen2 has biases on its query, key and value projections only; GPTConfig.bias puts "
+            "them on every linear layer or on none, so Qwen2 does not convert"
+        )
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    window = getattr(hf, "sliding_window", None)
+    problems = {
+        f"hidden_act={hf.hidden_act!r} (SwiGLU needs 'silu')": hf.hidden_act != "silu",
+        "attention_bias=True": getattr(hf, "attention_bias", False),
+        "mlp_bias=True": getattr(hf, "mlp_bias", False),
+        f"head_dim={head_dim} (attnlab's is hidden_size / heads)": (
+            head_dim * hf.num_attention_heads != hf.hidden_size
+        ),
+        f"sliding_window={window}": window is not None and window < hf.max_position_embeddings,
+    }
+    bad = [name for name, present in problems.items() if present]
+    if bad:
+        raise ValueError(f"{kind} with {', '.join(bad)} does not convert to attnlab's GPT")
+    config = GPTConfig(
+        vocab_size=hf.vocab_size,
+        context_length=hf.max_position_embeddings,
+        n_layers=hf.num_hidden_layers,
+        n_heads=hf.num_attention_heads,
+        n_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
+        d_model=hf.hidden_size,
+        d_ff=hf.intermediate_size,
+        norm="rmsnorm",
+        norm_eps=hf.rms_norm_eps,
+        positional="rope",
+        rope_base=_rope_base(hf),
+        activation="swiglu",
+        bias=False,
+        dropout=getattr(hf, "attention_dropout", 0.0),
+        tie_weights=bool(getattr(hf, "tie_word_embeddings", False)),
+    )
+    ours = GPT(config)
+    _copy(model.state_dict(), ours, _llama_table(config))
+    return ours
+
+
+def _llama_to_hf(model: GPT) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    hf_config = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.ff_width,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_kv_heads or c.n_heads,
+        hidden_act="silu",
+        max_position_embeddings=c.context_length,
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_base,
+        attention_dropout=c.dropout,
+        tie_word_embeddings=c.tie_weights,
+        bos_token_id=None,  # attnlab's models name no special tokens
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    hf = LlamaForCausalLM(hf_config)
+    table = [(ours, theirs, t) for theirs, ours, t in _llama_table(c)]
+    _copy(model.state_dict(), hf, table)
+    if c.tie_weights:
+        hf.tie_weights()
+    return hf

@@ -11,6 +11,8 @@
   a profile of its compiled step, against 128-158 µs here (timed alone), and a step 1.05-1.07x
   as fast.
 
+`python benchmarks/kernel_timings.py` times both against torch's at these shapes.
+
 `load()` compiles them once with the C++ compiler torch.compile also uses on a CPU (the library
 lands in the cache, keyed by the source, the flags and the torch version) and registers the ops
 ``attnlab::attention``, ``attnlab::attention_backward`` and ``attnlab::gelu``, which autograd

@@ -1,0 +1,268 @@
+"""Mutation check: do the tests notice deliberate bugs?
+
+    python tests/mutations.py [--only NAME ...] [--skip-clean]
+
+Each mutation below is one small bug of the kind the suite exists to catch (a sign in RoPE, a
+missing 1/√d, a causal mask one position too wide, ...). For each, the script copies the package
+and the tests into a temporary directory (never touching this checkout), applies the one edit
+there, and runs the test selections that should notice it: every selection must fail. First,
+unless --skip-clean, it runs the same selections on the unmutated copy, which must pass, so that
+a failure means the mutation was caught and not that the selection was broken already.
+
+Prints one line per mutation and exits non-zero when any mutation goes unnoticed. Takes a few
+minutes on two cores (each selection is one pytest process; the clean run compiles the decoding
+step once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # in the package
+    edits: tuple[tuple[str, str], ...]  # (exact text, replacement), each found exactly once
+    selections: tuple[tuple[str, ...], ...]  # pytest arguments; each selection must fail
+
+
+MUTATIONS = [
+    Mutation(
+        "rope-sign",
+        "attnlab/layers/positional.py",
+        (("[-angles.sin(), angles.sin()]", "[angles.sin(), -angles.sin()]"),),
+        (
+            ("tests/test_references.py", "-k", "rope"),
+            ("tests/test_interop_llama.py", "-k", "logits"),
+        ),
+    ),
+    Mutation(
+        "attention-without-1/sqrt(d)",
+        "attnlab/layers/attention.py",
+        (("q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))", "q @ k.transpose(-2, -1)"),),
+        (
+            ("tests/test_attention.py", "-k", "eager"),
+            ("tests/test_references.py", "-k", "grouped_query_attention_matches"),
+        ),
+    ),
+    Mutation(
+        "causal-mask-off-by-one",
+        "attnlab/layers/attention.py",
+        ((".tril(k_len - q_len)", ".tril(k_len - q_len + 1)"),),
+        (
+            ("tests/test_gpt.py", "-k", "future_token"),
+            ("tests/test_attention.py", "-k", "causal"),
+        ),
+    ),
+    Mutation(
+        "gpt2-pattern-without-trailing-space-rule",
+        "attnlab/tokenizers/bpe.py",
+        ((r"| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", r"| ?[^\s\p{L}\p{N}]+|\s+"),),
+        (
+            ("tests/test_bpe.py", "-k", "gpt2_pattern"),
+            ("tests/test_bpe.py", "-k", "gpt2_matches_tiktoken_on_the_whole_stdlib"),
+        ),
+    ),
+    Mutation(
+        "kv-cache-drops-its-oldest-position",
+        "attnlab/layers/caches.py",
+        (
+            (
+                "held = slice(self.start, self.start + self.length)",
+                "held = slice(self.start + 1, self.start + self.length)",
+            ),
+        ),
+        (
+            ("tests/test_attention.py", "-k", "kv_cache"),
+            ("tests/test_generation.py", "-k", "cache_equals_recompute"),
+        ),
+    ),
+    Mutation(
+        "gradient-accumulation-not-averaged",
+        "attnlab/training/trainer.py",
+        (("(loss / self.config.gradient_accumulation).backward()", "loss.backward()"),),
+        (("tests/test_training.py", "-k", "micro_batches"),),
+    ),
+    Mutation(
+        "decoding-step-never-compiles",
+        "attnlab/generation/compiled.py",
+        (
+            (
+                "try:\n            built[key] = build()",
+                'try:\n            raise RuntimeError("no C++ compiler")',
+            ),
+        ),
+        (
+            ("tests/test_compiled_decoding.py", "-k", "equals_eager"),
+            ("tests/test_cli_sample.py", "-k", "compiled"),
+        ),
+    ),
+    Mutation(
+        "training-never-compiles",
+        "attnlab/devices.py",
+        (
+            (
+                "return self.compiled(*args, **kwargs)",
+                'raise RuntimeError("no C++ compiler")',
+            ),
+        ),
+        (("tests/test_training.py", "-k", "shipped"),),
+    ),
+    Mutation(
+        "alibi-sign",
+        "attnlab/layers/positional.py",
+        (
+            (
+                "return -self.slopes[:, None, None] * distance",
+                "return self.slopes[:, None, None] * distance",
+            ),
+        ),
+        (("tests/test_references.py", "-k", "alibi"),),
+    ),
+    Mutation(
+        "rmsnorm-ignores-its-eps",
+        "attnlab/layers/normalization.py",
+        (("keepdim=True) + self.eps)", "keepdim=True) + 1e-6)"),),
+        (
+            ("tests/test_references.py", "-k", "rmsnorm"),
+            ("tests/test_interop_llama.py", "-k", "logits and gqa"),
+        ),
+    ),
+    Mutation(
+        "grouped-query-heads-tiled-not-grouped",
+        "attnlab/layers/attention.py",
+        (
+            (
+                "k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)",
+                "k = k.repeat(1, n_heads // n_kv_heads, 1, 1)",
+            ),
+            (
+                "v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)",
+                "v = v.repeat(1, n_heads // n_kv_heads, 1, 1)",
+            ),
+        ),
+        (
+            ("tests/test_references.py", "-k", "grouped"),
+            ("tests/test_interop_llama.py", "-k", "logits and gqa"),
+        ),
+    ),
+    Mutation(
+        "swiglu-gate-and-up-swapped",
+        "attnlab/layers/feedforward.py",
+        (
+            (
+                "self.activation(self.gate_projection(x)) * self.up_projection(x)",
+                "self.activation(self.up_projection(x)) * self.gate_projection(x)",
+            ),
+        ),
+        (
+            ("tests/test_references.py", "-k", "swiglu"),
+            ("tests/test_interop_llama.py", "-k", "logits"),
+        ),
+    ),
+    Mutation(
+        "bits-per-byte-in-nats",
+        "attnlab/evaluation/metrics.py",
+        (("mean_loss * n_tokens / (n_bytes * math.log(2))", "mean_loss * n_tokens / n_bytes"),),
+        (("tests/test_metrics.py",),),
+    ),
+    Mutation(
+        "llama-rope-base-dropped",
+        "attnlab/interop/huggingface.py",
+        (("rope_base=_rope_base(hf),", "rope_base=10000.0,"),),
+        (("tests/test_interop_llama.py", "-k", "logits and gqa"),),
+    ),
+]
+
+
+def scratch_copy(parent: Path) -> Path:
+    """The package, the tests and the project file, copied into a new folder under parent."""
+    root = Path(tempfile.mkdtemp(dir=parent))
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
+    for folder in ("attnlab", "tests"):
+        shutil.copytree(REPO / folder, root / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, root / name)
+    return root
+
+
+def mutated(root: Path, mutation: Mutation) -> str:
+    """The text of the mutation's file under root with its edits made."""
+    text = (root / mutation.file).read_text(encoding="utf-8")
+    for old, new in mutation.edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"{mutation.name}: {old!r} is not in {mutation.file} exactly once")
+        text = text.replace(old, new)
+    return text
+
+
+def pytest(root: Path, selection: tuple[str, ...]) -> int:
+    """pytest's exit status for one selection, run in root (so root's attnlab is imported):
+    0 passed, 1 some test failed, anything else an error (nothing collected, ...)."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+    done = subprocess.run(command, cwd=root, env=environment(), capture_output=True)
+    return done.returncode
+
+
+def environment() -> dict[str, str]:
+    # the shared data lies beside this checkout, not beside the scratch copy
+    data = os.environ.get("ATTNLAB_DATA") or str(REPO.parent / "shared" / "data")
+    return {**os.environ, "ATTNLAB_DATA": data, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def check_imports_the_copy(root: Path) -> None:
+    code = "import attnlab, sys; sys.stdout.write(attnlab.__file__)"
+    where = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    if not Path(where).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"the scratch copy imports attnlab from {where}, not from {root}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutations only")
+    parser.add_argument("--skip-clean", action="store_true", help="skip the unmutated run")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    for mutation in chosen:  # every edit applies, before anything runs
+        mutated(REPO, mutation)
+    started, missed = time.perf_counter(), []
+    with tempfile.TemporaryDirectory(prefix="attnlab-mutations-") as parent:
+        if not args.skip_clean:
+            clean = scratch_copy(Path(parent))
+            check_imports_the_copy(clean)
+            selections = dict.fromkeys(s for m in chosen for s in m.selections)
+            broken = [s for s in selections if pytest(clean, s) != 0]
+            if broken:
+                print("the unmutated copy fails (or selects nothing) in:", *broken, sep="\n  ")
+                return 2
+            print(f"unmutated: {len(selections)} selections pass")
+        for mutation in chosen:
+            root = scratch_copy(Path(parent))
+            (root / mutation.file).write_text(mutated(root, mutation), encoding="utf-8")
+            codes = [pytest(root, selection) for selection in mutation.selections]
+            caught = all(code == 1 for code in codes)
+            if not caught:
+                missed.append(mutation.name)
+            outcome = "caught" if caught else f"MISSED (pytest exit codes {codes})"
+            print(f"{mutation.name:45} {outcome} by {len(codes)} selection(s)", flush=True)
+            shutil.rmtree(root)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"{len(chosen) - len(missed)} of {len(chosen)} mutations caught ({minutes:.1f} min)")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Known answers for the evaluation metrics: perplexity, bits per byte, accuracy, F1, and a
+whole evaluation of a model whose predictions are uniform."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.evaluation.evaluate import evaluate_language_model
+from attnlab.evaluation.metrics import (
+    accuracy,
+    bits_per_byte,
+    classification_scores,
+    perplexity,
+)
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers import CharTokenizer
+
+
+def test_perplexity_of_a_uniform_choice_is_the_number_of_choices():
+    assert perplexity(math.log(7)) == pytest.approx(7)
+    assert perplexity(0.0) == 1.0
+
+
+def test_bits_per_byte_known_answers():
+    # 2 bits per token (loss ln 4), 6 tokens over 12 bytes: 1 bit per byte
+    assert bits_per_byte(math.log(4), 6, 12) == pytest.approx(1.0)
+    # one byte per token: bits per token
+    assert bits_per_byte(math.log(256), 10, 10) == pytest.approx(8.0)
+
+
+def test_accuracy_counts_argmax_hits_and_skips_ignored_targets():
+    logits = torch.tensor([[[0.1, 2.0, 0.3], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0], [9.0, 0.0, 0.0]]])
+    targets = torch.tensor([[1, 2, 2, -100]])  # argmax 1, 0, 2, (0, ignored)
+    assert accuracy(logits, targets) == pytest.approx(2 / 3)
+
+
+def test_classification_scores_known_answer():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 2, 2])
+    # per class (tp, predicted, actual): 0 (2, 2, 3), 1 (1, 2, 2), 2 (1, 2, 1)
+    f1 = [2 * 2 / (2 + 3), 2 * 1 / (2 + 2), 2 * 1 / (2 + 1)]
+    scores = classification_scores(predicted, labels, 4)  # class 3: never seen, left out
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["f1"] == pytest.approx(sum(f1) / 3)
+
+
+@pytest.mark.parametrize("text, bytes_per_char", [("abcdefgh " * 20, 1), ("éàüö " * 30, 1.8)])
+def test_evaluating_uniform_predictions(text, bytes_per_char):
+    """A model whose head is zero predicts every token with probability 1/V: its loss is ln V,
+    its perplexity V, and its bits per byte log2(V) per character over the bytes per character.
+    Every non-overlapping window of the context counts each target once."""
+    tokenizer = CharTokenizer.from_text(text)
+    vocab = tokenizer.vocab_size
+    config = GPTConfig(
+        vocab_size=vocab, context_length=16, n_layers=1, n_heads=2, d_model=8, tie_weights=False
+    )
+    model = GPT(config)
+    torch.nn.init.zeros_(model.output_head.weight)
+    tokens = np.array(tokenizer.encode(text), dtype=np.uint16)
+    result = evaluate_language_model(model, tokens, tokenizer, batch_size=3)
+    targets = (len(tokens) - 1) // 16 * 16
+    evaluated = text[1 : targets + 1]
+    assert result["tokens"] == targets
+    assert result["bytes"] == len(evaluated.encode("utf-8"))
+    assert result["bytes"] / targets == pytest.approx(bytes_per_char, abs=0.05)
+    assert result["loss"] == pytest.approx(math.log(vocab), rel=1e-6)
+    assert result["perplexity"] == pytest.approx(vocab, rel=1e-5)
+    expected_bits = math.log2(vocab) * targets / result["bytes"]
+    assert result["bits_per_byte"] == pytest.approx(expected_bits, rel=1e-6)
