@@ -87,12 +87,16 @@ def test_classifier_logits_match_and_round_trip(fields):
         torch.testing.assert_close(state[name], value, msg=name)
 
 
-def test_padding_is_never_attended_to():
-    model = BertClassifier(BertConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2,
-                                      d_model=16, dropout=0.0)).eval()  # fmt: skip
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+def test_padding_is_never_attended_to(positional):
+    config = BertConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2, d_model=16,
+                        dropout=0.0, positional=positional)  # fmt: skip
+    model = BertClassifier(config).eval()
     ids = torch.tensor([[3, 7, 9, 11]])
     padded = torch.tensor([[3, 7, 9, 11, 0, 0, 0]])
     torch.testing.assert_close(model(ids)[0], model(padded)[0], atol=1e-6, rtol=1e-6)
+    reordered = torch.tensor([[3, 9, 7, 11]])  # positions matter, learned or rotary
+    assert not torch.allclose(model(ids)[0], model(reordered)[0], atol=1e-4)
 
 
 def test_masking_statistics():

@@ -71,6 +71,14 @@ def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
     assert all(0.5 <= float(r[1]) <= 1 for r in rows)
 
 
+def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):
+    argv = ["train", "classifier", "--init", str(pretrained), "--data", str(texts / "train.tsv"),
+            "--out", str(tmp_path / "c"), "--prenorm", "--dropout", "0.2"]  # fmt: skip
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert "leave prenorm unset" in line and "dropout" not in line
+    assert not (tmp_path / "c").exists()
+
+
 def test_init_must_be_a_kind_the_classifier_starts_from(texts, tmp_path, capsys):
     gpt = tmp_path / "gpt"
     assert run_quiet(["train", "gpt", "--data", str(texts / "corpus.txt"), "--out", str(gpt),

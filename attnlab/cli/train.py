@@ -49,6 +49,7 @@ from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 
 RUN_FILE = "run.json"
+TUNABLE = {"dropout"}  # model fields a run started from another's weights (--init) may change
 TABLES = {"model": dict, "training": dict}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",
@@ -136,8 +137,14 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> in
         run, (model_base, given), train_config = _resumed(kind, args, out)
     else:
         run, (model_base, given), train_config = _chosen(kind, args, toml, data_keys, source)
-    if init is not None:  # the checkpoint's shape, under what the user gave
+    if init is not None:  # the checkpoint's model, with only its regularisation changeable
         shape = {k: v for k, v in init["config"].items() if k in model_base}
+        changed = sorted(k for k in given.keys() & shape.keys() - TUNABLE if given[k] != shape[k])
+        if changed:
+            raise UserError(
+                f"--init takes the model from {args.init}: leave {', '.join(changed)} unset "
+                f"(it has {', '.join(f'{k}={shape[k]!r}' for k in changed)})"
+            )
         model_base = {**model_base, **shape, **given}
         run["init"] = args.init
     prepare(train_config)  # the CPU kernels build while the data and model are prepared

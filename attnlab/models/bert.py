@@ -29,6 +29,7 @@ from attnlab.layers import (
     LearnedPositionalEmbedding,
     MixerContext,
     ResidualBlock,
+    RotaryEmbedding,
     TokenEmbedding,
     initialize,
     make_feedforward,
@@ -50,6 +51,7 @@ class BertConfig:
     d_ff: int | None = None  # feed-forward hidden width; None = 4 * d_model
     n_segments: int = 2  # segment (token type) embeddings: sentence A and B
     prenorm: bool = False  # pre-norm blocks and a final norm (BERT itself is post-norm)
+    positional: str = "learned"  # learned (BERT) | rope (rotary, as RoFormer)
     activation: str = "gelu"  # relu | gelu | gelu_tanh | silu
     norm_eps: float = 1e-12
     dropout: float = 0.1  # on embeddings, attention weights and residual branches
@@ -73,6 +75,7 @@ class BertConfig:
             check_positive(name, d_ff=self.d_ff)
         check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)
         check_choice(name, "activation", self.activation, ACTIVATIONS)
+        check_choice(name, "positional", self.positional, ("learned", "rope"))
         check_range(name, "dropout", self.dropout, 0.0, 1.0)
         check_range(name, "pad_id", self.pad_id, 0, self.vocab_size - 1)
 
@@ -113,7 +116,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.config = c = config
         self.token_embedding = TokenEmbedding(c.vocab_size, c.d_model)
-        self.position_embedding = LearnedPositionalEmbedding(c.context_length, c.d_model)
+        learned = c.positional == "learned"
+        self.position_embedding = (
+            LearnedPositionalEmbedding(c.context_length, c.d_model) if learned else None
+        )
+        # rotary positions: one module for every layer, inside attention
+        self.rotary = None if learned else RotaryEmbedding(c.d_model // c.n_heads)
         self.segment_embedding = nn.Embedding(c.n_segments, c.d_model)
         norm = lambda: make_norm("layernorm", c.d_model, eps=c.norm_eps)  # noqa: E731
         # post-norm normalises the embeddings; pre-norm normalises the last block's output
@@ -142,6 +150,7 @@ class BertEncoder(nn.Module):
             dropout=c.dropout,
             layer=layer,
             n_layers=c.n_layers,
+            relative_position=self.rotary,
         )
 
     def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,7 +160,9 @@ class BertEncoder(nn.Module):
             raise ValueError(
                 f"{length} positions exceed the context length {self.config.context_length}"
             )
-        x = self.token_embedding(ids) + self.position_embedding(length)
+        x = self.token_embedding(ids)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(length)
         x = x + (
             self.segment_embedding(segments)
             if segments is not None
