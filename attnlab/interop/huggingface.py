@@ -320,8 +320,10 @@ def _bert_to_hf(model: nn.Module) -> nn.Module:
     from transformers import BertForSequenceClassification
 
     c = model.config
-    if c.prenorm:
-        raise ValueError("only post-norm BERT (prenorm=False) converts to Hugging Face")
+    if c.prenorm or c.positional != "learned":
+        raise ValueError(
+            "only BERT-shaped models (post-norm, learned positions) convert to Hugging Face"
+        )
     activation = {v: k for k, v in GPT2_ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
     hf_config = HFBertConfig(
         vocab_size=c.vocab_size,
