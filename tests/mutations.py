@@ -179,7 +179,7 @@ MUTATIONS = [
     ),
     Mutation(
         "llama-rope-base-dropped",
-        "attnlab/interop/huggingface.py",
+        "attnlab/interop/hf_gpt.py",
         (("rope_base=_rope_base(hf),", "rope_base=10000.0,"),),
         (("tests/test_interop_llama.py", "-k", "logits and gqa"),),
     ),

@@ -1,0 +1,129 @@
+"""BERT (BertModel, BertForMaskedLM, BertForSequenceClassification) to and from attnlab's
+BertForMaskedLM and BertClassifier. Hugging Face keeps query, key and value as three linear
+layers; attnlab one fused projection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from attnlab.interop.tables import ACTIVATIONS, copy_weights, layer_name, prefixed
+from attnlab.models.bert import BertClassifier, BertConfig, BertForMaskedLM
+
+BERT_ENCODER = [
+    ("embeddings.word_embeddings.weight", "encoder.token_embedding.weight", False),
+    ("embeddings.position_embeddings.weight", "encoder.position_embedding.weight", False),
+    ("embeddings.token_type_embeddings.weight", "encoder.segment_embedding.weight", False),
+    ("embeddings.LayerNorm.weight", "encoder.embedding_norm.weight", False),
+    ("embeddings.LayerNorm.bias", "encoder.embedding_norm.bias", False),
+]
+_WEIGHT_BIAS = ("weight", "bias")
+BERT_BLOCK = [
+    (
+        tuple(f"encoder.layer.{{i}}.attention.self.{n}.{p}" for n in ("query", "key", "value")),
+        f"encoder.blocks.{{i}}.token_mixer.qkv_projection.{p}",
+        False,
+    )
+    for p in _WEIGHT_BIAS
+] + [
+    (f"encoder.layer.{{i}}.{hf}.{p}", f"encoder.blocks.{{i}}.{ours}.{p}", False)
+    for hf, ours in (
+        ("attention.output.dense", "token_mixer.output_projection"),
+        ("attention.output.LayerNorm", "mixer_norm"),
+        ("intermediate.dense", "feedforward.up_projection"),
+        ("output.dense", "feedforward.down_projection"),
+        ("output.LayerNorm", "feedforward_norm"),
+    )
+    for p in _WEIGHT_BIAS
+]
+BERT_POOLER = [(f"pooler.dense.{p}", f"pooler.{p}", False) for p in _WEIGHT_BIAS]
+BERT_CLASSIFIER = [(f"classifier.{p}", f"classifier.{p}", False) for p in _WEIGHT_BIAS]
+BERT_MLM_HEAD = [
+    (f"cls.predictions.transform.{hf}.{p}", f"{ours}.{p}", False)
+    for hf, ours in (("dense", "mlm_transform"), ("LayerNorm", "mlm_norm"))
+    for p in _WEIGHT_BIAS
+] + [("cls.predictions.bias", "mlm_bias", False)]
+# Hugging Face BERT class -> (its encoder's name prefix, the table of its heads)
+BERT_HEADS = {
+    "BertModel": ("", BERT_POOLER),
+    "BertForSequenceClassification": (
+        "bert.",
+        [("bert." + hf, ours, t) for hf, ours, t in BERT_POOLER] + BERT_CLASSIFIER,
+    ),
+    "BertForMaskedLM": ("bert.", BERT_MLM_HEAD),
+}
+# Llama: (Hugging Face name(s), attnlab name, transpose); "{i}" is the block index. A tuple of
+# three names (query, key and value rows, in that order) is attnlab's one fused projection.
+
+
+def _bert_table(config: BertConfig, hf_class: str) -> list[tuple[Any, str, bool]]:
+    """The name table of a BERT model of Hugging Face class `hf_class`."""
+    prefix, heads = BERT_HEADS[hf_class]
+    rows = list(BERT_ENCODER)
+    for i in range(config.n_layers):
+        rows += [(layer_name(hf, i), ours.format(i=i), t) for hf, ours, t in BERT_BLOCK]
+    return [(prefixed(prefix, hf), ours, t) for hf, ours, t in rows] + heads
+
+
+def bert_from_hf(model: nn.Module) -> nn.Module:
+    kind = type(model).__name__
+    if kind not in BERT_HEADS:
+        raise ValueError(f"from_hf supports {', '.join(BERT_HEADS)} among BERT models, got {kind}")
+    hf = model.config
+    if getattr(hf, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"BERT with {hf.position_embedding_type} positions is not supported")
+    if hf.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"unsupported BERT activation {hf.hidden_act!r}")
+    config = BertConfig(
+        vocab_size=hf.vocab_size,
+        context_length=hf.max_position_embeddings,
+        n_layers=hf.num_hidden_layers,
+        n_heads=hf.num_attention_heads,
+        d_model=hf.hidden_size,
+        d_ff=hf.intermediate_size,
+        n_segments=hf.type_vocab_size,
+        activation=ACTIVATIONS[hf.hidden_act],
+        norm_eps=hf.layer_norm_eps,
+        dropout=hf.hidden_dropout_prob,
+        pad_id=hf.pad_token_id if hf.pad_token_id is not None else 0,
+        n_classes=hf.num_labels,
+    )
+    ours = BertForMaskedLM(config) if kind == "BertForMaskedLM" else BertClassifier(config)
+    copy_weights(model.state_dict(), ours, _bert_table(config, kind))
+    return ours
+
+
+def bert_to_hf(model: nn.Module) -> nn.Module:
+    from transformers import BertConfig as HFBertConfig
+    from transformers import BertForMaskedLM as HFBertForMaskedLM
+    from transformers import BertForSequenceClassification
+
+    c = model.config
+    if c.prenorm or c.positional != "learned":
+        raise ValueError(
+            "only BERT-shaped models (post-norm, learned positions) convert to Hugging Face"
+        )
+    activation = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
+    hf_config = HFBertConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        intermediate_size=c.ff_width,
+        hidden_act=activation[c.activation],
+        hidden_dropout_prob=c.dropout,
+        attention_probs_dropout_prob=c.dropout,
+        max_position_embeddings=c.context_length,
+        type_vocab_size=c.n_segments,
+        layer_norm_eps=c.norm_eps,
+        pad_token_id=c.pad_id,
+        num_labels=c.n_classes,
+    )
+    masked = isinstance(model, BertForMaskedLM)
+    hf = (HFBertForMaskedLM if masked else BertForSequenceClassification)(hf_config)
+    table = _bert_table(c, type(hf).__name__)
+    copy_weights(model.state_dict(), hf, [(ours, theirs, t) for theirs, ours, t in table])
+    if masked:
+        hf.tie_weights()
+    return hf
