@@ -11,6 +11,8 @@ from torch import nn
 from attnlab.interop.tables import ACTIVATIONS, copy_weights, layer_name, prefixed
 from attnlab.models.bert import BertClassifier, BertConfig, BertForMaskedLM
 
+# (Hugging Face name(s), attnlab name, transpose); "{i}" is the block index, a tuple of names
+# one fused weight.
 BERT_ENCODER = [
     ("embeddings.word_embeddings.weight", "encoder.token_embedding.weight", False),
     ("embeddings.position_embeddings.weight", "encoder.position_embedding.weight", False),

@@ -39,8 +39,7 @@ GPT2_BLOCK = [
     ("transformer.h.{i}.mlp.c_proj.bias", "blocks.{i}.feedforward.down_projection.bias", False),
 ]
 GPT2_HEAD = ("lm_head.weight", "output_head.weight", False)
-# BERT: (Hugging Face name(s), attnlab name, transpose); "{i}" is the block index. Hugging Face
-# keeps query, key and value as three linear layers; attnlab one fused projection.
+# Llama: (Hugging Face name(s), attnlab name, transpose); a tuple of names is one fused weight.
 LLAMA_GLOBAL = [
     ("model.embed_tokens.weight", "token_embedding.weight", False),
     ("model.norm.weight", "final_norm.weight", False),
