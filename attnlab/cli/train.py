@@ -2,9 +2,9 @@
 
 Settings come, lowest priority first, from the kind's preset (--preset), a TOML file (--config:
 top-level kind (checked), out, preset and the kind's data settings; [model] and [training]
-tables), then flags,
-one per field of the data settings, the model config and TrainConfig. A run directory keeps
-run.json (kind, preset, data settings), so --resume needs no repeated flags.
+tables), then flags, one per field of the data settings, the model config and TrainConfig. A run
+directory keeps run.json (kind, preset, data settings), so --resume needs no repeated flags.
+--init starts a new run from another checkpoint's weights, model and preprocessing.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> in
         run["init"] = args.init
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
-    artifacts = load_artifacts(out if args.resume else args.init) if args.resume or init else None
+    kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
+    artifacts = load_artifacts(kept_from) if kept_from else None
     data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, note))
     clashes = [k for k, v in data.model_fields.items() if k in given and given[k] != v]
     if clashes:
