@@ -88,3 +88,14 @@ def test_an_unwritable_out_is_one_line(tmp_path, capsys):
     ]
     one_line_error(*run(argv, capsys)[::2])
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_run_directory_named_like_mathematics_plots_as_text(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    out = tmp_path / "$\\frac{1}{$"  # a broken formula, were it read as one
+    argv = ["train", "gpt", "--data", str(tmp_path / "corpus.txt"), "--out", str(out),
+            "--max-iters", "2", "--eval-interval", "1", "--context-length", "8",
+            "--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--no-compile"]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert (out / "loss.png").stat().st_size > 0

@@ -11,6 +11,12 @@ from typing import Any
 STEP_FIELDS = ("step", "train_loss", "lr", "elapsed_s", "mfu")
 
 
+def as_text(name: str) -> str:
+    """A user's name (a run directory, a class) as plain text in a plot: matplotlib would read
+    $...$ as mathematics (and fail on a bad formula), so dollar signs are escaped."""
+    return name.replace("$", r"\$")
+
+
 class progress_printer:  # noqa: N801 - used like a function
     """A tqdm bar on stderr: step, loss, last val loss, throughput (tokens/s, images/s), ETA."""
 
@@ -79,7 +85,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     evals = [r for r in records if "val_loss" in r]
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
-    ax.set(xlabel="step", ylabel="loss (nats/token)", title=f"{metrics_file.parent.name}")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=as_text(metrics_file.parent.name))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -104,8 +110,9 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     if k <= 30:  # names and counts stay legible up to about this many classes
         ticks = range(k)
-        ax.set_xticks(ticks, class_names, rotation=90 if k > 10 else 0)
-        ax.set_yticks(ticks, class_names)
+        names = [as_text(name) for name in class_names]
+        ax.set_xticks(ticks, names, rotation=90 if k > 10 else 0)
+        ax.set_yticks(ticks, names)
         for i in ticks:
             for j in ticks:
                 if counts[i][j]:
@@ -113,7 +120,7 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
                     ax.text(
                         j, i, str(counts[i][j]), ha="center", va="center", fontsize=7, color=colour
                     )
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=as_text(title))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
