@@ -10,9 +10,10 @@
 Each step's wall time and CPU time (user + system, of the process and its children) are
 measured, and the best dev accuracy and F1 of each classifier are read from its metrics log.
 
-    python benchmarks/bert_sst2.py [--out runs/bert_sst2] [--skip-pretraining]
+    python benchmarks/bert_sst2.py [--out runs/bert_sst2] [--pretrained DIR]
 
-A pre-training run that was stopped (Ctrl-C, or --time-limit) is resumed where it stopped.
+A pre-training run that was stopped (Ctrl-C, or --time-limit) is resumed where it stopped;
+--pretrained DIR fine-tunes a pre-training run made before instead.
 """
 
 from __future__ import annotations
@@ -64,15 +65,15 @@ def best_scores(run: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/bert_sst2", help="folder for the runs and logs")
-    parser.add_argument("--skip-pretraining", action="store_true", help="reuse OUT/pretrain")
+    parser.add_argument("--pretrained", help="a finished `train bert` run to fine-tune instead")
     args = parser.parse_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     attnlab = [sys.executable, "-m", "attnlab"]
     steps = []
-    corpus = bert_corpus.build(cache_dir() / "bert-corpus")
-    pretrain = out / "pretrain"
-    if not args.skip_pretraining:
+    pretrain = Path(args.pretrained) if args.pretrained else out / "pretrain"
+    if not args.pretrained:
+        corpus = bert_corpus.build(cache_dir() / "bert-corpus")
         resume = ["--resume"] if (pretrain / "trainer_state.json").is_file() else []
         steps.append(timed("pre-training", [*attnlab, "train", "bert", "--config",
                            "configs/bert_pretrain.toml", "--data", str(corpus), "--out",
