@@ -245,7 +245,7 @@ def test_a_hyena_option_given_to_attention_names_the_field():
         ("mamba", {"dt_rank": 0}, "MambaOptions.dt_rank must be 'auto' or a positive int"),
         ("mamba", {"d_conv": 1}, "MambaOptions.d_conv must be >= 2"),
         ("hyena", {"positional_features": 4}, "positional_features must be odd"),
-        ("lstm", {"hidden_size": -1}, "RecurrentOptions.hidden_size must be positive"),
+        ("lstm", {"hidden_size": -1}, "RecurrentOptions.hidden_size must be a positive number"),
     ],
 )
 def test_bad_mixer_options_are_config_errors(mixer, options, message):
