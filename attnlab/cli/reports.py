@@ -74,7 +74,11 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    evals = [r for r in records if "val_loss" in r]
+    scores = sorted({k for r in evals for k in r if _is_score(k)})
+    rows = 2 if scores else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 4 * rows), dpi=120, sharex=True, squeeze=False)
+    ax = axes[0][0]
     ax.plot(
         [r["step"] for r in records],
         [r["train_loss"] for r in records],
@@ -82,16 +86,27 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         alpha=0.6,
         label="train (per step)",
     )
-    evals = [r for r in records if "val_loss" in r]
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title=as_text(metrics_file.parent.name))
     ax.grid(alpha=0.3)
     ax.legend()
+    if scores:  # scores beyond the loss (accuracy, probes such as induction_score)
+        below = axes[1][0]
+        for name in scores:
+            points = [(r["step"], r[name]) for r in evals if name in r]
+            below.plot(*zip(*points, strict=True), "o-", label=name.replace("_", " "))
+        below.set(xlabel="step", ylabel="score")
+        below.grid(alpha=0.3)
+        below.legend()
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def _is_score(name: str) -> bool:
+    return name not in STEP_FIELDS and not name.endswith(("_loss", "_per_s"))
 
 
 def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:

@@ -46,10 +46,7 @@ def scaled_dot_product_attention(
         one-query step on a CPU, where the compiler fuses the equation faster.
     Returns the output (B, H, Tq, Dh), and the weights when asked.
     """
-    n_heads, n_kv_heads = q.size(1), k.size(1)
-    if n_kv_heads != n_heads:  # grouped-query: each key/value head serves H / Hkv query heads
-        k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)  # (B, H, Tk, Dh)
-        v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)  # (B, H, Tk, Dh)
+    k, v = expand_heads(k, q.size(1)), expand_heads(v, q.size(1))  # (B, H, Tk, Dh)
     q_len, k_len = q.size(-2), k.size(-2)
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
@@ -69,6 +66,13 @@ def scaled_dot_product_attention(
     weights = torch.softmax(scores, dim=-1)
     out = F.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v  # (B, H, Tq, Dh)
     return (out, weights) if return_weights else out
+
+
+def expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Keys or values (B, Hkv, Tk, Dh) for H query heads: in grouped-query attention each
+    key/value head serves H / Hkv query heads."""
+    groups = n_heads // x.size(1)
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # (B, H, Tk, Dh)
 
 
 def _equation_is_faster(q: torch.Tensor) -> bool:
@@ -220,7 +224,9 @@ class MultiHeadAttention(nn.Module):
             out, weights = scaled_dot_product_attention(
                 q, k, v, mask, self.causal, return_weights=True, dropout_p=dropout
             )
-            self.attention_weights(weights)
+            replaced = self.attention_weights.tap(weights)
+            if replaced is not weights:  # a hook replaced them (ablation, patching): use them
+                out = replaced @ expand_heads(v, self.n_heads)  # (B, H, Tq, Dh)
             return out
         return scaled_dot_product_attention(q, k, v, mask, self.causal, dropout_p=dropout)
 

@@ -209,7 +209,7 @@ class GPT(nn.Module):
             x = F.dropout(x, self.config.dropout)
         for i, block in enumerate(self.blocks):
             x = block(x, cache=cache.blocks[i] if cache is not None else None)
-        logits = self.output_head(self.final_norm(x))  # (B, T, V)
+        logits = self.readout(x)  # (B, T, V)
         if cache is not None:
             cache.position += length
         loss = None
@@ -218,6 +218,11 @@ class GPT(nn.Module):
                 logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
             )
         return logits, loss
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream (..., D) as logits (..., V): the final norm and the head. The
+        logit lens (interpretability/lens.py) reads every layer's stream through it."""
+        return self.output_head(self.final_norm(x))
 
     def new_cache(self, max_length: int | None = None, static: bool = False) -> DecodingCache:
         """An empty decoding cache with room for max_length positions (default: the context).

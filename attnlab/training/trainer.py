@@ -49,6 +49,7 @@ from attnlab.training.checkpoints import (
     save_checkpoint,
 )
 from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
+from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -76,6 +77,7 @@ class TrainConfig:
     compile_by_block: bool = False  # compile one block for all layers: faster to build, slower
     cpu_kernels: bool = True  # on a CPU, attnlab's own kernels (short-sequence attention, GELU)
     device: str = "auto"  # auto | cpu | cuda | mps
+    probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
 
     def __post_init__(self):
         check_positive(
@@ -95,6 +97,7 @@ class TrainConfig:
         if not 0 <= self.seed < 2**63:
             raise UserError(f"TrainConfig.seed must be in [0, 2**63), got {self.seed}")
         check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
+        parse_probes(self.probes)
 
 
 def prepare(config: TrainConfig) -> None:
@@ -163,6 +166,7 @@ class Trainer:
         self.artifacts, self.out_dir = artifacts or {}, Path(out_dir)
         self.on_record = on_record or (lambda record: None)
         self.metrics, self.keep_best = metrics, keep_best
+        self.probes = [load_probe(name) for name in parse_probes(config.probes)]
         self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self._stop_requested = False
@@ -257,8 +261,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss on each evaluation split, and the data's scores: {"val_loss": ...,
-        "val_accuracy": ...}."""
+        """Mean loss on each evaluation split, the data's scores and the probes' (probes.py):
+        {"val_loss": ..., "val_accuracy": ..., "induction_score": ...}."""
         self.model.eval()
         results = {}
         for split, batches in self.eval_data.items():
@@ -272,6 +276,8 @@ class Trainer:
             results[f"{split}_loss"] = sum(losses) / len(losses)
             if scores is not None:
                 results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
+        for probe in self.probes:  # in full precision, on the uncompiled model
+            results.update(probe(self.model))
         self.last_eval = results
         return results
 

@@ -1,0 +1,342 @@
+"""`attnlab inspect WHAT CKPT`: look inside a checkpoint.
+
+    attention   the attention of every layer and head over a text: an interactive HTML page
+                (one self-contained file) and, with --png, static heatmaps
+    induction   induction-head scores on repeated random tokens (Olsson et al. 2022)
+    lens        the logit lens: each layer's top prediction at each position
+    layers      layer surgery: the loss with layers dropped, duplicated or swapped
+
+A text longer than the model reads is cut to fit, with a note on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from attnlab.devices import DEVICES, pick_device
+from attnlab.errors import UserError
+
+WHAT = {
+    "attention": "an interactive HTML view (and PNG heatmaps) of every head's attention",
+    "induction": "induction-head scores of a language model on repeated random tokens",
+    "lens": "the logit lens: each layer's top prediction at each position of a text",
+    "layers": "layer surgery: the loss change with layers dropped, duplicated or swapped",
+}
+
+
+def register(subparsers) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "inspect", help="look inside a checkpoint", description=__doc__,
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+    commands = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    sub = {
+        name: commands.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            formatter_class=HelpFormatter,
+        )  # fmt: skip
+        for name, text in WHAT.items()
+    }
+    for name, command in sub.items():
+        command.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
+        command.add_argument("--device", default="cpu", choices=DEVICES, help="where to run")
+        command.add_argument("--png", metavar="FILE", help="also draw a PNG here (default: none)")
+        command.set_defaults(handler=globals()[f"{name}_command"])
+    for name in ("attention", "lens"):
+        sub[name].add_argument("--text", help="the text to look at (cut to the model's context)")
+    view = sub["attention"]
+    view.add_argument("--out", default="attention.html", metavar="FILE", help="the HTML page")
+    view.add_argument("--target", help="translation models: the target text (default: its own)")
+    view.add_argument("--image", metavar="FILE", help="image classifiers: the image to look at")
+    view.add_argument("--layer", type=int, help="layer to show first (default: none)")
+    view.add_argument("--head", type=int, help="head to show first (default: none)")
+    induction = sub["induction"]
+    induction.add_argument("--length", type=int, help="tokens per copy (default: context/2, ≤128)")
+    induction.add_argument("--sequences", type=int, default=16, help="random sequences scored")
+    induction.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
+    induction.add_argument("--json", action="store_true", help="print one JSON object")
+    sub["lens"].add_argument("--json", action="store_true", help="print one JSON object")
+    layers = sub["layers"]
+    layers.add_argument("--data", required=True, help="text file, directory, DIR:GLOB or 'stdlib'")
+    layers.add_argument("--windows", type=int, default=32, help="context windows evaluated")
+    layers.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _open(args, capability: str | None = None):
+    from attnlab.cli.checkpoint import load_for
+    from attnlab.training.checkpoints import load_checkpoint
+
+    device = pick_device(args.device)
+    if capability is None:
+        return load_checkpoint(args.checkpoint, device)
+    return load_for(f"inspect {args.what}", capability, args.checkpoint, device)
+
+
+def _inputs(checkpoint, args):
+    from attnlab.cli.options import user_text
+    from attnlab.interpretability.inputs import model_inputs
+
+    text = user_text(args.text) if args.text is not None else None
+    inputs = model_inputs(
+        checkpoint, text, target=getattr(args, "target", None), image=getattr(args, "image", None)
+    )
+    if inputs.dropped:
+        print(
+            f"attnlab: the text is {inputs.dropped} tokens longer than the model reads; "
+            "looking at the tokens that fit",
+            file=sys.stderr,
+        )
+    return inputs
+
+
+# ---------------------------------------------------------------------------------- attention
+def attention_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from attnlab.files import atomic_write_bytes
+    from attnlab.interpretability.capture import attention_groups, capture, require_attention
+    from attnlab.interpretability.viewer import render_html, viewer_data
+
+    checkpoint = _open(args)
+    model = checkpoint.model
+    require_attention(model, args.checkpoint)
+    groups = attention_groups(model)
+    inputs = _inputs(checkpoint, args)
+    with torch.no_grad(), capture(model, streams=False) as seen:
+        model(*inputs.args)
+    heads = seen.attention[next(iter(groups.values()))[0].name].size(1)
+    selected = _selection(groups, heads, args.layer, args.head)
+    data = viewer_data(str(args.checkpoint), groups, seen, inputs, selected)
+    atomic_write_bytes(args.out, render_html(data).encode("utf-8"))
+    print(f"wrote {args.out}")
+    if args.png:
+        print(f"wrote {_attention_png(args.png, data, groups, seen, selected)}")
+    return 0
+
+
+def _selection(groups, heads: int, layer: int | None, head: int | None):
+    """(panel, layer, head) to show first, checked; None when neither is given."""
+    if layer is None and head is None:
+        return None
+    layer, head = layer or 0, head or 0
+    most = max(len(layers) for layers in groups.values())
+    if not 0 <= layer < most:
+        raise UserError(f"--layer {layer} is out of range: the model has layers 0 to {most - 1}")
+    if not 0 <= head < heads:
+        raise UserError(f"--head {head} is out of range: the model has heads 0 to {heads - 1}")
+    panel = next(p for p, layers in enumerate(groups.values()) if layer < len(layers))
+    return panel, layer, head
+
+
+def _attention_png(png, data, groups, seen, selected):
+    import torch
+
+    from attnlab.interpretability.plots import Heatmap, save_head_grid, save_heatmaps, short
+
+    if selected is None:
+        weights = [
+            (title, torch.stack([seen.attention[layer.name][0] for layer in layers]))
+            for title, layers in groups.items()
+        ]
+        return save_head_grid(png, weights)
+    panel_index, layer, head = selected
+    panel = data["panels"][panel_index]
+    layer_name = list(groups.values())[panel_index][layer].name
+    return save_heatmaps(
+        png,
+        [
+            Heatmap(
+                seen.attention[layer_name][0, head],
+                f"{panel['title']}, layer {layer}, head {head}",
+                [short(t) for t in data["sequences"][panel["queries"]]],
+                [short(t) for t in data["sequences"][panel["keys"]]],
+                xlabel="key (attended to)",
+                ylabel="query (attending)",
+                vmin=0,
+                vmax=1,
+            )
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------- induction
+def induction_command(args: argparse.Namespace) -> int:
+    from attnlab.interpretability.induction import induction_scores
+    from attnlab.models.registry import GENERATE
+
+    if args.sequences < 1:
+        raise UserError(f"--sequences must be >= 1, got {args.sequences}")
+    checkpoint = _open(args, GENERATE)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    ordinary = tokenizer.vocab_size - len(tokenizer.special_tokens)
+    report = induction_scores(
+        model, n_sequences=args.sequences, length=args.length, n_tokens=ordinary, seed=args.seed
+    )
+    layer, head, best = report.best
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "layers": report.layers,
+                    "prefix_matching": report.prefix_matching.tolist(),
+                    "copying": None if report.copying is None else report.copying.tolist(),
+                    "best": {"layer": layer, "head": head, "prefix_matching": best},
+                    "in_context_score": report.in_context_score,
+                    "loss_first_copy": report.loss_first,
+                    "loss_second_copy": report.loss_second,
+                }
+            )
+        )
+    else:
+        _print_induction(report)
+    if args.png:
+        print(f"wrote {_induction_png(args.png, report)}", file=sys.stderr if args.json else None)
+    return 0
+
+
+def _print_induction(report) -> None:
+    heads = report.prefix_matching.size(1)
+    tables = {"prefix matching": report.prefix_matching, "copying (0.5 = chance)": report.copying}
+    for title, scores in tables.items():
+        if scores is None:
+            continue
+        print(f"{title}, layers by heads")
+        print("layer " + "".join(f"{h:>7}" for h in range(heads)))
+        for i, row in enumerate(scores.tolist()):
+            print(f"{i:>5} " + "".join(f"{v:7.3f}" for v in row))
+    layer, head, best = report.best
+    print(f"best head: layer {layer}, head {head}, prefix matching {best:.3f}")
+    print(
+        f"in-context learning score: {report.in_context_score:+.3f} nats (loss "
+        f"{report.loss_second:.3f} on the second copy, {report.loss_first:.3f} on the first)"
+    )
+
+
+def _induction_png(png, report):
+    from attnlab.interpretability.plots import Heatmap, save_heatmaps
+
+    rows = [str(i) for i in range(len(report.layers))]
+    columns = [str(h) for h in range(report.prefix_matching.size(1))]
+    panels = [Heatmap(report.prefix_matching, "prefix matching", rows, columns, "head", "layer",
+                      vmin=0, vmax=1)]  # fmt: skip
+    if report.copying is not None:
+        panels.append(Heatmap(report.copying, "copying (0.5 = chance)", rows, columns, "head",
+                              "layer", cmap="RdBu_r", vmin=0, vmax=1))  # fmt: skip
+    return save_heatmaps(png, panels, columns=len(panels))
+
+
+# -------------------------------------------------------------------------------------- lens
+def lens_command(args: argparse.Namespace) -> int:
+    from attnlab.interpretability.lens import logit_lens
+    from attnlab.interpretability.plots import Heatmap, save_heatmaps, short
+    from attnlab.models.registry import GENERATE
+
+    checkpoint = _open(args, GENERATE)
+    inputs = _inputs(checkpoint, args)
+    report = logit_lens(checkpoint.model, inputs.args)
+    probabilities, ids = report.top(1)  # (R, T, 1)
+    decode = checkpoint.tokenizer.decode
+    tokens = inputs.sequences["text"]
+    top = [[decode([i]) for i in row] for row in ids[..., 0].tolist()]  # (R, T)
+    if args.json:
+        print(json.dumps({"rows": report.rows, "tokens": tokens, "top": top,
+                          "probability": probabilities[..., 0].tolist()}))  # fmt: skip
+    else:
+        print(f"{'position':>8}  {'token':<10}" + "".join(f"{name:<12}" for name in report.rows))
+        for t, token in enumerate(tokens):
+            cells = "".join(f"{short(top[r][t], 10):<12}" for r in range(len(report.rows)))
+            print(f"{t:>8}  {short(token, 10):<10}" + cells)
+    if args.png:
+        panel = Heatmap(
+            probabilities[..., 0], "top prediction and its probability, per layer",
+            report.rows, [short(t) for t in tokens], "position (input token)", "stream read",
+            vmin=0, vmax=1, cells=[[short(c, 6) for c in row] for row in top],
+        )  # fmt: skip
+        print(f"wrote {save_heatmaps(args.png, [panel])}", file=sys.stderr if args.json else None)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ layers
+def layers_command(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from attnlab.cli.options import resolve_data_path
+    from attnlab.data.text import TextSplits, corpus_text, sequential_windows
+    from attnlab.interpretability.surgery import block_stack, layer_surgery
+    from attnlab.models.registry import GENERATE
+
+    if args.windows < 1:
+        raise UserError(f"--windows must be >= 1, got {args.windows}")
+    checkpoint = _open(args, GENERATE)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    n_layers = len(block_stack(model))
+    length = model.config.context_length
+    tokens = np.asarray(tokenizer.encode(corpus_text(resolve_data_path(args.data))))
+    tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens
+    tokens = tokens[: args.windows * length + 1]
+    if len(tokens) <= length:
+        raise UserError(
+            f"{args.data} has {len(tokens)} tokens, fewer than one window of {length + 1}"
+        )
+    device = next(model.parameters()).device
+    batches = [(x.to(device), y.to(device)) for x, y in sequential_windows(tokens, length, 16)]
+
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(model(x, y)[1].item() * y.numel() for x, y in batches) / sum(
+                y.numel() for _, y in batches
+            )
+
+    baseline, results = layer_surgery(model, loss)
+    if args.json:
+        print(json.dumps({"baseline": baseline, "loss": results}))
+    else:
+        print(f"{'baseline':<14}{baseline:8.4f}")
+        for name, value in results.items():
+            print(f"{name:<14}{value:8.4f}  {value - baseline:+8.4f}")
+    if args.png:
+        print(
+            f"wrote {_layers_png(args.png, baseline, results, n_layers)}",
+            file=sys.stderr if args.json else None,
+        )
+    return 0
+
+
+def _layers_png(png, baseline, results, n_layers):
+    from attnlab.interpretability.plots import Heatmap, save_heatmaps
+    from attnlab.interpretability.surgery import change_maps
+
+    swaps, single = change_maps(baseline, results, n_layers)
+    layers = [str(i) for i in range(n_layers)]
+    limit = float(max(swaps.nan_to_num().abs().max(), single.abs().max(), 1e-6))
+    common = dict(cmap="RdBu_r", vmin=-limit, vmax=limit)
+    return save_heatmaps(
+        png,
+        [
+            Heatmap(
+                swaps,
+                f"loss change, layers swapped (baseline {baseline:.3f})",
+                layers,
+                layers,
+                "layer",
+                "layer",
+                **common,
+            ),
+            Heatmap(
+                single,
+                "loss change, one layer dropped or duplicated",
+                ["drop", "duplicate"],
+                layers,
+                "layer",
+                **common,
+            ),
+        ],  # fmt: skip
+        columns=2,
+    )

@@ -1,0 +1,160 @@
+"""Capture: what a model computes inside, read (and, for patching, replaced) at its hook points.
+
+Dimensions: B batch, H heads, Tq query positions, Tk key positions, T positions, D model width.
+
+Every attention layer routes its weights (B, H, Tq, Tk) through a hook point named
+``attention_weights``, and every residual block marks its residual stream (B, T, D) before and
+after each sub-layer (layers/hooks.py). Capturing only attaches forward hooks that return what
+they are given, so the model computes what it computes without them; the one difference is that
+attention takes its eager path while its weights are watched (the same function, to float
+rounding: tests/test_interpretability.py).
+
+    with capture(model) as seen:
+        logits, _ = model(ids)
+    seen.attention["blocks.1.token_mixer"]   # (B, H, T, T)
+    seen.streams["blocks.1.stream_out"]      # (B, T, D)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attnlab.errors import UserError
+from attnlab.layers.hooks import hook_points
+
+WEIGHTS = "attention_weights"  # the hook point of an attention layer's weights
+Patch = Callable[[torch.Tensor], torch.Tensor]  # a tensor at a hook point -> its replacement
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer, found by its weights' hook point."""
+
+    name: str  # module path: "decoder_blocks.1.cross_attention"
+    stack: str  # the list of blocks it is in: "decoder_blocks"
+    index: int  # its block's place in that list
+    cross: bool  # keys come from a context (the encoder's output), not from the queries
+    causal: bool  # a query sees only the keys up to its own position
+
+    @property
+    def group(self) -> str:
+        """The layers shown together: one stack's self (or cross) attention."""
+        return f"{self.stack} {'cross' if self.cross else 'self'}-attention"
+
+
+def attention_layers(model: nn.Module) -> list[AttentionLayer]:
+    """Every attention layer of `model`, in the order of its modules (inputs first)."""
+    layers = []
+    for path in hook_points(model):
+        owner, _, leaf = path.rpartition(".")
+        if leaf != WEIGHTS:
+            continue
+        module = model.get_submodule(owner)
+        parts = owner.split(".")
+        numbers = [i for i, part in enumerate(parts) if part.isdigit()]
+        at = numbers[-1] if numbers else len(parts)
+        layers.append(
+            AttentionLayer(
+                name=owner,
+                stack=".".join(parts[:at]) or "model",
+                index=int(parts[at]) if numbers else 0,
+                cross=bool(getattr(module, "cross", False)),
+                causal=bool(getattr(module, "causal", False)),
+            )
+        )
+    return layers
+
+
+def attention_groups(model: nn.Module) -> dict[str, list[AttentionLayer]]:
+    """attention_layers grouped as they are shown: {"blocks self-attention": [...], ...}."""
+    groups: dict[str, list[AttentionLayer]] = {}
+    for layer in attention_layers(model):
+        groups.setdefault(layer.group, []).append(layer)
+    return groups
+
+
+def require_attention(model: nn.Module, what: str) -> list[AttentionLayer]:
+    """attention_layers, or a UserError naming the model when it has none."""
+    layers = attention_layers(model)
+    if not layers:
+        raise UserError(
+            f"{what} holds a {type(model).__name__} with no attention layers (its token mixer "
+            "computes no attention weights)"
+        )
+    return layers
+
+
+@dataclass
+class Recording:
+    """What one forward pass showed; a later pass in the same `capture` replaces it."""
+
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Tq, Tk)
+    streams: dict[str, torch.Tensor] = field(default_factory=dict)  # hook path -> (B, T, D)
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    *,
+    attention: bool = True,
+    streams: bool = True,
+    patches: dict[str, Patch] | None = None,
+    only: Iterable[str] | None = None,
+) -> Iterator[Recording]:
+    """Record attention weights (keyed by the layer's module path) and residual streams (keyed
+    by the hook point's path) of every forward pass inside the block; tensors are detached.
+
+    patches: hook path -> a function whose result replaces the tensor there (an ablation, or a
+    value from another run: activation patching); an attention layer's output follows weights
+    replaced this way. only: record just these hook paths (less memory on a big model).
+    """
+    points = hook_points(model)
+    patches = dict(patches or {})
+    unknown = sorted(set(patches) - set(points))
+    if unknown:
+        raise KeyError(f"no hook point {', '.join(unknown)} in {type(model).__name__}")
+    wanted = set(only) if only is not None else None
+    recording = Recording()
+    handles = []
+    for path, point in points.items():
+        owner, _, leaf = path.rpartition(".")
+        is_weights = leaf == WEIGHTS
+        keep = (attention if is_weights else streams) and (wanted is None or path in wanted)
+        if keep or path in patches:
+            store = recording.attention if is_weights else recording.streams
+            key = owner if is_weights else path
+            hook = _hook(store if keep else None, key, patches.get(path))
+            handles.append(point.register_forward_hook(hook))
+    try:
+        yield recording
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _hook(store: dict | None, key: str, patch: Patch | None):
+    def hook(module, inputs, output):
+        if patch is not None:
+            output = patch(output)
+        if store is not None:
+            store[key] = output.detach()
+        return output
+
+    return hook
+
+
+def ablate_heads(heads: Iterable[int]) -> Patch:
+    """A patch for an ``attention_weights`` hook point that zeroes these heads' weights, so
+    they add nothing to their layer's output (zero ablation)."""
+    heads = sorted(set(heads))
+
+    def patch(weights: torch.Tensor) -> torch.Tensor:  # (B, H, Tq, Tk)
+        index = torch.tensor(heads, dtype=torch.long, device=weights.device)
+        return weights.index_fill(1, index, 0.0)
+
+    return patch

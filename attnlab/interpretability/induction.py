@@ -1,0 +1,169 @@
+"""Induction heads (Olsson et al. 2022, "In-context Learning and Induction Heads").
+
+Dimensions: N sequences, L tokens of each copy, T = 2L positions, H heads, V vocabulary size.
+
+On random tokens repeated twice, an induction head at a token of the second copy attends to the
+token that followed the same token earlier (prefix matching) and raises that token's logit
+(copying), so the model predicts the second copy from the first. The scores:
+- prefix matching, per head: the attention from each second-copy position t to the earlier
+  positions j whose previous token is the token at t (tokens[j-1] == tokens[t]), summed, and
+  averaged over the second copy (Olsson et al., section "Per-Token Loss Analysis" and appendix);
+- copying, per head: the head's direct effect on the logits (its output taken out of the final
+  residual stream, read through the model's readout) ranks the token it should copy (the next
+  one) among all V tokens: 1 = always first, 0.5 = chance. Needs a model with readout();
+- in-context learning score: the mean loss at late positions minus the mean at early ones (here
+  the second copy and the first); negative when the context helps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.errors import UserError
+from attnlab.interpretability.capture import (
+    WEIGHTS,
+    AttentionLayer,
+    ablate_heads,
+    attention_layers,
+    capture,
+)
+from attnlab.layers.hooks import hook_points
+
+
+def repeated_random_tokens(
+    n_sequences: int, length: int, n_tokens: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(N, 2L) ids: L random tokens, then the same L again. The first copy draws distinct
+    tokens when the vocabulary allows, so each second-copy token has one earlier occurrence."""
+    if length <= n_tokens:
+        noise = torch.rand(n_sequences, n_tokens, generator=generator)
+        first = noise.argsort(dim=-1)[:, :length]  # (N, L) distinct
+    else:
+        first = torch.randint(n_tokens, (n_sequences, length), generator=generator)
+    return torch.cat([first, first], dim=1)
+
+
+def prefix_matching(weights: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """(H,) prefix-matching scores of one layer: weights (N, H, T, T), tokens (N, T); queries
+    from position `start` on."""
+    length = tokens.size(1)
+    match = torch.zeros(tokens.size(0), length, length, dtype=torch.bool, device=tokens.device)
+    match[:, :, 1:] = tokens[:, None, :-1] == tokens[:, :, None]  # [n, t, j]: t[j-1] == t[t]
+    match &= torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+    scores = (weights.float() * match[:, None]).sum(-1)  # (N, H, T)
+    return scores[:, :, start:].mean(dim=(0, 2))
+
+
+def position_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T-1) loss of predicting each next token."""
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+@dataclass
+class InductionReport:
+    layers: list[str]  # the self-attention layers scored, in order
+    prefix_matching: torch.Tensor  # (layers, H)
+    copying: torch.Tensor | None  # (layers, H); None without a readout
+    loss_first: float  # mean loss over the first copy
+    loss_second: float  # ... and over the second
+
+    @property
+    def in_context_score(self) -> float:
+        return self.loss_second - self.loss_first
+
+    @property
+    def best(self) -> tuple[int, int, float]:
+        """(layer, head, score) of the highest prefix-matching score."""
+        flat = int(self.prefix_matching.argmax())
+        layer, head = divmod(flat, self.prefix_matching.size(1))
+        return layer, head, float(self.prefix_matching[layer, head])
+
+
+def _scored_layers(model: nn.Module) -> list[AttentionLayer]:
+    layers = [layer for layer in attention_layers(model) if not layer.cross]
+    if not layers:
+        raise UserError(f"{type(model).__name__} has no self-attention layers to score")
+    return layers
+
+
+@torch.no_grad()
+def induction_scores(
+    model: nn.Module,
+    *,
+    n_sequences: int = 16,
+    length: int | None = None,
+    n_tokens: int | None = None,
+    seed: int = 0,
+    copying: bool = True,
+) -> InductionReport:
+    """Scores of every head of a causal language model (forward(ids) -> (logits, loss)) on
+    repeated random tokens. length: of each copy (default: half the context, at most 128);
+    n_tokens: draw ids below this (default: the model's vocabulary)."""
+    config = model.config
+    length = length or min(config.context_length // 2, 128)
+    if not 2 <= length <= config.context_length // 2:
+        raise UserError(
+            f"each copy must hold 2 to {config.context_length // 2} tokens (two copies fill at "
+            f"most the context of {config.context_length}), got {length}"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        tokens = repeated_random_tokens(
+            n_sequences, length, n_tokens or config.vocab_size, generator
+        )
+        tokens = tokens.to(next(model.parameters()).device)
+        layers = _scored_layers(model)
+        with capture(model) as seen:
+            logits, _ = model(tokens)
+        prefix = torch.stack(
+            [prefix_matching(seen.attention[l.name], tokens, length) for l in layers]
+        )
+        losses = position_losses(logits, tokens)  # (N, 2L-1)
+        copy = _copying(model, tokens, layers, seen, length) if copying else None
+        return InductionReport(
+            [layer.name for layer in layers],
+            prefix.cpu(),
+            copy,
+            float(losses[:, : length - 1].mean()),
+            float(losses[:, length:].mean()),
+        )
+    finally:
+        model.train(was_training)
+
+
+def _copying(model, tokens, layers, seen, start) -> torch.Tensor | None:
+    """(layers, H) copying scores (module docstring), from one ablated forward pass per head."""
+    points = [p for p in hook_points(model) if not p.endswith(WEIGHTS)]
+    readout = getattr(model, "readout", None)
+    if readout is None or not points:
+        return None
+    final = seen.streams[points[-1]]  # (N, T, D), the stream the readout reads
+    logits = readout(final)
+    targets = tokens[:, start + 1 :]  # the next token of each second-copy position
+    scores = torch.zeros(len(layers), seen.attention[layers[0].name].size(1))
+    for i, layer in enumerate(layers):
+        after = layer.name.rpartition(".")[0] + ".stream_after_mixer"
+        if after not in seen.streams:
+            return None
+        for head in range(scores.size(1)):
+            patch = {f"{layer.name}.{WEIGHTS}": ablate_heads([head])}
+            with capture(model, attention=False, patches=patch, only=[after]) as ablated:
+                model(tokens)
+            output = seen.streams[after] - ablated.streams[after]  # the head's output (N, T, D)
+            effect = (logits - readout(final - output))[:, start:-1]  # (N, L-1, V)
+            target = effect.gather(-1, targets[..., None])
+            rank = (effect < target).float().sum(-1) / (effect.size(-1) - 1)
+            scores[i, head] = rank.mean()
+    return scores
+
+
+def induction_probe(model: nn.Module) -> dict[str, float]:
+    """For the Trainer's probes: the best prefix-matching score and the in-context score."""
+    report = induction_scores(model, n_sequences=8, copying=False)
+    return {"induction_score": report.best[2], "in_context_score": report.in_context_score}

@@ -1,0 +1,65 @@
+"""The logit lens (nostalgebraist 2020): every layer's residual stream read out as if it were
+the last, through the model's final norm and head (its ``readout``), to see when the model's
+prediction forms.
+
+Dimensions: R streams read, T positions, V vocabulary size.
+
+The streams read are the embeddings (the first block's input), then each block's stream after
+each sub-layer (hooks.py): after the token mixer, after cross attention where there is one, and
+the block's output. A block's input is the previous block's output, so it is read once. The last
+row is the model's own prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attnlab.errors import UserError
+from attnlab.interpretability.capture import WEIGHTS, capture
+from attnlab.layers.hooks import hook_points
+
+SUB_LAYERS = {"stream_after_mixer": "mixer", "stream_after_cross": "cross", "stream_out": "out"}
+
+
+@dataclass
+class LensReport:
+    rows: list[str]  # a name per stream: "embeddings", "0 mixer", "0 out", ...
+    points: list[str]  # the hook paths read
+    logits: torch.Tensor  # (R, T, V)
+
+    def top(self, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, T, k) probabilities and ids of the k likeliest tokens at each row and position."""
+        return self.logits.float().softmax(-1).topk(k, dim=-1)
+
+
+def lens_points(model: nn.Module) -> list[tuple[str, str]]:
+    """(hook path, row name) of the streams the lens reads, in order."""
+    points = [p for p in hook_points(model) if not p.endswith(WEIGHTS)]
+    chosen = []
+    for path in points:
+        block, _, leaf = path.rpartition(".")
+        index = block.rpartition(".")[2]
+        if leaf == "stream_in" and not chosen:
+            chosen.append((path, "embeddings"))
+        elif leaf in SUB_LAYERS:
+            chosen.append((path, f"{index} {SUB_LAYERS[leaf]}"))
+    return chosen
+
+
+@torch.no_grad()
+def logit_lens(model: nn.Module, args: tuple[torch.Tensor, ...]) -> LensReport:
+    """The lens over one forward pass model(*args) (batch of one)."""
+    readout = getattr(model, "readout", None)
+    chosen = lens_points(model)
+    if readout is None or not chosen:
+        raise UserError(
+            f"the logit lens needs a model of residual blocks with a readout (final norm and "
+            f"head); {type(model).__name__} has none"
+        )
+    with capture(model, attention=False, only=[path for path, _ in chosen]) as seen:
+        model(*args)
+    logits = torch.stack([readout(seen.streams[path][0]) for path, _ in chosen])  # (R, T, V)
+    return LensReport([name for _, name in chosen], [path for path, _ in chosen], logits)

@@ -1,0 +1,102 @@
+"""Static PNG heatmaps for the inspect commands (matplotlib, imported when drawing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Heatmap:
+    """One panel: values (R, C), labels of its rows and columns, and how to colour it."""
+
+    values: torch.Tensor
+    title: str
+    rows: list[str]
+    columns: list[str]
+    xlabel: str = ""
+    ylabel: str = ""
+    cmap: str = "Blues"
+    vmin: float | None = None
+    vmax: float | None = None
+    cells: list[list[str]] | None = None  # text written in each cell (small maps only)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw(ax, fig, panel: Heatmap) -> None:
+    values = panel.values.detach().float().cpu().numpy()
+    image = ax.imshow(values, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, aspect="auto")
+    n_rows, n_cols = values.shape
+    if n_cols <= 64:
+        ax.set_xticks(range(n_cols), panel.columns, rotation=90 if n_cols > 8 else 0, fontsize=7)
+    if n_rows <= 64:
+        ax.set_yticks(range(n_rows), panel.rows, fontsize=7)
+    if panel.cells is not None and n_rows * n_cols <= 900:
+        for i, row in enumerate(panel.cells):
+            for j, text in enumerate(row):
+                ax.text(j, i, text, ha="center", va="center", fontsize=6)
+    ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> Path:
+    """The panels side by side (`columns` a row) in one PNG; returns its path."""
+    plt = _pyplot()
+    rows = -(-len(panels) // columns)
+    width = max(max(p.values.shape[1] for p in panels) * 0.28 + 3, 5)
+    height = max(max(p.values.shape[0] for p in panels) * 0.28 + 2, 3.5)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(width * columns, height * rows), dpi=120, squeeze=False
+    )
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        _draw(ax, fig, panel)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> Path:
+    """Thumbnails of every head: one row per (group, layer), one column per head; each group's
+    weights are (layers, H, Tq, Tk)."""
+    plt = _pyplot()
+    rows = [(title, layer, w) for title, weights in groups for layer, w in enumerate(weights)]
+    n_heads = max(w.size(0) for _, _, w in rows)
+    fig, axes = plt.subplots(
+        len(rows), n_heads, figsize=(1.3 * n_heads + 1, 1.3 * len(rows) + 0.5), squeeze=False
+    )
+    for r, (title, layer, weights) in enumerate(rows):
+        for h in range(n_heads):
+            ax = axes[r][h]
+            ax.set_xticks([]), ax.set_yticks([])
+            if h < weights.size(0):
+                ax.imshow(weights[h].float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
+            if r == 0 or rows[r - 1][0] != title:
+                ax.set_title(f"head {h}", fontsize=7)
+        axes[r][0].set_ylabel(f"{title}\nlayer {layer}", fontsize=6)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def short(text: str, width: int = 8) -> str:
+    """A token as a tick label: whitespace made visible, long ones cut."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or "''"
+    return shown if len(shown) <= width else shown[: width - 1] + "…"

@@ -1,0 +1,71 @@
+"""The attention viewer: one self-contained HTML file (no network: inline script, style and
+data, and a content security policy that forbids fetching anything), which works from file://.
+
+The page shows every attention layer's heads as thumbnails, grouped as the model has them (a
+GPT's blocks; an encoder-decoder's encoder self-attention, decoder self-attention and cross
+attention), and the tokens of the focused head: where a token attends and what attends to it.
+Token text only ever reaches the page as JSON inside a data block, with <, > and & escaped, and
+the script writes it with textContent: a text holding markup shows as text and runs nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from typing import Any
+
+from attnlab.interpretability.capture import AttentionLayer, Recording
+from attnlab.interpretability.inputs import Inputs
+
+SCALE = 1000  # weights are stored as integers in thousandths: a smaller file, as exact as shown
+
+
+def panels(groups: dict[str, list[AttentionLayer]], recording: Recording, inputs: Inputs):
+    """The viewer's panels: per group of layers, its query and key sequences and the weights
+    of each layer and head (row i: where query i attends), in thousandths."""
+    result = []
+    for title, layers in groups.items():
+        queries, keys = inputs.sides(layers[0])
+        weights = [recording.attention[layer.name][0] for layer in layers]  # each (H, Tq, Tk)
+        result.append(
+            {
+                "title": title,
+                "queries": queries,
+                "keys": keys,
+                "layers": [(w.float() * SCALE).round().int().tolist() for w in weights],
+            }
+        )
+    return result
+
+
+def viewer_data(
+    title: str,
+    groups: dict[str, list[AttentionLayer]],
+    recording: Recording,
+    inputs: Inputs,
+    selected: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
+    """Everything the page shows; selected: (panel, layer, head) kept in focus at the start."""
+    data = {
+        "title": title,
+        "sequences": inputs.sequences,
+        "panels": panels(groups, recording, inputs),
+        "selected": None,
+    }
+    if selected is not None:
+        data["selected"] = dict(zip(("panel", "layer", "head"), selected, strict=True))
+    return data
+
+
+def script_json(data: Any) -> str:
+    """JSON safe inside an HTML <script> element: no <, > or & that could end it or open a
+    comment (each stays a \\u escape inside a string, where JSON.parse reads it back)."""
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(data: dict[str, Any]) -> str:
+    template = resources.files("attnlab.interpretability").joinpath("viewer.html").read_text()
+    head, tail = template.split("__DATA__")  # one pass: no user text is read as a placeholder
+    return head.replace("__TITLE__", html.escape(data["title"])) + script_json(data) + tail

@@ -1,0 +1,180 @@
+"""`attnlab inspect attention|induction|lens|layers` on small checkpoints of every kind, and
+the bad inputs: one line and exit code 2."""
+
+import json
+import string
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from helpers import one_line_error, run
+
+from attnlab.models.bert import BertConfig, BertForMaskedLM
+from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
+from attnlab.tokenizers.char import CharTokenizer
+from attnlab.training.checkpoints import save_checkpoint
+
+CHARS = string.printable
+
+
+def save(path, model, specials=()):
+    save_checkpoint(path, model.eval(), {"tokenizer": CharTokenizer(CHARS, specials)})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    v = len(CHARS)
+    gpt = GPT(GPTConfig(vocab_size=v, context_length=32, n_layers=2, n_heads=2, d_model=16))
+    bert = BertForMaskedLM(BertConfig(vocab_size=v + 4, context_length=24, n_layers=2,
+                                      n_heads=2, d_model=16, pad_id=v))  # fmt: skip
+    translation = EncoderDecoder(EncoderDecoderConfig(
+        vocab_size=v + 3, max_length=32, n_encoder_layers=1, n_decoder_layers=2, n_heads=2,
+        d_model=16, d_ff=32, pad_id=v, bos_id=v + 1, eos_id=v + 2))  # fmt: skip
+    lstm = RecurrentLM(RecurrentLMConfig(vocab_size=v, context_length=24))
+    return {
+        "gpt": save(root / "gpt", gpt),
+        "bert": save(root / "bert", bert, ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]),
+        "translation": save(root / "translation", translation, ["<pad>", "<s>", "</s>"]),
+        "lstm": save(root / "lstm", lstm),
+    }
+
+
+def page_data(path):
+    class Data(HTMLParser):
+        text, inside = "", False
+
+        def handle_starttag(self, tag, attrs):
+            self.inside = ("id", "attention-data") in attrs
+
+        def handle_data(self, data):
+            if self.inside:
+                self.text += data
+
+    parser = Data()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return json.loads(parser.text)
+
+
+def test_attention_page_and_png_for_a_gpt(checkpoints, tmp_path, capsys):
+    out, png = tmp_path / "view.html", tmp_path / "grid.png"
+    text = "<script>alert(1)</script>"
+    code, stdout, err = run(["inspect", "attention", checkpoints["gpt"], "--text", text,
+                             "--out", str(out), "--png", str(png)], capsys)  # fmt: skip
+    assert code == 0, err
+    data = page_data(out)
+    assert "".join(data["sequences"]["text"]) == text
+    assert "<script>alert" not in out.read_text(encoding="utf-8")
+    assert [p["title"] for p in data["panels"]] == ["blocks self-attention"]
+    assert data["selected"] is None
+    assert png.stat().st_size > 1000 and str(out) in stdout
+
+
+def test_attention_preselects_a_head_and_draws_it(checkpoints, tmp_path, capsys):
+    out, png = tmp_path / "view.html", tmp_path / "head.png"
+    code, _, err = run(["inspect", "attention", checkpoints["gpt"], "--text", "hello there",
+                        "--layer", "1", "--head", "1", "--out", str(out), "--png", str(png)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    assert page_data(out)["selected"] == {"panel": 0, "layer": 1, "head": 1}
+    assert png.is_file()
+
+
+def test_attention_of_an_encoder_decoder_has_source_target_and_cross(checkpoints, tmp_path, capsys):
+    out = tmp_path / "view.html"
+    code, _, err = run(["inspect", "attention", checkpoints["translation"], "--text", "one two",
+                        "--target", "1 2", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    data = page_data(out)
+    assert data["sequences"] == {"source": [*"one two", "</s>"], "target": ["<s>", *"1 2"]}
+    sides = [(p["title"], p["queries"], p["keys"], len(p["layers"])) for p in data["panels"]]
+    assert sides == [
+        ("encoder_blocks self-attention", "source", "source", 1),
+        ("decoder_blocks self-attention", "target", "target", 2),
+        ("decoder_blocks cross-attention", "target", "source", 2),
+    ]
+    cross = data["panels"][2]["layers"][0][0]
+    assert len(cross) == 4 and len(cross[0]) == 8  # target by source positions
+
+
+def test_attention_of_bert_reads_cls_text_sep(checkpoints, tmp_path, capsys):
+    out = tmp_path / "view.html"
+    code, _, err = run(["inspect", "attention", checkpoints["bert"], "--text", "a [MASK] b",
+                        "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    tokens = page_data(out)["sequences"]["text"]
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "[MASK]" in tokens
+
+
+def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
+    out = tmp_path / "view.html"
+    code, _, err = run(["inspect", "attention", checkpoints["gpt"], "--text", "x" * 40,
+                        "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0 and "8 tokens longer than the model reads" in err
+    assert len(page_data(out)["sequences"]["text"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "message"),
+    [
+        ("lstm", ["--text", "hi"], "no attention layers"),
+        ("gpt", ["--text", "hi", "--layer", "2"], "--layer 2 is out of range"),
+        ("gpt", ["--text", "hi", "--head", "-1"], "--head -1 is out of range"),
+        ("gpt", ["--text", "  "], "non-empty --text"),
+        ("gpt", ["--text", "hé"], "é"),
+    ],
+)
+def test_attention_bad_input_is_one_line(checkpoints, tmp_path, capsys, name, flags, message):
+    out = tmp_path / "view.html"
+    code, _, err = run(["inspect", "attention", checkpoints[name], *flags, "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert message in one_line_error(code, err)
+    assert not out.exists()
+
+
+def test_induction_command(checkpoints, tmp_path, capsys):
+    png = tmp_path / "induction.png"
+    code, stdout, err = run(["inspect", "induction", checkpoints["gpt"], "--sequences", "4",
+                             "--json", "--png", str(png)], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert len(result["prefix_matching"]) == 2 and len(result["prefix_matching"][0]) == 2
+    assert len(result["copying"]) == 2 and png.is_file()
+    code, stdout, _ = run(["inspect", "induction", checkpoints["gpt"], "--length", "5"], capsys)
+    assert code == 0 and "in-context learning score" in stdout
+    code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--length", "17"], capsys)
+    assert "2 to 16 tokens" in one_line_error(code, err)
+    code, _, err = run(["inspect", "induction", checkpoints["bert"]], capsys)
+    assert "'bert'" in one_line_error(code, err)
+
+
+def test_lens_command(checkpoints, tmp_path, capsys):
+    png = tmp_path / "lens.png"
+    code, stdout, err = run(["inspect", "lens", checkpoints["gpt"], "--text", "to be or",
+                             "--json", "--png", str(png)], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["rows"] == ["embeddings", "0 mixer", "0 out", "1 mixer", "1 out"]
+    assert len(result["top"]) == 5 and len(result["top"][0]) == 8 and png.is_file()
+    code, stdout, _ = run(["inspect", "lens", checkpoints["gpt"], "--text", "to be"], capsys)
+    assert code == 0 and "embeddings" in stdout.splitlines()[0]
+    code, _, err = run(["inspect", "lens", checkpoints["lstm"], "--text", "hi"], capsys)
+    assert "logit lens needs" in one_line_error(code, err)
+
+
+def test_layers_command(checkpoints, tmp_path, capsys):
+    corpus, png = tmp_path / "corpus.txt", tmp_path / "layers.png"
+    corpus.write_text("to be or not to be, that is the question. " * 10)
+    code, stdout, err = run(["inspect", "layers", checkpoints["gpt"], "--data", str(corpus),
+                             "--windows", "4", "--json", "--png", str(png)], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert set(result["loss"]) == {"drop 0", "drop 1", "duplicate 0", "duplicate 1", "swap 0 1"}
+    assert png.is_file()
+    code, _, err = run(["inspect", "layers", checkpoints["gpt"], "--data", str(tmp_path / "no")],
+                       capsys)  # fmt: skip
+    assert code == 2

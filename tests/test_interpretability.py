@@ -1,0 +1,358 @@
+"""Capture, patching, the attention viewer, the logit lens and layer surgery
+(attnlab/interpretability). The induction-head scores are in test_induction.py."""
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from helpers import tiny_gpt
+
+from attnlab.interpretability import ablate_heads, attention_groups, attention_layers, capture
+from attnlab.interpretability.inputs import Inputs
+from attnlab.interpretability.lens import logit_lens
+from attnlab.interpretability.surgery import arrangements, block_stack, layer_surgery, rearranged
+from attnlab.interpretability.viewer import render_html, script_json, viewer_data
+from attnlab.layers.attention import MultiHeadAttention
+from attnlab.models.registry import KINDS
+
+TOL = 1e-5
+
+
+def _ids(low, high, *shape):
+    return torch.randint(low, high, shape)
+
+
+# Example inputs of each built-in kind's tiny preset (B = 2). A new built-in kind must add its
+# own here: test_every_builtin_kind_is_covered fails until it does.
+EXAMPLES = {
+    "gpt": lambda c: (_ids(0, c.vocab_size, 2, 12),),
+    "bert": lambda c: (torch.cat([_ids(1, c.vocab_size, 2, 10), torch.zeros(2, 2).long()], 1),),
+    "classifier": lambda c: (_ids(1, c.vocab_size, 2, 12),),
+    "translation": lambda c: (_ids(3, c.vocab_size, 2, 9), _ids(3, c.vocab_size, 2, 7)),
+    "vit": lambda c: (torch.randn(2, c.channels, c.image_size, c.image_size),),
+    "lstm_lm": None,  # no attention
+}
+
+
+def builtin_kinds():
+    return [k for k in KINDS.values() if k.model.__module__.startswith("attnlab.")]
+
+
+def test_every_builtin_kind_is_covered():
+    assert {k.name for k in builtin_kinds()} == set(EXAMPLES)
+
+
+def build(kind_name):
+    kind = KINDS[kind_name]
+    torch.manual_seed(0)
+    model = kind.model(kind.presets[kind.default_preset]).eval()
+    with torch.no_grad():  # larger weights than at init: attention that is not near-uniform
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model
+
+
+def with_eager_attention(model):
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.backend = "eager"
+    return model
+
+
+ATTENTION_KINDS = [name for name, example in EXAMPLES.items() if example is not None]
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_capture_changes_no_logits_and_weights_are_distributions(kind):
+    model = build(kind)
+    args = EXAMPLES[kind](model.config)
+    with torch.no_grad():
+        plain, _ = model(*args)
+        with capture(model) as seen:
+            captured, _ = model(*args)
+        again, _ = model(*args)  # hooks gone: the fused path again
+        eager, _ = with_eager_attention(model)(*args)
+    assert torch.equal(captured, eager)  # the same computation, to the bit
+    assert (captured - plain).abs().max() < TOL * max(1.0, plain.abs().max())  # fused: rounding
+    assert torch.equal(again, plain)
+    layers = attention_layers(model)
+    assert layers and set(seen.attention) == {layer.name for layer in layers}
+    for layer in layers:
+        weights = seen.attention[layer.name]
+        assert weights.dim() == 4 and weights.size(0) == 2
+        assert (weights >= 0).all()
+        assert (weights.sum(-1) - 1).abs().max() < TOL, layer.name
+        if layer.causal:
+            upper = torch.ones(weights.shape[-2:], dtype=torch.bool).triu(1)
+            assert weights[..., upper].abs().max() == 0, layer.name
+    n_blocks = len({layer.name.rpartition(".")[0] for layer in layers})
+    assert len(seen.streams) >= 3 * n_blocks
+    assert all(s.dim() == 3 and s.size(0) == 2 for s in seen.streams.values())
+
+
+def test_layers_are_grouped_as_the_model_has_them():
+    assert list(attention_groups(build("translation"))) == [
+        "encoder_blocks self-attention",
+        "decoder_blocks self-attention",
+        "decoder_blocks cross-attention",
+    ]
+    assert list(attention_groups(build("bert"))) == ["encoder.blocks self-attention"]
+    assert attention_layers(build("lstm_lm")) == []
+
+
+def test_bert_padding_is_never_attended_to():
+    model = build("bert")
+    (ids,) = EXAMPLES["bert"](model.config)
+    with torch.no_grad(), capture(model) as seen:
+        model(ids)
+    for weights in seen.attention.values():
+        assert weights[..., -2:].abs().max() == 0  # the two [PAD] keys
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rope", "alibi", "none"])
+@pytest.mark.parametrize("n_kv_heads", [None, 1])
+def test_gpt_capture_for_every_positional_encoding(positional, n_kv_heads):
+    model = tiny_gpt(positional)
+    if n_kv_heads:
+        config = dataclasses.replace(model.config, n_kv_heads=n_kv_heads)
+        model = type(model)(config).eval()
+    ids = _ids(0, 11, 3, 16)
+    with torch.no_grad():
+        plain, _ = model(ids)
+        with capture(model) as seen:
+            captured, _ = model(ids)
+    assert (captured - plain).abs().max() < TOL
+    for weights in seen.attention.values():
+        assert weights.shape == (3, 2, 16, 16)
+        assert (weights.sum(-1) - 1).abs().max() < TOL
+        assert weights[..., torch.ones(16, 16, dtype=torch.bool).triu(1)].abs().max() == 0
+
+
+def test_captured_weights_are_the_attention_equation():
+    """Layer 0 of a GPT (learned positions), recomputed by hand from the captured stream."""
+    model = tiny_gpt("learned")
+    ids = _ids(0, 11, 2, 16)
+    with torch.no_grad(), capture(model) as seen:
+        model(ids)
+        block = model.blocks[0]
+        h = block.mixer_norm(seen.streams["blocks.0.stream_in"])
+        q, k, _ = block.token_mixer.qkv_projection(h).split(16, dim=-1)  # D = 16, 2 heads of 8
+        q, k = (t.view(2, 16, 2, 8).transpose(1, 2) for t in (q, k))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+        scores = scores.masked_fill(torch.ones(16, 16).triu(1).bool(), float("-inf"))
+        expected = scores.softmax(-1)
+    assert (seen.attention["blocks.0.token_mixer"] - expected).abs().max() < 1e-6
+
+
+def test_ablating_every_head_leaves_only_the_output_bias():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 2, 16)
+    patch = {"blocks.0.token_mixer.attention_weights": ablate_heads([0, 1])}
+    with torch.no_grad(), capture(model, attention=False, patches=patch) as seen:
+        model(ids)
+    added = seen.streams["blocks.0.stream_after_mixer"] - seen.streams["blocks.0.stream_in"]
+    bias = model.blocks[0].token_mixer.output_projection.bias
+    assert (added - bias).abs().max() < 1e-6
+
+
+def test_patching_a_stream_replaces_it_downstream():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 2, 16)
+    patch = {"blocks.1.stream_out": torch.zeros_like}
+    with torch.no_grad():
+        with capture(model, patches=patch):
+            logits, _ = model(ids)
+        expected = model.readout(torch.zeros(2, 16, 16))
+    assert (logits - expected).abs().max() < 1e-6
+    with (
+        pytest.raises(KeyError, match="no hook point"),
+        capture(model, patches={"blocks.9.stream_out": torch.zeros_like}),
+    ):
+        pass
+
+
+# ------------------------------------------------------------------------------------ viewer
+HOSTILE = ["<script>alert(1)</script>", "</script><b>", "&amp;", "a\u2028b", "\n", " ", ""]
+
+
+def hostile_page(selected=None):
+    model = tiny_gpt(context_length=len(HOSTILE))
+    ids = _ids(0, 11, 1, len(HOSTILE))
+    with torch.no_grad(), capture(model, streams=False) as seen:
+        model(ids)
+    inputs = Inputs((ids,), {"text": HOSTILE}, lambda layer: ("text", "text"))
+    data = viewer_data("<b>ckpt</b>", attention_groups(model), seen, inputs, selected)
+    return data, render_html(data)
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.scripts, self.attributes, self._in_script = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attributes += attrs
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+
+    def handle_endtag(self, tag):
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+
+
+def test_viewer_page_holds_text_as_data_only():
+    data, page = hostile_page()
+    parsed = Page()
+    parsed.feed(page)
+    assert parsed.tags.count("script") == 2  # the data block and the viewer's own code
+    assert "alert(1)" not in page.replace(script_json(HOSTILE), "")  # only escaped, in the data
+    assert "</script><b>" not in page and "<b>ckpt</b>" not in page
+    assert "&lt;b&gt;ckpt&lt;/b&gt;" in page  # the title, escaped
+    assert json.loads(parsed.scripts[0]) == data  # the data block reads back whole
+    assert json.loads(parsed.scripts[0])["sequences"]["text"] == HOSTILE
+    panel = data["panels"][0]
+    assert len(panel["layers"]) == 2 and len(panel["layers"][0]) == 2  # layers, heads
+    rows = panel["layers"][1][0]
+    assert all(abs(sum(row) - 1000) <= len(row) for row in rows)  # thousandths, rounded
+
+
+def test_viewer_page_fetches_nothing():
+    _, page = hostile_page()
+    parsed = Page()
+    parsed.feed(page)
+    names = {name for name, _ in parsed.attributes}
+    assert not names & {"src", "href", "srcset", "action"}
+    assert "default-src 'none'" in page  # the content security policy forbids any fetch
+    for word in ("http:", "https:", "//cdn", "fetch(", "XMLHttpRequest", "import("):
+        assert word not in page
+
+
+# A browser is not available here (no Chromium for Playwright); node runs the page's script
+# against a small stand-in for the DOM, which checks what the script builds and does on events.
+FAKE_DOM = r"""
+const listeners = new Map(); const byId = {};
+class El {
+  constructor(tag) { this.tag = tag; this.children = []; this.style = {}; this.dataset = {};
+    this.className = ""; this._text = ""; this.title = "";
+    this.classList = { toggle: (c, on) => {
+      const s = new Set(this.className.split(" ").filter(Boolean));
+      on ? s.add(c) : s.delete(c); this.className = [...s].join(" "); } }; }
+  set textContent(t) { this._text = String(t); this.children = []; }
+  get textContent() { return this._text; }
+  appendChild(c) { this.children.push(c); return c; }
+  replaceChildren() { this.children = []; }
+  addEventListener(type, f) { listeners.set(this, { ...(listeners.get(this) || {}), [type]: f }); }
+  fire(type) { listeners.get(this)[type](); }
+  querySelectorAll(sel) { const out = []; const walk = (e) => { for (const c of e.children) {
+      if (c.className.split(" ").includes(sel.slice(1))) out.push(c); walk(c); } };
+    walk(this); return out; }
+  getContext() { return { createImageData: (w, h) => ({ data: new Uint8ClampedArray(4 * w * h) }),
+    putImageData() {} }; }
+}
+const document = { createElement: (t) => new El(t),
+  getElementById: (id) => byId[id] || (byId[id] = Object.assign(new El("div"), { id })) };
+byId["attention-data"] = Object.assign(new El("script"), { _text: DATA });
+eval(CODE);
+const all = (id) => byId[id].querySelectorAll(".tok");
+const thumbs = byId["grids"].children.flatMap((r) => r.children || [])
+  .filter((c) => c.tag === "canvas");
+const result = { thumbs: thumbs.length, title: byId["focus-title"].textContent,
+  queries: all("queries").map((s) => s.textContent) };
+all("queries")[2].fire("mouseenter");
+result.hoverKeys = all("keys").map((s) => s.style.background);
+all("queries")[2].fire("click");
+all("queries")[0].fire("mouseenter");  // kept: hovering elsewhere changes nothing
+result.lockedKeys = all("keys").map((s) => s.style.background);
+all("queries")[2].fire("click");  // let go
+all("keys")[1].fire("mouseenter");
+result.keyHover = all("queries").map((s) => s.style.background);
+thumbs[3].fire("click");
+result.lockedTitle = byId["focus-title"].textContent;
+thumbs[0].fire("mouseenter");
+result.afterHover = byId["focus-title"].textContent;
+console.log(JSON.stringify(result));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_viewer_script_builds_the_page_and_answers_hover_and_click():
+    data, page = hostile_page(selected=(0, 1, 0))
+    parsed = Page()
+    parsed.feed(page)
+    data_json, code = (json.dumps(script) for script in parsed.scripts)
+    program = f"const DATA = {data_json};\nconst CODE = {code};\n"
+    run = subprocess.run(
+        ["node", "-e", program + FAKE_DOM], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["thumbs"] == 4  # 2 layers x 2 heads
+    assert result["title"].startswith("blocks self-attention, layer 1, head 0 (kept)")
+    assert result["queries"][0] == "<script>alert(1)</script>"  # as text, via textContent
+    assert result["queries"][4] == "\u21b5" and result["queries"][6] == "\u2205"
+    row = data["panels"][0]["layers"][1][0][2]  # query 2 of layer 1, head 0
+    expected = [f"rgba(66,133,244,{w / 1000:g})" for w in row]
+    assert result["hoverKeys"] == expected
+    assert result["lockedKeys"] == expected
+    column = [r[1] for r in data["panels"][0]["layers"][1][0]]
+    assert result["keyHover"] == [f"rgba(230,126,34,{w / 1000:g})" for w in column]
+    assert result["lockedTitle"].endswith("layer 1, head 1 (kept)")
+    assert result["afterHover"] == result["lockedTitle"]
+
+
+# -------------------------------------------------------------------------------- lens, surgery
+def test_the_lens_ends_at_the_models_own_logits():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 1, 16)
+    report = logit_lens(model, (ids,))
+    assert report.rows == ["embeddings", "0 mixer", "0 out", "1 mixer", "1 out"]
+    with torch.no_grad():
+        logits, _ = model(ids)
+    assert (report.logits[-1] - logits[0]).abs().max() < 1e-6
+    probabilities, top = report.top(3)
+    assert top.shape == (5, 16, 3) and (probabilities[..., 0] >= probabilities[..., 1]).all()
+
+
+def test_surgery_arrangements_and_restoring_the_order():
+    assert arrangements(3) == {
+        "drop 0": [1, 2], "drop 1": [0, 2], "drop 2": [0, 1],
+        "duplicate 0": [0, 0, 1, 2], "duplicate 1": [0, 1, 1, 2], "duplicate 2": [0, 1, 2, 2],
+        "swap 0 1": [1, 0, 2], "swap 0 2": [2, 1, 0], "swap 1 2": [0, 2, 1],
+    }  # fmt: skip
+    model = tiny_gpt()
+    stack = block_stack(model)
+    blocks = list(stack)
+    ids = _ids(0, 11, 2, 16)
+    with torch.no_grad():
+        with rearranged(stack, [1, 0]):
+            assert list(stack) == blocks[::-1]
+            swapped, _ = model(ids)
+        logits, _ = model(ids)
+    assert list(stack) == blocks
+    assert not torch.allclose(swapped, logits)
+
+
+def test_surgery_finds_a_layer_that_does_nothing():
+    model = tiny_gpt()
+    with torch.no_grad():  # block 1 writes nothing into the residual stream: an identity
+        for name, p in model.blocks[1].named_parameters():
+            if "output_projection" in name or "feedforward" in name:
+                p.zero_()
+    ids = _ids(0, 11, 4, 16)
+    baseline, results = layer_surgery(model, lambda: model(ids, ids)[1].item())
+    assert results["drop 1"] == pytest.approx(baseline, abs=1e-6)
+    assert results["duplicate 1"] == pytest.approx(baseline, abs=1e-6)
+    assert abs(results["drop 0"] - baseline) > 1e-3
+    with pytest.raises(Exception, match="one list of residual blocks"):
+        block_stack(build("translation"))
