@@ -109,6 +109,7 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
             "invalid pre-tokenization pattern",
         ),
         (["train", "--data", "{corpus}", "--workers", "0"], "--workers"),
+        (["train", "--data", "/no/such", "--special", "<a>", "<b>", "<a>"], "'<a>' more than once"),
         (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
         (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
         (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),

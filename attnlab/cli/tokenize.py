@@ -125,6 +125,9 @@ def open_tokenizer(spec: str) -> Tokenizer:
 def run_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    repeated = sorted({t for t in args.special if args.special.count(t) > 1})
+    if repeated:  # checked before training, which the tokenizer's own check would come after
+        raise UserError(f"--special gives {', '.join(map(repr, repeated))} more than once")
     texts = read_corpus(args.data)
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
     start = time.perf_counter()
