@@ -144,12 +144,8 @@ MUTATIONS = [
         "attnlab/layers/attention.py",
         (
             (
-                "k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)",
-                "k = k.repeat(1, n_heads // n_kv_heads, 1, 1)",
-            ),
-            (
-                "v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)",
-                "v = v.repeat(1, n_heads // n_kv_heads, 1, 1)",
+                "x.repeat_interleave(groups, dim=1)",
+                "x.repeat(1, groups, 1, 1)",
             ),
         ),
         (
