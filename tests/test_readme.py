@@ -3,7 +3,9 @@ from pathlib import Path
 
 import torch
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+GUIDES = README + (ROOT / "docs" / "reference.md").read_text()  # the README's longer pages
 # `a, b = ...  # (2, 127, 256) and a scalar`: the shapes a line's comment states for the names
 # it assigns (numbers only; a comment such as `# (B, T, D)` states no checkable shape)
 SHAPE_COMMENT = re.compile(r"^(\w+(?:, \w+)*) = .*#\s*(\([\d, ]+\))(\s+and a scalar)?\s*$")
@@ -22,7 +24,7 @@ def stated_shapes(block: str) -> dict[str, tuple[int, ...]]:
 
 
 def test_python_examples_in_the_readme_run_and_give_the_shapes_they_state():
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", GUIDES, re.S)
     assert blocks
     checked = 0
     for block in blocks:
