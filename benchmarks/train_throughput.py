@@ -16,6 +16,17 @@ machine whose speed drifts (a shared or throttled CPU) slows them all alike, and
 stay comparable even when the absolute figures move.
 
     .venv/bin/python benchmarks/train_throughput.py [--rounds 12] [--variants baseline,shipped]
+
+`--shape gpt2` times GPT-2 small instead (124M parameters, context 1024, GPT-2's vocabulary),
+with the shipped training settings (compiled, `auto` precision: bf16 on a GPU), for a GPU:
+
+    .venv/bin/python benchmarks/train_throughput.py --device cuda --shape gpt2 --variants shipped
+
+`--distributed ddp|fsdp` runs each variant as one of torchrun's processes, the batch (then the
+global one) split among them; rank 0 prints the table, with MFU per device:
+
+    torchrun --standalone --nproc-per-node 8 benchmarks/train_throughput.py --device cuda \
+        --shape gpt2 --batch-size 128 --variants shipped --distributed fsdp
 """
 
 from __future__ import annotations
@@ -38,11 +49,16 @@ from attnlab.devices import (
     pick_device,
     pick_dtype,
 )
-from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models.gpt import GPT, PRESETS, GPTConfig
+from attnlab.training.distributed import ALONE, MODES, Group
 from attnlab.training.trainer import TrainConfig, Trainer
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "gpt_shakespeare_char.toml"
 VOCAB = 65  # tiny Shakespeare's characters
+SHAPES = {  # name -> (model config, vocabulary, batch size)
+    "baby": (None, VOCAB, None),  # the shipped config's
+    "gpt2": (PRESETS["gpt2"], 50257, 16),  # GPT-2 small at context 1024
+}
 
 # name -> (what it is, model fields, training fields), each over the shipped config
 VARIANTS = {
@@ -60,24 +76,33 @@ VARIANTS = {
 }
 
 
-def shipped() -> tuple[GPTConfig, TrainConfig]:
+def shipped(shape: str = "baby", batch_size: int | None = None) -> tuple[GPTConfig, TrainConfig]:
+    """The model and training settings timed: the shipped config's, or its training settings
+    for another model shape."""
     toml = read_toml(str(CONFIG))
     model = build_config(GPTConfig, toml["model"], dict(vocab_size=VOCAB), source=str(CONFIG))
     training = build_config(TrainConfig, toml["training"], source=str(CONFIG))
-    return model, training
+    config, vocab, batch = SHAPES[shape]
+    if config is not None:
+        model = dataclasses.replace(config, vocab_size=vocab)
+    batch_size = batch_size or batch or training.batch_size
+    return model, dataclasses.replace(training, batch_size=batch_size)
 
 
-def make_trainer(variant: str, out_dir: str, device: str) -> Trainer:
+def make_trainer(
+    variant: str, out_dir: str, device: str, shape: str, batch_size: int | None, group: Group
+) -> Trainer:
     _, model_fields, train_fields = VARIANTS[variant]
-    model_config, train_config = shipped()
+    model_config, train_config = shipped(shape, batch_size)
     model_config = dataclasses.replace(model_config, **model_fields)
     train_config = dataclasses.replace(
         train_config, eval_interval=10**9, device=device, **train_fields
     )
     torch.manual_seed(0)
-    tokens = np.random.default_rng(0).integers(0, VOCAB, 200_000, dtype=np.uint16)
+    vocab = model_config.vocab_size
+    tokens = np.random.default_rng(0).integers(0, vocab, 2_000_000, dtype=np.uint16)
     data = RandomWindows(tokens, train_config.batch_size, model_config.context_length, seed=0)
-    trainer = Trainer(GPT(model_config), train_config, data, {}, out_dir=out_dir)
+    trainer = Trainer(GPT(model_config), train_config, data, {}, out_dir=out_dir, group=group)
     if variant == "baseline":  # torch's default AdamW where the parameters are on a CPU
         groups = [
             {"params": group["params"], "weight_decay": group["weight_decay"]}
@@ -113,6 +138,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per turn")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=SHAPES, default="baby", help="model shape timed")
+    parser.add_argument("--batch-size", type=int, help="sequences per step (default: the shape's)")
+    parser.add_argument("--distributed", choices=MODES, help="as one of torchrun's processes")
     parser.add_argument(
         "--variants",
         help="comma-separated names (default: all; those forcing bf16 only where it is native)",
@@ -123,10 +151,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
 
-    model_config, train_config = shipped()
+    group = Group.for_run(args.distributed) if args.distributed else ALONE
+    group.start()
+    model_config, train_config = shipped(args.shape, args.batch_size)
     with tempfile.TemporaryDirectory() as out:
         trainers = {
-            name: make_trainer(name, f"{out}/{i}", args.device) for i, name in enumerate(names)
+            name: make_trainer(name, f"{out}/{i}", args.device, args.shape, args.batch_size, group)
+            for i, name in enumerate(names)
         }
         started = time.perf_counter()
         for name, trainer in trainers.items():
@@ -139,11 +170,17 @@ def main() -> None:
                     tokens = train_config.batch_size * model_config.context_length
                     seconds[name].append(tokens / record["tokens_per_s"])
 
+    group.close()
+    if not group.is_writer:
+        return
     tokens = train_config.batch_size * model_config.context_length
+    processes = f", {group.world} processes ({args.distributed})" if group.world > 1 else ""
     print(
-        f"baby GPT {model_config.n_layers}L/{model_config.n_heads}H/{model_config.d_model}D, "
+        f"{args.shape} GPT {model_config.n_layers}L/{model_config.n_heads}H/"
+        f"{model_config.d_model}D, "
         f"context {model_config.context_length}, batch {train_config.batch_size}, "
-        f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{args.device}{processes}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; "
         f"{args.rounds} rounds x {args.steps} steps per variant after {args.warmup} warm-up "
         f"steps ({warmup_s:.0f} s, compilation included); load average before: "
         + ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -155,7 +192,7 @@ def main() -> None:
     for name, trainer in trainers.items():
         median = statistics.median(seconds[name])
         peak = measure_peak_flops(trainer.device, trainer.dtype)
-        mfu = trainer.model.flops_per_token() * tokens / median / peak
+        mfu = trainer.model.flops_per_token() * tokens / median / (peak * group.world)
         precision = str(trainer.dtype).removeprefix("torch.")
         precision += ", compiled" if trainer.compiled is not None else ""
         print(

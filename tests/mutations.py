@@ -179,6 +179,12 @@ MUTATIONS = [
         (("rope_base=_rope_base(hf),", "rope_base=10000.0,"),),
         (("tests/test_interop_llama.py", "-k", "logits and gqa"),),
     ),
+    Mutation(
+        "every-rank-takes-the-same-rows",
+        "attnlab/training/distributed.py",
+        (("t.tensor_split(self.world)[self.rank]", "t.tensor_split(self.world)[0]"),),
+        (("tests/test_distributed.py", "-k", "train_as_one and ddp"),),
+    ),
 ]
 
 

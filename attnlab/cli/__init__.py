@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
         args = build_parser(command if command in COMMANDS else "").parse_args(argv)
         return args.handler(args) or 0
-    except UserError as error:
-        print(f"attnlab: error: {error}", file=sys.stderr)
+    except UserError as error:  # of torchrun's ranks, rank 0 speaks for all (the same checks)
+        if os.environ.get("RANK", "0") == "0" or getattr(error, "every_rank", False):
+            print(f"attnlab: error: {error}", file=sys.stderr)
         return 2
     except UnicodeError as error:  # text from the user that is not UTF-8 (stdin, arguments)
         reason = getattr(error, "reason", error)

@@ -112,6 +112,11 @@ def fit_and_report(
     and model. next_step: what to do with the result. time_limit: minutes of training steps
     after which the run stops and saves, as Ctrl-C does.
     """
+    if not trainer.group.is_writer:  # torchrun's other ranks train in silence
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        return 0
     progress = progress_printer(trainer.config.max_iters, trainer.unit)
     limit_s = time_limit * 60 if time_limit else None
 

@@ -10,6 +10,7 @@ directory keeps run.json (kind, preset, data settings), so --resume needs no rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -45,6 +46,7 @@ from attnlab.training.checkpoints import (
     load_matching_weights,
     read_training_state,
 )
+from attnlab.training.distributed import MODES, Group
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 
@@ -110,6 +112,12 @@ def _add_kind(kinds, kind: ModelKind) -> None:
         metavar="MINUTES",
         help="stop (and save) once training steps have taken this long (default: none)",
     )
+    parser.add_argument(
+        "--distributed",
+        choices=MODES,
+        help="train as one of torchrun's processes, the batch split among them: ddp (a whole "
+        "model per process) or fsdp (each holds a shard); see the README (default: one process)",
+    )
     add_config_flags(parser, kind.data_config, f"data ({kind.data_config.__name__})")
     defaults = preset_defaults(kind.presets[kind.default_preset])
     add_config_flags(parser, kind.config, f"model ({kind.config.__name__})", defaults)
@@ -123,15 +131,17 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     source = args.config or "flags"
     data_keys = _check_toml(toml, kind, source)
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
+    group = Group.for_run(args.distributed)  # alone, or one of torchrun's processes
     claim_run_directory(out, args.resume)
-    with run_lock(out):
-        for checkpoint in (out, out / BEST_DIR):  # a save a crash interrupted
-            finish_checkpoint(checkpoint)
+    with group.running(), run_lock(out) if group.is_writer else contextlib.nullcontext():
+        with group.writer_first():
+            for checkpoint in (out, out / BEST_DIR):  # a save a crash interrupted
+                finish_checkpoint(checkpoint)
         claim_run_directory(out, args.resume)  # again: the finished save may be a checkpoint
-        return _train(kind, args, toml, source, data_keys, out)
+        return _train(kind, args, toml, source, data_keys, out, group)
 
 
-def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> int:
+def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path, group: Group) -> int:
     init = _init_checkpoint(kind, args.init, args.resume)
     if args.resume:
         run, (model_base, given), train_config = _resumed(kind, args, out)
@@ -151,7 +161,9 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> in
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
     kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
     artifacts = load_artifacts(kept_from) if kept_from else None
-    data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, note))
+    log = note if group.is_writer else lambda message: None
+    with group.writer_first():  # rank 0 fetches and caches; the others then read
+        data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
     clashes = [k for k, v in data.model_fields.items() if k in given and given[k] != v]
     if clashes:
         raise UserError(f"{', '.join(clashes)} come(s) from the data; leave them unset")
@@ -162,12 +174,13 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> in
     model = kind.model(model_config)
     if init is not None:
         new, unused = load_matching_weights(model, Path(args.init) / MODEL_FILE)
-        note(
+        log(
             f"started from {args.init}; new: {', '.join(new) or 'none'}; "
             f"left out: {', '.join(unused) or 'none'}"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_FILE, run)
+    if group.is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_FILE, run)
     trainer = Trainer(
         model,
         train_config,
@@ -177,6 +190,7 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path) -> in
         out_dir=out,
         metrics=data.metrics,
         keep_best=data.best,
+        group=group,
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
     steps = [NEXT_STEPS[c].format(out=out) for c in sorted(kind.capabilities) if c in NEXT_STEPS]

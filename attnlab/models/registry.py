@@ -72,9 +72,10 @@ def get_kind(name: str) -> ModelKind:
 
 
 def kind_of(model: nn.Module) -> ModelKind:
-    for kind in KINDS.values():
-        if type(model) is kind.model:
-            return kind
+    for cls in type(model).__mro__:  # FSDP shards a model by giving it a subclass
+        for kind in KINDS.values():
+            if cls is kind.model:
+                return kind
     raise ValueError(f"{type(model).__name__} is not a registered model kind")
 
 

@@ -34,6 +34,7 @@ from attnlab.files import atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F401
+from attnlab.training.distributed import is_writer, like, whole
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
@@ -67,7 +68,7 @@ def save_checkpoint(
     path = Path(path)
     save_id = {SAVE_ID: uuid.uuid4().hex}  # in every file that changes from save to save
     files = {
-        MODEL_FILE: safetensors.torch.save(_unique_tensors(model.state_dict()), metadata=save_id),
+        MODEL_FILE: safetensors.torch.save(_whole_weights(model), metadata=save_id),
         CONFIG_FILE: _json_bytes(describe(model)),
     }
     for name, artifact in (artifacts or {}).items():
@@ -78,7 +79,8 @@ def save_checkpoint(
         files[OPTIMIZER_FILE] = _optimizer_bytes(optimizer, save_id)
     if trainer_state is not None:
         files[STATE_FILE] = _json_bytes({**trainer_state, **save_id})
-    atomic_write_files(path, files, journal=JOURNAL_FILE)  # switched in as a whole
+    if is_writer():  # of the ranks of a distributed run, which all gather the tensors
+        atomic_write_files(path, files, journal=JOURNAL_FILE)  # switched in as a whole
 
 
 def finish_checkpoint(path: str | os.PathLike) -> None:
@@ -250,7 +252,9 @@ def _load_checked(model, file, tensors, expected) -> None:
                 f"checkpoint weight {name} in {file} has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(expected[name].shape)}"
             )
-    model.load_state_dict(tensors, strict=False)
+    model.load_state_dict(
+        {name: like(t, expected[name]) for name, t in tensors.items()}, strict=False
+    )
 
 
 # trainer_state.json: the fields resuming reads, and their JSON types
@@ -288,10 +292,13 @@ def load_training_state(
         raise UserError(f"cannot resume: {path / OPTIMIZER_FILE} is missing") from None
     except Exception as error:
         raise UserError(f"optimizer state {path / OPTIMIZER_FILE} is corrupt: {error}") from None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)
-        per_param.setdefault(int(index), {})[key] = value
+        if not index.isdigit() or int(index) >= len(params):
+            raise UserError(f"optimizer state {path / OPTIMIZER_FILE} does not fit the model")
+        per_param.setdefault(int(index), {})[key] = like(value, params[int(index)])
     optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     return state
 
@@ -308,7 +315,7 @@ def decode_tensor(text: str) -> torch.Tensor:
 def _optimizer_bytes(optimizer: torch.optim.Optimizer, metadata: dict[str, str]) -> bytes:
     state = optimizer.state_dict()
     tensors = {
-        f"{index}.{key}": value
+        f"{index}.{key}": whole(value)
         for index, param_state in state["state"].items()
         for key, value in param_state.items()
     }
@@ -321,11 +328,18 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict with tied tensors (same storage) kept once, under their first name."""
     seen, unique = set(), {}
     for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        local = getattr(tensor, "_local_tensor", tensor)  # an FSDP shard: this rank's part
+        key = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(tensor.shape))
         if key not in seen:
             seen.add(key)
-            unique[name] = tensor.detach().contiguous()
+            unique[name] = tensor
     return unique
+
+
+def _whole_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What model.safetensors holds: each weight once, whole (gathered from FSDP's shards)."""
+    unique = _unique_tensors(model.state_dict())
+    return {name: whole(tensor).detach().contiguous() for name, tensor in unique.items()}
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -14,12 +14,12 @@ checkpoint and returns; a second Ctrl-C stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,6 @@ from attnlab.devices import (
     training_compile_options,
 )
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_bytes
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.training.checkpoints import (
     MODEL_FILE,
@@ -48,6 +47,8 @@ from attnlab.training.checkpoints import (
     load_weights,
     save_checkpoint,
 )
+from attnlab.training.distributed import ALONE, Group
+from attnlab.training.metrics_log import truncate_metrics
 from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
 from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import Batch, BatchSource, Metrics
@@ -131,6 +132,7 @@ class Trainer:
         on_record: Callable[[dict[str, Any]], None] | None = None,
         metrics: Callable[[], Metrics] | None = None,
         keep_best: str | None = None,
+        group: Group = ALONE,
     ):
         """eval_data: split name -> a function giving that split's evaluation batches (the same
         batches every time, so evaluations compare). artifacts: saved beside the weights (a
@@ -139,11 +141,16 @@ class Trainer:
         (padding included), in the data source's unit (default "token"). metrics: makes an
         accumulator of scores beyond the loss (accuracy, ...), reported per split. keep_best: a
         score ("val_accuracy"; lower is better for a loss) whose best evaluation's weights are
-        kept in out_dir/best, a checkpoint of its own."""
-        self.config = config
+        kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
+        (distributed.py), each training its shard of every batch; alone by default."""
+        self.config, self.group = config, group
+        group.check_batch(config.batch_size)
         self.device = pick_device(config.device)
-        self.dtype = pick_dtype(self.device, config.precision)
+        self.dtype = group.from_writer(pick_dtype(self.device, config.precision))  # measured
+        if self.device.type == "cuda" and config.precision != "fp32":  # fp32 matmuls in TF32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.model = model.to(self.device)
+        self.trained = group.wrap(self.model)  # what training steps run: DDP, FSDP or the model
         self.unit = getattr(train_data, "unit", "token")
         # attnlab's CPU kernels, for this trainer's steps only (see attnlab/kernels/cpu.py)
         self.kernels_on = config.cpu_kernels and self.device.type == "cpu"
@@ -157,7 +164,7 @@ class Trainer:
         self.compiled = self.compiled_eval = None
         if config.compile:
             regions = blocks if config.compile_by_block else None
-            self.compiled = CompiledRegions(self.model, regions, **options)
+            self.compiled = CompiledRegions(self.trained, regions, **options)
             self.compiled_eval = CompiledRegions(self.model, blocks, **options)
         self.optimizer = build_optimizer(
             self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
@@ -169,18 +176,21 @@ class Trainer:
         self.probes = [load_probe(name) for name in parse_probes(config.probes)]
         self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
-        self._stop_requested = False
-        torch.manual_seed(config.seed)
+        self._stop_requested = self._stopping = False  # asked here; agreed by every rank
+        torch.manual_seed(config.seed + group.rank)  # dropout differs between the ranks' rows
         random.seed(config.seed)
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
         """Train until max_iters or Ctrl-C; returns where it stopped."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        writer = self.group.is_writer
+        if writer:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         previous_handler = self._install_interrupt_handler()
         try:
-            with (self.out_dir / METRICS_FILE).open("a") as metrics:
-                while self.step < self.config.max_iters and not self._stop_requested:
+            log = (self.out_dir / METRICS_FILE).open("a") if writer else contextlib.nullcontext()
+            with log as metrics:
+                while self.step < self.config.max_iters and not self._stopping:
                     record = self.train_step()
                     if (
                         self.step % self.config.eval_interval == 0
@@ -189,12 +199,13 @@ class Trainer:
                         record.update(self.evaluate())
                         self._keep_if_best()
                         self.save()
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    self.on_record(record)
-            if self._stop_requested:
+                    if writer:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                        self.on_record(record)
+            if self._stopping:
                 self.save()
-            return FitResult(self.step, self._stop_requested, self.last_eval)
+            return FitResult(self.step, self._stopping, self.last_eval)
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
@@ -221,7 +232,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         self.step += 1
-        rate = units / seconds
+        rate = units / seconds  # over all the ranks
         record = {
             "step": self.step,
             "train_loss": loss,
@@ -232,20 +243,26 @@ class Trainer:
         flops_per_unit = getattr(self.model, f"flops_per_{self.unit}", lambda: None)()
         if flops_per_unit:
             peak = measure_peak_flops(self.device, self.dtype)  # measured once per process
-            record["mfu"] = flops_per_unit * rate / peak
+            record["mfu"] = flops_per_unit * rate / (peak * self.group.world)
         return record
 
     def _optimizer_step(self) -> tuple[float, int]:
-        """One optimizer step; returns the mean loss and the number of targets."""
+        """One optimizer step; returns the mean loss and the number of targets (all ranks')."""
         self.model.train()
-        total, tokens = torch.zeros((), device=self.device), 0
-        for _ in range(self.config.gradient_accumulation):
-            batch = tuple(t.to(self.device, non_blocking=True) for t in self.train_data.next())
+        total, tokens, steps = (
+            torch.zeros((), device=self.device),
+            0,
+            self.config.gradient_accumulation,
+        )
+        for micro in range(steps):
+            batch = self.train_data.next()
             tokens += batch[-1].numel()
-            _, loss = self._forward(batch, self.compiled)
-            (loss / self.config.gradient_accumulation).backward()
+            batch = tuple(self._to_device(t) for t in self.group.shard(batch))
+            with self.group.syncing(self.trained, sync=micro == steps - 1):
+                _, loss = self._forward(batch, self.compiled or self.trained)
+                (loss / steps).backward()
             total += loss.detach()
-        loss = total.item() / self.config.gradient_accumulation
+        loss, self._stopping = self.group.agree(total / steps, self._stop_requested)
         if not torch.isfinite(torch.tensor(loss)):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
@@ -268,7 +285,7 @@ class Trainer:
         for split, batches in self.eval_data.items():
             losses, scores = [], self.metrics() if self.metrics else None
             for batch in batches():
-                batch = tuple(t.to(self.device) for t in batch)
+                batch = tuple(self._to_device(t) for t in batch)
                 logits, loss = self._forward(batch, self.compiled_eval)
                 losses.append(loss.item())
                 if scores is not None:
@@ -278,7 +295,7 @@ class Trainer:
                 results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
         for probe in self.probes:  # in full precision, on the uncompiled model
             results.update(probe(self.model))
-        self.last_eval = results
+        self.last_eval = results = self.group.mean(results)  # the same figures on every rank
         return results
 
     def _keep_if_best(self) -> None:
@@ -297,6 +314,12 @@ class Trainer:
         self.best = {"score": self.keep_best, "value": value, "step": self.step}
         save_checkpoint(self.out_dir / BEST_DIR, self.model, self.artifacts)
 
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the device; to a GPU through pinned memory, without waiting."""
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def _forward(self, batch: Batch, compiled=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The model (compiled, if asked) on a batch under autocast."""
         with autocast(self.device, self.dtype):
@@ -305,6 +328,8 @@ class Trainer:
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and return from fit (what Ctrl-C does)."""
         self._stop_requested = True
+        if self.group.world == 1:
+            self._stopping = True
 
     # ----------------------------------------------------------------- state
     def save(self) -> None:
@@ -338,35 +363,15 @@ class Trainer:
         if self.config.precision == "auto" and isinstance(saved, torch.dtype):
             self.dtype = saved  # as first chosen: measuring the CPU again might not agree
         rng = state["rng"]
-        torch.set_rng_state(decode_tensor(rng["torch"]))
+        torch.set_rng_state(decode_tensor(rng["torch"]))  # rank 0's; the others draw anew
+        if self.group.rank:
+            torch.manual_seed(self.config.seed + self.group.rank + self.step)
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
         random.setstate((3, tuple(rng["python"]), None))
         self.train_data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
-        self._truncate_metrics()
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines logged after the checkpoint: the resumed run logs those steps again.
-        A damaged log (a line that is not a record with a step) is cut at the last good record
-        before it, with a warning: the checkpoint, not the log, is what resuming needs."""
-        path = self.out_dir / METRICS_FILE
-        if not path.is_file():
-            return
-        kept = []
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            record = _record(line)
-            if record is None:
-                warnings.warn(
-                    f"{path}: line {number} is not a metrics record; the log is cut there",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                break
-            if record["step"] <= self.step:
-                kept.append(line)
-        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+        if self.group.is_writer:
+            truncate_metrics(self.out_dir / METRICS_FILE, self.step)
 
     def _saved_step(self) -> int:
         try:
@@ -384,13 +389,3 @@ class Trainer:
             self.request_stop()
 
         return signal.signal(signal.SIGINT, handler)
-
-
-def _record(line: str) -> dict[str, Any] | None:
-    """A metrics line as a record with an integer step, or None."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    ok = isinstance(record, dict) and type(record.get("step")) is int
-    return record if ok else None

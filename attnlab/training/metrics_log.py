@@ -1,0 +1,44 @@
+"""metrics.jsonl: one JSON record per optimizer step, appended as training goes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from attnlab.files import atomic_write_bytes
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records logged after `step`, the checkpoint a run resumes from: the resumed run
+    logs those steps again. A damaged log (a line that is not a record with a step) is cut at
+    the last good record before it, with a warning: the checkpoint, not the log, is what
+    resuming needs."""
+    if not path.is_file():
+        return
+    kept = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            warnings.warn(
+                f"{path}: line {number} is not a metrics record; the log is cut there",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            break
+        if record["step"] <= step:
+            kept.append(line)
+    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """A metrics line as a record with an integer step, or None."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and type(record.get("step")) is int
+    return record if ok else None

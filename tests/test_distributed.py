@@ -1,0 +1,173 @@
+"""Training under torchrun (gloo, CPU): DDP and FSDP runs equal one process, checkpoints change
+world size, and a failing rank ends the job."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import one_line_error, run
+from safetensors.torch import load_file
+
+# A GPT small enough for a few steps per second per process, in fp32, without dropout, on a
+# constant learning rate (so a run stopped early and resumed follows the same schedule).
+SETTINGS = [
+    *("--tokenizer", "char", "--context-length", "16", "--n-layers", "2", "--n-heads", "2"),
+    *("--d-model", "16", "--dropout", "0", "--batch-size", "4", "--precision", "fp32"),
+    *("--lr-schedule", "constant", "--warmup-iters", "0", "--learning-rate", "3e-3"),
+    *("--eval-interval", "2", "--eval-iters", "2"),
+]
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "text.txt"
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "off"]
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(words), (4000,), generator=generator).tolist()
+    path.write_text(" ".join(words[i] for i in picks))
+    return path
+
+
+def torchrun(out, text, *args, processes=2, check=True, **popen):
+    """`attnlab train gpt` under torchrun; the finished process (or the running one)."""
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+        *(f"--nproc-per-node={processes}", "-m", "attnlab", "train", "gpt"),
+        *("--out", str(out), "--data", str(text), *SETTINGS, *args),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert not check or done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def alone(out, text, *args, capsys):
+    code, _, err = run(
+        ["train", "gpt", "--out", str(out), "--data", str(text), *SETTINGS, *args], capsys
+    )
+    assert code == 0, err
+
+
+def records(out):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def assert_same_run(a, b, tolerance=1e-5):
+    """The same losses at every step and the same final weights, to fp32 rounding."""
+    ra, rb = records(a), records(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert (key in x) == (key in y)
+            assert abs(x.get(key, 0) - y.get(key, 0)) < tolerance, (x, y)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_train_as_one_process_does(tmp_path, text, capsys, mode):
+    # two micro-batches per step: the first backward pass must not average over the ranks
+    extra = ["--max-iters", "4", "--gradient-accumulation", "2"]
+    alone(tmp_path / "one", text, *extra, capsys=capsys)
+    done = torchrun(tmp_path / "two", text, "--distributed", mode, *extra)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert done.stderr.count("done: step 4") == 1  # rank 0 reports; the other is silent
+    assert records(tmp_path / "one")[-1]["train_loss"] < records(tmp_path / "one")[0]["train_loss"]
+
+
+def test_a_checkpoint_changes_world_size(tmp_path, text, capsys):
+    """Saved by two FSDP ranks, resumed by one process, then by two DDP ranks: the run
+    equals one that was never stopped, and the single-process commands read it."""
+    alone(tmp_path / "whole", text, "--max-iters", "8", capsys=capsys)
+    parts = tmp_path / "parts"
+    torchrun(parts, text, "--distributed", "fsdp", "--max-iters", "4")
+    code, out, err = run(["sample", str(parts), "--prompt", "the", "--max-new-tokens", "5"], capsys)
+    assert code == 0 and out.strip(), err
+    alone(parts, text, "--resume", "--max-iters", "6", capsys=capsys)
+    torchrun(parts, text, "--distributed", "ddp", "--resume", "--max-iters", "8")
+    assert_same_run(tmp_path / "whole", parts)
+
+
+def test_a_killed_rank_ends_the_job_with_a_clear_message(tmp_path, text):
+    job = torchrun(
+        tmp_path / "run",
+        text,
+        "--distributed",
+        "ddp",
+        "--max-iters",
+        "100000",
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert metrics.is_file(), "the job did not start training"
+        os.kill(_rank_pid(job.pid, 1), signal.SIGKILL)
+        start = time.monotonic()
+        _, err = job.communicate(timeout=60)
+        assert time.monotonic() - start < 60
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0
+    assert "attnlab: error: rank 0 " in err, err[-3000:]
+    assert "Traceback" not in err.split("attnlab: error: rank 0")[0][-2000:]
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The process of torchrun's worker with this RANK."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in env:
+            return int(entry)
+    raise AssertionError(f"no worker of rank {rank} under process {launcher}")
+
+
+def test_distributed_without_torchrun_is_one_line(tmp_path, text, capsys):
+    code, _, err = run(
+        ["train", "gpt", "--out", str(tmp_path / "r"), "--data", str(text), "--distributed", "ddp"],
+        capsys,
+    )
+    assert "torchrun --nproc-per-node" in one_line_error(code, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_the_ranks_cannot_split_is_one_line(tmp_path, text):
+    done = torchrun(tmp_path / "r", text, "--distributed", "ddp", "--batch-size", "3", check=False)
+    assert done.returncode != 0
+    line = "attnlab: error: batch_size 3 does not split among 2 processes"
+    assert done.stderr.count(line) == 1, done.stderr[-3000:]
+    assert "exitcode  : 2" in done.stderr
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_a_cuda_option_without_cuda_is_one_line(tmp_path, text, capsys):
+    code, _, err = run(
+        ["train", "gpt", "--out", str(tmp_path / "r"), "--data", str(text), "--device", "cuda"],
+        capsys,
+    )
+    assert "CUDA is not available" in one_line_error(code, err)
+    assert not (tmp_path / "r").exists()
