@@ -179,6 +179,12 @@ MUTATIONS = [
         (("rope_base=_rope_base(hf),", "rope_base=10000.0,"),),
         (("tests/test_interop_llama.py", "-k", "logits and gqa"),),
     ),
+    Mutation(
+        "viewer-token-text-read-as-html",
+        "attnlab/interpretability/viewer.html",
+        (("node.textContent = text;", "node.innerHTML = text;"),),
+        (("tests/test_viewer_browser.py", "-k", "gpt_page"),),
+    ),
 ]
 
 
