@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench screenshot lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# the README's picture of the attention viewer (a small model trained first, about 2 minutes)
+screenshot: $(STAMP)
+	$(BIN)/python tests/viewer_screenshot.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -185,6 +185,12 @@ MUTATIONS = [
         (("t.tensor_split(self.world)[self.rank]", "t.tensor_split(self.world)[0]"),),
         (("tests/test_distributed.py", "-k", "train_as_one and ddp"),),
     ),
+    Mutation(
+        "viewer-token-text-read-as-html",
+        "attnlab/interpretability/viewer.html",
+        (("node.textContent = text;", "node.innerHTML = text;"),),
+        (("tests/test_viewer_browser.py", "-k", "gpt_page"),),
+    ),
 ]
 
 
