@@ -334,3 +334,22 @@ def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"kind": "gpt", "config": {"n_layers": 3}}')
     with pytest.raises(UserError, match="do not fit"):
         load_checkpoint(tmp_path)
+
+
+def test_hyena_filters_train_in_their_own_group_at_their_learning_rate_scale(tmp_path):
+    hyena = dataclasses.replace(
+        MODEL, mixer="hyena", positional="none", mixer_options={"filter_lr_scale": 0.1}
+    )
+    trainer = make_trainer(tmp_path, max_iters=3, model=hyena, learning_rate=1e-3)
+    groups = trainer.optimizer.param_groups
+    filters = {
+        id(p)
+        for block in trainer.model.blocks
+        for p in block.token_mixer.filter.network.parameters()
+    }
+    scaled = [g for g in groups if g["lr_scale"] != 1.0]
+    assert len(groups) == 3 and len(scaled) == 1
+    assert {id(p) for p in scaled[0]["params"]} == filters and scaled[0]["weight_decay"] == 0
+    record = trainer.train_step()
+    assert scaled[0]["lr"] == pytest.approx(0.1 * record["lr"]) and record["lr"] > 0
+    assert all(g["lr"] == record["lr"] for g in groups if g is not scaled[0])

@@ -16,6 +16,7 @@ from attnlab.layers.contracts import (
     TokenMixer,
     initialize,
     keep_init,
+    learning_rate_scale,
     no_weight_decay,
     writes_residual,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "hook_points",
     "initialize",
     "keep_init",
+    "learning_rate_scale",
     "make_feedforward",
     "make_norm",
     "no_weight_decay",

@@ -18,7 +18,8 @@ Dimensions: B batch, T positions, D model width.
   (``initialize``) covers only the weights of linear and embedding layers, and leaves alone what
   a layer marks ``keep_init``. Weight decay applies to those same weights (linear and embedding
   layers) unless a layer marks them ``no_weight_decay``; biases, norm gains and a mixer's own
-  parameters (its dynamics, such as Mamba's A and D) are never decayed.
+  parameters (its dynamics, such as Mamba's A and D) are never decayed. A layer may give some
+  parameters a ``learning_rate_scale``: they form an optimizer group of their own.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def no_weight_decay(*params: nn.Parameter) -> None:
     shrinking them towards zero changes what the layer computes, not how large it is)."""
     for param in params:
         param._no_weight_decay = True
+
+
+def learning_rate_scale(scale: float, *params: nn.Parameter) -> None:
+    """Train these parameters at `scale` times the scheduled learning rate, in an optimizer
+    group of their own (Hyena's filter networks, as in the paper)."""
+    for param in params:
+        param._lr_scale = scale
 
 
 def keep_init(*params: nn.Parameter) -> None:

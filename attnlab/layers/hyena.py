@@ -26,7 +26,12 @@ from torch import nn
 from attnlab.config import check_positive
 from attnlab.errors import ConfigError
 from attnlab.layers.caches import RecurrentState
-from attnlab.layers.contracts import keep_init, no_weight_decay, writes_residual
+from attnlab.layers.contracts import (
+    keep_init,
+    learning_rate_scale,
+    no_weight_decay,
+    writes_residual,
+)
 from attnlab.layers.convolution import CausalConv1d
 from attnlab.layers.mixers import MixerContext, register_mixer
 
@@ -77,9 +82,10 @@ class ImplicitFilter(nn.Module):
             nn.Linear(width, o.order * d_model, bias=False),
         )
         linears = [m for m in self.network if isinstance(m, nn.Linear)]
-        # The paper trains the filters without weight decay; their own (default) scale keeps
-        # the sines out of their flat ends.
+        # The paper trains the filters in an optimizer group of their own, without weight decay;
+        # their own (default) scale keeps the sines out of their flat ends.
         no_weight_decay(*(m.weight for m in linears))
+        learning_rate_scale(o.filter_lr_scale, *self.network.parameters())
         keep_init(*(p for m in linears for p in m.parameters()))
         t = torch.linspace(0, 1, max_length)[:, None]  # (L, 1)
         self.register_buffer("features", _features(t, o.positional_features), persistent=False)
@@ -127,6 +133,7 @@ class HyenaOptions:
     short_kernel: int = 3  # width of the causal convolution after the input projection
     positional_features: int = 33  # F (odd): t and cos/sin bands that the filter network reads
     sine_frequency: float = 1.0  # initial ω of the filter network's sine activations
+    filter_lr_scale: float = 1.0  # the filter networks' learning rate, times the model's
 
     def __post_init__(self):
         name = "HyenaOptions"
@@ -135,6 +142,7 @@ class HyenaOptions:
             order=self.order,
             filter_order=self.filter_order,
             sine_frequency=self.sine_frequency,
+            filter_lr_scale=self.filter_lr_scale,
         )
         if self.short_kernel < 2:
             raise ConfigError(f"{name}.short_kernel must be >= 2, got {self.short_kernel}")

@@ -18,16 +18,25 @@ def build_optimizer(
     """AdamW decaying only the weights of linear and embedding layers (layers/contracts.py:
     decayed). Biases, norm gains, a mixer's dynamics and what a layer marks no_weight_decay are
     left alone: shrinking them towards zero has no regularising meaning (Loshchilov & Hutter
-    2019 decouple decay; GPT-3 and later exclude biases and gains)."""
+    2019 decouple decay; GPT-3 and later exclude biases and gains). Parameters a layer gives a
+    learning_rate_scale form groups of their own, whose "lr_scale" the Trainer applies."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = decayed(model)
-    groups = [
-        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
-    ]
+    # (decayed, learning-rate scale) -> parameters; the two plain groups always, in this order
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for p in params:
+        groups.setdefault((id(p) in decay, getattr(p, "_lr_scale", 1.0)), []).append(p)
     device = params[0].device.type
     fused = device in ("cuda", "cpu", "mps")  # torch's fused AdamW kernels cover these devices
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    return torch.optim.AdamW(
+        [
+            {"params": group, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), group in groups.items()
+        ],
+        lr=lr,
+        betas=betas,
+        fused=fused,
+    )
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:

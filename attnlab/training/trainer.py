@@ -225,7 +225,7 @@ class Trainer:
             d_model=getattr(getattr(self.model, "config", None), "d_model", 512),
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         start = time.perf_counter()
         with cpu_kernels.enabled(self.kernels_on):
             loss, units = self._optimizer_step()
