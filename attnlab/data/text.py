@@ -145,7 +145,7 @@ def language_model_data(
 
 @dataclass(frozen=True)
 class TextDataConfig:
-    data: str = "stdlib"  # text file, directory, DIR:GLOB, a dataset (tinyshakespeare), or stdlib
+    data: str = "stdlib"  # text file, directory, DIR:GLOB, dataset, stdlib, or task:NAME
     tokenizer: str = "char"  # char, byte or bpe:N (N = vocabulary size, learned on the data)
 
 
@@ -153,6 +153,10 @@ def text_training_data(request: DataRequest) -> TrainingData:
     """A GPT's data: the corpus tokenized (the tokenizer learned on it, or the checkpoint's when
     resuming), split 90/10, served as random windows of the model's context."""
     settings, train = request.settings, request.train
+    if settings.data.startswith("task:"):  # a synthetic task (tasks.py)
+        from attnlab.data.tasks import task_training_data
+
+        return task_training_data(request)
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
     texts = read_corpus(spec)
