@@ -30,6 +30,7 @@ COMMANDS = {
     "classify-image": ("classify_image", "classify images with a vision checkpoint"),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use"),
+    "arena": ("arena", "train every token mixer alike and compare them; cost against length"),
     "inspect": (
         "inspect",
         "look inside a checkpoint: attention, induction heads, logit lens, layers",

@@ -1,0 +1,144 @@
+"""`attnlab arena`: each token mixer in the same language model, on the same data, batches and
+budget, at matched size (evaluation/arena.py); `--scaling`: each mixer's cost against sequence
+length (evaluation/scaling.py)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from attnlab.cli.runs import note
+from attnlab.errors import UserError
+
+ARENA_MIXERS = "attention,lstm,hyena,mamba"
+
+
+def register(subparsers) -> None:
+    from attnlab.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "arena",
+        help="train every token mixer alike and compare them; --scaling: cost against length",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--out", default="runs/arena", help="report folder (new or empty)")
+    parser.add_argument(
+        "--mixers",
+        help=f"comma-separated (default: {ARENA_MIXERS}; scaling: "
+        "attention (eager), attention (fused), hyena, mamba, lstm)",
+    )
+    race = parser.add_argument_group("the race (default mode)")
+    race.add_argument("--data", default="tinyshakespeare", help="text, dataset or task:NAME")
+    race.add_argument("--tokenizer", default="char", help="char, byte or bpe:N")
+    race.add_argument("--params", type=float, default=1e6, help="block parameters per model")
+    race.add_argument("--n-layers", type=int, default=4, help="blocks per model")
+    race.add_argument("--context-length", type=int, default=256)
+    race.add_argument("--batch-size", type=int, default=32)
+    race.add_argument("--learning-rate", type=float, default=2e-3)
+    race.add_argument(
+        "--time", type=float, help="minutes of training per mixer (default 5, unless --tokens)"
+    )
+    race.add_argument("--tokens", type=float, help="training tokens per mixer, instead of --time")
+    race.add_argument("--eval-interval", type=int, default=50, help="steps between evaluations")
+    scaling = parser.add_argument_group("--scaling")
+    scaling.add_argument("--scaling", action="store_true", help="measure cost against length")
+    scaling.add_argument("--d-model", type=int, default=128, help="layer width")
+    scaling.add_argument("--lengths", default="256:32768", help="FIRST:LAST, doubling")
+    scaling.add_argument(
+        "--max-seconds",
+        type=float,
+        default=10.0,
+        help="a mixer stops growing once a pass takes longer",
+    )
+    parser.set_defaults(handler=arena)
+
+
+def arena(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty folder: give a new one")
+    if args.scaling:
+        return _scaling(args, out)
+    from attnlab.evaluation.arena import Entry, matched_config, report, train_mixer
+    from attnlab.layers.mixers import MIXERS
+
+    mixers = _names(args.mixers or ARENA_MIXERS, MIXERS)
+    if args.time is not None and args.tokens is not None:
+        raise UserError("give --time or --tokens, not both")
+    for name in (
+        "params",
+        "n_layers",
+        "context_length",
+        "batch_size",
+        "learning_rate",
+        "eval_interval",
+        "time",
+        "tokens",
+    ):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number")
+    tokens_per_step = args.batch_size * args.context_length
+    if args.tokens:
+        budget = ["--max-iters", str(max(1, math.ceil(args.tokens / tokens_per_step)))]
+        budget_text = f"{args.tokens:,.0f} tokens"
+    else:
+        minutes = args.time or 5.0
+        budget = ["--max-iters", str(10**9), "--time-limit", f"{minutes:g}"]
+        budget_text = f"{minutes:g} min of training"
+    training = [
+        *("--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)),
+        *("--lr-schedule", "constant", "--warmup-iters", "100", "--dropout", "0"),
+        *("--eval-interval", str(args.eval_interval), "--eval-iters", "20", *budget),
+    ]
+    data = ["--data", args.data, "--tokenizer", args.tokenizer]
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for mixer in mixers:
+        config = matched_config(mixer, int(args.params), args.n_layers, args.context_length)
+        entries.append(Entry(mixer, config, out / mixer))
+        train_mixer(entries[-1], data, training, tokens_per_step, note)
+    title = (
+        f"{args.data}: {args.params / 1e6:g}M block parameters, {args.n_layers} layers, "
+        f"context {args.context_length}, batch {args.batch_size}, {budget_text} each"
+    )
+    print(report(entries, out, title))
+    note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")
+    return 0
+
+
+def _scaling(args, out: Path) -> int:
+    from attnlab.evaluation.scaling import VARIANTS, scaling_curves, write_scaling
+
+    names = _names(args.mixers or ",".join(VARIANTS), VARIANTS)
+    try:
+        first, last = (int(n) for n in args.lengths.split(":"))
+    except ValueError:
+        raise UserError(f"--lengths {args.lengths!r}: give FIRST:LAST, e.g. 256:32768") from None
+    if not 1 <= first <= last:
+        raise UserError("--lengths: FIRST must be at least 1 and at most LAST")
+    curves = scaling_curves(
+        names,
+        start=first,
+        longest=last,
+        d_model=args.d_model,
+        max_seconds=args.max_seconds,
+        log=note,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"one layer, d_model {args.d_model}, batch 1, forward + backward, fp32"
+    print(write_scaling(curves, out, title))
+    note(f"report: {out / 'scaling.md'}, plot: {out / 'scaling.png'}")
+    return 0
+
+
+def _names(spec: str, known) -> list[str]:
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise UserError(
+            f"unknown mixer(s) {', '.join(unknown) or '(none)'}; known: {', '.join(known)}"
+        )
+    return names

@@ -1,0 +1,159 @@
+"""The arena: the same language model with each token mixer, trained on the same data, batches
+and budget, at matched size.
+
+Size is matched on the blocks' parameters (embeddings excluded, as in Kaplan et al. 2020: the
+vocabulary is the data's, not the mixer's): each mixer gets the width whose blocks come closest
+to the target. Each run is its own `attnlab train gpt` process, so that its peak memory (the
+process's maximum resident set) is its own, and the run directories are ordinary checkpoints
+that `sample` and `evaluate` read. A time budget counts training steps only (`--time-limit`),
+on a constant learning rate after warmup, since no schedule knows where a time budget ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from attnlab.errors import UserError
+from attnlab.layers.mixers import MIXERS
+from attnlab.models.gpt import GPT, GPTConfig
+
+DEFAULT_MIXERS = ("attention", "lstm", "hyena", "mamba")
+WIDTH_STEP = 8  # widths tried: multiples of this (4 heads of an even width for attention)
+
+
+def block_parameters(config: GPTConfig) -> int:
+    """Parameters of the blocks and the final norm: the model less its embeddings and head."""
+    with torch.device("meta"):
+        model = GPT(config)
+    embeddings = {
+        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+    }
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+def matched_config(mixer: str, params: int, n_layers: int, context_length: int) -> GPTConfig:
+    """The config of `mixer` whose block parameters come closest to `params`."""
+    positional = "rope" if MIXERS[mixer].relative_positions else "none"
+
+    def config(width: int) -> GPTConfig:
+        return GPTConfig(
+            vocab_size=256,  # any: embeddings are not counted
+            context_length=context_length,
+            n_layers=n_layers,
+            n_heads=4,
+            d_model=width,
+            mixer=mixer,
+            positional=positional,
+            bias=False,
+        )
+
+    low, high = 1, 4096 // WIDTH_STEP  # block parameters grow with the width: bisect
+    while low < high:
+        mid = (low + high) // 2
+        if block_parameters(config(mid * WIDTH_STEP)) < params:
+            low = mid + 1
+        else:
+            high = mid
+    nearest = min(
+        {max(low - 1, 1), low},
+        key=lambda k: abs(block_parameters(config(k * WIDTH_STEP)) - params),
+    )
+    return config(nearest * WIDTH_STEP)
+
+
+@dataclass
+class Entry:
+    """One mixer's run: its config, its evaluations and what the process used."""
+
+    mixer: str
+    config: GPTConfig
+    out: Path
+    evaluations: list[dict] = field(default_factory=list)  # {step, elapsed_s, tokens, val_*}
+    tokens_per_s: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def params(self) -> int:
+        return block_parameters(self.config)
+
+
+def train_mixer(
+    entry: Entry, data: list[str], training: list[str], tokens_per_step: int, log
+) -> None:
+    """Train one mixer in its own process; read back its evaluations and its peak memory."""
+    c = entry.config
+    command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(entry.out), *data]
+    for name in ("context_length", "n_layers", "n_heads", "d_model", "mixer", "positional"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(c, name))]
+    command += ["--no-bias", *training]
+    log(f"{entry.mixer}: d_model {c.d_model}, {entry.params:,} block parameters")
+    entry.out.mkdir(parents=True)
+    with (entry.out.parent / f"{entry.mixer}.log").open("w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # its own peak memory, as it ends
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        lines = Path(log_file.name).read_text(errors="replace").strip().splitlines()
+        last = (lines or ["?"])[-1].removeprefix("attnlab: error: ")
+        raise UserError(f"arena: training {entry.mixer} failed ({log_file.name}): {last}")
+    entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB
+    records = [json.loads(line) for line in (entry.out / "metrics.jsonl").read_text().splitlines()]
+    entry.evaluations = [
+        {**r, "tokens": r["step"] * tokens_per_step} for r in records if "val_loss" in r
+    ]
+    last = records[-1]
+    entry.tokens_per_s = last["step"] * tokens_per_step / max(last["elapsed_s"], 1e-9)
+
+
+def report(entries: list[Entry], out: Path, title: str) -> str:
+    """arena.md (a table) and arena.png (val loss against training time and against tokens)."""
+    accuracy = any("val_accuracy" in e.evaluations[-1] for e in entries if e.evaluations)
+    header = "| mixer | d_model | block params | tokens/s | peak memory (MB) | final val loss |"
+    lines = [f"# {title}", "", header + (" val accuracy |" if accuracy else "")]
+    lines.append("|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else ""))
+    for e in entries:
+        final = e.evaluations[-1] if e.evaluations else {}
+        row = (
+            f"| {e.mixer} | {e.config.d_model} | {e.params:,} | {e.tokens_per_s:,.0f} | "
+            f"{e.peak_rss_mb:,.0f} | {final.get('val_loss', math.nan):.4f} |"
+        )
+        if accuracy:
+            row += f" {final.get('val_accuracy', math.nan):.2%} |"
+        lines.append(row)
+    table = "\n".join(lines) + "\n"
+    (out / "arena.md").write_text(table)
+    _plot(entries, out / "arena.png", title)
+    return table
+
+
+def _plot(entries: list[Entry], png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnlab.cli.reports import as_text
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for e in entries:
+        points = e.evaluations
+        label = f"{e.mixer} ({e.params / 1e6:.2f}M)"
+        axes[0].plot([p["elapsed_s"] for p in points], [p["val_loss"] for p in points], label=label)
+        axes[1].plot([p["tokens"] for p in points], [p["val_loss"] for p in points], label=label)
+    axes[0].set(xlabel="training time (s)", ylabel="val loss")
+    axes[1].set(xlabel="training tokens")
+    axes[0].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(as_text(title))
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

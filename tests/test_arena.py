@@ -1,0 +1,92 @@
+"""`attnlab arena`: matched sizes, the race's report, and cost against sequence length."""
+
+import dataclasses
+
+import pytest
+from helpers import one_line_error, run
+
+from attnlab.evaluation.arena import block_parameters, matched_config
+from attnlab.evaluation.scaling import Curve, crossovers, measure
+
+
+@pytest.mark.parametrize("mixer", ["attention", "lstm", "gru", "hyena", "mamba"])
+def test_matched_configs_come_within_a_width_step_of_the_target(mixer):
+    config = matched_config(mixer, 1_000_000, n_layers=4, context_length=256)
+    params = block_parameters(config)
+    assert abs(params - 1_000_000) < 0.1 * 1_000_000, (config.d_model, params)
+    for width in (config.d_model - 8, config.d_model + 8):  # no other width is closer
+        other = block_parameters(dataclasses.replace(config, d_model=width))
+        assert abs(other - 1_000_000) >= abs(params - 1_000_000)
+    assert config.positional == ("rope" if mixer == "attention" else "none")
+
+
+def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
+    out = tmp_path / "arena"
+    argv = ["arena", "--out", str(out), "--mixers", "attention,lstm", "--data", "task:mqar"]
+    argv += ["--params", "20000", "--tokens", "4096", "--context-length", "32", "--n-layers", "1"]
+    argv += ["--batch-size", "16", "--eval-interval", "4"]
+    code, table, err = run(argv, capsys)
+    assert code == 0, err
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| attention") or line.startswith("| lstm")
+    ]
+    assert len(rows) == 2 and "val accuracy" in table
+    assert (out / "arena.png").stat().st_size > 10_000 and (
+        out / "arena.md"
+    ).read_text() == table.strip() + "\n"
+    for mixer in ("attention", "lstm"):  # ordinary run directories, 8 steps of 16 x 32 tokens
+        assert (out / mixer / "model.safetensors").is_file()
+        assert '"step": 8' in (out / mixer / "metrics.jsonl").read_text().splitlines()[-1]
+
+
+def test_eager_attention_keeps_quadratic_memory_and_the_fused_kernel_does_not():
+    def growth(name):
+        _, small = measure(name, 128, 16, repeats=1)
+        _, large = measure(name, 256, 16, repeats=1)
+        return large / small
+
+    assert growth("attention (eager)") > 3.0  # the (T, T) weights dominate
+    assert growth("attention (fused)") < 2.5  # linear in T
+    assert growth("mamba") < 2.5
+
+
+def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():
+    lengths = [256, 512, 1024, 2048]
+    curves = [
+        Curve("attention (fused)", lengths, [1.0, 2.0, 4.0, 8.0], [0] * 4),
+        Curve("hyena", lengths, [3.0, 1.5, 3.0, 5.0], [0] * 4),  # faster from 512 on
+        Curve("lstm", lengths, [0.5, 3.0, 5.0, 9.0], [0] * 4),  # faster only at first
+    ]
+    assert crossovers(curves) == {"hyena": 512}
+
+
+def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
+    out = tmp_path / "scaling"
+    argv = ["arena", "--scaling", "--out", str(out), "--lengths", "16:32", "--d-model", "16"]
+    code, table, err = run([*argv, "--mixers", "attention (fused),lstm"], capsys)
+    assert code == 0, err
+    assert "| lstm |" in table and "T=32" in table and (out / "scaling.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mixers", "attention,transformer"], "unknown mixer(s) transformer; known:"),
+        (["--time", "1", "--tokens", "100"], "give --time or --tokens, not both"),
+        (["--params", "nan"], "--params must be a positive number"),
+        (["--scaling", "--lengths", "big"], "--lengths 'big': give FIRST:LAST"),
+    ],
+)
+def test_bad_arena_input_is_one_line(tmp_path, capsys, extra, message):
+    code, _, err = run(["arena", "--out", str(tmp_path / "a"), *extra], capsys)
+    assert message in one_line_error(code, err)
+    assert not (tmp_path / "a").exists()
+
+
+def test_arena_refuses_a_folder_with_files(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    code, _, err = run(["arena", "--out", str(tmp_path)], capsys)
+    assert "not an empty folder" in one_line_error(code, err)
+    assert (tmp_path / "mine.txt").read_text() == "keep"
