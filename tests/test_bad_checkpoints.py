@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import one_line_error, run, tiny_gpt
 
 import attnlab
@@ -14,8 +15,8 @@ from attnlab.training.checkpoints import save_checkpoint
 from attnlab.training.optimizers import build_optimizer
 
 
-def saved_gpt(path):
-    model = tiny_gpt()
+def saved_gpt(path, vocab_size=256):
+    model = tiny_gpt(vocab_size=vocab_size)
     save_checkpoint(path, model, {"tokenizer": build_tokenizer("byte", [])})
     return path
 
@@ -53,6 +54,17 @@ def test_a_config_of_another_shape_is_refused_before_building(tmp_path, capsys):
     assert "do not fit its config" in line and "shape" in line
 
 
+@pytest.mark.parametrize("model_vocab", [300, 200])
+def test_a_tokenizer_of_another_vocabulary_size_is_refused_at_load(tmp_path, capsys, model_vocab):
+    """300: the model could choose ids no text stands for (found only mid-generation, before);
+    200: a prompt could encode to ids the model has no embedding for."""
+    path = saved_gpt(tmp_path / "ckpt", vocab_size=model_vocab)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "5"], capsys)[::2])
+    assert f"has 256 tokens but the model's vocabulary has {model_vocab}" in line
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
 def add_sparse_tensor(file, name, gib):
     """Add to a safetensors file a float32 tensor of `gib` GiB that takes no disk: its bytes
     are a hole at the end of a sparse file. Reading it would cost that much memory."""
@@ -75,7 +87,7 @@ from helpers import tiny_gpt
 from attnlab.errors import UserError
 from attnlab.training.checkpoints import load_matching_weights, load_training_state, load_weights
 from attnlab.training.optimizers import build_optimizer
-path, model = Path(sys.argv[1]), tiny_gpt()
+path, model = Path(sys.argv[1]), tiny_gpt(vocab_size=256)
 try:
     {call}
 except UserError as error:
@@ -110,7 +122,7 @@ def test_an_extra_4_gib_tensor_is_never_read(tmp_path, capsys):
 
 
 def test_an_optimizer_state_larger_than_its_parameter_is_never_read(tmp_path):
-    model, path = tiny_gpt(), tmp_path / "ckpt"
+    model, path = tiny_gpt(vocab_size=256), tmp_path / "ckpt"
     optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
     sum(p.sum() for p in model.parameters()).backward()
     optimizer.step()

@@ -143,9 +143,22 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     description = checkpoint_description(path)
     kind = get_kind(description["kind"])
     check_config_fits_weights(kind, description["config"], path / MODEL_FILE)
+    artifacts = load_artifacts(path)
+    _check_vocabulary(description["config"], artifacts.get("tokenizer"), path)
     model = build_model(kind.name, description["config"])
     load_weights(model, path / MODEL_FILE)
-    return Checkpoint(model.to(device).eval(), kind, load_artifacts(path), path)
+    return Checkpoint(model.to(device).eval(), kind, artifacts, path)
+
+
+def _check_vocabulary(config: dict[str, Any], tokenizer: Tokenizer | None, path: Path) -> None:
+    """The tokenizer must name exactly the model's tokens: with fewer, the model could choose
+    an id no text stands for; with more, a text could encode to an id the model has no row for."""
+    model_size = config.get("vocab_size")
+    if tokenizer is not None and model_size is not None and tokenizer.vocab_size != model_size:
+        raise UserError(
+            f"{path / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary has {model_size}: the tokenizer does not belong to these weights"
+        )
 
 
 class _LargerThanWeights(Exception):
