@@ -118,6 +118,30 @@ def test_hand_edited_run_files_are_one_line(tmp_path, corpus, capsys, file, text
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("torch", "not base64!"),
+        ("torch", "AAAA"),  # base64, of 3 bytes: no generator's state
+        ("python", [1, 2, 3]),
+        ("python", [2**80] * 625),
+        ("data", {"generator": "@@"}),
+        ("data", {}),
+    ],
+)
+def test_a_hand_edited_random_state_is_one_line(tmp_path, corpus, capsys, field, value):
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+    state = json.loads((out / "trainer_state.json").read_text())
+    state["rng"][field] = value
+    (out / "trainer_state.json").write_text(json.dumps(state))
+    before = snapshot(out)
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"], capsys)
+    assert "its random state cannot be restored" in one_line_error(code, err)
+    assert snapshot(out) == before
+
+
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     out.mkdir()

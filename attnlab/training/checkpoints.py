@@ -20,7 +20,9 @@ import base64
 import json
 import math
 import os
+import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,13 +328,35 @@ def load_training_state(
     return state
 
 
+def restore_random_states(
+    path: Path, rng: dict[str, Any], data: Any, reseed: Callable[[], Any] | None = None
+) -> None:
+    """Set torch's, CUDA's, Python's and the data sampler's generators (`data`, with
+    load_state_dict) from the "rng" of a checkpoint's trainer state; `reseed` runs once torch's
+    state is set (a rank's own seed). A hand-edited state that does not decode is one line."""
+    try:
+        torch.set_rng_state(decode_tensor(rng["torch"]))
+        if reseed is not None:
+            reseed()
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
+        random.setstate((3, tuple(rng["python"]), None))
+        data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
+    except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"trainer state {Path(path) / STATE_FILE} is damaged: its random state cannot be "
+            f"restored ({reason})"
+        ) from None
+
+
 def encode_tensor(tensor: torch.Tensor) -> str:
     """A uint8 tensor (an RNG state) as base64 text for trainer_state.json."""
     return base64.b64encode(tensor.numpy().tobytes()).decode()
 
 
 def decode_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
 
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer, metadata: dict[str, str]) -> bytes:
