@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error
+from helpers import one_line_error, read_only
 
 from attnlab.cli import main
 from attnlab.tokenizers import load_tokenizer
@@ -155,6 +155,17 @@ def test_a_catastrophic_pattern_is_one_line_within_seconds(
     line = one_line_error(main(["tokenize", *argv]), capsys.readouterr().err)
     assert message in line and time.monotonic() - start < 10
     assert tokenizer.read_bytes() == before and not (tmp_path / "new.json").exists()
+
+
+def test_a_read_only_out_stops_tokenize_train_before_training(tmp_path, capsys, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("some text to learn from " * 20)
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    read_only(monkeypatch, folder)
+    monkeypatch.setattr(BPETokenizer, "train", None)  # never reached
+    argv = ["tokenize", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "260"]
+    line = one_line_error(main([*argv, "--out", str(folder / "tok.json")]), capsys.readouterr().err)
+    assert "Permission denied" in line and not any(folder.iterdir())
 
 
 def test_missing_gpt2_files_exit_2_in_a_subprocess(tmp_path):

@@ -22,7 +22,7 @@ import torch
 from attnlab.data import catalog
 from attnlab.data.corpus import read_corpus
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_bytes, cache_dir
+from attnlab.files import atomic_write_bytes, cache_dir, check_writable
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from attnlab.training.sources import DataRequest, TrainingData
 
@@ -49,6 +49,7 @@ def tokenizer_cached(
     path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
     if path.is_file():
         return load_tokenizer(path)
+    check_writable(path.parent)  # a read-only cache: one line now, not after training
     tokenizer = build_tokenizer(spec, texts, progress=True, special_tokens=special_tokens)
     tokenizer.save(path)
     return tokenizer
@@ -60,6 +61,7 @@ def tokenize_cached(text: str, tokenizer: Tokenizer) -> np.ndarray:
     key.update(text.encode("utf-8", errors="surrogatepass"))
     path = cache_dir() / "tokens" / f"{key.hexdigest()[:32]}.npy"
     if not path.is_file():
+        check_writable(path.parent)
         dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
         tokens = np.asarray(tokenizer.encode(text), dtype=dtype)
         buffer = io.BytesIO()
