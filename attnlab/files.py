@@ -17,6 +17,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATTNLAB_CACHE", Path.home() / ".cache" / "attnlab"))
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` if need be and write (then remove) a file there: a read-only destination
+    ends in one line (an OSError) before the work whose result it would receive, not after."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a temporary file beside `path`, then rename it over: readers never see half a file."""
     path = Path(path)

@@ -1,5 +1,8 @@
 """Helpers shared by tests (the tests folder is on sys.path under pytest)."""
 
+import errno
+import os
+
 import pytest
 import torch
 
@@ -26,6 +29,29 @@ def one_line_error(code, err):
     errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
     assert len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
     return errors[0]
+
+
+def read_only(monkeypatch, folder):
+    """Make `folder` refuse new files and folders as a read-only one does, even to root (whom
+    permission bits do not stop, and as whom these tests may run)."""
+    inside = os.path.realpath(folder) + os.sep
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refused(path):
+        if os.path.realpath(path).startswith(inside):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            refused(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        refused(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
 
 
 def tiny_gpt(positional="learned", context_length=16, vocab_size=11, seed=0) -> GPT:

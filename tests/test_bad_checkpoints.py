@@ -1,17 +1,22 @@
 """A checkpoint whose files disagree is refused in one line before memory is spent on it."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from helpers import one_line_error, run, tiny_gpt
 
+import attnlab
 from attnlab.tokenizers import build_tokenizer
 from attnlab.training.checkpoints import save_checkpoint
+from attnlab.training.optimizers import build_optimizer
 
 
-def saved_gpt(path):
-    model = tiny_gpt()
+def saved_gpt(path, vocab_size=256):
+    model = tiny_gpt(vocab_size=vocab_size)
     save_checkpoint(path, model, {"tokenizer": build_tokenizer("byte", [])})
     return path
 
@@ -47,3 +52,84 @@ def test_a_config_of_another_shape_is_refused_before_building(tmp_path, capsys):
     edit_config(path, d_model=32)
     line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "1"], capsys)[::2])
     assert "do not fit its config" in line and "shape" in line
+
+
+@pytest.mark.parametrize("model_vocab", [300, 200])
+def test_a_tokenizer_of_another_vocabulary_size_is_refused_at_load(tmp_path, capsys, model_vocab):
+    """300: the model could choose ids no text stands for (found only mid-generation, before);
+    200: a prompt could encode to ids the model has no embedding for."""
+    path = saved_gpt(tmp_path / "ckpt", vocab_size=model_vocab)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "5"], capsys)[::2])
+    assert f"has 256 tokens but the model's vocabulary has {model_vocab}" in line
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+def add_sparse_tensor(file, name, gib):
+    """Add to a safetensors file a float32 tensor of `gib` GiB that takes no disk: its bytes
+    are a hole at the end of a sparse file. Reading it would cost that much memory."""
+    data = file.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    end = max(t["data_offsets"][1] for k, t in header.items() if k != "__metadata__")
+    header[name] = {"dtype": "F32", "shape": [gib, 2**28], "data_offsets": [end, end + gib * 2**30]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(file, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data[8 + size :])
+        f.truncate(8 + len(text) + end + gib * 2**30)
+
+
+PEAK_PROBE = """
+import resource, sys
+from pathlib import Path
+from helpers import tiny_gpt
+from attnlab.errors import UserError
+from attnlab.training.checkpoints import load_matching_weights, load_training_state, load_weights
+from attnlab.training.optimizers import build_optimizer
+path, model = Path(sys.argv[1]), tiny_gpt(vocab_size=256)
+try:
+    {call}
+except UserError as error:
+    print("refused:", error)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_of(call, path):
+    """Run `call` in a fresh process; (its output lines but the last, its peak memory in kB)."""
+    probe = PEAK_PROBE.format(call=call)
+    where = [str(Path(__file__).parent), str(Path(attnlab.__file__).parents[1])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(where)}  # this attnlab, these helpers
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    *lines, peak = done.stdout.splitlines()
+    return lines, int(peak)
+
+
+def test_an_extra_4_gib_tensor_is_never_read(tmp_path, capsys):
+    path = saved_gpt(tmp_path / "ckpt")
+    add_sparse_tensor(path / "model.safetensors", "extra", 4)
+    file = "path / 'model.safetensors'"
+    call = f"print(load_matching_weights(model, {file})); load_weights(model, {file})"
+    lines, peak = peak_of(call, path)  # the first leaves 'extra' unused, the second refuses it
+    assert lines[0] == "([], ['extra'])" and "unexpected ['extra']" in lines[1], lines
+    assert peak < 1_000_000, peak
+    line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "1"], capsys)[::2])
+    assert "do not fit its config" in line and "extra" in line
+
+
+def test_an_optimizer_state_larger_than_its_parameter_is_never_read(tmp_path):
+    model, path = tiny_gpt(vocab_size=256), tmp_path / "ckpt"
+    optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    rng = {"torch": "", "cuda": [], "python": [], "data": {}}
+    state = {"step": 1, "elapsed_s": 0.0, "train_config": {}, "rng": rng}
+    save_checkpoint(path, model, None, optimizer, state)
+    add_sparse_tensor(path / "optimizer.safetensors", "0.extra", 4)
+    call = "load_training_state(path, build_optimizer(model, 1e-3, 0.1, (0.9, 0.95)))"
+    lines, peak = peak_of(call, path)
+    assert "does not fit the model" in lines[0] and peak < 1_000_000, (lines, peak)

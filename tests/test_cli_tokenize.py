@@ -1,14 +1,18 @@
 """`attnlab tokenize`: help, train/encode/decode/show end to end, one-line errors."""
 
 import io
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error, read_only
 
 from attnlab.cli import main
 from attnlab.tokenizers import load_tokenizer
+from attnlab.tokenizers.bpe import BPETokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = "the quick brown fox jumps over the lazy dog.\nthe dog sleeps; the fox runs.\n" * 20
@@ -122,6 +126,46 @@ def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):
     assert main(["tokenize", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("attnlab: error:") and message in err[0]
+
+
+@pytest.mark.parametrize(
+    "command, pattern, message",
+    [
+        # tiktoken's backtracking engine gives up on "aaa...b" with a Rust panic: refused on load
+        ("encode", r"(?:a(?=a)|a)+c", "needs a backtracking regex engine"),
+        # Python's engine takes exponential time on "aaa...b": stopped after its time budget
+        ("train", r"(a|aa)+$", "takes too long on this text"),
+    ],
+)
+def test_a_catastrophic_pattern_is_one_line_within_seconds(
+    tmp_path, capsys, command, pattern, message
+):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a" * 60 + "b")
+    tokenizer = tmp_path / "tok.json"
+    saved = {**BPETokenizer([]).to_dict(), "pattern": pattern}  # as a hand-edited file
+    tokenizer.write_text(json.dumps(saved))
+    before = tokenizer.read_bytes()
+    argv = {
+        "encode": ["encode", "--tokenizer", str(tokenizer), corpus.read_text()],
+        "train": ["train", "--data", str(corpus), "--pattern", pattern, "--vocab-size", "260",
+                  "--out", str(tmp_path / "new.json")],
+    }[command]  # fmt: skip
+    start = time.monotonic()
+    line = one_line_error(main(["tokenize", *argv]), capsys.readouterr().err)
+    assert message in line and time.monotonic() - start < 10
+    assert tokenizer.read_bytes() == before and not (tmp_path / "new.json").exists()
+
+
+def test_a_read_only_out_stops_tokenize_train_before_training(tmp_path, capsys, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("some text to learn from " * 20)
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    read_only(monkeypatch, folder)
+    monkeypatch.setattr(BPETokenizer, "train", None)  # never reached
+    argv = ["tokenize", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "260"]
+    line = one_line_error(main([*argv, "--out", str(folder / "tok.json")]), capsys.readouterr().err)
+    assert "Permission denied" in line and not any(folder.iterdir())
 
 
 def test_missing_gpt2_files_exit_2_in_a_subprocess(tmp_path):

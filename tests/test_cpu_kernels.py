@@ -1,6 +1,8 @@
 """attnlab's CPU kernels against torch in float64, and where layers take them."""
 
 import contextlib
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +99,50 @@ def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypa
     assert not kernel.load()  # no second try, no second warning
     q, k, _ = strided_qkv(1, 2, 8, 4)
     assert not kernel.attention_applies(q, k, None, 0.0)
+
+
+@pytest.fixture
+def fake_compiler(tmp_path, monkeypatch):
+    """A cache of our own in tmp_path and a 'compiler' that writes b"built" (nothing is loaded):
+    returns the list of builds it made."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    builds = []
+
+    def compile(output, flags):
+        builds.append(output)
+        Path(output).write_bytes(b"built")
+
+    monkeypatch.setattr(kernel, "_compile", compile)
+    return builds
+
+
+def test_a_library_in_the_cache_is_loaded_only_while_it_is_ours(fake_compiler, monkeypatch):
+    library = Path(kernel._build())
+    assert library.read_bytes() == b"built" and len(fake_compiler) == 1
+    assert kernel._build() == str(library) and len(fake_compiler) == 1  # ours: reused
+    for tamper in (
+        lambda: library.write_bytes(b"evil"),  # replaced by someone else's code
+        lambda: library.with_suffix(".sha256").unlink(),  # from no build of ours
+        lambda: library.chmod(0o666),  # writable by anyone
+    ):
+        tamper()
+        assert kernel._build() == str(library) and library.read_bytes() == b"built"
+    assert len(fake_compiler) == 4  # each tampered library was built again
+    library.parent.chmod(0o777)  # a folder of ours others could write to is closed to them
+    kernel._build()
+    assert library.parent.stat().st_mode & 0o777 == 0o700 and len(fake_compiler) == 4
+
+
+def test_a_kernels_folder_of_another_user_is_refused_with_one_warning(fake_compiler, monkeypatch):
+    monkeypatch.setattr(
+        kernel, "_state", {"loaded": False, "failed": False, "enabled": True, "build": None}
+    )
+    kernel._build()
+    other = os.getuid() + 1
+    monkeypatch.setattr(os, "getuid", lambda: other)  # we are someone else now
+    with pytest.warns(RuntimeWarning, match="belongs to another user"):
+        assert not kernel.load()
+    assert len(fake_compiler) == 1
 
 
 def test_taken_only_for_unmasked_training_attention_over_short_sequences():

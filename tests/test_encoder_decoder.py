@@ -222,10 +222,11 @@ def test_bad_config_is_a_config_error(changes):
 
 
 def test_checkpoint_round_trip(tmp_path):
+    from attnlab.data.translation import SPECIAL_TOKENS
     from attnlab.tokenizers import ByteTokenizer
 
     model = EncoderDecoder(small(vocab_size=259, pad_id=256, bos_id=257, eos_id=258)).eval()
-    save_checkpoint(tmp_path, model, {"tokenizer": ByteTokenizer()})
+    save_checkpoint(tmp_path, model, {"tokenizer": ByteTokenizer(SPECIAL_TOKENS)})
     loaded = load_checkpoint(tmp_path).model
     assert describe(loaded)["kind"] == "translation"
     assert isinstance(build_model("encoder_decoder", describe(model)["config"]), EncoderDecoder)

@@ -275,6 +275,17 @@ def test_stop_ids_end_each_row():
     assert list(stream(model, [1, 2], 15, temperature=0, stop_ids=[stop])) == cut[0]
 
 
+def test_a_huge_max_new_tokens_reserves_room_only_for_what_is_made():
+    """The token buffer grows with the output: 10**12 new tokens asked for (8 TB, were the
+    buffer reserved up front) and three taken costs nothing; past the first growths the tokens
+    are those of a run that asked for exactly as many."""
+    model = tiny_gpt(positional="rope")
+    first = stream(model, [1, 2], 10**12, temperature=0)
+    assert [next(first) for _ in range(3)] == generate(model, [[1, 2]], 3, temperature=0)[0]
+    long = stream(model, [1, 2], 10**12, temperature=0)
+    assert [next(long) for _ in range(600)] == generate(model, [[1, 2]], 600, temperature=0)[0]
+
+
 def test_model_mode_is_restored():
     model = tiny_gpt().train()
     generate(model, [[1]], 3, temperature=0)

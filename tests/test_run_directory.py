@@ -11,8 +11,9 @@ import sys
 import pytest
 import test_platform  # noqa: F401 - registers the test_sum kind
 import torch
-from helpers import one_line_error, run
+from helpers import one_line_error, read_only, run
 
+from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.checkpoints import load_checkpoint
 from attnlab.training.trainer import Trainer
 
@@ -116,6 +117,64 @@ def test_hand_edited_run_files_are_one_line(tmp_path, corpus, capsys, file, text
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"], capsys)
     assert message in one_line_error(code, err)
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("torch", "not base64!"),
+        ("torch", "AAAA"),  # base64, of 3 bytes: no generator's state
+        ("python", [1, 2, 3]),
+        ("python", [2**80] * 625),
+        ("data", {"generator": "@@"}),
+        ("data", {}),
+    ],
+)
+def test_a_hand_edited_random_state_is_one_line(tmp_path, corpus, capsys, field, value):
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+    state = json.loads((out / "trainer_state.json").read_text())
+    state["rng"][field] = value
+    (out / "trainer_state.json").write_text(json.dumps(state))
+    before = snapshot(out)
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"], capsys)
+    assert "its random state cannot be restored" in one_line_error(code, err)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_read_only_out_is_one_line_and_left_as_it_was(
+    tmp_path, corpus, capsys, monkeypatch, resume
+):
+    out = tmp_path / "run"
+    if resume:
+        assert train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")[0] == 0
+    else:
+        out.mkdir()
+    before = snapshot(out)
+    read_only(monkeypatch, out)
+    if resume:
+        argv = ["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"]
+        code, _, err = run(argv, capsys)
+    else:
+        code, _, err = train(capsys, corpus, out, "--max-iters", "2")
+    line = one_line_error(code, err)
+    assert "Permission denied" in line and str(out) in line
+    assert snapshot(out) == before
+
+
+def test_a_read_only_cache_is_one_line_before_a_tokenizer_is_learned(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    read_only(monkeypatch, tmp_path / "cache")
+    monkeypatch.setattr(BPETokenizer, "train", None)  # never reached
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--tokenizer", "bpe:300", "--max-iters", "1")
+    assert "Permission denied" in one_line_error(code, err)
+    assert not out.exists() and not any((tmp_path / "cache").iterdir())
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path, corpus, capsys):

@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attnlab.data.text import tokenize_cached
 from attnlab.errors import UserError
-from attnlab.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from attnlab.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, char, load_tokenizer
 
 
 @given(st.text())
@@ -59,3 +61,16 @@ def test_bad_tokenizer_files_are_user_errors(tmp_path):
     (tmp_path / "odd.json").write_text('{"type": "sentencepiece"}')
     with pytest.raises(UserError, match="unknown type"):
         load_tokenizer(tmp_path / "odd.json")
+
+
+@pytest.mark.parametrize("spec", ["char", "byte", "bpe:300"])
+def test_a_corpus_is_cached_as_the_ids_encode_gives(spec, tmp_path, monkeypatch):
+    """tokenize_cached takes encode_array's array (no Python int per token; characters a slice
+    at a time): the same ids, memory-mapped."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(char, "_SLICE", 7)  # slices that cut words and lines
+    text = "Ünïcode text, with lines\nand 😀 emoji: the quick brown fox.\n" * 30
+    tokenizer = build_tokenizer(spec, [text])
+    tokens = tokenize_cached(text, tokenizer)
+    assert isinstance(tokens, np.memmap) and tokens.tolist() == tokenizer.encode(text)
+    assert tokenizer.encode_array("").tolist() == []

@@ -21,6 +21,7 @@ from attnlab.cli import HelpFormatter
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text
 from attnlab.data.corpus import corpus_files, read_corpus
 from attnlab.errors import UserError
+from attnlab.files import check_writable
 from attnlab.tokenizers.base import Tokenizer, load_tokenizer
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
 from attnlab.tokenizers.byte import ByteTokenizer
@@ -128,6 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
     repeated = sorted({t for t in args.special if args.special.count(t) > 1})
     if repeated:  # checked before training, which the tokenizer's own check would come after
         raise UserError(f"--special gives {', '.join(map(repr, repeated))} more than once")
+    check_writable(Path(args.out).parent)  # now, not after training
     texts = read_corpus(args.data)
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
     start = time.perf_counter()

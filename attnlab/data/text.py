@@ -22,11 +22,12 @@ import torch
 from attnlab.data import catalog
 from attnlab.data.corpus import read_corpus
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_bytes, cache_dir
+from attnlab.files import atomic_write_bytes, cache_dir, check_writable
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from attnlab.training.sources import DataRequest, TrainingData
 
 DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
+_SLICE = 1 << 24  # characters hashed at a time
 
 
 def corpus_text(spec: str) -> str:
@@ -49,6 +50,7 @@ def tokenizer_cached(
     path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
     if path.is_file():
         return load_tokenizer(path)
+    check_writable(path.parent)  # a read-only cache: one line now, not after training
     tokenizer = build_tokenizer(spec, texts, progress=True, special_tokens=special_tokens)
     tokenizer.save(path)
     return tokenizer
@@ -57,11 +59,13 @@ def tokenizer_cached(
 def tokenize_cached(text: str, tokenizer: Tokenizer) -> np.ndarray:
     """Token ids of `text` as a read-only memory-mapped array, tokenized at most once."""
     key = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
-    key.update(text.encode("utf-8", errors="surrogatepass"))
+    for start in range(0, len(text), _SLICE):  # the bytes of the whole text, never all at once
+        key.update(text[start : start + _SLICE].encode("utf-8", errors="surrogatepass"))
     path = cache_dir() / "tokens" / f"{key.hexdigest()[:32]}.npy"
     if not path.is_file():
+        check_writable(path.parent)
         dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-        tokens = np.asarray(tokenizer.encode(text), dtype=dtype)
+        tokens = tokenizer.encode_array(text).astype(dtype, copy=False)
         buffer = io.BytesIO()
         np.save(buffer, tokens)
         atomic_write_bytes(path, buffer.getvalue())

@@ -29,7 +29,7 @@ import torch
 from attnlab.config import check_positive
 from attnlab.data import catalog
 from attnlab.errors import UserError
-from attnlab.files import cache_dir
+from attnlab.files import cache_dir, check_writable
 from attnlab.tokenizers import load_tokenizer
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.sources import DataRequest, TrainingData
@@ -188,6 +188,7 @@ def train_joint_tokenizer(pairs: list[Pair], vocab_size: int, workers: int = 1) 
     path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
     if path.is_file():
         return load_tokenizer(path)
+    check_writable(path.parent)  # a read-only cache: one line now, not after training
     texts = [text for pair in pairs for text in pair]
     tokenizer = BPETokenizer.train(
         texts, vocab_size, special_tokens=SPECIAL_TOKENS, workers=workers

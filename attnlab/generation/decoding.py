@@ -190,14 +190,16 @@ def stream_batch(
 @torch.inference_mode()
 def _decode(model, window, prompts, max_new_tokens, sampling, generator):
     batch, prompt_length = prompts.shape
-    # One buffer for the whole sequence: no per-step concatenation.
-    tokens = prompts.new_empty(batch, prompt_length + max_new_tokens)  # (B, N)
-    tokens[:, :prompt_length] = prompts
+    # One buffer for the sequence, no per-step concatenation; it doubles when full, so asking
+    # for a billion tokens and stopping after ten reserves room for tens, not a billion.
+    tokens = _grown(prompts, prompt_length + min(max_new_tokens, _FIRST_ROOM))  # (B, N)
     shape = (batch, model.config.vocab_size)
     # The tokens so far as a (B, V) mask, for the repetition penalty: the same shape every step.
     seen = seen_mask(prompts, shape[1]) if sampling.repetition_penalty != 1 else None
     with _eval_mode(model):
         for length in range(prompt_length, prompt_length + max_new_tokens):
+            if length == tokens.size(1):
+                tokens = _grown(tokens, min(2 * length, prompt_length + max_new_tokens))
             noise = sampling.noise(shape, prompts.device, generator)
             next_ids, _ = window.next_ids(tokens, length, seen, noise)  # (B,)
             tokens[:, length] = next_ids
@@ -205,6 +207,16 @@ def _decode(model, window, prompts, max_new_tokens, sampling, generator):
                 seen.scatter_(1, next_ids[:, None], True)
             # the buffer's copy: a CUDA graph's output is overwritten by its next replay
             yield tokens[:, length]
+
+
+_FIRST_ROOM = 256  # new tokens the buffer holds before it first grows
+
+
+def _grown(tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """A (B, length) buffer that starts with `tokens` (B, N), N <= length."""
+    buffer = tokens.new_empty(tokens.size(0), length)
+    buffer[:, : tokens.size(1)] = tokens
+    return buffer
 
 
 def make_generator(model: nn.Module, seed: int | None) -> torch.Generator | None:

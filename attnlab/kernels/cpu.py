@@ -14,7 +14,8 @@
 `python benchmarks/kernel_timings.py` times both against torch's at these shapes.
 
 `load()` compiles them once with the C++ compiler torch.compile also uses on a CPU (the library
-lands in the cache, keyed by the source, the flags and the torch version) and registers the ops
+lands in the cache, keyed by the source, the flags and the torch version, and is loaded from there
+only while it is ours: see _trusted) and registers the ops
 ``attnlab::attention``, ``attnlab::attention_backward`` and ``attnlab::gelu``, which autograd
 and torch.compile then treat like any other op. Layers take them only inside ``enabled()``
 (the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the default) and only where
@@ -28,15 +29,17 @@ import contextlib
 import hashlib
 import math
 import os
+import stat
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
 
 from attnlab.devices import warn_compiler_failure
-from attnlab.files import cache_dir
+from attnlab.files import atomic_write_bytes, cache_dir
 
 SOURCE = os.path.join(os.path.dirname(__file__), "cpu.cpp")
 # The kernel keeps the (T, T) weights of every head: beyond this, torch's flash kernel, which
@@ -129,6 +132,7 @@ def load() -> bool:
 
 
 def _build() -> str:
+    """The library's path, built unless the cache holds one that is ours (see _trusted)."""
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
     vector = next((f for name, f in _VECTOR_FLAGS.items() if capability.startswith(name)), [])
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
@@ -138,29 +142,66 @@ def _build() -> str:
         source = f.read()
     key = hashlib.sha256(source + " ".join([torch.__version__, *flags]).encode()).hexdigest()
     library = cache_dir() / "kernels" / f"cpu_kernels-{key[:24]}.so"
-    if library.exists():
+    _own_folder(library.parent)
+    digest = library.with_suffix(".sha256")  # of the library, written when we built it
+    if library.exists() and _trusted(library, digest):
         return str(library)
-    library.parent.mkdir(parents=True, exist_ok=True)
-    (torch_lib,) = cpp_extension.library_paths()
-    includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     fd, temporary = tempfile.mkstemp(dir=library.parent, suffix=".so")
     os.close(fd)
-    compiler = os.environ.get("CXX", "c++")
     try:
-        built = subprocess.run(
-            [compiler, SOURCE, "-o", temporary, *flags, *includes]
-            + [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu"],
-            capture_output=True,
-            text=True,
-        )
-        if built.returncode:
-            errors = [line for line in built.stderr.splitlines() if "error" in line]
-            raise RuntimeError(f"{compiler}: {(errors or built.stderr.splitlines() or ['?'])[0]}")
+        _compile(temporary, flags)
+        atomic_write_bytes(digest, _sha256(temporary).encode())
         os.replace(temporary, library)  # whole or not at all, for processes building at once
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return str(library)
+
+
+def _compile(output: str, flags: list[str]) -> None:
+    (torch_lib,) = cpp_extension.library_paths()
+    includes = [f"-I{path}" for path in cpp_extension.include_paths()]
+    compiler = os.environ.get("CXX", "c++")
+    built = subprocess.run(
+        [compiler, SOURCE, "-o", output, *flags, *includes]
+        + [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu"],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode:
+        errors = [line for line in built.stderr.splitlines() if "error" in line]
+        raise RuntimeError(f"{compiler}: {(errors or built.stderr.splitlines() or ['?'])[0]}")
+
+
+# Native code is loaded only from a folder no one else can write to, and only a library whose
+# bytes are those we built: anything else in the cache could run as us once loaded.
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def _own_folder(folder: Path) -> None:
+    """Create the kernels folder, or refuse (RuntimeError) one that is someone else's; one of
+    ours that others may write to is closed to them first."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise RuntimeError(f"{folder} belongs to another user: its native code is not loaded")
+    if folder.stat().st_mode & _WRITABLE_BY_OTHERS:
+        os.chmod(folder, 0o700)
+
+
+def _trusted(library: Path, digest: Path) -> bool:
+    """Whether the library is ours, writable by no one else, and hashes as when we built it."""
+    info = library.stat()
+    if info.st_uid != os.getuid() or info.st_mode & _WRITABLE_BY_OTHERS:
+        return False
+    try:
+        return digest.read_text() == _sha256(library)
+    except OSError:
+        return False
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _register() -> None:

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+import numpy as np
+
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 
@@ -38,6 +40,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, read as plain text."""
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Ids of `text` as one array, for a whole corpus: without the Python int per token
+        (some 36 bytes each) of encode's list, where a tokenizer can."""
+        return np.asarray(self.encode(text), dtype=np.uint32)
 
     @abstractmethod
     def _decode_ordinary(self, ids: list[int]) -> str:

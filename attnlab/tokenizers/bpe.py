@@ -14,7 +14,8 @@ Encoding a pre-token (tiktoken's rule, followed exactly by both encoders here):
 ``encode`` hands the same ranks to tiktoken (fast, Rust); ``encode_reference`` is the readable
 Python version of the rule above. Both give the same ids on any text. (A custom pattern must mean
 the same to both regex engines, Python's `regex` and tiktoken's; the built-in ones are tested. A
-pattern that skips some characters drops them from the encoding.)
+pattern that skips some characters drops them from the encoding. A custom pattern may not use
+what only a backtracking engine runs, look-around or back-references: see resolve_pattern.)
 
 Trained tokenizers give byte b the id b. GPT-2 permutes the 256 bytes (its printable bytes come
 first), so the tokenizer keeps an explicit ``byte_order``: the byte value of ids 0..255.
@@ -40,12 +41,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import regex
 import tiktoken
 
 from attnlab.errors import UserError
 from attnlab.tokenizers.base import Tokenizer, load_tokenizer
-from attnlab.tokenizers.bpe_training import count_words, train_merges
+from attnlab.tokenizers.bpe_training import count_words, pieces, train_merges
 
 # Pre-tokenization patterns. GPT-2's keeps English contractions, runs of letters, of digits and
 # of other symbols apart, each with an optional leading space; whitespace before a word is left
@@ -60,9 +62,26 @@ _CACHE_LIMIT = 200_000  # pre-tokens remembered by the reference encoder before 
 _NO_MERGE = float("inf")
 
 
+# What only a backtracking engine runs: back-references, \G, \K, look-around, atomic groups,
+# conditionals, recursion, possessive quantifiers (with escaped characters blanked out first).
+_BACKTRACKING = regex.compile(r"\\[1-9gkKG]|\(\?<?[=!]|\(\?[>(&]|\(\?(?:P[>=]|R\)|\d)|[*+?}]\+")
+
+
 def resolve_pattern(pattern: str) -> str:
-    """A built-in pattern's regex by name, or `pattern` itself once checked to compile."""
+    """A built-in pattern's regex by name, or `pattern` itself once checked to compile.
+
+    A pattern of your own may not need backtracking (see _BACKTRACKING): tiktoken hands such
+    constructs to a backtracking engine that gives up, with a Rust panic, on text that makes it
+    backtrack too long; without them it runs in time linear in the text, whatever the text.
+    The built-in patterns use a look-ahead that is known to be safe."""
     pattern = PATTERNS.get(pattern, pattern)
+    plain = regex.sub(r"\\([^1-9gkKG])", "__", pattern)  # escaped characters stand for themselves
+    if pattern not in PATTERNS.values() and (found := _BACKTRACKING.search(plain)):
+        raise UserError(
+            f"pre-tokenization pattern {pattern!r} uses {found.group()!r}, which needs a "
+            "backtracking regex engine (look-around, back-references, atomic groups, possessive "
+            "quantifiers): only the built-in gpt2 and gpt4 patterns may"
+        )
     try:
         compiled = regex.compile(pattern)
     except regex.error as error:
@@ -236,6 +255,10 @@ class BPETokenizer(Tokenizer):
         """Ids of `text`, by tiktoken running our merges."""
         return self._fast.encode_ordinary(text)
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """Ids of `text` as tiktoken's uint32 array: the same ids as encode, 4 bytes each."""
+        return self._fast.encode_to_numpy(fix_surrogates(text))
+
     def encode_reference(self, text: str) -> list[int]:
         """Ids of `text`, in plain Python: same result as :meth:`encode`, slower."""
         ids: list[int] = []
@@ -251,9 +274,7 @@ class BPETokenizer(Tokenizer):
 
     def pre_tokenize(self, text: str) -> list[str]:
         """The pre-tokens of `text`: every match of the pattern, in order."""
-        if self._pre_tokenizer.groups:  # findall would return the groups, not the matches
-            return [m.group() for m in self._pre_tokenizer.finditer(text)]
-        return self._pre_tokenizer.findall(text)
+        return pieces(self._pre_tokenizer, text)
 
     def _encode_piece(self, piece: bytes) -> list[int]:
         ranks = self._ranks

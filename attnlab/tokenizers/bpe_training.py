@@ -33,6 +33,8 @@ from collections.abc import Iterable
 import regex
 from tqdm import tqdm
 
+from attnlab.errors import UserError
+
 Pair = tuple[int, int]
 
 
@@ -52,17 +54,17 @@ def count_words(
     texts = list(texts)
     chunks = _split_evenly(texts, workers * 4) if workers > 1 and len(texts) > 1 else [texts]
     jobs = [(chunk, pattern, list(special_tokens)) for chunk in chunks]
-    bar = tqdm(total=len(jobs), desc="counting", unit="chunk", disable=not progress)
     counts: Counter[bytes] = Counter()
-    if len(jobs) == 1:
-        counts = _count_chunk(jobs[0])
-        bar.update()
-    else:
-        with _process_pool(workers) as pool:
-            for partial in pool.imap_unordered(_count_chunk, jobs):
-                counts.update(partial)
-                bar.update()
-    bar.close()
+    # closed however counting ends, so that an error starts a line of its own
+    with tqdm(total=len(jobs), desc="counting", unit="chunk", disable=not progress) as bar:
+        if len(jobs) == 1:
+            counts = _count_chunk(jobs[0])
+            bar.update()
+        else:
+            with _process_pool(workers) as pool:
+                for partial in pool.imap_unordered(_count_chunk, jobs):
+                    counts.update(partial)
+                    bar.update()
     return counts
 
 
@@ -73,16 +75,27 @@ def _count_chunk(job: tuple[list[str], str, list[str]]) -> Counter[bytes]:
     strings: Counter[str] = Counter()
     for text in texts:
         for part in splitter.split(text) if splitter else [text]:
-            strings.update(_pieces(pre_tokenizer, part))
+            strings.update(pieces(pre_tokenizer, part))
     # Encode each distinct string once, not once per occurrence.
     return Counter({s.encode("utf-8", "surrogatepass"): n for s, n in strings.items() if s})
 
 
-def _pieces(pre_tokenizer: regex.Pattern, text: str) -> list[str]:
-    """Every match of the pattern; findall would return groups if a custom pattern has any."""
-    if pre_tokenizer.groups:
-        return [m.group() for m in pre_tokenizer.finditer(text)]
-    return pre_tokenizer.findall(text)
+def pieces(pre_tokenizer: regex.Pattern, text: str) -> list[str]:
+    """Every match of the pattern; findall would return groups if a custom pattern has any.
+
+    Python's regex engine backtracks, so a custom pattern such as ``(a|aa)+$`` can take
+    exponential time on some text. The search gets a budget linear in the text's length, some
+    thirty times what the built-in patterns need, and a pattern over it is refused."""
+    budget = 1.0 + 5e-6 * len(text)  # seconds
+    try:
+        if pre_tokenizer.groups:
+            return [m.group() for m in pre_tokenizer.finditer(text, timeout=budget)]
+        return pre_tokenizer.findall(text, timeout=budget)
+    except TimeoutError:
+        raise UserError(
+            f"pre-tokenization pattern {pre_tokenizer.pattern!r} takes too long on this text "
+            "(it backtracks without end on some input): simplify it, or use gpt2 or gpt4"
+        ) from None
 
 
 def _special_splitter(special_tokens: list[str]) -> regex.Pattern | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from attnlab.tokenizers.base import Tokenizer
 
 
@@ -19,6 +21,9 @@ class ByteTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def _decode_ordinary(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from attnlab.errors import UserError
 from attnlab.tokenizers.base import Tokenizer
+
+_SLICE = 1 << 22  # characters encoded at a time by encode_array
 
 
 class CharTokenizer(Tokenizer):
@@ -33,6 +37,15 @@ class CharTokenizer(Tokenizer):
                 f"text has {len(unseen)} character(s) the tokenizer never saw: "
                 + " ".join(repr(c) for c in unseen[:20])
             ) from None
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """One slice of the text at a time, each its own list: one id per character, so the
+        slices' ids are the text's."""
+        slices = range(0, len(text), _SLICE)
+        return np.concatenate(
+            [np.asarray(self.encode(text[i : i + _SLICE]), dtype=np.uint32) for i in slices]
+            or [np.zeros(0, dtype=np.uint32)]
+        )
 
     def _decode_ordinary(self, ids: list[int]) -> str:
         return "".join(self.chars[i] for i in ids)

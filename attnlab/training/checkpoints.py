@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +145,22 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     description = checkpoint_description(path)
     kind = get_kind(description["kind"])
     check_config_fits_weights(kind, description["config"], path / MODEL_FILE)
+    artifacts = load_artifacts(path)
+    _check_vocabulary(description["config"], artifacts.get("tokenizer"), path)
     model = build_model(kind.name, description["config"])
     load_weights(model, path / MODEL_FILE)
-    return Checkpoint(model.to(device).eval(), kind, load_artifacts(path), path)
+    return Checkpoint(model.to(device).eval(), kind, artifacts, path)
+
+
+def _check_vocabulary(config: dict[str, Any], tokenizer: Tokenizer | None, path: Path) -> None:
+    """The tokenizer must name exactly the model's tokens: with fewer, the model could choose
+    an id no text stands for; with more, a text could encode to an id the model has no row for."""
+    model_size = config.get("vocab_size")
+    if tokenizer is not None and model_size is not None and tokenizer.vocab_size != model_size:
+        raise UserError(
+            f"{path / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary has {model_size}: the tokenizer does not belong to these weights"
+        )
 
 
 class _LargerThanWeights(Exception):
@@ -156,13 +172,7 @@ def check_config_fits_weights(kind: ModelKind, config: dict[str, Any], file: Pat
     memory is spent on either: the model is built on the meta device (no storage), and its
     building stops once it has more parameters than the file could hold, so a config.json that
     claims 100,000 layers is one line, not gigabytes; only the file's header is read."""
-    try:
-        with safetensors.safe_open(file, framework="pt") as f:
-            header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint weights at {file}") from None
-    except Exception as error:  # safetensors raises several types for a damaged header
-        raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
+    header = _header(file)
     limit, registered = 2 * len(header) + 16, 0
 
     def count(module, name, param):
@@ -213,48 +223,58 @@ def load_artifacts(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_weights(model: nn.Module, file: Path) -> None:
-    """Load safetensors weights into `model`, requiring every parameter to be present."""
-    tensors = _read_weights(file)
+    """Load safetensors weights into `model`, requiring every parameter to be present. Names
+    and shapes are checked in the file's header, before any tensor is read."""
+    shapes = _header(file)
     expected = _unique_tensors(model.state_dict())
-    missing, unexpected = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
+    missing, unexpected = expected.keys() - shapes.keys(), shapes.keys() - expected.keys()
     if missing or unexpected:
         raise UserError(
             f"checkpoint weights {file} do not fit the model: missing "
             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    _load_checked(model, file, tensors, expected)
+    _load_checked(model, file, shapes, expected)
 
 
 def load_matching_weights(model: nn.Module, file: Path) -> tuple[list[str], list[str]]:
     """Load the weights of `file` that `model` has by name (same shapes required), to start a
     model from another's (a classifier from a pre-trained encoder). Returns the model's
-    weights left as they were and the file's weights left unused."""
-    tensors = _read_weights(file)
+    weights left as they were and the file's weights left unused (which are never read)."""
+    shapes = _header(file)
     expected = _unique_tensors(model.state_dict())
-    shared = expected.keys() & tensors.keys()
+    shared = expected.keys() & shapes.keys()
     if not shared:
         raise UserError(f"no weight of {file} has a name the model has")
-    _load_checked(model, file, {name: tensors[name] for name in shared}, expected)
-    return sorted(expected.keys() - shared), sorted(tensors.keys() - shared)
+    _load_checked(model, file, {name: shapes[name] for name in shared}, expected)
+    return sorted(expected.keys() - shared), sorted(shapes.keys() - shared)
 
 
-def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+def _header(file: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone."""
     try:
-        return safetensors.torch.load(file.read_bytes())
-    except Exception as error:  # safetensors raises several types for a damaged file
+        with safetensors.safe_open(file, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint weights at {file}") from None
+    except Exception as error:  # safetensors raises several types for a damaged header
         raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
 
 
-def _load_checked(model, file, tensors, expected) -> None:
-    for name, value in tensors.items():
-        if value.shape != expected[name].shape:
+def _load_checked(model, file, shapes, expected) -> None:
+    """Load the tensors named in `shapes` (name -> shape in the file's header), once every
+    shape is the model's: a file cannot make us read more than the model holds."""
+    for name, shape in shapes.items():
+        if shape != tuple(expected[name].shape):
             raise UserError(
-                f"checkpoint weight {name} in {file} has shape {tuple(value.shape)}, "
+                f"checkpoint weight {name} in {file} has shape {shape}, "
                 f"the model expects {tuple(expected[name].shape)}"
             )
-    model.load_state_dict(
-        {name: like(t, expected[name]) for name, t in tensors.items()}, strict=False
-    )
+    try:
+        with safetensors.safe_open(file, framework="pt") as f:
+            tensors = {name: like(f.get_tensor(name), expected[name]) for name in shapes}
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
+    model.load_state_dict(tensors, strict=False)
 
 
 # trainer_state.json: the fields resuming reads, and their JSON types
@@ -284,23 +304,50 @@ def load_training_state(
     """Restore the optimizer from a checkpoint and return its trainer state."""
     path = Path(path)
     state = read_training_state(path)
-    try:
-        with safetensors.safe_open(path / OPTIMIZER_FILE, framework="pt") as f:
-            groups = json.loads(f.metadata()["param_groups"])
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    except FileNotFoundError:
-        raise UserError(f"cannot resume: {path / OPTIMIZER_FILE} is missing") from None
-    except Exception as error:
-        raise UserError(f"optimizer state {path / OPTIMIZER_FILE} is corrupt: {error}") from None
+    file = path / OPTIMIZER_FILE
+    if not file.is_file():
+        raise UserError(f"cannot resume: {file} is missing")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        if not index.isdigit() or int(index) >= len(params):
-            raise UserError(f"optimizer state {path / OPTIMIZER_FILE} does not fit the model")
-        per_param.setdefault(int(index), {})[key] = like(value, params[int(index)])
+    try:
+        with safetensors.safe_open(file, framework="pt") as f:
+            groups = json.loads(f.metadata()["param_groups"])
+            for name in f.keys():  # noqa: SIM118
+                # "INDEX.KEY", no larger than its parameter: checked before the tensor is read
+                index, _, key = name.partition(".")
+                size = math.prod(f.get_slice(name).get_shape())
+                param = params[int(index)] if index.isdigit() and int(index) < len(params) else None
+                if param is None or size > max(1, param.numel()):
+                    raise UserError(f"optimizer state {file} does not fit the model")
+                per_param.setdefault(int(index), {})[key] = like(f.get_tensor(name), param)
+    except UserError:
+        raise
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise UserError(f"optimizer state {file} is corrupt: {error}") from None
     optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     return state
+
+
+def restore_random_states(
+    path: Path, rng: dict[str, Any], data: Any, reseed: Callable[[], Any] | None = None
+) -> None:
+    """Set torch's, CUDA's, Python's and the data sampler's generators (`data`, with
+    load_state_dict) from the "rng" of a checkpoint's trainer state; `reseed` runs once torch's
+    state is set (a rank's own seed). A hand-edited state that does not decode is one line."""
+    try:
+        torch.set_rng_state(decode_tensor(rng["torch"]))
+        if reseed is not None:
+            reseed()
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
+        random.setstate((3, tuple(rng["python"]), None))
+        data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
+    except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"trainer state {Path(path) / STATE_FILE} is damaged: its random state cannot be "
+            f"restored ({reason})"
+        ) from None
 
 
 def encode_tensor(tensor: torch.Tensor) -> str:
@@ -309,7 +356,7 @@ def encode_tensor(tensor: torch.Tensor) -> str:
 
 
 def decode_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
 
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer, metadata: dict[str, str]) -> bytes:

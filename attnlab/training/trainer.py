@@ -41,10 +41,10 @@ from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.training.checkpoints import (
     MODEL_FILE,
-    decode_tensor,
     encode_tensor,
     load_training_state,
     load_weights,
+    restore_random_states,
     save_checkpoint,
 )
 from attnlab.training.distributed import ALONE, Group
@@ -362,14 +362,9 @@ class Trainer:
         saved = getattr(torch, str(state.get("precision")), None)
         if self.config.precision == "auto" and isinstance(saved, torch.dtype):
             self.dtype = saved  # as first chosen: measuring the CPU again might not agree
-        rng = state["rng"]
-        torch.set_rng_state(decode_tensor(rng["torch"]))  # rank 0's; the others draw anew
-        if self.group.rank:
-            torch.manual_seed(self.config.seed + self.group.rank + self.step)
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
-        random.setstate((3, tuple(rng["python"]), None))
-        self.train_data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
+        rank_seed = self.config.seed + self.group.rank + self.step  # rank 0 takes the saved
+        reseed = (lambda: torch.manual_seed(rank_seed)) if self.group.rank else None
+        restore_random_states(self.out_dir, state["rng"], self.train_data, reseed)
         if self.group.is_writer:
             truncate_metrics(self.out_dir / METRICS_FILE, self.step)
 
