@@ -1,5 +1,8 @@
 """`attnlab sample`: help, end-to-end sampling from a tiny checkpoint, and clean failures."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from helpers import MUST_COMPILE
@@ -122,3 +125,14 @@ def test_bad_option_values_exit_2(capsys, checkpoint):
     for flag, value in [("--top-p", 2), ("--num-samples", 0), ("--crop-to", 99)]:
         code, out, err = sample(capsys, checkpoint, "--prompt", "me", flag, value)
         assert code == 2 and out == "" and err.count("\n") == 1, (flag, err)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(checkpoint):
+    """`attnlab sample ... | head`: the pipe closes; the command stops with 141, no message."""
+    command = (
+        f"{sys.executable} -m attnlab sample {checkpoint} --max-new-tokens 4000 "
+        "--num-samples 32 | head -c 10 > /dev/null; exit ${PIPESTATUS[0]}"
+    )
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 141, done.stderr
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         reason = getattr(error, "reason", error)
         print(f"attnlab: error: the input is not valid UTF-8 text ({reason})", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`attnlab sample ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as error:  # the user's files and folders: missing, read-only, full disk
         where = f": {error.filename}" if error.filename else ""
         print(f"attnlab: error: {error.strerror or error}{where}", file=sys.stderr)
@@ -104,9 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`attnlab sample ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,16 +327,12 @@ def load_training_state(
     return state
 
 
-def restore_random_states(
-    path: Path, rng: dict[str, Any], data: Any, reseed: Callable[[], Any] | None = None
-) -> None:
+def restore_random_states(path: Path, rng: dict[str, Any], data: Any) -> None:
     """Set torch's, CUDA's, Python's and the data sampler's generators (`data`, with
-    load_state_dict) from the "rng" of a checkpoint's trainer state; `reseed` runs once torch's
-    state is set (a rank's own seed). A hand-edited state that does not decode is one line."""
+    load_state_dict) from the "rng" of a checkpoint's trainer state. A hand-edited state that
+    does not decode is one line."""
     try:
         torch.set_rng_state(decode_tensor(rng["torch"]))
-        if reseed is not None:
-            reseed()
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
         random.setstate((3, tuple(rng["python"]), None))

@@ -362,9 +362,9 @@ class Trainer:
         saved = getattr(torch, str(state.get("precision")), None)
         if self.config.precision == "auto" and isinstance(saved, torch.dtype):
             self.dtype = saved  # as first chosen: measuring the CPU again might not agree
-        rank_seed = self.config.seed + self.group.rank + self.step  # rank 0 takes the saved
-        reseed = (lambda: torch.manual_seed(rank_seed)) if self.group.rank else None
-        restore_random_states(self.out_dir, state["rng"], self.train_data, reseed)
+        restore_random_states(self.out_dir, state["rng"], self.train_data)  # rank 0's
+        if self.group.rank:  # the other ranks draw their own (dropout)
+            torch.manual_seed(self.config.seed + self.group.rank + self.step)
         if self.group.is_writer:
             truncate_metrics(self.out_dir / METRICS_FILE, self.step)
 
