@@ -105,6 +105,17 @@ def test_random_windows_are_shifted_by_one_and_reproducible():
     assert torch.equal(b.next()[0], x)
 
 
+def test_repeated_windows_end_with_their_own_beginning_at_varying_distances():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    x, y = RandomWindows(tokens, 64, 15, seed=1, repeat=True).next()
+    cuts = set()
+    for window in torch.cat([x, y[:, -1:]], 1).tolist():  # the 16 tokens drawn
+        cut = next(i for i in range(1, 16) if window[i] != window[i - 1] + 1)  # text until here
+        assert window[cut:] == window[: 16 - cut] and 4 <= 16 - cut <= 8
+        cuts.add(cut)
+    assert len(cuts) == 5  # every length from a quarter to a half of the window
+
+
 def test_training_lowers_the_loss(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=60, eval_interval=60, learning_rate=3e-3)
     result = trainer.fit()

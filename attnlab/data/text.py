@@ -96,15 +96,22 @@ class RandomWindows:
     """Batches of random windows for next-token prediction: inputs and targets shifted by one.
 
     The sampler owns its random generator, whose state is part of a checkpoint, so a resumed
-    run draws exactly the batches the uninterrupted run would have drawn.
+    run draws exactly the batches the uninterrupted run would have drawn. With `repeat`, each
+    window of text ends with its own beginning again: a quarter to a half of the window, so the
+    distance between the two copies varies and only reading the content finds the earlier one.
+    Copying it rewards induction heads from the first steps (the phase change of Olsson et al.
+    2022, on text, within a short run).
     """
 
     unit = "token"
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, length: int, seed: int):
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, length: int, seed: int, repeat: bool = False
+    ):
         if len(tokens) <= length:
             raise UserError(f"{len(tokens)} tokens cannot fill a window of {length + 1}")
         self.tokens, self.batch_size, self.length = tokens, batch_size, length
+        self.repeat = repeat
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = np.arange(length + 1)
 
@@ -112,7 +119,14 @@ class RandomWindows:
         """Inputs (B, T) and targets (B, T), int64, on the CPU."""
         high = len(self.tokens) - self.length
         starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        offsets = self._offsets[None, :]
+        if self.repeat:  # from `cut` on, the window's first tokens again
+            n = self.length + 1
+            cut = n - torch.randint(
+                n // 4, n // 2 + 1, (self.batch_size, 1), generator=self.generator
+            )
+            offsets = offsets - (offsets >= cut.numpy()) * cut.numpy()
+        windows = torch.from_numpy(self.tokens[starts[:, None] + offsets].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -133,15 +147,20 @@ def sequential_windows(tokens: np.ndarray, length: int, batch_size: int):
 
 
 def language_model_data(
-    splits: TextSplits, batch_size: int, context_length: int, seed: int, eval_iters: int
+    splits: TextSplits,
+    batch_size: int,
+    context_length: int,
+    seed: int,
+    eval_iters: int,
+    repeat: bool = False,
 ):
     """The trainer's data for next-token prediction: random train windows, and the same
-    `eval_iters` validation batches at every evaluation."""
+    `eval_iters` validation batches at every evaluation (repeated windows: RandomWindows)."""
     splits.check_length(context_length)
-    train = RandomWindows(splits.train, batch_size, context_length, seed)
+    train = RandomWindows(splits.train, batch_size, context_length, seed, repeat)
 
     def validation_batches():
-        windows = RandomWindows(splits.val, batch_size, context_length, seed + 1)
+        windows = RandomWindows(splits.val, batch_size, context_length, seed + 1, repeat)
         return [windows.next() for _ in range(eval_iters)]
 
     return train, {"val": validation_batches}
@@ -151,6 +170,7 @@ def language_model_data(
 class TextDataConfig:
     data: str = "stdlib"  # text file, directory, DIR:GLOB, dataset, stdlib, or task:NAME
     tokenizer: str = "char"  # char, byte or bpe:N (N = vocabulary size, learned on the data)
+    repeat: bool = False  # each window ends with its own beginning again (see induction heads)
 
 
 def text_training_data(request: DataRequest) -> TrainingData:
@@ -170,7 +190,12 @@ def text_training_data(request: DataRequest) -> TrainingData:
     tokens = tokenize_cached(DOCUMENT_SEPARATOR.join(texts), tokenizer)
     splits = TextSplits.from_tokens(tokens)
     batches, evaluation = language_model_data(
-        splits, train.batch_size, request.model["context_length"], train.seed, train.eval_iters
+        splits,
+        train.batch_size,
+        request.model["context_length"],
+        train.seed,
+        train.eval_iters,
+        settings.repeat,
     )
     return TrainingData(
         batches,
