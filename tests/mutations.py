@@ -179,6 +179,18 @@ MUTATIONS = [
         (("rope_base=_rope_base(hf),", "rope_base=10000.0,"),),
         (("tests/test_interop_llama.py", "-k", "logits and gqa"),),
     ),
+    Mutation(
+        "image-gpt-inputs-hold-the-pixel-they-predict",
+        "attnlab/data/palette.py",
+        (("torch.cat([start, targets[:, :-1]], dim=1)", "targets.clone()"),),
+        (("tests/test_image_gpt.py", "-k", "start_token_then"),),
+    ),
+    Mutation(
+        "image-nll-a-mean-not-a-sum",
+        "attnlab/evaluation/image_likelihood.py",
+        (('targets.flatten(), reduction="sum"', "targets.flatten()"),),
+        (("tests/test_image_gpt.py", "-k", "nll or ln2"),),
+    ),
 ]
 
 
