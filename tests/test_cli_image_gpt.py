@@ -10,7 +10,7 @@ from helpers import one_line_error, run
 from PIL import Image
 from test_cli_vision import fingerprint, run_quiet
 
-from attnlab.cli.sample_images import complete
+from attnlab.generation import complete_images
 from attnlab.training.checkpoints import load_checkpoint
 
 SMALL = [
@@ -68,14 +68,13 @@ def test_completions_keep_the_top_half_they_were_given(trained):
     checkpoint = load_checkpoint(trained)
     model, palette = checkpoint.model, checkpoint.artifacts["palette"]
     top = torch.randint(palette.vocab_size, (3, 64), generator=torch.Generator().manual_seed(0))
-    args = type("Args", (), {"samples": 3, "temperature": 1.0, "top_k": None, "seed": 1})
-    images = complete(model, palette, top, args)
+    images = complete_images(model, palette, top, seed=1)
     assert images.shape == (3, 128) and torch.equal(images[:, :64], top)
     assert int(images.max()) < palette.vocab_size  # never the start token
-    again = complete(model, palette, top, args)
-    assert torch.equal(images, again)  # the seed decides
-    samples = complete(model, palette, None, args)
-    assert samples.shape == (3, 128)
+    assert torch.equal(images, complete_images(model, palette, top, seed=1))  # the seed decides
+    assert not torch.equal(images, complete_images(model, palette, top, seed=2))
+    samples = complete_images(model, palette, count=5, temperature=0)
+    assert samples.shape == (5, 128) and (samples == samples[0]).all()  # greedy: all the same
 
 
 def test_complete_files_of_the_right_size(trained, tmp_path, capsys):

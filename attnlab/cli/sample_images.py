@@ -46,7 +46,9 @@ def register(subparsers) -> None:
         "--out", metavar="FILE", help="the PNG grid to write (default: CKPT/samples.png)"
     )
     parser.add_argument("--samples", type=int, default=16, help="unconditional samples")
-    parser.add_argument("--completions", type=int, default=8, help="test images to complete")
+    parser.add_argument(
+        "--completions", type=int, default=8, help="test images to complete (without --complete)"
+    )
     parser.add_argument(
         "--complete", nargs="+", metavar="IMAGE", help="complete these image files (PNG, ...)"
     )
@@ -80,6 +82,7 @@ def load_image_gpt(path: str, device: str, command: str):
 
 def sample_images_command(args: argparse.Namespace) -> int:
     from attnlab.files import atomic_write_bytes
+    from attnlab.generation.images import complete_images
 
     for name in ("samples", "completions", "columns", "scale"):
         least = 1 if name in ("columns", "scale") else 0
@@ -94,12 +97,13 @@ def sample_images_command(args: argparse.Namespace) -> int:
     model, palette = checkpoint.model, checkpoint.artifacts["palette"]
     side = model.config.image_size
     rows = []
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
     if args.samples:
-        samples = complete(model, palette, None, args)
+        samples = complete_images(model, palette, count=args.samples, **sampling)
         rows += _rows(palette.decode(samples, side), args.columns)
     if len(originals):
         top = palette.encode(originals)[:, : _top_half_tokens(palette, side)]
-        completed = palette.decode(complete(model, palette, top, args), side)
+        completed = palette.decode(complete_images(model, palette, top, **sampling), side)
         quantised = palette.decode(palette.encode(originals), side)
         for start in range(0, len(originals), args.columns):
             part = slice(start, start + args.columns)
@@ -112,28 +116,6 @@ def sample_images_command(args: argparse.Namespace) -> int:
 
 def _top_half_tokens(palette, side: int) -> int:
     return (side // 2) * side // palette.pixels_per_token
-
-
-def complete(model, palette, prompts, args):
-    """Token sequences (B, L) of whole images: continuations of `prompts` (B, P) image tokens,
-    or args.samples images from nothing when prompts is None."""
-    import torch
-
-    from attnlab.generation import generate, make_generator
-
-    length = model.config.context_length
-    count = args.samples if prompts is None else len(prompts)
-    start = torch.full((count, 1), palette.start_token, dtype=torch.long)
-    given = start if prompts is None else torch.cat([start, prompts], dim=1)
-    new = generate(
-        model,
-        given,
-        length - given.size(1) + 1,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        generator=make_generator(model, args.seed),
-    )
-    return torch.cat([given[:, 1:], torch.tensor(new, dtype=torch.long)], dim=1)
 
 
 def _images_to_complete(args: argparse.Namespace, checkpoint):
