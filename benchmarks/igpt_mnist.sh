@@ -6,7 +6,7 @@
 #
 #   benchmarks/igpt_mnist.sh                                   # the full run
 #   OUT=runs/igpt_trial benchmarks/igpt_mnist.sh --max-iters 200   # a short trial
-#   benchmarks/igpt_mnist.sh --device cuda --precision bf16 --compile true   # on a GPU
+#   benchmarks/igpt_mnist.sh --device cuda --precision bf16 --compile   # on a GPU
 #
 # Extra arguments go to `attnlab train igpt` (later flags win). OUT (default runs/igpt_mnist)
 # must not already hold a checkpoint. A shell script, not a .py, so that `make bench` does not
