@@ -30,6 +30,9 @@ class ImageGPTConfig(GPTConfig):
     # image_size and channels come from the data and its palette.
     image_size: int = 28  # side of the square images, in pixels
     channels: int = 1  # colour channels of the images: 1 grayscale, 3 RGB
+    # Untied: a pixel's input vector and its prediction are different things, tying saves only
+    # V x D weights, and a tied head starts out favouring the token it was just fed.
+    tie_weights: bool = False
 
     def __post_init__(self):
         super().__post_init__()
