@@ -102,9 +102,10 @@ def sample_images_command(args: argparse.Namespace) -> int:
         samples = complete_images(model, palette, count=args.samples, **sampling)
         rows += _rows(palette.decode(samples, side), args.columns)
     if len(originals):
-        top = palette.encode(originals)[:, : _top_half_tokens(palette, side)]
+        tokens = palette.encode(originals)
+        top = tokens[:, : (side // 2) * side // palette.pixels_per_token]  # whole rows
         completed = palette.decode(complete_images(model, palette, top, **sampling), side)
-        quantised = palette.decode(palette.encode(originals), side)
+        quantised = palette.decode(tokens, side)
         for start in range(0, len(originals), args.columns):
             part = slice(start, start + args.columns)
             rows += [quantised[part], (quantised[part], side // 2), completed[part]]
@@ -112,10 +113,6 @@ def sample_images_command(args: argparse.Namespace) -> int:
     atomic_write_bytes(out, _grid_png(rows, args.columns, args.scale, side))
     print(f"{args.samples} samples, {len(originals)} completions: {out}")
     return 0
-
-
-def _top_half_tokens(palette, side: int) -> int:
-    return (side // 2) * side // palette.pixels_per_token
 
 
 def _images_to_complete(args: argparse.Namespace, checkpoint):
