@@ -191,6 +191,18 @@ MUTATIONS = [
         (("node.textContent = text;", "node.innerHTML = text;"),),
         (("tests/test_viewer_browser.py", "-k", "gpt_page"),),
     ),
+    Mutation(
+        "image-gpt-inputs-hold-the-pixel-they-predict",
+        "attnlab/data/palette.py",
+        (("torch.cat([start, targets[:, :-1]], dim=1)", "targets.clone()"),),
+        (("tests/test_image_gpt.py", "-k", "start_token_then"),),
+    ),
+    Mutation(
+        "image-nll-a-mean-not-a-sum",
+        "attnlab/evaluation/image_likelihood.py",
+        (('targets.flatten(), reduction="sum"', "targets.flatten()"),),
+        (("tests/test_image_gpt.py", "-k", "nll or ln2"),),
+    ),
 ]
 
 

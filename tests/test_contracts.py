@@ -16,7 +16,14 @@ from attnlab.layers import MIXERS
 from attnlab.layers.contracts import MATRIX_LAYERS
 from attnlab.models import KINDS
 from attnlab.models.gpt import GPT, GPTConfig
-from attnlab.models.registry import CLASSIFY, CLASSIFY_IMAGE, GENERATE, TRANSLATE, kind_of
+from attnlab.models.registry import (
+    CLASSIFY,
+    CLASSIFY_IMAGE,
+    GENERATE,
+    GENERATE_IMAGE,
+    TRANSLATE,
+    kind_of,
+)
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig
@@ -43,6 +50,7 @@ def small_data(kind, corpus):
         "classifier": {"data": str(corpus.parent / "labelled.tsv"), "tokenizer": "char"},
         "translation": {"embedded_pairs": 300, "bpe_vocab_size": 300},
         "vit": {"embedded_images": 200},
+        "igpt": {"embedded_images": 200},
     }.get(kind.name, {})
 
 
@@ -90,12 +98,14 @@ MIXER_NAMES = sorted(MIXERS)
 
 
 def check_initial_loss(model, batch):
-    """A first loss near ln(outputs), the loss of a uniform guess: V tokens, or K classes."""
+    """A first loss near ln(outputs), the loss of a uniform guess over what the model can
+    answer: V tokens, or K classes; an output whose logit is -inf (an image GPT's start token)
+    is not an answer."""
     logits, loss = model(*batch)
     classifies = kind_of(model).capabilities & {CLASSIFY, CLASSIFY_IMAGE}
     outputs = model.config.n_classes if classifies else model.config.vocab_size
     assert logits.shape[-1] == outputs
-    log_v = math.log(outputs)
+    log_v = math.log(int(torch.isfinite(logits.flatten(0, -2)[0]).sum()))
     assert math.isfinite(loss.item()) and abs(loss.item() - log_v) < 0.2 * log_v, loss.item()
 
 
@@ -154,11 +164,13 @@ def test_mixer_contract(name, tmp_path):
 def causal_input(model):
     """Which forward argument is read causally, by what the model can do."""
     capabilities = next(k.capabilities for k in KINDS.values() if type(model) is k.model)
-    return 0 if GENERATE in capabilities else 1 if TRANSLATE in capabilities else None
+    return (
+        0 if capabilities & {GENERATE, GENERATE_IMAGE} else 1 if TRANSLATE in capabilities else None
+    )
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in KIND_NAMES if KINDS[n].capabilities & {GENERATE, TRANSLATE}]
+    "name", [n for n in KIND_NAMES if KINDS[n].capabilities & {GENERATE, GENERATE_IMAGE, TRANSLATE}]
 )
 def test_kinds_that_decode_are_causal(name, corpus):
     model, data = build(KINDS[name], corpus)

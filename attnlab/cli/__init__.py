@@ -28,6 +28,10 @@ COMMANDS = {
     "fill-mask": ("fill_mask", "predict the hidden words of a text with a BERT checkpoint"),
     "classify": ("classify", "label texts with a classifier checkpoint"),
     "classify-image": ("classify_image", "classify images with a vision checkpoint"),
+    "sample-images": (
+        "sample_images",
+        "draw images, and complete half images, with an image GPT checkpoint",
+    ),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use"),
     "arena": ("arena", "train every token mixer alike and compare them; cost against length"),

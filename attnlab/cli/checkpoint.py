@@ -10,6 +10,7 @@ from attnlab.models.registry import (
     CLASSIFY_IMAGE,
     FILL_MASK,
     GENERATE,
+    GENERATE_IMAGE,
     TRANSLATE,
     get_kind,
 )
@@ -21,6 +22,7 @@ SERVED_BY = {
     FILL_MASK: "attnlab fill-mask",
     CLASSIFY: "attnlab classify",
     CLASSIFY_IMAGE: "attnlab classify-image (and evaluate)",
+    GENERATE_IMAGE: "attnlab sample-images (and evaluate)",
 }
 
 

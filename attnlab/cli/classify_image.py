@@ -137,13 +137,24 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
 
 def _evaluation_images(args: argparse.Namespace, checkpoint):
     """The split asked for, of --data or of the run's own data, checked against the model."""
-    import torch
+    dataset = run_dataset(args, checkpoint)
+    names = checkpoint.artifacts["classes"].names
+    if dataset.classes != names:
+        raise UserError(
+            f"{dataset.name} has the classes {', '.join(dataset.classes)}, but the model was "
+            f"trained on {', '.join(names)}"
+        )
+    config = checkpoint.model.config
+    return checked_split(dataset, args.split, config.channels, config.image_size)
 
+
+def run_dataset(args: argparse.Namespace, checkpoint):
+    """The images of --data, or else those the run trained on (its run.json), read with the
+    run's data settings (a kind whose data config names its images in `data`)."""
     from attnlab.cli.runs import note
     from attnlab.cli.train import RUN_FILE
     from attnlab.config import config_from_dict
     from attnlab.data.image_classification import load_image_data
-    from attnlab.data.images import ImageSet
     from attnlab.files import read_json
 
     run_file = Path(args.checkpoint) / RUN_FILE
@@ -156,23 +167,25 @@ def _evaluation_images(args: argparse.Namespace, checkpoint):
     if args.data is not None:
         settings = {**settings, "data": args.data}
     settings = config_from_dict(checkpoint.kind.data_config, settings, source="--data")
-    config = checkpoint.model.config
-    dataset = load_image_data(settings, config.image_size, log=note)
-    names = checkpoint.artifacts["classes"].names
-    if dataset.classes != names:
-        raise UserError(
-            f"{dataset.name} has the classes {', '.join(dataset.classes)}, but the model was "
-            f"trained on {', '.join(names)}"
-        )
+    return load_image_data(settings, checkpoint.model.config.image_size, log=note)
+
+
+def checked_split(dataset, split: str, channels: int, side: int):
+    """The images of `split` (val: the test images, train, or all) of `dataset`, which must
+    hold channels x side x side images."""
+    import torch
+
+    from attnlab.data.images import ImageSet
+
     shape = tuple(dataset.test.images.shape[1:])
-    if shape != (config.channels, config.image_size, config.image_size):
+    if shape != (channels, side, side):
         raise UserError(
             f"{dataset.name} holds {'x'.join(map(str, shape))} images; the model "
-            f"reads {config.channels}x{config.image_size}x{config.image_size}"
+            f"reads {channels}x{side}x{side}"
         )
-    if args.split == "all":
+    if split == "all":
         return ImageSet(
             torch.cat([dataset.train.images, dataset.test.images]),
             torch.cat([dataset.train.labels, dataset.test.labels]),
         )
-    return dataset.test if args.split == "val" else dataset.train
+    return dataset.test if split == "val" else dataset.train

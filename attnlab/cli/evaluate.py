@@ -1,6 +1,7 @@
 """`attnlab evaluate CKPT --data PATH`: loss, perplexity and bits per byte of a checkpoint;
 `attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of a translation checkpoint;
-`attnlab evaluate CKPT [--data SPEC]`: accuracy and a confusion matrix of an image classifier.
+`attnlab evaluate CKPT [--data SPEC]`: accuracy and a confusion matrix of an image classifier,
+or the negative log-likelihood (nats per image) of an image GPT's test images.
 
 Which evaluation a checkpoint gets follows what its kind can do (its capabilities), never its
 name."""
@@ -15,12 +16,13 @@ import numpy as np
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
 from attnlab.cli.options import resolve_data_path
+from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.data.text import TextSplits, corpus_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
-from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, get_kind
+from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, GENERATE_IMAGE, get_kind
 from attnlab.training.checkpoints import checkpoint_description
 
 SPLITS = ("val", "train", "all")
@@ -36,7 +38,8 @@ def register(subparsers) -> None:
         description="Loss (nats/token), perplexity and bits per byte of a language model over "
         "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
         "translation model's detokenized output; or an image classifier's accuracy, with a "
-        "confusion-matrix PNG (on the data it trained on unless --data says otherwise)."
+        "confusion-matrix PNG; or an image GPT's negative log-likelihood in nats per image (both "
+        "on the data the model trained on unless --data says otherwise)."
         "\nexamples:\n  attnlab evaluate runs/gpt --data input.txt\n  attnlab evaluate "
         "runs/multi30k --src test.de.gz --ref test.en.gz\n  attnlab evaluate runs/vit_mnist",
     )
@@ -74,8 +77,11 @@ def register(subparsers) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     if args.src or args.ref:
         return evaluate_translation_command(args)
-    if CLASSIFY_IMAGE in get_kind(checkpoint_description(args.checkpoint)["kind"]).capabilities:
+    capabilities = get_kind(checkpoint_description(args.checkpoint)["kind"]).capabilities
+    if CLASSIFY_IMAGE in capabilities:
         return evaluate_classifier_command(args)
+    if GENERATE_IMAGE in capabilities:
+        return evaluate_image_model_command(args)
     if args.data is None:
         raise UserError("give --data (a language model) or --src and --ref (a translation model)")
     if args.batch_size <= 0:

@@ -34,6 +34,7 @@ from attnlab.models.registry import (
     CLASSIFY_IMAGE,
     FILL_MASK,
     GENERATE,
+    GENERATE_IMAGE,
     TRANSLATE,
     ModelKind,
     get_kind,
@@ -60,6 +61,7 @@ NEXT_STEPS = {
     CLASSIFY: 'classify:   attnlab classify {out} "..."',
     CLASSIFY_IMAGE: "score it:   attnlab evaluate {out}\n"
     "classify:   attnlab classify-image {out} IMAGE.png",
+    GENERATE_IMAGE: "score it:   attnlab evaluate {out}\ndraw:       attnlab sample-images {out}",
 }
 
 

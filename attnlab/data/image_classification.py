@@ -101,6 +101,11 @@ class ImageBatches:
         self.cursor = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.draw()
+        return self.normalize(images), labels
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch as stored: uint8 images (B, C, H, W), shifted when asked, and labels."""
         if self.cursor + self.batch_size > len(self.data):
             self._start_epoch()
         rows = self.order[self.cursor : self.cursor + self.batch_size]
@@ -108,7 +113,7 @@ class ImageBatches:
         images = self.data.images[rows]
         if self.shift:
             images = random_shift(images, self.shift, self.shift_generator)
-        return self.normalize(images), self.data.labels[rows]
+        return images, self.data.labels[rows]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # Checkpoints store data state as raw bytes (uint8 tensors): the cursor goes as bytes too.

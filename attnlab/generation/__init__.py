@@ -1,7 +1,8 @@
 """Generation: logit filters and sampling (sampling), decoding loops with a KV cache (decoding),
-and text on top of them (text)."""
+and text (text) and images (images) on top of them."""
 
 from attnlab.generation.decoding import generate, make_generator, stream, stream_batch
+from attnlab.generation.images import complete_images
 from attnlab.generation.sampling import (
     SamplingConfig,
     apply_temperature,
@@ -16,6 +17,7 @@ __all__ = [
     "SamplingConfig",
     "StopScanner",
     "apply_temperature",
+    "complete_images",
     "generate",
     "generate_text",
     "make_generator",

@@ -29,6 +29,7 @@ TRANSLATE = "translate"  # maps a source sentence to a target one: translate, ev
 FILL_MASK = "fill-mask"  # predicts hidden tokens of a text: fill-mask
 CLASSIFY = "classify"  # labels a text: classify
 CLASSIFY_IMAGE = "classify-image"  # labels an image: classify-image, evaluate (accuracy, confusion)
+GENERATE_IMAGE = "generate-image"  # draws and completes images: sample-images, evaluate (NLL)
 
 
 @dataclass(frozen=True)
