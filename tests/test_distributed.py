@@ -159,8 +159,36 @@ def test_a_batch_the_ranks_cannot_split_is_one_line(tmp_path, text):
     assert done.returncode != 0
     line = "attnlab: error: batch_size 3 does not split among 2 processes"
     assert done.stderr.count(line) == 1, done.stderr[-3000:]
-    assert "exitcode  : 2" in done.stderr
+    assert "exitcode  : 2" in done.stderr  # torchrun's summary; its own exit code is 1
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def attnlab_processes(out, text, *args):
+    """`attnlab train gpt ... --processes 2`: attnlab starting its ranks itself."""
+    command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(out)]
+    command += ["--data", str(text), *SETTINGS, "--processes", "2", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_attnlab_starts_its_own_ranks(tmp_path, text, capsys):
+    done = attnlab_processes(tmp_path / "two", text, "--distributed", "fsdp", "--max-iters", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone(tmp_path / "one", text, "--max-iters", "2", capsys=capsys)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_started_by_attnlab_a_batch_the_ranks_cannot_split_is_one_line_and_exit_2(tmp_path, text):
+    done = attnlab_processes(tmp_path / "r", text, "--distributed", "ddp", "--batch-size", "3")
+    line = one_line_error(done.returncode, done.stderr)
+    assert "batch_size 3 does not split among 2 processes" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_processes_without_distributed_is_one_line(tmp_path, text, capsys):
+    argv = ["train", "gpt", "--out", str(tmp_path / "r"), "--data", str(text), "--processes", "2"]
+    code, _, err = run(argv, capsys)
+    assert "--processes N starts N ranks of a --distributed run" in one_line_error(code, err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")

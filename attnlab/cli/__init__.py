@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
         args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+        args.argv = argv  # for a command that starts itself again (train --processes)
         return args.handler(args) or 0
     except UserError as error:  # of torchrun's ranks, rank 0 speaks for all (the same checks)
         if os.environ.get("RANK", "0") == "0" or getattr(error, "every_rank", False):

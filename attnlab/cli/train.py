@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from attnlab.training.checkpoints import (
     load_matching_weights,
     read_training_state,
 )
-from attnlab.training.distributed import MODES, Group
+from attnlab.training.distributed import MODES, Group, launch
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 
@@ -120,6 +121,13 @@ def _add_kind(kinds, kind: ModelKind) -> None:
         help="train as one of torchrun's processes, the batch split among them: ddp (a whole "
         "model per process) or fsdp (each holds a shard); see the README (default: one process)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="with --distributed: start N processes on this machine, as torchrun "
+        "--standalone --nproc-per-node N would (default: as started)",
+    )
     add_config_flags(parser, kind.data_config, f"data ({kind.data_config.__name__})")
     defaults = preset_defaults(kind.presets[kind.default_preset])
     add_config_flags(parser, kind.config, f"model ({kind.config.__name__})", defaults)
@@ -129,6 +137,8 @@ def _add_kind(kinds, kind: ModelKind) -> None:
 
 def train(kind_name: str, args: argparse.Namespace) -> int:
     kind = get_kind(kind_name)
+    if args.processes is not None:
+        return _launch(args)
     toml = read_toml(args.config)
     source = args.config or "flags"
     data_keys = _check_toml(toml, kind, source)
@@ -205,6 +215,23 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path, group
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """--processes N: this command again as N ranks (less the flag), by torchrun's launcher."""
+    if args.processes < 1 or args.distributed is None or "RANK" in os.environ:
+        raise UserError(
+            "--processes N starts N ranks of a --distributed run (N >= 1), and not from within "
+            "torchrun"
+        )
+    argv, skip = [], False
+    for word in args.argv:
+        if skip or word == "--processes":
+            skip = not skip
+            continue
+        if not word.startswith("--processes="):
+            argv.append(word)
+    return launch(args.processes, argv)
 
 
 def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[str, Any] | None:

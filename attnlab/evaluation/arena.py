@@ -105,6 +105,11 @@ def train_mixer(
         last = (lines or ["?"])[-1].removeprefix("attnlab: error: ")
         raise UserError(f"arena: training {entry.mixer} failed ({log_file.name}): {last}")
     entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB
+    read_run(entry, tokens_per_step)
+
+
+def read_run(entry: Entry, tokens_per_step: int) -> None:
+    """The evaluations and the training speed of a finished run, from its metrics.jsonl."""
     records = [json.loads(line) for line in (entry.out / "metrics.jsonl").read_text().splitlines()]
     entry.evaluations = [
         {**r, "tokens": r["step"] * tokens_per_step} for r in records if "val_loss" in r
@@ -146,8 +151,9 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
     for e in entries:
         points = e.evaluations
         label = f"{e.mixer} ({e.params / 1e6:.2f}M)"
-        axes[0].plot([p["elapsed_s"] for p in points], [p["val_loss"] for p in points], label=label)
-        axes[1].plot([p["tokens"] for p in points], [p["val_loss"] for p in points], label=label)
+        losses = [p["val_loss"] for p in points]
+        (line,) = axes[0].plot([p["elapsed_s"] for p in points], losses, ".-", label=label)
+        axes[1].plot([p["tokens"] for p in points], losses, ".-", color=line.get_color())
     axes[0].set(xlabel="training time (s)", ylabel="val loss")
     axes[1].set(xlabel="training tokens")
     axes[0].legend()

@@ -109,7 +109,10 @@ def scaling_curves(
             if length <= longest and seconds > max_seconds:
                 curve.stopped = f"stopped after T={length // 2}: over {max_seconds:g} s a pass"
             elif length <= longest and memory * 4 > memory_limit:
-                curve.stopped = f"stopped after T={length // 2}: T={length} would need > 4x"
+                gigabytes = memory_limit / 1e9
+                curve.stopped = (
+                    f"stopped after T={length // 2}: T={length} might need > {gigabytes:g} GB"
+                )
             if curve.stopped:
                 break
         curves.append(curve)

@@ -223,3 +223,38 @@ def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
             src_data_rank=None,
         )
     return value
+
+
+def launch(processes: int, argv: list[str]) -> int:
+    """`attnlab ARGV` as `processes` ranks on this machine, started by torchrun's own launcher
+    (as `torchrun --standalone --nproc-per-node N -m attnlab ARGV` would), whose logs are kept
+    quiet: the ranks speak for themselves (rank 0 one line for a bad setting). Returns the job's
+    exit code: 0, or that of the rank that failed first (2 for a bad setting)."""
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "attnlab", *argv)
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        if failure.exitcode > 0:  # the rank said why (or its traceback did)
+            return failure.exitcode
+        signal_name = failure.signal_name()
+        raise RankStopped(f"rank {rank} was stopped by {signal_name}; the others with it") from None
+    return 0
