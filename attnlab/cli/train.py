@@ -169,6 +169,7 @@ def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path, group
             )
         model_base = {**model_base, **shape, **given}
         run["init"] = args.init
+    group.check_batch(train_config.batch_size)  # before anything is written or built
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
     kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
