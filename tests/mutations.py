@@ -91,7 +91,7 @@ MUTATIONS = [
     Mutation(
         "gradient-accumulation-not-averaged",
         "attnlab/training/trainer.py",
-        (("(loss / self.config.gradient_accumulation).backward()", "loss.backward()"),),
+        (("(loss / steps).backward()", "loss.backward()"),),
         (("tests/test_training.py", "-k", "micro_batches"),),
     ),
     Mutation(
