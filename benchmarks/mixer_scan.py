@@ -1,13 +1,15 @@
-"""Mamba's parallel scan against the sequential loop, and generation speed against prefix length
-for the recurrent mixers.
+"""Mamba's parallel scan and attnlab's fused scan kernel against the sequential loop, and
+generation speed against prefix length for the recurrent mixers.
 
     python benchmarks/mixer_scan.py [--length 4096] [--widths 16 64 128] [--prefixes 1024 16384]
         [--new-tokens 200] [--rounds 3] [--threads N]
 
-Scan: selective_scan (chunked, work-efficient parallel scan) and sequential_scan (one
-scan_step per position, the recurrence as decoding runs it) on the same random inputs at batch 1,
-state size 16 and expand 2 (inner width 2·d_model), forward only, fp32; best of --rounds, the two
-taking turns. Generation: greedy decoding of --new-tokens tokens after a prompt of each prefix
+Scan: selective_scan (chunked, work-efficient parallel scan), sequential_scan (one scan_step per
+position, the recurrence as decoding runs it) and the CPU kernel (attnlab/kernels/scan.cpp) on
+the same random inputs at batch 1, state size 16 and expand 2 (inner width 2·d_model), forward
+only, fp32; best of --rounds, taking turns. Then a training step's scan, forward and backward, at
+batch 16, length 1024, width 128: the parallel scan under autograd against the kernel.
+Generation: greedy decoding of --new-tokens tokens after a prompt of each prefix
 length, timed from the first new token (the prompt's prefill excluded), for a Mamba GPT (the tiny
 preset's shape: 4 layers, width 128, no positions) and the tiny lstm_lm (2 layers, width 256),
 both with random weights and a 256-token vocabulary. Prints markdown tables.
@@ -22,6 +24,7 @@ import time
 import torch
 
 from attnlab.generation import stream
+from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.mamba import selective_scan, sequential_scan
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
@@ -47,28 +50,66 @@ def best_time(function, rounds: int) -> float:
     return min(times)
 
 
-@torch.no_grad()
+def scan_inputs(batch: int, length: int, width: int) -> tuple[torch.Tensor, ...]:
+    inner, n = 2 * width, 16
+    u, dt = torch.randn(batch, length, inner), torch.rand(batch, length, inner) * 0.1
+    A = -torch.arange(1.0, n + 1).expand(inner, n).contiguous()
+    B, C = torch.randn(2, batch, length, n)
+    return u, dt, A, B, C
+
+
+def taking_turns(functions: dict, rounds: int) -> dict[str, float]:
+    """Best time of each function over rounds in which they take turns: drift slows all alike."""
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(rounds):
+        for name, function in functions.items():
+            best[name] = min(best[name], best_time(function, 1))
+    return best
+
+
 def scan_table(args: argparse.Namespace) -> None:
     print(f"\n### Selective scan, T = {args.length}, batch 1, N = 16, fp32, forward\n")
-    print("| d_model | inner E | sequential loop (ms) | parallel scan (ms) | speed-up |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "| d_model | inner E | sequential loop (ms) | parallel scan (ms) | speed-up "
+        "| fused kernel (ms) | speed-up |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for width in args.widths:
-        inner, n = 2 * width, 16
-        u, dt = torch.randn(1, args.length, inner), torch.rand(1, args.length, inner) * 0.1
-        A = -torch.arange(1.0, n + 1).expand(inner, n)
-        B, C = torch.randn(2, 1, args.length, n)
-        inputs = (u, dt, A, B, C)
-        torch.testing.assert_close(
-            selective_scan(*inputs)[0], sequential_scan(*inputs)[0], rtol=1e-4, atol=1e-4
-        )
-        loop = parallel = float("inf")
-        for _ in range(args.rounds):  # taking turns: drift slows both alike
-            loop = min(loop, best_time(lambda i=inputs: sequential_scan(*i), 1))
-            parallel = min(parallel, best_time(lambda i=inputs: selective_scan(*i), 1))
+        inputs = scan_inputs(1, args.length, width)
+        with torch.no_grad():
+            reference = sequential_scan(*inputs)[0]
+            for y in (selective_scan(*inputs)[0], cpu_kernels.selective_scan(*inputs)):
+                torch.testing.assert_close(y, reference, rtol=1e-4, atol=1e-4)
+            t = taking_turns(
+                {
+                    "loop": lambda i=inputs: sequential_scan(*i),
+                    "parallel": lambda i=inputs: selective_scan(*i),
+                    "fused": lambda i=inputs: cpu_kernels.selective_scan(*i),
+                },
+                args.rounds,
+            )
         print(
-            f"| {width} | {inner} | {loop * 1e3:.1f} | {parallel * 1e3:.1f} "
-            f"| {loop / parallel:.1f}x |"
+            f"| {width} | {2 * width} | {t['loop'] * 1e3:.1f} | {t['parallel'] * 1e3:.1f} "
+            f"| {t['loop'] / t['parallel']:.1f}x | {t['fused'] * 1e3:.1f} "
+            f"| {t['loop'] / t['fused']:.0f}x |"
         )
+    batch, length, width = 16, 1024, 128
+    leaves = [x.requires_grad_() for x in scan_inputs(batch, length, width)]
+
+    def step(scan):
+        return lambda: scan(*leaves)[0].sum().backward()
+
+    t = taking_turns(
+        {
+            "parallel": step(selective_scan),
+            "fused": step(lambda *i: (cpu_kernels.selective_scan(*i),)),
+        },
+        args.rounds,
+    )
+    print(f"\n### Training: forward + backward, batch {batch}, T = {length}, E = {2 * width}\n")
+    print("| parallel scan (ms) | fused kernel (ms) | speed-up |\n|---:|---:|---:|")
+    ratio = t["parallel"] / t["fused"]
+    print(f"| {t['parallel'] * 1e3:.0f} | {t['fused'] * 1e3:.0f} | {ratio:.0f}x |")
 
 
 def decoding_rate(model: torch.nn.Module, prefix: int, new_tokens: int) -> float:
@@ -122,6 +163,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}"
     )
+    cpu_kernels.load()
     scan_table(args)
     generation_table(args)
 

@@ -192,6 +192,12 @@ MUTATIONS = [
         (("tests/test_viewer_browser.py", "-k", "gpt_page"),),
     ),
     Mutation(
+        "scan-backward-forgets-the-decay",
+        "attnlab/kernels/scan.cpp",
+        (("dh[n] = q * decay[n];", "dh[n] = q;"),),
+        (("tests/test_scan_kernel.py", "-k", "sequential_loop"),),
+    ),
+    Mutation(
         "image-gpt-inputs-hold-the-pixel-they-predict",
         "attnlab/data/palette.py",
         (("torch.cat([start, targets[:, :-1]], dim=1)", "targets.clone()"),),

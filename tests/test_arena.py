@@ -50,6 +50,9 @@ def test_eager_attention_keeps_quadratic_memory_and_the_fused_kernel_does_not():
     assert growth("attention (eager)") > 3.0  # the (T, T) weights dominate
     assert growth("attention (fused)") < 2.5  # linear in T
     assert growth("mamba") < 2.5
+    assert growth("mamba (fused)") < 2.5
+    # the fused scan keeps one state in 32 positions, the parallel scan every one, several times
+    assert measure("mamba (fused)", 256, 16, repeats=1)[1] < measure("mamba", 256, 16, 1)[1] / 4
 
 
 def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():

@@ -54,6 +54,13 @@ def test_selective_copying_gives_back_the_scattered_tokens_in_order():
         assert answers[32:] == data and set(answers[:32]) == {IGNORE}
 
 
+def test_each_task_has_its_papers_vocabulary_unless_given():
+    _, targets = draw("associative_recall", n=2000)
+    assert len(set(targets[:, -1].tolist())) == 15  # 15 keys and 15 values
+    inputs, _ = draw("selective_copying", length=64, n=200)
+    assert len(set(inputs.flatten().tolist()) - {NOISE_ID, MARK_ID}) == 16
+
+
 def test_batches_repeat_from_their_seed_and_resume_from_their_state():
     a = TaskBatches(TASKS["mqar"], TaskOptions(), 4, 32, seed=3)
     b = TaskBatches(TASKS["mqar"], TaskOptions(), 4, 32, seed=3)

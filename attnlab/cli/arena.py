@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--mixers",
         help=f"comma-separated (default: {ARENA_MIXERS}; scaling: "
-        "attention (eager), attention (fused), hyena, mamba, lstm)",
+        "attention (eager), attention (fused), hyena, mamba, mamba (fused), lstm)",
     )
     race = parser.add_argument_group("the race (default mode)")
     race.add_argument("--data", default="tinyshakespeare", help="text, dataset or task:NAME")

@@ -39,7 +39,9 @@ NOISE_ID, MARK_ID = SYMBOLS.index(NOISE), SYMBOLS.index(MARK)
 
 @dataclass(frozen=True)
 class TaskOptions:
-    vocab: int = 30  # keys and values together (associative recall, mqar), or data tokens
+    # keys and values together (associative recall, mqar: 30 unless given, the Hyena paper's),
+    # or data tokens (selective copying: 16 unless given, the Mamba paper's)
+    vocab: int | None = None
     pairs: int = 8  # mqar: key-value pairs, each asked once
     tokens: int = 16  # selective copying: data tokens to copy
 
@@ -50,11 +52,13 @@ def _symbols(count: int, alphabet: str, what: str) -> torch.Tensor:
     return torch.tensor([SYMBOLS.index(c) for c in alphabet[:count]])
 
 
+def _keys_and_values(o: TaskOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    vocab = o.vocab or 30
+    return _symbols(vocab // 2, KEYS, "keys"), _symbols(vocab - vocab // 2, VALUES, "values")
+
+
 def associative_recall(g: torch.Generator, n: int, length: int, o: TaskOptions):
-    keys, values = (
-        _symbols(o.vocab // 2, KEYS, "keys"),
-        _symbols(o.vocab - o.vocab // 2, VALUES, "values"),
-    )
+    keys, values = _keys_and_values(o)
     if length < 3:
         raise UserError("associative recall needs a context of at least 3 tokens")
     table = values[torch.randint(len(values), (n, len(keys)), generator=g)]  # key -> its value
@@ -70,15 +74,12 @@ def associative_recall(g: torch.Generator, n: int, length: int, o: TaskOptions):
 
 
 def mqar(g: torch.Generator, n: int, length: int, o: TaskOptions):
-    keys, values = (
-        _symbols(o.vocab // 2, KEYS, "keys"),
-        _symbols(o.vocab - o.vocab // 2, VALUES, "values"),
-    )
+    keys, values = _keys_and_values(o)
     p = o.pairs
     if p > len(keys) or length < 3 * p:
         raise UserError(
-            f"mqar: {p} pairs need {p} keys (vocab {o.vocab} gives {len(keys)}) and a context "
-            f"of at least {3 * p} tokens"
+            f"mqar: {p} pairs need {p} keys (vocab {o.vocab or 30} gives {len(keys)}) and a "
+            f"context of at least {3 * p} tokens"
         )
     chosen = torch.rand(n, len(keys), generator=g).argsort(1)[:, :p]  # distinct keys per row
     answers = values[torch.randint(len(values), (n, p), generator=g)]
@@ -94,7 +95,7 @@ def mqar(g: torch.Generator, n: int, length: int, o: TaskOptions):
 
 
 def selective_copying(g: torch.Generator, n: int, length: int, o: TaskOptions):
-    data = _symbols(o.vocab, KEYS, "data tokens")
+    data = _symbols(o.vocab or 16, KEYS, "data tokens")
     k = o.tokens
     if length < 2 * k + 1:
         raise UserError(f"selective copying of {k} tokens needs a context of at least {2 * k + 1}")

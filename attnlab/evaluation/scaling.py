@@ -6,7 +6,8 @@ backward pass (counted as it saves them; what grows with T, and what decides whe
 fits). A mixer stops growing once a pass takes longer than `max_seconds`, or when its next
 length would need more than `memory_limit` bytes if its memory grew quadratically. Attention
 is measured twice: the equation written out (eager: the (T, T) weights are kept) and torch's
-fused kernel (the weights are recomputed, not kept).
+fused kernel (the weights are recomputed, not kept); so is Mamba: its parallel scan in PyTorch,
+and attnlab's fused scan kernel (on a CPU).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from pathlib import Path
 
 import torch
 
+from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.mixers import MIXERS, MixerContext, mixer_options
 
-VARIANTS = {  # name -> (mixer, options)
-    "attention (eager)": ("attention", {"backend": "eager"}),
-    "attention (fused)": ("attention", {"backend": "fused"}),
-    "hyena": ("hyena", {}),
-    "mamba": ("mamba", {}),
-    "lstm": ("lstm", {}),
+VARIANTS = {  # name -> (mixer, options, with attnlab's CPU kernels)
+    "attention (eager)": ("attention", {"backend": "eager"}, False),
+    "attention (fused)": ("attention", {"backend": "fused"}, False),
+    "hyena": ("hyena", {}, False),
+    "mamba": ("mamba", {}, False),  # the parallel scan in PyTorch
+    "mamba (fused)": ("mamba", {}, True),  # on a CPU, attnlab's scan kernel
+    "lstm": ("lstm", {}, False),
 }
 REFERENCE = "attention (fused)"  # crossovers are where another mixer becomes faster than this
 
@@ -41,7 +44,7 @@ class Curve:
 
 
 def build_layer(name: str, d_model: int, length: int) -> torch.nn.Module:
-    mixer, options = VARIANTS[name]
+    mixer, options, _ = VARIANTS[name]
     context = MixerContext(
         d_model=d_model,
         context_length=length,
@@ -76,12 +79,13 @@ def measure(name: str, length: int, d_model: int, repeats: int) -> tuple[float, 
     layer = build_layer(name, d_model, length)
     x = torch.randn(1, length, d_model, requires_grad=True)
     times, memory = [], 0
-    for attempt in range(repeats + 1):  # the first is a warm-up
-        start = time.perf_counter()
-        out, memory = activation_bytes(lambda: layer(x))
-        out.float().square().mean().backward()
-        if attempt:
-            times.append(time.perf_counter() - start)
+    with cpu_kernels.enabled(VARIANTS[name][2]):
+        for attempt in range(repeats + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            out, memory = activation_bytes(lambda: layer(x))
+            out.float().square().mean().backward()
+            if attempt:
+                times.append(time.perf_counter() - start)
     return statistics.median(times), memory
 
 

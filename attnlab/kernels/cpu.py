@@ -11,15 +11,19 @@
   a profile of its compiled step, against 128-158 µs here (timed alone), and a step 1.05-1.07x
   as fast.
 
-`python benchmarks/kernel_timings.py` times both against torch's at these shapes.
+- Mamba's selective scan (scan.cpp): the recurrence walked along T with each channel's states
+  in vector registers, keeping one state in 32 for the backward pass, which recomputes the rest.
+
+`python benchmarks/kernel_timings.py` times the first two against torch's at these shapes.
 
 `load()` compiles them once with the C++ compiler torch.compile also uses on a CPU (the library
 lands in the cache, keyed by the source, the flags and the torch version, and is loaded from there
 only while it is ours: see _trusted) and registers the ops
-``attnlab::attention``, ``attnlab::attention_backward`` and ``attnlab::gelu``, which autograd
-and torch.compile then treat like any other op. Layers take them only inside ``enabled()``
-(the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the default) and only where
-gradients are wanted: for inference alone, torch's kernels are as fast and keep less.
+``attnlab::attention``, ``attnlab::gelu`` and ``attnlab::selective_scan`` (with their
+backward ops), which autograd and torch.compile then treat like any other op. Layers take them
+only inside ``enabled()`` (the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the
+default) and only where gradients are wanted: for inference alone, torch's kernels are as fast
+and keep less.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from torch.utils import cpp_extension
 from attnlab.devices import warn_compiler_failure
 from attnlab.files import atomic_write_bytes, cache_dir
 
-SOURCE = os.path.join(os.path.dirname(__file__), "cpu.cpp")
+SOURCES = [os.path.join(os.path.dirname(__file__), name) for name in ("cpu.cpp", "scan.cpp")]
 # The kernel keeps the (T, T) weights of every head: beyond this, torch's flash kernel, which
 # keeps only a row statistic, is the better trade.
 MAX_LENGTH = 128
@@ -105,6 +109,15 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.attnlab.gelu(x)[0]
 
 
+SCAN_CHUNK = 32  # positions between the states the scan keeps for its backward pass
+
+
+def selective_scan(u, dt, A, B, C) -> torch.Tensor:
+    """y of Mamba's recurrence from h = 0 (see attnlab.layers.mamba.sequential_scan): u, dt
+    (B, T, E), A (E, N), B, C (B, T, N), all float32."""
+    return torch.ops.attnlab.selective_scan(u, dt, A, B, C, SCAN_CHUNK)[0]
+
+
 def start_building() -> None:
     """Start building the library in a background thread (a C++ compiler process), so that a
     caller can prepare its data and model meanwhile; load() then waits for it."""
@@ -138,8 +151,7 @@ def _build() -> str:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
     flags += vector
-    with open(SOURCE, "rb") as f:
-        source = f.read()
+    source = b"".join(Path(path).read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join([torch.__version__, *flags]).encode()).hexdigest()
     library = cache_dir() / "kernels" / f"cpu_kernels-{key[:24]}.so"
     _own_folder(library.parent)
@@ -163,7 +175,7 @@ def _compile(output: str, flags: list[str]) -> None:
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     compiler = os.environ.get("CXX", "c++")
     built = subprocess.run(
-        [compiler, SOURCE, "-o", output, *flags, *includes]
+        [compiler, *SOURCES, "-o", output, *flags, *includes]
         + [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu"],
         capture_output=True,
         text=True,
@@ -240,6 +252,27 @@ def _register() -> None:
         return (grad * slope).to(grad.dtype)
 
     torch.library.register_autograd("attnlab::gelu", gelu_backward, setup_context=keep_slope)
+
+    @torch.library.register_fake("attnlab::selective_scan")
+    def _(u, dt, A, B, C, chunk):
+        batch, length, inner = u.shape
+        return u.new_empty(u.shape), u.new_empty(batch, -(-length // chunk), A.size(1), inner)
+
+    @torch.library.register_fake("attnlab::selective_scan_backward")
+    def _(grad, u, dt, A, B, C, starts, chunk):
+        return tuple(t.new_empty(t.shape) for t in (u, dt, A, B, C))
+
+    def keep_scan(ctx, inputs, output):
+        *tensors, ctx.chunk = inputs
+        ctx.save_for_backward(*tensors, output[1])
+
+    def scan_backward(ctx, grad, _grad_starts):
+        grads = torch.ops.attnlab.selective_scan_backward(grad, *ctx.saved_tensors, ctx.chunk)
+        return *grads, None
+
+    torch.library.register_autograd(
+        "attnlab::selective_scan", scan_backward, setup_context=keep_scan
+    )
 
 
 if __name__ == "__main__":  # `python -m attnlab.kernels.cpu`: build now (make setup does)

@@ -11,8 +11,9 @@ channel, R rank of the Δ projection.
     y_t   = C_t · h_t + D ⊙ u_t
     out   = W_out (y ⊙ silu(z))
 
-Training runs the recurrence as a parallel scan (selective_scan); decoding runs one step per
-token on a fixed-size state (the convolution's last inputs and h): O(1) per token.
+Training runs the recurrence as a parallel scan (selective_scan), or on a CPU through attnlab's
+fused scan kernel (attnlab/kernels/scan.cpp); decoding runs one step per token on a fixed-size
+state (the convolution's last inputs and h): O(1) per token.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from attnlab.config import check_positive
 from attnlab.errors import ConfigError
+from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.caches import RecurrentState
 from attnlab.layers.contracts import keep_init, no_weight_decay, writes_residual
 from attnlab.layers.convolution import CausalConv1d
@@ -178,6 +180,8 @@ class Mamba(nn.Module):
             if x.size(1) == 1 and h is not None:  # decoding: one step
                 h, y = scan_step(h, u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
                 y = y[:, None]  # (B, 1, E)
+            elif cache is None and cpu_kernels.training_on_cpu(u):  # attnlab's fused scan
+                y = cpu_kernels.selective_scan(u, dt, A, B, C)
             else:
                 y, h = selective_scan(u, dt, A, B, C, h)
         if cache is not None:
