@@ -25,7 +25,7 @@ def draw(name, length=41, n=64, seed=0, **options):
 
 
 def test_associative_recall_asks_for_the_value_a_key_had():
-    inputs, targets = draw("associative_recall")
+    inputs, targets = draw("associative_recall", dense=0)
     assert inputs.shape == targets.shape == (64, 41)
     assert ((targets != IGNORE).sum(1) == 1).all() and (targets[:, -1] != IGNORE).all()
     for row, target in zip(inputs.tolist(), targets[:, -1].tolist(), strict=True):
@@ -52,6 +52,20 @@ def test_selective_copying_gives_back_the_scattered_tokens_in_order():
         data = [token for token in row[:32] if token != NOISE_ID]
         assert len(data) == 8 and row[32:] == [MARK_ID] * 8
         assert answers[32:] == data and set(answers[:32]) == {IGNORE}
+
+
+def test_associative_recall_in_training_also_asks_every_key_seen_before():
+    inputs, targets = draw("associative_recall", length=41)
+    _, query_only = draw("associative_recall", length=41, dense=0)
+    assert torch.equal(targets[:, -1], query_only[:, -1])
+    for row, answers in zip(inputs.tolist(), targets.tolist(), strict=True):
+        for t in range(40):
+            seen = [row[s + 1] for s in range(t % 2, t - 1, 2) if row[s] == row[t]]
+            if t % 2 == 0 and seen:  # a key met before: its value again
+                assert answers[t] == seen[0] == row[t + 1]
+            else:
+                assert answers[t] == IGNORE
+    assert (targets[:, :-1] != IGNORE).sum() > 5 * 64
 
 
 def test_each_task_has_its_papers_vocabulary_unless_given():

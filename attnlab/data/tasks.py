@@ -7,7 +7,8 @@ Tokens are characters, so a trained model samples readable text (keys a-z, value
 
 - ``associative_recall`` (Poli et al. 2023, Hyena): key-value pairs, each key always with the
   same value within a sequence, then a key seen before; the answer is its value. The paper's
-  vocabulary of 30: 15 keys and 15 values.
+  vocabulary of 30: 15 keys and 15 values. Training also scores every earlier key that was
+  seen before (``dense=0``: the query alone); evaluation scores the query alone.
 - ``mqar``, multi-query associative recall (Arora et al. 2023, Zoology): `pairs` distinct keys
   with values, then noise in which every key is asked again, once, at random places; each asks
   for its value.
@@ -43,6 +44,10 @@ class TaskOptions:
     # or data tokens (selective copying: 16 unless given, the Mamba paper's)
     vocab: int | None = None
     pairs: int = 8  # mqar: key-value pairs, each asked once
+    # associative recall in training: 1 = every key that was seen before is scored too, not only
+    # the query at the end (the same recall, 500 times a sequence at length 1024, not once);
+    # evaluation scores the query alone
+    dense: int = 1
     tokens: int = 16  # selective copying: data tokens to copy
 
 
@@ -70,6 +75,12 @@ def associative_recall(g: torch.Generator, n: int, length: int, o: TaskOptions):
     inputs = torch.cat([filler, sequence, keys[query]], 1)
     targets = torch.full_like(inputs, IGNORE)
     targets[:, -1] = table.gather(1, query)[:, 0]
+    if o.dense:  # each key that appeared before, where it stands: its value is known
+        index = torch.arange(pairs).expand(n, pairs)
+        first = torch.full((n, len(keys)), pairs).scatter_reduce(1, asked, index, "amin")
+        again = index > first.gather(1, asked)
+        answers = torch.where(again, table.gather(1, asked), IGNORE)
+        targets.scatter_(1, filler.size(1) + 2 * index, answers)
     return inputs, targets
 
 
@@ -178,8 +189,9 @@ def task_training_data(request: DataRequest) -> TrainingData:
     task(torch.Generator().manual_seed(0), 1, length, options)  # bad options: before training
     batches = TaskBatches(task, options, train.batch_size, length, train.seed)
 
-    def evaluation():
-        fixed = TaskBatches(task, options, train.batch_size, length, train.seed + 1)
+    def evaluation():  # the task as asked: for associative recall, the query alone
+        asked = dataclasses.replace(options, dense=0)
+        fixed = TaskBatches(task, asked, train.batch_size, length, train.seed + 1)
         return [fixed.next() for _ in range(train.eval_iters)]
 
     tokenizer = CharTokenizer(SYMBOLS)
