@@ -1,6 +1,7 @@
 """`attnlab arena`: matched sizes, the race's report, and cost against sequence length."""
 
 import dataclasses
+import json
 
 import pytest
 from helpers import one_line_error, run
@@ -24,7 +25,7 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     out = tmp_path / "arena"
     argv = ["arena", "--out", str(out), "--mixers", "attention,lstm", "--data", "task:mqar"]
     argv += ["--params", "20000", "--tokens", "4096", "--context-length", "32", "--n-layers", "1"]
-    argv += ["--batch-size", "16", "--eval-interval", "4"]
+    argv += ["--batch-size", "16", "--eval-interval", "4", "--weight-init", "fan_in"]
     code, table, err = run(argv, capsys)
     assert code == 0, err
     rows = [
@@ -38,6 +39,8 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     ).read_text() == table.strip() + "\n"
     for mixer in ("attention", "lstm"):  # ordinary run directories, 8 steps of 16 x 32 tokens
         assert (out / mixer / "model.safetensors").is_file()
+        config = json.loads((out / mixer / "config.json").read_text())["config"]
+        assert config["weight_init"] == "fan_in" and config["tie_weights"] is False
         assert '"step": 8' in (out / mixer / "metrics.jsonl").read_text().splitlines()[-1]
 
 

@@ -75,6 +75,26 @@ def test_loss_at_initialisation_is_about_ln_vocab():
     assert abs(loss.item() - math.log(512)) < 0.1
 
 
+def test_fan_in_initialisation_scales_to_the_width_and_needs_an_untied_head():
+    config = dict(vocab_size=300, context_length=8, n_layers=2, n_heads=2, d_model=256)
+    model = GPT(GPTConfig(**config, weight_init="fan_in", tie_weights=False))
+    block = model.blocks[0]
+    stds = {
+        "embedding": model.token_embedding.weight.std().item(),
+        "head": model.output_head.weight.std().item(),
+        "up": block.feedforward.up_projection.weight.std().item(),
+        "down": block.feedforward.down_projection.weight.std().item(),
+    }
+    assert math.isclose(stds["embedding"], 1.0, rel_tol=0.05)
+    assert math.isclose(stds["head"], 256**-0.5, rel_tol=0.05)
+    assert math.isclose(stds["up"], 256**-0.5, rel_tol=0.05)
+    assert math.isclose(stds["down"], 1024**-0.5 / 2, rel_tol=0.05)  # a residual writer, 2 layers
+    gpt2 = GPT(GPTConfig(**config, tie_weights=False))
+    assert math.isclose(gpt2.token_embedding.weight.std().item(), 0.02, rel_tol=0.05)
+    with pytest.raises(ConfigError, match="tie_weights = false"):
+        GPTConfig(**config, weight_init="fan_in")
+
+
 def test_tiny_gpt_overfits_one_batch():
     model = tiny().train()
     idx = torch.randint(0, 50, (4, 16))

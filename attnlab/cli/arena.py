@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     race.add_argument("--batch-size", type=int, default=32)
     race.add_argument("--learning-rate", type=float, default=2e-3)
     race.add_argument(
+        "--weight-init",
+        choices=("gpt2", "fan_in"),
+        default="gpt2",
+        help="fan_in: embeddings N(0, 1), matrices N(0, 1/fan_in), the head untied (GPTConfig)",
+    )
+    race.add_argument(
         "--time", type=float, help="minutes of training per mixer (default 5, unless --tokens)"
     )
     race.add_argument("--tokens", type=float, help="training tokens per mixer, instead of --time")
@@ -97,12 +103,15 @@ def arena(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for mixer in mixers:
-        config = matched_config(mixer, int(args.params), args.n_layers, args.context_length)
+        config = matched_config(
+            mixer, int(args.params), args.n_layers, args.context_length, args.weight_init
+        )
         entries.append(Entry(mixer, config, out / mixer))
         train_mixer(entries[-1], data, training, tokens_per_step, note)
     title = (
         f"{args.data}: {args.params / 1e6:g}M block parameters, {args.n_layers} layers, "
         f"context {args.context_length}, batch {args.batch_size}, {budget_text} each"
+        + (f", {args.weight_init} init" if args.weight_init != "gpt2" else "")
     )
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")

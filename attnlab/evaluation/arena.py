@@ -39,8 +39,11 @@ def block_parameters(config: GPTConfig) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
 
 
-def matched_config(mixer: str, params: int, n_layers: int, context_length: int) -> GPTConfig:
-    """The config of `mixer` whose block parameters come closest to `params`."""
+def matched_config(
+    mixer: str, params: int, n_layers: int, context_length: int, weight_init: str = "gpt2"
+) -> GPTConfig:
+    """The config of `mixer` whose block parameters come closest to `params` (a fan_in
+    initialisation with an untied head: GPTConfig.weight_init)."""
     positional = "rope" if MIXERS[mixer].relative_positions else "none"
 
     def config(width: int) -> GPTConfig:
@@ -53,6 +56,8 @@ def matched_config(mixer: str, params: int, n_layers: int, context_length: int) 
             mixer=mixer,
             positional=positional,
             bias=False,
+            weight_init=weight_init,
+            tie_weights=weight_init == "gpt2",
         )
 
     low, high = 1, 4096 // WIDTH_STEP  # block parameters grow with the width: bisect
@@ -91,9 +96,17 @@ def train_mixer(
     """Train one mixer in its own process; read back its evaluations and its peak memory."""
     c = entry.config
     command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(entry.out), *data]
-    for name in ("context_length", "n_layers", "n_heads", "d_model", "mixer", "positional"):
+    for name in (
+        "context_length",
+        "n_layers",
+        "n_heads",
+        "d_model",
+        "mixer",
+        "positional",
+        "weight_init",
+    ):
         command += [f"--{name.replace('_', '-')}", str(getattr(c, name))]
-    command += ["--no-bias", *training]
+    command += ["--no-bias", "--tie-weights" if c.tie_weights else "--no-tie-weights", *training]
     log(f"{entry.mixer}: d_model {c.d_model}, {entry.params:,} block parameters")
     entry.out.mkdir(parents=True)
     with (entry.out.parent / f"{entry.mixer}.log").open("w") as log_file:

@@ -42,6 +42,7 @@ from attnlab.models.registry import GENERATE, ModelKind, register_kind
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
 RELATIVE = ("rope", "alibi", "none")  # no absolute positions: the decoding window can slide
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss
+INITS = ("gpt2", "fan_in")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class GPTConfig:
     dropout: float = 0.0  # on embeddings, attention weights and residual branches
     tie_weights: bool = True  # output head shares the token embedding matrix
     rope_base: float = 10000.0  # RoPE frequency base
+    weight_init: str = "gpt2"  # gpt2: N(0, 0.02) | fan_in: N(0, 1/fan_in), embeddings N(0, 1)
 
     def __post_init__(self):
         name = "GPTConfig"
@@ -83,6 +85,12 @@ class GPTConfig:
         check_choice(name, "positional", self.positional, POSITIONALS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
         check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        check_choice(name, "weight_init", self.weight_init, INITS)
+        if self.weight_init == "fan_in" and self.tie_weights:
+            raise ConfigError(
+                f"{name}.weight_init='fan_in' starts embeddings at unit scale, too large for an "
+                "output head: set tie_weights = false (--no-tie-weights)"
+            )
         spec = mixer_spec(self.mixer)
         # Checked, and kept as the mixer's own (frozen) dataclass; the defaults as None, so that
         # a preset's defaults never stand in the way of choosing another mixer.
@@ -172,11 +180,22 @@ class GPT(nn.Module):
     def reset_parameters(self) -> None:
         """GPT-2 initialisation of the matrices: N(0, 0.02), and the projections that write into
         the residual stream scaled by 1/√(2·n_layers), so the stream's variance does not grow
-        with depth (GPT-2 paper, section 2.3). Every other parameter is its layer's own."""
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        with depth (GPT-2 paper, section 2.3). Every other parameter is its layer's own.
+
+        With weight_init="fan_in", embeddings start N(0, 1) and each other matrix N(0, 1/fan_in)
+        (the residual writers again scaled by 1/√(2·n_layers)). At small widths 0.02 is far below
+        1/√d_model, and token embeddings of 0.02 are soon drowned by what the blocks add to the
+        stream: a 2-layer model of width 64 then learns in-context recall only after a long
+        plateau (benchmarks/RESULTS.md, "Synthetic tasks")."""
+        fan_in = self.config.weight_init == "fan_in"
+        depth = 1 / math.sqrt(2 * self.config.n_layers)
 
         def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
-            nn.init.normal_(weight, std=residual_std if is_residual_output(weight) else 0.02)
+            if not fan_in:
+                std = 0.02
+            else:
+                std = 1.0 if isinstance(layer, nn.Embedding) else weight.size(-1) ** -0.5
+            nn.init.normal_(weight, std=std * depth if is_residual_output(weight) else std)
 
         initialize(self, matrix_init)
 
