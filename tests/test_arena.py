@@ -19,6 +19,8 @@ def test_matched_configs_come_within_a_width_step_of_the_target(mixer):
         other = block_parameters(dataclasses.replace(config, d_model=width))
         assert abs(other - 1_000_000) >= abs(params - 1_000_000)
     assert config.positional == ("rope" if mixer == "attention" else "none")
+    untied = matched_config(mixer, 1_000_000, 4, 256, weight_init="fan_in")
+    assert untied.d_model == config.d_model and not untied.tie_weights  # the head not counted
 
 
 def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):

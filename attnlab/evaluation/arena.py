@@ -33,10 +33,10 @@ def block_parameters(config: GPTConfig) -> int:
     """Parameters of the blocks and the final norm: the model less its embeddings and head."""
     with torch.device("meta"):
         model = GPT(config)
-    embeddings = {
-        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
-    }
-    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+    vocabulary = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    vocabulary.append(model.output_head)  # tied or not
+    excluded = {id(p) for m in vocabulary for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
 
 
 def matched_config(

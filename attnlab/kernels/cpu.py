@@ -22,8 +22,8 @@ only while it is ours: see _trusted) and registers the ops
 ``attnlab::attention``, ``attnlab::gelu`` and ``attnlab::selective_scan`` (with their
 backward ops), which autograd and torch.compile then treat like any other op. Layers take them
 only inside ``enabled()`` (the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the
-default) and only where gradients are wanted: for inference alone, torch's kernels are as fast
-and keep less.
+default) and only where gradients are wanted: for inference alone, torch's attention and GELU
+are as fast and keep less, and Mamba keeps its parallel scan, which carries a decoding state.
 """
 
 from __future__ import annotations
