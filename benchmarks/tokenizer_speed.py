@@ -58,10 +58,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_texts(spec: str) -> list[str]:
-    from attnlab.data.corpus import read_corpus
+    from attnlab.data.corpus import Corpus
 
     if spec != "stdlib-all":
-        return read_corpus(spec)
+        return list(Corpus(spec))
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
     files = sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts[:-1]))

@@ -13,7 +13,7 @@ import tiktoken.load
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnlab.data.corpus import read_corpus
+from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
 from attnlab.tokenizers import load_tokenizer
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
@@ -262,7 +262,7 @@ def test_gpt2_matches_tiktoken_on_tiny_shakespeare(gpt2, tiktoken_gpt2):
 
 def test_gpt2_matches_tiktoken_on_the_whole_stdlib(gpt2, tiktoken_gpt2):
     # About 12 MB of Python: 7-12 s on 2 cores, so it stays in the default run.
-    for text in read_corpus("stdlib"):
+    for text in Corpus("stdlib"):  # a piece at a time
         assert_same_as_tiktoken(gpt2, tiktoken_gpt2, text)
 
 

@@ -1,9 +1,13 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnlab.data.text import tokenize_cached
+from attnlab.data import corpus
+from attnlab.data.corpus import Corpus
+from attnlab.data.text import tokenize_cached, tokenizer_cached
 from attnlab.errors import UserError
 from attnlab.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, char, load_tokenizer
 
@@ -71,6 +75,66 @@ def test_a_corpus_is_cached_as_the_ids_encode_gives(spec, tmp_path, monkeypatch)
     monkeypatch.setattr(char, "_SLICE", 7)  # slices that cut words and lines
     text = "Ünïcode text, with lines\nand 😀 emoji: the quick brown fox.\n" * 30
     tokenizer = build_tokenizer(spec, [text])
-    tokens = tokenize_cached(text, tokenizer)
+    tokens = tokenize_cached([text], tokenizer)
     assert isinstance(tokens, np.memmap) and tokens.tolist() == tokenizer.encode(text)
     assert tokenizer.encode_array("").tolist() == []
+
+
+LINES = [
+    "First Citizen:",
+    "Before we proceed any further, hear me speak.",
+    "",
+    "  indented",
+    "All:\tSpeak, speak.",
+    "'s 're 123456 ... ?!",
+    "Ünïcode 😀 \r\nline",
+    "   ",
+    "end.",
+]
+
+
+@pytest.mark.parametrize("spec", ["char", "byte", "bpe:300", "gpt4"])
+def test_a_corpus_streamed_in_pieces_tokenizes_as_its_whole_text(spec, tmp_path, monkeypatch):
+    """Pieces end after a line break between two non-space characters: no pre-token of the
+    gpt2 or gpt4 pattern spans one, so the pieces' ids are the whole text's."""
+    from attnlab.tokenizers.bpe import BPETokenizer
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpus, "CHUNK", 200)
+    rng = np.random.default_rng(0)
+    for name in "ab":
+        text = "\n".join(rng.choice(LINES, 60)) + rng.choice(["", "\n", "\n\n "])
+        (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "c.txt").write_bytes(b"bad \xff bytes\n")
+    texts = Corpus(str(tmp_path))
+    pieces = list(texts)
+    whole = "\n\n".join(
+        p.read_text(encoding="utf-8", errors="replace") for p in sorted(tmp_path.glob("*.txt"))
+    )
+    assert len(pieces) > 5 and "".join(pieces) == whole
+    assert all(p.endswith("\n") and not p[-2].isspace() for p in pieces[:-1])
+    if spec == "gpt4":
+        tokenizer = BPETokenizer.train(texts, 300, pattern="gpt4")
+        assert tokenizer.merges == BPETokenizer.train([whole], 300, pattern="gpt4").merges
+    else:
+        tokenizer = tokenizer_cached(spec, texts)
+        assert tokenizer.to_dict() == build_tokenizer(spec, [whole]).to_dict()
+    assert tokenize_cached(texts, tokenizer).tolist() == tokenizer.encode(whole)
+
+
+def test_a_large_corpus_is_never_held_whole(tmp_path, monkeypatch):
+    """Learning the characters and tokenizing a 16 MB file holds one piece at a time."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpus, "CHUNK", 1 << 16)
+    line = "Speak, speak. You are all resolved rather to die than to famish?\n"
+    path = tmp_path / "big.txt"
+    path.write_text(line * (16_000_000 // len(line)))
+    tracemalloc.start()
+    try:
+        tokenizer = tokenizer_cached("char", Corpus(str(path)))
+        tokens = tokenize_cached(Corpus(str(path)), tokenizer)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(tokens) == path.stat().st_size and tokenizer.decode(tokens[:65].tolist()) == line
+    assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held at once"

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
 from attnlab.cli.options import resolve_data_path
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
-from attnlab.data.text import TextSplits, corpus_text
+from attnlab.data.corpus import Corpus
+from attnlab.data.text import TextSplits, tokenize_cached
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
@@ -88,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     checkpoint = load_for("evaluate --data", GENERATE, args.checkpoint, pick_device(args.device))
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    tokens = np.asarray(tokenizer.encode(corpus_text(resolve_data_path(args.data))))
+    tokens = tokenize_cached(Corpus(resolve_data_path(args.data)), tokenizer)
     splits = TextSplits.from_tokens(tokens)
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
     if len(chosen) <= model.config.context_length:

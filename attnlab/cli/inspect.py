@@ -264,11 +264,11 @@ def lens_command(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ layers
 def layers_command(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from attnlab.cli.options import resolve_data_path
-    from attnlab.data.text import TextSplits, corpus_text, sequential_windows
+    from attnlab.data.corpus import Corpus
+    from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
     from attnlab.interpretability.surgery import block_stack, layer_surgery
     from attnlab.models.registry import GENERATE
 
@@ -278,7 +278,7 @@ def layers_command(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     n_layers = len(block_stack(model))
     length = model.config.context_length
-    tokens = np.asarray(tokenizer.encode(corpus_text(resolve_data_path(args.data))))
+    tokens = tokenize_cached(Corpus(resolve_data_path(args.data)), tokenizer)
     tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens
     tokens = tokens[: args.windows * length + 1]
     if len(tokens) <= length:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text
-from attnlab.data.corpus import corpus_files, read_corpus
+from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
 from attnlab.files import check_writable
 from attnlab.tokenizers.base import Tokenizer, load_tokenizer
@@ -130,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
     if repeated:  # checked before training, which the tokenizer's own check would come after
         raise UserError(f"--special gives {', '.join(map(repr, repeated))} more than once")
     check_writable(Path(args.out).parent)  # now, not after training
-    texts = read_corpus(args.data)
+    texts = Corpus(args.data)
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(
@@ -143,11 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     tokenizer.save(args.out)
-    n_tokens = sum(len(tokenizer.encode(t)) for t in texts)
-    print(
-        f"trained in {seconds:.1f} s on {corpus_bytes / 1e6:.1f} MB "
-        f"({len(corpus_files(args.data))} file(s))"
-    )
+    n_tokens = sum(len(tokenizer.encode_array(t)) for t in texts)
+    print(f"trained in {seconds:.1f} s on {corpus_bytes / 1e6:.1f} MB ({len(texts.files)} file(s))")
     print(
         f"vocab {tokenizer.vocab_size}: 256 bytes + {len(tokenizer.merges)} merges "
         f"+ {len(tokenizer.special_tokens)} special token(s)"

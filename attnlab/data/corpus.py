@@ -9,11 +9,14 @@ carries it, so it is the embedded default that needs no download.
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 from attnlab.errors import UserError
 
 STDLIB = "stdlib"
+DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
+CHUNK = 1 << 22  # characters read, counted and tokenized at a time
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
@@ -37,9 +40,48 @@ def corpus_files(spec: str) -> list[Path]:
     raise UserError(f"data not found: {spec} (give a text file, a directory, DIR:GLOB or 'stdlib')")
 
 
-def read_corpus(spec: str) -> list[str]:
-    """The texts of a corpus, one string per file (undecodable bytes become U+FFFD)."""
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in corpus_files(spec)]
-    if not any(texts):
-        raise UserError(f"corpus {spec} is empty")
-    return texts
+class Corpus:
+    """A corpus's text, streamed: each iteration reads the files again and yields the text (files
+    joined by DOCUMENT_SEPARATOR, undecodable bytes as U+FFFD) in pieces of about CHUNK
+    characters, so no file is ever held whole.
+
+    A piece ends after a line break between two non-space characters where the text has one:
+    neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token across such a place,
+    so pieces tokenized one by one give the ids of the whole text, and a line is never cut
+    unless it alone is longer than a piece."""
+
+    def __init__(self, spec: str):
+        self.spec, self.files = spec, corpus_files(spec)
+        if not any(p.stat().st_size for p in self.files):
+            raise UserError(f"corpus {spec} is empty")
+
+    def __iter__(self) -> Iterator[str]:
+        pending: list[str] = []
+        size = 0
+        for block in self._blocks():
+            pending.append(block)
+            size += len(block)
+            if size >= CHUNK:
+                text = "".join(pending)
+                cut = _last_safe_cut(text)
+                yield text[:cut]
+                pending, size = [text[cut:]], len(text) - cut
+        if size:
+            yield "".join(pending)
+
+    def _blocks(self) -> Iterator[str]:
+        for i, path in enumerate(self.files):
+            if i:
+                yield DOCUMENT_SEPARATOR
+            with open(path, encoding="utf-8", errors="replace") as f:
+                while block := f.read(CHUNK):
+                    yield block
+
+
+def _last_safe_cut(text: str) -> int:
+    """Just after the last line break between two non-space characters; else the text's end."""
+    i = len(text) - 1
+    while (i := text.rfind("\n", 0, i)) > 0:
+        if not (text[i - 1].isspace() or text[i + 1].isspace()):
+            return i + 1
+    return len(text)

@@ -13,9 +13,9 @@ loss is on the selected positions only.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +23,8 @@ import torch
 
 from attnlab.config import check_range
 from attnlab.data import catalog
-from attnlab.data.corpus import read_corpus
-from attnlab.data.text import tokenizer_cached
+from attnlab.data.corpus import Corpus
+from attnlab.data.text import content_key, tokenizer_cached, tokenizer_key
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes, cache_dir
 from attnlab.tokenizers import Tokenizer
@@ -47,22 +47,23 @@ def encode_sentence(tokenizer: Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(" " + text.strip())
 
 
-def encode_lines_cached(texts: list[str], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """The non-empty lines of `texts`, encoded: (tokens, starts), line i being
-    tokens[starts[i]:starts[i + 1]]. Encoded at most once per corpus and tokenizer."""
-    key = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
-    for text in texts:
-        key.update(text.encode("utf-8", errors="surrogatepass"))
-    path = cache_dir() / "lines" / f"{key.hexdigest()[:32]}.npz"
+def encode_lines_cached(
+    texts: Iterable[str], tokenizer: Tokenizer
+) -> tuple[np.ndarray, np.ndarray]:
+    """The non-empty lines of `texts` (a Corpus's pieces), encoded: (tokens, starts), line i
+    being tokens[starts[i]:starts[i + 1]]. Encoded at most once per corpus and tokenizer."""
+    path = cache_dir() / "lines" / f"{content_key(texts, tokenizer_key(tokenizer))}.npz"
     if path.is_file():
         with np.load(path) as saved:
             return saved["tokens"], saved["starts"]
-    lines = [line for text in texts for line in text.splitlines() if line.strip()]
-    encoded = [encode_sentence(tokenizer, line) for line in lines]
-    starts = np.cumsum([0] + [len(ids) for ids in encoded])
-    tokens = np.fromiter((i for ids in encoded for i in ids), np.int32, count=int(starts[-1]))
-    buffer = io.BytesIO()
-    np.savez(buffer, tokens=tokens, starts=starts)
+    tokens, lengths = [], []
+    for text in texts:  # a piece at a time: only the ids are kept
+        encoded = [encode_sentence(tokenizer, line) for line in text.splitlines() if line.strip()]
+        lengths.extend(map(len, encoded))
+        tokens.append(np.fromiter(itertools.chain.from_iterable(encoded), np.int32))
+    starts = np.cumsum([0, *lengths])
+    tokens = np.concatenate([np.zeros(0, np.int32), *tokens])
+    np.savez(buffer := io.BytesIO(), tokens=tokens, starts=starts)
     atomic_write_bytes(path, buffer.getvalue())
     return tokens, starts
 
@@ -145,7 +146,7 @@ class MaskedLMDataConfig:
         check_range("MaskedLMDataConfig", "mask_probability", self.mask_probability, 0.0, 1.0)
 
 
-def bert_tokenizer(spec: str, texts: list[str], request: DataRequest) -> Tokenizer:
+def bert_tokenizer(spec: str, texts: Iterable[str], request: DataRequest) -> Tokenizer:
     """The checkpoint's tokenizer when resuming or starting from one, else one learned on
     `texts` with BERT's special tokens."""
     saved = (request.artifacts or {}).get("tokenizer")
@@ -159,7 +160,7 @@ def masked_lm_training_data(request: DataRequest) -> TrainingData:
     settings, train = request.settings, request.train
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
-    texts = read_corpus(spec)
+    texts = Corpus(spec)
     tokenizer = bert_tokenizer(settings.tokenizer, texts, request)
     ids = tokenizer.special_tokens
     tokens, starts = encode_lines_cached(texts, tokenizer)

@@ -11,7 +11,6 @@ ever read. The split is by position: the first 90% of tokens train, the rest val
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,34 +19,35 @@ import numpy as np
 import torch
 
 from attnlab.data import catalog
-from attnlab.data.corpus import read_corpus
+from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_bytes, cache_dir, check_writable
+from attnlab.files import atomic_writer, cache_dir, check_writable
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from attnlab.training.sources import DataRequest, TrainingData
 
-DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
-_SLICE = 1 << 24  # characters hashed at a time
+
+def content_key(texts: Iterable[str], *tags: str) -> str:
+    """A cache file's name: a hash of the tags and of the texts (read once more, a piece at a
+    time), so changing either gives another name and nothing stale is ever read."""
+    key = hashlib.sha256(json.dumps(tags).encode())
+    for text in texts:
+        key.update(text.encode("utf-8", errors="surrogatepass"))
+    return key.hexdigest()[:32]
 
 
-def corpus_text(spec: str) -> str:
-    """The whole corpus as one string, files joined by a blank line."""
-    return DOCUMENT_SEPARATOR.join(read_corpus(spec))
+def tokenizer_key(tokenizer: Tokenizer) -> str:
+    return json.dumps(tokenizer.to_dict(), sort_keys=True)
 
 
 def tokenizer_cached(
-    spec: str, texts: list[str], special_tokens: Iterable[str] | None = None
+    spec: str, texts: Iterable[str], special_tokens: Iterable[str] | None = None
 ) -> Tokenizer:
     """build_tokenizer(spec, texts, special_tokens=...), reusing a learned tokenizer (bpe:N)
     trained before on the same texts instead of training it again."""
     if not spec.startswith("bpe:"):
         return build_tokenizer(spec, texts, special_tokens=special_tokens)
-    key = hashlib.sha256(spec.encode())
-    if special_tokens is not None:
-        key.update(json.dumps(list(special_tokens)).encode())
-    for text in texts:
-        key.update(text.encode("utf-8", errors="surrogatepass"))
-    path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
+    specials = json.dumps(None if special_tokens is None else list(special_tokens))
+    path = cache_dir() / "tokenizers" / f"{content_key(texts, spec, specials)}.json"
     if path.is_file():
         return load_tokenizer(path)
     check_writable(path.parent)  # a read-only cache: one line now, not after training
@@ -56,20 +56,19 @@ def tokenizer_cached(
     return tokenizer
 
 
-def tokenize_cached(text: str, tokenizer: Tokenizer) -> np.ndarray:
-    """Token ids of `text` as a read-only memory-mapped array, tokenized at most once."""
-    key = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
-    for start in range(0, len(text), _SLICE):  # the bytes of the whole text, never all at once
-        key.update(text[start : start + _SLICE].encode("utf-8", errors="surrogatepass"))
-    path = cache_dir() / "tokens" / f"{key.hexdigest()[:32]}.npy"
+def tokenize_cached(texts: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
+    """Token ids of the texts one after the other (a Corpus's pieces), as a read-only
+    memory-mapped array, tokenized at most once and a piece at a time."""
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+    path = cache_dir() / "tokens" / f"{content_key(texts, tokenizer_key(tokenizer))}.{dtype.name}"
     if not path.is_file():
         check_writable(path.parent)
-        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-        tokens = tokenizer.encode_array(text).astype(dtype, copy=False)
-        buffer = io.BytesIO()
-        np.save(buffer, tokens)
-        atomic_write_bytes(path, buffer.getvalue())
-    return np.load(path, mmap_mode="r")
+        with atomic_writer(path) as f:
+            for text in texts:
+                f.write(tokenizer.encode_array(text).astype(dtype, copy=False))
+    if path.stat().st_size == 0:  # np.memmap cannot map an empty file
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype, mode="r")
 
 
 @dataclass
@@ -183,11 +182,11 @@ def text_training_data(request: DataRequest) -> TrainingData:
         return task_training_data(request)
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
-    texts = read_corpus(spec)
+    corpus = Corpus(spec)
     tokenizer = (request.artifacts or {}).get("tokenizer") or tokenizer_cached(
-        settings.tokenizer, texts
+        settings.tokenizer, corpus
     )
-    tokens = tokenize_cached(DOCUMENT_SEPARATOR.join(texts), tokenizer)
+    tokens = tokenize_cached(corpus, tokenizer)
     splits = TextSplits.from_tokens(tokens)
     batches, evaluation = language_model_data(
         splits,

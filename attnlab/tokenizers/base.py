@@ -116,7 +116,7 @@ def tokenizer_from_dict(data: Any, source: str = "tokenizer") -> Tokenizer:
 
 def build_tokenizer(
     spec: str,
-    texts: list[str],
+    texts: Iterable[str],
     progress: bool = False,
     special_tokens: Iterable[str] | None = None,
 ) -> Tokenizer:
@@ -125,7 +125,8 @@ def build_tokenizer(
     kind, _, size = spec.partition(":")
     specials = list(special_tokens) if special_tokens is not None else None
     if kind == "char" and not size:
-        return tokenizer_class("char").from_text("".join(texts), specials or ())
+        seen = "".join(set().union(*map(set, texts)))  # a text at a time: a Corpus's pieces
+        return tokenizer_class("char").from_text(seen, specials or ())
     if kind == "byte" and not size:
         return tokenizer_class("byte")(specials or ())
     if kind == "bpe" and size.isdigit():

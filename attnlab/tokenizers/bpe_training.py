@@ -49,26 +49,22 @@ def count_words(
 
     Occurrences of the special tokens' strings are cut out first, so a corpus that separates
     documents with ``<|endoftext|>`` does not teach merges for the pieces of that marker.
-    With `workers` > 1 the texts are counted in that many processes.
+    The texts are read one at a time (a Corpus streams its files in pieces); with `workers` > 1
+    each text is counted in one of that many processes.
     """
-    texts = list(texts)
-    chunks = _split_evenly(texts, workers * 4) if workers > 1 and len(texts) > 1 else [texts]
-    jobs = [(chunk, pattern, list(special_tokens)) for chunk in chunks]
-    counts: Counter[bytes] = Counter()
-    # closed however counting ends, so that an error starts a line of its own
-    with tqdm(total=len(jobs), desc="counting", unit="chunk", disable=not progress) as bar:
-        if len(jobs) == 1:
-            counts = _count_chunk(jobs[0])
-            bar.update()
-        else:
-            with _process_pool(workers) as pool:
-                for partial in pool.imap_unordered(_count_chunk, jobs):
-                    counts.update(partial)
-                    bar.update()
-    return counts
+    specials = list(special_tokens)
+    with tqdm(texts, desc="counting", unit=" texts", disable=not progress) as stream:
+        if workers == 1:
+            return _count_chunk((stream, pattern, specials))
+        counts: Counter[bytes] = Counter()
+        with _process_pool(workers) as pool:
+            jobs = (([text], pattern, specials) for text in stream)
+            for partial in pool.imap_unordered(_count_chunk, jobs):
+                counts.update(partial)
+        return counts
 
 
-def _count_chunk(job: tuple[list[str], str, list[str]]) -> Counter[bytes]:
+def _count_chunk(job: tuple[Iterable[str], str, list[str]]) -> Counter[bytes]:
     texts, pattern, special_tokens = job
     pre_tokenizer = regex.compile(pattern)
     splitter = _special_splitter(special_tokens)
@@ -104,17 +100,6 @@ def _special_splitter(special_tokens: list[str]) -> regex.Pattern | None:
     # Longest first, so a special that is a prefix of another does not cut it short.
     ordered = sorted(special_tokens, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(s) for s in ordered))
-
-
-def _split_evenly(texts: list[str], n: int) -> list[list[str]]:
-    """`n` chunks of about equal total length (greedy: longest text to the lightest chunk)."""
-    chunks: list[list[str]] = [[] for _ in range(min(n, len(texts)))]
-    loads = [(0, i) for i in range(len(chunks))]
-    for text in sorted(texts, key=len, reverse=True):
-        load, i = heapq.heappop(loads)
-        chunks[i].append(text)
-        heapq.heappush(loads, (load + len(text), i))
-    return chunks
 
 
 def _process_pool(workers: int):
