@@ -99,7 +99,8 @@ def test_accuracy_counts_only_the_scored_positions():
     [
         ("task:sorting", "unknown task 'sorting'; tasks: associative_recall, mqar"),
         ("task:mqar:pairs=40", "mqar: 40 pairs need 40 keys"),
-        ("task:mqar:depth=2", "unknown task option(s) ['depth']"),
+        ("task:mqar:depth=2", "task mqar has no option depth: vocab, pairs"),
+        ("task:selective_copying:pairs=4", "has no option pairs: vocab, tokens"),
         ("task:mqar:pairs=x", "give KEY=NUMBER"),
     ],
 )
@@ -127,3 +128,4 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
 
 def test_parse_task_reads_options():
     assert parse_task("task:mqar:pairs=16,vocab=40") == ("mqar", TaskOptions(vocab=40, pairs=16))
+    assert parse_task("task:selective_copying") == ("selective_copying", TaskOptions(vocab=16))

@@ -40,8 +40,8 @@ NOISE_ID, MARK_ID = SYMBOLS.index(NOISE), SYMBOLS.index(MARK)
 
 @dataclass(frozen=True)
 class TaskOptions:
-    # keys and values together (associative recall, mqar: 30 unless given, the Hyena paper's),
-    # or data tokens (selective copying: 16 unless given, the Mamba paper's)
+    # keys and values together (associative recall, mqar), or data tokens (selective copying);
+    # None: the task's VOCAB
     vocab: int | None = None
     pairs: int = 8  # mqar: key-value pairs, each asked once
     # associative recall in training: 1 = every key that was seen before is scored too, not only
@@ -51,6 +51,14 @@ class TaskOptions:
     tokens: int = 16  # selective copying: data tokens to copy
 
 
+VOCAB = {"associative_recall": 30, "mqar": 30, "selective_copying": 16}  # Hyena's, Mamba's
+OPTIONS = {  # the options each task reads
+    "associative_recall": ("vocab", "dense"),
+    "mqar": ("vocab", "pairs"),
+    "selective_copying": ("vocab", "tokens"),
+}
+
+
 def _symbols(count: int, alphabet: str, what: str) -> torch.Tensor:
     if not 1 <= count <= len(alphabet):
         raise UserError(f"a task's {what} must be between 1 and {len(alphabet)}, got {count}")
@@ -58,7 +66,7 @@ def _symbols(count: int, alphabet: str, what: str) -> torch.Tensor:
 
 
 def _keys_and_values(o: TaskOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    vocab = o.vocab or 30
+    vocab = o.vocab or VOCAB["mqar"]
     return _symbols(vocab // 2, KEYS, "keys"), _symbols(vocab - vocab // 2, VALUES, "values")
 
 
@@ -89,8 +97,8 @@ def mqar(g: torch.Generator, n: int, length: int, o: TaskOptions):
     p = o.pairs
     if p > len(keys) or length < 3 * p:
         raise UserError(
-            f"mqar: {p} pairs need {p} keys (vocab {o.vocab or 30} gives {len(keys)}) and a "
-            f"context of at least {3 * p} tokens"
+            f"mqar: {p} pairs need {p} keys (vocab {o.vocab or VOCAB['mqar']} gives "
+            f"{len(keys)}) and a context of at least {3 * p} tokens"
         )
     chosen = torch.rand(n, len(keys), generator=g).argsort(1)[:, :p]  # distinct keys per row
     answers = values[torch.randint(len(values), (n, p), generator=g)]
@@ -106,7 +114,7 @@ def mqar(g: torch.Generator, n: int, length: int, o: TaskOptions):
 
 
 def selective_copying(g: torch.Generator, n: int, length: int, o: TaskOptions):
-    data = _symbols(o.vocab or 16, KEYS, "data tokens")
+    data = _symbols(o.vocab or VOCAB["selective_copying"], KEYS, "data tokens")
     k = o.tokens
     if length < 2 * k + 1:
         raise UserError(f"selective copying of {k} tokens needs a context of at least {2 * k + 1}")
@@ -139,10 +147,11 @@ def parse_task(spec: str) -> tuple[str, TaskOptions]:
         if not sep or not value.strip().isdigit():
             raise UserError(f"task option {item!r}: give KEY=NUMBER, e.g. task:{name}:pairs=16")
         fields[key.strip()] = int(value)
-    known = {f.name for f in dataclasses.fields(TaskOptions)}
-    if fields.keys() - known:
-        raise UserError(f"unknown task option(s) {sorted(fields.keys() - known)}: {sorted(known)}")
-    return name, config_from_dict(TaskOptions, fields, source=spec)
+    if unknown := sorted(fields.keys() - set(OPTIONS[name])):
+        raise UserError(
+            f"task {name} has no option {', '.join(unknown)}: {', '.join(OPTIONS[name])}"
+        )
+    return name, config_from_dict(TaskOptions, {"vocab": VOCAB[name], **fields}, source=spec)
 
 
 class TaskBatches:
@@ -200,7 +209,7 @@ def task_training_data(request: DataRequest) -> TrainingData:
         {"val": evaluation},
         model_fields={"vocab_size": tokenizer.vocab_size},
         artifacts={"tokenizer": tokenizer},
-        summary=f"task {name} ({', '.join(f'{k}={v}' for k, v in vars(options).items())}), "
+        summary=f"task {name} ({', '.join(f'{k}={getattr(options, k)}' for k in OPTIONS[name])}), "
         f"sequences of {length}",
         metrics=TaskAccuracy,
     )
