@@ -4,6 +4,7 @@ damaged metrics log does not stop --resume."""
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -260,3 +261,43 @@ def test_a_kill_at_any_write_or_rename_of_a_save_never_leaves_a_mix(
         assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.journal").exists()
         outcomes.add("resumed")
     assert outcomes == {"resumed"}  # every kill point recovers here
+
+
+def test_a_truly_read_only_file_system_is_one_line_and_left_as_it_was(tmp_path, corpus, capsys):
+    """The same under a real read-only mount (a bind mount in a private mount namespace, where
+    the system lets this user make one): a resumed run, a new run, `tokenize train`, and a
+    read-only cache each end in one line, and nothing there changes."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this system does not allow a private mount namespace (unshare -m)")
+    ro, logs = tmp_path / "ro", tmp_path / "logs"
+    out = ro / "run"
+    assert train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")[0] == 0
+    (ro / "cache").mkdir()
+    logs.mkdir()
+    before = {p: p.read_bytes() for p in ro.rglob("*") if p.is_file()}
+    attnlab = [sys.executable, "-m", "attnlab"]
+    new_run = [*attnlab, "train", "gpt", "--data", str(corpus), "--context-length", "16", *FAST]
+    commands = {
+        "resume": [*attnlab, "train", "gpt", "--out", str(out), "--resume", "--max-iters", "4"],
+        "new": [*new_run, "--out", str(ro / "new"), "--max-iters", "2"],
+        "tokenizer": [
+            *("env", f"ATTNLAB_CACHE={ro / 'cache'}", *new_run, "--tokenizer", "bpe:300"),
+            *("--out", str(logs / "run"), "--max-iters", "2"),
+        ],
+        "tokenize": [
+            *attnlab,
+            *("tokenize", "train", "--data", str(corpus), "--vocab-size", "300"),
+            *("--out", str(ro / "tok.json")),
+        ],
+    }
+    script = [f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} || exit 1"]
+    script += [
+        f"{shlex.join(c)} 2> {logs}/{n}.err; echo $? > {logs}/{n}.rc" for n, c in commands.items()
+    ]
+    subprocess.run(["unshare", "-m", "sh", "-c", "\n".join(script)], check=True)
+    for name in commands:
+        line = one_line_error(
+            int((logs / f"{name}.rc").read_text()), (logs / f"{name}.err").read_text()
+        )
+        assert "Read-only file system" in line, (name, line)
+    assert {p: p.read_bytes() for p in ro.rglob("*") if p.is_file()} == before

@@ -42,8 +42,8 @@ def block_parameters(config: GPTConfig) -> int:
 def matched_config(
     mixer: str, params: int, n_layers: int, context_length: int, weight_init: str = "gpt2"
 ) -> GPTConfig:
-    """The config of `mixer` whose block parameters come closest to `params` (a fan_in
-    initialisation with an untied head: GPTConfig.weight_init)."""
+    """The config of `mixer` whose block parameters come closest to `params`. With
+    weight_init="fan_in" the head is untied, as GPTConfig requires."""
     positional = "rope" if MIXERS[mixer].relative_positions else "none"
 
     def config(width: int) -> GPTConfig:
