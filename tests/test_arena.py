@@ -35,7 +35,10 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
         for line in table.splitlines()
         if line.startswith("| attention") or line.startswith("| lstm")
     ]
-    assert len(rows) == 2 and "val accuracy" in table
+    assert len(rows) == 2 and "val accuracy | best val accuracy |" in table
+    for row in rows:  # the best of the evaluations is at least the last
+        final, best = (float(cell.strip(" %")) for cell in row.split("|")[-3:-1])
+        assert 0 <= final <= best <= 100
     assert (out / "arena.png").stat().st_size > 10_000 and (
         out / "arena.md"
     ).read_text() == table.strip() + "\n"

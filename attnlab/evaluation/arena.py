@@ -135,8 +135,8 @@ def report(entries: list[Entry], out: Path, title: str) -> str:
     """arena.md (a table) and arena.png (val loss against training time and against tokens)."""
     accuracy = any("val_accuracy" in e.evaluations[-1] for e in entries if e.evaluations)
     header = "| mixer | d_model | block params | tokens/s | peak memory (MB) | final val loss |"
-    lines = [f"# {title}", "", header + (" val accuracy |" if accuracy else "")]
-    lines.append("|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else ""))
+    lines = [f"# {title}", "", header + (" val accuracy | best val accuracy |" if accuracy else "")]
+    lines.append("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if accuracy else ""))
     for e in entries:
         final = e.evaluations[-1] if e.evaluations else {}
         row = (
@@ -144,7 +144,8 @@ def report(entries: list[Entry], out: Path, title: str) -> str:
             f"{e.peak_rss_mb:,.0f} | {final.get('val_loss', math.nan):.4f} |"
         )
         if accuracy:
-            row += f" {final.get('val_accuracy', math.nan):.2%} |"
+            best = max((p.get("val_accuracy", math.nan) for p in e.evaluations), default=math.nan)
+            row += f" {final.get('val_accuracy', math.nan):.2%} | {best:.2%} |"
         lines.append(row)
     table = "\n".join(lines) + "\n"
     (out / "arena.md").write_text(table)
