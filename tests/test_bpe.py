@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
-from attnlab.tokenizers import load_tokenizer
+from attnlab.tokenizers import bpe_training, load_tokenizer
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
 from attnlab.tokenizers.bpe_training import count_words, train_merges
 
@@ -167,8 +167,9 @@ def test_special_tokens_are_cut_out_before_counting():
     assert counts == {b"ab": 2}
 
 
-def test_two_workers_count_like_one():
+def test_two_workers_count_like_one(monkeypatch):
     texts = own_sources()
+    monkeypatch.setattr(bpe_training, "JOB_CHARACTERS", 50_000)  # several jobs per worker
     assert count_words(texts, PATTERNS["gpt2"], workers=2) == count_words(texts, PATTERNS["gpt2"])
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import multiprocessing
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import regex
 from tqdm import tqdm
@@ -36,6 +36,7 @@ from tqdm import tqdm
 from attnlab.errors import UserError
 
 Pair = tuple[int, int]
+JOB_CHARACTERS = 1 << 22  # counted by one worker at a time
 
 
 def count_words(
@@ -50,7 +51,7 @@ def count_words(
     Occurrences of the special tokens' strings are cut out first, so a corpus that separates
     documents with ``<|endoftext|>`` does not teach merges for the pieces of that marker.
     The texts are read one at a time (a Corpus streams its files in pieces); with `workers` > 1
-    each text is counted in one of that many processes.
+    they are counted in that many processes, some JOB_CHARACTERS at a time.
     """
     specials = list(special_tokens)
     with tqdm(texts, desc="counting", unit=" texts", disable=not progress) as stream:
@@ -58,10 +59,23 @@ def count_words(
             return _count_chunk((stream, pattern, specials))
         counts: Counter[bytes] = Counter()
         with _process_pool(workers) as pool:
-            jobs = (([text], pattern, specials) for text in stream)
+            jobs = ((group, pattern, specials) for group in _groups(stream, JOB_CHARACTERS))
             for partial in pool.imap_unordered(_count_chunk, jobs):
                 counts.update(partial)
         return counts
+
+
+def _groups(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    """The texts in order, in lists of at least `size` characters (the last may have fewer)."""
+    group, total = [], 0
+    for text in texts:
+        group.append(text)
+        total += len(text)
+        if total >= size:
+            yield group
+            group, total = [], 0
+    if group:
+        yield group
 
 
 def _count_chunk(job: tuple[Iterable[str], str, list[str]]) -> Counter[bytes]:
