@@ -198,6 +198,12 @@ MUTATIONS = [
         (("tests/test_scan_kernel.py", "-k", "sequential_loop"),),
     ),
     Mutation(
+        "corpus-pieces-cut-beside-spaces",
+        "attnlab/data/corpus.py",
+        (("if not (text[i - 1].isspace() or text[i + 1].isspace()):", "if True:"),),
+        (("tests/test_tokenizers.py", "-k", "streamed"),),
+    ),
+    Mutation(
         "image-gpt-inputs-hold-the-pixel-they-predict",
         "attnlab/data/palette.py",
         (("torch.cat([start, targets[:, :-1]], dim=1)", "targets.clone()"),),
