@@ -77,6 +77,8 @@ def test_a_corpus_is_cached_as_the_ids_encode_gives(spec, tmp_path, monkeypatch)
     tokenizer = build_tokenizer(spec, [text])
     tokens = tokenize_cached([text], tokenizer)
     assert isinstance(tokens, np.memmap) and tokens.tolist() == tokenizer.encode(text)
+    with pytest.raises(TypeError, match="not one str"):  # its characters would be the texts
+        tokenize_cached(text, tokenizer)
     assert tokenizer.encode_array("").tolist() == []
 
 

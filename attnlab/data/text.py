@@ -29,6 +29,8 @@ from attnlab.training.sources import DataRequest, TrainingData
 def content_key(texts: Iterable[str], *tags: str) -> str:
     """A cache file's name: a hash of the tags and of the texts (read once more, a piece at a
     time), so changing either gives another name and nothing stale is ever read."""
+    if isinstance(texts, str):  # a str is an iterable of characters, each its own text
+        raise TypeError("give the texts as a list of strings or a Corpus, not one str")
     key = hashlib.sha256(json.dumps(tags).encode())
     for text in texts:
         key.update(text.encode("utf-8", errors="surrogatepass"))
