@@ -46,7 +46,11 @@ def register(subparsers) -> None:
     race.add_argument(
         "--time", type=float, help="minutes of training per mixer (default 5, unless --tokens)"
     )
-    race.add_argument("--tokens", type=float, help="training tokens per mixer, instead of --time")
+    race.add_argument(
+        "--tokens",
+        type=float,
+        help="training tokens per mixer, instead of --time; the learning rate decays on a cosine",
+    )
     race.add_argument("--eval-interval", type=int, default=50, help="steps between evaluations")
     scaling = parser.add_argument_group("--scaling")
     scaling.add_argument("--scaling", action="store_true", help="measure cost against length")
@@ -87,17 +91,21 @@ def arena(args: argparse.Namespace) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number")
     tokens_per_step = args.batch_size * args.context_length
-    if args.tokens:
-        budget = ["--max-iters", str(max(1, math.ceil(args.tokens / tokens_per_step)))]
+    if args.tokens:  # a known end: the learning rate decays to a tenth on a cosine
+        steps = max(1, math.ceil(args.tokens / tokens_per_step))
+        warmup = min(100, steps // 10)
+        budget = ["--max-iters", str(steps), "--warmup-iters", str(warmup), "--lr-schedule"]
+        budget += ["cosine", "--min-learning-rate", str(args.learning_rate / 10)]
         budget_text = f"{args.tokens:,.0f} tokens"
-    else:
+    else:  # no schedule knows where a time budget ends: constant
         minutes = args.time or 5.0
         budget = ["--max-iters", str(10**9), "--time-limit", f"{minutes:g}"]
+        budget += ["--warmup-iters", "100", "--lr-schedule", "constant"]
         budget_text = f"{minutes:g} min of training"
     training = [
         *("--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)),
-        *("--lr-schedule", "constant", "--warmup-iters", "100", "--dropout", "0"),
-        *("--eval-interval", str(args.eval_interval), "--eval-iters", "20", *budget),
+        *("--dropout", "0", "--eval-interval", str(args.eval_interval)),
+        *("--eval-iters", "20", *budget),
     ]
     data = ["--data", args.data, "--tokenizer", args.tokenizer]
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ vocabulary is the data's, not the mixer's): each mixer gets the width whose bloc
 to the target. Each run is its own `attnlab train gpt` process, so that its peak memory (the
 process's maximum resident set) is its own, and the run directories are ordinary checkpoints
 that `sample` and `evaluate` read. A time budget counts training steps only (`--time-limit`),
-on a constant learning rate after warmup, since no schedule knows where a time budget ends.
+on a constant learning rate after warmup, since no schedule knows where a time budget ends; a
+token budget decays it on a cosine to a tenth.
 """
 
 from __future__ import annotations
