@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnlab.evaluation import evaluate
 from attnlab.evaluation.evaluate import evaluate_language_model
 from attnlab.evaluation.metrics import (
     accuracy,
@@ -47,7 +48,7 @@ def test_classification_scores_known_answer():
 
 
 @pytest.mark.parametrize("text, bytes_per_char", [("abcdefgh " * 20, 1), ("éàüö " * 30, 1.8)])
-def test_evaluating_uniform_predictions(text, bytes_per_char):
+def test_evaluating_uniform_predictions(text, bytes_per_char, monkeypatch):
     """A model whose head is zero predicts every token with probability 1/V: its loss is ln V,
     its perplexity V, and its bits per byte log2(V) per character over the bytes per character.
     Every non-overlapping window of the context counts each target once."""
@@ -59,6 +60,8 @@ def test_evaluating_uniform_predictions(text, bytes_per_char):
     model = GPT(config)
     torch.nn.init.zeros_(model.output_head.weight)
     tokens = np.array(tokenizer.encode(text), dtype=np.uint16)
+    tokenizer.decode = None  # bytes are counted without decoding, a piece at a time
+    monkeypatch.setattr(evaluate, "PIECE", 7)
     result = evaluate_language_model(model, tokens, tokenizer, batch_size=3)
     targets = (len(tokens) - 1) // 16 * 16
     evaluated = text[1 : targets + 1]

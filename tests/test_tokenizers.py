@@ -41,6 +41,18 @@ def test_special_tokens_come_after_the_vocabulary(tmp_path):
         tokenizer.decode([7])
 
 
+@pytest.mark.parametrize("spec", ["char", "byte", "bpe:300"])
+def test_byte_lengths_count_the_bytes_of_the_text(spec):
+    text = "naïve café ✓ 🙂 <eot> " * 8
+    tokenizer = build_tokenizer(spec, [text], special_tokens=["<eot>"])
+    ids = [*tokenizer.encode(text), tokenizer.special_tokens["<eot>"]]
+    lengths = tokenizer.byte_lengths()
+    assert lengths.shape == (tokenizer.vocab_size,)
+    assert lengths[ids].sum() == len(tokenizer.decode(ids).encode("utf-8"))
+    if spec == "byte":  # a token that holds part of a character counts that part, not U+FFFD
+        assert lengths[tokenizer.encode("🙂")].tolist() == [1, 1, 1, 1]
+
+
 def test_unseen_characters_are_named():
     with pytest.raises(UserError, match="'z'"):
         CharTokenizer.from_text("abc").encode("abz")

@@ -10,6 +10,8 @@ from attnlab.data.text import sequential_windows
 from attnlab.evaluation.metrics import bits_per_byte, perplexity
 from attnlab.tokenizers import Tokenizer
 
+PIECE = 1 << 20  # tokens whose bytes are counted at a time
+
 
 @torch.no_grad()
 def evaluate_language_model(
@@ -18,7 +20,8 @@ def evaluate_language_model(
     """Loss over every non-overlapping context-length window of `tokens`, each target once.
 
     Returns loss (nats/token), perplexity, bits per byte and the counts behind them. Bytes are
-    those of the decoded evaluated text, so bits/byte compares models with different tokenizers.
+    those the evaluated tokens stand for, so bits/byte compares models with different tokenizers;
+    they are counted a piece at a time, without decoding the text.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -30,8 +33,10 @@ def evaluate_language_model(
         total_tokens += targets.numel()
     if total_tokens == 0:
         raise ValueError(f"{len(tokens)} tokens do not fill one window of {length + 1}")
-    evaluated = tokens[1 : total_tokens + 1]
-    n_bytes = len(tokenizer.decode(evaluated.tolist()).encode("utf-8"))
+    evaluated, lengths = tokens[1 : total_tokens + 1], tokenizer.byte_lengths()
+    n_bytes = sum(
+        int(lengths[evaluated[i : i + PIECE]].sum()) for i in range(0, total_tokens, PIECE)
+    )
     mean = total_loss / total_tokens
     return {
         "loss": mean,

@@ -50,6 +50,17 @@ class Tokenizer(ABC):
     def _decode_ordinary(self, ids: list[int]) -> str:
         """Text of ids below the base vocabulary size."""
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes of an ordinary id (a byte-level token may hold part of a character)."""
+        return self._decode_ordinary([token_id]).encode("utf-8", "surrogatepass")
+
+    def byte_lengths(self) -> np.ndarray:
+        """Bytes each id stands for, (vocab_size,), special tokens their names': the bytes of a
+        token array, counted without decoding it."""
+        ordinary = [len(self.token_bytes(i)) for i in range(self._base_vocab_size)]
+        special = [len(token.encode("utf-8", "surrogatepass")) for token in self.special_tokens]
+        return np.array(ordinary + special, dtype=np.int64)
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens appear as their names. Unknown ids raise ValueError."""
         pieces, run = [], []

@@ -28,6 +28,9 @@ class ByteTokenizer(Tokenizer):
     def _decode_ordinary(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return bytes([token_id])
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ByteTokenizer:
         return cls(data.get("special_tokens", ()))
