@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The synthetic tasks through the arena, on the CPU: each mixer, 2 layers, matched size, the
-# same batches and budget: wall time, or for selective copying 30M tokens with the learning
+# same batches and budget: wall time, or for selective copying 40M tokens with the learning
 # rate decaying to the end (evaluation/arena.py, data/tasks.py).
 #
 #   benchmarks/tasks.sh                      # every task, every mixer (about 2.5 hours on 2 cores)
@@ -30,7 +30,7 @@ for task in ${TASKS//,/ }; do
     recall) arena recall $ALL --data task:associative_recall --context-length 1024 \
       --params 1e5 --time 10 ;;
     copying) arena copying attention,lstm,mamba --data task:selective_copying \
-      --context-length 256 --params 1e5 --tokens 3e7 ;;
+      --context-length 256 --params 1e5 --tokens 4e7 ;;
     mqar) for params in 2.5e4 1e5; do
         arena "mqar_$params" "$ALL,rnn,gru" --data task:mqar --context-length 128 \
           --params "$params" --time 2.5

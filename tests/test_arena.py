@@ -48,7 +48,7 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
         assert config["weight_init"] == "fan_in" and config["tie_weights"] is False
         records = [json.loads(line) for line in (out / mixer / "metrics.jsonl").open()]
         assert records[-1]["step"] == 8
-        # a token budget knows its end: the cosine reaches a tenth of the peak there
+        # a token budget knows its end: the learning rate has fallen to a tenth there
         assert [r["lr"] for r in records if "lr" in r][-1] == pytest.approx(2e-4)
 
 

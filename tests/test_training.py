@@ -56,6 +56,14 @@ def test_schedule_warms_up_then_decays_to_the_minimum():
     assert learning_rate(54, **kwargs) == pytest.approx(5.5e-4)  # half-way down the cosine
 
 
+def test_wsd_holds_the_peak_then_falls_linearly_over_the_last_fifth():
+    kwargs = dict(schedule="wsd", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
+    assert learning_rate(9, **kwargs) == pytest.approx(1e-3)
+    assert learning_rate(79, **kwargs) == pytest.approx(1e-3)  # n = 80: the decay begins
+    assert learning_rate(89, **kwargs) == pytest.approx(5.5e-4)  # half-way down
+    assert learning_rate(99, **kwargs) == pytest.approx(1e-4)
+
+
 def test_inverse_sqrt_is_the_papers_formula():
     for step, expected in [
         (0, 512**-0.5 * 4000**-1.5),

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     race.add_argument(
         "--tokens",
         type=float,
-        help="training tokens per mixer, instead of --time; the learning rate decays on a cosine",
+        help="training tokens per mixer, instead of --time; the learning rate falls at the end",
     )
     race.add_argument("--eval-interval", type=int, default=50, help="steps between evaluations")
     scaling = parser.add_argument_group("--scaling")
@@ -91,11 +91,11 @@ def arena(args: argparse.Namespace) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number")
     tokens_per_step = args.batch_size * args.context_length
-    if args.tokens:  # a known end: the learning rate decays to a tenth on a cosine
+    if args.tokens:  # a known end: constant, then a fall to a tenth over the last fifth
         steps = max(1, math.ceil(args.tokens / tokens_per_step))
         warmup = min(100, steps // 10)
         budget = ["--max-iters", str(steps), "--warmup-iters", str(warmup), "--lr-schedule"]
-        budget += ["cosine", "--min-learning-rate", str(args.learning_rate / 10)]
+        budget += ["wsd", "--min-learning-rate", str(args.learning_rate / 10)]
         budget_text = f"{args.tokens:,.0f} tokens"
     else:  # no schedule knows where a time budget ends: constant
         minutes = args.time or 5.0

@@ -7,7 +7,7 @@ to the target. Each run is its own `attnlab train gpt` process, so that its peak
 process's maximum resident set) is its own, and the run directories are ordinary checkpoints
 that `sample` and `evaluate` read. A time budget counts training steps only (`--time-limit`),
 on a constant learning rate after warmup, since no schedule knows where a time budget ends; a
-token budget decays it on a cosine to a tenth.
+token budget keeps it until the last fifth of the steps, then lowers it to a tenth (wsd).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from torch import nn
 
 from attnlab.layers.contracts import decayed
 
-SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+SCHEDULES = ("cosine", "constant", "wsd", "inverse_sqrt")
+WSD_DECAY = 0.2  # the share of the steps over which "wsd" decays
 
 
 def build_optimizer(
@@ -68,6 +69,9 @@ def learning_rate(
     cosine: linear warmup from 0 to max_lr over `warmup` steps, then a half cosine down to
         min_lr at `total` steps (Loshchilov & Hutter 2017; GPT-3).
     constant: the warmup, then max_lr.
+    wsd (warmup, stable, decay; Hägele et al. 2024): the warmup, max_lr, and over the last
+        WSD_DECAY of the steps a linear fall to min_lr: the long constant stretch of a slow
+        learner, settled at the end.
     inverse_sqrt: "Attention Is All You Need", section 5.3:
         lr = max_lr · d_model^-0.5 · min(n^-0.5, n · warmup^-1.5), n = step + 1,
         where max_lr is a multiplier (1.0 in the paper).
@@ -79,5 +83,8 @@ def learning_rate(
         return max_lr * n / warmup
     if schedule == "constant":
         return max_lr
+    if schedule == "wsd":
+        remaining = min(1.0, (total - n) / max(1.0, WSD_DECAY * total))
+        return min_lr + (max_lr - min_lr) * max(0.0, remaining)
     progress = min(1.0, (n - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
