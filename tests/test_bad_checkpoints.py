@@ -1,5 +1,6 @@
 """A checkpoint whose files disagree is refused in one line before memory is spent on it."""
 
+import ast
 import json
 import os
 import subprocess
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 from helpers import one_line_error, run, tiny_gpt
 
 import attnlab
@@ -27,9 +30,15 @@ def edit_config(path, **changes):
     (path / "config.json").write_text(json.dumps(description))
 
 
-def test_a_config_claiming_100000_layers_is_refused_quickly_and_small(tmp_path):
+def files_of(path):
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+@pytest.mark.parametrize("changes", [{"n_layers": 100_000}, {"context_length": 10**12}])
+def test_a_config_claiming_a_huge_model_is_refused_quickly_and_small(tmp_path, changes):
     path = saved_gpt(tmp_path / "ckpt")
-    edit_config(path, n_layers=100_000, context_length=10**12)
+    edit_config(path, **changes)
+    before = files_of(path)
     # A fresh parent, so that the peak memory measured is the command's own. Its CPU time, not
     # wall time, is bounded: other work on a busy machine stretches the latter.
     probe = (
@@ -42,9 +51,43 @@ def test_a_config_claiming_100000_layers_is_refused_quickly_and_small(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
     code, seconds, peak_kb, stderr = out.stdout.split(maxsplit=3)
-    assert code == "2" and "far larger than" in stderr and "Traceback" not in stderr
+    one_line_error(int(code), ast.literal_eval(stderr))
+    assert "far larger than" in stderr or "do not fit its config" in stderr, stderr
     assert float(seconds) < 5, seconds
     assert int(peak_kb) < 1_000_000, peak_kb
+    assert files_of(path) == before
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (torch.ones((), dtype=torch.int64), "is torch.int64, not floating point"),
+        (torch.ones((), dtype=torch.bool), "is torch.bool, not floating point"),
+        (torch.ones((), dtype=torch.complex64), "is torch.complex64, not floating point"),
+        (torch.tensor(float("nan")), "holds NaN or infinite values"),
+        (torch.tensor(float("-inf")), "holds NaN or infinite values"),
+    ],
+)
+def test_weights_of_another_type_or_not_finite_are_one_line(tmp_path, capsys, value, message):
+    """Each would be cast or used as it is and sample empty or repeated text with exit 0."""
+    path = saved_gpt(tmp_path / "ckpt")
+    weights = safetensors.torch.load_file(path / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = torch.zeros_like(weights[name], dtype=value.dtype) + value
+    safetensors.torch.save_file(weights, path / "model.safetensors")
+    before = files_of(path)
+    line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "1"], capsys)[::2])
+    assert f"checkpoint weight {name} in" in line and message in line
+    assert files_of(path) == before
+
+
+def test_a_nan_in_a_checkpoints_config_is_one_line(tmp_path, capsys):
+    path = saved_gpt(tmp_path / "ckpt")
+    edit_config(path, norm_eps=float("nan"))
+    before = files_of(path)
+    line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "1"], capsys)[::2])
+    assert "norm_eps must be a finite number" in line
+    assert files_of(path) == before
 
 
 def test_a_config_of_another_shape_is_refused_before_building(tmp_path, capsys):
@@ -59,10 +102,10 @@ def test_a_tokenizer_of_another_vocabulary_size_is_refused_at_load(tmp_path, cap
     """300: the model could choose ids no text stands for (found only mid-generation, before);
     200: a prompt could encode to ids the model has no embedding for."""
     path = saved_gpt(tmp_path / "ckpt", vocab_size=model_vocab)
-    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    before = files_of(path)
     line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "5"], capsys)[::2])
     assert f"has 256 tokens but the model's vocabulary has {model_vocab}" in line
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert files_of(path) == before
 
 
 def add_sparse_tensor(file, name, gib):
@@ -133,3 +176,30 @@ def test_an_optimizer_state_larger_than_its_parameter_is_never_read(tmp_path):
     call = "load_training_state(path, build_optimizer(model, 1e-3, 0.1, (0.9, 0.95)))"
     lines, peak = peak_of(call, path)
     assert "does not fit the model" in lines[0] and peak < 1_000_000, (lines, peak)
+
+
+def write(name, text):
+    return lambda path: (path / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (write("config.json", "{not json"), "is not valid JSON"),
+        (write("config.json", "[1, 2]"), "lacks 'kind' and 'config'"),
+        (write("config.json", '{"kind": "gpt", "config": [1]}'), "lacks 'kind' and 'config'"),
+        (write("config.json", '{"kind": "nosuch", "config": {}}'), "unknown model kind 'nosuch'"),
+        (lambda path: edit_config(path, n_layers="2"), "n_layers must be int, got str '2'"),
+        (write("tokenizer.json", "[1]"), "tokenizer has unknown type"),
+    ],
+)
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_hand_edited_checkpoint_files_are_one_line(tmp_path, capsys, edit, message, command):
+    path = saved_gpt(tmp_path / "ckpt")
+    edit(path)
+    (tmp_path / "text.txt").write_text("some text to score " * 10)
+    before = files_of(path)
+    argv = {"sample": ["--max-new-tokens", "1"], "evaluate": ["--data", str(tmp_path / "text.txt")]}
+    line = one_line_error(*run([command, str(path), *argv[command]], capsys)[::2])
+    assert message in line
+    assert files_of(path) == before

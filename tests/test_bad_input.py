@@ -71,8 +71,7 @@ def test_stdin_that_is_not_utf8_is_one_line(checkpoint):
         input=b"caf\xe9 \xff\n",
         capture_output=True,
     )
-    err = done.stderr.decode()
-    assert done.returncode == 2 and "not valid UTF-8" in err and "Traceback" not in err
+    assert "not valid UTF-8" in one_line_error(done.returncode, done.stderr.decode())
 
 
 def test_an_unwritable_out_is_one_line(tmp_path, capsys):
@@ -99,3 +98,31 @@ def test_a_run_directory_named_like_mathematics_plots_as_text(tmp_path, capsys):
     code, _, err = run(argv, capsys)
     assert code == 0, err
     assert (out / "loss.png").stat().st_size > 0
+
+
+def test_control_characters_in_an_error_are_shown_escaped(tmp_path, capsys):
+    """A name with a newline would break the one line; an escape sequence would act on the
+    terminal (here, turn it red)."""
+    name = tmp_path / "run\n\x1b[31mred"
+    line = one_line_error(*run(["sample", str(name)], capsys)[::2])
+    assert "run\\n\\x1b[31mred" in line and "\x1b" not in line
+
+
+def test_a_huge_max_new_tokens_streams_at_once_in_little_memory(checkpoint):
+    """`sample --max-new-tokens 1000000000 | head`: text comes at once, nothing is reserved for
+    a billion tokens, and the closed pipe ends the run quietly."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        "argv = [sys.executable, '-m', 'attnlab', 'sample', sys.argv[1], '--max-new-tokens',\n"
+        "        '1000000000']\n"
+        "with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as done:\n"
+        "    first = done.stdout.read(64)\n"
+        "    done.stdout.close()\n"
+        "    code, err = done.wait(timeout=120), done.stderr.read()\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print(code, len(first), peak, repr(err))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(checkpoint)], capture_output=True)
+    code, length, peak_kb, err = out.stdout.decode().split(maxsplit=3)
+    assert (code, length) == ("141", "64") and "Traceback" not in err, out
+    assert int(peak_kb) < 1_000_000, peak_kb

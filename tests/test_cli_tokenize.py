@@ -114,6 +114,9 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
         ),
         (["train", "--data", "{corpus}", "--workers", "0"], "--workers"),
         (["train", "--data", "/no/such", "--special", "<a>", "<b>", "<a>"], "'<a>' more than once"),
+        (["train", "--data", "/no/such", "--special", "<a>", "--special", "<a>"], "more than once"),
+        (["train", "--data", "{corpus}", "--out", "{corpus}"], "is not a tokenizer: left as"),
+        (["train", "--data", "{corpus}", "--out", "{folder}"], "is a folder: give a file"),
         (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
         (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
         (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
@@ -122,10 +125,10 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):
     corpus = trained_file.parent / "corpus.txt"
-    args = [a.format(corpus=corpus, tok=trained_file) for a in args]
-    assert main(["tokenize", *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("attnlab: error:") and message in err[0]
+    args = [a.format(corpus=corpus, tok=trained_file, folder=corpus.parent) for a in args]
+    before = {p.name: p.read_bytes() for p in corpus.parent.iterdir()}
+    assert message in one_line_error(main(["tokenize", *args]), capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in corpus.parent.iterdir()} == before
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,10 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     assert code == 0 and len(lines.splitlines()) == 4
     monkeypatch.setattr("sys.stdin", io.StringIO("forty-two\n"))
     assert run(["translate", str(trained), "--beam-size", "2"], capsys)[1] == out
+    # a limit beyond any length is the model's own: the same text as a limit just past it
+    limits = [run(["translate", str(trained), "forty-two", "--max-length-factor", factor], capsys)
+              for factor in ("1e300", "1e3")]  # fmt: skip
+    assert limits[0] == limits[1] and limits[0][0] == 0 and limits[0][1].strip()
 
 
 def test_evaluate_bleu(trained, tmp_path, capsys):
@@ -193,7 +197,7 @@ def test_bad_training_input(tmp_path, capsys):
     assert "embedded task" in one_line_error(code, err)
 
 
-def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
+def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "src.txt", ["one", "two", "three"])
     short = write(tmp_path / "ref.txt", ["1", "2"])
     empty = write(tmp_path / "empty.txt", [])
@@ -207,7 +211,10 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys):
         (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
         (["translate", str(tmp_path / "nothing"), "one"], "no checkpoint"),
+        (["translate", str(trained), "caf\udcff"], "not valid UTF-8"),  # a byte not UTF-8
+        (["translate", str(trained)], "not valid UTF-8"),  # stdin, below
     ]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 \xff\n")))
     for argv, pattern in cases:
         code, out, err = run(argv, capsys)
         assert pattern in one_line_error(code, err)

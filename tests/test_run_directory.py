@@ -2,12 +2,14 @@
 else's files is refused before anything is written, a run of another kind is not resumed, and a
 damaged metrics log does not stop --resume."""
 
+import fcntl
 import json
 import os
 import shlex
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import test_platform  # noqa: F401 - registers the test_sum kind
@@ -181,11 +183,33 @@ def test_a_read_only_cache_is_one_line_before_a_tokenizer_is_learned(
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".attnlab.lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")  # alive
-    before = snapshot(out)
-    line = one_line_error(*train(capsys, corpus, out, "--max-iters", "1")[::2])
-    assert f"PID {os.getpid()}" in line and "in use" in line
+    with open(out / ".attnlab.lock", "w") as lock:  # held, as a running train holds it
+        lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = snapshot(out)
+        line = one_line_error(*train(capsys, corpus, out, "--max-iters", "1")[::2])
+    assert f"PID {os.getpid()} on {socket.gethostname()}" in line and "in use" in line
     assert snapshot(out) == before
+
+
+def test_two_runs_at_once_on_one_folder_the_second_is_refused(tmp_path, corpus, capsys):
+    """Two real processes: the second stops in one line naming the first, which runs on to
+    the end with a metrics log of its own steps only."""
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--data", str(corpus), "--context-length", "16", "--out", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "attnlab", *argv, *FAST, "--max-iters", "300"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    while not (out / ".attnlab.lock").exists() and first.poll() is None:
+        time.sleep(0.05)
+    line = one_line_error(*train(capsys, corpus, out, "--max-iters", "1")[::2])
+    assert f"PID {first.pid}" in line and "in use" in line
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    steps = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
 
 
 def test_a_stale_lock_is_taken_over_and_released(tmp_path, corpus, capsys):
@@ -261,6 +285,25 @@ def test_a_kill_at_any_write_or_rename_of_a_save_never_leaves_a_mix(
         assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.journal").exists()
         outcomes.add("resumed")
     assert outcomes == {"resumed"}  # every kill point recovers here
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_the_temporary_files_of_a_killed_save_are_removed_at_the_next_start(
+    tmp_path, corpus, capsys, resume
+):
+    """A kill before a save's journal leaves its temporary files (a real kill runs no cleanup):
+    the next run in the folder, new or resumed, removes them and only them."""
+    out, flags = tmp_path / "run", ("--max-iters", "2", "--eval-interval", "2")
+    assert train(capsys, corpus, out, *flags)[0] == 0
+    if not resume:
+        (out / "model.safetensors").unlink()  # killed before its first checkpoint was whole
+    leftovers = [out / ".model.safetensors.k1ll3d.tmp", out / ".trainer_state.json.x.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    more = ["--resume", "--max-iters", "4"] if resume else []
+    code, _, err = train(capsys, corpus, out, *flags, *more)
+    assert code == 0, err
+    assert not any(path.exists() for path in leftovers) and (out / "model.safetensors").is_file()
 
 
 def test_a_truly_read_only_file_system_is_one_line_and_left_as_it_was(tmp_path, corpus, capsys):

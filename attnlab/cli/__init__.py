@@ -86,6 +86,15 @@ def load_plugins(spec: str) -> None:
             raise UserError(f"ATTNLAB_PLUGINS: cannot import {entry}: {error}") from None
 
 
+def say_error(message: str) -> int:
+    """The one line of a refusal, on stderr; exit code 2. Characters that would act on the
+    terminal (a newline, an escape sequence) or were not UTF-8 are shown escaped: the message
+    may quote a file name or text the user gave."""
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+    print(f"attnlab: error: {shown}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -96,19 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except UserError as error:  # of torchrun's ranks, rank 0 speaks for all (the same checks)
         if os.environ.get("RANK", "0") == "0" or getattr(error, "every_rank", False):
-            print(f"attnlab: error: {error}", file=sys.stderr)
+            say_error(str(error))
         return 2
     except UnicodeError as error:  # text from the user that is not UTF-8 (stdin, arguments)
         reason = getattr(error, "reason", error)
-        print(f"attnlab: error: the input is not valid UTF-8 text ({reason})", file=sys.stderr)
-        return 2
+        return say_error(f"the input is not valid UTF-8 text ({reason})")
     except BrokenPipeError:  # the reader went away (`attnlab sample ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as error:  # the user's files and folders: missing, read-only, full disk
         where = f": {error.filename}" if error.filename else ""
-        print(f"attnlab: error: {error.strerror or error}{where}", file=sys.stderr)
-        return 2
+        return say_error(f"{error.strerror or error}{where}")
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130

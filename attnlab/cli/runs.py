@@ -4,11 +4,13 @@ draw progress, stop at a time limit, plot the losses and say where everything is
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.errors import UserError
@@ -26,48 +28,47 @@ LOCK_FILE = ".attnlab.lock"  # "PID HOST" of the process writing the run
 
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
-    """Own the run directory for the duration: one writer per run. A second process gets one
-    line naming the holder; a lock left by a process that is gone (kill -9) is taken over. A
-    directory created here and left empty (a run that stopped on bad input) is removed."""
+    """Own the run directory for the duration: one writer per run. The lock is the kernel's
+    (flock), so it ends with its process, however that ends (kill -9 included), and a second
+    process gets one line naming the holder. A directory created here and left empty (a run
+    that stopped on bad input) is removed."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    try:
-        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        holder = _lock_holder(path)
-        if holder is not None:
-            raise UserError(
-                f"{out} is in use by another attnlab process ({holder}): wait for it to end, "
-                f"or give another --out (if no such process runs, delete {path})"
-            ) from None
-        path.unlink(missing_ok=True)  # stale: its process is gone
-        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(descriptor, "w") as lock:
-        lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+    lock = _take_lock(path, out)
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # while still held: a process waiting on it starts over
+        lock.close()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
 
-def _lock_holder(path: Path) -> str | None:
-    """The holder ("PID N on HOST") of a lock whose process may still run; None when gone."""
-    try:
-        pid, host = path.read_text().split()
-        pid = int(pid)
-    except (OSError, ValueError):
-        return None  # unreadable or half-written: its writer died before finishing it
-    if host == socket.gethostname():
+def _take_lock(path: Path, out: Path) -> IO[str]:
+    """The open lock file, locked and holding "PID HOST", or a UserError naming its holder."""
+    while True:
+        lock = open(path, "a+")  # noqa: SIM115 - held open for the run
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, another user's
-    return f"PID {pid} on {host}"
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            fields = lock.read().split()[:2]  # none yet if its holder is just starting
+            lock.close()
+            holder = f" (PID {' on '.join(fields)})" if fields else ""
+            raise UserError(
+                f"{out} is in use by another attnlab process{holder}: wait for it to end, "
+                "or give another --out"
+            ) from None
+        try:
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):  # not removed since
+                lock.truncate(0)
+                lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+                lock.flush()
+                return lock
+        except FileNotFoundError:
+            pass
+        lock.close()  # its holder removed it as we opened it: take the next one
 
 
 def claim_run_directory(out: Path, resume: bool) -> None:

@@ -123,13 +123,26 @@ def open_tokenizer(spec: str) -> Tokenizer:
     return load_tokenizer(spec)
 
 
+def check_out(out: Path) -> None:
+    """--out now, not after training: a folder, or a file that is not a tokenizer (the user's
+    own, never overwritten), is refused; so is a folder that cannot take the file."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file, e.g. {out / 'tokenizer.json'}")
+    if out.exists():
+        try:
+            load_tokenizer(out)
+        except UserError:
+            raise UserError(f"--out {out} exists and is not a tokenizer: left as it is") from None
+    check_writable(out.parent)
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     repeated = sorted({t for t in args.special if args.special.count(t) > 1})
     if repeated:  # checked before training, which the tokenizer's own check would come after
         raise UserError(f"--special gives {', '.join(map(repr, repeated))} more than once")
-    check_writable(Path(args.out).parent)  # now, not after training
+    check_out(Path(args.out))
     texts = Corpus(args.data)
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
     start = time.perf_counter()

@@ -270,10 +270,21 @@ def _load_checked(model, file, shapes, expected) -> None:
             )
     try:
         with safetensors.safe_open(file, framework="pt") as f:
-            tensors = {name: like(f.get_tensor(name), expected[name]) for name in shapes}
+            tensors = {name: f.get_tensor(name) for name in shapes}
     except Exception as error:  # safetensors raises several types for a damaged file
         raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
-    model.load_state_dict(tensors, strict=False)
+    for name, tensor in tensors.items():
+        _check_values(name, tensor, expected[name].dtype, file)
+    model.load_state_dict({n: like(t, expected[n]) for n, t in tensors.items()}, strict=False)
+
+
+def _check_values(name: str, tensor: torch.Tensor, dtype: torch.dtype, file: Path) -> None:
+    """A weight the model can take as it is: floating point where the model's is (an integer,
+    bool or complex tensor would be cast without a word), and finite."""
+    if dtype.is_floating_point and not tensor.dtype.is_floating_point:
+        raise UserError(f"checkpoint weight {name} in {file} is {tensor.dtype}, not floating point")
+    if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
+        raise UserError(f"checkpoint weight {name} in {file} holds NaN or infinite values")
 
 
 # trainer_state.json: the fields resuming reads, and their JSON types
