@@ -3,7 +3,7 @@
 # same batches and budget: wall time, or for selective copying 40M tokens with the learning
 # rate decaying to the end (evaluation/arena.py, data/tasks.py).
 #
-#   benchmarks/tasks.sh                      # every task, every mixer (about 2.5 hours on 2 cores)
+#   benchmarks/tasks.sh                      # every task, every mixer (3-4 hours on 2 cores)
 #   MIXERS=hyena,mamba TASKS=recall benchmarks/tasks.sh
 #
 # TASKS: any of recall (associative recall, length 1024), copying (selective copying, length
