@@ -236,12 +236,13 @@ class Killed(BaseException):
 def test_a_kill_at_any_write_or_rename_of_a_save_never_leaves_a_mix(
     tmp_path, corpus, capsys, monkeypatch
 ):
-    """Kill the last save at each of its writes and renames in turn: --resume then either ends
-    with the uninterrupted run's weights exactly, or is refused in one line."""
+    """Kill the last save at each of its writes, renames and removals in turn: --resume then
+    either ends with the uninterrupted run's weights exactly, or is refused in one line."""
     flags = ("--max-iters", "4", "--eval-interval", "2")
     assert train(capsys, corpus, tmp_path / "whole", *flags)[0] == 0
     final = load_checkpoint(tmp_path / "whole").model.state_dict()
-    real_replace, real_fsync, real_save = os.replace, os.fsync, Trainer.save
+    real_replace, real_fsync, real_unlink = os.replace, os.fsync, os.unlink
+    real_save = Trainer.save
     budget = {"left": None, "used": 0, "armed": True}  # operations the armed save may still do
 
     def operation(real):
@@ -264,6 +265,7 @@ def test_a_kill_at_any_write_or_rename_of_a_save_never_leaves_a_mix(
 
     monkeypatch.setattr(os, "replace", operation(real_replace))
     monkeypatch.setattr(os, "fsync", operation(real_fsync))
+    monkeypatch.setattr(os, "unlink", operation(real_unlink))  # the journal's removal too
     monkeypatch.setattr(Trainer, "save", save)
     limit, outcomes = 10**6, set()
     train(capsys, corpus, tmp_path / "count", *flags)
