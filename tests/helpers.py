@@ -23,6 +23,11 @@ def run(argv, capsys):
     return code, out, err
 
 
+def snapshot(folder):
+    """Every file directly in `folder`, by name, with its bytes: to check nothing changed."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
 def one_line_error(code, err):
     """Assert exit code 2 and exactly one error line, last, with no traceback; return the line."""
     assert code == 2, err

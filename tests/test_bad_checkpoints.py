@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers import one_line_error, run, tiny_gpt
+from helpers import one_line_error, run, snapshot, tiny_gpt
 
 import attnlab
 from attnlab.tokenizers import build_tokenizer
@@ -30,15 +30,11 @@ def edit_config(path, **changes):
     (path / "config.json").write_text(json.dumps(description))
 
 
-def files_of(path):
-    return {p.name: p.read_bytes() for p in path.iterdir()}
-
-
 @pytest.mark.parametrize("changes", [{"n_layers": 100_000}, {"context_length": 10**12}])
 def test_a_config_claiming_a_huge_model_is_refused_quickly_and_small(tmp_path, changes):
     path = saved_gpt(tmp_path / "ckpt")
     edit_config(path, **changes)
-    before = files_of(path)
+    before = snapshot(path)
     # A fresh parent, so that the peak memory measured is the command's own. Its CPU time, not
     # wall time, is bounded: other work on a busy machine stretches the latter.
     probe = (
@@ -55,7 +51,7 @@ def test_a_config_claiming_a_huge_model_is_refused_quickly_and_small(tmp_path, c
     assert "far larger than" in stderr or "do not fit its config" in stderr, stderr
     assert float(seconds) < 5, seconds
     assert int(peak_kb) < 1_000_000, peak_kb
-    assert files_of(path) == before
+    assert snapshot(path) == before
 
 
 @pytest.mark.parametrize(
@@ -75,19 +71,19 @@ def test_weights_of_another_type_or_not_finite_are_one_line(tmp_path, capsys, va
     name = next(iter(weights))
     weights[name] = torch.zeros_like(weights[name], dtype=value.dtype) + value
     safetensors.torch.save_file(weights, path / "model.safetensors")
-    before = files_of(path)
+    before = snapshot(path)
     line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "1"], capsys)[::2])
     assert f"checkpoint weight {name} in" in line and message in line
-    assert files_of(path) == before
+    assert snapshot(path) == before
 
 
 def test_a_nan_in_a_checkpoints_config_is_one_line(tmp_path, capsys):
     path = saved_gpt(tmp_path / "ckpt")
     edit_config(path, norm_eps=float("nan"))
-    before = files_of(path)
+    before = snapshot(path)
     line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "1"], capsys)[::2])
     assert "norm_eps must be a finite number" in line
-    assert files_of(path) == before
+    assert snapshot(path) == before
 
 
 def test_a_config_of_another_shape_is_refused_before_building(tmp_path, capsys):
@@ -102,10 +98,10 @@ def test_a_tokenizer_of_another_vocabulary_size_is_refused_at_load(tmp_path, cap
     """300: the model could choose ids no text stands for (found only mid-generation, before);
     200: a prompt could encode to ids the model has no embedding for."""
     path = saved_gpt(tmp_path / "ckpt", vocab_size=model_vocab)
-    before = files_of(path)
+    before = snapshot(path)
     line = one_line_error(*run(["sample", str(path), "--max-new-tokens", "5"], capsys)[::2])
     assert f"has 256 tokens but the model's vocabulary has {model_vocab}" in line
-    assert files_of(path) == before
+    assert snapshot(path) == before
 
 
 def add_sparse_tensor(file, name, gib):
@@ -198,8 +194,8 @@ def test_hand_edited_checkpoint_files_are_one_line(tmp_path, capsys, edit, messa
     path = saved_gpt(tmp_path / "ckpt")
     edit(path)
     (tmp_path / "text.txt").write_text("some text to score " * 10)
-    before = files_of(path)
+    before = snapshot(path)
     argv = {"sample": ["--max-new-tokens", "1"], "evaluate": ["--data", str(tmp_path / "text.txt")]}
     line = one_line_error(*run([command, str(path), *argv[command]], capsys)[::2])
     assert message in line
-    assert files_of(path) == before
+    assert snapshot(path) == before

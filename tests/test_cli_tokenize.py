@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error, read_only
+from helpers import one_line_error, read_only, snapshot
 
 from attnlab.cli import main
 from attnlab.tokenizers import load_tokenizer
@@ -126,9 +126,9 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
 def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):
     corpus = trained_file.parent / "corpus.txt"
     args = [a.format(corpus=corpus, tok=trained_file, folder=corpus.parent) for a in args]
-    before = {p.name: p.read_bytes() for p in corpus.parent.iterdir()}
+    before = snapshot(corpus.parent)
     assert message in one_line_error(main(["tokenize", *args]), capsys.readouterr().err)
-    assert {p.name: p.read_bytes() for p in corpus.parent.iterdir()} == before
+    assert snapshot(corpus.parent) == before
 
 
 @pytest.mark.parametrize(

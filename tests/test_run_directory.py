@@ -14,7 +14,7 @@ import time
 import pytest
 import test_platform  # noqa: F401 - registers the test_sum kind
 import torch
-from helpers import one_line_error, read_only, run
+from helpers import one_line_error, read_only, run, snapshot
 
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.checkpoints import load_checkpoint
@@ -33,10 +33,6 @@ def corpus(tmp_path):
 def train(capsys, corpus, out, *flags):
     argv = ["train", "gpt", "--data", str(corpus), "--context-length", "16", "--out", str(out)]
     return run([*argv, *FAST, *flags], capsys)
-
-
-def snapshot(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
 def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path, corpus, capsys):
@@ -203,8 +199,9 @@ def test_two_runs_at_once_on_one_folder_the_second_is_refused(tmp_path, corpus, 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    while not (out / ".attnlab.lock").exists() and first.poll() is None:
-        time.sleep(0.05)
+    lock = out / ".attnlab.lock"
+    while not (lock.exists() and lock.read_text()) and first.poll() is None:
+        time.sleep(0.05)  # until the first holds the lock and has written its PID there
     line = one_line_error(*train(capsys, corpus, out, "--max-iters", "1")[::2])
     assert f"PID {first.pid}" in line and "in use" in line
     assert first.wait(timeout=600) == 0, first.stderr.read()
