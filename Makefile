@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench screenshot lint clean
+.PHONY: setup demo test tutorials docs jupyter bench screenshot lint clean
 
 setup: $(STAMP)
 
@@ -32,16 +32,31 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# every tutorial notebook, run at its default size: tutorials/NN_name.ipynb with the outputs
+tutorials: $(STAMP)
+	$(BIN)/python tutorials/build.py run
+
+# the documentation site in build/site (tutorials changed since they last ran run first, quick)
+docs: $(STAMP)
+	$(BIN)/python tutorials/build.py site
+
+# Jupyter Lab on the tutorials (installed into .venv on first use)
+jupyter: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -q jupyterlab
+	$(BIN)/jupyter lab tutorials/
+
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-# the README's picture of the attention viewer (a small model trained first, about 2 minutes)
-screenshot: $(STAMP)
+# the README's pictures: the attention viewer (a small model trained first, about 2 minutes)
+# and the documentation site's tutorial index (the site built first)
+screenshot: $(STAMP) docs
 	$(BIN)/python tests/viewer_screenshot.py
+	$(BIN)/python tests/site_screenshot.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format --check . || true
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache tutorials/*.ipynb

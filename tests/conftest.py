@@ -34,3 +34,18 @@ torch.set_num_threads(1)
 def _token_cache(tmp_path_factory):
     """Token caches go to a temporary directory, never the user's."""
     os.environ["ATTNLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (browser.py), for the viewer's and the documentation site's tests."""
+    from browser import BrowserMissing, chromium
+
+    missing = None
+    try:
+        with chromium() as browser:
+            yield browser
+    except BrowserMissing as error:  # raised before the yield: fail here, not skip
+        missing = error
+    if missing:
+        pytest.fail(f"the browser tests cannot run: {missing}", pytrace=False)

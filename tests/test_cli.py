@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from helpers import one_line_error, run
 
 from attnlab.cli import COMMANDS, build_parser, main
+from attnlab.cli import run as attnlab
 from attnlab.cli.options import read_toml
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.data.text import TextSplits
@@ -138,6 +139,32 @@ def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def test_run_in_a_notebook_leaves_its_plots_alone(tmp_path, corpus, capsys):
+    """`attnlab.cli.run`, as a notebook calls it: the command runs in this process and writes
+    its loss plot without touching pyplot (the notebook's backend and open figures stay); a
+    failing command raises, a bad flag too."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # any backend other than the Agg that files are written with
+    try:
+        figure = plt.figure()
+        attnlab(f"train gpt --data {corpus} --out {tmp_path / 'run'} --max-iters 2 "
+                "--eval-interval 1 --eval-iters 1 --context-length 8 --n-layers 1 --d-model 16 "
+                "--n-heads 2 --no-compile")  # fmt: skip
+        assert (tmp_path / "run/loss.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [figure.number]
+        plt.close(figure)
+    finally:
+        matplotlib.use(before)
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        attnlab(f"sample {tmp_path / 'nothing here'}")
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        attnlab("train gpt --no-such-flag")
+    capsys.readouterr()
 
 
 def check_evaluation(result: dict, run_dir: Path, corpus: Path) -> None:

@@ -189,3 +189,15 @@ def test_missing_gpt2_files_exit_2_in_a_subprocess(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("attnlab: error: cannot get dataset 'gpt2-bpe'")
     assert list(tmp_path.rglob("*.*")) == []  # nothing half-written
+
+
+def test_train_reads_data_by_name_as_train_does(tmp_path, capsys, monkeypatch):
+    """`--data` names data inside the data folder, as for `attnlab train`."""
+    (tmp_path / "data/notes").mkdir(parents=True)
+    (tmp_path / "data/notes/input.txt").write_text("the lazy fox jumps over the lazy dog\n" * 20)
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "tok.json"
+    argv = ["tokenize", "train", "--data", "notes/input.txt", "--vocab-size", "270"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert load_tokenizer(out).encode("lazy") != list(b"lazy")  # merges learned from the file

@@ -8,8 +8,7 @@ them): without them these tests fail, saying what to install."""
 import re
 import string
 
-import pytest
-from browser import BrowserMissing, chromium, open_file
+from browser import open_file
 from helpers import run, tiny_gpt
 
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
@@ -23,18 +22,6 @@ TEXT = MARKUP + " <b>is text</b> & so is this"
 NAMED = "<img src=x onerror=window.__pwned=3>"  # a checkpoint's name: the page's title
 BLUE, ORANGE = (66, 133, 244), (230, 126, 34)  # where a query attends; what attends to a key
 MARKS = ("active", "locked")  # a token's classes: the one shown; the one kept
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = None
-    try:
-        with chromium() as browser:
-            yield browser
-    except BrowserMissing as error:  # raised before the yield: fail here, not skip
-        missing = error
-    if missing:
-        pytest.fail(f"the viewer's browser test cannot run: {missing}", pytrace=False)
 
 
 def write_page(tmp_path, capsys, model, tokenizer, *flags):

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from browser import chromium, open_file
+from browser import check_screenshot, chromium, open_file
 
 from attnlab.cli import main
 
@@ -27,7 +27,6 @@ TRAIN = [
     "--context-length", "64", "--batch-size", "16", "--learning-rate", "2e-3",
     "--max-iters", "2500", "--eval-interval", "500", "--eval-iters", "20", "--no-compile",
 ]  # fmt: skip
-LIMIT = 200_000  # bytes: the PNG stays small in the repository
 
 
 def attnlab(*argv: str) -> None:
@@ -46,12 +45,7 @@ def screenshot(run: str, out: Path) -> None:
             opened = open_file(browser, page_file, width=820, height=600)
             opened.page.click(f'.tok[data-side="q"][data-index="{KEPT["token"]}"]')
             opened.page.screenshot(path=out, full_page=True)
-    if opened.errors:
-        sys.exit(f"the page reported errors: {opened.errors}")
-    size = out.stat().st_size
-    print(f"wrote {out} ({size:,} bytes)")
-    if size > LIMIT:
-        sys.exit(f"{out} is over {LIMIT:,} bytes: make the page smaller")
+    check_screenshot(opened, out)
 
 
 if __name__ == "__main__":

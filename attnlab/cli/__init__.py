@@ -14,6 +14,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -119,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130
+
+
+def run(command: str) -> None:
+    """Run one attnlab command line in this process, as it would be typed after `attnlab`
+    (for notebooks and scripts): `run("train gpt --data stdlib --max-iters 100")`. Its output
+    goes to this process's stdout and stderr; a failure raises RuntimeError."""
+    try:
+        code = main(shlex.split(command))
+    except SystemExit as stop:  # argparse: a bad flag (exit code 2), or --help (0)
+        code = stop.code
+    if code:
+        raise RuntimeError(f"`attnlab {command}` failed (exit code {code})")
 
 
 if __name__ == "__main__":

@@ -69,15 +69,13 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     if not records:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     evals = [r for r in records if "val_loss" in r]
     scores = sorted({k for r in evals for k in r if _is_score(k)})
     rows = 2 if scores else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(7, 4 * rows), dpi=120, sharex=True, squeeze=False)
+    fig = Figure(figsize=(7, 4 * rows), dpi=120)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
     ax = axes[0][0]
     ax.plot(
         [r["step"] for r in records],
@@ -101,7 +99,6 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         below.legend()
     fig.tight_layout()
     fig.savefig(png)
-    plt.close(fig)
     return png
 
 
@@ -112,16 +109,14 @@ def _is_score(name: str) -> bool:
 def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     """A confusion matrix (K, K), rows the true classes and columns the predicted ones, as a
     heatmap with the counts written in its cells (shares of each row set the colour)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     counts = confusion.tolist()
     k = len(counts)
     shares = [[c / max(sum(row), 1) for c in row] for row in counts]
     side = min(max(4.0, 0.5 * k + 2), 14.0)
-    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=120)
+    fig = Figure(figsize=(side, side * 0.9), dpi=120)
+    ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     if k <= 30:  # names and counts stay legible up to about this many classes
         ticks = range(k)
@@ -140,5 +135,4 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
-    plt.close(fig)
     return png

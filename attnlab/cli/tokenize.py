@@ -51,7 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a byte-level BPE tokenizer on a corpus", formatter_class=HelpFormatter
     )
     train.add_argument(
-        "--data", default="stdlib", help="corpus: a text file, a directory, DIR:GLOB, or 'stdlib'"
+        "--data",
+        default="stdlib",
+        help="corpus: a text file, a directory, DIR:GLOB, 'stdlib', or a dataset's file "
+        "('tinyshakespeare/input.txt', fetched on first use)",
     )
     train.add_argument(
         "--vocab-size", type=int, default=4096, help="vocabulary size, special tokens included"
@@ -143,7 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
     if repeated:  # checked before training, which the tokenizer's own check would come after
         raise UserError(f"--special gives {', '.join(map(repr, repeated))} more than once")
     check_out(Path(args.out))
-    texts = Corpus(args.data)
+    texts = Corpus(resolve_data_path(args.data))
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(

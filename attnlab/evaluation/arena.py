@@ -155,14 +155,12 @@ def report(entries: list[Entry], out: Path, title: str) -> str:
 
 
 def _plot(entries: list[Entry], png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     from attnlab.cli.reports import as_text
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
     for e in entries:
         points = e.evaluations
         label = f"{e.mixer} ({e.params / 1e6:.2f}M)"
@@ -177,4 +175,3 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
     fig.suptitle(as_text(title))
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)

@@ -167,12 +167,10 @@ def write_scaling(curves: list[Curve], out: Path, title: str) -> str:
 
 
 def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    time_ax, memory_ax = fig.subplots(1, 2)
     for c in curves:
         (line,) = time_ax.plot(c.lengths, [s * 1e3 for s in c.seconds], marker="o", label=c.name)
         memory_ax.plot(c.lengths, [m / 2**20 for m in c.memory], marker="o", color=line.get_color())
@@ -199,4 +197,3 @@ def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)

@@ -24,15 +24,6 @@ class Heatmap:
     cells: list[list[str]] | None = None  # text written in each cell (small maps only)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _draw(ax, fig, panel: Heatmap) -> None:
     values = panel.values.detach().float().cpu().numpy()
     image = ax.imshow(values, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, aspect="auto")
@@ -51,13 +42,13 @@ def _draw(ax, fig, panel: Heatmap) -> None:
 
 def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> Path:
     """The panels side by side (`columns` a row) in one PNG; returns its path."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
+
     rows = -(-len(panels) // columns)
     width = max(max(p.values.shape[1] for p in panels) * 0.28 + 3, 5)
     height = max(max(p.values.shape[0] for p in panels) * 0.28 + 2, 3.5)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(width * columns, height * rows), dpi=120, squeeze=False
-    )
+    fig = Figure(figsize=(width * columns, height * rows), dpi=120)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         _draw(ax, fig, panel)
     for ax in list(axes.flat)[len(panels) :]:
@@ -66,19 +57,18 @@ def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> P
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
-    plt.close(fig)
     return png
 
 
 def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> Path:
     """Thumbnails of every head: one row per (group, layer), one column per head; each group's
     weights are (layers, H, Tq, Tk)."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     rows = [(title, layer, w) for title, weights in groups for layer, w in enumerate(weights)]
     n_heads = max(w.size(0) for _, _, w in rows)
-    fig, axes = plt.subplots(
-        len(rows), n_heads, figsize=(1.3 * n_heads + 1, 1.3 * len(rows) + 0.5), squeeze=False
-    )
+    fig = Figure(figsize=(1.3 * n_heads + 1, 1.3 * len(rows) + 0.5))
+    axes = fig.subplots(len(rows), n_heads, squeeze=False)
     for r, (title, layer, weights) in enumerate(rows):
         for h in range(n_heads):
             ax = axes[r][h]
@@ -92,7 +82,6 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
-    plt.close(fig)
     return png
 
 
