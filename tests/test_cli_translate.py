@@ -166,8 +166,9 @@ def test_train_on_files_and_time_limit(tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 0 and "time limit" in err and "train: 60 of 60 pairs kept" in err
-    assert json.loads((out / "trainer_state.json").read_text())["step"] == 1
+    assert code == 0 and "train: 60 of 60 pairs kept" in err
+    assert "done: step 2 (time limit of 1e-06 min), val loss" in err  # one step more, evaluated
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 2
 
 
 def test_bad_training_input(tmp_path, capsys):

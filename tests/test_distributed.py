@@ -85,6 +85,24 @@ def test_two_ranks_train_as_one_process_does(tmp_path, text, capsys, mode):
     assert records(tmp_path / "one")[-1]["train_loss"] < records(tmp_path / "one")[0]["train_loss"]
 
 
+def test_a_time_limit_ends_every_rank_at_one_evaluated_step(tmp_path, text):
+    done = torchrun(
+        tmp_path / "r",
+        text,
+        "--distributed",
+        "ddp",
+        "--max-iters",
+        "1000",
+        "--eval-interval",
+        "500",
+        "--time-limit",
+        "1e-6",
+    )
+    assert "done: step 2 (time limit of 1e-06 min), val loss" in done.stderr
+    last = records(tmp_path / "r")[-1]
+    assert last["step"] == 2 and "val_loss" in last  # the rank that saw the time agreed with all
+
+
 def test_a_checkpoint_changes_world_size(tmp_path, text, capsys):
     """Saved by two FSDP ranks, resumed by one process, then by two DDP ranks: the run
     equals one that was never stopped, and the single-process commands read it."""

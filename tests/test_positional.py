@@ -1,5 +1,7 @@
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 
 from attnlab.layers import (
@@ -9,6 +11,7 @@ from attnlab.layers import (
     SinusoidalPositionalEncoding,
 )
 from attnlab.layers.positional import alibi_slopes
+from attnlab.models.gpt import GPT, GPTConfig
 
 
 def test_sinusoidal_values_match_the_formula():
@@ -25,9 +28,20 @@ def test_sinusoidal_offset_continues_the_table():
     assert torch.equal(encoding(3, offset=5), encoding(20)[5:8])
 
 
-def test_learned_embedding_rejects_positions_past_the_table():
-    import pytest
+@pytest.mark.parametrize("weight_init", ["gpt2", "fan_in"])
+def test_a_gpts_sinusoids_start_at_its_embeddings_scale_and_learn_it(weight_init):
+    config = GPTConfig(vocab_size=300, context_length=256, n_layers=1, n_heads=2, d_model=128)
+    torch.manual_seed(0)
+    tied = weight_init == "gpt2"  # fan_in embeddings are too large for an output head
+    model = GPT(replace(config, positional="sinusoidal", weight_init=weight_init, tie_weights=tied))
+    rms = model.position_embedding(256).pow(2).mean().sqrt().item()
+    assert rms == pytest.approx(model.token_embedding.weight.std().item(), rel=0.02)
+    _, loss = model(torch.randint(300, (2, 16)), torch.randint(300, (2, 16)))
+    loss.backward()
+    assert model.position_embedding.gain.grad.abs().item() > 0
 
+
+def test_learned_embedding_rejects_positions_past_the_table():
     with pytest.raises(ValueError, match="context length"):
         LearnedPositionalEmbedding(8, 4)(5, offset=4)
 

@@ -313,6 +313,18 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
         assert torch.equal(x, y), name
 
 
+def test_a_run_asked_to_finish_ends_a_step_later_evaluated_and_saved(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=50, eval_interval=40)
+    trainer.keep_best = "val_loss"
+    trainer.on_record = lambda record: record["step"] == 5 and trainer.request_finish()
+    result = trainer.fit()
+    assert not result.interrupted and result.step == 6
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 6 and last["val_loss"] == result.last_eval["val_loss"]
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 6
+    assert trainer.best["step"] == 6 and (tmp_path / "best" / "model.safetensors").is_file()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)
     embedding = trainer.model.token_embedding.weight

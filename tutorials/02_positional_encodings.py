@@ -268,12 +268,13 @@ plt.show()
 # At the default size they read tiny Shakespeare; the quick check uses a piece of Python's
 # standard library, written to a file here, so that nothing has to be downloaded.
 #
-# One setting needs a word. GPT-2 starts its embeddings tiny, N(0, 0.02): fine for learned
+# One detail needs a word. GPT-2 starts its embeddings tiny, N(0, 0.02): fine for learned
 # positions, which start just as small, but a sinusoid has amplitude 1, and added to such
-# embeddings it would drown the tokens (the first Try-this question shows what happens). The
-# paper avoids this by multiplying the embeddings by √d_model (section 3.4). Here
-# `--weight-init fan_in` starts the embeddings at unit scale instead, for all four models
-# (`--no-tie-weights` goes with it: a unit-scale output head would start far too confident).
+# embeddings it would drown the tokens: the model would see mostly *where* a character is, not
+# *which* it is. The paper avoids this by multiplying the embeddings by √d_model (section 3.4).
+# attnlab's GPT instead multiplies its sinusoid table by one learned number, its `gain`, that
+# starts where the embeddings start (√2·0.02, so that the table's root mean square is 0.02);
+# training then sets the balance between position and token.
 
 # %%
 RUNS = Path("runs/tutorials/02_positional_encodings")
@@ -294,7 +295,6 @@ for scheme in SCHEMES:
     print(f"=== --positional {scheme}")
     attnlab(
         f"train gpt --data {DATA} --positional {scheme} --context-length {CONTEXT} "
-        f"--weight-init fan_in --no-tie-weights "
         f"--max-iters {ITERS} --batch-size {BATCH_SIZE} --warmup-iters {ITERS // 10} "
         f"--eval-interval {ITERS // 6} --eval-iters {EVAL_ITERS} --device {DEVICE} "
         f"--out {RUNS / scheme}"
@@ -336,6 +336,8 @@ uniform = math.log(tokenizer.vocab_size)
 print(f"uniform guess: {uniform:.3f}")
 for scheme in SCHEMES:
     print(f"{scheme:10s} final validation loss {final[scheme]:.3f}")
+gain = models["sinusoidal"].position_embedding.gain.item()
+print(f"sinusoid gain: started at {math.sqrt(2) * 0.02:.3f}, trained to {gain:.3f}")
 # check: every model has learned something: far better than a uniform guess over the vocabulary
 assert all(loss < uniform - 0.5 for loss in final.values())
 
@@ -484,10 +486,10 @@ for scheme in SCHEMES:
 #
 # ## Try this
 #
-# - Train the sinusoidal model again with GPT-2's initialisation (drop `--weight-init fan_in
-#   --no-tie-weights`). Where does its loss stop, and how does that compare with the entropy of
-#   single characters? Compare the norm of a row of `model.token_embedding.weight` with that of
-#   a row of the sinusoid table.
+# - Why would unit sinusoids drown the tokens? Compare the norm of a row of
+#   `token_embedding.weight` with that of a row of `position_embedding(64)` (the table times
+#   its gain) in a fresh `GPT(models["sinusoidal"].config)` and in the trained model. What
+#   ratio did training settle on, and how far is it from what a gain of 1 would give?
 # - Train a fifth model with `--positional none`. The causal mask is its only source of
 #   order (see the first section). How far behind the others is it? Why could a BERT-style
 #   encoder (no mask) not learn anything about order this way?

@@ -111,7 +111,7 @@ def fit_and_report(
 
     command: the `attnlab train ...` words, for the resume hint. summary: one line on the data
     and model. next_step: what to do with the result. time_limit: minutes of training steps
-    after which the run stops and saves, as Ctrl-C does.
+    after which the run ends after one more step, evaluated and saved as a last step is.
     """
     if not trainer.group.is_writer:  # torchrun's other ranks train in silence
         if resume:
@@ -124,7 +124,7 @@ def fit_and_report(
     def on_record(record):
         progress.update(record)
         if limit_s is not None and record["elapsed_s"] >= limit_s:
-            trainer.request_stop()
+            trainer.request_finish()
 
     trainer.on_record = on_record
     if resume:
@@ -139,7 +139,7 @@ def fit_and_report(
         progress.close()
     plot = plot_losses(out / METRICS_FILE, out / "loss.png")
     timed_out = limit_s is not None and trainer.elapsed >= limit_s
-    if result.interrupted and not timed_out:
+    if result.interrupted:
         note(
             f"interrupted at step {result.step}; checkpoint saved in {out}. "
             f"Continue with: attnlab {command} --out {out} --resume"

@@ -113,7 +113,8 @@ def _add_kind(kinds, kind: ModelKind) -> None:
         "--time-limit",
         type=float,
         metavar="MINUTES",
-        help="stop (and save) once training steps have taken this long (default: none)",
+        help="end once training steps have taken this long: one more step, evaluated and "
+        "saved (default: none)",
     )
     parser.add_argument(
         "--distributed",

@@ -33,9 +33,19 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     PE(pos, 2i)   = sin(pos / 10000^(2i / D))
     PE(pos, 2i+1) = cos(pos / 10000^(2i / D))
+
+    gain: scale the table by one learned number that starts at this value, the "scaled
+    sinusoidal" encoding (Hua et al. 2022). Unit sinusoids added to token embeddings that start
+    at GPT-2's N(0, 0.02) drown the tokens: a baby GPT on tiny Shakespeare stayed at the loss of
+    single-character frequencies (val 3.36 after 400 steps, learned positions 2.34). Started at
+    the embeddings' scale and learned, it reached val 1.891 at 2,000 steps, learned positions
+    1.890 (benchmarks/RESULTS.md). None: the fixed table, for models that scale their
+    embeddings up by √D instead, as the paper does.
     """
 
-    def __init__(self, max_length: int, d_model: int, base: float = 10000.0):
+    def __init__(
+        self, max_length: int, d_model: int, base: float = 10000.0, gain: float | None = None
+    ):
         super().__init__()
         self.max_length = max_length
         position = torch.arange(max_length, dtype=torch.float64)[:, None]  # (T, 1)
@@ -45,9 +55,16 @@ class SinusoidalPositionalEncoding(nn.Module):
         table[:, 0::2] = torch.sin(angles)
         table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
         self.register_buffer("table", table.float(), persistent=False)
+        self.initial_gain = gain
+        self.gain = None if gain is None else nn.Parameter(torch.full((1,), float(gain)))
+
+    def reset_parameters(self) -> None:
+        if self.gain is not None:
+            nn.init.constant_(self.gain, self.initial_gain)
 
     def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
-        return _table_rows(self.table, length, offset)
+        rows = _table_rows(self.table, length, offset)
+        return rows if self.gain is None else rows * self.gain
 
 
 def _table_rows(table: torch.Tensor, length: int, offset: int | torch.Tensor) -> torch.Tensor:

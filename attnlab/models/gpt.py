@@ -143,7 +143,10 @@ class GPT(nn.Module):
         self.token_embedding = TokenEmbedding(c.vocab_size, c.d_model)
         self.position_embedding = {
             "learned": lambda: LearnedPositionalEmbedding(c.context_length, c.d_model),
-            "sinusoidal": lambda: SinusoidalPositionalEncoding(c.context_length, c.d_model),
+            # sinusoids of the embeddings' starting scale: a table whose RMS is their std
+            "sinusoidal": lambda: SinusoidalPositionalEncoding(
+                c.context_length, c.d_model, gain=math.sqrt(2) * self.embedding_std
+            ),
         }.get(c.positional, lambda: None)()
         relative = {  # one module for every layer: they share its tables
             "rope": lambda: RotaryEmbedding(c.head_dim, c.rope_base),
@@ -191,13 +194,18 @@ class GPT(nn.Module):
         depth = 1 / math.sqrt(2 * self.config.n_layers)
 
         def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
-            if not fan_in:
-                std = 0.02
+            if isinstance(layer, nn.Embedding):
+                std = self.embedding_std
             else:
-                std = 1.0 if isinstance(layer, nn.Embedding) else weight.size(-1) ** -0.5
+                std = weight.size(-1) ** -0.5 if fan_in else 0.02
             nn.init.normal_(weight, std=std * depth if is_residual_output(weight) else std)
 
         initialize(self, matrix_init)
+
+    @property
+    def embedding_std(self) -> float:
+        """The standard deviation embeddings start at: 1 with fan_in, GPT-2's 0.02 otherwise."""
+        return 1.0 if self.config.weight_init == "fan_in" else 0.02
 
     def forward(
         self,

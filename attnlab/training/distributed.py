@@ -169,13 +169,16 @@ class Group:
             return batch
         return tuple(t.tensor_split(self.world)[self.rank] for t in batch)
 
-    def agree(self, loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
-        """The mean of each rank's loss, and whether any rank asks to stop: one collective."""
+    def agree(self, loss: torch.Tensor, *flags: bool) -> tuple[float, ...]:
+        """The mean of each rank's loss, and for each flag whether any rank raised it: one
+        collective."""
         if self.world == 1:
-            return loss.item(), stop
-        both = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
-        dist.all_reduce(both)
-        return both[0].item() / self.world, bool(both[1].item() > 0)
+            return (loss.item(), *flags)
+        values = torch.tensor([0.0, *map(float, flags)], device=loss.device)
+        values[0] = loss.detach().float()
+        dist.all_reduce(values)
+        mean, *raised = values.tolist()
+        return (mean / self.world, *(value > 0 for value in raised))
 
     def from_writer(self, value):
         """Rank 0's `value` on every rank (a choice the ranks must share, such as one that

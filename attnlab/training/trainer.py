@@ -176,13 +176,14 @@ class Trainer:
         self.probes = [load_probe(name) for name in parse_probes(config.probes)]
         self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
-        self._stop_requested = self._stopping = False  # asked here; agreed by every rank
+        # asked here, agreed by every rank at the next step: stop (Ctrl-C) or finish early
+        self._stop_requested = self._stopping = self._finish_requested = self._finishing = False
         torch.manual_seed(config.seed + group.rank)  # dropout differs between the ranks' rows
         random.seed(config.seed)
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
-        """Train until max_iters or Ctrl-C; returns where it stopped."""
+        """Train until max_iters, Ctrl-C or request_finish; returns where it stopped."""
         writer = self.group.is_writer
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,11 +191,12 @@ class Trainer:
         try:
             log = (self.out_dir / METRICS_FILE).open("a") if writer else contextlib.nullcontext()
             with log as metrics:
-                while self.step < self.config.max_iters and not self._stopping:
+                while not (self.step >= self.config.max_iters or self._stopping or self._finishing):
                     record = self.train_step()
                     if (
                         self.step % self.config.eval_interval == 0
                         or self.step == self.config.max_iters
+                        or (self._finishing and not self._stopping)
                     ):
                         record.update(self.evaluate())
                         self._keep_if_best()
@@ -262,7 +264,9 @@ class Trainer:
                 _, loss = self._forward(batch, self.compiled or self.trained)
                 (loss / steps).backward()
             total += loss.detach()
-        loss, self._stopping = self.group.agree(total / steps, self._stop_requested)
+        loss, self._stopping, self._finishing = self.group.agree(
+            total / steps, self._stop_requested, self._finish_requested
+        )
         if not torch.isfinite(torch.tensor(loss)):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
@@ -330,6 +334,11 @@ class Trainer:
         self._stop_requested = True
         if self.group.world == 1:
             self._stopping = True
+
+    def request_finish(self) -> None:
+        """End the run after the next step as if it were the last: evaluate, keep the best and
+        save, so that the run's figures are for its final weights (a time limit)."""
+        self._finish_requested = True
 
     # ----------------------------------------------------------------- state
     def save(self) -> None:
