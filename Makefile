@@ -32,18 +32,23 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# every tutorial notebook, run at its default size: tutorials/NN_name.ipynb with the outputs
+# every tutorial notebook, run at its default size: tutorials/NN_name.ipynb with the outputs;
+# SIZE=quick for the small check that needs no downloads, ONLY="3 8" for some of them
 tutorials: $(STAMP)
-	$(BIN)/python tutorials/build.py run
+	$(BIN)/python tutorials/build.py run $(if $(SIZE),--size $(SIZE)) $(ONLY)
 
 # the documentation site in build/site (tutorials changed since they last ran run first, quick)
 docs: $(STAMP)
 	$(BIN)/python tutorials/build.py site
 
-# Jupyter Lab on the tutorials (installed into .venv on first use)
+# Jupyter Lab on the tutorials (installed into .venv on first use); a click on a tutorial's .py
+# opens it as a notebook (jupytext), and saving writes the .py
+JUPYTER_SETTINGS := $(VENV)/share/jupyter/lab/settings
 jupyter: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -q jupyterlab
-	$(BIN)/jupyter lab tutorials/
+	mkdir -p $(JUPYTER_SETTINGS)
+	echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}, "@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}' > $(JUPYTER_SETTINGS)/overrides.json
+	$(BIN)/jupyter lab tutorials/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -17,12 +17,12 @@
 # Here you compute it step by step on a five-word sentence, add the causal mask a GPT uses, split
 # it into heads, get the same numbers from `attnlab.layers` (and from PyTorch's own
 # `nn.MultiheadAttention`), and finally watch one attention layer learn where to look.
-# About a minute on a 2-core CPU with the default settings.
+# A few seconds on a 2-core CPU with the default settings.
 
 # %%
 import os
 
-# "default": about a minute on a 2-core CPU; "quick": a one-minute check (what CI runs);
+# "default": a few seconds on a 2-core CPU; "quick": fewer training steps;
 # "gpu": the same (this notebook is small)
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 TRAIN_STEPS = {"quick": 150, "default": 600, "gpu": 600}[SIZE]
@@ -191,8 +191,8 @@ with torch.no_grad():
     from_torch, _ = reference(x[None], x[None], x[None], attn_mask=~causal)  # True = blocked
 
 # check: by hand, attnlab and torch.nn compute the same attention (to float32 rounding)
-assert torch.allclose(from_attnlab, by_hand, atol=1e-5)
-assert torch.allclose(from_torch[0], by_hand, atol=1e-5)
+assert torch.allclose(from_attnlab, by_hand, atol=1e-5), "attnlab differs from the by-hand result"
+assert torch.allclose(from_torch[0], by_hand, atol=1e-5), "torch.nn differs from the by-hand result"
 print("by hand == attnlab == torch.nn.MultiheadAttention")
 
 # %% [markdown]
@@ -272,8 +272,8 @@ plt.show()
 # most of their weight two positions back
 two_back = learned[range(2, length), range(0, length - 2)]
 print("weight on the token two back, per position:", two_back)
-assert losses[-1] < 0.5 * math.log(vocab)
-assert two_back.mean() > 0.5
+assert losses[-1] < 0.5 * math.log(vocab), "the loss did not fall far enough: train longer?"
+assert two_back.mean() > 0.5, "attention did not settle on the token two back"
 
 # %% [markdown]
 # ## Try this
@@ -281,7 +281,8 @@ assert two_back.mean() > 0.5
 # - Remove the `/ math.sqrt(d_model)` in the scores and make `d_model` 512: how do the rows of
 #   `weights` look?
 # - Drop the position embedding from `LookBack.forward`. Can the layer still learn the task? Why
-#   not? (Hint: without positions, attention cannot tell "two back" from any other earlier word.)
+#   not? (Hint: without positions, attention cannot tell "two back" from any other earlier word.
+#   It still beats chance a little: the first queries have only one to three words to pick from.)
 # - Change the task to "the token three back", or to "the largest token so far". Which can one
 #   attention layer learn, and what does its pattern look like?
 # - Give `LookBack` two heads and the task "the sum of the tokens one and two back (mod 16)".

@@ -19,12 +19,12 @@
 # schemes attnlab offers (learned, sinusoidal, RoPE, ALiBi) and check the property each one is
 # designed for, then train four tiny GPTs that differ only in their positions and compare their
 # losses, their attention maps and how they cope with sequences longer than they were trained on.
-# About 6 minutes on a 2-core CPU with the default settings.
+# About 5 minutes on a 2-core CPU with the default settings.
 
 # %%
 import os
 
-# "default": about 6 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
+# "default": about 5 minutes on a 2-core CPU; "quick": seconds, no downloads;
 # "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 ITERS = {"quick": 24, "default": 1200, "gpu": 6000}[SIZE]  # training steps of each GPT
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab import GPT
-from attnlab.cli import run as attnlab
+from attnlab.cli import run as attnlab  # attnlab("..."): a command line, as in a shell
 from attnlab.data import catalog
 from attnlab.interpretability import capture
 from attnlab.layers import (
@@ -339,14 +339,15 @@ for scheme in SCHEMES:
 gain = models["sinusoidal"].position_embedding.gain.item()
 print(f"sinusoid gain: started at {math.sqrt(2) * 0.02:.3f}, trained to {gain:.3f}")
 # check: every model has learned something: far better than a uniform guess over the vocabulary
-assert all(loss < uniform - 0.5 for loss in final.values())
+assert all(loss < uniform - 0.5 for loss in final.values()), "a model learned almost nothing"
 
 # %% [markdown]
-# With the default settings the relative schemes usually come out ahead: the README's baby GPT
-# reaches 1.752 with RoPE against 1.882 with learned positions after 2000 steps. Relative
-# positions help a small model because character statistics depend on *offsets* ("what came
-# two characters ago"), which RoPE and ALiBi hand over directly, while a learned table must
-# discover the same fact separately at each of the 64 positions.
+# With the default settings the relative schemes usually come out ahead: the baby GPT of
+# `configs/gpt_shakespeare_char.toml` reached 1.752 with RoPE against 1.882 with learned
+# positions after 2,000 steps (benchmarks/RESULTS.md). Relative positions help a small model
+# because character statistics depend on *offsets* ("what came two characters ago"), which
+# RoPE and ALiBi hand over directly, while a learned table must discover the same fact
+# separately at each of the 64 positions.
 #
 # ## 7. Their attention maps
 #

@@ -18,12 +18,12 @@
 # build one from attnlab's parts, count where its parameters live, check its loss before
 # training, train a character-level "baby GPT" on tiny Shakespeare, sample from it in several
 # ways, and measure why every serious sampler keeps a KV cache.
-# About 5 minutes on a 2-core CPU with the default settings.
+# About 6 minutes on a 2-core CPU with the default settings.
 
 # %%
 import os
 
-# "default": about 5 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
+# "default": about 6 minutes on a 2-core CPU; "quick": seconds, no downloads;
 # "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
@@ -242,7 +242,8 @@ assert moved[:middle].max() < 1e-5 and moved[middle:].max() > 1e-3
 #
 # Each step sees 32 windows of 64 characters, about 2,000 predictions. With the default
 # settings, 3,000 steps take about 4 minutes on 2 CPU cores and reach a validation loss around
-# 1.6 nats per character (the quick size only checks that the loss falls).
+# 1.6 nats per character (the quick size only checks that the loss falls: its model reads
+# Python code, so its samples of "ROMEO:" below are mostly spaces and punctuation).
 
 # %%
 shape_flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in SHAPE.items())
@@ -490,10 +491,12 @@ attnlab(f'sample {RUN} --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 
 # 1. Make the model deeper or wider (`SHAPE`), or train longer: how does the final val loss
 #    change, and how many parameters did each improvement cost? Where do the new parameters
 #    go, by the formula 12·N·d²?
-# 2. Train once with `--positional learned` instead of `rope` and compare the val loss. Then
-#    time `step_times(model, 300, use_cache=True)` on both trained models: past 64 characters
-#    the learned-positions model re-runs its whole window at every step, even with the cache.
-#    Why can its cached keys not simply slide along, as RoPE's do?
+# 2. Train once with `--positional learned` instead of `rope` into a folder of its own (set
+#    `RUN = "runs/tutorials/03_gpt_learned"` before the training cell, so the first model
+#    stays) and compare the val loss. Then time `step_times(model, 300, use_cache=True)` on
+#    both trained models: past 64 characters the learned-positions model re-runs its whole
+#    window at every step, even with the cache. Why can its cached keys not simply slide
+#    along, as RoPE's do?
 # 3. Sample at T = 0.8 with `top_p` from 0.5 to 1.0. At which p does the text start to
 #    degrade? Count how many characters the nucleus keeps at a few positions of a sample.
 # 4. Replace `generate_text` by your own loop: the model's logits at the last position,

@@ -20,12 +20,12 @@
 # frequent adjacent pair into a new symbol. You will run BPE by hand on the classic example,
 # train attnlab's byte-level BPE on real text, watch a sentence's tokens grow as the vocabulary
 # does, measure compression, and compare with GPT-2's own vocabulary.
-# About 1 minute on a 2-core CPU with the default settings.
+# A few seconds on a 2-core CPU with the default settings.
 
 # %%
 import os
 
-# "default": about 1 minute on a 2-core CPU; "quick": a one-minute check (what CI runs);
+# "default": a few seconds on a 2-core CPU; "quick": seconds, no downloads;
 # "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 MAX_VOCAB = {"quick": 4096, "default": 4096, "gpu": 8192}[SIZE]  # the largest vocabulary
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from attnlab.cli import run as attnlab
+from attnlab.cli import run as attnlab  # attnlab("..."): a command line, as in a shell
 from attnlab.data import catalog
 from attnlab.errors import UserError
 from attnlab.tokenizers import CharTokenizer, load_tokenizer

@@ -18,13 +18,13 @@
 # word while looking back at the encoder's output. In this notebook you look at the three kinds
 # of attention and their masks, count the model's parameters, train it on Multi30k
 # (German -> English image captions), decode with greedy and beam search, and score the result
-# with BLEU, which you also compute by hand. About 9 minutes on a 2-core CPU with the default
+# with BLEU, which you also compute by hand. About 8 minutes on a 2-core CPU with the default
 # settings.
 
 # %%
 import os
 
-# "default": about 9 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
+# "default": about 8 minutes on a 2-core CPU; "quick": seconds, no downloads;
 # "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
@@ -479,7 +479,7 @@ short = "a man is riding"
 print(f"reference:  {reference}\nhypothesis: {close}")
 bleu_by_hand([close], [reference], show=True)
 print(f"hypothesis: {short}   (every n-gram matches, but it is short)")
-bleu_by_hand([short], [reference], show=True)
+_ = bleu_by_hand([short], [reference], show=True)
 
 # %% [markdown]
 # The first: 7 of 9 words match (`a` twice, clipped to the two in the reference); 5 of 8
@@ -497,7 +497,7 @@ for hypotheses in ([close], [short], [close, short]):  # the last: a two-sentenc
     theirs = BLEU().corpus_score(hypotheses, [[reference] * len(hypotheses)]).score
     print(f"{len(hypotheses)} sentence(s): by hand {ours:.4f}, sacreBLEU {theirs:.4f}")
     # Check: our formula is BLEU exactly as sacreBLEU computes it
-    assert abs(ours - theirs) < 1e-6
+    assert abs(ours - theirs) < 1e-6, "BLEU by hand differs from sacreBLEU"
 
 # %% [markdown]
 # BLEU is a corpus-level, surface-form metric: a correct synonym (`bike` for `bicycle`) earns
@@ -605,9 +605,10 @@ plt.show()
 # 1. Translate your own German sentences (or, on the numbers task, your own numbers) with
 #    `attnlab(f'translate {RUN} "..." --beam-size 4')`. What breaks first: rare words, long
 #    sentences, or word order?
-# 2. Train without label smoothing (`--label-smoothing 0`). The validation loss gets lower; does
-#    the test BLEU get higher? Section 5.4 of the paper says what to expect.
-# 3. Set `--length-penalty 0` and then `2` on `evaluate`: how do the brevity penalty and the
-#    BLEU change, and why?
+# 2. At the default size (Multi30k; BLEU is 0 on the numbers task): train without label
+#    smoothing (`--label-smoothing 0`). The validation loss gets lower; does the test BLEU get
+#    higher? Section 5.4 of the paper says what to expect.
+# 3. At the default size: set `--length-penalty 0` and then `2` on `evaluate`: how do the
+#    brevity penalty and the BLEU change, and why?
 # 4. In `bleu_by_hand`, drop the clipping (count every matching n-gram). Which silly hypothesis
 #    now gets a high score against the reference above?

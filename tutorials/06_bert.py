@@ -24,8 +24,8 @@
 # %%
 import os
 
-# "default": about 9 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
-# "gpu": a bigger run for a CUDA GPU
+# "default": about 9 minutes on a 2-core CPU; "quick": a small check in 10-30 seconds that
+# needs no downloads; "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
 # The labelled task: SST-2 (67,349 training phrases, 872 dev sentences), or at quick size a
@@ -244,12 +244,13 @@ for what, value in share.items():
     print(f"{what:<34} {value:7.2%}")
 
 # %%
-# Check: attnlab's masking follows BERT's recipe (binomial noise on ~40k picks is ~0.2%)
+# Check: attnlab's masking follows BERT's recipe (binomial noise on ~40k picks is ~0.2%; a
+# random token equal to the original counts as kept)
 assert not (selected & ~ordinary).any(), "a special token or padding was selected"
-assert abs(share["selected, of the ordinary tokens"] - 0.15) < 0.005
-assert abs(share["-> [MASK]"] - 0.80) < 0.015
-assert abs(share["-> another token"] - 0.10) < 0.015
-assert abs(share["-> kept"] - 0.10) < 0.015  # (a random token equal to the original counts here)
+assert abs(share["selected, of the ordinary tokens"] - 0.15) < 0.005, "not 15% selected"
+assert abs(share["-> [MASK]"] - 0.80) < 0.015, "not 80% of the selected became [MASK]"
+assert abs(share["-> another token"] - 0.10) < 0.015, "not 10% became another token"
+assert abs(share["-> kept"] - 0.10) < 0.015, "not 10% of the selected were kept"
 assert (targets[selected] == sample[selected]).all(), "a target is not the original token"
 
 # %% [markdown]
@@ -476,13 +477,25 @@ attnlab(f"classify {SCRATCH}/best {quoted}")
 #
 # ## Try this
 #
-# 1. Fine-tune with few labels: write 1,000 lines of SST-2's `train.tsv` and its `dev.tsv` into
-#    a folder and train both classifiers on it (`--data FOLDER`). Which one wins now, and at
-#    which step?
+# 1. Fine-tune with few labels: copy SST-2's `dev.tsv` and the first 1,001 lines of its
+#    `train.tsv` (a header line, then 1,000 sentences) from `task_folder` (at the default size,
+#    `catalog.resolve("sst2")`) into a folder, and train both classifiers on it (`--data
+#    FOLDER`). Which one wins now, and at which step?
 # 2. Pre-train with `--mask-probability 0.4` instead of 0.15 (Wettig et al. 2023 found 40%
 #    better for large models). How do the fill-ins and the neighbours change?
 # 3. Zero-shot sentiment from the masked LM alone: append `it was [MASK] .` to a few dev
-#    sentences and compare the probabilities of `great` and `terrible` with
-#    `attnlab.evaluation.predict.fill_mask`. How far above chance does that get, with no labels?
+#    sentences and compare the probabilities of `great` and `terrible` at the blank:
+#
+#     ```python
+#     from attnlab.evaluation.predict import masked_ids  # [CLS] text [SEP], as ids
+#     ids = masked_ids(tokenizer, "a gorgeous , witty movie . it was [MASK] .")
+#     logits, _ = load_checkpoint(PRETRAIN).model(torch.tensor([ids]))
+#     p = logits[0, ids.index(specials[MASK])].softmax(-1)  # the blank's probabilities
+#     print({w: p[encode_sentence(tokenizer, w)].tolist() for w in ("great", "terrible")})
+#     ```
+#
+#     A word must be one token to fill one blank: at quick size `encode_sentence(tokenizer,
+#     "terrible")` may give several ids. How far above chance does this get, with no labels?
+#
 # 4. Train BERT's own shape (`--no-prenorm --positional learned` instead of pre-norm and RoPE)
 #    and compare its masked-LM loss curve with the one above.

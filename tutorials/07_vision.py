@@ -18,13 +18,13 @@
 # square patches and reads them as tokens; image GPT (Chen et al. 2020) reads the pixels
 # themselves, one after another, and learns to draw. You will cut digits into patches, train a
 # ViT and look at what its position embeddings learned, then train an image GPT and let it
-# finish half-drawn digits. About 9 minutes on a 2-core CPU with the default settings.
+# finish half-drawn digits. About 9 to 10 minutes on a 2-core CPU with the default settings.
 
 # %%
 import os
 
-# "default": about 9 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
-# "gpu": a bigger run for a CUDA GPU
+# "default": about 9 to 10 minutes on a 2-core CPU; "quick": a small check in 10-30 seconds
+# that needs no downloads; "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
 # the images: MNIST digits (28 x 28), or at "quick" the embedded shapes (no files needed)
@@ -192,8 +192,8 @@ with torch.no_grad():
     by_hand = flat @ weight.T + bias  # (N, D)
     kernel = weight.reshape(config.d_model, C, P, P)
     as_convolution = F.conv2d(pixels, kernel, bias, stride=P).flatten(2).transpose(1, 2)[0]
-assert torch.allclose(by_hand, tokens[0], atol=1e-5)
-assert torch.allclose(as_convolution, tokens[0], atol=1e-5)
+assert torch.allclose(by_hand, tokens[0], atol=1e-5), "the linear map on patches differs"
+assert torch.allclose(as_convolution, tokens[0], atol=1e-5), "the convolution differs"
 print("linear map on patches == stride-P convolution == attnlab's PatchEmbedding")
 
 # %% [markdown]
@@ -285,7 +285,7 @@ attnlab(f"classify-image {VIT_RUN} {png} --top-k 3 --device {DEVICE}")
 # - middle, the same numbers laid out as the image: the small square at grid cell (r, c) shows
 #   how similar the position of patch (r, c) is to each other patch's position;
 # - right, the mean similarity of two patches against their distance on the grid (rows plus
-#   columns apart), for the trained table and for the random table the model started from.
+#   columns apart), for the trained table and for a random one, as the model started with.
 
 
 # %%
@@ -297,20 +297,22 @@ def similarities(table):
 
 def by_grid_distance(similarity):
     """Mean similarity of two different patches, by their distance on the grid (1, 2, ...)."""
-    patch = torch.arange(GRID * GRID)
-    row, col = patch // GRID, patch % GRID
+    patch = torch.arange(grid * grid)
+    row, col = patch // grid, patch % grid
     distance = (row[:, None] - row).abs() + (col[:, None] - col).abs()  # (N, N)
-    return {k: similarity[distance == k].mean().item() for k in range(1, 2 * GRID - 1)}
+    return {k: similarity[distance == k].mean().item() for k in range(1, 2 * grid - 1)}
 
 
-trained = similarities(vit.position_embedding.weight[1:].detach().cpu())  # no class token
-untrained = similarities(model.position_embedding.weight[1:].detach())  # the model built above
+grid = vit.config.image_size // vit.config.patch_size  # the trained model's grid, not GRID
+patch_rows = slice(-grid * grid, None)  # the table's rows for the patches (no class token)
+trained = similarities(vit.position_embedding.weight[patch_rows].detach().cpu())
+untrained = similarities(VisionTransformer(vit.config).position_embedding.weight[patch_rows])
 
-mosaic = torch.full((GRID * (GRID + 1), GRID * (GRID + 1)), float("nan"))
-for i in range(GRID * GRID):  # one GRID x GRID map per patch, in its place, with a gap
-    row, col = divmod(i, GRID)
-    y, x = row * (GRID + 1), col * (GRID + 1)
-    mosaic[y : y + GRID, x : x + GRID] = trained[i].reshape(GRID, GRID)
+mosaic = torch.full((grid * (grid + 1), grid * (grid + 1)), float("nan"))
+for i in range(grid * grid):  # one grid x grid map per patch, in its place, with a gap
+    row, col = divmod(i, grid)
+    y, x = row * (grid + 1), col * (grid + 1)
+    mosaic[y : y + grid, x : x + grid] = trained[i].reshape(grid, grid)
 
 fig, (left, middle, right) = plt.subplots(1, 3, figsize=(9, 3.3), layout="constrained")
 shown = left.imshow(trained, cmap="viridis", vmin=-1, vmax=1)
@@ -487,10 +489,11 @@ plt.show()
 #
 # 1. Train the ViT with `--pooling mean` (average the patch vectors, no class token). Does the
 #    accuracy change? What does the class token buy, if anything?
-# 2. Change the patch size to 4 (`--patch-size 4`: 49 patches of 4 x 4 instead of 16 of 7 x 7).
-#    How much slower is a training step? Predict the factor first from the cost of attention and
-#    of the rest of a block, then measure it. Train longer (`--max-iters 14000`, the full
-#    recipe) and draw the position maps again: does the grid come back?
+# 2. Change the patch size to 4 (`--patch-size 4` in `train vit`: 49 patches of 4 x 4 instead
+#    of 16 of 7 x 7). How much slower is a training step? Predict the factor first from the cost
+#    of attention and of the rest of a block, then measure it (`images_per_s` of each step in
+#    the run's `metrics.jsonl`). Train longer (`--max-iters 14000`, the full recipe) and draw
+#    the position maps again: does the grid come back?
 # 3. Shuffle the patches of every test image in the same fixed order, then evaluate the trained
 #    ViT on them. If position embeddings were removed, would the accuracy change? (Hint: what is
 #    attention without positions?)

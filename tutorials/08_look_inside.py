@@ -18,13 +18,13 @@
 # and watch *induction heads*, the circuit behind in-context copying, form during training;
 # then you look at its attention, read its predictions layer by layer (the logit lens), cut
 # and reorder its layers, and switch off single heads to see what each is for.
-# About 5 minutes on a 2-core CPU with the default settings.
+# About 3 to 4 minutes on a 2-core CPU with the default settings.
 
 # %%
 import os
 
-# "default": about 5 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
-# "gpu": a bigger run for a CUDA GPU
+# "default": about 3 to 4 minutes on a 2-core CPU; "quick": a small check in 10-30 seconds
+# that needs no downloads; "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
 DATA = {
@@ -194,7 +194,7 @@ print(
 # %%
 # Check: the probe's scores were logged at every evaluation, and in range: an attention share
 # lies in [0, 1], and a loss difference is a finite number.
-assert len(evals) == ITERS // EVAL_INTERVAL
+assert len(evals) == ITERS // EVAL_INTERVAL, "metrics.jsonl lacks some evaluations"
 assert all(0 <= score <= 1 for score in induction), induction
 assert all(math.isfinite(score) for score in in_context), in_context
 
@@ -395,7 +395,8 @@ for layer in range(n_layers):
 # %%
 # Check: a patch that ablates no head leaves the loss as it was, to float rounding (patching
 # makes attention take its written-out path instead of the fused kernel: the same function).
-unchanged = copy_losses({"blocks.1.token_mixer.attention_weights": ablate_heads([])})
+last_layer = f"blocks.{n_layers - 1}.token_mixer.attention_weights"
+unchanged = copy_losses({last_layer: ablate_heads([])})
 assert abs(unchanged[1] - baseline_repeat) < 1e-4, (unchanged, baseline_repeat)
 
 # %%
@@ -423,6 +424,8 @@ plt.show()
 #
 # ## Try this
 #
+# Items 2 and 3 train again: first set `RUN` to a new folder, or the run above is overwritten.
+#
 # 1. Repeat `LINE` at a shorter distance (say, its first 40 characters, then those again). Does
 #    the induction head still find the copy? Compare with the distances the training windows
 #    used (64 to 96 characters) and explain.
@@ -430,5 +433,6 @@ plt.show()
 #    within 3,000 steps? What do the induction and in-context scores do?
 # 3. Change `n_layers` to 1. Can a single attention layer form an induction head? Explain with
 #    the two-step circuit.
-# 4. Run `inspect attention`, `lens` and `layers` on your baby GPT from tutorial 3
-#    (`runs/tutorials/03_gpt`). With 4 layers, which ones can be dropped or swapped cheaply?
+# 4. Run `inspect attention`, `lens` and `layers` on your baby GPT from tutorial 3: this needs
+#    `runs/tutorials/03_gpt`, which tutorial 3 writes when run at the default size from the
+#    same folder as this notebook. With 4 layers, which ones can be dropped or swapped cheaply?

@@ -22,8 +22,8 @@
 # %%
 import os
 
-# "default": about 7 minutes on a 2-core CPU; "quick": a one-minute check (what CI runs);
-# "gpu": a bigger run for a CUDA GPU
+# "default": about 7 minutes on a 2-core CPU; "quick": a small check in 10-30 seconds that
+# needs no downloads; "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
 # one layer's cost: sequence lengths from FIRST to LAST, doubling (measured on the CPU)
@@ -173,7 +173,7 @@ for T in (256, 1024, 2048):
         f"T={T:>5}: direct {1e3 * (middle - start):7.1f} ms, FFT {1e3 * (end - middle):5.2f} ms,"
         f" relative difference {error:.0e}"
     )
-    assert error < 1e-4  # the same convolution, computed two ways
+    assert error < 1e-4, "the direct sum and the FFT give different convolutions"
 
 # %% [markdown]
 # ## What each must remember to continue
@@ -298,7 +298,7 @@ print(f"query:    {text[-1]!r}, answer: {answer!r}")
 # by hand: the value that followed the query key earlier in the sequence
 seen = {text[i]: text[i + 1] for i in range(0, len(text) - 1) if text[i].islower()}
 print("bindings in this sequence:", seen)
-assert seen[text[-1]] == answer
+assert seen[text[-1]] == answer, "the answer is not the value that followed the query's key"
 print(f"the query's key was last seen {len(text) - 1 - text[:-1].rfind(text[-1])} tokens earlier")
 
 # %% [markdown]
@@ -420,7 +420,7 @@ best = min(final, key=lambda mixer: final[mixer]["val_loss"])
 for mixer, last in final.items():
     print(f"{mixer:<10} step {last['step']:>4}: val loss {last['val_loss']:.3f}")
 print(f"lowest val loss: {best}")
-assert all(math.isfinite(last["val_loss"]) for last in final.values())  # every mixer evaluated
+assert all(math.isfinite(last["val_loss"]) for last in final.values()), "a loss is not finite"
 
 # %% [markdown]
 # Per token (right) you see how much each mixer learns from the same text; per second (left),
@@ -450,8 +450,20 @@ attnlab(
 # 2. Add `rnn` and `gru` to `--mixers` on the recall task. Which of the recurrent cells gets
 #    furthest, and how does that fit what its state can hold?
 # 3. Mamba's state size per channel is `--mixer-options d_state=16` in `attnlab train gpt`.
-#    Predict what happens to recall with `d_state=2`, then try it (`attnlab train gpt --data
-#    task:associative_recall --mixer mamba --positional none --mixer-options d_state=2
-#    --context-length 64 --n-layers 2 --d-model 56 --weight-init fan_in --no-tie-weights`).
+#    Predict what happens to recall with `d_state=2`, then train the arena's Mamba with it, on
+#    the same batches and steps (586 steps of 32 sequences: 1.2M tokens, the default size):
+#
+#     ```sh
+#     attnlab train gpt --data task:associative_recall --mixer mamba \
+#       --mixer-options d_state=2 --n-layers 2 --d-model 56 --context-length 64 \
+#       --positional none --no-bias --weight-init fan_in --no-tie-weights \
+#       --batch-size 32 --learning-rate 2e-3 --lr-schedule wsd --min-learning-rate 2e-4 \
+#       --warmup-iters 58 --max-iters 586 --eval-interval 50 \
+#       --out runs/tutorials/09_beyond_attention/mamba_d_state_2
+#     ```
+#
+#     Compare its `val_accuracy` (in `metrics.jsonl`) with Mamba's above. With `d_state=16`
+#     (and its own `--out`) the same command gives the arena's Mamba run again.
+#
 # 4. From your scaling plot, estimate where the straight lines of fused attention and Mamba
 #    would cross if you extended them. Check with `attnlab arena --scaling --lengths 256:16384`.

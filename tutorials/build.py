@@ -5,9 +5,10 @@
 
 `run` executes each tutorial (a plain-text jupytext notebook, tutorials/NN_name.py) top to bottom
 in a fresh Python kernel and writes it with its outputs as NN_name.ipynb, to open in Jupyter. The
-size goes to the notebooks as ATTNLAB_TUTORIAL_SIZE. `site` renders the executed notebooks,
-the README, the reference pages and the API reference into a static site (MkDocs, warnings as
-errors); tutorials not run since they last changed are run first, at the quick size.
+size (default: $ATTNLAB_TUTORIAL_SIZE, else default) goes to the notebooks in that variable.
+`site` renders the executed notebooks, the README, the reference pages and the API reference
+into a static site (MkDocs, warnings as errors); tutorials not run since they last changed are
+run first, at the quick size.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def execute(source: Path, out: Path, size: str, workdir: Path) -> float:
         try:
             client.execute()
         finally:
+            if kernel.has_kernel:  # nbclient leaves a kernel it was given running
+                kernel.shutdown_kernel(now=True)
             seconds = time.perf_counter() - start
             notebook.metadata["attnlab"] = {"size": size, "seconds": round(seconds, 1)}
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="execute tutorials, writing tutorials/NN_name.ipynb")
     run.add_argument("names", nargs="*", help="tutorial numbers or names (default: all)")
-    run.add_argument("--size", choices=SIZES, default="default")
+    size = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
+    run.add_argument("--size", choices=SIZES, default=size, help=f"default: {size}")
     run.add_argument("--out", type=Path, default=TUTORIALS, help="where the notebooks go")
     run.add_argument("--workdir", type=Path, default=ROOT, help="the notebooks' current folder")
     site = commands.add_parser("site", help="build the documentation site")
     site.add_argument("--notebooks", type=Path, default=TUTORIALS, help="executed notebooks")
     site.add_argument("--out", type=Path, default=ROOT / "build/site")
     args = parser.parse_args(argv)
+    if getattr(args, "size", SIZES[0]) not in SIZES:
+        parser.error(f"ATTNLAB_TUTORIAL_SIZE={args.size}: choose from {', '.join(SIZES)}")
     if args.command == "run":
         times = run_all(tutorials(args.names), args.out, args.size, args.workdir)
         for name, seconds in times.items():
