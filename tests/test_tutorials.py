@@ -69,6 +69,21 @@ def test_run_reports_a_failing_notebook(tmp_path, monkeypatch, capsys):
     assert written.cells[0].outputs[0]["text"] == "before\n"
 
 
+def test_the_size_comes_from_the_environment_when_not_given(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "01_size.py"
+    source.write_text("# %%\nimport os\nprint(os.environ['ATTNLAB_TUTORIAL_SIZE'])\n")
+    monkeypatch.setattr(build, "TUTORIALS", tmp_path)
+    monkeypatch.setenv("ATTNLAB_TUTORIAL_SIZE", "quick")
+    assert build.main(["run", "--out", str(tmp_path), "1"]) == 0
+    written = nbformat.read(tmp_path / "01_size.ipynb", as_version=4)
+    assert written.metadata.attnlab.size == "quick"
+    assert written.cells[0].outputs[0]["text"] == "quick\n"
+    monkeypatch.setenv("ATTNLAB_TUTORIAL_SIZE", "huge")
+    with pytest.raises(SystemExit) as exit:
+        build.main(["run", "--out", str(tmp_path), "1"])
+    assert exit.value.code == 2 and "ATTNLAB_TUTORIAL_SIZE=huge" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="session")
 def site(executed, tmp_path_factory) -> Path:
     notebooks, failures = executed
