@@ -3,7 +3,11 @@ pre-trained BERT fine-tuned ten times, each time holding out one file-name fold 
 cv100-cv199, ...), scored on it after the last step (no choice among evaluations is made on
 the held-out fold).
 
-    python benchmarks/bert_movie_reviews.py --init runs/bert_sst2/pretrain [--out DIR]
+    python benchmarks/bert_movie_reviews.py --init runs/bert_sst2/pretrain [--out DIR] [FLAGS]
+
+FLAGS (any other) go to every fold's `attnlab train classifier`, after the config: for example
+`--long-text head_tail` reads each review's head and tail only, as the classifier did before
+reading long texts in windows.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def main() -> None:
     parser.add_argument("--init", required=True, help="the pre-trained bert checkpoint")
     parser.add_argument("--out", default="runs/movie_reviews_cv", help="folder for the runs")
     parser.add_argument("--folds", type=int, default=10)
-    args = parser.parse_args()
+    args, flags = parser.parse_known_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     folds, steps = [], []
@@ -36,7 +40,7 @@ def main() -> None:
         steps.append(timed(f"fold {fold}", [sys.executable, "-m", "attnlab", "train",
                            "classifier", "--config", "configs/movie_reviews_finetune.toml",
                            "--init", args.init, "--fold", str(fold), "--folds", str(args.folds),
-                           "--out", str(run)], out / f"fold{fold}.log"))  # fmt: skip
+                           "--out", str(run), *flags], out / f"fold{fold}.log"))  # fmt: skip
         last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
         folds.append({"fold": fold, "accuracy": last["val_accuracy"], "f1": last["val_f1"]})
         print(folds[-1], flush=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnlab.data.classification import encode_example, hold_out, read_tsv
+from attnlab.data.classification import encode_example, hold_out, pad_batch, read_tsv
 from attnlab.data.masked_lm import IGNORE_INDEX, Masking, pack_sentences
 from attnlab.interop.huggingface import from_hf, to_hf
 from attnlab.models.bert import PRESETS, BertClassifier, BertConfig, BertForMaskedLM
@@ -87,10 +87,21 @@ def test_classifier_logits_match_and_round_trip(fields):
         torch.testing.assert_close(state[name], value, msg=name)
 
 
-@pytest.mark.parametrize("positional", ["learned", "rope"])
-def test_padding_is_never_attended_to(positional):
+@pytest.mark.parametrize(
+    "field", [dict(prenorm=True), dict(positional="rope"), dict(pooling="mean")]
+)
+def test_to_hf_rejects_models_bert_cannot_express(field):
+    config = BertConfig(vocab_size=20, context_length=8, n_layers=1, n_heads=1, d_model=8, **field)
+    with pytest.raises(ValueError, match="BERT-shaped"):
+        to_hf(BertClassifier(config))
+
+
+@pytest.mark.parametrize(
+    "positional,pooling", [("learned", "cls"), ("rope", "cls"), ("rope", "mean")]
+)
+def test_padding_is_never_attended_to(positional, pooling):
     config = BertConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2, d_model=16,
-                        dropout=0.0, positional=positional)  # fmt: skip
+                        dropout=0.0, positional=positional, pooling=pooling)  # fmt: skip
     model = BertClassifier(config).eval()
     ids = torch.tensor([[3, 7, 9, 11]])
     padded = torch.tensor([[3, 7, 9, 11, 0, 0, 0]])
@@ -158,14 +169,47 @@ def test_tsv_and_folds(tmp_path):
     assert sorted(t for fold in folds for t in fold) == sorted(texts)  # each example once
 
 
-def test_long_text_keeps_head_and_tail():
+def char_tokenizer():
     from attnlab.tokenizers import build_tokenizer
 
-    tokenizer = build_tokenizer(
-        "char", ["abcdefghij "], special_tokens=["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+    return build_tokenizer(
+        "char",
+        ["abcdefghijklmnopqrstuvwxyz "],
+        special_tokens=["[PAD]", "[CLS]", "[SEP]", "[MASK]"],
     )
-    ids = encode_example(tokenizer, "abcdefghij", 8)
+
+
+def test_long_text_keeps_head_and_tail():
+    tokenizer = char_tokenizer()
+    [ids] = encode_example(tokenizer, "abcdefghij", 8)
     assert tokenizer.decode(ids) == "[CLS] abhij[SEP]"  # 3 head, 3 tail tokens
+    assert encode_example(tokenizer, "abcde", 8, "windows") == encode_example(tokenizer, "abcde", 8)
+
+
+def test_long_text_in_windows_covers_it_all():
+    tokenizer = char_tokenizer()
+    text = "abcdefghijklmnopq"  # 18 tokens with the leading space: windows at 0, 6, 12
+    windows = encode_example(tokenizer, text, 8, "windows")
+    assert [tokenizer.decode(w) for w in windows] == [
+        "[CLS] abcde[SEP]", "[CLS]fghijk[SEP]", "[CLS]lmnopq[SEP]"
+    ]  # fmt: skip
+    windows = encode_example(tokenizer, text + "r", 8, "windows")  # 19: a 4th ends the text
+    assert [tokenizer.decode(w) for w in windows][2:] == ["[CLS]lmnopq[SEP]", "[CLS]mnopqr[SEP]"]
+    assert {len(w) for w in windows} == {8}
+
+
+def test_a_texts_logits_are_the_mean_of_its_windows():
+    config = BertConfig(vocab_size=30, context_length=8, n_layers=1, n_heads=2, d_model=16,
+                        dropout=0.0, positional="rope", long_text="windows")  # fmt: skip
+    model = BertClassifier(config).eval()
+    texts = [[[1, 5, 6, 7, 2], [1, 8, 9, 2], [1, 4, 4, 4, 4, 2]], [[1, 9, 3, 2], [1, 7, 2]]]
+    batch = pad_batch(texts, PAD)
+    assert batch.shape == (2, 3, 6)
+    logits, _ = model(batch)
+    for text, row in zip(texts, logits, strict=True):
+        alone = torch.cat([model(torch.tensor([w]))[0] for w in text])
+        torch.testing.assert_close(row, alone.mean(0), atol=1e-6, rtol=1e-6)
+    assert pad_batch([[w] for w in texts[1]], PAD).shape == (2, 4)  # one window each: (B, T)
 
 
 def test_presets_build():

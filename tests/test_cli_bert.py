@@ -79,6 +79,23 @@ def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_long_reviews_read_in_windows(pretrained, tmp_path, capsys):
+    for label, sentences in (("neg", SENTENCES[1::2]), ("pos", SENTENCES[::2])):
+        (tmp_path / "reviews" / label).mkdir(parents=True)
+        for i in range(5):  # about 170 characters: six windows of a 32-token context
+            (tmp_path / "reviews" / label / f"cv{i}.txt").write_text("\n".join(sentences * 3))
+    out = tmp_path / "cls"
+    code, _, err = run(["train", "classifier", "--init", str(pretrained), "--long-text",
+                        "windows", "--data", str(tmp_path / "reviews"), "--out", str(out),
+                        "--folds", "5", "--max-iters", "2", *TINY[:-2]], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "8 training examples (neg 4, pos 4), 2 dev; 48 training windows" in err
+    code, stdout, err = run(["classify", str(out), (tmp_path / "reviews/pos/cv0.txt").read_text()],
+                            capsys)  # fmt: skip
+    assert code == 0, err
+    assert stdout.split("\t")[0] in ("neg", "pos") and 0.5 <= float(stdout.split("\t")[1]) <= 1
+
+
 def test_init_must_be_a_kind_the_classifier_starts_from(texts, tmp_path, capsys):
     gpt = tmp_path / "gpt"
     assert run_quiet(["train", "gpt", "--data", str(texts / "corpus.txt"), "--out", str(gpt),

@@ -53,7 +53,9 @@ from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 
 RUN_FILE = "run.json"
-TUNABLE = {"dropout"}  # model fields a run started from another's weights (--init) may change
+# model fields a run started from another's weights (--init) may change: its regularisation
+# and how a classifier reads a text
+TUNABLE = {"dropout", "pooling", "long_text"}
 TABLES = {"model": dict, "training": dict}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",

@@ -11,8 +11,11 @@ Without a dev file, one fold of the training examples is held out: each class's 
 file (or sorted file-name) order, are cut into `folds` contiguous parts and part `fold`
 validates. For the movie reviews (cv000-cv999) these are Pang & Lee's cross-validation folds.
 
-An example is encoded as ``[CLS] text [SEP]``; a text longer than the context keeps its head
-and its tail (Sun et al. 2019: a review's verdict is often in its last lines).
+An example is encoded as ``[CLS] text [SEP]``. A text longer than the context keeps its head
+and its tail (Sun et al. 2019: a review's verdict is often in its last lines), or, with the
+classifier's ``long_text = "windows"``, is read whole in windows: each window is a training
+sequence with the text's label, and a text is evaluated on all of its windows at once (the
+classifier averages their logits).
 """
 
 from __future__ import annotations
@@ -109,27 +112,39 @@ def read_examples(spec: str, folds: int, fold: int) -> tuple[Examples, Examples,
     return (*hold_out(examples, folds, fold), classes)
 
 
-def encode_example(tokenizer: Tokenizer, text: str, length: int) -> list[int]:
-    """[CLS] text [SEP] in at most `length` tokens: a long text keeps its head and tail."""
+def encode_example(
+    tokenizer: Tokenizer, text: str, length: int, long_text: str = "head_tail"
+) -> list[list[int]]:
+    """A text as ``[CLS] ... [SEP]`` sequences of at most `length` tokens: one, unless the text
+    is longer. Then head_tail keeps its head and its tail in one, and windows cuts all of it
+    into sequences of the same size, the last ending at the text's end."""
     ids = encode_sentence(tokenizer, text)
     room = length - 2
-    if len(ids) > room:
+    if len(ids) <= room:
+        pieces = [ids]
+    elif long_text == "windows":
+        pieces = [ids[s : s + room] for s in [*range(0, len(ids) - room, room), len(ids) - room]]
+    else:
         head = room // 2
-        ids = ids[:head] + ids[len(ids) - (room - head) :]
+        pieces = [ids[:head] + ids[len(ids) - (room - head) :]]
     specials = tokenizer.special_tokens
-    return [specials[CLS], *ids, specials[SEP]]
+    return [[specials[CLS], *piece, specials[SEP]] for piece in pieces]
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
-    """(B, T) ids, each row padded to the longest."""
-    batch = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        batch[row, : len(ids)] = torch.tensor(ids)
-    return batch
+def pad_batch(texts: list[list[list[int]]], pad_id: int) -> torch.Tensor:
+    """The sequences of each text (encode_example) as ids (B, T), padded to the longest, or as
+    (B, W, T) when a text has several: W windows, a text with fewer padded with empty ones."""
+    windows = max(map(len, texts))
+    longest = max(len(sequence) for text in texts for sequence in text)
+    batch = torch.full((len(texts), windows, longest), pad_id, dtype=torch.long)
+    for row, text in enumerate(texts):
+        for window, ids in enumerate(text):
+            batch[row, window, : len(ids)] = torch.tensor(ids)
+    return batch[:, 0] if windows == 1 else batch
 
 
 class LabelledBatches:
-    """Training batches of examples drawn at random: ids (B, T) and labels (B,)."""
+    """Training batches of sequences drawn at random: ids (B, T) and labels (B,)."""
 
     unit = "sequence"
 
@@ -140,7 +155,7 @@ class LabelledBatches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.sequences), (self.batch_size,), generator=self.generator)
-        ids = pad_batch([self.sequences[i] for i in index.tolist()], self.pad_id)
+        ids = pad_batch([[self.sequences[i]] for i in index.tolist()], self.pad_id)
         return ids, self.labels[index]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -176,23 +191,25 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     classes = classes or _label_names(settings.label_names, n_classes)
     tokenizer = bert_tokenizer(settings.tokenizer, train_examples[0], request)
     pad_id = tokenizer.special_tokens[PAD]
-    length = request.model["context_length"]
+    length, long_text = request.model["context_length"], request.model["long_text"]
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [encode_example(tokenizer, text, length) for text in texts]
+    def encode(texts: list[str]) -> list[list[list[int]]]:
+        return [encode_example(tokenizer, text, length, long_text) for text in texts]
 
-    sequences = encode(train_examples[0])
-    dev_sequences = encode(dev_examples[0])
-    batches = LabelledBatches(sequences, train_examples[1], train.batch_size, pad_id, train.seed)
+    train_texts, dev_texts = encode(train_examples[0]), encode(dev_examples[0])
+    # training draws sequences: each window of a long text is one, labelled as the text
+    sequences = [ids for text in train_texts for ids in text]
+    labels = [y for text, y in zip(train_texts, train_examples[1], strict=True) for _ in text]
+    batches = LabelledBatches(sequences, labels, train.batch_size, pad_id, train.seed)
 
-    def dev_batches():  # every dev example, in order
+    def dev_batches():  # every dev example, in order; its windows all read at once
         size = train.batch_size
         return [
             (
-                pad_batch(dev_sequences[i : i + size], pad_id),
+                pad_batch(dev_texts[i : i + size], pad_id),
                 torch.tensor(dev_examples[1][i : i + size]),
             )
-            for i in range(0, len(dev_sequences), size)
+            for i in range(0, len(dev_texts), size)
         ]
 
     counts = ", ".join(f"{name} {train_examples[1].count(i):,}" for i, name in enumerate(classes))
@@ -201,7 +218,8 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         {"val": dev_batches},
         model_fields={"vocab_size": tokenizer.vocab_size, "pad_id": pad_id, "n_classes": n_classes},
         artifacts={"tokenizer": tokenizer, "classes": ClassNames(tuple(classes))},
-        summary=f"{len(sequences):,} training examples ({counts}), {len(dev_sequences):,} dev",
+        summary=f"{len(train_texts):,} training examples ({counts}), {len(dev_texts):,} dev"
+        + (f"; {len(sequences):,} training windows" if len(sequences) > len(train_texts) else ""),
         metrics=ClassificationMetrics,
         best="val_accuracy",
     )

@@ -58,16 +58,18 @@ def fill_mask(
 def classify(
     model: nn.Module, tokenizer: Tokenizer, texts: list[str], batch_size: int = 32
 ) -> torch.Tensor:
-    """Class probabilities (N, C) of each text (a long text keeps its head and tail)."""
-    length = model.config.context_length
+    """Class probabilities (N, C) of each text (a long text read as the model's long_text says:
+    its head and tail, or all of it in windows)."""
+    length, long_text = model.config.context_length, model.config.long_text
     device = next(model.parameters()).device
     pad = tokenizer.special_tokens[PAD]
     out = []
     for start in range(0, len(texts), batch_size):
-        sequences = [
-            encode_example(tokenizer, t, length) for t in texts[start : start + batch_size]
+        encoded = [
+            encode_example(tokenizer, t, length, long_text)
+            for t in texts[start : start + batch_size]
         ]
-        logits, _ = model(pad_batch(sequences, pad).to(device))
+        logits, _ = model(pad_batch(encoded, pad).to(device))
         out.append(logits.float().softmax(-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.n_classes)
 

@@ -102,9 +102,10 @@ def bert_to_hf(model: nn.Module) -> nn.Module:
     from transformers import BertForSequenceClassification
 
     c = model.config
-    if c.prenorm or c.positional != "learned":
+    if c.prenorm or c.positional != "learned" or c.pooling != "cls":
         raise ValueError(
-            "only BERT-shaped models (post-norm, learned positions) convert to Hugging Face"
+            "only BERT-shaped models (post-norm, learned positions, [CLS] pooling) convert to"
+            " Hugging Face"
         )
     activation = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
     hf_config = HFBertConfig(

@@ -10,8 +10,8 @@ norm). Padding is masked out of every attention layer: a pad token is never atte
 Two model kinds share the encoder (attribute ``encoder``, so one's weights start the other):
 - "bert", BertForMaskedLM: the masked-LM head (dense + GELU + LayerNorm, then a projection to V
   tied to the token embeddings, with its own bias), with the loss on the selected positions only;
-- "classifier", BertClassifier: the pooler (dense + tanh on the first, [CLS], position) and a
-  linear classification head.
+- "classifier", BertClassifier: the pooler (dense + tanh on the first, [CLS], position, or on
+  the mean over the non-padding positions) and a linear classification head.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class BertConfig:
     dropout: float = 0.1  # on embeddings, attention weights and residual branches
     pad_id: int = 0  # the padding token: never attended to
     n_classes: int = 2  # classes of the classification head (the classifier kind)
+    pooling: str = "cls"  # what the classifier's pooler reads: cls (BERT) | mean (of the tokens)
+    long_text: str = "head_tail"  # a text over the context: head_tail | windows (logits averaged)
 
     def __post_init__(self):
         name = "BertConfig"
@@ -76,6 +78,8 @@ class BertConfig:
         check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)
         check_choice(name, "activation", self.activation, ACTIVATIONS)
         check_choice(name, "positional", self.positional, ("learned", "rope"))
+        check_choice(name, "pooling", self.pooling, ("cls", "mean"))
+        check_choice(name, "long_text", self.long_text, ("head_tail", "windows"))
         check_range(name, "dropout", self.dropout, 0.0, 1.0)
         check_range(name, "pad_id", self.pad_id, 0, self.vocab_size - 1)
 
@@ -237,7 +241,7 @@ class BertForMaskedLM(nn.Module):
 
 
 class BertClassifier(nn.Module):
-    """The encoder, the pooler on the first position and a linear head to C classes."""
+    """The encoder, the pooler on [CLS] (or the mean) and a linear head to C classes."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -253,13 +257,35 @@ class BertClassifier(nn.Module):
         labels: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ids: (B, T), starting with [CLS]; labels: (B,) class indices -> logits (B, C), loss."""
-        pooled = torch.tanh(self.pooler(self.encoder(ids, segments)[:, 0]))  # (B, D)
-        if self.training and self.config.dropout:
-            pooled = F.dropout(pooled, self.config.dropout)
-        logits = self.classifier(pooled)  # (B, C)
+        """ids: (B, T), starting with [CLS], or (B, W, T): each text in W windows (empty ones,
+        all padding, for a text with fewer), whose logits are averaged; labels: (B,) class
+        indices -> logits (B, C), loss."""
+        logits = (self._windows if ids.dim() == 3 else self._logits)(ids, segments)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return logits, loss
+
+    def _logits(self, ids: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+        hidden = self.encoder(ids, segments)  # (B, T, D)
+        if self.config.pooling == "mean":
+            keep = (ids != self.config.pad_id).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            summary = (hidden * keep).sum(1) / keep.sum(1)
+        else:
+            summary = hidden[:, 0]
+        pooled = torch.tanh(self.pooler(summary))  # (B, D)
+        if self.training and self.config.dropout:
+            pooled = F.dropout(pooled, self.config.dropout)
+        return self.classifier(pooled)  # (B, C)
+
+    def _windows(self, ids: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+        batch, windows = ids.shape[:2]
+        rows = ids.flatten(0, 1)  # (B·W, T)
+        used = rows[:, 0] != self.config.pad_id  # the windows that hold text
+        if segments is not None:
+            segments = segments.flatten(0, 1)[used]
+        logits = self._logits(rows[used], segments)  # (U, C)
+        text = torch.arange(batch, device=ids.device).repeat_interleave(windows)[used]  # (U,)
+        summed = logits.new_zeros(batch, logits.size(-1)).index_add_(0, text, logits)
+        return summed / used.view(batch, windows).sum(1, keepdim=True)
 
     def compile_regions(self) -> list[nn.Module]:
         return list(self.encoder.blocks)
