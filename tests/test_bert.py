@@ -65,6 +65,14 @@ def test_masked_lm_logits_match_and_round_trip(fields):
     logits, _ = ours(ids, segments=segments)
     real = attention_mask.bool()
     torch.testing.assert_close(logits[real], expected[real], atol=1e-5, rtol=1e-5)
+    chosen = real & (torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.3)
+    targets = torch.where(chosen, ids, IGNORE_INDEX)
+    picked, loss = ours(ids, targets, segments)  # the head on the selected rows (padded)
+    labels = hf(
+        input_ids=ids, token_type_ids=segments, attention_mask=attention_mask, labels=targets
+    )
+    torch.testing.assert_close(picked, expected[chosen], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, labels.loss, atol=1e-5, rtol=1e-5)
     back = to_hf(ours).eval()
     again = back(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask).logits
     torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)

@@ -329,3 +329,12 @@ def test_top_level_help_answers_without_loading_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_import_bounds_the_cpu_kernel_caches_unless_the_user_set_them():
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env["LRU_CACHE_CAPACITY"] = "7"  # the user's
+    caches = "os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY']"
+    code = f"import os, attnlab\nprint({caches})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.split() == ["32", "7"], result.stderr

@@ -194,6 +194,9 @@ def _initialize(model: nn.Module) -> None:
     initialize(model, lambda weight, layer: nn.init.normal_(weight, std=0.02))
 
 
+HEAD_ROWS = 128  # the masked-LM head's row count is rounded up to a multiple of this
+
+
 class BertForMaskedLM(nn.Module):
     """The encoder with the masked-LM head: predicts the tokens at the selected positions."""
 
@@ -220,10 +223,19 @@ class BertForMaskedLM(nn.Module):
         hidden = self.encoder(ids, segments)
         if targets is None:
             return self.head(hidden), None
-        selected = targets != IGNORE_INDEX
-        logits = self.head(hidden[selected])  # (N, V)
-        loss = F.cross_entropy(logits.float(), targets[selected])
-        return logits, loss
+        targets = targets.flatten()
+        rows = (targets != IGNORE_INDEX).nonzero()[:, 0]  # (N,)
+        # N differs every batch: the head runs on N rounded up to a multiple of HEAD_ROWS (the
+        # extra rows repeat position 0 and the loss ignores them), so that its matrix products
+        # come in a few shapes whose kernels and buffers the CPU libraries reuse, instead of
+        # holding on to ever more of them (gigabytes over a long run).
+        n = len(rows)
+        rows = torch.cat([rows, rows.new_zeros(-n % HEAD_ROWS)])
+        picked = targets[rows]
+        picked[n:] = IGNORE_INDEX
+        logits = self.head(hidden.flatten(0, 1)[rows])  # (N + padding, V)
+        loss = F.cross_entropy(logits.float(), picked, ignore_index=IGNORE_INDEX)
+        return logits[:n], loss
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) hidden states -> (..., V) logits."""
