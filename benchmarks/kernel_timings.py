@@ -7,8 +7,10 @@ attention forward and backward for 12 sequences x 4 heads of 64 positions x 32 c
 (attnlab's kernel against torch's scaled_dot_product_attention, its CPU flash kernel); exact GELU
 forward + backward on the baby GPT's (768, 512) hidden activations (attnlab's kernel against
 torch.compile of F.gelu); the token embedding's backward for 768 character ids of 65 into width
-128, compiled (attnlab's one scatter-add against Inductor's own code). Prints a markdown table;
-benchmarks/RESULTS.md records runs.
+128, compiled (attnlab's one scatter-add against Inductor's own code); dropout (p = 0.1)
+forward + backward on (2048, 1024) feed-forward activations, the Multi30k translation model's
+for a 2048-token batch (attnlab's kernel against F.dropout, eager: compiled it is slower).
+Prints a markdown table; benchmarks/RESULTS.md records runs.
 """
 
 from __future__ import annotations
@@ -92,6 +94,19 @@ def embedding_row() -> tuple[Callable, Callable]:
     return ours, theirs
 
 
+def dropout_row() -> tuple[Callable, Callable]:
+    x = torch.randn(2048, 1024, requires_grad=True)
+    grad = torch.randn(2048, 1024)
+
+    def ours():
+        return torch.autograd.grad(kernels.dropout(x, 0.1), x, grad)
+
+    def theirs():
+        return torch.autograd.grad(F.dropout(x, 0.1), x, grad)
+
+    return ours, theirs
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -100,6 +115,7 @@ def main() -> None:
         raise SystemExit("attnlab's CPU kernels could not be built")
     rows = {**attention_rows(), "GELU forward + backward": gelu_row()}
     rows["embedding backward, compiled"] = embedding_row()
+    rows["dropout forward + backward"] = dropout_row()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, fp32")
     print("\n| what | attnlab µs | torch µs | torch / attnlab |\n|---|---|---|---|")
     with kernels.enabled():

@@ -198,6 +198,12 @@ MUTATIONS = [
         (("tests/test_scan_kernel.py", "-k", "sequential_loop"),),
     ),
     Mutation(
+        "dropout-one-mask-bit-per-block",
+        "attnlab/kernels/dropout.cpp",
+        (("mix(mix((first + static_cast<uint32_t>(j)) ^ k0) ^ k1)", "mix(mix(first ^ k0) ^ k1)"),),
+        (("tests/test_dropout_kernel.py", "-k", "independent"),),
+    ),
+    Mutation(
         "corpus-pieces-cut-beside-spaces",
         "attnlab/data/corpus.py",
         (("if not (text[i - 1].isspace() or text[i + 1].isspace()):", "if True:"),),

@@ -28,7 +28,7 @@
 #include <utility>
 #include <vector>
 
-namespace {
+namespace attnlab_cpu {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
@@ -297,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor> gelu(const at::Tensor& input) {
   return {y, slope};
 }
 
-}  // namespace
+}  // namespace attnlab_cpu
 
 TORCH_LIBRARY(attnlab, m) {
   m.def("gelu(Tensor x) -> (Tensor, Tensor)");
@@ -308,7 +308,7 @@ TORCH_LIBRARY(attnlab, m) {
 }
 
 TORCH_LIBRARY_IMPL(attnlab, CPU, m) {
-  m.impl("attention", &attention_forward);
-  m.impl("attention_backward", &attention_backward);
-  m.impl("gelu", &gelu);
+  m.impl("attention", &attnlab_cpu::attention_forward);
+  m.impl("attention_backward", &attnlab_cpu::attention_backward);
+  m.impl("gelu", &attnlab_cpu::gelu);
 }

@@ -1,29 +1,32 @@
-"""attnlab's CPU kernels for training small models (cpu.cpp), built on first use.
+"""attnlab's CPU kernels for training small models, built on first use.
 
-- Attention over short sequences. torch's CPU flash-attention kernel pays a fixed cost per
-  block, which dominates at the baby GPT's context of 64; this one computes each (batch, head)
-  whole in cache and keeps the attention weights for the backward pass. For 12 x 4 heads of
-  64 x 32 on two cores of a Xeon with AMX: forward 194 µs against torch's 224 µs, backward
-  210 µs against 500 µs.
-- Exact GELU with its slope, computed together in the forward pass, so that the backward pass
-  is one multiplication. Compiled, torch computes GELU in one kernel and its derivative (erf and
-  one more exponential) in another: 184 + 292 µs for the baby GPT's (768, 512) activations in
-  a profile of its compiled step, against 128-158 µs here (timed alone), and a step 1.05-1.07x
-  as fast.
-
+- Attention over short sequences (cpu.cpp). torch's CPU flash-attention kernel pays a fixed
+  cost per block, which dominates at the baby GPT's context of 64; this one computes each
+  (batch, head) whole in cache and keeps the attention weights for the backward pass. For
+  12 x 4 heads of 64 x 32 on two cores of a Xeon with AMX: forward 194 µs against torch's
+  224 µs, backward 210 µs against 500 µs.
+- Exact GELU with its slope (cpu.cpp), computed together in the forward pass, so that the
+  backward pass is one multiplication. Compiled, torch computes GELU in one kernel and its
+  derivative (erf and one more exponential) in another: 184 + 292 µs for the baby GPT's
+  (768, 512) activations in a profile of its compiled step, against 128-158 µs here (timed
+  alone), and a step 1.05-1.07x as fast.
+- Dropout (dropout.cpp) whose mask is a hash of each element's index and one seed per call:
+  1-3 ms for 4M elements against 23-25 ms for torch's (which draws from a Mersenne Twister),
+  and no mask kept: the backward pass recomputes it from the seed.
 - Mamba's selective scan (scan.cpp): the recurrence walked along T with each channel's states
   in vector registers, keeping one state in 32 for the backward pass, which recomputes the rest.
 
-`python benchmarks/kernel_timings.py` times the first two against torch's at these shapes.
+`python benchmarks/kernel_timings.py` times the first three against torch's.
 
 `load()` compiles them once with the C++ compiler torch.compile also uses on a CPU (the library
-lands in the cache, keyed by the source, the flags and the torch version, and is loaded from there
-only while it is ours: see _trusted) and registers the ops
-``attnlab::attention``, ``attnlab::gelu`` and ``attnlab::selective_scan`` (with their
-backward ops), which autograd and torch.compile then treat like any other op. Layers take them
-only inside ``enabled()`` (the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the
-default) and only where gradients are wanted: for inference alone, torch's attention and GELU
-are as fast and keep less, and Mamba keeps its parallel scan, which carries a decoding state.
+lands in the cache, keyed by the sources, the flags and the torch version, and is loaded from
+there only while it is ours: see _trusted) and registers the ops ``attnlab::attention``,
+``attnlab::gelu``, ``attnlab::dropout`` and ``attnlab::selective_scan`` (with their backward
+ops), which autograd and torch.compile then treat like any other op. Layers take them only
+inside ``enabled()`` (the Trainer's steps, when ``TrainConfig.cpu_kernels`` is on, the default)
+and only where gradients are wanted: for inference alone, torch's attention and GELU are as
+fast and keep less, dropout is off, and Mamba keeps its parallel scan, which carries a decoding
+state.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from torch.utils import cpp_extension
 from attnlab.devices import warn_compiler_failure
 from attnlab.files import atomic_write_bytes, cache_dir
 
-SOURCES = [os.path.join(os.path.dirname(__file__), name) for name in ("cpu.cpp", "scan.cpp")]
+SOURCES = [
+    os.path.join(os.path.dirname(__file__), name) for name in ("cpu.cpp", "scan.cpp", "dropout.cpp")
+]
 # The kernel keeps the (T, T) weights of every head: beyond this, torch's flash kernel, which
 # keeps only a row statistic, is the better trade.
 MAX_LENGTH = 128
@@ -107,6 +112,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact GELU, x Φ(x), of a float32 or bfloat16 tensor; its slope is kept for backward."""
     return torch.ops.attnlab.gelu(x)[0]
+
+
+def dropout_applies(x: torch.Tensor, p: float) -> bool:
+    """Whether the dropout kernel computes this: training on a CPU, 0 < p < 1, a float32 or
+    bfloat16 tensor of fewer than 2^32 elements."""
+    return (
+        training_on_cpu(x)
+        and 0 < p < 1
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.numel() < 2**32
+    )
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x with each element zeroed with probability p and the others divided by 1 - p. The mask
+    comes from one seed per call, drawn from torch's generator (so torch.manual_seed repeats
+    it), and is recomputed from it for the backward pass instead of being kept."""
+    return torch.ops.attnlab.dropout(x, p, torch.randint(2**62, (), dtype=torch.int64))
 
 
 SCAN_CHUNK = 32  # positions between the states the scan keeps for its backward pass
@@ -171,15 +194,22 @@ def _build() -> str:
 
 
 def _compile(output: str, flags: list[str]) -> None:
+    """Build the sources as one translation unit: most of a build is parsing ATen's headers
+    (5-6 s for each source compiled alone, about 7 s for the three together)."""
     (torch_lib,) = cpp_extension.library_paths()
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     compiler = os.environ.get("CXX", "c++")
-    built = subprocess.run(
-        [compiler, *SOURCES, "-o", output, *flags, *includes]
-        + [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu"],
-        capture_output=True,
-        text=True,
-    )
+    unity = Path(output).with_suffix(".cpp")
+    unity.write_text("".join(f'#include "{source}"\n' for source in SOURCES))
+    try:
+        built = subprocess.run(
+            [compiler, str(unity), "-o", output, *flags, *includes]
+            + [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu"],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        unity.unlink(missing_ok=True)
     if built.returncode:
         errors = [line for line in built.stderr.splitlines() if "error" in line]
         raise RuntimeError(f"{compiler}: {(errors or built.stderr.splitlines() or ['?'])[0]}")
@@ -252,6 +282,20 @@ def _register() -> None:
         return (grad * slope).to(grad.dtype)
 
     torch.library.register_autograd("attnlab::gelu", gelu_backward, setup_context=keep_slope)
+
+    @torch.library.register_fake("attnlab::dropout")
+    def _(x, p, seed):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def keep_seed(ctx, inputs, output):
+        _, ctx.p, seed = inputs
+        ctx.save_for_backward(seed)
+
+    def dropout_backward(ctx, grad):
+        (seed,) = ctx.saved_tensors
+        return torch.ops.attnlab.dropout(grad, ctx.p, seed), None, None
+
+    torch.library.register_autograd("attnlab::dropout", dropout_backward, setup_context=keep_seed)
 
     @torch.library.register_fake("attnlab::selective_scan")
     def _(u, dt, A, B, C, chunk):

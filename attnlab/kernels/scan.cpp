@@ -20,7 +20,7 @@
 
 #include <vector>
 
-namespace {
+namespace attnlab_scan {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
@@ -182,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_back
   return {du, ddt, dA, dB, dC};
 }
 
-}  // namespace
+}  // namespace attnlab_scan
 
 TORCH_LIBRARY_FRAGMENT(attnlab, m) {
   m.def("selective_scan(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, int chunk) -> "
@@ -192,6 +192,6 @@ TORCH_LIBRARY_FRAGMENT(attnlab, m) {
 }
 
 TORCH_LIBRARY_IMPL(attnlab, CPU, m) {
-  m.impl("selective_scan", &scan_forward);
-  m.impl("selective_scan_backward", &scan_backward);
+  m.impl("selective_scan", &attnlab_scan::scan_forward);
+  m.impl("selective_scan_backward", &attnlab_scan::scan_backward);
 }

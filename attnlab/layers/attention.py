@@ -20,6 +20,7 @@ from attnlab.config import check_choice, check_divides
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.caches import KVCache, StaticKVCache
 from attnlab.layers.contracts import writes_residual
+from attnlab.layers.dropout import dropout
 from attnlab.layers.hooks import HookPoint
 from attnlab.layers.mixers import MixerContext, register_mixer
 from attnlab.layers.positional import RelativePosition
@@ -50,7 +51,7 @@ def scaled_dot_product_attention(
     q_len, k_len = q.size(-2), k.size(-2)
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
-    if not return_weights and not _equation_is_faster(q):
+    if not return_weights and not _equation_is_faster(q, dropout_p):
         if causal and q_len > 1 and (mask is not None or q_len != k_len):
             mask, causal = merge_masks(mask, causal_mask(q_len, k_len, q.device)), False
         return _fused(q, k, v, mask, causal and q_len > 1, dropout_p)
@@ -64,7 +65,7 @@ def scaled_dot_product_attention(
         else:
             scores = scores + mask
     weights = torch.softmax(scores, dim=-1)
-    out = F.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v  # (B, H, Tq, Dh)
+    out = dropout(weights, dropout_p) @ v  # (B, H, Tq, Dh)
     return (out, weights) if return_weights else out
 
 
@@ -75,11 +76,17 @@ def expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # (B, H, Tk, Dh)
 
 
-def _equation_is_faster(q: torch.Tensor) -> bool:
-    """One query per row on a CPU under torch.compile (a compiled decoding step): Inductor fuses
-    the written-out equation into its own loops, while torch's CPU flash kernel is an opaque call
-    with fixed set-up costs. The baby GPT's compiled one-token step took 0.43-0.46 ms this way
-    against 0.61-0.63 ms through the kernel (2 Zen 3 cores)."""
+def _equation_is_faster(q: torch.Tensor, dropout_p: float) -> bool:
+    """Where the written-out equation beats torch's fused kernel:
+    - in training on a CPU with dropout on the weights: torch's CPU flash kernel takes none, so
+      torch computes the same equation, masks drawn by its slow generator included, while here
+      the mask is attnlab's kernel (see layers/dropout.py);
+    - one query per row on a CPU under torch.compile (a compiled decoding step): Inductor fuses
+      the equation into its own loops, while torch's CPU flash kernel is an opaque call with
+      fixed set-up costs. The baby GPT's compiled one-token step took 0.43-0.46 ms this way
+      against 0.61-0.63 ms through the kernel (2 Zen 3 cores)."""
+    if dropout_p and cpu_kernels.dropout_applies(q, dropout_p):
+        return True
     return q.size(-2) == 1 and q.device.type == "cpu" and torch.compiler.is_compiling()
 
 

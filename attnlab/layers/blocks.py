@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnlab.layers.attention import MultiHeadAttention
 from attnlab.layers.caches import BlockCache
+from attnlab.layers.dropout import dropout
 from attnlab.layers.hooks import HookPoint
 
 
@@ -79,12 +79,8 @@ class ResidualBlock(nn.Module):
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer: Callable) -> torch.Tensor:
         if self.prenorm:
-            return x + self._dropout(sublayer(norm(x)))
-        return norm(x + self._dropout(sublayer(x)))
-
-    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        # skipped, not called with p=0: decoding one token is dominated by per-call overhead
-        return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
+            return x + dropout(sublayer(norm(x)), self.dropout, self.training)
+        return norm(x + dropout(sublayer(x), self.dropout, self.training))
 
     def new_cache(self, max_length: int = 0, **options) -> BlockCache:
         """The block's decoding state; options (sliding, static) go to the token mixer."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.contracts import writes_residual
+from attnlab.layers.dropout import dropout
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.activation(self.up_projection(x))
-        return self.down_projection(_dropout(hidden, self.dropout, self.training))
+        return self.down_projection(dropout(hidden, self.dropout, self.training))
 
 
 class GatedFeedForward(nn.Module):
@@ -71,11 +72,7 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.activation(self.gate_projection(x)) * self.up_projection(x)
-        return self.down_projection(_dropout(hidden, self.dropout, self.training))
-
-
-def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    return F.dropout(x, p, True) if training and p else x  # no call at all when inactive
+        return self.down_projection(dropout(hidden, self.dropout, self.training))
 
 
 def make_feedforward(

@@ -37,6 +37,7 @@ from attnlab.layers import (
     padding_mask,
 )
 from attnlab.layers.attention import AttentionOptions, build_attention
+from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import ACTIVATIONS
 from attnlab.models.registry import CLASSIFY, FILL_MASK, ModelKind, register_kind
 
@@ -104,8 +105,7 @@ PRESETS: dict[str, BertConfig] = {
     "bert-small": _shape(4, 512),
     "bert-medium": _shape(8, 512),
     # CPU shapes: a few minutes (tiny) to an hour (small-cpu) on two cores
-    # (no dropout: on a CPU its random masks cost as much as the rest of a step, and a short
-    # pre-training run underfits rather than overfits)
+    # (no dropout: a short pre-training run underfits rather than overfits)
     "tiny": BertConfig(
         vocab_size=512, context_length=64, n_layers=2, n_heads=2, d_model=64, dropout=0.0
     ),
@@ -174,8 +174,7 @@ class BertEncoder(nn.Module):
         )
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
-        if self.training and self.config.dropout:
-            x = F.dropout(x, self.config.dropout)
+        x = dropout(x, self.config.dropout, self.training)
         mask = padding_mask(ids, self.config.pad_id) if (ids == self.config.pad_id).any() else None
         for block in self.blocks:
             x = block(x, mask=mask)
@@ -284,9 +283,7 @@ class BertClassifier(nn.Module):
         else:
             summary = hidden[:, 0]
         pooled = torch.tanh(self.pooler(summary))  # (B, D)
-        if self.training and self.config.dropout:
-            pooled = F.dropout(pooled, self.config.dropout)
-        return self.classifier(pooled)  # (B, C)
+        return self.classifier(dropout(pooled, self.config.dropout, self.training))  # (B, C)
 
     def _windows(self, ids: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
         batch, windows = ids.shape[:2]

@@ -41,6 +41,7 @@ from attnlab.layers import (
     make_norm,
     padding_mask,
 )
+from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import TRANSLATE, ModelKind, register_kind
@@ -134,7 +135,6 @@ class EncoderDecoder(nn.Module):
             self.target_embedding if c.share_embeddings else TokenEmbedding(c.vocab_size, c.d_model)
         )
         self.positions = SinusoidalPositionalEncoding(c.max_length, c.d_model)
-        self.dropout = nn.Dropout(c.dropout)
         self.encoder_blocks = nn.ModuleList(
             self._block(cross=False) for _ in range(c.n_encoder_layers)
         )
@@ -201,7 +201,7 @@ class EncoderDecoder(nn.Module):
                 f"{offset + length} positions exceed max_length {self.config.max_length}"
             )
         x = table(ids) * math.sqrt(self.config.d_model)  # (B, T, D), section 3.4
-        return self.dropout(x + self.positions(length, offset))
+        return dropout(x + self.positions(length, offset), self.config.dropout, self.training)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src: (B, S) right-padded ids -> memory (B, S, D) and the source mask (B, 1, 1, S)

@@ -34,6 +34,7 @@ from attnlab.layers import (
     make_norm,
 )
 from attnlab.layers.contracts import is_residual_output
+from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.mixers import mixer_options, mixer_spec
 from attnlab.layers.normalization import NORMS
@@ -232,8 +233,7 @@ class GPT(nn.Module):
         x = self.token_embedding(idx)  # (B, T, D)
         if self.position_embedding is not None:
             x = x + self.position_embedding(length, offset)
-        if self.training and self.config.dropout:
-            x = F.dropout(x, self.config.dropout)
+        x = dropout(x, self.config.dropout, self.training)
         for i, block in enumerate(self.blocks):
             x = block(x, cache=cache.blocks[i] if cache is not None else None)
         logits = self.readout(x)  # (B, T, V)

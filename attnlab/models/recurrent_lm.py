@@ -21,6 +21,7 @@ from attnlab.config import check_choice, check_positive, check_range
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.layers import TokenEmbedding, initialize
 from attnlab.layers.caches import RecurrentState
+from attnlab.layers.dropout import dropout
 from attnlab.layers.recurrent import CELLS, make_recurrence, recurrent_state, run_recurrence
 from attnlab.models.gpt import IGNORE_INDEX
 from attnlab.models.registry import GENERATE, ModelKind, register_kind
@@ -89,8 +90,9 @@ class RecurrentLM(nn.Module):
         """idx: (B, T) token ids; targets: (B, T) next-token ids (IGNORE_INDEX to skip).
         Returns logits (B, T, V) and the mean cross-entropy (None without targets). With a cache
         (new_cache), idx continues from the tokens it has seen."""
-        x = self._dropout(self.token_embedding(idx))  # (B, T, D)
-        x = self._dropout(run_recurrence(self.recurrence, x, cache))  # (B, T, D)
+        p, training = self.config.dropout, self.training
+        x = dropout(self.token_embedding(idx), p, training)  # (B, T, D)
+        x = dropout(run_recurrence(self.recurrence, x, cache), p, training)  # (B, T, D)
         logits = self.output_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -98,11 +100,6 @@ class RecurrentLM(nn.Module):
                 logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
             )
         return logits, loss
-
-    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        return (
-            F.dropout(x, self.config.dropout, True) if self.training and self.config.dropout else x
-        )
 
     def new_cache(self, max_length: int | None = None, static: bool = False) -> RecurrentState:
         """The hidden state (and an LSTM's cell state) of every layer: fixed sizes, so the same

@@ -29,6 +29,7 @@ from attnlab.layers import (
     make_norm,
     no_weight_decay,
 )
+from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import CLASSIFY_IMAGE, ModelKind, register_kind
@@ -179,8 +180,7 @@ class VisionTransformer(nn.Module):
         if self.class_token is not None:
             x = torch.cat([self.class_token.expand(x.size(0), -1, -1), x], dim=1)  # (B, T, D)
         x = x + self.position_embedding(x.size(1))
-        if self.training and self.config.dropout:
-            x = F.dropout(x, self.config.dropout)
+        x = dropout(x, self.config.dropout, self.training)
         for block in self.blocks:
             x = block(x)
         return self.final_norm(x)

@@ -76,7 +76,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model for training
     compile_by_block: bool = False  # compile one block for all layers: faster to build, slower
-    cpu_kernels: bool = True  # on a CPU, attnlab's own kernels (short-sequence attention, GELU)
+    cpu_kernels: bool = True  # on a CPU, attnlab's kernels (attention, GELU, dropout)
     device: str = "auto"  # auto | cpu | cuda | mps
     probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
 
