@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import one_line_error, run
@@ -10,6 +11,7 @@ from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.checkpoints import save_checkpoint
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TEXT = "the quick brown fox jumps over the lazy dog " * 20
 
 
@@ -62,6 +64,12 @@ def test_a_nan_in_a_config_file_is_one_line(tmp_path, capsys):
     )
     argv = ["train", "gpt", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]
     assert "norm_eps must be a finite number" in one_line_error(*run(argv, capsys)[::2])
+
+
+def test_a_config_of_another_kind_is_named_before_its_keys(capsys):
+    config = str(CONFIGS / "vit_mnist.toml")  # `shift` is a key only a vision kind knows
+    line = one_line_error(*run(["train", "gpt", "--config", config], capsys)[::2])
+    assert line.endswith("vit_mnist.toml is for `attnlab train vit`, not gpt")
 
 
 def test_stdin_that_is_not_utf8_is_one_line(checkpoint):

@@ -256,6 +256,8 @@ def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[st
 
 def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
+    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # before its keys: theirs
+        raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
     allowed = {"kind", "out", "preset", *data_fields, *TABLES}
     unknown = sorted(set(toml) - allowed)
@@ -263,8 +265,6 @@ def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
         raise UserError(
             f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
         )
-    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:
-        raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     for key in ("out", "preset"):
         if key in toml and not isinstance(toml[key], str):
             raise UserError(f"{path}: '{key}' must be a string")

@@ -1,7 +1,7 @@
 """Dropout (Srivastava et al., 2014), as every layer and model applies it.
 
-Inactive (evaluation, or p = 0), it is not called at all: decoding one token is dominated by
-per-call overhead. In training on a CPU it takes attnlab's kernel (attnlab/kernels/dropout.cpp),
+Inactive (evaluation, or p = 0), it returns x and calls nothing: decoding one token is dominated
+by per-call overhead. In training on a CPU it takes attnlab's kernel (attnlab/kernels/dropout.cpp),
 whose mask is a hash of each element's index: 1-3 ms for 4M elements on two cores, where torch
 draws its mask from a Mersenne Twister in 23-25 ms (33 ms compiled)."""
 
