@@ -256,7 +256,7 @@ def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[st
 
 def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
-    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # before its keys: theirs
+    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # first: its keys are theirs
         raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
     allowed = {"kind", "out", "preset", *data_fields, *TABLES}

@@ -51,7 +51,8 @@ void apply(const at::BFloat16* X, at::BFloat16* Y, const float* factor, int64_t 
   for (int64_t j = 0; j < m; j += Half::size()) {
     const int64_t n = std::min<int64_t>(Half::size(), m - j);
     auto [x0, x1] = at::vec::convert_to_float<at::BFloat16>(Half::loadu(X + j, n));
-    const Vec f0 = Vec::loadu(factor + j), f1 = Vec::loadu(factor + j + Vec::size());
+    const int64_t low = std::min<int64_t>(Vec::size(), n);  // factors past m are unset: not read
+    const Vec f0 = Vec::loadu(factor + j, low), f1 = Vec::loadu(factor + j + low, n - low);
     at::vec::convert_from_float<at::BFloat16>(x0 * f0, x1 * f1).store(Y + j, n);
   }
 }
