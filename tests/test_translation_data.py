@@ -10,6 +10,7 @@ from attnlab.data.translation import (
     bucket,
     collate,
     embedded_pairs,
+    embedded_split,
     encode_pairs,
     fixed_batches,
     load_split,
@@ -85,6 +86,16 @@ def test_embedded_task_is_deterministic_and_distinct():
     assert any(len(d) == 1 for _, d in pairs) and any(len(d) == 7 for _, d in pairs)
     with pytest.raises(UserError, match="embedded task"):
         embedded_pairs(10, 5, "de", "en")
+
+
+def test_the_embedded_task_trains_on_every_number_below_a_hundred():
+    train, val = embedded_split(20000, 500, seed=1337)  # the shipped config's sizes
+    numbers = {int(d.replace(",", "")) for _, d in train}
+    assert len(train) == 20000 and len(val) == 500 and set(train).isdisjoint(val)
+    assert set(range(100)) <= numbers
+    assert all(int(d.replace(",", "")) >= 100 for _, d in val)
+    backwards = embedded_split(50, 10, 3, "digits", "words")
+    assert backwards == tuple([(b, a) for a, b in split] for split in embedded_split(50, 10, 3))
 
 
 @pytest.fixture(scope="module")

@@ -175,6 +175,20 @@ def embedded_pairs(count: int, seed: int, src: str = "words", tgt: str = "digits
     return pairs if src == "words" else [(b, a) for a, b in pairs]
 
 
+def embedded_split(
+    train: int, val: int, seed: int, src: str = "words", tgt: str = "digits"
+) -> tuple[list[Pair], list[Pair]]:
+    """The embedded task's training and validation pairs, distinct numbers drawn as by
+    embedded_pairs. Validation takes numbers of three digits or more only: the words of the
+    numbers below 100, of which every longer number is made, are all for training (there are
+    only ten one-digit numbers; held out, "seven" would be a word the model never saw)."""
+    pairs = embedded_pairs(train + val, seed, src, tgt)
+    digits = 0 if src == "digits" else 1
+    held_out = [i for i, pair in enumerate(pairs) if len(pair[digits]) >= 3][:val]
+    chosen = set(held_out)
+    return [pair for i, pair in enumerate(pairs) if i not in chosen], [pairs[i] for i in held_out]
+
+
 # ----------------------------------------------------------------------------- vocabulary
 def train_joint_tokenizer(pairs: list[Pair], vocab_size: int, workers: int = 1) -> BPETokenizer:
     """One BPE vocabulary learned from both sides of the corpus, with <pad>, <s> and </s>.
@@ -348,8 +362,9 @@ def translation_training_data(request: DataRequest) -> TrainingData:
     options, train, log = request.settings, request.train, request.log
     src, tgt = options.languages
     if options.data is None:
-        pairs = embedded_pairs(options.embedded_pairs + EMBEDDED_VAL_PAIRS, train.seed, src, tgt)
-        train_pairs, val_pairs = pairs[EMBEDDED_VAL_PAIRS:], pairs[:EMBEDDED_VAL_PAIRS]
+        train_pairs, val_pairs = embedded_split(
+            options.embedded_pairs, EMBEDDED_VAL_PAIRS, train.seed, src, tgt
+        )
     else:
         directory = catalog.resolve(options.data, log)
         log(f"reading {directory} ({src} -> {tgt}) ...")
