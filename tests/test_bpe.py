@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -337,3 +338,8 @@ def test_malformed_files_are_user_errors(tmp_path, trained, change):
     path.write_text(json.dumps(data))
     with pytest.raises(UserError):
         load_tokenizer(path)
+
+
+def test_the_counting_workers_leave_ctrl_c_to_the_parent():
+    with bpe_training._process_pool(2) as pool:  # no tracebacks from each worker on Ctrl-C
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN

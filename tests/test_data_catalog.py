@@ -20,6 +20,7 @@ from attnlab.cli import main
 from attnlab.cli.options import data_root, resolve_data_path
 from attnlab.data import catalog
 from attnlab.data.catalog import Archive, DataFile, Dataset
+from attnlab.data.corpus import corpus_files
 from attnlab.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,13 +166,19 @@ def test_the_mirror_replaces_the_sources(fake, server, monkeypatch, tmp_path):
     assert sorted(server.requests) == ["/mirror/fake/a.txt", "/mirror/fake/sub/b.txt"]
 
 
-def test_an_unreachable_mirror_is_one_line_and_exit_code_2(fake, capsys, monkeypatch, tmp_path):
-    mirror = f"http://127.0.0.1:{closed_port()}"
+@pytest.mark.parametrize(
+    "mirror, reason",
+    [(None, "Connection refused"), ("not-a-url", "unknown url type"), ("http://[::1", "IPv6")],
+)
+def test_an_unreachable_mirror_is_one_line_and_exit_code_2(
+    fake, capsys, monkeypatch, tmp_path, mirror, reason
+):
+    mirror = mirror or f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("ATTNLAB_DATA_MIRROR", mirror)
     code, out, err = run_cli(["data", "get", "fake"], capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("attnlab: error: cannot get dataset 'fake': Connection refused")
+    assert line.startswith("attnlab: error: cannot get dataset 'fake': ") and reason in line
     assert f"tried {mirror}/fake/a.txt)" in line and str(tmp_path / "data" / "fake") in line
     assert contents(tmp_path / "data") == {}
 
@@ -331,3 +338,19 @@ def test_training_without_data_or_network_is_one_line(monkeypatch, tmp_path, cap
     assert line.startswith("attnlab: error: cannot get dataset 'tinyshakespeare'")
     assert str(tmp_path / "data" / "tinyshakespeare") in line
     assert contents(tmp_path / "data") == {} and not (tmp_path / "run").exists()
+
+
+def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, monkeypatch):
+    folder = tmp_path / "notes:2024:draft"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    (folder / "b.md").write_text("b")
+    assert corpus_files(f"{folder}:*.md") == [folder / "b.md"]
+    assert corpus_files(str(folder)) == [folder / "a.txt"]
+    monkeypatch.chdir(tmp_path)  # a path found here is made absolute; other specs are kept
+    assert catalog.here("notes:2024:draft:*.md") == f"{folder}:*.md"
+    assert [catalog.here(s) for s in ("stdlib", "task:mqar", "fake")] == [
+        "stdlib",
+        "task:mqar",
+        "fake",
+    ]

@@ -334,3 +334,18 @@ def test_plugins_register_before_the_command_runs(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("ATTNLAB_PLUGINS", "no_such_module_here")
     code, _, err = run(["train", "--help"], capsys)
     assert "ATTNLAB_PLUGINS: cannot import no_such_module_here" in one_line_error(code, err)
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def broken(:\n", "failed: SyntaxError: invalid syntax"),
+        ("x = 1\nraise RuntimeError('no GPU here')\n", "failed: RuntimeError: no GPU here"),
+    ],
+)
+def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, monkeypatch, capsys, source, expected):
+    plugin = tmp_path / "my_layers.py"
+    plugin.write_text(source)
+    monkeypatch.setenv("ATTNLAB_PLUGINS", str(plugin))
+    line = one_line_error(*run(["data", "list"], capsys)[::2])
+    assert expected in line and "my_layers.py" in line

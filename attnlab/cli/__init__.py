@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from attnlab.errors import UserError
@@ -85,6 +86,12 @@ def load_plugins(spec: str) -> None:
                 importlib.import_module(entry)
         except ImportError as error:
             raise UserError(f"ATTNLAB_PLUGINS: cannot import {entry}: {error}") from None
+        except Exception as error:  # the plugin's own mistake: what and where, in one line
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            where = "" if isinstance(error, SyntaxError) else f" ({frame.filename}:{frame.lineno})"
+            raise UserError(
+                f"ATTNLAB_PLUGINS: {entry} failed: {type(error).__name__}: {error}{where}"
+            ) from None
 
 
 def say_error(message: str) -> int:

@@ -114,9 +114,9 @@ def _download(url: str, out: IO[bytes], bar, sized: bool = False) -> str:
     """Stream `url` into `out`; the SHA-256 of what came. A body shorter than its
     Content-Length is a dropped connection, never a file. sized: the bar's total is the
     response's length (for an archive, whose size is not pinned)."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     digest, expected = None, None
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})  # or ValueError
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length", "")
             expected = int(length) if length.isdigit() else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing
+import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 
@@ -120,7 +121,10 @@ def _process_pool(workers: int):
     # fork starts workers in milliseconds; spawn would re-import torch in each one.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return context.Pool(workers)
+    # Ctrl-C is the parent's to handle (it ends the pool): the workers print no tracebacks
+    return context.Pool(
+        workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)
+    )
 
 
 class MergeTrainer:
