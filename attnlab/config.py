@@ -59,6 +59,12 @@ def config_from_dict(cls: type[C], data: dict[str, Any], *, source: str = "confi
 
     ``source`` names where the dict came from (a file, "--flags") for the error message.
     """
+    return cls(**check_fields(cls, data, source=source))
+
+
+def check_fields(cls: type, data: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+    """The dict's values coerced to ``cls``'s field types; a ConfigError names an unknown key or
+    a value of the wrong type (what config_from_dict checks before the class's own checks)."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -67,8 +73,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any], *, source: str = "confi
             f"known keys: {', '.join(fields)}"
         )
     hints = typing.get_type_hints(cls)
-    values = {name: _coerce(cls.__name__, name, value, hints[name]) for name, value in data.items()}
-    return cls(**values)
+    return {name: _coerce(cls.__name__, name, value, hints[name]) for name, value in data.items()}
 
 
 def replace(config: C, **changes: Any) -> C:

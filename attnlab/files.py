@@ -12,6 +12,8 @@ from typing import Any, BinaryIO
 
 from attnlab.errors import UserError
 
+RUN_LOCK = ".attnlab.lock"  # in a run directory while a process writes it: "PID HOST"
+
 
 def cache_dir() -> Path:
     """Where derived files are kept between runs (token arrays, built kernels): $ATTNLAB_CACHE,

@@ -68,6 +68,40 @@ def test_an_empty_folder_or_an_unfinished_run_may_be_used(tmp_path, corpus, caps
     assert code == 0, err
 
 
+def test_a_relative_data_path_is_kept_whole_so_a_run_resumes_from_anywhere(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert train(capsys, "corpus.txt", "run", "--max-iters", "2")[0] == 0
+    run_file = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_file["data"]["data"] == str(corpus)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = ["--out", str(tmp_path / "run"), "--resume", "--max-iters", "3"]
+    assert run(["train", "gpt", *resumed, "--data", "../corpus.txt"], capsys)[0] == 0
+
+
+def test_a_run_folder_named_like_its_data_is_not_taken_for_it(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "data" / "plays"  # a folder in the data root, named by --data
+    root.mkdir(parents=True)
+    (root / "a.txt").write_text("Now is the winter of our discontent. " * 40)
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = train(capsys, "plays", "plays", "--max-iters", "1")
+    assert code == 0, err
+    assert json.loads((tmp_path / "plays" / "run.json").read_text())["data"]["data"] == "plays"
+
+
+def test_a_misspelt_model_setting_is_one_line_before_the_data_is_read(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('data = "stdlib"\ntokenizer = "bpe:900"\n[model]\nn_layer = 2\n')
+    code, _, err = run(
+        ["train", "gpt", "--config", str(config), "--out", str(tmp_path / "r")], capsys
+    )
+    assert "unknown key(s) n_layer" in one_line_error(code, err)
+    assert "reading" not in err and not (tmp_path / "r").exists()
+
+
 def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
     out = tmp_path / "gpt_run"
     code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")

@@ -342,6 +342,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_run_that_diverges_before_its_first_save_is_started_again_with_a_fresh_log(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=8, eval_interval=4)
+
+    def poison(record):
+        with torch.no_grad():
+            trainer.model.token_embedding.weight.fill_(float("nan"))
+
+    trainer.on_record = poison
+    with pytest.raises(TrainingDiverged, match="then start again"):
+        trainer.fit()
+    assert not (tmp_path / "trainer_state.json").exists()
+    make_trainer(tmp_path, max_iters=8, eval_interval=4).fit()  # a new run in the same folder
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert steps == list(range(1, 9))
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = GPT(MODEL)
     save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER})

@@ -14,6 +14,7 @@ from typing import IO
 
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.errors import UserError
+from attnlab.files import RUN_LOCK
 from attnlab.training.checkpoints import JOURNAL_FILE
 from attnlab.training.trainer import METRICS_FILE, Trainer
 
@@ -21,9 +22,6 @@ from attnlab.training.trainer import METRICS_FILE, Trainer
 def note(message: str) -> None:
     """Progress and results for the person watching: stderr, so stdout stays clean."""
     print(message, file=sys.stderr, flush=True)
-
-
-LOCK_FILE = ".attnlab.lock"  # "PID HOST" of the process writing the run
 
 
 @contextlib.contextmanager
@@ -34,7 +32,7 @@ def run_lock(out: Path) -> Iterator[None]:
     that stopped on bad input) is removed."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_FILE
+    path = out / RUN_LOCK
     lock = _take_lock(path, out)
     try:
         yield
@@ -94,7 +92,7 @@ def claim_run_directory(out: Path, resume: bool) -> None:
 
 def _own_bookkeeping(name: str) -> bool:
     """The lock, a save's journal and temporary files: what a killed run leaves behind."""
-    return name in (LOCK_FILE, JOURNAL_FILE) or (name.startswith(".") and name.endswith(".tmp"))
+    return name in (RUN_LOCK, JOURNAL_FILE) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def fit_and_report(

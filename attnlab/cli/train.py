@@ -25,7 +25,8 @@ from attnlab.cli.options import (
     read_toml,
 )
 from attnlab.cli.runs import claim_run_directory, fit_and_report, note, run_lock
-from attnlab.config import config_from_dict, config_to_dict
+from attnlab.config import check_fields, config_from_dict, config_to_dict
+from attnlab.data import catalog
 from attnlab.devices import seed_everything
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
@@ -140,6 +141,8 @@ def _add_kind(kinds, kind: ModelKind) -> None:
 
 def train(kind_name: str, args: argparse.Namespace) -> int:
     kind = get_kind(kind_name)
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise UserError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     if args.processes is not None:
         return _launch(args)
     toml = read_toml(args.config)
@@ -147,21 +150,21 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     data_keys = _check_toml(toml, kind, source)
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     group = Group.for_run(args.distributed)  # alone, or one of torchrun's processes
+    # a new run's settings before its directory exists: a folder named like a dataset ("sst2")
+    # is not taken for it, and a bad setting is one line before anything slow
+    chosen = None if args.resume else _chosen(kind, args, toml, data_keys, source)
     claim_run_directory(out, args.resume)
     with group.running(), run_lock(out) if group.is_writer else contextlib.nullcontext():
         with group.writer_first():
             for checkpoint in (out, out / BEST_DIR):  # a save a crash interrupted
                 finish_checkpoint(checkpoint)
         claim_run_directory(out, args.resume)  # again: the finished save may be a checkpoint
-        return _train(kind, args, toml, source, data_keys, out, group)
+        return _train(kind, args, chosen or _resumed(kind, args, out), source, out, group)
 
 
-def _train(kind: ModelKind, args, toml, source: str, data_keys, out: Path, group: Group) -> int:
+def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group) -> int:
     init = _init_checkpoint(kind, args.init, args.resume)
-    if args.resume:
-        run, (model_base, given), train_config = _resumed(kind, args, out)
-    else:
-        run, (model_base, given), train_config = _chosen(kind, args, toml, data_keys, source)
+    run, (model_base, given), train_config = settings
     if init is not None:  # the checkpoint's model, with only its regularisation changeable
         shape = {k: v for k, v in init["config"].items() if k in model_base}
         changed = sorted(k for k in given.keys() & shape.keys() - TUNABLE if given[k] != shape[k])
@@ -285,9 +288,10 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
         flag_values(args, kind.data_config),
         source=f"{source} data settings",
     )
-    run = {"kind": kind.name, "preset": preset, "data": config_to_dict(data)}
+    run = {"kind": kind.name, "preset": preset, "data": _data_here(config_to_dict(data))}
     given = {**toml.get("model", {}), **flag_values(args, kind.config)}
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
+    check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
     train = build_config(
         TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
     )
@@ -302,7 +306,7 @@ def _resumed(kind: ModelKind, args, out: Path):
     if get_kind(run.get("kind", kind.name)) is not kind:
         raise UserError(f"{out} holds a {run['kind']!r} run: resume it with that kind")
     saved = checkpoint_description(out)["config"]
-    given = {**flag_values(args, kind.data_config), **flag_values(args, kind.config)}
+    given = {**_data_here(flag_values(args, kind.data_config)), **flag_values(args, kind.config)}
     changed = [k for k, v in given.items() if run["data"].get(k, saved.get(k)) != v]
     if changed or args.preset not in (None, run.get("preset")):
         raise UserError(
@@ -312,3 +316,10 @@ def _resumed(kind: ModelKind, args, out: Path):
     flags = flag_values(args, TrainConfig)
     train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
     return run, (saved, saved), train
+
+
+def _data_here(settings: dict[str, Any]) -> dict[str, Any]:
+    """Data settings with a `data` path found here made absolute (catalog.here)."""
+    if not isinstance(settings.get("data"), str):
+        return settings
+    return {**settings, "data": catalog.here(settings["data"])}

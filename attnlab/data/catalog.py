@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from attnlab.data import download
 from attnlab.errors import UserError
+from attnlab.files import RUN_LOCK
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,8 @@ def locate(
     fetched first when the dataset is incomplete (`on_fetch(dataset, folder)` is called before,
     so that the caller can say so); another spec found under the root resolves there; a spec
     found nowhere comes back unchanged, for the caller to report."""
-    path, colon, pattern = spec.partition(":")
+    path, pattern = split_glob(spec)
+    colon = ":" if pattern else ""
     parts = PurePosixPath(path).parts
     if not parts or Path(path).is_absolute():
         return spec
@@ -295,9 +297,13 @@ def _manifest_entries(manifest: Manifest) -> tuple[DataFile, ...]:
 def resolve(spec: str, log: Callable[[str], None] | None = None) -> str:
     """A data spec as given when it exists on disk (or is 'stdlib'); else its path inside
     data_root() (locate), downloading a named dataset first ("tinyshakespeare/input.txt",
-    "multi30k"), with one note through `log`, since a download takes a while."""
-    if spec == "stdlib" or Path(spec).exists() or Path(spec.partition(":")[0]).exists():
+    "multi30k"), with one note through `log`, since a download takes a while. A run's own
+    directory (`--out sst2`) is not taken for the data it is named after."""
+    if spec == "stdlib":
         return spec
+    for path in (Path(spec), Path(split_glob(spec)[0])):
+        if path.exists() and not (path / RUN_LOCK).exists():
+            return spec
 
     def announce(dataset: Dataset, folder: Path) -> None:
         if log is not None:
@@ -307,6 +313,22 @@ def resolve(spec: str, log: Callable[[str], None] | None = None) -> str:
             )
 
     return locate(spec, on_fetch=announce)
+
+
+def split_glob(spec: str) -> tuple[str, str]:
+    """A "DIR:GLOB" spec as (DIR, GLOB), the glob after the last colon; (spec, "") without one."""
+    path, colon, pattern = spec.rpartition(":")
+    return (path, pattern) if colon else (spec, "")
+
+
+def here(spec: str) -> str:
+    """A spec naming a file or folder on disk here with that path made absolute (so that a run
+    resumed from another directory reads it again); any other spec (a dataset's name, 'stdlib',
+    a task) unchanged."""
+    path, pattern = (spec, "") if Path(spec).exists() else split_glob(spec)
+    if spec == "stdlib" or spec.startswith("task:") or not Path(path).exists():
+        return spec
+    return os.path.abspath(path) + (":" + pattern if pattern else "")
 
 
 def human_size(size: float) -> str:

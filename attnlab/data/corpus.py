@@ -12,6 +12,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from attnlab.data.catalog import split_glob
 from attnlab.errors import UserError
 
 STDLIB = "stdlib"
@@ -28,7 +29,7 @@ def corpus_files(spec: str) -> list[Path]:
             p for p in root.rglob("*.py") if not _STDLIB_SKIP & set(p.relative_to(root).parts[:-1])
         ]
         return sorted(files)
-    path, _, pattern = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    path, pattern = split_glob(spec) if not Path(spec).exists() else (spec, "")
     path = Path(path)
     if path.is_file():
         return [path]

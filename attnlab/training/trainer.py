@@ -90,10 +90,14 @@ class TrainConfig:
             eval_interval=self.eval_interval,
             eval_iters=self.eval_iters,
         )
-        if self.warmup_iters < 0 or self.grad_clip < 0 or self.min_learning_rate < 0:
+        if min(self.warmup_iters, self.grad_clip, self.min_learning_rate, self.weight_decay) < 0:
             raise UserError(
-                "TrainConfig: warmup_iters, grad_clip and min_learning_rate must be >= 0"
+                "TrainConfig: warmup_iters, grad_clip, min_learning_rate and weight_decay must "
+                "be >= 0"
             )
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         check_choice("TrainConfig", "lr_schedule", self.lr_schedule, SCHEDULES)
         if not 0 <= self.seed < 2**63:
             raise UserError(f"TrainConfig.seed must be in [0, 2**63), got {self.seed}")
@@ -176,6 +180,7 @@ class Trainer:
         self.probes = [load_probe(name) for name in parse_probes(config.probes)]
         self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
+        self.saved_step: int | None = None  # of this run's last checkpoint
         # asked here, agreed by every rank at the next step: stop (Ctrl-C) or finish early
         self._stop_requested = self._stopping = self._finish_requested = self._finishing = False
         torch.manual_seed(config.seed + group.rank)  # dropout differs between the ranks' rows
@@ -187,6 +192,7 @@ class Trainer:
         writer = self.group.is_writer
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            truncate_metrics(self.out_dir / METRICS_FILE, self.step)
         previous_handler = self._install_interrupt_handler()
         try:
             log = (self.out_dir / METRICS_FILE).open("a") if writer else contextlib.nullcontext()
@@ -269,10 +275,13 @@ class Trainer:
         )
         if not torch.isfinite(torch.tensor(loss)):
             self.optimizer.zero_grad(set_to_none=True)
+            saved, where = self.saved_step, self.out_dir
+            then = (
+                "start again" if saved is None else f"--resume (step {saved} is saved in {where})"
+            )
             raise TrainingDiverged(
-                f"loss became {loss} at step {self.step + 1}; training stopped. The last good "
-                f"checkpoint (step {self._saved_step()}) is in {self.out_dir}: lower the learning "
-                "rate or raise warmup, then --resume"
+                f"loss became {loss} at step {self.step + 1}; training stopped. Lower the "
+                f"learning rate or raise warmup, then {then}"
             )
         if self.config.grad_clip:
             clip_gradients(self.optimizer, self.config.grad_clip)
@@ -359,12 +368,14 @@ class Trainer:
             },
         }
         save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
+        self.saved_step = self.step
 
     def resume(self) -> None:
         """Continue from the checkpoint in out_dir: weights, optimizer, step, RNG and data."""
         load_weights(self.model, self.out_dir / MODEL_FILE)
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
+        self.saved_step = self.step
         self.last_eval = state.get("last_eval", {})
         best = state.get("best")
         self.best = best if isinstance(best, dict) and "value" in best else {}
@@ -374,14 +385,6 @@ class Trainer:
         restore_random_states(self.out_dir, state["rng"], self.train_data)  # rank 0's
         if self.group.rank:  # the other ranks draw their own (dropout)
             torch.manual_seed(self.config.seed + self.group.rank + self.step)
-        if self.group.is_writer:
-            truncate_metrics(self.out_dir / METRICS_FILE, self.step)
-
-    def _saved_step(self) -> int:
-        try:
-            return json.loads((self.out_dir / "trainer_state.json").read_text())["step"]
-        except (OSError, ValueError, KeyError):
-            return 0
 
     def _install_interrupt_handler(self):
         if threading.current_thread() is not threading.main_thread():
