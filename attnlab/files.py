@@ -36,21 +36,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def temporary_file(directory: Path, name: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new temporary file in `directory` for the file `name`: (descriptor, path). It gets the
+    permissions any new file would (mkstemp's are owner-only), as it will stand for one."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=suffix)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError about a temporary file names the file it stands for instead."""
+    try:
+        yield
+    except OSError as error:
+        if not str(error.filename or "").endswith(".tmp"):
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from None
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write in parts, renamed to `path` once the block ends without an error
     (removed if it raises): readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with naming(path):
+        fd, tmp = temporary_file(path.parent, path.name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_files(
@@ -68,7 +90,8 @@ def atomic_write_files(
     temporary, journaled = {}, False
     try:
         for name, data in files.items():
-            fd, temporary[name] = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            with naming(directory / name):
+                fd, temporary[name] = temporary_file(directory, name)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

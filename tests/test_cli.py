@@ -133,6 +133,7 @@ def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     code, text, _ = run(["evaluate", str(out), "--data", str(corpus), "--json"], capsys)
     assert code == 0
     check_evaluation(json.loads(text), out, corpus)
+    assert run(["evaluate", str(out), "--json"], capsys)[1] == text  # the run's data (run.json)
 
     # --resume extends the run with more steps; earlier metric lines are kept
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "8"], capsys)
@@ -338,3 +339,17 @@ def test_import_bounds_the_cpu_kernel_caches_unless_the_user_set_them():
     code = f"import os, attnlab\nprint({caches})"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.split() == ["32", "7"], result.stderr
+
+
+def test_evaluate_scores_a_task_model_as_its_training_did(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--data", "task:selective_copying:tokens=4,vocab=6", "--out", str(out)]
+    argv += ["--context-length", "16", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
+    argv += ["--max-iters", "2", "--eval-iters", "2", "--batch-size", "8", "--device", "cpu"]
+    assert run(argv, capsys)[0] == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    code, text, err = run(["evaluate", str(out), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(text) == pytest.approx(
+        {"val_loss": last["val_loss"], "val_accuracy": last["val_accuracy"]}
+    )

@@ -1,6 +1,7 @@
 """`attnlab train bert`, `train classifier --init`, `fill-mask` and `classify`, end to end on
 tiny models, and their one-line errors on bad input."""
 
+import io
 import json
 
 import pytest
@@ -64,8 +65,14 @@ def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"val_accuracy", "val_f1"} <= records[-1].keys()
     assert 0 <= records[-1]["val_accuracy"] <= 1
+    code, scores, err = run(["evaluate", str(out), "--json"], capsys)  # as training scored it
+    assert code == 0, err
+    assert json.loads(scores) == pytest.approx({k: records[-1][k] for k in json.loads(scores)})
+    assert {"val_loss", "val_accuracy", "val_f1"} == json.loads(scores).keys()
     code, stdout, err = run(["classify", str(out / "best"), *SENTENCES[:2]], capsys)
     assert code == 0, err
+    after_an_option = ["classify", str(out / "best"), SENTENCES[0], "--device", "cpu"]
+    assert run([*after_an_option, SENTENCES[1]], capsys)[1] == stdout  # words after options too
     rows = [line.split("\t") for line in stdout.splitlines()]
     assert [r[2] for r in rows] == SENTENCES[:2] and all(r[0] in ("0", "1") for r in rows)
     assert all(0.5 <= float(r[1]) <= 1 for r in rows)
@@ -109,18 +116,40 @@ def test_init_must_be_a_kind_the_classifier_starts_from(texts, tmp_path, capsys)
 
 
 @pytest.mark.parametrize(
-    "content, expected",
+    "content, flags, expected",
     [
-        ("good film\t1\nbad film\n", "train.tsv:2: expected 'sentence<TAB>label'"),
-        ("good film\t1\nbad film\tnegative\n", "train.tsv:2: label 'negative' is not an integer"),
-        ("sentence\tlabel\n", "train.tsv holds no examples"),
+        ("good film\t1\nbad film\n", [], "train.tsv:2: expected 'sentence<TAB>label'"),
+        (
+            "good film\t1\nbad film\tnegative\n",
+            [],
+            "train.tsv:2: label 'negative' is not an integer",
+        ),
+        ("sentence\tlabel\n", [], "train.tsv holds no examples"),
+        ("good film\t1\n" * 20, [], "hold 1 class(es): give two or more"),
+        ("good film\t1\nbad film\t0\n" * 10, ["--folds", "1"], "folds must be >= 2"),
+        ("good film\t1\nbad film\t0\n" * 10, ["--context-length", "2"], "must be >= 3"),
     ],
 )
-def test_bad_tsv_is_one_line(content, expected, tmp_path, capsys):
+def test_bad_tsv_is_one_line(content, flags, expected, tmp_path, capsys):
     (tmp_path / "train.tsv").write_text(content)
     argv = ["train", "classifier", "--data", str(tmp_path / "train.tsv"), "--out",
-            str(tmp_path / "out"), *TINY]  # fmt: skip
+            str(tmp_path / "out"), *TINY, *flags]  # fmt: skip
     assert expected in one_line_error(*run(argv, capsys)[::2])
+    assert not (tmp_path / "out").exists()
+
+
+def test_init_from_a_classifier_of_other_classes_starts_a_new_head(texts, tmp_path, capsys):
+    rows = [f"{s}\t{i % 3}" for i, s in enumerate(SENTENCES * 10)]
+    (tmp_path / "three.tsv").write_text("\n".join(rows) + "\n")
+    three = tmp_path / "three"
+    assert run_quiet(["train", "classifier", "--data", str(tmp_path / "three.tsv"), "--out",
+                      str(three), "--max-iters", "1", *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    code, _, err = run(["train", "classifier", "--init", str(three), "--data",
+                        str(texts / "train.tsv"), "--out", str(tmp_path / "two"), "--max-iters",
+                        "1", "--batch-size", "8", "--eval-iters", "2"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "new: classifier.bias, classifier.weight;" in err
 
 
 def test_empty_class_folder_is_one_line(tmp_path, capsys):
@@ -130,6 +159,23 @@ def test_empty_class_folder_is_one_line(tmp_path, capsys):
     argv = ["train", "classifier", "--data", str(tmp_path / "reviews"), "--out",
             str(tmp_path / "out"), *TINY]  # fmt: skip
     assert "class folder" in one_line_error(*run(argv, capsys)[::2])
+
+
+def test_classify_reads_stdin_line_for_line_and_names_a_line_it_cannot_read(
+    texts, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "cls"  # a character vocabulary: the training sentences' letters only
+    assert run_quiet(["train", "classifier", "--data", str(texts / "train.tsv"), "--out",
+                      str(out), "--folds", "4", "--max-iters", "1", *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{SENTENCES[0]}\n\n{SENTENCES[1]}\n"))
+    code, stdout, err = run(["classify", str(out)], capsys)
+    assert code == 0, err
+    lines = stdout.split("\n")
+    assert lines[1] == "" and lines[0].endswith(SENTENCES[0]) and lines[2].endswith(SENTENCES[1])
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{SENTENCES[0]}\n\nzebra quiz!\n"))
+    line = one_line_error(*run(["classify", str(out)], capsys)[::2])
+    assert line.startswith("attnlab: error: stdin line 3: text has") and "never saw" in line
 
 
 def test_classify_refuses_a_masked_lm_checkpoint(pretrained, capsys):

@@ -95,6 +95,11 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     assert code == 0 and len(lines.splitlines()) == 4
     monkeypatch.setattr("sys.stdin", io.StringIO("forty-two\n"))
     assert run(["translate", str(trained), "--beam-size", "2"], capsys)[1] == out
+    assert run(["translate", str(trained), "--beam-size", "2", "forty-two"], capsys)[1] == out
+    with pytest.raises(SystemExit) as stopped:  # the command's own usage, not attnlab's
+        run(["translate", str(trained), "--beam-size", "2", "--bogus"], capsys)
+    assert stopped.value.code == 2
+    assert "attnlab translate: error: unrecognized arguments: --bogus" in capsys.readouterr().err
     # a limit beyond any length is the model's own: the same text as a limit just past it
     limits = [run(["translate", str(trained), "forty-two", "--max-length-factor", factor], capsys)
               for factor in ("1e300", "1e3")]  # fmt: skip

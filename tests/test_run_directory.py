@@ -16,6 +16,7 @@ import test_platform  # noqa: F401 - registers the test_sum kind
 import torch
 from helpers import one_line_error, read_only, run, snapshot
 
+from attnlab.files import atomic_write_bytes
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.checkpoints import load_checkpoint
 from attnlab.training.trainer import Trainer
@@ -100,6 +101,25 @@ def test_a_misspelt_model_setting_is_one_line_before_the_data_is_read(tmp_path, 
     )
     assert "unknown key(s) n_layer" in one_line_error(code, err)
     assert "reading" not in err and not (tmp_path / "r").exists()
+
+
+def test_a_run_s_files_get_the_permissions_of_any_new_file(tmp_path, corpus, capsys):
+    old = os.umask(0o022)
+    try:
+        assert train(capsys, corpus, tmp_path / "r", "--max-iters", "1")[0] == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir() if p.is_file()}
+    assert {"model.safetensors", "config.json", "run.json"} <= modes.keys()
+    assert set(modes.values()) == {0o644}, modes  # not mkstemp's owner-only 0o600
+
+
+def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
+    (tmp_path / "plot.png").mkdir()  # where a file was to go, a folder
+    with pytest.raises(IsADirectoryError) as failed:
+        atomic_write_bytes(tmp_path / "plot.png", b"png")
+    assert failed.value.filename == str(tmp_path / "plot.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
 def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):

@@ -54,9 +54,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """A command's parser (every subparser is one too). Words it does not take are its own
+    error, shown with its usage; but words after options go to a trailing text argument left
+    empty (`attnlab translate RUN --beam-size 1 "ein Satz"`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if not extra or self._subparsers is not None:  # a command's words: its subcommand's
+            return namespace, extra
+        texts = [a for a in self._actions if not a.option_strings and a.nargs in ("?", "*")]
+        if texts and not any(word.startswith("-") for word in extra):
+            action, given = texts[-1], getattr(namespace, texts[-1].dest)
+            if action.nargs == "*":
+                setattr(namespace, action.dest, [*(given or []), *extra])
+                return namespace, []
+            if given is None and len(extra) == 1:
+                setattr(namespace, action.dest, extra[0])
+                return namespace, []
+        self.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with the full options of `command` only (None: every command's)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="attnlab",
         description="Build, train, sample, evaluate and look inside your own transformers.",
         formatter_class=HelpFormatter,

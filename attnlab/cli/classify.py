@@ -29,14 +29,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = load_for("classify", CLASSIFY, args.checkpoint, pick_device(args.device))
-    texts = [user_text(t) for t in args.texts] or [
-        line for line in read_stdin().splitlines() if line.strip()
-    ]
-    if not texts:
+    texts = [user_text(t) for t in args.texts] or read_stdin().splitlines()
+    if not any(text.strip() for text in texts):
         raise UserError("no text to classify: give TEXT arguments or lines on stdin")
     names = checkpoint.artifacts["classes"].names if "classes" in checkpoint.artifacts else None
-    probabilities = classify(checkpoint.model, checkpoint.tokenizer, texts)
-    for text, row in zip(texts, probabilities, strict=True):
+    try:
+        rows = iter(
+            classify(checkpoint.model, checkpoint.tokenizer, list(filter(str.strip, texts)))
+        )
+    except UserError as error:  # a text the tokenizer cannot read: say which
+        where = _which(checkpoint.tokenizer, texts, bool(args.texts))
+        raise UserError(f"{where}: {error}") from None
+    for text in texts:  # a line out for each line in, a blank one for a blank one
+        if not text.strip():
+            print(flush=True)
+            continue
+        row = next(rows)
         label = int(row.argmax())
-        print(f"{names[label] if names else label}\t{row[label]:.4f}\t{text}", flush=True)
+        shown = " ".join(text.split())  # one output line per text, its fields split by tabs
+        print(f"{names[label] if names else label}\t{row[label]:.4f}\t{shown}", flush=True)
     return 0
+
+
+def _which(tokenizer, texts: list[str], given: bool) -> str:
+    """Which text (argument) or stdin line the tokenizer refuses first."""
+    for number, text in enumerate(texts, 1):
+        try:
+            tokenizer.encode(text)
+        except UserError:
+            return f"TEXT {number}" if given else f"stdin line {number}"
+    return "the texts"

@@ -151,22 +151,10 @@ def _evaluation_images(args: argparse.Namespace, checkpoint):
 def run_dataset(args: argparse.Namespace, checkpoint):
     """The images of --data, or else those the run trained on (its run.json), read with the
     run's data settings (a kind whose data config names its images in `data`)."""
-    from attnlab.cli.runs import note
-    from attnlab.cli.train import RUN_FILE
-    from attnlab.config import config_from_dict
+    from attnlab.cli.runs import note, run_data_settings
     from attnlab.data.image_classification import load_image_data
-    from attnlab.files import read_json
 
-    run_file = Path(args.checkpoint) / RUN_FILE
-    run = read_json(run_file, "run description") if run_file.is_file() else {"data": {}}
-    settings = run.get("data") if isinstance(run, dict) else None
-    if not isinstance(settings, dict):
-        raise UserError(f"{run_file} is not a run description")
-    if args.data is None and not settings:
-        raise UserError(f"give --data: {run_file} does not say what the model was trained on")
-    if args.data is not None:
-        settings = {**settings, "data": args.data}
-    settings = config_from_dict(checkpoint.kind.data_config, settings, source="--data")
+    settings = run_data_settings(args, checkpoint.kind)
     return load_image_data(settings, checkpoint.model.config.image_size, log=note)
 
 

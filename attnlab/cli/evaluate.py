@@ -1,7 +1,9 @@
 """`attnlab evaluate CKPT --data PATH`: loss, perplexity and bits per byte of a checkpoint;
 `attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of a translation checkpoint;
 `attnlab evaluate CKPT [--data SPEC]`: accuracy and a confusion matrix of an image classifier,
-or the negative log-likelihood (nats per image) of an image GPT's test images.
+or the negative log-likelihood (nats per image) of an image GPT's test images; any other model
+(a text classifier, BERT, a synthetic task's model) as its training evaluated it. Without
+--data, the data the run trained on (its run.json).
 
 Which evaluation a checkpoint gets follows what its kind can do (its capabilities), never its
 name."""
@@ -14,15 +16,27 @@ import json
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
 from attnlab.cli.options import resolve_data_path
+from attnlab.cli.runs import note, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
+from attnlab.config import config_from_dict, config_to_dict
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import TextSplits, tokenize_cached
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.evaluate import evaluate_language_model
-from attnlab.models.registry import CLASSIFY_IMAGE, GENERATE, GENERATE_IMAGE, get_kind
-from attnlab.training.checkpoints import checkpoint_description
+from attnlab.models.registry import (
+    CLASSIFY_IMAGE,
+    GENERATE,
+    GENERATE_IMAGE,
+    TRANSLATE,
+    get_kind,
+)
+from attnlab.training.checkpoints import (
+    checkpoint_description,
+    load_checkpoint,
+    read_training_state,
+)
 
 SPLITS = ("val", "train", "all")
 
@@ -37,8 +51,9 @@ def register(subparsers) -> None:
         description="Loss (nats/token), perplexity and bits per byte of a language model over "
         "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
         "translation model's detokenized output; or an image classifier's accuracy, with a "
-        "confusion-matrix PNG; or an image GPT's negative log-likelihood in nats per image (both "
-        "on the data the model trained on unless --data says otherwise)."
+        "confusion-matrix PNG; or an image GPT's negative log-likelihood in nats per image; or "
+        "any other model (a text classifier, BERT, a task's) as its training evaluated it: loss, "
+        "accuracy, F1. Without --data, on the data the run trained on."
         "\nexamples:\n  attnlab evaluate runs/gpt --data input.txt\n  attnlab evaluate "
         "runs/multi30k --src test.de.gz --ref test.en.gz\n  attnlab evaluate runs/vit_mnist",
     )
@@ -47,7 +62,8 @@ def register(subparsers) -> None:
         "--data",
         metavar="PATH",
         help="text file, directory, DIR:GLOB or 'stdlib' (language model); shapes, mnist or an "
-        "image folder (image classifier)",
+        "image folder (image models); a TSV or class folders (text classifier) (default: the "
+        "run's own data)",
     )
     parser.add_argument("--src", metavar="FILE", help="source sentences, one a line (translation)")
     parser.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")
@@ -81,13 +97,22 @@ def evaluate(args: argparse.Namespace) -> int:
         return evaluate_classifier_command(args)
     if GENERATE_IMAGE in capabilities:
         return evaluate_image_model_command(args)
-    if args.data is None:
-        raise UserError("give --data (a language model) or --src and --ref (a translation model)")
+    if TRANSLATE in capabilities and args.data:  # its --data would be a folder of pairs
+        raise UserError(
+            f"{args.checkpoint} holds a 'translation' model: score it with --src FILE --ref FILE "
+            "(BLEU, chrF), or without --data (its validation loss)"
+        )
+    run = run_description(args.checkpoint)
+    data = args.data or (run[0]["data"].get("data") if run else None)
+    if GENERATE not in capabilities or str(data).startswith("task:"):
+        return evaluate_as_trained(args)
+    if data is None:
+        raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no run.json)")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    checkpoint = load_for("evaluate --data", GENERATE, args.checkpoint, pick_device(args.device))
+    checkpoint = load_for("evaluate", GENERATE, args.checkpoint, pick_device(args.device))
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    tokens = tokenize_cached(Corpus(resolve_data_path(args.data)), tokenizer)
+    tokens = tokenize_cached(Corpus(resolve_data_path(data)), tokenizer)
     splits = TextSplits.from_tokens(tokens)
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
     if len(chosen) <= model.config.context_length:
@@ -102,4 +127,35 @@ def evaluate(args: argparse.Namespace) -> int:
         for key in ("loss", "perplexity", "bits_per_byte"):
             print(f"{key:>14}  {result[key]:.4f}")
         print(f"{'tokens':>14}  {result['tokens']:,}\n{'bytes':>14}  {result['bytes']:,}")
+    return 0
+
+
+def evaluate_as_trained(args: argparse.Namespace) -> int:
+    """Any other model (a text classifier, BERT, a translation model without --src, a model of
+    a synthetic task): the evaluation its training ran, on its run's validation data or --data
+    read with the run's settings: the loss and the data's scores (accuracy, F1)."""
+    from attnlab.training.sources import DataRequest
+    from attnlab.training.trainer import TrainConfig, Trainer
+
+    if args.split != "val":
+        raise UserError(f"--split {args.split}: this model is scored on validation data only")
+    found = run_description(args.checkpoint)
+    if found is None:
+        raise UserError(f"{args.checkpoint} is not in a run folder (no run.json): nothing to score")
+    checkpoint = load_checkpoint(args.checkpoint, pick_device(args.device))
+    settings = run_data_settings(args, checkpoint.kind)
+    saved = read_training_state(found[1])["train_config"]
+    train = config_from_dict(TrainConfig, {**saved, "compile": False, "device": args.device})
+    model = config_to_dict(checkpoint.model.config)
+    data = checkpoint.kind.build_data(
+        DataRequest(settings, model, train, checkpoint.artifacts, note)
+    )
+    trainer = Trainer(checkpoint.model, train, data.train, data.eval, out_dir=found[1],
+                      metrics=data.metrics)  # fmt: skip
+    result = trainer.evaluate()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>14}  {value:.4f}")
     return 0

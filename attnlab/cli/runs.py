@@ -10,13 +10,13 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.errors import UserError
-from attnlab.files import RUN_LOCK
+from attnlab.files import RUN_LOCK, read_json
 from attnlab.training.checkpoints import JOURNAL_FILE
-from attnlab.training.trainer import METRICS_FILE, Trainer
+from attnlab.training.trainer import BEST_DIR, METRICS_FILE, Trainer
 
 
 def note(message: str) -> None:
@@ -69,6 +69,34 @@ def _take_lock(path: Path, out: Path) -> IO[str]:
         lock.close()  # its holder removed it as we opened it: take the next one
 
 
+RUN_FILE = "run.json"  # kind, preset and data settings of a run: --resume needs no flags again
+
+
+def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path] | None:
+    """run.json of the run a checkpoint belongs to (itself, or the run of its best/ copy) and
+    that run's folder; None for a checkpoint outside a run."""
+    path = Path(checkpoint)
+    for folder in (path, path.parent) if path.name == BEST_DIR else (path,):
+        if (folder / RUN_FILE).is_file():
+            run = read_json(folder / RUN_FILE, "run description")
+            if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
+                raise UserError(f"{folder / RUN_FILE} is not a run description")
+            return run, folder
+    return None
+
+
+def run_data_settings(args, kind):
+    """The data settings of the run of checkpoint `args.checkpoint`, --data (`args.data`) in
+    place of its data: what a command scores the checkpoint on."""
+    from attnlab.config import config_from_dict
+
+    found = run_description(args.checkpoint)
+    if found is None and args.data is None:
+        raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no {RUN_FILE})")
+    settings = {**(found[0]["data"] if found else {}), **({"data": args.data} if args.data else {})}
+    return config_from_dict(kind.data_config, settings, source="--data")
+
+
 def claim_run_directory(out: Path, resume: bool) -> None:
     """--out must be a new or empty directory, or an attnlab run (it holds run.json): a file, or
     a folder of someone else's files, is refused before anything is written, so no file that
@@ -82,7 +110,7 @@ def claim_run_directory(out: Path, resume: bool) -> None:
             f"{out} already holds a checkpoint: pass --resume to continue it, or another --out"
         )
     contents = sorted(p.name for p in out.iterdir() if not _own_bookkeeping(p.name))
-    if contents and "run.json" not in contents:
+    if contents and RUN_FILE not in contents:
         shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
         raise UserError(
             f"--out {out} holds files that are not an attnlab run ({shown}): give a new or "

@@ -24,7 +24,7 @@ from attnlab.cli.options import (
     preset_defaults,
     read_toml,
 )
-from attnlab.cli.runs import claim_run_directory, fit_and_report, note, run_lock
+from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
 from attnlab.config import check_fields, config_from_dict, config_to_dict
 from attnlab.data import catalog
 from attnlab.devices import seed_everything
@@ -53,7 +53,6 @@ from attnlab.training.distributed import MODES, Group, launch
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 
-RUN_FILE = "run.json"
 # model fields a run started from another's weights (--init) may change: its regularisation
 # and how a classifier reads a text
 TUNABLE = {"dropout", "pooling", "long_text"}
@@ -180,6 +179,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
     kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
     artifacts = load_artifacts(kept_from) if kept_from else None
+    if init is not None:  # a new run's classes are its data's; a head of another shape starts new
+        artifacts.pop("classes", None)
     log = note if group.is_writer else lambda message: None
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))

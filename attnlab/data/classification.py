@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from attnlab.config import check_positive
 from attnlab.data import catalog
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
 from attnlab.errors import UserError
@@ -174,7 +173,8 @@ class ClassificationDataConfig:
     label_names: str = ""  # names of integer labels, comma-separated (default: the numbers)
 
     def __post_init__(self):
-        check_positive("ClassificationDataConfig", folds=self.folds)
+        if self.folds < 2:
+            raise UserError(f"folds must be >= 2 (one part is held out), got {self.folds}")
         if not 0 <= self.fold < self.folds:
             raise UserError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
 
@@ -187,7 +187,14 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         raise UserError(
             f"{spec}: no examples are left to evaluate on (fewer than {settings.folds})"
         )
+    seen = sorted(set(train_examples[1]))
+    if len(seen) < 2:
+        raise UserError(
+            f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
+        )
     n_classes = max(train_examples[1] + dev_examples[1]) + 1
+    if missing := sorted(set(range(n_classes)) - set(seen)):
+        request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
     classes = classes or _label_names(settings.label_names, n_classes)
     tokenizer = bert_tokenizer(settings.tokenizer, train_examples[0], request)
     pad_id = tokenizer.special_tokens[PAD]

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +19,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
+
+from attnlab.files import temporary_file
 
 if TYPE_CHECKING:
     from attnlab.data.catalog import DataFile, Dataset
@@ -90,7 +91,7 @@ def _staged(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file beside `target` (same folder, so the final rename is atomic), deleted
     on the way out unless it was renamed into place: nothing half-written survives an error."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    fd, name = temporary_file(target.parent, target.name, ".part")
     try:
         with os.fdopen(fd, "wb") as out:
             yield out, Path(name)
@@ -104,9 +105,6 @@ def _commit(out: IO[bytes], temporary: Path, target: Path, entry: DataFile, dige
     os.fsync(out.fileno())
     if problem := mismatch(temporary, entry, digest):
         raise Failure(problem, url)
-    umask = os.umask(0)  # mkstemp makes owner-only files; a dataset is as readable as any file
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, target)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from attnlab.config import check_choice, check_divides, check_positive, check_range
 from attnlab.data.classification import ClassificationDataConfig, classification_training_data
 from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
+from attnlab.errors import ConfigError
 from attnlab.layers import (
     LearnedPositionalEmbedding,
     MixerContext,
@@ -74,6 +75,11 @@ class BertConfig:
             norm_eps=self.norm_eps,
             n_classes=self.n_classes,
         )
+        if self.context_length < 3:
+            raise ConfigError(
+                f"{name}.context_length must be >= 3 ([CLS], a token, [SEP]); got "
+                f"{self.context_length}"
+            )
         if self.d_ff is not None:
             check_positive(name, d_ff=self.d_ff)
         check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)

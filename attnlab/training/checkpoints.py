@@ -236,14 +236,14 @@ def load_weights(model: nn.Module, file: Path) -> None:
 
 
 def load_matching_weights(model: nn.Module, file: Path) -> tuple[list[str], list[str]]:
-    """Load the weights of `file` that `model` has by name (same shapes required), to start a
-    model from another's (a classifier from a pre-trained encoder). Returns the model's
-    weights left as they were and the file's weights left unused (which are never read)."""
+    """Load the weights of `file` that `model` has by name and shape, to start a model from
+    another's (a classifier from a pre-trained encoder, or one with other classes). Returns the
+    model's weights left as they were and the file's weights left unused (never read)."""
     shapes = _header(file)
     expected = _unique_tensors(model.state_dict())
-    shared = expected.keys() & shapes.keys()
+    shared = {n for n in expected.keys() & shapes.keys() if shapes[n] == expected[n].shape}
     if not shared:
-        raise UserError(f"no weight of {file} has a name the model has")
+        raise UserError(f"no weight of {file} fits the model (by name and shape)")
     _load_checked(model, file, {name: shapes[name] for name in shared}, expected)
     return sorted(expected.keys() - shared), sorted(shapes.keys() - shared)
 
