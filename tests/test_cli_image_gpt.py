@@ -132,3 +132,25 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path, capsys):
     save_checkpoint(tmp_path / "gpt", tiny_gpt(), {"tokenizer": build_tokenizer("byte", [])})
     code, _, err = run(["sample-images", str(tmp_path / "gpt")], capsys)
     assert "'gpt' model" in one_line_error(code, err)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--palette", "grey:16", "--pixels-per-token", "4"], "65,536 token values"),
+        (["--palette", "grey:300"], "give from 2 to 256 grey levels"),
+    ],
+)
+def test_palettes_beyond_the_limits_are_one_line(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    code, _, err = run(["train", "igpt", *flags, "--max-iters", "1", "--out", str(out), *SMALL],
+                       capsys)  # fmt: skip
+    assert message in one_line_error(code, err)
+    assert not out.exists()
+
+
+def test_inspect_attention_says_which_kinds_it_reads(trained, capsys):
+    code, _, err = run(["inspect", "attention", str(trained), "--text", "hi"], capsys)
+    line = one_line_error(code, err)
+    assert "holds a 'igpt' model, which inspection cannot feed" in line
+    assert "gpt" in line.split("reads")[1] and "vit" in line

@@ -14,7 +14,7 @@ from PIL import Image
 from test_images import idx_bytes, write_mnist, write_png
 
 from attnlab.cli import main
-from attnlab.data.images import IDX_LABELS, draw_shapes
+from attnlab.data.images import IDX_IMAGES, IDX_LABELS, draw_shapes
 from attnlab.training.checkpoints import load_checkpoint
 
 SMALL = [
@@ -137,3 +137,68 @@ def test_training_on_a_folder_warns_of_a_stray_file(tmp_path, capsys):
     assert code == 0, err
     assert f"warning: skipping {data / 'light' / 'README.md'}" in err
     assert load_checkpoint(out).artifacts["classes"].names == ("dark", "light")
+
+
+def test_digits_the_patches_do_not_tile_say_what_to_give(tmp_path, capsys):
+    data = tmp_path / "digits"
+    data.mkdir()
+    for split, n in (("train", 16), ("t10k", 4)):
+        (data / f"{split}-images-idx3-ubyte").write_bytes(
+            idx_bytes(np.zeros((n, 28, 28), np.uint8), IDX_IMAGES)
+        )
+        labels = (np.arange(n) % 2).astype(np.uint8)
+        (data / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels, IDX_LABELS))
+    out = tmp_path / "run"
+    code, _, err = run(["train", "vit", "--data", str(data), "--out", str(out), *SMALL], capsys)
+    line = one_line_error(code, err)
+    assert "28x28 pixels, which 8x8 patches do not tile" in line
+    assert "--preset mnist" in line and "--patch-size that divides 28 (2, 4, 7, 14)" in line
+    assert not out.exists()
+
+
+def test_inspect_attention_reads_an_image_of_the_models_size_only(trained, shape_png, tmp_path,
+                                                                  capsys):  # fmt: skip
+    page = tmp_path / "view.html"
+    argv = ["inspect", "attention", str(trained), "--out", str(page)]
+    code, _, err = run([*argv, "--image", str(shape_png)], capsys)
+    assert code == 0 and "r3c3" in page.read_text(), err
+    small = tmp_path / "small.png"
+    write_png(small, size=20)
+    page.unlink()
+    code, _, err = run([*argv, "--image", str(small)], capsys)
+    assert "is 20x20 pixels; this model reads 32x32 images" in one_line_error(code, err)
+    assert not page.exists()
+
+
+def test_a_resumed_run_refuses_classes_it_was_not_trained_on(tmp_path, capsys):
+    data = tmp_path / "pictures"
+    for k, name in enumerate(("dark", "light")):
+        for i in range(6):
+            write_png(data / name / f"{i}.png", size=16, value=200 * k + i)
+    out = tmp_path / "run"
+    argv = ["train", "vit", "--data", str(data), "--patch-size", "8", "--image-size", "16",
+            "--max-iters", "1", "--batch-size", "4", "--eval-iters", "1", "--device", "cpu",
+            "--n-layers", "1", "--d-model", "16", "--out", str(out)]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    (data / "light").rename(data / "pale")
+    before = fingerprint(out)
+    code, _, err = run(["train", "vit", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
+    assert "are not those the checkpoint was trained on (dark, light)" in one_line_error(code, err)
+    assert fingerprint(out) == before
+
+
+def test_init_from_a_run_of_other_classes_starts_a_new_head(trained, tmp_path, capsys):
+    data = tmp_path / "pictures"
+    for k, name in enumerate(("dark", "light", "mid")):
+        for i in range(6):
+            write_png(data / name / f"{i}.png", size=32, value=100 * k + i)
+    out = tmp_path / "run2"
+    argv = ["train", "vit", "--init", str(trained), "--data", str(data), "--out", str(out)]
+    argv += ["--max-iters", "1", "--batch-size", "8", "--eval-iters", "1", "--device", "cpu"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert "new: head.bias, head.weight" in err
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.artifacts["classes"].names == ("dark", "light", "mid")
+    assert checkpoint.model.config.n_classes == 3

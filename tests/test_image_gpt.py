@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attnlab.data.palette import Palette
+from attnlab.errors import UserError
 from attnlab.evaluation.image_likelihood import evaluate_image_model
 from attnlab.models import ImageGPT, ImageGPTConfig, get_kind
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
@@ -90,6 +91,26 @@ def test_inputs_are_the_start_token_then_the_targets_shifted():
 def test_bad_palette_names_are_refused(spec):
     with pytest.raises(Exception, match="palette"):
         Palette.named(spec, gray([[0]]))
+
+
+@pytest.mark.parametrize(
+    "spec, pixels_per_token, message",
+    [
+        ("grey:300", 1, "give from 2 to 256 grey levels"),
+        ("grey:1", 1, "give from 2 to 256 grey levels"),
+        ("grey:16", 4, "make 65,536 token values, more than 32,768"),
+        ("binary", 0, "pixels_per_token must be >= 1"),
+    ],
+)
+def test_palettes_too_large_or_too_small_are_user_errors(spec, pixels_per_token, message):
+    with pytest.raises(UserError, match=message):
+        Palette.named(spec, gray([[0]]), pixels_per_token)
+    assert len(Palette.named("grey:256", gray([[0]])).colours) == 256
+
+
+def test_a_bad_saved_palette_is_still_a_value_error():
+    with pytest.raises(ValueError, match="token values"):
+        Palette.from_dict({"colours": [[0]] * 16, "pixels_per_token": 4})
 
 
 def test_nll_is_the_sum_of_every_pixels_log_prob_one_prefix_at_a_time():

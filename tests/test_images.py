@@ -1,5 +1,6 @@
 """Image data: IDX files checked by magic number and length, class folders that skip what is
-not an image, the embedded shapes, shifts, and batches that resume exactly."""
+not an image (and refuse a class with none), 16-bit images, the embedded shapes, shifts, and
+batches that resume exactly."""
 
 import gzip
 import struct
@@ -15,6 +16,7 @@ from attnlab.data.images import (
     IDX_LABELS,
     Normalization,
     draw_shapes,
+    image_array,
     load_idx_folder,
     load_image_folder,
     read_idx,
@@ -145,3 +147,33 @@ def test_normalization_gives_unit_scale_and_round_trips():
     x = normalize(data.images)
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
     assert Normalization.from_dict(normalize.to_dict()) == normalize
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    path = tmp_path / "ramp.png"
+    Image.fromarray(ramp).save(path)
+    image = Image.open(path)
+    assert image.mode == "I;16"
+    expected = np.round(ramp / 257).astype(np.uint8)
+    assert np.array_equal(image_array(image, 1)[0], expected)
+    wide = Image.fromarray(ramp.astype(np.int32))  # mode I: 32-bit integers of a 16-bit image
+    assert np.array_equal(image_array(wide, 3)[1], expected)
+
+
+def test_an_empty_class_folder_is_refused_by_name(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / "cat" / f"{i}.png")
+        write_png(tmp_path / "dog" / f"{i}.png")
+    (tmp_path / "bird").mkdir()
+    with pytest.raises(UserError, match=f"class folder {tmp_path / 'bird'} has no readable images"):
+        load_image_folder(tmp_path, 8, log=lambda m: None)
+
+
+def test_a_train_folder_without_a_test_folder_holds_out_a_part(tmp_path):
+    for name in ("a", "b"):
+        for i in range(10):
+            write_png(tmp_path / "train" / name / f"{i}.png", value=20 * i)
+    data = load_image_folder(tmp_path, 8, log=lambda m: None)
+    assert data.classes == ("a", "b")
+    assert len(data.train) == 18 and len(data.test) == 2

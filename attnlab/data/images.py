@@ -8,7 +8,9 @@ Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held
   number 2051 for images, 2049 for labels, then the dimensions) and raw uint8 data. The magic
   number and the length the header promises are checked.
 - **A folder of images**, one sub-folder per class (DIR/cat/*.png, DIR/dog/*.jpg); or DIR/train/
-  and DIR/test/ (or DIR/val/) of that shape. Without a test folder, a seeded 10% is held out.
+  and DIR/test/ (or DIR/val/) of that shape. Without a test folder (DIR/train/ alone, or the
+  classes in DIR itself), a seeded 10% of the training images is held out. A class folder with
+  no readable image is refused.
   Images are resized to the model's size (bilinear), grayscale when every image is, else RGB.
   A file that is not a readable image (a README, a damaged PNG) is skipped with a warning that
   names it, so one stray file does not stop a run.
@@ -173,7 +175,20 @@ def open_image(path: str | Path):
         raise UserError(f"{path} is not a readable image: {error}") from None
 
 
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+WIDE_MAX = 65535  # integer images (16-bit PNGs and TIFFs, PIL's modes I and I;16) span 0..65535
+
+
+def _eight_bit(image):
+    """An integer greyscale image (mode I or I;16: 16-bit PNGs, TIFFs) scaled from 0..65535 to
+    0..255, as mode L; PIL's convert("L") would clip them instead, making them almost white."""
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    values = np.clip(np.asarray(image, dtype=np.int64), 0, WIDE_MAX)
+    scaled = (values * 255 + WIDE_MAX // 2) // WIDE_MAX  # rounded to the nearest level
+    return Image.fromarray(scaled.astype(np.uint8))  # (H, W) uint8: mode L
 
 
 def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
@@ -181,7 +196,7 @@ def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
     `size` is given, resized to size x size pixels (bilinear)."""
     from PIL import Image
 
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
@@ -190,7 +205,9 @@ def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
 
 def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]:
     """Class name -> the images of DIR/<class>/ (read, in name order); files that are not
-    readable images are skipped with a warning."""
+    readable images are skipped with a warning. A class folder with no readable image is
+    refused, as text class folders are (data/classification.py): it would be a class that
+    nothing teaches."""
     found = {}
     for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name[0] != "."):
         images = []
@@ -199,6 +216,8 @@ def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]
                 images.append(open_image(file))
             except UserError as error:
                 log(f"warning: skipping {file}: {str(error).removeprefix(f'{file} ')}")
+        if not images:
+            raise UserError(f"class folder {folder} has no readable images")
         found[folder.name] = images
     return found
 
@@ -206,16 +225,18 @@ def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]
 def load_image_folder(
     directory: str | Path, size: int, log: Callable[[str], None] = print
 ) -> ImageDataset:
-    """DIR/<class>/*, or DIR/train/<class>/* with DIR/test/ (or DIR/val/); see the module. The
-    held-out share is drawn with a fixed seed, so evaluation finds the same images."""
+    """DIR/<class>/*, or DIR/train/<class>/* with or without DIR/test/ (or DIR/val/); see the
+    module. The held-out share is drawn with a fixed seed, so evaluation finds the same images."""
     directory = Path(directory)
     held_out = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
-    split = (directory / "train").is_dir() and held_out is not None
-    train_files = _class_files(directory / "train" if split else directory, log)
+    has_train = _has_class_folders(directory / "train")  # else train/ may be a class of trains
+    split = has_train and held_out is not None
+    classes_in = directory / "train" if has_train else directory
+    train_files = _class_files(classes_in, log)
     classes = tuple(train_files)
     if len(classes) < 2:
         raise UserError(
-            f"{directory} needs one sub-folder per class (at least two); found {len(classes)}"
+            f"{classes_in} needs one sub-folder per class (at least two); found {len(classes)}"
         )
     test_files = _class_files(held_out, log) if split else {}
     unknown = sorted(set(test_files) - set(classes))
@@ -232,6 +253,10 @@ def load_image_folder(
         test = ImageSet(train.images[order[:cut]], train.labels[order[:cut]])
         train = ImageSet(train.images[order[cut:]], train.labels[order[cut:]])
     return ImageDataset(train, test, classes, str(directory))
+
+
+def _has_class_folders(directory: Path) -> bool:
+    return directory.is_dir() and any(p.is_dir() and p.name[0] != "." for p in directory.iterdir())
 
 
 def _image_set(files: dict[str, list], classes, channels: int, size: int, where) -> ImageSet:

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-from attnlab.errors import UserError
+from attnlab.errors import ConfigError, UserError
 from attnlab.training.artifacts import register_artifact
 
 KMEANS_PIXELS, KMEANS_ROUNDS, KMEANS_SEED = 100_000, 25, 0
+GREY_LEVELS = 256  # the levels of 8-bit pixels: grey:N for a larger N would repeat some
+MAX_TOKEN_VALUES = 2**15
 PALETTE_HELP = "binary (a pixel > 127 is 1) | grey:N (N levels) | kmeans:N (N colours)"
 CHUNK = 1024  # images quantised at once: bounds the (pixels, K) distance table
 
@@ -40,15 +42,19 @@ class Palette:
     pixels_per_token: int = 1  # G: horizontally adjacent pixels in one token
 
     def __post_init__(self):
+        # ConfigError is a ValueError too: from_dict's callers report a bad palette.json
         sizes = {len(c) for c in self.colours}
         if len(self.colours) < 2 or len(sizes) != 1 or sizes == {0}:
-            raise ValueError("a palette needs at least 2 colours of the same number of channels")
+            raise ConfigError("a palette needs at least 2 colours of the same number of channels")
         if not all(0 <= v <= 255 for c in self.colours for v in c):
-            raise ValueError("palette colour values must be in 0..255")
-        if self.pixels_per_token < 1 or len(self.colours) ** self.pixels_per_token > 2**15:
-            raise ValueError(
-                f"pixels_per_token must be >= 1 with at most 2^15 token values; "
-                f"got {self.pixels_per_token} for {len(self.colours)} colours"
+            raise ConfigError("palette colour values must be in 0..255")
+        k, g = len(self.colours), self.pixels_per_token
+        if g < 1:
+            raise ConfigError(f"pixels_per_token must be >= 1, got {g}")
+        if k**g > MAX_TOKEN_VALUES:
+            raise ConfigError(
+                f"{g} pixels per token of {k} colours make {k**g:,} token values, more than "
+                f"{MAX_TOKEN_VALUES:,}: give fewer pixels per token or colours"
             )
 
     @property
@@ -123,10 +129,12 @@ class Palette:
         name, _, count = spec.partition(":")
         if name == "binary" and not count:
             return cls(((0,) * channels, (255,) * channels), pixels_per_token)
-        if name in ("grey", "gray", "kmeans") and count.isdigit() and int(count) >= 2:
+        if name == "kmeans" and count.isdigit() and int(count) >= 2:
+            return cls(kmeans_colours(images, int(count)), pixels_per_token)
+        if name in ("grey", "gray") and count.isdigit():
             n = int(count)
-            if name == "kmeans":
-                return cls(kmeans_colours(images, n), pixels_per_token)
+            if not 2 <= n <= GREY_LEVELS:  # 8-bit pixels have no more levels than 256
+                raise UserError(f"palette {spec!r}: give from 2 to {GREY_LEVELS} grey levels")
             levels = [round(255 * i / (n - 1)) for i in range(n)]
             return cls(tuple((v,) * channels for v in levels), pixels_per_token)
         raise UserError(f"unknown palette {spec!r}; give {PALETTE_HELP}, N >= 2")

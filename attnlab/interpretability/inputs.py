@@ -15,7 +15,14 @@ import torch
 
 from attnlab.errors import UserError
 from attnlab.interpretability.capture import AttentionLayer
-from attnlab.models.registry import CLASSIFY, CLASSIFY_IMAGE, FILL_MASK, GENERATE, TRANSLATE
+from attnlab.models.registry import (
+    CLASSIFY,
+    CLASSIFY_IMAGE,
+    FILL_MASK,
+    GENERATE,
+    KINDS,
+    TRANSLATE,
+)
 from attnlab.training.checkpoints import Checkpoint
 
 TEXT = "text"
@@ -103,19 +110,29 @@ def _translation(checkpoint: Checkpoint, text: str, target: str | None = None, *
 
 
 def _image(checkpoint: Checkpoint, text: str | None = None, image: str | None = None, **_):
-    """An image file, read as classify-image reads it; positions are the class token and the
+    """An image file, read as classify-image reads it (an image of another size is refused:
+    scaled, it would not be the image asked about); positions are the class token and the
     patches (row, column)."""
-    from attnlab.cli.classify_image import read_images
+    import numpy as np
+
+    from attnlab.data.images import image_array, open_image
 
     if image is None:
         raise UserError(f"{checkpoint.path} classifies images: give --image FILE, not --text")
     model, c = checkpoint.model, checkpoint.model.config
-    missing = [n for n in ("normalization",) if n not in checkpoint.artifacts]
-    if missing:
+    if "normalization" not in checkpoint.artifacts:
         raise UserError(f"{checkpoint.path} lacks normalization.json: it cannot read images")
-    pixels = read_images([image], c, resize=True).to(next(model.parameters()).device)
-    side = c.image_size // c.patch_size
-    labels = [f"r{r}c{col}" for r in range(side) for col in range(side)]
+    picture, side = open_image(image), c.image_size
+    if picture.size != (side, side):
+        width, height = picture.size
+        raise UserError(
+            f"{image} is {width}x{height} pixels; this model reads {side}x{side} images "
+            "(scale it first)"
+        )
+    array = image_array(picture, c.channels)[None]  # (1, C, S, S)
+    pixels = torch.from_numpy(np.ascontiguousarray(array)).to(next(model.parameters()).device)
+    grid = c.image_size // c.patch_size  # patches per row and per column
+    labels = [f"r{r}c{col}" for r in range(grid) for col in range(grid)]
     if c.n_positions > len(labels):
         labels = ["[CLS]", *labels]
     images = checkpoint.artifacts["normalization"](pixels)
@@ -140,7 +157,11 @@ def model_inputs(
         (BUILDERS[c] for c in sorted(checkpoint.kind.capabilities) if c in BUILDERS), None
     )
     if builder is None:
-        raise UserError(f"{checkpoint.path}: no way to feed a {checkpoint.kind.name!r} model")
+        readable = [k.name for k in KINDS.values() if k.capabilities & BUILDERS.keys()]
+        raise UserError(
+            f"{checkpoint.path} holds a {checkpoint.kind.name!r} model, which inspection cannot "
+            f"feed; it reads {', '.join(readable)} checkpoints (--text, or --image for images)"
+        )
     if builder is not _image and (text is None or not text.strip()):
         raise UserError("give a non-empty --text to look at")
     inputs = builder(checkpoint, text, target=target, image=image)

@@ -20,6 +20,7 @@ from torch import nn
 
 from attnlab.config import check_choice, check_divides, check_positive, check_range
 from attnlab.data.image_classification import ImageDataConfig, image_training_data
+from attnlab.errors import UserError
 from attnlab.layers import (
     LearnedPositionalEmbedding,
     MultiHeadAttention,
@@ -33,6 +34,7 @@ from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import CLASSIFY_IMAGE, ModelKind, register_kind
+from attnlab.training.sources import DataRequest, TrainingData
 
 POOLINGS = ("cls", "mean")
 
@@ -219,6 +221,23 @@ class VisionTransformer(nn.Module):
         return c.n_positions * per_position + 6 * c.n_patches * patch.numel() + 6 * head.numel()
 
 
+def training_data(request: DataRequest) -> TrainingData:
+    """The images (data/image_classification.py), whose side must be cut into whole patches:
+    IDX files (MNIST) come in their own size, which the chosen patches may not divide."""
+    data = image_training_data(request)
+    side, patch = data.model_fields["image_size"], request.model["patch_size"]
+    if side % patch:
+        fits = [n for n, c in PRESETS.items() if c.image_size == side]
+        sizes = [str(p) for p in range(2, side) if side % p == 0]
+        hint = f"--preset {' or --preset '.join(fits)} or " if fits else ""
+        raise UserError(
+            f"{request.settings.data}: the images are {side}x{side} pixels, which {patch}x{patch} "
+            f"patches do not tile: give {hint}a --patch-size that divides {side} "
+            f"({', '.join(sizes) or side})"
+        )
+    return data
+
+
 register_kind(
     ModelKind(
         name="vit",
@@ -226,7 +245,7 @@ register_kind(
         model=VisionTransformer,
         presets=PRESETS,
         data_config=ImageDataConfig,
-        build_data=image_training_data,
+        build_data=training_data,
         capabilities={CLASSIFY_IMAGE},
         description="a Vision Transformer classifying images (default: embedded shapes)",
     )
