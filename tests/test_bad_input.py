@@ -33,6 +33,8 @@ def checkpoint(tmp_path_factory):
         (["--temperature", "inf"], "temperature"),
         (["--repetition-penalty", "nan"], "repetition_penalty"),
         (["--top-p", "nan"], "top_p"),
+        (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
         (["--seed", str(2**70)], "seed"),
         (["--prompt", "fox \udcff"], "not valid UTF-8"),  # a command-line byte that is not UTF-8
     ],
@@ -60,6 +62,18 @@ def test_train_refuses_non_finite_settings(tmp_path, capsys, flags, expected):
     argv = ["train", "gpt", "--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "r")]
     assert expected in one_line_error(*run([*argv, *flags], capsys)[::2])
     assert not (tmp_path / "r").exists()
+
+
+def test_a_task_with_a_tokenizer_or_a_finished_run_resumed_is_one_line(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    task = ["train", "gpt", "--data", "task:mqar", "--out", out, "--context-length", "64"]
+    line = one_line_error(*run([*task, "--tokenizer", "bpe:300"], capsys)[::2])
+    assert "character by character: leave --tokenizer bpe:300 out" in line
+    assert not (tmp_path / "r").exists()
+    tiny = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--eval-iters", "1"]
+    assert run([*task, *tiny, "--max-iters", "2"], capsys)[0] == 0
+    line = one_line_error(*run(["train", "gpt", "--out", out, "--resume"], capsys)[::2])
+    assert "is at step 2 of max_iters 2: give a larger --max-iters" in line
 
 
 def test_a_nan_in_a_config_file_is_one_line(tmp_path, capsys):

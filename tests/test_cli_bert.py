@@ -50,6 +50,19 @@ def test_fill_mask_prints_top_k_fillers(pretrained, capsys):
 def test_fill_mask_needs_a_mask(pretrained, capsys):
     line = one_line_error(*run(["fill-mask", str(pretrained), "no mask here"], capsys)[::2])
     assert "[MASK]" in line
+    line = one_line_error(
+        *run(["fill-mask", str(pretrained), "a [MASK]", "--top-k", "0"], capsys)[::2]
+    )
+    assert "--top-k must be at least 1" in line
+
+
+def test_fill_mask_offers_words_only_however_many_are_asked_for(pretrained, capsys):
+    code, out, err = run(
+        ["fill-mask", str(pretrained), "a [MASK] film", "--top-k", "100000"], capsys
+    )
+    assert code == 0, err
+    fillers = [line.split(maxsplit=1)[1] for line in out.splitlines() if len(line.split()) == 2]
+    assert fillers and not {"[MASK]", "[SEP]", "[CLS]", "[PAD]"} & set(fillers)
 
 
 def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):

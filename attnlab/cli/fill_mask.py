@@ -8,6 +8,7 @@ from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.options import user_text
 from attnlab.devices import DEVICES, pick_device
+from attnlab.errors import UserError
 from attnlab.evaluation.predict import fill_mask
 from attnlab.models.registry import FILL_MASK
 
@@ -28,10 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     checkpoint = load_for("fill-mask", FILL_MASK, args.checkpoint, pick_device(args.device))
-    results = fill_mask(
-        checkpoint.model, checkpoint.tokenizer, user_text(args.text), max(args.top_k, 1)
-    )
+    results = fill_mask(checkpoint.model, checkpoint.tokenizer, user_text(args.text), args.top_k)
     for number, fillers in enumerate(results, 1):
         if len(results) > 1:
             print(f"[MASK] {number}:")

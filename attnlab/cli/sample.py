@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="tokens kept when the context fills; unset = the context length",
+        help="tokens kept when the context fills (default: slide the window one token at a "
+        "time, as described above)",
     )
     parser.set_defaults(handler=run)
 

@@ -316,6 +316,11 @@ def _resumed(kind: ModelKind, args, out: Path):
     state = read_training_state(out)
     flags = flag_values(args, TrainConfig)
     train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
+    if train.max_iters <= state["step"]:
+        raise UserError(
+            f"{out} is at step {state['step']} of max_iters {train.max_iters}: give a larger "
+            "--max-iters to train on"
+        )
     return run, (saved, saved), train
 
 

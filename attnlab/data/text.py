@@ -181,6 +181,10 @@ def text_training_data(request: DataRequest) -> TrainingData:
     if settings.data.startswith("task:"):  # a synthetic task (tasks.py)
         from attnlab.data.tasks import task_training_data
 
+        if settings.tokenizer != "char":
+            raise UserError(
+                f"a task is read character by character: leave --tokenizer {settings.tokenizer} out"
+            )
         return task_training_data(request)
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")

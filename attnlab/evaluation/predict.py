@@ -43,8 +43,9 @@ def fill_mask(
     probabilities = logits.softmax(-1)
     positions = [p for p, i in enumerate(ids) if i == tokenizer.special_tokens[MASK]]
     results = []
+    words = probabilities.size(-1) - len(tokenizer.special_tokens)  # the most there are
     for position in positions:
-        top = probabilities[position].topk(min(top_k, probabilities.size(-1)))
+        top = probabilities[position].topk(min(top_k, words))
         results.append(
             [
                 (tokenizer.decode([i]).strip(), p)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnlab.config import check_positive, check_range
+from attnlab.config import check_positive
 from attnlab.errors import ConfigError
 
 
@@ -137,9 +137,8 @@ class SamplingConfig:
             raise ConfigError(f"{name}.temperature must be a number >= 0, got {self.temperature!r}")
         if self.top_k is not None:
             check_positive(name, top_k=self.top_k)
-        if self.top_p is not None:
-            check_positive(name, top_p=self.top_p)
-            check_range(name, "top_p", self.top_p, 0.0, 1.0)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"{name}.top_p must be in (0, 1], got {self.top_p!r}")
         check_positive(name, repetition_penalty=self.repetition_penalty)
 
     def noise(
