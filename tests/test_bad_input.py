@@ -153,3 +153,11 @@ def test_a_huge_max_new_tokens_streams_at_once_in_little_memory(checkpoint):
     code, length, peak_kb, err = out.stdout.decode().split(maxsplit=3)
     assert (code, length) == ("141", "64") and "Traceback" not in err, out
     assert int(peak_kb) < 1_000_000, peak_kb
+
+
+def test_a_file_where_a_folder_must_go_is_named(tmp_path, capsys):
+    (tmp_path / "notes").write_text(TEXT)
+    (tmp_path / "afile").write_text("")
+    argv = ["tokenize", "train", "--data", str(tmp_path / "notes"), "--vocab-size", "300"]
+    line = one_line_error(*run([*argv, "--out", str(tmp_path / "afile" / "tok.json")], capsys)[::2])
+    assert line == f"attnlab: error: {tmp_path / 'afile'} is a file, not a folder"

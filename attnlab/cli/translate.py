@@ -87,13 +87,25 @@ def load_translation_model(path: str, device: str, command: str = "translate"):
     return checkpoint.model, checkpoint.tokenizer
 
 
+def note_cut(sentences: list[str], model, tokenizer) -> None:
+    """Say how many sentences are too long for the model: it reads their first part only."""
+    from attnlab.cli.runs import note
+
+    room = model.config.max_length - 1  # and </s>
+    cut = sum(len(tokenizer.encode(sentence)) > room for sentence in sentences)
+    if cut:
+        note(f"note: {cut} sentence(s) over the model's {room} tokens are read cut to that length")
+
+
 def translate_command(args: argparse.Namespace) -> int:
     from attnlab.generation.beam_search import translate
 
     options = decoding_options(args)
     model, tokenizer = load_translation_model(args.checkpoint, args.device)
     lines = [user_text(args.text)] if args.text is not None else read_stdin().splitlines()
-    for translation in translate(model, tokenizer, [line.strip() for line in lines], **options):
+    lines = [line.strip() for line in lines]
+    note_cut(lines, model, tokenizer)
+    for translation in translate(model, tokenizer, lines, **options):
         sys.stdout.write(translation + "\n")
     sys.stdout.flush()
     return 0
@@ -116,6 +128,7 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
             "line i of one must translate line i of the other"
         )
     model, tokenizer = load_translation_model(args.checkpoint, args.device, "evaluate --src")
+    note_cut(sources, model, tokenizer)
     scores, hypotheses = evaluate_translation(model, tokenizer, sources, references, **options)
     if args.hypotheses:
         atomic_write_bytes(args.hypotheses, "".join(h + "\n" for h in hypotheses).encode())
