@@ -145,3 +145,30 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{what} {path} is not valid JSON: {error}") from None
+
+
+def plot_format(path: str | Path) -> str:
+    """The file type a plot at `path` is written as: its extension, png when it has none. A
+    type matplotlib cannot write is one clear error naming those it can; call this before slow
+    work whose result would be lost."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    # pgf is left out: it needs a TeX installation, and fails without one
+    known = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
+    kind = Path(path).suffix.lower().removeprefix(".") or "png"
+    if kind not in known:
+        raise UserError(
+            f"cannot draw a plot as {path}: .{kind} is not a plot file type; give a name "
+            f"ending in {', '.join('.' + k for k in known)} (or no extension for png)"
+        )
+    return kind
+
+
+def save_figure(fig, path: str | Path, **savefig_options) -> Path:
+    """Write a matplotlib figure to exactly `path`, in the type plot_format gives, atomically
+    (a temporary file renamed over: no half-written plot); returns the path written."""
+    path = Path(path)
+    kind = plot_format(path)
+    with atomic_writer(path) as file:
+        fig.savefig(file, format=kind, **savefig_options)
+    return path

@@ -79,9 +79,11 @@ def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():
 def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
     out = tmp_path / "scaling"
     argv = ["arena", "--scaling", "--out", str(out), "--lengths", "16:32", "--d-model", "16"]
-    code, table, err = run([*argv, "--mixers", "attention (fused),lstm"], capsys)
+    code, table, err = run([*argv, "--mixers", "attention,lstm,attention (fused)"], capsys)
     assert code == 0, err
     assert "| lstm |" in table and "T=32" in table and (out / "scaling.png").is_file()
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+    assert rows == ["| mixer", "| attention (eager)", "| attention (fused)", "| lstm"]
 
 
 @pytest.mark.parametrize(
@@ -91,6 +93,12 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
         (["--time", "1", "--tokens", "100"], "give --time or --tokens, not both"),
         (["--params", "nan"], "--params must be a positive number"),
         (["--scaling", "--lengths", "big"], "--lengths 'big': give FIRST:LAST"),
+        (["--mixers", "attention,lstm,attention"], "--mixers names attention twice"),
+        (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
+        (
+            ["--scaling", "--mixers", "attention,gru,rnn"],
+            "--scaling does not measure gru, rnn; it measures attention, attention (eager),",
+        ),
     ],
 )
 def test_bad_arena_input_is_one_line(tmp_path, capsys, extra, message):

@@ -148,6 +148,11 @@ def test_induction_command(checkpoints, tmp_path, capsys):
     assert code == 0 and "in-context learning score" in stdout
     code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--length", "17"], capsys)
     assert "2 to 16 tokens" in one_line_error(code, err)
+    for length in ("0", "1", "-5"):  # 0 is no request for the default
+        code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--length", length], capsys)
+        assert f"--length must be at least 2 tokens per copy, got {length}" in one_line_error(
+            code, err
+        )
     code, _, err = run(["inspect", "induction", checkpoints["bert"]], capsys)
     assert "'bert'" in one_line_error(code, err)
 
@@ -178,3 +183,29 @@ def test_layers_command(checkpoints, tmp_path, capsys):
     code, _, err = run(["inspect", "layers", checkpoints["gpt"], "--data", str(tmp_path / "no")],
                        capsys)  # fmt: skip
     assert code == 2
+
+
+@pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers"])
+def test_a_plot_type_matplotlib_cannot_write_is_one_line_before_the_work(
+    checkpoints, tmp_path, capsys, what
+):
+    out, png = tmp_path / "view.html", tmp_path / "plot.xyz"
+    flags = {"attention": ["--text", "hi", "--out", str(out)], "lens": ["--text", "hi"],
+             "layers": ["--data", str(tmp_path / "absent.txt")]}.get(what, [])  # fmt: skip
+    code, _, err = run(["inspect", what, checkpoints["gpt"], *flags, "--png", str(png)], capsys)
+    error = one_line_error(code, err)
+    assert ".xyz is not a plot file type" in error and ".png, .ps" in error and ".svg" in error
+    assert list(tmp_path.iterdir()) == []  # refused first: no page, no plot, no data read
+
+
+def test_a_plot_name_without_an_extension_is_the_png_written(checkpoints, tmp_path, capsys):
+    png = tmp_path / "lensplot"
+    code, stdout, err = run(["inspect", "lens", checkpoints["gpt"], "--text", "to be",
+                             "--png", str(png)], capsys)  # fmt: skip
+    assert code == 0, err
+    assert f"wrote {png}" in stdout and png.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["lensplot"]
+    svg = tmp_path / "induction.svg"
+    code, stdout, err = run(["inspect", "induction", checkpoints["gpt"], "--sequences", "2",
+                             "--png", str(svg)], capsys)  # fmt: skip
+    assert code == 0 and f"wrote {svg}" in stdout and b"<svg" in svg.read_bytes()

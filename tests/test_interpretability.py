@@ -12,9 +12,12 @@ import pytest
 import torch
 from helpers import tiny_gpt
 
+from attnlab.cli.reports import plot_confusion
+from attnlab.errors import UserError
 from attnlab.interpretability import ablate_heads, attention_groups, attention_layers, capture
 from attnlab.interpretability.inputs import Inputs
 from attnlab.interpretability.lens import logit_lens
+from attnlab.interpretability.plots import Heatmap, save_heatmaps
 from attnlab.interpretability.surgery import arrangements, block_stack, layer_surgery, rearranged
 from attnlab.interpretability.viewer import render_html, script_json, viewer_data
 from attnlab.layers.attention import MultiHeadAttention
@@ -361,3 +364,26 @@ def test_surgery_finds_a_layer_that_does_nothing():
     assert abs(results["drop 0"] - baseline) > 1e-3
     with pytest.raises(Exception, match="one list of residual blocks"):
         block_stack(build("translation"))
+
+
+# -------------------------------------------------------------------------------------- plots
+def test_every_plot_is_written_under_exactly_the_name_given(tmp_path):
+    panel = Heatmap(torch.rand(2, 3), "title", ["a", "b"], ["x", "y", "z"])
+    conf, heads = tmp_path / "conf", tmp_path / "heads.PDF"
+    assert plot_confusion(torch.tensor([[3, 1], [0, 4]]), ["cat", "dog"], conf, "title") == conf
+    assert save_heatmaps(heads, [panel]) == heads
+    assert conf.read_bytes().startswith(b"\x89PNG") and heads.read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "heads.PDF"]
+
+
+@pytest.mark.parametrize("name", ["c.xyz", "c.pgf"])  # pgf: matplotlib's, but it needs TeX
+def test_a_plot_type_that_cannot_be_written_is_a_user_error(tmp_path, name):
+    panel = Heatmap(torch.rand(2, 2), "title", ["a", "b"], ["x", "y"])
+    png = tmp_path / name
+    for draw in (
+        lambda: plot_confusion(torch.eye(2, dtype=torch.long), ["a", "b"], png, "title"),
+        lambda: save_heatmaps(png, [panel]),
+    ):
+        with pytest.raises(UserError, match=r"is not a plot file type; give a name ending in"):
+            draw()
+    assert list(tmp_path.iterdir()) == []

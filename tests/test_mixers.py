@@ -239,6 +239,22 @@ def test_a_hyena_option_given_to_attention_names_the_field():
         GPTConfig(mixer_options={"order": 3})
 
 
+def test_an_option_of_several_other_mixers_names_them_all():
+    with pytest.raises(
+        ConfigError,
+        match=r"hidden_size is an option of mixers 'gru', 'lstm', 'rnn', not of 'mamba'",
+    ):
+        GPTConfig(mixer="mamba", mixer_options={"hidden_size": 32}, positional="none")
+
+
+def test_an_option_given_twice_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--mixer", "mamba", "--positional", "none", "--out", str(out)]
+    code, _, err = run([*argv, "--mixer-options", "d_state=8, d_state=4"], capsys)
+    assert "option d_state is given twice in 'd_state=8, d_state=4'" in one_line_error(code, err)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "mixer, options, message",
     [

@@ -18,6 +18,7 @@ from attnlab.data.tasks import (
     TaskOptions,
     parse_task,
 )
+from attnlab.errors import UserError
 
 
 def draw(name, length=41, n=64, seed=0, **options):
@@ -102,6 +103,11 @@ def test_accuracy_counts_only_the_scored_positions():
         ("task:mqar:depth=2", "task mqar has no option depth: vocab, pairs"),
         ("task:selective_copying:pairs=4", "has no option pairs: vocab, tokens"),
         ("task:mqar:pairs=x", "give KEY=NUMBER"),
+        ("task:associative_recall:vocab=10000", "associative_recall: vocab must be 2 to 52, got"),
+        ("task:mqar:vocab=0", "task mqar: vocab must be 2 to 52, got 0"),  # not the default
+        ("task:selective_copying:vocab=27", "vocab must be 1 to 26, got 27"),
+        ("task:mqar:pairs=0", "task mqar: pairs must be at least 1, got 0"),
+        ("task:associative_recall:dense=2", "dense must be 0 to 1, got 2"),
     ],
 )
 def test_bad_task_specs_are_one_line(tmp_path, capsys, spec, message):
@@ -129,3 +135,11 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
 def test_parse_task_reads_options():
     assert parse_task("task:mqar:pairs=16,vocab=40") == ("mqar", TaskOptions(vocab=40, pairs=16))
     assert parse_task("task:selective_copying") == ("selective_copying", TaskOptions(vocab=16))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_the_example_in_a_bad_option_message_is_a_good_option(name):
+    with pytest.raises(UserError, match="give KEY=NUMBER, e.g. ") as error:
+        parse_task(f"task:{name}:vocab=x")
+    example = str(error.value).rsplit("e.g. ", 1)[1]
+    assert parse_task(example)[0] == name

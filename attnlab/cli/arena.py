@@ -26,8 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="runs/arena", help="report folder (new or empty)")
     parser.add_argument(
         "--mixers",
-        help=f"comma-separated (default: {ARENA_MIXERS}; scaling: "
-        "attention (eager), attention (fused), hyena, mamba, mamba (fused), lstm)",
+        help=f"comma-separated, each once (default: {ARENA_MIXERS}; --scaling measures "
+        "attention (eager), attention (fused), hyena, mamba, mamba (fused) and lstm, all by "
+        "default; attention there means both its eager and fused kernels)",
     )
     race = parser.add_argument_group("the race (default mode)")
     race.add_argument("--data", default="tinyshakespeare", help="text, dataset or task:NAME")
@@ -129,7 +130,7 @@ def arena(args: argparse.Namespace) -> int:
 def _scaling(args, out: Path) -> int:
     from attnlab.evaluation.scaling import VARIANTS, scaling_curves, write_scaling
 
-    names = _names(args.mixers or ",".join(VARIANTS), VARIANTS)
+    names = _scaling_names(args.mixers, VARIANTS)
     try:
         first, last = (int(n) for n in args.lengths.split(":"))
     except ValueError:
@@ -151,11 +152,25 @@ def _scaling(args, out: Path) -> int:
     return 0
 
 
-def _names(spec: str, known) -> list[str]:
+def _names(spec: str, known, refusal: str = "unknown mixer(s) {}; known: {}") -> list[str]:
+    """The mixers of a --mixers list, each in `known` and given once; refusal: the error for
+    names not in `known`, formatted with them and the known ones."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise UserError(
-            f"unknown mixer(s) {', '.join(unknown) or '(none)'}; known: {', '.join(known)}"
-        )
+        raise UserError(refusal.format(", ".join(unknown) or "(none)", ", ".join(known)))
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise UserError(f"--mixers names {', '.join(twice)} twice: give each mixer once")
     return names
+
+
+def _scaling_names(spec: str | None, variants) -> list[str]:
+    """--scaling's variants of --mixers: a variant by its own name, or a mixer by its plain name
+    when that is no variant's (attention: both its eager and fused kernels)."""
+    plain = sorted({mixer for mixer, _, _ in variants.values()} - set(variants))
+    refusal = "--scaling does not measure {}; it measures {}" + "".join(
+        f" ({name}: each of its kernels)" for name in plain
+    )
+    names = _names(spec or ",".join(variants), [*plain, *variants], refusal)
+    chosen = [v for n in names for v in variants if n == v or (n in plain and variants[v][0] == n)]
+    return list(dict.fromkeys(chosen))  # attention and attention (fused): the latter once

@@ -112,9 +112,12 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     confusion matrix as a PNG. The data defaults to what the run trained on (its run.json)."""
     from attnlab.cli.reports import plot_confusion
     from attnlab.evaluation.classification import evaluate_classifier
+    from attnlab.files import plot_format
 
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.confusion:
+        plot_format(args.confusion)  # a name matplotlib cannot write: before the work
     checkpoint = load_classifier(args.checkpoint, args.device, "evaluate")
     model, artifacts = checkpoint.model, checkpoint.artifacts
     data = _evaluation_images(args, checkpoint)

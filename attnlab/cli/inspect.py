@@ -46,7 +46,12 @@ def register(subparsers) -> None:
     for name, command in sub.items():
         command.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
         command.add_argument("--device", default="cpu", choices=DEVICES, help="where to run")
-        command.add_argument("--png", metavar="FILE", help="also draw a PNG here (default: none)")
+        command.add_argument(
+            "--png",
+            metavar="FILE",
+            help="also draw a PNG here, or the plot type its name ends in "
+            "(.svg, .pdf, ...) (default: none)",
+        )
         command.set_defaults(handler=globals()[f"{name}_command"])
     for name in ("attention", "lens"):
         sub[name].add_argument("--text", help="the text to look at (cut to the model's context)")
@@ -69,9 +74,13 @@ def register(subparsers) -> None:
 
 
 def _open(args, capability: str | None = None):
+    """The checkpoint, once the --png name is known to be a plot type (before the slow work)."""
     from attnlab.cli.checkpoint import load_for
+    from attnlab.files import plot_format
     from attnlab.training.checkpoints import load_checkpoint
 
+    if args.png:
+        plot_format(args.png)
     device = pick_device(args.device)
     if capability is None:
         return load_checkpoint(args.checkpoint, device)
@@ -172,6 +181,8 @@ def induction_command(args: argparse.Namespace) -> int:
 
     if args.sequences < 1:
         raise UserError(f"--sequences must be >= 1, got {args.sequences}")
+    if args.length is not None and args.length < 2:  # 0 too: it is not "the default"
+        raise UserError(f"--length must be at least 2 tokens per copy, got {args.length}")
     checkpoint = _open(args, GENERATE)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     ordinary = tokenizer.vocab_size - len(tokenizer.special_tokens)

@@ -97,16 +97,19 @@ def _parser_for(hint: Any):
 
 def _table(text: str) -> dict[str, Any]:
     """KEY=VALUE,KEY=VALUE as a dict, each value read as TOML (2, 0.5, true, "text"); a value
-    that is not TOML is taken as a string."""
+    that is not TOML is taken as a string. A key given twice is an error, not the last one."""
     table = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        if key in table:
+            raise UserError(f"option {key} is given twice in {text!r}: give each option once")
         try:
-            table[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+            table[key] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            table[key.strip()] = value.strip()
+            table[key] = value.strip()
     return table
 
 

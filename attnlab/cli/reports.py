@@ -71,6 +71,8 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         return None
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
+    from attnlab.files import save_figure
+
     evals = [r for r in records if "val_loss" in r]
     scores = sorted({k for r in evals for k in r if _is_score(k)})
     rows = 2 if scores else 1
@@ -98,8 +100,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         below.grid(alpha=0.3)
         below.legend()
     fig.tight_layout()
-    fig.savefig(png)
-    return png
+    return save_figure(fig, png)
 
 
 def _is_score(name: str) -> bool:
@@ -110,6 +111,8 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     """A confusion matrix (K, K), rows the true classes and columns the predicted ones, as a
     heatmap with the counts written in its cells (shares of each row set the colour)."""
     from matplotlib.figure import Figure
+
+    from attnlab.files import save_figure
 
     counts = confusion.tolist()
     k = len(counts)
@@ -133,6 +136,4 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     ax.set(xlabel="predicted class", ylabel="true class", title=as_text(title))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    return png
+    return save_figure(fig, png)

@@ -52,10 +52,12 @@ class TaskOptions:
 
 
 VOCAB = {"associative_recall": 30, "mqar": 30, "selective_copying": 16}  # Hyena's, Mamba's
-OPTIONS = {  # the options each task reads
-    "associative_recall": ("vocab", "dense"),
-    "mqar": ("vocab", "pairs"),
-    "selective_copying": ("vocab", "tokens"),
+# the options each task reads, each with its least and most value (None: the context decides);
+# a vocab is split into keys and values, at most 26 of each (a-z and A-Z)
+OPTIONS = {
+    "associative_recall": {"vocab": (2, 2 * len(KEYS)), "dense": (0, 1)},
+    "mqar": {"vocab": (2, 2 * len(KEYS)), "pairs": (1, None)},
+    "selective_copying": {"vocab": (1, len(KEYS)), "tokens": (1, None)},
 }
 
 
@@ -145,12 +147,18 @@ def parse_task(spec: str) -> tuple[str, TaskOptions]:
     for item in filter(None, (rest[0] if rest else "").split(",")):
         key, sep, value = item.partition("=")
         if not sep or not value.strip().isdigit():
-            raise UserError(f"task option {item!r}: give KEY=NUMBER, e.g. task:{name}:pairs=16")
+            example = f"task:{name}:vocab={VOCAB[name]}"  # every task has a vocab
+            raise UserError(f"task option {item!r}: give KEY=NUMBER, e.g. {example}")
         fields[key.strip()] = int(value)
     if unknown := sorted(fields.keys() - set(OPTIONS[name])):
         raise UserError(
             f"task {name} has no option {', '.join(unknown)}: {', '.join(OPTIONS[name])}"
         )
+    for key, value in fields.items():
+        least, most = OPTIONS[name][key]
+        if value < least or (most is not None and value > most):
+            allowed = f"at least {least}" if most is None else f"{least} to {most}"
+            raise UserError(f"task {name}: {key} must be {allowed}, got {value}")
     return name, config_from_dict(TaskOptions, {"vocab": VOCAB[name], **fields}, source=spec)
 
 

@@ -158,6 +158,7 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     from attnlab.cli.reports import as_text
+    from attnlab.files import save_figure
 
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
@@ -174,4 +175,4 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(as_text(title))
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.files import save_figure
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.mixers import MIXERS, MixerContext, mixer_options
 
@@ -196,4 +197,4 @@ def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> 
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)

@@ -104,7 +104,7 @@ def induction_scores(
     repeated random tokens. length: of each copy (default: half the context, at most 128);
     n_tokens: draw ids below this (default: the model's vocabulary)."""
     config = model.config
-    length = length or min(config.context_length // 2, 128)
+    length = min(config.context_length // 2, 128) if length is None else length
     if not 2 <= length <= config.context_length // 2:
         raise UserError(
             f"each copy must hold 2 to {config.context_length // 2} tokens (two copies fill at "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from attnlab.files import save_figure
+
 
 @dataclass
 class Heatmap:
@@ -41,7 +43,8 @@ def _draw(ax, fig, panel: Heatmap) -> None:
 
 
 def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> Path:
-    """The panels side by side (`columns` a row) in one PNG; returns its path."""
+    """The panels side by side (`columns` a row) in one PNG (or the type its name ends
+    in); returns its path."""
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     rows = -(-len(panels) // columns)
@@ -54,10 +57,7 @@ def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> P
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    return png
+    return save_figure(fig, png)
 
 
 def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> Path:
@@ -79,10 +79,7 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
                 ax.set_title(f"head {h}", fontsize=7)
         axes[r][0].set_ylabel(f"{title}\nlayer {layer}", fontsize=6)
     fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    return png
+    return save_figure(fig, png, dpi=100)
 
 
 def short(text: str, width: int = 8) -> str:

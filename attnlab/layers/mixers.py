@@ -89,10 +89,11 @@ def mixer_options(name: str, given: Any, owner: str) -> Any:
         )
     own = {f.name for f in dataclasses.fields(spec.options)}
     for key in sorted(set(given) - own):
-        others = [s.name for s in MIXERS.values() if key in _field_names(s.options)]
+        others = sorted(s.name for s in MIXERS.values() if key in _field_names(s.options))
         if others:
+            mixers = "mixer" + "s" * (len(others) > 1) + " " + ", ".join(map(repr, others))
             raise ConfigError(
-                f"{owner}.mixer_options.{key} is an option of mixer {others[0]!r}, not of "
+                f"{owner}.mixer_options.{key} is an option of {mixers}, not of "
                 f"{name!r} (whose options are: {', '.join(sorted(own)) or 'none'})"
             )
     return config_from_dict(spec.options, given, source=f"{owner}.mixer_options ({name})")
