@@ -190,9 +190,8 @@ def test_a_kind_registered_outside_trains_resumes_and_is_refused_by_sample(tmp_p
     assert "cannot change the data or the model" in one_line_error(code, err)
     modulus = json.loads((whole / "run.json").read_text())["data"]["modulus"]
     code, _, err = run(  # repeating the run's own settings is no change
-        ["train", "test_sum", "--out", str(whole), "--resume", "--modulus", str(modulus),
-         "--max-iters", "11"], capsys
-    )  # fmt: skip
+        ["train", "test_sum", "--out", str(whole), "--resume", "--modulus", str(modulus)], capsys
+    )
     assert code == 0, err
 
 

@@ -308,7 +308,8 @@ def _resumed(kind: ModelKind, args, out: Path):
         raise UserError(f"{out} holds a {run['kind']!r} run: resume it with that kind")
     saved = checkpoint_description(out)["config"]
     given = {**_data_here(flag_values(args, kind.data_config)), **flag_values(args, kind.config)}
-    changed = [k for k, v in given.items() if run["data"].get(k, saved.get(k)) != v]
+    before = _data_here({**saved, **run["data"]})  # a path kept relative (older runs) read here
+    changed = [k for k, v in given.items() if before.get(k) != v]
     if changed or args.preset not in (None, run.get("preset")):
         raise UserError(
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when resuming"
@@ -317,10 +318,8 @@ def _resumed(kind: ModelKind, args, out: Path):
     flags = flag_values(args, TrainConfig)
     train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
     if train.max_iters <= state["step"]:
-        raise UserError(
-            f"{out} is at step {state['step']} of max_iters {train.max_iters}: give a larger "
-            "--max-iters to train on"
-        )
+        note(f"note: {out} is at step {state['step']} already (max_iters {train.max_iters}): "
+             "nothing to train; a larger --max-iters trains on")  # fmt: skip
     return run, (saved, saved), train
 
 
