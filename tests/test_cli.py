@@ -353,3 +353,15 @@ def test_evaluate_scores_a_task_model_as_its_training_did(tmp_path, capsys):
     assert json.loads(text) == pytest.approx(
         {"val_loss": last["val_loss"], "val_accuracy": last["val_accuracy"]}
     )
+
+
+@pytest.mark.parametrize("unit", ["token", "sequence"])
+def test_the_loss_plot_names_the_unit_the_loss_is_per(tmp_path, monkeypatch, unit):
+    from attnlab.cli import reports
+
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, path: drawn.append(fig) or path)
+    record = {"step": 1, "train_loss": 0.7, f"{unit}s_per_s": 10.0, "val_loss": 0.6}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
+    assert drawn[0].axes[0].get_ylabel() == f"loss (nats/{unit})"

@@ -88,7 +88,9 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     )
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
-    ax.set(xlabel="step", ylabel="loss (nats/token)", title=as_text(metrics_file.parent.name))
+    # the loss is per unit of the throughput the records log: tokens_per_s, sequences_per_s, ...
+    unit = next((k.removesuffix("s_per_s") for k in records[0] if k.endswith("s_per_s")), "token")
+    ax.set(xlabel="step", ylabel=f"loss (nats/{unit})", title=as_text(metrics_file.parent.name))
     ax.grid(alpha=0.3)
     ax.legend()
     if scores:  # scores beyond the loss (accuracy, probes such as induction_score)
