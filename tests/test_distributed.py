@@ -33,11 +33,11 @@ def text(tmp_path):
     return path
 
 
-def torchrun(out, text, *args, processes=2, check=True, **popen):
-    """`attnlab train gpt` under torchrun; the finished process (or the running one)."""
+def torchrun(out, text, *args, processes=2, check=True, kind="gpt", **popen):
+    """`attnlab train KIND` under torchrun; the finished process (or the running one)."""
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
-        *(f"--nproc-per-node={processes}", "-m", "attnlab", "train", "gpt"),
+        *(f"--nproc-per-node={processes}", "-m", "attnlab", "train", kind),
         *("--out", str(out), "--data", str(text), *SETTINGS, *args),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -48,9 +48,9 @@ def torchrun(out, text, *args, processes=2, check=True, **popen):
     return done
 
 
-def alone(out, text, *args, capsys):
+def alone(out, text, *args, capsys, kind="gpt"):
     code, _, err = run(
-        ["train", "gpt", "--out", str(out), "--data", str(text), *SETTINGS, *args], capsys
+        ["train", kind, "--out", str(out), "--data", str(text), *SETTINGS, *args], capsys
     )
     assert code == 0, err
 
@@ -83,6 +83,14 @@ def test_two_ranks_train_as_one_process_does(tmp_path, text, capsys, mode):
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert done.stderr.count("done: step 4") == 1  # rank 0 reports; the other is silent
     assert records(tmp_path / "one")[-1]["train_loss"] < records(tmp_path / "one")[0]["train_loss"]
+
+
+def test_a_masked_lm_on_two_ranks_trains_as_one_process_does(tmp_path, text, capsys):
+    # each rank's rows hold another number of masked tokens: each weighs in by its count
+    extra = ["--max-iters", "3", "--gradient-accumulation", "2", "--batch-size", "8"]
+    alone(tmp_path / "one", text, *extra, capsys=capsys, kind="bert")
+    torchrun(tmp_path / "two", text, "--distributed", "ddp", *extra, kind="bert")
+    assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 def test_a_time_limit_ends_every_rank_at_one_evaluated_step(tmp_path, text):

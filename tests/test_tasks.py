@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import one_line_error, run
 
 from attnlab.data.tasks import (
-    IGNORE,
+    IGNORE_INDEX,
     MARK_ID,
     NOISE_ID,
     TASKS,
@@ -28,7 +28,7 @@ def draw(name, length=41, n=64, seed=0, **options):
 def test_associative_recall_asks_for_the_value_a_key_had():
     inputs, targets = draw("associative_recall", dense=0)
     assert inputs.shape == targets.shape == (64, 41)
-    assert ((targets != IGNORE).sum(1) == 1).all() and (targets[:, -1] != IGNORE).all()
+    assert ((targets != IGNORE_INDEX).sum(1) == 1).all() and (targets[:, -1] != IGNORE_INDEX).all()
     for row, target in zip(inputs.tolist(), targets[:, -1].tolist(), strict=True):
         query = row[-1]
         values = {row[i + 1] for i in range(len(row) - 2) if row[i] == query and i % 2 == 0}
@@ -41,7 +41,7 @@ def test_mqar_asks_every_key_once_after_the_pairs():
     for row, answers in zip(inputs.tolist(), targets.tolist(), strict=True):
         table = {row[i]: row[i + 1] for i in range(0, 12, 2)}
         assert len(table) == 6  # distinct keys
-        asked = [(t, row[t], a) for t, a in enumerate(answers) if a != IGNORE]
+        asked = [(t, row[t], a) for t, a in enumerate(answers) if a != IGNORE_INDEX]
         assert sorted(key for _, key, _ in asked) == sorted(table)
         assert all(t >= 12 and table[key] == a for t, key, a in asked)
         assert sum(token != NOISE_ID for token in row[12:]) == 6
@@ -52,7 +52,7 @@ def test_selective_copying_gives_back_the_scattered_tokens_in_order():
     for row, answers in zip(inputs.tolist(), targets.tolist(), strict=True):
         data = [token for token in row[:32] if token != NOISE_ID]
         assert len(data) == 8 and row[32:] == [MARK_ID] * 8
-        assert answers[32:] == data and set(answers[:32]) == {IGNORE}
+        assert answers[32:] == data and set(answers[:32]) == {IGNORE_INDEX}
 
 
 def test_associative_recall_in_training_also_asks_every_key_seen_before():
@@ -65,8 +65,8 @@ def test_associative_recall_in_training_also_asks_every_key_seen_before():
             if t % 2 == 0 and seen:  # a key met before: its value again
                 assert answers[t] == seen[0] == row[t + 1]
             else:
-                assert answers[t] == IGNORE
-    assert (targets[:, :-1] != IGNORE).sum() > 5 * 64
+                assert answers[t] == IGNORE_INDEX
+    assert (targets[:, :-1] != IGNORE_INDEX).sum() > 5 * 64
 
 
 def test_each_task_has_its_papers_vocabulary_unless_given():

@@ -123,7 +123,7 @@ def test_collate_layout():
     src, tgt_in, tgt_out = collate([([5, 6, 2], [7]), ([8, 2], [9, 10, 11])], **SPECIAL)
     assert src.tolist() == [[5, 6, 2], [8, 2, 0]]
     assert tgt_in.tolist() == [[1, 7, 0, 0], [1, 9, 10, 11]]
-    assert tgt_out.tolist() == [[7, 2, 0, 0], [9, 10, 11, 2]]
+    assert tgt_out.tolist() == [[7, 2, -100, -100], [9, 10, 11, 2]]  # padding is not scored
 
 
 def test_bucket_keeps_the_token_budget():

@@ -28,11 +28,10 @@ from attnlab.data.text import content_key, tokenizer_cached, tokenizer_key
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes, cache_dir
 from attnlab.tokenizers import Tokenizer
-from attnlab.training.sources import DataRequest, TrainingData
+from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
 PAD, CLS, SEP, MASK = "[PAD]", "[CLS]", "[SEP]", "[MASK]"
 SPECIALS = (PAD, CLS, SEP, MASK)
-IGNORE_INDEX = -100
 
 
 def check_specials(tokenizer: Tokenizer, source: str) -> None:

@@ -30,9 +30,8 @@ import torch
 from attnlab.config import config_from_dict
 from attnlab.errors import UserError
 from attnlab.tokenizers.char import CharTokenizer
-from attnlab.training.sources import DataRequest, TrainingData
+from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
-IGNORE = -100  # targets that add nothing to the loss (the GPT's ignore index)
 KEYS, VALUES, NOISE, MARK = string.ascii_lowercase, string.ascii_uppercase, ".", ">"
 SYMBOLS = KEYS + VALUES + NOISE + MARK  # the tokenizer of every task: ids follow this order
 NOISE_ID, MARK_ID = SYMBOLS.index(NOISE), SYMBOLS.index(MARK)
@@ -83,13 +82,13 @@ def associative_recall(g: torch.Generator, n: int, length: int, o: TaskOptions):
     query = asked.gather(1, torch.randint(pairs, (n, 1), generator=g))  # a key seen before
     filler = torch.full((n, length - 1 - 2 * pairs), NOISE_ID)
     inputs = torch.cat([filler, sequence, keys[query]], 1)
-    targets = torch.full_like(inputs, IGNORE)
+    targets = torch.full_like(inputs, IGNORE_INDEX)
     targets[:, -1] = table.gather(1, query)[:, 0]
     if o.dense:  # each key that appeared before, where it stands: its value is known
         index = torch.arange(pairs).expand(n, pairs)
         first = torch.full((n, len(keys)), pairs).scatter_reduce(1, asked, index, "amin")
         again = index > first.gather(1, asked)
-        answers = torch.where(again, table.gather(1, asked), IGNORE)
+        answers = torch.where(again, table.gather(1, asked), IGNORE_INDEX)
         targets.scatter_(1, filler.size(1) + 2 * index, answers)
     return inputs, targets
 
@@ -107,7 +106,7 @@ def mqar(g: torch.Generator, n: int, length: int, o: TaskOptions):
     pairs = torch.stack([keys[chosen], answers], 2).flatten(1)  # (n, 2p)
     rest = length - 2 * p
     inputs = torch.cat([pairs, torch.full((n, rest), NOISE_ID)], 1)
-    targets = torch.full_like(inputs, IGNORE)
+    targets = torch.full_like(inputs, IGNORE_INDEX)
     places = 2 * p + torch.rand(n, rest, generator=g).argsort(1)[:, :p]  # where keys are asked
     order = torch.rand(n, p, generator=g).argsort(1)  # which key is asked where
     inputs.scatter_(1, places, keys[chosen.gather(1, order)])
@@ -126,7 +125,7 @@ def selective_copying(g: torch.Generator, n: int, length: int, o: TaskOptions):
     tokens = data[torch.randint(len(data), (n, k), generator=g)]
     inputs.scatter_(1, places, tokens)
     inputs[:, spread:] = MARK_ID
-    targets = torch.full_like(inputs, IGNORE)
+    targets = torch.full_like(inputs, IGNORE_INDEX)
     targets[:, spread:] = tokens  # at the i-th marker, the i-th data token
     return inputs, targets
 
@@ -189,7 +188,7 @@ class TaskAccuracy:
 
     def update(self, logits: torch.Tensor, batch) -> None:
         targets = batch[-1]
-        scored = targets != IGNORE
+        scored = targets != IGNORE_INDEX
         self.right += int((logits.argmax(-1)[scored] == targets[scored]).sum())
         self.total += int(scored.sum())
 

@@ -32,7 +32,7 @@ from attnlab.errors import UserError
 from attnlab.files import cache_dir, check_writable
 from attnlab.tokenizers import load_tokenizer
 from attnlab.tokenizers.bpe import BPETokenizer
-from attnlab.training.sources import DataRequest, TrainingData
+from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -252,12 +252,13 @@ def encode_pairs(
 def collate(
     examples: list[Example], pad_id: int, bos_id: int, eos_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (src (B, S), tgt_in (B, T), tgt_out (B, T)) int64 tensors."""
+    """Right-padded (src (B, S), tgt_in (B, T), tgt_out (B, T)) int64 tensors; tgt_out's padding
+    is IGNORE_INDEX, so that it is plain which targets are scored."""
     src_len = max(len(s) for s, _ in examples)
     tgt_len = max(len(t) for _, t in examples) + 1
     src = torch.full((len(examples), src_len), pad_id, dtype=torch.long)  # (B, S)
     tgt_in = torch.full((len(examples), tgt_len), pad_id, dtype=torch.long)  # (B, T)
-    tgt_out = torch.full((len(examples), tgt_len), pad_id, dtype=torch.long)  # (B, T)
+    tgt_out = torch.full((len(examples), tgt_len), IGNORE_INDEX, dtype=torch.long)  # (B, T)
     for row, (source, target) in enumerate(examples):
         src[row, : len(source)] = torch.tensor(source)
         tgt_in[row, : len(target) + 1] = torch.tensor([bos_id, *target])

@@ -24,7 +24,7 @@ from torch import nn
 
 from attnlab.config import check_choice, check_divides, check_positive, check_range
 from attnlab.data.classification import ClassificationDataConfig, classification_training_data
-from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
+from attnlab.data.masked_lm import MaskedLMDataConfig, masked_lm_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
     LearnedPositionalEmbedding,
@@ -41,6 +41,7 @@ from attnlab.layers.attention import AttentionOptions, build_attention
 from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import ACTIVATIONS
 from attnlab.models.registry import CLASSIFY, FILL_MASK, ModelKind, register_kind
+from attnlab.training.sources import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

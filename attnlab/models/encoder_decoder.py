@@ -45,6 +45,7 @@ from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import TRANSLATE, ModelKind, register_kind
+from attnlab.training.sources import IGNORE_INDEX
 
 FINAL_NORMS = ("auto", "yes", "no")
 
@@ -240,8 +241,8 @@ class EncoderDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """src: (B, S); tgt_in: (B, T) = <s> y1 .. yn; tgt_out: (B, T) = y1 .. yn </s>.
 
-        Returns logits (B, T, V) and the label-smoothed cross-entropy over the non-pad targets
-        (None without tgt_out).
+        Returns logits (B, T, V) and the label-smoothed cross-entropy over the targets that are
+        neither padding nor IGNORE_INDEX (None without tgt_out).
         """
         memory, src_mask = self.encode(src)
         logits = self.decode(tgt_in, memory, src_mask)
@@ -249,8 +250,7 @@ class EncoderDecoder(nn.Module):
         if tgt_out is not None:
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(),
-                tgt_out.flatten(),
-                ignore_index=self.config.pad_id,
+                tgt_out.masked_fill(tgt_out == self.config.pad_id, IGNORE_INDEX).flatten(),
                 label_smoothing=self.config.label_smoothing,
             )
         return logits, loss

@@ -39,10 +39,10 @@ from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.mixers import mixer_options, mixer_spec
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import GENERATE, ModelKind, register_kind
+from attnlab.training.sources import IGNORE_INDEX
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
 RELATIVE = ("rope", "alibi", "none")  # no absolute positions: the decoding window can slide
-IGNORE_INDEX = -100  # targets with this value add nothing to the loss
 INITS = ("gpt2", "fan_in")
 
 

@@ -23,8 +23,8 @@ from attnlab.layers import TokenEmbedding, initialize
 from attnlab.layers.caches import RecurrentState
 from attnlab.layers.dropout import dropout
 from attnlab.layers.recurrent import CELLS, make_recurrence, recurrent_state, run_recurrence
-from attnlab.models.gpt import IGNORE_INDEX
 from attnlab.models.registry import GENERATE, ModelKind, register_kind
+from attnlab.training.sources import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
-Batch = tuple[torch.Tensor, ...]
+Batch = tuple[torch.Tensor, ...]  # the last tensor holds the targets
+IGNORE_INDEX = -100  # a target with this value is not scored (torch's cross_entropy default)
 
 
 class Metrics(Protocol):

@@ -51,7 +51,7 @@ from attnlab.training.distributed import ALONE, Group
 from attnlab.training.metrics_log import truncate_metrics
 from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
 from attnlab.training.probes import load_probe, parse_probes
-from attnlab.training.sources import Batch, BatchSource, Metrics
+from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
 BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
@@ -255,23 +255,29 @@ class Trainer:
         return record
 
     def _optimizer_step(self) -> tuple[float, int]:
-        """One optimizer step; returns the mean loss and the number of targets (all ranks')."""
+        """One optimizer step; returns the mean loss and the number of targets (all ranks').
+
+        A model's loss is a mean over the targets it scores (those not IGNORE_INDEX: a masked
+        LM scores some tokens, a translation its non-pad ones). Each micro-batch of each rank
+        weighs in by its share of the step's scored targets, so the step's loss and gradient are
+        the mean over all of them: the same however the batch is split into micro-batches and
+        ranks (every rank draws the global batches, so it knows their counts)."""
         self.model.train()
-        total, tokens, steps = (
-            torch.zeros((), device=self.device),
-            0,
-            self.config.gradient_accumulation,
-        )
-        for micro in range(steps):
-            batch = self.train_data.next()
-            tokens += batch[-1].numel()
-            batch = tuple(self._to_device(t) for t in self.group.shard(batch))
+        steps, total = self.config.gradient_accumulation, torch.zeros((), device=self.device)
+        batches = [self.train_data.next() for _ in range(steps)]  # the global micro-batches
+        scored = sum(_scored(batch[-1]) for batch in batches)
+        for micro, batch in enumerate(batches):
+            batch = self.group.shard(batch)
+            # this rank's share, times the ranks: their gradients are averaged, not summed
+            weight = _scored(batch[-1]) * self.group.world / scored
+            batch = tuple(self._to_device(t) for t in batch)
             with self.group.syncing(self.trained, sync=micro == steps - 1):
                 _, loss = self._forward(batch, self.compiled or self.trained)
-                (loss / steps).backward()
-            total += loss.detach()
+                (loss * weight).backward()
+            total += loss.detach() * weight
+        tokens = sum(batch[-1].numel() for batch in batches)
         loss, self._stopping, self._finishing = self.group.agree(
-            total / steps, self._stop_requested, self._finish_requested
+            total, self._stop_requested, self._finish_requested
         )
         if not torch.isfinite(torch.tensor(loss)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -396,3 +402,8 @@ class Trainer:
             self.request_stop()
 
         return signal.signal(signal.SIGINT, handler)
+
+
+def _scored(targets: torch.Tensor) -> int:
+    """The targets a loss averages over: those not IGNORE_INDEX."""
+    return int((targets != IGNORE_INDEX).sum())
