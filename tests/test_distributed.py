@@ -189,12 +189,36 @@ def test_a_batch_the_ranks_cannot_split_is_one_line(tmp_path, text):
     assert not (tmp_path / "r" / "model.safetensors").exists()
 
 
-def attnlab_processes(out, text, *args):
-    """`attnlab train gpt ... --processes 2`: attnlab starting its ranks itself."""
+def attnlab_processes(out, text, *args, **popen):
+    """`attnlab train gpt ... --processes 2`: attnlab starting its ranks itself (the finished
+    process, or the running one)."""
     command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(out)]
     command += ["--data", str(text), *SETTINGS, "--processes", "2", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ctrl_c_on_ranks_attnlab_started_saves_and_says_so(tmp_path, text):
+    job = attnlab_processes(
+        tmp_path / "run", text, "--distributed", "ddp", "--max-iters", "100000",
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert metrics.is_file(), "the job did not start training"
+        os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "checkpoint saved" in err and err.strip().endswith("attnlab: interrupted")
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_attnlab_starts_its_own_ranks(tmp_path, text, capsys):
@@ -209,6 +233,12 @@ def test_started_by_attnlab_a_batch_the_ranks_cannot_split_is_one_line_and_exit_
     line = one_line_error(done.returncode, done.stderr)
     assert "batch_size 3 does not split among 2 processes" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_a_shortened_flag_is_not_taken_for_processes(tmp_path, text, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        alone(tmp_path / "r", text, "--proc", "2", "--distributed", "ddp", capsys=capsys)
+    assert stopped.value.code == 2 and "unrecognized arguments: --proc 2" in capsys.readouterr().err
 
 
 def test_processes_without_distributed_is_one_line(tmp_path, text, capsys):

@@ -237,10 +237,13 @@ def launch(processes: int, argv: list[str]) -> int:
     import sys
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+        if name.startswith("torch.distributed.elastic"):  # each sets its own level
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     config = LaunchConfig(
         min_nodes=1,
@@ -260,4 +263,6 @@ def launch(processes: int, argv: list[str]) -> int:
             return failure.exitcode
         signal_name = failure.signal_name()
         raise RankStopped(f"rank {rank} was stopped by {signal_name}; the others with it") from None
+    except SignalException:  # Ctrl-C reached the ranks too: each saved, rank 0 said so
+        raise KeyboardInterrupt from None
     return 0
