@@ -95,6 +95,20 @@ def test_classifier_logits_match_and_round_trip(fields):
         torch.testing.assert_close(state[name], value, msg=name)
 
 
+def test_a_silu_bert_converts_and_an_untied_masked_lm_is_refused():
+    fields = {**HF_CONFIGS[0], "hidden_act": "silu"}
+    hf = random_hf("BertForSequenceClassification", fields)
+    ids, segments, attention_mask = padded_batch(fields, seed=4)
+    expected = hf(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask).logits
+    back = to_hf(from_hf(hf)).eval()
+    assert back.config.hidden_act == "silu"
+    again = back(input_ids=ids, token_type_ids=segments, attention_mask=attention_mask).logits
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+    untied = random_hf("BertForMaskedLM", {**HF_CONFIGS[0], "tie_word_embeddings": False})
+    with pytest.raises(ValueError, match="not its word embeddings"):
+        from_hf(untied)
+
+
 @pytest.mark.parametrize(
     "field", [dict(prenorm=True), dict(positional="rope"), dict(pooling="mean")]
 )

@@ -89,6 +89,13 @@ def test_round_trip_is_exact(fields):
         assert torch.equal(value, returned[name]), name
 
 
+def test_to_hf_names_no_special_tokens_outside_the_vocabulary():
+    model = GPT(GPTConfig(vocab_size=65, context_length=8, n_layers=1, n_heads=2, d_model=8,
+                          positional="learned", bias=True, norm="layernorm"))  # fmt: skip
+    config = to_hf(model).config
+    assert config.bos_token_id is None and config.eos_token_id is None
+
+
 def test_to_hf_rejects_models_gpt2_cannot_express():
     model = GPT(
         GPTConfig(

@@ -77,6 +77,11 @@ def bert_from_hf(model: nn.Module) -> nn.Module:
         raise ValueError(f"BERT with {hf.position_embedding_type} positions is not supported")
     if hf.hidden_act not in ACTIVATIONS:
         raise ValueError(f"unsupported BERT activation {hf.hidden_act!r}")
+    if kind == "BertForMaskedLM" and not getattr(hf, "tie_word_embeddings", True):
+        raise ValueError(
+            "a BertForMaskedLM whose output layer is not its word embeddings does not convert: "
+            "attnlab's masked-LM head shares them"
+        )
     config = BertConfig(
         vocab_size=hf.vocab_size,
         context_length=hf.max_position_embeddings,

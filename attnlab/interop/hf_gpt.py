@@ -146,6 +146,8 @@ def gpt2_to_hf(model: GPT) -> nn.Module:
         resid_pdrop=c.dropout,
         embd_pdrop=c.dropout,
         attn_pdrop=c.dropout,
+        bos_token_id=None,  # attnlab's models name no special tokens (GPT-2's 50256 is not ours)
+        eos_token_id=None,
     )
     hf = GPT2LMHeadModel(hf_config)
     copy_weights(model.state_dict(), hf, [(ours, theirs, t) for theirs, ours, t in _gpt2_table(c)])

@@ -54,7 +54,10 @@ def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
     if isinstance(model, VisionTransformer):
         return vit_to_hf(model, head)
     if not isinstance(model, GPT):
-        raise ValueError(f"to_hf supports GPT, got {type(model).__name__}")
+        raise ValueError(
+            "to_hf supports GPT, BertForMaskedLM, BertClassifier and VisionTransformer, got "
+            f"{type(model).__name__}"
+        )
     c = model.config
     llama = ("attention", "rope", "rmsnorm", "swiglu", False)
     if (c.mixer, c.positional, c.norm, c.activation, c.bias) == llama:
