@@ -349,3 +349,43 @@ def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("ATTNLAB_PLUGINS", str(plugin))
     line = one_line_error(*run(["data", "list"], capsys)[::2])
     assert expected in line and "my_layers.py" in line
+
+
+class SeenState:  # a decoding state without buffers(): it cannot be compiled
+    def __init__(self):
+        self.seen = None
+
+    def reorder(self, index):
+        self.seen = self.seen.index_select(0, index)
+
+
+class SeenMixer(MeanMixer):
+    def forward(self, x, mask=None, cache=None):
+        if cache is not None:
+            cache.seen = x if cache.seen is None else torch.cat([cache.seen, x], 1)
+            return super().forward(cache.seen)[:, -x.size(1) :]
+        return super().forward(x)
+
+    def new_cache(self, max_length=0, **options):
+        return SeenState()
+
+
+register_mixer("test_seen", MeanOptions, SeenMixer)
+
+
+def test_a_mixer_whose_state_cannot_be_compiled_samples_and_refuses_compile_in_one_line(
+    tmp_path, capsys
+):
+    from attnlab.models.gpt import GPT, GPTConfig
+    from attnlab.tokenizers.char import CharTokenizer
+    from attnlab.training.checkpoints import save_checkpoint
+
+    tokenizer = CharTokenizer("abcdefg")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=8, n_layers=1, n_heads=1,
+                       d_model=8, mixer="test_seen", positional="learned")  # fmt: skip
+    save_checkpoint(tmp_path / "ckpt", GPT(config), {"tokenizer": tokenizer})
+    argv = ["sample", str(tmp_path / "ckpt"), "--prompt", "ab", "--max-new-tokens", "3"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and out.startswith("ab"), err
+    line = one_line_error(*run([*argv, "--compile"], capsys)[::2])
+    assert "needs each decoding state's buffers()" in line and "SeenState" in line

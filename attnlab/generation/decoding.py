@@ -121,6 +121,8 @@ class _Window:
         if prompt:
             self.cache = self.model.new_cache(static=self.compiled is not None)
             self.fed = self.start
+            if self.compiled is not None:
+                _check_static(self.cache)
         new = tokens[:, self.fed : length]
         if prompt or self.compiled is None:
             result = self.eager(new, self.cache, seen, noise)
@@ -336,3 +338,15 @@ def _first_row(steps: Iterator[torch.Tensor], stop_ids: set[int]) -> Iterator[in
         if token in stop_ids:
             return
         yield token
+
+
+def _check_static(cache) -> None:
+    """A compiled step reads and updates its decoding states' buffers(): a state without them
+    (a plugin mixer's, say) is one line, not a failure inside the compiler."""
+    try:
+        cache.buffers()
+    except AttributeError as error:
+        raise UserError(
+            f"a compiled decoding step needs each decoding state's buffers() and with_buffers() "
+            f"(layers/contracts.py): {error}; sample without --compile"
+        ) from None
