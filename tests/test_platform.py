@@ -13,6 +13,7 @@ from helpers import one_line_error, run
 from torch import nn
 
 from attnlab.layers import MixerContext, initialize, no_weight_decay, register_mixer
+from attnlab.layers.mixers import MIXERS
 from attnlab.models.registry import ModelKind, register_kind
 from attnlab.training.checkpoints import load_checkpoint
 from attnlab.training.sources import DataRequest, TrainingData
@@ -359,27 +360,35 @@ class SeenState:  # a decoding state without buffers(): it cannot be compiled
         self.seen = self.seen.index_select(0, index)
 
 
-class SeenMixer(MeanMixer):
+@dataclass(frozen=True)
+class SeenOptions:
+    pass
+
+
+class SeenMixer(nn.Module):  # the mean mixer run again over every input seen
+    def __init__(self, options: SeenOptions, context: MixerContext):
+        super().__init__()
+        self.mean = MeanMixer(MeanOptions(), context)
+
     def forward(self, x, mask=None, cache=None):
-        if cache is not None:
-            cache.seen = x if cache.seen is None else torch.cat([cache.seen, x], 1)
-            return super().forward(cache.seen)[:, -x.size(1) :]
-        return super().forward(x)
+        if cache is None:
+            return self.mean(x)
+        cache.seen = x if cache.seen is None else torch.cat([cache.seen, x], 1)
+        return self.mean(cache.seen)[:, -x.size(1) :]
 
     def new_cache(self, max_length=0, **options):
         return SeenState()
 
 
-register_mixer("test_seen", MeanOptions, SeenMixer)
-
-
 def test_a_mixer_whose_state_cannot_be_compiled_samples_and_refuses_compile_in_one_line(
-    tmp_path, capsys
+    tmp_path, capsys, request
 ):
     from attnlab.models.gpt import GPT, GPTConfig
     from attnlab.tokenizers.char import CharTokenizer
     from attnlab.training.checkpoints import save_checkpoint
 
+    register_mixer("test_seen", SeenOptions, SeenMixer)  # here only: no contract test sees it
+    request.addfinalizer(lambda: MIXERS.pop("test_seen"))
     tokenizer = CharTokenizer("abcdefg")
     config = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=8, n_layers=1, n_heads=1,
                        d_model=8, mixer="test_seen", positional="learned")  # fmt: skip
