@@ -59,10 +59,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from attnlab.cli import run as attnlab  # attnlab("..."): a command line, as in a shell
-from attnlab.data.tasks import IGNORE, SYMBOLS, TaskOptions, associative_recall
+from attnlab.data.tasks import SYMBOLS, TaskOptions, associative_recall
 from attnlab.evaluation.scaling import build_layer, scaling_curves
 from attnlab.layers.hyena import fft_causal_conv
 from attnlab.layers.mamba import linear_recurrence
+from attnlab.training.sources import IGNORE_INDEX
 
 torch.manual_seed(0)
 
@@ -313,7 +314,7 @@ print(f"the query's key was last seen {len(text) - 1 - text[:-1].rfind(text[-1])
 generator = torch.Generator().manual_seed(10)
 inputs, targets = associative_recall(generator, 1, 24, TaskOptions(vocab=30, dense=1))
 print("input: ", " ".join(SYMBOLS[i] for i in inputs[0]))
-print("target:", " ".join("·" if t == IGNORE else SYMBOLS[t] for t in targets[0]))
+print("target:", " ".join("·" if t == IGNORE_INDEX else SYMBOLS[t] for t in targets[0]))
 
 # %% [markdown]
 # To answer, a model has to do what an **induction head** does: find the earlier occurrence of
