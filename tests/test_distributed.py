@@ -1,6 +1,7 @@
 """Training under torchrun (gloo, CPU): DDP and FSDP runs equal one process, checkpoints change
 world size, and a failing rank ends the job."""
 
+import fcntl
 import json
 import os
 import signal
@@ -198,6 +199,17 @@ def attnlab_processes(out, text, *args, **popen):
     if popen:
         return subprocess.Popen(command, env=env, text=True, **popen)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_folder_in_use_stops_every_rank_with_one_line(tmp_path, text):
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".attnlab.lock", "w") as lock:  # held, as a running train holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = attnlab_processes(out, text, "--distributed", "ddp", "--max-iters", "2")
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith("attnlab: error: ") and "in use by another" in errors[0]
 
 
 def test_ctrl_c_on_ranks_attnlab_started_saves_and_says_so(tmp_path, text):

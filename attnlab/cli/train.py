@@ -153,7 +153,7 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     # is not taken for it, and a bad setting is one line before anything slow
     chosen = None if args.resume else _chosen(kind, args, toml, data_keys, source)
     claim_run_directory(out, args.resume)
-    with group.running(), run_lock(out) if group.is_writer else contextlib.nullcontext():
+    with group.running(), _locked(out, group):
         with group.writer_first():
             for checkpoint in (out, out / BEST_DIR):  # a save a crash interrupted
                 finish_checkpoint(checkpoint)
@@ -223,6 +223,22 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
+
+
+@contextlib.contextmanager
+def _locked(out: Path, group: Group):
+    """The run directory, owned by rank 0 for the run (run_lock); when another process holds
+    it, every rank stops with rank 0's one line (the others would wait on rank 0 forever)."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if group.is_writer:
+            try:
+                stack.enter_context(run_lock(out))
+            except UserError as error:
+                refusal = str(error)
+        if refusal := group.from_writer(refusal):
+            raise UserError(refusal)  # rank 0's is printed; the others are silent
+        yield
 
 
 def _launch(args: argparse.Namespace) -> int:
