@@ -125,6 +125,14 @@ def test_a_checkpoint_changes_world_size(tmp_path, text, capsys):
     assert_same_run(tmp_path / "whole", parts)
 
 
+def wait_for_training(out):
+    """Until the job in `out` has logged a training step (two minutes at most)."""
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metrics.is_file(), "the job did not start training"
+
+
 def test_a_killed_rank_ends_the_job_with_a_clear_message(tmp_path, text):
     job = torchrun(
         tmp_path / "run",
@@ -138,11 +146,7 @@ def test_a_killed_rank_ends_the_job_with_a_clear_message(tmp_path, text):
         start_new_session=True,
     )
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert metrics.is_file(), "the job did not start training"
+        wait_for_training(tmp_path / "run")
         os.kill(_rank_pid(job.pid, 1), signal.SIGKILL)
         start = time.monotonic()
         _, err = job.communicate(timeout=60)
@@ -218,11 +222,7 @@ def test_ctrl_c_on_ranks_attnlab_started_saves_and_says_so(tmp_path, text):
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert metrics.is_file(), "the job did not start training"
+        wait_for_training(tmp_path / "run")
         os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
         _, err = job.communicate(timeout=60)
     finally:
