@@ -91,8 +91,14 @@ MUTATIONS = [
     Mutation(
         "gradient-accumulation-not-averaged",
         "attnlab/training/trainer.py",
-        (("(loss / steps).backward()", "loss.backward()"),),
+        (("(loss * weight).backward()", "loss.backward()"),),
         (("tests/test_training.py", "-k", "micro_batches"),),
+    ),
+    Mutation(
+        "scored-targets-weighed-equally",
+        "attnlab/training/trainer.py",
+        (("_scored(batch[-1]) * self.group.world / scored", "1 / steps"),),
+        (("tests/test_distributed.py", "-k", "masked_lm"),),
     ),
     Mutation(
         "decoding-step-never-compiles",
