@@ -178,10 +178,9 @@ def embedded_pairs(count: int, seed: int, src: str = "words", tgt: str = "digits
 def embedded_split(
     train: int, val: int, seed: int, src: str = "words", tgt: str = "digits"
 ) -> tuple[list[Pair], list[Pair]]:
-    """The embedded task's training and validation pairs, distinct numbers drawn as by
-    embedded_pairs. Validation takes numbers of three digits or more only: the numbers below
-    100, of whose words every longer number is made, are all for training (there are only ten
-    one-digit numbers: held out, "seven" alone would never be trained on)."""
+    """The embedded task's training and validation pairs (embedded_pairs). Validation takes
+    numbers of 100 and up only: those below, of whose words every longer number is made, are all
+    for training (held out, "seven" alone would never be trained on)."""
     pairs = embedded_pairs(train + val, seed, src, tgt)
     digits = 0 if src == "digits" else 1
     held_out = [i for i, pair in enumerate(pairs) if len(pair[digits]) >= 3][:val]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_positive, config_to_dict
+from attnlab.config import config_to_dict
 from attnlab.devices import (
     CompiledRegions,
     autocast,
@@ -47,62 +47,15 @@ from attnlab.training.checkpoints import (
     restore_random_states,
     save_checkpoint,
 )
+from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import ALONE, Group
 from attnlab.training.metrics_log import truncate_metrics
-from attnlab.training.optimizers import SCHEDULES, build_optimizer, clip_gradients, learning_rate
+from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
 from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
 BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_iters: int = 2000  # optimizer steps
-    batch_size: int = 12  # sequences per micro-batch
-    gradient_accumulation: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 1e-3  # peak learning rate (a multiplier for inverse_sqrt)
-    min_learning_rate: float = 1e-4  # where cosine and wsd end
-    lr_schedule: str = "cosine"  # cosine | constant | wsd | inverse_sqrt
-    warmup_iters: int = 100  # linear warmup steps
-    weight_decay: float = 0.1  # on 2-D weights only
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    eval_interval: int = 250  # evaluate and checkpoint every N steps (and at the end)
-    eval_iters: int = 20  # batches per evaluation
-    seed: int = 1337
-    precision: str = "auto"  # auto | fp32 | bf16
-    compile: bool = False  # torch.compile the model for training
-    compile_by_block: bool = False  # compile one block for all layers: faster to build, slower
-    cpu_kernels: bool = True  # on a CPU, attnlab's kernels (attention, GELU, dropout)
-    device: str = "auto"  # auto | cpu | cuda | mps
-    probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
-
-    def __post_init__(self):
-        check_positive(
-            "TrainConfig",
-            max_iters=self.max_iters,
-            batch_size=self.batch_size,
-            gradient_accumulation=self.gradient_accumulation,
-            learning_rate=self.learning_rate,
-            eval_interval=self.eval_interval,
-            eval_iters=self.eval_iters,
-        )
-        if min(self.warmup_iters, self.grad_clip, self.min_learning_rate, self.weight_decay) < 0:
-            raise UserError(
-                "TrainConfig: warmup_iters, grad_clip, min_learning_rate and weight_decay must "
-                "be >= 0"
-            )
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        check_choice("TrainConfig", "lr_schedule", self.lr_schedule, SCHEDULES)
-        if not 0 <= self.seed < 2**63:
-            raise UserError(f"TrainConfig.seed must be in [0, 2**63), got {self.seed}")
-        check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
-        parse_probes(self.probes)
 
 
 def prepare(config: TrainConfig) -> None:
