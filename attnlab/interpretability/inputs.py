@@ -113,7 +113,6 @@ def _image(checkpoint: Checkpoint, text: str | None = None, image: str | None = 
     """An image file, read as classify-image reads it (an image of another size is refused:
     scaled, it would not be the image asked about); positions are the class token and the
     patches (row, column)."""
-    import numpy as np
 
     from attnlab.data.images import image_array, open_image
 
@@ -130,7 +129,7 @@ def _image(checkpoint: Checkpoint, text: str | None = None, image: str | None = 
             "(scale it first)"
         )
     array = image_array(picture, c.channels)[None]  # (1, C, S, S)
-    pixels = torch.from_numpy(np.ascontiguousarray(array)).to(next(model.parameters()).device)
+    pixels = torch.tensor(array, device=next(model.parameters()).device)  # a copy: writable
     grid = c.image_size // c.patch_size  # patches per row and per column
     labels = [f"r{r}c{col}" for r in range(grid) for col in range(grid)]
     if c.n_positions > len(labels):
