@@ -96,8 +96,8 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
         (["--mixers", "attention,lstm,attention"], "--mixers names attention twice"),
         (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
         (
-            ["--scaling", "--mixers", "attention,gru,rnn"],
-            "--scaling does not measure gru, rnn; it measures attention, attention (eager),",
+            ["--scaling", "--mixers", "attention,gru,transformer"],
+            "--scaling does not measure transformer; it measures attention, attention (eager),",
         ),
     ],
 )

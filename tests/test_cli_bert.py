@@ -151,18 +151,35 @@ def test_bad_tsv_is_one_line(content, flags, expected, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_init_from_a_classifier_of_other_classes_starts_a_new_head(texts, tmp_path, capsys):
-    rows = [f"{s}\t{i % 3}" for i, s in enumerate(SENTENCES * 10)]
-    (tmp_path / "three.tsv").write_text("\n".join(rows) + "\n")
-    three = tmp_path / "three"
-    assert run_quiet(["train", "classifier", "--data", str(tmp_path / "three.tsv"), "--out",
-                      str(three), "--max-iters", "1", *TINY]) == 0  # fmt: skip
+@pytest.mark.parametrize(
+    ("labels", "new"),
+    [
+        (["0", "1", "2"], "classifier.bias, classifier.weight"),  # another count
+        (["neg", "pos"], "classifier.bias, classifier.weight"),  # as many, but other classes
+        (["0", "1"], "none"),  # the same classes: the head carries on
+    ],
+)
+def test_init_from_a_classifier_of_other_classes_starts_a_new_head(
+    labels, new, texts, tmp_path, capsys
+):
+    first = tmp_path / "first"  # class folders for named classes, else a labelled table
+    for i, sentence in enumerate(SENTENCES * 10):
+        label = labels[i % len(labels)]
+        if label.isdigit():
+            with open(tmp_path / "first.tsv", "a") as table:
+                table.write(f"{sentence}\t{label}\n")
+        else:
+            (tmp_path / "folders" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "folders" / label / f"{i}.txt").write_text(sentence)
+    data = tmp_path / ("first.tsv" if labels[0].isdigit() else "folders")
+    argv = ["train", "classifier", "--data", str(data), "--out", str(first), "--max-iters", "1"]
+    assert run_quiet([*argv, *TINY]) == 0
     capsys.readouterr()
-    code, _, err = run(["train", "classifier", "--init", str(three), "--data",
+    code, _, err = run(["train", "classifier", "--init", str(first), "--data",
                         str(texts / "train.tsv"), "--out", str(tmp_path / "two"), "--max-iters",
                         "1", "--batch-size", "8", "--eval-iters", "2"], capsys)  # fmt: skip
     assert code == 0, err
-    assert "new: classifier.bias, classifier.weight;" in err
+    assert f"new: {new};" in err
 
 
 def test_empty_class_folder_is_one_line(tmp_path, capsys):
@@ -194,3 +211,13 @@ def test_classify_reads_stdin_line_for_line_and_names_a_line_it_cannot_read(
 def test_classify_refuses_a_masked_lm_checkpoint(pretrained, capsys):
     line = one_line_error(*run(["classify", str(pretrained), "text"], capsys)[::2])
     assert "'bert' model" in line and "fill-mask" in line
+
+
+def test_bert_offers_no_classifier_settings(tmp_path, capsys):
+    for kind, offered in (("bert", False), ("classifier", True)):
+        with pytest.raises(SystemExit):
+            run_quiet(["train", kind, "--help"])
+        assert ("--n-classes" in capsys.readouterr().out) is offered
+    (tmp_path / "bert.toml").write_text('data = "stdlib"\n[model]\npooling = "mean"\n')
+    argv = ["train", "bert", "--config", str(tmp_path / "bert.toml"), "--out", str(tmp_path / "b")]
+    assert "a bert model has no pooling" in one_line_error(*run(argv, capsys)[::2])

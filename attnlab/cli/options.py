@@ -14,6 +14,7 @@ import re
 import sys
 import tomllib
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,17 @@ def add_config_flags(
     cls: type,
     title: str,
     defaults: dict[str, Any] | None = None,
+    skip: Collection[str] = (),
 ) -> None:
-    """One flag per field; flags not given stay absent from the namespace (argparse.SUPPRESS).
-    defaults: the values the command starts from where they are not the dataclass's own (a
-    preset's), so that --help shows what a run gets."""
+    """One flag per field, but those in `skip`; flags not given stay absent from the namespace
+    (argparse.SUPPRESS). defaults: the values the command starts from where they are not the
+    dataclass's own (a preset's), so that --help shows what a run gets."""
     group = parser.add_argument_group(title)
     comments = field_comments(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         flag = "--" + field.name.replace("_", "-")
         default = (defaults or {}).get(field.name, field.default)
         help_text = f"{comments.get(field.name, '')} (default: {default})".strip()

@@ -133,7 +133,8 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     )
     add_config_flags(parser, kind.data_config, f"data ({kind.data_config.__name__})")
     defaults = preset_defaults(kind.presets[kind.default_preset])
-    add_config_flags(parser, kind.config, f"model ({kind.config.__name__})", defaults)
+    title = f"model ({kind.config.__name__})"
+    add_config_flags(parser, kind.config, title, defaults, skip=kind.unused_fields)
     add_config_flags(parser, TrainConfig, "training (TrainConfig)")
     parser.set_defaults(handler=functools.partial(train, kind.name))
 
@@ -179,8 +180,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
     kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
     artifacts = load_artifacts(kept_from) if kept_from else None
-    if init is not None:  # a new run's classes are its data's; a head of another shape starts new
-        artifacts.pop("classes", None)
+    # a new run's classes are its data's; a head for other classes starts new
+    init_classes = artifacts.pop("classes", None) if init is not None else None
     log = note if group.is_writer else lambda message: None
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
@@ -193,7 +194,10 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
     model = kind.model(model_config)
     if init is not None:
-        new, unused = load_matching_weights(model, Path(args.init) / MODEL_FILE)
+        classes = data.artifacts.get("classes")
+        other_classes = None not in (init_classes, classes) and init_classes != classes
+        fresh = _class_head(kind, model_config) if other_classes else set()
+        new, unused = load_matching_weights(model, Path(args.init) / MODEL_FILE, leave=fresh)
         log(
             f"started from {args.init}; new: {', '.join(new) or 'none'}; "
             f"left out: {', '.join(unused) or 'none'}"
@@ -223,6 +227,16 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
+
+
+def _class_head(kind: ModelKind, config) -> set[str]:
+    """The weights whose shape follows the class count: a classifier's head."""
+    import torch
+
+    with torch.device("meta"):
+        ours = kind.model(config).state_dict()
+        more = kind.model(dataclasses.replace(config, n_classes=config.n_classes + 1)).state_dict()
+    return {name for name, tensor in ours.items() if tensor.shape != more[name].shape}
 
 
 @contextlib.contextmanager
@@ -309,6 +323,8 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
     given = {**toml.get("model", {}), **flag_values(args, kind.config)}
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
+    if unused := sorted(kind.unused_fields & given.keys()):
+        raise UserError(f"{source} [model]: a {kind.name} model has no {', '.join(unused)}")
     train = build_config(
         TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
     )

@@ -31,6 +31,8 @@ VARIANTS = {  # name -> (mixer, options, with attnlab's CPU kernels)
     "mamba": ("mamba", {}, False),  # the parallel scan in PyTorch
     "mamba (fused)": ("mamba", {}, True),  # on a CPU, attnlab's scan kernel
     "lstm": ("lstm", {}, False),
+    "gru": ("gru", {}, False),
+    "rnn": ("rnn", {}, False),
 }
 REFERENCE = "attention (fused)"  # crossovers are where another mixer becomes faster than this
 

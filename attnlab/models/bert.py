@@ -317,6 +317,7 @@ register_kind(
         build_data=masked_lm_training_data,
         capabilities={FILL_MASK},
         description="a BERT encoder pre-trained by masked-language modelling on a text corpus",
+        unused_fields={"n_classes", "pooling", "long_text"},  # the classifier's
     )
 )
 register_kind(
