@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
 from attnlab.tokenizers import bpe_training, load_tokenizer
-from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
+from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer, resolve_pattern
 from attnlab.tokenizers.bpe_training import count_words, train_merges
 
 REPO = Path(__file__).resolve().parent.parent
@@ -343,3 +343,22 @@ def test_malformed_files_are_user_errors(tmp_path, trained, change):
 def test_the_counting_workers_leave_ctrl_c_to_the_parent():
     with bpe_training._process_pool(2) as pool:  # no tracebacks from each worker on Ctrl-C
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+
+
+@pytest.mark.parametrize(
+    "pattern, refused",
+    [
+        (r"\p{L}+", False),  # a class, then a greedy quantifier
+        (r" ?\p{L}+| ?\p{N}+|\s+", False),
+        (r"\d{1,3}| ?\P{L}+", False),
+        (r"\p{L}++", True),  # possessive
+        (r"a{2}+", True),
+        (r"\p{L}+(?=\s)", True),  # look-ahead
+    ],
+)
+def test_a_pattern_of_ones_own_is_refused_only_where_it_needs_backtracking(pattern, refused):
+    if refused:
+        with pytest.raises(UserError, match="backtracking"):
+            resolve_pattern(pattern)
+    else:
+        assert resolve_pattern(pattern) == pattern

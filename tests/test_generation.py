@@ -44,10 +44,21 @@ def _one_thread():
 
 def test_temperature_scales_logits():
     logits = torch.tensor([[1.0, -2.0, 4.0]])
-    assert torch.equal(apply_temperature(logits, 0.5), torch.tensor([[2.0, -4.0, 8.0]]))
-    assert torch.equal(apply_temperature(logits, 2.0), torch.tensor([[0.5, -1.0, 2.0]]))
+    # (logits - their largest) / temperature: the softmax of logits / temperature
+    assert torch.equal(apply_temperature(logits, 0.5), torch.tensor([[-6.0, -12.0, 0.0]]))
+    assert torch.equal(apply_temperature(logits, 2.0), torch.tensor([[-1.5, -3.0, 0.0]]))
     with pytest.raises(ValueError):
         apply_temperature(logits, 0.0)
+
+
+def test_an_extreme_temperature_or_penalty_is_greedy_not_nan():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 2.0]])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1e-30, 1e-45, 1e-300):  # logits / temperature alone overflow
+        assert sample_next(logits, temperature=temperature, generator=generator).tolist() == [1, 0]
+    penalised = repetition_penalty(logits, torch.tensor([[2], [2]]), 1e-300)
+    assert not penalised.isnan().any() and penalised.isfinite().all()
+    assert sample_next(penalised, generator=generator).tolist() == [2, 2]
 
 
 def test_top_k_keeps_the_k_largest():

@@ -109,8 +109,9 @@ LINES = [
 
 @pytest.mark.parametrize("spec", ["char", "byte", "bpe:300", "gpt4"])
 def test_a_corpus_streamed_in_pieces_tokenizes_as_its_whole_text(spec, tmp_path, monkeypatch):
-    """Pieces end after a line break between two non-space characters: no pre-token of the
-    gpt2 or gpt4 pattern spans one, so the pieces' ids are the whole text's."""
+    """Pieces end before a line break that follows a letter or digit, else before a space that
+    follows a word: no pre-token of the gpt2 or gpt4 pattern spans one, so the pieces' ids are
+    the whole text's. Line breaks are the files' own (\r\n too)."""
     from attnlab.tokenizers.bpe import BPETokenizer
 
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
@@ -120,13 +121,15 @@ def test_a_corpus_streamed_in_pieces_tokenizes_as_its_whole_text(spec, tmp_path,
         text = "\n".join(rng.choice(LINES, 60)) + rng.choice(["", "\n", "\n\n "])
         (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
     (tmp_path / "c.txt").write_bytes(b"bad \xff bytes\n")
+    (tmp_path / "d.txt").write_bytes(b"  an indented line, and no other.\r\n" * 20)
     texts = Corpus(str(tmp_path))
     pieces = list(texts)
     whole = "\n\n".join(
-        p.read_text(encoding="utf-8", errors="replace") for p in sorted(tmp_path.glob("*.txt"))
+        p.read_bytes().decode("utf-8", errors="replace") for p in sorted(tmp_path.glob("*.txt"))
     )
-    assert len(pieces) > 5 and "".join(pieces) == whole
-    assert all(p.endswith("\n") and not p[-2].isspace() for p in pieces[:-1])
+    assert len(pieces) > 5 and "".join(pieces) == whole and "\r\n" in whole
+    assert all(not a[-1].isspace() and b[0] in "\r\n " for a, b in zip(pieces, pieces[1:]))
+    assert any(b[0] == " " for b in pieces[1:])  # the indented file: between words
     if spec == "gpt4":
         tokenizer = BPETokenizer.train(texts, 300, pattern="gpt4")
         assert tokenizer.merges == BPETokenizer.train([whole], 300, pattern="gpt4").merges

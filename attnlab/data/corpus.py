@@ -46,10 +46,10 @@ class Corpus:
     joined by DOCUMENT_SEPARATOR, undecodable bytes as U+FFFD) in pieces of about CHUNK
     characters, so no file is ever held whole.
 
-    A piece ends after a line break between two non-space characters where the text has one:
-    neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token across such a place,
-    so pieces tokenized one by one give the ids of the whole text, and a line is never cut
-    unless it alone is longer than a piece."""
+    A piece ends where neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token
+    across (_last_safe_cut), so pieces tokenized one by one give the ids of the whole text: at a
+    line break, so that lines stay whole, where the text has a line ending in a letter or digit.
+    Line breaks are kept as they are in the files (\\r\\n too)."""
 
     def __init__(self, spec: str):
         self.spec, self.files = spec, corpus_files(spec)
@@ -74,15 +74,22 @@ class Corpus:
         for i, path in enumerate(self.files):
             if i:
                 yield DOCUMENT_SEPARATOR
-            with open(path, encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
                 while block := f.read(CHUNK):
                     yield block
 
 
 def _last_safe_cut(text: str) -> int:
-    """Just after the last line break between two non-space characters; else the text's end."""
-    i = len(text) - 1
+    """Where a piece may end: before the last line break (\\n or \\r\\n) that follows a letter
+    or digit, so lines stay whole; else before the last space that follows a non-space character;
+    else at the text's end."""
+    i = len(text)
     while (i := text.rfind("\n", 0, i)) > 0:
-        if not (text[i - 1].isspace() or text[i + 1].isspace()):
-            return i + 1
+        cut = i - 1 if text[i - 1] == "\r" else i
+        if cut > 0 and text[cut - 1].isalnum():
+            return cut
+    i = len(text)
+    while (i := text.rfind(" ", 0, i)) > 0:
+        if not text[i - 1].isspace():
+            return i
     return len(text)

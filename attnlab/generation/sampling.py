@@ -20,10 +20,13 @@ from attnlab.errors import ConfigError
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, V) logits / temperature: below 1 sharpens the distribution, above 1 flattens it."""
+    """(B, V) logits / temperature: below 1 sharpens the distribution, above 1 flattens it.
+    Each row's largest logit is first taken from the row (a softmax does not see the shift), so
+    a tiny temperature leaves 0 there and -inf elsewhere: greedy, not the NaN of inf - inf."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature} (0 means greedy)")
-    return logits / temperature
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)  # in the logits' precision
+    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -72,7 +75,10 @@ def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float)
         raise ValueError(f"repetition penalty must be positive, got {penalty}")
     if seen.dtype != torch.bool:
         seen = seen_mask(seen, logits.size(-1))
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    top = torch.finfo(logits.dtype).max  # a tiny penalty overflows: the largest logit, not inf
+    penalised = torch.nan_to_num(penalised, posinf=top, neginf=float("-inf"))
+    return torch.where(seen, penalised, logits)
 
 
 def seen_mask(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:

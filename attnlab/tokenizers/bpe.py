@@ -75,7 +75,8 @@ def resolve_pattern(pattern: str) -> str:
     backtrack too long; without them it runs in time linear in the text, whatever the text.
     The built-in patterns use a look-ahead that is known to be safe."""
     pattern = PATTERNS.get(pattern, pattern)
-    plain = regex.sub(r"\\([^1-9gkKG])", "__", pattern)  # escaped characters stand for themselves
+    # escaped characters and \p{..} classes stand for themselves: \p{L}+ is no possessive }+
+    plain = regex.sub(r"\\[pPN]\{[^}]*\}|\\[^1-9gkKG]", "__", pattern)
     if pattern not in PATTERNS.values() and (found := _BACKTRACKING.search(plain)):
         raise UserError(
             f"pre-tokenization pattern {pattern!r} uses {found.group()!r}, which needs a "
