@@ -1,3 +1,4 @@
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -128,7 +129,7 @@ def test_a_corpus_streamed_in_pieces_tokenizes_as_its_whole_text(spec, tmp_path,
         p.read_bytes().decode("utf-8", errors="replace") for p in sorted(tmp_path.glob("*.txt"))
     )
     assert len(pieces) > 5 and "".join(pieces) == whole and "\r\n" in whole
-    assert all(not a[-1].isspace() and b[0] in "\r\n " for a, b in zip(pieces, pieces[1:]))
+    assert all(not a[-1].isspace() and b[0] in "\r\n " for a, b in itertools.pairwise(pieces))
     assert any(b[0] == " " for b in pieces[1:])  # the indented file: between words
     if spec == "gpt4":
         tokenizer = BPETokenizer.train(texts, 300, pattern="gpt4")
