@@ -122,9 +122,11 @@ def test_corrupt_checkpoint_exits_2(capsys, checkpoint):
 
 
 def test_bad_option_values_exit_2(capsys, checkpoint):
-    for flag, value in [("--top-p", 2), ("--num-samples", 0), ("--crop-to", 99)]:
+    for flag, value in [("--top-p", 2), ("--num-samples", 0), ("--crop-to", 99),
+                        ("--temperature", -1), ("--repetition-penalty", 0)]:  # fmt: skip
         code, out, err = sample(capsys, checkpoint, "--prompt", "me", flag, value)
         assert code == 2 and out == "" and err.count("\n") == 1, (flag, err)
+        assert flag in err or flag == "--crop-to", err  # the flag, not SamplingConfig's field
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(checkpoint):

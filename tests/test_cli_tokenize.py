@@ -93,6 +93,16 @@ def test_byte_tokenizer(capsys):
     assert capsys.readouterr().out.split() == ["104", "195", "169"]
     assert main(["tokenize", "show", "--tokenizer", "byte", "hé"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "h|\\xc3|\\xa9"
+    assert main(["tokenize", "show", "--tokenizer", "byte", "a\x1b[2J\r\n"]) == 0  # not acted on
+    assert capsys.readouterr().out.splitlines()[0] == "a|\\x1b|[|2|J|\\r|\\n"
+
+
+def test_a_run_directory_gives_its_tokenizer(trained_file, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tokenizer.json").write_bytes(trained_file.read_bytes())
+    assert main(["tokenize", "encode", "--tokenizer", str(tmp_path / "run"), "the fox"]) == 0
+    ids = [int(i) for i in capsys.readouterr().out.split()]
+    assert ids == load_tokenizer(trained_file).encode("the fox")
 
 
 def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
@@ -113,11 +123,14 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
             "invalid pre-tokenization pattern",
         ),
         (["train", "--data", "{corpus}", "--workers", "0"], "--workers"),
-        (["train", "--data", "/no/such", "--special", "<a>", "<b>", "<a>"], "'<a>' more than once"),
+        (["train", "--data", "/no/such", "--special", "<a>", "<b>", "<a>"], "'<a>' given more"),
+        (["train", "--data", "/no/such", "--special", ""], "must be a non-empty string"),
         (["train", "--data", "/no/such", "--special", "<a>", "--special", "<a>"], "more than once"),
         (["train", "--data", "{corpus}", "--out", "{corpus}"], "is not a tokenizer: left as"),
         (["train", "--data", "{corpus}", "--out", "{folder}"], "is a folder: give a file"),
         (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
+        (["decode", "--tokenizer", "{tok}", "1_0"], "not a token id: '1_0'"),
+        (["show", "--tokenizer", "{tok}", "a\udcffb"], "not valid UTF-8"),
         (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
         (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
         (["encode", "--tokenizer", "{corpus}", "hi"], "not valid JSON"),

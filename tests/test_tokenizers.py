@@ -78,6 +78,26 @@ def test_bad_tokenizer_files_are_user_errors(tmp_path):
     (tmp_path / "odd.json").write_text('{"type": "sentencepiece"}')
     with pytest.raises(UserError, match="unknown type"):
         load_tokenizer(tmp_path / "odd.json")
+    for fields, message in [
+        ('"type": "char", "chars": "aa"', "a character more than once"),
+        ('"type": "char", "chars": ""', "one or more single characters"),
+        ('"type": "byte", "special_tokens": "ab"', "a list of strings, not the string"),
+        ('"type": "byte", "special_tokens": ["<a>", ""]', "a non-empty string, got ''"),
+        ('"type": "byte", "special_tokens": ["<a>", "<a>"]', "'<a>' given more than once"),
+    ]:
+        (tmp_path / "odd.json").write_text("{" + fields + "}")
+        with pytest.raises(UserError, match=message):
+            load_tokenizer(tmp_path / "odd.json")
+
+
+def test_a_lone_surrogate_encodes_as_the_replacement_character_everywhere():
+    from attnlab.tokenizers.bpe import BPETokenizer
+
+    replaced = "a\ufffdb".encode()
+    assert bytes(ByteTokenizer().encode("a\ud800b")) == replaced
+    bpe = BPETokenizer.train(["a\ud800b " * 20], 270)  # trained as encoding sees the text
+    assert all(b"\xed\xa0" not in left + right for left, right in bpe.merges)
+    assert bpe.decode_bytes(bpe.encode("a\ud800b")) == replaced
 
 
 @pytest.mark.parametrize("spec", ["char", "byte", "bpe:300"])

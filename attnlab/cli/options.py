@@ -120,6 +120,11 @@ def _table(text: str) -> dict[str, Any]:
 _table.__name__ = "table"
 
 
+def as_flags(message: str, cls: type) -> str:
+    """A config's message with its fields named as flags: "Cls.top_p must" -> "--top-p must"."""
+    return re.sub(rf"\b{cls.__name__}\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), message)
+
+
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of `cls` that were given as flags."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}

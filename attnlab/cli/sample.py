@@ -8,10 +8,10 @@ import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import user_text
+from attnlab.cli.options import as_flags, user_text
 from attnlab.devices import DEVICES, pick_device
-from attnlab.errors import UserError
-from attnlab.generation import make_generator, stream_text
+from attnlab.errors import ConfigError, UserError
+from attnlab.generation import SamplingConfig, make_generator, stream_text
 from attnlab.models.registry import GENERATE
 
 SEPARATOR = "---------------"
@@ -21,8 +21,9 @@ Generate text from a checkpoint directory (model.safetensors, config.json, token
 
 stdout holds only text: each sample is the prompt followed by its continuation, streamed as the
 tokens are produced, then a newline; with --num-samples > 1 a line of dashes separates samples.
-An empty prompt starts from the tokenizer's "<|endoftext|>" when it has one (and generation then
-also stops there), else from a newline; that start token is not printed. Notes go to stderr.
+A sample ends at the tokenizer's "<|endoftext|>" when it has one (or at a --stop text). An empty
+prompt starts from "<|endoftext|>" too, else from a newline; that start token is not printed.
+Notes go to stderr.
 
 Past the model's context length the window slides. With relative positions (RoPE, ALiBi) the
 KV cache slides by default: each new token attends to the last context_length cached positions
@@ -141,3 +142,7 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    try:  # checked here to name the flags, not SamplingConfig's fields
+        SamplingConfig(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
+    except ConfigError as error:
+        raise UserError(as_flags(str(error), SamplingConfig)) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from attnlab.cli.options import read_stdin, resolve_data_path, user_text
 from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
 from attnlab.files import check_writable
-from attnlab.tokenizers.base import Tokenizer, load_tokenizer
+from attnlab.tokenizers.base import Tokenizer, check_special_tokens, load_tokenizer, visible
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
 from attnlab.tokenizers.byte import ByteTokenizer
 
@@ -112,7 +113,8 @@ def _add_tokenizer_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer",
         default="gpt2",
-        help="a saved tokenizer file, 'gpt2' (dataset gpt2-bpe, fetched on first use) or 'byte'",
+        help="a saved tokenizer file, a run directory (its tokenizer.json), 'gpt2' (dataset "
+        "gpt2-bpe, fetched on first use) or 'byte'",
     )
 
 
@@ -123,6 +125,8 @@ def open_tokenizer(spec: str) -> Tokenizer:
     if spec == "gpt2":
         folder = Path(resolve_data_path("gpt2-bpe"))  # fetched on first use
         return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
+    if (Path(spec) / "tokenizer.json").is_file():  # a run directory's (checkpoint artefact)
+        return load_tokenizer(Path(spec) / "tokenizer.json")
     return load_tokenizer(spec)
 
 
@@ -142,9 +146,10 @@ def check_out(out: Path) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    repeated = sorted({t for t in args.special if args.special.count(t) > 1})
-    if repeated:  # checked before training, which the tokenizer's own check would come after
-        raise UserError(f"--special gives {', '.join(map(repr, repeated))} more than once")
+    try:
+        check_special_tokens(args.special)
+    except ValueError as error:
+        raise UserError(f"--special: {error}") from None
     check_out(Path(args.out))
     texts = Corpus(resolve_data_path(args.data))
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
@@ -154,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.vocab_size,
         pattern=args.pattern,
         special_tokens=args.special,
-        progress=True,
+        progress=sys.stderr.isatty(),
         workers=args.workers,
     )
     seconds = time.perf_counter() - start
@@ -184,10 +189,9 @@ def run_decode(args: argparse.Namespace) -> int:
     words = args.ids if args.ids else read_stdin().split()
     ids = []
     for word in words:
-        try:
-            ids.append(int(word))
-        except ValueError:
-            raise UserError(f"not a token id: {word!r} (ids are integers)") from None
+        if not re.fullmatch("[0-9]+", word):  # int() would take "1_0", " 12" and "١٢"
+            raise UserError(f"not a token id: {word!r} (ids are integers)")
+        ids.append(int(word))
     try:
         print(tokenizer.decode(ids))
     except ValueError as error:
@@ -197,13 +201,14 @@ def run_decode(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     tokenizer = open_tokenizer(args.tokenizer)
-    ids = tokenizer.encode(args.text)
-    pieces = [_token_text(tokenizer, i) for i in ids]
+    text = user_text(args.text)
+    ids = tokenizer.encode(text)
+    pieces = [visible(_token_text(tokenizer, i)) for i in ids]
     if args.no_color or not sys.stdout.isatty():
         print("|".join(pieces))
     else:
         print("".join(f"{_COLOURS[k % len(_COLOURS)]}{p}{_RESET}" for k, p in enumerate(pieces)))
-    n_bytes = len(args.text.encode("utf-8", "replace"))
+    n_bytes = len(text.encode("utf-8"))
     print(f"{len(ids)} tokens, {n_bytes} bytes: {n_bytes / max(len(ids), 1):.2f} bytes/token")
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from attnlab.files import save_figure
+from attnlab.tokenizers.base import visible
 
 
 @dataclass
@@ -83,6 +84,6 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
 
 
 def short(text: str, width: int = 8) -> str:
-    """A token as a tick label: whitespace made visible, long ones cut."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or "''"
+    """A token as a tick label: whitespace made visible (a space as ␣), long ones cut."""
+    shown = visible(text).replace(" ", "␣") or "''"
     return shown if len(shown) <= width else shown[: width - 1] + "…"

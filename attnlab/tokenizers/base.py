@@ -19,13 +19,41 @@ from attnlab.errors import UserError
 from attnlab.files import atomic_write_json, read_json
 
 
+def fix_surrogates(text: str) -> str:
+    """Text that UTF-8 can encode: pairs of surrogates join, lone ones become U+FFFD.
+
+    tiktoken does this before encoding; the reference encoder must do the same to match it.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def visible(text: str) -> str:
+    """The text with its unprintable characters as escapes (\\n, \\t, \\x1b): for showing tokens
+    on a terminal or a plot, where they would act or vanish."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def check_special_tokens(tokens: Iterable[str]) -> list[str]:
+    """The special tokens as a list, once each is a non-empty string given once (ValueError)."""
+    if isinstance(tokens, str):
+        raise ValueError(f"special tokens must be a list of strings, not the string {tokens!r}")
+    tokens = list(tokens)
+    if bad := [t for t in tokens if not isinstance(t, str) or not t]:
+        raise ValueError(f"a special token must be a non-empty string, got {bad[0]!r}")
+    if repeated := sorted({t for t in tokens if tokens.count(t) > 1}):
+        raise ValueError(f"special token(s) {', '.join(map(repr, repeated))} given more than once")
+    return tokens
+
+
 class Tokenizer(ABC):
     kind: ClassVar[str]  # the "type" field in the saved JSON
 
     def __init__(self, base_vocab_size: int, special_tokens: Iterable[str] = ()):
-        special_tokens = list(special_tokens)
-        if len(set(special_tokens)) != len(special_tokens):
-            raise ValueError(f"duplicate special tokens in {special_tokens}")
+        special_tokens = check_special_tokens(special_tokens)
         self.special_tokens: dict[str, int] = {
             token: base_vocab_size + i for i, token in enumerate(special_tokens)
         }

@@ -46,7 +46,12 @@ import regex
 import tiktoken
 
 from attnlab.errors import UserError
-from attnlab.tokenizers.base import Tokenizer, load_tokenizer
+from attnlab.tokenizers.base import (
+    Tokenizer,
+    check_special_tokens,
+    fix_surrogates,
+    load_tokenizer,
+)
 from attnlab.tokenizers.bpe_training import count_words, pieces, train_merges
 
 # Pre-tokenization patterns. GPT-2's keeps English contractions, runs of letters, of digits and
@@ -139,18 +144,6 @@ def text_to_token(text: str) -> bytes:
         raise ValueError(f"{text!r} is not a token in printable byte form ({error})") from None
 
 
-def fix_surrogates(text: str) -> str:
-    """Text that UTF-8 can encode: pairs of surrogates join, lone ones become U+FFFD.
-
-    tiktoken does this before encoding; the reference encoder must do the same to match it.
-    """
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: a pattern, a byte order and an ordered list of merges.
 
@@ -206,7 +199,7 @@ class BPETokenizer(Tokenizer):
         :mod:`attnlab.tokenizers.bpe_training`. Training stops early, with a smaller
         vocabulary, if the corpus runs out of pairs. `workers` processes count pre-tokens.
         """
-        special_tokens = list(special_tokens)
+        special_tokens = check_special_tokens(special_tokens)  # before the counting, not after
         if vocab_size < 256 + len(special_tokens):
             minimum = 256 + len(special_tokens)
             raise UserError(

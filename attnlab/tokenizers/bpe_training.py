@@ -35,6 +35,7 @@ import regex
 from tqdm import tqdm
 
 from attnlab.errors import UserError
+from attnlab.tokenizers.base import fix_surrogates
 
 Pair = tuple[int, int]
 JOB_CHARACTERS = 1 << 22  # counted by one worker at a time
@@ -84,11 +85,11 @@ def _count_chunk(job: tuple[Iterable[str], str, list[str]]) -> Counter[bytes]:
     pre_tokenizer = regex.compile(pattern)
     splitter = _special_splitter(special_tokens)
     strings: Counter[str] = Counter()
-    for text in texts:
+    for text in map(fix_surrogates, texts):  # as encoding sees it: a lone surrogate is U+FFFD
         for part in splitter.split(text) if splitter else [text]:
             strings.update(pieces(pre_tokenizer, part))
     # Encode each distinct string once, not once per occurrence.
-    return Counter({s.encode("utf-8", "surrogatepass"): n for s, n in strings.items() if s})
+    return Counter({s.encode("utf-8"): n for s, n in strings.items() if s})
 
 
 def pieces(pre_tokenizer: regex.Pattern, text: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Byte-level tokenizer: the 256 byte values of the UTF-8 encoding are the vocabulary.
 
-Any text encodes; decoding any id sequence gives text, with invalid UTF-8 replaced by U+FFFD.
+Any text encodes (a lone surrogate as U+FFFD, as BPE and tiktoken do); decoding any id sequence
+gives text, with invalid UTF-8 replaced by U+FFFD.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from attnlab.tokenizers.base import Tokenizer
+from attnlab.tokenizers.base import Tokenizer, fix_surrogates
 
 
 class ByteTokenizer(Tokenizer):
@@ -20,10 +21,10 @@ class ByteTokenizer(Tokenizer):
         super().__init__(256, special_tokens)
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return list(fix_surrogates(text).encode("utf-8"))
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        return np.frombuffer(fix_surrogates(text).encode("utf-8"), dtype=np.uint8)
 
     def _decode_ordinary(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")

@@ -18,6 +18,10 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars: Iterable[str], special_tokens: Iterable[str] = ()):
         self.chars = list(chars)
+        if not self.chars or not all(isinstance(c, str) and len(c) == 1 for c in self.chars):
+            raise ValueError("the vocabulary must be one or more single characters")
+        if len(set(self.chars)) < len(self.chars):
+            raise ValueError("the vocabulary holds a character more than once")
         super().__init__(len(self.chars), special_tokens)
         self._ids = {c: i for i, c in enumerate(self.chars)}
 
