@@ -88,7 +88,7 @@ def test_train_gpt_help_lists_every_field_with_its_default(capsys):
     assert "(default: 2000)" in text and "residual stream width" in text
     # model flags show the preset a run starts from, and each default is said once
     assert "most positions the model reads at once (default: 64)" in text
-    assert "(default: the tokenizer's)" in text
+    assert "--vocab-size" not in text  # the tokenizer's
     assert "[training] (default: none) --preset" in text  # not "(default: none) (default: None)"
 
 

@@ -213,11 +213,15 @@ def test_classify_refuses_a_masked_lm_checkpoint(pretrained, capsys):
     assert "'bert' model" in line and "fill-mask" in line
 
 
-def test_bert_offers_no_classifier_settings(tmp_path, capsys):
+def test_bert_offers_neither_classifier_settings_nor_the_datas(tmp_path, capsys):
     for kind, offered in (("bert", False), ("classifier", True)):
         with pytest.raises(SystemExit):
             run_quiet(["train", kind, "--help"])
-        assert ("--n-classes" in capsys.readouterr().out) is offered
+        shown = capsys.readouterr().out
+        assert ("--pooling" in shown) is offered and "--vocab-size" not in shown
     (tmp_path / "bert.toml").write_text('data = "stdlib"\n[model]\npooling = "mean"\n')
     argv = ["train", "bert", "--config", str(tmp_path / "bert.toml"), "--out", str(tmp_path / "b")]
     assert "a bert model has no pooling" in one_line_error(*run(argv, capsys)[::2])
+    (tmp_path / "bert.toml").write_text('data = "/no/such/corpus"\n[model]\nvocab_size = 99\n')
+    line = one_line_error(*run(argv, capsys)[::2])  # before the data is looked for
+    assert "vocab_size comes from the data: leave it unset" in line

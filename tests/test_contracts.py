@@ -143,6 +143,7 @@ def check_round_trip(model, artifacts, batch, tmp_path):
 def test_kind_contract(name, corpus, tmp_path):
     kind = KINDS[name]
     model, data = build(kind, corpus)
+    assert kind.data_fields <= data.model_fields.keys()  # no flag: the data sets them
     batch = data.train.next()
     with torch.no_grad():
         check_initial_loss(model, batch)

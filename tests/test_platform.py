@@ -151,6 +151,7 @@ SUM_KIND = register_kind(
         data_config=SumDataConfig,
         build_data=sum_data,
         description="digits -> their sum modulo N",
+        data_fields={"vocab_size"},
     )
 )
 

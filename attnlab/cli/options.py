@@ -18,7 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from attnlab.config import config_from_dict, config_to_dict
+from attnlab.config import config_from_dict
 from attnlab.errors import UserError
 
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -69,12 +69,6 @@ def add_config_flags(
                 metavar=field.name.upper(),
                 help=help_text,
             )
-
-
-def preset_defaults(preset: Any) -> dict[str, Any]:
-    """A model preset's fields as the defaults --help shows (add_config_flags' defaults); the
-    vocabulary size comes from the tokenizer."""
-    return {**config_to_dict(preset), "vocab_size": "the tokenizer's"}
 
 
 def _parser_for(hint: Any):

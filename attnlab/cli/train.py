@@ -21,7 +21,6 @@ from attnlab.cli.options import (
     add_config_flags,
     build_config,
     flag_values,
-    preset_defaults,
     read_toml,
 )
 from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
@@ -132,9 +131,9 @@ def _add_kind(kinds, kind: ModelKind) -> None:
         "--standalone --nproc-per-node N would (default: as started)",
     )
     add_config_flags(parser, kind.data_config, f"data ({kind.data_config.__name__})")
-    defaults = preset_defaults(kind.presets[kind.default_preset])
-    title = f"model ({kind.config.__name__})"
-    add_config_flags(parser, kind.config, title, defaults, skip=kind.unused_fields)
+    defaults = config_to_dict(kind.presets[kind.default_preset])
+    title = f"model ({kind.config.__name__})"  # less the fields a user does not set
+    add_config_flags(parser, kind.config, title, defaults, kind.data_fields | kind.unused_fields)
     add_config_flags(parser, TrainConfig, "training (TrainConfig)")
     parser.set_defaults(handler=functools.partial(train, kind.name))
 
@@ -185,9 +184,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     log = note if group.is_writer else lambda message: None
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
-    clashes = [k for k, v in data.model_fields.items() if k in given and given[k] != v]
-    if clashes:
-        raise UserError(f"{', '.join(clashes)} come(s) from the data; leave them unset")
+    _refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
@@ -227,6 +224,16 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
+
+
+def _refuse_data_fields(names: set[str]) -> None:
+    """Model fields the data sets (the vocabulary's size, the classes) are no settings: those
+    a kind declares are refused before the data is read, any other once it is."""
+    if names:
+        names_them = ", ".join(sorted(names)) + (" come" if len(names) > 1 else " comes")
+        raise UserError(
+            f"{names_them} from the data: leave {'them' if len(names) > 1 else 'it'} unset"
+        )
 
 
 def _class_head(kind: ModelKind, config) -> set[str]:
@@ -325,6 +332,7 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
     if unused := sorted(kind.unused_fields & given.keys()):
         raise UserError(f"{source} [model]: a {kind.name} model has no {', '.join(unused)}")
+    _refuse_data_fields(kind.data_fields & given.keys())
     train = build_config(
         TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
     )

@@ -317,6 +317,7 @@ register_kind(
         build_data=masked_lm_training_data,
         capabilities={FILL_MASK},
         description="a BERT encoder pre-trained by masked-language modelling on a text corpus",
+        data_fields={"vocab_size", "pad_id"},
         unused_fields={"n_classes", "pooling", "long_text"},  # the classifier's
     )
 )
@@ -331,5 +332,6 @@ register_kind(
         capabilities={CLASSIFY},
         description="a BERT sequence classifier on labelled texts (--init: a pre-trained bert)",
         init_from=("bert",),
+        data_fields={"vocab_size", "pad_id", "n_classes"},
     )
 )

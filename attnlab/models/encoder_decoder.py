@@ -284,6 +284,7 @@ register_kind(
         presets=PRESETS,
         data_config=TranslationDataConfig,
         build_data=translation_training_data,
+        data_fields={"vocab_size", "pad_id", "bos_id", "eos_id"},
         capabilities={TRANSLATE},
         description="an encoder-decoder on a parallel corpus (default: an embedded task)",
         aliases=("encoder_decoder",),

@@ -313,6 +313,7 @@ register_kind(
         presets=PRESETS,
         data_config=TextDataConfig,
         build_data=text_training_data,
+        data_fields={"vocab_size"},
         capabilities={GENERATE},
         description="a decoder-only language model on a text corpus (default: Python's stdlib)",
     )

@@ -88,6 +88,7 @@ register_kind(
         presets=PRESETS,
         data_config=PixelDataConfig,
         build_data=image_gpt_training_data,
+        data_fields={"vocab_size", "context_length", "channels"},  # image_size: as for vit
         capabilities={GENERATE_IMAGE},
         description="an image GPT generating pixels (default: embedded shapes, binary)",
     )

@@ -120,6 +120,7 @@ register_kind(
         presets=PRESETS,
         data_config=TextDataConfig,
         build_data=text_training_data,
+        data_fields={"vocab_size"},
         capabilities={GENERATE},
         description="a recurrent (LSTM, GRU or RNN) language model on a text corpus",
     )

@@ -45,10 +45,12 @@ class ModelKind:
     description: str = ""  # one line for `attnlab train --help`
     aliases: tuple[str, ...] = ()  # earlier names still found in checkpoints
     init_from: tuple[str, ...] = ()  # other kinds whose checkpoints can start it (train --init)
+    data_fields: frozenset[str] = frozenset()  # config fields its data sets: no flag
     unused_fields: frozenset[str] = frozenset()  # config fields its model ignores: no flag
 
     def __post_init__(self):
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        object.__setattr__(self, "data_fields", frozenset(self.data_fields))
         object.__setattr__(self, "unused_fields", frozenset(self.unused_fields))
         if self.default_preset not in self.presets:
             raise ValueError(f"kind {self.name!r}: no preset {self.default_preset!r}")

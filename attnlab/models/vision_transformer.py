@@ -246,6 +246,7 @@ register_kind(
         presets=PRESETS,
         data_config=ImageDataConfig,
         build_data=training_data,
+        data_fields={"n_classes", "channels"},  # image_size: the size folder images get
         capabilities={CLASSIFY_IMAGE},
         description="a Vision Transformer classifying images (default: embedded shapes)",
     )
