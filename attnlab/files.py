@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import json
 import os
 import tempfile
@@ -22,12 +25,31 @@ def cache_dir() -> Path:
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """Create `folder` if need be and write (then remove) a file there: a read-only destination
-    ends in one line (an OSError) before the work whose result it would receive, not after."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+    """Write (then remove) a file in `folder`, or in the nearest folder above it that exists,
+    where the missing ones would be made: a read-only destination ends in one line (an OSError)
+    before the work whose result it would receive, not after. Nothing is left behind."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+    fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
     os.close(fd)
     os.unlink(probe)
+
+
+@contextmanager
+def parent_folders(path: Path) -> Iterator[None]:
+    """`path`'s missing folders, made for the block and removed again (those still empty) if it
+    raises: a failed write leaves no empty folders behind."""
+    missing = list(itertools.takewhile(lambda p: not p.exists(), path.parents))  # nearest first
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -31,10 +31,10 @@ def checkpoint(tmp_path_factory):
     [
         (["--temperature", "nan"], "temperature"),
         (["--temperature", "inf"], "temperature"),
-        (["--repetition-penalty", "nan"], "repetition_penalty"),
-        (["--top-p", "nan"], "top_p"),
-        (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+        (["--repetition-penalty", "nan"], "--repetition-penalty"),
+        (["--top-p", "nan"], "--top-p"),
+        (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["--seed", str(2**70)], "seed"),
         (["--prompt", "fox \udcff"], "not valid UTF-8"),  # a command-line byte that is not UTF-8
     ],

@@ -97,6 +97,14 @@ def test_byte_tokenizer(capsys):
     assert capsys.readouterr().out.splitlines()[0] == "a|\\x1b|[|2|J|\\r|\\n"
 
 
+def test_a_failed_train_makes_no_folder(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "new" / "sub" / "tok.json"
+    argv = ["tokenize", "train", "--data", str(tmp_path / "empty.txt"), "--out", str(out)]
+    assert "is empty" in one_line_error(main(argv), capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_run_directory_gives_its_tokenizer(trained_file, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "tokenizer.json").write_bytes(trained_file.read_bytes())

@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as error:  # the user's files and folders: missing, read-only, full disk
-        if isinstance(error, FileExistsError) and Path(error.filename or "").is_file():
+        if (
+            isinstance(error, FileExistsError | NotADirectoryError)
+            and Path(error.filename or "").is_file()
+        ):
             return say_error(f"{error.filename} is a file, not a folder")  # a folder to be
         where = f": {error.filename}" if error.filename else ""
         return say_error(f"{error.strerror or error}{where}")

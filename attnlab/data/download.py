@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from attnlab.files import temporary_file
+from attnlab.files import parent_folders, temporary_file
 
 if TYPE_CHECKING:
     from attnlab.data.catalog import DataFile, Dataset
@@ -90,13 +90,13 @@ def _fetch_from_archive(dataset: Dataset, folder: Path, missing: list[DataFile],
 def _staged(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file beside `target` (same folder, so the final rename is atomic), deleted
     on the way out unless it was renamed into place: nothing half-written survives an error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = temporary_file(target.parent, target.name, ".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out, Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    with parent_folders(target):
+        fd, name = temporary_file(target.parent, target.name, ".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out, Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
 
 def _commit(out: IO[bytes], temporary: Path, target: Path, entry: DataFile, digest, url) -> None:
