@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import run
+from helpers import one_line_error, run
 from torch import nn
 
 from attnlab.interpretability.induction import (
@@ -103,3 +103,27 @@ def test_unknown_probes_are_refused():
     assert parse_probes(" induction, ") == ["induction"]
     with pytest.raises(Exception, match="unknown probe"):
         TrainConfig(probes="induction,telepathy")
+
+
+@pytest.mark.parametrize(
+    "kind, flags, message",
+    [
+        ("gpt", ["--mixer", "hyena"], "GPT has no self-attention layers to score"),
+        ("gpt", ["--context-length", "3"], "a context of 3 is too short"),
+        ("bert", [], "need a causal language model, which bert is not"),
+        ("lstm_lm", [], "RecurrentLM has no self-attention layers"),
+    ],
+)
+def test_a_probe_that_cannot_score_the_model_stops_the_run_before_training(
+    kind, flags, message, tmp_path, capsys
+):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abcdefghij klmnopqrst uvwxyz.\n" * 60)
+    out = tmp_path / "run"
+    argv = ["train", kind, "--data", str(corpus), "--out", str(out), "--n-layers", "1",
+            "--d-model", "16", "--batch-size", "4", "--max-iters", "4", "--eval-iters", "1",
+            "--device", "cpu", "--tokenizer", "char", "--probes", "induction", *flags]  # fmt: skip
+    if kind != "lstm_lm":
+        argv += ["--n-heads", "2"]
+    assert message in one_line_error(*run(argv, capsys)[::2])
+    assert not (out / "metrics.jsonl").exists()

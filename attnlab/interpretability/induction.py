@@ -32,6 +32,7 @@ from attnlab.interpretability.capture import (
     capture,
 )
 from attnlab.layers.hooks import hook_points
+from attnlab.models.registry import GENERATE, kind_of
 
 
 def repeated_random_tokens(
@@ -83,11 +84,25 @@ class InductionReport:
         return layer, head, float(self.prefix_matching[layer, head])
 
 
-def _scored_layers(model: nn.Module) -> list[AttentionLayer]:
+def _scored_layers(model: nn.Module, length: int | None) -> tuple[list[AttentionLayer], int]:
+    """The self-attention layers of a causal language model, and the length of each copy
+    (default: half the context, at most 128); a UserError for a model that cannot be scored."""
+    kind = kind_of(model)
+    if GENERATE not in kind.capabilities:
+        raise UserError(f"induction scores need a causal language model, which {kind.name} is not")
     layers = [layer for layer in attention_layers(model) if not layer.cross]
     if not layers:
         raise UserError(f"{type(model).__name__} has no self-attention layers to score")
-    return layers
+    context = model.config.context_length
+    if context < 4:
+        raise UserError(f"a context of {context} is too short: two copies of 2 tokens need 4")
+    length = min(context // 2, 128) if length is None else length
+    if not 2 <= length <= context // 2:
+        raise UserError(
+            f"each copy must hold 2 to {context // 2} tokens (two copies fill at most the "
+            f"context of {context}), got {length}"
+        )
+    return layers, length
 
 
 @torch.no_grad()
@@ -103,22 +118,15 @@ def induction_scores(
     """Scores of every head of a causal language model (forward(ids) -> (logits, loss)) on
     repeated random tokens. length: of each copy (default: half the context, at most 128);
     n_tokens: draw ids below this (default: the model's vocabulary)."""
-    config = model.config
-    length = min(config.context_length // 2, 128) if length is None else length
-    if not 2 <= length <= config.context_length // 2:
-        raise UserError(
-            f"each copy must hold 2 to {config.context_length // 2} tokens (two copies fill at "
-            f"most the context of {config.context_length}), got {length}"
-        )
+    layers, length = _scored_layers(model, length)
     was_training = model.training
     model.eval()
     try:
         generator = torch.Generator().manual_seed(seed)
         tokens = repeated_random_tokens(
-            n_sequences, length, n_tokens or config.vocab_size, generator
+            n_sequences, length, n_tokens or model.config.vocab_size, generator
         )
         tokens = tokens.to(next(model.parameters()).device)
-        layers = _scored_layers(model)
         with capture(model) as seen:
             logits, _ = model(tokens)
         prefix = torch.stack(

@@ -1,6 +1,8 @@
 """Probes: scores of the model itself (not of a data split) that the Trainer logs at every
 evaluation, named in TrainConfig.probes. A probe is a function model -> {score: value}, found
-by name here and imported on first use, so a run pays only for the probes it asks for."""
+by name here and imported on first use, so a run pays only for the probes it asks for. It
+raises a UserError for a model it cannot score: the Trainer calls each once when it is built,
+so that such a run stops before its first step."""
 
 from __future__ import annotations
 

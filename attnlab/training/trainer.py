@@ -131,6 +131,8 @@ class Trainer:
         self.on_record = on_record or (lambda record: None)
         self.metrics, self.keep_best = metrics, keep_best
         self.probes = [load_probe(name) for name in parse_probes(config.probes)]
+        for probe in self.probes:  # once now: a model one cannot score is refused before training
+            probe(self.model)
         self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self.saved_step: int | None = None  # of this run's last checkpoint
