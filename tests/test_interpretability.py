@@ -169,6 +169,34 @@ def test_ablating_every_head_leaves_only_the_output_bias():
     assert (added - bias).abs().max() < 1e-6
 
 
+def test_weights_changed_in_place_are_the_weights_used_and_recorded():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 2, 16)
+
+    def in_place(weights):
+        weights.zero_()  # returns nothing: the tensor itself is the patch
+
+    point = "blocks.0.token_mixer.attention_weights"
+    with torch.no_grad():
+        with capture(model, attention=False, patches={point: ablate_heads([0, 1])}) as ablated:
+            model(ids)
+        handle = dict(model.named_modules())[point].register_forward_hook(
+            lambda module, args, out: in_place(out)
+        )
+        try:
+            with capture(model, attention=False) as edited:
+                model(ids)
+        finally:
+            handle.remove()
+    for name in ("blocks.0.stream_after_mixer", "blocks.1.stream_out"):
+        assert torch.equal(edited.streams[name], ablated.streams[name])
+    with (
+        pytest.raises(KeyError, match="no hook point blocks.0.stream_inn"),
+        capture(model, only=["blocks.0.stream_inn"]),
+    ):
+        pass
+
+
 def test_patching_a_stream_replaces_it_downstream():
     model = tiny_gpt()
     ids = _ids(0, 11, 2, 16)

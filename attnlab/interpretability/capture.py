@@ -111,14 +111,15 @@ def capture(
 
     patches: hook path -> a function whose result replaces the tensor there (an ablation, or a
     value from another run: activation patching); an attention layer's output follows weights
-    replaced this way. only: record just these hook paths (less memory on a big model).
+    replaced this way, or changed in place. only: record just these hook paths (less memory on a
+    big model).
     """
     points = hook_points(model)
     patches = dict(patches or {})
-    unknown = sorted(set(patches) - set(points))
+    wanted = set(only) if only is not None else None
+    unknown = sorted((set(patches) | (wanted or set())) - set(points))
     if unknown:
         raise KeyError(f"no hook point {', '.join(unknown)} in {type(model).__name__}")
-    wanted = set(only) if only is not None else None
     recording = Recording()
     handles = []
     for path, point in points.items():

@@ -10,6 +10,7 @@ Boolean masks follow torch's convention everywhere in attnlab: True means "may a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ def scaled_dot_product_attention(
     causal: bool = False,
     return_weights: bool = False,
     dropout_p: float = 0.0,
+    edit_weights: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q Kᵀ / √d_k + M) V  ("Attention Is All You Need", section 3.2.1).
 
@@ -45,7 +47,9 @@ def scaled_dot_product_attention(
         the attention weights (B, H, Tq, Tk). Otherwise torch's fused kernel computes the same
         function (flash / memory-efficient attention where available), except in a compiled
         one-query step on a CPU, where the compiler fuses the equation faster.
-    Returns the output (B, H, Tq, Dh), and the weights when asked.
+    edit_weights: with return_weights, what the weights go through before dropout and the
+        product with V (hooks: ablation, patching), changing them in place or returning others.
+    Returns the output (B, H, Tq, Dh), and the weights when asked (as edit_weights left them).
     """
     k, v = expand_heads(k, q.size(1)), expand_heads(v, q.size(1))  # (B, H, Tk, Dh)
     q_len, k_len = q.size(-2), k.size(-2)
@@ -65,6 +69,8 @@ def scaled_dot_product_attention(
         else:
             scores = scores + mask
     weights = torch.softmax(scores, dim=-1)
+    if edit_weights is not None:
+        weights = edit_weights(weights)
     out = dropout(weights, dropout_p) @ v  # (B, H, Tq, Dh)
     return (out, weights) if return_weights else out
 
@@ -228,12 +234,9 @@ class MultiHeadAttention(nn.Module):
     def _attend(self, q, k, v, mask):
         dropout = self.dropout if self.training else 0.0
         if self.backend == "eager" or self.attention_weights.active:
-            out, weights = scaled_dot_product_attention(
-                q, k, v, mask, self.causal, return_weights=True, dropout_p=dropout
+            out, _ = scaled_dot_product_attention(  # the weights through the hooks, then used
+                q, k, v, mask, self.causal, True, dropout, self.attention_weights.tap
             )
-            replaced = self.attention_weights.tap(weights)
-            if replaced is not weights:  # a hook replaced them (ablation, patching): use them
-                out = replaced @ expand_heads(v, self.n_heads)  # (B, H, Tq, Dh)
             return out
         return scaled_dot_product_attention(q, k, v, mask, self.causal, dropout_p=dropout)
 
