@@ -149,8 +149,22 @@ def test_palettes_beyond_the_limits_are_one_line(tmp_path, capsys, flags, messag
     assert not out.exists()
 
 
-def test_inspect_attention_says_which_kinds_it_reads(trained, capsys):
-    code, _, err = run(["inspect", "attention", str(trained), "--text", "hi"], capsys)
-    line = one_line_error(code, err)
-    assert "holds a 'igpt' model, which inspection cannot feed" in line
-    assert "gpt" in line.split("reads")[1] and "vit" in line
+def test_inspect_attention_reads_an_image_as_the_model_does(trained, tmp_path, capsys):
+    from attnlab.interpretability.inputs import model_inputs
+    from attnlab.training.checkpoints import load_checkpoint
+
+    path = tmp_path / "white.png"
+    Image.new("L", (SIDE, SIDE), 255).save(path)
+    checkpoint = load_checkpoint(trained)
+    inputs = model_inputs(checkpoint, None, image=str(path))
+    palette = checkpoint.artifacts["palette"]
+    (ids,) = inputs.args
+    assert ids.shape == (1, SIDE * SIDE // 2) and ids[0, 0] == palette.start_token
+    assert inputs.sequences["text"][:3] == ["start", "r0c0", "r0c2"]
+    assert inputs.sequences["text"][-1] == f"r{SIDE - 1}c{SIDE - 4}"  # the last token is not fed
+    page = tmp_path / "page.html"
+    argv = ["inspect", "attention", str(trained), "--image", str(path), "--out", str(page)]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and page.is_file(), err
+    line = one_line_error(*run([*argv[:3], "--text", "hi"], capsys)[::2])
+    assert "holds an 'igpt' model, which reads images: give --image FILE" in line

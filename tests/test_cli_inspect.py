@@ -126,10 +126,17 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
         ("gpt", ["--text", "hi", "--head", "-1"], "--head -1 is out of range"),
         ("gpt", ["--text", "  "], "non-empty --text"),
         ("gpt", ["--text", "hé"], "é"),
+        ("gpt", ["--text", "hi", "--target", "salut"], "--target is for translation models"),
+        ("gpt", ["--text", "hi", "--image", "x.png"], "--image is for image models"),
+        ("gpt", ["--text", "hi", "--png", "{out}"], "--out and --png name the same file"),
+        ("gpt", ["--text", "hi", "--png", "{tmp}"], "is a folder: give a file"),
+        ("gpt", ["--text", "hi", "--png", "{tmp}/x.png/y.png"], "is a file, not a folder"),
     ],
 )
 def test_attention_bad_input_is_one_line(checkpoints, tmp_path, capsys, name, flags, message):
     out = tmp_path / "view.html"
+    (tmp_path / "x.png").write_bytes(b"")  # a file where --png wants a folder
+    flags = [flag.format(out=out, tmp=tmp_path) for flag in flags]
     code, _, err = run(["inspect", "attention", checkpoints[name], *flags, "--out", str(out)],
                        capsys)  # fmt: skip
     assert message in one_line_error(code, err)

@@ -46,10 +46,11 @@ COMMANDS = {
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default and keeps descriptions' line breaks. An option whose help
-    says its default in words ("(default: stdlib, ...)") is left as written."""
+    says its default in words ("(default: stdlib, ...)"), or a required one, is left as
+    written."""
 
     def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
+        if "(default:" in (action.help or "") or action.required:
             return action.help
         return super()._get_help_string(action)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from attnlab.errors import UserError
 from attnlab.models.registry import (
+    ABILITIES,
     CLASSIFY,
     CLASSIFY_IMAGE,
     FILL_MASK,
     GENERATE,
     GENERATE_IMAGE,
     TRANSLATE,
+    a_kind,
     get_kind,
 )
 from attnlab.training.checkpoints import Checkpoint, checkpoint_description, load_checkpoint
@@ -33,7 +35,7 @@ def load_for(command: str, capability: str, path: str, device) -> Checkpoint:
         serving = [SERVED_BY[c] for c in sorted(kind.capabilities) if c in SERVED_BY]
         hint = f"; use {' or '.join(serving)}" if serving else ""
         raise UserError(
-            f"{path} holds a {kind.name!r} model, which `attnlab {command}` does not serve "
-            f"(it needs one that can {capability}){hint}"
+            f"{path} holds {a_kind(kind.name)} model, which `attnlab {command}` does not serve "
+            f"(it needs one that can {ABILITIES[capability]}){hint}"
         )
     return load_checkpoint(path, device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
@@ -54,7 +55,9 @@ def register(subparsers) -> None:
         )
         command.set_defaults(handler=globals()[f"{name}_command"])
     for name in ("attention", "lens"):
-        sub[name].add_argument("--text", help="the text to look at (cut to the model's context)")
+        sub[name].add_argument(
+            "--text", help="the text to look at, cut to the model's context (default: none)"
+        )
     view = sub["attention"]
     view.add_argument("--out", default="attention.html", metavar="FILE", help="the HTML page")
     view.add_argument("--target", help="translation models: the target text (default: its own)")
@@ -74,11 +77,21 @@ def register(subparsers) -> None:
 
 
 def _open(args, capability: str | None = None):
-    """The checkpoint, once the --png name is known to be a plot type (before the slow work)."""
+    """The checkpoint, once the files to write are known to be writable, --png a plot type and
+    --out another file (before the slow work)."""
     from attnlab.cli.checkpoint import load_for
-    from attnlab.files import plot_format
+    from attnlab.files import check_writable, plot_format
     from attnlab.training.checkpoints import load_checkpoint
 
+    outputs = {
+        flag: Path(getattr(args, flag)) for flag in ("png", "out") if getattr(args, flag, None)
+    }
+    for flag, path in outputs.items():
+        if path.is_dir():
+            raise UserError(f"--{flag} {path} is a folder: give a file")
+        check_writable(path.parent)
+    if len({path.absolute() for path in outputs.values()}) < len(outputs):
+        raise UserError("--out and --png name the same file: give two")
     if args.png:
         plot_format(args.png)
     device = pick_device(args.device)
@@ -97,7 +110,7 @@ def _inputs(checkpoint, args):
     )
     if inputs.dropped:
         print(
-            f"attnlab: the text is {inputs.dropped} tokens longer than the model reads; "
+            f"attnlab: the input is {inputs.dropped} tokens longer than the model reads; "
             "looking at the tokens that fit",
             file=sys.stderr,
         )

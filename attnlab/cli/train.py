@@ -38,6 +38,7 @@ from attnlab.models.registry import (
     GENERATE_IMAGE,
     TRANSLATE,
     ModelKind,
+    a_kind,
     get_kind,
 )
 from attnlab.training.checkpoints import (
@@ -289,7 +290,7 @@ def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[st
     starts = (kind.name, *kind.init_from)
     if get_kind(description["kind"]).name not in starts:
         raise UserError(
-            f"--init {path} holds a {description['kind']!r} model; `attnlab train {kind.name}` "
+            f"--init {path} holds {a_kind(description['kind'])} model; `attnlab train {kind.name}` "
             f"starts from a {' or '.join(starts)} checkpoint"
         )
     return description
@@ -345,7 +346,7 @@ def _resumed(kind: ModelKind, args, out: Path):
     if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
         raise UserError(f"{out / RUN_FILE} is not a run description")
     if get_kind(run.get("kind", kind.name)) is not kind:
-        raise UserError(f"{out} holds a {run['kind']!r} run: resume it with that kind")
+        raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
     saved = checkpoint_description(out)["config"]
     given = {**_data_here(flag_values(args, kind.data_config)), **flag_values(args, kind.config)}
     before = _data_here({**saved, **run["data"]})  # a path kept relative (older runs) read here

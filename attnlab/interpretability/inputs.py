@@ -20,8 +20,10 @@ from attnlab.models.registry import (
     CLASSIFY_IMAGE,
     FILL_MASK,
     GENERATE,
+    GENERATE_IMAGE,
     KINDS,
     TRANSLATE,
+    a_kind,
 )
 from attnlab.training.checkpoints import Checkpoint
 
@@ -84,7 +86,7 @@ def _encoder(checkpoint: Checkpoint, text: str, **_) -> Inputs:
     )
 
 
-def _translation(checkpoint: Checkpoint, text: str, target: str | None = None, **_) -> Inputs:
+def _translation(checkpoint: Checkpoint, text: str, target: str | None, **_) -> Inputs:
     """The source with </s>; the target (given, else the model's greedy translation) as the
     decoder reads it, after <s>."""
     from attnlab.generation.beam_search import translate
@@ -109,18 +111,14 @@ def _translation(checkpoint: Checkpoint, text: str, target: str | None = None, *
     return Inputs(args, sequences, sides, dropped + dropped_target)
 
 
-def _image(checkpoint: Checkpoint, text: str | None = None, image: str | None = None, **_):
-    """An image file, read as classify-image reads it (an image of another size is refused:
-    scaled, it would not be the image asked about); positions are the class token and the
-    patches (row, column)."""
-
+def _read_image(checkpoint: Checkpoint, image: str, artifact: str) -> torch.Tensor:
+    """An image file as uint8 (1, C, S, S), read as the commands that serve the model read it
+    (an image of another size is refused: scaled, it would not be the image asked about)."""
     from attnlab.data.images import image_array, open_image
 
-    if image is None:
-        raise UserError(f"{checkpoint.path} classifies images: give --image FILE, not --text")
-    model, c = checkpoint.model, checkpoint.model.config
-    if "normalization" not in checkpoint.artifacts:
-        raise UserError(f"{checkpoint.path} lacks normalization.json: it cannot read images")
+    if artifact not in checkpoint.artifacts:
+        raise UserError(f"{checkpoint.path} lacks {artifact}.json: it cannot read images")
+    c = checkpoint.model.config
     picture, side = open_image(image), c.image_size
     if picture.size != (side, side):
         width, height = picture.size
@@ -128,8 +126,14 @@ def _image(checkpoint: Checkpoint, text: str | None = None, image: str | None = 
             f"{image} is {width}x{height} pixels; this model reads {side}x{side} images "
             "(scale it first)"
         )
-    array = image_array(picture, c.channels)[None]  # (1, C, S, S)
-    pixels = torch.tensor(array, device=next(model.parameters()).device)  # a copy: writable
+    return torch.tensor(image_array(picture, c.channels)[None])  # a copy: writable
+
+
+def _image(checkpoint: Checkpoint, image: str, **_) -> Inputs:
+    """An image as classify-image reads it; positions are the class token and the patches
+    (row, column)."""
+    model, c = checkpoint.model, checkpoint.model.config
+    pixels = _read_image(checkpoint, image, "normalization").to(next(model.parameters()).device)
     grid = c.image_size // c.patch_size  # patches per row and per column
     labels = [f"r{r}c{col}" for r in range(grid) for col in range(grid)]
     if c.n_positions > len(labels):
@@ -138,13 +142,26 @@ def _image(checkpoint: Checkpoint, text: str | None = None, image: str | None = 
     return Inputs((images,), {TEXT: labels}, _one_sequence)
 
 
+def _pixels(checkpoint: Checkpoint, image: str, **_) -> Inputs:
+    """An image as image GPT reads it: the start token, then its palette tokens but the last;
+    positions are the start and the pixel (row, column) each token begins at."""
+    palette, side = checkpoint.artifacts.get("palette"), checkpoint.model.config.image_size
+    tokens, _ = palette.sequences(_read_image(checkpoint, image, "palette"))  # (1, L)
+    starts = [i * palette.pixels_per_token for i in range(tokens.size(1) - 1)]
+    labels = ["start", *(f"r{p // side}c{p % side}" for p in starts)]
+    device = next(checkpoint.model.parameters()).device
+    return Inputs((tokens.to(device),), {TEXT: labels}, _one_sequence)
+
+
 BUILDERS = {
     GENERATE: _language_model,
     FILL_MASK: _encoder,
     CLASSIFY: _encoder,
     TRANSLATE: _translation,
     CLASSIFY_IMAGE: _image,
+    GENERATE_IMAGE: _pixels,
 }
+IMAGES = (_image, _pixels)  # the builders that read an image, not a text
 
 
 def model_inputs(
@@ -155,15 +172,22 @@ def model_inputs(
     builder = next(
         (BUILDERS[c] for c in sorted(checkpoint.kind.capabilities) if c in BUILDERS), None
     )
+    holds = f"{checkpoint.path} holds {a_kind(checkpoint.kind.name)} model"
     if builder is None:
         readable = [k.name for k in KINDS.values() if k.capabilities & BUILDERS.keys()]
         raise UserError(
-            f"{checkpoint.path} holds a {checkpoint.kind.name!r} model, which inspection cannot "
-            f"feed; it reads {', '.join(readable)} checkpoints (--text, or --image for images)"
+            f"{holds}, which inspection cannot feed; it reads {', '.join(readable)} checkpoints"
         )
-    if builder is not _image and (text is None or not text.strip()):
+    if builder in IMAGES:
+        if image is None or text is not None:
+            raise UserError(f"{holds}, which reads images: give --image FILE, not --text")
+    elif image is not None:
+        raise UserError(f"--image is for image models; {holds}: give --text")
+    elif text is None or not text.strip():
         raise UserError("give a non-empty --text to look at")
-    inputs = builder(checkpoint, text, target=target, image=image)
+    if target is not None and builder is not _translation:
+        raise UserError(f"--target is for translation models; {holds}")
+    inputs = builder(checkpoint, text=text, target=target, image=image)
     if any(not labels for labels in inputs.sequences.values()):
         raise UserError("the text encodes to no tokens")
     return inputs

@@ -30,6 +30,19 @@ FILL_MASK = "fill-mask"  # predicts hidden tokens of a text: fill-mask
 CLASSIFY = "classify"  # labels a text: classify
 CLASSIFY_IMAGE = "classify-image"  # labels an image: classify-image, evaluate (accuracy, confusion)
 GENERATE_IMAGE = "generate-image"  # draws and completes images: sample-images, evaluate (NLL)
+ABILITIES = {  # each capability in words
+    GENERATE: "generate text",
+    TRANSLATE: "translate",
+    FILL_MASK: "fill in masked words",
+    CLASSIFY: "classify texts",
+    CLASSIFY_IMAGE: "classify images",
+    GENERATE_IMAGE: "generate images",
+}
+
+
+def a_kind(name: str) -> str:
+    """ "a 'gpt'", "an 'igpt'": a kind's name in a sentence."""
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name!r}"
 
 
 @dataclass(frozen=True)
