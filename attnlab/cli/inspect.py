@@ -346,7 +346,7 @@ def _layers_png(png, baseline, results, n_layers):
         [
             Heatmap(
                 swaps,
-                f"loss change, layers swapped (baseline {baseline:.3f})",
+                f"loss change, layers swapped\n(baseline {baseline:.3f}; grey: none)",
                 layers,
                 layers,
                 "layer",

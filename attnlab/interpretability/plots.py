@@ -27,9 +27,20 @@ class Heatmap:
     cells: list[list[str]] | None = None  # text written in each cell (small maps only)
 
 
+def _colours(name: str):
+    """A colour map whose missing values (NaN: no such cell) are grey, not a value's colour."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name].copy()
+    cmap.set_bad("lightgrey")
+    return cmap
+
+
 def _draw(ax, fig, panel: Heatmap) -> None:
     values = panel.values.detach().float().cpu().numpy()
-    image = ax.imshow(values, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, aspect="auto")
+    image = ax.imshow(
+        values, cmap=_colours(panel.cmap), vmin=panel.vmin, vmax=panel.vmax, aspect="auto"
+    )
     n_rows, n_cols = values.shape
     if n_cols <= 64:
         ax.set_xticks(range(n_cols), panel.columns, rotation=90 if n_cols > 8 else 0, fontsize=7)
@@ -68,18 +79,19 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
 
     rows = [(title, layer, w) for title, weights in groups for layer, w in enumerate(weights)]
     n_heads = max(w.size(0) for _, _, w in rows)
-    fig = Figure(figsize=(1.3 * n_heads + 1, 1.3 * len(rows) + 0.5))
+    fig = Figure(figsize=(1.3 * n_heads + 1.6, 1.3 * len(rows) + 0.8), layout="constrained")
     axes = fig.subplots(len(rows), n_heads, squeeze=False)
     for r, (title, layer, weights) in enumerate(rows):
         for h in range(n_heads):
             ax = axes[r][h]
             ax.set_xticks([]), ax.set_yticks([])
             if h < weights.size(0):
-                ax.imshow(weights[h].float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
+                image = ax.imshow(weights[h].float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
             if r == 0 or rows[r - 1][0] != title:
                 ax.set_title(f"head {h}", fontsize=7)
         axes[r][0].set_ylabel(f"{title}\nlayer {layer}", fontsize=6)
-    fig.tight_layout()
+    fig.suptitle("attention weights: a row per query, a column per key", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
     return save_figure(fig, png, dpi=100)
 
 
