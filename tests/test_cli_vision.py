@@ -202,3 +202,19 @@ def test_init_from_a_run_of_other_classes_starts_a_new_head(trained, tmp_path, c
     checkpoint = load_checkpoint(out)
     assert checkpoint.artifacts["classes"].names == ("dark", "light", "mid")
     assert checkpoint.model.config.n_classes == 3
+
+
+@pytest.mark.parametrize(
+    "kind, flags, message",
+    [
+        ("vit", ["--image-size", "0"], "image_size must be at least 1 pixel, got 0"),
+        ("vit", ["--image-size", "4", "--patch-size", "2"], "shapes need images of 8 pixels"),
+        ("vit", ["--patch-size", "0"], "patch_size must be at least 1, got 0"),
+        ("igpt", ["--image-size", "-8"], "image_size must be at least 1 pixel, got -8"),
+    ],
+)
+def test_image_and_patch_sizes_out_of_range_are_one_line(tmp_path, capsys, kind, flags, message):
+    out = tmp_path / "run"
+    argv = ["train", kind, *flags, "--embedded-images", "50", "--max-iters", "1", "--out", str(out)]
+    assert message in one_line_error(*run(argv, capsys)[::2])
+    assert not out.exists()

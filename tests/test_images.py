@@ -116,6 +116,15 @@ def test_embedded_shapes_are_deterministic():
     assert a.images.dtype == torch.uint8 and a.labels.max() < 8
 
 
+def test_shapes_drawn_a_part_at_a_time_are_those_drawn_at_once(monkeypatch):
+    from attnlab.data import images
+
+    parts = draw_shapes(150, 16, seed=3)
+    monkeypatch.setattr(images, "SHAPES_AT_ONCE", 1000)
+    whole = draw_shapes(150, 16, seed=3)
+    assert torch.equal(parts.images, whole.images) and torch.equal(parts.labels, whole.labels)
+
+
 def test_random_shift_moves_whole_images():
     images = torch.zeros(50, 1, 9, 9, dtype=torch.uint8)
     images[:, :, 4, 4] = 255

@@ -336,6 +336,9 @@ def test_a_kill_at_any_write_or_rename_of_a_save_never_leaves_a_mix(
         resumed = load_checkpoint(out).model.state_dict()
         assert all(torch.equal(resumed[k], final[k]) for k in final), f"killed at {limit}"
         assert not list(out.glob(".*.tmp")) and not (out / "checkpoint.journal").exists()
+        log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3, 4], f"killed at {limit}"  # each once
+        assert [r["step"] for r in log if "val_loss" in r] == [2, 4], f"killed at {limit}"
         outcomes.add("resumed")
     assert outcomes == {"resumed"}  # every kill point recovers here
 

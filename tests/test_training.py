@@ -56,6 +56,13 @@ def test_schedule_warms_up_then_decays_to_the_minimum():
     assert learning_rate(54, **kwargs) == pytest.approx(5.5e-4)  # half-way down the cosine
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_floor_above_the_peak_never_lifts_the_rate_past_the_peak(schedule):
+    kwargs = dict(schedule=schedule, max_lr=1e-3, min_lr=0.5, warmup=2, total=10)
+    rates = [learning_rate(step, **kwargs) for step in range(10)]
+    assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-3)
+
+
 def test_wsd_holds_the_peak_then_falls_linearly_over_the_last_fifth():
     kwargs = dict(schedule="wsd", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
     assert learning_rate(9, **kwargs) == pytest.approx(1e-3)

@@ -48,6 +48,8 @@ def load_image_data(
     settings: ImageDataConfig, image_size: int, log: Callable[[str], None] = print
 ) -> ImageDataset:
     """The dataset `settings.data` names; folders of image files are resized to image_size."""
+    if image_size < 1:  # checked before any image is drawn or read, as the model would
+        raise UserError(f"image_size must be at least 1 pixel, got {image_size}")
     if settings.data == "shapes":
         return embedded_shapes(settings.embedded_images, image_size)
     path = Path(catalog.resolve(settings.data, log))

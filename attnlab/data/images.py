@@ -270,6 +270,8 @@ def _image_set(files: dict[str, list], classes, channels: int, size: int, where)
 # ----------------------------------------------------------------------------- embedded shapes
 SHAPES = ("circle", "ring", "square", "diamond", "cross", "triangle", "bar", "pillar")
 EMBEDDED_TEST_IMAGES = 2000
+MIN_SHAPE_SIZE = 8  # pixels a side: room for a shape of radius 0.3 side and its margins
+SHAPES_AT_ONCE = 64
 TRAIN_SEED, TEST_SEED = 0, 1  # fixed, so evaluation redraws the very same test images
 
 
@@ -296,20 +298,29 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np
 
 def draw_shapes(count: int, size: int, seed: int) -> ImageSet:
     """`count` grayscale size x size images of SHAPES (label = index), each at a random place,
-    size and brightness over faint noise; the same images for the same seed."""
+    size and brightness over faint noise; the same images for the same seed. Drawn some
+    SHAPES_AT_ONCE images at a time, so that large images need little more memory than
+    their uint8 pixels."""
+    if size < MIN_SHAPE_SIZE:
+        raise UserError(
+            f"the embedded shapes need images of {MIN_SHAPE_SIZE} pixels or more, got {size}"
+        )
     rng = np.random.default_rng(seed)
     labels = rng.integers(len(SHAPES), size=count)
     r = rng.uniform(0.18, 0.3, count) * size
     cx, cy = (rng.uniform(r + 1, size - r - 1) for _ in range(2))
+    brightness = rng.uniform(150, 255, count)
     y, x = np.mgrid[:size, :size] + 0.5
-    dx, dy = x[None] - cx[:, None, None], y[None] - cy[:, None, None]  # (N, H, W)
-    inside = np.zeros((count, size, size), dtype=bool)
-    for k, shape in enumerate(SHAPES):
-        rows = labels == k
-        inside[rows] = _shape_mask(shape, dx[rows], dy[rows], r[rows, None, None])
-    brightness = rng.uniform(150, 255, count)[:, None, None]
-    pixels = inside * brightness + rng.normal(0, 12, inside.shape)
-    images = np.clip(pixels, 0, 255).astype(np.uint8)[:, None]  # (N, 1, H, W)
+    images = np.empty((count, 1, size, size), dtype=np.uint8)
+    for start in range(0, count, SHAPES_AT_ONCE):
+        part = slice(start, start + SHAPES_AT_ONCE)
+        dx, dy = x[None] - cx[part, None, None], y[None] - cy[part, None, None]  # (n, H, W)
+        inside = np.zeros(dx.shape, dtype=bool)
+        for k, shape in enumerate(SHAPES):
+            rows = labels[part] == k
+            inside[rows] = _shape_mask(shape, dx[rows], dy[rows], r[part][rows, None, None])
+        pixels = inside * brightness[part, None, None] + rng.normal(0, 12, inside.shape)
+        images[part, 0] = np.clip(pixels, 0, 255)
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
 
 

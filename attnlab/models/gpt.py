@@ -86,6 +86,8 @@ class GPTConfig:
         check_choice(name, "positional", self.positional, POSITIONALS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
         check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        if not 1 < self.rope_base < math.inf:  # wavelengths 2π·base^(2i/d) must grow with i
+            raise ConfigError(f"{name}.rope_base must be a number > 1, got {self.rope_base!r}")
         check_choice(name, "weight_init", self.weight_init, INITS)
         if self.weight_init == "fan_in" and self.tie_weights:
             raise ConfigError(

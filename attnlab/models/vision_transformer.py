@@ -224,6 +224,8 @@ class VisionTransformer(nn.Module):
 def training_data(request: DataRequest) -> TrainingData:
     """The images (data/image_classification.py), whose side must be cut into whole patches:
     IDX files (MNIST) come in their own size, which the chosen patches may not divide."""
+    if request.model["patch_size"] < 1:
+        raise UserError(f"patch_size must be at least 1, got {request.model['patch_size']}")
     data = image_training_data(request)
     side, patch = data.model_fields["image_size"], request.model["patch_size"]
     if side % patch:

@@ -16,7 +16,7 @@ class TrainConfig:
     batch_size: int = 12  # sequences per micro-batch
     gradient_accumulation: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-3  # peak learning rate (a multiplier for inverse_sqrt)
-    min_learning_rate: float = 1e-4  # where cosine and wsd end
+    min_learning_rate: float = 1e-4  # where cosine and wsd end (at most learning_rate)
     lr_schedule: str = "cosine"  # cosine | constant | wsd | inverse_sqrt
     warmup_iters: int = 100  # linear warmup steps
     weight_decay: float = 0.1  # on 2-D weights only

@@ -75,8 +75,10 @@ def learning_rate(
     inverse_sqrt: "Attention Is All You Need", section 5.3:
         lr = max_lr · d_model^-0.5 · min(n^-0.5, n · warmup^-1.5), n = step + 1,
         where max_lr is a multiplier (1.0 in the paper).
+    A min_lr above max_lr (a peak lowered, the floor left at its default) is max_lr: the rate
+    never climbs past the peak.
     """
-    n = step + 1
+    n, min_lr = step + 1, min(min_lr, max_lr)
     if schedule == "inverse_sqrt":
         return max_lr * d_model**-0.5 * min(n**-0.5, n * max(warmup, 1) ** -1.5)
     if n <= warmup:

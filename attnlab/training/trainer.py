@@ -154,18 +154,20 @@ class Trainer:
             with log as metrics:
                 while not (self.step >= self.config.max_iters or self._stopping or self._finishing):
                     record = self.train_step()
-                    if (
+                    evaluating = (
                         self.step % self.config.eval_interval == 0
                         or self.step == self.config.max_iters
                         or (self._finishing and not self._stopping)
-                    ):
+                    )
+                    if evaluating:
                         record.update(self.evaluate())
-                        self._keep_if_best()
-                        self.save()
-                    if writer:
+                    if writer:  # logged before the save: a checkpoint never outruns its log
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
                         self.on_record(record)
+                    if evaluating:
+                        self._keep_if_best()
+                        self.save()
             if self._stopping:
                 self.save()
             return FitResult(self.step, self._stopping, self.last_eval)
