@@ -400,3 +400,35 @@ def test_a_truly_read_only_file_system_is_one_line_and_left_as_it_was(tmp_path, 
         )
         assert "Read-only file system" in line, (name, line)
     assert {p: p.read_bytes() for p in ro.rglob("*") if p.is_file()} == before
+
+
+def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(
+    tmp_path, corpus, capsys
+):
+    out, config = tmp_path / "run", tmp_path / "run.toml"
+    settings = f'data = "{corpus}"\nout = "{out}"\n[model]\ncontext_length = 16\n'
+    config.write_text(settings + "[training]\nmax_iters = 2\neval_interval = 2\n")
+    assert run(["train", "gpt", "--config", str(config), *FAST], capsys)[0] == 0
+    config.write_text(settings + "[training]\nmax_iters = 4\neval_interval = 2\n")
+    code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
+    assert code == 0, err
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    config.write_text(settings.replace("16", "32") + "[training]\nmax_iters = 6\n")
+    code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
+    assert "cannot change the data or the model (context_length)" in one_line_error(code, err)
+
+
+def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(
+    tmp_path, corpus, capsys
+):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "1")[0] == 0
+    description = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**description, "data": {
+        **description["data"], "bogus": 1}}))  # fmt: skip
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
+    assert f"{out / 'run.json'} data settings: unknown key(s) bogus" in one_line_error(code, err)
+    (out / "run.json").write_text(json.dumps(description))
+    corpus.rename(tmp_path / "moved.txt")
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
+    assert f"was trained on {corpus}, which is not there any more" in one_line_error(code, err)

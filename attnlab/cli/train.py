@@ -159,7 +159,9 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
             for checkpoint in (out, out / BEST_DIR):  # a save a crash interrupted
                 finish_checkpoint(checkpoint)
         claim_run_directory(out, args.resume)  # again: the finished save may be a checkpoint
-        return _train(kind, args, chosen or _resumed(kind, args, out), source, out, group)
+        if chosen is None:  # the settings are the run's own, with what the file and flags change
+            chosen, source = _resumed(kind, args, toml, data_keys, out), str(out / RUN_FILE)
+        return _train(kind, args, chosen, source, out, group)
 
 
 def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group) -> int:
@@ -340,28 +342,45 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
     return run, model, train
 
 
-def _resumed(kind: ModelKind, args, out: Path):
-    """A resumed run's settings, from its directory; only training settings may change."""
+def _resumed(kind: ModelKind, args, toml, data_keys, out: Path):
+    """A resumed run's settings, from its directory; the file and the flags may change only
+    training settings (a data or model setting equal to the run's is no change)."""
     run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
     if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
         raise UserError(f"{out / RUN_FILE} is not a run description")
     if get_kind(run.get("kind", kind.name)) is not kind:
         raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
     saved = checkpoint_description(out)["config"]
-    given = {**_data_here(flag_values(args, kind.data_config)), **flag_values(args, kind.config)}
+    data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
+    given = {**_data_here(data), **toml.get("model", {}), **flag_values(args, kind.config)}
     before = _data_here({**saved, **run["data"]})  # a path kept relative (older runs) read here
     changed = [k for k, v in given.items() if before.get(k) != v]
-    if changed or args.preset not in (None, run.get("preset")):
+    if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
         raise UserError(
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when resuming"
         )
+    _check_data_is_there(before.get("data"), out)
     state = read_training_state(out)
     flags = flag_values(args, TrainConfig)
-    train = build_config(TrainConfig, state["train_config"], flags, source="--resume")
+    train = build_config(
+        TrainConfig, state["train_config"], toml.get("training", {}), flags, source="--resume"
+    )
     if train.max_iters <= state["step"]:
         note(f"note: {out} is at step {state['step']} already (max_iters {train.max_iters}): "
              "nothing to train; a larger --max-iters trains on")  # fmt: skip
     return run, (saved, saved), train
+
+
+def _check_data_is_there(spec: Any, out: Path) -> None:
+    """A run resumes on its own data: a file or folder it was trained on that is gone is one
+    line saying so (a dataset's name, 'stdlib' or a task is found again)."""
+    if not isinstance(spec, str) or not os.path.isabs(spec):
+        return
+    if not (Path(spec).exists() or Path(catalog.split_glob(spec)[0]).exists()):
+        raise UserError(
+            f"{out} was trained on {spec}, which is not there any more: put it back to resume "
+            "(a run resumes on its own data; --init starts a new run from its weights)"
+        )
 
 
 def _data_here(settings: dict[str, Any]) -> dict[str, Any]:
