@@ -221,7 +221,7 @@ def test_bert_offers_neither_classifier_settings_nor_the_datas(tmp_path, capsys)
         assert ("--pooling" in shown) is offered and "--vocab-size" not in shown
     (tmp_path / "bert.toml").write_text('data = "stdlib"\n[model]\npooling = "mean"\n')
     argv = ["train", "bert", "--config", str(tmp_path / "bert.toml"), "--out", str(tmp_path / "b")]
-    assert "a bert model has no pooling" in one_line_error(*run(argv, capsys)[::2])
+    assert "bert.toml [model]: bert does not use pooling" in one_line_error(*run(argv, capsys)[::2])
     (tmp_path / "bert.toml").write_text('data = "/no/such/corpus"\n[model]\nvocab_size = 99\n')
     line = one_line_error(*run(argv, capsys)[::2])  # before the data is looked for
     assert "vocab_size comes from the data: leave it unset" in line

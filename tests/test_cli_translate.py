@@ -246,3 +246,10 @@ def test_corpus_scores():
     assert partial["bleu"] == pytest.approx(expected) and partial["exact_match"] == 50
     with pytest.raises(UserError, match="must pair up"):
         corpus_scores(refs, refs[:1])
+
+
+def test_training_offers_no_batch_size_its_batches_are_counted_in_tokens(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "translation", "--help"])
+    shown = capsys.readouterr().out
+    assert "--max-batch-tokens" in shown and "--batch-size" not in shown

@@ -25,12 +25,14 @@ BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The trailing ``# comment`` of each field line in a dataclass's source."""
+    """The trailing ``# comment`` of each field line in a dataclass's source, and in its base
+    classes' (a subclass's own comment first)."""
     comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+):[^#]*#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        for line in inspect.getsource(base).splitlines():
+            match = re.match(r"\s+(\w+):[^#]*#\s*(.+)$", line)
+            if match:
+                comments[match.group(1)] = match.group(2)
     return comments
 
 

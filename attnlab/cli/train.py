@@ -135,7 +135,7 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     defaults = config_to_dict(kind.presets[kind.default_preset])
     title = f"model ({kind.config.__name__})"  # less the fields a user does not set
     add_config_flags(parser, kind.config, title, defaults, kind.data_fields | kind.unused_fields)
-    add_config_flags(parser, TrainConfig, "training (TrainConfig)")
+    add_config_flags(parser, TrainConfig, "training (TrainConfig)", skip=kind.unused_fields)
     parser.set_defaults(handler=functools.partial(train, kind.name))
 
 
@@ -177,7 +177,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
             )
         model_base = {**model_base, **shape, **given}
         run["init"] = args.init
-    group.check_batch(train_config.batch_size)  # before anything is written or built
+    if "batch_size" not in kind.unused_fields:  # before anything is written or built
+        group.check_batch(train_config.batch_size)
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
     settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
     kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
@@ -333,8 +334,9 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
     given = {**toml.get("model", {}), **flag_values(args, kind.config)}
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
-    if unused := sorted(kind.unused_fields & given.keys()):
-        raise UserError(f"{source} [model]: a {kind.name} model has no {', '.join(unused)}")
+    for table in TABLES:  # the fields the kind ignores have no flags: a file may name them
+        if unused := sorted(kind.unused_fields & toml.get(table, {}).keys()):
+            raise UserError(f"{source} [{table}]: {kind.name} does not use {', '.join(unused)}")
     _refuse_data_fields(kind.data_fields & given.keys())
     train = build_config(
         TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source

@@ -285,6 +285,7 @@ register_kind(
         data_config=TranslationDataConfig,
         build_data=translation_training_data,
         data_fields={"vocab_size", "pad_id", "bos_id", "eos_id"},
+        unused_fields={"batch_size"},  # batches hold up to max_batch_tokens tokens
         capabilities={TRANSLATE},
         description="an encoder-decoder on a parallel corpus (default: an embedded task)",
         aliases=("encoder_decoder",),

@@ -59,7 +59,7 @@ class ModelKind:
     aliases: tuple[str, ...] = ()  # earlier names still found in checkpoints
     init_from: tuple[str, ...] = ()  # other kinds whose checkpoints can start it (train --init)
     data_fields: frozenset[str] = frozenset()  # config fields its data sets: no flag
-    unused_fields: frozenset[str] = frozenset()  # config fields its model ignores: no flag
+    unused_fields: frozenset[str] = frozenset()  # model or training fields it ignores: no flag
 
     def __post_init__(self):
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))
