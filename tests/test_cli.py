@@ -365,3 +365,15 @@ def test_the_loss_plot_names_the_unit_the_loss_is_per(tmp_path, monkeypatch, uni
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
     assert drawn[0].axes[0].get_ylabel() == f"loss (nats/{unit})"
+
+
+@pytest.mark.parametrize(
+    "argv", [["train", "gpt", "--max-iters", "abc"], ["train", "gpt", "--bogus"], ["sample"]]
+)
+def test_a_malformed_command_line_is_one_line_naming_the_commands_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "usage" not in err
+    assert err.startswith(f"attnlab {' '.join(argv[:2]) if argv[0] == 'train' else argv[0]}: ")
+    assert err.endswith("--help)\n")

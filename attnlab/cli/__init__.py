@@ -57,12 +57,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 class Parser(argparse.ArgumentParser):
     """A command's parser (every subparser is one too). Words it does not take are its own
-    error, shown with its usage; but words after options go to a trailing text argument left
-    empty (`attnlab translate RUN --beam-size 1 "ein Satz"`). Flags are never abbreviated:
-    `--proc 2` would reach the ranks that --processes starts as another flag."""
+    error, one line naming the command (its usage is --help's, some 30 lines for `train`);
+    but words after options go to a trailing text argument left empty (`attnlab translate RUN
+    --beam-size 1 "ein Satz"`). Flags are never abbreviated: `--proc 2` would reach the ranks
+    that --processes starts as another flag."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extra = super().parse_known_args(args, namespace)
