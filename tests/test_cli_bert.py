@@ -225,3 +225,14 @@ def test_bert_offers_neither_classifier_settings_nor_the_datas(tmp_path, capsys)
     (tmp_path / "bert.toml").write_text('data = "/no/such/corpus"\n[model]\nvocab_size = 99\n')
     line = one_line_error(*run(argv, capsys)[::2])  # before the data is looked for
     assert "vocab_size comes from the data: leave it unset" in line
+
+
+def test_a_dev_text_a_character_tokenizer_cannot_read_is_one_line(tmp_path, capsys):
+    data = tmp_path / "texts"
+    data.mkdir()
+    rows = [f"{s}\t{i % 2}" for i, s in enumerate(SENTENCES * 5)]
+    (data / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (data / "dev.tsv").write_text("sentence\tlabel\nschön\t1\na fine film\t0\n")
+    argv = ["train", "classifier", "--data", str(data), "--out", str(tmp_path / "out"), *TINY]
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert "a text held out for evaluation does not encode" in line and "'ö'" in line

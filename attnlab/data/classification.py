@@ -203,7 +203,14 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     def encode(texts: list[str]) -> list[list[list[int]]]:
         return [encode_example(tokenizer, text, length, long_text) for text in texts]
 
-    train_texts, dev_texts = encode(train_examples[0]), encode(dev_examples[0])
+    train_texts = encode(train_examples[0])
+    try:
+        dev_texts = encode(dev_examples[0])
+    except UserError as error:  # a character tokenizer learned on the training texts
+        raise UserError(
+            f"{spec}: a text held out for evaluation does not encode: {error} (learned on the "
+            "training texts); a byte or bpe:N tokenizer reads any text"
+        ) from None
     # training draws sequences: each window of a long text is one, labelled as the text
     sequences = [ids for text in train_texts for ids in text]
     labels = [y for text, y in zip(train_texts, train_examples[1], strict=True) for _ in text]
