@@ -432,3 +432,17 @@ def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(
     corpus.rename(tmp_path / "moved.txt")
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
     assert f"was trained on {corpus}, which is not there any more" in one_line_error(code, err)
+
+
+def test_a_resumed_runs_time_limit_counts_from_where_it_resumes(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "2")[0] == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    (out / "trainer_state.json").write_text(json.dumps({**state, "elapsed_s": 1e6}))  # long ago
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4",
+                        "--time-limit", "10", *FAST], capsys)  # fmt: skip
+    assert code == 0 and "time limit" not in err, err
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "5",
+                        "--seed", "7", *FAST], capsys)  # fmt: skip
+    assert "a resumed run carries on its own random state" in one_line_error(code, err)

@@ -137,7 +137,8 @@ def fit_and_report(
 
     command: the `attnlab train ...` words, for the resume hint. summary: one line on the data
     and model. next_step: what to do with the result. time_limit: minutes of training steps
-    after which the run ends after one more step, evaluated and saved as a last step is.
+    after which the run ends after one more step, evaluated and saved as a last step is (a
+    resumed run counts them from where it resumes).
     """
     if not trainer.group.is_writer:  # torchrun's other ranks train in silence
         if resume:
@@ -146,16 +147,17 @@ def fit_and_report(
         return 0
     progress = progress_printer(trainer.config.max_iters, trainer.unit)
     limit_s = time_limit * 60 if time_limit else None
-
-    def on_record(record):
-        progress.update(record)
-        if limit_s is not None and record["elapsed_s"] >= limit_s:
-            trainer.request_finish()
-
-    trainer.on_record = on_record
     if resume:
         trainer.resume()
         progress.start_at(trainer.step)
+    begun_s = trainer.elapsed  # a resumed run's time limit counts from here
+
+    def on_record(record):
+        progress.update(record)
+        if limit_s is not None and record["elapsed_s"] - begun_s >= limit_s:
+            trainer.request_finish()
+
+    trainer.on_record = on_record
     precision = str(trainer.dtype).removeprefix("torch.")
     compiled = ", compiled" if trainer.compiled is not None else ""
     note(f"{summary}; device {trainer.device.type}, precision {precision}{compiled}")
@@ -164,7 +166,7 @@ def fit_and_report(
     finally:
         progress.close()
     plot = plot_losses(out / METRICS_FILE, out / "loss.png")
-    timed_out = limit_s is not None and trainer.elapsed >= limit_s
+    timed_out = limit_s is not None and trainer.elapsed - begun_s >= limit_s
     if result.interrupted:
         note(
             f"interrupted at step {result.step}; checkpoint saved in {out}. "

@@ -115,8 +115,8 @@ def _add_kind(kinds, kind: ModelKind) -> None:
         "--time-limit",
         type=float,
         metavar="MINUTES",
-        help="end once training steps have taken this long: one more step, evaluated and "
-        "saved (default: none)",
+        help="end once training steps have taken this long (a resumed run: this long more): one "
+        "more step, evaluated and saved (default: none)",
     )
     parser.add_argument(
         "--distributed",
@@ -367,6 +367,11 @@ def _resumed(kind: ModelKind, args, toml, data_keys, out: Path):
     train = build_config(
         TrainConfig, state["train_config"], toml.get("training", {}), flags, source="--resume"
     )
+    if train.seed != state["train_config"].get("seed", train.seed):
+        raise UserError(
+            f"--seed {train.seed}: a resumed run carries on its own random state (seed "
+            f"{state['train_config']['seed']}); a new seed starts a new run"
+        )
     if train.max_iters <= state["step"]:
         note(f"note: {out} is at step {state['step']} already (max_iters {train.max_iters}): "
              "nothing to train; a larger --max-iters trains on")  # fmt: skip
