@@ -156,6 +156,11 @@ def test_normalization_gives_unit_scale_and_round_trips():
     x = normalize(data.images)
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
     assert Normalization.from_dict(normalize.to_dict()) == normalize
+    colour = torch.randint(0, 256, (30, 3, 5, 5), dtype=torch.uint8)  # as torch computes it
+    pixels = colour.double().div(255).transpose(0, 1).flatten(1)
+    statistics = Normalization.of(colour)
+    assert torch.allclose(torch.tensor(statistics.mean).double(), pixels.mean(1))
+    assert torch.allclose(torch.tensor(statistics.std).double(), pixels.std(1))
 
 
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):

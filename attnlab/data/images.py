@@ -73,9 +73,17 @@ class Normalization:
 
     @classmethod
     def of(cls, images: torch.Tensor) -> Normalization:
-        """The per-channel mean and std of uint8 images (N, C, H, W)."""
-        x = images.float().div_(255).transpose(0, 1).flatten(1)  # (C, N·H·W)
-        return cls(tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist()))
+        """The per-channel mean and (unbiased) std of uint8 images (N, C, H, W), from each
+        channel's histogram of its 256 values: no float copy of the images."""
+        values = torch.arange(256, dtype=torch.float64) / 255
+        means, stds = [], []
+        for channel in images.transpose(0, 1):  # (N, H, W)
+            counts = torch.bincount(channel.flatten(), minlength=256).double()
+            n, mean = counts.sum(), (counts * values).sum() / counts.sum()
+            means.append(float(mean))
+            variance = (counts * (values - mean) ** 2).sum() / (n - 1).clamp_min(1)
+            stds.append(max(float(variance.sqrt()), 1e-3))
+        return cls(tuple(means), tuple(stds))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 (N, C, H, W), normalised."""
