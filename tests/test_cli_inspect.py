@@ -99,6 +99,13 @@ def test_attention_of_an_encoder_decoder_has_source_target_and_cross(checkpoints
     ]
     cross = data["panels"][2]["layers"][0][0]
     assert len(cross) == 4 and len(cross[0]) == 8  # target by source positions
+    argv = ["inspect", "attention", checkpoints["translation"], "--text", "one two", "--out",
+            str(out), "--layer", "1", "--head", "1"]  # fmt: skip
+    for group, panel in [(None, 1), ("decoder", 1), ("cross", 2)]:
+        code, _, err = run([*argv, *(["--group", group] if group else [])], capsys)
+        assert code == 0 and page_data(out)["selected"] == {"panel": panel, "layer": 1, "head": 1}
+    line = one_line_error(*run([*argv, "--group", "encoder"], capsys)[::2])
+    assert "--layer 1 is out of range: the model has layers 0 to 0" in line
 
 
 def test_attention_of_bert_reads_cls_text_sep(checkpoints, tmp_path, capsys):

@@ -64,6 +64,12 @@ def register(subparsers) -> None:
     view.add_argument("--image", metavar="FILE", help="image classifiers: the image to look at")
     view.add_argument("--layer", type=int, help="layer to show first (default: none)")
     view.add_argument("--head", type=int, help="head to show first (default: none)")
+    view.add_argument(
+        "--group",
+        metavar="WORD",
+        help="with --layer/--head on a model of several attentions: the first whose title holds "
+        "WORD (an encoder-decoder's: encoder, decoder, cross) (default: the first with --layer)",
+    )
     induction = sub["induction"]
     induction.add_argument("--length", type=int, help="tokens per copy (default: context/2, ≤128)")
     induction.add_argument("--sequences", type=int, default=16, help="random sequences scored")
@@ -133,7 +139,7 @@ def attention_command(args: argparse.Namespace) -> int:
     with torch.no_grad(), capture(model, streams=False) as seen:
         model(*inputs.args)
     heads = seen.attention[next(iter(groups.values()))[0].name].size(1)
-    selected = _selection(groups, heads, args.layer, args.head)
+    selected = _selection(groups, heads, args.layer, args.head, args.group)
     data = viewer_data(str(args.checkpoint), groups, seen, inputs, selected)
     atomic_write_bytes(args.out, render_html(data).encode("utf-8"))
     print(f"wrote {args.out}")
@@ -142,18 +148,23 @@ def attention_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selection(groups, heads: int, layer: int | None, head: int | None):
+def _selection(groups, heads: int, layer: int | None, head: int | None, group: str | None):
     """(panel, layer, head) to show first, checked; None when neither is given."""
     if layer is None and head is None:
+        if group is not None:
+            raise UserError("--group chooses where --layer and --head are: give one of them")
         return None
     layer, head = layer or 0, head or 0
-    most = max(len(layers) for layers in groups.values())
+    panels = [(p, len(layers)) for p, (title, layers) in enumerate(groups.items())
+              if group is None or group in title]  # fmt: skip
+    if not panels:
+        raise UserError(f"--group {group!r} is in none of the model's: {', '.join(groups)}")
+    most = max(n for _, n in panels)
     if not 0 <= layer < most:
         raise UserError(f"--layer {layer} is out of range: the model has layers 0 to {most - 1}")
     if not 0 <= head < heads:
         raise UserError(f"--head {head} is out of range: the model has heads 0 to {heads - 1}")
-    panel = next(p for p, layers in enumerate(groups.values()) if layer < len(layers))
-    return panel, layer, head
+    return next(p for p, n in panels if layer < n), layer, head
 
 
 def _attention_png(png, data, groups, seen, selected):
