@@ -286,7 +286,8 @@ def test_every_shipped_config_builds_its_model(path):
         config_from_dict(TrainConfig, toml["training"])
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; `timeout`, a job
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus, signum):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -314,7 +315,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
     deadline = time.time() + 60
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err

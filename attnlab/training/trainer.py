@@ -148,7 +148,7 @@ class Trainer:
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(self.out_dir / METRICS_FILE, self.step)
-        previous_handler = self._install_interrupt_handler()
+        previous_handlers = self._install_interrupt_handlers()
         try:
             log = (self.out_dir / METRICS_FILE).open("a") if writer else contextlib.nullcontext()
             with log as metrics:
@@ -172,8 +172,8 @@ class Trainer:
                 self.save()
             return FitResult(self.step, self._stopping, self.last_eval)
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for signum, previous in previous_handlers.items():
+                signal.signal(signum, previous)
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step at the scheduled learning rate; returns its metrics record (step,
@@ -349,16 +349,21 @@ class Trainer:
         if self.group.rank:  # the other ranks draw their own (dropout)
             torch.manual_seed(self.config.seed + self.group.rank + self.step)
 
-    def _install_interrupt_handler(self):
+    def _install_interrupt_handlers(self) -> dict[int, Any]:
+        """Ctrl-C, and in one process SIGTERM (a job scheduler's, `timeout`'s), stop the run
+        after the step in progress, saved; a second one stops at once. (Under torchrun a
+        SIGTERM is the launcher ending the job: the process group's to handle.) Returns the
+        handlers replaced."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
         def handler(signum, frame):
             if self._stop_requested:
                 raise KeyboardInterrupt
             self.request_stop()
 
-        return signal.signal(signal.SIGINT, handler)
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if self.group.world == 1 else [])
+        return {signum: signal.signal(signum, handler) for signum in signals}
 
 
 def _scored(targets: torch.Tensor) -> int:
