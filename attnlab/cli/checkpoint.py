@@ -36,6 +36,6 @@ def load_for(command: str, capability: str, path: str, device) -> Checkpoint:
         hint = f"; use {' or '.join(serving)}" if serving else ""
         raise UserError(
             f"{path} holds {a_kind(kind.name)} model, which `attnlab {command}` does not serve "
-            f"(it needs one that can {ABILITIES[capability]}){hint}"
+            f"(it needs one that can {ABILITIES.get(capability, capability)}){hint}"
         )
     return load_checkpoint(path, device)

@@ -234,9 +234,10 @@ def _refuse_data_fields(names: set[str]) -> None:
     """Model fields the data sets (the vocabulary's size, the classes) are no settings: those
     a kind declares are refused before the data is read, any other once it is."""
     if names:
-        names_them = ", ".join(sorted(names)) + (" come" if len(names) > 1 else " comes")
+        many = len(names) > 1
         raise UserError(
-            f"{names_them} from the data: leave {'them' if len(names) > 1 else 'it'} unset"
+            f"{', '.join(sorted(names))} {'come' if many else 'comes'} from the data: "
+            f"leave {'them' if many else 'it'} unset"
         )
 
 

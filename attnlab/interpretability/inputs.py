@@ -145,8 +145,9 @@ def _image(checkpoint: Checkpoint, image: str, **_) -> Inputs:
 def _pixels(checkpoint: Checkpoint, image: str, **_) -> Inputs:
     """An image as image GPT reads it: the start token, then its palette tokens but the last;
     positions are the start and the pixel (row, column) each token begins at."""
-    palette, side = checkpoint.artifacts.get("palette"), checkpoint.model.config.image_size
-    tokens, _ = palette.sequences(_read_image(checkpoint, image, "palette"))  # (1, L)
+    pixels = _read_image(checkpoint, image, "palette")
+    palette, side = checkpoint.artifacts["palette"], checkpoint.model.config.image_size
+    tokens, _ = palette.sequences(pixels)  # (1, L)
     starts = [i * palette.pixels_per_token for i in range(tokens.size(1) - 1)]
     labels = ["start", *(f"r{p // side}c{p % side}" for p in starts)]
     device = next(checkpoint.model.parameters()).device

@@ -41,7 +41,7 @@ ABILITIES = {  # each capability in words
 
 
 def a_kind(name: str) -> str:
-    """ "a 'gpt'", "an 'igpt'": a kind's name in a sentence."""
+    """A kind's name in a sentence: a 'gpt', an 'igpt'."""
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name!r}"
 
 
