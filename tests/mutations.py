@@ -210,10 +210,21 @@ MUTATIONS = [
         (("tests/test_dropout_kernel.py", "-k", "independent"),),
     ),
     Mutation(
-        "corpus-pieces-cut-beside-spaces",
+        "corpus-pieces-cut-after-punctuation",  # gpt4's pattern keeps "!\n" one pre-token
         "attnlab/data/corpus.py",
-        (("if not (text[i - 1].isspace() or text[i + 1].isspace()):", "if True:"),),
+        (
+            (
+                "if cut > 0 and text[cut - 1].isalnum():",
+                "if cut > 0 and not text[cut - 1].isspace():",
+            ),
+        ),
         (("tests/test_tokenizers.py", "-k", "streamed"),),
+    ),
+    Mutation(
+        "attention-output-ignores-its-hooks",
+        "attnlab/layers/attention.py",
+        (("weights = edit_weights(weights)", "edit_weights(weights.clone())"),),
+        (("tests/test_interpretability.py", "-k", "in_place or ablating_every_head"),),
     ),
     Mutation(
         "image-gpt-inputs-hold-the-pixel-they-predict",
