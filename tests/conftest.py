@@ -13,6 +13,14 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A small text to train on (modules that need another define their own)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("All the world's a stage, and all the men and women merely players. " * 30)
+    return path
+
+
+@pytest.fixture
 def shared_data() -> Path:
     path = data_dir()
     if not path.is_dir():

@@ -204,13 +204,6 @@ def test_train_help_lists_registered_kinds(capsys):
     assert "gpt" in text and "translation" in text and "test_sum" in text
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("the quick brown fox jumps over the lazy dog. " * 60)
-    return path
-
-
 def test_a_mixer_registered_outside_trains_resumes_and_samples(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     args = [

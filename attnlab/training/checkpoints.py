@@ -22,7 +22,6 @@ import math
 import os
 import random
 import uuid
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,18 +235,14 @@ def load_weights(model: nn.Module, file: Path) -> None:
     _load_checked(model, file, shapes, expected)
 
 
-def load_matching_weights(
-    model: nn.Module, file: Path, leave: Collection[str] = ()
-) -> tuple[list[str], list[str]]:
-    """Load the weights of `file` that `model` has by name and shape, except those named in
-    `leave`, to start a model from another's (a classifier from a pre-trained encoder, or one
-    with other classes). Returns the model's weights left as they were and the file's weights
-    left unused (never read)."""
+def load_matching_weights(model: nn.Module, file: Path, leave=()) -> tuple[list[str], list[str]]:
+    """Load the weights of `file` that `model` has by name and shape (but those in `leave`), to
+    start a model from another's (a classifier from a pre-trained encoder, or one with other
+    classes). Returns the model's weights left as they were and the file's left unused."""
     shapes = _header(file)
     expected = _unique_tensors(model.state_dict())
-    shared = {
-        n for n in expected.keys() & shapes.keys() - set(leave) if shapes[n] == expected[n].shape
-    }
+    names = expected.keys() & shapes.keys() - set(leave)
+    shared = {n for n in names if shapes[n] == expected[n].shape}
     if not shared:
         raise UserError(f"no weight of {file} fits the model (by name and shape)")
     _load_checked(model, file, {name: shapes[name] for name in shared}, expected)

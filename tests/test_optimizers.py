@@ -1,0 +1,74 @@
+"""The optimizer's parts (attnlab/training/optimizers.py): the learning-rate schedules, weight
+decay on matrices only, and gradient clipping as torch's."""
+
+import pytest
+import torch
+
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
+
+MODEL = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=32)
+
+
+def test_schedule_warms_up_then_decays_to_the_minimum():
+    kwargs = dict(schedule="cosine", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
+    assert learning_rate(0, **kwargs) == pytest.approx(1e-4)
+    assert learning_rate(9, **kwargs) == pytest.approx(1e-3)
+    assert learning_rate(99, **kwargs) == pytest.approx(1e-4)
+    assert learning_rate(54, **kwargs) == pytest.approx(5.5e-4)  # half-way down the cosine
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_floor_above_the_peak_never_lifts_the_rate_past_the_peak(schedule):
+    kwargs = dict(schedule=schedule, max_lr=1e-3, min_lr=0.5, warmup=2, total=10)
+    rates = [learning_rate(step, **kwargs) for step in range(10)]
+    assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-3)
+
+
+def test_wsd_holds_the_peak_then_falls_linearly_over_the_last_fifth():
+    kwargs = dict(schedule="wsd", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
+    assert learning_rate(9, **kwargs) == pytest.approx(1e-3)
+    assert learning_rate(79, **kwargs) == pytest.approx(1e-3)  # n = 80: the decay begins
+    assert learning_rate(89, **kwargs) == pytest.approx(5.5e-4)  # half-way down
+    assert learning_rate(99, **kwargs) == pytest.approx(1e-4)
+
+
+def test_inverse_sqrt_is_the_papers_formula():
+    for step, expected in [
+        (0, 512**-0.5 * 4000**-1.5),
+        (3999, 512**-0.5 * 4000**-0.5),
+        (15999, 512**-0.5 * 16000**-0.5),
+    ]:
+        got = learning_rate(
+            step, schedule="inverse_sqrt", max_lr=1.0, min_lr=0, warmup=4000, total=0, d_model=512
+        )
+        assert got == pytest.approx(expected)
+
+
+def test_weight_decay_only_on_matrices():
+    optimizer = build_optimizer(GPT(MODEL), 1e-3, 0.1, (0.9, 0.99))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+
+
+@pytest.mark.parametrize("gradient_scale", [100.0, 1e-3])  # clipped, and left alone
+@pytest.mark.parametrize("fused", [True, False])
+def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused):
+    steps = []
+    for clip in (clip_gradients, None):
+        torch.manual_seed(0)
+        model = GPT(MODEL)
+        optimizer = build_optimizer(model, 1e-2, 0.1, (0.9, 0.99))
+        if not fused:
+            optimizer = torch.optim.AdamW(optimizer.param_groups, fused=False)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * gradient_scale
+        if clip:
+            clip(optimizer, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        steps.append([p.detach() for p in model.parameters()])
+    for mine, theirs in zip(*steps, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)

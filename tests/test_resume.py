@@ -1,0 +1,95 @@
+"""--resume: a run continues on its own data and model from anywhere, with the training settings
+a file or flags change; a damaged log, a moved corpus or another kind's run is one line."""
+
+import json
+
+import pytest
+from helpers import one_line_error, run, snapshot
+from test_run_directory import FAST, train
+
+
+def test_a_relative_data_path_is_kept_whole_so_a_run_resumes_from_anywhere(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert train(capsys, "corpus.txt", "run", "--max-iters", "2")[0] == 0
+    run_file = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_file["data"]["data"] == str(corpus)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = ["--out", str(tmp_path / "run"), "--resume", "--max-iters", "3"]
+    assert run(["train", "gpt", *resumed, "--data", "../corpus.txt"], capsys)[0] == 0
+
+
+def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
+    out = tmp_path / "gpt_run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")
+    assert code == 0, err
+    before = snapshot(out)
+    code, _, err = run(["train", "test_sum", "--out", str(out), "--resume"], capsys)
+    assert "holds a 'gpt' run: resume it with that kind" in one_line_error(code, err)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("damage", ["garbage\n", "[1, 2]\n", '{"loss": 1.0}\n'])
+def test_resume_cuts_a_damaged_metrics_log_at_its_last_good_record(
+    tmp_path, corpus, capsys, damage
+):
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--max-iters", "4", "--eval-interval", "2")
+    assert code == 0, err
+    log = out / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:3]) + "\n" + damage + "\n".join(lines[3:]) + "\n")
+    resume = ["train", "gpt", "--out", str(out), "--resume", "--max-iters", "6"]
+    with pytest.warns(RuntimeWarning, match="line 4 is not a metrics record"):
+        code, _, err = run(resume, capsys)
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 5, 6]  # cut after step 3; the run went on from its checkpoint
+
+
+def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(
+    tmp_path, corpus, capsys
+):
+    out, config = tmp_path / "run", tmp_path / "run.toml"
+    settings = f'data = "{corpus}"\nout = "{out}"\n[model]\ncontext_length = 16\n'
+    config.write_text(settings + "[training]\nmax_iters = 2\neval_interval = 2\n")
+    assert run(["train", "gpt", "--config", str(config), *FAST], capsys)[0] == 0
+    config.write_text(settings + "[training]\nmax_iters = 4\neval_interval = 2\n")
+    code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
+    assert code == 0, err
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    config.write_text(settings.replace("16", "32") + "[training]\nmax_iters = 6\n")
+    code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
+    assert "cannot change the data or the model (context_length)" in one_line_error(code, err)
+
+
+def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(
+    tmp_path, corpus, capsys
+):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "1")[0] == 0
+    description = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**description, "data": {
+        **description["data"], "bogus": 1}}))  # fmt: skip
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
+    assert f"{out / 'run.json'} data settings: unknown key(s) bogus" in one_line_error(code, err)
+    (out / "run.json").write_text(json.dumps(description))
+    corpus.rename(tmp_path / "moved.txt")
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
+    assert f"was trained on {corpus}, which is not there any more" in one_line_error(code, err)
+
+
+def test_a_resumed_runs_time_limit_counts_from_where_it_resumes(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "2")[0] == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    (out / "trainer_state.json").write_text(json.dumps({**state, "elapsed_s": 1e6}))  # long ago
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "4",
+                        "--time-limit", "10", *FAST], capsys)  # fmt: skip
+    assert code == 0 and "time limit" not in err, err
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "5",
+                        "--seed", "7", *FAST], capsys)  # fmt: skip
+    assert "a resumed run carries on its own random state" in one_line_error(code, err)
