@@ -360,7 +360,8 @@ def _resumed(kind: ModelKind, args, toml, data_keys, out: Path):
     changed = [k for k, v in given.items() if before.get(k) != v]
     if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
         raise UserError(
-            f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when resuming"
+            f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when "
+            "resuming: leave them out, a resumed run keeps its own"
         )
     _check_data_is_there(before.get("data"), out)
     state = read_training_state(out)
