@@ -1,10 +1,13 @@
 """BERT: parity with Hugging Face transformers, masking statistics, the classifier's data."""
 
+import itertools
+
 import pytest
 import torch
 
 from attnlab.data.classification import encode_example, hold_out, pad_batch, read_tsv
 from attnlab.data.masked_lm import IGNORE_INDEX, Masking, pack_sentences
+from attnlab.errors import UserError
 from attnlab.interop.huggingface import from_hf, to_hf
 from attnlab.models.bert import PRESETS, BertClassifier, BertConfig, BertForMaskedLM
 
@@ -189,6 +192,26 @@ def test_tsv_and_folds(tmp_path):
     assert not set(train[0]) & set(dev[0])
     folds = [hold_out((texts, labels), 10, k)[1][0] for k in range(10)]
     assert sorted(t for fold in folds for t in fold) == sorted(texts)  # each example once
+
+
+def test_tsv_lines_end_at_line_feeds_and_labels_are_plain_digits(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes("\ufeffgood\u2028movie\t1\r\nbad\x0cone\t0\n".encode())
+    assert read_tsv(path) == (["good\u2028movie", "bad\x0cone"], [1, 0])
+    path.write_text("good movie\t1\ngreat\t\u00b2\n")  # "²".isdigit(), but no label
+    with pytest.raises(UserError, match="label '²' is not an integer >= 0"):
+        read_tsv(path)
+
+
+def test_a_line_that_two_corpus_pieces_share_is_one_sentence(tmp_path, monkeypatch):
+    from attnlab.data.masked_lm import encode_lines_cached
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    tokenizer = char_tokenizer()
+    pieces = ["the cat sat on", " the mat\r\na dog\n\n", "last line"]
+    tokens, starts = encode_lines_cached(pieces, tokenizer)
+    lines = [tokenizer.decode(tokens[a:b].tolist()) for a, b in itertools.pairwise(starts)]
+    assert lines == [" the cat sat on the mat", " a dog", " last line"]  # each after a space
 
 
 def char_tokenizer():

@@ -176,3 +176,12 @@ def test_a_large_corpus_is_never_held_whole(tmp_path, monkeypatch):
         tracemalloc.stop()
     assert len(tokens) == path.stat().st_size and tokenizer.decode(tokens[:65].tolist()) == line
     assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held at once"
+
+
+def test_lines_end_at_line_feeds_and_a_corpus_leaves_out_a_byte_order_mark(tmp_path):
+    from attnlab.data.corpus import text_lines
+
+    assert text_lines("a\x0cb\r\nc\u2028d\x85e\n\nf") == ["a\x0cb", "c\u2028d\x85e", "", "f"]
+    assert text_lines("one\n") == ["one"] and text_lines("") == []
+    (tmp_path / "bom.txt").write_bytes("\ufeffhello\r\n".encode())
+    assert "".join(Corpus(str(tmp_path / "bom.txt"))) == "hello\r\n"

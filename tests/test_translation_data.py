@@ -40,6 +40,15 @@ def test_reads_plain_and_gzipped_pairs(tmp_path):
     ]
 
 
+def test_lines_end_at_line_feeds_only_and_a_byte_order_mark_is_no_text(tmp_path):
+    (tmp_path / "a.de").write_bytes("\ufeffein Hund\x0cim Park\r\nzwei Katzen\n".encode())
+    (tmp_path / "a.en").write_bytes("a dog in the park\ntwo cats\u2028(small)\n".encode())
+    assert read_parallel(tmp_path / "a.de", tmp_path / "a.en") == [
+        ("ein Hund\x0cim Park", "a dog in the park"),
+        ("zwei Katzen", "two cats\u2028(small)"),
+    ]
+
+
 @pytest.mark.parametrize(
     "source, target, message",
     [

@@ -166,7 +166,7 @@ def read_stdin() -> str:
     never characters that only look like text. A stream without bytes beneath (a test's
     StringIO) is read as the text it holds."""
     if hasattr(sys.stdin, "buffer"):
-        return sys.stdin.buffer.read().decode("utf-8")
+        return sys.stdin.buffer.read().decode("utf-8-sig")
     return user_text(sys.stdin.read())
 
 

@@ -12,6 +12,7 @@ import math
 import sys
 
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text
+from attnlab.data.corpus import text_lines
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import TRANSLATE
@@ -102,7 +103,7 @@ def translate_command(args: argparse.Namespace) -> int:
 
     options = decoding_options(args)
     model, tokenizer = load_translation_model(args.checkpoint, args.device)
-    lines = [user_text(args.text)] if args.text is not None else read_stdin().splitlines()
+    lines = [user_text(args.text)] if args.text is not None else text_lines(read_stdin())
     lines = [line.strip() for line in lines]
     note_cut(lines, model, tokenizer)
     for translation in translate(model, tokenizer, lines, **options):

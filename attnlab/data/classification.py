@@ -20,12 +20,14 @@ classifier averages their logits).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from attnlab.data import catalog
+from attnlab.data.corpus import text_lines
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
 from attnlab.errors import UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
@@ -40,7 +42,7 @@ def read_tsv(path: Path) -> Examples:
     """sentence<TAB>label lines; the first line may be a header. Errors name file and line."""
     texts, labels = [], []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text_lines(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text ({error.reason})") from None
     for number, line in enumerate(lines, 1):
@@ -52,9 +54,9 @@ def read_tsv(path: Path) -> Examples:
                 f"{path}:{number}: expected 'sentence<TAB>label', found {len(columns)} column(s)"
             )
         text, label = columns[0].strip(), columns[1].strip()
-        if number == 1 and not label.lstrip("-").isdigit():
+        if number == 1 and not re.fullmatch("-?[0-9]+", label):
             continue  # a header
-        if not label.isdigit():
+        if not re.fullmatch("[0-9]+", label):  # isdigit() would take "²"
             raise UserError(f"{path}:{number}: label {label!r} is not an integer >= 0")
         texts.append(text)
         labels.append(int(label))

@@ -41,9 +41,20 @@ def corpus_files(spec: str) -> list[Path]:
     raise UserError(f"data not found: {spec} (give a text file, a directory, DIR:GLOB or 'stdlib')")
 
 
+def text_lines(text: str) -> list[str]:
+    """A text's lines, split at line feeds (\\n, \\r\\n) only, as a file's lines are counted
+    (wc -l): not at the form feeds, U+0085 or U+2028 that str.splitlines also splits at, which
+    would move every line after one out of step with its partner or its label."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the end of the last line
+    return [line.removesuffix("\r") for line in lines]
+
+
 class Corpus:
     """A corpus's text, streamed: each iteration reads the files again and yields the text (files
-    joined by DOCUMENT_SEPARATOR, undecodable bytes as U+FFFD) in pieces of about CHUNK
+    joined by DOCUMENT_SEPARATOR, undecodable bytes as U+FFFD, a file's byte-order mark left
+    out) in pieces of about CHUNK
     characters, so no file is ever held whole.
 
     A piece ends where neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token
@@ -74,7 +85,7 @@ class Corpus:
         for i, path in enumerate(self.files):
             if i:
                 yield DOCUMENT_SEPARATOR
-            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
                 while block := f.read(CHUNK):
                     yield block
 

@@ -50,14 +50,18 @@ def encode_lines_cached(
     texts: Iterable[str], tokenizer: Tokenizer
 ) -> tuple[np.ndarray, np.ndarray]:
     """The non-empty lines of `texts` (a Corpus's pieces), encoded: (tokens, starts), line i
-    being tokens[starts[i]:starts[i + 1]]. Encoded at most once per corpus and tokenizer."""
-    path = cache_dir() / "lines" / f"{content_key(texts, tokenizer_key(tokenizer))}.npz"
+    being tokens[starts[i]:starts[i + 1]]. Lines end at line feeds only (text_lines), and a
+    line two pieces share is one line. Encoded at most once per corpus and tokenizer."""
+    key = content_key(texts, tokenizer_key(tokenizer), "lines at line feeds, across pieces")
+    path = cache_dir() / "lines" / f"{key}.npz"
     if path.is_file():
         with np.load(path) as saved:
             return saved["tokens"], saved["starts"]
-    tokens, lengths = [], []
-    for text in texts:  # a piece at a time: only the ids are kept
-        encoded = [encode_sentence(tokenizer, line) for line in text.splitlines() if line.strip()]
+    tokens, lengths, rest = [], [], ""
+    for text in itertools.chain(texts, ["\n"]):  # a piece at a time: only the ids are kept
+        *lines, rest = (rest + text).split("\n")  # the last, unfinished, waits for the next
+        lines = [line.removesuffix("\r") for line in lines if line.strip()]
+        encoded = [encode_sentence(tokenizer, line) for line in lines]
         lengths.extend(map(len, encoded))
         tokens.append(np.fromiter(itertools.chain.from_iterable(encoded), np.int32))
     starts = np.cumsum([0, *lengths])

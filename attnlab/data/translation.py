@@ -28,6 +28,7 @@ import torch
 
 from attnlab.config import check_positive
 from attnlab.data import catalog
+from attnlab.data.corpus import text_lines
 from attnlab.errors import UserError
 from attnlab.files import cache_dir, check_writable
 from attnlab.tokenizers import load_tokenizer
@@ -70,19 +71,20 @@ class TranslationDataConfig:
 
 # ----------------------------------------------------------------------------- reading files
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (gzip-compressed when it ends in .gz), stripped."""
+    """The lines of a UTF-8 text file (gzip-compressed when it ends in .gz), stripped: split at
+    line feeds only (text_lines), a byte-order mark left out."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:
         if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
+            with gzip.open(path, "rt", encoding="utf-8-sig", newline="") as f:
                 text = f.read()
         else:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8-sig")
     except (OSError, EOFError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
-    lines = [line.strip() for line in text.splitlines()]
+    lines = [line.strip() for line in text_lines(text)]
     if not any(lines):
         raise UserError(f"{path} is empty")
     return lines
