@@ -236,3 +236,33 @@ def test_a_dev_text_a_character_tokenizer_cannot_read_is_one_line(tmp_path, caps
     argv = ["train", "classifier", "--data", str(data), "--out", str(tmp_path / "out"), *TINY]
     line = one_line_error(*run(argv, capsys)[::2])
     assert "a text held out for evaluation does not encode" in line and "'ö'" in line
+
+
+def test_evaluate_refuses_data_of_other_classes(texts, tmp_path, capsys):
+    out = tmp_path / "cls"
+    assert run_quiet(["train", "classifier", "--data", str(texts / "train.tsv"), "--out",
+                      str(out), "--folds", "4", "--max-iters", "1", *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    rows = [f"{s}\t{(0, 1, 5)[i % 3]}\n" for i, s in enumerate(SENTENCES * 6)]
+    (tmp_path / "five.tsv").write_text("".join(rows))
+    for name in ("neg", "pos"):
+        (tmp_path / "folders" / name).mkdir(parents=True)
+        for i, sentence in enumerate(SENTENCES):
+            (tmp_path / "folders" / name / f"{i}.txt").write_text(sentence)
+    for data, names in [("five.tsv", "0, 1, 2, 3, 4, 5"), ("folders", "neg, pos")]:
+        argv = ["evaluate", str(out), "--data", str(tmp_path / data), "--device", "cpu"]
+        line = one_line_error(*run(argv, capsys)[::2])
+        assert f"({names}) are not those the checkpoint was trained on (0, 1)" in line
+    (tmp_path / "big.tsv").write_text("a fine film\t0\na dull mess\t1\nthe end\t100000\n" * 10)
+    argv = [
+        "train",
+        "classifier",
+        "--data",
+        str(tmp_path / "big.tsv"),
+        "--out",
+        str(tmp_path / "b"),
+        *TINY,
+    ]
+    assert "the labels run to 100000, but only 3 of them appear" in one_line_error(
+        *run(argv, capsys)[::2]
+    )

@@ -32,7 +32,7 @@ from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentenc
 from attnlab.errors import UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
 from attnlab.tokenizers import Tokenizer
-from attnlab.training.artifacts import ClassNames
+from attnlab.training.artifacts import ClassNames, check_classes
 from attnlab.training.sources import DataRequest, TrainingData
 
 Examples = tuple[list[str], list[int]]  # texts, labels
@@ -194,10 +194,21 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         raise UserError(
             f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
         )
-    n_classes = max(train_examples[1] + dev_examples[1]) + 1
+    numbers = set(train_examples[1] + dev_examples[1])
+    n_classes = max(numbers) + 1
+    if n_classes - len(numbers) > len(numbers):  # most classes without an example: a stray label
+        raise UserError(
+            f"{spec}: the labels run to {n_classes - 1}, but only {len(numbers)} of them appear: "
+            "labels number the classes from 0"
+        )
     if missing := sorted(set(range(n_classes)) - set(seen)):
         request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
+    saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
+    if not classes and not settings.label_names and saved and n_classes <= len(saved.names):
+        classes = list(saved.names)  # numbered labels: the checkpoint's classes, in order
     classes = classes or _label_names(settings.label_names, n_classes)
+    check_classes(request.artifacts, ClassNames(tuple(classes)), spec)
+    n_classes = len(classes)
     tokenizer = bert_tokenizer(settings.tokenizer, train_examples[0], request)
     pad_id = tokenizer.special_tokens[PAD]
     length, long_text = request.model["context_length"], request.model["long_text"]

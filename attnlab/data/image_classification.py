@@ -28,7 +28,7 @@ from attnlab.data.images import (
 )
 from attnlab.errors import ConfigError, UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
-from attnlab.training.artifacts import ClassNames
+from attnlab.training.artifacts import ClassNames, check_classes
 from attnlab.training.sources import DataRequest, TrainingData
 
 
@@ -150,11 +150,7 @@ def image_training_data(request: DataRequest) -> TrainingData:
     dataset = load_image_data(settings, request.model["image_size"], request.log)
     saved = request.artifacts or {}
     classes = ClassNames(dataset.classes)
-    if "classes" in saved and saved["classes"] != classes:
-        raise UserError(
-            f"the classes of {dataset.name} ({', '.join(classes.names)}) are not those the "
-            f"checkpoint was trained on ({', '.join(saved['classes'].names)})"
-        )
+    check_classes(saved, classes, dataset.name)
     normalize = saved.get("normalization") or Normalization.of(dataset.train.images)
     batches = ImageBatches(dataset.train, normalize, train.batch_size, train.seed, settings.shift)
     val = fixed_batches(dataset.test, normalize, train.batch_size, train.eval_iters)

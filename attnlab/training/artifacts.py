@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from attnlab.errors import UserError
 from attnlab.tokenizers import tokenizer_from_dict
 
 # artefact name -> how to rebuild it from its JSON dict (saved as NAME.json, from obj.to_dict())
@@ -38,3 +39,14 @@ class ClassNames:
 
 
 register_artifact("classes", ClassNames.from_dict)
+
+
+def check_classes(artifacts: dict[str, Any] | None, classes: ClassNames, data: str) -> None:
+    """The data's classes against those of the checkpoint the artefacts come from (resumed or
+    evaluated): others are one line, not scores under the wrong names or a label out of range."""
+    saved = (artifacts or {}).get("classes")
+    if saved is not None and saved != classes:
+        raise UserError(
+            f"the classes of {data} ({', '.join(classes.names)}) are not those the checkpoint "
+            f"was trained on ({', '.join(saved.names)})"
+        )
