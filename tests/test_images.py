@@ -78,6 +78,32 @@ def test_truncated_idx_is_refused(tmp_path):
         read_idx(path, IDX_IMAGES)
 
 
+def test_idx_folders_of_no_images_or_of_two_sizes_are_one_line(tmp_path):
+    write_mnist(tmp_path, compress=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+        idx_bytes(np.zeros((6, 4, 4), np.uint8), IDX_IMAGES)
+    )
+    with pytest.raises(UserError, match="training images are 6 x 6, test images 4 x 4"):
+        load_idx_folder(tmp_path)
+    for stem, array in (("images-idx3", np.zeros((0, 6, 6))), ("labels-idx1", np.zeros(0))):
+        magic = IDX_IMAGES if stem.startswith("images") else IDX_LABELS
+        (tmp_path / f"t10k-{stem}-ubyte").write_bytes(idx_bytes(array.astype(np.uint8), magic))
+    with pytest.raises(UserError, match="holds 0 x 6 x 6 pixels: give one or more 2-D images"):
+        load_idx_folder(tmp_path)
+    (tmp_path / "short").write_bytes(struct.pack(">I", IDX_IMAGES) + b"\0\0")
+    with pytest.raises(UserError, match="is truncated: 6 bytes, in its 16-byte header"):
+        read_idx(tmp_path / "short", IDX_IMAGES)
+
+
+def test_a_photo_is_read_turned_as_its_exif_orientation_says(tmp_path):
+    from attnlab.data.images import open_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; a viewer rotates the picture
+    Image.new("L", (20, 10)).save(tmp_path / "photo.jpg", exif=exif)
+    assert open_image(tmp_path / "photo.jpg").size == (10, 20)
+
+
 def write_png(path, size=8, value=200, mode="L"):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, (size, size), value if mode == "L" else (value, 0, 0)).save(path)

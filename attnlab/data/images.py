@@ -120,6 +120,8 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
         raise UserError(f"{path} is not an IDX {what} file: magic number {found}, expected {magic}")
     n_dims = data[3]
     header = 4 + 4 * n_dims
+    if len(data) < header:
+        raise UserError(f"{path} is truncated: {len(data)} bytes, in its {header}-byte header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims)]
     expected = header + math.prod(dims)
     if len(data) != expected:
@@ -155,6 +157,9 @@ def load_idx_split(directory: str | Path, split: str) -> ImageSet:
         raise UserError(
             f"{image_file} holds {len(images):,} images but {label_file} {len(labels):,} labels"
         )
+    if not len(images) or images.ndim != 3:
+        shape = " x ".join(map(str, images.shape))
+        raise UserError(f"{image_file} holds {shape} pixels: give one or more 2-D images")
     return ImageSet(
         torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
     )
@@ -162,6 +167,9 @@ def load_idx_split(directory: str | Path, split: str) -> ImageSet:
 
 def load_idx_folder(directory: str | Path) -> ImageDataset:
     train, test = load_idx_split(directory, "train"), load_idx_split(directory, "test")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        sizes = [" x ".join(map(str, s.images.shape[2:])) for s in (train, test)]
+        raise UserError(f"{directory}: training images are {sizes[0]}, test images {sizes[1]}")
     n_classes = int(max(train.labels.max(), test.labels.max())) + 1
     names = tuple(str(k) for k in range(n_classes))
     return ImageDataset(train, test, names, Path(directory).name)
@@ -170,15 +178,15 @@ def load_idx_folder(directory: str | Path) -> ImageDataset:
 # ----------------------------------------------------------------------------- image files
 def open_image(path: str | Path):
     """A PIL image, fully read; a missing or unreadable file is a UserError naming it."""
-    from PIL import Image  # imported when images are read
+    from PIL import Image, ImageOps  # imported when images are read
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.copy()
+            image.load()  # turned as its EXIF orientation says, as a viewer shows a photo
+            return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path} is not a readable image: {error}") from None
 
