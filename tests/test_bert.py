@@ -203,6 +203,20 @@ def test_tsv_lines_end_at_line_feeds_and_labels_are_plain_digits(tmp_path):
         read_tsv(path)
 
 
+def test_class_folders_leave_out_hidden_empty_and_binary_files(tmp_path):
+    from attnlab.data.classification import read_class_folders
+
+    for path, content in [("pos/a.txt", b"good"), ("pos/.ipynb_checkpoints/a.txt", b"good"),
+                          ("neg/b.txt", b"\xef\xbb\xbfbad"), ("neg/empty.txt", b" \n"),
+                          ("neg/ls", b"\x7fELF\xff\xfe\x00")]:  # fmt: skip
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(content)
+    notes = []
+    assert read_class_folders(tmp_path, notes.append) == ((["bad", "good"], [0, 1]), ["neg", "pos"])
+    assert notes == [f"warning: skipping {tmp_path / 'neg/empty.txt'}: empty",
+                     f"warning: skipping {tmp_path / 'neg/ls'}: not UTF-8 text"]  # fmt: skip
+
+
 def test_a_line_that_two_corpus_pieces_share_is_one_sentence(tmp_path, monkeypatch):
     from attnlab.data.masked_lm import encode_lines_cached
 

@@ -185,3 +185,16 @@ def test_lines_end_at_line_feeds_and_a_corpus_leaves_out_a_byte_order_mark(tmp_p
     assert text_lines("one\n") == ["one"] and text_lines("") == []
     (tmp_path / "bom.txt").write_bytes("\ufeffhello\r\n".encode())
     assert "".join(Corpus(str(tmp_path / "bom.txt"))) == "hello\r\n"
+
+
+def test_a_folder_corpus_leaves_out_hidden_files_and_a_glob_is_a_folders(tmp_path):
+    from attnlab.data.corpus import corpus_files
+
+    for name in ("a.txt", ".notes.txt", ".git/b.txt", "sub/c.txt", ".hidden/d.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("text\n")
+    assert corpus_files(str(tmp_path)) == [tmp_path / "a.txt", tmp_path / "sub" / "c.txt"]
+    assert corpus_files(f"{tmp_path}:.hidden/*.txt") == [tmp_path / ".hidden" / "d.txt"]
+    for spec in (f"{tmp_path / 'a.txt'}:*.md", f"{tmp_path}:/etc/*"):
+        with pytest.raises(UserError, match="a glob follows a folder, and is relative to it"):
+            corpus_files(spec)

@@ -61,9 +61,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--data",
         metavar="PATH",
-        help="text file, directory, DIR:GLOB or 'stdlib' (language model); shapes, mnist or an "
-        "image folder (image models); a TSV or class folders (text classifier) (default: the "
-        "run's own data)",
+        help="text file, folder (its *.txt), DIR:GLOB or 'stdlib' (language model); shapes, "
+        "mnist or an image folder (image models); a TSV or class folders (text classifier) "
+        "(default: the run's own data)",
     )
     parser.add_argument("--src", metavar="FILE", help="source sentences, one a line (translation)")
     parser.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")

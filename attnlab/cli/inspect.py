@@ -77,7 +77,9 @@ def register(subparsers) -> None:
     induction.add_argument("--json", action="store_true", help="print one JSON object")
     sub["lens"].add_argument("--json", action="store_true", help="print one JSON object")
     layers = sub["layers"]
-    layers.add_argument("--data", required=True, help="text file, directory, DIR:GLOB or 'stdlib'")
+    layers.add_argument(
+        "--data", required=True, help="text file, folder (its *.txt), DIR:GLOB or 'stdlib'"
+    )
     layers.add_argument("--windows", type=int, default=32, help="context windows evaluated")
     layers.add_argument("--json", action="store_true", help="print one JSON object")
 

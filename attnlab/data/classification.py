@@ -21,6 +21,7 @@ classifier averages their logits).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,20 +66,30 @@ def read_tsv(path: Path) -> Examples:
     return texts, labels
 
 
-def read_class_folders(root: Path) -> tuple[Examples, list[str]]:
-    """Every file in each sub-folder of `root`, labelled by its folder; and the class names."""
+def read_class_folders(root: Path, log: Callable[[str], None]) -> tuple[Examples, list[str]]:
+    """Every text file in each sub-folder of `root`, labelled by its folder (hidden files and
+    folders left out; an empty or not UTF-8 file skipped, with a warning); and the classes."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"{root} has no class folders (one sub-folder of text files per class)")
     texts, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(
-            p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
-        if not files:
-            raise UserError(f"class folder {root / name} has no files")
-        texts += [p.read_text(encoding="utf-8", errors="replace") for p in files]
-        labels += [label] * len(files)
+        folder, count = root / name, len(texts)
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in file.relative_to(folder).parts):
+                continue
+            try:
+                text = file.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                log(f"warning: skipping {file}: not UTF-8 text")
+                continue
+            if not text.strip():
+                log(f"warning: skipping {file}: empty")
+                continue
+            texts.append(text)
+        if len(texts) == count:
+            raise UserError(f"class folder {folder} has no text files")
+        labels += [label] * (len(texts) - count)
     return (texts, labels), classes
 
 
@@ -96,7 +107,9 @@ def hold_out(examples: Examples, folds: int, fold: int) -> tuple[Examples, Examp
     return train, dev
 
 
-def read_examples(spec: str, folds: int, fold: int) -> tuple[Examples, Examples, list[str]]:
+def read_examples(
+    spec: str, folds: int, fold: int, log: Callable[[str], None] = print
+) -> tuple[Examples, Examples, list[str]]:
     """Train and dev examples of a data spec, and the class names (None: numbered)."""
     path = Path(spec)
     if path.is_file():
@@ -109,7 +122,7 @@ def read_examples(spec: str, folds: int, fold: int) -> tuple[Examples, Examples,
         if (path / "dev.tsv").is_file():
             return train, read_tsv(path / "dev.tsv"), None
         return (*hold_out(train, folds, fold), None)
-    examples, classes = read_class_folders(path)
+    examples, classes = read_class_folders(path, log)
     return (*hold_out(examples, folds, fold), classes)
 
 
@@ -184,7 +197,9 @@ class ClassificationDataConfig:
 def classification_training_data(request: DataRequest) -> TrainingData:
     settings, train = request.settings, request.train
     spec = catalog.resolve(settings.data, request.log)
-    train_examples, dev_examples, classes = read_examples(spec, settings.folds, settings.fold)
+    train_examples, dev_examples, classes = read_examples(
+        spec, settings.folds, settings.fold, request.log
+    )
     if not dev_examples[0]:
         raise UserError(
             f"{spec}: no examples are left to evaluate on (fewer than {settings.folds})"

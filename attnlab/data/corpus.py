@@ -22,7 +22,8 @@ _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", 
 
 
 def corpus_files(spec: str) -> list[Path]:
-    """The files of a corpus spec, sorted so every run reads them in the same order."""
+    """The files of a corpus spec, sorted so every run reads them in the same order: a file, a
+    folder's **/*.txt or DIR:GLOB (hidden files and folders left out: .git, .ipynb_checkpoints)."""
     if spec == STDLIB:
         root = Path(sysconfig.get_paths()["stdlib"])
         files = [
@@ -31,10 +32,17 @@ def corpus_files(spec: str) -> list[Path]:
         return sorted(files)
     path, pattern = split_glob(spec) if not Path(spec).exists() else (spec, "")
     path = Path(path)
+    if pattern and path.is_file() or Path(pattern).is_absolute():
+        raise UserError(f"{spec}: a glob follows a folder, and is relative to it (DIR:GLOB)")
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.glob(pattern or "**/*.txt") if p.is_file())
+        hidden = any(part.startswith(".") for part in Path(pattern).parts)  # asked for by name
+        files = sorted(
+            p
+            for p in path.glob(pattern or "**/*.txt")
+            if p.is_file() and (hidden or not any(s[0] == "." for s in p.relative_to(path).parts))
+        )
         if not files:
             raise UserError(f"no files match {pattern or '**/*.txt'!r} in directory {path}")
         return files

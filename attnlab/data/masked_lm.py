@@ -141,7 +141,7 @@ class MaskedSequences:
 
 @dataclass(frozen=True)
 class MaskedLMDataConfig:
-    data: str = "stdlib"  # text file, directory, DIR:GLOB, a dataset; one sentence per line
+    data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset; a sentence a line
     tokenizer: str = "bpe:8192"  # char, byte or bpe:N, learned on the data with BERT's specials
     mask_probability: float = 0.15  # share of ordinary tokens selected for prediction
 

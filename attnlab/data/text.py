@@ -169,7 +169,7 @@ def language_model_data(
 
 @dataclass(frozen=True)
 class TextDataConfig:
-    data: str = "stdlib"  # text file, directory, DIR:GLOB, dataset, stdlib, or task:NAME
+    data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset, stdlib, task:NAME
     tokenizer: str = "char"  # char, byte or bpe:N (N = vocabulary size, learned on the data)
     repeat: bool = False  # each window ends with its own beginning again (see induction heads)
 
