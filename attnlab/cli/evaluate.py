@@ -112,7 +112,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     checkpoint = load_for("evaluate", GENERATE, args.checkpoint, pick_device(args.device))
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    tokens = tokenize_cached(Corpus(resolve_data_path(data)), tokenizer)
+    tokens = tokenize_cached(Corpus(resolve_data_path(data), note), tokenizer)
     splits = TextSplits.from_tokens(tokens)
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
     if len(chosen) <= model.config.context_length:

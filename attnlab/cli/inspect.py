@@ -304,6 +304,7 @@ def layers_command(args: argparse.Namespace) -> int:
     import torch
 
     from attnlab.cli.options import resolve_data_path
+    from attnlab.cli.runs import note
     from attnlab.data.corpus import Corpus
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
     from attnlab.interpretability.surgery import block_stack, layer_surgery
@@ -315,7 +316,7 @@ def layers_command(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     n_layers = len(block_stack(model))
     length = model.config.context_length
-    tokens = tokenize_cached(Corpus(resolve_data_path(args.data)), tokenizer)
+    tokens = tokenize_cached(Corpus(resolve_data_path(args.data), note), tokenizer)
     tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens
     tokens = tokens[: args.windows * length + 1]
     if len(tokens) <= length:

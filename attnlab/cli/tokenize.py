@@ -20,6 +20,7 @@ from pathlib import Path
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text
+from attnlab.cli.runs import note
 from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
 from attnlab.files import check_writable
@@ -151,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserError(f"--special: {error}") from None
     check_out(Path(args.out))
-    texts = Corpus(resolve_data_path(args.data))
+    texts = Corpus(resolve_data_path(args.data), note)
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(

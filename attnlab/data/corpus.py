@@ -8,8 +8,9 @@ carries it, so it is the embedded default that needs no download.
 
 from __future__ import annotations
 
+import codecs
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from attnlab.data.catalog import split_glob
@@ -59,21 +60,33 @@ def text_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+def _replace_counting(error: UnicodeDecodeError) -> tuple[str, int]:
+    """The "replace" error handler, counting the bytes it replaces in _REPLACED (reset by the
+    reader of each file)."""
+    _REPLACED[0] += error.end - error.start
+    return "\ufffd", error.end
+
+
+_REPLACED = [0]
+codecs.register_error("attnlab-replace", _replace_counting)
+
+
 class Corpus:
     """A corpus's text, streamed: each iteration reads the files again and yields the text (files
     joined by DOCUMENT_SEPARATOR, undecodable bytes as U+FFFD, a file's byte-order mark left
-    out) in pieces of about CHUNK
-    characters, so no file is ever held whole.
+    out) in pieces of about CHUNK characters, so no file is ever held whole. `log` hears, once a
+    file, of one that is not UTF-8 text: bytes that do not decode, or NUL characters (UTF-16).
 
     A piece ends where neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token
     across (_last_safe_cut), so pieces tokenized one by one give the ids of the whole text: at a
     line break, so that lines stay whole, where the text has a line ending in a letter or digit.
     Line breaks are kept as they are in the files (\\r\\n too)."""
 
-    def __init__(self, spec: str):
-        self.spec, self.files = spec, corpus_files(spec)
+    def __init__(self, spec: str, log: Callable[[str], None] | None = None):
+        self.spec, self.files, self.log = spec, corpus_files(spec), log
         if not any(p.stat().st_size for p in self.files):
             raise UserError(f"corpus {spec} is empty")
+        self._told: set[Path] = set()
 
     def __iter__(self) -> Iterator[str]:
         pending: list[str] = []
@@ -93,9 +106,21 @@ class Corpus:
         for i, path in enumerate(self.files):
             if i:
                 yield DOCUMENT_SEPARATOR
-            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            _REPLACED[0], nul = 0, False  # files are read one at a time
+            with open(path, encoding="utf-8-sig", errors="attnlab-replace", newline="") as f:
                 while block := f.read(CHUNK):
+                    nul = nul or "\0" in block
                     yield block
+            self._warn(path, _REPLACED[0], nul)
+
+    def _warn(self, path: Path, replaced: int, nul: bool) -> None:
+        """Tell `log`, once, of a file that is not UTF-8 text (another encoding, UTF-16)."""
+        if not (replaced or nul) or self.log is None or path in self._told:
+            return
+        self._told.add(path)
+        found = [f"{replaced:,} byte(s) that are not UTF-8 (read as U+FFFD)"] if replaced else []
+        found += ["NUL characters"] if nul else []
+        self.log(f"warning: {path} holds {' and '.join(found)}; text is read as UTF-8")
 
 
 def _last_safe_cut(text: str) -> int:

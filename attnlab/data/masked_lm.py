@@ -163,7 +163,7 @@ def masked_lm_training_data(request: DataRequest) -> TrainingData:
     settings, train = request.settings, request.train
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
-    texts = Corpus(spec)
+    texts = Corpus(spec, request.log)
     tokenizer = bert_tokenizer(settings.tokenizer, texts, request)
     ids = tokenizer.special_tokens
     tokens, starts = encode_lines_cached(texts, tokenizer)

@@ -188,7 +188,7 @@ def text_training_data(request: DataRequest) -> TrainingData:
         return task_training_data(request)
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
-    corpus = Corpus(spec)
+    corpus = Corpus(spec, request.log)
     tokenizer = (request.artifacts or {}).get("tokenizer") or tokenizer_cached(
         settings.tokenizer, corpus
     )
