@@ -92,7 +92,10 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     assert code == 0 and out.count("\n") == 1
     monkeypatch.setattr("sys.stdin", io.StringIO("one\n\nseven hundred\nfive\n"))
     code, lines, _ = run(["translate", str(trained), "--batch-size", "2"], capsys)
-    assert code == 0 and len(lines.splitlines()) == 4
+    assert code == 0 and len(lines.splitlines()) == 4 and lines.splitlines()[1] == ""
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+    line = one_line_error(*run(["translate", str(trained)], capsys)[::2])
+    assert "no text to translate" in line
     monkeypatch.setattr("sys.stdin", io.StringIO("forty-two\n"))
     assert run(["translate", str(trained), "--beam-size", "2"], capsys)[1] == out
     assert run(["translate", str(trained), "--beam-size", "2", "forty-two"], capsys)[1] == out

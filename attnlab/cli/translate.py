@@ -105,9 +105,12 @@ def translate_command(args: argparse.Namespace) -> int:
     model, tokenizer = load_translation_model(args.checkpoint, args.device)
     lines = [user_text(args.text)] if args.text is not None else text_lines(read_stdin())
     lines = [line.strip() for line in lines]
+    if not any(lines):
+        raise UserError("no text to translate: give TEXT or lines on stdin")
     note_cut(lines, model, tokenizer)
-    for translation in translate(model, tokenizer, lines, **options):
-        sys.stdout.write(translation + "\n")
+    translations = iter(translate(model, tokenizer, list(filter(None, lines)), **options))
+    for line in lines:  # a line out for each line in, a blank one for a blank one
+        sys.stdout.write((next(translations) if line else "") + "\n")
     sys.stdout.flush()
     return 0
 
