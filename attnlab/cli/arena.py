@@ -26,9 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="runs/arena", help="report folder (new or empty)")
     parser.add_argument(
         "--mixers",
-        help=f"comma-separated, each once (default: {ARENA_MIXERS}; --scaling measures "
-        "attention (eager), attention (fused), hyena, mamba, mamba (fused) and lstm, all by "
-        "default; attention there means both its eager and fused kernels)",
+        help=f"comma-separated, each once (default: {ARENA_MIXERS}; --scaling measures every "
+        "mixer by default, attention and mamba with each of their kernels: 'attention (eager)', "
+        "'mamba (fused)', ...; a plain name there means all its kernels)",
     )
     race = parser.add_argument_group("the race (default mode)")
     race.add_argument("--data", default="tinyshakespeare", help="text, dataset or task:NAME")

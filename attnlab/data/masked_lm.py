@@ -156,7 +156,7 @@ def bert_tokenizer(spec: str, texts: Iterable[str], request: DataRequest) -> Tok
     if saved is not None:
         check_specials(saved, "the checkpoint")
         return saved
-    return tokenizer_cached(spec, texts, special_tokens=SPECIALS)
+    return tokenizer_cached(spec, texts, special_tokens=SPECIALS, log=request.log)
 
 
 def masked_lm_training_data(request: DataRequest) -> TrainingData:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,19 +43,30 @@ def tokenizer_key(tokenizer: Tokenizer) -> str:
 
 
 def tokenizer_cached(
-    spec: str, texts: Iterable[str], special_tokens: Iterable[str] | None = None
+    spec: str,
+    texts: Iterable[str],
+    special_tokens: Iterable[str] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Tokenizer:
     """build_tokenizer(spec, texts, special_tokens=...), reusing a learned tokenizer (bpe:N)
-    trained before on the same texts instead of training it again."""
+    trained before on the same texts instead of training it again. `log` hears of a BPE
+    vocabulary that came out smaller than asked (the text ran out of pairs to merge)."""
     if not spec.startswith("bpe:"):
         return build_tokenizer(spec, texts, special_tokens=special_tokens)
     specials = json.dumps(None if special_tokens is None else list(special_tokens))
     path = cache_dir() / "tokenizers" / f"{content_key(texts, spec, specials)}.json"
     if path.is_file():
-        return load_tokenizer(path)
-    check_writable(path.parent)  # a read-only cache: one line now, not after training
-    tokenizer = build_tokenizer(spec, texts, progress=True, special_tokens=special_tokens)
-    tokenizer.save(path)
+        tokenizer = load_tokenizer(path)
+    else:
+        check_writable(path.parent)  # a read-only cache: one line now, not after training
+        progress = sys.stderr.isatty()  # no bar to leave half drawn in a log or a notebook
+        tokenizer = build_tokenizer(spec, texts, progress=progress, special_tokens=special_tokens)
+        tokenizer.save(path)
+    if log is not None and spec[4:].isdigit() and tokenizer.vocab_size < int(spec[4:]):
+        log(
+            f"note: the text ran out of pairs to merge: a vocabulary of "
+            f"{tokenizer.vocab_size:,}, not {int(spec[4:]):,}"
+        )
     return tokenizer
 
 
@@ -190,7 +202,7 @@ def text_training_data(request: DataRequest) -> TrainingData:
     request.log(f"reading {spec} ...")
     corpus = Corpus(spec, request.log)
     tokenizer = (request.artifacts or {}).get("tokenizer") or tokenizer_cached(
-        settings.tokenizer, corpus
+        settings.tokenizer, corpus, log=request.log
     )
     tokens = tokenize_cached(corpus, tokenizer)
     splits = TextSplits.from_tokens(tokens)

@@ -17,8 +17,6 @@ Batches are right-padded with <pad>, so padding never moves a real token's posit
 from __future__ import annotations
 
 import gzip
-import hashlib
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +27,8 @@ import torch
 from attnlab.config import check_positive
 from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
+from attnlab.data.text import tokenizer_cached
 from attnlab.errors import UserError
-from attnlab.files import cache_dir, check_writable
-from attnlab.tokenizers import load_tokenizer
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
@@ -191,25 +188,11 @@ def embedded_split(
 
 
 # ----------------------------------------------------------------------------- vocabulary
-def train_joint_tokenizer(pairs: list[Pair], vocab_size: int, workers: int = 1) -> BPETokenizer:
-    """One BPE vocabulary learned from both sides of the corpus, with <pad>, <s> and </s>.
-
-    The result is cached under $ATTNLAB_CACHE, keyed by the size and the text, so rerunning on
-    the same corpus does not train it again.
-    """
-    key = hashlib.sha256(f"joint-bpe:{vocab_size}:{SPECIAL_TOKENS}".encode())
-    for source, target in pairs:
-        key.update(f"{source}\n{target}\n".encode("utf-8", errors="surrogatepass"))
-    path = cache_dir() / "tokenizers" / f"{key.hexdigest()[:32]}.json"
-    if path.is_file():
-        return load_tokenizer(path)
-    check_writable(path.parent)  # a read-only cache: one line now, not after training
-    texts = [text for pair in pairs for text in pair]
-    tokenizer = BPETokenizer.train(
-        texts, vocab_size, special_tokens=SPECIAL_TOKENS, workers=workers
-    )
-    tokenizer.save(path)
-    return tokenizer
+def train_joint_tokenizer(pairs: list[Pair], vocab_size: int, log=None) -> BPETokenizer:
+    """One BPE vocabulary learned from both sides of the corpus, with <pad>, <s> and </s>, once
+    per corpus and size (tokenizer_cached; `log` hears if it came out smaller)."""
+    texts = [f"{source}\n{target}\n" for source, target in pairs]  # a line feed is never merged
+    return tokenizer_cached(f"bpe:{vocab_size}", texts, SPECIAL_TOKENS, log)
 
 
 def special_ids(tokenizer) -> dict[str, int]:
@@ -375,7 +358,7 @@ def translation_training_data(request: DataRequest) -> TrainingData:
     tokenizer = (request.artifacts or {}).get("tokenizer")
     if tokenizer is None:
         log(f"learning a joint BPE vocabulary of {options.bpe_vocab_size} ...")
-        tokenizer = train_joint_tokenizer(train_pairs, options.bpe_vocab_size, os.cpu_count() or 1)
+        tokenizer = train_joint_tokenizer(train_pairs, options.bpe_vocab_size, log)
     special, limit = special_ids(tokenizer), options.max_sentence_tokens
     if request.model["max_length"] < limit:
         raise UserError(
