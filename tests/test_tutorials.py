@@ -7,6 +7,7 @@ The quick size reads no dataset: the data folder is empty and downloads fail her
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -57,6 +58,9 @@ def test_tutorial_runs_and_has_its_parts(executed, source):
     outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs), "at least one picture"
     assert not [o for o in outputs if o.output_type == "error"]
+    split = [a for c in notebook.cells for a, b in itertools.pairwise(c.get("outputs", []))
+             if a.output_type == b.output_type == "stream" and a.name == b.name]  # fmt: skip
+    assert not split, "a streamed sample is one output, not one a token"
 
 
 def test_run_reports_a_failing_notebook(tmp_path, monkeypatch, capsys):

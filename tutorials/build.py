@@ -49,6 +49,7 @@ def execute(source: Path, out: Path, size: str, workdir: Path) -> float:
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     notebook = jupytext.read(source)
     os.environ["ATTNLAB_TUTORIAL_SIZE"] = size  # the kernel inherits this process's environment
@@ -65,6 +66,8 @@ def execute(source: Path, out: Path, size: str, workdir: Path) -> float:
                 kernel.shutdown_kernel(now=True)
             seconds = time.perf_counter() - start
             notebook.metadata["attnlab"] = {"size": size, "seconds": round(seconds, 1)}
+            # a sample streamed a token at a time is one text, as a terminal shows it
+            CoalesceStreamsPreprocessor().preprocess(notebook, {})
             out.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, out)
     return seconds

@@ -40,7 +40,7 @@ Examples = tuple[list[str], list[int]]  # texts, labels
 
 
 def read_tsv(path: Path) -> Examples:
-    """sentence<TAB>label lines; the first line may be a header. Errors name file and line."""
+    """`sentence<TAB>label` lines; the first line may be a header. Errors name file and line."""
     texts, labels = [], []
     try:
         lines = text_lines(path.read_bytes().decode("utf-8-sig"))

@@ -220,7 +220,7 @@ def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
 
 
 def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]:
-    """Class name -> the images of DIR/<class>/ (read, in name order); files that are not
+    """Class name -> the images of `DIR/<class>/` (read, in name order); files that are not
     readable images are skipped with a warning. A class folder with no readable image is
     refused, as text class folders are (data/classification.py): it would be a class that
     nothing teaches."""
@@ -241,8 +241,9 @@ def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]
 def load_image_folder(
     directory: str | Path, size: int, log: Callable[[str], None] = print
 ) -> ImageDataset:
-    """DIR/<class>/*, or DIR/train/<class>/* with or without DIR/test/ (or DIR/val/); see the
-    module. The held-out share is drawn with a fixed seed, so evaluation finds the same images."""
+    """`DIR/<class>/*`, or `DIR/train/<class>/*` with or without `DIR/test/` (or `DIR/val/`);
+    see the module. The held-out share is drawn with a fixed seed, so evaluation finds the same
+    images."""
     directory = Path(directory)
     held_out = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
     has_train = _has_class_folders(directory / "train")  # else train/ may be a class of trains

@@ -74,7 +74,7 @@ def encode_lines_cached(
 def pack_sentences(
     tokens: np.ndarray, starts: np.ndarray, length: int, cls: int, sep: int, pad: int
 ) -> np.ndarray:
-    """Sentences packed whole, in order, into (N, length) rows [CLS] ... [SEP] [PAD]..."""
+    """Sentences packed whole, in order, into (N, length) rows `[CLS] ... [SEP] [PAD]...`."""
     room = length - 2
     rows, current = [], []
 

@@ -11,7 +11,7 @@ hundred twelve" <-> "412"), so training and every test work without any download
 Token layout (one joint vocabulary, special tokens after the BPE ones):
     source  x1 .. xm </s>
     tgt_in  <s> y1 .. yn          tgt_out  y1 .. yn </s>
-Batches are right-padded with <pad>, so padding never moves a real token's position.
+Batches are right-padded with `<pad>`, so padding never moves a real token's position.
 """
 
 from __future__ import annotations
@@ -189,8 +189,8 @@ def embedded_split(
 
 # ----------------------------------------------------------------------------- vocabulary
 def train_joint_tokenizer(pairs: list[Pair], vocab_size: int, log=None) -> BPETokenizer:
-    """One BPE vocabulary learned from both sides of the corpus, with <pad>, <s> and </s>, once
-    per corpus and size (tokenizer_cached; `log` hears if it came out smaller)."""
+    """One BPE vocabulary learned from both sides of the corpus, with `<pad>`, `<s>` and
+    `</s>`, once per corpus and size (tokenizer_cached; `log` hears if it came out smaller)."""
     texts = [f"{source}\n{target}\n" for source, target in pairs]  # a line feed is never merged
     return tokenizer_cached(f"bpe:{vocab_size}", texts, SPECIAL_TOKENS, log)
 
@@ -217,7 +217,7 @@ class FilterReport:
 def encode_pairs(
     pairs: list[Pair], tokenizer, max_tokens: int
 ) -> tuple[list[Example], FilterReport]:
-    """Token ids of each pair, dropping pairs with an empty side or a side (with </s>) longer
+    """Token ids of each pair, dropping pairs with an empty side or a side (with `</s>`) longer
     than max_tokens."""
     eos = special_ids(tokenizer)["eos_id"]
     examples, too_long, empty = [], 0, 0

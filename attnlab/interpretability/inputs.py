@@ -69,7 +69,7 @@ def _language_model(checkpoint: Checkpoint, text: str, **_) -> Inputs:
 
 
 def _encoder(checkpoint: Checkpoint, text: str, **_) -> Inputs:
-    """[CLS] text [SEP], as fill-mask and classify read a text; [MASK] in it is the mask."""
+    """`[CLS] text [SEP]`, as fill-mask and classify read a text; `[MASK]` in it is the mask."""
     from attnlab.data.masked_lm import CLS, MASK, SEP, encode_sentence
     from attnlab.evaluation.predict import masked_ids
 

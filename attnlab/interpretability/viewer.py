@@ -59,7 +59,7 @@ def viewer_data(
 
 
 def script_json(data: Any) -> str:
-    """JSON safe inside an HTML <script> element: no <, > or & that could end it or open a
+    """JSON safe inside an HTML `<script>` element: no `<`, `>` or `&` that could end it or open a
     comment (each stays a \\u escape inside a string, where JSON.parse reads it back)."""
     text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
