@@ -31,9 +31,7 @@ def _colours(name: str):
     """A colour map whose missing values (NaN: no such cell) are grey, not a value's colour."""
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("lightgrey")
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad="lightgrey")
 
 
 def _draw(ax, fig, panel: Heatmap) -> None:
