@@ -198,6 +198,8 @@ def test_tsv_lines_end_at_line_feeds_and_labels_are_plain_digits(tmp_path):
     path = tmp_path / "train.tsv"
     path.write_bytes("\ufeffgood\u2028movie\t1\r\nbad\x0cone\t0\n".encode())
     assert read_tsv(path) == (["good\u2028movie", "bad\x0cone"], [1, 0])
+    path.write_text("\n\nsentence\tlabel\ngood\t1\n")  # a header after blank lines
+    assert read_tsv(path) == (["good"], [1])
     path.write_text("good movie\t1\ngreat\t\u00b2\n")  # "²".isdigit(), but no label
     with pytest.raises(UserError, match="label '²' is not an integer >= 0"):
         read_tsv(path)

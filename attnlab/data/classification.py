@@ -40,7 +40,8 @@ Examples = tuple[list[str], list[int]]  # texts, labels
 
 
 def read_tsv(path: Path) -> Examples:
-    """`sentence<TAB>label` lines; the first line may be a header. Errors name file and line."""
+    """`sentence<TAB>label` lines; the first (not blank) may be a header. Errors name file and
+    line."""
     texts, labels = [], []
     try:
         lines = text_lines(path.read_bytes().decode("utf-8-sig"))
@@ -55,8 +56,8 @@ def read_tsv(path: Path) -> Examples:
                 f"{path}:{number}: expected 'sentence<TAB>label', found {len(columns)} column(s)"
             )
         text, label = columns[0].strip(), columns[1].strip()
-        if number == 1 and not re.fullmatch("-?[0-9]+", label):
-            continue  # a header
+        if not texts and not re.fullmatch("-?[0-9]+", label):
+            continue  # a header: the first line that is not blank
         if not re.fullmatch("[0-9]+", label):  # isdigit() would take "²"
             raise UserError(f"{path}:{number}: label {label!r} is not an integer >= 0")
         texts.append(text)

@@ -220,14 +220,16 @@ def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
 
 
 def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]:
-    """Class name -> the images of `DIR/<class>/` (read, in name order); files that are not
-    readable images are skipped with a warning. A class folder with no readable image is
-    refused, as text class folders are (data/classification.py): it would be a class that
-    nothing teaches."""
+    """Class name -> the images of `DIR/<class>/`, its sub-folders too (read, in name order;
+    hidden files and folders left out, as in text class folders); files that are not readable
+    images are skipped with a warning. A class folder with no readable image is refused, as
+    text class folders are (data/classification.py): it would be a class that nothing teaches."""
     found = {}
     for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name[0] != "."):
         images = []
-        for file in sorted(p for p in folder.iterdir() if p.is_file() and p.name[0] != "."):
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if any(part[0] == "." for part in file.relative_to(folder).parts):
+                continue
             try:
                 images.append(open_image(file))
             except UserError as error:
