@@ -8,7 +8,7 @@ import pytest
 from helpers import one_line_error, run
 
 TINY = ["--context-length", "32", "--n-layers", "1", "--n-heads", "2", "--d-model", "16",
-        "--batch-size", "8", "--eval-iters", "2", "--device", "cpu",
+        "--batch-size", "8", "--device", "cpu",
         "--tokenizer", "char"]  # fmt: skip
 SENTENCES = ["a fine , warm and funny film", "a dull , cold and boring mess",
              "the best movie of the year", "the worst movie of the year"]  # fmt: skip
@@ -27,7 +27,8 @@ def texts(tmp_path_factory):
 def pretrained(texts):
     out = texts / "bert"
     code = run_quiet(["train", "bert", "--data", str(texts / "corpus.txt"), "--out", str(out),
-                      "--max-iters", "4", "--eval-interval", "2", *TINY])  # fmt: skip
+                      "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "2",
+                      *TINY])  # fmt: skip
     assert code == 0
     return out
 
@@ -177,7 +178,7 @@ def test_init_from_a_classifier_of_other_classes_starts_a_new_head(
     capsys.readouterr()
     code, _, err = run(["train", "classifier", "--init", str(first), "--data",
                         str(texts / "train.tsv"), "--out", str(tmp_path / "two"), "--max-iters",
-                        "1", "--batch-size", "8", "--eval-iters", "2"], capsys)  # fmt: skip
+                        "1", "--batch-size", "8"], capsys)  # fmt: skip
     assert code == 0, err
     assert f"new: {new};" in err
 
@@ -219,6 +220,7 @@ def test_bert_offers_neither_classifier_settings_nor_the_datas(tmp_path, capsys)
             run_quiet(["train", kind, "--help"])
         shown = capsys.readouterr().out
         assert ("--pooling" in shown) is offered and "--vocab-size" not in shown
+        assert ("--eval-iters" in shown) is not offered  # a classifier scores its whole dev set
     (tmp_path / "bert.toml").write_text('data = "stdlib"\n[model]\npooling = "mean"\n')
     argv = ["train", "bert", "--config", str(tmp_path / "bert.toml"), "--out", str(tmp_path / "b")]
     assert "bert.toml [model]: bert does not use pooling" in one_line_error(*run(argv, capsys)[::2])

@@ -333,5 +333,6 @@ register_kind(
         description="a BERT sequence classifier on labelled texts (--init: a pre-trained bert)",
         init_from=("bert",),
         data_fields={"vocab_size", "pad_id", "n_classes"},
+        unused_fields={"eval_iters"},  # every dev example is scored at each evaluation
     )
 )
