@@ -21,6 +21,23 @@ def test_a_relative_data_path_is_kept_whole_so_a_run_resumes_from_anywhere(
     assert run(["train", "gpt", *resumed, "--data", "../corpus.txt"], capsys)[0] == 0
 
 
+def test_data_named_by_another_path_is_the_same_data(tmp_path, corpus, capsys, monkeypatch):
+    root = tmp_path / "datasets"
+    (root / "texts").mkdir(parents=True)
+    corpus.rename(root / "texts" / "plays.txt")
+    (tmp_path / "link.txt").symlink_to(root / "texts" / "plays.txt")
+    monkeypatch.setenv("ATTNLAB_DATA", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert train(capsys, "texts/plays.txt", "run", "--max-iters", "2")[0] == 0
+    for step, name in enumerate([root / "texts" / "plays.txt", "link.txt"], start=3):
+        argv = ["train", "gpt", "--out", "run", "--resume", "--max-iters", str(step)]
+        code, _, err = run([*argv, "--data", str(name)], capsys)
+        assert code == 0, err
+    (tmp_path / "other.txt").write_text(corpus.name * 200)
+    code, _, err = run([*argv[:-1], "9", "--data", "other.txt"], capsys)
+    assert "cannot change the data or the model (data)" in one_line_error(code, err)
+
+
 def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
     out = tmp_path / "gpt_run"
     code, _, err = train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")

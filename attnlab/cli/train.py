@@ -17,12 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import (
-    add_config_flags,
-    build_config,
-    flag_values,
-    read_toml,
-)
+from attnlab.cli.options import add_config_flags, build_config, flag_values, read_toml
 from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
 from attnlab.config import check_fields, config_from_dict, config_to_dict
 from attnlab.data import catalog
@@ -331,7 +326,11 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
         flag_values(args, kind.data_config),
         source=f"{source} data settings",
     )
-    run = {"kind": kind.name, "preset": preset, "data": _data_here(config_to_dict(data))}
+    run = {
+        "kind": kind.name,
+        "preset": preset,
+        "data": _data_path(config_to_dict(data), catalog.here),
+    }
     given = {**toml.get("model", {}), **flag_values(args, kind.config)}
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
@@ -355,8 +354,8 @@ def _resumed(kind: ModelKind, args, toml, data_keys, out: Path):
         raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
     saved = checkpoint_description(out)["config"]
     data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
-    given = {**_data_here(data), **toml.get("model", {}), **flag_values(args, kind.config)}
-    before = _data_here({**saved, **run["data"]})  # a path kept relative (older runs) read here
+    given = {**_data_path(data), **toml.get("model", {}), **flag_values(args, kind.config)}
+    before = _data_path({**saved, **run["data"]})  # a path kept relative (older runs) read here
     changed = [k for k, v in given.items() if before.get(k) != v]
     if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
         raise UserError(
@@ -392,8 +391,9 @@ def _check_data_is_there(spec: Any, out: Path) -> None:
         )
 
 
-def _data_here(settings: dict[str, Any]) -> dict[str, Any]:
-    """Data settings with a `data` path found here made absolute (catalog.here)."""
+def _data_path(settings: dict[str, Any], find=catalog.where) -> dict[str, Any]:
+    """Data settings with the `data` path found: by catalog.where, the real file it reads (a
+    dataset named by another path is the same data), or by catalog.here, made absolute."""
     if not isinstance(settings.get("data"), str):
         return settings
-    return {**settings, "data": catalog.here(settings["data"])}
+    return {**settings, "data": find(settings["data"]) or settings["data"]}

@@ -331,6 +331,17 @@ def here(spec: str) -> str:
     return os.path.abspath(path) + (":" + pattern if pattern else "")
 
 
+def where(spec: str) -> str | None:
+    """The real path of what a spec reads (with its ":GLOB"), when that is on disk here or
+    under the data root, so that two names of one file compare equal; None when it is neither
+    (nothing is fetched)."""
+    path, pattern = (spec, "") if Path(spec).exists() else split_glob(spec)
+    for place in (Path(path), data_root() / path):
+        if path and place.exists():
+            return os.path.realpath(place) + (":" + pattern if pattern else "")
+    return None
+
+
 def human_size(size: float) -> str:
     """Bytes in decimal units, as the datasets' READMEs give them (1.1 MB)."""
     for unit in ("B", "kB", "MB"):
