@@ -4,6 +4,7 @@ a file or flags change; a damaged log, a moved corpus or another kind's run is o
 import json
 
 import pytest
+import safetensors
 from helpers import one_line_error, run, snapshot
 from test_run_directory import FAST, train
 
@@ -73,10 +74,14 @@ def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(
     settings = f'data = "{corpus}"\nout = "{out}"\n[model]\ncontext_length = 16\n'
     config.write_text(settings + "[training]\nmax_iters = 2\neval_interval = 2\n")
     assert run(["train", "gpt", "--config", str(config), *FAST], capsys)[0] == 0
-    config.write_text(settings + "[training]\nmax_iters = 4\neval_interval = 2\n")
+    changed = "weight_decay = 0.0\nbeta2 = 0.95\n"  # the optimizer's groups take them
+    config.write_text(settings + "[training]\nmax_iters = 4\neval_interval = 2\n" + changed)
     code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
     assert code == 0, err
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    with safetensors.safe_open(out / "optimizer.safetensors", framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+    assert {(g["weight_decay"], tuple(g["betas"])) for g in groups} == {(0.0, (0.9, 0.95))}
     config.write_text(settings.replace("16", "32") + "[training]\nmax_iters = 6\n")
     code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
     assert "cannot change the data or the model (context_length)" in one_line_error(code, err)

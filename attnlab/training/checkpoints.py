@@ -30,6 +30,7 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_files, finish_writes, read_json
@@ -62,7 +63,7 @@ def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
     artifacts: dict[str, Any] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Optimizer | None = None,
     trainer_state: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint directory (see the module docstring). `model` must be unwrapped;
@@ -99,9 +100,7 @@ def _check_whole(path: Path) -> None:
             f"the checkpoint in {path} is being saved, or its save was interrupted: "
             f"`attnlab train KIND --out {path} --resume` completes it"
         )
-    ids = {MODEL_FILE: _save_id(path / MODEL_FILE)}
-    if (path / OPTIMIZER_FILE).is_file():
-        ids[OPTIMIZER_FILE] = _save_id(path / OPTIMIZER_FILE)
+    ids = {n: _save_id(path / n) for n in (MODEL_FILE, OPTIMIZER_FILE) if (path / n).is_file()}
     if (path / STATE_FILE).is_file():
         state = read_json(path / STATE_FILE, "trainer state")
         ids[STATE_FILE] = state.get(SAVE_ID) if isinstance(state, dict) else None
@@ -309,20 +308,21 @@ def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def load_training_state(
-    path: str | os.PathLike, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """Restore the optimizer from a checkpoint and return its trainer state."""
+def load_training_state(path: str | os.PathLike, optimizer: Optimizer) -> dict[str, Any]:
+    """A checkpoint's trainer state, with the optimizer's state per parameter restored (its
+    groups keep their settings, weight decay and betas: a resumed run may change them)."""
     path = Path(path)
     state = read_training_state(path)
     file = path / OPTIMIZER_FILE
     if not file.is_file():
         raise UserError(f"cannot resume: {file} is missing")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    live = optimizer.param_groups  # their settings stay; their state comes from the file
+    params = [p for group in live for p in group["params"]]
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     try:
         with safetensors.safe_open(file, framework="pt") as f:
             groups = json.loads(f.metadata()["param_groups"])
+            groups = [{**g, "params": s["params"]} for g, s in zip(live, groups, strict=True)]
             for name in f.keys():  # noqa: SIM118
                 # "INDEX.KEY", no larger than its parameter: checked before the tensor is read
                 index, _, key = name.partition(".")
@@ -331,11 +331,11 @@ def load_training_state(
                 if param is None or size > max(1, param.numel()):
                     raise UserError(f"optimizer state {file} does not fit the model")
                 per_param.setdefault(int(index), {})[key] = like(f.get_tensor(name), param)
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     except UserError:
         raise
     except Exception as error:  # safetensors raises several types for a damaged file
         raise UserError(f"optimizer state {file} is corrupt: {error}") from None
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     return state
 
 
@@ -366,7 +366,7 @@ def decode_tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
 
 
-def _optimizer_bytes(optimizer: torch.optim.Optimizer, metadata: dict[str, str]) -> bytes:
+def _optimizer_bytes(optimizer: Optimizer, metadata: dict[str, str]) -> bytes:
     state = optimizer.state_dict()
     tensors = {
         f"{index}.{key}": whole(value)
