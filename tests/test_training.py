@@ -14,6 +14,7 @@ from attnlab.kernels import cpu as cpu_kernels
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import CharTokenizer
 from attnlab.training.checkpoints import load_checkpoint, load_weights, save_checkpoint
+from attnlab.training.sources import IGNORE_INDEX
 from attnlab.training.trainer import TrainConfig, Trainer, TrainingDiverged
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 60
@@ -148,6 +149,23 @@ def test_k_micro_batches_of_b_step_like_one_batch_of_k_times_b(tmp_path, micro_b
     assert max(g.abs().max().item() for g in whole) > 1e-3  # gradients worth comparing
     for mine, theirs in zip(accumulated, whole, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
+def test_the_validation_loss_is_the_mean_over_scored_targets(tmp_path):
+    """Batches with few scored targets (padding, a short last batch) weigh as little as they
+    score, as in training: not a mean of the batches' means."""
+    windows = torch.randint(0, TOKENIZER.vocab_size, (6, 17))
+    inputs, targets = windows[:, :-1], windows[:, 1:].clone()
+    targets[:3, 1:] = IGNORE_INDEX  # the first batch scores 3 targets, the second 48
+    batches = [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])]
+    config = TrainConfig(max_iters=1, precision="fp32", device="cpu", compile=False)
+    model = GPT(dataclasses.replace(MODEL, dropout=0.0))
+    evaluation = {"val": lambda: batches}
+    trainer = Trainer(model, config, FixedBatches(inputs, targets, 3), evaluation, out_dir=tmp_path)
+    with torch.no_grad():
+        logits = model(inputs)[0]
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert trainer.evaluate()["val_loss"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 @MUST_COMPILE

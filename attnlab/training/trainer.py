@@ -254,19 +254,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss on each evaluation split, the data's scores and the probes' (probes.py):
-        {"val_loss": ..., "val_accuracy": ..., "induction_score": ...}."""
+        """Mean loss per scored target on each evaluation split, the data's scores and the
+        probes' (probes.py): {"val_loss": ..., "val_accuracy": ..., "induction_score": ...}."""
         self.model.eval()
         results = {}
         for split, batches in self.eval_data.items():
-            losses, scores = [], self.metrics() if self.metrics else None
+            total, count, scores = 0.0, 0, self.metrics() if self.metrics else None
             for batch in batches():
                 batch = tuple(self._to_device(t) for t in batch)
                 logits, loss = self._forward(batch, self.compiled_eval)
-                losses.append(loss.item())
+                if scored := _scored(batch[-1]):  # a batch weighs as its targets
+                    total, count = total + loss.item() * scored, count + scored
                 if scores is not None:
                     scores.update(logits, batch)
-            results[f"{split}_loss"] = sum(losses) / len(losses)
+            results[f"{split}_loss"] = total / count if count else float("nan")
             if scores is not None:
                 results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
         for probe in self.probes:  # in full precision, on the uncompiled model
