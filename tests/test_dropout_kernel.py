@@ -113,9 +113,8 @@ def test_layers_take_the_kernel_only_in_training_where_it_is_enabled(monkeypatch
     )
     idx = torch.randint(11, (2, 8))
     GPT(config)(idx, idx)[1].backward()
-    # the embeddings, then in each block the attention weights, the feed-forward's hidden
-    # layer and both sub-layers' outputs
-    assert len(calls) == 1 + 1 + 4 * config.n_layers  # after the one call above
+    # the embeddings, then in each block the attention weights and both sub-layers' outputs
+    assert len(calls) == 1 + 1 + 3 * config.n_layers  # after the one call above
 
 
 def test_attention_with_dropout_is_the_equation_with_the_kernels_mask():

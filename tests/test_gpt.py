@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from attnlab.errors import ConfigError
+from attnlab.layers import FeedForward
+from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.gpt import GPT, PRESETS, GPTConfig
 
 TINY = dict(vocab_size=50, context_length=16, n_layers=2, n_heads=4, d_model=32)
@@ -116,6 +118,17 @@ def test_ignored_targets_do_not_count():
     logits, _ = model(idx)
     expected = torch.nn.functional.cross_entropy(logits[:, :4].flatten(0, 1), idx[:, :4].flatten())
     assert torch.allclose(partial, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gpt", "bert"])
+def test_dropout_leaves_the_feedforward_hidden_units_alone(name):
+    """As in GPT-2 and BERT: dropout on embeddings, attention weights and residual branches,
+    none inside the feed-forward network."""
+    shape = dict(vocab_size=11, context_length=8, n_layers=1, n_heads=2, d_model=16, dropout=0.5)
+    model = GPT(GPTConfig(**shape)) if name == "gpt" else BertForMaskedLM(BertConfig(**shape))
+    feedforward = next(m for m in model.modules() if isinstance(m, FeedForward))
+    x = torch.randn(2, 8, 16)
+    assert torch.equal(feedforward.train()(x), feedforward.eval()(x))
 
 
 def test_gpt2_preset_sizes():

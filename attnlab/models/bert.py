@@ -141,7 +141,7 @@ class BertEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualBlock(
                 build_attention(AttentionOptions(), self._context(layer)),
-                make_feedforward(c.activation, c.d_model, c.ff_width, dropout=c.dropout),
+                make_feedforward(c.activation, c.d_model, c.ff_width),
                 norm,
                 prenorm=c.prenorm,
                 dropout=c.dropout,

@@ -177,9 +177,7 @@ class GPT(nn.Module):
             relative_position=relative,
         )
         mixer = mixer_spec(c.mixer).build(c.mixer_settings, context)
-        feedforward = make_feedforward(
-            c.activation, c.d_model, c.ff_width, bias=c.bias, dropout=c.dropout
-        )
+        feedforward = make_feedforward(c.activation, c.d_model, c.ff_width, bias=c.bias)
         norm = lambda: make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)  # noqa: E731
         return ResidualBlock(mixer, feedforward, norm, dropout=c.dropout)
 

@@ -54,7 +54,7 @@ class ViTConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-6  # added to the variance inside each norm
     bias: bool = True  # biases in linear layers and norms
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    dropout: float = 0.0  # on embeddings, attention weights, MLP hidden units, residual branches
     label_smoothing: float = 0.0  # epsilon of label smoothing in the loss
 
     def __post_init__(self):
