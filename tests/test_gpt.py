@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -139,6 +140,9 @@ def test_gpt2_preset_sizes():
     assert 1.55e9 < xl.num_parameters() < 1.56e9
     n = small.num_parameters(exclude_embeddings=True) + 50257 * 768
     assert small.flops_per_token(1024) == 6 * n + 12 * 12 * 1024 * 768
+    with torch.device("meta"):  # an untied head: the same products, the head counted once
+        untied = GPT(dataclasses.replace(PRESETS["gpt2"], tie_weights=False))
+    assert untied.flops_per_token(1024) == small.flops_per_token(1024)
 
 
 def test_too_long_input_is_a_clear_error():

@@ -297,7 +297,8 @@ class GPT(nn.Module):
         the weighted sum of values)."""
         c = self.config
         length = sequence_length or c.context_length
-        matmul_params = self.num_parameters(exclude_embeddings=True) + c.vocab_size * c.d_model
+        head = c.vocab_size * c.d_model if c.tie_weights else 0  # an untied one is counted
+        matmul_params = self.num_parameters(exclude_embeddings=True) + head
         mixing = sum(
             getattr(block.token_mixer, "mixing_flops_per_token", lambda _: 0)(length)
             for block in self.blocks
