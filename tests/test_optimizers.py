@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
 from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
 
 MODEL = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=32)
@@ -45,11 +46,17 @@ def test_inverse_sqrt_is_the_papers_formula():
         assert got == pytest.approx(expected)
 
 
-def test_weight_decay_only_on_matrices():
-    optimizer = build_optimizer(GPT(MODEL), 1e-3, 0.1, (0.9, 0.99))
+@pytest.mark.parametrize(
+    "model",
+    [GPT(MODEL), RecurrentLM(RecurrentLMConfig(vocab_size=11, d_model=8, tie_weights=False))],
+)
+def test_weight_decay_on_every_matrix_and_nothing_else(model):
+    optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.99))
     decayed, plain = optimizer.param_groups
-    assert decayed["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decayed["params"])
-    assert plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    matrices = {id(p) for p in model.parameters() if p.dim() == 2}  # an LSTM's included
+    assert {id(p) for p in decayed["params"]} == matrices
+    assert all(p.dim() == 1 for p in plain["params"])
 
 
 @pytest.mark.parametrize("gradient_scale", [100.0, 1e-3])  # clipped, and left alone

@@ -79,14 +79,16 @@ def writes_residual(*params: nn.Parameter) -> None:
 
 
 def decayed(model: nn.Module) -> set[int]:
-    """The ids of the parameters that weight decay applies to: the weights of linear and
-    embedding layers, unless marked no_weight_decay."""
-    return {
-        id(module.weight)
+    """The ids of the parameters that weight decay applies to: the weight matrices of linear,
+    embedding and recurrent layers, unless marked no_weight_decay."""
+    matrices = [
+        weight
         for module in model.modules()
-        if isinstance(module, MATRIX_LAYERS)
-        and not getattr(module.weight, "_no_weight_decay", False)
-    }
+        for name, weight in module.named_parameters(recurse=False)
+        if (isinstance(module, MATRIX_LAYERS) and name == "weight")
+        or (isinstance(module, nn.RNNBase) and name.startswith("weight_"))
+    ]
+    return {id(w) for w in matrices if not getattr(w, "_no_weight_decay", False)}
 
 
 def is_residual_output(param: nn.Parameter) -> bool:

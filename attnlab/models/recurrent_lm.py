@@ -36,7 +36,7 @@ class RecurrentLMConfig:
     d_model: int = 256  # embedding and hidden-state width
     dropout: float = 0.0  # on embeddings, between layers and before the head (Zaremba et al.)
     tie_weights: bool = True  # output head shares the token embedding (Press & Wolf 2017)
-    init_range: float = 0.1  # matrices start uniform in ±init_range (Zaremba et al.: 0.05-0.1)
+    init_range: float = 0.1  # embedding and head uniform in ±init_range (Zaremba: 0.05-0.1)
 
     def __post_init__(self):
         name = "RecurrentLMConfig"

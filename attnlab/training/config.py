@@ -19,7 +19,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-4  # where cosine and wsd end (at most learning_rate)
     lr_schedule: str = "cosine"  # cosine | constant | wsd | inverse_sqrt
     warmup_iters: int = 100  # linear warmup steps
-    weight_decay: float = 0.1  # on 2-D weights only
+    weight_decay: float = 0.1  # on weight matrices (linear, embedding, recurrent)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
