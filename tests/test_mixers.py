@@ -282,17 +282,19 @@ def tiny_lm(cell="lstm"):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
-def test_recurrent_lm_decodes_past_its_training_window(cell):
-    """Decoding from the hidden state goes past context_length and equals a full forward over
-    the whole sequence (which the cache-less path, cropped to windows, would not)."""
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_recurrent_lm_reads_a_whole_prompt_and_decodes_past_its_training_window(cell, use_cache):
+    """context_length is only the training window: a prompt longer than it is read whole, and
+    decoding from the hidden state (or recomputing) equals a full forward over everything."""
     model = tiny_lm(cell)
     with torch.no_grad():
         for p in model.recurrence.parameters():
             p.mul_(3)  # away from near-uniform logits, so greedy choices are not ties
-    ids, logits = step_logits(model, [1, 2, 3], 12, use_cache=True)
-    sequence = torch.tensor([[1, 2, 3, *ids[:-1]]])
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # 12 tokens, a window of 8
+    ids, logits = step_logits(model, prompt, 12, use_cache=use_cache)
+    sequence = torch.tensor([[*prompt, *ids[:-1]]])
     with torch.no_grad():
-        full = model(sequence)[0][0, 2:]
+        full = model(sequence)[0][0, len(prompt) - 1 :]
     torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5)
 
 

@@ -4,8 +4,9 @@ Dimensions: B batch, T positions, N positions of prompt + new tokens, V vocabula
 
 Any model keeping the GPT contract works: ``forward(idx, cache=...) -> (logits (B, T, V), _)``,
 ``new_cache()`` (``new_cache(static=True)`` for compile=True), ``config.vocab_size`` and
-``config.context_length`` (absent or None: no limit, so the window never slides), and
-optionally ``sliding_cache`` (True: its cache slides).
+``config.context_length`` (absent or None: no limit, so the window never slides; a model's own
+``context_limit``, if it has one, goes first: None for a recurrent model, whose state carries
+the whole sequence), and optionally ``sliding_cache`` (True: its cache slides).
 
 KV cache. The prompt is prefilled in one forward; each later step feeds only the newest token and
 attention reads the earlier keys and values from the cache.
@@ -74,7 +75,7 @@ class _Window:
         # whose shapes never change; prompts, of any length, run eagerly
         self.compiled = compiled_step(model, sampling) if compile else None
         # A model without a context limit (a recurrent one, say) never slides.
-        limit = getattr(model.config, "context_length", None)
+        limit = getattr(model, "context_limit", getattr(model.config, "context_length", None))
         self.context_length = limit if limit is not None else sys.maxsize
         self.keep = crop_to if crop_to is not None else self.context_length
         if not 1 <= self.keep <= self.context_length:

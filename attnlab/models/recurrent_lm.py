@@ -106,10 +106,9 @@ class RecurrentLM(nn.Module):
         state serves eager and compiled decoding, and decoding never stops at the context."""
         return recurrent_state()
 
-    @property
-    def sliding_cache(self) -> bool:
-        """Decoding goes on past context_length from the hidden state (generation reads this)."""
-        return True
+    # Decoding reads the whole prompt and goes on from the hidden state: context_length is
+    # only the training window (generation reads this).
+    context_limit = None
 
 
 register_kind(
