@@ -161,6 +161,12 @@ def fit_and_report(
     precision = str(trainer.dtype).removeprefix("torch.")
     compiled = ", compiled" if trainer.compiled is not None else ""
     note(f"{summary}; device {trainer.device.type}, precision {precision}{compiled}")
+    config = trainer.config
+    if config.lr_schedule in ("cosine", "wsd") and config.warmup_iters >= config.max_iters:
+        note(
+            f"note: warmup_iters {config.warmup_iters} >= max_iters {config.max_iters}: the "
+            "whole run is warm-up, the learning rate never decays (lower --warmup-iters)"
+        )
     try:
         result = trainer.fit()
     finally:
