@@ -88,6 +88,14 @@ def test_rope_rotates_channel_pairs_by_position_times_frequency():
         assert torch.equal(RotaryEmbedding(head_dim, base).rotate(x.float(), 3), got)
 
 
+def test_rope_angles_stay_float32_in_a_model_cast_to_bfloat16():
+    """Its frequencies are no buffer for model.to(torch.bfloat16) to round: far positions would
+    drift by whole radians."""
+    x = torch.randn(1, 2, 4, 64)
+    expected = RotaryEmbedding(64).rotate(x, 2000)
+    torch.testing.assert_close(RotaryEmbedding(64).to(torch.bfloat16).rotate(x, 2000), expected)
+
+
 def test_alibi_slopes_and_bias():
     assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
     assert len(alibi_slopes(6)) == 6 and torch.all(alibi_slopes(6) > 0)

@@ -113,8 +113,8 @@ class RotaryEmbedding(RelativePosition):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head width, got {head_dim}")
-        inverse_frequency = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inverse_frequency", inverse_frequency, persistent=False)
+        self.head_dim, self.base = head_dim, base  # θ_i from these, in float32 whatever the
+        # module is cast to (a buffer would follow model.to(torch.bfloat16))
         self._cos = self._signed_sin = None
         self._last = None  # ((offset, T, dtype, device), (cos, signed sin)) of the latest call
 
@@ -129,7 +129,8 @@ class RotaryEmbedding(RelativePosition):
 
     def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T,) positions -> cos and (-sin, sin), each (T, Dh)."""
-        angles = torch.outer(positions.float(), self.inverse_frequency.to(positions.device))
+        exponents = torch.arange(0, self.head_dim, 2, device=positions.device) / self.head_dim
+        angles = torch.outer(positions.float(), self.base ** -exponents.float())
         return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat(
             [-angles.sin(), angles.sin()], dim=-1
         )
