@@ -49,10 +49,8 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
     if precision != "auto":
-        raise UserError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+        raise UserError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     if device.type == "cpu" and _cpu_has_fast_bf16():

@@ -1,4 +1,4 @@
-"""Known answers for the evaluation metrics: perplexity, bits per byte, accuracy, F1, and a
+"""Known answers for the evaluation metrics: perplexity, bits per byte, accuracy and F1, and a
 whole evaluation of a model whose predictions are uniform."""
 
 import math
@@ -9,12 +9,7 @@ import torch
 
 from attnlab.evaluation import evaluate
 from attnlab.evaluation.evaluate import evaluate_language_model
-from attnlab.evaluation.metrics import (
-    accuracy,
-    bits_per_byte,
-    classification_scores,
-    perplexity,
-)
+from attnlab.evaluation.metrics import bits_per_byte, classification_scores, perplexity
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import CharTokenizer
 
@@ -29,12 +24,6 @@ def test_bits_per_byte_known_answers():
     assert bits_per_byte(math.log(4), 6, 12) == pytest.approx(1.0)
     # one byte per token: bits per token
     assert bits_per_byte(math.log(256), 10, 10) == pytest.approx(8.0)
-
-
-def test_accuracy_counts_argmax_hits_and_skips_ignored_targets():
-    logits = torch.tensor([[[0.1, 2.0, 0.3], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0], [9.0, 0.0, 0.0]]])
-    targets = torch.tensor([[1, 2, 2, -100]])  # argmax 1, 0, 2, (0, ignored)
-    assert accuracy(logits, targets) == pytest.approx(2 / 3)
 
 
 def test_classification_scores_known_answer():

@@ -16,10 +16,11 @@ Dimensions: B batch, T positions, D model width.
   Training, generation, evaluation and inspection are procedures over that contract.
 - **Parameters**: each layer initialises its own (``reset_parameters``). A model's scheme
   (``initialize``) covers only the weights of linear and embedding layers, and leaves alone what
-  a layer marks ``keep_init``. Weight decay applies to those same weights (linear and embedding
-  layers) unless a layer marks them ``no_weight_decay``; biases, norm gains and a mixer's own
-  parameters (its dynamics, such as Mamba's A and D) are never decayed. A layer may give some
-  parameters a ``learning_rate_scale``: they form an optimizer group of their own.
+  a layer marks ``keep_init``. Weight decay applies to those same weights, and to the weight
+  matrices of recurrent layers, unless a layer marks them ``no_weight_decay``; biases, norm
+  gains and a mixer's own parameters (its dynamics, such as Mamba's A and D) are never
+  decayed. A layer may give some parameters a ``learning_rate_scale``: they form an optimizer
+  group of their own.
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ class TokenMixer(Protocol):
         self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: DecodingState | None = None
     ) -> torch.Tensor: ...
     def new_cache(self, max_length: int = 0, **options) -> DecodingState: ...
-
-
-class Model(Protocol):
-    def forward(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 # ------------------------------------------------------------------- parameter marks
