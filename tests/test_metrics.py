@@ -10,6 +10,8 @@ import torch
 from attnlab.evaluation import evaluate
 from attnlab.evaluation.evaluate import evaluate_language_model
 from attnlab.evaluation.metrics import bits_per_byte, classification_scores, perplexity
+from attnlab.generation import generate
+from attnlab.interpretability.induction import induction_scores
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import CharTokenizer
 
@@ -61,3 +63,22 @@ def test_evaluating_uniform_predictions(text, bytes_per_char, monkeypatch):
     assert result["perplexity"] == pytest.approx(vocab, rel=1e-5)
     expected_bits = math.log2(vocab) * targets / result["bytes"]
     assert result["bits_per_byte"] == pytest.approx(expected_bits, rel=1e-6)
+
+
+def test_procedures_run_a_model_in_eval_mode_and_give_it_back_in_its_own():
+    """Evaluation, generation and inspection switch dropout off for their work only: a model a
+    user is training stays in training mode."""
+    text = "abcdefgh " * 20
+    tokenizer = CharTokenizer.from_text(text)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1, n_heads=2, d_model=8,
+        dropout=0.5,
+    )  # fmt: skip
+    model = GPT(config).train()
+    tokens = np.array(tokenizer.encode(text), dtype=np.uint16)
+    first = evaluate_language_model(model, tokens, tokenizer)
+    assert model.training
+    assert evaluate_language_model(model, tokens, tokenizer) == first  # no dropout noise
+    generate(model, torch.tensor([[1, 2]]), 3)
+    induction_scores(model, n_sequences=2, length=4)
+    assert model.training

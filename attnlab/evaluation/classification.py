@@ -9,6 +9,7 @@ from torch import nn
 
 from attnlab.data.images import ImageSet, Normalization
 from attnlab.evaluation.metrics import confusion_matrix
+from attnlab.layers.contracts import eval_mode
 
 
 @torch.no_grad()
@@ -17,18 +18,17 @@ def evaluate_classifier(
 ) -> dict[str, Any]:
     """Every image of `data` once. Returns accuracy, loss (mean cross-entropy, nats), the count,
     and confusion (K, K) int64: confusion[true, predicted]."""
-    model.eval()
     device = next(model.parameters()).device
     n_classes = model.config.n_classes
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
     total_loss = 0.0
-    for start in range(0, len(data), batch_size):
-        images = normalize(data.images[start : start + batch_size].to(device))
-        labels = data.labels[start : start + batch_size]
-        logits, loss = model(images, labels.to(device))
-        total_loss += loss.item() * len(labels)
-        predicted = logits.argmax(-1).cpu()
-        confusion += confusion_matrix(predicted, labels, n_classes)
+    with eval_mode(model):
+        for start in range(0, len(data), batch_size):
+            images = normalize(data.images[start : start + batch_size].to(device))
+            labels = data.labels[start : start + batch_size]
+            logits, loss = model(images, labels.to(device))
+            total_loss += loss.item() * len(labels)
+            confusion += confusion_matrix(logits.argmax(-1).cpu(), labels, n_classes)
     count = int(confusion.sum())
     return {
         "accuracy": confusion.diag().sum().item() / count,
@@ -42,7 +42,7 @@ def evaluate_classifier(
 def top_k(model: nn.Module, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k most probable classes of each normalised image (B, C, S, S): probabilities (B, k)
     and class indices (B, k), most probable first."""
-    model.eval()
-    logits, _ = model(images)
+    with eval_mode(model):
+        logits, _ = model(images)
     probabilities = torch.softmax(logits.float(), dim=-1)
     return probabilities.topk(min(k, probabilities.size(-1)), dim=-1)

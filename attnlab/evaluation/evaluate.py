@@ -8,6 +8,7 @@ from torch import nn
 
 from attnlab.data.text import sequential_windows
 from attnlab.evaluation.metrics import bits_per_byte, perplexity
+from attnlab.layers.contracts import eval_mode
 from attnlab.tokenizers import Tokenizer
 
 PIECE = 1 << 20  # tokens whose bytes are counted at a time
@@ -23,14 +24,14 @@ def evaluate_language_model(
     those the evaluated tokens stand for, so bits/byte compares models with different tokenizers;
     they are counted a piece at a time, without decoding the text.
     """
-    model.eval()
     device = next(model.parameters()).device
     length = model.config.context_length
     total_loss, total_tokens = 0.0, 0
-    for inputs, targets in sequential_windows(tokens, length, batch_size):
-        _, loss = model(inputs.to(device), targets.to(device))
-        total_loss += loss.item() * targets.numel()
-        total_tokens += targets.numel()
+    with eval_mode(model):
+        for inputs, targets in sequential_windows(tokens, length, batch_size):
+            _, loss = model(inputs.to(device), targets.to(device))
+            total_loss += loss.item() * targets.numel()
+            total_tokens += targets.numel()
     if total_tokens == 0:
         raise ValueError(f"{len(tokens)} tokens do not fill one window of {length + 1}")
     evaluated, lengths = tokens[1 : total_tokens + 1], tokenizer.byte_lengths()

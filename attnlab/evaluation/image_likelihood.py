@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.layers.contracts import eval_mode
+
 
 class ImageLikelihood:
     """Accumulates evaluation batches: update(logits (B, L, V), batch), whose last tensor holds
@@ -45,13 +47,9 @@ def evaluate_image_model(model: nn.Module, palette, images: torch.Tensor, batch_
     {"nats_per_image", "bits_per_pixel", "images"}, in full precision."""
     device = next(model.parameters()).device
     scores = ImageLikelihood(images.size(-1) * images.size(-2))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for chunk in images.split(batch_size):
             inputs, targets = palette.sequences(chunk)
             logits, _ = model(inputs.to(device))
             scores.update(logits, (targets.to(device),))
-    finally:
-        model.train(was_training)
     return {**scores.compute(), "images": len(images)}

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import UserError
+from attnlab.layers.contracts import eval_mode
 
 
 def max_target_lengths(
@@ -228,23 +229,23 @@ def translate(
     max_length is cut to fit."""
     if batch_size < 1:
         raise UserError(f"batch size must be positive, got {batch_size}")
-    model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     results: list[str] = [""] * len(sentences)
-    for first in range(0, len(order), batch_size):
-        chosen = order[first : first + batch_size]
-        src = encode_sources([sentences[i] for i in chosen], tokenizer, model).to(device)
-        outputs = beam_search(
-            model,
-            src,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            max_length_factor=max_length_factor,
-            max_length_offset=max_length_offset,
-        )
-        for i, ids in zip(chosen, outputs, strict=True):
-            # One line per translation: any line break or whitespace run (a byte-level model can
-            # emit them) becomes one space.
-            results[i] = " ".join(tokenizer.decode(ids).split())
+    with eval_mode(model):
+        for first in range(0, len(order), batch_size):
+            chosen = order[first : first + batch_size]
+            src = encode_sources([sentences[i] for i in chosen], tokenizer, model).to(device)
+            outputs = beam_search(
+                model,
+                src,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+                max_length_factor=max_length_factor,
+                max_length_offset=max_length_offset,
+            )
+            for i, ids in zip(chosen, outputs, strict=True):
+                # One line per translation: any line break or whitespace run (a byte-level
+                # model can emit them) becomes one space.
+                results[i] = " ".join(tokenizer.decode(ids).split())
     return results

@@ -45,7 +45,6 @@ are therefore the same batched or one by one.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,6 +55,7 @@ from torch import nn
 from attnlab.errors import UserError
 from attnlab.generation.compiled import compiled_step, decoding_step
 from attnlab.generation.sampling import SamplingConfig, seen_mask
+from attnlab.layers.contracts import eval_mode
 
 
 class _Window:
@@ -143,17 +143,6 @@ def _fresh(ids: torch.Tensor) -> torch.Tensor:
     return ids.clone(memory_format=torch.contiguous_format)
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode (no dropout) for the duration, then the caller's mode again."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -199,7 +188,7 @@ def _decode(model, window, prompts, max_new_tokens, sampling, generator):
     shape = (batch, model.config.vocab_size)
     # The tokens so far as a (B, V) mask, for the repetition penalty: the same shape every step.
     seen = seen_mask(prompts, shape[1]) if sampling.repetition_penalty != 1 else None
-    with _eval_mode(model):
+    with eval_mode(model):
         for length in range(prompt_length, prompt_length + max_new_tokens):
             if length == tokens.size(1):
                 tokens = _grown(tokens, min(2 * length, prompt_length + max_new_tokens))

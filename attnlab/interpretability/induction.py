@@ -31,6 +31,7 @@ from attnlab.interpretability.capture import (
     attention_layers,
     capture,
 )
+from attnlab.layers.contracts import eval_mode
 from attnlab.layers.hooks import hook_points
 from attnlab.models.registry import GENERATE, kind_of
 
@@ -119,9 +120,7 @@ def induction_scores(
     repeated random tokens. length: of each copy (default: half the context, at most 128);
     n_tokens: draw ids below this (default: the model's vocabulary)."""
     layers, length = _scored_layers(model, length)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         generator = torch.Generator().manual_seed(seed)
         tokens = repeated_random_tokens(
             n_sequences, length, n_tokens or model.config.vocab_size, generator
@@ -141,8 +140,6 @@ def induction_scores(
             float(losses[:, : length - 1].mean()),
             float(losses[:, length:].mean()),
         )
-    finally:
-        model.train(was_training)
 
 
 def _copying(model, tokens, layers, seen, start) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.layers.blocks import ResidualBlock
+from attnlab.layers.contracts import eval_mode
 
 
 def block_stack(model: nn.Module) -> nn.ModuleList:
@@ -71,13 +72,13 @@ def layer_surgery(model: nn.Module, loss: Callable[[], float]) -> tuple[float, d
     """The loss of the model as it is, and of every arrangement (arrangements()), each computed
     by `loss()` (the mean loss of the model on fixed data)."""
     stack = block_stack(model)
-    model.eval()
-    baseline = loss()
-    results = {}
-    for name, order in arrangements(len(stack)).items():
-        with rearranged(stack, order):
-            results[name] = loss()
-    return baseline, results
+    with eval_mode(model):
+        baseline = loss()
+        results = {}
+        for name, order in arrangements(len(stack)).items():
+            with rearranged(stack, order):
+                results[name] = loss()
+        return baseline, results
 
 
 def change_maps(

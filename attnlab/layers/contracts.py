@@ -25,7 +25,8 @@ Dimensions: B batch, T positions, D model width.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -45,6 +46,18 @@ class TokenMixer(Protocol):
         self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: DecodingState | None = None
     ) -> torch.Tensor: ...
     def new_cache(self, max_length: int = 0, **options) -> DecodingState: ...
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the duration, then in the caller's mode again:
+    what every procedure over a model (generation, evaluation, inspection) runs it in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 # ------------------------------------------------------------------- parameter marks
