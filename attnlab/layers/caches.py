@@ -270,4 +270,4 @@ class RecurrentState:
         return list(self.tensors.values())
 
     def with_buffers(self, tensors: list[torch.Tensor]) -> RecurrentState:
-        return RecurrentState(**dict(zip(self.tensors, tensors, strict=True)))
+        return type(self)(**dict(zip(self.tensors, tensors, strict=True)))

@@ -68,9 +68,6 @@ class _BatchFirstState(RecurrentState):
     def set(self, **tensors: torch.Tensor) -> None:
         super().set(**{name: value.transpose(0, 1) for name, value in tensors.items()})
 
-    def with_buffers(self, tensors: list[torch.Tensor]) -> _BatchFirstState:
-        return _BatchFirstState(**dict(zip(self.tensors, tensors, strict=True)))
-
 
 def recurrent_state() -> RecurrentState:
     """An empty decoding state for run_recurrence."""

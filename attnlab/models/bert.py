@@ -41,7 +41,7 @@ from attnlab.layers.attention import AttentionOptions, build_attention
 from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import ACTIVATIONS
 from attnlab.models.registry import CLASSIFY, FILL_MASK, ModelKind, register_kind
-from attnlab.training.sources import IGNORE_INDEX
+from attnlab.training.sources import IGNORE_INDEX, token_loss
 
 
 @dataclass(frozen=True)
@@ -190,9 +190,8 @@ class BertEncoder(nn.Module):
     def flops_per_token(self, length: int) -> int:
         """Training FLOPs per token of the blocks (6 per weight of their matrix products, plus
         attention's scores and weighted sum)."""
-        c = self.config
         weights = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2)
-        return 6 * weights + 12 * length * c.d_model * c.n_layers
+        return 6 * weights + sum(b.token_mixer.mixing_flops_per_token(length) for b in self.blocks)
 
 
 def _initialize(model: nn.Module) -> None:
@@ -240,7 +239,7 @@ class BertForMaskedLM(nn.Module):
         picked = targets[rows]
         picked[n:] = IGNORE_INDEX
         logits = self.head(hidden.flatten(0, 1)[rows])  # (N + padding, V)
-        loss = F.cross_entropy(logits.float(), picked, ignore_index=IGNORE_INDEX)
+        loss = token_loss(logits, picked)
         return logits[:n], loss
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -279,7 +278,7 @@ class BertClassifier(nn.Module):
         all padding, for a text with fewer), whose logits are averaged; labels: (B,) class
         indices -> logits (B, C), loss."""
         logits = (self._windows if ids.dim() == 3 else self._logits)(ids, segments)
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        loss = None if labels is None else token_loss(logits, labels)
         return logits, loss
 
     def _logits(self, ids: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnlab.config import check_choice, check_divides, check_positive, check_range
@@ -45,7 +44,7 @@ from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import TRANSLATE, ModelKind, register_kind
-from attnlab.training.sources import IGNORE_INDEX
+from attnlab.training.sources import IGNORE_INDEX, token_loss
 
 FINAL_NORMS = ("auto", "yes", "no")
 
@@ -248,11 +247,8 @@ class EncoderDecoder(nn.Module):
         logits = self.decode(tgt_in, memory, src_mask)
         loss = None
         if tgt_out is not None:
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(),
-                tgt_out.masked_fill(tgt_out == self.config.pad_id, IGNORE_INDEX).flatten(),
-                label_smoothing=self.config.label_smoothing,
-            )
+            scored = tgt_out.masked_fill(tgt_out == self.config.pad_id, IGNORE_INDEX)
+            loss = token_loss(logits, scored, self.config.label_smoothing)
         return logits, loss
 
     def new_cache(self, max_length: int | None = None) -> DecodingCache:

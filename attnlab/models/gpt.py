@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnlab.config import check_choice, check_positive, check_range
@@ -39,7 +38,7 @@ from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.mixers import mixer_options, mixer_spec
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import GENERATE, ModelKind, register_kind
-from attnlab.training.sources import IGNORE_INDEX
+from attnlab.training.sources import token_loss
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "alibi", "none")
 RELATIVE = ("rope", "alibi", "none")  # no absolute positions: the decoding window can slide
@@ -241,9 +240,7 @@ class GPT(nn.Module):
             cache.position += length
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-            )
+            loss = token_loss(logits, targets)
         return logits, loss
 
     def readout(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnlab.config import check_choice, check_positive, check_range
@@ -24,7 +23,7 @@ from attnlab.layers.caches import RecurrentState
 from attnlab.layers.dropout import dropout
 from attnlab.layers.recurrent import CELLS, make_recurrence, recurrent_state, run_recurrence
 from attnlab.models.registry import GENERATE, ModelKind, register_kind
-from attnlab.training.sources import IGNORE_INDEX
+from attnlab.training.sources import token_loss
 
 
 @dataclass(frozen=True)
@@ -94,12 +93,7 @@ class RecurrentLM(nn.Module):
         x = dropout(self.token_embedding(idx), p, training)  # (B, T, D)
         x = dropout(run_recurrence(self.recurrence, x, cache), p, training)  # (B, T, D)
         logits = self.output_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
+        return logits, None if targets is None else token_loss(logits, targets)
 
     def new_cache(self, max_length: int | None = None, static: bool = False) -> RecurrentState:
         """The hidden state (and an LSTM's cell state) of every layer: fixed sizes, so the same

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnlab.config import check_choice, check_divides, check_positive, check_range
@@ -34,7 +33,7 @@ from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import CLASSIFY_IMAGE, ModelKind, register_kind
-from attnlab.training.sources import DataRequest, TrainingData
+from attnlab.training.sources import DataRequest, TrainingData, token_loss
 
 POOLINGS = ("cls", "mean")
 
@@ -197,9 +196,7 @@ class VisionTransformer(nn.Module):
         logits = self.head(pooled)  # (B, K)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits.float(), labels, label_smoothing=self.config.label_smoothing
-            )
+            loss = token_loss(logits, labels, self.config.label_smoothing)
         return logits, loss
 
     def compile_regions(self) -> list[nn.Module]:

@@ -17,9 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 Batch = tuple[torch.Tensor, ...]  # the last tensor holds the targets
 IGNORE_INDEX = -100  # a target with this value is not scored (torch's cross_entropy default)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+    """The mean cross-entropy over the scored targets (not IGNORE_INDEX), in float32 whatever
+    the logits' precision: logits (..., V), targets (...)."""
+    return F.cross_entropy(
+        logits.flatten(0, -2).float(),
+        targets.flatten(),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
 
 
 class Metrics(Protocol):
