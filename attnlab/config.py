@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from attnlab.errors import ConfigError
 
 C = TypeVar("C")
+TWO_CLASSES = " (with one class the cross-entropy is 0: nothing to learn)"
 
 
 def check_positive(owner: str, **fields: int | float) -> None:
@@ -25,6 +26,12 @@ def check_positive(owner: str, **fields: int | float) -> None:
     for name, value in fields.items():
         if not 0 < value < math.inf:
             raise ConfigError(f"{owner}.{name} must be a positive number, got {value!r}")
+
+
+def check_at_least(owner: str, name: str, value: int, low: int, why: str = "") -> None:
+    """Raise ConfigError unless value >= low (why: a reason, for the message)."""
+    if not value >= low:
+        raise ConfigError(f"{owner}.{name} must be at least {low}{why}, got {value!r}")
 
 
 def check_range(owner: str, name: str, value: float, low: float, high: float) -> None:

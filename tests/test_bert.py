@@ -7,9 +7,10 @@ import torch
 
 from attnlab.data.classification import encode_example, hold_out, pad_batch, read_tsv
 from attnlab.data.masked_lm import IGNORE_INDEX, Masking, pack_sentences
-from attnlab.errors import UserError
+from attnlab.errors import ConfigError, UserError
 from attnlab.interop.huggingface import from_hf, to_hf
 from attnlab.models.bert import PRESETS, BertClassifier, BertConfig, BertForMaskedLM
+from attnlab.models.vision_transformer import ViTConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -110,6 +111,29 @@ def test_a_silu_bert_converts_and_an_untied_masked_lm_is_refused():
     untied = random_hf("BertForMaskedLM", {**HF_CONFIGS[0], "tie_word_embeddings": False})
     with pytest.raises(ValueError, match="not its word embeddings"):
         from_hf(untied)
+
+
+@pytest.mark.parametrize(
+    "cls_name, fields, message",
+    [
+        ("BertForMaskedLM", {"is_decoder": True}, "a BERT decoder"),
+        ("BertModel", {"is_decoder": True, "add_cross_attention": True}, "a BERT decoder"),
+        ("BertForMaskedLM", {"pad_token_id": None}, "without pad_token_id"),
+        ("BertForSequenceClassification", {"num_labels": 1}, "single-label classification"),
+        ("BertForSequenceClassification", {"problem_type": "multi_label_classification"},
+         "single-label classification"),
+    ],
+)  # fmt: skip
+def test_berts_that_would_compute_something_else_are_refused(cls_name, fields, message):
+    config = transformers.BertConfig(**{**HF_CONFIGS[0], "pad_token_id": PAD, **fields})
+    with pytest.raises(ValueError, match=message):
+        from_hf(getattr(transformers, cls_name)(config))
+
+
+def test_a_classifier_needs_two_classes():
+    for config in (BertConfig, ViTConfig):
+        with pytest.raises(ConfigError, match="n_classes must be at least 2"):
+            config(n_classes=1)
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,5 @@
+import io
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from attnlab.interop.huggingface import from_hf, to_hf  # noqa: E402
 from attnlab.models.gpt import GPT, GPTConfig  # noqa: E402
+from attnlab.models.image_gpt import ImageGPT, ImageGPTConfig  # noqa: E402
 
 CONFIGS = [
     dict(vocab_size=97, n_positions=32, n_embd=48, n_layer=3, n_head=4),
@@ -104,3 +107,25 @@ def test_to_hf_rejects_models_gpt2_cannot_express():
     )
     with pytest.raises(ValueError, match="GPT-2-shaped"):
         to_hf(model)
+
+
+def test_conversions_keep_the_mode_and_refuse_a_subclass_hugging_face_would_not_be():
+    hf = GPT2LMHeadModel(GPT2Config(**CONFIGS[0])).eval()
+    ours = from_hf(hf)
+    assert not ours.training and not to_hf(ours).training
+    assert from_hf(hf.train()).training
+    image_gpt = ImageGPT(
+        ImageGPTConfig(vocab_size=3, context_length=16, n_layers=1, n_heads=2, d_model=16)
+    )
+    with pytest.raises(ValueError, match="to_hf supports GPT, .*got ImageGPT"):
+        to_hf(image_gpt)
+
+
+def test_a_gpt_with_gpt2s_activation_pickles():
+    model = GPT(GPTConfig(vocab_size=10, context_length=8, n_layers=1, n_heads=2, d_model=8))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(again(ids)[0], model(ids)[0])

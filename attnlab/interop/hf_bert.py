@@ -77,6 +77,20 @@ def bert_from_hf(model: nn.Module) -> nn.Module:
         raise ValueError(f"BERT with {hf.position_embedding_type} positions is not supported")
     if hf.hidden_act not in ACTIVATIONS:
         raise ValueError(f"unsupported BERT activation {hf.hidden_act!r}")
+    if hf.is_decoder or hf.add_cross_attention:
+        raise ValueError("a BERT decoder (is_decoder, add_cross_attention) does not convert")
+    if hf.pad_token_id is None:
+        raise ValueError(
+            "a BERT without pad_token_id does not convert: attnlab's BERT never attends to its "
+            "padding token, so it needs one (set config.pad_token_id)"
+        )
+    if kind == "BertForSequenceClassification" and (
+        hf.num_labels < 2 or hf.problem_type not in (None, "single_label_classification")
+    ):
+        raise ValueError(
+            "only single-label classification (2 or more classes) converts: attnlab's "
+            "classifier is trained by cross-entropy over its classes"
+        )
     if kind == "BertForMaskedLM" and not getattr(hf, "tie_word_embeddings", True):
         raise ValueError(
             "a BertForMaskedLM whose output layer is not its word embeddings does not convert: "
@@ -93,7 +107,7 @@ def bert_from_hf(model: nn.Module) -> nn.Module:
         activation=ACTIVATIONS[hf.hidden_act],
         norm_eps=hf.layer_norm_eps,
         dropout=hf.hidden_dropout_prob,
-        pad_id=hf.pad_token_id if hf.pad_token_id is not None else 0,
+        pad_id=hf.pad_token_id,
         n_classes=hf.num_labels,
     )
     ours = BertForMaskedLM(config) if kind == "BertForMaskedLM" else BertClassifier(config)

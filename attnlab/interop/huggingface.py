@@ -27,39 +27,45 @@ def from_hf(model: nn.Module) -> nn.Module:
     BertForMaskedLM -> BertForMaskedLM; BertForSequenceClassification and BertModel ->
     BertClassifier (from BertModel, with a new classification head); ViTForImageClassification
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
-    config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind)."""
+    config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind).
+    The model comes in the given one's mode (training or eval)."""
     kind = type(model).__name__
     if kind.startswith("Bert"):
-        return bert_from_hf(model)
-    if kind in LLAMA_CLASSES or kind.startswith("Qwen2"):
-        return llama_from_hf(model)
-    if kind in ("ViTModel", "ViTForImageClassification"):
-        return vit_from_hf(model)
-    if kind != "GPT2LMHeadModel":
+        convert = bert_from_hf
+    elif kind in LLAMA_CLASSES or kind.startswith("Qwen2"):
+        convert = llama_from_hf
+    elif kind in ("ViTModel", "ViTForImageClassification"):
+        convert = vit_from_hf
+    elif kind == "GPT2LMHeadModel":
+        convert = gpt2_from_hf
+    else:
         raise ValueError(
             "from_hf supports GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, BertModel, "
             "BertForMaskedLM, BertForSequenceClassification, ViTModel and "
             f"ViTForImageClassification, got {kind}"
         )
-    return gpt2_from_hf(model)
+    return convert(model).train(model.training)
 
 
 def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
     """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel, or
     LlamaForCausalLM for a Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases);
     BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification;
-    VisionTransformer -> ViTForImageClassification, or with head=False ViTModel (no pooler)."""
-    if isinstance(model, BertForMaskedLM | BertClassifier):
-        return bert_to_hf(model)
-    if isinstance(model, VisionTransformer):
-        return vit_to_hf(model, head)
-    if not isinstance(model, GPT):
+    VisionTransformer -> ViTForImageClassification, or with head=False ViTModel (no pooler).
+    The model comes in the given one's mode (training or eval). A subclass (an image GPT, with
+    its palette and masked start token) is refused: Hugging Face's class would not be it."""
+    if type(model) in (BertForMaskedLM, BertClassifier):
+        converted = bert_to_hf(model)
+    elif type(model) is VisionTransformer:
+        converted = vit_to_hf(model, head)
+    elif type(model) is GPT:
+        c = model.config
+        llama = ("attention", "rope", "rmsnorm", "swiglu", False)
+        llama_shaped = (c.mixer, c.positional, c.norm, c.activation, c.bias) == llama
+        converted = llama_to_hf(model) if llama_shaped else gpt2_to_hf(model)
+    else:
         raise ValueError(
             "to_hf supports GPT, BertForMaskedLM, BertClassifier and VisionTransformer, got "
             f"{type(model).__name__}"
         )
-    c = model.config
-    llama = ("attention", "rope", "rmsnorm", "swiglu", False)
-    if (c.mixer, c.positional, c.norm, c.activation, c.bias) == llama:
-        return llama_to_hf(model)
-    return gpt2_to_hf(model)
+    return converted.train(model.training)

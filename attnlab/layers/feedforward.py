@@ -21,10 +21,15 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return cpu_kernels.gelu(x) if cpu_kernels.training_on_cpu(x) else F.gelu(x)
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh approximation of GELU (a function, not a lambda: a model pickles)."""
+    return F.gelu(x, approximate="tanh")
+
+
 ACTIVATIONS = {
     "relu": F.relu,
     "gelu": gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
+    "gelu_tanh": gelu_tanh,
     "silu": F.silu,
 }
 GATED = {"swiglu": "silu", "geglu": "gelu"}

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.config import check_choice, check_divides, check_positive, check_range
+from attnlab.config import (
+    TWO_CLASSES,
+    check_at_least,
+    check_choice,
+    check_divides,
+    check_positive,
+    check_range,
+)
 from attnlab.data.classification import ClassificationDataConfig, classification_training_data
 from attnlab.data.masked_lm import MaskedLMDataConfig, masked_lm_training_data
 from attnlab.errors import ConfigError
@@ -74,8 +81,8 @@ class BertConfig:
             d_model=self.d_model,
             n_segments=self.n_segments,
             norm_eps=self.norm_eps,
-            n_classes=self.n_classes,
         )
+        check_at_least(name, "n_classes", self.n_classes, 2, TWO_CLASSES)
         if self.context_length < 3:
             raise ConfigError(
                 f"{name}.context_length must be >= 3 ([CLS], a token, [SEP]); got "

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_divides, check_positive, check_range
+from attnlab.config import (
+    TWO_CLASSES,
+    check_at_least,
+    check_choice,
+    check_divides,
+    check_positive,
+    check_range,
+)
 from attnlab.data.image_classification import ImageDataConfig, image_training_data
 from attnlab.errors import UserError
 from attnlab.layers import (
@@ -63,12 +70,12 @@ class ViTConfig:
             image_size=self.image_size,
             patch_size=self.patch_size,
             channels=self.channels,
-            n_classes=self.n_classes,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
             d_model=self.d_model,
             norm_eps=self.norm_eps,
         )
+        check_at_least(name, "n_classes", self.n_classes, 2, TWO_CLASSES)
         if self.d_ff is not None:
             check_positive(name, d_ff=self.d_ff)
         check_divides(name, "patch_size", self.patch_size, "image_size", self.image_size)
