@@ -22,7 +22,6 @@ from attnlab.generation import (
     top_k_filter,
     top_p_filter,
 )
-from attnlab.generation.text import _decode_pieces
 from attnlab.layers import StaticKVCache
 from attnlab.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -352,11 +351,18 @@ def test_text_starts_from_endoftext_and_stops_there():
     assert text == tokenizer.decode(expected)
 
 
-def test_byte_text_waits_for_whole_characters():
-    tokenizer = ByteTokenizer()
+def test_byte_text_waits_for_whole_characters_and_adds_up_to_the_decoded_text():
+    tokenizer = ByteTokenizer(["<|endoftext|>"])
     ids = list("aé€b".encode())  # 1 + 2 + 3 + 1 bytes
-    assert list(_decode_pieces(tokenizer, ids)) == ["a", "é", "€", "b"]
-    assert list(_decode_pieces(tokenizer, [0xE2, 0x82])) == ["\ufffd"]  # unfinished: flushed
+    assert list(tokenizer.decode_stream(ids)) == ["a", "é", "€", "b"]
+    assert list(tokenizer.decode_stream([0xE2, 0x82])) == ["\ufffd"]  # unfinished: flushed
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    random = torch.Generator().manual_seed(0)
+    for _ in range(200):  # invalid bytes too: the pieces are decode's text, cut up
+        ids = torch.randint(0, 257, (12,), generator=random).tolist()
+        pieces = list(tokenizer.decode_stream(ids))
+        assert "".join(pieces) == tokenizer.decode(ids) and all(pieces)
+    assert list(tokenizer.decode_stream([0xE2, eot, 0x41])) == ["\ufffd<|endoftext|>", "A"]
 
 
 def test_char_tokenizer_rejects_unseen_prompt_characters():

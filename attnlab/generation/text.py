@@ -69,22 +69,6 @@ class StopScanner:
         return longest
 
 
-def _decode_pieces(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Text of each id as it comes. A byte-level id may end inside a multi-byte character,
-    which decodes to U+FFFD; such ids wait (up to 4, a UTF-8 character's longest) until the
-    character is complete."""
-    waiting: list[int] = []
-    for token in ids:
-        waiting.append(token)
-        text = tokenizer.decode(waiting)
-        if text.endswith("\ufffd") and len(waiting) < 4:
-            continue
-        waiting = []
-        yield text
-    if waiting:
-        yield tokenizer.decode(waiting)
-
-
 def stream_text(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -111,7 +95,7 @@ def stream_text(
 
 
 def _text_pieces(tokenizer: Tokenizer, ids: Iterator[int], scanner: StopScanner) -> Iterator[str]:
-    for piece in _decode_pieces(tokenizer, ids):
+    for piece in tokenizer.decode_stream(ids):
         out = scanner.feed(piece)
         if out:
             yield out

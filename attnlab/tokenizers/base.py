@@ -7,10 +7,11 @@ special token is only ever produced on purpose, by looking up its id.
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -100,9 +101,30 @@ class Tokenizer(ABC):
                 pieces += [self._decode_ordinary(run), self._special_by_id[i]]
                 run = []
             else:
-                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size})")
+                raise self._unknown(i)
         pieces.append(self._decode_ordinary(run))
         return "".join(pieces)
+
+    def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """The text of `ids` piece by piece as they come, adding up to decode(ids): a character
+        whose bytes span several ids appears once it is complete (bytes that never make one
+        appear as U+FFFD, as decode gives them)."""
+        pending = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for i in ids:
+            i = int(i)
+            if 0 <= i < self._base_vocab_size:
+                text = pending.decode(self.token_bytes(i))
+            elif i in self._special_by_id:
+                text = pending.decode(b"", final=True) + self._special_by_id[i]
+            else:
+                raise self._unknown(i)
+            if text:
+                yield text
+        if rest := pending.decode(b"", final=True):
+            yield rest
+
+    def _unknown(self, token_id: int) -> ValueError:
+        return ValueError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "special_tokens": list(self.special_tokens)}
