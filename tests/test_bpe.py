@@ -186,6 +186,7 @@ def test_training_stops_when_pairs_run_out():
     # pre-tokens "abcd" and " abcd": merges ab, abc, abcd, " abcd", then every word is one token
     assert tokenizer.vocab_size == 256 + 4
     assert tokenizer.encode("abcd abcd") == [258, 259]
+    assert BPETokenizer.train("abcd abcd", vocab_size=1000).merges == tokenizer.merges  # one text
 
 
 @pytest.mark.parametrize("vocab_size, specials", [(255, []), (257, ["<a>", "<b>"])])

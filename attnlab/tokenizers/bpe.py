@@ -193,13 +193,15 @@ class BPETokenizer(Tokenizer):
         progress: bool = False,
         workers: int = 1,
     ) -> BPETokenizer:
-        """Learn merges from `texts` until the vocabulary (specials included) has `vocab_size`.
+        """Learn merges from `texts` (or one text) until the vocabulary (specials included) has
+        `vocab_size`.
 
         Ties between equally frequent pairs go to the smallest (left id, right id); see
         :mod:`attnlab.tokenizers.bpe_training`. Training stops early, with a smaller
         vocabulary, if the corpus runs out of pairs. `workers` processes count pre-tokens.
         """
         special_tokens = check_special_tokens(special_tokens)  # before the counting, not after
+        texts = [texts] if isinstance(texts, str) else texts  # not one text per character
         if vocab_size < 256 + len(special_tokens):
             minimum = 256 + len(special_tokens)
             raise UserError(
