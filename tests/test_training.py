@@ -356,3 +356,15 @@ def test_hyena_filters_train_in_their_own_group_at_their_learning_rate_scale(tmp
     record = trainer.train_step()
     assert scaled[0]["lr"] == pytest.approx(0.1 * record["lr"]) and record["lr"] > 0
     assert all(g["lr"] == record["lr"] for g in groups if g is not scaled[0])
+
+
+def test_a_trainer_refuses_what_it_could_not_checkpoint_or_draw_from_before_training(tmp_path):
+    config = TrainConfig(max_iters=1, precision="fp32", device="cpu")
+    batches = FixedBatches(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4), 2)
+    with pytest.raises(ValueError, match="Linear is not a registered model kind: register_kind"):
+        Trainer(torch.nn.Linear(4, 1), config, batches, {}, out_dir=tmp_path)
+    model = GPT(MODEL)
+    with pytest.raises(TypeError, match="lacks next, state_dict, load_state_dict"):
+        Trainer(model, config, iter([batches.next()]), {}, out_dir=tmp_path)
+    with pytest.raises(TypeError, match="a function giving its batches"):
+        Trainer(model, config, batches, {"val": [batches.next()]}, out_dir=tmp_path)

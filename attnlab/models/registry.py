@@ -94,7 +94,10 @@ def kind_of(model: nn.Module) -> ModelKind:
         for kind in KINDS.values():
             if cls is kind.model:
                 return kind
-    raise ValueError(f"{type(model).__name__} is not a registered model kind")
+    raise ValueError(
+        f"{type(model).__name__} is not a registered model kind: register_kind (models/"
+        "registry.py) names its config and data, so that its checkpoints save and load"
+    )
 
 
 def model_kind(model: nn.Module) -> str:

@@ -39,6 +39,7 @@ from attnlab.devices import (
 )
 from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
+from attnlab.models.registry import describe
 from attnlab.training.checkpoints import (
     MODEL_FILE,
     encode_tensor,
@@ -55,6 +56,7 @@ from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
+SOURCE_METHODS = ("next", "state_dict", "load_state_dict")  # a BatchSource's (sources.py)
 BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
 
 
@@ -100,6 +102,14 @@ class Trainer:
         score ("val_accuracy"; lower is better for a loss) whose best evaluation's weights are
         kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
         (distributed.py), each training its shard of every batch; alone by default."""
+        describe(model)  # a checkpoint names the model's kind: unregistered is refused now
+        if missing := [m for m in SOURCE_METHODS if not callable(getattr(train_data, m, None))]:
+            raise TypeError(
+                f"train_data lacks {', '.join(missing)}: a BatchSource (training/sources.py) "
+                f"has {', '.join(SOURCE_METHODS)}"
+            )
+        if not all(callable(batches) for batches in eval_data.values()):
+            raise TypeError("eval_data maps each split's name to a function giving its batches")
         self.config, self.group = config, group
         group.check_batch(config.batch_size)
         self.device = pick_device(config.device)
