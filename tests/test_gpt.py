@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from attnlab.errors import ConfigError
+from attnlab.errors import ConfigError, UserError
+from attnlab.generation import generate
 from attnlab.layers import FeedForward
 from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.gpt import GPT, PRESETS, GPTConfig
@@ -145,9 +146,14 @@ def test_gpt2_preset_sizes():
     assert untied.flops_per_token(1024) == small.flops_per_token(1024)
 
 
-def test_too_long_input_is_a_clear_error():
+def test_too_long_or_unbatched_input_is_a_clear_error():
     with pytest.raises(ValueError, match="context length 16"):
         tiny()(torch.zeros(1, 17, dtype=torch.long))
+    for call in (tiny(), lambda ids: generate(tiny(), ids, 2)):
+        with pytest.raises(
+            (ValueError, UserError), match=r"must be \(B, T\) token ids, got shape \(3,\)"
+        ):
+            call(torch.zeros(3, dtype=torch.long))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -244,6 +244,8 @@ def generate(
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
     generator = generator or make_generator(model, seed)
     stop_ids = set(stop_ids)
+    if isinstance(prompts, torch.Tensor) and prompts.dim() != 2:
+        raise UserError(f"prompts must be (B, T) token ids, got shape {tuple(prompts.shape)}")
     rows = [[int(i) for i in row] for row in prompts]
     groups: dict[int, list[int]] = {}  # prompt length -> indices of the prompts that long
     for index, row in enumerate(rows):

@@ -219,6 +219,8 @@ class GPT(nn.Module):
         cache, idx holds only the tokens after those the cache has seen; a sliding cache (see
         new_cache) then goes on past the context one token at a time.
         """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         _, length = idx.shape
         offset = cache.position if cache is not None else 0
         sliding = cache is not None and cache.sliding
