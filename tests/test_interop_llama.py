@@ -41,6 +41,7 @@ CONFIGS = {
         rope_theta=10000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
+        hidden_act="swish",  # SiLU by its other name
     ),
     # plain multi-head attention, a large base
     "mha": dict(

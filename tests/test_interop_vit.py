@@ -20,6 +20,9 @@ CONFIGS = [
          layer_norm_eps=1e-6),
     dict(image_size=12, patch_size=6, num_channels=2, hidden_size=16, num_hidden_layers=3,
          num_attention_heads=1, intermediate_size=16, num_labels=3, hidden_act="relu"),
+    dict(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+         num_attention_heads=2, intermediate_size=24, num_labels=2,
+         hidden_act="gelu_pytorch_tanh"),
 ]  # fmt: skip
 
 

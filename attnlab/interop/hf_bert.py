@@ -8,7 +8,13 @@ from typing import Any
 
 from torch import nn
 
-from attnlab.interop.tables import ACTIVATIONS, copy_weights, layer_name, prefixed
+from attnlab.interop.tables import (
+    ACTIVATIONS,
+    TO_HF_ACTIVATIONS,
+    copy_weights,
+    layer_name,
+    prefixed,
+)
 from attnlab.models.bert import BertClassifier, BertConfig, BertForMaskedLM
 
 # (Hugging Face name(s), attnlab name, transpose); "{i}" is the block index, a tuple of names
@@ -126,14 +132,13 @@ def bert_to_hf(model: nn.Module) -> nn.Module:
             "only BERT-shaped models (post-norm, learned positions, [CLS] pooling) convert to"
             " Hugging Face"
         )
-    activation = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
     hf_config = HFBertConfig(
         vocab_size=c.vocab_size,
         hidden_size=c.d_model,
         num_hidden_layers=c.n_layers,
         num_attention_heads=c.n_heads,
         intermediate_size=c.ff_width,
-        hidden_act=activation[c.activation],
+        hidden_act=TO_HF_ACTIVATIONS[c.activation],
         hidden_dropout_prob=c.dropout,
         attention_probs_dropout_prob=c.dropout,
         max_position_embeddings=c.context_length,

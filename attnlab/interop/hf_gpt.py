@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from attnlab.interop.tables import ACTIVATIONS, copy_weights, layer_name
+from attnlab.interop.tables import ACTIVATIONS, TO_HF_ACTIVATIONS, copy_weights, layer_name
 from attnlab.models.gpt import GPT, GPTConfig
 
 # (Hugging Face name, attnlab name, transpose). "{i}" is the block index.
@@ -120,12 +120,11 @@ def gpt2_to_hf(model: GPT) -> nn.Module:
 
     c = model.config
     shape = (c.mixer, c.positional, c.norm, c.activation, c.bias)
-    activation = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
     gpt2_shaped = (
         shape[:3] == ("attention", "learned", "layernorm")
         and c.bias
         and (c.n_kv_heads or c.n_heads) == c.n_heads
-        and c.activation in activation
+        and c.activation in TO_HF_ACTIVATIONS
     )
     if not gpt2_shaped:
         raise ValueError(
@@ -140,7 +139,7 @@ def gpt2_to_hf(model: GPT) -> nn.Module:
         n_layer=c.n_layers,
         n_head=c.n_heads,
         n_inner=c.d_ff,
-        activation_function=activation[c.activation],
+        activation_function=TO_HF_ACTIVATIONS[c.activation],
         layer_norm_epsilon=c.norm_eps,
         tie_word_embeddings=c.tie_weights,
         resid_pdrop=c.dropout,
@@ -189,7 +188,8 @@ def llama_from_hf(model: nn.Module) -> GPT:
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     window = getattr(hf, "sliding_window", None)
     problems = {
-        f"hidden_act={hf.hidden_act!r} (SwiGLU needs 'silu')": hf.hidden_act != "silu",
+        f"hidden_act={hf.hidden_act!r} (SwiGLU needs 'silu')": ACTIVATIONS.get(hf.hidden_act)
+        != "silu",
         "attention_bias=True": getattr(hf, "attention_bias", False),
         "mlp_bias=True": getattr(hf, "mlp_bias", False),
         f"head_dim={head_dim} (attnlab's is hidden_size / heads)": (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnlab.interop.tables import check_shape
+from attnlab.interop.tables import ACTIVATIONS, TO_HF_ACTIVATIONS, check_shape
 from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
 
 # ----------------------------------------------------------------------------- ViT
@@ -61,8 +61,6 @@ VIT_HEAD = [
     (("classifier.weight",), "head.weight", False),
     (("classifier.bias",), "head.bias", False),
 ]
-# ViT's activation names -> ours
-VIT_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "silu": "silu"}
 
 Joined = tuple[tuple[str, ...], str, bool]
 
@@ -84,7 +82,7 @@ def vit_from_hf(model: nn.Module) -> VisionTransformer:
     patch = hf.patch_size if isinstance(hf.patch_size, int) else hf.patch_size[0]
     if not hf.qkv_bias:
         raise ValueError("ViT configs with qkv_bias=False are not supported")
-    if hf.hidden_act not in VIT_ACTIVATIONS:
+    if hf.hidden_act not in ACTIVATIONS:
         raise ValueError(f"unsupported ViT activation {hf.hidden_act!r}")
     config = ViTConfig(
         image_size=side,
@@ -95,7 +93,7 @@ def vit_from_hf(model: nn.Module) -> VisionTransformer:
         n_heads=hf.num_attention_heads,
         d_model=hf.hidden_size,
         d_ff=hf.intermediate_size,
-        activation=VIT_ACTIVATIONS[hf.hidden_act],
+        activation=ACTIVATIONS[hf.hidden_act],
         norm_eps=hf.layer_norm_eps,
     )
     ours = VisionTransformer(config)
@@ -114,8 +112,8 @@ def vit_to_hf(model: VisionTransformer, head: bool) -> nn.Module:
     from transformers import ViTForImageClassification, ViTModel
 
     c = model.config
-    activation = {v: k for k, v in VIT_ACTIVATIONS.items()}
-    if (c.pooling, c.norm, c.bias) != ("cls", "layernorm", True) or c.activation not in activation:
+    shape = (c.pooling, c.norm, c.bias)
+    if shape != ("cls", "layernorm", True) or c.activation not in TO_HF_ACTIVATIONS:
         raise ValueError(
             "only ViT-shaped models (a class token, LayerNorm with bias, biases, "
             "gelu/gelu_tanh/relu/silu) convert to Hugging Face's ViT"
@@ -129,7 +127,7 @@ def vit_to_hf(model: VisionTransformer, head: bool) -> nn.Module:
         num_attention_heads=c.n_heads,
         hidden_size=c.d_model,
         intermediate_size=c.d_ff or 4 * c.d_model,
-        hidden_act=activation[c.activation],
+        hidden_act=TO_HF_ACTIVATIONS[c.activation],
         layer_norm_eps=c.norm_eps,
         hidden_dropout_prob=c.dropout,
         attention_probs_dropout_prob=c.dropout,

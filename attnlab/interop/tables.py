@@ -15,7 +15,10 @@ ACTIVATIONS = {
     "gelu": "gelu",
     "relu": "relu",
     "silu": "silu",
+    "swish": "silu",
 }
+# ours -> the Hugging Face name an export writes: the first of its names above
+TO_HF_ACTIVATIONS = {ours: theirs for theirs, ours in reversed(ACTIVATIONS.items())}
 
 
 def copy_weights(
