@@ -119,6 +119,8 @@ def test_conversions_keep_the_mode_and_refuse_a_subclass_hugging_face_would_not_
     )
     with pytest.raises(ValueError, match="to_hf supports GPT, .*got ImageGPT"):
         to_hf(image_gpt)
+    with pytest.raises(ValueError, match="load a folder or hub name with transformers first"):
+        from_hf("gpt2")
 
 
 def test_a_gpt_with_gpt2s_activation_pickles():

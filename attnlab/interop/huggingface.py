@@ -5,6 +5,8 @@ names only in their tables. ``transformers`` is imported lazily: only the conver
 
 from __future__ import annotations
 
+import os
+
 from torch import nn
 
 from attnlab.interop.hf_bert import bert_from_hf, bert_to_hf
@@ -30,6 +32,11 @@ def from_hf(model: nn.Module) -> nn.Module:
     config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind).
     The model comes in the given one's mode (training or eval)."""
     kind = type(model).__name__
+    if isinstance(model, str | os.PathLike):
+        raise ValueError(
+            "from_hf takes a Hugging Face model object: load a folder or hub name with "
+            "transformers first (AutoModelForCausalLM.from_pretrained(path), say)"
+        )
     if kind.startswith("Bert"):
         convert = bert_from_hf
     elif kind in LLAMA_CLASSES or kind.startswith("Qwen2"):

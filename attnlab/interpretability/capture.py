@@ -119,7 +119,11 @@ def capture(
     wanted = set(only) if only is not None else None
     unknown = sorted((set(patches) | (wanted or set())) - set(points))
     if unknown:
-        raise KeyError(f"no hook point {', '.join(unknown)} in {type(model).__name__}")
+        shown = ", ".join(list(points)[:4])
+        raise KeyError(
+            f"no hook point {', '.join(unknown)} in {type(model).__name__}; it has {shown}, ... "
+            f"(hook_points(model) lists them; attention weights are at LAYER.{WEIGHTS})"
+        )
     recording = Recording()
     handles = []
     for path, point in points.items():
