@@ -104,6 +104,7 @@ def gpt2_from_hf(model: nn.Module) -> GPT:
         d_ff=hf.n_inner,
         activation=ACTIVATIONS[hf.activation_function],
         norm_eps=hf.layer_norm_epsilon,
+        dropout=hf.resid_pdrop,  # one rate for residual branches, embeddings, attention weights
         tie_weights=bool(getattr(hf, "tie_word_embeddings", True)),
     )
     ours = GPT(config)

@@ -95,6 +95,7 @@ def vit_from_hf(model: nn.Module) -> VisionTransformer:
         d_ff=hf.intermediate_size,
         activation=ACTIVATIONS[hf.hidden_act],
         norm_eps=hf.layer_norm_eps,
+        dropout=hf.hidden_dropout_prob,  # fine-tuning regularises as it would there
     )
     ours = VisionTransformer(config)
     head = type(model).__name__ == "ViTForImageClassification"
