@@ -9,6 +9,7 @@ become configs: unknown keys and wrong types are errors, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -19,6 +20,24 @@ from attnlab.errors import ConfigError
 
 C = TypeVar("C")
 TWO_CLASSES = " (with one class the cross-entropy is 0: nothing to learn)"
+
+
+def check_types(config: Any) -> None:
+    """Raise ConfigError for a field whose value is not of its declared type, as
+    config_from_dict would (a config built in Python: GPTConfig(n_layers="2")); an int given
+    for a float becomes a float, a list for a tuple a tuple."""
+    cls = type(config)
+    for name, hint in _hints(cls).items():
+        value = getattr(config, name)
+        coerced = _coerce(cls.__name__, name, value, hint)
+        if coerced is not value:
+            object.__setattr__(config, name, coerced)  # frozen dataclasses too
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
 
 
 def check_positive(owner: str, **fields: int | float) -> None:
@@ -79,7 +98,7 @@ def check_fields(cls: type, data: dict[str, Any], *, source: str = "config") -> 
             f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
             f"known keys: {', '.join(fields)}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     return {name: _coerce(cls.__name__, name, value, hints[name]) for name, value in data.items()}
 
 

@@ -1,8 +1,14 @@
+import dataclasses
+
 import pytest
 
 from attnlab.config import config_from_dict, config_to_dict, replace
+from attnlab.data.translation import TranslationDataConfig
 from attnlab.errors import ConfigError
+from attnlab.generation.sampling import SamplingConfig
+from attnlab.layers.mamba import MambaOptions
 from attnlab.models.gpt import GPTConfig
+from attnlab.training.config import TrainConfig
 
 
 def test_round_trip_through_a_dict():
@@ -19,14 +25,29 @@ def test_unknown_keys_are_errors():
     "key, value",
     [("n_layers", "4"), ("n_layers", 4.5), ("bias", 1), ("dropout", "0.1"), ("n_kv_heads", True)],
 )
-def test_wrong_types_are_errors(key, value):
+@pytest.mark.parametrize(
+    "build",
+    [lambda fields: config_from_dict(GPTConfig, fields), lambda fields: GPTConfig(**fields)],
+)
+def test_wrong_types_are_errors(key, value, build):
+    """From a dict (a file, flags) as from Python: a config never holds a value of another type."""
     with pytest.raises(ConfigError, match=key):
-        config_from_dict(GPTConfig, {key: value})
+        build({key: value})
+
+
+@pytest.mark.parametrize(
+    "config", [TrainConfig, SamplingConfig, MambaOptions, TranslationDataConfig]
+)
+def test_every_config_checks_its_types(config):
+    field = next(f for f in dataclasses.fields(config) if f.type in ("int", "float", int, float))
+    with pytest.raises(ConfigError, match=f"{config.__name__}.{field.name} must be"):
+        config(**{field.name: "1"})
 
 
 def test_ints_widen_to_floats_and_none_is_allowed_where_optional():
     config = config_from_dict(GPTConfig, {"dropout": 0, "d_ff": None})
     assert config.dropout == 0.0 and isinstance(config.dropout, float)
+    assert isinstance(GPTConfig(dropout=0).dropout, float)
 
 
 def test_replace_validates():

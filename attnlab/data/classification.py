@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.config import check_types
 from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
@@ -189,6 +190,7 @@ class ClassificationDataConfig:
     label_names: str = ""  # names of integer labels, comma-separated (default: the numbers)
 
     def __post_init__(self):
+        check_types(self)
         if self.folds < 2:
             raise UserError(f"folds must be >= 2 (one part is held out), got {self.folds}")
         if not 0 <= self.fold < self.folds:

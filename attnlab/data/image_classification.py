@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnlab.config import check_positive
+from attnlab.config import check_positive, check_types
 from attnlab.data import catalog
 from attnlab.data.images import (
     ImageDataset,
@@ -39,6 +39,7 @@ class ImageDataConfig:
     embedded_images: int = 10000  # training images of the embedded shapes (+ 2000 to test)
 
     def __post_init__(self):
+        check_types(self)
         check_positive("ImageDataConfig", embedded_images=self.embedded_images)
         if self.shift < 0:
             raise ConfigError(f"ImageDataConfig.shift must be >= 0, got {self.shift}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnlab.config import check_positive
+from attnlab.config import check_positive, check_types
 from attnlab.data.image_classification import ImageBatches, load_image_data
 from attnlab.data.images import ImageSet
 from attnlab.data.palette import PALETTE_HELP, Palette
@@ -33,6 +33,7 @@ class PixelDataConfig:
     embedded_images: int = 10000  # training images of the embedded shapes (+ 2000 to test)
 
     def __post_init__(self):
+        check_types(self)
         check_positive(
             "PixelDataConfig",
             pixels_per_token=self.pixels_per_token,

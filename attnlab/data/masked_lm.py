@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attnlab.config import check_range
+from attnlab.config import check_range, check_types
 from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import content_key, tokenizer_cached, tokenizer_key
@@ -146,6 +146,7 @@ class MaskedLMDataConfig:
     mask_probability: float = 0.15  # share of ordinary tokens selected for prediction
 
     def __post_init__(self):
+        check_types(self)
         check_range("MaskedLMDataConfig", "mask_probability", self.mask_probability, 0.0, 1.0)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.config import check_positive
+from attnlab.config import check_positive, check_types
 from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
 from attnlab.data.text import tokenizer_cached
@@ -51,6 +51,7 @@ class TranslationDataConfig:
     embedded_pairs: int = 20000  # training pairs of the embedded task (used without --data)
 
     def __post_init__(self):
+        check_types(self)
         check_positive(
             "TranslationDataConfig",
             bpe_vocab_size=self.bpe_vocab_size,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnlab.config import check_positive
+from attnlab.config import check_positive, check_types
 from attnlab.errors import ConfigError
 
 
@@ -138,6 +138,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence
 
     def __post_init__(self):
+        check_types(self)
         name = "SamplingConfig"
         if not 0 <= self.temperature < math.inf:
             raise ConfigError(f"{name}.temperature must be a number >= 0, got {self.temperature!r}")

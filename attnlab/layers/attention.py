@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.config import check_choice, check_divides
+from attnlab.config import check_choice, check_divides, check_types
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.caches import KVCache, StaticKVCache
 from attnlab.layers.contracts import writes_residual
@@ -275,6 +275,7 @@ class AttentionOptions:
     backend: str = "fused"  # fused (torch's kernels) | eager (the equation written out)
 
     def __post_init__(self):
+        check_types(self)
         check_choice("AttentionOptions", "backend", self.backend, BACKENDS)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_positive
+from attnlab.config import check_positive, check_types
 from attnlab.errors import ConfigError
 from attnlab.layers.caches import RecurrentState
 from attnlab.layers.contracts import (
@@ -136,6 +136,7 @@ class HyenaOptions:
     filter_lr_scale: float = 1.0  # the filter networks' learning rate, times the model's
 
     def __post_init__(self):
+        check_types(self)
         name = "HyenaOptions"
         check_positive(
             name,

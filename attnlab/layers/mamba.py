@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.config import check_positive
+from attnlab.config import check_positive, check_types
 from attnlab.errors import ConfigError
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.caches import RecurrentState
@@ -108,6 +108,7 @@ class MambaOptions:
     dt_floor: float = 1e-4  # smallest initial Δ
 
     def __post_init__(self):
+        check_types(self)
         name = "MambaOptions"
         check_positive(name, d_state=self.d_state, expand=self.expand, dt_min=self.dt_min)
         if self.d_conv < 2:

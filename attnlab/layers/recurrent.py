@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_positive
+from attnlab.config import check_choice, check_positive, check_types
 from attnlab.layers.caches import RecurrentState
 from attnlab.layers.contracts import writes_residual
 from attnlab.layers.mixers import MixerContext, register_mixer
@@ -79,6 +79,7 @@ class RecurrentOptions:
     hidden_size: int | None = None  # width of the recurrent state; None = the model width
 
     def __post_init__(self):
+        check_types(self)
         if self.hidden_size is not None:
             check_positive("RecurrentOptions", hidden_size=self.hidden_size)
 

@@ -29,6 +29,7 @@ from attnlab.config import (
     check_divides,
     check_positive,
     check_range,
+    check_types,
 )
 from attnlab.data.classification import ClassificationDataConfig, classification_training_data
 from attnlab.data.masked_lm import MaskedLMDataConfig, masked_lm_training_data
@@ -71,6 +72,7 @@ class BertConfig:
     long_text: str = "head_tail"  # a text over the context: head_tail | windows (logits averaged)
 
     def __post_init__(self):
+        check_types(self)
         name = "BertConfig"
         check_positive(
             name,

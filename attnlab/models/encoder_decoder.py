@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_divides, check_positive, check_range
+from attnlab.config import check_choice, check_divides, check_positive, check_range, check_types
 from attnlab.data.translation import TranslationDataConfig, translation_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
@@ -74,6 +74,7 @@ class EncoderDecoderConfig:
     eos_id: int = 2  # token id that ends every source and target sequence
 
     def __post_init__(self):
+        check_types(self)
         name = "EncoderDecoderConfig"
         check_positive(
             name,

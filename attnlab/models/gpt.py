@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_positive, check_range
+from attnlab.config import check_choice, check_positive, check_range, check_types
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
@@ -67,6 +67,7 @@ class GPTConfig:
     weight_init: str = "gpt2"  # gpt2: N(0, 0.02) | fan_in: N(0, 1/fan_in), embeddings N(0, 1)
 
     def __post_init__(self):
+        check_types(self)
         name = "GPTConfig"
         check_positive(
             name,

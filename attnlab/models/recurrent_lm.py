@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_positive, check_range
+from attnlab.config import check_choice, check_positive, check_range, check_types
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.layers import TokenEmbedding, initialize
 from attnlab.layers.caches import RecurrentState
@@ -38,6 +38,7 @@ class RecurrentLMConfig:
     init_range: float = 0.1  # embedding and head uniform in ±init_range (Zaremba: 0.05-0.1)
 
     def __post_init__(self):
+        check_types(self)
         name = "RecurrentLMConfig"
         check_positive(
             name,

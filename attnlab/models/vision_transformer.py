@@ -24,6 +24,7 @@ from attnlab.config import (
     check_divides,
     check_positive,
     check_range,
+    check_types,
 )
 from attnlab.data.image_classification import ImageDataConfig, image_training_data
 from attnlab.errors import UserError
@@ -64,6 +65,7 @@ class ViTConfig:
     label_smoothing: float = 0.0  # epsilon of label smoothing in the loss
 
     def __post_init__(self):
+        check_types(self)
         name = "ViTConfig"
         check_positive(
             name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnlab.config import check_choice, check_positive
+from attnlab.config import check_choice, check_positive, check_types
 from attnlab.errors import UserError
 from attnlab.training.optimizers import SCHEDULES
 from attnlab.training.probes import parse_probes
@@ -34,6 +34,7 @@ class TrainConfig:
     probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
 
     def __post_init__(self):
+        check_types(self)
         check_positive(
             "TrainConfig",
             max_iters=self.max_iters,
