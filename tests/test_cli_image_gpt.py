@@ -110,12 +110,30 @@ def test_bad_images_to_complete_are_one_line_and_exit_2(trained, tmp_path, capsy
     assert png.read_bytes() == b"an earlier grid" and fingerprint(trained) == before
 
 
+def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
+    trained, tmp_path, capsys
+):
+    before = fingerprint(trained)
+    for out, message in [
+        (trained / "model.safetensors", "would overwrite a file of the checkpoint"),
+        (trained / "config.json", "would overwrite a file of the checkpoint"),
+        (tmp_path / "grid.txt", "the file is PNG, name it *.png"),
+        (tmp_path, "is a folder: give a file"),
+    ]:
+        code, _, err = run(["sample-images", str(trained), "--out", str(out)], capsys)
+        assert message in one_line_error(code, err)
+    assert fingerprint(trained) == before
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
         (["--samples", "-1"], "--samples"),
         (["--samples", "0", "--completions", "0"], "nothing to draw"),
         (["--temperature", "-1"], "--temperature"),
+        (["--temperature", "nan"], "--temperature must be a finite number"),
+        (["--seed", "99999999999999999999"], "--seed must be in [0, 2**63)"),
+        (["--seed", "-1"], "--seed must be in [0, 2**63)"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, flags, message):

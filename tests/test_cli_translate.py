@@ -114,6 +114,7 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
 
 def test_evaluate_bleu(trained, tmp_path, capsys):
     pairs = embedded_pairs(20, seed=9)
+    pairs[3] = ("", "")  # a blank line translates to a blank line, as `translate` gives it
     src = write(tmp_path / "test.words", [s for s, _ in pairs])
     ref = write(tmp_path / "test.digits", [t for _, t in pairs])
     hyps = tmp_path / "hyps.txt"
@@ -121,7 +122,7 @@ def test_evaluate_bleu(trained, tmp_path, capsys):
         ["evaluate", str(trained), "--src", src, "--ref", ref, "--hypotheses", str(hyps)], capsys
     )
     assert code == 0 and "BLEU" in out and "chrF" in out and "case:mixed|eff:no|tok:13a" in out
-    assert len(hyps.read_text().splitlines()) == 20
+    assert len(hyps.read_text().splitlines()) == 20 and hyps.read_text().splitlines()[3] == ""
     greedy = tmp_path / "greedy.txt"
     code, out, _ = run(
         ["evaluate", str(trained), "--src", src, "--ref", ref, "--json", "--beam-size", "1"]

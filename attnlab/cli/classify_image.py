@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from attnlab.cli.options import check_output
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import CLASSIFY_IMAGE
@@ -117,6 +118,7 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.confusion:
+        check_output("--confusion", args.confusion, args.checkpoint)
         plot_format(args.confusion)  # a name matplotlib cannot write: before the work
     checkpoint = load_classifier(args.checkpoint, args.device, "evaluate")
     model, artifacts = checkpoint.model, checkpoint.artifacts

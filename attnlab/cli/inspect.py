@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
@@ -88,16 +87,15 @@ def _open(args, capability: str | None = None):
     """The checkpoint, once the files to write are known to be writable, --png a plot type and
     --out another file (before the slow work)."""
     from attnlab.cli.checkpoint import load_for
-    from attnlab.files import check_writable, plot_format
+    from attnlab.cli.options import check_output
+    from attnlab.files import plot_format
     from attnlab.training.checkpoints import load_checkpoint
 
     outputs = {
-        flag: Path(getattr(args, flag)) for flag in ("png", "out") if getattr(args, flag, None)
+        flag: check_output(f"--{flag}", getattr(args, flag), args.checkpoint)
+        for flag in ("png", "out")
+        if getattr(args, flag, None)
     }
-    for flag, path in outputs.items():
-        if path.is_dir():
-            raise UserError(f"--{flag} {path} is a folder: give a file")
-        check_writable(path.parent)
     if len({path.absolute() for path in outputs.values()}) < len(outputs):
         raise UserError("--out and --png name the same file: give two")
     if args.png:

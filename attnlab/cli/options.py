@@ -116,9 +116,44 @@ def _table(text: str) -> dict[str, Any]:
 _table.__name__ = "table"
 
 
+CHECKPOINT_FILES = (".safetensors", ".json", ".jsonl")  # suffixes of what a run folder keeps
+
+
 def as_flags(message: str, cls: type) -> str:
     """A config's message with its fields named as flags: "Cls.top_p must" -> "--top-p must"."""
     return re.sub(rf"\b{cls.__name__}\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), message)
+
+
+def check_output(flag: str, path: str | Path, checkpoint: str, suffix: str = "") -> Path:
+    """The file an output flag names, checked before the slow work: a file, not a folder; in a
+    writable place; none of the checkpoint's own files (its weights, configs, logs, or its
+    run's, for a best/ checkpoint); ending in `suffix` where the format is fixed."""
+    from attnlab.files import check_writable
+
+    path, folder = Path(path), Path(checkpoint).resolve()
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a file")
+    checkpoint_folders = (folder, folder.parent) if folder.name == "best" else (folder,)
+    if path.suffix in CHECKPOINT_FILES and path.resolve().parent in checkpoint_folders:
+        raise UserError(f"{flag} {path} would overwrite a file of the checkpoint: name another")
+    if suffix and path.suffix.lower() != suffix:
+        raise UserError(f"{flag} {path}: the file is {suffix[1:].upper()}, name it *{suffix}")
+    check_writable(path.parent)
+    return path
+
+
+def check_sampling_flags(seed: int, **sampling: Any) -> None:
+    """--seed's range and the sampling settings (SamplingConfig's fields), each error one line
+    naming its flag, before a model is loaded."""
+    from attnlab.errors import ConfigError
+    from attnlab.generation.sampling import SamplingConfig
+
+    if not 0 <= seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63), got {seed}")
+    try:
+        SamplingConfig(**sampling)
+    except ConfigError as error:
+        raise UserError(as_flags(str(error), SamplingConfig)) from None
 
 
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

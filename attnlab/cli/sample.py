@@ -8,10 +8,10 @@ import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import as_flags, user_text
+from attnlab.cli.options import check_sampling_flags, user_text
 from attnlab.devices import DEVICES, pick_device
-from attnlab.errors import ConfigError, UserError
-from attnlab.generation import SamplingConfig, make_generator, stream_text
+from attnlab.errors import UserError
+from attnlab.generation import make_generator, stream_text
 from attnlab.models.registry import GENERATE
 
 SEPARATOR = "---------------"
@@ -140,9 +140,10 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
-    try:  # checked here to name the flags, not SamplingConfig's fields
-        SamplingConfig(args.temperature, args.top_k or None, args.top_p, args.repetition_penalty)
-    except ConfigError as error:
-        raise UserError(as_flags(str(error), SamplingConfig)) from None
+    check_sampling_flags(
+        args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )

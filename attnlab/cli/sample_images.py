@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+from attnlab.cli.options import check_output, check_sampling_flags
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import GENERATE_IMAGE
@@ -88,8 +89,10 @@ def sample_images_command(args: argparse.Namespace) -> int:
         least = 1 if name in ("columns", "scale") else 0
         if getattr(args, name) < least:
             raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
-    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
-        raise UserError("--temperature must be >= 0 and --top-k >= 1")
+    check_sampling_flags(args.seed, temperature=args.temperature, top_k=args.top_k)
+    out = check_output(
+        "--out", args.out or Path(args.checkpoint) / "samples.png", args.checkpoint, ".png"
+    )
     checkpoint = load_image_gpt(args.checkpoint, args.device, "sample-images")
     originals = _images_to_complete(args, checkpoint)  # every file read before any sampling
     if args.samples == 0 and len(originals) == 0:
@@ -109,7 +112,6 @@ def sample_images_command(args: argparse.Namespace) -> int:
         for start in range(0, len(originals), args.columns):
             part = slice(start, start + args.columns)
             rows += [quantised[part], (quantised[part], side // 2), completed[part]]
-    out = Path(args.out or Path(args.checkpoint) / "samples.png")
     atomic_write_bytes(out, _grid_png(rows, args.columns, args.scale, side))
     print(f"{args.samples} samples, {len(originals)} completions: {out}")
     return 0

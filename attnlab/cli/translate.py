@@ -11,7 +11,7 @@ import json
 import math
 import sys
 
-from attnlab.cli.options import read_stdin, resolve_data_path, user_text
+from attnlab.cli.options import check_output, read_stdin, resolve_data_path, user_text
 from attnlab.data.corpus import text_lines
 from attnlab.devices import DEVICES, pick_device
 from attnlab.errors import UserError
@@ -108,9 +108,8 @@ def translate_command(args: argparse.Namespace) -> int:
     if not any(lines):
         raise UserError("no text to translate: give TEXT or lines on stdin")
     note_cut(lines, model, tokenizer)
-    translations = iter(translate(model, tokenizer, list(filter(None, lines)), **options))
-    for line in lines:  # a line out for each line in, a blank one for a blank one
-        sys.stdout.write((next(translations) if line else "") + "\n")
+    for translation in translate(model, tokenizer, lines, **options):  # a blank line: blank
+        sys.stdout.write(translation + "\n")
     sys.stdout.flush()
     return 0
 
@@ -124,6 +123,8 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
     if not (args.src and args.ref):
         raise UserError("translation evaluation needs both --src and --ref")
     options = decoding_options(args)
+    if args.hypotheses:
+        check_output("--hypotheses", args.hypotheses, args.checkpoint)
     src, ref = resolve_data_path(args.src), resolve_data_path(args.ref)
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):

@@ -224,13 +224,14 @@ def translate(
     max_length_factor: float = 1.0,
     max_length_offset: int = 50,
 ) -> list[str]:
-    """Detokenized translations of `sentences`, in order, each on one line. Sentences are
-    decoded in batches of similar length (less padding); a source longer than the model's
-    max_length is cut to fit."""
+    """Detokenized translations of `sentences`, in order, each on one line; a blank sentence's
+    is blank (nothing to translate). Sentences are decoded in batches of similar length (less
+    padding); a source longer than the model's max_length is cut to fit."""
     if batch_size < 1:
         raise UserError(f"batch size must be positive, got {batch_size}")
     device = next(model.parameters()).device
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    written = (i for i in range(len(sentences)) if sentences[i].strip())
+    order = sorted(written, key=lambda i: len(sentences[i]))
     results: list[str] = [""] * len(sentences)
     with eval_mode(model):
         for first in range(0, len(order), batch_size):
