@@ -6,11 +6,19 @@ import pytest
 import torch
 
 from attnlab.data.classification import encode_example, hold_out, pad_batch, read_tsv
-from attnlab.data.masked_lm import IGNORE_INDEX, Masking, pack_sentences
+from attnlab.data.masked_lm import (
+    IGNORE_INDEX,
+    MaskedLMDataConfig,
+    Masking,
+    masked_lm_training_data,
+    pack_sentences,
+)
 from attnlab.errors import ConfigError, UserError
 from attnlab.interop.huggingface import from_hf, to_hf
 from attnlab.models.bert import PRESETS, BertClassifier, BertConfig, BertForMaskedLM
 from attnlab.models.vision_transformer import ViTConfig
+from attnlab.training.config import TrainConfig
+from attnlab.training.sources import DataRequest
 
 transformers = pytest.importorskip("transformers")
 
@@ -300,3 +308,20 @@ def test_a_texts_logits_are_the_mean_of_its_windows():
 def test_presets_build():
     for name in ("tiny", "bert-tiny"):
         assert BertForMaskedLM(PRESETS[name]).config.n_layers == PRESETS[name].n_layers
+
+
+def test_evaluating_scores_every_held_out_sequence_and_all_of_unseen_data(tmp_path):
+    """Training evaluates eval_iters batches of the held-out tenth; `attnlab evaluate` all of
+    it, or all of a corpus the model never trained on."""
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("".join(f"line {i} of a small corpus\n" for i in range(400)))
+    train = TrainConfig(batch_size=4, eval_iters=2)
+    model = {"context_length": 16}
+    rows = {}
+    for evaluate in ("", "held_out", "all"):
+        request = DataRequest(MaskedLMDataConfig(str(corpus), "char"), model, train, None,
+                              evaluate=evaluate)  # fmt: skip
+        batches = masked_lm_training_data(request).eval["val"]()
+        rows[evaluate] = sum(len(batch[0]) for batch in batches)
+    assert rows[""] == 2 * 4 and rows["all"] > rows["held_out"] > rows[""]
+    assert rows["all"] == pytest.approx(10 * rows["held_out"], rel=0.1)

@@ -268,3 +268,25 @@ def test_evaluate_refuses_data_of_other_classes(texts, tmp_path, capsys):
     assert "the labels run to 100000, but only 3 of them appear" in one_line_error(
         *run(argv, capsys)[::2]
     )
+
+
+def test_evaluate_scores_all_of_a_file_the_model_never_saw(texts, tmp_path, capsys, monkeypatch):
+    """Not the fold that training would have held out of it: every line, as `classify` reads
+    them; the run's own data is scored on what it held out."""
+    out = tmp_path / "cls"
+    assert run_quiet(["train", "classifier", "--data", str(texts / "train.tsv"), "--out",
+                      str(out), "--folds", "4", "--max-iters", "3", *TINY]) == 0  # fmt: skip
+    rows = [(s, i % 2) for i, s in enumerate(SENTENCES * 3)] + [(SENTENCES[0], 1)] * 3
+    (tmp_path / "new.tsv").write_text("".join(f"{s}\t{y}\n" for s, y in rows))
+    capsys.readouterr()
+    code, stdout, err = run(["evaluate", str(out), "--data", str(tmp_path / "new.tsv"), "--json"],
+                            capsys)  # fmt: skip
+    assert code == 0, err
+    accuracy = json.loads(stdout)["val_accuracy"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{s}\n" for s, _ in rows)))
+    code, stdout, err = run(["classify", str(out)], capsys)
+    predicted = [line.split("\t")[0] for line in stdout.splitlines()]
+    right = sum(p == str(y) for p, (_, y) in zip(predicted, rows, strict=True))
+    assert accuracy == pytest.approx(right / len(rows))  # 15 lines: no fold is 1/15 of them
+    code, stdout, _ = run(["evaluate", str(out), "--json"], capsys)  # its own: the held-out fold
+    assert code == 0 and 0 <= json.loads(stdout)["val_accuracy"] <= 1

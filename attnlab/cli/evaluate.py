@@ -20,6 +20,7 @@ from attnlab.cli.runs import note, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.config import config_from_dict, config_to_dict
+from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import TextSplits, tokenize_cached
 from attnlab.devices import pick_device
@@ -132,8 +133,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def evaluate_as_trained(args: argparse.Namespace) -> int:
     """Any other model (a text classifier, BERT, a translation model without --src, a model of
-    a synthetic task): the evaluation its training ran, on its run's validation data or --data
-    read with the run's settings: the loss and the data's scores (accuracy, F1)."""
+    a synthetic task): the evaluation its training ran, on every held-out example of its run's
+    data, or on all of --data (data it never trained on) read with the run's settings: the loss
+    and the data's scores (accuracy, F1)."""
     from attnlab.training.sources import DataRequest
     from attnlab.training.trainer import TrainConfig, Trainer
 
@@ -147,8 +149,12 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     saved = read_training_state(found[1])["train_config"]
     train = config_from_dict(TrainConfig, {**saved, "compile": False, "device": args.device})
     model = config_to_dict(checkpoint.model.config)
-    data = checkpoint.kind.build_data(
-        DataRequest(settings, model, train, checkpoint.artifacts, note)
+    own = found[0]["data"].get("data")
+    unseen = args.data and catalog.where(args.data) != catalog.where(str(own))
+    data = checkpoint.kind.build_data(  # every held-out example; all of data it never saw
+        DataRequest(
+            settings, model, train, checkpoint.artifacts, note, "all" if unseen else "held_out"
+        )
     )
     trainer = Trainer(checkpoint.model, train, data.train, data.eval, out_dir=found[1],
                       metrics=data.metrics)  # fmt: skip

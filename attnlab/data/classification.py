@@ -110,9 +110,12 @@ def hold_out(examples: Examples, folds: int, fold: int) -> tuple[Examples, Examp
 
 
 def read_examples(
-    spec: str, folds: int, fold: int, log: Callable[[str], None] = print
+    spec: str, folds: int, fold: int, log: Callable[[str], None] = print, unseen: bool = False
 ) -> tuple[Examples, Examples, list[str]]:
-    """Train and dev examples of a data spec, and the class names (None: numbered)."""
+    """Train and dev examples of a data spec, and the class names (None: numbered). unseen:
+    data only to score, all of it dev where it has no dev file."""
+    if unseen:
+        folds, fold = 1, 0  # one part, held out
     path = Path(spec)
     if path.is_file():
         train, dev = hold_out(read_tsv(path), folds, fold)
@@ -201,14 +204,14 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     settings, train = request.settings, request.train
     spec = catalog.resolve(settings.data, request.log)
     train_examples, dev_examples, classes = read_examples(
-        spec, settings.folds, settings.fold, request.log
+        spec, settings.folds, settings.fold, request.log, unseen=request.evaluate == "all"
     )
     if not dev_examples[0]:
         raise UserError(
             f"{spec}: no examples are left to evaluate on (fewer than {settings.folds})"
         )
     seen = sorted(set(train_examples[1]))
-    if len(seen) < 2:
+    if len(seen) < 2 and not request.evaluate:
         raise UserError(
             f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
         )
@@ -219,7 +222,7 @@ def classification_training_data(request: DataRequest) -> TrainingData:
             f"{spec}: the labels run to {n_classes - 1}, but only {len(numbers)} of them appear: "
             "labels number the classes from 0"
         )
-    if missing := sorted(set(range(n_classes)) - set(seen)):
+    if (missing := sorted(set(range(n_classes)) - set(seen))) and not request.evaluate:
         request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
     saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
     if not classes and not settings.label_names and saved and n_classes <= len(saved.names):

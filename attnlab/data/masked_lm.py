@@ -179,12 +179,15 @@ def masked_lm_training_data(request: DataRequest) -> TrainingData:
     masking = Masking(ids[MASK], min(ids.values()), settings.mask_probability)
     batches = MaskedSequences(rows[:-n_val], train.batch_size, masking, train.seed)
 
+    scored = rows if request.evaluate == "all" else rows[-n_val:]
+    limit = len(scored) if request.evaluate else train.eval_iters * train.batch_size
+
     def validation_batches():  # the same sequences and masks at every evaluation
         generator = torch.Generator().manual_seed(train.seed + 1)
-        val = torch.from_numpy(rows[-n_val:])
+        val = torch.from_numpy(scored)
         return [
             masking(val[i : i + train.batch_size], generator)
-            for i in range(0, min(len(val), train.eval_iters * train.batch_size), train.batch_size)
+            for i in range(0, min(len(val), limit), train.batch_size)
         ]
 
     return TrainingData(

@@ -374,9 +374,8 @@ def translation_training_data(request: DataRequest) -> TrainingData:
             f"than {limit} tokens, {report.empty:,} with an empty side)"
         )
     batches = TokenBatches(examples["train"], options.max_batch_tokens, special, train.seed)
-    val = fixed_batches(
-        examples["val"], options.max_batch_tokens, special, train.eval_iters, train.seed
-    )
+    limit = None if request.evaluate else train.eval_iters
+    val = fixed_batches(examples["val"], options.max_batch_tokens, special, limit, train.seed)
     return TrainingData(
         batches,
         {"val": lambda: val},

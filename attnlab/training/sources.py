@@ -64,6 +64,9 @@ class DataRequest:
     train: Any  # the TrainConfig: batch size, seed, evaluation batches
     artifacts: dict[str, Any] | None = None  # from the checkpoint, when resuming
     log: Callable[[str], None] = _quiet
+    # `attnlab evaluate`: "held_out" scores every held-out example (not eval_iters batches);
+    # "all", every example (data the model never saw); "" trains
+    evaluate: str = ""
 
 
 @dataclass
