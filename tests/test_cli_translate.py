@@ -223,6 +223,7 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeyp
         (["sample", str(trained)], "holds a 'translation' model, which `attnlab sample`"),
         (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
+        (["translate", str(trained), "one", "--length-penalty", "-5"], "must be a number >= 0"),
         (["translate", str(tmp_path / "nothing"), "one"], "no checkpoint"),
         (["translate", str(trained), "caf\udcff"], "not valid UTF-8"),  # a byte not UTF-8
         (["translate", str(trained)], "not valid UTF-8"),  # stdin, below

@@ -95,6 +95,8 @@ def test_classify_image_refuses_bad_images_in_one_line(trained, shape_png, tmp_p
     assert "corrupt.png is not a readable image" in one_line_error(code, err) and out == ""
     code, _, err = run(["classify-image", str(trained), str(tmp_path / "none.png")], capsys)
     assert "image not found" in one_line_error(code, err)
+    code, _, err = run(["classify-image", str(trained), str(tmp_path)], capsys)
+    assert "is a folder: give image files" in one_line_error(code, err)
     assert fingerprint(trained) == before
 
 

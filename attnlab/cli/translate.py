@@ -69,8 +69,8 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.max_length_factor < math.inf or args.max_length_offset < 0:
         raise UserError("--max-length-factor and --max-length-offset must be numbers >= 0")
-    if not math.isfinite(args.length_penalty):
-        raise UserError(f"--length-penalty must be a finite number, got {args.length_penalty}")
+    if not 0 <= args.length_penalty < math.inf:
+        raise UserError(f"--length-penalty must be a number >= 0, got {args.length_penalty}")
     return {
         "beam_size": args.beam_size,
         "length_penalty": args.length_penalty,

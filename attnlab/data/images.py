@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,12 +182,17 @@ def open_image(path: str | Path):
     from PIL import Image, ImageOps  # imported when images are read
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give image files")
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            image.load()  # turned as its EXIF orientation says, as a viewer shows a photo
-            return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            # a large image is read as asked (--resize); past PIL's hard limit it is one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # turned as its EXIF orientation says, as a viewer shows a photo
+                return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path} is not a readable image: {error}") from None
 
