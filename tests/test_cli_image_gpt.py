@@ -62,6 +62,10 @@ def test_sample_images_writes_a_grid_of_samples_and_completions(trained, capsys)
     cell = SIDE + 2  # an image and the line after it
     # two rows of samples, then originals, top halves and completions
     assert Image.open(png).size == (2 * cell + 2, 5 * cell + 2)
+    argv = ["sample-images", str(trained), "--out", str(png), "--samples", "1",
+            "--completions", "0", "--scale", "1"]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    assert Image.open(png).size == (cell + 2, cell + 2)  # one image: no empty cells beside it
 
 
 def test_completions_keep_the_top_half_they_were_given(trained):
@@ -134,6 +138,7 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
         (["--temperature", "nan"], "--temperature must be a finite number"),
         (["--seed", "99999999999999999999"], "--seed must be in [0, 2**63)"),
         (["--seed", "-1"], "--seed must be in [0, 2**63)"),
+        (["--scale", "1000"], "--scale 1000 draws each 16-pixel image 16000 pixels wide"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, flags, message):

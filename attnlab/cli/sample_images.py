@@ -31,6 +31,7 @@ examples:
   attnlab sample-images runs/igpt_mnist --complete digit.png three.png --samples 0
 """
 HIDDEN, SEPARATOR, GAP = (128, 128, 128), (70, 90, 160), 2  # grey halves, blue lines, pixels
+MAX_DRAWN = 2048  # pixels across one drawn image: --scale beyond that makes gigapixel grids
 
 
 def register(subparsers) -> None:
@@ -99,6 +100,11 @@ def sample_images_command(args: argparse.Namespace) -> int:
         raise UserError("nothing to draw: --samples and --completions are both 0")
     model, palette = checkpoint.model, checkpoint.artifacts["palette"]
     side = model.config.image_size
+    if side * args.scale > MAX_DRAWN:
+        raise UserError(
+            f"--scale {args.scale} draws each {side}-pixel image {side * args.scale} pixels "
+            f"wide; at most {MAX_DRAWN}"
+        )
     rows = []
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
     if args.samples:
@@ -144,6 +150,7 @@ def _grid_png(rows: list, columns: int, scale: int, side: int) -> bytes:
     from PIL import Image
 
     cell = side * scale + GAP
+    columns = min(columns, max(len(row[0] if isinstance(row, tuple) else row) for row in rows))
     grid = np.empty((len(rows) * cell + GAP, columns * cell + GAP, 3), dtype=np.uint8)
     grid[:] = SEPARATOR
     for r, row in enumerate(rows):
