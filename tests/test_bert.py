@@ -8,15 +8,20 @@ import torch
 from attnlab.data.classification import encode_example, hold_out, pad_batch, read_tsv
 from attnlab.data.masked_lm import (
     IGNORE_INDEX,
+    MASK,
+    SPECIALS,
     MaskedLMDataConfig,
     Masking,
     masked_lm_training_data,
     pack_sentences,
 )
 from attnlab.errors import ConfigError, UserError
+from attnlab.evaluation.predict import _filler, masked_ids
 from attnlab.interop.huggingface import from_hf, to_hf
 from attnlab.models.bert import PRESETS, BertClassifier, BertConfig, BertForMaskedLM
 from attnlab.models.vision_transformer import ViTConfig
+from attnlab.tokenizers import CharTokenizer
+from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.config import TrainConfig
 from attnlab.training.sources import DataRequest
 
@@ -325,3 +330,15 @@ def test_evaluating_scores_every_held_out_sequence_and_all_of_unseen_data(tmp_pa
         rows[evaluate] = sum(len(batch[0]) for batch in batches)
     assert rows[""] == 2 * 4 and rows["all"] > rows["held_out"] > rows[""]
     assert rows["all"] == pytest.approx(10 * rows["held_out"], rel=0.1)
+
+
+def test_a_mask_takes_the_space_before_it_only_where_tokens_carry_one():
+    text = "the movie was good . " * 20
+    char = CharTokenizer.from_text(text, special_tokens=SPECIALS)
+    bpe = BPETokenizer.train([text], 300, special_tokens=SPECIALS)
+    for tokenizer, spaced in ((char, False), (bpe, True)):
+        ids = masked_ids(tokenizer, "the movie was [MASK] good")
+        at = ids.index(tokenizer.special_tokens[MASK])
+        before = tokenizer.decode(ids[1:at])  # after [CLS]
+        assert before == (" the movie was" if spaced else " the movie was ")  # as if after a space
+    assert [_filler(t) for t in (" good", " ", "\n")] == ["good", "␣", "\\n"]

@@ -9,24 +9,43 @@ from attnlab.data.classification import encode_example, pad_batch
 from attnlab.data.masked_lm import CLS, MASK, PAD, SEP, encode_sentence
 from attnlab.errors import UserError
 from attnlab.tokenizers import Tokenizer
+from attnlab.tokenizers.base import visible
 
 
 def masked_ids(tokenizer: Tokenizer, text: str) -> list[int]:
-    """[CLS] text [SEP] with each "[MASK]" in the text as the mask token. A mask stands for a
-    whole token with the space before it, as the words of pre-training were encoded."""
+    """[CLS] text [SEP] with each "[MASK]" in the text as the mask token. Where tokens hold a
+    word with the space before it (BPE's " good"), a mask stands for both, as the words of
+    pre-training were encoded; a character or byte vocabulary keeps the space as its own."""
     pieces = text.split(MASK)
     if len(pieces) == 1:
         raise UserError(f"the text has no {MASK} to fill: {text!r}")
     specials = tokenizer.special_tokens
+    spaced = _spaced_words(tokenizer)
     ids = [specials[CLS]]
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1
-        piece = piece if last else piece.rstrip()
-        if piece.strip():
-            ids += encode_sentence(tokenizer, piece) if i == 0 else tokenizer.encode(piece)
+        words = piece if last else piece.rstrip()
+        space = "" if last or spaced else piece[len(words) :]  # before the mask: its own tokens
+        if words.strip():
+            ids += encode_sentence(tokenizer, words) if i == 0 else tokenizer.encode(words)
+        elif i == 0 and not spaced:
+            space = " "  # a sentence reads as if it followed a space (encode_sentence)
+        ids += tokenizer.encode(space) if space else []
         if not last:
             ids.append(specials[MASK])
     return [*ids, specials[SEP]]
+
+
+def _spaced_words(tokenizer: Tokenizer) -> bool:
+    """Whether some token is a space and more: a word with the space before it."""
+    ordinary = range(tokenizer.vocab_size - len(tokenizer.special_tokens))
+    return any(len(b) > 1 and b[:1] == b" " for b in map(tokenizer.token_bytes, ordinary))
+
+
+def _filler(text: str) -> str:
+    """A filler as shown: the word without its space; a filler that is only whitespace made
+    visible (a space as ␣, a line break as \\n) rather than an empty column."""
+    return visible(text.strip() or text).replace(" ", "␣")
 
 
 @torch.no_grad()
@@ -48,7 +67,7 @@ def fill_mask(
         top = probabilities[position].topk(min(top_k, words))
         results.append(
             [
-                (tokenizer.decode([i]).strip(), p)
+                (_filler(tokenizer.decode([i])), p)
                 for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
             ]
         )
