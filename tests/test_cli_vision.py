@@ -220,3 +220,23 @@ def test_image_and_patch_sizes_out_of_range_are_one_line(tmp_path, capsys, kind,
     argv = ["train", kind, *flags, "--embedded-images", "50", "--max-iters", "1", "--out", str(out)]
     assert message in one_line_error(*run(argv, capsys)[::2])
     assert not out.exists()
+
+
+def test_evaluate_reads_folders_of_the_models_classes_in_any_order(trained, tmp_path, capsys):
+    """Class folders come sorted by name; the model numbers its classes as it learned them."""
+    names = load_checkpoint(trained).artifacts["classes"].names
+    assert list(names) != sorted(names)  # the shapes are not in name order
+    drawn = draw_shapes(80, 32, seed=3)
+    for i, (image, label) in enumerate(zip(drawn.images, drawn.labels, strict=True)):
+        folder = tmp_path / "shapes" / names[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+    code, out, err = run(["evaluate", str(trained), "--data", str(tmp_path / "shapes"),
+                          "--json", "--split", "all"], capsys)  # fmt: skip
+    assert code == 0, err
+    files = sorted((tmp_path / "shapes").glob("*/*.png"))
+    code, top, err = run(["classify-image", str(trained), *map(str, files), "--top-k", "1"], capsys)
+    assert code == 0, err
+    predicted = [line.split()[-1] for line in top.splitlines()[1::2]]  # a file, then its class
+    right = sum(f.parent.name == name for f, name in zip(files, predicted, strict=True))
+    assert json.loads(out)["accuracy"] == pytest.approx(right / len(files))

@@ -141,16 +141,23 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
 
 
 def _evaluation_images(args: argparse.Namespace, checkpoint):
-    """The split asked for, of --data or of the run's own data, checked against the model."""
+    """The split asked for, of --data or of the run's own data, checked against the model: the
+    same classes, in any order (labels are renumbered as the model numbers them)."""
+    import torch
+
+    from attnlab.data.images import ImageSet
+
     dataset = run_dataset(args, checkpoint)
     names = checkpoint.artifacts["classes"].names
-    if dataset.classes != names:
+    if sorted(dataset.classes) != sorted(names):
         raise UserError(
             f"{dataset.name} has the classes {', '.join(dataset.classes)}, but the model was "
             f"trained on {', '.join(names)}"
         )
     config = checkpoint.model.config
-    return checked_split(dataset, args.split, config.channels, config.image_size)
+    chosen = checked_split(dataset, args.split, config.channels, config.image_size)
+    ours = torch.tensor([list(names).index(name) for name in dataset.classes])
+    return ImageSet(chosen.images, ours[chosen.labels])
 
 
 def run_dataset(args: argparse.Namespace, checkpoint):
