@@ -223,14 +223,16 @@ def test_image_and_patch_sizes_out_of_range_are_one_line(tmp_path, capsys, kind,
 
 
 def test_evaluate_reads_folders_of_the_models_classes_in_any_order(trained, tmp_path, capsys):
-    """Class folders come sorted by name; the model numbers its classes as it learned them."""
+    """Class folders come sorted by name; the model numbers its classes as it learned them. Their
+    images are read as the model reads them (colour ones as grey), as classify-image does."""
     names = load_checkpoint(trained).artifacts["classes"].names
     assert list(names) != sorted(names)  # the shapes are not in name order
     drawn = draw_shapes(80, 32, seed=3)
     for i, (image, label) in enumerate(zip(drawn.images, drawn.labels, strict=True)):
         folder = tmp_path / "shapes" / names[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+        picture = Image.fromarray(image[0].numpy())
+        (picture.convert("RGB") if i % 2 else picture).save(folder / f"{i}.png")  # read as grey
     code, out, err = run(["evaluate", str(trained), "--data", str(tmp_path / "shapes"),
                           "--json", "--split", "all"], capsys)  # fmt: skip
     assert code == 0, err

@@ -167,7 +167,8 @@ def run_dataset(args: argparse.Namespace, checkpoint):
     from attnlab.data.image_classification import load_image_data
 
     settings = run_data_settings(args, checkpoint.kind)
-    return load_image_data(settings, checkpoint.model.config.image_size, log=note)
+    config = checkpoint.model.config  # folder images read as the model reads them
+    return load_image_data(settings, config.image_size, note, config.channels)
 
 
 def checked_split(dataset, split: str, channels: int, side: int):

@@ -46,9 +46,10 @@ class ImageDataConfig:
 
 
 def load_image_data(
-    settings: ImageDataConfig, image_size: int, log: Callable[[str], None] = print
+    settings: ImageDataConfig, image_size: int, log: Callable[[str], None] = print, channels=0
 ) -> ImageDataset:
-    """The dataset `settings.data` names; folders of image files are resized to image_size."""
+    """The dataset `settings.data` names; folders of image files are resized to image_size (and
+    converted to `channels`, a model's, when given)."""
     if image_size < 1:  # checked before any image is drawn or read, as the model would
         raise UserError(f"image_size must be at least 1 pixel, got {image_size}")
     if settings.data == "shapes":
@@ -62,7 +63,7 @@ def load_image_data(
     log(f"reading {path} ...")
     if is_idx_folder(path):
         return load_idx_folder(path)
-    return load_image_folder(path, image_size, log)
+    return load_image_folder(path, image_size, log, channels)
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator):

@@ -247,11 +247,12 @@ def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]
 
 
 def load_image_folder(
-    directory: str | Path, size: int, log: Callable[[str], None] = print
+    directory: str | Path, size: int, log: Callable[[str], None] = print, channels: int = 0
 ) -> ImageDataset:
     """`DIR/<class>/*`, or `DIR/train/<class>/*` with or without `DIR/test/` (or `DIR/val/`);
     see the module. The held-out share is drawn with a fixed seed, so evaluation finds the same
-    images."""
+    images. channels: 1 or 3 to convert every image to (a model's), else 1 where all are
+    greyscale."""
     directory = Path(directory)
     held_out = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
     has_train = _has_class_folders(directory / "train")  # else train/ may be a class of trains
@@ -268,7 +269,7 @@ def load_image_folder(
     if unknown:
         raise UserError(f"{held_out} has class folders that train/ lacks: {', '.join(unknown)}")
     every = [im for files in (train_files, test_files) for ims in files.values() for im in ims]
-    channels = 1 if all(im.mode in GRAY_MODES for im in every) else 3
+    channels = channels or (1 if all(im.mode in GRAY_MODES for im in every) else 3)
     train = _image_set(train_files, classes, channels, size, directory)
     if split:
         test = _image_set(test_files, classes, channels, size, held_out)
