@@ -220,6 +220,14 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeyp
         (["evaluate", str(trained), "--src", src], "needs both --src and --ref"),
         (["evaluate", str(gpt_checkpoint), "--src", src, "--ref", src], "holds a 'gpt' model"),
         (["evaluate", str(trained), "--data", src], "holds a 'translation' model"),
+        (
+            ["evaluate", str(gpt_checkpoint), "--hypotheses", src, "--beam-size", "2"],
+            "--beam-size, --hypotheses: not used in scoring a language model",
+        ),
+        (
+            ["evaluate", str(trained), "--src", src, "--ref", src, "--confusion", "c.png"],
+            "--confusion: not used in scoring a translation model with --src",
+        ),
         (["sample", str(trained)], "holds a 'translation' model, which `attnlab sample`"),
         (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),

@@ -88,15 +88,42 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=evaluate)
+    parser.set_defaults(defaults=vars(parser.parse_args(["CKPT"])))  # to tell a flag given
+
+
+DECODING = {"beam_size", "length_penalty", "max_length_factor", "max_length_offset"}
+USED = {  # what each way of scoring reads, beyond the checkpoint, --device and --json
+    "a translation model with --src": {"src", "ref", "hypotheses", "batch_size", *DECODING},
+    "an image classifier": {"data", "split", "confusion", "batch_size"},
+    "an image GPT": {"data", "split", "batch_size"},
+    "this model": {"data", "split"},  # as its training evaluated it
+    "a language model": {"data", "split", "batch_size"},
+}
+
+
+def _only(args: argparse.Namespace, what: str) -> None:
+    """Refuse, in one line, the flags given that scoring `what` would not read."""
+    unused = sorted(
+        name
+        for name, default in args.defaults.items()
+        if name not in USED[what] | {"checkpoint", "device", "json", "handler", "defaults"}
+        and getattr(args, name) != default
+    )
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise UserError(f"{flags}: not used in scoring {what}")
 
 
 def evaluate(args: argparse.Namespace) -> int:
     if args.src or args.ref:
+        _only(args, "a translation model with --src")
         return evaluate_translation_command(args)
     capabilities = get_kind(checkpoint_description(args.checkpoint)["kind"]).capabilities
     if CLASSIFY_IMAGE in capabilities:
+        _only(args, "an image classifier")
         return evaluate_classifier_command(args)
     if GENERATE_IMAGE in capabilities:
+        _only(args, "an image GPT")
         return evaluate_image_model_command(args)
     if TRANSLATE in capabilities and args.data:  # its --data would be a folder of pairs
         raise UserError(
@@ -106,7 +133,9 @@ def evaluate(args: argparse.Namespace) -> int:
     run = run_description(args.checkpoint)
     data = args.data or (run[0]["data"].get("data") if run else None)
     if GENERATE not in capabilities or str(data).startswith("task:"):
+        _only(args, "this model")
         return evaluate_as_trained(args)
+    _only(args, "a language model")
     if data is None:
         raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no run.json)")
     if args.batch_size <= 0:
