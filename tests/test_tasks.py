@@ -130,6 +130,9 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
         ["sample", str(out), "--prompt", "..a..b>", "--max-new-tokens", "2"], capsys
     )
     assert code == 0 and text.startswith("..a..b>"), err
+    code, _, err = run(["evaluate", str(out), "--data", "task:mqar"], capsys)
+    assert "trained on task:selective_copying:tokens=4,vocab=6, not on task:mqar" in err
+    assert code == 2 and err.count("\n") == 1
 
 
 def test_parse_task_reads_options():

@@ -132,6 +132,12 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     run = run_description(args.checkpoint)
     data = args.data or (run[0]["data"].get("data") if run else None)
+    own = run[0]["data"].get("data") if run else None
+    if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
+        raise UserError(
+            f"{args.checkpoint} was trained on {own}, not on {':'.join(data.split(':')[:2])}: "
+            "a task's tokens mean nothing to it"
+        )
     if GENERATE not in capabilities or str(data).startswith("task:"):
         _only(args, "this model")
         return evaluate_as_trained(args)
