@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from helpers import one_line_error, run
@@ -112,3 +116,23 @@ def test_arena_refuses_a_folder_with_files(tmp_path, capsys):
     code, _, err = run(["arena", "--out", str(tmp_path)], capsys)
     assert "not an empty folder" in one_line_error(code, err)
     assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_a_stopped_arena_stops_its_run_and_reports_the_finished_mixers(tmp_path):
+    """SIGTERM to the arena alone (a scheduler's stop, a kill): the mixer in training is
+    interrupted and saved, not left running, and the finished ones are compared."""
+    out = tmp_path / "arena"
+    argv = [sys.executable, "-m", "attnlab", "arena", "--out", str(out), "--mixers",
+            "attention,lstm", "--data", "task:mqar", "--params", "20000", "--time", "0.1",
+            "--context-length", "32", "--n-layers", "1", "--batch-size", "16"]  # fmt: skip
+    arena = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "lstm" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the second mixer has trained a step
+    arena.send_signal(signal.SIGTERM)
+    _, err = arena.communicate(timeout=60)
+    assert arena.returncode == 130 and "interrupted" in err
+    running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out / "lstm") not in running  # the run ended with the arena
+    table = (out / "arena.md").read_text()
+    assert "(interrupted: 1 of 2)" in table and "| attention" in table and "| lstm" not in table

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 from pathlib import Path
 
 from attnlab.cli.runs import note
@@ -110,18 +111,26 @@ def arena(args: argparse.Namespace) -> int:
     ]
     data = ["--data", args.data, "--tokenizer", args.tokenizer]
     out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for mixer in mixers:
-        config = matched_config(
-            mixer, int(args.params), args.n_layers, args.context_length, args.weight_init
-        )
-        entries.append(Entry(mixer, config, out / mixer))
-        train_mixer(entries[-1], data, training, tokens_per_step, note)
     title = (
         f"{args.data}: {args.params / 1e6:g}M block parameters, {args.n_layers} layers, "
         f"context {args.context_length}, batch {args.batch_size}, {budget_text} each"
         + (f", {args.weight_init} init" if args.weight_init != "gpt2" else "")
     )
+    entries = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops it as Ctrl-C does
+    try:
+        for mixer in mixers:
+            config = matched_config(
+                mixer, int(args.params), args.n_layers, args.context_length, args.weight_init
+            )
+            entry = Entry(mixer, config, out / mixer)
+            train_mixer(entry, data, training, tokens_per_step, note)
+            entries.append(entry)
+    except KeyboardInterrupt:
+        if entries:  # the mixers that finished, compared
+            report(entries, out, f"{title} (interrupted: {len(entries)} of {len(mixers)})")
+            note(f"interrupted: the report of the finished mixers is in {out / 'arena.md'}")
+        raise
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -111,8 +112,15 @@ def train_mixer(
     log(f"{entry.mixer}: d_model {c.d_model}, {entry.params:,} block parameters")
     entry.out.mkdir(parents=True)
     with (entry.out.parent / f"{entry.mixer}.log").open("w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)  # its own peak memory, as it ends
+        # its own session: a Ctrl-C reaches the arena alone, which passes on one interrupt
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            _, status, usage = os.wait4(process.pid, 0)  # its own peak memory, as it ends
+        except BaseException:  # interrupted: the run stops as after a Ctrl-C, saved
+            _stop(process)
+            raise
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         lines = Path(log_file.name).read_text(errors="replace").strip().splitlines()
@@ -120,6 +128,17 @@ def train_mixer(
         raise UserError(f"arena: training {entry.mixer} failed ({log_file.name}): {last}")
     entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB
     read_run(entry, tokens_per_step)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Interrupt a training run and wait for it to save; a second interrupt of ours is passed
+    on too (the run then stops at once, as a second Ctrl-C stops it)."""
+    process.send_signal(signal.SIGINT)
+    while process.poll() is None:
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
 
 
 def read_run(entry: Entry, tokens_per_step: int) -> None:
