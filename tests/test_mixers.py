@@ -2,6 +2,7 @@
 keeps (test_contracts.py): their algorithms against plain references, their parameters' marks,
 and their errors. The recurrent language model kind is at the end."""
 
+import json
 import math
 
 import pytest
@@ -253,6 +254,20 @@ def test_an_option_given_twice_is_one_line(tmp_path, capsys):
     code, _, err = run([*argv, "--mixer-options", "d_state=8, d_state=4"], capsys)
     assert "option d_state is given twice in 'd_state=8, d_state=4'" in one_line_error(code, err)
     assert not out.exists()
+
+
+def test_mixer_options_flags_change_single_keys_of_the_files_table(tmp_path, capsys):
+    (tmp_path / "h.toml").write_text(
+        'data = "task:selective_copying:tokens=4"\n[model]\nmixer = "hyena"\n'
+        'positional = "none"\nd_model = 16\nn_layers = 1\ncontext_length = 16\n'
+        "[model.mixer_options]\norder = 3\nfilter_order = 8\n"
+        "[training]\nmax_iters = 1\neval_interval = 1\neval_iters = 1\nbatch_size = 2\n"
+    )
+    argv = ["train", "gpt", "--config", str(tmp_path / "h.toml"), "--out", str(tmp_path / "r")]
+    code, _, err = run([*argv, "--mixer-options", "filter_order=16", "--device", "cpu"], capsys)
+    assert code == 0, err
+    options = json.loads((tmp_path / "r" / "config.json").read_text())["config"]["mixer_options"]
+    assert options["order"] == 3 and options["filter_order"] == 16  # preset < file < flags
 
 
 @pytest.mark.parametrize(

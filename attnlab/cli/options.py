@@ -175,10 +175,18 @@ def read_toml(path: str | None) -> dict[str, Any]:
 
 def build_config(cls: type, *layers: dict[str, Any], source: str) -> Any:
     """A config from dicts merged left to right (later wins), type-checked."""
+    return config_from_dict(cls, merge_layers(*layers), source=source)
+
+
+def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Settings merged left to right, a later value winning; where two are tables (a mixer's
+    options from a file, then from --mixer-options), key by key."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged.update(layer)
-    return config_from_dict(cls, merged, source=source)
+        for key, value in layer.items():
+            both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+            merged[key] = {**merged[key], **value} if both else value
+    return merged
 
 
 def data_root() -> Path:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import add_config_flags, build_config, flag_values, read_toml
+from attnlab.cli.options import add_config_flags, build_config, flag_values, merge_layers, read_toml
 from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
 from attnlab.config import check_fields, config_from_dict, config_to_dict
 from attnlab.data import catalog
@@ -331,7 +331,7 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
         "preset": preset,
         "data": _data_path(config_to_dict(data), catalog.here),
     }
-    given = {**toml.get("model", {}), **flag_values(args, kind.config)}
+    given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
     for table in TABLES:  # the fields the kind ignores have no flags: a file may name them
