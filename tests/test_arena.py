@@ -97,6 +97,9 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
         (["--time", "1", "--tokens", "100"], "give --time or --tokens, not both"),
         (["--params", "nan"], "--params must be a positive number"),
         (["--scaling", "--lengths", "big"], "--lengths 'big': give FIRST:LAST"),
+        (["--scaling", "--d-model", "30"], "--d-model must be a positive multiple of 4"),
+        (["--scaling", "--d-model", "0"], "--d-model must be a positive multiple of 4"),
+        (["--scaling", "--max-seconds", "-1"], "--max-seconds must be a positive number"),
         (["--mixers", "attention,lstm,attention"], "--mixers names attention twice"),
         (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
         (

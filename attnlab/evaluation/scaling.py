@@ -37,6 +37,9 @@ VARIANTS = {  # name -> (mixer, options, with attnlab's CPU kernels)
 REFERENCE = "attention (fused)"  # crossovers are where another mixer becomes faster than this
 
 
+HEADS = 4  # attention's heads in the measured layers
+
+
 @dataclass
 class Curve:
     name: str
@@ -51,7 +54,7 @@ def build_layer(name: str, d_model: int, length: int) -> torch.nn.Module:
     context = MixerContext(
         d_model=d_model,
         context_length=length,
-        n_heads=4,
+        n_heads=HEADS,
         n_kv_heads=None,
         causal=True,
         bias=False,
