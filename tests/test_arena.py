@@ -100,6 +100,9 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
         (["--scaling", "--d-model", "30"], "--d-model must be a positive multiple of 4"),
         (["--scaling", "--d-model", "0"], "--d-model must be a positive multiple of 4"),
         (["--scaling", "--max-seconds", "-1"], "--max-seconds must be a positive number"),
+        (["--scaling", "--time", "3", "--data", "x"], "--data, --time: not used by --scaling"),
+        (["--d-model", "64", "--lengths", "8:16"], "--d-model, --lengths: not used by the race"),
+        (["--mixers", ""], "unknown mixer(s) (none)"),
         (["--mixers", "attention,lstm,attention"], "--mixers names attention twice"),
         (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
         (

@@ -9,6 +9,7 @@ import math
 import signal
 from pathlib import Path
 
+from attnlab.cli.options import given_flags, record_defaults
 from attnlab.cli.runs import note
 from attnlab.errors import UserError
 
@@ -65,18 +66,27 @@ def register(subparsers) -> None:
         help="a mixer stops growing once a pass takes longer",
     )
     parser.set_defaults(handler=arena)
+    record_defaults(parser)
+
+
+RACE = ("data", "tokenizer", "params", "n_layers", "context_length", "batch_size",
+        "learning_rate", "weight_init", "time", "tokens", "eval_interval")  # fmt: skip
+SCALING = ("d_model", "lengths", "max_seconds")
 
 
 def arena(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder: give a new one")
+    if unused := given_flags(args, RACE if args.scaling else SCALING):
+        mode = "--scaling" if args.scaling else "the race (without --scaling)"
+        raise UserError(f"{', '.join(unused)}: not used by {mode}")
     if args.scaling:
         return _scaling(args, out)
     from attnlab.evaluation.arena import Entry, matched_config, report, train_mixer
     from attnlab.layers.mixers import MIXERS
 
-    mixers = _names(args.mixers or ARENA_MIXERS, MIXERS)
+    mixers = _names(ARENA_MIXERS if args.mixers is None else args.mixers, MIXERS)
     if args.time is not None and args.tokens is not None:
         raise UserError("give --time or --tokens, not both")
     for name in (

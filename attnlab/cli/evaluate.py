@@ -15,7 +15,7 @@ import json
 
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
-from attnlab.cli.options import resolve_data_path
+from attnlab.cli.options import given_flags, record_defaults, resolve_data_path
 from attnlab.cli.runs import note, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
@@ -88,7 +88,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=evaluate)
-    parser.set_defaults(defaults=vars(parser.parse_args(["CKPT"])))  # to tell a flag given
+    record_defaults(parser)
 
 
 DECODING = {"beam_size", "length_penalty", "max_length_factor", "max_length_offset"}
@@ -103,15 +103,8 @@ USED = {  # what each way of scoring reads, beyond the checkpoint, --device and 
 
 def _only(args: argparse.Namespace, what: str) -> None:
     """Refuse, in one line, the flags given that scoring `what` would not read."""
-    unused = sorted(
-        name
-        for name, default in args.defaults.items()
-        if name not in USED[what] | {"checkpoint", "device", "json", "handler", "defaults"}
-        and getattr(args, name) != default
-    )
-    if unused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-        raise UserError(f"{flags}: not used in scoring {what}")
+    if unused := given_flags(args, set(args.defaults) - USED[what] - {"device", "json"}):
+        raise UserError(f"{', '.join(unused)}: not used in scoring {what}")
 
 
 def evaluate(args: argparse.Namespace) -> int:

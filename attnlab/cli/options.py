@@ -14,7 +14,7 @@ import re
 import sys
 import tomllib
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,19 @@ CHECKPOINT_FILES = (".safetensors", ".json", ".jsonl")  # suffixes of what a run
 def as_flags(message: str, cls: type) -> str:
     """A config's message with its fields named as flags: "Cls.top_p must" -> "--top-p must"."""
     return re.sub(rf"\b{cls.__name__}\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), message)
+
+
+def record_defaults(parser: argparse.ArgumentParser) -> None:
+    """Keep every flag's default in args.defaults, so that the command can tell which flags
+    were given (given_flags)."""
+    flags = [a for a in parser._actions if a.option_strings and a.default != argparse.SUPPRESS]
+    parser.set_defaults(defaults={action.dest: action.default for action in flags})
+
+
+def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
+    """Those of `names` given a value other than their default, as flags (--beam-size)."""
+    changed = [n for n in names if n in args.defaults and getattr(args, n) != args.defaults[n]]
+    return ["--" + name.replace("_", "-") for name in sorted(changed)]
 
 
 def check_output(flag: str, path: str | Path, checkpoint: str, suffix: str = "") -> Path:
