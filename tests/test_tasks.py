@@ -103,6 +103,8 @@ def test_accuracy_counts_only_the_scored_positions():
         ("task:mqar:depth=2", "task mqar has no option depth: vocab, pairs"),
         ("task:selective_copying:pairs=4", "has no option pairs: vocab, tokens"),
         ("task:mqar:pairs=x", "give KEY=NUMBER"),
+        ("task:mqar:pairs=٣", "give KEY=NUMBER"),  # an Arabic-Indic 3
+        ("task:mqar:pairs=8,pairs=9", "task option pairs is given twice"),
         ("task:associative_recall:vocab=10000", "associative_recall: vocab must be 2 to 52, got"),
         ("task:mqar:vocab=0", "task mqar: vocab must be 2 to 52, got 0"),  # not the default
         ("task:selective_copying:vocab=27", "vocab must be 1 to 26, got 27"),

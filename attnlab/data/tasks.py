@@ -144,11 +144,13 @@ def parse_task(spec: str) -> tuple[str, TaskOptions]:
         raise UserError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
     fields = {}
     for item in filter(None, (rest[0] if rest else "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not (value.isascii() and value.isdigit()):
             example = f"task:{name}:vocab={VOCAB[name]}"  # every task has a vocab
             raise UserError(f"task option {item!r}: give KEY=NUMBER, e.g. {example}")
-        fields[key.strip()] = int(value)
+        if key in fields:
+            raise UserError(f"task option {key} is given twice in {spec!r}")
+        fields[key] = int(value)
     if unknown := sorted(fields.keys() - set(OPTIONS[name])):
         raise UserError(
             f"task {name} has no option {', '.join(unknown)}: {', '.join(OPTIONS[name])}"
