@@ -6,8 +6,8 @@ Position t reads positions <= t through a hidden state carried forward one posit
 (Elman 1990; Hochreiter & Schmidhuber 1997; Cho et al. 2014), so they are causal by
 construction and take no position embeddings. Decoding carries that state (a RecurrentState
 holding h, and c for an LSTM): each new token costs the same however long the text before it.
-torch's cuDNN / oneDNN kernels run the recurrence. The same pieces serve the recurrent language
-model (models/recurrent_lm.py).
+torch's recurrent layers run the recurrence (cuDNN's kernels on a GPU). The same pieces serve the
+recurrent language model (models/recurrent_lm.py).
 """
 
 from __future__ import annotations
