@@ -115,3 +115,13 @@ def test_a_resumed_runs_time_limit_counts_from_where_it_resumes(tmp_path, corpus
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "5",
                         "--seed", "7", *FAST], capsys)  # fmt: skip
     assert "a resumed run carries on its own random state" in one_line_error(code, err)
+
+
+def test_a_resumed_run_whose_schedule_moves_the_learning_rate_says_so(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    fast = ["--max-iters", "6", "--warmup-iters", "1", "--eval-interval", "3"]
+    assert train(capsys, corpus, out, *fast)[0] == 0
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "6"], capsys)
+    assert code == 0 and "schedule" not in err  # already done: nothing moves
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "60"], capsys)
+    assert code == 0 and "note: the new schedule moves the learning rate from 0.0001 to" in err

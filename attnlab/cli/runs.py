@@ -150,6 +150,9 @@ def fit_and_report(
     if resume:
         trainer.resume()
         progress.start_at(trainer.step)
+        if trainer.lr_moved:  # a larger --max-iters stretches the schedule, say
+            last, next_ = trainer.lr_moved
+            note(f"note: the new schedule moves the learning rate from {last:.3g} to {next_:.3g}")
     begun_s = trainer.elapsed  # a resumed run's time limit counts from here
 
     def on_record(record):

@@ -15,6 +15,7 @@ checkpoint and returns; a second Ctrl-C stops at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import signal
@@ -56,6 +57,7 @@ from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
+SCHEDULE = ("lr_schedule", "learning_rate", "min_learning_rate", "warmup_iters", "max_iters")
 SOURCE_METHODS = ("next", "state_dict", "load_state_dict")  # a BatchSource's (sources.py)
 BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
 
@@ -189,16 +191,7 @@ class Trainer:
         """One optimizer step at the scheduled learning rate; returns its metrics record (step,
         train_loss, lr, tokens_per_s (in the data's unit: images_per_s, ...), elapsed_s, and mfu
         for models that count their FLOPs per unit: flops_per_token(), flops_per_image(), ...)."""
-        c = self.config
-        lr = learning_rate(
-            self.step,
-            schedule=c.lr_schedule,
-            max_lr=c.learning_rate,
-            min_lr=c.min_learning_rate,
-            warmup=c.warmup_iters,
-            total=c.max_iters,
-            d_model=getattr(getattr(self.model, "config", None), "d_model", 512),
-        )
+        lr = self._learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         start = time.perf_counter()
@@ -344,11 +337,29 @@ class Trainer:
         save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
         self.saved_step = self.step
 
+    def _learning_rate(self, step: int, c: TrainConfig) -> float:
+        return learning_rate(
+            step,
+            schedule=c.lr_schedule,
+            max_lr=c.learning_rate,
+            min_lr=c.min_learning_rate,
+            warmup=c.warmup_iters,
+            total=c.max_iters,
+            d_model=getattr(getattr(self.model, "config", None), "d_model", 512),
+        )
+
     def resume(self) -> None:
-        """Continue from the checkpoint in out_dir: weights, optimizer, step, RNG and data."""
+        """Continue from the checkpoint in out_dir: weights, optimizer, step, RNG and data.
+        lr_moved: the learning rate's last and next values, where a new schedule (a larger
+        max_iters, say) moves it by more than 5%."""
         load_weights(self.model, self.out_dir / MODEL_FILE)
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
+        schedule = {k: v for k, v in state["train_config"].items() if k in SCHEDULE}
+        last = self._learning_rate(self.step - 1, dataclasses.replace(self.config, **schedule))
+        next_ = self._learning_rate(self.step, self.config)
+        moved = self.step and abs(next_ - last) > 0.05 * max(last, next_)
+        self.lr_moved = (last, next_) if moved else None
         self.saved_step = self.step
         self.last_eval = state.get("last_eval", {})
         best = state.get("best")
