@@ -46,11 +46,11 @@ COMMANDS = {
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default and keeps descriptions' line breaks. An option whose help
-    says its default in words ("(default: stdlib, ...)"), or a required one, is left as
-    written."""
+    says its default in words ("(default: stdlib, ...)"), a required one, or one without a
+    default (None) is left as written."""
 
     def _get_help_string(self, action):
-        if "(default:" in (action.help or "") or action.required:
+        if "(default:" in (action.help or "") or action.required or action.default is None:
             return action.help
         return super()._get_help_string(action)
 

@@ -37,9 +37,9 @@ def register(subparsers) -> None:
     race.add_argument("--tokenizer", default="char", help="char, byte or bpe:N")
     race.add_argument("--params", type=float, default=1e6, help="block parameters per model")
     race.add_argument("--n-layers", type=int, default=4, help="blocks per model")
-    race.add_argument("--context-length", type=int, default=256)
-    race.add_argument("--batch-size", type=int, default=32)
-    race.add_argument("--learning-rate", type=float, default=2e-3)
+    race.add_argument("--context-length", type=int, default=256, help="tokens per window")
+    race.add_argument("--batch-size", type=int, default=32, help="windows per step")
+    race.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
     race.add_argument(
         "--weight-init",
         choices=("gpt2", "fan_in"),
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
         help="fan_in: embeddings N(0, 1), matrices N(0, 1/fan_in), the head untied (GPTConfig)",
     )
     race.add_argument(
-        "--time", type=float, help="minutes of training per mixer (default 5, unless --tokens)"
+        "--time", type=float, help="minutes of training per mixer (default: 5, unless --tokens)"
     )
     race.add_argument(
         "--tokens",

@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         stop=args.stop,
     )
-    if args.compile and device.type == "cpu":
+    # without the cache, only whole-context windows compile, once generation gets that far
+    if args.compile and device.type == "cpu" and not args.no_cache:
         print(
             "attnlab: compiling the decoding step (15-30 s the first time, then cached)",
             file=sys.stderr,

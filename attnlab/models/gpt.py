@@ -51,7 +51,7 @@ class GPTConfig:
     context_length: int = 1024  # most positions the model reads at once
     n_layers: int = 12  # residual blocks
     mixer: str = "attention"  # token mixer of every block, by registered name
-    mixer_options: Any = None  # the mixer's own options: a table or KEY=VALUE,...; unset = defaults
+    mixer_options: Any = None  # its options: a TOML table, or flag KEY=VALUE,...; None = defaults
     n_heads: int = 12  # query heads per attention layer
     n_kv_heads: int | None = None  # key/value heads; None = n_heads, fewer = grouped-query
     d_model: int = 768  # residual stream width
