@@ -267,3 +267,9 @@ def test_a_cuda_option_without_cuda_is_one_line(tmp_path, text, capsys):
     )
     assert "CUDA is not available" in one_line_error(code, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_data_rank_0_cannot_find_is_its_one_line_and_exit_2(tmp_path, text):
+    done = attnlab_processes(tmp_path / "r", tmp_path / "nosuch.txt", "--distributed", "ddp")
+    line = one_line_error(done.returncode, done.stderr)
+    assert "data not found" in line and "lost another process" not in done.stderr

@@ -118,12 +118,18 @@ class Group:
     @contextlib.contextmanager
     def writer_first(self) -> Iterator[None]:
         """Rank 0 runs the block first (downloads, caches), then the others, so that no two
-        ranks write one file."""
-        if self.world > 1 and not self.is_writer:
-            dist.barrier()
-        yield
+        ranks write one file. Rank 0's one-line error (data not found) ends every rank, which
+        rank 0 alone reports."""
+        if self.world > 1 and not self.is_writer and (refusal := self.from_writer(None)):
+            raise UserError(refusal)
+        try:
+            yield
+        except UserError as error:
+            if self.world > 1 and self.is_writer:
+                self.from_writer(str(error))
+            raise
         if self.world > 1 and self.is_writer:
-            dist.barrier()
+            self.from_writer(None)
 
     # ----------------------------------------------------------------- the model
     def wrap(self, model: nn.Module) -> nn.Module:
