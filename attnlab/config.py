@@ -53,6 +53,12 @@ def check_at_least(owner: str, name: str, value: int, low: int, why: str = "") -
         raise ConfigError(f"{owner}.{name} must be at least {low}{why}, got {value!r}")
 
 
+def check_dropout(owner: str, name: str, value: float) -> None:
+    """Raise ConfigError unless 0 <= value < 1: a rate of 1 drops everything, and nothing learns."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{owner}.{name} must be in [0, 1), got {value!r}")
+
+
 def check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
     """Raise ConfigError unless low <= value <= high."""
     if not low <= value <= high:

@@ -28,6 +28,7 @@ def tiny(**overrides) -> GPT:
         (dict(norm="batchnorm"), ["norm", "'rmsnorm'"]),
         (dict(activation="tanh"), ["activation", "'swiglu'"]),
         (dict(dropout=1.5), ["dropout"]),
+        (dict(dropout=1.0), ["dropout must be in [0, 1)"]),
     ],
 )
 def test_bad_configs_name_the_field_and_the_allowed_values(fields, names):

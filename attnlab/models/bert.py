@@ -27,6 +27,7 @@ from attnlab.config import (
     check_at_least,
     check_choice,
     check_divides,
+    check_dropout,
     check_positive,
     check_range,
     check_types,
@@ -97,7 +98,7 @@ class BertConfig:
         check_choice(name, "positional", self.positional, ("learned", "rope"))
         check_choice(name, "pooling", self.pooling, ("cls", "mean"))
         check_choice(name, "long_text", self.long_text, ("head_tail", "windows"))
-        check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        check_dropout(name, "dropout", self.dropout)
         check_range(name, "pad_id", self.pad_id, 0, self.vocab_size - 1)
 
     @property

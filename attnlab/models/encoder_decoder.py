@@ -26,7 +26,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_divides, check_positive, check_range, check_types
+from attnlab.config import (
+    check_choice,
+    check_divides,
+    check_dropout,
+    check_positive,
+    check_range,
+    check_types,
+)
 from attnlab.data.translation import TranslationDataConfig, translation_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
@@ -92,7 +99,7 @@ class EncoderDecoderConfig:
         check_choice(name, "norm", self.norm, NORMS)
         check_choice(name, "final_norm", self.final_norm, FINAL_NORMS)
         for field in ("dropout", "attention_dropout", "activation_dropout"):
-            check_range(name, field, getattr(self, field), 0.0, 1.0)
+            check_dropout(name, field, getattr(self, field))
         check_range(name, "label_smoothing", self.label_smoothing, 0.0, 1.0)
         specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
         for field, value in specials.items():

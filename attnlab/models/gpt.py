@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_positive, check_range, check_types
+from attnlab.config import check_choice, check_dropout, check_positive, check_types
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
@@ -85,7 +85,7 @@ class GPTConfig:
         check_choice(name, "norm", self.norm, NORMS)
         check_choice(name, "positional", self.positional, POSITIONALS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
-        check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        check_dropout(name, "dropout", self.dropout)
         if not 1 < self.rope_base < math.inf:  # wavelengths 2π·base^(2i/d) must grow with i
             raise ConfigError(f"{name}.rope_base must be a number > 1, got {self.rope_base!r}")
         check_choice(name, "weight_init", self.weight_init, INITS)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_positive, check_range, check_types
+from attnlab.config import check_choice, check_dropout, check_positive, check_types
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.layers import TokenEmbedding, initialize
 from attnlab.layers.caches import RecurrentState
@@ -49,7 +49,7 @@ class RecurrentLMConfig:
             init_range=self.init_range,
         )
         check_choice(name, "cell", self.cell, CELLS)
-        check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        check_dropout(name, "dropout", self.dropout)
 
 
 PRESETS: dict[str, RecurrentLMConfig] = {

@@ -22,6 +22,7 @@ from attnlab.config import (
     check_at_least,
     check_choice,
     check_divides,
+    check_dropout,
     check_positive,
     check_range,
     check_types,
@@ -85,7 +86,7 @@ class ViTConfig:
         check_choice(name, "pooling", self.pooling, POOLINGS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
         check_choice(name, "norm", self.norm, NORMS)
-        check_range(name, "dropout", self.dropout, 0.0, 1.0)
+        check_dropout(name, "dropout", self.dropout)
         check_range(name, "label_smoothing", self.label_smoothing, 0.0, 1.0)
 
     @property
