@@ -2,6 +2,7 @@
 where it is, drawn reproducibly; `train gpt --data task:NAME` reports accuracy."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -132,6 +133,14 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
         ["sample", str(out), "--prompt", "..a..b>", "--max-new-tokens", "2"], capsys
     )
     assert code == 0 and text.startswith("..a..b>"), err
+    spec = "task:selective_copying:tokens=4,vocab=6"
+    code, text, err = run(["inspect", "layers", str(out), "--data", spec, "--json"], capsys)
+    layers = json.loads(text)  # the loss over the answers, the one layer dropped or doubled
+    assert (
+        code == 0
+        and math.isfinite(layers["baseline"])
+        and set(layers["loss"]) == {"drop 0", "duplicate 0"}
+    )
     code, _, err = run(["evaluate", str(out), "--data", "task:mqar"], capsys)
     assert "trained on task:selective_copying:tokens=4,vocab=6, not on task:mqar" in err
     assert code == 2 and err.count("\n") == 1

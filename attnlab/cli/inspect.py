@@ -77,7 +77,7 @@ def register(subparsers) -> None:
     sub["lens"].add_argument("--json", action="store_true", help="print one JSON object")
     layers = sub["layers"]
     layers.add_argument(
-        "--data", required=True, help="text file, folder (its *.txt), DIR:GLOB or 'stdlib'"
+        "--data", required=True, help="text file, folder (its *.txt), DIR:GLOB, stdlib or task:NAME"
     )
     layers.add_argument("--windows", type=int, default=32, help="context windows evaluated")
     layers.add_argument("--json", action="store_true", help="print one JSON object")
@@ -304,9 +304,11 @@ def layers_command(args: argparse.Namespace) -> int:
     from attnlab.cli.options import resolve_data_path
     from attnlab.cli.runs import note
     from attnlab.data.corpus import Corpus
+    from attnlab.data.tasks import evaluation_batches
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
     from attnlab.interpretability.surgery import block_stack, layer_surgery
     from attnlab.models.registry import GENERATE
+    from attnlab.training.sources import IGNORE_INDEX
 
     if args.windows < 1:
         raise UserError(f"--windows must be >= 1, got {args.windows}")
@@ -314,21 +316,25 @@ def layers_command(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     n_layers = len(block_stack(model))
     length = model.config.context_length
-    tokens = tokenize_cached(Corpus(resolve_data_path(args.data), note), tokenizer)
-    tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens
-    tokens = tokens[: args.windows * length + 1]
-    if len(tokens) <= length:
-        raise UserError(
-            f"{args.data} has {len(tokens)} tokens, fewer than one window of {length + 1}"
-        )
-    device = next(model.parameters()).device
-    batches = [(x.to(device), y.to(device)) for x, y in sequential_windows(tokens, length, 16)]
-
-    def loss() -> float:
-        with torch.no_grad():
-            return sum(model(x, y)[1].item() * y.numel() for x, y in batches) / sum(
-                y.numel() for _, y in batches
+    if args.data.startswith("task:"):  # its sequences, scored where the task asks
+        windows = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed=1)
+    else:
+        tokens = tokenize_cached(Corpus(resolve_data_path(args.data), note), tokenizer)
+        tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens
+        tokens = tokens[: args.windows * length + 1]
+        if len(tokens) <= length:
+            raise UserError(
+                f"{args.data} has {len(tokens)} tokens, fewer than one window of {length + 1}"
             )
+        windows = sequential_windows(tokens, length, 16)
+    device = next(model.parameters()).device
+    batches = [(x.to(device), y.to(device)) for x, y in windows]
+    scored = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+
+    def loss() -> float:  # the mean over scored targets
+        with torch.no_grad():
+            losses = [model(x, y)[1].item() * n for (x, y), n in zip(batches, scored, strict=True)]
+            return sum(losses) / sum(scored)
 
     baseline, results = layer_surgery(model, loss)
     if args.json:

@@ -198,6 +198,15 @@ class TaskAccuracy:
         return {"accuracy": self.right / max(self.total, 1)}
 
 
+def evaluation_batches(spec: str, count: int, batch_size: int, length: int, seed: int) -> list:
+    """`count` batches of a task's sequences as asked (for associative recall, the query
+    alone), the same for a seed."""
+    name, options = parse_task(spec)
+    asked = dataclasses.replace(options, dense=0)
+    fixed = TaskBatches(TASKS[name], asked, batch_size, length, seed)
+    return [fixed.next() for _ in range(count)]
+
+
 def task_training_data(request: DataRequest) -> TrainingData:
     """A synthetic task's data for the GPT kind: fresh training sequences at every step, and the
     same evaluation sequences every time."""
@@ -207,10 +216,9 @@ def task_training_data(request: DataRequest) -> TrainingData:
     task(torch.Generator().manual_seed(0), 1, length, options)  # bad options: before training
     batches = TaskBatches(task, options, train.batch_size, length, train.seed)
 
-    def evaluation():  # the task as asked: for associative recall, the query alone
-        asked = dataclasses.replace(options, dense=0)
-        fixed = TaskBatches(task, asked, train.batch_size, length, train.seed + 1)
-        return [fixed.next() for _ in range(train.eval_iters)]
+    def evaluation():
+        return evaluation_batches(request.settings.data, train.eval_iters, train.batch_size,
+                                  length, train.seed + 1)  # fmt: skip
 
     tokenizer = CharTokenizer(SYMBOLS)
     return TrainingData(
