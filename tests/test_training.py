@@ -368,3 +368,16 @@ def test_a_trainer_refuses_what_it_could_not_checkpoint_or_draw_from_before_trai
         Trainer(model, config, iter([batches.next()]), {}, out_dir=tmp_path)
     with pytest.raises(TypeError, match="a function giving its batches"):
         Trainer(model, config, batches, {"val": [batches.next()]}, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "score, values, kept",
+    [("val_accuracy", [0.3, 0.9, 0.2], 0.9), ("val_bits_per_pixel", [0.3, 0.9, 0.2], 0.2)],
+)
+def test_the_best_checkpoint_is_the_highest_score_or_the_lowest_loss(tmp_path, score, values, kept):
+    trainer = make_trainer(tmp_path)
+    trainer.keep_best = score
+    for step, value in enumerate(values, start=1):
+        trainer.step, trainer.last_eval = step, {score: value}
+        trainer._keep_if_best()
+    assert trainer.best["value"] == kept and (tmp_path / "best" / "model.safetensors").is_file()

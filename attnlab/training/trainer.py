@@ -58,6 +58,7 @@ from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
 
 METRICS_FILE = "metrics.jsonl"
 SCHEDULE = ("lr_schedule", "learning_rate", "min_learning_rate", "warmup_iters", "max_iters")
+HIGHER_IS_BETTER = ("accuracy", "f1", "bleu", "chrf")  # scores; losses, bits, nats: lower
 SOURCE_METHODS = ("next", "state_dict", "load_state_dict")  # a BatchSource's (sources.py)
 BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
 
@@ -101,7 +102,7 @@ class Trainer:
         progress). Throughput counts the elements of each batch's last tensor, the targets
         (padding included), in the data source's unit (default "token"). metrics: makes an
         accumulator of scores beyond the loss (accuracy, ...), reported per split. keep_best: a
-        score ("val_accuracy"; lower is better for a loss) whose best evaluation's weights are
+        score ("val_accuracy"; lower is better but for HIGHER_IS_BETTER) whose best weights are
         kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
         (distributed.py), each training its shard of every batch; alone by default."""
         describe(model)  # a checkpoint names the model's kind: unregistered is refused now
@@ -288,7 +289,7 @@ class Trainer:
                 f"{', '.join(self.last_eval)}"
             )
         value = self.last_eval[self.keep_best]
-        sign = -1 if self.keep_best.endswith("loss") else 1
+        sign = 1 if self.keep_best.endswith(HIGHER_IS_BETTER) else -1
         if self.best and sign * value <= sign * self.best["value"]:
             return
         self.best = {"score": self.keep_best, "value": value, "step": self.step}
