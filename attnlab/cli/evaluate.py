@@ -53,8 +53,10 @@ def register(subparsers) -> None:
         "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
         "translation model's detokenized output; or an image classifier's accuracy, with a "
         "confusion-matrix PNG; or an image GPT's negative log-likelihood in nats per image; or "
-        "any other model (a text classifier, BERT, a task's) as its training evaluated it: loss, "
-        "accuracy, F1. Without --data, on the data the run trained on."
+        "any other model (a text classifier, BERT, a task's, a translation model without --src) "
+        "as its training evaluated it, on every held-out example (a task: its evaluation "
+        "sequences): loss (label-smoothed where "
+        "training smoothed it), accuracy, F1. Without --data, on the data the run trained on."
         "\nexamples:\n  attnlab evaluate runs/gpt --data input.txt\n  attnlab evaluate "
         "runs/multi30k --src test.de.gz --ref test.en.gz\n  attnlab evaluate runs/vit_mnist",
     )
