@@ -114,3 +114,9 @@ def test_to_hf_rejects_models_vit_cannot_express():
     )  # fmt: skip
     with pytest.raises(ValueError, match="ViT-shaped"):
         to_hf(model)
+
+
+def test_a_non_square_vit_is_refused_in_one_line():
+    fields = dict(CONFIGS[0], image_size=(16, 24))
+    with pytest.raises(ValueError, match=r"non-square image_size \(16, 24\) does not convert"):
+        from_hf(transformers.ViTForImageClassification(transformers.ViTConfig(**fields)))

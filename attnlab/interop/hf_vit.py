@@ -78,8 +78,11 @@ def _vit_table(config: ViTConfig, head: bool) -> list[Joined]:
 
 def vit_from_hf(model: nn.Module) -> VisionTransformer:
     hf = model.config
-    side = hf.image_size if isinstance(hf.image_size, int) else hf.image_size[0]
-    patch = hf.patch_size if isinstance(hf.patch_size, int) else hf.patch_size[0]
+    sizes = {name: getattr(hf, name) for name in ("image_size", "patch_size")}
+    for name, size in sizes.items():
+        if not isinstance(size, int) and len(set(size)) > 1:
+            raise ValueError(f"a ViT of non-square {name} {tuple(size)} does not convert")
+    side, patch = (s if isinstance(s, int) else s[0] for s in sizes.values())
     if not hf.qkv_bias:
         raise ValueError("ViT configs with qkv_bias=False are not supported")
     if hf.hidden_act not in ACTIVATIONS:
