@@ -157,3 +157,14 @@ def test_the_example_in_a_bad_option_message_is_a_good_option(name):
         parse_task(f"task:{name}:vocab=x")
     example = str(error.value).rsplit("e.g. ", 1)[1]
     assert parse_task(example)[0] == name
+
+
+def test_repeat_with_a_task_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(
+        ["train", "gpt", "--data", "task:mqar", "--repeat", "--out", str(out)], capsys
+    )
+    assert "--repeat repeats text windows; a task makes its own sequences" in one_line_error(
+        code, err
+    )
+    assert not out.exists()

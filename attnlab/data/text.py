@@ -197,6 +197,8 @@ def text_training_data(request: DataRequest) -> TrainingData:
             raise UserError(
                 f"a task is read character by character: leave --tokenizer {settings.tokenizer} out"
             )
+        if settings.repeat:
+            raise UserError("--repeat repeats text windows; a task makes its own sequences")
         return task_training_data(request)
     spec = catalog.resolve(settings.data, request.log)
     request.log(f"reading {spec} ...")
