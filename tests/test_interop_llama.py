@@ -161,6 +161,10 @@ def test_mistral_without_a_window_converts_and_matches():
         (lambda: MistralForCausalLM(MistralConfig(**CONFIGS["mha"], sliding_window=8)), "sliding"),
         (lambda: LlamaForCausalLM(LlamaConfig(**CONFIGS["mha"], attention_bias=True)), "bias"),
         (lambda: LlamaForCausalLM(LlamaConfig(**CONFIGS["mha"], hidden_act="gelu")), "silu"),
+        (
+            lambda: LlamaForCausalLM(LlamaConfig(**CONFIGS["mha"], attention_dropout=0.3)),
+            "attention_dropout=0.3 .*set it to 0",
+        ),
         (lambda: LlamaForCausalLM(LlamaConfig(**CONFIGS["mha"], head_dim=8)), "head_dim"),
         (
             lambda: LlamaForCausalLM(

@@ -188,6 +188,7 @@ def llama_from_hf(model: nn.Module) -> GPT:
         )
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     window = getattr(hf, "sliding_window", None)
+    rate = getattr(hf, "attention_dropout", 0.0)
     problems = {
         f"hidden_act={hf.hidden_act!r} (SwiGLU needs 'silu')": ACTIVATIONS.get(hf.hidden_act)
         != "silu",
@@ -197,6 +198,8 @@ def llama_from_hf(model: nn.Module) -> GPT:
             head_dim * hf.num_attention_heads != hf.hidden_size
         ),
         f"sliding_window={window}": window is not None and window < hf.max_position_embeddings,
+        f"attention_dropout={rate} (attnlab's rate also drops residual branches: set it to 0, "
+        "and choose --dropout when training)": rate,
     }
     bad = [name for name, present in problems.items() if present]
     if bad:
@@ -215,7 +218,6 @@ def llama_from_hf(model: nn.Module) -> GPT:
         rope_base=_rope_base(hf),
         activation="swiglu",
         bias=False,
-        dropout=getattr(hf, "attention_dropout", 0.0),
         tie_weights=bool(getattr(hf, "tie_word_embeddings", False)),
     )
     ours = GPT(config)
