@@ -32,8 +32,10 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     argv = ["arena", "--out", str(out), "--mixers", "attention,lstm", "--data", "task:mqar"]
     argv += ["--params", "20000", "--tokens", "4096", "--context-length", "32", "--n-layers", "1"]
     argv += ["--batch-size", "16", "--eval-interval", "4", "--weight-init", "fan_in"]
+    handler = signal.getsignal(signal.SIGTERM)
     code, table, err = run(argv, capsys)
     assert code == 0, err
+    assert signal.getsignal(signal.SIGTERM) is handler  # given back: a forked pool inherits it
     rows = [
         line
         for line in table.splitlines()

@@ -127,7 +127,9 @@ def arena(args: argparse.Namespace) -> int:
         + (f", {args.weight_init} init" if args.weight_init != "gpt2" else "")
     )
     entries = []
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops it as Ctrl-C does
+    # a kill stops it as Ctrl-C does; the caller's handler comes back after (a forked worker
+    # of a later pool must not inherit this one)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for mixer in mixers:
             config = matched_config(
@@ -141,6 +143,8 @@ def arena(args: argparse.Namespace) -> int:
             report(entries, out, f"{title} (interrupted: {len(entries)} of {len(mixers)})")
             note(f"interrupted: the report of the finished mixers is in {out / 'arena.md'}")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")
     return 0
