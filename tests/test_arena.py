@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers import one_line_error, run
 
-from attnlab.evaluation.arena import block_parameters, matched_config
+from attnlab.evaluation.arena import Entry, block_parameters, matched_config, report
 from attnlab.evaluation.scaling import Curve, crossovers, measure
 
 
@@ -56,6 +56,20 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
         assert records[-1]["step"] == 8
         # a token budget knows its end: the learning rate has fallen to a tenth there
         assert [r["lr"] for r in records if "lr" in r][-1] == pytest.approx(2e-4)
+
+
+def test_the_report_flags_sizes_too_far_apart_to_compare(tmp_path):
+    def entries(params):
+        return [
+            Entry(m, matched_config(m, params, 1, 32), tmp_path, [{"step": 1, "elapsed_s": 1,
+                  "tokens": 64, "val_loss": 1.0}]) for m in ("attention", "mamba")
+        ]  # fmt: skip
+
+    small, large = entries(3000), entries(1_000_000)
+    spread = [max(e.params for e in x) / min(e.params for e in x) for x in (small, large)]
+    assert spread[0] > 1.2 > spread[1], spread
+    assert "Sizes differ by up to" in report(small, tmp_path, "small")
+    assert "Sizes differ" not in report(large, tmp_path, "large")
 
 
 def test_eager_attention_keeps_quadratic_memory_and_the_fused_kernel_does_not():

@@ -102,6 +102,9 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     short = ["--beam-size", "1", "--max-length-factor", "0", "--max-length-offset", "1"]
     code, _, err = run(["translate", str(trained), "seven " * 3000, *short], capsys)
     assert code == 0 and "note: 1 sentence(s) over the model's" in err
+    none = ["--max-length-factor", "0", "--max-length-offset", "0"]
+    code, _, err = run(["translate", str(trained), "one", *none], capsys)
+    assert "leave no room" in one_line_error(code, err)
     with pytest.raises(SystemExit) as stopped:  # the command's own usage, not attnlab's
         run(["translate", str(trained), "--beam-size", "2", "--bogus"], capsys)
     assert stopped.value.code == 2

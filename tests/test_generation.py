@@ -7,7 +7,7 @@ from helpers import step_logits, tiny_gpt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnlab.errors import UserError
+from attnlab.errors import ConfigError, UserError
 from attnlab.generation import (
     SamplingConfig,
     StopScanner,
@@ -363,6 +363,19 @@ def test_byte_text_waits_for_whole_characters_and_adds_up_to_the_decoded_text():
         pieces = list(tokenizer.decode_stream(ids))
         assert "".join(pieces) == tokenizer.decode(ids) and all(pieces)
     assert list(tokenizer.decode_stream([0xE2, eot, 0x41])) == ["\ufffd<|endoftext|>", "A"]
+
+
+def test_a_vocabulary_padded_past_the_tokenizer_never_yields_undecodable_ids():
+    tokenizer = CharTokenizer.from_text("abc")  # 3 ids; the model has 11, as if padded
+    model = tiny_gpt(vocab_size=11)
+    greedy = generate(model, [tokenizer.encode("ab")], 20, temperature=0)[0]
+    assert max(greedy) >= tokenizer.vocab_size  # without the limit, padded ids come out
+    for temperature in (0, 1.5):
+        text = generate_text(model, tokenizer, "ab", 50, temperature=temperature, seed=0)
+        assert len(text) == 50 and set(text) <= set("abc")
+    assert generate(model, [[0]], 5, temperature=0, vocab_limit=1)[0] == [0] * 5
+    with pytest.raises(ConfigError, match="vocab_limit"):
+        SamplingConfig(vocab_limit=0)
 
 
 def test_char_tokenizer_rejects_unseen_prompt_characters():

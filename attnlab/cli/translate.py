@@ -69,6 +69,8 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.max_length_factor < math.inf or args.max_length_offset < 0:
         raise UserError("--max-length-factor and --max-length-offset must be numbers >= 0")
+    if args.max_length_factor == 0 == args.max_length_offset:
+        raise UserError("--max-length-factor 0 and --max-length-offset 0 leave no room for words")
     if not 0 <= args.length_penalty < math.inf:
         raise UserError(f"--length-penalty must be a number >= 0, got {args.length_penalty}")
     return {

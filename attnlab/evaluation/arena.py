@@ -29,6 +29,7 @@ from attnlab.models.gpt import GPT, GPTConfig
 
 DEFAULT_MIXERS = ("attention", "lstm", "hyena", "mamba")
 WIDTH_STEP = 8  # widths tried: multiples of this (4 heads of an even width for attention)
+SIZE_TOLERANCE = 1.2  # block parameters further apart than this are flagged in the report
 
 
 def block_parameters(config: GPTConfig) -> int:
@@ -167,6 +168,11 @@ def report(entries: list[Entry], out: Path, title: str) -> str:
             best = max((p.get("val_accuracy", math.nan) for p in e.evaluations), default=math.nan)
             row += f" {final.get('val_accuracy', math.nan):.2%} | {best:.2%} |"
         lines.append(row)
+    sizes = [e.params for e in entries]
+    if sizes and max(sizes) > SIZE_TOLERANCE * min(sizes):
+        lines += ["", f"Sizes differ by up to {max(sizes) / min(sizes) - 1:.0%}: widths come in "
+                  f"steps of {WIDTH_STEP}, coarse for models this small; a larger --params "
+                  "matches them closer."]  # fmt: skip
     table = "\n".join(lines) + "\n"
     (out / "arena.md").write_text(table)
     _plot(entries, out / "arena.png", title)

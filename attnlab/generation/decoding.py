@@ -227,6 +227,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
+    vocab_limit: int | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     stop_ids: Iterable[int] = (),
@@ -237,11 +238,11 @@ def generate(
     """Continue each prompt by up to max_new_tokens tokens; returns only the new ids per prompt.
 
     prompts: a list of id lists (any lengths) or a (B, T) tensor. A row ends before the first id
-    in stop_ids (which is not returned). temperature 0 is greedy. seed (or a generator of your
-    own) makes sampling reproducible. See the module docstring for crop_to, batching and
-    compile.
+    in stop_ids (which is not returned). temperature 0 is greedy; ids from vocab_limit on are
+    never chosen (see SamplingConfig). seed (or a generator of your own) makes sampling
+    reproducible. See the module docstring for crop_to, batching and compile.
     """
-    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
+    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty, vocab_limit)
     generator = generator or make_generator(model, seed)
     stop_ids = set(stop_ids)
     if isinstance(prompts, torch.Tensor) and prompts.dim() != 2:
@@ -301,6 +302,7 @@ def stream(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
+    vocab_limit: int | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     stop_ids: Iterable[int] = (),
@@ -315,7 +317,7 @@ def stream(
         model,
         torch.tensor([[int(i) for i in prompt]], dtype=torch.long),
         max_new_tokens,
-        sampling=SamplingConfig(temperature, top_k, top_p, repetition_penalty),
+        sampling=SamplingConfig(temperature, top_k, top_p, repetition_penalty, vocab_limit),
         generator=generator or make_generator(model, seed),
         use_cache=use_cache,
         crop_to=crop_to,

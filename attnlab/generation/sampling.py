@@ -136,6 +136,9 @@ class SamplingConfig:
     top_k: int | None = None  # keep only the k most likely tokens; None = all
     top_p: float | None = None  # nucleus mass to keep, in (0, 1]; None or 1 = all
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence
+    # ids from here on are never chosen: a model's vocabulary padded past its tokenizer's
+    # (to a multiple of 64, say) has ids no text decodes to; None = every id
+    vocab_limit: int | None = None
 
     def __post_init__(self):
         check_types(self)
@@ -147,6 +150,8 @@ class SamplingConfig:
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"{name}.top_p must be in (0, 1], got {self.top_p!r}")
         check_positive(name, repetition_penalty=self.repetition_penalty)
+        if self.vocab_limit is not None:
+            check_positive(name, vocab_limit=self.vocab_limit)
 
     def noise(
         self, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None
@@ -163,6 +168,9 @@ class SamplingConfig:
     ) -> torch.Tensor:
         """(B, V) logits -> (B,) next ids. seen: the tokens so far, as (B, S) ids or a (B, V)
         mask, for the repetition penalty; noise: from `noise`, else drawn from generator."""
+        if self.vocab_limit is not None and self.vocab_limit < logits.size(-1):
+            logits = logits.clone()
+            logits[:, self.vocab_limit :] = float("-inf")
         if self.repetition_penalty != 1 and seen is not None:
             logits = repetition_penalty(logits, seen, self.repetition_penalty)
         return sample_next(

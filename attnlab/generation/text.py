@@ -81,8 +81,11 @@ def stream_text(
 ) -> Iterator[str]:
     """Continue `prompt`, yielding text pieces as tokens are produced, ending before the first
     stop string. An empty prompt starts from `start_ids`. stop_ids defaults to the tokenizer's
-    "<|endoftext|>" when it has one. Other options are `generate`'s. Yields only new text.
-    A prompt the tokenizer cannot encode raises here, before anything is generated."""
+    "<|endoftext|>" when it has one. Other options are `generate`'s; vocab_limit defaults to
+    the tokenizer's size, so a model whose vocabulary is padded past it never picks an id no
+    text decodes to. Yields only new text. A prompt the tokenizer cannot encode raises here,
+    before anything is generated."""
+    options.setdefault("vocab_limit", tokenizer.vocab_size)
     prompt_ids = tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
     if stop_ids is None:
         stop_ids = (
