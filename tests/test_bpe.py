@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
-from attnlab.tokenizers import bpe_training, load_tokenizer
+from attnlab.tokenizers import bpe, bpe_training, load_tokenizer
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer, resolve_pattern
 from attnlab.tokenizers.bpe_training import count_words, train_merges
 
@@ -247,6 +247,14 @@ def test_lone_surrogates_are_replaced_like_tiktoken(trained):
     assert trained.encode_reference(text) == trained.encode(text) == trained.encode("a\ufffdb")
 
 
+def test_long_whitespace_runs_are_cut_alike_by_both_encoders(trained, monkeypatch):
+    monkeypatch.setattr(bpe, "SPACE_RUN", 7)  # the reference encoder is slow on 100,000
+    for text in ("a" + " " * 30 + "b", "\n" * 15, " \t" * 9 + "x\n\n", "ab  c" + " " * 8):
+        ids = trained.encode(text)
+        assert ids == trained.encode_reference(text) == trained.encode_array(text).tolist()
+        assert trained.decode(ids) == text
+
+
 # ---- GPT-2's vocabulary ----
 
 
@@ -255,6 +263,12 @@ def test_gpt2_known_ids(gpt2):
     assert gpt2.encode_reference("hello world") == [31373, 995]
     assert gpt2.vocab_size == 50257 and gpt2.special_tokens == {"<|endoftext|>": 50256}
     assert gpt2.decode([31373, 50256, 995]) == "hello<|endoftext|> world"
+
+
+def test_gpt2_encodes_a_million_blank_lines(gpt2):  # tiktoken's regex engine alone gives up
+    text = "a" + "\n" * 1_000_000 + " b"
+    ids = gpt2.encode(text)
+    assert gpt2.decode(ids) == text and gpt2.encode_array(text).tolist() == ids
 
 
 def test_gpt2_matches_tiktoken_on_tiny_shakespeare(gpt2, tiktoken_gpt2):

@@ -65,6 +65,10 @@ PATTERNS = {
 FORMAT_VERSION = 1
 _CACHE_LIMIT = 200_000  # pre-tokens remembered by the reference encoder before it starts over
 _NO_MERGE = float("inf")
+# tiktoken's regex engine gives up on a whitespace run of about a million characters (the
+# patterns' look-ahead backtracks through it), so longer runs are cut every this many
+# characters and the parts encoded one after another, by both encoders alike.
+SPACE_RUN = 100_000
 
 
 # What only a backtracking engine runs: back-references, \G, \K, look-around, atomic groups,
@@ -249,17 +253,19 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, by tiktoken running our merges."""
-        return self._fast.encode_ordinary(text)
+        return [i for part in _parts(text) for i in self._fast.encode_ordinary(part)]
 
     def encode_array(self, text: str) -> np.ndarray:
         """Ids of `text` as tiktoken's uint32 array: the same ids as encode, 4 bytes each."""
-        return self._fast.encode_to_numpy(fix_surrogates(text))
+        arrays = [self._fast.encode_to_numpy(part) for part in _parts(fix_surrogates(text))]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     def encode_reference(self, text: str) -> list[int]:
         """Ids of `text`, in plain Python: same result as :meth:`encode`, slower."""
         ids: list[int] = []
         cache = self._cache
-        for piece in self.pre_tokenize(fix_surrogates(text)):
+        pre_tokens = (p for part in _parts(fix_surrogates(text)) for p in self.pre_tokenize(part))
+        for piece in pre_tokens:
             piece_ids = cache.get(piece)
             if piece_ids is None:
                 if len(cache) >= _CACHE_LIMIT:
@@ -340,6 +346,22 @@ class BPETokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)})"
+
+
+def _parts(text: str) -> list[str]:
+    """`text` cut inside whitespace runs longer than SPACE_RUN, every SPACE_RUN characters
+    (ordinary text: itself, whole)."""
+    cuts = [
+        cut
+        for run in _long_space(SPACE_RUN).finditer(text)
+        for cut in range(run.start() + SPACE_RUN, run.end(), SPACE_RUN)
+    ]
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+@cache
+def _long_space(limit: int) -> regex.Pattern:
+    return regex.compile(rf"(?<!\s)\s{{{limit + 1},}}")  # only from a run's start: linear
 
 
 def _gpt2_specials(encoder: dict[str, int], first_special: int) -> list[str]:
