@@ -55,6 +55,7 @@ def test_sample_refuses_non_numbers_and_non_text(checkpoint, capsys, flags, expe
         (["--weight-decay", "-1"], "weight_decay must be >= 0"),
         (["--time-limit", "0"], "--time-limit must be a positive number"),
         (["--time-limit", "-1"], "--time-limit must be a positive number"),
+        (["--compile-by-block"], "compile_by_block is a way to compile: it needs compile"),
     ],
 )
 def test_train_refuses_non_finite_settings(tmp_path, capsys, flags, expected):

@@ -247,6 +247,19 @@ def test_started_by_attnlab_a_batch_the_ranks_cannot_split_is_one_line_and_exit_
     assert not (tmp_path / "r").exists()
 
 
+def test_translation_trains_on_any_number_of_ranks(tmp_path):
+    """Its batches hold up to max_batch_tokens tokens, not batch_size rows: no row count to
+    split evenly (the rows are shared out as they come)."""
+    command = [sys.executable, "-m", "attnlab", "train", "translation", "--out", str(tmp_path)]
+    command += ["--embedded-pairs", "300", "--n-encoder-layers", "1", "--n-decoder-layers", "1"]
+    command += ["--d-model", "32", "--d-ff", "64", "--max-iters", "2", "--processes", "5"]
+    command += ["--distributed", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "model.safetensors").is_file()
+
+
 def test_a_shortened_flag_is_not_taken_for_processes(tmp_path, text, capsys):
     with pytest.raises(SystemExit) as stopped:
         alone(tmp_path / "r", text, "--proc", "2", "--distributed", "ddp", capsys=capsys)

@@ -49,7 +49,10 @@ def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("damage", ["garbage\n", "[1, 2]\n", '{"loss": 1.0}\n'])
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage\n", "[1, 2]\n", '{"loss": 1.0}\n', '{"step": 9}\n', '{"step": 1, "train_loss": 1}\n'],
+)
 def test_resume_cuts_a_damaged_metrics_log_at_its_last_good_record(
     tmp_path, corpus, capsys, damage
 ):
@@ -125,3 +128,8 @@ def test_a_resumed_run_whose_schedule_moves_the_learning_rate_says_so(tmp_path, 
     assert code == 0 and "schedule" not in err  # already done: nothing moves
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "60"], capsys)
     assert code == 0 and "note: the new schedule moves the learning rate from 0.0001 to" in err
+    warming = ["--warmup-iters", "100", "--lr-schedule", "constant", "--eval-interval", "3"]
+    assert train(capsys, corpus, tmp_path / "warm", "--max-iters", "3", *warming)[0] == 0
+    more = ["train", "gpt", "--out", str(tmp_path / "warm"), "--resume", "--max-iters", "6"]
+    code, _, err = run(more, capsys)  # the same schedule, still warming up: nothing moved
+    assert code == 0 and "schedule" not in err, err

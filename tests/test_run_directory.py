@@ -109,6 +109,7 @@ def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
         ("config.json", '{"kind": "gpt", "config": 3}', "lacks 'kind' and 'config'"),
         ("trainer_state.json", '{"step": "ten"}', "is damaged: step is missing or wrong"),
         ("trainer_state.json", "[]", "is damaged: step"),
+        ("trainer_state.json", '{"step": -5}', "is damaged: step is missing or wrong"),
         ("run.json", '{"kind": "gpt"}', "is not a run description"),
         ("run.json", "not json", "run.json"),
     ],

@@ -1,6 +1,8 @@
 import dataclasses
+import errno
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import CharTokenizer
+from attnlab.training import trainer as trainer_module
 from attnlab.training.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from attnlab.training.sources import IGNORE_INDEX
 from attnlab.training.trainer import TrainConfig, Trainer, TrainingDiverged
@@ -138,9 +141,14 @@ def gradients_of_one_step(tmp_path, micro_batches: int, rows: int, batch) -> tup
 
 
 @pytest.mark.parametrize("micro_batches", [2, 4])
-def test_k_micro_batches_of_b_step_like_one_batch_of_k_times_b(tmp_path, micro_batches):
+@pytest.mark.parametrize("unscored_rows", [0, 2])
+def test_k_micro_batches_of_b_step_like_one_batch_of_k_times_b(
+    tmp_path, micro_batches, unscored_rows
+):
+    """Also when a micro-batch scores nothing (a masked LM's rows may): it weighs 0, not NaN."""
     windows = torch.randint(0, TOKENIZER.vocab_size, (8, 17))
-    batch = windows[:, :-1], windows[:, 1:]
+    batch = windows[:, :-1], windows[:, 1:].clone()
+    batch[1][:unscored_rows] = IGNORE_INDEX
     whole_loss, whole = gradients_of_one_step(tmp_path / "whole", 1, 8, batch)
     loss, accumulated = gradients_of_one_step(
         tmp_path / "micro", micro_batches, 8 // micro_batches, batch
@@ -262,6 +270,9 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     interrupted = make_trainer(rest, max_iters=8, eval_interval=3)
     interrupted.on_record = lambda record: record["step"] == 4 and interrupted.request_stop()
     assert interrupted.fit().interrupted  # stops and checkpoints at step 4, between evaluations
+    late = make_trainer(tmp_path / "late", max_iters=3, eval_interval=3)
+    late.on_record = lambda record: record["step"] == 3 and late.request_stop()  # at the end
+    assert not late.fit().interrupted and late.step == 3
     resumed = make_trainer(rest, max_iters=8, eval_interval=3)
     load_weights(resumed.model, rest / "model.safetensors")
     resumed.resume()
@@ -300,6 +311,37 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model = load_checkpoint(tmp_path).model
     assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_nan_validation_loss_stops_before_it_is_saved(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)
+    evaluate = trainer.evaluate
+
+    def nan_at_step_4():  # the weights score NaN on held-out data, not (yet) in training
+        results = evaluate()
+        if trainer.step == 4:
+            results["val_loss"] = trainer.last_eval["val_loss"] = math.nan
+        return results
+
+    trainer.evaluate = nan_at_step_4
+    with pytest.raises(TrainingDiverged, match="val_loss became nan at step 4.*step 2 is saved"):
+        trainer.fit()
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_a_failed_save_says_where_and_what_is_kept(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2)
+    save = trainer_module.save_checkpoint
+
+    def full_disk_at_step_4(*args):
+        if trainer.step == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(*args)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", full_disk_at_step_4)
+    with pytest.raises(UserError, match=f"saving step 4 in {tmp_path} failed: No space left on "
+                       "device; step 2 is saved there"):  # fmt: skip
+        trainer.fit()
 
 
 def test_a_run_that_diverges_before_its_first_save_is_started_again_with_a_fresh_log(tmp_path):

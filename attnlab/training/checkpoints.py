@@ -301,7 +301,8 @@ def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
     for where, value, fields in (("", state, STATE_FIELDS), ("rng.", rng, RNG_FIELDS)):
         for name, kind in fields.items():
             field = value.get(name) if isinstance(value, dict) else None
-            if isinstance(field, bool) or not isinstance(field, kind):
+            wrong = isinstance(field, bool) or not isinstance(field, kind)
+            if wrong or (isinstance(field, (int, float)) and field < 0):  # a step, a time
                 raise UserError(
                     f"trainer state {file} is damaged: {where}{name} is missing or wrong"
                 )

@@ -28,7 +28,7 @@ class TrainConfig:
     seed: int = 1337
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model for training
-    compile_by_block: bool = False  # compile one block for all layers: faster to build, slower
+    compile_by_block: bool = False  # with compile: one block for all layers; builds faster
     cpu_kernels: bool = True  # on a CPU, attnlab's kernels (attention, GELU, dropout)
     device: str = "auto"  # auto | cpu | cuda | mps
     probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
@@ -56,4 +56,6 @@ class TrainConfig:
         if not 0 <= self.seed < 2**63:
             raise UserError(f"TrainConfig.seed must be in [0, 2**63), got {self.seed}")
         check_choice("TrainConfig", "precision", self.precision, ("auto", "fp32", "bf16"))
+        if self.compile_by_block and not self.compile:
+            raise UserError("TrainConfig.compile_by_block is a way to compile: it needs compile")
         parse_probes(self.probes)

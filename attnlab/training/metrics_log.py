@@ -14,15 +14,15 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop the records logged after `step`, the checkpoint a run resumes from: the resumed run
     logs those steps again. A damaged log (a line that is not a record with a step) is cut at
     the last good record before it, with a warning: the checkpoint, not the log, is what
-    resuming needs."""
+    resuming needs. A record is good when it has a train_loss and a step after the one before."""
     if not path.is_file():
         return
-    kept = []
+    kept, last = [], 0
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         record = _record(line)
-        if record is None:
+        if record is None or record["step"] <= last or "train_loss" not in record:
             warnings.warn(
                 f"{path}: line {number} is not a metrics record; the log is cut there",
                 RuntimeWarning,
@@ -31,6 +31,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             break
         if record["step"] <= step:
             kept.append(line)
+        last = record["step"]
     atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 

@@ -25,13 +25,17 @@ IGNORE_INDEX = -100  # a target with this value is not scored (torch's cross_ent
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
     """The mean cross-entropy over the scored targets (not IGNORE_INDEX), in float32 whatever
-    the logits' precision: logits (..., V), targets (...)."""
-    return F.cross_entropy(
+    the logits' precision: logits (..., V), targets (...). With no target scored it is 0, not
+    the NaN of an empty mean: a micro-batch or a rank's shard may score nothing (a masked LM's
+    short rows), and its weight in the step (Trainer) is then 0 too."""
+    total = F.cross_entropy(
         logits.flatten(0, -2).float(),
         targets.flatten(),
         ignore_index=IGNORE_INDEX,
         label_smoothing=label_smoothing,
+        reduction="sum",
     )
+    return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
 
 
 class Metrics(Protocol):

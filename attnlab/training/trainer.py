@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import signal
 import threading
@@ -114,7 +115,6 @@ class Trainer:
         if not all(callable(batches) for batches in eval_data.values()):
             raise TypeError("eval_data maps each split's name to a function giving its batches")
         self.config, self.group = config, group
-        group.check_batch(config.batch_size)
         self.device = pick_device(config.device)
         self.dtype = group.from_writer(pick_dtype(self.device, config.precision))  # measured
         if self.device.type == "cuda" and config.precision != "fp32":  # fp32 matmuls in TF32
@@ -179,11 +179,14 @@ class Trainer:
                         metrics.flush()
                         self.on_record(record)
                     if evaluating:
+                        if bad := [k for k, v in self.last_eval.items() if _diverged_loss(k, v)]:
+                            raise self._diverged(f"{bad[0]} became nan at step {self.step}")
                         self._keep_if_best()
                         self.save()
-            if self._stopping:
+            interrupted = self._stopping and self.step < self.config.max_iters  # else finished
+            if interrupted:
                 self.save()
-            return FitResult(self.step, self._stopping, self.last_eval)
+            return FitResult(self.step, interrupted, self.last_eval)
         finally:
             for signum, previous in previous_handlers.items():
                 signal.signal(signum, previous)
@@ -226,7 +229,7 @@ class Trainer:
         self.model.train()
         steps, total = self.config.gradient_accumulation, torch.zeros((), device=self.device)
         batches = [self.train_data.next() for _ in range(steps)]  # the global micro-batches
-        scored = sum(_scored(batch[-1]) for batch in batches)
+        scored = max(sum(_scored(batch[-1]) for batch in batches), 1)
         for micro, batch in enumerate(batches):
             batch = self.group.shard(batch)
             # this rank's share, times the ranks: their gradients are averaged, not summed
@@ -240,21 +243,22 @@ class Trainer:
         loss, self._stopping, self._finishing = self.group.agree(
             total, self._stop_requested, self._finish_requested
         )
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            saved, where = self.saved_step, self.out_dir
-            then = (
-                "start again" if saved is None else f"--resume (step {saved} is saved in {where})"
-            )
-            raise TrainingDiverged(
-                f"loss became {loss} at step {self.step + 1}; training stopped. Lower the "
-                f"learning rate or raise warmup, then {then}"
-            )
+            raise self._diverged(f"loss became {loss} at step {self.step + 1}")
         if self.config.grad_clip:
             clip_gradients(self.optimizer, self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a run whose loss is no longer a number, before it is saved."""
+        saved, where = self.saved_step, self.out_dir
+        then = "start again" if saved is None else f"--resume (step {saved} is saved in {where})"
+        return TrainingDiverged(
+            f"{what}; training stopped. Lower the learning rate or raise warmup, then {then}"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -335,7 +339,14 @@ class Trainer:
                 "data": {k: encode_tensor(v) for k, v in self.train_data.state_dict().items()},
             },
         }
-        save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
+        try:
+            save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
+        except OSError as error:  # a full disk, say: what failed, and what is kept
+            kept = "nothing" if self.saved_step is None else f"step {self.saved_step}"
+            raise UserError(
+                f"saving step {self.step} in {self.out_dir} failed: {error.strerror or error}; "
+                f"{kept} is saved there"
+            ) from None
         self.saved_step = self.step
 
     def _learning_rate(self, step: int, c: TrainConfig) -> float:
@@ -351,16 +362,16 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the checkpoint in out_dir: weights, optimizer, step, RNG and data.
-        lr_moved: the learning rate's last and next values, where a new schedule (a larger
-        max_iters, say) moves it by more than 5%."""
+        lr_moved: the next step's learning rate by the run's schedule and by the new one, where
+        they differ by more than 5% (a larger max_iters, say)."""
         load_weights(self.model, self.out_dir / MODEL_FILE)
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
         schedule = {k: v for k, v in state["train_config"].items() if k in SCHEDULE}
-        last = self._learning_rate(self.step - 1, dataclasses.replace(self.config, **schedule))
-        next_ = self._learning_rate(self.step, self.config)
-        moved = self.step and abs(next_ - last) > 0.05 * max(last, next_)
-        self.lr_moved = (last, next_) if moved else None
+        old = self._learning_rate(self.step, dataclasses.replace(self.config, **schedule))
+        new = self._learning_rate(self.step, self.config)  # the next step's, by each schedule
+        moved = self.step and abs(new - old) > 0.05 * max(old, new)
+        self.lr_moved = (old, new) if moved else None
         self.saved_step = self.step
         self.last_eval = state.get("last_eval", {})
         best = state.get("best")
@@ -387,6 +398,10 @@ class Trainer:
 
         signals = [signal.SIGINT] + ([signal.SIGTERM] if self.group.world == 1 else [])
         return {signum: signal.signal(signum, handler) for signum in signals}
+
+
+def _diverged_loss(name: str, value: float) -> bool:
+    return name.endswith("_loss") and not math.isfinite(value)
 
 
 def _scored(targets: torch.Tensor) -> int:
