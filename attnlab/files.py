@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 from attnlab.errors import UserError
 
 RUN_LOCK = ".attnlab.lock"  # in a run directory while a process writes it: "PID HOST"
+RUN_FILE = "run.json"  # kind, preset and data settings of a run: --resume needs no flags again
 
 
 def cache_dir() -> Path:

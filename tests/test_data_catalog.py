@@ -7,10 +7,13 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import pytest
 
 from attnlab.cli import main
 from attnlab.cli.options import data_root, resolve_data_path
-from attnlab.data import catalog
+from attnlab.data import catalog, download
 from attnlab.data.catalog import Archive, DataFile, Dataset
 from attnlab.data.corpus import corpus_files
 from attnlab.errors import UserError
@@ -354,3 +357,70 @@ def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, 
         "task:mqar",
         "fake",
     ]
+
+
+def test_a_run_folder_is_never_taken_for_data(fake, server, monkeypatch, tmp_path):
+    """`--out fake` leaves ./fake/run.json: a later run's `--data fake` still reads the dataset;
+    a run folder with no dataset of its name is refused."""
+    from attnlab.cli.runs import RUN_FILE
+
+    root = catalog.get("fake", progress=False)
+    work = tmp_path / "work"
+    (work / "fake" / "best").mkdir(parents=True)
+    (work / "fake" / RUN_FILE).write_text("{}")
+    monkeypatch.chdir(work)
+    notes = []
+    assert catalog.resolve("fake", notes.append) == str(root)
+    assert notes == [f"note: fake is a run folder, not data: reading {root}"]
+    assert catalog.resolve("fake:**/*.txt") == f"{root}:**/*.txt"
+    assert catalog.here("fake") == "fake" and catalog.where("fake") == str(root)
+    (root.parent / "mine").mkdir()  # not a catalog name, but in the data root
+    (work / "mine").mkdir()
+    (work / "mine" / RUN_FILE).write_text("{}")
+    assert catalog.resolve("mine") == str(root.parent / "mine")
+    (work / "fake").rename(work / "finished")
+    for spec in ("finished", str(work / "finished"), "finished:*.txt"):
+        with pytest.raises(UserError, match=r"finished is a run folder \(it holds run.json\)"):
+            catalog.resolve(spec)
+    assert catalog.RUN_FILE == RUN_FILE  # the file that cli/runs.py writes
+
+
+def test_sigterm_during_a_download_leaves_nothing_behind(fake, monkeypatch, tmp_path):
+    """SIGTERM is Ctrl-C while a dataset downloads, so its temporary file goes; the handler
+    before is back afterwards."""
+    real_copy, told = download._copy, []
+
+    def terminated_midway(source, out, bar=None):
+        out.write(source.read(10))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_copy(source, out, bar)
+
+    def tell(*args):
+        told.append(args)
+
+    monkeypatch.setattr(download, "_copy", terminated_midway)
+    before = signal.signal(signal.SIGTERM, tell)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            catalog.get("fake", progress=False)
+        assert signal.getsignal(signal.SIGTERM) is tell
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert told == [] and not list((tmp_path / "data").rglob("*"))
+
+
+def test_get_removes_what_a_killed_download_left(fake, tmp_path):
+    folder = tmp_path / "data" / "fake"
+    (folder / "sub").mkdir(parents=True)
+    stale = [folder / ".a.txt.k1ll3d_x.part", folder / "sub" / ".b.txt.abc.part"]
+    stale.append(folder / "..archive.q9z_w2.part")
+    fresh = folder / ".a.txt.running.part"  # another process's download, under way
+    others = [folder / ".notes.txt.x1.part", folder / "keep.part"]  # not the dataset's
+    old = time.time() - 24 * 3600
+    for path in (*stale, fresh, *others):
+        path.write_bytes(b"half")
+        if path is not fresh:
+            os.utime(path, (old, old))
+    catalog.get("fake", progress=False)
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists() and all(path.exists() for path in others)

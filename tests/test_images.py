@@ -4,14 +4,24 @@ batches that resume exactly."""
 
 import gzip
 import struct
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from attnlab.data.image_classification import ImageBatches, random_shift
+from attnlab.data import images
+from attnlab.data.image_classification import (
+    ImageBatches,
+    ImageDataConfig,
+    evaluation_images,
+    image_training_data,
+    random_shift,
+)
+from attnlab.data.image_sequences import PixelDataConfig, image_gpt_training_data
 from attnlab.data.images import (
+    GRAY_MODES,
     IDX_IMAGES,
     IDX_LABELS,
     Normalization,
@@ -19,9 +29,12 @@ from attnlab.data.images import (
     image_array,
     load_idx_folder,
     load_image_folder,
+    open_image,
     read_idx,
 )
 from attnlab.errors import UserError
+from attnlab.training.config import TrainConfig
+from attnlab.training.sources import DataRequest
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -219,3 +232,118 @@ def test_a_train_folder_without_a_test_folder_holds_out_a_part(tmp_path):
     data = load_image_folder(tmp_path, 8, log=lambda m: None)
     assert data.classes == ("a", "b")
     assert len(data.train) == 18 and len(data.test) == 2
+
+
+def write_mixed_folder(root):
+    """train/ and test/ of classes a and b: images of several modes and sizes."""
+    modes = {"a": ("L", "RGB", "P", "LA"), "b": ("1", "RGBA", "I;16", "L")}
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name, kinds in modes.items():
+            for i, mode in enumerate(kinds):
+                pixels = rng.integers(0, 256, (13 + 5 * i, 21, 3), dtype=np.uint8)
+                image = Image.fromarray(pixels).convert(mode)
+                if mode == "I;16":
+                    image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+                (root / split / name).mkdir(parents=True, exist_ok=True)
+                image.save(root / split / name / f"{i}.png")
+
+
+def read_whole_images(folder, channels, size):
+    """The images of a folder as load_image_folder read them before: every file opened and
+    held, then each converted to `channels` and resized."""
+    files = sorted(folder.glob("*/*.png"))
+    whole = [open_image(file) for file in files]
+    channels = channels or (1 if all(im.mode in GRAY_MODES for im in whole) else 3)
+    return np.stack([image_array(image, channels, size) for image in whole])
+
+
+@pytest.mark.parametrize("channels", [0, 1, 3])
+def test_image_files_are_read_one_at_a_time_into_the_same_pixels(tmp_path, monkeypatch, channels):
+    write_mixed_folder(tmp_path)
+    expected = [read_whole_images(tmp_path / split, channels, 8) for split in ("train", "test")]
+    opened = []
+
+    def one_at_a_time(path):
+        assert all(image() is None for image in opened), "a full-size image is still held"
+        image = open_image(path)
+        opened.append(weakref.ref(image))
+        return image
+
+    monkeypatch.setattr(images, "open_image", one_at_a_time)
+    data = load_image_folder(tmp_path, 8, log=lambda m: None, channels=channels)
+    assert len(opened) == 16
+    assert np.array_equal(data.train.images.numpy(), expected[0])
+    assert np.array_equal(data.test.images.numpy(), expected[1])
+    assert data.train.images.shape[1] == (channels or 3)
+
+
+def test_greyscale_images_among_colour_ones_have_the_pixels_of_an_rgb_conversion(tmp_path):
+    for name in ("a", "b"):
+        write_png(tmp_path / "train" / name / "grey.png", size=11, value=90)
+        write_png(tmp_path / "test" / name / "grey.png", size=11, value=90)
+    Image.fromarray(np.arange(363, dtype=np.uint8).reshape(11, 11, 3) * 7).save(
+        tmp_path / "train" / "a" / "colour.png"
+    )
+    data = load_image_folder(tmp_path, 8, log=lambda m: None)
+    assert np.array_equal(data.test.images.numpy(), read_whole_images(tmp_path / "test", 3, 8))
+    assert np.array_equal(data.train.images.numpy(), read_whole_images(tmp_path / "train", 0, 8))
+
+
+def test_a_test_folder_of_classes_beside_classes_without_train_is_refused(tmp_path):
+    for name in ("cat", "dog", "test/cat", "test/dog"):
+        write_png(tmp_path / name / "0.png")
+    with pytest.raises(UserError, match=f"^{tmp_path / 'test'} holds class folders, but"):
+        load_image_folder(tmp_path, 8, log=lambda m: None)
+    write_png(tmp_path / "val" / "0.png")  # an image-only folder is a class called val
+    for name in ("cat", "dog"):
+        (tmp_path / "test" / name / "0.png").rename(tmp_path / "test" / f"{name}.png")
+        (tmp_path / "test" / name).rmdir()
+    assert load_image_folder(tmp_path, 8, log=lambda m: None).classes == (
+        "cat",
+        "dog",
+        "test",
+        "val",
+    )
+
+
+def test_idx_labels_that_leave_most_classes_empty_are_refused(tmp_path):
+    write_mnist(tmp_path, compress=False)
+    labels = (np.arange(6) % 3).astype(np.uint8)
+    labels[4] = 200  # one corrupt label
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels, IDX_LABELS))
+    with pytest.raises(UserError, match="the labels run to 200, but only 4 of them appear"):
+        load_idx_folder(tmp_path)
+
+
+def class_by_class(root, per_class=8):
+    """train/ and test/ of two classes: a all black, b all white."""
+    for split in ("train", "test"):
+        for name, value in (("a", 0), ("b", 255)):
+            for i in range(per_class):
+                write_png(root / split / name / f"{i}.png", value=value)
+
+
+def data_request(settings, **model):
+    train = TrainConfig(batch_size=4, eval_iters=2, seed=5)
+    return DataRequest(settings, {"image_size": 8, **model}, train)
+
+
+def test_validation_takes_a_seeded_sample_of_every_class_of_a_test_folder(tmp_path):
+    class_by_class(tmp_path)
+    request = data_request(ImageDataConfig(data=str(tmp_path)))
+    val = image_training_data(request).eval["val"]()
+    labels = torch.cat([y for _, y in val])
+    assert len(labels) == 8 and set(labels.tolist()) == {0, 1}  # not the first 8: all a's
+    again = image_training_data(data_request(ImageDataConfig(data=str(tmp_path))))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(val, again.eval["val"](), strict=True))
+    everything = evaluation_images(load_image_folder(tmp_path, 8, lambda m: None).test, 100)
+    assert len(everything) == 16
+
+
+def test_an_image_gpt_validates_on_a_sample_of_every_class_too(tmp_path):
+    class_by_class(tmp_path)
+    request = data_request(PixelDataConfig(data=str(tmp_path)))
+    val = image_gpt_training_data(request).eval["val"]()
+    pixels = torch.cat([targets for _, targets in val])  # binary palette: 0 black, 1 white
+    assert set(pixels.unique().tolist()) == {0, 1}

@@ -141,9 +141,10 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
         and math.isfinite(layers["baseline"])
         and set(layers["loss"]) == {"drop 0", "duplicate 0"}
     )
-    code, _, err = run(["evaluate", str(out), "--data", "task:mqar"], capsys)
-    assert "trained on task:selective_copying:tokens=4,vocab=6, not on task:mqar" in err
-    assert code == 2 and err.count("\n") == 1
+    for command in ("evaluate", "inspect layers"):
+        code, _, err = run([*command.split(), str(out), "--data", "task:mqar"], capsys)
+        assert "trained on task:selective_copying:tokens=4,vocab=6, not on task:mqar" in err
+        assert code == 2 and err.count("\n") == 1
 
 
 def test_parse_task_reads_options():

@@ -16,7 +16,7 @@ import json
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
 from attnlab.cli.options import given_flags, record_defaults, resolve_data_path
-from attnlab.cli.runs import note, run_data_settings, run_description
+from attnlab.cli.runs import note, run_data, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.config import config_from_dict, config_to_dict
@@ -125,14 +125,7 @@ def evaluate(args: argparse.Namespace) -> int:
             f"{args.checkpoint} holds a 'translation' model: score it with --src FILE --ref FILE "
             "(BLEU, chrF), or without --data (its validation loss)"
         )
-    run = run_description(args.checkpoint)
-    data = args.data or (run[0]["data"].get("data") if run else None)
-    own = run[0]["data"].get("data") if run else None
-    if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
-        raise UserError(
-            f"{args.checkpoint} was trained on {own}, not on {':'.join(data.split(':')[:2])}: "
-            "a task's tokens mean nothing to it"
-        )
+    data = run_data(args.checkpoint, args.data)
     if GENERATE not in capabilities or str(data).startswith("task:"):
         _only(args, "this model")
         return evaluate_as_trained(args)
@@ -177,7 +170,8 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint, pick_device(args.device))
     settings = run_data_settings(args, checkpoint.kind)
     saved = read_training_state(found[1])["train_config"]
-    train = config_from_dict(TrainConfig, {**saved, "compile": False, "device": args.device})
+    eager = {"compile": False, "compile_by_block": False, "device": args.device}
+    train = config_from_dict(TrainConfig, {**saved, **eager})
     model = config_to_dict(checkpoint.model.config)
     own = found[0]["data"].get("data")
     unseen = args.data and catalog.where(args.data) != catalog.where(str(own))

@@ -302,7 +302,7 @@ def layers_command(args: argparse.Namespace) -> int:
     import torch
 
     from attnlab.cli.options import resolve_data_path
-    from attnlab.cli.runs import note
+    from attnlab.cli.runs import note, run_data
     from attnlab.data.corpus import Corpus
     from attnlab.data.tasks import evaluation_batches
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
@@ -316,7 +316,7 @@ def layers_command(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     n_layers = len(block_stack(model))
     length = model.config.context_length
-    if args.data.startswith("task:"):  # its sequences, scored where the task asks
+    if run_data(args.checkpoint, args.data).startswith("task:"):  # scored where it asks
         windows = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed=1)
     else:
         tokens = tokenize_cached(Corpus(resolve_data_path(args.data), note), tokenizer)

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.errors import UserError
-from attnlab.files import RUN_LOCK, read_json
+from attnlab.files import RUN_FILE, RUN_LOCK, read_json
 from attnlab.training.checkpoints import JOURNAL_FILE
 from attnlab.training.trainer import BEST_DIR, METRICS_FILE, Trainer
 
@@ -69,9 +69,6 @@ def _take_lock(path: Path, out: Path) -> IO[str]:
         lock.close()  # its holder removed it as we opened it: take the next one
 
 
-RUN_FILE = "run.json"  # kind, preset and data settings of a run: --resume needs no flags again
-
-
 def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path] | None:
     """run.json of the run a checkpoint belongs to (itself, or the run of its best/ copy) and
     that run's folder; None for a checkpoint outside a run."""
@@ -83,6 +80,20 @@ def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path
                 raise UserError(f"{folder / RUN_FILE} is not a run description")
             return run, folder
     return None
+
+
+def run_data(checkpoint: str, data: str | None) -> str | None:
+    """The data a command reads for `checkpoint`: `data`, else its run's. Task data is refused
+    for a model trained on anything but that task: a task's ids mean nothing to it."""
+    found = run_description(checkpoint)
+    own = found[0]["data"].get("data") if found else None
+    data = data or own
+    if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
+        raise UserError(
+            f"{checkpoint} was trained on {own}, not on {':'.join(data.split(':')[:2])}: "
+            "a task's tokens mean nothing to it"
+        )
+    return data
 
 
 def run_data_settings(args, kind):
@@ -151,8 +162,8 @@ def fit_and_report(
         trainer.resume()
         progress.start_at(trainer.step)
         if trainer.lr_moved:  # a larger --max-iters stretches the schedule, say
-            last, next_ = trainer.lr_moved
-            note(f"note: the new schedule moves the learning rate from {last:.3g} to {next_:.3g}")
+            old, new = trainer.lr_moved
+            note(f"note: the new schedule moves the learning rate from {old:.3g} to {new:.3g}")
     begun_s = trainer.elapsed  # a resumed run's time limit counts from here
 
     def on_record(record):

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from attnlab.data import download
 from attnlab.errors import UserError
-from attnlab.files import RUN_LOCK
+from attnlab.files import RUN_FILE, RUN_LOCK
 
 
 @dataclass(frozen=True)
@@ -225,10 +225,12 @@ def dataset_present(name: str, root: str | os.PathLike | None = None) -> bool:
 def get(name: str, root: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Make ROOT/NAME hold every file of the dataset with its pinned SHA-256; return the folder.
     Missing files are downloaded (a tqdm bar on stderr when `progress` and stderr is a
-    terminal). Files already there are verified but never replaced: one that differs may be
-    someone's edited copy, so it is an error that names it."""
+    terminal; SIGTERM stops it as Ctrl-C does, leaving nothing half-written). Files already
+    there are verified but never replaced: one that differs may be someone's edited copy, so it
+    is an error that names it. Temporary files that a killed download left are removed."""
     dataset = lookup(name)
     folder = _root(root) / dataset.name
+    download.remove_stale_parts(dataset, folder)
     missing = []
     for entry in dataset.entries():
         path = folder / entry.path
@@ -297,12 +299,17 @@ def _manifest_entries(manifest: Manifest) -> tuple[DataFile, ...]:
 def resolve(spec: str, log: Callable[[str], None] | None = None) -> str:
     """A data spec as given when it exists on disk (or is 'stdlib'); else its path inside
     data_root() (locate), downloading a named dataset first ("tinyshakespeare/input.txt",
-    "multi30k"), with one note through `log`, since a download takes a while. A run's own
-    directory (`--out sst2`) is not taken for the data it is named after."""
+    "multi30k"), with one note through `log`, since a download takes a while. A run folder
+    (`--out sst2`) is never data: the data root's dataset of that name is read instead, and
+    where there is none the spec is refused."""
     if spec == "stdlib":
         return spec
+    run_folder = None
     for path in (Path(spec), Path(split_glob(spec)[0])):
-        if path.exists() and not (path / RUN_LOCK).exists():
+        if _is_run_folder(path):
+            run_folder = path
+            break
+        if path.exists():
             return spec
 
     def announce(dataset: Dataset, folder: Path) -> None:
@@ -312,7 +319,23 @@ def resolve(spec: str, log: Callable[[str], None] | None = None) -> str:
                 f"({human_size(dataset.size)}) into {folder}"
             )
 
-    return locate(spec, on_fetch=announce)
+    found = locate(spec, on_fetch=announce)
+    if run_folder is not None:
+        if found == spec:  # in no data root either
+            raise UserError(f"{run_folder} is a run folder (it holds {RUN_FILE}), not data")
+        if log is not None:
+            log(f"note: {run_folder} is a run folder, not data: reading {found}")
+    return found
+
+
+def _is_run_folder(path: Path) -> bool:
+    """Whether `path` is a training run's folder: it holds run.json, or a run is writing it."""
+    return (path / RUN_FILE).is_file() or (path / RUN_LOCK).exists()
+
+
+def _on_disk(path: Path) -> bool:
+    """Whether `path` is a file or folder here that may be data: it exists, not a run folder."""
+    return path.exists() and not _is_run_folder(path)
 
 
 def split_glob(spec: str) -> tuple[str, str]:
@@ -325,8 +348,8 @@ def here(spec: str) -> str:
     """A spec naming a file or folder on disk here with that path made absolute (so that a run
     resumed from another directory reads it again); any other spec (a dataset's name, 'stdlib',
     a task) unchanged."""
-    path, pattern = (spec, "") if Path(spec).exists() else split_glob(spec)
-    if spec == "stdlib" or spec.startswith("task:") or not Path(path).exists():
+    path, pattern = (spec, "") if _on_disk(Path(spec)) else split_glob(spec)
+    if spec == "stdlib" or spec.startswith("task:") or not _on_disk(Path(path)):
         return spec
     return os.path.abspath(path) + (":" + pattern if pattern else "")
 
@@ -335,9 +358,9 @@ def where(spec: str) -> str | None:
     """The real path of what a spec reads (with its ":GLOB"), when that is on disk here or
     under the data root, so that two names of one file compare equal; None when it is neither
     (nothing is fetched)."""
-    path, pattern = (spec, "") if Path(spec).exists() else split_glob(spec)
+    path, pattern = (spec, "") if _on_disk(Path(spec)) else split_glob(spec)
     for place in (Path(path), data_root() / path):
-        if path and place.exists():
+        if path and _on_disk(place):
             return os.path.realpath(place) + (":" + pattern if pattern else "")
     return None
 

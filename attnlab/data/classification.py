@@ -30,6 +30,7 @@ import torch
 from attnlab.config import check_types
 from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
+from attnlab.data.labels import count_classes
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
 from attnlab.errors import UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
@@ -48,6 +49,7 @@ def read_tsv(path: Path) -> Examples:
         lines = text_lines(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text ({error.reason})") from None
+    first = True
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -57,8 +59,9 @@ def read_tsv(path: Path) -> Examples:
                 f"{path}:{number}: expected 'sentence<TAB>label', found {len(columns)} column(s)"
             )
         text, label = columns[0].strip(), columns[1].strip()
-        if not texts and not re.fullmatch("-?[0-9]+", label):
-            continue  # a header: the first line that is not blank
+        header, first = first and not re.fullmatch("-?[0-9]+", label), False
+        if header:
+            continue  # only the first line that is not blank may be one
         if not re.fullmatch("[0-9]+", label):  # isdigit() would take "²"
             raise UserError(f"{path}:{number}: label {label!r} is not an integer >= 0")
         texts.append(text)
@@ -207,21 +210,13 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         spec, settings.folds, settings.fold, request.log, unseen=request.evaluate == "all"
     )
     if not dev_examples[0]:
-        raise UserError(
-            f"{spec}: no examples are left to evaluate on (fewer than {settings.folds})"
-        )
+        raise UserError(f"{spec}: {_empty_fold(train_examples[1], classes, settings.folds)}")
     seen = sorted(set(train_examples[1]))
     if len(seen) < 2 and not request.evaluate:
         raise UserError(
             f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
         )
-    numbers = set(train_examples[1] + dev_examples[1])
-    n_classes = max(numbers) + 1
-    if n_classes - len(numbers) > len(numbers):  # most classes without an example: a stray label
-        raise UserError(
-            f"{spec}: the labels run to {n_classes - 1}, but only {len(numbers)} of them appear: "
-            "labels number the classes from 0"
-        )
+    n_classes = count_classes(train_examples[1] + dev_examples[1], spec)
     if (missing := sorted(set(range(n_classes)) - set(seen))) and not request.evaluate:
         request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
     saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
@@ -270,6 +265,18 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         + (f"; {len(sequences):,} training windows" if len(sequences) > len(train_texts) else ""),
         metrics=ClassificationMetrics,
         best="val_accuracy",
+    )
+
+
+def _empty_fold(labels: list[int], classes: list[str] | None, folds: int) -> str:
+    """Why the held-out fold is empty: each class is too small to give one example in each of
+    `folds` parts (a class of `folds` examples or more would)."""
+    largest = max(sorted(set(labels)), key=labels.count)
+    name = repr(classes[largest]) if classes else f"label {largest}"
+    return (
+        f"no examples are left to evaluate on: the largest class, {name}, has "
+        f"{labels.count(largest)} example(s), and holding out one of folds={folds} parts needs "
+        f"{folds} or more (give more examples, a dev file, or fewer folds)"
     )
 
 

@@ -9,6 +9,7 @@ carries it, so it is the embedded default that needs no download.
 from __future__ import annotations
 
 import codecs
+import re
 import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,10 @@ from attnlab.errors import UserError
 STDLIB = "stdlib"
 DOCUMENT_SEPARATOR = "\n\n"  # between the files of a multi-file corpus
 CHUNK = 1 << 22  # characters read, counted and tokenized at a time
+SNIFF = 1 << 16  # bytes read from the start of each file to tell text from what is not
+MAX_NOT_TEXT = 0.05  # share of those that may be NULs or not UTF-8: past it, a file is refused
+STRAY_BYTES = 4  # ... unless they are this few: a short file with a stray byte is only warned of
+GZIP_MAGIC = b"\x1f\x8b"
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
@@ -74,8 +79,9 @@ codecs.register_error("attnlab-replace", _replace_counting)
 class Corpus:
     """A corpus's text, streamed: each iteration reads the files again and yields the text (files
     joined by DOCUMENT_SEPARATOR, undecodable bytes as U+FFFD, a file's byte-order mark left
-    out) in pieces of about CHUNK characters, so no file is ever held whole. `log` hears, once a
-    file, of one that is not UTF-8 text: bytes that do not decode, or NUL characters (UTF-16).
+    out) in pieces of about CHUNK characters, so no file is ever held whole. A file that is not
+    text (gzip, binary, UTF-16: _check_text) is refused at once; `log` hears, once a file, of
+    one with a few bytes that do not decode or NUL characters.
 
     A piece ends where neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token
     across (_last_safe_cut), so pieces tokenized one by one give the ids of the whole text: at a
@@ -84,7 +90,8 @@ class Corpus:
 
     def __init__(self, spec: str, log: Callable[[str], None] | None = None):
         self.spec, self.files, self.log = spec, corpus_files(spec), log
-        if not any(p.stat().st_size for p in self.files):
+        holds_text = [_check_text(path) for path in self.files]  # every file checked
+        if not any(holds_text):
             raise UserError(f"corpus {spec} is empty")
         self._told: set[Path] = set()
 
@@ -121,6 +128,27 @@ class Corpus:
         found = [f"{replaced:,} byte(s) that are not UTF-8 (read as U+FFFD)"] if replaced else []
         found += ["NUL characters"] if nul else []
         self.log(f"warning: {path} holds {' and '.join(found)}; text is read as UTF-8")
+
+
+def _check_text(path: Path) -> bool:
+    """Whether the file holds any text (a byte-order mark alone is none), judged by its first
+    SNIFF bytes; a UserError naming it when it is gzip-compressed, or when more than
+    MAX_NOT_TEXT of those bytes (and more than STRAY_BYTES) are NULs or not UTF-8: a binary
+    file, UTF-16."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF)
+    if head.startswith(GZIP_MAGIC):
+        raise UserError(f"{path} is gzip-compressed, not text: decompress it first (gunzip)")
+    # an undecodable byte becomes one surrogate U+DC80..U+DCFF; a character cut at the end waits
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("surrogateescape")
+    text = decoder.decode(head, final=len(head) < SNIFF)
+    bad = text.count("\0") + len(re.findall("[\udc80-\udcff]", text))
+    if bad > max(MAX_NOT_TEXT * len(head), STRAY_BYTES):
+        raise UserError(
+            f"{path} is not UTF-8 text: {bad:,} of its first {len(head):,} bytes are NULs or "
+            "do not decode (a binary file, or another encoding: convert it to UTF-8)"
+        )
+    return bool(text)
 
 
 def _last_safe_cut(text: str) -> int:

@@ -11,6 +11,9 @@ import gzip
 import hashlib
 import http.client
 import os
+import signal
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 TIMEOUT_S = 60  # seconds a connection may stay silent before the download counts as failed
 CHUNK = 1 << 20
+STALE_S = 600  # a .part untouched this long is a killed download's; a live one writes more often
 USER_AGENT = "attnlab-data/0.1 (python urllib)"
 
 
@@ -51,7 +55,7 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
 
     # disable=None: no bar when stderr is not a terminal (logs, CI, tests)
     options = {"unit": "B", "unit_scale": True, "disable": None if progress else True}
-    with tqdm(total=total, desc=dataset.name, **options) as bar:
+    with _sigterm_as_interrupt(), tqdm(total=total, desc=dataset.name, **options) as bar:
         for entry in direct:
             url = entry.url
             if mirror:
@@ -61,6 +65,41 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
                 _commit(out, temporary, target, entry, _download(url, out, bar), url)
         if from_archive:
             _fetch_from_archive(dataset, folder, from_archive, bar)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler's time limit) raises KeyboardInterrupt in the block, as
+    Ctrl-C does, so that the temporary files are removed on the way out (_staged). Only in the
+    main thread, where Python handles signals; the handler before is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:  # None: a handler not set from Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def remove_stale_parts(dataset: Dataset, folder: Path) -> None:
+    """Delete the temporary files that a killed download of the dataset left in `folder`
+    (`.NAME.*.part` beside each of its files, `..archive.*.part`), once untouched for STALE_S:
+    a download under way, in another process, writes its own more often than that."""
+    names: dict[Path, set[str]] = {folder: {".archive"}}
+    for entry in dataset.entries():
+        target = folder / entry.path
+        names.setdefault(target.parent, set()).add(target.name)
+    for parent, files in names.items():
+        for part in parent.glob(".*.part") if parent.is_dir() else ():
+            name = part.name[1 : -len(".part")].rpartition(".")[0]  # .NAME.RANDOM.part
+            with contextlib.suppress(OSError):  # gone already: another process removed it
+                if name in files and time.time() - part.stat().st_mtime > STALE_S:
+                    part.unlink()
 
 
 def _fetch_from_archive(dataset: Dataset, folder: Path, missing: list[DataFile], bar) -> None:

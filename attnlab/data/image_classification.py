@@ -135,19 +135,31 @@ class ImageBatches:
         self.shift_generator.set_state(state["shift_state"])
 
 
-def fixed_batches(data: ImageSet, normalize: Normalization, batch_size: int, limit=None):
-    """The first `limit` batches (all when None) of `data`, in order, normalised."""
-    n = len(data) if limit is None else min(len(data), limit * batch_size)
+EVAL_SEED = 0  # the same held-out images at every evaluation, in every run and on resume
+
+
+def evaluation_images(data: ImageSet, count: int) -> ImageSet:
+    """`count` of the held-out images (all when there are no more), drawn with a fixed seed:
+    a test folder is stored class by class, so its first images may all be of one class."""
+    if count >= len(data):
+        return data
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(EVAL_SEED))
+    chosen = chosen[:count].sort().values  # in stored order
+    return ImageSet(data.images[chosen], data.labels[chosen])
+
+
+def fixed_batches(data: ImageSet, normalize: Normalization, batch_size: int):
+    """Every image of `data` in batches, in order, normalised."""
     return [
         (normalize(data.images[i : i + batch_size]), data.labels[i : i + batch_size])
-        for i in range(0, n, batch_size)
+        for i in range(0, len(data), batch_size)
     ]
 
 
 def image_training_data(request: DataRequest) -> TrainingData:
     """A classifier's data: the images (normalised by the training images' statistics, or the
-    checkpoint's when resuming), random batches to train, the first test batches to evaluate,
-    and accuracy beside the loss."""
+    checkpoint's when resuming), random batches to train, a fixed sample of eval_iters batches
+    of the test images to evaluate (evaluation_images), and accuracy beside the loss."""
     settings, train = request.settings, request.train
     dataset = load_image_data(settings, request.model["image_size"], request.log)
     saved = request.artifacts or {}
@@ -155,7 +167,8 @@ def image_training_data(request: DataRequest) -> TrainingData:
     check_classes(saved, classes, dataset.name)
     normalize = saved.get("normalization") or Normalization.of(dataset.train.images)
     batches = ImageBatches(dataset.train, normalize, train.batch_size, train.seed, settings.shift)
-    val = fixed_batches(dataset.test, normalize, train.batch_size, train.eval_iters)
+    held_out = evaluation_images(dataset.test, train.eval_iters * train.batch_size)
+    val = fixed_batches(held_out, normalize, train.batch_size)
     _, channels, height, width = dataset.train.images.shape
     if height != width:
         raise UserError(f"{dataset.name}: images are {height}x{width}; the model reads squares")

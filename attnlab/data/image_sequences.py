@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from attnlab.config import check_positive, check_types
-from attnlab.data.image_classification import ImageBatches, load_image_data
+from attnlab.data.image_classification import ImageBatches, evaluation_images, load_image_data
 from attnlab.data.images import ImageSet
 from attnlab.data.palette import PALETTE_HELP, Palette
 from attnlab.errors import ConfigError, UserError
@@ -62,8 +62,8 @@ class PixelBatches(ImageBatches):
 
 def image_gpt_training_data(request: DataRequest) -> TrainingData:
     """An image GPT's data: the palette (the checkpoint's when resuming or starting from one,
-    else fitted to the training images), random batches of token sequences, the first test
-    images to evaluate, scored in nats per image."""
+    else fitted to the training images), random batches of token sequences, a fixed sample of
+    the test images to evaluate, scored in nats per image."""
     settings, train = request.settings, request.train
     dataset = load_image_data(settings, request.model["image_size"], request.log)
     _, channels, height, width = dataset.train.images.shape
@@ -82,7 +82,7 @@ def image_gpt_training_data(request: DataRequest) -> TrainingData:
             f"pixels_per_token={palette.pixels_per_token} does not divide the image width {width}"
         )
     batches = PixelBatches(dataset.train, palette, train.batch_size, train.seed, settings.shift)
-    test = dataset.test.images[: train.eval_iters * train.batch_size]
+    test = evaluation_images(dataset.test, train.eval_iters * train.batch_size).images
     val = [palette.sequences(chunk) for chunk in test.split(train.batch_size)]
     length = palette.tokens_per_image(height)
     return TrainingData(

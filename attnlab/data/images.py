@@ -10,8 +10,9 @@ Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held
 - **A folder of images**, one sub-folder per class (DIR/cat/*.png, DIR/dog/*.jpg); or DIR/train/
   and DIR/test/ (or DIR/val/) of that shape. Without a test folder (DIR/train/ alone, or the
   classes in DIR itself), a seeded 10% of the training images is held out. A class folder with
-  no readable image is refused.
-  Images are resized to the model's size (bilinear), grayscale when every image is, else RGB.
+  no readable image is refused, and so is a test/ (or val/) of class folders without train/.
+  Images are resized to the model's size (bilinear) as each is read, grayscale when every
+  image is, else RGB.
   A file that is not a readable image (a README, a damaged PNG) is skipped with a warning that
   names it, so one stray file does not stop a run.
 - **"shapes"**, embedded: eight kinds of shape drawn at random places and sizes, deterministic
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnlab.data.labels import count_classes
 from attnlab.errors import UserError
 from attnlab.training.artifacts import register_artifact
 
@@ -171,7 +173,8 @@ def load_idx_folder(directory: str | Path) -> ImageDataset:
     if train.images.shape[1:] != test.images.shape[1:]:
         sizes = [" x ".join(map(str, s.images.shape[2:])) for s in (train, test)]
         raise UserError(f"{directory}: training images are {sizes[0]}, test images {sizes[1]}")
-    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    labels = set(train.labels.tolist()) | set(test.labels.tolist())
+    n_classes = count_classes(labels, str(directory))
     names = tuple(str(k) for k in range(n_classes))
     return ImageDataset(train, test, names, Path(directory).name)
 
@@ -225,25 +228,37 @@ def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def _class_files(directory: Path, log: Callable[[str], None]) -> dict[str, list]:
-    """Class name -> the images of `DIR/<class>/`, its sub-folders too (read, in name order;
-    hidden files and folders left out, as in text class folders); files that are not readable
-    images are skipped with a warning. A class folder with no readable image is refused, as
-    text class folders are (data/classification.py): it would be a class that nothing teaches."""
+def _class_arrays(
+    directory: Path, log: Callable[[str], None], channels: int, size: int
+) -> dict[str, list[np.ndarray]]:
+    """Class name -> the images of `DIR/<class>/`, its sub-folders too (read in name order;
+    hidden files and folders left out, as in text class folders), each as uint8 (C, size, size)
+    (_small_array); files that are not readable images are skipped with a warning. A class
+    folder with no readable image is refused, as text class folders are
+    (data/classification.py): it would be a class that nothing teaches."""
     found = {}
     for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name[0] != "."):
-        images = []
+        arrays = []
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
             if any(part[0] == "." for part in file.relative_to(folder).parts):
                 continue
             try:
-                images.append(open_image(file))
+                arrays.append(_small_array(file, channels, size))
             except UserError as error:
                 log(f"warning: skipping {file}: {str(error).removeprefix(f'{file} ')}")
-        if not images:
+        if not arrays:
             raise UserError(f"class folder {folder} has no readable images")
-        found[folder.name] = images
+        found[folder.name] = arrays
     return found
+
+
+def _small_array(file: Path, channels: int, size: int) -> np.ndarray:
+    """One image file as uint8 (C, size, size), so that only one full-size image is held at a
+    time. channels 0: 1 for a greyscale image, else 3; a greyscale one is later repeated to 3
+    channels where others are in colour (_image_set), which gives the pixels that converting
+    it to RGB before resizing would."""
+    image = open_image(file)
+    return image_array(image, channels or (1 if image.mode in GRAY_MODES else 3), size)
 
 
 def load_image_folder(
@@ -257,22 +272,28 @@ def load_image_folder(
     held_out = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
     has_train = _has_class_folders(directory / "train")  # else train/ may be a class of trains
     split = has_train and held_out is not None
+    for name in ("test", "val"):  # of class folders, a held-out set, not a class: train/?
+        if not has_train and _has_class_folders(directory / name):
+            raise UserError(
+                f"{directory / name} holds class folders, but {directory} has no train/ of "
+                f"them: move the training classes into {directory / 'train'}"
+            )
     classes_in = directory / "train" if has_train else directory
-    train_files = _class_files(classes_in, log)
-    classes = tuple(train_files)
+    train_arrays = _class_arrays(classes_in, log, channels, size)
+    classes = tuple(train_arrays)
     if len(classes) < 2:
         raise UserError(
             f"{classes_in} needs one sub-folder per class (at least two); found {len(classes)}"
         )
-    test_files = _class_files(held_out, log) if split else {}
-    unknown = sorted(set(test_files) - set(classes))
+    test_arrays = _class_arrays(held_out, log, channels, size) if split else {}
+    unknown = sorted(set(test_arrays) - set(classes))
     if unknown:
         raise UserError(f"{held_out} has class folders that train/ lacks: {', '.join(unknown)}")
-    every = [im for files in (train_files, test_files) for ims in files.values() for im in ims]
-    channels = channels or (1 if all(im.mode in GRAY_MODES for im in every) else 3)
-    train = _image_set(train_files, classes, channels, size, directory)
+    every = [a for part in (train_arrays, test_arrays) for group in part.values() for a in group]
+    channels = max(len(array) for array in every)  # 3 where any image is in colour
+    train = _image_set(train_arrays, classes, channels, directory)
     if split:
-        test = _image_set(test_files, classes, channels, size, held_out)
+        test = _image_set(test_arrays, classes, channels, held_out)
     else:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
         cut = max(1, round(HOLDOUT * len(train)))
@@ -285,12 +306,13 @@ def _has_class_folders(directory: Path) -> bool:
     return directory.is_dir() and any(p.is_dir() and p.name[0] != "." for p in directory.iterdir())
 
 
-def _image_set(files: dict[str, list], classes, channels: int, size: int, where) -> ImageSet:
-    arrays = [image_array(im, channels, size) for name in files for im in files[name]]
-    if not arrays:
+def _image_set(arrays: dict[str, list[np.ndarray]], classes, channels: int, where) -> ImageSet:
+    """The arrays of each class, greyscale ones repeated to `channels`, as one ImageSet."""
+    every = [np.repeat(a, channels // len(a), axis=0) for name in arrays for a in arrays[name]]
+    if not every:
         raise UserError(f"no readable images in {where}")
-    labels = [classes.index(name) for name in files for _ in files[name]]
-    return ImageSet(torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.long))
+    labels = [classes.index(name) for name in arrays for _ in arrays[name]]
+    return ImageSet(torch.from_numpy(np.stack(every)), torch.tensor(labels, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- embedded shapes

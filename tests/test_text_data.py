@@ -1,0 +1,87 @@
+"""Text data readers: a corpus refuses what is not text and counts only decoded text, a TSV
+file has at most one header line, and an empty held-out fold says why."""
+
+import gzip
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from attnlab.data.classification import (
+    ClassificationDataConfig,
+    classification_training_data,
+    read_tsv,
+)
+from attnlab.data.corpus import Corpus
+from attnlab.data.labels import count_classes
+from attnlab.errors import UserError
+from attnlab.training.sources import DataRequest
+
+TEXT = "All the world's a stage, and all the men and women merely players.\n" * 20
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (gzip.compress(TEXT.encode()), "is gzip-compressed, not text"),
+        (np.random.default_rng(0).bytes(5000), "is not UTF-8 text"),
+        (TEXT.encode("utf-16"), "is not UTF-8 text"),
+    ],
+    ids=["gzip", "binary", "utf-16"],
+)
+def test_a_corpus_file_that_is_not_text_is_refused_by_name(tmp_path, content, message):
+    (tmp_path / "good.txt").write_text(TEXT)
+    (tmp_path / "bad.txt").write_bytes(content)
+    with pytest.raises(UserError, match=f"^{tmp_path / 'bad.txt'} {message}"):
+        Corpus(str(tmp_path))
+
+
+def test_a_corpus_of_a_byte_order_mark_alone_is_empty(tmp_path):
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf")
+    (tmp_path / "nothing.txt").write_bytes(b"")
+    with pytest.raises(UserError, match="^corpus .* is empty$"):
+        Corpus(str(tmp_path))
+    (tmp_path / "nothing.txt").write_text("a word")
+    assert "".join(Corpus(str(tmp_path))) == "\n\na word"
+
+
+def test_only_the_first_line_of_a_tsv_file_may_be_a_header(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("\nsentence\tlabel\ngood\t1\n")
+    assert read_tsv(path) == (["good"], [1])
+    path.write_text("sentence\tlabel\ntext\tclass\ngood\t1\nbad\t0\n")  # two headers
+    with pytest.raises(UserError, match=f"^{path}:2: label 'class' is not an integer >= 0$"):
+        read_tsv(path)
+
+
+def request_for(data, folds=10):
+    settings = ClassificationDataConfig(data=str(data), tokenizer="byte", folds=folds)
+    train = SimpleNamespace(batch_size=2, eval_iters=1, seed=0)
+    model = {"context_length": 16, "long_text": "head_tail"}
+    return DataRequest(settings, model, train)
+
+
+def test_an_empty_held_out_fold_names_the_largest_class_and_what_it_needs(tmp_path):
+    path = tmp_path / "small.tsv"
+    path.write_text("".join(f"text {i}\t{int(i < 3)}\n" for i in range(7)))  # 4 of 0, 3 of 1
+    with pytest.raises(UserError) as error:
+        classification_training_data(request_for(path))
+    assert str(error.value) == (
+        f"{path}: no examples are left to evaluate on: the largest class, label 0, has 4 "
+        "example(s), and holding out one of folds=10 parts needs 10 or more (give more "
+        "examples, a dev file, or fewer folds)"
+    )
+    for name, count in (("neg", 2), ("pos", 5)):
+        for i in range(count):
+            (tmp_path / "reviews" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "reviews" / name / f"{i}.txt").write_text(f"review {i}")
+    with pytest.raises(UserError, match="the largest class, 'pos', has 5 example.s., and"):
+        classification_training_data(request_for(tmp_path / "reviews", folds=6))
+    assert len(classification_training_data(request_for(path, folds=4)).eval["val"]()) == 1
+
+
+def test_labels_that_leave_most_classes_empty_are_refused():
+    assert count_classes([0, 2, 2, 1], "data") == 3
+    assert count_classes([1, 3], "data") == 4  # half the classes empty: allowed
+    with pytest.raises(UserError, match="^data: the labels run to 200, but only 3 of them"):
+        count_classes([0, 1, 200], "data")
