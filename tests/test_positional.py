@@ -88,6 +88,16 @@ def test_rope_rotates_channel_pairs_by_position_times_frequency():
         assert torch.equal(RotaryEmbedding(head_dim, base).rotate(x.float(), 3), got)
 
 
+def test_rope_position_interpolation_turns_position_m_as_m_over_scale():
+    x = torch.randn(1, 2, 1, 8)
+    slow = RotaryEmbedding(8, scale=4)
+    for m in (0, 4, 12, 400):
+        torch.testing.assert_close(slow.rotate(x, m), RotaryEmbedding(8).rotate(x, m // 4))
+    assert not torch.allclose(slow.rotate(x, 2), RotaryEmbedding(8).rotate(x, 2))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        RotaryEmbedding(8, scale=0)
+
+
 def test_rope_angles_stay_float32_in_a_model_cast_to_bfloat16():
     """Its frequencies are no buffer for model.to(torch.bfloat16) to round: far positions would
     drift by whole radians."""

@@ -496,7 +496,7 @@ for scheme in SCHEMES:
 #   encoder (no mask) not learn anything about order this way?
 # - Position interpolation (Chen et al. 2023): give the stretched RoPE model rotations 4 times
 #   slower, so that 256 positions span the angles that 64 did in training:
-#   `slow = RotaryEmbedding(32); slow.inverse_frequency /= 4`, then set
+#   `slow = RotaryEmbedding(32, scale=4)`, then set
 #   `block.token_mixer.relative_position = slow` for every block of `long_models["rope"]`.
 #   Does the loss past position 64 improve? What happens before 64?
 # - Train the ALiBi model with `--context-length 32` and evaluate it at 256. Does "train

@@ -107,14 +107,19 @@ class RotaryEmbedding(RelativePosition):
     so attention scores see relative positions while keys can still be cached after rotation.
     Channels are paired by halves (the GPT-NeoX / Llama layout): with x = (x1, x2),
     rotate(x) = x·cos + (-x2, x1)·sin = x·cos + roll(x, Dh/2)·(-sin, sin).
+
+    scale > 1 is position interpolation (Chen et al. 2023): position m turns by the angles of
+    m / scale, so scale times the trained context spans the angles the model was trained on.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, base: float = 10000.0, scale: float = 1.0):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head width, got {head_dim}")
-        self.head_dim, self.base = head_dim, base  # θ_i from these, in float32 whatever the
-        # module is cast to (a buffer would follow model.to(torch.bfloat16))
+        if not scale > 0:
+            raise ValueError(f"the position scale must be positive, got {scale}")
+        self.head_dim, self.base, self.scale = head_dim, base, scale  # θ_i from these, in
+        # float32 whatever the module is cast to (a buffer would follow model.to(bfloat16))
         self._cos = self._signed_sin = None
         self._last = None  # ((offset, T, dtype, device), (cos, signed sin)) of the latest call
 
@@ -130,7 +135,7 @@ class RotaryEmbedding(RelativePosition):
     def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T,) positions -> cos and (-sin, sin), each (T, Dh)."""
         exponents = torch.arange(0, self.head_dim, 2, device=positions.device) / self.head_dim
-        angles = torch.outer(positions.float(), self.base ** -exponents.float())
+        angles = torch.outer(positions.float() / self.scale, self.base ** -exponents.float())
         return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat(
             [-angles.sin(), angles.sin()], dim=-1
         )
