@@ -80,10 +80,13 @@ def test_eager_attention_keeps_quadratic_memory_and_the_fused_kernel_does_not():
 
     assert growth("attention (eager)") > 3.0  # the (T, T) weights dominate
     assert growth("attention (fused)") < 2.5  # linear in T
-    assert growth("mamba") < 2.5
+    assert growth("mamba (scan)") < 2.5
     assert growth("mamba (fused)") < 2.5
     # the fused scan keeps one state in 32 positions, the parallel scan every one, several times
-    assert measure("mamba (fused)", 256, 16, repeats=1)[1] < measure("mamba", 256, 16, 1)[1] / 4
+    fused, scan = (
+        measure(name, 256, 16, repeats=1)[1] for name in ("mamba (fused)", "mamba (scan)")
+    )
+    assert fused < scan / 4
 
 
 def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():
@@ -99,11 +102,12 @@ def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():
 def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
     out = tmp_path / "scaling"
     argv = ["arena", "--scaling", "--out", str(out), "--lengths", "16:32", "--d-model", "16"]
-    code, table, err = run([*argv, "--mixers", "attention,lstm,attention (fused)"], capsys)
+    code, table, err = run([*argv, "--mixers", "attention,lstm,attention (fused),mamba"], capsys)
     assert code == 0, err
     assert "| lstm |" in table and "T=32" in table and (out / "scaling.png").is_file()
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
-    assert rows == ["| mixer", "| attention (eager)", "| attention (fused)", "| lstm"]
+    assert rows == ["| mixer", "| attention (eager)", "| attention (fused)", "| lstm",
+                    "| mamba (scan)", "| mamba (fused)"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -123,7 +127,7 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
         (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
         (
             ["--scaling", "--mixers", "attention,gru,transformer"],
-            "--scaling does not measure transformer; it measures attention, attention (eager),",
+            "does not measure transformer; it measures attention, mamba, attention (eager),",
         ),
     ],
 )

@@ -195,9 +195,8 @@ def _scaling_names(spec: str | None, variants) -> list[str]:
     """--scaling's variants of --mixers: a variant by its own name, or a mixer by its plain name
     when that is no variant's (attention: both its eager and fused kernels)."""
     plain = sorted({mixer for mixer, _, _ in variants.values()} - set(variants))
-    refusal = "--scaling does not measure {}; it measures {}" + "".join(
-        f" ({name}: each of its kernels)" for name in plain
-    )
+    refusal = "--scaling does not measure {}; it measures {}" + f" ({' and '.join(plain)}: "
+    refusal += "each of its kernels)"
     names = _names(spec or ",".join(variants), [*plain, *variants], refusal)
     chosen = [v for n in names for v in variants if n == v or (n in plain and variants[v][0] == n)]
     return list(dict.fromkeys(chosen))  # attention and attention (fused): the latter once

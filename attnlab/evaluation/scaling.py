@@ -28,7 +28,7 @@ VARIANTS = {  # name -> (mixer, options, with attnlab's CPU kernels)
     "attention (eager)": ("attention", {"backend": "eager"}, False),
     "attention (fused)": ("attention", {"backend": "fused"}, False),
     "hyena": ("hyena", {}, False),
-    "mamba": ("mamba", {}, False),  # the parallel scan in PyTorch
+    "mamba (scan)": ("mamba", {}, False),  # the parallel scan in PyTorch
     "mamba (fused)": ("mamba", {}, True),  # on a CPU, attnlab's scan kernel
     "lstm": ("lstm", {}, False),
     "gru": ("gru", {}, False),
