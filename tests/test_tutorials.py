@@ -88,6 +88,26 @@ def test_the_size_comes_from_the_environment_when_not_given(tmp_path, monkeypatc
     assert exit.value.code == 2 and "ATTNLAB_TUTORIAL_SIZE=huge" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("size", ["quick", "default"])
+def test_a_page_run_at_another_size_says_so_at_the_top(tmp_path, size):
+    """The text is written for the default size: a page showing other outputs warns first."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# 5. A title\n\nThe lead paragraph."),
+        nbformat.v4.new_markdown_cell("About 0.4 nats at the default size."),
+    ]
+    notebook.metadata["attnlab"] = {"size": size, "seconds": 30.0}
+    nbformat.write(notebook, tmp_path / "05_title.ipynb")
+    build.render_tutorial(tmp_path / "05_title.ipynb", tmp_path)
+    page = (tmp_path / "05_title.md").read_text()
+    notice = '!!! warning "Outputs from the quick size"'
+    if size == "default":
+        assert "!!! warning" not in page
+    else:  # under the title, before the lead paragraph
+        assert page.index("# 5. A title") < page.index(notice) < page.index("The lead paragraph")
+        assert 'make tutorials ONLY="5"' in page
+
+
 @pytest.fixture(scope="session")
 def site(executed, tmp_path_factory) -> Path:
     notebooks, failures = executed
@@ -103,6 +123,12 @@ def test_site_has_every_page(site):
     index = (site / "tutorials/index.html").read_text()
     assert all(f'href="{s.stem}.html"' in index for s in SOURCES)
     assert "scaled_dot_product_attention" in (site / "api.html").read_text()  # from docstrings
+    quick = [
+        s.stem
+        for s in SOURCES
+        if "Outputs from the quick size" not in (site / f"tutorials/{s.stem}.html").read_text()
+    ]
+    assert not quick, f"pages of quick-size outputs without the notice: {quick}"
 
 
 def test_site_in_a_browser(site, browser):

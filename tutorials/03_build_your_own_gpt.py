@@ -43,6 +43,7 @@ SHAPE = {
 DROPOUT = {"quick": 0.0, "default": 0.0, "gpu": 0.2}[SIZE]
 BATCH_SIZE = {"quick": 32, "default": 32, "gpu": 64}[SIZE]
 ITERS = {"quick": 40, "default": 3000, "gpu": 5000}[SIZE]
+WARMUP = {"quick": 4, "default": 100, "gpu": 100}[SIZE]  # warm-up steps: a tenth of a short run
 EVAL_INTERVAL = {"quick": 20, "default": 300, "gpu": 500}[SIZE]
 EVAL_ITERS = {"quick": 5, "default": 50, "gpu": 200}[SIZE]
 # The longest generation timed in the KV-cache experiment.
@@ -236,9 +237,9 @@ assert moved[:middle].max() < 1e-5 and moved[middle:].max() > 1e-3
 #
 # `attnlab train gpt` does what you would write by hand: it reads the text, builds a character
 # tokenizer (one id per distinct character), keeps the last 10% for validation, and trains on
-# random windows of 64 characters with AdamW (a learning rate that warms up for 100 steps,
-# then falls along a cosine to a tenth). Every `--eval-interval` steps it prints the mean loss
-# on fixed validation batches and saves a checkpoint.
+# random windows of 64 characters with AdamW (a learning rate that warms up for 100 steps, 4
+# of the 40 at the quick size, then falls along a cosine to a tenth). Every `--eval-interval`
+# steps it prints the mean loss on fixed validation batches and saves a checkpoint.
 #
 # Each step sees 32 windows of 64 characters, about 2,000 predictions. With the default
 # settings, 3,000 steps take about 4 minutes on 2 CPU cores and reach a validation loss around
@@ -250,7 +251,7 @@ shape_flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in SH
 command = (
     f"train gpt --data {DATA} --tokenizer char {shape_flags} --positional rope "
     f"--activation gelu --no-bias --dropout {DROPOUT} --batch-size {BATCH_SIZE} "
-    f"--learning-rate 1e-3 --min-learning-rate 1e-4 --warmup-iters 100 --max-iters {ITERS} "
+    f"--learning-rate 1e-3 --min-learning-rate 1e-4 --warmup-iters {WARMUP} --max-iters {ITERS} "
     f"--eval-interval {EVAL_INTERVAL} --eval-iters {EVAL_ITERS} --device {DEVICE} --out {RUN}"
 )
 print("attnlab", command)

@@ -46,7 +46,8 @@ SHAPE = (
 )
 EARLY_STEPS = 20  # pre-training stops here once, to ask the model before it has learnt much
 PRETRAIN_STEPS = {"quick": 150, "default": 1500, "gpu": 3000}[SIZE]
-PRETRAIN_WARMUP = {"quick": 10, "default": 100, "gpu": 200}[SIZE]
+# warm-up steps, at least EARLY_STEPS: the early stop falls inside the warm-up
+PRETRAIN_WARMUP = {"quick": 20, "default": 100, "gpu": 200}[SIZE]
 PRETRAIN_BATCH = {"quick": 32, "default": 64, "gpu": 64}[SIZE]
 # Compiling takes ~40 s once and makes each step ~1.7x faster: worth it for the long run only.
 COMPILE = {"quick": "--no-compile", "default": "--compile", "gpu": "--compile"}[SIZE]
@@ -80,6 +81,7 @@ DEVICE = "cuda" if SIZE == "gpu" else "cpu"
 # sentence but less context to guess them from.
 
 # %%
+import itertools
 import json
 import random
 import shlex  # quotes a text for the command line
@@ -261,6 +263,13 @@ assert (targets[selected] == sample[selected]).all(), "a target is not the origi
 # output projection tied to the token embeddings). We stop early once, to see what the model
 # guesses before it has learnt much, then `--resume` the same run.
 #
+# The stop must not bend the learning-rate schedule. A cosine schedule planned for 20 steps
+# would decay to its minimum by step 20, and the resumed run (planned for all the steps) would
+# then jump back up. So the first run stops inside the warm-up (at least 20 steps at every
+# size) and uses `--lr-schedule constant`, which is the same linear warm-up without a decay
+# after it: its 20 learning rates are exactly the first 20 of the full cosine run, and the
+# resumed run carries on from there as if it had never stopped.
+#
 # For scale: BERT-Base pre-trained for 1M steps of 256 sequences (mostly 128 tokens long) on 3.3
 # billion words, days on 16 TPU chips. The default here is 1,500 steps of 64 sequences of 128
 # tokens on 0.8M tokens of text, about 5 minutes.
@@ -274,7 +283,7 @@ pretrain_flags = (
 )
 attnlab(
     f"train bert {pretrain_flags} --max-iters {EARLY_STEPS} --eval-interval {EARLY_STEPS} "
-    "--no-compile"
+    "--lr-schedule constant --no-compile"
 )
 
 # %% [markdown]
@@ -338,6 +347,11 @@ plt.show()
 # %%
 # Check: pre-training learnt something, the validation loss fell by at least a nat
 assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, "the masked-LM loss did not fall"
+# and the stop at EARLY_STEPS left the schedule whole: no step moved the learning rate by more
+# than one warm-up step does (1e-3 / PRETRAIN_WARMUP)
+rates = [r["lr"] for r in records]
+largest_move = max(abs(later - now) for now, later in itertools.pairwise(rates))
+assert largest_move <= 1.01e-3 / PRETRAIN_WARMUP, f"the learning rate jumped by {largest_move:.3g}"
 
 # %% [markdown]
 # (The validation rows are the last tenth of the packed text. Since SST-2's phrases overlap,

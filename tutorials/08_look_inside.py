@@ -33,6 +33,7 @@ DATA = {
     "gpu": "tinyshakespeare/input.txt",
 }[SIZE]
 ITERS = {"quick": 40, "default": 3000, "gpu": 5000}[SIZE]
+WARMUP = {"quick": 4, "default": 100, "gpu": 100}[SIZE]  # warm-up steps: a tenth of a short run
 EVAL_INTERVAL = {"quick": 10, "default": 50, "gpu": 50}[SIZE]
 BATCH_SIZE = {"quick": 32, "default": 32, "gpu": 64}[SIZE]
 PRINT_EVERY = {"quick": 10, "default": 500, "gpu": 500}[SIZE]  # steps between log lines shown
@@ -116,6 +117,7 @@ positional = "rope"
 [training]
 batch_size = {BATCH_SIZE}
 learning_rate = 3e-3
+warmup_iters = {WARMUP}  # attnlab's default is 100
 max_iters = {ITERS}
 eval_interval = {EVAL_INTERVAL}
 eval_iters = 5

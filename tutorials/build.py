@@ -145,9 +145,24 @@ def render_tutorial(notebook: Path, pages: Path) -> str:
     run = node.metadata.get("attnlab")
     ran = f"ran in {run['seconds'] / 60:.1f} min at the {run['size']} size" if run else "not run"
     note = f"*Run it yourself: `tutorials/{notebook.stem}.py` ({ran}).*"
+    if run and run["size"] != "default":
+        note += "\n\n" + size_notice(run["size"], notebook.stem[:2].lstrip("0"))
     body = body.replace(f"{title}\n", f"{title}\n\n{note}\n", 1)
     (pages / f"{notebook.stem}.md").write_text(body)
     return f"#{title} {{#{notebook.stem}}}\n\n{lead}\n[Open it]({notebook.stem}.md) ({ran}).\n"
+
+
+def size_notice(size: str, number: str) -> str:
+    """A warning box for the top of a page whose outputs come from a size other than the
+    default, which its text is written for."""
+    return (
+        f'!!! warning "Outputs from the {size} size"\n'
+        f"    The printed numbers, samples and plots on this page come from a run at the "
+        f"**{size}** size (`ATTNLAB_TUTORIAL_SIZE={size}`). The text describes the default "
+        f"size, so the figures it quotes will differ from the outputs shown here. "
+        f'`make tutorials ONLY="{number}"` runs the notebook at the default size, and '
+        f"`make docs` then shows its outputs.\n"
+    )
 
 
 def site_links(markdown: str) -> str:
