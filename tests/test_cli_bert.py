@@ -81,8 +81,10 @@ def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
     assert 0 <= records[-1]["val_accuracy"] <= 1
     code, scores, err = run(["evaluate", str(out), "--json"], capsys)  # as training scored it
     assert code == 0, err
-    assert json.loads(scores) == pytest.approx({k: records[-1][k] for k in json.loads(scores)})
-    assert {"val_loss", "val_accuracy", "val_f1"} == json.loads(scores).keys()
+    scores = json.loads(scores)
+    assert scores.pop("val_targets") > 0  # the held-out fold's examples
+    assert scores == pytest.approx({k: records[-1][k] for k in scores})
+    assert {"val_loss", "val_accuracy", "val_f1"} == scores.keys()
     code, stdout, err = run(["classify", str(out / "best"), *SENTENCES[:2]], capsys)
     assert code == 0, err
     after_an_option = ["classify", str(out / "best"), SENTENCES[0], "--device", "cpu"]
@@ -283,6 +285,7 @@ def test_evaluate_scores_all_of_a_file_the_model_never_saw(texts, tmp_path, caps
                             capsys)  # fmt: skip
     assert code == 0, err
     accuracy = json.loads(stdout)["val_accuracy"]
+    assert json.loads(stdout)["val_targets"] == len(rows)
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{s}\n" for s, _ in rows)))
     code, stdout, err = run(["classify", str(out)], capsys)
     predicted = [line.split("\t")[0] for line in stdout.splitlines()]

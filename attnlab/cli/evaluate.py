@@ -159,7 +159,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     a synthetic task): the evaluation its training ran, on every held-out example of its run's
     data, or on all of --data (data it never trained on) read with the run's settings: the loss
     and the data's scores (accuracy, F1)."""
-    from attnlab.training.sources import DataRequest
+    from attnlab.training.sources import IGNORE_INDEX, DataRequest
     from attnlab.training.trainer import TrainConfig, Trainer
 
     if args.split != "val":
@@ -183,9 +183,15 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     trainer = Trainer(checkpoint.model, train, data.train, data.eval, out_dir=found[1],
                       metrics=data.metrics)  # fmt: skip
     result = trainer.evaluate()
+    scored = {  # what the scores are over: examples for a classifier, tokens for the others
+        f"{split}_targets": sum(int((b[-1] != IGNORE_INDEX).sum()) for b in batches())
+        for split, batches in data.eval.items()
+    }
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, **scored}))
     else:
         for key, value in result.items():
             print(f"{key:>14}  {value:.4f}")
+        for key, value in scored.items():
+            print(f"{key:>14}  {value:,}")
     return 0
