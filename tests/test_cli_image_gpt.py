@@ -121,6 +121,7 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
     for out, message in [
         (trained / "model.safetensors", "would overwrite a file of the checkpoint"),
         (trained / "config.json", "would overwrite a file of the checkpoint"),
+        (trained / "loss.png", "would overwrite a file of the checkpoint"),
         (tmp_path / "grid.txt", "the file is PNG, name it *.png"),
         (tmp_path, "is a folder: give a file"),
     ]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import one_line_error, run
 
+from attnlab.interpretability import viewer
 from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
@@ -136,6 +137,7 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
         ("gpt", ["--text", "hi", "--target", "salut"], "--target is for translation models"),
         ("gpt", ["--text", "hi", "--image", "x.png"], "--image is for image models"),
         ("gpt", ["--text", "hi", "--png", "{out}"], "--out and --png name the same file"),
+        ("gpt", ["--text", "hi", "--png", "{tmp}/sub/../view.html"], "name the same file"),
         ("gpt", ["--text", "hi", "--png", "{tmp}"], "is a folder: give a file"),
         ("gpt", ["--text", "hi", "--png", "{tmp}/x.png/y.png"], "is a file, not a folder"),
     ],
@@ -143,11 +145,25 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
 def test_attention_bad_input_is_one_line(checkpoints, tmp_path, capsys, name, flags, message):
     out = tmp_path / "view.html"
     (tmp_path / "x.png").write_bytes(b"")  # a file where --png wants a folder
+    (tmp_path / "sub").mkdir()
     flags = [flag.format(out=out, tmp=tmp_path) for flag in flags]
     code, _, err = run(["inspect", "attention", checkpoints[name], *flags, "--out", str(out)],
                        capsys)  # fmt: skip
     assert message in one_line_error(code, err)
     assert not out.exists()
+
+
+def test_a_page_too_large_to_open_is_refused_with_a_text_that_fits(
+    checkpoints, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(viewer, "MAX_WEIGHTS", 2 * 2 * 16 * 16)  # 2 layers of 2 heads, T = 16
+    out = tmp_path / "view.html"
+    argv = ["inspect", "attention", checkpoints["gpt"], "--out", str(out), "--text"]
+    line = one_line_error(*run([*argv, "x" * 32], capsys)[::2])
+    assert "would hold 4,096 attention weights, more than a browser opens (1,024)" in line
+    assert "at most about 16 tokens" in line
+    assert not out.exists()
+    assert run([*argv, "x" * 16], capsys)[0] == 0 and out.is_file()
 
 
 def test_induction_command(checkpoints, tmp_path, capsys):
@@ -162,6 +178,9 @@ def test_induction_command(checkpoints, tmp_path, capsys):
     assert code == 0 and "in-context learning score" in stdout
     code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--length", "17"], capsys)
     assert "2 to 16 tokens" in one_line_error(code, err)
+    for seed in ("-1", str(2**64)):
+        code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--seed", seed], capsys)
+        assert f"--seed must be in [0, 2**63), got {seed}" in one_line_error(code, err)
     for length in ("0", "1", "-5"):  # 0 is no request for the default
         code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--length", length], capsys)
         assert f"--length must be at least 2 tokens per copy, got {length}" in one_line_error(

@@ -191,6 +191,43 @@ def test_weights_changed_in_place_are_the_weights_used_and_recorded():
         pass
 
 
+def test_a_patch_in_place_changes_no_earlier_record_and_keeps_backward_working():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 2, 16)
+    with torch.no_grad(), capture(model) as plain:
+        model(ids)
+    zero = {"blocks.1.stream_in": lambda t: t.zero_()}  # the same tensor as blocks.0.stream_out
+    with torch.no_grad(), capture(model, patches=zero) as patched:
+        model(ids)
+    assert torch.equal(patched.streams["blocks.0.stream_out"], plain.streams["blocks.0.stream_out"])
+    assert not patched.streams["blocks.1.stream_in"].any()
+
+    def first_key_off(weights):
+        weights[..., 0] = 0
+        return weights
+
+    with capture(model, patches={"blocks.0.token_mixer.attention_weights": first_key_off}):
+        model(ids)[0].sum().backward()  # softmax's backward reads its own output
+    assert model.blocks[0].token_mixer.output_projection.weight.grad is not None
+
+
+def test_capture_refuses_what_it_could_not_see_or_do():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 1, 8)
+    point = "blocks.0.token_mixer.attention_weights"
+    off = "only= names blocks.0.token_mixer.attention_weights"
+    with pytest.raises(ValueError, match=off), capture(model, attention=False, only=[point]):
+        pass
+    ablated = capture(model, patches={point: ablate_heads([5])})
+    wrong = "head 5 is out of range: the layer has heads 0 to 1"
+    with pytest.raises(ValueError, match=wrong), torch.no_grad(), ablated:
+        model(ids)
+    model.blocks[1].compile()  # compiled code would not call the hooks
+    compiled = "capture needs the model uncompiled; compiled: blocks.1"
+    with pytest.raises(RuntimeError, match=compiled), capture(model):
+        pass
+
+
 def test_patching_a_stream_replaces_it_downstream():
     model = tiny_gpt()
     ids = _ids(0, 11, 2, 16)

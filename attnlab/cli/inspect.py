@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     view = sub["attention"]
     view.add_argument("--out", default="attention.html", metavar="FILE", help="the HTML page")
     view.add_argument("--target", help="translation models: the target text (default: its own)")
-    view.add_argument("--image", metavar="FILE", help="image classifiers: the image to look at")
+    view.add_argument("--image", metavar="FILE", help="image models: the image to look at")
     view.add_argument("--layer", type=int, help="layer to show first (default: none)")
     view.add_argument("--head", type=int, help="head to show first (default: none)")
     view.add_argument(
@@ -96,7 +96,7 @@ def _open(args, capability: str | None = None):
         for flag in ("png", "out")
         if getattr(args, flag, None)
     }
-    if len({path.absolute() for path in outputs.values()}) < len(outputs):
+    if len({path.resolve() for path in outputs.values()}) < len(outputs):
         raise UserError("--out and --png name the same file: give two")
     if args.png:
         plot_format(args.png)
@@ -205,6 +205,8 @@ def induction_command(args: argparse.Namespace) -> int:
 
     if args.sequences < 1:
         raise UserError(f"--sequences must be >= 1, got {args.sequences}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.length is not None and args.length < 2:  # 0 too: it is not "the default"
         raise UserError(f"--length must be at least 2 tokens per copy, got {args.length}")
     checkpoint = _open(args, GENERATE)

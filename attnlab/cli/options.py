@@ -117,6 +117,7 @@ _table.__name__ = "table"
 
 
 CHECKPOINT_FILES = (".safetensors", ".json", ".jsonl")  # suffixes of what a run folder keeps
+LOSS_PLOT = "loss.png"  # a run folder's plot of its metrics
 
 
 def as_flags(message: str, cls: type) -> str:
@@ -139,15 +140,16 @@ def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
 
 def check_output(flag: str, path: str | Path, checkpoint: str, suffix: str = "") -> Path:
     """The file an output flag names, checked before the slow work: a file, not a folder; in a
-    writable place; none of the checkpoint's own files (its weights, configs, logs, or its
-    run's, for a best/ checkpoint); ending in `suffix` where the format is fixed."""
+    writable place; none of the checkpoint's own files (its weights, configs, logs, loss plot,
+    or its run's, for a best/ checkpoint); ending in `suffix` where the format is fixed."""
     from attnlab.files import check_writable
 
     path, folder = Path(path), Path(checkpoint).resolve()
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file")
     checkpoint_folders = (folder, folder.parent) if folder.name == "best" else (folder,)
-    if path.suffix in CHECKPOINT_FILES and path.resolve().parent in checkpoint_folders:
+    ours = path.suffix in CHECKPOINT_FILES or path.name == LOSS_PLOT
+    if ours and path.resolve().parent in checkpoint_folders:
         raise UserError(f"{flag} {path} would overwrite a file of the checkpoint: name another")
     if suffix and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: the file is {suffix[1:].upper()}, name it *{suffix}")

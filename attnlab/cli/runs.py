@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from attnlab.cli.options import LOSS_PLOT
 from attnlab.cli.reports import plot_losses, progress_printer
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, RUN_LOCK, read_json
@@ -185,7 +186,7 @@ def fit_and_report(
         result = trainer.fit()
     finally:
         progress.close()
-    plot = plot_losses(out / METRICS_FILE, out / "loss.png")
+    plot = plot_losses(out / METRICS_FILE, out / LOSS_PLOT)
     timed_out = limit_s is not None and trainer.elapsed - begun_s >= limit_s
     if result.interrupted:
         note(

@@ -124,11 +124,14 @@ def capture(
             f"no hook point {', '.join(unknown)} in {type(model).__name__}; it has {shown}, ... "
             f"(hook_points(model) lists them; attention weights are at LAYER.{WEIGHTS})"
         )
+    if off := sorted(p for p in wanted or () if not (attention if _weights(p) else streams)):
+        raise ValueError(f"only= names {', '.join(off)}, which attention= or streams= turn off")
+    _check_not_compiled(model)
     recording = Recording()
     handles = []
     for path, point in points.items():
-        owner, _, leaf = path.rpartition(".")
-        is_weights = leaf == WEIGHTS
+        owner = path.rpartition(".")[0]
+        is_weights = _weights(path)
         keep = (attention if is_weights else streams) and (wanted is None or path in wanted)
         if keep or path in patches:
             store = recording.attention if is_weights else recording.streams
@@ -142,12 +145,31 @@ def capture(
             handle.remove()
 
 
+def _weights(path: str) -> bool:
+    return path.rpartition(".")[2] == WEIGHTS
+
+
+def _check_not_compiled(model: nn.Module) -> None:
+    """Compiled code does not see hooks attached after it was compiled: capturing from it
+    would record nothing and patch nothing, without a word."""
+    compiled = [
+        name or "the model"
+        for name, module in model.named_modules()
+        if getattr(module, "_compiled_call_impl", None) is not None
+    ]
+    if compiled or isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        raise RuntimeError(
+            f"capture needs the model uncompiled; compiled: {', '.join(compiled[:3]) or 'it'} "
+            "(capture from the model before compiling it, or from an uncompiled copy)"
+        )
+
+
 def _hook(store: dict | None, key: str, patch: Patch | None):
     def hook(module, inputs, output):
-        if patch is not None:
-            output = patch(output)
-        if store is not None:
-            store[key] = output.detach()
+        if patch is not None:  # on a copy where autograd may need the original (softmax's)
+            output = patch(output.clone() if torch.is_grad_enabled() else output)
+        if store is not None:  # a copy: a later patch in place must not change the record
+            store[key] = output.detach().clone()
         return output
 
     return hook
@@ -159,6 +181,11 @@ def ablate_heads(heads: Iterable[int]) -> Patch:
     heads = sorted(set(heads))
 
     def patch(weights: torch.Tensor) -> torch.Tensor:  # (B, H, Tq, Tk)
+        if wrong := [h for h in heads if not 0 <= h < weights.size(1)]:
+            raise ValueError(
+                f"ablate_heads: head {wrong[0]} is out of range: the layer has heads 0 to "
+                f"{weights.size(1) - 1}"
+            )
         index = torch.tensor(heads, dtype=torch.long, device=weights.device)
         return weights.index_fill(1, index, 0.0)
 

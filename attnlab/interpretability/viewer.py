@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from importlib import resources
 from typing import Any
 
+import torch
+
+from attnlab.errors import UserError
 from attnlab.interpretability.capture import AttentionLayer, Recording
 from attnlab.interpretability.inputs import Inputs
 
 SCALE = 1000  # weights are stored as integers in thousandths: a smaller file, as exact as shown
+# Weights one page may hold: about two bytes each in the page, and a browser reads the page's
+# data as one string, which Chromium caps near 512 MB (GPT-2 small at its full context of
+# 1024 tokens: 151M weights, a 300 MB page that opens in seconds).
+MAX_WEIGHTS = 160_000_000
 
 
 def panels(groups: dict[str, list[AttentionLayer]], recording: Recording, inputs: Inputs):
@@ -47,6 +55,7 @@ def viewer_data(
     selected: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows; selected: (panel, layer, head) kept in focus at the start."""
+    check_size([recording.attention[layer.name] for layers in groups.values() for layer in layers])
     data = {
         "title": title,
         "sequences": inputs.sequences,
@@ -56,6 +65,18 @@ def viewer_data(
     if selected is not None:
         data["selected"] = dict(zip(("panel", "layer", "head"), selected, strict=True))
     return data
+
+
+def check_size(weights: list[torch.Tensor]) -> None:
+    """A UserError, with the text length that would fit, when the page would hold more than
+    MAX_WEIGHTS weights: too large for a browser to open."""
+    total = sum(w.numel() for w in weights)
+    if total > MAX_WEIGHTS:
+        fits = math.isqrt(MAX_WEIGHTS * max(w.size(-1) for w in weights) ** 2 // total)
+        raise UserError(
+            f"the page would hold {total:,} attention weights, more than a browser opens "
+            f"({MAX_WEIGHTS:,}): give a text of at most about {fits} tokens"
+        )
 
 
 def script_json(data: Any) -> str:

@@ -48,7 +48,9 @@ def scaled_dot_product_attention(
         function (flash / memory-efficient attention where available), except in a compiled
         one-query step on a CPU, where the compiler fuses the equation faster.
     edit_weights: with return_weights, what the weights go through before dropout and the
-        product with V (hooks: ablation, patching), changing them in place or returning others.
+        product with V (hooks: ablation, patching), returning others or changing them in place
+        (in place only under torch.no_grad: softmax's backward reads them; capture's patches
+        get a copy).
     Returns the output (B, H, Tq, Dh), and the weights when asked (as edit_weights left them).
     """
     k, v = expand_heads(k, q.size(1)), expand_heads(v, q.size(1))  # (B, H, Tk, Dh)
