@@ -25,6 +25,7 @@ from attnlab.data import catalog, download
 from attnlab.data.catalog import Archive, DataFile, Dataset
 from attnlab.data.corpus import corpus_files
 from attnlab.errors import UserError
+from attnlab.files import RUN_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = {"a.txt": b"alpha\n" * 100, "sub/b.txt": b"beta\n" * 3000}
@@ -362,8 +363,6 @@ def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, 
 def test_a_run_folder_is_never_taken_for_data(fake, server, monkeypatch, tmp_path):
     """`--out fake` leaves ./fake/run.json: a later run's `--data fake` still reads the dataset;
     a run folder with no dataset of its name is refused."""
-    from attnlab.cli.runs import RUN_FILE
-
     root = catalog.get("fake", progress=False)
     work = tmp_path / "work"
     (work / "fake" / "best").mkdir(parents=True)
@@ -382,7 +381,6 @@ def test_a_run_folder_is_never_taken_for_data(fake, server, monkeypatch, tmp_pat
     for spec in ("finished", str(work / "finished"), "finished:*.txt"):
         with pytest.raises(UserError, match=r"finished is a run folder \(it holds run.json\)"):
             catalog.resolve(spec)
-    assert catalog.RUN_FILE == RUN_FILE  # the file that cli/runs.py writes
 
 
 def test_sigterm_during_a_download_leaves_nothing_behind(fake, monkeypatch, tmp_path):
