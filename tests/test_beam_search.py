@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from attnlab.generation.beam_search import (
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 
 PAD, BOS, EOS, V = 0, 1, 2, 40
+SEARCHES = (greedy_search, beam_search)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,18 @@ def test_beam_size_one_is_greedy(model):
         len(ids) < limit - 1 for ids, limit in zip(greedy, limits, strict=True)
     )  # some ended early
     assert beam_search(model, src, beam_size=4, max_length_offset=12) != greedy
+
+
+def test_searches_run_a_training_model_without_dropout_and_give_it_back(model):
+    src = sources()
+    expected = {search: search(model, src, max_length_offset=12) for search in SEARCHES}
+    dropping = EncoderDecoder(dataclasses.replace(model.config, dropout=0.5))
+    dropping.output_projection.bias = nn.Parameter(torch.zeros(V))  # as the fixture's
+    dropping.load_state_dict(model.state_dict())
+    dropping.train()
+    for search in SEARCHES:
+        assert search(dropping, src, max_length_offset=12) == expected[search]
+        assert dropping.training
 
 
 def test_cached_decoding_equals_full_recompute(model):

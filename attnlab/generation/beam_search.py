@@ -80,18 +80,19 @@ def greedy_search(
     """
     c = model.config
     limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
-    memory, src_mask = model.encode(src)
-    cache = model.new_cache() if use_cache else None
     tokens = torch.full((src.size(0), 1), c.bos_id, dtype=torch.long, device=src.device)
     ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    for step in range(int(limits.max())):
-        log_probs = _next_log_probs(model, tokens, memory, src_mask, cache)  # (B, V)
-        next_token = _force_end(log_probs, step + 1 >= limits, c.eos_id).argmax(-1)  # (B,)
-        next_token = next_token.masked_fill(ended, c.pad_id)
-        ended |= next_token == c.eos_id
-        tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
-        if ended.all():
-            break
+    with eval_mode(model):
+        memory, src_mask = model.encode(src)
+        cache = model.new_cache() if use_cache else None
+        for step in range(int(limits.max())):
+            log_probs = _next_log_probs(model, tokens, memory, src_mask, cache)  # (B, V)
+            next_token = _force_end(log_probs, step + 1 >= limits, c.eos_id).argmax(-1)  # (B,)
+            next_token = next_token.masked_fill(ended, c.pad_id)
+            ended |= next_token == c.eos_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
+            if ended.all():
+                break
     return [_strip(row, c) for row in tokens[:, 1:].tolist()]
 
 
@@ -195,11 +196,12 @@ def beam_search(
     if not 1 <= beam_size <= vocab_size // 2:
         raise UserError(f"beam size must be between 1 and {vocab_size // 2}, got {beam_size}")
     limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
-    search = _Search(model, src, beam_size, length_penalty, limits, use_cache)
-    step = 0
-    while search.active:
-        search.step(step)
-        step += 1
+    with eval_mode(model):
+        search = _Search(model, src, beam_size, length_penalty, limits, use_cache)
+        step = 0
+        while search.active:
+            search.step(step)
+            step += 1
     return search.best()
 
 

@@ -48,9 +48,10 @@ INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 def decoding_step(model, sampling, idx, cache, seen, noise):
     """The model on the new ids idx (B, T), then the next ids from the last position's logits:
-    returns (B,) ids and the (B, V) logits they were chosen from."""
+    returns (B,) ids and the (B, V) logits they were chosen from, in float32 whatever the
+    model's precision (the sampler's arithmetic would round in bf16)."""
     logits, _ = model(idx, cache=cache)
-    last = logits[:, -1]
+    last = logits[:, -1].float()
     return sampling.choose(last, seen, noise=noise), last
 
 

@@ -45,7 +45,9 @@ are therefore the same batched or one by one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import operator
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -188,17 +190,24 @@ def _decode(model, window, prompts, max_new_tokens, sampling, generator):
     shape = (batch, model.config.vocab_size)
     # The tokens so far as a (B, V) mask, for the repetition penalty: the same shape every step.
     seen = seen_mask(prompts, shape[1]) if sampling.repetition_penalty != 1 else None
-    with eval_mode(model):
-        for length in range(prompt_length, prompt_length + max_new_tokens):
-            if length == tokens.size(1):
-                tokens = _grown(tokens, min(2 * length, prompt_length + max_new_tokens))
-            noise = sampling.noise(shape, prompts.device, generator)
-            next_ids, _ = window.next_ids(tokens, length, seen, noise)  # (B,)
-            tokens[:, length] = next_ids
-            if seen is not None:
-                seen.scatter_(1, next_ids[:, None], True)
-            # the buffer's copy: a CUDA graph's output is overwritten by its next replay
-            yield tokens[:, length]
+    for length in range(prompt_length, prompt_length + max_new_tokens):
+        if length == tokens.size(1):
+            tokens = _grown(tokens, min(2 * length, prompt_length + max_new_tokens))
+        noise = sampling.noise(shape, prompts.device, generator)
+        # eval mode for each step, not for the whole stream: streams of one model may
+        # interleave, and each must give the model back as it found it
+        with eval_mode(model) if model.training else contextlib.nullcontext():
+            next_ids, logits = window.next_ids(tokens, length, seen, noise)  # (B,), (B, V)
+        if logits.isnan().any():
+            raise UserError(
+                f"the model's logits hold NaN at position {length}: its weights or inputs are "
+                "not numbers (a diverged or damaged model?)"
+            )
+        tokens[:, length] = next_ids
+        if seen is not None:
+            seen.scatter_(1, next_ids[:, None], True)
+        # the buffer's copy: a CUDA graph's output is overwritten by its next replay
+        yield tokens[:, length]
 
 
 _FIRST_ROOM = 256  # new tokens the buffer holds before it first grows
@@ -247,7 +256,7 @@ def generate(
     stop_ids = set(stop_ids)
     if isinstance(prompts, torch.Tensor) and prompts.dim() != 2:
         raise UserError(f"prompts must be (B, T) token ids, got shape {tuple(prompts.shape)}")
-    rows = [[int(i) for i in row] for row in prompts]
+    rows = [_ids(row) for row in prompts]
     groups: dict[int, list[int]] = {}  # prompt length -> indices of the prompts that long
     for index, row in enumerate(rows):
         groups.setdefault(len(row), []).append(index)
@@ -313,9 +322,11 @@ def stream(
     """Like `generate` for one prompt, yielding each new id as soon as it is chosen. Ends before
     the first id in stop_ids. Yields the same ids as ``generate(model, [prompt], ...)[0]``.
     Bad arguments raise here, not at the first ``next``."""
+    if isinstance(prompt, torch.Tensor) and prompt.dim() != 1:
+        raise UserError(f"a prompt is one sequence of ids (T,), got shape {tuple(prompt.shape)}")
     steps = stream_batch(
         model,
-        torch.tensor([[int(i) for i in prompt]], dtype=torch.long),
+        torch.tensor([_ids(prompt)], dtype=torch.long),
         max_new_tokens,
         sampling=SamplingConfig(temperature, top_k, top_p, repetition_penalty, vocab_limit),
         generator=generator or make_generator(model, seed),
@@ -324,6 +335,17 @@ def stream(
         compile=compile,
     )
     return _first_row(steps, set(stop_ids))
+
+
+def _ids(prompt) -> list[int]:
+    """A prompt's token ids as Python ints: integers only (a float would be cut, a string of
+    digits read as ids)."""
+    if isinstance(prompt, str):
+        raise UserError(f"a prompt is token ids, not text ({prompt[:20]!r}): encode it first")
+    try:
+        return [operator.index(i) for i in prompt]
+    except TypeError:
+        raise UserError(f"prompt token ids must be integers, got {list(prompt)[:5]}") from None
 
 
 def _first_row(steps: Iterator[torch.Tensor], stop_ids: set[int]) -> Iterator[int]:

@@ -26,6 +26,7 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature} (0 means greedy)")
     temperature = max(temperature, torch.finfo(logits.dtype).tiny)  # in the logits' precision
+    logits = logits.clamp_max(torch.finfo(logits.dtype).max)  # +inf: the largest, not inf - inf
     return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
 
 
