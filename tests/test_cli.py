@@ -351,7 +351,9 @@ def test_evaluate_scores_a_task_model_as_its_training_did(tmp_path, capsys):
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     code, text, err = run(["evaluate", str(out), "--json"], capsys)
     assert code == 0, err
-    assert json.loads(text) == pytest.approx(
+    scores = json.loads(text)
+    assert scores.pop("val_targets") == 2 * 8 * 4  # eval_iters x batch x the answer's tokens
+    assert scores == pytest.approx(
         {"val_loss": last["val_loss"], "val_accuracy": last["val_accuracy"]}
     )
 
