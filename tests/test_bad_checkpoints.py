@@ -13,9 +13,12 @@ import torch
 from helpers import one_line_error, run, snapshot, tiny_gpt
 
 import attnlab
+from attnlab.errors import UserError
 from attnlab.tokenizers import build_tokenizer
-from attnlab.training.checkpoints import save_checkpoint
+from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
 from attnlab.training.optimizers import build_optimizer
+
+TOKENIZER = build_tokenizer("byte", [])
 
 
 def saved_gpt(path, vocab_size=256):
@@ -199,3 +202,28 @@ def test_hand_edited_checkpoint_files_are_one_line(tmp_path, capsys, edit, messa
     line = one_line_error(*run([command, str(path), *argv[command]], capsys)[::2])
     assert message in line
     assert snapshot(path) == before
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny_gpt(vocab_size=256)
+    save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER})
+    checkpoint = load_checkpoint(tmp_path)
+    loaded, tokenizer = checkpoint.model, checkpoint.tokenizer
+    assert loaded.config == model.config and tokenizer.to_dict() == TOKENIZER.to_dict()
+    assert loaded.output_head.weight is loaded.token_embedding.weight  # still tied
+    for x, y in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, tiny_gpt(vocab_size=256), {"tokenizer": TOKENIZER})
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, tiny_gpt(vocab_size=256), {"tokenizer": TOKENIZER})
+    (tmp_path / "config.json").write_text('{"kind": "gpt", "config": {"n_layers": 3}}')
+    with pytest.raises(UserError, match="do not fit"):
+        load_checkpoint(tmp_path)

@@ -380,3 +380,17 @@ def test_a_malformed_command_line_is_one_line_naming_the_commands_help(argv, cap
     assert exit_.value.code == 2 and err.count("\n") == 1 and "usage" not in err
     assert err.startswith(f"attnlab {' '.join(argv[:2]) if argv[0] == 'train' else argv[0]}: ")
     assert err.endswith("--help)\n")
+
+
+def test_the_data_command_loads_neither_torch_nor_numpy():
+    code = (
+        "import sys; from attnlab.cli import data; from attnlab.cli import options; "
+        "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.strip() == "[]", result.stderr

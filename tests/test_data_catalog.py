@@ -10,8 +10,6 @@ import io
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -23,11 +21,9 @@ from attnlab.cli import main
 from attnlab.cli.options import data_root, resolve_data_path
 from attnlab.data import catalog, download
 from attnlab.data.catalog import Archive, DataFile, Dataset
-from attnlab.data.corpus import corpus_files
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE
 
-REPO = Path(__file__).resolve().parent.parent
 FILES = {"a.txt": b"alpha\n" * 100, "sub/b.txt": b"beta\n" * 3000}
 
 
@@ -285,15 +281,6 @@ def test_the_catalog_is_well_formed():
     assert catalog.lookup("movie_reviews").entries()[0].path == "neg/cv000_29416.txt"
 
 
-def test_the_data_command_loads_neither_torch_nor_numpy():
-    code = (
-        "import sys; from attnlab.cli import data; from attnlab.cli import options; "
-        "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert result.stdout.strip() == "[]", result.stderr
-
-
 def test_the_shared_data_folder_matches_the_catalog(shared_data, monkeypatch):
     monkeypatch.setenv("ATTNLAB_DATA_MIRROR", f"http://127.0.0.1:{closed_port()}")  # hermetic
     for dataset in catalog.DATASETS:
@@ -342,22 +329,6 @@ def test_training_without_data_or_network_is_one_line(monkeypatch, tmp_path, cap
     assert line.startswith("attnlab: error: cannot get dataset 'tinyshakespeare'")
     assert str(tmp_path / "data" / "tinyshakespeare") in line
     assert contents(tmp_path / "data") == {} and not (tmp_path / "run").exists()
-
-
-def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, monkeypatch):
-    folder = tmp_path / "notes:2024:draft"
-    folder.mkdir()
-    (folder / "a.txt").write_text("a")
-    (folder / "b.md").write_text("b")
-    assert corpus_files(f"{folder}:*.md") == [folder / "b.md"]
-    assert corpus_files(str(folder)) == [folder / "a.txt"]
-    monkeypatch.chdir(tmp_path)  # a path found here is made absolute; other specs are kept
-    assert catalog.here("notes:2024:draft:*.md") == f"{folder}:*.md"
-    assert [catalog.here(s) for s in ("stdlib", "task:mqar", "fake")] == [
-        "stdlib",
-        "task:mqar",
-        "fake",
-    ]
 
 
 def test_a_run_folder_is_never_taken_for_data(fake, server, monkeypatch, tmp_path):

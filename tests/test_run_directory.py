@@ -107,9 +107,9 @@ def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
     [
         ("config.json", "[1, 2]", "lacks 'kind' and 'config'"),
         ("config.json", '{"kind": "gpt", "config": 3}', "lacks 'kind' and 'config'"),
-        ("trainer_state.json", '{"step": "ten"}', "is damaged: step is missing or wrong"),
+        ("trainer_state.json", '{"step": "ten"}', "is damaged: step is missing or bad"),
         ("trainer_state.json", "[]", "is damaged: step"),
-        ("trainer_state.json", '{"step": -5}', "is damaged: step is missing or wrong"),
+        ("trainer_state.json", '{"step": -5}', "is damaged: step is missing or bad"),
         ("run.json", '{"kind": "gpt"}', "is not a run description"),
         ("run.json", "not json", "run.json"),
     ],

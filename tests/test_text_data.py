@@ -1,19 +1,23 @@
 """Text data readers: a corpus refuses what is not text and counts only decoded text, a TSV
-file has at most one header line, and an empty held-out fold says why."""
+file has at most one header line, an empty held-out fold says why; a language model's random
+windows."""
 
 import gzip
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
+from attnlab.data import catalog
 from attnlab.data.classification import (
     ClassificationDataConfig,
     classification_training_data,
     read_tsv,
 )
-from attnlab.data.corpus import Corpus
+from attnlab.data.corpus import Corpus, corpus_files
 from attnlab.data.labels import count_classes
+from attnlab.data.text import RandomWindows
 from attnlab.errors import UserError
 from attnlab.training.sources import DataRequest
 
@@ -85,3 +89,38 @@ def test_labels_that_leave_most_classes_empty_are_refused():
     assert count_classes([1, 3], "data") == 4  # half the classes empty: allowed
     with pytest.raises(UserError, match="^data: the labels run to 200, but only 3 of them"):
         count_classes([0, 1, 200], "data")
+
+
+def test_random_windows_are_shifted_by_one_and_reproducible():
+    tokens = np.arange(100, dtype=np.uint16)
+    a, b = RandomWindows(tokens, 3, 8, seed=1), RandomWindows(tokens, 3, 8, seed=1)
+    x, y = a.next()
+    assert torch.equal(y, x + 1) and x.shape == (3, 8)
+    assert torch.equal(b.next()[0], x)
+
+
+def test_repeated_windows_end_with_their_own_beginning_at_varying_distances():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    x, y = RandomWindows(tokens, 64, 15, seed=1, repeat=True).next()
+    cuts = set()
+    for window in torch.cat([x, y[:, -1:]], 1).tolist():  # the 16 tokens drawn
+        cut = next(i for i in range(1, 16) if window[i] != window[i - 1] + 1)  # text until here
+        assert window[cut:] == window[: 16 - cut] and 4 <= 16 - cut <= 8
+        cuts.add(cut)
+    assert len(cuts) == 5  # every length from a quarter to a half of the window
+
+
+def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, monkeypatch):
+    folder = tmp_path / "notes:2024:draft"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    (folder / "b.md").write_text("b")
+    assert corpus_files(f"{folder}:*.md") == [folder / "b.md"]
+    assert corpus_files(str(folder)) == [folder / "a.txt"]
+    monkeypatch.chdir(tmp_path)  # a path found here is made absolute; other specs are kept
+    assert catalog.here("notes:2024:draft:*.md") == f"{folder}:*.md"
+    assert [catalog.here(s) for s in ("stdlib", "task:mqar", "fake")] == [
+        "stdlib",
+        "task:mqar",
+        "fake",
+    ]

@@ -10,13 +10,13 @@ import torch
 from helpers import MUST_COMPILE
 
 from attnlab import devices
-from attnlab.data.text import RandomWindows, TextSplits, language_model_data
+from attnlab.data.text import TextSplits, language_model_data
 from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers import CharTokenizer
 from attnlab.training import trainer as trainer_module
-from attnlab.training.checkpoints import load_checkpoint, load_weights, save_checkpoint
+from attnlab.training.checkpoints import load_checkpoint, load_weights
 from attnlab.training.sources import IGNORE_INDEX
 from attnlab.training.trainer import TrainConfig, Trainer, TrainingDiverged
 
@@ -49,25 +49,6 @@ def make_trainer(out_dir, max_iters=8, eval_interval=4, model=MODEL, **train_fie
 def losses(out_dir):
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["train_loss"] for line in lines]
-
-
-def test_random_windows_are_shifted_by_one_and_reproducible():
-    tokens = np.arange(100, dtype=np.uint16)
-    a, b = RandomWindows(tokens, 3, 8, seed=1), RandomWindows(tokens, 3, 8, seed=1)
-    x, y = a.next()
-    assert torch.equal(y, x + 1) and x.shape == (3, 8)
-    assert torch.equal(b.next()[0], x)
-
-
-def test_repeated_windows_end_with_their_own_beginning_at_varying_distances():
-    tokens = np.arange(10_000, dtype=np.uint16)
-    x, y = RandomWindows(tokens, 64, 15, seed=1, repeat=True).next()
-    cuts = set()
-    for window in torch.cat([x, y[:, -1:]], 1).tolist():  # the 16 tokens drawn
-        cut = next(i for i in range(1, 16) if window[i] != window[i - 1] + 1)  # text until here
-        assert window[cut:] == window[: 16 - cut] and 4 <= 16 - cut <= 8
-        cuts.add(cut)
-    assert len(cuts) == 5  # every length from a quarter to a half of the window
 
 
 def test_training_lowers_the_loss(tmp_path):
@@ -354,31 +335,6 @@ def test_a_run_that_diverges_before_its_first_save_is_started_again_with_a_fresh
     make_trainer(tmp_path, max_iters=8, eval_interval=4).fit()  # a new run in the same folder
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
     assert steps == list(range(1, 9))
-
-
-def test_checkpoint_round_trip(tmp_path):
-    model = GPT(MODEL)
-    save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER})
-    checkpoint = load_checkpoint(tmp_path)
-    loaded, tokenizer = checkpoint.model, checkpoint.tokenizer
-    assert loaded.config == model.config and tokenizer.to_dict() == TOKENIZER.to_dict()
-    assert loaded.output_head.weight is loaded.token_embedding.weight  # still tied
-    for x, y in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
-        assert torch.equal(x, y)
-    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
-
-
-def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="no checkpoint"):
-        load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, GPT(MODEL), {"tokenizer": TOKENIZER})
-    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(UserError, match="corrupt"):
-        load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, GPT(MODEL), {"tokenizer": TOKENIZER})
-    (tmp_path / "config.json").write_text('{"kind": "gpt", "config": {"n_layers": 3}}')
-    with pytest.raises(UserError, match="do not fit"):
-        load_checkpoint(tmp_path)
 
 
 def test_hyena_filters_train_in_their_own_group_at_their_learning_rate_scale(tmp_path):

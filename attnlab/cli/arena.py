@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 from pathlib import Path
 
 from attnlab.cli.options import given_flags, record_defaults
 from attnlab.cli.runs import note
 from attnlab.errors import UserError
+from attnlab.signals import sigterm_as_interrupt
 
 ARENA_MIXERS = "attention,lstm,hyena,mamba"
 
@@ -127,24 +127,20 @@ def arena(args: argparse.Namespace) -> int:
         + (f", {args.weight_init} init" if args.weight_init != "gpt2" else "")
     )
     entries = []
-    # a kill stops it as Ctrl-C does; the caller's handler comes back after (a forked worker
-    # of a later pool must not inherit this one)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for mixer in mixers:
-            config = matched_config(
-                mixer, int(args.params), args.n_layers, args.context_length, args.weight_init
-            )
-            entry = Entry(mixer, config, out / mixer)
-            train_mixer(entry, data, training, tokens_per_step, note)
-            entries.append(entry)
+        with sigterm_as_interrupt():
+            for mixer in mixers:
+                config = matched_config(
+                    mixer, int(args.params), args.n_layers, args.context_length, args.weight_init
+                )
+                entry = Entry(mixer, config, out / mixer)
+                train_mixer(entry, data, training, tokens_per_step, note)
+                entries.append(entry)
     except KeyboardInterrupt:
         if entries:  # the mixers that finished, compared
             report(entries, out, f"{title} (interrupted: {len(entries)} of {len(mixers)})")
             note(f"interrupted: the report of the finished mixers is in {out / 'arena.md'}")
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")
     return 0

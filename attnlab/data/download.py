@@ -11,8 +11,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import signal
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from attnlab.files import parent_folders, temporary_file
+from attnlab.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from attnlab.data.catalog import DataFile, Dataset
@@ -55,7 +54,7 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
 
     # disable=None: no bar when stderr is not a terminal (logs, CI, tests)
     options = {"unit": "B", "unit_scale": True, "disable": None if progress else True}
-    with _sigterm_as_interrupt(), tqdm(total=total, desc=dataset.name, **options) as bar:
+    with sigterm_as_interrupt(), tqdm(total=total, desc=dataset.name, **options) as bar:
         for entry in direct:
             url = entry.url
             if mirror:
@@ -65,25 +64,6 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
                 _commit(out, temporary, target, entry, _download(url, out, bar), url)
         if from_archive:
             _fetch_from_archive(dataset, folder, from_archive, bar)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a scheduler's time limit) raises KeyboardInterrupt in the block, as
-    Ctrl-C does, so that the temporary files are removed on the way out (_staged). Only in the
-    main thread, where Python handles signals; the handler before is restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:  # None: a handler not set from Python, which cannot be put back; the default then
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def remove_stale_parts(dataset: Dataset, folder: Path) -> None:

@@ -303,9 +303,7 @@ def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
             field = value.get(name) if isinstance(value, dict) else None
             wrong = isinstance(field, bool) or not isinstance(field, kind)
             if wrong or (isinstance(field, (int, float)) and field < 0):  # a step, a time
-                raise UserError(
-                    f"trainer state {file} is damaged: {where}{name} is missing or wrong"
-                )
+                raise UserError(f"trainer state {file} is damaged: {where}{name} is missing or bad")
     return state
 
 

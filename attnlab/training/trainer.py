@@ -20,7 +20,6 @@ import json
 import math
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from attnlab.devices import (
 from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.models.registry import describe
+from attnlab.signals import on_signals
 from attnlab.training.checkpoints import (
     MODEL_FILE,
     encode_tensor,
@@ -161,8 +161,10 @@ class Trainer:
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(self.out_dir / METRICS_FILE, self.step)
-        previous_handlers = self._install_interrupt_handlers()
-        try:
+        # Ctrl-C, and in one process SIGTERM (a job scheduler's, `timeout`'s); under torchrun a
+        # SIGTERM is the launcher ending the job, the process group's to handle
+        signums = [signal.SIGINT] + ([signal.SIGTERM] if self.group.world == 1 else [])
+        with on_signals(self._on_signal, signums):
             log = (self.out_dir / METRICS_FILE).open("a") if writer else contextlib.nullcontext()
             with log as metrics:
                 while not (self.step >= self.config.max_iters or self._stopping or self._finishing):
@@ -187,9 +189,6 @@ class Trainer:
             if interrupted:
                 self.save()
             return FitResult(self.step, interrupted, self.last_eval)
-        finally:
-            for signum, previous in previous_handlers.items():
-                signal.signal(signum, previous)
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step at the scheduled learning rate; returns its metrics record (step,
@@ -383,21 +382,11 @@ class Trainer:
         if self.group.rank:  # the other ranks draw their own (dropout)
             torch.manual_seed(self.config.seed + self.group.rank + self.step)
 
-    def _install_interrupt_handlers(self) -> dict[int, Any]:
-        """Ctrl-C, and in one process SIGTERM (a job scheduler's, `timeout`'s), stop the run
-        after the step in progress, saved; a second one stops at once. (Under torchrun a
-        SIGTERM is the launcher ending the job: the process group's to handle.) Returns the
-        handlers replaced."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self.request_stop()
-
-        signals = [signal.SIGINT] + ([signal.SIGTERM] if self.group.world == 1 else [])
-        return {signum: signal.signal(signum, handler) for signum in signals}
+    def _on_signal(self) -> None:
+        """Ctrl-C (or SIGTERM): stop after the step in progress, saved; a second one at once."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self.request_stop()
 
 
 def _diverged_loss(name: str, value: float) -> bool:

@@ -1,0 +1,80 @@
+"""What decoding guards against: ids past the tokenizer, infinite and NaN logits, a model in
+training mode (streams of it interleaved), low-precision logits and prompts that are not ids."""
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import tiny_gpt
+
+from attnlab.errors import ConfigError, UserError
+from attnlab.generation import SamplingConfig, generate, generate_text, sample_next, stream
+from attnlab.generation.compiled import decoding_step
+from attnlab.models.gpt import GPT
+from attnlab.tokenizers import CharTokenizer
+
+INF = float("inf")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster on a shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_vocabulary_padded_past_the_tokenizer_never_yields_undecodable_ids():
+    tokenizer = CharTokenizer.from_text("abc")  # 3 ids; the model has 11, as if padded
+    model = tiny_gpt(vocab_size=11)
+    greedy = generate(model, [tokenizer.encode("ab")], 20, temperature=0)[0]
+    assert max(greedy) >= tokenizer.vocab_size  # without the limit, padded ids come out
+    for temperature in (0, 1.5):
+        text = generate_text(model, tokenizer, "ab", 50, temperature=temperature, seed=0)
+        assert len(text) == 50 and set(text) <= set("abc")
+    assert generate(model, [[0]], 5, temperature=0, vocab_limit=1)[0] == [0] * 5
+    with pytest.raises(ConfigError, match="vocab_limit"):
+        SamplingConfig(vocab_limit=0)
+
+
+def test_an_infinite_logit_is_the_most_likely_token_and_nan_logits_stop_decoding():
+    logits = torch.tensor([[0.0, INF, 1.0, 2.0]])
+    generator = torch.Generator().manual_seed(0)
+    for options in ({}, {"temperature": 0.5, "top_k": 2}, {"top_p": 0.9}):
+        assert sample_next(logits, generator=generator, **options).tolist() == [1], options
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.output_head.weight.fill_(float("nan"))
+    with pytest.raises(UserError, match="logits hold NaN at position 2"):
+        generate(model, [[1, 2]], 3)
+
+
+def test_interleaved_streams_of_a_training_model_decode_without_dropout():
+    """Each step runs in eval mode and gives the model back: streams may interleave."""
+    model = tiny_gpt()
+    expected = generate(model, [[3, 4]], 8, temperature=0)[0]
+    dropping = GPT(dataclasses.replace(model.config, dropout=0.5))
+    dropping.load_state_dict(model.state_dict())
+    dropping.train()
+    a, b = (stream(dropping, [3, 4], 8, temperature=0) for _ in range(2))
+    first = [next(a), next(b)]
+    a.close()
+    assert first + list(b) == expected[:1] + expected and dropping.training
+
+
+def test_the_sampler_reads_float32_logits_of_a_bf16_model():
+    model = tiny_gpt().to(torch.bfloat16)
+    ids = torch.tensor([[1, 2]])
+    _, logits = decoding_step(model, SamplingConfig(), ids, None, None, None)
+    assert logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("prompts", [[[1.9, 2.9]], ["12"], torch.tensor([[1.0, 2.0]])])
+def test_prompt_ids_must_be_integers(prompts):
+    with pytest.raises(UserError, match="integers|not text"):
+        generate(tiny_gpt(), prompts, 2)
+
+
+def test_stream_takes_one_sequence():
+    with pytest.raises(UserError, match=r"one sequence of ids \(T,\), got shape \(1, 3\)"):
+        stream(tiny_gpt(), torch.tensor([[1, 2, 3]]), 3)
