@@ -59,6 +59,16 @@ def test_eager_equals_fused_with_masks():
     assert weights[1, :, :, 6:].abs().max() == 0  # padded keys get no weight
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_additive_mask_and_the_causal_mask_stay_in_that_precision(dtype):
+    """ALiBi's bias, say: merged with the causal mask, the eager path keeps the model's dtype."""
+    q, k, v = (t.to(dtype) for t in qkv(q_len=5, k_len=5))
+    bias = torch.randn(1, 4, 5, 5).to(dtype)
+    eager, fused, weights = both_paths(q, k, v, mask=bias, causal=True)
+    assert eager.dtype == weights.dtype == dtype
+    assert (eager.float() - fused.float()).abs().max() < 0.05
+
+
 def test_causal_with_fewer_queries_aligns_to_the_last_keys():
     q, k, v = qkv(q_len=3, k_len=8)
     eager, fused, weights = both_paths(q, k, v, causal=True)

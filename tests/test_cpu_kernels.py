@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from attnlab.kernels import cpu as kernel
 from attnlab.layers import MultiHeadAttention, causal_mask, make_feedforward
+from attnlab.layers.feedforward import gelu
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -155,6 +156,10 @@ def test_taken_only_for_unmasked_training_attention_over_short_sequences():
         assert not kernel.attention_applies(q, k, None, 0.0)
     long_q, long_k, _ = strided_qkv(1, 1, kernel.MAX_LENGTH + 1, 4)
     assert not kernel.attention_applies(long_q, long_k, None, 0.0)
+    for dtype in (torch.float64, torch.float16):  # torch's kernels, in their precision
+        wide = q.detach().to(dtype).requires_grad_()
+        assert not kernel.attention_applies(wide, wide, None, 0.0)
+        assert torch.equal(gelu(wide), F.gelu(wide))  # no kernel: no error
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

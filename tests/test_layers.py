@@ -22,6 +22,8 @@ def test_rmsnorm_formula():
         norm.weight.copy_(torch.linspace(0.5, 2, 8))
     expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     assert torch.allclose(norm(x), expected, atol=1e-6)
+    wide = x.double().requires_grad_()  # float64 stays float64: gradcheck holds
+    assert torch.autograd.gradcheck(norm.double(), (wide,))
 
 
 def test_swiglu_is_gated():

@@ -77,6 +77,12 @@ def test_mamba_recurrent_steps_equal_its_parallel_scan():
     assert conv.shape == (2, 3, 16) and ssm.shape == (2, 16, 16)  # fixed: O(1) per token
 
 
+def test_mamba_in_float64_computes_in_float64():
+    layer = mamba_layer(d_model=4, d_state=3).double()
+    x = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
 def test_mamba_initialisation_and_marks_follow_the_paper():
     model = GPT(
         GPTConfig(

@@ -69,10 +69,13 @@ _lock = threading.Lock()
 _state = {"loaded": False, "failed": False, "enabled": False, "build": None}
 
 
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # what the kernels compute in
+
+
 def training_on_cpu(x: torch.Tensor) -> bool:
-    """Whether the kernels are enabled (and loaded) and x is a CPU tensor that gradients will
-    flow through."""
-    usable = _state["loaded"] and _state["enabled"]
+    """Whether the kernels are enabled (and loaded) and x is a float32 or bfloat16 CPU tensor
+    that gradients will flow through (float64 keeps torch's kernels, and its precision)."""
+    usable = _state["loaded"] and _state["enabled"] and x.dtype in KERNEL_DTYPES
     return usable and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
 
 
@@ -117,12 +120,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 def dropout_applies(x: torch.Tensor, p: float) -> bool:
     """Whether the dropout kernel computes this: training on a CPU, 0 < p < 1, a float32 or
     bfloat16 tensor of fewer than 2^32 elements."""
-    return (
-        training_on_cpu(x)
-        and 0 < p < 1
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and x.numel() < 2**32
-    )
+    return training_on_cpu(x) and 0 < p < 1 and x.numel() < 2**32
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:

@@ -130,13 +130,15 @@ def merge_masks(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor 
         return b if a is None else a
     if a.dtype == torch.bool and b.dtype == torch.bool:
         return a & b
-    return _additive(a) + _additive(b)
+    dtype = a.dtype if a.dtype != torch.bool else b.dtype  # the additive one's: bf16 stays bf16
+    return _additive(a, dtype) + _additive(b, dtype)
 
 
-def _additive(mask: torch.Tensor) -> torch.Tensor:
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if mask.dtype != torch.bool:
         return mask
-    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
+    zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return zeros.masked_fill(~mask, float("-inf"))
 
 
 class MultiHeadAttention(nn.Module):

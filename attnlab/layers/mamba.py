@@ -174,9 +174,10 @@ class Mamba(nn.Module):
         n = self.options.d_state
         dt, B, C = self.ssm_projection(u).split([self.rank, n, n], dim=-1)
         dt = F.softplus(self.dt_projection(dt))  # (B, T, E)
-        with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32
-            u, dt, B, C = (t.float() for t in (u, dt, B, C))
-            A = -torch.exp(self.A_log.float())  # (E, N)
+        wide = torch.promote_types(x.dtype, torch.float32)  # at least float32; float64 stays
+        with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32 (or fp64)
+            u, dt, B, C = (t.to(wide) for t in (u, dt, B, C))
+            A = -torch.exp(self.A_log.to(wide))  # (E, N)
             h = None if cache is None else cache.get("ssm")
             if x.size(1) == 1 and h is not None:  # decoding: one step
                 h, y = scan_step(h, u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])

@@ -21,9 +21,10 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        wide = torch.promote_types(x.dtype, torch.float32)  # at least float32; float64 stays
+        x32 = x.to(wide)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).type_as(x)
+        return (normed * self.weight.to(wide)).type_as(x)
 
 
 def make_norm(kind: str, d_model: int, *, bias: bool = True, eps: float = 1e-5) -> nn.Module:
