@@ -131,3 +131,13 @@ def test_a_gpt_with_gpt2s_activation_pickles():
     again = torch.load(buffer, weights_only=False)
     ids = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(again(ids)[0], model(ids)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_from_hf_keeps_the_models_dtype_and_every_bit(dtype):
+    hf = random_gpt2(CONFIGS[0]).to(dtype)
+    ours = from_hf(hf)
+    assert {p.dtype for p in ours.parameters()} == {dtype}
+    theirs = hf.transformer.h[0].attn.c_attn.weight.t()  # (3D, D), as attnlab's qkv
+    assert torch.equal(ours.blocks[0].token_mixer.qkv_projection.weight, theirs)
+    assert torch.get_default_dtype() == torch.float32  # left as it was

@@ -5,8 +5,11 @@ names only in their tables. ``transformers`` is imported lazily: only the conver
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from attnlab.interop.hf_bert import bert_from_hf, bert_to_hf
@@ -30,7 +33,7 @@ def from_hf(model: nn.Module) -> nn.Module:
     BertClassifier (from BertModel, with a new classification head); ViTForImageClassification
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
     config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind).
-    The model comes in the given one's mode (training or eval)."""
+    The model comes in the given one's mode (training or eval) and dtype."""
     kind = type(model).__name__
     if isinstance(model, str | os.PathLike):
         raise ValueError(
@@ -51,7 +54,20 @@ def from_hf(model: nn.Module) -> nn.Module:
             "BertForMaskedLM, BertForSequenceClassification, ViTModel and "
             f"ViTForImageClassification, got {kind}"
         )
-    return convert(model).train(model.training)
+    dtype = next(model.parameters()).dtype
+    with _default_dtype(torch.float64 if dtype == torch.float64 else torch.get_default_dtype()):
+        ours = convert(model)  # built in float64 for a float64 model: copied without rounding
+    return ours.to(dtype).train(model.training)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
