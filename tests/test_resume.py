@@ -85,7 +85,8 @@ def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(
     with safetensors.safe_open(out / "optimizer.safetensors", framework="pt") as f:
         groups = json.loads(f.metadata()["param_groups"])
     assert {(g["weight_decay"], tuple(g["betas"])) for g in groups} == {(0.0, (0.9, 0.95))}
-    config.write_text(settings.replace("16", "32") + "[training]\nmax_iters = 6\n")
+    longer = settings.replace("context_length = 16", "context_length = 32")  # not the paths'
+    config.write_text(longer + "[training]\nmax_iters = 6\n")
     code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
     assert "cannot change the data or the model (context_length)" in one_line_error(code, err)
 
