@@ -16,15 +16,6 @@ from attnlab.training.checkpoints import save_checkpoint
 TEXT = "first citizen:\nbefore we proceed any further, hear me speak.\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster and does not spin against other work on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
     tokenizer = CharTokenizer.from_text(TEXT)

@@ -16,14 +16,6 @@ from attnlab.tokenizers import CharTokenizer
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_vocabulary_padded_past_the_tokenizer_never_yields_undecodable_ids():
     tokenizer = CharTokenizer.from_text("abc")  # 3 ids; the model has 11, as if padded
     model = tiny_gpt(vocab_size=11)

@@ -28,16 +28,6 @@ from attnlab.tokenizers import ByteTokenizer, CharTokenizer
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is faster, and spares the 2-core machine's OpenMP
-    threads from spinning against whatever else runs (which made these tests 100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- filters ---------------------------------------------------------------------------------
 
 
