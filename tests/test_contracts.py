@@ -222,6 +222,23 @@ def test_mixers_static_state_decodes_alike_and_moves_as_buffers(name):
     torch.testing.assert_close(model(ids[:, 9:], cache=copy)[0], full[:, 9:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MIXER_NAMES)
+@pytest.mark.parametrize("static", [False, True])
+@torch.no_grad()
+def test_mixers_state_reorders_its_rows_as_beam_search_needs(name, static):
+    """reorder(index) keeps batch rows `index`: decoding goes on as if those rows' prompts
+    had been read, in that order, from the start."""
+    model = larger_weights(mixer_model(name))
+    ids, index = torch.randint(11, (3, 6)), torch.tensor([2, 0, 0])
+    cache = model.new_cache(static=static)
+    model(ids[:, :5], cache=cache)
+    cache.reorder(index)
+    expected = model(ids[index])[0][:, 5:]
+    torch.testing.assert_close(
+        model(ids[index, 5:], cache=cache)[0], expected, rtol=1e-5, atol=1e-5
+    )
+
+
 @pytest.mark.parametrize("name", [n for n in KIND_NAMES if GENERATE in KINDS[n].capabilities])
 def test_text_kinds_decode_with_a_cache_as_a_full_recompute(name, corpus):
     model = larger_weights(build(KINDS[name], corpus)[0])

@@ -216,6 +216,30 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     assert np.array_equal(image_array(wide, 3)[1], expected)
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_transparent_pixels_read_as_white_whatever_colour_they_hide(mode):
+    """A picture on a transparent background reads as on a white page, as image viewers show
+    it; the colour stored under alpha 0 (often black, sometimes anything) is not seen."""
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (0, 0, 0, 255)  # an opaque black pixel
+    rgba[0, 1] = (0, 0, 0, 0)  # transparent black
+    rgba[1, 0] = (255, 0, 0, 0)  # transparent red
+    rgba[1, 1] = (0, 0, 0, 128)  # half-transparent black: half grey
+    image = Image.fromarray(rgba, "RGBA")
+    if mode != "RGBA":
+        image = image.convert(mode)
+    grey = image_array(image, 1)[0]
+    assert grey[0, 0] == 0 and grey[0, 1] == grey[1, 0] == 255 and 120 <= grey[1, 1] <= 135
+    assert (image_array(image, 3)[:, 1, 0] == 255).all()
+
+
+def test_a_palette_images_transparent_entry_reads_as_white():
+    image = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    image.putpalette([0, 0, 0, 255, 0, 0])  # entry 0 black, entry 1 red
+    image.info["transparency"] = 1
+    assert image_array(image, 3)[:, 0].T.tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
 def test_an_empty_class_folder_is_refused_by_name(tmp_path):
     for i in range(3):
         write_png(tmp_path / "cat" / f"{i}.png")

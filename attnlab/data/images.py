@@ -12,7 +12,7 @@ Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held
   classes in DIR itself), a seeded 10% of the training images is held out. A class folder with
   no readable image is refused, and so is a test/ (or val/) of class folders without train/.
   Images are resized to the model's size (bilinear) as each is read, grayscale when every
-  image is, else RGB.
+  image is, else RGB; transparent pixels read as white, as a viewer shows them.
   A file that is not a readable image (a README, a damaged PNG) is skipped with a warning that
   names it, so one stray file does not stop a run.
 - **"shapes"**, embedded: eight kinds of shape drawn at random places and sizes, deterministic
@@ -216,12 +216,25 @@ def _eight_bit(image):
     return Image.fromarray(scaled.astype(np.uint8))  # (H, W) uint8: mode L
 
 
-def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
-    """A PIL image as uint8 (C, H, W), converted to 1 (grayscale) or 3 (RGB) channels and, when
-    `size` is given, resized to size x size pixels (bilinear)."""
+def _on_white(image):
+    """An image with transparency (an alpha channel, or a palette's transparent entry) laid on
+    a white page, as image viewers show it: the colour stored under transparent pixels (often
+    black, sometimes anything) would otherwise be what a model sees."""
     from PIL import Image
 
-    image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+
+
+def image_array(image, channels: int, size: int | None = None) -> np.ndarray:
+    """A PIL image as uint8 (C, H, W), converted to 1 (grayscale) or 3 (RGB) channels and, when
+    `size` is given, resized to size x size pixels (bilinear). Transparent pixels read as white
+    (_on_white)."""
+    from PIL import Image
+
+    image = _on_white(_eight_bit(image)).convert("L" if channels == 1 else "RGB")
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)

@@ -243,6 +243,7 @@ class RecurrentState:
 
     def __init__(self, **tensors: torch.Tensor):
         self.tensors: dict[str, torch.Tensor] = dict(tensors)
+        self.shared: set[str] = set()  # names of tensors not batch-first (see share)
 
     def get(self, name: str) -> torch.Tensor | None:
         return self.tensors.get(name)
@@ -261,13 +262,22 @@ class RecurrentState:
             else:
                 held.copy_(value)
 
+    def share(self, **tensors: torch.Tensor) -> None:
+        """Store, as set does, tensors that every batch row shares (Hyena's filters and its
+        position): reorder leaves them; every other tensor is batch-first."""
+        self.set(**tensors)
+        self.shared.update(tensors)
+
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index`, in place (every tensor is batch-first)."""
-        for tensor in self.tensors.values():
-            tensor.copy_(tensor.index_select(0, index))
+        """Keep batch rows `index`, in place."""
+        for name, tensor in self.tensors.items():
+            if name not in self.shared:
+                tensor.copy_(tensor.index_select(0, index))
 
     def buffers(self) -> list[torch.Tensor]:
         return list(self.tensors.values())
 
     def with_buffers(self, tensors: list[torch.Tensor]) -> RecurrentState:
-        return type(self)(**dict(zip(self.tensors, tensors, strict=True)))
+        state = type(self)(**dict(zip(self.tensors, tensors, strict=True)))
+        state.shared = self.shared
+        return state

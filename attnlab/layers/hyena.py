@@ -196,7 +196,8 @@ class Hyena(nn.Module):
             held = v.new_zeros(v.size(0), self.order, self.max_length, v.size(2))
             held[:, :, :length] = torch.stack(inputs, 1)
             position = torch.tensor(length, device=v.device)
-            cache.set(filters=filters.detach(), inputs=held, position=position)
+            cache.set(inputs=held)
+            cache.share(filters=filters.detach(), position=position)
         return v
 
     def _step(self, gates, v, cache: RecurrentState) -> torch.Tensor:
