@@ -59,6 +59,21 @@ def test_eager_equals_fused_with_masks():
     assert weights[1, :, :, 6:].abs().max() == 0  # padded keys get no weight
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_query_that_may_see_no_key_gives_zeros_on_every_path_and_finite_gradients(causal):
+    """A row of nothing but padding (or left padding under the causal mask): torch's fused
+    kernel gives 0; the equation gave NaN (softmax over no key), in capture's outputs and, in
+    training with dropout on a CPU, in every gradient."""
+    q, k, v = qkv(q_len=4, k_len=4)
+    tokens = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])  # left-padded, and padding only
+    mask = padding_mask(tokens, pad_id=0)
+    eager, fused, weights = both_paths(q, k, v, mask=mask, causal=causal)
+    assert (eager - fused).abs().max() < TOL and not eager[1].any() and not weights[1].any()
+    q.requires_grad_(True)
+    scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, dropout_p=0.1).sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_half_precision_additive_mask_and_the_causal_mask_stay_in_that_precision(dtype):
     """ALiBi's bias, say: merged with the causal mask, the eager path keeps the model's dtype."""

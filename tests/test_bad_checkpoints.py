@@ -107,6 +107,28 @@ def test_a_tokenizer_of_another_vocabulary_size_is_refused_at_load(tmp_path, cap
     assert snapshot(path) == before
 
 
+def test_a_pad_id_that_is_no_special_token_is_refused_by_trainer_and_load(tmp_path, capsys):
+    """BertConfig's default pad_id 0 is a character of a character tokenizer (here the space):
+    every space would be padding, silently never attended to."""
+    from attnlab.data.masked_lm import SPECIALS
+    from attnlab.models.bert import BertConfig, BertForMaskedLM
+    from attnlab.tokenizers import CharTokenizer
+    from attnlab.training.config import TrainConfig
+    from attnlab.training.trainer import Trainer
+
+    tokenizer = CharTokenizer.from_text("a good movie", special_tokens=SPECIALS)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, context_length=8, n_layers=1, n_heads=2)
+    model = BertForMaskedLM(config)
+    with pytest.raises(UserError, match=r"pad_id 0 is not a special token of the tokenizer "):
+        Trainer(
+            model, TrainConfig(), None, {}, out_dir=tmp_path, artifacts={"tokenizer": tokenizer}
+        )
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, model, {"tokenizer": tokenizer})
+    line = one_line_error(*run(["fill-mask", str(path), "a [MASK]"], capsys)[::2])
+    assert "[PAD] = 9" in line and "set pad_id to the tokenizer's own" in line
+
+
 def add_sparse_tensor(file, name, gib):
     """Add to a safetensors file a float32 tensor of `gib` GiB that takes no disk: its bytes
     are a hole at the end of a sparse file. Reading it would cost that much memory."""

@@ -342,3 +342,23 @@ def test_a_mask_takes_the_space_before_it_only_where_tokens_carry_one():
         before = tokenizer.decode(ids[1:at])  # after [CLS]
         assert before == (" the movie was" if spaced else " the movie was ")  # as if after a space
     assert [_filler(t) for t in (" good", " ", "\n")] == ["good", "␣", "\\n"]
+
+
+def test_fill_mask_and_classify_run_a_training_model_without_dropout():
+    """As generation does: a model just built or trained (train mode, dropout on) predicts as
+    in eval mode, the same every call, and is left in train mode."""
+    from attnlab.evaluation.predict import classify, fill_mask
+
+    tokenizer = CharTokenizer.from_text("good bad movie", special_tokens=SPECIALS)
+    config = dict(vocab_size=tokenizer.vocab_size, context_length=24, n_layers=1, n_heads=2)
+    config.update(d_model=16, dropout=0.5, pad_id=tokenizer.special_tokens["[PAD]"])
+    for model, predict in [
+        (BertForMaskedLM(BertConfig(**config)), lambda m: fill_mask(m, tokenizer, "a [MASK]")),
+        (BertClassifier(BertConfig(**config)), lambda m: classify(m, tokenizer, ["good"])),
+    ]:
+        first = predict(model)
+        assert predict(model) == first if isinstance(first, list) else predict(model).equal(first)
+        assert model.training
+        model.eval()
+        second = predict(model)
+        assert second == first if isinstance(first, list) else second.equal(first)

@@ -1,5 +1,6 @@
 """What decoding guards against: ids past the tokenizer, infinite and NaN logits, a model in
-training mode (streams of it interleaved), low-precision logits and prompts that are not ids."""
+training mode (streams of it interleaved), low-precision logits, arguments that are not ids, and
+models of kinds that do not decode so."""
 
 import dataclasses
 
@@ -9,8 +10,10 @@ from helpers import tiny_gpt
 
 from attnlab.errors import ConfigError, UserError
 from attnlab.generation import SamplingConfig, generate, generate_text, sample_next, stream
+from attnlab.generation.beam_search import beam_search, greedy_search
 from attnlab.generation.compiled import decoding_step
 from attnlab.models.gpt import GPT
+from attnlab.models.registry import KINDS, build_model
 from attnlab.tokenizers import CharTokenizer
 
 INF = float("inf")
@@ -70,3 +73,30 @@ def test_prompt_ids_must_be_integers(prompts):
 def test_stream_takes_one_sequence():
     with pytest.raises(UserError, match=r"one sequence of ids \(T,\), got shape \(1, 3\)"):
         stream(tiny_gpt(), torch.tensor([[1, 2, 3]]), 3)
+
+
+def test_a_count_of_new_tokens_or_stop_ids_that_are_not_integers_are_one_line():
+    with pytest.raises(UserError, match="max_new_tokens must be an integer, got 3.0"):
+        generate(tiny_gpt(), [[1]], 3.0)
+    with pytest.raises(UserError, match="stop_ids is token ids, not text"):
+        generate(tiny_gpt(), [[1]], 3, stop_ids="a")
+    with pytest.raises(UserError, match="stop_ids must be token ids, integers; got 5"):
+        stream(tiny_gpt(), [1], 3, stop_ids=5)
+
+
+@pytest.mark.parametrize(
+    "kind, call, message",
+    [
+        ("translation", lambda m: generate(m, [[3, 4]], 3), "generation needs a model that can "
+         "generate text or generate images; a 'translation' can translate"),
+        ("bert", lambda m: stream(m, [3, 4], 3), "a 'bert' can fill in masked words"),
+        ("vit", lambda m: generate(m, [[3]], 3), "a 'vit' can classify images"),
+        ("gpt", lambda m: beam_search(m, torch.tensor([[3, 4]])), "beam search needs a model "
+         "that can translate; a 'gpt' can generate text"),
+        ("gpt", lambda m: greedy_search(m, torch.tensor([[3, 4]])), "greedy search needs"),
+    ],
+)  # fmt: skip
+def test_decoding_a_model_of_a_kind_that_cannot_is_one_line(kind, call, message):
+    model = build_model(kind, KINDS[kind].presets[KINDS[kind].default_preset])
+    with pytest.raises(UserError, match=message):
+        call(model)

@@ -121,6 +121,8 @@ def test_ignored_targets_do_not_count():
     logits, _ = model(idx)
     expected = torch.nn.functional.cross_entropy(logits[:, :4].flatten(0, 1), idx[:, :4].flatten())
     assert torch.allclose(partial, expected, atol=1e-6)
+    _, as_int32 = model(idx.int(), targets.int())  # ids of another integer type alike
+    assert torch.equal(as_int32, partial)
 
 
 @pytest.mark.parametrize("name", ["gpt", "bert"])

@@ -15,6 +15,7 @@ from attnlab.interpretability.lens import logit_lens
 from attnlab.interpretability.plots import Heatmap, save_heatmaps
 from attnlab.interpretability.surgery import arrangements, block_stack, layer_surgery, rearranged
 from attnlab.layers.attention import MultiHeadAttention
+from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.registry import KINDS
 
 TOL = 1e-5
@@ -245,6 +246,16 @@ def test_patching_a_stream_replaces_it_downstream():
 
 
 # -------------------------------------------------------------------------------- lens, surgery
+def test_capture_of_a_model_without_hook_points_says_so():
+    from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
+
+    with (
+        pytest.raises(ValueError, match="RecurrentLM has no hook points"),
+        capture(RecurrentLM(RecurrentLMConfig(vocab_size=11, d_model=8))),
+    ):
+        pass
+
+
 def test_the_lens_ends_at_the_models_own_logits():
     model = tiny_gpt()
     ids = _ids(0, 11, 1, 16)
@@ -255,6 +266,16 @@ def test_the_lens_ends_at_the_models_own_logits():
     assert (report.logits[-1] - logits[0]).abs().max() < 1e-6
     probabilities, top = report.top(3)
     assert top.shape == (5, 16, 3) and (probabilities[..., 0] >= probabilities[..., 1]).all()
+
+
+def test_the_lens_reads_a_training_model_without_dropout():
+    config = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=16)
+    model = GPT(dataclasses.replace(config, dropout=0.5)).eval()
+    ids = _ids(0, 11, 1, 16)
+    expected = logit_lens(model, (ids,)).logits
+    model.train()
+    torch.testing.assert_close(logit_lens(model, (ids,)).logits, expected, rtol=0, atol=0)
+    assert model.training
 
 
 def test_surgery_arrangements_and_restoring_the_order():

@@ -79,3 +79,23 @@ def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused):
         steps.append([p.detach() for p in model.parameters()])
     for mine, theirs in zip(*steps, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_clipping_a_model_of_another_dtype_steps_as_torchs(dtype):
+    """The fused kernel takes its grad_scale in float32 whatever the gradients' dtype."""
+    steps = []
+    for clip in (clip_gradients, None):
+        torch.manual_seed(0)
+        model = GPT(MODEL).to(dtype)
+        optimizer = build_optimizer(model, 1e-2, 0.1, (0.9, 0.99))
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 100
+        if clip:
+            clip(optimizer, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        steps.append([p.detach().float() for p in model.parameters()])
+    for mine, theirs in zip(*steps, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-2, atol=1e-6)

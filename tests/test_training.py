@@ -310,6 +310,15 @@ def test_a_nan_validation_loss_stops_before_it_is_saved(tmp_path):
     assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
 
 
+def test_an_evaluation_split_with_nothing_to_score_is_not_called_a_divergence(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2)
+    once = iter(list(trainer.eval_data["val"]()))  # a generator made once: empty the 2nd time
+    trainer.eval_data = {"val": lambda: once}
+    with pytest.raises(UserError, match="split 'val' gave no targets to score .* anew at every"):
+        trainer.fit()
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
+
+
 def test_a_failed_save_says_where_and_what_is_kept(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2)
     save = trainer_module.save_checkpoint
@@ -361,6 +370,12 @@ def test_a_trainer_refuses_what_it_could_not_checkpoint_or_draw_from_before_trai
     batches = FixedBatches(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4), 2)
     with pytest.raises(ValueError, match="Linear is not a registered model kind: register_kind"):
         Trainer(torch.nn.Linear(4, 1), config, batches, {}, out_dir=tmp_path)
+
+    class SmoothedGPT(GPT):  # another loss: saved as "gpt", it would load back without it
+        pass
+
+    with pytest.raises(ValueError, match="SmoothedGPT is not a .* its parent kind 'gpt'"):
+        Trainer(SmoothedGPT(MODEL), config, batches, {}, out_dir=tmp_path)
     model = GPT(MODEL)
     with pytest.raises(TypeError, match="lacks next, state_dict, load_state_dict"):
         Trainer(model, config, iter([batches.next()]), {}, out_dir=tmp_path)
@@ -379,3 +394,11 @@ def test_the_best_checkpoint_is_the_highest_score_or_the_lowest_loss(tmp_path, s
         trainer.step, trainer.last_eval = step, {score: value}
         trainer._keep_if_best()
     assert trainer.best["value"] == kept and (tmp_path / "best" / "model.safetensors").is_file()
+
+
+def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_saved(tmp_path):
+    trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2)
+    trainer.keep_best = "val_acc"
+    with pytest.raises(UserError, match="no score 'val_acc'; evaluation gives val_loss .*step 2"):
+        trainer.fit()
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2

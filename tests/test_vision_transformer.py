@@ -36,6 +36,8 @@ def test_images_of_the_wrong_shape_are_refused():
     model = VisionTransformer(ViTConfig(**SMALL))
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 12, 12\)"):
         model(torch.randn(1, 1, 12, 12))
+    with pytest.raises(TypeError, match="normalised floating-point pixels, got torch.uint8"):
+        model(torch.zeros(1, 3, 12, 12, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from torch import nn
 from attnlab.data.classification import encode_example, pad_batch
 from attnlab.data.masked_lm import CLS, MASK, PAD, SEP, encode_sentence
 from attnlab.errors import UserError
+from attnlab.layers.contracts import eval_mode
 from attnlab.tokenizers import Tokenizer
 from attnlab.tokenizers.base import visible
 
@@ -56,7 +57,8 @@ def fill_mask(
     ids = masked_ids(tokenizer, text)
     _check_length(model, len(ids))
     device = next(model.parameters()).device
-    logits, _ = model(torch.tensor([ids], device=device))
+    with eval_mode(model):
+        logits, _ = model(torch.tensor([ids], device=device))
     logits = logits[0].float()
     logits[:, list(tokenizer.special_tokens.values())] = float("-inf")  # fillers are words
     probabilities = logits.softmax(-1)
@@ -89,7 +91,8 @@ def classify(
             encode_example(tokenizer, t, length, long_text)
             for t in texts[start : start + batch_size]
         ]
-        logits, _ = model(pad_batch(encoded, pad).to(device))
+        with eval_mode(model):
+            logits, _ = model(pad_batch(encoded, pad).to(device))
         out.append(logits.float().softmax(-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.n_classes)
 

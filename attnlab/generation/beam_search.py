@@ -34,6 +34,7 @@ from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.layers.contracts import eval_mode
+from attnlab.models.registry import TRANSLATE, check_capable
 
 
 def max_target_lengths(
@@ -78,6 +79,7 @@ def greedy_search(
 
     Returns each sentence's target ids, without <s> and </s>.
     """
+    check_capable(model, "greedy search", TRANSLATE)
     c = model.config
     limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
     tokens = torch.full((src.size(0), 1), c.bos_id, dtype=torch.long, device=src.device)
@@ -192,6 +194,7 @@ def beam_search(
 
     Returns each sentence's best target ids, without <s> and </s>. beam_size 1 is greedy search.
     """
+    check_capable(model, "beam search", TRANSLATE)
     vocab_size = model.config.vocab_size
     if not 1 <= beam_size <= vocab_size // 2:
         raise UserError(f"beam size must be between 1 and {vocab_size // 2}, got {beam_size}")
@@ -229,6 +232,7 @@ def translate(
     """Detokenized translations of `sentences`, in order, each on one line; a blank sentence's
     is blank (nothing to translate). Sentences are decoded in batches of similar length (less
     padding); a source longer than the model's max_length is cut to fit."""
+    check_capable(model, "translation", TRANSLATE)
     if batch_size < 1:
         raise UserError(f"batch size must be positive, got {batch_size}")
     device = next(model.parameters()).device

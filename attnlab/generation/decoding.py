@@ -58,6 +58,7 @@ from attnlab.errors import UserError
 from attnlab.generation.compiled import compiled_step, decoding_step
 from attnlab.generation.sampling import SamplingConfig, seen_mask
 from attnlab.layers.contracts import eval_mode
+from attnlab.models.registry import GENERATE, GENERATE_IMAGE, check_capable
 
 
 class _Window:
@@ -150,6 +151,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _check_prompts(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int) -> None:
+    check_capable(model, "generation", GENERATE, GENERATE_IMAGE)
+    if not hasattr(max_new_tokens, "__index__"):  # an int, not 3.0
+        raise UserError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if prompts.dim() != 2:
@@ -254,7 +258,7 @@ def generate(
     """
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty, vocab_limit)
     generator = generator or make_generator(model, seed)
-    stop_ids = set(stop_ids)
+    stop_ids = set(_ids(stop_ids, "stop_ids"))
     if isinstance(prompts, torch.Tensor) and prompts.dim() != 2:
         raise UserError(f"prompts must be (B, T) token ids, got shape {tuple(prompts.shape)}")
     rows = [_ids(row) for row in prompts]
@@ -335,18 +339,18 @@ def stream(
         crop_to=crop_to,
         compile=compile,
     )
-    return _first_row(steps, set(stop_ids))
+    return _first_row(steps, set(_ids(stop_ids, "stop_ids")))
 
 
-def _ids(prompt) -> list[int]:
-    """A prompt's token ids as Python ints: integers only (a float would be cut, a string of
-    digits read as ids)."""
-    if isinstance(prompt, str):
-        raise UserError(f"a prompt is token ids, not text ({prompt[:20]!r}): encode it first")
+def _ids(values, name: str = "a prompt") -> list[int]:
+    """Token ids as Python ints: integers only (a float would be cut, a string of digits read
+    as ids)."""
+    if isinstance(values, str):
+        raise UserError(f"{name} is token ids, not text ({values[:20]!r}): encode it first")
     try:
-        return [operator.index(i) for i in prompt]
+        return [operator.index(i) for i in values]
     except TypeError:
-        raise UserError(f"prompt token ids must be integers, got {list(prompt)[:5]}") from None
+        raise UserError(f"{name} must be token ids, integers; got {str(values)[:60]}") from None
 
 
 def _first_row(steps: Iterator[torch.Tensor], stop_ids: set[int]) -> Iterator[int]:

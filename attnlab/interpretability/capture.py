@@ -115,6 +115,11 @@ def capture(
     big model).
     """
     points = hook_points(model)
+    if not points:
+        raise ValueError(
+            f"{type(model).__name__} has no hook points (attention weights or residual "
+            "streams): there is nothing to capture"
+        )
     patches = dict(patches or {})
     wanted = set(only) if only is not None else None
     unknown = sorted((set(patches) | (wanted or set())) - set(points))

@@ -19,6 +19,7 @@ from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.interpretability.capture import WEIGHTS, capture
+from attnlab.layers.contracts import eval_mode
 from attnlab.layers.hooks import hook_points
 
 SUB_LAYERS = {"stream_after_mixer": "mixer", "stream_after_cross": "cross", "stream_out": "out"}
@@ -59,7 +60,7 @@ def logit_lens(model: nn.Module, args: tuple[torch.Tensor, ...]) -> LensReport:
             f"the logit lens needs a model of residual blocks with a readout (final norm and "
             f"head); {type(model).__name__} has none"
         )
-    with capture(model, attention=False, only=[path for path, _ in chosen]) as seen:
+    with eval_mode(model), capture(model, attention=False, only=[p for p, _ in chosen]) as seen:
         model(*args)
     logits = torch.stack([readout(seen.streams[path][0]) for path, _ in chosen])  # (R, T, V)
     return LensReport([name for _, name in chosen], [path for path, _ in chosen], logits)

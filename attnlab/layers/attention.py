@@ -62,18 +62,24 @@ def scaled_dot_product_attention(
             mask, causal = merge_masks(mask, causal_mask(q_len, k_len, q.device)), False
         return _fused(q, k, v, mask, causal and q_len > 1, dropout_p)
 
+    padded = mask is not None and mask.dtype == torch.bool  # a query may then see no key
     if causal:
         mask = merge_masks(mask, causal_mask(q_len, k_len, q.device))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
     if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+        if mask.dtype == torch.bool:  # the lowest finite score: a row of none is not NaN
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + mask
     weights = torch.softmax(scores, dim=-1)
+    sees = mask.any(-1, keepdim=True) if padded else None  # (..., Tq, 1): whether any key
+    if sees is not None and return_weights:
+        weights = weights * sees  # a query that may see no key attends to none: 0
     if edit_weights is not None:
         weights = edit_weights(weights)
     out = dropout(weights, dropout_p) @ v  # (B, H, Tq, Dh)
+    if sees is not None:
+        out = out * sees  # 0 where no key may be seen, as torch's fused kernel gives
     return (out, weights) if return_weights else out
 
 

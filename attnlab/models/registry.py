@@ -90,14 +90,31 @@ def get_kind(name: str) -> ModelKind:
 
 
 def kind_of(model: nn.Module) -> ModelKind:
-    for cls in type(model).__mro__:  # FSDP shards a model by giving it a subclass
-        for kind in KINDS.values():
-            if cls is kind.model:
-                return kind
+    """The kind whose class the model is: exactly, for a subclass (a GPT with another loss,
+    say) would save as its parent's kind and load back as the parent. FSDP shards a model by
+    giving it a class of its own, FSDPModule and the model's: that one is the model's kind."""
+    cls = type(model)
+    if any(base.__name__ == "FSDPModule" for base in cls.__bases__):
+        cls = cls.__bases__[-1]
+    for kind in KINDS.values():
+        if cls is kind.model:
+            return kind
+    parents = [k.name for c in cls.__mro__[1:] for k in KINDS.values() if c is k.model]
+    as_parent = f", and would load back as its parent kind {parents[0]!r}" if parents else ""
     raise ValueError(
-        f"{type(model).__name__} is not a registered model kind: register_kind (models/"
+        f"{cls.__name__} is not a registered model kind{as_parent}: register_kind (models/"
         "registry.py) names its config and data, so that its checkpoints save and load"
     )
+
+
+def check_capable(model: nn.Module, what: str, *capabilities: str) -> None:
+    """Refuse, in one line, a registered model whose kind has none of these capabilities (a
+    model of the caller's own, unregistered, is left to try)."""
+    kind = next((k for k in KINDS.values() if type(model) is k.model), None)
+    if kind is not None and not kind.capabilities & set(capabilities):
+        can = " or ".join(ABILITIES[c] for c in sorted(kind.capabilities)) or "none of these"
+        needs = " or ".join(ABILITIES[c] for c in capabilities)
+        raise UserError(f"{what} needs a model that can {needs}; {a_kind(kind.name)} can {can}")
 
 
 def model_kind(model: nn.Module) -> str:

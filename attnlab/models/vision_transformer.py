@@ -135,6 +135,11 @@ class PatchEmbedding(nn.Module):
                 f"expected images of shape (B, {self.channels}, {side}, {side}), "
                 f"got {tuple(images.shape)}"
             )
+        if not images.is_floating_point():  # uint8 pixels straight from a file, say
+            raise TypeError(
+                f"images must be normalised floating-point pixels, got {images.dtype}: "
+                "normalise them as the training data was (data/images.py: Normalization)"
+            )
         n = side // p
         patches = images.reshape(batch, self.channels, n, p, n, p)  # (B, C, S/P, P, S/P, P)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, n * n, -1)  # (B, N, C·P·P)

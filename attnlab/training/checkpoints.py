@@ -144,21 +144,37 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     kind = get_kind(description["kind"])
     check_config_fits_weights(kind, description["config"], path / MODEL_FILE)
     artifacts = load_artifacts(path)
-    _check_vocabulary(description["config"], artifacts.get("tokenizer"), path)
+    check_tokenizer(description["config"], artifacts.get("tokenizer"), path / "tokenizer.json")
     model = build_model(kind.name, description["config"])
     load_weights(model, path / MODEL_FILE)
     return Checkpoint(model.to(device).eval(), kind, artifacts, path)
 
 
-def _check_vocabulary(config: dict[str, Any], tokenizer: Tokenizer | None, path: Path) -> None:
+SPECIAL_ID_FIELDS = ("pad_id", "bos_id", "eos_id")  # config fields that name a special token
+
+
+def check_tokenizer(config: dict[str, Any], tokenizer: Tokenizer | None, name: str) -> None:
     """The tokenizer must name exactly the model's tokens: with fewer, the model could choose
-    an id no text stands for; with more, a text could encode to an id the model has no row for."""
+    an id no text stands for; with more, a text could encode to an id the model has no row for.
+    And the ids a config gives a role (pad_id, ...) must be special tokens of the tokenizer: a
+    default pad_id of 0 would otherwise make some character padding, silently never attended to
+    nor scored."""
+    if tokenizer is None:
+        return
     model_size = config.get("vocab_size")
-    if tokenizer is not None and model_size is not None and tokenizer.vocab_size != model_size:
+    if model_size is not None and tokenizer.vocab_size != model_size:
         raise UserError(
-            f"{path / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but the model's "
-            f"vocabulary has {model_size}: the tokenizer does not belong to these weights"
+            f"{name} has {tokenizer.vocab_size} tokens but the model's vocabulary has "
+            f"{model_size}: the tokenizer does not belong to these weights"
         )
+    specials = tokenizer.special_tokens
+    for field in SPECIAL_ID_FIELDS:
+        if field in config and config[field] not in specials.values():
+            known = ", ".join(f"{token} = {i}" for token, i in specials.items()) or "none"
+            raise UserError(
+                f"the model's {field} {config[field]} is not a special token of {name} "
+                f"(its special tokens: {known}): set {field} to the tokenizer's own"
+            )
 
 
 class _LargerThanWeights(Exception):

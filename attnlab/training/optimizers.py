@@ -51,7 +51,8 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         return
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp_(min=1.0)
+    # in float32, as the fused kernel takes it, whatever the gradients' dtype
+    optimizer.grad_scale = ((norm.float() + 1e-6) / max_norm).clamp_(min=1.0)
 
 
 def learning_rate(

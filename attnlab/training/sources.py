@@ -30,7 +30,7 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: flo
     short rows), and its weight in the step (Trainer) is then 0 too."""
     total = F.cross_entropy(
         logits.flatten(0, -2).float(),
-        targets.flatten(),
+        targets.flatten().long(),  # int32 ids too
         ignore_index=IGNORE_INDEX,
         label_smoothing=label_smoothing,
         reduction="sum",

@@ -44,6 +44,7 @@ from attnlab.models.registry import describe
 from attnlab.signals import on_signals
 from attnlab.training.checkpoints import (
     MODEL_FILE,
+    check_tokenizer,
     encode_tensor,
     load_training_state,
     load_weights,
@@ -106,7 +107,10 @@ class Trainer:
         score ("val_accuracy"; lower is better but for HIGHER_IS_BETTER) whose best weights are
         kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
         (distributed.py), each training its shard of every batch; alone by default."""
-        describe(model)  # a checkpoint names the model's kind: unregistered is refused now
+        # a checkpoint names the model's kind: unregistered is refused now
+        check_tokenizer(
+            describe(model)["config"], (artifacts or {}).get("tokenizer"), "the tokenizer"
+        )
         if missing := [m for m in SOURCE_METHODS if not callable(getattr(train_data, m, None))]:
             raise TypeError(
                 f"train_data lacks {', '.join(missing)}: a BatchSource (training/sources.py) "
@@ -274,7 +278,13 @@ class Trainer:
                     total, count = total + loss.item() * scored, count + scored
                 if scores is not None:
                     scores.update(logits, batch)
-            results[f"{split}_loss"] = total / count if count else float("nan")
+            if not count:  # not a divergence: there was nothing to score
+                raise UserError(
+                    f"evaluation split {split!r} gave no targets to score (no batches, or all "
+                    f"{IGNORE_INDEX}): eval_data maps each split to a function giving its "
+                    "batches anew at every call"
+                )
+            results[f"{split}_loss"] = total / count
             if scores is not None:
                 results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
         for probe in self.probes:  # in full precision, on the uncompiled model
@@ -287,9 +297,10 @@ class Trainer:
         if not self.keep_best:
             return
         if self.keep_best not in self.last_eval:
+            self.save()  # the training so far is kept: --resume goes on once the score is right
             raise UserError(
                 f"keep_best: no score {self.keep_best!r}; evaluation gives "
-                f"{', '.join(self.last_eval)}"
+                f"{', '.join(self.last_eval)} (step {self.step} is saved)"
             )
         value = self.last_eval[self.keep_best]
         sign = 1 if self.keep_best.endswith(HIGHER_IS_BETTER) else -1
