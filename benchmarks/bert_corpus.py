@@ -7,8 +7,8 @@ captions (never SST-2's dev or test sentences). Lower-cased, like SST-2; one sen
 
 from __future__ import annotations
 
+import argparse
 import gzip
-import sys
 from pathlib import Path
 
 from attnlab.data import catalog
@@ -33,5 +33,8 @@ def build(out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else cache_dir() / "bert-corpus"
-    print(build(out))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "out", nargs="?", type=Path, help="folder (default: $ATTNLAB_CACHE/bert-corpus)"
+    )
+    print(build(parser.parse_args().out or cache_dir() / "bert-corpus"))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi30k German -> English on the CPU: train an encoder-decoder (at most 90 minutes of training
+# Multi30k German -> English on the CPU: train an encoder-decoder (at most 87 minutes of training
 # steps) and report sacreBLEU and chrF on test_2016_flickr (cased, detokenized output).
 #
 #   benchmarks/multi30k_bleu.sh                        # the full run (~40 min on a free 2-core CPU)

@@ -8,9 +8,10 @@ first 90% to train; learned positions, pre-norm blocks without biases, exact GEL
 N(0, 0.02) weights with the residual projections scaled by 1/sqrt(2L); fp32, eager; torch's
 default AdamW (lr 1e-3, betas 0.9/0.99, weight decay 0.1 on matrices), 100 warm-up steps then a
 cosine to 1e-4, gradient clipping at 1.0; every 250 steps the mean loss of eval_iters batches
-on both splits, and a checkpoint when the validation loss improves. Only torch and numpy.
+on both splits, and a checkpoint when the validation loss improves. Only torch and numpy, so
+the text is a path (cold_start.py finds it by its dataset name):
 
-    python benchmarks/nanogpt_recipe.py tinyshakespeare/input.txt --out /tmp/nanogpt
+    python benchmarks/nanogpt_recipe.py $ATTNLAB_DATA/tinyshakespeare/input.txt --out /tmp/nanogpt
 """
 
 import argparse
@@ -73,7 +74,7 @@ class Model(nn.Module):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("text", help="tiny Shakespeare's input.txt")
+    parser.add_argument("text", help="the path of tiny Shakespeare's input.txt")
     parser.add_argument("--out", required=True, help="checkpoint directory")
     parser.add_argument("--max-iters", type=int, default=2000)
     parser.add_argument("--eval-iters", type=int, default=20)

@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--corpus",
         default="stdlib",
-        help="stdlib, stdlib-all (with tests), or any attnlab corpus spec",
+        help="stdlib, stdlib-all (with tests), or any attnlab corpus spec or dataset name",
     )
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary to train")
     parser.add_argument(
@@ -58,10 +58,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_texts(spec: str) -> list[str]:
+    from attnlab.cli.options import resolve_data_path
     from attnlab.data.corpus import Corpus
 
     if spec != "stdlib-all":
-        return list(Corpus(spec))
+        return list(Corpus(resolve_data_path(spec)))  # a dataset's name, as attnlab's commands
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
     files = sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts[:-1]))
