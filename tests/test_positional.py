@@ -23,6 +23,16 @@ def test_sinusoidal_values_match_the_formula():
             assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-6)
 
 
+def test_sinusoids_built_in_float64_are_exact_in_float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        table = SinusoidalPositionalEncoding(50, 16)(50)
+    finally:
+        torch.set_default_dtype(before)
+    assert table.dtype == torch.float64 and table[49, 0].item() == math.sin(49)
+
+
 def test_sinusoidal_offset_continues_the_table():
     encoding = SinusoidalPositionalEncoding(20, 8)
     assert torch.equal(encoding(3, offset=5), encoding(20)[5:8])

@@ -54,7 +54,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         table = torch.zeros(max_length, d_model, dtype=torch.float64)
         table[:, 0::2] = torch.sin(angles)
         table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
-        self.register_buffer("table", table.float(), persistent=False)
+        # in the default dtype: a model built in float64 (torch.set_default_dtype) keeps it exact
+        self.register_buffer("table", table.to(torch.get_default_dtype()), persistent=False)
         self.initial_gain = gain
         self.gain = None if gain is None else nn.Parameter(torch.full((1,), float(gain)))
 
