@@ -128,6 +128,12 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
         code, _, err = run(["sample-images", str(trained), "--out", str(out)], capsys)
         assert message in one_line_error(code, err)
     assert fingerprint(trained) == before
+    image = tmp_path / "digit.png"
+    Image.new("L", (SIDE, SIDE)).save(image)
+    kept = image.read_bytes()
+    argv = ["sample-images", str(trained), "--complete", str(image), "--out", str(image)]
+    assert "would overwrite --complete's file" in one_line_error(*run(argv, capsys)[::2])
+    assert image.read_bytes() == kept
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,7 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
         ("gpt", ["--text", "hi", "--png", "{out}"], "--out and --png name the same file"),
         ("gpt", ["--text", "hi", "--png", "{tmp}/sub/../view.html"], "name the same file"),
         ("gpt", ["--text", "hi", "--png", "{tmp}"], "is a folder: give a file"),
+        ("gpt", ["--image", "{tmp}/x.png", "--png", "{tmp}/x.png"], "overwrite --image's file"),
         ("gpt", ["--text", "hi", "--png", "{tmp}/x.png/y.png"], "is a file, not a folder"),
     ],
 )

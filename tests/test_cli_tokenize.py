@@ -181,6 +181,18 @@ def test_a_catastrophic_pattern_is_one_line_within_seconds(
     assert tokenizer.read_bytes() == before and not (tmp_path / "new.json").exists()
 
 
+@pytest.mark.parametrize("marker", ["run.json", "model.safetensors"])  # a run, a best/ folder
+def test_tokenize_train_never_writes_into_a_run_folder(tmp_path, capsys, marker):
+    (tmp_path / "corpus.txt").write_text("some text to learn from " * 20)
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / marker).write_text("{}")
+    argv = ["tokenize", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "260"]
+    line = one_line_error(main([*argv, "--out", str(run_folder / "tokenizer.json")]),
+                          capsys.readouterr().err)  # fmt: skip
+    assert "is in the run folder" in line and not (run_folder / "tokenizer.json").exists()
+
+
 def test_a_read_only_out_stops_tokenize_train_before_training(tmp_path, capsys, monkeypatch):
     (tmp_path / "corpus.txt").write_text("some text to learn from " * 20)
     folder = tmp_path / "read_only"

@@ -1,6 +1,7 @@
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -113,6 +114,20 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     limits = [run(["translate", str(trained), "forty-two", "--max-length-factor", factor], capsys)
               for factor in ("1e300", "1e3")]  # fmt: skip
     assert limits[0] == limits[1] and limits[0][0] == 0 and limits[0][1].strip()
+
+
+@pytest.mark.parametrize("target", ["src", "ref"])
+def test_hypotheses_never_overwrite_the_sources_or_references(trained, tmp_path, capsys, target):
+    pairs = embedded_pairs(5, seed=9)
+    files = {
+        "src": write(tmp_path / "test.words", [s for s, _ in pairs]),
+        "ref": write(tmp_path / "test.digits", [t for _, t in pairs]),
+    }
+    before = {name: Path(f).read_bytes() for name, f in files.items()}
+    argv = ["evaluate", str(trained), "--src", files["src"], "--ref", files["ref"]]
+    code, _, err = run([*argv, "--hypotheses", files[target]], capsys)
+    assert f"would overwrite --{target}'s file" in one_line_error(code, err)
+    assert {name: Path(f).read_bytes() for name, f in files.items()} == before
 
 
 def test_evaluate_bleu(trained, tmp_path, capsys):

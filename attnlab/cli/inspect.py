@@ -92,7 +92,12 @@ def _open(args, capability: str | None = None):
     from attnlab.training.checkpoints import load_checkpoint
 
     outputs = {
-        flag: check_output(f"--{flag}", getattr(args, flag), args.checkpoint)
+        flag: check_output(
+            f"--{flag}",
+            getattr(args, flag),
+            args.checkpoint,
+            inputs={"--image": getattr(args, "image", None)},
+        )
         for flag in ("png", "out")
         if getattr(args, flag, None)
     }

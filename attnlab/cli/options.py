@@ -138,10 +138,17 @@ def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
     return ["--" + name.replace("_", "-") for name in sorted(changed)]
 
 
-def check_output(flag: str, path: str | Path, checkpoint: str, suffix: str = "") -> Path:
+def check_output(
+    flag: str,
+    path: str | Path,
+    checkpoint: str,
+    suffix: str = "",
+    inputs: dict[str, str | Path | list | None] | None = None,
+) -> Path:
     """The file an output flag names, checked before the slow work: a file, not a folder; in a
     writable place; none of the checkpoint's own files (its weights, configs, logs, loss plot,
-    or its run's, for a best/ checkpoint); ending in `suffix` where the format is fixed."""
+    or its run's, for a best/ checkpoint) nor of the command's `inputs` (flag -> a file or a
+    list of files); ending in `suffix` where the format is fixed."""
     from attnlab.files import check_writable
 
     path, folder = Path(path), Path(checkpoint).resolve()
@@ -151,6 +158,10 @@ def check_output(flag: str, path: str | Path, checkpoint: str, suffix: str = "")
     ours = path.suffix in CHECKPOINT_FILES or path.name == LOSS_PLOT
     if ours and path.resolve().parent in checkpoint_folders:
         raise UserError(f"{flag} {path} would overwrite a file of the checkpoint: name another")
+    for input_flag, files in (inputs or {}).items():
+        for file in files if isinstance(files, list) else [files]:
+            if file is not None and Path(file).resolve() == path.resolve():
+                raise UserError(f"{flag} {path} would overwrite {input_flag}'s file: name another")
     if suffix and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: the file is {suffix[1:].upper()}, name it *{suffix}")
     check_writable(path.parent)

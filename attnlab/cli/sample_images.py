@@ -92,7 +92,11 @@ def sample_images_command(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
     check_sampling_flags(args.seed, temperature=args.temperature, top_k=args.top_k)
     out = check_output(
-        "--out", args.out or Path(args.checkpoint) / "samples.png", args.checkpoint, ".png"
+        "--out",
+        args.out or Path(args.checkpoint) / "samples.png",
+        args.checkpoint,
+        ".png",
+        inputs={"--complete": args.complete},
     )
     checkpoint = load_image_gpt(args.checkpoint, args.device, "sample-images")
     originals = _images_to_complete(args, checkpoint)  # every file read before any sampling

@@ -23,7 +23,7 @@ from attnlab.cli.options import read_stdin, resolve_data_path, user_text
 from attnlab.cli.runs import note
 from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
-from attnlab.files import check_writable
+from attnlab.files import RUN_FILE, check_writable
 from attnlab.tokenizers.base import Tokenizer, check_special_tokens, load_tokenizer, visible
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
 from attnlab.tokenizers.byte import ByteTokenizer
@@ -132,10 +132,16 @@ def open_tokenizer(spec: str) -> Tokenizer:
 
 
 def check_out(out: Path) -> None:
-    """--out now, not after training: a folder, or a file that is not a tokenizer (the user's
-    own, never overwritten), is refused; so is a folder that cannot take the file."""
+    """--out now, not after training: a folder, a file in a run's folder or a file that is not
+    a tokenizer (the user's own, never overwritten) is refused; so is a folder that cannot take
+    the file."""
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file, e.g. {out / 'tokenizer.json'}")
+    if any((out.parent / name).is_file() for name in (RUN_FILE, "model.safetensors")):
+        raise UserError(
+            f"--out {out} is in the run folder {out.parent}, whose tokenizer belongs to its "
+            "weights: name a file elsewhere"
+        )
     if out.exists():
         try:
             load_tokenizer(out)

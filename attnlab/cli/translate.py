@@ -125,9 +125,11 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
     if not (args.src and args.ref):
         raise UserError("translation evaluation needs both --src and --ref")
     options = decoding_options(args)
-    if args.hypotheses:
-        check_output("--hypotheses", args.hypotheses, args.checkpoint)
     src, ref = resolve_data_path(args.src), resolve_data_path(args.ref)
+    if args.hypotheses:
+        check_output(
+            "--hypotheses", args.hypotheses, args.checkpoint, inputs={"--src": src, "--ref": ref}
+        )
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise UserError(
