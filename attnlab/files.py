@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import itertools
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,13 +71,27 @@ def temporary_file(directory: Path, name: str, suffix: str = ".tmp") -> tuple[in
     return fd, tmp
 
 
+STALE_S = 600  # a temporary file untouched this long is a killed process's: a live one writes
+
+
+def remove_stale(directory: Path, name: str, suffix: str = ".tmp") -> None:
+    """Delete the temporary files of `name` (`.NAME.RANDOM{suffix}`, temporary_file's) that a
+    killed process left in `directory`, once untouched for STALE_S: a process writing one under
+    way, another run's, writes it more often than that."""
+    for temporary in directory.glob(f".{glob.escape(name)}.*{suffix}"):
+        with contextlib.suppress(OSError):  # gone already: another process removed it
+            if time.time() - temporary.stat().st_mtime > STALE_S:
+                temporary.unlink()
+
+
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """An OSError about a temporary file names the file it stands for instead."""
+    """An OSError about a temporary file, or about none (a full disk while writing), names the
+    file it stands for."""
     try:
         yield
     except OSError as error:
-        if not str(error.filename or "").endswith(".tmp"):
+        if not str(error.filename or ".tmp").endswith(".tmp"):
             raise
         raise type(error)(error.errno, error.strerror, str(path)) from None
 
@@ -86,6 +102,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     (removed if it raises): readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
     with naming(path):
         fd, tmp = temporary_file(path.parent, path.name)
         try:

@@ -3,6 +3,7 @@ once, kept on disk, and equal to eager decoding."""
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,8 +50,22 @@ def test_the_disk_cache_keeps_the_most_recently_used_libraries(tmp_path):
     for age, name in enumerate("abcde"):
         (tmp_path / f"{name}.pt2").write_bytes(b"")
         os.utime(tmp_path / f"{name}.pt2", (1000 - age, 1000 - age))  # a: the newest
+    (tmp_path / ".e.pt2.1.partial.pt2").write_bytes(b"")  # one being written now
     compiled_steps._prune(tmp_path, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt2", "b.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".e.pt2.1.partial.pt2", "a.pt2", "b.pt2"]
+
+
+def test_a_damaged_library_in_the_disk_cache_is_compiled_again():
+    model = tiny_gpt("rope", context_length=16)
+    expected = generate(model, [[1, 2, 3]], 8, temperature=0, compile=True)
+    libraries = (Path(os.environ["ATTNLAB_CACHE"]) / "decoding").glob("*.pt2")
+    library = max(libraries, key=lambda p: p.stat().st_mtime)  # the one just used
+    library.write_bytes(library.read_bytes()[:1000])  # cut short
+    compiled_steps._libraries.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "decoding without it"
+        assert generate(model, [[1, 2, 3]], 8, temperature=0, compile=True) == expected
+    assert library.stat().st_size > 1000
 
 
 def test_a_failing_compiler_decodes_eagerly(monkeypatch):

@@ -2,6 +2,7 @@
 else's files is refused before anything is written, one process writes it at a time, and a save
 a kill interrupts never leaves a mix (resuming: test_resume.py)."""
 
+import errno
 import fcntl
 import json
 import os
@@ -100,6 +101,29 @@ def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
         atomic_write_bytes(tmp_path / "plot.png", b"png")
     assert failed.value.filename == str(tmp_path / "plot.png")
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as fsync gives it: no name
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        atomic_write_bytes(tmp_path / "tokens.bin", b"ids")
+    assert failed.value.filename == str(tmp_path / "tokens.bin") and not any(tmp_path.iterdir())
+
+
+def test_temporary_files_a_killed_writer_left_go_when_the_file_is_next_written(tmp_path):
+    killed, live = tmp_path / ".tokens.bin.k1ll3d.tmp", tmp_path / ".tokens.bin.wr1t1ng.tmp"
+    other = tmp_path / ".other.bin.k1ll3d.tmp"  # another file's: not this writer's to judge
+    for path in (killed, live, other):
+        path.write_bytes(b"part")
+    for path in (killed, other):
+        os.utime(path, (time.time() - 3600,) * 2)
+    atomic_write_bytes(tmp_path / "tokens.bin", b"ids")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, "tokens.bin"]
+    )
 
 
 @pytest.mark.parametrize(

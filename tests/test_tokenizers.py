@@ -178,6 +178,56 @@ def test_a_large_corpus_is_never_held_whole(tmp_path, monkeypatch):
     assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held at once"
 
 
+class ChangingTexts:
+    """A corpus whose file is rewritten between two readings: each reading gives the next."""
+
+    def __init__(self, *versions):
+        self.versions = iter(versions)
+
+    def __iter__(self):
+        return iter(next(self.versions))
+
+
+def test_data_that_changes_while_it_is_read_is_never_cached_under_the_wrong_name(
+    tmp_path, monkeypatch
+):
+    from attnlab.data.masked_lm import encode_lines_cached
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    tokenizer = CharTokenizer.from_text("abcd \n")
+    for encode in (tokenize_cached, encode_lines_cached):
+        with pytest.raises(UserError, match="the data changed while it was read"):
+            encode(ChangingTexts(["ab\ncd\n"], ["dc\nba\n"]), tokenizer)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert tokenize_cached(["ab\ncd\n"], tokenizer).tolist() == tokenizer.encode("ab\ncd\n")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-1],  # not whole ids
+        lambda data: b"",
+        lambda data: b"\xff" * len(data),  # ids past the vocabulary
+        lambda data: b"garbage",
+    ],
+)
+def test_a_damaged_cache_file_is_encoded_again(tmp_path, monkeypatch, damage):
+    from attnlab.data.masked_lm import encode_lines_cached
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    tokenizer = CharTokenizer.from_text("abcd \n")
+    for encode, folder in [(tokenize_cached, "tokens"), (encode_lines_cached, "lines")]:
+        expected = as_lists(encode(["ab\ncd\n"], tokenizer))
+        (file,) = (tmp_path / "cache" / folder).iterdir()
+        file.write_bytes(damage(file.read_bytes()))
+        assert as_lists(encode(["ab\ncd\n"], tokenizer)) == expected
+
+
+def as_lists(arrays):
+    """A cache's arrays (one, or a tuple) as lists."""
+    return [a.tolist() for a in (arrays if isinstance(arrays, tuple) else (arrays,))]
+
+
 def test_lines_end_at_line_feeds_and_a_corpus_leaves_out_a_byte_order_mark(tmp_path):
     from attnlab.data.corpus import text_lines
 

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from attnlab.files import parent_folders, temporary_file
+from attnlab.files import parent_folders, remove_stale, temporary_file
 from attnlab.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 
 TIMEOUT_S = 60  # seconds a connection may stay silent before the download counts as failed
 CHUNK = 1 << 20
-STALE_S = 600  # a .part untouched this long is a killed download's; a live one writes more often
 USER_AGENT = "attnlab-data/0.1 (python urllib)"
 
 
@@ -68,18 +66,10 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
 
 def remove_stale_parts(dataset: Dataset, folder: Path) -> None:
     """Delete the temporary files that a killed download of the dataset left in `folder`
-    (`.NAME.*.part` beside each of its files, `..archive.*.part`), once untouched for STALE_S:
+    (`.NAME.*.part` beside each of its files, `..archive.*.part`), once untouched for a while:
     a download under way, in another process, writes its own more often than that."""
-    names: dict[Path, set[str]] = {folder: {".archive"}}
-    for entry in dataset.entries():
-        target = folder / entry.path
-        names.setdefault(target.parent, set()).add(target.name)
-    for parent, files in names.items():
-        for part in parent.glob(".*.part") if parent.is_dir() else ():
-            name = part.name[1 : -len(".part")].rpartition(".")[0]  # .NAME.RANDOM.part
-            with contextlib.suppress(OSError):  # gone already: another process removed it
-                if name in files and time.time() - part.stat().st_mtime > STALE_S:
-                    part.unlink()
+    for target in [folder / ".archive", *(folder / entry.path for entry in dataset.entries())]:
+        remove_stale(target.parent, target.name, ".part")
 
 
 def _fetch_from_archive(dataset: Dataset, folder: Path, missing: list[DataFile], bar) -> None:

@@ -24,7 +24,7 @@ import torch
 from attnlab.config import check_range, check_types
 from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
-from attnlab.data.text import content_key, tokenizer_cached, tokenizer_key
+from attnlab.data.text import KeyedTexts, content_key, tokenizer_cached, tokenizer_key
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes, cache_dir
 from attnlab.tokenizers import Tokenizer
@@ -52,18 +52,26 @@ def encode_lines_cached(
     """The non-empty lines of `texts` (a Corpus's pieces), encoded: (tokens, starts), line i
     being tokens[starts[i]:starts[i + 1]]. Lines end at line feeds only (text_lines), and a
     line two pieces share is one line. Encoded at most once per corpus and tokenizer."""
-    key = content_key(texts, tokenizer_key(tokenizer), "lines at line feeds, across pieces")
+    tags = (tokenizer_key(tokenizer), "lines at line feeds, across pieces")
+    key = content_key(texts, *tags)
     path = cache_dir() / "lines" / f"{key}.npz"
     if path.is_file():
-        with np.load(path) as saved:
-            return saved["tokens"], saved["starts"]
+        try:
+            with np.load(path) as saved:
+                tokens, starts = saved["tokens"], saved["starts"]
+            if starts[-1] == len(tokens) and (tokens < tokenizer.vocab_size).all():
+                return tokens, starts
+        except Exception:  # noqa: BLE001 - a damaged file (cut short, overwritten): encoded again
+            pass
+    read = KeyedTexts(texts, *tags)
     tokens, lengths, rest = [], [], ""
-    for text in itertools.chain(texts, ["\n"]):  # a piece at a time: only the ids are kept
+    for text in itertools.chain(read, ["\n"]):  # a piece at a time: only the ids are kept
         *lines, rest = (rest + text).split("\n")  # the last, unfinished, waits for the next
         lines = [line.removesuffix("\r") for line in lines if line.strip()]
         encoded = [encode_sentence(tokenizer, line) for line in lines]
         lengths.extend(map(len, encoded))
         tokens.append(np.fromiter(itertools.chain.from_iterable(encoded), np.int32))
+    read.check(key)
     starts = np.cumsum([0, *lengths])
     tokens = np.concatenate([np.zeros(0, np.int32), *tokens])
     np.savez(buffer := io.BytesIO(), tokens=tokens, starts=starts)

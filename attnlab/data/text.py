@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,12 +31,43 @@ from attnlab.training.sources import DataRequest, TrainingData
 def content_key(texts: Iterable[str], *tags: str) -> str:
     """A cache file's name: a hash of the tags and of the texts (read once more, a piece at a
     time), so changing either gives another name and nothing stale is ever read."""
-    if isinstance(texts, str):  # a str is an iterable of characters, each its own text
-        raise TypeError("give the texts as a list of strings or a Corpus, not one str")
-    key = hashlib.sha256(json.dumps(tags).encode())
-    for text in texts:
-        key.update(text.encode("utf-8", errors="surrogatepass"))
-    return key.hexdigest()[:32]
+    return KeyedTexts(texts, *tags).read()
+
+
+class KeyedTexts:
+    """The texts, hashed as the work that fills a cache file reads them: `check(key)` then
+    tells whether they are the texts the file is named for. A file that changed between the
+    two readings (written to while a run started) would otherwise leave the tokens of one text
+    under the name of another, read by every later run."""
+
+    def __init__(self, texts: Iterable[str], *tags: str):
+        if isinstance(texts, str):  # a str is an iterable of characters, each its own text
+            raise TypeError("give the texts as a list of strings or a Corpus, not one str")
+        self.texts, self.hash = texts, hashlib.sha256(json.dumps(tags).encode())
+        self.characters = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            self.hash.update(text.encode("utf-8", errors="surrogatepass"))
+            self.characters += len(text)
+            yield text
+
+    def read(self) -> str:
+        """The key of all the texts, read through."""
+        for _ in self:
+            pass
+        return self.key
+
+    @property
+    def key(self) -> str:
+        return self.hash.hexdigest()[:32]
+
+    def check(self, key: str) -> None:
+        if self.key != key:
+            raise UserError(
+                "the data changed while it was read (a file still being written?): nothing "
+                "was cached; run again once it is complete"
+            )
 
 
 def tokenizer_key(tokenizer: Tokenizer) -> str:
@@ -74,15 +106,31 @@ def tokenize_cached(texts: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
     """Token ids of the texts one after the other (a Corpus's pieces), as a read-only
     memory-mapped array, tokenized at most once and a piece at a time."""
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
-    path = cache_dir() / "tokens" / f"{content_key(texts, tokenizer_key(tokenizer))}.{dtype.name}"
+    keyed = KeyedTexts(texts, tokenizer_key(tokenizer))
+    key = keyed.read()
+    path = cache_dir() / "tokens" / f"{key}.{dtype.name}"
+    if path.is_file() and not _intact(path, dtype, tokenizer.vocab_size, keyed.characters):
+        path.unlink()  # damaged (written to by hand, a disk fault): encoded again
     if not path.is_file():
         check_writable(path.parent)
+        read = KeyedTexts(texts, tokenizer_key(tokenizer))
         with atomic_writer(path) as f:
-            for text in texts:
+            for text in read:
                 f.write(tokenizer.encode_array(text).astype(dtype, copy=False))
+            read.check(key)
     if path.stat().st_size == 0:  # np.memmap cannot map an empty file
         return np.zeros(0, dtype)
     return np.memmap(path, dtype, mode="r")
+
+
+def _intact(path: Path, dtype: np.dtype, vocab_size: int, characters: int) -> bool:
+    """Whether a cached token file can be what was written: whole ids, each in the vocabulary,
+    some for any text (one pass over the file: a fraction of a second per GB, against minutes
+    of encoding)."""
+    size = path.stat().st_size
+    if size % dtype.itemsize or (size == 0) != (characters == 0):
+        return False
+    return size == 0 or int(np.memmap(path, dtype, mode="r").max()) < vocab_size
 
 
 @dataclass

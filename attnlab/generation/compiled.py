@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from attnlab.devices import Compiled, warn_compiler_failure
-from attnlab.files import cache_dir
+from attnlab.files import cache_dir, remove_stale
 from attnlab.generation.sampling import SamplingConfig
 
 # Inductor's CPU limits for the rewrite: products with one row, other sides up to 2048
@@ -164,28 +164,37 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
         program = torch.export.export(step, inputs, strict=False)
         path = _package_path(program)
         if path.exists():
-            os.utime(path)  # recently used: kept by _prune
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
-            torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(partial),
-                inductor_configs=copy.deepcopy(INDUCTOR_OPTIONS),  # Inductor fills it in
-            )
-            _check_loads(partial)
-            os.replace(partial, path)  # whole or absent, for a concurrent run
-            _prune(path.parent)
+            try:
+                package = torch._inductor.aoti_load_package(str(path))
+                os.utime(path)  # recently used: kept by _prune
+                return package.loader.run
+            except Exception:  # noqa: BLE001 - a damaged file (cut short, say): built again
+                path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path.parent, path.name, PARTIAL)
+        partial = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL}")
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(partial),
+            inductor_configs=copy.deepcopy(INDUCTOR_OPTIONS),  # Inductor fills it in
+        )
+        _check_loads(partial)
+        os.replace(partial, path)  # whole or absent, for a concurrent run
+        _prune(path.parent)
         package = torch._inductor.aoti_load_package(str(path))
     # The loader's own entry point takes the flat list; the package's __call__ would flatten
     # nested inputs on every call, which costs half as much as the step.
     return package.loader.run
 
 
+PARTIAL = ".partial.pt2"  # a library being written (.NAME.PID.partial.pt2), renamed once whole
+
+
 def _prune(directory: Path, keep: int = 32) -> None:
     """Delete all but the `keep` most recently used libraries (2-3 MB each for small models;
     each new sampling setting or model shape adds one)."""
-    libraries = sorted(directory.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    libraries = [p for p in directory.glob("*.pt2") if not p.name.startswith(".")]  # no partial
+    libraries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in libraries[keep:]:
         old.unlink(missing_ok=True)
 

@@ -46,7 +46,7 @@ import torch
 from torch.utils import cpp_extension
 
 from attnlab.devices import warn_compiler_failure
-from attnlab.files import atomic_write_bytes, cache_dir
+from attnlab.files import atomic_write_bytes, cache_dir, remove_stale
 
 SOURCES = [
     os.path.join(os.path.dirname(__file__), name) for name in ("cpu.cpp", "scan.cpp", "dropout.cpp")
@@ -179,7 +179,9 @@ def _build() -> str:
     digest = library.with_suffix(".sha256")  # of the library, written when we built it
     if library.exists() and _trusted(library, digest):
         return str(library)
-    fd, temporary = tempfile.mkstemp(dir=library.parent, suffix=".so")
+    for suffix in (".so", ".cpp"):  # what a process killed while building left
+        remove_stale(library.parent, library.name, suffix)
+    fd, temporary = tempfile.mkstemp(dir=library.parent, prefix=f".{library.name}.", suffix=".so")
     os.close(fd)
     try:
         _compile(temporary, flags)
