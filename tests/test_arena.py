@@ -137,6 +137,15 @@ def test_bad_arena_input_is_one_line(tmp_path, capsys, extra, message):
     assert not (tmp_path / "a").exists()
 
 
+def test_an_arena_whose_first_run_fails_leaves_its_out_free_for_the_corrected_one(tmp_path, capsys):
+    (tmp_path / "text.txt").write_text("some text to learn from\n" * 200)
+    argv = ["arena", "--out", str(tmp_path / "a"), "--mixers", "attention"]
+    argv += ["--data", str(tmp_path / "text.txt"), "--tokenizer", "foo"]
+    code, _, err = run(argv, capsys)
+    assert "unknown tokenizer 'foo'" in one_line_error(code, err)
+    assert not (tmp_path / "a").exists()
+
+
 def test_arena_refuses_a_folder_with_files(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep")
     code, _, err = run(["arena", "--out", str(tmp_path)], capsys)

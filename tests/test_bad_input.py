@@ -47,15 +47,15 @@ def test_sample_refuses_non_numbers_and_non_text(checkpoint, capsys, flags, expe
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--learning-rate", "nan"], "learning_rate must be a finite number"),
-        (["--norm-eps", "inf"], "norm_eps must be a finite number"),
-        (["--seed", str(2**64)], "seed must be in [0, 2**63)"),
-        (["--beta1", "2"], "beta1 must be in [0, 1)"),
-        (["--beta2", "1"], "beta2 must be in [0, 1)"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+        (["--norm-eps", "inf"], "--norm-eps must be a finite number"),
+        (["--seed", str(2**64)], "--seed must be in [0, 2**63)"),
+        (["--beta1", "2"], "--beta1 must be in [0, 1)"),
+        (["--beta2", "1"], "--beta2 must be in [0, 1)"),
         (["--weight-decay", "-1"], "weight_decay must be >= 0"),
         (["--time-limit", "0"], "--time-limit must be a positive number"),
         (["--time-limit", "-1"], "--time-limit must be a positive number"),
-        (["--compile-by-block"], "compile_by_block is a way to compile: it needs compile"),
+        (["--compile-by-block"], "--compile-by-block is a way to compile: it needs compile"),
     ],
 )
 def test_train_refuses_non_finite_settings(tmp_path, capsys, flags, expected):

@@ -362,3 +362,27 @@ def test_fill_mask_and_classify_run_a_training_model_without_dropout():
         model.eval()
         second = predict(model)
         assert second == first if isinstance(first, list) else second.equal(first)
+
+
+def test_label_names_are_one_per_class_and_each_its_own():
+    from attnlab.data.classification import _label_names
+
+    assert _label_names("neg, pos", 2) == ["neg", "pos"] and _label_names("", 2) == ["0", "1"]
+    with pytest.raises(UserError, match="gives 3 names for 2 classes"):
+        _label_names("a,b,c", 2)
+    with pytest.raises(UserError, match="names 'a' twice: one per class"):
+        _label_names("a, a", 2)
+
+
+def test_folds_asked_for_beside_a_dev_file_are_noted_as_unused(tmp_path):
+    from attnlab.data.classification import read_examples
+
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_text("sentence\tlabel\na good film\t1\na bad film\t0\n")
+    notes = []
+    read_examples(str(tmp_path), 10, 3, notes.append)
+    assert notes == [f"note: {tmp_path} has a dev.tsv, which validates: "
+                                       "--folds and --fold are unused"]  # fmt: skip
+    notes.clear()
+    read_examples(str(tmp_path), 10, 0, notes.append)
+    assert notes == []

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from helpers import one_line_error, run
 
+from attnlab import __version__
 from attnlab.cli import COMMANDS, build_parser, main
 from attnlab.cli import run as attnlab
 from attnlab.cli.options import read_toml
@@ -65,7 +67,12 @@ def test_help_works_for_every_command(capsys):
         with pytest.raises(SystemExit) as exit_:
             main([*path, "--help"])
         assert exit_.value.code == 0
-        assert "usage: attnlab" in capsys.readouterr().out
+        out = " ".join(capsys.readouterr().out.split())
+        assert "usage: attnlab" in out
+        assert not re.search(r"\(default: (\)|\[\])|\(default: [^)]*\) \(default:", out), path
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"attnlab {__version__}\n"
 
 
 def test_train_gpt_help_lists_every_field_with_its_default(capsys):
@@ -212,7 +219,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus, capsys):
             ["train", "gpt", "--config", str(bad_type), "--data", str(corpus), "--out", out],
             "batch_size",
         ),
-        (["train", "gpt", "--data", str(corpus), "--out", out, "--d-model", "30"], "d_model"),
+        (
+            ["train", "gpt", "--data", str(corpus), "--out", out, "--d-model", "30"],
+            "--d-model=30 must be divisible by --n-heads=4",
+        ),
         (["evaluate", str(tmp_path / "nowhere"), "--data", str(corpus)], "no checkpoint"),
         (["sample", str(tmp_path / "nowhere")], "no checkpoint"),
     ]

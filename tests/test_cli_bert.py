@@ -100,6 +100,10 @@ def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):
     line = one_line_error(*run(argv, capsys)[::2])
     assert "leave prenorm unset" in line and "dropout" not in line
     assert not (tmp_path / "c").exists()
+    argv = [*argv[:-3], "--tokenizer", "byte"]  # the weights read the checkpoint's ids
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert "takes the tokenizer from" in line and "leave --tokenizer unset" in line
+    assert not (tmp_path / "c").exists()
 
 
 def test_long_reviews_read_in_windows(pretrained, tmp_path, capsys):

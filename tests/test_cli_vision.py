@@ -123,6 +123,15 @@ def test_training_on_a_bad_idx_file_is_one_line(tmp_path, capsys):
     assert not (out / "model.safetensors").exists()
 
 
+def test_a_shift_past_the_images_size_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["train", "vit", "--shift", "100", "--out", str(out), *SMALL], capsys)
+    assert "--shift 100 would move images of 32 pixels out of the frame" in one_line_error(
+        code, err
+    )
+    assert not (out / "model.safetensors").exists()
+
+
 def test_training_on_a_folder_warns_of_a_stray_file(tmp_path, capsys):
     data = tmp_path / "pictures"
     for name in ("light", "dark"):

@@ -322,7 +322,7 @@ def test_recurrent_lm_reads_a_whole_prompt_and_decodes_past_its_training_window(
 def test_bad_recurrent_lm_settings_are_one_line(tmp_path, capsys):
     argv = ["train", "lstm_lm", "--cell", "transformer", "--out", str(tmp_path / "run")]
     code, _, err = run(argv, capsys)
-    assert "RecurrentLMConfig.cell must be one of 'rnn', 'lstm', 'gru'" in one_line_error(code, err)
+    assert "--cell must be one of 'rnn', 'lstm', 'gru'" in one_line_error(code, err)
 
 
 @pytest.mark.parametrize("mixer", ["lstm", "hyena", "mamba"])

@@ -49,6 +49,16 @@ def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
     assert snapshot(out) == before
 
 
+def test_a_run_refused_before_its_first_save_is_started_again_not_resumed(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    code, _, err = train(capsys, corpus, out, "--probes", "induction", "--mixer", "lstm")
+    assert "no self-attention layers" in one_line_error(code, err) and (out / "run.json").is_file()
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume"], capsys)
+    assert "stopped before its first save; start it again without --resume" in one_line_error(
+        code, err
+    )
+
+
 @pytest.mark.parametrize(
     "damage",
     ["garbage\n", "[1, 2]\n", '{"loss": 1.0}\n', '{"step": 9}\n', '{"step": 1, "train_loss": 1}\n'],

@@ -127,6 +127,8 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
     argv += ["--max-iters", "4", "--eval-interval", "2", "--eval-iters", "2", "--batch-size", "8"]
     code, _, err = run(argv, capsys)
     assert code == 0, err
+    assert f"score it:   attnlab evaluate {out}" in err and "sample it" not in err
+    assert run(["evaluate", str(out)], capsys)[0] == 0  # the step it suggests works
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 0 <= records[-1]["val_accuracy"] <= 1
     code, text, err = run(

@@ -19,6 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import attnlab
 from attnlab.errors import UserError
 
 # command -> (module in attnlab.cli, one line for `attnlab --help`)
@@ -47,11 +48,13 @@ COMMANDS = {
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default and keeps descriptions' line breaks. An option whose help
     says its default in words ("(default: stdlib, ...)"), a required one, or one without a
-    default (None) is left as written."""
+    default (None) is left as written; an empty default reads "none"."""
 
     def _get_help_string(self, action):
         if "(default:" in (action.help or "") or action.required or action.default is None:
             return action.help
+        if action.default in ("", (), []):  # not "(default: )"
+            return f"{action.help} (default: none)"
         return super()._get_help_string(action)
 
 
@@ -91,6 +94,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Build, train, sample, evaluate and look inside your own transformers.",
         formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"attnlab {attnlab.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, summary) in COMMANDS.items():
         if command is None or name == command:

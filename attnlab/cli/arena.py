@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from pathlib import Path
 
 from attnlab.cli.options import given_flags, record_defaults
@@ -120,6 +121,7 @@ def arena(args: argparse.Namespace) -> int:
         *("--eval-iters", "20", *budget),
     ]
     data = ["--data", args.data, "--tokenizer", args.tokenizer]
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     title = (
         f"{args.data}: {args.params / 1e6:g}M block parameters, {args.n_layers} layers, "
@@ -140,6 +142,13 @@ def arena(args: argparse.Namespace) -> int:
         if entries:  # the mixers that finished, compared
             report(entries, out, f"{title} (interrupted: {len(entries)} of {len(mixers)})")
             note(f"interrupted: the report of the finished mixers is in {out / 'arena.md'}")
+        raise
+    except UserError:  # bad data or tokenizer, say: with nothing finished, --out is free again
+        if not entries:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if made:
+                out.rmdir()
         raise
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")

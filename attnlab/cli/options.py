@@ -54,7 +54,9 @@ def add_config_flags(
             continue
         flag = "--" + field.name.replace("_", "-")
         default = (defaults or {}).get(field.name, field.default)
-        help_text = f"{comments.get(field.name, '')} (default: {default})".strip()
+        comment = comments.get(field.name, "")  # which may say its default in words
+        shown = "none" if default in ("", (), []) else default
+        help_text = comment if "(default:" in comment else f"{comment} (default: {shown})".strip()
         hint = hints[field.name]
         if hint is bool:
             group.add_argument(

@@ -197,7 +197,7 @@ def run_decode(args: argparse.Namespace) -> int:
     ids = []
     for word in words:
         if not re.fullmatch("[0-9]+", word):  # int() would take "1_0", " 12" and "١٢"
-            raise UserError(f"not a token id: {word!r} (ids are integers)")
+            raise UserError(f"not a token id: {word!r} (ids are whole numbers from 0)")
         ids.append(int(word))
     try:
         print(tokenizer.decode(ids))

@@ -14,10 +14,18 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import add_config_flags, build_config, flag_values, merge_layers, read_toml
+from attnlab.cli.options import (
+    add_config_flags,
+    as_flags,
+    build_config,
+    flag_values,
+    merge_layers,
+    read_toml,
+)
 from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
 from attnlab.config import check_fields, config_from_dict, config_to_dict
 from attnlab.data import catalog
@@ -99,12 +107,14 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{kind.name})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    starts = " or ".join((kind.name, *kind.init_from))
+    starts = " or ".join(map(a_kind, (kind.name, *kind.init_from)))
+    tokens = any(f.name == "tokenizer" for f in dataclasses.fields(kind.data_config))
     parser.add_argument(
         "--init",
         metavar="CKPT",
-        help=f"start from the weights of a {starts} checkpoint: its model shape and tokenizer; "
-        "layers it lacks start new (default: none, random weights)",
+        help=f"start from the weights of {starts} checkpoint: its model shape"
+        f"{' and tokenizer' if tokens else ''}; layers it lacks start new (default: none, "
+        "random weights)",
     )
     parser.add_argument(
         "--time-limit",
@@ -136,6 +146,22 @@ def _add_kind(kinds, kind: ModelKind) -> None:
 
 def train(kind_name: str, args: argparse.Namespace) -> int:
     kind = get_kind(kind_name)
+    try:
+        return _command(kind, args)
+    except UserError as error:  # "GPTConfig.n_heads must" as "--n-heads must", or "n_heads must
+        message = str(error)  # ... (in FILE or a flag)" where a config file may have set it
+        for cls in (kind.config, kind.data_config, TrainConfig):
+            if args.config:
+                message = re.sub(rf"\b{cls.__name__}\.", "", message)
+            else:
+                message = as_flags(message, cls)
+        if args.config and message != str(error):
+            message += f" (in {args.config} or a flag)"
+        error.args = (message,)
+        raise
+
+
+def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     if args.time_limit is not None and not args.time_limit > 0:
         raise UserError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     if args.processes is not None:
@@ -172,6 +198,10 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
             )
         model_base = {**model_base, **shape, **given}
         run["init"] = args.init
+        if "tokenizer" in flag_values(args, kind.data_config):  # the weights read its ids
+            raise UserError(
+                f"--init takes the tokenizer from {args.init} too: leave --tokenizer unset"
+            )
     if "batch_size" not in kind.unused_fields:  # before anything is written or built
         group.check_batch(train_config.batch_size)
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
@@ -214,6 +244,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
     steps = [NEXT_STEPS[c].format(out=out) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
+    if str(run["data"].get("data", "")).startswith("task:"):  # token puzzles, not text to sample
+        steps = [f"score it:   attnlab evaluate {out}"]
     return fit_and_report(
         trainer,
         out,
@@ -347,6 +379,11 @@ def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
 def _resumed(kind: ModelKind, args, toml, data_keys, out: Path):
     """A resumed run's settings, from its directory; the file and the flags may change only
     training settings (a data or model setting equal to the run's is no change)."""
+    if (out / RUN_FILE).is_file() and not (out / MODEL_FILE).is_file():
+        raise UserError(
+            f"{out} has no checkpoint to resume: the run stopped before its first save; "
+            "start it again without --resume"
+        )
     run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
     if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
         raise UserError(f"{out / RUN_FILE} is not a run description")

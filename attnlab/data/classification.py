@@ -128,6 +128,9 @@ def read_examples(
     if (path / "train.tsv").is_file():
         train = read_tsv(path / "train.tsv")
         if (path / "dev.tsv").is_file():
+            default = ClassificationDataConfig()
+            if (folds, fold) != (default.folds, default.fold) and not unseen:  # asked for
+                log(f"note: {spec} has a dev.tsv, which validates: --folds and --fold are unused")
             return train, read_tsv(path / "dev.tsv"), None
         return (*hold_out(train, folds, fold), None)
     examples, classes = read_class_folders(path, log)
@@ -284,4 +287,6 @@ def _label_names(given: str, n_classes: int) -> list[str]:
     names = [n.strip() for n in given.split(",")] if given else [str(i) for i in range(n_classes)]
     if len(names) != n_classes:
         raise UserError(f"label_names gives {len(names)} names for {n_classes} classes")
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise UserError(f"label_names names {', '.join(map(repr, twice))} twice: one per class")
     return names

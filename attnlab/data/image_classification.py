@@ -161,6 +161,11 @@ def image_training_data(request: DataRequest) -> TrainingData:
     checkpoint's when resuming), random batches to train, a fixed sample of eval_iters batches
     of the test images to evaluate (evaluation_images), and accuracy beside the loss."""
     settings, train = request.settings, request.train
+    if 0 < request.model["image_size"] <= settings.shift:  # before any image is read
+        raise UserError(
+            f"--shift {settings.shift} would move images of {request.model['image_size']} "
+            "pixels out of the frame: give less than their size"
+        )
     dataset = load_image_data(settings, request.model["image_size"], request.log)
     saved = request.artifacts or {}
     classes = ClassNames(dataset.classes)

@@ -181,7 +181,8 @@ def model_inputs(
         )
     if builder in IMAGES:
         if image is None or text is not None:
-            raise UserError(f"{holds}, which reads images: give --image FILE, not --text")
+            instead = ", not --text" if text is not None else ""
+            raise UserError(f"{holds}, which reads images: give --image FILE{instead}")
     elif image is not None:
         raise UserError(f"--image is for image models; {holds}: give --text")
     elif text is None or not text.strip():

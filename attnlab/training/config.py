@@ -13,7 +13,7 @@ from attnlab.training.probes import parse_probes
 @dataclass(frozen=True)
 class TrainConfig:
     max_iters: int = 2000  # optimizer steps
-    batch_size: int = 12  # sequences per micro-batch
+    batch_size: int = 12  # examples (sequences, images) per micro-batch
     gradient_accumulation: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-3  # peak learning rate (a multiplier for inverse_sqrt)
     min_learning_rate: float = 1e-4  # where cosine and wsd end (at most learning_rate)
