@@ -149,7 +149,8 @@ import resource, sys
 from pathlib import Path
 from helpers import tiny_gpt
 from attnlab.errors import UserError
-from attnlab.training.checkpoints import load_matching_weights, load_training_state, load_weights
+from attnlab.training.checkpoints import load_matching_weights, load_weights
+from attnlab.training.state import load_training_state
 from attnlab.training.optimizers import build_optimizer
 path, model = Path(sys.argv[1]), tiny_gpt(vocab_size=256)
 try:

@@ -142,6 +142,7 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
         (["decode", "--tokenizer", "{tok}", "280"], "outside the vocabulary"),
         (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
         (["encode", "--tokenizer", "{corpus}", "hi"], "not valid JSON"),
+        (["encode", "--tokenizer", "{folder}", "hi"], "is a folder without a tokenizer.json"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):

@@ -20,7 +20,7 @@ from attnlab.data.translation import (
     train_joint_tokenizer,
 )
 from attnlab.errors import UserError
-from attnlab.training.checkpoints import decode_tensor, encode_tensor
+from attnlab.training.state import decode_tensor, encode_tensor
 
 SPECIAL = {"pad_id": 0, "bos_id": 1, "eos_id": 2}
 

@@ -145,10 +145,11 @@ def arena(args: argparse.Namespace) -> int:
         raise
     except UserError:  # bad data or tokenizer, say: with nothing finished, --out is free again
         if not entries:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
             if made:
-                out.rmdir()
+                shutil.rmtree(out)
+            else:  # an empty folder given: empty again
+                for child in out.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")

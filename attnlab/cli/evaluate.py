@@ -33,11 +33,8 @@ from attnlab.models.registry import (
     TRANSLATE,
     get_kind,
 )
-from attnlab.training.checkpoints import (
-    checkpoint_description,
-    load_checkpoint,
-    read_training_state,
-)
+from attnlab.training.checkpoints import checkpoint_description, load_checkpoint
+from attnlab.training.state import read_training_state
 
 SPLITS = ("val", "train", "all")
 

@@ -128,6 +128,8 @@ def open_tokenizer(spec: str) -> Tokenizer:
         return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
     if (Path(spec) / "tokenizer.json").is_file():  # a run directory's (checkpoint artefact)
         return load_tokenizer(Path(spec) / "tokenizer.json")
+    if Path(spec).is_dir():
+        raise UserError(f"{spec} is a folder without a tokenizer.json (an image model's run?)")
     return load_tokenizer(spec)
 
 

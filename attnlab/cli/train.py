@@ -18,20 +18,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import (
-    add_config_flags,
-    as_flags,
-    build_config,
-    flag_values,
-    merge_layers,
-    read_toml,
+from attnlab.cli.options import add_config_flags, as_flags, flag_values, read_toml
+from attnlab.cli.run_settings import (
+    check_toml,
+    new_run_settings,
+    refuse_data_fields,
+    resumed_settings,
 )
 from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
-from attnlab.config import check_fields, config_from_dict, config_to_dict
-from attnlab.data import catalog
+from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import seed_everything
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_json, read_json
+from attnlab.files import atomic_write_json
 from attnlab.models import KINDS
 from attnlab.models.registry import (
     CLASSIFY,
@@ -50,7 +48,6 @@ from attnlab.training.checkpoints import (
     finish_checkpoint,
     load_artifacts,
     load_matching_weights,
-    read_training_state,
 )
 from attnlab.training.distributed import MODES, Group, launch
 from attnlab.training.sources import DataRequest
@@ -59,7 +56,6 @@ from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
 # model fields a run started from another's weights (--init) may change: its regularisation
 # and how a classifier reads a text
 TUNABLE = {"dropout", "pooling", "long_text"}
-TABLES = {"model": dict, "training": dict}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",
     TRANSLATE: 'translate:  attnlab translate {out} "..."',
@@ -148,8 +144,10 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
     kind = get_kind(kind_name)
     try:
         return _command(kind, args)
-    except UserError as error:  # "GPTConfig.n_heads must" as "--n-heads must", or "n_heads must
-        message = str(error)  # ... (in FILE or a flag)" where a config file may have set it
+    except UserError as error:
+        # a config's field named as the user set it: "GPTConfig.n_heads must ..." reads
+        # "--n-heads must ...", or "n_heads must ... (in FILE or a flag)" given a config file
+        message = str(error)
         for cls in (kind.config, kind.data_config, TrainConfig):
             if args.config:
                 message = re.sub(rf"\b{cls.__name__}\.", "", message)
@@ -168,12 +166,12 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
         return _launch(args)
     toml = read_toml(args.config)
     source = args.config or "flags"
-    data_keys = _check_toml(toml, kind, source)
+    data_keys = check_toml(toml, kind, source)
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     group = Group.for_run(args.distributed)  # alone, or one of torchrun's processes
     # a new run's settings before its directory exists: a folder named like a dataset ("sst2")
     # is not taken for it, and a bad setting is one line before anything slow
-    chosen = None if args.resume else _chosen(kind, args, toml, data_keys, source)
+    chosen = None if args.resume else new_run_settings(kind, args, toml, data_keys, source)
     claim_run_directory(out, args.resume)
     with group.running(), _locked(out, group):
         with group.writer_first():
@@ -181,7 +179,7 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
                 finish_checkpoint(checkpoint)
         claim_run_directory(out, args.resume)  # again: the finished save may be a checkpoint
         if chosen is None:  # the settings are the run's own, with what the file and flags change
-            chosen, source = _resumed(kind, args, toml, data_keys, out), str(out / RUN_FILE)
+            chosen, source = resumed_settings(kind, args, toml, data_keys, out), str(out / RUN_FILE)
         return _train(kind, args, chosen, source, out, group)
 
 
@@ -213,7 +211,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     log = note if group.is_writer else lambda message: None
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
-    _refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
+    refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
@@ -255,17 +253,6 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
-
-
-def _refuse_data_fields(names: set[str]) -> None:
-    """Model fields the data sets (the vocabulary's size, the classes) are no settings: those
-    a kind declares are refused before the data is read, any other once it is."""
-    if names:
-        many = len(names) > 1
-        raise UserError(
-            f"{', '.join(sorted(names))} {'come' if many else 'comes'} from the data: "
-            f"leave {'them' if many else 'it'} unset"
-        )
 
 
 def _class_head(kind: ModelKind, config) -> set[str]:
@@ -325,112 +312,3 @@ def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[st
             f"starts from a {' or '.join(starts)} checkpoint"
         )
     return description
-
-
-def _check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
-    """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
-    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # first: its keys are theirs
-        raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
-    data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
-    allowed = {"kind", "out", "preset", *data_fields, *TABLES}
-    unknown = sorted(set(toml) - allowed)
-    if unknown:
-        raise UserError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-    for key in ("out", "preset"):
-        if key in toml and not isinstance(toml[key], str):
-            raise UserError(f"{path}: '{key}' must be a string")
-    for key in TABLES:
-        if key in toml and not isinstance(toml[key], dict):
-            raise UserError(f"{path}: '{key}' must be a table ([{key}])")
-    return data_fields & set(toml)
-
-
-def _chosen(kind: ModelKind, args, toml, data_keys, source: str):
-    """A new run's settings: preset, data settings and configs from the file and the flags."""
-    preset = args.preset or toml.get("preset") or kind.default_preset
-    if preset not in kind.presets:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(kind.presets)}")
-    data = build_config(
-        kind.data_config,
-        {k: toml[k] for k in data_keys},
-        flag_values(args, kind.data_config),
-        source=f"{source} data settings",
-    )
-    run = {
-        "kind": kind.name,
-        "preset": preset,
-        "data": _data_path(config_to_dict(data), catalog.here),
-    }
-    given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
-    model = ({**config_to_dict(kind.presets[preset]), **given}, given)
-    check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
-    for table in TABLES:  # the fields the kind ignores have no flags: a file may name them
-        if unused := sorted(kind.unused_fields & toml.get(table, {}).keys()):
-            raise UserError(f"{source} [{table}]: {kind.name} does not use {', '.join(unused)}")
-    _refuse_data_fields(kind.data_fields & given.keys())
-    train = build_config(
-        TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
-    )
-    return run, model, train
-
-
-def _resumed(kind: ModelKind, args, toml, data_keys, out: Path):
-    """A resumed run's settings, from its directory; the file and the flags may change only
-    training settings (a data or model setting equal to the run's is no change)."""
-    if (out / RUN_FILE).is_file() and not (out / MODEL_FILE).is_file():
-        raise UserError(
-            f"{out} has no checkpoint to resume: the run stopped before its first save; "
-            "start it again without --resume"
-        )
-    run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
-    if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
-        raise UserError(f"{out / RUN_FILE} is not a run description")
-    if get_kind(run.get("kind", kind.name)) is not kind:
-        raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
-    saved = checkpoint_description(out)["config"]
-    data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
-    given = {**_data_path(data), **toml.get("model", {}), **flag_values(args, kind.config)}
-    before = _data_path({**saved, **run["data"]})  # a path kept relative (older runs) read here
-    changed = [k for k, v in given.items() if before.get(k) != v]
-    if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
-        raise UserError(
-            f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when "
-            "resuming: leave them out, a resumed run keeps its own"
-        )
-    _check_data_is_there(before.get("data"), out)
-    state = read_training_state(out)
-    flags = flag_values(args, TrainConfig)
-    train = build_config(
-        TrainConfig, state["train_config"], toml.get("training", {}), flags, source="--resume"
-    )
-    if train.seed != state["train_config"].get("seed", train.seed):
-        raise UserError(
-            f"--seed {train.seed}: a resumed run carries on its own random state (seed "
-            f"{state['train_config']['seed']}); a new seed starts a new run"
-        )
-    if train.max_iters <= state["step"]:
-        note(f"note: {out} is at step {state['step']} already (max_iters {train.max_iters}): "
-             "nothing to train; a larger --max-iters trains on")  # fmt: skip
-    return run, (saved, saved), train
-
-
-def _check_data_is_there(spec: Any, out: Path) -> None:
-    """A run resumes on its own data: a file or folder it was trained on that is gone is one
-    line saying so (a dataset's name, 'stdlib' or a task is found again)."""
-    if not isinstance(spec, str) or not os.path.isabs(spec):
-        return
-    if not (Path(spec).exists() or Path(catalog.split_glob(spec)[0]).exists()):
-        raise UserError(
-            f"{out} was trained on {spec}, which is not there any more: put it back to resume "
-            "(a run resumes on its own data; --init starts a new run from its weights)"
-        )
-
-
-def _data_path(settings: dict[str, Any], find=catalog.where) -> dict[str, Any]:
-    """Data settings with the `data` path found: by catalog.where, the real file it reads (a
-    dataset named by another path is the same data), or by catalog.here, made absolute."""
-    if not isinstance(settings.get("data"), str):
-        return settings
-    return {**settings, "data": find(settings["data"]) or settings["data"]}

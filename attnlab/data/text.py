@@ -106,14 +106,15 @@ def tokenize_cached(texts: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
     """Token ids of the texts one after the other (a Corpus's pieces), as a read-only
     memory-mapped array, tokenized at most once and a piece at a time."""
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
-    keyed = KeyedTexts(texts, tokenizer_key(tokenizer))
+    tag = tokenizer_key(tokenizer)
+    keyed = KeyedTexts(texts, tag)
     key = keyed.read()
     path = cache_dir() / "tokens" / f"{key}.{dtype.name}"
     if path.is_file() and not _intact(path, dtype, tokenizer.vocab_size, keyed.characters):
         path.unlink()  # damaged (written to by hand, a disk fault): encoded again
     if not path.is_file():
         check_writable(path.parent)
-        read = KeyedTexts(texts, tokenizer_key(tokenizer))
+        read = KeyedTexts(texts, tag)  # hashed again as encoded: the file holds what it names
         with atomic_writer(path) as f:
             for text in read:
                 f.write(tokenizer.encode_array(text).astype(dtype, copy=False))

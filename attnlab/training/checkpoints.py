@@ -16,11 +16,8 @@ a journal, and one whose weights, optimizer and trainer state carry different sa
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import os
-import random
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +35,9 @@ from attnlab.models.registry import ModelKind, build_model, describe, get_kind
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F401
 from attnlab.training.distributed import is_writer, like, whole
+from attnlab.training.state import OPTIMIZER_FILE, STATE_FILE, optimizer_bytes
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
 JOURNAL_FILE = "checkpoint.journal"  # the renames of a save in progress (files.py)
 SAVE_ID = "save_id"  # one random id per save, in the files that change between saves
 
@@ -79,7 +76,7 @@ def save_checkpoint(
             raise ValueError(f"unknown artefact {name!r}: register it with register_artifact")
         files[f"{name}.json"] = _json_bytes(artifact.to_dict())
     if optimizer is not None:
-        files[OPTIMIZER_FILE] = _optimizer_bytes(optimizer, save_id)
+        files[OPTIMIZER_FILE] = optimizer_bytes(optimizer, save_id)
     if trainer_state is not None:
         files[STATE_FILE] = _json_bytes({**trainer_state, **save_id})
     if is_writer():  # of the ranks of a distributed run, which all gather the tensors
@@ -301,96 +298,6 @@ def _check_values(name: str, tensor: torch.Tensor, dtype: torch.dtype, file: Pat
         raise UserError(f"checkpoint weight {name} in {file} is {tensor.dtype}, not floating point")
     if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
         raise UserError(f"checkpoint weight {name} in {file} holds NaN or infinite values")
-
-
-# trainer_state.json: the fields resuming reads, and their JSON types
-STATE_FIELDS = {"step": int, "elapsed_s": (int, float), "train_config": dict, "rng": dict}
-RNG_FIELDS = {"torch": str, "cuda": list, "python": list, "data": dict}
-
-
-def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """trainer_state.json of a checkpoint directory, checked field by field (a hand-edited file
-    of the wrong shape is one clear error, not a failure halfway through resuming)."""
-    file = Path(path) / STATE_FILE
-    state = read_json(file, "trainer state")
-    rng = state.get("rng") if isinstance(state, dict) else None
-    for where, value, fields in (("", state, STATE_FIELDS), ("rng.", rng, RNG_FIELDS)):
-        for name, kind in fields.items():
-            field = value.get(name) if isinstance(value, dict) else None
-            wrong = isinstance(field, bool) or not isinstance(field, kind)
-            if wrong or (isinstance(field, (int, float)) and field < 0):  # a step, a time
-                raise UserError(f"trainer state {file} is damaged: {where}{name} is missing or bad")
-    return state
-
-
-def load_training_state(path: str | os.PathLike, optimizer: Optimizer) -> dict[str, Any]:
-    """A checkpoint's trainer state, with the optimizer's state per parameter restored (its
-    groups keep their settings, weight decay and betas: a resumed run may change them)."""
-    path = Path(path)
-    state = read_training_state(path)
-    file = path / OPTIMIZER_FILE
-    if not file.is_file():
-        raise UserError(f"cannot resume: {file} is missing")
-    live = optimizer.param_groups  # their settings stay; their state comes from the file
-    params = [p for group in live for p in group["params"]]
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    try:
-        with safetensors.safe_open(file, framework="pt") as f:
-            groups = json.loads(f.metadata()["param_groups"])
-            groups = [{**g, "params": s["params"]} for g, s in zip(live, groups, strict=True)]
-            for name in f.keys():  # noqa: SIM118
-                # "INDEX.KEY", no larger than its parameter: checked before the tensor is read
-                index, _, key = name.partition(".")
-                size = math.prod(f.get_slice(name).get_shape())
-                param = params[int(index)] if index.isdigit() and int(index) < len(params) else None
-                if param is None or size > max(1, param.numel()):
-                    raise UserError(f"optimizer state {file} does not fit the model")
-                per_param.setdefault(int(index), {})[key] = like(f.get_tensor(name), param)
-        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    except UserError:
-        raise
-    except Exception as error:  # safetensors raises several types for a damaged file
-        raise UserError(f"optimizer state {file} is corrupt: {error}") from None
-    return state
-
-
-def restore_random_states(path: Path, rng: dict[str, Any], data: Any) -> None:
-    """Set torch's, CUDA's, Python's and the data sampler's generators (`data`, with
-    load_state_dict) from the "rng" of a checkpoint's trainer state. A hand-edited state that
-    does not decode is one line."""
-    try:
-        torch.set_rng_state(decode_tensor(rng["torch"]))
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
-        random.setstate((3, tuple(rng["python"]), None))
-        data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
-    except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as error:
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise UserError(
-            f"trainer state {Path(path) / STATE_FILE} is damaged: its random state cannot be "
-            f"restored ({reason})"
-        ) from None
-
-
-def encode_tensor(tensor: torch.Tensor) -> str:
-    """A uint8 tensor (an RNG state) as base64 text for trainer_state.json."""
-    return base64.b64encode(tensor.numpy().tobytes()).decode()
-
-
-def decode_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
-
-
-def _optimizer_bytes(optimizer: Optimizer, metadata: dict[str, str]) -> bytes:
-    state = optimizer.state_dict()
-    tensors = {
-        f"{index}.{key}": whole(value)
-        for index, param_state in state["state"].items()
-        for key, value in param_state.items()
-    }
-    return safetensors.torch.save(
-        tensors, metadata={"param_groups": json.dumps(state["param_groups"]), **metadata}
-    )
 
 
 def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -42,21 +42,14 @@ from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.models.registry import describe
 from attnlab.signals import on_signals
-from attnlab.training.checkpoints import (
-    MODEL_FILE,
-    check_tokenizer,
-    encode_tensor,
-    load_training_state,
-    load_weights,
-    restore_random_states,
-    save_checkpoint,
-)
+from attnlab.training.checkpoints import MODEL_FILE, check_tokenizer, load_weights, save_checkpoint
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import ALONE, Group
 from attnlab.training.metrics_log import truncate_metrics
 from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
 from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
+from attnlab.training.state import load_training_state, random_states, restore_random_states
 
 METRICS_FILE = "metrics.jsonl"
 SCHEDULE = ("lr_schedule", "learning_rate", "min_learning_rate", "warmup_iters", "max_iters")
@@ -340,14 +333,7 @@ class Trainer:
             "train_config": config_to_dict(self.config),
             "last_eval": self.last_eval,
             "best": self.best,
-            "rng": {
-                "torch": encode_tensor(torch.get_rng_state()),
-                "cuda": [encode_tensor(s) for s in torch.cuda.get_rng_state_all()]
-                if torch.cuda.is_available()
-                else [],
-                "python": random.getstate()[1],
-                "data": {k: encode_tensor(v) for k, v in self.train_data.state_dict().items()},
-            },
+            "rng": random_states(self.train_data),
         }
         try:
             save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)

@@ -1,0 +1,143 @@
+"""A run's settings: a new run's from its kind's preset, then the config file, then the flags;
+a resumed run's from its run folder, where the file and the flags may change only training
+settings. Each bad setting is one line before anything slow."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from attnlab.cli.options import build_config, flag_values, merge_layers
+from attnlab.cli.runs import RUN_FILE, note
+from attnlab.config import check_fields, config_to_dict
+from attnlab.data import catalog
+from attnlab.errors import UserError
+from attnlab.files import read_json
+from attnlab.models.registry import ModelKind, a_kind, get_kind
+from attnlab.training.checkpoints import MODEL_FILE, checkpoint_description
+from attnlab.training.config import TrainConfig
+from attnlab.training.state import read_training_state
+
+TABLES = {"model": dict, "training": dict}  # a config file's tables
+
+
+def refuse_data_fields(names: set[str]) -> None:
+    """Model fields the data sets (the vocabulary's size, the classes) are no settings: those
+    a kind declares are refused before the data is read, any other once it is."""
+    if names:
+        many = len(names) > 1
+        raise UserError(
+            f"{', '.join(sorted(names))} {'come' if many else 'comes'} from the data: "
+            f"leave {'them' if many else 'it'} unset"
+        )
+
+
+def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
+    """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
+    if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # first: its keys are theirs
+        raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
+    data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
+    allowed = {"kind", "out", "preset", *data_fields, *TABLES}
+    unknown = sorted(set(toml) - allowed)
+    if unknown:
+        raise UserError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    for key in ("out", "preset"):
+        if key in toml and not isinstance(toml[key], str):
+            raise UserError(f"{path}: '{key}' must be a string")
+    for key in TABLES:
+        if key in toml and not isinstance(toml[key], dict):
+            raise UserError(f"{path}: '{key}' must be a table ([{key}])")
+    return data_fields & set(toml)
+
+
+def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
+    """A new run's settings: preset, data settings and configs from the file and the flags."""
+    preset = args.preset or toml.get("preset") or kind.default_preset
+    if preset not in kind.presets:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(kind.presets)}")
+    data = build_config(
+        kind.data_config,
+        {k: toml[k] for k in data_keys},
+        flag_values(args, kind.data_config),
+        source=f"{source} data settings",
+    )
+    run = {
+        "kind": kind.name,
+        "preset": preset,
+        "data": data_path(config_to_dict(data), catalog.here),
+    }
+    given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
+    model = ({**config_to_dict(kind.presets[preset]), **given}, given)
+    check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
+    for table in TABLES:  # the fields the kind ignores have no flags: a file may name them
+        if unused := sorted(kind.unused_fields & toml.get(table, {}).keys()):
+            raise UserError(f"{source} [{table}]: {kind.name} does not use {', '.join(unused)}")
+    refuse_data_fields(kind.data_fields & given.keys())
+    train = build_config(
+        TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
+    )
+    return run, model, train
+
+
+def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
+    """A resumed run's settings, from its directory; the file and the flags may change only
+    training settings (a data or model setting equal to the run's is no change)."""
+    if (out / RUN_FILE).is_file() and not (out / MODEL_FILE).is_file():
+        raise UserError(
+            f"{out} has no checkpoint to resume: the run stopped before its first save; "
+            "start it again without --resume"
+        )
+    run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
+    if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
+        raise UserError(f"{out / RUN_FILE} is not a run description")
+    if get_kind(run.get("kind", kind.name)) is not kind:
+        raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
+    saved = checkpoint_description(out)["config"]
+    data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
+    given = {**data_path(data), **toml.get("model", {}), **flag_values(args, kind.config)}
+    before = data_path({**saved, **run["data"]})  # a path kept relative (older runs) read here
+    changed = [k for k, v in given.items() if before.get(k) != v]
+    if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
+        raise UserError(
+            f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when "
+            "resuming: leave them out, a resumed run keeps its own"
+        )
+    check_data_is_there(before.get("data"), out)
+    state = read_training_state(out)
+    flags = flag_values(args, TrainConfig)
+    train = build_config(
+        TrainConfig, state["train_config"], toml.get("training", {}), flags, source="--resume"
+    )
+    if train.seed != state["train_config"].get("seed", train.seed):
+        raise UserError(
+            f"--seed {train.seed}: a resumed run carries on its own random state (seed "
+            f"{state['train_config']['seed']}); a new seed starts a new run"
+        )
+    if train.max_iters <= state["step"]:
+        note(f"note: {out} is at step {state['step']} already (max_iters {train.max_iters}): "
+             "nothing to train; a larger --max-iters trains on")  # fmt: skip
+    return run, (saved, saved), train
+
+
+def check_data_is_there(spec: Any, out: Path) -> None:
+    """A run resumes on its own data: a file or folder it was trained on that is gone is one
+    line saying so (a dataset's name, 'stdlib' or a task is found again)."""
+    if not isinstance(spec, str) or not os.path.isabs(spec):
+        return
+    if not (Path(spec).exists() or Path(catalog.split_glob(spec)[0]).exists()):
+        raise UserError(
+            f"{out} was trained on {spec}, which is not there any more: put it back to resume "
+            "(a run resumes on its own data; --init starts a new run from its weights)"
+        )
+
+
+def data_path(settings: dict[str, Any], find=catalog.where) -> dict[str, Any]:
+    """Data settings with the `data` path found: by catalog.where, the real file it reads (a
+    dataset named by another path is the same data), or by catalog.here, made absolute."""
+    if not isinstance(settings.get("data"), str):
+        return settings
+    return {**settings, "data": find(settings["data"]) or settings["data"]}
