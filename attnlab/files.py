@@ -84,14 +84,18 @@ def remove_stale(directory: Path, name: str, suffix: str = ".tmp") -> None:
                 temporary.unlink()
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a spent quota: raised by writes, unnamed
+
+
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """An OSError about a temporary file, or about none (a full disk while writing), names the
-    file it stands for."""
+    """An OSError about a temporary file, or a full disk's while writing one (which names no
+    file), names the file it stands for."""
     try:
         yield
     except OSError as error:
-        if not str(error.filename or ".tmp").endswith(".tmp"):
+        ours = str(error.filename or "").endswith(".tmp")
+        if not (ours or (error.filename is None and error.errno in FULL)):
             raise
         raise type(error)(error.errno, error.strerror, str(path)) from None
 

@@ -59,18 +59,31 @@ def test_eager_equals_fused_with_masks():
     assert weights[1, :, :, 6:].abs().max() == 0  # padded keys get no weight
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_a_query_that_may_see_no_key_gives_zeros_on_every_path_and_finite_gradients(causal):
-    """A row of nothing but padding (or left padding under the causal mask): torch's fused
-    kernel gives 0; the equation gave NaN (softmax over no key), in capture's outputs and, in
-    training with dropout on a CPU, in every gradient."""
+def _unseeing(case):
+    """Inputs with rows that may see no key, and those rows' (batch, query) indices."""
     q, k, v = qkv(q_len=4, k_len=4)
-    tokens = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])  # left-padded, and padding only
-    mask = padding_mask(tokens, pad_id=0)
-    eager, fused, weights = both_paths(q, k, v, mask=mask, causal=causal)
-    assert (eager - fused).abs().max() < TOL and not eager[1].any() and not weights[1].any()
+    padding = padding_mask(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]]), pad_id=0)
+    if case == "padding":  # a row of padding only
+        return (q, k, v), {"mask": padding}, [(1, i) for i in range(4)]
+    if case == "left padding, causal":  # the first queries see only padding
+        return (q, k, v), {"mask": padding, "causal": True}, [(0, 0), (0, 1), (1, 0)]
+    if case == "additive":
+        additive = torch.zeros(2, 1, 4, 4).masked_fill(~padding, float("-inf"))
+        return (q, k, v), {"mask": additive}, [(1, i) for i in range(4)]
+    q, k, v = qkv(q_len=4, k_len=2)  # more queries than keys: the first two see none
+    return (q, k, v), {"causal": True}, [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("case", ["padding", "left padding, causal", "additive", "causal"])
+def test_a_query_that_may_see_no_key_gives_zeros_on_every_path_and_finite_gradients(case):
+    """torch's fused kernel gives such a query 0; the equation gave NaN (softmax over no key),
+    in capture's outputs and, in training with dropout on a CPU, in every gradient."""
+    (q, k, v), masks, blind = _unseeing(case)
+    eager, fused, weights = both_paths(q, k, v, **masks)
+    assert (eager - fused).abs().max() < TOL
+    assert all(not eager[b, :, i].any() and not weights[b, :, i].any() for b, i in blind)
     q.requires_grad_(True)
-    scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, dropout_p=0.1).sum().backward()
+    scaled_dot_product_attention(q, k, v, dropout_p=0.1, **masks).sum().backward()
     assert torch.isfinite(q.grad).all()
 
 

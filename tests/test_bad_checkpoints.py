@@ -129,6 +129,14 @@ def test_a_pad_id_that_is_no_special_token_is_refused_by_trainer_and_load(tmp_pa
     assert "[PAD] = 9" in line and "set pad_id to the tokenizer's own" in line
 
 
+def test_a_first_save_interrupted_after_its_journal_says_how_to_complete_it(tmp_path, capsys):
+    path = saved_gpt(tmp_path / "ckpt")
+    (path / "model.safetensors").unlink()  # not yet renamed into place when the save stopped
+    (path / "checkpoint.journal").write_text("{}")
+    line = one_line_error(*run(["sample", str(path)], capsys)[::2])
+    assert "its save was interrupted" in line and "--resume` completes it" in line
+
+
 def add_sparse_tensor(file, name, gib):
     """Add to a safetensors file a float32 tensor of `gib` GiB that takes no disk: its bytes
     are a hole at the end of a sparse file. Reading it would cost that much memory."""

@@ -102,7 +102,10 @@ def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
     argv = [*argv[:-3], "--tokenizer", "byte"]  # the weights read the checkpoint's ids
     line = one_line_error(*run(argv, capsys)[::2])
-    assert "takes the tokenizer from" in line and "leave --tokenizer unset" in line
+    assert "takes the tokenizer from" in line and "leave --tokenizer (and a config" in line
+    (tmp_path / "tok.toml").write_text('tokenizer = "byte"\n')  # from a file alike
+    line = one_line_error(*run([*argv[:-2], "--config", str(tmp_path / "tok.toml")], capsys)[::2])
+    assert "takes the tokenizer from" in line
     assert not (tmp_path / "c").exists()
 
 

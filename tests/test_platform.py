@@ -247,7 +247,7 @@ def test_a_mixer_registered_outside_trains_resumes_and_samples(tmp_path, corpus,
         (["--mixer", "nope"], "unknown mixer 'nope'; known mixers: attention"),
         (
             ["--mixer-options", "mix_init=0.2"],
-            "--mixer-options.mix_init is an option of mixer 'test_mean', not of 'attention'",
+            "mix_init (in --mixer-options) is an option of mixer 'test_mean', not of 'attention'",
         ),
         (["--mixer", "test_mean"], "positional='rope' acts inside attention"),
         (
@@ -392,3 +392,10 @@ def test_a_mixer_whose_state_cannot_be_compiled_samples_and_refuses_compile_in_o
     assert code == 0 and out.startswith("ab"), err
     line = one_line_error(*run([*argv, "--compile"], capsys)[::2])
     assert "needs each decoding state's buffers()" in line and "SeenState" in line
+
+
+def test_a_kind_that_declares_no_capabilities_is_left_to_try_any_procedure():
+    from attnlab.models.registry import GENERATE, TRANSLATE, check_capable
+
+    for capability in (GENERATE, TRANSLATE):  # its author knows what it can do
+        check_capable(SumModel(SumConfig()), "generation", capability)

@@ -17,7 +17,7 @@ import test_platform  # noqa: F401 - registers the test_sum kind
 import torch
 from helpers import one_line_error, read_only, run, snapshot
 
-from attnlab.files import atomic_write_bytes
+from attnlab.files import atomic_write_bytes, atomic_writer
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.checkpoints import load_checkpoint
 from attnlab.training.trainer import Trainer
@@ -111,6 +111,9 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left on device") as failed:
         atomic_write_bytes(tmp_path / "tokens.bin", b"ids")
     assert failed.value.filename == str(tmp_path / "tokens.bin") and not any(tmp_path.iterdir())
+    reading = pytest.raises(ConnectionResetError, match="the server closed the stream")
+    with reading, atomic_writer(tmp_path / "tokens.bin"):  # an error of reading keeps its own
+        raise ConnectionResetError("the server closed the stream")
 
 
 def test_temporary_files_a_killed_writer_left_go_when_the_file_is_next_written(tmp_path):

@@ -123,8 +123,14 @@ LOSS_PLOT = "loss.png"  # a run folder's plot of its metrics
 
 
 def as_flags(message: str, cls: type) -> str:
-    """A config's message with its fields named as flags: "Cls.top_p must" -> "--top-p must"."""
-    return re.sub(rf"\b{cls.__name__}\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), message)
+    """A config's message with its fields named as flags: "Cls.top_p must" -> "--top-p must",
+    and a key of a table field "Cls.mixer_options.order" -> "order (in --mixer-options)"."""
+
+    def flag(match: re.Match) -> str:
+        name = "--" + match[1].replace("_", "-")
+        return f"{match[2]} (in {name})" if match[2] else name
+
+    return re.sub(rf"\b{cls.__name__}\.(\w+)(?:\.(\w+))?", flag, message)
 
 
 def record_defaults(parser: argparse.ArgumentParser) -> None:

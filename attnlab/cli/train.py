@@ -167,6 +167,11 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     toml = read_toml(args.config)
     source = args.config or "flags"
     data_keys = check_toml(toml, kind, source)
+    if args.init and "tokenizer" in {*data_keys, *flag_values(args, kind.data_config)}:
+        raise UserError(  # the weights read the ids of the tokenizer they were trained with
+            f"--init takes the tokenizer from {args.init} too: leave --tokenizer (and a config "
+            "file's tokenizer) unset"
+        )
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     group = Group.for_run(args.distributed)  # alone, or one of torchrun's processes
     # a new run's settings before its directory exists: a folder named like a dataset ("sst2")
@@ -196,10 +201,6 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
             )
         model_base = {**model_base, **shape, **given}
         run["init"] = args.init
-        if "tokenizer" in flag_values(args, kind.data_config):  # the weights read its ids
-            raise UserError(
-                f"--init takes the tokenizer from {args.init} too: leave --tokenizer unset"
-            )
     if "batch_size" not in kind.unused_fields:  # before anything is written or built
         group.check_batch(train_config.batch_size)
     prepare(train_config)  # the CPU kernels build while the data and model are prepared

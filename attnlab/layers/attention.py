@@ -62,24 +62,30 @@ def scaled_dot_product_attention(
             mask, causal = merge_masks(mask, causal_mask(q_len, k_len, q.device)), False
         return _fused(q, k, v, mask, causal and q_len > 1, dropout_p)
 
-    padded = mask is not None and mask.dtype == torch.bool  # a query may then see no key
+    # A query may see no key where a mask was given, or where queries outnumber keys: such a
+    # row's scores are all the lowest finite number (not -inf: softmax would give NaN, in the
+    # gradients too), and its weights and output 0, as torch's fused kernel gives.
+    blind = mask is not None or (causal and q_len > k_len)
     if causal:
         mask = merge_masks(mask, causal_mask(q_len, k_len, q.device))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    low = torch.finfo(scores.dtype).min
     if mask is not None:
-        if mask.dtype == torch.bool:  # the lowest finite score: a row of none is not NaN
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, low)
         else:
-            scores = scores + mask
+            scores = scores + mask.clamp_min(low)
     weights = torch.softmax(scores, dim=-1)
-    sees = mask.any(-1, keepdim=True) if padded else None  # (..., Tq, 1): whether any key
+    sees = None  # (..., Tq, 1): whether the query may see any key
+    if blind:
+        sees = (mask if mask.dtype == torch.bool else mask > low).any(-1, keepdim=True)
     if sees is not None and return_weights:
-        weights = weights * sees  # a query that may see no key attends to none: 0
+        weights = weights * sees
     if edit_weights is not None:
         weights = edit_weights(weights)
     out = dropout(weights, dropout_p) @ v  # (B, H, Tq, Dh)
     if sees is not None:
-        out = out * sees  # 0 where no key may be seen, as torch's fused kernel gives
+        out = out * sees
     return (out, weights) if return_weights else out
 
 

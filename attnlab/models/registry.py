@@ -108,11 +108,14 @@ def kind_of(model: nn.Module) -> ModelKind:
 
 
 def check_capable(model: nn.Module, what: str, *capabilities: str) -> None:
-    """Refuse, in one line, a registered model whose kind has none of these capabilities (a
-    model of the caller's own, unregistered, is left to try)."""
-    kind = next((k for k in KINDS.values() if type(model) is k.model), None)
-    if kind is not None and not kind.capabilities & set(capabilities):
-        can = " or ".join(ABILITIES[c] for c in sorted(kind.capabilities)) or "none of these"
+    """Refuse, in one line, a model whose kind declares capabilities, none of these (a kind
+    that declares none, or an unregistered model, is left to try)."""
+    try:
+        kind = kind_of(model)
+    except ValueError:
+        return
+    if kind.capabilities and not kind.capabilities & set(capabilities):
+        can = " or ".join(ABILITIES[c] for c in sorted(kind.capabilities))
         needs = " or ".join(ABILITIES[c] for c in capabilities)
         raise UserError(f"{what} needs a model that can {needs}; {a_kind(kind.name)} can {can}")
 

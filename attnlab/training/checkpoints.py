@@ -121,9 +121,9 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     """config.json of a checkpoint directory, checked: {"kind": ..., "config": {...}}. Reading
     it builds nothing, so a command can check the kind before loading any weights."""
     path = Path(path)
-    if not (path / MODEL_FILE).is_file():
+    if not (path / MODEL_FILE).is_file() and not (path / JOURNAL_FILE).exists():
         raise UserError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
-    _check_whole(path)
+    _check_whole(path)  # a first save interrupted: says how to complete it
     description = read_json(path / CONFIG_FILE, "checkpoint config")
     if (
         not isinstance(description, dict)
