@@ -205,15 +205,22 @@ def attnlab_processes(out, text, *args, **popen):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_a_run_folder_in_use_stops_every_rank_with_one_line(tmp_path, text):
+@pytest.mark.parametrize("case", ["in use", "under a file"])
+def test_a_run_folder_in_use_or_impossible_stops_every_rank_with_one_line(tmp_path, text, case):
     out = tmp_path / "run"
-    out.mkdir()
-    with open(out / ".attnlab.lock", "w") as lock:  # held, as a running train holds it
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = attnlab_processes(out, text, "--distributed", "ddp", "--max-iters", "2")
+    if case == "under a file":  # rank 0 cannot make it: the others must not wait on rank 0
+        (tmp_path / "a_file").touch()
+        done = attnlab_processes(tmp_path / "a_file" / "run", text, "--distributed", "ddp")
+        expected = "Not a directory"
+    else:
+        out.mkdir()
+        with open(out / ".attnlab.lock", "w") as lock:  # held, as a running train holds it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = attnlab_processes(out, text, "--distributed", "ddp", "--max-iters", "2")
+        expected = "in use by another"
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
-    assert errors[0].startswith("attnlab: error: ") and "in use by another" in errors[0]
+    assert errors[0].startswith("attnlab: error: ") and expected in errors[0]
 
 
 def test_ctrl_c_on_ranks_attnlab_started_saves_and_says_so(tmp_path, text):
@@ -286,3 +293,32 @@ def test_data_rank_0_cannot_find_is_its_one_line_and_exit_2(tmp_path, text):
     done = attnlab_processes(tmp_path / "r", tmp_path / "nosuch.txt", "--distributed", "ddp")
     line = one_line_error(done.returncode, done.stderr)
     assert "data not found" in line and "lost another process" not in done.stderr
+
+
+def test_fsdp_keeps_the_marks_layers_set_on_their_parameters(tmp_path):
+    """fully_shard puts new parameters in place of the model's: Hyena's filters (no weight
+    decay, their own learning-rate scale) must keep their optimizer groups, or FSDP trains
+    otherwise than one process and its optimizer state fits no other run."""
+    import torch.distributed as dist
+
+    from attnlab.models.gpt import GPT, GPTConfig
+    from attnlab.training.distributed import Group
+    from attnlab.training.optimizers import build_optimizer
+
+    def groups(model):
+        optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+        return [
+            (g["weight_decay"], g["lr_scale"], len(g["params"])) for g in optimizer.param_groups
+        ]
+
+    options = {"filter_lr_scale": 0.1}
+    config = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=16,
+                       mixer="hyena", positional="learned", mixer_options=options)  # fmt: skip
+    model = GPT(config)
+    alone = groups(model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        Group("fsdp").wrap(model)
+        assert groups(model) == alone and len(alone) == 3
+    finally:
+        dist.destroy_process_group()

@@ -269,7 +269,8 @@ def _class_head(kind: ModelKind, config) -> set[str]:
 @contextlib.contextmanager
 def _locked(out: Path, group: Group):
     """The run directory, owned by rank 0 for the run (run_lock); when another process holds
-    it, every rank stops with rank 0's one line (the others would wait on rank 0 forever)."""
+    it, or it cannot be made, every rank stops with rank 0's one line (the others would wait
+    on rank 0 forever)."""
     with contextlib.ExitStack() as stack:
         refusal = None
         if group.is_writer:
@@ -277,6 +278,8 @@ def _locked(out: Path, group: Group):
                 stack.enter_context(run_lock(out))
             except UserError as error:
                 refusal = str(error)
+            except OSError as error:  # a folder it cannot make: under a file, read-only
+                refusal = f"{error.strerror or error}: {error.filename or out}"
         if refusal := group.from_writer(refusal):
             raise UserError(refusal)  # rank 0's is printed; the others are silent
         yield

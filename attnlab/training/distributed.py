@@ -113,7 +113,10 @@ class Group:
             self.close()
 
     def _stopped(self, signum, frame):
-        raise RankStopped(f"rank {self.rank} stopped by torchrun (another rank ended)")
+        raise RankStopped(
+            f"rank {self.rank} stopped by SIGTERM (another rank ended, or the job was stopped: "
+            "Ctrl-C, SIGINT, stops a job at a saved step)"
+        )
 
     @contextlib.contextmanager
     def writer_first(self) -> Iterator[None]:
@@ -144,9 +147,14 @@ class Group:
         if self.mode == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
+            # FSDP puts new parameters (DTensors) in place of the model's: the marks a layer
+            # set on its own (no weight decay, a learning-rate scale) go with them
+            marks = {name: vars(param).copy() for name, param in model.named_parameters()}
             for block in getattr(model, "compile_regions", list)():  # the blocks
                 fully_shard(block)
             fully_shard(model)
+            for name, param in model.named_parameters():
+                vars(param).update(marks[name])
         return model
 
     @contextlib.contextmanager
@@ -269,6 +277,6 @@ def launch(processes: int, argv: list[str]) -> int:
             return failure.exitcode
         signal_name = failure.signal_name()
         raise RankStopped(f"rank {rank} was stopped by {signal_name}; the others with it") from None
-    except SignalException:  # Ctrl-C reached the ranks too: each saved, rank 0 said so
+    except SignalException:  # the ranks had it too: after Ctrl-C (SIGINT) each saved
         raise KeyboardInterrupt from None
     return 0
