@@ -1,5 +1,6 @@
 """Bad numbers and bad text from the user: one line, exit code 2, nothing written."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import one_line_error, run
 
+from attnlab.errors import UserError
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.checkpoints import save_checkpoint
@@ -162,3 +164,13 @@ def test_a_file_where_a_folder_must_go_is_named(tmp_path, capsys):
     argv = ["tokenize", "train", "--data", str(tmp_path / "notes"), "--vocab-size", "300"]
     line = one_line_error(*run([*argv, "--out", str(tmp_path / "afile" / "tok.json")], capsys)[::2])
     assert line == f"attnlab: error: {tmp_path / 'afile'} is a file, not a folder"
+
+
+def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_saved(tmp_path):
+    from test_training import make_trainer
+
+    trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2)
+    trainer.keep_best = "val_acc"
+    with pytest.raises(UserError, match="no score 'val_acc'; evaluation gives val_loss .*step 2"):
+        trainer.fit()
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2

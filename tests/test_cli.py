@@ -343,31 +343,6 @@ def test_top_level_help_answers_without_loading_torch():
     assert result.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_import_bounds_the_cpu_kernel_caches_unless_the_user_set_them():
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-    env["LRU_CACHE_CAPACITY"] = "7"  # the user's
-    caches = "os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY']"
-    code = f"import os, attnlab\nprint({caches})"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert result.stdout.split() == ["32", "7"], result.stderr
-
-
-def test_evaluate_scores_a_task_model_as_its_training_did(tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = ["train", "gpt", "--data", "task:selective_copying:tokens=4,vocab=6", "--out", str(out)]
-    argv += ["--context-length", "16", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
-    argv += ["--max-iters", "2", "--eval-iters", "2", "--batch-size", "8", "--device", "cpu"]
-    assert run(argv, capsys)[0] == 0
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    code, text, err = run(["evaluate", str(out), "--json"], capsys)
-    assert code == 0, err
-    scores = json.loads(text)
-    assert scores.pop("val_targets") == 2 * 8 * 4  # eval_iters x batch x the answer's tokens
-    assert scores == pytest.approx(
-        {"val_loss": last["val_loss"], "val_accuracy": last["val_accuracy"]}
-    )
-
-
 @pytest.mark.parametrize("unit", ["token", "sequence"])
 def test_the_loss_plot_names_the_unit_the_loss_is_per(tmp_path, monkeypatch, unit):
     from attnlab.cli import reports

@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,12 @@ def test_feedforward_takes_the_gelu_kernel_only_in_training(monkeypatch):
     with kernel.enabled(False):
         torch.testing.assert_close(ff(x), out)
     assert len(calls) == 1
+
+
+def test_import_bounds_the_cpu_kernel_caches_unless_the_user_set_them():
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env["LRU_CACHE_CAPACITY"] = "7"  # the user's
+    caches = "os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY']"
+    code = f"import os, attnlab\nprint({caches})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.split() == ["32", "7"], result.stderr

@@ -100,3 +100,12 @@ def test_decoding_a_model_of_a_kind_that_cannot_is_one_line(kind, call, message)
     model = build_model(kind, KINDS[kind].presets[KINDS[kind].default_preset])
     with pytest.raises(UserError, match=message):
         call(model)
+
+
+def test_a_kind_that_declares_no_capabilities_is_left_to_try_any_procedure():
+    from test_platform import SumConfig, SumModel
+
+    from attnlab.models.registry import GENERATE, TRANSLATE, check_capable
+
+    for capability in (GENERATE, TRANSLATE):  # its author knows what it can do
+        check_capable(SumModel(SumConfig()), "generation", capability)

@@ -392,10 +392,3 @@ def test_a_mixer_whose_state_cannot_be_compiled_samples_and_refuses_compile_in_o
     assert code == 0 and out.startswith("ab"), err
     line = one_line_error(*run([*argv, "--compile"], capsys)[::2])
     assert "needs each decoding state's buffers()" in line and "SeenState" in line
-
-
-def test_a_kind_that_declares_no_capabilities_is_left_to_try_any_procedure():
-    from attnlab.models.registry import GENERATE, TRANSLATE, check_capable
-
-    for capability in (GENERATE, TRANSLATE):  # its author knows what it can do
-        check_capable(SumModel(SumConfig()), "generation", capability)

@@ -171,3 +171,19 @@ def test_repeat_with_a_task_is_one_line(tmp_path, capsys):
         code, err
     )
     assert not out.exists()
+
+
+def test_evaluate_scores_a_task_model_as_its_training_did(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--data", "task:selective_copying:tokens=4,vocab=6", "--out", str(out)]
+    argv += ["--context-length", "16", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
+    argv += ["--max-iters", "2", "--eval-iters", "2", "--batch-size", "8", "--device", "cpu"]
+    assert run(argv, capsys)[0] == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    code, text, err = run(["evaluate", str(out), "--json"], capsys)
+    assert code == 0, err
+    scores = json.loads(text)
+    assert scores.pop("val_targets") == 2 * 8 * 4  # eval_iters x batch x the answer's tokens
+    assert scores == pytest.approx(
+        {"val_loss": last["val_loss"], "val_accuracy": last["val_accuracy"]}
+    )

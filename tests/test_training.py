@@ -394,11 +394,3 @@ def test_the_best_checkpoint_is_the_highest_score_or_the_lowest_loss(tmp_path, s
         trainer.step, trainer.last_eval = step, {score: value}
         trainer._keep_if_best()
     assert trainer.best["value"] == kept and (tmp_path / "best" / "model.safetensors").is_file()
-
-
-def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_saved(tmp_path):
-    trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2)
-    trainer.keep_best = "val_acc"
-    with pytest.raises(UserError, match="no score 'val_acc'; evaluation gives val_loss .*step 2"):
-        trainer.fit()
-    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
