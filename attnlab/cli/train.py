@@ -25,7 +25,14 @@ from attnlab.cli.run_settings import (
     refuse_data_fields,
     resumed_settings,
 )
-from attnlab.cli.runs import RUN_FILE, claim_run_directory, fit_and_report, note, run_lock
+from attnlab.cli.runs import (
+    RUN_FILE,
+    claim_run_directory,
+    fit_and_report,
+    note,
+    run_description,
+    run_lock,
+)
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import seed_everything
 from attnlab.errors import UserError
@@ -167,11 +174,8 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     toml = read_toml(args.config)
     source = args.config or "flags"
     data_keys = check_toml(toml, kind, source)
-    if args.init and "tokenizer" in {*data_keys, *flag_values(args, kind.data_config)}:
-        raise UserError(  # the weights read the ids of the tokenizer they were trained with
-            f"--init takes the tokenizer from {args.init} too: leave --tokenizer (and a config "
-            "file's tokenizer) unset"
-        )
+    if args.init:  # the weights read the ids of the tokenizer they were trained with
+        _check_init_tokenizer(args.init, {**toml, **flag_values(args, kind.data_config)})
     out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
     group = Group.for_run(args.distributed)  # alone, or one of torchrun's processes
     # a new run's settings before its directory exists: a folder named like a dataset ("sst2")
@@ -283,6 +287,18 @@ def _locked(out: Path, group: Group):
         if refusal := group.from_writer(refusal):
             raise UserError(refusal)  # rank 0's is printed; the others are silent
         yield
+
+
+def _check_init_tokenizer(init: str, settings: dict[str, Any]) -> None:
+    """--init brings its run's tokenizer: another one given (a flag, a config file's) would be
+    recorded and silently unused; the same one, as the shape's flags may be, is no change."""
+    found = run_description(init)
+    own = found[0]["data"].get("tokenizer") if found else None
+    if settings.get("tokenizer", own) != own:
+        raise UserError(
+            f"--init takes the tokenizer from {init} too ({own or 'its own'}): leave "
+            "--tokenizer (and a config file's tokenizer) unset"
+        )
 
 
 def _launch(args: argparse.Namespace) -> int:
