@@ -2,6 +2,8 @@
 a file or flags change; a damaged log, a moved corpus or another kind's run is one line."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import safetensors
@@ -78,6 +80,18 @@ def test_resume_cuts_a_damaged_metrics_log_at_its_last_good_record(
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [1, 2, 3, 5, 6]  # cut after step 3; the run went on from its checkpoint
+
+
+def test_a_warning_reads_as_one_line_of_the_command(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")[0] == 0
+    log = out / "metrics.jsonl"
+    log.write_text(log.read_text() + "garbage\n")
+    command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(out), "--resume"]
+    done = subprocess.run([*command, "--max-iters", "3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "metrics record" in line]
+    assert warning and warning[0].startswith("attnlab: warning: ") and ".py" not in done.stderr
 
 
 def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(

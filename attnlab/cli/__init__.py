@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import attnlab
@@ -138,7 +139,20 @@ def say_error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    formatting = warnings.formatwarning
+    warnings.formatwarning = _warning_line  # for this command only: main runs in notebooks too
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        warnings.formatwarning = formatting
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as a user of the command reads it: one line, not the code that raised it."""
+    return f"attnlab: warning: {message}\n"
+
+
+def _main(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
