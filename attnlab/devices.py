@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,11 @@ from attnlab.errors import UserError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+def is_device_name(name: str) -> bool:
+    """Whether `name` is one of DEVICES or a numbered GPU (cuda:1)."""
+    return name in DEVICES or re.fullmatch(r"cuda:\d+", name) is not None
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """The device named, or the best available one for "auto" (cuda, then mps, then cpu)."""
     if name == "auto":
@@ -30,8 +36,8 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if not is_device_name(name):
+        raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)} or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but CUDA is not available here")
     if name == "mps" and not torch.backends.mps.is_available():

@@ -174,3 +174,29 @@ def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_save
     with pytest.raises(UserError, match="no score 'val_acc'; evaluation gives val_loss .*step 2"):
         trainer.fit()
     assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sample", "ckpt"],
+        ["evaluate", "ckpt"],
+        ["translate", "ckpt", "Hallo"],
+        ["classify", "ckpt", "fine"],
+        ["fill-mask", "ckpt", "a [MASK]"],
+        ["classify-image", "ckpt", "x.png"],
+        ["sample-images", "ckpt"],
+        ["inspect", "attention", "ckpt"],
+    ],
+)
+def test_every_command_takes_a_numbered_gpu_and_refuses_other_devices_as_it_parses(
+    command, capsys
+):
+    from attnlab.cli import build_parser
+
+    parser = build_parser(command[0])
+    assert parser.parse_args([*command, "--device", "cuda:1"]).device == "cuda:1"
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args([*command, "--device", "gpu"])
+    assert stopped.value.code == 2
+    assert "--device: choose one of auto, cpu, cuda, mps or cuda:N" in capsys.readouterr().err

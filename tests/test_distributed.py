@@ -223,14 +223,18 @@ def test_a_run_folder_in_use_or_impossible_stops_every_rank_with_one_line(tmp_pa
     assert errors[0].startswith("attnlab: error: ") and expected in errors[0]
 
 
-def test_ctrl_c_on_ranks_attnlab_started_saves_and_says_so(tmp_path, text):
+@pytest.mark.parametrize("stop", ["Ctrl-C", "kill"])
+def test_ctrl_c_or_a_kill_of_ranks_attnlab_started_saves_and_says_so(tmp_path, text, stop):
     job = attnlab_processes(
         tmp_path / "run", text, "--distributed", "ddp", "--max-iters", "100000",
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         wait_for_training(tmp_path / "run")
-        os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        if stop == "Ctrl-C":
+            os.killpg(job.pid, signal.SIGINT)  # as a terminal's: the whole group
+        else:
+            job.send_signal(signal.SIGTERM)  # `kill`, `timeout`, a scheduler: the launcher
         _, err = job.communicate(timeout=60)
     finally:
         if job.poll() is None:

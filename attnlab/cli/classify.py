@@ -6,9 +6,9 @@ import argparse
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import read_stdin, user_text
+from attnlab.cli.options import add_device_flag, read_stdin, user_text
 from attnlab.data.corpus import text_lines
-from attnlab.devices import DEVICES, pick_device
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.predict import classify
 from attnlab.models.registry import CLASSIFY
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: stdin lines)")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    add_device_flag(parser)
     parser.set_defaults(handler=run)
 
 

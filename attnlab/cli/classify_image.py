@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from attnlab.cli.options import check_output
-from attnlab.devices import DEVICES, pick_device
+from attnlab.cli.options import add_device_flag, check_output
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import CLASSIFY_IMAGE
 
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--resize", action="store_true", help="scale images of another size to the model's"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    add_device_flag(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.set_defaults(handler=classify_command)
 

@@ -15,7 +15,7 @@ import json
 
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
-from attnlab.cli.options import given_flags, record_defaults, resolve_data_path
+from attnlab.cli.options import add_device_flag, given_flags, record_defaults, resolve_data_path
 from attnlab.cli.runs import note, run_data, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
@@ -84,7 +84,7 @@ def register(subparsers) -> None:
         "--batch-size", type=int, default=32, help="windows or sentences per forward pass"
     )
     add_decoding_flags(parser, batch_size=False)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_device_flag(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=evaluate)
     record_defaults(parser)

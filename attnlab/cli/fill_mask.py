@@ -6,8 +6,8 @@ import argparse
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import user_text
-from attnlab.devices import DEVICES, pick_device
+from attnlab.cli.options import add_device_flag, user_text
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.predict import fill_mask
 from attnlab.models.registry import FILL_MASK
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
     parser.add_argument("text", help="text holding one or more [MASK]")
     parser.add_argument("--top-k", type=int, default=5, help="fillers shown per mask")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    add_device_flag(parser)
     parser.set_defaults(handler=run)
 
 

@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 
-from attnlab.devices import DEVICES, pick_device
+from attnlab.cli.options import add_device_flag
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 
 WHAT = {
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     }
     for name, command in sub.items():
         command.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
-        command.add_argument("--device", default="cpu", choices=DEVICES, help="where to run")
+        add_device_flag(command, "cpu", "; one text is read sooner than a GPU starts")
         command.add_argument(
             "--png",
             metavar="FILE",

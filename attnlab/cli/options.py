@@ -133,6 +133,21 @@ def as_flags(message: str, cls: type) -> str:
     return re.sub(rf"\b{cls.__name__}\.(\w+)(?:\.(\w+))?", flag, message)
 
 
+def add_device_flag(parser: argparse.ArgumentParser, default: str = "auto", why: str = "") -> None:
+    """--device, checked as it is parsed: one of DEVICES or cuda:N."""
+    from attnlab.devices import DEVICES, is_device_name
+
+    def device(text: str) -> str:
+        if not is_device_name(text):
+            raise argparse.ArgumentTypeError(f"choose one of {', '.join(DEVICES)} or cuda:N")
+        return text
+
+    choices = ", ".join(DEVICES) + " or cuda:N"
+    parser.add_argument(
+        "--device", default=default, type=device, help=f"where to run: {choices}{why}"
+    )
+
+
 def record_defaults(parser: argparse.ArgumentParser) -> None:
     """Keep every flag's default in args.defaults, so that the command can tell which flags
     were given (given_flags)."""

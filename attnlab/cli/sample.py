@@ -8,8 +8,8 @@ import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import check_sampling_flags, user_text
-from attnlab.devices import DEVICES, pick_device
+from attnlab.cli.options import add_device_flag, check_sampling_flags, user_text
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.generation import make_generator, stream_text
 from attnlab.models.registry import GENERATE
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-samples", type=int, default=1, help="samples to draw")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same text)")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    add_device_flag(parser)
     parser.add_argument(
         "--stop",
         action="append",

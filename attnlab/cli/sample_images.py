@@ -12,8 +12,8 @@ import io
 import json
 from pathlib import Path
 
-from attnlab.cli.options import check_output, check_sampling_flags
-from attnlab.devices import DEVICES, pick_device
+from attnlab.cli.options import add_device_flag, check_output, check_sampling_flags
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import GENERATE_IMAGE
 
@@ -68,7 +68,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     parser.add_argument("--columns", type=int, default=8, help="images per row of the grid")
     parser.add_argument("--scale", type=int, default=3, help="screen pixels per image pixel")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    add_device_flag(parser)
     parser.set_defaults(handler=sample_images_command, split="val")
 
 

@@ -11,9 +11,15 @@ import json
 import math
 import sys
 
-from attnlab.cli.options import check_output, read_stdin, resolve_data_path, user_text
+from attnlab.cli.options import (
+    add_device_flag,
+    check_output,
+    read_stdin,
+    resolve_data_path,
+    user_text,
+)
 from attnlab.data.corpus import text_lines
-from attnlab.devices import DEVICES, pick_device
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import TRANSLATE
 
@@ -43,7 +49,7 @@ def register(subparsers) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
     parser.add_argument("text", nargs="?", help="sentence to translate (default: read stdin)")
     add_decoding_flags(parser)
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
+    add_device_flag(parser)
     parser.set_defaults(handler=translate_command)
 
 

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from attnlab.errors import UserError
+from attnlab.signals import on_signals
 
 MODES = ("ddp", "fsdp")
 # How long a collective waits for a rank that is alive but busy (rank 0 learning a tokenizer
@@ -268,15 +269,23 @@ def launch(processes: int, argv: list[str]) -> int:
         rdzv_endpoint="localhost:0",  # a free port
         max_restarts=0,
         monitor_interval=0.5,
+        signals_to_handle="SIGINT,SIGHUP,SIGQUIT",  # SIGTERM: kill_as_ctrl_c, below
     )
+    def kill_as_ctrl_c() -> None:  # the ranks save, as on Ctrl-C, and then stop
+        raise SignalException("SIGTERM, passed on as SIGINT", sigval=signal.SIGINT)
+
+    # A kill (`kill`, `timeout`, a job scheduler's) reaches this launcher alone, the ranks having
+    # sessions of their own; torchrun's would pass it on as SIGTERM, which to a rank means the
+    # job is ending without it (another rank failed), so that it stops unsaved.
     try:
-        elastic_launch(config, sys.executable)("-m", "attnlab", *argv)
+        with on_signals(kill_as_ctrl_c, [signal.SIGTERM]):
+            elastic_launch(config, sys.executable)("-m", "attnlab", *argv)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         if failure.exitcode > 0:  # the rank said why (or its traceback did)
             return failure.exitcode
         signal_name = failure.signal_name()
         raise RankStopped(f"rank {rank} was stopped by {signal_name}; the others with it") from None
-    except SignalException:  # the ranks had it too: after Ctrl-C (SIGINT) each saved
+    except SignalException:  # passed on to the ranks: after Ctrl-C (SIGINT) each saved
         raise KeyboardInterrupt from None
     return 0
