@@ -258,3 +258,36 @@ def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"kind": "gpt", "config": {"n_layers": 3}}')
     with pytest.raises(UserError, match="do not fit"):
         load_checkpoint(tmp_path)
+
+
+def test_artefacts_that_do_not_fit_the_weights_are_refused_at_load(tmp_path):
+    """Class names, an image normalisation or a palette written for other weights: one line
+    naming the file, not an index error mid-way (classify) or a shape error (classify-image)."""
+    from attnlab.data.images import Normalization
+    from attnlab.data.palette import Palette
+    from attnlab.models.image_gpt import ImageGPT, ImageGPTConfig
+    from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
+    from attnlab.training.artifacts import ClassNames
+
+    vit = VisionTransformer(
+        ViTConfig(
+            image_size=8, patch_size=4, channels=1, n_classes=3, n_layers=1, n_heads=2, d_model=16
+        )
+    )
+    gray, rgb = Normalization((0.5,), (0.2,)), Normalization((0.5,) * 3, (0.2,) * 3)
+    cases = {
+        "classes": (vit, {"classes": ClassNames(("a", "b")), "normalization": gray}),
+        "normalization": (vit, {"classes": ClassNames(("a", "b", "c")), "normalization": rgb}),
+        "palette": (
+            ImageGPT(ImageGPTConfig(vocab_size=5, context_length=16, n_layers=1, d_model=16,
+                                    n_heads=2, image_size=4)),
+            {"palette": Palette(((0,), (128,), (255,)))},  # 3 values and the start token: 4
+        ),
+    }  # fmt: skip
+    for name, (model, artifacts) in cases.items():
+        save_checkpoint(tmp_path / name, model, artifacts)
+        with pytest.raises(UserError, match=f"{name}.json .*does not belong to these weights"):
+            load_checkpoint(tmp_path / name)
+    fitting = {"classes": ClassNames(("a", "b", "c")), "normalization": gray}
+    save_checkpoint(tmp_path / "fits", vit, fitting)
+    assert load_checkpoint(tmp_path / "fits").artifacts == fitting

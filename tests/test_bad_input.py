@@ -189,9 +189,7 @@ def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_save
         ["inspect", "attention", "ckpt"],
     ],
 )
-def test_every_command_takes_a_numbered_gpu_and_refuses_other_devices_as_it_parses(
-    command, capsys
-):
+def test_every_command_takes_a_numbered_gpu_and_refuses_other_devices_as_it_parses(command, capsys):
     from attnlab.cli import build_parser
 
     parser = build_parser(command[0])

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error, read_only, snapshot
+from helpers import one_line_error, read_only, run, snapshot
 
 from attnlab.cli import main
 from attnlab.tokenizers import load_tokenizer
@@ -235,3 +235,32 @@ def test_train_reads_data_by_name_as_train_does(tmp_path, capsys, monkeypatch):
     argv = ["tokenize", "train", "--data", "notes/input.txt", "--vocab-size", "270"]
     assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
     assert load_tokenizer(out).encode("lazy") != list(b"lazy")  # merges learned from the file
+
+
+def test_a_tokenizer_file_trains_a_gpt_and_brings_weights_saved_without_one(
+    trained_file, tmp_path, capsys
+):
+    """`tokenize train`'s file is a --tokenizer for `train`; weights saved without a tokenizer
+    (imported ones) start a run given the tokenizer they read, and are refused without it,
+    rather than silently starting new embeddings for another vocabulary."""
+    from attnlab.models.gpt import GPT, GPTConfig
+    from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
+
+    corpus, small = str(tmp_path / "corpus.txt"), ["--max-iters", "1", "--batch-size", "2"]
+    shape = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--context-length", "16"]
+    args = ["train", "gpt", "--data", corpus, "--tokenizer", str(trained_file), *small, *shape]
+    code, _, err = run([*args, "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    saved = load_checkpoint(tmp_path / "run").artifacts["tokenizer"]
+    assert saved.to_dict() == load_tokenizer(trained_file).to_dict()
+
+    config = GPTConfig(vocab_size=saved.vocab_size, context_length=16, n_layers=1, n_heads=2,
+                       d_model=16)  # fmt: skip
+    save_checkpoint(tmp_path / "imported", GPT(config), {})  # no tokenizer.json
+    init = ["train", "gpt", "--data", corpus, *small, "--init", str(tmp_path / "imported")]
+    line = one_line_error(*run([*init, "--out", str(tmp_path / "a")], capsys)[::2])
+    assert f"its vocab_size is {saved.vocab_size}" in line and "holds no tokenizer" in line
+    assert not (tmp_path / "a").exists()
+    given = [*init, "--tokenizer", str(trained_file), "--out", str(tmp_path / "b")]
+    code, _, err = run(given, capsys)
+    assert code == 0 and "new: none; left out: none" in err, err

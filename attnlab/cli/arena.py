@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     )
     race = parser.add_argument_group("the race (default mode)")
     race.add_argument("--data", default="tinyshakespeare", help="text, dataset or task:NAME")
-    race.add_argument("--tokenizer", default="char", help="char, byte or bpe:N")
+    race.add_argument("--tokenizer", default="char", help="char, byte, bpe:N, gpt2 or a file")
     race.add_argument("--params", type=float, default=1e6, help="block parameters per model")
     race.add_argument("--n-layers", type=int, default=4, help="blocks per model")
     race.add_argument("--context-length", type=int, default=256, help="tokens per window")

@@ -22,6 +22,7 @@ from attnlab.cli import HelpFormatter
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text
 from attnlab.cli.runs import note
 from attnlab.data.corpus import Corpus
+from attnlab.data.text import TOKENIZER_FILES, open_tokenizer
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, check_writable
 from attnlab.tokenizers.base import Tokenizer, check_special_tokens, load_tokenizer, visible
@@ -114,23 +115,8 @@ def _add_tokenizer_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer",
         default="gpt2",
-        help="a saved tokenizer file, a run directory (its tokenizer.json), 'gpt2' (dataset "
-        "gpt2-bpe, fetched on first use) or 'byte'",
+        help=f"{TOKENIZER_FILES} or 'byte'",
     )
-
-
-def open_tokenizer(spec: str) -> Tokenizer:
-    """The tokenizer a --tokenizer value names."""
-    if spec == "byte":
-        return ByteTokenizer()
-    if spec == "gpt2":
-        folder = Path(resolve_data_path("gpt2-bpe"))  # fetched on first use
-        return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
-    if (Path(spec) / "tokenizer.json").is_file():  # a run directory's (checkpoint artefact)
-        return load_tokenizer(Path(spec) / "tokenizer.json")
-    if Path(spec).is_dir():
-        raise UserError(f"{spec} is a folder without a tokenizer.json (an image model's run?)")
-    return load_tokenizer(spec)
 
 
 def check_out(out: Path) -> None:
@@ -187,14 +173,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    tokenizer = open_tokenizer(args.tokenizer)
+    tokenizer = open_tokenizer(args.tokenizer, note)
     text = read_stdin() if args.text is None else user_text(args.text)
     print(" ".join(map(str, tokenizer.encode(text))))
     return 0
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    tokenizer = open_tokenizer(args.tokenizer)
+    tokenizer = open_tokenizer(args.tokenizer, note)
     words = args.ids if args.ids else read_stdin().split()
     ids = []
     for word in words:
@@ -209,7 +195,7 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    tokenizer = open_tokenizer(args.tokenizer)
+    tokenizer = open_tokenizer(args.tokenizer, note)
     text = user_text(args.text)
     ids = tokenizer.encode(text)
     pieces = [visible(_token_text(tokenizer, i)) for i in ids]

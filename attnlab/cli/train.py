@@ -217,6 +217,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
     refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
+    if init is not None:
+        _check_init_fits_data(args.init, init["config"], data.model_fields)
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
@@ -291,13 +293,31 @@ def _locked(out: Path, group: Group):
 
 def _check_init_tokenizer(init: str, settings: dict[str, Any]) -> None:
     """--init brings its run's tokenizer: another one given (a flag, a config file's) would be
-    recorded and silently unused; the same one, as the shape's flags may be, is no change."""
+    recorded and silently unused; the same one, as the shape's flags may be, is no change. A
+    checkpoint without one (weights from elsewhere) takes the one given, if it fits them."""
+    if not (Path(init) / "tokenizer.json").is_file():
+        return
     found = run_description(init)
     own = found[0]["data"].get("tokenizer") if found else None
     if settings.get("tokenizer", own) != own:
         raise UserError(
             f"--init takes the tokenizer from {init} too ({own or 'its own'}): leave "
             "--tokenizer (and a config file's tokenizer) unset"
+        )
+
+
+def _check_init_fits_data(init: str, config: dict[str, Any], fields: dict[str, Any]) -> None:
+    """The --init model reads what the data gives it (its vocabulary, image size), but for
+    the classes, for which a new head starts: other weights would silently start new."""
+    differ = sorted(k for k, v in fields.items() if k != "n_classes" and config.get(k, v) != v)
+    if differ:
+        hint = ""
+        if "vocab_size" in differ and not (Path(init) / "tokenizer.json").is_file():
+            hint = f"; {init} holds no tokenizer: give the one its weights read (--tokenizer)"
+        raise UserError(
+            f"--init {init} does not fit this data: "
+            + ", ".join(f"its {k} is {config[k]!r}, the data's {fields[k]!r}" for k in differ)
+            + hint
         )
 
 

@@ -97,6 +97,12 @@ class Normalization:
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
 
+    def misfit(self, config: dict) -> str | None:
+        channels = config.get("channels")
+        if channels is not None and channels != len(self.mean):
+            return f"normalises {len(self.mean)} channels, but the model reads {channels}"
+        return None
+
     @classmethod
     def from_dict(cls, data: dict) -> Normalization:
         mean, std = data["mean"], data["std"]

@@ -150,7 +150,7 @@ class MaskedSequences:
 @dataclass(frozen=True)
 class MaskedLMDataConfig:
     data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset; a sentence a line
-    tokenizer: str = "bpe:8192"  # char, byte or bpe:N, learned on the data with BERT's specials
+    tokenizer: str = "bpe:8192"  # char, byte or bpe:N learned with BERT's specials, or a file
     mask_probability: float = 0.15  # share of ordinary tokens selected for prediction
 
     def __post_init__(self):

@@ -143,6 +143,14 @@ class Palette:
         colours = [list(c) for c in self.colours]
         return {"colours": colours, "pixels_per_token": self.pixels_per_token}
 
+    def misfit(self, config: dict) -> str | None:
+        vocab, channels = config.get("vocab_size"), config.get("channels")
+        if vocab is not None and vocab != self.vocab_size + 1:
+            return f"makes {self.vocab_size} token values and a start token; the model, {vocab}"
+        if channels is not None and channels != self.channels:
+            return f"holds colours of {self.channels} channels, the model's images have {channels}"
+        return None
+
     @classmethod
     def from_dict(cls, data: dict) -> Palette:
         colours = data["colours"]

@@ -25,6 +25,8 @@ from attnlab.data.corpus import Corpus
 from attnlab.errors import UserError
 from attnlab.files import atomic_writer, cache_dir, check_writable
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from attnlab.tokenizers.bpe import BPETokenizer
+from attnlab.tokenizers.byte import ByteTokenizer
 from attnlab.training.sources import DataRequest, TrainingData
 
 
@@ -74,6 +76,27 @@ def tokenizer_key(tokenizer: Tokenizer) -> str:
     return json.dumps(tokenizer.to_dict(), sort_keys=True)
 
 
+TOKENIZER_FILES = (
+    "a saved tokenizer file, a run directory (its tokenizer.json), 'gpt2' (dataset gpt2-bpe, "
+    "fetched on first use)"
+)
+
+
+def open_tokenizer(spec: str, log: Callable[[str], None] | None = None) -> Tokenizer:
+    """The tokenizer a spec names: 'byte', 'gpt2' (GPT-2's own vocabulary, from the dataset
+    gpt2-bpe), a run directory's tokenizer.json, or a saved tokenizer file."""
+    if spec == "byte":
+        return ByteTokenizer()
+    if spec == "gpt2":
+        folder = Path(catalog.resolve("gpt2-bpe", log))  # fetched on first use
+        return BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
+    if (Path(spec) / "tokenizer.json").is_file():  # a run directory's (checkpoint artefact)
+        return load_tokenizer(Path(spec) / "tokenizer.json")
+    if Path(spec).is_dir():
+        raise UserError(f"{spec} is a folder without a tokenizer.json (an image model's run?)")
+    return load_tokenizer(spec)
+
+
 def tokenizer_cached(
     spec: str,
     texts: Iterable[str],
@@ -81,8 +104,22 @@ def tokenizer_cached(
     log: Callable[[str], None] | None = None,
 ) -> Tokenizer:
     """build_tokenizer(spec, texts, special_tokens=...), reusing a learned tokenizer (bpe:N)
-    trained before on the same texts instead of training it again. `log` hears of a BPE
-    vocabulary that came out smaller than asked (the text ran out of pairs to merge)."""
+    trained before on the same texts instead of training it again; or one that exists
+    (open_tokenizer: "gpt2", a file, a run's), which must hold the special tokens. `log` hears
+    of a BPE vocabulary that came out smaller than asked (the text ran out of pairs to merge)."""
+    if spec not in ("char", "byte") and not spec.startswith("bpe:"):
+        if not (spec == "gpt2" or Path(spec).exists()):
+            raise UserError(
+                f"unknown tokenizer {spec!r}; choose char, byte, bpe:N (N = vocabulary size, "
+                f"learned on the data), or {TOKENIZER_FILES}"
+            )
+        tokenizer = open_tokenizer(spec, log)
+        if missing := [t for t in special_tokens or () if t not in tokenizer.special_tokens]:
+            raise UserError(
+                f"tokenizer {spec} lacks the special tokens {', '.join(missing)} this model "
+                "needs: give char, byte or bpe:N, learned with them"
+            )
+        return tokenizer
     if not spec.startswith("bpe:"):
         return build_tokenizer(spec, texts, special_tokens=special_tokens)
     specials = json.dumps(None if special_tokens is None else list(special_tokens))
@@ -231,7 +268,9 @@ def language_model_data(
 @dataclass(frozen=True)
 class TextDataConfig:
     data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset, stdlib, task:NAME
-    tokenizer: str = "char"  # char, byte or bpe:N (N = vocabulary size, learned on the data)
+    tokenizer: str = (
+        "char"  # char, byte, bpe:N (N = vocabulary size, learned on the data), gpt2, FILE
+    )
     repeat: bool = False  # each window ends with its own beginning again (see induction heads)
 
 

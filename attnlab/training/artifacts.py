@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from attnlab.errors import UserError
@@ -37,8 +38,25 @@ class ClassNames:
             raise ValueError("'names' must be a list of strings")
         return cls(tuple(names))
 
+    def misfit(self, config: dict[str, Any]) -> str | None:
+        classes = config.get("n_classes")
+        if classes is not None and classes != len(self.names):
+            return f"names {len(self.names)} classes, but the model has {classes} outputs"
+        return None
+
 
 register_artifact("classes", ClassNames.from_dict)
+
+
+def check_artifacts_fit(config: dict[str, Any], artifacts: dict[str, Any], folder: Path) -> None:
+    """Each artefact against the model config saved beside it (by its misfit(config), a reason
+    or None): a file written or copied by hand for other weights is one line, not a class name
+    or colour out of range mid-way."""
+    for name, artifact in artifacts.items():
+        misfit = getattr(artifact, "misfit", None)
+        if misfit is not None and (problem := misfit(config)):
+            file = folder / f"{name}.json"
+            raise UserError(f"{file} {problem}: it does not belong to these weights")
 
 
 def check_classes(artifacts: dict[str, Any] | None, classes: ClassNames, data: str) -> None:

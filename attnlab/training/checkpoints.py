@@ -33,7 +33,11 @@ from attnlab.errors import UserError
 from attnlab.files import atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind
 from attnlab.tokenizers import Tokenizer
-from attnlab.training.artifacts import ARTIFACTS, register_artifact  # noqa: F401
+from attnlab.training.artifacts import (  # noqa: F401
+    ARTIFACTS,
+    check_artifacts_fit,
+    register_artifact,
+)
 from attnlab.training.distributed import is_writer, like, whole
 from attnlab.training.state import OPTIMIZER_FILE, STATE_FILE, optimizer_bytes
 
@@ -142,6 +146,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     check_config_fits_weights(kind, description["config"], path / MODEL_FILE)
     artifacts = load_artifacts(path)
     check_tokenizer(description["config"], artifacts.get("tokenizer"), path / "tokenizer.json")
+    check_artifacts_fit(description["config"], artifacts, path)
     model = build_model(kind.name, description["config"])
     load_weights(model, path / MODEL_FILE)
     return Checkpoint(model.to(device).eval(), kind, artifacts, path)

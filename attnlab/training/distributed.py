@@ -271,6 +271,7 @@ def launch(processes: int, argv: list[str]) -> int:
         monitor_interval=0.5,
         signals_to_handle="SIGINT,SIGHUP,SIGQUIT",  # SIGTERM: kill_as_ctrl_c, below
     )
+
     def kill_as_ctrl_c() -> None:  # the ranks save, as on Ctrl-C, and then stop
         raise SignalException("SIGTERM, passed on as SIGINT", sigval=signal.SIGINT)
 
