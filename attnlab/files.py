@@ -29,13 +29,19 @@ def cache_dir() -> Path:
 
 def check_writable(folder: str | os.PathLike) -> None:
     """Write (then remove) a file in `folder`, or in the nearest folder above it that exists,
-    where the missing ones would be made: a read-only destination ends in one line (an OSError)
-    before the work whose result it would receive, not after. Nothing is left behind."""
+    where the missing ones would be made: a read-only destination ends in one line naming
+    `folder` (a UserError) before the work whose result it would receive, not after. Nothing is
+    left behind."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
-    fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
+    except OSError as error:
+        cache = cache_dir().absolute()
+        note = " (the cache; ATTNLAB_CACHE sets it)" if cache in (folder, *folder.parents) else ""
+        raise UserError(f"cannot write to {folder}{note}: {error.strerror or error}") from None
     os.close(fd)
     os.unlink(probe)
 

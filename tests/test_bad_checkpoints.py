@@ -235,15 +235,17 @@ def test_hand_edited_checkpoint_files_are_one_line(tmp_path, capsys, edit, messa
     assert snapshot(path) == before
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = tiny_gpt(vocab_size=256)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_checkpoint_round_trip(tmp_path, dtype):
+    """Every bit, in the type it was saved in (float64 weights are not rounded to float32)."""
+    model = tiny_gpt(vocab_size=256).to(dtype)
     save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER})
     checkpoint = load_checkpoint(tmp_path)
     loaded, tokenizer = checkpoint.model, checkpoint.tokenizer
     assert loaded.config == model.config and tokenizer.to_dict() == TOKENIZER.to_dict()
     assert loaded.output_head.weight is loaded.token_embedding.weight  # still tied
     for x, y in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
-        assert torch.equal(x, y)
+        assert x.dtype == y.dtype and torch.equal(x, y)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 

@@ -92,6 +92,22 @@ def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
     rows = [line.split("\t") for line in stdout.splitlines()]
     assert [r[2] for r in rows] == SENTENCES[:2] and all(r[0] in ("0", "1") for r in rows)
     assert all(0.5 <= float(r[1]) <= 1 for r in rows)
+    # its weights and artefacts alone (as from_hf's would be saved): scored on --data as the run
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "classes.json"):
+        (alone / name).write_bytes((out / name).read_bytes())
+    (tmp_path / "unseen.tsv").write_text(
+        "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(SENTENCES))
+    )
+    on_data = ["--data", str(tmp_path / "unseen.tsv"), "--json"]
+    code, by_run, err = run(["evaluate", str(out), *on_data], capsys)
+    assert code == 0, err
+    assert run(["evaluate", str(alone), *on_data], capsys)[1] == by_run
+    (alone / "tokenizer.json").unlink()
+    assert "holds no tokenizer" in one_line_error(
+        *run(["evaluate", str(alone), *on_data], capsys)[::2]
+    )
 
 
 def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):

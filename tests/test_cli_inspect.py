@@ -106,7 +106,7 @@ def test_attention_of_an_encoder_decoder_has_source_target_and_cross(checkpoints
         code, _, err = run([*argv, *(["--group", group] if group else [])], capsys)
         assert code == 0 and page_data(out)["selected"] == {"panel": panel, "layer": 1, "head": 1}
     line = one_line_error(*run([*argv, "--group", "encoder"], capsys)[::2])
-    assert "--layer 1 is out of range: the model has layers 0 to 0" in line
+    assert "--layer 1 is out of range: --group encoder has layers 0 to 0" in line
 
 
 def test_attention_of_bert_reads_cls_text_sep(checkpoints, tmp_path, capsys):
@@ -141,6 +141,7 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
         ("gpt", ["--text", "hi", "--png", "{tmp}"], "is a folder: give a file"),
         ("gpt", ["--image", "{tmp}/x.png", "--png", "{tmp}/x.png"], "overwrite --image's file"),
         ("gpt", ["--text", "hi", "--png", "{tmp}/x.png/y.png"], "is a file, not a folder"),
+        ("gpt", ["--text", "hi", "--png", ""], "--png is empty: give a file"),
     ],
 )
 def test_attention_bad_input_is_one_line(checkpoints, tmp_path, capsys, name, flags, message):
@@ -217,6 +218,9 @@ def test_layers_command(checkpoints, tmp_path, capsys):
     code, _, err = run(["inspect", "layers", checkpoints["gpt"], "--data", str(tmp_path / "no")],
                        capsys)  # fmt: skip
     assert code == 2
+    code, _, err = run(["inspect", "layers", checkpoints["gpt"], "--data", str(corpus),
+                        "--png", str(corpus)], capsys)  # fmt: skip
+    assert "would overwrite --data's file" in one_line_error(code, err)
 
 
 @pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers"])

@@ -243,3 +243,24 @@ def test_import_bounds_the_cpu_kernel_caches_unless_the_user_set_them():
     code = f"import os, attnlab\nprint({caches})"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.split() == ["32", "7"], result.stderr
+
+
+def test_a_steps_time_leaves_out_waiting_for_the_kernels_build(tmp_path, monkeypatch):
+    """The first step waits for the kernels' build, which is not training: counted, it made a
+    machine's first run report wrong tokens/s and elapsed_s, and end a --time-limit early."""
+    import time
+
+    import numpy as np
+
+    from attnlab.data.text import TextSplits, language_model_data
+    from attnlab.models.gpt import GPT, GPTConfig
+    from attnlab.training.trainer import TrainConfig, Trainer
+
+    building = kernel.load
+    monkeypatch.setattr(kernel, "load", lambda: time.sleep(1.0) or building())
+    config = TrainConfig(max_iters=1, batch_size=2, eval_iters=1, precision="fp32", device="cpu")
+    model = GPT(GPTConfig(vocab_size=8, context_length=8, n_layers=1, n_heads=2, d_model=16))
+    splits = TextSplits.from_tokens(np.arange(400, dtype=np.uint16) % 8)
+    train, evaluation = language_model_data(splits, 2, 8, config.seed, 1)
+    trainer = Trainer(model, config, train, evaluation, out_dir=tmp_path)
+    assert trainer.kernels_on and trainer.train_step()["elapsed_s"] < 1.0

@@ -168,7 +168,7 @@ def test_the_mirror_replaces_the_sources(fake, server, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "mirror, reason",
-    [(None, "Connection refused"), ("not-a-url", "unknown url type"), ("http://[::1", "IPv6")],
+    [(None, "Connection refused"), ("nothing://here", "unknown url type"), ("http://[::1", "IPv6")],
 )
 def test_an_unreachable_mirror_is_one_line_and_exit_code_2(
     fake, capsys, monkeypatch, tmp_path, mirror, reason

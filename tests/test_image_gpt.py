@@ -28,6 +28,7 @@ def tiny_image_gpt(palette: Palette, side: int, seed: int = 0) -> ImageGPT:
         n_heads=2,
         d_model=16,
         image_size=side,
+        channels=palette.channels,
     )
     model = ImageGPT(config).eval()
     with torch.no_grad():  # larger weights than the init, so the logits are far from flat

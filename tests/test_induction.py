@@ -127,3 +127,23 @@ def test_a_probe_that_cannot_score_the_model_stops_the_run_before_training(
         argv += ["--n-heads", "2"]
     assert message in one_line_error(*run(argv, capsys)[::2])
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_many_sequences_are_scored_a_chunk_at_a_time(monkeypatch):
+    """Memory follows the chunk, not --sequences: 10 sequences in chunks of 4 are three passes
+    of at most 4 rows, and a chunk's scores count by its rows (the last holds 2)."""
+    import attnlab.interpretability.induction as induction
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, context_length=16, n_layers=2, n_heads=2, d_model=16))
+    monkeypatch.setattr(induction, "CHUNK", 4)
+    rows = []
+    model.register_forward_pre_hook(lambda module, args: rows.append(args[0].size(0)))
+    report = induction_scores(model, n_sequences=10, copying=False)
+    assert rows == [4, 4, 2]
+    generator = torch.Generator().manual_seed(0)
+    parts = [repeated_random_tokens(n, 8, 30, generator) for n in (4, 4, 2)]
+    with torch.no_grad():
+        firsts = [induction.position_losses(model.eval()(t)[0], t)[:, :7].mean() for t in parts]
+    expected = (4 * firsts[0] + 4 * firsts[1] + 2 * firsts[2]) / 10
+    assert report.loss_first == pytest.approx(float(expected), rel=1e-5)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from helpers import tiny_gpt  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from attnlab.interop.huggingface import from_hf, to_hf  # noqa: E402
@@ -141,3 +142,46 @@ def test_from_hf_keeps_the_models_dtype_and_every_bit(dtype):
     theirs = hf.transformer.h[0].attn.c_attn.weight.t()  # (3D, D), as attnlab's qkv
     assert torch.equal(ours.blocks[0].token_mixer.qkv_projection.weight, theirs)
     assert torch.get_default_dtype() == torch.float32  # left as it was
+
+
+def test_class_names_become_id2label_and_come_back(tmp_path):
+    """A classifier's names travel with it through Hugging Face's files (id2label), where its
+    pipelines read them; placeholders (LABEL_0, ...) are no names."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    from attnlab.interop.huggingface import class_names
+    from attnlab.models.bert import BertClassifier, BertConfig
+    from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
+    from attnlab.training.artifacts import ClassNames
+
+    bert = BertClassifier(BertConfig(vocab_size=40, context_length=8, n_layers=1, n_heads=2,
+                                     d_model=16, n_classes=3, pad_id=0))  # fmt: skip
+    vit = VisionTransformer(ViTConfig(image_size=8, patch_size=4, channels=1, n_classes=2,
+                                      n_layers=1, n_heads=2, d_model=16))  # fmt: skip
+    cases = [(bert, ("neg", "neutral", "pos"), AutoModelForSequenceClassification),
+             (vit, ClassNames(("cat", "dog")), AutoModelForImageClassification)]  # fmt: skip
+    for model, names, auto in cases:
+        hf = to_hf(model, classes=names)
+        hf.save_pretrained(tmp_path / type(model).__name__)
+        loaded = auto.from_pretrained(tmp_path / type(model).__name__)
+        expected = names if isinstance(names, ClassNames) else ClassNames(names)
+        assert class_names(loaded) == expected
+        assert loaded.config.label2id == {n: i for i, n in enumerate(expected.names)}
+        assert class_names(to_hf(model)) is None
+    for model, names in [(bert, ["a", "b"]), (bert, ["a", "a", "b"]), (tiny_gpt(), ["a", "b"])]:
+        with pytest.raises(ValueError, match="names, each its own, for a classifier"):
+            to_hf(model, classes=names)
+    with pytest.raises(ValueError, match="for a classifier"):
+        to_hf(vit, head=False, classes=["cat", "dog"])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"scale_attn_by_inverse_layer_idx": True}, {"reorder_and_upcast_attn": True},
+     {"scale_attn_weights": False}, {"add_cross_attention": True},
+     {"activation_function": "quick_gelu"}],
+)  # fmt: skip
+def test_a_gpt2_that_would_compute_something_else_is_refused(fields):
+    hf = GPT2LMHeadModel(GPT2Config(**CONFIGS[0], **fields))
+    with pytest.raises(ValueError, match="not supported|does not convert|unsupported"):
+        from_hf(hf)

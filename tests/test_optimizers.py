@@ -99,3 +99,15 @@ def test_clipping_a_model_of_another_dtype_steps_as_torchs(dtype):
         steps.append([p.detach().float() for p in model.parameters()])
     for mine, theirs in zip(*steps, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-2, atol=1e-6)
+
+
+def test_the_loss_of_float64_logits_is_float64_and_gradient_checks():
+    """float32 at least (bf16 logits are scored in float32), float64 kept: a float64 model's
+    loss is exact enough for gradcheck, which float32 rounding would fail."""
+    from attnlab.training.sources import token_loss
+
+    logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1, 2, -100], [0, 4, 3]])
+    assert token_loss(logits, targets).dtype == torch.float64
+    assert token_loss(logits.detach().bfloat16(), targets).dtype == torch.float32
+    assert torch.autograd.gradcheck(lambda x: token_loss(x, targets), (logits,))

@@ -206,7 +206,10 @@ def test_a_read_only_cache_is_one_line_before_a_tokenizer_is_learned(
     monkeypatch.setattr(BPETokenizer, "train", None)  # never reached
     out = tmp_path / "run"
     code, _, err = train(capsys, corpus, out, "--tokenizer", "bpe:300", "--max-iters", "1")
-    assert "Permission denied" in one_line_error(code, err)
+    assert one_line_error(code, err) == (
+        f"attnlab: error: cannot write to {tmp_path / 'cache' / 'tokenizers'} (the cache; "
+        "ATTNLAB_CACHE sets it): Permission denied"
+    )
     assert not out.exists() and not any((tmp_path / "cache").iterdir())
 
 

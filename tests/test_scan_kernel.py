@@ -87,3 +87,13 @@ def test_the_mamba_layer_trains_through_the_kernel_with_the_same_gradients(monke
     with torch.no_grad():  # inference keeps to PyTorch
         layer(x)
     assert calls == [1]
+
+
+def test_a_state_larger_than_the_kernel_holds_trains_through_pytorchs_scan(monkeypatch):
+    """The kernel holds at most SCAN_MAX_STATE states per channel; a larger d_state trains
+    through the parallel scan instead of failing inside the kernel."""
+    torch.manual_seed(0)
+    layer = Mamba(MambaOptions(d_state=kernel.SCAN_MAX_STATE + 1), d_model=8)
+    monkeypatch.setattr(kernel, "selective_scan", lambda *a: pytest.fail("the kernel was called"))
+    layer(torch.randn(1, 5, 8, requires_grad=True)).sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())

@@ -143,6 +143,15 @@ def test_train_on_a_task_reports_accuracy_and_samples(tmp_path, capsys):
         and math.isfinite(layers["baseline"])
         and set(layers["loss"]) == {"drop 0", "duplicate 0"}
     )
+    baselines = [  # as many windows as asked, not a batch of 16
+        json.loads(
+            run(["inspect", "layers", str(out), "--data", spec, "--windows", n, "--json"], capsys)[
+                1
+            ]
+        )
+        for n in ("1", "16")
+    ]
+    assert baselines[0]["baseline"] != baselines[1]["baseline"]
     for command in ("evaluate", "inspect layers"):
         code, _, err = run([*command.split(), str(out), "--data", "task:mqar"], capsys)
         assert "trained on task:selective_copying:tokens=4,vocab=6, not on task:mqar" in err

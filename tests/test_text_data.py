@@ -124,3 +124,22 @@ def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, 
         "task:mqar",
         "fake",
     ]
+
+
+def test_a_long_run_without_a_safe_cut_is_carried_whole_into_the_next_piece(
+    tmp_path, monkeypatch, shared_data
+):
+    """A line of letters longer than a piece is one pre-token: it is never cut inside, so the
+    pieces' ids are the whole text's."""
+    from attnlab.data import corpus
+    from attnlab.data.text import tokenize_cached
+    from attnlab.tokenizers.bpe import BPETokenizer
+
+    folder = shared_data / "gpt2-bpe"
+    tokenizer = BPETokenizer.from_gpt2_files(folder / "vocab.bpe", folder / "encoder.json")
+    monkeypatch.setattr(corpus, "CHUNK", 64)
+    text = "A first line.\n" + "thequickbrownfox" * 40 + "\nAnd the last line, with words.\n"
+    (tmp_path / "run.txt").write_text(text)
+    pieces = list(Corpus(str(tmp_path / "run.txt")))
+    assert tokenize_cached(pieces, tokenizer).tolist() == tokenizer.encode(text)
+    assert "".join(pieces) == text and "thequickbrownfox" * 40 in pieces[1]

@@ -90,6 +90,19 @@ def test_bad_tokenizer_files_are_user_errors(tmp_path):
             load_tokenizer(tmp_path / "odd.json")
 
 
+def test_a_tokenizer_file_without_a_field_its_type_needs_names_the_field(tmp_path):
+    import json
+
+    from attnlab.tokenizers.bpe import BPETokenizer
+
+    path = tmp_path / "nomerges.json"
+    saved = BPETokenizer.train(["low lower lowest"], 260).to_dict()
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "merges"}))
+    with pytest.raises(UserError) as error:
+        load_tokenizer(path)
+    assert str(error.value) == f"tokenizer file {path} is malformed: it lacks 'merges'"
+
+
 def test_a_lone_surrogate_encodes_as_the_replacement_character_everywhere():
     from attnlab.tokenizers.bpe import BPETokenizer
 

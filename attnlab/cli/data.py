@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from attnlab.data import catalog
 from attnlab.errors import UserError
@@ -27,8 +28,8 @@ def register(subparsers) -> None:
         "that checks every file's SHA-256.\n"
         f"They live in {WHERE}. A data path that starts with a dataset's name "
         "(tinyshakespeare/input.txt, multi30k) resolves there, and is downloaded on first use.\n"
-        "ATTNLAB_DATA_MIRROR=URL downloads from a server laid out like the data folder, "
-        "URL/DATASET/FILE, instead of each dataset's source.\n"
+        "ATTNLAB_DATA_MIRROR=URL downloads from a server (or copies from a folder) laid out "
+        "like the data folder, URL/DATASET/FILE, instead of each dataset's source.\n"
         "examples:\n  attnlab data list\n  attnlab data get tinyshakespeare multi30k\n"
         "  ATTNLAB_DATA=~/data attnlab data get --all",
     )
@@ -57,8 +58,18 @@ def register(subparsers) -> None:
     getting.set_defaults(handler=get_datasets)
 
 
-def list_datasets(args: argparse.Namespace) -> int:
+def data_folder() -> Path:
+    """catalog.data_root(), refused in one line when it is a file: every dataset would seem
+    absent, and none could be fetched."""
     root = catalog.data_root()
+    if root.exists() and not root.is_dir():
+        where = " (ATTNLAB_DATA)" if os.environ.get("ATTNLAB_DATA") else ""
+        raise UserError(f"the data folder {root}{where} is a file, not a folder")
+    return root
+
+
+def list_datasets(args: argparse.Namespace) -> int:
+    root = data_folder()
     rows = [("NAME", "SIZE", "FILES", "PRESENT", "DESCRIPTION")]
     for dataset in catalog.DATASETS:
         missing = len(catalog.missing_files(dataset.name, root))
@@ -83,7 +94,7 @@ def get_datasets(args: argparse.Namespace) -> int:
     if not names:
         raise UserError("name the datasets to get (`attnlab data list` shows them) or give --all")
     datasets = [catalog.lookup(name) for name in names]  # a typo fails before any download
-    root = catalog.data_root()
+    root = data_folder()
     mirror = os.environ.get("ATTNLAB_DATA_MIRROR")
     for dataset in datasets:
         missing = catalog.missing_files(dataset.name, root)

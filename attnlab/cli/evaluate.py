@@ -16,7 +16,7 @@ import json
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
 from attnlab.cli.options import add_device_flag, given_flags, record_defaults, resolve_data_path
-from attnlab.cli.runs import note, run_data, run_data_settings, run_description
+from attnlab.cli.runs import check_fits_data, note, run_data, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.config import config_from_dict, config_to_dict
@@ -161,24 +161,29 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
 
     if args.split != "val":
         raise UserError(f"--split {args.split}: this model is scored on validation data only")
-    found = run_description(args.checkpoint)
-    if found is None:
-        raise UserError(f"{args.checkpoint} is not in a run folder (no run.json): nothing to score")
+    found = run_description(args.checkpoint)  # None: weights saved outside a run (imported)
     checkpoint = load_checkpoint(args.checkpoint, pick_device(args.device))
     settings = run_data_settings(args, checkpoint.kind)
-    saved = read_training_state(found[1])["train_config"]
+    if hasattr(settings, "tokenizer") and "tokenizer" not in checkpoint.artifacts:
+        raise UserError(
+            f"{args.checkpoint} holds no tokenizer: the ids its weights read are unknown"
+        )
+    saved = read_training_state(found[1])["train_config"] if found else {}
     eager = {"compile": False, "compile_by_block": False, "device": args.device}
     train = config_from_dict(TrainConfig, {**saved, **eager})
     model = config_to_dict(checkpoint.model.config)
-    own = found[0]["data"].get("data")
-    unseen = args.data and catalog.where(args.data) != catalog.where(str(own))
+    own = found[0]["data"].get("data") if found else None
+    unseen = args.data and (own is None or catalog.where(args.data) != catalog.where(str(own)))
     data = checkpoint.kind.build_data(  # every held-out example; all of data it never saw
         DataRequest(
             settings, model, train, checkpoint.artifacts, note, "all" if unseen else "held_out"
         )
     )
-    trainer = Trainer(checkpoint.model, train, data.train, data.eval, out_dir=found[1],
-                      metrics=data.metrics)  # fmt: skip
+    check_fits_data(args.checkpoint, model, data.model_fields)
+    folder = found[1] if found else args.checkpoint
+    trainer = Trainer(
+        checkpoint.model, train, data.train, data.eval, out_dir=folder, metrics=data.metrics
+    )
     result = trainer.evaluate()
     scored = {  # what the scores are over: examples for a classifier, tokens for the others
         f"{split}_targets": sum(int((b[-1] != IGNORE_INDEX).sum()) for b in batches())

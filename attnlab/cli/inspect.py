@@ -97,10 +97,10 @@ def _open(args, capability: str | None = None):
             f"--{flag}",
             getattr(args, flag),
             args.checkpoint,
-            inputs={"--image": getattr(args, "image", None)},
+            inputs={f"--{name}": getattr(args, name, None) for name in ("image", "data")},
         )
         for flag in ("png", "out")
-        if getattr(args, flag, None)
+        if getattr(args, flag, None) is not None
     }
     if len({path.resolve() for path in outputs.values()}) < len(outputs):
         raise UserError("--out and --png name the same file: give two")
@@ -167,7 +167,8 @@ def _selection(groups, heads: int, layer: int | None, head: int | None, group: s
         raise UserError(f"--group {group!r} is in none of the model's: {', '.join(groups)}")
     most = max(n for _, n in panels)
     if not 0 <= layer < most:
-        raise UserError(f"--layer {layer} is out of range: the model has layers 0 to {most - 1}")
+        owner = f"--group {group}" if group else "the model"
+        raise UserError(f"--layer {layer} is out of range: {owner} has layers 0 to {most - 1}")
     if not 0 <= head < heads:
         raise UserError(f"--head {head} is out of range: the model has heads 0 to {heads - 1}")
     return next(p for p, n in panels if layer < n), layer, head
@@ -325,7 +326,9 @@ def layers_command(args: argparse.Namespace) -> int:
     n_layers = len(block_stack(model))
     length = model.config.context_length
     if run_data(args.checkpoint, args.data).startswith("task:"):  # scored where it asks
-        windows = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed=1)
+        batches = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed=1)
+        x, y = (torch.cat(part)[: args.windows] for part in zip(*batches, strict=True))
+        windows = zip(x.split(16), y.split(16), strict=True)
     else:
         tokens = tokenize_cached(Corpus(resolve_data_path(args.data), note), tokenizer)
         tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens

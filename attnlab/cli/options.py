@@ -174,6 +174,8 @@ def check_output(
     list of files); ending in `suffix` where the format is fixed."""
     from attnlab.files import check_writable
 
+    if not str(path):
+        raise UserError(f"{flag} is empty: give a file")
     path, folder = Path(path), Path(checkpoint).resolve()
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file")

@@ -8,7 +8,7 @@ import fcntl
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,6 +107,24 @@ def run_data_settings(args, kind):
         raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no {RUN_FILE})")
     settings = {**(found[0]["data"] if found else {}), **({"data": args.data} if args.data else {})}
     return config_from_dict(kind.data_config, settings, source="--data")
+
+
+def check_fits_data(
+    folder: str, config: dict[str, Any], fields: dict[str, Any], free: Iterable[str] = ()
+) -> None:
+    """The model of checkpoint `folder` reads what the data gives it (its vocabulary, image
+    size, classes: `fields`) as its `config` says, but for the `free` fields: other weights
+    would silently start new, or read the ids of another vocabulary."""
+    differ = sorted(k for k, v in fields.items() if k not in free and config.get(k, v) != v)
+    if differ:
+        hint = ""
+        if "vocab_size" in differ and not (Path(folder) / "tokenizer.json").is_file():
+            hint = f"; {folder} holds no tokenizer: give the one its weights read (--tokenizer)"
+        raise UserError(
+            f"{folder} does not fit this data: "
+            + ", ".join(f"its {k} is {config[k]!r}, the data's {fields[k]!r}" for k in differ)
+            + hint
+        )
 
 
 def claim_run_directory(out: Path, resume: bool) -> None:

@@ -27,6 +27,7 @@ from attnlab.cli.run_settings import (
 )
 from attnlab.cli.runs import (
     RUN_FILE,
+    check_fits_data,
     claim_run_directory,
     fit_and_report,
     note,
@@ -217,8 +218,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
     refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
-    if init is not None:
-        _check_init_fits_data(args.init, init["config"], data.model_fields)
+    if init is not None:  # a new head for other classes; all else must be what it read
+        check_fits_data(args.init, init["config"], data.model_fields, free={"n_classes"})
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
@@ -303,21 +304,6 @@ def _check_init_tokenizer(init: str, settings: dict[str, Any]) -> None:
         raise UserError(
             f"--init takes the tokenizer from {init} too ({own or 'its own'}): leave "
             "--tokenizer (and a config file's tokenizer) unset"
-        )
-
-
-def _check_init_fits_data(init: str, config: dict[str, Any], fields: dict[str, Any]) -> None:
-    """The --init model reads what the data gives it (its vocabulary, image size), but for
-    the classes, for which a new head starts: other weights would silently start new."""
-    differ = sorted(k for k, v in fields.items() if k != "n_classes" and config.get(k, v) != v)
-    if differ:
-        hint = ""
-        if "vocab_size" in differ and not (Path(init) / "tokenizer.json").is_file():
-            hint = f"; {init} holds no tokenizer: give the one its weights read (--tokenizer)"
-        raise UserError(
-            f"--init {init} does not fit this data: "
-            + ", ".join(f"its {k} is {config[k]!r}, the data's {fields[k]!r}" for k in differ)
-            + hint
         )
 
 

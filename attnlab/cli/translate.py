@@ -56,7 +56,12 @@ def register(subparsers) -> None:
 def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     """Beam size, length penalty, length limit and (unless the parser has its own) batch size:
     shared with `evaluate`."""
-    parser.add_argument("--beam-size", type=int, default=4, help="hypotheses kept; 1 = greedy")
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        default=4,
+        help="hypotheses kept (at most half the vocabulary); 1 = greedy",
+    )
     parser.add_argument(
         "--length-penalty", type=float, default=0.6, help="GNMT alpha (0 = none, > 0 longer)"
     )

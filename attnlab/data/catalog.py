@@ -6,8 +6,8 @@ inside data_root(), and `locate` fetches the dataset first when files are missin
 nothing half-written is ever left behind). Sources are those the datasets' READMEs name: files
 at pinned commits of public GitHub repositories, or one zip archive. ATTNLAB_DATA_MIRROR
 replaces them all with a server that has the data folder's own layout, {MIRROR}/{dataset}/{path}
-(`python -m http.server` run in a data folder is one). Standard library only: `attnlab data`
-must start without loading torch or numpy.
+(`python -m http.server` run in a data folder is one), or with such a folder's path. Standard
+library only: `attnlab data` must start without loading torch or numpy.
 """
 
 from __future__ import annotations

@@ -133,6 +133,8 @@ def read_examples(
                 log(f"note: {spec} has a dev.tsv, which validates: --folds and --fold are unused")
             return train, read_tsv(path / "dev.tsv"), None
         return (*hold_out(train, folds, fold), None)
+    if (path / "dev.tsv").is_file():  # SST-2's layout, missing its training file
+        raise UserError(f"no train.tsv in {spec} beside its dev.tsv")
     examples, classes = read_class_folders(path, log)
     return (*hold_out(examples, folds, fold), classes)
 
@@ -212,6 +214,11 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     train_examples, dev_examples, classes = read_examples(
         spec, settings.folds, settings.fold, request.log, unseen=request.evaluate == "all"
     )
+    if classes and settings.label_names:
+        raise UserError(
+            f"{spec}: --label-names names integer labels; these classes are named by their "
+            "folders already"
+        )
     if not dev_examples[0]:
         raise UserError(f"{spec}: {_empty_fold(train_examples[1], classes, settings.folds)}")
     seen = sorted(set(train_examples[1]))

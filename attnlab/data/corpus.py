@@ -86,6 +86,7 @@ class Corpus:
     A piece ends where neither built-in pre-tokenization pattern (gpt2, gpt4) has a pre-token
     across (_last_safe_cut), so pieces tokenized one by one give the ids of the whole text: at a
     line break, so that lines stay whole, where the text has a line ending in a letter or digit.
+    Text with no such place (a long line without spaces) is read on until one, or the end.
     Line breaks are kept as they are in the files (\\r\\n too)."""
 
     def __init__(self, spec: str, log: Callable[[str], None] | None = None):
@@ -97,15 +98,16 @@ class Corpus:
 
     def __iter__(self) -> Iterator[str]:
         pending: list[str] = []
-        size = 0
+        size = searched = 0  # characters pending, and how many of them hold no safe cut
         for block in self._blocks():
             pending.append(block)
             size += len(block)
             if size >= CHUNK:
                 text = "".join(pending)
-                cut = _last_safe_cut(text)
-                yield text[:cut]
+                if cut := _last_safe_cut(text, searched):  # else all of it waits for more
+                    yield text[:cut]
                 pending, size = [text[cut:]], len(text) - cut
+                searched = 0 if cut else size  # a search that found nothing is not repeated
         if size:
             yield "".join(pending)
 
@@ -151,17 +153,18 @@ def _check_text(path: Path) -> bool:
     return bool(text)
 
 
-def _last_safe_cut(text: str) -> int:
+def _last_safe_cut(text: str, start: int = 0) -> int:
     """Where a piece may end: before the last line break (\\n or \\r\\n) that follows a letter
     or digit, so lines stay whole; else before the last space that follows a non-space character;
-    else at the text's end."""
+    else nowhere (0). Only breaks and spaces from `start` on are looked at: the text before it
+    was searched already."""
     i = len(text)
-    while (i := text.rfind("\n", 0, i)) > 0:
+    while (i := text.rfind("\n", start, i)) > 0:
         cut = i - 1 if text[i - 1] == "\r" else i
         if cut > 0 and text[cut - 1].isalnum():
             return cut
     i = len(text)
-    while (i := text.rfind(" ", 0, i)) > 0:
+    while (i := text.rfind(" ", start, i)) > 0:
         if not text[i - 1].isspace():
             return i
-    return len(text)
+    return 0

@@ -1,6 +1,6 @@
 """Downloading a dataset's files: each into a temporary file beside its target, checked against
 its pinned SHA-256, then renamed into place (the catalog, catalog.py, says what and from where).
-ATTNLAB_DATA_MIRROR replaces every source with a server that has the data folder's layout.
+ATTNLAB_DATA_MIRROR replaces every source with a server, or a folder, laid out as the data folder.
 Standard library only (tqdm aside): `attnlab data` starts without loading torch or numpy.
 """
 
@@ -39,6 +39,8 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
     """Download the missing files: each from ATTNLAB_DATA_MIRROR when it is set, else from its
     own URL, and those that have none from the dataset's archive, in one pass."""
     mirror = os.environ.get("ATTNLAB_DATA_MIRROR", "").rstrip("/")
+    if mirror and "://" not in mirror:  # a folder laid out as the data folder: a file:// URL
+        mirror = Path(mirror).expanduser().absolute().as_uri()
     direct = [entry for entry in missing if mirror or entry.url]
     from_archive = [entry for entry in missing if not (mirror or entry.url)]
     sizes = [entry.size for entry in missing]

@@ -165,7 +165,20 @@ def bert_tokenizer(spec: str, texts: Iterable[str], request: DataRequest) -> Tok
     if saved is not None:
         check_specials(saved, "the checkpoint")
         return saved
+    if spec == "char":  # encode_sentence puts a space before every sentence
+        texts = _AndSpace(texts)
     return tokenizer_cached(spec, texts, special_tokens=SPECIALS, log=request.log)
+
+
+class _AndSpace:
+    """The texts and a space after them: read again at each iteration, as a Corpus is."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.texts = texts
+
+    def __iter__(self):
+        yield from self.texts
+        yield " "
 
 
 def masked_lm_training_data(request: DataRequest) -> TrainingData:

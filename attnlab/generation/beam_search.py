@@ -197,7 +197,10 @@ def beam_search(
     check_capable(model, "beam search", TRANSLATE)
     vocab_size = model.config.vocab_size
     if not 1 <= beam_size <= vocab_size // 2:
-        raise UserError(f"beam size must be between 1 and {vocab_size // 2}, got {beam_size}")
+        raise UserError(
+            f"beam size must be between 1 and {vocab_size // 2} (half the vocabulary: each step "
+            f"ranks twice the beam's extensions), got {beam_size}"
+        )
     limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
     with eval_mode(model):
         search = _Search(model, src, beam_size, length_penalty, limits, use_cache)

@@ -95,6 +95,8 @@ def gpt2_from_hf(model: nn.Module) -> GPT:
             raise ValueError(f"GPT-2 config with {key}={bad} is not supported")
     if hf.activation_function not in ACTIVATIONS:
         raise ValueError(f"unsupported GPT-2 activation {hf.activation_function!r}")
+    if getattr(hf, "add_cross_attention", False):
+        raise ValueError("a GPT-2 with cross-attention (add_cross_attention) does not convert")
     config = GPTConfig(
         vocab_size=hf.vocab_size,
         context_length=hf.n_positions,
@@ -130,8 +132,8 @@ def gpt2_to_hf(model: GPT) -> nn.Module:
     if not gpt2_shaped:
         raise ValueError(
             "only GPT-2-shaped models (learned positions, LayerNorm with bias, multi-head "
-            "attention, gelu/gelu_tanh/relu) convert, to GPT2LMHeadModel, and Llama-shaped ones "
-            "(attention, RoPE, RMSNorm, SwiGLU, no biases), to LlamaForCausalLM"
+            "attention, gelu/gelu_tanh/relu/silu) convert, to GPT2LMHeadModel, and Llama-shaped "
+            "ones (attention, RoPE, RMSNorm, SwiGLU, no biases), to LlamaForCausalLM"
         )
     hf_config = GPT2Config(
         vocab_size=c.vocab_size,

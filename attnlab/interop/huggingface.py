@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from attnlab.interop.hf_vit import vit_from_hf, vit_to_hf
 from attnlab.models.bert import BertClassifier, BertForMaskedLM
 from attnlab.models.gpt import GPT
 from attnlab.models.vision_transformer import VisionTransformer
+from attnlab.training.artifacts import ClassNames
 
 
 def from_hf(model: nn.Module) -> nn.Module:
@@ -70,13 +71,25 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
+def to_hf(
+    model: nn.Module, head: bool = True, classes: ClassNames | Sequence[str] | None = None
+) -> nn.Module:
     """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel, or
     LlamaForCausalLM for a Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases);
     BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification;
     VisionTransformer -> ViTForImageClassification, or with head=False ViTModel (no pooler).
+    classes: a classifier's class names (its checkpoint's "classes" artefact), which become
+    the config's id2label and label2id (else Hugging Face's LABEL_0, LABEL_1, ...).
     The model comes in the given one's mode (training or eval). A subclass (an image GPT, with
     its palette and masked start token) is refused: Hugging Face's class would not be it."""
+    if classes is not None:
+        names = list(classes.names if isinstance(classes, ClassNames) else classes)
+        classifier = type(model) is BertClassifier or (type(model) is VisionTransformer and head)
+        if not classifier or model.config.n_classes != len(names) or len(set(names)) < len(names):
+            raise ValueError(
+                f"classes: {len(names)} names, each its own, for a classifier of as many classes "
+                "(a BertClassifier, or a VisionTransformer with its head)"
+            )
     if type(model) in (BertForMaskedLM, BertClassifier):
         converted = bert_to_hf(model)
     elif type(model) is VisionTransformer:
@@ -91,4 +104,18 @@ def to_hf(model: nn.Module, head: bool = True) -> nn.Module:
             "to_hf supports GPT, BertForMaskedLM, BertClassifier and VisionTransformer, got "
             f"{type(model).__name__}"
         )
+    if classes is not None:
+        converted.config.id2label = dict(enumerate(names))
+        converted.config.label2id = {name: i for i, name in enumerate(names)}
     return converted.train(model.training)
+
+
+def class_names(model: nn.Module) -> ClassNames | None:
+    """The class names of a Hugging Face classifier (its config's id2label), as the "classes"
+    artefact of a checkpoint saves them; None where they are Hugging Face's placeholders
+    (LABEL_0, LABEL_1, ...) or the model has no classes."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = tuple(str(id2label[i]) for i in range(len(id2label)) if i in id2label)
+    if len(names) != len(id2label) or names == tuple(f"LABEL_{i}" for i in range(len(names))):
+        return None
+    return ClassNames(names)

@@ -35,6 +35,8 @@ from attnlab.layers.contracts import eval_mode
 from attnlab.layers.hooks import hook_points
 from attnlab.models.registry import GENERATE, kind_of
 
+CHUNK = 64  # sequences scored in one forward pass
+
 
 def repeated_random_tokens(
     n_sequences: int, length: int, n_tokens: int, generator: torch.Generator | None = None
@@ -120,26 +122,37 @@ def induction_scores(
     repeated random tokens. length: of each copy (default: half the context, at most 128);
     n_tokens: draw ids below this (default: the model's vocabulary)."""
     layers, length = _scored_layers(model, length)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    total, parts = 0, []
     with eval_mode(model):
-        generator = torch.Generator().manual_seed(seed)
-        tokens = repeated_random_tokens(
-            n_sequences, length, n_tokens or model.config.vocab_size, generator
-        )
-        tokens = tokens.to(next(model.parameters()).device)
-        with capture(model) as seen:
-            logits, _ = model(tokens)
-        prefix = torch.stack(
-            [prefix_matching(seen.attention[l.name], tokens, length) for l in layers]
-        )
-        losses = position_losses(logits, tokens)  # (N, 2L-1)
-        copy = _copying(model, tokens, layers, seen, length) if copying else None
-        return InductionReport(
-            [layer.name for layer in layers],
-            prefix.cpu(),
-            copy,
-            float(losses[:, : length - 1].mean()),
-            float(losses[:, length:].mean()),
-        )
+        while total < n_sequences:  # a chunk at a time: memory bounded, whatever N is
+            count = min(CHUNK, n_sequences - total)
+            tokens = repeated_random_tokens(
+                count, length, n_tokens or model.config.vocab_size, generator
+            )
+            parts.append((count, _chunk_scores(model, tokens.to(device), layers, length, copying)))
+            total += count
+
+    def mean(i: int):
+        values = [part[i] for _, part in parts]
+        if values[0] is None:
+            return None
+        return sum(count * value for (count, _), value in zip(parts, values, strict=True)) / total
+
+    return InductionReport([layer.name for layer in layers], mean(0), mean(1), mean(2), mean(3))
+
+
+def _chunk_scores(model, tokens, layers, length, copying) -> tuple:
+    """Prefix matching (layers, H), copying (layers, H) or None, and the mean losses over each
+    copy, of one chunk of sequences."""
+    with capture(model) as seen:
+        logits, _ = model(tokens)
+    prefix = torch.stack([prefix_matching(seen.attention[l.name], tokens, length) for l in layers])
+    losses = position_losses(logits, tokens)  # (N, 2L-1)
+    copy = _copying(model, tokens, layers, seen, length) if copying else None
+    first, second = float(losses[:, : length - 1].mean()), float(losses[:, length:].mean())
+    return prefix.cpu(), copy, first, second
 
 
 def _copying(model, tokens, layers, seen, start) -> torch.Tensor | None:

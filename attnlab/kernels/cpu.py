@@ -131,6 +131,13 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 SCAN_CHUNK = 32  # positions between the states the scan keeps for its backward pass
+SCAN_MAX_STATE = 64  # states per channel it holds (scan.cpp's kMaxState)
+
+
+def scan_applies(u: torch.Tensor, A: torch.Tensor) -> bool:
+    """Whether the scan kernel computes this: training on a CPU, with at most SCAN_MAX_STATE
+    states per channel (it keeps them in registers)."""
+    return training_on_cpu(u) and A.size(1) <= SCAN_MAX_STATE
 
 
 def selective_scan(u, dt, A, B, C) -> torch.Tensor:

@@ -182,7 +182,7 @@ class Mamba(nn.Module):
             if x.size(1) == 1 and h is not None:  # decoding: one step
                 h, y = scan_step(h, u[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
                 y = y[:, None]  # (B, 1, E)
-            elif cache is None and cpu_kernels.training_on_cpu(u):  # attnlab's fused scan
+            elif cache is None and cpu_kernels.scan_applies(u, A):  # attnlab's fused scan
                 y = cpu_kernels.selective_scan(u, dt, A, B, C)
             else:
                 y, h = selective_scan(u, dt, A, B, C, h)

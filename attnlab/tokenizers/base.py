@@ -171,7 +171,9 @@ def tokenizer_from_dict(data: Any, source: str = "tokenizer") -> Tokenizer:
         )
     try:
         return tokenizer_class(kind).from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
+    except KeyError as error:  # a field the type needs (str(error) would be the bare key)
+        raise UserError(f"{source} is malformed: it lacks {error}") from None
+    except (TypeError, ValueError) as error:
         raise UserError(f"{source} is malformed: {error}") from None
 
 

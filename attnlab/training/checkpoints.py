@@ -148,7 +148,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     check_tokenizer(description["config"], artifacts.get("tokenizer"), path / "tokenizer.json")
     check_artifacts_fit(description["config"], artifacts, path)
     model = build_model(kind.name, description["config"])
-    load_weights(model, path / MODEL_FILE)
+    load_weights(model.to(_saved_dtype(path / MODEL_FILE)), path / MODEL_FILE)
     return Checkpoint(model.to(device).eval(), kind, artifacts, path)
 
 
@@ -275,6 +275,19 @@ def _header(file: Path) -> dict[str, tuple[int, ...]]:
         raise UserError(f"no checkpoint weights at {file}") from None
     except Exception as error:  # safetensors raises several types for a damaged header
         raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
+
+
+SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
+                      "F16": torch.float16}  # fmt: skip
+
+
+def _saved_dtype(file: Path) -> torch.dtype:
+    """The floating-point type a model was saved in (float64 weights load as float64), from
+    the file's header; the default one where its weights mix types."""
+    with safetensors.safe_open(file, framework="pt") as f:
+        types = {f.get_slice(name).get_dtype() for name in f.keys()}  # noqa: SIM118
+    floats = {SAFETENSORS_FLOATS[t] for t in types if t in SAFETENSORS_FLOATS}
+    return floats.pop() if len(floats) == 1 else torch.get_default_dtype()
 
 
 def _load_checked(model, file, shapes, expected) -> None:

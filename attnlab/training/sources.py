@@ -25,11 +25,11 @@ IGNORE_INDEX = -100  # a target with this value is not scored (torch's cross_ent
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
     """The mean cross-entropy over the scored targets (not IGNORE_INDEX), in float32 whatever
-    the logits' precision: logits (..., V), targets (...). With no target scored it is 0, not
-    the NaN of an empty mean: a micro-batch or a rank's shard may score nothing (a masked LM's
-    short rows), and its weight in the step (Trainer) is then 0 too."""
+    the logits' precision, or float64 for float64 logits: logits (..., V), targets (...). With
+    no target scored it is 0, not the NaN of an empty mean: a micro-batch or a rank's shard may
+    score nothing (a masked LM's short rows), and its weight in the step (Trainer) is then 0."""
     total = F.cross_entropy(
-        logits.flatten(0, -2).float(),
+        logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
         targets.flatten().long(),  # int32 ids too
         ignore_index=IGNORE_INDEX,
         label_smoothing=label_smoothing,

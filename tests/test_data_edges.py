@@ -1,0 +1,99 @@
+"""Data at the edges of what the readers expect: text without a space for BERT's character
+vocabulary, SST-2's layout missing its training file, label names for classes that have names,
+a read-only folder, a mirror that is a folder, a data folder that is a file."""
+
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+from helpers import one_line_error, read_only, run
+
+from attnlab.data import catalog
+from attnlab.data.catalog import DataFile, Dataset
+from attnlab.data.classification import (
+    ClassificationDataConfig,
+    classification_training_data,
+    read_examples,
+)
+from attnlab.data.masked_lm import MaskedLMDataConfig, masked_lm_training_data
+from attnlab.errors import UserError
+from attnlab.files import check_writable
+from attnlab.training.sources import DataRequest
+
+TRAIN = SimpleNamespace(batch_size=4, eval_iters=1, seed=0)
+
+
+def classifier_request(data, **settings):
+    config = ClassificationDataConfig(data=str(data), tokenizer="char", folds=2, **settings)
+    return DataRequest(config, {"context_length": 16, "long_text": "head_tail"}, TRAIN)
+
+
+def test_a_char_vocabulary_learned_for_bert_holds_the_space_put_before_every_text(tmp_path):
+    """encode_sentence reads a text as if after a space: text without one still encodes."""
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("apple\nbanana\n" * 100)
+    request = DataRequest(MaskedLMDataConfig(str(corpus), "char"), {"context_length": 16}, TRAIN)
+    assert " " in masked_lm_training_data(request).artifacts["tokenizer"].chars
+    (tmp_path / "train.tsv").write_text("good\t1\nbad\t0\n" * 10)
+    data = classification_training_data(classifier_request(tmp_path / "train.tsv"))
+    assert data.artifacts["tokenizer"].chars == sorted(set(" goodbad"))
+
+
+def test_a_dev_file_without_its_training_file_is_named(tmp_path):
+    (tmp_path / "dev.tsv").write_text("a good film\t1\na bad film\t0\n")
+    with pytest.raises(UserError) as error:
+        read_examples(str(tmp_path), 10, 0)
+    assert str(error.value) == f"no train.tsv in {tmp_path} beside its dev.tsv"
+
+
+def test_label_names_are_refused_for_classes_named_by_their_folders(tmp_path, capsys):
+    for name in ("neg", "pos"):
+        (tmp_path / "cf" / name).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "cf" / name / f"{i}.txt").write_text(f"a {name} review")
+    with pytest.raises(UserError) as error:
+        classification_training_data(classifier_request(tmp_path / "cf", label_names="good,bad"))
+    assert str(error.value) == (
+        f"{tmp_path / 'cf'}: --label-names names integer labels; these classes are named by "
+        "their folders already"
+    )
+    argv = ["train", "classifier", "--data", str(tmp_path / "cf"), "--label-names", "good,bad",
+            "--tokenizer", "byte", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert "--label-names names integer labels" in one_line_error(*run(argv, capsys)[::2])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_read_only_folder_is_named_as_asked_about_not_by_a_probe_file(tmp_path, monkeypatch):
+    (tmp_path / "ro").mkdir()
+    read_only(monkeypatch, tmp_path / "ro")
+    with pytest.raises(UserError) as error:
+        check_writable(tmp_path / "ro" / "sub")
+    assert str(error.value) == f"cannot write to {tmp_path / 'ro' / 'sub'}: Permission denied"
+    assert not any((tmp_path / "ro").iterdir())
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_folder_path_is_a_mirror(tmp_path, monkeypatch, relative):
+    body = b"alpha\n" * 10
+    entry = DataFile(
+        "sub/a.txt", hashlib.sha256(body).hexdigest(), len(body), "http://127.0.0.1:9/a"
+    )
+    monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "a test dataset", (entry,)))
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data"))
+    (tmp_path / "my copy" / "fake" / "sub").mkdir(parents=True)
+    (tmp_path / "my copy" / "fake" / "sub" / "a.txt").write_bytes(body)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ATTNLAB_DATA_MIRROR", "my copy/" if relative else str(tmp_path / "my copy"))
+    assert (catalog.get("fake", progress=False) / "sub" / "a.txt").read_bytes() == body
+
+
+def test_a_data_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").write_text("not a folder")
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path / "data"))
+    for argv in (["data", "list"], ["data", "get", "tinyshakespeare"]):
+        code, out, err = run(argv, capsys)
+        assert one_line_error(code, err) == (
+            f"attnlab: error: the data folder {tmp_path / 'data'} (ATTNLAB_DATA) is a file, "
+            "not a folder"
+        )
+        assert out == ""
