@@ -190,8 +190,9 @@ def test_inspect_attention_reads_an_image_as_the_model_does(trained, tmp_path, c
     palette = checkpoint.artifacts["palette"]
     (ids,) = inputs.args
     assert ids.shape == (1, SIDE * SIDE // 2) and ids[0, 0] == palette.start_token
-    assert inputs.sequences["text"][:3] == ["start", "r0c0", "r0c2"]
-    assert inputs.sequences["text"][-1] == f"r{SIDE - 1}c{SIDE - 4}"  # the last token is not fed
+    assert list(inputs.sequences) == ["image"]  # the viewer's "queries (image)", not "(text)"
+    assert inputs.sequences["image"][:3] == ["start", "r0c0", "r0c2"]
+    assert inputs.sequences["image"][-1] == f"r{SIDE - 1}c{SIDE - 4}"  # the last token is not fed
     page = tmp_path / "page.html"
     argv = ["inspect", "attention", str(trained), "--image", str(path), "--out", str(page)]
     code, _, err = run(argv, capsys)

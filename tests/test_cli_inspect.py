@@ -37,7 +37,9 @@ def checkpoints(tmp_path_factory):
         vocab_size=v + 3, max_length=32, n_encoder_layers=1, n_decoder_layers=2, n_heads=2,
         d_model=16, d_ff=32, pad_id=v, bos_id=v + 1, eos_id=v + 2))  # fmt: skip
     lstm = RecurrentLM(RecurrentLMConfig(vocab_size=v, context_length=24))
+    mamba = GPT(GPTConfig(vocab_size=v, context_length=32, n_layers=1, d_model=16, mixer="mamba"))
     return {
+        "mamba": save(root / "mamba", mamba),
         "gpt": save(root / "gpt", gpt),
         "bert": save(root / "bert", bert, ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]),
         "translation": save(root / "translation", translation, ["<pad>", "<s>", "</s>"]),
@@ -129,7 +131,8 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("name", "flags", "message"),
     [
-        ("lstm", ["--text", "hi"], "no attention layers"),
+        ("lstm", ["--text", "hi"], "RecurrentLM with no attention layers (it computes no "),
+        ("mamba", ["--text", "hi"], "GPT with no attention layers (its mamba token mixers"),
         ("gpt", ["--text", "hi", "--layer", "2"], "--layer 2 is out of range"),
         ("gpt", ["--text", "hi", "--head", "-1"], "--head -1 is out of range"),
         ("gpt", ["--text", "  "], "non-empty --text"),

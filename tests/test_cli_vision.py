@@ -181,6 +181,20 @@ def test_inspect_attention_reads_an_image_of_the_models_size_only(trained, shape
     assert not page.exists()
 
 
+def test_an_image_page_too_large_to_open_is_refused_with_advice_for_images(
+    trained, shape_png, tmp_path, capsys, monkeypatch
+):
+    from attnlab.interpretability import viewer
+
+    monkeypatch.setattr(viewer, "MAX_WEIGHTS", 1000)  # 1 layer of 4 heads over 17 positions: 1156
+    page = tmp_path / "view.html"
+    argv = ["inspect", "attention", str(trained), "--image", str(shape_png), "--out", str(page)]
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert "would hold 1,156 attention weights, more than a browser opens (1,000)" in line
+    assert "reads every image as 17 positions" in line and "text" not in line
+    assert not page.exists()
+
+
 def test_a_resumed_run_refuses_classes_it_was_not_trained_on(tmp_path, capsys):
     data = tmp_path / "pictures"
     for k, name in enumerate(("dark", "light")):

@@ -333,3 +333,11 @@ def test_a_plot_type_that_cannot_be_written_is_a_user_error(tmp_path, name):
         with pytest.raises(UserError, match=r"is not a plot file type; give a name ending in"):
             draw()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_map_of_many_positions_is_drawn_at_a_size_that_opens(tmp_path):
+    labels = [str(i) for i in range(200)]  # an image GPT's 16 x 16 pixels: no tick labels
+    png = save_heatmaps(tmp_path / "map.png", [Heatmap(torch.rand(200, 200), "t", labels, labels)])
+    from PIL import Image
+
+    assert max(Image.open(png).size) < 3000  # as for 64 positions, not 7000 pixels a side

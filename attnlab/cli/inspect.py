@@ -277,6 +277,7 @@ def _induction_png(png, report):
 
 # -------------------------------------------------------------------------------------- lens
 def lens_command(args: argparse.Namespace) -> int:
+    from attnlab.interpretability.inputs import TEXT
     from attnlab.interpretability.lens import logit_lens
     from attnlab.interpretability.plots import Heatmap, save_heatmaps, short
     from attnlab.models.registry import GENERATE
@@ -286,7 +287,7 @@ def lens_command(args: argparse.Namespace) -> int:
     report = logit_lens(checkpoint.model, inputs.args)
     probabilities, ids = report.top(1)  # (R, T, 1)
     decode = checkpoint.tokenizer.decode
-    tokens = inputs.sequences["text"]
+    tokens = inputs.sequences[TEXT]
     top = [[decode([i]) for i in row] for row in ids[..., 0].tolist()]  # (R, T)
     if args.json:
         print(json.dumps({"rows": report.rows, "tokens": tokens, "top": top,

@@ -82,9 +82,11 @@ def require_attention(model: nn.Module, what: str) -> list[AttentionLayer]:
     """attention_layers, or a UserError naming the model when it has none."""
     layers = attention_layers(model)
     if not layers:
+        mixer = getattr(getattr(model, "config", None), "mixer", None)  # a GPT's, by name
+        why = f"its {mixer} token mixers compute" if mixer else "it computes"
         raise UserError(
-            f"{what} holds a {type(model).__name__} with no attention layers (its token mixer "
-            "computes no attention weights)"
+            f"{what} holds a {type(model).__name__} with no attention layers ({why} no "
+            "attention weights)"
         )
     return layers
 

@@ -27,19 +27,21 @@ from attnlab.models.registry import (
 )
 from attnlab.training.checkpoints import Checkpoint
 
-TEXT = "text"
+TEXT = "text"  # the sequence of a text model's inputs
+IMAGE = "image"  # ... and of an image model's: the patches, or the pixel tokens
 
 
 @dataclass
 class Inputs:
     args: tuple[torch.Tensor, ...]  # model(*args) is one forward pass (batch of one)
-    sequences: dict[str, list[str]]  # name -> a label per position ("text", "source", ...)
+    sequences: dict[str, list[str]]  # name -> a label per position ("text", "image", "source", ...)
     sides: Callable[[AttentionLayer], tuple[str, str]]  # a layer's (query, key) sequences
     dropped: int = 0  # tokens cut off the end to fit the model
 
 
-def _one_sequence(layer: AttentionLayer) -> tuple[str, str]:
-    return TEXT, TEXT
+def _one_sequence(name: str) -> Callable[[AttentionLayer], tuple[str, str]]:
+    """The sides of inputs of one sequence: every layer's queries and keys are `name`."""
+    return lambda layer: (name, name)
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
@@ -64,7 +66,7 @@ def _language_model(checkpoint: Checkpoint, text: str, **_) -> Inputs:
     ids, dropped = _fit(ids, getattr(model.config, "context_length", len(ids)))
     device = next(model.parameters()).device
     return Inputs(
-        (_tensor(ids, device),), {TEXT: token_labels(tokenizer, ids)}, _one_sequence, dropped
+        (_tensor(ids, device),), {TEXT: token_labels(tokenizer, ids)}, _one_sequence(TEXT), dropped
     )
 
 
@@ -82,7 +84,7 @@ def _encoder(checkpoint: Checkpoint, text: str, **_) -> Inputs:
     ids, dropped = _fit(ids, model.config.context_length, keep_last=1)
     device = next(model.parameters()).device
     return Inputs(
-        (_tensor(ids, device),), {TEXT: token_labels(tokenizer, ids)}, _one_sequence, dropped
+        (_tensor(ids, device),), {TEXT: token_labels(tokenizer, ids)}, _one_sequence(TEXT), dropped
     )
 
 
@@ -139,7 +141,7 @@ def _image(checkpoint: Checkpoint, image: str, **_) -> Inputs:
     if c.n_positions > len(labels):
         labels = ["[CLS]", *labels]
     images = checkpoint.artifacts["normalization"](pixels)
-    return Inputs((images,), {TEXT: labels}, _one_sequence)
+    return Inputs((images,), {IMAGE: labels}, _one_sequence(IMAGE))
 
 
 def _pixels(checkpoint: Checkpoint, image: str, **_) -> Inputs:
@@ -151,7 +153,7 @@ def _pixels(checkpoint: Checkpoint, image: str, **_) -> Inputs:
     starts = [i * palette.pixels_per_token for i in range(tokens.size(1) - 1)]
     labels = ["start", *(f"r{p // side}c{p % side}" for p in starts)]
     device = next(checkpoint.model.parameters()).device
-    return Inputs((tokens.to(device),), {TEXT: labels}, _one_sequence)
+    return Inputs((tokens.to(device),), {IMAGE: labels}, _one_sequence(IMAGE))
 
 
 BUILDERS = {

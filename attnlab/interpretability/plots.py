@@ -10,6 +10,8 @@ import torch
 from attnlab.files import save_figure
 from attnlab.tokenizers.base import visible
 
+LABELLED = 64  # most rows (or columns) a panel labels; beyond, no label and no larger figure
+
 
 @dataclass
 class Heatmap:
@@ -40,9 +42,9 @@ def _draw(ax, fig, panel: Heatmap) -> None:
         values, cmap=_colours(panel.cmap), vmin=panel.vmin, vmax=panel.vmax, aspect="auto"
     )
     n_rows, n_cols = values.shape
-    if n_cols <= 64:
+    if n_cols <= LABELLED:
         ax.set_xticks(range(n_cols), panel.columns, rotation=90 if n_cols > 8 else 0, fontsize=7)
-    if n_rows <= 64:
+    if n_rows <= LABELLED:
         ax.set_yticks(range(n_rows), panel.rows, fontsize=7)
     if panel.cells is not None and n_rows * n_cols <= 900:
         for i, row in enumerate(panel.cells):
@@ -58,8 +60,8 @@ def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> P
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     rows = -(-len(panels) // columns)
-    width = max(max(p.values.shape[1] for p in panels) * 0.28 + 3, 5)
-    height = max(max(p.values.shape[0] for p in panels) * 0.28 + 2, 3.5)
+    down, across = (min(max(p.values.shape[i] for p in panels), LABELLED) for i in (0, 1))
+    width, height = max(across * 0.28 + 3, 5), max(down * 0.28 + 2, 3.5)  # inches a panel
     fig = Figure(figsize=(width * columns, height * rows), dpi=120)
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):

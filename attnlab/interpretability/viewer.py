@@ -20,7 +20,7 @@ import torch
 
 from attnlab.errors import UserError
 from attnlab.interpretability.capture import AttentionLayer, Recording
-from attnlab.interpretability.inputs import Inputs
+from attnlab.interpretability.inputs import IMAGE, Inputs
 
 SCALE = 1000  # weights are stored as integers in thousandths: a smaller file, as exact as shown
 # Weights one page may hold: about two bytes each in the page, and a browser reads the page's
@@ -55,7 +55,8 @@ def viewer_data(
     selected: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows; selected: (panel, layer, head) kept in focus at the start."""
-    check_size([recording.attention[layer.name] for layers in groups.values() for layer in layers])
+    weights = [recording.attention[layer.name] for layers in groups.values() for layer in layers]
+    check_size(weights, image=IMAGE in inputs.sequences)
     data = {
         "title": title,
         "sequences": inputs.sequences,
@@ -67,16 +68,27 @@ def viewer_data(
     return data
 
 
-def check_size(weights: list[torch.Tensor]) -> None:
-    """A UserError, with the text length that would fit, when the page would hold more than
-    MAX_WEIGHTS weights: too large for a browser to open."""
+def check_size(weights: list[torch.Tensor], *, image: bool) -> None:
+    """A UserError when the page would hold more than MAX_WEIGHTS weights (too large for a
+    browser to open), with what would fit: a shorter text, or for an image model (whose
+    inputs have the one size it reads) none."""
     total = sum(w.numel() for w in weights)
-    if total > MAX_WEIGHTS:
-        fits = math.isqrt(MAX_WEIGHTS * max(w.size(-1) for w in weights) ** 2 // total)
-        raise UserError(
-            f"the page would hold {total:,} attention weights, more than a browser opens "
-            f"({MAX_WEIGHTS:,}): give a text of at most about {fits} tokens"
+    if total <= MAX_WEIGHTS:
+        return
+    longest = max(w.size(-1) for w in weights)
+    if image:
+        advice = (
+            f"this model reads every image as {longest} positions, too many for one page of "
+            "all its layers and heads (in Python, attnlab.interpretability.capture reads them)"
         )
+    else:
+        advice = (
+            f"give a text of at most about {math.isqrt(MAX_WEIGHTS * longest**2 // total)} tokens"
+        )
+    raise UserError(
+        f"the page would hold {total:,} attention weights, more than a browser opens "
+        f"({MAX_WEIGHTS:,}): {advice}"
+    )
 
 
 def script_json(data: Any) -> str:
