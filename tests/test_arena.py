@@ -10,6 +10,8 @@ import time
 import pytest
 from helpers import one_line_error, run
 
+from attnlab.errors import UserError
+from attnlab.evaluation import arena, scaling
 from attnlab.evaluation.arena import Entry, block_parameters, matched_config, report
 from attnlab.evaluation.scaling import Curve, crossovers, measure
 
@@ -123,6 +125,9 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
         (["--scaling", "--time", "3", "--data", "x"], "--data, --time: not used by --scaling"),
         (["--d-model", "64", "--lengths", "8:16"], "--d-model, --lengths: not used by the race"),
         (["--mixers", ""], "unknown mixer(s) (none)"),
+        (["--out", ""], "--out is empty: give a folder"),
+        (["--params", "1"], "--params 1: out of attention's reach, whose narrowest blocks"),
+        (["--mixers", "lstm", "--params", "1e12"], "out of lstm's reach, whose widest blocks"),
         (["--mixers", "attention,lstm,attention"], "--mixers names attention twice"),
         (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
         (
@@ -171,3 +176,39 @@ def test_a_stopped_arena_stops_its_run_and_reports_the_finished_mixers(tmp_path)
     assert str(out / "lstm") not in running  # the run ended with the arena
     table = (out / "arena.md").read_text()
     assert "(interrupted: 1 of 2)" in table and "| attention" in table and "| lstm" not in table
+
+
+def test_scaling_refuses_an_out_it_cannot_make_before_measuring(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(scaling, "scaling_curves", lambda *a, **k: pytest.fail("measured"))
+    code, _, err = run(["arena", "--scaling", "--out", str(tmp_path / "file" / "a")], capsys)
+    assert "is a file, not a folder" in one_line_error(code, err)
+
+
+def test_an_arena_stopped_by_a_failing_mixer_reports_the_finished_ones(
+    tmp_path, capsys, monkeypatch
+):
+    def train(entry, *_):
+        if entry.mixer == "lstm":
+            raise UserError("arena: training lstm failed (lstm.log): killed by SIGKILL")
+        entry.evaluations = [{"step": 1, "elapsed_s": 1.0, "tokens": 64, "val_loss": 2.0}]
+
+    monkeypatch.setattr(arena, "train_mixer", train)
+    out = tmp_path / "a"
+    argv = ["arena", "--out", str(out), "--mixers", "attention,lstm", "--params", "2e4"]
+    code, _, err = run([*argv, "--context-length", "32", "--n-layers", "1"], capsys)
+    assert "training lstm failed" in one_line_error(code, err)
+    table = (out / "arena.md").read_text()
+    assert "(lstm failed: 1 of 2)" in table and "| attention |" in table and "| lstm" not in table
+
+
+def test_a_killed_training_run_is_named_so_not_by_its_last_line(tmp_path, monkeypatch):
+    """The out-of-memory killer ends a run without an error line: its last line is progress."""
+    popen = subprocess.Popen
+    killed = "import os; print('step 1: train loss 2.0', flush=True); os.kill(os.getpid(), 9)"
+    monkeypatch.setattr(
+        subprocess, "Popen", lambda _, **kw: popen([sys.executable, "-c", killed], **kw)
+    )
+    entry = Entry("lstm", matched_config("lstm", 20_000, 1, 32), tmp_path / "lstm")
+    with pytest.raises(UserError, match=r"training lstm failed \(.*lstm.log\): killed by SIGKILL$"):
+        arena.train_mixer(entry, [], [], 64, lambda message: None)

@@ -290,6 +290,20 @@ def test_bad_mixer_options_are_config_errors(mixer, options, message):
         GPTConfig(mixer=mixer, mixer_options=options, positional="none")
 
 
+def test_attentions_heads_given_to_another_mixer_are_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--mixer", "lstm", "--positional", "none", "--out", str(out)]
+    code, _, err = run([*argv, "--n-kv-heads", "2", "--n-heads", "2"], capsys)
+    assert (
+        "--n-heads, --n-kv-heads: settings of mixer 'attention', not of 'lstm': leave them unset"
+        in one_line_error(code, err)
+    )
+    (tmp_path / "m.toml").write_text('[model]\nmixer = "mamba"\nn_heads = 2\n')
+    code, _, err = run(["train", "gpt", "--config", str(tmp_path / "m.toml")], capsys)
+    assert "n_heads: a setting of mixer 'attention', not of 'mamba'" in one_line_error(code, err)
+    assert not out.exists()  # the preset's heads (tiny: 4) are no setting of the user's
+
+
 def test_mixers_without_attention_refuse_rope():
     with pytest.raises(ConfigError, match="positional='rope' acts inside attention; mixer 'mamba'"):
         GPTConfig(mixer="mamba", positional="rope")

@@ -12,6 +12,7 @@ from pathlib import Path
 from attnlab.cli.options import given_flags, record_defaults
 from attnlab.cli.runs import note
 from attnlab.errors import UserError
+from attnlab.files import check_writable
 from attnlab.signals import sigterm_as_interrupt
 
 ARENA_MIXERS = "attention,lstm,hyena,mamba"
@@ -76,9 +77,12 @@ SCALING = ("d_model", "lengths", "max_seconds")
 
 
 def arena(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise UserError("--out is empty: give a folder")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder: give a new one")
+    check_writable(out)  # before the slow work, not after
     if unused := given_flags(args, RACE if args.scaling else SCALING):
         mode = "--scaling" if args.scaling else "the race (without --scaling)"
         raise UserError(f"{', '.join(unused)}: not used by {mode}")
@@ -121,6 +125,8 @@ def arena(args: argparse.Namespace) -> int:
         *("--eval-iters", "20", *budget),
     ]
     data = ["--data", args.data, "--tokenizer", args.tokenizer]
+    shape = (int(args.params), args.n_layers, args.context_length, args.weight_init)
+    configs = [matched_config(mixer, *shape) for mixer in mixers]  # each in reach, or none runs
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     title = (
@@ -131,20 +137,17 @@ def arena(args: argparse.Namespace) -> int:
     entries = []
     try:
         with sigterm_as_interrupt():
-            for mixer in mixers:
-                config = matched_config(
-                    mixer, int(args.params), args.n_layers, args.context_length, args.weight_init
-                )
+            for mixer, config in zip(mixers, configs, strict=True):
                 entry = Entry(mixer, config, out / mixer)
                 train_mixer(entry, data, training, tokens_per_step, note)
                 entries.append(entry)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserError) as error:
         if entries:  # the mixers that finished, compared
-            report(entries, out, f"{title} (interrupted: {len(entries)} of {len(mixers)})")
-            note(f"interrupted: the report of the finished mixers is in {out / 'arena.md'}")
-        raise
-    except UserError:  # bad data or tokenizer, say: with nothing finished, --out is free again
-        if not entries:
+            failed = f"{mixers[len(entries)]} failed"
+            why = "interrupted" if isinstance(error, KeyboardInterrupt) else failed
+            report(entries, out, f"{title} ({why}: {len(entries)} of {len(mixers)})")
+            note(f"{why}: the report of the finished mixers is in {out / 'arena.md'}")
+        elif isinstance(error, UserError):  # bad data or tokenizer, say: --out is free again
             if made:
                 shutil.rmtree(out)
             else:  # an empty folder given: empty again

@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from attnlab.errors import UserError
-from attnlab.layers.mixers import MIXERS
+from attnlab.layers.mixers import MIXERS, unread_fields
 from attnlab.models.gpt import GPT, GPTConfig
 
 DEFAULT_MIXERS = ("attention", "lstm", "hyena", "mamba")
 WIDTH_STEP = 8  # widths tried: multiples of this (4 heads of an even width for attention)
+MAX_WIDTH = 4096  # the widest tried
 SIZE_TOLERANCE = 1.2  # block parameters further apart than this are flagged in the report
 
 
@@ -45,8 +46,9 @@ def block_parameters(config: GPTConfig) -> int:
 def matched_config(
     mixer: str, params: int, n_layers: int, context_length: int, weight_init: str = "gpt2"
 ) -> GPTConfig:
-    """The config of `mixer` whose block parameters come closest to `params`. With
-    weight_init="fan_in" the head is untied, as GPTConfig requires."""
+    """The config of `mixer` whose block parameters come closest to `params`; a UserError
+    where even the narrowest is too large, or the widest too small, by more than
+    SIZE_TOLERANCE. With weight_init="fan_in" the head is untied, as GPTConfig requires."""
     positional = "rope" if MIXERS[mixer].relative_positions else "none"
 
     def config(width: int) -> GPTConfig:
@@ -63,18 +65,26 @@ def matched_config(
             tie_weights=weight_init == "gpt2",
         )
 
-    low, high = 1, 4096 // WIDTH_STEP  # block parameters grow with the width: bisect
+    low, high = 1, MAX_WIDTH // WIDTH_STEP  # block parameters grow with the width: bisect
     while low < high:
         mid = (low + high) // 2
         if block_parameters(config(mid * WIDTH_STEP)) < params:
             low = mid + 1
         else:
             high = mid
-    nearest = min(
+    width = WIDTH_STEP * min(
         {max(low - 1, 1), low},
         key=lambda k: abs(block_parameters(config(k * WIDTH_STEP)) - params),
     )
-    return config(nearest * WIDTH_STEP)
+    found = block_parameters(config(width))  # off by a width step's coarseness: reported
+    too_large = width == WIDTH_STEP and found > SIZE_TOLERANCE * params
+    if too_large or (width == MAX_WIDTH and found * SIZE_TOLERANCE < params):
+        raise UserError(
+            f"--params {params:,}: out of {mixer}'s reach, whose "
+            f"{'narrowest' if too_large else 'widest'} blocks (d_model {width}) have "
+            f"{found:,} parameters"
+        )
+    return config(width)
 
 
 @dataclass
@@ -99,16 +109,10 @@ def train_mixer(
     """Train one mixer in its own process; read back its evaluations and its peak memory."""
     c = entry.config
     command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(entry.out), *data]
-    for name in (
-        "context_length",
-        "n_layers",
-        "n_heads",
-        "d_model",
-        "mixer",
-        "positional",
-        "weight_init",
-    ):
-        command += [f"--{name.replace('_', '-')}", str(getattr(c, name))]
+    shape = ("context_length", "n_layers", "n_heads", "d_model", "mixer", "positional")
+    for name in (*shape, "weight_init"):
+        if name not in unread_fields(c.mixer):  # an LSTM takes no --n-heads
+            command += [f"--{name.replace('_', '-')}", str(getattr(c, name))]
     command += ["--no-bias", "--tie-weights" if c.tie_weights else "--no-tie-weights", *training]
     log(f"{entry.mixer}: d_model {c.d_model}, {entry.params:,} block parameters")
     entry.out.mkdir(parents=True)
@@ -126,6 +130,8 @@ def train_mixer(
     if process.returncode != 0:
         lines = Path(log_file.name).read_text(errors="replace").strip().splitlines()
         last = (lines or ["?"])[-1].removeprefix("attnlab: error: ")
+        if process.returncode < 0:  # its last line is no error: killed (out of memory, say)
+            last = f"killed by {signal.Signals(-process.returncode).name}"
         raise UserError(f"arena: training {entry.mixer} failed ({log_file.name}): {last}")
     entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB
     read_run(entry, tokens_per_step)

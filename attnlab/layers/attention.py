@@ -317,5 +317,10 @@ def check_heads(config) -> None:
 
 
 register_mixer(
-    "attention", AttentionOptions, build_attention, relative_positions=True, check=check_heads
+    "attention",
+    AttentionOptions,
+    build_attention,
+    relative_positions=True,
+    check=check_heads,
+    reads=("n_heads", "n_kv_heads"),
 )

@@ -14,7 +14,7 @@ imports the built-in ones, and a user's own mixer is one file that calls registe
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ class MixerSpec:
     build: Callable[[Any, MixerContext], nn.Module]
     relative_positions: bool = False  # takes RoPE / ALiBi (positions inside the mixer)
     check: Callable[[Any], None] | None = None  # validates a model config using this mixer
+    reads: frozenset[str] = frozenset()  # model config fields only some mixers read: n_heads
 
 
 MIXERS: dict[str, MixerSpec] = {}
@@ -59,12 +60,15 @@ def register_mixer(
     *,
     relative_positions: bool = False,
     check: Callable[[Any], None] | None = None,
+    reads: Iterable[str] = (),
 ) -> None:
     """Make `name` a token mixer. check(config) may raise ConfigError for a model config that
-    the mixer cannot serve (attention: heads that do not divide the width)."""
+    the mixer cannot serve (attention: heads that do not divide the width). reads: the model
+    config fields it reads that not every mixer does (attention: n_heads, n_kv_heads); given
+    for a mixer that does not read them, they are refused (check_unread)."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"mixer {name!r}: options must be a dataclass, got {options!r}")
-    MIXERS[name] = MixerSpec(name, options, build, relative_positions, check)
+    MIXERS[name] = MixerSpec(name, options, build, relative_positions, check, frozenset(reads))
 
 
 def mixer_spec(name: str) -> MixerSpec:
@@ -91,12 +95,34 @@ def mixer_options(name: str, given: Any, owner: str) -> Any:
     for key in sorted(set(given) - own):
         others = sorted(s.name for s in MIXERS.values() if key in _field_names(s.options))
         if others:
-            mixers = "mixer" + "s" * (len(others) > 1) + " " + ", ".join(map(repr, others))
             raise ConfigError(
-                f"{owner}.mixer_options.{key} is an option of {mixers}, not of "
+                f"{owner}.mixer_options.{key} is an option of {_mixers(others)}, not of "
                 f"{name!r} (whose options are: {', '.join(sorted(own)) or 'none'})"
             )
     return config_from_dict(spec.options, given, source=f"{owner}.mixer_options ({name})")
+
+
+def unread_fields(name: str) -> set[str]:
+    """The model config fields that other mixers read and mixer `name` does not (an LSTM:
+    attention's heads)."""
+    return {f for s in MIXERS.values() for f in s.reads} - mixer_spec(name).reads
+
+
+def check_unread(name: str, given: Iterable[str], owner: str) -> None:
+    """Refuse model config fields given (by a file or a flag) that mixer `name` does not read:
+    set, they would change nothing. Presets and defaults are not `given`."""
+    if unread := sorted(unread_fields(name) & set(given)):
+        readers = sorted(s.name for s in MIXERS.values() if s.reads & set(unread))
+        fields, many = ", ".join(f"{owner}.{key}" for key in unread), len(unread) > 1
+        raise ConfigError(
+            f"{fields}: {'settings' if many else 'a setting'} of {_mixers(readers)}, not of "
+            f"{name!r}: leave {'them' if many else 'it'} unset"
+        )
+
+
+def _mixers(names: list[str]) -> str:
+    """mixer 'a', or mixers 'a', 'b'."""
+    return "mixer" + "s" * (len(names) > 1) + " " + ", ".join(map(repr, names))
 
 
 def _field_names(options: type) -> set[str]:
