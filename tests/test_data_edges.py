@@ -1,6 +1,6 @@
 """Data at the edges of what the readers expect: text without a space for BERT's character
 vocabulary, SST-2's layout missing its training file, label names for classes that have names,
-a read-only folder, a mirror that is a folder, a data folder that is a file."""
+a read-only folder, a mirror that is a folder, a data folder that is a file, empty names."""
 
 import hashlib
 from types import SimpleNamespace
@@ -97,3 +97,16 @@ def test_a_data_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys)
             "not a folder"
         )
         assert out == ""
+
+
+@pytest.mark.parametrize("kind", ["gpt", "classifier", "vit"])
+def test_empty_data_is_refused_not_read_as_the_current_folder(kind, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["train", kind, "--data", "", "--out", str(out)], capsys)
+    assert "the data is empty: give a file" in one_line_error(code, err)
+    assert not out.exists()
+
+
+def test_an_empty_tokenizer_is_unknown(tmp_path, capsys):
+    code, _, err = run(["train", "gpt", "--tokenizer", "", "--out", str(tmp_path / "r")], capsys)
+    assert "unknown tokenizer ''" in one_line_error(code, err)

@@ -262,6 +262,13 @@ def test_an_option_given_twice_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_bad_option_value_is_named_as_given(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--mixer", "mamba", "--positional", "none", "--out", str(out)]
+    code, _, err = run([*argv, "--mixer-options", "d_state=x"], capsys)
+    assert "d_state (in --mixer-options) must be int, got str 'x'" in one_line_error(code, err)
+
+
 def test_mixer_options_flags_change_single_keys_of_the_files_table(tmp_path, capsys):
     (tmp_path / "h.toml").write_text(
         'data = "task:selective_copying:tokens=4"\n[model]\nmixer = "hyena"\n'
@@ -279,10 +286,10 @@ def test_mixer_options_flags_change_single_keys_of_the_files_table(tmp_path, cap
 @pytest.mark.parametrize(
     "mixer, options, message",
     [
-        ("mamba", {"dt_rank": 0}, "MambaOptions.dt_rank must be 'auto' or a positive int"),
-        ("mamba", {"d_conv": 1}, "MambaOptions.d_conv must be >= 2"),
+        ("mamba", {"dt_rank": 0}, "mixer_options.dt_rank must be 'auto' or a positive int"),
+        ("mamba", {"d_conv": 1}, "mixer_options.d_conv must be >= 2"),
         ("hyena", {"positional_features": 4}, "positional_features must be odd"),
-        ("lstm", {"hidden_size": -1}, "RecurrentOptions.hidden_size must be a positive number"),
+        ("lstm", {"hidden_size": -1}, "mixer_options.hidden_size must be a positive number"),
     ],
 )
 def test_bad_mixer_options_are_config_errors(mixer, options, message):

@@ -91,7 +91,7 @@ def arena(args: argparse.Namespace) -> int:
     from attnlab.evaluation.arena import Entry, matched_config, report, train_mixer
     from attnlab.layers.mixers import MIXERS
 
-    mixers = _names(ARENA_MIXERS if args.mixers is None else args.mixers, MIXERS)
+    mixers = _names(ARENA_MIXERS if args.mixers is None else args.mixers, sorted(MIXERS))
     if args.time is not None and args.tokens is not None:
         raise UserError("give --time or --tokens, not both")
     for name in (
@@ -130,7 +130,8 @@ def arena(args: argparse.Namespace) -> int:
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     title = (
-        f"{args.data}: {args.params / 1e6:g}M block parameters, {args.n_layers} layers, "
+        f"{args.data}: {args.params / 1e6:g}M block parameters, {args.n_layers} "
+        f"layer{'s' * (args.n_layers != 1)}, "
         f"context {args.context_length}, batch {args.batch_size}, {budget_text} each"
         + (f", {args.weight_init} init" if args.weight_init != "gpt2" else "")
     )

@@ -304,6 +304,8 @@ def resolve(spec: str, log: Callable[[str], None] | None = None) -> str:
     where there is none the spec is refused."""
     if spec == "stdlib":
         return spec
+    if not spec:  # Path("") is the current folder: no one means that by it
+        raise UserError("the data is empty: give a file, a folder or a dataset's name")
     run_folder = None
     for path in (Path(spec), Path(split_glob(spec)[0])):
         if _is_run_folder(path):
@@ -349,7 +351,7 @@ def here(spec: str) -> str:
     resumed from another directory reads it again); any other spec (a dataset's name, 'stdlib',
     a task) unchanged."""
     path, pattern = (spec, "") if _on_disk(Path(spec)) else split_glob(spec)
-    if spec == "stdlib" or spec.startswith("task:") or not _on_disk(Path(path)):
+    if not path or spec == "stdlib" or spec.startswith("task:") or not _on_disk(Path(path)):
         return spec
     return os.path.abspath(path) + (":" + pattern if pattern else "")
 

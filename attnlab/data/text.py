@@ -108,7 +108,7 @@ def tokenizer_cached(
     (open_tokenizer: "gpt2", a file, a run's), which must hold the special tokens. `log` hears
     of a BPE vocabulary that came out smaller than asked (the text ran out of pairs to merge)."""
     if spec not in ("char", "byte") and not spec.startswith("bpe:"):
-        if not (spec == "gpt2" or Path(spec).exists()):
+        if not (spec == "gpt2" or spec and Path(spec).exists()):
             raise UserError(
                 f"unknown tokenizer {spec!r}; choose char, byte, bpe:N (N = vocabulary size, "
                 f"learned on the data), or {TOKENIZER_FILES}"

@@ -166,7 +166,7 @@ def write_scaling(curves: list[Curve], out: Path, title: str) -> str:
     lines.append("")
     lines += [f"- {c.name}: {c.stopped}" for c in curves if c.stopped]
     lines += [f"- {name} is faster than {REFERENCE} from T={n}" for name, n in cross.items()]
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines).rstrip() + "\n"
     (out / "scaling.md").write_text(table)
     _plot(curves, cross, out / "scaling.png", title)
     return table

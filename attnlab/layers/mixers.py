@@ -99,7 +99,11 @@ def mixer_options(name: str, given: Any, owner: str) -> Any:
                 f"{owner}.mixer_options.{key} is an option of {_mixers(others)}, not of "
                 f"{name!r} (whose options are: {', '.join(sorted(own)) or 'none'})"
             )
-    return config_from_dict(spec.options, given, source=f"{owner}.mixer_options ({name})")
+    try:
+        return config_from_dict(spec.options, given, source=f"{owner}.mixer_options ({name})")
+    except ConfigError as error:  # "MambaOptions.d_state" read as where it is set
+        cls = spec.options.__name__
+        raise ConfigError(str(error).replace(f"{cls}.", f"{owner}.mixer_options.")) from None
 
 
 def unread_fields(name: str) -> set[str]:
