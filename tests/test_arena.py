@@ -35,8 +35,10 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     argv += ["--params", "20000", "--tokens", "4096", "--context-length", "32", "--n-layers", "1"]
     argv += ["--batch-size", "16", "--eval-interval", "4", "--weight-init", "fan_in"]
     handler = signal.getsignal(signal.SIGTERM)
+    ballast = b"\x01" * (1 << 30)  # 1 GB of the arena's memory, which no run may count as its own
     code, table, err = run(argv, capsys)
     assert code == 0, err
+    del ballast
     assert signal.getsignal(signal.SIGTERM) is handler  # given back: a forked pool inherits it
     rows = [
         line
@@ -47,6 +49,8 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     for row in rows:  # the best of the evaluations is at least the last
         final, best = (float(cell.strip(" %")) for cell in row.split("|")[-3:-1])
         assert 0 <= final <= best <= 100
+        peak_mb = float(row.split("|")[5].replace(",", ""))  # the run's, not inherited by fork
+        assert 50 < peak_mb < 1024, row
     assert (out / "arena.png").stat().st_size > 10_000 and (
         out / "arena.md"
     ).read_text() == table.strip() + "\n"

@@ -292,7 +292,7 @@ CONTEXT = 64  # the tiny preset's context length: positions seen in training
 
 # %%
 for scheme in SCHEMES:
-    print(f"=== --positional {scheme}")
+    print(f"=== --positional {scheme}", flush=True)  # before the run's own lines
     attnlab(
         f"train gpt --data {DATA} --positional {scheme} --context-length {CONTEXT} "
         f"--max-iters {ITERS} --batch-size {BATCH_SIZE} --warmup-iters {ITERS // 10} "

@@ -24,7 +24,7 @@
 # %%
 import os
 
-# "default": about 8 minutes on a 2-core CPU; "quick": seconds, no downloads;
+# "default": about 8 minutes on a 2-core CPU; "quick": under a minute, no downloads;
 # "gpu": a bigger run for a CUDA GPU
 SIZE = os.environ.get("ATTNLAB_TUTORIAL_SIZE", "default")
 
@@ -268,14 +268,14 @@ for source, target in train_pairs[:3]:
 #   padding included) rather than a fixed number of sentences;
 # - Adam with β2 = 0.98, a linear **warmup** of the learning rate, then a cosine decay (the
 #   paper decays as 1/√step; post-norm Transformers diverge without a warmup);
-# - **label smoothing** ε = 0.1: the target distribution puts 0.9 on the right token and
-#   spreads 0.1 over the rest. The paper notes it "hurts perplexity ... but improves accuracy
-#   and BLEU". (So the loss below never goes near 0.)
+# - **label smoothing** ε = 0.1: the target distribution puts about 0.9 on the right token
+#   and spreads 0.1 evenly over the whole vocabulary. The paper notes it "hurts perplexity
+#   ... but improves accuracy and BLEU". (So the loss below never goes near 0.)
 #
 # The full recipe (`configs/translation_multi30k.toml`: 3+3 layers, 3,300 steps) takes about
 # 40 minutes on 2 cores and reaches BLEU 40 on the test set. The default here keeps 2+2 layers
 # and 1,000 steps (about 7 minutes); expect a test BLEU of about 35 (a trial run of this
-# setting scored 35.0 with beam search and 34.1 greedy). The quick size trains the tiny model
+# setting scored 35.0 at beam 4, benchmarks/RESULTS.md). The quick size trains the tiny model
 # on the numbers task for 500 steps, 100 of them warm-up, in under a minute: enough to get
 # nearly every held-out number exactly right.
 
@@ -551,8 +551,8 @@ attnlab(f"evaluate {RUN} --src {test_src} --ref {test_ref} --beam-size 4")
 # %% [markdown]
 # Read the BLEU line: after the score come p_1..p_4 in percent and the brevity penalty, the
 # numbers you computed by hand above, summed over the whole test set. A BP below 1 says the
-# translations are, in total, shorter than the references (the trial run of the default
-# setting: p_1..p_4 = 69.7/44.8/30.0/20.5, BP 0.94, BLEU 35.0).
+# translations are, in total, shorter than the references (the full recipe's line in
+# benchmarks/RESULTS.md: `BLEU = 39.97 73.3/49.8/34.5/24.3 (BP = 0.955 ratio = 0.956)`).
 #
 # ## Does a wider beam help?
 #

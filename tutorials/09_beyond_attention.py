@@ -434,7 +434,7 @@ assert all(math.isfinite(last["val_loss"]) for last in final.values()), "a loss 
 # %% [markdown]
 # Per token (right) you see how much each mixer learns from the same text; per second (left),
 # which one you would pick with a clock running. In our run at the default size, per token
-# Mamba led from the start (val loss 1.89 at the end), the LSTM and Hyena followed (1.94, 1.96),
+# Mamba led from the start (val loss 1.89 at the end), the LSTM and Hyena followed (1.95, 1.96),
 # and attention came last (2.09); per second the LSTM was far ahead, because at width 64 torch's
 # LSTM kernel is quick on a CPU. Speeds depend on the processor and the width: in the README's
 # race at 1M parameters the LSTM ran at half the speed of attention. After 5 minutes there,

@@ -103,12 +103,32 @@ class Entry:
         return block_parameters(self.config)
 
 
+# `python -m attnlab` that writes its own peak memory (VmHWM, kB) to the file named first as it
+# exits. wait4's ru_maxrss cannot say: through fork and exec a process keeps the high-water mark
+# of its parent (the arena, or a notebook's kernel), so every run would report at least that.
+MEASURED = """\
+import atexit, sys
+from attnlab.cli import main
+PEAK_FILE = sys.argv.pop(1)
+def write_peak():
+    try:
+        with open("/proc/self/status") as status, open(PEAK_FILE, "w") as out:
+            out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+    except (OSError, StopIteration):  # no /proc: wait4's figure stands
+        pass
+atexit.register(write_peak)
+sys.exit(main())
+"""
+
+
 def train_mixer(
     entry: Entry, data: list[str], training: list[str], tokens_per_step: int, log
 ) -> None:
     """Train one mixer in its own process; read back its evaluations and its peak memory."""
     c = entry.config
-    command = [sys.executable, "-m", "attnlab", "train", "gpt", "--out", str(entry.out), *data]
+    peak = entry.out.parent / f"{entry.mixer}.peak_kb"  # the run writes it as it ends
+    command = [sys.executable, "-c", MEASURED, str(peak), "train", "gpt", "--out", str(entry.out)]
+    command += data
     shape = ("context_length", "n_layers", "n_heads", "d_model", "mixer", "positional")
     for name in (*shape, "weight_init"):
         if name not in unread_fields(c.mixer):  # an LSTM takes no --n-heads
@@ -122,18 +142,21 @@ def train_mixer(
             command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            _, status, usage = os.wait4(process.pid, 0)  # its own peak memory, as it ends
+            _, status, usage = os.wait4(process.pid, 0)
         except BaseException:  # interrupted: the run stops as after a Ctrl-C, saved
             _stop(process)
             raise
         process.returncode = os.waitstatus_to_exitcode(status)
+    entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB: at least the arena's peak
+    if peak.is_file():
+        entry.peak_rss_mb = int(peak.read_text()) / 1024
+        peak.unlink()
     if process.returncode != 0:
         lines = Path(log_file.name).read_text(errors="replace").strip().splitlines()
         last = (lines or ["?"])[-1].removeprefix("attnlab: error: ")
         if process.returncode < 0:  # its last line is no error: killed (out of memory, say)
             last = f"killed by {signal.Signals(-process.returncode).name}"
         raise UserError(f"arena: training {entry.mixer} failed ({log_file.name}): {last}")
-    entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB
     read_run(entry, tokens_per_step)
 
 
