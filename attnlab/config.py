@@ -86,6 +86,20 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def check_read(reasons: dict[str, str], given: Iterable[str], owner: str) -> None:
+    """Refuse the fields given (by a file or a flag: presets and defaults are not `given`) that
+    a config would not read, `reasons` saying why for each (n_heads: "of mixer 'attention', not
+    of 'lstm'"): set, they would change nothing."""
+    fields = sorted(reasons.keys() & set(given))
+    if fields:
+        same = [f for f in fields if reasons[f] == reasons[fields[0]]]
+        many = len(same) > 1
+        raise ConfigError(
+            f"{', '.join(f'{owner}.{f}' for f in same)}: {'settings' if many else 'a setting'} "
+            f"{reasons[fields[0]]}: leave {'them' if many else 'it'} unset"
+        )
+
+
 def config_from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
     """Build ``cls`` from a dict, rejecting unknown keys and values of the wrong type.
 

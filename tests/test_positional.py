@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import one_line_error, run
 
 from attnlab.layers import (
     ALiBi,
@@ -122,3 +123,13 @@ def test_alibi_slopes_and_bias():
     bias = ALiBi(2).bias(2, 4)  # the queries are the last two keys: positions 2, 3
     assert bias.shape == (2, 2, 4)
     assert torch.allclose(bias[0, 1], -torch.tensor([3.0, 2.0, 1.0, 0.0]) * 2**-4)
+
+
+@pytest.mark.parametrize("flags", [[], ["--positional", "learned"], ["--mixer", "lstm"]])
+def test_ropes_base_given_without_rope_is_one_line(flags, tmp_path, capsys):
+    """A setting that would change nothing is refused, not ignored."""
+    out = tmp_path / "run"
+    flags = [*flags, "--positional", "none"] if "--mixer" in flags else flags
+    code, _, err = run(["train", "gpt", *flags, "--rope-base", "500", "--out", str(out)], capsys)
+    assert "--rope-base: a setting of positional 'rope', not of" in one_line_error(code, err)
+    assert not out.exists()

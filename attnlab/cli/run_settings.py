@@ -11,11 +11,10 @@ from typing import Any
 
 from attnlab.cli.options import build_config, flag_values, merge_layers
 from attnlab.cli.runs import RUN_FILE, note
-from attnlab.config import check_fields, config_to_dict
+from attnlab.config import check_fields, check_read, config_to_dict
 from attnlab.data import catalog
 from attnlab.errors import UserError
 from attnlab.files import read_json
-from attnlab.layers.mixers import check_unread
 from attnlab.models.registry import ModelKind, a_kind, get_kind
 from attnlab.training.checkpoints import MODEL_FILE, checkpoint_description
 from attnlab.training.config import TrainConfig
@@ -74,8 +73,8 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
     given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
-    if "mixer" in model[0]:  # a model of token mixers: n_heads given for an LSTM is refused
-        check_unread(model[0]["mixer"], given, kind.config.__name__)
+    if unread := getattr(kind.config, "unread", None):  # n_heads given for an LSTM: refused
+        check_read(unread(model[0]), given, kind.config.__name__)
     for table in TABLES:  # the fields the kind ignores have no flags: a file may name them
         if unused := sorted(kind.unused_fields & toml.get(table, {}).keys()):
             raise UserError(f"{source} [{table}]: {kind.name} does not use {', '.join(unused)}")

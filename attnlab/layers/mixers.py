@@ -65,7 +65,7 @@ def register_mixer(
     """Make `name` a token mixer. check(config) may raise ConfigError for a model config that
     the mixer cannot serve (attention: heads that do not divide the width). reads: the model
     config fields it reads that not every mixer does (attention: n_heads, n_kv_heads); given
-    for a mixer that does not read them, they are refused (check_unread)."""
+    for a mixer that does not read them, they are refused (GPTConfig.unread)."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"mixer {name!r}: options must be a dataclass, got {options!r}")
     MIXERS[name] = MixerSpec(name, options, build, relative_positions, check, frozenset(reads))
@@ -112,16 +112,13 @@ def unread_fields(name: str) -> set[str]:
     return {f for s in MIXERS.values() for f in s.reads} - mixer_spec(name).reads
 
 
-def check_unread(name: str, given: Iterable[str], owner: str) -> None:
-    """Refuse model config fields given (by a file or a flag) that mixer `name` does not read:
-    set, they would change nothing. Presets and defaults are not `given`."""
-    if unread := sorted(unread_fields(name) & set(given)):
-        readers = sorted(s.name for s in MIXERS.values() if s.reads & set(unread))
-        fields, many = ", ".join(f"{owner}.{key}" for key in unread), len(unread) > 1
-        raise ConfigError(
-            f"{fields}: {'settings' if many else 'a setting'} of {_mixers(readers)}, not of "
-            f"{name!r}: leave {'them' if many else 'it'} unset"
-        )
+def unread_reasons(name: str) -> dict[str, str]:
+    """unread_fields(name), each with what reads it and what does not, for check_read."""
+    return {
+        field: f"of {_mixers(sorted(s.name for s in MIXERS.values() if field in s.reads))}, "
+        f"not of {name!r}"
+        for field in unread_fields(name)
+    }
 
 
 def _mixers(names: list[str]) -> str:

@@ -35,7 +35,7 @@ from attnlab.layers import (
 from attnlab.layers.contracts import is_residual_output
 from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import FEEDFORWARDS
-from attnlab.layers.mixers import mixer_options, mixer_spec
+from attnlab.layers.mixers import mixer_options, mixer_spec, unread_reasons
 from attnlab.layers.normalization import NORMS
 from attnlab.models.registry import GENERATE, ModelKind, register_kind
 from attnlab.training.sources import token_loss
@@ -65,6 +65,15 @@ class GPTConfig:
     tie_weights: bool = True  # output head shares the token embedding matrix
     rope_base: float = 10000.0  # RoPE frequency base
     weight_init: str = "gpt2"  # gpt2: N(0, 0.02) | fan_in: N(0, 1/fan_in), embeddings N(0, 1)
+
+    @staticmethod
+    def unread(values: dict[str, Any]) -> dict[str, str]:
+        """The fields that a config of these values would not read, each with what reads it
+        (check_read): attention's heads for another mixer, RoPE's base for other positions."""
+        reasons = unread_reasons(values.get("mixer", "attention"))
+        if (positional := values.get("positional", "learned")) != "rope":
+            reasons["rope_base"] = f"of positional 'rope', not of {positional!r}"
+        return reasons
 
     def __post_init__(self):
         check_types(self)
