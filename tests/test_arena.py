@@ -97,10 +97,14 @@ def test_eager_attention_keeps_quadratic_memory_and_the_fused_kernel_does_not():
 
 def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():
     lengths = [256, 512, 1024, 2048]
+    times = {
+        "attention (fused)": [1.0, 2.0, 4.0, 8.0],
+        "hyena": [3.0, 1.5, 3.0, 5.0],  # faster from 512 on
+        "lstm": [0.5, 3.0, 5.0, 9.0],  # faster only at first
+    }
     curves = [
-        Curve("attention (fused)", lengths, [1.0, 2.0, 4.0, 8.0], [0] * 4),
-        Curve("hyena", lengths, [3.0, 1.5, 3.0, 5.0], [0] * 4),  # faster from 512 on
-        Curve("lstm", lengths, [0.5, 3.0, 5.0, 9.0], [0] * 4),  # faster only at first
+        Curve(name, [(n, t, 0) for n, t in zip(lengths, ts, strict=True)])
+        for name, ts in times.items()
     ]
     assert crossovers(curves) == {"hyena": 512}
 
@@ -216,3 +220,19 @@ def test_a_killed_training_run_is_named_so_not_by_its_last_line(tmp_path, monkey
     entry = Entry("lstm", matched_config("lstm", 20_000, 1, 32), tmp_path / "lstm")
     with pytest.raises(UserError, match=r"training lstm failed \(.*lstm.log\): killed by SIGKILL$"):
         arena.train_mixer(entry, [], [], 64, lambda message: None)
+
+
+def test_scaling_interrupted_writes_what_it_measured(tmp_path, capsys, monkeypatch):
+    def measure(name, length, d_model, repeats):
+        if name == "lstm" and length > 16:
+            raise KeyboardInterrupt
+        return length / 1000, length * 2**20  # ms and MB: the length
+
+    monkeypatch.setattr(scaling, "measure", measure)
+    out = tmp_path / "scaling"
+    argv = ["arena", "--scaling", "--mixers", "hyena,lstm", "--lengths", "8:64", "--out", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 130 and "interrupted: what was measured is in" in err
+    table = (out / "scaling.md").read_text()
+    assert "(interrupted)" in table and "| hyena | 8.0 / 8.0 | 16.0 / 16.0 | 32.0 / 32.0 |" in table
+    assert "| lstm | 8.0 / 8.0 | 16.0 / 16.0 | - | - |" in table

@@ -174,16 +174,26 @@ def _scaling(args, out: Path) -> int:
         raise UserError(f"--lengths {args.lengths!r}: give FIRST:LAST, e.g. 256:32768") from None
     if not 1 <= first <= last:
         raise UserError("--lengths: FIRST must be at least 1 and at most LAST")
-    curves = scaling_curves(
-        names,
-        start=first,
-        longest=last,
-        d_model=args.d_model,
-        max_seconds=args.max_seconds,
-        log=note,
-    )
-    out.mkdir(parents=True, exist_ok=True)
     title = f"one layer, d_model {args.d_model}, batch 1, forward + backward, fp32"
+    curves = []
+    try:
+        with sigterm_as_interrupt():
+            scaling_curves(
+                names,
+                start=first,
+                longest=last,
+                d_model=args.d_model,
+                max_seconds=args.max_seconds,
+                log=note,
+                curves=curves,
+            )
+    except KeyboardInterrupt:
+        if measured := [curve for curve in curves if curve.points]:
+            out.mkdir(parents=True, exist_ok=True)
+            write_scaling(measured, out, f"{title} (interrupted)")
+            note(f"interrupted: what was measured is in {out / 'scaling.md'}")
+        raise
+    out.mkdir(parents=True, exist_ok=True)
     print(write_scaling(curves, out, title))
     note(f"report: {out / 'scaling.md'}, plot: {out / 'scaling.png'}")
     return 0

@@ -43,10 +43,21 @@ HEADS = 4  # attention's heads in the measured layers
 @dataclass
 class Curve:
     name: str
-    lengths: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    memory: list[int] = field(default_factory=list)  # bytes
+    # (length, seconds, activation bytes) as measured: one append, whole even if interrupted
+    points: list[tuple[int, float, int]] = field(default_factory=list)
     stopped: str = ""  # why it stopped before the longest length
+
+    @property
+    def lengths(self) -> list[int]:
+        return [point[0] for point in self.points]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [point[1] for point in self.points]
+
+    @property
+    def memory(self) -> list[int]:  # bytes
+        return [point[2] for point in self.points]
 
 
 def build_layer(name: str, d_model: int, length: int) -> torch.nn.Module:
@@ -105,15 +116,19 @@ def scaling_curves(
     max_seconds: float = 10.0,
     memory_limit: float = 4e9,
     log: Callable[[str], None] = print,
+    curves: list[Curve] | None = None,
 ) -> list[Curve]:
-    curves = []
+    """A curve of each variant in `names`, measured at lengths doubling from `start`, each
+    stopped early past `max_seconds` a pass or where the next length might not fit in
+    `memory_limit`. curves: a list the curves are added to as they are measured (after an
+    interrupt it holds what was), returned."""
+    curves = [] if curves is None else curves
     for name in names:
         curve, length = Curve(name), start
+        curves.append(curve)
         while length <= longest:
             seconds, memory = measure(name, length, d_model, repeats)
-            curve.lengths.append(length)
-            curve.seconds.append(seconds)
-            curve.memory.append(memory)
+            curve.points.append((length, seconds, memory))
             log(f"{name}: T={length}: {seconds * 1e3:.1f} ms, {memory / 2**20:.1f} MB")
             length *= 2
             if length <= longest and seconds > max_seconds:
@@ -125,7 +140,6 @@ def scaling_curves(
                 )
             if curve.stopped:
                 break
-        curves.append(curve)
     return curves
 
 
