@@ -342,12 +342,12 @@ print(f"sinusoid gain: started at {math.sqrt(2) * 0.02:.3f}, trained to {gain:.3
 assert all(loss < uniform - 0.5 for loss in final.values()), "a model learned almost nothing"
 
 # %% [markdown]
-# With the default settings the relative schemes usually come out ahead: the baby GPT of
-# `configs/gpt_shakespeare_char.toml` reached 1.752 with RoPE against 1.882 with learned
-# positions after 2,000 steps (benchmarks/RESULTS.md). Relative positions help a small model
-# because character statistics depend on *offsets* ("what came two characters ago"), which
-# RoPE and ALiBi hand over directly, while a learned table must discover the same fact
-# separately at each of the 64 positions.
+# With the default settings the relative schemes usually come out ahead: an earlier version of
+# the baby GPT of `configs/gpt_shakespeare_char.toml` (with biases) reached 1.752 with RoPE
+# against 1.882 with learned positions after 2,000 steps (benchmarks/RESULTS.md, Zen 4).
+# Relative positions help a small model because character statistics depend on *offsets*
+# ("what came two characters ago"), which RoPE and ALiBi hand over directly, while a learned
+# table must discover the same fact separately at each of the 64 positions.
 #
 # ## 7. Their attention maps
 #

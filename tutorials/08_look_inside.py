@@ -420,9 +420,11 @@ plt.show()
 # Switching off the induction head barely changes the loss on the first line, where there is
 # nothing to copy, and sends the loss on the repeat up by more than a nat: without it the model
 # predicts the repeat about as badly as the original. Layer 0's heads matter for both parts of
-# the text, since they do general work; those that matter clearly more for the repeat are the
-# previous-token heads whose output the induction head reads. That is a causal claim, stronger
-# than "this head's attention looks like copying": remove the head, and the copying is gone.
+# the text, since they do general work; some matter more for the repeat, as heads whose
+# output the induction head reads should. (In our run the one that mattered most was not the
+# clearest previous-token head: an attention pattern hints at a head's role, it does not prove
+# it.) Switching off is a causal test, stronger than "this head's attention looks like
+# copying": remove the induction head, and the copying is gone.
 #
 # ## Try this
 #
