@@ -206,6 +206,12 @@ def test_masking_statistics():
     assert not torch.equal(again, inputs)  # a fresh mask every batch
 
 
+def test_a_mask_probability_of_zero_is_refused_not_one_token_a_batch():
+    with pytest.raises(ConfigError, match="must be above 0"):
+        MaskedLMDataConfig(mask_probability=0.0)
+    assert MaskedLMDataConfig(mask_probability=1.0).mask_probability == 1.0
+
+
 def test_packing_keeps_sentences_whole_and_in_order():
     sentences = [[5, 6, 7], [8, 9], [10, 11, 12, 13], list(range(20, 31))]
     tokens = torch.tensor([t for s in sentences for t in s]).numpy()
@@ -372,6 +378,9 @@ def test_label_names_are_one_per_class_and_each_its_own():
         _label_names("a,b,c", 2)
     with pytest.raises(UserError, match="names 'a' twice: one per class"):
         _label_names("a, a", 2)
+    for names in ("good,", "a\tb,c"):  # classify prints label<TAB>probability<TAB>text
+        with pytest.raises(UserError, match="cannot name a class"):
+            _label_names(names, 2)
 
 
 def test_folds_asked_for_beside_a_dev_file_are_noted_as_unused(tmp_path):

@@ -316,3 +316,21 @@ def test_evaluate_scores_all_of_a_file_the_model_never_saw(texts, tmp_path, caps
     assert accuracy == pytest.approx(right / len(rows))  # 15 lines: no fold is 1/15 of them
     code, stdout, _ = run(["evaluate", str(out), "--json"], capsys)  # its own: the held-out fold
     assert code == 0 and 0 <= json.loads(stdout)["val_accuracy"] <= 1
+
+
+def test_evaluate_names_classes_not_the_run_label_names(texts, tmp_path, capsys):
+    """The run's --label-names named its training file's labels: other data is judged by its
+    classes against the checkpoint's, not refused for names the user never gave `evaluate`."""
+    out = tmp_path / "named"
+    assert run_quiet(["train", "classifier", "--data", str(texts / "train.tsv"), "--out",
+                      str(out), "--folds", "4", "--max-iters", "1", "--label-names", "bad,good",
+                      *TINY]) == 0  # fmt: skip
+    (tmp_path / "three.tsv").write_text("".join(f"{s}\t{i % 3}\n" for i, s in enumerate(SENTENCES)))
+    for name in ("neg", "pos"):
+        (tmp_path / "folders" / name).mkdir(parents=True)
+        (tmp_path / "folders" / name / "a.txt").write_text(SENTENCES[0])
+    capsys.readouterr()
+    for data, names in [("three.tsv", "0, 1, 2"), ("folders", "neg, pos")]:
+        argv = ["evaluate", str(out), "--data", str(tmp_path / data), "--device", "cpu"]
+        line = one_line_error(*run(argv, capsys)[::2])
+        assert f"({names}) are not those the checkpoint was trained on (bad, good)" in line

@@ -1,3 +1,4 @@
+import gzip
 import io
 import json
 import math
@@ -15,8 +16,6 @@ from attnlab.tokenizers import ByteTokenizer
 from attnlab.training.checkpoints import save_checkpoint
 
 TINY = [
-    "--embedded-pairs",
-    "200",
     "--d-model",
     "16",
     "--n-heads",
@@ -34,6 +33,7 @@ TINY = [
     "--device",
     "cpu",
 ]
+EMBEDDED = ["--embedded-pairs", "200", *TINY]  # the embedded task's size: without --data
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
             "6",
             "--eval-interval",
             "3",
-            *TINY,
+            *EMBEDDED,
         ]
     )
     assert code == 0
@@ -75,7 +75,7 @@ def test_help(command, capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "usage: attnlab" in text
-    expected = {"train": "--max-batch-tokens", "translate": "--beam-size", "evaluate": "--ref"}
+    expected = {"train": "--max-batch-tokens", "translate": "CKPT [TEXT]", "evaluate": "--ref"}
     assert expected[command[0]] in text
 
 
@@ -158,9 +158,21 @@ def test_evaluate_bleu(trained, tmp_path, capsys):
     assert scores["exact_match"] == pytest.approx(100 * matches / 20)
 
 
+def test_hypotheses_named_gz_are_gzip_as_src_and_ref_are_read(trained, tmp_path, capsys):
+    pairs = embedded_pairs(4, seed=9)
+    src = write(tmp_path / "test.words", [s for s, _ in pairs])
+    ref = write(tmp_path / "test.digits", [t for _, t in pairs])
+    hyps = tmp_path / "hyps.txt.gz"
+    argv = ["evaluate", str(trained), "--src", src, "--json", "--beam-size", "1"]
+    assert run([*argv, "--ref", ref, "--hypotheses", str(hyps)], capsys)[0] == 0
+    assert len(gzip.decompress(hyps.read_bytes()).decode().splitlines()) == 4
+    code, out, err = run([*argv, "--ref", str(hyps)], capsys)  # they are their own reference
+    assert code == 0 and json.loads(out)["exact_match"] == 100, err
+
+
 def test_resume_reproduces_the_straight_run(tmp_path):
     straight, halted = tmp_path / "straight", tmp_path / "halted"
-    common = ["--eval-interval", "2", *TINY]
+    common = ["--eval-interval", "2", *EMBEDDED]
     assert main(["train", "translation", "--out", str(straight), "--max-iters", "4", *common]) == 0
     assert main(["train", "translation", "--out", str(halted), "--max-iters", "2", *common]) == 0
     assert main(["train", "translation", "--out", str(halted), "--resume", "--max-iters", "4"]) == 0
@@ -226,6 +238,12 @@ def test_bad_training_input(tmp_path, capsys):
     assert "--data needs --src and --tgt" in one_line_error(code, err)
     code, _, err = run(["train", "translation", "--src", "de", "--tgt", "en", "--out", out], capsys)
     assert "embedded task" in one_line_error(code, err)
+    # more distinct numbers than there are below a million: drawn forever, were it not refused
+    code, _, err = run(["train", "translation", "--embedded-pairs", "999999", "--out", out], capsys)
+    assert "give at most 999,500" in one_line_error(code, err)
+    code, _, err = run(["train", "translation", "--data", str(tmp_path), "--src", "de", "--tgt",
+                        "en", "--embedded-pairs", "5", "--out", out], capsys)  # fmt: skip
+    assert "with --data it is unused" in one_line_error(code, err)
 
 
 def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeypatch):

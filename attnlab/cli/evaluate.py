@@ -67,7 +67,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--src", metavar="FILE", help="source sentences, one a line (translation)")
     parser.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")
-    parser.add_argument("--hypotheses", metavar="FILE", help="also write the translations here")
+    parser.add_argument(
+        "--hypotheses",
+        metavar="FILE",
+        help="also write the translations here (gzip-compressed if it ends in .gz)",
+    )
     parser.add_argument(
         "--split",
         choices=SPLITS,

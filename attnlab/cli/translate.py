@@ -7,6 +7,7 @@ whose options and handler live here so both commands decode the same way.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -47,7 +48,9 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
-    parser.add_argument("text", nargs="?", help="sentence to translate (default: read stdin)")
+    parser.add_argument(
+        "text", nargs="?", metavar="TEXT", help="sentence to translate (default: read stdin)"
+    )
     add_decoding_flags(parser)
     add_device_flag(parser)
     parser.set_defaults(handler=translate_command)
@@ -150,8 +153,10 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
     model, tokenizer = load_translation_model(args.checkpoint, args.device, "evaluate --src")
     note_cut(sources, model, tokenizer)
     scores, hypotheses = evaluate_translation(model, tokenizer, sources, references, **options)
-    if args.hypotheses:
-        atomic_write_bytes(args.hypotheses, "".join(h + "\n" for h in hypotheses).encode())
+    if args.hypotheses:  # gzip-compressed where named so, as --src and --ref are read
+        text = "".join(h + "\n" for h in hypotheses).encode()
+        gz = str(args.hypotheses).endswith(".gz")
+        atomic_write_bytes(args.hypotheses, gzip.compress(text, mtime=0) if gz else text)
     if args.json:
         print(json.dumps(scores))
     else:

@@ -214,7 +214,9 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     train_examples, dev_examples, classes = read_examples(
         spec, settings.folds, settings.fold, request.log, unseen=request.evaluate == "all"
     )
-    if classes and settings.label_names:
+    # names of integer labels, given to train; a checkpoint being scored has its own classes
+    label_names = "" if request.evaluate else settings.label_names
+    if classes and label_names:
         raise UserError(
             f"{spec}: --label-names names integer labels; these classes are named by their "
             "folders already"
@@ -230,9 +232,9 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     if (missing := sorted(set(range(n_classes)) - set(seen))) and not request.evaluate:
         request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
     saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
-    if not classes and not settings.label_names and saved and n_classes <= len(saved.names):
+    if not classes and not label_names and saved and n_classes <= len(saved.names):
         classes = list(saved.names)  # numbered labels: the checkpoint's classes, in order
-    classes = classes or _label_names(settings.label_names, n_classes)
+    classes = classes or _label_names(label_names, n_classes)
     check_classes(request.artifacts, ClassNames(tuple(classes)), spec)
     n_classes = len(classes)
     tokenizer = bert_tokenizer(settings.tokenizer, train_examples[0], request)
@@ -294,6 +296,11 @@ def _label_names(given: str, n_classes: int) -> list[str]:
     names = [n.strip() for n in given.split(",")] if given else [str(i) for i in range(n_classes)]
     if len(names) != n_classes:
         raise UserError(f"label_names gives {len(names)} names for {n_classes} classes")
+    if bad := [n for n in names if not n or not n.isprintable()]:  # classify's fields: tabs
+        raise UserError(
+            f"label_names: {bad[0]!r} cannot name a class: give each a name, without tabs or "
+            "line breaks"
+        )
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise UserError(f"label_names names {', '.join(map(repr, twice))} twice: one per class")
     return names

@@ -25,7 +25,7 @@ from attnlab.config import check_range, check_types
 from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import KeyedTexts, content_key, tokenizer_cached, tokenizer_key
-from attnlab.errors import UserError
+from attnlab.errors import ConfigError, UserError
 from attnlab.files import atomic_write_bytes, cache_dir
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
@@ -156,6 +156,10 @@ class MaskedLMDataConfig:
     def __post_init__(self):
         check_types(self)
         check_range("MaskedLMDataConfig", "mask_probability", self.mask_probability, 0.0, 1.0)
+        if self.mask_probability == 0:  # Masking would still select one token a batch
+            raise ConfigError(
+                "MaskedLMDataConfig.mask_probability must be above 0: 0 selects no token to predict"
+            )
 
 
 def bert_tokenizer(spec: str, texts: Iterable[str], request: DataRequest) -> Tokenizer:

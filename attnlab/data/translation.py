@@ -36,6 +36,7 @@ PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
 EMBEDDED_LANGUAGES = ("words", "digits")
 EMBEDDED_VAL_PAIRS = 500
+EMBEDDED_NUMBERS = 10**6  # the numbers the embedded task writes: those below a million
 Pair = tuple[str, str]
 Example = tuple[list[int], list[int]]  # source ids (ending in </s>), target ids (no specials)
 
@@ -61,6 +62,14 @@ class TranslationDataConfig:
         )
         if self.data and not (self.src and self.tgt):
             raise UserError("--data needs --src and --tgt (the file suffixes, e.g. de and en)")
+        if self.data and self.embedded_pairs != type(self).embedded_pairs:
+            raise UserError("--embedded-pairs sizes the embedded task: with --data it is unused")
+        if self.embedded_pairs + EMBEDDED_VAL_PAIRS > EMBEDDED_NUMBERS:  # drawn until distinct
+            raise UserError(
+                f"--embedded-pairs {self.embedded_pairs:,} and the {EMBEDDED_VAL_PAIRS} validation "
+                f"pairs need more numbers than the embedded task's {EMBEDDED_NUMBERS:,} (0 to "
+                f"999,999): give at most {EMBEDDED_NUMBERS - EMBEDDED_VAL_PAIRS:,}"
+            )
 
     @property
     def languages(self) -> tuple[str, str]:
