@@ -67,6 +67,23 @@ def test_train_refuses_non_finite_settings(tmp_path, capsys, flags, expected):
     assert not (tmp_path / "r").exists()
 
 
+def test_an_empty_out_or_a_way_to_compile_a_model_without_blocks_is_refused(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # where runs/gpt would go
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    (tmp_path / "c.toml").write_text('out = ""\n')
+    argv = ["train", "gpt", "--data", "corpus.txt", "--max-iters", "1", "--n-layers", "1"]
+    line = one_line_error(*run([*argv, "--out", ""], capsys)[::2])
+    assert line.endswith("--out is empty: give a run directory")
+    line = one_line_error(*run([*argv, "--config", "c.toml"], capsys)[::2])
+    assert line.endswith("c.toml: out is empty: give a run directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "corpus.txt"]
+    argv = ["train", "lstm_lm", "--data", "corpus.txt", "--out", "r", "--max-iters", "1"]
+    line = one_line_error(*run([*argv, "--compile", "--compile-by-block"], capsys)[::2])
+    assert "--compile-by-block: RecurrentLM has no blocks to compile one by one" in line
+
+
 def test_a_task_with_a_tokenizer_is_one_line_and_a_finished_run_resumed_says_so(tmp_path, capsys):
     out = str(tmp_path / "r")
     task = ["train", "gpt", "--data", "task:mqar", "--out", out, "--context-length", "64"]

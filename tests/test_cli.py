@@ -1,3 +1,4 @@
+import io
 import json
 import math
 import os
@@ -353,6 +354,20 @@ def test_the_loss_plot_names_the_unit_the_loss_is_per(tmp_path, monkeypatch, uni
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
     assert drawn[0].axes[0].get_ylabel() == f"loss (nats/{unit})"
+
+
+def test_a_resumed_runs_progress_bar_rates_only_the_steps_it_trains(monkeypatch):
+    from attnlab.cli.reports import progress_printer
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = progress_printer(100)
+    bar.start_at(90)
+    now = {**bar.bar.format_dict, "n": 95, "elapsed": 5.0, "rate": None}  # 5 steps in 5 s
+    assert "[00:05<00:05,  1.00step/s]" in bar.bar.format_meter(**now)
 
 
 @pytest.mark.parametrize(

@@ -239,7 +239,7 @@ def test_classify_refuses_a_masked_lm_checkpoint(pretrained, capsys):
     assert "'bert' model" in line and "fill-mask" in line
 
 
-def test_bert_offers_neither_classifier_settings_nor_the_datas(tmp_path, capsys):
+def test_bert_offers_neither_classifier_settings_nor_the_datas(texts, tmp_path, capsys):
     for kind, offered in (("bert", False), ("classifier", True)):
         with pytest.raises(SystemExit):
             run_quiet(["train", kind, "--help"])
@@ -252,6 +252,13 @@ def test_bert_offers_neither_classifier_settings_nor_the_datas(tmp_path, capsys)
     (tmp_path / "bert.toml").write_text('data = "/no/such/corpus"\n[model]\nvocab_size = 99\n')
     line = one_line_error(*run(argv, capsys)[::2])  # before the data is looked for
     assert "vocab_size comes from the data: leave it unset" in line
+    classifier = ["train", "classifier", "--out", str(tmp_path / "c")]
+    assert run_quiet([*classifier, "--data", str(texts / "train.tsv"), "--folds", "4",
+                      "--max-iters", "1", *TINY]) == 0  # fmt: skip
+    (tmp_path / "c.toml").write_text("[training]\neval_iters = 3\n")
+    resumed = [*classifier, "--resume", "--config", str(tmp_path / "c.toml")]
+    line = one_line_error(*run(resumed, capsys)[::2])  # resumed too: not silently unused
+    assert "c.toml [training]: classifier does not use eval_iters" in line
 
 
 def test_a_dev_text_a_character_tokenizer_cannot_read_is_one_line(tmp_path, capsys):

@@ -30,6 +30,15 @@ def trained(tmp_path_factory):
     return out
 
 
+def test_the_loss_plot_draws_no_loss_in_other_units_as_a_score(trained, tmp_path, monkeypatch):
+    from attnlab.cli import reports
+
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, path: drawn.append(fig) or path)
+    reports.plot_losses(trained / "metrics.jsonl", tmp_path / "loss.png")
+    assert len(drawn[0].axes) == 1  # nats per image and bits per pixel: the val loss's curve
+
+
 def test_training_scores_nats_per_image_and_saves_the_palette(trained):
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]

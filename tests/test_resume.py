@@ -9,6 +9,9 @@ import pytest
 import safetensors
 from helpers import one_line_error, run, snapshot
 from test_run_directory import FAST, train
+from test_training import make_trainer
+
+from attnlab.training import trainer as trainer_module
 
 
 def test_a_relative_data_path_is_kept_whole_so_a_run_resumes_from_anywhere(
@@ -158,3 +161,18 @@ def test_a_resumed_run_whose_schedule_moves_the_learning_rate_says_so(tmp_path, 
     more = ["train", "gpt", "--out", str(tmp_path / "warm"), "--resume", "--max-iters", "6"]
     code, _, err = run(more, capsys)  # the same schedule, still warming up: nothing moved
     assert code == 0 and "schedule" not in err, err
+
+
+def test_init_and_resume_together_are_refused_before_the_run_is_read(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "1")[0] == 0
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--init", str(out)], capsys)
+    assert "--init starts a new run" in one_line_error(code, err) and "note" not in err, err
+
+
+def test_a_stop_at_an_evaluation_step_saves_its_checkpoint_once(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_iters=8, eval_interval=4)
+    saves = []
+    monkeypatch.setattr(trainer_module, "save_checkpoint", lambda path, *a, **k: saves.append(path))
+    trainer.on_record = lambda record: record["step"] == 4 and trainer.request_stop()
+    assert trainer.fit().interrupted and trainer.step == 4 and saves == [tmp_path]

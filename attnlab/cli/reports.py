@@ -35,7 +35,8 @@ class progress_printer:  # noqa: N801 - used like a function
         self.unit = unit
 
     def start_at(self, step: int) -> None:
-        self.bar.n = self.bar.last_print_n = step
+        """A resumed run's bar: its rate and time left count the steps from here only."""
+        self.bar.n = self.bar.last_print_n = self.bar.initial = step
         self.bar.refresh()
 
     def update(self, record: dict[str, Any]) -> None:
@@ -106,7 +107,9 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
 
 
 def _is_score(name: str) -> bool:
-    return name not in STEP_FIELDS and not name.endswith(("_loss", "_per_s"))
+    """Not a loss, nor a loss or a rate in other units (nats_per_image, tokens_per_s): the
+    curve of a loss is drawn above, and a figure 100 times larger would flatten the scores."""
+    return name not in STEP_FIELDS and not name.endswith("_loss") and "_per_" not in name
 
 
 def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:

@@ -35,7 +35,8 @@ def refuse_data_fields(names: set[str]) -> None:
 
 
 def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
-    """Reject unknown keys and misplaced tables; returns the data-setting keys present."""
+    """Reject unknown keys, misplaced tables and fields the kind does not use; returns the
+    data-setting keys present."""
     if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # first: its keys are theirs
         raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
@@ -51,6 +52,9 @@ def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     for key in TABLES:
         if key in toml and not isinstance(toml[key], dict):
             raise UserError(f"{path}: '{key}' must be a table ([{key}])")
+        # the fields the kind ignores have no flags, but a file may name them
+        if unused := sorted(kind.unused_fields & toml.get(key, {}).keys()):
+            raise UserError(f"{path} [{key}]: {kind.name} does not use {', '.join(unused)}")
     return data_fields & set(toml)
 
 
@@ -75,9 +79,6 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
     if unread := getattr(kind.config, "unread", None):  # n_heads given for an LSTM: refused
         check_read(unread(model[0]), given, kind.config.__name__)
-    for table in TABLES:  # the fields the kind ignores have no flags: a file may name them
-        if unused := sorted(kind.unused_fields & toml.get(table, {}).keys()):
-            raise UserError(f"{source} [{table}]: {kind.name} does not use {', '.join(unused)}")
     refuse_data_fields(kind.data_fields & given.keys())
     train = build_config(
         TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source

@@ -170,6 +170,8 @@ def train(kind_name: str, args: argparse.Namespace) -> int:
 def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     if args.time_limit is not None and not args.time_limit > 0:
         raise UserError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run; a resumed run continues from its own weights")
     if args.processes is not None:
         return _launch(args)
     toml = read_toml(args.config)
@@ -177,7 +179,11 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     data_keys = check_toml(toml, kind, source)
     if args.init:  # the weights read the ids of the tokenizer they were trained with
         _check_init_tokenizer(args.init, {**toml, **flag_values(args, kind.data_config)})
-    out = Path(args.out or toml.get("out") or f"runs/{kind.name}")
+    out = args.out if args.out is not None else toml.get("out", f"runs/{kind.name}")
+    if not out:  # not read as the current folder
+        where = "--out" if args.out is not None else f"{source}: out"
+        raise UserError(f"{where} is empty: give a run directory")
+    out = Path(out)
     group = Group.for_run(args.distributed)  # alone, or one of torchrun's processes
     # a new run's settings before its directory exists: a folder named like a dataset ("sst2")
     # is not taken for it, and a bad setting is one line before anything slow
@@ -194,7 +200,7 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
 
 
 def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group) -> int:
-    init = _init_checkpoint(kind, args.init, args.resume)
+    init = _init_checkpoint(kind, args.init)
     run, (model_base, given), train_config = settings
     if init is not None:  # the checkpoint's model, with only its regularisation changeable
         shape = {k: v for k, v in init["config"].items() if k in model_base}
@@ -324,12 +330,10 @@ def _launch(args: argparse.Namespace) -> int:
     return launch(args.processes, argv)
 
 
-def _init_checkpoint(kind: ModelKind, path: str | None, resume: bool) -> dict[str, Any] | None:
+def _init_checkpoint(kind: ModelKind, path: str | None) -> dict[str, Any] | None:
     """The description of the --init checkpoint, checked to be one this kind starts from."""
     if path is None:
         return None
-    if resume:
-        raise UserError("--init starts a new run; a resumed run continues from its own weights")
     description = checkpoint_description(path)
     starts = (kind.name, *kind.init_from)
     if get_kind(description["kind"]).name not in starts:

@@ -24,7 +24,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250  # evaluate and checkpoint every N steps (and at the end)
-    eval_iters: int = 20  # batches per evaluation, of batch_size rows each
+    eval_iters: int = 20  # batches per evaluation, each the size of a training batch
     seed: int = 1337
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model for training

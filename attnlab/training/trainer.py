@@ -124,6 +124,11 @@ class Trainer:
         # falls back to eager, with a warning, if compiling fails (no C++ compiler, say)
         options = training_compile_options(self.device)
         blocks = getattr(self.model, "compile_regions", lambda: None)()
+        if config.compile_by_block and blocks is None:  # it would compile the model whole
+            raise UserError(
+                f"TrainConfig.compile_by_block: {type(model).__name__} has no blocks to compile "
+                "one by one; leave it unset"
+            )
         # Training: the whole model as one graph (the fastest steps), or one compiled block for
         # every layer (the shortest compile; devices.py). Evaluation, a forward pass without
         # gradients that compiles anew, always by block: the baby GPT's first evaluation took
@@ -183,7 +188,7 @@ class Trainer:
                         self._keep_if_best()
                         self.save()
             interrupted = self._stopping and self.step < self.config.max_iters  # else finished
-            if interrupted:
+            if interrupted and self.saved_step != self.step:  # an evaluation's step is saved
                 self.save()
             return FitResult(self.step, interrupted, self.last_eval)
 
