@@ -200,6 +200,12 @@ def test_invalid_pattern_is_a_user_error():
         BPETokenizer.train(["abc"], 300, pattern="(unclosed")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_pattern_that_skips_characters_is_refused_not_lossy(workers):
+    with pytest.raises(UserError, match=r"skips characters of the corpus \(' ' first\)"):
+        BPETokenizer.train(["one two", "three"], 270, pattern=r"\w+", workers=workers)
+
+
 def test_custom_pattern(trained):
     tokenizer = BPETokenizer.train(["one two three four"], 270, pattern=r"\S+|\s+")
     assert tokenizer.pre_tokenize("a  b") == ["a", "  ", "b"]

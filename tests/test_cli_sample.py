@@ -5,11 +5,12 @@ import sys
 
 import pytest
 import torch
-from helpers import MUST_COMPILE
+from helpers import MUST_COMPILE, one_line_error
 
 from attnlab.cli import main
 from attnlab.generation import generate_text
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
 from attnlab.tokenizers import CharTokenizer
 from attnlab.training.checkpoints import save_checkpoint
 
@@ -117,7 +118,32 @@ def test_bad_option_values_exit_2(capsys, checkpoint):
                         ("--temperature", -1), ("--repetition-penalty", 0)]:  # fmt: skip
         code, out, err = sample(capsys, checkpoint, "--prompt", "me", flag, value)
         assert code == 2 and out == "" and err.count("\n") == 1, (flag, err)
-        assert flag in err or flag == "--crop-to", err  # the flag, not SamplingConfig's field
+        assert flag in err, err  # the flag, not SamplingConfig's field nor generate's argument
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--temperature", 0, "--top-k", 5, "--seed", 3],
+            "--seed and --top-k would change nothing",
+        ),
+        (["--temperature", 0, "--top-p", 0.5], "--top-p would change nothing at --temperature 0"),
+        (["--temperature", 0, "--num-samples", 2], "--num-samples would change nothing"),
+        (["--stop", ""], "--stop '' is empty"),
+    ],
+)
+def test_settings_that_would_change_nothing_are_refused(capsys, checkpoint, flags, message):
+    code, out, err = sample(capsys, checkpoint, *flags)
+    assert message in one_line_error(code, err) and out == ""
+
+
+def test_crop_to_on_a_recurrent_model_is_refused(capsys, tmp_path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    config = RecurrentLMConfig(vocab_size=tokenizer.vocab_size, n_layers=1, d_model=8)
+    save_checkpoint(tmp_path, RecurrentLM(config), {"tokenizer": tokenizer})
+    code, out, err = sample(capsys, tmp_path, "--crop-to", 4, "--max-new-tokens", 40)
+    assert "--crop-to has no effect: this model has no context" in one_line_error(code, err)
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(checkpoint):

@@ -143,6 +143,17 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
         (["encode", "--tokenizer", "/no/such/tok.json", "hi"], "not found"),
         (["encode", "--tokenizer", "{corpus}", "hi"], "not valid JSON"),
         (["encode", "--tokenizer", "{folder}", "hi"], "is a folder without a tokenizer.json"),
+        (["show", "--tokenizer", "char", "hi"], "tokenizer 'char' is learned from a corpus"),
+        (["encode", "--tokenizer", "bpe:300", "hi"], "tokenizer 'bpe:300' is learned from a"),
+        # a pattern that leaves characters between its matches would drop them from every text
+        (
+            ["train", "--data", "{corpus}", "--out", "{folder}/w.json", "--pattern", r"\w+"],
+            "skips characters of the corpus",
+        ),
+        (
+            ["train", "--data", "{corpus}", "--out", "{folder}/w.json", "--pattern", "."],
+            "skips characters of the corpus ('\\n' first)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, trained_file, capsys):

@@ -13,6 +13,7 @@ from attnlab.generation import SamplingConfig, generate, generate_text, sample_n
 from attnlab.generation.beam_search import beam_search, greedy_search
 from attnlab.generation.compiled import decoding_step
 from attnlab.models.gpt import GPT
+from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
 from attnlab.models.registry import KINDS, build_model
 from attnlab.tokenizers import CharTokenizer
 
@@ -68,6 +69,19 @@ def test_the_sampler_reads_float32_logits_of_a_bf16_model():
 def test_prompt_ids_must_be_integers(prompts):
     with pytest.raises(UserError, match="integers|not text"):
         generate(tiny_gpt(), prompts, 2)
+
+
+@pytest.mark.parametrize("prompts", [[1, 2], "12"])
+def test_prompts_that_are_one_prompt_or_text_say_what_generate_takes(prompts):
+    with pytest.raises(UserError, match=r"a list of prompts, each a list of token ids \(not text"):
+        generate(tiny_gpt(), prompts, 2)
+
+
+def test_crop_to_on_a_model_without_a_context_length_is_refused():
+    model = RecurrentLM(RecurrentLMConfig(vocab_size=11, n_layers=1, d_model=8))
+    assert len(generate(model, [[1]], 40, temperature=0)[0]) == 40  # no limit: never crops
+    with pytest.raises(UserError, match="crop_to has no effect: this model has no context"):
+        generate(model, [[1]], 40, crop_to=5)
 
 
 def test_stream_takes_one_sequence():

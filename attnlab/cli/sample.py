@@ -8,10 +8,17 @@ import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import add_device_flag, check_sampling_flags, user_text
+from attnlab.cli.options import (
+    add_device_flag,
+    check_sampling_flags,
+    given_flags,
+    record_defaults,
+    user_text,
+)
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.generation import make_generator, stream_text
+from attnlab.generation.decoding import check_crop_to
 from attnlab.models.registry import GENERATE
 
 SEPARATOR = "---------------"
@@ -85,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokens kept when the context fills (default: slide the window one token at a "
         "time, as described above)",
     )
+    record_defaults(parser)
     parser.set_defaults(handler=run)
 
 
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     checkpoint = load_for("sample", GENERATE, args.checkpoint, device)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    check_crop_to(model, args.crop_to, "--crop-to")
     generator = make_generator(model, args.seed)  # one stream of randomness for all samples
     options = dict(
         temperature=args.temperature,
@@ -141,6 +150,17 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if "" in args.stop:
+        raise UserError("--stop '' is empty: give the text a sample ends before")
+    if args.temperature == 0:  # greedy: no randomness, nothing to filter, every sample the same
+        unused = given_flags(args, ("top_k", "top_p", "seed"))
+        unused += ["--num-samples"] if args.num_samples > 1 else []
+        if unused:
+            raise UserError(
+                f"{' and '.join(unused)} would change nothing at --temperature 0 (greedy: the "
+                "most likely token every time, every sample the same): leave "
+                f"{'it' if len(unused) == 1 else 'them'} out, or give a temperature above 0"
+            )
     check_sampling_flags(
         args.seed,
         temperature=args.temperature,

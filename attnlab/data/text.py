@@ -94,6 +94,11 @@ def open_tokenizer(spec: str, log: Callable[[str], None] | None = None) -> Token
         return load_tokenizer(Path(spec) / "tokenizer.json")
     if Path(spec).is_dir():
         raise UserError(f"{spec} is a folder without a tokenizer.json (an image model's run?)")
+    if (spec == "char" or spec.startswith("bpe:")) and not Path(spec).exists():
+        raise UserError(
+            f"tokenizer {spec!r} is learned from a corpus by training: give {TOKENIZER_FILES} "
+            "or 'byte'"
+        )
     return load_tokenizer(spec)
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import operator
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -77,15 +78,11 @@ class _Window:
         # compiled: the one-token steps (with static caches) and the full-window recomputes,
         # whose shapes never change; prompts, of any length, run eagerly
         self.compiled = compiled_step(model, sampling) if compile else None
+        check_crop_to(model, crop_to)
         # A model without a context limit (a recurrent one, say) never slides.
-        limit = getattr(model, "context_limit", getattr(model.config, "context_length", None))
+        limit = context_limit(model)
         self.context_length = limit if limit is not None else sys.maxsize
         self.keep = crop_to if crop_to is not None else self.context_length
-        if not 1 <= self.keep <= self.context_length:
-            raise UserError(
-                f"crop_to must be between 1 and the context length {self.context_length}, "
-                f"got {crop_to}"
-            )
         self.use_cache = use_cache
         # A sliding cache keeps the window itself (see the module docstring) unless cropping
         # was asked for.
@@ -138,6 +135,26 @@ class _Window:
                 torch._dynamo.mark_static_address(buffer)
         self.fed = length
         return result
+
+
+def context_limit(model: nn.Module) -> int | None:
+    """The most positions the model reads at once; None: no limit (the window never slides)."""
+    return getattr(model, "context_limit", getattr(model.config, "context_length", None))
+
+
+def check_crop_to(model: nn.Module, crop_to: int | None, name: str = "crop_to") -> None:
+    """crop_to (None: not given) must be a length the window can be cropped to; `name` is how
+    the message calls it (the CLI: --crop-to)."""
+    if crop_to is None:
+        return
+    limit = context_limit(model)
+    if limit is None:
+        raise UserError(
+            f"{name} has no effect: this model has no context length (its state carries the "
+            "whole text), so nothing is ever cropped"
+        )
+    if not 1 <= crop_to <= limit:
+        raise UserError(f"{name} must be between 1 and the context length {limit}, got {crop_to}")
 
 
 def _fresh(ids: torch.Tensor) -> torch.Tensor:
@@ -261,6 +278,12 @@ def generate(
     stop_ids = set(_ids(stop_ids, "stop_ids"))
     if isinstance(prompts, torch.Tensor) and prompts.dim() != 2:
         raise UserError(f"prompts must be (B, T) token ids, got shape {tuple(prompts.shape)}")
+    prompts = prompts if isinstance(prompts, torch.Tensor | str) else list(prompts)
+    if isinstance(prompts, str) or any(isinstance(row, numbers.Integral) for row in prompts):
+        raise UserError(
+            "prompts must be a list of prompts, each a list of token ids (not text): one "
+            f"prompt is [[72, 105]]; got {repr(prompts)[:60]}"
+        )
     rows = [_ids(row) for row in prompts]
     groups: dict[int, list[int]] = {}  # prompt length -> indices of the prompts that long
     for index, row in enumerate(rows):

@@ -14,8 +14,9 @@ Encoding a pre-token (tiktoken's rule, followed exactly by both encoders here):
 ``encode`` hands the same ranks to tiktoken (fast, Rust); ``encode_reference`` is the readable
 Python version of the rule above. Both give the same ids on any text. (A custom pattern must mean
 the same to both regex engines, Python's `regex` and tiktoken's; the built-in ones are tested. A
-pattern that skips some characters drops them from the encoding. A custom pattern may not use
-what only a backtracking engine runs, look-around or back-references: see resolve_pattern.)
+pattern that skips some characters drops them from the encoding; training refuses one that skips
+characters of its corpus. A custom pattern may not use what only a backtracking engine runs,
+look-around or back-references: see resolve_pattern.)
 
 Trained tokenizers give byte b the id b. GPT-2 permutes the 256 bytes (its printable bytes come
 first), so the tokenizer keeps an explicit ``byte_order``: the byte value of ids 0..255.

@@ -87,9 +87,26 @@ def _count_chunk(job: tuple[Iterable[str], str, list[str]]) -> Counter[bytes]:
     strings: Counter[str] = Counter()
     for text in map(fix_surrogates, texts):  # as encoding sees it: a lone surrogate is U+FFFD
         for part in splitter.split(text) if splitter else [text]:
-            strings.update(pieces(pre_tokenizer, part))
+            found = pieces(pre_tokenizer, part)
+            if sum(map(len, found)) < len(part):
+                raise UserError(_skipping(pre_tokenizer, part))
+            strings.update(found)
     # Encode each distinct string once, not once per occurrence.
     return Counter({s.encode("utf-8"): n for s, n in strings.items() if s})
+
+
+def _skipping(pre_tokenizer: regex.Pattern, text: str) -> str:
+    """The message for a pattern that leaves characters of `text` between its matches."""
+    end = 0
+    for match in pre_tokenizer.finditer(text):
+        if match.start() > end:
+            break
+        end = match.end()
+    return (
+        f"pre-tokenization pattern {pre_tokenizer.pattern!r} skips characters of the corpus "
+        f"({text[end]!r} first), which every encoding would drop: give a pattern that matches "
+        "every character, or gpt2 or gpt4"
+    )
 
 
 def pieces(pre_tokenizer: regex.Pattern, text: str) -> list[str]:
