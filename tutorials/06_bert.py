@@ -49,7 +49,7 @@ PRETRAIN_STEPS = {"quick": 150, "default": 1500, "gpu": 3000}[SIZE]
 # warm-up steps, at least EARLY_STEPS: the early stop falls inside the warm-up
 PRETRAIN_WARMUP = {"quick": 20, "default": 100, "gpu": 200}[SIZE]
 PRETRAIN_BATCH = {"quick": 32, "default": 64, "gpu": 64}[SIZE]
-# Compiling takes ~40 s once and makes each step ~1.7x faster: worth it for the long run only.
+# Compiling takes tens of seconds once and makes each step faster: worth it for the long run only.
 COMPILE = {"quick": "--no-compile", "default": "--compile", "gpu": "--compile"}[SIZE]
 FINETUNE_STEPS = {"quick": 60, "default": 500, "gpu": 2000}[SIZE]
 FINETUNE_WARMUP = {"quick": 10, "default": 40, "gpu": 200}[SIZE]
