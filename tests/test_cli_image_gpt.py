@@ -155,6 +155,7 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
         (["--seed", "99999999999999999999"], "--seed must be in [0, 2**63)"),
         (["--seed", "-1"], "--seed must be in [0, 2**63)"),
         (["--scale", "1000"], "--scale 1000 draws each 16-pixel image 16000 pixels wide"),
+        (["--temperature", "0", "--seed", "3"], "--seed would change nothing at --temperature 0"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, flags, message):

@@ -193,14 +193,24 @@ def check_output(
     return path
 
 
-def check_sampling_flags(seed: int, **sampling: Any) -> None:
+def check_sampling_flags(
+    args: argparse.Namespace, greedy_unused: Iterable[str] = (), **sampling: Any
+) -> None:
     """--seed's range and the sampling settings (SamplingConfig's fields), each error one line
-    naming its flag, before a model is loaded."""
+    naming its flag, before a model is loaded; at --temperature 0 (greedy), none of the flags
+    that would change nothing: --seed, --top-k, --top-p given, and `greedy_unused`."""
     from attnlab.errors import ConfigError
     from attnlab.generation.sampling import SamplingConfig
 
-    if not 0 <= seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2**63), got {seed}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    unused = [*given_flags(args, ("top_k", "top_p", "seed")), *greedy_unused]
+    if sampling["temperature"] == 0 and unused:  # the most likely token every time
+        raise UserError(
+            f"{' and '.join(unused)} would change nothing at --temperature 0 (greedy: the most "
+            f"likely token every time): leave {'it' if len(unused) == 1 else 'them'} out, or "
+            "give a temperature above 0"
+        )
     try:
         SamplingConfig(**sampling)
     except ConfigError as error:

@@ -8,13 +8,7 @@ import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import (
-    add_device_flag,
-    check_sampling_flags,
-    given_flags,
-    record_defaults,
-    user_text,
-)
+from attnlab.cli.options import add_device_flag, check_sampling_flags, record_defaults, user_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.generation import make_generator, stream_text
@@ -152,17 +146,9 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if "" in args.stop:
         raise UserError("--stop '' is empty: give the text a sample ends before")
-    if args.temperature == 0:  # greedy: no randomness, nothing to filter, every sample the same
-        unused = given_flags(args, ("top_k", "top_p", "seed"))
-        unused += ["--num-samples"] if args.num_samples > 1 else []
-        if unused:
-            raise UserError(
-                f"{' and '.join(unused)} would change nothing at --temperature 0 (greedy: the "
-                "most likely token every time, every sample the same): leave "
-                f"{'it' if len(unused) == 1 else 'them'} out, or give a temperature above 0"
-            )
     check_sampling_flags(
-        args.seed,
+        args,
+        ["--num-samples"] if args.num_samples > 1 else [],  # greedy: every sample the same
         temperature=args.temperature,
         top_k=args.top_k or None,
         top_p=args.top_p,

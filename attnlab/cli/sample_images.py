@@ -12,7 +12,12 @@ import io
 import json
 from pathlib import Path
 
-from attnlab.cli.options import add_device_flag, check_output, check_sampling_flags
+from attnlab.cli.options import (
+    add_device_flag,
+    check_output,
+    check_sampling_flags,
+    record_defaults,
+)
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import GENERATE_IMAGE
@@ -69,6 +74,7 @@ def register(subparsers) -> None:
     parser.add_argument("--columns", type=int, default=8, help="images per row of the grid")
     parser.add_argument("--scale", type=int, default=3, help="screen pixels per image pixel")
     add_device_flag(parser)
+    record_defaults(parser)
     parser.set_defaults(handler=sample_images_command, split="val")
 
 
@@ -90,7 +96,7 @@ def sample_images_command(args: argparse.Namespace) -> int:
         least = 1 if name in ("columns", "scale") else 0
         if getattr(args, name) < least:
             raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
-    check_sampling_flags(args.seed, temperature=args.temperature, top_k=args.top_k)
+    check_sampling_flags(args, temperature=args.temperature, top_k=args.top_k)
     out = check_output(
         "--out",
         args.out or Path(args.checkpoint) / "samples.png",
