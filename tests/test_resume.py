@@ -176,3 +176,13 @@ def test_a_stop_at_an_evaluation_step_saves_its_checkpoint_once(tmp_path, monkey
     monkeypatch.setattr(trainer_module, "save_checkpoint", lambda path, *a, **k: saves.append(path))
     trainer.on_record = lambda record: record["step"] == 4 and trainer.request_stop()
     assert trainer.fit().interrupted and trainer.step == 4 and saves == [tmp_path]
+
+
+def test_init_from_a_run_on_other_data_notes_the_default_it_reads(tmp_path, corpus, capsys):
+    first = tmp_path / "run"
+    assert train(capsys, corpus, first, "--max-iters", "1")[0] == 0
+    argv = ["train", "gpt", "--init", str(first), *FAST, "--max-iters", "1"]
+    _, _, err = run([*argv, "--out", str(tmp_path / "b")], capsys)  # stdlib: unseen characters
+    assert f"note: {first} was trained on {corpus}; this run reads stdlib, the default" in err
+    code, _, err = run([*argv, "--out", str(tmp_path / "c"), "--data", str(corpus)], capsys)
+    assert code == 0 and "was trained on" not in err, err

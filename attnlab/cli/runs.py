@@ -83,11 +83,17 @@ def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path
     return None
 
 
+def trained_data(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The data settings of the run `checkpoint` belongs to (its data, tokenizer, ...); {} for
+    a checkpoint outside a run."""
+    found = run_description(checkpoint)
+    return found[0]["data"] if found else {}
+
+
 def run_data(checkpoint: str, data: str | None) -> str | None:
     """The data a command reads for `checkpoint`: `data`, else its run's. Task data is refused
     for a model trained on anything but that task: a task's ids mean nothing to it."""
-    found = run_description(checkpoint)
-    own = found[0]["data"].get("data") if found else None
+    own = trained_data(checkpoint).get("data")
     data = data or own
     if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
         raise UserError(

@@ -31,8 +31,8 @@ from attnlab.cli.runs import (
     claim_run_directory,
     fit_and_report,
     note,
-    run_description,
     run_lock,
+    trained_data,
 )
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import seed_everything
@@ -221,6 +221,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     # a new run's classes are its data's; a head for other classes starts new
     init_classes = artifacts.pop("classes", None) if init is not None else None
     log = note if group.is_writer else lambda message: None
+    if init is not None:
+        _note_init_data(kind, args.init, init, run["data"], log)
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
     refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
@@ -304,8 +306,7 @@ def _check_init_tokenizer(init: str, settings: dict[str, Any]) -> None:
     checkpoint without one (weights from elsewhere) takes the one given, if it fits them."""
     if not (Path(init) / "tokenizer.json").is_file():
         return
-    found = run_description(init)
-    own = found[0]["data"].get("tokenizer") if found else None
+    own = trained_data(init).get("tokenizer")
     if settings.get("tokenizer", own) != own:
         raise UserError(
             f"--init takes the tokenizer from {init} too ({own or 'its own'}): leave "
@@ -328,6 +329,17 @@ def _launch(args: argparse.Namespace) -> int:
         if not word.startswith("--processes="):
             argv.append(word)
     return launch(args.processes, argv)
+
+
+def _note_init_data(kind: ModelKind, init: str, description, data: dict[str, Any], log) -> None:
+    """A note where the --init run of this kind read other data than this run's default: the
+    default may not be what was meant (fine-tuning on new data is --data's to say)."""
+    theirs = trained_data(init).get("data")
+    default = {f.name: f.default for f in dataclasses.fields(kind.data_config)}.get("data")
+    ours = data.get("data")
+    if get_kind(description["kind"]) is kind and theirs not in (None, ours) and ours == default:
+        log(f"note: {init} was trained on {theirs}; this run reads {ours}, the default: "
+            "give --data to train on other data")  # fmt: skip
 
 
 def _init_checkpoint(kind: ModelKind, path: str | None) -> dict[str, Any] | None:
