@@ -169,6 +169,9 @@ def test_a_page_too_large_to_open_is_refused_with_a_text_that_fits(
     assert "at most about 16 tokens" in line
     assert not out.exists()
     assert run([*argv, "x" * 16], capsys)[0] == 0 and out.is_file()
+    argv = ["inspect", "attention", checkpoints["translation"], "--out", str(tmp_path / "t.html")]
+    line = one_line_error(*run([*argv, "--text", "x" * 32, "--target", "y" * 32], capsys)[::2])
+    assert "give a text and a --target of at most about" in line
 
 
 def test_induction_command(checkpoints, tmp_path, capsys):

@@ -67,6 +67,8 @@ def test_missing_files_and_directory(tmp_path):
         load_split(tmp_path, "val", "de", "en")
     with pytest.raises(UserError, match="data directory not found"):
         load_split(tmp_path / "nowhere", "train", "de", "en")
+    with pytest.raises(UserError, match=f"{tmp_path} is a folder: give a file"):
+        read_parallel(tmp_path, tmp_path)
 
 
 @pytest.mark.parametrize(

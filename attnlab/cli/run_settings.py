@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,7 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
     given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
-    if unread := getattr(kind.config, "unread", None):  # n_heads given for an LSTM: refused
-        check_read(unread(model[0]), given, kind.config.__name__)
+    refuse_unread(kind, model[0], given)
     refuse_data_fields(kind.data_fields & given.keys())
     train = build_config(
         TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
@@ -109,6 +109,7 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when "
             "resuming: leave them out, a resumed run keeps its own"
         )
+    refuse_unread(kind, saved, given)  # an LSTM run's own n_heads given back changes nothing
     check_data_is_there(before.get("data"), out)
     state = read_training_state(out)
     flags = flag_values(args, TrainConfig)
@@ -124,6 +125,12 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
         note(f"note: {out} is at step {state['step']} already (max_iters {train.max_iters}): "
              "nothing to train; a larger --max-iters trains on")  # fmt: skip
     return run, (saved, saved), train
+
+
+def refuse_unread(kind: ModelKind, model: dict[str, Any], given: Iterable[str]) -> None:
+    """Refuse model settings given that the model would not read (n_heads for an LSTM)."""
+    if unread := getattr(kind.config, "unread", None):
+        check_read(unread(model), given, kind.config.__name__)
 
 
 def check_data_is_there(spec: Any, out: Path) -> None:

@@ -56,7 +56,7 @@ def viewer_data(
 ) -> dict[str, Any]:
     """Everything the page shows; selected: (panel, layer, head) kept in focus at the start."""
     weights = [recording.attention[layer.name] for layers in groups.values() for layer in layers]
-    check_size(weights, image=IMAGE in inputs.sequences)
+    check_size(weights, inputs.sequences)
     data = {
         "title": title,
         "sequences": inputs.sequences,
@@ -68,23 +68,23 @@ def viewer_data(
     return data
 
 
-def check_size(weights: list[torch.Tensor], *, image: bool) -> None:
+def check_size(weights: list[torch.Tensor], sequences: dict[str, list[str]]) -> None:
     """A UserError when the page would hold more than MAX_WEIGHTS weights (too large for a
-    browser to open), with what would fit: a shorter text, or for an image model (whose
-    inputs have the one size it reads) none."""
+    browser to open), with what would fit: a shorter text (and target, for a translation
+    model), or for an image model (whose inputs have the one size it reads) none."""
     total = sum(w.numel() for w in weights)
     if total <= MAX_WEIGHTS:
         return
     longest = max(w.size(-1) for w in weights)
-    if image:
+    if IMAGE in sequences:
         advice = (
             f"this model reads every image as {longest} positions, too many for one page of "
             "all its layers and heads (in Python, attnlab.interpretability.capture reads them)"
         )
     else:
-        advice = (
-            f"give a text of at most about {math.isqrt(MAX_WEIGHTS * longest**2 // total)} tokens"
-        )
+        text = "a text and a --target" if "target" in sequences else "a text"
+        fits = math.isqrt(MAX_WEIGHTS * longest**2 // total)
+        advice = f"give {text} of at most about {fits} tokens"
     raise UserError(
         f"the page would hold {total:,} attention weights, more than a browser opens "
         f"({MAX_WEIGHTS:,}): {advice}"
