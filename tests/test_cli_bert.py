@@ -165,7 +165,9 @@ def test_init_must_be_a_kind_the_classifier_starts_from(texts, tmp_path, capsys)
         ),
         ("sentence\tlabel\n", [], "train.tsv holds no examples"),
         ("good film\t1\n" * 20, [], "hold 1 class(es): give two or more"),
-        ("good film\t1\nbad film\t0\n" * 10, ["--folds", "1"], "folds must be >= 2"),
+        ("good film\t1\nbad film\t0\n" * 10, ["--folds", "1"], "--folds must be >= 2"),
+        ("good film\t1\nbad film\t0\n" * 10, ["--fold", "10"], "--fold must be in 0..9, got 10"),
+        ("good film\t1\nbad film\t0\n" * 10, ["--label-names", "a"], "--label-names gives 1"),
         ("good film\t1\nbad film\t0\n" * 10, ["--context-length", "2"], "must be >= 3"),
     ],
 )

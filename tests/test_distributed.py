@@ -188,7 +188,7 @@ def test_distributed_without_torchrun_is_one_line(tmp_path, text, capsys):
 def test_a_batch_the_ranks_cannot_split_is_one_line(tmp_path, text):
     done = torchrun(tmp_path / "r", text, "--distributed", "ddp", "--batch-size", "3", check=False)
     assert done.returncode != 0
-    line = "attnlab: error: batch_size 3 does not split among 2 processes"
+    line = "attnlab: error: --batch-size 3 does not split among 2 processes"
     assert done.stderr.count(line) == 1, done.stderr[-3000:]
     assert "exitcode  : 2" in done.stderr  # torchrun's summary; its own exit code is 1
     assert not (tmp_path / "r" / "model.safetensors").exists()
@@ -254,7 +254,7 @@ def test_attnlab_starts_its_own_ranks(tmp_path, text, capsys):
 def test_started_by_attnlab_a_batch_the_ranks_cannot_split_is_one_line_and_exit_2(tmp_path, text):
     done = attnlab_processes(tmp_path / "r", text, "--distributed", "ddp", "--batch-size", "3")
     line = one_line_error(done.returncode, done.stderr)
-    assert "batch_size 3 does not split among 2 processes" in line
+    assert "--batch-size 3 does not split among 2 processes" in line
     assert not (tmp_path / "r").exists()
 
 

@@ -32,7 +32,7 @@ from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
 from attnlab.data.labels import count_classes
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
-from attnlab.errors import UserError
+from attnlab.errors import ConfigError, UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ClassNames, check_classes
@@ -192,6 +192,9 @@ class LabelledBatches:
         self.generator.set_state(state["generator"])
 
 
+FIELD = "ClassificationDataConfig."  # a field named in a message (the CLI names its flag)
+
+
 @dataclass(frozen=True)
 class ClassificationDataConfig:
     data: str = "sst2"  # TSV file, directory with train.tsv (+ dev.tsv), or class folders
@@ -203,9 +206,9 @@ class ClassificationDataConfig:
     def __post_init__(self):
         check_types(self)
         if self.folds < 2:
-            raise UserError(f"folds must be >= 2 (one part is held out), got {self.folds}")
+            raise ConfigError(f"{FIELD}folds must be >= 2 (one part is held out), got {self.folds}")
         if not 0 <= self.fold < self.folds:
-            raise UserError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
+            raise ConfigError(f"{FIELD}fold must be in 0..{self.folds - 1}, got {self.fold}")
 
 
 def classification_training_data(request: DataRequest) -> TrainingData:
@@ -295,12 +298,14 @@ def _empty_fold(labels: list[int], classes: list[str] | None, folds: int) -> str
 def _label_names(given: str, n_classes: int) -> list[str]:
     names = [n.strip() for n in given.split(",")] if given else [str(i) for i in range(n_classes)]
     if len(names) != n_classes:
-        raise UserError(f"label_names gives {len(names)} names for {n_classes} classes")
+        raise UserError(f"{FIELD}label_names gives {len(names)} names for {n_classes} classes")
     if bad := [n for n in names if not n or not n.isprintable()]:  # classify's fields: tabs
         raise UserError(
-            f"label_names: {bad[0]!r} cannot name a class: give each a name, without tabs or "
-            "line breaks"
+            f"{FIELD}label_names: {bad[0]!r} cannot name a class: give each a name, without tabs "
+            "or line breaks"
         )
     if twice := sorted({n for n in names if names.count(n) > 1}):
-        raise UserError(f"label_names names {', '.join(map(repr, twice))} twice: one per class")
+        raise UserError(
+            f"{FIELD}label_names names {', '.join(map(repr, twice))} twice: one per class"
+        )
     return names

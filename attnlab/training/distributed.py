@@ -174,7 +174,7 @@ class Group:
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.world:
             raise UserError(
-                f"batch_size {batch_size} does not split among {self.world} processes: the "
+                f"TrainConfig.batch_size {batch_size} does not split among {self.world} processes: the "
                 f"batch size is the global one; choose a multiple of {self.world}"
             )
 
