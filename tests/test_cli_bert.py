@@ -182,8 +182,14 @@ def test_bad_tsv_is_one_line(content, flags, expected, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("labels", "new"),
     [
-        (["0", "1", "2"], "classifier.bias, classifier.weight"),  # another count
-        (["neg", "pos"], "classifier.bias, classifier.weight"),  # as many, but other classes
+        (
+            ["0", "1", "2"],
+            "classifier.bias, classifier.weight (this data's classes are 0, 1, not 0, 1, 2)",
+        ),  # another count
+        (
+            ["neg", "pos"],
+            "classifier.bias, classifier.weight (this data's classes are 0, 1, not neg, pos)",
+        ),  # as many, but other classes
         (["0", "1"], "none"),  # the same classes: the head carries on
     ],
 )
@@ -207,7 +213,7 @@ def test_init_from_a_classifier_of_other_classes_starts_a_new_head(
                         str(texts / "train.tsv"), "--out", str(tmp_path / "two"), "--max-iters",
                         "1", "--batch-size", "8"], capsys)  # fmt: skip
     assert code == 0, err
-    assert f"new: {new};" in err
+    assert f"new: {new};" in err, err
 
 
 def test_empty_class_folder_is_one_line(tmp_path, capsys):

@@ -238,8 +238,10 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         other_classes = None not in (init_classes, classes) and init_classes != classes
         fresh = _class_head(kind, model_config) if other_classes else set()
         new, unused = load_matching_weights(model, Path(args.init) / MODEL_FILE, leave=fresh)
+        now, before = (", ".join(c.names) for c in (classes, init_classes)) if fresh else ("", "")
+        why = f" (this data's classes are {now}, not {before})" if fresh else ""
         log(
-            f"started from {args.init}; new: {', '.join(new) or 'none'}; "
+            f"started from {args.init}; new: {', '.join(new) or 'none'}{why}; "
             f"left out: {', '.join(unused) or 'none'}"
         )
     if group.is_writer:
