@@ -210,3 +210,10 @@ def test_bad_head_counts_are_rejected():
         MultiHeadAttention(30, 4)
     with pytest.raises(ValueError):
         MultiHeadAttention(32, 4, 3)
+    with pytest.raises(ValueError, match="bad heads"):
+        MultiHeadAttention(32, 0)  # not a division by zero
+    with pytest.raises(ValueError, match="backend must be one of fused, eager, got 'flash'"):
+        MultiHeadAttention(32, 4, backend="flash")  # was the fused path, without a word
+    for eager in (False, True):  # 2 heads of each of 3 key/value heads: none, so zeros came out
+        with pytest.raises(ValueError, match="3 key/value heads must divide the 4 query heads"):
+            scaled_dot_product_attention(*qkv(kv_heads=3), return_weights=eager)

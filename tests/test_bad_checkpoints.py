@@ -22,8 +22,15 @@ TOKENIZER = build_tokenizer("byte", [])
 
 
 def saved_gpt(path, vocab_size=256):
-    model = tiny_gpt(vocab_size=vocab_size)
-    save_checkpoint(path, model, {"tokenizer": build_tokenizer("byte", [])})
+    return hand_written(path, tiny_gpt(vocab_size=vocab_size), {"tokenizer": TOKENIZER})
+
+
+def hand_written(path, model, artifacts):
+    """A checkpoint of `model` beside artefact files written as by hand, fitting it or not
+    (save_checkpoint refuses those that do not)."""
+    save_checkpoint(path, model)
+    for name, artifact in artifacts.items():
+        (path / f"{name}.json").write_text(json.dumps(artifact.to_dict()))
     return path
 
 
@@ -123,8 +130,7 @@ def test_a_pad_id_that_is_no_special_token_is_refused_by_trainer_and_load(tmp_pa
         Trainer(
             model, TrainConfig(), None, {}, out_dir=tmp_path, artifacts={"tokenizer": tokenizer}
         )
-    path = tmp_path / "ckpt"
-    save_checkpoint(path, model, {"tokenizer": tokenizer})
+    path = hand_written(tmp_path / "ckpt", model, {"tokenizer": tokenizer})
     line = one_line_error(*run(["fill-mask", str(path), "a [MASK]"], capsys)[::2])
     assert "[PAD] = 9" in line and "set pad_id to the tokenizer's own" in line
 
@@ -288,9 +294,20 @@ def test_artefacts_that_do_not_fit_the_weights_are_refused_at_load(tmp_path):
         ),
     }  # fmt: skip
     for name, (model, artifacts) in cases.items():
-        save_checkpoint(tmp_path / name, model, artifacts)
+        hand_written(tmp_path / name, model, artifacts)
         with pytest.raises(UserError, match=f"{name}.json .*does not belong to these weights"):
             load_checkpoint(tmp_path / name)
+        with pytest.raises(UserError, match=f"{name}.json .*does not belong to these weights"):
+            save_checkpoint(tmp_path / name, model, artifacts)  # nor is it saved so
     fitting = {"classes": ClassNames(("a", "b", "c")), "normalization": gray}
     save_checkpoint(tmp_path / "fits", vit, fitting)
     assert load_checkpoint(tmp_path / "fits").artifacts == fitting
+
+
+def test_a_save_with_a_tokenizer_of_other_weights_is_refused_and_leaves_the_checkpoint(tmp_path):
+    """load_checkpoint would refuse it: saved over a run, it would have lost that run."""
+    path = saved_gpt(tmp_path / "ckpt")
+    before = snapshot(path)
+    with pytest.raises(UserError, match="has 256 tokens but the model's vocabulary has 300"):
+        save_checkpoint(path, tiny_gpt(vocab_size=300), {"tokenizer": TOKENIZER})
+    assert snapshot(path) == before

@@ -169,7 +169,9 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path, capsys):
     from attnlab.tokenizers import build_tokenizer
     from attnlab.training.checkpoints import save_checkpoint
 
-    save_checkpoint(tmp_path / "gpt", tiny_gpt(), {"tokenizer": build_tokenizer("byte", [])})
+    save_checkpoint(
+        tmp_path / "gpt", tiny_gpt(vocab_size=256), {"tokenizer": build_tokenizer("byte", [])}
+    )
     code, _, err = run(["sample-images", str(tmp_path / "gpt")], capsys)
     assert "'gpt' model" in one_line_error(code, err)
 

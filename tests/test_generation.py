@@ -329,6 +329,8 @@ def test_generate_text_stops_at_a_stop_string():
     cut = generate_text(model, tokenizer, "he", 40, temperature=0, stop=[stop])
     assert cut == full[: full.index(stop)]
     assert "".join(stream_text(model, tokenizer, "he", 40, temperature=0)) == full
+    with pytest.raises(ValueError, match=r"not one string: give \['lo'\]"):  # not 'l', 'o'
+        generate_text(model, tokenizer, "he", 40, temperature=0, stop="lo")
 
 
 def test_text_starts_from_endoftext_and_stops_there():

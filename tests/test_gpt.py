@@ -159,6 +159,17 @@ def test_too_long_or_unbatched_input_is_a_clear_error():
             call(torch.zeros(3, dtype=torch.long))
 
 
+def test_targets_of_another_shape_or_of_floats_are_refused_not_read_anyhow():
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"targets must have shape \(2, 8\), got \(16,\)"):
+        tiny()(ids, ids.flatten())  # as many elements: it was scored, flattened
+    with pytest.raises(TypeError, match="targets must be integer ids .* got torch.float32"):
+        tiny()(ids, ids.float() + 0.7)  # it was cut to integers
+    shape = dict(vocab_size=50, context_length=16, n_layers=1, n_heads=2, d_model=16)
+    with pytest.raises(ValueError, match=r"targets must have shape \(2, 8\), got \(2, 4\)"):
+        BertForMaskedLM(BertConfig(**shape))(ids + 5, ids[:, :4])  # picked from the wrong rows
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_autocast_stays_close_to_fp32(variant):
     model = tiny(**variant)

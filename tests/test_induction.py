@@ -8,6 +8,7 @@ import torch
 from helpers import one_line_error, run
 from torch import nn
 
+from attnlab.errors import UserError
 from attnlab.interpretability.induction import (
     induction_scores,
     prefix_matching,
@@ -147,3 +148,17 @@ def test_many_sequences_are_scored_a_chunk_at_a_time(monkeypatch):
         firsts = [induction.position_losses(model.eval()(t)[0], t)[:, :7].mean() for t in parts]
     expected = (4 * firsts[0] + 4 * firsts[1] + 2 * firsts[2]) / 10
     assert report.loss_first == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(n_tokens=31), "n_tokens must be 1 to the vocabulary size 30, got 31"),  # IndexError
+        (dict(n_tokens=0), "n_tokens must be 1 to the vocabulary size 30, got 0"),  # all of it
+        (dict(n_sequences=0), "n_sequences must be at least 1, got 0"),  # an IndexError
+    ],
+)
+def test_bad_numbers_of_tokens_or_sequences_are_named(options, message):
+    model = GPT(GPTConfig(vocab_size=30, context_length=16, n_layers=1, n_heads=2, d_model=16))
+    with pytest.raises(UserError, match=message):
+        induction_scores(model, **options)

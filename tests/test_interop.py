@@ -173,6 +173,11 @@ def test_class_names_become_id2label_and_come_back(tmp_path):
             to_hf(model, classes=names)
     with pytest.raises(ValueError, match="for a classifier"):
         to_hf(vit, head=False, classes=["cat", "dog"])
+    with pytest.raises(ValueError, match="not one string: got 'abc'"):  # not classes a, b, c
+        to_hf(bert, classes="abc")
+    for model in (bert, tiny_gpt()):  # converted with their heads, head=False unread
+        with pytest.raises(ValueError, match=f"head=False: a {type(model).__name__} converts"):
+            to_hf(model, head=False)
 
 
 @pytest.mark.parametrize(

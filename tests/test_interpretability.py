@@ -266,6 +266,8 @@ def test_the_lens_ends_at_the_models_own_logits():
     assert (report.logits[-1] - logits[0]).abs().max() < 1e-6
     probabilities, top = report.top(3)
     assert top.shape == (5, 16, 3) and (probabilities[..., 0] >= probabilities[..., 1]).all()
+    with pytest.raises(ValueError, match="a batch of one, got 2 rows"):  # row 1 went unread
+        logit_lens(model, (ids.expand(2, -1),))
 
 
 def test_the_lens_reads_a_training_model_without_dropout():

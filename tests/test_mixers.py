@@ -310,8 +310,8 @@ def test_attentions_heads_given_to_another_mixer_are_one_line(tmp_path, capsys):
     assert "n_heads: a setting of mixer 'attention', not of 'mamba'" in one_line_error(code, err)
     assert not out.exists()  # the preset's heads (tiny: 4) are no setting of the user's
     (tmp_path / "t.txt").write_text("a tiny corpus of text " * 50)
-    small = ["--n-layers", "1", "--d-model", "16", "--max-iters", "1", "--batch-size", "2",
-             "--eval-iters", "1", "--context-length", "8", "--data", str(tmp_path / "t.txt")]  # fmt: skip
+    small = ["--n-layers", "1", "--d-model", "16", "--max-iters", "1", "--batch-size", "2"]
+    small += ["--eval-iters", "1", "--context-length", "8", "--data", str(tmp_path / "t.txt")]
     assert run([*argv, *small], capsys)[0] == 0
     code, _, err = run([*argv[:2], "--out", str(out), "--resume", "--n-heads", "4"], capsys)
     assert "--n-heads: a setting of mixer 'attention'" in one_line_error(code, err)  # its own 4

@@ -155,6 +155,7 @@ def test_the_validation_loss_is_the_mean_over_scored_targets(tmp_path):
         logits = model(inputs)[0]
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
     assert trainer.evaluate()["val_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert model.training  # given back in its mode, as generation and inspection give it
 
 
 @MUST_COMPILE

@@ -81,8 +81,10 @@ def read_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file (gzip-compressed when it ends in .gz), stripped: split at
     line feeds only (text_lines), a byte-order mark left out."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a file")
     if not path.is_file():
-        raise UserError(f"{path} is a folder: give a file" if path.is_dir() else f"file not found: {path}")
+        raise UserError(f"file not found: {path}")
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rt", encoding="utf-8-sig", newline="") as f:

@@ -37,6 +37,8 @@ class StopScanner:
     """
 
     def __init__(self, stops: Iterable[str] = ()):
+        if isinstance(stops, str):  # else each of its characters would be a stop string
+            raise ValueError(f"stop is a list of stop strings, not one string: give [{stops!r}]")
         self.stops = [s for s in stops if s]
         self.pending = ""
         self.stopped = False

@@ -82,6 +82,10 @@ def to_hf(
     the config's id2label and label2id (else Hugging Face's LABEL_0, LABEL_1, ...).
     The model comes in the given one's mode (training or eval). A subclass (an image GPT, with
     its palette and masked start token) is refused: Hugging Face's class would not be it."""
+    if not head and type(model) is not VisionTransformer:  # else it would come with its head
+        raise ValueError(f"head=False: a {type(model).__name__} converts with its head")
+    if isinstance(classes, str):  # else each of its characters would name a class
+        raise ValueError(f"classes is a list of class names, not one string: got {classes!r}")
     if classes is not None:
         names = list(classes.names if isinstance(classes, ClassNames) else classes)
         classifier = type(model) is BertClassifier or (type(model) is VisionTransformer and head)

@@ -122,15 +122,19 @@ def induction_scores(
     repeated random tokens. length: of each copy (default: half the context, at most 128);
     n_tokens: draw ids below this (default: the model's vocabulary)."""
     layers, length = _scored_layers(model, length)
+    vocab_size = model.config.vocab_size
+    n_tokens = vocab_size if n_tokens is None else n_tokens
+    if not 1 <= n_tokens <= vocab_size:
+        raise UserError(f"n_tokens must be 1 to the vocabulary size {vocab_size}, got {n_tokens}")
+    if n_sequences < 1:
+        raise UserError(f"n_sequences must be at least 1, got {n_sequences}")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     total, parts = 0, []
     with eval_mode(model):
         while total < n_sequences:  # a chunk at a time: memory bounded, whatever N is
             count = min(CHUNK, n_sequences - total)
-            tokens = repeated_random_tokens(
-                count, length, n_tokens or model.config.vocab_size, generator
-            )
+            tokens = repeated_random_tokens(count, length, n_tokens, generator)
             parts.append((count, _chunk_scores(model, tokens.to(device), layers, length, copying)))
             total += count
 

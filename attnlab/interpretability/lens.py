@@ -53,6 +53,8 @@ def lens_points(model: nn.Module) -> list[tuple[str, str]]:
 @torch.no_grad()
 def logit_lens(model: nn.Module, args: tuple[torch.Tensor, ...]) -> LensReport:
     """The lens over one forward pass model(*args) (batch of one)."""
+    if len(args[0]) != 1:  # the report has no batch dimension: the other rows would go unread
+        raise ValueError(f"the logit lens reads a batch of one, got {len(args[0])} rows")
     readout = getattr(model, "readout", None)
     chosen = lens_points(model)
     if readout is None or not chosen:

@@ -26,6 +26,8 @@ from attnlab.layers.hooks import HookPoint
 from attnlab.layers.mixers import MixerContext, register_mixer
 from attnlab.layers.positional import RelativePosition
 
+BACKENDS = ("fused", "eager")  # torch's kernels where nothing needs the weights | the equation
+
 
 def scaled_dot_product_attention(
     q: torch.Tensor,
@@ -92,6 +94,8 @@ def scaled_dot_product_attention(
 def expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Keys or values (B, Hkv, Tk, Dh) for H query heads: in grouped-query attention each
     key/value head serves H / Hkv query heads."""
+    if n_heads % x.size(1):  # else H // Hkv heads of each, too few (none, for Hkv > H)
+        raise ValueError(f"{x.size(1)} key/value heads must divide the {n_heads} query heads")
     groups = n_heads // x.size(1)
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # (B, H, Tk, Dh)
 
@@ -178,10 +182,12 @@ class MultiHeadAttention(nn.Module):
         equation written out, always)."""
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
-        if d_model % n_heads or n_heads % n_kv_heads:
+        if min(d_model, n_heads, n_kv_heads) < 1 or d_model % n_heads or n_heads % n_kv_heads:
             raise ValueError(
                 f"bad heads: d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}"
             )
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if causal and cross:
             raise ValueError("cross attention is never causal")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
@@ -283,7 +289,6 @@ def _rows(bias: torch.Tensor | None, start: int, stop: int | None) -> torch.Tens
 
 
 # ------------------------------------------------------------------- the "attention" mixer
-BACKENDS = ("fused", "eager")
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from attnlab.layers.attention import AttentionOptions, build_attention
 from attnlab.layers.dropout import dropout
 from attnlab.layers.feedforward import ACTIVATIONS
 from attnlab.models.registry import CLASSIFY, FILL_MASK, ModelKind, register_kind
-from attnlab.training.sources import IGNORE_INDEX, token_loss
+from attnlab.training.sources import IGNORE_INDEX, check_targets, token_loss
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,7 @@ class BertForMaskedLM(nn.Module):
         hidden = self.encoder(ids, segments)
         if targets is None:
             return self.head(hidden), None
+        check_targets(targets, ids.shape)
         targets = targets.flatten()
         rows = (targets != IGNORE_INDEX).nonzero()[:, 0]  # (N,)
         # N differs every batch: the head runs on N rounded up to a multiple of HEAD_ROWS (the

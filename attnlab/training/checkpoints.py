@@ -68,12 +68,16 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint directory (see the module docstring). `model` must be unwrapped;
-    artifacts: name -> object with to_dict(), for names registered with register_artifact."""
-    path = Path(path)
+    artifacts: name -> object with to_dict(), for names registered with register_artifact;
+    each must fit the model (a tokenizer of its vocabulary): a checkpoint that load_checkpoint
+    would refuse is not written."""
+    path, description = Path(path), describe(model)
+    check_tokenizer(description["config"], (artifacts or {}).get("tokenizer"), "the tokenizer")
+    check_artifacts_fit(description["config"], artifacts or {}, path)
     save_id = {SAVE_ID: uuid.uuid4().hex}  # in every file that changes from save to save
     files = {
         MODEL_FILE: safetensors.torch.save(_whole_weights(model), metadata=save_id),
-        CONFIG_FILE: _json_bytes(describe(model)),
+        CONFIG_FILE: _json_bytes(description),
     }
     for name, artifact in (artifacts or {}).items():
         if name not in ARTIFACTS:

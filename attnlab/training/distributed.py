@@ -174,8 +174,8 @@ class Group:
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.world:
             raise UserError(
-                f"TrainConfig.batch_size {batch_size} does not split among {self.world} processes: the "
-                f"batch size is the global one; choose a multiple of {self.world}"
+                f"TrainConfig.batch_size {batch_size} does not split among {self.world} "
+                f"processes: the batch size is the global one; choose a multiple of {self.world}"
             )
 
     def shard(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -28,6 +28,7 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: flo
     the logits' precision, or float64 for float64 logits: logits (..., V), targets (...). With
     no target scored it is 0, not the NaN of an empty mean: a micro-batch or a rank's shard may
     score nothing (a masked LM's short rows), and its weight in the step (Trainer) is then 0."""
+    check_targets(targets, logits.shape[:-1])
     total = F.cross_entropy(
         logits.flatten(0, -2).to(torch.promote_types(logits.dtype, torch.float32)),
         targets.flatten().long(),  # int32 ids too
@@ -36,6 +37,16 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: flo
         reduction="sum",
     )
     return total / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def check_targets(targets: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Targets (or labels) must be integer ids of the shape given: a float target would be cut
+    to an integer, and one of another shape with as many elements would be read in the wrong
+    order, both without a word."""
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer ids (torch.long), got {targets.dtype}")
+    if tuple(targets.shape) != tuple(shape):
+        raise ValueError(f"targets must have shape {tuple(shape)}, got {tuple(targets.shape)}")
 
 
 class Metrics(Protocol):

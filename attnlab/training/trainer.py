@@ -40,6 +40,7 @@ from attnlab.devices import (
 )
 from attnlab.errors import UserError
 from attnlab.kernels import cpu as cpu_kernels
+from attnlab.layers.contracts import eval_mode
 from attnlab.models.registry import describe
 from attnlab.signals import on_signals
 from attnlab.training.checkpoints import MODEL_FILE, check_tokenizer, load_weights, save_checkpoint
@@ -264,29 +265,29 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean loss per scored target on each evaluation split, the data's scores and the
-        probes' (probes.py): {"val_loss": ..., "val_accuracy": ..., "induction_score": ...}."""
-        self.model.eval()
-        results = {}
-        for split, batches in self.eval_data.items():
-            total, count, scores = 0.0, 0, self.metrics() if self.metrics else None
-            for batch in batches():
-                batch = tuple(self._to_device(t) for t in batch)
-                logits, loss = self._forward(batch, self.compiled_eval)
-                if scored := _scored(batch[-1]):  # a batch weighs as its targets
-                    total, count = total + loss.item() * scored, count + scored
+        probes' (probes.py), in eval mode: {"val_loss": ..., "val_accuracy": ..., ...}."""
+        with eval_mode(self.model):  # and then in the mode the model came in
+            results = {}
+            for split, batches in self.eval_data.items():
+                total, count, scores = 0.0, 0, self.metrics() if self.metrics else None
+                for batch in batches():
+                    batch = tuple(self._to_device(t) for t in batch)
+                    logits, loss = self._forward(batch, self.compiled_eval)
+                    if scored := _scored(batch[-1]):  # a batch weighs as its targets
+                        total, count = total + loss.item() * scored, count + scored
+                    if scores is not None:
+                        scores.update(logits, batch)
+                if not count:  # not a divergence: there was nothing to score
+                    raise UserError(
+                        f"evaluation split {split!r} gave no targets to score (no batches, or "
+                        f"all {IGNORE_INDEX}): eval_data maps each split to a function giving "
+                        "its batches anew at every call"
+                    )
+                results[f"{split}_loss"] = total / count
                 if scores is not None:
-                    scores.update(logits, batch)
-            if not count:  # not a divergence: there was nothing to score
-                raise UserError(
-                    f"evaluation split {split!r} gave no targets to score (no batches, or all "
-                    f"{IGNORE_INDEX}): eval_data maps each split to a function giving its "
-                    "batches anew at every call"
-                )
-            results[f"{split}_loss"] = total / count
-            if scores is not None:
-                results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
-        for probe in self.probes:  # in full precision, on the uncompiled model
-            results.update(probe(self.model))
+                    results.update({f"{split}_{k}": v for k, v in scores.compute().items()})
+            for probe in self.probes:  # in full precision, on the uncompiled model
+                results.update(probe(self.model))
         self.last_eval = results = self.group.mean(results)  # the same figures on every rank
         return results
 
