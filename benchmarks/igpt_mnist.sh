@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Image GPT on binarised MNIST on the CPU: train (configs/igpt_mnist.toml, at most 40 minutes of
 # training steps), then the negative log-likelihood of all 10,000 test digits in nats per image
-# (PixelCNN 81.3, PixelRNN 79.2 in the published table) and a PNG grid of samples and of
-# completions of the test digits' top halves.
+# (pixels thresholded at 127: not comparable with the published PixelCNN 81.3 and PixelRNN 79.2,
+# which are on stochastically binarised MNIST) and a PNG grid of samples and of completions of
+# the test digits' top halves.
 #
 #   benchmarks/igpt_mnist.sh                                   # the full run
 #   OUT=runs/igpt_trial benchmarks/igpt_mnist.sh --max-iters 200   # a short trial

@@ -8,12 +8,13 @@ import sys
 import time
 
 import pytest
+import torch
 from helpers import one_line_error, run
 
 from attnlab.errors import UserError
 from attnlab.evaluation import arena, scaling
 from attnlab.evaluation.arena import Entry, block_parameters, matched_config, report
-from attnlab.evaluation.scaling import Curve, crossovers, measure
+from attnlab.evaluation.scaling import Curve, activation_bytes, build_layer, crossovers, measure
 
 
 @pytest.mark.parametrize("mixer", ["attention", "lstm", "gru", "hyena", "mamba"])
@@ -93,6 +94,16 @@ def test_eager_attention_keeps_quadratic_memory_and_the_fused_kernel_does_not():
         measure(name, 256, 16, repeats=1)[1] for name in ("mamba (fused)", "mamba (scan)")
     )
     assert fused < scan / 4
+
+
+def test_activation_memory_leaves_the_layers_weights_out():
+    """Weights are saved for the backward pass too, but held whatever the length: at a short
+    one they would be most of the figure."""
+    layer = torch.nn.Linear(64, 64, bias=False)
+    x = torch.randn(1, 2, 64, requires_grad=True)
+    assert activation_bytes(lambda: layer(x), layer.parameters())[1] == x.numel() * 4  # x only
+    weights = sum(p.numel() * 4 for p in build_layer("attention (fused)", 16, 4).parameters())
+    assert measure("attention (fused)", 4, 16, repeats=1)[1] < weights
 
 
 def test_a_crossover_is_where_a_mixer_stays_faster_than_fused_attention():

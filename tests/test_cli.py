@@ -178,20 +178,19 @@ def test_run_in_a_notebook_leaves_its_plots_alone(tmp_path, corpus, capsys):
 
 def check_evaluation(result: dict, run_dir: Path, corpus: Path) -> None:
     """`evaluate --json` on the validation split against the same loss computed here: the mean
-    cross-entropy over every non-overlapping context window, each target once; perplexity and
-    bits per byte from it (one byte per character of this ASCII corpus)."""
+    cross-entropy over non-overlapping context windows, every token but the first a target once
+    (the last window shorter); perplexity and bits per byte from it (one byte per character of
+    this ASCII corpus)."""
     loaded = load_checkpoint(run_dir)
     model, length = loaded.model.eval(), loaded.model.config.context_length
     tokens = TextSplits.from_tokens(np.array(loaded.tokenizer.encode(corpus.read_text()))).val
-    windows = torch.from_numpy(tokens.astype(np.int64))
-    n_windows = (len(windows) - 1) // length
-    inputs = torch.stack([windows[i * length : (i + 1) * length] for i in range(n_windows)])
-    targets = torch.stack(
-        [windows[i * length + 1 : (i + 1) * length + 1] for i in range(n_windows)]
-    )
+    ids = torch.from_numpy(tokens.astype(np.int64))
+    logits, targets = [], ids[1:]
     with torch.no_grad():
-        logits, _ = model(inputs)
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
+        for start in range(0, len(ids) - 1, length):
+            inputs = ids[None, start : min(start + length, len(ids) - 1)]
+            logits.append(model(inputs)[0][0])
+    loss = F.cross_entropy(torch.cat(logits), targets).item()
     assert result["tokens"] == targets.numel() == result["bytes"]
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)

@@ -6,13 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from attnlab.data.images import ImageSet, Normalization
 from attnlab.evaluation import evaluate
+from attnlab.evaluation.classification import evaluate_classifier
 from attnlab.evaluation.evaluate import evaluate_language_model
 from attnlab.evaluation.metrics import bits_per_byte, classification_scores, perplexity
 from attnlab.generation import generate
 from attnlab.interpretability.induction import induction_scores
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
 from attnlab.tokenizers import CharTokenizer
 
 
@@ -42,7 +46,8 @@ def test_classification_scores_known_answer():
 def test_evaluating_uniform_predictions(text, bytes_per_char, monkeypatch):
     """A model whose head is zero predicts every token with probability 1/V: its loss is ln V,
     its perplexity V, and its bits per byte log2(V) per character over the bytes per character.
-    Every non-overlapping window of the context counts each target once."""
+    Every token but the first is a target once, those after the last full window of the
+    context (3 and 5 here) in a shorter one."""
     tokenizer = CharTokenizer.from_text(text)
     vocab = tokenizer.vocab_size
     config = GPTConfig(
@@ -54,8 +59,9 @@ def test_evaluating_uniform_predictions(text, bytes_per_char, monkeypatch):
     tokenizer.decode = None  # bytes are counted without decoding, a piece at a time
     monkeypatch.setattr(evaluate, "PIECE", 7)
     result = evaluate_language_model(model, tokens, tokenizer, batch_size=3)
-    targets = (len(tokens) - 1) // 16 * 16
-    evaluated = text[1 : targets + 1]
+    targets = len(tokens) - 1
+    assert targets % 16  # a last window shorter than the context
+    evaluated = text[1:]
     assert result["tokens"] == targets
     assert result["bytes"] == len(evaluated.encode("utf-8"))
     assert result["bytes"] / targets == pytest.approx(bytes_per_char, abs=0.05)
@@ -82,3 +88,26 @@ def test_procedures_run_a_model_in_eval_mode_and_give_it_back_in_its_own():
     generate(model, torch.tensor([[1, 2]]), 3)
     induction_scores(model, n_sequences=2, length=4)
     assert model.training
+
+
+def test_an_image_classifiers_evaluation_is_its_plain_cross_entropy_and_confusion():
+    """Loss: the mean cross-entropy of the logits, not the label-smoothed training loss;
+    confusion[true, predicted]; accuracy its diagonal's share."""
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=4, channels=1, n_classes=3, n_layers=1,
+                       n_heads=2, d_model=16, label_smoothing=0.3)  # fmt: skip
+    model = VisionTransformer(config)
+    torch.nn.init.normal_(model.head.weight, std=2.0)  # the head starts at zero: no predictions
+    data = ImageSet(torch.randint(0, 256, (23, 1, 8, 8), dtype=torch.uint8), torch.arange(23) % 3)
+    normalize = Normalization((0.5,), (0.25,))
+    result = evaluate_classifier(model, data, normalize, batch_size=5)
+    with torch.no_grad():
+        logits, _ = model.eval()(normalize(data.images))
+    predicted = logits.argmax(-1)
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for true, guess in zip(data.labels.tolist(), predicted.tolist(), strict=True):
+        expected[true, guess] += 1
+    assert result["confusion"].equal(expected)
+    assert result["accuracy"] == pytest.approx((predicted == data.labels).float().mean().item())
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, data.labels).item(), rel=1e-5)
+    assert result["images"] == 23

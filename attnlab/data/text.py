@@ -241,13 +241,18 @@ class RandomWindows:
 
 
 def sequential_windows(tokens: np.ndarray, length: int, batch_size: int):
-    """Non-overlapping windows covering `tokens` once, in order: (inputs, targets) batches."""
+    """Non-overlapping windows covering `tokens` once, in order: (inputs, targets) batches, in
+    which every token but the first is a target once. The tokens left after the last full
+    window make a shorter one, a batch of its own."""
     n_windows = (len(tokens) - 1) // length
     for first in range(0, n_windows, batch_size):
         rows = range(first, min(first + batch_size, n_windows))
         windows = np.stack([tokens[r * length : r * length + length + 1] for r in rows])
         windows = torch.from_numpy(windows.astype(np.int64))
         yield windows[:, :-1], windows[:, 1:]
+    if len(tokens) - n_windows * length > 1:  # the rest: at least one target
+        window = torch.from_numpy(tokens[n_windows * length :].astype(np.int64))[None]
+        yield window[:, :-1], window[:, 1:]
 
 
 def language_model_data(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnlab.data.images import ImageSet, Normalization
@@ -16,8 +17,9 @@ from attnlab.layers.contracts import eval_mode
 def evaluate_classifier(
     model: nn.Module, data: ImageSet, normalize: Normalization, batch_size: int = 256
 ) -> dict[str, Any]:
-    """Every image of `data` once. Returns accuracy, loss (mean cross-entropy, nats), the count,
-    and confusion (K, K) int64: confusion[true, predicted]."""
+    """Every image of `data` once. Returns accuracy, loss (mean cross-entropy, nats; not
+    label-smoothed, whatever training smoothed), the count, and confusion (K, K) int64:
+    confusion[true, predicted]."""
     device = next(model.parameters()).device
     n_classes = model.config.n_classes
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
@@ -26,8 +28,8 @@ def evaluate_classifier(
         for start in range(0, len(data), batch_size):
             images = normalize(data.images[start : start + batch_size].to(device))
             labels = data.labels[start : start + batch_size]
-            logits, loss = model(images, labels.to(device))
-            total_loss += loss.item() * len(labels)
+            logits, _ = model(images)
+            total_loss += F.cross_entropy(logits.float().cpu(), labels, reduction="sum").item()
             confusion += confusion_matrix(logits.argmax(-1).cpu(), labels, n_classes)
     count = int(confusion.sum())
     return {

@@ -18,7 +18,8 @@ PIECE = 1 << 20  # tokens whose bytes are counted at a time
 def evaluate_language_model(
     model: nn.Module, tokens: np.ndarray, tokenizer: Tokenizer, batch_size: int = 32
 ) -> dict[str, float]:
-    """Loss over every non-overlapping context-length window of `tokens`, each target once.
+    """Loss over non-overlapping context-length windows of `tokens` (the last one shorter, the
+    tokens left after the full ones), in which every token but the first is a target once.
 
     Returns loss (nats/token), perplexity, bits per byte and the counts behind them. Bytes are
     those the evaluated tokens stand for, so bits/byte compares models with different tokenizers;
@@ -33,7 +34,7 @@ def evaluate_language_model(
             total_loss += loss.item() * targets.numel()
             total_tokens += targets.numel()
     if total_tokens == 0:
-        raise ValueError(f"{len(tokens)} tokens do not fill one window of {length + 1}")
+        raise ValueError(f"{len(tokens)} token(s): none follows another to be predicted")
     evaluated, lengths = tokens[1 : total_tokens + 1], tokenizer.byte_lengths()
     n_bytes = sum(
         int(lengths[evaluated[i : i + PIECE]].sum()) for i in range(0, total_tokens, PIECE)

@@ -2,19 +2,19 @@
 
 For each mixer and length T (doubling from `start`): the median time of a forward and backward
 pass over a (1, T, D) input, and the activation memory, the bytes autograd keeps for the
-backward pass (counted as it saves them; what grows with T, and what decides whether a length
-fits). A mixer stops growing once a pass takes longer than `max_seconds`, or when its next
-length would need more than `memory_limit` bytes if its memory grew quadratically. Attention
-is measured twice: the equation written out (eager: the (T, T) weights are kept) and torch's
-fused kernel (the weights are recomputed, not kept); so is Mamba: its parallel scan in PyTorch,
-and attnlab's fused scan kernel (on a CPU).
+backward pass but the layer's weights (counted as it saves them; what grows with T, and what
+decides whether a length fits). A mixer stops growing once a pass takes longer than
+`max_seconds`, or when its next length would need more than `memory_limit` bytes if its memory
+grew quadratically. Attention is measured twice: the equation written out (eager: the (T, T)
+weights are kept) and torch's fused kernel (the weights are recomputed, not kept); so is Mamba:
+its parallel scan in PyTorch, and attnlab's fused scan kernel (on a CPU).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,13 +76,18 @@ def build_layer(name: str, d_model: int, length: int) -> torch.nn.Module:
     return MIXERS[mixer].build(mixer_options(mixer, options, "scaling"), context)
 
 
-def activation_bytes(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """run()'s output and the bytes of the tensors autograd saved for its backward pass."""
+def activation_bytes(
+    run: Callable[[], torch.Tensor], parameters: Iterable[torch.Tensor] = ()
+) -> tuple[torch.Tensor, int]:
+    """run()'s output and the bytes of the tensors autograd saved for its backward pass, but
+    for those of `parameters` (a layer's weights, saved too, are held whatever the length)."""
     seen: dict[tuple[int, int], int] = {}
+    held = {p.untyped_storage().data_ptr() for p in parameters}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        if storage.data_ptr() not in held:
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -99,7 +104,7 @@ def measure(name: str, length: int, d_model: int, repeats: int) -> tuple[float, 
     with cpu_kernels.enabled(VARIANTS[name][2]):
         for attempt in range(repeats + 1):  # the first is a warm-up
             start = time.perf_counter()
-            out, memory = activation_bytes(lambda: layer(x))
+            out, memory = activation_bytes(lambda: layer(x), layer.parameters())
             out.float().square().mean().backward()
             if attempt:
                 times.append(time.perf_counter() - start)
