@@ -111,6 +111,15 @@ def test_a_config_of_another_kind_is_named_before_its_keys(capsys):
     assert line.endswith("vit_mnist.toml is for `attnlab train vit`, not gpt")
 
 
+def test_an_unknown_preset_in_a_config_file_is_named_with_the_file(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text('preset = "huge"\n')
+    argv = ["train", "gpt", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert line.endswith("c.toml: unknown preset 'huge'; choose one of gpt2, gpt2-medium, "
+                         "gpt2-large, gpt2-xl, tiny")  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
 def test_stdin_that_is_not_utf8_is_one_line(checkpoint):
     tokenizer = str(checkpoint / "tokenizer.json")
     done = subprocess.run(

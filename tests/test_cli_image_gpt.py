@@ -156,6 +156,9 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
         (["--seed", "-1"], "--seed must be in [0, 2**63)"),
         (["--scale", "1000"], "--scale 1000 draws each 16-pixel image 16000 pixels wide"),
         (["--temperature", "0", "--seed", "3"], "--seed would change nothing at --temperature 0"),
+        (["--complete", "a.png", "--completions", "3"], "--completions would change nothing"),
+        (["--complete", "a.png", "--data", "shapes"], "--data would change nothing"),
+        (["--resize"], "--resize scales --complete images"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, flags, message):

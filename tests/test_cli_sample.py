@@ -41,6 +41,7 @@ def test_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--max-new-tokens" in out and "(default: 500)" in out
+    assert "(default: '', the start of a text)" in " ".join(out.split())  # not "none"
 
 
 def test_sample_prints_prompt_and_continuation_only(capsys, checkpoint):

@@ -21,6 +21,7 @@ SMALL = [
     "--embedded-images", "200", "--n-layers", "1", "--d-model", "32", "--batch-size", "16",
     "--eval-iters", "2", "--device", "cpu", "--precision", "fp32",
 ]  # fmt: skip
+ON_FILES = SMALL[2:]  # --embedded-images sizes the embedded shapes only
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_training_on_a_bad_idx_file_is_one_line(tmp_path, capsys):
     write_mnist(data, compress=False)
     (data / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros(6, np.uint8), IDX_LABELS))
     out = tmp_path / "run"
-    code, _, err = run(["train", "vit", "--data", str(data), "--out", str(out), *SMALL], capsys)
+    code, _, err = run(["train", "vit", "--data", str(data), "--out", str(out), *ON_FILES], capsys)
     assert "not an IDX image file: magic number 2049" in one_line_error(code, err)
     assert not (out / "model.safetensors").exists()
 
@@ -160,7 +161,7 @@ def test_digits_the_patches_do_not_tile_say_what_to_give(tmp_path, capsys):
         labels = (np.arange(n) % 2).astype(np.uint8)
         (data / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels, IDX_LABELS))
     out = tmp_path / "run"
-    code, _, err = run(["train", "vit", "--data", str(data), "--out", str(out), *SMALL], capsys)
+    code, _, err = run(["train", "vit", "--data", str(data), "--out", str(out), *ON_FILES], capsys)
     line = one_line_error(code, err)
     assert "28x28 pixels, which 8x8 patches do not tile" in line
     assert "--preset mnist" in line and "--patch-size that divides 28 (2, 4, 7, 14)" in line
@@ -236,9 +237,11 @@ def test_init_from_a_run_of_other_classes_starts_a_new_head(trained, tmp_path, c
         ("vit", ["--image-size", "4", "--patch-size", "2"], "shapes need images of 8 pixels"),
         ("vit", ["--patch-size", "0"], "patch_size must be at least 1, got 0"),
         ("igpt", ["--image-size", "-8"], "image_size must be at least 1 pixel, got -8"),
+        ("vit", ["--data", "mnist"], "--embedded-images sizes the embedded shapes: with --data"),
+        ("igpt", ["--data", "mnist"], "--embedded-images sizes the embedded shapes: with --data"),
     ],
 )
-def test_image_and_patch_sizes_out_of_range_are_one_line(tmp_path, capsys, kind, flags, message):
+def test_bad_image_settings_and_unused_ones_are_one_line(tmp_path, capsys, kind, flags, message):
     out = tmp_path / "run"
     argv = ["train", kind, *flags, "--embedded-images", "50", "--max-iters", "1", "--out", str(out)]
     assert message in one_line_error(*run(argv, capsys)[::2])

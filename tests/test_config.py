@@ -1,7 +1,9 @@
+import argparse
 import dataclasses
 
 import pytest
 
+from attnlab.cli import build_parser
 from attnlab.config import config_from_dict, config_to_dict, replace
 from attnlab.data.translation import TranslationDataConfig
 from attnlab.errors import ConfigError
@@ -53,3 +55,19 @@ def test_ints_widen_to_floats_and_none_is_allowed_where_optional():
 def test_replace_validates():
     with pytest.raises(ConfigError, match="d_model"):
         replace(GPTConfig(), d_model=100)
+
+
+def test_every_flag_of_every_command_says_what_it_sets():
+    """A config field's flag takes its help from the field's comment: a field without one would
+    show its default alone (`--seed SEED (default: 1337)`)."""
+    parsers = [build_parser()]
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings:
+                help_text = (action.help or "").strip()
+                assert help_text and not help_text.startswith("(default:"), (
+                    parser.prog,
+                    action.option_strings,
+                )

@@ -1,7 +1,10 @@
+import dataclasses
 import re
 from pathlib import Path
 
 import torch
+
+from attnlab.models import get_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -44,3 +47,10 @@ def test_shape_comments_are_read():
 
 def test_readme_shows_the_two_quickstart_commands():
     assert "make demo" in README and "make test" in README
+
+
+def test_the_config_files_top_level_keys_listed_are_the_kinds_data_settings():
+    for kind in ("gpt", "translation"):
+        listed = re.search(rf"for\s+`{kind}`,\s+([^;.]*)", GUIDES)[1]
+        fields = [f.name for f in dataclasses.fields(get_kind(kind).data_config)]
+        assert re.findall(r"`(\w+)`", listed) == fields, kind

@@ -116,6 +116,12 @@ def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(
     config.write_text(longer + "[training]\nmax_iters = 6\n")
     code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
     assert "cannot change the data or the model (context_length)" in one_line_error(code, err)
+    typos = [("model", "context_lenght", settings.replace("context_length", "context_lenght")),
+             ("training", "max_iter", settings + "[training]\nmax_iter = 6\n")]  # fmt: skip
+    for table, typo, text in typos:  # a typo is no setting, nor a change to refuse
+        config.write_text(text)
+        code, _, err = run(["train", "gpt", "--config", str(config), "--resume", *FAST], capsys)
+        assert f"run.toml [{table}]: unknown key(s) {typo} for" in one_line_error(code, err)
 
 
 def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(

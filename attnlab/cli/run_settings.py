@@ -21,8 +21,6 @@ from attnlab.training.checkpoints import MODEL_FILE, checkpoint_description
 from attnlab.training.config import TrainConfig
 from attnlab.training.state import read_training_state
 
-TABLES = {"model": dict, "training": dict}  # a config file's tables
-
 
 def refuse_data_fields(names: set[str]) -> None:
     """Model fields the data sets (the vocabulary's size, the classes) are no settings: those
@@ -41,7 +39,8 @@ def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # first: its keys are theirs
         raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
     data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
-    allowed = {"kind", "out", "preset", *data_fields, *TABLES}
+    tables = {"model": kind.config, "training": TrainConfig}  # a config file's tables
+    allowed = {"kind", "out", "preset", *data_fields, *tables}
     unknown = sorted(set(toml) - allowed)
     if unknown:
         raise UserError(
@@ -50,12 +49,14 @@ def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     for key in ("out", "preset"):
         if key in toml and not isinstance(toml[key], str):
             raise UserError(f"{path}: '{key}' must be a string")
-    for key in TABLES:
+    for key, cls in tables.items():
         if key in toml and not isinstance(toml[key], dict):
             raise UserError(f"{path}: '{key}' must be a table ([{key}])")
         # the fields the kind ignores have no flags, but a file may name them
         if unused := sorted(kind.unused_fields & toml.get(key, {}).keys()):
             raise UserError(f"{path} [{key}]: {kind.name} does not use {', '.join(unused)}")
+        # keys and types, named by the file (resuming too: a typo is an unknown key, no change)
+        check_fields(cls, toml.get(key, {}), source=f"{path} [{key}]")
     return data_fields & set(toml)
 
 
@@ -63,7 +64,9 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
     """A new run's settings: preset, data settings and configs from the file and the flags."""
     preset = args.preset or toml.get("preset") or kind.default_preset
     if preset not in kind.presets:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(kind.presets)}")
+        raise UserError(  # a file's: a flag's is checked as it is parsed
+            f"{source}: unknown preset {preset!r}; choose one of {', '.join(kind.presets)}"
+        )
     data = build_config(
         kind.data_config,
         {k: toml[k] for k in data_keys},

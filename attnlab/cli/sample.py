@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
-    parser.add_argument("--prompt", default="", help="text to continue ('' = start of a text)")
+    parser.add_argument(
+        "--prompt", default="", help="text to continue (default: '', the start of a text)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens per sample")
     parser.add_argument(
         "--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 flatter"

@@ -16,6 +16,7 @@ from attnlab.cli.options import (
     add_device_flag,
     check_output,
     check_sampling_flags,
+    given_flags,
     record_defaults,
 )
 from attnlab.devices import pick_device
@@ -97,6 +98,13 @@ def sample_images_command(args: argparse.Namespace) -> int:
         if getattr(args, name) < least:
             raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
     check_sampling_flags(args, temperature=args.temperature, top_k=args.top_k)
+    if args.complete and (unused := given_flags(args, ("completions", "data"))):
+        raise UserError(
+            f"{' and '.join(unused)} would change nothing: --complete gives the images to "
+            f"complete; leave {'it' if len(unused) == 1 else 'them'} out"
+        )
+    if args.resize and not args.complete:
+        raise UserError("--resize scales --complete images: without --complete it is unused")
     out = check_output(
         "--out",
         args.out or Path(args.checkpoint) / "samples.png",

@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=min(os.cpu_count() or 1, 8),
-        help="processes that count pre-tokens",
+        help="processes that count pre-tokens (default: the CPU cores, at most 8)",
     )
     train.set_defaults(handler=run_train)
 

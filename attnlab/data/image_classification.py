@@ -45,6 +45,17 @@ class ImageDataConfig:
             raise ConfigError(f"ImageDataConfig.shift must be >= 0, got {self.shift}")
 
 
+def check_embedded_images(request: DataRequest) -> None:
+    """Refuse --embedded-images given for other data than the embedded shapes, which it sizes
+    (in training: a checkpoint scored on other data keeps its run's setting)."""
+    settings = request.settings
+    default = type(settings).embedded_images
+    if not request.evaluate and settings.data != "shapes" and settings.embedded_images != default:
+        raise UserError(
+            f"--embedded-images sizes the embedded shapes: with --data {settings.data} it is unused"
+        )
+
+
 def load_image_data(
     settings: ImageDataConfig, image_size: int, log: Callable[[str], None] = print, channels=0
 ) -> ImageDataset:
@@ -161,6 +172,7 @@ def image_training_data(request: DataRequest) -> TrainingData:
     checkpoint's when resuming), random batches to train, a fixed sample of eval_iters batches
     of the test images to evaluate (evaluation_images), and accuracy beside the loss."""
     settings, train = request.settings, request.train
+    check_embedded_images(request)
     if 0 < request.model["image_size"] <= settings.shift:  # before any image is read
         raise UserError(
             f"--shift {settings.shift} would move images of {request.model['image_size']} "

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from attnlab.config import check_positive, check_types
-from attnlab.data.image_classification import ImageBatches, evaluation_images, load_image_data
+from attnlab.data.image_classification import (
+    ImageBatches,
+    check_embedded_images,
+    evaluation_images,
+    load_image_data,
+)
 from attnlab.data.images import ImageSet
 from attnlab.data.palette import PALETTE_HELP, Palette
 from attnlab.errors import ConfigError, UserError
@@ -65,6 +70,7 @@ def image_gpt_training_data(request: DataRequest) -> TrainingData:
     else fitted to the training images), random batches of token sequences, a fixed sample of
     the test images to evaluate, scored in nats per image."""
     settings, train = request.settings, request.train
+    check_embedded_images(request)
     dataset = load_image_data(settings, request.model["image_size"], request.log)
     _, channels, height, width = dataset.train.images.shape
     if height != width:

@@ -278,9 +278,7 @@ def language_model_data(
 @dataclass(frozen=True)
 class TextDataConfig:
     data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset, stdlib, task:NAME
-    tokenizer: str = (
-        "char"  # char, byte, bpe:N (N = vocabulary size, learned on the data), gpt2, FILE
-    )
+    tokenizer: str = "char"  # char, byte, bpe:N (N tokens learned on the data), gpt2, a file, a run
     repeat: bool = False  # each window ends with its own beginning again (see induction heads)
 
 

@@ -65,7 +65,7 @@ class BertConfig:
     prenorm: bool = False  # pre-norm blocks and a final norm (BERT itself is post-norm)
     positional: str = "learned"  # learned (BERT) | rope (rotary, as RoFormer)
     activation: str = "gelu"  # relu | gelu | gelu_tanh | silu
-    norm_eps: float = 1e-12
+    norm_eps: float = 1e-12  # added to the variance inside each norm
     dropout: float = 0.1  # on embeddings, attention weights and residual branches
     pad_id: int = 0  # the padding token: never attended to
     n_classes: int = 2  # classes of the classification head (the classifier kind)

@@ -57,7 +57,7 @@ class GPTConfig:
     d_model: int = 768  # residual stream width
     d_ff: int | None = None  # feed-forward hidden width; None = 4 * d_model
     norm: str = "layernorm"  # layernorm | rmsnorm
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # added to the variance inside each norm
     positional: str = "learned"  # learned | sinusoidal | rope | alibi | none
     activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | silu | swiglu | geglu
     bias: bool = True  # biases in linear layers and LayerNorm

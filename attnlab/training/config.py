@@ -20,17 +20,17 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | constant | wsd | inverse_sqrt
     warmup_iters: int = 100  # linear warmup steps
     weight_decay: float = 0.1  # on weight matrices (linear, embedding, recurrent)
-    beta1: float = 0.9
-    beta2: float = 0.99
+    beta1: float = 0.9  # AdamW's decay of its gradient average
+    beta2: float = 0.99  # AdamW's decay of its squared-gradient average
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250  # evaluate and checkpoint every N steps (and at the end)
     eval_iters: int = 20  # batches per evaluation, each the size of a training batch
-    seed: int = 1337
+    seed: int = 1337  # random seed: initial weights, batches, dropout
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False  # torch.compile the model for training
     compile_by_block: bool = False  # with compile: one block for all layers; builds faster
     cpu_kernels: bool = True  # on a CPU, attnlab's kernels (attention, GELU, dropout)
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
 
     def __post_init__(self):
