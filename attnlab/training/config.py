@@ -1,4 +1,7 @@
-"""TrainConfig: how a model is trained, whatever the model (the Trainer's settings)."""
+"""TrainConfig: how a model is trained, whatever the model (the Trainer's settings).
+
+batch_size and eval_iters size the batches of the data sources a kind builds (`attnlab train`);
+a Trainer given sources of one's own trains and evaluates on their batches as they come."""
 
 from __future__ import annotations
 

@@ -279,9 +279,8 @@ class Trainer:
                         scores.update(logits, batch)
                 if not count:  # not a divergence: there was nothing to score
                     raise UserError(
-                        f"evaluation split {split!r} gave no targets to score (no batches, or "
-                        f"all {IGNORE_INDEX}): eval_data maps each split to a function giving "
-                        "its batches anew at every call"
+                        f"evaluation split {split!r} gave no targets to score (no batches, or all "
+                        f"{IGNORE_INDEX}): eval_data maps splits to functions giving batches anew"
                     )
                 results[f"{split}_loss"] = total / count
                 if scores is not None:
