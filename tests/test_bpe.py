@@ -361,9 +361,16 @@ def test_malformed_files_are_user_errors(tmp_path, trained, change):
         load_tokenizer(path)
 
 
-def test_the_counting_workers_leave_ctrl_c_to_the_parent():
-    with bpe_training._process_pool(2) as pool:  # no tracebacks from each worker on Ctrl-C
-        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+def test_the_counting_workers_leave_ctrl_c_to_the_parent_and_end_on_sigterm():
+    # a handler that raises, as a torchrun rank's does: forked workers inherit it, and the
+    # SIGTERM with which the pool ends them was a traceback from each
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with bpe_training._process_pool(2) as pool:  # no tracebacks from each worker on Ctrl-C
+            assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize(

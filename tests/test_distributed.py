@@ -251,6 +251,21 @@ def test_attnlab_starts_its_own_ranks(tmp_path, text, capsys):
     assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
+def test_the_ranks_warn_once_and_learn_a_tokenizer_quietly(tmp_path, text):
+    """Every rank raises the same warnings (a C++ compiler missing): rank 0 speaks for them.
+    FSDP warns of the view a masked LM returns, which the Trainer never writes into. (The BPE
+    pool's workers, ended by SIGTERM, once raised a rank's stop at times: test_bpe.py.)"""
+    command = [sys.executable, "-m", "attnlab", "train", "bert", "--out", str(tmp_path / "r")]
+    command += ["--data", str(text), *SETTINGS, "--max-iters", "2", "--tokenizer", "bpe:300"]
+    command += ["--processes", "2", "--distributed", "fsdp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env |= {"ATTNLAB_CACHE": str(tmp_path / "cache"), "CXX": str(tmp_path / "no-compiler")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    warned = [line for line in done.stderr.splitlines() if line.startswith("attnlab: warning:")]
+    assert len(warned) == 1 and "CPU kernels failed" in warned[0], done.stderr
+
+
 def test_started_by_attnlab_a_batch_the_ranks_cannot_split_is_one_line_and_exit_2(tmp_path, text):
     done = attnlab_processes(tmp_path / "r", text, "--distributed", "ddp", "--batch-size", "3")
     line = one_line_error(done.returncode, done.stderr)

@@ -148,8 +148,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
-    """A warning as a user of the command reads it: one line, not the code that raised it."""
-    return f"attnlab: warning: {message}\n"
+    """A warning as a user of the command reads it: one line, not the code that raised it. Of
+    torchrun's ranks, which run the same code and so raise the same warnings, rank 0 speaks."""
+    return f"attnlab: warning: {message}\n" if _rank_0() else ""
+
+
+def _rank_0() -> bool:
+    """Whether this process speaks for the run: alone, or rank 0 of torchrun's ranks."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _main(argv: list[str]) -> int:
@@ -160,7 +166,7 @@ def _main(argv: list[str]) -> int:
         args.argv = argv  # for a command that starts itself again (train --processes)
         return args.handler(args) or 0
     except UserError as error:  # of torchrun's ranks, rank 0 speaks for all (the same checks)
-        if os.environ.get("RANK", "0") == "0" or getattr(error, "every_rank", False):
+        if _rank_0() or getattr(error, "every_rank", False):
             say_error(str(error))
         return 2
     except UnicodeError as error:  # text from the user that is not UTF-8 (stdin, arguments)

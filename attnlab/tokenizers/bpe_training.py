@@ -139,10 +139,15 @@ def _process_pool(workers: int):
     # fork starts workers in milliseconds; spawn would re-import torch in each one.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    # Ctrl-C is the parent's to handle (it ends the pool): the workers print no tracebacks
-    return context.Pool(
-        workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)
-    )
+    return context.Pool(workers, initializer=_worker_signals)
+
+
+def _worker_signals() -> None:
+    """Ctrl-C is the parent's to handle (it ends the pool), and the SIGTERM with which the pool
+    ends its workers ends them: not the handler a forked worker inherits (a torchrun rank's
+    raises), so that the workers print no tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class MergeTrainer:

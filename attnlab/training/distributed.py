@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -156,6 +158,11 @@ class Group:
             fully_shard(model)
             for name, param in model.named_parameters():
                 vars(param).update(marks[name])
+            # FSDP warns of every view the model returns (BERT's logits of the masked rows),
+            # lest one write into it; the model's outputs go to the Trainer, which never does
+            # (its blocks', which a model's own code might, are still watched)
+            shown = re.escape(type(model).__name__)
+            warnings.filterwarnings("ignore", rf"FSDP2-wrapped module \({shown}\) returned a view")
         return model
 
     @contextlib.contextmanager
