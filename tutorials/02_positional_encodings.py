@@ -225,9 +225,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# attnlab pairs channel i with channel i + Dh/2 (the GPT-NeoX and Llama layout) rather than
-# neighbours 2i and 2i+1 as the RoPE paper writes it; it is the same rotation with the
-# channels listed in another order. The frequencies `θ_i = 10000^(-2i/Dh)` are the sinusoids'.
+# attnlab pairs channel i with channel i + Dh/2 (the layout of GPT-NeoX and of Hugging Face's
+# Llama) rather than neighbours 2i and 2i+1, as the RoPE paper and Meta's own Llama code do;
+# it is the same rotation with the channels listed in another order, which is why converting
+# Meta's Llama weights permutes the rows of W_Q and W_K. The frequencies `θ_i = 10000^(-2i/Dh)`
+# are the sinusoids'.
 
 # %% [markdown]
 # ## 5. ALiBi: a distance penalty per head (Press et al. 2022)

@@ -283,10 +283,10 @@ for vocab_size, ratio in zip(vocab_sizes, held_ratio, strict=True):
 #
 # ## 6. GPT-2's vocabulary
 #
-# GPT-2 uses the same byte-level BPE with 50,000 merges (50,257 tokens: 256 bytes, the merges,
-# and `<|endoftext|>`), learned on 40 GB of web pages. `attnlab tokenize show --tokenizer gpt2`
-# reads its `vocab.bpe` and `encoder.json` (the dataset `gpt2-bpe`). The quick check skips this
-# part: those files are not embedded.
+# GPT-2, a model trained on 40 GB of web pages (WebText), uses the same byte-level BPE with
+# 50,000 merges (50,257 tokens: 256 bytes, the merges, and `<|endoftext|>`). `attnlab tokenize
+# show --tokenizer gpt2` reads its `vocab.bpe` and `encoder.json` (the dataset `gpt2-bpe`). The
+# quick check skips this part: those files are not embedded.
 
 # %%
 if USE_GPT2:

@@ -139,8 +139,9 @@ plt.show()
 # queries are computed too, and then ignored, since no loss or later query reads them. In the
 # decoder, `playing` sees only itself and the words before it. In cross-attention every target
 # position sees the whole source sentence: the decoder may "look up" any German word at any
-# moment, which is what replaced the fixed-size summary vector of the older RNN
-# encoder-decoders.
+# moment. That look-up, attention over the source, had already replaced the fixed-size summary
+# vector of RNN encoder-decoders (Bahdanau et al. 2015); the Transformer kept it and dropped the
+# recurrence.
 #
 # The decoder needs no padding mask of its own: targets are padded on the right too, and the
 # causal mask already keeps every real position from seeing the pads after it. When two masks
@@ -387,8 +388,8 @@ assert gap < 1e-4
 # - **Beam search** keeps the K best partial translations (the "beam"), extends each by every
 #   token, and keeps the K best of those by total log-probability. Finished hypotheses are
 #   compared by `log P(Y|X) / lp(Y)` with the length penalty `lp(Y) = ((5 + |Y|) / 6)^α`
-#   (Wu et al. 2016), because a raw sum of log-probabilities always prefers shorter outputs.
-#   The paper used K = 4 and α = 0.6, attnlab's defaults.
+#   (Wu et al. 2016), because a raw sum of log-probabilities favours shorter outputs (each
+#   token adds a negative term). The paper used K = 4 and α = 0.6, attnlab's defaults.
 #
 # From the shell this is `attnlab translate RUN "sentence" --beam-size 1` (greedy) or `4`:
 

@@ -213,9 +213,9 @@ for row in range(5):
 
 # %% [markdown]
 # Brackets mark the selected positions, the only ones the loss looks at: `→MASK` (80%),
-# `→other token` (10%; any token of the vocabulary, which may be a piece of a word or a lone
-# byte, shown as �) and `=kept` (10%). Five draws of one sentence are far too few to see the
-# proportions. Count them instead over a few hundred thousand tokens of the pre-training text,
+# `→other token` (10%; any ordinary token of the vocabulary, which may be a piece of a word or
+# a lone byte, shown as �) and `=kept` (10%). Five draws of one sentence are far too few to see
+# the proportions. Count them instead over a few hundred thousand tokens of the pre-training text,
 # packed as training packs it: `[CLS] sentence sentence ... [SEP] [PAD] ...`, sentences kept
 # whole, up to the context length.
 
@@ -453,9 +453,8 @@ plt.show()
 # 10,000 steps (66 minutes; 82M token positions read, from 3M tokens of movie reviews, SST-2
 # sentences and image captions) and then fine-tunes both ways for 2,000 steps: 85.6% pre-trained
 # against 81.4% from scratch (benchmarks/RESULTS.md), and the pre-trained run leads at every
-# evaluation. BERT-Base, pre-trained on 3.3 billion words,
-# reaches 93.5% on SST-2. Those are the scales at which "pre-train, then fine-tune" changed
-# the field.
+# evaluation. BERT-Base, pre-trained on 3.3 billion words, reaches 93.5% on SST-2 (GLUE's test
+# set). Those are the scales at which "pre-train, then fine-tune" changed the field.
 #
 # For contrast, the embedding table of the classifier trained from scratch. It only ever had
 # to help with the labels, in a few hundred steps: expect mostly noise from its random start,

@@ -297,9 +297,10 @@ plt.show()
 #
 # Each block *adds* its output to the residual stream, and the model reads the stream only at
 # the end (final LayerNorm, then the output matrix). The logit lens (nostalgebraist, 2020)
-# applies that same read-out to the stream after *every* sub-layer, as if the model stopped
-# there, to see where each prediction forms. `attnlab inspect lens` prints each row's top
-# prediction at each position and draws it coloured by its probability.
+# applies that same read-out to the stream after *every* layer (attnlab: after every
+# sub-layer), as if the model stopped there, to see where each prediction forms. `attnlab
+# inspect lens` prints each row's top prediction at each position and draws it coloured by its
+# probability.
 
 # %%
 LENS_TEXT = "to be, or not to be"

@@ -289,11 +289,12 @@ assert growth["attention (eager)"] > max(others), growth
 #
 # ## A task that needs memory: associative recall
 #
-# `task:associative_recall` (from the Hyena paper) draws sequences of key-value pairs, keys
-# lower case a-o and values upper case A-O, and ends with a key seen before: the answer is the
-# value that came after it. Within a sequence a key always has the same value, but every
-# sequence draws new bindings, so nothing can be memorised in the weights: the model must look
-# the answer up in its context. Here is one, 24 tokens long (the real ones are longer).
+# `task:associative_recall` (set up as in the Hyena paper; the task goes back to Ba et al.
+# 2016) draws sequences of key-value pairs, keys lower case a-o and values upper case A-O, and
+# ends with a key seen before: the answer is the value that came after it. Within a sequence a
+# key always has the same value, but every sequence draws new bindings, so nothing can be
+# memorised in the weights: the model must look the answer up in its context. Here is one, 24
+# tokens long (the real ones are longer).
 
 # %%
 generator = torch.Generator().manual_seed(10)

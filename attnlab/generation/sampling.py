@@ -69,7 +69,8 @@ def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float)
     logits: (B, V); seen: (B, S) token ids seen so far in each row, or a (B, V) boolean mask of
     them (decoding keeps one, so every step has the same shapes). The logit of every seen token
     is divided by `penalty` when positive and multiplied by it when negative, so with
-    penalty > 1 a seen token always becomes less likely, whatever its sign. Each seen token is
+    penalty > 1 a seen token always becomes less likely, whatever its sign (CTRL divides every
+    seen logit, which raises a negative one; the sign rule is Hugging Face's). Each seen token is
     penalised once however often it occurred.
     """
     if penalty <= 0:

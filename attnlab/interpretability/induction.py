@@ -7,12 +7,13 @@ token that followed the same token earlier (prefix matching) and raises that tok
 (copying), so the model predicts the second copy from the first. The scores:
 - prefix matching, per head: the attention from each second-copy position t to the earlier
   positions j whose previous token is the token at t (tokens[j-1] == tokens[t]), summed, and
-  averaged over the second copy (Olsson et al., section "Per-Token Loss Analysis" and appendix);
+  averaged over the second copy (Olsson et al., "Key Concepts: Induction Heads", and appendix);
 - copying, per head: the head's direct effect on the logits (its output taken out of the final
   residual stream, read through the model's readout) ranks the token it should copy (the next
   one) among all V tokens: 1 = always first, 0.5 = chance. Needs a model with readout();
-- in-context learning score: the mean loss at late positions minus the mean at early ones (here
-  the second copy and the first); negative when the context helps.
+- in-context learning score: the mean loss at late positions minus the mean at early ones (Olsson
+  et al.: the loss at the 500th token minus that at the 50th; here the second copy and the
+  first); negative when the context helps.
 """
 
 from __future__ import annotations

@@ -106,7 +106,9 @@ class RotaryEmbedding(RelativePosition):
 
     Rotating q at position m and k at position n by their angles makes q·k depend on m - n only,
     so attention scores see relative positions while keys can still be cached after rotation.
-    Channels are paired by halves (the GPT-NeoX / Llama layout): with x = (x1, x2),
+    Channels are paired by halves (GPT-NeoX's and Hugging Face Llama's layout; the paper and
+    Meta's Llama code pair neighbours 2i, 2i+1, the same rotation on permuted channels):
+    with x = (x1, x2),
     rotate(x) = x·cos + (-x2, x1)·sin = x·cos + roll(x, Dh/2)·(-sin, sin).
 
     scale > 1 is position interpolation (Chen et al. 2023): position m turns by the angles of

@@ -140,7 +140,7 @@ def _gpt2(n_layers: int, n_heads: int, d_model: int) -> GPTConfig:
 
 PRESETS: dict[str, GPTConfig] = {
     "gpt2": _gpt2(12, 12, 768),  # 124M
-    "gpt2-medium": _gpt2(24, 16, 1024),  # 350M
+    "gpt2-medium": _gpt2(24, 16, 1024),  # 355M
     "gpt2-large": _gpt2(36, 20, 1280),  # 774M
     "gpt2-xl": _gpt2(48, 25, 1600),  # 1558M
     # The classic CPU "baby GPT": trains on a laptop in minutes.

@@ -177,7 +177,7 @@ class VisionTransformer(nn.Module):
     def reset_parameters(self) -> None:
         """Truncated N(0, 0.02) for the matrices, the position table and the class token (as
         the reference implementations); the head starts at zero (the paper's fine-tuning head,
-        section 3.1), so the first logits are all zero and the first loss is ln K."""
+        section 3.2), so the first logits are all zero and the first loss is ln K."""
 
         def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
             if layer is self.head:

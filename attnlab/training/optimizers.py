@@ -19,8 +19,9 @@ def build_optimizer(
     """AdamW decaying only the weights of linear and embedding layers (layers/contracts.py:
     decayed). Biases, norm gains, a mixer's dynamics and what a layer marks no_weight_decay are
     left alone: shrinking them towards zero has no regularising meaning (Loshchilov & Hutter
-    2019 decouple decay; GPT-3 and later exclude biases and gains). Parameters a layer gives a
-    learning_rate_scale form groups of their own, whose "lr_scale" the Trainer applies."""
+    2019 decouple decay; GPT, Radford et al. 2018, already spared biases and gains).
+    Parameters a layer gives a learning_rate_scale form groups of their own, whose "lr_scale"
+    the Trainer applies."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = decayed(model)
     # (decayed, learning-rate scale) -> parameters; the two plain groups always, in this order
