@@ -282,8 +282,8 @@ assert two_back.mean() > 0.5, "attention did not settle on the token two back"
 #   `weights` look?
 # - Drop the position embedding from `LookBack.forward`. Can the layer still learn the task? Why
 #   not? (Hint: without positions, attention cannot tell "two back" from any other earlier word.
-#   It still beats chance a little: the first scored queries, at positions 2 and 3, have only
-#   two or three earlier words to pick from.)
+#   It still beats chance by far, at every position: the answer is always one of the earlier
+#   words, and at positions 2 and 3 there are only two or three of them.)
 # - Change the task to "the token three back", or to "the largest token so far". Which can one
 #   attention layer learn, and what does its pattern look like?
 # - Give `LookBack` two heads and the task "the sum of the tokens one and two back (mod 16)".

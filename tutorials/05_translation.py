@@ -489,9 +489,10 @@ def bleu_by_hand(hypotheses, refs, show=False):
             h_grams, r_grams = ngrams(h, n), ngrams(r, n)
             matches[n - 1] += sum(min(k, r_grams[g]) for g, k in h_grams.items())  # clipped
             totals[n - 1] += sum(h_grams.values())
-    precisions = [m / t for m, t in zip(matches, totals, strict=True)]
+    precisions = [m / t if t else 0.0 for m, t in zip(matches, totals, strict=True)]
     brevity = min(1.0, math.exp(1 - ref_length / hyp_length))
-    score = 100 * brevity * math.exp(sum(math.log(p) for p in precisions) / 4)
+    log_mean = sum(math.log(p) if p else -math.inf for p in precisions) / 4  # log 0 = -inf
+    score = 100 * brevity * math.exp(log_mean)  # 0 when some precision is 0
     if show:
         shown = ", ".join(f"p{n}={matches[n - 1]}/{totals[n - 1]}" for n in range(1, 5))
         print(f"  {shown}; c={hyp_length}, r={ref_length}, BP={brevity:.4f} -> BLEU {score:.2f}")
@@ -505,14 +506,18 @@ print(f"reference:  {reference}\nhypothesis: {close}")
 bleu_by_hand([close], [reference], show=True)
 print(f"hypothesis: {short}   (every n-gram matches, but it is short)")
 _ = bleu_by_hand([short], [reference], show=True)
+silly = "the the the the"
+print(f"hypothesis: {silly}   (one 'the' in the reference)")
+assert bleu_by_hand([silly], [reference], show=True) == 0  # no 2-gram matches
 
 # %% [markdown]
 # The first: 7 of 9 words match (`a` twice, clipped to the two in the reference); 5 of 8
 # bigrams; 3 of 7 trigrams; 2 of 6 4-grams. Same length, so BP = 1, and
 # BLEU = (7/9 · 5/8 · 3/7 · 2/6)^(1/4) = 51.3. The second has perfect precision at every n,
-# yet scores 28.7: BP = exp(1 − 9/4) = 0.29. Now the same numbers from sacreBLEU, the standard
-# implementation that `attnlab evaluate` uses (its 13a tokenizer leaves these plain lower-case
-# words as they are):
+# yet scores 28.7: BP = exp(1 − 9/4) = 0.29. The third shows the clipping: one `the` of four
+# counts, and with no matching 2-gram (p_2 = 0) the geometric mean, and BLEU, is 0. Now the
+# same numbers from sacreBLEU, the standard implementation that `attnlab evaluate` uses (its 13a
+# tokenizer leaves these plain lower-case words as they are):
 
 # %%
 from sacrebleu.metrics import BLEU
@@ -636,4 +641,5 @@ plt.show()
 # 3. At the default size: set `--length-penalty 0` and then `2` on `evaluate`: how do the
 #    brevity penalty and the BLEU change, and why?
 # 4. In `bleu_by_hand`, drop the clipping (count every matching n-gram). Which silly hypothesis
-#    now gets a high score against the reference above?
+#    now gets a high score against the reference above? (Repeating one word is not enough: its
+#    2-grams match nothing.)
