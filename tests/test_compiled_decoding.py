@@ -79,3 +79,23 @@ def test_a_failing_compiler_decodes_eagerly(monkeypatch):
         warnings.simplefilter("error", RuntimeWarning)
         assert generate(model, [[1, 2, 3]], 20, temperature=0, compile=True) == expected
     compiled_steps._libraries.cache_clear()
+
+
+def test_compiled_decoding_refuses_a_model_with_hooks_attached(monkeypatch):
+    """A compiled step would keep capture's patch after the block ends (or, built before it,
+    ignore it): an ablated head must not stay ablated, nor a capture record nothing."""
+    from attnlab.errors import UserError
+    from attnlab.interpretability import ablate_heads, capture
+
+    model = tiny_gpt("rope", context_length=16)
+    monkeypatch.setattr(compiled_steps, "_build", no_compiler)  # fast: it must not get there
+    compiled_steps._libraries.cache_clear()
+    patch = {"blocks.1.token_mixer.attention_weights": ablate_heads([0, 1])}
+    refused = r"cannot run the hooks on blocks.0.token_mixer.attention_weights, .*compile=False"
+    with pytest.raises(UserError, match=refused), capture(model, patches=patch):
+        generate(model, [[1, 2, 3]], 5, temperature=0, compile=True)
+    handle = model.blocks[0].register_forward_pre_hook(lambda module, args: None)
+    with pytest.raises(UserError, match=r"cannot run the hooks on blocks.0 \("):
+        generate(model, [[1, 2, 3]], 5, temperature=0, compile=True)
+    handle.remove()
+    compiled_steps._libraries.cache_clear()

@@ -212,6 +212,38 @@ def test_a_patch_in_place_changes_no_earlier_record_and_keeps_backward_working()
     assert model.blocks[0].token_mixer.output_projection.weight.grad is not None
 
 
+def test_a_patch_in_place_returning_nothing_is_the_patch_and_a_reshaping_one_is_refused():
+    model = tiny_gpt()
+    ids = _ids(0, 11, 2, 16)
+    point = "blocks.0.token_mixer.attention_weights"
+    with torch.no_grad(), capture(model, attention=False, patches={point: ablate_heads([0, 1])}):
+        expected, _ = model(ids)
+
+    def in_place(weights):
+        weights.zero_()  # returns None, as the docs allow
+
+    for grad in (False, True):
+        for streams in (True, False):  # recorded, or only patched
+            with (
+                torch.set_grad_enabled(grad),
+                capture(model, attention=False, streams=streams, patches={point: in_place}),
+            ):
+                logits, _ = model(ids)
+            assert torch.equal(logits.detach(), expected), (grad, streams)
+    for bad, got in [
+        (lambda t: t[:1], r"torch.float32 \(1, 16, 16\); it must return a torch.float32 "),
+        (lambda t: t.double(), r"torch.float64 \(2, 16, 16\)"),
+        (lambda t: 0.0, r"float; .* the shape it was given, \(2, 16, 16\)"),
+    ]:
+        wrong = r"the patch at blocks.0.stream_out returned " + got
+        with (
+            pytest.raises(ValueError, match=wrong),
+            torch.no_grad(),
+            capture(model, patches={"blocks.0.stream_out": bad}),
+        ):
+            model(ids)
+
+
 def test_capture_refuses_what_it_could_not_see_or_do():
     model = tiny_gpt()
     ids = _ids(0, 11, 1, 8)
@@ -219,6 +251,11 @@ def test_capture_refuses_what_it_could_not_see_or_do():
     off = "only= names blocks.0.token_mixer.attention_weights"
     with pytest.raises(ValueError, match=off), capture(model, attention=False, only=[point]):
         pass
+    with pytest.raises(TypeError, match="a list of hook paths, got the string 'blocks.0.st"):
+        capture(model, only="blocks.0.stream_in").__enter__()  # not 16 one-letter paths
+    for heads in (1, [1.5], [True]):  # not head 1, silently
+        with pytest.raises(TypeError, match="head indices, a list of ints, got"):
+            ablate_heads(heads)
     ablated = capture(model, patches={point: ablate_heads([5])})
     wrong = "head 5 is out of range: the layer has heads 0 to 1"
     with pytest.raises(ValueError, match=wrong), torch.no_grad(), ablated:
@@ -254,6 +291,14 @@ def test_capture_of_a_model_without_hook_points_says_so():
         capture(RecurrentLM(RecurrentLMConfig(vocab_size=11, d_model=8))),
     ):
         pass
+
+
+def test_patching_attention_weights_of_a_model_without_attention_says_why():
+    model = GPT(GPTConfig(vocab_size=11, context_length=16, n_layers=2, d_model=16, mixer="mamba"))
+    point = "blocks.0.token_mixer.attention_weights"
+    why = r"; it has no attention layers \(its mamba token mixers compute no attention weights\)"
+    with pytest.raises(KeyError, match=f"no hook point {point} in GPT.*{why}"):
+        capture(model, patches={point: ablate_heads([0])}).__enter__()
 
 
 def test_the_lens_ends_at_the_models_own_logits():

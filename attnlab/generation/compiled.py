@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from attnlab.devices import Compiled, warn_compiler_failure
+from attnlab.errors import UserError
 from attnlab.files import cache_dir, remove_stale
 from attnlab.generation.sampling import SamplingConfig
 
@@ -59,9 +60,26 @@ def compiled_step(model: nn.Module, sampling: SamplingConfig) -> Callable:
     """The compiled decoding step for one generation: ``step(idx, cache, seen, noise)`` as
     decoding_step computes it, for calls whose shapes never change (one token with a static
     cache, or a whole context window without one)."""
+    _check_no_hooks(model)
     if next(model.parameters()).device.type == "cuda":
         return _cuda_graphs(model, sampling)
     return _Generation(_libraries(model, sampling))
+
+
+def _check_no_hooks(model: nn.Module) -> None:
+    """Hooks (capture's, say) would be compiled into the step as they are now: a library kept
+    for the model would go on running them after they are removed, and one built before they
+    were attached would never run them, recording nothing and patching nothing."""
+    hooked = [
+        name or "the model"
+        for name, module in model.named_modules()
+        if module._forward_hooks or module._forward_pre_hooks
+    ]
+    if hooked:
+        raise UserError(
+            f"compiled decoding cannot run the hooks on {', '.join(hooked[:3])} (capture's, "
+            "say): generate with compile=False while they are attached"
+        )
 
 
 @functools.lru_cache(maxsize=1)

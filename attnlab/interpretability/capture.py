@@ -17,6 +17,7 @@ rounding: tests/test_interpretability.py).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,13 +83,14 @@ def require_attention(model: nn.Module, what: str) -> list[AttentionLayer]:
     """attention_layers, or a UserError naming the model when it has none."""
     layers = attention_layers(model)
     if not layers:
-        mixer = getattr(getattr(model, "config", None), "mixer", None)  # a GPT's, by name
-        why = f"its {mixer} token mixers compute" if mixer else "it computes"
-        raise UserError(
-            f"{what} holds a {type(model).__name__} with no attention layers ({why} no "
-            "attention weights)"
-        )
+        raise UserError(f"{what} holds a {type(model).__name__} with {_no_attention(model)}")
     return layers
+
+
+def _no_attention(model: nn.Module) -> str:
+    mixer = getattr(getattr(model, "config", None), "mixer", None)  # a GPT's, by name
+    why = f"its {mixer} token mixers compute" if mixer else "it computes"
+    return f"no attention layers ({why} no attention weights)"
 
 
 @dataclass
@@ -112,9 +114,9 @@ def capture(
     by the hook point's path) of every forward pass inside the block; tensors are detached.
 
     patches: hook path -> a function whose result replaces the tensor there (an ablation, or a
-    value from another run: activation patching); an attention layer's output follows weights
-    replaced this way, or changed in place. only: record just these hook paths (less memory on a
-    big model).
+    value from another run: activation patching), a tensor of the same shape and dtype; or that
+    changes the tensor in place and returns None. An attention layer's output follows weights
+    patched either way. only: record just these hook paths (less memory on a big model).
     """
     points = hook_points(model)
     if not points:
@@ -122,14 +124,21 @@ def capture(
             f"{type(model).__name__} has no hook points (attention weights or residual "
             "streams): there is nothing to capture"
         )
+    if isinstance(only, str):  # else set() would make a hook path of each of its characters
+        raise TypeError(f"only= takes a list of hook paths, got the string {only!r}")
     patches = dict(patches or {})
     wanted = set(only) if only is not None else None
     unknown = sorted((set(patches) | (wanted or set())) - set(points))
     if unknown:
         shown = ", ".join(list(points)[:4])
+        hint = (
+            f"attention weights are at LAYER.{WEIGHTS}"
+            if any(_weights(p) for p in points)
+            else f"it has {_no_attention(model)}"
+        )
         raise KeyError(
             f"no hook point {', '.join(unknown)} in {type(model).__name__}; it has {shown}, ... "
-            f"(hook_points(model) lists them; attention weights are at LAYER.{WEIGHTS})"
+            f"(hook_points(model) lists them; {hint})"
         )
     if off := sorted(p for p in wanted or () if not (attention if _weights(p) else streams)):
         raise ValueError(f"only= names {', '.join(off)}, which attention= or streams= turn off")
@@ -143,7 +152,7 @@ def capture(
         if keep or path in patches:
             store = recording.attention if is_weights else recording.streams
             key = owner if is_weights else path
-            hook = _hook(store if keep else None, key, patches.get(path))
+            hook = _hook(store if keep else None, key, patches.get(path), path)
             handles.append(point.register_forward_hook(hook))
     try:
         yield recording
@@ -171,10 +180,12 @@ def _check_not_compiled(model: nn.Module) -> None:
         )
 
 
-def _hook(store: dict | None, key: str, patch: Patch | None):
+def _hook(store: dict | None, key: str, patch: Patch | None, path: str):
     def hook(module, inputs, output):
         if patch is not None:  # on a copy where autograd may need the original (softmax's)
-            output = patch(output.clone() if torch.is_grad_enabled() else output)
+            given = output.clone() if torch.is_grad_enabled() else output
+            result = patch(given)  # None: it changed `given` in place
+            output = given if result is None else _replacement(result, output, path)
         if store is not None:  # a copy: a later patch in place must not change the record
             store[key] = output.detach().clone()
         return output
@@ -182,10 +193,28 @@ def _hook(store: dict | None, key: str, patch: Patch | None):
     return hook
 
 
+def _replacement(result, output: torch.Tensor, path: str) -> torch.Tensor:
+    """A patch's result, if it can stand in for `output`: a tensor of its shape and dtype (a
+    smaller batch or another width would flow on downstream, or fail far from the patch)."""
+    if isinstance(result, torch.Tensor):
+        if (result.shape, result.dtype) == (output.shape, output.dtype):
+            return result
+        got = f"{result.dtype} {tuple(result.shape)}"
+    else:
+        got = type(result).__name__
+    raise ValueError(
+        f"the patch at {path} returned {got}; it must return a {output.dtype} tensor of the "
+        f"shape it was given, {tuple(output.shape)} (or None, having changed it in place)"
+    )
+
+
 def ablate_heads(heads: Iterable[int]) -> Patch:
     """A patch for an ``attention_weights`` hook point that zeroes these heads' weights, so
     they add nothing to their layer's output (zero ablation)."""
-    heads = sorted(set(heads))
+    chosen = list(heads) if isinstance(heads, Iterable) else [None]
+    if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) for h in chosen):
+        raise TypeError(f"ablate_heads takes head indices, a list of ints, got {heads!r}")
+    heads = sorted(set(chosen))
 
     def patch(weights: torch.Tensor) -> torch.Tensor:  # (B, H, Tq, Tk)
         if wrong := [h for h in heads if not 0 <= h < weights.size(1)]:
