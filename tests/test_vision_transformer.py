@@ -40,6 +40,15 @@ def test_images_of_the_wrong_shape_are_refused():
         model(torch.zeros(1, 3, 12, 12, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_model_in_another_dtype_reads_float32_images(dtype):
+    """As the data pipeline gives them: evaluate, classify-image and inspect on a checkpoint
+    saved in bf16 or float64."""
+    model = VisionTransformer(ViTConfig(**SMALL)).to(dtype)
+    logits, loss = model(torch.randn(2, 3, 12, 12), torch.tensor([0, 1]))
+    assert logits.dtype == dtype and torch.isfinite(loss)
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -143,7 +143,8 @@ class PatchEmbedding(nn.Module):
         n = side // p
         patches = images.reshape(batch, self.channels, n, p, n, p)  # (B, C, S/P, P, S/P, P)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, n * n, -1)  # (B, N, C·P·P)
-        return self.projection(patches)  # (B, N, D)
+        # float32 pixels in the weights' dtype: a model saved in bf16 or float64 reads them too
+        return self.projection(patches.to(self.projection.weight.dtype))  # (B, N, D)
 
 
 class VisionTransformer(nn.Module):
