@@ -47,15 +47,15 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="keep attnlab's caches after round 1")
     args, extra = parser.parse_known_args()
     data = resolve_data_path(args.data)
-    caches = tempfile.mkdtemp()
     print(f"{os.cpu_count()} cores; data {data}")
     print("| round | nanoGPT recipe, s | val loss | attnlab, s | val loss | speed-up |")
     print("|---:|---:|---:|---:|---:|---:|")
+    caches = tempfile.TemporaryDirectory()  # --warm: every round's; removed at the end, as `out`
     for round_ in range(1, args.rounds + 1):
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cold:
             anchor = [sys.executable, "benchmarks/nanogpt_recipe.py", data, "--out", f"{out}/n"]
             anchor_s, anchor_loss, _ = timed(anchor, dict(os.environ))
-            cache = caches if args.warm else tempfile.mkdtemp()
+            cache = caches.name if args.warm else cold
             env = {
                 **os.environ,
                 "ATTNLAB_CACHE": f"{cache}/attnlab",
@@ -70,6 +70,7 @@ def main() -> None:
             f"| {anchor_s / ours_s:.2f}x |",
             flush=True,
         )
+    caches.cleanup()
 
 
 if __name__ == "__main__":

@@ -28,3 +28,10 @@ start=$(date +%s)
 .venv/bin/attnlab train gpt --config configs/gpt_shakespeare_char_gpu.toml --compile \
     --out "$out/shakespeare" 2>&1 | tail -6 | tee -a "$out/gpu.txt"
 echo "baby GPT on the GPU: $(( $(date +%s) - start )) s wall in all" | tee -a "$out/gpu.txt"
+# the best evaluation (the run overfits after it: its last val loss is higher)
+$python - "$out/shakespeare/metrics.jsonl" <<'PYTHON' | tee -a "$out/gpu.txt"
+import json, sys
+evals = [r for r in map(json.loads, open(sys.argv[1])) if "val_loss" in r]
+best = min(evals, key=lambda r: r["val_loss"])
+print(f"best val loss {best['val_loss']:.4f} at step {best['step']}")
+PYTHON

@@ -10,8 +10,7 @@
 #   benchmarks/igpt_mnist.sh --device cuda --precision bf16 --compile   # on a GPU
 #
 # Extra arguments go to `attnlab train igpt` (later flags win). OUT (default runs/igpt_mnist)
-# must not already hold a checkpoint. A shell script, not a .py, so that `make bench` does not
-# start it.
+# must not already hold a checkpoint. `make bench` does not run it (a recipe of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

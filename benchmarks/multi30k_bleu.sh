@@ -7,7 +7,7 @@
 #
 # Settings: configs/translation_multi30k.toml. Extra arguments go to `attnlab train translation`
 # (later flags win). OUT (default runs/multi30k_de_en) must not already hold a checkpoint.
-# A shell script, not a .py, so that `make bench` does not start a 90-minute run.
+# `make bench` does not run it (a 90-minute recipe of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

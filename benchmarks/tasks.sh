@@ -8,8 +8,7 @@
 #
 # TASKS: any of recall (associative recall, length 1024), copying (selective copying, length
 # 256) and mqar (multi-query associative recall, length 128, at two widths). Reports go to
-# OUT/TASK (default runs/tasks), which must not exist yet. A shell script, not a .py, so that
-# `make bench` does not start it.
+# OUT/TASK (default runs/tasks), which must not exist yet. `make bench` does not run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

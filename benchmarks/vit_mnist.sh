@@ -6,7 +6,7 @@
 #   OUT=runs/vit_mnist_trial benchmarks/vit_mnist.sh --max-iters 200     # a short trial
 #
 # Extra arguments go to `attnlab train vit` (later flags win). OUT (default runs/vit_mnist) must
-# not already hold a checkpoint. A shell script, not a .py, so that `make bench` does not start it.
+# not already hold a checkpoint. `make bench` does not run it (a recipe of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
