@@ -8,6 +8,7 @@ every random generator.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import re
@@ -97,6 +98,13 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _for_users(record: logging.LogRecord) -> bool:
+    """False for what Inductor's C++ wrapper logs for torch's own developers, a line for each
+    operator it calls through its fallback ("... is missing a c-shim implementation"): two
+    dozen lines in a Hyena model's first compile, none a user's to act on."""
+    return "is missing a c-shim implementation" not in record.getMessage()
+
+
 class Compiled:
     """``torch.compile(module, **options)`` that falls back to the module itself, with one
     RuntimeWarning, when compiling fails (no C++ compiler, say). Compilation happens at the first
@@ -106,6 +114,7 @@ class Compiled:
     def __init__(self, module: Callable, **options):
         self.module = module
         self.compiled: Callable | None = torch.compile(module, **options)
+        logging.getLogger("torch._inductor.ir").addFilter(_for_users)  # added once, however often
 
     @property
     def active(self) -> bool:
