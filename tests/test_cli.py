@@ -142,6 +142,9 @@ def test_train_sample_evaluate_end_to_end(tmp_path, corpus, capsys):
     assert code == 0
     check_evaluation(json.loads(text), out, corpus)
     assert run(["evaluate", str(out), "--json"], capsys)[1] == text  # the run's data (run.json)
+    (tmp_path / "short.txt").write_text("To be, or not")  # shorter than the context: scored
+    argv = ["evaluate", str(out), "--data", str(tmp_path / "short.txt"), "--split", "all"]
+    assert json.loads(run([*argv, "--json"], capsys)[1])["tokens"] == 12
 
     # --resume extends the run with more steps; earlier metric lines are kept
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "8"], capsys)

@@ -140,11 +140,8 @@ def evaluate(args: argparse.Namespace) -> int:
     tokens = tokenize_cached(Corpus(resolve_data_path(data), note), tokenizer)
     splits = TextSplits.from_tokens(tokens)
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
-    if len(chosen) <= model.config.context_length:
-        raise UserError(
-            f"the {args.split} split has {len(chosen)} tokens, fewer than one "
-            f"window of {model.config.context_length + 1}"
-        )
+    if len(chosen) < 2:  # a text shorter than the context is one shorter window
+        raise UserError(f"the {args.split} split has {len(chosen)} token(s): nothing to predict")
     result = evaluate_language_model(model, chosen, tokenizer, args.batch_size)
     if args.json:
         print(json.dumps(result))
