@@ -8,6 +8,7 @@ import glob
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -106,11 +107,37 @@ def naming(path: Path) -> Iterator[None]:
         raise type(error)(error.errno, error.strerror, str(path)) from None
 
 
+def written_in_place(path: str | os.PathLike) -> bool:
+    """Whether an output at `path` is written into where it is, not replaced by a renamed
+    temporary file: a link to what exists (/dev/stdout, a shell's >(...) as /dev/fd/N, a link
+    the user keeps to a file of theirs) or what is no plain file (a pipe, /dev/null)."""
+    path = Path(path)
+    return path.exists() and not path.is_dir() and (path.is_symlink() or not path.is_file())
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether `path` is this process's stdout (/dev/stdout, /dev/fd/1, the file it goes to)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # no such file; a stdout without a descriptor
+        return False
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write in parts, renamed to `path` once the block ends without an error
-    (removed if it raises): readers never see half a file."""
+    (removed if it raises): readers never see half a file. A link, pipe or device (see
+    written_in_place) is written through instead, as any program writes it."""
     path = Path(path)
+    if _is_stdout(path):  # /dev/stdout: after what was printed, not over it (`> file`)
+        sys.stdout.flush()
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    if written_in_place(path):
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+            yield f
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent, path.name)
     with naming(path):

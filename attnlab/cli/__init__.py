@@ -162,9 +162,15 @@ def _main(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
-        args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+        try:
+            args = build_parser(command if command in COMMANDS else "").parse_args(argv)
+        except SystemExit:  # --help or --version: their text out now, where a closed pipe is
+            sys.stdout.flush()  # caught below (at exit it would be a warning and exit code 120)
+            raise
         args.argv = argv  # for a command that starts itself again (train --processes)
-        return args.handler(args) or 0
+        code = args.handler(args) or 0
+        sys.stdout.flush()  # the same for the last of a command's output
+        return code
     except UserError as error:  # of torchrun's ranks, rank 0 speaks for all (the same checks)
         if _rank_0() or getattr(error, "every_rank", False):
             say_error(str(error))

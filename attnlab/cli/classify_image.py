@@ -8,10 +8,9 @@ handler lives here so that both commands read images and checkpoints the same wa
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from attnlab.cli.options import add_device_flag, check_output
+from attnlab.cli.options import add_device_flag, check_output, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import CLASSIFY_IMAGE
@@ -96,11 +95,7 @@ def classify_command(args: argparse.Namespace) -> int:
     ):
         ranked = [(names[c], p) for c, p in zip(classes, probs, strict=True)]
         if args.json:
-            print(
-                json.dumps(
-                    {"image": path, "top": [{"class": n, "probability": p} for n, p in ranked]}
-                )
-            )
+            print_json({"image": path, "top": [{"class": n, "probability": p} for n, p in ranked]})
         else:
             print(path)
             for name, probability in ranked:
@@ -131,7 +126,7 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     )
     plot_confusion(result["confusion"], artifacts["classes"].names, png, title)
     if args.json:
-        print(json.dumps({**result, "confusion": result["confusion"].tolist(), "plot": str(png)}))
+        print_json({**result, "confusion": result["confusion"].tolist(), "plot": str(png)})
     else:
         print(f"{'accuracy':>10}  {result['accuracy']:.4f}")
         print(f"{'loss':>10}  {result['loss']:.4f}")

@@ -11,11 +11,16 @@ name."""
 from __future__ import annotations
 
 import argparse
-import json
 
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.classify_image import evaluate_classifier_command
-from attnlab.cli.options import add_device_flag, given_flags, record_defaults, resolve_data_path
+from attnlab.cli.options import (
+    add_device_flag,
+    given_flags,
+    print_json,
+    record_defaults,
+    resolve_data_path,
+)
 from attnlab.cli.runs import check_fits_data, note, run_data, run_data_settings, run_description
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
@@ -144,7 +149,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"the {args.split} split has {len(chosen)} token(s): nothing to predict")
     result = evaluate_language_model(model, chosen, tokenizer, args.batch_size)
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
     else:
         for key in ("loss", "perplexity", "bits_per_byte"):
             print(f"{key:>14}  {result[key]:.4f}")
@@ -191,7 +196,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
         for split, batches in data.eval.items()
     }
     if args.json:
-        print(json.dumps({**result, **scored}))
+        print_json({**result, **scored})
     else:
         for key, value in result.items():
             print(f"{key:>14}  {value:.4f}")

@@ -12,10 +12,9 @@ A text longer than the model reads is cut to fit, with a note on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from attnlab.cli.options import add_device_flag
+from attnlab.cli.options import add_device_flag, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 
@@ -224,18 +223,16 @@ def induction_command(args: argparse.Namespace) -> int:
     )
     layer, head, best = report.best
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "layers": report.layers,
-                    "prefix_matching": report.prefix_matching.tolist(),
-                    "copying": None if report.copying is None else report.copying.tolist(),
-                    "best": {"layer": layer, "head": head, "prefix_matching": best},
-                    "in_context_score": report.in_context_score,
-                    "loss_first_copy": report.loss_first,
-                    "loss_second_copy": report.loss_second,
-                }
-            )
+        print_json(
+            {
+                "layers": report.layers,
+                "prefix_matching": report.prefix_matching.tolist(),
+                "copying": None if report.copying is None else report.copying.tolist(),
+                "best": {"layer": layer, "head": head, "prefix_matching": best},
+                "in_context_score": report.in_context_score,
+                "loss_first_copy": report.loss_first,
+                "loss_second_copy": report.loss_second,
+            }
         )
     else:
         _print_induction(report)
@@ -290,8 +287,8 @@ def lens_command(args: argparse.Namespace) -> int:
     tokens = inputs.sequences[TEXT]
     top = [[decode([i]) for i in row] for row in ids[..., 0].tolist()]  # (R, T)
     if args.json:
-        print(json.dumps({"rows": report.rows, "tokens": tokens, "top": top,
-                          "probability": probabilities[..., 0].tolist()}))  # fmt: skip
+        print_json({"rows": report.rows, "tokens": tokens, "top": top,
+                    "probability": probabilities[..., 0].tolist()})  # fmt: skip
     else:
         print(f"{'position':>8}  {'token':<10}" + "".join(f"{name:<12}" for name in report.rows))
         for t, token in enumerate(tokens):
@@ -350,7 +347,7 @@ def layers_command(args: argparse.Namespace) -> int:
 
     baseline, results = layer_surgery(model, loss)
     if args.json:
-        print(json.dumps({"baseline": baseline, "loss": results}))
+        print_json({"baseline": baseline, "loss": results})
     else:
         print(f"{'baseline':<14}{baseline:8.4f}")
         for name, value in results.items():

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
+import math
+import os
 import re
 import sys
 import tomllib
@@ -169,10 +172,11 @@ def check_output(
     inputs: dict[str, str | Path | list | None] | None = None,
 ) -> Path:
     """The file an output flag names, checked before the slow work: a file, not a folder; in a
-    writable place; none of the checkpoint's own files (its weights, configs, logs, loss plot,
-    or its run's, for a best/ checkpoint) nor of the command's `inputs` (flag -> a file or a
-    list of files); ending in `suffix` where the format is fixed."""
-    from attnlab.files import check_writable
+    writable place (a link, pipe or device such as /dev/stdout: writable itself); none of the
+    checkpoint's own files (its weights, configs, logs, loss plot, or its run's, for a best/
+    checkpoint) nor of the command's `inputs` (flag -> a file or a list of files); ending in
+    `suffix` where the format is fixed."""
+    from attnlab.files import check_writable, written_in_place
 
     if not str(path):
         raise UserError(f"{flag} is empty: give a file")
@@ -189,7 +193,10 @@ def check_output(
                 raise UserError(f"{flag} {path} would overwrite {input_flag}'s file: name another")
     if suffix and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: the file is {suffix[1:].upper()}, name it *{suffix}")
-    check_writable(path.parent)
+    if not written_in_place(path):
+        check_writable(path.parent)
+    elif not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write to it")
     return path
 
 
@@ -272,6 +279,22 @@ def read_stdin() -> str:
     if hasattr(sys.stdin, "buffer"):
         return sys.stdin.buffer.read().decode("utf-8-sig")
     return user_text(sys.stdin.read())
+
+
+def print_json(value: Any) -> None:
+    """`value` as one line of JSON on stdout. JSON has no NaN or infinity (Python's json writes
+    them as NaN and Infinity, which other readers refuse): such a number is written as null."""
+    print(json.dumps(_finite(value)))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def user_text(text: str) -> str:

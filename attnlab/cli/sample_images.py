@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 
 from attnlab.cli.options import (
@@ -17,6 +16,7 @@ from attnlab.cli.options import (
     check_output,
     check_sampling_flags,
     given_flags,
+    print_json,
     record_defaults,
 )
 from attnlab.devices import pick_device
@@ -199,7 +199,7 @@ def evaluate_image_model_command(args: argparse.Namespace) -> int:
     images = checked_split(dataset, args.split, palette.channels, side).images
     result = evaluate_image_model(model, palette, images, args.batch_size)
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
     else:
         print(f"{'nats/image':>14}  {result['nats_per_image']:.2f}")
         print(f"{'bits/pixel':>14}  {result['bits_per_pixel']:.4f}")

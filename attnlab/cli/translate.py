@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import math
 import sys
 
 from attnlab.cli.options import (
     add_device_flag,
     check_output,
+    print_json,
     read_stdin,
     resolve_data_path,
     user_text,
@@ -158,7 +158,7 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
         gz = str(args.hypotheses).endswith(".gz")
         atomic_write_bytes(args.hypotheses, gzip.compress(text, mtime=0) if gz else text)
     if args.json:
-        print(json.dumps(scores))
+        print_json(scores)
     else:
         print(f"{'BLEU':>10}  {scores['bleu']:.2f}   ({scores['bleu_detail']})")
         print(f"{'chrF':>10}  {scores['chrf']:.2f}")

@@ -8,8 +8,12 @@ import torch
 
 
 def perplexity(mean_loss: float) -> float:
-    """exp(mean cross-entropy in nats per token)."""
-    return math.exp(mean_loss)
+    """exp(mean cross-entropy in nats per token); infinite past a float's range (a loss over
+    709 nats: a diverged model)."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf
 
 
 def bits_per_byte(mean_loss: float, n_tokens: int, n_bytes: int) -> float:

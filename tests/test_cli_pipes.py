@@ -1,0 +1,98 @@
+"""attnlab in shell pipelines and scripts: a reader that goes away, outputs named by a link or a
+pipe (/dev/stdout, a shell's >(...)), and --json that any JSON reader takes."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from helpers import read_only, run
+
+from attnlab.cli.options import check_output, print_json
+from attnlab.files import atomic_write_bytes
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers.byte import ByteTokenizer
+from attnlab.training.checkpoints import save_checkpoint
+
+
+@pytest.mark.parametrize("argv", [["data", "list"], ["--version"]])
+def test_a_reader_gone_before_the_last_output_ends_it_quietly(tmp_path, argv):
+    """`attnlab data list | true`: without PYTHONUNBUFFERED the output is written at exit, where
+    Python's own flush would print "Exception ignored ... BrokenPipeError", exit code 120."""
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before anything is written
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["ATTNLAB_DATA"] = str(tmp_path)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "attnlab", *argv], stdout=writer, stderr=subprocess.PIPE, env=env
+        )
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr.decode()) == (141, "")
+
+
+def test_an_output_named_by_a_link_or_a_pipe_is_written_through_it(tmp_path, monkeypatch):
+    """/dev/stdout is a link, a shell's >(...) a pipe: replacing either by a renamed file (as
+    root, /dev/stdout itself) loses the output. A folder the user cannot write (/dev) is no
+    matter where the output exists."""
+    folder, mine = tmp_path / "dev", tmp_path / "mine"
+    folder.mkdir(), mine.mkdir()
+    target, link, fifo = mine / "hypotheses.txt", folder / "stdout", folder / "fifo"
+    target.write_text("old text, longer than the new\n")
+    link.symlink_to(target)
+    os.mkfifo(fifo)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()))
+    reader.start()
+    read_only(monkeypatch, folder)
+    for path in (link, fifo):
+        assert check_output("--hypotheses", path, str(tmp_path / "run")) == path
+        atomic_write_bytes(path, b"one\ntwo\n")
+    reader.join(timeout=10)
+    assert link.is_symlink() and target.read_bytes() == b"one\ntwo\n"
+    assert read == [b"one\ntwo\n"] and not fifo.is_file()
+
+
+def test_json_holds_no_nan_or_infinity(tmp_path, capsys):
+    """A diverged model's loss is over 709 nats: its perplexity overflows a float. The text
+    says inf; --json says null (Python's Infinity is no JSON), and exp() raises no traceback."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=256, context_length=8, n_layers=1, n_heads=2, d_model=16)
+    model = GPT(config)
+    with torch.no_grad():
+        model.final_norm.weight.fill_(1e5)
+    save_checkpoint(tmp_path / "run", model, {"tokenizer": ByteTokenizer()})
+    (tmp_path / "text.txt").write_text("to be or not to be, that is the question. " * 4)
+    argv = ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt")]
+    code, out, err = run([*argv, "--json"], capsys)
+    assert code == 0, err
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    scores = json.loads(out, parse_constant=refuse)
+    assert scores["loss"] > 710 and scores["perplexity"] is None
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "perplexity  inf" in out, err
+    print_json({"a": [float("nan"), 1.5], "b": {"c": float("-inf")}})
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse) == {
+        "a": [None, 1.5],
+        "b": {"c": None},
+    }
+
+
+def test_an_output_named_by_dev_stdout_follows_what_was_printed(tmp_path, monkeypatch):
+    """`evaluate ... --hypotheses /dev/stdout --json > all.txt`: the file opened again would be
+    written from its start, and the JSON printed after would overwrite the hypotheses."""
+    out, stdout = tmp_path / "all.txt", tmp_path / "stdout"
+    stdout.symlink_to(out)  # as /dev/stdout -> /proc/self/fd/1 -> all.txt
+    with open(out, "w") as file:
+        monkeypatch.setattr(sys, "stdout", file)
+        print("before")
+        atomic_write_bytes(stdout, b"one\ntwo\n")
+        print("after")
+    assert out.read_text() == "before\none\ntwo\nafter\n"
