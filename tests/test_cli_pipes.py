@@ -96,3 +96,19 @@ def test_an_output_named_by_dev_stdout_follows_what_was_printed(tmp_path, monkey
         atomic_write_bytes(stdout, b"one\ntwo\n")
         print("after")
     assert out.read_text() == "before\none\ntwo\nafter\n"
+
+
+def test_a_training_run_whose_reader_goes_away_ends_saved(tmp_path, corpus):
+    """`attnlab train ... 2>&1 | head`: the run stops at its next step with a checkpoint (as on
+    SIGTERM), exit code 141, rather than dying mid-step with all of it lost."""
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first line
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(out), "--n-layers", "1"]
+    argv += ["--d-model", "16", "--context-length", "16", "--max-iters", "50", "--eval-iters", "1"]
+    try:
+        done = subprocess.run([sys.executable, "-m", "attnlab", *argv], stderr=writer)
+    finally:
+        os.close(writer)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert done.returncode == 141 and (out / "model.safetensors").is_file() and state["step"] < 50

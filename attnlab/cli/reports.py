@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 # what every step's record holds; the rest of an evaluation step's are its scores (val_loss, ...)
 STEP_FIELDS = ("step", "train_loss", "lr", "elapsed_s", "mfu")
+
+
+stderr_closed = threading.Event()  # set once the reader of stderr has gone
+
+
+def note(message: str) -> None:
+    """Progress and results for the person watching: stderr, so stdout stays clean. Once its
+    reader has gone (`attnlab train ... 2>&1 | head`), the rest goes nowhere and stderr_closed
+    is set: a training run then ends with a checkpoint rather than mid-step, all of it lost."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        stderr_closed.set()
 
 
 def as_text(name: str) -> str:
@@ -53,11 +69,7 @@ class progress_printer:  # noqa: N801 - used like a function
                 for name, value in record.items()
                 if name not in STEP_FIELDS and not name.endswith("_per_s")
             )
-            print(
-                f"step {record['step']}: train loss {record['train_loss']:.4f}{scores}",
-                file=sys.stderr,
-                flush=True,
-            )
+            note(f"step {record['step']}: train loss {record['train_loss']:.4f}{scores}")
 
     def close(self) -> None:
         self.bar.close()

@@ -7,22 +7,16 @@ import contextlib
 import fcntl
 import os
 import socket
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from attnlab.cli.options import LOSS_PLOT
-from attnlab.cli.reports import plot_losses, progress_printer
+from attnlab.cli.reports import note, plot_losses, progress_printer, stderr_closed
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, RUN_LOCK, read_json
 from attnlab.training.checkpoints import JOURNAL_FILE
 from attnlab.training.trainer import BEST_DIR, METRICS_FILE, Trainer
-
-
-def note(message: str) -> None:
-    """Progress and results for the person watching: stderr, so stdout stays clean."""
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -193,7 +187,8 @@ def fit_and_report(
 
     def on_record(record):
         progress.update(record)
-        if limit_s is not None and record["elapsed_s"] - begun_s >= limit_s:
+        time_up = limit_s is not None and record["elapsed_s"] - begun_s >= limit_s
+        if time_up or stderr_closed.is_set():  # `train ... 2>&1 | head`: saved, not lost
             trainer.request_finish()
 
     trainer.on_record = on_record
@@ -230,4 +225,4 @@ def fit_and_report(
     note(f"checkpoint: {out}/model.safetensors (+ config.json{extras})")
     note(f"metrics:    {out}/{METRICS_FILE}" + (f"\nloss plot:  {plot}" if plot else ""))
     note(next_step)
-    return 0
+    return 141 if stderr_closed.is_set() else 0  # as a writer whose reader went away
