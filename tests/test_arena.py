@@ -131,6 +131,16 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
                     "| mamba (scan)", "| mamba (fused)"]  # fmt: skip
 
 
+def test_scaling_by_default_writes_beside_the_race_not_into_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README runs `arena` and then `arena --scaling`
+    (tmp_path / "runs" / "arena").mkdir(parents=True)
+    (tmp_path / "runs" / "arena" / "arena.md").write_text("the race's report\n")
+    argv = ["arena", "--scaling", "--mixers", "lstm", "--lengths", "8:16", "--d-model", "16"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert (tmp_path / "runs" / "scaling" / "scaling.md").is_file()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--out", default="runs/arena", help="report folder (new or empty)")
+    parser.add_argument(
+        "--out", help="report folder, new or empty (default: runs/arena; --scaling: runs/scaling)"
+    )
     parser.add_argument(
         "--mixers",
         help=f"comma-separated, each once (default: {ARENA_MIXERS}; --scaling measures every "
@@ -77,6 +79,8 @@ SCALING = ("d_model", "lengths", "max_seconds")
 
 
 def arena(args: argparse.Namespace) -> int:
+    if args.out is None:  # each mode its own folder: the README runs one after the other
+        args.out = "runs/scaling" if args.scaling else "runs/arena"
     if not args.out:
         raise UserError("--out is empty: give a folder")
     out = Path(args.out)
