@@ -11,3 +11,12 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A configuration field has a bad value. The message names the field and what is allowed."""
+
+
+class NotRegistered(ConfigError):
+    """A token mixer or model kind by a name that nothing in this process registered (a
+    plugin's, say, whose file was not loaded)."""
+
+    def __init__(self, what: str, name: str, known: list[str]):
+        self.what, self.name, self.known = what, name, f"known {what}s: {', '.join(known)}"
+        super().__init__(f"unknown {what} {name!r}; {self.known}")

@@ -15,6 +15,7 @@ from attnlab.errors import UserError
 from attnlab.evaluation import arena, scaling
 from attnlab.evaluation.arena import Entry, block_parameters, matched_config, report
 from attnlab.evaluation.scaling import Curve, activation_bytes, build_layer, crossovers, measure
+from attnlab.layers.mixers import MIXERS, register_mixer
 
 
 @pytest.mark.parametrize("mixer", ["attention", "lstm", "gru", "hyena", "mamba"])
@@ -129,6 +130,20 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
     assert rows == ["| mixer", "| attention (eager)", "| attention (fused)", "| lstm",
                     "| mamba (scan)", "| mamba (fused)"]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+def test_scaling_measures_a_mixer_registered_outside(tmp_path, capsys, request):
+    register_mixer("test_linear", NoOptions, lambda options, ctx: torch.nn.Linear(ctx.d_model, 4))
+    request.addfinalizer(lambda: MIXERS.pop("test_linear"))  # a plugin's mixer, say
+    argv = ["arena", "--scaling", "--out", str(tmp_path / "s"), "--lengths", "8:8"]
+    code, table, err = run([*argv, "--d-model", "4", "--mixers", "test_linear,lstm"], capsys)
+    assert code == 0, err
+    assert "| test_linear | " in table and "| lstm | " in table
 
 
 def test_scaling_by_default_writes_beside_the_race_not_into_it(tmp_path, capsys, monkeypatch):

@@ -225,7 +225,16 @@ def write(name, text):
         (write("config.json", "{not json"), "is not valid JSON"),
         (write("config.json", "[1, 2]"), "lacks 'kind' and 'config'"),
         (write("config.json", '{"kind": "gpt", "config": [1]}'), "lacks 'kind' and 'config'"),
-        (write("config.json", '{"kind": "nosuch", "config": {}}'), "unknown model kind 'nosuch'"),
+        (
+            write("config.json", '{"kind": "nosuch", "config": {}}'),
+            "needs model kind 'nosuch', which nothing in this process registers: if",
+        ),
+        (  # saved with a plugin's mixer, the plugin not loaded
+            lambda path: edit_config(path, mixer="my_conv", positional="learned"),
+            "needs mixer 'my_conv', which nothing in this process registers: if your own code "
+            "registers it, load that first (ATTNLAB_PLUGINS=FILE.py attnlab ...); known mixers: "
+            "attention, gru,",
+        ),
         (lambda path: edit_config(path, n_layers="2"), "n_layers must be int, got str '2'"),
         (write("tokenizer.json", "[1]"), "tokenizer has unknown type"),
     ],

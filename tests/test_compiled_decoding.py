@@ -99,3 +99,21 @@ def test_compiled_decoding_refuses_a_model_with_hooks_attached(monkeypatch):
         generate(model, [[1, 2, 3]], 5, temperature=0, compile=True)
     handle.remove()
     compiled_steps._libraries.cache_clear()
+
+
+class Bigram(torch.nn.Module):  # forward(idx) only: no decoding state, as a plugin's may be
+    def __init__(self):
+        super().__init__()
+        self.config = type("Config", (), {"vocab_size": 11, "context_length": 8})()
+        self.table = torch.nn.Embedding(11, 11)
+
+    def forward(self, idx, targets=None):
+        return self.table(idx), None
+
+
+@MUST_COMPILE
+def test_a_model_without_a_decoding_state_decodes_uncached_and_compiled():
+    model = Bigram()
+    expected = generate(model, [[1, 2]], 12, temperature=0, use_cache=False)
+    assert generate(model, [[1, 2]], 12, temperature=0) == expected  # past its context, too
+    assert generate(model, [[1, 2]], 12, temperature=0, compile=True) == expected

@@ -336,6 +336,10 @@ def test_plugins_register_before_the_command_runs(tmp_path, monkeypatch, capsys)
     [
         ("def broken(:\n", "failed: SyntaxError: invalid syntax"),
         ("x = 1\nraise RuntimeError('no GPU here')\n", "failed: RuntimeError: no GPU here"),
+        (  # refused by attnlab: where the plugin called it
+            "from attnlab.layers import register_mixer\nregister_mixer('x', object, None)\n",
+            "failed: TypeError: mixer 'x': options must be a dataclass",
+        ),
     ],
 )
 def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, monkeypatch, capsys, source, expected):
@@ -343,7 +347,7 @@ def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, monkeypatch, capsys
     plugin.write_text(source)
     monkeypatch.setenv("ATTNLAB_PLUGINS", str(plugin))
     line = one_line_error(*run(["data", "list"], capsys)[::2])
-    assert expected in line and "my_layers.py" in line
+    assert expected in line and "my_layers.py" in line.split(" failed: ")[1]
 
 
 class SeenState:  # a decoding state without buffers(): it cannot be compiled

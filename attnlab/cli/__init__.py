@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shlex
 import sys
+import sysconfig
 import traceback
 import warnings
 from pathlib import Path
@@ -122,11 +123,22 @@ def load_plugins(spec: str) -> None:
         except ImportError as error:
             raise UserError(f"ATTNLAB_PLUGINS: cannot import {entry}: {error}") from None
         except Exception as error:  # the plugin's own mistake: what and where, in one line
-            frame = traceback.extract_tb(error.__traceback__)[-1]
-            where = "" if isinstance(error, SyntaxError) else f" ({frame.filename}:{frame.lineno})"
+            where = "" if isinstance(error, SyntaxError) else f" ({_plugin_line(error)})"
             raise UserError(
                 f"ATTNLAB_PLUGINS: {entry} failed: {type(error).__name__}: {error}{where}"
             ) from None
+
+
+def _plugin_line(error: Exception) -> str:
+    """FILE:LINE of the plugin's own code that raised: the innermost frame that is not of
+    attnlab, an installed library or Python (a registration attnlab refuses is the plugin's
+    call, not attnlab's check); else the innermost."""
+    paths = sysconfig.get_paths()
+    others = ("<", str(Path(attnlab.__file__).parent) + os.sep)
+    others += tuple(paths[key] + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    frames = traceback.extract_tb(error.__traceback__)
+    frame = next((f for f in reversed(frames) if not f.filename.startswith(others)), frames[-1])
+    return f"{frame.filename}:{frame.lineno}"
 
 
 def say_error(message: str) -> int:

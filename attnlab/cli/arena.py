@@ -165,9 +165,9 @@ def arena(args: argparse.Namespace) -> int:
 
 
 def _scaling(args, out: Path) -> int:
-    from attnlab.evaluation.scaling import HEADS, VARIANTS, scaling_curves, write_scaling
+    from attnlab.evaluation.scaling import HEADS, scaling_curves, variants, write_scaling
 
-    names = _scaling_names(args.mixers, VARIANTS)
+    names = _scaling_names(args.mixers, variants())
     if args.d_model < 1 or args.d_model % HEADS:
         raise UserError(f"--d-model must be a positive multiple of {HEADS} (attention's heads)")
     if not 0 < args.max_seconds < math.inf:

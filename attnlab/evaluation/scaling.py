@@ -34,6 +34,15 @@ VARIANTS = {  # name -> (mixer, options, with attnlab's CPU kernels)
     "gru": ("gru", {}, False),
     "rnn": ("rnn", {}, False),
 }
+
+
+def variants() -> dict[str, tuple[str, dict, bool]]:
+    """Every variant measured: VARIANTS, then each other registered mixer (a plugin's too) as
+    itself, with its default options."""
+    named = {mixer for mixer, _, _ in VARIANTS.values()}
+    return {**VARIANTS, **{name: (name, {}, False) for name in MIXERS if name not in named}}
+
+
 REFERENCE = "attention (fused)"  # crossovers are where another mixer becomes faster than this
 
 
@@ -61,7 +70,7 @@ class Curve:
 
 
 def build_layer(name: str, d_model: int, length: int) -> torch.nn.Module:
-    mixer, options, _ = VARIANTS[name]
+    mixer, options, _ = variants()[name]
     context = MixerContext(
         d_model=d_model,
         context_length=length,
@@ -101,7 +110,7 @@ def measure(name: str, length: int, d_model: int, repeats: int) -> tuple[float, 
     layer = build_layer(name, d_model, length)
     x = torch.randn(1, length, d_model, requires_grad=True)
     times, memory = [], 0
-    with cpu_kernels.enabled(VARIANTS[name][2]):
+    with cpu_kernels.enabled(variants()[name][2]):
         for attempt in range(repeats + 1):  # the first is a warm-up
             start = time.perf_counter()
             out, memory = activation_bytes(lambda: layer(x), layer.parameters())

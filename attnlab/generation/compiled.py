@@ -51,7 +51,7 @@ def decoding_step(model, sampling, idx, cache, seen, noise):
     """The model on the new ids idx (B, T), then the next ids from the last position's logits:
     returns (B,) ids and the (B, V) logits they were chosen from, in float32 whatever the
     model's precision (the sampler's arithmetic would round in bf16)."""
-    logits, _ = model(idx, cache=cache)
+    logits, _ = model(idx, **({} if cache is None else {"cache": cache}))  # a cacheless model too
     last = logits[:, -1].float()
     return sampling.choose(last, seen, noise=noise), last
 
@@ -164,8 +164,8 @@ class _ExportedStep(nn.Module):
         state = dict(zip(self.names, weights, strict=True))
         cache = self.cache.with_buffers(buffers) if self.cache is not None else None
 
-        def model(ids, cache):
-            return torch.func.functional_call(self.model, state, (ids,), {"cache": cache})
+        def model(ids, **cache):
+            return torch.func.functional_call(self.model, state, (ids,), cache)
 
         return decoding_step(model, self.sampling, idx, cache, seen, noise)
 

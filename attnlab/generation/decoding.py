@@ -2,11 +2,12 @@
 
 Dimensions: B batch, T positions, N positions of prompt + new tokens, V vocabulary size.
 
-Any model keeping the GPT contract works: ``forward(idx, cache=...) -> (logits (B, T, V), _)``,
-``new_cache()`` (``new_cache(static=True)`` for compile=True), ``config.vocab_size`` and
-``config.context_length`` (absent or None: no limit, so the window never slides; a model's own
-``context_limit``, if it has one, goes first: None for a recurrent model, whose state carries
-the whole sequence), and optionally ``sliding_cache`` (True: its cache slides).
+Any model keeping the GPT contract works: ``forward(idx) -> (logits (B, T, V), _)``,
+``config.vocab_size`` and ``config.context_length`` (absent or None: no limit, so the window
+never slides; a model's own ``context_limit``, if it has one, goes first: None for a recurrent
+model, whose state carries the whole sequence). Optionally a decoding state: ``new_cache()``
+(``new_cache(static=True)`` for compile=True) and ``forward(idx, cache=...)``; a model without
+new_cache decodes as ``use_cache=False`` does. And ``sliding_cache`` (True: its cache slides).
 
 KV cache. The prompt is prefilled in one forward; each later step feeds only the newest token and
 attention reads the earlier keys and values from the cache.
@@ -83,10 +84,12 @@ class _Window:
         limit = context_limit(model)
         self.context_length = limit if limit is not None else sys.maxsize
         self.keep = crop_to if crop_to is not None else self.context_length
-        self.use_cache = use_cache
+        self.use_cache = use_cache and hasattr(model, "new_cache")  # none: nothing to cache
         # A sliding cache keeps the window itself (see the module docstring) unless cropping
         # was asked for.
-        self.cache_slides = use_cache and crop_to is None and getattr(model, "sliding_cache", False)
+        self.cache_slides = (
+            self.use_cache and crop_to is None and getattr(model, "sliding_cache", False)
+        )
         self.start = 0  # first sequence position the model sees
         self.cache = None
         self.fed = 0  # sequence positions already in the cache

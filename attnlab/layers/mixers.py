@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from attnlab.config import config_from_dict
-from attnlab.errors import ConfigError
+from attnlab.errors import ConfigError, NotRegistered
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def register_mixer(
 
 def mixer_spec(name: str) -> MixerSpec:
     if name not in MIXERS:
-        raise ConfigError(f"unknown mixer {name!r}; known mixers: {', '.join(sorted(MIXERS))}")
+        raise NotRegistered("mixer", name, sorted(MIXERS))
     return MIXERS[name]
 
 

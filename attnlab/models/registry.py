@@ -21,10 +21,10 @@ from typing import Any
 from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.errors import UserError
+from attnlab.errors import NotRegistered, UserError
 
 # Capabilities: what a kind's checkpoints can do, and so which commands serve them.
-GENERATE = "generate"  # continues token sequences: sample, evaluate --data
+GENERATE = "generate"  # continues token sequences: sample, evaluate --data (generation/decoding.py)
 TRANSLATE = "translate"  # maps a source sentence to a target one: translate, evaluate --src
 FILL_MASK = "fill-mask"  # predicts hidden tokens of a text: fill-mask
 CLASSIFY = "classify"  # labels a text: classify
@@ -86,7 +86,7 @@ def get_kind(name: str) -> ModelKind:
     for kind in KINDS.values():
         if name == kind.name or name in kind.aliases:
             return kind
-    raise UserError(f"unknown model kind {name!r}; known kinds: {', '.join(KINDS)}")
+    raise NotRegistered("model kind", name, list(KINDS))
 
 
 def kind_of(model: nn.Module) -> ModelKind:
@@ -127,9 +127,12 @@ def model_kind(model: nn.Module) -> str:
 def build_model(kind: str, config: dict[str, Any] | Any) -> nn.Module:
     """A model of `kind` from its config (a config object or a dict, as in config.json)."""
     spec = get_kind(kind)
-    if isinstance(config, dict):
-        config = config_from_dict(spec.config, config, source=f"{spec.name} config")
-    return spec.model(config)
+    return spec.model(kind_config(spec, config) if isinstance(config, dict) else config)
+
+
+def kind_config(kind: ModelKind, config: dict[str, Any]) -> Any:
+    """The kind's config object from a dict (as in config.json), checked."""
+    return config_from_dict(kind.config, config, source=f"{kind.name} config")
 
 
 def describe(model: nn.Module) -> dict[str, Any]:

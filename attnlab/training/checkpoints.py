@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from attnlab.errors import UserError
+from attnlab.errors import NotRegistered, UserError
 from attnlab.files import atomic_write_files, finish_writes, read_json
-from attnlab.models.registry import ModelKind, build_model, describe, get_kind
+from attnlab.models.registry import ModelKind, build_model, describe, get_kind, kind_config
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import (  # noqa: F401
     ARTIFACTS,
@@ -139,6 +139,14 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
         or not isinstance(description.get("config"), dict)
     ):
         raise UserError(f"checkpoint config {path / CONFIG_FILE} lacks 'kind' and 'config'")
+    try:  # a kind or mixer that a plugin registers, the plugin not loaded: say so, and how
+        kind_config(get_kind(description["kind"]), description["config"])
+    except NotRegistered as error:
+        raise UserError(
+            f"{path} needs {error.what} {error.name!r}, which nothing in this process registers: "
+            "if your own code registers it, load that first (ATTNLAB_PLUGINS=FILE.py attnlab "
+            f"...); {error.known}"
+        ) from None
     return description
 
 
