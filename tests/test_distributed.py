@@ -181,7 +181,8 @@ def test_distributed_without_torchrun_is_one_line(tmp_path, text, capsys):
         ["train", "gpt", "--out", str(tmp_path / "r"), "--data", str(text), "--distributed", "ddp"],
         capsys,
     )
-    assert "torchrun --nproc-per-node" in one_line_error(code, err)
+    line = one_line_error(code, err)
+    assert "torchrun --nproc-per-node" in line and "add --processes N" in line
     assert not (tmp_path / "r").exists()
 
 

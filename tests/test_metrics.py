@@ -1,14 +1,17 @@
 """Known answers for the evaluation metrics: perplexity, bits per byte, accuracy and F1, and a
 whole evaluation of a model whose predictions are uniform."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from attnlab.data.images import ImageSet, Normalization
+from attnlab.cli.reports import plot_confusion
+from attnlab.data.images import SHAPES, ImageSet, Normalization
 from attnlab.evaluation import evaluate
 from attnlab.evaluation.classification import evaluate_classifier
 from attnlab.evaluation.evaluate import evaluate_language_model
@@ -111,3 +114,16 @@ def test_an_image_classifiers_evaluation_is_its_plain_cross_entropy_and_confusio
     assert result["accuracy"] == pytest.approx((predicted == data.labels).float().mean().item())
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, data.labels).item(), rel=1e-5)
     assert result["images"] == 23
+
+
+def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    for names in (SHAPES, [str(d) for d in range(10)], [f"class_{i}" for i in range(20)]):
+        k = len(names)
+        plot_confusion(torch.eye(k, dtype=torch.long), names, tmp_path / "c.png", "t")
+        fig = drawn.pop()
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
+        assert len(boxes) == k
+        assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes)), names

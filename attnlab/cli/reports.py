@@ -141,7 +141,9 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     if k <= 30:  # names and counts stay legible up to about this many classes
         ticks = range(k)
         names = [as_text(name) for name in class_names]
-        ax.set_xticks(ticks, names, rotation=90 if k > 10 else 0)
+        # level names while they fit side by side (about 8 characters an inch), else upright
+        upright = sum(len(name) + 2 for name in names) > 8 * side
+        ax.set_xticks(ticks, names, rotation=90 if upright else 0)
         ax.set_yticks(ticks, names)
         for i in ticks:
             for j in ticks:

@@ -70,7 +70,8 @@ class Group:
         if mode is not None and not under_torchrun:
             raise UserError(
                 f"--distributed {mode} runs under torchrun, which starts one process per rank: "
-                f"torchrun --nproc-per-node N -m attnlab train ... --distributed {mode}"
+                f"torchrun --nproc-per-node N -m attnlab train ... --distributed {mode}, or "
+                f"add --processes N to start them here"
             )
         return cls(mode)
 
