@@ -83,7 +83,7 @@ def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
     assert code == 0, err
     scores = json.loads(scores)
     assert scores.pop("val_targets") > 0  # the held-out fold's examples
-    assert scores == pytest.approx({k: records[-1][k] for k in scores})
+    assert scores == pytest.approx({k: records[-1][k] for k in scores}, rel=1e-3)  # fp32 here
     assert {"val_loss", "val_accuracy", "val_f1"} == scores.keys()
     code, stdout, err = run(["classify", str(out / "best"), *SENTENCES[:2]], capsys)
     assert code == 0, err

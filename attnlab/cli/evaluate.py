@@ -161,7 +161,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     """Any other model (a text classifier, BERT, a translation model without --src, a model of
     a synthetic task): the evaluation its training ran, on every held-out example of its run's
     data, or on all of --data (data it never trained on) read with the run's settings: the loss
-    and the data's scores (accuracy, F1)."""
+    and the data's scores (accuracy, F1), in fp32 whatever precision the training took."""
     from attnlab.training.sources import IGNORE_INDEX, DataRequest
     from attnlab.training.trainer import TrainConfig, Trainer
 
@@ -175,7 +175,8 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
             f"{args.checkpoint} holds no tokenizer: the ids its weights read are unknown"
         )
     saved = read_training_state(found[1])["train_config"] if found else {}
-    eager = {"compile": False, "compile_by_block": False, "device": args.device}
+    # eager and in full precision: figures that do not depend on the processor scoring them
+    eager = dict(compile=False, compile_by_block=False, device=args.device, precision="fp32")
     train = config_from_dict(TrainConfig, {**saved, **eager})
     model = config_to_dict(checkpoint.model.config)
     own = found[0]["data"].get("data") if found else None
