@@ -1,6 +1,7 @@
 """Helpers shared by tests (the tests folder is on sys.path under pytest)."""
 
 import errno
+import io
 import os
 
 import pytest
@@ -21,6 +22,13 @@ def run(argv, capsys):
     code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class Terminal(io.StringIO):
+    """A stand-in for stderr on a terminal: progress bars draw on it."""
+
+    def isatty(self):
+        return True
 
 
 def snapshot(folder):

@@ -1,9 +1,11 @@
 import dataclasses
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import Terminal
 from torch import nn
 
 from attnlab.errors import UserError
@@ -190,7 +192,7 @@ class CharTokenizer:
         return "".join(chr(ord("a") + i - 3) for i in ids if 3 <= i < 29)
 
 
-def test_translate_keeps_input_order(model):
+def test_translate_keeps_input_order(model, monkeypatch):
     sentences = ["abc", "hello there", "", "x", "a much longer sentence than the rest"]
     tokenizer = CharTokenizer()
     outputs = translate(model, tokenizer, sentences, beam_size=2, batch_size=2, max_length_offset=8)
@@ -198,5 +200,10 @@ def test_translate_keeps_input_order(model):
         translate(model, tokenizer, [s], beam_size=2, max_length_offset=8)[0] for s in sentences
     ]
     assert outputs == one_by_one and len(outputs) == len(sentences)
+    monkeypatch.setattr("sys.stderr", Terminal())  # a bar counting the sentences written
+    shown = translate(model, tokenizer, sentences, beam_size=2, batch_size=2, max_length_offset=8,
+                      progress=True)  # fmt: skip
+    assert shown == outputs
+    assert "translating: 100%" in sys.stderr.getvalue() and "4/4 [" in sys.stderr.getvalue()
     src = encode_sources(sentences, tokenizer, model)
     assert src[2].tolist()[0] == EOS and (src[:, -1] != PAD).sum() == 1

@@ -3,9 +3,11 @@ start token, the negative log-likelihood in nats per image against a direct sum 
 and the palette saved with the checkpoint."""
 
 import math
+import sys
 
 import pytest
 import torch
+from helpers import Terminal
 
 from attnlab.data.palette import Palette
 from attnlab.errors import UserError
@@ -114,7 +116,7 @@ def test_a_bad_saved_palette_is_still_a_value_error():
         Palette.from_dict({"colours": [[0]] * 16, "pixels_per_token": 4})
 
 
-def test_nll_is_the_sum_of_every_pixels_log_prob_one_prefix_at_a_time():
+def test_nll_is_the_sum_of_every_pixels_log_prob_one_prefix_at_a_time(monkeypatch):
     """Each pixel's probability from the model fed only the pixels before it (and the start
     token), summed per image, averaged over images: what evaluate_image_model reports."""
     palette = Palette.named("binary", gray([[0]]))
@@ -130,6 +132,9 @@ def test_nll_is_the_sum_of_every_pixels_log_prob_one_prefix_at_a_time():
             total += log_probs.gather(1, targets[:, i : i + 1]).sum().item()
     result = evaluate_image_model(model, palette, images, batch_size=2)
     assert result["images"] == 3
+    monkeypatch.setattr("sys.stderr", Terminal())  # and with a bar: the same figures
+    assert evaluate_image_model(model, palette, images, 2, progress=True) == result
+    assert "3/3 [" in sys.stderr.getvalue()
     assert result["nats_per_image"] == pytest.approx(-total / 3, rel=1e-5)
     assert result["bits_per_pixel"] == pytest.approx(-total / 3 / 16 / math.log(2), rel=1e-5)
 

@@ -3,11 +3,13 @@ whole evaluation of a model whose predictions are uniform."""
 
 import itertools
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Terminal
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from attnlab.cli.reports import plot_confusion
@@ -74,7 +76,7 @@ def test_evaluating_uniform_predictions(text, bytes_per_char, monkeypatch):
     assert result["bits_per_byte"] == pytest.approx(expected_bits, rel=1e-6)
 
 
-def test_procedures_run_a_model_in_eval_mode_and_give_it_back_in_its_own():
+def test_procedures_run_a_model_in_eval_mode_and_give_it_back_in_its_own(monkeypatch):
     """Evaluation, generation and inspection switch dropout off for their work only: a model a
     user is training stays in training mode."""
     text = "abcdefgh " * 20
@@ -88,6 +90,10 @@ def test_procedures_run_a_model_in_eval_mode_and_give_it_back_in_its_own():
     first = evaluate_language_model(model, tokens, tokenizer)
     assert model.training
     assert evaluate_language_model(model, tokens, tokenizer) == first  # no dropout noise
+    for shown in (False, True):  # a bar on a terminal when asked for; the same figures
+        monkeypatch.setattr("sys.stderr", Terminal())
+        assert evaluate_language_model(model, tokens, tokenizer, progress=shown) == first
+        assert ("scoring: 100%" in sys.stderr.getvalue()) == shown
     generate(model, torch.tensor([[1, 2]]), 3)
     induction_scores(model, n_sequences=2, length=4)
     assert model.training

@@ -147,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> int:
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
     if len(chosen) < 2:  # a text shorter than the context is one shorter window
         raise UserError(f"the {args.split} split has {len(chosen)} token(s): nothing to predict")
-    result = evaluate_language_model(model, chosen, tokenizer, args.batch_size)
+    result = evaluate_language_model(model, chosen, tokenizer, args.batch_size, progress=True)
     if args.json:
         print_json(result)
     else:

@@ -197,7 +197,7 @@ def evaluate_image_model_command(args: argparse.Namespace) -> int:
     dataset = run_dataset(args, checkpoint)
     side = model.config.image_size
     images = checked_split(dataset, args.split, palette.channels, side).images
-    result = evaluate_image_model(model, palette, images, args.batch_size)
+    result = evaluate_image_model(model, palette, images, args.batch_size, progress=True)
     if args.json:
         print_json(result)
     else:

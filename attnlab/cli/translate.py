@@ -124,7 +124,9 @@ def translate_command(args: argparse.Namespace) -> int:
     if not any(lines):
         raise UserError("no text to translate: give TEXT or lines on stdin")
     note_cut(lines, model, tokenizer)
-    for translation in translate(model, tokenizer, lines, **options):  # a blank line: blank
+    for translation in translate(
+        model, tokenizer, lines, progress=True, **options
+    ):  # a blank line: blank
         sys.stdout.write(translation + "\n")
     sys.stdout.flush()
     return 0
@@ -152,7 +154,9 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
         )
     model, tokenizer = load_translation_model(args.checkpoint, args.device, "evaluate --src")
     note_cut(sources, model, tokenizer)
-    scores, hypotheses = evaluate_translation(model, tokenizer, sources, references, **options)
+    scores, hypotheses = evaluate_translation(
+        model, tokenizer, sources, references, progress=True, **options
+    )
     if args.hypotheses:  # gzip-compressed where named so, as --src and --ref are read
         text = "".join(h + "\n" for h in hypotheses).encode()
         gz = str(args.hypotheses).endswith(".gz")

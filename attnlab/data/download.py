@@ -50,11 +50,10 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
         total = dataset.size if len(missing) == dataset.count else None
     else:
         total = sum(sizes)
-    from tqdm import tqdm
+    from attnlab.progress import progress_bar
 
-    # disable=None: no bar when stderr is not a terminal (logs, CI, tests)
-    options = {"unit": "B", "unit_scale": True, "disable": None if progress else True}
-    with sigterm_as_interrupt(), tqdm(total=total, desc=dataset.name, **options) as bar:
+    options = {"total": total, "desc": dataset.name, "unit": "B", "unit_scale": True}
+    with sigterm_as_interrupt(), progress_bar(progress, **options) as bar:
         for entry in direct:
             url = entry.url
             if mirror:

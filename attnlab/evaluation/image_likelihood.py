@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlab.layers.contracts import eval_mode
+from attnlab.progress import progress_bar
 
 
 class ImageLikelihood:
@@ -42,14 +43,19 @@ class ImageLikelihood:
 
 
 @torch.no_grad()
-def evaluate_image_model(model: nn.Module, palette, images: torch.Tensor, batch_size: int) -> dict:
+def evaluate_image_model(
+    model: nn.Module, palette, images: torch.Tensor, batch_size: int, progress: bool = False
+) -> dict:
     """NLL of uint8 images (N, C, S, S) under `model`, read through `palette` (data/palette.py):
-    {"nats_per_image", "bits_per_pixel", "images"}, in full precision."""
+    {"nats_per_image", "bits_per_pixel", "images"}, in full precision; progress: a bar on stderr
+    when it is a terminal."""
     device = next(model.parameters()).device
     scores = ImageLikelihood(images.size(-1) * images.size(-2))
-    with eval_mode(model):
+    bar = progress_bar(progress, total=len(images), desc="scoring", unit=" images")
+    with eval_mode(model), bar:
         for chunk in images.split(batch_size):
             inputs, targets = palette.sequences(chunk)
             logits, _ = model(inputs.to(device))
             scores.update(logits, (targets.to(device),))
+            bar.update(len(chunk))
     return {**scores.compute(), "images": len(images)}

@@ -35,6 +35,7 @@ from torch import nn
 from attnlab.errors import UserError
 from attnlab.layers.contracts import eval_mode
 from attnlab.models.registry import TRANSLATE, check_capable
+from attnlab.progress import progress_bar
 
 
 def max_target_lengths(
@@ -231,10 +232,12 @@ def translate(
     batch_size: int = 32,
     max_length_factor: float = 1.0,
     max_length_offset: int = 50,
+    progress: bool = False,
 ) -> list[str]:
     """Detokenized translations of `sentences`, in order, each on one line; a blank sentence's
     is blank (nothing to translate). Sentences are decoded in batches of similar length (less
-    padding); a source longer than the model's max_length is cut to fit."""
+    padding); a source longer than the model's max_length is cut to fit. progress: a bar on
+    stderr when it is a terminal."""
     check_capable(model, "translation", TRANSLATE)
     if batch_size < 1:
         raise UserError(f"batch size must be positive, got {batch_size}")
@@ -242,7 +245,8 @@ def translate(
     written = (i for i in range(len(sentences)) if sentences[i].strip())
     order = sorted(written, key=lambda i: len(sentences[i]))
     results: list[str] = [""] * len(sentences)
-    with eval_mode(model):
+    bar = progress_bar(progress, total=len(order), desc="translating", unit=" sentences")
+    with eval_mode(model), bar:
         for first in range(0, len(order), batch_size):
             chosen = order[first : first + batch_size]
             src = encode_sources([sentences[i] for i in chosen], tokenizer, model).to(device)
@@ -258,4 +262,5 @@ def translate(
                 # One line per translation: any line break or whitespace run (a byte-level
                 # model can emit them) becomes one space.
                 results[i] = " ".join(tokenizer.decode(ids).split())
+            bar.update(len(chosen))
     return results
