@@ -295,18 +295,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_a_nan_validation_loss_stops_before_it_is_saved(tmp_path):
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_nan_validation_loss_stops_before_it_is_saved(tmp_path, bad):
     trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)
     evaluate = trainer.evaluate
 
     def nan_at_step_4():  # the weights score NaN on held-out data, not (yet) in training
         results = evaluate()
         if trainer.step == 4:
-            results["val_loss"] = trainer.last_eval["val_loss"] = math.nan
+            results["val_loss"] = trainer.last_eval["val_loss"] = bad
         return results
 
     trainer.evaluate = nan_at_step_4
-    with pytest.raises(TrainingDiverged, match="val_loss became nan at step 4.*step 2 is saved"):
+    with pytest.raises(TrainingDiverged, match=f"val_loss became {bad} at step 4.*step 2 is saved"):
         trainer.fit()
     assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
 

@@ -40,7 +40,6 @@ from attnlab.data.labels import count_classes
 from attnlab.errors import UserError
 from attnlab.training.artifacts import register_artifact
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: uint8 data with 3 and 1 dimensions
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

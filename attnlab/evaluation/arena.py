@@ -27,7 +27,6 @@ from attnlab.errors import UserError
 from attnlab.layers.mixers import MIXERS, unread_fields
 from attnlab.models.gpt import GPT, GPTConfig
 
-DEFAULT_MIXERS = ("attention", "lstm", "hyena", "mamba")
 WIDTH_STEP = 8  # widths tried: multiples of this (4 heads of an even width for attention)
 MAX_WIDTH = 4096  # the widest tried
 SIZE_TOLERANCE = 1.2  # block parameters further apart than this are flagged in the report

@@ -46,7 +46,6 @@ class FeedForward(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.activation_name = activation
         self.activation = ACTIVATIONS[activation]
         self.up_projection = nn.Linear(d_model, d_ff, bias=bias)
         self.down_projection = nn.Linear(d_ff, d_model, bias=bias)

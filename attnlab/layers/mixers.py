@@ -91,7 +91,7 @@ def mixer_options(name: str, given: Any, owner: str) -> Any:
             f"{owner}.mixer_options must be a table of {spec.options.__name__} fields, "
             f"got {type(given).__name__}"
         )
-    own = {f.name for f in dataclasses.fields(spec.options)}
+    own = _field_names(spec.options)
     for key in sorted(set(given) - own):
         others = sorted(s.name for s in MIXERS.values() if key in _field_names(s.options))
         if others:

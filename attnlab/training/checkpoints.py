@@ -33,11 +33,7 @@ from attnlab.errors import NotRegistered, UserError
 from attnlab.files import atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind, kind_config
 from attnlab.tokenizers import Tokenizer
-from attnlab.training.artifacts import (  # noqa: F401
-    ARTIFACTS,
-    check_artifacts_fit,
-    register_artifact,
-)
+from attnlab.training.artifacts import ARTIFACTS, check_artifacts_fit
 from attnlab.training.distributed import is_writer, like, whole
 from attnlab.training.state import OPTIMIZER_FILE, STATE_FILE, optimizer_bytes
 

@@ -1,10 +1,9 @@
 """The one training loop, for every model and objective.
 
-The loop knows nothing of the objective or of text: a batch is a tuple of tensors and the
-model's ``forward(*batch)`` returns ``(logits, loss)``. The data source decides what the tuple
-holds (inputs and next tokens for a GPT; source, target input and target output for
-translation) and names the unit its throughput counts. Preprocessing artefacts (a tokenizer, a
-palette) are only carried into the checkpoint.
+The loop knows nothing of the objective or of text: a batch is a tuple of tensors and the model's
+``forward(*batch)`` returns ``(logits, loss)``. The data source decides what the tuple holds (inputs
+and next tokens for a GPT; source, target input and target output for translation) and names the
+unit its throughput counts. Artefacts (a tokenizer, a palette) only go into the checkpoint.
 
 Each optimizer step: gradient accumulation over micro-batches under autocast, a finiteness check
 (a NaN/inf loss stops the run before it touches the weights), gradient clipping, AdamW. Every
@@ -184,8 +183,8 @@ class Trainer:
                         metrics.flush()
                         self.on_record(record)
                     if evaluating:
-                        if bad := [k for k, v in self.last_eval.items() if _diverged_loss(k, v)]:
-                            raise self._diverged(f"{bad[0]} became nan at step {self.step}")
+                        if bad := [kv for kv in self.last_eval.items() if _diverged_loss(*kv)]:
+                            raise self._diverged(*bad[0], self.step)
                         self._keep_if_best()
                         self.save()
             interrupted = self._stopping and self.step < self.config.max_iters  # else finished
@@ -247,19 +246,20 @@ class Trainer:
         )
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged(f"loss became {loss} at step {self.step + 1}")
+            raise self._diverged("loss", loss, self.step + 1)
         if self.config.grad_clip:
             clip_gradients(self.optimizer, self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens
 
-    def _diverged(self, what: str) -> TrainingDiverged:
+    def _diverged(self, name: str, value: float, step: int) -> TrainingDiverged:
         """The error that stops a run whose loss is no longer a number, before it is saved."""
         saved, where = self.saved_step, self.out_dir
         then = "start again" if saved is None else f"--resume (step {saved} is saved in {where})"
         return TrainingDiverged(
-            f"{what}; training stopped. Lower the learning rate or raise warmup, then {then}"
+            f"{name} became {value} at step {step}; training stopped. Lower the learning rate "
+            f"or raise warmup, then {then}"
         )
 
     @torch.no_grad()
