@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import re
 import time
@@ -163,8 +162,7 @@ def warn_compiler_failure(error: Exception, what: str, instead: str, stacklevel:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices)."""
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    """Seed Python's, NumPy's and PyTorch's (all devices') random numbers."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
