@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error, read_only, run, snapshot
+from helpers import Terminal, one_line_error, read_only, run, snapshot
 
 from attnlab.cli import main
 from attnlab.tokenizers import load_tokenizer
@@ -64,14 +64,18 @@ def test_train_encode_decode_show(trained_file, capsys, monkeypatch):
     assert [int(i) for i in ids] == tokenizer.encode("the lazy fox")
 
     assert main(["tokenize", "decode", "--tokenizer", str(trained_file), *ids]) == 0
-    assert capsys.readouterr().out == "the lazy fox\n"
+    assert capsys.readouterr().out == "the lazy fox"  # exactly the text: a pipe, a file
+    with monkeypatch.context() as terminal:
+        terminal.setattr(sys, "stdout", Terminal())
+        assert main(["tokenize", "decode", "--tokenizer", str(trained_file), *ids]) == 0
+        assert sys.stdout.getvalue() == "the lazy fox\n"  # on a terminal, a line of its own
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("the dog\n"))
     assert main(["tokenize", "encode", "--tokenizer", str(trained_file)]) == 0
     ids = capsys.readouterr().out.strip()
     monkeypatch.setattr(sys, "stdin", io.StringIO(ids))
     assert main(["tokenize", "decode", "--tokenizer", str(trained_file)]) == 0
-    assert capsys.readouterr().out == "the dog\n\n"
+    assert capsys.readouterr().out == "the dog\n"  # encode | decode gives the text back
 
     assert main(["tokenize", "show", "--tokenizer", str(trained_file), "the fox"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -188,9 +188,12 @@ def run_decode(args: argparse.Namespace) -> int:
             raise UserError(f"not a token id: {word!r} (ids are whole numbers from 0)")
         ids.append(int(word))
     try:
-        print(tokenizer.decode(ids))
+        text = tokenizer.decode(ids)
     except ValueError as error:
         raise UserError(str(error)) from None
+    # the text as encoded, so that a file goes through encode and decode unchanged; on a
+    # terminal, a line of its own
+    sys.stdout.write(text + "\n" * (sys.stdout.isatty() and not text.endswith("\n")))
     return 0
 
 
