@@ -124,7 +124,7 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
     out = tmp_path / "view.html"
     code, _, err = run(["inspect", "attention", checkpoints["gpt"], "--text", "x" * 40,
                         "--out", str(out)], capsys)  # fmt: skip
-    assert code == 0 and "8 tokens longer than the model reads" in err
+    assert code == 0 and "8 token(s) longer than the model reads" in err
     assert len(page_data(out)["sequences"]["text"]) == 32
 
 

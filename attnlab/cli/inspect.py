@@ -121,7 +121,7 @@ def _inputs(checkpoint, args):
     )
     if inputs.dropped:
         print(
-            f"attnlab: the input is {inputs.dropped} tokens longer than the model reads; "
+            f"attnlab: the input is {inputs.dropped} token(s) longer than the model reads; "
             "looking at the tokens that fit",
             file=sys.stderr,
         )
@@ -333,7 +333,7 @@ def layers_command(args: argparse.Namespace) -> int:
         tokens = tokens[: args.windows * length + 1]
         if len(tokens) <= length:
             raise UserError(
-                f"{args.data} has {len(tokens)} tokens, fewer than one window of {length + 1}"
+                f"{args.data} has {len(tokens)} token(s), fewer than one window of {length + 1}"
             )
         windows = sequential_windows(tokens, length, 16)
     device = next(model.parameters()).device

@@ -190,7 +190,7 @@ class TextSplits:
         for name, tokens in (("train", self.train), ("val", self.val)):
             if len(tokens) <= context_length:
                 raise UserError(
-                    f"the {name} split has {len(tokens)} tokens, but windows of "
+                    f"the {name} split has {len(tokens)} token(s), but windows of "
                     f"context_length + 1 = {context_length + 1} are needed: give more data "
                     "or a shorter context"
                 )
@@ -213,7 +213,7 @@ class RandomWindows:
         self, tokens: np.ndarray, batch_size: int, length: int, seed: int, repeat: bool = False
     ):
         if len(tokens) <= length:
-            raise UserError(f"{len(tokens)} tokens cannot fill a window of {length + 1}")
+            raise UserError(f"{len(tokens)} token(s) cannot fill a window of {length + 1}")
         self.tokens, self.batch_size, self.length = tokens, batch_size, length
         self.repeat = repeat
         self.generator = torch.Generator().manual_seed(seed)
