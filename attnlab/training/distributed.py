@@ -212,6 +212,14 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value) -> list:
+        """Every rank's `value`, in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def mean(self, scores: dict[str, float]) -> dict[str, float]:
         """Scores averaged over the ranks, so that every rank acts on the same figures."""
         if self.world == 1 or not scores:

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from attnlab.errors import UserError
 from attnlab.files import read_json
-from attnlab.training.distributed import like, whole
+from attnlab.training.distributed import ALONE, Group, like, whole
 
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
 
@@ -75,27 +75,37 @@ def load_training_state(path: str | os.PathLike, optimizer: Optimizer) -> dict[s
     return state
 
 
-def random_states(data: Any) -> dict[str, Any]:
+def random_states(data: Any, group: Group = ALONE) -> dict[str, Any]:
     """The "rng" of a trainer state: torch's, CUDA's, Python's and the data sampler's (`data`,
-    with state_dict) generators, as JSON."""
-    return {
+    with state_dict) generators, as JSON; of several ranks, rank 0's and, in "ranks", every
+    rank's torch and CUDA generators (their dropout differs). Every rank calls it."""
+    generators = {
         "torch": encode_tensor(torch.get_rng_state()),
         "cuda": [encode_tensor(s) for s in torch.cuda.get_rng_state_all()]
         if torch.cuda.is_available()
         else [],
+    }
+    ranks = group.gather(generators) if group.world > 1 else []
+    return {
+        **generators,
         "python": random.getstate()[1],
         "data": {k: encode_tensor(v) for k, v in data.state_dict().items()},
+        **({"ranks": ranks} if ranks else {}),
     }
 
 
-def restore_random_states(path: Path, rng: dict[str, Any], data: Any) -> None:
+def restore_random_states(path: Path, rng: dict[str, Any], data: Any, group: Group = ALONE) -> bool:
     """Set torch's, CUDA's, Python's and the data sampler's generators (`data`, with
-    load_state_dict) from the "rng" of a checkpoint's trainer state. A hand-edited state that
-    does not decode is one line."""
+    load_state_dict) from the "rng" of a checkpoint's trainer state: each rank its own torch and
+    CUDA ones where as many ranks saved it, else rank 0's. Returns whether they were this rank's
+    own. A hand-edited state that does not decode is one line."""
+    ranks = rng.get("ranks") if group.world > 1 else None
+    own = isinstance(ranks, list) and len(ranks) == group.world
+    generators = ranks[group.rank] if own else rng
     try:
-        torch.set_rng_state(decode_tensor(rng["torch"]))
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([decode_tensor(s) for s in rng["cuda"]])
+        torch.set_rng_state(decode_tensor(generators["torch"]))
+        if generators["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([decode_tensor(s) for s in generators["cuda"]])
         random.setstate((3, tuple(rng["python"]), None))
         data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
     except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as error:
@@ -104,6 +114,7 @@ def restore_random_states(path: Path, rng: dict[str, Any], data: Any) -> None:
             f"trainer state {Path(path) / STATE_FILE} is damaged: its random state cannot be "
             f"restored ({reason})"
         ) from None
+    return own or group.rank == 0
 
 
 def encode_tensor(tensor: torch.Tensor) -> str:

@@ -338,7 +338,7 @@ class Trainer:
             "train_config": config_to_dict(self.config),
             "last_eval": self.last_eval,
             "best": self.best,
-            "rng": random_states(self.train_data),
+            "rng": random_states(self.train_data, self.group),
         }
         try:
             save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
@@ -380,8 +380,8 @@ class Trainer:
         saved = getattr(torch, str(state.get("precision")), None)
         if self.config.precision == "auto" and isinstance(saved, torch.dtype):
             self.dtype = saved  # as first chosen: measuring the CPU again might not agree
-        restore_random_states(self.out_dir, state["rng"], self.train_data)  # rank 0's
-        if self.group.rank:  # the other ranks draw their own (dropout)
+        if not restore_random_states(self.out_dir, state["rng"], self.train_data, self.group):
+            # saved by another number of ranks: the others draw their own (dropout)
             torch.manual_seed(self.config.seed + self.group.rank + self.step)
 
     def _on_signal(self) -> None:
