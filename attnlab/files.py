@@ -20,6 +20,7 @@ from attnlab.errors import UserError
 
 RUN_LOCK = ".attnlab.lock"  # in a run directory while a process writes it: "PID HOST"
 RUN_FILE = "run.json"  # kind, preset and data settings of a run: --resume needs no flags again
+BEST_DIR = "best"  # in a run: the checkpoint of the best evaluation, when a score is kept
 
 
 def cache_dir() -> Path:

@@ -143,6 +143,14 @@ def test_a_first_save_interrupted_after_its_journal_says_how_to_complete_it(tmp_
     assert "its save was interrupted" in line and "--resume` completes it" in line
 
 
+def test_an_interrupted_save_of_a_best_copy_names_the_resume_of_its_run(tmp_path, capsys):
+    path = saved_gpt(tmp_path / "run" / "best")  # `train ... --out run/best` would not resume
+    (tmp_path / "run" / "run.json").write_text('{"kind": "gpt", "data": {}}')
+    (path / "checkpoint.journal").write_text("{}")
+    line = one_line_error(*run(["sample", str(path)], capsys)[::2])
+    assert f"`attnlab train gpt --out {tmp_path / 'run'} --resume` completes it" in line
+
+
 def add_sparse_tensor(file, name, gib):
     """Add to a safetensors file a float32 tensor of `gib` GiB that takes no disk: its bytes
     are a hole at the end of a sparse file. Reading it would cost that much memory."""

@@ -112,3 +112,28 @@ def test_a_training_run_whose_reader_goes_away_ends_saved(tmp_path, corpus):
         os.close(writer)
     state = json.loads((out / "trainer_state.json").read_text())
     assert done.returncode == 141 and (out / "model.safetensors").is_file() and state["step"] < 50
+
+
+KILLED_WHILE_TOKENIZING = """
+import os, signal, sys
+from attnlab.cli import main
+from attnlab.tokenizers.char import CharTokenizer
+def encode_array(self, text):
+    os.kill(os.getpid(), signal.SIGTERM)  # `timeout`, a scheduler: while the cache is written
+    return encode(self, text)
+encode, CharTokenizer.encode_array = CharTokenizer.encode_array, encode_array
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_before_training_stops_as_ctrl_c_does_leaving_nothing_half_written(tmp_path, corpus):
+    """SIGTERM anywhere, not only within training steps, is Ctrl-C: one line, exit code 130,
+    and what was being written (a corpus's token cache, a new run folder) gone, not left."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(out), "--no-cpu-kernels"]
+    env = {**os.environ, "ATTNLAB_CACHE": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_TOKENIZING, *argv], capture_output=True, env=env
+    )
+    assert (done.returncode, done.stderr.decode().splitlines()[-1]) == (130, "attnlab: interrupted")
+    assert not out.exists() and not list((cache / "tokens").iterdir())

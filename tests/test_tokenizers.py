@@ -1,4 +1,5 @@
 import itertools
+import json
 import tracemalloc
 
 import numpy as np
@@ -189,6 +190,17 @@ def test_a_large_corpus_is_never_held_whole(tmp_path, monkeypatch):
         tracemalloc.stop()
     assert len(tokens) == path.stat().st_size and tokenizer.decode(tokens[:65].tolist()) == line
     assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held at once"
+
+
+def test_a_damaged_cached_tokenizer_is_learned_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    texts = ["the cat sat on the mat, the cat sat. " * 20]
+    learned = tokenizer_cached("bpe:270", texts).to_dict()
+    (cached,) = (tmp_path / "cache" / "tokenizers").iterdir()
+    for damage in ("", '{"type": "bpe"'):  # cut short, to nothing or midway
+        cached.write_text(damage)
+        assert tokenizer_cached("bpe:270", texts).to_dict() == learned
+        assert json.loads(cached.read_text()) == learned
 
 
 class ChangingTexts:

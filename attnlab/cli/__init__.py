@@ -5,7 +5,8 @@ Each command lives in its own module with ``register(subparsers)``, which adds i
 without loading torch. ATTNLAB_PLUGINS (comma-separated modules or .py files) is imported
 first: a user's own mixers and model kinds register themselves there. Libraries raise; this is
 the one place that prints errors: a UserError, an OSError (a missing or read-only file, a full
-disk) or text that is not UTF-8 becomes one line on stderr and exit code 2, Ctrl-C exit code 130.
+disk) or text that is not UTF-8 becomes one line on stderr and exit code 2, Ctrl-C (and a kill,
+SIGTERM, which stops a command as Ctrl-C does) exit code 130.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import attnlab
 from attnlab.errors import UserError
+from attnlab.signals import sigterm_as_interrupt
 
 # command -> (module in attnlab.cli, one line for `attnlab --help`)
 COMMANDS = {
@@ -180,7 +182,8 @@ def _main(argv: list[str]) -> int:
             sys.stdout.flush()  # caught below (at exit it would be a warning and exit code 120)
             raise
         args.argv = argv  # for a command that starts itself again (train --processes)
-        code = args.handler(args) or 0
+        with sigterm_as_interrupt():  # a kill (`timeout`, a scheduler's) cleans up as Ctrl-C does
+            code = args.handler(args) or 0
         sys.stdout.flush()  # the same for the last of a command's output
         return code
     except UserError as error:  # of torchrun's ranks, rank 0 speaks for all (the same checks)

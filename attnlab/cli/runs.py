@@ -14,9 +14,9 @@ from typing import IO, Any
 from attnlab.cli.options import LOSS_PLOT
 from attnlab.cli.reports import note, plot_losses, progress_printer, stderr_closed
 from attnlab.errors import UserError
-from attnlab.files import RUN_FILE, RUN_LOCK, read_json
+from attnlab.files import BEST_DIR, RUN_FILE, RUN_LOCK, read_json
 from attnlab.training.checkpoints import JOURNAL_FILE
-from attnlab.training.trainer import BEST_DIR, METRICS_FILE, Trainer
+from attnlab.training.trainer import METRICS_FILE, Trainer
 
 
 @contextlib.contextmanager
@@ -205,7 +205,8 @@ def fit_and_report(
         result = trainer.fit()
     finally:
         progress.close()
-    plot = plot_losses(out / METRICS_FILE, out / LOSS_PLOT)
+    with trainer.writing(f"plotting {out / LOSS_PLOT}"):  # a full disk: the run is saved
+        plot = plot_losses(out / METRICS_FILE, out / LOSS_PLOT)
     timed_out = limit_s is not None and trainer.elapsed - begun_s >= limit_s
     if result.interrupted:
         note(

@@ -37,7 +37,7 @@ from attnlab.cli.runs import (
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import seed_everything
 from attnlab.errors import UserError
-from attnlab.files import atomic_write_json
+from attnlab.files import BEST_DIR, atomic_write_json
 from attnlab.models import KINDS
 from attnlab.models.registry import (
     CLASSIFY,
@@ -59,7 +59,7 @@ from attnlab.training.checkpoints import (
 )
 from attnlab.training.distributed import MODES, Group, launch
 from attnlab.training.sources import DataRequest
-from attnlab.training.trainer import BEST_DIR, TrainConfig, Trainer, prepare
+from attnlab.training.trainer import TrainConfig, Trainer, prepare
 
 # model fields a run started from another's weights (--init) may change: its regularisation
 # and how a classifier reads a text

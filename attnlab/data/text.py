@@ -129,9 +129,11 @@ def tokenizer_cached(
         return build_tokenizer(spec, texts, special_tokens=special_tokens)
     specials = json.dumps(None if special_tokens is None else list(special_tokens))
     path = cache_dir() / "tokenizers" / f"{content_key(texts, spec, specials)}.json"
-    if path.is_file():
-        tokenizer = load_tokenizer(path)
-    else:
+    try:
+        tokenizer = load_tokenizer(path) if path.is_file() else None
+    except UserError:  # damaged (a disk fault, an edit): learned again, as token caches are encoded
+        tokenizer = None
+    if tokenizer is None:
         check_writable(path.parent)  # a read-only cache: one line now, not after training
         progress = sys.stderr.isatty()  # no bar to leave half drawn in a log or a notebook
         tokenizer = build_tokenizer(spec, texts, progress=progress, special_tokens=special_tokens)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from attnlab.errors import NotRegistered, UserError
-from attnlab.files import atomic_write_files, finish_writes, read_json
+from attnlab.files import BEST_DIR, RUN_FILE, atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind, kind_config
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ARTIFACTS, check_artifacts_fit
@@ -99,7 +99,7 @@ def _check_whole(path: Path) -> None:
     if (path / JOURNAL_FILE).exists():
         raise UserError(
             f"the checkpoint in {path} is being saved, or its save was interrupted: "
-            f"`attnlab train KIND --out {path} --resume` completes it"
+            f"{_completing_command(path)} completes it"
         )
     ids = {n: _save_id(path / n) for n in (MODEL_FILE, OPTIMIZER_FILE) if (path / n).is_file()}
     if (path / STATE_FILE).is_file():
@@ -111,6 +111,18 @@ def _check_whole(path: Path) -> None:
             f"{path} mixes files of different saves ({', '.join(sorted(ids))} do not belong "
             "together): restore the directory from one save"
         )
+
+
+def _completing_command(path: Path) -> str:
+    """The resume that completes an interrupted save in `path`: that of its run (the run
+    directory itself, or the run of its best/ copy), whose kind run.json names."""
+    for run in (path, path.parent) if path.name == BEST_DIR else (path,):
+        if (run / RUN_FILE).is_file():
+            kind = read_json(run / RUN_FILE, "run description")
+            kind = kind.get("kind") if isinstance(kind, dict) else None
+            kind = kind if isinstance(kind, str) else "KIND"
+            return f"`attnlab train {kind} --out {run} --resume`"
+    return f"`attnlab train KIND --out {path} --resume`"
 
 
 def _save_id(file: Path) -> str | None:

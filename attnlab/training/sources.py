@@ -68,6 +68,20 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+SOURCE_METHODS = ("next", "state_dict", "load_state_dict")  # a BatchSource's
+
+
+def check_sources(train_data: Any, eval_data: Any) -> None:
+    """A TypeError unless train_data is a BatchSource and eval_data maps splits to functions."""
+    if missing := [m for m in SOURCE_METHODS if not callable(getattr(train_data, m, None))]:
+        raise TypeError(
+            f"train_data lacks {', '.join(missing)}: a BatchSource (training/sources.py) "
+            f"has {', '.join(SOURCE_METHODS)}"
+        )
+    if not all(callable(batches) for batches in eval_data.values()):
+        raise TypeError("eval_data maps each split's name to a function giving its batches")
+
+
 def _quiet(message: str) -> None:
     """The default for notes: libraries do not print (the CLI passes its own)."""
 

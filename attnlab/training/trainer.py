@@ -38,6 +38,7 @@ from attnlab.devices import (
     training_compile_options,
 )
 from attnlab.errors import UserError
+from attnlab.files import BEST_DIR
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.contracts import eval_mode
 from attnlab.models.registry import describe
@@ -48,14 +49,12 @@ from attnlab.training.distributed import ALONE, Group
 from attnlab.training.metrics_log import truncate_metrics
 from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
 from attnlab.training.probes import load_probe, parse_probes
-from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics
+from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics, check_sources
 from attnlab.training.state import load_training_state, random_states, restore_random_states
 
 METRICS_FILE = "metrics.jsonl"
 SCHEDULE = ("lr_schedule", "learning_rate", "min_learning_rate", "warmup_iters", "max_iters")
 HIGHER_IS_BETTER = ("accuracy", "f1", "bleu", "chrf")  # scores; losses, bits, nats: lower
-SOURCE_METHODS = ("next", "state_dict", "load_state_dict")  # a BatchSource's (sources.py)
-BEST_DIR = "best"  # the checkpoint of the best evaluation, when a score is kept
 
 
 def prepare(config: TrainConfig) -> None:
@@ -104,13 +103,7 @@ class Trainer:
         check_tokenizer(
             describe(model)["config"], (artifacts or {}).get("tokenizer"), "the tokenizer"
         )
-        if missing := [m for m in SOURCE_METHODS if not callable(getattr(train_data, m, None))]:
-            raise TypeError(
-                f"train_data lacks {', '.join(missing)}: a BatchSource (training/sources.py) "
-                f"has {', '.join(SOURCE_METHODS)}"
-            )
-        if not all(callable(batches) for batches in eval_data.values()):
-            raise TypeError("eval_data maps each split's name to a function giving its batches")
+        check_sources(train_data, eval_data)
         self.config, self.group = config, group
         self.device = pick_device(config.device)
         self.dtype = group.from_writer(pick_dtype(self.device, config.precision))  # measured
@@ -159,15 +152,15 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
         """Train until max_iters, Ctrl-C or request_finish; returns where it stopped."""
-        writer = self.group.is_writer
+        writer, log_path = self.group.is_writer, self.out_dir / METRICS_FILE
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+            truncate_metrics(log_path, self.step)
         # Ctrl-C, and in one process SIGTERM (a job scheduler's, `timeout`'s); under torchrun a
         # SIGTERM is the launcher ending the job, the process group's to handle
         signums = [signal.SIGINT] + ([signal.SIGTERM] if self.group.world == 1 else [])
-        with on_signals(self._on_signal, signums):
-            log = (self.out_dir / METRICS_FILE).open("a") if writer else contextlib.nullcontext()
+        with on_signals(self._on_signal, signums):  # unbuffered: a full disk fails the write
+            log = log_path.open("ab", 0) if writer else contextlib.nullcontext()
             with log as metrics:
                 while not (self.step >= self.config.max_iters or self._stopping or self._finishing):
                     record = self.train_step()
@@ -179,8 +172,8 @@ class Trainer:
                     if evaluating:
                         record.update(self.evaluate())
                     if writer:  # logged before the save: a checkpoint never outruns its log
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
+                        with self.writing(f"logging step {self.step} in {metrics.name}"):
+                            metrics.write((json.dumps(record) + "\n").encode())
                         self.on_record(record)
                     if evaluating:
                         if bad := [kv for kv in self.last_eval.items() if _diverged_loss(*kv)]:
@@ -305,7 +298,8 @@ class Trainer:
         if self.best and sign * value <= sign * self.best["value"]:
             return
         self.best = {"score": self.keep_best, "value": value, "step": self.step}
-        save_checkpoint(self.out_dir / BEST_DIR, self.model, self.artifacts)
+        with self.writing(f"saving step {self.step} in {self.out_dir / BEST_DIR}"):
+            save_checkpoint(self.out_dir / BEST_DIR, self.model, self.artifacts)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the device; to a GPU through pinned memory, without waiting."""
@@ -340,15 +334,20 @@ class Trainer:
             "best": self.best,
             "rng": random_states(self.train_data, self.group),
         }
-        try:
+        with self.writing(f"saving step {self.step} in {self.out_dir}"):
             save_checkpoint(self.out_dir, self.model, self.artifacts, self.optimizer, state)
-        except OSError as error:  # a full disk, say: what failed, and what is kept
+        self.saved_step = self.step
+
+    @contextlib.contextmanager
+    def writing(self, what: str):
+        """An OSError of the block (a full disk, say) as one line: what failed, what is kept."""
+        try:
+            yield
+        except OSError as error:
             kept = "nothing" if self.saved_step is None else f"step {self.saved_step}"
             raise UserError(
-                f"saving step {self.step} in {self.out_dir} failed: {error.strerror or error}; "
-                f"{kept} is saved there"
+                f"{what} failed: {error.strerror or error}; {kept} is saved in {self.out_dir}"
             ) from None
-        self.saved_step = self.step
 
     def _learning_rate(self, step: int, c: TrainConfig) -> float:
         return learning_rate(
