@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from attnlab.errors import UserError
+from attnlab.files import atomic_write_bytes
 from attnlab.layers.mixers import MIXERS, unread_fields
 from attnlab.models.gpt import GPT, GPTConfig
 
@@ -202,7 +203,7 @@ def report(entries: list[Entry], out: Path, title: str) -> str:
                   f"steps of {WIDTH_STEP}, coarse for models this small; a larger --params "
                   "matches them closer."]  # fmt: skip
     table = "\n".join(lines) + "\n"
-    (out / "arena.md").write_text(table)
+    atomic_write_bytes(out / "arena.md", table.encode())
     _plot(entries, out / "arena.png", title)
     return table
 

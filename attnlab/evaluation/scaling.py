@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.files import save_figure
+from attnlab.files import atomic_write_bytes, save_figure
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.mixers import MIXERS, MixerContext, mixer_options
 
@@ -195,7 +195,7 @@ def write_scaling(curves: list[Curve], out: Path, title: str) -> str:
     lines += [f"- {c.name}: {c.stopped}" for c in curves if c.stopped]
     lines += [f"- {name} is faster than {REFERENCE} from T={n}" for name, n in cross.items()]
     table = "\n".join(lines).rstrip() + "\n"
-    (out / "scaling.md").write_text(table)
+    atomic_write_bytes(out / "scaling.md", table.encode())
     _plot(curves, cross, out / "scaling.png", title)
     return table
 
