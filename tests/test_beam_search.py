@@ -175,6 +175,17 @@ def test_beam_search_finds_what_greedy_misses():
             [4]
         ]
     assert beam_search(model, src, beam_size=2, length_penalty=5.0) == [[3, 5]]
+    # |Y| counts </s>: B </s> scores log 0.36 / (7/6)^α, A X </s> log 0.24 / (8/6)^α, and A X
+    # wins from α = 2.50 on (from α = 2.17 were |Y| to leave </s> out)
+    assert beam_search(model, src, beam_size=2, length_penalty=2.3) == [[4]]
+    assert beam_search(model, src, beam_size=2, length_penalty=2.7) == [[3, 5]]
+
+
+def test_pad_and_bos_are_never_chosen(monkeypatch):
+    monkeypatch.setitem(TableModel.NEXT, (), {BOS: 0.5, PAD: 0.3, 3: 0.2})
+    model, src = TableModel(), torch.tensor([[3, EOS]])
+    assert greedy_search(model, src) == [[3, 5]]
+    assert beam_search(model, src, beam_size=2, length_penalty=0.0) == [[3, 5]]
 
 
 def test_bad_beam_size(model):

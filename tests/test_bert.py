@@ -223,6 +223,8 @@ def test_packing_keeps_sentences_whole_and_in_order():
         [1, 20, 21, 22, 23, 24, 25, 2],  # a long sentence in pieces of 6
         [1, 26, 27, 28, 29, 30, 2, 0],
     ]
+    exact = pack_sentences(tokens, torch.tensor([0, 3, 6]).numpy(), 8, cls=1, sep=2, pad=0)
+    assert exact.tolist() == [[1, 5, 6, 7, 8, 9, 10, 2]]  # 3 + 3 tokens fill a row exactly
 
 
 def test_tsv_and_folds(tmp_path):

@@ -293,6 +293,7 @@ def test_corpus_scores():
     # words give a brevity penalty of exp(1 - 16/13)
     expected = 100 * math.exp(1 - 16 / 13) * (10 / 11 * 8 / 9 * 6 / 7) ** (1 / 4)
     assert partial["bleu"] == pytest.approx(expected) and partial["exact_match"] == 50
+    assert corpus_scores([r.lower() for r in refs], refs)["exact_match"] == 0  # cased, as BLEU
     with pytest.raises(UserError, match="must pair up"):
         corpus_scores(refs, refs[:1])
 

@@ -6,6 +6,7 @@ import hashlib
 from types import SimpleNamespace
 
 import pytest
+import torch
 from helpers import one_line_error, read_only, run
 
 from attnlab.data import catalog
@@ -15,7 +16,7 @@ from attnlab.data.classification import (
     classification_training_data,
     read_examples,
 )
-from attnlab.data.masked_lm import MaskedLMDataConfig, masked_lm_training_data
+from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
 from attnlab.errors import UserError
 from attnlab.files import check_writable
 from attnlab.training.sources import DataRequest
@@ -110,3 +111,19 @@ def test_empty_data_is_refused_not_read_as_the_current_folder(kind, tmp_path, ca
 def test_an_empty_tokenizer_is_unknown(tmp_path, capsys):
     code, _, err = run(["train", "gpt", "--tokenizer", "", "--out", str(tmp_path / "r")], capsys)
     assert "unknown tokenizer ''" in one_line_error(code, err)
+
+
+def test_masked_lm_batches_never_select_special_tokens_nor_held_out_sequences(tmp_path):
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("".join(f"{i:03} words\n" for i in range(200)))  # one a sequence
+    request = DataRequest(MaskedLMDataConfig(str(corpus), "char"), {"context_length": 16}, TRAIN)
+    data = masked_lm_training_data(request)
+    specials = torch.tensor(list(data.artifacts["tokenizer"].special_tokens.values()))
+    assert data.train.masking.n_ordinary == specials.min()  # the specials come last
+    for inputs, targets in [data.train.next() for _ in range(10)]:
+        original = torch.where(targets != IGNORE_INDEX, targets, inputs)
+        assert (targets[torch.isin(original, specials)] == IGNORE_INDEX).all()
+    (inputs, targets), *_ = data.eval["val"]()
+    held_out = torch.where(targets != IGNORE_INDEX, targets, inputs)  # the unmasked sequences
+    trained = {tuple(row) for row in data.train.rows.tolist()}
+    assert held_out.size(0) == 4 and not trained & {tuple(row) for row in held_out.tolist()}

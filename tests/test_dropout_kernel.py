@@ -129,3 +129,17 @@ def test_attention_with_dropout_is_the_equation_with_the_kernels_mask():
         torch.manual_seed(5)
         theirs = scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.3)
     assert not torch.allclose(out, theirs)  # a mask of its own
+
+
+def test_attention_with_dropout_gives_a_query_that_sees_no_key_zeros_and_finite_gradients():
+    """The equation's path (the kernel's mask): such a row's softmax is uniform over its
+    masked keys, so the output is multiplied by whether the query sees any key, as torch's
+    fused kernel does."""
+    q, k, v = (torch.randn(2, 3, 4, 8, requires_grad=True) for _ in range(3))
+    mask = torch.tensor([[False, False, True, True], [False] * 4])[:, None, None, :]
+    out = scaled_dot_product_attention(q, k, v, mask=mask, causal=True, dropout_p=0.1)
+    blind = [(0, 0), (0, 1), *((1, i) for i in range(4))]  # left padding, and padding only
+    assert all(not out[b, :, i].any() for b, i in blind)
+    assert out[0, :, 2:].abs().sum() > 0
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

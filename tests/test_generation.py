@@ -116,6 +116,18 @@ def test_sample_next_greedy_and_filters():
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):  # top_k=1 leaves only the argmax to draw
         assert sample_next(logits, top_k=1, generator=generator).tolist() == [1, 0]
+    # temperature comes before top-p: at 0.5, probabilities 0.5, 0.3, 0.2 sharpen to 0.66, 0.24,
+    # 0.11, whose nucleus of 0.6 is the top token alone (untempered, it holds the second too)
+    nucleus, favour_second = torch.tensor([[0.5, 0.3, 0.2]]).log(), torch.tensor([[1e3, 1e-3, 1e3]])
+    assert sample_next(nucleus, temperature=0.5, top_p=0.6, noise=favour_second).tolist() == [0]
+    assert sample_next(nucleus, top_p=0.6, noise=favour_second).tolist() == [1]
+
+
+def test_sampling_config_applies_its_repetition_penalty_and_vocab_limit():
+    logits = torch.tensor([[2.0, 1.5, 1.0, 9.0]])  # id 3 lies past the vocabulary limit
+    config = SamplingConfig(temperature=0, repetition_penalty=2.0, vocab_limit=3)
+    assert config.choose(logits).tolist() == [0]
+    assert config.choose(logits, seen=torch.tensor([[0, 0]])).tolist() == [1]  # 2 / 2 < 1.5
 
 
 def test_sampling_follows_the_softmax_distribution():
@@ -225,6 +237,16 @@ def test_default_window_matches_a_naive_sampler():
             logits, _ = model(torch.tensor([tokens[-8:]]))
             tokens.append(int(logits[0, -1].argmax()))
     assert generate(model, [[3, 1, 4]], 20, temperature=0) == [tokens[3:]]
+
+
+def test_the_repetition_penalty_reads_the_prompt_and_every_token_made():
+    model, tokens = tiny_gpt(context_length=8), [3, 1, 4]
+    with torch.no_grad():
+        for _ in range(12):
+            logits = model(torch.tensor([tokens[-8:]]))[0][:, -1]
+            tokens.append(int(repetition_penalty(logits, torch.tensor([tokens]), 5.0).argmax()))
+    assert generate(model, [[3, 1, 4]], 12, temperature=0, repetition_penalty=5.0) == [tokens[3:]]
+    assert generate(model, [[3, 1, 4]], 12, temperature=0) != [tokens[3:]]
 
 
 def test_prompt_longer_than_the_context():

@@ -70,11 +70,33 @@ def test_mamba_recurrent_steps_equal_its_parallel_scan():
     x = torch.randn(2, 20, 8)
     full = layer(x)
     state = layer.new_cache()
-    chunks = [layer(x[:, :5], cache=state)]  # a prompt, then one position at a time
-    chunks += [layer(x[:, t : t + 1], cache=state) for t in range(5, 20)]
+    chunks = [layer(x[:, :5], cache=state), layer(x[:, 5:8], cache=state)]  # prompt, more
+    chunks += [layer(x[:, t : t + 1], cache=state) for t in range(8, 20)]  # then one at a time
     torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-5, atol=1e-6)
     conv, ssm = state.buffers()
     assert conv.shape == (2, 3, 16) and ssm.shape == (2, 16, 16)  # fixed: O(1) per token
+
+
+@torch.no_grad()
+def test_mamba_equals_its_equations_written_out():
+    """The module docstring's equations, one position at a time, from the layer's weights."""
+    layer, (T, N, K) = mamba_layer(d_model=4, d_state=3).double(), (6, 3, 4)
+    layer.D.normal_()  # and A away from its initial values
+    layer.A_log.add_(torch.rand_like(layer.A_log))
+    x = torch.randn(2, T, 4, dtype=torch.float64)
+    u, z = (x @ layer.input_projection.weight.T).chunk(2, -1)
+    w, F = layer.convolution.weight[:, 0], nn.functional  # (E, K): w[:, K-1] reads position t
+    conv = [sum(w[:, K - 1 - s] * u[:, t - s] for s in range(min(K, t + 1))) for t in range(T)]
+    u = F.silu(torch.stack(conv, 1) + layer.convolution.bias)
+    dt, B, C = (u @ layer.ssm_projection.weight.T).split([layer.rank, N, N], -1)
+    dt = F.softplus(dt @ layer.dt_projection.weight.T + layer.dt_projection.bias)
+    A, h, ys = -layer.A_log.exp(), torch.zeros(2, 8, N, dtype=torch.float64), []
+    for t in range(T):
+        dtA, dtBu = dt[:, t, :, None] * A, dt[:, t, :, None] * B[:, t, None] * u[:, t, :, None]
+        h = dtA.exp() * h + dtBu
+        ys.append((h * C[:, t, None]).sum(-1) + layer.D * u[:, t])
+    y = (torch.stack(ys, 1) * F.silu(z)) @ layer.output_projection.weight.T
+    torch.testing.assert_close(layer(x), y)
 
 
 def test_mamba_in_float64_computes_in_float64():
@@ -144,17 +166,20 @@ def test_hyena_steps_equal_the_whole_sequence(order):
 
 @torch.no_grad()
 def test_hyena_decoding_past_its_length_reads_the_last_window():
-    """Past L positions, a step sees the last L inputs, as a fresh run on that window would in
-    its last position (the mixer alone: its short convolution reaches 2 positions further)."""
+    """Past L positions, a step's long convolutions sum over the last L inputs: the whole
+    sequence's equations written out with the filters zero past lag L-1."""
     layer, x = hyena_layer(max_length=6), torch.randn(1, 10, 8)
     state = layer.new_cache()
     outputs = [layer(x[:, :6], cache=state)] + [
         layer(x[:, t : t + 1], cache=state) for t in range(6, 10)
     ]
-    assert torch.cat(outputs, 1).shape == (1, 10, 8)
-    assert int(state.get("position")) == 10
-    inputs = state.get("inputs")  # the ring holds positions 4..9 of every order's input
-    assert inputs.shape == (1, 2, 6, 8) and torch.isfinite(inputs).all()
+    *gates, v = layer.short_convolution(layer.input_projection(x))[0].chunk(3, -1)
+    filters = torch.cat([layer.filter(6), torch.zeros(2, 4, 8)], 1)  # (N, 10, D)
+    for n, gate in enumerate(gates):
+        v = gate * direct_causal_conv(v, filters[n])
+    expected = layer.output_projection(v)
+    torch.testing.assert_close(torch.cat(outputs, 1), expected, rtol=1e-5, atol=1e-6)
+    assert int(state.get("position")) == 10 and state.get("inputs").shape == (1, 2, 6, 8)
 
 
 def test_hyena_sequence_longer_than_its_filters_is_one_clear_error():

@@ -1,12 +1,16 @@
 """The optimizer's parts (attnlab/training/optimizers.py): the learning-rate schedules, weight
 decay on matrices only, and gradient clipping as torch's."""
 
+import copy
+
 import pytest
 import torch
 
+from attnlab.layers.contracts import decayed
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
 from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
+from attnlab.training.trainer import TrainConfig, Trainer
 
 MODEL = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=32)
 
@@ -111,3 +115,53 @@ def test_the_loss_of_float64_logits_is_float64_and_gradient_checks():
     assert token_loss(logits, targets).dtype == torch.float64
     assert token_loss(logits.detach().bfloat16(), targets).dtype == torch.float32
     assert torch.autograd.gradcheck(lambda x: token_loss(x, targets), (logits,))
+
+
+class Rows:
+    """The rows of (N, T) inputs and targets, 4 at a time in order: a trainer's BatchSource."""
+
+    unit = "token"
+
+    def __init__(self, inputs, targets):
+        self.inputs, self.targets, self.start = inputs, targets, 0
+
+    def next(self):
+        self.start += 4
+        return self.inputs[self.start - 4 : self.start], self.targets[self.start - 4 : self.start]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_the_trainers_steps_are_adamw_on_clipped_gradients_at_the_scheduled_rates(tmp_path):
+    """Two steps of the Trainer against torch's AdamW by hand: warmup from step 0's rate, decay
+    on the matrices only, the global norm clipped before each step (AdamW's first step barely
+    sees a gradient's scale; the second sees the ratio of the two steps' norms)."""
+    config = TrainConfig(max_iters=10, warmup_iters=4, learning_rate=1e-2, grad_clip=0.5,
+                         precision="fp32", device="cpu", cpu_kernels=False)  # fmt: skip
+    windows = torch.randint(0, MODEL.vocab_size, (8, 17))
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    model = GPT(MODEL)  # no dropout
+    reference = copy.deepcopy(model)
+    trainer = Trainer(model, config, Rows(inputs, targets), {}, out_dir=tmp_path)
+    assert [trainer.train_step()["lr"] for _ in range(2)] == pytest.approx([2.5e-3, 5e-3])
+    params, decay = list(reference.parameters()), decayed(reference)
+    groups = [
+        {"params": [p for p in params if (id(p) in decay) == decays], "weight_decay": rate}
+        for decays, rate in ((True, config.weight_decay), (False, 0.0))
+    ]
+    adamw = torch.optim.AdamW(groups, betas=(config.beta1, config.beta2))
+    norms = []
+    for step, rows in enumerate((slice(0, 4), slice(4, 8))):
+        reference(inputs[rows], targets[rows])[1].backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, 0.5))
+        for group in adamw.param_groups:
+            group["lr"] = 1e-2 * (step + 1) / 4  # warming up over 4 steps
+        adamw.step()
+        adamw.zero_grad()
+    assert min(norms) > 0.5 and abs(norms[0] - norms[1]) > 0.1  # both clipped, by different factors
+    for mine, theirs in zip(model.parameters(), params, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)

@@ -17,7 +17,7 @@ from attnlab.data.classification import (
 )
 from attnlab.data.corpus import Corpus, corpus_files
 from attnlab.data.labels import count_classes
-from attnlab.data.text import RandomWindows
+from attnlab.data.text import RandomWindows, TextSplits
 from attnlab.errors import UserError
 from attnlab.training.sources import DataRequest
 
@@ -97,6 +97,13 @@ def test_random_windows_are_shifted_by_one_and_reproducible():
     x, y = a.next()
     assert torch.equal(y, x + 1) and x.shape == (3, 8)
     assert torch.equal(b.next()[0], x)
+    short = RandomWindows(np.arange(10, dtype=np.uint16), 64, 8, seed=0)  # 9 tokens a window
+    assert set(short.next()[0][:, 0].tolist()) == {0, 1}  # the last token is a target too
+
+
+def test_the_validation_split_is_the_last_tenth_and_shares_no_token_with_training():
+    splits = TextSplits.from_tokens(np.arange(100, dtype=np.uint16))
+    assert splits.train.tolist() == list(range(90)) and splits.val.tolist() == list(range(90, 100))
 
 
 def test_repeated_windows_end_with_their_own_beginning_at_varying_distances():
