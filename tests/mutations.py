@@ -238,6 +238,29 @@ MUTATIONS = [
         (('targets.flatten(), reduction="sum"', "targets.flatten()"),),
         (("tests/test_image_gpt.py", "-k", "nll or ln2"),),
     ),
+    Mutation(
+        "mamba-gate-a-sigmoid",
+        "attnlab/layers/mamba.py",
+        (("* F.silu(z)", "* torch.sigmoid(z)"),),
+        (("tests/test_mixers.py", "-k", "equations_written_out"),),
+    ),
+    Mutation(
+        "gradients-never-clipped",
+        "attnlab/training/trainer.py",
+        (("clip_gradients(self.optimizer, self.config.grad_clip)", "pass"),),
+        (("tests/test_optimizers.py", "-k", "adamw_on_clipped"),),
+    ),
+    Mutation(
+        "repetition-penalty-forgets-the-tokens-made",
+        "attnlab/generation/decoding.py",
+        (
+            (
+                "seen.scatter_(1, next_ids[:, None], True)",
+                "seen.scatter_(1, next_ids[:, None], False)",
+            ),
+        ),
+        (("tests/test_generation.py", "-k", "repetition_penalty_reads"),),
+    ),
 ]
 
 
