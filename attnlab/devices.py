@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from attnlab.errors import UserError
 
@@ -43,6 +44,25 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' asked for, but MPS is not available here")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def meta_device():
+    """Inside, modules are built on the meta device: shapes without storage or values. Their
+    normal draws are skipped: PyTorch computes them there in Python, whose first call imports
+    torch._dynamo (1-2 s of a command that only checks shapes)."""
+    with torch.device("meta"), _Undrawn():
+        yield
+
+
+class _Undrawn(TorchFunctionMode):
+    """Leaves a tensor that nn.init.normal_ or Tensor.normal_ would fill as it is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.normal_ or func is torch.nn.init.normal_:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:

@@ -3,6 +3,8 @@
 import errno
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -29,6 +31,21 @@ class Terminal(io.StringIO):
 
     def isatty(self):
         return True
+
+
+def loaded_modules(code, *args) -> set[str]:
+    """The modules that Python `code` (given sys.argv[1:] = args) leaves loaded, run in a
+    fresh process: what a command costs in imports, whatever this one has loaded."""
+    code += "\nimport sys\nprint(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    return set(done.stdout.decode().splitlines()[-1].split())
+
+
+def loaded_by(*argv) -> set[str]:
+    """The modules `attnlab ARGV` leaves loaded, run (successfully) in a fresh process."""
+    code = "import sys\nfrom attnlab.cli import main\nassert not main(sys.argv[1:])"
+    return loaded_modules(code, *argv)
 
 
 def snapshot(folder):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers import one_line_error, run, snapshot, tiny_gpt
+from helpers import loaded_modules, one_line_error, run, snapshot, tiny_gpt
 
 import attnlab
 from attnlab.errors import UserError
@@ -62,6 +62,18 @@ def test_a_config_claiming_a_huge_model_is_refused_quickly_and_small(tmp_path, c
     assert float(seconds) < 5, seconds
     assert int(peak_kb) < 1_000_000, peak_kb
     assert snapshot(path) == before
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_checking_and_loading_a_checkpoint_load_no_compiler_nor_fsdp(tmp_path, positional):
+    """Building the model on the meta device drew normal values and computed sinusoids there,
+    which imports torch._dynamo; placing weights imported FSDP's tensors; the CPU kernels'
+    module their build tools: 2-3 s of every command that reads a checkpoint, in all."""
+    path = hand_written(tmp_path / "ckpt", tiny_gpt(positional, vocab_size=256), {})
+    code = "import sys\nfrom attnlab.training.checkpoints import load_checkpoint\n"
+    loaded = loaded_modules(code + "load_checkpoint(sys.argv[1])", path)
+    unneeded = {"torch._dynamo", "torch.distributed.tensor", "torch.utils.cpp_extension"}
+    assert loaded & {"attnlab.models.gpt", *unneeded} == {"attnlab.models.gpt"}
 
 
 @pytest.mark.parametrize(

@@ -348,6 +348,8 @@ def test_gpt2_save_load_round_trip(tmp_path, gpt2):
         {"merges": ["a"]},
         {"merges": ["a b", "a b"]},
         {"merges": [5]},
+        {"merges": ["\t a"]},  # a Latin-1 character that stands for no byte
+        {"merges": ["\u20ac a"]},  # one past Latin-1
         {"byte_order": "abc"},
         {"pattern": "("},
     ],

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from helpers import one_line_error, run
+from helpers import loaded_by, one_line_error, run
 
 from attnlab.interpretability import viewer
 from attnlab.models.bert import BertConfig, BertForMaskedLM
@@ -75,6 +75,14 @@ def test_attention_page_and_png_for_a_gpt(checkpoints, tmp_path, capsys):
     assert [p["title"] for p in data["panels"]] == ["blocks self-attention"]
     assert data["selected"] is None
     assert png.stat().st_size > 1000 and str(out) in stdout
+
+
+def test_looking_at_attention_loads_no_compiler(checkpoints, tmp_path):
+    """Whether the model was compiled is asked without importing torch._dynamo (1-2 s)."""
+    argv = ["inspect", "attention", checkpoints["translation"], "--text", "one two"]
+    loaded = loaded_by(*argv, "--out", tmp_path / "view.html")
+    capture = "attnlab.interpretability.capture"
+    assert loaded & {capture, "torch._dynamo"} == {capture}
 
 
 def test_attention_preselects_a_head_and_draws_it(checkpoints, tmp_path, capsys):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Terminal, one_line_error, read_only, run, snapshot
+from helpers import Terminal, loaded_by, one_line_error, read_only, run, snapshot
 
 from attnlab.cli import main
 from attnlab.tokenizers import load_tokenizer
@@ -279,3 +279,9 @@ def test_a_tokenizer_file_trains_a_gpt_and_brings_weights_saved_without_one(
     given = [*init, "--tokenizer", str(trained_file), "--out", str(tmp_path / "b")]
     code, _, err = run(given, capsys)
     assert code == 0 and "new: none; left out: none" in err, err
+
+
+def test_showing_tokens_loads_no_torch():
+    """Reading a tokenizer (GPT-2's, a file) needs no torch, which takes 1-2 s to load."""
+    loaded = loaded_by("tokenize", "show", "--tokenizer", "byte", "hello")
+    assert loaded & {"attnlab.cli.tokenize", "torch"} == {"attnlab.cli.tokenize"}

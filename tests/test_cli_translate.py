@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 import safetensors.torch
-from helpers import one_line_error, run
+from helpers import loaded_by, one_line_error, run
 
 from attnlab.cli import main
 from attnlab.data.translation import embedded_pairs
@@ -128,6 +128,13 @@ def test_hypotheses_never_overwrite_the_sources_or_references(trained, tmp_path,
     code, _, err = run([*argv, "--hypotheses", files[target]], capsys)
     assert f"would overwrite --{target}'s file" in one_line_error(code, err)
     assert {name: Path(f).read_bytes() for name, f in files.items()} == before
+
+
+def test_scoring_as_trained_loads_no_compiler(trained):
+    """Scoring alone builds no optimizer, nor the sinusoids on the meta device, each of which
+    imports torch._dynamo (1-2 s)."""
+    loaded = loaded_by("evaluate", trained, "--device", "cpu")
+    assert loaded & {"attnlab.training.trainer", "torch._dynamo"} == {"attnlab.training.trainer"}
 
 
 def test_evaluate_bleu(trained, tmp_path, capsys):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text
-from attnlab.cli.runs import note
+from attnlab.cli.reports import note
 from attnlab.data.corpus import Corpus
-from attnlab.data.text import TOKENIZER_FILES, open_tokenizer
+from attnlab.data.saved_tokenizers import TOKENIZER_FILES, open_tokenizer
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, check_writable
 from attnlab.tokenizers.base import Tokenizer, check_special_tokens, load_tokenizer, visible

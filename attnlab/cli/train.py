@@ -35,7 +35,7 @@ from attnlab.cli.runs import (
     trained_data,
 )
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.devices import seed_everything
+from attnlab.devices import meta_device, seed_everything
 from attnlab.errors import UserError
 from attnlab.files import BEST_DIR, atomic_write_json
 from attnlab.models import KINDS
@@ -275,9 +275,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
 
 def _class_head(kind: ModelKind, config) -> set[str]:
     """The weights whose shape follows the class count: a classifier's head."""
-    import torch
-
-    with torch.device("meta"):
+    with meta_device():
         ours = kind.model(config).state_dict()
         more = kind.model(dataclasses.replace(config, n_classes=config.n_classes + 1)).state_dict()
     return {name for name, tensor in ours.items() if tensor.shape != more[name].shape}

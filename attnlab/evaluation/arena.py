@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.devices import meta_device
 from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes
 from attnlab.layers.mixers import MIXERS, unread_fields
@@ -35,7 +36,7 @@ SIZE_TOLERANCE = 1.2  # block parameters further apart than this are flagged in 
 
 def block_parameters(config: GPTConfig) -> int:
     """Parameters of the blocks and the final norm: the model less its embeddings and head."""
-    with torch.device("meta"):
+    with meta_device():
         model = GPT(config)
     vocabulary = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     vocabulary.append(model.output_head)  # tied or not

@@ -18,6 +18,7 @@ rounding: tests/test_interpretability.py).
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -173,7 +174,8 @@ def _check_not_compiled(model: nn.Module) -> None:
         for name, module in model.named_modules()
         if getattr(module, "_compiled_call_impl", None) is not None
     ]
-    if compiled or isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+    dynamo = sys.modules.get("torch._dynamo")  # loaded by any compiling; 1-2 s to load to ask
+    if compiled or (dynamo and isinstance(model, dynamo.eval_frame.OptimizedModule)):
         raise RuntimeError(
             f"capture needs the model uncompiled; compiled: {', '.join(compiled[:3]) or 'it'} "
             "(capture from the model before compiling it, or from an uncompiled copy)"

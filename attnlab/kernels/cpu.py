@@ -43,7 +43,6 @@ import threading
 from pathlib import Path
 
 import torch
-from torch.utils import cpp_extension
 
 from attnlab.devices import warn_compiler_failure
 from attnlab.files import atomic_write_bytes, cache_dir, remove_stale
@@ -203,6 +202,8 @@ def _build() -> str:
 def _compile(output: str, flags: list[str]) -> None:
     """Build the sources as one translation unit: most of a build is parsing ATen's headers
     (5-6 s for each source compiled alone, about 7 s for the three together)."""
+    from torch.utils import cpp_extension  # 0.1-0.2 s to import (setuptools): building only
+
     (torch_lib,) = cpp_extension.library_paths()
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     compiler = os.environ.get("CXX", "c++")

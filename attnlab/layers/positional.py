@@ -48,12 +48,9 @@ class SinusoidalPositionalEncoding(nn.Module):
     ):
         super().__init__()
         self.max_length = max_length
-        position = torch.arange(max_length, dtype=torch.float64)[:, None]  # (T, 1)
-        inverse_frequency = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
-        angles = position * inverse_frequency  # (T, D/2)
-        table = torch.zeros(max_length, d_model, dtype=torch.float64)
-        table[:, 0::2] = torch.sin(angles)
-        table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
+        table = torch.empty(max_length, d_model, dtype=torch.float64)
+        if not table.is_meta:  # shapes only there, where its arithmetic imports torch._dynamo
+            _fill_sinusoids(table, base)
         # in the default dtype: a model built in float64 (torch.set_default_dtype) keeps it exact
         self.register_buffer("table", table.to(torch.get_default_dtype()), persistent=False)
         self.initial_gain = gain
@@ -66,6 +63,16 @@ class SinusoidalPositionalEncoding(nn.Module):
     def forward(self, length: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
         rows = _table_rows(self.table, length, offset)
         return rows if self.gain is None else rows * self.gain
+
+
+def _fill_sinusoids(table: torch.Tensor, base: float) -> None:
+    """PE(pos, 2i) = sin(pos / base^(2i / D)), PE(pos, 2i+1) = cos(...) into a (T, D) table."""
+    length, d_model = table.shape
+    position = torch.arange(length, dtype=torch.float64)[:, None]  # (T, 1)
+    inverse_frequency = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    angles = position * inverse_frequency  # (T, D/2)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
 
 
 def _table_rows(table: torch.Tensor, length: int, offset: int | torch.Tensor) -> torch.Tensor:

@@ -129,24 +129,33 @@ def printable_bytes() -> tuple[str, ...]:
     return tuple(table)
 
 
+# str.translate tables between a token's bytes, read as Latin-1, and its printable form: GPT-2's
+# 100,000 merge halves convert in 21 ms instead of 50 by a loop over their characters (each
+# vocabulary read or written). Back from the printable form, a Latin-1 character outside the
+# table becomes U+FFFF, which then fails to encode, as does any character past Latin-1.
 @cache
-def _byte_of_char() -> dict[str, int]:
-    return {c: b for b, c in enumerate(printable_bytes())}
+def _printable_of_latin1() -> dict[int, str]:
+    return dict(enumerate(printable_bytes()))
+
+
+@cache
+def _latin1_of_printable() -> dict[int, int]:
+    return dict.fromkeys(range(256), 0xFFFF) | {ord(c): b for b, c in enumerate(printable_bytes())}
 
 
 def token_to_text(token: bytes) -> str:
     """`token` in GPT-2's printable form, one character per byte."""
-    table = printable_bytes()
-    return "".join(table[b] for b in token)
+    return token.decode("latin-1").translate(_printable_of_latin1())
 
 
 def text_to_token(text: str) -> bytes:
     """Inverse of :func:`token_to_text`; a character outside the table is a ValueError."""
-    byte_of = _byte_of_char()
     try:
-        return bytes(byte_of[c] for c in text)
-    except KeyError as error:
-        raise ValueError(f"{text!r} is not a token in printable byte form ({error})") from None
+        return text.translate(_latin1_of_printable()).encode("latin-1")
+    except UnicodeEncodeError as error:  # one character for one: the same position in text
+        raise ValueError(
+            f"{text!r} is not a token in printable byte form ({text[error.start]!r})"
+        ) from None
 
 
 class BPETokenizer(Tokenizer):

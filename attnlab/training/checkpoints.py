@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from attnlab.devices import meta_device
 from attnlab.errors import NotRegistered, UserError
 from attnlab.files import BEST_DIR, RUN_FILE, atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind, kind_config
@@ -219,7 +220,7 @@ def check_config_fits_weights(kind: ModelKind, config: dict[str, Any], file: Pat
 
     hook = nn.modules.module.register_module_parameter_registration_hook(count)
     try:
-        with torch.device("meta"):
+        with meta_device():
             model = build_model(kind.name, config)
     except _LargerThanWeights:
         raise UserError(

@@ -25,6 +25,7 @@ import datetime
 import os
 import re
 import signal
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -237,19 +238,24 @@ def is_writer() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _is_shard(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a DTensor (an FSDP shard). No tensor is one before FSDP has imported
+    torch.distributed.tensor, which is not imported here for asking: it takes 0.8 s."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
+
+
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor entire: an FSDP shard (a DTensor) gathered from every rank (a collective)."""
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if _is_shard(tensor) else tensor
 
 
 def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """A whole tensor as `reference` holds it: this rank's shard when it is an FSDP DTensor of
     the same shape (no communication: every rank has read the whole tensor)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    if _is_shard(reference) and value.shape == reference.shape:
+        from torch.distributed.tensor import distribute_tensor
 
-    if isinstance(reference, DTensor) and value.shape == reference.shape:
         return distribute_tensor(
             value.to(reference.device, reference.dtype),
             reference.device_mesh,
@@ -265,7 +271,6 @@ def launch(processes: int, argv: list[str]) -> int:
     quiet: the ranks speak for themselves (rank 0 one line for a bad setting). Returns the job's
     exit code: 0, or that of the rank that failed first (2 for a bad setting)."""
     import logging
-    import sys
     import uuid
 
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -56,6 +56,20 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     optimizer.grad_scale = ((norm.float() + 1e-6) / max_norm).clamp_(min=1.0)
 
 
+def scheduled_learning_rate(step: int, config, d_model: int = 512) -> float:
+    """learning_rate at `step` by the schedule settings of a TrainConfig."""
+    c = config
+    return learning_rate(
+        step,
+        schedule=c.lr_schedule,
+        max_lr=c.learning_rate,
+        min_lr=c.min_learning_rate,
+        warmup=c.warmup_iters,
+        total=c.max_iters,
+        d_model=d_model,
+    )
+
+
 def learning_rate(
     step: int,
     *,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -47,7 +48,7 @@ from attnlab.training.checkpoints import MODEL_FILE, check_tokenizer, load_weigh
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import ALONE, Group
 from attnlab.training.metrics_log import truncate_metrics
-from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
+from attnlab.training.optimizers import build_optimizer, clip_gradients, scheduled_learning_rate
 from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics, check_sources
 from attnlab.training.state import load_training_state, random_states, restore_random_states
@@ -131,9 +132,6 @@ class Trainer:
             regions = blocks if config.compile_by_block else None
             self.compiled = CompiledRegions(self.trained, regions, **options)
             self.compiled_eval = CompiledRegions(self.model, blocks, **options)
-        self.optimizer = build_optimizer(
-            self.model, config.learning_rate, config.weight_decay, (config.beta1, config.beta2)
-        )
         self.train_data, self.eval_data = train_data, eval_data
         self.artifacts, self.out_dir = artifacts or {}, Path(out_dir)
         self.on_record = on_record or (lambda record: None)
@@ -148,6 +146,12 @@ class Trainer:
         self._stop_requested = self._stopping = self._finish_requested = self._finishing = False
         torch.manual_seed(config.seed + group.rank)  # dropout differs between the ranks' rows
         random.seed(config.seed)
+
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built on first use: scoring alone needs none (building one imports torch._dynamo)."""
+        c = self.config
+        return build_optimizer(self.model, c.learning_rate, c.weight_decay, (c.beta1, c.beta2))
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
@@ -349,16 +353,9 @@ class Trainer:
                 f"{what} failed: {error.strerror or error}; {kept} is saved in {self.out_dir}"
             ) from None
 
-    def _learning_rate(self, step: int, c: TrainConfig) -> float:
-        return learning_rate(
-            step,
-            schedule=c.lr_schedule,
-            max_lr=c.learning_rate,
-            min_lr=c.min_learning_rate,
-            warmup=c.warmup_iters,
-            total=c.max_iters,
-            d_model=getattr(getattr(self.model, "config", None), "d_model", 512),
-        )
+    def _learning_rate(self, step: int, config: TrainConfig) -> float:
+        d_model = getattr(getattr(self.model, "config", None), "d_model", 512)
+        return scheduled_learning_rate(step, config, d_model)
 
     def resume(self) -> None:
         """Continue from the checkpoint in out_dir: weights, optimizer, step, RNG and data.
