@@ -151,6 +151,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
 
+    load = os.getloadavg()  # before the runs, which load the machine themselves
     group = Group.for_run(args.distributed) if args.distributed else ALONE
     group.start()
     model_config, train_config = shipped(args.shape, args.batch_size)
@@ -183,7 +184,7 @@ def main() -> None:
         f"torch {torch.__version__}; "
         f"{args.rounds} rounds x {args.steps} steps per variant after {args.warmup} warm-up "
         f"steps ({warmup_s:.0f} s, compilation included); load average before: "
-        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + ", ".join(f"{x:.1f}" for x in load)
         + "\n"
     )
     print("| variant | | precision | ms/iter (median) | tokens/s | MFU | speed-up |")
@@ -194,7 +195,8 @@ def main() -> None:
         peak = measure_peak_flops(trainer.device, trainer.dtype)
         mfu = trainer.model.flops_per_token() * tokens / median / (peak * group.world)
         precision = str(trainer.dtype).removeprefix("torch.")
-        precision += ", compiled" if trainer.compiled is not None else ""
+        if trainer.compiled is not None:  # compiling may have failed: then the steps ran eagerly
+            precision += ", compiled" if trainer.compiled.active else ", eager (compiling failed)"
         print(
             f"| {name} | {VARIANTS[name][0]} | {precision} | {median * 1e3:.1f} | "
             f"{tokens / median:,.0f} | {mfu:.1%} | {base / median:.2f}x |"

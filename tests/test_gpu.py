@@ -27,6 +27,19 @@ CUDA = torch.device("cuda")
 NO_DROPOUT = dataclasses.replace(MODEL, dropout=0.0)
 
 
+@pytest.fixture(autouse=True)
+def _tf32_as_it_was():
+    """A bf16 Trainer turns TF32 on for the whole process (trainer.py); each test leaves the
+    flags as it found them, so that the fp32 tests after the bf16 one run in fp32. TF32 keeps 10
+    bits of mantissa: emulated on a CPU, the checkpoint test's logits moved by 1.0-1.6e-4, past
+    its 1e-4 between the CPU and the GPU."""
+    backends = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [backend.allow_tf32 for backend in backends]
+    yield
+    for backend, allowed in zip(backends, saved, strict=True):
+        backend.allow_tf32 = allowed
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("kv_heads", [4, 1])
 def test_fused_attention_equals_the_equation_on_cuda(dtype, tolerance, kv_heads):

@@ -1,0 +1,62 @@
+"""The measurement scripts of benchmarks/ that a GPU runs: they must work the first time there."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab import devices
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def benchmark(name: str):
+    """benchmarks/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="it would run: minutes on a GPU")
+def test_the_gpu_script_takes_any_python_and_stops_at_once_without_a_gpu(tmp_path):
+    """PYTHON: a GPU machine's torch is often not in .venv (a CPU build there, or no .venv)."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (2, "benchmarks/gpu.sh: no CUDA GPU here\n")
+    assert not out.exists()
+
+
+def test_the_throughput_table_says_when_compiling_failed(monkeypatch, capsys):
+    """A compiler that fails falls back to eager steps (devices.Compiled): their row must not
+    say "compiled"."""
+
+    def compile_that_fails(module, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("no compiler here")
+
+        return call
+
+    throughput = benchmark("train_throughput")
+    _, model, training = throughput.VARIANTS["shipped"]
+    variant = ("shipped, torch's kernels", model, {**training, "cpu_kernels": False})
+    monkeypatch.setitem(throughput.VARIANTS, "shipped", variant)
+    monkeypatch.setattr(devices.torch, "compile", compile_that_fails)
+    argv = ["train_throughput.py", "--variants", "shipped", "--batch-size", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--rounds", "1", "--steps", "1", "--warmup", "1"])
+    with pytest.warns(devices.CompilerFailureWarning):
+        throughput.main()
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| shipped |")
+    assert ", eager (compiling failed) |" in row
