@@ -2,16 +2,19 @@
 a file or flags change; a damaged log, a moved corpus or another kind's run is one line."""
 
 import json
+import random
 import subprocess
 import sys
 
 import pytest
 import safetensors
+import torch
 from helpers import one_line_error, run, snapshot
 from test_run_directory import FAST, train
 from test_training import make_trainer
 
 from attnlab.training import trainer as trainer_module
+from attnlab.training.state import encode_tensor, restore_random_states
 
 
 def test_a_relative_data_path_is_kept_whole_so_a_run_resumes_from_anywhere(
@@ -192,3 +195,21 @@ def test_init_from_a_run_on_other_data_notes_the_default_it_reads(tmp_path, corp
     assert f"note: {first} was trained on {corpus}; this run reads stdlib, the default" in err
     code, _, err = run([*argv, "--out", str(tmp_path / "c"), "--data", str(corpus)], capsys)
     assert code == 0 and "was trained on" not in err, err
+
+
+def test_a_state_saved_on_more_gpus_restores_those_this_machine_has(monkeypatch, tmp_path):
+    """Saved on 3 GPUs, resumed on 1: that one's generator restored, not the state refused."""
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.update({d: s}))
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
+
+    class Data:
+        def load_state_dict(self, state):
+            pass
+
+    rng = {"torch": encode_tensor(torch.get_rng_state()), "python": random.getstate()[1],
+           "cuda": [encode_tensor(s) for s in states], "data": {}}  # fmt: skip
+    restore_random_states(tmp_path, rng, Data())
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])

@@ -104,8 +104,9 @@ def restore_random_states(path: Path, rng: dict[str, Any], data: Any, group: Gro
     generators = ranks[group.rank] if own else rng
     try:
         torch.set_rng_state(decode_tensor(generators["torch"]))
-        if generators["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([decode_tensor(s) for s in generators["cuda"]])
+        if torch.cuda.is_available():  # as many GPUs as both machines have: saved on 8, run on 1
+            for device, saved in enumerate(generators["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(decode_tensor(saved), device)
         random.setstate((3, tuple(rng["python"]), None))
         data.load_state_dict({k: decode_tensor(v) for k, v in rng["data"].items()})
     except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as error:
