@@ -3,6 +3,7 @@ import gzip
 import pytest
 import torch
 
+from attnlab.config import config_to_dict
 from attnlab.data.translation import (
     EOS,
     SPECIAL_TOKENS,
@@ -20,7 +21,10 @@ from attnlab.data.translation import (
     train_joint_tokenizer,
 )
 from attnlab.errors import UserError
+from attnlab.models.registry import get_kind
+from attnlab.training.sources import DataRequest
 from attnlab.training.state import decode_tensor, encode_tensor
+from attnlab.training.trainer import TrainConfig
 
 SPECIAL = {"pad_id": 0, "bos_id": 1, "eos_id": 2}
 
@@ -186,3 +190,19 @@ def test_fixed_batches_are_the_same_every_call():
     )
     with pytest.raises(UserError, match="no validation pairs"):
         fixed_batches([], 64, SPECIAL)
+
+
+def test_the_embedded_task_is_the_same_whatever_the_runs_seed(tmp_path, monkeypatch):
+    """--seed draws weights and batches, not the task: runs of several seeds compare on one."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    kind = get_kind("translation")
+    model = config_to_dict(kind.presets[kind.default_preset])
+    settings = kind.data_config(embedded_pairs=300)
+
+    def task(seed):
+        request = DataRequest(settings, model, TrainConfig(seed=seed, eval_iters=100))
+        data = kind.build_data(request)
+        rows = sorted(row.tolist() for batch in data.eval["val"]() for row in batch[-1])
+        return data.artifacts["tokenizer"].to_dict(), rows
+
+    assert task(1) == task(2)
