@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from helpers import loaded_modules, one_line_error, run, snapshot, tiny_gpt
 import attnlab
 from attnlab.errors import UserError
 from attnlab.tokenizers import build_tokenizer
-from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
+from attnlab.training.checkpoints import SAVE_WAIT_S, load_checkpoint, save_checkpoint
 from attnlab.training.optimizers import build_optimizer
 
 TOKENIZER = build_tokenizer("byte", [])
@@ -147,10 +149,43 @@ def test_a_pad_id_that_is_no_special_token_is_refused_by_trainer_and_load(tmp_pa
     assert "[PAD] = 9" in line and "set pad_id to the tokenizer's own" in line
 
 
+def crashed_journal(path):
+    """The journal a save killed after writing it left, a while ago (a fresh one may be a save
+    under way, which a reader waits for)."""
+    (path / "checkpoint.journal").write_text("{}")
+    os.utime(path / "checkpoint.journal", (time.time() - 2 * SAVE_WAIT_S,) * 2)
+
+
+def test_a_checkpoint_read_while_its_training_saves_it_is_read_whole(tmp_path):
+    """Commands read a run while it trains: a look that falls between a save's journal and its
+    last rename sees a journal, or weights of the new save beside trainer state of the old
+    one, for a moment. It looks again, rather than refusing an interrupted save or a mix."""
+    model = tiny_gpt(vocab_size=256)
+    optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    model(torch.zeros(1, 4, dtype=torch.long))[0].sum().backward()
+    optimizer.step()  # with its state, as a training's
+
+    done = threading.Event()
+
+    def train():  # saves and saves, as with --eval-interval 1
+        while not done.is_set():
+            save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER}, optimizer, {"step": 1})
+
+    trainer = threading.Thread(target=train)
+    save_checkpoint(tmp_path, model, {"tokenizer": TOKENIZER})
+    trainer.start()
+    try:
+        for _ in range(150):
+            load_checkpoint(tmp_path)
+    finally:
+        done.set()
+        trainer.join()
+
+
 def test_a_first_save_interrupted_after_its_journal_says_how_to_complete_it(tmp_path, capsys):
     path = saved_gpt(tmp_path / "ckpt")
     (path / "model.safetensors").unlink()  # not yet renamed into place when the save stopped
-    (path / "checkpoint.journal").write_text("{}")
+    crashed_journal(path)
     line = one_line_error(*run(["sample", str(path)], capsys)[::2])
     assert "its save was interrupted" in line and "--resume` completes it" in line
 
@@ -158,7 +193,7 @@ def test_a_first_save_interrupted_after_its_journal_says_how_to_complete_it(tmp_
 def test_an_interrupted_save_of_a_best_copy_names_the_resume_of_its_run(tmp_path, capsys):
     path = saved_gpt(tmp_path / "run" / "best")  # `train ... --out run/best` would not resume
     (tmp_path / "run" / "run.json").write_text('{"kind": "gpt", "data": {}}')
-    (path / "checkpoint.journal").write_text("{}")
+    crashed_journal(path)
     line = one_line_error(*run(["sample", str(path)], capsys)[::2])
     assert f"`attnlab train gpt --out {tmp_path / 'run'} --resume` completes it" in line
 

@@ -68,6 +68,25 @@ def test_a_damaged_library_in_the_disk_cache_is_compiled_again():
     assert library.stat().st_size > 1000
 
 
+def test_each_build_writes_its_library_under_a_name_of_its_own(tmp_path, monkeypatch):
+    """Two processes sharing the cache (two machines' on a shared home) may have one PID: a
+    temporary name from it would let one rename the other's library half-written."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    written = []
+    monkeypatch.setattr(
+        torch._inductor,
+        "aoti_compile_and_package",
+        lambda program, package_path, **options: written.append(package_path) or no_compiler(),
+    )
+    model = tiny_gpt("rope", context_length=16)
+    for _ in range(2):  # as two processes of the same PID would
+        compiled_steps._libraries.cache_clear()
+        with pytest.warns(RuntimeWarning, match="compiling the decoding step failed"):
+            generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)
+    compiled_steps._libraries.cache_clear()
+    assert len(set(written)) == 2
+
+
 def test_a_failing_compiler_decodes_eagerly(monkeypatch):
     model = tiny_gpt("rope", context_length=16)
     expected = generate(model, [[1, 2, 3]], 20, temperature=0)

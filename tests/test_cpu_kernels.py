@@ -1,9 +1,11 @@
 """attnlab's CPU kernels against torch in float64, and where layers take them."""
 
+import concurrent.futures
 import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,22 @@ def test_a_library_in_the_cache_is_loaded_only_while_it_is_ours(fake_compiler, m
     assert library.parent.stat().st_mode & 0o777 == 0o700 and len(fake_compiler) == 4
 
 
+def test_processes_starting_at_once_build_once_and_all_take_that_build(fake_compiler, monkeypatch):
+    """Each build differs in bytes: two at once could leave one's digest beside the other's
+    library, which the next process would distrust and build again."""
+
+    def slow_compile(output, flags):  # a build of its own bytes, taking a while
+        fake_compiler.append(output)
+        time.sleep(0.3)
+        Path(output).write_bytes(f"built {len(fake_compiler)}".encode())
+
+    monkeypatch.setattr(kernel, "_compile", slow_compile)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # a lock file opened by each
+        (library,) = set(pool.map(lambda _: kernel._build(), range(3)))
+    library = Path(library)
+    assert len(fake_compiler) == 1 and kernel._trusted(library, library.with_suffix(".sha256"))
+
+
 def test_a_kernels_folder_of_another_user_is_refused_with_one_warning(fake_compiler, monkeypatch):
     monkeypatch.setattr(
         kernel, "_state", {"loaded": False, "failed": False, "enabled": True, "build": None}
@@ -248,8 +266,6 @@ def test_import_bounds_the_cpu_kernel_caches_unless_the_user_set_them():
 def test_a_steps_time_leaves_out_waiting_for_the_kernels_build(tmp_path, monkeypatch):
     """The first step waits for the kernels' build, which is not training: counted, it made a
     machine's first run report wrong tokens/s and elapsed_s, and end a --time-limit early."""
-    import time
-
     import numpy as np
 
     from attnlab.data.text import TextSplits, language_model_data

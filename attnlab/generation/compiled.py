@@ -31,6 +31,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -190,7 +191,8 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
                 path.unlink(missing_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path.parent, path.name, PARTIAL)
-        partial = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL}")
+        # a name of its own: processes of two machines sharing the cache may have one PID
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL}")
         torch._inductor.aoti_compile_and_package(
             program,
             package_path=str(partial),
@@ -205,7 +207,7 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
     return package.loader.run
 
 
-PARTIAL = ".partial.pt2"  # a library being written (.NAME.PID.partial.pt2), renamed once whole
+PARTIAL = ".partial.pt2"  # a library being written (.NAME.RANDOM.partial.pt2), renamed once whole
 
 
 def _prune(directory: Path, keep: int = 32) -> None:

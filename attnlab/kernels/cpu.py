@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import hashlib
 import math
 import os
@@ -185,17 +186,26 @@ def _build() -> str:
     digest = library.with_suffix(".sha256")  # of the library, written when we built it
     if library.exists() and _trusted(library, digest):
         return str(library)
-    for suffix in (".so", ".cpp"):  # what a process killed while building left
-        remove_stale(library.parent, library.name, suffix)
-    fd, temporary = tempfile.mkstemp(dir=library.parent, prefix=f".{library.name}.", suffix=".so")
-    os.close(fd)
-    try:
-        _compile(temporary, flags)
-        atomic_write_bytes(digest, _sha256(temporary).encode())
-        os.replace(temporary, library)  # whole or not at all, for processes building at once
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    # One builder at a time (the ranks of a run starting at once, say), the others then taking
+    # its library: two builds differ in bytes, and one's digest beside the other's library
+    # would be distrusted, built again by the next process. The kernel frees a killed one's.
+    with open(library.parent / ".build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if library.exists() and _trusted(library, digest):
+            return str(library)
+        for suffix in (".so", ".cpp"):  # what a process killed while building left
+            remove_stale(library.parent, library.name, suffix)
+        fd, temporary = tempfile.mkstemp(
+            dir=library.parent, prefix=f".{library.name}.", suffix=".so"
+        )
+        os.close(fd)
+        try:
+            _compile(temporary, flags)
+            atomic_write_bytes(digest, _sha256(temporary).encode())
+            os.replace(temporary, library)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
     return str(library)
 
 

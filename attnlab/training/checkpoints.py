@@ -11,13 +11,17 @@ A checkpoint switches as a whole: every file is written to a temporary name firs
 journal records the renames, the renames run and the journal goes (files.py). A save killed
 before its journal leaves the previous checkpoint; one killed after it is completed by the
 run's next writer (finish_checkpoint, which `--resume` calls). Readers refuse a directory with
-a journal, and one whose weights, optimizer and trainer state carry different save ids.
+a journal, and one whose weights, optimizer and trainer state carry different save ids; as a
+reader sees either for the moment a save of a running training renames its files, it looks
+again for up to SAVE_WAIT_S first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +99,29 @@ def finish_checkpoint(path: str | os.PathLike) -> None:
         finish_writes(path, JOURNAL_FILE)
 
 
+SAVE_WAIT_S = 5.0  # a save's renames take milliseconds: a journal older than this is a crash's
+
+
 def _check_whole(path: Path) -> None:
-    """Refuse a checkpoint whose save did not finish, or whose files come from different saves."""
+    """Refuse a checkpoint whose save did not finish, or whose files come from different saves,
+    once that has lasted SAVE_WAIT_S: until then it may be a save of a training under way,
+    between its journal and its last rename, and a look again finds the new checkpoint whole.
+    A journal older than that is a crash's, refused at once."""
+    deadline = time.monotonic() + SAVE_WAIT_S
+    while (problem := _unfinished_save(path)) and time.monotonic() < deadline:
+        journal = path / JOURNAL_FILE
+        with contextlib.suppress(FileNotFoundError):  # gone: the save just finished
+            if time.time() - journal.stat().st_mtime > SAVE_WAIT_S:
+                break
+        time.sleep(0.02)
+    if problem:
+        raise UserError(problem)
+
+
+def _unfinished_save(path: Path) -> str | None:
+    """Why the checkpoint in `path` is not one save's whole, or None when it is."""
     if (path / JOURNAL_FILE).exists():
-        raise UserError(
+        return (
             f"the checkpoint in {path} is being saved, or its save was interrupted: "
             f"{_completing_command(path)} completes it"
         )
@@ -108,10 +131,11 @@ def _check_whole(path: Path) -> None:
         ids[STATE_FILE] = state.get(SAVE_ID) if isinstance(state, dict) else None
     known = {i for i in ids.values() if i is not None}
     if len(known) > 1:
-        raise UserError(
+        return (
             f"{path} mixes files of different saves ({', '.join(sorted(ids))} do not belong "
             "together): restore the directory from one save"
         )
+    return None
 
 
 def _completing_command(path: Path) -> str:
@@ -138,7 +162,8 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     """config.json of a checkpoint directory, checked: {"kind": ..., "config": {...}}. Reading
     it builds nothing, so a command can check the kind before loading any weights."""
     path = Path(path)
-    if not (path / MODEL_FILE).is_file() and not (path / JOURNAL_FILE).exists():
+    # the journal first: a first save that finishes between the two looks is then found
+    if not (path / JOURNAL_FILE).exists() and not (path / MODEL_FILE).is_file():
         raise UserError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
     _check_whole(path)  # a first save interrupted: says how to complete it
     description = read_json(path / CONFIG_FILE, "checkpoint config")
