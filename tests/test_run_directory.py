@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -227,12 +228,12 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path, corpus, caps
 
 
 def test_two_runs_at_once_on_one_folder_the_second_is_refused(tmp_path, corpus, capsys):
-    """Two real processes: the second stops in one line naming the first, which runs on to
-    the end with a metrics log of its own steps only."""
+    """Two real processes: the second stops in one line naming the first, which runs on (until
+    its Ctrl-C) with a metrics log of its own steps only."""
     out = tmp_path / "run"
     argv = ["train", "gpt", "--data", str(corpus), "--context-length", "16", "--out", str(out)]
     first = subprocess.Popen(
-        [sys.executable, "-m", "attnlab", *argv, *FAST, "--max-iters", "300"],
+        [sys.executable, "-m", "attnlab", *argv, *FAST, "--max-iters", "100000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -241,9 +242,14 @@ def test_two_runs_at_once_on_one_folder_the_second_is_refused(tmp_path, corpus, 
         time.sleep(0.05)  # until the first holds the lock and has written its PID there
     line = one_line_error(*train(capsys, corpus, out, "--max-iters", "1")[::2])
     assert f"PID {first.pid}" in line and "in use" in line
-    assert first.wait(timeout=600) == 0, first.stderr.read()
-    steps = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 300
+    log = out / "metrics.jsonl"
+    while not (log.exists() and log.read_text()) and first.poll() is None:
+        time.sleep(0.05)  # until it trains
+    first.send_signal(signal.SIGINT)  # stopped, saved
+    assert first.wait(timeout=600) == 130, first.stderr.read()
+    steps = [json.loads(r)["step"] for r in log.read_text().splitlines()]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert steps == sorted(set(steps)) and steps[-1] == state["step"] < 100000
 
 
 def test_a_stale_lock_is_taken_over_and_released(tmp_path, corpus, capsys):
