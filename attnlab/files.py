@@ -214,14 +214,36 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
+def readable(path: str | os.PathLike, what: str = "file") -> Path:
+    """`path`, when it names something to read once: a file, or a pipe (bash's <(...), a FIFO),
+    read as the file it stands for; else a UserError naming it: a folder, a missing file, a
+    link that leads nowhere (or around in a loop)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a {what}")
+    if not path.exists():
+        nowhere = " (a link that leads nowhere, or around in a loop)" if path.is_symlink() else ""
+        raise UserError(f"{what} not found: {path}{nowhere}")
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a UTF-8 file the user names (see readable), a byte-order mark left out (as
+    Windows' Notepad writes one); bytes that are not UTF-8 are a UserError naming the file."""
+    try:
+        return readable(path, what).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start:,}): "
+            "convert it to UTF-8"
+        ) from None
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Parse a JSON file, turning a missing or malformed file into a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as error:
         raise UserError(f"{what} {path} is not valid JSON: {error}") from None
 
 

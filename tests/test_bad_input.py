@@ -1,6 +1,7 @@
 """Bad numbers and bad text from the user: one line, exit code 2, nothing written."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,31 @@ def test_a_nan_in_a_config_file_is_one_line(tmp_path, capsys):
     assert "norm_eps must be a finite number" in one_line_error(*run(argv, capsys)[::2])
 
 
+def test_a_config_file_with_a_byte_order_mark_in_a_pipe_or_not_utf8_is_read_or_named(
+    tmp_path, capsys
+):
+    """Notepad's UTF-8 starts with a byte-order mark; bash's <(...) is a pipe; a Latin-1 file
+    is named, not "the input"; a folder is no config file."""
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    body = f'data = "{tmp_path / "corpus.txt"}"\r\n[model]\r\nnorm_eps = nan\r\n'.encode()
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + body)
+    reader, writer = os.pipe()
+    os.write(writer, body)
+    os.close(writer)
+    (tmp_path / "latin1.toml").write_bytes(b'data = "caf\xe9.txt"\n')
+    for config in ("bom.toml", f"/dev/fd/{reader}"):
+        argv = ["train", "gpt", "--config", str(tmp_path / config), "--out", str(tmp_path / "r")]
+        assert "norm_eps must be a finite number" in one_line_error(*run(argv, capsys)[::2])
+    os.close(reader)
+    for config, expected in [
+        ("latin1.toml", "latin1.toml is not UTF-8 text (invalid continuation byte at byte 11)"),
+        ("", f"{tmp_path} is a folder: give a config file"),
+    ]:
+        argv = ["train", "gpt", "--config", str(tmp_path / config), "--out", str(tmp_path / "r")]
+        assert expected in one_line_error(*run(argv, capsys)[::2])
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_config_of_another_kind_is_named_before_its_keys(capsys):
     config = str(CONFIGS / "vit_mnist.toml")  # `shift` is a key only a vision kind knows
     line = one_line_error(*run(["train", "gpt", "--config", config], capsys)[::2])
@@ -154,6 +180,7 @@ def test_a_run_directory_named_like_mathematics_plots_as_text(tmp_path, capsys):
     code, _, err = run(argv, capsys)
     assert code == 0, err
     assert (out / "loss.png").stat().st_size > 0
+    assert f"sample it:  attnlab sample '{out}'\n" in err  # quoted, as a shell must be given it
 
 
 def test_control_characters_in_an_error_are_shown_escaped(tmp_path, capsys):

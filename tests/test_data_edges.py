@@ -1,8 +1,10 @@
 """Data at the edges of what the readers expect: text without a space for BERT's character
 vocabulary, SST-2's layout missing its training file, label names for classes that have names,
-a read-only folder, a mirror that is a folder, a data folder that is a file, empty names."""
+a read-only folder, a mirror that is a folder, a data folder that is a file, empty names, a
+pipe and a link that leads nowhere."""
 
 import hashlib
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +19,7 @@ from attnlab.data.classification import (
     read_examples,
 )
 from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
+from attnlab.data.translation import read_lines
 from attnlab.errors import UserError
 from attnlab.files import check_writable
 from attnlab.training.sources import DataRequest
@@ -127,3 +130,21 @@ def test_masked_lm_batches_never_select_special_tokens_nor_held_out_sequences(tm
     held_out = torch.where(targets != IGNORE_INDEX, targets, inputs)  # the unmasked sequences
     trained = {tuple(row) for row in data.train.rows.tolist()}
     assert held_out.size(0) == 4 and not trained & {tuple(row) for row in held_out.tolist()}
+
+
+def test_a_pipe_is_read_where_text_is_read_once_and_named_where_it_is_read_again(tmp_path, capsys):
+    """bash's `--ref <(zcat ref.gz)` is a pipe: its lines are read; a corpus (read again for
+    each pass) from a pipe, or a link in a loop, is named for what it is, not as missing."""
+    reader, writer = os.pipe()
+    os.write(writer, b"\xef\xbb\xbfone\r\ntwo")
+    os.close(writer)
+    assert read_lines(f"/dev/fd/{reader}") == ["one", "two"]
+    os.close(reader)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(UserError, match="loop \\(a link that leads nowhere, or around in a loop"):
+        read_lines(tmp_path / "loop")
+    argv = ["train", "gpt", "--data", str(tmp_path / "fifo"), "--out", str(tmp_path / "r")]
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert line.endswith("fifo is not a file or a folder (a pipe?): save the text to a file")
+    assert not (tmp_path / "r").exists()

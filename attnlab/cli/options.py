@@ -23,6 +23,7 @@ from typing import Any
 
 from attnlab.config import config_from_dict
 from attnlab.errors import UserError
+from attnlab.files import read_text
 
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
@@ -232,11 +233,8 @@ def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 def read_toml(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"config file not found: {path}")
     try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path, "config file"))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"config file {path} is not valid TOML: {error}") from None
 

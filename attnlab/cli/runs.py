@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -211,7 +212,7 @@ def fit_and_report(
     if result.interrupted:
         note(
             f"interrupted at step {result.step}; checkpoint saved in {out}. "
-            f"Continue with: attnlab {command} --out {out} --resume"
+            f"Continue with: attnlab {command} --out {shlex.quote(str(out))} --resume"
         )
         return 130
     reason = f" (time limit of {time_limit:g} min)" if timed_out else ""

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +260,10 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         group=group,
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    steps = [NEXT_STEPS[c].format(out=out) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
+    shown = shlex.quote(str(out))  # a command to paste: a name with spaces stays one
+    steps = [NEXT_STEPS[c].format(out=shown) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
     if str(run["data"].get("data", "")).startswith("task:"):  # token puzzles, not text to sample
-        steps = [f"score it:   attnlab evaluate {out}"]
+        steps = [f"score it:   attnlab evaluate {shown}"]
     return fit_and_report(
         trainer,
         out,

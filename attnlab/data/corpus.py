@@ -52,6 +52,8 @@ def corpus_files(spec: str) -> list[Path]:
         if not files:
             raise UserError(f"no files match {pattern or '**/*.txt'!r} in directory {path}")
         return files
+    if path.exists():  # a pipe (bash's <(...)) gives its text once; a corpus is read many times
+        raise UserError(f"{spec} is not a file or a folder (a pipe?): save the text to a file")
     raise UserError(f"data not found: {spec} (give a text file, a directory, DIR:GLOB or 'stdlib')")
 
 

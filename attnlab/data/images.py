@@ -38,6 +38,7 @@ import torch
 
 from attnlab.data.labels import count_classes
 from attnlab.errors import UserError
+from attnlab.files import readable
 from attnlab.training.artifacts import register_artifact
 
 IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: uint8 data with 3 and 1 dimensions
@@ -192,8 +193,7 @@ def open_image(path: str | Path):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder: give image files")
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
+    readable(path, "image")
     try:
         with warnings.catch_warnings():
             # a large image is read as asked (--resize); past PIL's hard limit it is one line

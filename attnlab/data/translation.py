@@ -29,6 +29,7 @@ from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
 from attnlab.data.text import tokenizer_cached
 from attnlab.errors import UserError
+from attnlab.files import readable
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
@@ -81,11 +82,7 @@ class TranslationDataConfig:
 def read_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file (gzip-compressed when it ends in .gz), stripped: split at
     line feeds only (text_lines), a byte-order mark left out."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: give a file")
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
+    path = readable(path)
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rt", encoding="utf-8-sig", newline="") as f:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import time
 import uuid
 from dataclasses import dataclass
@@ -146,8 +147,8 @@ def _completing_command(path: Path) -> str:
             kind = read_json(run / RUN_FILE, "run description")
             kind = kind.get("kind") if isinstance(kind, dict) else None
             kind = kind if isinstance(kind, str) else "KIND"
-            return f"`attnlab train {kind} --out {run} --resume`"
-    return f"`attnlab train KIND --out {path} --resume`"
+            return f"`attnlab train {kind} --out {shlex.quote(str(run))} --resume`"
+    return f"`attnlab train KIND --out {shlex.quote(str(path))} --resume`"
 
 
 def _save_id(file: Path) -> str | None:
