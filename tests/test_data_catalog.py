@@ -279,6 +279,7 @@ def test_the_catalog_is_well_formed():
             assert len(commit) == 40 and int(commit, 16) >= 0, url  # a pinned commit
     assert catalog.lookup("sst2").files[0].url.endswith("/glue_data/SST-2/train_full.tsv")
     assert catalog.lookup("movie_reviews").entries()[0].path == "neg/cv000_29416.txt"
+    assert catalog.lookup("movie_reviews/") is catalog.lookup("movie_reviews")  # as completed
 
 
 def test_the_shared_data_folder_matches_the_catalog(shared_data, monkeypatch):

@@ -203,10 +203,11 @@ def data_root() -> Path:
 
 
 def lookup(name: str) -> Dataset:
-    """The catalog entry called `name`, or a UserError that lists the names there are."""
-    if name not in CATALOG:
+    """The catalog entry called `name` (a folder's trailing / allowed, as a shell completes
+    it), or a UserError that lists the names there are."""
+    if name.rstrip("/") not in CATALOG:
         raise UserError(f"unknown dataset {name!r}; the catalog has: {', '.join(CATALOG)}")
-    return CATALOG[name]
+    return CATALOG[name.rstrip("/")]
 
 
 def missing_files(name: str, root: str | os.PathLike | None = None) -> list[DataFile]:
