@@ -34,9 +34,14 @@ def check_types(config: Any) -> None:
             object.__setattr__(config, name, coerced)  # frozen dataclasses too
 
 
+def field_names(cls: type) -> list[str]:
+    """The fields a config dataclass takes (those of its __init__), in order."""
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = set(field_names(cls))
     return {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
 
 
@@ -111,7 +116,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any], *, source: str = "confi
 def check_fields(cls: type, data: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
     """The dict's values coerced to ``cls``'s field types; a ConfigError names an unknown key or
     a value of the wrong type (what config_from_dict checks before the class's own checks)."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = field_names(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(

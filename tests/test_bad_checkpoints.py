@@ -324,7 +324,7 @@ def test_corrupt_or_missing_checkpoints_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         load_checkpoint(tmp_path)
     save_checkpoint(tmp_path, tiny_gpt(vocab_size=256), {"tokenizer": TOKENIZER})
-    with pytest.raises(UserError, match=r"model.safetensors is a file: give the checkpoint's fo"):
+    with pytest.raises(UserError, match=r"model.safetensors is a file, not a checkpoint: give"):
         load_checkpoint(tmp_path / "model.safetensors")  # the weights named, not their folder
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="corrupt"):

@@ -55,7 +55,8 @@ def test_sample_refuses_non_numbers_and_non_text(checkpoint, capsys, flags, expe
         (["--seed", str(2**64)], "--seed must be in [0, 2**63)"),
         (["--beta1", "2"], "--beta1 must be in [0, 1)"),
         (["--beta2", "1"], "--beta2 must be in [0, 1)"),
-        (["--weight-decay", "-1"], "weight_decay must be >= 0"),
+        (["--weight-decay", "-1"], "--weight-decay must be at least 0, got -1.0"),
+        (["--warmup-iters", "-1"], "--warmup-iters must be at least 0, got -1"),
         (["--time-limit", "0"], "--time-limit must be a positive number"),
         (["--time-limit", "-1"], "--time-limit must be a positive number"),
         (["--compile-by-block"], "--compile-by-block is a way to compile: it needs compile"),
@@ -144,6 +145,28 @@ def test_an_unknown_preset_in_a_config_file_is_named_with_the_file(tmp_path, cap
     assert line.endswith("c.toml: unknown preset 'huge'; choose one of gpt2, gpt2-medium, "
                          "gpt2-large, gpt2-xl, tiny")  # fmt: skip
     assert not (tmp_path / "r").exists()
+
+
+def test_a_config_key_in_the_wrong_table_is_named_with_its_table(tmp_path, capsys):
+    argv = ["train", "gpt", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]
+    for text, expected in [
+        ("[model]\nmax_iters = 2\n", "max_iters belongs in [training], not in [model]"),
+        ("n_layers = 2\n", "n_layers belongs in [model], not at the top level (before any table)"),
+        ('[training]\ndata = "x"\n', "data belongs at the top level (before any table), not in"),
+    ]:
+        (tmp_path / "c.toml").write_text(text)
+        assert f"c.toml: {expected}" in one_line_error(*run(argv, capsys)[::2])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_file_for_its_folder_and_init_changes_are_named_as_given(checkpoint, capsys):
+    line = one_line_error(*run(["sample", str(checkpoint / "model.safetensors")], capsys)[::2])
+    assert line.endswith(
+        f"model.safetensors is a file, not a checkpoint: give its folder, {checkpoint}"
+    )
+    argv = ["train", "gpt", "--init", str(checkpoint), "--out", str(checkpoint.parent / "r")]
+    line = one_line_error(*run([*argv, "--n-layers", "2", "--d-model", "16"], capsys)[::2])
+    assert line.endswith(f"takes the model from {checkpoint} (n_layers 1): leave --n-layers 2 out")
 
 
 def test_stdin_that_is_not_utf8_is_one_line(checkpoint):

@@ -247,7 +247,7 @@ def test_sample_names_characters_the_tokenizer_never_saw(tmp_path, corpus, capsy
     out = str(tmp_path / "run")
     run(["train", "gpt", "--data", str(corpus), "--out", out, "--max-iters", "1", *TINY], capsys)
     line = one_line_error(*run(["sample", out, "--prompt", "Zebra €"], capsys)[::2])
-    assert "'Z'" in line and "'€'" in line
+    assert "'Z'" in line and "'€'" in line and "--tokenizer byte or bpe:N" in line
 
 
 def gpt_parameters(c: GPTConfig) -> int:

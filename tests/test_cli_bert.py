@@ -114,7 +114,7 @@ def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):
     argv = ["train", "classifier", "--init", str(pretrained), "--data", str(texts / "train.tsv"),
             "--out", str(tmp_path / "c"), "--prenorm", "--dropout", "0.2"]  # fmt: skip
     line = one_line_error(*run(argv, capsys)[::2])
-    assert "leave prenorm unset" in line and "dropout" not in line
+    assert "leave --prenorm out" in line and "dropout" not in line
     assert not (tmp_path / "c").exists()
     argv = [*argv[:-3], "--tokenizer", "byte"]  # the weights read the checkpoint's ids
     line = one_line_error(*run(argv, capsys)[::2])

@@ -70,6 +70,12 @@ def test_save_load_round_trip(tmp_path, tokenizer):
     assert loaded.encode("hello") == tokenizer.encode("hello")
 
 
+@pytest.mark.parametrize("spec", ["bpe:x", "bpe:-5", "bpe:"])
+def test_a_bpe_size_that_is_no_number_is_named(spec):
+    with pytest.raises(UserError, match=f"'{spec}': the N of bpe:N is a vocabulary size"):
+        build_tokenizer(spec, ["some text"])
+
+
 def test_bad_tokenizer_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_tokenizer(tmp_path / "missing.json")

@@ -152,6 +152,19 @@ def add_device_flag(parser: argparse.ArgumentParser, default: str = "auto", why:
     )
 
 
+def as_given(args: argparse.Namespace, name: str, value: Any) -> str:
+    """A setting as the user gave it: its flag where one was given (--n-layers 2), else the
+    config file's key (n_layers = 2)."""
+    if hasattr(args, name):
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):  # a switch: --prenorm, --no-prenorm
+            return f"--{flag}" if value else f"--no-{flag}"
+        if isinstance(value, dict):  # --mixer-options, as typed: KEY=VALUE,...
+            value = ",".join(f"{key}={item}" for key, item in value.items())
+        return f"--{flag} {value}"
+    return f"{name} = {json.dumps(value, default=str)}"
+
+
 def record_defaults(parser: argparse.ArgumentParser) -> None:
     """Keep every flag's default in args.defaults, so that the command can tell which flags
     were given (given_flags)."""

@@ -4,15 +4,14 @@ settings. Each bad setting is one line before anything slow."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import build_config, flag_values, merge_layers
+from attnlab.cli.options import as_given, build_config, flag_values, merge_layers
 from attnlab.cli.runs import RUN_FILE, note
-from attnlab.config import check_fields, check_read, config_to_dict
+from attnlab.config import check_fields, check_read, config_to_dict, field_names
 from attnlab.data import catalog
 from attnlab.errors import UserError
 from attnlab.files import read_json
@@ -38,9 +37,11 @@ def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
     data-setting keys present."""
     if "kind" in toml and get_kind(str(toml["kind"])) is not kind:  # first: its keys are theirs
         raise UserError(f"{path} is for `attnlab train {toml['kind']}`, not {kind.name}")
-    data_fields = {f.name for f in dataclasses.fields(kind.data_config)}
+    data_fields = set(field_names(kind.data_config))
     tables = {"model": kind.config, "training": TrainConfig}  # a config file's tables
     allowed = {"kind", "out", "preset", *data_fields, *tables}
+    places = {"": allowed - tables.keys(), **{k: set(field_names(c)) for k, c in tables.items()}}
+    refuse_misplaced(toml, places, path)
     unknown = sorted(set(toml) - allowed)
     if unknown:
         raise UserError(
@@ -58,6 +59,18 @@ def check_toml(toml: dict[str, Any], kind: ModelKind, path: str) -> set[str]:
         # keys and types, named by the file (resuming too: a typo is an unknown key, no change)
         check_fields(cls, toml.get(key, {}), source=f"{path} [{key}]")
     return data_fields & set(toml)
+
+
+def refuse_misplaced(toml: dict[str, Any], places: dict[str, set[str]], path: str) -> None:
+    """A key in the wrong table ([model] max_iters, a top-level n_layers) is named with the
+    one table it belongs in; places: table ("" for the top level) -> the keys it takes."""
+    where = {"": "at the top level (before any table)"} | {t: f"in [{t}]" for t in places if t}
+    for here, keys in places.items():
+        table = toml.get(here, {}) if here else toml
+        for key in sorted(table if isinstance(table, dict) else ()):
+            homes = [t for t, theirs in places.items() if key in theirs]
+            if key not in keys and key not in places and len(homes) == 1:
+                raise UserError(f"{path}: {key} belongs {where[homes[0]]}, not {where[here]}")
 
 
 def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
@@ -106,7 +119,7 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
     data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
     given = {**data_path(data), **toml.get("model", {}), **flag_values(args, kind.config)}
     before = data_path({**saved, **run["data"]})  # a path kept relative (older runs) read here
-    changed = [k for k, v in given.items() if before.get(k) != v]
+    changed = [as_given(args, k, v) for k, v in given.items() if before.get(k) != v]
     if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
         raise UserError(
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when "

@@ -19,7 +19,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import add_config_flags, as_flags, flag_values, read_toml
+from attnlab.cli.options import add_config_flags, as_flags, as_given, flag_values, read_toml
 from attnlab.cli.run_settings import (
     check_toml,
     new_run_settings,
@@ -207,9 +207,10 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         shape = {k: v for k, v in init["config"].items() if k in model_base}
         changed = sorted(k for k in given.keys() & shape.keys() - TUNABLE if given[k] != shape[k])
         if changed:
+            has = ", ".join(f"{k} {shape[k]!r}" for k in changed)
             raise UserError(
-                f"--init takes the model from {args.init}: leave {', '.join(changed)} unset "
-                f"(it has {', '.join(f'{k}={shape[k]!r}' for k in changed)})"
+                f"--init takes the model from {args.init} ({has}): leave "
+                f"{', '.join(as_given(args, k, given[k]) for k in changed)} out"
             )
         model_base = {**model_base, **shape, **given}
         run["init"] = args.init

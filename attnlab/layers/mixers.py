@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from attnlab.config import config_from_dict
+from attnlab.config import config_from_dict, field_names
 from attnlab.errors import ConfigError, NotRegistered
 
 
@@ -91,9 +91,9 @@ def mixer_options(name: str, given: Any, owner: str) -> Any:
             f"{owner}.mixer_options must be a table of {spec.options.__name__} fields, "
             f"got {type(given).__name__}"
         )
-    own = _field_names(spec.options)
+    own = set(field_names(spec.options))
     for key in sorted(set(given) - own):
-        others = sorted(s.name for s in MIXERS.values() if key in _field_names(s.options))
+        others = sorted(s.name for s in MIXERS.values() if key in field_names(s.options))
         if others:
             raise ConfigError(
                 f"{owner}.mixer_options.{key} is an option of {_mixers(others)}, not of "
@@ -124,7 +124,3 @@ def unread_reasons(name: str) -> dict[str, str]:
 def _mixers(names: list[str]) -> str:
     """mixer 'a', or mixers 'a', 'b'."""
     return "mixer" + "s" * (len(names) > 1) + " " + ", ".join(map(repr, names))
-
-
-def _field_names(options: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(options)}

@@ -200,4 +200,8 @@ def build_tokenizer(
             progress=progress,
             workers=os.cpu_count() or 1,
         )
+    if kind == "bpe":
+        raise UserError(
+            f"tokenizer {spec!r}: the N of bpe:N is a vocabulary size, a whole number (bpe:4096)"
+        )
     raise UserError(f"unknown tokenizer {spec!r}; choose char, byte or bpe:N (N = vocabulary size)")

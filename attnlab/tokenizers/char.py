@@ -40,6 +40,8 @@ class CharTokenizer(Tokenizer):
             raise UserError(
                 f"text has {len(unseen)} character(s) the tokenizer never saw: "
                 + " ".join(repr(c) for c in unseen[:20])
+                + " (a char tokenizer knows its training text's characters only: leave these "
+                "out, or use a model trained with --tokenizer byte or bpe:N, which read any text)"
             ) from None
 
     def encode_array(self, text: str) -> np.ndarray:

@@ -165,8 +165,10 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     # the journal first: a first save that finishes between the two looks is then found
     if not (path / JOURNAL_FILE).exists() and not (path / MODEL_FILE).is_file():
-        if path.is_file():  # its weights file, say: the checkpoint is the folder
-            raise UserError(f"{path} is a file: give the checkpoint's folder ({path.parent})")
+        if path.is_file():  # a file of a checkpoint (its model.safetensors), say
+            ours = (path.parent / MODEL_FILE).is_file()
+            instead = f"give its folder, {path.parent}" if ours else "give a checkpoint's folder"
+            raise UserError(f"{path} is a file, not a checkpoint: {instead}")
         raise UserError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
     _check_whole(path)  # a first save interrupted: says how to complete it
     description = read_json(path / CONFIG_FILE, "checkpoint config")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnlab.config import check_choice, check_positive, check_types
+from attnlab.config import check_at_least, check_choice, check_positive, check_types
 from attnlab.errors import UserError
 from attnlab.training.optimizers import SCHEDULES
 from attnlab.training.probes import parse_probes
@@ -47,11 +47,8 @@ class TrainConfig:
             eval_interval=self.eval_interval,
             eval_iters=self.eval_iters,
         )
-        if min(self.warmup_iters, self.grad_clip, self.min_learning_rate, self.weight_decay) < 0:
-            raise UserError(
-                "TrainConfig: warmup_iters, grad_clip, min_learning_rate and weight_decay must "
-                "be >= 0"
-            )
+        for name in ("warmup_iters", "grad_clip", "min_learning_rate", "weight_decay"):
+            check_at_least("TrainConfig", name, getattr(self, name), 0)
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
