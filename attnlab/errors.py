@@ -4,6 +4,8 @@ The CLI turns any :class:`UserError` into one line on stderr and exit code 2; ev
 exception is a bug and keeps its traceback.
 """
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a bad option, a corrupt checkpoint."""
@@ -20,3 +22,14 @@ class NotRegistered(ConfigError):
     def __init__(self, what: str, name: str, known: list[str]):
         self.what, self.name, self.known = what, name, f"known {what}s: {', '.join(known)}"
         super().__init__(f"unknown {what} {name!r}; {self.known}")
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError of the user's files and folders (missing, read-only, a full disk) as the line
+    they read: what went wrong, and where. A folder to be made under a file names the file."""
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        path = Path(error.filename or "")
+        if file := next((p for p in (path, *path.parents) if p.is_file()), None):
+            return f"{file} is a file, not a folder"
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}"

@@ -240,6 +240,9 @@ def test_a_file_where_a_folder_must_go_is_named(tmp_path, capsys):
     argv = ["tokenize", "train", "--data", str(tmp_path / "notes"), "--vocab-size", "300"]
     line = one_line_error(*run([*argv, "--out", str(tmp_path / "afile" / "tok.json")], capsys)[::2])
     assert line == f"attnlab: error: {tmp_path / 'afile'} is a file, not a folder"
+    argv = ["train", "gpt", "--data", str(tmp_path / "notes"), "--out", str(tmp_path / "afile/r")]
+    line = one_line_error(*run(argv, capsys)[::2])  # a run's folder too (made under its lock)
+    assert line == f"attnlab: error: {tmp_path / 'afile'} is a file, not a folder"
 
 
 def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_saved(tmp_path):

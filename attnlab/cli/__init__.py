@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import attnlab
-from attnlab.errors import UserError
+from attnlab.errors import UserError, os_error_line
 from attnlab.signals import sigterm_as_interrupt
 
 # command -> (module in attnlab.cli, one line for `attnlab --help`)
@@ -197,13 +197,7 @@ def _main(argv: list[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as error:  # the user's files and folders: missing, read-only, full disk
-        if (
-            isinstance(error, FileExistsError | NotADirectoryError)
-            and Path(error.filename or "").is_file()
-        ):
-            return say_error(f"{error.filename} is a file, not a folder")  # a folder to be
-        where = f": {error.filename}" if error.filename else ""
-        return say_error(f"{error.strerror or error}{where}")
+        return say_error(os_error_line(error))
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130

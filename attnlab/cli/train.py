@@ -37,7 +37,7 @@ from attnlab.cli.runs import (
 )
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.devices import meta_device, seed_everything
-from attnlab.errors import UserError
+from attnlab.errors import UserError, os_error_line
 from attnlab.files import BEST_DIR, atomic_write_json
 from attnlab.models import KINDS
 from attnlab.models.registry import (
@@ -297,7 +297,7 @@ def _locked(out: Path, group: Group):
             except UserError as error:
                 refusal = str(error)
             except OSError as error:  # a folder it cannot make: under a file, read-only
-                refusal = f"{error.strerror or error}: {error.filename or out}"
+                refusal = os_error_line(error)
         if refusal := group.from_writer(refusal):
             raise UserError(refusal)  # rank 0's is printed; the others are silent
         yield
