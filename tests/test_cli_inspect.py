@@ -193,7 +193,7 @@ def test_induction_command(checkpoints, tmp_path, capsys):
     code, stdout, _ = run(["inspect", "induction", checkpoints["gpt"], "--length", "5"], capsys)
     assert code == 0 and "in-context learning score" in stdout
     code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--length", "17"], capsys)
-    assert "2 to 16 tokens" in one_line_error(code, err)
+    assert "length (the tokens of each copy, --length) must be 2 to 16" in one_line_error(code, err)
     for seed in ("-1", str(2**64)):
         code, _, err = run(["inspect", "induction", checkpoints["gpt"], "--seed", seed], capsys)
         assert f"--seed must be in [0, 2**63), got {seed}" in one_line_error(code, err)

@@ -103,8 +103,8 @@ def _scored_layers(model: nn.Module, length: int | None) -> tuple[list[Attention
     length = min(context // 2, 128) if length is None else length
     if not 2 <= length <= context // 2:
         raise UserError(
-            f"each copy must hold 2 to {context // 2} tokens (two copies fill at most the "
-            f"context of {context}), got {length}"
+            f"length (the tokens of each copy, --length) must be 2 to {context // 2} (two "
+            f"copies fill at most the context of {context}), got {length}"
         )
     return layers, length
 
