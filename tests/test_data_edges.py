@@ -18,6 +18,7 @@ from attnlab.data.classification import (
     classification_training_data,
     read_examples,
 )
+from attnlab.data.corpus import corpus_files
 from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
 from attnlab.data.translation import read_lines
 from attnlab.errors import UserError
@@ -148,3 +149,13 @@ def test_a_pipe_is_read_where_text_is_read_once_and_named_where_it_is_read_again
     line = one_line_error(*run(argv, capsys)[::2])
     assert line.endswith("fifo is not a file or a folder (a pipe?): save the text to a file")
     assert not (tmp_path / "r").exists()
+
+
+def test_data_not_found_names_the_file_or_dataset_one_typo_away(tmp_path):
+    (tmp_path / "notes.txt").write_text("some text")
+    with pytest.raises(UserError, match=f"did you mean {tmp_path / 'notes.txt'}\\?$"):
+        corpus_files(str(tmp_path / "notse.txt"))
+    with pytest.raises(UserError, match="did you mean tinyshakespeare\\?$"):
+        corpus_files("tinyshakespear")
+    with pytest.raises(UserError, match=r"or task:NAME\)$"):  # nothing close: no guess
+        corpus_files(str(tmp_path / "elsewhere" / "x.txt"))

@@ -9,12 +9,13 @@ carries it, so it is the embedded default that needs no download.
 from __future__ import annotations
 
 import codecs
+import difflib
 import re
 import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from attnlab.data.catalog import split_glob
+from attnlab.data.catalog import CATALOG, split_glob
 from attnlab.errors import UserError
 
 STDLIB = "stdlib"
@@ -54,7 +55,22 @@ def corpus_files(spec: str) -> list[Path]:
         return files
     if path.exists():  # a pipe (bash's <(...)) gives its text once; a corpus is read many times
         raise UserError(f"{spec} is not a file or a folder (a pipe?): save the text to a file")
-    raise UserError(f"data not found: {spec} (give a text file, a directory, DIR:GLOB or 'stdlib')")
+    raise UserError(
+        f"data not found: {spec} (give a text file, a directory, DIR:GLOB, a dataset, "
+        f"'stdlib' or task:NAME){_close_to(path)}"
+    )
+
+
+def _close_to(path: Path) -> str:
+    """'; did you mean X?' for a name one typo from a file beside it or a dataset's name."""
+    try:
+        names = [p.name for p in path.parent.iterdir()]
+    except OSError:  # no such folder, or one that cannot be listed
+        names = []
+    if not path.is_absolute() and len(path.parts) == 1:
+        names += list(CATALOG)
+    close = difflib.get_close_matches(path.name, names, n=1)
+    return f"; did you mean {path.with_name(close[0])}?" if close else ""
 
 
 def text_lines(text: str) -> list[str]:
