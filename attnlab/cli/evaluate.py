@@ -58,7 +58,9 @@ def register(subparsers) -> None:
         "any other model (a text classifier, BERT, a task's, a translation model without --src) "
         "as its training evaluated it, on every held-out example (a task: its evaluation "
         "sequences): loss (label-smoothed where "
-        "training smoothed it), accuracy, F1. Without --data, on the data the run trained on."
+        "training smoothed it), accuracy, F1. Without --data, on the data the run trained on. "
+        "The model runs in fp32, whatever precision its training took (the training log's "
+        "figures are in that precision)."
         "\nexamples:\n  attnlab evaluate runs/gpt --data input.txt\n  attnlab evaluate "
         "runs/multi30k --src test.de.gz --ref test.en.gz\n  attnlab evaluate runs/vit_mnist",
     )

@@ -5,8 +5,10 @@
     attnlab tokenize decode --tokenizer tok.json 4 200 11
     attnlab tokenize show --tokenizer gpt2 "Tokenization is fun."
 
---tokenizer takes a saved tokenizer file, ``byte`` (the 256 bytes), or ``gpt2``: GPT-2's
-vocabulary from vocab.bpe and encoder.json in $ATTNLAB_DATA/gpt2-bpe/.
+--tokenizer takes a saved tokenizer file, a run directory (its tokenizer.json), ``byte`` (the
+256 bytes), or ``gpt2``: GPT-2's vocabulary from vocab.bpe and encoder.json in
+$ATTNLAB_DATA/gpt2-bpe/. decode writes the text exactly (a newline is added on a terminal only),
+so a file read by encode and given back to decode comes back unchanged.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.set_defaults(handler=run_encode)
 
     decode = commands.add_parser(
-        "decode", help="print the text of token ids", formatter_class=HelpFormatter
+        "decode", help="print the text of token ids, exactly", formatter_class=HelpFormatter
     )
     _add_tokenizer_option(decode)
     decode.add_argument("ids", nargs="*", metavar="IDS", help="token ids; none: read stdin")

@@ -29,7 +29,7 @@ class TrainConfig:
     eval_interval: int = 250  # evaluate and checkpoint every N steps (and at the end)
     eval_iters: int = 20  # batches per evaluation, each the size of a training batch
     seed: int = 1337  # all chance: weights, batches, dropout, masks, the held-out windows scored
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where faster: a GPU, some CPUs; else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the model for training
     compile_by_block: bool = False  # with compile: one block for all layers; builds faster
     cpu_kernels: bool = True  # on a CPU, attnlab's kernels (attention, GELU, dropout)
