@@ -182,6 +182,19 @@ def test_a_checkpoint_read_while_its_training_saves_it_is_read_whole(tmp_path):
         trainer.join()
 
 
+def test_a_mix_of_saves_in_a_folder_long_unchanged_is_refused_at_once(tmp_path):
+    """No save is under way in a folder untouched for longer than a save's renames take: its
+    mix is refused at once, not after SAVE_WAIT_S of looking again."""
+    path = saved_gpt(tmp_path / "ckpt")
+    (path / "trainer_state.json").write_text('{"save_id": "another save"}')
+    for file in [*path.iterdir(), path]:
+        os.utime(file, (time.time() - 2 * SAVE_WAIT_S,) * 2)
+    began = time.monotonic()
+    with pytest.raises(UserError, match="mixes files of different saves"):
+        load_checkpoint(path)
+    assert time.monotonic() - began < SAVE_WAIT_S / 2
+
+
 def test_a_first_save_interrupted_after_its_journal_says_how_to_complete_it(tmp_path, capsys):
     path = saved_gpt(tmp_path / "ckpt")
     (path / "model.safetensors").unlink()  # not yet renamed into place when the save stopped

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import torch
-from helpers import read_only, run
+from helpers import Terminal, read_only, run
 
 from attnlab.cli.options import check_output, print_json
 from attnlab.files import atomic_write_bytes
@@ -83,6 +83,28 @@ def test_json_holds_no_nan_or_infinity(tmp_path, capsys):
         "a": [None, 1.5],
         "b": {"c": None},
     }
+
+
+@pytest.mark.parametrize("closed", ["None", "closed"])
+def test_an_evaluation_with_stderr_closed_scores(tmp_path, capsys, monkeypatch, closed):
+    """`attnlab evaluate ... 2>&-` (a cron job's, a daemon's): Python's stderr is then None, and
+    the progress bar, asking whether it is a terminal, failed with an AttributeError."""
+    config = GPTConfig(vocab_size=256, context_length=8, n_layers=1, n_heads=2, d_model=16)
+    save_checkpoint(tmp_path / "run", GPT(config), {"tokenizer": ByteTokenizer()})
+    (tmp_path / "text.txt").write_text("to be or not to be, that is the question. " * 4)
+    stream = None
+    if closed == "closed":
+        stream = Terminal()
+        stream.close()
+    monkeypatch.setattr(sys, "stderr", stream)
+    code, out, _ = run(
+        ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt")], capsys
+    )
+    assert code == 0 and "perplexity" in out
+    tokenizer = ["--vocab-size", "260", "--out", str(tmp_path / "tok.json")]  # its bar alike
+    assert (
+        run(["tokenize", "train", "--data", str(tmp_path / "text.txt"), *tokenizer], capsys)[0] == 0
+    )
 
 
 def test_an_output_named_by_dev_stdout_follows_what_was_printed(tmp_path, monkeypatch):

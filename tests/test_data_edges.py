@@ -159,3 +159,18 @@ def test_data_not_found_names_the_file_or_dataset_one_typo_away(tmp_path):
         corpus_files("tinyshakespear")
     with pytest.raises(UserError, match=r"or task:NAME\)$"):  # nothing close: no guess
         corpus_files(str(tmp_path / "elsewhere" / "x.txt"))
+
+
+def test_data_not_found_in_a_huge_folder_is_no_guess(tmp_path, monkeypatch):
+    """Listing a folder of a million files and comparing each name takes seconds: past
+    GUESSED_NAMES names the line names no file (a dataset's name is still guessed)."""
+    from attnlab.data import corpus
+
+    monkeypatch.setattr(corpus, "GUESSED_NAMES", 2)
+    for name in ("notes.txt", "a.txt", "b.txt"):
+        (tmp_path / name).write_text("some text")
+    with pytest.raises(UserError, match=r"or task:NAME\)$"):
+        corpus_files(str(tmp_path / "notse.txt"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="did you mean tinyshakespeare\\?$"):
+        corpus_files("tinyshakespear")

@@ -221,7 +221,7 @@ def test_a_run_folder_in_use_or_impossible_stops_every_rank_with_one_line(tmp_pa
     if case == "under a file":  # rank 0 cannot make it: the others must not wait on rank 0
         (tmp_path / "a_file").touch()
         done = attnlab_processes(tmp_path / "a_file" / "run", text, "--distributed", "ddp")
-        expected = "Not a directory"
+        expected = "a_file is a file, not a folder"
     else:
         out.mkdir()
         with open(out / ".attnlab.lock", "w") as lock:  # held, as a running train holds it

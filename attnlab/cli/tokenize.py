@@ -27,6 +27,7 @@ from attnlab.data.corpus import Corpus
 from attnlab.data.saved_tokenizers import TOKENIZER_FILES, open_tokenizer
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, check_writable
+from attnlab.progress import stderr_is_terminal
 from attnlab.tokenizers.base import Tokenizer, check_special_tokens, load_tokenizer, visible
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
 from attnlab.tokenizers.byte import ByteTokenizer
@@ -156,7 +157,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.vocab_size,
         pattern=args.pattern,
         special_tokens=args.special,
-        progress=sys.stderr.isatty(),
+        progress=stderr_is_terminal(),
         workers=args.workers,
     )
     seconds = time.perf_counter() - start

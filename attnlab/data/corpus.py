@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import itertools
 import re
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ SNIFF = 1 << 16  # bytes read from the start of each file to tell text from what
 MAX_NOT_TEXT = 0.05  # share of those that may be NULs or not UTF-8: past it, a file is refused
 STRAY_BYTES = 4  # ... unless they are this few: a short file with a stray byte is only warned of
 GZIP_MAGIC = b"\x1f\x8b"
+GUESSED_NAMES = 1000  # a folder's names compared with data not found there, at most
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
@@ -63,9 +65,11 @@ def corpus_files(spec: str) -> list[Path]:
 
 def _close_to(path: Path) -> str:
     """'; did you mean X?' for a name one typo from a file beside it or a dataset's name."""
-    try:
-        names = [p.name for p in path.parent.iterdir()]
+    try:  # a folder of more names is not guessed in: listing and comparing take seconds
+        names = [p.name for p in itertools.islice(path.parent.iterdir(), GUESSED_NAMES + 1)]
     except OSError:  # no such folder, or one that cannot be listed
+        names = []
+    if len(names) > GUESSED_NAMES:
         names = []
     if not path.is_absolute() and len(path.parts) == 1:
         names += list(CATALOG)

@@ -107,12 +107,16 @@ def _check_whole(path: Path) -> None:
     """Refuse a checkpoint whose save did not finish, or whose files come from different saves,
     once that has lasted SAVE_WAIT_S: until then it may be a save of a training under way,
     between its journal and its last rename, and a look again finds the new checkpoint whole.
-    A journal older than that is a crash's, refused at once."""
+    A journal older than that is a crash's, and a mix in a folder unchanged for longer a
+    hand's: refused at once."""
     deadline = time.monotonic() + SAVE_WAIT_S
     while (problem := _unfinished_save(path)) and time.monotonic() < deadline:
-        journal = path / JOURNAL_FILE
+        # the journal's age, or without one the folder's (a save's files and renames touch
+        # it): a mix of saves in a folder untouched for longer is no save under way either
         with contextlib.suppress(FileNotFoundError):  # gone: the save just finished
-            if time.time() - journal.stat().st_mtime > SAVE_WAIT_S:
+            journal = path / JOURNAL_FILE
+            changed = (journal if journal.exists() else path).stat().st_mtime
+            if time.time() - changed > SAVE_WAIT_S:
                 break
         time.sleep(0.02)
     if problem:
