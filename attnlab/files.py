@@ -224,6 +224,8 @@ def readable(path: str | os.PathLike, what: str = "file") -> Path:
     if not path.exists():
         nowhere = " (a link that leads nowhere, or around in a loop)" if path.is_symlink() else ""
         raise UserError(f"{what} not found: {path}{nowhere}")
+    if path.is_char_device() or path.is_block_device():  # /dev/zero would be read for ever
+        raise UserError(f"{path} is a device, not a {what}")
     return path
 
 

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -152,6 +153,20 @@ def test_processes_starting_at_once_build_once_and_all_take_that_build(fake_comp
         (library,) = set(pool.map(lambda _: kernel._build(), range(3)))
     library = Path(library)
     assert len(fake_compiler) == 1 and kernel._trusted(library, library.with_suffix(".sha256"))
+
+
+def test_a_builder_that_holds_the_lock_too_long_is_built_around(fake_compiler, monkeypatch):
+    """A process stopped mid-build (Ctrl-Z) keeps the lock: the others build their own after a
+    while rather than wait for ever."""
+    monkeypatch.setattr(kernel, "BUILD_WAIT_S", 0.3)
+    folder = Path(kernel._build()).parent  # the cache's folder, then emptied of the library
+    for built in folder.glob("*.s*"):
+        built.unlink()
+    pool = concurrent.futures.ThreadPoolExecutor(1)  # shut down after the lock is freed
+    with pool, open(folder / ".build.lock", "a") as stopped:  # freed first, come what may
+        fcntl.flock(stopped, fcntl.LOCK_EX)
+        library = pool.submit(kernel._build).result(timeout=30)
+    assert Path(library).read_bytes() == b"built" and len(fake_compiler) == 2
 
 
 def test_a_kernels_folder_of_another_user_is_refused_with_one_warning(fake_compiler, monkeypatch):

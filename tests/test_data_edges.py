@@ -22,7 +22,7 @@ from attnlab.data.corpus import corpus_files
 from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
 from attnlab.data.translation import read_lines
 from attnlab.errors import UserError
-from attnlab.files import check_writable
+from attnlab.files import check_writable, read_text
 from attnlab.training.sources import DataRequest
 
 TRAIN = SimpleNamespace(batch_size=4, eval_iters=1, seed=0)
@@ -174,3 +174,8 @@ def test_data_not_found_in_a_huge_folder_is_no_guess(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="did you mean tinyshakespeare\\?$"):
         corpus_files("tinyshakespear")
+
+
+def test_a_device_is_no_file_to_read():
+    with pytest.raises(UserError, match="/dev/zero is a device, not a config file"):
+        read_text("/dev/zero", "config file")  # it would be read for ever

@@ -41,6 +41,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -190,7 +191,7 @@ def _build() -> str:
     # its library: two builds differ in bytes, and one's digest beside the other's library
     # would be distrusted, built again by the next process. The kernel frees a killed one's.
     with open(library.parent / ".build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _wait_for_lock(lock)
         if library.exists() and _trusted(library, digest):
             return str(library)
         for suffix in (".so", ".cpp"):  # what a process killed while building left
@@ -207,6 +208,22 @@ def _build() -> str:
             if os.path.exists(temporary):
                 os.unlink(temporary)
     return str(library)
+
+
+BUILD_WAIT_S = 120  # a build takes 7-10 s; a builder stopped longer (Ctrl-Z) is built around
+
+
+def _wait_for_lock(lock) -> None:
+    """The build lock, or after BUILD_WAIT_S without it a build of this process's own (whole
+    or not at all, as every build is), rather than a wait on a stopped process for ever."""
+    deadline = time.monotonic() + BUILD_WAIT_S
+    while True:
+        try:
+            return fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
 
 
 def _compile(output: str, flags: list[str]) -> None:
