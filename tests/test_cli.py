@@ -276,8 +276,9 @@ def encoder_decoder_parameters(c: EncoderDecoderConfig) -> int:
     the embedding matrices: one shared with the output projection, or three."""
     assert c.norm == "layernorm" and c.activation not in ("swiglu", "geglu")
     reference = torch.nn.Transformer(
-        c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff, bias=c.bias
-    )
+        c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff, bias=c.bias,
+        batch_first=True,  # as ours (else torch warns that it cannot use nested tensors)
+    )  # fmt: skip
     if not c.has_final_norm:
         reference.encoder.norm = reference.decoder.norm = torch.nn.Identity()
     embeddings = (1 if c.share_embeddings else 3) * c.vocab_size * c.d_model
