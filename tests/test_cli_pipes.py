@@ -159,3 +159,21 @@ def test_a_kill_before_training_stops_as_ctrl_c_does_leaving_nothing_half_writte
     )
     assert (done.returncode, done.stderr.decode().splitlines()[-1]) == (130, "attnlab: interrupted")
     assert not out.exists() and not list((cache / "tokens").iterdir())
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_command_whose_stdout_or_stderr_is_closed_runs(tmp_path, corpus, closed):
+    """`attnlab train ... 2>&-`, `... >&-`: Python's stream is then None; print() to it wrote to
+    stdout, the training's progress bar and the last flush of stdout failed (exit code 1)."""
+    out = tmp_path / "run"
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(out), "--n-layers", "1"]
+    argv += ["--d-model", "16", "--context-length", "16", "--max-iters", "2", "--eval-iters", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "attnlab", *argv],
+        capture_output=True,
+        pass_fds=(),
+        close_fds=True,
+        preexec_fn=lambda: os.close(closed),  # noqa: PLW1509 - as the shell's N>&-
+    )
+    assert done.returncode == 0 and (out / "model.safetensors").is_file(), done
+    assert done.stdout == b"" if closed == 2 else done.stderr != b""

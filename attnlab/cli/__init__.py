@@ -153,12 +153,26 @@ def say_error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _closed_streams_write_nowhere()
     formatting = warnings.formatwarning
     warnings.formatwarning = _warning_line  # for this command only: main runs in notebooks too
     try:
         return _main(sys.argv[1:] if argv is None else argv)
     finally:
         warnings.formatwarning = formatting
+
+
+def _closed_streams_write_nowhere() -> None:
+    """A standard stream closed when the process started (`2>&-`, `>&-`) is None in Python, which
+    print() takes for stdout and a write fails on: it writes to the null device instead, as its
+    user asked (the descriptor too, for the processes a command starts)."""
+    for name, descriptor in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+            setattr(sys, name, open(descriptor, "w", closefd=False))  # noqa: SIM115 - for good
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
