@@ -34,6 +34,7 @@ from attnlab.data.labels import count_classes
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
 from attnlab.errors import ConfigError, UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
+from attnlab.files import read_text
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ClassNames, check_classes
 from attnlab.training.sources import DataRequest, TrainingData
@@ -45,10 +46,7 @@ def read_tsv(path: Path) -> Examples:
     """`sentence<TAB>label` lines; the first (not blank) may be a header. Errors name file and
     line."""
     texts, labels = [], []
-    try:
-        lines = text_lines(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text ({error.reason})") from None
+    lines = text_lines(read_text(path, "TSV file"))
     first = True
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -120,11 +118,11 @@ def read_examples(
     if unseen:
         folds, fold = 1, 0  # one part, held out
     path = Path(spec)
-    if path.is_file():
+    if not path.exists():
+        raise UserError(f"data not found: {spec} (give a TSV file or a directory)")
+    if not path.is_dir():  # a file, or a pipe (bash's <(...))
         train, dev = hold_out(read_tsv(path), folds, fold)
         return train, dev, None
-    if not path.is_dir():
-        raise UserError(f"data not found: {spec} (give a TSV file or a directory)")
     if (path / "train.tsv").is_file():
         train = read_tsv(path / "train.tsv")
         if (path / "dev.tsv").is_file():
