@@ -90,3 +90,21 @@ def test_token_embedding_compiled_sums_gradient_rows_like_nn_embedding():
     reference(ids).backward(grad)
     torch.testing.assert_close(out, reference(ids))
     torch.testing.assert_close(table.weight.grad, reference.weight.grad)
+
+
+def test_a_global_module_hook_sees_every_hook_point():
+    """torch's register_module_forward_hook (a profiler's, a tracer's) sees every module's call;
+    hook points skipped their call where no hook of their own was attached."""
+    from helpers import tiny_gpt
+
+    from attnlab.layers.hooks import hook_points
+
+    model, seen = tiny_gpt(), []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(m))
+    try:
+        with torch.no_grad():
+            model(torch.randint(0, 11, (1, 8)))
+    finally:
+        handle.remove()
+    points = hook_points(model).values()
+    assert points and all(any(p is m for m in seen) for p in points)

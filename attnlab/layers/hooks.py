@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 
 class HookPoint(nn.Identity):
@@ -22,7 +23,12 @@ class HookPoint(nn.Identity):
 
     @property
     def active(self) -> bool:
-        return bool(self._forward_hooks or self._forward_pre_hooks)
+        return bool(
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or _module._global_forward_hooks  # register_module_forward_hook's: every module's
+            or _module._global_forward_pre_hooks
+        )
 
     def tap(self, x: torch.Tensor) -> torch.Tensor:
         """x through the hooks when any is attached; otherwise x itself, without a module call
