@@ -36,6 +36,7 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     argv = ["arena", "--out", str(out), "--mixers", "attention,lstm", "--data", "task:mqar"]
     argv += ["--params", "20000", "--tokens", "4096", "--context-length", "32", "--n-layers", "1"]
     argv += ["--batch-size", "16", "--eval-interval", "4", "--weight-init", "fan_in"]
+    argv += ["--seed", "7"]
     handler = signal.getsignal(signal.SIGTERM)
     ballast = b"\x01" * (1 << 30)  # 1 GB of the arena's memory, which no run may count as its own
     code, table, err = run(argv, capsys)
@@ -47,7 +48,7 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
         for line in table.splitlines()
         if line.startswith("| attention") or line.startswith("| lstm")
     ]
-    assert len(rows) == 2 and "val accuracy | best val accuracy |" in table
+    assert len(rows) == 2 and "val accuracy | best val accuracy |" in table and "seed 7" in table
     for row in rows:  # the best of the evaluations is at least the last
         final, best = (float(cell.strip(" %")) for cell in row.split("|")[-3:-1])
         assert 0 <= final <= best <= 100
@@ -60,6 +61,8 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
         assert (out / mixer / "model.safetensors").is_file()
         config = json.loads((out / mixer / "config.json").read_text())["config"]
         assert config["weight_init"] == "fan_in" and config["tie_weights"] is False
+        state = json.loads((out / mixer / "trainer_state.json").read_text())
+        assert state["train_config"]["seed"] == 7
         records = [json.loads(line) for line in (out / mixer / "metrics.jsonl").open()]
         assert records[-1]["step"] == 8
         # a token budget knows its end: the learning rate has fallen to a tenth there

@@ -59,6 +59,13 @@ def register(subparsers) -> None:
         help="training tokens per mixer, instead of --time; the learning rate falls at the end",
     )
     race.add_argument("--eval-interval", type=int, default=50, help="steps between evaluations")
+    race.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="every mixer's: the windows drawn (the same for all), its weights; another seed "
+        "shows how far a gap between mixers is chance",
+    )
     scaling = parser.add_argument_group("--scaling")
     scaling.add_argument("--scaling", action="store_true", help="measure cost against length")
     scaling.add_argument("--d-model", type=int, default=128, help="layer width")
@@ -74,7 +81,7 @@ def register(subparsers) -> None:
 
 
 RACE = ("data", "tokenizer", "params", "n_layers", "context_length", "batch_size",
-        "learning_rate", "weight_init", "time", "tokens", "eval_interval")  # fmt: skip
+        "learning_rate", "weight_init", "time", "tokens", "eval_interval", "seed")  # fmt: skip
 SCALING = ("d_model", "lengths", "max_seconds")
 
 
@@ -126,7 +133,7 @@ def arena(args: argparse.Namespace) -> int:
     training = [
         *("--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)),
         *("--dropout", "0", "--eval-interval", str(args.eval_interval)),
-        *("--eval-iters", "20", *budget),
+        *("--eval-iters", "20", "--seed", str(args.seed), *budget),
     ]
     data = ["--data", args.data, "--tokenizer", args.tokenizer]
     shape = (int(args.params), args.n_layers, args.context_length, args.weight_init)
@@ -138,6 +145,7 @@ def arena(args: argparse.Namespace) -> int:
         f"layer{'s' * (args.n_layers != 1)}, "
         f"context {args.context_length}, batch {args.batch_size}, {budget_text} each"
         + (f", {args.weight_init} init" if args.weight_init != "gpt2" else "")
+        + (f", seed {args.seed}" if given_flags(args, ["seed"]) else "")
     )
     entries = []
     try:
