@@ -87,6 +87,19 @@ def test_a_query_that_may_see_no_key_gives_zeros_on_every_path_and_finite_gradie
     assert torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("fill", [float("-inf"), torch.finfo(torch.float16).min])
+def test_an_fp16_row_that_sees_no_key_stays_finite_with_low_scores(fill):
+    """Scores below -16 plus fp16's lowest number overflowed to -inf: NaN on such rows."""
+    k = torch.ones(1, 1, 3, 4, dtype=torch.float16) * 4
+    q, v = (-k).requires_grad_(), torch.randn(1, 1, 3, 4).half()  # every score -32
+    mask = torch.zeros(3, 3, dtype=torch.float16)
+    mask[1] = fill  # the second query sees no key
+    out, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)
+    out.float().sum().backward()
+    assert not out[0, 0, 1].any() and not weights[0, 0, 1].any()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_half_precision_additive_mask_and_the_causal_mask_stay_in_that_precision(dtype):
     """ALiBi's bias, say: merged with the causal mask, the eager path keeps the model's dtype."""

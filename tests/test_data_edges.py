@@ -142,7 +142,7 @@ def test_a_pipe_is_read_where_text_is_read_once_and_named_where_it_is_read_again
     assert read_lines(f"/dev/fd/{reader}") == ["one", "two"]
     os.close(reader)
     reader, writer = os.pipe()  # a classifier's TSV alike (it was "data not found")
-    os.write(writer, "a\t0\nb\t1\n".encode() * 5)
+    os.write(writer, b"a\t0\nb\t1\n" * 5)
     os.close(writer)
     train, dev, _ = read_examples(f"/dev/fd/{reader}", 5, 0)
     assert sorted(train[0] + dev[0]) == ["a"] * 5 + ["b"] * 5 and len(dev[0]) == 2

@@ -75,8 +75,8 @@ def scaled_dot_product_attention(
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, low)
-        else:
-            scores = scores + mask.clamp_min(low)
+        else:  # clamped after the sum: in fp16 a score below -16 plus `low` overflows to -inf
+            scores = (scores + mask).clamp_min_(low)
     weights = torch.softmax(scores, dim=-1)
     sees = None  # (..., Tq, 1): whether the query may see any key
     if blind:

@@ -296,7 +296,7 @@ class BertClassifier(nn.Module):
         hidden = self.encoder(ids, segments)  # (B, T, D)
         if self.config.pooling == "mean":
             keep = (ids != self.config.pad_id).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            summary = (hidden * keep).sum(1) / keep.sum(1)
+            summary = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1)  # padding alone: 0
         else:
             summary = hidden[:, 0]
         pooled = torch.tanh(self.pooler(summary))  # (B, D)
