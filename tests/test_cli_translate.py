@@ -253,6 +253,9 @@ def test_bad_training_input(tmp_path, capsys):
     assert "with --data it is unused" in one_line_error(code, err)
 
 
+GREEDY_PENALISED = ["--beam-size", "1", "--length-penalty", "1"]  # a single hypothesis to rank
+
+
 def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeypatch):
     src = write(tmp_path / "src.txt", ["one", "two", "three"])
     short = write(tmp_path / "ref.txt", ["1", "2"])
@@ -275,6 +278,11 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeyp
         (["translate", str(gpt_checkpoint), "hello"], "holds a 'gpt' model"),
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
         (["translate", str(trained), "one", "--length-penalty", "-5"], "must be a number >= 0"),
+        (["translate", str(trained), "one", *GREEDY_PENALISED], "change nothing at --beam-size 1"),
+        (
+            ["evaluate", str(trained), "--src", src, "--ref", src, *GREEDY_PENALISED],
+            "change nothing",
+        ),
         (["translate", str(tmp_path / "nothing"), "one"], "no checkpoint"),
         (["translate", str(trained), "caf\udcff"], "not valid UTF-8"),  # a byte not UTF-8
         (["translate", str(trained)], "not valid UTF-8"),  # stdin, below

@@ -76,6 +76,8 @@ def test_top_p_keeps_the_nucleus():
     assert kept(1.0) == [True, True, True, True]
     kept_values = top_p_filter(logits, 0.6)
     assert torch.equal(kept_values[0, [1, 3]], logits[0, [1, 3]])  # survivors unchanged
+    tied = torch.full((1, 40), 0.02).index_fill(1, torch.tensor([20]), 0.22).log()
+    assert top_p_filter(tied, 0.25).isfinite().nonzero()[:, 1].tolist() == [0, 1, 20]  # lowest
 
 
 def test_repetition_penalty_known_values():

@@ -7,6 +7,13 @@ transformers = pytest.importorskip("transformers")
 from helpers import tiny_gpt  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from attnlab.generation import (  # noqa: E402
+    apply_temperature,
+    generate,
+    repetition_penalty,
+    top_k_filter,
+    top_p_filter,
+)
 from attnlab.interop.huggingface import from_hf, to_hf  # noqa: E402
 from attnlab.models.gpt import GPT, GPTConfig  # noqa: E402
 from attnlab.models.image_gpt import ImageGPT, ImageGPTConfig  # noqa: E402
@@ -52,13 +59,6 @@ def random_gpt2(fields: dict) -> GPT2LMHeadModel:
     return model
 
 
-def greedy(model: GPT, idx: torch.Tensor, steps: int) -> torch.Tensor:
-    for _ in range(steps):
-        logits, _ = model(idx)
-        idx = torch.cat([idx, logits[:, -1:].argmax(-1)], dim=1)
-    return idx
-
-
 @pytest.mark.parametrize("fields", CONFIGS)
 def test_from_hf_logits_match(fields):
     hf = random_gpt2(fields)
@@ -72,15 +72,51 @@ def test_from_hf_logits_match(fields):
 
 @pytest.mark.parametrize("fields", CONFIGS)
 def test_greedy_continuations_are_identical(fields):
+    """attnlab's generate, with and without its KV cache, against Hugging Face's, for prompts
+    of several lengths (one token; up to the whole context) batched with left padding there."""
     hf = random_gpt2(fields)
     ours = from_hf(hf).eval()
-    prompt = torch.randint(0, fields["vocab_size"], (2, 5))
+    lengths, context = (1, 5, 5, 12), fields["n_positions"]
+    prompts = [torch.randint(0, fields["vocab_size"], (n,)).tolist() for n in lengths]
+    width, new = max(lengths), context - max(lengths)  # to the end of the context
+    padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        expected = hf.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False
-        )
-        got = greedy(ours, prompt, 12)
-    assert torch.equal(got, expected)
+        expected = hf.generate(padded, attention_mask=mask, max_new_tokens=new, do_sample=False)
+    for use_cache in (True, False):
+        got = generate(ours, prompts, new, temperature=0, use_cache=use_cache)
+        assert got == expected[:, width:].tolist()
+
+
+def test_sampling_filters_match_hugging_faces_processors():
+    """The distribution sampled from: repetition penalty (over the prompt and the new tokens),
+    temperature, top-k and top-p, in that order, as Hugging Face's processors compute it."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    for penalty, temperature, k, p in [
+        (1.3, 0.7, 10, 0.8),
+        (0.8, 1.5, 3, 0.3),
+        (2.0, 0.2, 30, 0.95),
+    ]:
+        logits, seen = torch.randn(4, 30, dtype=torch.float64) * 3, torch.randint(0, 30, (4, 9))
+        hf = LogitsProcessorList(
+            [
+                RepetitionPenaltyLogitsProcessor(penalty),
+                TemperatureLogitsWarper(temperature),
+                TopKLogitsWarper(k),
+                TopPLogitsWarper(p),
+            ]
+        )(seen, logits.clone())
+        ours = apply_temperature(repetition_penalty(logits, seen, penalty), temperature)
+        ours = top_p_filter(top_k_filter(ours, k), p)
+        torch.testing.assert_close(ours.softmax(-1), hf.softmax(-1))
 
 
 @pytest.mark.parametrize("fields", CONFIGS)

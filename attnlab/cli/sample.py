@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="STR",
-        help="end a sample before this text (repeatable)",
+        help="end a sample before this text, looked for in the new text only (repeatable)",
     )
     parser.add_argument(
         "--no-cache", action="store_true", help="recompute every step without the KV cache"

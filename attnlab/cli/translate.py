@@ -14,8 +14,10 @@ import sys
 from attnlab.cli.options import (
     add_device_flag,
     check_output,
+    given_flags,
     print_json,
     read_stdin,
+    record_defaults,
     resolve_data_path,
     user_text,
 )
@@ -53,6 +55,7 @@ def register(subparsers) -> None:
     )
     add_decoding_flags(parser)
     add_device_flag(parser)
+    record_defaults(parser)
     parser.set_defaults(handler=translate_command)
 
 
@@ -66,7 +69,10 @@ def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: bool = True)
         help="hypotheses kept (at most half the vocabulary); 1 = greedy",
     )
     parser.add_argument(
-        "--length-penalty", type=float, default=0.6, help="GNMT alpha (0 = none, > 0 longer)"
+        "--length-penalty",
+        type=float,
+        default=0.6,
+        help="GNMT alpha (0 = none, > 0 longer); ranks the hypotheses of beams of 2 or more",
     )
     if batch_size:
         parser.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
@@ -87,6 +93,12 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError("--max-length-factor 0 and --max-length-offset 0 leave no room for words")
     if not 0 <= args.length_penalty < math.inf:
         raise UserError(f"--length-penalty must be a number >= 0, got {args.length_penalty}")
+    if args.beam_size == 1 and given_flags(args, ["length_penalty"]):
+        # one hypothesis ever ends, so there is nothing for the penalty to rank
+        raise UserError(
+            "--length-penalty would change nothing at --beam-size 1 (greedy: a single "
+            "hypothesis, nothing to rank): leave it out, or give a beam size above 1"
+        )
     return {
         "beam_size": args.beam_size,
         "length_penalty": args.length_penalty,

@@ -23,6 +23,14 @@ length limit, where </s> is forced; decoding stops when every sentence has ended
 
 Length limit. At most ⌊a·|X| + b⌋ tokens are generated for a source of |X| tokens (its </s>
 included), </s> included, and never more than the model's max_length: a = 1, b = 50 by default.
+
+Against Hugging Face's ``generate(num_beams=K)``: the same search as its ``early_stopping=True``
+(2K candidates a step, only </s> among the best K ends a hypothesis, a sentence stops at K
+finished), so with α = 0 (its ``length_penalty=0``) both find the same hypotheses. It differs
+in three ways: its length penalty is |Y|^α, not GNMT's; at the length limit it keeps the
+unfinished beams, scored without </s>, where this search forces </s>; and here <pad> and <s>
+are never chosen, the other tokens keeping their log-probabilities (not renormalized). Only the
+best hypothesis is returned (no n-best list), without its score.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep exactly the k largest logits of each row (B, V); the rest become -inf.
 
-    Ties at the k-th value are broken by torch.topk, so exactly k survive even then.
+    Ties at the k-th value are broken by torch.topk, so exactly k survive even then (Hugging
+    Face's TopKLogitsWarper keeps every token tied with the k-th).
     """
     if k < 1:
         raise ValueError(f"top_k must be at least 1, got {k}")
@@ -47,13 +48,15 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter (Holtzman et al. 2020, section 3.1): keep, per row, the smallest set of
     most likely tokens whose probability mass is at least p; the most likely token always stays.
 
-    logits: (B, V); p in (0, 1], where 1 keeps everything.
+    logits: (B, V); p in (0, 1], where 1 keeps everything. The same tokens as Hugging Face's
+    TopPLogitsWarper, but for equally likely tokens at the edge of the nucleus: as many of them
+    are kept as the mass needs, the lowest ids here (a stable sort), others there.
     """
     if not 0 < p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
     if p >= 1:
         return logits.clone()
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # (B, V)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     # A token is dropped when the tokens ranked above it already reach p: the mass *before* it
     # decides, so the token that crosses p is kept and the first token is never dropped.
