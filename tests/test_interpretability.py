@@ -315,6 +315,13 @@ def test_the_lens_ends_at_the_models_own_logits():
         logit_lens(model, (ids.expand(2, -1),))
 
 
+def test_the_lens_keeps_the_streams_not_every_rows_logits():  # R times a forward's (R, T, V)
+    report = logit_lens(tiny_gpt(), (_ids(0, 11, 1, 16),))
+    assert [tuple(t.shape) for t in vars(report).values() if torch.is_tensor(t)] == [(5, 16, 16)]
+    expected = report.logits.softmax(-1).topk(2)
+    assert all(map(torch.equal, report.top(2), expected))
+
+
 def test_the_lens_reads_a_training_model_without_dropout():
     config = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=16)
     model = GPT(dataclasses.replace(config, dropout=0.5)).eval()

@@ -258,15 +258,13 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     labels = [y for text, y in zip(train_texts, train_examples[1], strict=True) for _ in text]
     batches = LabelledBatches(sequences, labels, train.batch_size, pad_id, train.seed)
 
-    def dev_batches():  # every dev example, in order; its windows all read at once
-        size = train.batch_size
-        return [
-            (
+    def dev_batches():  # every dev example, in order (its windows all read at once), padded
+        size = train.batch_size  # as read: not all at once
+        for i in range(0, len(dev_texts), size):
+            yield (
                 pad_batch(dev_texts[i : i + size], pad_id),
                 torch.tensor(dev_examples[1][i : i + size]),
             )
-            for i in range(0, len(dev_texts), size)
-        ]
 
     counts = ", ".join(f"{name} {train_examples[1].count(i):,}" for i, name in enumerate(classes))
     return TrainingData(

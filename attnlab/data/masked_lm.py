@@ -13,9 +13,8 @@ loss is on the selected positions only.
 
 from __future__ import annotations
 
-import io
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,7 @@ from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import KeyedTexts, content_key, tokenizer_cached, tokenizer_key
 from attnlab.errors import ConfigError, UserError
-from attnlab.files import atomic_write_bytes, cache_dir
+from attnlab.files import atomic_writer, cache_dir
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
@@ -74,32 +73,36 @@ def encode_lines_cached(
     read.check(key)
     starts = np.cumsum([0, *lengths])
     tokens = np.concatenate([np.zeros(0, np.int32), *tokens])
-    np.savez(buffer := io.BytesIO(), tokens=tokens, starts=starts)
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_writer(path) as f:  # straight to the file: no copy of the ids in memory
+        np.savez(f, tokens=tokens, starts=starts)
     return tokens, starts
 
 
 def pack_sentences(
     tokens: np.ndarray, starts: np.ndarray, length: int, cls: int, sep: int, pad: int
 ) -> np.ndarray:
-    """Sentences packed whole, in order, into (N, length) rows `[CLS] ... [SEP] [PAD]...`."""
-    room = length - 2
-    rows, current = [], []
+    """Sentences packed whole, in order, into (N, length) rows `[CLS] ... [SEP] [PAD]...`: the
+    rows are counted first, then filled, so nothing but the result is as large as the corpus."""
+    rows = 1 + max((row for *_, row, _ in _placed(starts, length - 2)), default=-1)
+    packed = np.full((rows, length), pad, dtype=np.int64)
+    packed[:, 0] = cls
+    for first, stop, row, column in _placed(starts, length - 2):
+        packed[row, 1 + column : 1 + column + stop - first] = tokens[first:stop]
+        packed[row, 1 + column + stop - first] = sep  # until the row's next piece covers it
+    return packed
 
-    def emit():
-        row = [cls, *current, sep]
-        rows.append(row + [pad] * (length - len(row)))
 
-    for first, stop in zip(starts[:-1], starts[1:], strict=True):
-        for piece in range(first, stop, room):  # a long sentence in pieces of `room`
-            sentence = tokens[piece : min(piece + room, stop)].tolist()
-            if len(current) + len(sentence) > room:
-                emit()
-                current = []
-            current += sentence
-    if current:
-        emit()
-    return np.asarray(rows, dtype=np.int64).reshape(-1, length)
+def _placed(starts: np.ndarray, room: int) -> Iterator[tuple[int, int, int, int]]:
+    """(first, stop, row, column) of each piece of each sentence (a sentence longer than
+    `room` in pieces of `room`): a piece goes on the row before while it fits in `room`."""
+    row, used = -1, room
+    for first, stop in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+        for piece in range(first, stop, room):
+            size = min(room, stop - piece)
+            if used + size > room:
+                row, used = row + 1, 0
+            yield piece, piece + size, row, used
+            used += size
 
 
 @dataclass(frozen=True)
@@ -207,13 +210,11 @@ def masked_lm_training_data(request: DataRequest) -> TrainingData:
     scored = rows if request.evaluate == "all" else rows[-n_val:]
     limit = len(scored) if request.evaluate else train.eval_iters * train.batch_size
 
-    def validation_batches():  # the same sequences and masks at every evaluation
-        generator = torch.Generator().manual_seed(train.seed + 1)
+    def validation_batches():  # the same sequences and masks at every evaluation, masked
+        generator = torch.Generator().manual_seed(train.seed + 1)  # as read: not all at once
         val = torch.from_numpy(scored)
-        return [
-            masking(val[i : i + train.batch_size], generator)
-            for i in range(0, min(len(val), limit), train.batch_size)
-        ]
+        for i in range(0, min(len(val), limit), train.batch_size):
+            yield masking(val[i : i + train.batch_size], generator)
 
     return TrainingData(
         batches,

@@ -12,6 +12,7 @@ row is the model's own prediction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +28,26 @@ SUB_LAYERS = {"stream_after_mixer": "mixer", "stream_after_cross": "cross", "str
 
 @dataclass
 class LensReport:
+    """The streams read, kept as they are (R, T, D): their logits, (R, T, V), are R times a
+    forward pass's (10 GB for GPT-2 small's 25 streams at its context of 1024), made on demand
+    (`logits`), or one row at a time (`top`)."""
+
     rows: list[str]  # a name per stream: "embeddings", "0 mixer", "0 out", ...
     points: list[str]  # the hook paths read
-    logits: torch.Tensor  # (R, T, V)
+    streams: torch.Tensor  # (R, T, D)
+    readout: Callable[[torch.Tensor], torch.Tensor]  # the model's: (..., D) -> (..., V)
 
+    @property
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        """(R, T, V): every stream read through the readout."""
+        return self.readout(self.streams)
+
+    @torch.no_grad()
     def top(self, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, T, k) probabilities and ids of the k likeliest tokens at each row and position."""
-        return self.logits.float().softmax(-1).topk(k, dim=-1)
+        tops = [self.readout(row).float().softmax(-1).topk(k, dim=-1) for row in self.streams]
+        return tuple(torch.stack(part) for part in zip(*tops, strict=True))
 
 
 def lens_points(model: nn.Module) -> list[tuple[str, str]]:
@@ -64,5 +78,5 @@ def logit_lens(model: nn.Module, args: tuple[torch.Tensor, ...]) -> LensReport:
         )
     with eval_mode(model), capture(model, attention=False, only=[p for p, _ in chosen]) as seen:
         model(*args)
-    logits = torch.stack([readout(seen.streams[path][0]) for path, _ in chosen])  # (R, T, V)
-    return LensReport([name for _, name in chosen], [path for path, _ in chosen], logits)
+    streams = torch.stack([seen.streams[path][0] for path, _ in chosen])  # (R, T, D)
+    return LensReport([name for _, name in chosen], [path for path, _ in chosen], streams, readout)

@@ -31,7 +31,8 @@ MAX_WEIGHTS = 160_000_000
 
 def panels(groups: dict[str, list[AttentionLayer]], recording: Recording, inputs: Inputs):
     """The viewer's panels: per group of layers, its query and key sequences and the weights
-    of each layer and head (row i: where query i attends), in thousandths."""
+    of each layer and head (row i: where query i attends), in thousandths: a (Tq, Tk) tensor
+    per head, made a list only as the page is written (script_json), one head at a time."""
     result = []
     for title, layers in groups.items():
         queries, keys = inputs.sides(layers[0])
@@ -41,7 +42,7 @@ def panels(groups: dict[str, list[AttentionLayer]], recording: Recording, inputs
                 "title": title,
                 "queries": queries,
                 "keys": keys,
-                "layers": [(w.float() * SCALE).round().int().tolist() for w in weights],
+                "layers": [list((w.float() * SCALE).round().short()) for w in weights],
             }
         )
     return result
@@ -93,9 +94,17 @@ def check_size(weights: list[torch.Tensor], sequences: dict[str, list[str]]) -> 
 
 def script_json(data: Any) -> str:
     """JSON safe inside an HTML `<script>` element: no `<`, `>` or `&` that could end it or open a
-    comment (each stays a \\u escape inside a string, where JSON.parse reads it back)."""
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    comment (each stays a \\u escape inside a string, where JSON.parse reads it back). A tensor
+    is written as its nested list: one Python int per weight (some 16 bytes) only while it is
+    written, not for every weight of the page at once."""
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), default=_as_list)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def render_html(data: dict[str, Any]) -> str:

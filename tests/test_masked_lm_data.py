@@ -1,0 +1,61 @@
+"""The memory a masked LM's data takes: what is kept grows with the corpus only as its ids do
+(the packing, the cached lines), and evaluation batches are made as they are read."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.data.masked_lm import (
+    MaskedLMDataConfig,
+    encode_lines_cached,
+    masked_lm_training_data,
+    pack_sentences,
+)
+from attnlab.tokenizers import build_tokenizer
+from attnlab.training.config import TrainConfig
+from attnlab.training.sources import DataRequest
+
+
+def peak_bytes(function, *args):
+    """(result, the most bytes Python and numpy held at once while `function` ran)."""
+    tracemalloc.start()
+    try:
+        return function(*args), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_packing_holds_little_beside_the_packed_rows():
+    """200,000 tokens: Python lists of every row held 5 times the packed array's bytes."""
+    rng = np.random.default_rng(0)
+    starts = np.concatenate([[0], np.cumsum(rng.integers(1, 40, 10_000))])
+    tokens = rng.integers(300, 8000, starts[-1]).astype(np.int32)
+    rows, peak = peak_bytes(pack_sentences, tokens, starts, 64, 1, 2, 0)
+    assert peak < 1.5 * rows.nbytes
+    assert (rows[:, 0] == 1).all() and (rows == 2).sum(1).tolist() == [1] * len(rows)
+    assert rows[(rows > 2)].tolist() == tokens.tolist()  # every token once, in order
+
+
+def test_cached_lines_are_written_without_a_copy_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    tokenizer = build_tokenizer("char", ["ab \n"], special_tokens=["[PAD]"])
+    pieces = ["ab ba a b\n" * 500] * 200  # 1M characters, a piece at a time
+    (tokens, starts), peak = peak_bytes(encode_lines_cached, pieces, tokenizer)
+    assert len(tokens) == 1_000_000 and len(starts) == 100_001
+    assert peak < 3 * tokens.nbytes  # the pieces' ids and their concatenation; not 4 times
+
+
+@pytest.mark.parametrize("evaluate", ["", "all"])
+def test_evaluation_batches_are_masked_as_read_the_same_each_time(tmp_path, evaluate):
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("".join(f"line {i} of a small corpus\n" for i in range(200)))
+    train = TrainConfig(batch_size=4, eval_iters=2)
+    request = DataRequest(MaskedLMDataConfig(str(corpus), "char"), {"context_length": 16}, train,
+                          None, evaluate=evaluate)  # fmt: skip
+    batches = masked_lm_training_data(request).eval["val"]
+    first = batches()
+    assert not isinstance(first, list | tuple)  # not every batch of the data at once
+    for a, b in zip(first, batches(), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
