@@ -81,7 +81,7 @@ def test_an_empty_held_out_fold_names_the_largest_class_and_what_it_needs(tmp_pa
             (tmp_path / "reviews" / name / f"{i}.txt").write_text(f"review {i}")
     with pytest.raises(UserError, match="the largest class, 'pos', has 5 example.s., and"):
         classification_training_data(request_for(tmp_path / "reviews", folds=6))
-    assert len(classification_training_data(request_for(path, folds=4)).eval["val"]()) == 1
+    assert len(list(classification_training_data(request_for(path, folds=4)).eval["val"]())) == 1
 
 
 def test_labels_that_leave_most_classes_empty_are_refused():
@@ -150,3 +150,36 @@ def test_a_long_run_without_a_safe_cut_is_carried_whole_into_the_next_piece(
     pieces = list(Corpus(str(tmp_path / "run.txt")))
     assert tokenize_cached(pieces, tokenizer).tolist() == tokenizer.encode(text)
     assert "".join(pieces) == text and "thequickbrownfox" * 40 in pieces[1]
+
+
+def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, capsys):
+    from helpers import one_line_error, run
+
+    from attnlab.data.text import tokenize_cached
+    from attnlab.tokenizers.char import CharTokenizer
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    tokenize_cached([TEXT], CharTokenizer.from_text(TEXT))
+    (tmp_path / "tokenizers").mkdir()
+    (tmp_path / "tokenizers" / "a.json").write_text("{}")  # 2 bytes
+    (tmp_path / "data").mkdir()  # the datasets' default folder: not the cache's to clear
+
+    def table():
+        code, out, _ = run(["data", "cache"], capsys)
+        rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[2:]}
+        return code, rows
+
+    code, rows = table()
+    ids = f"{len(TEXT) * 2 / 1000:.1f}"  # one uint16 per character
+    assert code == 0 and rows["tokens"] == ["1", ids] and rows["tokenizers"] == ["1", "2"]
+    code, _, err = run(["data", "cache", "--clear", "tokens,kernels"], capsys)
+    assert code == 0 and "cleared tokens: 1 file" in err
+    assert table()[1]["tokens"] == ["0", "0"] and (tmp_path / "tokenizers" / "a.json").exists()
+    code, _, err = run(["data", "cache", "--clear", "all,data"], capsys)
+    assert one_line_error(code, err).endswith(
+        "unknown kind(s) 'data'; known: "
+        + ", ".join(["tokens", "lines", "tokenizers", "kernels", "decoding"])
+        + ", or all"
+    )
+    run(["data", "cache", "--clear", "all"], capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]

@@ -1,4 +1,5 @@
-"""`attnlab data list` and `attnlab data get NAME...`: the datasets the configs use, by name.
+"""`attnlab data list` and `attnlab data get NAME...`: the datasets the configs use, by name;
+`attnlab data cache`: what the cache of derived files holds, and clearing it.
 
 Notes go to stderr and the dataset folders to stdout, so `cd "$(attnlab data get mnist)"` works.
 Nothing here imports torch or numpy: listing and downloading start at once.
@@ -8,13 +9,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from attnlab.data import catalog
 from attnlab.errors import UserError
+from attnlab.files import cache_dir
 
 WHERE = "$ATTNLAB_DATA, else ~/.cache/attnlab/data"
+# The folders of $ATTNLAB_CACHE, each made again as commands need it (the cost: time)
+CACHED = {
+    "tokens": "encoded corpora: token ids for training and evaluation",
+    "lines": "encoded sentences for BERT's data",
+    "tokenizers": "tokenizers learned for runs",
+    "kernels": "built CPU kernels",
+    "decoding": "compiled decoding steps (the 32 newest are kept)",
+}
 
 
 def register(subparsers) -> None:
@@ -56,6 +67,22 @@ def register(subparsers) -> None:
     )
     getting.add_argument("--all", action="store_true", help="every dataset in the catalog")
     getting.set_defaults(handler=get_datasets)
+    caching = actions.add_parser(
+        "cache",
+        formatter_class=HelpFormatter,
+        help="what the cache of derived files holds; --clear empties parts of it",
+        description="The files attnlab derives and keeps between runs, in $ATTNLAB_CACHE (else "
+        "~/.cache/attnlab), by kind: encoded corpora, learned tokenizers, built kernels. "
+        "Each is made again when a command needs it. The datasets (`data list`) are not part "
+        "of it.\nexamples:\n  attnlab data cache\n  attnlab data cache --clear tokens,lines",
+    )
+    caching.add_argument(
+        "--clear",
+        metavar="KINDS",
+        help=f"comma-separated kinds to delete ({', '.join(CACHED)}) or all; while no other "
+        "attnlab command runs",
+    )
+    caching.set_defaults(handler=cache_command)
 
 
 def data_folder() -> Path:
@@ -114,3 +141,40 @@ def get_datasets(args: argparse.Namespace) -> int:
 
 def files(count: int) -> str:
     return f"{count} file" if count == 1 else f"{count} files"
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    root = cache_dir()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"the cache folder {root} (ATTNLAB_CACHE) is a file, not a folder")
+    if args.clear is not None:
+        kinds = [k for name in args.clear.split(",") for k in (CACHED if name == "all" else [name])]
+        if unknown := [kind for kind in kinds if kind not in CACHED]:
+            raise UserError(
+                f"--clear: unknown kind(s) {', '.join(map(repr, unknown))}; known: "
+                f"{', '.join(CACHED)}, or all"
+            )
+        for kind in dict.fromkeys(kinds):
+            count, size = _contents(root / kind)
+            shutil.rmtree(root / kind, ignore_errors=True)
+            if (root / kind).exists():
+                raise UserError(f"{root / kind} could not be deleted whole: see its permissions")
+            print(
+                f"attnlab: cleared {kind}: {files(count)}, {catalog.human_size(size)}",
+                file=sys.stderr,
+            )
+    print(f"cache folder: {root}")
+    rows = [(kind, *_contents(root / kind), what) for kind, what in CACHED.items()]
+    rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows), ""))
+    table = [("KIND", "FILES", "SIZE", "WHAT")]
+    table += [(kind, str(n), catalog.human_size(size), what) for kind, n, size, what in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for kind, count, size, what in table:
+        print(f"{kind:<{widths[0]}}  {count:>{widths[1]}}  {size:>{widths[2]}}  {what}".rstrip())
+    return 0
+
+
+def _contents(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under `folder`: none where it does not exist."""
+    sizes = [p.lstat().st_size for p in folder.rglob("*") if not p.is_dir()]
+    return len(sizes), sum(sizes)
