@@ -216,6 +216,21 @@ def test_init_from_a_classifier_of_other_classes_starts_a_new_head(
     assert f"new: {new};" in err, err
 
 
+def test_a_classifier_saved_before_long_text_and_pooling_resumes(texts, tmp_path, capsys):
+    out, data = tmp_path / "cls", ["--data", str(texts / "train.tsv"), "--folds", "4"]
+    argv = ["train", "classifier", "--out", str(out)]  # config.json as attnlab 2026-12-04 wrote it
+    assert run_quiet([*argv, *data, "--max-iters", "1", *TINY]) == 0
+    description = json.loads((out / "config.json").read_text())
+    for field in ("long_text", "pooling"):
+        del description["config"][field]
+    (out / "config.json").write_text(json.dumps(description))
+    code, _, err = run(["classify", str(out), SENTENCES[0]], capsys)
+    assert code == 0, err
+    code, _, err = run([*argv, "--resume", "--max-iters", "2", "--long-text", "head_tail"], capsys)
+    assert code == 0, err  # the old run's model read whole: its defaults, no change given
+    assert json.loads((out / "config.json").read_text())["config"]["long_text"] == "head_tail"
+
+
 def test_empty_class_folder_is_one_line(tmp_path, capsys):
     (tmp_path / "reviews" / "pos").mkdir(parents=True)
     (tmp_path / "reviews" / "neg").mkdir()

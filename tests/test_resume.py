@@ -8,11 +8,14 @@ import sys
 
 import pytest
 import safetensors
+import safetensors.torch
 import torch
 from helpers import one_line_error, run, snapshot
 from test_run_directory import FAST, train
 from test_training import make_trainer
 
+from attnlab.layers.contracts import MATRIX_LAYERS
+from attnlab.training import optimizers
 from attnlab.training import trainer as trainer_module
 from attnlab.training.state import encode_tensor, restore_random_states
 
@@ -127,6 +130,27 @@ def test_resume_takes_the_files_training_settings_and_refuses_its_model_changes(
         assert f"run.toml [{table}]: unknown key(s) {typo} for" in one_line_error(code, err)
 
 
+def test_an_older_runs_relative_data_path_is_read_from_its_folder_and_named_elsewhere(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    out = tmp_path / "run"  # run.json as attnlab wrote it before 2026-12-05: --data as given
+    assert train(capsys, corpus, out, "--max-iters", "1")[0] == 0
+    description = json.loads((out / "run.json").read_text())
+    description["data"]["data"] = "corpus.txt"
+    (out / "run.json").write_text(json.dumps(description))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resume = ["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"]
+    for argv in (resume, ["evaluate", str(out)]):
+        line = one_line_error(*run(argv, capsys)[::2])
+        assert "trained on corpus.txt, a path relative to the folder it was started in" in line
+        assert line.endswith("run this command from that folder")
+    monkeypatch.chdir(tmp_path)
+    for argv in (resume, ["evaluate", str(out)]):
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+
+
 def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(
     tmp_path, corpus, capsys
 ):
@@ -177,6 +201,33 @@ def test_init_and_resume_together_are_refused_before_the_run_is_read(tmp_path, c
     assert train(capsys, corpus, out, "--max-iters", "1")[0] == 0
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--init", str(out)], capsys)
     assert "--init starts a new run" in one_line_error(code, err) and "note" not in err, err
+
+
+def old_decayed(model):  # the weights decayed before 2026-12-05: no recurrent layer's
+    return {id(m.weight) for m in model.modules() if isinstance(m, MATRIX_LAYERS)}
+
+
+def test_an_optimizer_state_of_other_groups_or_shapes_is_one_line_the_run_untouched(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """An LSTM's optimizer state saved by an attnlab that did not decay its weights would, by
+    the places in its groups, give their moments to other parameters."""
+    out, lstm = tmp_path / "run", ["--mixer", "lstm", "--positional", "none"]
+    with monkeypatch.context() as old:
+        old.setattr(optimizers, "decayed", old_decayed)
+        assert train(capsys, corpus, out, "--max-iters", "1", *lstm)[0] == 0
+    before, resume = snapshot(out), ["train", "gpt", "--resume", "--max-iters", "2", "--out"]
+    line = one_line_error(*run([*resume, str(out)], capsys)[::2])
+    assert "grouped the parameters otherwise for weight decay" in line and f"--init {out}" in line
+    assert snapshot(out) == before
+    new = tmp_path / "new"  # the groups of now, a moment of another shape (smaller)
+    assert train(capsys, corpus, new, "--max-iters", "1", *lstm)[0] == 0
+    with safetensors.safe_open(new / "optimizer.safetensors", framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
+    tensors["0.exp_avg"] = tensors["0.exp_avg"][:1].clone()
+    safetensors.torch.save_file(tensors, new / "optimizer.safetensors", metadata)
+    line = one_line_error(*run([*resume, str(new)], capsys)[::2])
+    assert "does not fit the model" in line
 
 
 def test_a_stop_at_an_evaluation_step_saves_its_checkpoint_once(tmp_path, monkeypatch):

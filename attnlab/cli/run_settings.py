@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.cli.options import as_given, build_config, flag_values, merge_layers
-from attnlab.cli.runs import RUN_FILE, note
+from attnlab.cli.runs import RUN_FILE, check_relative_data, note
 from attnlab.config import check_fields, check_read, config_to_dict, field_names
 from attnlab.data import catalog
 from attnlab.errors import UserError
@@ -152,6 +152,7 @@ def refuse_unread(kind: ModelKind, model: dict[str, Any], given: Iterable[str]) 
 def check_data_is_there(spec: Any, out: Path) -> None:
     """A run resumes on its own data: a file or folder it was trained on that is gone is one
     line saying so (a dataset's name, 'stdlib' or a task is found again)."""
+    check_relative_data(spec, out)
     if not isinstance(spec, str) or not os.path.isabs(spec):
         return
     if not (Path(spec).exists() or Path(catalog.split_glob(spec)[0]).exists()):

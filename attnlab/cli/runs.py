@@ -88,7 +88,10 @@ def trained_data(checkpoint: str | os.PathLike) -> dict[str, Any]:
 def run_data(checkpoint: str, data: str | None) -> str | None:
     """The data a command reads for `checkpoint`: `data`, else its run's. Task data is refused
     for a model trained on anything but that task: a task's ids mean nothing to it."""
-    own = trained_data(checkpoint).get("data")
+    found = run_description(checkpoint)
+    own = found[0]["data"].get("data") if found else None
+    if not data and found:
+        check_relative_data(own, found[1])
     data = data or own
     if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
         raise UserError(
@@ -96,6 +99,25 @@ def run_data(checkpoint: str, data: str | None) -> str | None:
             "a task's tokens mean nothing to it"
         )
     return data
+
+
+def check_relative_data(spec: Any, folder: Path) -> None:
+    """A run of attnlab before 2026-12-05 kept its --data as given: a relative path is read from
+    the folder the run was started in; elsewhere it is one line. (A name without a folder, a
+    suffix or a glob, "stdlib", "shapes", a dataset's, is no path; a dataset's files neither.)"""
+    from attnlab.data import catalog
+
+    if not isinstance(spec, str) or spec.startswith("task:") or os.path.isabs(spec):
+        return
+    path, pattern = catalog.split_glob(spec)
+    parts = Path(path).parts
+    named = not (pattern or Path(path).suffix or len(parts) > 1) or parts[0] in catalog.CATALOG
+    if not named and not catalog.where(spec):
+        raise UserError(
+            f"{folder} was trained on {spec}, a path relative to the folder it was started in "
+            "(attnlab kept it so before 2026-12-05), and there is none here: run this command "
+            "from that folder"
+        )
 
 
 def run_data_settings(args, kind):

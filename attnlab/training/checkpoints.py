@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from attnlab.config import config_to_dict
 from attnlab.devices import meta_device
 from attnlab.errors import NotRegistered, UserError
 from attnlab.files import BEST_DIR, RUN_FILE, atomic_write_files, finish_writes, read_json
@@ -164,8 +165,9 @@ def _save_id(file: Path) -> str | None:
 
 
 def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a checkpoint directory, checked: {"kind": ..., "config": {...}}. Reading
-    it builds nothing, so a command can check the kind before loading any weights."""
+    """config.json of a checkpoint directory, checked: {"kind": ..., "config": {...}}, the
+    config with every field. Reading it builds no model, so a command can check the kind
+    before loading any weights."""
     path = Path(path)
     # the journal first: a first save that finishes between the two looks is then found
     if not (path / JOURNAL_FILE).exists() and not (path / MODEL_FILE).is_file():
@@ -183,14 +185,15 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     ):
         raise UserError(f"checkpoint config {path / CONFIG_FILE} lacks 'kind' and 'config'")
     try:  # a kind or mixer that a plugin registers, the plugin not loaded: say so, and how
-        kind_config(get_kind(description["kind"]), description["config"])
+        config = kind_config(get_kind(description["kind"]), description["config"])
     except NotRegistered as error:
         raise UserError(
             f"{path} needs {error.what} {error.name!r}, which nothing in this process registers: "
             "if your own code registers it, load that first (ATTNLAB_PLUGINS=FILE.py attnlab "
             f"...); {error.known}"
         ) from None
-    return description
+    # whole: a field an earlier attnlab did not save (a classifier's long_text) is its default
+    return {**description, "config": config_to_dict(config)}
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import random
 from pathlib import Path
@@ -58,13 +57,14 @@ def load_training_state(path: str | os.PathLike, optimizer: Optimizer) -> dict[s
     try:
         with safetensors.safe_open(file, framework="pt") as f:
             groups = json.loads(f.metadata()["param_groups"])
+            _check_groups(groups, live, path)
             groups = [{**g, "params": s["params"]} for g, s in zip(live, groups, strict=True)]
             for name in f.keys():  # noqa: SIM118
-                # "INDEX.KEY", no larger than its parameter: checked before the tensor is read
+                # "INDEX.KEY", a number or of its parameter's shape: checked before it is read
                 index, _, key = name.partition(".")
-                size = math.prod(f.get_slice(name).get_shape())
+                shape = list(f.get_slice(name).get_shape())
                 param = params[int(index)] if index.isdigit() and int(index) < len(params) else None
-                if param is None or size > max(1, param.numel()):
+                if param is None or shape not in ([], list(param.shape)):
                     raise UserError(f"optimizer state {file} does not fit the model")
                 per_param.setdefault(int(index), {})[key] = like(f.get_tensor(name), param)
         optimizer.load_state_dict({"state": per_param, "param_groups": groups})
@@ -73,6 +73,18 @@ def load_training_state(path: str | os.PathLike, optimizer: Optimizer) -> dict[s
     except Exception as error:  # safetensors raises several types for a damaged file
         raise UserError(f"optimizer state {file} is corrupt: {error}") from None
     return state
+
+
+def _check_groups(saved: list[dict], live: list[dict], path: Path) -> None:
+    """An optimizer's state is saved by the parameters' places in its groups (decayed, not
+    decayed, ...): one saved with other groups would give their moments to other parameters."""
+    was, now = ([len(g["params"]) for g in groups] for groups in (saved, live))
+    if was != now:
+        raise UserError(
+            f"optimizer state {path / OPTIMIZER_FILE} was saved by another attnlab, which "
+            f"grouped the parameters otherwise for weight decay (groups of {was}, now {now}): "
+            f"resume it with that version, or start a new run from its weights with --init {path}"
+        )
 
 
 def random_states(data: Any, group: Group = ALONE) -> dict[str, Any]:
