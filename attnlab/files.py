@@ -25,8 +25,8 @@ BEST_DIR = "best"  # in a run: the checkpoint of the best evaluation, when a sco
 
 def cache_dir() -> Path:
     """Where derived files are kept between runs (token arrays, built kernels): $ATTNLAB_CACHE,
-    else ~/.cache/attnlab."""
-    return Path(os.environ.get("ATTNLAB_CACHE", Path.home() / ".cache" / "attnlab"))
+    else (unset or empty, as $ATTNLAB_DATA) ~/.cache/attnlab."""
+    return Path(os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab")  # "": unset
 
 
 def check_writable(folder: str | os.PathLike) -> None:

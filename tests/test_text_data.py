@@ -3,6 +3,7 @@ file has at most one header line, an empty held-out fold says why; a language mo
 windows."""
 
 import gzip
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -156,13 +157,16 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     from helpers import one_line_error, run
 
     from attnlab.data.text import tokenize_cached
+    from attnlab.files import cache_dir
     from attnlab.tokenizers.char import CharTokenizer
 
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
     tokenize_cached([TEXT], CharTokenizer.from_text(TEXT))
     (tmp_path / "tokenizers").mkdir()
-    (tmp_path / "tokenizers" / "a.json").write_text("{}")  # 2 bytes
+    (tmp_path / "tokenizers" / f"{'0a' * 16}.json").write_text("{}")  # 2 bytes
     (tmp_path / "data").mkdir()  # the datasets' default folder: not the cache's to clear
+    (tmp_path / "kernels").mkdir()  # a cache folder given wrongly: files not attnlab's stay
+    (tmp_path / "kernels" / "notes.txt").write_text("mine")
 
     def table():
         code, out, _ = run(["data", "cache"], capsys)
@@ -174,7 +178,7 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     assert code == 0 and rows["tokens"] == ["1", ids] and rows["tokenizers"] == ["1", "2"]
     code, _, err = run(["data", "cache", "--clear", "tokens,kernels"], capsys)
     assert code == 0 and "cleared tokens: 1 file" in err
-    assert table()[1]["tokens"] == ["0", "0"] and (tmp_path / "tokenizers" / "a.json").exists()
+    assert table()[1]["tokens"] == ["0", "0"] and (tmp_path / "tokenizers").exists()
     code, _, err = run(["data", "cache", "--clear", "all,data"], capsys)
     assert one_line_error(code, err).endswith(
         "unknown kind(s) 'data'; known: "
@@ -182,4 +186,6 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
         + ", or all"
     )
     run(["data", "cache", "--clear", "all"], capsys)
-    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "kernels", "notes.txt"]
+    monkeypatch.setenv("ATTNLAB_CACHE", "")  # as unset: not the current folder
+    assert cache_dir() == Path.home() / ".cache" / "attnlab"

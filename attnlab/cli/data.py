@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +26,9 @@ CACHED = {
     "kernels": "built CPU kernels",
     "decoding": "compiled decoding steps (the 32 newest are kept)",
 }
+# the names attnlab gives them (a hash; temporary ones hidden), so that a cache folder given
+# wrongly (ATTNLAB_CACHE=~) has none of its other files counted or deleted
+CACHE_FILE = re.compile(r"\.?(cpu_kernels-)?[0-9a-f]{24,}\..*|\.build\.lock")
 
 
 def register(subparsers) -> None:
@@ -155,16 +158,19 @@ def cache_command(args: argparse.Namespace) -> int:
                 f"{', '.join(CACHED)}, or all"
             )
         for kind in dict.fromkeys(kinds):
-            count, size = _contents(root / kind)
-            shutil.rmtree(root / kind, ignore_errors=True)
-            if (root / kind).exists():
-                raise UserError(f"{root / kind} could not be deleted whole: see its permissions")
-            print(
-                f"attnlab: cleared {kind}: {files(count)}, {catalog.human_size(size)}",
-                file=sys.stderr,
-            )
+            found = _cache_files(root / kind)
+            for file in found:
+                file.unlink(missing_ok=True)
+            if (root / kind).is_dir() and not any((root / kind).iterdir()):
+                (root / kind).rmdir()
+            size = catalog.human_size(sum(found.values()))
+            note = f"attnlab: cleared {kind}: {files(len(found))}, {size}"
+            print(note, file=sys.stderr)
     print(f"cache folder: {root}")
-    rows = [(kind, *_contents(root / kind), what) for kind, what in CACHED.items()]
+    rows = []
+    for kind, what in CACHED.items():
+        found = _cache_files(root / kind)
+        rows.append((kind, len(found), sum(found.values()), what))
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows), ""))
     table = [("KIND", "FILES", "SIZE", "WHAT")]
     table += [(kind, str(n), catalog.human_size(size), what) for kind, n, size, what in rows]
@@ -174,7 +180,12 @@ def cache_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _contents(folder: Path) -> tuple[int, int]:
-    """(files, bytes) under `folder`: none where it does not exist."""
-    sizes = [p.lstat().st_size for p in folder.rglob("*") if not p.is_dir()]
-    return len(sizes), sum(sizes)
+def _cache_files(folder: Path) -> dict[Path, int]:
+    """attnlab's files in a folder of the cache, and their sizes: none where it does not exist."""
+    if not folder.is_dir():
+        return {}
+    return {
+        file: file.lstat().st_size
+        for file in folder.iterdir()
+        if CACHE_FILE.fullmatch(file.name) and not file.is_dir()
+    }
