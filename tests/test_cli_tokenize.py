@@ -97,6 +97,8 @@ def test_byte_tokenizer(capsys):
     assert capsys.readouterr().out.split() == ["104", "195", "169"]
     assert main(["tokenize", "show", "--tokenizer", "byte", "hé"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "h|\\xc3|\\xa9"
+    assert main(["tokenize", "show", "--tokenizer", "byte", "a|¦b"]) == 0  # not a|||¦|b
+    assert capsys.readouterr().out.splitlines()[0] == "a‖|‖\\xc2‖\\xa6‖b"
     assert main(["tokenize", "show", "--tokenizer", "byte", "a\x1b[2J\r\n"]) == 0  # not acted on
     assert capsys.readouterr().out.splitlines()[0] == "a|\\x1b|[|2|J|\\r|\\n"
 

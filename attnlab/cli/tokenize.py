@@ -109,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument(
         "--no-color",
         action="store_true",
-        help="separate tokens with '|' instead of colours (also when not a tty)",
+        help="separate tokens with '|' instead of colours (also when not a tty); with "
+        f"{', then '.join(map(repr, BARS[1:]))} where the text holds one",
     )
     show.set_defaults(handler=run_show)
 
@@ -200,13 +201,16 @@ def run_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+BARS = ("|", "¦", "‖", "│")  # token separators without colours, the first the text lacks
+
+
 def run_show(args: argparse.Namespace) -> int:
     tokenizer = open_tokenizer(args.tokenizer, note)
     text = user_text(args.text)
     ids = tokenizer.encode(text)
     pieces = [visible(_token_text(tokenizer, i)) for i in ids]
-    if args.no_color or not sys.stdout.isatty():
-        print("|".join(pieces))
+    if args.no_color or not sys.stdout.isatty():  # a bar the text has not: no token looks cut
+        print(next((bar for bar in BARS if bar not in text), BARS[0]).join(pieces))
     else:
         print("".join(f"{_COLOURS[k % len(_COLOURS)]}{p}{_RESET}" for k, p in enumerate(pieces)))
     n_bytes = len(text.encode("utf-8"))
