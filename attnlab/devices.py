@@ -8,6 +8,7 @@ every random generator.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -102,12 +103,22 @@ def _cpu_has_fast_bf16() -> bool:
 def _cpu_has_bf16_instructions() -> bool:
     if "AMX" in torch.backends.cpu.get_cpu_capability():  # e.g. "AVX512", "AVX2"
         return True
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_instructions())
+
+
+@functools.cache
+def cpu_instructions() -> frozenset[str]:
+    """The instruction sets of this machine's CPU, as Linux lists them ("avx512_bf16", ...);
+    empty where it does not (macOS). What code compiled for "the native CPU" may use, so what
+    a library built for it (Inductor's, `-march=native`) is keyed by."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read().split()
+            lines = f.read().splitlines()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
+    named = (line.partition(":") for line in lines)  # x86's "flags", ARM's "Features"
+    flags = (v for k, _, v in named if k.strip() in ("flags", "Features"))
+    return frozenset(next(flags, "").split())
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -128,11 +139,15 @@ class Compiled:
     """``torch.compile(module, **options)`` that falls back to the module itself, with one
     RuntimeWarning, when compiling fails (no C++ compiler, say). Compilation happens at the first
     call of each new shape, before anything runs, so the eager retry computes the call afresh and
-    raises any error that is the module's own."""
+    raises any error that is the module's own. together: a list shared by the Compiled of one
+    model (its blocks, its training and evaluation), which fail alike: the first failure turns
+    them all eager, with one warning."""
 
-    def __init__(self, module: Callable, **options):
+    def __init__(self, module: Callable, together: list | None = None, **options):
         self.module = module
         self.compiled: Callable | None = torch.compile(module, **options)
+        self.together = [] if together is None else together
+        self.together.append(self)
         logging.getLogger("torch._inductor.ir").addFilter(_for_users)  # added once, however often
 
     @property
@@ -146,7 +161,8 @@ class Compiled:
                 return self.compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compiler failure
                 warn_compiler_failure(error, "torch.compile", "running without it", stacklevel=2)
-                self.compiled = None
+                for compiled in self.together:
+                    compiled.compiled = None
         return self.module(*args, **kwargs)
 
 
@@ -237,13 +253,17 @@ class CompiledRegions:
 
     Each region is swapped in only for the duration of a call, through the hook that
     ``nn.Module.compile`` uses, so the model is left as it was outside training. Compiling
-    falls back to eager per region, as Compiled does.
+    falls back to eager as Compiled does, every region at the first failure of one (and those
+    of `together`).
     """
 
-    def __init__(self, model: torch.nn.Module, regions=None, **options):
+    def __init__(self, model: torch.nn.Module, regions=None, together=None, **options):
         self.model = model
         regions = list(regions) if regions is not None else [model]
-        self.regions = [(region, Compiled(region._call_impl, **options)) for region in regions]
+        together = [] if together is None else together
+        self.regions = [
+            (region, Compiled(region._call_impl, together, **options)) for region in regions
+        ]
 
     @property
     def active(self) -> bool:

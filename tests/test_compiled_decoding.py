@@ -4,6 +4,7 @@ once, kept on disk, and equal to eager decoding."""
 import os
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,6 +86,17 @@ def test_each_build_writes_its_library_under_a_name_of_its_own(tmp_path, monkeyp
             generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)
     compiled_steps._libraries.cache_clear()
     assert len(set(written)) == 2
+
+
+def test_a_library_is_kept_for_the_instruction_sets_it_was_built_for(monkeypatch):
+    """Inductor builds for the CPU it runs on (-march=native): a cache that machines share
+    gives each its own library, not one that stops another with an illegal instruction."""
+    program = SimpleNamespace(constants={})
+    paths = set()
+    for flags in (["avx2", "fma"], ["avx2", "avx512f", "fma"]):
+        monkeypatch.setattr(compiled_steps, "cpu_instructions", lambda f=flags: frozenset(f))
+        paths.add(compiled_steps._package_path(program))
+    assert len(paths) == 2
 
 
 def test_a_failing_compiler_decodes_eagerly(monkeypatch):

@@ -3,6 +3,7 @@ a file or flags change; a damaged log, a moved corpus or another kind's run is o
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +49,53 @@ def test_data_named_by_another_path_is_the_same_data(tmp_path, corpus, capsys, m
     (tmp_path / "other.txt").write_text(corpus.name * 200)
     code, _, err = run([*argv[:-1], "9", "--data", "other.txt"], capsys)
     assert "cannot change the data or the model (--data " in one_line_error(code, err)
+
+
+def test_a_run_trained_on_a_device_this_machine_lacks_says_how_to_resume_it(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")[0] == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    state["train_config"]["device"] = "cuda"  # as a GPU's run given --device cuda saves it
+    (out / "trainer_state.json").write_text(json.dumps(state))
+    before = snapshot(out)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "3"], capsys)
+    assert one_line_error(code, err).endswith(
+        f"{out} was trained with --device cuda, which is not available here: give --device auto "
+        "(or cpu) to resume it here"
+    )
+    assert snapshot(out) == before
+
+
+def test_a_run_copied_without_its_optimizer_state_is_one_line_before_its_data_is_read(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "2", "--eval-interval", "2")[0] == 0
+    (out / "optimizer.safetensors").unlink()
+    corpus.unlink()  # not read: the run's data is missing here too
+    code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "3"], capsys)
+    assert one_line_error(code, err).endswith(
+        f"cannot resume: {out / 'optimizer.safetensors'} is missing (--init {out} starts a new "
+        "run from its weights)"
+    )
+
+
+def test_a_run_copied_without_its_best_folder_keeps_the_best_anew(tmp_path):
+    """What the run reports as its best must be on disk: a copy without best/ does not compare
+    its evaluations with the record of weights it lacks."""
+    first = make_trainer(tmp_path, max_iters=4, eval_interval=2)
+    first.keep_best = "val_loss"
+    first.fit()
+    shutil.rmtree(tmp_path / "best")
+    resumed = make_trainer(tmp_path, max_iters=6, eval_interval=2)
+    resumed.keep_best = "val_loss"
+    with pytest.warns(RuntimeWarning, match="best is missing: the best weights are kept again"):
+        resumed.resume()
+    resumed.fit()
+    assert resumed.best["step"] == 6 and (tmp_path / "best" / "model.safetensors").is_file()
 
 
 def test_a_run_of_another_kind_is_not_resumed(tmp_path, corpus, capsys):
@@ -164,7 +212,11 @@ def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(
     (out / "run.json").write_text(json.dumps(description))
     corpus.rename(tmp_path / "moved.txt")
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"], capsys)
-    assert f"was trained on {corpus}, which is not there any more" in one_line_error(code, err)
+    assert f"was trained on {corpus}, which is not here: put it there" in one_line_error(code, err)
+    code, _, err = run(["evaluate", str(out)], capsys)  # on another machine, say
+    assert one_line_error(code, err).endswith(
+        f"trained on {corpus}, which is not here: give --data"
+    )
 
 
 def test_a_resumed_runs_time_limit_counts_from_where_it_resumes(tmp_path, corpus, capsys):

@@ -4,21 +4,21 @@ settings. Each bad setting is one line before anything slow."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from attnlab.cli.options import as_given, build_config, flag_values, merge_layers
-from attnlab.cli.runs import RUN_FILE, check_relative_data, note
+from attnlab.cli.runs import RUN_FILE, check_own_data, note
 from attnlab.config import check_fields, check_read, config_to_dict, field_names
 from attnlab.data import catalog
+from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.files import read_json
 from attnlab.models.registry import ModelKind, a_kind, get_kind
 from attnlab.training.checkpoints import MODEL_FILE, checkpoint_description
 from attnlab.training.config import TrainConfig
-from attnlab.training.state import read_training_state
+from attnlab.training.state import OPTIMIZER_FILE, read_training_state
 
 
 def refuse_data_fields(names: set[str]) -> None:
@@ -116,6 +116,11 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
     if get_kind(run.get("kind", kind.name)) is not kind:
         raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
     saved = checkpoint_description(out)["config"]
+    if not (out / OPTIMIZER_FILE).is_file():  # a copy without it: before the data is read
+        raise UserError(
+            f"cannot resume: {out / OPTIMIZER_FILE} is missing (--init {out} starts a new run "
+            "from its weights)"
+        )
     data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
     given = {**data_path(data), **toml.get("model", {}), **flag_values(args, kind.config)}
     before = data_path({**saved, **run["data"]})  # a path kept relative (older runs) read here
@@ -126,12 +131,14 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
             "resuming: leave them out, a resumed run keeps its own"
         )
     refuse_unread(kind, saved, given)  # an LSTM run's own n_heads given back changes nothing
-    check_data_is_there(before.get("data"), out)
+    remedy = "put it there to resume (a run resumes on its own data; --init starts a new run)"
+    check_own_data(before.get("data"), out, remedy)
     state = read_training_state(out)
     flags = flag_values(args, TrainConfig)
     train = build_config(
         TrainConfig, state["train_config"], toml.get("training", {}), flags, source="--resume"
     )
+    check_device_is_here(train.device, {**toml.get("training", {}), **flags}, out)
     if train.seed != state["train_config"].get("seed", train.seed):
         raise UserError(
             f"--seed {train.seed}: a resumed run carries on its own random state (seed "
@@ -149,17 +156,18 @@ def refuse_unread(kind: ModelKind, model: dict[str, Any], given: Iterable[str]) 
         check_read(unread(model), given, kind.config.__name__)
 
 
-def check_data_is_there(spec: Any, out: Path) -> None:
-    """A run resumes on its own data: a file or folder it was trained on that is gone is one
-    line saying so (a dataset's name, 'stdlib' or a task is found again)."""
-    check_relative_data(spec, out)
-    if not isinstance(spec, str) or not os.path.isabs(spec):
+def check_device_is_here(device: str, given: dict[str, Any], out: Path) -> None:
+    """A run resumes on the device it was trained on, unless given another: one this machine
+    lacks (a GPU's run on a laptop) is one line saying how to resume it here."""
+    if "device" in given:  # the user's choice: pick_device refuses it as asked for
         return
-    if not (Path(spec).exists() or Path(catalog.split_glob(spec)[0]).exists()):
+    try:
+        pick_device(device)
+    except UserError:
         raise UserError(
-            f"{out} was trained on {spec}, which is not there any more: put it back to resume "
-            "(a run resumes on its own data; --init starts a new run from its weights)"
-        )
+            f"{out} was trained with --device {device}, which is not available here: give "
+            "--device auto (or cpu) to resume it here"
+        ) from None
 
 
 def data_path(settings: dict[str, Any], find=catalog.where) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def run_data(checkpoint: str, data: str | None) -> str | None:
     found = run_description(checkpoint)
     own = found[0]["data"].get("data") if found else None
     if not data and found:
-        check_relative_data(own, found[1])
+        check_own_data(own, found[1], "give --data")
     data = data or own
     if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
         raise UserError(
@@ -99,6 +99,19 @@ def run_data(checkpoint: str, data: str | None) -> str | None:
             "a task's tokens mean nothing to it"
         )
     return data
+
+
+def check_own_data(spec: Any, folder: Path, remedy: str) -> None:
+    """The data a run of `folder` was trained on (`spec`), read again: a file or folder that is
+    not there (another machine's) is one line ending in `remedy`; a dataset's name, 'stdlib' or
+    a task is found again."""
+    from attnlab.data import catalog
+
+    check_relative_data(spec, folder)
+    if not isinstance(spec, str) or not os.path.isabs(spec):
+        return
+    if not (Path(spec).exists() or Path(catalog.split_glob(spec)[0]).exists()):
+        raise UserError(f"{folder} was trained on {spec}, which is not here: {remedy}")
 
 
 def check_relative_data(spec: Any, folder: Path) -> None:
@@ -128,6 +141,8 @@ def run_data_settings(args, kind):
     found = run_description(args.checkpoint)
     if found is None and args.data is None:
         raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no {RUN_FILE})")
+    if found and args.data is None:
+        check_own_data(found[0]["data"].get("data"), found[1], "give --data")
     settings = {**(found[0]["data"] if found else {}), **({"data": args.data} if args.data else {})}
     return config_from_dict(kind.data_config, settings, source="--data")
 

@@ -14,7 +14,8 @@ while decomposed into a multiply and a sum Inductor fuses the whole step into on
 The library takes the weights and the cache as inputs, so it does not depend on what the weights
 are (the model's buffers, such as RoPE's frequencies, are constants in it). It is saved in
 ``$ATTNLAB_CACHE/decoding`` under a hash of the exported graph with its constants, the compiler
-and the processor, and any model of the same architecture, batch size and sampling settings
+and the processor's instruction sets (it is built for the native CPU: a cache shared by machines
+keeps one for each), and any model of the same architecture, batch size and sampling settings
 reuses it. Building one takes 15-30 s; loading it again takes the export, about 2 s. A new
 library is loaded in a child process first, where a broken torch build may crash.
 
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnlab.devices import Compiled, warn_compiler_failure
+from attnlab.devices import Compiled, cpu_instructions, warn_compiler_failure
 from attnlab.errors import UserError
 from attnlab.files import cache_dir, remove_stale
 from attnlab.generation.sampling import SamplingConfig
@@ -243,7 +244,9 @@ def _package_path(program: torch.export.ExportedProgram) -> Path:
     key = hashlib.sha256()
     for part in (
         torch.__version__,
-        torch.backends.cpu.get_cpu_capability(),  # the instructions the library uses
+        # the instructions the library may use: Inductor builds for the CPU it runs on
+        # (-march=native), so another CPU must not load it (an illegal instruction)
+        " ".join(sorted(cpu_instructions())) or torch.backends.cpu.get_cpu_capability(),
         repr(INDUCTOR_OPTIONS),
         str(program),  # the graph with every shape, dtype and Python constant
     ):

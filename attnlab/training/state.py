@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,42 @@ def _check_groups(saved: list[dict], live: list[dict], path: Path) -> None:
             f"grouped the parameters otherwise for weight decay (groups of {was}, now {now}): "
             f"resume it with that version, or start a new run from its weights with --init {path}"
         )
+
+
+def resumed_dtype(saved: Any, precision: str, here: torch.dtype) -> torch.dtype:
+    """The dtype a resumed run trains in: for precision "auto", the one it started in (`saved`,
+    trainer_state.json's "precision"), whatever this machine would pick (`here`): another
+    processor measures otherwise. Where the two differ, a warning says so."""
+    kept = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(saved)
+    if precision != "auto" or kept is None:
+        return here
+    if kept != here:
+        warnings.warn(
+            f"the run goes on in {saved}, the precision it started in (auto picks "
+            f"{str(here).removeprefix('torch.')} on this machine; --precision fp32 or bf16 "
+            "chooses)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def resumed_best(best: Any, weights: Path) -> dict[str, Any]:
+    """The best evaluation a resumed run compares its own with (trainer_state.json's "best"),
+    while its checkpoint (`weights`, in best/) is there; a run copied without best/ keeps the
+    best anew, with a warning, so that what it reports as best is on disk."""
+    if not isinstance(best, dict) or not isinstance(best.get("value"), (int, float)):
+        return {}
+    if not weights.is_file():
+        warnings.warn(
+            f"{weights.parent} is missing: the best weights are kept again from the next "
+            f"evaluation on (step {best.get('step')}'s {best.get('score')} {best['value']:.4f} "
+            "is not compared)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return {}
+    return best
 
 
 def random_states(data: Any, group: Group = ALONE) -> dict[str, Any]:
