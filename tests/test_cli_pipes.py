@@ -177,3 +177,13 @@ def test_a_command_whose_stdout_or_stderr_is_closed_runs(tmp_path, corpus, close
     )
     assert done.returncode == 0 and (out / "model.safetensors").is_file(), done
     assert done.stdout == b"" if closed == 2 else done.stderr != b""
+
+
+def test_a_command_whose_stdin_is_closed_reads_it_as_empty():
+    """`attnlab tokenize encode <&-`: Python's stdin is then None, whose read was a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "attnlab", "tokenize", "encode", "--tokenizer", "byte"],
+        capture_output=True,
+        preexec_fn=lambda: os.close(0),  # noqa: PLW1509 - as the shell's <&-
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"\n", b""), done

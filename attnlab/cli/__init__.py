@@ -40,7 +40,7 @@ COMMANDS = {
         "draw images, and complete half images, with an image GPT checkpoint",
     ),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
-    "data": ("data", "list and download the datasets the configs use"),
+    "data": ("data", "list and download the datasets the configs use; show or clear the cache"),
     "arena": ("arena", "train every token mixer alike and compare them; cost against length"),
     "inspect": (
         "inspect",
@@ -153,7 +153,7 @@ def say_error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _closed_streams_write_nowhere()
+    _closed_streams_to_null()
     formatting = warnings.formatwarning
     warnings.formatwarning = _warning_line  # for this command only: main runs in notebooks too
     try:
@@ -162,17 +162,18 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = formatting
 
 
-def _closed_streams_write_nowhere() -> None:
-    """A standard stream closed when the process started (`2>&-`, `>&-`) is None in Python, which
-    print() takes for stdout and a write fails on: it writes to the null device instead, as its
-    user asked (the descriptor too, for the processes a command starts)."""
-    for name, descriptor in (("stdout", 1), ("stderr", 2)):
+def _closed_streams_to_null() -> None:
+    """A standard stream closed when the process started (`<&-`, `>&-`, `2>&-`) is None in
+    Python, which print() takes for stdout and a read or write fails on: it is the null device
+    instead, as its user asked, read as empty or written nowhere (the descriptor too, for the
+    processes a command starts; stdin first, so that no other stream's takes descriptor 0)."""
+    for name, descriptor, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
         if getattr(sys, name) is None:
-            null = os.open(os.devnull, os.O_WRONLY)
+            null = os.open(os.devnull, os.O_RDONLY if mode == "r" else os.O_WRONLY)
             if null != descriptor:
                 os.dup2(null, descriptor)
                 os.close(null)
-            setattr(sys, name, open(descriptor, "w", closefd=False))  # noqa: SIM115 - for good
+            setattr(sys, name, open(descriptor, mode, closefd=False))  # noqa: SIM115 - for good
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

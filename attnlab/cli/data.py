@@ -37,13 +37,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
         formatter_class=HelpFormatter,
-        help="list and download the datasets the configs use",
+        help="list and download the datasets the configs use; show or clear the cache",
         description="The datasets the configs name, by name: which are present, and a download "
         "that checks every file's SHA-256.\n"
         f"They live in {WHERE}. A data path that starts with a dataset's name "
         "(tinyshakespeare/input.txt, multi30k) resolves there, and is downloaded on first use.\n"
         "ATTNLAB_DATA_MIRROR=URL downloads from a server (or copies from a folder) laid out "
         "like the data folder, URL/DATASET/FILE, instead of each dataset's source.\n"
+        "`data cache` shows (and --clear frees) the files derived from them, in $ATTNLAB_CACHE.\n"
         "examples:\n  attnlab data list\n  attnlab data get tinyshakespeare multi30k\n"
         "  ATTNLAB_DATA=~/data attnlab data get --all",
     )

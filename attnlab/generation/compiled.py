@@ -245,8 +245,10 @@ def _package_path(program: torch.export.ExportedProgram) -> Path:
     for part in (
         torch.__version__,
         # the instructions the library may use: Inductor builds for the CPU it runs on
-        # (-march=native), so another CPU must not load it (an illegal instruction)
-        " ".join(sorted(cpu_instructions())) or torch.backends.cpu.get_cpu_capability(),
+        # (-march=native), so another CPU must not load it (an illegal instruction); and the
+        # vector width it chose, which ATEN_CPU_CAPABILITY may lower on the same CPU
+        " ".join(sorted(cpu_instructions())),
+        torch.backends.cpu.get_cpu_capability(),
         repr(INDUCTOR_OPTIONS),
         str(program),  # the graph with every shape, dtype and Python constant
     ):
