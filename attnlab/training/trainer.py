@@ -377,7 +377,8 @@ class Trainer:
         self.lr_moved = (old, new) if moved else None
         self.saved_step = self.step
         self.last_eval = state.get("last_eval", {})
-        self.best = resumed_best(state.get("best"), self.out_dir / BEST_DIR / MODEL_FILE)
+        best = resumed_best(state.get("best"), self.out_dir / BEST_DIR / MODEL_FILE)
+        self.best = self.group.from_writer(best)  # rank 0's, which saves best/: all alike
         self.dtype = resumed_dtype(state.get("precision"), self.config.precision, self.dtype)
         if not restore_random_states(self.out_dir, state["rng"], self.train_data, self.group):
             # saved by another number of ranks: the others draw their own (dropout)
