@@ -172,6 +172,9 @@ def test_two_workers_count_like_one(monkeypatch):
     texts = own_sources()
     monkeypatch.setattr(bpe_training, "JOB_CHARACTERS", 50_000)  # several jobs per worker
     assert count_words(texts, PATTERNS["gpt2"], workers=2) == count_words(texts, PATTERNS["gpt2"])
+    monkeypatch.setattr(bpe_training, "JOB_CHARACTERS", 1 << 30)  # one job: no pool is started
+    monkeypatch.setattr(bpe_training, "_process_pool", lambda workers: pytest.fail("forked"))
+    assert count_words(texts, PATTERNS["gpt2"], workers=2) == count_words(texts, PATTERNS["gpt2"])
 
 
 def test_vocab_size_and_specials(trained):

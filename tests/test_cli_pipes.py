@@ -97,10 +97,13 @@ def test_an_evaluation_with_stderr_closed_scores(tmp_path, capsys, monkeypatch, 
         stream = Terminal()
         stream.close()
     monkeypatch.setattr(sys, "stderr", stream)
+    descriptor = os.fstat(2).st_ino
     code, out, _ = run(
         ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt")], capsys
     )
     assert code == 0 and "perplexity" in out
+    # in-process: the stream is given back, and descriptor 2 (open) was left as it was
+    assert sys.stderr is stream and os.fstat(2).st_ino == descriptor
     tokenizer = ["--vocab-size", "260", "--out", str(tmp_path / "tok.json")]  # its bar alike
     assert (
         run(["tokenize", "train", "--data", str(tmp_path / "text.txt"), *tokenizer], capsys)[0] == 0

@@ -153,6 +153,7 @@ def say_error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    streams = sys.stdin, sys.stdout, sys.stderr
     _closed_streams_to_null()
     formatting = warnings.formatwarning
     warnings.formatwarning = _warning_line  # for this command only: main runs in notebooks too
@@ -160,20 +161,29 @@ def main(argv: list[str] | None = None) -> int:
         return _main(sys.argv[1:] if argv is None else argv)
     finally:
         warnings.formatwarning = formatting
+        sys.stdin, sys.stdout, sys.stderr = streams
 
 
 def _closed_streams_to_null() -> None:
     """A standard stream closed when the process started (`<&-`, `>&-`, `2>&-`) is None in
     Python, which print() takes for stdout and a read or write fails on: it is the null device
-    instead, as its user asked, read as empty or written nowhere (the descriptor too, for the
-    processes a command starts; stdin first, so that no other stream's takes descriptor 0)."""
+    instead, as its user asked, read as empty or written nowhere (its descriptor too, for the
+    processes a command starts; stdin first, so that no other stream's takes descriptor 0). A
+    stream set to None in a process whose descriptor is open (main called in-process) leaves
+    the descriptor as it is."""
     for name, descriptor, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
-        if getattr(sys, name) is None:
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(descriptor)
+            stream = open(os.devnull, mode)  # noqa: SIM115 - main's while it runs
+        except OSError:  # closed: the null device takes its number
             null = os.open(os.devnull, os.O_RDONLY if mode == "r" else os.O_WRONLY)
             if null != descriptor:
                 os.dup2(null, descriptor)
                 os.close(null)
-            setattr(sys, name, open(descriptor, mode, closefd=False))  # noqa: SIM115 - for good
+            stream = open(descriptor, mode, closefd=False)  # noqa: SIM115 - main's while it runs
+        setattr(sys, name, stream)
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

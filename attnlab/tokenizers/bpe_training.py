@@ -30,6 +30,7 @@ import multiprocessing
 import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from itertools import chain
 
 import regex
 from tqdm import tqdm
@@ -59,9 +60,13 @@ def count_words(
     with tqdm(texts, desc="counting", unit=" texts", disable=not progress) as stream:
         if workers == 1:
             return _count_chunk((stream, pattern, specials))
+        groups = _groups(stream, JOB_CHARACTERS)
+        first, second = next(groups, []), next(groups, None)
+        if second is None:  # one job: counted here, not in a pool forked for it
+            return _count_chunk((first, pattern, specials))
         counts: Counter[bytes] = Counter()
         with _process_pool(workers) as pool:
-            jobs = ((group, pattern, specials) for group in _groups(stream, JOB_CHARACTERS))
+            jobs = ((group, pattern, specials) for group in chain([first, second], groups))
             for partial in pool.imap_unordered(_count_chunk, jobs):
                 counts.update(partial)
         return counts
