@@ -169,7 +169,10 @@ def test_scaling_by_default_writes_beside_the_race_not_into_it(tmp_path, capsys,
         (["--scaling", "--d-model", "30"], "--d-model must be a positive multiple of 4"),
         (["--scaling", "--d-model", "0"], "--d-model must be a positive multiple of 4"),
         (["--scaling", "--max-seconds", "-1"], "--max-seconds must be a positive number"),
-        (["--scaling", "--time", "3", "--data", "x"], "--data, --time: not used by --scaling"),
+        (
+            ["--scaling", "--time", "3", "--data", "x", "--seed", "3"],
+            "--data, --seed, --time: not used by --scaling",
+        ),
         (["--d-model", "64", "--lengths", "8:16"], "--d-model, --lengths: not used by the race"),
         (["--mixers", ""], "unknown mixer(s) (none)"),
         (["--out", ""], "--out is empty: give a folder"),
@@ -247,6 +250,7 @@ def test_an_arena_stopped_by_a_failing_mixer_reports_the_finished_ones(
     assert "training lstm failed" in one_line_error(code, err)
     table = (out / "arena.md").read_text()
     assert "(lstm failed: 1 of 2)" in table and "| attention |" in table and "| lstm" not in table
+    assert "seed" not in table  # the title names a seed given, not the default
 
 
 def test_a_killed_training_run_is_named_so_not_by_its_last_line(tmp_path, monkeypatch):

@@ -100,6 +100,8 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("forty-two\n"))
     assert run(["translate", str(trained), "--beam-size", "2"], capsys)[1] == out
     assert run(["translate", str(trained), "--beam-size", "2", "forty-two"], capsys)[1] == out
+    penalised = ["forty-two", "--beam-size", "2", "--length-penalty", "1"]  # a beam's to rank
+    assert run(["translate", str(trained), *penalised], capsys)[0] == 0
     short = ["--beam-size", "1", "--max-length-factor", "0", "--max-length-offset", "1"]
     code, _, err = run(["translate", str(trained), "seven " * 3000, *short], capsys)
     assert code == 0 and "note: 1 sentence(s) over the model's" in err
@@ -279,6 +281,7 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeyp
         (["translate", str(trained), "one", "--beam-size", "0"], "--beam-size must be"),
         (["translate", str(trained), "one", "--length-penalty", "-5"], "must be a number >= 0"),
         (["translate", str(trained), "one", *GREEDY_PENALISED], "change nothing at --beam-size 1"),
+        (["translate", str(trained), "one", "--beam-size", "1", "--length-penalty", "0"], "change"),
         (
             ["evaluate", str(trained), "--src", src, "--ref", src, *GREEDY_PENALISED],
             "change nothing",

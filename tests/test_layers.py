@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -92,7 +93,8 @@ def test_token_embedding_compiled_sums_gradient_rows_like_nn_embedding():
     torch.testing.assert_close(table.weight.grad, reference.weight.grad)
 
 
-def test_a_global_module_hook_sees_every_hook_point():
+@pytest.mark.parametrize("kind", ["forward_hook", "forward_pre_hook"])
+def test_a_global_module_hook_sees_every_hook_point(kind):
     """torch's register_module_forward_hook (a profiler's, a tracer's) sees every module's call;
     hook points skipped their call where no hook of their own was attached."""
     from helpers import tiny_gpt
@@ -100,7 +102,8 @@ def test_a_global_module_hook_sees_every_hook_point():
     from attnlab.layers.hooks import hook_points
 
     model, seen = tiny_gpt(), []
-    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(m))
+    register = getattr(nn.modules.module, f"register_module_{kind}")
+    handle = register(lambda m, *_: seen.append(m))
     try:
         with torch.no_grad():
             model(torch.randint(0, 11, (1, 8)))

@@ -11,14 +11,18 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from helpers import one_line_error, run, snapshot
+from helpers import one_line_error, run, snapshot, tiny_gpt
 from test_run_directory import FAST, train
 from test_training import make_trainer
 
+from attnlab.cli.runs import check_relative_data
+from attnlab.errors import UserError
 from attnlab.layers.contracts import MATRIX_LAYERS
 from attnlab.training import optimizers
 from attnlab.training import trainer as trainer_module
-from attnlab.training.state import encode_tensor, restore_random_states
+from attnlab.training.checkpoints import save_checkpoint
+from attnlab.training.optimizers import build_optimizer
+from attnlab.training.state import encode_tensor, load_training_state, restore_random_states
 
 
 def test_a_relative_data_path_is_kept_whole_so_a_run_resumes_from_anywhere(
@@ -193,10 +197,23 @@ def test_an_older_runs_relative_data_path_is_read_from_its_folder_and_named_else
         line = one_line_error(*run(argv, capsys)[::2])
         assert "trained on corpus.txt, a path relative to the folder it was started in" in line
         assert line.endswith("run this command from that folder")
+    code, _, err = run(["evaluate", str(out), "--data", str(corpus)], capsys)  # data named anew
+    assert code == 0, err
     monkeypatch.chdir(tmp_path)
     for argv in (resume, ["evaluate", str(out)]):
         code, _, err = run(argv, capsys)
         assert code == 0, err
+
+
+@pytest.mark.parametrize("spec", ["corpus.txt", "texts/corpus", "texts:*.txt", ":*.txt"])
+def test_a_relative_path_an_older_run_kept_is_named_where_a_dataset_is_not(tmp_path, spec):
+    (tmp_path / "run").mkdir()
+    for name in ("stdlib", "task:mqar", "tinyshakespeare", "tinyshakespeare/input.txt"):
+        check_relative_data(name, tmp_path / "run")  # a dataset's, fetched where missing
+    if spec.startswith(":"):  # the files of the folder it was started in: any folder's, here
+        return check_relative_data(spec, tmp_path / "run")
+    with pytest.raises(UserError, match="a path relative to the folder it was started in"):
+        check_relative_data(spec, tmp_path / "run")
 
 
 def test_a_resumed_run_whose_data_is_gone_or_whose_run_file_is_damaged_says_so(
@@ -280,6 +297,18 @@ def test_an_optimizer_state_of_other_groups_or_shapes_is_one_line_the_run_untouc
     safetensors.torch.save_file(tensors, new / "optimizer.safetensors", metadata)
     line = one_line_error(*run([*resume, str(new)], capsys)[::2])
     assert "does not fit the model" in line
+
+
+def test_an_optimizer_state_of_another_number_of_groups_is_named_so_not_corrupt(tmp_path):
+    model = tiny_gpt()
+    saved = torch.optim.AdamW(model.parameters())  # one group, not build_optimizer's two
+    sum(p.sum() for p in model.parameters()).backward()
+    saved.step()
+    rng = {"torch": "", "cuda": [], "python": [], "data": {}}
+    state = {"step": 1, "elapsed_s": 0.0, "train_config": {}, "rng": rng}
+    save_checkpoint(tmp_path, model, None, saved, state)
+    with pytest.raises(UserError, match=r"grouped the parameters otherwise .*groups of \[\d+\],"):
+        load_training_state(tmp_path, build_optimizer(model, 1e-3, 0.1, (0.9, 0.95)))
 
 
 def test_a_stop_at_an_evaluation_step_saves_its_checkpoint_once(tmp_path, monkeypatch):

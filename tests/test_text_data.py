@@ -85,6 +85,16 @@ def test_an_empty_held_out_fold_names_the_largest_class_and_what_it_needs(tmp_pa
     assert len(list(classification_training_data(request_for(path, folds=4)).eval["val"]())) == 1
 
 
+def test_the_held_out_batches_pair_each_text_with_its_own_label(tmp_path):
+    (tmp_path / "train.tsv").write_text("".join(f"text {i}\t{i % 2}\n" for i in range(8)))
+    (tmp_path / "dev.tsv").write_text("one\t1\nzero zero\t0\none\t1\none\t1\nzero zero\t0\n")
+    data = classification_training_data(request_for(tmp_path))  # batches of 2, 2 and 1
+    batches, pad = list(data.eval["val"]()), data.model_fields["pad_id"]
+    lengths = [n for ids, _ in batches for n in (ids != pad).sum(-1).tolist()]  # [CLS] " "...
+    labels = [y for _, labels in batches for y in labels.tolist()]
+    assert labels == [1, 0, 1, 1, 0] and lengths == [6, 12, 6, 6, 12]
+
+
 def test_labels_that_leave_most_classes_empty_are_refused():
     assert count_classes([0, 2, 2, 1], "data") == 3
     assert count_classes([1, 3], "data") == 4  # half the classes empty: allowed
@@ -162,8 +172,9 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
 
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
     tokenize_cached([TEXT], CharTokenizer.from_text(TEXT))
-    (tmp_path / "tokenizers").mkdir()
-    (tmp_path / "tokenizers" / f"{'0a' * 16}.json").write_text("{}")  # 2 bytes
+    for kind, name in (("tokenizers", "0a" * 16 + ".json"), ("decoding", "0b" * 16 + ".pt2")):
+        (tmp_path / kind).mkdir()  # a file of 2 bytes in each
+        (tmp_path / kind / name).write_text("{}")
     (tmp_path / "data").mkdir()  # the datasets' default folder: not the cache's to clear
     (tmp_path / "kernels").mkdir()  # a cache folder given wrongly: files not attnlab's stay
     (tmp_path / "kernels" / "notes.txt").write_text("mine")
@@ -176,6 +187,7 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     code, rows = table()
     ids = f"{len(TEXT) * 2 / 1000:.1f}"  # one uint16 per character
     assert code == 0 and rows["tokens"] == ["1", ids] and rows["tokenizers"] == ["1", "2"]
+    assert rows["total"] == ["3", f"{(len(TEXT) * 2 + 4) / 1000:.1f}"]  # files, not folders
     code, _, err = run(["data", "cache", "--clear", "tokens,kernels"], capsys)
     assert code == 0 and "cleared tokens: 1 file" in err
     assert table()[1]["tokens"] == ["0", "0"] and (tmp_path / "tokenizers").exists()
@@ -185,6 +197,7 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
         + ", ".join(["tokens", "lines", "tokenizers", "kernels", "decoding"])
         + ", or all"
     )
+    assert (tmp_path / "decoding" / ("0b" * 16 + ".pt2")).exists()  # refused: nothing cleared
     run(["data", "cache", "--clear", "all"], capsys)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "kernels", "notes.txt"]
     monkeypatch.setenv("ATTNLAB_CACHE", "")  # as unset: not the current folder
