@@ -185,3 +185,9 @@ def test_data_not_found_in_a_huge_folder_is_no_guess(tmp_path, monkeypatch):
 def test_a_device_is_no_file_to_read():
     with pytest.raises(UserError, match="/dev/zero is a device, not a config file"):
         read_text("/dev/zero", "config file")  # it would be read for ever
+
+
+def test_a_glob_in_the_current_folder_is_kept_as_that_folders(tmp_path, monkeypatch):
+    """A run trained on ':*.txt' and evaluated elsewhere read that folder's files instead."""
+    monkeypatch.chdir(tmp_path)
+    assert catalog.here(":*.txt") == f"{tmp_path}:*.txt" == catalog.where(":*.txt")

@@ -342,9 +342,10 @@ def _on_disk(path: Path) -> bool:
 
 
 def split_glob(spec: str) -> tuple[str, str]:
-    """A "DIR:GLOB" spec as (DIR, GLOB), the glob after the last colon; (spec, "") without one."""
+    """A "DIR:GLOB" spec as (DIR, GLOB), the glob after the last colon, DIR "." where it is
+    empty (":*.txt", the current folder's); (spec, "") without one."""
     path, colon, pattern = spec.rpartition(":")
-    return (path, pattern) if colon else (spec, "")
+    return (path or ".", pattern) if colon else (spec, "")
 
 
 def here(spec: str) -> str:
