@@ -123,9 +123,9 @@ def check_relative_data(spec: Any, folder: Path) -> None:
     if not isinstance(spec, str) or spec.startswith("task:") or os.path.isabs(spec):
         return
     path, pattern = catalog.split_glob(spec)
-    parts = Path(path).parts or ("",)  # ("",) for ":GLOB", its current folder's files
+    parts = Path(path).parts or ("",)  # none for ".": ":GLOB", its current folder's files
     named = not (pattern or Path(path).suffix or len(parts) > 1) or parts[0] in catalog.CATALOG
-    if not named and not catalog.where(spec if path else "." + spec):
+    if not named and not catalog.where(spec):
         raise UserError(
             f"{folder} was trained on {spec}, a path relative to the folder it was started in "
             "(attnlab kept it so before 2026-12-05), and there is none here: run this command "
