@@ -15,8 +15,10 @@ from attnlab.generation import (  # noqa: E402
     top_p_filter,
 )
 from attnlab.interop.huggingface import from_hf, to_hf  # noqa: E402
+from attnlab.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
 from attnlab.models.gpt import GPT, GPTConfig  # noqa: E402
 from attnlab.models.image_gpt import ImageGPT, ImageGPTConfig  # noqa: E402
+from attnlab.models.vision_transformer import VisionTransformer, ViTConfig  # noqa: E402
 
 CONFIGS = [
     dict(vocab_size=97, n_positions=32, n_embd=48, n_layer=3, n_head=4),
@@ -178,6 +180,35 @@ def test_from_hf_keeps_the_models_dtype_and_every_bit(dtype):
     theirs = hf.transformer.h[0].attn.c_attn.weight.t()  # (3D, D), as attnlab's qkv
     assert torch.equal(ours.blocks[0].token_mixer.qkv_projection.weight, theirs)
     assert torch.get_default_dtype() == torch.float32  # left as it was
+
+
+TINY = dict(n_layers=1, n_heads=2, d_model=8)
+LLAMA = dict(norm="rmsnorm", positional="rope", activation="swiglu", bias=False, n_kv_heads=1)
+TINY_MODELS = [
+    lambda: GPT(GPTConfig(vocab_size=11, context_length=8, **TINY)),
+    lambda: GPT(GPTConfig(vocab_size=11, context_length=8, **TINY, **LLAMA, tie_weights=False)),
+    lambda: BertForMaskedLM(BertConfig(vocab_size=11, context_length=8, **TINY)),
+    lambda: VisionTransformer(ViTConfig(image_size=4, patch_size=2, channels=1, **TINY)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("build", TINY_MODELS)
+def test_to_hf_keeps_the_models_dtype_every_bit_and_its_tie(build, dtype):
+    """A float64 model is not rounded to float32 on its way out, nor a bf16 one widened."""
+    ours = build().to(dtype)
+    with torch.no_grad():  # bits that float32 would lose
+        for param in ours.parameters():
+            param.add_(torch.randn_like(param) * 1e-9)
+    hf = to_hf(ours)
+    assert {p.dtype for p in hf.parameters()} == {dtype}
+    out, embeddings = hf.get_output_embeddings(), hf.get_input_embeddings()
+    tied = getattr(ours.config, "tie_weights", True)
+    assert out is None or (out.weight is embeddings.weight) == tied
+    again = from_hf(hf)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    assert torch.get_default_dtype() == torch.float32
 
 
 def test_class_names_become_id2label_and_come_back(tmp_path):

@@ -242,7 +242,9 @@ def llama_to_hf(model: GPT) -> nn.Module:
         max_position_embeddings=c.context_length,
         rms_norm_eps=c.norm_eps,
         rope_theta=c.rope_base,
-        attention_dropout=c.dropout,
+        # attnlab's dropout also drops residual branches, which Llama cannot (from_hf refuses a
+        # nonzero attention_dropout for that reason): none goes across, so the model comes back
+        attention_dropout=0.0,
         tie_word_embeddings=c.tie_weights,
         bos_token_id=None,  # attnlab's models name no special tokens
         eos_token_id=None,

@@ -6,8 +6,9 @@ names only in their tables. ``transformers`` is imported lazily: only the conver
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -55,10 +56,16 @@ def from_hf(model: nn.Module) -> nn.Module:
             "BertForMaskedLM, BertForSequenceClassification, ViTModel and "
             f"ViTForImageClassification, got {kind}"
         )
+    return _converted(convert, model)
+
+
+def _converted(convert: Callable[[nn.Module], nn.Module], model: nn.Module) -> nn.Module:
+    """convert(model) in model's dtype and mode; built in float64 for a float64 model, so that
+    its weights are copied without rounding."""
     dtype = next(model.parameters()).dtype
     with _default_dtype(torch.float64 if dtype == torch.float64 else torch.get_default_dtype()):
-        ours = convert(model)  # built in float64 for a float64 model: copied without rounding
-    return ours.to(dtype).train(model.training)
+        converted = convert(model)
+    return converted.to(dtype).train(model.training)
 
 
 @contextlib.contextmanager
@@ -80,8 +87,9 @@ def to_hf(
     VisionTransformer -> ViTForImageClassification, or with head=False ViTModel (no pooler).
     classes: a classifier's class names (its checkpoint's "classes" artefact), which become
     the config's id2label and label2id (else Hugging Face's LABEL_0, LABEL_1, ...).
-    The model comes in the given one's mode (training or eval). A subclass (an image GPT, with
-    its palette and masked start token) is refused: Hugging Face's class would not be it."""
+    The model comes in the given one's mode (training or eval) and dtype. A subclass (an image
+    GPT, with its palette and masked start token) is refused: Hugging Face's class would not be
+    it."""
     if not head and type(model) is not VisionTransformer:  # else it would come with its head
         raise ValueError(f"head=False: a {type(model).__name__} converts with its head")
     if isinstance(classes, str):  # else each of its characters would name a class
@@ -95,23 +103,24 @@ def to_hf(
                 "(a BertClassifier, or a VisionTransformer with its head)"
             )
     if type(model) in (BertForMaskedLM, BertClassifier):
-        converted = bert_to_hf(model)
+        convert = bert_to_hf
     elif type(model) is VisionTransformer:
-        converted = vit_to_hf(model, head)
+        convert = functools.partial(vit_to_hf, head=head)
     elif type(model) is GPT:
         c = model.config
         llama = ("attention", "rope", "rmsnorm", "swiglu", False)
         llama_shaped = (c.mixer, c.positional, c.norm, c.activation, c.bias) == llama
-        converted = llama_to_hf(model) if llama_shaped else gpt2_to_hf(model)
+        convert = llama_to_hf if llama_shaped else gpt2_to_hf
     else:
         raise ValueError(
             "to_hf supports GPT, BertForMaskedLM, BertClassifier and VisionTransformer, got "
             f"{type(model).__name__}"
         )
+    converted = _converted(convert, model)
     if classes is not None:
         converted.config.id2label = dict(enumerate(names))
         converted.config.label2id = {name: i for i, name in enumerate(names)}
-    return converted.train(model.training)
+    return converted
 
 
 def class_names(model: nn.Module) -> ClassNames | None:
