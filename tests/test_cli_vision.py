@@ -268,3 +268,21 @@ def test_evaluate_reads_folders_of_the_models_classes_in_any_order(trained, tmp_
     predicted = [line.split()[-1] for line in top.splitlines()[1::2]]  # a file, then its class
     right = sum(f.parent.name == name for f, name in zip(files, predicted, strict=True))
     assert json.loads(out)["accuracy"] == pytest.approx(right / len(files))
+
+
+def test_evaluate_scores_all_of_a_folder_it_never_trained_on(trained, tmp_path, capsys):
+    """--data of new images: every one of them, not the tenth a training run would hold out
+    (--split val still asks for that tenth); a folder of other classes is one line."""
+    names = load_checkpoint(trained).artifacts["classes"].names
+    for i in range(40):
+        write_png(tmp_path / "new" / names[i % len(names)] / f"{i}.png", size=32, value=6 * i)
+    scored = {}
+    for flags in ([], ["--split", "val"]):
+        code, out, err = run(["evaluate", str(trained), "--data", str(tmp_path / "new"), "--json",
+                              *flags], capsys)  # fmt: skip
+        assert code == 0, err
+        scored[tuple(flags)] = json.loads(out)["images"]
+    assert scored == {(): 40, ("--split", "val"): 4}
+    (tmp_path / "new" / names[0]).rename(tmp_path / "new" / "unicorn")
+    code, _, err = run(["evaluate", str(trained), "--data", str(tmp_path / "new")], capsys)
+    assert "unicorn" in one_line_error(code, err)

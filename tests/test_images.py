@@ -128,6 +128,7 @@ def test_image_folder_skips_what_is_not_an_image_and_names_it(tmp_path):
             write_png(tmp_path / name / f"{i}.png", size=10 + i, value=40 * i)
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
     (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    Image.new("F", (8, 8), 0.9).save(tmp_path / "dog" / "float.tif")  # 0..1? 0..255? refused
     write_png(tmp_path / "dog" / "more" / "5.png")  # a sub-folder's images are the class's too
     write_png(tmp_path / "dog" / ".thumbnails" / "0.png")  # hidden: left out
     warnings = []
@@ -135,7 +136,8 @@ def test_image_folder_skips_what_is_not_an_image_and_names_it(tmp_path):
     assert data.classes == ("cat", "dog")
     assert len(data.train) + len(data.test) == 11 and len(data.test) == 1
     assert data.train.images.shape[1:] == (1, 8, 8)  # grayscale, resized
-    assert len(warnings) == 2
+    assert len(warnings) == 3
+    assert any("skipping" in w and "float.tif: has floating-point pixels" in w for w in warnings)
     assert any("skipping" in w and "notes.txt" in w for w in warnings)
     assert any("skipping" in w and "broken.png" in w for w in warnings)
 

@@ -117,12 +117,13 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
         plot_format(args.confusion)  # a name matplotlib cannot write: before the work
     checkpoint = load_classifier(args.checkpoint, args.device, "evaluate")
     model, artifacts = checkpoint.model, checkpoint.artifacts
-    data = _evaluation_images(args, checkpoint)
+    split = evaluated_split(args)
+    data = _evaluation_images(args, checkpoint, split)
     result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
-    png = Path(args.confusion or Path(args.checkpoint) / f"confusion_{args.split}.png")
+    png = Path(args.confusion or Path(args.checkpoint) / f"confusion_{split}.png")
     title = (
         f"{Path(args.checkpoint).name}: accuracy {result['accuracy']:.2%} on "
-        f"{result['images']:,} {'test' if args.split == 'val' else args.split} images"
+        f"{result['images']:,} {'test' if split == 'val' else split} images"
     )
     plot_confusion(result["confusion"], artifacts["classes"].names, png, title)
     if args.json:
@@ -135,7 +136,15 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_images(args: argparse.Namespace, checkpoint):
+def evaluated_split(args: argparse.Namespace) -> str:
+    """--split; else all of --data the run did not train on (a folder of new images is not
+    cut to its held-out tenth), else the test images."""
+    from attnlab.cli.runs import unseen_data
+
+    return args.split or ("all" if unseen_data(args) else "val")
+
+
+def _evaluation_images(args: argparse.Namespace, checkpoint, split: str):
     """The split asked for, of --data or of the run's own data, checked against the model: the
     same classes, in any order (labels are renumbered as the model numbers them)."""
     import torch
@@ -150,7 +159,7 @@ def _evaluation_images(args: argparse.Namespace, checkpoint):
             f"trained on {', '.join(names)}"
         )
     config = checkpoint.model.config
-    chosen = checked_split(dataset, args.split, config.channels, config.image_size)
+    chosen = checked_split(dataset, split, config.channels, config.image_size)
     ours = torch.tensor([list(names).index(name) for name in dataset.classes])
     return ImageSet(chosen.images, ours[chosen.labels])
 

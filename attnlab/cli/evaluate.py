@@ -21,11 +21,17 @@ from attnlab.cli.options import (
     record_defaults,
     resolve_data_path,
 )
-from attnlab.cli.runs import check_fits_data, note, run_data, run_data_settings, run_description
+from attnlab.cli.runs import (
+    check_fits_data,
+    note,
+    run_data,
+    run_data_settings,
+    run_description,
+    unseen_data,
+)
 from attnlab.cli.sample_images import evaluate_image_model_command
 from attnlab.cli.translate import add_decoding_flags, evaluate_translation_command
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import TextSplits, tokenize_cached
 from attnlab.devices import pick_device
@@ -82,9 +88,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--split",
         choices=SPLITS,
-        default="val",
         help="which part: the last 10%% (val), the first 90%% (train), or all; for an image "
-        "classifier val is the test images",
+        "model val is the test images (default: val; an image model's --data of other data "
+        "than its run's: all)",
     )
     parser.add_argument(
         "--confusion",
@@ -146,9 +152,10 @@ def evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     tokens = tokenize_cached(Corpus(resolve_data_path(data), note), tokenizer)
     splits = TextSplits.from_tokens(tokens)
-    chosen = {"val": splits.val, "train": splits.train, "all": tokens}[args.split]
+    split = args.split or "val"
+    chosen = {"val": splits.val, "train": splits.train, "all": tokens}[split]
     if len(chosen) < 2:  # a text shorter than the context is one shorter window
-        raise UserError(f"the {args.split} split has {len(chosen)} token(s): nothing to predict")
+        raise UserError(f"the {split} split has {len(chosen)} token(s): nothing to predict")
     result = evaluate_language_model(model, chosen, tokenizer, args.batch_size, progress=True)
     if args.json:
         print_json(result)
@@ -167,7 +174,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     from attnlab.training.sources import IGNORE_INDEX, DataRequest
     from attnlab.training.trainer import TrainConfig, Trainer
 
-    if args.split != "val":
+    if args.split not in (None, "val"):
         raise UserError(f"--split {args.split}: this model is scored on validation data only")
     found = run_description(args.checkpoint)  # None: weights saved outside a run (imported)
     checkpoint = load_checkpoint(args.checkpoint, pick_device(args.device))
@@ -181,8 +188,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     eager = dict(compile=False, compile_by_block=False, device=args.device, precision="fp32")
     train = config_from_dict(TrainConfig, {**saved, **eager})
     model = config_to_dict(checkpoint.model.config)
-    own = found[0]["data"].get("data") if found else None
-    unseen = args.data and (own is None or catalog.where(args.data) != catalog.where(str(own)))
+    unseen = unseen_data(args)
     data = checkpoint.kind.build_data(  # every held-out example; all of data it never saw
         DataRequest(
             settings, model, train, checkpoint.artifacts, note, "all" if unseen else "held_out"

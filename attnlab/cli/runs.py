@@ -147,6 +147,17 @@ def run_data_settings(args, kind):
     return config_from_dict(kind.data_config, settings, source="--data")
 
 
+def unseen_data(args) -> bool:
+    """Whether --data (`args.data`) names other data than the run of `args.checkpoint` trained
+    on (any, for a checkpoint outside a run): data the model never saw, which evaluate scores
+    whole."""
+    from attnlab.data import catalog
+
+    found = run_description(args.checkpoint)
+    own = found[0]["data"].get("data") if found else None
+    return bool(args.data) and (own is None or catalog.where(args.data) != catalog.where(str(own)))
+
+
 def check_fits_data(
     folder: str, config: dict[str, Any], fields: dict[str, Any], free: Iterable[str] = ()
 ) -> None:

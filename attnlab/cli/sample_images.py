@@ -187,7 +187,7 @@ def _grid_png(rows: list, columns: int, scale: int, side: int) -> bytes:
 def evaluate_image_model_command(args: argparse.Namespace) -> int:
     """`attnlab evaluate CKPT [--data SPEC] [--split S]`: the negative log-likelihood of a
     split's images (default: the test images of the data the run trained on)."""
-    from attnlab.cli.classify_image import checked_split, run_dataset
+    from attnlab.cli.classify_image import checked_split, evaluated_split, run_dataset
     from attnlab.evaluation.image_likelihood import evaluate_image_model
 
     if args.batch_size <= 0:
@@ -196,7 +196,7 @@ def evaluate_image_model_command(args: argparse.Namespace) -> int:
     model, palette = checkpoint.model, checkpoint.artifacts["palette"]
     dataset = run_dataset(args, checkpoint)
     side = model.config.image_size
-    images = checked_split(dataset, args.split, palette.channels, side).images
+    images = checked_split(dataset, evaluated_split(args), palette.channels, side).images
     result = evaluate_image_model(model, palette, images, args.batch_size, progress=True)
     if args.json:
         print_json(result)

@@ -13,8 +13,8 @@ Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held
   no readable image is refused, and so is a test/ (or val/) of class folders without train/.
   Images are resized to the model's size (bilinear) as each is read, grayscale when every
   image is, else RGB; transparent pixels read as white, as a viewer shows them.
-  A file that is not a readable image (a README, a damaged PNG) is skipped with a warning that
-  names it, so one stray file does not stop a run.
+  A file that is not a readable image (a README, a damaged PNG, floating-point pixels) is
+  skipped with a warning that names it, so one stray file does not stop a run.
 - **"shapes"**, embedded: eight kinds of shape drawn at random places and sizes, deterministic
   for a seed, so `attnlab train vit` runs with no files at all.
 
@@ -200,12 +200,15 @@ def open_image(path: str | Path):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()  # turned as its EXIF orientation says, as a viewer shows a photo
-                return ImageOps.exif_transpose(image)
+                image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path} is not a readable image: {error}") from None
+    if image.mode == "F":  # 0..1 or 0..255? Nothing says, and read as the other it is wrong
+        raise UserError(f"{path} has floating-point pixels, of no known range: save it in 8 bits")
+    return image
 
 
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N")
 WIDE_MAX = 65535  # integer images (16-bit PNGs and TIFFs, PIL's modes I and I;16) span 0..65535
 
 
