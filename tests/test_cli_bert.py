@@ -125,6 +125,20 @@ def test_init_keeps_the_checkpoints_shape(pretrained, texts, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_init_refuses_a_preset_flag_of_another_shape_not_a_files_preset(
+    pretrained, texts, tmp_path, capsys
+):
+    out = tmp_path / "c"
+    argv = ["train", "classifier", "--init", str(pretrained), "--data", str(texts / "train.tsv"),
+            "--out", str(out), "--max-iters", "1", "--device", "cpu"]  # fmt: skip
+    line = one_line_error(*run([*argv, "--preset", "small-cpu"], capsys)[::2])
+    assert "(context_length 32, d_model 16, n_heads 2, n_layers 1): leave --preset out" in line
+    assert not out.exists()
+    # a file's preset shapes its runs without --init (configs/sst2_finetune.toml): not refused
+    (tmp_path / "c.toml").write_text('preset = "small-cpu"\n')
+    assert run([*argv, "--config", str(tmp_path / "c.toml")], capsys)[0] == 0
+
+
 def test_long_reviews_read_in_windows(pretrained, tmp_path, capsys):
     for label, sentences in (("neg", SENTENCES[1::2]), ("pos", SENTENCES[::2])):
         (tmp_path / "reviews" / label).mkdir(parents=True)

@@ -345,3 +345,23 @@ def test_a_state_saved_on_more_gpus_restores_those_this_machine_has(monkeypatch,
            "cuda": [encode_tensor(s) for s in states], "data": {}}  # fmt: skip
     restore_random_states(tmp_path, rng, Data())
     assert list(restored) == [0] and torch.equal(restored[0], states[0])
+
+
+def test_a_floor_for_a_schedule_that_never_decays_is_refused_not_ignored(tmp_path, corpus, capsys):
+    out, floor = tmp_path / "run", ["--min-learning-rate", "1e-5"]
+    constant = ["--max-iters", "2", "--lr-schedule", "constant", "--eval-interval", "2"]
+    line = one_line_error(*train(capsys, corpus, out, *constant, *floor)[::2])
+    assert (
+        "--min-learning-rate: a setting of the cosine and wsd schedules, not of 'constant'" in line
+    )
+    assert not (out / "run.json").exists()
+    (tmp_path / "c.toml").write_text(
+        '[training]\nlr_schedule = "inverse_sqrt"\nmin_learning_rate = 0.1\n'
+    )
+    code, _, err = train(capsys, corpus, out, "--config", str(tmp_path / "c.toml"))
+    assert "not of 'inverse_sqrt'" in one_line_error(code, err)
+    assert train(capsys, corpus, out, *constant)[0] == 0
+    before, resumed = snapshot(out), ["train", "gpt", "--out", str(out), "--resume", *floor]
+    code, _, err = run([*resumed, "--max-iters", "4"], capsys)  # the run's own schedule: constant
+    assert "not of 'constant'" in one_line_error(code, err) and snapshot(out) == before
+    assert run([*resumed, "--max-iters", "4", "--lr-schedule", "cosine"], capsys)[0] == 0

@@ -268,7 +268,8 @@ assert (targets[selected] == sample[selected]).all(), "a target is not the origi
 # then jump back up. So the first run stops inside the warm-up (at least 20 steps at every
 # size) and uses `--lr-schedule constant`, which is the same linear warm-up without a decay
 # after it: its 20 learning rates are exactly the first 20 of the full cosine run, and the
-# resumed run carries on from there as if it had never stopped.
+# resumed run, given `--lr-schedule cosine` (a resumed run keeps its own settings unless told),
+# carries on from there as if it had never stopped.
 #
 # For scale: BERT-Base pre-trained for 1M steps of 256 sequences (mostly 128 tokens long) on 3.3
 # billion words, days on 16 TPU chips. The default here is 1,500 steps of 64 sequences of 128
@@ -278,7 +279,7 @@ assert (targets[selected] == sample[selected]).all(), "a target is not the origi
 PRETRAIN = f"{OUT}/pretrain"
 pretrain_flags = (
     f"--data {PRETRAIN_TEXT} {SHAPE} --batch-size {PRETRAIN_BATCH} --learning-rate 1e-3 "
-    f"--min-learning-rate 1e-4 --warmup-iters {PRETRAIN_WARMUP} --weight-decay 0.01 --beta2 0.98 "
+    f"--warmup-iters {PRETRAIN_WARMUP} --weight-decay 0.01 --beta2 0.98 "
     f"--eval-iters 10 --device {DEVICE} --out {PRETRAIN}"
 )
 attnlab(
@@ -310,6 +311,7 @@ for prompt in PROMPTS:
 # %%
 attnlab(
     f"train bert {pretrain_flags} --resume --max-iters {PRETRAIN_STEPS} "
+    "--lr-schedule cosine --min-learning-rate 1e-4 "
     f"--eval-interval {PRETRAIN_STEPS // 6} {COMPILE}"
 )
 for prompt in PROMPTS:

@@ -94,11 +94,9 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
     given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
     model = ({**config_to_dict(kind.presets[preset]), **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
-    refuse_unread(kind, model[0], given)
+    refuse_unread(kind.config, model[0], given)
     refuse_data_fields(kind.data_fields & given.keys())
-    train = build_config(
-        TrainConfig, toml.get("training", {}), flag_values(args, TrainConfig), source=source
-    )
+    train, _ = training_settings({}, toml, args, source)
     return run, model, train
 
 
@@ -130,15 +128,12 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
             f"cannot change the data or the model ({', '.join(changed) or 'preset'}) when "
             "resuming: leave them out, a resumed run keeps its own"
         )
-    refuse_unread(kind, saved, given)  # an LSTM run's own n_heads given back changes nothing
+    refuse_unread(kind.config, saved, given)  # an LSTM run's own n_heads given back changes nothing
     remedy = "put it there to resume (a run resumes on its own data; --init starts a new run)"
     check_own_data(before.get("data"), out, remedy)
     state = read_training_state(out)
-    flags = flag_values(args, TrainConfig)
-    train = build_config(
-        TrainConfig, state["train_config"], toml.get("training", {}), flags, source="--resume"
-    )
-    check_device_is_here(train.device, {**toml.get("training", {}), **flags}, out)
+    train, given = training_settings(state["train_config"], toml, args, "--resume")
+    check_device_is_here(train.device, given, out)
     if train.seed != state["train_config"].get("seed", train.seed):
         raise UserError(
             f"--seed {train.seed}: a resumed run carries on its own random state (seed "
@@ -150,10 +145,21 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
     return run, (saved, saved), train
 
 
-def refuse_unread(kind: ModelKind, model: dict[str, Any], given: Iterable[str]) -> None:
-    """Refuse model settings given that the model would not read (n_heads for an LSTM)."""
-    if unread := getattr(kind.config, "unread", None):
-        check_read(unread(model), given, kind.config.__name__)
+def training_settings(saved: dict[str, Any], toml, args, source: str):
+    """The TrainConfig of a run's saved settings (none for a new run) < the file < the flags,
+    and the settings given (file and flags); one given that it would not read
+    (min_learning_rate with a constant schedule) is refused."""
+    given = merge_layers(toml.get("training", {}), flag_values(args, TrainConfig))
+    train = build_config(TrainConfig, saved, given, source=source)
+    refuse_unread(TrainConfig, config_to_dict(train), given)
+    return train, given
+
+
+def refuse_unread(cls: type, values: dict[str, Any], given: Iterable[str]) -> None:
+    """Refuse settings given that a config of these values would not read (n_heads for an
+    LSTM, min_learning_rate for a constant schedule)."""
+    if unread := getattr(cls, "unread", None):
+        check_read(unread(values), given, cls.__name__)
 
 
 def check_device_is_here(device: str, given: dict[str, Any], out: Path) -> None:

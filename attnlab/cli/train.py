@@ -180,6 +180,7 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     data_keys = check_toml(toml, kind, source)
     if args.init:  # the weights read the ids of the tokenizer they were trained with
         _check_init_tokenizer(args.init, {**toml, **flag_values(args, kind.data_config)})
+        _check_init_preset(kind, args, toml)
     out = args.out if args.out is not None else toml.get("out", f"runs/{kind.name}")
     if not out:  # not read as the current folder
         where = "--out" if args.out is not None else f"{source}: out"
@@ -343,6 +344,21 @@ def _note_init_data(kind: ModelKind, init: str, description, data: dict[str, Any
     if get_kind(description["kind"]) is kind and theirs not in (None, ours) and ours == default:
         log(f"note: {init} was trained on {theirs}; this run reads {ours}, the default: "
             "give --data to train on other data")  # fmt: skip
+
+
+def _check_init_preset(kind: ModelKind, args, toml: dict[str, Any]) -> None:
+    """--init brings its run's shape: a --preset of another one, where the file and flags leave
+    it, would be ignored (one the checkpoint has is no change). A config file's preset is the
+    shape of its runs without --init (configs/sst2_finetune.toml)."""
+    if args.preset is None:
+        return
+    preset = config_to_dict(kind.presets[args.preset])
+    shape = _init_checkpoint(kind, args.init)["config"]
+    given = {**toml.get("model", {}), **flag_values(args, kind.config)}
+    free = TUNABLE | kind.data_fields | given.keys()
+    if differ := sorted(k for k in preset.keys() & shape.keys() - free if preset[k] != shape[k]):
+        has = ", ".join(f"{k} {shape[k]!r}" for k in differ)
+        raise UserError(f"--init takes the model from {args.init} ({has}): leave --preset out")
 
 
 def _init_checkpoint(kind: ModelKind, path: str | None) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ a Trainer given sources of one's own trains and evaluates on their batches as th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from attnlab.config import check_at_least, check_choice, check_positive, check_types
 from attnlab.errors import UserError
@@ -35,6 +36,14 @@ class TrainConfig:
     cpu_kernels: bool = True  # on a CPU, attnlab's kernels (attention, GELU, dropout)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     probes: str = ""  # scores of the model logged at each evaluation, comma-separated: induction
+
+    @staticmethod
+    def unread(values: dict[str, Any]) -> dict[str, str]:
+        """The fields that training by these values would not read, each with what reads it
+        (check_read): the floor of a schedule that never decays."""
+        if (schedule := values.get("lr_schedule", "cosine")) in ("constant", "inverse_sqrt"):
+            return {"min_learning_rate": f"of the cosine and wsd schedules, not of {schedule!r}"}
+        return {}
 
     def __post_init__(self):
         check_types(self)
