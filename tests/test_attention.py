@@ -59,6 +59,37 @@ def test_eager_equals_fused_with_masks():
     assert weights[1, :, :, 6:].abs().max() == 0  # padded keys get no weight
 
 
+@pytest.mark.parametrize(
+    "q_len, kv_heads, masks",
+    [
+        (5, 4, {}),
+        (5, 2, {"causal": True}),
+        (9, 4, {"causal": True}),  # queries past the keys' start: the first see none
+        (5, 1, {"mask": "padding"}),
+        (5, 4, {"mask": "padding", "causal": True}),
+        (5, 4, {"mask": "additive", "causal": True}),
+        (1, 2, {"causal": True}),  # a decoding step
+    ],
+)
+def test_eager_and_fused_paths_and_their_gradients_agree_in_float64(q_len, kv_heads, masks):
+    q, k, v = (t.double().requires_grad_() for t in qkv(kv_heads=kv_heads, q_len=q_len, k_len=7))
+    kinds = {
+        "padding": padding_mask(torch.tensor([[1] * 7, [1] * 4 + [0] * 3]), pad_id=0),
+        "additive": torch.randn(1, 4, q_len, 7, dtype=torch.float64),
+    }
+    masks = {name: kinds.get(value, value) for name, value in masks.items()}
+    eager, _ = scaled_dot_product_attention(q, k, v, return_weights=True, **masks)
+    fused = scaled_dot_product_attention(q, k, v, **masks)
+    torch.testing.assert_close(eager, fused, rtol=0, atol=1e-12)
+    grad = torch.randn_like(eager)
+    for a, b in zip(
+        torch.autograd.grad(eager, (q, k, v), grad),
+        torch.autograd.grad(fused, (q, k, v), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def _unseeing(case):
     """Inputs with rows that may see no key, and those rows' (batch, query) indices."""
     q, k, v = qkv(q_len=4, k_len=4)
@@ -130,30 +161,42 @@ def copy_to_torch_mha(
     return reference.eval()
 
 
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("kind", ["self", "causal", "cross"])
 @pytest.mark.parametrize("backend", ["fused", "eager"])
-def test_self_attention_matches_torch_multihead_attention(backend):
-    ours = MultiHeadAttention(32, 4, causal=True).eval()
+def test_attention_and_its_gradients_match_torch_multihead_attention_in_float64(
+    backend, kind, padded
+):
+    ours = MultiHeadAttention(32, 4, causal=kind == "causal", cross=kind == "cross").double()
     ours.backend = backend
-    reference = copy_to_torch_mha(ours, 32, 4)
-    x = torch.randn(3, 10, 32)
-    tokens = torch.ones(3, 10, dtype=torch.long)
-    tokens[1, 7:] = 0
+    reference = copy_to_torch_mha(ours, 32, 4).double()
+    x = torch.randn(3, 10, 32, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(3, 11, 32, dtype=torch.float64, requires_grad=True)
+    keys = memory if kind == "cross" else x
+    tokens = torch.ones(3, keys.size(1), dtype=torch.long)
+    if padded:
+        # row 2 sees no key: its attention gives 0 (then the output bias), as torch's does
+        # but for its no-grad inference fast path, which gives NaN (docs/reference.md)
+        tokens[1, 7:], tokens[2] = 0, 0
     expected, _ = reference(
-        x, x, x, attn_mask=~causal_mask(10, 10), key_padding_mask=tokens == 0, need_weights=False
+        x, keys, keys, need_weights=False,
+        attn_mask=~causal_mask(10, 10) if kind == "causal" else None,
+        key_padding_mask=tokens == 0 if padded else None,
+    )  # fmt: skip
+    got = ours(
+        x, context=memory if kind == "cross" else None,
+        mask=padding_mask(tokens, 0) if padded else None,
+    )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    grad, inputs = torch.randn_like(got), (x, memory)
+    ours_grads = torch.autograd.grad(got, (*inputs, *ours.parameters()), grad, allow_unused=True)
+    theirs = torch.autograd.grad(
+        expected, (*inputs, *reference.parameters()), grad, allow_unused=True
     )
-    got = ours(x, mask=padding_mask(tokens, 0))
-    assert (got - expected).abs().max() < TOL
-
-
-def test_cross_attention_matches_torch_multihead_attention():
-    ours = MultiHeadAttention(32, 4, cross=True).eval()
-    reference = copy_to_torch_mha(ours, 32, 4)
-    x, memory = torch.randn(2, 5, 32), torch.randn(2, 11, 32)
-    source = torch.ones(2, 11, dtype=torch.long)
-    source[0, 8:] = 0
-    expected, _ = reference(x, memory, memory, key_padding_mask=source == 0, need_weights=False)
-    got = ours(x, context=memory, mask=padding_mask(source, 0))
-    assert (got - expected).abs().max() < TOL
+    for mine, their in zip(ours_grads, theirs, strict=True):  # same parameter order
+        assert (mine is None) == (their is None)
+        if mine is not None:
+            torch.testing.assert_close(mine, their, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])

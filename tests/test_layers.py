@@ -8,7 +8,9 @@ from attnlab.layers import (
     TokenEmbedding,
     make_feedforward,
     make_norm,
+    padding_mask,
 )
+from attnlab.layers.attention import causal_mask
 from attnlab.layers.normalization import RMSNorm
 
 
@@ -25,6 +27,29 @@ def test_rmsnorm_formula():
     assert torch.allclose(norm(x), expected, atol=1e-6)
     wide = x.double().requires_grad_()  # float64 stays float64: gradcheck holds
     assert torch.autograd.gradcheck(norm.double(), (wide,))
+
+
+@pytest.mark.parametrize(
+    "kind, bias", [("layernorm", True), ("layernorm", False), ("rmsnorm", False)]
+)
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_norms_and_their_gradients_match_torchs_in_float64(kind, bias, eps):
+    ours = make_norm(kind, 16, bias=bias, eps=eps).double()
+    reference = (
+        nn.LayerNorm(16, eps=eps, bias=bias) if kind == "layernorm" else nn.RMSNorm(16, eps=eps)
+    ).double()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.uniform_(0.5, 2.0)
+        reference.load_state_dict(ours.state_dict())
+    x = (torch.randn(3, 5, 16, dtype=torch.float64) * 0.1 + 0.05).requires_grad_()
+    got, expected = ours(x), reference(x)  # small inputs: eps matters
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    grad = torch.randn_like(got)
+    mine = torch.autograd.grad(got, (x, *ours.parameters()), grad)
+    theirs = torch.autograd.grad(expected, (x, *reference.parameters()), grad)
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_swiglu_is_gated():
@@ -44,26 +69,59 @@ def test_relu_feedforward_is_the_paper_ffn():
     assert torch.allclose(ff(x), expected)
 
 
-def test_post_norm_block_matches_torch_encoder_layer():
-    d_model, heads = 16, 4
-    reference = nn.TransformerEncoderLayer(d_model, heads, 32, dropout=0.0, batch_first=True).eval()
-    attention = MultiHeadAttention(d_model, heads)
+def copy_attention(ours: MultiHeadAttention, theirs: nn.MultiheadAttention) -> None:
+    theirs.in_proj_weight.copy_(ours.qkv_projection.weight)
+    theirs.in_proj_bias.copy_(ours.qkv_projection.bias)
+    theirs.out_proj.load_state_dict(ours.output_projection.state_dict())
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")  # torch's note on norm_first
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("prenorm", [False, True])
+@pytest.mark.parametrize("decoder", [False, True])
+def test_blocks_match_torchs_encoder_and_decoder_layers_in_float64(decoder, prenorm, activation):
+    """An encoder block (padded keys) and a decoder block (causal, cross attention to padded
+    memory), post-norm as the paper's and pre-norm (norm_first), forward and gradients."""
+    d_model, heads, d_ff = 12, 3, 20
+    layer = nn.TransformerDecoderLayer if decoder else nn.TransformerEncoderLayer
+    options = dict(dropout=0.0, activation=activation, batch_first=True, norm_first=prenorm)
+    reference = layer(d_model, heads, d_ff, **options).double()
     block = ResidualBlock(
-        attention,
-        make_feedforward("relu", d_model, 32),
+        MultiHeadAttention(d_model, heads, causal=decoder),
+        make_feedforward(activation, d_model, d_ff),
         lambda: nn.LayerNorm(d_model),
-        prenorm=False,
-    ).eval()
+        cross_attention=MultiHeadAttention(d_model, heads, cross=True) if decoder else None,
+        prenorm=prenorm,
+    ).double()
+    norms = [block.mixer_norm, block.cross_norm, block.feedforward_norm]
     with torch.no_grad():
-        attention.qkv_projection.weight.copy_(reference.self_attn.in_proj_weight)
-        attention.qkv_projection.bias.copy_(reference.self_attn.in_proj_bias)
-        attention.output_projection.load_state_dict(reference.self_attn.out_proj.state_dict())
-        block.feedforward.up_projection.load_state_dict(reference.linear1.state_dict())
-        block.feedforward.down_projection.load_state_dict(reference.linear2.state_dict())
-        block.mixer_norm.load_state_dict(reference.norm1.state_dict())
-        block.feedforward_norm.load_state_dict(reference.norm2.state_dict())
-    x = torch.randn(2, 6, d_model)
-    assert (block(x) - reference(x)).abs().max() < 1e-5
+        for p in block.parameters():  # norms' weights and biases away from 1 and 0 too
+            p.normal_(0, 0.3)
+        copy_attention(block.token_mixer, reference.self_attn)
+        if decoder:
+            copy_attention(block.cross_attention, reference.multihead_attn)
+        for i, norm in enumerate(n for n in norms if n is not None):  # norm1, norm2 (, norm3)
+            getattr(reference, f"norm{i + 1}").load_state_dict(norm.state_dict())
+        reference.linear1.load_state_dict(block.feedforward.up_projection.state_dict())
+        reference.linear2.load_state_dict(block.feedforward.down_projection.state_dict())
+    x = torch.randn(3, 7, d_model, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(3, 9, d_model, dtype=torch.float64, requires_grad=True)
+    tokens = torch.ones(3, 9 if decoder else 7, dtype=torch.long)
+    tokens[1, -3:], tokens[2, -1:] = 0, 0
+    if decoder:
+        got = block(x, context=memory, context_mask=padding_mask(tokens, 0))
+        expected = reference(
+            x, memory, tgt_mask=~causal_mask(7, 7), tgt_is_causal=True,
+            memory_key_padding_mask=tokens == 0,
+        )  # fmt: skip
+    else:
+        got = block(x, mask=padding_mask(tokens, 0))
+        expected = reference(x, src_key_padding_mask=tokens == 0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    grad, inputs = torch.randn_like(got), (x, memory) if decoder else (x,)
+    theirs = torch.autograd.grad(expected, inputs, grad)
+    for a, b in zip(torch.autograd.grad(got, inputs, grad), theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_pre_norm_block_is_residual():

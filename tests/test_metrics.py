@@ -14,15 +14,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from attnlab.cli.reports import plot_confusion
 from attnlab.data.images import SHAPES, ImageSet, Normalization
+from attnlab.data.translation import TokenBatches, fixed_batches, read_lines
 from attnlab.evaluation import evaluate
+from attnlab.evaluation.bleu import corpus_scores
 from attnlab.evaluation.classification import evaluate_classifier
 from attnlab.evaluation.evaluate import evaluate_language_model
 from attnlab.evaluation.metrics import bits_per_byte, classification_scores, perplexity
 from attnlab.generation import generate
 from attnlab.interpretability.induction import induction_scores
+from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.vision_transformer import VisionTransformer, ViTConfig
 from attnlab.tokenizers import CharTokenizer
+from attnlab.training.sources import IGNORE_INDEX, token_loss
+from attnlab.training.trainer import TrainConfig, Trainer
 
 
 def test_perplexity_of_a_uniform_choice_is_the_number_of_choices():
@@ -133,3 +138,80 @@ def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
         boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
         assert len(boxes) == k
         assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes)), names
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
+def test_the_loss_and_its_gradient_are_torchs_label_smoothed_cross_entropy(smoothing):
+    """Padding (IGNORE_INDEX) anywhere in a row, in float64: torch's loss, and the one written
+    out, (1 - ε)·NLL + ε·mean over the vocabulary of -log p, averaged over scored targets."""
+    logits = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (3, 5))
+    targets[1, 2:], targets[2, 0] = IGNORE_INDEX, IGNORE_INDEX
+    ours = token_loss(logits, targets, smoothing)
+    theirs = F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+        label_smoothing=smoothing,
+    )  # fmt: skip
+    scored = targets != IGNORE_INDEX
+    log_p = logits[scored].log_softmax(-1)
+    nll = -log_p.gather(-1, targets[scored][:, None])[:, 0]
+    by_hand = ((1 - smoothing) * nll - smoothing * log_p.mean(-1)).mean()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours, by_hand, rtol=0, atol=1e-12)
+    (ours_grad,), (theirs_grad,) = (torch.autograd.grad(x, logits) for x in (ours, theirs))
+    torch.testing.assert_close(ours_grad, theirs_grad, rtol=0, atol=1e-12)
+
+
+def test_a_translation_models_validation_perplexity_is_exp_of_its_mean_nll_over_real_tokens(
+    tmp_path,
+):
+    """Two padded batches with different numbers of real targets: the validation loss is the
+    mean NLL over every real target (not a mean of batch means), perplexity its exp."""
+    config = EncoderDecoderConfig(vocab_size=20, max_length=16, n_encoder_layers=1,
+                                  n_decoder_layers=1, n_heads=2, d_model=8, d_ff=16,
+                                  dropout=0.0, label_smoothing=0.0)  # fmt: skip
+    model = EncoderDecoder(config).double()
+    special = dict(pad_id=config.pad_id, bos_id=config.bos_id, eos_id=config.eos_id)
+    examples = [([5, 6, 7, 2], [8, 9, 10, 11]), ([5, 2], [12]), ([3, 4, 2], [13, 14])]
+    examples += [([6, 2], [15]), ([7, 8, 9, 10, 11, 2], [16, 17, 18])]
+    batches = fixed_batches(examples, 12, special)  # (sentences x longest side) <= 12
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for src, tgt_in, tgt_out in batches:
+            log_p = model(src, tgt_in)[0].log_softmax(-1)
+            real = tgt_out != IGNORE_INDEX
+            nll -= log_p[real].gather(-1, tgt_out[real][:, None]).sum().item()
+            count += int(real.sum())
+    assert len(batches) > 1 and count == 5 + 2 + 3 + 2 + 4  # targets and </s>
+    assert any((b[-1] == IGNORE_INDEX).any() for b in batches)  # padded targets
+    train = TrainConfig(precision="fp32", device="cpu", cpu_kernels=False)
+    source = TokenBatches(examples, 12, special, seed=0)
+    trainer = Trainer(model, train, source, {"val": lambda: batches}, out_dir=tmp_path)
+    loss = trainer.evaluate()["val_loss"]
+    assert loss == pytest.approx(nll / count, rel=1e-12)
+    assert perplexity(loss) == pytest.approx(math.exp(nll / count), rel=1e-12)
+
+
+def test_bleu_and_chrf_are_sacrebleus_on_multi30k(shared_data):
+    """The test set's references read as `evaluate --ref` reads them, against altered copies
+    (words dropped, lowercased, rotated): sacreBLEU's corpus BLEU with its 13a tokenization,
+    mixed case and exponential smoothing (the signature says so), and its chrF."""
+    sacrebleu = pytest.importorskip("sacrebleu")
+    references = read_lines(shared_data / "multi30k" / "test_2016_flickr.en.gz")
+    assert len(references) == 1000
+
+    def altered(i, line):
+        words = line.split()
+        words = words[::2] if i % 3 == 0 else words[1:] + words[:1] if i % 7 == 0 else words
+        return " ".join(words).lower() if i % 5 == 0 else " ".join(words)
+
+    hypotheses = [altered(i, line) for i, line in enumerate(references)]
+    scores = corpus_scores(hypotheses, references)
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="13a", smooth_method="exp")
+    assert scores["bleu"] == pytest.approx(bleu.score, rel=1e-12) and 40 < bleu.score < 90
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references], char_order=6, word_order=0, beta=2)
+    assert scores["chrf"] == pytest.approx(chrf.score, rel=1e-12)
+    assert "case:mixed|eff:no|tok:13a|smooth:exp" in scores["bleu_signature"]
+    assert "nc:6|nw:0" in scores["chrf_signature"]
+    expected_exact = 100 * sum(h == r for h, r in zip(hypotheses, references, strict=True)) / 1000
+    assert scores["exact_match"] == pytest.approx(expected_exact)

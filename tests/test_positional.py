@@ -32,6 +32,13 @@ def test_sinusoids_built_in_float64_are_exact_in_float64():
     finally:
         torch.set_default_dtype(before)
     assert table.dtype == torch.float64 and table[49, 0].item() == math.sin(49)
+    expected = [
+        [(math.cos if c % 2 else math.sin)(pos / 10000 ** (2 * (c // 2) / 16)) for c in range(16)]
+        for pos in range(50)
+    ]  # PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...): section 3.5
+    torch.testing.assert_close(
+        table, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12
+    )
 
 
 def test_sinusoidal_offset_continues_the_table():
@@ -82,21 +89,30 @@ def test_rope_keeps_norms_and_leaves_position_zero_alone():
     assert torch.allclose(at_zero, x[:, :, :1])
 
 
-def test_rope_rotates_channel_pairs_by_position_times_frequency():
-    """The written-out definition: channels (i, i + Dh/2) rotate by pos·base^(-2i/Dh)."""
+@pytest.mark.parametrize("offset", [3, 1000, 30000])
+def test_rope_rotates_channel_pairs_by_position_times_frequency(offset):
+    """The written-out definition: channels (i, i + Dh/2) rotate by pos·base^(-2i/Dh), in
+    float64 to float64's precision (its angles were float32's: off by 6e-4 at 30,000), and in
+    float32 to float32's angles."""
     head_dim, base = 8, 10000.0
     x = torch.randn(1, 2, 6, head_dim, dtype=torch.float64)
     expected = torch.empty_like(x)
     for pos in range(6):
         for i in range(head_dim // 2):
-            angle = (pos + 3) * base ** (-2 * i / head_dim)
+            angle = (pos + offset) * base ** (-2 * i / head_dim)
             a, b = x[..., pos, i], x[..., pos, i + head_dim // 2]
             expected[..., pos, i] = a * math.cos(angle) - b * math.sin(angle)
             expected[..., pos, i + head_dim // 2] = b * math.cos(angle) + a * math.sin(angle)
-    got = RotaryEmbedding(head_dim, base).rotate(x.float(), 3)
-    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-5)
+    rope = RotaryEmbedding(head_dim, base)
+    torch.testing.assert_close(rope.rotate(x, offset), expected, rtol=0, atol=1e-12)
+    got = rope.rotate(x.float(), offset)  # float32 after float64: the tables follow the dtype
+    tolerance = 1e-6 + offset * 3e-8  # float32 angles: an ulp of the angle
+    torch.testing.assert_close(got, expected.float(), rtol=0, atol=tolerance)
     with torch.no_grad():  # the decoding path keeps the latest rows: same answer again
-        assert torch.equal(RotaryEmbedding(head_dim, base).rotate(x.float(), 3), got)
+        assert torch.equal(rope.rotate(x.float(), offset), got)
+        torch.testing.assert_close(rope.rotate(x, offset), expected, rtol=0, atol=1e-12)
+    compiled = torch.tensor(offset)  # a static cache's offset: the angles computed per call
+    torch.testing.assert_close(rope.rotate(x, compiled), expected, rtol=0, atol=1e-12)
 
 
 def test_rope_position_interpolation_turns_position_m_as_m_over_scale():

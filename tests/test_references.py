@@ -19,20 +19,31 @@ from attnlab.layers.attention import causal_mask, scaled_dot_product_attention  
 from attnlab.layers.normalization import RMSNorm  # noqa: E402
 
 
+@pytest.mark.parametrize("offset", [5, 1000, 4000])
 @pytest.mark.parametrize("base, head_dim", [(10000.0, 16), (500.0, 8), (1e6, 32)])
-def test_rope_rotates_as_llama(base, head_dim):
-    heads, length, offset = 3, 11, 5
+def test_rope_rotates_as_llama(base, head_dim, offset):
+    """In float32 against Llama's rotary module, whose float32 angles differ from ours by an
+    ulp (so the tolerance grows with the position); in float64 against Llama's
+    apply_rotary_pos_emb given float64 angles from Llama's formula, to float64's precision."""
+    heads, length = 3, 11
     config = LlamaConfig(hidden_size=heads * head_dim, num_attention_heads=heads, rope_theta=base)
     reference = llama.LlamaRotaryEmbedding(config)
     q, k = torch.randn(2, heads, length, head_dim), torch.randn(2, heads, length, head_dim)
     positions = torch.arange(offset, offset + length)[None]
     cos, sin = reference(q, positions)
     expected_q, expected_k = llama.apply_rotary_pos_emb(q, k, cos, sin)
-    rope = RotaryEmbedding(head_dim, base)
-    torch.testing.assert_close(rope.rotate(q, offset), expected_q, rtol=0, atol=1e-5)
-    torch.testing.assert_close(rope.rotate(k, offset), expected_k, rtol=0, atol=1e-5)
+    rope, tolerance = RotaryEmbedding(head_dim, base), 1e-5 + offset * 1.2e-7  # 2 ulps
+    torch.testing.assert_close(rope.rotate(q, offset), expected_q, rtol=0, atol=tolerance)
+    torch.testing.assert_close(rope.rotate(k, offset), expected_k, rtol=0, atol=tolerance)
     with torch.no_grad():  # the decoding path (tables kept between calls) agrees as well
-        torch.testing.assert_close(rope.rotate(q, offset), expected_q, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rope.rotate(q, offset), expected_q, rtol=0, atol=tolerance)
+    inverse_frequency = 1.0 / base ** (torch.arange(0, head_dim, 2).double() / head_dim)
+    angles = positions[0, :, None].double() * inverse_frequency  # (T, Dh/2)
+    angles = torch.cat([angles, angles], -1)[None]  # (1, T, Dh), as Llama's
+    q, k = q.double(), k.double()
+    expected_q, expected_k = llama.apply_rotary_pos_emb(q, k, angles.cos(), angles.sin())
+    torch.testing.assert_close(rope.rotate(q, offset), expected_q, rtol=0, atol=1e-12)
+    torch.testing.assert_close(rope.rotate(k, offset), expected_k, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("eps", [1e-6, 1e-2])

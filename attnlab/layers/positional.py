@@ -129,23 +129,34 @@ class RotaryEmbedding(RelativePosition):
         if not scale > 0:
             raise ValueError(f"the position scale must be positive, got {scale}")
         self.head_dim, self.base, self.scale = head_dim, base, scale  # θ_i from these, in
-        # float32 whatever the module is cast to (a buffer would follow model.to(bfloat16))
+        # at least float32 whatever the module is cast to (a buffer would follow
+        # model.to(bfloat16)); float64 queries and keys turn by float64 angles
         self._cos = self._signed_sin = None
         self._last = None  # ((offset, T, dtype, device), (cos, signed sin)) of the latest call
 
     def _tables(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and (-sin, sin) tables, (≥ length, Dh), grown by doubling. Built as ordinary
         tensors even under inference mode, so training can use them afterwards."""
-        if self._cos is None or self._cos.size(0) < length or self._cos.device != like.device:
+        dtype = _angle_dtype(like)
+        held = self._cos
+        if (
+            held is None
+            or held.size(0) < length
+            or (held.device, held.dtype) != (like.device, dtype)
+        ):
             with torch.inference_mode(False):
                 positions = torch.arange(max(2 * length, 256), device=like.device)
-                self._cos, self._signed_sin = self._cos_sin(positions)
+                self._cos, self._signed_sin = self._cos_sin(positions, dtype)
         return self._cos, self._signed_sin
 
-    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T,) positions -> cos and (-sin, sin), each (T, Dh)."""
-        exponents = torch.arange(0, self.head_dim, 2, device=positions.device) / self.head_dim
-        angles = torch.outer(positions.float() / self.scale, self.base ** -exponents.float())
+    def _cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) positions -> cos and (-sin, sin), each (T, Dh), computed in `dtype`."""
+        exponents = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=dtype)
+        angles = torch.outer(
+            positions.to(dtype) / self.scale, self.base ** -(exponents / self.head_dim)
+        )
         return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat(
             [-angles.sin(), angles.sin()], dim=-1
         )
@@ -170,10 +181,16 @@ class RotaryEmbedding(RelativePosition):
         # module, which would make the compiled code recompile on the second call.
         if isinstance(offset, torch.Tensor) or torch.compiler.is_compiling():
             positions = offset + torch.arange(x.size(2), device=x.device)
-            cos, sin = (table.to(x.dtype) for table in self._cos_sin(positions))
+            cos, sin = (table.to(x.dtype) for table in self._cos_sin(positions, _angle_dtype(x)))
         else:
             cos, sin = self._rows(offset, x)
         return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
+
+
+def _angle_dtype(x: torch.Tensor) -> torch.dtype:
+    """Rotary angles in at least float32 (bf16 would drift far positions by whole radians), and
+    in float64 for float64 queries and keys."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class ALiBi(RelativePosition):
