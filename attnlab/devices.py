@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
+import os
 import random
 import re
 import time
@@ -54,6 +56,46 @@ def meta_device():
     torch._dynamo (1-2 s of a command that only checks shapes)."""
     with torch.device("meta"), _Undrawn():
         yield
+
+
+class TooLarge(Exception):
+    """The model build_on_meta builds passed its limit."""
+
+
+def build_on_meta(
+    build: Callable[[], torch.nn.Module], max_parameters: float = math.inf, max_numbers=math.inf
+) -> torch.nn.Module:
+    """build() on the meta device, stopped (TooLarge) as soon as it has registered more than
+    `max_parameters` parameter tensors, or more than `max_numbers` numbers in its parameters
+    and buffers: a config of an absurd size (n_layers 10**6, d_model 10**12) costs no memory
+    and little time."""
+    parameters = numbers = 0
+
+    def count(module, name, tensor, parameter=True):
+        nonlocal parameters, numbers
+        parameters += parameter
+        numbers += 0 if tensor is None else tensor.numel()
+        if parameters > max_parameters or numbers > max_numbers:
+            raise TooLarge
+
+    registry = torch.nn.modules.module
+    hooks = [
+        registry.register_module_parameter_registration_hook(count),
+        registry.register_module_buffer_registration_hook(functools.partial(count, parameter=0)),
+    ]
+    try:
+        with meta_device():
+            return build()
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def memory_bytes(device: torch.device) -> int:
+    """The memory a device has: a GPU's own, else the machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class _Undrawn(TorchFunctionMode):

@@ -8,6 +8,7 @@ import glob
 import itertools
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -27,6 +28,28 @@ def cache_dir() -> Path:
     """Where derived files are kept between runs (token arrays, built kernels): $ATTNLAB_CACHE,
     else (unset or empty, as $ATTNLAB_DATA) ~/.cache/attnlab."""
     return Path(os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab")  # "": unset
+
+
+# Native code is loaded only from a folder no one else can write to, and only from files of
+# ours no one else can write to: anything else in the cache could run as us once loaded.
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def private_folder(folder: Path) -> None:
+    """Create a cache folder of native code (built kernels, compiled decoding steps), or refuse
+    (RuntimeError) one that is someone else's; one of ours that others may write to is closed
+    to them first."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise RuntimeError(f"{folder} belongs to another user: its native code is not loaded")
+    if folder.stat().st_mode & _WRITABLE_BY_OTHERS:
+        os.chmod(folder, 0o700)
+
+
+def private_file(path: Path) -> bool:
+    """Whether the file at `path` is ours and writable by no one else (see private_folder)."""
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & _WRITABLE_BY_OTHERS
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -197,17 +220,30 @@ def finish_writes(directory: str | os.PathLike, journal: str) -> bool:
     if path.is_file():
         try:
             renames = json.loads(path.read_text())
-        except ValueError:  # written atomically: unreadable only if damaged by hand
+        except (ValueError, RecursionError):  # written atomically: unreadable only if damaged
             renames = {}
-        for name, tmp in renames.items() if isinstance(renames, dict) else ():
-            if (directory / str(tmp)).is_file():
-                os.replace(directory / str(tmp), directory / str(name))
+        renames = renames if isinstance(renames, dict) else {}
+        if not all(_ours(str(name), str(tmp)) for name, tmp in renames.items()):
+            raise UserError(  # a rename elsewhere (../x, /home/...) would write over any file
+                f"{path} is no journal of attnlab's: it renames files out of {directory} "
+                "(a run someone else made?); delete it"
+            )
+        for name, tmp in renames.items():
+            if (directory / tmp).is_file():
+                os.replace(directory / tmp, directory / name)
         path.unlink()
         finished = True
     for stray in directory.glob(".*.tmp"):
         stray.unlink(missing_ok=True)
         finished = True
     return finished
+
+
+def _ours(name: str, tmp: str) -> bool:
+    """Whether a journal's rename is one atomic_write_files records: a file of the folder from
+    its temporary_file (.NAME.RANDOM.tmp) beside it, no path leading elsewhere."""
+    plain = all(n and os.path.basename(n) == n and n not in (".", "..") for n in (name, tmp))
+    return plain and tmp.startswith(f".{name}.") and tmp.endswith(".tmp")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -247,6 +283,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(read_text(path, what))
     except json.JSONDecodeError as error:
         raise UserError(f"{what} {path} is not valid JSON: {error}") from None
+    except RecursionError:  # arrays in arrays a thousand deep: no file of ours
+        raise UserError(f"{what} {path} is not valid JSON: nested too deep") from None
 
 
 def plot_format(path: str | Path) -> str:

@@ -152,3 +152,26 @@ def test_a_model_without_a_decoding_state_decodes_uncached_and_compiled():
     expected = generate(model, [[1, 2]], 12, temperature=0, use_cache=False)
     assert generate(model, [[1, 2]], 12, temperature=0) == expected  # past its context, too
     assert generate(model, [[1, 2]], 12, temperature=0, compile=True) == expected
+
+
+def test_a_library_is_loaded_only_from_a_folder_and_a_file_of_ours(tmp_path, monkeypatch):
+    """A library is native code: one that another user could put in the cache (a shared one,
+    or one left open to others) would run as us once loaded, as the kernels' (cpu.py)."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    planted = tmp_path / "decoding" / "planted.pt2"
+    planted.parent.mkdir()
+    planted.parent.chmod(0o777)
+    planted.write_bytes(b"someone else's code")
+    planted.chmod(0o666)
+    monkeypatch.setattr(compiled_steps, "_package_path", lambda program: planted)
+    loaded = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: loaded.append(path))
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    model = tiny_gpt("rope", context_length=16)
+    for uid in (os.getuid(), os.getuid() + 1):  # ours, left open to others; another user's
+        monkeypatch.setattr(os, "getuid", lambda uid=uid: uid)
+        compiled_steps._libraries.cache_clear()
+        with pytest.warns(RuntimeWarning, match="compiling the decoding step failed"):
+            generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)
+        assert loaded == [] and planted.parent.stat().st_mode & 0o777 == 0o700
+    compiled_steps._libraries.cache_clear()

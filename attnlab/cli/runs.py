@@ -72,7 +72,9 @@ def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path
     for folder in (path, path.parent) if path.name == BEST_DIR else (path,):
         if (folder / RUN_FILE).is_file():
             run = read_json(folder / RUN_FILE, "run description")
-            if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
+            data = run.get("data") if isinstance(run, dict) else None
+            # its data, a path or a name (None: a translation's embedded pairs)
+            if not isinstance(data, dict) or not isinstance(data.get("data"), str | None):
                 raise UserError(f"{folder / RUN_FILE} is not a run description")
             return run, folder
     return None
@@ -176,13 +178,27 @@ def check_fits_data(
         )
 
 
+# The files and folder of a run that training writes through or into where they are (the
+# checkpoint's own are replaced by renames): a link among them would lead its writes elsewhere
+RUN_OWN = (RUN_LOCK, RUN_FILE, METRICS_FILE, LOSS_PLOT, BEST_DIR)
+
+
 def claim_run_directory(out: Path, resume: bool) -> None:
     """--out must be a new or empty directory, or an attnlab run (it holds run.json): a file, or
     a folder of someone else's files, is refused before anything is written, so no file that
-    attnlab did not write is ever overwritten. A new run never replaces a checkpoint."""
+    attnlab did not write is ever overwritten, nor, by a link in a run, any file elsewhere. A
+    new run never replaces a checkpoint."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run directory")
-    if resume or not out.is_dir():
+    if not out.is_dir():
+        return
+    for name in RUN_OWN:  # written in place or into: through a link, over any file elsewhere
+        if (out / name).is_symlink():
+            raise UserError(
+                f"{out / name} is a link (to {os.readlink(out / name)}): a run writes its own "
+                "files, never through links; replace it with a copy of what it leads to"
+            )
+    if resume:
         return
     if (out / "model.safetensors").exists():
         raise UserError(

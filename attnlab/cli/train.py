@@ -36,7 +36,7 @@ from attnlab.cli.runs import (
     trained_data,
 )
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.devices import meta_device, seed_everything
+from attnlab.devices import memory_bytes, meta_device, pick_device, seed_everything
 from attnlab.errors import UserError, os_error_line
 from attnlab.files import BEST_DIR, atomic_write_json
 from attnlab.models import KINDS
@@ -49,6 +49,7 @@ from attnlab.models.registry import (
     TRANSLATE,
     ModelKind,
     a_kind,
+    check_trainable,
     get_kind,
 )
 from attnlab.training.checkpoints import (
@@ -234,6 +235,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
+    memory = memory_bytes(pick_device(train_config.device)) * group.world  # FSDP: shared
+    check_trainable(kind, model_config, memory)  # on no device: its size first
     seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
     model = kind.model(model_config)
     if init is not None:

@@ -17,7 +17,8 @@ are (the model's buffers, such as RoPE's frequencies, are constants in it). It i
 and the processor's instruction sets (it is built for the native CPU: a cache shared by machines
 keeps one for each), and any model of the same architecture, batch size and sampling settings
 reuses it. Building one takes 15-30 s; loading it again takes the export, about 2 s. A new
-library is loaded in a child process first, where a broken torch build may crash.
+library is loaded in a child process first, where a broken torch build may crash. As native
+code, a library is loaded only from a folder of ours that no one else can write to.
 
 On a GPU, torch.compile with CUDA graphs ("reduce-overhead") replays each step as one launch.
 
@@ -42,7 +43,7 @@ from torch import nn
 
 from attnlab.devices import Compiled, cpu_instructions, warn_compiler_failure
 from attnlab.errors import UserError
-from attnlab.files import cache_dir, remove_stale
+from attnlab.files import cache_dir, private_file, private_folder, remove_stale
 from attnlab.generation.sampling import SamplingConfig
 
 # Inductor's CPU limits for the rewrite: products with one row, other sides up to 2048
@@ -183,14 +184,14 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
         inputs = _traceable((idx, g.weights, g.buffers, seen, noise))
         program = torch.export.export(step, inputs, strict=False)
         path = _package_path(program)
-        if path.exists():
+        private_folder(path.parent)  # native code: loaded from no folder others write to
+        if path.exists() and private_file(path):  # else built again, and replaced
             try:
                 package = torch._inductor.aoti_load_package(str(path))
                 os.utime(path)  # recently used: kept by _prune
                 return package.loader.run
             except Exception:  # noqa: BLE001 - a damaged file (cut short, say): built again
                 path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path.parent, path.name, PARTIAL)
         # a name of its own: processes of two machines sharing the cache may have one PID
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL}")

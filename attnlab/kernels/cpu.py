@@ -37,7 +37,6 @@ import fcntl
 import hashlib
 import math
 import os
-import stat
 import subprocess
 import tempfile
 import threading
@@ -47,7 +46,7 @@ from pathlib import Path
 import torch
 
 from attnlab.devices import warn_compiler_failure
-from attnlab.files import atomic_write_bytes, cache_dir, remove_stale
+from attnlab.files import atomic_write_bytes, cache_dir, private_file, private_folder, remove_stale
 
 SOURCES = [
     os.path.join(os.path.dirname(__file__), name) for name in ("cpu.cpp", "scan.cpp", "dropout.cpp")
@@ -183,7 +182,7 @@ def _build() -> str:
     source = b"".join(Path(path).read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join([torch.__version__, *flags]).encode()).hexdigest()
     library = cache_dir() / "kernels" / f"cpu_kernels-{key[:24]}.so"
-    _own_folder(library.parent)
+    private_folder(library.parent)
     digest = library.with_suffix(".sha256")  # of the library, written when we built it
     if library.exists() and _trusted(library, digest):
         return str(library)
@@ -250,25 +249,9 @@ def _compile(output: str, flags: list[str]) -> None:
         raise RuntimeError(f"{compiler}: {(errors or built.stderr.splitlines() or ['?'])[0]}")
 
 
-# Native code is loaded only from a folder no one else can write to, and only a library whose
-# bytes are those we built: anything else in the cache could run as us once loaded.
-_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
-
-
-def _own_folder(folder: Path) -> None:
-    """Create the kernels folder, or refuse (RuntimeError) one that is someone else's; one of
-    ours that others may write to is closed to them first."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.stat().st_uid != os.getuid():
-        raise RuntimeError(f"{folder} belongs to another user: its native code is not loaded")
-    if folder.stat().st_mode & _WRITABLE_BY_OTHERS:
-        os.chmod(folder, 0o700)
-
-
 def _trusted(library: Path, digest: Path) -> bool:
     """Whether the library is ours, writable by no one else, and hashes as when we built it."""
-    info = library.stat()
-    if info.st_uid != os.getuid() or info.st_mode & _WRITABLE_BY_OTHERS:
+    if not private_file(library):
         return False
     try:
         return digest.read_text() == _sha256(library)

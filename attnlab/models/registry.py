@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
+from attnlab.devices import TooLarge, build_on_meta
 from attnlab.errors import NotRegistered, UserError
 
 # Capabilities: what a kind's checkpoints can do, and so which commands serve them.
@@ -138,3 +139,21 @@ def kind_config(kind: ModelKind, config: dict[str, Any]) -> Any:
 def describe(model: nn.Module) -> dict[str, Any]:
     """The JSON-ready description saved beside weights: kind and config."""
     return {"kind": model_kind(model), "config": config_to_dict(model.config)}
+
+
+TRAINING_BYTES = 16  # a parameter in training, at least: float32 weight, gradient, Adam's moments
+
+
+def check_trainable(kind: ModelKind, config: Any, memory: int) -> None:
+    """Refuse, in one line, a model whose parameters alone could not train in `memory` bytes,
+    before any is allocated: a config of n_layers 10**6 or d_model 10**12 would otherwise fill
+    the machine's memory, or end in a traceback."""
+    most = memory // TRAINING_BYTES
+    try:
+        build_on_meta(lambda: kind.model(config), max_numbers=most)
+    except TooLarge:
+        raise UserError(
+            f"this model holds more than {most:,} numbers: training it needs more than the "
+            f"{memory / 2**30:,.0f} GiB of memory here ({TRAINING_BYTES} bytes a parameter: "
+            "weight, gradient, Adam's two moments); make it smaller (d_model, n_layers, ...)"
+        ) from None

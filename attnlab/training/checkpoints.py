@@ -35,7 +35,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from attnlab.config import config_to_dict
-from attnlab.devices import meta_device
+from attnlab.devices import TooLarge, build_on_meta, memory_bytes
 from attnlab.errors import NotRegistered, UserError
 from attnlab.files import BEST_DIR, RUN_FILE, atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind, kind_config
@@ -237,35 +237,20 @@ def check_tokenizer(config: dict[str, Any], tokenizer: Tokenizer | None, name: s
             )
 
 
-class _LargerThanWeights(Exception):
-    pass
-
-
 def check_config_fits_weights(kind: ModelKind, config: dict[str, Any], file: Path) -> None:
     """Compare the model a config describes with the tensors a weights file holds, before any
     memory is spent on either: the model is built on the meta device (no storage), and its
     building stops once it has more parameters than the file could hold, so a config.json that
-    claims 100,000 layers is one line, not gigabytes; only the file's header is read."""
+    claims 100,000 layers is one line, not gigabytes; so is one whose buffers (a sinusoidal
+    table of 10**12 positions) would not fit in memory. Only the file's header is read."""
     header = _header(file)
-    limit, registered = 2 * len(header) + 16, 0
-
-    def count(module, name, param):
-        nonlocal registered
-        registered += 1
-        if registered > limit:
-            raise _LargerThanWeights
-
-    hook = nn.modules.module.register_module_parameter_registration_hook(count)
     try:
-        with meta_device():
-            model = build_model(kind.name, config)
-    except _LargerThanWeights:
+        model = build_on_meta(lambda: build_model(kind.name, config), 2 * len(header) + 16)
+    except TooLarge:
         raise UserError(
             f"{file.parent / CONFIG_FILE} describes a model far larger than the {len(header)} "
             f"tensors of {file}: the config does not belong to these weights"
         ) from None
-    finally:
-        hook.remove()
     seen, expected = set(), {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in seen:  # a tied tensor is stored once
@@ -280,6 +265,12 @@ def check_config_fits_weights(kind: ModelKind, config: dict[str, Any], file: Pat
             else f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
         raise UserError(f"checkpoint weights {file} do not fit its config: {detail}")
+    size = sum(buffer.numel() * buffer.element_size() for buffer in model.buffers())
+    if size > memory_bytes(torch.device("cpu")):  # a table of a context of 10**12 positions
+        raise UserError(
+            f"{file.parent / CONFIG_FILE} gives the model buffers of {size / 2**30:,.0f} GiB, "
+            "more than this machine's memory: the config does not belong to these weights"
+        )
 
 
 def load_artifacts(path: str | os.PathLike) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def _record(line: str) -> dict[str, Any] | None:
     """A metrics line as a record with an integer step, or None."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested a thousand deep
         return None
     ok = isinstance(record, dict) and type(record.get("step")) is int
     return record if ok else None

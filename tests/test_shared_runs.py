@@ -1,0 +1,109 @@
+"""Runs, checkpoints and files made by someone else: whatever they hold (a journal that renames
+files elsewhere, links out of the run, JSON nested a thousand deep, a config of a model larger
+than any memory), reading or resuming them is one line at worst, and writes nothing outside the
+run."""
+
+import json
+
+import pytest
+from helpers import one_line_error, run, snapshot, tiny_gpt
+from test_run_directory import train
+
+from attnlab.cli import train as train_command
+from attnlab.errors import UserError
+from attnlab.tokenizers.byte import ByteTokenizer
+from attnlab.training.checkpoints import finish_checkpoint, save_checkpoint
+from attnlab.training.metrics_log import truncate_metrics
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read
+
+
+def checkpoint(path, **config):
+    model = tiny_gpt(vocab_size=256, **config)
+    save_checkpoint(path, model, {"tokenizer": ByteTokenizer()})
+    return path
+
+
+def test_a_journal_that_renames_files_out_of_the_run_is_refused(tmp_path, capsys):
+    """Completing an interrupted save renames what its journal names: a journal of someone
+    else's could put a file of theirs over any of ours (~/.bashrc) at a --resume."""
+    run_folder, victim = checkpoint(tmp_path / "shared"), tmp_path / "victim"
+    victim.write_text("mine")
+    (run_folder / ".evil.tmp").write_text("echo pwned")
+    for target in (str(victim), "../victim", "model.safetensors"):
+        (run_folder / "checkpoint.journal").write_text(json.dumps({target: ".evil.tmp"}))
+        with pytest.raises(UserError, match="no journal of attnlab's: it renames files out of"):
+            finish_checkpoint(run_folder)
+        assert victim.read_text() == "mine" and (run_folder / ".evil.tmp").exists()
+    (run_folder / "checkpoint.journal").unlink()
+    code, _, err = run(["sample", str(run_folder), "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+
+
+def test_a_link_in_a_run_is_never_written_through(tmp_path, corpus, capsys):
+    """Resuming a run writes its lock, run.json, metrics, plot and best copy in place: a link
+    among them, in a run someone shared, would lead those writes to any file of the user's."""
+    out = checkpoint(tmp_path / "run")
+    (out / "run.json").write_text(json.dumps({"kind": "gpt", "data": {"data": str(corpus)}}))
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    for name in (".attnlab.lock", "run.json", "metrics.jsonl", "loss.png", "best"):
+        own = out / name
+        kept = own.read_bytes() if own.is_file() else None
+        own.unlink(missing_ok=True)
+        own.symlink_to(victim)
+        before = snapshot(out)
+        code, _, err = train(capsys, corpus, out, "--max-iters", "4", "--resume")
+        assert f"{own} is a link (to {victim}): a run writes its own files" in one_line_error(
+            code, err
+        )
+        assert victim.read_text() == "mine" and snapshot(out) == before
+        own.unlink()
+        if kept is not None:
+            own.write_bytes(kept)
+
+
+def test_json_nested_too_deep_is_one_line_or_cut_from_a_log(tmp_path, capsys):
+    folder = checkpoint(tmp_path / "ckpt")
+    (folder / "tokenizer.json").write_text(DEEP)
+    code, _, err = run(["sample", str(folder), "--max-new-tokens", "2"], capsys)
+    assert "tokenizer.json is not valid JSON: nested too deep" in one_line_error(code, err)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "train_loss": 2.0}\n' + DEEP + "\n")
+    with pytest.warns(RuntimeWarning, match="line 2 is not a metrics record"):
+        truncate_metrics(log, 5)
+    assert log.read_text() == '{"step": 1, "train_loss": 2.0}\n'
+
+
+def test_a_run_description_whose_data_is_no_path_is_one_line(tmp_path, capsys):
+    out = checkpoint(tmp_path / "run")
+    (out / "run.json").write_text(json.dumps({"kind": "gpt", "data": {"data": 5}}))
+    code, _, err = run(["evaluate", str(out)], capsys)
+    assert "run.json is not a run description" in one_line_error(code, err)
+
+
+def test_a_config_whose_buffers_would_fill_the_memory_is_one_line(tmp_path, capsys):
+    """A sinusoidal table of 10**12 positions: no parameter the weights could be compared with,
+    but 4 TB of memory."""
+    folder = checkpoint(tmp_path / "ckpt", positional="sinusoidal")
+    description = json.loads((folder / "config.json").read_text())
+    description["config"]["context_length"] = 10**12
+    (folder / "config.json").write_text(json.dumps(description))
+    code, _, err = run(["sample", str(folder), "--max-new-tokens", "2"], capsys)
+    assert "gives the model buffers of 59,605 GiB, more than this machine's memory" in (
+        one_line_error(code, err)
+    )
+
+
+@pytest.mark.parametrize("flags", [["--d-model", str(10**12)], ["--n-layers", "100000"]])
+def test_a_model_too_large_to_train_is_one_line_before_it_is_allocated(
+    tmp_path, corpus, capsys, monkeypatch, flags
+):
+    """Refused on the meta device as soon as its size passes the memory: no traceback of a
+    failed allocation, no machine brought to swapping layer by layer."""
+    monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**30)
+    code, _, err = train(capsys, corpus, tmp_path / "run", "--max-iters", "2", *flags)
+    assert "holds more than 67,108,864 numbers: training it needs more than the 1 GiB" in (
+        one_line_error(code, err)
+    )
+    assert not (tmp_path / "run").exists()
