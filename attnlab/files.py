@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import glob
@@ -265,11 +266,23 @@ def readable(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
-def read_text(path: str | os.PathLike, what: str = "file") -> str:
-    """The text of a UTF-8 file the user names (see readable), a byte-order mark left out (as
-    Windows' Notepad writes one); bytes that are not UTF-8 are a UserError naming the file."""
+def decode_utf8(data: bytes) -> str:
+    """UTF-8 bytes as text, a byte-order mark left out (as Windows' Notepad writes one); a
+    UnicodeDecodeError's offsets count from the first byte, the mark's too ("utf-8-sig"
+    counts from after it)."""
+    mark = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return readable(path, what).read_bytes().decode("utf-8-sig")
+        return str(memoryview(data)[mark:], "utf-8")
+    except UnicodeDecodeError as error:
+        start, end = error.start + mark, error.end + mark
+        raise UnicodeDecodeError("utf-8", data, start, end, error.reason) from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a UTF-8 file the user names (see readable), a byte-order mark left out;
+    bytes that are not UTF-8 are a UserError naming the file and where they are."""
+    try:
+        return decode_utf8(readable(path, what).read_bytes())
     except UnicodeDecodeError as error:
         raise UserError(
             f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start:,}): "

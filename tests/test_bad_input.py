@@ -119,12 +119,14 @@ def test_a_config_file_with_a_byte_order_mark_in_a_pipe_or_not_utf8_is_read_or_n
     os.write(writer, body)
     os.close(writer)
     (tmp_path / "latin1.toml").write_bytes(b'data = "caf\xe9.txt"\n')
+    (tmp_path / "mark.toml").write_bytes(b'\xef\xbb\xbfdata = "caf\xe9.txt"\n')  # counted
     for config in ("bom.toml", f"/dev/fd/{reader}"):
         argv = ["train", "gpt", "--config", str(tmp_path / config), "--out", str(tmp_path / "r")]
         assert "norm_eps must be a finite number" in one_line_error(*run(argv, capsys)[::2])
     os.close(reader)
     for config, expected in [
         ("latin1.toml", "latin1.toml is not UTF-8 text (invalid continuation byte at byte 11)"),
+        ("mark.toml", "mark.toml is not UTF-8 text (invalid continuation byte at byte 14)"),
         ("", f"{tmp_path} is a folder: give a config file"),
     ]:
         argv = ["train", "gpt", "--config", str(tmp_path / config), "--out", str(tmp_path / "r")]
@@ -173,10 +175,25 @@ def test_stdin_that_is_not_utf8_is_one_line(checkpoint):
     tokenizer = str(checkpoint / "tokenizer.json")
     done = subprocess.run(
         [sys.executable, "-m", "attnlab", "tokenize", "encode", "--tokenizer", tokenizer],
-        input=b"caf\xe9 \xff\n",
+        input=b"\xef\xbb\xbfcaf\xe9 \xff\n",  # where: in the bytes given, the mark's counted
         capture_output=True,
     )
-    assert "not valid UTF-8" in one_line_error(done.returncode, done.stderr.decode())
+    line = one_line_error(done.returncode, done.stderr.decode())
+    assert "not valid UTF-8 text (invalid continuation byte at byte 6)" in line
+
+
+def test_output_the_encoding_of_stdout_cannot_hold_is_one_line_naming_it():
+    """PYTHONIOENCODING=ascii (or a locale's 8-bit encoding) and a text it has no bytes for:
+    the output is at fault, not the input, and the line says how to print such text."""
+    decode = ["tokenize", "decode", "--tokenizer", "byte", "195", "175"]  # "ï"
+    done = subprocess.run(
+        [sys.executable, "-m", "attnlab", *decode],
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        capture_output=True,
+    )
+    line = one_line_error(done.returncode, done.stderr.decode("ascii"))
+    assert "U+00EF (LATIN SMALL LETTER I WITH DIAERESIS)" in line and "not valid" not in line
+    assert "the output's encoding is ascii; set PYTHONIOENCODING=utf-8" in line
 
 
 def test_an_unwritable_out_is_one_line(tmp_path, capsys):

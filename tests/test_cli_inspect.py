@@ -14,6 +14,7 @@ from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
+from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.tokenizers.char import CharTokenizer
 from attnlab.training.checkpoints import save_checkpoint
 
@@ -261,3 +262,22 @@ def test_a_plot_name_without_an_extension_is_the_png_written(checkpoints, tmp_pa
     code, stdout, err = run(["inspect", "induction", checkpoints["gpt"], "--sequences", "2",
                              "--png", str(svg)], capsys)  # fmt: skip
     assert code == 0 and f"wrote {svg}" in stdout and b"<svg" in svg.read_bytes()
+
+
+def test_tokens_of_part_of_a_character_or_with_dollars_are_shown_as_they_are(tmp_path, capsys):
+    """A byte-level token holding part of a character shows its bytes (\\xe2), not U+FFFD as
+    every such token would; a token like "$$" is drawn as written, not read as a formula."""
+    tokenizer = BPETokenizer.train(["$$x$$ $y$ "] * 20, 262)  # "$$" and "$" merge: tokens
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1,
+                          n_heads=1, d_model=8))  # fmt: skip
+    save_checkpoint(tmp_path / "run", model.eval(), {"tokenizer": tokenizer})
+    out, png = tmp_path / "view.html", tmp_path / "lens.png"
+    text = "$$x$$ €"  # the euro sign: three byte tokens
+    code, stdout, err = run(["inspect", "lens", str(tmp_path / "run"), "--text", text, "--json",
+                             "--png", str(png)], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["tokens"] == ["$$", "x", "$$", " ", r"\xe2", r"\x82", r"\xac"]
+    code, _, err = run(["inspect", "attention", str(tmp_path / "run"), "--text", text, "--out",
+                        str(out), "--png", str(png), "--layer", "0"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert page_data(out)["sequences"]["text"][-3:] == [r"\xe2", r"\x82", r"\xac"]

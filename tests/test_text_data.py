@@ -59,6 +59,13 @@ def test_only_the_first_line_of_a_tsv_file_may_be_a_header(tmp_path):
         read_tsv(path)
 
 
+def test_a_tsv_file_whose_lines_end_in_a_lone_carriage_return_is_told_so(tmp_path):
+    path = tmp_path / "train.tsv"  # Excel's "CSV (Macintosh)", saved as text: one long line
+    path.write_bytes(b"good\t1\rbad\t0\r")
+    with pytest.raises(UserError, match=r"found 3 column\(s\) \(its lines end in a lone \\r"):
+        read_tsv(path)
+
+
 def request_for(data, folds=10):
     settings = ClassificationDataConfig(data=str(data), tokenizer="byte", folds=folds)
     train = SimpleNamespace(batch_size=2, eval_iters=1, seed=0)

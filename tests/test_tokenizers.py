@@ -60,6 +60,17 @@ def test_unseen_characters_are_named():
         CharTokenizer.from_text("abc").encode("abz")
 
 
+def test_text_in_another_unicode_form_than_the_training_texts_is_told_so():
+    """The text typed decomposed (C, e and combining marks) where the training text is
+    composed: the marks are shown escaped (alone, one would sit on its quote), with the cure."""
+    tokenizer = CharTokenizer.from_text("Ça été très")
+    with pytest.raises(UserError) as error:
+        tokenizer.encode("C\u0327a e\u0301te\u0301")
+    line = str(error.value)
+    assert "'C' 'e' '\\u0301' '\\u0327'; in Unicode's NFC form the text has only" in line
+    assert "unicodedata.normalize('NFC', text)" in line
+
+
 @pytest.mark.parametrize(
     "tokenizer", [CharTokenizer.from_text("hello, wörld ✓", ["<|eot|>"]), ByteTokenizer(["<pad>"])]
 )

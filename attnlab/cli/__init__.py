@@ -12,6 +12,7 @@ SIGTERM, which stops a command as Ctrl-C does) exit code 130.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import importlib.util
 import os
@@ -19,6 +20,7 @@ import shlex
 import sys
 import sysconfig
 import traceback
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -215,9 +217,8 @@ def _main(argv: list[str]) -> int:
         if _rank_0() or getattr(error, "every_rank", False):
             say_error(str(error))
         return 2
-    except UnicodeError as error:  # text from the user that is not UTF-8 (stdin, arguments)
-        reason = getattr(error, "reason", error)
-        return say_error(f"the input is not valid UTF-8 text ({reason})")
+    except UnicodeError as error:
+        return say_error(_unicode_error_line(error))
     except BrokenPipeError:  # the reader went away (`attnlab sample ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -226,6 +227,20 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130
+
+
+def _unicode_error_line(error: UnicodeError) -> str:
+    """What a UnicodeError means: text from the user that is not UTF-8 (stdin, arguments), or
+    output that the encoding of stdout (PYTHONIOENCODING, the locale's) cannot hold."""
+    if isinstance(error, UnicodeEncodeError) and codecs.lookup(error.encoding).name != "utf-8":
+        char = error.object[error.start]
+        return (
+            f"cannot print U+{ord(char):04X} ({unicodedata.name(char, 'a character')}): the "
+            f"output's encoding is {error.encoding}; set PYTHONIOENCODING=utf-8 or a UTF-8 "
+            "locale (LANG=C.UTF-8)"
+        )
+    where = f" at byte {error.start:,}" if isinstance(error, UnicodeDecodeError) else ""
+    return f"the input is not valid UTF-8 text ({getattr(error, 'reason', error)}{where})"
 
 
 def run(command: str) -> None:

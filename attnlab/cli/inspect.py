@@ -283,9 +283,9 @@ def lens_command(args: argparse.Namespace) -> int:
     inputs = _inputs(checkpoint, args)
     report = logit_lens(checkpoint.model, inputs.args)
     probabilities, ids = report.top(1)  # (R, T, 1)
-    decode = checkpoint.tokenizer.decode
+    token_text = checkpoint.tokenizer.token_text
     tokens = inputs.sequences[TEXT]
-    top = [[decode([i]) for i in row] for row in ids[..., 0].tolist()]  # (R, T)
+    top = [[token_text(i) for i in row] for row in ids[..., 0].tolist()]  # (R, T)
     if args.json:
         print_json({"rows": report.rows, "tokens": tokens, "top": top,
                     "probability": probabilities[..., 0].tolist()})  # fmt: skip

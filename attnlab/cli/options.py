@@ -23,7 +23,7 @@ from typing import Any
 
 from attnlab.config import config_from_dict
 from attnlab.errors import UserError
-from attnlab.files import read_text
+from attnlab.files import decode_utf8, read_text
 
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
@@ -288,7 +288,7 @@ def read_stdin() -> str:
     never characters that only look like text. A stream without bytes beneath (a test's
     StringIO) is read as the text it holds."""
     if hasattr(sys.stdin, "buffer"):
-        return sys.stdin.buffer.read().decode("utf-8-sig")
+        return decode_utf8(sys.stdin.buffer.read())
     return user_text(sys.stdin.read())
 
 

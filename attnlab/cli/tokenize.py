@@ -8,7 +8,8 @@
 --tokenizer takes a saved tokenizer file, a run directory (its tokenizer.json), ``byte`` (the
 256 bytes), or ``gpt2``: GPT-2's vocabulary from vocab.bpe and encoder.json in
 $ATTNLAB_DATA/gpt2-bpe/. decode writes the text exactly (a newline is added on a terminal only),
-so a file read by encode and given back to decode comes back unchanged.
+so a file read by encode and given back to decode comes back unchanged (but for a leading
+UTF-8 byte-order mark, which encode, as every reader of text here, leaves out).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from attnlab.data.saved_tokenizers import TOKENIZER_FILES, open_tokenizer
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, check_writable
 from attnlab.progress import stderr_is_terminal
-from attnlab.tokenizers.base import Tokenizer, check_special_tokens, load_tokenizer, visible
+from attnlab.tokenizers.base import check_special_tokens, load_tokenizer, visible
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
-from attnlab.tokenizers.byte import ByteTokenizer
 
 # Pastel 256-colour backgrounds with black text: neighbouring tokens always differ.
 _COLOURS = (
@@ -208,7 +208,7 @@ def run_show(args: argparse.Namespace) -> int:
     tokenizer = open_tokenizer(args.tokenizer, note)
     text = user_text(args.text)
     ids = tokenizer.encode(text)
-    pieces = [visible(_token_text(tokenizer, i)) for i in ids]
+    pieces = [visible(tokenizer.token_text(i)) for i in ids]
     if args.no_color or not sys.stdout.isatty():  # a bar the text has not: no token looks cut
         print(next((bar for bar in BARS if bar not in text), BARS[0]).join(pieces))
     else:
@@ -216,12 +216,3 @@ def run_show(args: argparse.Namespace) -> int:
     n_bytes = len(text.encode("utf-8"))
     print(f"{len(ids)} tokens, {n_bytes} bytes: {n_bytes / max(len(ids), 1):.2f} bytes/token")
     return 0
-
-
-def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    """One token as text; a token holding part of a character shows its bytes as \\xNN."""
-    if isinstance(tokenizer, BPETokenizer) and token_id < 256 + len(tokenizer.merges):
-        return tokenizer.decode_bytes([token_id]).decode("utf-8", errors="backslashreplace")
-    if isinstance(tokenizer, ByteTokenizer) and token_id < 256:
-        return bytes([token_id]).decode("utf-8", errors="backslashreplace")
-    return tokenizer.decode([token_id])

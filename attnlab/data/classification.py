@@ -53,8 +53,10 @@ def read_tsv(path: Path) -> Examples:
             continue
         columns = line.split("\t")
         if len(columns) != 2:
+            lone = "\r" in line  # a file of old Macs' line ends (\r) is one line here
             raise UserError(
                 f"{path}:{number}: expected 'sentence<TAB>label', found {len(columns)} column(s)"
+                + (" (its lines end in a lone \\r: make them \\n)" if lone else "")
             )
         text, label = columns[0].strip(), columns[1].strip()
         header, first = first and not re.fullmatch("-?[0-9]+", label), False

@@ -29,7 +29,7 @@ from attnlab.data import catalog
 from attnlab.data.corpus import text_lines
 from attnlab.data.text import tokenizer_cached
 from attnlab.errors import UserError
-from attnlab.files import readable
+from attnlab.files import read_text, readable
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
@@ -88,7 +88,7 @@ def read_lines(path: str | Path) -> list[str]:
             with gzip.open(path, "rt", encoding="utf-8-sig", newline="") as f:
                 text = f.read()
         else:
-            text = path.read_bytes().decode("utf-8-sig")
+            text = read_text(path)
     except (OSError, EOFError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
     lines = [line.strip() for line in text_lines(text)]

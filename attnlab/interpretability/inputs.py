@@ -45,8 +45,8 @@ def _one_sequence(name: str) -> Callable[[AttentionLayer], tuple[str, str]]:
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
-    """Each token's own text (special tokens by name)."""
-    return [tokenizer.decode([i]) for i in ids]
+    """Each token's own text (special tokens by name; part of a character as \\xNN)."""
+    return [tokenizer.token_text(i) for i in ids]
 
 
 def _fit(ids: list[int], limit: int, keep_last: int = 0) -> tuple[list[int], int]:

@@ -42,14 +42,16 @@ def _draw(ax, fig, panel: Heatmap) -> None:
         values, cmap=_colours(panel.cmap), vmin=panel.vmin, vmax=panel.vmax, aspect="auto"
     )
     n_rows, n_cols = values.shape
+    as_is = dict(parse_math=False)  # tokens as written: "$x$" is no formula (nor "$$" an error)
     if n_cols <= LABELLED:
-        ax.set_xticks(range(n_cols), panel.columns, rotation=90 if n_cols > 8 else 0, fontsize=7)
+        rotation = 90 if n_cols > 8 else 0
+        ax.set_xticks(range(n_cols), panel.columns, rotation=rotation, fontsize=7, **as_is)
     if n_rows <= LABELLED:
-        ax.set_yticks(range(n_rows), panel.rows, fontsize=7)
+        ax.set_yticks(range(n_rows), panel.rows, fontsize=7, **as_is)
     if panel.cells is not None and n_rows * n_cols <= 900:
         for i, row in enumerate(panel.cells):
             for j, text in enumerate(row):
-                ax.text(j, i, text, ha="center", va="center", fontsize=6)
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, **as_is)
     ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 

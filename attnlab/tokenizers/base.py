@@ -83,6 +83,13 @@ class Tokenizer(ABC):
         """The UTF-8 bytes of an ordinary id (a byte-level token may hold part of a character)."""
         return self._decode_ordinary([token_id]).encode("utf-8", "surrogatepass")
 
+    def token_text(self, token_id: int) -> str:
+        """One id's own text, to show it (a special token's name): bytes of part of a character
+        (a byte-level token may hold some) as \\xNN, which decode would make U+FFFD each."""
+        if 0 <= token_id < self._base_vocab_size:
+            return self.token_bytes(token_id).decode("utf-8", "backslashreplace")
+        return self.decode([token_id])
+
     def byte_lengths(self) -> np.ndarray:
         """Bytes each id stands for, (vocab_size,), special tokens their names': the bytes of a
         token array, counted without decoding it."""

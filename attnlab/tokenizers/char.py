@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +12,12 @@ from attnlab.errors import UserError
 from attnlab.tokenizers.base import Tokenizer
 
 _SLICE = 1 << 22  # characters encoded at a time by encode_array
+
+
+def _shown(char: str) -> str:
+    """A character quoted, escaped where it would not show alone: a combining mark (which
+    would sit on the quote) as well as what repr escapes."""
+    return ascii(char) if unicodedata.category(char).startswith("M") else repr(char)
 
 
 class CharTokenizer(Tokenizer):
@@ -37,12 +44,27 @@ class CharTokenizer(Tokenizer):
             return [self._ids[c] for c in text]
         except KeyError:
             unseen = sorted({c for c in text if c not in self._ids})
+            why = self._normal_form_hint(text) or (
+                " (a char tokenizer knows its training text's characters only: leave these out, "
+                "or use a model trained with --tokenizer byte or bpe:N, which read any text)"
+            )
             raise UserError(
                 f"text has {len(unseen)} character(s) the tokenizer never saw: "
-                + " ".join(repr(c) for c in unseen[:20])
-                + " (a char tokenizer knows its training text's characters only: leave these "
-                "out, or use a model trained with --tokenizer byte or bpe:N, which read any text)"
+                + " ".join(_shown(c) for c in unseen[:20])
+                + why
             ) from None
+
+    def _normal_form_hint(self, text: str) -> str:
+        """How to write `text` in characters the tokenizer knows, where the same text in
+        another Unicode form has them all (é as e and a combining accent, where the training
+        text has é: text typed or pasted on macOS); else ""."""
+        for form in ("NFC", "NFD", "NFKC"):
+            if all(c in self._ids for c in unicodedata.normalize(form, text)):
+                return (
+                    f"; in Unicode's {form} form the text has only characters it knows: give "
+                    f"it so (in Python: unicodedata.normalize({form!r}, text))"
+                )
+        return ""
 
     def encode_array(self, text: str) -> np.ndarray:
         """One slice of the text at a time, each its own list: one id per character, so the
