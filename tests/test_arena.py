@@ -197,7 +197,16 @@ def test_an_arena_whose_first_run_fails_leaves_its_out_free_for_the_corrected_on
     argv = ["arena", "--out", str(tmp_path / "a"), "--mixers", "attention"]
     argv += ["--data", str(tmp_path / "text.txt"), "--tokenizer", "foo"]
     code, _, err = run(argv, capsys)
-    assert "unknown tokenizer 'foo'" in one_line_error(code, err)
+    line = one_line_error(code, err)
+    assert "training attention failed: unknown tokenizer 'foo'" in line
+    assert ".log" not in line  # its log went with the folder: not named
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_bad_seed_is_refused_before_any_mixer_trains(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(arena, "train_mixer", lambda *_: pytest.fail("a mixer trained"))
+    argv = ["arena", "--out", str(tmp_path / "a"), "--seed", "-1"]
+    assert "--seed must be in [0, 2**63)" in one_line_error(*run(argv, capsys)[::2])
     assert not (tmp_path / "a").exists()
 
 

@@ -294,3 +294,19 @@ def test_every_command_takes_a_numbered_gpu_and_refuses_other_devices_as_it_pars
         parser.parse_args([*command, "--device", "gpu"])
     assert stopped.value.code == 2
     assert "--device: choose one of auto, cpu, cuda, mps or cuda:N" in capsys.readouterr().err
+
+
+def test_every_command_names_its_checkpoint_and_its_text_alike():
+    """A checkpoint argument is CKPT and a text TEXT in every command's usage (as --init CKPT)."""
+    from attnlab.cli import build_parser
+
+    def leaves(parser):
+        actions = parser._subparsers._group_actions if parser._subparsers else []
+        children = [child for action in actions for child in action.choices.values()]
+        return [leaf for child in children for leaf in leaves(child)] if children else [parser]
+
+    names = {"checkpoint": "CKPT", "text": "TEXT", "texts": "TEXT"}
+    for parser in leaves(build_parser()):
+        for action in parser._actions:
+            if not action.option_strings and action.dest in names:
+                assert action.metavar == names[action.dest], (parser.prog, action.dest)

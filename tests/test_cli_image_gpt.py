@@ -159,11 +159,33 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
         (["--complete", "a.png", "--completions", "3"], "--completions would change nothing"),
         (["--complete", "a.png", "--data", "shapes"], "--data would change nothing"),
         (["--resize"], "--resize scales --complete images"),
+        (["--out", ""], "--out is empty: give a file"),  # not CKPT/samples.png
+        (["--data", ""], "--data is empty"),  # not the run's own data
+        (["--top-k", "-1"], "--top-k must be >= 0 (0 = off)"),
+        (["--temperature", "0", "--samples", "4"], "--samples 4 at --temperature 0 (greedy)"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, flags, message):
+    before = fingerprint(trained)
     code, _, err = run(["sample-images", str(trained), *flags], capsys)
     assert message in one_line_error(code, err)
+    assert fingerprint(trained) == before
+
+
+def test_greedy_draws_one_sample_unless_told_more(trained, tmp_path, capsys):
+    png = tmp_path / "greedy.png"
+    argv = ["sample-images", str(trained), "--temperature", "0", "--completions", "0"]
+    code, stdout, err = run([*argv, "--out", str(png)], capsys)
+    assert code == 0 and stdout.startswith("1 samples, 0 completions"), err
+
+
+def test_top_k_0_is_off_as_in_sample(trained, tmp_path, capsys):
+    grids = [tmp_path / "off.png", tmp_path / "zero.png"]
+    for png, flags in zip(grids, [[], ["--top-k", "0"]], strict=True):
+        argv = ["sample-images", str(trained), "--samples", "2", "--completions", "0"]
+        code, _, err = run([*argv, "--seed", "1", "--out", str(png), *flags], capsys)
+        assert code == 0, err
+    assert grids[0].read_bytes() == grids[1].read_bytes()
 
 
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path, capsys):

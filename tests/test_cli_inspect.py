@@ -281,3 +281,12 @@ def test_tokens_of_part_of_a_character_or_with_dollars_are_shown_as_they_are(tmp
                         str(out), "--png", str(png), "--layer", "0"], capsys)  # fmt: skip
     assert code == 0, err
     assert page_data(out)["sequences"]["text"][-3:] == [r"\xe2", r"\x82", r"\xac"]
+
+
+@pytest.mark.parametrize("what", ["attention", "lens"])
+def test_text_help_says_a_text_model_needs_one_not_a_default(what, capsys):
+    with pytest.raises(SystemExit):
+        run(["inspect", what, "--help"], capsys)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--text TEXT the text to look at (required for a text model)" in text
+    assert "context (default: none)" not in text  # without it a text model is refused

@@ -142,6 +142,7 @@ def test_gpt2_tokenizer(capsys, shared_data, monkeypatch):
         (["train", "--data", "/no/such", "--special", "<a>", "--special", "<a>"], "more than once"),
         (["train", "--data", "{corpus}", "--out", "{corpus}"], "is not a tokenizer: left as"),
         (["train", "--data", "{corpus}", "--out", "{folder}"], "is a folder: give a file"),
+        (["train", "--data", "{corpus}", "--out", ""], "--out is empty: give a file"),
         (["decode", "--tokenizer", "{tok}", "1", "two"], "not a token id: 'two'"),
         (["decode", "--tokenizer", "{tok}", "1_0"], "not a token id: '1_0'"),
         (["show", "--tokenizer", "{tok}", "a\udcffb"], "not valid UTF-8"),

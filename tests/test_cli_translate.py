@@ -266,6 +266,8 @@ def test_bad_evaluation_input(trained, gpt_checkpoint, tmp_path, capsys, monkeyp
         (["evaluate", str(trained), "--src", src, "--ref", short], "has 3 lines but"),
         (["evaluate", str(trained), "--src", empty, "--ref", short], "is empty"),
         (["evaluate", str(trained), "--src", src], "needs both --src and --ref"),
+        (["evaluate", str(trained), "--src", "", "--ref", src], "--src is empty"),
+        (["evaluate", str(trained), "--src", src, "--ref", src, "--hypotheses", ""], "is empty"),
         (["evaluate", str(gpt_checkpoint), "--src", src, "--ref", src], "holds a 'gpt' model"),
         (["evaluate", str(trained), "--data", src], "holds a 'translation' model"),
         (

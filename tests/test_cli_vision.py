@@ -73,6 +73,14 @@ def test_evaluate_gives_accuracy_and_a_confusion_matrix(trained, capsys):
     assert png.is_file() and Image.open(png).size[0] > 100
 
 
+@pytest.mark.parametrize("flag", ["--confusion", "--data"])
+def test_evaluate_refuses_an_empty_option_not_taking_it_for_the_default(trained, capsys, flag):
+    before = fingerprint(trained)
+    code, out, err = run(["evaluate", str(trained), flag, ""], capsys)
+    assert f"{flag} is empty" in one_line_error(code, err) and out == ""
+    assert fingerprint(trained) == before  # no confusion_val.png written into the run
+
+
 def test_classify_image_prints_the_top_classes(trained, shape_png, capsys):
     code, out, err = run(["classify-image", str(trained), str(shape_png), "--top-k", "3"], capsys)
     assert code == 0, err

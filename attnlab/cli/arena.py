@@ -9,7 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
-from attnlab.cli.options import given_flags, record_defaults
+from attnlab.cli.options import check_seed, given_flags, record_defaults
 from attnlab.cli.runs import note
 from attnlab.errors import UserError
 from attnlab.files import check_writable
@@ -99,7 +99,13 @@ def arena(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(unused)}: not used by {mode}")
     if args.scaling:
         return _scaling(args, out)
-    from attnlab.evaluation.arena import Entry, matched_config, report, train_mixer
+    from attnlab.evaluation.arena import (
+        Entry,
+        TrainingFailed,
+        matched_config,
+        report,
+        train_mixer,
+    )
     from attnlab.layers.mixers import MIXERS
 
     mixers = _names(ARENA_MIXERS if args.mixers is None else args.mixers, sorted(MIXERS))
@@ -118,6 +124,7 @@ def arena(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive number")
+    check_seed(args.seed)  # now, not as the first mixer's training fails
     tokens_per_step = args.batch_size * args.context_length
     if args.tokens:  # a known end: constant, then a fall to a tenth over the last fifth
         steps = max(1, math.ceil(args.tokens / tokens_per_step))
@@ -166,6 +173,8 @@ def arena(args: argparse.Namespace) -> int:
             else:  # an empty folder given: empty again
                 for child in out.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if isinstance(error, TrainingFailed):  # its log went with the rest
+                raise UserError(error.without_log()) from None
         raise
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")

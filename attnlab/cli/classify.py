@@ -1,4 +1,4 @@
-"""`attnlab classify DIR [TEXT ...]`: the label and its probability for each text."""
+"""`attnlab classify CKPT [TEXT ...]`: the label and its probability for each text."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stdin when no TEXT is given, with a classifier (attnlab train classifier) checkpoint.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: stdin lines)")
     add_device_flag(parser)
     parser.set_defaults(handler=run)

@@ -19,6 +19,7 @@ from attnlab.cli.options import (
     given_flags,
     print_json,
     record_defaults,
+    refuse_empty,
     resolve_data_path,
 )
 from attnlab.cli.runs import (
@@ -124,6 +125,7 @@ def _only(args: argparse.Namespace, what: str) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    refuse_empty(args, ["data", "src", "ref", "hypotheses", "confusion"])
     if args.src or args.ref:
         _only(args, "a translation model with --src")
         return evaluate_translation_command(args)

@@ -1,4 +1,4 @@
-"""`attnlab fill-mask DIR TEXT`: the likeliest tokens for each [MASK] of a text."""
+"""`attnlab fill-mask CKPT TEXT`: the likeliest tokens for each [MASK] of a text."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'a masked-LM (attnlab train bert) checkpoint. Example: "the movie was [MASK] good ."',
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
-    parser.add_argument("text", help="text holding one or more [MASK]")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
+    parser.add_argument("text", metavar="TEXT", help="text holding one or more [MASK]")
     parser.add_argument("--top-k", type=int, default=5, help="fillers shown per mask")
     add_device_flag(parser)
     parser.set_defaults(handler=run)

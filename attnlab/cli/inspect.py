@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli.options import add_device_flag, print_json
+from attnlab.cli.options import add_device_flag, check_seed, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 
@@ -55,7 +55,8 @@ def register(subparsers) -> None:
         command.set_defaults(handler=globals()[f"{name}_command"])
     for name in ("attention", "lens"):
         sub[name].add_argument(
-            "--text", help="the text to look at, cut to the model's context (default: none)"
+            "--text",
+            help="the text to look at (required for a text model), cut to the model's context",
         )
     view = sub["attention"]
     view.add_argument("--out", default="attention.html", metavar="FILE", help="the HTML page")
@@ -211,8 +212,7 @@ def induction_command(args: argparse.Namespace) -> int:
 
     if args.sequences < 1:
         raise UserError(f"--sequences must be >= 1, got {args.sequences}")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    check_seed(args.seed)
     if args.length is not None and args.length < 2:  # 0 too: it is not "the default"
         raise UserError(f"--length must be at least 2 tokens per copy, got {args.length}")
     checkpoint = _open(args, GENERATE)

@@ -214,17 +214,34 @@ def check_output(
     return path
 
 
+def check_seed(seed: int) -> None:
+    """--seed, in the range torch's generators take (as train's TrainConfig.seed)."""
+    if not 0 <= seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def refuse_empty(args: argparse.Namespace, names: Iterable[str]) -> None:
+    """An option of `names` given as '' (`--data "$UNSET"`) is one line, not taken for the
+    option left out (the run's own data, a default file) nor for the current folder."""
+    for name in names:
+        if getattr(args, name, None) == "":
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is empty: give a value, or leave {flag} out")
+
+
 def check_sampling_flags(
     args: argparse.Namespace, greedy_unused: Iterable[str] = (), **sampling: Any
 ) -> None:
-    """--seed's range and the sampling settings (SamplingConfig's fields), each error one line
-    naming its flag, before a model is loaded; at --temperature 0 (greedy), none of the flags
-    that would change nothing: --seed, --top-k, --top-p given, and `greedy_unused`."""
+    """--seed's and --top-k's ranges (0: off) and the sampling settings (SamplingConfig's
+    fields, top_k None for off), each error one line naming its flag, before a model is
+    loaded; at --temperature 0 (greedy), none of the flags that would change nothing: --seed,
+    --top-k, --top-p given, and `greedy_unused`."""
     from attnlab.errors import ConfigError
     from attnlab.generation.sampling import SamplingConfig
 
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    check_seed(args.seed)
+    if (args.top_k or 0) < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     unused = [*given_flags(args, ("top_k", "top_p", "seed")), *greedy_unused]
     if sampling["temperature"] == 0 and unused:  # the most likely token every time
         raise UserError(

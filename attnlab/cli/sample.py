@@ -1,4 +1,4 @@
-"""`attnlab sample DIR`: generate text from a checkpoint, streamed to the terminal."""
+"""`attnlab sample CKPT`: generate text from a checkpoint, streamed to the terminal."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
     parser.add_argument(
         "--prompt", default="", help="text to continue (default: '', the start of a text)"
     )
@@ -144,8 +144,6 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if "" in args.stop:
         raise UserError("--stop '' is empty: give the text a sample ends before")
     check_sampling_flags(

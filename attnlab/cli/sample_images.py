@@ -18,6 +18,7 @@ from attnlab.cli.options import (
     given_flags,
     print_json,
     record_defaults,
+    refuse_empty,
 )
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
@@ -53,7 +54,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out", metavar="FILE", help="the PNG grid to write (default: CKPT/samples.png)"
     )
-    parser.add_argument("--samples", type=int, default=16, help="unconditional samples")
+    parser.add_argument(
+        "--samples", type=int, default=16, help="unconditional samples (1 at --temperature 0)"
+    )
     parser.add_argument(
         "--completions", type=int, default=8, help="test images to complete (without --complete)"
     )
@@ -70,7 +73,11 @@ def register(subparsers) -> None:
         "(default: the data the model trained on)",
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        help="sample from the k most likely tokens only, 0 = off (default: off, every token)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     parser.add_argument("--columns", type=int, default=8, help="images per row of the grid")
     parser.add_argument("--scale", type=int, default=3, help="screen pixels per image pixel")
@@ -97,7 +104,15 @@ def sample_images_command(args: argparse.Namespace) -> int:
         least = 1 if name in ("columns", "scale") else 0
         if getattr(args, name) < least:
             raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
-    check_sampling_flags(args, temperature=args.temperature, top_k=args.top_k)
+    refuse_empty(args, ["data"])
+    check_sampling_flags(args, temperature=args.temperature, top_k=args.top_k or None)
+    if args.temperature == 0 and args.samples > 1:  # greedy: one image, drawn again and again
+        if given_flags(args, ["samples"]):
+            raise UserError(
+                f"--samples {args.samples} at --temperature 0 (greedy) draws the same image "
+                f"{args.samples} times: give --samples 1 (or 0), or a temperature above 0"
+            )
+        args.samples = 1
     if args.complete and (unused := given_flags(args, ("completions", "data"))):
         raise UserError(
             f"{' and '.join(unused)} would change nothing: --complete gives the images to "
@@ -107,7 +122,7 @@ def sample_images_command(args: argparse.Namespace) -> int:
         raise UserError("--resize scales --complete images: without --complete it is unused")
     out = check_output(
         "--out",
-        args.out or Path(args.checkpoint) / "samples.png",
+        Path(args.checkpoint) / "samples.png" if args.out is None else args.out,
         args.checkpoint,
         ".png",
         inputs={"--complete": args.complete},
@@ -124,7 +139,7 @@ def sample_images_command(args: argparse.Namespace) -> int:
             f"wide; at most {MAX_DRAWN}"
         )
     rows = []
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "seed": args.seed}
     if args.samples:
         samples = complete_images(model, palette, count=args.samples, **sampling)
         rows += _rows(palette.decode(samples, side), args.columns)

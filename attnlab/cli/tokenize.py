@@ -149,6 +149,8 @@ def run_train(args: argparse.Namespace) -> int:
         check_special_tokens(args.special)
     except ValueError as error:
         raise UserError(f"--special: {error}") from None
+    if not args.out:  # not the current folder
+        raise UserError("--out is empty: give a file, e.g. tokenizer.json")
     check_out(Path(args.out))
     texts = Corpus(resolve_data_path(args.data), note)
     corpus_bytes = sum(len(t.encode("utf-8", "replace")) for t in texts)

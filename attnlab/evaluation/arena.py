@@ -122,6 +122,18 @@ sys.exit(main())
 """
 
 
+class TrainingFailed(UserError):
+    """A mixer's training process failed: the message names it, its log and why."""
+
+    def __init__(self, mixer: str, log: str, why: str):
+        super().__init__(f"arena: training {mixer} failed ({log}): {why}")
+        self.mixer, self.why = mixer, why
+
+    def without_log(self) -> str:
+        """The message for when the log is gone (removed with an arena that finished none)."""
+        return f"arena: training {self.mixer} failed: {self.why}"
+
+
 def train_mixer(
     entry: Entry, data: list[str], training: list[str], tokens_per_step: int, log
 ) -> None:
@@ -157,7 +169,7 @@ def train_mixer(
         last = (lines or ["?"])[-1].removeprefix("attnlab: error: ")
         if process.returncode < 0:  # its last line is no error: killed (out of memory, say)
             last = f"killed by {signal.Signals(-process.returncode).name}"
-        raise UserError(f"arena: training {entry.mixer} failed ({log_file.name}): {last}")
+        raise TrainingFailed(entry.mixer, log_file.name, last)
     read_run(entry, tokens_per_step)
 
 
