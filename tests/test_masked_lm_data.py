@@ -1,6 +1,7 @@
 """The memory a masked LM's data takes: what is kept grows with the corpus only as its ids do
 (the packing, the cached lines), and evaluation batches are made as they are read."""
 
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -13,6 +14,7 @@ from attnlab.data.masked_lm import (
     masked_lm_training_data,
     pack_sentences,
 )
+from attnlab.errors import UserError
 from attnlab.tokenizers import build_tokenizer
 from attnlab.training.config import TrainConfig
 from attnlab.training.sources import DataRequest
@@ -59,3 +61,17 @@ def test_evaluation_batches_are_masked_as_read_the_same_each_time(tmp_path, eval
     assert not isinstance(first, list | tuple)  # not every batch of the data at once
     for a, b in zip(first, batches(), strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_text_only_to_score_is_scored_whole_however_short(tmp_path):
+    """Data the model never saw (evaluate="all") has no tenth to hold out: fewer than ten
+    sequences are scored, all of them, where training would need ten."""
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("".join(f"line {i} of a small corpus\n" for i in range(6)))
+    train = TrainConfig(batch_size=4, eval_iters=1)
+    request = DataRequest(MaskedLMDataConfig(str(corpus), "char"), {"context_length": 32}, train,
+                          None, evaluate="all")  # fmt: skip
+    rows = sum(len(ids) for ids, _ in masked_lm_training_data(request).eval["val"]())
+    assert rows == 6  # a line a sequence
+    with pytest.raises(UserError, match="at least 10 are needed"):
+        masked_lm_training_data(dataclasses.replace(request, evaluate=""))

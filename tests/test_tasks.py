@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import one_line_error, run
 
+from attnlab.data import tasks
 from attnlab.data.tasks import (
     IGNORE_INDEX,
     MARK_ID,
@@ -205,3 +206,27 @@ def test_evaluate_scores_a_task_model_as_its_training_did(tmp_path, capsys):
         **scores,
         "val_targets": 2 * 8 * 4,
     }
+
+
+def test_inspect_layers_scores_a_tasks_evaluation_sequences_not_its_training_ones(
+    tmp_path, capsys, monkeypatch
+):
+    """A run of --seed S trains on the sequences of seed S and evaluates on those of S + 1:
+    `inspect layers` scores the latter, whatever S (a fixed seed was some run's training data)."""
+    spec, out = "task:mqar:pairs=2", tmp_path / "run"
+    argv = ["train", "gpt", "--data", spec, "--out", str(out), "--seed", "1", "--max-iters", "1"]
+    argv += ["--context-length", "16", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
+    assert run([*argv, "--batch-size", "16", "--device", "cpu"], capsys)[0] == 0
+    scored, real = [], tasks.evaluation_batches
+
+    def spy(*args, **kwargs):
+        scored.extend(real(*args, **kwargs))
+        return scored
+
+    monkeypatch.setattr(tasks, "evaluation_batches", spy)
+    code, _, err = run(["inspect", "layers", str(out), "--data", spec, "--windows", "16"], capsys)
+    assert code == 0, err
+    name, options = parse_task(spec)
+    trained = TaskBatches(TASKS[name], options, 16, 16, seed=1).next()[0]  # its first batch
+    assert not torch.equal(scored[0][0], trained)
+    assert torch.equal(scored[0][0], real(spec, 1, 16, 16, 2)[0][0])

@@ -3,12 +3,14 @@ file has at most one header line, an empty held-out fold says why; a language mo
 windows."""
 
 import gzip
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from helpers import run
 
 from attnlab.data import catalog
 from attnlab.data.classification import (
@@ -209,3 +211,21 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "kernels", "notes.txt"]
     monkeypatch.setenv("ATTNLAB_CACHE", "")  # as unset: not the current folder
     assert cache_dir() == Path.home() / ".cache" / "attnlab"
+
+
+def test_evaluate_scores_all_of_a_text_the_model_never_saw(tmp_path, capsys):
+    """--data of another text is scored whole, as for every other kind (its last tenth alone
+    is no held-out part of anything); the run's own text, its validation tenth."""
+    own, other = tmp_path / "own.txt", tmp_path / "other.txt"
+    own.write_text(TEXT)
+    other.write_text("And all the men and women merely stage players.\n" * 8)
+    out = str(tmp_path / "run")
+    tiny = ["--context-length", "16", "--n-layers", "1", "--n-heads", "2", "--d-model", "16"]
+    argv = ["train", "gpt", "--data", str(own), "--out", out, "--max-iters", "1", *tiny]
+    assert run([*argv, "--batch-size", "2", "--eval-iters", "1", "--device", "cpu"], capsys)[0] == 0
+    tokens = {
+        data: json.loads(run(["evaluate", out, "--data", str(data), "--json"], capsys)[1])["tokens"]
+        for data in (own, other)
+    }
+    assert tokens == {own: len(TextSplits.from_tokens(np.arange(len(TEXT))).val) - 1,
+                      other: len(other.read_text()) - 1}  # fmt: skip

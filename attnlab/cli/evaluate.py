@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.classify_image import evaluate_classifier_command
+from attnlab.cli.classify_image import evaluate_classifier_command, evaluated_split
 from attnlab.cli.options import (
     add_device_flag,
     given_flags,
@@ -28,6 +28,7 @@ from attnlab.cli.runs import (
     run_data,
     run_data_settings,
     run_description,
+    run_train_config,
     unseen_data,
 )
 from attnlab.cli.sample_images import evaluate_image_model_command
@@ -46,7 +47,6 @@ from attnlab.models.registry import (
     get_kind,
 )
 from attnlab.training.checkpoints import checkpoint_description, load_checkpoint
-from attnlab.training.state import read_training_state
 
 SPLITS = ("val", "train", "all")
 
@@ -90,8 +90,7 @@ def register(subparsers) -> None:
         "--split",
         choices=SPLITS,
         help="which part: the last 10%% (val), the first 90%% (train), or all; for an image "
-        "model val is the test images (default: val; an image model's --data of other data "
-        "than its run's: all)",
+        "model val is the test images (default: val; --data of other data than its run's: all)",
     )
     parser.add_argument(
         "--confusion",
@@ -154,7 +153,7 @@ def evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     tokens = tokenize_cached(Corpus(resolve_data_path(data), note), tokenizer)
     splits = TextSplits.from_tokens(tokens)
-    split = args.split or "val"
+    split = evaluated_split(args)  # all of a text the model never saw, as for other kinds
     chosen = {"val": splits.val, "train": splits.train, "all": tokens}[split]
     if len(chosen) < 2:  # a text shorter than the context is one shorter window
         raise UserError(f"the {split} split has {len(chosen)} token(s): nothing to predict")
@@ -185,7 +184,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.checkpoint} holds no tokenizer: the ids its weights read are unknown"
         )
-    saved = read_training_state(found[1])["train_config"] if found else {}
+    saved = run_train_config(args.checkpoint)
     # eager and in full precision: figures that do not depend on the processor scoring them
     eager = dict(compile=False, compile_by_block=False, device=args.device, precision="fp32")
     train = config_from_dict(TrainConfig, {**saved, **eager})

@@ -309,12 +309,13 @@ def layers_command(args: argparse.Namespace) -> int:
     import torch
 
     from attnlab.cli.options import resolve_data_path
-    from attnlab.cli.runs import note, run_data
+    from attnlab.cli.runs import note, run_data, run_train_config
     from attnlab.data.corpus import Corpus
     from attnlab.data.tasks import evaluation_batches
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
     from attnlab.interpretability.surgery import block_stack, layer_surgery
     from attnlab.models.registry import GENERATE
+    from attnlab.training.config import TrainConfig
     from attnlab.training.sources import IGNORE_INDEX
 
     if args.windows < 1:
@@ -324,7 +325,9 @@ def layers_command(args: argparse.Namespace) -> int:
     n_layers = len(block_stack(model))
     length = model.config.context_length
     if run_data(args.checkpoint, args.data).startswith("task:"):  # scored where it asks
-        batches = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed=1)
+        # the sequences its training evaluated on (seed + 1), never those it trained on (seed)
+        seed = run_train_config(args.checkpoint).get("seed", TrainConfig.seed) + 1
+        batches = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed)
         x, y = (torch.cat(part)[: args.windows] for part in zip(*batches, strict=True))
         windows = zip(x.split(16), y.split(16), strict=True)
     else:

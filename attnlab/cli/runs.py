@@ -80,6 +80,15 @@ def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path
     return None
 
 
+def run_train_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The training settings the run of `checkpoint` was saved with (its seed, batch size,
+    ...); {} for a checkpoint outside a run."""
+    from attnlab.training.state import read_training_state
+
+    found = run_description(checkpoint)
+    return read_training_state(found[1])["train_config"] if found else {}
+
+
 def trained_data(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """The data settings of the run `checkpoint` belongs to (its data, tokenizer, ...); {} for
     a checkpoint outside a run."""

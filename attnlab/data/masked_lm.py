@@ -153,7 +153,7 @@ class MaskedSequences:
 @dataclass(frozen=True)
 class MaskedLMDataConfig:
     data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset; a sentence a line
-    tokenizer: str = "bpe:8192"  # char, byte or bpe:N learned with BERT's specials, or a file
+    tokenizer: str = "bpe:8192"  # char, byte or bpe:N (learned on all the text, val too), a file
     mask_probability: float = 0.15  # share of ordinary tokens selected for prediction
 
     def __post_init__(self):
@@ -199,13 +199,13 @@ def masked_lm_training_data(request: DataRequest) -> TrainingData:
     length = request.model["context_length"]
     rows = pack_sentences(tokens, starts, length, ids[CLS], ids[SEP], ids[PAD])
     n_val = len(rows) // 10
-    if n_val == 0:
+    if n_val == 0 and request.evaluate != "all":  # data only to score is scored whole
         raise UserError(
             f"{spec} packs into {len(rows)} sequence(s) of {length} tokens; at least 10 are "
             "needed (one tenth validates): give more text or a shorter context"
         )
     masking = Masking(ids[MASK], min(ids.values()), settings.mask_probability)
-    batches = MaskedSequences(rows[:-n_val], train.batch_size, masking, train.seed)
+    batches = MaskedSequences(rows[: len(rows) - n_val], train.batch_size, masking, train.seed)
 
     scored = rows if request.evaluate == "all" else rows[-n_val:]
     limit = len(scored) if request.evaluate else train.eval_iters * train.batch_size

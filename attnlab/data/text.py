@@ -5,7 +5,9 @@ Dimensions: B batch, T window length (the model's context).
 
 The token cache lives in ``$ATTNLAB_CACHE`` (default ``~/.cache/attnlab``) under a key hashed
 from the corpus contents and the tokenizer, so changing either re-tokenizes and nothing stale is
-ever read. The split is by position: the first 90% of tokens train, the rest validate.
+ever read. The split is by position: the first 90% of tokens train, the rest validate. The
+split is of tokens, so a learned tokenizer (char's alphabet, bpe:N's merges) is learned on the
+whole text first, the validation part included (as nanoGPT's character vocabulary is).
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ def language_model_data(
 @dataclass(frozen=True)
 class TextDataConfig:
     data: str = "stdlib"  # text file, folder (its *.txt), DIR:GLOB, dataset, stdlib, task:NAME
-    tokenizer: str = "char"  # char, byte, bpe:N (N tokens learned on the data), gpt2, a file, a run
+    tokenizer: str = "char"  # char, byte, bpe:N (learned on all, val too), gpt2, a file, a run
     repeat: bool = False  # each window ends with its own beginning again (see induction heads)
 
 
