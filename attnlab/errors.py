@@ -15,6 +15,10 @@ class ConfigError(UserError, ValueError):
     """A configuration field has a bad value. The message names the field and what is allowed."""
 
 
+class TokenIdError(UserError, ValueError):
+    """A token id outside the model's vocabulary (given through the Python API)."""
+
+
 class NotRegistered(ConfigError):
     """A token mixer or model kind by a name that nothing in this process registered (a
     plugin's, say, whose file was not loaded)."""

@@ -9,10 +9,12 @@ import glob
 import itertools
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -317,11 +319,44 @@ def plot_format(path: str | Path) -> str:
     return kind
 
 
+# Fonts that have what matplotlib's DejaVu Sans lacks (CJK above all): the text of a figure
+# falls back to those installed, in this order, glyph by glyph
+FALLBACK_FONTS = (
+    *(f"Noto Sans CJK {region}" for region in ("JP", "SC", "TC", "KR")),
+    *("Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback"),
+    *("IPAGothic", "Microsoft YaHei", "Yu Gothic", "Malgun Gothic", "PingFang SC"),
+    *("Hiragino Sans", "Arial Unicode MS"),
+)
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
 def save_figure(fig, path: str | Path, **savefig_options) -> Path:
     """Write a matplotlib figure to exactly `path`, in the type plot_format gives, atomically
-    (a temporary file renamed over: no half-written plot); returns the path written."""
+    (a temporary file renamed over: no half-written plot); returns the path written. Its text
+    falls back to the FALLBACK_FONTS installed; characters that none has are one warning, not
+    matplotlib's two for each."""
+    from matplotlib import font_manager, text
+
     path = Path(path)
     kind = plot_format(path)
-    with atomic_writer(path) as file:
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    fallbacks = [name for name in FALLBACK_FONTS if name in installed]
+    for artist in fig.findobj(text.Text) if fallbacks else ():
+        artist.set_fontfamily(list(dict.fromkeys([*artist.get_fontfamily(), *fallbacks])))
+    with warnings.catch_warnings(record=True) as caught, atomic_writer(path) as file:
         fig.savefig(file, format=kind, **savefig_options)
+    missing = {}  # character: None, in the order met
+    for warning in caught:
+        if glyph := _MISSING_GLYPH.match(str(warning.message)):
+            missing[chr(int(glyph[1]))] = None
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)  # fmt: skip
+    if missing:
+        shown = " ".join(list(missing)[:10]) + (" ..." if len(missing) > 10 else "")
+        warnings.warn(
+            f"{path}: no installed font has {len(missing)} of its characters ({shown}), drawn "
+            "as boxes; install a font that has them (Noto Sans CJK, say)",
+            stacklevel=2,
+        )
     return path

@@ -4,11 +4,13 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 from helpers import one_line_error, run
 
+from attnlab import files
 from attnlab.errors import UserError
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers.bpe import BPETokenizer
@@ -221,6 +223,27 @@ def test_a_run_directory_named_like_mathematics_plots_as_text(tmp_path, capsys):
     assert code == 0, err
     assert (out / "loss.png").stat().st_size > 0
     assert f"sample it:  attnlab sample '{out}'\n" in err  # quoted, as a shell must be given it
+
+
+def test_characters_no_font_has_are_one_warning_and_an_installed_font_draws_them(
+    tmp_path, monkeypatch
+):
+    """Not matplotlib's two warnings for each character (in a run's name, a token, a class)."""
+    from matplotlib.figure import Figure
+
+    def warnings_saving(name):
+        fig = Figure(figsize=(2, 2), layout="tight")
+        fig.subplots().set_title("run ℊℊ 東")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            files.save_figure(fig, tmp_path / name)
+        return [str(warning.message) for warning in caught]
+
+    monkeypatch.setattr(files, "FALLBACK_FONTS", ())
+    [line] = warnings_saving("none.png")
+    assert "none.png: no installed font has 2 of its characters (ℊ 東), drawn as boxes" in line
+    monkeypatch.setattr(files, "FALLBACK_FONTS", ("STIXGeneral",))  # has ℊ, as DejaVu Sans not
+    assert "1 of its characters (東)" in warnings_saving("stix.png")[0]
 
 
 def test_control_characters_in_an_error_are_shown_escaped(tmp_path, capsys):

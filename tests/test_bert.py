@@ -269,10 +269,10 @@ def test_a_line_that_two_corpus_pieces_share_is_one_sentence(tmp_path, monkeypat
 
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
     tokenizer = char_tokenizer()
-    pieces = ["the cat sat on", " the mat\r\na dog\n\n", "last line"]
+    pieces = ["the cat sat on", " the mat\r\na dog\n\nold\rmac\r", "\nlast line"]  # \r ends too
     tokens, starts = encode_lines_cached(pieces, tokenizer)
     lines = [tokenizer.decode(tokens[a:b].tolist()) for a, b in itertools.pairwise(starts)]
-    assert lines == [" the cat sat on the mat", " a dog", " last line"]  # each after a space
+    assert lines == [" the cat sat on the mat", " a dog", " old", " mac", " last line"]
 
 
 def char_tokenizer():

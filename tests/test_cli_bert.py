@@ -378,3 +378,9 @@ def test_evaluate_names_classes_not_the_run_label_names(texts, tmp_path, capsys)
         argv = ["evaluate", str(out), "--data", str(tmp_path / data), "--device", "cpu"]
         line = one_line_error(*run(argv, capsys)[::2])
         assert f"({names}) are not those the checkpoint was trained on (bad, good)" in line
+    (tmp_path / "some" / "good").mkdir(parents=True)  # some of its classes: scored as named
+    (tmp_path / "some" / "good" / "a.txt").write_text(SENTENCES[0])
+    (tmp_path / "good.tsv").write_text(f"{SENTENCES[0]}\t1\n")
+    scores = [run(["evaluate", str(out), "--data", str(tmp_path / data), "--json"], capsys)[1]
+              for data in ("some", "good.tsv")]  # fmt: skip
+    assert scores[0] == scores[1] and json.loads(scores[0])["val_targets"] == 1

@@ -163,6 +163,7 @@ def test_an_output_never_overwrites_the_checkpoint_and_has_its_formats_name(
         (["--data", ""], "--data is empty"),  # not the run's own data
         (["--top-k", "-1"], "--top-k must be >= 0 (0 = off)"),
         (["--temperature", "0", "--samples", "4"], "--samples 4 at --temperature 0 (greedy)"),
+        (["--top-k", "4"], "--top-k 4 would change nothing: the model chooses from 4 palette"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, flags, message):

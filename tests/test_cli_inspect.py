@@ -133,7 +133,7 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, tmp_path, capsys):
     out = tmp_path / "view.html"
     code, _, err = run(["inspect", "attention", checkpoints["gpt"], "--text", "x" * 40,
                         "--out", str(out)], capsys)  # fmt: skip
-    assert code == 0 and "8 token(s) longer than the model reads" in err
+    assert code == 0 and "attnlab: note: the input is 8 token(s) longer than the model reads" in err
     assert len(page_data(out)["sequences"]["text"]) == 32
 
 
@@ -219,6 +219,21 @@ def test_lens_command(checkpoints, tmp_path, capsys):
     assert code == 0 and "embeddings" in stdout.splitlines()[0]
     code, _, err = run(["inspect", "lens", checkpoints["lstm"], "--text", "hi"], capsys)
     assert "logit lens needs" in one_line_error(code, err)
+
+
+def test_the_lens_table_is_aligned_by_display_width_for_wide_characters(tmp_path, capsys):
+    """A CJK character takes two columns of a terminal: padded by characters, every wide
+    token pushed the columns after it one to the right."""
+    from attnlab.interpretability.plots import display_width, padded, short
+
+    chars = "東京は大きな都市abc"
+    gpt = GPT(GPTConfig(vocab_size=len(chars), context_length=16, n_layers=1, n_heads=1,
+                        d_model=8))  # fmt: skip
+    save_checkpoint(tmp_path, gpt.eval(), {"tokenizer": CharTokenizer(chars)})
+    code, stdout, err = run(["inspect", "lens", str(tmp_path), "--text", "東京aは大"], capsys)
+    assert code == 0, err
+    assert {display_width(line) for line in stdout.splitlines()} == {8 + 2 + 10 + 3 * 12}
+    assert short("東京は大きな都市", 10) == "東京は大…" and padded("東京", 5) == "東京 "
 
 
 def test_layers_command(checkpoints, tmp_path, capsys):

@@ -2,16 +2,17 @@
 
 import subprocess
 import sys
+import unicodedata
 
 import pytest
 import torch
-from helpers import MUST_COMPILE, one_line_error
+from helpers import MUST_COMPILE, Terminal, one_line_error
 
 from attnlab.cli import main
 from attnlab.generation import generate_text
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
-from attnlab.tokenizers import CharTokenizer
+from attnlab.tokenizers import ByteTokenizer, CharTokenizer
 from attnlab.training.checkpoints import save_checkpoint
 
 TEXT = "first citizen:\nbefore we proceed any further, hear me speak.\n"
@@ -94,6 +95,25 @@ def test_stop_string_cuts_the_sample(capsys, checkpoint):
     assert cut == full[: full.index(stop, 1)] + "\n"  # the first stop after the prompt "a"
 
 
+def test_control_characters_are_escaped_on_a_terminal_only(capsys, tmp_path, monkeypatch):
+    """An undertrained byte-level model emits escape sequences, bells, carriage returns: shown
+    escaped on a terminal (where they would act), written as they are to a file or a pipe."""
+    tokenizer = ByteTokenizer()
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1, n_heads=2, d_model=8
+    )
+    save_checkpoint(tmp_path, GPT(config), {"tokenizer": tokenizer})
+    args = (tmp_path, "--max-new-tokens", 200, "--temperature", 2)
+    piped = sample(capsys, *args)[1]
+    controls = {c for c in piped if unicodedata.category(c) == "Cc"} - {"\n", "\t"}
+    assert controls
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert main(["sample", *map(str, args)]) == 0
+    escaped = "".join(ascii(c)[1:-1] if c in controls else c for c in piped)
+    assert sys.stdout.getvalue() == escaped
+
+
 def test_unseen_prompt_characters_exit_2(capsys, checkpoint):
     code, out, err = sample(capsys, checkpoint, "--prompt", "hello WORLD")
     assert code == 2
@@ -132,6 +152,7 @@ def test_bad_option_values_exit_2(capsys, checkpoint):
         (["--temperature", 0, "--top-p", 0.5], "--top-p would change nothing at --temperature 0"),
         (["--temperature", 0, "--num-samples", 2], "--num-samples would change nothing"),
         (["--stop", ""], "--stop '' is empty"),
+        (["--top-k", 99], "--top-k 99 would change nothing: the model chooses from 25 tokens"),
     ],
 )
 def test_settings_that_would_change_nothing_are_refused(capsys, checkpoint, flags, message):

@@ -104,7 +104,7 @@ def test_translate_text_and_stdin(trained, capsys, monkeypatch):
     assert run(["translate", str(trained), *penalised], capsys)[0] == 0
     short = ["--beam-size", "1", "--max-length-factor", "0", "--max-length-offset", "1"]
     code, _, err = run(["translate", str(trained), "seven " * 3000, *short], capsys)
-    assert code == 0 and "note: 1 sentence(s) over the model's" in err
+    assert code == 0 and "attnlab: note: 1 sentence(s) over the model's" in err
     none = ["--max-length-factor", "0", "--max-length-offset", "0"]
     code, _, err = run(["translate", str(trained), "one", *none], capsys)
     assert "leave no room" in one_line_error(code, err)

@@ -123,3 +123,22 @@ def test_a_kind_that_declares_no_capabilities_is_left_to_try_any_procedure():
 
     for capability in (GENERATE, TRANSLATE):  # its author knows what it can do
         check_capable(SumModel(SumConfig()), "generation", capability)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_decoding_steps_do_not_check_their_ids_again(monkeypatch, use_cache):
+    """A model checks its ids are in its vocabulary (one min and max: on a GPU, a wait); a
+    decoding step's are a checked prompt's and the model's own, and are not checked again."""
+    from attnlab.layers import embedding
+    from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+
+    checked = []
+    monkeypatch.setattr(embedding, "check_token_ids", lambda ids, size: checked.append(ids))
+    generate(tiny_gpt(), [[1, 2]], 5, use_cache=use_cache)
+    config = EncoderDecoderConfig(vocab_size=12, max_length=16, n_encoder_layers=1,
+                                  n_decoder_layers=1, n_heads=1, d_model=8, d_ff=16)  # fmt: skip
+    for search in (greedy_search, beam_search):
+        search(EncoderDecoder(config), torch.tensor([[5, 6, 2]]), use_cache=use_cache)
+    assert len(checked) == 2  # the sources, by the encoder
+    tiny_gpt()(torch.tensor([[1, 2]]))
+    assert len(checked) == 3

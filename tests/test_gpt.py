@@ -159,6 +159,18 @@ def test_too_long_or_unbatched_input_is_a_clear_error():
             call(torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("bad", [50, -1])
+def test_ids_outside_the_vocabulary_are_a_value_error_naming_the_id(bad):
+    """Not torch's IndexError inside the embedding (a device-side assert on a GPU)."""
+    bert = BertForMaskedLM(
+        BertConfig(vocab_size=50, context_length=8, n_layers=1, n_heads=1, d_model=8)
+    )
+    calls = (tiny(), bert, lambda ids: generate(tiny(), ids, 2))
+    for call in calls:
+        with pytest.raises(ValueError, match=f"token id {bad} is outside .* of 50 ids"):
+            call(torch.tensor([[1, bad, 2]]))
+
+
 def test_targets_of_another_shape_or_of_floats_are_refused_not_read_anyhow():
     ids = torch.zeros(2, 8, dtype=torch.long)
     with pytest.raises(ValueError, match=r"targets must have shape \(2, 8\), got \(16,\)"):

@@ -257,7 +257,7 @@ def test_a_resumed_run_whose_schedule_moves_the_learning_rate_says_so(tmp_path, 
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "6"], capsys)
     assert code == 0 and "schedule" not in err  # already done: nothing moves
     code, _, err = run(["train", "gpt", "--out", str(out), "--resume", "--max-iters", "60"], capsys)
-    assert code == 0 and "note: the new schedule moves the learning rate from 0.0001 to" in err
+    assert code == 0 and "attnlab: note: the new schedule moves the learning rate from" in err
     warming = ["--warmup-iters", "100", "--lr-schedule", "constant", "--eval-interval", "3"]
     assert train(capsys, corpus, tmp_path / "warm", "--max-iters", "3", *warming)[0] == 0
     more = ["train", "gpt", "--out", str(tmp_path / "warm"), "--resume", "--max-iters", "6"]
@@ -324,7 +324,7 @@ def test_init_from_a_run_on_other_data_notes_the_default_it_reads(tmp_path, corp
     assert train(capsys, corpus, first, "--max-iters", "1")[0] == 0
     argv = ["train", "gpt", "--init", str(first), *FAST, "--max-iters", "1"]
     _, _, err = run([*argv, "--out", str(tmp_path / "b")], capsys)  # stdlib: unseen characters
-    assert f"note: {first} was trained on {corpus}; this run reads stdlib, the default" in err
+    assert f"attnlab: note: {first} was trained on {corpus}; this run reads stdlib" in err
     code, _, err = run([*argv, "--out", str(tmp_path / "c"), "--data", str(corpus)], capsys)
     assert code == 0 and "was trained on" not in err, err
 

@@ -145,18 +145,18 @@ def evaluated_split(args: argparse.Namespace) -> str:
 
 
 def _evaluation_images(args: argparse.Namespace, checkpoint, split: str):
-    """The split asked for, of --data or of the run's own data, checked against the model: the
-    same classes, in any order (labels are renumbered as the model numbers them)."""
+    """The split asked for, of --data or of the run's own data, checked against the model: its
+    classes or some of them, in any order (labels are renumbered as the model numbers them)."""
     import torch
 
     from attnlab.data.images import ImageSet
 
     dataset = run_dataset(args, checkpoint)
     names = checkpoint.artifacts["classes"].names
-    if sorted(dataset.classes) != sorted(names):
+    if unknown := [name for name in dataset.classes if name not in names]:
         raise UserError(
-            f"{dataset.name} has the classes {', '.join(dataset.classes)}, but the model was "
-            f"trained on {', '.join(names)}"
+            f"{dataset.name} has class(es) the model was not trained on: {', '.join(unknown)} "
+            f"(it knows {', '.join(names)})"
         )
     config = checkpoint.model.config
     chosen = checked_split(dataset, split, config.channels, config.image_size)

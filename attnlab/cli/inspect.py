@@ -122,7 +122,7 @@ def _inputs(checkpoint, args):
     )
     if inputs.dropped:
         print(
-            f"attnlab: the input is {inputs.dropped} token(s) longer than the model reads; "
+            f"attnlab: note: the input is {inputs.dropped} token(s) longer than the model reads; "
             "looking at the tokens that fit",
             file=sys.stderr,
         )
@@ -276,7 +276,7 @@ def _induction_png(png, report):
 def lens_command(args: argparse.Namespace) -> int:
     from attnlab.interpretability.inputs import TEXT
     from attnlab.interpretability.lens import logit_lens
-    from attnlab.interpretability.plots import Heatmap, save_heatmaps, short
+    from attnlab.interpretability.plots import Heatmap, padded, save_heatmaps, short
     from attnlab.models.registry import GENERATE
 
     checkpoint = _open(args, GENERATE)
@@ -291,9 +291,9 @@ def lens_command(args: argparse.Namespace) -> int:
                     "probability": probabilities[..., 0].tolist()})  # fmt: skip
     else:
         print(f"{'position':>8}  {'token':<10}" + "".join(f"{name:<12}" for name in report.rows))
-        for t, token in enumerate(tokens):
-            cells = "".join(f"{short(top[r][t], 10):<12}" for r in range(len(report.rows)))
-            print(f"{t:>8}  {short(token, 10):<10}" + cells)
+        for t, token in enumerate(tokens):  # padded to columns: a CJK character takes two
+            cells = "".join(padded(short(top[r][t], 10), 12) for r in range(len(report.rows)))
+            print(f"{t:>8}  {padded(short(token, 10), 10)}" + cells)
     if args.png:
         panel = Heatmap(
             probabilities[..., 0], "top prediction and its probability, per layer",

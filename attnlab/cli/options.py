@@ -178,6 +178,17 @@ def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
     return ["--" + name.replace("_", "-") for name in sorted(changed)]
 
 
+def check_top_k(args: argparse.Namespace, choices: int, what: str) -> None:
+    """--top-k given at or above the `choices` tokens the model chooses from keeps them all: it
+    would change nothing. A default that does (sample's 200, past a character vocabulary) is
+    not refused: it keeps them all."""
+    if given_flags(args, ("top_k",)) and args.top_k >= choices:
+        raise UserError(
+            f"--top-k {args.top_k} would change nothing: the model chooses from {choices} "
+            f"{what}, and k >= {choices} keeps them all; give a smaller k or leave it out"
+        )
+
+
 def check_output(
     flag: str,
     path: str | Path,

@@ -17,9 +17,13 @@ stderr_closed = threading.Event()  # set once the reader of stderr has gone
 
 
 def note(message: str) -> None:
-    """Progress and results for the person watching: stderr, so stdout stays clean. Once its
-    reader has gone (`attnlab train ... 2>&1 | head`), the rest goes nowhere and stderr_closed
-    is set: a training run then ends with a checkpoint rather than mid-step, all of it lost."""
+    """Progress and results for the person watching: stderr, so stdout stays clean. A "note: "
+    or "warning: " (from the data readers, say) reads "attnlab: note: ..." as warnings and
+    errors do. Once its reader has gone (`attnlab train ... 2>&1 | head`), the rest goes
+    nowhere and stderr_closed is set: a training run then ends with a checkpoint rather than
+    mid-step, all of it lost."""
+    if message.startswith(("note: ", "warning: ")):
+        message = f"attnlab: {message}"
     try:
         print(message, file=sys.stderr, flush=True)
     except BrokenPipeError:
@@ -89,7 +93,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     evals = [r for r in records if "val_loss" in r]
     scores = sorted({k for r in evals for k in r if _is_score(k)})
     rows = 2 if scores else 1
-    fig = Figure(figsize=(7, 4 * rows), dpi=120)
+    fig = Figure(figsize=(7, 4 * rows), dpi=120, layout="tight")
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
     ax = axes[0][0]
     ax.plot(
@@ -114,7 +118,6 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         below.set(xlabel="step", ylabel="score")
         below.grid(alpha=0.3)
         below.legend()
-    fig.tight_layout()
     return save_figure(fig, png)
 
 
@@ -135,7 +138,7 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     k = len(counts)
     shares = [[c / max(sum(row), 1) for c in row] for row in counts]
     side = min(max(4.0, 0.5 * k + 2), 14.0)
-    fig = Figure(figsize=(side, side * 0.9), dpi=120)
+    fig = Figure(figsize=(side, side * 0.9), dpi=120, layout="tight")
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     if k <= 30:  # names and counts stay legible up to about this many classes
@@ -154,5 +157,4 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
                     )
     ax.set(xlabel="predicted class", ylabel="true class", title=as_text(title))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    fig.tight_layout()
     return save_figure(fig, png)

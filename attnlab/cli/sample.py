@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import add_device_flag, check_sampling_flags, record_defaults, user_text
+from attnlab.cli.options import (
+    add_device_flag,
+    check_sampling_flags,
+    check_top_k,
+    record_defaults,
+    user_text,
+)
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.generation import make_generator, stream_text
@@ -24,7 +31,8 @@ stdout holds only text: each sample is the prompt followed by its continuation, 
 tokens are produced, then a newline; with --num-samples > 1 a line of dashes separates samples.
 A sample ends at the tokenizer's "<|endoftext|>" when it has one (or at a --stop text). An empty
 prompt starts from "<|endoftext|>" too, else from a newline; that start token is not printed.
-Notes go to stderr.
+On a terminal, control characters other than newlines and tabs are shown escaped (\\x1b, \\r);
+a file or a pipe gets the text exactly. Notes go to stderr.
 
 Past the model's context length the window slides. With relative positions (RoPE, ALiBi) the
 KV cache slides by default: each new token attends to the last context_length cached positions
@@ -34,6 +42,15 @@ work there); so does --no-cache for any model. --crop-to N keeps only the last N
 context fills, then decodes with the cache until it fills again (the model sees between N and
 context_length tokens).
 """
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0, DEL and C1 but \t and \n
+
+
+def on_terminal(text: str) -> str:
+    """Text for a terminal: its control characters other than \\n and \\t escaped (\\x1b,
+    \\r), which an undertrained model emits and which would act on the terminal."""
+    return _CONTROL.sub(lambda match: ascii(match[0])[1:-1], text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 flatter"
     )
     parser.add_argument(
-        "--top-k", type=int, default=200, help="keep the k most likely tokens (0 = off)"
+        "--top-k",
+        type=int,
+        default=200,
+        help="keep the k most likely tokens (0 = off; the default keeps all of a smaller "
+        "vocabulary, a k given must be smaller than it)",
     )
     parser.add_argument(
         "--top-p", type=float, default=1.0, help="nucleus probability mass (1.0 = off)"
@@ -99,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_for("sample", GENERATE, args.checkpoint, device)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     check_crop_to(model, args.crop_to, "--crop-to")
+    check_top_k(args, min(tokenizer.vocab_size, model.config.vocab_size), "tokens")
     generator = make_generator(model, args.seed)  # one stream of randomness for all samples
     options = dict(
         temperature=args.temperature,
@@ -118,15 +140,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     out = sys.stdout
+    shown = on_terminal if out.isatty() else str  # a file or a pipe gets the text as it is
     started = time.perf_counter()
     for index in range(args.num_samples):
         # Build the stream before printing anything, so a bad prompt fails with stdout empty.
         pieces = stream_text(model, tokenizer, args.prompt, args.max_new_tokens, **options)
         if index:
             out.write(SEPARATOR + "\n")
-        out.write(args.prompt)
+        out.write(shown(args.prompt))
         for piece in pieces:
-            out.write(piece)
+            out.write(shown(piece))
             out.flush()
         out.write("\n")
         out.flush()

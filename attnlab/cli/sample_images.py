@@ -15,6 +15,7 @@ from attnlab.cli.options import (
     add_device_flag,
     check_output,
     check_sampling_flags,
+    check_top_k,
     given_flags,
     print_json,
     record_defaults,
@@ -76,7 +77,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--top-k",
         type=int,
-        help="sample from the k most likely tokens only, 0 = off (default: off, every token)",
+        help="sample from the k most likely tokens only, fewer than the palette's; 0 = off "
+        "(default: off, every token)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     parser.add_argument("--columns", type=int, default=8, help="images per row of the grid")
@@ -128,6 +130,8 @@ def sample_images_command(args: argparse.Namespace) -> int:
         inputs={"--complete": args.complete},
     )
     checkpoint = load_image_gpt(args.checkpoint, args.device, "sample-images")
+    # the tokens of the palette: the start token is never chosen
+    check_top_k(args, checkpoint.model.config.vocab_size - 1, "palette tokens")
     originals = _images_to_complete(args, checkpoint)  # every file read before any sampling
     if args.samples == 0 and len(originals) == 0:
         raise UserError("nothing to draw: --samples and --completions are both 0")

@@ -217,6 +217,13 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     train_examples, dev_examples, classes = read_examples(
         spec, settings.folds, settings.fold, request.log, unseen=request.evaluate == "all"
     )
+    saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
+    if saved and classes and set(classes) <= set(saved.names):  # some of its classes, say
+        number = [saved.names.index(name) for name in classes]  # as the checkpoint numbers them
+        train_examples, dev_examples = (
+            (texts, [number[y] for y in labels]) for texts, labels in (train_examples, dev_examples)
+        )
+        classes = list(saved.names)
     # names of integer labels, given to train; a checkpoint being scored has its own classes
     label_names = "" if request.evaluate else settings.label_names
     if classes and label_names:
@@ -231,10 +238,11 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         raise UserError(
             f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
         )
-    n_classes = count_classes(train_examples[1] + dev_examples[1], spec)
+    labels = train_examples[1] + dev_examples[1]
+    fits = saved and max(labels) < len(saved.names)  # the checkpoint's classes, not all seen
+    n_classes = len(saved.names) if fits else count_classes(labels, spec)
     if (missing := sorted(set(range(n_classes)) - set(seen))) and not request.evaluate:
         request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
-    saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
     if not classes and not label_names and saved and n_classes <= len(saved.names):
         classes = list(saved.names)  # numbered labels: the checkpoint's classes, in order
     classes = classes or _label_names(label_names, n_classes)

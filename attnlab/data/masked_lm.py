@@ -49,9 +49,10 @@ def encode_lines_cached(
     texts: Iterable[str], tokenizer: Tokenizer
 ) -> tuple[np.ndarray, np.ndarray]:
     """The non-empty lines of `texts` (a Corpus's pieces), encoded: (tokens, starts), line i
-    being tokens[starts[i]:starts[i + 1]]. Lines end at line feeds only (text_lines), and a
-    line two pieces share is one line. Encoded at most once per corpus and tokenizer."""
-    tags = (tokenizer_key(tokenizer), "lines at line feeds, across pieces")
+    being tokens[starts[i]:starts[i + 1]]. Lines end at line feeds (\\n, \\r\\n) or at a
+    lone \\r (old Macs' files: else one line), and a line two pieces share is one line.
+    Encoded at most once per corpus and tokenizer."""
+    tags = (tokenizer_key(tokenizer), "lines at \\n, \\r\\n or \\r, across pieces")
     key = content_key(texts, *tags)
     path = cache_dir() / "lines" / f"{key}.npz"
     if path.is_file():
@@ -65,8 +66,9 @@ def encode_lines_cached(
     read = KeyedTexts(texts, *tags)
     tokens, lengths, rest = [], [], ""
     for text in itertools.chain(read, ["\n"]):  # a piece at a time: only the ids are kept
-        *lines, rest = (rest + text).split("\n")  # the last, unfinished, waits for the next
-        lines = [line.removesuffix("\r") for line in lines if line.strip()]
+        # the last line, unfinished, waits for the next piece; \r\n leaves an empty line
+        *lines, rest = (rest + text).replace("\r", "\n").split("\n")
+        lines = [line for line in lines if line.strip()]
         encoded = [encode_sentence(tokenizer, line) for line in lines]
         lengths.extend(map(len, encoded))
         tokens.append(np.fromiter(itertools.chain.from_iterable(encoded), np.int32))

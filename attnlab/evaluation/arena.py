@@ -227,7 +227,7 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
     from attnlab.cli.reports import as_text
     from attnlab.files import save_figure
 
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2), layout="tight")
     axes = fig.subplots(1, 2, sharey=True)
     for e in entries:
         points = e.evaluations
@@ -241,5 +241,4 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(as_text(title))
-    fig.tight_layout()
     save_figure(fig, png, dpi=110)

@@ -203,7 +203,7 @@ def write_scaling(curves: list[Curve], out: Path, title: str) -> str:
 def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> None:
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2), layout="tight")
     time_ax, memory_ax = fig.subplots(1, 2)
     for c in curves:
         (line,) = time_ax.plot(c.lengths, [s * 1e3 for s in c.seconds], marker="o", label=c.name)
@@ -229,5 +229,4 @@ def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> 
     for ax in (time_ax, memory_ax):
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(title)
-    fig.tight_layout()
     save_figure(fig, png, dpi=110)

@@ -42,6 +42,7 @@ from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.layers.contracts import eval_mode
+from attnlab.layers.embedding import trusted_ids
 from attnlab.models.registry import TRANSLATE, check_capable
 from attnlab.progress import progress_bar
 
@@ -59,10 +60,11 @@ def _next_log_probs(model, tokens, memory, src_mask, cache) -> torch.Tensor:
     """Log-probabilities (N, V) of the token after `tokens` (N, t): only the newest token goes
     through the decoder with a cache, the whole prefix without one (the test of the cache).
     <pad> and <s> never follow in a target, so they are never chosen."""
-    if cache is not None:
-        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)
-    else:
-        logits = model.decode(tokens, memory, src_mask)
+    with trusted_ids():  # <s> and the ids chosen
+        if cache is not None:
+            logits = model.decode(tokens[:, -1:], memory, src_mask, cache)
+        else:
+            logits = model.decode(tokens, memory, src_mask)
     log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
     log_probs[:, [model.config.pad_id, model.config.bos_id]] = float("-inf")
     return log_probs

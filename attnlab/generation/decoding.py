@@ -60,6 +60,7 @@ from attnlab.errors import UserError
 from attnlab.generation.compiled import compiled_step, decoding_step
 from attnlab.generation.sampling import SamplingConfig, seen_mask
 from attnlab.layers.contracts import eval_mode
+from attnlab.layers.embedding import check_token_ids, trusted_ids
 from attnlab.models.registry import GENERATE, GENERATE_IMAGE, check_capable
 
 
@@ -180,9 +181,7 @@ def _check_prompts(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int)
         raise UserError(f"prompts must be (B, T) token ids, got shape {tuple(prompts.shape)}")
     if prompts.size(1) == 0:
         raise UserError("the prompt is empty: generation needs at least one token to start from")
-    vocab_size = getattr(model.config, "vocab_size", sys.maxsize)
-    if prompts.numel() and (prompts.min() < 0 or prompts.max() >= vocab_size):
-        raise UserError(f"prompt token ids must be in [0, {vocab_size}), the model's vocabulary")
+    check_token_ids(prompts, getattr(model.config, "vocab_size", sys.maxsize))
 
 
 def stream_batch(
@@ -220,7 +219,7 @@ def _decode(model, window, prompts, max_new_tokens, sampling, generator):
         noise = sampling.noise(shape, prompts.device, generator)
         # eval mode for each step, not for the whole stream: streams of one model may
         # interleave, and each must give the model back as it found it
-        with eval_mode(model) if model.training else contextlib.nullcontext():
+        with eval_mode(model) if model.training else contextlib.nullcontext(), trusted_ids():
             next_ids, logits = window.next_ids(tokens, length, seen, noise)  # (B,), (B, V)
         # (on a GPU this check would wait for every step: there, a NaN row picks id 0)
         if logits.device.type == "cpu" and logits.isnan().any():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,13 +65,12 @@ def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> P
     rows = -(-len(panels) // columns)
     down, across = (min(max(p.values.shape[i] for p in panels), LABELLED) for i in (0, 1))
     width, height = max(across * 0.28 + 3, 5), max(down * 0.28 + 2, 3.5)  # inches a panel
-    fig = Figure(figsize=(width * columns, height * rows), dpi=120)
+    fig = Figure(figsize=(width * columns, height * rows), dpi=120, layout="tight")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         _draw(ax, fig, panel)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
     return save_figure(fig, png)
 
 
@@ -98,6 +98,25 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
 
 
 def short(text: str, width: int = 8) -> str:
-    """A token as a tick label: whitespace made visible (a space as ␣), long ones cut."""
+    """A token as a tick label or table cell: whitespace made visible (a space as ␣), one wider
+    than `width` columns (display_width) cut."""
     shown = visible(text).replace(" ", "␣") or "''"
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    if display_width(shown) <= width:
+        return shown
+    while display_width(shown) > width - 1:
+        shown = shown[:-1]
+    return shown + "…"
+
+
+def padded(text: str, width: int) -> str:
+    """`text` and spaces to `width` columns of a terminal (display_width)."""
+    return text + " " * (width - display_width(text))
+
+
+def display_width(text: str) -> int:
+    """The columns `text` takes on a terminal: 2 for a wide or full-width character (CJK), 0
+    for a combining mark, else 1."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
