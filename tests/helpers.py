@@ -113,3 +113,20 @@ def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
             all_logits.append(logits[0])
             tokens[0, length] = next_ids[0]
     return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)
+
+
+def overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """The pairs of tick labels, major or minor, that run into each other on any axis of a
+    matplotlib figure, as drawn (after its layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    pairs = []
+    for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
+        labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+        pairs += [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :]
+                  if box.overlaps(other)]  # fmt: skip
+    return pairs

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import one_line_error, run
+from helpers import one_line_error, overlapping_tick_labels, run
 
 from attnlab.errors import UserError
 from attnlab.evaluation import arena, scaling
@@ -133,6 +133,18 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
     assert rows == ["| mixer", "| attention (eager)", "| attention (fused)", "| lstm",
                     "| mamba (scan)", "| mamba (fused)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("lengths", [[16, 32, 64, 128, 256, 512], [2**k for k in range(8, 16)]])
+def test_the_scaling_plot_labels_the_lengths_measured_legibly(tmp_path, monkeypatch, lengths):
+    drawn = []
+    monkeypatch.setattr(scaling, "save_figure", lambda fig, png, **_: drawn.append(fig))
+    curves = [Curve(name, [(n, n * 1e-5, n * 1000) for n in lengths]) for name in ("a", "b")]
+    scaling.write_scaling(curves, tmp_path, "title")
+    for ax in drawn[0].axes:  # not 2x10^1, 3x10^1, ... one over the other
+        shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text()]
+        assert shown == [f"{n:,}" for n in lengths]
+    assert overlapping_tick_labels(drawn[0]) == []
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from helpers import loaded_by, one_line_error, run
+from helpers import loaded_by, one_line_error, overlapping_tick_labels, run
 
-from attnlab.interpretability import viewer
+from attnlab.interpretability import plots, viewer
 from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
@@ -118,6 +118,34 @@ def test_attention_of_an_encoder_decoder_has_source_target_and_cross(checkpoints
         assert code == 0 and page_data(out)["selected"] == {"panel": panel, "layer": 1, "head": 1}
     line = one_line_error(*run([*argv, "--group", "encoder"], capsys)[::2])
     assert "--layer 1 is out of range: --group encoder has layers 0 to 0" in line
+
+
+def test_the_head_grid_draws_every_head_as_large_however_long_its_sides(
+    checkpoints, tmp_path, monkeypatch, capsys
+):
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, png, **_: drawn.append(fig) or png)
+    code, _, err = run(["inspect", "attention", checkpoints["translation"], "--text", "one",
+                        "--target", "1 2 3 4 5 6 7 8 9 10 11", "--out", str(tmp_path / "v.html"),
+                        "--png", str(tmp_path / "grid.png")], capsys)  # fmt: skip
+    assert code == 0, err
+    fig = drawn[0]
+    fig.canvas.draw()  # cross attention, 24 target by 4 source tokens: no sliver of a square
+    widths = [
+        ax.get_position().width for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"
+    ]
+    assert len(widths) == 5 * 2 and max(widths) < 1.05 * min(widths)
+
+
+def test_token_labels_of_a_heatmap_never_overlap(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, png, **_: drawn.append(fig) or png)
+    for n in (3, 7, 8, 12):  # tokens of 8 characters (what a label shows at most), as BPE's
+        tokens = [f"abcdefg{i}" for i in range(n)]
+        plots.save_heatmaps(
+            tmp_path / "head.png", [plots.Heatmap(torch.rand(n, n), "head", tokens, tokens)]
+        )
+        assert overlapping_tick_labels(drawn.pop()) == [], n
 
 
 def test_attention_of_bert_reads_cls_text_sep(checkpoints, tmp_path, capsys):

@@ -2,6 +2,7 @@
 whole evaluation of a model whose predictions are uniform."""
 
 import itertools
+import json
 import math
 import sys
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from helpers import Terminal
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from attnlab.cli.reports import plot_confusion
+from attnlab.cli.reports import plot_confusion, plot_losses
 from attnlab.data.images import SHAPES, ImageSet, Normalization
 from attnlab.data.translation import TokenBatches, fixed_batches, read_lines
 from attnlab.evaluation import evaluate
@@ -138,6 +139,19 @@ def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
         boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
         assert len(boxes) == k
         assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes)), names
+
+
+def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    record = {"step": 1, "train_loss": 4.17, "tokens_per_s": 9.0, "val_loss": 4.18}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
+    ax = drawn[0].axes[0]
+    train = ax.get_lines()[0]  # a line through one point draws nothing without a marker
+    assert list(train.get_xdata()) == [1] and train.get_marker() not in ("", "None", None)
+    low, high = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [1]  # not 0.96, 0.98, ...
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])

@@ -87,6 +87,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     if not records:
         return None
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
+    from matplotlib.ticker import MaxNLocator
 
     from attnlab.files import save_figure
 
@@ -101,6 +102,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         [r["train_loss"] for r in records],
         lw=0.8,
         alpha=0.6,
+        marker="o" if len(records) == 1 else "",  # a line of one point draws nothing
         label="train (per step)",
     )
     if evals:
@@ -110,6 +112,8 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     ax.set(xlabel="step", ylabel=f"loss (nats/{unit})", title=as_text(metrics_file.parent.name))
     ax.grid(alpha=0.3)
     ax.legend()
+    # whole steps (no 0.98, 1.02 about a lone step), in the round numbers of the default locator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
     if scores:  # scores beyond the loss (accuracy, probes such as induction_score)
         below = axes[1][0]
         for name in scores:
@@ -118,6 +122,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         below.set(xlabel="step", ylabel="score")
         below.grid(alpha=0.3)
         below.legend()
+        ax.label_outer()  # the step axis is labelled once, below
     return save_figure(fig, png)
 
 

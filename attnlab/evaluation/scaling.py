@@ -226,7 +226,12 @@ def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> 
         xscale="log", yscale="log", xlabel="sequence length T", ylabel="activation memory (MB)"
     )
     time_ax.legend(fontsize=8)
+    lengths = sorted({n for c in curves for n in c.lengths})
     for ax in (time_ax, memory_ax):
         ax.grid(alpha=0.3, which="both")
+        # the lengths measured, as numbers: a log axis labels its minor ticks 2x10^1, 3x10^1, ...
+        # over a short range, one over the other
+        ax.set_xticks(lengths, [f"{n:,}" for n in lengths], rotation=90 if len(lengths) > 6 else 0)
+        ax.set_xticks([], minor=True)
     fig.suptitle(title)
     save_figure(fig, png, dpi=110)

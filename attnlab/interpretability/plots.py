@@ -12,6 +12,7 @@ from attnlab.files import save_figure
 from attnlab.tokenizers.base import visible
 
 LABELLED = 64  # most rows (or columns) a panel labels; beyond, no label and no larger figure
+LEVEL = 48  # most characters of column labels written level, side by side, in a panel
 
 
 @dataclass
@@ -45,7 +46,9 @@ def _draw(ax, fig, panel: Heatmap) -> None:
     n_rows, n_cols = values.shape
     as_is = dict(parse_math=False)  # tokens as written: "$x$" is no formula (nor "$$" an error)
     if n_cols <= LABELLED:
-        rotation = 90 if n_cols > 8 else 0
+        # level while they fit side by side (a panel is at least 5 inches wide), else upright
+        widest = max(map(display_width, panel.columns), default=0)
+        rotation = 90 if n_cols > 8 or n_cols * widest > LEVEL else 0
         ax.set_xticks(range(n_cols), panel.columns, rotation=rotation, fontsize=7, **as_is)
     if n_rows <= LABELLED:
         ax.set_yticks(range(n_rows), panel.rows, fontsize=7, **as_is)
@@ -88,7 +91,8 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
             ax = axes[r][h]
             ax.set_xticks([]), ax.set_yticks([])
             if h < weights.size(0):
-                image = ax.imshow(weights[h].float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
+                weight = weights[h].float().cpu().numpy()  # (Tq, Tk): a square however long
+                image = ax.imshow(weight, cmap="Blues", vmin=0, vmax=1, aspect="auto")
             if r == 0 or rows[r - 1][0] != title:
                 ax.set_title(f"head {h}", fontsize=7)
         axes[r][0].set_ylabel(f"{title}\nlayer {layer}", fontsize=6)
