@@ -208,6 +208,21 @@ class Compiled:
         return self.module(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def tf32(on: bool):
+    """Inside, when `on`, a GPU's fp32 matrix products and convolutions in TF32 (10 bits of
+    mantissa, several times as fast); after, the caller's settings again."""
+    backends = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [backend.allow_tf32 for backend in backends]
+    for backend in backends:
+        backend.allow_tf32 = backend.allow_tf32 or on
+    try:
+        yield
+    finally:
+        for backend, allowed in zip(backends, saved, strict=True):
+            backend.allow_tf32 = allowed
+
+
 def training_compile_options(device: torch.device) -> dict:
     """Keyword arguments for ``torch.compile`` of a model that trains on `device`.
 

@@ -12,17 +12,29 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def on_signals(handler: Callable[[], None], signums: Iterable[int]) -> Iterator[None]:
-    """handler() on each of these signals inside the block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, lambda signum, frame: handler()) for s in signums}
+def handlers_kept(signums: Iterable[int]) -> Iterator[None]:
+    """After the block, the handlers of these signals that it found, whatever it set (torch's
+    launcher sets its own and leaves them set)."""
+    previous = {s: signal.getsignal(s) for s in signums} if _main_thread() else {}
     try:
         yield
     finally:  # None: a handler not set from Python, which cannot be put back; the default then
         for signum, old in previous.items():
             signal.signal(signum, signal.SIG_DFL if old is None else old)
+
+
+@contextmanager
+def on_signals(handler: Callable[[], None], signums: Iterable[int]) -> Iterator[None]:
+    """handler() on each of these signals inside the block."""
+    signums = list(signums) if _main_thread() else []
+    with handlers_kept(signums):
+        for signum in signums:
+            signal.signal(signum, lambda number, frame: handler())
+        yield
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _interrupt() -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import importlib
 import importlib.util
 import os
+import random
 import shlex
 import sys
 import sysconfig
@@ -27,6 +29,8 @@ from pathlib import Path
 import attnlab
 from attnlab.errors import UserError, os_error_line
 from attnlab.signals import sigterm_as_interrupt
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C or SIGTERM
 
 # command -> (module in attnlab.cli, one line for `attnlab --help`)
 COMMANDS = {
@@ -112,11 +116,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def load_plugins(spec: str) -> None:
     """Import each comma-separated module name or .py file, so it can register mixers and
-    model kinds before the parser lists them."""
+    model kinds before the parser lists them. A file is a module of a name of its own, which
+    no other module has: a plugin named socket.py must not stand in for Python's socket."""
     for entry in filter(None, (part.strip() for part in spec.split(","))):
         try:
             if entry.endswith(".py"):
-                module_spec = importlib.util.spec_from_file_location(Path(entry).stem, entry)
+                name = f"attnlab_plugin_{Path(entry).stem}"
+                module_spec = importlib.util.spec_from_file_location(name, entry)
                 if module_spec is None or not Path(entry).is_file():
                     raise ImportError(f"no such file: {entry}")
                 module = importlib.util.module_from_spec(module_spec)
@@ -156,23 +162,57 @@ def say_error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     streams = sys.stdin, sys.stdout, sys.stderr
-    _closed_streams_to_null()
+    nulls = _closed_streams_to_null()
     formatting = warnings.formatwarning
     warnings.formatwarning = _warning_line  # for this command only: main runs in notebooks too
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        with _random_numbers_kept():
+            return _main(sys.argv[1:] if argv is None else argv)
     finally:
         warnings.formatwarning = formatting
         sys.stdin, sys.stdout, sys.stderr = streams
+        for null in nulls:
+            null.close()
 
 
-def _closed_streams_to_null() -> None:
+@contextlib.contextmanager
+def _random_numbers_kept():
+    """The random numbers of Python, NumPy and PyTorch as they were: a command in a notebook
+    (`train` seeds them all; loading a checkpoint builds a model, drawing its first weights)
+    leaves the notebook's own sequences where they were. A library the command loaded is seeded
+    afresh, as on its import."""
+    numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    python = random.getstate()
+    arrays = numpy.random.get_state() if numpy else None
+    tensors = torch.get_rng_state() if torch else None
+    gpus = torch.cuda.get_rng_state_all() if torch and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        if arrays is not None:
+            numpy.random.set_state(arrays)
+        elif numpy := sys.modules.get("numpy"):
+            numpy.random.seed()
+        if tensors is None:
+            if torch := sys.modules.get("torch"):
+                torch.seed()  # and every GPU's
+        else:
+            torch.set_rng_state(tensors)
+            if gpus is not None:
+                torch.cuda.set_rng_state_all(gpus)
+            elif torch.cuda.is_initialized():  # by the command: seeded as torch.manual_seed does
+                torch.cuda.manual_seed_all(torch.initial_seed())
+
+
+def _closed_streams_to_null() -> list:
     """A standard stream closed when the process started (`<&-`, `>&-`, `2>&-`) is None in
     Python, which print() takes for stdout and a read or write fails on: it is the null device
     instead, as its user asked, read as empty or written nowhere (its descriptor too, for the
     processes a command starts; stdin first, so that no other stream's takes descriptor 0). A
     stream set to None in a process whose descriptor is open (main called in-process) leaves
-    the descriptor as it is."""
+    the descriptor as it is. Returns the streams opened, for main to close."""
+    opened = []
     for name, descriptor, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
         if getattr(sys, name) is not None:
             continue
@@ -186,6 +226,8 @@ def _closed_streams_to_null() -> None:
                 os.close(null)
             stream = open(descriptor, mode, closefd=False)  # noqa: SIM115 - main's while it runs
         setattr(sys, name, stream)
+        opened.append(stream)
+    return opened
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
@@ -226,7 +268,7 @@ def _main(argv: list[str]) -> int:
         return say_error(os_error_line(error))
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 def _unicode_error_line(error: UnicodeError) -> str:
@@ -246,11 +288,15 @@ def _unicode_error_line(error: UnicodeError) -> str:
 def run(command: str) -> None:
     """Run one attnlab command line in this process, as it would be typed after `attnlab`
     (for notebooks and scripts): `run("train gpt --data stdlib --max-iters 100")`. Its output
-    goes to this process's stdout and stderr; a failure raises RuntimeError."""
+    goes to this process's stdout and stderr; a failure raises RuntimeError, and Ctrl-C (once
+    the command has stopped, a training run saved) KeyboardInterrupt, which stops a notebook's
+    cell or a script as Ctrl-C does where `except Exception` would catch a RuntimeError."""
     try:
         code = main(shlex.split(command))
     except SystemExit as stop:  # argparse: a bad flag (exit code 2), or --help (0)
         code = stop.code
+    if code == INTERRUPTED:
+        raise KeyboardInterrupt(f"`attnlab {command}` was interrupted")
     if code:
         raise RuntimeError(f"`attnlab {command}` failed (exit code {code})")
 

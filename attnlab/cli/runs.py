@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from attnlab.cli import INTERRUPTED
 from attnlab.cli.options import LOSS_PLOT
 from attnlab.cli.reports import note, plot_losses, progress_printer, stderr_closed
 from attnlab.errors import UserError
@@ -287,7 +288,7 @@ def fit_and_report(
             f"interrupted at step {result.step}; checkpoint saved in {out}. "
             f"Continue with: attnlab {command} --out {shlex.quote(str(out))} --resume"
         )
-        return 130
+        return INTERRUPTED
     reason = f" (time limit of {time_limit:g} min)" if timed_out else ""
     scores = "".join(
         f", {name.replace('_', ' ')} {value:.4f}" for name, value in result.last_eval.items()

@@ -106,9 +106,10 @@ def activation_bytes(
 
 def measure(name: str, length: int, d_model: int, repeats: int) -> tuple[float, int]:
     """(median seconds of a forward and backward pass, activation bytes) at this length."""
-    torch.manual_seed(0)
-    layer = build_layer(name, d_model, length)
-    x = torch.randn(1, length, d_model, requires_grad=True)
+    with torch.random.fork_rng(devices=[]):  # the same layer each time; the caller's draws kept
+        torch.manual_seed(0)
+        layer = build_layer(name, d_model, length)
+        x = torch.randn(1, length, d_model, requires_grad=True)
     times, memory = [], 0
     with cpu_kernels.enabled(variants()[name][2]):
         for attempt in range(repeats + 1):  # the first is a warm-up

@@ -205,7 +205,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     artifacts = load_artifacts(path)
     check_tokenizer(description["config"], artifacts.get("tokenizer"), path / "tokenizer.json")
     check_artifacts_fit(description["config"], artifacts, path)
-    model = build_model(kind.name, description["config"])
+    with torch.random.fork_rng(devices=[]):  # its first weights, replaced: drawn from no one's
+        model = build_model(kind.name, description["config"])
     load_weights(model.to(_saved_dtype(path / MODEL_FILE)), path / MODEL_FILE)
     return Checkpoint(model.to(device).eval(), kind, artifacts, path)
 

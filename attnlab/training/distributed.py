@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from attnlab.errors import UserError
-from attnlab.signals import on_signals
+from attnlab.signals import handlers_kept, on_signals
 
 MODES = ("ddp", "fsdp")
 # How long a collective waits for a rank that is alive but busy (rank 0 learning a tokenizer
@@ -270,17 +270,12 @@ def launch(processes: int, argv: list[str]) -> int:
     (as `torchrun --standalone --nproc-per-node N -m attnlab ARGV` would), whose logs are kept
     quiet: the ranks speak for themselves (rank 0 one line for a bad setting). Returns the job's
     exit code: 0, or that of the rank that failed first (2 for a bad setting)."""
-    import logging
     import uuid
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
-        if name.startswith("torch.distributed.elastic"):  # each sets its own level
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -300,7 +295,7 @@ def launch(processes: int, argv: list[str]) -> int:
     # sessions of their own; torchrun's would pass it on as SIGTERM, which to a rank means the
     # job is ending without it (another rank failed), so that it stops unsaved.
     try:
-        with on_signals(kill_as_ctrl_c, [signal.SIGTERM]):
+        with _launcher_settings(processes), on_signals(kill_as_ctrl_c, [signal.SIGTERM]):
             elastic_launch(config, sys.executable)("-m", "attnlab", *argv)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
@@ -311,3 +306,31 @@ def launch(processes: int, argv: list[str]) -> int:
     except SignalException:  # passed on to the ranks: after Ctrl-C (SIGINT) each saved
         raise KeyboardInterrupt from None
     return 0
+
+
+@contextlib.contextmanager
+def _launcher_settings(processes: int) -> Iterator[None]:
+    """For the launch only (its caller may be a notebook, through attnlab.cli.run): the logs of
+    torchrun's launcher quiet, the ranks' threads sharing the cores (OMP_NUM_THREADS, unless
+    set); after it, the handlers of the signals the launcher handles (SIGINT, SIGHUP, SIGQUIT)
+    and the environment it changes as they were."""
+    import logging
+
+    names = [*logging.root.manager.loggerDict, "torch.distributed.elastic"]
+    loggers = [logging.getLogger(n) for n in names if n.startswith("torch.distributed.elastic")]
+    levels = [log.level for log in loggers]
+    environment = dict(os.environ)
+    try:
+        with handlers_kept([signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]):
+            for log in loggers:  # each sets its own level
+                log.setLevel(logging.CRITICAL)
+            os.environ.setdefault(
+                "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes))
+            )
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+        for name in os.environ.keys() - environment.keys():
+            del os.environ[name]
+        os.environ.update(environment)

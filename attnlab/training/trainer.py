@@ -36,6 +36,7 @@ from attnlab.devices import (
     measure_peak_flops,
     pick_device,
     pick_dtype,
+    tf32,
     training_compile_options,
 )
 from attnlab.errors import UserError
@@ -105,17 +106,15 @@ class Trainer:
         accumulator of scores beyond the loss (accuracy, ...), reported per split. keep_best: a
         score ("val_accuracy"; lower is better but for HIGHER_IS_BETTER) whose best weights are
         kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
-        (distributed.py), each training its shard of every batch; alone by default."""
-        # a checkpoint names the model's kind: unregistered is refused now
-        check_tokenizer(
-            describe(model)["config"], (artifacts or {}).get("tokenizer"), "the tokenizer"
-        )
+        (distributed.py), each training its shard of every batch; alone by default. Seeds
+        torch's and Python's random numbers (config.seed, plus the rank): dropout draws there."""
+        tokenizer = (artifacts or {}).get("tokenizer")  # describe: an unregistered kind refused
+        check_tokenizer(describe(model)["config"], tokenizer, "the tokenizer")
         check_sources(train_data, eval_data)
         self.config, self.group = config, group
         self.device = pick_device(config.device)
         self.dtype = group.from_writer(pick_dtype(self.device, config.precision))  # measured
-        if self.device.type == "cuda" and config.precision != "fp32":  # fp32 matmuls in TF32
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        self.tf32 = self.device.type == "cuda" and config.precision != "fp32"  # in its steps
         self.model = model.to(self.device)
         self.trained = group.wrap(self.model)  # what training steps run: DDP, FSDP or the model
         self.unit = getattr(train_data, "unit", "token")
@@ -202,7 +201,7 @@ class Trainer:
         lr = self._learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        with cpu_kernels.enabled(self.kernels_on):  # a first call waits for their build: untimed
+        with cpu_kernels.enabled(self.kernels_on), tf32(self.tf32):  # their build: untimed
             start = time.perf_counter()
             loss, units = self._optimizer_step()
             seconds = time.perf_counter() - start
@@ -269,7 +268,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Mean loss per scored target on each evaluation split, the data's scores and the
         probes' (probes.py), in eval mode: {"val_loss": ..., "val_accuracy": ..., ...}."""
-        with eval_mode(self.model):  # and then in the mode the model came in
+        with eval_mode(self.model), tf32(self.tf32):  # then in the mode the model came in
             results = {}
             for split, batches in self.eval_data.items():
                 total, count, scores = 0.0, 0, self.metrics() if self.metrics else None

@@ -1,0 +1,119 @@
+"""Commands run in a notebook's process (attnlab.cli.run, main) and the Python API leave the
+process's global state as they found it: random numbers, signal handlers, the environment, the
+modules loaded, loggers."""
+
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from helpers import one_line_error
+
+from attnlab import cli
+from attnlab.evaluation.scaling import REFERENCE, measure
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers import CharTokenizer
+from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
+
+TINY = ["--context-length", "8", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
+TINY += ["--no-compile", "--eval-iters", "1", "--eval-interval", "1"]
+
+
+def draws():
+    """The next numbers of Python's, NumPy's and PyTorch's generators."""
+    return random.random(), np.random.rand(), torch.rand(1).item()
+
+
+def seeded_draws(call):
+    """draws() after seeding every generator and running call(), and without call()."""
+    results = []
+    for calling in (True, False):
+        random.seed(5), np.random.seed(5), torch.manual_seed(5)
+        if calling:
+            call()
+        results.append(draws())
+    return results
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tokenizer = CharTokenizer.from_text("hello world")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=8, n_layers=1, n_heads=2)
+    save_checkpoint(tmp_path / "run", GPT(config), {"tokenizer": tokenizer})
+    return tmp_path / "run"
+
+
+def test_commands_leave_the_callers_random_numbers_as_they_were(tmp_path, corpus, checkpoint):
+    """`train` seeds every generator, and loading a checkpoint built a model from torch's: a
+    notebook's own draws after a command were not those it would have made."""
+    out = str(tmp_path / "trained")
+    train = ["train", "gpt", "--data", str(corpus), "--out", out, "--max-iters", "1", *TINY]
+    sample = ["sample", str(checkpoint), "--prompt", "he", "--max-new-tokens", "2"]
+    for argv in (train, sample):
+        after, without = seeded_draws(lambda argv=argv: cli.main(argv))
+        assert after == without, argv
+
+
+def test_the_python_api_draws_none_of_the_callers_random_numbers(checkpoint):
+    after, without = seeded_draws(lambda: load_checkpoint(checkpoint))
+    assert after == without
+    after, without = seeded_draws(lambda: measure(REFERENCE, 16, 8, 1))  # the arena's scaling
+    assert after == without
+
+
+def test_ctrl_c_in_run_raises_keyboard_interrupt(monkeypatch, capsys):
+    """A notebook's cell or a script stops as on Ctrl-C: a RuntimeError would be caught by an
+    `except Exception` around the call, and a loop of runs would go on."""
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_plugins", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli.run("data list")
+    assert capsys.readouterr().err == "attnlab: interrupted\n"
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        cli.run("sample")
+
+
+def test_a_plugin_file_named_as_a_module_does_not_replace_that_module(tmp_path, monkeypatch):
+    plugin = tmp_path / "socket.py"  # a user's file, named as Python's socket module
+    plugin.write_text("LOADED = True\n")
+    monkeypatch.setenv("ATTNLAB_PLUGINS", str(plugin))
+    assert cli.main(["data", "list"]) == 0
+    assert sys.modules["socket"] is socket
+
+
+def test_null_streams_are_closed(monkeypatch):
+    """A stream the caller set to None is the null device for the command, closed after (an
+    unclosed file, a ResourceWarning, at each call)."""
+    monkeypatch.setattr(sys, "stdout", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["data", "list"]) == 0
+    assert sys.stdout is None
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_processes_leave_the_handlers_environment_and_logs_of_the_caller(tmp_path, corpus, capfd):
+    """torchrun's launcher replaced the handlers of SIGINT (Ctrl-C then raised its own
+    exception, not KeyboardInterrupt), SIGHUP and SIGQUIT, set OMP_NUM_THREADS and a variable
+    of its own, and silenced its loggers for good."""
+    signums = signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM
+    handlers = [signal.getsignal(s) for s in signums]
+    environment = dict(os.environ)
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(tmp_path / "run"), *TINY]
+    argv += ["--distributed", "ddp", "--processes", "2", "--batch-size", "3"]  # the ranks refuse
+    line = one_line_error(cli.main(argv), capfd.readouterr().err)  # rank 0's, on descriptor 2
+    assert "does not split among 2 processes" in line
+    assert [signal.getsignal(s) for s in signums] == handlers
+    assert dict(os.environ) == environment and elastic.level == level
