@@ -190,3 +190,19 @@ def test_a_command_whose_stdin_is_closed_reads_it_as_empty():
         preexec_fn=lambda: os.close(0),  # noqa: PLW1509 - as the shell's <&-
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, b"\n", b""), done
+
+
+def test_a_plot_written_to_stdout_gets_stdout_to_itself(tmp_path):
+    """`inspect lens ... --png /dev/stdout > lens.png`: the table and the "wrote" line go to
+    stderr, or they would sit in the middle of the PNG's bytes."""
+    folder = tmp_path / "ckpt"
+    model = GPT(GPTConfig(vocab_size=256, context_length=16, n_layers=1, n_heads=1, d_model=8))
+    save_checkpoint(folder, model.eval(), {"tokenizer": ByteTokenizer()})
+    png = tmp_path / "lens.png"
+    with png.open("wb") as out:
+        argv = ["inspect", "lens", str(folder), "--text", "to be", "--png", "/dev/stdout"]
+        done = subprocess.run([sys.executable, "-m", "attnlab", *argv], stdout=out, stderr=-1)
+    assert done.returncode == 0, done.stderr
+    image = png.read_bytes()
+    assert image.startswith(b"\x89PNG") and image.endswith(b"IEND\xaeB`\x82")
+    assert b"wrote /dev/stdout" in done.stderr and b"position" in done.stderr

@@ -222,7 +222,18 @@ def check_output(
         check_writable(path.parent)
     elif not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path}: cannot write to it")
+    elif _is_stdout(path):  # `--png /dev/stdout > plot.png`: the command's text goes apart
+        sys.stdout.flush()
+        sys.stdout = sys.stderr  # for this command (main puts stdout back)
     return path
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether `path` is the file, pipe or terminal this process's stdout writes to."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # a stream with no descriptor (a test's)
+        return False
 
 
 def check_seed(seed: int) -> None:
