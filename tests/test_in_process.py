@@ -81,6 +81,8 @@ def test_ctrl_c_in_run_raises_keyboard_interrupt(monkeypatch, capsys):
     monkeypatch.undo()
     with pytest.raises(RuntimeError, match="exit code 2"):
         cli.run("sample")
+    with pytest.raises(RuntimeError, match="cannot split it: No closing quotation"):
+        cli.run("sample 'runs/mine")  # not shlex's ValueError
 
 
 def test_a_plugin_file_named_as_a_module_does_not_replace_that_module(tmp_path, monkeypatch):

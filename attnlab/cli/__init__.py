@@ -292,7 +292,11 @@ def run(command: str) -> None:
     the command has stopped, a training run saved) KeyboardInterrupt, which stops a notebook's
     cell or a script as Ctrl-C does where `except Exception` would catch a RuntimeError."""
     try:
-        code = main(shlex.split(command))
+        argv = shlex.split(command)
+    except ValueError as error:  # a quote left open: a shell would not run it either
+        raise RuntimeError(f"`attnlab {command}`: cannot split it: {error}") from None
+    try:
+        code = main(argv)
     except SystemExit as stop:  # argparse: a bad flag (exit code 2), or --help (0)
         code = stop.code
     if code == INTERRUPTED:
