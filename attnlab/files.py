@@ -55,6 +55,13 @@ def private_file(path: Path) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & _WRITABLE_BY_OTHERS
 
 
+def make_private(path: str | os.PathLike) -> None:
+    """Close a file of native code we wrote to others' writes, so that private_file trusts it:
+    under a umask of 002 (a user's own group, as Ubuntu gives) a new file is group-writable,
+    and would be distrusted, built again, at every start."""
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~_WRITABLE_BY_OTHERS)
+
+
 def check_writable(folder: str | os.PathLike) -> None:
     """Write (then remove) a file in `folder`, or in the nearest folder above it that exists,
     where the missing ones would be made: a read-only destination ends in one line naming

@@ -3,6 +3,7 @@ embedded shapes, and bad input (an image of the wrong size, a corrupt PNG, a che
 another kind): one clear line, exit code 2, nothing lost."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -171,6 +172,19 @@ def test_bad_options_are_one_line(trained, capsys, flags, message):
     code, _, err = run(["sample-images", str(trained), *flags], capsys)
     assert message in one_line_error(code, err)
     assert fingerprint(trained) == before
+
+
+def test_the_default_grid_is_never_written_through_a_link_in_the_run(trained, tmp_path, capsys):
+    """CKPT/samples.png, in a run someone shared, may be a link to any file of the user's."""
+    shared, victim = tmp_path / "shared", tmp_path / "victim"
+    shutil.copytree(trained, shared)
+    victim.write_text("mine")
+    (shared / "samples.png").unlink(missing_ok=True)
+    (shared / "samples.png").symlink_to(victim)
+    argv = ["sample-images", str(shared), "--samples", "1", "--completions", "0"]
+    line = one_line_error(*run(argv, capsys)[::2])
+    assert f"{shared / 'samples.png'} is a link (to {victim})" in line and "with --out" in line
+    assert victim.read_text() == "mine"
 
 
 def test_greedy_draws_one_sample_unless_told_more(trained, tmp_path, capsys):

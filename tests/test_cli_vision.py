@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -79,6 +80,23 @@ def test_evaluate_refuses_an_empty_option_not_taking_it_for_the_default(trained,
     code, out, err = run(["evaluate", str(trained), flag, ""], capsys)
     assert f"{flag} is empty" in one_line_error(code, err) and out == ""
     assert fingerprint(trained) == before  # no confusion_val.png written into the run
+
+
+def test_the_default_confusion_plot_is_never_written_through_a_link_in_the_run(
+    trained, tmp_path, capsys
+):
+    """CKPT/confusion_val.png, in a run someone shared (readable, not writable), may be a link
+    to any file of the user's: written through, it was a PNG over that file."""
+    shared, victim = tmp_path / "shared", tmp_path / "victim"
+    shutil.copytree(trained, shared)
+    victim.write_text("mine")
+    (shared / "confusion_val.png").unlink(missing_ok=True)
+    (shared / "confusion_val.png").symlink_to(victim)
+    code, out, err = run(["evaluate", str(shared)], capsys)
+    line = one_line_error(code, err)
+    assert f"{shared / 'confusion_val.png'} is a link (to {victim}): a command writes" in line
+    assert "name the file with --confusion" in line and out == ""
+    assert victim.read_text() == "mine"
 
 
 def test_classify_image_prints_the_top_classes(trained, shape_png, capsys):

@@ -175,3 +175,31 @@ def test_a_library_is_loaded_only_from_a_folder_and_a_file_of_ours(tmp_path, mon
             generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)
         assert loaded == [] and planted.parent.stat().st_mode & 0o777 == 0o700
     compiled_steps._libraries.cache_clear()
+
+
+def test_a_library_built_under_a_umask_of_002_is_loaded_again_not_rebuilt(tmp_path, monkeypatch):
+    """A umask of 002 (Ubuntu's for a user's own group) made each new library group-writable:
+    distrusted by the next process, which spent 15-30 s building it again."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    done = []
+
+    def compile_and_package(program, package_path, **_):
+        done.append("built")
+        Path(package_path).write_bytes(b"a library")  # as any new file: 0o666 less the umask
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
+    monkeypatch.setattr(compiled_steps, "_check_loads", lambda path: None)
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: done.append(path))
+    model = tiny_gpt("rope", context_length=16)
+    umask = os.umask(0o002)
+    try:
+        for _ in range(2):  # the second as in a new process: from the disk
+            compiled_steps._libraries.cache_clear()
+            with pytest.warns(RuntimeWarning, match="compiling the decoding step failed"):
+                generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)  # no real library
+    finally:
+        os.umask(umask)
+        compiled_steps._libraries.cache_clear()
+    library = done[1]
+    assert done[:3] == ["built", library, library]  # loaded from the disk before any build
+    assert not Path(library).stat().st_mode & 0o022

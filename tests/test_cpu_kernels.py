@@ -139,6 +139,21 @@ def test_a_library_in_the_cache_is_loaded_only_while_it_is_ours(fake_compiler, m
     assert library.parent.stat().st_mode & 0o777 == 0o700 and len(fake_compiler) == 4
 
 
+def test_a_library_a_compiler_left_group_writable_is_reused(fake_compiler, monkeypatch):
+    """A linker gives its output 0o777 less the umask: 0o775 under a umask of 002 (Ubuntu's for
+    a user's own group), a library _trusted would refuse, built again at every start."""
+
+    def linker(output, flags):
+        fake_compiler.append(output)
+        Path(output).write_bytes(b"built")
+        Path(output).chmod(0o775)
+
+    monkeypatch.setattr(kernel, "_compile", linker)
+    library = Path(kernel._build())
+    assert kernel._build() == str(library) and len(fake_compiler) == 1
+    assert library.stat().st_mode & 0o777 == 0o755
+
+
 def test_processes_starting_at_once_build_once_and_all_take_that_build(fake_compiler, monkeypatch):
     """Each build differs in bytes: two at once could leave one's digest beside the other's
     library, which the next process would distrust and build again."""

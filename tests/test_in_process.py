@@ -22,7 +22,7 @@ from attnlab.tokenizers import CharTokenizer
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
 
 TINY = ["--context-length", "8", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
-TINY += ["--no-compile", "--eval-iters", "1", "--eval-interval", "1"]
+TINY += ["--no-compile", "--no-cpu-kernels", "--eval-iters", "1", "--eval-interval", "1"]
 
 
 def draws():

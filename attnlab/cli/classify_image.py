@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnlab.cli.options import add_device_flag, check_output, print_json
+from attnlab.cli.options import add_device_flag, check_output, default_output, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import CLASSIFY_IMAGE
@@ -118,9 +118,11 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     checkpoint = load_classifier(args.checkpoint, args.device, "evaluate")
     model, artifacts = checkpoint.model, checkpoint.artifacts
     split = evaluated_split(args)
+    png = Path(
+        args.confusion or default_output(args.checkpoint, f"confusion_{split}.png", "--confusion")
+    )
     data = _evaluation_images(args, checkpoint, split)
     result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
-    png = Path(args.confusion or Path(args.checkpoint) / f"confusion_{split}.png")
     title = (
         f"{Path(args.checkpoint).name}: accuracy {result['accuracy']:.2%} on "
         f"{result['images']:,} {'test' if split == 'val' else split} images"

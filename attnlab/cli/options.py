@@ -236,6 +236,19 @@ def _is_stdout(path: Path) -> bool:
         return False
 
 
+def default_output(checkpoint: str, name: str, flag: str) -> Path:
+    """CKPT/NAME, where a command writes when `flag` is not given, never through a link: in a
+    run someone shared, one could lead the write to any file of the user's (a link given as
+    `flag` is the user's own, written through)."""
+    path = Path(checkpoint) / name
+    if path.is_symlink():
+        raise UserError(
+            f"{path} is a link (to {os.readlink(path)}): a command writes its own files into a "
+            f"run, never through links; name the file with {flag}"
+        )
+    return path
+
+
 def check_seed(seed: int) -> None:
     """--seed, in the range torch's generators take (as train's TrainConfig.seed)."""
     if not 0 <= seed < 2**63:

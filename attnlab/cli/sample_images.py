@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import io
-from pathlib import Path
 
 from attnlab.cli.options import (
     add_device_flag,
     check_output,
     check_sampling_flags,
     check_top_k,
+    default_output,
     given_flags,
     print_json,
     record_defaults,
@@ -124,7 +124,7 @@ def sample_images_command(args: argparse.Namespace) -> int:
         raise UserError("--resize scales --complete images: without --complete it is unused")
     out = check_output(
         "--out",
-        Path(args.checkpoint) / "samples.png" if args.out is None else args.out,
+        default_output(args.checkpoint, "samples.png", "--out") if args.out is None else args.out,
         args.checkpoint,
         ".png",
         inputs={"--complete": args.complete},

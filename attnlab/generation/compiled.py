@@ -43,7 +43,7 @@ from torch import nn
 
 from attnlab.devices import Compiled, cpu_instructions, warn_compiler_failure
 from attnlab.errors import UserError
-from attnlab.files import cache_dir, private_file, private_folder, remove_stale
+from attnlab.files import cache_dir, make_private, private_file, private_folder, remove_stale
 from attnlab.generation.sampling import SamplingConfig
 
 # Inductor's CPU limits for the rewrite: products with one row, other sides up to 2048
@@ -201,6 +201,7 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
             inductor_configs=copy.deepcopy(INDUCTOR_OPTIONS),  # Inductor fills it in
         )
         _check_loads(partial)
+        make_private(partial)  # else, group-writable under a umask of 002, never loaded again
         os.replace(partial, path)  # whole or absent, for a concurrent run
         _prune(path.parent)
         package = torch._inductor.aoti_load_package(str(path))

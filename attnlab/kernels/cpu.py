@@ -46,7 +46,14 @@ from pathlib import Path
 import torch
 
 from attnlab.devices import warn_compiler_failure
-from attnlab.files import atomic_write_bytes, cache_dir, private_file, private_folder, remove_stale
+from attnlab.files import (
+    atomic_write_bytes,
+    cache_dir,
+    make_private,
+    private_file,
+    private_folder,
+    remove_stale,
+)
 
 SOURCES = [
     os.path.join(os.path.dirname(__file__), name) for name in ("cpu.cpp", "scan.cpp", "dropout.cpp")
@@ -201,6 +208,7 @@ def _build() -> str:
         os.close(fd)
         try:
             _compile(temporary, flags)
+            make_private(temporary)  # as _trusted requires, whatever the umask
             atomic_write_bytes(digest, _sha256(temporary).encode())
             os.replace(temporary, library)
         finally:

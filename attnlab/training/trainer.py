@@ -107,7 +107,7 @@ class Trainer:
         score ("val_accuracy"; lower is better but for HIGHER_IS_BETTER) whose best weights are
         kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
         (distributed.py), each training its shard of every batch; alone by default. Seeds
-        torch's and Python's random numbers (config.seed, plus the rank): dropout draws there."""
+        torch's (config.seed plus the rank: dropout draws there) and Python's random numbers."""
         tokenizer = (artifacts or {}).get("tokenizer")  # describe: an unregistered kind refused
         check_tokenizer(describe(model)["config"], tokenizer, "the tokenizer")
         check_sources(train_data, eval_data)
