@@ -263,7 +263,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def readable(path: str | os.PathLike, what: str = "file") -> Path:
     """`path`, when it names something to read once: a file, or a pipe (bash's <(...), a FIFO),
     read as the file it stands for; else a UserError naming it: a folder, a missing file, a
-    link that leads nowhere (or around in a loop)."""
+    link that leads nowhere (or around in a loop), an empty one (Path("") is the folder ".")."""
+    if not str(path):
+        raise UserError(f"an empty path: give a {what}")
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder: give a {what}")

@@ -333,3 +333,17 @@ def test_every_command_names_its_checkpoint_and_its_text_alike():
         for action in parser._actions:
             if not action.option_strings and action.dest in names:
                 assert action.metavar == names[action.dest], (parser.prog, action.dest)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "gpt", "--config", ""], "an empty path: give a config file"),
+        (["sample", ""], "an empty path: give a checkpoint's folder"),
+        (["classify-image", "", "x.png"], "an empty path: give a checkpoint's folder"),
+        (["tokenize", "show", "--tokenizer", "", "hi"], "an empty tokenizer: give byte, gpt2"),
+    ],
+)
+def test_an_empty_path_is_named_so_not_taken_for_the_current_folder(argv, message, capsys):
+    """`--config "$UNSET"`: Path("") is ".", and the error spoke of a folder "." or ""."""
+    assert message in one_line_error(*run(argv, capsys)[::2])

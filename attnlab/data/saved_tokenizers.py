@@ -21,6 +21,8 @@ TOKENIZER_FILES = (
 def open_tokenizer(spec: str, log: Callable[[str], None] | None = None) -> Tokenizer:
     """The tokenizer a spec names: 'byte', 'gpt2' (GPT-2's own vocabulary, from the dataset
     gpt2-bpe), a run directory's tokenizer.json, or a saved tokenizer file."""
+    if not spec:  # not the folder "." it would become
+        raise UserError("an empty tokenizer: give byte, gpt2, a run's folder or a saved file")
     if spec == "byte":
         return ByteTokenizer()
     if spec == "gpt2":

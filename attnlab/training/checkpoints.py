@@ -168,6 +168,8 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     """config.json of a checkpoint directory, checked: {"kind": ..., "config": {...}}, the
     config with every field. Reading it builds no model, so a command can check the kind
     before loading any weights."""
+    if not str(path):  # not the folder "." it would become
+        raise UserError("an empty path: give a checkpoint's folder")
     path = Path(path)
     # the journal first: a first save that finishes between the two looks is then found
     if not (path / JOURNAL_FILE).exists() and not (path / MODEL_FILE).is_file():
