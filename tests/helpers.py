@@ -130,3 +130,25 @@ def overlapping_tick_labels(fig) -> list[tuple[str, str]]:
         pairs += [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :]
                   if box.overlaps(other)]  # fmt: skip
     return pairs
+
+
+def outside_the_figure(fig) -> list[str]:
+    """The texts of a matplotlib figure (labels, titles, tick labels) drawn past its edges, cut
+    off in the file, as drawn (after its layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ticks, texts = set(), []
+    for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
+        low, high = sorted(axis.get_view_interval())
+        for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+            labels = tick.label1, tick.label2
+            ticks |= set(map(id, labels))
+            texts += labels if low <= tick.get_loc() <= high else ()  # drawn: in view
+    texts += [t for t in fig.findobj(Text) if id(t) not in ticks]  # titles, labels, ...
+    edges = fig.bbox.padded(1)  # a pixel's rounding
+    boxes = {t.get_text(): t.get_window_extent() for t in texts if t.get_visible() and t.get_text()}
+    return [text for text, box in boxes.items()
+            if not (edges.contains(*box.min) and edges.contains(*box.max))]  # fmt: skip

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import one_line_error, overlapping_tick_labels, run
+from helpers import one_line_error, outside_the_figure, overlapping_tick_labels, run
 
 from attnlab.errors import UserError
 from attnlab.evaluation import arena, scaling
@@ -135,7 +135,10 @@ def test_scaling_writes_a_table_and_a_plot(tmp_path, capsys):
                     "| mamba (scan)", "| mamba (fused)"]  # fmt: skip
 
 
-@pytest.mark.parametrize("lengths", [[16, 32, 64, 128, 256, 512], [2**k for k in range(8, 16)]])
+@pytest.mark.parametrize(
+    "lengths",
+    [[16, 32, 64, 128, 256, 512], [2**k for k in range(8, 16)], [2**k for k in range(3, 17)]],
+)
 def test_the_scaling_plot_labels_the_lengths_measured_legibly(tmp_path, monkeypatch, lengths):
     drawn = []
     monkeypatch.setattr(scaling, "save_figure", lambda fig, png, **_: drawn.append(fig))
@@ -144,7 +147,7 @@ def test_the_scaling_plot_labels_the_lengths_measured_legibly(tmp_path, monkeypa
     for ax in drawn[0].axes:  # not 2x10^1, 3x10^1, ... one over the other
         shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text()]
         assert shown == [f"{n:,}" for n in lengths]
-    assert overlapping_tick_labels(drawn[0]) == []
+    assert overlapping_tick_labels(drawn[0]) == [] and outside_the_figure(drawn[0]) == []
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ def checkpoint(tmp_path_factory):
         (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
         (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["--seed", str(2**70)], "seed"),
+        (["--seed", str(2**63)], f"--seed must be in [0, 2**63), got {2**63}"),
         (["--prompt", "fox \udcff"], "not valid UTF-8"),  # a command-line byte that is not UTF-8
     ],
 )
@@ -187,7 +188,7 @@ def test_stdin_that_is_not_utf8_is_one_line(checkpoint):
 def test_output_the_encoding_of_stdout_cannot_hold_is_one_line_naming_it():
     """PYTHONIOENCODING=ascii (or a locale's 8-bit encoding) and a text it has no bytes for:
     the output is at fault, not the input, and the line says how to print such text."""
-    decode = ["tokenize", "decode", "--tokenizer", "byte", "195", "175"]  # "ï"
+    decode = ["tokenize", "decode", "--tokenizer", "byte", "97", "195", "175"]  # "aï"
     done = subprocess.run(
         [sys.executable, "-m", "attnlab", *decode],
         env={**os.environ, "PYTHONIOENCODING": "ascii"},
@@ -229,21 +230,30 @@ def test_characters_no_font_has_are_one_warning_and_an_installed_font_draws_them
     tmp_path, monkeypatch
 ):
     """Not matplotlib's two warnings for each character (in a run's name, a token, a class)."""
+    from matplotlib.artist import Artist
     from matplotlib.figure import Figure
 
-    def warnings_saving(name):
+    class Warns(Artist):  # a warning of another kind, raised in drawing: passed on
+        def draw(self, renderer):
+            warnings.warn("drawn", UserWarning, stacklevel=2)
+
+    def warnings_saving(name, title="run ℊℊ 東"):
         fig = Figure(figsize=(2, 2), layout="tight")
-        fig.subplots().set_title("run ℊℊ 東")
+        fig.subplots().set_title(title)
+        fig.add_artist(Warns())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             files.save_figure(fig, tmp_path / name)
         return [str(warning.message) for warning in caught]
 
     monkeypatch.setattr(files, "FALLBACK_FONTS", ())
-    [line] = warnings_saving("none.png")
+    *drawn, line = warnings_saving("none.png")
+    assert drawn and set(drawn) == {"drawn"}
     assert "none.png: no installed font has 2 of its characters (ℊ 東), drawn as boxes" in line
+    ten = "一二三四五六七八九十"  # all shown: no "..."
+    assert f"10 of its characters ({' '.join(ten)}), drawn" in warnings_saving("10.png", ten)[-1]
     monkeypatch.setattr(files, "FALLBACK_FONTS", ("STIXGeneral",))  # has ℊ, as DejaVu Sans not
-    assert "1 of its characters (東)" in warnings_saving("stix.png")[0]
+    assert "1 of its characters (東)" in warnings_saving("stix.png")[-1]
 
 
 def test_control_characters_in_an_error_are_shown_escaped(tmp_path, capsys):

@@ -190,8 +190,9 @@ def test_the_default_grid_is_never_written_through_a_link_in_the_run(trained, tm
 def test_greedy_draws_one_sample_unless_told_more(trained, tmp_path, capsys):
     png = tmp_path / "greedy.png"
     argv = ["sample-images", str(trained), "--temperature", "0", "--completions", "0"]
-    code, stdout, err = run([*argv, "--out", str(png)], capsys)
-    assert code == 0 and stdout.startswith("1 samples, 0 completions"), err
+    for flags in [], ["--samples", "1"]:  # as many as it draws: nothing to refuse
+        code, stdout, err = run([*argv, "--out", str(png), *flags], capsys)
+        assert code == 0 and stdout.startswith("1 samples, 0 completions"), err
 
 
 def test_top_k_0_is_off_as_in_sample(trained, tmp_path, capsys):

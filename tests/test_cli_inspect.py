@@ -262,6 +262,8 @@ def test_the_lens_table_is_aligned_by_display_width_for_wide_characters(tmp_path
     assert code == 0, err
     assert {display_width(line) for line in stdout.splitlines()} == {8 + 2 + 10 + 3 * 12}
     assert short("東京は大きな都市", 10) == "東京は大…" and padded("東京", 5) == "東京 "
+    assert short("abcdefgh", 8) == "abcdefgh" and short("東京は大", 8) == "東京は大"  # as wide
+    assert display_width("ＡＢ") == 4 and display_width("e\u0301te\u0301") == 3  # full-width
 
 
 def test_layers_command(checkpoints, tmp_path, capsys):
@@ -312,14 +314,20 @@ def test_tokens_of_part_of_a_character_or_with_dollars_are_shown_as_they_are(tmp
     every such token would; a token like "$$" is drawn as written, not read as a formula."""
     tokenizer = BPETokenizer.train(["$$x$$ $y$ "] * 20, 262)  # "$$" and "$" merge: tokens
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1,
-                          n_heads=1, d_model=8))  # fmt: skip
-    save_checkpoint(tmp_path / "run", model.eval(), {"tokenizer": tokenizer})
+                          n_heads=1, d_model=8, tie_weights=False))  # fmt: skip
     out, png = tmp_path / "view.html", tmp_path / "lens.png"
     text = "$$x$$ €"  # the euro sign: three byte tokens
-    code, stdout, err = run(["inspect", "lens", str(tmp_path / "run"), "--text", text, "--json",
-                             "--png", str(png)], capsys)  # fmt: skip
-    assert code == 0, err
-    assert json.loads(stdout)["tokens"] == ["$$", "x", "$$", " ", r"\xe2", r"\x82", r"\xac"]
+    for predicted, shown in [(tokenizer.encode("$$")[0], "$$"), (0xFF, r"\xff")]:
+        with torch.no_grad():  # the lens's top prediction everywhere (its cells in the plot)
+            model.final_norm.weight.zero_(), model.final_norm.bias.fill_(1)
+            model.output_head.weight.zero_(), model.output_head.weight[predicted].fill_(1)
+        save_checkpoint(tmp_path / "run", model.eval(), {"tokenizer": tokenizer})
+        code, stdout, err = run(["inspect", "lens", str(tmp_path / "run"), "--text", text,
+                                 "--json", "--png", str(png)], capsys)  # fmt: skip
+        assert code == 0, err
+        lens = json.loads(stdout)
+        assert lens["tokens"] == ["$$", "x", "$$", " ", r"\xe2", r"\x82", r"\xac"]
+        assert {top for row in lens["top"] for top in row} == {shown}
     code, _, err = run(["inspect", "attention", str(tmp_path / "run"), "--text", text, "--out",
                         str(out), "--png", str(png), "--layer", "0"], capsys)  # fmt: skip
     assert code == 0, err

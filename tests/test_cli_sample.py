@@ -112,6 +112,10 @@ def test_control_characters_are_escaped_on_a_terminal_only(capsys, tmp_path, mon
     assert main(["sample", *map(str, args)]) == 0
     escaped = "".join(ascii(c)[1:-1] if c in controls else c for c in piped)
     assert sys.stdout.getvalue() == escaped
+    monkeypatch.setattr(sys, "stdout", Terminal())  # the prompt too; DEL and C1 as C0, not tabs
+    prompt = "\x1b[2J\x7f\x9b\ta"
+    assert main(["sample", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "0"]) == 0
+    assert sys.stdout.getvalue() == "\\x1b[2J\\x7f\\x9b\ta\n"
 
 
 def test_unseen_prompt_characters_exit_2(capsys, checkpoint):

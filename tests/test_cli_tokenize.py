@@ -92,7 +92,7 @@ def test_show_colours_on_a_terminal(trained_file, capsys, monkeypatch):
     assert "\x1b[" not in capsys.readouterr().out
 
 
-def test_byte_tokenizer(capsys):
+def test_byte_tokenizer(capsys, monkeypatch):
     assert main(["tokenize", "encode", "--tokenizer", "byte", "hé"]) == 0
     assert capsys.readouterr().out.split() == ["104", "195", "169"]
     assert main(["tokenize", "show", "--tokenizer", "byte", "hé"]) == 0
@@ -101,6 +101,9 @@ def test_byte_tokenizer(capsys):
     assert capsys.readouterr().out.splitlines()[0] == "a‖|‖\\xc2‖\\xa6‖b"
     assert main(["tokenize", "show", "--tokenizer", "byte", "a\x1b[2J\r\n"]) == 0  # not acted on
     assert capsys.readouterr().out.splitlines()[0] == "a|\\x1b|[|2|J|\\r|\\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfh\xc3\xa9")))
+    assert main(["tokenize", "encode", "--tokenizer", "byte"]) == 0  # Notepad's mark: no text
+    assert capsys.readouterr().out.split() == ["104", "195", "169"]
 
 
 def test_a_failed_train_makes_no_folder(tmp_path, capsys):

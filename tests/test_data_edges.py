@@ -23,6 +23,7 @@ from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_t
 from attnlab.data.translation import read_lines
 from attnlab.errors import UserError
 from attnlab.files import check_writable, read_text
+from attnlab.training.artifacts import ClassNames
 from attnlab.training.sources import DataRequest
 
 TRAIN = SimpleNamespace(batch_size=4, eval_iters=1, seed=0)
@@ -42,6 +43,23 @@ def test_a_char_vocabulary_learned_for_bert_holds_the_space_put_before_every_tex
     (tmp_path / "train.tsv").write_text("good\t1\nbad\t0\n" * 10)
     data = classification_training_data(classifier_request(tmp_path / "train.tsv"))
     assert data.artifacts["tokenizer"].chars == sorted(set(" goodbad"))
+
+
+def test_a_checkpoints_classes_or_some_of_them_are_numbered_as_it_numbers_them(tmp_path):
+    """Scored by a checkpoint of classes c, b, a (a run's --label-names, say): folders of all
+    of them, in the order of their names, or a file of its last label alone."""
+    saved = {"classes": ClassNames(("c", "b", "a"))}
+    for name in ("a", "b", "c"):
+        (tmp_path / "all" / name).mkdir(parents=True)
+        (tmp_path / "all" / name / "1.txt").write_text(f"a text of {name}")
+    (tmp_path / "last.tsv").write_text("a text of a\t2\n" * 2)
+    for data, labels in [("all", [2, 1, 0]), ("last.tsv", [2, 2])]:
+        config = ClassificationDataConfig(data=str(tmp_path / data), tokenizer="byte")
+        model = {"context_length": 16, "long_text": "head_tail"}
+        scored = classification_training_data(DataRequest(config, model, TRAIN, saved,
+                                                          evaluate="all"))  # fmt: skip
+        assert [y for _, y in scored.eval["val"]()][0].tolist() == labels
+        assert scored.model_fields["n_classes"] == 3
 
 
 def test_a_dev_file_without_its_training_file_is_named(tmp_path):

@@ -169,6 +169,7 @@ def test_ids_outside_the_vocabulary_are_a_value_error_naming_the_id(bad):
     for call in calls:
         with pytest.raises(ValueError, match=f"token id {bad} is outside .* of 50 ids"):
             call(torch.tensor([[1, bad, 2]]))
+    assert tiny()(torch.zeros(0, 3, dtype=torch.long))[0].numel() == 0  # no ids: none outside
 
 
 def test_targets_of_another_shape_or_of_floats_are_refused_not_read_anyhow():

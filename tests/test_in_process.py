@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import warnings
 
@@ -153,3 +154,57 @@ def test_processes_leave_the_handlers_environment_and_logs_of_the_caller(tmp_pat
     assert "does not split among 2 processes" in line
     assert [signal.getsignal(s) for s in signums] == handlers
     assert dict(os.environ) == environment and elastic.level == level
+
+
+def test_the_launch_shares_the_cores_and_gives_back_the_variables_it_changed(monkeypatch):
+    """Each rank's threads a share of the cores (OMP_NUM_THREADS, unless set), and after the
+    launch the variables as they were: those it set gone, those it changed back."""
+    from torch.distributed.launcher import api
+
+    from attnlab.training import distributed
+
+    seen = {}
+
+    def launcher(config, entrypoint):
+        def run(*args):
+            seen["threads"] = os.environ.get("OMP_NUM_THREADS")
+            os.environ["ATTNLAB_TEST_MINE"] = "changed"
+            os.environ["ATTNLAB_TEST_NEW"] = "set"
+
+        return run
+
+    monkeypatch.setattr(api, "elastic_launch", launcher)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("ATTNLAB_TEST_MINE", "mine")
+    environment = dict(os.environ)
+    assert distributed.launch(2, ["data", "list"]) == 0
+    assert seen["threads"] == "4" and dict(os.environ) == environment
+
+
+def test_libraries_a_command_loaded_are_seeded_afresh_after_it(tmp_path, corpus):
+    """NumPy and torch loaded by the command (a notebook's first, say) and seeded by `train`:
+    seeded afresh after it, as on their import, not at its --seed in every session."""
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(tmp_path / "run"), *TINY]
+    code = f"""import sys
+from attnlab.cli import main
+assert "numpy" not in sys.modules and "torch" not in sys.modules
+assert main({[*argv, "--seed", "5", "--max-iters", "1", "--device", "cpu"]!r}) == 0
+import numpy, torch
+after = numpy.random.get_state()[1]
+numpy.random.seed(5)
+print(torch.initial_seed() == 5, (after == numpy.random.get_state()[1]).all())"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["False", "False"]  # torch's seed; NumPy's state
+
+
+def test_a_handler_set_outside_python_is_given_back_as_the_default(monkeypatch):
+    """signal.getsignal's None (a handler not set from Python) cannot be set again."""
+    from attnlab.signals import handlers_kept
+
+    found = signal.getsignal
+    monkeypatch.setattr(signal, "getsignal", lambda s: None if s == signal.SIGUSR1 else found(s))
+    with handlers_kept([signal.SIGUSR1]):
+        signal.signal(signal.SIGUSR1, lambda number, frame: None)
+    assert found(signal.SIGUSR1) == signal.SIG_DFL

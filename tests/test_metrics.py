@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Terminal
+from helpers import Terminal, outside_the_figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from attnlab.cli.reports import plot_confusion, plot_losses
@@ -139,6 +139,7 @@ def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
         boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
         assert len(boxes) == k
         assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes)), names
+        assert outside_the_figure(fig) == [], names
 
 
 def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
@@ -152,6 +153,9 @@ def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
     assert list(train.get_xdata()) == [1] and train.get_marker() not in ("", "None", None)
     low, high = ax.get_xlim()
     assert [t for t in ax.get_xticks() if low <= t <= high] == [1]  # not 0.96, 0.98, ...
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({**record, "val_accuracy": 0.5}) + "\n")
+    plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")  # the scores below it
+    assert [ax.get_xlabel() for ax in drawn[1].axes] == ["", "step"]  # the shared axis once
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])

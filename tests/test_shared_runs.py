@@ -6,6 +6,7 @@ run."""
 import json
 
 import pytest
+import torch
 from helpers import one_line_error, run, snapshot, tiny_gpt
 from test_run_directory import train
 
@@ -13,6 +14,7 @@ from attnlab.cli import train as train_command
 from attnlab.errors import UserError
 from attnlab.tokenizers.byte import ByteTokenizer
 from attnlab.training.checkpoints import finish_checkpoint, save_checkpoint
+from attnlab.training.distributed import Group
 from attnlab.training.metrics_log import truncate_metrics
 
 DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read
@@ -30,12 +32,17 @@ def test_a_journal_that_renames_files_out_of_the_run_is_refused(tmp_path, capsys
     run_folder, victim = checkpoint(tmp_path / "shared"), tmp_path / "victim"
     victim.write_text("mine")
     (run_folder / ".evil.tmp").write_text("echo pwned")
-    for target in (str(victim), "../victim", "model.safetensors"):
-        (run_folder / "checkpoint.journal").write_text(json.dumps({target: ".evil.tmp"}))
+    (run_folder / "..." / "victim.1.tmp").parent.mkdir()  # named as the name's own would be
+    (run_folder / "..." / "victim.1.tmp").write_text("echo pwned")
+    renames = [(str(victim), ".evil.tmp"), ("../victim", ".evil.tmp"),
+               ("model.safetensors", ".evil.tmp"), ("../victim", ".../victim.1.tmp")]  # fmt: skip
+    for target, tmp in renames:
+        (run_folder / "checkpoint.journal").write_text(json.dumps({target: tmp}))
         with pytest.raises(UserError, match="no journal of attnlab's: it renames files out of"):
             finish_checkpoint(run_folder)
-        assert victim.read_text() == "mine" and (run_folder / ".evil.tmp").exists()
-    (run_folder / "checkpoint.journal").unlink()
+        assert victim.read_text() == "mine" and (run_folder / tmp).exists()
+    (run_folder / "checkpoint.journal").write_text(DEEP)  # damaged: nothing to rename
+    finish_checkpoint(run_folder)
     code, _, err = run(["sample", str(run_folder), "--max-new-tokens", "2"], capsys)
     assert code == 0, err
 
@@ -107,3 +114,29 @@ def test_a_model_too_large_to_train_is_one_line_before_it_is_allocated(
         one_line_error(code, err)
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_whose_buffers_would_not_fit_is_refused_before_training(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """Its sinusoidal table of positions (a buffer, not a parameter) counts with its weights."""
+    monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**15)  # 2,048 numbers
+    flags = ["--context-length", "150", "--positional", "sinusoidal", "--d-model", "8"]
+    flags += ["--n-layers", "1", "--n-heads", "2", "--max-iters", "1"]  # 1,129 parameters
+    code, _, err = train(capsys, corpus, tmp_path / "run", *flags)  # and 1,200 positions
+    assert "holds more than 2,048 numbers" in one_line_error(code, err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", [None, "ddp", "fsdp"])
+def test_the_memory_a_model_trains_in_is_shared_by_fsdp_ranks_and_copied_by_others(
+    monkeypatch, mode
+):
+    """Two ranks: FSDP's shards fill the two GPUs' memory or the machine's; a copy on each
+    (DDP) has one GPU's, or half the machine's."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**30)
+    group = Group(mode)
+    shared = {"cuda": 2 if mode == "fsdp" else 1, "cpu": 1 if mode == "fsdp" else 1 / group.world}
+    for device, share in shared.items():
+        assert train_command._model_memory(torch.device(device), group) == 2**30 * share

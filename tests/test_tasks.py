@@ -212,11 +212,16 @@ def test_inspect_layers_scores_a_tasks_evaluation_sequences_not_its_training_one
     tmp_path, capsys, monkeypatch
 ):
     """A run of --seed S trains on the sequences of seed S and evaluates on those of S + 1:
-    `inspect layers` scores the latter, whatever S (a fixed seed was some run's training data)."""
+    `inspect layers` scores the latter, whatever S (a fixed seed was some run's training data),
+    and `evaluate` scores what its training did."""
     spec, out = "task:mqar:pairs=2", tmp_path / "run"
     argv = ["train", "gpt", "--data", spec, "--out", str(out), "--seed", "1", "--max-iters", "1"]
     argv += ["--context-length", "16", "--n-layers", "1", "--d-model", "16", "--n-heads", "2"]
-    assert run([*argv, "--batch-size", "16", "--device", "cpu"], capsys)[0] == 0
+    argv += ["--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
+    assert run(argv, capsys)[0] == 0
+    code, stdout, err = run(["evaluate", str(out), "--json"], capsys)  # as its training did
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert code == 0 and json.loads(stdout)["val_loss"] == pytest.approx(logged, rel=1e-6), err
     scored, real = [], tasks.evaluation_batches
 
     def spy(*args, **kwargs):

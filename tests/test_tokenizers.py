@@ -69,6 +69,16 @@ def test_text_in_another_unicode_form_than_the_training_texts_is_told_so():
     line = str(error.value)
     assert "'C' 'e' '\\u0301' '\\u0327'; in Unicode's NFC form the text has only" in line
     assert "unicodedata.normalize('NFC', text)" in line
+    for trained, typed, form in [("e\u0301te\u0301", "été", "NFD"), ("fi A", "ﬁ Ａ", "NFKC")]:
+        with pytest.raises(UserError, match=f"in Unicode's {form} form the text has only"):
+            CharTokenizer.from_text(trained).encode(typed)  # decomposed; a ligature, full width
+
+
+def test_a_tokens_own_text_is_its_bytes_or_its_special_name():
+    tokenizer = ByteTokenizer(["<pad>"])
+    assert [tokenizer.token_text(i) for i in (97, 0xFF, 256)] == ["a", "\\xff", "<pad>"]
+    tokenizer = CharTokenizer.from_text("ab", ["<|eot|>"])
+    assert [tokenizer.token_text(i) for i in range(3)] == ["a", "b", "<|eot|>"]
 
 
 @pytest.mark.parametrize(

@@ -235,7 +235,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
-    memory = memory_bytes(pick_device(train_config.device)) * group.world  # FSDP: shared
+    memory = _model_memory(pick_device(train_config.device), group)
     check_trainable(kind, model_config, memory)  # on no device: its size first
     seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
     model = kind.model(model_config)
@@ -278,6 +278,16 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         next_step="\n".join(steps) or f"the checkpoint is in {out}",
         time_limit=args.time_limit,
     )
+
+
+def _model_memory(device, group: Group) -> int:
+    """The memory the model trains in: under FSDP each rank holds a shard, on a GPU of its own
+    or in the one machine's memory; otherwise each a whole copy, in its own GPU's memory or a
+    share of the machine's."""
+    memory = memory_bytes(device)
+    if group.mode == "fsdp":
+        return memory * group.world if device.type == "cuda" else memory
+    return memory if device.type == "cuda" else memory // group.world
 
 
 def _class_head(kind: ModelKind, config) -> set[str]:
