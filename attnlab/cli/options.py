@@ -200,7 +200,8 @@ def check_output(
     writable place (a link, pipe or device such as /dev/stdout: writable itself); none of the
     checkpoint's own files (its weights, configs, logs, loss plot, or its run's, for a best/
     checkpoint) nor of the command's `inputs` (flag -> a file or a list of files); ending in
-    `suffix` where the format is fixed."""
+    `suffix` where the format is fixed. A file that is this process's stdout gets it to itself:
+    what the command prints goes to stderr from then on."""
     from attnlab.files import check_writable, written_in_place
 
     if not str(path):
