@@ -97,46 +97,16 @@ def arena(args: argparse.Namespace) -> int:
     if unused := given_flags(args, RACE if args.scaling else SCALING):
         mode = "--scaling" if args.scaling else "the race (without --scaling)"
         raise UserError(f"{', '.join(unused)}: not used by {mode}")
-    if args.scaling:
-        return _scaling(args, out)
-    from attnlab.evaluation.arena import (
-        Entry,
-        TrainingFailed,
-        matched_config,
-        report,
-        train_mixer,
-    )
+    return _scaling(args, out) if args.scaling else _race(args, out)
+
+
+def _race(args: argparse.Namespace, out: Path) -> int:
+    from attnlab.evaluation.arena import Entry, matched_config, report, train_mixer
     from attnlab.layers.mixers import MIXERS
 
     mixers = _names(ARENA_MIXERS if args.mixers is None else args.mixers, sorted(MIXERS))
-    if args.time is not None and args.tokens is not None:
-        raise UserError("give --time or --tokens, not both")
-    for name in (
-        "params",
-        "n_layers",
-        "context_length",
-        "batch_size",
-        "learning_rate",
-        "eval_interval",
-        "time",
-        "tokens",
-    ):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive number")
-    check_seed(args.seed)  # now, not as the first mixer's training fails
-    tokens_per_step = args.batch_size * args.context_length
-    if args.tokens:  # a known end: constant, then a fall to a tenth over the last fifth
-        steps = max(1, math.ceil(args.tokens / tokens_per_step))
-        warmup = min(100, steps // 10)
-        budget = ["--max-iters", str(steps), "--warmup-iters", str(warmup), "--lr-schedule"]
-        budget += ["wsd", "--min-learning-rate", str(args.learning_rate / 10)]
-        budget_text = f"{args.tokens:,.0f} tokens"
-    else:  # no schedule knows where a time budget ends: constant
-        minutes = args.time or 5.0
-        budget = ["--max-iters", str(10**9), "--time-limit", f"{minutes:g}"]
-        budget += ["--warmup-iters", "100", "--lr-schedule", "constant"]
-        budget_text = f"{minutes:g} min of training"
+    _check_race(args)
+    budget, budget_text = _budget(args)
     training = [
         *("--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)),
         *("--dropout", "0", "--eval-interval", str(args.eval_interval)),
@@ -159,26 +129,58 @@ def arena(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt():
             for mixer, config in zip(mixers, configs, strict=True):
                 entry = Entry(mixer, config, out / mixer)
-                train_mixer(entry, data, training, tokens_per_step, note)
+                train_mixer(entry, data, training, args.batch_size * args.context_length, note)
                 entries.append(entry)
     except (KeyboardInterrupt, UserError) as error:
-        if entries:  # the mixers that finished, compared
-            failed = f"{mixers[len(entries)]} failed"
-            why = "interrupted" if isinstance(error, KeyboardInterrupt) else failed
-            report(entries, out, f"{title} ({why}: {len(entries)} of {len(mixers)})")
-            note(f"{why}: the report of the finished mixers is in {out / 'arena.md'}")
-        elif isinstance(error, UserError):  # bad data or tokenizer, say: --out is free again
-            if made:
-                shutil.rmtree(out)
-            else:  # an empty folder given: empty again
-                for child in out.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            if isinstance(error, TrainingFailed):  # its log went with the rest
-                raise UserError(error.without_log()) from None
+        _stopped(error, entries, mixers, out, made, title)
         raise
     print(report(entries, out, title))
     note(f"report: {out / 'arena.md'}, plot: {out / 'arena.png'}; runs in {out}/MIXER")
     return 0
+
+
+def _check_race(args: argparse.Namespace) -> None:
+    """The race's numbers, refused now rather than as the first mixer's training fails."""
+    if args.time is not None and args.tokens is not None:
+        raise UserError("give --time or --tokens, not both")
+    for name in ("params", "n_layers", "context_length", "batch_size", "learning_rate",
+                 "eval_interval", "time", "tokens"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number")
+    check_seed(args.seed)
+
+
+def _budget(args: argparse.Namespace) -> tuple[list[str], str]:
+    """Each mixer's training budget as `train` options, and in words."""
+    if args.tokens:  # a known end: constant, then a fall to a tenth over the last fifth
+        steps = max(1, math.ceil(args.tokens / (args.batch_size * args.context_length)))
+        budget = ["--max-iters", str(steps), "--warmup-iters", str(min(100, steps // 10))]
+        budget += ["--lr-schedule", "wsd", "--min-learning-rate", str(args.learning_rate / 10)]
+        return budget, f"{args.tokens:,.0f} tokens"
+    minutes = args.time or 5.0  # no schedule knows where a time budget ends: constant
+    budget = ["--max-iters", str(10**9), "--time-limit", f"{minutes:g}"]
+    budget += ["--warmup-iters", "100", "--lr-schedule", "constant"]
+    return budget, f"{minutes:g} min of training"
+
+
+def _stopped(error, entries, mixers, out: Path, made: bool, title: str) -> None:
+    """A race cut short: the finished mixers compared, or --out left as it was given."""
+    from attnlab.evaluation.arena import TrainingFailed, report
+
+    if entries:  # the mixers that finished, compared
+        failed = f"{mixers[len(entries)]} failed"
+        why = "interrupted" if isinstance(error, KeyboardInterrupt) else failed
+        report(entries, out, f"{title} ({why}: {len(entries)} of {len(mixers)})")
+        note(f"{why}: the report of the finished mixers is in {out / 'arena.md'}")
+    elif isinstance(error, UserError):  # bad data or tokenizer, say: --out is free again
+        if made:
+            shutil.rmtree(out)
+        else:  # an empty folder given: empty again
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if isinstance(error, TrainingFailed):  # its log went with the rest
+            raise UserError(error.without_log()) from None
 
 
 def _scaling(args, out: Path) -> int:
