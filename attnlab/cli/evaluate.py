@@ -60,8 +60,10 @@ def register(subparsers) -> None:
         help="score a checkpoint on data",
         description="Loss (nats/token), perplexity and bits per byte of a language model over "
         "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
-        "translation model's detokenized output; or an image classifier's accuracy, with a "
-        "confusion-matrix PNG; or an image GPT's negative log-likelihood in nats per image; or "
+        "translation model's detokenized output; or an image classifier's accuracy and loss (plain "
+        "cross-entropy: the training log's val_loss is label-smoothed where training smoothed "
+        "it), with a confusion-matrix PNG; or an image GPT's negative log-likelihood in nats "
+        "per image; or "
         "any other model (a text classifier, BERT, a task's, a translation model without --src) "
         "as its training evaluated it, on every held-out example (a task: its evaluation "
         "sequences): loss (label-smoothed where "
