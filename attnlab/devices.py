@@ -91,11 +91,27 @@ def build_on_meta(
             hook.remove()
 
 
+# a container's memory limit: cgroup v2's, v1's ("max", or a huge number in v1: none)
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def memory_bytes(device: torch.device) -> int:
-    """The memory a device has: a GPU's own, else the machine's."""
+    """The memory a device has: a GPU's own, else the machine's, or a container's limit on it
+    where that is less."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(physical, *map(_cgroup_limit, CGROUP_LIMITS))
+
+
+def _cgroup_limit(path: str) -> float:
+    """The limit in bytes a cgroup file sets, or infinity where it sets none (no such file,
+    "max")."""
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return math.inf
 
 
 class _Undrawn(TorchFunctionMode):

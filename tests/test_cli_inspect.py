@@ -2,6 +2,7 @@
 the bad inputs: one line and exit code 2."""
 
 import json
+import shutil
 import string
 from html.parser import HTMLParser
 
@@ -135,6 +136,21 @@ def test_the_head_grid_draws_every_head_as_large_however_long_its_sides(
         ax.get_position().width for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"
     ]
     assert len(widths) == 5 * 2 and max(widths) < 1.05 * min(widths)
+
+
+def test_every_colour_bar_says_what_its_colour_means(checkpoints, tmp_path, monkeypatch, capsys):
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, png, **_: drawn.append(fig) or png)
+    corpus, gpt = tmp_path / "corpus.txt", checkpoints["gpt"]
+    corpus.write_text("to be or not to be, that is the question. " * 10)
+    attention = ["attention", gpt, "--text", "to be", "--out", str(tmp_path / "v.html")]
+    for argv in ([*attention, "--layer", "1"], attention, ["induction", gpt, "--sequences", "4"],
+                 ["lens", gpt, "--text", "to be"],
+                 ["layers", gpt, "--data", str(corpus), "--windows", "4"]):  # fmt: skip
+        code, _, err = run(["inspect", *argv, "--png", str(tmp_path / "x.png")], capsys)
+        assert code == 0, err
+    bars = [ax for fig in drawn for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 + 1 + 2 + 1 + 2 and all(ax.get_ylabel() for ax in bars)
 
 
 def test_token_labels_of_a_heatmap_never_overlap(monkeypatch, tmp_path):
@@ -281,6 +297,20 @@ def test_layers_command(checkpoints, tmp_path, capsys):
     code, _, err = run(["inspect", "layers", checkpoints["gpt"], "--data", str(corpus),
                         "--png", str(corpus)], capsys)  # fmt: skip
     assert "would overwrite --data's file" in one_line_error(code, err)
+
+
+def test_layers_reads_the_runs_own_data_by_default_as_evaluate_does(checkpoints, tmp_path, capsys):
+    run_folder, corpus = tmp_path / "run", tmp_path / "corpus.txt"
+    shutil.copytree(checkpoints["gpt"], run_folder)
+    corpus.write_text("to be or not to be, that is the question. " * 10)
+    (run_folder / "run.json").write_text(json.dumps({"kind": "gpt", "data": {"data": str(corpus)}}))
+    argv = ["inspect", "layers", str(run_folder), "--windows", "2", "--json"]
+    code, own, err = run(argv, capsys)
+    assert code == 0, err
+    assert own == run([*argv, "--data", str(corpus)], capsys)[1]
+    for command in (["inspect", "layers"], ["evaluate"]):  # a checkpoint in no run folder
+        code, _, err = run([*command, checkpoints["gpt"]], capsys)
+        assert "give --data: " in one_line_error(code, err)
 
 
 @pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers"])

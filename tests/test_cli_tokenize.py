@@ -69,6 +69,11 @@ def test_train_encode_decode_show(trained_file, capsys, monkeypatch):
         terminal.setattr(sys, "stdout", Terminal())
         assert main(["tokenize", "decode", "--tokenizer", str(trained_file), *ids]) == 0
         assert sys.stdout.getvalue() == "the lazy fox\n"  # on a terminal, a line of its own
+        terminal.setattr(sys, "stdout", Terminal())  # where an escape sequence would act
+        assert main(["tokenize", "decode", "--tokenizer", "byte", "27", "91", "9", "7"]) == 0
+        assert sys.stdout.getvalue() == "\\x1b[\t\\x07\n"
+    assert main(["tokenize", "decode", "--tokenizer", "byte", "27", "91", "9", "7"]) == 0
+    assert capsys.readouterr().out == "\x1b[\t\x07"  # a pipe, a file: exactly
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("the dog\n"))
     assert main(["tokenize", "encode", "--tokenizer", str(trained_file)]) == 0

@@ -2,12 +2,15 @@ import gzip
 import io
 import json
 import math
+import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
 import sacrebleu
 import safetensors.torch
-from helpers import loaded_by, one_line_error, run
+import torch
+from helpers import Terminal, loaded_by, one_line_error, run
 
 from attnlab.cli import main
 from attnlab.data.translation import embedded_pairs
@@ -253,6 +256,27 @@ def test_bad_training_input(tmp_path, capsys):
     code, _, err = run(["train", "translation", "--data", str(tmp_path), "--src", "de", "--tgt",
                         "en", "--embedded-pairs", "5", "--out", out], capsys)  # fmt: skip
     assert "with --data it is unused" in one_line_error(code, err)
+
+
+def test_control_characters_are_escaped_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """An undertrained byte-level model emits control characters: escaped on a terminal, as
+    `sample` does, and written as they are to a file or a pipe."""
+    from attnlab.data.translation import SPECIAL_TOKENS, special_ids
+    from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+
+    tokenizer = ByteTokenizer(SPECIAL_TOKENS)
+    torch.manual_seed(0)
+    config = EncoderDecoderConfig(vocab_size=tokenizer.vocab_size, max_length=64,
+                                  n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_model=16,
+                                  d_ff=32, **special_ids(tokenizer))  # fmt: skip
+    save_checkpoint(tmp_path, EncoderDecoder(config), {"tokenizer": tokenizer})
+    argv = ["translate", str(tmp_path), "hello there", "--beam-size", "1"]
+    code, piped, _ = run(argv, capsys)
+    controls = {c for c in piped if unicodedata.category(c) == "Cc"} - {"\n"}
+    assert code == 0 and controls
+    monkeypatch.setattr("sys.stdout", Terminal())
+    assert main(argv) == 0
+    assert sys.stdout.getvalue() == "".join(ascii(c)[1:-1] if c in controls else c for c in piped)
 
 
 GREEDY_PENALISED = ["--beam-size", "1", "--length-penalty", "1"]  # a single hypothesis to rank

@@ -317,3 +317,22 @@ def test_evaluate_scores_all_of_a_folder_it_never_trained_on(trained, tmp_path, 
     (tmp_path / "new" / names[0]).rename(tmp_path / "new" / "unicorn")
     code, _, err = run(["evaluate", str(trained), "--data", str(tmp_path / "new")], capsys)
     assert "unicorn" in one_line_error(code, err)
+
+
+def test_the_confusion_plot_names_the_split_scored(trained, tmp_path, capsys, monkeypatch):
+    """A folder's val/ images, or the tenth held out of a folder without one, are not called
+    test images."""
+    titles = []
+    monkeypatch.setattr("attnlab.cli.reports.plot_confusion", lambda *args: titles.append(args[3]))
+    names = load_checkpoint(trained).artifacts["classes"].names
+    for i in range(20):
+        for where in ("split/train", "split/val", "flat"):
+            write_png(tmp_path / where / names[i % len(names)] / f"{i}.png", size=32, value=6 * i)
+    for data, split, scored in (("split", "val", "20 val"), ("flat", "val", "2 held-out"),
+                                ("split", "train", "20 train")):  # fmt: skip
+        code, _, err = run(["evaluate", str(trained), "--data", str(tmp_path / data), "--split",
+                            split, "--confusion", str(tmp_path / "c.png")], capsys)  # fmt: skip
+        assert code == 0, err
+        assert titles.pop().endswith(f" on {scored} images")
+    assert run(["evaluate", str(trained)], capsys)[0] == 0  # the shapes' own test images
+    assert titles.pop().endswith(" test images")

@@ -1,10 +1,13 @@
-"""attnlab/devices.py: what compiling shows a user; TF32 kept to the work that asks for it."""
+"""attnlab/devices.py: what compiling shows a user; TF32 kept to the work that asks for it; the
+memory a model trains in."""
 
 import logging
+import os
 
 import torch
 
-from attnlab.devices import Compiled, tf32
+from attnlab import devices
+from attnlab.devices import Compiled, memory_bytes, tf32
 
 
 def test_compiling_leaves_out_inductors_notes_for_its_own_developers():
@@ -37,3 +40,21 @@ def test_tf32_is_on_inside_only():
     finally:
         for backend, allowed in zip(backends, saved, strict=True):
             backend.allow_tf32 = allowed
+
+
+def test_a_containers_memory_limit_is_the_memory_there(tmp_path, monkeypatch):
+    """A cgroup's limit (v2 or v1) below the machine's memory is what a model trains in; "max",
+    a huge number (v1's none) or no file leaves the machine's."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(devices, "CGROUP_LIMITS", (str(v2), str(v1)))
+    cpu = torch.device("cpu")
+    assert memory_bytes(cpu) == physical  # neither file
+    v2.write_text("max\n")
+    v1.write_text("9223372036854771712\n")
+    assert memory_bytes(cpu) == physical
+    v2.write_text(f"{2**30}\n")
+    assert memory_bytes(cpu) == 2**30
+    v2.write_text("max\n")
+    v1.write_text(f"{2**31}\n")
+    assert memory_bytes(cpu) == 2**31

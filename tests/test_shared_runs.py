@@ -3,6 +3,7 @@ files elsewhere, links out of the run, JSON nested a thousand deep, a config of 
 than any memory), reading or resuming them is one line at worst, and writes nothing outside the
 run."""
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from test_run_directory import train
 
 from attnlab.cli import train as train_command
 from attnlab.errors import UserError
+from attnlab.models import registry
 from attnlab.tokenizers.byte import ByteTokenizer
 from attnlab.training.checkpoints import finish_checkpoint, save_checkpoint
 from attnlab.training.distributed import Group
@@ -114,6 +116,21 @@ def test_a_model_too_large_to_train_is_one_line_before_it_is_allocated(
         one_line_error(code, err)
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_too_large_to_train_is_refused_before_its_data_is_read(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """Reading and tokenizing a corpus takes minutes: not for a model that cannot train."""
+
+    def read(request):
+        raise AssertionError("the data was read")
+
+    gpt = registry.get_kind("gpt")
+    monkeypatch.setitem(registry.KINDS, "gpt", dataclasses.replace(gpt, build_data=read))
+    monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**30)
+    code, _, err = train(capsys, corpus, tmp_path / "run", "--n-layers", "100000")
+    assert "holds more than 67,108,864 numbers" in one_line_error(code, err)
 
 
 def test_a_model_whose_buffers_would_not_fit_is_refused_before_training(

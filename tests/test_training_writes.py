@@ -1,8 +1,9 @@
 """A write of a training run that fails (a full disk: the checkpoint, best/, the log, the loss
-plot) is one line naming what failed and the step that is kept."""
+plot) is one line naming what failed and the step that is kept; what the loss plot shows."""
 
 import errno
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from helpers import one_line_error, run
 from test_run_directory import FAST
 from test_training import make_trainer
 
-from attnlab.cli import runs
+from attnlab.cli import reports, runs
 from attnlab.errors import UserError
 from attnlab.training import trainer as trainer_module
 
@@ -60,3 +61,14 @@ def test_a_loss_plot_that_cannot_be_written_says_the_run_is_saved(
     assert one_line_error(code, err).endswith(
         f"plotting {out / 'loss.png'} failed: No space left on device; step 2 is saved in {out}"
     )
+
+
+def test_the_loss_plot_counts_steps_in_readable_ticks(tmp_path, monkeypatch):
+    """A million steps read 1M, not 1.0 and a factor "1e6" at the axis's end."""
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, path: drawn.append(fig) or path)
+    records = [{"step": s, "train_loss": 1.0, "tokens_per_s": 1.0, "val_loss": 1.0, "accuracy": 1}
+               for s in (1, 500_000, 1_000_000)]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
+    assert "1M" in [t.get_text() for t in drawn[0].axes[1].get_xticklabels()]  # the scores'

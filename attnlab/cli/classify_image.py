@@ -121,11 +121,11 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     png = Path(
         args.confusion or default_output(args.checkpoint, f"confusion_{split}.png", "--confusion")
     )
-    data = _evaluation_images(args, checkpoint, split)
+    data, scored = _evaluation_images(args, checkpoint, split)
     result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
     title = (
         f"{Path(args.checkpoint).name}: accuracy {result['accuracy']:.2%} on "
-        f"{result['images']:,} {'test' if split == 'val' else split} images"
+        f"{result['images']:,} {scored} images"
     )
     plot_confusion(result["confusion"], artifacts["classes"].names, png, title)
     if args.json:
@@ -148,7 +148,8 @@ def evaluated_split(args: argparse.Namespace) -> str:
 
 def _evaluation_images(args: argparse.Namespace, checkpoint, split: str):
     """The split asked for, of --data or of the run's own data, checked against the model: its
-    classes or some of them, in any order (labels are renumbered as the model numbers them)."""
+    classes or some of them, in any order (labels are renumbered as the model numbers them);
+    and the split in words (val: "test", "val" or "held-out", as the data holds it)."""
     import torch
 
     from attnlab.data.images import ImageSet
@@ -163,7 +164,8 @@ def _evaluation_images(args: argparse.Namespace, checkpoint, split: str):
     config = checkpoint.model.config
     chosen = checked_split(dataset, split, config.channels, config.image_size)
     ours = torch.tensor([list(names).index(name) for name in dataset.classes])
-    return ImageSet(chosen.images, ours[chosen.labels])
+    words = dataset.held_out if split == "val" else split
+    return ImageSet(chosen.images, ours[chosen.labels]), words
 
 
 def run_dataset(args: argparse.Namespace, checkpoint):

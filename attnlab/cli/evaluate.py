@@ -92,7 +92,8 @@ def register(subparsers) -> None:
         "--split",
         choices=SPLITS,
         help="which part: the last 10%% (val), the first 90%% (train), or all; for an image "
-        "model val is the test images (default: val; --data of other data than its run's: all)",
+        "model val is its held-out images (a test set, a folder's test/ or val/, else a tenth) "
+        "(default: val; --data of other data than its run's: all)",
     )
     parser.add_argument(
         "--confusion",
@@ -147,8 +148,7 @@ def evaluate(args: argparse.Namespace) -> int:
         _only(args, "this model")
         return evaluate_as_trained(args)
     _only(args, "a language model")
-    if data is None:
-        raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no run.json)")
+    data = run_data(args.checkpoint, data, required=True)  # none: said after unused flags
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     checkpoint = load_for("evaluate", GENERATE, args.checkpoint, pick_device(args.device))

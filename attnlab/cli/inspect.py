@@ -78,7 +78,9 @@ def register(subparsers) -> None:
     sub["lens"].add_argument("--json", action="store_true", help="print one JSON object")
     layers = sub["layers"]
     layers.add_argument(
-        "--data", required=True, help="text file, folder (its *.txt), DIR:GLOB, stdlib or task:NAME"
+        "--data",
+        help="text file, folder (its *.txt), DIR:GLOB, stdlib or task:NAME (default: the run's "
+        "own data, as for evaluate)",
     )
     layers.add_argument("--windows", type=int, default=32, help="context windows evaluated")
     layers.add_argument("--json", action="store_true", help="print one JSON object")
@@ -200,6 +202,7 @@ def _attention_png(png, data, groups, seen, selected):
                 ylabel="query (attending)",
                 vmin=0,
                 vmax=1,
+                scale="attention weight",
             )
         ],
     )
@@ -265,10 +268,11 @@ def _induction_png(png, report):
     rows = [str(i) for i in range(len(report.layers))]
     columns = [str(h) for h in range(report.prefix_matching.size(1))]
     panels = [Heatmap(report.prefix_matching, "prefix matching", rows, columns, "head", "layer",
-                      vmin=0, vmax=1)]  # fmt: skip
+                      vmin=0, vmax=1, scale="attention on the matched token")]  # fmt: skip
     if report.copying is not None:
         panels.append(Heatmap(report.copying, "copying (0.5 = chance)", rows, columns, "head",
-                              "layer", cmap="RdBu_r", vmin=0, vmax=1))  # fmt: skip
+                              "layer", cmap="RdBu_r", vmin=0, vmax=1,
+                              scale="next token's rank (1 = first)"))  # fmt: skip
     return save_heatmaps(png, panels, columns=len(panels))
 
 
@@ -299,6 +303,7 @@ def lens_command(args: argparse.Namespace) -> int:
             probabilities[..., 0], "top prediction and its probability, per layer",
             report.rows, [short(t) for t in tokens], "position (input token)", "stream read",
             vmin=0, vmax=1, cells=[[short(c, 6) for c in row] for row in top],
+            scale="probability of the top prediction",
         )  # fmt: skip
         print(f"wrote {save_heatmaps(args.png, [panel])}", file=sys.stderr if args.json else None)
     return 0
@@ -315,16 +320,19 @@ def layers_command(args: argparse.Namespace) -> int:
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
     from attnlab.interpretability.surgery import block_stack, layer_surgery
     from attnlab.models.registry import GENERATE
+    from attnlab.training.checkpoints import checkpoint_description
     from attnlab.training.config import TrainConfig
     from attnlab.training.sources import IGNORE_INDEX
 
     if args.windows < 1:
         raise UserError(f"--windows must be >= 1, got {args.windows}")
+    checkpoint_description(args.checkpoint)  # no checkpoint: said before its run is looked for
+    args.data = run_data(args.checkpoint, args.data, required=True)  # --png spares it too
     checkpoint = _open(args, GENERATE)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     n_layers = len(block_stack(model))
     length = model.config.context_length
-    if run_data(args.checkpoint, args.data).startswith("task:"):  # scored where it asks
+    if args.data.startswith("task:"):  # scored where it asks
         # the sequences its training evaluated on (seed + 1), never those it trained on (seed)
         seed = run_train_config(args.checkpoint).get("seed", TrainConfig.seed) + 1
         batches = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed)
@@ -370,27 +378,9 @@ def _layers_png(png, baseline, results, n_layers):
     swaps, single = change_maps(baseline, results, n_layers)
     layers = [str(i) for i in range(n_layers)]
     limit = float(max(swaps.nan_to_num().abs().max(), single.abs().max(), 1e-6))
-    common = dict(cmap="RdBu_r", vmin=-limit, vmax=limit)
-    return save_heatmaps(
-        png,
-        [
-            Heatmap(
-                swaps,
-                f"loss change, layers swapped\n(baseline {baseline:.3f}; grey: none)",
-                layers,
-                layers,
-                "layer",
-                "layer",
-                **common,
-            ),
-            Heatmap(
-                single,
-                "loss change, one layer dropped or duplicated",
-                ["drop", "duplicate"],
-                layers,
-                "layer",
-                **common,
-            ),
-        ],  # fmt: skip
-        columns=2,
-    )
+    common = dict(cmap="RdBu_r", vmin=-limit, vmax=limit, scale="loss change (nats per token)")
+    swapped = f"loss change, layers swapped\n(baseline {baseline:.3f}; grey: none)"
+    panels = [Heatmap(swaps, swapped, layers, layers, "layer", "layer", **common),
+              Heatmap(single, "loss change, one layer dropped or duplicated",
+                      ["drop", "duplicate"], layers, "layer", **common)]  # fmt: skip
+    return save_heatmaps(png, panels, columns=2)

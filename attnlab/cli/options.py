@@ -351,6 +351,18 @@ def print_json(value: Any) -> None:
     print(json.dumps(_finite(value)))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0, DEL and C1 but \t and \n
+
+
+def write_text(text: str) -> None:
+    """Text of a model (or of its tokens) to stdout: to a file or a pipe exactly; on a terminal
+    with its control characters other than \\n and \\t escaped (\\x1b, \\r), which an
+    undertrained model emits and which would act on the terminal."""
+    if sys.stdout.isatty():
+        text = _CONTROL.sub(lambda match: ascii(match[0])[1:-1], text)
+    sys.stdout.write(text)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

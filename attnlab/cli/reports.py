@@ -37,6 +37,22 @@ def as_text(name: str) -> str:
     return name.replace("$", r"\$")
 
 
+def count_ticks(axis) -> None:
+    """Tick labels of an axis of counts (steps, tokens) that read at once: 500, 20k, 2.5M, 10B,
+    not 0.2 ... 1.0 and a factor "1e6" at the axis's end."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda x, _: short_count(x)))
+
+
+def short_count(n: float) -> str:
+    """A count for a tick label: 500, 20k, 2.5M, 10B."""
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:g}{suffix}"
+    return f"{n:g}"
+
+
 class progress_printer:  # noqa: N801 - used like a function
     """A tqdm bar on stderr: step, loss, last val loss, throughput (tokens/s, images/s), ETA."""
 
@@ -114,6 +130,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     ax.legend()
     # whole steps (no 0.98, 1.02 about a lone step), in the round numbers of the default locator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
+    count_ticks(ax.xaxis)  # shared by the scores' axis below
     if scores:  # scores beyond the loss (accuracy, probes such as induction_score)
         below = axes[1][0]
         for name in scores:

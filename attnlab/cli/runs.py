@@ -97,14 +97,17 @@ def trained_data(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return found[0]["data"] if found else {}
 
 
-def run_data(checkpoint: str, data: str | None) -> str | None:
-    """The data a command reads for `checkpoint`: `data`, else its run's. Task data is refused
-    for a model trained on anything but that task: a task's ids mean nothing to it."""
+def run_data(checkpoint: str, data: str | None, required: bool = False) -> str | None:
+    """The data a command reads for `checkpoint`: `data`, else its run's (None: none, as for a
+    translation's embedded pairs, a UserError if `required`). Task data is refused for a model
+    trained on anything but that task: a task's ids mean nothing to it."""
     found = run_description(checkpoint)
     own = found[0]["data"].get("data") if found else None
     if not data and found:
         check_own_data(own, found[1], "give --data")
     data = data or own
+    if data is None and required:
+        raise UserError(f"give --data: {checkpoint} is not in a run folder (no {RUN_FILE})")
     if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
         raise UserError(
             f"{checkpoint} was trained on {own}, not on {':'.join(data.split(':')[:2])}: "

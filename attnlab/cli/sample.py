@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 
@@ -15,6 +14,7 @@ from attnlab.cli.options import (
     check_top_k,
     record_defaults,
     user_text,
+    write_text,
 )
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
@@ -42,15 +42,6 @@ work there); so does --no-cache for any model. --crop-to N keeps only the last N
 context fills, then decodes with the cache until it fills again (the model sees between N and
 context_length tokens).
 """
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0, DEL and C1 but \t and \n
-
-
-def on_terminal(text: str) -> str:
-    """Text for a terminal: its control characters other than \\n and \\t escaped (\\x1b,
-    \\r), which an undertrained model emits and which would act on the terminal."""
-    return _CONTROL.sub(lambda match: ascii(match[0])[1:-1], text)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -140,16 +131,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     out = sys.stdout
-    shown = on_terminal if out.isatty() else str  # a file or a pipe gets the text as it is
     started = time.perf_counter()
     for index in range(args.num_samples):
         # Build the stream before printing anything, so a bad prompt fails with stdout empty.
         pieces = stream_text(model, tokenizer, args.prompt, args.max_new_tokens, **options)
         if index:
             out.write(SEPARATOR + "\n")
-        out.write(shown(args.prompt))
+        write_text(args.prompt)
         for piece in pieces:
-            out.write(shown(piece))
+            write_text(piece)
             out.flush()
         out.write("\n")
         out.flush()

@@ -7,9 +7,11 @@
 
 --tokenizer takes a saved tokenizer file, a run directory (its tokenizer.json), ``byte`` (the
 256 bytes), or ``gpt2``: GPT-2's vocabulary from vocab.bpe and encoder.json in
-$ATTNLAB_DATA/gpt2-bpe/. decode writes the text exactly (a newline is added on a terminal only),
-so a file read by encode and given back to decode comes back unchanged (but for a leading
-UTF-8 byte-order mark, which encode, as every reader of text here, leaves out).
+$ATTNLAB_DATA/gpt2-bpe/. decode writes the text exactly to a file or a pipe (on a terminal, as
+`sample` and `translate` do, with control characters other than newlines and tabs escaped and a
+newline at the end), so a file read by encode and given back to decode comes back unchanged
+(but for a leading UTF-8 byte-order mark, which encode, as every reader of text here, leaves
+out).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 from attnlab.cli import HelpFormatter
-from attnlab.cli.options import read_stdin, resolve_data_path, user_text
+from attnlab.cli.options import read_stdin, resolve_data_path, user_text, write_text
 from attnlab.cli.reports import note
 from attnlab.data.corpus import Corpus
 from attnlab.data.saved_tokenizers import TOKENIZER_FILES, open_tokenizer
@@ -199,7 +201,7 @@ def run_decode(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     # the text as encoded, so that a file goes through encode and decode unchanged; on a
     # terminal, a line of its own
-    sys.stdout.write(text + "\n" * (sys.stdout.isatty() and not text.endswith("\n")))
+    write_text(text + "\n" * (sys.stdout.isatty() and not text.endswith("\n")))
     return 0
 
 

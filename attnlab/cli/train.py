@@ -50,6 +50,7 @@ from attnlab.models.registry import (
     ModelKind,
     a_kind,
     check_trainable,
+    check_trainable_before_data,
     get_kind,
 )
 from attnlab.training.checkpoints import (
@@ -227,6 +228,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     log = note if group.is_writer else lambda message: None
     if init is not None:
         _note_init_data(kind, args.init, init, run["data"], log)
+    memory = _model_memory(pick_device(train_config.device), group)
+    check_trainable_before_data(kind, model_base, memory)
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
     refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})
@@ -235,7 +238,6 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     model_config = config_from_dict(
         kind.config, {**model_base, **data.model_fields}, source=f"{source} [model]"
     )
-    memory = _model_memory(pick_device(train_config.device), group)
     check_trainable(kind, model_config, memory)  # on no device: its size first
     seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
     model = kind.model(model_config)

@@ -20,6 +20,7 @@ from attnlab.cli.options import (
     record_defaults,
     resolve_data_path,
     user_text,
+    write_text,
 )
 from attnlab.data.corpus import text_lines
 from attnlab.devices import pick_device
@@ -30,7 +31,8 @@ DESCRIPTION = """\
 Translate text with an encoder-decoder checkpoint (from `attnlab train translation`).
 
 With TEXT, translate it. Without, read one source sentence per line from stdin and write one
-detokenized translation per line to stdout, in order (lines are batched by length internally).
+detokenized translation per line to stdout, in order (lines are batched by length internally);
+on a terminal, as with `sample`, control characters (\\x1b) are shown escaped.
 Decoding is beam search with GNMT's length penalty ((5 + |Y|) / 6)^alpha; --beam-size 1 is
 greedy. At most factor x source tokens + offset tokens are generated.
 
@@ -139,7 +141,7 @@ def translate_command(args: argparse.Namespace) -> int:
     for translation in translate(
         model, tokenizer, lines, progress=True, **options
     ):  # a blank line: blank
-        sys.stdout.write(translation + "\n")
+        write_text(translation + "\n")
     sys.stdout.flush()
     return 0
 

@@ -64,6 +64,7 @@ class ImageDataset:
     test: ImageSet
     classes: tuple[str, ...]
     name: str  # for messages: "mnist", "shapes", a folder
+    held_out: str = "test"  # what `test` is: test images, a folder's val/, or a held-out tenth
 
 
 # ----------------------------------------------------------------------------- artefacts
@@ -307,8 +308,7 @@ def load_image_folder(
             f"{classes_in} needs one sub-folder per class (at least two); found {len(classes)}"
         )
     test_arrays = _class_arrays(held_out, log, channels, size) if split else {}
-    unknown = sorted(set(test_arrays) - set(classes))
-    if unknown:
+    if unknown := sorted(set(test_arrays) - set(classes)):
         raise UserError(f"{held_out} has class folders that train/ lacks: {', '.join(unknown)}")
     every = [a for part in (train_arrays, test_arrays) for group in part.values() for a in group]
     channels = max(len(array) for array in every)  # 3 where any image is in colour
@@ -320,7 +320,8 @@ def load_image_folder(
         cut = max(1, round(HOLDOUT * len(train)))
         test = ImageSet(train.images[order[:cut]], train.labels[order[:cut]])
         train = ImageSet(train.images[order[cut:]], train.labels[order[cut:]])
-    return ImageDataset(train, test, classes, str(directory))
+    words = held_out.name if split else "held-out"
+    return ImageDataset(train, test, classes, str(directory), words)
 
 
 def _has_class_folders(directory: Path) -> bool:

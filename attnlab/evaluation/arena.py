@@ -224,7 +224,7 @@ def report(entries: list[Entry], out: Path, title: str) -> str:
 def _plot(entries: list[Entry], png: Path, title: str) -> None:
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
-    from attnlab.cli.reports import as_text
+    from attnlab.cli.reports import as_text, count_ticks
     from attnlab.files import save_figure
 
     fig = Figure(figsize=(11, 4.2), layout="tight")
@@ -237,6 +237,7 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
         axes[1].plot([p["tokens"] for p in points], losses, ".-", color=line.get_color())
     axes[0].set(xlabel="training time (s)", ylabel="val loss")
     axes[1].set(xlabel="training tokens")
+    count_ticks(axes[1].xaxis)
     axes[0].legend()
     for ax in axes:
         ax.grid(alpha=0.3)

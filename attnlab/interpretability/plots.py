@@ -29,6 +29,7 @@ class Heatmap:
     vmin: float | None = None
     vmax: float | None = None
     cells: list[list[str]] | None = None  # text written in each cell (small maps only)
+    scale: str = ""  # what a colour means: the label of the colour bar
 
 
 def _colours(name: str):
@@ -57,7 +58,7 @@ def _draw(ax, fig, panel: Heatmap) -> None:
             for j, text in enumerate(row):
                 ax.text(j, i, text, ha="center", va="center", fontsize=6, **as_is)
     ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=panel.scale)
 
 
 def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> Path:

@@ -157,3 +157,31 @@ def check_trainable(kind: ModelKind, config: Any, memory: int) -> None:
             f"{memory / 2**30:,.0f} GiB of memory here ({TRAINING_BYTES} bytes a parameter: "
             "weight, gradient, Adam's two moments); make it smaller (d_model, n_layers, ...)"
         ) from None
+
+
+# the least each field a kind's data sets can be: a model of them is no larger than the one its
+# data gives (a vocabulary holds its special tokens at least)
+LEAST_DATA = {
+    "pad_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "n_classes": 1,
+    "channels": 1,
+    "context_length": 1,
+}
+
+
+def check_trainable_before_data(kind: ModelKind, fields: dict[str, Any], memory: int) -> None:
+    """check_trainable before the data is read (and perhaps tokenized, minutes) in vain: for
+    the model of config `fields` with the least its data can set. A kind with data fields
+    LEAST_DATA lacks, or a config those values make invalid, is checked once the data set them."""
+    least = {k: LEAST_DATA[k] for k in kind.data_fields if k in LEAST_DATA}
+    if "vocab_size" in kind.data_fields:
+        least["vocab_size"] = 1 + max((v for k, v in least.items() if k.endswith("_id")), default=0)
+    if least.keys() != kind.data_fields:
+        return
+    try:
+        config = config_from_dict(kind.config, {**fields, **least}, source="the least data")
+    except UserError:
+        return
+    check_trainable(kind, config, memory)
