@@ -193,6 +193,13 @@ def _for_users(record: logging.LogRecord) -> bool:
     return "is missing a c-shim implementation" not in record.getMessage()
 
 
+# Inductor generates no code for complex numbers: an FFT (Hyena's convolutions) runs as torch's
+# own kernel inside the compiled graph, as it would eagerly, and the rest is compiled. Its
+# warning that "performance may be worse than eager" is not so: the Hyena baby GPT's training
+# step was 1.9x as fast compiled (21.6 ms, eager 40.2 ms) on a CPU.
+COMPLEX_WARNING = "Torchinductor does not support code generation for complex operators"
+
+
 class Compiled:
     """``torch.compile(module, **options)`` that falls back to the module itself, with one
     RuntimeWarning, when compiling fails (no C++ compiler, say). Compilation happens at the first
@@ -207,6 +214,7 @@ class Compiled:
         self.together = [] if together is None else together
         self.together.append(self)
         logging.getLogger("torch._inductor.ir").addFilter(_for_users)  # added once, however often
+        warnings.filterwarnings("ignore", COMPLEX_WARNING, module=r"torch\._inductor\.lowering")
 
     @property
     def active(self) -> bool:

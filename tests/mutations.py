@@ -247,7 +247,7 @@ MUTATIONS = [
     Mutation(
         "gradients-never-clipped",
         "attnlab/training/trainer.py",
-        (("clip_gradients(self.optimizer, self.config.grad_clip)", "pass"),),
+        (("[clip_gradients(self.optimizer, clip)] if clip else []", "[]"),),
         (("tests/test_optimizers.py", "-k", "adamw_on_clipped"),),
     ),
     Mutation(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import one_line_error, outside_the_figure, overlapping_tick_labels, run
 
+from attnlab.cli import main
 from attnlab.errors import UserError
 from attnlab.evaluation import arena, scaling
 from attnlab.evaluation.arena import Entry, block_parameters, matched_config, report
@@ -215,6 +216,16 @@ def test_bad_arena_input_is_one_line(tmp_path, capsys, extra, message):
     code, _, err = run(["arena", "--out", str(tmp_path / "a"), *extra], capsys)
     assert message in one_line_error(code, err)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_value_that_looks_like_a_flag_is_told_to_join_it_with_equals(tmp_path, capsys):
+    argv = ["arena", "--scaling", "--out", str(tmp_path / "a"), "--lengths"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "-8:16"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "is written --lengths=-8:16 (see attnlab arena" in err
+    code, _, err = run([*argv[:-1], "--lengths=-8:16"], capsys)  # taken: FIRST must be >= 1
+    assert "--lengths: FIRST must be at least 1" in one_line_error(code, err)
 
 
 def test_an_arena_whose_first_run_fails_leaves_its_out_free_for_the_corrected_one(tmp_path, capsys):

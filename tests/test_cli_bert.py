@@ -360,6 +360,12 @@ def test_evaluate_scores_all_of_a_file_the_model_never_saw(texts, tmp_path, caps
     assert accuracy == pytest.approx(right / len(rows))  # 15 lines: no fold is 1/15 of them
     code, stdout, _ = run(["evaluate", str(out), "--json"], capsys)  # its own: the held-out fold
     assert code == 0 and 0 <= json.loads(stdout)["val_accuracy"] <= 1
+    sst = tmp_path / "sst"  # SST-2's layout: its dev.tsv scored, and named
+    sst.mkdir()
+    (sst / "train.tsv").write_text((tmp_path / "new.tsv").read_text())
+    (sst / "dev.tsv").write_text("".join(f"{s}\t{y}\n" for s, y in rows[:4]))
+    code, stdout, err = run(["evaluate", str(out), "--data", str(sst), "--json"], capsys)
+    assert json.loads(stdout)["val_targets"] == 4 and f"scoring {sst / 'dev.tsv'}; --data" in err
 
 
 def test_evaluate_names_classes_not_the_run_label_names(texts, tmp_path, capsys):

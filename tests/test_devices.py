@@ -3,6 +3,7 @@ memory a model trains in."""
 
 import logging
 import os
+import warnings
 
 import torch
 
@@ -21,6 +22,17 @@ def test_compiling_leaves_out_inductors_notes_for_its_own_developers():
     note = record("%s is missing a c-shim implementation, using proxy executor as fallback", "op")
     Compiled(torch.nn.Identity())
     assert not log.filter(note) and log.filter(record("something a user should read"))
+
+
+def test_compiling_leaves_out_inductors_warning_of_complex_operators():
+    """An FFT (Hyena's) runs as torch's own kernel in a compiled graph, no slower than eager."""
+    from torch._inductor import lowering
+
+    Compiled(torch.nn.Identity())
+    with warnings.catch_warnings(record=True) as caught:
+        lowering._warn_complex_not_supported.__wrapped__()  # once a process, where compiled
+        warnings.warn("something a user should read", stacklevel=1)
+    assert [str(warning.message) for warning in caught] == ["something a user should read"]
 
 
 def test_tf32_is_on_inside_only():

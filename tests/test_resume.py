@@ -55,6 +55,21 @@ def test_data_named_by_another_path_is_the_same_data(tmp_path, corpus, capsys, m
     assert "cannot change the data or the model (--data " in one_line_error(code, err)
 
 
+def test_data_inside_the_data_folder_is_kept_relative_to_it_for_another_machines(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    root, out = tmp_path / "data", tmp_path / "run"
+    (root / "texts").mkdir(parents=True)
+    corpus.rename(root / "texts" / "plays.txt")
+    monkeypatch.setenv("ATTNLAB_DATA", str(root))
+    assert train(capsys, root / "texts" / "plays.txt", out, "--max-iters", "1")[0] == 0
+    assert json.loads((out / "run.json").read_text())["data"]["data"] == "texts/plays.txt"
+    monkeypatch.setenv("ATTNLAB_DATA", str(root.rename(tmp_path / "another")))
+    for argv in (["train", "gpt", "--out", str(out), "--resume"], ["evaluate", str(out)]):
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+
+
 def test_a_run_trained_on_a_device_this_machine_lacks_says_how_to_resume_it(
     tmp_path, corpus, capsys, monkeypatch
 ):
@@ -195,8 +210,9 @@ def test_an_older_runs_relative_data_path_is_read_from_its_folder_and_named_else
     resume = ["train", "gpt", "--out", str(out), "--resume", "--max-iters", "2"]
     for argv in (resume, ["evaluate", str(out)]):
         line = one_line_error(*run(argv, capsys)[::2])
-        assert "trained on corpus.txt, a path relative to the folder it was started in" in line
-        assert line.endswith("run this command from that folder")
+        assert "trained on corpus.txt, which is neither in the data folder" in line
+        assert line.endswith("the folder the run was started in (a run of attnlab before "
+                             "2026-12-05 reads its relative --data there)")  # fmt: skip
     code, _, err = run(["evaluate", str(out), "--data", str(corpus)], capsys)  # data named anew
     assert code == 0, err
     monkeypatch.chdir(tmp_path)
@@ -212,7 +228,7 @@ def test_a_relative_path_an_older_run_kept_is_named_where_a_dataset_is_not(tmp_p
         check_relative_data(name, tmp_path / "run")  # a dataset's, fetched where missing
     if spec.startswith(":"):  # the files of the folder it was started in: any folder's, here
         return check_relative_data(spec, tmp_path / "run")
-    with pytest.raises(UserError, match="a path relative to the folder it was started in"):
+    with pytest.raises(UserError, match="neither in the data folder .* nor here: put it there"):
         check_relative_data(spec, tmp_path / "run")
 
 

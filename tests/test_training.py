@@ -294,6 +294,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_weights_change(tmp_path):
+    """An overflow in the backward pass: the gradient norm (clipping's) is checked as the loss."""
+    trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)
+    weight = trainer.model.token_embedding.weight
+    weight.register_hook(lambda grad: grad * math.inf if trainer.step == 2 else grad)
+    with pytest.raises(TrainingDiverged, match="gradient norm became inf at step 3.*step 2 is"):
+        trainer.fit()
+    assert torch.equal(load_checkpoint(tmp_path).model.token_embedding.weight, weight)
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_nan_validation_loss_stops_before_it_is_saved(tmp_path, bad):
     trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)

@@ -71,15 +71,25 @@ class Parser(argparse.ArgumentParser):
     error, one line naming the command (its usage is --help's, some 30 lines for `train`);
     but words after options go to a trailing text argument left empty (`attnlab translate RUN
     --beam-size 1 "ein Satz"`). Flags are never abbreviated: `--proc 2` would reach the ranks
-    that --processes starts as another flag."""
+    that --processes starts as another flag. A value that starts with '-' but is no number
+    (`--lengths -8:16`) argparse takes for a flag: the error says to write `--lengths=-8:16`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+        self.words: list[str] = []  # the command line parsed last
 
     def error(self, message: str):
+        if message.endswith(("expected one argument", "expected at least one argument")):
+            named = message.removeprefix("argument ").split(":")[0].split("/")  # -o/--out
+            for flag, value in zip(self.words, self.words[1:], strict=False):
+                flagged = value.split("=")[0] in self._option_string_actions  # --out --seed 3
+                if flag in named and value.startswith("-") and not flagged:
+                    message += f"; a value that starts with '-' is written {flag}={value}"
+                    break
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
+        self.words = sys.argv[1:] if args is None else list(args)
         namespace, extra = super().parse_known_args(args, namespace)
         if not extra or self._subparsers is not None:  # a command's words: its subcommand's
             return namespace, extra

@@ -78,8 +78,9 @@ def register(subparsers) -> None:
         "--data",
         metavar="PATH",
         help="text file, folder (its *.txt), DIR:GLOB or 'stdlib' (language model); shapes, "
-        "mnist or an image folder (image models); a TSV or class folders (text classifier) "
-        "(default: the run's own data)",
+        "mnist or an image folder (image models); a TSV, class folders or a folder with "
+        "train.tsv and dev.tsv, whose dev.tsv is scored (text classifier) (default: the run's "
+        "own data)",
     )
     parser.add_argument("--src", metavar="FILE", help="source sentences, one a line (translation)")
     parser.add_argument("--ref", metavar="FILE", help="reference translations, aligned with --src")
@@ -178,7 +179,10 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
     from attnlab.training.trainer import TrainConfig, Trainer
 
     if args.split not in (None, "val"):
-        raise UserError(f"--split {args.split}: this model is scored on validation data only")
+        raise UserError(
+            f"--split {args.split}: this model is scored on its run's validation data, or on "
+            "all of other --data (a file, such as a folder's train.tsv)"
+        )
     found = run_description(args.checkpoint)  # None: weights saved outside a run (imported)
     checkpoint = load_checkpoint(args.checkpoint, pick_device(args.device))
     settings = run_data_settings(args, checkpoint.kind)

@@ -130,9 +130,10 @@ def check_own_data(spec: Any, folder: Path, remedy: str) -> None:
 
 
 def check_relative_data(spec: Any, folder: Path) -> None:
-    """A run of attnlab before 2026-12-05 kept its --data as given: a relative path is read from
-    the folder the run was started in; elsewhere it is one line. (A name without a folder, a
-    suffix or a glob, "stdlib", "shapes", a dataset's, is no path; a dataset's files neither.)"""
+    """A relative path a run keeps is read from the data root (a run keeps a path inside it so),
+    or here: a run of attnlab before 2026-12-05 kept its --data as given, read from the folder
+    the run was started in; found in neither, it is one line. (A name without a folder, a suffix
+    or a glob, "stdlib", "shapes", a dataset's, is no path; a dataset's files neither.)"""
     from attnlab.data import catalog
 
     if not isinstance(spec, str) or spec.startswith("task:") or os.path.isabs(spec):
@@ -142,9 +143,10 @@ def check_relative_data(spec: Any, folder: Path) -> None:
     named = not (pattern or Path(path).suffix or len(parts) > 1) or parts[0] in catalog.CATALOG
     if not named and not catalog.where(spec):
         raise UserError(
-            f"{folder} was trained on {spec}, a path relative to the folder it was started in "
-            "(attnlab kept it so before 2026-12-05), and there is none here: run this command "
-            "from that folder"
+            f"{folder} was trained on {spec}, which is neither in the data folder "
+            f"{catalog.data_root()} (ATTNLAB_DATA) nor here: put it there, or run this command "
+            "from the folder the run was started in (a run of attnlab before 2026-12-05 reads "
+            "its relative --data there)"
         )
 
 

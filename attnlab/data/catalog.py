@@ -350,12 +350,16 @@ def split_glob(spec: str) -> tuple[str, str]:
 
 def here(spec: str) -> str:
     """A spec naming a file or folder on disk here with that path made absolute (so that a run
-    resumed from another directory reads it again); any other spec (a dataset's name, 'stdlib',
-    a task) unchanged."""
+    resumed from another directory reads it again), or relative to the data root where it lies
+    inside (as a name found there is kept: another machine's data root holds it); any other spec
+    (a dataset's name, 'stdlib', a task) unchanged."""
     path, pattern = (spec, "") if _on_disk(Path(spec)) else split_glob(spec)
     if not path or spec == "stdlib" or spec.startswith("task:") or not _on_disk(Path(path)):
         return spec
-    return os.path.abspath(path) + (":" + pattern if pattern else "")
+    full, root = Path(os.path.abspath(path)), data_root()
+    if full != root and full.is_relative_to(root):
+        full = full.relative_to(root)
+    return full.as_posix() + (":" + pattern if pattern else "")
 
 
 def where(spec: str) -> str | None:

@@ -113,10 +113,13 @@ def hold_out(examples: Examples, folds: int, fold: int) -> tuple[Examples, Examp
 
 
 def read_examples(
-    spec: str, folds: int, fold: int, log: Callable[[str], None] = print, unseen: bool = False
+    spec: str, folds: int, fold: int, log: Callable[[str], None] = print, evaluate: str = ""
 ) -> tuple[Examples, Examples, list[str]]:
-    """Train and dev examples of a data spec, and the class names (None: numbered). unseen:
-    data only to score, all of it dev where it has no dev file."""
+    """Train and dev examples of a data spec, and the class names (None: numbered). evaluate
+    (DataRequest's): "all" for data only to score, all of it dev where it has no dev file; a
+    folder's dev.tsv, scored, is named in a note (its train.tsv, given as the spec, is read
+    whole)."""
+    unseen = evaluate == "all"
     if unseen:
         folds, fold = 1, 0  # one part, held out
     path = Path(spec)
@@ -131,6 +134,8 @@ def read_examples(
             default = ClassificationDataConfig()
             if (folds, fold) != (default.folds, default.fold) and not unseen:  # asked for
                 log(f"note: {spec} has a dev.tsv, which validates: --folds and --fold are unused")
+            if evaluate:  # the file scored, and how to score the other
+                log(f"note: scoring {path / 'dev.tsv'}; --data {path / 'train.tsv'} scores it")
             return train, read_tsv(path / "dev.tsv"), None
         return (*hold_out(train, folds, fold), None)
     if (path / "dev.tsv").is_file():  # SST-2's layout, missing its training file
@@ -215,7 +220,7 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     settings, train = request.settings, request.train
     spec = catalog.resolve(settings.data, request.log)
     train_examples, dev_examples, classes = read_examples(
-        spec, settings.folds, settings.fold, request.log, unseen=request.evaluate == "all"
+        spec, settings.folds, settings.fold, request.log, request.evaluate
     )
     saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
     if saved and classes and set(classes) <= set(saved.names):  # some of its classes, say

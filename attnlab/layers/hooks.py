@@ -18,7 +18,9 @@ class HookPoint(nn.Identity):
 
     Register an ordinary ``register_forward_hook`` on it: the hook receives the tensor as the
     output, and what it returns replaces it. Attention takes the eager path while a hook is
-    attached to its weights, so inspection tools see exactly the weights the model used.
+    attached to its weights, so inspection tools see exactly the weights the model used; and
+    while a global module hook is registered (register_module_forward_hook: a profiler's, a
+    tracer's), which sees every module's call, these ones' too (slower: docs/reference.md).
     """
 
     @property

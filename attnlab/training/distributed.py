@@ -193,16 +193,18 @@ class Group:
             return batch
         return tuple(t.tensor_split(self.world)[self.rank] for t in batch)
 
-    def agree(self, loss: torch.Tensor, *flags: bool) -> tuple[float, ...]:
-        """The mean of each rank's loss, and for each flag whether any rank raised it: one
-        collective."""
+    def agree(self, figures: list[torch.Tensor], *flags: bool) -> tuple[float, ...]:
+        """The mean over the ranks of each figure (a scalar: the loss, a gradient norm, whose
+        FSDP shard counts its own part: not the norm, but as finite), and for each flag whether
+        any rank raised it: one collective."""
+        values = torch.stack([_local(figure).detach().float() for figure in figures])
         if self.world == 1:
-            return (loss.item(), *flags)
-        values = torch.tensor([0.0, *map(float, flags)], device=loss.device)
-        values[0] = loss.detach().float()
+            return (*values.tolist(), *flags)
+        values = torch.cat([values, torch.tensor([*map(float, flags)], device=values.device)])
         dist.all_reduce(values)
-        mean, *raised = values.tolist()
-        return (mean / self.world, *(value > 0 for value in raised))
+        values = values.tolist()
+        means, raised = values[: len(figures)], values[len(figures) :]
+        return (*(mean / self.world for mean in means), *(value > 0 for value in raised))
 
     def from_writer(self, value):
         """Rank 0's `value` on every rank (a choice the ranks must share, such as one that
@@ -248,6 +250,11 @@ def _is_shard(tensor: torch.Tensor) -> bool:
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor entire: an FSDP shard (a DTensor) gathered from every rank (a collective)."""
     return tensor.full_tensor() if _is_shard(tensor) else tensor
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an FSDP shard (a DTensor), or the tensor."""
+    return tensor.to_local() if _is_shard(tensor) else tensor
 
 
 def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

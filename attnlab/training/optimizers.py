@@ -41,19 +41,20 @@ def build_optimizer(
     )
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
     """Scale the gradients of the optimizer's parameters so that their global norm is at most
-    max_norm, as `torch.nn.utils.clip_grad_norm_` does. A fused optimizer takes the scale as its
-    `grad_scale` (the hook torch.amp.GradScaler uses) and divides each gradient by it inside
-    its own kernel, which saves a pass over every gradient: 1.02-1.04x as fast a step for the
-    baby GPT on a CPU. Call it right before `optimizer.step()`."""
+    max_norm, as `torch.nn.utils.clip_grad_norm_` does, and return the norm (unclipped: NaN or
+    infinite where a gradient is). A fused optimizer takes the scale as its `grad_scale` (the
+    hook torch.amp.GradScaler uses) and divides each gradient by it inside its own kernel, which
+    saves a pass over every gradient: 1.02-1.04x as fast a step for the baby GPT on a CPU. Call
+    it after the last backward pass of the step, before `optimizer.step()`."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not optimizer.defaults.get("fused"):
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     # in float32, as the fused kernel takes it, whatever the gradients' dtype
     optimizer.grad_scale = ((norm.float() + 1e-6) / max_norm).clamp_(min=1.0)
+    return norm
 
 
 def scheduled_learning_rate(step: int, config, d_model: int = 512) -> float:

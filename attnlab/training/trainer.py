@@ -5,10 +5,10 @@ The loop knows nothing of the objective or of text: a batch is a tuple of tensor
 and next tokens for a GPT; source, target input and target output for translation) and names the
 unit its throughput counts. Artefacts (a tokenizer, a palette) only go into the checkpoint.
 
-Each optimizer step: gradient accumulation over micro-batches under autocast, a finiteness check
-(a NaN/inf loss stops the run before it touches the weights), gradient clipping, AdamW. Every
-``eval_interval`` steps: evaluation and a checkpoint. Ctrl-C finishes the current step, saves a
-checkpoint and returns; a second Ctrl-C stops at once.
+Each optimizer step: gradient accumulation over micro-batches under autocast, gradient clipping, a
+finiteness check (a NaN/inf loss or gradient norm stops the run before it touches the weights),
+AdamW. Every ``eval_interval`` steps: evaluation and a checkpoint. Ctrl-C finishes the current
+step, saves a checkpoint and returns; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -185,8 +185,8 @@ class Trainer:
                             metrics.write((json.dumps(record) + "\n").encode())
                         self.on_record(record)
                     if evaluating:
-                        if bad := [kv for kv in self.last_eval.items() if _diverged_loss(*kv)]:
-                            raise self._diverged(*bad[0], self.step)
+                        losses = [kv for kv in self.last_eval.items() if kv[0].endswith("_loss")]
+                        self._check_finite(losses, self.step)
                         self._keep_if_best()
                         self.save()
             interrupted = self._stopping and self.step < self.config.max_iters  # else finished
@@ -243,23 +243,25 @@ class Trainer:
                 (loss * weight).backward()
             total += loss.detach() * weight
         tokens = sum(batch[-1].numel() for batch in batches)
-        loss, self._stopping, self._finishing = self.group.agree(
-            total, self._stop_requested, self._finish_requested
+        clip = self.config.grad_clip  # the norm it takes is checked in the loss's sync
+        norm = [clip_gradients(self.optimizer, clip)] if clip else []
+        loss, *norm, self._stopping, self._finishing = self.group.agree(
+            [total, *norm], self._stop_requested, self._finish_requested
         )
-        if not math.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged("loss", loss, self.step + 1)
-        if self.config.grad_clip:
-            clip_gradients(self.optimizer, self.config.grad_clip)
+        self._check_finite([("loss", loss), *(("gradient norm", n) for n in norm)], self.step + 1)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens
 
-    def _diverged(self, name: str, value: float, step: int) -> TrainingDiverged:
-        """The error that stops a run whose loss is no longer a number, before it is saved."""
-        saved, where = self.saved_step, self.out_dir
+    def _check_finite(self, figures: Iterable[tuple[str, float]], step: int) -> None:
+        """Stop the run at a figure (a loss, a gradient norm) that is NaN or infinite: before its
+        step changes the weights, or an evaluation's weights are saved."""
+        if not (bad := [kv for kv in figures if not math.isfinite(kv[1])]):
+            return
+        (name, value), saved, where = bad[0], self.saved_step, self.out_dir
+        self.optimizer.zero_grad(set_to_none=True)  # a step's, never applied
         then = "start again" if saved is None else f"--resume (step {saved} is saved in {where})"
-        return TrainingDiverged(
+        raise TrainingDiverged(
             f"{name} became {value} at step {step}; training stopped. Lower the learning rate "
             f"or raise warmup, then {then}"
         )
@@ -388,10 +390,6 @@ class Trainer:
         if self._stop_requested:
             raise KeyboardInterrupt
         self.request_stop()
-
-
-def _diverged_loss(name: str, value: float) -> bool:
-    return name.endswith("_loss") and not math.isfinite(value)
 
 
 def _scored(targets: torch.Tensor) -> int:
