@@ -19,7 +19,15 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.options import add_config_flags, as_flags, as_given, flag_values, read_toml
+from attnlab.cli.init_from import (
+    check_init_preset,
+    check_init_tokenizer,
+    init_checkpoint,
+    init_shape,
+    load_init,
+    note_init_data,
+)
+from attnlab.cli.options import add_config_flags, as_flags, flag_values, read_toml
 from attnlab.cli.run_settings import (
     check_toml,
     new_run_settings,
@@ -33,10 +41,9 @@ from attnlab.cli.runs import (
     fit_and_report,
     note,
     run_lock,
-    trained_data,
 )
 from attnlab.config import config_from_dict, config_to_dict
-from attnlab.devices import memory_bytes, meta_device, pick_device, seed_everything
+from attnlab.devices import memory_bytes, pick_device, seed_everything
 from attnlab.errors import UserError, os_error_line
 from attnlab.files import BEST_DIR, atomic_write_json
 from attnlab.models import KINDS
@@ -54,19 +61,13 @@ from attnlab.models.registry import (
     get_kind,
 )
 from attnlab.training.checkpoints import (
-    MODEL_FILE,
-    checkpoint_description,
     finish_checkpoint,
     load_artifacts,
-    load_matching_weights,
 )
 from attnlab.training.distributed import MODES, Group, launch
 from attnlab.training.sources import DataRequest
 from attnlab.training.trainer import TrainConfig, Trainer, prepare
 
-# model fields a run started from another's weights (--init) may change: its regularisation
-# and how a classifier reads a text
-TUNABLE = {"dropout", "pooling", "long_text"}
 NEXT_STEPS = {
     GENERATE: "sample it:  attnlab sample {out}",
     TRANSLATE: 'translate:  attnlab translate {out} "..."',
@@ -181,8 +182,8 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     source = args.config or "flags"
     data_keys = check_toml(toml, kind, source)
     if args.init:  # the weights read the ids of the tokenizer they were trained with
-        _check_init_tokenizer(args.init, {**toml, **flag_values(args, kind.data_config)})
-        _check_init_preset(kind, args, toml)
+        check_init_tokenizer(args.init, {**toml, **flag_values(args, kind.data_config)})
+        check_init_preset(kind, args, toml)
     out = args.out if args.out is not None else toml.get("out", f"runs/{kind.name}")
     if not out:  # not read as the current folder
         where = "--out" if args.out is not None else f"{source}: out"
@@ -204,18 +205,10 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
 
 
 def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group) -> int:
-    init = _init_checkpoint(kind, args.init)
+    init = init_checkpoint(kind, args.init)
     run, (model_base, given), train_config = settings
     if init is not None:  # the checkpoint's model, with only its regularisation changeable
-        shape = {k: v for k, v in init["config"].items() if k in model_base}
-        changed = sorted(k for k in given.keys() & shape.keys() - TUNABLE if given[k] != shape[k])
-        if changed:
-            has = ", ".join(f"{k} {shape[k]!r}" for k in changed)
-            raise UserError(
-                f"--init takes the model from {args.init} ({has}): leave "
-                f"{', '.join(as_given(args, k, given[k]) for k in changed)} out"
-            )
-        model_base = {**model_base, **shape, **given}
+        model_base = init_shape(args, init, model_base, given)
         run["init"] = args.init
     if "batch_size" not in kind.unused_fields:  # before anything is written or built
         group.check_batch(train_config.batch_size)
@@ -227,7 +220,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     init_classes = artifacts.pop("classes", None) if init is not None else None
     log = note if group.is_writer else lambda message: None
     if init is not None:
-        _note_init_data(kind, args.init, init, run["data"], log)
+        note_init_data(kind, args.init, init, run["data"], log)
     memory = _model_memory(pick_device(train_config.device), group)
     check_trainable_before_data(kind, model_base, memory)
     with group.writer_first():  # rank 0 fetches and caches; the others then read
@@ -242,16 +235,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     seed_everything(train_config.seed)  # the initial weights too, so a run can be repeated
     model = kind.model(model_config)
     if init is not None:
-        classes = data.artifacts.get("classes")
-        other_classes = None not in (init_classes, classes) and init_classes != classes
-        fresh = _class_head(kind, model_config) if other_classes else set()
-        new, unused = load_matching_weights(model, Path(args.init) / MODEL_FILE, leave=fresh)
-        now, before = (", ".join(c.names) for c in (classes, init_classes)) if fresh else ("", "")
-        why = f" (this data's classes are {now}, not {before})" if fresh else ""
-        log(
-            f"started from {args.init}; new: {', '.join(new) or 'none'}{why}; "
-            f"left out: {', '.join(unused) or 'none'}"
-        )
+        load_init(kind, model, args.init, (init_classes, data.artifacts.get("classes")), log)
     if group.is_writer:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_FILE, run)
@@ -267,19 +251,24 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         group=group,
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    shown = shlex.quote(str(out))  # a command to paste: a name with spaces stays one
-    steps = [NEXT_STEPS[c].format(out=shown) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
-    if str(run["data"].get("data", "")).startswith("task:"):  # token puzzles, not text to sample
-        steps = [f"score it:   attnlab evaluate {shown}"]
     return fit_and_report(
         trainer,
         out,
         command=f"train {kind.name}",
         resume=args.resume,
         summary=f"{data.summary}; model {params:.2f}M parameters",
-        next_step="\n".join(steps) or f"the checkpoint is in {out}",
+        next_step=_next_steps(kind, run, out),
         time_limit=args.time_limit,
     )
+
+
+def _next_steps(kind: ModelKind, run: dict[str, Any], out: Path) -> str:
+    """What to do with the trained model: the commands its kind's capabilities offer."""
+    shown = shlex.quote(str(out))  # a command to paste: a name with spaces stays one
+    steps = [NEXT_STEPS[c].format(out=shown) for c in sorted(kind.capabilities) if c in NEXT_STEPS]
+    if str(run["data"].get("data", "")).startswith("task:"):  # token puzzles, not text to sample
+        steps = [f"score it:   attnlab evaluate {shown}"]
+    return "\n".join(steps) or f"the checkpoint is in {out}"
 
 
 def _model_memory(device, group: Group) -> int:
@@ -290,14 +279,6 @@ def _model_memory(device, group: Group) -> int:
     if group.mode == "fsdp":
         return memory * group.world if device.type == "cuda" else memory
     return memory if device.type == "cuda" else memory // group.world
-
-
-def _class_head(kind: ModelKind, config) -> set[str]:
-    """The weights whose shape follows the class count: a classifier's head."""
-    with meta_device():
-        ours = kind.model(config).state_dict()
-        more = kind.model(dataclasses.replace(config, n_classes=config.n_classes + 1)).state_dict()
-    return {name for name, tensor in ours.items() if tensor.shape != more[name].shape}
 
 
 @contextlib.contextmanager
@@ -319,20 +300,6 @@ def _locked(out: Path, group: Group):
         yield
 
 
-def _check_init_tokenizer(init: str, settings: dict[str, Any]) -> None:
-    """--init brings its run's tokenizer: another one given (a flag, a config file's) would be
-    recorded and silently unused; the same one, as the shape's flags may be, is no change. A
-    checkpoint without one (weights from elsewhere) takes the one given, if it fits them."""
-    if not (Path(init) / "tokenizer.json").is_file():
-        return
-    own = trained_data(init).get("tokenizer")
-    if settings.get("tokenizer", own) != own:
-        raise UserError(
-            f"--init takes the tokenizer from {init} too ({own or 'its own'}): leave "
-            "--tokenizer (and a config file's tokenizer) unset"
-        )
-
-
 def _launch(args: argparse.Namespace) -> int:
     """--processes N: this command again as N ranks (less the flag), by torchrun's launcher."""
     if args.processes < 1 or args.distributed is None or "RANK" in os.environ:
@@ -348,43 +315,3 @@ def _launch(args: argparse.Namespace) -> int:
         if not word.startswith("--processes="):
             argv.append(word)
     return launch(args.processes, argv)
-
-
-def _note_init_data(kind: ModelKind, init: str, description, data: dict[str, Any], log) -> None:
-    """A note where the --init run of this kind read other data than this run's default: the
-    default may not be what was meant (fine-tuning on new data is --data's to say)."""
-    theirs = trained_data(init).get("data")
-    default = {f.name: f.default for f in dataclasses.fields(kind.data_config)}.get("data")
-    ours = data.get("data")
-    if get_kind(description["kind"]) is kind and theirs not in (None, ours) and ours == default:
-        log(f"note: {init} was trained on {theirs}; this run reads {ours}, the default: "
-            "give --data to train on other data")  # fmt: skip
-
-
-def _check_init_preset(kind: ModelKind, args, toml: dict[str, Any]) -> None:
-    """--init brings its run's shape: a --preset of another one, where the file and flags leave
-    it, would be ignored (one the checkpoint has is no change). A config file's preset is the
-    shape of its runs without --init (configs/sst2_finetune.toml)."""
-    if args.preset is None:
-        return
-    preset = config_to_dict(kind.presets[args.preset])
-    shape = _init_checkpoint(kind, args.init)["config"]
-    given = {**toml.get("model", {}), **flag_values(args, kind.config)}
-    free = TUNABLE | kind.data_fields | given.keys()
-    if differ := sorted(k for k in preset.keys() & shape.keys() - free if preset[k] != shape[k]):
-        has = ", ".join(f"{k} {shape[k]!r}" for k in differ)
-        raise UserError(f"--init takes the model from {args.init} ({has}): leave --preset out")
-
-
-def _init_checkpoint(kind: ModelKind, path: str | None) -> dict[str, Any] | None:
-    """The description of the --init checkpoint, checked to be one this kind starts from."""
-    if path is None:
-        return None
-    description = checkpoint_description(path)
-    starts = (kind.name, *kind.init_from)
-    if get_kind(description["kind"]).name not in starts:
-        raise UserError(
-            f"--init {path} holds {a_kind(description['kind'])} model; `attnlab train {kind.name}` "
-            f"starts from a {' or '.join(starts)} checkpoint"
-        )
-    return description

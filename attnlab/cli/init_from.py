@@ -1,0 +1,111 @@
+"""`attnlab train KIND --init CHECKPOINT`: a new run that starts from another checkpoint's
+weights, model shape and preprocessing; what may change (regularisation, the data, a class head
+for other classes) and what may not."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from attnlab.cli.options import as_given, flag_values
+from attnlab.cli.runs import trained_data
+from attnlab.config import config_to_dict
+from attnlab.devices import meta_device
+from attnlab.errors import UserError
+from attnlab.models.registry import ModelKind, a_kind, get_kind
+from attnlab.training.checkpoints import MODEL_FILE, checkpoint_description, load_matching_weights
+
+# model fields a run started from another's weights (--init) may change: its regularisation
+# and how a classifier reads a text
+TUNABLE = {"dropout", "pooling", "long_text"}
+
+
+def init_shape(args, init, model_base: dict, given: dict) -> dict[str, Any]:
+    """The model settings of a run --init starts: the checkpoint's shape, where a setting given
+    may change only its regularisation (TUNABLE)."""
+    shape = {k: v for k, v in init["config"].items() if k in model_base}
+    if changed := sorted(k for k in given.keys() & shape.keys() - TUNABLE if given[k] != shape[k]):
+        has = ", ".join(f"{k} {shape[k]!r}" for k in changed)
+        raise UserError(
+            f"--init takes the model from {args.init} ({has}): leave "
+            f"{', '.join(as_given(args, k, given[k]) for k in changed)} out"
+        )
+    return {**model_base, **shape, **given}
+
+
+def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
+    """The weights of checkpoint `init` into `model`, but a class head for other classes
+    (`classes`: the checkpoint's and this data's), which starts new."""
+    before, now = classes
+    fresh = class_head(kind, model.config) if None not in classes and before != now else set()
+    new, unused = load_matching_weights(model, Path(init) / MODEL_FILE, leave=fresh)
+    why = ""
+    if fresh:
+        why = f" (this data's classes are {', '.join(now.names)}, not {', '.join(before.names)})"
+    log(
+        f"started from {init}; new: {', '.join(new) or 'none'}{why}; "
+        f"left out: {', '.join(unused) or 'none'}"
+    )
+
+
+def class_head(kind: ModelKind, config) -> set[str]:
+    """The weights whose shape follows the class count: a classifier's head."""
+    with meta_device():
+        ours = kind.model(config).state_dict()
+        more = kind.model(dataclasses.replace(config, n_classes=config.n_classes + 1)).state_dict()
+    return {name for name, tensor in ours.items() if tensor.shape != more[name].shape}
+
+
+def check_init_tokenizer(init: str, settings: dict[str, Any]) -> None:
+    """--init brings its run's tokenizer: another one given (a flag, a config file's) would be
+    recorded and silently unused; the same one, as the shape's flags may be, is no change. A
+    checkpoint without one (weights from elsewhere) takes the one given, if it fits them."""
+    if not (Path(init) / "tokenizer.json").is_file():
+        return
+    own = trained_data(init).get("tokenizer")
+    if settings.get("tokenizer", own) != own:
+        raise UserError(
+            f"--init takes the tokenizer from {init} too ({own or 'its own'}): leave "
+            "--tokenizer (and a config file's tokenizer) unset"
+        )
+
+
+def note_init_data(kind: ModelKind, init: str, description, data: dict[str, Any], log) -> None:
+    """A note where the --init run of this kind read other data than this run's default: the
+    default may not be what was meant (fine-tuning on new data is --data's to say)."""
+    theirs = trained_data(init).get("data")
+    default = {f.name: f.default for f in dataclasses.fields(kind.data_config)}.get("data")
+    ours = data.get("data")
+    if get_kind(description["kind"]) is kind and theirs not in (None, ours) and ours == default:
+        log(f"note: {init} was trained on {theirs}; this run reads {ours}, the default: "
+            "give --data to train on other data")  # fmt: skip
+
+
+def check_init_preset(kind: ModelKind, args, toml: dict[str, Any]) -> None:
+    """--init brings its run's shape: a --preset of another one, where the file and flags leave
+    it, would be ignored (one the checkpoint has is no change). A config file's preset is the
+    shape of its runs without --init (configs/sst2_finetune.toml)."""
+    if args.preset is None:
+        return
+    preset = config_to_dict(kind.presets[args.preset])
+    shape = init_checkpoint(kind, args.init)["config"]
+    given = {**toml.get("model", {}), **flag_values(args, kind.config)}
+    free = TUNABLE | kind.data_fields | given.keys()
+    if differ := sorted(k for k in preset.keys() & shape.keys() - free if preset[k] != shape[k]):
+        has = ", ".join(f"{k} {shape[k]!r}" for k in differ)
+        raise UserError(f"--init takes the model from {args.init} ({has}): leave --preset out")
+
+
+def init_checkpoint(kind: ModelKind, path: str | None) -> dict[str, Any] | None:
+    """The description of the --init checkpoint, checked to be one this kind starts from."""
+    if path is None:
+        return None
+    description = checkpoint_description(path)
+    starts = (kind.name, *kind.init_from)
+    if get_kind(description["kind"]).name not in starts:
+        raise UserError(
+            f"--init {path} holds {a_kind(description['kind'])} model; `attnlab train {kind.name}` "
+            f"starts from a {' or '.join(starts)} checkpoint"
+        )
+    return description
