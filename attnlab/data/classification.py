@@ -222,36 +222,9 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     train_examples, dev_examples, classes = read_examples(
         spec, settings.folds, settings.fold, request.log, request.evaluate
     )
-    saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
-    if saved and classes and set(classes) <= set(saved.names):  # some of its classes, say
-        number = [saved.names.index(name) for name in classes]  # as the checkpoint numbers them
-        train_examples, dev_examples = (
-            (texts, [number[y] for y in labels]) for texts, labels in (train_examples, dev_examples)
-        )
-        classes = list(saved.names)
-    # names of integer labels, given to train; a checkpoint being scored has its own classes
-    label_names = "" if request.evaluate else settings.label_names
-    if classes and label_names:
-        raise UserError(
-            f"{spec}: --label-names names integer labels; these classes are named by their "
-            "folders already"
-        )
-    if not dev_examples[0]:
-        raise UserError(f"{spec}: {_empty_fold(train_examples[1], classes, settings.folds)}")
-    seen = sorted(set(train_examples[1]))
-    if len(seen) < 2 and not request.evaluate:
-        raise UserError(
-            f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
-        )
-    labels = train_examples[1] + dev_examples[1]
-    fits = saved and max(labels) < len(saved.names)  # the checkpoint's classes, not all seen
-    n_classes = len(saved.names) if fits else count_classes(labels, spec)
-    if (missing := sorted(set(range(n_classes)) - set(seen))) and not request.evaluate:
-        request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
-    if not classes and not label_names and saved and n_classes <= len(saved.names):
-        classes = list(saved.names)  # numbered labels: the checkpoint's classes, in order
-    classes = classes or _label_names(label_names, n_classes)
-    check_classes(request.artifacts, ClassNames(tuple(classes)), spec)
+    train_examples, dev_examples, classes = _with_classes(
+        request, spec, train_examples, dev_examples, classes
+    )
     n_classes = len(classes)
     tokenizer = bert_tokenizer(settings.tokenizer, train_examples[0], request)
     pad_id = tokenizer.special_tokens[PAD]
@@ -292,6 +265,45 @@ def classification_training_data(request: DataRequest) -> TrainingData:
         metrics=ClassificationMetrics,
         best="val_accuracy",
     )
+
+
+def _with_classes(
+    request: DataRequest, spec: str, train_examples: Examples, dev_examples: Examples, classes
+) -> tuple[Examples, Examples, list[str]]:
+    """The examples labelled as the checkpoint being resumed or scored numbers its classes (some
+    of them, say), and every class's name: the folders', the checkpoint's, or --label-names'."""
+    settings = request.settings
+    saved = (request.artifacts or {}).get("classes")  # resuming or evaluating a checkpoint
+    if saved and classes and set(classes) <= set(saved.names):  # some of its classes, say
+        number = [saved.names.index(name) for name in classes]  # as the checkpoint numbers them
+        train_examples, dev_examples = (
+            (texts, [number[y] for y in labels]) for texts, labels in (train_examples, dev_examples)
+        )
+        classes = list(saved.names)
+    # names of integer labels, given to train; a checkpoint being scored has its own classes
+    label_names = "" if request.evaluate else settings.label_names
+    if classes and label_names:
+        raise UserError(
+            f"{spec}: --label-names names integer labels; these classes are named by their "
+            "folders already"
+        )
+    if not dev_examples[0]:
+        raise UserError(f"{spec}: {_empty_fold(train_examples[1], classes, settings.folds)}")
+    seen = sorted(set(train_examples[1]))
+    if len(seen) < 2 and not request.evaluate:
+        raise UserError(
+            f"{spec}: the training examples hold {len(seen)} class(es): give two or more"
+        )
+    labels = train_examples[1] + dev_examples[1]
+    fits = saved and max(labels) < len(saved.names)  # the checkpoint's classes, not all seen
+    n_classes = len(saved.names) if fits else count_classes(labels, spec)
+    if (missing := sorted(set(range(n_classes)) - set(seen))) and not request.evaluate:
+        request.log(f"note: no training examples of label(s) {', '.join(map(str, missing))}")
+    if not classes and not label_names and saved and n_classes <= len(saved.names):
+        classes = list(saved.names)  # numbered labels: the checkpoint's classes, in order
+    classes = classes or _label_names(label_names, n_classes)
+    check_classes(request.artifacts, ClassNames(tuple(classes)), spec)
+    return train_examples, dev_examples, classes
 
 
 def _empty_fold(labels: list[int], classes: list[str] | None, folds: int) -> str:
