@@ -102,26 +102,7 @@ def sample_images_command(args: argparse.Namespace) -> int:
     from attnlab.files import atomic_write_bytes
     from attnlab.generation.images import complete_images
 
-    for name in ("samples", "completions", "columns", "scale"):
-        least = 1 if name in ("columns", "scale") else 0
-        if getattr(args, name) < least:
-            raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
-    refuse_empty(args, ["data"])
-    check_sampling_flags(args, temperature=args.temperature, top_k=args.top_k or None)
-    if args.temperature == 0 and args.samples > 1:  # greedy: one image, drawn again and again
-        if given_flags(args, ["samples"]):
-            raise UserError(
-                f"--samples {args.samples} at --temperature 0 (greedy) draws the same image "
-                f"{args.samples} times: give --samples 1 (or 0), or a temperature above 0"
-            )
-        args.samples = 1
-    if args.complete and (unused := given_flags(args, ("completions", "data"))):
-        raise UserError(
-            f"{' and '.join(unused)} would change nothing: --complete gives the images to "
-            f"complete; leave {'it' if len(unused) == 1 else 'them'} out"
-        )
-    if args.resize and not args.complete:
-        raise UserError("--resize scales --complete images: without --complete it is unused")
+    _check_flags(args)
     out = check_output(
         "--out",
         default_output(args.checkpoint, "samples.png", "--out") if args.out is None else args.out,
@@ -158,6 +139,31 @@ def sample_images_command(args: argparse.Namespace) -> int:
     atomic_write_bytes(out, _grid_png(rows, args.columns, args.scale, side))
     print(f"{args.samples} samples, {len(originals)} completions: {out}")
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The flags that need no checkpoint, checked before it is read; greedy sampling draws one
+    image unless --samples asks for more (refused: the same image again and again)."""
+    for name in ("samples", "completions", "columns", "scale"):
+        least = 1 if name in ("columns", "scale") else 0
+        if getattr(args, name) < least:
+            raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
+    refuse_empty(args, ["data"])
+    check_sampling_flags(args, temperature=args.temperature, top_k=args.top_k or None)
+    if args.temperature == 0 and args.samples > 1:  # greedy: one image, drawn again and again
+        if given_flags(args, ["samples"]):
+            raise UserError(
+                f"--samples {args.samples} at --temperature 0 (greedy) draws the same image "
+                f"{args.samples} times: give --samples 1 (or 0), or a temperature above 0"
+            )
+        args.samples = 1
+    if args.complete and (unused := given_flags(args, ("completions", "data"))):
+        raise UserError(
+            f"{' and '.join(unused)} would change nothing: --complete gives the images to "
+            f"complete; leave {'it' if len(unused) == 1 else 'them'} out"
+        )
+    if args.resize and not args.complete:
+        raise UserError("--resize scales --complete images: without --complete it is unused")
 
 
 def _images_to_complete(args: argparse.Namespace, checkpoint):
