@@ -90,12 +90,14 @@ FAKE_DOM = r"""
 const listeners = new Map(); const byId = {};
 class El {
   constructor(tag) { this.tag = tag; this.children = []; this.style = {}; this.dataset = {};
-    this.className = ""; this._text = ""; this.title = "";
+    this.className = ""; this._text = ""; this.title = ""; this.attributes = {};
     this.classList = { toggle: (c, on) => {
       const s = new Set(this.className.split(" ").filter(Boolean));
       on ? s.add(c) : s.delete(c); this.className = [...s].join(" "); } }; }
   set textContent(t) { this._text = String(t); this.children = []; }
   get textContent() { return this._text; }
+  setAttribute(name, value) { this.attributes[name] = String(value); }
+  focus() { this.fire("focus"); }
   appendChild(c) { this.children.push(c); return c; }
   replaceChildren() { this.children = []; }
   addEventListener(type, f) { listeners.set(this, { ...(listeners.get(this) || {}), [type]: f }); }

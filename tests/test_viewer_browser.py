@@ -194,3 +194,90 @@ def test_an_encoder_decoder_page_shows_source_target_and_cross(browser, tmp_path
     assert same(tokens(page)[0], attends(cross, "k", 2))
     assert page.locator("b, i, s, img").count() == 0
     assert opened.requests == [out.resolve().as_uri()] and opened.errors == []
+
+
+# tokens of invisible characters show their code points
+ODD = {"\r": "U+000D", "\u200b": "U+200B", "\u0301": "U+0301", "\n": "\u21b5"}
+FOCUSED = """() => { const e = document.activeElement, style = getComputedStyle(e);
+    return [e.getAttribute("aria-label"), e.getAttribute("aria-pressed"), style.outlineStyle]; }"""
+
+
+def keyboard_page(browser, tmp_path, capsys, **size):
+    text = "ab\r\u200b\u0301 \u05e9\u05dc\u05d5\u05dd\U0001f600\nc"
+    chars = sorted(set(text))
+    model = tiny_gpt(context_length=16, vocab_size=len(chars))
+    _, out = write_page(tmp_path, capsys, model, CharTokenizer(chars), "--text", text,
+                        "--layer", "1", "--head", "0")  # fmt: skip
+    return open_file(browser, out, **size), list(text)
+
+
+def press(page, *keys):
+    for key in keys:
+        page.keyboard.press(key)
+    return page.evaluate(FOCUSED)
+
+
+def test_the_page_works_by_keyboard_alone_and_names_every_control(browser, tmp_path, capsys):
+    opened, labels = keyboard_page(browser, tmp_path, capsys)
+    page = opened.page
+    assert texts(page, "queries") == [ODD.get(c, c) for c in labels]
+
+    # one Tab stop each: the heads (the kept one first), the queries, the keys; then out
+    name = "blocks self-attention, layer 1, head 0"
+    assert press(page, "Tab") == [name, "true", "dashed"]  # named, kept, its focus visible
+    assert press(page, "Tab")[0] == "query 0 \u201ca\u201d"
+    assert press(page, "Tab")[0] == "key 0 \u201ca\u201d"
+    assert press(page, "Tab")[0] is None and press(page, "Shift+Tab")[0].startswith("key 0")
+
+    # heads: the arrows move (as hovering does: the kept head stays), Enter keeps, Space lets go
+    assert press(page, "Shift+Tab", "Shift+Tab", "ArrowUp", "ArrowRight")[:2] == [
+        "blocks self-attention, layer 0, head 1", "false"]  # fmt: skip
+    assert heads(page) == ((0, 1, 0), (0, 1, 0))
+    assert press(page, "Enter")[1] == "true" and heads(page) == ((0, 0, 1), (0, 0, 1))
+    press(page, " ", "ArrowLeft")
+    assert heads(page) == ((0, 0, 0), None)  # let go: the arrows now look as hovering does
+    assert page.text_content("#focus-title") == "blocks self-attention, layer 0, head 0"
+    press(page, "Enter")
+
+    # tokens: focus shows where one attends, Enter keeps it; each weight is read as a number
+    m = matrix(page, 0, 0, 0)
+    press(page, "Tab", "End", "ArrowLeft")
+    last = len(labels) - 2
+    assert same(tokens(page)[0], attends(m, "q", last))
+    assert press(page, "Enter")[1] == "true" and tokens(page)[1]["locked"] == [("q", last)]
+    weight = f"{m[last][1] / 1000:.3f}"  # of key 1, for the kept query
+    assert press(page, "Tab", "ArrowRight")[0] == f"key 1 \u201cb\u201d, weight {weight}"
+    assert page.text_content("#readout").endswith(f"; key 1 \u201cb\u201d: {weight}")
+    best = max(range(len(labels)), key=lambda j: m[last][j])
+    assert f"attends most to key {best} " in page.text_content("#readout")
+    canvases = page.eval_on_selector_all(
+        "canvas", "cs => cs.map(c => [c.getAttribute('role'), c.getAttribute('aria-label')])"
+    )
+    assert len(canvases) == 5 and all(role and label for role, label in canvases)
+    assert opened.errors == []
+
+
+# the contrast of each token's text with its background: the highlight over the page's white
+CONTRAST = """() => [...document.querySelectorAll(".tok")].map(s => {
+    const rgba = c => c.match(/[\\d.]+/g).map(Number), text = rgba(getComputedStyle(s).color);
+    const [r, g, b, a = 1] = rgba(getComputedStyle(s).backgroundColor);
+    const lum = c => c.slice(0, 3).map(v => v / 255)
+        .map(v => v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+        .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const back = lum([r, g, b].map(v => v * a + 255 * (1 - a))), fore = lum(text);
+    return (Math.max(back, fore) + 0.05) / (Math.min(back, fore) + 0.05); })"""
+
+
+def test_a_narrow_page_scrolls_only_the_heads_and_its_text_keeps_its_contrast(
+    browser, tmp_path, capsys
+):
+    page = keyboard_page(browser, tmp_path, capsys, width=320, height=600)[0].page
+    width = "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    assert page.evaluate(width) == [320, 320]  # nothing but the heads' grid scrolls sideways
+    assert page.eval_on_selector("#focus-map", "m => m.getBoundingClientRect().right") <= 320
+    for kept in (tok("q", 0), tok("k", 0)):  # query 0 gives key 0 a weight of 1: the strongest
+        page.click(kept)
+        shown = tokens(page)[0]["k" if "q" in kept else "q"]
+        assert max(alpha for _, alpha in filter(None, shown)) > 0.999
+        assert min(page.evaluate(CONTRAST)) >= 4.5  # WCAG AA
+        page.click(kept)

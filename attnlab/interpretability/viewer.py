@@ -3,7 +3,9 @@ data, and a content security policy that forbids fetching anything), which works
 
 The page shows every attention layer's heads as thumbnails, grouped as the model has them (a
 GPT's blocks; an encoder-decoder's encoder self-attention, decoder self-attention and cross
-attention), and the tokens of the focused head: where a token attends and what attends to it.
+attention), and the tokens of the focused head: where a token attends and what attends to it,
+its strongest weights also written out as numbers. Every head and token is a named control the
+keyboard reaches (one Tab stop per list, arrow keys along it, Enter or Space to keep).
 Token text only ever reaches the page as JSON inside a data block, with <, > and & escaped, and
 the script writes it with textContent: a text holding markup shows as text and runs nothing.
 """
