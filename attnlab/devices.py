@@ -7,6 +7,7 @@ every random generator.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -65,17 +66,28 @@ class TooLarge(Exception):
 def build_on_meta(
     build: Callable[[], torch.nn.Module], max_parameters: float = math.inf, max_numbers=math.inf
 ) -> torch.nn.Module:
-    """build() on the meta device, stopped (TooLarge) as soon as it has registered more than
-    `max_parameters` parameter tensors, or more than `max_numbers` numbers in its parameters
-    and buffers: a config of an absurd size (n_layers 10**6, d_model 10**12) costs no memory
+    """build() on the meta device; TooLarge if it has more than `max_parameters` parameter
+    tensors, or more than `max_numbers` numbers in its parameters and buffers (a tied weight
+    counted once). Stopped as soon as it registers more than max_parameters tensors or twice
+    max_numbers numbers (a head's own weight, about to be replaced by the tied one, is counted
+    until it is): a config of an absurd size (n_layers 10**6, d_model 10**12) costs no memory
     and little time."""
     parameters = numbers = 0
+    places: collections.Counter[int] = collections.Counter()  # a tensor's id -> where it is held
 
     def count(module, name, tensor, parameter=True):
+        """A tensor's numbers count once, however many modules hold it, and no longer once
+        none does (the head's own weight, replaced by the tied one)."""
         nonlocal parameters, numbers
         parameters += parameter
-        numbers += 0 if tensor is None else tensor.numel()
-        if parameters > max_parameters or numbers > max_numbers:
+        replaced = (module._parameters if parameter else module._buffers).get(name)
+        if replaced is not None and places[id(replaced)]:
+            places[id(replaced)] -= 1
+            numbers -= 0 if places[id(replaced)] else replaced.numel()
+        if tensor is not None:
+            places[id(tensor)] += 1
+            numbers += tensor.numel() if places[id(tensor)] == 1 else 0
+        if parameters > max_parameters or numbers > 2 * max_numbers:
             raise TooLarge
 
     registry = torch.nn.modules.module
@@ -85,10 +97,14 @@ def build_on_meta(
     ]
     try:
         with meta_device():
-            return build()
+            model = build()
     finally:
         for hook in hooks:
             hook.remove()
+    held = {id(t): t.numel() for t in (*model.parameters(), *model.buffers())}
+    if sum(held.values()) > max_numbers:
+        raise TooLarge
+    return model
 
 
 # a container's memory limit: cgroup v2's, v1's ("max", or a huge number in v1: none)

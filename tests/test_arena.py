@@ -39,7 +39,7 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     argv += ["--batch-size", "16", "--eval-interval", "4", "--weight-init", "fan_in"]
     argv += ["--seed", "7"]
     handler = signal.getsignal(signal.SIGTERM)
-    ballast = b"\x01" * (1 << 30)  # 1 GB of the arena's memory, which no run may count as its own
+    ballast = b"\x01" * (1 << 30)  # 1 GiB of the arena's memory, which no run may count as its own
     code, table, err = run(argv, capsys)
     assert code == 0, err
     del ballast
@@ -53,8 +53,8 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
     for row in rows:  # the best of the evaluations is at least the last
         final, best = (float(cell.strip(" %")) for cell in row.split("|")[-3:-1])
         assert 0 <= final <= best <= 100
-        peak_mb = float(row.split("|")[5].replace(",", ""))  # the run's, not inherited by fork
-        assert 50 < peak_mb < 1024, row
+        peak_mib = float(row.split("|")[5].replace(",", ""))  # the run's, not inherited by fork
+        assert 50 < peak_mib < 1024, row
     assert (out / "arena.png").stat().st_size > 10_000 and (
         out / "arena.md"
     ).read_text() == table.strip() + "\n"
@@ -298,6 +298,17 @@ def test_an_arena_stopped_by_a_failing_mixer_reports_the_finished_ones(
     assert "seed" not in table  # the title names a seed given, not the default
 
 
+def test_memory_figures_name_the_mebibytes_they_count(tmp_path):
+    """A peak's VmHWM is in KiB, an activation's bytes are divided by 2**20: MiB, not MB, 5%
+    fewer bytes."""
+    points = [{"step": 1, "elapsed_s": 1.0, "tokens": 64, "val_loss": 2.0}]
+    entry = Entry("lstm", matched_config("lstm", 20_000, 1, 32), tmp_path, points)
+    entry.peak_rss_mib = 100.0
+    assert "| peak memory (MiB) |" in report([entry], tmp_path, "title")
+    table = scaling.write_scaling([scaling.Curve("lstm", [(8, 0.001, 3 * 2**20)])], tmp_path, "t")
+    assert "activation memory (MiB)" in table and "| lstm | 1.0 / 3.0 |" in table
+
+
 def test_a_killed_training_run_is_named_so_not_by_its_last_line(tmp_path, monkeypatch):
     """The out-of-memory killer ends a run without an error line: its last line is progress."""
     popen = subprocess.Popen
@@ -314,7 +325,7 @@ def test_scaling_interrupted_writes_what_it_measured(tmp_path, capsys, monkeypat
     def measure(name, length, d_model, repeats):
         if name == "lstm" and length > 16:
             raise KeyboardInterrupt
-        return length / 1000, length * 2**20  # ms and MB: the length
+        return length / 1000, length * 2**20  # ms and MiB: the length
 
     monkeypatch.setattr(scaling, "measure", measure)
     out = tmp_path / "scaling"

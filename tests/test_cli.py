@@ -368,7 +368,7 @@ def test_a_resumed_runs_progress_bar_rates_only_the_steps_it_trains(monkeypatch)
 
     monkeypatch.setattr(sys, "stderr", Terminal())
     bar = progress_printer(100)
-    bar.start_at(90)
+    bar.start_at(90, 0.0)
     now = {**bar.bar.format_dict, "n": 95, "elapsed": 5.0, "rate": None}  # 5 steps in 5 s
     assert "[00:05<00:05,  1.00step/s]" in bar.bar.format_meter(**now)
 

@@ -5,10 +5,11 @@ import logging
 import os
 import warnings
 
+import pytest
 import torch
 
 from attnlab import devices
-from attnlab.devices import Compiled, memory_bytes, tf32
+from attnlab.devices import Compiled, TooLarge, build_on_meta, memory_bytes, tf32
 
 
 def test_compiling_leaves_out_inductors_notes_for_its_own_developers():
@@ -70,3 +71,17 @@ def test_a_containers_memory_limit_is_the_memory_there(tmp_path, monkeypatch):
     v2.write_text("max\n")
     v1.write_text(f"{2**31}\n")
     assert memory_bytes(cpu) == 2**31
+
+
+def test_a_tied_weight_counts_once_in_the_size_a_model_trains_in():
+    """GPT-2 small's 124M parameters (its head tied to the embedding) need 16 bytes each: the
+    head's own weight, replaced by the tied one, and the tie itself are not counted again (they
+    were: 202M, so 124M numbers in 2.5 GiB were refused)."""
+    from attnlab.models.gpt import GPT, PRESETS
+
+    config = PRESETS["gpt2"]
+    size = sum(p.numel() for p in build_on_meta(lambda: GPT(config)).parameters())
+    assert size == 124_439_808
+    build_on_meta(lambda: GPT(config), max_numbers=size)
+    with pytest.raises(TooLarge):
+        build_on_meta(lambda: GPT(config), max_numbers=size - 1)

@@ -1,5 +1,6 @@
 """A write of a training run that fails (a full disk: the checkpoint, best/, the log, the loss
-plot) is one line naming what failed and the step that is kept; what the loss plot shows."""
+plot) is one line naming what failed and the step that is kept; what the loss plot and the
+progress bar show."""
 
 import errno
 import io
@@ -72,3 +73,28 @@ def test_the_loss_plot_counts_steps_in_readable_ticks(tmp_path, monkeypatch):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
     assert "1M" in [t.get_text() for t in drawn[0].axes[1].get_xticklabels()]  # the scores'
+
+
+@pytest.mark.parametrize("limit_s", [None, 60.0])
+def test_the_progress_bars_time_left_counts_evaluations_and_the_time_limit(monkeypatch, limit_s):
+    """Steps of 0.1 s and an evaluation of 1 s every 10: 0.2 s a step (tqdm's smoothed rate
+    forgets an evaluation within some 50 steps: with one of 5 s every 250 steps of 0.1 s, it
+    showed 2:31 left where 3:01 were, and 9:50 just after one); and a --time-limit of 60 s of
+    training ends the run before its 1,000 steps: 58 s of training left, 116 s with evaluations."""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    clock = [0.0]
+    monkeypatch.setattr(reports.time, "perf_counter", lambda: clock[0])
+    progress = reports.progress_printer(1000, limit_s=limit_s)
+    for step in range(1, 22):
+        clock[0] += 0.1 + (1.0 if step % 10 == 0 else 0.0)
+        progress.update({"step": step, "train_loss": 1.0, "tokens_per_s": 1.0,
+                         "elapsed_s": 0.1 * step})  # fmt: skip
+    expected = 979 * 0.2 if limit_s is None else (60 - 2.1) * 2
+    assert progress.bar.left_s == pytest.approx(expected)
+    shown = progress.bar.format_meter(**progress.bar.format_dict)
+    assert f"<{progress.bar.format_interval(expected)}," in shown

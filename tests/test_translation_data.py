@@ -206,3 +206,24 @@ def test_the_embedded_task_is_the_same_whatever_the_runs_seed(tmp_path, monkeypa
         return data.artifacts["tokenizer"].to_dict(), rows
 
     assert task(1) == task(2)
+
+
+def test_throughput_counts_the_target_tokens_of_a_batch_not_its_padding(tmp_path, monkeypatch):
+    """Sentences of different lengths share a batch, padded to the longest: tokens/s counts
+    the targets scored."""
+    from attnlab.training.trainer import Trainer
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    kind = get_kind("translation")
+    train = TrainConfig(precision="fp32", cpu_kernels=False, device="cpu", eval_iters=1)
+    settings = kind.data_config(embedded_pairs=300)
+    data = kind.build_data(DataRequest(settings, config_to_dict(kind.presets["tiny"]), train))
+    state = data.train.state_dict()
+    targets = data.train.next()[-1]
+    data.train.load_state_dict(state)  # the step draws this batch again
+    config = kind.config(**{**config_to_dict(kind.presets["tiny"]), **data.model_fields})
+    trainer = Trainer(kind.model(config), train, data.train, data.eval, out_dir=tmp_path / "run")
+    record = trainer.train_step()
+    tokens = int((targets != -100).sum())
+    assert tokens < targets.numel()
+    assert record["tokens_per_s"] * record["elapsed_s"] == pytest.approx(tokens)

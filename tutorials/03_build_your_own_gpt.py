@@ -457,7 +457,7 @@ plt.show()
 #
 # The price is memory: the cache holds a key and a value vector per token per layer,
 # 2 x N_layers x d numbers per token. For this model that is 2 x 4 x 128 = 1,024 numbers
-# (4 KB in float32) per token; for GPT-2 small 2 x 12 x 768 = 18,432 (72 KB), so 72 MB for one
+# (4 KiB in float32) per token; for GPT-2 small 2 x 12 x 768 = 18,432 (72 KiB), so 72 MiB for one
 # 1024-token sequence. For big models serving many users, this cache, not the weights, is
 # often what fills the GPU (and why grouped-query attention shares keys and values between
 # heads).

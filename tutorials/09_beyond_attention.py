@@ -86,12 +86,12 @@ print(f"{'T':>7} {'weights (T x T)':>16} {'pairs: 4·T²·d':>15} {'projections:
 for T in (1_024, 8_192, 32_768, 131_072):
     table_bytes = 4 * T * T
     print(
-        f"{T:>7,} {table_bytes / 2**20:>13,.0f} MB {4 * T * T * d / 1e9:>11,.1f} GFLOP"
+        f"{T:>7,} {table_bytes / 2**20:>12,.0f} MiB {4 * T * T * d / 1e9:>11,.1f} GFLOP"
         f" {8 * T * d * d / 1e9:>16,.2f} GFLOP"
     )
 
 # %% [markdown]
-# At 1k tokens the attention table is small; at 128k, one head of one layer would need 64 GB
+# At 1k tokens the attention table is small; at 128k, one head of one layer would need 64 GiB
 # just to hold its weights. Fused kernels (FlashAttention, torch's `scaled_dot_product_attention`)
 # never store the table, computing it tile by tile, which makes the *memory* linear; but the
 # number of pairs, and so the *time*, stays quadratic: the pair term overtakes the projections
@@ -242,7 +242,7 @@ time_ax.set(
     xscale="log", yscale="log", xlabel="sequence length T", ylabel="forward + backward (ms)"
 )
 memory_ax.set(
-    xscale="log", yscale="log", xlabel="sequence length T", ylabel="activation memory (MB)"
+    xscale="log", yscale="log", xlabel="sequence length T", ylabel="activation memory (MiB)"
 )
 time_ax.legend(fontsize=7)
 memory_ax.legend(fontsize=7)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ STEP_FIELDS = ("step", "train_loss", "lr", "elapsed_s", "mfu")
 
 
 stderr_closed = threading.Event()  # set once the reader of stderr has gone
+
+# tqdm's own layout, with the run's time left for its {remaining}
+RUN_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def note(message: str) -> None:
@@ -54,12 +58,24 @@ def short_count(n: float) -> str:
 
 
 class progress_printer:  # noqa: N801 - used like a function
-    """A tqdm bar on stderr: step, loss, last val loss, throughput (tokens/s, images/s), ETA."""
+    """A tqdm bar on stderr: step, loss, last val loss, throughput (tokens/s, images/s), and the
+    time left (time_left)."""
 
-    def __init__(self, total: int, unit: str = "token"):
+    def __init__(self, total: int, unit: str = "token", limit_s: float | None = None):
         from tqdm import tqdm
 
-        self.bar = tqdm(
+        class Bar(tqdm):  # tqdm's time left, or once known the run's (evaluations, time limit)
+            left_s: float | None = None
+
+            @property
+            def format_dict(self):
+                shown = super().format_dict
+                if self.left_s is None:
+                    return shown
+                left = self.format_interval(self.left_s)
+                return {**shown, "bar_format": RUN_BAR.replace("{remaining}", left)}
+
+        self.bar = Bar(
             total=total,
             file=sys.stderr,
             unit="step",
@@ -68,11 +84,14 @@ class progress_printer:  # noqa: N801 - used like a function
             smoothing=0.05,
         )
         self.val_loss: float | None = None
-        self.unit = unit
+        self.unit, self.limit_s, self.begun_s = unit, limit_s, 0.0
+        self.first: tuple[float, int, float] | None = None  # (clock, step, elapsed_s) at step 1
 
-    def start_at(self, step: int) -> None:
-        """A resumed run's bar: its rate and time left count the steps from here only."""
+    def start_at(self, step: int, elapsed_s: float) -> None:
+        """A resumed run's bar: its rate and time left count the steps (and the training time,
+        elapsed_s so far) from here only."""
         self.bar.n = self.bar.last_print_n = self.bar.initial = step
+        self.begun_s = elapsed_s
         self.bar.refresh()
 
     def update(self, record: dict[str, Any]) -> None:
@@ -82,6 +101,7 @@ class progress_printer:  # noqa: N801 - used like a function
         if self.val_loss is not None:
             postfix["val"] = f"{self.val_loss:.4f}"
         self.bar.set_postfix(postfix, refresh=False)
+        self.bar.left_s = self.time_left(record, time.perf_counter())
         self.bar.update(1)
         if "val_loss" in record and self.bar.disable:  # no live bar (not a terminal): log evals
             scores = "".join(
@@ -90,6 +110,22 @@ class progress_printer:  # noqa: N801 - used like a function
                 if name not in STEP_FIELDS and not name.endswith("_per_s")
             )
             note(f"step {record['step']}: train loss {record['train_loss']:.4f}{scores}")
+
+    def time_left(self, record: dict[str, Any], now: float) -> float | None:
+        """Wall seconds until the run ends: its steps left at the pace of those since its first
+        here (which compiles, so is left out), evaluations and saves included; or, where
+        limit_s (of training steps) ends it first, its training seconds left at that pace.
+        None at the first step."""
+        if self.first is None:
+            self.first = (now, record["step"], record["elapsed_s"])
+            return None
+        since, step, trained_s = self.first
+        wall_s, train_s = now - since, record["elapsed_s"] - trained_s
+        left = (self.bar.total - record["step"]) * wall_s / (record["step"] - step)
+        if self.limit_s is not None and train_s > 0:
+            limit_left = self.limit_s - (record["elapsed_s"] - self.begun_s)
+            left = min(left, max(limit_left, 0.0) * wall_s / train_s)
+        return left
 
     def close(self) -> None:
         self.bar.close()

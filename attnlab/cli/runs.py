@@ -255,11 +255,11 @@ def fit_and_report(
             trainer.resume()
         trainer.fit()
         return 0
-    progress = progress_printer(trainer.config.max_iters, trainer.unit)
     limit_s = time_limit * 60 if time_limit else None
+    progress = progress_printer(trainer.config.max_iters, trainer.unit, limit_s)
     if resume:
         trainer.resume()
-        progress.start_at(trainer.step)
+        progress.start_at(trainer.step, trainer.elapsed)
         if trainer.lr_moved:  # a larger --max-iters stretches the schedule, say
             old, new = trainer.lr_moved
             note(f"note: the new schedule moves the learning rate from {old:.3g} to {new:.3g}")

@@ -137,9 +137,14 @@ class MaskedSequences:
 
     unit = "token"
 
-    def __init__(self, rows: np.ndarray, batch_size: int, masking: Masking, seed: int):
+    def __init__(self, rows: np.ndarray, batch_size: int, masking: Masking, seed: int, pad: int):
         self.rows, self.batch_size, self.masking = torch.from_numpy(rows), batch_size, masking
         self.generator = torch.Generator().manual_seed(seed)
+        self.pad = pad
+
+    def count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """The tokens of a batch (throughput's), the padding at the ends of its rows left out."""
+        return int((batch[0] != self.pad).sum())
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.rows), (self.batch_size,), generator=self.generator)
@@ -207,7 +212,8 @@ def masked_lm_training_data(request: DataRequest) -> TrainingData:
             "needed (one tenth validates): give more text or a shorter context"
         )
     masking = Masking(ids[MASK], min(ids.values()), settings.mask_probability)
-    batches = MaskedSequences(rows[: len(rows) - n_val], train.batch_size, masking, train.seed)
+    train_rows = rows[: len(rows) - n_val]
+    batches = MaskedSequences(train_rows, train.batch_size, masking, train.seed, ids[PAD])
 
     scored = rows if request.evaluate == "all" else rows[-n_val:]
     limit = len(scored) if request.evaluate else train.eval_iters * train.batch_size

@@ -320,6 +320,11 @@ class TokenBatches:
         """Batches per epoch."""
         return len(self.batches)
 
+    @staticmethod
+    def count(batch: tuple[torch.Tensor, ...]) -> int:
+        """The target tokens of a batch (throughput's), its padding left out."""
+        return int((batch[-1] != IGNORE_INDEX).sum())
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         # Checkpoints store data state as raw bytes (uint8 tensors): the cursor goes as bytes too.
         cursor = torch.frombuffer(bytearray(self.cursor.to_bytes(8, "little")), dtype=torch.uint8)

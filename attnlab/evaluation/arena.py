@@ -97,7 +97,7 @@ class Entry:
     out: Path
     evaluations: list[dict] = field(default_factory=list)  # {step, elapsed_s, tokens, val_*}
     tokens_per_s: float = 0.0
-    peak_rss_mb: float = 0.0
+    peak_rss_mib: float = 0.0
 
     @property
     def params(self) -> int:
@@ -160,9 +160,9 @@ def train_mixer(
             _stop(process)
             raise
         process.returncode = os.waitstatus_to_exitcode(status)
-    entry.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kB: at least the arena's peak
+    entry.peak_rss_mib = usage.ru_maxrss / 1024  # Linux reports KiB: at least the arena's peak
     if peak.is_file():
-        entry.peak_rss_mb = int(peak.read_text()) / 1024
+        entry.peak_rss_mib = int(peak.read_text()) / 1024
         peak.unlink()
     if process.returncode != 0:
         lines = Path(log_file.name).read_text(errors="replace").strip().splitlines()
@@ -197,14 +197,14 @@ def read_run(entry: Entry, tokens_per_step: int) -> None:
 def report(entries: list[Entry], out: Path, title: str) -> str:
     """arena.md (a table) and arena.png (val loss against training time and against tokens)."""
     accuracy = any("val_accuracy" in e.evaluations[-1] for e in entries if e.evaluations)
-    header = "| mixer | d_model | block params | tokens/s | peak memory (MB) | final val loss |"
+    header = "| mixer | d_model | block params | tokens/s | peak memory (MiB) | final val loss |"
     lines = [f"# {title}", "", header + (" val accuracy | best val accuracy |" if accuracy else "")]
     lines.append("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if accuracy else ""))
     for e in entries:
         final = e.evaluations[-1] if e.evaluations else {}
         row = (
             f"| {e.mixer} | {e.config.d_model} | {e.params:,} | {e.tokens_per_s:,.0f} | "
-            f"{e.peak_rss_mb:,.0f} | {final.get('val_loss', math.nan):.4f} |"
+            f"{e.peak_rss_mib:,.0f} | {final.get('val_loss', math.nan):.4f} |"
         )
         if accuracy:
             best = max((p.get("val_accuracy", math.nan) for p in e.evaluations), default=math.nan)

@@ -144,7 +144,7 @@ def scaling_curves(
         while length <= longest:
             seconds, memory = measure(name, length, d_model, repeats)
             curve.points.append((length, seconds, memory))
-            log(f"{name}: T={length}: {seconds * 1e3:.1f} ms, {memory / 2**20:.1f} MB")
+            log(f"{name}: T={length}: {seconds * 1e3:.1f} ms, {memory / 2**20:.1f} MiB")
             length *= 2
             if length <= longest and seconds > max_seconds:
                 curve.stopped = f"stopped after T={length // 2}: over {max_seconds:g} s a pass"
@@ -183,7 +183,7 @@ def write_scaling(curves: list[Curve], out: Path, title: str) -> str:
     """scaling.md (a table) and scaling.png (time and memory against length, crossovers marked)."""
     cross = crossovers(curves)
     lengths = sorted({n for c in curves for n in c.lengths})
-    lines = [f"# {title}", "", "Forward + backward time (ms) / activation memory (MB):", ""]
+    lines = [f"# {title}", "", "Forward + backward time (ms) / activation memory (MiB):", ""]
     lines.append("| mixer | " + " | ".join(f"T={n}" for n in lengths) + " |")
     lines.append("|---|" + "---:|" * len(lengths))
     for c in curves:
@@ -224,7 +224,7 @@ def _plot(curves: list[Curve], cross: dict[str, int], png: Path, title: str) -> 
         xscale="log", yscale="log", xlabel="sequence length T", ylabel="forward + backward (ms)"
     )
     memory_ax.set(
-        xscale="log", yscale="log", xlabel="sequence length T", ylabel="activation memory (MB)"
+        xscale="log", yscale="log", xlabel="sequence length T", ylabel="activation memory (MiB)"
     )
     time_ax.legend(fontsize=8)
     lengths = sorted({n for c in curves for n in c.lengths})

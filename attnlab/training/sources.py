@@ -59,7 +59,8 @@ class Metrics(Protocol):
 
 class BatchSource(Protocol):
     """Training batches, drawn one at a time. ``unit`` names what throughput counts ("token",
-    "image", "sequence"): each batch counts the elements of its last tensor, the targets."""
+    "image", "sequence"): each batch counts the elements of its last tensor, the targets, or,
+    where a source has it, ``count(batch)``: those that are not padding."""
 
     unit: str
 

@@ -101,8 +101,9 @@ class Trainer:
         """eval_data: split name -> a function giving that split's evaluation batches (the same
         batches every time, so evaluations compare). artifacts: saved beside the weights (a
         tokenizer, a palette). on_record: called with each step's metrics (the CLI draws
-        progress). Throughput counts the elements of each batch's last tensor, the targets
-        (padding included), in the data source's unit (default "token"). metrics: makes an
+        progress). Throughput counts the elements of each batch's last tensor, the targets, or
+        the source's count(batch) (its tokens, padding left out), in the source's unit (default
+        "token"). metrics: makes an
         accumulator of scores beyond the loss (accuracy, ...), reported per split. keep_best: a
         score ("val_accuracy"; lower is better but for HIGHER_IS_BETTER) whose best weights are
         kept in out_dir/best, a checkpoint of its own. group: the ranks of a distributed run
@@ -242,7 +243,8 @@ class Trainer:
                 _, loss = self._forward(batch, self.compiled or self.trained)
                 (loss * weight).backward()
             total += loss.detach() * weight
-        tokens = sum(batch[-1].numel() for batch in batches)
+        count = getattr(self.train_data, "count", lambda batch: batch[-1].numel())
+        tokens = sum(count(batch) for batch in batches)
         clip = self.config.grad_clip  # the norm it takes is checked in the loss's sync
         norm = [clip_gradients(self.optimizer, clip)] if clip else []
         loss, *norm, self._stopping, self._finishing = self.group.agree(
