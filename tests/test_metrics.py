@@ -158,6 +158,18 @@ def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
     assert [ax.get_xlabel() for ax in drawn[1].axes] == ["", "step"]  # the shared axis once
 
 
+def test_the_loss_plot_of_many_evaluations_draws_lines_not_a_band_of_points(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    for evaluations, marker in ((3, "o"), (500, "None")):  # 500 points would hide the curves
+        record = {"train_loss": 1.0, "tokens_per_s": 9.0, "val_loss": 1.0, "val_accuracy": 0.5}
+        records = [json.dumps({"step": s, **record}) + "\n" for s in range(1, evaluations + 1)]
+        (tmp_path / "metrics.jsonl").write_text("".join(records))
+        plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
+        losses, scores = drawn.pop().axes
+        assert {losses.get_lines()[1].get_marker(), scores.get_lines()[0].get_marker()} == {marker}
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
 def test_the_loss_and_its_gradient_are_torchs_label_smoothed_cross_entropy(smoothing):
     """Padding (IGNORE_INDEX) anywhere in a row, in float64: torch's loss, and the one written

@@ -392,7 +392,8 @@ def test_a_truly_read_only_file_system_is_one_line_and_left_as_it_was(tmp_path, 
 
 
 def test_a_run_that_is_all_warm_up_says_so(tmp_path, corpus, capsys):
-    code, _, err = train(capsys, corpus, tmp_path / "a", "--max-iters", "2")
-    assert code == 0 and "attnlab: note: warmup_iters 100 >= max_iters 2: the whole run is" in err
+    constant = ["--max-iters", "2", "--lr-schedule", "constant"]  # constant too: below its rate
+    code, _, err = train(capsys, corpus, tmp_path / "a", *constant)
+    assert code == 0 and "whole run is warm-up, the learning rate only rises, to 2e-05" in err
     code, _, err = train(capsys, corpus, tmp_path / "b", "--max-iters", "2", "--warmup-iters", "1")
     assert code == 0 and "warm-up" not in err

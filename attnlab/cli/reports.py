@@ -12,6 +12,7 @@ from typing import Any
 
 # what every step's record holds; the rest of an evaluation step's are its scores (val_loss, ...)
 STEP_FIELDS = ("step", "train_loss", "lr", "elapsed_s", "mfu")
+MARKED_EVALUATIONS = 50  # the most evaluations the loss plot draws as points
 
 
 stderr_closed = threading.Event()  # set once the reader of stderr has gone
@@ -145,6 +146,9 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
 
     evals = [r for r in records if "val_loss" in r]
     scores = sorted({k for r in evals for k in r if _is_score(k)})
+    # an evaluation a point while they are few; many (every step, a long run) merge into a
+    # band of markers that hides the curves: a line then
+    style = "o-" if len(evals) <= MARKED_EVALUATIONS else "-"
     rows = 2 if scores else 1
     fig = Figure(figsize=(7, 4 * rows), dpi=120, layout="tight")
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
@@ -158,7 +162,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         label="train (per step)",
     )
     if evals:
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], style, label="val")
     # the loss is per unit of the throughput the records log: tokens_per_s, sequences_per_s, ...
     unit = next((k.removesuffix("s_per_s") for k in records[0] if k.endswith("s_per_s")), "token")
     ax.set(xlabel="step", ylabel=f"loss (nats/{unit})", title=as_text(metrics_file.parent.name))
@@ -171,7 +175,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
         below = axes[1][0]
         for name in scores:
             points = [(r["step"], r[name]) for r in evals if name in r]
-            below.plot(*zip(*points, strict=True), "o-", label=name.replace("_", " "))
+            below.plot(*zip(*points, strict=True), style, label=name.replace("_", " "))
         below.set(xlabel="step", ylabel="score")
         below.grid(alpha=0.3)
         below.legend()

@@ -276,10 +276,12 @@ def fit_and_report(
     compiled = ", compiled" if trainer.compiled is not None else ""
     note(f"{summary}; device {trainer.device.type}, precision {precision}{compiled}")
     config = trainer.config
-    if config.lr_schedule in ("cosine", "wsd") and config.warmup_iters >= config.max_iters:
+    if config.warmup_iters >= config.max_iters:  # any schedule's peak (and decay) comes after
+        last = trainer.learning_rate(config.max_iters - 1, config)
         note(
             f"note: warmup_iters {config.warmup_iters} >= max_iters {config.max_iters}: the "
-            "whole run is warm-up, the learning rate never decays (lower --warmup-iters)"
+            f"whole run is warm-up, the learning rate only rises, to {last:.3g} (lower "
+            "--warmup-iters)"
         )
     try:
         result = trainer.fit()

@@ -199,7 +199,7 @@ class Trainer:
         """One optimizer step at the scheduled learning rate; returns its metrics record (step,
         train_loss, lr, tokens_per_s (in the data's unit: images_per_s, ...), elapsed_s, and mfu
         for models that count their FLOPs per unit: flops_per_token(), flops_per_image(), ...)."""
-        lr = self._learning_rate(self.step, self.config)
+        lr = self.learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with cpu_kernels.enabled(self.kernels_on), tf32(self.tf32):  # their build: untimed
@@ -362,7 +362,7 @@ class Trainer:
                 f"{what} failed: {error.strerror or error}; {kept} is saved in {self.out_dir}"
             ) from None
 
-    def _learning_rate(self, step: int, config: TrainConfig) -> float:
+    def learning_rate(self, step: int, config: TrainConfig) -> float:
         d_model = getattr(getattr(self.model, "config", None), "d_model", 512)
         return scheduled_learning_rate(step, config, d_model)
 
@@ -374,8 +374,8 @@ class Trainer:
         state = load_training_state(self.out_dir, self.optimizer)
         self.step, self.elapsed = state["step"], state["elapsed_s"]
         schedule = {k: v for k, v in state["train_config"].items() if k in SCHEDULE}
-        old = self._learning_rate(self.step, dataclasses.replace(self.config, **schedule))
-        new = self._learning_rate(self.step, self.config)  # the next step's, by each schedule
+        old = self.learning_rate(self.step, dataclasses.replace(self.config, **schedule))
+        new = self.learning_rate(self.step, self.config)  # the next step's, by each schedule
         moved = self.step and abs(new - old) > 0.05 * max(old, new)
         self.lr_moved = (old, new) if moved else None
         self.saved_step = self.step
