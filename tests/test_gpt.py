@@ -3,10 +3,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from attnlab.errors import ConfigError, UserError
 from attnlab.generation import generate
 from attnlab.layers import FeedForward
+from attnlab.layers.contracts import is_residual_output
 from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.gpt import GPT, PRESETS, GPTConfig
 
@@ -98,6 +100,24 @@ def test_fan_in_initialisation_scales_to_the_width_and_needs_an_untied_head():
     assert math.isclose(gpt2.token_embedding.weight.std().item(), 0.02, rel_tol=0.05)
     with pytest.raises(ConfigError, match="tie_weights = false"):
         GPTConfig(**config, weight_init="fan_in")
+
+
+@pytest.mark.parametrize("mixer", ["attention", "lstm", "hyena", "mamba"])
+def test_gpt2_initialisation_scales_the_residual_writers_and_leaves_the_rest_to_the_layers(mixer):
+    """N(0, 0.02) for the weights of linear and embedding layers, 0.02/√(2·n_layers) for those
+    that write into the residual stream, linear biases 0, the head the embedding itself; what a
+    layer keeps (keep_init) is its own, whatever the mixer."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY, "n_layers": 4, "d_model": 128, "mixer": mixer}))
+    assert model.output_head.weight is model.token_embedding.weight
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Linear, nn.Embedding)) or layer is model.output_head:
+            continue
+        if getattr(layer.weight, "_keep_init", False):
+            continue
+        std = 0.02 / math.sqrt(2 * 4) if is_residual_output(layer.weight) else 0.02
+        assert math.isclose(layer.weight.std().item(), std, rel_tol=0.1), name
+        assert getattr(layer, "bias", None) is None or not layer.bias.any(), name
 
 
 def test_tiny_gpt_overfits_one_batch():

@@ -147,6 +147,18 @@ def test_mamba_decoding_step_by_step_is_its_full_pass_in_float64(prompt):
     torch.testing.assert_close(torch.cat(steps, 1), layer(x), **F64)
 
 
+def test_mamba_built_in_float64_holds_its_initial_dynamics_in_float64():
+    """A = -(1, ..., N) to float64's precision, not float32 values widened (log 3 off by 1e-8)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        layer = Mamba(MambaOptions(d_state=5), 4)
+    finally:
+        torch.set_default_dtype(previous)
+    exact = torch.arange(1, 6, dtype=torch.float64).log().expand(8, 5)
+    torch.testing.assert_close(layer.A_log, exact, rtol=0, atol=1e-15)
+
+
 # ------------------------------------------------------------------ Hyena
 @pytest.mark.parametrize("length", [1, 6, 33])
 def test_hyena_fft_convolution_and_its_gradients_are_the_direct_sum(length):

@@ -151,8 +151,9 @@ class Mamba(nn.Module):
         there; Δ's projection uniform in ±R^-0.5."""
         o = self.options
         with torch.no_grad():
-            A = torch.arange(1, o.d_state + 1, dtype=torch.float32).expand_as(self.A_log)
-            self.A_log.copy_(torch.log(A))
+            # in A_log's own dtype: a float64 model holds log(n) to float64's precision
+            A = torch.arange(1, o.d_state + 1, dtype=self.A_log.dtype, device=self.A_log.device)
+            self.A_log.copy_(torch.log(A).expand_as(self.A_log))
             self.D.fill_(1.0)
             nn.init.uniform_(self.dt_projection.weight, -(self.rank**-0.5), self.rank**-0.5)
             draw = torch.rand_like(self.dt_projection.bias)

@@ -205,7 +205,8 @@ class BertEncoder(nn.Module):
 
 
 def _initialize(model: nn.Module) -> None:
-    """BERT's initialisation: every matrix N(0, 0.02); biases 0, norms 1 (their layers' own)."""
+    """BERT's initialisation: every matrix N(0, 0.02), as Hugging Face's (Google's code truncates
+    the normal at two standard deviations); biases 0, norms 1 (their layers' own)."""
     initialize(model, lambda weight, layer: nn.init.normal_(weight, std=0.02))
 
 

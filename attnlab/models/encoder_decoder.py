@@ -191,8 +191,9 @@ class EncoderDecoder(nn.Module):
         """Xavier-uniform matrices (Glorot & Bengio 2010, as torch.nn.Transformer and the
         tensor2tensor reference use), zero biases; norms initialise themselves. Embeddings are
         N(0, 1/D): the √D scaling of section 3.4 then gives token vectors of unit variance, the
-        scale of the sinusoids added to them, and as the tied output projection they give small
-        initial logits."""
+        scale of the sinusoids added to them. As the tied output projection they give logits of
+        unit variance (a normed decoder output has |h|² ≈ D), so the first loss is about
+        ln V + 1/2, not ln V; an untied projection's Xavier rows give smaller logits."""
 
         def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
             if isinstance(layer, nn.Embedding):

@@ -64,7 +64,7 @@ class GPTConfig:
     dropout: float = 0.0  # on embeddings, attention weights and residual branches
     tie_weights: bool = True  # output head shares the token embedding matrix
     rope_base: float = 10000.0  # RoPE frequency base
-    weight_init: str = "gpt2"  # gpt2: N(0, 0.02) | fan_in: N(0, 1/fan_in), embeddings N(0, 1)
+    weight_init: str = "gpt2"  # gpt2: std 0.02 | fan_in: std 1/√fan_in, embeddings std 1
 
     @staticmethod
     def unread(values: dict[str, Any]) -> dict[str, str]:
@@ -191,15 +191,18 @@ class GPT(nn.Module):
         return ResidualBlock(mixer, feedforward, norm, dropout=c.dropout)
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation of the matrices: N(0, 0.02), and the projections that write into
-        the residual stream scaled by 1/√(2·n_layers), so the stream's variance does not grow
-        with depth (GPT-2 paper, section 2.3). Every other parameter is its layer's own.
+        """GPT-2 initialisation of the weights of linear and embedding layers: N(0, 0.02), and
+        the projections that write into the residual stream scaled by 1/√(2·n_layers), so the
+        stream's variance does not grow with depth (GPT-2 paper, section 2.3). Every other
+        parameter is its layer's own: a recurrent mixer's matrices, the short convolutions and
+        Hyena's filter networks keep torch's initialisation, Mamba's Δ projection the paper's.
 
-        With weight_init="fan_in", embeddings start N(0, 1) and each other matrix N(0, 1/fan_in)
-        (the residual writers again scaled by 1/√(2·n_layers)). At small widths 0.02 is far below
-        1/√d_model, and token embeddings of 0.02 are soon drowned by what the blocks add to the
-        stream: a 2-layer model of width 64 then learns in-context recall only after a long
-        plateau (benchmarks/RESULTS.md, "Synthetic tasks")."""
+        With weight_init="fan_in", embeddings start N(0, 1) and each other linear weight
+        N(0, 1/fan_in), a standard deviation of 1/√fan_in (the residual writers again scaled by
+        1/√(2·n_layers)). At small widths 0.02 is far below 1/√d_model, and token embeddings
+        of 0.02 are soon drowned by what the blocks add to the stream: a 2-layer model of width
+        64 then learns in-context recall only after a long plateau (benchmarks/RESULTS.md,
+        "Synthetic tasks")."""
         fan_in = self.config.weight_init == "fan_in"
         depth = 1 / math.sqrt(2 * self.config.n_layers)
 

@@ -35,7 +35,7 @@ class RecurrentLMConfig:
     d_model: int = 256  # embedding and hidden-state width
     dropout: float = 0.0  # on embeddings, between layers and before the head (Zaremba et al.)
     tie_weights: bool = True  # output head shares the token embedding (Press & Wolf 2017)
-    init_range: float = 0.1  # embedding and head uniform in ±init_range (Zaremba: 0.05-0.1)
+    init_range: float = 0.1  # embedding and head uniform in ±init_range (Zaremba: 0.04-0.1)
 
     def __post_init__(self):
         check_types(self)
@@ -77,7 +77,8 @@ class RecurrentLM(nn.Module):
 
     def reset_parameters(self) -> None:
         """The embedding (and head) uniform in ±init_range; the recurrence keeps torch's
-        initialisation (uniform in ±1/√D)."""
+        initialisation (uniform in ±1/√D), as in PyTorch's word_language_model example; Zaremba
+        et al. draw every weight in ±init_range."""
         r = self.config.init_range
         initialize(self, lambda weight, layer: nn.init.uniform_(weight, -r, r))
 
