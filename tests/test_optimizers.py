@@ -2,25 +2,109 @@
 decay on matrices only, and gradient clipping as torch's."""
 
 import copy
+import dataclasses
+import itertools
+import math
 
 import pytest
 import torch
+from torch.optim import lr_scheduler as S
 
 from attnlab.layers.contracts import decayed
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
 from attnlab.training.optimizers import build_optimizer, clip_gradients, learning_rate
+from attnlab.training.state import load_training_state
 from attnlab.training.trainer import TrainConfig, Trainer
 
 MODEL = GPTConfig(vocab_size=11, context_length=16, n_layers=2, n_heads=2, d_model=32)
 
 
-def test_schedule_warms_up_then_decays_to_the_minimum():
-    kwargs = dict(schedule="cosine", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
-    assert learning_rate(0, **kwargs) == pytest.approx(1e-4)
-    assert learning_rate(9, **kwargs) == pytest.approx(1e-3)
-    assert learning_rate(99, **kwargs) == pytest.approx(1e-4)
-    assert learning_rate(54, **kwargs) == pytest.approx(5.5e-4)  # half-way down the cosine
+def torch_rates(schedulers, steps: int, peak: float, milestones=()) -> list[float]:
+    """The rates torch's schedulers (SequentialLR of `schedulers(optimizer)`) give steps 0, 1..."""
+    optimizer = torch.optim.SGD([torch.zeros(1, dtype=torch.float64, requires_grad=True)], peak)
+    parts = schedulers(optimizer)
+    scheduler = S.SequentialLR(optimizer, parts, list(milestones)) if milestones else parts[0]
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+W, T, PEAK, FLOOR = 10, 100, 1e-3, 1e-4  # warmup, steps, the rates
+
+
+def nanogpt_cosine(it: int) -> float:
+    """nanoGPT's get_lr (train.py), its step `it` attnlab's n = step + 1: its step 0, at rate 0,
+    is not taken."""
+    if it < W:
+        return PEAK * it / W
+    ratio = (it - W) / (T - W)
+    return FLOOR + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (PEAK - FLOOR)
+
+
+def wsd(n: int, warmup: int = W) -> float:
+    """Warmup, stable, decay with the linear cooldown of Hägele et al. 2024 (MiniCPM's WSD, Hu
+    et al. 2024, decays exponentially): linear warmup to the peak, the peak, and a linear fall
+    over the last fifth of the steps to the floor, or from the warmup's end if that is later."""
+    if n <= warmup:
+        return PEAK * n / warmup
+    decay_start = max(warmup, 0.8 * T)
+    return PEAK - (PEAK - FLOOR) * max(0.0, n - decay_start) / (T - decay_start)
+
+
+def warming(optimizer):  # steps 0..W-1: PEAK · (step + 1) / W
+    return S.LinearLR(optimizer, 1 / W, 1.0, total_iters=W - 1)
+
+
+@pytest.mark.parametrize(
+    "schedule, formula, schedulers, milestones",
+    [
+        ("cosine", nanogpt_cosine,
+         lambda o: [warming(o), S.CosineAnnealingLR(o, T - W, eta_min=FLOOR)], [W - 1]),
+        ("constant", lambda n: PEAK * min(1.0, n / W), lambda o: [warming(o)], []),
+        ("wsd", wsd, lambda o: [warming(o), S.ConstantLR(o, 1.0, 0),
+                                S.LinearLR(o, 1.0, FLOOR / PEAK, total_iters=T // 5)],
+         [W - 1, T - T // 5 - 1]),
+    ],
+)  # fmt: skip
+def test_each_schedule_is_its_formula_and_torchs_schedulers_step_by_step(
+    schedule, formula, schedulers, milestones
+):
+    """Step 0's rate is PEAK / W, not 0; step W - 1's the peak; the last step's the floor."""
+    kwargs = dict(schedule=schedule, max_lr=PEAK, min_lr=FLOOR, warmup=W, total=T)
+    mine = [learning_rate(step, **kwargs) for step in range(T)]
+    assert mine == pytest.approx([formula(step + 1) for step in range(T)], rel=1e-12, abs=0)
+    theirs = torch_rates(schedulers, T, PEAK, milestones)
+    assert mine == pytest.approx(theirs, rel=1e-12, abs=0)
+    assert mine[0] == PEAK / W and mine[W - 1] == PEAK
+    assert mine[-1] == pytest.approx(PEAK if schedule == "constant" else FLOOR, rel=1e-12)
+
+
+def test_inverse_sqrt_is_the_papers_formula_and_a_lambda_lr_step_by_step():
+    """lrate = d_model^-0.5 · min(step_num^-0.5, step_num · warmup_steps^-1.5), step_num from 1,
+    times learning_rate."""
+    d_model, warmup, scale = 64, 40, 2.0
+
+    def paper(step_num):
+        return d_model**-0.5 * min(step_num**-0.5, step_num * warmup**-1.5)
+
+    theirs = torch_rates(lambda o: [S.LambdaLR(o, lambda step: paper(step + 1))], 200, scale)
+    kwargs = dict(schedule="inverse_sqrt", max_lr=scale, min_lr=0, warmup=warmup, total=200)
+    mine = [learning_rate(step, **kwargs, d_model=d_model) for step in range(200)]
+    assert mine == pytest.approx(theirs, rel=1e-12, abs=0)
+    assert max(mine) == mine[warmup - 1] == pytest.approx(scale * (d_model * warmup) ** -0.5)
+
+
+def test_a_wsd_warmup_reaching_into_the_decay_falls_from_the_peak_without_a_jump():
+    """Warmup 90 of 100 steps: the decay, the last 20 steps, starts where the warmup ends."""
+    kwargs = dict(schedule="wsd", max_lr=PEAK, min_lr=FLOOR, warmup=90, total=T)
+    mine = [learning_rate(step, **kwargs) for step in range(T)]
+    assert mine == pytest.approx([wsd(step + 1, warmup=90) for step in range(T)], rel=1e-12)
+    assert mine[89] == PEAK and mine[90] == pytest.approx(PEAK - (PEAK - FLOOR) / 10)
+    assert max(abs(b - a) for a, b in itertools.pairwise(mine)) <= PEAK / 10 + 1e-15
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd"])
@@ -28,26 +112,6 @@ def test_a_floor_above_the_peak_never_lifts_the_rate_past_the_peak(schedule):
     kwargs = dict(schedule=schedule, max_lr=1e-3, min_lr=0.5, warmup=2, total=10)
     rates = [learning_rate(step, **kwargs) for step in range(10)]
     assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-3)
-
-
-def test_wsd_holds_the_peak_then_falls_linearly_over_the_last_fifth():
-    kwargs = dict(schedule="wsd", max_lr=1e-3, min_lr=1e-4, warmup=10, total=100)
-    assert learning_rate(9, **kwargs) == pytest.approx(1e-3)
-    assert learning_rate(79, **kwargs) == pytest.approx(1e-3)  # n = 80: the decay begins
-    assert learning_rate(89, **kwargs) == pytest.approx(5.5e-4)  # half-way down
-    assert learning_rate(99, **kwargs) == pytest.approx(1e-4)
-
-
-def test_inverse_sqrt_is_the_papers_formula():
-    for step, expected in [
-        (0, 512**-0.5 * 4000**-1.5),
-        (3999, 512**-0.5 * 4000**-0.5),
-        (15999, 512**-0.5 * 16000**-0.5),
-    ]:
-        got = learning_rate(
-            step, schedule="inverse_sqrt", max_lr=1.0, min_lr=0, warmup=4000, total=0, d_model=512
-        )
-        assert got == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +125,39 @@ def test_weight_decay_on_every_matrix_and_nothing_else(model):
     matrices = {id(p) for p in model.parameters() if p.dim() == 2}  # an LSTM's included
     assert {id(p) for p in decayed["params"]} == matrices
     assert all(p.dim() == 1 for p in plain["params"])
+
+
+def every_kind():
+    """A model of every kind's default preset, and GPTs of the mixers with parameters of their
+    own: (name, model, the 2-D parameters that are not decayed)."""
+    from attnlab.models.registry import KINDS
+
+    for name, kind in KINDS.items():
+        kept = ("position_embedding.weight",) if name == "vit" else ()  # as DeiT's and timm's
+        yield name, kind.model(kind.presets[kind.default_preset]), kept
+    for mixer, kept in [("mamba", ("A_log",)), ("hyena", ("filter.network.",)), ("gru", ())]:
+        options = {"filter_lr_scale": 0.5} if mixer == "hyena" else None
+        config = dataclasses.replace(MODEL, mixer=mixer, mixer_options=options, positional="none")
+        yield mixer, GPT(config), kept
+
+
+def test_every_kind_decays_its_matrices_and_nothing_else():
+    """Biases, norm gains, Mamba's D and Δ bias, convolution kernels and class tokens are never
+    decayed; of the matrices, only Mamba's A, Hyena's filter networks (in a group of their own,
+    at their learning-rate scale, as in the paper) and a ViT's position table are spared."""
+    for name, model, kept in every_kind():
+        optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.99))
+        names = {id(p): n for n, p in model.named_parameters()}
+        grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+        assert sorted(grouped) == sorted(names), name  # every parameter once
+        decays, *others = optimizer.param_groups
+        assert decays["weight_decay"] == 0.1 and all(g["weight_decay"] == 0 for g in others)
+        assert all(p.dim() == 2 for p in decays["params"]), name
+        spared = {names[id(p)] for group in others for p in group["params"] if p.dim() == 2}
+        assert {n for n in spared if not any(k in n for k in kept)} == set(), name
+        assert all(any(k in n for n in spared) for k in kept), name
+        scaled = {names[id(p)] for g in others if g["lr_scale"] != 1.0 for p in g["params"]}
+        assert bool(scaled) == (name == "hyena") and all(".filter." in n for n in scaled)
 
 
 @pytest.mark.parametrize("gradient_scale", [100.0, 1e-3])  # clipped, and left alone
@@ -85,13 +182,50 @@ def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused):
         torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_clipping_a_model_of_another_dtype_steps_as_torchs(dtype):
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_steps_as_torchs_over_several_steps_in_float64(fused, clip):
+    """attnlab's optimizer (fused: clipping by the kernel's grad_scale, in float32, which float64
+    gradients are not given) against torch's AdamW, neither fused nor foreach, on torch's
+    clipping: the weights and the moments after five steps of changing gradients and rates."""
+    torch.manual_seed(0)
+    model = GPT(MODEL).double()
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, 1e-2, 0.1, (0.8, 0.95))
+    if not fused:
+        optimizer = torch.optim.AdamW(optimizer.param_groups, fused=False)
+    params, decay = list(reference.parameters()), decayed(reference)
+    groups = [
+        {"params": [p for p in params if (id(p) in decay) == decays], "weight_decay": rate}
+        for decays, rate in ((True, 0.1), (False, 0.0))
+    ]
+    torchs = torch.optim.AdamW(groups, betas=(0.8, 0.95), foreach=False, fused=False)
+    assert optimizer.defaults["eps"] == torchs.defaults["eps"] == 1e-8
+    for step, scale in enumerate((50.0, 0.01, 30.0, 2.0, 80.0)):  # clipped, or not
+        for mine, theirs in zip(model.parameters(), params, strict=True):
+            mine.grad = torch.randn_like(mine) * scale
+            theirs.grad = mine.grad.clone()
+        if clip:
+            norm = clip_gradients(optimizer, clip)  # summed in another order: to rounding
+            theirs = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            torch.testing.assert_close(norm, theirs, rtol=1e-14, atol=0)
+        for group in (*optimizer.param_groups, *torchs.param_groups):
+            group["lr"] = 1e-2 * (step + 1) / 5
+        optimizer.step()
+        torchs.step()
+    for mine, theirs in zip(model.parameters(), params, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-13, atol=1e-14)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            ours = optimizer.state[mine][key]
+            torch.testing.assert_close(ours, torchs.state[theirs][key], rtol=1e-12, atol=1e-17)
+
+
+def test_clipping_a_bfloat16_model_steps_as_torchs():
     """The fused kernel takes its grad_scale in float32 whatever the gradients' dtype."""
     steps = []
     for clip in (clip_gradients, None):
         torch.manual_seed(0)
-        model = GPT(MODEL).to(dtype)
+        model = GPT(MODEL).to(torch.bfloat16)
         optimizer = build_optimizer(model, 1e-2, 0.1, (0.9, 0.99))
         for p in model.parameters():
             p.grad = torch.randn_like(p) * 100
@@ -136,15 +270,20 @@ class Rows:
         pass
 
 
-def test_the_trainers_steps_are_adamw_on_clipped_gradients_at_the_scheduled_rates(tmp_path):
-    """Two steps of the Trainer against torch's AdamW by hand: warmup from step 0's rate, decay
-    on the matrices only, the global norm clipped before each step (AdamW's first step barely
-    sees a gradient's scale; the second sees the ratio of the two steps' norms)."""
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_trainers_steps_are_adamw_on_clipped_gradients_at_the_scheduled_rates(
+    tmp_path, micro_batches
+):
+    """Two steps of the Trainer, in float64, against torch's AdamW by hand: warmup from step 0's
+    rate, decay on the matrices only, the global norm of the step's whole gradient (all its
+    micro-batches) clipped once before each step (AdamW's first step barely sees a gradient's
+    scale; the second sees the ratio of the two steps' norms)."""
     config = TrainConfig(max_iters=10, warmup_iters=4, learning_rate=1e-2, grad_clip=0.5,
-                         precision="fp32", device="cpu", cpu_kernels=False)  # fmt: skip
-    windows = torch.randint(0, MODEL.vocab_size, (8, 17))
+                         gradient_accumulation=micro_batches, precision="fp32", device="cpu",
+                         cpu_kernels=False)  # fmt: skip
+    windows = torch.randint(0, MODEL.vocab_size, (8 * micro_batches, 17))
     inputs, targets = windows[:, :-1], windows[:, 1:]
-    model = GPT(MODEL)  # no dropout
+    model = GPT(MODEL).double()  # no dropout
     reference = copy.deepcopy(model)
     trainer = Trainer(model, config, Rows(inputs, targets), {}, out_dir=tmp_path)
     assert [trainer.train_step()["lr"] for _ in range(2)] == pytest.approx([2.5e-3, 5e-3])
@@ -153,10 +292,11 @@ def test_the_trainers_steps_are_adamw_on_clipped_gradients_at_the_scheduled_rate
         {"params": [p for p in params if (id(p) in decay) == decays], "weight_decay": rate}
         for decays, rate in ((True, config.weight_decay), (False, 0.0))
     ]
-    adamw = torch.optim.AdamW(groups, betas=(config.beta1, config.beta2))
-    norms = []
-    for step, rows in enumerate((slice(0, 4), slice(4, 8))):
-        reference(inputs[rows], targets[rows])[1].backward()
+    adamw = torch.optim.AdamW(groups, betas=(config.beta1, config.beta2), foreach=False)
+    norms, rows = [], 4 * micro_batches
+    for step in range(2):
+        part = slice(step * rows, (step + 1) * rows)  # the step's micro-batches as one batch
+        reference(inputs[part], targets[part])[1].backward()
         norms.append(torch.nn.utils.clip_grad_norm_(params, 0.5))
         for group in adamw.param_groups:
             group["lr"] = 1e-2 * (step + 1) / 4  # warming up over 4 steps
@@ -164,4 +304,36 @@ def test_the_trainers_steps_are_adamw_on_clipped_gradients_at_the_scheduled_rate
         adamw.zero_grad()
     assert min(norms) > 0.5 and abs(norms[0] - norms[1]) > 0.1  # both clipped, by different factors
     for mine, theirs in zip(model.parameters(), params, strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("saved_fused, loaded_fused", [(True, True), (False, False), (True, False)])
+def test_a_checkpoint_restores_the_optimizers_state_exactly(tmp_path, saved_fused, loaded_fused):
+    """Step counts and both moments, bit for bit, into a fused optimizer or a plain one."""
+
+    def optimizer(model, fused):
+        built = build_optimizer(model, 1e-2, 0.1, (0.9, 0.99))
+        return built if fused else torch.optim.AdamW(built.param_groups, fused=False)
+
+    config = TrainConfig(
+        max_iters=3, warmup_iters=1, precision="fp32", device="cpu", cpu_kernels=False
+    )
+    windows = torch.randint(0, MODEL.vocab_size, (12, 17))
+    trainer = Trainer(
+        GPT(MODEL), config, Rows(windows[:, :-1], windows[:, 1:]), {}, out_dir=tmp_path
+    )
+    trainer.optimizer = optimizer(trainer.model, saved_fused)
+    for _ in range(3):
+        trainer.train_step()
+    trainer.save()
+    model = copy.deepcopy(trainer.model)
+    restored = optimizer(model, loaded_fused)
+    load_training_state(tmp_path, restored)
+    saved = trainer.optimizer.state
+    for mine, theirs in zip(model.parameters(), trainer.model.parameters(), strict=True):
+        assert (
+            restored.state[mine].keys() == saved[theirs].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        )
+        for key, value in saved[theirs].items():
+            assert torch.equal(restored.state[mine][key], value) and value.dtype == torch.float32
+    assert float(saved[theirs]["step"]) == 3
