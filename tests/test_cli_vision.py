@@ -259,10 +259,10 @@ def test_init_from_a_run_of_other_classes_starts_a_new_head(trained, tmp_path, c
 @pytest.mark.parametrize(
     "kind, flags, message",
     [
-        ("vit", ["--image-size", "0"], "image_size must be at least 1 pixel, got 0"),
+        ("vit", ["--image-size", "0"], "--image-size must be a positive number, got 0"),
         ("vit", ["--image-size", "4", "--patch-size", "2"], "shapes need images of 8 pixels"),
-        ("vit", ["--patch-size", "0"], "patch_size must be at least 1, got 0"),
-        ("igpt", ["--image-size", "-8"], "image_size must be at least 1 pixel, got -8"),
+        ("vit", ["--patch-size", "0"], "--patch-size must be a positive number, got 0"),
+        ("igpt", ["--image-size", "-8"], "--image-size must be a positive number, got -8"),
         ("vit", ["--data", "mnist"], "--embedded-images sizes the embedded shapes: with --data"),
         ("igpt", ["--data", "mnist"], "--embedded-images sizes the embedded shapes: with --data"),
     ],

@@ -12,6 +12,7 @@ from helpers import one_line_error, run, snapshot, tiny_gpt
 from test_run_directory import train
 
 from attnlab.cli import train as train_command
+from attnlab.config import config_to_dict
 from attnlab.errors import UserError
 from attnlab.models import registry
 from attnlab.tokenizers.byte import ByteTokenizer
@@ -131,6 +132,21 @@ def test_a_model_too_large_to_train_is_refused_before_its_data_is_read(
     monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**30)
     code, _, err = train(capsys, corpus, tmp_path / "run", "--n-layers", "100000")
     assert "holds more than 67,108,864 numbers" in one_line_error(code, err)
+    code, _, err = train(capsys, corpus, tmp_path / "run", "--weight-init", "xavier")  # nor one
+    assert "--weight-init must be one of 'gpt2', 'fan_in'" in one_line_error(code, err)  # invalid
+
+
+BUILT_IN = sorted(n for n, k in registry.KINDS.items() if k.model.__module__.startswith("attnlab"))
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_kinds_presets_are_valid_with_the_least_its_data_can_set(name):
+    """What lets a config's errors be told before the data is read: none is the data's."""
+    kind = registry.get_kind(name)
+    least = {k: registry.LEAST_DATA[k] for k in kind.data_fields}  # every data field known
+    for preset in [kind.config(**least), *kind.presets.values()]:
+        shape = {k: v for k, v in config_to_dict(preset).items() if k not in kind.data_fields}
+        registry.check_trainable_before_data(kind, shape, 2**40, "preset")
 
 
 def test_a_model_whose_buffers_would_not_fit_is_refused_before_training(

@@ -222,7 +222,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     if init is not None:
         note_init_data(kind, args.init, init, run["data"], log)
     memory = _model_memory(pick_device(train_config.device), group)
-    check_trainable_before_data(kind, model_base, memory)
+    check_trainable_before_data(kind, model_base, memory, f"{source} [model]")
     with group.writer_first():  # rank 0 fetches and caches; the others then read
         data = kind.build_data(DataRequest(settings, model_base, train_config, artifacts, log))
     refuse_data_fields({k for k, v in data.model_fields.items() if k in given and given[k] != v})

@@ -159,29 +159,28 @@ def check_trainable(kind: ModelKind, config: Any, memory: int) -> None:
         ) from None
 
 
-# the least each field a kind's data sets can be: a model of them is no larger than the one its
-# data gives (a vocabulary holds its special tokens at least)
+# the least each field a kind's data sets can be, valid in every kind's config: a model of them
+# is no larger than the one its data gives (a vocabulary holds three tokens at least: pad, start
+# and end, or an image GPT's two colours and its start token; a classifier two classes)
 LEAST_DATA = {
+    "vocab_size": 3,
     "pad_id": 0,
     "bos_id": 1,
     "eos_id": 2,
-    "n_classes": 1,
+    "n_classes": 2,
     "channels": 1,
     "context_length": 1,
 }
 
 
-def check_trainable_before_data(kind: ModelKind, fields: dict[str, Any], memory: int) -> None:
-    """check_trainable before the data is read (and perhaps tokenized, minutes) in vain: for
-    the model of config `fields` with the least its data can set. A kind with data fields
-    LEAST_DATA lacks, or a config those values make invalid, is checked once the data set them."""
-    least = {k: LEAST_DATA[k] for k in kind.data_fields if k in LEAST_DATA}
-    if "vocab_size" in kind.data_fields:
-        least["vocab_size"] = 1 + max((v for k, v in least.items() if k.endswith("_id")), default=0)
-    if least.keys() != kind.data_fields:
+def check_trainable_before_data(
+    kind: ModelKind, fields: dict[str, Any], memory: int, source: str
+) -> None:
+    """The model config `fields` (from `source`) checked before the data is read (and perhaps
+    tokenized, minutes) in vain: valid, and small enough to train (check_trainable), with the
+    least its data can set, valid with any settings: an error is the settings', whatever the
+    data. A kind with data fields LEAST_DATA lacks is checked once its data set them."""
+    if not kind.data_fields <= LEAST_DATA.keys():
         return
-    try:
-        config = config_from_dict(kind.config, {**fields, **least}, source="the least data")
-    except UserError:
-        return
-    check_trainable(kind, config, memory)
+    least = {k: LEAST_DATA[k] for k in kind.data_fields}
+    check_trainable(kind, config_from_dict(kind.config, {**fields, **least}, source=source), memory)
