@@ -27,10 +27,21 @@ RUN_FILE = "run.json"  # kind, preset and data settings of a run: --resume needs
 BEST_DIR = "best"  # in a run: the checkpoint of the best evaluation, when a score is kept
 
 
+def env_folder(variable: str, default: str) -> Path:
+    """The folder an environment variable names, else (unset or empty) `default`: a leading ~
+    expanded as a shell would (a quoted "~/data" too, not a folder "~" here), made absolute
+    (the same folder wherever a command runs)."""
+    path = os.environ.get(variable) or default
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError:  # ~name of no user here, or no home folder at all
+        raise UserError(f"no home folder for {path} ({variable}): give a full path") from None
+
+
 def cache_dir() -> Path:
     """Where derived files are kept between runs (token arrays, built kernels): $ATTNLAB_CACHE,
-    else (unset or empty, as $ATTNLAB_DATA) ~/.cache/attnlab."""
-    return Path(os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab")  # "": unset
+    else ~/.cache/attnlab."""
+    return env_folder("ATTNLAB_CACHE", "~/.cache/attnlab")
 
 
 # Native code is loaded only from a folder no one else can write to, and only from files of
@@ -70,15 +81,20 @@ def check_writable(folder: str | os.PathLike) -> None:
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+        raise UserError(f"{existing} is a file, not a folder{_cache_note(folder)}")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
     except OSError as error:
-        cache = cache_dir().absolute()
-        note = " (the cache; ATTNLAB_CACHE sets it)" if cache in (folder, *folder.parents) else ""
-        raise UserError(f"cannot write to {folder}{note}: {error.strerror or error}") from None
+        reason = error.strerror or error
+        raise UserError(f"cannot write to {folder}{_cache_note(folder)}: {reason}") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _cache_note(folder: Path) -> str:
+    """What an error about `folder` adds where it is in the cache: where that is set."""
+    inside = cache_dir() in (folder, *folder.parents)
+    return " (the cache; ATTNLAB_CACHE sets it)" if inside else ""
 
 
 @contextmanager

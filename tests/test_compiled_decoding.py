@@ -3,6 +3,7 @@ once, kept on disk, and equal to eager decoding."""
 
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -185,7 +186,8 @@ def test_a_library_built_under_a_umask_of_002_is_loaded_again_not_rebuilt(tmp_pa
 
     def compile_and_package(program, package_path, **_):
         done.append("built")
-        Path(package_path).write_bytes(b"a library")  # as any new file: 0o666 less the umask
+        with zipfile.ZipFile(package_path, "w") as archive:  # as any new file: 0o666 less umask
+            archive.writestr("model.so", b"a library")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
     monkeypatch.setattr(compiled_steps, "_check_loads", lambda path: None)
@@ -203,3 +205,30 @@ def test_a_library_built_under_a_umask_of_002_is_loaded_again_not_rebuilt(tmp_pa
     library = done[1]
     assert done[:3] == ["built", library, library]  # loaded from the disk before any build
     assert not Path(library).stat().st_mode & 0o022
+
+
+def test_a_library_changed_in_place_is_built_again_not_loaded(tmp_path, monkeypatch):
+    """A library damaged on disk at its own size (a disk fault) crashed every later process
+    that loaded it (a segmentation fault): its archive's checksums now say so first."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    done = []
+
+    def compile_and_package(program, package_path, **_):
+        done.append("built")
+        with zipfile.ZipFile(package_path, "w") as archive:
+            archive.writestr("model.so", b"machine code " * 100)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
+    monkeypatch.setattr(compiled_steps, "_check_loads", lambda path: None)
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: done.append("loaded"))
+    model = tiny_gpt("rope", context_length=16)
+    for damage in (False, True):  # each as in a new process: from the disk
+        if damage:
+            (library,) = (tmp_path / "decoding").glob("*.pt2")
+            data = library.read_bytes()
+            library.write_bytes(data.replace(b"machine code", b"machine_code", 1))
+        compiled_steps._libraries.cache_clear()
+        with pytest.warns(RuntimeWarning, match="compiling the decoding step failed"):
+            generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)  # no real library
+    compiled_steps._libraries.cache_clear()
+    assert done == ["built", "loaded", "built", "loaded"]  # not loaded while damaged

@@ -22,7 +22,7 @@ from attnlab.data.corpus import corpus_files
 from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
 from attnlab.data.translation import read_lines
 from attnlab.errors import UserError
-from attnlab.files import check_writable, read_text
+from attnlab.files import cache_dir, check_writable, read_text
 from attnlab.training.artifacts import ClassNames
 from attnlab.training.sources import DataRequest
 
@@ -120,6 +120,34 @@ def test_a_data_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys)
             "not a folder"
         )
         assert out == ""
+
+
+def test_a_cache_or_data_folder_set_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    """A quoted "~/cache" (a .env file's, os.environ's) made a folder named ~ wherever a command
+    ran, and ~user/data of no such user was a traceback."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for variable, where in (("ATTNLAB_CACHE", cache_dir), ("ATTNLAB_DATA", catalog.data_root)):
+        monkeypatch.setenv(variable, "~/kept")
+        assert where() == tmp_path / "home" / "kept"
+        monkeypatch.setenv(variable, "kept")
+        assert where() == tmp_path / "kept"  # absolute: the same after a change of folder
+        monkeypatch.setenv(variable, "~no-such-user-here/kept")
+        with pytest.raises(
+            UserError, match=rf"no home folder for ~no-such-user-here/kept \({variable}\)"
+        ):
+            where()
+
+
+def test_a_cache_folder_that_is_a_file_is_named_as_the_cache(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "notes.txt"))
+    code, _, err = run(["train", "gpt", "--data", str(tmp_path / "notes.txt"), "--tokenizer",
+                        "bpe:300", "--out", str(tmp_path / "run")], capsys)  # fmt: skip
+    assert one_line_error(code, err) == (
+        f"attnlab: error: {tmp_path / 'notes.txt'} is a file, not a folder (the cache; "
+        "ATTNLAB_CACHE sets it)"
+    )
 
 
 @pytest.mark.parametrize("kind", ["gpt", "classifier", "vit"])

@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from helpers import read_only
 
 from attnlab.data.masked_lm import (
     MaskedLMDataConfig,
@@ -47,6 +48,15 @@ def test_cached_lines_are_written_without_a_copy_in_memory(tmp_path, monkeypatch
     (tokens, starts), peak = peak_bytes(encode_lines_cached, pieces, tokenizer)
     assert len(tokens) == 1_000_000 and len(starts) == 100_001
     assert peak < 3 * tokens.nbytes  # the pieces' ids and their concatenation; not 4 times
+
+
+def test_a_read_only_cache_is_one_line_before_the_lines_are_encoded(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    read_only(monkeypatch, tmp_path)
+    tokenizer = build_tokenizer("char", ["ab \n"], special_tokens=["[PAD]"])
+    monkeypatch.setattr(tokenizer, "encode", None)  # never reached
+    with pytest.raises(UserError, match=r"cannot write to .*lines \(the cache; ATTNLAB_CACHE"):
+        encode_lines_cached(["ab ba\n"], tokenizer)
 
 
 @pytest.mark.parametrize("evaluate", ["", "all"])

@@ -4,6 +4,7 @@ windows."""
 
 import gzip
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -211,6 +212,35 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "kernels", "notes.txt"]
     monkeypatch.setenv("ATTNLAB_CACHE", "")  # as unset: not the current folder
     assert cache_dir() == Path.home() / ".cache" / "attnlab"
+
+
+def test_clearing_the_cache_leaves_the_files_a_running_command_writes(
+    tmp_path, monkeypatch, capsys
+):
+    """`data cache --clear` deleted the temporary file of a command encoding a corpus, which
+    then failed at its rename ("No such file or directory"); a killed one's old file goes."""
+    from attnlab.data.text import tokenize_cached
+    from attnlab.tokenizers.char import CharTokenizer
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    tokenizer, readings = CharTokenizer.from_text(TEXT), []
+
+    class Cleared:  # a corpus of two pieces, the cache cleared as the second is encoded
+        def __iter__(self):
+            readings.append(len(readings))
+            yield TEXT
+            if readings == [0, 1]:  # the first reading hashes it, the second encodes it
+                assert run(["data", "cache", "--clear", "all"], capsys)[0] == 0
+            yield TEXT
+
+    assert tokenize_cached(Cleared(), tokenizer).tolist() == tokenizer.encode(TEXT * 2)
+    killed = tmp_path / "tokens" / f".{'0' * 32}.uint16.a1b2.tmp"
+    killed.write_bytes(b"12")
+    os.utime(killed, (0, 0))
+    assert run(["data", "cache", "--clear", "tokens"], capsys)[2].startswith(
+        "attnlab: cleared tokens: 2 files"
+    )
+    assert not (tmp_path / "tokens").exists()
 
 
 def test_evaluate_scores_all_of_a_text_the_model_never_saw(tmp_path, capsys):

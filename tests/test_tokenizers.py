@@ -261,6 +261,8 @@ def test_data_that_changes_while_it_is_read_is_never_cached_under_the_wrong_name
         lambda data: b"",
         lambda data: b"\xff" * len(data),  # ids past the vocabulary
         lambda data: b"garbage",
+        lambda data: data[: len(data) // 2],  # cut short, whole ids left: was read as they were
+        lambda data: data[2:4] + data[:2] + data[4:],  # two ids swapped, both in the vocabulary
     ],
 )
 def test_a_damaged_cache_file_is_encoded_again(tmp_path, monkeypatch, damage):

@@ -8,14 +8,17 @@ Nothing here imports torch or numpy: listing and downloading start at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import stat
 import sys
+import time
 from pathlib import Path
 
 from attnlab.data import catalog
 from attnlab.errors import UserError
-from attnlab.files import cache_dir
+from attnlab.files import STALE_S, cache_dir
 
 WHERE = "$ATTNLAB_DATA, else ~/.cache/attnlab/data"
 # The folders of $ATTNLAB_CACHE, each made again as commands need it (the cost: time)
@@ -83,8 +86,8 @@ def register(subparsers) -> None:
     caching.add_argument(
         "--clear",
         metavar="KINDS",
-        help=f"comma-separated kinds to delete ({', '.join(CACHED)}) or all; while no other "
-        "attnlab command runs",
+        help=f"comma-separated kinds to delete ({', '.join(CACHED)}) or all; what a running "
+        "command is writing is left to it",
     )
     caching.set_defaults(handler=cache_command)
 
@@ -159,19 +162,20 @@ def cache_command(args: argparse.Namespace) -> int:
                 f"{', '.join(CACHED)}, or all"
             )
         for kind in dict.fromkeys(kinds):
-            found = _cache_files(root / kind)
+            found = {f: i for f, i in _cache_files(root / kind).items() if not _written(f, i)}
             for file in found:
                 file.unlink(missing_ok=True)
-            if (root / kind).is_dir() and not any((root / kind).iterdir()):
-                (root / kind).rmdir()
-            size = catalog.human_size(sum(found.values()))
+            with contextlib.suppress(OSError):  # a command wrote a file there meanwhile
+                if (root / kind).is_dir() and not any((root / kind).iterdir()):
+                    (root / kind).rmdir()
+            size = catalog.human_size(sum(info.st_size for info in found.values()))
             note = f"attnlab: cleared {kind}: {files(len(found))}, {size}"
             print(note, file=sys.stderr)
     print(f"cache folder: {root}")
     rows = []
     for kind, what in CACHED.items():
         found = _cache_files(root / kind)
-        rows.append((kind, len(found), sum(found.values()), what))
+        rows.append((kind, len(found), sum(info.st_size for info in found.values()), what))
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows), ""))
     table = [("KIND", "FILES", "SIZE", "WHAT")]
     table += [(kind, str(n), catalog.human_size(size), what) for kind, n, size, what in rows]
@@ -181,12 +185,19 @@ def cache_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache_files(folder: Path) -> dict[Path, int]:
-    """attnlab's files in a folder of the cache, and their sizes: none where it does not exist."""
-    if not folder.is_dir():
-        return {}
-    return {
-        file: file.lstat().st_size
-        for file in folder.iterdir()
-        if CACHE_FILE.fullmatch(file.name) and not file.is_dir()
-    }
+def _written(file: Path, info: os.stat_result) -> bool:
+    """Whether a temporary file (a hidden one) is being written: touched in the last STALE_S.
+    Deleted, it would fail the command writing it, at its rename."""
+    return file.name.startswith(".") and time.time() - info.st_mtime < STALE_S
+
+
+def _cache_files(folder: Path) -> dict[Path, os.stat_result]:
+    """attnlab's files in a folder of the cache, with their sizes and times: none where it does
+    not exist; none that another command renamed or deleted while they were listed."""
+    found = {}
+    for file in folder.iterdir() if folder.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            info = file.lstat()
+            if CACHE_FILE.fullmatch(file.name) and not stat.S_ISDIR(info.st_mode):
+                found[file] = info
+    return found

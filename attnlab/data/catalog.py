@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from attnlab.data import download
 from attnlab.errors import UserError
-from attnlab.files import RUN_FILE, RUN_LOCK
+from attnlab.files import RUN_FILE, RUN_LOCK, env_folder
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,7 @@ CATALOG: dict[str, Dataset] = {d.name: d for d in DATASETS}
 def data_root() -> Path:
     """Where datasets live: $ATTNLAB_DATA, else ~/.cache/attnlab/data (a cache: whatever is
     deleted there is fetched again when a command needs it)."""
-    configured = os.environ.get("ATTNLAB_DATA")
-    root = Path(configured) if configured else Path.home() / ".cache" / "attnlab" / "data"
-    return root.expanduser().absolute()
+    return env_folder("ATTNLAB_DATA", "~/.cache/attnlab/data")
 
 
 def lookup(name: str) -> Dataset:

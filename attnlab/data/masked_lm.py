@@ -25,7 +25,7 @@ from attnlab.data import catalog
 from attnlab.data.corpus import Corpus
 from attnlab.data.text import KeyedTexts, content_key, tokenizer_cached, tokenizer_key
 from attnlab.errors import ConfigError, UserError
-from attnlab.files import atomic_writer, cache_dir
+from attnlab.files import atomic_writer, cache_dir, check_writable
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
@@ -63,6 +63,7 @@ def encode_lines_cached(
                 return tokens, starts
         except Exception:  # noqa: BLE001 - a damaged file (cut short, overwritten): encoded again
             pass
+    check_writable(path.parent)  # a read-only cache: one line now, not after encoding
     read = KeyedTexts(texts, *tags)
     tokens, lengths, rest = [], [], ""
     for text in itertools.chain(read, ["\n"]):  # a piece at a time: only the ids are kept

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,36 +123,53 @@ def tokenizer_cached(
     return tokenizer
 
 
+# The tokens file's layout, in its key: a file of another layout is never read as this one
+TOKENS_FORMAT = "ids, then their CRC-32 (4 bytes, little-endian)"
+CHECK_BYTES = 4
+
+
 def tokenize_cached(texts: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
     """Token ids of the texts one after the other (a Corpus's pieces), as a read-only
     memory-mapped array, tokenized at most once and a piece at a time."""
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     tag = tokenizer_key(tokenizer)
-    keyed = KeyedTexts(texts, tag)
-    key = keyed.read()
+    key = content_key(texts, tag, TOKENS_FORMAT)
     path = cache_dir() / "tokens" / f"{key}.{dtype.name}"
-    if path.is_file() and not _intact(path, dtype, tokenizer.vocab_size, keyed.characters):
-        path.unlink()  # damaged (written to by hand, a disk fault): encoded again
-    if not path.is_file():
+    tokens = _read_tokens(path, dtype)
+    if tokens is None:  # none yet, or damaged (written to by hand, a disk fault): encoded again
         check_writable(path.parent)
-        read = KeyedTexts(texts, tag)  # hashed again as encoded: the file holds what it names
+        # hashed again as encoded: the file holds what it names
+        read, check = KeyedTexts(texts, tag, TOKENS_FORMAT), 0
         with atomic_writer(path) as f:
             for text in read:
-                f.write(tokenizer.encode_array(text).astype(dtype, copy=False))
+                ids = tokenizer.encode_array(text).astype(dtype, copy=False)
+                f.write(ids)
+                check = zlib.crc32(ids, check)
             read.check(key)
-    if path.stat().st_size == 0:  # np.memmap cannot map an empty file
-        return np.zeros(0, dtype)
-    return np.memmap(path, dtype, mode="r")
+            f.write(check.to_bytes(CHECK_BYTES, "little"))
+        tokens = _read_tokens(path, dtype)
+    if tokens is None:  # deleted (`data cache --clear`) or replaced by a damaged file at once
+        raise UserError(f"the token cache {path} changed as it was written: run again")
+    return tokens
 
 
-def _intact(path: Path, dtype: np.dtype, vocab_size: int, characters: int) -> bool:
-    """Whether a cached token file can be what was written: whole ids, each in the vocabulary,
-    some for any text (one pass over the file: a fraction of a second per GB, against minutes
-    of encoding)."""
-    size = path.stat().st_size
-    if size % dtype.itemsize or (size == 0) != (characters == 0):
-        return False
-    return size == 0 or int(np.memmap(path, dtype, mode="r").max()) < vocab_size
+def _read_tokens(path: Path, dtype: np.dtype) -> np.ndarray | None:
+    """The ids of a cached tokens file, memory-mapped; None where there is none, or where it
+    is not whole as written: cut short, or changed (one pass over the file, a fraction of a
+    second per GB against minutes of encoding). Opened once: a file deleted or replaced by
+    another process meanwhile is read as it was, or not at all."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size - CHECK_BYTES
+            if size < 0 or size % dtype.itemsize:
+                return None
+            shape = (size // dtype.itemsize,)  # np.memmap cannot map an empty file
+            tokens = np.memmap(f, dtype, mode="r", shape=shape) if size else np.zeros(0, dtype)
+            f.seek(size)
+            check = int.from_bytes(f.read(CHECK_BYTES), "little")
+    except FileNotFoundError:
+        return None
+    return tokens if zlib.crc32(tokens) == check else None
 
 
 @dataclass

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,10 +188,11 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
         private_folder(path.parent)  # native code: loaded from no folder others write to
         if path.exists() and private_file(path):  # else built again, and replaced
             try:
+                _check_whole(path)
                 package = torch._inductor.aoti_load_package(str(path))
                 os.utime(path)  # recently used: kept by _prune
                 return package.loader.run
-            except Exception:  # noqa: BLE001 - a damaged file (cut short, say): built again
+            except Exception:  # noqa: BLE001 - a damaged file (cut short, changed): built again
                 path.unlink(missing_ok=True)
         remove_stale(path.parent, path.name, PARTIAL)
         # a name of its own: processes of two machines sharing the cache may have one PID
@@ -220,6 +222,14 @@ def _prune(directory: Path, keep: int = 32) -> None:
     libraries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in libraries[keep:]:
         old.unlink(missing_ok=True)
+
+
+def _check_whole(path: Path) -> None:
+    """Raise unless each file in the library's archive reads back as written (its CRC-32): a
+    damaged library, loaded, can crash the process, with no exception to fall back on."""
+    with zipfile.ZipFile(path) as archive:
+        if (damaged := archive.testzip()) is not None:
+            raise zipfile.BadZipFile(f"{damaged} is damaged")
 
 
 def _check_loads(path: Path) -> None:
