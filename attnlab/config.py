@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import types
 import typing
 from collections.abc import Iterable
@@ -161,7 +162,7 @@ def _coerce(owner: str, name: str, value: Any, hint: Any) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) <= sys.float_info.max else math.inf  # TOML: 10**400
     if hint is float and isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):

@@ -70,8 +70,8 @@ def build_on_meta(
     tensors, or more than `max_numbers` numbers in its parameters and buffers (a tied weight
     counted once). Stopped as soon as it registers more than max_parameters tensors or twice
     max_numbers numbers (a head's own weight, about to be replaced by the tied one, is counted
-    until it is): a config of an absurd size (n_layers 10**6, d_model 10**12) costs no memory
-    and little time."""
+    until it is), or by one tensor too large for PyTorch's sizes at all: a config of an absurd
+    size (n_layers 10**6, d_model 10**12, d_ff 10**20) costs no memory and little time."""
     parameters = numbers = 0
     places: collections.Counter[int] = collections.Counter()  # a tensor's id -> where it is held
 
@@ -98,6 +98,11 @@ def build_on_meta(
     try:
         with meta_device():
             model = build()
+    except (TypeError, RuntimeError) as error:
+        # a tensor of more numbers than an int64 counts (d_ff 10**20): PyTorch's sizes overflow
+        if "overflow" not in str(error).lower():
+            raise
+        raise TooLarge from None
     finally:
         for hook in hooks:
             hook.remove()

@@ -52,6 +52,12 @@ def test_ints_widen_to_floats_and_none_is_allowed_where_optional():
     assert isinstance(GPTConfig(dropout=0).dropout, float)
 
 
+def test_an_int_too_large_for_a_float_is_refused_as_not_finite():
+    """TOML ints have no bound: 10**400 for a float field is "not finite", no OverflowError."""
+    with pytest.raises(ConfigError, match="dropout must be a finite number"):
+        config_from_dict(GPTConfig, {"dropout": -(10**400)})
+
+
 def test_replace_validates():
     with pytest.raises(ConfigError, match="d_model"):
         replace(GPTConfig(), d_model=100)

@@ -139,7 +139,10 @@ def test_a_run_refused_before_its_first_save_is_started_again_not_resumed(tmp_pa
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage\n", "[1, 2]\n", '{"loss": 1.0}\n', '{"step": 9}\n', '{"step": 1, "train_loss": 1}\n'],
+    [
+        *("garbage\n", "[1, 2]\n", '{"loss": 1.0}\n', '{"step": 9}\n'),
+        *('{"step": 1, "train_loss": 1}\n', '{"step": 4, "train_loss": "\\ud800"}\n'),
+    ],
 )
 def test_resume_cuts_a_damaged_metrics_log_at_its_last_good_record(
     tmp_path, corpus, capsys, damage

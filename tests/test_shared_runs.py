@@ -105,12 +105,15 @@ def test_a_config_whose_buffers_would_fill_the_memory_is_one_line(tmp_path, caps
     )
 
 
-@pytest.mark.parametrize("flags", [["--d-model", str(10**12)], ["--n-layers", "100000"]])
+@pytest.mark.parametrize(
+    "flags", [["--d-model", str(10**12)], ["--n-layers", "100000"], ["--d-ff", str(10**20)]]
+)
 def test_a_model_too_large_to_train_is_one_line_before_it_is_allocated(
     tmp_path, corpus, capsys, monkeypatch, flags
 ):
     """Refused on the meta device as soon as its size passes the memory: no traceback of a
-    failed allocation, no machine brought to swapping layer by layer."""
+    failed allocation, no machine brought to swapping layer by layer; nor of a tensor whose
+    size overflows PyTorch's int64 (d_ff 10**20)."""
     monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**30)
     code, _, err = train(capsys, corpus, tmp_path / "run", "--max-iters", "2", *flags)
     assert "holds more than 67,108,864 numbers: training it needs more than the 1 GiB" in (
@@ -173,3 +176,22 @@ def test_the_memory_a_model_trains_in_is_shared_by_fsdp_ranks_and_copied_by_othe
     shared = {"cuda": 2 if mode == "fsdp" else 1, "cpu": 1 if mode == "fsdp" else 1 / group.world}
     for device, share in shared.items():
         assert train_command._model_memory(torch.device(device), group) == 2**30 * share
+
+
+def test_a_config_claiming_a_huge_model_is_checked_against_the_weights_before_it_is_built(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """By --resume and --init alike: not built layer by layer on the meta device (10**30
+    layers of a tiny model: hours), until it outgrew the memory (here 1 GiB: soon)."""
+    monkeypatch.setattr(train_command, "memory_bytes", lambda device: 2**30)
+    out = tmp_path / "run"
+    assert train(capsys, corpus, out, "--max-iters", "1")[0] == 0
+    description = json.loads((out / "config.json").read_text())
+    description["config"]["n_layers"] = 10**30
+    (out / "config.json").write_text(json.dumps(description))
+    before = snapshot(out)
+    for how in (["--resume"], ["--init", str(out), "--data", str(corpus)]):
+        argv = ["train", "gpt", "--out", str(out if how == ["--resume"] else tmp_path / "new")]
+        code, _, err = run([*argv, *how, "--max-iters", "2"], capsys)
+        assert "the config does not belong to these weights" in one_line_error(code, err)
+    assert snapshot(out) == before and not (tmp_path / "new").exists()

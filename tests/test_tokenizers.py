@@ -112,6 +112,12 @@ def test_bad_tokenizer_files_are_user_errors(tmp_path):
         ('"type": "byte", "special_tokens": "ab"', "a list of strings, not the string"),
         ('"type": "byte", "special_tokens": ["<a>", ""]', "a non-empty string, got ''"),
         ('"type": "byte", "special_tokens": ["<a>", "<a>"]', "'<a>' given more than once"),
+        ('"type": "byte", "special_tokens": ["\\ud800"]', "UTF-8 can encode, got '\\\\ud800'"),
+        ('"type": "char", "chars": "a\\udc80"', "holds '\\\\udc80', which UTF-8 cannot"),
+        (
+            '"type": "bpe", "version": 1, "pattern": "gpt2", "merges": [], "byte_order": 5',
+            "malformed: byte_order must be a string, got 5",
+        ),
     ]:
         (tmp_path / "odd.json").write_text("{" + fields + "}")
         with pytest.raises(UserError, match=message):

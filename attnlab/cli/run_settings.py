@@ -16,7 +16,7 @@ from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.files import read_json
 from attnlab.models.registry import ModelKind, a_kind, get_kind
-from attnlab.training.checkpoints import MODEL_FILE, checkpoint_description
+from attnlab.training.checkpoints import MODEL_FILE, checked_description
 from attnlab.training.config import TrainConfig
 from attnlab.training.state import OPTIMIZER_FILE, read_training_state
 
@@ -113,7 +113,7 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
         raise UserError(f"{out / RUN_FILE} is not a run description")
     if get_kind(run.get("kind", kind.name)) is not kind:
         raise UserError(f"{out} holds {a_kind(run['kind'])} run: resume it with that kind")
-    saved = checkpoint_description(out)["config"]
+    saved = checked_description(out)["config"]  # a config of 10**30 layers: not built
     if not (out / OPTIMIZER_FILE).is_file():  # a copy without it: before the data is read
         raise UserError(
             f"cannot resume: {out / OPTIMIZER_FILE} is missing (--init {out} starts a new run "

@@ -39,12 +39,15 @@ def visible(text: str) -> str:
 
 
 def check_special_tokens(tokens: Iterable[str]) -> list[str]:
-    """The special tokens as a list, once each is a non-empty string given once (ValueError)."""
+    """The special tokens as a list, once each is a non-empty string of UTF-8 text given once
+    (ValueError)."""
     if isinstance(tokens, str):
         raise ValueError(f"special tokens must be a list of strings, not the string {tokens!r}")
     tokens = list(tokens)
     if bad := [t for t in tokens if not isinstance(t, str) or not t]:
         raise ValueError(f"a special token must be a non-empty string, got {bad[0]!r}")
+    if bad := [t for t in tokens if fix_surrogates(t) != t]:  # not saved again: a lone surrogate
+        raise ValueError(f"a special token must be text UTF-8 can encode, got {bad[0]!r}")
     if repeated := sorted({t for t in tokens if tokens.count(t) > 1}):
         raise ValueError(f"special token(s) {', '.join(map(repr, repeated))} given more than once")
     return tokens

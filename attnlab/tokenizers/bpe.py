@@ -337,6 +337,8 @@ class BPETokenizer(Tokenizer):
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported bpe format version {data.get('version')!r}")
         merges = [_parse_merge(line) for line in data["merges"]]
+        if not isinstance(data["byte_order"], str):
+            raise ValueError(f"byte_order must be a string, got {data['byte_order']!r}")
         byte_order = list(text_to_token(data["byte_order"]))
         return cls(merges, data["pattern"], data.get("special_tokens", ()), byte_order)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from attnlab.errors import UserError
-from attnlab.tokenizers.base import Tokenizer
+from attnlab.tokenizers.base import Tokenizer, fix_surrogates
 
 _SLICE = 1 << 22  # characters encoded at a time by encode_array
 
@@ -27,6 +27,8 @@ class CharTokenizer(Tokenizer):
         self.chars = list(chars)
         if not self.chars or not all(isinstance(c, str) and len(c) == 1 for c in self.chars):
             raise ValueError("the vocabulary must be one or more single characters")
+        if bad := [c for c in self.chars if fix_surrogates(c) != c]:  # its file could not be saved
+            raise ValueError(f"the vocabulary holds {bad[0]!r}, which UTF-8 cannot encode")
         if len(set(self.chars)) < len(self.chars):
             raise ValueError("the vocabulary holds a character more than once")
         super().__init__(len(self.chars), special_tokens)

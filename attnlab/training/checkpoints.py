@@ -135,6 +135,8 @@ def _unfinished_save(path: Path) -> str | None:
     if (path / STATE_FILE).is_file():
         state = read_json(path / STATE_FILE, "trainer state")
         ids[STATE_FILE] = state.get(SAVE_ID) if isinstance(state, dict) else None
+        if not isinstance(ids[STATE_FILE], str | None):
+            raise UserError(f"trainer state {path / STATE_FILE} is corrupt: its {SAVE_ID} not text")
     known = {i for i in ids.values() if i is not None}
     if len(known) > 1:
         return (
@@ -198,12 +200,20 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
     return {**description, "config": config_to_dict(config)}
 
 
+def checked_description(path: str | os.PathLike) -> dict[str, Any]:
+    """checkpoint_description, its config checked to fit the weights' shapes (their file's
+    header only): before a model is built from it, to resume or to --init a run, or to load."""
+    description = checkpoint_description(path)
+    kind = get_kind(description["kind"])
+    check_config_fits_weights(kind, description["config"], Path(path) / MODEL_FILE)
+    return description
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """The model (in eval mode, on `device`), its kind and artefacts saved in a directory."""
     path = Path(path)
-    description = checkpoint_description(path)
+    description = checked_description(path)
     kind = get_kind(description["kind"])
-    check_config_fits_weights(kind, description["config"], path / MODEL_FILE)
     artifacts = load_artifacts(path)
     check_tokenizer(description["config"], artifacts.get("tokenizer"), path / "tokenizer.json")
     check_artifacts_fit(description["config"], artifacts, path)
@@ -372,14 +382,12 @@ def _check_values(name: str, tensor: torch.Tensor, dtype: torch.dtype, file: Pat
 
 def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict with tied tensors (same storage) kept once, under their first name."""
-    seen, unique = set(), {}
+    unique = {}  # (storage, offset, shape) -> (name, tensor)
     for name, tensor in state.items():
         local = getattr(tensor, "_local_tensor", tensor)  # an FSDP shard: this rank's part
         key = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen.add(key)
-            unique[name] = tensor
-    return unique
+        unique.setdefault(key, (name, tensor))
+    return dict(unique.values())
 
 
 def _whole_weights(model: nn.Module) -> dict[str, torch.Tensor]:

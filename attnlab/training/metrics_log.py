@@ -14,7 +14,8 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop the records logged after `step`, the checkpoint a run resumes from: the resumed run
     logs those steps again. A damaged log (a line that is not a record with a step) is cut at
     the last good record before it, with a warning: the checkpoint, not the log, is what
-    resuming needs. A record is good when it has a train_loss and a step after the one before."""
+    resuming needs. A record is good when it has a train_loss and a step after the one before,
+    and its values are numbers."""
     if not path.is_file():
         return
     kept, last = [], 0
@@ -36,10 +37,11 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def _record(line: str) -> dict[str, Any] | None:
-    """A metrics line as a record with an integer step, or None."""
+    """A metrics line as a record with an integer step and numbers for values (the plot draws
+    them: a string would be a category, or a traceback), or None."""
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: arrays nested a thousand deep
         return None
     ok = isinstance(record, dict) and type(record.get("step")) is int
-    return record if ok else None
+    return record if ok and all(type(v) in (int, float) for v in record.values()) else None
