@@ -88,7 +88,7 @@ def build_on_meta(
             places[id(tensor)] += 1
             numbers += tensor.numel() if places[id(tensor)] == 1 else 0
         if parameters > max_parameters or numbers > 2 * max_numbers:
-            raise TooLarge
+            raise TooLarge("tensors" if parameters > max_parameters else "numbers")
 
     registry = torch.nn.modules.module
     hooks = [

@@ -122,6 +122,14 @@ def test_a_model_too_large_to_train_is_one_line_before_it_is_allocated(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_model_of_tiny_layers_by_the_million_is_refused_in_seconds(tmp_path, corpus, capsys):
+    """Its numbers would pass the memory only after minutes of layers built on the meta device:
+    refused by its count of weight tensors (a GPT layer holds 12)."""
+    flags = ["--n-layers", str(10**9), "--d-model", "8", "--n-heads", "1"]
+    code, _, err = train(capsys, corpus, tmp_path / "run", *flags)
+    assert "holds more than 20,000 weight tensors" in one_line_error(code, err)
+
+
 def test_a_model_too_large_to_train_is_refused_before_its_data_is_read(
     tmp_path, corpus, capsys, monkeypatch
 ):

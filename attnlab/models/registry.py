@@ -142,16 +142,24 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 
 TRAINING_BYTES = 16  # a parameter in training, at least: float32 weight, gradient, Adam's moments
+# GPT-2 XL holds 580 weight tensors (a GPT layer 12); building 20,000 on the meta device takes
+# seconds, and a model of tiny layers by the million would take minutes to be found too large
+MAX_TENSORS = 20_000
 
 
 def check_trainable(kind: ModelKind, config: Any, memory: int) -> None:
     """Refuse, in one line, a model whose parameters alone could not train in `memory` bytes,
-    before any is allocated: a config of n_layers 10**6 or d_model 10**12 would otherwise fill
-    the machine's memory, or end in a traceback."""
+    or of more than MAX_TENSORS weight tensors, before any is allocated: a config of n_layers
+    10**6 or d_model 10**12 would otherwise fill the machine's memory, or end in a traceback."""
     most = memory // TRAINING_BYTES
     try:
-        build_on_meta(lambda: kind.model(config), max_numbers=most)
-    except TooLarge:
+        build_on_meta(lambda: kind.model(config), MAX_TENSORS, most)
+    except TooLarge as error:
+        if error.args == ("tensors",):
+            raise UserError(
+                f"this model holds more than {MAX_TENSORS:,} weight tensors (layers by the "
+                "thousand): make it smaller (n_layers, ...)"
+            ) from None
         raise UserError(
             f"this model holds more than {most:,} numbers: training it needs more than the "
             f"{memory / 2**30:,.0f} GiB of memory here ({TRAINING_BYTES} bytes a parameter: "
