@@ -12,7 +12,10 @@ Encoding a pre-token (tiktoken's rule, followed exactly by both encoders here):
   token of lowest rank (the leftmost one on a tie), until no adjacent pair is a token.
 
 ``encode`` hands the same ranks to tiktoken (fast, Rust); ``encode_reference`` is the readable
-Python version of the rule above. Both give the same ids on any text. (A custom pattern must mean
+Python version of the rule above. Both give the same ids on any text but for letters and digits
+of recent Unicode versions (U+A7CE, CJK Extension J): `regex` classes them as letters and digits,
+tiktoken's engine, of older Unicode tables, does not, so the two cut them into pre-tokens
+differently (training counts its pre-tokens with `regex`). (A custom pattern must mean
 the same to both regex engines, Python's `regex` and tiktoken's; the built-in ones are tested. A
 pattern that skips some characters drops them from the encoding; training refuses one that skips
 characters of its corpus. A custom pattern may not use what only a backtracking engine runs,
