@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_run_directory import train
 from torch.optim import lr_scheduler as S
 
 from attnlab.layers.contracts import decayed
@@ -337,3 +338,13 @@ def test_a_checkpoint_restores_the_optimizers_state_exactly(tmp_path, saved_fuse
         for key, value in saved[theirs].items():
             assert torch.equal(restored.state[mine][key], value) and value.dtype == torch.float32
     assert float(saved[theirs]["step"]) == 3
+
+
+def test_inverse_sqrt_says_where_its_rate_peaks(tmp_path, corpus, capsys):
+    """Its --learning-rate is a multiplier: 1e-3 (the default) peaks far below what it reads as
+    (1e-3 · 32^-0.5 · 2^-0.5 here)."""
+    flags = ["--lr-schedule", "inverse_sqrt", "--warmup-iters", "2", "--max-iters", "3"]
+    flags += ["--d-model", "32", "--n-heads", "2", "--n-layers", "1"]
+    code, _, err = train(capsys, corpus, tmp_path / "run", *flags)
+    assert code == 0, err
+    assert "note: inverse_sqrt peaks at 0.000125 at step 2: --learning-rate is its mult" in err

@@ -233,6 +233,25 @@ def _own_bookkeeping(name: str) -> bool:
     return name in (RUN_LOCK, JOURNAL_FILE) or (name.startswith(".") and name.endswith(".tmp"))
 
 
+def _note_schedule(trainer: Trainer) -> None:
+    """A note where the learning rate is not what a user may think: a run that is all warm-up,
+    or inverse_sqrt's peak (--learning-rate is its multiplier, 1.0 in the paper)."""
+    config = trainer.config
+    if config.warmup_iters >= config.max_iters:  # any schedule's peak (and decay) comes after
+        last = trainer.learning_rate(config.max_iters - 1, config)
+        note(
+            f"note: warmup_iters {config.warmup_iters} >= max_iters {config.max_iters}: the "
+            f"whole run is warm-up, the learning rate only rises, to {last:.3g} (lower "
+            "--warmup-iters)"
+        )
+    elif config.lr_schedule == "inverse_sqrt":
+        peak = trainer.learning_rate(max(config.warmup_iters - 1, 0), config)
+        note(
+            f"note: inverse_sqrt peaks at {peak:.3g} at step {max(config.warmup_iters, 1)}: "
+            "--learning-rate is its multiplier (1.0 in the paper)"
+        )
+
+
 def fit_and_report(
     trainer: Trainer,
     out: Path,
@@ -275,14 +294,7 @@ def fit_and_report(
     precision = str(trainer.dtype).removeprefix("torch.")
     compiled = ", compiled" if trainer.compiled is not None else ""
     note(f"{summary}; device {trainer.device.type}, precision {precision}{compiled}")
-    config = trainer.config
-    if config.warmup_iters >= config.max_iters:  # any schedule's peak (and decay) comes after
-        last = trainer.learning_rate(config.max_iters - 1, config)
-        note(
-            f"note: warmup_iters {config.warmup_iters} >= max_iters {config.max_iters}: the "
-            f"whole run is warm-up, the learning rate only rises, to {last:.3g} (lower "
-            "--warmup-iters)"
-        )
+    _note_schedule(trainer)
     try:
         result = trainer.fit()
     finally:
