@@ -224,6 +224,9 @@ def test_a_value_that_looks_like_a_flag_is_told_to_join_it_with_equals(tmp_path,
         main([*argv, "-8:16"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "is written --lengths=-8:16 (see attnlab arena" in err
+    with pytest.raises(SystemExit):  # a mistyped flag after it: its value was left out
+        main([*argv, "--lenghts", "8:16"])
+    assert "--lengths: expected one argument (see" in capsys.readouterr().err
     code, _, err = run([*argv[:-1], "--lengths=-8:16"], capsys)  # taken: FIRST must be >= 1
     assert "--lengths: FIRST must be at least 1" in one_line_error(code, err)
 

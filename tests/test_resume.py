@@ -61,6 +61,9 @@ def test_data_inside_the_data_folder_is_kept_relative_to_it_for_another_machines
     root, out = tmp_path / "data", tmp_path / "run"
     (root / "texts").mkdir(parents=True)
     corpus.rename(root / "texts" / "plays.txt")
+    (tmp_path / "texts").mkdir()  # the current folder's texts/plays.txt is not the run's data
+    (tmp_path / "texts" / "plays.txt").write_text("too short")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ATTNLAB_DATA", str(root))
     assert train(capsys, root / "texts" / "plays.txt", out, "--max-iters", "1")[0] == 0
     assert json.loads((out / "run.json").read_text())["data"]["data"] == "texts/plays.txt"

@@ -82,7 +82,9 @@ class Parser(argparse.ArgumentParser):
         if message.endswith(("expected one argument", "expected at least one argument")):
             named = message.removeprefix("argument ").split(":")[0].split("/")  # -o/--out
             for flag, value in zip(self.words, self.words[1:], strict=False):
-                flagged = value.split("=")[0] in self._option_string_actions  # --out --seed 3
+                # --out --seed 3, --out --sed 3: its value left out, not one of '-'
+                flag_like = value[:2] == "--" and value[2:3].isalpha()
+                flagged = value.split("=")[0] in self._option_string_actions or flag_like
                 if flag in named and value.startswith("-") and not flagged:
                     message += f"; a value that starts with '-' is written {flag}={value}"
                     break

@@ -121,7 +121,8 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
         )
     data = {**{k: toml[k] for k in data_keys}, **flag_values(args, kind.data_config)}
     given = {**data_path(data), **toml.get("model", {}), **flag_values(args, kind.config)}
-    before = data_path({**saved, **run["data"]})  # a path kept relative (older runs) read here
+    # a path kept relative: in the data root, else (older runs) read here
+    before = data_path({**saved, **data_path(run["data"], catalog.in_root)})
     changed = [as_given(args, k, v) for k, v in given.items() if before.get(k) != v]
     if changed or (args.preset or toml.get("preset")) not in (None, run.get("preset")):
         raise UserError(
@@ -178,7 +179,8 @@ def check_device_is_here(device: str, given: dict[str, Any], out: Path) -> None:
 
 def data_path(settings: dict[str, Any], find=catalog.where) -> dict[str, Any]:
     """Data settings with the `data` path found: by catalog.where, the real file it reads (a
-    dataset named by another path is the same data), or by catalog.here, made absolute."""
+    dataset named by another path is the same data), by catalog.here, as a run keeps it, or by
+    catalog.in_root, as a run's kept path is read."""
     if not isinstance(settings.get("data"), str):
         return settings
     return {**settings, "data": find(settings["data"]) or settings["data"]}

@@ -101,11 +101,13 @@ def run_data(checkpoint: str, data: str | None, required: bool = False) -> str |
     """The data a command reads for `checkpoint`: `data`, else its run's (None: none, as for a
     translation's embedded pairs, a UserError if `required`). Task data is refused for a model
     trained on anything but that task: a task's ids mean nothing to it."""
+    from attnlab.data import catalog
+
     found = run_description(checkpoint)
     own = found[0]["data"].get("data") if found else None
     if not data and found:
         check_own_data(own, found[1], "give --data")
-    data = data or own
+    data = data or catalog.in_root(own) or own
     if data is None and required:
         raise UserError(f"give --data: {checkpoint} is not in a run folder (no {RUN_FILE})")
     if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
@@ -136,12 +138,9 @@ def check_relative_data(spec: Any, folder: Path) -> None:
     or a glob, "stdlib", "shapes", a dataset's, is no path; a dataset's files neither.)"""
     from attnlab.data import catalog
 
-    if not isinstance(spec, str) or spec.startswith("task:") or os.path.isabs(spec):
+    if not isinstance(spec, str) or os.path.isabs(spec) or catalog.is_name(spec):
         return
-    path, pattern = catalog.split_glob(spec)
-    parts = Path(path).parts or ("",)  # none for ".": ":GLOB", its current folder's files
-    named = not (pattern or Path(path).suffix or len(parts) > 1) or parts[0] in catalog.CATALOG
-    if not named and not catalog.where(spec):
+    if not catalog.where(spec):
         raise UserError(
             f"{folder} was trained on {spec}, which is neither in the data folder "
             f"{catalog.data_root()} (ATTNLAB_DATA) nor here: put it there, or run this command "
@@ -153,14 +152,17 @@ def check_relative_data(spec: Any, folder: Path) -> None:
 def run_data_settings(args, kind):
     """The data settings of the run of checkpoint `args.checkpoint`, --data (`args.data`) in
     place of its data: what a command scores the checkpoint on."""
+    from attnlab.cli.run_settings import data_path
     from attnlab.config import config_from_dict
+    from attnlab.data import catalog
 
     found = run_description(args.checkpoint)
     if found is None and args.data is None:
         raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no {RUN_FILE})")
     if found and args.data is None:
         check_own_data(found[0]["data"].get("data"), found[1], "give --data")
-    settings = {**(found[0]["data"] if found else {}), **({"data": args.data} if args.data else {})}
+    own = data_path(found[0]["data"], catalog.in_root) if found else {}  # read in the data root
+    settings = {**own, **({"data": args.data} if args.data else {})}
     return config_from_dict(kind.data_config, settings, source="--data")
 
 
@@ -172,6 +174,7 @@ def unseen_data(args) -> bool:
 
     found = run_description(args.checkpoint)
     own = found[0]["data"].get("data") if found else None
+    own = catalog.in_root(own) or own
     return bool(args.data) and (own is None or catalog.where(args.data) != catalog.where(str(own)))
 
 

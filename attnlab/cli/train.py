@@ -30,6 +30,7 @@ from attnlab.cli.init_from import (
 from attnlab.cli.options import add_config_flags, as_flags, flag_values, read_toml
 from attnlab.cli.run_settings import (
     check_toml,
+    data_path,
     new_run_settings,
     refuse_data_fields,
     resumed_settings,
@@ -43,6 +44,7 @@ from attnlab.cli.runs import (
     run_lock,
 )
 from attnlab.config import config_from_dict, config_to_dict
+from attnlab.data import catalog
 from attnlab.devices import memory_bytes, pick_device, seed_everything
 from attnlab.errors import UserError, os_error_line
 from attnlab.files import BEST_DIR, atomic_write_json
@@ -213,7 +215,8 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     if "batch_size" not in kind.unused_fields:  # before anything is written or built
         group.check_batch(train_config.batch_size)
     prepare(train_config)  # the CPU kernels build while the data and model are prepared
-    settings = config_from_dict(kind.data_config, run["data"], source=f"{source} data settings")
+    kept = data_path(run["data"], catalog.in_root)  # a path in the data root: read there
+    settings = config_from_dict(kind.data_config, kept, source=f"{source} data settings")
     kept_from = out if args.resume else args.init  # the tokenizer (and others) to reuse
     artifacts = load_artifacts(kept_from) if kept_from else None
     # a new run's classes are its data's; a head for other classes starts new

@@ -360,6 +360,24 @@ def here(spec: str) -> str:
     return full.as_posix() + (":" + pattern if pattern else "")
 
 
+def in_root(spec: object) -> str | None:
+    """A path a run keeps relative (here's) as read: the data root's, made absolute, whatever the
+    current folder holds; None for a name (is_name) or a path the root lacks (an older run's)."""
+    path, pattern = split_glob(spec) if isinstance(spec, str) and not is_name(spec) else (".", "")
+    found = data_root() / path  # not the root itself: here keeps that absolute
+    return f"{found}:{pattern}".removesuffix(":") if path != "." and _on_disk(found) else None
+
+
+def is_name(spec: str) -> bool:
+    """Whether a data spec names rather than locates: a task, a name without a folder, a suffix
+    or a glob ("stdlib", "shapes", a dataset's), or a dataset's files."""
+    if spec.startswith("task:"):
+        return True
+    path, pattern = split_glob(spec)
+    parts = Path(path).parts or ("",)  # none for ".": ":GLOB", its current folder's files
+    return not (pattern or Path(path).suffix or len(parts) > 1) or parts[0] in CATALOG
+
+
 def where(spec: str) -> str | None:
     """The real path of what a spec reads (with its ":GLOB"), when that is on disk here or
     under the data root, so that two names of one file compare equal; None when it is neither
