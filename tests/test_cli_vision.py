@@ -336,3 +336,5 @@ def test_the_confusion_plot_names_the_split_scored(trained, tmp_path, capsys, mo
         assert titles.pop().endswith(f" on {scored} images")
     assert run(["evaluate", str(trained)], capsys)[0] == 0  # the shapes' own test images
     assert titles.pop().endswith(" test images")
+    assert run(["evaluate", str(trained), "--data", str(tmp_path / "flat")], capsys)[0] == 0
+    assert titles.pop().endswith(" on 20 images")  # all of unseen data

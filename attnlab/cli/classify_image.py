@@ -125,7 +125,7 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
     title = (
         f"{Path(args.checkpoint).name}: accuracy {result['accuracy']:.2%} on "
-        f"{result['images']:,} {scored} images"
+        f"{result['images']:,} {scored}"
     )
     plot_confusion(result["confusion"], artifacts["classes"].names, png, title)
     if args.json:
@@ -149,7 +149,8 @@ def evaluated_split(args: argparse.Namespace) -> str:
 def _evaluation_images(args: argparse.Namespace, checkpoint, split: str):
     """The split asked for, of --data or of the run's own data, checked against the model: its
     classes or some of them, in any order (labels are renumbered as the model numbers them);
-    and the split in words (val: "test", "val" or "held-out", as the data holds it)."""
+    and what they are, in words: "test images", "val images", "held-out images" (val, as the
+    data holds it), "train images" or "images" (all)."""
     import torch
 
     from attnlab.data.images import ImageSet
@@ -164,7 +165,7 @@ def _evaluation_images(args: argparse.Namespace, checkpoint, split: str):
     config = checkpoint.model.config
     chosen = checked_split(dataset, split, config.channels, config.image_size)
     ours = torch.tensor([list(names).index(name) for name in dataset.classes])
-    words = dataset.held_out if split == "val" else split
+    words = {"val": f"{dataset.held_out} images", "all": "images"}.get(split, f"{split} images")
     return ImageSet(chosen.images, ours[chosen.labels]), words
 
 
