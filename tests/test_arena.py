@@ -1,5 +1,6 @@
 """`attnlab arena`: matched sizes, the race's report, and cost against sequence length."""
 
+import argparse
 import dataclasses
 import json
 import signal
@@ -11,6 +12,7 @@ import pytest
 import torch
 from helpers import one_line_error, outside_the_figure, overlapping_tick_labels, run
 
+from attnlab.cli import arena as arena_command
 from attnlab.cli import main
 from attnlab.errors import UserError
 from attnlab.evaluation import arena, scaling
@@ -66,8 +68,19 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
         assert state["train_config"]["seed"] == 7
         records = [json.loads(line) for line in (out / mixer / "metrics.jsonl").open()]
         assert records[-1]["step"] == 8
+        tokens_per_s = next(r for r in rows if r.startswith(f"| {mixer} ")).split("|")[4]
+        assert float(tokens_per_s.replace(",", "")) == pytest.approx(
+            8 * 16 * 32 / records[-1]["elapsed_s"], abs=1
+        )
         # a token budget knows its end: the learning rate has fallen to a tenth there
         assert [r["lr"] for r in records if "lr" in r][-1] == pytest.approx(2e-4)
+
+
+def test_a_token_budget_warms_up_over_a_tenth_of_its_steps_but_100_at_most():
+    for tokens, steps, warmup in ((4096, 8, 0), (10**5, 196, 19), (10**9, 1_953_125, 100)):
+        args = argparse.Namespace(tokens=tokens, batch_size=8, context_length=64, learning_rate=1.0)
+        budget, _ = arena_command._budget(args)
+        assert budget[:4] == ["--max-iters", str(steps), "--warmup-iters", str(warmup)]
 
 
 def test_the_report_flags_sizes_too_far_apart_to_compare(tmp_path):

@@ -82,7 +82,7 @@ def test_classifier_from_a_pretrained_bert(pretrained, texts, capsys, tmp_path):
     code, scores, err = run(["evaluate", str(out), "--json"], capsys)  # as training scored it
     assert code == 0, err
     scores = json.loads(scores)
-    assert scores.pop("val_targets") > 0  # the held-out fold's examples
+    assert scores.pop("val_targets") == 10  # the held-out fold's examples, a quarter
     assert scores == pytest.approx({k: records[-1][k] for k in scores}, rel=1e-3)  # fp32 here
     assert {"val_loss", "val_accuracy", "val_f1"} == scores.keys()
     code, stdout, err = run(["classify", str(out / "best"), *SENTENCES[:2]], capsys)
@@ -134,6 +134,10 @@ def test_init_refuses_a_preset_flag_of_another_shape_not_a_files_preset(
     line = one_line_error(*run([*argv, "--preset", "small-cpu"], capsys)[::2])
     assert "(context_length 32, d_model 16, n_heads 2, n_layers 1): leave --preset out" in line
     assert not out.exists()
+    shape = ["--context-length", "32", "--d-model", "16", "--n-heads", "2", "--n-layers", "1"]
+    given = [*argv, "--preset", "small-cpu", *shape, "--dropout", "0.25"]  # its shape: no change
+    assert run([*given, "--out", str(tmp_path / "d")], capsys)[0] == 0  # dropout is tunable
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["config"]["dropout"] == 0.25
     # a file's preset shapes its runs without --init (configs/sst2_finetune.toml): not refused
     (tmp_path / "c.toml").write_text('preset = "small-cpu"\n')
     assert run([*argv, "--config", str(tmp_path / "c.toml")], capsys)[0] == 0
@@ -360,6 +364,8 @@ def test_evaluate_scores_all_of_a_file_the_model_never_saw(texts, tmp_path, caps
     assert accuracy == pytest.approx(right / len(rows))  # 15 lines: no fold is 1/15 of them
     code, stdout, _ = run(["evaluate", str(out), "--json"], capsys)  # its own: the held-out fold
     assert code == 0 and 0 <= json.loads(stdout)["val_accuracy"] <= 1
+    line = one_line_error(*run(["evaluate", str(out), "--split", "train"], capsys)[::2])
+    assert "--split train: this model is scored on its run's validation data, or on all" in line
     sst = tmp_path / "sst"  # SST-2's layout: its dev.tsv scored, and named
     sst.mkdir()
     (sst / "train.tsv").write_text((tmp_path / "new.tsv").read_text())

@@ -311,6 +311,8 @@ def test_layers_reads_the_runs_own_data_by_default_as_evaluate_does(checkpoints,
     for command in (["inspect", "layers"], ["evaluate"]):  # a checkpoint in no run folder
         code, _, err = run([*command, checkpoints["gpt"]], capsys)
         assert "give --data: " in one_line_error(code, err)
+    code, _, err = run(["inspect", "layers", str(tmp_path / "none")], capsys)  # no checkpoint
+    assert f"no checkpoint at {tmp_path / 'none'}" in one_line_error(code, err)
 
 
 @pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers"])

@@ -296,3 +296,16 @@ def test_showing_tokens_loads_no_torch():
     """Reading a tokenizer (GPT-2's, a file) needs no torch, which takes 1-2 s to load."""
     loaded = loaded_by("tokenize", "show", "--tokenizer", "byte", "hello")
     assert loaded & {"attnlab.cli.tokenize", "torch"} == {"attnlab.cli.tokenize"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "advice"),
+    [(["--special", "-x-"], "; a value that starts with '-' is written --special=-x- (see"),
+     (["--out", "--pattern", "gpt2"], " (see")],  # a flag where a value was missing: no advice
+)  # fmt: skip
+def test_a_value_starting_with_a_dash_is_told_to_follow_an_equals_sign(flags, advice, capsys):
+    """As for a flag of one value, so for one of one or more ("expected at least one")."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["tokenize", "train", "corpus.txt", *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and f"argument{advice}" in err

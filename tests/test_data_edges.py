@@ -237,3 +237,24 @@ def test_a_glob_in_the_current_folder_is_kept_as_that_folders(tmp_path, monkeypa
     """A run trained on ':*.txt' and evaluated elsewhere read that folder's files instead."""
     monkeypatch.chdir(tmp_path)
     assert catalog.here(":*.txt") == f"{tmp_path}:*.txt" == catalog.where(":*.txt")
+
+
+def test_the_data_folder_itself_is_kept_whole_not_as_the_current_folder(tmp_path, monkeypatch):
+    """A path inside $ATTNLAB_DATA is kept relative to it, but the folder itself, as "." would
+    be read from wherever a command runs."""
+    root = tmp_path / "data"
+    (root / "books").mkdir(parents=True)
+    monkeypatch.setenv("ATTNLAB_DATA", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert catalog.here("data/books") == "books"
+    assert catalog.here("data") == str(root) and catalog.here("data:*.txt") == f"{root}:*.txt"
+
+
+def test_a_runs_own_data_is_scored_on_its_held_out_fold_only(tmp_path):
+    """`attnlab evaluate` of a classifier on the file it was trained on (evaluate="held_out")
+    scores the fold training held out; on other data ("all"), every example."""
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"text {i}\t{i % 2}\n" for i in range(40)))
+    held_out = [read_examples(str(tsv), 4, 1, evaluate=e)[1] for e in ("", "held_out")]
+    assert held_out[0] == held_out[1] and len(held_out[0][0]) == 10
+    assert len(read_examples(str(tsv), 4, 1, evaluate="all")[1][0]) == 40

@@ -347,7 +347,9 @@ def test_init_from_a_run_on_other_data_notes_the_default_it_reads(tmp_path, corp
     argv = ["train", "gpt", "--init", str(first), *FAST, "--max-iters", "1"]
     _, _, err = run([*argv, "--out", str(tmp_path / "b")], capsys)  # stdlib: unseen characters
     assert f"attnlab: note: {first} was trained on {corpus}; this run reads stdlib" in err
-    code, _, err = run([*argv, "--out", str(tmp_path / "c"), "--data", str(corpus)], capsys)
+    other = tmp_path / "other.txt"  # data given: what was meant, however the first run's
+    other.write_text(corpus.read_text())
+    code, _, err = run([*argv, "--out", str(tmp_path / "c"), "--data", str(other)], capsys)
     assert code == 0 and "was trained on" not in err, err
 
 

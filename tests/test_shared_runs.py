@@ -203,3 +203,10 @@ def test_a_config_claiming_a_huge_model_is_checked_against_the_weights_before_it
         code, _, err = run([*argv, *how, "--max-iters", "2"], capsys)
         assert "the config does not belong to these weights" in one_line_error(code, err)
     assert snapshot(out) == before and not (tmp_path / "new").exists()
+
+
+def test_a_vocabulary_the_settings_hold_is_the_datas_to_set_not_checked_before_it():
+    """GPT-2's preset holds its 50,257 tokens (124M parameters, 1.9 GB to train): on 1.5 GiB,
+    a character vocabulary (86M) still fits, so its data is read before it is refused."""
+    kind = registry.get_kind("gpt")
+    registry.check_trainable_before_data(kind, config_to_dict(kind.presets["gpt2"]), 3 << 29, "")

@@ -188,6 +188,7 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     (tmp_path / "data").mkdir()  # the datasets' default folder: not the cache's to clear
     (tmp_path / "kernels").mkdir()  # a cache folder given wrongly: files not attnlab's stay
     (tmp_path / "kernels" / "notes.txt").write_text("mine")
+    (tmp_path / "tokenizers" / ("0c" * 16 + ".d")).mkdir()  # a folder, named as a file: not one
 
     def table():
         code, out, _ = run(["data", "cache"], capsys)
@@ -209,7 +210,8 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     )
     assert (tmp_path / "decoding" / ("0b" * 16 + ".pt2")).exists()  # refused: nothing cleared
     run(["data", "cache", "--clear", "all"], capsys)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "kernels", "notes.txt"]
+    left = ["0c" * 16 + ".d", "data", "kernels", "notes.txt", "tokenizers"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == left
     monkeypatch.setenv("ATTNLAB_CACHE", "")  # as unset: not the current folder
     assert cache_dir() == Path.home() / ".cache" / "attnlab"
 
@@ -241,6 +243,17 @@ def test_clearing_the_cache_leaves_the_files_a_running_command_writes(
         "attnlab: cleared tokens: 2 files"
     )
     assert not (tmp_path / "tokens").exists()
+
+
+def test_a_token_cache_gone_as_it_is_written_is_one_line(tmp_path, monkeypatch):
+    """Deleted (`data cache --clear`) or replaced by a damaged file as soon as it is written."""
+    from attnlab.data import text
+    from attnlab.tokenizers.char import CharTokenizer
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(text, "_read_tokens", lambda path, dtype: None)
+    with pytest.raises(UserError, match=r"the token cache .* changed as it was written: run again"):
+        text.tokenize_cached([TEXT], CharTokenizer.from_text(TEXT))
 
 
 def test_evaluate_scores_all_of_a_text_the_model_never_saw(tmp_path, capsys):

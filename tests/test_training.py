@@ -287,7 +287,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                 embedding.fill_(float("nan"))
 
     trainer.on_record = poison
-    with pytest.raises(TrainingDiverged, match="step 4.*step 2"):
+    with pytest.raises(TrainingDiverged, match="^loss became nan at step 4.*step 2"):
         trainer.fit()
     model = load_checkpoint(tmp_path).model
     assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 2
@@ -302,6 +302,7 @@ def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_weights_change(
     with pytest.raises(TrainingDiverged, match="gradient norm became inf at step 3.*step 2 is"):
         trainer.fit()
     assert torch.equal(load_checkpoint(tmp_path).model.token_embedding.weight, weight)
+    assert all(p.grad is None for p in trainer.model.parameters())  # the step's, let go
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

@@ -73,6 +73,8 @@ def test_the_loss_plot_counts_steps_in_readable_ticks(tmp_path, monkeypatch):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
     assert "1M" in [t.get_text() for t in drawn[0].axes[1].get_xticklabels()]  # the scores'
+    shown = [reports.short_count(n) for n in (500, 1000, 20_000, 2_500_000, 10**10, -1500)]
+    assert shown == ["500", "1k", "20k", "2.5M", "10B", "-1.5k"]
 
 
 @pytest.mark.parametrize("limit_s", [None, 60.0])
@@ -98,3 +100,26 @@ def test_the_progress_bars_time_left_counts_evaluations_and_the_time_limit(monke
     assert progress.bar.left_s == pytest.approx(expected)
     shown = progress.bar.format_meter(**progress.bar.format_dict)
     assert f"<{progress.bar.format_interval(expected)}," in shown
+
+
+def test_a_resumed_runs_time_left_counts_its_time_limit_from_where_it_resumed(monkeypatch):
+    """Resumed at 100 s of training with --time-limit 1 (min): steps of 0.1 s leave 57.9 s after
+    21 of them (the steps left, 10,000, would take longer); and none, not less, once past it."""
+    clock = [0.0]
+    monkeypatch.setattr(reports.time, "perf_counter", lambda: clock[0])
+    progress = reports.progress_printer(10_000, limit_s=60.0)
+    progress.start_at(500, 100.0)
+    for step in range(501, 522):
+        clock[0] += 0.1
+        progress.update({"step": step, "train_loss": 1.0, "tokens_per_s": 1.0,
+                         "elapsed_s": 100 + 0.1 * (step - 500)})  # fmt: skip
+    assert progress.bar.left_s == pytest.approx(60 - 2.1)
+    progress.update({"step": 522, "train_loss": 1.0, "tokens_per_s": 1.0, "elapsed_s": 161.0})
+    assert progress.bar.left_s == 0
+    progress.close()
+
+
+def test_a_warmup_as_long_as_the_run_is_all_warm_up(tmp_path, corpus, capsys):
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(tmp_path / "run"), *FAST]
+    code, _, err = run([*argv, "--max-iters", "2", "--warmup-iters", "2"], capsys)
+    assert code == 0 and "warmup_iters 2 >= max_iters 2: the whole run is warm-up" in err
