@@ -232,14 +232,20 @@ def test_evaluating_a_language_model_at_any_batch_size_is_the_training_loops_fig
     assert trainer.evaluate()["val_loss"] == pytest.approx(figures[0]["loss"], rel=1e-14)
 
 
+def _trained(capsys, out, kind: str, *flags: str) -> dict:
+    """A one-layer model of `kind` trained 2 steps in fp32 into `out`, and its last record (an
+    evaluation of all its held-out data)."""
+    common = ["--n-layers", "1", "--d-model", "16", "--max-iters", "2", "--eval-interval", "2",
+              "--eval-iters", "1000", "--precision", "fp32", "--no-cpu-kernels"]  # fmt: skip
+    assert run(["train", kind, "--out", str(out), *common, *flags], capsys)[0] == 0
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def test_evaluate_gives_a_masked_lms_validation_loss_as_training_logged_it(tmp_path, lines, capsys):
     out = tmp_path / "run"
-    args = ["--data", str(lines), "--tokenizer", "char", "--context-length", "32", "--n-layers",
-            "1", "--n-heads", "2", "--d-model", "16", "--batch-size", "4", "--max-iters", "2",
-            "--eval-interval", "2", "--eval-iters", "1000", "--precision", "fp32",
-            "--no-cpu-kernels"]  # fmt: skip
-    assert run(["train", "bert", "--out", str(out), *args], capsys)[0] == 0
-    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    flags = ["--data", str(lines), "--tokenizer", "char", "--context-length", "32"]
+    flags += ["--n-heads", "2", "--batch-size", "4"]
+    logged = _trained(capsys, out, "bert", *flags)["val_loss"]
     code, printed, err = run(["evaluate", str(out), "--json"], capsys)
     assert code == 0, err
     assert json.loads(printed)["val_loss"] == logged  # every held-out sequence, both times
@@ -247,11 +253,8 @@ def test_evaluate_gives_a_masked_lms_validation_loss_as_training_logged_it(tmp_p
 
 def test_an_image_gpts_likelihood_is_the_same_at_any_batch_size_and_in_training(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--embedded-images", "64", "--n-layers", "1", "--d-model", "16", "--batch-size", "8",
-            "--eval-iters", "1000", "--pixels-per-token", "4", "--max-iters", "2",
-            "--eval-interval", "2", "--precision", "fp32", "--no-cpu-kernels"]  # fmt: skip
-    assert run(["train", "igpt", "--out", str(out), *args], capsys)[0] == 0
-    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    flags = ["--embedded-images", "64", "--batch-size", "8", "--pixels-per-token", "4"]
+    logged = _trained(capsys, out, "igpt", *flags)
     for size in ("1", "7", "500"):
         code, printed, err = run(["evaluate", str(out), "--json", "--batch-size", size], capsys)
         assert code == 0, err
@@ -263,11 +266,8 @@ def test_evaluate_gives_a_vits_plain_cross_entropy_and_says_so(tmp_path, capsys)
     """On the images and weights of the training's last evaluation (accuracy alike), whose
     val_loss is label-smoothed as training was (measured: 2.088 there, 2.058 here)."""
     out = tmp_path / "run"
-    args = ["--embedded-images", "64", "--n-layers", "1", "--d-model", "16", "--batch-size", "8",
-            "--eval-iters", "1000", "--max-iters", "2", "--eval-interval", "2",
-            "--label-smoothing", "0.3", "--precision", "fp32", "--no-cpu-kernels"]  # fmt: skip
-    assert run(["train", "vit", "--out", str(out), *args], capsys)[0] == 0
-    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    flags = ["--embedded-images", "64", "--batch-size", "8", "--label-smoothing", "0.3"]
+    logged = _trained(capsys, out, "vit", *flags)
     code, printed, err = run(["evaluate", str(out), "--json"], capsys)
     assert code == 0, err
     figures = json.loads(printed)
