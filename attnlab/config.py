@@ -60,7 +60,8 @@ def check_at_least(owner: str, name: str, value: int, low: int, why: str = "") -
 
 
 def check_dropout(owner: str, name: str, value: float) -> None:
-    """Raise ConfigError unless 0 <= value < 1: a rate of 1 drops everything, and nothing learns."""
+    """Raise ConfigError unless 0 <= value < 1: a dropout rate of 1 drops everything, a label
+    smoothing of 1 makes every target uniform; either way nothing learns."""
     if not 0 <= value < 1:
         raise ConfigError(f"{owner}.{name} must be in [0, 1), got {value!r}")
 

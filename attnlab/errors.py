@@ -4,6 +4,7 @@ The CLI turns any :class:`UserError` into one line on stderr and exit code 2; ev
 exception is a bug and keeps its traceback.
 """
 
+import os
 from pathlib import Path
 
 
@@ -35,5 +36,23 @@ def os_error_line(error: OSError) -> str:
         path = Path(error.filename or "")
         if file := next((p for p in (path, *path.parents) if p.is_file()), None):
             return f"{file} is a file, not a folder"
+        if path.is_symlink() and not path.exists():  # else "File exists", of a link to nothing
+            return dangling_link(path)
     where = f": {error.filename}" if error.filename else ""
-    return f"{error.strerror or error}{where}"
+    return f"{error.strerror or error}{where}{_in_cache(error.filename)}"
+
+
+def _in_cache(filename) -> str:
+    """Where a file of the cache (a token array filling the disk, say) is named, what sets the
+    cache's folder: another disk's may take it."""
+    from attnlab.files import cache_note  # files imports this module
+
+    try:
+        return cache_note(Path(filename)) if isinstance(filename, str) else ""
+    except UserError:  # no cache folder to name (no home folder): none of its files, either
+        return ""
+
+
+def dangling_link(path: Path) -> str:
+    """What a link at `path` that leads to nothing is, for an error line."""
+    return f"{path} is a link that leads nowhere, or around in a loop (to {os.readlink(path)})"

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from attnlab.errors import UserError
+from attnlab.errors import UserError, dangling_link
 
 RUN_LOCK = ".attnlab.lock"  # in a run directory while a process writes it: "PID HOST"
 RUN_FILE = "run.json"  # kind, preset and data settings of a run: --resume needs no flags again
@@ -79,19 +79,21 @@ def check_writable(folder: str | os.PathLike) -> None:
     `folder` (a UserError) before the work whose result it would receive, not after. Nothing is
     left behind."""
     folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.exists():  # a link: no folder could be made there
+        raise UserError(f"{dangling_link(existing)}{cache_note(folder)}")
     if not existing.is_dir():
-        raise UserError(f"{existing} is a file, not a folder{_cache_note(folder)}")
+        raise UserError(f"{existing} is a file, not a folder{cache_note(folder)}")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
     except OSError as error:
         reason = error.strerror or error
-        raise UserError(f"cannot write to {folder}{_cache_note(folder)}: {reason}") from None
+        raise UserError(f"cannot write to {folder}{cache_note(folder)}: {reason}") from None
     os.close(fd)
     os.unlink(probe)
 
 
-def _cache_note(folder: Path) -> str:
+def cache_note(folder: Path) -> str:
     """What an error about `folder` adds where it is in the cache: where that is set."""
     inside = cache_dir() in (folder, *folder.parents)
     return " (the cache; ATTNLAB_CACHE sets it)" if inside else ""
@@ -141,7 +143,9 @@ def remove_stale(directory: Path, name: str, suffix: str = ".tmp") -> None:
                 temporary.unlink()
 
 
-FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a spent quota: raised by writes, unnamed
+# a full disk, a spent quota, a file past its limit (FAT32's 4 GiB, ulimit -f): raised by
+# writes, which name no file
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextmanager

@@ -79,8 +79,15 @@ def test_the_race_trains_each_mixer_alike_and_reports(tmp_path, capsys):
 def test_a_token_budget_warms_up_over_a_tenth_of_its_steps_but_100_at_most():
     for tokens, steps, warmup in ((4096, 8, 0), (10**5, 196, 19), (10**9, 1_953_125, 100)):
         args = argparse.Namespace(tokens=tokens, batch_size=8, context_length=64, learning_rate=1.0)
-        budget, _ = arena_command._budget(args)
+        budget, words = arena_command._budget(args)
         assert budget[:4] == ["--max-iters", str(steps), "--warmup-iters", str(warmup)]
+        assert words == f"{steps * 8 * 64:,} tokens"  # whole steps: the tokens trained on
+
+
+def test_a_token_budget_below_one_step_reports_the_step_it_trains():
+    args = argparse.Namespace(tokens=1, batch_size=8, context_length=64, learning_rate=1.0)
+    budget, words = arena_command._budget(args)
+    assert budget[:2] == ["--max-iters", "1"] and words == "512 tokens"
 
 
 def test_the_report_flags_sizes_too_far_apart_to_compare(tmp_path):
@@ -335,6 +342,21 @@ def test_a_killed_training_run_is_named_so_not_by_its_last_line(tmp_path, monkey
     entry = Entry("lstm", matched_config("lstm", 20_000, 1, 32), tmp_path / "lstm")
     with pytest.raises(UserError, match=r"training lstm failed \(.*lstm.log\): killed by SIGKILL$"):
         arena.train_mixer(entry, [], [], 64, lambda message: None)
+
+
+def test_a_run_on_a_full_disk_fails_in_one_line_not_on_its_empty_peak_file(tmp_path, monkeypatch):
+    """On a full disk the run's peak file is made but its number cannot be written, and its
+    error line cannot reach its log: reading the empty file as a number was a traceback."""
+    popen = subprocess.Popen
+    peak = tmp_path / "lstm.peak_kb"
+    full = f"import sys; open({str(peak)!r}, 'w').close(); sys.exit(2)"
+    monkeypatch.setattr(
+        subprocess, "Popen", lambda _, **kw: popen([sys.executable, "-c", full], **kw)
+    )
+    entry = Entry("lstm", matched_config("lstm", 20_000, 1, 32), tmp_path / "lstm")
+    with pytest.raises(UserError, match=r"\(.*lstm.log\): exit code 2, and nothing in its log$"):
+        arena.train_mixer(entry, [], [], 64, lambda message: None)
+    assert not peak.exists()
 
 
 def test_scaling_interrupted_writes_what_it_measured(tmp_path, capsys, monkeypatch):

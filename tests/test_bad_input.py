@@ -295,6 +295,21 @@ def test_a_file_where_a_folder_must_go_is_named(tmp_path, capsys):
     assert line == f"attnlab: error: {tmp_path / 'afile'} is a file, not a folder"
 
 
+def test_a_link_to_nothing_where_a_folder_must_go_is_named(tmp_path, capsys, monkeypatch):
+    """A link whose target is gone was "File exists: LINK" (tokenize train: after the training)."""
+    (tmp_path / "notes").write_text(TEXT)
+    (tmp_path / "runs").symlink_to(tmp_path / "gone")
+    expected = f"attnlab: error: {tmp_path / 'runs'} is a link that leads nowhere, or around in a "
+    expected += f"loop (to {tmp_path / 'gone'})"
+    monkeypatch.setattr(BPETokenizer, "train", None)  # never reached
+    argv = ["tokenize", "train", "--data", str(tmp_path / "notes"), "--vocab-size", "300"]
+    line = one_line_error(*run([*argv, "--out", str(tmp_path / "runs" / "tok.json")], capsys)[::2])
+    assert line == expected
+    argv = ["train", "gpt", "--data", str(tmp_path / "notes"), "--out", str(tmp_path / "runs")]
+    assert one_line_error(*run(argv, capsys)[::2]) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "runs"]
+
+
 def test_a_misspelt_best_score_stops_at_the_first_evaluation_with_that_step_saved(tmp_path):
     from test_training import make_trainer
 

@@ -218,3 +218,10 @@ def test_translate_keeps_input_order(model, monkeypatch):
     assert "translating: 100%" in sys.stderr.getvalue() and "4/4 [" in sys.stderr.getvalue()
     src = encode_sources(sentences, tokenizer, model)
     assert src[2].tolist()[0] == EOS and (src[:, -1] != PAD).sum() == 1
+
+
+def test_a_huge_length_penalty_ranks_as_a_large_one_without_overflowing():
+    # ((5 + |Y|) / 6)^α overflows a float from α of a few thousand on: the ranking must not
+    model, src = TableModel(), torch.tensor([[3, EOS]])
+    for alpha in (1e4, 1e30):
+        assert beam_search(model, src, beam_size=2, length_penalty=alpha) == [[3, 5]]

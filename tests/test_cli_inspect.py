@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from helpers import loaded_by, one_line_error, overlapping_tick_labels, run
+from helpers import loaded_by, one_line_error, outside_the_figure, overlapping_tick_labels, run
 
 from attnlab.interpretability import plots, viewer
 from attnlab.models.bert import BertConfig, BertForMaskedLM
@@ -136,6 +136,14 @@ def test_the_head_grid_draws_every_head_as_large_however_long_its_sides(
         ax.get_position().width for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"
     ]
     assert len(widths) == 5 * 2 and max(widths) < 1.05 * min(widths)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_the_head_grid_of_a_one_head_model_keeps_its_title_whole(monkeypatch, heads):
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, png, **_: drawn.append(fig) or png)
+    plots.save_head_grid("grid.png", [("blocks self-attention", torch.rand(1, heads, 1, 1))])
+    assert outside_the_figure(drawn[0]) == []
 
 
 def test_every_colour_bar_says_what_its_colour_means(checkpoints, tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Compiled decoding (attnlab/generation/compiled.py): AOTInductor libraries on a CPU, built
 once, kept on disk, and equal to eager decoding."""
 
+import errno
 import os
 import warnings
 import zipfile
@@ -75,10 +76,9 @@ def test_each_build_writes_its_library_under_a_name_of_its_own(tmp_path, monkeyp
     temporary name from it would let one rename the other's library half-written."""
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
     written = []
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", zip_package)
     monkeypatch.setattr(
-        torch._inductor,
-        "aoti_compile_and_package",
-        lambda program, package_path, **options: written.append(package_path) or no_compiler(),
+        compiled_steps, "_check_loads", lambda path: written.append(path.name) or no_compiler()
     )
     model = tiny_gpt("rope", context_length=16)
     for _ in range(2):  # as two processes of the same PID would
@@ -87,6 +87,40 @@ def test_each_build_writes_its_library_under_a_name_of_its_own(tmp_path, monkeyp
             generate(model, [[1, 2, 3]], 2, temperature=0, compile=True)
     compiled_steps._libraries.cache_clear()
     assert len(set(written)) == 2
+    assert not list((tmp_path / "decoding").iterdir())  # and none is left behind
+
+
+def zip_package(program, package_path, **options):
+    """A stand-in for AOTInductor: a library archive written to package_path. A path there
+    would be written by torch's own writer, which aborts the process on a full disk."""
+    if not hasattr(package_path, "write"):
+        pytest.fail("the library is written by torch's writer: a full disk would abort")
+    with zipfile.ZipFile(package_path, "w") as archive:
+        archive.writestr("model.so", b"machine code " * 100)
+
+
+def test_a_full_disk_under_the_cache_decodes_eagerly_and_leaves_no_partial_file(
+    tmp_path, monkeypatch
+):
+    """A full disk aborted `sample --compile` (torch's archive writer failing in a destructor),
+    and left a partial library in the cache: now one warning naming the library, then eagerly."""
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", zip_package)
+    write_bytes = Path.write_bytes
+
+    def full_disk(path, data):
+        if path.parent.name == "decoding":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    model = tiny_gpt("rope", context_length=16)
+    expected = generate(model, [[1, 2, 3]], 6, temperature=0)
+    compiled_steps._libraries.cache_clear()
+    with pytest.warns(RuntimeWarning, match=r"No space left on device: .*decoding/\w+\.pt2'\)"):
+        assert generate(model, [[1, 2, 3]], 6, temperature=0, compile=True) == expected
+    compiled_steps._libraries.cache_clear()
+    assert not list((tmp_path / "decoding").iterdir())
 
 
 def test_a_library_is_kept_for_the_instruction_sets_it_was_built_for(monkeypatch):

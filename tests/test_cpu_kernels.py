@@ -107,6 +107,20 @@ def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypa
     assert not kernel.attention_applies(q, k, None, 0.0)
 
 
+def test_a_link_on_a_full_disk_fails_with_the_linkers_reason(tmp_path, monkeypatch):
+    """The warning showed collect2's "ld returned 1 exit status", never why ld stopped."""
+    compiler = tmp_path / "c++"
+    compiler.write_text(
+        "#!/bin/sh\necho '/usr/bin/ld: final link failed: No space left on device' >&2\n"
+        "echo 'collect2: error: ld returned 1 exit status' >&2\nexit 1\n"
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    with pytest.raises(RuntimeError, match="final link failed: No space left on device"):
+        kernel._compile(str(tmp_path / "kernels.so"), [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c++"]  # no unity source left
+
+
 @pytest.fixture
 def fake_compiler(tmp_path, monkeypatch):
     """A cache of our own in tmp_path and a 'compiler' that writes b"built" (nothing is loaded):

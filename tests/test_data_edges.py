@@ -3,6 +3,7 @@ vocabulary, SST-2's layout missing its training file, label names for classes th
 a read-only folder, a mirror that is a folder, a data folder that is a file, empty names, a
 pipe and a link that leads nowhere."""
 
+import errno
 import hashlib
 import os
 from types import SimpleNamespace
@@ -148,6 +149,24 @@ def test_a_cache_folder_that_is_a_file_is_named_as_the_cache(tmp_path, monkeypat
         f"attnlab: error: {tmp_path / 'notes.txt'} is a file, not a folder (the cache; "
         "ATTNLAB_CACHE sets it)"
     )
+
+
+def test_a_full_disk_under_the_cache_is_named_as_the_cache(tmp_path, monkeypatch, capsys):
+    """The token array filling the disk named a file deep in the cache, not what sets it."""
+    (tmp_path / "notes.txt").write_text("All the world's a stage. " * 40)
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as fsync gives it: no name
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = run(["train", "gpt", "--data", str(tmp_path / "notes.txt"), "--out",
+                        str(tmp_path / "run"), "--max-iters", "1"], capsys)  # fmt: skip
+    line = one_line_error(code, err)
+    tokens = tmp_path / "cache" / "tokens"
+    assert line.startswith(f"attnlab: error: No space left on device: {tokens}{os.sep}")
+    assert line.endswith(".uint16 (the cache; ATTNLAB_CACHE sets it)")
+    assert not any(tokens.iterdir()) and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("kind", ["gpt", "classifier", "vit"])

@@ -214,6 +214,7 @@ def test_base_preset_has_the_papers_size():
         dict(final_norm="x"),
         dict(activation="tanh"),
         dict(label_smoothing=-0.1),
+        dict(label_smoothing=1.0),  # every target uniform: nothing to learn
     ],
 )
 def test_bad_config_is_a_config_error(changes):

@@ -130,6 +130,16 @@ def test_a_probe_that_cannot_score_the_model_stops_the_run_before_training(
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_a_one_symbol_vocabulary_is_refused_not_scored_nan(tmp_path, capsys):
+    corpus, out = tmp_path / "corpus.txt", tmp_path / "run"
+    corpus.write_text("a" * 200)  # one token, repeated: a copy is the same as any other
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(out), "--n-layers", "1",
+            "--n-heads", "1", "--d-model", "8", "--context-length", "8", "--max-iters", "2",
+            "--device", "cpu", "--probes", "induction"]  # fmt: skip
+    assert "2 or more token values" in one_line_error(*run(argv, capsys)[::2])
+    assert not (out / "metrics.jsonl").exists()
+
+
 def test_many_sequences_are_scored_a_chunk_at_a_time(monkeypatch):
     """Memory follows the chunk, not --sequences: 10 sequences in chunks of 4 are three passes
     of at most 4 rows, and a chunk's scores count by its rows (the last holds 2)."""
@@ -156,6 +166,7 @@ def test_many_sequences_are_scored_a_chunk_at_a_time(monkeypatch):
         (dict(n_tokens=31), "n_tokens must be 1 to the vocabulary size 30, got 31"),  # IndexError
         (dict(n_tokens=0), "n_tokens must be 1 to the vocabulary size 30, got 0"),  # all of it
         (dict(n_sequences=0), "n_sequences must be at least 1, got 0"),  # an IndexError
+        (dict(n_tokens=1), "need 2 or more token values to draw from, got 1"),  # copying: NaN
     ],
 )
 def test_bad_numbers_of_tokens_or_sequences_are_named(options, message):

@@ -142,6 +142,15 @@ def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
         assert outside_the_figure(fig) == [], names
 
 
+def test_the_confusion_matrix_of_few_classes_keeps_its_title_whole(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    title = "vit_cats_and_dogs: accuracy 85.00% on 2,000 held-out images"  # as evaluate's
+    for k in (2, 3, 10):
+        plot_confusion(torch.eye(k, dtype=torch.long), list("abcdefghij")[:k], tmp_path, title)
+        assert outside_the_figure(drawn.pop()) == [], k
+
+
 def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
     drawn = []
     monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)

@@ -104,12 +104,13 @@ def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
-def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])  # EFBIG: FAT32's 4 GiB, say
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, code):
     def full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as fsync gives it: no name
+        raise OSError(code, os.strerror(code))  # as fsync gives it: no name
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError, match="No space left on device") as failed:
+    with pytest.raises(OSError, match=os.strerror(code)) as failed:
         atomic_write_bytes(tmp_path / "tokens.bin", b"ids")
     assert failed.value.filename == str(tmp_path / "tokens.bin") and not any(tmp_path.iterdir())
     reading = pytest.raises(ConnectionResetError, match="the server closed the stream")

@@ -240,9 +240,10 @@ def test_resume_keeps_the_precision_auto_first_chose(tmp_path, monkeypatch):
     measured_cpu(monkeypatch, 2.0)  # a second measurement that disagrees
     resumed = make_trainer(tmp_path, max_iters=4, precision="auto")
     assert resumed.dtype == torch.bfloat16
+    resumed.tf32 = True  # as on a GPU, where auto turns TF32 on for bf16's fp32 products
     with pytest.warns(RuntimeWarning, match="goes on in float32, .*auto picks bfloat16 on this"):
         resumed.resume()
-    assert resumed.dtype == torch.float32
+    assert resumed.dtype == torch.float32 and not resumed.tf32  # fp32 kept whole: no TF32
 
 
 def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):

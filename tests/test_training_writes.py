@@ -5,6 +5,7 @@ progress bar show."""
 import errno
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,61 @@ def test_a_failed_write_says_where_and_what_is_kept(tmp_path, monkeypatch, fails
         f"{what} step 4 in {tmp_path / fails} failed: No space left on device; step 2 is saved "
         f"in {tmp_path}"
     )
+
+
+def test_a_log_write_cut_short_by_a_full_disk_leaves_no_half_record(tmp_path, monkeypatch):
+    """A write to a file filling up may take part of a line and return: the rest went unwritten
+    and training went on, leaving half a record that the next resume cut the log at."""
+    trainer = make_trainer(tmp_path, max_iters=4, eval_interval=2, cpu_kernels=False)
+    opened = Path.open
+
+    class FillsUpAtStep4(io.FileIO):
+        space = 10  # bytes left on the disk once step 4 is logged
+
+        def write(self, data):
+            if trainer.step < 4:
+                return super().write(data)
+            if not self.space:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            taken, self.space = data[: self.space], 0
+            return super().write(taken)
+
+    def open_log(path, mode="r", *args, **kwargs):
+        return FillsUpAtStep4(path, mode) if mode == "ab" else opened(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_log)
+    with pytest.raises(UserError, match="logging step 4 in .* failed: No space left on device"):
+        trainer.fit()
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in text.splitlines()] == [1, 2, 3]
+    assert text.endswith("\n")
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_a_full_disk_at_the_run_lock_names_it_and_leaves_nothing(
+    tmp_path, corpus, capsys, monkeypatch, new
+):
+    """The lock's "PID HOST" line, a run's first write, failed on a full disk as "No space left
+    on device", naming nothing, and left the lock (and a new run's folder) behind."""
+    out = tmp_path / "run"
+    if not new:
+        out.mkdir()  # empty: kept, as it was
+
+    def open_full(path, mode):
+        lock = open(path, mode)  # noqa: SIM115 - the run's to close
+        lock.flush = lambda: throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return lock
+
+    monkeypatch.setattr(runs, "open", open_full, raising=False)
+    argv = ["train", "gpt", "--data", str(corpus), "--out", str(out), "--max-iters", "1"]
+    code, _, err = run([*argv, *FAST], capsys)
+    lock = out / ".attnlab.lock"
+    assert one_line_error(code, err) == f"attnlab: error: No space left on device: {lock}"
+    assert not out.exists() if new else not any(out.iterdir())
+
+
+def throw(error):
+    raise error
 
 
 def test_a_loss_plot_that_cannot_be_written_says_the_run_is_saved(

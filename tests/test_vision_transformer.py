@@ -55,6 +55,7 @@ def test_a_model_in_another_dtype_reads_float32_images(dtype):
         ({"patch_size": 5}, "image_size=12 must be divisible by ViTConfig.patch_size=5"),
         ({"n_heads": 3}, "d_model=8 must be divisible by ViTConfig.n_heads=3"),
         ({"pooling": "max"}, "pooling must be one of 'cls', 'mean'"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\), got 1.0"),  # uniform
     ],
 )
 def test_bad_configs_name_the_field(fields, message):

@@ -157,7 +157,7 @@ def _budget(args: argparse.Namespace) -> tuple[list[str], str]:
         steps = max(1, math.ceil(args.tokens / (args.batch_size * args.context_length)))
         budget = ["--max-iters", str(steps), "--warmup-iters", str(min(100, steps // 10))]
         budget += ["--lr-schedule", "wsd", "--min-learning-rate", str(args.learning_rate / 10)]
-        return budget, f"{args.tokens:,.0f} tokens"
+        return budget, f"{steps * args.batch_size * args.context_length:,} tokens"  # as trained
     minutes = args.time or 5.0  # no schedule knows where a time budget ends: constant
     budget = ["--max-iters", str(10**9), "--time-limit", f"{minutes:g}"]
     budget += ["--warmup-iters", "100", "--lr-schedule", "constant"]

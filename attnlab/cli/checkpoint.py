@@ -4,6 +4,8 @@ before any weights are read."""
 
 from __future__ import annotations
 
+import torch
+
 from attnlab.errors import UserError
 from attnlab.models.registry import (
     ABILITIES,
@@ -14,6 +16,8 @@ from attnlab.models.registry import (
     GENERATE_IMAGE,
     TRANSLATE,
     a_kind,
+    build_model,
+    describe,
     get_kind,
 )
 from attnlab.training.checkpoints import Checkpoint, checkpoint_description, load_checkpoint
@@ -38,4 +42,19 @@ def load_for(command: str, capability: str, path: str, device) -> Checkpoint:
             f"{path} holds {a_kind(kind.name)} model, which `attnlab {command}` does not serve "
             f"(it needs one that can {ABILITIES.get(capability, capability)}){hint}"
         )
-    return load_checkpoint(path, device)
+    checkpoint = load_checkpoint(path, device)
+    return widened(checkpoint) if command.startswith("evaluate") else checkpoint
+
+
+def widened(checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint with its model in at least float32, as `attnlab evaluate` scores: bf16 or
+    fp16 weights (a model imported in them) widened exactly, its other tensors built anew in
+    float32 (sinusoids, filters' windows), not rounded to the weights' precision."""
+    weight = next(checkpoint.model.parameters())
+    if weight.dtype not in (torch.bfloat16, torch.float16):
+        return checkpoint
+    with torch.random.fork_rng(devices=[]):  # its first weights, replaced: drawn from no one's
+        model = build_model(checkpoint.kind.name, describe(checkpoint.model)["config"])
+    model.load_state_dict(checkpoint.model.state_dict())  # copied into float32 tensors
+    checkpoint.model = model.to(weight.device).eval()
+    return checkpoint

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnlab.cli.checkpoint import load_for
+from attnlab.cli.checkpoint import load_for, widened
 from attnlab.cli.classify_image import evaluate_classifier_command, evaluated_split
 from attnlab.cli.options import (
     add_device_flag,
@@ -184,7 +184,7 @@ def evaluate_as_trained(args: argparse.Namespace) -> int:
             "all of other --data (a file, such as a folder's train.tsv)"
         )
     found = run_description(args.checkpoint)  # None: weights saved outside a run (imported)
-    checkpoint = load_checkpoint(args.checkpoint, pick_device(args.device))
+    checkpoint = widened(load_checkpoint(args.checkpoint, pick_device(args.device)))
     settings = run_data_settings(args, checkpoint.kind)
     if hasattr(settings, "tokenizer") and "tokenizer" not in checkpoint.artifacts:
         raise UserError(

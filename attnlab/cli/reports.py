@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -217,6 +218,9 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
                     ax.text(
                         j, i, str(counts[i][j]), ha="center", va="center", fontsize=7, color=colour
                     )
-    ax.set(xlabel="predicted class", ylabel="true class", title=as_text(title))
+    # a title wider than the axes it is centred over would run off the figure: a few classes
+    # make a small figure: wrapped at about 8 characters an inch, as the names are
+    title = textwrap.fill(as_text(title), width=int(8 * side))
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     return save_figure(fig, png)

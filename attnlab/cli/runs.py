@@ -16,7 +16,7 @@ from attnlab.cli import INTERRUPTED
 from attnlab.cli.options import LOSS_PLOT
 from attnlab.cli.reports import note, plot_losses, progress_printer, stderr_closed
 from attnlab.errors import UserError
-from attnlab.files import BEST_DIR, RUN_FILE, RUN_LOCK, read_json
+from attnlab.files import BEST_DIR, RUN_FILE, RUN_LOCK, naming, read_json
 from attnlab.training.checkpoints import JOURNAL_FILE
 from attnlab.training.trainer import METRICS_FILE, Trainer
 
@@ -29,13 +29,14 @@ def run_lock(out: Path) -> Iterator[None]:
     that stopped on bad input) is removed."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / RUN_LOCK
-    lock = _take_lock(path, out)
+    path, lock = out / RUN_LOCK, None
     try:
+        lock = _take_lock(path, out)
         yield
     finally:
-        path.unlink(missing_ok=True)  # while still held: a process waiting on it starts over
-        lock.close()
+        if lock is not None:  # else another's, or none: a full disk stopped its writing
+            path.unlink(missing_ok=True)  # while still held: a process waiting starts over
+            lock.close()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
@@ -57,12 +58,18 @@ def _take_lock(path: Path, out: Path) -> IO[str]:
             ) from None
         try:
             if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):  # not removed since
-                lock.truncate(0)
-                lock.write(f"{os.getpid()} {socket.gethostname()}\n")
-                lock.flush()
+                with naming(path):  # a full disk's error, which names no file, names the lock
+                    lock.truncate(0)
+                    lock.write(f"{os.getpid()} {socket.gethostname()}\n")
+                    lock.flush()
                 return lock
         except FileNotFoundError:
             pass
+        except OSError:  # held: removed, and closed (its unwritten line fails again)
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                lock.close()
+            raise
         lock.close()  # its holder removed it as we opened it: take the next one
 
 

@@ -162,11 +162,13 @@ def train_mixer(
         process.returncode = os.waitstatus_to_exitcode(status)
     entry.peak_rss_mib = usage.ru_maxrss / 1024  # Linux reports KiB: at least the arena's peak
     if peak.is_file():
-        entry.peak_rss_mib = int(peak.read_text()) / 1024
+        written = peak.read_text()  # empty where its write failed (a full disk): wait4's stands
+        entry.peak_rss_mib = int(written) / 1024 if written.isdigit() else entry.peak_rss_mib
         peak.unlink()
-    if process.returncode != 0:
+    if process.returncode != 0:  # no line: killed at once, or a full disk took it
         lines = Path(log_file.name).read_text(errors="replace").strip().splitlines()
-        last = (lines or ["?"])[-1].removeprefix("attnlab: error: ")
+        nothing = f"exit code {process.returncode}, and nothing in its log"
+        last = (lines or [nothing])[-1].removeprefix("attnlab: error: ")
         if process.returncode < 0:  # its last line is no error: killed (out of memory, say)
             last = f"killed by {signal.Signals(-process.returncode).name}"
         raise TrainingFailed(entry.mixer, log_file.name, last)

@@ -35,6 +35,7 @@ best hypothesis is returned (no n-best list), without its score.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -122,6 +123,14 @@ def gnmt_length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
+def _rank(log_prob: float, length: int, alpha: float) -> float:
+    """A finished hypothesis's rank: ordered as log P / lp(Y) is (log P <= 0), but taken in
+    logarithms, -log(-log P) + α·log((5 + |Y|) / 6), so that no α overflows lp."""
+    if log_prob >= 0:  # certain
+        return math.inf
+    return -math.log(-log_prob) + alpha * math.log((5 + length) / 6)
+
+
 class _Search:
     """The state of a batched beam search: the rows still searching and their hypotheses."""
 
@@ -169,7 +178,7 @@ class _Search:
         for r, j in (is_end[:, : self.k] & finite[:, : self.k]).nonzero().tolist():
             row = r * self.k + int(beam[r, j])
             ids = self.tokens[row, 1:].tolist()  # without <s>; </s> is not stored
-            score = float(top_scores[r, j]) / gnmt_length_penalty(step + 1, self.alpha)
+            score = _rank(float(top_scores[r, j]), step + 1, self.alpha)
             self.finished[self.active[r]].append((score, ids))
 
     def _select_rows(self, rows: torch.Tensor) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -44,7 +45,14 @@ from torch import nn
 
 from attnlab.devices import Compiled, cpu_instructions, warn_compiler_failure
 from attnlab.errors import UserError
-from attnlab.files import cache_dir, make_private, private_file, private_folder, remove_stale
+from attnlab.files import (
+    cache_dir,
+    make_private,
+    naming,
+    private_file,
+    private_folder,
+    remove_stale,
+)
 from attnlab.generation.sampling import SamplingConfig
 
 # Inductor's CPU limits for the rewrite: products with one row, other sides up to 2048
@@ -197,14 +205,20 @@ def _build(generation: _Generation, idx, seen, noise) -> Callable:
         remove_stale(path.parent, path.name, PARTIAL)
         # a name of its own: processes of two machines sharing the cache may have one PID
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL}")
+        package = io.BytesIO()  # torch's writer, failing on a full disk, aborts the process
         torch._inductor.aoti_compile_and_package(
             program,
-            package_path=str(partial),
+            package_path=package,
             inductor_configs=copy.deepcopy(INDUCTOR_OPTIONS),  # Inductor fills it in
         )
-        _check_loads(partial)
-        make_private(partial)  # else, group-writable under a umask of 002, never loaded again
-        os.replace(partial, path)  # whole or absent, for a concurrent run
+        try:
+            with naming(path):  # a full disk's error names the library
+                partial.write_bytes(package.getbuffer())
+            _check_loads(partial)
+            make_private(partial)  # else, group-writable under a umask of 002, never loaded again
+            os.replace(partial, path)  # whole or absent, for a concurrent run
+        finally:
+            partial.unlink(missing_ok=True)
         _prune(path.parent)
         package = torch._inductor.aoti_load_package(str(path))
     # The loader's own entry point takes the flat list; the package's __call__ would flatten

@@ -127,6 +127,8 @@ def induction_scores(
     n_tokens = vocab_size if n_tokens is None else n_tokens
     if not 1 <= n_tokens <= vocab_size:
         raise UserError(f"n_tokens must be 1 to the vocabulary size {vocab_size}, got {n_tokens}")
+    if n_tokens == 1:  # every position the same token: no prefix to match, no rank (0/0)
+        raise UserError("induction scores need 2 or more token values to draw from, got 1")
     if n_sequences < 1:
         raise UserError(f"n_sequences must be at least 1, got {n_sequences}")
     device = next(model.parameters()).device

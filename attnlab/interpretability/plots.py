@@ -85,7 +85,8 @@ def save_head_grid(png: str | Path, groups: list[tuple[str, torch.Tensor]]) -> P
 
     rows = [(title, layer, w) for title, weights in groups for layer, w in enumerate(weights)]
     n_heads = max(w.size(0) for _, _, w in rows)
-    fig = Figure(figsize=(1.3 * n_heads + 1.6, 1.3 * len(rows) + 0.8), layout="constrained")
+    width = max(1.3 * n_heads + 1.6, 3.6)  # room for the title over a single head
+    fig = Figure(figsize=(width, 1.3 * len(rows) + 0.8), layout="constrained")
     axes = fig.subplots(len(rows), n_heads, squeeze=False)
     for r, (title, layer, weights) in enumerate(rows):
         for h in range(n_heads):

@@ -242,8 +242,8 @@ def _compile(output: str, flags: list[str]) -> None:
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
     compiler = os.environ.get("CXX", "c++")
     unity = Path(output).with_suffix(".cpp")
-    unity.write_text("".join(f'#include "{source}"\n' for source in SOURCES))
-    try:
+    try:  # a full disk may stop the write itself: nothing is left behind
+        unity.write_text("".join(f'#include "{source}"\n' for source in SOURCES))
         built = subprocess.run(
             [compiler, str(unity), "-o", output, *flags, *includes]
             + [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu"],
@@ -253,8 +253,11 @@ def _compile(output: str, flags: list[str]) -> None:
     finally:
         unity.unlink(missing_ok=True)
     if built.returncode:
-        errors = [line for line in built.stderr.splitlines() if "error" in line]
-        raise RuntimeError(f"{compiler}: {(errors or built.stderr.splitlines() or ['?'])[0]}")
+        # the linker says why first ("final link failed: No space left on device"), then
+        # collect2 that it failed ("ld returned 1 exit status")
+        lines = built.stderr.splitlines()
+        errors = [line for line in lines if "error" in line or "failed:" in line]
+        raise RuntimeError(f"{compiler}: {(errors or lines or ['?'])[0]}")
 
 
 def _trusted(library: Path, digest: Path) -> bool:

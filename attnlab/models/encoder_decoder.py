@@ -100,7 +100,7 @@ class EncoderDecoderConfig:
         check_choice(name, "final_norm", self.final_norm, FINAL_NORMS)
         for field in ("dropout", "attention_dropout", "activation_dropout"):
             check_dropout(name, field, getattr(self, field))
-        check_range(name, "label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_dropout(name, "label_smoothing", self.label_smoothing)
         specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
         for field, value in specials.items():
             check_range(name, field, value, 0, self.vocab_size - 1)

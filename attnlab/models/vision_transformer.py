@@ -24,7 +24,6 @@ from attnlab.config import (
     check_divides,
     check_dropout,
     check_positive,
-    check_range,
     check_types,
 )
 from attnlab.data.image_classification import ImageDataConfig, image_training_data
@@ -87,7 +86,7 @@ class ViTConfig:
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
         check_choice(name, "norm", self.norm, NORMS)
         check_dropout(name, "dropout", self.dropout)
-        check_range(name, "label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_dropout(name, "label_smoothing", self.label_smoothing)
 
     @property
     def n_patches(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from attnlab.files import atomic_write_bytes
 
@@ -34,6 +34,19 @@ def truncate_metrics(path: Path, step: int) -> None:
             kept.append(line)
         last = record["step"]
     atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+def append_record(log: BinaryIO, record: dict[str, Any]) -> None:
+    """Append a record to the log, an unbuffered file: whole, or (a full disk) not at all. A
+    write may take part of the line and return; the rest is written after it, and a write that
+    fails takes the part back, so that no half record is left for the next line to follow."""
+    line, start = (json.dumps(record) + "\n").encode(), log.tell()
+    try:
+        while line:
+            line = line[log.write(line) :]
+    except OSError:
+        log.truncate(start)
+        raise
 
 
 def _record(line: str) -> dict[str, Any] | None:

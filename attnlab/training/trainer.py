@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import random
 import signal
@@ -48,7 +47,7 @@ from attnlab.signals import on_signals
 from attnlab.training.checkpoints import MODEL_FILE, check_tokenizer, load_weights, save_checkpoint
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import ALONE, Group
-from attnlab.training.metrics_log import truncate_metrics
+from attnlab.training.metrics_log import append_record, truncate_metrics
 from attnlab.training.optimizers import build_optimizer, clip_gradients, scheduled_learning_rate
 from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics, check_sources
@@ -183,7 +182,7 @@ class Trainer:
                         record.update(self.evaluate())
                     if writer:  # logged before the save: a checkpoint never outruns its log
                         with self.writing(f"logging step {self.step} in {metrics.name}"):
-                            metrics.write((json.dumps(record) + "\n").encode())
+                            append_record(metrics, record)
                         self.on_record(record)
                     if evaluating:
                         losses = [kv for kv in self.last_eval.items() if kv[0].endswith("_loss")]
@@ -218,7 +217,8 @@ class Trainer:
         }
         flops_per_unit = getattr(self.model, f"flops_per_{self.unit}", lambda: None)()
         if flops_per_unit:
-            peak = measure_peak_flops(self.device, self.dtype)  # measured once per process
+            # once per process; fp32's where faster: an emulated bf16 peak gave MFU > 1
+            peak = max(measure_peak_flops(self.device, d) for d in {self.dtype, torch.float32})
             record["mfu"] = flops_per_unit * rate / (peak * self.group.world)
         return record
 
@@ -383,6 +383,7 @@ class Trainer:
         best = resumed_best(state.get("best"), self.out_dir / BEST_DIR / MODEL_FILE)
         self.best = self.group.from_writer(best)  # rank 0's, which saves best/: all alike
         self.dtype = resumed_dtype(state.get("precision"), self.config.precision, self.dtype)
+        self.tf32 &= self.dtype != torch.float32  # a run kept in fp32 (auto): its products too
         if not restore_random_states(self.out_dir, state["rng"], self.train_data, self.group):
             # saved by another number of ranks: the others draw their own (dropout)
             torch.manual_seed(self.config.seed + self.group.rank + self.step)
