@@ -47,9 +47,10 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def check_positive(owner: str, **fields: int | float) -> None:
-    """Raise ConfigError unless every given field is > 0 (and finite: NaN is not positive)."""
+    """Raise ConfigError unless every given field that is set (not None) is > 0 (and finite:
+    NaN is not positive)."""
     for name, value in fields.items():
-        if not 0 < value < math.inf:
+        if value is not None and not 0 < value < math.inf:
             raise ConfigError(f"{owner}.{name} must be a positive number, got {value!r}")
 
 

@@ -337,6 +337,15 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
     return _PEAK_FLOPS[key]
 
 
+def mfu_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """What MFU is against: the faster of `dtype`'s and fp32's peak, the most the hardware can
+    do (a CPU that emulates bf16 multiplies bf16 matrices far slower than fp32 ones, and
+    a small model's small products faster than that: against bf16's peak MFU came out above 1).
+    A GPU's bf16 is never the slower: fp32's is not measured there."""
+    dtypes = {dtype} if device.type == "cuda" else {dtype, torch.float32}
+    return max(measure_peak_flops(device, d) for d in dtypes)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

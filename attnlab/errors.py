@@ -29,9 +29,16 @@ class NotRegistered(ConfigError):
         super().__init__(f"unknown {what} {name!r}; {self.known}")
 
 
+class OutputError(OSError):
+    """Standard output could not be written (a full disk behind `> FILE`, `ulimit -f`): an
+    OSError still, which no `except UserError` takes for the input's."""
+
+
 def os_error_line(error: OSError) -> str:
     """An OSError of the user's files and folders (missing, read-only, a full disk) as the line
     they read: what went wrong, and where. A folder to be made under a file names the file."""
+    if isinstance(error, OutputError):
+        return f"cannot write standard output: {error.strerror or error}"
     if isinstance(error, FileExistsError | NotADirectoryError):
         path = Path(error.filename or "")
         if file := next((p for p in (path, *path.parents) if p.is_file()), None):

@@ -185,11 +185,12 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     if _is_stdout(path):  # /dev/stdout: after what was printed, not over it (`> file`)
         sys.stdout.flush()
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        with naming(path):  # a full disk's error names the file
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
         return
     if written_in_place(path):
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+        with naming(path), os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             yield f
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +316,8 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return decode_utf8(readable(path, what).read_bytes())
     except UnicodeDecodeError as error:
+        if error.object[:2] == b"\x1f\x8b":  # gzip's magic number: no text to convert
+            raise UserError(f"{what} {path} is gzip-compressed: decompress it (gunzip)") from None
         raise UserError(
             f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start:,}): "
             "convert it to UTF-8"

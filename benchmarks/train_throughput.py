@@ -1,7 +1,8 @@
 """Training throughput of the CPU "baby GPT" (configs/gpt_shakespeare_char.toml).
 
-Prints a markdown table: ms/iter, tokens/s, MFU (against this machine's measured matmul peak)
-and the speed-up over a baseline, for these variants of the baby GPT's shape:
+Prints a markdown table: ms/iter, tokens/s, MFU (against this machine's measured matmul peak,
+the faster of the variant's precision and fp32, as training logs it) and the speed-up over a
+baseline, for these variants of the baby GPT's shape:
 
 - baseline: nanoGPT's recipe for it: learned positions, exact GELU, no biases, fp32, eager,
   torch's kernels only (attnlab's CPU kernels disabled), and torch's default AdamW on a CPU (a
@@ -45,7 +46,7 @@ import torch
 from attnlab.cli.options import build_config, read_toml
 from attnlab.data.text import RandomWindows
 from attnlab.devices import (
-    measure_peak_flops,
+    mfu_peak_flops,
     pick_device,
     pick_dtype,
 )
@@ -192,7 +193,7 @@ def main() -> None:
     base = statistics.median(seconds[names[0]])
     for name, trainer in trainers.items():
         median = statistics.median(seconds[name])
-        peak = measure_peak_flops(trainer.device, trainer.dtype)
+        peak = mfu_peak_flops(trainer.device, trainer.dtype)
         mfu = trainer.model.flops_per_token() * tokens / median / (peak * group.world)
         precision = str(trainer.dtype).removeprefix("torch.")
         if trainer.compiled is not None:  # compiling may have failed: then the steps ran eagerly

@@ -359,6 +359,23 @@ def test_a_run_on_a_full_disk_fails_in_one_line_not_on_its_empty_peak_file(tmp_p
     assert not peak.exists()
 
 
+@pytest.mark.parametrize("written", ["2048", ""])
+def test_a_runs_peak_is_its_own_kib_or_wait4s_where_its_file_is_empty(
+    tmp_path, monkeypatch, written
+):
+    popen = subprocess.Popen
+    peak = tmp_path / "lstm.peak_kb"
+    ends = f"open({str(peak)!r}, 'w').write({written!r})"  # a full disk: the file, empty
+    monkeypatch.setattr(
+        subprocess, "Popen", lambda _, **kw: popen([sys.executable, "-c", ends], **kw)
+    )
+    monkeypatch.setattr(arena, "read_run", lambda entry, tokens_per_step: None)
+    entry = Entry("lstm", matched_config("lstm", 20_000, 1, 32), tmp_path / "lstm")
+    arena.train_mixer(entry, [], [], 64, lambda message: None)
+    assert entry.peak_rss_mib == 2.0 if written else entry.peak_rss_mib > 1  # a Python's MiB
+    assert not peak.exists()
+
+
 def test_scaling_interrupted_writes_what_it_measured(tmp_path, capsys, monkeypatch):
     def measure(name, length, d_model, repeats):
         if name == "lstm" and length > 16:

@@ -225,3 +225,13 @@ def test_a_huge_length_penalty_ranks_as_a_large_one_without_overflowing():
     model, src = TableModel(), torch.tensor([[3, EOS]])
     for alpha in (1e4, 1e30):
         assert beam_search(model, src, beam_size=2, length_penalty=alpha) == [[3, 5]]
+
+
+def test_a_certain_output_ranks_first_at_any_length_penalty(monkeypatch):
+    # log P rounds to 0 in float32: the best a hypothesis can be, not a log of 0; the other
+    # finished one (B </s>, P about 1e-13) is less likely at any α
+    monkeypatch.setitem(TableModel.NEXT, (), {3: 1.0})
+    monkeypatch.setitem(TableModel.NEXT, (3,), {EOS: 1.0})
+    for alpha in (0.0, 1.0, 1e4):
+        src = torch.tensor([[3, EOS]])
+        assert beam_search(TableModel(), src, beam_size=2, length_penalty=alpha) == [[3]]

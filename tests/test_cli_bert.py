@@ -310,7 +310,8 @@ def test_a_dev_text_a_character_tokenizer_cannot_read_is_one_line(tmp_path, caps
     (data / "dev.tsv").write_text("sentence\tlabel\nschön\t1\na fine film\t0\n")
     argv = ["train", "classifier", "--data", str(data), "--out", str(tmp_path / "out"), *TINY]
     line = one_line_error(*run(argv, capsys)[::2])
-    assert "a text held out for evaluation does not encode" in line and "'ö'" in line
+    assert "a text held out for evaluation has 1 character(s)" in line and "'ö'" in line
+    assert line.count("bpe:N") == 1 and line.count("training text") == 1  # the hint once
 
 
 def test_evaluate_refuses_data_of_other_classes(texts, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """attnlab in shell pipelines and scripts: a reader that goes away, outputs named by a link or a
 pipe (/dev/stdout, a shell's >(...)), and --json that any JSON reader takes."""
 
+import errno
+import io
 import json
 import os
 import subprocess
@@ -11,8 +13,9 @@ import pytest
 import torch
 from helpers import Terminal, read_only, run
 
+from attnlab.cli import main
 from attnlab.cli.options import check_output, print_json
-from attnlab.files import atomic_write_bytes
+from attnlab.files import atomic_write_bytes, naming
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers.byte import ByteTokenizer
 from attnlab.training.checkpoints import save_checkpoint
@@ -121,6 +124,53 @@ def test_an_output_named_by_dev_stdout_follows_what_was_printed(tmp_path, monkey
         atomic_write_bytes(stdout, b"one\ntwo\n")
         print("after")
     assert out.read_text() == "before\none\ntwo\nafter\n"
+
+
+class FullDisk(io.StringIO):
+    """stdout on a full disk: every write and flush fails, naming no file."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    flush = write
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tokenize", "encode", "--tokenizer", "byte", "hi"],
+        ["tokenize", "show", "--tokenizer", "byte", "hi"],
+        ["data", "list"],
+        ["--help"],
+        ["sample", "RUN", "--max-new-tokens", "3", "--device", "cpu"],
+        ["evaluate", "RUN", "--data", "TEXT", "--json", "--device", "cpu"],
+    ],
+)
+def test_stdout_on_a_full_disk_is_named(tmp_path, capsys, monkeypatch, argv):
+    """`attnlab sample RUN > FILE` on a full disk: the line says what could not be written."""
+    monkeypatch.setenv("ATTNLAB_DATA", str(tmp_path))
+    if "RUN" in argv:
+        config = GPTConfig(vocab_size=256, context_length=8, n_layers=1, n_heads=2, d_model=16)
+        save_checkpoint(tmp_path / "run", GPT(config), {"tokenizer": ByteTokenizer()})
+        (tmp_path / "text.txt").write_text("to be or not to be, that is the question. " * 4)
+    paths = {"RUN": str(tmp_path / "run"), "TEXT": str(tmp_path / "text.txt")}
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    code = main([paths.get(word, word) for word in argv])
+    err = capsys.readouterr().err
+    assert (code, err) == (
+        2,
+        "attnlab: error: cannot write standard output: No space left on device\n",
+    )
+
+
+def test_an_output_named_by_a_device_names_it_on_a_full_disk(tmp_path):
+    """A full disk behind a link or a device (--png /dev/stdout > FILE): the error names it."""
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        atomic_write_bytes("/dev/full", b"one\n")  # ENOSPC on every write, as a full disk
+    assert raised.value.filename == "/dev/full"
+    with pytest.raises(OSError) as raised, naming(tmp_path / "out.png"):
+        raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))  # not a full disk's: as it was
+    assert raised.value.filename is None
 
 
 def test_a_training_run_whose_reader_goes_away_ends_saved(tmp_path, corpus):

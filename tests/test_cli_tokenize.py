@@ -86,6 +86,8 @@ def test_train_encode_decode_show(trained_file, capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert "|".join(tokenizer.decode([i]) for i in tokenizer.encode("the fox")) == lines[0]
     assert "bytes/token" in lines[1]
+    assert main(["tokenize", "show", "--tokenizer", str(trained_file), ""]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "0 tokens, 0 bytes"  # no 0/0 as a ratio
 
 
 def test_show_colours_on_a_terminal(trained_file, capsys, monkeypatch):

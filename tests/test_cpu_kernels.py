@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import os
 import subprocess
@@ -119,6 +120,31 @@ def test_a_link_on_a_full_disk_fails_with_the_linkers_reason(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="final link failed: No space left on device"):
         kernel._compile(str(tmp_path / "kernels.so"), [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c++"]  # no unity source left
+
+
+def test_a_compile_error_is_named_by_its_error_line(tmp_path, monkeypatch):
+    compiler = tmp_path / "c++"
+    compiler.write_text(
+        "#!/bin/sh\necho 'In file included from unity.cpp:1:' >&2\n"
+        "echo 'attention.cpp:3:1: error: expected a type' >&2\nexit 1\n"
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    with pytest.raises(RuntimeError, match="c..: attention.cpp:3:1: error: expected a type$"):
+        kernel._compile(str(tmp_path / "kernels.so"), [])
+
+
+def test_a_full_disk_writing_the_unity_source_leaves_no_part_of_it(tmp_path, monkeypatch):
+    write_text = Path.write_text
+
+    def full(path, text):
+        write_text(path, text[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)):
+        kernel._compile(str(tmp_path / "kernels.so"), [])
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from attnlab.data.classification import (
 from attnlab.data.corpus import corpus_files
 from attnlab.data.masked_lm import IGNORE_INDEX, MaskedLMDataConfig, masked_lm_training_data
 from attnlab.data.translation import read_lines
-from attnlab.errors import UserError
+from attnlab.errors import UserError, os_error_line
 from attnlab.files import cache_dir, check_writable, read_text
 from attnlab.training.artifacts import ClassNames
 from attnlab.training.sources import DataRequest
@@ -167,6 +167,24 @@ def test_a_full_disk_under_the_cache_is_named_as_the_cache(tmp_path, monkeypatch
     assert line.startswith(f"attnlab: error: No space left on device: {tokens}{os.sep}")
     assert line.endswith(".uint16 (the cache; ATTNLAB_CACHE sets it)")
     assert not any(tokens.iterdir()) and not (tmp_path / "run").exists()
+
+
+def test_a_cache_folder_that_is_a_link_in_a_loop_is_named_as_the_cache(tmp_path, monkeypatch):
+    (tmp_path / "cache").symlink_to("cache")  # itself: no folder at its end
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError) as refused:
+        check_writable(tmp_path / "cache" / "tokens")
+    assert str(refused.value) == (
+        f"{tmp_path / 'cache'} is a link that leads nowhere, or around in a loop (to cache) "
+        "(the cache; ATTNLAB_CACHE sets it)"
+    )
+
+
+def test_an_error_line_where_the_cache_has_no_home_folder_names_the_error(monkeypatch):
+    """Asking whether a file is in a cache that cannot be found stopped the error's own line."""
+    monkeypatch.setenv("ATTNLAB_CACHE", "~no-such-user-here/kept")
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/no/such/file")
+    assert os_error_line(error) == f"{os.strerror(errno.ENOSPC)}: /no/such/file"
 
 
 @pytest.mark.parametrize("kind", ["gpt", "classifier", "vit"])

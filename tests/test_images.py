@@ -70,6 +70,20 @@ def test_idx_folder_reads_plain_and_gzip(tmp_path, compress):
     assert data.classes == ("0", "1", "2") and data.train.labels.tolist()[:4] == [0, 1, 2, 0]
 
 
+def test_idx_files_are_read_as_their_bytes_say_not_as_their_names_say(tmp_path):
+    train = write_mnist(tmp_path, compress=False)
+    for path in tmp_path.glob("train-*"):  # unpacked by the browser that got them, still .gz
+        path.rename(path.with_name(path.name + ".gz"))
+    for path in tmp_path.glob("t10k-*"):  # gzip bytes under the plain name
+        path.write_bytes(gzip.compress(path.read_bytes()))
+    data = load_idx_folder(tmp_path)
+    assert torch.equal(data.train.images[:, 0], torch.from_numpy(train))
+    assert data.test.images.shape == (6, 1, 6, 6) and data.test.labels.tolist()[:3] == [0, 1, 2]
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty is not an IDX label file: magic number none \(0"):
+        read_idx(tmp_path / "empty", IDX_LABELS)
+
+
 def test_idx_with_a_wrong_magic_number_is_refused(tmp_path):
     path = tmp_path / "labels"
     path.write_bytes(idx_bytes(np.zeros(4, np.uint8), IDX_LABELS))

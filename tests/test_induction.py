@@ -2,6 +2,7 @@
 change in a tiny attention-only GPT trained on repeated random tokens, and the Trainer's probe."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -163,8 +164,8 @@ def test_many_sequences_are_scored_a_chunk_at_a_time(monkeypatch):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(n_tokens=31), "n_tokens must be 1 to the vocabulary size 30, got 31"),  # IndexError
-        (dict(n_tokens=0), "n_tokens must be 1 to the vocabulary size 30, got 0"),  # all of it
+        (dict(n_tokens=31), "n_tokens must be 2 to the vocabulary size 30, got 31"),  # IndexError
+        (dict(n_tokens=0), "n_tokens must be 2 to the vocabulary size 30, got 0"),  # all of it
         (dict(n_sequences=0), "n_sequences must be at least 1, got 0"),  # an IndexError
         (dict(n_tokens=1), "need 2 or more token values to draw from, got 1"),  # copying: NaN
     ],
@@ -173,3 +174,10 @@ def test_bad_numbers_of_tokens_or_sequences_are_named(options, message):
     model = GPT(GPTConfig(vocab_size=30, context_length=16, n_layers=1, n_heads=2, d_model=16))
     with pytest.raises(UserError, match=message):
         induction_scores(model, **options)
+
+
+def test_two_token_values_are_enough_to_score():
+    model = GPT(GPTConfig(vocab_size=30, context_length=16, n_layers=1, n_heads=2, d_model=16))
+    report = induction_scores(model, n_sequences=2, n_tokens=2)
+    assert math.isfinite(report.in_context_score) and report.prefix_matching.isfinite().all()
+    assert report.copying is not None and report.copying.isfinite().all()

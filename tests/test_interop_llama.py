@@ -61,7 +61,10 @@ NO_SPECIALS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
     """Weights larger than Hugging Face's N(0, 0.02) and norm gains away from 1, so that
-    attention patterns, RoPE and the norms all shape the logits."""
+    attention patterns, RoPE and the norms all shape the logits. In float64: the two then differ
+    only where transformers works in float32 whatever the model's dtype (RMSNorm's statistics,
+    RoPE's angles), by 5e-6 at most here, where in float32 orders of summation that vary from
+    CPU to CPU took them past 1e-5 on some."""
     torch.manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -69,7 +72,7 @@ def randomised(model: torch.nn.Module) -> torch.nn.Module:
                 param.uniform_(0.5, 1.5)
             else:
                 param.normal_(0, 0.2)
-    return model.eval()
+    return model.double().eval()
 
 
 def random_llama(fields: dict) -> LlamaForCausalLM:

@@ -9,11 +9,13 @@ import torch
 from helpers import run
 
 from attnlab import devices
+from attnlab.cli import checkpoint
 from attnlab.data.text import TextSplits, language_model_data
+from attnlab.layers.recurrent import make_recurrence, recurrent_state, run_recurrence
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.models.recurrent_lm import RecurrentLM, RecurrentLMConfig
 from attnlab.tokenizers import CharTokenizer
-from attnlab.training.checkpoints import save_checkpoint
+from attnlab.training.checkpoints import load_checkpoint, save_checkpoint
 from attnlab.training.trainer import TrainConfig, Trainer
 
 TEXT = "a stitch in time saves nine. " * 40
@@ -78,3 +80,52 @@ def test_evaluate_scores_bf16_or_fp16_weights_in_fp32(tmp_path, capsys):
             assert code == 0, err
             scores[name] = json.loads(text)["loss"]
         assert scores[dtype] == scores[torch.float32]
+
+
+def test_a_gru_under_cpu_bf16_autocast_keeps_its_hidden_state_in_float32():
+    """The LSTM's inputs are cast to bf16 for a kernel that runs on any CPU; a GRU runs as
+    torch runs it, its hidden state carried in float32 (cast, it was rounded to bf16 at every
+    step)."""
+    recurrence = make_recurrence("gru", 16, 16)
+    x = torch.randn(2, 24, 16)
+    state = recurrent_state()
+    with devices.autocast(torch.device("cpu"), torch.bfloat16):
+        out = run_recurrence(recurrence, x, state)
+        expected, hidden = recurrence(x)
+    assert out.dtype == state.get("h").dtype == torch.float32
+    assert torch.equal(out, expected) and torch.equal(state.get("h"), hidden)
+
+
+def test_evaluate_scores_a_bf16_model_as_trained_in_fp32(tmp_path, capsys):
+    """A masked LM (scored by the evaluation its training ran) in bf16 weights scores as the
+    same weights widened to float32, as a language model's do."""
+    from attnlab.data.masked_lm import SPECIALS
+    from attnlab.models.bert import BertConfig, BertForMaskedLM
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT.replace(". ", ".\n"))
+    tokenizer = CharTokenizer.from_text(TEXT, special_tokens=SPECIALS)
+    pad = tokenizer.special_tokens["[PAD]"]
+    config = BertConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1,
+                        n_heads=2, d_model=16, pad_id=pad)  # fmt: skip
+    narrow = BertForMaskedLM(config).to(torch.bfloat16)
+    scores = []
+    for name, weights in (("bf16", narrow), ("fp32", copy.deepcopy(narrow).float())):
+        save_checkpoint(tmp_path / name, weights, {"tokenizer": tokenizer})
+        argv = ["evaluate", str(tmp_path / name), "--data", str(corpus), "--json"]
+        code, text, err = run(argv, capsys)
+        assert code == 0, err
+        scores.append(json.loads(text)["val_loss"])
+    assert scores[0] == scores[1]
+
+
+def test_widening_leaves_the_callers_random_state_and_gives_a_model_in_eval_mode(tmp_path):
+    """Widened as loaded: the model built anew draws its first weights from no one's generator,
+    and scores without dropout."""
+    model = GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, context_length=16, n_layers=1,
+                          n_heads=2, d_model=16, dropout=0.5))  # fmt: skip
+    save_checkpoint(tmp_path, model.to(torch.bfloat16), {"tokenizer": TOKENIZER})
+    loaded, state = load_checkpoint(tmp_path), torch.random.get_rng_state()
+    widened = checkpoint.widened(loaded)
+    assert torch.equal(state, torch.random.get_rng_state()) and not widened.model.training
+    assert next(widened.model.parameters()).dtype == torch.float32

@@ -104,7 +104,7 @@ def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])  # EFBIG: FAT32's 4 GiB, say
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])  # a quota, 4 GiB
 def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, code):
     def full(fd):
         raise OSError(code, os.strerror(code))  # as fsync gives it: no name

@@ -69,6 +69,14 @@ def test_a_tsv_file_whose_lines_end_in_a_lone_carriage_return_is_told_so(tmp_pat
         read_tsv(path)
 
 
+def test_a_gzip_compressed_tsv_file_is_told_to_be_decompressed_not_converted(tmp_path):
+    path = tmp_path / "train.tsv.gz"
+    path.write_bytes(gzip.compress(b"sentence\tlabel\ngood\t1\nbad\t0\n"))
+    with pytest.raises(UserError) as error:
+        read_tsv(path)
+    assert str(error.value) == f"TSV file {path} is gzip-compressed: decompress it (gunzip)"
+
+
 def request_for(data, folds=10):
     settings = ClassificationDataConfig(data=str(data), tokenizer="byte", folds=folds)
     train = SimpleNamespace(batch_size=2, eval_iters=1, seed=0)
@@ -152,6 +160,15 @@ def test_a_folder_with_colons_in_its_name_takes_a_glob_after_the_last(tmp_path, 
         "task:mqar",
         "fake",
     ]
+
+
+def test_a_folders_text_files_are_read_whatever_the_case_of_their_suffix(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.txt", "B.TXT", "c.Txt", "d.md", "e.txt.bak", "sub/F.TXT", ".g.TXT"):
+        (tmp_path / name).write_text(f"{name} ")
+    expected = ["B.TXT", "a.txt", "c.Txt", "sub/F.TXT"]  # a Windows folder's names too
+    assert corpus_files(str(tmp_path)) == [tmp_path / name for name in expected]
+    assert "".join(Corpus(str(tmp_path))) == "\n\n".join(f"{name} " for name in expected)
 
 
 def test_a_long_run_without_a_safe_cut_is_carried_whole_into_the_next_piece(

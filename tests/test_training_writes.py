@@ -16,6 +16,7 @@ from test_training import make_trainer
 from attnlab.cli import reports, runs
 from attnlab.errors import UserError
 from attnlab.training import trainer as trainer_module
+from attnlab.training.metrics_log import append_record
 
 
 @pytest.mark.parametrize("fails", ["", "best", "metrics.jsonl"])  # the checkpoint, best/, the log
@@ -78,6 +79,18 @@ def test_a_log_write_cut_short_by_a_full_disk_leaves_no_half_record(tmp_path, mo
     assert text.endswith("\n")
 
 
+def test_a_record_the_disk_takes_in_parts_is_written_whole(tmp_path):
+    class TakesSevenBytes(io.FileIO):
+        def write(self, data):
+            return super().write(data[:7])
+
+    with TakesSevenBytes(tmp_path / "metrics.jsonl", "ab") as log:
+        append_record(log, {"step": 1, "train_loss": 2.5})
+        append_record(log, {"step": 2})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"step": 1, "train_loss": 2.5}, {"step": 2}]
+
+
 @pytest.mark.parametrize("new", [True, False])
 def test_a_full_disk_at_the_run_lock_names_it_and_leaves_nothing(
     tmp_path, corpus, capsys, monkeypatch, new
@@ -88,10 +101,12 @@ def test_a_full_disk_at_the_run_lock_names_it_and_leaves_nothing(
     if not new:
         out.mkdir()  # empty: kept, as it was
 
+    opened = []
+
     def open_full(path, mode):
         lock = open(path, mode)  # noqa: SIM115 - the run's to close
         lock.flush = lambda: throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-        return lock
+        return opened.append(lock) or lock
 
     monkeypatch.setattr(runs, "open", open_full, raising=False)
     argv = ["train", "gpt", "--data", str(corpus), "--out", str(out), "--max-iters", "1"]
@@ -99,6 +114,7 @@ def test_a_full_disk_at_the_run_lock_names_it_and_leaves_nothing(
     lock = out / ".attnlab.lock"
     assert one_line_error(code, err) == f"attnlab: error: No space left on device: {lock}"
     assert not out.exists() if new else not any(out.iterdir())
+    assert len(opened) == 1 and opened[0].closed
 
 
 def throw(error):

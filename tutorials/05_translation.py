@@ -162,9 +162,9 @@ print(both.int())
 # sit? The function below sorts them by part. A tied matrix is counted once (the shared
 # embedding is also the output projection, so the projection adds nothing).
 #
-# A preset's vocabulary size V is only a default. `attnlab train translation` learns a BPE
-# vocabulary on the training text (`--bpe-vocab-size`, 8,000 unless told) and gives the model
-# exactly that many embeddings, whatever the preset says. So we ask it for the preset's size,
+# A preset's vocabulary size V is only what the BPE is asked for. `attnlab train translation`
+# learns a BPE vocabulary on the training text (`--bpe-vocab-size`, the preset's V unless told)
+# and gives the model exactly as many embeddings as it learned. We give the size anyway,
 # and the last column, "this run", is the model trained below: its preset, its layers, and
 # the vocabulary it asks for. (The check after training compares it with the trained model.)
 

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import attnlab
-from attnlab.errors import UserError, os_error_line
+from attnlab.errors import OutputError, UserError, os_error_line
 from attnlab.signals import sigterm_as_interrupt
 
 INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C or SIGTERM
@@ -173,6 +173,7 @@ def say_error(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     streams = sys.stdin, sys.stdout, sys.stderr
     nulls = _closed_streams_to_null()
+    sys.stdout = _Stdout(sys.stdout)  # every command's results: print, write_text, print_json
     formatting = warnings.formatwarning
     warnings.formatwarning = _warning_line  # for this command only: main runs in notebooks too
     try:
@@ -244,6 +245,38 @@ def _closed_streams_to_null() -> list:
         setattr(sys, name, stream)
         opened.append(stream)
     return opened
+
+
+class _Stdout:
+    """sys.stdout while a command runs: a write that fails names standard output (a full
+    disk's error names no file), and so does the next flush (argparse drops --help's error).
+    A closed pipe stays a BrokenPipeError, which ends quietly."""
+
+    def __init__(self, stream):
+        self._stream, self._failed = stream, None
+
+    def write(self, text: str) -> int:
+        with self._named():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with self._named():
+            if self._failed:
+                raise self._failed
+            self._stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, buffer, encoding: the stream's
+        return getattr(self._stream, name)
+
+    @contextlib.contextmanager
+    def _named(self):
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            self._failed = OutputError(error.errno, error.strerror or str(error))
+            raise self._failed from None
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

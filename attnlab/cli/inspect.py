@@ -380,7 +380,8 @@ def _layers_png(png, baseline, results, n_layers):
     limit = float(max(swaps.nan_to_num().abs().max(), single.abs().max(), 1e-6))
     common = dict(cmap="RdBu_r", vmin=-limit, vmax=limit, scale="loss change (nats per token)")
     swapped = f"loss change, layers swapped\n(baseline {baseline:.3f}; grey: none)"
-    panels = [Heatmap(swaps, swapped, layers, layers, "layer", "layer", **common),
+    panels = [Heatmap(swaps, swapped, layers, layers, "layer", "layer", **common,
+                      empty="one layer: no pair to swap"),
               Heatmap(single, "loss change, one layer dropped or duplicated",
                       ["drop", "duplicate"], layers, "layer", **common)]  # fmt: skip
     return save_heatmaps(png, panels, columns=2)

@@ -218,5 +218,6 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         print("".join(f"{_COLOURS[k % len(_COLOURS)]}{p}{_RESET}" for k, p in enumerate(pieces)))
     n_bytes = len(text.encode("utf-8"))
-    print(f"{len(ids)} tokens, {n_bytes} bytes: {n_bytes / max(len(ids), 1):.2f} bytes/token")
+    ratio = f": {n_bytes / len(ids):.2f} bytes/token" if ids else ""  # none: no 0/0 to show
+    print(f"{len(ids)} tokens, {n_bytes} bytes{ratio}")
     return 0

@@ -36,6 +36,7 @@ from attnlab.errors import ConfigError, UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
 from attnlab.files import read_text
 from attnlab.tokenizers import Tokenizer
+from attnlab.tokenizers.char import UnseenCharacters
 from attnlab.training.artifacts import ClassNames, check_classes
 from attnlab.training.sources import DataRequest, TrainingData
 
@@ -236,10 +237,11 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     train_texts = encode(train_examples[0])
     try:
         dev_texts = encode(dev_examples[0])
-    except UserError as error:  # a character tokenizer learned on the training texts
+    except UnseenCharacters as error:  # a character tokenizer learned on the training texts
         raise UserError(
-            f"{spec}: a text held out for evaluation does not encode: {error} (learned on the "
-            "training texts); a byte or bpe:N tokenizer reads any text"
+            f"{spec}: a text held out for evaluation has {error.unseen} (learned on the "
+            "training texts, it knows theirs only)"
+            + (error.hint or "; train with --tokenizer byte or bpe:N, which read any text")
         ) from None
     # training draws sequences: each window of a long text is one, labelled as the text
     sequences = [ids for text in train_texts for ids in text]

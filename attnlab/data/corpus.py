@@ -26,13 +26,15 @@ SNIFF = 1 << 16  # bytes read from the start of each file to tell text from what
 MAX_NOT_TEXT = 0.05  # share of those that may be NULs or not UTF-8: past it, a file is refused
 STRAY_BYTES = 4  # ... unless they are this few: a short file with a stray byte is only warned of
 GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_GLOB = "**/*.[tT][xX][tT]"  # a folder's .txt files, .TXT too (a Windows folder's names)
 GUESSED_NAMES = 1000  # a folder's names compared with data not found there, at most
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
 def corpus_files(spec: str) -> list[Path]:
     """The files of a corpus spec, sorted so every run reads them in the same order: a file, a
-    folder's **/*.txt or DIR:GLOB (hidden files and folders left out: .git, .ipynb_checkpoints)."""
+    folder's .txt files (.TXT too) or DIR:GLOB (hidden files and folders left out: .git,
+    .ipynb_checkpoints)."""
     if spec == STDLIB:
         root = Path(sysconfig.get_paths()["stdlib"])
         files = [
@@ -49,7 +51,7 @@ def corpus_files(spec: str) -> list[Path]:
         hidden = any(part.startswith(".") for part in Path(pattern).parts)  # asked for by name
         files = sorted(
             p
-            for p in path.glob(pattern or "**/*.txt")
+            for p in path.glob(pattern or DEFAULT_GLOB)
             if p.is_file() and (hidden or not any(s[0] == "." for s in p.relative_to(path).parts))
         )
         if not files:

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import http.client
 import os
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from attnlab.files import parent_folders, remove_stale, temporary_file
+from attnlab.files import naming, parent_folders, remove_stale, temporary_file
 from attnlab.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ USER_AGENT = "attnlab-data/0.1 (python urllib)"
 
 class Failure(Exception):
     """A download gone wrong: args are (why, the URL tried); `get` makes it a UserError."""
+
+
+class Unwritten(Exception):
+    """The OSError of writing a download (a full disk), apart from the network's: args[0]."""
 
 
 def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: bool) -> None:
@@ -50,6 +55,7 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
         total = dataset.size if len(missing) == dataset.count else None
     else:
         total = sum(sizes)
+    _check_room(folder, dataset.size if from_archive and len(missing) == dataset.count else total)
     from attnlab.progress import progress_bar
 
     options = {"total": total, "desc": dataset.name, "unit": "B", "unit_scale": True}
@@ -63,6 +69,15 @@ def fetch(dataset: Dataset, folder: Path, missing: list[DataFile], progress: boo
                 _commit(out, temporary, target, entry, _download(url, out, bar), url)
         if from_archive:
             _fetch_from_archive(dataset, folder, from_archive, bar)
+
+
+def _check_room(folder: Path, need: int | None) -> None:
+    """Refuse at once a download whose size is known and that the disk has no room for."""
+    free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    if need is not None and need > free:
+        from attnlab.data.catalog import human_size
+
+        raise Failure(f"it needs {human_size(need)} and the disk has {human_size(free)} free", None)
 
 
 def remove_stale_parts(dataset: Dataset, folder: Path) -> None:
@@ -100,11 +115,14 @@ def _fetch_from_archive(dataset: Dataset, folder: Path, missing: list[DataFile],
 def _staged(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file beside `target` (same folder, so the final rename is atomic), deleted
     on the way out unless it was renamed into place: nothing half-written survives an error."""
-    with parent_folders(target):
+    with parent_folders(target), naming(target):  # a full disk's error names the target
         fd, name = temporary_file(target.parent, target.name, ".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                yield out, Path(name)
+                try:
+                    yield out, Path(name)
+                except Unwritten as unwritten:
+                    raise unwritten.args[0] from None
         finally:
             Path(name).unlink(missing_ok=True)
 
@@ -159,7 +177,10 @@ def _copy(source: IO[bytes], out: IO[bytes], bar=None) -> str:
     """Copy `source` to `out` in chunks; the SHA-256 of the bytes copied."""
     digest = hashlib.sha256()
     while chunk := source.read(CHUNK):
-        out.write(chunk)
+        try:
+            out.write(chunk)
+        except OSError as error:  # the disk's, not the source's (which _download reports)
+            raise Unwritten(error) from None
         digest.update(chunk)
         if bar is not None:
             bar.update(len(chunk))

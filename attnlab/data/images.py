@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnlab.data.corpus import GZIP_MAGIC
 from attnlab.data.labels import count_classes
 from attnlab.errors import UserError
 from attnlab.files import readable
@@ -117,15 +118,16 @@ register_artifact("normalization", Normalization.from_dict)
 
 # ----------------------------------------------------------------------------- IDX files
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
-    """The array in an IDX file (gzip-compressed when it ends in .gz), whose magic number must
-    be `magic` (IDX_IMAGES or IDX_LABELS) and whose length must be what its header says."""
+    """The array in an IDX file, gzip-compressed or not (as its first bytes say, not its name),
+    whose magic number must be `magic` (IDX_IMAGES, IDX_LABELS), its length what its header says."""
     path = Path(path)
     what = "image" if magic == IDX_IMAGES else "label"
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = path.read_bytes()
+        data = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"cannot read {path}: {error}") from None
-    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else f"none ({len(data)} bytes)"
     if found != magic:
         raise UserError(f"{path} is not an IDX {what} file: magic number {found}, expected {magic}")
     n_dims = data[3]
@@ -145,8 +147,7 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
 
 def _idx_file(directory: Path, stem: str) -> Path:
     """DIR/stem, or DIR/stem.gz when only that exists."""
-    plain = directory / stem
-    compressed = directory / f"{stem}.gz"
+    plain, compressed = directory / stem, directory / f"{stem}.gz"
     return compressed if compressed.is_file() and not plain.is_file() else plain
 
 
@@ -157,8 +158,7 @@ def is_idx_folder(directory: Path) -> bool:
 def load_idx_split(directory: str | Path, split: str) -> ImageSet:
     """The "train" or "test" split of an MNIST-layout folder of IDX files."""
     image_stem, label_stem = MNIST_FILES[split]
-    image_file = _idx_file(Path(directory), image_stem)
-    label_file = _idx_file(Path(directory), label_stem)
+    image_file, label_file = (_idx_file(Path(directory), s) for s in (image_stem, label_stem))
     for file in (image_file, label_file):
         if not file.is_file():
             raise UserError(f"IDX file not found: {file} (or {file.name}.gz)")

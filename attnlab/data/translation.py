@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,10 @@ import torch
 
 from attnlab.config import check_positive, check_types
 from attnlab.data import catalog
-from attnlab.data.corpus import text_lines
+from attnlab.data.corpus import GZIP_MAGIC, text_lines
 from attnlab.data.text import tokenizer_cached
 from attnlab.errors import UserError
-from attnlab.files import read_text, readable
+from attnlab.files import decode_utf8, readable
 from attnlab.tokenizers.bpe import BPETokenizer
 from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
 
@@ -48,7 +49,7 @@ class TranslationDataConfig:
     data: str | None = None  # dir or dataset (multi30k): train/val.SRC/.TGT; unset = embedded task
     src: str | None = None  # source file suffix, e.g. de (embedded task: words)
     tgt: str | None = None  # target file suffix, e.g. en (embedded task: digits)
-    bpe_vocab_size: int = 8000  # joint source/target BPE vocabulary, special tokens included
+    bpe_vocab_size: int | None = None  # joint BPE vocabulary (default: the preset's vocab_size)
     max_sentence_tokens: int = 128  # pairs with a longer side (</s> included) are dropped
     max_batch_tokens: int = 4096  # batch budget: sentences x longest side, padding included
     embedded_pairs: int = 20000  # training pairs of the embedded task (used without --data)
@@ -57,7 +58,7 @@ class TranslationDataConfig:
         check_types(self)
         check_positive(
             "TranslationDataConfig",
-            bpe_vocab_size=self.bpe_vocab_size,
+            bpe_vocab_size=self.bpe_vocab_size,  # None: the preset's
             max_sentence_tokens=self.max_sentence_tokens,
             max_batch_tokens=self.max_batch_tokens,
             embedded_pairs=self.embedded_pairs,
@@ -80,20 +81,21 @@ class TranslationDataConfig:
 
 # ----------------------------------------------------------------------------- reading files
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (gzip-compressed when it ends in .gz), stripped: split at
-    line feeds only (text_lines), a byte-order mark left out."""
+    """The stripped lines of a UTF-8 file, gzipped or not (as its first bytes say: a .gz a browser
+    unpacked is text), split at line feeds only (text_lines), a byte-order mark left out."""
     path = readable(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8-sig", newline="") as f:
-                text = f.read()
-        else:
-            text = read_text(path)
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+        data = path.read_bytes()
+        text = decode_utf8(gzip.decompress(data) if data[:2] == GZIP_MAGIC else data)
+    except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"cannot read {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text ({error.reason}): convert it to UTF-8") from None
     lines = [line.strip() for line in text_lines(text)]
     if not any(lines):
         raise UserError(f"{path} is empty")
+    if cr := next((n for n, line in enumerate(lines, 1) if "\r" in line), None):
+        raise UserError(f"{path}:{cr}: a lone \\r in the line (old Macs' line ends): end it in \\n")
     return lines
 
 
@@ -109,12 +111,10 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> list[Pair]:
 
 
 def split_file(directory: str | Path, split: str, language: str) -> Path:
-    """DIR/split.language, or DIR/split.language.gz when only that exists."""
+    """DIR/split.language, or its .gz when only that exists (read_lines names a missing one)."""
     plain = Path(directory) / f"{split}.{language}"
     compressed = plain.with_name(plain.name + ".gz")
-    if plain.is_file() or not compressed.is_file():
-        return plain  # a missing file is reported by read_lines, under its plain name
-    return compressed
+    return compressed if compressed.is_file() and not plain.is_file() else plain
 
 
 def load_split(directory: str | Path, split: str, src: str, tgt: str) -> list[Pair]:
@@ -372,8 +372,9 @@ def translation_training_data(request: DataRequest) -> TrainingData:
         val_pairs = load_split(directory, "val", src, tgt)
     tokenizer = (request.artifacts or {}).get("tokenizer")
     if tokenizer is None:
-        log(f"learning a joint BPE vocabulary of {options.bpe_vocab_size} ...")
-        tokenizer = train_joint_tokenizer(train_pairs, options.bpe_vocab_size, log)
+        size = options.bpe_vocab_size or request.model["vocab_size"]  # unset: the preset's
+        log(f"learning a joint BPE vocabulary of {size} ...")
+        tokenizer = train_joint_tokenizer(train_pairs, size, log)
     special, limit = special_ids(tokenizer), options.max_sentence_tokens
     if request.model["max_length"] < limit:
         raise UserError(

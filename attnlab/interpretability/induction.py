@@ -126,7 +126,7 @@ def induction_scores(
     vocab_size = model.config.vocab_size
     n_tokens = vocab_size if n_tokens is None else n_tokens
     if not 1 <= n_tokens <= vocab_size:
-        raise UserError(f"n_tokens must be 1 to the vocabulary size {vocab_size}, got {n_tokens}")
+        raise UserError(f"n_tokens must be 2 to the vocabulary size {vocab_size}, got {n_tokens}")
     if n_tokens == 1:  # every position the same token: no prefix to match, no rank (0/0)
         raise UserError("induction scores need 2 or more token values to draw from, got 1")
     if n_sequences < 1:

@@ -30,6 +30,7 @@ class Heatmap:
     vmax: float | None = None
     cells: list[list[str]] | None = None  # text written in each cell (small maps only)
     scale: str = ""  # what a colour means: the label of the colour bar
+    empty: str = ""  # written across the panel when it has no value at all (every cell NaN)
 
 
 def _colours(name: str):
@@ -57,8 +58,11 @@ def _draw(ax, fig, panel: Heatmap) -> None:
         for i, row in enumerate(panel.cells):
             for j, text in enumerate(row):
                 ax.text(j, i, text, ha="center", va="center", fontsize=6, **as_is)
+    if panel.empty and values.size and (values != values).all():  # NaN only: say why
+        ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes)
     ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=panel.scale)
+    # each tick its own value: no "1e-6" above the bar, where the next panel's title is
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=panel.scale, format="{x:.3g}")
 
 
 def save_heatmaps(png: str | Path, panels: list[Heatmap], columns: int = 1) -> Path:

@@ -50,10 +50,11 @@ def run_recurrence(
     hidden = None
     if state is not None and not state.empty:
         hidden = (state.get("h"), state.get("c")) if lstm else state.get("h")
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if lstm and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         # Given float32 inputs under autocast, torch picks oneDNN's LSTM and then casts them to
         # bf16, which a CPU without bf16 instructions cannot run (a RuntimeError); given them
-        # in bf16 it picks a kernel that runs on any CPU
+        # in bf16 it picks a kernel that runs on any CPU. A GRU and an Elman RNN run as given:
+        # a GRU given float32 keeps its hidden state in float32, not rounded at every step
         x = x.to(torch.get_autocast_dtype("cpu"))
     out, hidden = recurrence(x, hidden)
     if state is not None:

@@ -20,6 +20,25 @@ def _shown(char: str) -> str:
     return ascii(char) if unicodedata.category(char).startswith("M") else repr(char)
 
 
+class UnseenCharacters(UserError):
+    """Text with characters a char tokenizer never saw: `unseen` the first (shown), `hint`
+    a way to write the text in known ones, where there is one (else "")."""
+
+    def __init__(self, unseen: list[str], hint: str):
+        self.unseen = f"{len(unseen)} character(s) the tokenizer never saw: " + " ".join(
+            _shown(c) for c in unseen[:20]
+        )
+        self.hint = hint
+        super().__init__(
+            f"text has {self.unseen}"
+            + (
+                hint
+                or " (a char tokenizer knows its training text's characters only: leave these "
+                "out, or use a model trained with --tokenizer byte or bpe:N, which read any text)"
+            )
+        )
+
+
 class CharTokenizer(Tokenizer):
     kind = "char"
 
@@ -46,15 +65,7 @@ class CharTokenizer(Tokenizer):
             return [self._ids[c] for c in text]
         except KeyError:
             unseen = sorted({c for c in text if c not in self._ids})
-            why = self._normal_form_hint(text) or (
-                " (a char tokenizer knows its training text's characters only: leave these out, "
-                "or use a model trained with --tokenizer byte or bpe:N, which read any text)"
-            )
-            raise UserError(
-                f"text has {len(unseen)} character(s) the tokenizer never saw: "
-                + " ".join(_shown(c) for c in unseen[:20])
-                + why
-            ) from None
+            raise UnseenCharacters(unseen, self._normal_form_hint(text)) from None
 
     def _normal_form_hint(self, text: str) -> str:
         """How to write `text` in characters the tokenizer knows, where the same text in

@@ -32,7 +32,7 @@ from attnlab.config import config_to_dict
 from attnlab.devices import (
     CompiledRegions,
     autocast,
-    measure_peak_flops,
+    mfu_peak_flops,
     pick_device,
     pick_dtype,
     tf32,
@@ -217,8 +217,7 @@ class Trainer:
         }
         flops_per_unit = getattr(self.model, f"flops_per_{self.unit}", lambda: None)()
         if flops_per_unit:
-            # once per process; fp32's where faster: an emulated bf16 peak gave MFU > 1
-            peak = max(measure_peak_flops(self.device, d) for d in {self.dtype, torch.float32})
+            peak = mfu_peak_flops(self.device, self.dtype)  # measured once per process
             record["mfu"] = flops_per_unit * rate / (peak * self.group.world)
         return record
 

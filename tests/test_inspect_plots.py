@@ -1,0 +1,37 @@
+"""The PNGs of `attnlab inspect layers` where there is little to show: one layer, changes of
+a millionth of a nat."""
+
+import string
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from attnlab.cli import main
+from attnlab.interpretability import plots
+from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.tokenizers.char import CharTokenizer
+from attnlab.training.checkpoints import save_checkpoint
+
+
+def test_a_layers_plot_of_one_layer_with_tiny_changes_says_so(tmp_path, monkeypatch):
+    """No swap of one layer: the grey panel says why. Changes of 1e-6 nats: no "1e-6" above
+    each colour bar (where it ran into the next panel's title), the ticks' own values."""
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, png, **_: drawn.append(fig) or png)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=len(string.printable), context_length=8, n_layers=1,
+                       n_heads=2, d_model=16)  # fmt: skip
+    tokenizer = CharTokenizer(string.printable)
+    save_checkpoint(tmp_path / "one", GPT(config).eval(), {"tokenizer": tokenizer})
+    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question. " * 4)
+    assert main(["inspect", "layers", str(tmp_path / "one"), "--data",
+                 str(tmp_path / "corpus.txt"), "--png", str(tmp_path / "l.png")]) == 0  # fmt: skip
+    tiny = plots.Heatmap(torch.tensor([[3e-7, -8e-7]]), "t", ["a"], ["x", "y"], vmin=-1e-6)
+    plots.save_heatmaps(tmp_path / "t.png", [tiny, tiny], columns=2)
+    for fig in drawn:
+        FigureCanvasAgg(fig).draw()
+    assert "one layer: no pair to swap" in [text.get_text() for text in drawn[0].axes[0].texts]
+    bars = [ax for fig in drawn for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 4 and not [ax for ax in bars if ax.yaxis.get_offset_text().get_text()]
+    ticks = [float(label.get_text().replace("\u2212", "-")) for label in bars[-1].get_yticklabels()]
+    assert 0 < max(map(abs, ticks)) <= 1e-6  # each tick its value, not a multiple of 1e-6
