@@ -155,7 +155,7 @@ def naming(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        ours = str(error.filename or "").endswith(".tmp")
+        ours = str(error.filename or "").endswith((".tmp", ".part"))  # temporary_file's
         if not (ours or (error.filename is None and error.errno in FULL)):
             raise
         raise type(error)(error.errno, error.strerror, str(path)) from None

@@ -1,6 +1,7 @@
 """attnlab in shell pipelines and scripts: a reader that goes away, outputs named by a link or a
 pipe (/dev/stdout, a shell's >(...)), and --json that any JSON reader takes."""
 
+import contextlib
 import errno
 import io
 import json
@@ -171,6 +172,17 @@ def test_an_output_named_by_a_device_names_it_on_a_full_disk(tmp_path):
     with pytest.raises(OSError) as raised, naming(tmp_path / "out.png"):
         raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))  # not a full disk's: as it was
     assert raised.value.filename is None
+
+
+def test_stdout_named_as_the_output_on_a_full_disk_is_named(monkeypatch):
+    """`attnlab ... --png /dev/stdout > FILE` on a full disk: written after what was printed."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.suppress(OSError))  # its close: the write still buffered
+        full = stack.enter_context(open("/dev/full", "w"))  # stdout is the output named
+        monkeypatch.setattr(sys, "stdout", full)
+        with pytest.raises(OSError, match="No space left on device") as raised:
+            atomic_write_bytes("/dev/full", b"one\n")
+    assert raised.value.filename == "/dev/full" and full.closed
 
 
 def test_a_training_run_whose_reader_goes_away_ends_saved(tmp_path, corpus):

@@ -350,3 +350,33 @@ def test_a_steps_time_leaves_out_waiting_for_the_kernels_build(tmp_path, monkeyp
     train, evaluation = language_model_data(splits, 2, 8, config.seed, 1)
     trainer = Trainer(model, config, train, evaluation, out_dir=tmp_path)
     assert trainer.kernels_on and trainer.train_step()["elapsed_s"] < 1.0
+
+
+FIRST_IMPORTS = """
+import concurrent.futures, os, sys
+from pathlib import Path
+from attnlab.kernels import cpu
+seen = []
+def submit(self, build):  # the build's thread is not started: what it would import is noted
+    seen.append("torch.utils.cpp_extension" in sys.modules)
+concurrent.futures.ThreadPoolExecutor.submit = submit
+if sys.argv[1] == "cached":
+    library = cpu._library()[0]
+    library.parent.mkdir(parents=True)
+    library.touch()
+cpu.start_building()
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("cache", ["empty", "cached"])
+def test_a_build_imports_setuptools_before_its_thread_starts(tmp_path, cache):
+    """Importing setuptools (cpp_extension's) inserts and removes a finder in sys.meta_path:
+    in the build's thread, it made an import of the main thread skip the finder of files now
+    and then (a first run's ModuleNotFoundError). Where the library is cached, none is paid."""
+    env = {**os.environ, "ATTNLAB_CACHE": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_IMPORTS, cache], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("[True]" if cache == "empty" else "[False]")

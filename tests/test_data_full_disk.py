@@ -5,11 +5,12 @@ import errno
 import hashlib
 import io
 import os
+import zipfile
 
 import pytest
 
 from attnlab.data import catalog, download
-from attnlab.data.catalog import DataFile, Dataset
+from attnlab.data.catalog import Archive, DataFile, Dataset
 from attnlab.errors import UserError
 
 FILES = {"a.txt": b"alpha\n" * 100, "sub/b.txt": b"beta\n" * 3000}
@@ -58,3 +59,62 @@ def test_a_write_that_fails_names_the_file_and_blames_no_source(mirrored, monkey
         f"(looked in {folder})"
     )
     assert not [p for p in mirrored.rglob("*") if p.is_file()]
+
+
+def test_a_temporary_file_that_cannot_be_made_is_named_as_the_file_it_stands_for(
+    mirrored, monkeypatch
+):
+    def denied(directory, name, suffix):  # a read-only folder: mkstemp's error names its file
+        part = directory / f".{name}.k3j2h1{suffix}"
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(part))
+
+    monkeypatch.setattr(download, "temporary_file", denied)
+    with pytest.raises(UserError) as raised:
+        catalog.get("fake", progress=False)
+    folder = mirrored / "fake"
+    assert str(raised.value) == (
+        f"cannot get dataset 'fake': cannot write {folder / 'a.txt'}: Permission denied "
+        f"(looked in {folder})"
+    )
+
+
+def test_a_file_where_the_datasets_folder_goes_is_named_as_a_file(mirrored):
+    mirrored.mkdir()
+    (mirrored / "fake").write_text("not a folder\n")
+    with pytest.raises(UserError) as raised:
+        catalog.get("fake", progress=False)
+    folder = mirrored / "fake"
+    assert str(raised.value) == (
+        f"cannot get dataset 'fake': {folder} is a file, not a folder (looked in {folder})"
+    )
+
+
+def test_a_download_of_unknown_size_or_that_just_fits_is_not_refused(mirrored, monkeypatch):
+    usage = download.shutil.disk_usage(mirrored.parent)
+    need = sum(map(len, FILES.values()))
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=need))
+    assert (catalog.get("fake", progress=False) / "a.txt").read_bytes() == FILES["a.txt"]
+    sizeless = tuple(DataFile(entry.path, entry.sha256) for entry in catalog.CATALOG["fake"].files)
+    monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "no sizes", sizeless))
+    (mirrored / "fake" / "a.txt").unlink()  # one of two missing: how much it needs is unknown
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    assert (catalog.get("fake", progress=False) / "a.txt").read_bytes() == FILES["a.txt"]
+
+
+def test_an_archives_size_is_checked_only_when_all_of_it_is_wanted(mirrored, monkeypatch):
+    monkeypatch.delenv("ATTNLAB_DATA_MIRROR")
+    zipped = mirrored.parent / "fake.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path, body in FILES.items():
+            archive.writestr(f"fake-1.0/{path}", body)
+    source = Archive(zipped.as_uri(), "fake-1.0/")
+    files = catalog.CATALOG["fake"].files  # their sizes known, each from the archive
+    monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "zipped", files, archive=source))
+    usage = download.shutil.disk_usage(mirrored.parent)
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=999))
+    need = catalog.human_size(sum(map(len, FILES.values())))
+    with pytest.raises(UserError, match=f"it needs {need} and the disk has 999 B free"):
+        catalog.get("fake", progress=False)
+    (mirrored / "fake" / "sub").mkdir(parents=True)
+    (mirrored / "fake" / "sub" / "b.txt").write_bytes(FILES["sub/b.txt"])  # the rest: its share
+    assert (catalog.get("fake", progress=False) / "a.txt").read_bytes() == FILES["a.txt"]

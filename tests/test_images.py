@@ -76,6 +76,7 @@ def test_idx_files_are_read_as_their_bytes_say_not_as_their_names_say(tmp_path):
         path.rename(path.with_name(path.name + ".gz"))
     for path in tmp_path.glob("t10k-*"):  # gzip bytes under the plain name
         path.write_bytes(gzip.compress(path.read_bytes()))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"stale")  # the plain file is read
     data = load_idx_folder(tmp_path)
     assert torch.equal(data.train.images[:, 0], torch.from_numpy(train))
     assert data.test.images.shape == (6, 1, 6, 6) and data.test.labels.tolist()[:3] == [0, 1, 2]
@@ -103,6 +104,12 @@ def test_truncated_idx_is_refused(tmp_path):
     path.write_bytes(gzip.compress(data)[:-12])  # a cut gzip stream
     with pytest.raises(UserError, match="cannot read"):
         read_idx(path, IDX_IMAGES)
+    path.write_bytes(gzip.compress(data)[:10] + b"\xff" * 8)  # a corrupt gzip stream
+    with pytest.raises(UserError, match="cannot read .*images.gz: "):
+        read_idx(path, IDX_IMAGES)
+    path.write_bytes(struct.pack(">I", IDX_LABELS))  # its magic number and nothing after
+    with pytest.raises(UserError, match="is truncated: 4 bytes, in its 8-byte header"):
+        read_idx(path, IDX_LABELS)
 
 
 def test_idx_folders_of_no_images_or_of_two_sizes_are_one_line(tmp_path):

@@ -30,8 +30,14 @@ def test_a_layers_plot_of_one_layer_with_tiny_changes_says_so(tmp_path, monkeypa
     plots.save_heatmaps(tmp_path / "t.png", [tiny, tiny], columns=2)
     for fig in drawn:
         FigureCanvasAgg(fig).draw()
-    assert "one layer: no pair to swap" in [text.get_text() for text in drawn[0].axes[0].texts]
+    note = next(text for text in drawn[0].axes[0].texts if text.get_text().startswith("one"))
+    assert note.get_text() == "one layer: no pair to swap" and note.get_position() == (0.5, 0.5)
     bars = [ax for fig in drawn for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 4 and not [ax for ax in bars if ax.yaxis.get_offset_text().get_text()]
     ticks = [float(label.get_text().replace("\u2212", "-")) for label in bars[-1].get_yticklabels()]
     assert 0 < max(map(abs, ticks)) <= 1e-6  # each tick its value, not a multiple of 1e-6
+    nan = float("nan")
+    some = plots.Heatmap(torch.tensor([[nan, 1.0]]), "some", ["a"], ["x", "y"], empty="none")
+    unnoted = plots.Heatmap(torch.tensor([[nan]]), "no note asked for", ["a"], ["x"])
+    plots.save_heatmaps(tmp_path / "n.png", [some, unnoted], columns=2)
+    assert not [text for ax in drawn[-1].axes for text in ax.texts]  # a note only where asked

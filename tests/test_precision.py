@@ -41,6 +41,22 @@ def test_mfu_is_against_the_fp32_peak_where_bf16_products_are_slower(tmp_path, m
     record = trainer.train_step()
     expected = model.flops_per_token() * record["tokens_per_s"] / 1e11
     assert record["mfu"] == pytest.approx(expected, rel=1e-6)
+    peaks[(cpu, torch.bfloat16)] = 1e12  # a CPU with bf16 instructions: its own is faster
+    record = trainer.train_step()
+    expected = model.flops_per_token() * record["tokens_per_s"] / 1e12
+    assert record["mfu"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_mfu_is_against_a_gpus_own_precision_and_a_cpus_faster_one(monkeypatch):
+    """A GPU's bf16 is never slower than its fp32 (whose peak is not measured there); a CPU's
+    emulated bf16 may be, so a CPU's peak is the faster of the two."""
+    peaks = {("cuda", torch.bfloat16): 4e14, ("cuda", torch.float32): 5e14}
+    peaks |= {("cpu", torch.bfloat16): 1e9, ("cpu", torch.float32): 1e11}
+    monkeypatch.setattr(devices, "_PEAK_FLOPS", peaks)
+    assert devices.mfu_peak_flops(torch.device("cuda"), torch.bfloat16) == 4e14
+    assert devices.mfu_peak_flops(torch.device("cpu"), torch.bfloat16) == 1e11
+    peaks[("cpu", torch.bfloat16)] = 3e11  # a CPU with bf16 instructions
+    assert devices.mfu_peak_flops(torch.device("cpu"), torch.bfloat16) == 3e11
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -75,6 +75,9 @@ def test_a_gzip_compressed_tsv_file_is_told_to_be_decompressed_not_converted(tmp
     with pytest.raises(UserError) as error:
         read_tsv(path)
     assert str(error.value) == f"TSV file {path} is gzip-compressed: decompress it (gunzip)"
+    path.write_bytes(b"\x1f\xe9t\xe9\t1\n")  # a control character, then Latin-1: not gzip
+    with pytest.raises(UserError, match="is not UTF-8 text .*: convert it to UTF-8"):
+        read_tsv(path)
 
 
 def request_for(data, folds=10):

@@ -65,6 +65,26 @@ def test_gzip_is_told_by_a_files_bytes_not_by_its_name(tmp_path):
     ]
 
 
+def test_a_broken_gzip_file_is_one_line_and_only_its_two_magic_bytes_make_one(tmp_path):
+    packed = gzip.compress(b"A dog.\n")
+    for name, data in {"bad.en": packed[:10] + b"\xff" * 8, "cut.en": packed[:-9]}.items():
+        (tmp_path / name).write_bytes(data)  # a corrupt stream; one cut short
+        with pytest.raises(UserError, match=f"cannot read .*{name}: "):
+            read_parallel(tmp_path / name, tmp_path / name)
+    (tmp_path / "a.en").write_bytes(b"\x1fA dog.\n")  # a control character, not gzip's magic
+    assert read_parallel(tmp_path / "a.en", tmp_path / "a.en") == [("A dog.", "A dog.")]
+    (tmp_path / "latin1.en").write_bytes("Café.\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.en is not UTF-8 text \(invalid .*convert it"):
+        read_parallel(tmp_path / "latin1.en", tmp_path / "latin1.en")
+
+
+def test_a_plain_file_is_read_before_its_gzip_beside_it(tmp_path):
+    write(tmp_path / "train.de", ["Ein Hund."])
+    write(tmp_path / "train.de.gz", ["Alt."], compress=True)  # an older copy left beside it
+    write(tmp_path / "train.en", ["A dog."])
+    assert load_split(tmp_path, "train", "de", "en") == [("Ein Hund.", "A dog.")]
+
+
 def test_old_macs_line_ends_are_refused_not_read_as_one_pair(tmp_path):
     (tmp_path / "a.de").write_bytes(b"ein Hund\rzwei Katzen\r")
     (tmp_path / "a.en").write_bytes(b"a dog\r\ntwo cats\rin a tree\r\n")

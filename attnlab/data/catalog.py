@@ -243,8 +243,7 @@ def get(name: str, root: str | os.PathLike | None = None, progress: bool = True)
         except download.Failure as failure:
             raise _error(dataset, folder, *failure.args) from None
         except OSError as error:  # network errors are Failures by now: this is the local disk
-            why = f"cannot write {error.filename}" if error.filename else "cannot write"
-            raise _error(dataset, folder, f"{why}: {error.strerror or error}") from None
+            raise _error(dataset, folder, download.unwritten(error)) from None
     return folder
 
 

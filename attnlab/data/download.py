@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from attnlab.errors import os_error_line
 from attnlab.files import naming, parent_folders, remove_stale, temporary_file
 from attnlab.signals import sigterm_as_interrupt
 
@@ -78,6 +79,15 @@ def _check_room(folder: Path, need: int | None) -> None:
         from attnlab.data.catalog import human_size
 
         raise Failure(f"it needs {human_size(need)} and the disk has {human_size(free)} free", None)
+
+
+def unwritten(error: OSError) -> str:
+    """What went wrong on the local disk: the file that could not be written, or the file that
+    stands where a folder was to be made (the dataset's own, or one above it)."""
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        return os_error_line(error)
+    where = f" {error.filename}" if error.filename else ""
+    return f"cannot write{where}: {error.strerror or error}"
 
 
 def remove_stale_parts(dataset: Dataset, folder: Path) -> None:

@@ -158,6 +158,8 @@ def start_building() -> None:
     caller can prepare its data and model meanwhile; load() then waits for it."""
     with _lock:
         if _state["build"] is None and not (_state["loaded"] or _state["failed"]):
+            if not _library()[0].exists():  # a build: what it imports is imported here first
+                from torch.utils import cpp_extension  # noqa: F401  (see _compile)
             _state["build"] = concurrent.futures.ThreadPoolExecutor(1).submit(_build)
 
 
@@ -179,8 +181,8 @@ def load() -> bool:
         return _state["loaded"]
 
 
-def _build() -> str:
-    """The library's path, built unless the cache holds one that is ours (see _trusted)."""
+def _library() -> tuple[Path, list[str]]:
+    """The cached library's path for this machine and these sources, and its compiler flags."""
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
     vector = next((f for name, f in _VECTOR_FLAGS.items() if capability.startswith(name)), [])
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
@@ -188,7 +190,12 @@ def _build() -> str:
     flags += vector
     source = b"".join(Path(path).read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join([torch.__version__, *flags]).encode()).hexdigest()
-    library = cache_dir() / "kernels" / f"cpu_kernels-{key[:24]}.so"
+    return cache_dir() / "kernels" / f"cpu_kernels-{key[:24]}.so", flags
+
+
+def _build() -> str:
+    """The library's path, built unless the cache holds one that is ours (see _trusted)."""
+    library, flags = _library()
     private_folder(library.parent)
     digest = library.with_suffix(".sha256")  # of the library, written when we built it
     if library.exists() and _trusted(library, digest):
@@ -236,7 +243,11 @@ def _wait_for_lock(lock) -> None:
 def _compile(output: str, flags: list[str]) -> None:
     """Build the sources as one translation unit: most of a build is parsing ATen's headers
     (5-6 s for each source compiled alone, about 7 s for the three together)."""
-    from torch.utils import cpp_extension  # 0.1-0.2 s to import (setuptools): building only
+    # 0.1-0.2 s to import (setuptools): building only, and first in the thread that starts the
+    # build: setuptools, as it loads, inserts and removes a finder in sys.meta_path, and an
+    # import of another thread walking that list meanwhile could skip the finder of files
+    # (ModuleNotFoundError: No module named 'numpy.random._generator', on a first run)
+    from torch.utils import cpp_extension
 
     (torch_lib,) = cpp_extension.library_paths()
     includes = [f"-I{path}" for path in cpp_extension.include_paths()]
