@@ -195,6 +195,8 @@ def _command(kind: ModelKind, args: argparse.Namespace) -> int:
     # a new run's settings before its directory exists: a folder named like a dataset ("sst2")
     # is not taken for it, and a bad setting is one line before anything slow
     chosen = None if args.resume else new_run_settings(kind, args, toml, data_keys, source)
+    if chosen and "batch_size" not in kind.unused_fields:  # on every rank, before rank 0 makes
+        group.check_batch(chosen[2].batch_size)  # the folder (and removes it as another reads)
     claim_run_directory(out, args.resume)
     with group.running(), _locked(out, group):
         with group.writer_first():
