@@ -95,12 +95,16 @@ def test_compiles_into_one_graph_and_matches_eager():
     torch.testing.assert_close(torch.autograd.grad(compiled(q, k, v), (q, k, v)), eager)
 
 
-def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypatch):
+@pytest.mark.parametrize("broken", ["no compiler", "a source missing from the install"])
+def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypatch, broken):
     monkeypatch.setattr(
         kernel, "_state", {"loaded": False, "failed": False, "enabled": True, "build": None}
     )
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    if broken == "no compiler":
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    else:
+        monkeypatch.setattr(kernel, "SOURCES", [*kernel.SOURCES, str(tmp_path / "gone.cpp")])
     with pytest.warns(RuntimeWarning, match="building attnlab's CPU kernels failed"):
         assert not kernel.load()
     assert not kernel.load()  # no second try, no second warning
@@ -108,30 +112,28 @@ def test_a_failing_build_warns_once_and_leaves_torchs_kernels(tmp_path, monkeypa
     assert not kernel.attention_applies(q, k, None, 0.0)
 
 
-def test_a_link_on_a_full_disk_fails_with_the_linkers_reason(tmp_path, monkeypatch):
-    """The warning showed collect2's "ld returned 1 exit status", never why ld stopped."""
+@pytest.mark.parametrize(
+    "stderr, reason",
+    [  # the linker's reason, not collect2's "ld returned 1 exit status"
+        (
+            ["/usr/bin/ld: final link failed: No space left on device", "collect2: error: ld"],
+            "final link failed: No space left on device",
+        ),
+        (
+            ["In file included from unity.cpp:1:", "attention.cpp:3:1: error: expected a type"],
+            "c..: attention.cpp:3:1: error: expected a type$",
+        ),
+    ],
+)
+def test_a_failed_compile_is_named_by_its_reason(tmp_path, monkeypatch, stderr, reason):
     compiler = tmp_path / "c++"
-    compiler.write_text(
-        "#!/bin/sh\necho '/usr/bin/ld: final link failed: No space left on device' >&2\n"
-        "echo 'collect2: error: ld returned 1 exit status' >&2\nexit 1\n"
-    )
+    echoes = "".join(f"echo '{line}' >&2\n" for line in stderr)
+    compiler.write_text(f"#!/bin/sh\n{echoes}exit 1\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
-    with pytest.raises(RuntimeError, match="final link failed: No space left on device"):
+    with pytest.raises(RuntimeError, match=reason):
         kernel._compile(str(tmp_path / "kernels.so"), [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c++"]  # no unity source left
-
-
-def test_a_compile_error_is_named_by_its_error_line(tmp_path, monkeypatch):
-    compiler = tmp_path / "c++"
-    compiler.write_text(
-        "#!/bin/sh\necho 'In file included from unity.cpp:1:' >&2\n"
-        "echo 'attention.cpp:3:1: error: expected a type' >&2\nexit 1\n"
-    )
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
-    with pytest.raises(RuntimeError, match="c..: attention.cpp:3:1: error: expected a type$"):
-        kernel._compile(str(tmp_path / "kernels.so"), [])
 
 
 def test_a_full_disk_writing_the_unity_source_leaves_no_part_of_it(tmp_path, monkeypatch):

@@ -31,9 +31,14 @@ def mirrored(monkeypatch, tmp_path):
     return tmp_path / "data"
 
 
+def free_space(monkeypatch, free: int) -> None:
+    """Every disk has `free` bytes free, as shutil.disk_usage tells the downloads."""
+    usage = download.shutil.disk_usage(".")
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
 def test_a_download_the_disk_has_no_room_for_is_refused_at_once(mirrored, monkeypatch):
-    usage = download.shutil.disk_usage(mirrored.parent)
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=999))
+    free_space(monkeypatch, 999)
     with pytest.raises(UserError) as raised:
         catalog.get("fake", progress=False)
     need = catalog.human_size(sum(map(len, FILES.values())))
@@ -90,14 +95,13 @@ def test_a_file_where_the_datasets_folder_goes_is_named_as_a_file(mirrored):
 
 
 def test_a_download_of_unknown_size_or_that_just_fits_is_not_refused(mirrored, monkeypatch):
-    usage = download.shutil.disk_usage(mirrored.parent)
     need = sum(map(len, FILES.values()))
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=need))
+    free_space(monkeypatch, need)
     assert (catalog.get("fake", progress=False) / "a.txt").read_bytes() == FILES["a.txt"]
     sizeless = tuple(DataFile(entry.path, entry.sha256) for entry in catalog.CATALOG["fake"].files)
     monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "no sizes", sizeless))
     (mirrored / "fake" / "a.txt").unlink()  # one of two missing: how much it needs is unknown
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    free_space(monkeypatch, 0)
     assert (catalog.get("fake", progress=False) / "a.txt").read_bytes() == FILES["a.txt"]
 
 
@@ -110,8 +114,7 @@ def test_an_archives_size_is_checked_only_when_all_of_it_is_wanted(mirrored, mon
     source = Archive(zipped.as_uri(), "fake-1.0/")
     files = catalog.CATALOG["fake"].files  # their sizes known, each from the archive
     monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "zipped", files, archive=source))
-    usage = download.shutil.disk_usage(mirrored.parent)
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=999))
+    free_space(monkeypatch, 999)
     need = catalog.human_size(sum(map(len, FILES.values())))
     with pytest.raises(UserError, match=f"it needs {need} and the disk has 999 B free"):
         catalog.get("fake", progress=False)

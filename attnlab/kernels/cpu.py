@@ -158,8 +158,9 @@ def start_building() -> None:
     caller can prepare its data and model meanwhile; load() then waits for it."""
     with _lock:
         if _state["build"] is None and not (_state["loaded"] or _state["failed"]):
-            if not _library()[0].exists():  # a build: what it imports is imported here first
-                from torch.utils import cpp_extension  # noqa: F401  (see _compile)
+            with contextlib.suppress(OSError):  # sources unreadable: the build says so
+                if not _library()[0].exists():  # a build: what it imports is imported here
+                    from torch.utils import cpp_extension  # noqa: F401  (see _compile)
             _state["build"] = concurrent.futures.ThreadPoolExecutor(1).submit(_build)
 
 
