@@ -248,7 +248,7 @@ MUTATIONS = [
     Mutation(
         "gradients-never-clipped",
         "attnlab/training/trainer.py",
-        (("[clip_gradients(self.optimizer, clip)] if clip else []", "[]"),),
+        (("(self.optimizer, self.config.grad_clip)", "(self.optimizer, 0)"),),
         (("tests/test_optimizers.py", "-k", "adamw_on_clipped"),),
     ),
     Mutation(

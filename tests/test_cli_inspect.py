@@ -10,6 +10,8 @@ import pytest
 import torch
 from helpers import loaded_by, one_line_error, outside_the_figure, overlapping_tick_labels, run
 
+from attnlab.cli import evaluate
+from attnlab.cli.runs import run_data
 from attnlab.interpretability import plots, viewer
 from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
@@ -307,7 +309,9 @@ def test_layers_command(checkpoints, tmp_path, capsys):
     assert "would overwrite --data's file" in one_line_error(code, err)
 
 
-def test_layers_reads_the_runs_own_data_by_default_as_evaluate_does(checkpoints, tmp_path, capsys):
+def test_layers_reads_the_runs_own_data_by_default_as_evaluate_does(
+    checkpoints, tmp_path, capsys, monkeypatch
+):
     run_folder, corpus = tmp_path / "run", tmp_path / "corpus.txt"
     shutil.copytree(checkpoints["gpt"], run_folder)
     corpus.write_text("to be or not to be, that is the question. " * 10)
@@ -316,6 +320,10 @@ def test_layers_reads_the_runs_own_data_by_default_as_evaluate_does(checkpoints,
     code, own, err = run(argv, capsys)
     assert code == 0, err
     assert own == run([*argv, "--data", str(corpus)], capsys)[1]
+    asked = []  # evaluate asks for the run's data once
+    monkeypatch.setattr(evaluate, "run_data", lambda *a, **k: asked.append(a) or run_data(*a, **k))
+    assert json.loads(run(["evaluate", str(run_folder), "--json"], capsys)[1])["tokens"] > 0
+    assert asked == [(str(run_folder), None)]
     for command in (["inspect", "layers"], ["evaluate"]):  # a checkpoint in no run folder
         code, _, err = run([*command, checkpoints["gpt"]], capsys)
         assert "give --data: " in one_line_error(code, err)

@@ -285,6 +285,10 @@ def test_the_data_folder_itself_is_kept_whole_not_as_the_current_folder(tmp_path
     monkeypatch.chdir(tmp_path)
     assert catalog.here("data/books") == "books"
     assert catalog.here("data") == str(root) and catalog.here("data:*.txt") == f"{root}:*.txt"
+    (root / "books" / "a.txt").write_text("a")
+    assert catalog.in_root("books/a.txt") == str(root / "books/a.txt")  # a run's, as read
+    for other in ("absent/a.txt", "stdlib", None):  # not in the root: as kept
+        assert catalog.in_root(other) == other
 
 
 def test_a_runs_own_data_is_scored_on_its_held_out_fold_only(tmp_path):

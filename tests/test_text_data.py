@@ -60,6 +60,9 @@ def test_only_the_first_line_of_a_tsv_file_may_be_a_header(tmp_path):
     path.write_text("sentence\tlabel\ntext\tclass\ngood\t1\nbad\t0\n")  # two headers
     with pytest.raises(UserError, match=f"^{path}:2: label 'class' is not an integer >= 0$"):
         read_tsv(path)
+    path.write_text("great movie\tpositive\ngood\t1\n")  # an example, not column names
+    with pytest.raises(UserError, match=f"^{path}:1: label 'positive' is not an integer >= 0$"):
+        read_tsv(path)
 
 
 def test_a_tsv_file_whose_lines_end_in_a_lone_carriage_return_is_told_so(tmp_path):

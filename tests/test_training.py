@@ -295,9 +295,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_weights_change(tmp_path):
-    """An overflow in the backward pass: the gradient norm (clipping's) is checked as the loss."""
-    trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2)
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])  # clipping's norm, or the norm alone
+def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_weights_change(
+    tmp_path, grad_clip
+):
+    """An overflow in the backward pass: the gradient norm is checked as the loss."""
+    trainer = make_trainer(tmp_path, max_iters=10, eval_interval=2, grad_clip=grad_clip)
     weight = trainer.model.token_embedding.weight
     weight.register_hook(lambda grad: grad * math.inf if trainer.step == 2 else grad)
     with pytest.raises(TrainingDiverged, match="gradient norm became inf at step 3.*step 2 is"):

@@ -176,7 +176,8 @@ def test_the_progress_bars_time_left_counts_evaluations_and_the_time_limit(monke
 
 def test_a_resumed_runs_time_left_counts_its_time_limit_from_where_it_resumed(monkeypatch):
     """Resumed at 100 s of training with --time-limit 1 (min): steps of 0.1 s leave 57.9 s after
-    21 of them (the steps left, 10,000, would take longer); and none, not less, once past it."""
+    21 of them (the steps left, 10,000, would take longer); and none, not less, once past it,
+    where the run ends."""
     clock = [0.0]
     monkeypatch.setattr(reports.time, "perf_counter", lambda: clock[0])
     progress = reports.progress_printer(10_000, limit_s=60.0)
@@ -186,6 +187,7 @@ def test_a_resumed_runs_time_left_counts_its_time_limit_from_where_it_resumed(mo
         progress.update({"step": step, "train_loss": 1.0, "tokens_per_s": 1.0,
                          "elapsed_s": 100 + 0.1 * (step - 500)})  # fmt: skip
     assert progress.bar.left_s == pytest.approx(60 - 2.1)
+    assert not progress.time_up(159.9) and progress.time_up(160.0)  # what ends the run, too
     progress.update({"step": 522, "train_loss": 1.0, "tokens_per_s": 1.0, "elapsed_s": 161.0})
     assert progress.bar.left_s == 0
     progress.close()

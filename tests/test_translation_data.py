@@ -18,6 +18,7 @@ from attnlab.data.translation import (
     fixed_batches,
     load_split,
     number_words,
+    read_lines,
     read_parallel,
     special_ids,
     train_joint_tokenizer,
@@ -76,6 +77,18 @@ def test_a_broken_gzip_file_is_one_line_and_only_its_two_magic_bytes_make_one(tm
     (tmp_path / "latin1.en").write_bytes("Café.\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1\.en is not UTF-8 text \(invalid .*convert it"):
         read_parallel(tmp_path / "latin1.en", tmp_path / "latin1.en")
+
+
+def test_a_file_that_is_not_utf8_is_told_where_as_every_reader_of_text_tells(tmp_path):
+    for name, data in {"a.en": b"Caf\xe9.\n", "a.en.gz": gzip.compress(b"Caf\xe9.\n")}.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError) as error:
+            read_lines(tmp_path / name)
+        unpacked = " of its decompressed text" if name.endswith(".gz") else ""
+        assert str(error.value) == (
+            f"{tmp_path / name} is not UTF-8 text (invalid continuation byte at byte 3"
+            f"{unpacked}): convert it to UTF-8"
+        )
 
 
 def test_a_plain_file_is_read_before_its_gzip_beside_it(tmp_path):

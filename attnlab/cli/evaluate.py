@@ -25,6 +25,7 @@ from attnlab.cli.options import (
 from attnlab.cli.runs import (
     check_fits_data,
     note,
+    outside_a_run,
     run_data,
     run_data_settings,
     run_description,
@@ -149,7 +150,8 @@ def evaluate(args: argparse.Namespace) -> int:
         _only(args, "this model")
         return evaluate_as_trained(args)
     _only(args, "a language model")
-    data = run_data(args.checkpoint, data, required=True)  # none: said after unused flags
+    if data is None:  # said after unused flags
+        raise outside_a_run(args.checkpoint)
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     checkpoint = load_for("evaluate", GENERATE, args.checkpoint, pick_device(args.device))

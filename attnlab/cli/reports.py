@@ -90,11 +90,15 @@ class progress_printer:  # noqa: N801 - used like a function
         self.first: tuple[float, int, float] | None = None  # (clock, step, elapsed_s) at step 1
 
     def start_at(self, step: int, elapsed_s: float) -> None:
-        """A resumed run's bar: its rate and time left count the steps (and the training time,
-        elapsed_s so far) from here only."""
+        """A resumed run's bar: its rate, time left and time limit count the steps (and the
+        training time, elapsed_s so far) from here only."""
         self.bar.n = self.bar.last_print_n = self.bar.initial = step
         self.begun_s = elapsed_s
         self.bar.refresh()
+
+    def time_up(self, elapsed_s: float) -> bool:
+        """Whether limit_s of training seconds have passed since the run began (start_at)."""
+        return self.limit_s is not None and elapsed_s - self.begun_s >= self.limit_s
 
     def update(self, record: dict[str, Any]) -> None:
         self.val_loss = record.get("val_loss", self.val_loss)

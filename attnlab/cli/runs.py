@@ -114,15 +114,20 @@ def run_data(checkpoint: str, data: str | None, required: bool = False) -> str |
     own = found[0]["data"].get("data") if found else None
     if not data and found:
         check_own_data(own, found[1], "give --data")
-    data = data or catalog.in_root(own) or own
+    data = data or catalog.in_root(own)
     if data is None and required:
-        raise UserError(f"give --data: {checkpoint} is not in a run folder (no {RUN_FILE})")
+        raise outside_a_run(checkpoint)
     if str(data).startswith("task:") and str(data).split(":")[:2] != str(own).split(":")[:2]:
         raise UserError(
             f"{checkpoint} was trained on {own}, not on {':'.join(data.split(':')[:2])}: "
             "a task's tokens mean nothing to it"
         )
     return data
+
+
+def outside_a_run(checkpoint: str) -> UserError:
+    """The error of a command that needs data for a checkpoint outside a run, without --data."""
+    return UserError(f"give --data: {checkpoint} is not in a run folder (no {RUN_FILE})")
 
 
 def check_own_data(spec: Any, folder: Path, remedy: str) -> None:
@@ -165,7 +170,7 @@ def run_data_settings(args, kind):
 
     found = run_description(args.checkpoint)
     if found is None and args.data is None:
-        raise UserError(f"give --data: {args.checkpoint} is not in a run folder (no {RUN_FILE})")
+        raise outside_a_run(args.checkpoint)
     if found and args.data is None:
         check_own_data(found[0]["data"].get("data"), found[1], "give --data")
     own = data_path(found[0]["data"], catalog.in_root) if found else {}  # read in the data root
@@ -180,8 +185,7 @@ def unseen_data(args) -> bool:
     from attnlab.data import catalog
 
     found = run_description(args.checkpoint)
-    own = found[0]["data"].get("data") if found else None
-    own = catalog.in_root(own) or own
+    own = catalog.in_root(found[0]["data"].get("data")) if found else None
     return bool(args.data) and (own is None or catalog.where(args.data) != catalog.where(str(own)))
 
 
@@ -292,12 +296,11 @@ def fit_and_report(
         if trainer.lr_moved:  # a larger --max-iters stretches the schedule, say
             old, new = trainer.lr_moved
             note(f"note: the new schedule moves the learning rate from {old:.3g} to {new:.3g}")
-    begun_s = trainer.elapsed  # a resumed run's time limit counts from here
 
     def on_record(record):
         progress.update(record)
-        time_up = limit_s is not None and record["elapsed_s"] - begun_s >= limit_s
-        if time_up or stderr_closed.is_set():  # `train ... 2>&1 | head`: saved, not lost
+        # `train ... 2>&1 | head`: saved, not lost
+        if progress.time_up(record["elapsed_s"]) or stderr_closed.is_set():
             trainer.request_finish()
 
     trainer.on_record = on_record
@@ -311,7 +314,7 @@ def fit_and_report(
         progress.close()
     with trainer.writing(f"plotting {out / LOSS_PLOT}"):  # a full disk: the run is saved
         plot = plot_losses(out / METRICS_FILE, out / LOSS_PLOT)
-    timed_out = limit_s is not None and trainer.elapsed - begun_s >= limit_s
+    timed_out = progress.time_up(trainer.elapsed)
     if result.interrupted:
         note(
             f"interrupted at step {result.step}; checkpoint saved in {out}. "

@@ -360,12 +360,13 @@ def here(spec: str) -> str:
     return full.as_posix() + (":" + pattern if pattern else "")
 
 
-def in_root(spec: object) -> str | None:
+def in_root(spec: str | None) -> str | None:
     """A path a run keeps relative (here's) as read: the data root's, made absolute, whatever the
-    current folder holds; None for a name (is_name) or a path the root lacks (an older run's)."""
+    current folder holds; any other spec (a name (is_name), a path the root lacks (an older
+    run's), None) unchanged."""
     path, pattern = split_glob(spec) if isinstance(spec, str) and not is_name(spec) else (".", "")
     found = data_root() / path  # not the root itself: here keeps that absolute
-    return f"{found}:{pattern}".removesuffix(":") if path != "." and _on_disk(found) else None
+    return f"{found}:{pattern}".removesuffix(":") if path != "." and _on_disk(found) else spec
 
 
 def is_name(spec: str) -> bool:

@@ -3,7 +3,8 @@
 Dimensions: B batch, T the longest sequence of a batch (at most the model's context).
 
 Two layouts are read:
-- TSV, ``sentence<TAB>label`` per line with integer labels from 0 (a header line is skipped):
+- TSV, ``sentence<TAB>label`` per line with integer labels from 0 (a header line, such as
+  ``sentence<TAB>label``, is skipped):
   one file, or a directory holding ``train.tsv`` and, optionally, ``dev.tsv`` (SST-2's layout);
 - a directory with one sub-folder of text files per class (the movie reviews' ``neg/``,
   ``pos/``): the class names are the folder names, in sorted order.
@@ -44,8 +45,8 @@ Examples = tuple[list[str], list[int]]  # texts, labels
 
 
 def read_tsv(path: Path) -> Examples:
-    """`sentence<TAB>label` lines; the first (not blank) may be a header. Errors name file and
-    line."""
+    """`sentence<TAB>label` lines; the first (not blank) may be a header of one-word column names
+    ("great movie<TAB>positive" is an example, with a wrong label). Errors name file and line."""
     texts, labels = [], []
     lines = text_lines(read_text(path, "TSV file"))
     first = True
@@ -60,7 +61,8 @@ def read_tsv(path: Path) -> Examples:
                 + (" (its lines end in a lone \\r: make them \\n)" if lone else "")
             )
         text, label = columns[0].strip(), columns[1].strip()
-        header, first = first and not re.fullmatch("-?[0-9]+", label), False
+        names = not re.search(r"\s", text) and not re.fullmatch("-?[0-9]+", label)
+        header, first = first and names, False
         if header:
             continue  # only the first line that is not blank may be one
         if not re.fullmatch("[0-9]+", label):  # isdigit() would take "²"

@@ -86,11 +86,15 @@ def read_lines(path: str | Path) -> list[str]:
     path = readable(path)
     try:
         data = path.read_bytes()
-        text = decode_utf8(gzip.decompress(data) if data[:2] == GZIP_MAGIC else data)
+        packed = data[:2] == GZIP_MAGIC
+        text = decode_utf8(gzip.decompress(data) if packed else data)
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"cannot read {path}: {error}") from None
     except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text ({error.reason}): convert it to UTF-8") from None
+        where = f"at byte {error.start:,}" + (" of its decompressed text" if packed else "")
+        raise UserError(
+            f"{path} is not UTF-8 text ({error.reason} {where}): convert it to UTF-8"
+        ) from None
     lines = [line.strip() for line in text_lines(text)]
     if not any(lines):
         raise UserError(f"{path} is empty")
@@ -125,28 +129,9 @@ def load_split(directory: str | Path, split: str, src: str, tgt: str) -> list[Pa
 
 
 # ----------------------------------------------------------------------------- embedded task
-_ONES = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+         "eighteen", "nineteen"]  # fmt: skip
 _TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 

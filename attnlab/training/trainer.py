@@ -244,12 +244,12 @@ class Trainer:
             total += loss.detach() * weight
         count = getattr(self.train_data, "count", lambda batch: batch[-1].numel())
         tokens = sum(count(batch) for batch in batches)
-        clip = self.config.grad_clip  # the norm it takes is checked in the loss's sync
-        norm = [clip_gradients(self.optimizer, clip)] if clip else []
-        loss, *norm, self._stopping, self._finishing = self.group.agree(
-            [total, *norm], self._stop_requested, self._finish_requested
+        # the gradient norm (clipped to grad_clip, unless 0) is checked in the loss's sync
+        norm = clip_gradients(self.optimizer, self.config.grad_clip)
+        loss, norm, self._stopping, self._finishing = self.group.agree(
+            [total, norm], self._stop_requested, self._finish_requested
         )
-        self._check_finite([("loss", loss), *(("gradient norm", n) for n in norm)], self.step + 1)
+        self._check_finite([("loss", loss), ("gradient norm", norm)], self.step + 1)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens
