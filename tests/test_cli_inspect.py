@@ -331,6 +331,14 @@ def test_layers_reads_the_runs_own_data_by_default_as_evaluate_does(
     assert f"no checkpoint at {tmp_path / 'none'}" in one_line_error(code, err)
 
 
+def test_layers_refuses_a_translation_run_for_its_kind_not_its_data(checkpoints, tmp_path, capsys):
+    run_folder = tmp_path / "run"  # a run of the embedded pairs: no data to name
+    shutil.copytree(checkpoints["translation"], run_folder)
+    (run_folder / "run.json").write_text('{"kind": "translation", "data": {"data": null}}')
+    code, _, err = run(["inspect", "layers", str(run_folder)], capsys)
+    assert "which `attnlab inspect layers` does not serve" in one_line_error(code, err)
+
+
 @pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers"])
 def test_a_plot_type_matplotlib_cannot_write_is_one_line_before_the_work(
     checkpoints, tmp_path, capsys, what

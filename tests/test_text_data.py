@@ -58,10 +58,17 @@ def test_only_the_first_line_of_a_tsv_file_may_be_a_header(tmp_path):
     path.write_text("\nsentence\tlabel\ngood\t1\n")
     assert read_tsv(path) == (["good"], [1])
     path.write_text("sentence\tlabel\ntext\tclass\ngood\t1\nbad\t0\n")  # two headers
-    with pytest.raises(UserError, match=f"^{path}:2: label 'class' is not an integer >= 0$"):
+    with pytest.raises(UserError, match=f"^{path}:2: label 'class' is not an integer >= 0 "):
         read_tsv(path)
     path.write_text("great movie\tpositive\ngood\t1\n")  # an example, not column names
-    with pytest.raises(UserError, match=f"^{path}:1: label 'positive' is not an integer >= 0$"):
+    with pytest.raises(UserError, match=f"^{path}:1: label 'positive' is not an integer >= 0 "):
+        read_tsv(path)
+
+
+def test_a_tsv_label_that_is_a_name_points_to_the_label_names_flag(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("good film\t1\nbad film\tnegative\n")
+    with pytest.raises(UserError, match=r"label 'negative' .* class numbers 0, 1, .*--label-names"):
         read_tsv(path)
 
 

@@ -32,8 +32,8 @@ SERVED_BY = {
 }
 
 
-def load_for(command: str, capability: str, path: str, device) -> Checkpoint:
-    """The checkpoint at `path` on `device`, if its kind has `capability`."""
+def check_serves(command: str, capability: str, path: str) -> None:
+    """Refuse, in one line, a checkpoint at `path` whose kind lacks `capability`."""
     kind = get_kind(checkpoint_description(path)["kind"])
     if capability not in kind.capabilities:
         serving = [SERVED_BY[c] for c in sorted(kind.capabilities) if c in SERVED_BY]
@@ -42,6 +42,11 @@ def load_for(command: str, capability: str, path: str, device) -> Checkpoint:
             f"{path} holds {a_kind(kind.name)} model, which `attnlab {command}` does not serve "
             f"(it needs one that can {ABILITIES.get(capability, capability)}){hint}"
         )
+
+
+def load_for(command: str, capability: str, path: str, device) -> Checkpoint:
+    """The checkpoint at `path` on `device`, if its kind has `capability`."""
+    check_serves(command, capability, path)
     checkpoint = load_checkpoint(path, device)
     return widened(checkpoint) if command.startswith("evaluate") else checkpoint
 

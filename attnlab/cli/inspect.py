@@ -313,6 +313,7 @@ def lens_command(args: argparse.Namespace) -> int:
 def layers_command(args: argparse.Namespace) -> int:
     import torch
 
+    from attnlab.cli.checkpoint import check_serves
     from attnlab.cli.options import resolve_data_path
     from attnlab.cli.runs import note, run_data, run_train_config
     from attnlab.data.corpus import Corpus
@@ -320,13 +321,12 @@ def layers_command(args: argparse.Namespace) -> int:
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
     from attnlab.interpretability.surgery import block_stack, layer_surgery
     from attnlab.models.registry import GENERATE
-    from attnlab.training.checkpoints import checkpoint_description
     from attnlab.training.config import TrainConfig
     from attnlab.training.sources import IGNORE_INDEX
 
     if args.windows < 1:
         raise UserError(f"--windows must be >= 1, got {args.windows}")
-    checkpoint_description(args.checkpoint)  # no checkpoint: said before its run is looked for
+    check_serves("inspect layers", GENERATE, args.checkpoint)  # before its run is looked for
     args.data = run_data(args.checkpoint, args.data, required=True)  # --png spares it too
     checkpoint = _open(args, GENERATE)
     model, tokenizer = checkpoint.model, checkpoint.tokenizer

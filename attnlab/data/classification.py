@@ -66,7 +66,10 @@ def read_tsv(path: Path) -> Examples:
         if header:
             continue  # only the first line that is not blank may be one
         if not re.fullmatch("[0-9]+", label):  # isdigit() would take "²"
-            raise UserError(f"{path}:{number}: label {label!r} is not an integer >= 0")
+            raise UserError(
+                f"{path}:{number}: label {label!r} is not an integer >= 0 (a TSV's labels are "
+                "class numbers 0, 1, ...; train's --label-names gives their names)"
+            )
         texts.append(text)
         labels.append(int(label))
     if not texts:
