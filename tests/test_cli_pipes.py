@@ -254,6 +254,20 @@ def test_a_command_whose_stdin_is_closed_reads_it_as_empty():
     assert (done.returncode, done.stdout, done.stderr) == (0, b"\n", b""), done
 
 
+def test_a_command_run_in_a_deleted_folder_says_so(tmp_path):
+    """A shell left in a folder since deleted: importing torch there ended the process with
+    oneMKL's "FATAL ERROR: Cannot load libtorch_cpu.so" and nothing about the folder."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "attnlab", "sample", str(tmp_path / "run")],
+        capture_output=True,
+        preexec_fn=lambda: (os.chdir(gone), os.rmdir(gone)),  # noqa: PLW1509 - as `rm -r .`
+    )
+    line = "attnlab: error: the current folder no longer exists (deleted): cd to one that does\n"
+    assert (done.returncode, done.stderr.decode()) == (2, line), done
+
+
 def test_a_plot_written_to_stdout_gets_stdout_to_itself(tmp_path):
     """`inspect lens ... --png /dev/stdout > lens.png`: the table and the "wrote" line go to
     stderr, or they would sit in the middle of the PNG's bytes."""

@@ -93,11 +93,27 @@ def test_train_encode_decode_show(trained_file, capsys, monkeypatch):
 
 def test_show_colours_on_a_terminal(trained_file, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
     assert main(["tokenize", "show", "--tokenizer", str(trained_file), "the fox"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "\x1b[" in first and "|" not in first
     assert main(["tokenize", "show", "--no-color", "--tokenizer", str(trained_file), "a b"]) == 0
     assert "\x1b[" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variable, value", [("NO_COLOR", "1"), ("TERM", "dumb")])
+def test_show_draws_no_colours_where_the_environment_says_not_to(
+    trained_file, capsys, monkeypatch, variable, value
+):
+    """NO_COLOR (no-color.org) and a terminal that draws no colours (TERM=dumb: an editor's
+    shell, say) get the bars a pipe gets, not escape codes shown as text."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv(variable, value)
+    assert main(["tokenize", "show", "--tokenizer", str(trained_file), "the fox"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "\x1b" not in first and "|" in first
 
 
 def test_byte_tokenizer(capsys, monkeypatch):

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run
+from helpers import one_line_error, read_only, run
 from PIL import Image
 from test_images import idx_bytes, write_mnist, write_png
 
@@ -97,6 +97,24 @@ def test_the_default_confusion_plot_is_never_written_through_a_link_in_the_run(
     assert f"{shared / 'confusion_val.png'} is a link (to {victim}): a command writes" in line
     assert "name the file with --confusion" in line and out == ""
     assert victim.read_text() == "mine"
+
+
+def test_a_run_shared_read_only_is_refused_before_the_images_are_scored(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """Its default confusion plot cannot be written: one line at once, naming --confusion,
+    not a write error once every image is scored, the figures lost."""
+    shared = tmp_path / "shared"
+    shutil.copytree(trained, shared)
+    read_only(monkeypatch, shared)
+    monkeypatch.setattr(
+        "attnlab.evaluation.classification.evaluate_classifier",
+        lambda *args: pytest.fail("the images were scored before the plot's folder was checked"),
+    )
+    code, out, err = run(["evaluate", str(shared)], capsys)
+    line = one_line_error(code, err)
+    assert f"cannot write to {shared}" in line and "elsewhere with --confusion FILE" in line
+    assert out == ""
 
 
 def test_classify_image_prints_the_top_classes(trained, shape_png, capsys):

@@ -293,6 +293,7 @@ def _rank_0() -> bool:
 def _main(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        _check_current_folder()  # before a command's module, or a plugin, imports torch
         load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
         try:
             args = build_parser(command if command in COMMANDS else "").parse_args(argv)
@@ -318,6 +319,17 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _check_current_folder() -> None:
+    """A current folder deleted while the shell was in it (a run removed, `git clean`) is one
+    line: relative paths would name nothing, and importing torch there ends the process with
+    oneMKL's "FATAL ERROR: Cannot load libtorch_cpu.so"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        message = "the current folder no longer exists (deleted): cd to one that does"
+        raise UserError(message) from None
 
 
 def _unicode_error_line(error: UnicodeError) -> str:

@@ -118,9 +118,7 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     checkpoint = load_classifier(args.checkpoint, args.device, "evaluate")
     model, artifacts = checkpoint.model, checkpoint.artifacts
     split = evaluated_split(args)
-    png = Path(
-        args.confusion or default_output(args.checkpoint, f"confusion_{split}.png", "--confusion")
-    )
+    png = Path(args.confusion or _default_confusion(args.checkpoint, split))
     data, scored = _evaluation_images(args, checkpoint, split)
     result = evaluate_classifier(model, data, artifacts["normalization"], args.batch_size)
     title = (
@@ -136,6 +134,16 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
         print(f"{'images':>10}  {result['images']:,}")
         print(f"{'confusion':>10}  {png}")
     return 0
+
+
+def _default_confusion(checkpoint: str, split: str) -> Path:
+    """CKPT/confusion_SPLIT.png, checked before the work as --confusion is: a run shared with
+    us read-only is one line at once, naming the way out, not after every image is scored."""
+    png = default_output(checkpoint, f"confusion_{split}.png", "--confusion")
+    try:
+        return check_output("--confusion", png, checkpoint)
+    except UserError as error:
+        raise UserError(f"{error}; write the plot elsewhere with --confusion FILE") from None
 
 
 def evaluated_split(args: argparse.Namespace) -> str:

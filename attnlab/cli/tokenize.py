@@ -111,7 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument(
         "--no-color",
         action="store_true",
-        help="separate tokens with '|' instead of colours (also when not a tty); with "
+        help="separate tokens with '|' instead of colours (also when not a tty, with NO_COLOR "
+        "set or TERM=dumb); with "
         f"{', then '.join(map(repr, BARS[1:]))} where the text holds one",
     )
     show.set_defaults(handler=run_show)
@@ -213,7 +214,7 @@ def run_show(args: argparse.Namespace) -> int:
     text = user_text(args.text)
     ids = tokenizer.encode(text)
     pieces = [visible(tokenizer.token_text(i)) for i in ids]
-    if args.no_color or not sys.stdout.isatty():  # a bar the text has not: no token looks cut
+    if not _colours(args.no_color):  # a bar the text has not: no token looks cut
         print(next((bar for bar in BARS if bar not in text), BARS[0]).join(pieces))
     else:
         print("".join(f"{_COLOURS[k % len(_COLOURS)]}{p}{_RESET}" for k, p in enumerate(pieces)))
@@ -221,3 +222,10 @@ def run_show(args: argparse.Namespace) -> int:
     ratio = f": {n_bytes / len(ids):.2f} bytes/token" if ids else ""  # none: no 0/0 to show
     print(f"{len(ids)} tokens, {n_bytes} bytes{ratio}")
     return 0
+
+
+def _colours(no_color: bool) -> bool:
+    """Whether `show` colours its tokens: on a terminal that draws colours (TERM=dumb does not),
+    unless --no-color or NO_COLOR (set to anything but empty, as no-color.org has it) says no."""
+    asked_not = no_color or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb"
+    return not asked_not and sys.stdout.isatty()
