@@ -99,6 +99,7 @@ def test_a_task_with_a_tokenizer_is_one_line_and_a_finished_run_resumed_says_so(
     assert run([*task, *tiny, "--max-iters", "2"], capsys)[0] == 0
     code, _, err = run(["train", "gpt", "--out", out, "--resume"], capsys)
     assert code == 0 and "is at step 2 already (max_iters 2): nothing to train" in err
+    assert "warm-up" not in err  # of steps it will not take
 
 
 def test_a_nan_in_a_config_file_is_one_line(tmp_path, capsys):

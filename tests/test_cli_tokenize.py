@@ -89,6 +89,8 @@ def test_train_encode_decode_show(trained_file, capsys, monkeypatch):
     assert lines[1] == f"{n} tokens, 7 bytes: {7 / n:.2f} bytes/token"
     assert main(["tokenize", "show", "--tokenizer", str(trained_file), ""]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "0 tokens, 0 bytes"  # no 0/0 as a ratio
+    assert main(["tokenize", "show", "--tokenizer", "byte", "a"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "1 token, 1 byte: 1.00 bytes/token"
 
 
 def test_show_colours_on_a_terminal(trained_file, capsys, monkeypatch):

@@ -251,6 +251,8 @@ def _note_schedule(trainer: Trainer) -> None:
     """A note where the learning rate is not what a user may think: a run that is all warm-up,
     or inverse_sqrt's peak (--learning-rate is its multiplier, 1.0 in the paper)."""
     config = trainer.config
+    if trainer.step >= config.max_iters:  # a finished run resumed: no steps to note
+        return
     if config.warmup_iters >= config.max_iters:  # any schedule's peak (and decay) comes after
         last = trainer.learning_rate(config.max_iters - 1, config)
         note(

@@ -220,7 +220,7 @@ def run_show(args: argparse.Namespace) -> int:
         print("".join(f"{_COLOURS[k % len(_COLOURS)]}{p}{_RESET}" for k, p in enumerate(pieces)))
     n_bytes = len(text.encode("utf-8"))
     ratio = f": {n_bytes / len(ids):.2f} bytes/token" if ids else ""  # none: no 0/0 to show
-    print(f"{len(ids)} tokens, {n_bytes} bytes{ratio}")
+    print(f"{len(ids)} token{'s' * (len(ids) != 1)}, {n_bytes} byte{'s' * (n_bytes != 1)}{ratio}")
     return 0
 
 
