@@ -152,6 +152,7 @@ def test_image_folder_skips_what_is_not_an_image_and_names_it(tmp_path):
     Image.new("F", (8, 8), 0.9).save(tmp_path / "dog" / "float.tif")  # 0..1? 0..255? refused
     write_png(tmp_path / "dog" / "more" / "5.png")  # a sub-folder's images are the class's too
     write_png(tmp_path / "dog" / ".thumbnails" / "0.png")  # hidden: left out
+    write_png(tmp_path / "__MACOSX" / "dog" / "._0.png")  # a zip made on macOS: no class
     warnings = []
     data = load_image_folder(tmp_path, 8, log=warnings.append)
     assert data.classes == ("cat", "dog")

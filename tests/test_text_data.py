@@ -17,6 +17,7 @@ from attnlab.data import catalog
 from attnlab.data.classification import (
     ClassificationDataConfig,
     classification_training_data,
+    read_class_folders,
     read_tsv,
 )
 from attnlab.data.corpus import Corpus, corpus_files
@@ -63,6 +64,21 @@ def test_only_the_first_line_of_a_tsv_file_may_be_a_header(tmp_path):
     path.write_text("great movie\tpositive\ngood\t1\n")  # an example, not column names
     with pytest.raises(UserError, match=f"^{path}:1: label 'positive' is not an integer >= 0 "):
         read_tsv(path)
+
+
+def test_a_folder_unzipped_on_macos_is_read_without_its_metadata(tmp_path):
+    """A zip made on macOS unpacks a __MACOSX folder of "._" files beside the data: it is no
+    class, and no text of a corpus."""
+    for name in ("neg/0.txt", "pos/0.txt", "__MACOSX/pos/._0.txt", "pos/.DS_Store"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x00\x05\x16\x07" if "/." in name else b"a review")
+    warnings = []
+    assert read_class_folders(tmp_path, warnings.append) == (
+        (["a review", "a review"], [0, 1]),
+        ["neg", "pos"],
+    )
+    assert warnings == []
+    assert corpus_files(str(tmp_path)) == [tmp_path / "neg/0.txt", tmp_path / "pos/0.txt"]
 
 
 def test_a_tsv_label_that_is_a_name_points_to_the_label_names_flag(tmp_path):

@@ -30,7 +30,7 @@ import torch
 
 from attnlab.config import check_types
 from attnlab.data import catalog
-from attnlab.data.corpus import text_lines
+from attnlab.data.corpus import hidden, text_lines
 from attnlab.data.labels import count_classes
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
 from attnlab.errors import ConfigError, UserError
@@ -80,15 +80,13 @@ def read_tsv(path: Path) -> Examples:
 def read_class_folders(root: Path, log: Callable[[str], None]) -> tuple[Examples, list[str]]:
     """Every text file in each sub-folder of `root`, labelled by its folder (hidden files and
     folders left out; an empty or not UTF-8 file skipped, with a warning); and the classes."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not hidden(p, root))
     if not classes:
         raise UserError(f"{root} has no class folders (one sub-folder of text files per class)")
     texts, labels = [], []
     for label, name in enumerate(classes):
         folder, count = root / name, len(texts)
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if any(part.startswith(".") for part in file.relative_to(folder).parts):
-                continue
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and not hidden(p, folder)):
             try:
                 text = file.read_bytes().decode("utf-8-sig")
             except UnicodeDecodeError:

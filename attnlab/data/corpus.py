@@ -31,10 +31,16 @@ GUESSED_NAMES = 1000  # a folder's names compared with data not found there, at 
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
+def hidden(path: Path, root: Path) -> bool:
+    """Whether `path` in `root` is left out of a folder read as data: hidden files and folders
+    (.git, .ipynb_checkpoints, macOS's ._ files) and the __MACOSX folder of a zip made on macOS."""
+    return any(part[0] == "." or part == "__MACOSX" for part in path.relative_to(root).parts)
+
+
 def corpus_files(spec: str) -> list[Path]:
     """The files of a corpus spec, sorted so every run reads them in the same order: a file, a
-    folder's .txt files (.TXT too) or DIR:GLOB (hidden files and folders left out: .git,
-    .ipynb_checkpoints)."""
+    folder's .txt files (.TXT too) or DIR:GLOB (hidden ones left out, unless the glob names
+    them)."""
     if spec == STDLIB:
         root = Path(sysconfig.get_paths()["stdlib"])
         files = [
@@ -48,11 +54,11 @@ def corpus_files(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        hidden = any(part.startswith(".") for part in Path(pattern).parts)  # asked for by name
+        named = any(part.startswith(".") for part in Path(pattern).parts)  # asked for by name
         files = sorted(
             p
             for p in path.glob(pattern or DEFAULT_GLOB)
-            if p.is_file() and (hidden or not any(s[0] == "." for s in p.relative_to(path).parts))
+            if p.is_file() and (named or not hidden(p, path))
         )
         if not files:
             raise UserError(f"no files match {pattern or '**/*.txt'!r} in directory {path}")

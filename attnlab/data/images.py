@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.data.corpus import GZIP_MAGIC
+from attnlab.data.corpus import GZIP_MAGIC, hidden
 from attnlab.data.labels import count_classes
 from attnlab.errors import UserError
 from attnlab.files import readable
@@ -259,11 +259,9 @@ def _class_arrays(
     folder with no readable image is refused, as text class folders are
     (data/classification.py): it would be a class that nothing teaches."""
     found = {}
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name[0] != "."):
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and not hidden(p, directory)):
         arrays = []
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if any(part[0] == "." for part in file.relative_to(folder).parts):
-                continue
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and not hidden(p, folder)):
             try:
                 arrays.append(_small_array(file, channels, size))
             except UserError as error:
@@ -325,7 +323,9 @@ def load_image_folder(
 
 
 def _has_class_folders(directory: Path) -> bool:
-    return directory.is_dir() and any(p.is_dir() and p.name[0] != "." for p in directory.iterdir())
+    return directory.is_dir() and any(
+        p.is_dir() and not hidden(p, directory) for p in directory.iterdir()
+    )
 
 
 def _image_set(arrays: dict[str, list[np.ndarray]], classes, channels: int, where) -> ImageSet:
