@@ -224,6 +224,7 @@ def test_scaling_by_default_writes_beside_the_race_not_into_it(tmp_path, capsys,
         (["--out", ""], "--out is empty: give a folder"),
         (["--params", "1"], "--params 1: out of attention's reach, whose narrowest blocks"),
         (["--mixers", "lstm", "--params", "1e12"], "out of lstm's reach, whose widest blocks"),
+        (["--params", "1e30"], "--params 1e+30: out of attention's reach"),  # not 31 digits
         (["--mixers", "attention,lstm,attention"], "--mixers names attention twice"),
         (["--scaling", "--mixers", "lstm,lstm"], "--mixers names lstm twice"),
         (

@@ -80,8 +80,9 @@ def matched_config(
     found = block_parameters(config(width))  # off by a width step's coarseness: reported
     too_large = width == WIDTH_STEP and found > SIZE_TOLERANCE * params
     if too_large or (width == MAX_WIDTH and found * SIZE_TOLERANCE < params):
+        shown = f"{params:,}" if params < 10**15 else f"{params:.3g}"  # not a float's digits
         raise UserError(
-            f"--params {params:,}: out of {mixer}'s reach, whose "
+            f"--params {shown}: out of {mixer}'s reach, whose "
             f"{'narrowest' if too_large else 'widest'} blocks (d_model {width}) have "
             f"{found:,} parameters"
         )
