@@ -41,7 +41,9 @@ EMBEDDED_VAL_PAIRS = 500
 EMBEDDED_SEED = 1337  # the embedded task's pairs, whatever a run's --seed: runs compare on one task
 EMBEDDED_NUMBERS = 10**6  # the numbers the embedded task writes: those below a million
 Pair = tuple[str, str]
-Example = tuple[list[int], list[int]]  # source ids (ending in </s>), target ids (no specials)
+# source ids (ending in </s>), target ids (no specials), as int32 arrays: lists of Python ints
+# take 20 times the memory (2.7 GB for the 800,000 pairs of a 120 MB corpus)
+Example = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def encode_pairs(
         elif max(len(src_ids), len(tgt_ids)) + 1 > max_tokens:
             too_long += 1
         else:
-            examples.append((src_ids + [eos], tgt_ids))
+            examples.append((np.array(src_ids + [eos], np.int32), np.array(tgt_ids, np.int32)))
     return examples, FilterReport(len(pairs), len(examples), too_long, empty)
 
 
@@ -239,9 +241,10 @@ def collate(
     tgt_in = torch.full((len(examples), tgt_len), pad_id, dtype=torch.long)  # (B, T)
     tgt_out = torch.full((len(examples), tgt_len), IGNORE_INDEX, dtype=torch.long)  # (B, T)
     for row, (source, target) in enumerate(examples):
-        src[row, : len(source)] = torch.tensor(source)
-        tgt_in[row, : len(target) + 1] = torch.tensor([bos_id, *target])
-        tgt_out[row, : len(target) + 1] = torch.tensor([*target, eos_id])
+        target = torch.as_tensor(target)  # an array (encode_pairs') or a list
+        src[row, : len(source)] = torch.as_tensor(source)
+        tgt_in[row, 0], tgt_in[row, 1 : len(target) + 1] = bos_id, target
+        tgt_out[row, : len(target)], tgt_out[row, len(target)] = target, eos_id
     return src, tgt_in, tgt_out
 
 
