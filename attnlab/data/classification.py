@@ -22,10 +22,11 @@ classifier averages their logits).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from attnlab.config import check_types
@@ -167,7 +168,7 @@ def encode_example(
     return [[specials[CLS], *piece, specials[SEP]] for piece in pieces]
 
 
-def pad_batch(texts: list[list[list[int]]], pad_id: int) -> torch.Tensor:
+def pad_batch(texts: list[list[Sequence[int]]], pad_id: int) -> torch.Tensor:
     """The sequences of each text (encode_example) as ids (B, T), padded to the longest, or as
     (B, W, T) when a text has several: W windows, a text with fewer padded with empty ones."""
     windows = max(map(len, texts))
@@ -175,7 +176,7 @@ def pad_batch(texts: list[list[list[int]]], pad_id: int) -> torch.Tensor:
     batch = torch.full((len(texts), windows, longest), pad_id, dtype=torch.long)
     for row, text in enumerate(texts):
         for window, ids in enumerate(text):
-            batch[row, window, : len(ids)] = torch.tensor(ids)
+            batch[row, window, : len(ids)] = torch.as_tensor(ids)
     return batch[:, 0] if windows == 1 else batch
 
 
@@ -234,8 +235,11 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     pad_id = tokenizer.special_tokens[PAD]
     length, long_text = request.model["context_length"], request.model["long_text"]
 
-    def encode(texts: list[str]) -> list[list[list[int]]]:
-        return [encode_example(tokenizer, text, length, long_text) for text in texts]
+    def encode(texts: list[str]) -> list[list[np.ndarray]]:  # int32: a list takes 20x the memory
+        return [
+            [np.array(ids, np.int32) for ids in encode_example(tokenizer, text, length, long_text)]
+            for text in texts
+        ]
 
     train_texts = encode(train_examples[0])
     try:
