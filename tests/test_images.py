@@ -344,6 +344,7 @@ def test_a_test_folder_of_classes_beside_classes_without_train_is_refused(tmp_pa
     with pytest.raises(UserError, match=f"^{tmp_path / 'test'} holds class folders, but"):
         load_image_folder(tmp_path, 8, log=lambda m: None)
     write_png(tmp_path / "val" / "0.png")  # an image-only folder is a class called val
+    write_png(tmp_path / "val" / "__MACOSX" / "._0.png")  # a zip's metadata: not a class
     for name in ("cat", "dog"):
         (tmp_path / "test" / name / "0.png").rename(tmp_path / "test" / f"{name}.png")
         (tmp_path / "test" / name).rmdir()

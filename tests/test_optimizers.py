@@ -163,7 +163,8 @@ def test_every_kind_decays_its_matrices_and_nothing_else():
 
 @pytest.mark.parametrize("gradient_scale", [100.0, 1e-3])  # clipped, and left alone
 @pytest.mark.parametrize("fused", [True, False])
-def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused):
+@pytest.mark.parametrize("max_norm", [1.0, 0.0])  # 0: nothing clipped
+def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused, max_norm):
     steps = []
     for clip in (clip_gradients, None):
         torch.manual_seed(0)
@@ -174,9 +175,9 @@ def test_clipping_steps_as_torchs_clip_grad_norm(gradient_scale, fused):
         for p in model.parameters():
             p.grad = torch.randn_like(p) * gradient_scale
         if clip:
-            clip(optimizer, 1.0)
+            clip(optimizer, max_norm)
         else:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or math.inf)
         optimizer.step()
         steps.append([p.detach() for p in model.parameters()])
     for mine, theirs in zip(*steps, strict=True):
@@ -206,10 +207,9 @@ def test_adamw_steps_as_torchs_over_several_steps_in_float64(fused, clip):
         for mine, theirs in zip(model.parameters(), params, strict=True):
             mine.grad = torch.randn_like(mine) * scale
             theirs.grad = mine.grad.clone()
-        if clip:
-            norm = clip_gradients(optimizer, clip)  # summed in another order: to rounding
-            theirs = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-            torch.testing.assert_close(norm, theirs, rtol=1e-14, atol=0)
+        norm = clip_gradients(optimizer, clip)  # summed in another order: to rounding
+        theirs = torch.nn.utils.clip_grad_norm_(params, clip or math.inf, foreach=True)  # 0: none
+        torch.testing.assert_close(norm, theirs, rtol=1e-14, atol=0)
         for group in (*optimizer.param_groups, *torchs.param_groups):
             group["lr"] = 1e-2 * (step + 1) / 5
         optimizer.step()

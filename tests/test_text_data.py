@@ -67,6 +67,9 @@ def test_only_the_first_line_of_a_tsv_file_may_be_a_header(tmp_path):
     path.write_text("great movie\tpositive\ngood\t1\n")  # an example, not column names
     with pytest.raises(UserError, match=f"^{path}:1: label 'positive' is not an integer >= 0 "):
         read_tsv(path)
+    path.write_text("great\tvery positive\ngood\t1\n")
+    with pytest.raises(UserError, match=f"^{path}:1: label 'very positive' is not an integer "):
+        read_tsv(path)
 
 
 def test_a_folder_unzipped_on_macos_is_read_without_its_metadata(tmp_path):
@@ -82,6 +85,7 @@ def test_a_folder_unzipped_on_macos_is_read_without_its_metadata(tmp_path):
     )
     assert warnings == []
     assert corpus_files(str(tmp_path)) == [tmp_path / "neg/0.txt", tmp_path / "pos/0.txt"]
+    assert corpus_files(f"{tmp_path}:__MACOSX/**/*.txt") == [tmp_path / "__MACOSX/pos/._0.txt"]
 
 
 def test_a_tsv_label_that_is_a_name_points_to_the_label_names_flag(tmp_path):

@@ -62,7 +62,7 @@ def read_tsv(path: Path) -> Examples:
                 + (" (its lines end in a lone \\r: make them \\n)" if lone else "")
             )
         text, label = columns[0].strip(), columns[1].strip()
-        names = not re.search(r"\s", text) and not re.fullmatch("-?[0-9]+", label)
+        names = not re.search(r"\s", text + label) and not re.fullmatch("-?[0-9]+", label)
         header, first = first and names, False
         if header:
             continue  # only the first line that is not blank may be one

@@ -54,7 +54,7 @@ def corpus_files(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        named = any(part.startswith(".") for part in Path(pattern).parts)  # asked for by name
+        named = hidden(Path(pattern), Path())  # asked for by name
         files = sorted(
             p
             for p in path.glob(pattern or DEFAULT_GLOB)

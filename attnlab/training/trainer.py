@@ -244,7 +244,7 @@ class Trainer:
             total += loss.detach() * weight
         count = getattr(self.train_data, "count", lambda batch: batch[-1].numel())
         tokens = sum(count(batch) for batch in batches)
-        # the gradient norm (clipped to grad_clip, unless 0) is checked in the loss's sync
+        # the gradients clipped to grad_clip (0: not); their norm is checked in the loss's sync
         norm = clip_gradients(self.optimizer, self.config.grad_clip)
         loss, norm, self._stopping, self._finishing = self.group.agree(
             [total, norm], self._stop_requested, self._finish_requested
