@@ -152,3 +152,16 @@ def outside_the_figure(fig) -> list[str]:
     boxes = {t.get_text(): t.get_window_extent() for t in texts if t.get_visible() and t.get_text()}
     return [text for text, box in boxes.items()
             if not (edges.contains(*box.min) and edges.contains(*box.max))]  # fmt: skip
+
+
+def assert_same_tokens(got: list[int], expected: list[int]) -> None:
+    """got == expected, or a failure that says where they first differ. (pytest explains a
+    failed == of two lists with a diff of the whole, in CI: hours for a corpus's tokens.)"""
+    if got != expected:
+        pairs = enumerate(zip(got, expected, strict=False))
+        at = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
+        shown = slice(max(at - 2, 0), at + 3)
+        pytest.fail(
+            f"{len(got)} and {len(expected)} tokens, first different at token {at}: "
+            f"{got[shown]} != {expected[shown]}"
+        )

@@ -11,6 +11,7 @@ import pytest
 import regex
 import tiktoken
 import tiktoken.load
+from helpers import assert_same_tokens
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,36 +98,6 @@ def assert_same_as_tiktoken(ours: BPETokenizer, theirs: tiktoken.Encoding, text:
     expected = theirs.encode_ordinary(text)
     assert_same_tokens(ours.encode(text), expected)
     assert_same_tokens(ours.encode_reference(text), expected)
-
-
-def assert_same_tokens(got: list[int], expected: list[int]) -> None:
-    """got == expected, or a failure that says where they first differ. (pytest explains a
-    failed == of two lists with a diff of the whole, in CI: hours for a corpus's tokens.)"""
-    if got != expected:
-        pairs = enumerate(zip(got, expected, strict=False))
-        at = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
-        shown = slice(max(at - 2, 0), at + 3)
-        pytest.fail(
-            f"{len(got)} and {len(expected)} tokens, first different at token {at}: "
-            f"{got[shown]} != {expected[shown]}"
-        )
-
-
-def test_two_long_token_lists_that_differ_fail_at_once_with_where():
-    tokens = list(range(50_000))  # pytest's own diff of these two takes minutes in CI
-    wrong = tokens[:30_000] + [-t for t in tokens[30_000:]]
-    expected = r"50000 and 50000 tokens, first different at token 30000: "
-    expected += (
-        r"\[29998, 29999, -30000, -30001, -30002\] != \[29998, 29999, 30000, 30001, 30002\]$"
-    )
-    with pytest.raises(pytest.fail.Exception, match=expected):
-        assert_same_tokens(wrong, tokens)
-    with pytest.raises(
-        pytest.fail.Exception,
-        match=r"^3 and 2 tokens, first different at token 2: \[0, 1, 2\] != \[0, 1\]$",
-    ):
-        assert_same_tokens([0, 1, 2], [0, 1])
-    assert_same_tokens(tokens, list(tokens))
 
 
 # ---- training ----
