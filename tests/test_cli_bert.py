@@ -270,9 +270,10 @@ def test_classify_reads_stdin_line_for_line_and_names_a_line_it_cannot_read(
     assert code == 0, err
     lines = stdout.split("\n")
     assert lines[1] == "" and lines[0].endswith(SENTENCES[0]) and lines[2].endswith(SENTENCES[1])
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"{SENTENCES[0]}\n\nzebra quiz!\n"))
-    line = one_line_error(*run(["classify", str(out)], capsys)[::2])
-    assert line.startswith("attnlab: error: stdin line 3: text has") and "never saw" in line
+    lines = [SENTENCES[0]] * 32 + ["", "zebra quiz!"]  # a batch is printed once it is scored
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    code, stdout, err = run(["classify", str(out)], capsys)
+    assert len(stdout.splitlines()) == 33 and "line 34: text has" in one_line_error(code, err)
 
 
 def test_classify_refuses_a_masked_lm_checkpoint(pretrained, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
@@ -12,6 +13,8 @@ from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.predict import classify
 from attnlab.models.registry import CLASSIFY
+
+BATCH = 32  # texts scored at once
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,18 +37,21 @@ def run(args: argparse.Namespace) -> int:
     if not any(text.strip() for text in texts):
         raise UserError("no text to classify: give TEXT arguments or lines on stdin")
     names = checkpoint.artifacts["classes"].names if "classes" in checkpoint.artifacts else None
-    try:
-        rows = iter(
-            classify(checkpoint.model, checkpoint.tokenizer, list(filter(str.strip, texts)))
-        )
-    except UserError as error:  # a text the tokenizer cannot read: say which
-        where = _which(checkpoint.tokenizer, texts, bool(args.texts))
-        raise UserError(f"{where}: {error}") from None
+    kept = [text for text in texts if text.strip()]
+    batches = (
+        classify(checkpoint.model, checkpoint.tokenizer, kept[start : start + BATCH])
+        for start in range(0, len(kept), BATCH)
+    )
+    rows = itertools.chain.from_iterable(batches)  # each batch printed as it is scored
     for text in texts:  # a line out for each line in, a blank one for a blank one
         if not text.strip():
             print(flush=True)
             continue
-        row = next(rows)
+        try:
+            row = next(rows)
+        except UserError as error:  # a text the tokenizer cannot read: say which
+            where = _which(checkpoint.tokenizer, texts, bool(args.texts))
+            raise UserError(f"{where}: {error}") from None
         label = int(row.argmax())
         shown = " ".join(text.split())  # one output line per text, its fields split by tabs
         print(f"{names[label] if names else label}\t{row[label]:.4f}\t{shown}", flush=True)
