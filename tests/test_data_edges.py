@@ -299,3 +299,18 @@ def test_a_runs_own_data_is_scored_on_its_held_out_fold_only(tmp_path):
     held_out = [read_examples(str(tsv), 4, 1, evaluate=e)[1] for e in ("", "held_out")]
     assert held_out[0] == held_out[1] and len(held_out[0][0]) == 10
     assert len(read_examples(str(tsv), 4, 1, evaluate="all")[1][0]) == 40
+
+
+def test_a_file_in_the_data_folder_with_a_colon_in_its_name_is_found_again(tmp_path, monkeypatch):
+    """A run keeps "books/a:b.txt" relative to $ATTNLAB_DATA; read from another folder, the
+    colon was taken for a glob's ("books/a", "b.txt") and the file was not found."""
+    root = tmp_path / "data"
+    (root / "books").mkdir(parents=True)
+    (root / "books" / "a:b.txt").write_text("a")
+    monkeypatch.setenv("ATTNLAB_DATA", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert catalog.here("data/books/a:b.txt") == "books/a:b.txt"
+    assert catalog.in_root("books/a:b.txt") == str(root / "books/a:b.txt")
+    assert catalog.where("books/a:b.txt") == str(root / "books/a:b.txt")
+    assert catalog.locate("books/a:b.txt") == str(root / "books/a:b.txt")
+    assert catalog.locate("books:a*.txt") == f"{root / 'books'}:a*.txt"  # a glob still is one

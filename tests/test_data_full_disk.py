@@ -41,7 +41,7 @@ def test_a_download_the_disk_has_no_room_for_is_refused_at_once(mirrored, monkey
     free_space(monkeypatch, 999)
     with pytest.raises(UserError) as raised:
         catalog.get("fake", progress=False)
-    need = catalog.human_size(sum(map(len, FILES.values())))
+    need = download.human_size(sum(map(len, FILES.values())))
     assert str(raised.value) == (
         f"cannot get dataset 'fake': it needs {need} and the disk has 999 B free "
         f"(looked in {mirrored / 'fake'})"
@@ -115,7 +115,7 @@ def test_an_archives_size_is_checked_only_when_all_of_it_is_wanted(mirrored, mon
     files = catalog.CATALOG["fake"].files  # their sizes known, each from the archive
     monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "zipped", files, archive=source))
     free_space(monkeypatch, 999)
-    need = catalog.human_size(sum(map(len, FILES.values())))
+    need = download.human_size(sum(map(len, FILES.values())))
     with pytest.raises(UserError, match=f"it needs {need} and the disk has 999 B free"):
         catalog.get("fake", progress=False)
     (mirrored / "fake" / "sub").mkdir(parents=True)

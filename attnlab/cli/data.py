@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from attnlab.data import catalog
+from attnlab.data import catalog, download
 from attnlab.errors import UserError
 from attnlab.files import STALE_S, cache_dir
 
@@ -109,7 +109,7 @@ def list_datasets(args: argparse.Namespace) -> int:
         missing = len(catalog.missing_files(dataset.name, root))
         present = "yes" if not missing else f"{dataset.count - missing} of {dataset.count}"
         present = "no" if missing == dataset.count else present
-        size, count = catalog.human_size(dataset.size), str(dataset.count)
+        size, count = download.human_size(dataset.size), str(dataset.count)
         rows.append((dataset.name, size, count, present, dataset.description))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"data folder: {root}")
@@ -168,7 +168,7 @@ def cache_command(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):  # a command wrote a file there meanwhile
                 if (root / kind).is_dir() and not any((root / kind).iterdir()):
                     (root / kind).rmdir()
-            size = catalog.human_size(sum(info.st_size for info in found.values()))
+            size = download.human_size(sum(info.st_size for info in found.values()))
             note = f"attnlab: cleared {kind}: {files(len(found))}, {size}"
             print(note, file=sys.stderr)
     print(f"cache folder: {root}")
@@ -178,7 +178,7 @@ def cache_command(args: argparse.Namespace) -> int:
         rows.append((kind, len(found), sum(info.st_size for info in found.values()), what))
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows), ""))
     table = [("KIND", "FILES", "SIZE", "WHAT")]
-    table += [(kind, str(n), catalog.human_size(size), what) for kind, n, size, what in rows]
+    table += [(kind, str(n), download.human_size(size), what) for kind, n, size, what in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for kind, count, size, what in table:
         print(f"{kind:<{widths[0]}}  {count:>{widths[1]}}  {size:>{widths[2]}}  {what}".rstrip())

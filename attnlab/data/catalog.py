@@ -258,12 +258,11 @@ def locate(
     fetched first when the dataset is incomplete (`on_fetch(dataset, folder)` is called before,
     so that the caller can say so); another spec found under the root resolves there; a spec
     found nowhere comes back unchanged, for the caller to report."""
-    path, pattern = split_glob(spec)
-    colon = ":" if pattern else ""
+    base = _root(root)
+    path, pattern = _split(spec, base)
     parts = PurePosixPath(path).parts
     if not parts or Path(path).is_absolute():
         return spec
-    base = _root(root)
     if parts[0] in CATALOG:
         if not dataset_present(parts[0], base):
             if on_fetch is not None:
@@ -271,7 +270,7 @@ def locate(
             get(parts[0], base, progress)
     elif not (base / path).exists():
         return spec
-    return str(base / path) + colon + pattern
+    return _join(base / path, pattern)
 
 
 def _root(root: str | os.PathLike | None) -> Path:
@@ -317,7 +316,7 @@ def resolve(spec: str, log: Callable[[str], None] | None = None) -> str:
         if log is not None:
             log(
                 f"{spec} is not here: getting dataset '{dataset.name}' "
-                f"({human_size(dataset.size)}) into {folder}"
+                f"({download.human_size(dataset.size)}) into {folder}"
             )
 
     found = locate(spec, on_fetch=announce)
@@ -346,27 +345,38 @@ def split_glob(spec: str) -> tuple[str, str]:
     return (path or ".", pattern) if colon else (spec, "")
 
 
+def _split(spec: str, folder: Path = Path()) -> tuple[str, str]:
+    """split_glob, but a file or folder in `folder` named whole has no glob (a name's colon)."""
+    return (spec, "") if _on_disk(folder / spec) else split_glob(spec)
+
+
+def _join(path: str | os.PathLike, pattern: str) -> str:
+    """split_glob's inverse: a path with its ":GLOB" when there is one."""
+    return f"{path}:{pattern}" if pattern else str(path)
+
+
 def here(spec: str) -> str:
     """A spec naming a file or folder on disk here with that path made absolute (so that a run
     resumed from another directory reads it again), or relative to the data root where it lies
     inside (as a name found there is kept: another machine's data root holds it); any other spec
     (a dataset's name, 'stdlib', a task) unchanged."""
-    path, pattern = (spec, "") if _on_disk(Path(spec)) else split_glob(spec)
+    path, pattern = _split(spec)
     if not path or spec == "stdlib" or spec.startswith("task:") or not _on_disk(Path(path)):
         return spec
     full, root = Path(os.path.abspath(path)), data_root()
     if full != root and full.is_relative_to(root):
         full = full.relative_to(root)
-    return full.as_posix() + (":" + pattern if pattern else "")
+    return _join(full.as_posix(), pattern)
 
 
 def in_root(spec: str | None) -> str | None:
     """A path a run keeps relative (here's) as read: the data root's, made absolute, whatever the
     current folder holds; any other spec (a name (is_name), a path the root lacks (an older
     run's), None) unchanged."""
-    path, pattern = split_glob(spec) if isinstance(spec, str) and not is_name(spec) else (".", "")
+    named = not isinstance(spec, str) or is_name(spec)
+    path, pattern = (".", "") if named else _split(spec, data_root())
     found = data_root() / path  # not the root itself: here keeps that absolute
-    return f"{found}:{pattern}".removesuffix(":") if path != "." and _on_disk(found) else spec
+    return _join(found, pattern) if path != "." and _on_disk(found) else spec
 
 
 def is_name(spec: str) -> bool:
@@ -383,17 +393,8 @@ def where(spec: str) -> str | None:
     """The real path of what a spec reads (with its ":GLOB"), when that is on disk here or
     under the data root, so that two names of one file compare equal; None when it is neither
     (nothing is fetched)."""
-    path, pattern = (spec, "") if _on_disk(Path(spec)) else split_glob(spec)
-    for place in (Path(path), data_root() / path):
-        if path and _on_disk(place):
-            return os.path.realpath(place) + (":" + pattern if pattern else "")
+    for folder in (Path(), data_root()):
+        path, pattern = _split(spec, folder)
+        if path and _on_disk(folder / path):
+            return _join(os.path.realpath(folder / path), pattern)
     return None
-
-
-def human_size(size: float) -> str:
-    """Bytes in decimal units, as the datasets' READMEs give them (1.1 MB)."""
-    for unit in ("B", "kB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"

@@ -76,9 +76,16 @@ def _check_room(folder: Path, need: int | None) -> None:
     """Refuse at once a download whose size is known and that the disk has no room for."""
     free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
     if need is not None and need > free:
-        from attnlab.data.catalog import human_size
-
         raise Failure(f"it needs {human_size(need)} and the disk has {human_size(free)} free", None)
+
+
+def human_size(size: float) -> str:
+    """Bytes in decimal units, as the datasets' READMEs give them (1.1 MB)."""
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def unwritten(error: OSError) -> str:
