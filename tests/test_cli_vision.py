@@ -15,7 +15,8 @@ from PIL import Image
 from test_images import idx_bytes, write_mnist, write_png
 
 from attnlab.cli import main
-from attnlab.data.images import IDX_IMAGES, IDX_LABELS, draw_shapes
+from attnlab.data.images import IDX_IMAGES, IDX_LABELS
+from attnlab.data.shapes import draw_shapes
 from attnlab.training.checkpoints import load_checkpoint
 
 SMALL = [

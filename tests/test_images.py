@@ -25,13 +25,13 @@ from attnlab.data.images import (
     IDX_IMAGES,
     IDX_LABELS,
     Normalization,
-    draw_shapes,
     image_array,
     load_idx_folder,
     load_image_folder,
     open_image,
     read_idx,
 )
+from attnlab.data.shapes import draw_shapes
 from attnlab.errors import UserError
 from attnlab.training.config import TrainConfig
 from attnlab.training.sources import DataRequest
@@ -182,10 +182,10 @@ def test_embedded_shapes_are_deterministic():
 
 
 def test_shapes_drawn_a_part_at_a_time_are_those_drawn_at_once(monkeypatch):
-    from attnlab.data import images
+    from attnlab.data import shapes
 
     parts = draw_shapes(150, 16, seed=3)
-    monkeypatch.setattr(images, "SHAPES_AT_ONCE", 1000)
+    monkeypatch.setattr(shapes, "SHAPES_AT_ONCE", 1000)
     whole = draw_shapes(150, 16, seed=3)
     assert torch.equal(parts.images, whole.images) and torch.equal(parts.labels, whole.labels)
 

@@ -14,7 +14,8 @@ from helpers import Terminal, outside_the_figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from attnlab.cli.reports import plot_confusion, plot_losses
-from attnlab.data.images import SHAPES, ImageSet, Normalization
+from attnlab.data.images import ImageSet, Normalization
+from attnlab.data.shapes import SHAPES
 from attnlab.data.translation import TokenBatches, fixed_batches, read_lines
 from attnlab.evaluation import evaluate
 from attnlab.evaluation.bleu import corpus_scores

@@ -21,11 +21,11 @@ from attnlab.data.images import (
     ImageDataset,
     ImageSet,
     Normalization,
-    embedded_shapes,
     is_idx_folder,
     load_idx_folder,
     load_image_folder,
 )
+from attnlab.data.shapes import embedded_shapes
 from attnlab.errors import ConfigError, UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
 from attnlab.training.artifacts import ClassNames, check_classes

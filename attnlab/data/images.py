@@ -15,8 +15,8 @@ Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held
   image is, else RGB; transparent pixels read as white, as a viewer shows them.
   A file that is not a readable image (a README, a damaged PNG, floating-point pixels) is
   skipped with a warning that names it, so one stray file does not stop a run.
-- **"shapes"**, embedded: eight kinds of shape drawn at random places and sizes, deterministic
-  for a seed, so `attnlab train vit` runs with no files at all.
+- **"shapes"**, embedded (shapes.py): eight kinds of shape drawn at random places and sizes,
+  deterministic for a seed, so `attnlab train vit` runs with no files at all.
 
 A classifier's checkpoint carries two artefacts: its class names and the pixel normalisation
 (per-channel mean and std of the training images), so that `attnlab classify-image` reads a
@@ -308,16 +308,18 @@ def load_image_folder(
     test_arrays = _class_arrays(held_out, log, channels, size) if split else {}
     if unknown := sorted(set(test_arrays) - set(classes)):
         raise UserError(f"{held_out} has class folders that train/ lacks: {', '.join(unknown)}")
-    every = [a for part in (train_arrays, test_arrays) for group in part.values() for a in group]
-    channels = max(len(array) for array in every)  # 3 where any image is in colour
-    train = _image_set(train_arrays, classes, channels, directory)
+    groups = [*train_arrays.values(), *test_arrays.values()]
+    channels = max(len(array) for group in groups for array in group)  # 3 where any is in colour
     if split:
+        train = _image_set(train_arrays, classes, channels, directory)
         test = _image_set(test_arrays, classes, channels, held_out)
-    else:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
-        cut = max(1, round(HOLDOUT * len(train)))
-        test = ImageSet(train.images[order[:cut]], train.labels[order[:cut]])
-        train = ImageSet(train.images[order[cut:]], train.labels[order[cut:]])
+    else:  # a random share held out: the images drawn in that order, test first
+        count = sum(map(len, train_arrays.values()))
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        every = _image_set(train_arrays, classes, channels, directory, order)
+        cut = max(1, round(HOLDOUT * count))
+        test = ImageSet(every.images[:cut], every.labels[:cut])
+        train = ImageSet(every.images[cut:], every.labels[cut:])
     words = held_out.name if split else "held-out"
     return ImageDataset(train, test, classes, str(directory), words)
 
@@ -328,73 +330,17 @@ def _has_class_folders(directory: Path) -> bool:
     )
 
 
-def _image_set(arrays: dict[str, list[np.ndarray]], classes, channels: int, where) -> ImageSet:
-    """The arrays of each class, greyscale ones repeated to `channels`, as one ImageSet."""
-    every = [np.repeat(a, channels // len(a), axis=0) for name in arrays for a in arrays[name]]
-    if not every:
+def _image_set(arrays: dict[str, list[np.ndarray]], classes, channels: int, where, order=None):
+    """The arrays of each class, greyscale ones repeated to `channels`, as one ImageSet, in the
+    order of `order` (a permutation of them) where given: copied once into place (stacking them,
+    then drawing that order, held the pixels three times over)."""
+    labels = torch.tensor([classes.index(name) for name in arrays for _ in arrays[name]])
+    if not len(labels):
         raise UserError(f"no readable images in {where}")
-    labels = [classes.index(name) for name in arrays for _ in arrays[name]]
-    return ImageSet(torch.from_numpy(np.stack(every)), torch.tensor(labels, dtype=torch.long))
-
-
-# ----------------------------------------------------------------------------- embedded shapes
-SHAPES = ("circle", "ring", "square", "diamond", "cross", "triangle", "bar", "pillar")
-EMBEDDED_TEST_IMAGES = 2000
-MIN_SHAPE_SIZE = 8  # pixels a side: room for a shape of radius 0.3 side and its margins
-SHAPES_AT_ONCE = 64
-TRAIN_SEED, TEST_SEED = 0, 1  # fixed, so evaluation redraws the very same test images
-
-
-def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Pixels inside `shape` of radius r, at offsets (dx, dy) from its centre; (n, H, W)."""
-    w = np.maximum(0.25 * r, 1.0)  # stroke width
-    ax, ay = np.abs(dx), np.abs(dy)
-    if shape == "circle":
-        return np.hypot(dx, dy) <= r
-    if shape == "ring":
-        return np.abs(np.hypot(dx, dy) - 0.8 * r) <= 0.6 * w
-    if shape == "square":
-        return np.maximum(ax, ay) <= 0.8 * r
-    if shape == "diamond":
-        return ax + ay <= r
-    if shape == "cross":
-        return ((ax <= w) & (ay <= r)) | ((ay <= w) & (ax <= r))
-    if shape == "triangle":  # apex up: half-width grows from 0 at the top to 0.9 r at the base
-        return (dy >= -r) & (dy <= 0.8 * r) & (ax <= 0.5 * (dy + r))
-    if shape == "bar":
-        return (ay <= w) & (ax <= r)
-    return (ax <= w) & (ay <= r)  # pillar
-
-
-def draw_shapes(count: int, size: int, seed: int) -> ImageSet:
-    """`count` grayscale size x size images of SHAPES (label = index), each at a random place,
-    size and brightness over faint noise; the same images for the same seed. Drawn some
-    SHAPES_AT_ONCE images at a time, so that large images need little more memory than
-    their uint8 pixels."""
-    if size < MIN_SHAPE_SIZE:
-        raise UserError(
-            f"the embedded shapes need images of {MIN_SHAPE_SIZE} pixels or more, got {size}"
-        )
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(len(SHAPES), size=count)
-    r = rng.uniform(0.18, 0.3, count) * size
-    cx, cy = (rng.uniform(r + 1, size - r - 1) for _ in range(2))
-    brightness = rng.uniform(150, 255, count)
-    y, x = np.mgrid[:size, :size] + 0.5
-    images = np.empty((count, 1, size, size), dtype=np.uint8)
-    for start in range(0, count, SHAPES_AT_ONCE):
-        part = slice(start, start + SHAPES_AT_ONCE)
-        dx, dy = x[None] - cx[part, None, None], y[None] - cy[part, None, None]  # (n, H, W)
-        inside = np.zeros(dx.shape, dtype=bool)
-        for k, shape in enumerate(SHAPES):
-            rows = labels[part] == k
-            inside[rows] = _shape_mask(shape, dx[rows], dy[rows], r[part][rows, None, None])
-        pixels = inside * brightness[part, None, None] + rng.normal(0, 12, inside.shape)
-        images[part, 0] = np.clip(pixels, 0, 255)
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
-
-
-def embedded_shapes(count: int, size: int) -> ImageDataset:
-    train = draw_shapes(count, size, TRAIN_SEED)
-    test = draw_shapes(EMBEDDED_TEST_IMAGES, size, TEST_SEED)
-    return ImageDataset(train, test, SHAPES, "shapes")
+    size = next(iter(arrays.values()))[0].shape[1:]
+    images = torch.empty((len(labels), channels, *size), dtype=torch.uint8)
+    rows = torch.arange(len(labels)) if order is None else torch.argsort(order)
+    pixels = images.numpy()  # one channel is broadcast to three
+    for row, array in zip(rows.tolist(), (a for g in arrays.values() for a in g), strict=True):
+        pixels[row] = array
+    return ImageSet(images, labels if order is None else labels[order])
