@@ -38,10 +38,16 @@ def env_folder(variable: str, default: str) -> Path:
         raise UserError(f"no home folder for {path} ({variable}): give a full path") from None
 
 
+def user_cache(*parts: str) -> str:
+    """A path in the user's cache folder: $XDG_CACHE_HOME where it is absolute, else ~/.cache."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return os.path.join(xdg if os.path.isabs(xdg) else "~/.cache", *parts)
+
+
 def cache_dir() -> Path:
     """Where derived files are kept between runs (token arrays, built kernels): $ATTNLAB_CACHE,
-    else ~/.cache/attnlab."""
-    return env_folder("ATTNLAB_CACHE", "~/.cache/attnlab")
+    else ~/.cache/attnlab (in $XDG_CACHE_HOME where set)."""
+    return env_folder("ATTNLAB_CACHE", user_cache("attnlab"))
 
 
 # Native code is loaded only from a folder no one else can write to, and only from files of

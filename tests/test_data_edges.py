@@ -180,6 +180,23 @@ def test_a_cache_folder_that_is_a_link_in_a_loop_is_named_as_the_cache(tmp_path,
     )
 
 
+def test_the_cache_and_data_folders_default_to_the_users_xdg_cache(tmp_path, monkeypatch):
+    """$XDG_CACHE_HOME, where a user set one, holds attnlab's cache and datasets (~/.cache was
+    taken whatever it said); a relative one is ignored, as the XDG specification asks; the
+    ATTNLAB_ variables still decide first."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for variable in ("ATTNLAB_CACHE", "ATTNLAB_DATA"):
+        monkeypatch.delenv(variable, raising=False)
+    for xdg, cache in (
+        (str(tmp_path / "xdg"), tmp_path / "xdg"),
+        ("xdg", tmp_path / "home/.cache"),
+    ):
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert (cache_dir(), catalog.data_root()) == (cache / "attnlab", cache / "attnlab/data")
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
 def test_an_error_line_where_the_cache_has_no_home_folder_names_the_error(monkeypatch):
     """Asking whether a file is in a cache that cannot be found stopped the error's own line."""
     monkeypatch.setenv("ATTNLAB_CACHE", "~no-such-user-here/kept")

@@ -291,6 +291,7 @@ def test_the_cache_is_listed_by_kind_and_cleared_by_kind(tmp_path, monkeypatch, 
     left = ["0c" * 16 + ".d", "data", "kernels", "notes.txt", "tokenizers"]
     assert sorted(p.name for p in tmp_path.rglob("*")) == left
     monkeypatch.setenv("ATTNLAB_CACHE", "")  # as unset: not the current folder
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert cache_dir() == Path.home() / ".cache" / "attnlab"
 
 

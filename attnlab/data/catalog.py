@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from attnlab.data import download
 from attnlab.errors import UserError
-from attnlab.files import RUN_FILE, RUN_LOCK, env_folder
+from attnlab.files import RUN_FILE, RUN_LOCK, env_folder, user_cache
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,9 @@ CATALOG: dict[str, Dataset] = {d.name: d for d in DATASETS}
 
 
 def data_root() -> Path:
-    """Where datasets live: $ATTNLAB_DATA, else ~/.cache/attnlab/data (a cache: whatever is
-    deleted there is fetched again when a command needs it)."""
-    return env_folder("ATTNLAB_DATA", "~/.cache/attnlab/data")
+    """Where datasets live: $ATTNLAB_DATA, else ~/.cache/attnlab/data (in $XDG_CACHE_HOME where
+    set; a cache: whatever is deleted there is fetched again when a command needs it)."""
+    return env_folder("ATTNLAB_DATA", user_cache("attnlab", "data"))
 
 
 def lookup(name: str) -> Dataset:
