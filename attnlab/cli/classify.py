@@ -11,10 +11,8 @@ from attnlab.cli.options import add_device_flag, read_stdin, user_text
 from attnlab.data.corpus import text_lines
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
-from attnlab.evaluation.predict import classify
+from attnlab.evaluation.predict import classify_batches
 from attnlab.models.registry import CLASSIFY
-
-BATCH = 32  # texts scored at once
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no text to classify: give TEXT arguments or lines on stdin")
     names = checkpoint.artifacts["classes"].names if "classes" in checkpoint.artifacts else None
     kept = [text for text in texts if text.strip()]
-    batches = (
-        classify(checkpoint.model, checkpoint.tokenizer, kept[start : start + BATCH])
-        for start in range(0, len(kept), BATCH)
-    )
+    batches = classify_batches(checkpoint.model, checkpoint.tokenizer, kept)
     rows = itertools.chain.from_iterable(batches)  # each batch printed as it is scored
     for text in texts:  # a line out for each line in, a blank one for a blank one
         if not text.strip():

@@ -34,13 +34,14 @@ from attnlab.data import catalog
 from attnlab.data.corpus import hidden, text_lines
 from attnlab.data.labels import count_classes
 from attnlab.data.masked_lm import CLS, PAD, SEP, bert_tokenizer, encode_sentence
+from attnlab.data.text import id_array
 from attnlab.errors import ConfigError, UserError
 from attnlab.evaluation.metrics import ClassificationMetrics
 from attnlab.files import read_text
 from attnlab.tokenizers import Tokenizer
 from attnlab.tokenizers.char import UnseenCharacters
 from attnlab.training.artifacts import ClassNames, check_classes
-from attnlab.training.sources import DataRequest, TrainingData
+from attnlab.training.sources import DataRequest, SeededSource, TrainingData
 
 Examples = tuple[list[str], list[int]]  # texts, labels
 
@@ -180,7 +181,7 @@ def pad_batch(texts: list[list[Sequence[int]]], pad_id: int) -> torch.Tensor:
     return batch[:, 0] if windows == 1 else batch
 
 
-class LabelledBatches:
+class LabelledBatches(SeededSource):
     """Training batches of sequences drawn at random: ids (B, T) and labels (B,)."""
 
     unit = "sequence"
@@ -188,18 +189,12 @@ class LabelledBatches:
     def __init__(self, sequences, labels, batch_size: int, pad_id: int, seed: int):
         self.sequences, self.labels = sequences, torch.tensor(labels)
         self.batch_size, self.pad_id = batch_size, pad_id
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.sequences), (self.batch_size,), generator=self.generator)
         ids = pad_batch([[self.sequences[i]] for i in index.tolist()], self.pad_id)
         return ids, self.labels[index]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 FIELD = "ClassificationDataConfig."  # a field named in a message (the CLI names its flag)
@@ -235,9 +230,9 @@ def classification_training_data(request: DataRequest) -> TrainingData:
     pad_id = tokenizer.special_tokens[PAD]
     length, long_text = request.model["context_length"], request.model["long_text"]
 
-    def encode(texts: list[str]) -> list[list[np.ndarray]]:  # int32: a list takes 20x the memory
+    def encode(texts: list[str]) -> list[list[np.ndarray]]:
         return [
-            [np.array(ids, np.int32) for ids in encode_example(tokenizer, text, length, long_text)]
+            [id_array(ids) for ids in encode_example(tokenizer, text, length, long_text)]
             for text in texts
         ]
 

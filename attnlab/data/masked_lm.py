@@ -27,7 +27,7 @@ from attnlab.data.text import KeyedTexts, content_key, tokenizer_cached, tokeniz
 from attnlab.errors import ConfigError, UserError
 from attnlab.files import atomic_writer, cache_dir, check_writable
 from attnlab.tokenizers import Tokenizer
-from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
+from attnlab.training.sources import IGNORE_INDEX, DataRequest, SeededSource, TrainingData
 
 PAD, CLS, SEP, MASK = "[PAD]", "[CLS]", "[SEP]", "[MASK]"
 SPECIALS = (PAD, CLS, SEP, MASK)
@@ -132,15 +132,14 @@ class Masking:
         return inputs, torch.where(selected, ids, IGNORE_INDEX)
 
 
-class MaskedSequences:
-    """Training batches: packed sequences drawn at random, masked afresh every time. The
-    generator's state is part of a checkpoint, so a resumed run draws the same batches."""
+class MaskedSequences(SeededSource):
+    """Training batches: packed sequences drawn at random, masked afresh every time."""
 
     unit = "token"
 
     def __init__(self, rows: np.ndarray, batch_size: int, masking: Masking, seed: int, pad: int):
         self.rows, self.batch_size, self.masking = torch.from_numpy(rows), batch_size, masking
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
         self.pad = pad
 
     def count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -150,12 +149,6 @@ class MaskedSequences:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.rows), (self.batch_size,), generator=self.generator)
         return self.masking(self.rows[index], self.generator)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 @dataclass(frozen=True)

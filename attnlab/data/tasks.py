@@ -30,7 +30,7 @@ import torch
 from attnlab.config import config_from_dict
 from attnlab.errors import UserError
 from attnlab.tokenizers.char import CharTokenizer
-from attnlab.training.sources import IGNORE_INDEX, DataRequest, TrainingData
+from attnlab.training.sources import IGNORE_INDEX, DataRequest, SeededSource, TrainingData
 
 KEYS, VALUES, NOISE, MARK = string.ascii_lowercase, string.ascii_uppercase, ".", ">"
 SYMBOLS = KEYS + VALUES + NOISE + MARK  # the tokenizer of every task: ids follow this order
@@ -163,23 +163,17 @@ def parse_task(spec: str) -> tuple[str, TaskOptions]:
     return name, config_from_dict(TaskOptions, {"vocab": VOCAB[name], **fields}, source=spec)
 
 
-class TaskBatches:
+class TaskBatches(SeededSource):
     """Training batches of a task, drawn without end from a seeded generator."""
 
     unit = "token"
 
     def __init__(self, task, options: TaskOptions, batch_size: int, length: int, seed: int):
         self.task, self.options, self.batch_size, self.length = task, options, batch_size, length
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.task(self.generator, self.batch_size, self.length, self.options)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class TaskAccuracy:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -76,16 +78,24 @@ def fill_mask(
     return results
 
 
-@torch.no_grad()
 def classify(
     model: nn.Module, tokenizer: Tokenizer, texts: list[str], batch_size: int = 32
 ) -> torch.Tensor:
     """Class probabilities (N, C) of each text (a long text read as the model's long_text says:
     its head and tail, or all of it in windows)."""
+    out = list(classify_batches(model, tokenizer, texts, batch_size))
+    return torch.cat(out) if out else torch.empty(0, model.config.n_classes)
+
+
+@torch.no_grad()
+def classify_batches(
+    model: nn.Module, tokenizer: Tokenizer, texts: list[str], batch_size: int = 32
+) -> Iterator[torch.Tensor]:
+    """`classify`, a batch at a time: the probabilities (n, C) of each batch_size texts in turn,
+    each yielded as soon as it is scored."""
     length, long_text = model.config.context_length, model.config.long_text
     device = next(model.parameters()).device
     pad = tokenizer.special_tokens[PAD]
-    out = []
     for start in range(0, len(texts), batch_size):
         encoded = [
             encode_example(tokenizer, t, length, long_text)
@@ -93,8 +103,7 @@ def classify(
         ]
         with eval_mode(model):
             logits, _ = model(pad_batch(encoded, pad).to(device))
-        out.append(logits.float().softmax(-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, model.config.n_classes)
+        yield logits.float().softmax(-1).cpu()
 
 
 def _check_length(model: nn.Module, n_tokens: int) -> None:

@@ -150,13 +150,11 @@ class SamplingConfig:
         name = "SamplingConfig"
         if not 0 <= self.temperature < math.inf:
             raise ConfigError(f"{name}.temperature must be a number >= 0, got {self.temperature!r}")
-        if self.top_k is not None:
-            check_positive(name, top_k=self.top_k)
+        check_positive(name, top_k=self.top_k)
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"{name}.top_p must be in (0, 1], got {self.top_p!r}")
         check_positive(name, repetition_penalty=self.repetition_penalty)
-        if self.vocab_limit is not None:
-            check_positive(name, vocab_limit=self.vocab_limit)
+        check_positive(name, vocab_limit=self.vocab_limit)
 
     def noise(
         self, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None

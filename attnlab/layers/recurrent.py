@@ -86,8 +86,7 @@ class RecurrentOptions:
 
     def __post_init__(self):
         check_types(self)
-        if self.hidden_size is not None:
-            check_positive("RecurrentOptions", hidden_size=self.hidden_size)
+        check_positive("RecurrentOptions", hidden_size=self.hidden_size)
 
 
 class RecurrentMixer(nn.Module):

@@ -91,8 +91,7 @@ class BertConfig:
                 f"{name}.context_length must be >= 3 ([CLS], a token, [SEP]); got "
                 f"{self.context_length}"
             )
-        if self.d_ff is not None:
-            check_positive(name, d_ff=self.d_ff)
+        check_positive(name, d_ff=self.d_ff)
         check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)
         check_choice(name, "activation", self.activation, ACTIVATIONS)
         check_choice(name, "positional", self.positional, ("learned", "rope"))

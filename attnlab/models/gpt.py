@@ -86,11 +86,9 @@ class GPTConfig:
             n_heads=self.n_heads,
             d_model=self.d_model,
             norm_eps=self.norm_eps,
+            n_kv_heads=self.n_kv_heads,
+            d_ff=self.d_ff,
         )
-        if self.n_kv_heads is not None:
-            check_positive(name, n_kv_heads=self.n_kv_heads)
-        if self.d_ff is not None:
-            check_positive(name, d_ff=self.d_ff)
         check_choice(name, "norm", self.norm, NORMS)
         check_choice(name, "positional", self.positional, POSITIONALS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)

@@ -78,8 +78,7 @@ class ViTConfig:
             norm_eps=self.norm_eps,
         )
         check_at_least(name, "n_classes", self.n_classes, 2, TWO_CLASSES)
-        if self.d_ff is not None:
-            check_positive(name, d_ff=self.d_ff)
+        check_positive(name, d_ff=self.d_ff)
         check_divides(name, "patch_size", self.patch_size, "image_size", self.image_size)
         check_divides(name, "n_heads", self.n_heads, "d_model", self.d_model)
         check_choice(name, "pooling", self.pooling, POOLINGS)

@@ -72,6 +72,21 @@ class BatchSource(Protocol):
 SOURCE_METHODS = ("next", "state_dict", "load_state_dict")  # a BatchSource's
 
 
+class SeededSource:
+    """The base of a BatchSource that draws every batch at random from its own seeded generator:
+    the generator's state is all of its state, kept in a checkpoint, so that a resumed run
+    draws the batches the uninterrupted run would have drawn."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
 def check_sources(train_data: Any, eval_data: Any) -> None:
     """A TypeError unless train_data is a BatchSource and eval_data maps splits to functions."""
     if missing := [m for m in SOURCE_METHODS if not callable(getattr(train_data, m, None))]:
