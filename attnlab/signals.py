@@ -1,7 +1,7 @@
-"""Signals: Ctrl-C (SIGINT) and a kill (SIGTERM: `kill`, `timeout`, a job scheduler's time limit)
-handled for the length of some work, then the caller's handlers again (a forked worker of a
-later pool must not inherit ours). Python handles signals in the main thread only, so elsewhere
-these leave the handlers alone."""
+"""Signals: Ctrl-C (SIGINT), a kill (SIGTERM: `kill`, `timeout`, a job scheduler's time limit)
+and a hang-up (SIGHUP: the terminal or ssh session closed) handled for the length of some work,
+then the caller's handlers again (a forked worker of a later pool must not inherit ours). Python
+handles signals in the main thread only, so elsewhere these leave the handlers alone."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ def handlers_kept(signums: Iterable[int]) -> Iterator[None]:
 
 @contextmanager
 def on_signals(handler: Callable[[], None], signums: Iterable[int]) -> Iterator[None]:
-    """handler() on each of these signals inside the block."""
-    signums = list(signums) if _main_thread() else []
+    """handler() on each of these signals inside the block, but one ignored when it starts stays
+    ignored: SIGHUP under `nohup`, SIGINT in a script's background job."""
+    signums = (
+        [s for s in signums if signal.getsignal(s) != signal.SIG_IGN] if _main_thread() else []
+    )
     with handlers_kept(signums):
         for signum in signums:
             signal.signal(signum, lambda number, frame: handler())
@@ -41,7 +44,10 @@ def _interrupt() -> None:
     raise KeyboardInterrupt
 
 
+KILLS = (signal.SIGTERM, signal.SIGHUP)  # by default they end a process there and then
+
+
 def sigterm_as_interrupt():
-    """Inside the block a kill stops the work as Ctrl-C does (KeyboardInterrupt), so that what
-    is in progress is cleaned up or saved on the way out."""
-    return on_signals(_interrupt, [signal.SIGTERM])
+    """Inside the block a kill or a hang-up (KILLS) stops the work as Ctrl-C does
+    (KeyboardInterrupt), so that what is in progress is cleaned up or saved on the way out."""
+    return on_signals(_interrupt, KILLS)

@@ -317,7 +317,8 @@ def _main(argv: list[str]) -> int:
     except OSError as error:  # the user's files and folders: missing, read-only, full disk
         return say_error(os_error_line(error))
     except KeyboardInterrupt:
-        print("attnlab: interrupted", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a terminal closed (SIGHUP): no one to tell
+            print("attnlab: interrupted", file=sys.stderr, flush=True)
         return INTERRUPTED
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -27,12 +28,14 @@ def note(message: str) -> None:
     or "warning: " (from the data readers, say) reads "attnlab: note: ..." as warnings and
     errors do. Once its reader has gone (`attnlab train ... 2>&1 | head`), the rest goes
     nowhere and stderr_closed is set: a training run then ends with a checkpoint rather than
-    mid-step, all of it lost."""
+    mid-step, all of it lost. So too once its terminal has closed (a write's EIO)."""
     if message.startswith(("note: ", "warning: ")):
         message = f"attnlab: {message}"
     try:
         print(message, file=sys.stderr, flush=True)
-    except BrokenPipeError:
+    except OSError as error:
+        if not (isinstance(error, BrokenPipeError) or error.errno == errno.EIO):
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
         stderr_closed.set()
 

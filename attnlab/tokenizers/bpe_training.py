@@ -148,10 +148,11 @@ def _process_pool(workers: int):
 
 
 def _worker_signals() -> None:
-    """Ctrl-C is the parent's to handle (it ends the pool), and the SIGTERM with which the pool
-    ends its workers ends them: not the handler a forked worker inherits (a torchrun rank's
-    raises), so that the workers print no tracebacks."""
+    """Ctrl-C and a closed terminal's SIGHUP are the parent's to handle (it ends the pool), and
+    the SIGTERM with which the pool ends its workers ends them: not the handlers a forked worker
+    inherits (the parent's raise), so that the workers print no tracebacks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

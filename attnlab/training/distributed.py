@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from attnlab.errors import UserError
-from attnlab.signals import handlers_kept, on_signals
+from attnlab.signals import KILLS, handlers_kept, on_signals
 
 MODES = ("ddp", "fsdp")
 # How long a collective waits for a rank that is alive but busy (rank 0 learning a tokenizer
@@ -292,17 +292,17 @@ def launch(processes: int, argv: list[str]) -> int:
         rdzv_endpoint="localhost:0",  # a free port
         max_restarts=0,
         monitor_interval=0.5,
-        signals_to_handle="SIGINT,SIGHUP,SIGQUIT",  # SIGTERM: kill_as_ctrl_c, below
+        signals_to_handle="SIGINT,SIGQUIT",  # SIGTERM, SIGHUP: kill_as_ctrl_c, below
     )
 
     def kill_as_ctrl_c() -> None:  # the ranks save, as on Ctrl-C, and then stop
-        raise SignalException("SIGTERM, passed on as SIGINT", sigval=signal.SIGINT)
+        raise SignalException("a kill, passed on as SIGINT", sigval=signal.SIGINT)
 
-    # A kill (`kill`, `timeout`, a job scheduler's) reaches this launcher alone, the ranks having
-    # sessions of their own; torchrun's would pass it on as SIGTERM, which to a rank means the
-    # job is ending without it (another rank failed), so that it stops unsaved.
+    # A kill (`kill`, `timeout`, a job scheduler's) or a hang-up reaches this launcher alone,
+    # the ranks having sessions of their own; torchrun's would pass it on as it came (SIGTERM
+    # to a rank means the job is ending without it: another rank failed), so unsaved.
     try:
-        with _launcher_settings(processes), on_signals(kill_as_ctrl_c, [signal.SIGTERM]):
+        with _launcher_settings(processes), on_signals(kill_as_ctrl_c, KILLS):
             elastic_launch(config, sys.executable)("-m", "attnlab", *argv)
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()

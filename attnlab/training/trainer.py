@@ -43,7 +43,7 @@ from attnlab.files import BEST_DIR
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.contracts import eval_mode
 from attnlab.models.registry import describe
-from attnlab.signals import on_signals
+from attnlab.signals import KILLS, on_signals
 from attnlab.training.checkpoints import MODEL_FILE, check_tokenizer, load_weights, save_checkpoint
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import ALONE, Group
@@ -165,9 +165,9 @@ class Trainer:
         if writer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(log_path, self.step)
-        # Ctrl-C, and in one process SIGTERM (a job scheduler's, `timeout`'s); under torchrun a
-        # SIGTERM is the launcher ending the job, the process group's to handle
-        signums = [signal.SIGINT] + ([signal.SIGTERM] if self.group.world == 1 else [])
+        # Ctrl-C, and in one process SIGTERM (a job scheduler's, `timeout`'s) and SIGHUP (the
+        # terminal closed); under torchrun these are the launcher's, the process group's to handle
+        signums = [signal.SIGINT, *(KILLS if self.group.world == 1 else ())]
         with on_signals(self._on_signal, signums):  # unbuffered: a full disk fails the write
             log = log_path.open("ab", 0) if writer else contextlib.nullcontext()
             with log as metrics:
