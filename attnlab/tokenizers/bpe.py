@@ -266,7 +266,10 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, by tiktoken running our merges."""
-        return [i for part in _parts(text) for i in self._fast.encode_ordinary(part)]
+        parts = _parts(text)
+        if len(parts) == 1:
+            return self._fast.encode_ordinary(text)
+        return [i for part in parts for i in self._fast.encode_ordinary(part)]
 
     def encode_array(self, text: str) -> np.ndarray:
         """Ids of `text` as tiktoken's uint32 array: the same ids as encode, 4 bytes each."""
@@ -366,6 +369,8 @@ class BPETokenizer(Tokenizer):
 def _parts(text: str) -> list[str]:
     """`text` cut inside whitespace runs longer than SPACE_RUN, every SPACE_RUN characters
     (ordinary text: itself, whole)."""
+    if len(text) <= SPACE_RUN:  # no room for a run to cut: the search costs more than encoding
+        return [text]
     cuts = [
         cut
         for run in _long_space(SPACE_RUN).finditer(text)
