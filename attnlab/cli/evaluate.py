@@ -39,6 +39,7 @@ from attnlab.data.corpus import Corpus
 from attnlab.data.text import TextSplits, tokenize_cached
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
+from attnlab.evaluation.bleu import BLEU_TOKENIZERS
 from attnlab.evaluation.evaluate import evaluate_language_model
 from attnlab.models.registry import (
     CLASSIFY_IMAGE,
@@ -91,6 +92,13 @@ def register(subparsers) -> None:
         help="also write the translations here (gzip-compressed if it ends in .gz)",
     )
     parser.add_argument(
+        "--bleu-tokenize",
+        choices=BLEU_TOKENIZERS,
+        default="auto",
+        help="sacreBLEU's word splitting for BLEU: auto = zh for Chinese references, ja-mecab "
+        "(else char) for Japanese, char for Thai, Lao, Khmer, Burmese, else 13a",
+    )
+    parser.add_argument(
         "--split",
         choices=SPLITS,
         help="which part: the last 10%% (val), the first 90%% (train), or all; for an image "
@@ -114,7 +122,9 @@ def register(subparsers) -> None:
 
 DECODING = {"beam_size", "length_penalty", "max_length_factor", "max_length_offset"}
 USED = {  # what each way of scoring reads, beyond the checkpoint, --device and --json
-    "a translation model with --src": {"src", "ref", "hypotheses", "batch_size", *DECODING},
+    "a translation model with --src": {
+        *("src", "ref", "hypotheses", "batch_size", "bleu_tokenize", *DECODING)
+    },
     "an image classifier": {"data", "split", "confusion", "batch_size"},
     "an image GPT": {"data", "split", "batch_size"},
     "this model": {"data", "split"},  # as its training evaluated it

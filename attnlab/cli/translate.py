@@ -148,8 +148,9 @@ def translate_command(args: argparse.Namespace) -> int:
 
 def evaluate_translation_command(args: argparse.Namespace) -> int:
     """`attnlab evaluate CKPT --src FILE --ref FILE`: BLEU and chrF of the translations."""
+    from attnlab.cli.runs import note
     from attnlab.data.translation import read_lines
-    from attnlab.evaluation.bleu import evaluate_translation
+    from attnlab.evaluation.bleu import bleu_metric, evaluate_translation
     from attnlab.files import atomic_write_bytes
 
     if not (args.src and args.ref):
@@ -166,11 +167,14 @@ def evaluate_translation_command(args: argparse.Namespace) -> int:
             f"{src} has {len(sources)} lines but {ref} has {len(references)}: "
             "line i of one must translate line i of the other"
         )
+    bleu_metric(args.bleu_tokenize, references)  # a missing package: said before translating
     model, tokenizer = load_translation_model(args.checkpoint, args.device, "evaluate --src")
     note_cut(sources, model, tokenizer)
     scores, hypotheses = evaluate_translation(
-        model, tokenizer, sources, references, progress=True, **options
+        model, tokenizer, sources, references, args.bleu_tokenize, progress=True, **options
     )
+    if scores["bleu_note"]:
+        note(f"note: {scores['bleu_note']} (--bleu-tokenize to choose)")
     if args.hypotheses:  # gzip-compressed where named so, as --src and --ref are read
         text = "".join(h + "\n" for h in hypotheses).encode()
         gz = str(args.hypotheses).endswith(".gz")

@@ -71,7 +71,7 @@ def fill_mask(
         top = probabilities[position].topk(min(top_k, words))
         results.append(
             [
-                (_filler(tokenizer.decode([i])), p)
+                (_filler(tokenizer.token_text(i)), p)  # part of a character as \xNN
                 for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
             ]
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import importlib
 import os
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -34,8 +35,11 @@ def fix_surrogates(text: str) -> str:
 
 def visible(text: str) -> str:
     """The text with its unprintable characters as escapes (\\n, \\t, \\x1b): for showing tokens
-    on a terminal or a plot, where they would act or vanish."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    on a terminal or a plot, where they would act or vanish. A token that starts with a combining
+    mark (Hindi's े, Thai's ั) has it on a dotted circle, as Unicode's charts show one alone: it
+    would sit on what is drawn before it (a separator, the previous token)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "\u25cc" + shown if shown and unicodedata.category(shown[0])[0] == "M" else shown
 
 
 def check_special_tokens(tokens: Iterable[str]) -> list[str]:
