@@ -45,6 +45,16 @@ def _token_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def built_kernels(_token_cache):
+    """attnlab's CPU kernels built in the session's cache, for a test that times a training
+    process: its own build (7-10 s, minutes on a busy machine) would run into the time limits
+    of a test run alone or first, whose cache is empty."""
+    from attnlab.kernels import cpu
+
+    cpu.load()
+
+
+@pytest.fixture(scope="session")
 def browser():
     """Headless Chromium (browser.py), for the viewer's and the documentation site's tests."""
     from browser import BrowserMissing, chromium

@@ -277,7 +277,7 @@ def test_arena_refuses_a_folder_with_files(tmp_path, capsys):
     assert (tmp_path / "mine.txt").read_text() == "keep"
 
 
-def test_a_stopped_arena_stops_its_run_and_reports_the_finished_mixers(tmp_path):
+def test_a_stopped_arena_stops_its_run_and_reports_the_finished_mixers(tmp_path, built_kernels):
     """SIGTERM to the arena alone (a scheduler's stop, a kill): the mixer in training is
     interrupted and saved, not left running, and the finished ones are compared."""
     out = tmp_path / "arena"

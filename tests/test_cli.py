@@ -301,7 +301,7 @@ def test_every_shipped_config_builds_its_model(path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; `timeout`, a job
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus, signum):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus, signum, built_kernels):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(

@@ -14,6 +14,8 @@ import torch
 from helpers import one_line_error, run
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.usefixtures("built_kernels")  # the ranks' steps start within seconds
+
 # A GPT small enough for a few steps per second per process, in fp32, without dropout, on a
 # constant learning rate (so a run stopped early and resumed follows the same schedule).
 SETTINGS = [

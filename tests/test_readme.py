@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.layers import MIXERS
 from attnlab.models import get_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,9 @@ def stated_shapes(block: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def test_python_examples_in_the_readme_run_and_give_the_shapes_they_state():
+def test_python_examples_in_the_readme_run_and_give_the_shapes_they_state(request):
+    registered = dict(MIXERS)  # the README registers a mixer: gone after, for the next tests
+    request.addfinalizer(lambda: (MIXERS.clear(), MIXERS.update(registered)))
     blocks = re.findall(r"```python\n(.*?)```", GUIDES, re.S)
     assert blocks
     checked = 0
