@@ -102,16 +102,32 @@ def tiny_gpt(positional="learned", context_length=16, vocab_size=11, seed=0) -> 
     return model
 
 
+def caches_made(monkeypatch, model) -> list:
+    """The decoding caches model.new_cache makes from now on: a recompute makes none."""
+    made, new_cache = [], model.new_cache
+    monkeypatch.setattr(model, "new_cache", lambda *a, **k: made.append(1) or new_cache(*a, **k))
+    return made
+
+
 def step_logits(model, prompt, steps, use_cache, crop_to=None, compile=False):
-    """Greedy decoding that also records each step's (V,) logits."""
+    """Greedy decoding that also records each step's (V,) logits. Eager, it checks that the
+    model was given a cache (use_cache) or never (a recompute, compared with a cached run)."""
     window = _Window(model, SamplingConfig(temperature=0), use_cache, crop_to, compile)
     tokens = torch.tensor([prompt + [0] * steps])
-    all_logits = []
+    all_logits, cached = [], []
+
+    def record(module, args, kwargs):
+        cached.append("cache" in kwargs)
+
+    hook = None if compile else model.register_forward_pre_hook(record, with_kwargs=True)
     with torch.inference_mode():  # as generate runs
         for length in range(len(prompt), len(prompt) + steps):
             next_ids, logits = window.next_ids(tokens, length)
             all_logits.append(logits[0])
             tokens[0, length] = next_ids[0]
+    if hook:  # a compiled step takes no hooks
+        hook.remove()
+        assert any(cached) == use_cache, f"use_cache={use_cache} not followed"
     return tokens[0, len(prompt) :].tolist(), torch.stack(all_logits)
 
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import Terminal
+from helpers import Terminal, caches_made
 from torch import nn
 
 from attnlab.errors import UserError
@@ -78,11 +78,14 @@ def test_searches_run_a_training_model_without_dropout_and_give_it_back(model):
         assert dropping.training
 
 
-def test_cached_decoding_equals_full_recompute(model):
-    src = sources()
+def test_cached_decoding_equals_full_recompute(model, monkeypatch):
+    src, made = sources(), caches_made(monkeypatch, model)
     for search, options in ((greedy_search, {}), (beam_search, {"beam_size": 4})):
         cached = search(model, src, max_length_offset=12, **options)
+        assert made
+        made.clear()
         assert search(model, src, max_length_offset=12, use_cache=False, **options) == cached
+        assert not made
 
 
 def test_padding_does_not_change_outputs(model):

@@ -54,15 +54,18 @@ def test_sample_prints_prompt_and_continuation_only(capsys, checkpoint):
     assert "sample" in err  # notes go to stderr
 
 
-def test_sample_matches_the_library_and_is_reproducible(capsys, checkpoint):
+def test_sample_matches_the_library_and_is_reproducible(capsys, checkpoint, monkeypatch):
     from attnlab.training.checkpoints import load_checkpoint
 
+    caches, new_cache = [], GPT.new_cache  # --no-cache recomputes: it makes no cache
+    monkeypatch.setattr(GPT, "new_cache", lambda *a, **k: caches.append(1) or new_cache(*a, **k))
     args = (checkpoint, "--prompt", "me", "--max-new-tokens", 40, "--seed", 5, "--crop-to", 8)
     _, first, _ = sample(capsys, *args)
     _, again, _ = sample(capsys, *args)
-    assert first == again
+    assert first == again and caches
+    caches.clear()
     _, uncached, _ = sample(capsys, *args, "--no-cache")
-    assert uncached == first
+    assert uncached == first and not caches
     loaded = load_checkpoint(checkpoint)
     model, tokenizer = loaded.model, loaded.tokenizer
     expected = generate_text(
@@ -72,11 +75,21 @@ def test_sample_matches_the_library_and_is_reproducible(capsys, checkpoint):
 
 
 @MUST_COMPILE
-def test_compiled_sampling_gives_the_same_text(capsys, checkpoint):
+def test_compiled_sampling_gives_the_same_text(capsys, checkpoint, monkeypatch):
+    from attnlab.generation import decoding
+
+    steps, compiled_step = [], decoding.compiled_step
+
+    def counted(*args):  # the compiled step, counting the tokens it chooses
+        step = compiled_step(*args)
+        return lambda *inputs: steps.append(1) or step(*inputs)
+
+    monkeypatch.setattr(decoding, "compiled_step", counted)
     args = (checkpoint, "--prompt", "me", "--max-new-tokens", 30, "--temperature", 0)
     _, eager, _ = sample(capsys, *args)
+    assert not steps
     code, compiled, _ = sample(capsys, *args, "--compile")  # past the 16-token context
-    assert code == 0 and compiled == eager
+    assert code == 0 and compiled == eager and steps
 
 
 def test_several_samples_are_separated(capsys, checkpoint):

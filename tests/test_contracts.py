@@ -6,7 +6,7 @@ import math
 import pytest
 import test_platform  # noqa: F401 - registers a model kind and a mixer from outside the package
 import torch
-from helpers import step_logits
+from helpers import caches_made, step_logits
 from torch import nn
 
 from attnlab.config import config_from_dict, config_to_dict
@@ -250,7 +250,7 @@ def test_text_kinds_decode_with_a_cache_as_a_full_recompute(name, corpus):
 
 @pytest.mark.parametrize("name", [n for n in KIND_NAMES if TRANSLATE in KINDS[n].capabilities])
 @torch.no_grad()
-def test_translation_kinds_decode_with_a_cache_as_a_full_recompute(name, corpus):
+def test_translation_kinds_decode_with_a_cache_as_a_full_recompute(name, corpus, monkeypatch):
     model, data = build(KINDS[name], corpus)
     src, tgt_in, _ = data.train.next()
     memory, src_mask = model.encode(src)
@@ -261,4 +261,7 @@ def test_translation_kinds_decode_with_a_cache_as_a_full_recompute(name, corpus)
     ]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
     model = larger_weights(model)
-    assert greedy_search(model, src, use_cache=True) == greedy_search(model, src, use_cache=False)
+    made = caches_made(monkeypatch, model)
+    cached = greedy_search(model, src, use_cache=True)
+    assert len(made) == 1 and greedy_search(model, src, use_cache=False) == cached
+    assert len(made) == 1  # the recompute made none
