@@ -347,3 +347,17 @@ def test_training_offers_no_batch_size_its_batches_are_counted_in_tokens(capsys)
         main(["train", "translation", "--help"])
     shown = capsys.readouterr().out
     assert "--max-batch-tokens" in shown and "--batch-size" not in shown
+
+
+def test_the_decoding_flags_reach_the_search(trained, tmp_path, capsys, monkeypatch):
+    """--beam-size and --length-penalty of translate and evaluate were taken on trust: a search
+    run greedy whatever they said would have passed every other test."""
+    from attnlab.generation import beam_search
+
+    seen, search = [], beam_search.translate
+    monkeypatch.setattr(beam_search, "translate", lambda *a, **k: seen.append(k) or search(*a, **k))
+    flags = ["--beam-size", "3", "--length-penalty", "0.5"]
+    assert run(["translate", str(trained), "forty-two", *flags], capsys)[0] == 0
+    src, ref = write(tmp_path / "src", ["one"]), write(tmp_path / "ref", ["1"])
+    assert run(["evaluate", str(trained), "--src", src, "--ref", ref, *flags], capsys)[0] == 0
+    assert [(k["beam_size"], k["length_penalty"]) for k in seen] == [(3, 0.5)] * 2
