@@ -6,7 +6,8 @@ Three sources, each giving uint8 arrays (N, C, H, W) and int64 labels (N,), held
 
 - **IDX files** (LeCun's MNIST format), plain or gzip-compressed: a big-endian header (magic
   number 2051 for images, 2049 for labels, then the dimensions) and raw uint8 data. The magic
-  number and the length the header promises are checked.
+  number and the length the header promises are checked. Named as LeCun's site names them
+  (train-images-idx3-ubyte) or as Kaggle's copy does (train-images.idx3-ubyte).
 - **A folder of images**, one sub-folder per class (DIR/cat/*.png, DIR/dog/*.jpg); or DIR/train/
   and DIR/test/ (or DIR/val/) of that shape. Without a test folder (DIR/train/ alone, or the
   classes in DIR itself), a seeded 10% of the training images is held out. A class folder with
@@ -146,9 +147,12 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
 
 
 def _idx_file(directory: Path, stem: str) -> Path:
-    """DIR/stem, or DIR/stem.gz when only that exists."""
-    plain, compressed = directory / stem, directory / f"{stem}.gz"
-    return compressed if compressed.is_file() and not plain.is_file() else plain
+    """DIR/stem, or DIR/stem.gz; or as other copies of MNIST name it: "train-images.idx3-ubyte"
+    (Kaggle's), also in a folder of its own name (Kaggle's zip holds both). DIR/stem where none
+    is there."""
+    names = [n for s in (stem, stem.replace("-idx", ".idx")) for n in (s, f"{s}.gz")]
+    places = [directory / n for n in names] + [directory / n / n for n in names[::2]]
+    return next((p for p in places if p.is_file()), directory / stem)
 
 
 def is_idx_folder(directory: Path) -> bool:
