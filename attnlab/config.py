@@ -172,3 +172,9 @@ def _coerce(owner: str, name: str, value: Any, hint: Any) -> Any:
             f"{owner}.{name} must be {hint.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+def redefined(one: type, other: type) -> bool:
+    """Two classes of one name in one module: one defined, then defined again (a notebook's
+    cell run twice); an object of the first is not an instance of the second."""
+    return (one.__module__, one.__qualname__) == (other.__module__, other.__qualname__)

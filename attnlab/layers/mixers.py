@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from attnlab.config import config_from_dict, field_names
+from attnlab.config import config_from_dict, field_names, redefined
 from attnlab.errors import ConfigError, NotRegistered
 
 
@@ -86,6 +86,8 @@ def mixer_options(name: str, given: Any, owner: str) -> Any:
         return spec.options()
     if isinstance(given, spec.options):
         return given
+    if dataclasses.is_dataclass(given) and redefined(type(given), spec.options):
+        given = {f.name: getattr(given, f.name) for f in dataclasses.fields(given)}
     if not isinstance(given, dict):
         raise ConfigError(
             f"{owner}.mixer_options must be a table of {spec.options.__name__} fields, "

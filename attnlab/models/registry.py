@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from attnlab.config import config_from_dict, config_to_dict
+from attnlab.config import config_from_dict, config_to_dict, redefined
 from attnlab.devices import TooLarge, build_on_meta
 from attnlab.errors import NotRegistered, UserError
 
@@ -69,6 +69,9 @@ class ModelKind:
         if self.default_preset not in self.presets:
             raise ValueError(f"kind {self.name!r}: no preset {self.default_preset!r}")
 
+    def __repr__(self) -> str:  # not every preset's config, data class and function in full
+        return f"ModelKind({self.name!r}, model={self.model.__name__})"
+
 
 KINDS: dict[str, ModelKind] = {}
 
@@ -78,7 +81,11 @@ def register_kind(kind: ModelKind) -> ModelKind:
     kind has a model class of its own: a checkpoint's kind is found from its model's class."""
     for other in KINDS.values():
         if other.model is kind.model and other.name != kind.name:
-            raise ValueError(f"{kind.model.__name__} is already kind {other.name!r}")
+            raise ValueError(
+                f"{kind.model.__name__} is already kind {other.name!r} (a checkpoint's kind is "
+                f"its model's class): to rename the kind, first `del KINDS[{other.name!r}]` "
+                "(attnlab.models.registry)"
+            )
     KINDS[kind.name] = kind
     return kind
 
@@ -100,6 +107,12 @@ def kind_of(model: nn.Module) -> ModelKind:
     for kind in KINDS.values():
         if cls is kind.model:
             return kind
+    for kind in KINDS.values():  # a notebook's cell that defines and registers it, run again
+        if redefined(cls, kind.model):
+            raise ValueError(
+                f"{cls.__name__} was defined again since this model was built (its cell run "
+                f"again?): kind {kind.name!r} is the new class; build the model anew from it"
+            )
     parents = [k.name for c in cls.__mro__[1:] for k in KINDS.values() if c is k.model]
     as_parent = f", and would load back as its parent kind {parents[0]!r}" if parents else ""
     raise ValueError(
