@@ -273,7 +273,7 @@ for source, target in train_pairs[:3]:
 # - batches of sentences of similar length, filled up to a budget of **tokens** (here 2,048,
 #   padding included) rather than a fixed number of sentences;
 # - Adam with β2 = 0.98, a linear **warmup** of the learning rate, then a cosine decay (the
-#   paper decays as 1/√step; post-norm Transformers diverge without a warmup);
+#   paper's 1/√step, "Noam", is `--lr-schedule inverse_sqrt`; post-norm diverges without warmup);
 # - **label smoothing** ε = 0.1: the target distribution puts about 0.9 on the right token
 #   and spreads 0.1 evenly over the whole vocabulary. The paper notes it "hurts perplexity
 #   ... but improves accuracy and BLEU". (So the loss below never goes near 0.)

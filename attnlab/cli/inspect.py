@@ -24,6 +24,14 @@ WHAT = {
     "lens": "the logit lens: each layer's top prediction at each position of a text",
     "layers": "layer surgery: the loss change with layers dropped, duplicated or swapped",
 }
+EXAMPLES = {  # shown under each one's --help
+    "attention": 'attention runs/shakespeare_char --text "To be, or not to be" --out view.html',
+    "induction": "induction runs/shakespeare_char --png induction.png",
+    "lens": 'lens runs/shakespeare_char --text "To be, or not to be" --png lens.png',
+    "layers": "layers runs/shakespeare_char --png layers.png\n\nHeads are ablated or patched "
+    "in Python: capture(model, patches=...) and ablate_heads\n(attnlab.interpretability; "
+    "tutorial 8; docs/reference.md, Looking inside).",
+}
 
 
 def register(subparsers) -> None:
@@ -38,7 +46,8 @@ def register(subparsers) -> None:
         name: commands.add_parser(
             name,
             help=text,
-            description=text[0].upper() + text[1:] + ".",
+            description=f"{text[0].upper()}{text[1:]}.\n\nexample:\n  attnlab inspect "
+            + EXAMPLES[name],
             formatter_class=HelpFormatter,
         )  # fmt: skip
         for name, text in WHAT.items()

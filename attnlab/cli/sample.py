@@ -40,7 +40,11 @@ KV cache slides by default: each new token attends to the last context_length ca
 re-runs the last context_length tokens (as nanoGPT's sampler; exact, but the cache stops saving
 work there); so does --no-cache for any model. --crop-to N keeps only the last N tokens when the
 context fills, then decodes with the cache until it fills again (the model sees between N and
-context_length tokens).
+context_length tokens). Beam search decodes encoder-decoders: see `attnlab translate`.
+
+examples:
+  attnlab sample runs/shakespeare_char --prompt "ROMEO:" --temperature 0   # greedy
+  attnlab sample runs/shakespeare_char --top-k 40 --top-p 0.9 --num-samples 3
 """
 
 

@@ -21,7 +21,7 @@ class TrainConfig:
     gradient_accumulation: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-3  # peak learning rate (a multiplier for inverse_sqrt)
     min_learning_rate: float = 1e-4  # where cosine and wsd end (at most learning_rate)
-    lr_schedule: str = "cosine"  # cosine | constant | wsd | inverse_sqrt
+    lr_schedule: str = "cosine"  # cosine | constant | wsd | inverse_sqrt (Vaswani et al.'s "Noam")
     warmup_iters: int = 100  # linear warmup steps
     weight_decay: float = 0.1  # on weight matrices (linear, embedding, recurrent)
     beta1: float = 0.9  # AdamW's decay of its gradient average

@@ -1,0 +1,54 @@
+"""The command lines a --help shows as examples must parse: a flag renamed would leave them
+teaching a command that fails."""
+
+import re
+import shlex
+
+import pytest
+from test_cli import subcommands
+
+from attnlab.cli import build_parser, main
+
+EXAMPLE = re.compile(r"^\s+(attnlab \S.*)$", re.M)
+
+
+def help_text(path, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*path, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def command_words(line: str) -> list[str]:
+    """The words of an example up to a redirection, a pipe or a comment."""
+    words = []
+    for word in shlex.split(line, comments=True)[1:]:
+        if word in ("<", ">", "|"):
+            break
+        words.append(word)
+    return words
+
+
+def test_every_example_in_a_help_parses(capsys):
+    parser, seen = build_parser(), 0
+    for path in subcommands(parser):
+        for line in EXAMPLE.findall(help_text(path, capsys)):
+            try:
+                parser.parse_args(command_words(line))
+            except SystemExit:
+                pytest.fail(f"attnlab {' '.join(path)} --help shows {line!r}, which does not parse")
+            seen += 1
+    assert seen >= 20
+
+
+@pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers"])
+def test_each_inspect_help_shows_an_example(what, capsys):
+    examples = EXAMPLE.findall(help_text(["inspect", what], capsys))
+    assert [line for line in examples if line.startswith(f"attnlab inspect {what} ")], examples
+
+
+def test_layers_help_points_to_head_ablation_and_sample_to_beam_search(capsys):
+    assert "ablate_heads" in help_text(["inspect", "layers"], capsys)
+    assert "Beam search decodes encoder-decoders: see `attnlab translate`" in " ".join(
+        help_text(["sample"], capsys).split()
+    )
