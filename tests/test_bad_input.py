@@ -60,6 +60,8 @@ def test_sample_refuses_non_numbers_and_non_text(checkpoint, capsys, flags, expe
         (["--seed", str(2**64)], "--seed must be in [0, 2**63)"),
         (["--beta1", "2"], "--beta1 must be in [0, 1)"),
         (["--beta2", "1"], "--beta2 must be in [0, 1)"),
+        (["--adam-eps", "0"], "--adam-eps must be a positive number, got 0.0"),
+        (["--adam-eps", "inf"], "--adam-eps must be a finite number"),
         (["--weight-decay", "-1"], "--weight-decay must be at least 0, got -1.0"),
         (["--warmup-iters", "-1"], "--warmup-iters must be at least 0, got -1"),
         (["--time-limit", "0"], "--time-limit must be a positive number"),

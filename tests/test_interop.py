@@ -1,3 +1,4 @@
+import dataclasses
 import io
 
 import pytest
@@ -146,6 +147,18 @@ def test_to_hf_rejects_models_gpt2_cannot_express():
     )
     with pytest.raises(ValueError, match="GPT-2-shaped"):
         to_hf(model)
+
+
+@pytest.mark.parametrize("positional, norm, activation, bias", [
+    ("learned", "layernorm", "gelu_tanh", True), ("rope", "rmsnorm", "swiglu", False)])  # fmt: skip
+def test_to_hf_refuses_a_post_norm_gpt_in_one_line(positional, norm, activation, bias):
+    """GPT-2 and Llama are pre-norm: a post-norm GPT of their shape would convert wrong."""
+    shape = dict(positional=positional, norm=norm, activation=activation, bias=bias)
+    config = GPTConfig(vocab_size=10, context_length=8, n_layers=1, n_heads=2, d_model=8, **shape)
+    to_hf(GPT(config))
+    with pytest.raises(ValueError, match="a post-norm GPT .prenorm = false. does not convert") as e:
+        to_hf(GPT(dataclasses.replace(config, prenorm=False)))
+    assert "\n" not in str(e.value)
 
 
 def test_conversions_keep_the_mode_and_refuse_a_subclass_hugging_face_would_not_be():

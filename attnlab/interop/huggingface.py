@@ -108,6 +108,11 @@ def to_hf(
         convert = functools.partial(vit_to_hf, head=head)
     elif type(model) is GPT:
         c = model.config
+        if not c.prenorm:
+            raise ValueError(
+                "a post-norm GPT (prenorm = false) does not convert: GPT-2 and Llama normalise "
+                "before each sub-layer (pre-norm), with a final norm"
+            )
         llama = ("attention", "rope", "rmsnorm", "swiglu", False)
         llama_shaped = (c.mixer, c.positional, c.norm, c.activation, c.bias) == llama
         convert = llama_to_hf if llama_shaped else gpt2_to_hf

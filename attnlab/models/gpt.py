@@ -4,6 +4,8 @@ Dimensions: B batch, T positions, D model width, V vocabulary size.
 
 Token embeddings (+ absolute positions) -> n_layers pre-norm causal blocks -> final norm ->
 a linear head to V logits, tied to the token embedding by default (Press & Wolf 2017).
+prenorm=False gives GPT-1's post-norm blocks, x = norm(x + sublayer(x)), and no final norm:
+each block already ends in one (as the encoder-decoder's post-norm stacks by default).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class GPTConfig:
     d_ff: int | None = None  # feed-forward hidden width; None = 4 * d_model
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5  # added to the variance inside each norm
+    prenorm: bool = True  # norm before each sub-layer, and a final norm (GPT-2); else after (GPT-1)
     positional: str = "learned"  # learned | sinusoidal | rope | alibi | none
     activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | silu | swiglu | geglu
     bias: bool = True  # biases in linear layers and LayerNorm
@@ -163,7 +166,8 @@ class GPT(nn.Module):
             "alibi": lambda: ALiBi(c.n_heads),
         }.get(c.positional, lambda: None)()
         self.blocks = nn.ModuleList(self._block(i, relative) for i in range(c.n_layers))
-        self.final_norm = make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)
+        # post-norm blocks each end in a norm: the last one's output is normalised already
+        self.final_norm = self._norm() if c.prenorm else nn.Identity()
         self.output_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_weights:
             self.output_head.weight = self.token_embedding.weight
@@ -185,24 +189,28 @@ class GPT(nn.Module):
         )
         mixer = mixer_spec(c.mixer).build(c.mixer_settings, context)
         feedforward = make_feedforward(c.activation, c.d_model, c.ff_width, bias=c.bias)
-        norm = lambda: make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)  # noqa: E731
-        return ResidualBlock(mixer, feedforward, norm, dropout=c.dropout)
+        return ResidualBlock(mixer, feedforward, self._norm, prenorm=c.prenorm, dropout=c.dropout)
+
+    def _norm(self) -> nn.Module:
+        c = self.config
+        return make_norm(c.norm, c.d_model, bias=c.bias, eps=c.norm_eps)
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation of the weights of linear and embedding layers: N(0, 0.02), and
         the projections that write into the residual stream scaled by 1/√(2·n_layers), so the
-        stream's variance does not grow with depth (GPT-2 paper, section 2.3). Every other
+        stream's variance does not grow with depth (GPT-2 paper, section 2.3); post-norm blocks
+        renormalise the stream themselves, so theirs keep GPT-1's plain N(0, 0.02). Every other
         parameter is its layer's own: a recurrent mixer's matrices, the short convolutions and
         Hyena's filter networks keep torch's initialisation, Mamba's Δ projection the paper's.
 
         With weight_init="fan_in", embeddings start N(0, 1) and each other linear weight
-        N(0, 1/fan_in), a standard deviation of 1/√fan_in (the residual writers again scaled by
-        1/√(2·n_layers)). At small widths 0.02 is far below 1/√d_model, and token embeddings
-        of 0.02 are soon drowned by what the blocks add to the stream: a 2-layer model of width
-        64 then learns in-context recall only after a long plateau (benchmarks/RESULTS.md,
-        "Synthetic tasks")."""
+        N(0, 1/fan_in), a standard deviation of 1/√fan_in (the residual writers of pre-norm
+        blocks again scaled by 1/√(2·n_layers)). At small widths 0.02 is far below 1/√d_model,
+        and token embeddings of 0.02 are soon drowned by what the blocks add to the stream: a
+        2-layer model of width 64 then learns in-context recall only after a long plateau
+        (benchmarks/RESULTS.md, "Synthetic tasks")."""
         fan_in = self.config.weight_init == "fan_in"
-        depth = 1 / math.sqrt(2 * self.config.n_layers)
+        depth = 1 / math.sqrt(2 * self.config.n_layers) if self.config.prenorm else 1.0
 
         def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
             if isinstance(layer, nn.Embedding):
@@ -257,8 +265,8 @@ class GPT(nn.Module):
         return logits, loss
 
     def readout(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual stream (..., D) as logits (..., V): the final norm and the head. The
-        logit lens (interpretability/lens.py) reads every layer's stream through it."""
+        """The residual stream (..., D) as logits (..., V): the final norm (pre-norm only) and the
+        head. The logit lens (interpretability/lens.py) reads every layer's stream through it."""
         return self.output_head(self.final_norm(x))
 
     def new_cache(self, max_length: int | None = None, static: bool = False) -> DecodingCache:

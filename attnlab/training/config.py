@@ -26,6 +26,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # on weight matrices (linear, embedding, recurrent)
     beta1: float = 0.9  # AdamW's decay of its gradient average
     beta2: float = 0.99  # AdamW's decay of its squared-gradient average
+    adam_eps: float = 1e-8  # AdamW's epsilon, added to the root of that average (the paper: 1e-9)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_interval: int = 250  # evaluate and checkpoint every N steps (and at the end)
     eval_iters: int = 20  # batches per evaluation, each the size of a training batch
@@ -53,6 +54,7 @@ class TrainConfig:
             batch_size=self.batch_size,
             gradient_accumulation=self.gradient_accumulation,
             learning_rate=self.learning_rate,
+            adam_eps=self.adam_eps,
             eval_interval=self.eval_interval,
             eval_iters=self.eval_iters,
         )

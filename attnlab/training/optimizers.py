@@ -14,7 +14,11 @@ WSD_DECAY = 0.2  # the share of the steps over which "wsd" decays
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     """AdamW decaying only the weights of linear and embedding layers (layers/contracts.py:
     decayed). Biases, norm gains, a mixer's dynamics and what a layer marks no_weight_decay are
@@ -37,6 +41,7 @@ def build_optimizer(
         ],
         lr=lr,
         betas=betas,
+        eps=eps,
         fused=fused,
     )
 

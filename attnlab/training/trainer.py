@@ -155,8 +155,8 @@ class Trainer:
     @functools.cached_property
     def optimizer(self) -> torch.optim.Optimizer:
         """Built on first use: scoring alone needs none (building one imports torch._dynamo)."""
-        c = self.config
-        return build_optimizer(self.model, c.learning_rate, c.weight_decay, (c.beta1, c.beta2))
+        c, betas = self.config, (self.config.beta1, self.config.beta2)
+        return build_optimizer(self.model, c.learning_rate, c.weight_decay, betas, c.adam_eps)
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
