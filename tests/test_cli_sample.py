@@ -18,16 +18,21 @@ from attnlab.training.checkpoints import save_checkpoint
 TEXT = "first citizen:\nbefore we proceed any further, hear me speak.\n"
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
+def save_char_gpt(path, prepare=lambda model: model):
+    """A 1-layer character GPT of TEXT's characters saved at `path` (prepare(model) first)."""
     tokenizer = CharTokenizer.from_text(TEXT)
     torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1, n_heads=2, d_model=16
     )
-    path = tmp_path / "ckpt"
-    save_checkpoint(path, GPT(config), {"tokenizer": tokenizer})
-    return path
+    save_checkpoint(path, prepare(GPT(config)), {"tokenizer": tokenizer})
+    return config, tokenizer
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    save_char_gpt(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
 
 
 def sample(capsys, *args):

@@ -49,6 +49,6 @@ def test_each_inspect_help_shows_an_example(what, capsys):
 
 def test_layers_help_points_to_head_ablation_and_sample_to_beam_search(capsys):
     assert "ablate_heads" in help_text(["inspect", "layers"], capsys)
-    assert "Beam search decodes encoder-decoders: see `attnlab translate`" in " ".join(
+    assert "Beam search decodes encoder-decoders too: see `attnlab translate`" in " ".join(
         help_text(["sample"], capsys).split()
     )

@@ -265,6 +265,21 @@ def refuse_empty(args: argparse.Namespace, names: Iterable[str]) -> None:
             raise UserError(f"{flag} is empty: give a value, or leave {flag} out")
 
 
+def check_beam_flags(args: argparse.Namespace) -> None:
+    """--beam-size (>= 1) and --length-penalty (>= 0, and given only where a beam has more than
+    one hypothesis to rank), each error one line naming its flag."""
+    if args.beam_size < 1:
+        raise UserError(f"--beam-size must be >= 1, got {args.beam_size}")
+    if not 0 <= args.length_penalty < math.inf:
+        raise UserError(f"--length-penalty must be a number >= 0, got {args.length_penalty}")
+    if args.beam_size == 1 and given_flags(args, ["length_penalty"]):
+        # one hypothesis ever ends, so there is nothing for the penalty to rank
+        raise UserError(
+            "--length-penalty would change nothing at --beam-size 1 (greedy: a single "
+            "hypothesis, nothing to rank): leave it out, or give a beam size above 1"
+        )
+
+
 def check_sampling_flags(
     args: argparse.Namespace, greedy_unused: Iterable[str] = (), **sampling: Any
 ) -> None:

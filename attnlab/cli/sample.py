@@ -10,15 +10,17 @@ from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.options import (
     add_device_flag,
+    check_beam_flags,
     check_sampling_flags,
     check_top_k,
+    given_flags,
     record_defaults,
     user_text,
     write_text,
 )
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
-from attnlab.generation import make_generator, stream_text
+from attnlab.generation import beam_text, make_generator, stream_text
 from attnlab.generation.decoding import check_crop_to
 from attnlab.models.registry import GENERATE
 
@@ -40,11 +42,20 @@ KV cache slides by default: each new token attends to the last context_length ca
 re-runs the last context_length tokens (as nanoGPT's sampler; exact, but the cache stops saving
 work there); so does --no-cache for any model. --crop-to N keeps only the last N tokens when the
 context fills, then decodes with the cache until it fills again (the model sees between N and
-context_length tokens). Beam search decodes encoder-decoders: see `attnlab translate`.
+context_length tokens).
+
+--beam-size N decodes by beam search instead of sampling (deterministic: no --temperature,
+--top-k, --top-p, --repetition-penalty, --seed, --num-samples or --compile): N continuations
+grow together, the KV cache or recurrent state reordered per beam, and the most likely one found
+is printed when the search ends, not streamed. A continuation ends at "<|endoftext|>" (ranked
+then by GNMT's length penalty, --length-penalty) or after --max-new-tokens; --stop cuts the text
+printed. --beam-size 1 is greedy, as --temperature 0. Beam search decodes encoder-decoders too:
+see `attnlab translate`.
 
 examples:
   attnlab sample runs/shakespeare_char --prompt "ROMEO:" --temperature 0   # greedy
   attnlab sample runs/shakespeare_char --top-k 40 --top-p 0.9 --num-samples 3
+  attnlab sample runs/shakespeare_char --prompt "ROMEO:" --beam-size 4 --max-new-tokens 100
 """
 
 
@@ -104,6 +115,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokens kept when the context fills (default: slide the window one token at a "
         "time, as described above)",
     )
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="beam search with N hypotheses instead of sampling (1 = greedy)",
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.6,
+        help="GNMT alpha for --beam-size (0 = none, > 0 longer): ranks continuations that end",
+    )
     record_defaults(parser)
     parser.set_defaults(handler=run)
 
@@ -116,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     check_crop_to(model, args.crop_to, "--crop-to")
     check_top_k(args, min(tokenizer.vocab_size, model.config.vocab_size), "tokens")
+    if args.beam_size is not None:
+        return _beam(args, model, tokenizer, device)
     generator = make_generator(model, args.seed)  # one stream of randomness for all samples
     options = dict(
         temperature=args.temperature,
@@ -147,18 +173,60 @@ def run(args: argparse.Namespace) -> int:
             out.flush()
         out.write("\n")
         out.flush()
+    return _timed(f"{args.num_samples} sample(s) of", args, device, started)
+
+
+def _beam(args: argparse.Namespace, model, tokenizer, device) -> int:
+    started = time.perf_counter()
+    text = beam_text(
+        model,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
+        use_cache=not args.no_cache,
+        crop_to=args.crop_to,
+        stop=args.stop,
+    )
+    write_text(args.prompt)
+    write_text(text)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return _timed(f"beam search of {args.beam_size} for", args, device, started)
+
+
+def _timed(what: str, args: argparse.Namespace, device, started: float) -> int:
+    """Say on stderr what was decoded, and in how long; 0, the command's exit status."""
     elapsed = time.perf_counter() - started
     print(
-        f"attnlab: {args.num_samples} sample(s) of up to {args.max_new_tokens} tokens "
-        f"on {device} in {elapsed:.2f} s",
+        f"attnlab: {what} up to {args.max_new_tokens} tokens on {device} in {elapsed:.2f} s",
         file=sys.stderr,
     )
     return 0
 
 
+def _check_beam(args: argparse.Namespace) -> None:
+    """--beam-size and --length-penalty, and no sampling flag with them."""
+    if args.beam_size is None:
+        if given_flags(args, ["length_penalty"]):
+            raise UserError("--length-penalty ranks beam search's continuations: give --beam-size")
+        return
+    check_beam_flags(args)
+    sampling = ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "num_samples")
+    unused = given_flags(args, [*sampling, "compile"])
+    if unused:
+        raise UserError(
+            f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to beam "
+            "search (--beam-size: the most likely continuation, neither sampled nor compiled): "
+            f"leave {'it' if len(unused) == 1 else 'them'} out, or drop --beam-size"
+        )
+
+
 def _check_counts(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    _check_beam(args)
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if "" in args.stop:

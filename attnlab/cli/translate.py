@@ -13,8 +13,8 @@ import sys
 
 from attnlab.cli.options import (
     add_device_flag,
+    check_beam_flags,
     check_output,
-    given_flags,
     print_json,
     read_stdin,
     record_defaults,
@@ -85,22 +85,13 @@ def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: bool = True)
 
 
 def decoding_options(args: argparse.Namespace) -> dict:
-    if args.beam_size < 1:
-        raise UserError(f"--beam-size must be >= 1, got {args.beam_size}")
+    check_beam_flags(args)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.max_length_factor < math.inf or args.max_length_offset < 0:
         raise UserError("--max-length-factor and --max-length-offset must be numbers >= 0")
     if args.max_length_factor == 0 == args.max_length_offset:
         raise UserError("--max-length-factor 0 and --max-length-offset 0 leave no room for words")
-    if not 0 <= args.length_penalty < math.inf:
-        raise UserError(f"--length-penalty must be a number >= 0, got {args.length_penalty}")
-    if args.beam_size == 1 and given_flags(args, ["length_penalty"]):
-        # one hypothesis ever ends, so there is nothing for the penalty to rank
-        raise UserError(
-            "--length-penalty would change nothing at --beam-size 1 (greedy: a single "
-            "hypothesis, nothing to rank): leave it out, or give a beam size above 1"
-        )
     return {
         "beam_size": args.beam_size,
         "length_penalty": args.length_penalty,

@@ -1,6 +1,8 @@
 """Generation: logit filters and sampling (sampling), decoding loops with a KV cache (decoding),
-and text (text) and images (images) on top of them."""
+beam search (beam_search: encoder-decoders; beam_decoding: decoder-only models), and text (text)
+and images (images) on top of them."""
 
+from attnlab.generation.beam_decoding import beam_generate, beam_hypotheses
 from attnlab.generation.decoding import generate, make_generator, stream, stream_batch
 from attnlab.generation.images import complete_images
 from attnlab.generation.sampling import (
@@ -11,12 +13,21 @@ from attnlab.generation.sampling import (
     top_k_filter,
     top_p_filter,
 )
-from attnlab.generation.text import StopScanner, generate_text, start_ids, stream_text
+from attnlab.generation.text import (
+    StopScanner,
+    beam_text,
+    generate_text,
+    start_ids,
+    stream_text,
+)
 
 __all__ = [
     "SamplingConfig",
     "StopScanner",
     "apply_temperature",
+    "beam_generate",
+    "beam_hypotheses",
+    "beam_text",
     "complete_images",
     "generate",
     "generate_text",

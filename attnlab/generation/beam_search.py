@@ -30,7 +30,11 @@ finished), so with α = 0 (its ``length_penalty=0``) both find the same hypothes
 in three ways: its length penalty is |Y|^α, not GNMT's; at the length limit it keeps the
 unfinished beams, scored without </s>, where this search forces </s>; and here <pad> and <s>
 are never chosen, the other tokens keeping their log-probabilities (not renormalized). Only the
-best hypothesis is returned (no n-best list), without its score.
+best hypothesis is returned, without its score (``Beams.ranked`` holds them all).
+
+The search itself (``Beams``) does not depend on the model: beam_decoding.py runs it for
+decoder-only models, where a hypothesis ends at a stop id and, at the length limit, the live
+hypotheses end as they are rather than with a forced end.
 """
 
 from __future__ import annotations
@@ -131,72 +135,143 @@ def _rank(log_prob: float, length: int, alpha: float) -> float:
     return -math.log(-log_prob) + alpha * math.log((5 + length) / 6)
 
 
-class _Search:
-    """The state of a batched beam search: the rows still searching and their hypotheses."""
+class Beams:
+    """The state of a batched beam search, whatever the model: B searches of K beams each, N =
+    B·K rows, and their hypotheses (see the module docstring). A subclass gives the model's
+    log-probabilities of the next token for every row (`next_log_probs`, (N, V)) and keeps its
+    decoding state in step with the rows (`reorder_state`); it may extend `drop_sentences`.
 
-    def __init__(self, model, src, beam_size, alpha, limits, use_cache):
-        self.model, self.k, self.alpha, self.limits = model, beam_size, alpha, limits
-        self.eos = model.config.eos_id
-        memory, src_mask = model.encode(src)
-        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size)
-        self.memory, self.src_mask = memory[rows], src_mask[rows]  # (N, S, D), (N, 1, 1, S)
-        self.cache = model.new_cache() if use_cache else None
-        self.tokens = torch.full(
-            (rows.numel(), 1), model.config.bos_id, dtype=torch.long, device=src.device
-        )  # (N, t)
+    tokens: (N, t) the ids every row starts from (<s>, or a prompt); what follows is generated.
+    limits: (B,) tokens each search generates at most. end_ids: the ids that finish a hypothesis
+    (none: only the limit does). force_end: the id forced at the limit (translation's </s>);
+    None: the K live hypotheses finish there as they are, scored without an end.
+    """
+
+    def __init__(self, tokens, beam_size, alpha, limits, end_ids=(), force_end=None):
+        self.k, self.alpha, self.limits, self.force_end = beam_size, alpha, limits, force_end
+        self.tokens, self.start = tokens, tokens.size(1)  # (N, t)
+        self.end_ids = torch.tensor(sorted(set(end_ids)), dtype=torch.long, device=tokens.device)
+        batch = limits.numel()
         # Only beam 0 starts alive, so the first step's K beams are K different tokens.
-        self.scores = torch.full((src.size(0), beam_size), float("-inf"), device=src.device)
+        self.scores = torch.full((batch, beam_size), float("-inf"), device=tokens.device)
         self.scores[:, 0] = 0.0  # (B, K) summed log-probabilities
-        self.active = list(range(src.size(0)))  # original index of each searching sentence
-        self.finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(src.size(0))]
+        self.active = list(range(batch))  # original index of each searching sentence
+        # each search's finished hypotheses: (rank, summed log-probability, ids)
+        self.finished: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(batch)]
+
+    def next_log_probs(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reorder_state(self, rows: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def step(self, step: int) -> None:
         k, n = self.k, len(self.active)
-        log_probs = _next_log_probs(self.model, self.tokens, self.memory, self.src_mask, self.cache)
+        log_probs = self.next_log_probs().view(n, k, -1)  # (B, K, V)
         at_limit = step + 1 >= self.limits  # (B,)
-        log_probs = _force_end(log_probs.view(n, k, -1), at_limit[:, None], self.eos)
+        if self.force_end is not None:
+            log_probs = _force_end(log_probs, at_limit[:, None], self.force_end)
         vocab = log_probs.size(-1)
         candidates = (self.scores[:, :, None] + log_probs).view(n, k * vocab)  # (B, K·V)
-        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K), best first
+        # Enough candidates that K of them do not end even when every beam's ends are among
+        # them: 2K for one end id (GNMT, Hugging Face), all K·V at most.
+        width = min(k * vocab, k * (1 + max(1, self.end_ids.numel())))
+        top_scores, top_index = candidates.topk(width, dim=1)  # (B, W), best first
         beam, token = top_index // vocab, top_index % vocab
-        is_end = token == self.eos
+        is_end = torch.isin(token, self.end_ids)
         self._finish(step, beam, top_scores, is_end)
-        # The K best extensions that do not end: ranks of ending ones are pushed past 2K.
-        rank = torch.arange(2 * k, device=token.device) + is_end.long() * 2 * k  # (B, 2K)
+        # The K best extensions that do not end: ranks of ending ones are pushed past W.
+        rank = torch.arange(width, device=token.device) + is_end.long() * width  # (B, W)
         keep = rank.topk(k, dim=1, largest=False).indices  # (B, K), best first
         self.scores = top_scores.gather(1, keep)
         parent = torch.arange(n, device=token.device)[:, None] * k + beam.gather(1, keep)
         self._select_rows(parent.view(-1))
         self.tokens = torch.cat([self.tokens, token.gather(1, keep).view(-1, 1)], dim=1)
+        if self.force_end is None:
+            self._finish_live(step, at_limit)
         ended = [len(self.finished[self.active[r]]) >= k or bool(at_limit[r]) for r in range(n)]
         if any(ended):
-            self._drop_sentences([r for r in range(n) if not ended[r]])
+            self.drop_sentences([r for r in range(n) if not ended[r]])
 
     def _finish(self, step, beam, top_scores, is_end) -> None:
         """Store the hypotheses ending among the K best candidates, length-normalized."""
         finite = top_scores > float("-inf")
         for r, j in (is_end[:, : self.k] & finite[:, : self.k]).nonzero().tolist():
             row = r * self.k + int(beam[r, j])
-            ids = self.tokens[row, 1:].tolist()  # without <s>; </s> is not stored
-            score = _rank(float(top_scores[r, j]), step + 1, self.alpha)
-            self.finished[self.active[r]].append((score, ids))
+            ids = self.tokens[row, self.start :].tolist()  # the end id is not stored
+            self._store(r, float(top_scores[r, j]), step + 1, ids)
+
+    def _finish_live(self, step, at_limit) -> None:
+        """At the limit, the live hypotheses finish as they are (without an end)."""
+        for r in at_limit.nonzero().flatten().tolist():
+            for j in range(self.k):
+                if self.scores[r, j] > float("-inf"):
+                    ids = self.tokens[r * self.k + j, self.start :].tolist()
+                    self._store(r, float(self.scores[r, j]), step + 1, ids)
+
+    def _store(self, r, log_prob, length, ids) -> None:
+        rank = _rank(log_prob, length, self.alpha)
+        self.finished[self.active[r]].append((rank, log_prob, ids))
 
     def _select_rows(self, rows: torch.Tensor) -> None:
         self.tokens = self.tokens[rows]
-        if self.cache is not None:
-            self.cache.reorder(rows)
+        self.reorder_state(rows)
 
-    def _drop_sentences(self, keep: list[int]) -> None:
-        """Stop decoding the sentences not in `keep`: their rows leave the batch and cache."""
+    def drop_sentences(self, keep: list[int]) -> torch.Tensor | None:
+        """Stop decoding the sentences not in `keep`: their rows leave the batch and the state.
+        Returns the rows kept; None when no search is left (then nothing is reordered: a
+        recurrent state cannot shrink, and no step follows)."""
+        if not keep:
+            self.active = []
+            return None
         index = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)
         rows = (index[:, None] * self.k + torch.arange(self.k, device=index.device)).view(-1)
         self._select_rows(rows)
-        self.memory, self.src_mask = self.memory[rows], self.src_mask[rows]
         self.scores, self.limits = self.scores[index], self.limits[index]
         self.active = [self.active[r] for r in keep]
+        return rows
+
+    def run(self) -> None:
+        step = 0
+        while self.active:
+            self.step(step)
+            step += 1
+
+    def ranked(self) -> list[list[tuple[float, list[int]]]]:
+        """Each search's finished hypotheses, best first: (summed log-probability, ids)."""
+        return [
+            [(log_prob, ids) for _, log_prob, ids in sorted(hyps, key=lambda h: -h[0])]
+            for hyps in self.finished
+        ]
 
     def best(self) -> list[list[int]]:
-        return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in self.finished]
+        return [hyps[0][1] if hyps else [] for hyps in self.ranked()]
+
+
+class _Search(Beams):
+    """Beam search of an encoder-decoder: the source encoded once, the target from <s>."""
+
+    def __init__(self, model, src, beam_size, alpha, limits, use_cache):
+        self.model, c = model, model.config
+        memory, src_mask = model.encode(src)
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(beam_size)
+        self.memory, self.src_mask = memory[rows], src_mask[rows]  # (N, S, D), (N, 1, 1, S)
+        self.cache = model.new_cache() if use_cache else None
+        tokens = torch.full((rows.numel(), 1), c.bos_id, dtype=torch.long, device=src.device)
+        super().__init__(tokens, beam_size, alpha, limits, [c.eos_id], force_end=c.eos_id)
+
+    def next_log_probs(self) -> torch.Tensor:
+        return _next_log_probs(self.model, self.tokens, self.memory, self.src_mask, self.cache)
+
+    def reorder_state(self, rows: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder(rows)
+
+    def drop_sentences(self, keep: list[int]) -> torch.Tensor | None:
+        rows = super().drop_sentences(keep)
+        if rows is not None:
+            self.memory, self.src_mask = self.memory[rows], self.src_mask[rows]
+        return rows
 
 
 @torch.no_grad()
@@ -224,10 +299,7 @@ def beam_search(
     limits = max_target_lengths(src, model, max_length_factor, max_length_offset)
     with eval_mode(model):
         search = _Search(model, src, beam_size, length_penalty, limits, use_cache)
-        step = 0
-        while search.active:
-            search.step(step)
-            step += 1
+        search.run()
     return search.best()
 
 

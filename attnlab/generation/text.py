@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from torch import nn
 
 from attnlab.errors import UserError
+from attnlab.generation.beam_decoding import beam_generate
 from attnlab.generation.decoding import stream
 from attnlab.tokenizers.base import Tokenizer
 
@@ -87,16 +88,19 @@ def stream_text(
     the tokenizer's size, so a model whose vocabulary is padded past it never picks an id no
     text decodes to. Yields only new text. A prompt the tokenizer cannot encode raises here,
     before anything is generated."""
+    prompt_ids, stop_ids = _start(tokenizer, prompt, stop_ids, options)
+    ids = stream(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, **options)
+    return _text_pieces(tokenizer, ids, StopScanner(stop))
+
+
+def _start(tokenizer: Tokenizer, prompt: str, stop_ids, options: dict):
+    """The prompt's ids and the stop ids, and vocab_limit set in options (see stream_text)."""
     options.setdefault("vocab_limit", tokenizer.vocab_size)
     prompt_ids = tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
     if stop_ids is None:
-        stop_ids = (
-            [tokenizer.special_tokens[END_OF_TEXT]]
-            if END_OF_TEXT in tokenizer.special_tokens
-            else []
-        )
-    ids = stream(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, **options)
-    return _text_pieces(tokenizer, ids, StopScanner(stop))
+        specials = tokenizer.special_tokens
+        stop_ids = [specials[END_OF_TEXT]] if END_OF_TEXT in specials else []
+    return prompt_ids, stop_ids
 
 
 def _text_pieces(tokenizer: Tokenizer, ids: Iterator[int], scanner: StopScanner) -> Iterator[str]:
@@ -117,3 +121,22 @@ def generate_text(
 ) -> str:
     """The continuation of `prompt` as one string (without the prompt); see `stream_text`."""
     return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, **options))
+
+
+def beam_text(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    stop: Iterable[str] = (),
+    stop_ids: Iterable[int] | None = None,
+    **options,
+) -> str:
+    """The best continuation of `prompt` by beam search (`beam_generate`'s options), as text
+    cut before the first stop string (the search itself does not see them). The prompt, stop
+    ids and vocab_limit are taken as `stream_text` takes them."""
+    prompt_ids, stop_ids = _start(tokenizer, prompt, stop_ids, options)
+    ids = beam_generate(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, **options)
+    scanner = StopScanner(stop)
+    return scanner.feed(tokenizer.decode(ids)) + scanner.flush()
