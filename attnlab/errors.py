@@ -5,6 +5,7 @@ exception is a bug and keeps its traceback.
 """
 
 import os
+import re
 from pathlib import Path
 
 
@@ -63,3 +64,24 @@ def _in_cache(filename) -> str:
 def dangling_link(path: Path) -> str:
     """What a link at `path` that leads to nothing is, for an error line."""
     return f"{path} is a link that leads nowhere, or around in a loop (to {os.readlink(path)})"
+
+
+def memory_error_line(error: BaseException) -> str | None:
+    """The one line of a command that asked for more memory than there is (Python's MemoryError,
+    torch's CPU allocator or a GPU's out-of-memory error, with the size it asked for); None for
+    any other error."""
+    text = str(error)
+    if not (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+    ):
+        return None
+    in_bytes = re.search(r"allocate (\d+) bytes", text)  # the CPU's; a GPU's gives "20.00 GiB"
+    asked = re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    asked = f"{int(in_bytes.group(1)) / 1e9:,.1f} GB" if in_bytes else asked and asked.group(1)
+    size = f" (it asked for {asked} at once)" if asked else ""
+    return (
+        f"out of memory{size}: ask for less at once, a smaller --batch-size, --beam-size, "
+        "model or context"
+    )

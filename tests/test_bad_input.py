@@ -377,3 +377,23 @@ def test_every_command_names_its_checkpoint_and_its_text_alike():
 def test_an_empty_path_is_named_so_not_taken_for_the_current_folder(argv, message, capsys):
     """`--config "$UNSET"`: Path("") is ".", and the error spoke of a folder "." or ""."""
     assert message in one_line_error(*run(argv, capsys)[::2])
+
+
+def test_out_of_memory_is_one_line_naming_the_size(checkpoint, capsys, monkeypatch):
+    """`sample --beam-size 100000000` asked the CPU allocator for 51 GB: a traceback."""
+    from attnlab.errors import memory_error_line
+    from attnlab.generation import decoding
+
+    cpu = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 51200000000 bytes."
+    gpu = "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB"
+    assert "(it asked for 51.2 GB at once)" in memory_error_line(RuntimeError(cpu))
+    assert "(it asked for 20.00 GiB at once)" in memory_error_line(torch.OutOfMemoryError(gpu))
+    assert memory_error_line(MemoryError()).startswith("out of memory: ")
+    assert memory_error_line(RuntimeError("shapes do not match")) is None
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError(cpu)
+
+    monkeypatch.setattr(decoding, "_decode", allocate)
+    code, _, err = run(["sample", str(checkpoint), "--max-new-tokens", "3"], capsys)
+    assert "out of memory (it asked for 51.2 GB at once)" in one_line_error(code, err)

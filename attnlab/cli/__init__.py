@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import attnlab
-from attnlab.errors import OutputError, UserError, os_error_line
+from attnlab.errors import OutputError, UserError, memory_error_line, os_error_line
 from attnlab.signals import sigterm_as_interrupt
 
 INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C or SIGTERM
@@ -316,6 +316,10 @@ def _main(argv: list[str]) -> int:
         return 141
     except OSError as error:  # the user's files and folders: missing, read-only, full disk
         return say_error(os_error_line(error))
+    except (MemoryError, RuntimeError) as error:
+        if (line := memory_error_line(error)) is None:
+            raise
+        return say_error(line)
     except KeyboardInterrupt:
         with contextlib.suppress(OSError):  # a terminal closed (SIGHUP): no one to tell
             print("attnlab: interrupted", file=sys.stderr, flush=True)
