@@ -1,5 +1,6 @@
 import argparse
 import dataclasses
+import json
 
 import pytest
 
@@ -77,3 +78,24 @@ def test_every_flag_of_every_command_says_what_it_sets():
                     parser.prog,
                     action.option_strings,
                 )
+
+
+def test_a_files_setting_a_flag_leaves_unread_is_left_out_with_a_note(tmp_path, corpus, capsys):
+    from helpers import one_line_error
+    from test_run_directory import train
+
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\nn_heads = 2\n[training]\nmin_learning_rate = 0.25\n")
+    flags = ["--config", str(config), "--max-iters", "1", "--n-layers", "1", "--d-model", "8"]
+    out, lstm = tmp_path / "run", ["--mixer", "lstm", "--positional", "none"]
+    code, _, err = train(capsys, corpus, out, *flags, *lstm, "--lr-schedule", "constant")
+    assert code == 0, err
+    assert f"n_heads in {config} left out: a setting of mixer 'attention', not of 'lstm'" in err
+    assert f"min_learning_rate in {config} left out: a setting of the cosine" in err
+    saved = json.loads((out / "trainer_state.json").read_text())["train_config"]
+    assert saved["min_learning_rate"] == TrainConfig.min_learning_rate  # not the file's 0.25
+    # the file's own schedule reads it: kept; the flags' own settings are refused as before
+    code, _, err = train(capsys, corpus, tmp_path / "b", *flags, "--max-iters", "1")
+    assert code == 0 and "left out" not in err
+    code, _, err = train(capsys, corpus, tmp_path / "c", *flags, *lstm, "--n-heads", "2")
+    assert "n_heads: a setting of mixer 'attention'" in one_line_error(code, err)

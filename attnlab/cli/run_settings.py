@@ -91,10 +91,10 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
         "preset": preset,
         "data": data_path(config_to_dict(data), catalog.here),
     }
-    given = merge_layers(toml.get("model", {}), flag_values(args, kind.config))
-    model = ({**config_to_dict(kind.presets[preset]), **given}, given)
+    base = config_to_dict(kind.presets[preset])
+    given = given_settings(kind.config, base, toml.get("model", {}), args, source)
+    model = ({**base, **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
-    refuse_unread(kind.config, model[0], given)
     refuse_data_fields(kind.data_fields & given.keys())
     train, _ = training_settings({}, toml, args, source)
     return run, model, train
@@ -148,12 +148,27 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
 
 def training_settings(saved: dict[str, Any], toml, args, source: str):
     """The TrainConfig of a run's saved settings (none for a new run) < the file < the flags,
-    and the settings given (file and flags); one given that it would not read
-    (min_learning_rate with a constant schedule) is refused."""
-    given = merge_layers(toml.get("training", {}), flag_values(args, TrainConfig))
-    train = build_config(TrainConfig, saved, given, source=source)
-    refuse_unread(TrainConfig, config_to_dict(train), given)
-    return train, given
+    and the settings given (file and flags, as given_settings leaves them)."""
+    given = given_settings(TrainConfig, saved, toml.get("training", {}), args, source)
+    return build_config(TrainConfig, saved, given, source=source), given
+
+
+def given_settings(cls: type, base: dict[str, Any], file: dict[str, Any], args, source: str):
+    """The settings of `cls` a config file's table and the flags give (a flag winning), checked
+    against what base < file < flags would read: a file's setting that a flag leaves unread
+    (the file's n_heads under --mixer lstm, its min_learning_rate under --lr-schedule
+    constant) is left out with a note; any other given and unread is refused."""
+    flags = flag_values(args, cls)
+    given = merge_layers(file, flags)
+    if not (unread := getattr(cls, "unread", None)):
+        return given
+    reasons = unread(merge_layers(base, given))
+    by_flags = (reasons.keys() - unread(merge_layers(base, file)).keys()) & file.keys()
+    for name in sorted(by_flags - flags.keys()):
+        note(f"note: {name} in {source} left out: a setting {reasons[name]}")
+        del given[name]
+    check_read(reasons, given, cls.__name__)
+    return given
 
 
 def refuse_unread(cls: type, values: dict[str, Any], given: Iterable[str]) -> None:
