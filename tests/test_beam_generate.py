@@ -235,6 +235,7 @@ def test_sample_with_a_beam_prints_the_best_continuation(capsys, checkpoint):
     "flags, message",
     [
         (["--beam-size", 3, "--temperature", 0.5], "--temperature does not apply to beam search"),
+        (["--beam-size", 3, "--temperature=0.8"], "--temperature does not apply"),  # its default
         (["--beam-size", 3, "--top-k", 5, "--seed", 2], "--seed and --top-k do not apply"),
         (["--beam-size", 2, "--num-samples", 2], "--num-samples does not apply"),
         (["--beam-size", 2, "--compile"], "--compile does not apply"),

@@ -93,6 +93,9 @@ class Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         self.words = sys.argv[1:] if args is None else list(args)
         namespace, extra = super().parse_known_args(args, namespace)
+        if self._subparsers is None:  # a command's flags given, whatever their values
+            flags = {w.split("=")[0] if w[:2] == "--" else w[:2] for w in self.words}
+            namespace.given = {a.dest for a in self._actions if flags & set(a.option_strings)}
         if not extra or self._subparsers is not None:  # a command's words: its subcommand's
             return namespace, extra
         texts = [a for a in self._actions if not a.option_strings and a.nargs in ("?", "*")]

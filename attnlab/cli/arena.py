@@ -9,7 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
-from attnlab.cli.options import check_seed, given_flags, record_defaults
+from attnlab.cli.options import check_seed, given_flags
 from attnlab.cli.runs import note
 from attnlab.errors import UserError
 from attnlab.files import check_writable
@@ -77,7 +77,6 @@ def register(subparsers) -> None:
         help="a mixer stops growing once a pass takes longer",
     )
     parser.set_defaults(handler=arena)
-    record_defaults(parser)
 
 
 RACE = ("data", "tokenizer", "params", "n_layers", "context_length", "batch_size",

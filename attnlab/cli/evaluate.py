@@ -18,7 +18,6 @@ from attnlab.cli.options import (
     add_device_flag,
     given_flags,
     print_json,
-    record_defaults,
     refuse_empty,
     resolve_data_path,
 )
@@ -117,7 +116,6 @@ def register(subparsers) -> None:
     add_device_flag(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=evaluate)
-    record_defaults(parser)
 
 
 DECODING = {"beam_size", "length_penalty", "max_length_factor", "max_length_offset"}
@@ -134,7 +132,7 @@ USED = {  # what each way of scoring reads, beyond the checkpoint, --device and 
 
 def _only(args: argparse.Namespace, what: str) -> None:
     """Refuse, in one line, the flags given that scoring `what` would not read."""
-    if unused := given_flags(args, set(args.defaults) - USED[what] - {"device", "json"}):
+    if unused := given_flags(args, args.given - USED[what] - {"device", "json"}):
         raise UserError(f"{', '.join(unused)}: not used in scoring {what}")
 
 

@@ -165,17 +165,10 @@ def as_given(args: argparse.Namespace, name: str, value: Any) -> str:
     return f"{name} = {json.dumps(value, default=str)}"
 
 
-def record_defaults(parser: argparse.ArgumentParser) -> None:
-    """Keep every flag's default in args.defaults, so that the command can tell which flags
-    were given (given_flags)."""
-    flags = [a for a in parser._actions if a.option_strings and a.default != argparse.SUPPRESS]
-    parser.set_defaults(defaults={action.dest: action.default for action in flags})
-
-
 def given_flags(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
-    """Those of `names` given a value other than their default, as flags (--beam-size)."""
-    changed = [n for n in names if n in args.defaults and getattr(args, n) != args.defaults[n]]
-    return ["--" + name.replace("_", "-") for name in sorted(changed)]
+    """Those of `names` given on the command line, whatever their values, as flags
+    (--beam-size): `sample --temperature 0.8` is given, though 0.8 is its default."""
+    return ["--" + name.replace("_", "-") for name in sorted(set(names) & args.given)]
 
 
 def check_top_k(args: argparse.Namespace, choices: int, what: str) -> None:

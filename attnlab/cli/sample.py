@@ -14,7 +14,6 @@ from attnlab.cli.options import (
     check_sampling_flags,
     check_top_k,
     given_flags,
-    record_defaults,
     user_text,
     write_text,
 )
@@ -128,7 +127,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.6,
         help="GNMT alpha for --beam-size (0 = none, > 0 longer): ranks continuations that end",
     )
-    record_defaults(parser)
     parser.set_defaults(handler=run)
 
 

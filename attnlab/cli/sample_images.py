@@ -18,7 +18,6 @@ from attnlab.cli.options import (
     default_output,
     given_flags,
     print_json,
-    record_defaults,
     refuse_empty,
 )
 from attnlab.devices import pick_device
@@ -84,7 +83,6 @@ def register(subparsers) -> None:
     parser.add_argument("--columns", type=int, default=8, help="images per row of the grid")
     parser.add_argument("--scale", type=int, default=3, help="screen pixels per image pixel")
     add_device_flag(parser)
-    record_defaults(parser)
     parser.set_defaults(handler=sample_images_command, split="val")
 
 

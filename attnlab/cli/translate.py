@@ -17,7 +17,6 @@ from attnlab.cli.options import (
     check_output,
     print_json,
     read_stdin,
-    record_defaults,
     resolve_data_path,
     user_text,
     write_text,
@@ -57,7 +56,6 @@ def register(subparsers) -> None:
     )
     add_decoding_flags(parser)
     add_device_flag(parser)
-    record_defaults(parser)
     parser.set_defaults(handler=translate_command)
 
 
