@@ -45,6 +45,7 @@ COMMANDS = {
     ),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use; show or clear the cache"),
+    "compare": ("compare", "training runs side by side: a table of losses and speed, a plot"),
     "arena": ("arena", "train every token mixer alike and compare them; cost against length"),
     "inspect": (
         "inspect",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import textwrap
@@ -144,8 +143,9 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     """Plot train and val loss against step from metrics.jsonl; None if there is nothing to plot."""
     if not metrics_file.is_file():
         return None
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    if not records:
+    from attnlab.training.metrics_log import read_metrics
+
+    if not (records := read_metrics(metrics_file)):
         return None
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
     from matplotlib.ticker import MaxNLocator

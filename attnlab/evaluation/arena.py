@@ -12,7 +12,6 @@ token budget keeps it until the last fifth of the steps, then lowers it to a ten
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -28,6 +27,7 @@ from attnlab.errors import UserError
 from attnlab.files import atomic_write_bytes
 from attnlab.layers.mixers import MIXERS, unread_fields
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.training.metrics_log import read_metrics
 
 WIDTH_STEP = 8  # widths tried: multiples of this (4 heads of an even width for attention)
 MAX_WIDTH = 4096  # the widest tried
@@ -189,7 +189,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 def read_run(entry: Entry, tokens_per_step: int) -> None:
     """The evaluations and the training speed of a finished run, from its metrics.jsonl."""
-    records = [json.loads(line) for line in (entry.out / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(entry.out / "metrics.jsonl")
     entry.evaluations = [
         {**r, "tokens": r["step"] * tokens_per_step} for r in records if "val_loss" in r
     ]

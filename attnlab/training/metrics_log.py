@@ -49,6 +49,13 @@ def append_record(log: BinaryIO, record: dict[str, Any]) -> None:
         raise
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, in order; a line that is not one (a log cut mid-line by
+    a crash, a note of the user's) is left out."""
+    lines = path.read_text(errors="replace").splitlines()
+    return [record for line in lines if line.strip() and (record := _record(line)) is not None]
+
+
 def _record(line: str) -> dict[str, Any] | None:
     """A metrics line as a record with an integer step and numbers for values (the plot draws
     them: a string would be a category, or a traceback), or None."""
