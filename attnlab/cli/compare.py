@@ -81,11 +81,13 @@ def summary(run: str) -> dict[str, Any]:
     folder = Path(run)
     if not (folder / "metrics.jsonl").is_file():
         raise UserError(f"{run} has no metrics.jsonl: give a run folder (train's --out)")
-    records = read_metrics(folder / "metrics.jsonl")
+    records = [r for r in read_metrics(folder / "metrics.jsonl") if "elapsed_s" in r]
     if not records:
         raise UserError(f"{run}/metrics.jsonl holds no record: the run has not trained a step")
     run_file = folder / RUN_FILE
     description = read_json(run_file, "run description") if run_file.is_file() else {}
+    description = description if isinstance(description, dict) else {}
+    data = description.get("data") if isinstance(description.get("data"), dict) else {}
     evals = [r for r in records if "val_loss" in r]
     best = min(evals, key=lambda r: r["val_loss"], default={})
     rate = next((k for k in records[-1] if k.endswith("s_per_s")), "tokens_per_s")
@@ -93,7 +95,7 @@ def summary(run: str) -> dict[str, Any]:
     return {
         "run": run,
         "kind": description.get("kind"),
-        "tokenizer": description.get("data", {}).get("tokenizer"),
+        "tokenizer": data.get("tokenizer"),
         "parameters": parameters(folder),
         "steps": records[-1]["step"],
         "elapsed_s": records[-1]["elapsed_s"],
@@ -132,7 +134,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             "-" if r["best_val_loss"] is None else f"{r['best_val_loss']:.4f} ({r['best_step']:,})"
         )
         rows.append([
-            r["run"], r["kind"] or "?",
+            r["run"], str(r["kind"] or "?"),
             "-" if r["parameters"] is None else f"{r['parameters'] / 1e6:.2f}M",
             f"{r['steps']:,}", _duration(r["elapsed_s"]),
             f"{r[r['unit'] + 's_per_s']:,.0f} {r['unit']}s/s", best,

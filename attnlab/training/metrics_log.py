@@ -50,10 +50,10 @@ def append_record(log: BinaryIO, record: dict[str, Any]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, in order; a line that is not one (a log cut mid-line by
-    a crash, a note of the user's) is left out."""
-    lines = path.read_text(errors="replace").splitlines()
-    return [record for line in lines if line.strip() and (record := _record(line)) is not None]
+    """The records of a metrics.jsonl, in order; a line that is not one, of a step and its
+    train_loss (a log cut mid-line by a crash, a note of the user's), is left out."""
+    records = map(_record, path.read_text(errors="replace").splitlines())
+    return [r for r in records if r is not None and "train_loss" in r]
 
 
 def _record(line: str) -> dict[str, Any] | None:
