@@ -1,5 +1,6 @@
 """`attnlab data get` on a disk with no room: refused before a byte is fetched where the
-catalog knows the sizes, and a write that fails names the file, not the source."""
+catalog knows the sizes, and a write that fails names the file, not the source, and says how
+to give the dataset room."""
 
 import errno
 import hashlib
@@ -43,8 +44,8 @@ def test_a_download_the_disk_has_no_room_for_is_refused_at_once(mirrored, monkey
         catalog.get("fake", progress=False)
     need = download.human_size(sum(map(len, FILES.values())))
     assert str(raised.value) == (
-        f"cannot get dataset 'fake': it needs {need} and the disk has 999 B free "
-        f"(looked in {mirrored / 'fake'})"
+        f"cannot get dataset 'fake': cannot write {mirrored / 'fake'}: it needs {need} and the "
+        "disk has 999 B free; free space there, or set ATTNLAB_DATA to another folder"
     )
     assert not mirrored.exists()
 
@@ -60,8 +61,8 @@ def test_a_write_that_fails_names_the_file_and_blames_no_source(mirrored, monkey
         catalog.get("fake", progress=False)
     folder = mirrored / "fake"
     assert str(raised.value) == (
-        f"cannot get dataset 'fake': cannot write {folder / 'a.txt'}: No space left on device "
-        f"(looked in {folder})"
+        f"cannot get dataset 'fake': cannot write {folder / 'a.txt'}: No space left on device; "
+        "free space there, or set ATTNLAB_DATA to another folder"
     )
     assert not [p for p in mirrored.rglob("*") if p.is_file()]
 
@@ -78,8 +79,8 @@ def test_a_temporary_file_that_cannot_be_made_is_named_as_the_file_it_stands_for
         catalog.get("fake", progress=False)
     folder = mirrored / "fake"
     assert str(raised.value) == (
-        f"cannot get dataset 'fake': cannot write {folder / 'a.txt'}: Permission denied "
-        f"(looked in {folder})"
+        f"cannot get dataset 'fake': cannot write {folder / 'a.txt'}: Permission denied; "
+        "make it writable, or set ATTNLAB_DATA to another folder"
     )
 
 
@@ -90,7 +91,8 @@ def test_a_file_where_the_datasets_folder_goes_is_named_as_a_file(mirrored):
         catalog.get("fake", progress=False)
     folder = mirrored / "fake"
     assert str(raised.value) == (
-        f"cannot get dataset 'fake': {folder} is a file, not a folder (looked in {folder})"
+        f"cannot get dataset 'fake': {folder} is a file, not a folder; move that file, or set "
+        "ATTNLAB_DATA to another folder"
     )
 
 
@@ -116,7 +118,7 @@ def test_an_archives_size_is_checked_only_when_all_of_it_is_wanted(mirrored, mon
     monkeypatch.setitem(catalog.CATALOG, "fake", Dataset("fake", "zipped", files, archive=source))
     free_space(monkeypatch, 999)
     need = download.human_size(sum(map(len, FILES.values())))
-    with pytest.raises(UserError, match=f"it needs {need} and the disk has 999 B free"):
+    with pytest.raises(UserError, match=f"it needs {need} and the disk has 999 B free; free space"):
         catalog.get("fake", progress=False)
     (mirrored / "fake" / "sub").mkdir(parents=True)
     (mirrored / "fake" / "sub" / "b.txt").write_bytes(FILES["sub/b.txt"])  # the rest: its share

@@ -16,6 +16,7 @@ import codecs
 import contextlib
 import importlib
 import importlib.util
+import itertools
 import os
 import shlex
 import sys
@@ -25,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import attnlab
+from attnlab.cli.plot_config import matplotlib_folder
 from attnlab.errors import OutputError, UserError, memory_error_line, os_error_line
 from attnlab.signals import sigterm_as_interrupt
 
@@ -108,7 +110,20 @@ class Parser(argparse.ArgumentParser):
             if given is None and len(extra) == 1:
                 setattr(namespace, action.dest, extra[0])
                 return namespace, []
-        self.error(f"unrecognized arguments: {' '.join(extra)}")
+        self.error(f"unrecognized arguments: {' '.join(extra)}{self._listed(extra)}")
+
+    def _listed(self, extra: list[str]) -> str:
+        """How to write the words left over where they follow the value of a flag that takes
+        its values comma-separated (`--label-names negative positive`); else nothing."""
+        for at, word in enumerate(self.words):
+            flag, eq, value = word.partition("=")
+            action = self._option_string_actions.get(flag)
+            if action and "comma-separated" in (action.help or ""):
+                words = [value] * bool(eq) + self.words[at + 1 :]
+                given = list(itertools.takewhile(lambda w: not w.startswith("-"), words))
+                if given[1:2] == extra[:1]:
+                    return f"; {flag} takes one value, comma-separated: {flag} {','.join(given)}"
+        return ""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -298,6 +313,7 @@ def _main(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         _check_current_folder()  # before a command's module, or a plugin, imports torch
+        matplotlib_folder()  # before a command's plots import matplotlib
         load_plugins(os.environ.get("ATTNLAB_PLUGINS", ""))
         try:
             args = build_parser(command if command in COMMANDS else "").parse_args(argv)

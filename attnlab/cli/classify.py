@@ -7,8 +7,7 @@ import itertools
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.checkpoint import load_for
-from attnlab.cli.options import add_device_flag, read_stdin, user_text
-from attnlab.data.corpus import text_lines
+from attnlab.cli.options import add_device_flag, stdin_lines, user_text
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.evaluation.predict import classify_batches
@@ -31,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = load_for("classify", CLASSIFY, args.checkpoint, pick_device(args.device))
-    texts = [user_text(t) for t in args.texts] or text_lines(read_stdin())
+    texts = [user_text(t) for t in args.texts] or stdin_lines()
     if not any(text.strip() for text in texts):
         raise UserError("no text to classify: give TEXT arguments or lines on stdin")
     names = checkpoint.artifacts["classes"].names if "classes" in checkpoint.artifacts else None

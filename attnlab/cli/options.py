@@ -353,6 +353,14 @@ def read_stdin() -> str:
     return user_text(sys.stdin.read())
 
 
+def stdin_lines() -> list[str]:
+    """Stdin's lines (read_stdin), one for each line of output: they end at \\n, \\r\\n or a
+    lone \\r (old Macs' line ends), as Python's text files' do."""
+    from attnlab.data.corpus import text_lines
+
+    return text_lines(read_stdin().replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def print_json(value: Any) -> None:
     """`value` as one line of JSON on stdout. JSON has no NaN or infinity (Python's json writes
     them as NaN and Infinity, which other readers refuse): such a number is written as null."""

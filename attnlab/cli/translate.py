@@ -16,12 +16,11 @@ from attnlab.cli.options import (
     check_beam_flags,
     check_output,
     print_json,
-    read_stdin,
     resolve_data_path,
+    stdin_lines,
     user_text,
     write_text,
 )
-from attnlab.data.corpus import text_lines
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
 from attnlab.models.registry import TRANSLATE
@@ -122,7 +121,7 @@ def translate_command(args: argparse.Namespace) -> int:
 
     options = decoding_options(args)
     model, tokenizer = load_translation_model(args.checkpoint, args.device)
-    lines = [user_text(args.text)] if args.text is not None else text_lines(read_stdin())
+    lines = [user_text(args.text)] if args.text is not None else stdin_lines()
     lines = [line.strip() for line in lines]
     if not any(lines):
         raise UserError("no text to translate: give TEXT or lines on stdin")

@@ -243,7 +243,7 @@ def get(name: str, root: str | os.PathLike | None = None, progress: bool = True)
         except download.Failure as failure:
             raise _error(dataset, folder, *failure.args) from None
         except OSError as error:  # network errors are Failures by now: this is the local disk
-            raise _error(dataset, folder, download.unwritten(error)) from None
+            raise download.unwritten(dataset, error) from None
     return folder
 
 

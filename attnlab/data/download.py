@@ -7,6 +7,7 @@ Standard library only (tqdm aside): `attnlab data` starts without loading torch 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
@@ -21,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from attnlab.errors import os_error_line
-from attnlab.files import naming, parent_folders, remove_stale, temporary_file
+from attnlab.errors import UserError, os_error_line
+from attnlab.files import FULL, naming, parent_folders, remove_stale, temporary_file
 from attnlab.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ def _check_room(folder: Path, need: int | None) -> None:
     """Refuse at once a download whose size is known and that the disk has no room for."""
     free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
     if need is not None and need > free:
-        raise Failure(f"it needs {human_size(need)} and the disk has {human_size(free)} free", None)
+        why = f"it needs {human_size(need)} and the disk has {human_size(free)} free"
+        raise OSError(errno.ENOSPC, why, str(folder))
 
 
 def human_size(size: float) -> str:
@@ -88,13 +90,18 @@ def human_size(size: float) -> str:
     return f"{size:.1f} GB"
 
 
-def unwritten(error: OSError) -> str:
-    """What went wrong on the local disk: the file that could not be written, or the file that
-    stands where a folder was to be made (the dataset's own, or one above it)."""
+def unwritten(dataset: Dataset, error: OSError) -> UserError:
+    """What went wrong on the local disk, and what to do: the file that could not be written
+    (or the folder with no room for the download), or the file that stands where a folder was
+    to be made (the dataset's own, or one above it)."""
+    elsewhere = "or set ATTNLAB_DATA to another folder"
     if isinstance(error, FileExistsError | NotADirectoryError):
-        return os_error_line(error)
-    where = f" {error.filename}" if error.filename else ""
-    return f"cannot write{where}: {error.strerror or error}"
+        why = f"{os_error_line(error)}; move that file, {elsewhere}"
+    else:
+        where = f" {error.filename}" if error.filename else ""
+        fix = "free space there" if error.errno in FULL else "make it writable"
+        why = f"cannot write{where}: {error.strerror or error}; {fix}, {elsewhere}"
+    return UserError(f"cannot get dataset '{dataset.name}': {why}")
 
 
 def remove_stale_parts(dataset: Dataset, folder: Path) -> None:
