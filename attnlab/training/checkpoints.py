@@ -42,11 +42,10 @@ from attnlab.models.registry import ModelKind, build_model, describe, get_kind, 
 from attnlab.tokenizers import Tokenizer
 from attnlab.training.artifacts import ARTIFACTS, check_artifacts_fit
 from attnlab.training.distributed import is_writer, like, whole
-from attnlab.training.state import OPTIMIZER_FILE, STATE_FILE, optimizer_bytes
+from attnlab.training.state import OPTIMIZER_FILE, SAVE_ID, STATE_FILE, optimizer_bytes, save_id_of
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 JOURNAL_FILE = "checkpoint.journal"  # the renames of a save in progress (files.py)
-SAVE_ID = "save_id"  # one random id per save, in the files that change between saves
 
 
 @dataclass
@@ -73,7 +72,7 @@ def save_checkpoint(
     """Write a checkpoint directory (see the module docstring). `model` must be unwrapped;
     artifacts: name -> object with to_dict(), for names registered with register_artifact;
     each must fit the model (a tokenizer of its vocabulary): a checkpoint that load_checkpoint
-    would refuse is not written."""
+    would refuse is not written. Returns the save's id (see SAVE_ID)."""
     path, description = Path(path), describe(model)
     check_tokenizer(description["config"], (artifacts or {}).get("tokenizer"), "the tokenizer")
     check_artifacts_fit(description["config"], artifacts or {}, path)
@@ -92,6 +91,7 @@ def save_checkpoint(
         files[STATE_FILE] = _json_bytes({**trainer_state, **save_id})
     if is_writer():  # of the ranks of a distributed run, which all gather the tensors
         atomic_write_files(path, files, journal=JOURNAL_FILE)  # switched in as a whole
+    return save_id[SAVE_ID]
 
 
 def finish_checkpoint(path: str | os.PathLike) -> None:
@@ -131,7 +131,7 @@ def _unfinished_save(path: Path) -> str | None:
             f"the checkpoint in {path} is being saved, or its save was interrupted: "
             f"{_completing_command(path)} completes it"
         )
-    ids = {n: _save_id(path / n) for n in (MODEL_FILE, OPTIMIZER_FILE) if (path / n).is_file()}
+    ids = {n: save_id_of(path / n) for n in (MODEL_FILE, OPTIMIZER_FILE) if (path / n).is_file()}
     if (path / STATE_FILE).is_file():
         state = read_json(path / STATE_FILE, "trainer state")
         ids[STATE_FILE] = state.get(SAVE_ID) if isinstance(state, dict) else None
@@ -156,14 +156,6 @@ def _completing_command(path: Path) -> str:
             kind = kind if isinstance(kind, str) else "KIND"
             return f"`attnlab train {kind} --out {shlex.quote(str(run))} --resume`"
     return f"`attnlab train KIND --out {shlex.quote(str(path))} --resume`"
-
-
-def _save_id(file: Path) -> str | None:
-    try:
-        with safetensors.safe_open(file, framework="pt") as f:
-            return (f.metadata() or {}).get(SAVE_ID)
-    except Exception as error:  # safetensors raises several types for a damaged header
-        raise UserError(f"checkpoint file {file} is corrupt: {error}") from None
 
 
 def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:

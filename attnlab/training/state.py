@@ -23,6 +23,7 @@ from attnlab.files import read_json
 from attnlab.training.distributed import ALONE, Group, like, whole
 
 OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
+SAVE_ID = "save_id"  # one random id per save, in the files that change between saves
 
 # trainer_state.json: the fields resuming reads, and their JSON types
 STATE_FIELDS = {"step": int, "elapsed_s": (int, float), "train_config": dict, "rng": dict}
@@ -108,20 +109,31 @@ def resumed_dtype(saved: Any, precision: str, here: torch.dtype) -> torch.dtype:
 
 def resumed_best(best: Any, weights: Path) -> dict[str, Any]:
     """The best evaluation a resumed run compares its own with (trainer_state.json's "best"),
-    while its checkpoint (`weights`, in best/) is there; a run copied without best/ keeps the
-    best anew, with a warning, so that what it reports as best is on disk."""
+    while its checkpoint (`weights`, in best/) is the one it records (its save id); a run
+    copied without best/, or killed between saving a new best/ and the checkpoint that records
+    it, keeps the best anew, with a warning, so that what it reports as best is on disk."""
     if not isinstance(best, dict) or not isinstance(best.get("value"), (int, float)):
         return {}
-    if not weights.is_file():
-        warnings.warn(
-            f"{weights.parent} is missing: the best weights are kept again from the next "
-            f"evaluation on (step {best.get('step')}'s {best.get('score')} {best['value']:.4f} "
-            "is not compared)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return {}
-    return best
+    if weights.is_file() and best.get(SAVE_ID) in (None, save_id_of(weights)):
+        return best  # None: a run saved before best/ had its id recorded
+    gone = "is missing" if not weights.is_file() else "is not the best its checkpoint records"
+    warnings.warn(
+        f"{weights.parent} {gone}: the best weights are kept again from the next "
+        f"evaluation on (step {best.get('step')}'s {best.get('score')} {best['value']:.4f} "
+        "is not compared)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return {}
+
+
+def save_id_of(file: Path) -> str | None:
+    """The SAVE_ID of a safetensors file of a checkpoint (None in one saved without)."""
+    try:
+        with safetensors.safe_open(file, framework="pt") as f:
+            return (f.metadata() or {}).get(SAVE_ID)
+    except Exception as error:  # safetensors raises several types for a damaged header
+        raise UserError(f"checkpoint file {file} is corrupt: {error}") from None
 
 
 def random_states(data: Any, group: Group = ALONE) -> dict[str, Any]:

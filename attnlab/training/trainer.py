@@ -52,6 +52,7 @@ from attnlab.training.optimizers import build_optimizer, clip_gradients, schedul
 from attnlab.training.probes import load_probe, parse_probes
 from attnlab.training.sources import IGNORE_INDEX, Batch, BatchSource, Metrics, check_sources
 from attnlab.training.state import (
+    SAVE_ID,
     load_training_state,
     random_states,
     restore_random_states,
@@ -309,9 +310,9 @@ class Trainer:
         sign = 1 if self.keep_best.endswith(HIGHER_IS_BETTER) else -1
         if self.best and sign * value <= sign * self.best["value"]:
             return
-        self.best = {"score": self.keep_best, "value": value, "step": self.step}
         with self.writing(f"saving step {self.step} in {self.out_dir / BEST_DIR}"):
-            save_checkpoint(self.out_dir / BEST_DIR, self.model, self.artifacts)
+            saved = save_checkpoint(self.out_dir / BEST_DIR, self.model, self.artifacts)
+        self.best = {"score": self.keep_best, "value": value, "step": self.step, SAVE_ID: saved}
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the device; to a GPU through pinned memory, without waiting."""
