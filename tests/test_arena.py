@@ -107,7 +107,7 @@ def test_the_report_flags_sizes_too_far_apart_to_compare(tmp_path):
 def test_the_race_plot_counts_tokens_in_readable_ticks(tmp_path, monkeypatch):
     """10 billion tokens read 10B, not 1.0 and a factor "1e10" at the axis's end."""
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png, **_: drawn.append(fig))
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png, **_: drawn.append(fig))
     points = [{"step": s, "elapsed_s": s, "tokens": s * 10**8, "val_loss": 1.0} for s in (1, 100)]
     report([Entry("attention", matched_config("attention", 3000, 1, 32), tmp_path, points)],
            tmp_path, "title")  # fmt: skip

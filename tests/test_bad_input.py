@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import one_line_error, run
 
-from attnlab import files
+from attnlab import figures
 from attnlab.errors import UserError
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.tokenizers.bpe import BPETokenizer
@@ -248,16 +248,16 @@ def test_characters_no_font_has_are_one_warning_and_an_installed_font_draws_them
         fig.add_artist(Warns())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            files.save_figure(fig, tmp_path / name)
+            figures.save_figure(fig, tmp_path / name)
         return [str(warning.message) for warning in caught]
 
-    monkeypatch.setattr(files, "FALLBACK_FONTS", ())
+    monkeypatch.setattr(figures, "FALLBACK_FONTS", ())
     *drawn, line = warnings_saving("none.png")
     assert drawn and set(drawn) == {"drawn"}
     assert "none.png: no installed font has 2 of its characters (ℊ 東), drawn as boxes" in line
     ten = "一二三四五六七八九十"  # all shown: no "..."
     assert f"10 of its characters ({' '.join(ten)}), drawn" in warnings_saving("10.png", ten)[-1]
-    monkeypatch.setattr(files, "FALLBACK_FONTS", ("STIXGeneral",))  # has ℊ, as DejaVu Sans not
+    monkeypatch.setattr(figures, "FALLBACK_FONTS", ("STIXGeneral",))  # has ℊ, as DejaVu Sans not
     assert "1 of its characters (東)" in warnings_saving("stix.png")[-1]
 
 

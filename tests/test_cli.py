@@ -352,7 +352,7 @@ def test_the_loss_plot_names_the_unit_the_loss_is_per(tmp_path, monkeypatch, uni
     from attnlab.cli import reports
 
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, path: drawn.append(fig) or path)
     record = {"step": 1, "train_loss": 0.7, f"{unit}s_per_s": 10.0, "val_loss": 0.6}
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     reports.plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")

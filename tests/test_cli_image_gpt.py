@@ -35,7 +35,7 @@ def test_the_loss_plot_draws_no_loss_in_other_units_as_a_score(trained, tmp_path
     from attnlab.cli import reports
 
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, path: drawn.append(fig) or path)
     reports.plot_losses(trained / "metrics.jsonl", tmp_path / "loss.png")
     assert len(drawn[0].axes) == 1  # nats per image and bits per pixel: the val loss's curve
 

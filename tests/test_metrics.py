@@ -131,7 +131,7 @@ def test_an_image_classifiers_evaluation_is_its_plain_cross_entropy_and_confusio
 
 def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png: drawn.append(fig) or png)
     for names in (SHAPES, [str(d) for d in range(10)], [f"class_{i}" for i in range(20)]):
         k = len(names)
         plot_confusion(torch.eye(k, dtype=torch.long), names, tmp_path / "c.png", "t")
@@ -145,7 +145,7 @@ def test_the_confusion_matrixs_class_names_never_overlap(monkeypatch, tmp_path):
 
 def test_the_confusion_matrix_of_few_classes_keeps_its_title_whole(monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png: drawn.append(fig) or png)
     title = "vit_cats_and_dogs: accuracy 85.00% on 2,000 held-out images"  # as evaluate's
     for k in (2, 3, 10):
         plot_confusion(torch.eye(k, dtype=torch.long), list("abcdefghij")[:k], tmp_path, title)
@@ -154,7 +154,7 @@ def test_the_confusion_matrix_of_few_classes_keeps_its_title_whole(monkeypatch, 
 
 def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png: drawn.append(fig) or png)
     record = {"step": 1, "train_loss": 4.17, "tokens_per_s": 9.0, "val_loss": 4.18}
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
@@ -170,7 +170,7 @@ def test_the_loss_plot_of_a_one_step_run_shows_its_step(monkeypatch, tmp_path):
 
 def test_the_loss_plot_of_many_evaluations_draws_lines_not_a_band_of_points(monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, png: drawn.append(fig) or png)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png: drawn.append(fig) or png)
     for evaluations, marker in ((3, "o"), (500, "None")):  # 500 points would hide the curves
         record = {"train_loss": 1.0, "tokens_per_s": 9.0, "val_loss": 1.0, "val_accuracy": 0.5}
         records = [json.dumps({"step": s, **record}) + "\n" for s in range(1, evaluations + 1)]

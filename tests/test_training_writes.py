@@ -139,7 +139,7 @@ def test_a_loss_plot_that_cannot_be_written_says_the_run_is_saved(
 def test_the_loss_plot_counts_steps_in_readable_ticks(tmp_path, monkeypatch):
     """A million steps read 1M, not 1.0 and a factor "1e6" at the axis's end."""
     drawn = []
-    monkeypatch.setattr("attnlab.files.save_figure", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, path: drawn.append(fig) or path)
     records = [{"step": s, "train_loss": 1.0, "tokens_per_s": 1.0, "val_loss": 1.0, "accuracy": 1}
                for s in (1, 500_000, 1_000_000)]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -108,7 +108,7 @@ def evaluate_classifier_command(args: argparse.Namespace) -> int:
     confusion matrix as a PNG. The data defaults to what the run trained on (its run.json)."""
     from attnlab.cli.reports import plot_confusion
     from attnlab.evaluation.classification import evaluate_classifier
-    from attnlab.files import plot_format
+    from attnlab.figures import plot_format
 
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")

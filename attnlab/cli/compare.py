@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 def compare(args: argparse.Namespace) -> int:
     from attnlab.cli.options import check_output, print_json
     from attnlab.cli.reports import note
-    from attnlab.files import plot_format
+    from attnlab.figures import plot_format
 
     if len(set(map(_resolved, args.runs))) < len(args.runs):
         raise UserError("a run is named twice: name each once")
@@ -159,7 +159,7 @@ def plot(runs: list[dict[str, Any]], png: str, by: str) -> Path:
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     from attnlab.cli.reports import MARKED_EVALUATIONS, as_text, count_ticks
-    from attnlab.files import save_figure
+    from attnlab.figures import save_figure
 
     x = "step" if by == "step" else "elapsed_s"
     fig = Figure(figsize=(8, 4.8), dpi=120, layout="tight")

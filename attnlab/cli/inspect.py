@@ -100,7 +100,7 @@ def _open(args, capability: str | None = None):
     --out another file (before the slow work)."""
     from attnlab.cli.checkpoint import load_for
     from attnlab.cli.options import check_output
-    from attnlab.files import plot_format
+    from attnlab.figures import plot_format
     from attnlab.training.checkpoints import load_checkpoint
 
     outputs = {

@@ -150,7 +150,7 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
     from matplotlib.ticker import MaxNLocator
 
-    from attnlab.files import save_figure
+    from attnlab.figures import save_figure
 
     evals = [r for r in records if "val_loss" in r]
     scores = sorted({k for r in evals for k in r if _is_score(k)})
@@ -202,7 +202,7 @@ def plot_confusion(confusion, class_names, png: Path, title: str) -> Path:
     heatmap with the counts written in its cells (shares of each row set the colour)."""
     from matplotlib.figure import Figure
 
-    from attnlab.files import save_figure
+    from attnlab.figures import save_figure
 
     counts = confusion.tolist()
     k = len(counts)

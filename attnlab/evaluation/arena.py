@@ -228,7 +228,7 @@ def _plot(entries: list[Entry], png: Path, title: str) -> None:
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     from attnlab.cli.reports import as_text, count_ticks
-    from attnlab.files import save_figure
+    from attnlab.figures import save_figure
 
     fig = Figure(figsize=(11, 4.2), layout="tight")
     axes = fig.subplots(1, 2, sharey=True)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from attnlab.files import atomic_write_bytes, save_figure
+from attnlab.figures import save_figure
+from attnlab.files import atomic_write_bytes
 from attnlab.kernels import cpu as cpu_kernels
 from attnlab.layers.mixers import MIXERS, MixerContext, mixer_options
 

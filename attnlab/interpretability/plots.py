@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.files import save_figure
+from attnlab.figures import save_figure
 from attnlab.tokenizers.base import visible
 
 LABELLED = 64  # most rows (or columns) a panel labels; beyond, no label and no larger figure
