@@ -78,6 +78,9 @@ def test_compare_refuses_in_one_line(tmp_path, capsys):
     for argv, message in cases.items():
         code, out, err = run(["compare", *argv], capsys)
         assert message in one_line_error(code, err) and out == ""
+    (tmp_path / "a" / "best").mkdir()
+    code, _, err = run(["compare", a + "/best"], capsys)
+    assert f"has no metrics.jsonl: give its run, {tmp_path / 'a'}" in one_line_error(code, err)
     write_run(tmp_path / "new", ["not a record"])
     code, _, err = run(["compare", str(tmp_path / "new")], capsys)
     assert "holds no record" in one_line_error(code, err)

@@ -75,12 +75,14 @@ def _resolved(run: str) -> Path:
 def summary(run: str) -> dict[str, Any]:
     """What compare shows of a run folder: its records and their summary."""
     from attnlab.cli.reports import STEP_FIELDS
-    from attnlab.files import RUN_FILE, read_json
+    from attnlab.files import BEST_DIR, RUN_FILE, read_json
     from attnlab.training.metrics_log import read_metrics
 
     folder = Path(run)
     if not (folder / "metrics.jsonl").is_file():
-        raise UserError(f"{run} has no metrics.jsonl: give a run folder (train's --out)")
+        ours = folder.resolve().name == BEST_DIR and (folder / ".." / "metrics.jsonl").is_file()
+        instead = f"its run, {folder.resolve().parent}" if ours else "a run folder (train's --out)"
+        raise UserError(f"{run} has no metrics.jsonl: give {instead}")
     records = [r for r in read_metrics(folder / "metrics.jsonl") if "elapsed_s" in r]
     if not records:
         raise UserError(f"{run}/metrics.jsonl holds no record: the run has not trained a step")
