@@ -84,3 +84,23 @@ def test_compare_refuses_in_one_line(tmp_path, capsys):
     write_run(tmp_path / "new", ["not a record"])
     code, _, err = run(["compare", str(tmp_path / "new")], capsys)
     assert "holds no record" in one_line_error(code, err)
+
+
+def test_every_run_is_in_the_legend_whatever_its_name(tmp_path, monkeypatch, capsys):
+    drawn = []
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png: drawn.append(fig) or png)
+    monkeypatch.chdir(tmp_path)  # runs named as given: "_a" would be a hidden label
+    write_run(tmp_path / "_a", [record(1, 4.0, 3.0), record(2, 3.5, 2.9)])
+    write_run(tmp_path / "b", [record(1, 4.0), record(2, 3.0)])  # no evaluation: train loss
+    assert run(["compare", "_a", "b", "--png", "p.png"], capsys)[0] == 0
+    legend = drawn[0].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["_a", "b (train)"]
+
+
+def test_a_nan_evaluation_is_no_best_and_a_log_without_speeds_shows_none(tmp_path, capsys):
+    nan = {**record(1, 4.0, float("nan"))}
+    plain = {k: v for k, v in record(2, 3.0, 0.5).items() if k != "tokens_per_s"}
+    a = write_run(tmp_path / "a", [{k: v for k, v in nan.items() if k != "tokens_per_s"}, plain])
+    code, out, err = run(["compare", a], capsys)
+    assert code == 0, err
+    assert out.splitlines()[1].split()[4:] == ["0:02", "-", "0.5000", "(2)", "0.5000"]

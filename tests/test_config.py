@@ -81,7 +81,7 @@ def test_every_flag_of_every_command_says_what_it_sets():
 
 
 def test_a_files_setting_a_flag_leaves_unread_is_left_out_with_a_note(tmp_path, corpus, capsys):
-    from helpers import one_line_error
+    from helpers import one_line_error, run
     from test_run_directory import train
 
     config = tmp_path / "c.toml"
@@ -99,3 +99,9 @@ def test_a_files_setting_a_flag_leaves_unread_is_left_out_with_a_note(tmp_path, 
     assert code == 0 and "left out" not in err
     code, _, err = train(capsys, corpus, tmp_path / "c", *flags, *lstm, "--n-heads", "2")
     assert "n_heads: a setting of mixer 'attention'" in one_line_error(code, err)
+    # resumed with the file, again and again: the run's own constant schedule leaves it unread
+    resume = ["train", "gpt", "--out", str(out), "--resume", "--config", str(tmp_path / "t.toml")]
+    (tmp_path / "t.toml").write_text("[training]\nmin_learning_rate = 0.25\n")
+    for steps in ("2", "3"):
+        code, _, err = run([*resume, "--max-iters", steps, "--lr-schedule", "constant"], capsys)
+        assert code == 0 and f"min_learning_rate in {tmp_path / 't.toml'} left out" in err

@@ -38,3 +38,13 @@ def test_a_resumed_run_keeps_the_best_its_checkpoint_records(tmp_path):
         warnings.simplefilter("error")
         resumed.resume()
     assert resumed.best == first.best and resumed.best["step"] == 2
+
+
+def test_a_damaged_best_does_not_stop_the_run_resuming(tmp_path):
+    keeping_best(tmp_path, max_iters=2).fit()
+    (tmp_path / "best" / "model.safetensors").write_bytes(b"not safetensors")
+    resumed = keeping_best(tmp_path, max_iters=4)
+    with pytest.warns(RuntimeWarning, match="best is not the best its checkpoint records"):
+        resumed.resume()
+    resumed.fit()
+    assert resumed.best["step"] in (2, 4)  # kept anew, over the damaged file

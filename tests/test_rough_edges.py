@@ -101,3 +101,22 @@ def test_a_data_folder_that_cannot_be_written_says_so_and_how_to_fix_it(
         f"attnlab: error: cannot get dataset 'fake': cannot write {tmp_path / 'data' / 'fake'}: "
         "Permission denied; make it writable, or set ATTNLAB_DATA to another folder"
     )
+
+
+def test_words_after_a_double_dash_are_text_not_flags_given():
+    from attnlab.cli import build_parser
+
+    argv = ["translate", "--beam-size", "1", "RUN", "--", "--length-penalty"]
+    args = build_parser("translate").parse_args(argv)
+    assert args.text == "--length-penalty" and args.given == {"beam_size"}
+
+
+def test_a_cache_path_that_cannot_even_be_looked_at_leaves_matplotlib_alone(monkeypatch):
+    from attnlab.cli.plot_config import matplotlib_folder
+
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    monkeypatch.delitem(sys.modules, "matplotlib", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/" + "b" * 300)  # ENAMETOOLONG on a look
+    monkeypatch.setenv("ATTNLAB_CACHE", "/tmp/" + "c" * 300)
+    matplotlib_folder()  # no OSError: a command must start whatever these say
+    assert "MPLCONFIGDIR" not in os.environ

@@ -97,7 +97,8 @@ class Parser(argparse.ArgumentParser):
         self.words = sys.argv[1:] if args is None else list(args)
         namespace, extra = super().parse_known_args(args, namespace)
         if self._subparsers is None:  # a command's flags given, whatever their values
-            flags = {w.split("=")[0] if w[:2] == "--" else w[:2] for w in self.words}
+            words = itertools.takewhile(lambda w: w != "--", self.words)  # after: positional
+            flags = {w.split("=")[0] if w[:2] == "--" else w[:2] for w in words}
             namespace.given = {a.dest for a in self._actions if flags & set(a.option_strings)}
         if not extra or self._subparsers is not None:  # a command's words: its subcommand's
             return namespace, extra

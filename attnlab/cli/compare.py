@@ -6,6 +6,7 @@ step or the training time."""
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -91,8 +92,10 @@ def summary(run: str) -> dict[str, Any]:
     description = description if isinstance(description, dict) else {}
     data = description.get("data") if isinstance(description.get("data"), dict) else {}
     evals = [r for r in records if "val_loss" in r]
-    best = min(evals, key=lambda r: r["val_loss"], default={})
+    finite = (r for r in evals if math.isfinite(r["val_loss"]))  # a NaN is no best
+    best = min(finite, key=lambda r: r["val_loss"], default={})
     rate = next((k for k in records[-1] if k.endswith("s_per_s")), "tokens_per_s")
+    rates = [r[rate] for r in records if rate in r]  # none in a log of another shape
     scores = {k: v for k, v in (evals[-1] if evals else {}).items() if k not in STEP_FIELDS}
     return {
         "run": run,
@@ -102,7 +105,7 @@ def summary(run: str) -> dict[str, Any]:
         "steps": records[-1]["step"],
         "elapsed_s": records[-1]["elapsed_s"],
         "unit": rate.removesuffix("s_per_s"),
-        rate: statistics.median(r[rate] for r in records if rate in r),
+        rate: statistics.median(rates) if rates else None,
         "best_val_loss": best.get("val_loss"),
         "best_step": best.get("step"),
         "last": {k: v for k, v in scores.items() if not k.endswith("_per_s")},
@@ -139,7 +142,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             r["run"], str(r["kind"] or "?"),
             "-" if r["parameters"] is None else f"{r['parameters'] / 1e6:.2f}M",
             f"{r['steps']:,}", _duration(r["elapsed_s"]),
-            f"{r[r['unit'] + 's_per_s']:,.0f} {r['unit']}s/s", best,
+            "-" if (speed := r[r["unit"] + "s_per_s"]) is None else f"{speed:,.0f} {r['unit']}s/s",
+            best,
             *(_number(r["last"].get(name)) for name in ["val_loss", *scores]),
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -165,17 +169,19 @@ def plot(runs: list[dict[str, Any]], png: str, by: str) -> Path:
 
     x = "step" if by == "step" else "elapsed_s"
     fig = Figure(figsize=(8, 4.8), dpi=120, layout="tight")
-    ax = fig.subplots()
+    ax, shown = fig.subplots(), []  # (line, name): a name may start with "_", which labels hide
     for r in runs:
         records, evals = r["records"], [p for p in r["records"] if "val_loss" in p]
         train = [p[x] for p in records], [p["train_loss"] for p in records]
         (line,) = ax.plot(*train, lw=0.7, alpha=0.35)
         if evals:
             marker = ".-" if len(evals) <= MARKED_EVALUATIONS else "-"
-            ax.plot([p[x] for p in evals], [p["val_loss"] for p in evals], marker,
-                    color=line.get_color(), label=as_text(r["run"]))  # fmt: skip
+            (val,) = ax.plot([p[x] for p in evals], [p["val_loss"] for p in evals], marker,
+                             color=line.get_color())  # fmt: skip
+            shown.append((val, as_text(r["run"])))
         else:
-            line.set(alpha=1, label=as_text(f"{r['run']} (train)"))
+            line.set(alpha=1)
+            shown.append((line, as_text(f"{r['run']} (train)")))
     units = {r["unit"] for r in runs}
     unit = f" (nats/{units.pop()})" if len(units) == 1 else ""
     ax.set(xlabel="step" if by == "step" else "training time (s)", ylabel=f"loss{unit}",
@@ -183,5 +189,5 @@ def plot(runs: list[dict[str, Any]], png: str, by: str) -> Path:
     if by == "step":
         count_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(*zip(*shown, strict=True))
     return save_figure(fig, png)

@@ -41,5 +41,8 @@ def matplotlib_folder() -> None:
 def _can_write(folder: Path) -> bool:
     """Whether `folder` could be made, or is there, and written, as matplotlib tests it: the
     nearest folder of its path that exists is one, and writable (nothing is made here)."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
-    return existing.is_dir() and os.access(existing, os.W_OK)
+    try:  # a folder that cannot be searched (another user's home), a name too long: no
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+        return existing.is_dir() and os.access(existing, os.W_OK)
+    except OSError:
+        return False

@@ -92,7 +92,7 @@ def new_run_settings(kind: ModelKind, args, toml, data_keys, source: str):
         "data": data_path(config_to_dict(data), catalog.here),
     }
     base = config_to_dict(kind.presets[preset])
-    given = given_settings(kind.config, base, toml.get("model", {}), args, source)
+    given = given_settings(kind.config, base, toml.get("model", {}), args)
     model = ({**base, **given}, given)
     check_fields(kind.config, model[0], source=f"{source} [model]")  # values: once data is read
     refuse_data_fields(kind.data_fields & given.keys())
@@ -149,23 +149,24 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
 def training_settings(saved: dict[str, Any], toml, args, source: str):
     """The TrainConfig of a run's saved settings (none for a new run) < the file < the flags,
     and the settings given (file and flags, as given_settings leaves them)."""
-    given = given_settings(TrainConfig, saved, toml.get("training", {}), args, source)
+    given = given_settings(TrainConfig, {}, toml.get("training", {}), args, saved)
     return build_config(TrainConfig, saved, given, source=source), given
 
 
-def given_settings(cls: type, base: dict[str, Any], file: dict[str, Any], args, source: str):
+def given_settings(cls: type, base: dict[str, Any], file: dict[str, Any], args, saved=None):
     """The settings of `cls` a config file's table and the flags give (a flag winning), checked
-    against what base < file < flags would read: a file's setting that a flag leaves unread
-    (the file's n_heads under --mixer lstm, its min_learning_rate under --lr-schedule
-    constant) is left out with a note; any other given and unread is refused."""
+    against what base < a resumed run's saved settings < file < flags would read: a setting
+    the file reads on its own (over base, a preset) that the flags or the run leave unread (the
+    file's n_heads under --mixer lstm, its min_learning_rate under --lr-schedule constant) is
+    left out with a note; any other given and unread is refused."""
     flags = flag_values(args, cls)
     given = merge_layers(file, flags)
     if not (unread := getattr(cls, "unread", None)):
         return given
-    reasons = unread(merge_layers(base, given))
-    by_flags = (reasons.keys() - unread(merge_layers(base, file)).keys()) & file.keys()
-    for name in sorted(by_flags - flags.keys()):
-        note(f"note: {name} in {source} left out: a setting {reasons[name]}")
+    reasons = unread(merge_layers(base, saved or {}, given))
+    moot = (reasons.keys() - unread(merge_layers(base, file)).keys()) & file.keys()
+    for name in sorted(moot - flags.keys()):
+        note(f"note: {name} in {args.config} left out: a setting {reasons[name]}")
         del given[name]
     check_read(reasons, given, cls.__name__)
     return given

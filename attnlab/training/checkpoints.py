@@ -68,7 +68,7 @@ def save_checkpoint(
     artifacts: dict[str, Any] | None = None,
     optimizer: Optimizer | None = None,
     trainer_state: dict[str, Any] | None = None,
-) -> None:
+) -> str:
     """Write a checkpoint directory (see the module docstring). `model` must be unwrapped;
     artifacts: name -> object with to_dict(), for names registered with register_artifact;
     each must fit the model (a tokenizer of its vocabulary): a checkpoint that load_checkpoint

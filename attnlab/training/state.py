@@ -114,8 +114,12 @@ def resumed_best(best: Any, weights: Path) -> dict[str, Any]:
     it, keeps the best anew, with a warning, so that what it reports as best is on disk."""
     if not isinstance(best, dict) or not isinstance(best.get("value"), (int, float)):
         return {}
-    if weights.is_file() and best.get(SAVE_ID) in (None, save_id_of(weights)):
-        return best  # None: a run saved before best/ had its id recorded
+    try:  # None: a run saved before best/ had its id recorded
+        recorded = weights.is_file() and best.get(SAVE_ID) in (None, save_id_of(weights))
+    except UserError:  # a damaged best/: kept anew too, no reason to refuse the resume
+        recorded = False
+    if recorded:
+        return best
     gone = "is missing" if not weights.is_file() else "is not the best its checkpoint records"
     warnings.warn(
         f"{weights.parent} {gone}: the best weights are kept again from the next "
