@@ -105,3 +105,18 @@ def test_a_files_setting_a_flag_leaves_unread_is_left_out_with_a_note(tmp_path, 
     for steps in ("2", "3"):
         code, _, err = run([*resume, "--max-iters", steps, "--lr-schedule", "constant"], capsys)
         assert code == 0 and f"min_learning_rate in {tmp_path / 't.toml'} left out" in err
+
+
+def test_a_files_mixer_options_for_a_mixer_a_flag_replaces_are_left_out(tmp_path, corpus, capsys):
+    from helpers import one_line_error
+    from test_run_directory import train
+
+    (tmp_path / "m.toml").write_text(
+        '[model]\nmixer = "mamba"\n[model.mixer_options]\nd_state = 4\n'
+    )
+    flags = ["--config", str(tmp_path / "m.toml"), "--max-iters", "1", "--positional", "none"]
+    code, _, err = train(capsys, corpus, tmp_path / "a", *flags, "--mixer", "lstm")
+    assert code == 0 and "mixer_options in" in err and "not of 'lstm'" in err
+    lstm = ["--mixer", "lstm", "--mixer-options", "d_state=4"]
+    code, _, err = train(capsys, corpus, tmp_path / "b", *flags, *lstm)
+    assert "mixer_options: a setting of mixer 'mamba', not of 'lstm'" in one_line_error(code, err)

@@ -114,13 +114,20 @@ def unread_fields(name: str) -> set[str]:
     return {f for s in MIXERS.values() for f in s.reads} - mixer_spec(name).reads
 
 
-def unread_reasons(name: str) -> dict[str, str]:
-    """unread_fields(name), each with what reads it and what does not, for check_read."""
-    return {
+def unread_reasons(name: str, options: Any = None) -> dict[str, str]:
+    """unread_fields(name), each with what reads it and what does not, for check_read; and
+    mixer_options, where a table of them holds options of other mixers only."""
+    reasons = {
         field: f"of {_mixers(sorted(s.name for s in MIXERS.values() if field in s.reads))}, "
         f"not of {name!r}"
         for field in unread_fields(name)
     }
+    own = field_names(mixer_spec(name).options)
+    if isinstance(options, dict) and options and not options.keys() & own:
+        others = sorted(s.name for s in MIXERS.values() if options.keys() & field_names(s.options))
+        if others:
+            reasons["mixer_options"] = f"of {_mixers(others)}, not of {name!r}"
+    return reasons
 
 
 def _mixers(names: list[str]) -> str:

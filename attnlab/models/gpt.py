@@ -73,7 +73,7 @@ class GPTConfig:
     def unread(values: dict[str, Any]) -> dict[str, str]:
         """The fields that a config of these values would not read, each with what reads it
         (check_read): attention's heads for another mixer, RoPE's base for other positions."""
-        reasons = unread_reasons(values.get("mixer", "attention"))
+        reasons = unread_reasons(values.get("mixer", "attention"), values.get("mixer_options"))
         if (positional := values.get("positional", "learned")) != "rope":
             reasons["rope_base"] = f"of positional 'rope', not of {positional!r}"
         return reasons
