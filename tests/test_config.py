@@ -119,4 +119,6 @@ def test_a_files_mixer_options_for_a_mixer_a_flag_replaces_are_left_out(tmp_path
     assert code == 0 and "mixer_options in" in err and "not of 'lstm'" in err
     lstm = ["--mixer", "lstm", "--mixer-options", "d_state=4"]
     code, _, err = train(capsys, corpus, tmp_path / "b", *flags, *lstm)
-    assert "mixer_options: a setting of mixer 'mamba', not of 'lstm'" in one_line_error(code, err)
+    assert "options: a setting of mixer 'mamba' (d_state), not of 'lstm'" in one_line_error(
+        code, err
+    )

@@ -247,7 +247,7 @@ def test_a_mixer_registered_outside_trains_resumes_and_samples(tmp_path, corpus,
         (["--mixer", "nope"], "unknown mixer 'nope'; known mixers: attention"),
         (
             ["--mixer-options", "mix_init=0.2"],
-            "mix_init (in --mixer-options) is an option of mixer 'test_mean', not of 'attention'",
+            "--mixer-options: a setting of mixer 'test_mean' (mix_init), not of 'attention'",
         ),
         (["--mixer", "test_mean"], "positional='rope' acts inside attention"),
         (

@@ -126,7 +126,8 @@ def unread_reasons(name: str, options: Any = None) -> dict[str, str]:
     if isinstance(options, dict) and options and not options.keys() & own:
         others = sorted(s.name for s in MIXERS.values() if options.keys() & field_names(s.options))
         if others:
-            reasons["mixer_options"] = f"of {_mixers(others)}, not of {name!r}"
+            theirs = f"{_mixers(others)} ({', '.join(sorted(options))})"
+            reasons["mixer_options"] = f"of {theirs}, not of {name!r}"
     return reasons
 
 
