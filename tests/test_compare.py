@@ -104,3 +104,22 @@ def test_a_nan_evaluation_is_no_best_and_a_log_without_speeds_shows_none(tmp_pat
     code, out, err = run(["compare", a], capsys)
     assert code == 0, err
     assert out.splitlines()[1].split()[4:] == ["0:02", "-", "0.5000", "(2)", "0.5000"]
+
+
+def test_a_score_other_than_the_loss_is_plotted_alone(tmp_path, monkeypatch, capsys):
+    drawn = []
+    monkeypatch.setattr("attnlab.figures.save_figure", lambda fig, png: drawn.append(fig) or png)
+    a = write_run(tmp_path / "a", [record(1, 4.0, 3.0, val_accuracy=0.5), record(2, 3.0, 2.0,
+                                   val_accuracy=0.75)])  # fmt: skip
+    b = write_run(tmp_path / "b", [record(1, 4.0, 3.5)])  # logs no accuracy: not drawn
+    png = str(tmp_path / "p.png")
+    assert run(["compare", a, b, "--png", png, "--score", "val_accuracy"], capsys)[0] == 0
+    ax = drawn[0].axes[0]
+    assert ax.get_ylabel() == "val accuracy" and len(ax.get_lines()) == 1
+    assert list(ax.get_lines()[0].get_ydata()) == [0.5, 0.75]
+    code, _, err = run(["compare", a, b, "--png", png, "--score", "bleu"], capsys)
+    assert "--score bleu: no run logs it; they log val_accuracy, val_loss" in one_line_error(
+        code, err
+    )
+    code, _, err = run(["compare", a, "--score", "val_loss"], capsys)
+    assert "--score picks what --png plots" in one_line_error(code, err)

@@ -1,7 +1,7 @@
 """`attnlab compare RUN RUN ...`: training runs side by side, from their folders alone (nothing
 is loaded or run): each run's kind, size, steps, training time and speed, its best and last
-validation loss and last scores; with --png, every run's loss curves on one plot, against the
-step or the training time."""
+validation loss and last scores; with --png, every run's loss curves (or --score's) on one
+plot, against the step or the training time."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def register(subparsers) -> None:
         "--by", choices=("step", "time"), default="step", help="the plot's x axis: optimizer "
         "steps, or training time (seconds; evaluations and saves left out)"
     )  # fmt: skip
+    parser.add_argument(
+        "--score", default="val_loss", metavar="NAME", help="the evaluations' score --png "
+        "plots: val_loss (with the training loss), or another the runs log (val_accuracy, ...)"
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=compare)
 
@@ -53,7 +57,12 @@ def compare(args: argparse.Namespace) -> int:
         for run in args.runs:
             check_output("--png", args.png, run, inputs={"RUN": [Path(run, "metrics.jsonl")]})
         plot_format(args.png)
+    if "score" in args.given and not args.png:
+        raise UserError("--score picks what --png plots: give --png FILE too")
     runs = [summary(run) for run in args.runs]
+    logged = sorted({name for run in runs for name in run["scores"]} | {"val_loss"})
+    if args.score not in logged:
+        raise UserError(f"--score {args.score}: no run logs it; they log {', '.join(logged)}")
     units = {run["unit"] for run in runs}
     tokenizers = {str(run["tokenizer"]) for run in runs if run["unit"] == "token"}
     if len(units) > 1 or len(tokenizers) > 1:
@@ -65,7 +74,8 @@ def compare(args: argparse.Namespace) -> int:
     else:
         print(table(runs))
     if args.png:
-        print(f"wrote {plot(runs, args.png, args.by)}", file=sys.stderr if args.json else None)
+        wrote = plot(runs, args.png, args.by, args.score)
+        print(f"wrote {wrote}", file=sys.stderr if args.json else None)
     return 0
 
 
@@ -109,6 +119,9 @@ def summary(run: str) -> dict[str, Any]:
         "best_val_loss": best.get("val_loss"),
         "best_step": best.get("step"),
         "last": {k: v for k, v in scores.items() if not k.endswith("_per_s")},
+        "scores": sorted(
+            {k for r in evals for k in r if k not in STEP_FIELDS and "_per_" not in k}
+        ),
         "records": records,
     }
 
@@ -160,32 +173,37 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}" if minutes >= 60 else f"{minutes}:{s:02d}"
 
 
-def plot(runs: list[dict[str, Any]], png: str, by: str) -> Path:
-    """Each run's validation loss (points) and training loss (a faint line), one colour a run."""
+def plot(runs: list[dict[str, Any]], png: str, by: str, score: str = "val_loss") -> Path:
+    """Each run's `score` at its evaluations (points), with, for val_loss, its training loss (a
+    faint line of the same colour): one colour a run."""
     from matplotlib.figure import Figure  # not pyplot: the caller's plots are left alone
 
     from attnlab.cli.reports import MARKED_EVALUATIONS, as_text, count_ticks
     from attnlab.figures import save_figure
 
-    x = "step" if by == "step" else "elapsed_s"
+    x, loss = "step" if by == "step" else "elapsed_s", score == "val_loss"
     fig = Figure(figsize=(8, 4.8), dpi=120, layout="tight")
     ax, shown = fig.subplots(), []  # (line, name): a name may start with "_", which labels hide
     for r in runs:
-        records, evals = r["records"], [p for p in r["records"] if "val_loss" in p]
-        train = [p[x] for p in records], [p["train_loss"] for p in records]
-        (line,) = ax.plot(*train, lw=0.7, alpha=0.35)
+        records, evals = r["records"], [p for p in r["records"] if score in p]
+        colour = None  # the next of matplotlib's cycle
+        if loss:
+            train = [p[x] for p in records], [p["train_loss"] for p in records]
+            (line,) = ax.plot(*train, lw=0.7, alpha=0.35 if evals else 1)
+            colour = line.get_color()
+            if not evals:
+                shown.append((line, as_text(f"{r['run']} (train)")))
         if evals:
             marker = ".-" if len(evals) <= MARKED_EVALUATIONS else "-"
-            (val,) = ax.plot([p[x] for p in evals], [p["val_loss"] for p in evals], marker,
-                             color=line.get_color())  # fmt: skip
+            (val,) = ax.plot([p[x] for p in evals], [p[score] for p in evals], marker,
+                             color=colour)  # fmt: skip
             shown.append((val, as_text(r["run"])))
-        else:
-            line.set(alpha=1)
-            shown.append((line, as_text(f"{r['run']} (train)")))
     units = {r["unit"] for r in runs}
     unit = f" (nats/{units.pop()})" if len(units) == 1 else ""
-    ax.set(xlabel="step" if by == "step" else "training time (s)", ylabel=f"loss{unit}",
-           title="validation loss (train loss faint)")  # fmt: skip
+    name = score.replace("_", " ")
+    ax.set(xlabel="step" if by == "step" else "training time (s)",
+           ylabel=f"loss{unit}" if loss else name,
+           title="validation loss (train loss faint)" if loss else name)  # fmt: skip
     if by == "step":
         count_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
