@@ -123,3 +123,16 @@ def test_a_score_other_than_the_loss_is_plotted_alone(tmp_path, monkeypatch, cap
     )
     code, _, err = run(["compare", a, "--score", "val_loss"], capsys)
     assert "--score picks what --png plots" in one_line_error(code, err)
+
+
+def test_a_folder_of_runs_is_its_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs / "b", [record(1, 4.0, 3.0)])
+    write_run(runs / "a", [record(1, 4.0, 2.0)])
+    (runs / "notes").mkdir()  # no run: left out
+    code, out, err = run(["compare", str(runs)], capsys)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(runs / "a"), str(runs / "b")]
+    code, _, err = run(["compare", str(runs / "notes")], capsys)
+    assert "has no metrics.jsonl" in one_line_error(code, err)

@@ -27,7 +27,10 @@ def register(subparsers) -> None:
         "compare", help="training runs side by side: a table of losses and speed, a plot",
         description=f"{__doc__}\n\n{EXAMPLE}", formatter_class=HelpFormatter,
     )  # fmt: skip
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (train's --out)")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN",
+        help="run folders (train's --out), or folders of them (runs/, an arena's --out)",
+    )  # fmt: skip
     parser.add_argument(
         "--png",
         metavar="FILE",
@@ -51,6 +54,7 @@ def compare(args: argparse.Namespace) -> int:
     from attnlab.cli.reports import note
     from attnlab.figures import plot_format
 
+    args.runs = [run for given in args.runs for run in runs_in(given)]
     if len(set(map(_resolved, args.runs))) < len(args.runs):
         raise UserError("a run is named twice: name each once")
     if args.png:  # none of a run's own files (its loss.png)
@@ -77,6 +81,13 @@ def compare(args: argparse.Namespace) -> int:
         wrote = plot(runs, args.png, args.by, args.score)
         print(f"wrote {wrote}", file=sys.stderr if args.json else None)
     return 0
+
+
+def runs_in(folder: str) -> list[str]:
+    """A run folder as given; a folder of runs (runs/, an arena's --out): the runs in it."""
+    if Path(folder, "metrics.jsonl").is_file() or not Path(folder).is_dir():
+        return [folder]
+    return sorted(str(log.parent) for log in Path(folder).glob("*/metrics.jsonl")) or [folder]
 
 
 def _resolved(run: str) -> Path:
