@@ -60,6 +60,7 @@ def test_matplotlibs_own_folder_is_left_alone_where_it_can_be_written(tmp_path, 
     [
         (["--label-names", "negative", "positive"], "--label-names negative,positive"),
         (["--label-names=a", "b", "c", "--seed", "1"], "--label-names a,b,c"),
+        (["--label-names", "a,b", "b", "c"], "--label-names a,b,c"),
     ],
 )
 def test_a_comma_separated_flag_given_its_values_apart_says_how_to_write_them(

@@ -122,8 +122,9 @@ class Parser(argparse.ArgumentParser):
             if action and "comma-separated" in (action.help or ""):
                 words = [value] * bool(eq) + self.words[at + 1 :]
                 given = list(itertools.takewhile(lambda w: not w.startswith("-"), words))
-                if given[1:2] == extra[:1]:
-                    return f"; {flag} takes one value, comma-separated: {flag} {','.join(given)}"
+                if given[1:2] == extra[:1]:  # each value once: `a,b b` is a,b
+                    values = ",".join(dict.fromkeys(",".join(given).split(",")))
+                    return f"; {flag} takes one value, comma-separated: {flag} {values}"
         return ""
 
 
