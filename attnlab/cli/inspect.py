@@ -5,6 +5,7 @@
     induction   induction-head scores on repeated random tokens (Olsson et al. 2022)
     lens        the logit lens: each layer's top prediction at each position
     layers      layer surgery: the loss with layers dropped, duplicated or swapped
+    heads       head ablation: the loss with each attention head zeroed in turn
 
 A text longer than the model reads is cut to fit, with a note on stderr.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from attnlab.cli import inspect_surgery
 from attnlab.cli.options import add_device_flag, check_seed, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
@@ -23,14 +25,17 @@ WHAT = {
     "induction": "induction-head scores of a language model on repeated random tokens",
     "lens": "the logit lens: each layer's top prediction at each position of a text",
     "layers": "layer surgery: the loss change with layers dropped, duplicated or swapped",
+    "heads": "which heads matter: the loss change with each attention head zero-ablated alone",
 }
 EXAMPLES = {  # shown under each one's --help
     "attention": 'attention runs/shakespeare_char --text "To be, or not to be" --out view.html',
     "induction": "induction runs/shakespeare_char --png induction.png",
     "lens": 'lens runs/shakespeare_char --text "To be, or not to be" --png lens.png',
-    "layers": "layers runs/shakespeare_char --png layers.png\n\nHeads are ablated or patched "
-    "in Python: capture(model, patches=...) and ablate_heads\n(attnlab.interpretability; "
-    "tutorial 8; docs/reference.md, Looking inside).",
+    "layers": "layers runs/shakespeare_char --png layers.png\n\nHeads one at a time: `attnlab "
+    "inspect heads`. Several at once, or activations patched,\nin Python: capture(model, "
+    "patches=...) and ablate_heads (attnlab.interpretability;\ntutorial 8; docs/reference.md, "
+    "Looking inside).",
+    "heads": "heads runs/shakespeare_char --png heads.png",
 }
 
 
@@ -61,7 +66,8 @@ def register(subparsers) -> None:
             help="also draw a PNG here, or the plot type its name ends in "
             "(.svg, .pdf, ...) (default: none)",
         )
-        command.set_defaults(handler=globals()[f"{name}_command"])
+        handler = globals().get(f"{name}_command") or getattr(inspect_surgery, f"{name}_command")
+        command.set_defaults(handler=handler)
     for name in ("attention", "lens"):
         sub[name].add_argument(
             "--text",
@@ -85,14 +91,8 @@ def register(subparsers) -> None:
     induction.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
     induction.add_argument("--json", action="store_true", help="print one JSON object")
     sub["lens"].add_argument("--json", action="store_true", help="print one JSON object")
-    layers = sub["layers"]
-    layers.add_argument(
-        "--data",
-        help="text file, folder (its *.txt), DIR:GLOB, stdlib or task:NAME (default: the run's "
-        "own data, as for evaluate)",
-    )
-    layers.add_argument("--windows", type=int, default=32, help="context windows evaluated")
-    layers.add_argument("--json", action="store_true", help="print one JSON object")
+    for name in ("layers", "heads"):
+        inspect_surgery.add_arguments(sub[name])
 
 
 def _open(args, capability: str | None = None):
@@ -316,81 +316,3 @@ def lens_command(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"wrote {save_heatmaps(args.png, [panel])}", file=sys.stderr if args.json else None)
     return 0
-
-
-# ------------------------------------------------------------------------------------ layers
-def layers_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from attnlab.cli.checkpoint import check_serves
-    from attnlab.cli.options import resolve_data_path
-    from attnlab.cli.runs import note, run_data, run_train_config
-    from attnlab.data.corpus import Corpus
-    from attnlab.data.tasks import evaluation_batches
-    from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
-    from attnlab.interpretability.surgery import block_stack, layer_surgery
-    from attnlab.models.registry import GENERATE
-    from attnlab.training.config import TrainConfig
-    from attnlab.training.sources import IGNORE_INDEX
-
-    if args.windows < 1:
-        raise UserError(f"--windows must be >= 1, got {args.windows}")
-    check_serves("inspect layers", GENERATE, args.checkpoint)  # before its run is looked for
-    args.data = run_data(args.checkpoint, args.data, required=True)  # --png spares it too
-    checkpoint = _open(args, GENERATE)
-    model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    n_layers = len(block_stack(model))
-    length = model.config.context_length
-    if args.data.startswith("task:"):  # scored where it asks
-        # the sequences its training evaluated on (seed + 1), never those it trained on (seed)
-        seed = run_train_config(args.checkpoint).get("seed", TrainConfig.seed) + 1
-        batches = evaluation_batches(args.data, -(-args.windows // 16), 16, length, seed)
-        x, y = (torch.cat(part)[: args.windows] for part in zip(*batches, strict=True))
-        windows = zip(x.split(16), y.split(16), strict=True)
-    else:
-        tokens = tokenize_cached(Corpus(resolve_data_path(args.data), note), tokenizer)
-        tokens = TextSplits.from_tokens(tokens).val if len(tokens) > 20 * (length + 1) else tokens
-        tokens = tokens[: args.windows * length + 1]
-        if len(tokens) <= length:
-            raise UserError(
-                f"{args.data} has {len(tokens)} token(s), fewer than one window of {length + 1}"
-            )
-        windows = sequential_windows(tokens, length, 16)
-    device = next(model.parameters()).device
-    batches = [(x.to(device), y.to(device)) for x, y in windows]
-    scored = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
-
-    def loss() -> float:  # the mean over scored targets
-        with torch.no_grad():
-            losses = [model(x, y)[1].item() * n for (x, y), n in zip(batches, scored, strict=True)]
-            return sum(losses) / sum(scored)
-
-    baseline, results = layer_surgery(model, loss)
-    if args.json:
-        print_json({"baseline": baseline, "loss": results})
-    else:
-        print(f"{'baseline':<14}{baseline:8.4f}")
-        for name, value in results.items():
-            print(f"{name:<14}{value:8.4f}  {value - baseline:+8.4f}")
-    if args.png:
-        print(
-            f"wrote {_layers_png(args.png, baseline, results, n_layers)}",
-            file=sys.stderr if args.json else None,
-        )
-    return 0
-
-
-def _layers_png(png, baseline, results, n_layers):
-    from attnlab.interpretability.plots import Heatmap, save_heatmaps
-    from attnlab.interpretability.surgery import change_maps
-
-    swaps, single = change_maps(baseline, results, n_layers)
-    layers = [str(i) for i in range(n_layers)]
-    limit = float(max(swaps.nan_to_num().abs().max(), single.abs().max(), 1e-6))
-    common = dict(cmap="RdBu_r", vmin=-limit, vmax=limit, scale="loss change (nats per token)")
-    swapped = f"loss change, layers swapped\n(baseline {baseline:.3f}; grey: none)"
-    panels = [Heatmap(swaps, swapped, layers, layers, "layer", "layer", **common,
-                      empty="one layer: no pair to swap"),
-              Heatmap(single, "loss change, one layer dropped or duplicated",
-                      ["drop", "duplicate"], layers, "layer", **common)]  # fmt: skip
-    return save_heatmaps(png, panels, columns=2)

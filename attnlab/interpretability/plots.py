@@ -55,9 +55,12 @@ def _draw(ax, fig, panel: Heatmap) -> None:
     if n_rows <= LABELLED:
         ax.set_yticks(range(n_rows), panel.rows, fontsize=7, **as_is)
     if panel.cells is not None and n_rows * n_cols <= 900:
+        red, green, blue = image.cmap(image.norm(values))[..., :3].transpose(2, 0, 1)
+        dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # black text would not show
         for i, row in enumerate(panel.cells):
             for j, text in enumerate(row):
-                ax.text(j, i, text, ha="center", va="center", fontsize=6, **as_is)
+                colour = "white" if dark[i, j] else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour, **as_is)
     if panel.empty and values.size and (values != values).all():  # NaN only: say why
         ax.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=ax.transAxes)
     ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)

@@ -1,5 +1,6 @@
 """Layer surgery: the model evaluated with its blocks dropped, repeated or reordered, to see
-which layers matter and which could trade places.
+which layers matter and which could trade places; and head ablation, the same question asked
+of each attention head (head_ablation).
 
 A model's blocks run in the order of their ``nn.ModuleList``; surgery runs them in another order
 for a while (``rearranged``) and puts them back. Every arrangement keeps the weights: dropping
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import UserError
+from attnlab.interpretability.capture import WEIGHTS, ablate_heads, capture, require_attention
 from attnlab.layers.blocks import ResidualBlock
 from attnlab.layers.contracts import eval_mode
 
@@ -78,6 +80,32 @@ def layer_surgery(model: nn.Module, loss: Callable[[], float]) -> tuple[float, d
         for name, order in arrangements(len(stack)).items():
             with rearranged(stack, order):
                 results[name] = loss()
+        return baseline, results
+
+
+@torch.no_grad()
+def head_ablation(
+    model: nn.Module, loss: Callable[[], float]
+) -> tuple[float, dict[str, list[float]]]:
+    """The loss of the model as it is, and with each attention head zero-ablated alone (its
+    weights zeroed by ablate_heads, so it adds nothing to its layer's output): by layer (its
+    module path, in attention_layers' order), the loss without head 0, head 1, ...
+
+    `loss()` is the mean loss of the model on fixed data, as for layer_surgery. A zero output is
+    one the later layers never saw in training: a change says how much the model relies on the
+    head, not what the head does (activation patching, with capture, asks that).
+    """
+    layers = require_attention(model, "the model")
+    with eval_mode(model):
+        baseline = loss()
+        results = {}
+        for layer in layers:
+            point = f"{layer.name}.{WEIGHTS}"
+            results[layer.name] = []
+            for head in range(model.get_submodule(layer.name).n_heads):
+                patch = {point: ablate_heads([head])}
+                with capture(model, attention=False, streams=False, patches=patch):
+                    results[layer.name].append(loss())
         return baseline, results
 
 
