@@ -284,7 +284,7 @@ assert two_back.mean() > 0.5, "attention did not settle on the token two back"
 #   not? (Hint: without positions, attention cannot tell "two back" from any other earlier word.
 #   It still beats chance by far, at every position: the answer is always one of the earlier
 #   words, and at positions 2 and 3 there are only two or three of them.)
-# - Change the task to "the token three back", or to "the largest token so far". Which can one
-#   attention layer learn, and what does its pattern look like?
+# - Change the task in `batch` to "the token three back", or to "the largest token so far".
+#   Which can one attention layer learn, and what does its pattern look like?
 # - Give `LookBack` two heads and the task "the sum of the tokens one and two back (mod 16)".
 #   Do the two heads split the work?

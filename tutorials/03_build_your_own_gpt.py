@@ -499,7 +499,8 @@ attnlab(f'sample {RUN} --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 
 #    window at every step, even with the cache. Why can its cached keys not simply slide
 #    along, as RoPE's do?
 # 3. Sample at T = 0.8 with `top_p` from 0.5 to 1.0. At which p does the text start to
-#    degrade? Count how many characters the nucleus keeps at a few positions of a sample.
+#    degrade? Count how many characters the nucleus keeps at a few positions of a sample (those
+#    that `attnlab.generation`'s `top_p_filter(apply_temperature(logits, 0.8), p)` keeps finite).
 # 4. Replace `generate_text` by your own loop: the model's logits at the last position,
 #    `attnlab.generation.sample_next`, append, repeat. Add a KV cache with `model.new_cache()`
 #    and `model(ids, cache=cache)`, and check you get the same greedy text.

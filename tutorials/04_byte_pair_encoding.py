@@ -339,8 +339,9 @@ except UserError as error:
 # ## Try this
 #
 # - Train with `--pattern gpt4` (GPT-4's pre-tokenizer: digits in groups of at most three,
-#   case-insensitive contractions) and compare the tokens of `"In 1623, 36 plays were printed."`.
-#   Why would a model doing arithmetic prefer short, regular digit groups?
+#   case-insensitive contractions) and compare `pre_tokenize` and `pieces` of `"In 1623, 36 plays
+#   were printed."` (Shakespeare has hardly a digit, so its numbers stay single bytes either way;
+#   the quick size's Python code merges them). Why would arithmetic prefer short digit groups?
 # - Train a vocabulary on the stdlib (`--data stdlib`) and measure its bytes per token on the
 #   held-out Shakespeare, and Shakespeare's on Python code. How much does the domain matter?
 # - In the hand-made loop, break ties by the *largest* ids instead. Which merges change? Does

@@ -643,8 +643,9 @@ plt.show()
 #    `attnlab(f'translate {RUN} "..." --beam-size 4')`. What breaks first: rare words, long
 #    sentences, or word order?
 # 2. At the default size (Multi30k; BLEU is 0 on the numbers task): train without label
-#    smoothing (`--label-smoothing 0`). The validation loss gets lower; does the test BLEU get
-#    higher? Section 5.4 of the paper says what to expect.
+#    smoothing (`--label-smoothing 0`). Its logged loss is plain cross-entropy, the run above
+#    logged a smoothed one: compare perplexities with `log_probability` (each model loaded as
+#    `model`) on validation pairs. Which is lower, and which test BLEU higher? See section 5.4.
 # 3. At the default size: set `--length-penalty 0` and then `2` on `evaluate`: how do the
 #    brevity penalty and the BLEU change, and why?
 # 4. In `bleu_by_hand`, drop the clipping (count every matching n-gram). Which silly hypothesis

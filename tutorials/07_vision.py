@@ -492,10 +492,10 @@ plt.show()
 # 2. Change the patch size to 4 (`--patch-size 4` in `train vit`: 49 patches of 4 x 4 instead
 #    of 16 of 7 x 7). How much slower is a training step? Predict the factor first from the cost
 #    of attention and of the rest of a block, then measure it (`images_per_s` of each step in
-#    the run's `metrics.jsonl`). Train longer (`--max-iters 14000`, the full recipe) and draw
-#    the position maps again: does the grid come back?
+#    the run's `metrics.jsonl`). Train longer (`--max-iters 14000`, the full recipe: at patch
+#    size 4, over an hour on 2 cores) and draw the position maps again: does the grid come back?
 # 3. Shuffle the patches of every test image in the same fixed order, then evaluate the trained
 #    ViT on them. If position embeddings were removed, would the accuracy change? (Hint: what is
 #    attention without positions?)
-# 4. Train image GPT with `--pixels-per-token 1` for the same number of minutes. Compare the
+# 4. Train image GPT with `--pixels-per-token 1` for the same minutes (`--time-limit`). Compare the
 #    nats per image: is one pixel a token better per step, or per minute?

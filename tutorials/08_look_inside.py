@@ -233,7 +233,7 @@ attnlab(f"inspect induction {RUN}")
 # to).
 #
 # A text that repeats itself is the induction head's favourite input. In training, the repeat
-# came 64 to 96 characters after the original, so our text repeats a 76-character line at that
+# came 65 to 97 characters after the original, so our text repeats a 76-character line at that
 # distance:
 
 # %%
@@ -431,9 +431,9 @@ plt.show()
 #
 # Items 2 and 3 train again: first set `RUN` to a new folder, or the run above is overwritten.
 #
-# 1. Repeat `LINE` at a shorter distance (say, its first 40 characters, then those again). Does
-#    the induction head still find the copy? Compare with the distances the training windows
-#    used (64 to 96 characters) and explain.
+# 1. Repeat a shorter line: `LINE = LINE[:40]` in its cell makes `TEXT` those 40 characters
+#    twice. Does the induction head still find the copy? Compare with the distances the
+#    training windows used (65 to 97 characters) and explain.
 # 2. Train again with `repeat = false` in the config. Does the phase change still happen
 #    within 3,000 steps? What do the induction and in-context scores do?
 # 3. Change `n_layers` to 1. Can a single attention layer form an induction head? Explain with

@@ -475,5 +475,6 @@ attnlab(
 #     Compare its `val_accuracy` (in `metrics.jsonl`) with Mamba's above. With `d_state=16`
 #     (and its own `--out`) the same command gives the arena's Mamba run again.
 #
-# 4. From your scaling plot, estimate where the straight lines of fused attention and Mamba
-#    would cross if you extended them. Check with `attnlab arena --scaling --lengths 256:16384`.
+# 4. From your scaling plot, estimate where fused attention and Mamba cross (extend their
+#    straight lines if they do not cross yet). Check with `attnlab arena --scaling --lengths
+#    256:16384 --mixers "attention (fused),mamba (fused)"`, which names the crossover.
