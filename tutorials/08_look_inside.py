@@ -425,7 +425,8 @@ plt.show()
 # output the induction head reads should. (In our run the one that mattered most was not the
 # clearest previous-token head: an attention pattern hints at a head's role, it does not prove
 # it.) Switching off is a causal test, stronger than "this head's attention looks like
-# copying": remove the induction head, and the copying is gone.
+# copying": remove the induction head, and the copying is gone. (`attnlab inspect heads RUN`
+# does the same on the data's validation text, the windows `inspect layers` scores.)
 #
 # ## Try this
 #
