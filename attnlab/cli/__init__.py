@@ -47,6 +47,7 @@ COMMANDS = {
     ),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use; show or clear the cache"),
+    "convert": ("convert", "a Hugging Face GPT-2 folder as a checkpoint, and back (transformers)"),
     "compare": ("compare", "training runs side by side: a table of losses and speed, a plot"),
     "arena": ("arena", "train every token mixer alike and compare them; cost against length"),
     "inspect": (

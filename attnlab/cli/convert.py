@@ -1,0 +1,127 @@
+"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2 folder (or a hub name in transformers'
+cache) as an attnlab checkpoint, and with --to hf an attnlab GPT checkpoint as a Hugging Face
+folder. The conversions are attnlab.interop's; this module checks the folders and says what
+it wrote. torch and transformers are imported once the command runs, not for its --help."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from attnlab.cli import HelpFormatter
+from attnlab.cli.reports import note
+from attnlab.errors import UserError
+
+DESCRIPTION = """\
+Convert weights between Hugging Face `transformers` and attnlab (transformers installed).
+
+SRC is a folder that save_pretrained wrote for a GPT2LMHeadModel (config.json and
+model.safetensors or pytorch_model.bin) with GPT-2's tokenizer beside it (vocab.json and
+merges.txt, or tokenizer.json), or a hub name such as gpt2 that transformers finds in its local
+cache (or downloads). DIR becomes an attnlab checkpoint of kind gpt with that tokenizer, for
+sample, inspect and train gpt --init; it is in no run, so evaluate and inspect layers take
+--data. Llama and Mistral folders are refused: of Hugging Face's tokenizers, only GPT-2's
+byte-level BPE crosses into a checkpoint.
+
+With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;
+or Llama's: RoPE, RMSNorm, SwiGLU, no biases), and DIR a folder that transformers'
+from_pretrained loads. Its tokenizer goes along (vocab.json, merges.txt and transformers' own
+files) once GPT2TokenizerFast is seen to give the same ids on a sample text and on every token:
+a byte tokenizer, GPT-2's own vocabulary (`--tokenizer gpt2`), a `bpe:N` one as a rule; else it
+is left out, with a note. The name of a special token (<|endoftext|>) in a text is that token to
+transformers, and plain text to attnlab.
+
+DIR must be new or empty; it appears whole or not at all.
+
+examples:
+  attnlab convert gpt2 --out runs/gpt2                # GPT-2 small: the hub, or its cache
+  attnlab sample runs/gpt2 --prompt "The meaning of life is" --temperature 0
+  attnlab train gpt --init runs/gpt2 --data tinyshakespeare --out runs/gpt2_shakespeare
+  attnlab convert runs/gpt2_shakespeare --to hf --out hf/gpt2_shakespeare
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="turn a Hugging Face GPT-2 folder into a checkpoint, and a GPT checkpoint into one",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "source",
+        metavar="SRC",
+        help="a Hugging Face folder or hub name; with --to hf, a checkpoint",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    parser.add_argument(
+        "--to",
+        choices=("attnlab", "hf"),
+        default="attnlab",
+        help="what DIR becomes: an attnlab checkpoint, or a Hugging Face folder",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import transformers  # noqa: F401 - only a dev dependency of attnlab
+    except ImportError:
+        raise UserError(
+            "attnlab convert needs Hugging Face transformers: pip install transformers"
+        ) from None
+    from attnlab.interop.hf_folders import read_hf_gpt2, write_hf_gpt
+
+    out, started = Path(args.out), time.perf_counter()
+    check_out(out)
+    if args.to == "hf":
+        model, tokenizer = _gpt_checkpoint(args.source)
+        left_out = write_hf_gpt(model, tokenizer, out)
+        if left_out:
+            note(f"note: the tokenizer is left out of {out}: {left_out}")
+    else:
+        from attnlab.training.checkpoints import save_checkpoint
+
+        model, tokenizer = read_hf_gpt2(args.source, note)
+        check_out(out)  # again: loading took a while
+        save_checkpoint(out, model, {"tokenizer": tokenizer})
+    parameters = sum(p.numel() for p in model.parameters())
+    what = "a Hugging Face folder" if args.to == "hf" else "a gpt checkpoint"
+    print(
+        f"wrote {out}: {what} of {parameters / 1e6:.2f}M parameters from {args.source} in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def check_out(out: Path) -> None:
+    """DIR new or empty: a conversion never replaces a checkpoint, nor writes among other files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a new or empty folder")
+    if not out.is_dir():
+        return
+    if (out / "model.safetensors").exists():
+        raise UserError(f"{out} already holds a checkpoint: give another --out, or remove it")
+    if contents := sorted(p.name for p in out.iterdir()):
+        shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
+        raise UserError(f"--out {out} holds files ({shown}): give a new or empty folder")
+
+
+def _gpt_checkpoint(path: str):
+    """The model and tokenizer (None: it has none) of a gpt checkpoint."""
+    from attnlab.files import read_json
+    from attnlab.models.registry import a_kind
+    from attnlab.training.checkpoints import checkpoint_description, load_checkpoint
+
+    config = Path(path) / "config.json"
+    if config.is_file() and "model_type" in (read_json(config, "checkpoint config") or {}):
+        raise UserError(f"{path} is a Hugging Face model folder: leave --to hf out to convert it")
+    kind = checkpoint_description(path)["kind"]
+    if kind != "gpt":
+        raise UserError(
+            f"{path} holds {a_kind(kind)} model: --to hf writes gpt checkpoints (to_hf in "
+            "attnlab.interop.huggingface converts BERT and ViT models in Python)"
+        )
+    checkpoint = load_checkpoint(path)
+    return checkpoint.model, checkpoint.artifacts.get("tokenizer")

@@ -1,0 +1,257 @@
+"""Hugging Face model folders, as ``save_pretrained`` writes them, to and from attnlab's GPT
+with its tokenizer: the files `attnlab convert` reads and writes.
+
+GPT-2's tokenizer is a byte-level BPE, which attnlab's BPETokenizer holds exactly (vocab.json and
+merges.txt are GPT-2's encoder.json and vocab.bpe under other names). A tokenizer crosses only
+where both libraries give the same ids: checked on a sample text and on each token's own text
+(GPT-2's 50,257 tokens in about half a second), never assumed. Both sides read a special token's
+name in a text differently (Hugging Face as the token, attnlab as plain text), so the check text
+leaves them out. ``transformers`` is imported lazily: only the conversions need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from attnlab.errors import UserError
+from attnlab.files import read_json
+from attnlab.interop.huggingface import from_hf, to_hf
+from attnlab.models.gpt import GPT
+from attnlab.tokenizers import Tokenizer
+from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer, printable_bytes, text_to_token
+from attnlab.tokenizers.byte import ByteTokenizer
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+           "pytorch_model.bin.index.json")  # fmt: skip
+END = "<|endoftext|>"  # GPT-2's one special token: its bos, eos and unk
+SAMPLE = (
+    "Hello, World! It's 2024: naïve café, Ünïcödé, 東京の夜, emoji 🙂👍🏽 and   spaces\n\n"
+    "\tdon't, I'll, we've... 12345 + 6.7e-8 = x; <html> #tags @you 'quoted' \"words\"\r\n  "
+)
+
+
+def read_hf_gpt2(source: str, log: Callable[[str], None] = print) -> tuple[GPT, BPETokenizer]:
+    """attnlab's GPT and tokenizer from a GPT2LMHeadModel folder with its tokenizer (vocab.json
+    and merges.txt, or tokenizer.json), or from a hub name: from transformers' cache where it
+    is there, else downloaded (`log` says so first)."""
+    from transformers import AutoConfig, GPT2LMHeadModel, GPT2TokenizerFast
+
+    if local := Path(source).exists():
+        config, options = _folder_config(Path(source)), {}
+    else:
+        options = _hub_options(source, log)
+        config = _loaded(AutoConfig, source, options).to_dict()
+    _check_gpt2(source, config)
+    if local:
+        _check_files(Path(source))
+    tokenizer = tokenizer_from_hf(_loaded(GPT2TokenizerFast, source, options), source)
+    try:
+        model = from_hf(_loaded(GPT2LMHeadModel, source, options))
+    except ValueError as error:  # a GPT-2 variant attnlab's GPT does not compute
+        raise UserError(f"{source} does not convert: {error}") from None
+    return model, tokenizer
+
+
+def _folder_config(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file: give a Hugging Face model's folder")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder: it has no config.json")
+    config = read_json(folder / "config.json", "model config")
+    if not isinstance(config, dict):
+        raise UserError(f"{folder / 'config.json'} is not a model config (a JSON object)")
+    return config
+
+
+def _hub_options(name: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """from_pretrained's options for a hub name: its cache alone where the model is there (no
+    network call); else a download, said first (without a network it fails after retries)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a hub name either ("a/b/c", "../x")
+        raise UserError(f"no folder {name}: give a Hugging Face model's folder") from None
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(
+            f"no folder {name}, nor in transformers' cache (HF_HUB_OFFLINE: no download)"
+        )
+    log(f"note: {name} is no folder, nor in transformers' cache: looking for it on the hub")
+    return {}
+
+
+def _check_gpt2(source: str, config: dict[str, Any]) -> None:
+    """A GPT-2 language model's config, else one line saying what the folder holds."""
+    if isinstance(config.get("kind"), str) and isinstance(config.get("config"), dict):
+        raise UserError(
+            f"{source} is an attnlab checkpoint: add --to hf to write it as a Hugging Face folder"
+        )
+    names = config.get("architectures") or [config.get("model_type") or "unknown"]
+    if "GPT2LMHeadModel" in names or names == ["gpt2"]:
+        return
+    raise UserError(
+        f"{source} holds a {names[0]} model: only GPT-2 folders (GPT2LMHeadModel) convert, as "
+        "only they carry their tokenizer (GPT-2's byte-level BPE); from_hf in Python "
+        "(attnlab.interop.huggingface) converts Llama and Mistral weights, without one"
+    )
+
+
+def _check_files(folder: Path) -> None:
+    """Weights, and GPT-2's tokenizer files, in a model's folder: else which are missing."""
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        raise UserError(f"{folder} holds no weights (model.safetensors or pytorch_model.bin)")
+    pair = ("vocab.json", "merges.txt")
+    missing = [name for name in pair if not (folder / name).is_file()]
+    if missing and not (folder / "tokenizer.json").is_file():
+        raise UserError(
+            f"{folder} lacks GPT-2's tokenizer files: no {' and no '.join(missing)} (nor a "
+            "tokenizer.json); save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
+
+
+def _loaded(cls, source: str, options: dict[str, Any]):
+    downloads = not Path(source).exists() and not options  # its progress bars shown
+    try:
+        with contextlib.nullcontext() if downloads else quiet():
+            return cls.from_pretrained(source, **options)
+    except Exception as error:  # not found; damaged files, of which libraries raise many types
+        if downloads:
+            raise UserError(
+                f"no folder {source}, and transformers cannot load a model of that hub name "
+                "(the hub is out of reach, or has no such model)"
+            ) from None
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise UserError(f"transformers cannot load {source} ({cls.__name__}): {reason}") from None
+
+
+def tokenizer_from_hf(hf_tokenizer, source: str) -> BPETokenizer:
+    """attnlab's BPETokenizer of a Hugging Face byte-level BPE tokenizer, checked to give the
+    same ids as it (a UserError where it does not)."""
+    state = json.loads(hf_tokenizer.backend_tokenizer.to_str())
+    model = state.get("model", {})
+    vocab = {**model.get("vocab", {}), **{t["content"]: t["id"] for t in state["added_tokens"]}}
+    merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]
+    unlike = f"the tokenizer of {source} is no byte-level BPE of GPT-2's kind"
+    try:
+        if model.get("type") != "BPE":
+            raise ValueError(f"a {model.get('type')} model")
+        byte_order = sorted(range(256), key=lambda b: vocab[printable_bytes()[b]])
+        merges = [(text_to_token(left), text_to_token(right)) for left, right in merges]
+        first_special = 256 + len(merges)
+        specials = [t for t, i in sorted(vocab.items(), key=lambda e: e[1]) if i >= first_special]
+        ours = BPETokenizer(merges, "gpt2", specials, byte_order)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{unlike} ({error})") from None
+    if {t: i for t, i in vocab.items() if i >= first_special} != ours.special_tokens:
+        raise UserError(f"{unlike}: its special tokens do not follow its merges' tokens")
+    if not same_ids(hf_tokenizer, ours):
+        raise UserError(f"{unlike}: it encodes text to other ids than GPT-2's rule gives")
+    return ours
+
+
+def same_ids(hf_tokenizer, ours: Tokenizer) -> bool:
+    """Whether a Hugging Face tokenizer encodes as ours does: a sample text and every ordinary
+    token's own text, one a line, special tokens' names left out."""
+    ordinary = ours.vocab_size - len(ours.special_tokens)
+    tokens = (ours.token_bytes(i).decode("utf-8", "ignore") for i in range(ordinary))
+    text = SAMPLE + "\n".join(tokens)
+    for name in ours.special_tokens:
+        text = text.replace(name, "")
+    return hf_tokenizer(text, verbose=False)["input_ids"] == ours.encode(text)
+
+
+def write_hf_gpt(model: GPT, tokenizer: Tokenizer | None, out: Path) -> str | None:
+    """Write `model` as a Hugging Face folder `out` (new, or empty) with save_pretrained, and its
+    tokenizer where transformers' GPT2TokenizerFast encodes as it does. The folder appears whole
+    or not at all. Returns why the tokenizer was left out (None: written, or none to write)."""
+    try:
+        hf = to_hf(model)
+    except ValueError as error:
+        raise UserError(f"the model does not convert: {error}") from None
+    left_out = None
+    with _new_folder(out) as folder:
+        if tokenizer is not None:
+            left_out = _write_tokenizer(tokenizer, folder)
+            if left_out is None and END in tokenizer.special_tokens:  # GPT-2's own use of it
+                for config in (hf.config, hf.generation_config):
+                    config.bos_token_id = config.eos_token_id = tokenizer.special_tokens[END]
+        with quiet():
+            hf.save_pretrained(folder)
+    return left_out
+
+
+def _write_tokenizer(tokenizer: Tokenizer, folder: Path) -> str | None:
+    """vocab.json, merges.txt and transformers' own tokenizer files in `folder`, if they encode
+    as `tokenizer` does; else none of them, and the reason."""
+    from transformers import GPT2TokenizerFast
+
+    if (files := gpt2_files(tokenizer)) is None:
+        return f"its {tokenizer.kind} tokenizer is no byte-level BPE with GPT-2's text splitting"
+    vocab, merges = files
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+    ends = {} if END in vocab else dict(bos_token=None, eos_token=None, unk_token=None)
+    GPT2TokenizerFast.from_pretrained(folder, **ends).save_pretrained(folder)
+    if same_ids(GPT2TokenizerFast.from_pretrained(folder), tokenizer):
+        return None
+    for file in folder.iterdir():  # the weights come after: only the tokenizer's files so far
+        file.unlink()
+    return "GPT2TokenizerFast encodes text to other ids than its tokenizer"
+
+
+def gpt2_files(tokenizer: Tokenizer) -> tuple[dict[str, int], str] | None:
+    """vocab.json's mapping and merges.txt's lines of a byte-level tokenizer (a byte one is a BPE
+    without merges); None for another kind, or a BPE that splits text otherwise than GPT-2."""
+    if isinstance(tokenizer, ByteTokenizer):
+        vocab, merges = dict(zip(printable_bytes(), range(256), strict=True)), []
+    elif isinstance(tokenizer, BPETokenizer) and tokenizer.pattern == PATTERNS["gpt2"]:
+        saved = tokenizer.to_dict()
+        vocab, merges = dict(zip(saved["byte_order"], range(256), strict=True)), saved["merges"]
+        vocab |= {"".join(merge.split(" ")): 256 + i for i, merge in enumerate(merges)}
+    else:
+        return None
+    return {**vocab, **tokenizer.special_tokens}, "".join(line + "\n" for line in merges)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """transformers' progress bars and the hub's retry messages held back while it loads from
+    disk or saves (the command says what it did, in its own lines; a download shows its bars),
+    then as they were: a notebook's own settings stay."""
+    from transformers.utils import logging as transformers_logging
+
+    hub = logging.getLogger("huggingface_hub")
+    shown, level = transformers_logging.is_progress_bar_enabled(), hub.level
+    transformers_logging.disable_progress_bar()
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out`, which becomes `out` (new, or empty) once written; on a
+    failure it goes, and `out` is as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    folder.mkdir()  # as the umask allows, as `out` would be (mkdtemp's are private)
+    try:
+        yield folder
+        os.replace(folder, out)  # an empty folder there is replaced
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
