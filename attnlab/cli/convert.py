@@ -37,7 +37,8 @@ DIR must be new or empty; it appears whole or not at all.
 examples:
   attnlab convert gpt2 --out runs/gpt2                # GPT-2 small: the hub, or its cache
   attnlab sample runs/gpt2 --prompt "The meaning of life is" --temperature 0
-  attnlab train gpt --init runs/gpt2 --data tinyshakespeare --out runs/gpt2_shakespeare
+  attnlab train gpt --init runs/gpt2 --data tinyshakespeare --context-length 256 \
+      --out runs/gpt2_shakespeare                     # fine-tune, a quarter of its context
   attnlab convert runs/gpt2_shakespeare --to hf --out hf/gpt2_shakespeare
 """
 

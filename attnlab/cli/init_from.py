@@ -17,19 +17,26 @@ from attnlab.models.registry import ModelKind, a_kind, get_kind
 from attnlab.training.checkpoints import MODEL_FILE, checked_description, load_matching_weights
 
 # model fields a run started from another's weights (--init) may change: its regularisation
-# and how a classifier reads a text
+# and how a classifier reads a text; and its context may be shorter (position tables cropped)
 TUNABLE = {"dropout", "pooling", "long_text"}
+SHORTER = "context_length"
 
 
 def init_shape(args, init, model_base: dict, given: dict) -> dict[str, Any]:
     """The model settings of a run --init starts: the checkpoint's shape, where a setting given
-    may change only its regularisation (TUNABLE)."""
+    may change only its regularisation (TUNABLE) or shorten its context (SHORTER)."""
     shape = {k: v for k, v in init["config"].items() if k in model_base}
-    if changed := sorted(k for k in given.keys() & shape.keys() - TUNABLE if given[k] != shape[k]):
+
+    def changes(k: str) -> bool:
+        shorter = k == SHORTER and isinstance(given[k], int) and 0 < given[k] < shape[k]
+        return given[k] != shape[k] and not shorter
+
+    if changed := sorted(k for k in given.keys() & shape.keys() - TUNABLE if changes(k)):
         has = ", ".join(f"{k} {shape[k]!r}" for k in changed)
         raise UserError(
             f"--init takes the model from {args.init} ({has}): leave "
             f"{', '.join(as_given(args, k, given[k]) for k in changed)} out"
+            + (" (a shorter context crops its positions)" if SHORTER in changed else "")
         )
     return {**model_base, **shape, **given}
 
@@ -39,13 +46,18 @@ def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
     (`classes`: the checkpoint's and this data's), which starts new."""
     before, now = classes
     fresh = class_head(kind, model.config) if None not in classes and before != now else set()
-    new, unused = load_matching_weights(model, Path(init) / MODEL_FILE, leave=fresh)
+    old = checked_description(init)["config"].get(SHORTER)
+    crop = (
+        (old, model.config.context_length) if old != getattr(model.config, SHORTER, old) else None
+    )
+    new, unused = load_matching_weights(model, Path(init) / MODEL_FILE, fresh, crop)
     why = ""
     if fresh:
         why = f" (this data's classes are {', '.join(now.names)}, not {', '.join(before.names)})"
+    cropped = f"; the first {crop[1]} of its {crop[0]} positions" if crop else ""
     log(
         f"started from {init}; new: {', '.join(new) or 'none'}{why}; "
-        f"left out: {', '.join(unused) or 'none'}"
+        f"left out: {', '.join(unused) or 'none'}{cropped}"
     )
 
 

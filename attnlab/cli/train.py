@@ -119,12 +119,14 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     starts = " or ".join(map(a_kind, (kind.name, *kind.init_from)))
     tokens = any(f.name == "tokenizer" for f in dataclasses.fields(kind.data_config))
+    shorter = any(f.name == "context_length" for f in dataclasses.fields(kind.config))
     parser.add_argument(
         "--init",
         metavar="CKPT",
         help=f"start from the weights of {starts} checkpoint: its model shape"
-        f"{' and tokenizer' if tokens else ''}; layers it lacks start new (default: none, "
-        "random weights)",
+        f"{' and tokenizer' if tokens else ''}"
+        f"{' (a shorter --context-length crops its positions)' if shorter else ''}; layers it "
+        "lacks start new (default: none, random weights)",
     )
     parser.add_argument(
         "--time-limit",

@@ -306,13 +306,20 @@ def load_weights(model: nn.Module, file: Path) -> None:
     _load_checked(model, file, shapes, expected)
 
 
-def load_matching_weights(model: nn.Module, file: Path, leave=()) -> tuple[list[str], list[str]]:
+def load_matching_weights(
+    model: nn.Module, file: Path, leave=(), crop: tuple[int, int] | None = None
+) -> tuple[list[str], list[str]]:
     """Load the weights of `file` that `model` has by name and shape (but those in `leave`), to
     start a model from another's (a classifier from a pre-trained encoder, or one with other
-    classes). Returns the model's weights left as they were and the file's left unused."""
+    classes); crop (old, new): its first new positions of each table of old. Returns the
+    model's weights left as they were and the file's left unused."""
     shapes = _header(file)
     expected = _unique_tensors(model.state_dict())
     names = expected.keys() & shapes.keys() - set(leave)
+    for name in names if crop else ():
+        have, want = shapes[name], tuple(expected[name].shape)
+        if len(have) == len(want) and all(map(lambda a, b: a == b or (a, b) == crop, have, want)):
+            shapes[name] = want  # read up to the model's shape (_load_checked)
     shared = {n for n in names if shapes[n] == expected[n].shape}
     if not shared:
         raise UserError(f"no weight of {file} fits the model (by name and shape)")
@@ -345,8 +352,9 @@ def _saved_dtype(file: Path) -> torch.dtype:
 
 
 def _load_checked(model, file, shapes, expected) -> None:
-    """Load the tensors named in `shapes` (name -> shape in the file's header), once every
-    shape is the model's: a file cannot make us read more than the model holds."""
+    """Load the tensors named in `shapes` (name -> shape in the file's header, or the part of
+    it to read), once every shape is the model's: a file cannot make us read more than the
+    model holds (but the rest of a table cropped)."""
     for name, shape in shapes.items():
         if shape != tuple(expected[name].shape):
             raise UserError(
@@ -355,7 +363,7 @@ def _load_checked(model, file, shapes, expected) -> None:
             )
     try:
         with safetensors.safe_open(file, framework="pt") as f:
-            tensors = {name: f.get_tensor(name) for name in shapes}
+            tensors = {n: f.get_tensor(n)[tuple(map(slice, shape))] for n, shape in shapes.items()}
     except Exception as error:  # safetensors raises several types for a damaged file
         raise UserError(f"checkpoint weights {file} are corrupt: {error}") from None
     for name, tensor in tensors.items():

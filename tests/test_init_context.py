@@ -1,0 +1,51 @@
+"""`train --init CKPT --context-length N`: a run may read fewer positions than the checkpoint it
+starts from (fine-tuning GPT-2 on a CPU at a quarter of its context), each position table then
+holding the checkpoint's first N rows; a longer context is refused."""
+
+import safetensors.torch
+import torch
+from helpers import one_line_error, run, tiny_gpt
+from test_run_directory import train
+
+from attnlab.training.checkpoints import load_matching_weights, save_checkpoint
+
+
+def test_a_shorter_model_reads_the_first_rows_of_each_position_table(tmp_path):
+    long, short = tiny_gpt(context_length=16, seed=0), tiny_gpt(context_length=8, seed=1)
+    save_checkpoint(tmp_path, long, {})
+    file = tmp_path / "model.safetensors"
+    new, unused = load_matching_weights(short, file)  # by shape alone: the table starts new
+    assert new == unused and len(new) == 1
+    new, unused = load_matching_weights(short, file, crop=(16, 8))
+    assert new == unused == []
+    table = new_table = None
+    for name, tensor in long.state_dict().items():
+        mine = short.state_dict()[name]
+        if tensor.shape == mine.shape:
+            torch.testing.assert_close(mine, tensor, rtol=0, atol=0)
+        else:
+            table, new_table = tensor, mine
+    torch.testing.assert_close(new_table, table[:8], rtol=0, atol=0)
+    x = torch.randint(0, 11, (2, 8))  # the first 8 positions: the same function
+    torch.testing.assert_close(short(x)[0], long(x)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_init_with_a_shorter_context_trains_on_and_a_longer_one_is_refused(
+    tmp_path, corpus, capsys
+):
+    first = tmp_path / "run"
+    code, _, err = train(capsys, corpus, first, "--positional", "learned", "--max-iters", "1")
+    assert code == 0, err
+    argv = ["train", "gpt", "--init", str(first), "--data", str(corpus), "--batch-size", "4"]
+    argv += ["--eval-iters", "1", "--no-compile", "--max-iters", "1", "--learning-rate", "1e-9"]
+    code, _, err = run([*argv, "--context-length", "8", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "; the first 8 of its 16 positions" in err, err
+    before = safetensors.torch.load_file(first / "model.safetensors")
+    after = safetensors.torch.load_file(tmp_path / "b" / "model.safetensors")
+    (name,) = [n for n in before if before[n].shape != after[n].shape]
+    torch.testing.assert_close(after[name], before[name][:8], rtol=0, atol=1e-6)
+    code, _, err = run([*argv, "--context-length", "32", "--out", str(tmp_path / "c")], capsys)
+    error = one_line_error(code, err)
+    assert "(context_length 16): leave --context-length 32 out" in error
+    assert "a shorter context crops its positions" in error
+    assert not (tmp_path / "c").exists()
