@@ -4,6 +4,7 @@ a checkpoint back as a folder transformers loads, the tokenizer with it where th
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -270,3 +271,30 @@ def test_its_help_loads_neither_torch_nor_transformers():
     )
     loaded = loaded_modules(code)
     assert "attnlab.cli.convert" in loaded and not {"torch", "transformers"} & loaded
+
+
+@pytest.mark.parametrize("given", ["the working folder", "a link to it"])
+def test_an_empty_out_folder_stays_the_folder_it_is(given, tmp_path, monkeypatch, capsys):
+    """--out ., or a link: the files appear in that folder (not in a new one put in its place,
+    which a shell in the old one, or the link's target, would never see)."""
+    model = tiny_gpt(vocab_size=256)
+    save_checkpoint(tmp_path / "checkpoint", model, {"tokenizer": ByteTokenizer()})
+    (tmp_path / "mine").mkdir()
+    before = (tmp_path / "mine").stat().st_ino
+    monkeypatch.chdir(tmp_path / "mine")
+    out = "."
+    if given == "a link to it":
+        (tmp_path / "link").symlink_to(tmp_path / "mine")
+        out = str(tmp_path / "link")
+    argv = ["convert", str(tmp_path / "checkpoint"), "--to", "hf", "--out", out]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "mine").iterdir())
+    assert "model.safetensors" in written and "vocab.json" in written
+    assert sorted(p.name for p in Path(".").iterdir()) == written  # what the shell sees
+    assert (tmp_path / "mine").stat().st_ino == before
+    assert given != "a link to it" or (tmp_path / "link").is_symlink()
+    ids = torch.randint(0, 256, (1, 16))
+    assert (
+        logits(GPT2LMHeadModel.from_pretrained("."), ids) - logits(model, ids)
+    ).abs().max() < 1e-5

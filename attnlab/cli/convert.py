@@ -20,8 +20,8 @@ SRC is a folder that save_pretrained wrote for a GPT2LMHeadModel (config.json an
 model.safetensors or pytorch_model.bin) with GPT-2's tokenizer beside it (vocab.json and
 merges.txt, or tokenizer.json), or a hub name such as gpt2 that transformers finds in its local
 cache (or downloads). DIR becomes an attnlab checkpoint of kind gpt with that tokenizer, for
-sample, inspect and train gpt --init; it is in no run, so evaluate and inspect layers take
---data. Llama and Mistral folders are refused: of Hugging Face's tokenizers, only GPT-2's
+sample, inspect and train gpt --init; it is in no run, so evaluate and inspect layers and heads
+take --data. Llama and Mistral folders are refused: of Hugging Face's tokenizers, only GPT-2's
 byte-level BPE crosses into a checkpoint.
 
 With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;

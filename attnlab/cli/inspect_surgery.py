@@ -9,6 +9,7 @@ attention head at a time.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from attnlab.cli.options import print_json
@@ -40,9 +41,10 @@ def _checkpoint(args):
     return _open(args, GENERATE)
 
 
-def _loss(args, checkpoint):
+def _loss(args, checkpoint, passes: int):
     """A function of no arguments: the model's mean loss per scored target on --windows windows
-    of --data, read and tokenized once (every call scores the same tokens)."""
+    of --data, read and tokenized once (every call scores the same tokens); a progress bar on a
+    terminal counts its `passes` calls (a big model takes a while)."""
     import torch
 
     from attnlab.cli.options import resolve_data_path
@@ -50,6 +52,7 @@ def _loss(args, checkpoint):
     from attnlab.data.corpus import Corpus
     from attnlab.data.tasks import evaluation_batches
     from attnlab.data.text import TextSplits, sequential_windows, tokenize_cached
+    from attnlab.progress import progress_bar
     from attnlab.training.config import TrainConfig
     from attnlab.training.sources import IGNORE_INDEX
 
@@ -74,10 +77,15 @@ def _loss(args, checkpoint):
     batches = [(x.to(device), y.to(device)) for x, y in windows]
     scored = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
 
+    bar = progress_bar(True, total=passes, desc=f"inspect {args.what}", unit=" passes", leave=False)
+
     def loss() -> float:  # the mean over scored targets
         with torch.no_grad():
             losses = [model(x, y)[1].item() * n for (x, y), n in zip(batches, scored, strict=True)]
-            return sum(losses) / sum(scored)
+        bar.update(1)
+        if bar.n >= passes:
+            bar.close()
+        return sum(losses) / sum(scored)
 
     return loss
 
@@ -89,11 +97,12 @@ def _wrote(args, path) -> None:
 
 # ------------------------------------------------------------------------------------ layers
 def layers_command(args: argparse.Namespace) -> int:
-    from attnlab.interpretability.surgery import block_stack, layer_surgery
+    from attnlab.interpretability.surgery import arrangements, block_stack, layer_surgery
 
     checkpoint = _checkpoint(args)
     n_layers = len(block_stack(checkpoint.model))  # refused before the data is read
-    baseline, results = layer_surgery(checkpoint.model, _loss(args, checkpoint))
+    loss = _loss(args, checkpoint, 1 + len(arrangements(n_layers)))
+    baseline, results = layer_surgery(checkpoint.model, loss)
     if args.json:
         print_json({"baseline": baseline, "loss": results})
     else:
@@ -127,8 +136,9 @@ def heads_command(args: argparse.Namespace) -> int:
     from attnlab.interpretability.surgery import head_ablation
 
     checkpoint = _checkpoint(args)
-    require_attention(checkpoint.model, args.checkpoint)  # refused before the data is read
-    baseline, results = head_ablation(checkpoint.model, _loss(args, checkpoint))
+    layers = require_attention(checkpoint.model, args.checkpoint)  # before the data is read
+    heads = sum(checkpoint.model.get_submodule(layer.name).n_heads for layer in layers)
+    baseline, results = head_ablation(checkpoint.model, _loss(args, checkpoint, 1 + heads))
     changes = {  # group title -> (its layers' indices, loss changes (layers, heads))
         title: ([layer.index for layer in layers],
                 [[value - baseline for value in results[layer.name]] for layer in layers])
@@ -149,21 +159,24 @@ def _print_heads(baseline: float, changes) -> None:
         print(f"loss change with one head zero-ablated ({title}), layers by heads")
         print("layer " + "".join(f"{h:>9}" for h in range(max(map(len, rows)))))
         for index, row in zip(layers, rows, strict=True):
-            print(f"{index:>5} " + "".join(f"{v:+9.4f}" for v in row))
+            print(f"{index:>5} " + "".join(f"{round(v, 4) + 0.0:+9.4f}" for v in row))  # no -0
         cells = [(v, i, h) for i, row in zip(layers, rows, strict=True) for h, v in enumerate(row)]
-        change, index, head = max(cells)
-        print(f"most needed: layer {index}, head {head} (loss {change:+.4f} without it)")
+        cells = [cell for cell in cells if math.isfinite(cell[0])]  # max() is lost among NaNs
+        if cells and max(cells)[0] > 0:
+            change, index, head = max(cells)
+            print(f"most needed: layer {index}, head {head} (loss {change:+.4f} without it)")
+        elif cells:
+            print("most needed: none (no head's ablation raises the loss)")
 
 
 def _heads_png(png, baseline, changes):
-    import math
-
     import torch
 
     from attnlab.interpretability.plots import Heatmap, save_heatmaps
 
     maps = {title: torch.tensor(rows) for title, (_, rows) in changes.items()}
-    limit = max(max(float(m.abs().max()) for m in maps.values()), 1e-6)
+    finite = torch.cat([m[m.isfinite()] for m in maps.values()])  # a model that overflows: NaN
+    limit = max(float(finite.abs().max()) if finite.numel() else 0.0, 1e-6)
     decimals = max(1 - math.floor(math.log10(limit)), 0)  # two figures of the largest change
     panels = [
         Heatmap(

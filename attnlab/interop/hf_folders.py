@@ -56,7 +56,7 @@ def read_hf_gpt2(source: str, log: Callable[[str], None] = print) -> tuple[GPT, 
     try:
         model = from_hf(_loaded(GPT2LMHeadModel, source, options))
     except ValueError as error:  # a GPT-2 variant attnlab's GPT does not compute
-        raise UserError(f"{source} does not convert: {error}") from None
+        raise UserError(f"{source}: {error}") from None
     return model, tokenizer
 
 
@@ -177,7 +177,7 @@ def write_hf_gpt(model: GPT, tokenizer: Tokenizer | None, out: Path) -> str | No
     try:
         hf = to_hf(model)
     except ValueError as error:
-        raise UserError(f"the model does not convert: {error}") from None
+        raise UserError(f"--to hf: {error}") from None
     left_out = None
     with _new_folder(out) as folder:
         if tokenizer is not None:
@@ -244,14 +244,26 @@ def quiet() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _new_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out`, which becomes `out` (new, or empty) once written; on a
-    failure it goes, and `out` is as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    folder = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
+    """A temporary folder that becomes `out` once written: beside a new `out`, renamed to it; in
+    an empty one, its files moved in, so that `out` stays the folder it is (a shell's working
+    folder, a link's target). On a failure they go, and `out` is as it was."""
+    existing = out.is_dir()
+    if not existing:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    folder = (out if existing else out.parent) / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     folder.mkdir()  # as the umask allows, as `out` would be (mkdtemp's are private)
+    moved: list[Path] = []
     try:
         yield folder
-        os.replace(folder, out)  # an empty folder there is replaced
+        if not existing:
+            os.replace(folder, out)
+            return
+        for file in sorted(folder.iterdir()):
+            moved.append(out / file.name)
+            os.replace(file, moved[-1])
+        folder.rmdir()
     except BaseException:
+        for file in moved:
+            file.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         raise
