@@ -3,10 +3,11 @@ same loss computed here with the public capture API; and the checkpoints it refu
 
 import json
 import string
+import sys
 
 import pytest
 import torch
-from helpers import one_line_error, run
+from helpers import Terminal, one_line_error, run
 
 from attnlab.interpretability import ablate_heads, capture, plots
 from attnlab.interpretability.surgery import head_ablation
@@ -172,3 +173,12 @@ def test_a_nan_loss_is_shown_and_passed_over(trained, tmp_path, capsys, monkeypa
     assert code == 0, err
     assert "   +nan" in stdout and "most needed: layer 0, head 1 (loss +0.5000 " in stdout
     assert drawn[0].axes[0].images[0].get_clim() == (-0.5, 0.5)
+
+
+def test_a_terminal_sees_a_bar_counting_the_passes(trained, capsys, monkeypatch):
+    """One pass for the baseline and one a head: 7 for 2 layers of 3, drawn on a terminal."""
+    _, _, checkpoint, corpus = trained
+    monkeypatch.setattr("sys.stderr", Terminal())
+    code, _, _ = run(["inspect", "heads", checkpoint, "--data", corpus, "--windows", "1"], capsys)
+    drawn = sys.stderr.getvalue()
+    assert code == 0 and "inspect heads:" in drawn and "/7 " in drawn, drawn
