@@ -41,7 +41,9 @@ def test_every_example_in_a_help_parses(capsys):
     assert seen >= 20
 
 
-@pytest.mark.parametrize("what", ["attention", "induction", "lens", "layers", "heads"])
+@pytest.mark.parametrize(
+    "what", ["attention", "induction", "lens", "layers", "heads", "attribution"]
+)
 def test_each_inspect_help_shows_an_example(what, capsys):
     examples = EXAMPLE.findall(help_text(["inspect", what], capsys))
     assert [line for line in examples if line.startswith(f"attnlab inspect {what} ")], examples

@@ -1,11 +1,12 @@
 """`attnlab inspect WHAT CKPT`: look inside a checkpoint.
 
-    attention   the attention of every layer and head over a text: an interactive HTML page
-                (one self-contained file) and, with --png, static heatmaps
-    induction   induction-head scores on repeated random tokens (Olsson et al. 2022)
-    lens        the logit lens: each layer's top prediction at each position
-    layers      layer surgery: the loss with layers dropped, duplicated or swapped
-    heads       head ablation: the loss with each attention head zeroed in turn
+    attention    the attention of every layer and head over a text: an interactive HTML page
+                 (one self-contained file) and, with --png, static heatmaps
+    induction    induction-head scores on repeated random tokens (Olsson et al. 2022)
+    lens         the logit lens: each layer's top prediction at each position
+    layers       layer surgery: the loss with layers dropped, duplicated or swapped
+    heads        head ablation: the loss with each attention head zeroed in turn
+    attribution  direct logit attribution: each head's and layer's share of a token's logit
 
 A text longer than the model reads is cut to fit, with a note on stderr.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli import inspect_surgery
+from attnlab.cli import inspect_attribution, inspect_surgery
 from attnlab.cli.options import add_device_flag, check_seed, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
@@ -26,6 +27,7 @@ WHAT = {
     "lens": "the logit lens: each layer's top prediction at each position of a text",
     "layers": "layer surgery: the loss change with layers dropped, duplicated or swapped",
     "heads": "which heads matter: the loss change with each attention head zero-ablated alone",
+    "attribution": "direct logit attribution: each head's and layer's share of a token's logit",
 }
 EXAMPLES = {  # shown under each one's --help
     "attention": 'attention runs/shakespeare_char --text "To be, or not to be" --out view.html',
@@ -36,6 +38,8 @@ EXAMPLES = {  # shown under each one's --help
     "patches=...) and ablate_heads (attnlab.interpretability;\ntutorial 8; docs/reference.md, "
     "Looking inside).",
     "heads": "heads runs/shakespeare_char --png heads.png",
+    "attribution": 'attribution runs/shakespeare_char --text "To be, or not to b" --target e '
+    "--versus a --png dla.png",
 }
 
 
@@ -66,9 +70,10 @@ def register(subparsers) -> None:
             help="also draw a PNG here, or the plot type its name ends in "
             "(.svg, .pdf, ...) (default: none)",
         )
-        handler = globals().get(f"{name}_command") or getattr(inspect_surgery, f"{name}_command")
-        command.set_defaults(handler=handler)
-    for name in ("attention", "lens"):
+        handler = f"{name}_command"  # here, or in the module of its own flags
+        found = (globals(), vars(inspect_surgery), vars(inspect_attribution))
+        command.set_defaults(handler=next(names[handler] for names in found if handler in names))
+    for name in ("attention", "lens", "attribution"):
         sub[name].add_argument(
             "--text",
             help="the text to look at (required for a text model), cut to the model's context",
@@ -93,6 +98,7 @@ def register(subparsers) -> None:
     sub["lens"].add_argument("--json", action="store_true", help="print one JSON object")
     for name in ("layers", "heads"):
         inspect_surgery.add_arguments(sub[name])
+    inspect_attribution.add_arguments(sub["attribution"])
 
 
 def _open(args, capability: str | None = None):

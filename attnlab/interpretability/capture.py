@@ -1,18 +1,21 @@
 """Capture: what a model computes inside, read (and, for patching, replaced) at its hook points.
 
-Dimensions: B batch, H heads, Tq query positions, Tk key positions, T positions, D model width.
+Dimensions: B batch, H heads, Tq query positions, Tk key positions, T positions, D model width,
+Dh head width.
 
 Every attention layer routes its weights (B, H, Tq, Tk) through a hook point named
-``attention_weights``, and every residual block marks its residual stream (B, T, D) before and
-after each sub-layer (layers/hooks.py). Capturing only attaches forward hooks that return what
-they are given, so the model computes what it computes without them; the one difference is that
-attention takes its eager path while its weights are watched (the same function, to float
-rounding: tests/test_interpretability.py).
+``attention_weights`` and its heads' outputs (B, H, Tq, Dh) through ``head_outputs``, and every
+residual block marks its residual stream (B, T, D) before and after each sub-layer
+(layers/hooks.py). Capturing only attaches forward hooks that return what they are given, so the
+model computes what it computes without them; the one difference is that attention takes its
+eager path while its weights are watched (the same function, to float rounding:
+tests/test_interpretability.py).
 
     with capture(model) as seen:
         logits, _ = model(ids)
     seen.attention["blocks.1.token_mixer"]   # (B, H, T, T)
     seen.streams["blocks.1.stream_out"]      # (B, T, D)
+    seen.heads["blocks.1.token_mixer"]       # (B, H, T, Dh), with capture(model, heads=True)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from attnlab.errors import UserError
 from attnlab.layers.hooks import hook_points
 
 WEIGHTS = "attention_weights"  # the hook point of an attention layer's weights
+HEADS = "head_outputs"  # ... and of its heads' outputs, before the output projection
 Patch = Callable[[torch.Tensor], torch.Tensor]  # a tensor at a hook point -> its replacement
 
 
@@ -100,6 +104,7 @@ class Recording:
 
     attention: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Tq, Tk)
     streams: dict[str, torch.Tensor] = field(default_factory=dict)  # hook path -> (B, T, D)
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, Tq, Dh)
 
 
 @contextmanager
@@ -108,11 +113,14 @@ def capture(
     *,
     attention: bool = True,
     streams: bool = True,
+    heads: bool = False,
     patches: dict[str, Patch] | None = None,
     only: Iterable[str] | None = None,
 ) -> Iterator[Recording]:
     """Record attention weights (keyed by the layer's module path) and residual streams (keyed
     by the hook point's path) of every forward pass inside the block; tensors are detached.
+    heads: also each attention head's output (keyed by the layer's path), off by default: few
+    uses need them, and they take as much memory as a stream per layer.
 
     patches: hook path -> a function whose result replaces the tensor there (an ablation, or a
     value from another run: activation patching), a tensor of the same shape and dtype; or that
@@ -134,25 +142,27 @@ def capture(
         shown = ", ".join(list(points)[:4])
         hint = (
             f"attention weights are at LAYER.{WEIGHTS}"
-            if any(_weights(p) for p in points)
+            if any(_leaf(p) == WEIGHTS for p in points)
             else f"it has {_no_attention(model)}"
         )
         raise KeyError(
             f"no hook point {', '.join(unknown)} in {type(model).__name__}; it has {shown}, ... "
             f"(hook_points(model) lists them; {hint})"
         )
-    if off := sorted(p for p in wanted or () if not (attention if _weights(p) else streams)):
-        raise ValueError(f"only= names {', '.join(off)}, which attention= or streams= turn off")
+    wants = {WEIGHTS: attention, HEADS: heads}
+    if off := sorted(p for p in wanted or () if not wants.get(_leaf(p), streams)):
+        raise ValueError(
+            f"only= names {', '.join(off)}, which attention=, heads= or streams= turn off"
+        )
     _check_not_compiled(model)
     recording = Recording()
     handles = []
     for path, point in points.items():
-        owner = path.rpartition(".")[0]
-        is_weights = _weights(path)
-        keep = (attention if is_weights else streams) and (wanted is None or path in wanted)
+        owner, _, leaf = path.rpartition(".")
+        keep = wants.get(leaf, streams) and (wanted is None or path in wanted)
         if keep or path in patches:
-            store = recording.attention if is_weights else recording.streams
-            key = owner if is_weights else path
+            by_layer = {WEIGHTS: recording.attention, HEADS: recording.heads}
+            store, key = (by_layer[leaf], owner) if leaf in by_layer else (recording.streams, path)
             hook = _hook(store if keep else None, key, patches.get(path), path)
             handles.append(point.register_forward_hook(hook))
     try:
@@ -162,8 +172,8 @@ def capture(
             handle.remove()
 
 
-def _weights(path: str) -> bool:
-    return path.rpartition(".")[2] == WEIGHTS
+def _leaf(path: str) -> str:
+    return path.rpartition(".")[2]
 
 
 def _check_not_compiled(model: nn.Module) -> None:

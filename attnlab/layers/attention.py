@@ -200,6 +200,9 @@ class MultiHeadAttention(nn.Module):
         writes_residual(self.output_projection.weight)
         self.relative_position = relative_position
         self.attention_weights = HookPoint()
+        # each head's output before the output projection mixes them: its share of the layer's
+        # output is that projection's columns of the head (direct logit attribution reads it)
+        self.head_outputs = HookPoint()
         self.backend = backend
 
     def forward(
@@ -249,7 +252,7 @@ class MultiHeadAttention(nn.Module):
         if self.relative_position is not None:
             distance = None if cache is None else cache.key_distance(q_len)
             mask = merge_masks(mask, self.relative_position.bias(q_len, k.size(2), distance))
-        out = self._attend(q, k, v, mask)  # (B, H, Tq, Dh)
+        out = self.head_outputs.tap(self._attend(q, k, v, mask))  # (B, H, Tq, Dh)
         out = out.transpose(1, 2).reshape(batch, q_len, q_width)  # (B, Tq, H·Dh)
         return self.output_projection(out)
 

@@ -1,9 +1,10 @@
 """Hook points: named places in a model where inspection tools read or replace a tensor.
 
-Every attention layer routes its weights (B, H, Tq, Tk) through ``attention_weights``; every
-residual block marks the residual stream (B, T, D) before and after each of its sub-layers
-(``stream_in``, ``stream_after_mixer``, ``stream_after_cross`` in decoder blocks,
-``stream_out``). The module path names the place, e.g. ``blocks.2.stream_after_mixer``.
+Every attention layer routes its weights (B, H, Tq, Tk) through ``attention_weights`` and its
+heads' outputs (B, H, Tq, Dh), before the output projection mixes them, through
+``head_outputs``; every residual block marks the residual stream (B, T, D) before and after each
+of its sub-layers (``stream_in``, ``stream_after_mixer``, ``stream_after_cross`` in decoder
+blocks, ``stream_out``). The module path names the place, e.g. ``blocks.2.stream_after_mixer``.
 """
 
 from __future__ import annotations
