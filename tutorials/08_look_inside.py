@@ -426,7 +426,8 @@ plt.show()
 # clearest previous-token head: an attention pattern hints at a head's role, it does not prove
 # it.) Switching off is a causal test, stronger than "this head's attention looks like
 # copying": remove the induction head, and the copying is gone. (`attnlab inspect heads RUN`
-# does the same on the data's validation text, the windows `inspect layers` scores.)
+# does the same on the data's validation text, the windows `inspect layers` scores; `attnlab
+# inspect attribution RUN --text ...` splits one logit into each head's direct share.)
 #
 # ## Try this
 #
