@@ -181,3 +181,42 @@ def assert_same_tokens(got: list[int], expected: list[int]) -> None:
             f"{len(got)} and {len(expected)} tokens, first different at token {at}: "
             f"{got[shown]} != {expected[shown]}"
         )
+
+
+# A few lines to learn a small WordPiece vocabulary from: words that share pieces, accents,
+# other scripts, CJK, digits and punctuation.
+BERT_TEXT = """\
+The movie was good, the film was great and the acting was wonderful!
+A terrible, boring film: the plot was thin and the acting was worse.
+Unbelievable, unthinkable, thinking, thinker, things, thinks, rethinking.
+Naïve café owners in Zürich serve crème brûlée and piña colada; résumé.
+東京の夜は美しい。北京欢迎你！中文字符和日本語の文字。
+Ελληνικά γράμματα, русский текст, español ¿qué tal?, français «bonjour».
+Numbers: 3.14159, 2024-01-01, $100, 50% off, e-mail me@example.com #tags.
+She said: "don't stop", he's sure it's fine; they'll see (maybe) [soon].
+"""
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def bert_vocab(lowercase: bool = True, size: int = 300) -> list[str]:
+    """vocab.txt's tokens of a WordPiece vocabulary that Hugging Face's `tokenizers` learns from
+    BERT_TEXT, laid out as BERT's: [PAD] first, [unusedN] rows, then [UNK] [CLS] [SEP] [MASK]
+    and the learned tokens. (Ties between pairs as frequent are broken at random: call it once
+    for a vocabulary that two tokenizers share.)"""
+    from tokenizers import BertWordPieceTokenizer
+
+    learner = BertWordPieceTokenizer(lowercase=lowercase)
+    learner.train_from_iterator(BERT_TEXT.splitlines() * 3, vocab_size=size, min_frequency=1,
+                                special_tokens=BERT_SPECIALS, show_progress=False)  # fmt: skip
+    learned = sorted(learner.get_vocab().items(), key=lambda entry: entry[1])
+    return ["[PAD]", "[unused0]", "[unused1]", *BERT_SPECIALS[1:]] + [
+        token for token, _ in learned if token not in BERT_SPECIALS
+    ]
+
+
+def bert_tokenizer_folder(folder, vocab: list[str], lowercase: bool = True):
+    """A folder with vocab.txt and tokenizer_config.json, as Google's BERT folders have them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), "utf-8")
+    (folder / "tokenizer_config.json").write_text(f'{{"do_lower_case": {str(lowercase).lower()}}}')
+    return folder

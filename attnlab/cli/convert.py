@@ -1,7 +1,7 @@
-"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2 folder (or a hub name in transformers'
-cache) as an attnlab checkpoint, and with --to hf an attnlab GPT checkpoint as a Hugging Face
-folder. The conversions are attnlab.interop's; this module checks the folders and says what
-it wrote. torch and transformers are imported once the command runs, not for its --help."""
+"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2 or BERT folder (or a hub name in
+transformers' cache) as an attnlab checkpoint, and with --to hf an attnlab GPT checkpoint as a
+Hugging Face folder. The conversions are attnlab.interop's; this module checks the folders and
+says what it wrote. torch and transformers are imported once the command runs, not for --help."""
 
 from __future__ import annotations
 
@@ -21,8 +21,16 @@ model.safetensors or pytorch_model.bin) with GPT-2's tokenizer beside it (vocab.
 merges.txt, or tokenizer.json), or a hub name such as gpt2 that transformers finds in its local
 cache (or downloads). DIR becomes an attnlab checkpoint of kind gpt with that tokenizer, for
 sample, inspect and train gpt --init; it is in no run, so evaluate and inspect layers and heads
-take --data. Llama and Mistral folders are refused: of Hugging Face's tokenizers, only GPT-2's
-byte-level BPE crosses into a checkpoint.
+take --data.
+
+SRC may also hold a BERT with its WordPiece tokenizer (vocab.txt, or tokenizer.json; lowercased
+as its tokenizer_config.json says): a BertForMaskedLM or BertForPreTraining (such as
+bert-base-uncased) becomes a bert checkpoint, for fill-mask and train classifier --init; a
+BertForSequenceClassification a classifier checkpoint, for classify, its class names from
+id2label. A BertModel, without a masked-LM head, is refused. attnlab numbers BERT's special
+tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) after the others, the weights' rows moved to match: the
+ids differ from Hugging Face's, the outputs do not. Llama and Mistral folders are refused: of
+Hugging Face's tokenizers, only GPT-2's byte-level BPE and BERT's WordPiece cross.
 
 With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;
 or Llama's: RoPE, RMSNorm, SwiGLU, no biases), and DIR a folder that transformers'
@@ -40,13 +48,16 @@ examples:
   attnlab train gpt --init runs/gpt2 --data tinyshakespeare --context-length 256 \
       --out runs/gpt2_shakespeare                     # fine-tune, a quarter of its context
   attnlab convert runs/gpt2_shakespeare --to hf --out hf/gpt2_shakespeare
+  attnlab convert bert-base-uncased --out runs/bert-base
+  attnlab fill-mask runs/bert-base "the capital of france is [MASK] ."
+  attnlab train classifier --init runs/bert-base --data sst2 --out runs/bert_sst2
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="turn a Hugging Face GPT-2 folder into a checkpoint, and a GPT checkpoint into one",
+        help="turn a Hugging Face GPT-2 or BERT folder into a checkpoint, a GPT one into a folder",
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
@@ -72,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             "attnlab convert needs Hugging Face transformers: pip install transformers"
         ) from None
-    from attnlab.interop.hf_folders import read_hf_gpt2, write_hf_gpt
+    from attnlab.interop.hf_folders import read_hf, write_hf_gpt
+    from attnlab.models.registry import model_kind
 
     out, started = Path(args.out), time.perf_counter()
     check_out(out)
@@ -84,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         from attnlab.training.checkpoints import save_checkpoint
 
-        model, tokenizer = read_hf_gpt2(args.source, note)
+        model, artifacts = read_hf(args.source, note)
         check_out(out)  # again: loading took a while
-        save_checkpoint(out, model, {"tokenizer": tokenizer})
+        save_checkpoint(out, model, artifacts)
     parameters = sum(p.numel() for p in model.parameters())
-    what = "a Hugging Face folder" if args.to == "hf" else "a gpt checkpoint"
+    what = "a Hugging Face folder" if args.to == "hf" else f"a {model_kind(model)} checkpoint"
     print(
         f"wrote {out}: {what} of {parameters / 1e6:.2f}M parameters from {args.source} in "
         f"{time.perf_counter() - started:.1f} s"

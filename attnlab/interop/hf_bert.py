@@ -4,8 +4,10 @@ layers; attnlab one fused projection."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from attnlab.interop.tables import (
@@ -74,7 +76,10 @@ def _bert_table(config: BertConfig, hf_class: str) -> list[tuple[Any, str, bool]
     return [(prefixed(prefix, hf), ours, t) for hf, ours, t in rows] + heads
 
 
-def bert_from_hf(model: nn.Module) -> nn.Module:
+def bert_from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Module:
+    """attnlab's BERT of a Hugging Face one; token_order: our id i is its id token_order[i], the
+    vocabulary rows (embeddings, masked-LM bias) and pad_id renumbered to match (None: the same
+    ids). WordPieceTokenizer.from_vocab gives the order that puts the special tokens last."""
     kind = type(model).__name__
     if kind not in BERT_HEADS:
         raise ValueError(f"from_hf supports {', '.join(BERT_HEADS)} among BERT models, got {kind}")
@@ -102,6 +107,9 @@ def bert_from_hf(model: nn.Module) -> nn.Module:
             "a BertForMaskedLM whose output layer is not its word embeddings does not convert: "
             "attnlab's masked-LM head shares them"
         )
+    source, pad_id = model.state_dict(), hf.pad_token_id
+    if token_order is not None:
+        source, pad_id = _renumbered(source, kind, token_order), list(token_order).index(pad_id)
     config = BertConfig(
         vocab_size=hf.vocab_size,
         context_length=hf.max_position_embeddings,
@@ -113,12 +121,25 @@ def bert_from_hf(model: nn.Module) -> nn.Module:
         activation=ACTIVATIONS[hf.hidden_act],
         norm_eps=hf.layer_norm_eps,
         dropout=hf.hidden_dropout_prob,
-        pad_id=hf.pad_token_id,
+        pad_id=pad_id,
         n_classes=hf.num_labels,
     )
     ours = BertForMaskedLM(config) if kind == "BertForMaskedLM" else BertClassifier(config)
-    copy_weights(model.state_dict(), ours, _bert_table(config, kind))
+    copy_weights(source, ours, _bert_table(config, kind))
     return ours
+
+
+def _renumbered(
+    state: dict[str, torch.Tensor], kind: str, order: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """The state dict with its vocabulary rows in `order` (a permutation of the ids)."""
+    embedding = BERT_HEADS[kind][0] + "embeddings.word_embeddings.weight"
+    rows = [embedding, "cls.predictions.bias"]  # the second: a masked-LM head's, where it has one
+    vocab_size = len(state[embedding])
+    if sorted(order) != list(range(vocab_size)):
+        raise ValueError(f"token_order must be a permutation of the {vocab_size} token ids")
+    index = torch.as_tensor(list(order))
+    return {**state, **{name: state[name][index] for name in rows if name in state}}
 
 
 def bert_to_hf(model: nn.Module) -> nn.Module:

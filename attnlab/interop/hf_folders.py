@@ -1,5 +1,6 @@
 """Hugging Face model folders, as ``save_pretrained`` writes them, to and from attnlab's GPT
-with its tokenizer: the files `attnlab convert` reads and writes.
+with its tokenizer: the files `attnlab convert` reads and writes (BERT folders, read only:
+hf_bert_folders.py, with the helpers here).
 
 GPT-2's tokenizer is a byte-level BPE, which attnlab's BPETokenizer holds exactly (vocab.json and
 merges.txt are GPT-2's encoder.json and vocab.bpe under other names). A tokenizer crosses only
@@ -17,9 +18,11 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.files import read_json
@@ -38,23 +41,48 @@ SAMPLE = (
 )
 
 
-def read_hf_gpt2(source: str, log: Callable[[str], None] = print) -> tuple[GPT, BPETokenizer]:
-    """attnlab's GPT and tokenizer from a GPT2LMHeadModel folder with its tokenizer (vocab.json
-    and merges.txt, or tokenizer.json), or from a hub name: from transformers' cache where it
-    is there, else downloaded (`log` says so first)."""
-    from transformers import AutoConfig, GPT2LMHeadModel, GPT2TokenizerFast
+def read_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+    """attnlab's model and its checkpoint's artefacts (the tokenizer; a classifier's class names)
+    from a Hugging Face folder or hub name: from transformers' cache where it is there, else
+    downloaded (`log` says so first). GPT-2 here (a GPT2LMHeadModel with vocab.json and
+    merges.txt, or tokenizer.json), BERT in hf_bert_folders."""
+    config, options = _source_config(source, log)
+    if is_bert(config):
+        from attnlab.interop.hf_bert_folders import read_hf_bert  # it imports this module
 
-    if local := Path(source).exists():
-        config, options = _folder_config(Path(source)), {}
-    else:
-        options = _hub_options(source, log)
-        config = _loaded(AutoConfig, source, options).to_dict()
+        return read_hf_bert(source, config, options)
+    model, tokenizer = _read_gpt2(source, config, options)
+    return model, {"tokenizer": tokenizer}
+
+
+def _source_config(source: str, log: Callable[[str], None]) -> tuple[dict[str, Any], dict]:
+    """The model config of a folder or hub name, and from_pretrained's options for it."""
+    from transformers import AutoConfig
+
+    if Path(source).exists():
+        return _folder_config(Path(source)), {}
+    options = _hub_options(source, log)
+    return loaded(AutoConfig, source, options).to_dict(), options
+
+
+def is_bert(config: dict[str, Any]) -> bool:
+    """Whether a model config is a BERT's (whose folder hf_bert_folders reads)."""
+    names = config.get("architectures") or []
+    return config.get("model_type") == "bert" or any(str(n).startswith("Bert") for n in names)
+
+
+def _read_gpt2(
+    source: str, config: dict[str, Any], options: dict[str, Any]
+) -> tuple[GPT, BPETokenizer]:
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
     _check_gpt2(source, config)
-    if local:
-        _check_files(Path(source))
-    tokenizer = tokenizer_from_hf(_loaded(GPT2TokenizerFast, source, options), source)
+    if Path(source).exists():
+        check_weights(Path(source))
+        _check_gpt2_files(Path(source))
+    tokenizer = tokenizer_from_hf(loaded(GPT2TokenizerFast, source, options), source)
     try:
-        model = from_hf(_loaded(GPT2LMHeadModel, source, options))
+        model = from_hf(loaded(GPT2LMHeadModel, source, options))
     except ValueError as error:  # a GPT-2 variant attnlab's GPT does not compute
         raise UserError(f"{source}: {error}") from None
     return model, tokenizer
@@ -100,16 +128,20 @@ def _check_gpt2(source: str, config: dict[str, Any]) -> None:
     if "GPT2LMHeadModel" in names or names == ["gpt2"]:
         return
     raise UserError(
-        f"{source} holds a {names[0]} model: only GPT-2 folders (GPT2LMHeadModel) convert, as "
-        "only they carry their tokenizer (GPT-2's byte-level BPE); from_hf in Python "
+        f"{source} holds a {names[0]} model: only GPT-2 and BERT folders convert, as only their "
+        "tokenizers (GPT-2's byte-level BPE, BERT's WordPiece) are attnlab's; from_hf in Python "
         "(attnlab.interop.huggingface) converts Llama and Mistral weights, without one"
     )
 
 
-def _check_files(folder: Path) -> None:
-    """Weights, and GPT-2's tokenizer files, in a model's folder: else which are missing."""
+def check_weights(folder: Path) -> None:
+    """Weights in a model's folder, else a UserError."""
     if not any((folder / name).is_file() for name in WEIGHTS):
         raise UserError(f"{folder} holds no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _check_gpt2_files(folder: Path) -> None:
+    """GPT-2's tokenizer files in a model's folder: else which are missing."""
     pair = ("vocab.json", "merges.txt")
     missing = [name for name in pair if not (folder / name).is_file()]
     if missing and not (folder / "tokenizer.json").is_file():
@@ -119,11 +151,13 @@ def _check_files(folder: Path) -> None:
         )
 
 
-def _loaded(cls, source: str, options: dict[str, Any]):
+def loaded(cls, source: str, options: dict[str, Any], **more: Any):
+    """cls.from_pretrained(source, **options, **more); a UserError where it fails. options: a
+    hub name's (_hub_options: none where it downloads)."""
     downloads = not Path(source).exists() and not options  # its progress bars shown
     try:
-        with contextlib.nullcontext() if downloads else quiet():
-            return cls.from_pretrained(source, **options)
+        with quiet(download=downloads):
+            return cls.from_pretrained(source, **options, **more)
     except Exception as error:  # not found; damaged files, of which libraries raise many types
         if downloads:
             raise UserError(
@@ -159,15 +193,17 @@ def tokenizer_from_hf(hf_tokenizer, source: str) -> BPETokenizer:
     return ours
 
 
-def same_ids(hf_tokenizer, ours: Tokenizer) -> bool:
+def same_ids(hf_tokenizer, ours: Tokenizer, order: Sequence[int] | None = None) -> bool:
     """Whether a Hugging Face tokenizer encodes as ours does: a sample text and every ordinary
-    token's own text, one a line, special tokens' names left out."""
+    token's own text, one a line, special tokens' names left out. order: our id i is its id
+    order[i] (None: the same ids)."""
     ordinary = ours.vocab_size - len(ours.special_tokens)
     tokens = (ours.token_bytes(i).decode("utf-8", "ignore") for i in range(ordinary))
     text = SAMPLE + "\n".join(tokens)
     for name in ours.special_tokens:
         text = text.replace(name, "")
-    return hf_tokenizer(text, verbose=False)["input_ids"] == ours.encode(text)
+    theirs, ids = hf_tokenizer(text, add_special_tokens=False, verbose=False), ours.encode(text)
+    return theirs["input_ids"] == (ids if order is None else [order[i] for i in ids])
 
 
 def write_hf_gpt(model: GPT, tokenizer: Tokenizer | None, out: Path) -> str | None:
@@ -224,20 +260,25 @@ def gpt2_files(tokenizer: Tokenizer) -> tuple[dict[str, int], str] | None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """transformers' progress bars and the hub's retry messages held back while it loads from
-    disk or saves (the command says what it did, in its own lines; a download shows its bars),
-    then as they were: a notebook's own settings stay."""
+def quiet(download: bool = False) -> Iterator[None]:
+    """transformers' warnings held back while it loads or saves (such as its report of weights a
+    class leaves out: the callers check what they need), and unless it downloads (`download`),
+    its progress bars and the hub's retry messages too (the command says what it did, in its own
+    lines); then as they were: a notebook's own settings stay."""
     from transformers.utils import logging as transformers_logging
 
     hub = logging.getLogger("huggingface_hub")
     shown, level = transformers_logging.is_progress_bar_enabled(), hub.level
-    transformers_logging.disable_progress_bar()
-    hub.setLevel(logging.ERROR)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    if not download:
+        transformers_logging.disable_progress_bar()
+        hub.setLevel(logging.ERROR)
     try:
         yield
     finally:
         hub.setLevel(level)
+        transformers_logging.set_verbosity(verbosity)
         if shown:
             transformers_logging.enable_progress_bar()
 

@@ -28,22 +28,25 @@ from attnlab.models.vision_transformer import VisionTransformer
 from attnlab.training.artifacts import ClassNames
 
 
-def from_hf(model: nn.Module) -> nn.Module:
+def from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Module:
     """An attnlab model with the weights of a Hugging Face model: GPT2LMHeadModel,
     LlamaForCausalLM and MistralForCausalLM (without a sliding window) -> GPT;
     BertForMaskedLM -> BertForMaskedLM; BertForSequenceClassification and BertModel ->
     BertClassifier (from BertModel, with a new classification head); ViTForImageClassification
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
     config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind).
-    The model comes in the given one's mode (training or eval) and dtype."""
+    The model comes in the given one's mode (training or eval) and dtype. token_order, for a
+    BERT: our id i is its id token_order[i] (see hf_bert.bert_from_hf)."""
     kind = type(model).__name__
     if isinstance(model, str | os.PathLike):
         raise ValueError(
             "from_hf takes a Hugging Face model object: load a folder or hub name with "
             "transformers first (AutoModelForCausalLM.from_pretrained(path), say)"
         )
+    if token_order is not None and not kind.startswith("Bert"):
+        raise ValueError(f"token_order renumbers a BERT's vocabulary, not a {kind}'s")
     if kind.startswith("Bert"):
-        convert = bert_from_hf
+        convert = functools.partial(bert_from_hf, token_order=token_order)
     elif kind in LLAMA_CLASSES or kind.startswith("Qwen2"):
         convert = llama_from_hf
     elif kind in ("ViTModel", "ViTForImageClassification"):

@@ -159,6 +159,7 @@ TOKENIZER_TYPES = {
     "char": "attnlab.tokenizers.char:CharTokenizer",
     "byte": "attnlab.tokenizers.byte:ByteTokenizer",
     "bpe": "attnlab.tokenizers.bpe:BPETokenizer",
+    "wordpiece": "attnlab.tokenizers.wordpiece:WordPieceTokenizer",
 }
 
 

@@ -1,0 +1,116 @@
+"""WordPiece, BERT's tokenizer: the same ids as Hugging Face's BertTokenizer (the fast one, and
+the Python one where it is installed) on a vocabulary their `tokenizers` library learns, the
+same text back from decode, and its special tokens after the ordinary ones."""
+
+import pytest
+from helpers import BERT_SPECIALS, BERT_TEXT, bert_tokenizer_folder, bert_vocab
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnlab.errors import UserError
+from attnlab.tokenizers import load_tokenizer, tokenizer_from_dict
+from attnlab.tokenizers.wordpiece import WordPieceTokenizer
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+TEXTS = [
+    BERT_TEXT,
+    "UNBELIEVABLE Thinking! THE MOVIE, the Movie; naÏVE Café ZÜRICH",  # case and accents
+    "東京の夜は美しい北京欢迎你。中文abc字符",  # CJK ideographs are words; kana are not
+    "tabs\tand\nlines\r\nand\u00a0no-break\u3000ideographic spaces\u2028and a line separator",
+    "controls\x00\x07\x1b[0m gone, zero\u200bwidth\ufeffjoined, \ufffd replacement",
+    "unknown characters ☃ 🙂 ﬁ ①, words no pieces cover: qqq xyzzy",
+    "x" * 99 + " " + "thinking" * 12 + " " + "wonderful" * 11 + " " + "a" * 101,  # 100 and over
+    'punctuation!!! ... ?! ¿¡ «»—–‐ $^`~|\\ @#%&*()[]{}<>+=_ 3.14 don\'t "quoted"',
+    "[unused0] ##ing: the names of ordinary tokens are plain text",
+    "",
+    "   \n\t  ",
+]
+ALPHABET = st.sampled_from(
+    list("the movie was good aeiou THE") + list("ïéüÉÜçñ東京の夜美,.!?'-$^\"") +
+    ["e\u0301", "\u00a0", "\t", "\n", "\x00", "\x07", "\u200b", "\ufffd", "☃", "🙂", "ﬁ"]
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["uncased", "cased"])
+def tokenizers(request, tmp_path_factory):
+    """(ours, the order of our ids in vocab.txt, BertTokenizerFast, the Python BertTokenizer)
+    for the vocabulary of bert_vocab, lowercased (uncased) or not."""
+    lowercase = request.param
+    vocab = bert_vocab(lowercase)
+    folder = bert_tokenizer_folder(tmp_path_factory.mktemp("wordpiece"), vocab, lowercase)
+    ours, order = WordPieceTokenizer.from_vocab(vocab, lowercase=lowercase)
+    fast = transformers.BertTokenizerFast.from_pretrained(folder)
+    # the Python one: BertTokenizerLegacy in transformers 5, BertTokenizer before
+    python = getattr(transformers, "BertTokenizerLegacy", transformers.BertTokenizer)
+    return ours, order, fast, python.from_pretrained(folder)
+
+
+def their_ids(hf, text: str) -> list[int]:
+    return hf(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_ids_are_bert_tokenizers(tokenizers, text):
+    ours, order, fast, slow = tokenizers
+    ids = [order[i] for i in ours.encode(text)]
+    assert ids == their_ids(fast, text) == their_ids(slow, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.lists(ALPHABET, max_size=40).map("".join))
+def test_ids_are_bert_tokenizers_on_any_text(tokenizers, text):
+    ours, order, fast, _ = tokenizers
+    assert [order[i] for i in ours.encode(text)] == their_ids(fast, text)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_decode_gives_bert_tokenizers_text(tokenizers, text):
+    """As BertTokenizer decodes without its English clean-up of spaces (" ." to "."), special
+    tokens included: the Python one's rule (the fast one always cleans up)."""
+    ours, order, _, slow = tokenizers
+    ids = [ours.special_tokens["[CLS]"], *ours.encode(text), ours.special_tokens["[SEP]"]]
+    expected = slow.decode([order[i] for i in ids], clean_up_tokenization_spaces=False)
+    assert ours.decode(ids) == expected
+    assert "".join(ours.decode_stream(ids)) == expected
+    if ours.special_tokens["[UNK]"] not in ids:  # "[UNK]" in a text is plain text
+        assert ours.encode(ours.decode(ids[1:-1])) == ids[1:-1]
+
+
+def test_pieces_are_longest_first_and_unknown_words_are_one_unk():
+    ours = WordPieceTokenizer(["un", "unaff", "aff", "##aff", "##able", "##a", "##ble", "a"])
+    tokens = lambda text: [ours.decode([i]) for i in ours.encode(text)]  # noqa: E731
+    assert tokens("unaffable") == ["unaff", "##able"]
+    assert tokens("Unaffable, un") == ["unaff", "##able", "[UNK]", "un"]  # "," is no token
+    assert tokens("unx aff") == ["[UNK]", "aff"]  # a word no pieces cover whole is [UNK]
+    assert tokens("a" * 100) == ["a"] + ["##a"] * 99 and tokens("a" * 101) == ["[UNK]"]
+    assert ours.decode(ours.encode("unaffable aff")) == "unaffable aff"
+
+
+def test_special_tokens_come_after_the_ordinary_ones():
+    vocab = bert_vocab()
+    ours, order = WordPieceTokenizer.from_vocab(vocab)
+    assert list(ours.special_tokens) == BERT_SPECIALS
+    assert sorted(ours.special_tokens.values()) == list(range(len(vocab) - 5, len(vocab)))
+    assert [vocab[order[i]] for i in range(len(vocab))] == [
+        *(t for t in vocab if t not in BERT_SPECIALS),
+        *BERT_SPECIALS,
+    ]
+    assert ours.encode("[MASK] [CLS]") == ours.encode("[ mask ] [ cls ]")  # plain text
+    with pytest.raises(ValueError, match=r"lacks \[MASK\]"):
+        WordPieceTokenizer.from_vocab([t for t in vocab if t != "[MASK]"])
+
+
+def test_save_and_load_give_the_same_tokenizer(tmp_path):
+    ours, _ = WordPieceTokenizer.from_vocab(bert_vocab(False), lowercase=False)
+    ours.save(tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    assert loaded == ours and loaded.encode(BERT_TEXT) == ours.encode(BERT_TEXT)
+    saved = ours.to_dict()
+    with pytest.raises(UserError, match="special tokens are"):
+        tokenizer_from_dict({**saved, "special_tokens": ["[PAD]"]})
+    with pytest.raises(UserError, match="lacks 'tokens'"):
+        tokenizer_from_dict({k: v for k, v in saved.items() if k != "tokens"})
+    with pytest.raises(UserError, match="a token twice"):
+        tokenizer_from_dict({**saved, "tokens": ["a", "a"]})
