@@ -207,6 +207,7 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, capsys):
         ("lstm", [], "needs a language model of residual blocks"),
         ("gpt", ["--target", "ab"], "--target 'ab' encodes to 2 tokens ('a', 'b'): give the text"),
         ("gpt", ["--versus", ""], "--versus '' encodes to 0 tokens: give the text of one token"),
+        ("gpt", ["--target", "e", "--versus", "e"], "--versus 'e' is the --target: their"),
         ("gpt", ["--position", "5"], "--position 5 is out of range: the text has 5 token(s)"),
         ("gpt", ["--position", "-6"], "--position -6 is out of range"),
         ("gpt", ["--top", "0"], "--top must be >= 1"),

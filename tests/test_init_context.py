@@ -7,6 +7,7 @@ import torch
 from helpers import one_line_error, run, tiny_gpt
 from test_run_directory import train
 
+from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.training.checkpoints import load_matching_weights, save_checkpoint
 
 
@@ -49,3 +50,25 @@ def test_init_with_a_shorter_context_trains_on_and_a_longer_one_is_refused(
     assert "(context_length 16): leave --context-length 32 out" in error
     assert "a shorter context crops its positions" in error
     assert not (tmp_path / "c").exists()
+
+
+def test_hyena_whose_filters_span_the_context_is_refused_a_shorter_one(tmp_path, corpus, capsys):
+    """Hyena samples its filters over [0, 1] of the context: a shorter one has other filters,
+    not the first positions of the checkpoint's, so no crop is the checkpoint's function."""
+    first = tmp_path / "run"
+    code, _, err = train(capsys, corpus, first, "--mixer", "hyena", "--max-iters", "1")
+    assert code == 0, err
+    argv = ["train", "gpt", "--init", str(first), "--data", str(corpus), "--batch-size", "4"]
+    argv += ["--no-compile", "--max-iters", "1", "--context-length", "8", "--out"]
+    code, _, err = run([*argv, str(tmp_path / "b")], capsys)
+    error = one_line_error(code, err)
+    assert "does not crop to --context-length 8: its blocks.0.token_mixer.filter" in error
+    assert "spread over all its 16 positions" in error and not (tmp_path / "b").exists()
+    long, short = (
+        GPT(GPTConfig(vocab_size=11, context_length=n, n_layers=1, d_model=16, mixer="hyena"))
+        for n in (16, 8)
+    )
+    save_checkpoint(tmp_path / "long", long, {})
+    load_matching_weights(short, tmp_path / "long" / "model.safetensors", crop=(16, 8))
+    filters = [model.blocks[0].token_mixer.filter(8) for model in (long, short)]
+    assert not torch.allclose(*filters, atol=1e-2)  # the same weights, other filters

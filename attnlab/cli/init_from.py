@@ -50,6 +50,8 @@ def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
     crop = (
         (old, model.config.context_length) if old != getattr(model.config, SHORTER, old) else None
     )
+    if crop:
+        check_croppable(model, init, crop)
     new, unused = load_matching_weights(model, Path(init) / MODEL_FILE, fresh, crop)
     why = ""
     if fresh:
@@ -59,6 +61,18 @@ def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
         f"started from {init}; new: {', '.join(new) or 'none'}{why}; "
         f"left out: {', '.join(unused) or 'none'}{cropped}"
     )
+
+
+def check_croppable(model, init: str, crop: tuple[int, int]) -> None:
+    """A UserError where a layer's function spans the whole context (Hyena's filters): read at a
+    shorter one, its weights would compute something else, not the first positions of it."""
+    stretched = [n for n, m in model.named_modules() if getattr(m, "stretches_over_context", False)]
+    if stretched:
+        raise UserError(
+            f"--init {init} does not crop to --context-length {crop[1]}: its {stretched[0]} is "
+            f"spread over all its {crop[0]} positions (not a table of them), so a shorter context "
+            "changes what it computes; leave --context-length out"
+        )
 
 
 def class_head(kind: ModelKind, config) -> set[str]:

@@ -53,6 +53,11 @@ def attribution_command(args: argparse.Namespace) -> int:
     tokenizer = checkpoint.tokenizer
     target, versus = (_one_token(tokenizer, flag, text) for flag, text in
                       (("--target", args.target_token), ("--versus", args.versus)))  # fmt: skip
+    if versus is not None and versus == target:
+        raise UserError(
+            f"--versus {args.versus!r} is the --target: their difference is 0 everywhere; "
+            "give another token"
+        )
     inputs = _inputs(checkpoint, args)
     tokens = inputs.sequences[TEXT]
     if not -len(tokens) <= args.position < len(tokens):

@@ -70,6 +70,10 @@ class Sine(nn.Module):
 class ImplicitFilter(nn.Module):
     """The long filters of every order: (N, T, D) for the first T of L positions."""
 
+    # Sampled at L points of [0, 1] (and windowed over them): a model of a shorter context has
+    # other filters, not the first positions of these (train --init refuses to crop one).
+    stretches_over_context = True
+
     def __init__(self, options: HyenaOptions, d_model: int, max_length: int):
         super().__init__()
         o, self.order, self.max_length = options, options.order, max_length
