@@ -13,10 +13,11 @@ EXAMPLE = re.compile(r"^\s+(attnlab \S.*)$", re.M)
 
 
 def help_text(path, capsys) -> str:
+    """The help of `attnlab PATH`, an example continued on the next line (`\\`) as one line."""
     with pytest.raises(SystemExit) as exit_:
         main([*path, "--help"])
     assert exit_.value.code == 0
-    return capsys.readouterr().out
+    return re.sub(r"\\\n\s*", " ", capsys.readouterr().out)
 
 
 def command_words(line: str) -> list[str]:

@@ -45,12 +45,13 @@ DIR must be new or empty; it appears whole or not at all.
 examples:
   attnlab convert gpt2 --out runs/gpt2                # GPT-2 small: the hub, or its cache
   attnlab sample runs/gpt2 --prompt "The meaning of life is" --temperature 0
-  attnlab train gpt --init runs/gpt2 --data tinyshakespeare --context-length 256 \
+  attnlab train gpt --init runs/gpt2 --data tinyshakespeare --context-length 256 \\
       --out runs/gpt2_shakespeare                     # fine-tune, a quarter of its context
   attnlab convert runs/gpt2_shakespeare --to hf --out hf/gpt2_shakespeare
   attnlab convert bert-base-uncased --out runs/bert-base
   attnlab fill-mask runs/bert-base "the capital of france is [MASK] ."
-  attnlab train classifier --init runs/bert-base --data sst2 --out runs/bert_sst2
+  attnlab train classifier --init runs/bert-base --data sst2 --context-length 128 \\
+      --out runs/bert_sst2
 """
 
 
