@@ -51,6 +51,10 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )  # fmt: skip
     commands = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    handlers = {"attention": attention_command, "induction": induction_command,
+                "lens": lens_command, "layers": inspect_surgery.layers_command,
+                "heads": inspect_surgery.heads_command,
+                "attribution": inspect_attribution.attribution_command}  # fmt: skip
     sub = {
         name: commands.add_parser(
             name,
@@ -70,9 +74,7 @@ def register(subparsers) -> None:
             help="also draw a PNG here, or the plot type its name ends in "
             "(.svg, .pdf, ...) (default: none)",
         )
-        handler = f"{name}_command"  # here, or in the module of its own flags
-        found = (globals(), vars(inspect_surgery), vars(inspect_attribution))
-        command.set_defaults(handler=next(names[handler] for names in found if handler in names))
+        command.set_defaults(handler=handlers[name])
     for name in ("attention", "lens", "attribution"):
         sub[name].add_argument(
             "--text",
