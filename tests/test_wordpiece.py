@@ -2,6 +2,8 @@
 the Python one where it is installed) on a vocabulary their `tokenizers` library learns, the
 same text back from decode, and its special tokens after the ordinary ones."""
 
+import pickle
+
 import pytest
 from helpers import BERT_SPECIALS, BERT_TEXT, bert_tokenizer_folder, bert_vocab
 from hypothesis import given, settings
@@ -114,3 +116,11 @@ def test_save_and_load_give_the_same_tokenizer(tmp_path):
         tokenizer_from_dict({k: v for k, v in saved.items() if k != "tokens"})
     with pytest.raises(UserError, match="a token twice"):
         tokenizer_from_dict({**saved, "tokens": ["a", "a"]})
+
+
+def test_the_tokenizer_pickles_as_a_dataloader_worker_gets_it():
+    """A DataLoader's workers and a process pool receive a tokenizer pickled, its cache too."""
+    ours, _ = WordPieceTokenizer.from_vocab(bert_vocab())
+    ids = ours.encode(BERT_TEXT)  # the cache filled
+    copy = pickle.loads(pickle.dumps(ours))
+    assert copy == ours and copy.encode(BERT_TEXT) == ids

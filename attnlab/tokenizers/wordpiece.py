@@ -29,7 +29,6 @@ ones.
 
 from __future__ import annotations
 
-import functools
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -40,6 +39,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION = "##"  # the prefix of a piece that continues a word
 MAX_WORD_CHARS = 100  # a longer word is [UNK] at once (BertTokenizer's limit)
+CACHE_LIMIT = 1 << 16  # words remembered with their pieces before the cache starts over
 
 # CJK Unified Ideographs and their extensions and compatibility blocks: the characters the basic
 # step makes words of their own (Japanese kana and Korean hangul are not among them, as in BERT)
@@ -99,8 +99,9 @@ class WordPieceTokenizer(Tokenizer):
         self.lowercase, self.strip_accents = lowercase, strip_accents
         self._ids = {t: i for i, t in enumerate(self.tokens)}
         self._longest = max(map(len, self.tokens))
-        # a corpus repeats its words: each is cut once (a bounded cache: a corpus's rare words)
-        self._word_ids = functools.lru_cache(maxsize=1 << 16)(self._cut)
+        # a corpus repeats its words: each is cut once (a bounded cache: a corpus's rare words);
+        # a plain dict, so that the tokenizer pickles (a DataLoader's workers, a process pool)
+        self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     def from_vocab(
@@ -164,7 +165,14 @@ class WordPieceTokenizer(Tokenizer):
         return tuple(ids)
 
     def encode(self, text: str) -> list[int]:
-        return [i for word in self.words(text) for i in self._word_ids(word)]
+        ids = []
+        for word in self.words(text):
+            if (pieces := self._cache.get(word)) is None:
+                if len(self._cache) >= CACHE_LIMIT:
+                    self._cache.clear()
+                pieces = self._cache[word] = self._cut(word)
+            ids += pieces
+        return ids
 
     def _token(self, token_id: int) -> str:
         if 0 <= token_id < len(self.tokens):
