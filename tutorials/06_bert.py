@@ -514,3 +514,6 @@ attnlab(f"classify {SCRATCH}/best {quoted}")
 #
 # 4. Train BERT's own shape (`--no-prenorm --positional learned` instead of pre-norm and RoPE)
 #    and compare its masked-LM loss curve with the one above.
+# 5. With a network: `attnlab convert bert-base-uncased --out runs/bert-base` brings Google's
+#    BERT in, and `train classifier --init runs/bert-base --data sst2 --context-length 128`
+#    fine-tunes it (slow on a CPU: try `--time-limit 20`). How much does pre-training at scale add?
