@@ -220,3 +220,13 @@ def bert_tokenizer_folder(folder, vocab: list[str], lowercase: bool = True):
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), "utf-8")
     (folder / "tokenizer_config.json").write_text(f'{{"do_lower_case": {str(lowercase).lower()}}}')
     return folder
+
+
+def assert_refused_writing_nothing(argv, words, source, tmp_path, capsys) -> None:
+    """`attnlab ARGV` ends with one line holding `words`, `source` as it was and no file new
+    under tmp_path."""
+    before = snapshot(source)
+    files = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run(argv, capsys)
+    assert words in one_line_error(code, err)
+    assert snapshot(source) == before and sorted(p.name for p in tmp_path.rglob("*")) == files

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers import loaded_modules, one_line_error, run, snapshot, tiny_gpt
+from helpers import (
+    assert_refused_writing_nothing,
+    loaded_modules,
+    one_line_error,
+    run,
+    tiny_gpt,
+)
 
 transformers = pytest.importorskip("transformers")
 import huggingface_hub.constants  # noqa: E402
@@ -250,11 +256,7 @@ def refusal(case: str, converted, tmp_path):
 )  # fmt: skip
 def test_refusals_are_one_line_and_write_nothing(case, converted, tmp_path, capsys):
     argv, words = refusal(case, converted, tmp_path)
-    before = snapshot(converted[2])
-    files = sorted(p.name for p in tmp_path.rglob("*"))
-    code, _, err = run(argv, capsys)
-    assert words in one_line_error(code, err)
-    assert snapshot(converted[2]) == before and sorted(p.name for p in tmp_path.rglob("*")) == files
+    assert_refused_writing_nothing(argv, words, converted[2], tmp_path, capsys)
 
 
 def test_without_transformers_it_says_how_to_install_it(converted, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,13 @@ import shutil
 
 import pytest
 import torch
-from helpers import BERT_SPECIALS, bert_tokenizer_folder, bert_vocab, one_line_error, run, snapshot
+from helpers import (
+    BERT_SPECIALS,
+    assert_refused_writing_nothing,
+    bert_tokenizer_folder,
+    bert_vocab,
+    run,
+)
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -224,11 +230,7 @@ def refusal(case: str, masked_lm, tmp_path):
 )  # fmt: skip
 def test_refusals_are_one_line_and_write_nothing(case, masked_lm, tmp_path, capsys):
     argv, words = refusal(case, masked_lm, tmp_path)
-    before = snapshot(masked_lm[2])
-    files = sorted(p.name for p in tmp_path.rglob("*"))
-    code, _, err = run(argv, capsys)
-    assert words in one_line_error(code, err)
-    assert snapshot(masked_lm[2]) == before and sorted(p.name for p in tmp_path.rglob("*")) == files
+    assert_refused_writing_nothing(argv, words, masked_lm[2], tmp_path, capsys)
 
 
 def test_the_vocabulary_keeps_bert_layout_in_the_folder(masked_lm):
