@@ -1,14 +1,19 @@
 """What a notebook does that a script does not: run a cell again. A cell that defines a model
 class or a mixer's options and registers them, run a second time, makes new classes of the same
-names; what was built from the old ones stays in the notebook's variables."""
+names; what was built from the old ones stays in the notebook's variables. And a cell's output
+is watched live, as a terminal is."""
 
 import dataclasses
+import io
+import sys
+import types
 
 import pytest
 import torch
 from torch import nn
 
 from attnlab import GPT, GPTConfig
+from attnlab.cli import run
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.layers.mixers import MIXERS, register_mixer
 from attnlab.models.gpt import PRESETS
@@ -99,3 +104,28 @@ def test_a_kind_renamed_in_its_cell_says_how(registries):
         register_kind(kind("renamed"))
     del KINDS["mine"]
     assert register_kind(kind("renamed")) is get_kind("renamed")
+
+
+def in_a_notebook(monkeypatch, shell: str) -> io.StringIO:
+    """This process as a Jupyter kernel (or a terminal's IPython) sees it: ipykernel loaded,
+    IPython's shell of that class, stderr a stream that is no terminal. Returns stderr."""
+    import IPython
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(IPython, "get_ipython", type(shell, (), {}))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    return sys.stderr
+
+
+@pytest.mark.parametrize("shell", ["ZMQInteractiveShell", "TerminalInteractiveShell"])
+def test_a_training_run_draws_its_bar_in_a_notebook_cell(tmp_path, corpus, monkeypatch, shell):
+    """A cell's output redraws a line at each \\r as a terminal does: `run("train ...")` in a
+    notebook drew no bar (its stderr is no terminal), only the evaluations' lines. IPython in a
+    terminal whose stderr is redirected draws none, as a script would not."""
+    stderr = in_a_notebook(monkeypatch, shell)
+    run(f"train gpt --data {corpus} --out {tmp_path / 'run'} --max-iters 3 --eval-interval 3 "
+        "--eval-iters 1 --context-length 8 --n-layers 1 --d-model 16 --n-heads 2 "
+        "--no-compile")  # fmt: skip
+    drawn = "3/3 [" in stderr.getvalue() and "\r" in stderr.getvalue()
+    assert drawn == (shell == "ZMQInteractiveShell")
+    assert ("step 3: train loss" in stderr.getvalue()) == (not drawn)  # else the bar shows it

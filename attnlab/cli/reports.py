@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attnlab.progress import stderr_is_live
+
 # what every step's record holds; the rest of an evaluation step's are its scores (val_loss, ...)
 STEP_FIELDS = ("step", "train_loss", "lr", "elapsed_s", "mfu")
 MARKED_EVALUATIONS = 50  # the most evaluations the loss plot draws as points
@@ -84,7 +86,7 @@ class progress_printer:  # noqa: N801 - used like a function
             file=sys.stderr,
             unit="step",
             dynamic_ncols=True,
-            disable=None,
+            disable=not stderr_is_live(),
             smoothing=0.05,
         )
         self.val_loss: float | None = None

@@ -30,7 +30,7 @@ from attnlab.data.corpus import Corpus
 from attnlab.data.saved_tokenizers import TOKENIZER_FILES, open_tokenizer
 from attnlab.errors import UserError
 from attnlab.files import RUN_FILE, check_writable
-from attnlab.progress import stderr_is_terminal
+from attnlab.progress import stderr_is_live
 from attnlab.tokenizers.base import check_special_tokens, load_tokenizer, visible
 from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer
 
@@ -163,7 +163,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.vocab_size,
         pattern=args.pattern,
         special_tokens=args.special,
-        progress=stderr_is_terminal(),
+        progress=stderr_is_live(),
         workers=args.workers,
     )
     seconds = time.perf_counter() - start

@@ -28,7 +28,7 @@ from attnlab.data.corpus import Corpus
 from attnlab.data.saved_tokenizers import TOKENIZER_FILES, open_tokenizer
 from attnlab.errors import UserError
 from attnlab.files import atomic_writer, cache_dir, check_writable
-from attnlab.progress import stderr_is_terminal
+from attnlab.progress import stderr_is_live
 from attnlab.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from attnlab.training.sources import DataRequest, SeededSource, TrainingData
 
@@ -112,7 +112,7 @@ def tokenizer_cached(
         tokenizer = None
     if tokenizer is None:
         check_writable(path.parent)  # a read-only cache: one line now, not after training
-        progress = stderr_is_terminal()  # no bar to leave half drawn in a log or a notebook
+        progress = stderr_is_live()  # no bar to leave half drawn in a log
         tokenizer = build_tokenizer(spec, texts, progress=progress, special_tokens=special_tokens)
         tokenizer.save(path)
     if log is not None and spec[4:].isdigit() and tokenizer.vocab_size < int(spec[4:]):
