@@ -207,6 +207,8 @@ def test_a_long_text_is_cut_with_a_note(checkpoints, capsys):
         ("lstm", [], "needs a language model of residual blocks"),
         ("gpt", ["--target", "ab"], "--target 'ab' encodes to 2 tokens ('a', 'b'): give the text"),
         ("gpt", ["--versus", ""], "--versus '' encodes to 0 tokens: give the text of one token"),
+        ("gpt", ["--target", "é"], "--target 'é' has 1 character(s) the tokenizer never saw"),
+        ("gpt", ["--versus", "\udcff"], "not valid UTF-8"),  # a byte of no UTF-8 on the line
         ("gpt", ["--target", "e", "--versus", "e"], "--versus 'e' is the --target: their"),
         ("gpt", ["--position", "5"], "--position 5 is out of range: the text has 5 token(s)"),
         ("gpt", ["--position", "-6"], "--position -6 is out of range"),

@@ -2,6 +2,7 @@
 starts from (fine-tuning GPT-2 on a CPU at a quarter of its context), each position table then
 holding the checkpoint's first N rows; a longer context is refused."""
 
+import pytest
 import safetensors.torch
 import torch
 from helpers import one_line_error, run, tiny_gpt
@@ -40,7 +41,7 @@ def test_init_with_a_shorter_context_trains_on_and_a_longer_one_is_refused(
     argv = ["train", "gpt", "--init", str(first), "--data", str(corpus), "--batch-size", "4"]
     argv += ["--eval-iters", "1", "--no-compile", "--max-iters", "1", "--learning-rate", "1e-9"]
     code, _, err = run([*argv, "--context-length", "8", "--out", str(tmp_path / "b")], capsys)
-    assert code == 0 and "; the first 8 of its 16 positions" in err, err
+    assert code == 0 and "; a context of 8, not its 16" in err, err
     before = safetensors.torch.load_file(first / "model.safetensors")
     after = safetensors.torch.load_file(tmp_path / "b" / "model.safetensors")
     (name,) = [n for n in before if before[n].shape != after[n].shape]
@@ -72,3 +73,13 @@ def test_hyena_whose_filters_span_the_context_is_refused_a_shorter_one(tmp_path,
     load_matching_weights(short, tmp_path / "long" / "model.safetensors", crop=(16, 8))
     filters = [model.blocks[0].token_mixer.filter(8) for model in (long, short)]
     assert not torch.allclose(*filters, atol=1e-2)  # the same weights, other filters
+
+
+@pytest.mark.parametrize(("kind", "crops"), [("gpt", True), ("classifier", True), ("igpt", False)])
+def test_init_help_offers_a_shorter_context_only_where_there_is_the_flag(kind, crops, capsys):
+    """igpt's context is its images' size, set by its data: it has no --context-length."""
+    with pytest.raises(SystemExit):
+        run(["train", kind, "--help"], capsys)
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("(a shorter --context-length crops its positions)" in text) == crops
+    assert ("--context-length CONTEXT_LENGTH" in text) == crops

@@ -41,3 +41,12 @@ def test_a_layers_plot_of_one_layer_with_tiny_changes_says_so(tmp_path, monkeypa
     unnoted = plots.Heatmap(torch.tensor([[nan]]), "no note asked for", ["a"], ["x"])
     plots.save_heatmaps(tmp_path / "n.png", [some, unnoted], columns=2)
     assert not [text for ax in drawn[-1].axes for text in ax.texts]  # a note only where asked
+
+
+def test_cells_show_two_figures_of_the_largest_value_and_no_minus_zero():
+    """The attribution PNG wrote every share with two decimals: a small model's read 0.00 and
+    -0.00 in every cell."""
+    small = torch.tensor([[0.0031, -0.0004], [-0.00001, 0.0]])
+    assert plots.signed_cells(small, 0.0031) == [["+0.0031", "-0.0004"], ["+0.0000", "+0.0000"]]
+    assert plots.signed_cells(torch.tensor([[12.3, -0.04]]), 12.3) == [["+12", "+0"]]
+    assert plots.signed_cells(torch.tensor([[-1.234]]), 1.234) == [["-1.2"]]

@@ -56,7 +56,7 @@ def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
     why = ""
     if fresh:
         why = f" (this data's classes are {', '.join(now.names)}, not {', '.join(before.names)})"
-    cropped = f"; the first {crop[1]} of its {crop[0]} positions" if crop else ""
+    cropped = f"; a context of {crop[1]}, not its {crop[0]}" if crop else ""
     log(
         f"started from {init}; new: {', '.join(new) or 'none'}{why}; "
         f"left out: {', '.join(unused) or 'none'}{cropped}"

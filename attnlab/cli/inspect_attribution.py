@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli.options import print_json
+from attnlab.cli.options import print_json, user_text
 from attnlab.errors import UserError
 
 
@@ -92,9 +92,14 @@ def attribution_command(args: argparse.Namespace) -> int:
 
 def _one_token(tokenizer, flag: str, text: str | None) -> int | None:
     """The id of a token given as its text; a UserError unless it encodes to exactly one."""
+    from attnlab.tokenizers.char import UnseenCharacters
+
     if text is None:
         return None
-    ids = tokenizer.encode(text)
+    try:
+        ids = tokenizer.encode(user_text(text))
+    except UnseenCharacters as error:  # else "text has ...", as if --text's
+        raise UserError(f"{flag} {text!r} has {error.unseen}: give one of its tokens") from None
     if len(ids) != 1:
         shown = ", ".join(repr(tokenizer.token_text(i)) for i in ids)
         raise UserError(
@@ -138,7 +143,7 @@ def _png(png, report, shares: dict, position: int, measured: str):
     components' (embeddings, biases, feed-forwards, other mixers), on one colour scale."""
     import torch
 
-    from attnlab.interpretability.plots import Heatmap, save_heatmaps
+    from attnlab.interpretability.plots import Heatmap, save_heatmaps, signed_cells
 
     heads = report.heads[:, :, position]  # (L, H)
     layers, n_heads = heads.shape
@@ -151,10 +156,11 @@ def _png(png, report, shares: dict, position: int, measured: str):
         panels.append(Heatmap(
             heads, f"attention heads, position {position}", [str(i) for i in range(layers)],
             [str(h) for h in range(n_heads)], "head", "layer",
-            cells=[[f"{v:.2f}" for v in row] for row in heads.tolist()], **scale,
+            cells=signed_cells(heads, widest), **scale,
         ))  # fmt: skip
+    column = torch.tensor(list(others.values()))[:, None]
     panels.append(Heatmap(
-        torch.tensor(list(others.values()))[:, None], "the other components", list(others),
-        [""], ylabel="component", cells=[[f"{v:.2f}"] for v in others.values()], **scale,
+        column, "the other components", list(others), [""], ylabel="component",
+        cells=signed_cells(column, widest), **scale,
     ))  # fmt: skip
     return save_heatmaps(png, panels, columns=len(panels))

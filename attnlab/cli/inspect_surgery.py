@@ -172,12 +172,11 @@ def _print_heads(baseline: float, changes) -> None:
 def _heads_png(png, baseline, changes):
     import torch
 
-    from attnlab.interpretability.plots import Heatmap, save_heatmaps
+    from attnlab.interpretability.plots import Heatmap, save_heatmaps, signed_cells
 
     maps = {title: torch.tensor(rows) for title, (_, rows) in changes.items()}
     finite = torch.cat([m[m.isfinite()] for m in maps.values()])  # a model that overflows: NaN
     limit = max(float(finite.abs().max()) if finite.numel() else 0.0, 1e-6)
-    decimals = max(1 - math.floor(math.log10(limit)), 0)  # two figures of the largest change
     panels = [
         Heatmap(
             values,
@@ -190,7 +189,7 @@ def _heads_png(png, baseline, changes):
             cmap="RdBu_r",
             vmin=-limit,
             vmax=limit,
-            cells=[[f"{v:+.{decimals}f}" for v in row] for row in values.tolist()],
+            cells=signed_cells(values, limit),
             scale="loss change (nats per token)",
         )
         for title, values in maps.items()

@@ -119,7 +119,8 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     starts = " or ".join(map(a_kind, (kind.name, *kind.init_from)))
     tokens = any(f.name == "tokenizer" for f in dataclasses.fields(kind.data_config))
-    shorter = any(f.name == "context_length" for f in dataclasses.fields(kind.config))
+    flagged = {f.name for f in dataclasses.fields(kind.config)} - kind.data_fields  # igpt's: data
+    shorter = "context_length" in flagged
     parser.add_argument(
         "--init",
         metavar="CKPT",

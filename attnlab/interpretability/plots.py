@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,14 @@ class Heatmap:
     cells: list[list[str]] | None = None  # text written in each cell (small maps only)
     scale: str = ""  # what a colour means: the label of the colour bar
     empty: str = ""  # written across the panel when it has no value at all (every cell NaN)
+
+
+def signed_cells(values: torch.Tensor, limit: float) -> list[list[str]]:
+    """Each value of a map (R, C) as a cell's text, signed, with two figures of `limit` (the
+    largest magnitude shown): +0.0031 on a map of small values, +1.2 on one of large; a value
+    that rounds to zero reads +0.00, not -0.00."""
+    decimals = max(1 - math.floor(math.log10(max(limit, 1e-6))), 0)
+    return [[f"{round(v, decimals) + 0.0:+.{decimals}f}" for v in row] for row in values.tolist()]
 
 
 def _colours(name: str):
