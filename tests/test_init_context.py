@@ -51,6 +51,8 @@ def test_init_with_a_shorter_context_trains_on_and_a_longer_one_is_refused(
     assert "(context_length 16): leave --context-length 32 out" in error
     assert "a shorter context crops its positions" in error
     assert not (tmp_path / "c").exists()
+    code, _, err = run([*argv, "--context-length", "0", "--out", str(tmp_path / "c")], capsys)
+    assert "--context-length must be a positive number, got 0" in one_line_error(code, err)
 
 
 def test_hyena_whose_filters_span_the_context_is_refused_a_shorter_one(tmp_path, corpus, capsys):

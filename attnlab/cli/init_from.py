@@ -28,7 +28,7 @@ def init_shape(args, init, model_base: dict, given: dict) -> dict[str, Any]:
     shape = {k: v for k, v in init["config"].items() if k in model_base}
 
     def changes(k: str) -> bool:
-        shorter = k == SHORTER and isinstance(given[k], int) and 0 < given[k] < shape[k]
+        shorter = k == SHORTER and isinstance(given[k], int) and given[k] < shape[k]  # 0: its error
         return given[k] != shape[k] and not shorter
 
     if changed := sorted(k for k in given.keys() & shape.keys() - TUNABLE if changes(k)):
