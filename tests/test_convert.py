@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 import huggingface_hub.constants  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast  # noqa: E402
 
-from attnlab.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
+from attnlab.models.vision_transformer import VisionTransformer, ViTConfig  # noqa: E402
 from attnlab.tokenizers import ByteTokenizer, CharTokenizer  # noqa: E402
 from attnlab.tokenizers.bpe import BPETokenizer  # noqa: E402
 from attnlab.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
@@ -241,10 +241,11 @@ def refusal(case: str, converted, tmp_path):
     if case == "alibi":
         save_checkpoint(tmp_path / "alibi", tiny_gpt(positional="alibi"))
         return ["convert", str(tmp_path / "alibi"), "--to", "hf", "--out", out], "GPT-2-shaped"
-    if case == "bert":
-        bert = BertConfig(vocab_size=11, context_length=8, n_layers=1, n_heads=2, d_model=8)
-        save_checkpoint(tmp_path / "bert", BertForMaskedLM(bert))
-        return ["convert", str(tmp_path / "bert"), "--to", "hf", "--out", out], "gpt checkpoints"
+    if case == "vit":
+        vit = ViTConfig(image_size=4, patch_size=2, channels=1, n_layers=1, n_heads=2, d_model=8)
+        save_checkpoint(tmp_path / "vit", VisionTransformer(vit))
+        argv = ["convert", str(tmp_path / "vit"), "--to", "hf", "--out", out]
+        return argv, "writes gpt, bert and classifier checkpoints"
     raise AssertionError(case)
 
 
@@ -252,7 +253,7 @@ def refusal(case: str, converted, tmp_path):
     "case",
     ["out holds a checkpoint", "out holds other files", "no merges.txt", "no tokenizer",
      "damaged weights", "damaged vocab.json", "llama",
-     "checkpoint without --to hf", "folder with --to hf", "alibi", "bert"],
+     "checkpoint without --to hf", "folder with --to hf", "alibi", "vit"],
 )  # fmt: skip
 def test_refusals_are_one_line_and_write_nothing(case, converted, tmp_path, capsys):
     argv, words = refusal(case, converted, tmp_path)

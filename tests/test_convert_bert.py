@@ -1,7 +1,8 @@
 """`attnlab convert` of Hugging Face BERT folders: a masked LM becomes a bert checkpoint that
 fills masks as transformers' model does and that a classifier fine-tunes from, a sequence
 classifier a classifier checkpoint that classifies as it does; BERT's special-token ids are
-renumbered (after the ordinary ones) without changing what the model computes."""
+renumbered (after the ordinary ones) without changing what the model computes. And back, with
+--to hf: a folder that computes as the checkpoint does, its vocab.txt in attnlab's order."""
 
 import copy
 import json
@@ -11,6 +12,7 @@ import pytest
 import torch
 from helpers import (
     BERT_SPECIALS,
+    BERT_TEXT,
     assert_refused_writing_nothing,
     bert_tokenizer_folder,
     bert_vocab,
@@ -22,7 +24,10 @@ pytest.importorskip("tokenizers")
 import huggingface_hub.constants  # noqa: E402
 from transformers import BertConfig, BertTokenizerFast  # noqa: E402
 
-from attnlab.training.checkpoints import load_checkpoint  # noqa: E402
+from attnlab.models import bert  # noqa: E402
+from attnlab.tokenizers import CharTokenizer  # noqa: E402
+from attnlab.tokenizers.wordpiece import WordPieceTokenizer  # noqa: E402
+from attnlab.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 
 TEXTS = ["the movie was great !", "A terrible , boring film .", "naïve café owners in zürich"]
 
@@ -218,15 +223,24 @@ def refusal(case: str, masked_lm, tmp_path):
         vocab = [t if t != "[MASK]" else "[unused9]" for t in vocab]
         save_folder(transformers.BertForMaskedLM(hf_config(len(vocab))), folder, vocab)
         return ["convert", str(folder), "--out", out], "lacks [MASK]"
-    if case == "bert checkpoint to hf":
-        return ["convert", str(checkpoint), "--to", "hf", "--out", out], "gpt checkpoints"
+    if case in UNLIKE_BERT:
+        model = bert.BertClassifier(ours_config(len(vocab), **UNLIKE_BERT[case]))
+        save_checkpoint(tmp_path / "ours", model)
+        return ["convert", str(tmp_path / "ours"), "--to", "hf", "--out", out], f"has {case}"
     raise AssertionError(case)
+
+
+UNLIKE_BERT = {  # what Hugging Face's BERT does not compute: its words, and the config
+    "pre-norm blocks": dict(prenorm=True),
+    "rope positions": dict(positional="rope"),
+    "mean pooling": dict(pooling="mean"),
+}
 
 
 @pytest.mark.parametrize(
     "case",
     ["bert model", "weights of another model", "no vocabulary", "other vocabulary size",
-     "padding not [PAD]", "no [MASK]", "bert checkpoint to hf"],
+     "padding not [PAD]", "no [MASK]", *UNLIKE_BERT],
 )  # fmt: skip
 def test_refusals_are_one_line_and_write_nothing(case, masked_lm, tmp_path, capsys):
     argv, words = refusal(case, masked_lm, tmp_path)
@@ -239,3 +253,103 @@ def test_the_vocabulary_keeps_bert_layout_in_the_folder(masked_lm):
     tokenizer, _, _ = masked_lm
     assert tokenizer.convert_tokens_to_ids(BERT_SPECIALS) == [0, 3, 4, 5, 6]
     assert json.loads(tokenizer.backend_tokenizer.to_str())["normalizer"]["lowercase"]
+
+
+def ours_config(vocab_size: int, **more) -> bert.BertConfig:
+    shape = dict(context_length=64, n_layers=2, n_heads=4, d_model=32, n_classes=3)
+    return bert.BertConfig(vocab_size=vocab_size, **{**shape, **more})
+
+
+def to_hf(checkpoint, out, capsys):
+    """`attnlab convert CHECKPOINT --to hf --out OUT`, which succeeds: (its stderr, the folder's
+    model, its tokenizer; None where it has none)."""
+    code, _, err = run(["convert", str(checkpoint), "--to", "hf", "--out", str(out)], capsys)
+    assert code == 0, err
+    kind = json.loads((out / "config.json").read_text())["architectures"][0]
+    model = getattr(transformers, kind).from_pretrained(out).eval()
+    written = (out / "vocab.txt").exists()
+    return err, model, BertTokenizerFast.from_pretrained(out) if written else None
+
+
+def test_a_converted_bert_goes_back_to_transformers_as_it_came(masked_lm, tmp_path, capsys):
+    tokenizer, hf, checkpoint = masked_lm
+    err, back, back_tokenizer = to_hf(checkpoint, tmp_path / "hf", capsys)
+    ours = load_checkpoint(checkpoint)
+    assert "note" not in err and type(back).__name__ == "BertForMaskedLM"
+    assert back.config.pad_token_id == back_tokenizer.pad_token_id == ours.model.config.pad_id
+    assert_same_outputs(hf, tokenizer, back, back_tokenizer, our_order(tokenizer, ours.tokenizer))
+    code, _, err = run(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "again")], capsys)
+    assert code == 0, err  # and round again: the checkpoint it was
+    again = load_checkpoint(tmp_path / "again")
+    assert again.tokenizer == ours.tokenizer
+    weights = [m.state_dict() for m in (ours.model, again.model)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_converted_classifier_goes_back_with_its_class_names(classifier, tmp_path, capsys):
+    tokenizer, hf, checkpoint = classifier
+    err, back, back_tokenizer = to_hf(checkpoint, tmp_path / "hf", capsys)
+    assert "note" not in err and type(back).__name__ == "BertForSequenceClassification"
+    assert back.config.id2label == {0: "bad", 1: "fine", 2: "good"}
+    assert back.config.label2id == {"bad": 0, "fine": 1, "good": 2}
+    order = our_order(tokenizer, load_checkpoint(checkpoint).tokenizer)
+    assert_same_outputs(hf, tokenizer, back, back_tokenizer, order)
+
+
+def assert_same_outputs(hf, tokenizer, back, back_tokenizer, order):
+    """`back` and its tokenizer (a folder --to hf wrote) cut TEXTS into the same tokens as `hf`
+    and its tokenizer do, and compute the same logits; back's id i is hf's id order[i]."""
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    back_batch = back_tokenizer(TEXTS, padding=True, return_tensors="pt")
+    ids = batch["input_ids"].tolist()
+    assert [[order[i] for i in row] for row in back_batch["input_ids"].tolist()] == ids
+    with torch.no_grad():
+        theirs, logits = hf(**batch).logits, back(**back_batch).logits
+    assert (logits - (theirs[..., order] if theirs.dim() == 3 else theirs)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kind, lowercase, strip_accents, pooling",
+    [("bert", True, None, "cls"), ("bert", True, False, "mean"),  # a masked LM pools nothing
+     ("classifier", False, None, "cls"), ("classifier", False, True, "cls")],
+)  # fmt: skip
+def test_an_attnlab_bert_computes_the_same_in_transformers(
+    kind, lowercase, strip_accents, pooling, tmp_path, capsys
+):
+    tokenizer = WordPieceTokenizer.from_vocab(bert_vocab(lowercase), lowercase, strip_accents)[0]
+    specials = tokenizer.special_tokens
+    config = ours_config(tokenizer.vocab_size, pad_id=specials["[PAD]"], pooling=pooling)
+    model = randomized((bert.BertForMaskedLM if kind == "bert" else bert.BertClassifier)(config))
+    save_checkpoint(tmp_path / "ours", model, {"tokenizer": tokenizer})
+    err, hf, hf_tokenizer = to_hf(tmp_path / "ours", tmp_path / "hf", capsys)
+    assert "note" not in err
+    texts = [*BERT_TEXT.splitlines(), *TEXTS]
+    batch = hf_tokenizer(texts, padding=True, return_tensors="pt")  # the same ids as ours:
+    assert [[specials["[CLS]"], *tokenizer.encode(text), specials["[SEP]"]] for text in texts
+            ] == [row[row != specials["[PAD]"]].tolist() for row in batch["input_ids"]]  # fmt: skip
+    with torch.no_grad():
+        theirs, (logits, _) = hf(**batch).logits, model(batch["input_ids"])
+    real = batch["attention_mask"].bool() if kind == "bert" else slice(None)
+    assert (logits[real] - theirs[real]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "tokenizer, why",
+    [("char", "its char tokenizer is no WordPiece"),
+     ("wordpiece, a token holding a line break", "encodes text to other ids than its")],
+)  # fmt: skip
+def test_another_tokenizer_is_left_out_with_a_note(tokenizer, why, tmp_path, capsys):
+    if tokenizer == "char":
+        tokenizer = CharTokenizer.from_text(BERT_TEXT, BERT_SPECIALS)
+    else:  # vocab.txt's lines, read back, are others: its ids would not be the model's
+        tokenizer = WordPieceTokenizer(["the", "movie", "a\nb", "##s", "good"])
+    pad = tokenizer.special_tokens["[PAD]"]
+    model = randomized(bert.BertForMaskedLM(ours_config(tokenizer.vocab_size, pad_id=pad)))
+    save_checkpoint(tmp_path / "ours", model, {"tokenizer": tokenizer})
+    err, hf, hf_tokenizer = to_hf(tmp_path / "ours", tmp_path / "hf", capsys)
+    assert f"note: the tokenizer is left out of {tmp_path / 'hf'}: " in err and why in err
+    written = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert not {"vocab.txt", "tokenizer.json", "tokenizer_config.json"} & written
+    ids = torch.randint(0, pad, (1, 16))  # ordinary tokens: none of them padding
+    with torch.no_grad():
+        assert (model(ids)[0] - hf(ids).logits).abs().max() < 1e-5

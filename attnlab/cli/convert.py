@@ -1,7 +1,8 @@
 """`attnlab convert SRC --out DIR`: a Hugging Face GPT-2 or BERT folder (or a hub name in
-transformers' cache) as an attnlab checkpoint, and with --to hf an attnlab GPT checkpoint as a
-Hugging Face folder. The conversions are attnlab.interop's; this module checks the folders and
-says what it wrote. torch and transformers are imported once the command runs, not for --help."""
+transformers' cache) as an attnlab checkpoint, and with --to hf an attnlab GPT or BERT
+checkpoint as a Hugging Face folder. The conversions are attnlab.interop's; this module checks
+the folders and says what it wrote. torch and transformers are imported once the command runs,
+not for --help."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ a byte tokenizer, GPT-2's own vocabulary (`--tokenizer gpt2`), a `bpe:N` one as 
 is left out, with a note. The name of a special token (<|endoftext|>) in a text is that token to
 transformers, and plain text to attnlab.
 
+With --to hf, SRC may also be a bert checkpoint, which becomes a BertForMaskedLM folder, or a
+classifier one, a BertForSequenceClassification with its class names as id2label; BERT-shaped
+(post-norm, learned positions, a classifier pooling [CLS]), else refused. Its WordPiece
+tokenizer goes along as vocab.txt in attnlab's order (the special tokens last: the ids and
+pad_token_id are attnlab's, so the weights' rows stay) with transformers' own files
+(do_lower_case and strip_accents as it has them), once BertTokenizerFast is seen to give the
+same ids; another tokenizer (char, byte, bpe) is left out, with a note.
+
 DIR must be new or empty; it appears whole or not at all.
 
 examples:
@@ -52,13 +61,14 @@ examples:
   attnlab fill-mask runs/bert-base "the capital of france is [MASK] ."
   attnlab train classifier --init runs/bert-base --data sst2 --context-length 128 \\
       --out runs/bert_sst2
+  attnlab convert runs/bert_sst2 --to hf --out hf/bert_sst2
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="turn a Hugging Face GPT-2 or BERT folder into a checkpoint, a GPT one into a folder",
+        help="turn a Hugging Face GPT-2 or BERT folder into a checkpoint, or back into a folder",
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
@@ -84,14 +94,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             "attnlab convert needs Hugging Face transformers: pip install transformers"
         ) from None
-    from attnlab.interop.hf_folders import read_hf, write_hf_gpt
+    from attnlab.interop.hf_folders import read_hf, write_hf
     from attnlab.models.registry import model_kind
 
     out, started = Path(args.out), time.perf_counter()
     check_out(out)
     if args.to == "hf":
-        model, tokenizer = _gpt_checkpoint(args.source)
-        left_out = write_hf_gpt(model, tokenizer, out)
+        checkpoint = _checkpoint(args.source)
+        model, left_out = checkpoint.model, write_hf(checkpoint.model, checkpoint.artifacts, out)
         if left_out:
             note(f"note: the tokenizer is left out of {out}: {left_out}")
     else:
@@ -122,8 +132,8 @@ def check_out(out: Path) -> None:
         raise UserError(f"--out {out} holds files ({shown}): give a new or empty folder")
 
 
-def _gpt_checkpoint(path: str):
-    """The model and tokenizer (None: it has none) of a gpt checkpoint."""
+def _checkpoint(path: str):
+    """The checkpoint of a kind --to hf writes: gpt, bert or classifier."""
     from attnlab.files import read_json
     from attnlab.models.registry import a_kind
     from attnlab.training.checkpoints import checkpoint_description, load_checkpoint
@@ -132,10 +142,9 @@ def _gpt_checkpoint(path: str):
     if config.is_file() and "model_type" in (read_json(config, "checkpoint config") or {}):
         raise UserError(f"{path} is a Hugging Face model folder: leave --to hf out to convert it")
     kind = checkpoint_description(path)["kind"]
-    if kind != "gpt":
+    if kind not in ("gpt", "bert", "classifier"):
         raise UserError(
-            f"{path} holds {a_kind(kind)} model: --to hf writes gpt checkpoints (to_hf in "
-            "attnlab.interop.huggingface converts BERT and ViT models in Python)"
+            f"{path} holds {a_kind(kind)} model: --to hf writes gpt, bert and classifier "
+            "checkpoints (to_hf in attnlab.interop.huggingface converts ViT models in Python)"
         )
-    checkpoint = load_checkpoint(path)
-    return checkpoint.model, checkpoint.artifacts.get("tokenizer")
+    return load_checkpoint(path)

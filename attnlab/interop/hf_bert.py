@@ -143,15 +143,22 @@ def _renumbered(
 
 
 def bert_to_hf(model: nn.Module) -> nn.Module:
+    """Hugging Face's BertForMaskedLM or BertForSequenceClassification of attnlab's, its ids
+    as they are (pad_token_id: pad_id). A masked LM's pooling is not refused: it has no pooler."""
     from transformers import BertConfig as HFBertConfig
     from transformers import BertForMaskedLM as HFBertForMaskedLM
     from transformers import BertForSequenceClassification
 
     c = model.config
-    if c.prenorm or c.positional != "learned" or c.pooling != "cls":
+    unlike = [what for what, differs in (
+        ("pre-norm blocks", c.prenorm),
+        (f"{c.positional} positions", c.positional != "learned"),
+        (f"{c.pooling} pooling", c.pooling != "cls" and isinstance(model, BertClassifier)),
+    ) if differs]  # fmt: skip
+    if unlike:
         raise ValueError(
-            "only BERT-shaped models (post-norm, learned positions, [CLS] pooling) convert to"
-            " Hugging Face"
+            "only BERT-shaped models (post-norm, learned positions, [CLS] pooling) convert to "
+            f"Hugging Face: this one has {' and '.join(unlike)}"
         )
     hf_config = HFBertConfig(
         vocab_size=c.vocab_size,

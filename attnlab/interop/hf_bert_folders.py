@@ -1,4 +1,5 @@
-"""Hugging Face BERT folders as attnlab checkpoints: what `attnlab convert` reads for BERT.
+"""Hugging Face BERT folders as attnlab checkpoints and back: what `attnlab convert` reads and
+writes for BERT.
 
 A BertForMaskedLM folder (or a BertForPreTraining one, as Google's checkpoints are: its
 next-sentence head stays behind) becomes a "bert" checkpoint, which fill-mask uses and
@@ -11,6 +12,8 @@ The tokenizer is BERT's WordPiece (vocab.txt, or tokenizer.json; lowercasing as 
 tokenizer_config.json says), read through transformers and checked to give the same ids, as
 GPT-2's is (hf_folders.same_ids). attnlab's ids put the five special tokens after the ordinary
 ones (WordPieceTokenizer.from_vocab says why); the weights' vocabulary rows move to match.
+Written back (`--to hf`), vocab.txt keeps attnlab's order, so the rows stay where they are: the
+special tokens last, where BERT's own vocab.txt has them first.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Any
 from torch import nn
 
 from attnlab.errors import UserError
-from attnlab.interop.hf_folders import check_weights, loaded, same_ids
+from attnlab.interop.hf_folders import check_weights, loaded, same_ids, written_tokenizer
 from attnlab.interop.huggingface import class_names, from_hf
+from attnlab.tokenizers import Tokenizer
 from attnlab.tokenizers.wordpiece import (
     CONTINUATION,
     MAX_WORD_CHARS,
@@ -126,3 +130,23 @@ def wordpiece_from_hf(hf_tokenizer, source: str) -> tuple[WordPieceTokenizer, li
     if not same_ids(hf_tokenizer, ours, order):
         raise UserError(f"{unlike}: it encodes text to other ids than BERT's rule gives")
     return ours, order
+
+
+def write_wordpiece(tokenizer: Tokenizer, folder: Path, context_length: int) -> str | None:
+    """vocab.txt in attnlab's id order (so that a model's rows stay) and transformers' own
+    tokenizer files in `folder`, if BertTokenizerFast encodes as `tokenizer` does; else none of
+    them, and the reason. context_length: the model's, the tokenizer's longest input."""
+    from transformers import BertTokenizerFast
+
+    if not isinstance(tokenizer, WordPieceTokenizer):
+        return f"its {tokenizer.kind} tokenizer is no WordPiece, BERT's"
+    specials = sorted(tokenizer.special_tokens, key=tokenizer.special_tokens.get)
+    vocab = {token: i for i, token in enumerate([*tokenizer.tokens, *specials])}
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    BertTokenizerFast(
+        str(folder / "vocab.txt"),
+        do_lower_case=tokenizer.lowercase,
+        strip_accents=tokenizer.strip_accents,
+        model_max_length=context_length,
+    ).save_pretrained(folder)
+    return written_tokenizer(folder, BertTokenizerFast, tokenizer, vocab)

@@ -1,6 +1,6 @@
 """Hugging Face model folders, as ``save_pretrained`` writes them, to and from attnlab's GPT
-with its tokenizer: the files `attnlab convert` reads and writes (BERT folders, read only:
-hf_bert_folders.py, with the helpers here).
+with its tokenizer: the files `attnlab convert` reads and writes (BERT folders: hf_bert_folders.py,
+with the helpers here).
 
 GPT-2's tokenizer is a byte-level BPE, which attnlab's BPETokenizer holds exactly (vocab.json and
 merges.txt are GPT-2's encoder.json and vocab.bpe under other names). A tokenizer crosses only
@@ -206,29 +206,33 @@ def same_ids(hf_tokenizer, ours: Tokenizer, order: Sequence[int] | None = None) 
     return theirs["input_ids"] == (ids if order is None else [order[i] for i in ids])
 
 
-def write_hf_gpt(model: GPT, tokenizer: Tokenizer | None, out: Path) -> str | None:
-    """Write `model` as a Hugging Face folder `out` (new, or empty) with save_pretrained, and its
-    tokenizer where transformers' GPT2TokenizerFast encodes as it does. The folder appears whole
-    or not at all. Returns why the tokenizer was left out (None: written, or none to write)."""
+def write_hf(model: nn.Module, artifacts: dict[str, Any], out: Path) -> str | None:
+    """Write a checkpoint's `model` (a GPT, or a BERT: hf_bert_folders) as a Hugging Face folder
+    `out` (new, or empty) with save_pretrained, a classifier's class names (artifacts "classes")
+    as its id2label, and its tokenizer where transformers' encodes as it does. The folder appears
+    whole or not at all. Returns why the tokenizer was left out (None: written, or none to
+    write)."""
     try:
-        hf = to_hf(model)
+        hf = to_hf(model, classes=artifacts.get("classes"))
     except ValueError as error:
         raise UserError(f"--to hf: {error}") from None
-    left_out = None
+    left_out, tokenizer = None, artifacts.get("tokenizer")
     with _new_folder(out) as folder:
-        if tokenizer is not None:
-            left_out = _write_tokenizer(tokenizer, folder)
-            if left_out is None and END in tokenizer.special_tokens:  # GPT-2's own use of it
-                for config in (hf.config, hf.generation_config):
-                    config.bos_token_id = config.eos_token_id = tokenizer.special_tokens[END]
+        if tokenizer is not None and isinstance(model, GPT):
+            left_out = _write_gpt2_tokenizer(hf, tokenizer, folder)
+        elif tokenizer is not None:
+            from attnlab.interop.hf_bert_folders import write_wordpiece  # it imports this module
+
+            left_out = write_wordpiece(tokenizer, folder, model.config.context_length)
         with quiet():
             hf.save_pretrained(folder)
     return left_out
 
 
-def _write_tokenizer(tokenizer: Tokenizer, folder: Path) -> str | None:
+def _write_gpt2_tokenizer(hf: nn.Module, tokenizer: Tokenizer, folder: Path) -> str | None:
     """vocab.json, merges.txt and transformers' own tokenizer files in `folder`, if they encode
-    as `tokenizer` does; else none of them, and the reason."""
+    as `tokenizer` does (<|endoftext|> then `hf`'s bos and eos, as GPT-2's); else none of them,
+    and the reason."""
     from transformers import GPT2TokenizerFast
 
     if (files := gpt2_files(tokenizer)) is None:
@@ -238,11 +242,23 @@ def _write_tokenizer(tokenizer: Tokenizer, folder: Path) -> str | None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
     ends = {} if END in vocab else dict(bos_token=None, eos_token=None, unk_token=None)
     GPT2TokenizerFast.from_pretrained(folder, **ends).save_pretrained(folder)
-    if same_ids(GPT2TokenizerFast.from_pretrained(folder), tokenizer):
+    left_out = written_tokenizer(folder, GPT2TokenizerFast, tokenizer, vocab)
+    if left_out is None and END in tokenizer.special_tokens:  # GPT-2's own use of it
+        for config in (hf.config, hf.generation_config):
+            config.bos_token_id = config.eos_token_id = tokenizer.special_tokens[END]
+    return left_out
+
+
+def written_tokenizer(folder: Path, cls, ours: Tokenizer, vocab: dict[str, int]) -> str | None:
+    """None where transformers' tokenizer class `cls`, loaded from the files just written in
+    `folder` (nothing else yet), has the vocabulary `vocab` and encodes text as `ours` does
+    (same_ids); else those files removed, and why."""
+    theirs = cls.from_pretrained(folder)
+    if theirs.get_vocab() == vocab and same_ids(theirs, ours):
         return None
-    for file in folder.iterdir():  # the weights come after: only the tokenizer's files so far
+    for file in folder.iterdir():
         file.unlink()
-    return "GPT2TokenizerFast encodes text to other ids than its tokenizer"
+    return f"{cls.__name__} encodes text to other ids than its tokenizer"
 
 
 def gpt2_files(tokenizer: Tokenizer) -> tuple[dict[str, int], str] | None:
