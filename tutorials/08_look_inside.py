@@ -427,7 +427,8 @@ plt.show()
 # it.) Switching off is a causal test, stronger than "this head's attention looks like
 # copying": remove the induction head, and the copying is gone. (`attnlab inspect heads RUN`
 # does the same on the data's validation text, the windows `inspect layers` scores; `attnlab
-# inspect attribution RUN --text ...` splits one logit into each head's direct share.)
+# inspect attribution RUN --text ...` splits one logit into each head's direct share; `attnlab
+# inspect patching` runs a corrupted text with one activation at a time taken from a clean one.)
 #
 # ## Try this
 #
@@ -443,3 +444,9 @@ plt.show()
 # 4. Run `inspect attention`, `lens` and `layers` on your baby GPT from tutorial 3: this needs
 #    `runs/tutorials/03_gpt`, which tutorial 3 writes when run at the default size from the
 #    same folder as this notebook. With 4 layers, which ones can be dropped or swapped cheaply?
+# 5. Activation patching: which activations carry the copy? `CLEAN = TEXT[:120]` ends in
+#    "to suffer th"; the repeat copies its next character, `e`, from character 44 of the first
+#    line. Let `CORRUPT = CLEAN[:44] + "a" + CLEAN[45:]` change that one, and run
+#    `attnlab(f'inspect patching {RUN} --clean "{CLEAN}" --corrupt "{CORRUPT}" --target e
+#    --versus a --png {RUN}/patching.png')`. Which head restores most of the gap, and at which
+#    positions of which layers does the residual stream carry it? Does that fit the circuit?

@@ -7,6 +7,7 @@
     layers       layer surgery: the loss with layers dropped, duplicated or swapped
     heads        head ablation: the loss with each attention head zeroed in turn
     attribution  direct logit attribution: each head's and layer's share of a token's logit
+    patching     activation patching: what restores a clean text's prediction to a corrupted one
 
 A text longer than the model reads is cut to fit, with a note on stderr.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.cli import inspect_attribution, inspect_surgery
+from attnlab.cli import inspect_attribution, inspect_patching, inspect_surgery
 from attnlab.cli.options import add_device_flag, check_seed, print_json
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
@@ -28,6 +29,8 @@ WHAT = {
     "layers": "layer surgery: the loss change with layers dropped, duplicated or swapped",
     "heads": "which heads matter: the loss change with each attention head zero-ablated alone",
     "attribution": "direct logit attribution: each head's and layer's share of a token's logit",
+    "patching": "activation patching: how much of the clean text's logit difference each "
+    "activation restores in a corrupted one",
 }
 EXAMPLES = {  # shown under each one's --help
     "attention": 'attention runs/shakespeare_char --text "To be, or not to be" --out view.html',
@@ -40,6 +43,10 @@ EXAMPLES = {  # shown under each one's --help
     "heads": "heads runs/shakespeare_char --png heads.png",
     "attribution": 'attribution runs/shakespeare_char --text "To be, or not to b" --target e '
     "--versus a --png dla.png",
+    "patching": 'patching runs/shakespeare_char --clean "To be, or not to b" --corrupt "To be, '
+    'or not so b" \\\n    --target e --versus a --png patching.png\n\nThe corrupted text is run '
+    "with one activation (a residual stream at one position, a\nhead's output) taken from the "
+    f"clean run;\n{inspect_patching.RESTORED}.",
 }
 
 
@@ -54,7 +61,8 @@ def register(subparsers) -> None:
     handlers = {"attention": attention_command, "induction": induction_command,
                 "lens": lens_command, "layers": inspect_surgery.layers_command,
                 "heads": inspect_surgery.heads_command,
-                "attribution": inspect_attribution.attribution_command}  # fmt: skip
+                "attribution": inspect_attribution.attribution_command,
+                "patching": inspect_patching.patching_command}  # fmt: skip
     sub = {
         name: commands.add_parser(
             name,
@@ -101,6 +109,7 @@ def register(subparsers) -> None:
     for name in ("layers", "heads"):
         inspect_surgery.add_arguments(sub[name])
     inspect_attribution.add_arguments(sub["attribution"])
+    inspect_patching.add_arguments(sub["patching"])
 
 
 def _open(args, capability: str | None = None):

@@ -51,21 +51,10 @@ def attribution_command(args: argparse.Namespace) -> int:
         raise UserError(f"--top must be >= 1, got {args.top}")
     checkpoint = _open(args, GENERATE)
     tokenizer = checkpoint.tokenizer
-    target, versus = (_one_token(tokenizer, flag, text) for flag, text in
-                      (("--target", args.target_token), ("--versus", args.versus)))  # fmt: skip
-    if versus is not None and versus == target:
-        raise UserError(
-            f"--versus {args.versus!r} is the --target: their difference is 0 everywhere; "
-            "give another token"
-        )
+    target, versus = logit_tokens(tokenizer, args.target_token, args.versus)
     inputs = _inputs(checkpoint, args)
     tokens = inputs.sequences[TEXT]
-    if not -len(tokens) <= args.position < len(tokens):
-        raise UserError(
-            f"--position {args.position} is out of range: the text has {len(tokens)} token(s), "
-            f"positions 0 to {len(tokens) - 1}"
-        )
-    position = args.position % len(tokens)
+    position = position_in(args.position, len(tokens))
     report = direct_logit_attribution(checkpoint.model, inputs.args[0], target, versus)
     shares = dict(zip(report.components, report.contributions[:, position].tolist(), strict=True))
     measured = _logit(tokenizer, report, position)
@@ -90,6 +79,19 @@ def attribution_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def logit_tokens(tokenizer, target: str | None, versus: str | None) -> tuple[int | None, ...]:
+    """The ids of --target and --versus, each given as the text of one token (None: not given);
+    a UserError unless each is one token, and two different ones."""
+    ids = tuple(_one_token(tokenizer, flag, text) for flag, text in
+                (("--target", target), ("--versus", versus)))  # fmt: skip
+    if ids[1] is not None and ids[1] == ids[0]:
+        raise UserError(
+            f"--versus {versus!r} is the --target: their difference is 0 everywhere; "
+            "give another token"
+        )
+    return ids
+
+
 def _one_token(tokenizer, flag: str, text: str | None) -> int | None:
     """The id of a token given as its text; a UserError unless it encodes to exactly one."""
     from attnlab.tokenizers.char import UnseenCharacters
@@ -107,6 +109,17 @@ def _one_token(tokenizer, flag: str, text: str | None) -> int | None:
             "give the text of one token"
         )
     return ids[0]
+
+
+def position_in(position: int, length: int) -> int:
+    """--position (from 0; negative: from the end) in a text of `length` tokens, from 0; a
+    UserError when the text has no such position."""
+    if not -length <= position < length:
+        raise UserError(
+            f"--position {position} is out of range: the text has {length} token(s), "
+            f"positions 0 to {length - 1}"
+        )
+    return position % length
 
 
 def _logit(tokenizer, report, position: int) -> str:

@@ -1,6 +1,6 @@
 """Looking inside models: capture (attention weights, residual streams, patching), the HTML
-attention viewer, induction-head scores, the logit lens, direct logit attribution and layer
-surgery."""
+attention viewer, induction-head scores, the logit lens, direct logit attribution, activation
+patching and layer surgery."""
 
 from attnlab.interpretability.attribution import Attribution, direct_logit_attribution
 from attnlab.interpretability.capture import (
@@ -11,12 +11,15 @@ from attnlab.interpretability.capture import (
     attention_layers,
     capture,
 )
+from attnlab.interpretability.patching import Patching, activation_patching
 
 __all__ = [
     "AttentionLayer",
     "Attribution",
+    "Patching",
     "Recording",
     "ablate_heads",
+    "activation_patching",
     "attention_groups",
     "attention_layers",
     "capture",
