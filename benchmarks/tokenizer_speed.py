@@ -1,6 +1,7 @@
 """Tokenizer speed: our BPE trainer vs Hugging Face `tokenizers`, our encoders vs tiktoken.
 
     python benchmarks/tokenizer_speed.py [--corpus stdlib|stdlib-all|SPEC] [--vocab-size 4096]
+    python benchmarks/tokenizer_speed.py --wordpiece --corpus movie_reviews [--bert-vocab TXT]
 
 Training: attnlab's `BPETokenizer.train` and Hugging Face's byte-level BPE trainer, both with
 GPT-2's pre-tokenization, the same vocabulary size, the same corpus and --workers cores (HF via
@@ -13,6 +14,11 @@ the same ranks, our reference encoder (pure Python, from a cold cache, on the fi
 
 --corpus stdlib is attnlab's built-in corpus (standard library sources, tests left out);
 stdlib-all keeps the tests (the corpus the issue measured Hugging Face on).
+
+--wordpiece times BERT's WordPiece encoding instead, one line of the corpus per call (a
+classifier's examples) from a cold cache: attnlab's `encode`, its per-character
+`encode_reference`, and Hugging Face's Rust BertWordPieceTokenizer, all on the vocabulary of
+--bert-vocab (a vocab.txt, uncased) or else on one of 30,522 tokens that HF learns from the corpus.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def parse_args() -> argparse.Namespace:
         help="timed runs per encoding row; the fastest is reported",
     )
     parser.add_argument("--skip-hf", action="store_true", help="do not train with HF tokenizers")
+    parser.add_argument("--wordpiece", action="store_true", help="time WordPiece encoding only")
+    parser.add_argument("--bert-vocab", type=Path, help="vocab.txt for --wordpiece (uncased)")
     return parser.parse_args()
 
 
@@ -139,12 +147,59 @@ def encoder_rows(
     return rows
 
 
+def wordpiece_rows(texts: list[str], vocab_file: Path | None, repeats: int) -> list[tuple]:
+    """(row name, seconds, MB, tokens) for attnlab's WordPiece paths and HF's, a line a call."""
+    from tokenizers import BertWordPieceTokenizer
+
+    from attnlab.tokenizers.wordpiece import SPECIALS, WordPieceTokenizer
+
+    lines = [line for text in texts for line in text.splitlines()]
+    if vocab_file:
+        hf = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+    else:
+        hf = BertWordPieceTokenizer(lowercase=True)
+        hf.train_from_iterator(
+            lines, vocab_size=30522, special_tokens=list(SPECIALS), show_progress=False
+        )
+    vocab = sorted(hf.get_vocab(), key=hf.get_vocab().get)
+    ours, order = WordPieceTokenizer.from_vocab(vocab)
+    hf_ids = lambda text: hf.encode(text, add_special_tokens=False).ids  # noqa: E731
+    rows = []
+    for label, encode in [
+        ("attnlab encode (ASCII fast path)", ours.encode),
+        ("attnlab encode_reference (per character)", ours.encode_reference),
+        ("HF tokenizers BertWordPieceTokenizer (Rust)", hf_ids),
+    ]:
+        seconds, n = timed(
+            lambda encode=encode: sum(len(encode(t)) for t in lines), repeats, ours._cache.clear
+        )
+        rows.append((label, seconds, mb(lines), n))
+    some = lines[:: max(1, len(lines) // 2000)]
+    same = all([order[i] for i in ours.encode(t)] == hf_ids(t) for t in some)
+    print(f"attnlab's ids are HF's on {len(some)} lines spread over the corpus: {same}")
+    return rows
+
+
+def print_rows(rows: list[tuple]) -> None:
+    print("| encoding (1 thread) | MB | seconds | MB/s | bytes/token |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label, secs, megabytes, n in rows:
+        print(
+            f"| {label} | {megabytes:.1f} | {secs:.2f} | {megabytes / secs:.2f} | "
+            f"{megabytes * 1e6 / n:.2f} |"
+        )
+
+
 def main() -> None:
     args = parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # before tokenizers starts its pool
     from attnlab.tokenizers.bpe import BPETokenizer
 
     texts = load_texts(args.corpus)
+    if args.wordpiece:
+        print(f"corpus {args.corpus}: {mb(texts):.1f} MB; {os.cpu_count()} cores; WordPiece")
+        print_rows(wordpiece_rows(texts, args.bert_vocab, args.repeats))
+        return
     size = mb(texts)
     print(
         f"corpus {args.corpus}: {len(texts)} files, {size:.1f} MB; vocab {args.vocab_size}; "
@@ -169,13 +224,7 @@ def main() -> None:
         rows += encoder_rows("GPT-2", gpt2, texts, args.reference_mb, args.repeats)
     else:
         print(f"(GPT-2 rows skipped: no vocabulary in {gpt2_dir})")
-    print("| encoding (1 thread) | MB | seconds | MB/s | bytes/token |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for label, secs, megabytes, n in rows:
-        print(
-            f"| {label} | {megabytes:.1f} | {secs:.2f} | {megabytes / secs:.2f} | "
-            f"{megabytes * 1e6 / n:.2f} |"
-        )
+    print_rows(rows)
 
 
 if __name__ == "__main__":

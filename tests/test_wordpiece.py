@@ -3,10 +3,11 @@ the Python one where it is installed) on a vocabulary their `tokenizers` library
 same text back from decode, and its special tokens after the ordinary ones."""
 
 import pickle
+import string
 
 import pytest
 from helpers import BERT_SPECIALS, BERT_TEXT, bert_tokenizer_folder, bert_vocab
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attnlab.errors import UserError
@@ -32,6 +33,17 @@ TEXTS = [
 ALPHABET = st.sampled_from(
     list("the movie was good aeiou THE") + list("ïéüÉÜçñ東京の夜美,.!?'-$^\"") +
     ["e\u0301", "\u00a0", "\t", "\n", "\x00", "\x07", "\u200b", "\ufffd", "☃", "🙂", "ﬁ"]
+)  # fmt: skip
+
+
+# for the fast path against the per-character one: ASCII's letters, digits, punctuation,
+# whitespace and controls (\x0b \x0c \x1c are whitespace to str.split, controls to BERT), and
+# the non-ASCII sorts that words_reference treats apart
+MIXED = st.sampled_from(
+    ["the", "Movie", "DON'T", "3.14", "a", "Z", "0", *string.punctuation, *" \t\r\n\x0b\x0c",
+     "\x00", "\x01", "\x1c", "\x1f", "\x7f", "\x85", "\u200b", "\ufeff", "\ufffd", "\xa0",
+     "\u3000", "\u2028", "é", "Ï", "ñ", "e\u0301", "İ", "ß", "東", "京", "の", "한", "🙂", "☃",
+     "ﬁ", "¿", "—", "«", "①"]
 )  # fmt: skip
 
 
@@ -124,3 +136,19 @@ def test_the_tokenizer_pickles_as_a_dataloader_worker_gets_it():
     ids = ours.encode(BERT_TEXT)  # the cache filled
     copy = pickle.loads(pickle.dumps(ours))
     assert copy == ours and copy.encode(BERT_TEXT) == ids
+
+
+@pytest.mark.parametrize("lowercase, strip_accents", [(True, None), (False, None), (False, True),
+                                                      (True, False)])  # fmt: skip
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(MIXED, max_size=60).map("".join))
+@example(text="caf\u00e9,x the\x1cend a\x0bb \x7fDEL\tÜber東京x\r\nyes")
+@example(text="x" * 101 + "é " + "y" * 100)
+def test_the_fast_path_gives_the_per_character_words(lowercase, strip_accents, text):
+    """`words` (ASCII text whole, by regular expressions) against `words_reference` (one
+    character at a time, BERT's way), and the ids of each."""
+    letters = string.ascii_letters + string.digits + "éñ東京"
+    vocab = ["the", "movie", "##ovie", *letters, *("##" + c for c in letters), *string.punctuation]
+    ours = WordPieceTokenizer(vocab, lowercase, strip_accents)
+    assert ours.words(text) == ours.words_reference(text)
+    assert ours.encode(text) == ours.encode_reference(text)

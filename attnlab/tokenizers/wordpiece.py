@@ -12,6 +12,12 @@ Encoding is two steps, as Google's BERT and Hugging Face's BertTokenizer do them
    token, then the longest token ``##rest`` of what remains, and so on. A word no pieces cover,
    or longer than 100 characters, is one ``[UNK]``.
 
+Speed: most text is ASCII, where the basic step is plain: ``words`` lowercases such text
+whole and splits it with one regular expression into runs of letters and digits and single
+punctuation characters (ASCII's controls dropped first). Only the whitespace-separated chunks
+that hold a non-ASCII character take the per-character path, ``words_reference``; a chunk's words
+do not depend on the text around it, so the two paths give the same words (tests hold them to it).
+
 Decoding joins the tokens with spaces and glues each ``##`` piece to the one before (Hugging
 Face's decode without its English clean-up of spaces before punctuation): text comes back
 lowercased, unaccented and spaced as the basic step left it.
@@ -29,8 +35,10 @@ ones.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 from typing import Any
 
 from attnlab.tokenizers.base import Tokenizer
@@ -49,6 +57,14 @@ CJK_RANGES = (
 )  # fmt: skip
 
 
+# the fast path: ASCII's controls (dropped), its words and punctuation, and the chunks between
+# ASCII whitespace that hold a non-ASCII character (matched from a chunk's start only, so that
+# the search stays linear in the text)
+ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
+NON_ASCII_CHUNK = re.compile(r"(?<![^ \t\n\r])([^ \t\n\r\x80-\U0010ffff]*[^\x00-\x7f][^ \t\n\r]*)")
+
+
 def _is_cjk(char: str) -> bool:
     return any(low <= ord(char) <= high for low, high in CJK_RANGES)
 
@@ -63,12 +79,24 @@ def _is_control(char: str) -> bool:
     return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
 
 
+@lru_cache(maxsize=CACHE_LIMIT)
 def _is_punctuation(char: str) -> bool:
     """Unicode punctuation, and all of ASCII's non-alphanumeric printable characters ($, +, ^,
     ` are symbols to Unicode, but BERT splits them off too)."""
     code = ord(char)
     ascii_symbol = 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126
     return ascii_symbol or unicodedata.category(char).startswith("P")
+
+
+@lru_cache(maxsize=CACHE_LIMIT)
+def _cleaned(char: str) -> str:
+    """What the basic step's first pass makes of one character: nothing (a control), a space
+    (whitespace), the character spaced (a CJK ideograph) or the character."""
+    if char in "\x00\ufffd" or _is_control(char):
+        return ""
+    if _is_whitespace(char):
+        return " "
+    return f" {char} " if _is_cjk(char) else char
 
 
 def _strip_accents(text: str) -> str:
@@ -118,17 +146,26 @@ class WordPieceTokenizer(Tokenizer):
         return tokenizer, ordinary + [rows[t] for t in SPECIALS]
 
     def words(self, text: str) -> list[str]:
-        """The basic step: `text` as words, before they are cut into pieces."""
-        spaced = []
-        for char in text:
-            if char in "\x00\ufffd" or _is_control(char):
-                continue
-            if _is_whitespace(char):
-                spaced.append(" ")
-            else:
-                spaced.append(f" {char} " if _is_cjk(char) else char)
+        """The basic step: `text` as words, before they are cut into pieces (the fast path of
+        the module docstring)."""
+        if text.isascii():
+            return self._ascii_words(text)
         words = []
-        for word in "".join(spaced).split():
+        # split with the group kept: ASCII text, then a chunk with non-ASCII, then ASCII ...
+        for n, part in enumerate(NON_ASCII_CHUNK.split(text)):
+            words += self.words_reference(part) if n % 2 else self._ascii_words(part)
+        return words
+
+    def _ascii_words(self, text: str) -> list[str]:
+        if ASCII_CONTROL.search(text):
+            text = ASCII_CONTROL.sub("", text)
+        return ASCII_WORD.findall(text.lower() if self.lowercase else text)
+
+    def words_reference(self, text: str) -> list[str]:
+        """The basic step one character at a time, as BERT writes it: `words` takes this path
+        for the chunks of text that hold a non-ASCII character, and tests hold it to the other."""
+        words = []
+        for word in "".join(map(_cleaned, text)).split():
             if self.lowercase:
                 word = word.lower()
             if self.strip_accents or (self.strip_accents is None and self.lowercase):
@@ -165,12 +202,19 @@ class WordPieceTokenizer(Tokenizer):
         return tuple(ids)
 
     def encode(self, text: str) -> list[int]:
-        ids = []
-        for word in self.words(text):
-            if (pieces := self._cache.get(word)) is None:
-                if len(self._cache) >= CACHE_LIMIT:
-                    self._cache.clear()
-                pieces = self._cache[word] = self._cut(word)
+        return self._pieces(self.words(text))
+
+    def encode_reference(self, text: str) -> list[int]:
+        """`encode` through words_reference alone: the slow path, for tests and benchmarks."""
+        return self._pieces(self.words_reference(text))
+
+    def _pieces(self, words: list[str]) -> list[int]:
+        ids, cache = [], self._cache
+        for word in words:
+            if (pieces := cache.get(word)) is None:
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                pieces = cache[word] = self._cut(word)
             ids += pieces
         return ids
 
