@@ -11,10 +11,13 @@ import torch
 from helpers import one_line_error, run
 from test_attribution import CHARS, CONFIGS, gpt
 
+from attnlab.cli import inspect_patching
 from attnlab.errors import UserError
-from attnlab.interpretability import capture
+from attnlab.interpretability import capture, plots
 from attnlab.interpretability import patching as patching_module
 from attnlab.interpretability.patching import activation_patching
+from attnlab.layers.attention import MultiHeadAttention
+from attnlab.layers.mamba import Mamba, MambaOptions
 from attnlab.models.bert import BertConfig, BertForMaskedLM
 from attnlab.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attnlab.models.gpt import GPT, GPTConfig
@@ -109,6 +112,39 @@ def test_batched_passes_give_what_one_patch_a_pass_gives(monkeypatch):
     alone = activation_patching(model, *pair, target=3, versus=5)
     assert torch.allclose(batched.residual, alone.residual, atol=1e-5)
     assert torch.allclose(batched.heads, alone.heads, atol=1e-5)
+
+
+def test_a_layer_of_another_mixer_or_fewer_heads_is_nan_in_the_heads_map(monkeypatch, capsys):
+    """Mixed layers (a user's mixer may build any per layer): the heads map is as wide as the
+    widest layer, NaN where a layer has no such head; the table and the PNG leave those out."""
+    model = gpt(n_layers=3)
+    model.blocks[1].token_mixer = Mamba(MambaOptions(), 32, bias=False)
+    model.blocks[2].token_mixer = MultiHeadAttention(32, 2, causal=True)
+    clean, corrupt = texts(3)
+    report = activation_patching(model.eval(), clean, corrupt, target=3, versus=5, position=AT)
+    missing = torch.zeros(3, 4, dtype=torch.bool)
+    missing[1], missing[2, 2:] = True, True
+    assert report.heads.shape == (3, 4) and report.heads.isnan().equal(missing)
+    with torch.no_grad(), capture(model, attention=False, heads=True) as seen:
+        model(clean)
+    for h in range(2):  # layer 2's heads: what patching each alone gives
+
+        def patch(outputs, h=h):  # (1, 2, T, Dh), in place
+            outputs[:, h] = seen.heads["blocks.2.token_mixer"][:, h]
+
+        expected = metric(model, corrupt, {"blocks.2.token_mixer.head_outputs": patch})
+        assert abs(report.heads[2, h] - expected) < 1e-5
+    heads = report.restored(report.heads).tolist()
+    summary = dict(tokens=list("abcdefghijkl"), differ=[3], position=AT, metric="m",
+                   clean=report.clean, corrupt=report.corrupt, gap=report.gap, rows=report.rows,
+                   residual=report.restored(report.residual).tolist(), heads=heads)  # fmt: skip
+    inspect_patching._print(summary, top=10)
+    shown = re.findall(r"^L(\d)H(\d) ", capsys.readouterr().out, re.MULTILINE)
+    assert sorted(shown) == [(i, h) for i, n in (("0", 4), ("2", 2)) for h in map(str, range(n))]
+    drawn = {}
+    monkeypatch.setattr(plots, "save_heatmaps", lambda png, panels, columns: drawn.update(p=panels))
+    inspect_patching._png("patching.png", summary)
+    assert [[cell == "" for cell in row] for row in drawn["p"][1].cells] == missing.tolist()
 
 
 def test_another_mixer_is_patched_in_its_residual_stream_only():

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=-1,
         metavar="N",
-        help="position whose logits are read, from 0 (default: the last)",
+        help="position whose logits (its prediction of the next token) are read, from 0 "
+        "(default: the last)",
     )
     parser.add_argument(
         "--top", type=int, default=10, metavar="K", help="patches printed of each kind, largest"

@@ -44,7 +44,7 @@ class Patching:
 
     rows: list[str]  # the streams patched: "embeddings", "0 out", "1 out", ...
     residual: torch.Tensor  # (R, T): the metric with the stream at (row, position) patched
-    heads: torch.Tensor | None  # (L, H): ... with a head's output patched; None: no attention
+    heads: torch.Tensor | None  # (L, H): ... a head's output; NaN: no such head; None: no attention
     clean: float  # the metric of the clean text
     corrupt: float  # ... and of the corrupted one
     position: int  # where the metric is read, from 0
@@ -106,11 +106,11 @@ def activation_patching(
         residual = torch.stack([sweep(path, seen.streams[path]) for path in streams.values()])
         grid = None
         if attention:
-            missing = torch.full((max(heads),), torch.nan, dtype=torch.float64)
-            grid = torch.stack([
-                missing if layer is None else sweep(f"{layer}.{HEADS}", seen.heads[layer])
-                for layer in layers
-            ])  # fmt: skip
+            grid = torch.full((len(layers), max(heads)), torch.nan, dtype=torch.float64)
+            for i, layer in enumerate(layers):  # NaN: no such head (another mixer, fewer heads)
+                if layer is not None:
+                    row = sweep(f"{layer}.{HEADS}", seen.heads[layer])
+                    grid[i, : len(row)] = row
     return Patching(list(streams), residual, grid, clean_metric, corrupt_metric, position)
 
 

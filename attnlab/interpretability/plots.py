@@ -37,9 +37,12 @@ class Heatmap:
 def signed_cells(values: torch.Tensor, limit: float) -> list[list[str]]:
     """Each value of a map (R, C) as a cell's text, signed, with two figures of `limit` (the
     largest magnitude shown): +0.0031 on a map of small values, +1.2 on one of large; a value
-    that rounds to zero reads +0.00, not -0.00."""
+    that rounds to zero reads +0.00, not -0.00; a missing one (NaN: no such cell) is blank."""
     decimals = max(1 - math.floor(math.log10(max(limit, 1e-6))), 0)
-    return [[f"{round(v, decimals) + 0.0:+.{decimals}f}" for v in row] for row in values.tolist()]
+    return [
+        [f"{round(v, decimals) + 0.0:+.{decimals}f}" if v == v else "" for v in row]
+        for row in values.tolist()
+    ]
 
 
 def _colours(name: str):
