@@ -223,6 +223,22 @@ def test_the_command_prints_the_gap_and_the_largest_patches(checkpoints, capsys)
     assert lines[14] == "(5 smaller not shown: --top, or --json for all)"
 
 
+def test_a_small_gap_gets_a_note(checkpoints, capsys, monkeypatch):
+    """Shares of a gap of 1e-4 (an untrained model's, as here) can read +3.5 and -2.5: real, and
+    nearly meaningless; the note says so. A gap above SMALL_GAP gets none."""
+    from attnlab.cli import inspect_patching
+
+    argv = ["inspect", "patching", checkpoints["gpt"], "--clean", CLEAN, "--corrupt", CORRUPT,
+            "--target", "e", "--versus", "a", "--json"]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    gap = json.loads(out)["gap"]
+    assert code == 0 and abs(gap) < inspect_patching.SMALL_GAP
+    assert f"attnlab: note: the texts' metrics differ by only {gap:+.2g}: a share of" in err
+    monkeypatch.setattr(inspect_patching, "SMALL_GAP", abs(gap) / 2)
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "differ by only" not in err
+
+
 def test_json_holds_the_full_maps_and_png_draws_them(checkpoints, tmp_path, capsys):
     png = tmp_path / "patching.png"
     argv = ["inspect", "patching", checkpoints["gpt"], "--clean", CLEAN, "--corrupt", CORRUPT,
