@@ -296,6 +296,28 @@ def test_a_converted_classifier_goes_back_with_its_class_names(classifier, tmp_p
     assert_same_outputs(hf, tokenizer, back, back_tokenizer, order)
 
 
+@pytest.mark.parametrize("names", [("x", "x"), ("good", "so\tso")])
+def test_names_a_class_cannot_have_leave_the_classes_numbered(names, masked_lm, tmp_path, capsys):
+    """id2label's names become the classes only where train's --label-names could give them
+    (each its own, no tab: classify prints them as fields); else the classes are numbered, and
+    the folder goes back to transformers all the same."""
+    tokenizer, _, _ = masked_lm
+    vocab = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+    config = hf_config(len(vocab), id2label=dict(enumerate(names)))
+    save_folder(transformers.BertForSequenceClassification(config), tmp_path / "hf", vocab)
+    code, _, err = run(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "c")], capsys)
+    assert code == 0, err
+    assert "classes" not in load_checkpoint(tmp_path / "c").artifacts
+    to_hf(tmp_path / "c", tmp_path / "back", capsys)
+
+
+def test_an_out_link_that_leads_nowhere_is_refused_by_name(masked_lm, tmp_path, capsys):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    argv = ["convert", str(masked_lm[2]), "--to", "hf", "--out", str(tmp_path / "out")]
+    words = f"--out {tmp_path / 'out'} is a link that leads nowhere"
+    assert_refused_writing_nothing(argv, words, masked_lm[2], tmp_path, capsys)
+
+
 def assert_same_outputs(hf, tokenizer, back, back_tokenizer, order):
     """`back` and its tokenizer (a folder --to hf wrote) cut TEXTS into the same tokens as `hf`
     and its tokenizer do, and compute the same logits; back's id i is hf's id order[i]."""

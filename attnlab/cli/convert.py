@@ -12,7 +12,7 @@ from pathlib import Path
 
 from attnlab.cli import HelpFormatter
 from attnlab.cli.reports import note
-from attnlab.errors import UserError
+from attnlab.errors import UserError, dangling_link
 
 DESCRIPTION = """\
 Convert weights between Hugging Face `transformers` and attnlab (transformers installed).
@@ -123,6 +123,8 @@ def check_out(out: Path) -> None:
     """DIR new or empty: a conversion never replaces a checkpoint, nor writes among other files."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a new or empty folder")
+    if out.is_symlink() and not out.exists():  # else --to hf fails on its temporary folder
+        raise UserError(f"--out {dangling_link(out)}: give a new or empty folder")
     if not out.is_dir():
         return
     if (out / "model.safetensors").exists():

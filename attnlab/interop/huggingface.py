@@ -134,9 +134,13 @@ def to_hf(
 def class_names(model: nn.Module) -> ClassNames | None:
     """The class names of a Hugging Face classifier (its config's id2label), as the "classes"
     artefact of a checkpoint saves them; None where they are Hugging Face's placeholders
-    (LABEL_0, LABEL_1, ...) or the model has no classes."""
+    (LABEL_0, LABEL_1, ...), names attnlab's classes cannot have (as train's --label-names:
+    empty, twice, or with a tab or line break, which classify's fields would split) or the
+    model has no classes."""
     id2label = getattr(model.config, "id2label", None) or {}
     names = tuple(str(id2label[i]) for i in range(len(id2label)) if i in id2label)
     if len(names) != len(id2label) or names == tuple(f"LABEL_{i}" for i in range(len(names))):
+        return None
+    if len(set(names)) < len(names) or not all(n and n.isprintable() for n in names):
         return None
     return ClassNames(names)
