@@ -12,6 +12,13 @@ Encoding is two steps, as Google's BERT and Hugging Face's BertTokenizer do them
    token, then the longest token ``##rest`` of what remains, and so on. A word no pieces cover,
    or longer than 100 characters, is one ``[UNK]``.
 
+Where Hugging Face's two BertTokenizers differ, this one gives the ids of the fast one (Rust,
+the `tokenizers` library): it keeps unassigned code points (the Python one drops them as
+controls), lowercases one character at a time (a word-final capital sigma becomes σ, not
+str.lower's ς), and leaves U+2B820-U+2B91F (CJK extension E) out of the ideographs. Both use
+tables of Unicode categories: where those tables' versions differ (a few hundred marks and
+punctuation characters added in later versions), so may the words.
+
 Speed: most text is ASCII, where the basic step is plain: ``words`` lowercases such text
 whole and splits it with one regular expression into runs of letters and digits and single
 punctuation characters (ASCII's controls dropped first). Only the whitespace-separated chunks
@@ -50,10 +57,11 @@ MAX_WORD_CHARS = 100  # a longer word is [UNK] at once (BertTokenizer's limit)
 CACHE_LIMIT = 1 << 16  # words remembered with their pieces before the cache starts over
 
 # CJK Unified Ideographs and their extensions and compatibility blocks: the characters the basic
-# step makes words of their own (Japanese kana and Korean hangul are not among them, as in BERT)
+# step makes words of their own (Japanese kana and Korean hangul are not among them, as in BERT;
+# extension E starts at 0x2B920, not 0x2B820, as in Hugging Face's fast tokenizer)
 CJK_RANGES = (
     (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+    (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
 )  # fmt: skip
 
 
@@ -74,9 +82,10 @@ def _is_whitespace(char: str) -> bool:
 
 
 def _is_control(char: str) -> bool:
-    """Dropped by the basic step: Unicode's "other" characters (controls, formats, unassigned),
-    but tab and line breaks, which are whitespace."""
-    return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
+    """Dropped by the basic step: Unicode's "other" characters (controls, formats, private use),
+    but tab and line breaks, which are whitespace, and unassigned code points, which the fast
+    tokenizer keeps."""
+    return char not in "\t\n\r" and unicodedata.category(char) in ("Cc", "Cf", "Co", "Cs")
 
 
 @lru_cache(maxsize=CACHE_LIMIT)
@@ -166,8 +175,8 @@ class WordPieceTokenizer(Tokenizer):
         for the chunks of text that hold a non-ASCII character, and tests hold it to the other."""
         words = []
         for word in "".join(map(_cleaned, text)).split():
-            if self.lowercase:
-                word = word.lower()
+            if self.lowercase:  # per character: no final sigma (ς), as the fast tokenizer
+                word = word.replace("\u03a3", "\u03c3").lower()
             if self.strip_accents or (self.strip_accents is None and self.lowercase):
                 word = _strip_accents(word)
             words += self._split_punctuation(word)
