@@ -50,3 +50,8 @@ def test_cells_show_two_figures_of_the_largest_value_and_no_minus_zero():
     assert plots.signed_cells(small, 0.0031) == [["+0.0031", "-0.0004"], ["+0.0000", "+0.0000"]]
     assert plots.signed_cells(torch.tensor([[12.3, -0.04]]), 12.3) == [["+12", "+0"]]
     assert plots.signed_cells(torch.tensor([[-1.234]]), 1.234) == [["-1.2"]]
+    assert (plots.signed(-0.00004), plots.signed(-0.00006), plots.signed(2)) == (
+        "+0.0000",
+        "-0.0001",
+        "+2.0000",
+    )  # the tables of inspect attribution and patching

@@ -137,18 +137,20 @@ def _why(target: int | None, position: int, length: int) -> str:
 
 
 def _print(summary: dict, measured: str, why: str, top: int) -> None:
+    from attnlab.interpretability.plots import signed
+
     position = summary["position"]
     print(f"position {position}, token {summary['tokens'][position]!r}: the {measured} "
           f"(target: {why})")  # fmt: skip
     ranked = sorted(summary["components"].items(), key=lambda item: -abs(item[1]))
     print(f"{'component':<14}{'direct share':>12}")
     for name, value in ranked[:top]:
-        print(f"{name:<14}{value:>+12.4f}")
+        print(f"{name:<14}{signed(value):>12}")
     if len(ranked) > top:
         print(f"({len(ranked) - top} smaller share(s) not shown: --top, or --json for all)")
     shares, bias = summary["sum"] - summary["norm_bias"], summary["norm_bias"]
-    print(f"all shares {shares:+.4f}, final norm's bias {bias:+.4f}: sum {summary['sum']:+.4f}, "
-          f"the model's {summary['logit']:+.4f}")  # fmt: skip
+    print(f"all shares {signed(shares)}, final norm's bias {signed(bias)}: sum "
+          f"{signed(summary['sum'])}, the model's {signed(summary['logit'])}")  # fmt: skip
 
 
 def _png(png, report, shares: dict, position: int, measured: str):

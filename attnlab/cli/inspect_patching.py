@@ -157,11 +157,11 @@ def _print(summary: dict, top: int) -> None:
 
 def _table(header: str, cells: list[tuple[float, str]], top: int, note: str) -> None:
     """The `top` cells that restore most (in size), largest first."""
-    from attnlab.interpretability.plots import padded
+    from attnlab.interpretability.plots import padded, signed
 
     print(f"\n{header}{'restored':>10}  {note}")
     for value, where in sorted(cells, key=lambda cell: -abs(cell[0]))[:top]:
-        print(f"{padded(where, 33)}{round(value, 4) + 0.0:>+10.4f}")  # no -0
+        print(f"{padded(where, 33)}{signed(value):>10}")
     if len(cells) > top:
         print(f"({len(cells) - top} smaller not shown: --top, or --json for all)")
 

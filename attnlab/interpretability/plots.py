@@ -39,10 +39,12 @@ def signed_cells(values: torch.Tensor, limit: float) -> list[list[str]]:
     largest magnitude shown): +0.0031 on a map of small values, +1.2 on one of large; a value
     that rounds to zero reads +0.00, not -0.00; a missing one (NaN: no such cell) is blank."""
     decimals = max(1 - math.floor(math.log10(max(limit, 1e-6))), 0)
-    return [
-        [f"{round(v, decimals) + 0.0:+.{decimals}f}" if v == v else "" for v in row]
-        for row in values.tolist()
-    ]
+    return [[signed(v, decimals) if v == v else "" for v in row] for row in values.tolist()]
+
+
+def signed(value: float, decimals: int = 4) -> str:
+    """A value with its sign and `decimals` decimals; one that rounds to zero reads +0.0000."""
+    return f"{round(value, decimals) + 0.0:+.{decimals}f}"
 
 
 def _colours(name: str):
