@@ -228,6 +228,18 @@ MUTATIONS = [
         (("tests/test_interpretability.py", "-k", "in_place or ablating_every_head"),),
     ),
     Mutation(
+        "attribution-forgets-layernorm-centring",
+        "attnlab/interpretability/attribution.py",
+        (("(read - read.mean(-1, keepdim=True)) / scale", "read / scale"),),
+        (("tests/test_inspection_vs_hf.py", "-k", "attribution and gpt2"),),
+    ),
+    Mutation(
+        "attribution-head-columns-mixed-up",
+        "attnlab/interpretability/attribution.py",
+        (("view(-1, n_heads, head_dim)", "view(-1, head_dim, n_heads).transpose(1, 2)"),),
+        (("tests/test_inspection_vs_hf.py", "-k", "attribution and llama"),),
+    ),
+    Mutation(
         "image-gpt-inputs-hold-the-pixel-they-predict",
         "attnlab/data/palette.py",
         (("torch.cat([start, targets[:, :-1]], dim=1)", "targets.clone()"),),
