@@ -258,6 +258,21 @@ MUTATIONS = [
         (("tests/test_mixers.py", "-k", "equations_written_out"),),
     ),
     Mutation(
+        "mamba-B-and-C-swapped",
+        "attnlab/layers/mamba.py",
+        (("dt, B, C = self.ssm_projection(u)", "dt, C, B = self.ssm_projection(u)"),),
+        (("tests/test_mamba_vs_hf.py", "-k", "is_transformers_mixer_in_float64"),),
+    ),
+    Mutation(
+        "conv-state-one-position-stale",
+        "attnlab/layers/convolution.py",
+        (("window[:, window.size(1) - keep :]", "window[:, window.size(1) - keep - 1 : -1]"),),
+        (
+            ("tests/test_mamba_vs_hf.py", "-k", "decodes"),
+            ("tests/test_mixer_references.py", "-k", "mamba_decoding"),
+        ),
+    ),
+    Mutation(
         "gradients-never-clipped",
         "attnlab/training/trainer.py",
         (("(self.optimizer, self.config.grad_clip)", "(self.optimizer, 0)"),),
