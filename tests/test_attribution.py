@@ -26,6 +26,10 @@ CONFIGS = {
         "n_kv_heads": 1, "bias": False, "activation": "swiglu", "positional": "alibi",
     },
     "mamba": {"mixer": "mamba"},
+    "mamba as Hugging Face's, no feed-forward": {
+        "mixer": "mamba", "d_ff": 0, "positional": "none", "norm": "rmsnorm", "bias": False,
+    },
+    "attention, no feed-forward": {"d_ff": 0},
 }  # fmt: skip
 
 
@@ -56,6 +60,7 @@ def test_the_shares_sum_to_the_models_logit(fields):
         assert report.error.abs().max() < 1e-4, (target, versus)
         assert torch.allclose(report.contributions.sum(0) + report.norm_bias, expected, atol=1e-4)
     layers, heads = (2, 4) if "mixer" not in fields else (2, 0)
+    feedforward = fields.get("d_ff") != 0
     assert report.heads.shape == (layers, heads, 12)
     names = report.components
     assert names[0] == "embed" and ("pos" in names) == (
@@ -63,7 +68,7 @@ def test_the_shares_sum_to_the_models_logit(fields):
     )
     assert ("L1 attn bias" in names) == (heads > 0 and fields.get("bias", True))
     for i in range(layers):
-        assert f"L{i} ffn" in names and (f"L{i} mixer" in names) == (heads == 0)
+        assert (f"L{i} ffn" in names) == feedforward and (f"L{i} mixer" in names) == (heads == 0)
         for h in range(heads):
             assert torch.equal(report.contributions[names.index(f"L{i}H{h}")], report.heads[i, h])
 

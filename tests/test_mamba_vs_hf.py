@@ -79,13 +79,13 @@ def pair(dtype=torch.float64, use_bias=False, use_conv_bias=True, seed=0):
         theirs.A_log.uniform_(-2.3, 2.3)
         theirs.D.normal_()
         theirs.dt_proj.bias.uniform_(-4.0, 1.0)
-    ours = Mamba(MambaOptions(d_state=STATE, d_conv=KERNEL, dt_rank=RANK), WIDTH, bias=use_bias)
-    ours = ours.double()
+    options = MambaOptions(
+        d_state=STATE, d_conv=KERNEL, dt_rank=RANK, bias=use_bias, conv_bias=use_conv_bias
+    )
+    ours = Mamba(options, WIDTH).double()
     held = theirs.state_dict()
-    weights = {name: held.get(their_name(name)) for name in ours.state_dict()}
-    assert {their_name(n) for n, w in weights.items() if w is not None} == set(held)
-    if not use_conv_bias:  # attnlab's convolution always has a bias: zero is none
-        weights["convolution.bias"] = torch.zeros_like(ours.convolution.bias)
+    weights = {name: held[their_name(name)] for name in ours.state_dict()}
+    assert {their_name(n) for n in weights} == set(held)
     ours.load_state_dict(weights)
     return ours.to(dtype).eval(), theirs.to(dtype).eval()
 

@@ -118,7 +118,7 @@ def test_a_layer_of_another_mixer_or_fewer_heads_is_nan_in_the_heads_map(monkeyp
     """Mixed layers (a user's mixer may build any per layer): the heads map is as wide as the
     widest layer, NaN where a layer has no such head; the table and the PNG leave those out."""
     model = gpt(n_layers=3)
-    model.blocks[1].token_mixer = Mamba(MambaOptions(), 32, bias=False)
+    model.blocks[1].token_mixer = Mamba(MambaOptions(), 32)
     model.blocks[2].token_mixer = MultiHeadAttention(32, 2, causal=True)
     clean, corrupt = texts(3)
     report = activation_patching(model.eval(), clean, corrupt, target=3, versus=5, position=AT)

@@ -30,16 +30,17 @@ bert-base-uncased) becomes a bert checkpoint, for fill-mask and train classifier
 BertForSequenceClassification a classifier checkpoint, for classify, its class names from
 id2label. A BertModel, without a masked-LM head, is refused. attnlab numbers BERT's special
 tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) after the others, the weights' rows moved to match: the
-ids differ from Hugging Face's, the outputs do not. Llama and Mistral folders are refused: of
-Hugging Face's tokenizers, only GPT-2's byte-level BPE and BERT's WordPiece cross.
+ids differ from Hugging Face's, the outputs do not. Llama, Mistral and Mamba folders are
+refused: of Hugging Face's tokenizers, only GPT-2's byte-level BPE and BERT's WordPiece cross.
 
 With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;
-or Llama's: RoPE, RMSNorm, SwiGLU, no biases), and DIR a folder that transformers'
-from_pretrained loads. Its tokenizer goes along (vocab.json, merges.txt and transformers' own
-files) once GPT2TokenizerFast is seen to give the same ids on a sample text and on every token:
-a byte tokenizer, GPT-2's own vocabulary (`--tokenizer gpt2`), a `bpe:N` one as a rule; else it
-is left out, with a note. The name of a special token (<|endoftext|>) in a text is that token to
-transformers, and plain text to attnlab.
+or Llama's: RoPE, RMSNorm, SwiGLU, no biases; or Mamba's: mixer mamba, d_ff 0, RMSNorm, no
+positions, no biases), and DIR a folder that transformers' from_pretrained loads. Its tokenizer
+goes along (vocab.json, merges.txt and transformers' own files) once GPT2TokenizerFast is seen
+to give the same ids on a sample text and on every token: a byte tokenizer, GPT-2's own
+vocabulary (`--tokenizer gpt2`), a `bpe:N` one as a rule; else it is left out, with a note. The
+name of a special token (<|endoftext|>) in a text is that token to transformers, and plain text
+to attnlab.
 
 With --to hf, SRC may also be a bert checkpoint, which becomes a BertForMaskedLM folder, or a
 classifier one, a BertForSequenceClassification with its class names as id2label; BERT-shaped

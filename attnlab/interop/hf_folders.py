@@ -130,7 +130,7 @@ def _check_gpt2(source: str, config: dict[str, Any]) -> None:
     raise UserError(
         f"{source} holds a {names[0]} model: only GPT-2 and BERT folders convert, as only their "
         "tokenizers (GPT-2's byte-level BPE, BERT's WordPiece) are attnlab's; from_hf in Python "
-        "(attnlab.interop.huggingface) converts Llama and Mistral weights, without one"
+        "(attnlab.interop.huggingface) converts Llama, Mistral and Mamba weights, without one"
     )
 
 

@@ -128,12 +128,14 @@ def gpt2_to_hf(model: GPT) -> nn.Module:
         and c.bias
         and (c.n_kv_heads or c.n_heads) == c.n_heads
         and c.activation in TO_HF_ACTIVATIONS
+        and c.ff_width
     )
     if not gpt2_shaped:
         raise ValueError(
             "only GPT-2-shaped models (learned positions, LayerNorm with bias, multi-head "
-            "attention, gelu/gelu_tanh/relu/silu) convert, to GPT2LMHeadModel, and Llama-shaped "
-            "ones (attention, RoPE, RMSNorm, SwiGLU, no biases), to LlamaForCausalLM"
+            "attention, a gelu/gelu_tanh/relu/silu feed-forward) convert, to GPT2LMHeadModel, "
+            "Llama-shaped ones (attention, RoPE, RMSNorm, SwiGLU, no biases), to "
+            "LlamaForCausalLM, and Mamba-shaped ones, to MambaForCausalLM"
         )
     hf_config = GPT2Config(
         vocab_size=c.vocab_size,

@@ -1,6 +1,7 @@
 """Weights to and from Hugging Face ``transformers`` models, through explicit name tables: one
-module per family (hf_gpt.py: GPT-2, Llama, Mistral; hf_bert.py; hf_vit.py), foreign parameter
-names only in their tables. ``transformers`` is imported lazily: only the conversions need it.
+module per family (hf_gpt.py: GPT-2, Llama, Mistral; hf_mamba.py; hf_bert.py; hf_vit.py),
+foreign parameter names only in their tables. ``transformers`` is imported lazily: only the
+conversions need it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from attnlab.interop.hf_gpt import (
     llama_from_hf,
     llama_to_hf,
 )
+from attnlab.interop.hf_mamba import mamba_from_hf, mamba_to_hf
 from attnlab.interop.hf_vit import vit_from_hf, vit_to_hf
 from attnlab.models.bert import BertClassifier, BertForMaskedLM
 from attnlab.models.gpt import GPT
@@ -31,6 +33,8 @@ from attnlab.training.artifacts import ClassNames
 def from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Module:
     """An attnlab model with the weights of a Hugging Face model: GPT2LMHeadModel,
     LlamaForCausalLM and MistralForCausalLM (without a sliding window) -> GPT;
+    MambaForCausalLM -> GPT of Mamba blocks without feed-forwards (see hf_mamba: its context
+    length, and the padding it does not mask);
     BertForMaskedLM -> BertForMaskedLM; BertForSequenceClassification and BertModel ->
     BertClassifier (from BertModel, with a new classification head); ViTForImageClassification
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
@@ -53,9 +57,12 @@ def from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Mo
         convert = vit_from_hf
     elif kind == "GPT2LMHeadModel":
         convert = gpt2_from_hf
+    elif kind == "MambaForCausalLM":
+        convert = mamba_from_hf
     else:
         raise ValueError(
-            "from_hf supports GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, BertModel, "
+            "from_hf supports GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
+            "MambaForCausalLM, BertModel, "
             "BertForMaskedLM, BertForSequenceClassification, ViTModel and "
             f"ViTForImageClassification, got {kind}"
         )
@@ -85,7 +92,8 @@ def to_hf(
     model: nn.Module, head: bool = True, classes: ClassNames | Sequence[str] | None = None
 ) -> nn.Module:
     """A Hugging Face model with the weights of an attnlab model: GPT -> GPT2LMHeadModel, or
-    LlamaForCausalLM for a Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases);
+    LlamaForCausalLM for a Llama-shaped GPT (RoPE, RMSNorm, SwiGLU, no biases), or
+    MambaForCausalLM for one of Mamba blocks without feed-forwards (d_ff = 0);
     BertForMaskedLM -> BertForMaskedLM, BertClassifier -> BertForSequenceClassification;
     VisionTransformer -> ViTForImageClassification, or with head=False ViTModel (no pooler).
     classes: a classifier's class names (its checkpoint's "classes" artefact), which become
@@ -118,7 +126,10 @@ def to_hf(
             )
         llama = ("attention", "rope", "rmsnorm", "swiglu", False)
         llama_shaped = (c.mixer, c.positional, c.norm, c.activation, c.bias) == llama
-        convert = llama_to_hf if llama_shaped else gpt2_to_hf
+        if c.mixer == "mamba":
+            convert = mamba_to_hf
+        else:
+            convert = llama_to_hf if llama_shaped and c.ff_width else gpt2_to_hf
     else:
         raise ValueError(
             "to_hf supports GPT, BertForMaskedLM, BertClassifier and VisionTransformer, got "

@@ -5,10 +5,11 @@ Circuits"; TransformerLens's logit attribution).
 Dimensions: T positions, D model width, H heads, Dh head width, L layers, C components.
 
 In a pre-norm model the stream the final norm reads is a sum: the token embeddings, the position
-embeddings, then what each block's token mixer and feed-forward added. An attention layer's
-addition is a sum too: each head's output times its columns of the output projection, plus that
-projection's bias. The final norm is linear but for its scale, 1/√(variance + eps); held at the
-value the whole stream gave (the standard linearisation), a part's share of a token's logit is
+embeddings, then what each block's token mixer and feed-forward (where it has one) added. An
+attention layer's addition is a sum too: each head's output times its columns of the output
+projection, plus that projection's bias. The final norm is linear but for its scale,
+1/√(variance + eps); held at the value the whole stream gave (the standard linearisation), a
+part's share of a token's logit is
 
     (part, centred as LayerNorm centres (RMSNorm does not), / scale · gain) · the token's row of
     the output head,
@@ -114,7 +115,8 @@ def _shares(model: nn.Module, ids, stream: dict, heads: dict, direction: torch.T
         else:  # another mixer: its whole addition to the stream
             rows.append(None)
             parts[f"L{i} mixer"] = share(after - before)
-        parts[f"L{i} ffn"] = share(stream[f"blocks.{i}.stream_out"] - after)
+        if block.feedforward is not None:  # a block without one (Mamba's) adds no more
+            parts[f"L{i} ffn"] = share(stream[f"blocks.{i}.stream_out"] - after)
     n_heads = max((len(r) for r in rows if r is not None), default=0)
     missing = torch.full((n_heads, len(ids)), torch.nan, dtype=torch.float64)
     return parts, torch.stack([missing if r is None else r for r in rows])

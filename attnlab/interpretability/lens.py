@@ -6,7 +6,8 @@ Dimensions: R streams read, T positions, V vocabulary size.
 
 The streams read are the embeddings (the first block's input), then each block's stream after
 each sub-layer (hooks.py): after the token mixer, after cross attention where there is one, and
-the block's output. A block's input is the previous block's output, so it is read once. The last
+the block's output. A block's input is the previous block's output, so it is read once; so is the
+output of a block without a feed-forward (Mamba's), the stream after its last sub-layer. The last
 row is the model's own prediction.
 """
 
@@ -59,9 +60,16 @@ def lens_points(model: nn.Module) -> list[tuple[str, str]]:
         index = block.rpartition(".")[2]
         if leaf == "stream_in" and not chosen:
             chosen.append((path, "embeddings"))
-        elif leaf in SUB_LAYERS:
+        elif leaf in SUB_LAYERS and not (leaf == "stream_out" and _no_feedforward(model, block)):
             chosen.append((path, f"{index} {SUB_LAYERS[leaf]}"))
     return chosen
+
+
+def _no_feedforward(model: nn.Module, block: str) -> bool:
+    """Whether the block at path `block` is a residual block without a feed-forward: its output
+    is then the stream after its last sub-layer, read already."""
+    module = model.get_submodule(block)
+    return hasattr(module, "feedforward") and module.feedforward is None
 
 
 @torch.no_grad()

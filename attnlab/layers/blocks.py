@@ -6,7 +6,9 @@ Post-norm, as in the original paper (section 3.1, "LayerNorm(x + Sublayer(x))"):
     x = norm(x + dropout(mixer(x)))
 Pre-norm, as in GPT-2 and most models since (Xiong et al. 2020 show it trains without warmup):
     x = x + dropout(mixer(norm(x)))
-A decoder block for the encoder-decoder adds cross attention between the two sub-layers.
+A decoder block for the encoder-decoder adds cross attention between the two sub-layers. A block
+may have no feed-forward (feedforward=None: Mamba's blocks, the mixer alone); its output is then
+the stream after its last sub-layer.
 The token mixer is anything that keeps the TokenMixer contract (contracts.py): attention, or a
 recurrent, Hyena or Mamba layer. Hook points mark the residual stream before and after each
 sub-layer (hooks.py), for inspection of any model built of blocks.
@@ -29,14 +31,15 @@ class ResidualBlock(nn.Module):
     def __init__(
         self,
         token_mixer: nn.Module,
-        feedforward: nn.Module,
+        feedforward: nn.Module | None,
         norm: Callable[[], nn.Module],
         *,
         cross_attention: MultiHeadAttention | None = None,
         prenorm: bool = True,
         dropout: float = 0.0,
     ):
-        """norm: makes one normalization layer; called once per sub-layer."""
+        """norm: makes one normalization layer; called once per sub-layer. feedforward: None for
+        none (and no norm before it)."""
         super().__init__()
         self.prenorm = prenorm
         self.token_mixer = token_mixer
@@ -44,12 +47,12 @@ class ResidualBlock(nn.Module):
         self.cross_attention = cross_attention
         self.cross_norm = norm() if cross_attention is not None else None
         self.feedforward = feedforward
-        self.feedforward_norm = norm()
+        self.feedforward_norm = norm() if feedforward is not None else None
         self.dropout = dropout  # functional: no module call per sub-layer when it is 0
         self.stream_in = HookPoint()  # the residual stream entering the block
         self.stream_after_mixer = HookPoint()
         self.stream_after_cross = HookPoint() if cross_attention is not None else None
-        self.stream_out = HookPoint()  # after the feed-forward: the block's output
+        self.stream_out = HookPoint()  # the block's output: after the feed-forward, if any
 
     def forward(
         self,
@@ -75,7 +78,9 @@ class ResidualBlock(nn.Module):
                 ),
             )
             x = self.stream_after_cross.tap(x)
-        return self.stream_out.tap(self._residual(x, self.feedforward_norm, self.feedforward))
+        if self.feedforward is not None:
+            x = self._residual(x, self.feedforward_norm, self.feedforward)
+        return self.stream_out.tap(x)
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer: Callable) -> torch.Tensor:
         if self.prenorm:

@@ -106,6 +106,8 @@ class MambaOptions:
     dt_min: float = 1e-3  # Δ starts log-uniform in [dt_min, dt_max] (section 3.6)
     dt_max: float = 1e-1
     dt_floor: float = 1e-4  # smallest initial Δ
+    bias: bool = False  # biases in the input and output projections (the paper has none)
+    conv_bias: bool = True  # a bias in the convolution
 
     def __post_init__(self):
         check_types(self)
@@ -125,18 +127,17 @@ class MambaOptions:
 
 
 class Mamba(nn.Module):
-    def __init__(self, options: MambaOptions, d_model: int, bias: bool = False):
-        """bias: in the input and output projections (the paper has none)."""
+    def __init__(self, options: MambaOptions, d_model: int):
         super().__init__()
         self.options = o = options
         inner, self.rank = o.expand * d_model, o.rank(d_model)
-        self.input_projection = nn.Linear(d_model, 2 * inner, bias=bias)  # u and the gate z
-        self.convolution = CausalConv1d(inner, o.d_conv)
+        self.input_projection = nn.Linear(d_model, 2 * inner, bias=o.bias)  # u and the gate z
+        self.convolution = CausalConv1d(inner, o.d_conv, bias=o.conv_bias)
         self.ssm_projection = nn.Linear(inner, self.rank + 2 * o.d_state, bias=False)  # Δ, B, C
         self.dt_projection = nn.Linear(self.rank, inner)
         self.A_log = nn.Parameter(torch.empty(inner, o.d_state))
         self.D = nn.Parameter(torch.empty(inner))
-        self.output_projection = nn.Linear(inner, d_model, bias=bias)
+        self.output_projection = nn.Linear(inner, d_model, bias=o.bias)
         writes_residual(self.output_projection.weight)
         dt_bias = self.dt_projection.bias
         # The dynamics: decaying them would pull A towards -1, D and Δ towards 0.
@@ -201,7 +202,7 @@ class Mamba(nn.Module):
 def build_mamba(options: MambaOptions, context: MixerContext) -> Mamba:
     if not context.causal:
         raise ValueError("the 'mamba' mixer scans left to right: it is causal only")
-    return Mamba(options, context.d_model, bias=False)
+    return Mamba(options, context.d_model)  # its biases are its options', not the model's
 
 
 register_mixer("mamba", MambaOptions, build_mamba)

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.config import check_choice, check_dropout, check_positive, check_types
+from attnlab.config import (
+    check_at_least,
+    check_choice,
+    check_dropout,
+    check_positive,
+    check_types,
+)
 from attnlab.data.text import TextDataConfig, text_training_data
 from attnlab.errors import ConfigError
 from attnlab.layers import (
@@ -57,7 +63,7 @@ class GPTConfig:
     n_heads: int = 12  # query heads per attention layer
     n_kv_heads: int | None = None  # key/value heads; None = n_heads, fewer = grouped-query
     d_model: int = 768  # residual stream width
-    d_ff: int | None = None  # feed-forward hidden width; None = 4 * d_model
+    d_ff: int | None = None  # feed-forward hidden width; None = 4 * d_model, 0 = no feed-forward
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5  # added to the variance inside each norm
     prenorm: bool = True  # norm before each sub-layer, and a final norm (GPT-2); else after (GPT-1)
@@ -76,6 +82,8 @@ class GPTConfig:
         reasons = unread_reasons(values.get("mixer", "attention"), values.get("mixer_options"))
         if (positional := values.get("positional", "learned")) != "rope":
             reasons["rope_base"] = f"of positional 'rope', not of {positional!r}"
+        if values.get("d_ff") == 0:
+            reasons["activation"] = "of the feed-forward, which d_ff = 0 leaves out"
         return reasons
 
     def __post_init__(self):
@@ -90,8 +98,9 @@ class GPTConfig:
             d_model=self.d_model,
             norm_eps=self.norm_eps,
             n_kv_heads=self.n_kv_heads,
-            d_ff=self.d_ff,
         )
+        if self.d_ff is not None:
+            check_at_least(name, "d_ff", self.d_ff, 0, " (0: blocks without a feed-forward)")
         check_choice(name, "norm", self.norm, NORMS)
         check_choice(name, "positional", self.positional, POSITIONALS)
         check_choice(name, "activation", self.activation, FEEDFORWARDS)
@@ -132,7 +141,8 @@ class GPTConfig:
 
     @property
     def ff_width(self) -> int:
-        return self.d_ff or 4 * self.d_model
+        """The feed-forward's hidden width; 0 where the blocks have none."""
+        return 4 * self.d_model if self.d_ff is None else self.d_ff
 
 
 def _gpt2(n_layers: int, n_heads: int, d_model: int) -> GPTConfig:
@@ -188,7 +198,9 @@ class GPT(nn.Module):
             relative_position=relative,
         )
         mixer = mixer_spec(c.mixer).build(c.mixer_settings, context)
-        feedforward = make_feedforward(c.activation, c.d_model, c.ff_width, bias=c.bias)
+        feedforward = None
+        if c.ff_width:
+            feedforward = make_feedforward(c.activation, c.d_model, c.ff_width, bias=c.bias)
         return ResidualBlock(mixer, feedforward, self._norm, prenorm=c.prenorm, dropout=c.dropout)
 
     def _norm(self) -> nn.Module:
