@@ -221,14 +221,16 @@ def _replacement(result, output: torch.Tensor, path: str) -> torch.Tensor:
 
 
 def ablate_heads(heads: Iterable[int]) -> Patch:
-    """A patch for an ``attention_weights`` hook point that zeroes these heads' weights, so
-    they add nothing to their layer's output (zero ablation)."""
+    """A patch that zeroes these heads, so they add nothing to their layer's output (zero
+    ablation): at a ``head_outputs`` hook point their outputs (B, H, Tq, Dh), at an
+    ``attention_weights`` one their weights (B, H, Tq, Tk), the same ablation; only the weights'
+    hook point takes attention off its fused path."""
     chosen = list(heads) if isinstance(heads, Iterable) else [None]
     if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) for h in chosen):
         raise TypeError(f"ablate_heads takes head indices, a list of ints, got {heads!r}")
     heads = sorted(set(chosen))
 
-    def patch(weights: torch.Tensor) -> torch.Tensor:  # (B, H, Tq, Tk)
+    def patch(weights: torch.Tensor) -> torch.Tensor:  # (B, H, Tq, Tk) or (B, H, Tq, Dh)
         if wrong := [h for h in heads if not 0 <= h < weights.size(1)]:
             raise ValueError(
                 f"ablate_heads: head {wrong[0]} is out of range: the layer has heads 0 to "

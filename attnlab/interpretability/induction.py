@@ -26,6 +26,7 @@ from torch import nn
 
 from attnlab.errors import UserError
 from attnlab.interpretability.capture import (
+    HEADS,
     WEIGHTS,
     AttentionLayer,
     ablate_heads,
@@ -177,7 +178,7 @@ def _copying(model, tokens, layers, seen, start) -> torch.Tensor | None:
         if after not in seen.streams:
             return None
         for head in range(scores.size(1)):
-            patch = {f"{layer.name}.{WEIGHTS}": ablate_heads([head])}
+            patch = {f"{layer.name}.{HEADS}": ablate_heads([head])}
             with capture(model, attention=False, patches=patch, only=[after]) as ablated:
                 model(tokens)
             output = seen.streams[after] - ablated.streams[after]  # the head's output (N, T, D)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import UserError
-from attnlab.interpretability.capture import WEIGHTS, ablate_heads, capture, require_attention
+from attnlab.interpretability.capture import HEADS, ablate_heads, capture, require_attention
 from attnlab.layers.blocks import ResidualBlock
 from attnlab.layers.contracts import eval_mode
 
@@ -88,7 +88,7 @@ def head_ablation(
     model: nn.Module, loss: Callable[[], float]
 ) -> tuple[float, dict[str, list[float]]]:
     """The loss of the model as it is, and with each attention head zero-ablated alone (its
-    weights zeroed by ablate_heads, so it adds nothing to its layer's output): by layer (its
+    output zeroed by ablate_heads, so it adds nothing to its layer's output): by layer (its
     module path, in attention_layers' order), the loss without head 0, head 1, ...
 
     `loss()` is the mean loss of the model on fixed data, as for layer_surgery. A zero output is
@@ -100,7 +100,7 @@ def head_ablation(
         baseline = loss()
         results = {}
         for layer in layers:
-            point = f"{layer.name}.{WEIGHTS}"
+            point = f"{layer.name}.{HEADS}"  # not its weights: attention stays fused
             results[layer.name] = []
             for head in range(model.get_submodule(layer.name).n_heads):
                 patch = {point: ablate_heads([head])}
