@@ -142,3 +142,19 @@ def test_convert_to_hf_writes_a_mamba_checkpoint_as_a_folder(tmp_path, capsys):
         torch.testing.assert_close(hf(ids).logits, ours(ids)[0], rtol=0, atol=1e-5)
     code, _, err = run(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "back")], capsys)
     assert "holds a MambaForCausalLM model" in one_line_error(code, err)
+
+
+def test_a_mamba_gpt_with_the_default_bias_converts_as_it_has_none_to_read():
+    """GPTConfig.bias reads nothing in a Mamba-shaped GPT (RMSNorm has no bias, there is no
+    feed-forward, the mixer's biases are its own options): the default, bias = true, converts."""
+    torch.manual_seed(0)
+    shape = dict(vocab_size=VOCAB, context_length=16, n_layers=2, d_model=16, d_ff=0,
+                 mixer="mamba", positional="none", norm="rmsnorm")  # fmt: skip
+    ours = GPT(GPTConfig(**shape)).eval()
+    assert ours.config.bias and set(ours.state_dict()) == set(
+        GPT(GPTConfig(**shape, bias=False)).state_dict()
+    )
+    hf = to_hf(ours)
+    ids = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids)[0], rtol=0, atol=1e-5)

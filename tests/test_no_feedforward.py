@@ -101,3 +101,14 @@ def test_inspect_lens_and_attribution_of_a_mamba_without_feedforwards(tmp_path, 
     report = json.loads(out)
     assert list(report["components"]) == ["embed", "L0 mixer", "L1 mixer"]
     assert abs(sum(report["components"].values()) + report["norm_bias"] - report["logit"]) < 1e-4
+
+
+@pytest.mark.parametrize("mixer", ["attention", "mamba"])
+def test_the_residual_writers_start_scaled_by_the_sub_layers_there_are(mixer):
+    """GPT-2's 1/√N, N the residual sub-layers: one per block without a feed-forward (as
+    Hugging Face's Mamba initialises, 1/√n_layers), not two."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**SMALL, "n_layers": 8, "d_model": 128}, d_ff=0, mixer=mixer))
+    for block in model.blocks:
+        std = block.token_mixer.output_projection.weight.std().item()
+        assert abs(std - 0.02 / 8**0.5) < 0.1 * 0.02 / 8**0.5, std

@@ -209,20 +209,23 @@ class GPT(nn.Module):
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation of the weights of linear and embedding layers: N(0, 0.02), and
-        the projections that write into the residual stream scaled by 1/√(2·n_layers), so the
-        stream's variance does not grow with depth (GPT-2 paper, section 2.3); post-norm blocks
+        the projections that write into the residual stream scaled by 1/√N, N the residual
+        sub-layers (2·n_layers; n_layers where the blocks have no feed-forward), so the stream's
+        variance does not grow with depth (GPT-2 paper, section 2.3); post-norm blocks
         renormalise the stream themselves, so theirs keep GPT-1's plain N(0, 0.02). Every other
         parameter is its layer's own: a recurrent mixer's matrices, the short convolutions and
         Hyena's filter networks keep torch's initialisation, Mamba's Δ projection the paper's.
 
         With weight_init="fan_in", embeddings start N(0, 1) and each other linear weight
         N(0, 1/fan_in), a standard deviation of 1/√fan_in (the residual writers of pre-norm
-        blocks again scaled by 1/√(2·n_layers)). At small widths 0.02 is far below 1/√d_model,
+        blocks again scaled by 1/√N). At small widths 0.02 is far below 1/√d_model,
         and token embeddings of 0.02 are soon drowned by what the blocks add to the stream: a
         2-layer model of width 64 then learns in-context recall only after a long plateau
         (benchmarks/RESULTS.md, "Synthetic tasks")."""
-        fan_in = self.config.weight_init == "fan_in"
-        depth = 1 / math.sqrt(2 * self.config.n_layers) if self.config.prenorm else 1.0
+        c = self.config
+        fan_in = c.weight_init == "fan_in"
+        sublayers = c.n_layers * (2 if c.ff_width else 1)  # the mixer's, and the feed-forward's
+        depth = 1 / math.sqrt(sublayers) if c.prenorm else 1.0
 
         def matrix_init(weight: nn.Parameter, layer: nn.Module) -> None:
             if isinstance(layer, nn.Embedding):
