@@ -136,12 +136,18 @@ def _cgroup_limit(path: str) -> float:
 
 
 class _Undrawn(TorchFunctionMode):
-    """Leaves a tensor that nn.init.normal_ or Tensor.normal_ would fill as it is."""
+    """Leaves a tensor that nn.init.normal_ or Tensor.normal_ would fill as it is, and puts
+    torch.linspace's on the meta device too: torch's device context finds its factory functions
+    in a list it makes once per process, and a library that had swapped torch.linspace for its
+    own while that list was made (transformers does, while from_pretrained builds a model)
+    leaves linspace out of it, so that it would build on the CPU."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.Tensor.normal_ or func is torch.nn.init.normal_:
             return args[0] if args else kwargs["tensor"]
+        if func is torch.linspace and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
         return func(*args, **kwargs)
 
 

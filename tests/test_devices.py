@@ -85,3 +85,27 @@ def test_a_tied_weight_counts_once_in_the_size_a_model_trains_in():
     build_on_meta(lambda: GPT(config), max_numbers=size)
     with pytest.raises(TooLarge):
         build_on_meta(lambda: GPT(config), max_numbers=size - 1)
+
+
+def test_a_hyena_builds_on_meta_after_a_library_swapped_torch_linspace(monkeypatch):
+    """transformers swaps torch.linspace for its own while from_pretrained builds a model; had
+    torch listed its factory functions for the first time then, linspace was left off the list
+    and built on the CPU inside a meta build, so a Hyena (whose filters use it) failed to build
+    ("Tensor on device meta is not on the expected device cpu")."""
+    from torch.utils import _device
+
+    from attnlab.models.gpt import GPT, GPTConfig
+
+    original = torch.linspace
+    _device._device_constructors.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "linspace", lambda *args, **kwargs: original(*args, **kwargs))
+            _device._device_constructors()  # made now, with the swapped function
+        assert torch.linspace not in _device._device_constructors()
+        config = GPTConfig(vocab_size=11, context_length=16, n_layers=1, d_model=32,
+                           mixer="hyena", positional="none")  # fmt: skip
+        model = build_on_meta(lambda: GPT(config))
+        assert {t.device.type for t in (*model.parameters(), *model.buffers())} == {"meta"}
+    finally:
+        _device._device_constructors.cache_clear()
