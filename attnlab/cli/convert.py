@@ -35,12 +35,12 @@ refused: of Hugging Face's tokenizers, only GPT-2's byte-level BPE and BERT's Wo
 
 With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;
 or Llama's: RoPE, RMSNorm, SwiGLU, no biases; or Mamba's: mixer mamba, d_ff 0, RMSNorm, no
-positions), and DIR a folder that transformers' from_pretrained loads. Its tokenizer
-goes along (vocab.json, merges.txt and transformers' own files) once GPT2TokenizerFast is seen
-to give the same ids on a sample text and on every token: a byte tokenizer, GPT-2's own
-vocabulary (`--tokenizer gpt2`), a `bpe:N` one as a rule; else it is left out, with a note. The
-name of a special token (<|endoftext|>) in a text is that token to transformers, and plain text
-to attnlab.
+positions), and DIR a folder that transformers' from_pretrained loads. Its tokenizer goes along
+(vocab.json, merges.txt and transformers' own files) once GPT2TokenizerFast is seen to give the
+same ids on a sample text and on every token: a byte tokenizer, GPT-2's own vocabulary
+(`--tokenizer gpt2`), a `bpe:N` one as a rule; else it is left out, with a note. The name of a
+special token (<|endoftext|>) in a text is that token to transformers, and plain text to
+attnlab.
 
 With --to hf, SRC may also be a bert checkpoint, which becomes a BertForMaskedLM folder, or a
 classifier one, a BertForSequenceClassification with its class names as id2label; BERT-shaped
