@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sys
 import textwrap
@@ -68,20 +69,7 @@ class progress_printer:  # noqa: N801 - used like a function
     time left (time_left)."""
 
     def __init__(self, total: int, unit: str = "token", limit_s: float | None = None):
-        from tqdm import tqdm
-
-        class Bar(tqdm):  # tqdm's time left, or once known the run's (evaluations, time limit)
-            left_s: float | None = None
-
-            @property
-            def format_dict(self):
-                shown = super().format_dict
-                if self.left_s is None:
-                    return shown
-                left = self.format_interval(self.left_s)
-                return {**shown, "bar_format": RUN_BAR.replace("{remaining}", left)}
-
-        self.bar = Bar(
+        self.bar = _bar_class()(
             total=total,
             file=sys.stderr,
             unit="step",
@@ -139,6 +127,27 @@ class progress_printer:  # noqa: N801 - used like a function
 
     def close(self) -> None:
         self.bar.close()
+
+
+@functools.cache
+def _bar_class() -> type:
+    """tqdm's bar with tqdm's time left, or once known the run's (evaluations, time limit). One
+    class for the process: tqdm starts a monitor thread for each class, which a bar that never
+    drew (stderr not live) never stops, so a class made for each run left a thread behind."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        left_s: float | None = None
+
+        @property
+        def format_dict(self):
+            shown = super().format_dict
+            if self.left_s is None:
+                return shown
+            left = self.format_interval(self.left_s)
+            return {**shown, "bar_format": RUN_BAR.replace("{remaining}", left)}
+
+    return Bar
 
 
 def plot_losses(metrics_file: Path, png: Path) -> Path | None:

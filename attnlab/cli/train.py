@@ -42,6 +42,7 @@ from attnlab.cli.runs import (
     fit_and_report,
     note,
     run_lock,
+    stderr_closed,
 )
 from attnlab.config import config_from_dict, config_to_dict
 from attnlab.data import catalog
@@ -159,6 +160,7 @@ def _add_kind(kinds, kind: ModelKind) -> None:
 
 def train(kind_name: str, args: argparse.Namespace) -> int:
     kind = get_kind(kind_name)
+    stderr_closed.clear()  # a reader gone in an earlier command of this process: not this one's
     try:
         return _command(kind, args)
     except UserError as error:

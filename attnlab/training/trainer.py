@@ -239,7 +239,7 @@ class Trainer:
             # this rank's share, times the ranks: their gradients are averaged, not summed
             weight = _scored(batch[-1]) * self.group.world / scored
             batch = tuple(self._to_device(t) for t in batch)
-            with self.group.syncing(self.trained, sync=micro == steps - 1):
+            with self.group.syncing(self.trained, sync=micro == steps - 1), torch.enable_grad():
                 _, loss = self._forward(batch, self.compiled or self.trained)
                 (loss * weight).backward()
             total += loss.detach() * weight
