@@ -2,6 +2,7 @@
 same loss computed here with the public capture API; and the checkpoints it refuses."""
 
 import json
+import random
 import string
 import sys
 
@@ -182,3 +183,25 @@ def test_a_terminal_sees_a_bar_counting_the_passes(trained, capsys, monkeypatch)
     code, _, _ = run(["inspect", "heads", checkpoint, "--data", corpus, "--windows", "1"], capsys)
     drawn = sys.stderr.getvalue()
     assert code == 0 and "inspect heads:" in drawn and "/7 " in drawn, drawn
+
+
+def test_a_long_context_scores_fewer_windows_by_default(tmp_path, capsys):
+    """32 windows of 1,024 tokens cost hours at GPT-2's size on a CPU: without --windows, a
+    context over 256 tokens scores as many windows as hold 8,192 tokens (8 of 1,024 here, where
+    the text holds 9), one of 256 or less 32."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer(string.printable)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=1024, n_layers=1,
+                          n_heads=1, d_model=8)).eval()  # fmt: skip
+    save_checkpoint(tmp_path / "gpt", model, {"tokenizer": tokenizer})
+    text = "".join(random.Random(0).choices(string.ascii_lowercase, k=9 * 1024 + 1))
+    (tmp_path / "text.txt").write_text(text)
+    argv = ["inspect", "heads", str(tmp_path / "gpt"), "--data", str(tmp_path / "text.txt")]
+    code, stdout, err = run([*argv, "--json"], capsys)
+    assert code == 0, err
+    ids = torch.tensor(tokenizer.encode(text))
+    x, y = ids[:-1].view(9, 1024), ids[1:].view(9, 1024)
+    with torch.no_grad():
+        eight = model(x[:8], y[:8])[1].item()
+        assert abs(model(x, y)[1].item() - eight) > 1e-4  # 8 and 9 windows tell apart
+    assert json.loads(stdout)["baseline"] == pytest.approx(eight, abs=1e-5)

@@ -15,6 +15,8 @@ import sys
 from attnlab.cli.options import print_json
 from attnlab.errors import UserError
 
+WINDOWS, TOKENS = 32, 8192  # the default: 32 windows, at most 8,192 tokens where they are long
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `inspect layers` and `inspect heads` share (CKPT, --device, --png: inspect's)."""
@@ -23,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="text file, folder (its *.txt), DIR:GLOB, stdlib or task:NAME (default: the run's "
         "own data, as for evaluate)",
     )
-    parser.add_argument("--windows", type=int, default=32, help="context windows evaluated")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        help=f"context windows evaluated (default: {WINDOWS}, or for a context over "
+        f"{TOKENS // WINDOWS} tokens as many as hold {TOKENS:,} tokens)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -34,11 +41,14 @@ def _checkpoint(args):
     from attnlab.cli.runs import run_data
     from attnlab.models.registry import GENERATE
 
-    if args.windows < 1:
+    if args.windows is not None and args.windows < 1:
         raise UserError(f"--windows must be >= 1, got {args.windows}")
     check_serves(f"inspect {args.what}", GENERATE, args.checkpoint)  # before its run is looked for
     args.data = run_data(args.checkpoint, args.data, required=True)  # --png spares it too
-    return _open(args, GENERATE)
+    checkpoint = _open(args, GENERATE)
+    if args.windows is None:  # a long context's windows cost hours on a CPU: fewer of them
+        args.windows = max(1, min(WINDOWS, TOKENS // checkpoint.model.config.context_length))
+    return checkpoint
 
 
 def _loss(args, checkpoint, passes: int):
