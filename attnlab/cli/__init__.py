@@ -47,12 +47,12 @@ COMMANDS = {
     ),
     "tokenize": ("tokenize", "train, apply and look at tokenizers"),
     "data": ("data", "list and download the datasets the configs use; show or clear the cache"),
-    "convert": ("convert", "a Hugging Face GPT-2 folder as a checkpoint, and back (transformers)"),
+    "convert": ("convert", "Hugging Face GPT-2 and BERT folders as checkpoints, and back"),
     "compare": ("compare", "training runs side by side: a table of losses and speed, a plot"),
     "arena": ("arena", "train every token mixer alike and compare them; cost against length"),
     "inspect": (
         "inspect",
-        "look inside a checkpoint: attention, induction heads, logit lens, layers",
+        "look inside: attention, induction, logit lens, layers, heads, attribution, patching",
     ),
 }
 

@@ -19,11 +19,11 @@ ARENA_MIXERS = "attention,lstm,hyena,mamba"
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
         "arena",
-        help="train every token mixer alike and compare them; --scaling: cost against length",
+        help=COMMANDS["arena"][1],
         description=__doc__,
         formatter_class=HelpFormatter,
     )

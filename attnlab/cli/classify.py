@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from attnlab.cli import HelpFormatter
+from attnlab.cli import COMMANDS, HelpFormatter
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.options import add_device_flag, stdin_lines, user_text
 from attnlab.devices import pick_device
@@ -17,7 +17,7 @@ from attnlab.models.registry import CLASSIFY
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "classify",
-        help="label texts with a classifier checkpoint",
+        help=COMMANDS["classify"][1],
         description="Print label<TAB>probability<TAB>text for each TEXT, or for each line of "
         "stdin when no TEXT is given, with a classifier (attnlab train classifier) checkpoint.",
         formatter_class=HelpFormatter,

@@ -28,11 +28,11 @@ examples:
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
         "classify-image",
-        help="classify images with a vision checkpoint",
+        help=COMMANDS["classify-image"][1],
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )

@@ -21,10 +21,10 @@ EXAMPLE = """example:
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
-        "compare", help="training runs side by side: a table of losses and speed, a plot",
+        "compare", help=COMMANDS["compare"][1],
         description=f"{__doc__}\n\n{EXAMPLE}", formatter_class=HelpFormatter,
     )  # fmt: skip
     parser.add_argument(

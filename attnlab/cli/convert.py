@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from attnlab.cli import HelpFormatter
+from attnlab.cli import COMMANDS, HelpFormatter
 from attnlab.cli.reports import note
 from attnlab.errors import UserError, dangling_link
 
@@ -69,7 +69,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="turn a Hugging Face GPT-2 or BERT folder into a checkpoint, or back into a folder",
+        help=COMMANDS["convert"][1],
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )

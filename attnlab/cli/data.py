@@ -35,12 +35,12 @@ CACHE_FILE = re.compile(r"\.?(cpu_kernels-)?[0-9a-f]{24,}\..*|\.build\.lock")
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
         "data",
         formatter_class=HelpFormatter,
-        help="list and download the datasets the configs use; show or clear the cache",
+        help=COMMANDS["data"][1],
         description="The datasets the configs name, by name: which are present, and a download "
         "that checks every file's SHA-256.\n"
         f"They live in {WHERE}. A data path that starts with a dataset's name "

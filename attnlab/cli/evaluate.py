@@ -53,12 +53,12 @@ SPLITS = ("val", "train", "all")
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
         "evaluate",
         formatter_class=HelpFormatter,
-        help="score a checkpoint on data",
+        help=COMMANDS["evaluate"][1],
         description="Loss (nats/token), perplexity and bits per byte of a language model over "
         "every window of a split; or, with --src and --ref, sacreBLEU's BLEU and chrF of a "
         "translation model's detokenized output; or an image classifier's accuracy and loss (plain "

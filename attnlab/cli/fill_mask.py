@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnlab.cli import HelpFormatter
+from attnlab.cli import COMMANDS, HelpFormatter
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.options import add_device_flag, user_text
 from attnlab.devices import pick_device
@@ -16,7 +16,7 @@ from attnlab.models.registry import FILL_MASK
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fill-mask",
-        help="predict the hidden words of a text with a BERT checkpoint",
+        help=COMMANDS["fill-mask"][1],
         description="Print the top-k fillers of each [MASK] in TEXT, with probabilities, for "
         'a masked-LM (attnlab train bert) checkpoint. Example: "the movie was [MASK] good ."',
         formatter_class=HelpFormatter,

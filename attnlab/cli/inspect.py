@@ -51,10 +51,10 @@ EXAMPLES = {  # shown under each one's --help
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
-        "inspect", help="look inside a checkpoint", description=__doc__,
+        "inspect", help=COMMANDS["inspect"][1], description=__doc__,
         formatter_class=HelpFormatter,
     )  # fmt: skip
     commands = parser.add_subparsers(dest="what", metavar="WHAT", required=True)

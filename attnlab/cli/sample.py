@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from attnlab.cli import HelpFormatter
+from attnlab.cli import COMMANDS, HelpFormatter
 from attnlab.cli.checkpoint import load_for
 from attnlab.cli.options import (
     add_device_flag,
@@ -61,7 +61,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sample",
-        help="generate text from a trained checkpoint",
+        help=COMMANDS["sample"][1],
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )

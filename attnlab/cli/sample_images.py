@@ -42,11 +42,11 @@ MAX_DRAWN = 2048  # pixels across one drawn image: --scale beyond that makes gig
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
         "sample-images",
-        help="draw images, and complete half images, with an image GPT checkpoint",
+        help=COMMANDS["sample-images"][1],
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )

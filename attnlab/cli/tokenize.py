@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from attnlab.cli import HelpFormatter
+from attnlab.cli import COMMANDS, HelpFormatter
 from attnlab.cli.options import read_stdin, resolve_data_path, user_text, write_text
 from attnlab.cli.reports import note
 from attnlab.data.corpus import Corpus
@@ -49,7 +49,7 @@ _RESET = "\x1b[0m"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tokenize",
-        help="train, run and inspect tokenizers",
+        help=COMMANDS["tokenize"][1],
         description=__doc__,
         formatter_class=HelpFormatter,
     )

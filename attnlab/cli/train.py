@@ -83,11 +83,11 @@ NEXT_STEPS = {
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     train = subparsers.add_parser(
         "train",
-        help="train a model of any registered kind",
+        help=COMMANDS["train"][1],
         description="Train a model. `attnlab train KIND --help` lists a kind's settings.",
         formatter_class=HelpFormatter,
     )

@@ -41,11 +41,11 @@ examples:
 
 
 def register(subparsers) -> None:
-    from attnlab.cli import HelpFormatter
+    from attnlab.cli import COMMANDS, HelpFormatter
 
     parser = subparsers.add_parser(
         "translate",
-        help="translate text with an encoder-decoder checkpoint",
+        help=COMMANDS["translate"][1],
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
