@@ -305,15 +305,19 @@ def fit_and_report(
         if progress.time_up(record["elapsed_s"]) or stderr_closed.is_set():
             trainer.request_finish()
 
-    trainer.on_record = on_record
     precision = str(trainer.dtype).removeprefix("torch.")
     compiled = ", compiled" if trainer.compiled is not None else ""
     note(f"{summary}; device {trainer.device.type}, precision {precision}{compiled}")
     _note_schedule(trainer)
+    # on_record refers to the trainer: the trainer holding it too made a cycle that kept the
+    # model, the optimizer and the data (a token file's memory map, open) until the garbage
+    # collector ran, not until the command returned; the trainer lets it go as the fit ends
+    previous, trainer.on_record = trainer.on_record, on_record
     try:
         result = trainer.fit()
     finally:
         progress.close()
+        trainer.on_record = previous
     with trainer.writing(f"plotting {out / LOSS_PLOT}"):  # a full disk: the run is saved
         plot = plot_losses(out / METRICS_FILE, out / LOSS_PLOT)
     timed_out = progress.time_up(trainer.elapsed)
