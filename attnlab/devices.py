@@ -214,9 +214,8 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def _for_users(record: logging.LogRecord) -> bool:
-    """False for what Inductor's C++ wrapper logs for torch's own developers, a line for each
-    operator it calls through its fallback ("... is missing a c-shim implementation"): two
-    dozen lines in a Hyena model's first compile, none a user's to act on."""
+    """False for what Inductor's C++ wrapper logs for torch's developers, none a user's to act
+    on: "... is missing a c-shim implementation", two dozen lines in a Hyena's first compile."""
     return "is missing a c-shim implementation" not in record.getMessage()
 
 
@@ -371,13 +370,18 @@ class CompiledRegions:
     Each region is swapped in only for the duration of a call, through the hook that
     ``nn.Module.compile`` uses, so the model is left as it was outside training. Compiling
     falls back to eager as Compiled does, every region at the first failure of one (and those
-    of `together`).
+    of `together`). The first of a run's (`together` empty) starts torch's compiler afresh, as a
+    new process would: dynamo keeps what it compiles on code every model of a class shares
+    (GPT.forward), and past its recompile_limit (8 versions) ran it eagerly, unsaid (the 9th run
+    of a sweep in one process); other compiled code compiles again at its next call.
     """
 
     def __init__(self, model: torch.nn.Module, regions=None, together=None, **options):
         self.model = model
         regions = list(regions) if regions is not None else [model]
-        together = [] if together is None else together
+        if not together:  # a run's first
+            torch.compiler.reset()
+            together = [] if together is None else together
         self.regions = [
             (region, Compiled(region._call_impl, together, **options)) for region in regions
         ]

@@ -6,8 +6,10 @@ import threading
 
 import pytest
 import torch
+from helpers import MUST_COMPILE
 
 from attnlab.cli import main, reports
+from attnlab.training import trainer
 
 TINY = ["--context-length", "16", "--n-layers", "1", "--n-heads", "2", "--d-model", "16"]
 TINY += ["--batch-size", "4", "--eval-iters", "2", "--eval-interval", "100", "--device", "cpu"]
@@ -72,3 +74,32 @@ def test_runs_leave_no_progress_monitor_thread_behind():
     for _ in range(3):
         reports.progress_printer(10).close()
     assert monitors() == before
+
+
+@pytest.fixture
+def cheap_compiles(monkeypatch):
+    """Dynamo without a compiler behind it (its "eager" backend: graphs run as traced), and a
+    recompile limit of 1 in place of 8: what a sweep of 8 compiled runs met, in a few seconds.
+    Yields dynamo's counters."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(trainer, "training_compile_options", lambda device: {"backend": "eager"})
+    with torch._dynamo.config.patch(recompile_limit=1):
+        yield counters
+
+
+@MUST_COMPILE
+def test_compiled_runs_of_different_models_in_one_process_are_all_compiled(
+    corpus, tmp_path, capsys, cheap_compiles
+):
+    """Each compiled run added a version of GPT.forward and of a block's forward to what dynamo
+    keeps on their code, shared by every run of the process; once a code had as many as
+    torch._dynamo.config.recompile_limit allows, dynamo ran it eagerly in every later run, which
+    went on saying it was compiled. Each run now starts dynamo afresh, as a process would."""
+    for width in ("16", "24", "32"):
+        compiled_before = cheap_compiles["frames"]["ok"]
+        argv = ["train", "gpt", "--data", str(corpus), "--out", str(tmp_path / width), *TINY]
+        assert main([*argv, "--d-model", width, "--max-iters", "2", "--compile"]) == 0
+        assert "compiled" in capsys.readouterr().err
+        assert cheap_compiles["frames"]["ok"] > compiled_before, f"width {width} ran eagerly"
