@@ -97,7 +97,8 @@ def _resolved(run: str) -> Path:
 def summary(run: str) -> dict[str, Any]:
     """What compare shows of a run folder: its records and their summary."""
     from attnlab.cli.reports import STEP_FIELDS
-    from attnlab.files import BEST_DIR, RUN_FILE, read_json
+    from attnlab.cli.run_file import read_run
+    from attnlab.files import BEST_DIR, RUN_FILE
     from attnlab.training.metrics_log import read_metrics
 
     folder = Path(run)
@@ -109,7 +110,7 @@ def summary(run: str) -> dict[str, Any]:
     if not records:
         raise UserError(f"{run}/metrics.jsonl holds no record: the run has not trained a step")
     run_file = folder / RUN_FILE
-    description = read_json(run_file, "run description") if run_file.is_file() else {}
+    description = read_run(folder) if run_file.is_file() else {}
     description = description if isinstance(description, dict) else {}
     data = description.get("data") if isinstance(description.get("data"), dict) else {}
     evals = [r for r in records if "val_loss" in r]

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.cli.options import as_given, build_config, flag_values, merge_layers
+from attnlab.cli.run_file import read_run
 from attnlab.cli.runs import RUN_FILE, check_own_data, note
 from attnlab.config import check_fields, check_read, config_to_dict, field_names
 from attnlab.data import catalog
 from attnlab.devices import pick_device
 from attnlab.errors import UserError
-from attnlab.files import read_json
 from attnlab.models.registry import ModelKind, a_kind, get_kind
 from attnlab.training.checkpoints import MODEL_FILE, checked_description
 from attnlab.training.config import TrainConfig
@@ -108,7 +108,7 @@ def resumed_settings(kind: ModelKind, args, toml, data_keys, out: Path):
             f"{out} has no checkpoint to resume: the run stopped before its first save; "
             "start it again without --resume"
         )
-    run = read_json(out / RUN_FILE, "run description (nothing to resume?)")
+    run = read_run(out, "run description (nothing to resume?)")  # an older run's: upgraded
     if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
         raise UserError(f"{out / RUN_FILE} is not a run description")
     if get_kind(run.get("kind", kind.name)) is not kind:

@@ -15,8 +15,9 @@ from typing import IO, Any
 from attnlab.cli import INTERRUPTED
 from attnlab.cli.options import LOSS_PLOT
 from attnlab.cli.reports import note, plot_losses, progress_printer, stderr_closed
+from attnlab.cli.run_file import read_run
 from attnlab.errors import UserError
-from attnlab.files import BEST_DIR, RUN_FILE, RUN_LOCK, naming, read_json
+from attnlab.files import BEST_DIR, RUN_FILE, RUN_LOCK, naming
 from attnlab.training.checkpoints import JOURNAL_FILE
 from attnlab.training.trainer import METRICS_FILE, Trainer
 
@@ -79,7 +80,7 @@ def run_description(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Path
     path = Path(checkpoint)
     for folder in (path, path.parent) if path.name == BEST_DIR else (path,):
         if (folder / RUN_FILE).is_file():
-            run = read_json(folder / RUN_FILE, "run description")
+            run = read_run(folder)  # an older run's in today's shape
             data = run.get("data") if isinstance(run, dict) else None
             # its data, a path or a name (None: a translation's embedded pairs)
             if not isinstance(data, dict) or not isinstance(data.get("data"), str | None):
