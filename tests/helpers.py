@@ -16,7 +16,7 @@ from attnlab.models.gpt import GPT, GPTConfig
 
 # For tests of compiled code: a compiler that fails must fail the test, not fall back to eager
 # code with a warning (which would then pass any comparison with eager code).
-MUST_COMPILE = pytest.mark.filterwarnings("error::attnlab.devices.CompilerFailureWarning")
+MUST_COMPILE = pytest.mark.filterwarnings("error::attnlab.compiling.CompilerFailureWarning")
 
 
 def run(argv, capsys):

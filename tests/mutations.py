@@ -117,10 +117,10 @@ MUTATIONS = [
     ),
     Mutation(
         "training-never-compiles",
-        "attnlab/devices.py",
+        "attnlab/compiling.py",
         (
             (
-                "return self.compiled(*args, **kwargs)",
+                "return self._compiled_call(*args, **kwargs)",
                 'raise RuntimeError("no C++ compiler")',
             ),
         ),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab import devices
+from attnlab import compiling, devices
 from attnlab.models.gpt import GPTConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def test_the_gpu_script_takes_any_python_and_stops_at_once_without_a_gpu(tmp_pat
 
 
 def test_the_throughput_table_says_when_compiling_failed(monkeypatch, capsys):
-    """A compiler that fails falls back to eager steps (devices.Compiled): their row must not
+    """A compiler that fails falls back to eager steps (compiling.Compiled): their row must not
     say "compiled"."""
 
     def compile_that_fails(module, **options):
@@ -53,10 +53,10 @@ def test_the_throughput_table_says_when_compiling_failed(monkeypatch, capsys):
     _, model, training = throughput.VARIANTS["shipped"]
     variant = ("shipped, torch's kernels", model, {**training, "cpu_kernels": False})
     monkeypatch.setitem(throughput.VARIANTS, "shipped", variant)
-    monkeypatch.setattr(devices.torch, "compile", compile_that_fails)
+    monkeypatch.setattr(compiling.torch, "compile", compile_that_fails)
     argv = ["train_throughput.py", "--variants", "shipped", "--batch-size", "2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--rounds", "1", "--steps", "1", "--warmup", "1"])
-    with pytest.warns(devices.CompilerFailureWarning):
+    with pytest.warns(compiling.CompilerFailureWarning):
         throughput.main()
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| shipped |")

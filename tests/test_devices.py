@@ -1,5 +1,5 @@
-"""attnlab/devices.py: what compiling shows a user; TF32 kept to the work that asks for it; the
-memory a model trains in."""
+"""attnlab/devices.py and compiling.py: what compiling shows a user; TF32 kept to the work that
+asks for it; the memory a model trains in."""
 
 import logging
 import os
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from attnlab import devices
-from attnlab.devices import Compiled, TooLarge, build_on_meta, memory_bytes, tf32
+from attnlab.compiling import Compiled
+from attnlab.devices import TooLarge, build_on_meta, memory_bytes, tf32
 
 
 def test_compiling_leaves_out_inductors_notes_for_its_own_developers():
@@ -23,6 +24,20 @@ def test_compiling_leaves_out_inductors_notes_for_its_own_developers():
     note = record("%s is missing a c-shim implementation, using proxy executor as fallback", "op")
     Compiled(torch.nn.Identity())
     assert not log.filter(note) and log.filter(record("something a user should read"))
+
+
+def test_compiling_leaves_out_dynamos_recompile_limit_warning_where_it_is_handled():
+    """Compiled's calls make dynamo's recompile limit an error, and start the compiler afresh on
+    it: dynamo's warning of a fall back to eager code would be untrue there, and only there."""
+    import torch._dynamo
+
+    log = logging.getLogger("torch._dynamo.convert_frame")
+    hit = log.makeRecord(log.name, logging.WARNING, "f.py", 1, "torch._dynamo hit config.%s (%s)",
+                         ("recompile_limit", 8), None)  # fmt: skip
+    Compiled(torch.nn.Identity())
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        assert not log.filter(hit)
+    assert log.filter(hit)
 
 
 def test_compiling_leaves_out_inductors_warning_of_complex_operators():

@@ -96,10 +96,16 @@ def test_compiled_runs_of_different_models_in_one_process_are_all_compiled(
     """Each compiled run added a version of GPT.forward and of a block's forward to what dynamo
     keeps on their code, shared by every run of the process; once a code had as many as
     torch._dynamo.config.recompile_limit allows, dynamo ran it eagerly in every later run, which
-    went on saying it was compiled. Each run now starts dynamo afresh, as a process would."""
-    for width in ("16", "24", "32"):
-        compiled_before = cheap_compiles["frames"]["ok"]
-        argv = ["train", "gpt", "--data", str(corpus), "--out", str(tmp_path / width), *TINY]
+    went on saying it was compiled. There dynamo now starts afresh, as a new process would; a
+    run of a model alike (a notebook's cell run again) still finds its code compiled."""
+
+    def frames_compiled(run: str, width: str) -> int:
+        before = cheap_compiles["frames"]["ok"]
+        argv = ["train", "gpt", "--data", str(corpus), "--out", str(tmp_path / run), *TINY]
         assert main([*argv, "--d-model", width, "--max-iters", "2", "--compile"]) == 0
         assert "compiled" in capsys.readouterr().err
-        assert cheap_compiles["frames"]["ok"] > compiled_before, f"width {width} ran eagerly"
+        return cheap_compiles["frames"]["ok"] - before
+
+    for width in ("16", "24", "32"):
+        assert frames_compiled(width, width) > 0, f"width {width} ran eagerly"
+    assert frames_compiled("again", "32") == 0, "a model alike compiled again"

@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnlab.devices import Compiled, cpu_instructions, warn_compiler_failure
+from attnlab.compiling import Compiled, warn_compiler_failure
+from attnlab.devices import cpu_instructions
 from attnlab.errors import UserError
 from attnlab.files import (
     cache_dir,

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.devices import warn_compiler_failure
+from attnlab.compiling import warn_compiler_failure
 from attnlab.files import (
     atomic_write_bytes,
     cache_dir,

@@ -28,16 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnlab.compiling import CompiledRegions, training_compile_options
 from attnlab.config import config_to_dict
-from attnlab.devices import (
-    CompiledRegions,
-    autocast,
-    mfu_peak_flops,
-    pick_device,
-    pick_dtype,
-    tf32,
-    training_compile_options,
-)
+from attnlab.devices import autocast, mfu_peak_flops, pick_device, pick_dtype, tf32
 from attnlab.errors import UserError
 from attnlab.files import BEST_DIR
 from attnlab.kernels import cpu as cpu_kernels
@@ -130,7 +123,7 @@ class Trainer:
                 "one by one; leave it unset"
             )
         # Training: the whole model as one graph (the fastest steps), or one compiled block for
-        # every layer (the shortest compile; devices.py). Evaluation, a forward pass without
+        # every layer (the shortest compile; compiling.py). Evaluation, a forward pass without
         # gradients that compiles anew, always by block: the baby GPT's first evaluation took
         # 3.8 s instead of 8.5 s from empty caches, and each later one 1.0 s instead of 0.9 s.
         self.compiled = self.compiled_eval = None
