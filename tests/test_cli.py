@@ -76,18 +76,6 @@ def test_help_works_for_every_command(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out == f"attnlab {__version__}\n"
 
 
-def test_the_command_list_names_what_each_command_has():
-    """`attnlab --help` lists each command by COMMANDS' line, which its parser shows too; the
-    inspect line names every inspect tool (it had left out heads, attribution and patching)."""
-    paths = list(subcommands(build_parser()))
-    tools = [path[1] for path in paths if path[0] == "inspect" and len(path) == 2]
-    assert len(tools) >= 7 and all(tool in COMMANDS["inspect"][1] for tool in tools), tools
-    listing = build_parser()._subparsers._group_actions[0]._choices_actions
-    assert {action.dest: action.help for action in listing} == {
-        name: summary for name, (_, summary) in COMMANDS.items()
-    }
-
-
 def test_train_gpt_help_lists_every_field_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "gpt", "--help"])

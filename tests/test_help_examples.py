@@ -1,5 +1,5 @@
 """The command lines a --help shows as examples must parse: a flag renamed would leave them
-teaching a command that fails."""
+teaching a command that fails. The command list says what each command has."""
 
 import re
 import shlex
@@ -7,7 +7,7 @@ import shlex
 import pytest
 from test_cli import subcommands
 
-from attnlab.cli import build_parser, main
+from attnlab.cli import COMMANDS, build_parser, main
 
 EXAMPLE = re.compile(r"^\s+(attnlab \S.*)$", re.M)
 
@@ -55,3 +55,15 @@ def test_layers_help_points_to_head_ablation_and_sample_to_beam_search(capsys):
     assert "Beam search decodes encoder-decoders too: see `attnlab translate`" in " ".join(
         help_text(["sample"], capsys).split()
     )
+
+
+def test_the_command_list_names_what_each_command_has():
+    """`attnlab --help` lists each command by COMMANDS' line, which its parser shows too; the
+    inspect line names every inspect tool (it had left out heads, attribution and patching)."""
+    paths = list(subcommands(build_parser()))
+    tools = [path[1] for path in paths if path[0] == "inspect" and len(path) == 2]
+    assert len(tools) >= 7 and all(tool in COMMANDS["inspect"][1] for tool in tools), tools
+    listing = build_parser()._subparsers._group_actions[0]._choices_actions
+    assert {action.dest: action.help for action in listing} == {
+        name: summary for name, (_, summary) in COMMANDS.items()
+    }
