@@ -4,6 +4,7 @@ model that trains. Compiling happens at a call, so nothing here compiles until i
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import warnings
 from collections.abc import Callable
@@ -19,13 +20,20 @@ def _for_users(record: logging.LogRecord) -> bool:
 
 
 def _not_handled(record: logging.LogRecord) -> bool:
-    """False for dynamo's warning that a function hit its recompile limit where hitting it is
-    an error instead (fail_on_recompile_limit_hit: in Compiled's calls, which then start the
-    compiler afresh): it warns of a fall back to eager code that does not happen."""
-    import torch._dynamo
+    """False for dynamo's warning that a function hit its recompile limit, within Compiled's
+    calls: that call runs eagerly, but the compiler then starts afresh and the next compiles."""
+    return not (_CALLING.get() and str(record.msg).startswith("torch._dynamo hit config."))
 
-    hit = str(record.msg).startswith("torch._dynamo hit config.")
-    return not (hit and torch._dynamo.config.fail_on_recompile_limit_hit)
+
+_CALLING = contextvars.ContextVar("attnlab_compiled_call", default=False)
+
+
+def _limit_hits() -> int:
+    """How often dynamo has met its recompile limit in this process (its counters)."""
+    from torch._dynamo.utils import counters
+
+    hits = counters["unimplemented"].items()
+    return sum(n for reason, n in hits if reason.startswith("Dynamo recompile limit exceeded"))
 
 
 # Inductor generates no code for complex numbers: an FFT (Hyena's convolutions) runs as torch's
@@ -46,14 +54,15 @@ class Compiled:
     Dynamo keeps what it compiles on the code that every model of a class shares (GPT.forward),
     and past torch._dynamo.config.recompile_limit versions of it (8) it ran that code eagerly,
     unsaid: a sweep's 9th differently shaped model in one process trained eagerly while it said
-    it was compiled. There torch's compiler now starts afresh, as in a new process (the other
-    compiled code compiles again at its next call), and compiles the call."""
+    it was compiled. There torch's compiler now starts afresh after the call, as in a new process
+    (the other compiled code compiles again at its next call), and the next call compiles."""
 
     def __init__(self, module: Callable, together: list | None = None, **options):
         self.module = module
         self.compiled: Callable | None = torch.compile(module, **options)
         self.together = [] if together is None else together
         self.together.append(self)
+        self.restarted = False  # whether a call of this one started the compiler afresh
         logging.getLogger("torch._inductor.ir").addFilter(_for_users)  # added once, however often
         logging.getLogger("torch._dynamo.convert_frame").addFilter(_not_handled)
         warnings.filterwarnings("ignore", COMPLEX_WARNING, module=r"torch\._inductor\.lowering")
@@ -68,25 +77,31 @@ class Compiled:
             try:
                 return self._compiled_call(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compiler failure
-                warn_compiler_failure(error, "torch.compile", "running without it", stacklevel=2)
-                for compiled in self.together:
-                    compiled.compiled = None
+                self._run_eagerly(error, stacklevel=3)
         return self.module(*args, **kwargs)
 
     def _compiled_call(self, *args, **kwargs):
-        import torch._dynamo
-
-        config = torch._dynamo.config
-        ours = not config.fail_on_recompile_limit_hit  # set back by whoever set it, only
-        config.fail_on_recompile_limit_hit = True  # an error, where it would run eagerly
+        """The compiled call; past the recompile limit dynamo runs it eagerly (from a graph
+        break on, where part of it has run and it cannot be made again), and the compiler then
+        starts afresh, once: a model that needs more versions than the limit runs eagerly."""
+        hits, calling = _limit_hits(), _CALLING.set(True)
         try:
-            return self.compiled(*args, **kwargs)
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
-            torch.compiler.reset()
-            return self.compiled(*args, **kwargs)
+            result = self.compiled(*args, **kwargs)
         finally:
-            if ours:
-                config.fail_on_recompile_limit_hit = False
+            _CALLING.reset(calling)
+        if _limit_hits() > hits and self.restarted:
+            reached = RuntimeError("torch._dynamo.config.recompile_limit reached again")
+            self._run_eagerly(reached, stacklevel=4)
+        elif _limit_hits() > hits:
+            self.restarted = True
+            torch.compiler.reset()
+        return result
+
+    def _run_eagerly(self, error: Exception, stacklevel: int) -> None:
+        """Every Compiled of the group eager from now on, with one warning of why."""
+        warn_compiler_failure(error, "torch.compile", "running without it", stacklevel)
+        for compiled in self.together:
+            compiled.compiled = None
 
 
 def training_compile_options(device: torch.device) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnlab import devices
-from attnlab.compiling import Compiled
+from attnlab.compiling import Compiled, CompilerFailureWarning
 from attnlab.devices import TooLarge, build_on_meta, memory_bytes, tf32
 
 
@@ -27,16 +27,19 @@ def test_compiling_leaves_out_inductors_notes_for_its_own_developers():
 
 
 def test_compiling_leaves_out_dynamos_recompile_limit_warning_where_it_is_handled():
-    """Compiled's calls make dynamo's recompile limit an error, and start the compiler afresh on
-    it: dynamo's warning of a fall back to eager code would be untrue there, and only there."""
-    import torch._dynamo
+    """Compiled's calls start the compiler afresh after one past the recompile limit: dynamo's
+    warning of a fall back to eager code for good would be untrue there, and only there."""
+    from attnlab import compiling
 
     log = logging.getLogger("torch._dynamo.convert_frame")
     hit = log.makeRecord(log.name, logging.WARNING, "f.py", 1, "torch._dynamo hit config.%s (%s)",
                          ("recompile_limit", 8), None)  # fmt: skip
     Compiled(torch.nn.Identity())
-    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+    calling = compiling._CALLING.set(True)
+    try:
         assert not log.filter(hit)
+    finally:
+        compiling._CALLING.reset(calling)
     assert log.filter(hit)
 
 
@@ -124,3 +127,48 @@ def test_a_hyena_builds_on_meta_after_a_library_swapped_torch_linspace(monkeypat
         assert {t.device.type for t in (*model.parameters(), *model.buffers())} == {"meta"}
     finally:
         _device._device_constructors.cache_clear()
+
+
+def test_a_call_past_the_recompile_limit_after_a_graph_break_runs_once():
+    """Dynamo meets its recompile limit at each frame it compiles, a graph break's resumed code
+    too, where part of the call has run (a cache appended to): the call is not made again, and
+    the next one compiles."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    appended = []
+
+    @torch._dynamo.disable  # eager code mid-call: a graph break
+    def append(x):
+        appended.append(x)
+        return "abc"[len(appended) % 3]  # what the code after it specialises on
+
+    def step(x):
+        x = x + 1
+        return x * (2 if append(x) == "a" else 3)
+
+    compiled = Compiled(step, backend="eager")
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for calls in (1, 2):  # the second past the limit, in the code after the graph break
+            compiled(torch.ones(2))
+            assert len(appended) == calls
+        before = counters["frames"]["ok"]
+        compiled(torch.ones(2))
+    assert counters["frames"]["ok"] > before, "the call after the limit ran eagerly"
+
+
+def test_a_model_that_needs_more_versions_than_the_recompile_limit_runs_eagerly_said():
+    """The compiler starts afresh once for a Compiled past the limit; a model that reaches it
+    again (a new shape at every call) runs eagerly from then on, with one warning, rather than
+    compiling everything again every other call."""
+    import torch._dynamo
+
+    linear = torch.nn.Linear(4, 4)
+    compiled = Compiled(linear, backend="eager", dynamic=False)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for rows in (2, 3, 4):  # 3: past the limit, afresh; 4: compiled anew
+            assert torch.equal(compiled(torch.ones(rows, 4)), linear(torch.ones(rows, 4)))
+        assert compiled.active
+        with pytest.warns(CompilerFailureWarning, match="recompile_limit reached again"):
+            compiled(torch.ones(5, 4))
+    assert not compiled.active
