@@ -19,13 +19,13 @@ def _for_users(record: logging.LogRecord) -> bool:
     return "is missing a c-shim implementation" not in record.getMessage()
 
 
+_CALLING = contextvars.ContextVar("attnlab_compiled_call", default=False)  # in Compiled's call
+
+
 def _not_handled(record: logging.LogRecord) -> bool:
     """False for dynamo's warning that a function hit its recompile limit, within Compiled's
     calls: that call runs eagerly, but the compiler then starts afresh and the next compiles."""
     return not (_CALLING.get() and str(record.msg).startswith("torch._dynamo hit config."))
-
-
-_CALLING = contextvars.ContextVar("attnlab_compiled_call", default=False)
 
 
 def _limit_hits() -> int:
@@ -89,12 +89,13 @@ class Compiled:
             result = self.compiled(*args, **kwargs)
         finally:
             _CALLING.reset(calling)
-        if _limit_hits() > hits and self.restarted:
-            reached = RuntimeError("torch._dynamo.config.recompile_limit reached again")
-            self._run_eagerly(reached, stacklevel=4)
-        elif _limit_hits() > hits:
-            self.restarted = True
-            torch.compiler.reset()
+        if _limit_hits() > hits:
+            if self.restarted:
+                reached = RuntimeError("torch._dynamo.config.recompile_limit reached again")
+                self._run_eagerly(reached, stacklevel=4)
+            else:
+                self.restarted = True
+                torch.compiler.reset()
         return result
 
     def _run_eagerly(self, error: Exception, stacklevel: int) -> None:
