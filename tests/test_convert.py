@@ -233,7 +233,7 @@ def refusal(case: str, converted, tmp_path):
         (tmp_path / "llama").mkdir()
         config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
         (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
-        return ["convert", str(tmp_path / "llama"), "--out", out], "only GPT-2 and BERT folders"
+        return ["convert", str(tmp_path / "llama"), "--out", out], "reads GPT-2, Mamba and BERT"
     if case == "checkpoint without --to hf":
         return ["convert", str(checkpoint), "--out", out], "add --to hf"
     if case == "folder with --to hf":

@@ -121,8 +121,8 @@ def test_what_attnlab_cannot_compute_is_refused_in_one_line():
 
 def test_convert_to_hf_writes_a_mamba_checkpoint_as_a_folder(tmp_path, capsys):
     """`attnlab convert --to hf` of a GPT of Mamba blocks: a MambaForCausalLM folder, with its
-    byte tokenizer; a Mamba folder does not convert back (its tokenizer is not attnlab's)."""
-    from helpers import one_line_error, run
+    byte tokenizer; and back (a Mamba folder converts, its byte-level tokenizer with it)."""
+    from helpers import run
     from transformers import AutoTokenizer
 
     from attnlab.tokenizers.byte import ByteTokenizer
@@ -141,7 +141,11 @@ def test_convert_to_hf_writes_a_mamba_checkpoint_as_a_folder(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids)[0], rtol=0, atol=1e-5)
     code, _, err = run(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "back")], capsys)
-    assert "holds a MambaForCausalLM model" in one_line_error(code, err)
+    assert code == 0 and "note" not in err, err
+    back = load_checkpoint(tmp_path / "back")
+    assert back.tokenizer.encode("to be, ünï") == list("to be, ünï".encode())
+    weights = back.model.state_dict()
+    assert all(torch.equal(weights[name], w) for name, w in ours.state_dict().items())
 
 
 def test_a_mamba_gpt_with_the_default_bias_converts_as_it_has_none_to_read():

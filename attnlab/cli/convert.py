@@ -1,4 +1,4 @@
-"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2 or BERT folder (or a hub name in
+"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2, Mamba or BERT folder (or a hub name in
 transformers' cache) as an attnlab checkpoint, and with --to hf an attnlab GPT or BERT
 checkpoint as a Hugging Face folder. The conversions are attnlab.interop's; this module checks
 the folders and says what it wrote. torch and transformers are imported once the command runs,
@@ -30,17 +30,24 @@ bert-base-uncased) becomes a bert checkpoint, for fill-mask and train classifier
 BertForSequenceClassification a classifier checkpoint, for classify, its class names from
 id2label. A BertModel, without a masked-LM head, is refused. attnlab numbers BERT's special
 tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) after the others, the weights' rows moved to match: the
-ids differ from Hugging Face's, the outputs do not. Llama, Mistral and Mamba folders are
-refused: of Hugging Face's tokenizers, only GPT-2's byte-level BPE and BERT's WordPiece cross.
+ids differ from Hugging Face's, the outputs do not.
+
+SRC may also hold a MambaForCausalLM (such as state-spaces/mamba-130m-hf) with its GPT-NeoX
+tokenizer (tokenizer.json): a byte-level BPE that puts text in NFC and cuts runs of spaces out
+as tokens of their own, which attnlab's BPE does too. It becomes a gpt checkpoint, for sample and
+inspect; its special tokens (<|endoftext|>, <|padding|>) are numbered last, as BERT's, and the
+model's token rows that no token has (its vocabulary padded: 50,280 rows for 50,277 tokens) are
+left out, with a note: a token's logit is Hugging Face's, its probability renormalized over the
+real tokens. Llama and Mistral folders are refused: their tokenizers are not attnlab's.
 
 With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;
 or Llama's: RoPE, RMSNorm, SwiGLU, no biases; or Mamba's: mixer mamba, d_ff 0, RMSNorm, no
 positions), and DIR a folder that transformers' from_pretrained loads. Its tokenizer goes along
 (vocab.json, merges.txt and transformers' own files) once GPT2TokenizerFast is seen to give the
 same ids on a sample text and on every token: a byte tokenizer, GPT-2's own vocabulary
-(`--tokenizer gpt2`), a `bpe:N` one as a rule; else it is left out, with a note. The name of a
-special token (<|endoftext|>) in a text is that token to transformers, and plain text to
-attnlab.
+(`--tokenizer gpt2`), a `bpe:N` one as a rule; else (a converted Mamba's GPT-NeoX one) it is
+left out, with a note. The name of a special token (<|endoftext|>) in a text is that token to
+transformers, and plain text to attnlab.
 
 With --to hf, SRC may also be a bert checkpoint, which becomes a BertForMaskedLM folder, or a
 classifier one, a BertForSequenceClassification with its class names as id2label; BERT-shaped
@@ -63,6 +70,8 @@ examples:
   attnlab train classifier --init runs/bert-base --data sst2 --context-length 128 \\
       --out runs/bert_sst2
   attnlab convert runs/bert_sst2 --to hf --out hf/bert_sst2
+  attnlab convert state-spaces/mamba-130m-hf --out runs/mamba-130m
+  attnlab sample runs/mamba-130m --prompt "Mamba is a" --temperature 0
 """
 
 

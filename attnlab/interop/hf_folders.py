@@ -1,13 +1,14 @@
 """Hugging Face model folders, as ``save_pretrained`` writes them, to and from attnlab's GPT
 with its tokenizer: the files `attnlab convert` reads and writes (BERT folders: hf_bert_folders.py,
-with the helpers here).
+Mamba folders: hf_neox.py, with the helpers here).
 
 GPT-2's tokenizer is a byte-level BPE, which attnlab's BPETokenizer holds exactly (vocab.json and
-merges.txt are GPT-2's encoder.json and vocab.bpe under other names). A tokenizer crosses only
-where both libraries give the same ids: checked on a sample text and on each token's own text
-(GPT-2's 50,257 tokens in about half a second), never assumed. Both sides read a special token's
-name in a text differently (Hugging Face as the token, attnlab as plain text), so the check text
-leaves them out. ``transformers`` is imported lazily: only the conversions need it.
+merges.txt are GPT-2's encoder.json and vocab.bpe under other names; hf_neox reads it). A
+tokenizer crosses only where both libraries give the same ids: checked on a sample text and on
+each token's own text (GPT-2's 50,257 tokens in about half a second), never assumed. Both sides
+read a special token's name in a text differently (Hugging Face as the token, attnlab as plain
+text), so the check text leaves them out. ``transformers`` is imported lazily: only the
+conversions need it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from attnlab.files import read_json
 from attnlab.interop.huggingface import from_hf, to_hf
 from attnlab.models.gpt import GPT
 from attnlab.tokenizers import Tokenizer
-from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer, printable_bytes, text_to_token
+from attnlab.tokenizers.bpe import PATTERNS, BPETokenizer, printable_bytes
 from attnlab.tokenizers.byte import ByteTokenizer
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -38,6 +39,7 @@ END = "<|endoftext|>"  # GPT-2's one special token: its bos, eos and unk
 SAMPLE = (
     "Hello, World! It's 2024: naïve café, Ünïcödé, 東京の夜, emoji 🙂👍🏽 and   spaces\n\n"
     "\tdon't, I'll, we've... 12345 + 6.7e-8 = x; <html> #tags @you 'quoted' \"words\"\r\n  "
+    "cafe\u0301 A\u030a \ufb01ne\n        indented  two\t\t tabs      six \u3000wide x  \n"
 )
 
 
@@ -45,12 +47,16 @@ def read_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module,
     """attnlab's model and its checkpoint's artefacts (the tokenizer; a classifier's class names)
     from a Hugging Face folder or hub name: from transformers' cache where it is there, else
     downloaded (`log` says so first). GPT-2 here (a GPT2LMHeadModel with vocab.json and
-    merges.txt, or tokenizer.json), BERT in hf_bert_folders."""
+    merges.txt, or tokenizer.json), BERT in hf_bert_folders, Mamba in hf_neox."""
+    from attnlab.interop.hf_neox import is_mamba, read_hf_mamba  # they import this module
+
     config, options = _source_config(source, log)
     if is_bert(config):
-        from attnlab.interop.hf_bert_folders import read_hf_bert  # it imports this module
+        from attnlab.interop.hf_bert_folders import read_hf_bert
 
         return read_hf_bert(source, config, options)
+    if is_mamba(config):
+        return read_hf_mamba(source, config, options, log)
     model, tokenizer = _read_gpt2(source, config, options)
     return model, {"tokenizer": tokenizer}
 
@@ -128,9 +134,10 @@ def _check_gpt2(source: str, config: dict[str, Any]) -> None:
     if "GPT2LMHeadModel" in names or names == ["gpt2"]:
         return
     raise UserError(
-        f"{source} holds a {names[0]} model: only GPT-2 and BERT folders convert, as only their "
-        "tokenizers (GPT-2's byte-level BPE, BERT's WordPiece) are attnlab's; from_hf in Python "
-        "(attnlab.interop.huggingface) converts Llama, Mistral and Mamba weights, without one"
+        f"{source} holds a {names[0]} model: convert reads GPT-2, Mamba and BERT folders, whose "
+        "tokenizers (GPT-2's and GPT-NeoX's byte-level BPE, BERT's WordPiece) are attnlab's; "
+        "from_hf in Python (attnlab.interop.huggingface) converts Llama and Mistral weights, "
+        "without their tokenizers"
     )
 
 
@@ -169,27 +176,16 @@ def loaded(cls, source: str, options: dict[str, Any], **more: Any):
 
 
 def tokenizer_from_hf(hf_tokenizer, source: str) -> BPETokenizer:
-    """attnlab's BPETokenizer of a Hugging Face byte-level BPE tokenizer, checked to give the
-    same ids as it (a UserError where it does not)."""
-    state = json.loads(hf_tokenizer.backend_tokenizer.to_str())
-    model = state.get("model", {})
-    vocab = {**model.get("vocab", {}), **{t["content"]: t["id"] for t in state["added_tokens"]}}
-    merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]
-    unlike = f"the tokenizer of {source} is no byte-level BPE of GPT-2's kind"
-    try:
-        if model.get("type") != "BPE":
-            raise ValueError(f"a {model.get('type')} model")
-        byte_order = sorted(range(256), key=lambda b: vocab[printable_bytes()[b]])
-        merges = [(text_to_token(left), text_to_token(right)) for left, right in merges]
-        first_special = 256 + len(merges)
-        specials = [t for t, i in sorted(vocab.items(), key=lambda e: e[1]) if i >= first_special]
-        ours = BPETokenizer(merges, "gpt2", specials, byte_order)
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{unlike} ({error})") from None
-    if {t: i for t, i in vocab.items() if i >= first_special} != ours.special_tokens:
-        raise UserError(f"{unlike}: its special tokens do not follow its merges' tokens")
-    if not same_ids(hf_tokenizer, ours):
-        raise UserError(f"{unlike}: it encodes text to other ids than GPT-2's rule gives")
+    """attnlab's BPETokenizer of a Hugging Face byte-level BPE tokenizer of GPT-2's id order,
+    checked to give the same ids as it (a UserError where it does not)."""
+    from attnlab.interop.hf_neox import byte_level_from_hf  # it imports this module
+
+    ours, order = byte_level_from_hf(hf_tokenizer, source)
+    if order != list(range(len(order))):
+        raise UserError(
+            f"the tokenizer of {source} is no byte-level BPE of GPT-2's kind: its ids are not "
+            "its bytes', then its merges', then its added and special tokens'"
+        )
     return ours
 
 
@@ -235,6 +231,11 @@ def _write_gpt2_tokenizer(hf: nn.Module, tokenizer: Tokenizer, folder: Path) -> 
     and the reason."""
     from transformers import GPT2TokenizerFast
 
+    if isinstance(tokenizer, BPETokenizer) and (tokenizer.added_tokens or tokenizer.normalization):
+        return (
+            "its tokenizer normalizes text or has added tokens (GPT-NeoX's kind), which "
+            "GPT-2's vocab.json and merges.txt do not hold"
+        )
     if (files := gpt2_files(tokenizer)) is None:
         return f"its {tokenizer.kind} tokenizer is no byte-level BPE with GPT-2's text splitting"
     vocab, merges = files
@@ -266,7 +267,12 @@ def gpt2_files(tokenizer: Tokenizer) -> tuple[dict[str, int], str] | None:
     without merges); None for another kind, or a BPE that splits text otherwise than GPT-2."""
     if isinstance(tokenizer, ByteTokenizer):
         vocab, merges = dict(zip(printable_bytes(), range(256), strict=True)), []
-    elif isinstance(tokenizer, BPETokenizer) and tokenizer.pattern == PATTERNS["gpt2"]:
+    elif (
+        isinstance(tokenizer, BPETokenizer)
+        and tokenizer.pattern == PATTERNS["gpt2"]
+        and not (tokenizer.added_tokens or tokenizer.normalization)
+        and len(tokenizer.byte_order) == 256
+    ):
         saved = tokenizer.to_dict()
         vocab, merges = dict(zip(saved["byte_order"], range(256), strict=True)), saved["merges"]
         vocab |= {"".join(merge.split(" ")): 256 + i for i, merge in enumerate(merges)}

@@ -10,12 +10,18 @@ size). from_hf takes CONTEXT_LENGTH, the length the state-spaces models were tra
 with a cache goes on past it (new_cache slides). Hugging Face zeroes the inputs of padded
 positions (attention_mask) inside the mixer; attnlab's mixer reads every position it is given, so
 a batch of left-padded prompts decodes otherwise there.
+
+A token_order renumbers the vocabulary: our id i is its id token_order[i], the token rows
+(embedding, an untied head) moved to match, and rows it does not name (a vocabulary padded past
+its tokenizer's) left out; hf_neox gives the order of GPT-NeoX's tokenizer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from attnlab.interop.tables import copy_weights
@@ -75,8 +81,9 @@ def _mamba_table(config: GPTConfig) -> list[tuple[str, str, bool]]:
     return table
 
 
-def mamba_from_hf(model: nn.Module) -> GPT:
-    """A GPT of Mamba blocks (d_ff = 0) with the weights of a MambaForCausalLM. Its
+def mamba_from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> GPT:
+    """A GPT of Mamba blocks (d_ff = 0) with the weights of a MambaForCausalLM; token_order: our
+    id i is its id token_order[i], the rows it leaves out dropped (None: the same ids). Its
     residual_in_fp32 (keep the residual stream in float32 in a half-precision model) is not
     carried: an attnlab model keeps its stream in its own dtype, the same in float32."""
     kind, hf = type(model).__name__, model.config
@@ -102,8 +109,11 @@ def mamba_from_hf(model: nn.Module) -> GPT:
         bias=bool(hf.use_bias),
         conv_bias=bool(hf.use_conv_bias),
     )
+    state, vocab_size = model.state_dict(), hf.vocab_size
+    if token_order is not None:
+        state, vocab_size = _reordered(state, token_order, hf.vocab_size), len(token_order)
     config = GPTConfig(
-        vocab_size=hf.vocab_size,
+        vocab_size=vocab_size,
         context_length=CONTEXT_LENGTH,
         n_layers=hf.num_hidden_layers,
         mixer="mamba",
@@ -117,8 +127,19 @@ def mamba_from_hf(model: nn.Module) -> GPT:
         tie_weights=bool(getattr(hf, "tie_word_embeddings", True)),
     )
     ours = GPT(config)
-    copy_weights(model.state_dict(), ours, _mamba_table(config))
+    copy_weights(state, ours, _mamba_table(config))
     return ours
+
+
+def _reordered(
+    state: dict[str, torch.Tensor], order: Sequence[int], rows: int
+) -> dict[str, torch.Tensor]:
+    """The state dict with its token rows in `order`, each of its `rows` named at most once."""
+    order = [int(i) for i in order]
+    if not order or len(set(order)) < len(order) or not all(0 <= i < rows for i in order):
+        raise ValueError(f"token_order must name each of the {rows} token rows at most once")
+    index, names = torch.as_tensor(order), (MAMBA_GLOBAL[0][0], MAMBA_HEAD[0])
+    return {**state, **{name: state[name][index] for name in names if name in state}}
 
 
 def mamba_to_hf(model: GPT) -> nn.Module:

@@ -40,15 +40,16 @@ def from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Mo
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
     config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind).
     The model comes in the given one's mode (training or eval) and dtype. token_order, for a
-    BERT: our id i is its id token_order[i] (see hf_bert.bert_from_hf)."""
+    BERT or a Mamba: our id i is its id token_order[i] (see hf_bert.bert_from_hf; a Mamba's
+    rows it leaves out are dropped, see hf_mamba)."""
     kind = type(model).__name__
     if isinstance(model, str | os.PathLike):
         raise ValueError(
             "from_hf takes a Hugging Face model object: load a folder or hub name with "
             "transformers first (AutoModelForCausalLM.from_pretrained(path), say)"
         )
-    if token_order is not None and not kind.startswith("Bert"):
-        raise ValueError(f"token_order renumbers a BERT's vocabulary, not a {kind}'s")
+    if token_order is not None and not (kind.startswith("Bert") or kind == "MambaForCausalLM"):
+        raise ValueError(f"token_order renumbers a BERT's or a Mamba's vocabulary, not a {kind}'s")
     if kind.startswith("Bert"):
         convert = functools.partial(bert_from_hf, token_order=token_order)
     elif kind in LLAMA_CLASSES or kind.startswith("Qwen2"):
@@ -58,7 +59,7 @@ def from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Mo
     elif kind == "GPT2LMHeadModel":
         convert = gpt2_from_hf
     elif kind == "MambaForCausalLM":
-        convert = mamba_from_hf
+        convert = functools.partial(mamba_from_hf, token_order=token_order)
     else:
         raise ValueError(
             "from_hf supports GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "

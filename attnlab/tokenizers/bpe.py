@@ -22,25 +22,32 @@ characters of its corpus. A custom pattern may not use what only a backtracking 
 look-around or back-references: see resolve_pattern.)
 
 Trained tokenizers give byte b the id b. GPT-2 permutes the 256 bytes (its printable bytes come
-first), so the tokenizer keeps an explicit ``byte_order``: the byte value of ids 0..255.
+first), so the tokenizer keeps an explicit ``byte_order``: the byte value of the first ids. It
+may leave out the 13 bytes no UTF-8 text holds (0xC0, 0xC1, 0xF5-0xFF), as GPT-NeoX's does.
 
-Saved JSON (type "bpe", version 1)::
+Before its pattern, a tokenizer may normalize the text (Unicode NFC, say) and cut out *added
+tokens*, texts with ids of their own after the merges' (GPT-NeoX's runs of spaces): see
+:mod:`attnlab.tokenizers.added_tokens`. Trained ones have neither.
+
+Saved JSON (type "bpe", version 1; version 2 where it has added tokens or a normalization, or
+leaves out bytes)::
 
     {"type": "bpe", "version": 1, "pattern": "<regex>",
      "byte_order": "<the 256 base tokens, in id order>",
-     "merges": ["Ġ t", "Ġ a", ...],      # merge i makes token id 256 + i
+     "merges": ["Ġ t", "Ġ a", ...],      # merge i makes token id 256 + i (bytes all there)
+     "added_tokens": ["  ", ...],        # version 2 only, as text: ids after the merges'
+     "normalization": "NFC",             # version 2 only, where it has one
      "special_tokens": ["<|endoftext|>"]}
 
-Token bytes are written in GPT-2's printable form (as in its vocab.bpe): each byte is one
-character, printable Latin-1 bytes stand for themselves and the rest (space, control bytes, ...)
-are shifted to characters from U+0100 up, so " the" reads "Ġthe" and a newline "Ċ".
+Token bytes are written in GPT-2's printable form (as in its vocab.bpe; see
+:mod:`attnlab.tokenizers.byte_table`), so " the" reads "Ġthe" and a newline "Ċ".
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,7 @@ import regex
 import tiktoken
 
 from attnlab.errors import UserError
+from attnlab.tokenizers.added_tokens import TextSplitter
 from attnlab.tokenizers.base import (
     Tokenizer,
     check_special_tokens,
@@ -57,6 +65,7 @@ from attnlab.tokenizers.base import (
     load_tokenizer,
 )
 from attnlab.tokenizers.bpe_training import count_words, pieces, train_merges
+from attnlab.tokenizers.byte_table import printable_bytes, text_to_token, token_to_text
 
 # Pre-tokenization patterns. GPT-2's keeps English contractions, runs of letters, of digits and
 # of other symbols apart, each with an optional leading space; whitespace before a word is left
@@ -66,7 +75,8 @@ PATTERNS = {
     "gpt4": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
 }
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # 2 for added tokens, a normalization or bytes left out, which 1 lacks
+NOT_UTF8 = frozenset([0xC0, 0xC1, *range(0xF5, 0x100)])  # bytes that no UTF-8 text holds
 _CACHE_LIMIT = 200_000  # pre-tokens remembered by the reference encoder before it starts over
 _NO_MERGE = float("inf")
 # tiktoken's regex engine gives up on a whitespace run of about a million characters (the
@@ -114,57 +124,12 @@ def resolve_pattern(pattern: str) -> str:
     return pattern
 
 
-@cache
-def printable_bytes() -> tuple[str, ...]:
-    """GPT-2's byte -> printable character table: the character that stands for each byte.
-
-    The printable Latin-1 bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other
-    68 bytes, in byte order, take the characters U+0100, U+0101, ...
-    """
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    table, shifted = [], 0
-    for b in range(256):
-        if b in keep:
-            table.append(chr(b))
-        else:
-            table.append(chr(256 + shifted))
-            shifted += 1
-    return tuple(table)
-
-
-# str.translate tables between a token's bytes, read as Latin-1, and its printable form: GPT-2's
-# 100,000 merge halves convert in 21 ms instead of 50 by a loop over their characters (each
-# vocabulary read or written). Back from the printable form, a Latin-1 character outside the
-# table becomes U+FFFF, which then fails to encode, as does any character past Latin-1.
-@cache
-def _printable_of_latin1() -> dict[int, str]:
-    return dict(enumerate(printable_bytes()))
-
-
-@cache
-def _latin1_of_printable() -> dict[int, int]:
-    return dict.fromkeys(range(256), 0xFFFF) | {ord(c): b for b, c in enumerate(printable_bytes())}
-
-
-def token_to_text(token: bytes) -> str:
-    """`token` in GPT-2's printable form, one character per byte."""
-    return token.decode("latin-1").translate(_printable_of_latin1())
-
-
-def text_to_token(text: str) -> bytes:
-    """Inverse of :func:`token_to_text`; a character outside the table is a ValueError."""
-    try:
-        return text.translate(_latin1_of_printable()).encode("latin-1")
-    except UnicodeEncodeError as error:  # one character for one: the same position in text
-        raise ValueError(
-            f"{text!r} is not a token in printable byte form ({text[error.start]!r})"
-        ) from None
-
-
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: a pattern, a byte order and an ordered list of merges.
 
-    Ids: 0..255 are the bytes (in `byte_order`), 256 + i is merge i, then the special tokens.
+    Ids: the bytes first (in `byte_order`: all 256, or all but some of NOT_UTF8, which no text
+    needs), then merge i, then the added tokens, then the special tokens. normalization: a
+    Unicode form text is put in first (None: as it is).
     """
 
     kind = "bpe"
@@ -175,11 +140,18 @@ class BPETokenizer(Tokenizer):
         pattern: str = "gpt2",
         special_tokens: Iterable[str] = (),
         byte_order: Sequence[int] | None = None,
+        added_tokens: Iterable[str] = (),
+        normalization: str | None = None,
     ):
         self.pattern = resolve_pattern(pattern)
         self.byte_order = list(range(256) if byte_order is None else byte_order)
-        if sorted(self.byte_order) != list(range(256)):
-            raise ValueError("byte_order must list each of the 256 byte values once")
+        if len(set(self.byte_order)) < len(self.byte_order) or not (
+            set(range(256)) - NOT_UTF8 <= set(self.byte_order) <= set(range(256))
+        ):
+            raise ValueError(
+                "byte_order must list each byte value once, all 256 but at most those no UTF-8 "
+                "text holds (0xC0, 0xC1, 0xF5-0xFF)"
+            )
         self.merges = [(bytes(left), bytes(right)) for left, right in merges]
         self._token_bytes = [bytes([b]) for b in self.byte_order]
         self._ranks = {token: i for i, token in enumerate(self._token_bytes)}
@@ -190,7 +162,12 @@ class BPETokenizer(Tokenizer):
                 raise ValueError(f"merge {i} makes {left + right!r}, which is already a token")
             self._ranks[left + right] = len(self._token_bytes)
             self._token_bytes.append(left + right)
+        self._splitter = TextSplitter(added_tokens, normalization, len(self._token_bytes))
+        self.added_tokens, self.normalization = self._splitter.tokens, normalization
+        self._token_bytes += [token.encode("utf-8") for token in self.added_tokens]
         super().__init__(len(self._token_bytes), special_tokens)
+        if both := sorted(set(self.added_tokens) & set(self.special_tokens)):
+            raise ValueError(f"{both[0]!r} is both an added token and a special token")
         self._pre_tokenizer = regex.compile(self.pattern)
         self._cache: dict[str, list[int]] = {}
         # Specials stay out: encode() reads text as plain text, never producing them.
@@ -265,29 +242,44 @@ class BPETokenizer(Tokenizer):
     # ---- encoding and decoding ----
 
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`, by tiktoken running our merges."""
-        parts = _parts(text)
-        if len(parts) == 1:
-            return self._fast.encode_ordinary(text)
-        return [i for part in parts for i in self._fast.encode_ordinary(part)]
+        """Ids of `text`, by tiktoken running our merges (between the added tokens)."""
+        pieces = list(self._pieces(text))
+        if len(pieces) == 1 and isinstance(pieces[0], str):
+            return self._fast.encode_ordinary(pieces[0])
+        ids: list[int] = []
+        for piece in pieces:
+            ids += [piece] if isinstance(piece, int) else self._fast.encode_ordinary(piece)
+        return ids
 
     def encode_array(self, text: str) -> np.ndarray:
         """Ids of `text` as tiktoken's uint32 array: the same ids as encode, 4 bytes each."""
-        arrays = [self._fast.encode_to_numpy(part) for part in _parts(fix_surrogates(text))]
+        arrays = [
+            np.array([p], np.uint32) if isinstance(p, int) else self._fast.encode_to_numpy(p)
+            for p in self._pieces(fix_surrogates(text))
+        ]
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    def _pieces(self, text: str) -> Iterator[str | int]:
+        """`text` normalized, as the ids of its added tokens and the stretches between them,
+        each cut as _parts cuts it."""
+        for stretch, added in self._splitter.segments(text):
+            yield from (_parts(stretch) if added is None else [added])
 
     def encode_reference(self, text: str) -> list[int]:
         """Ids of `text`, in plain Python: same result as :meth:`encode`, slower."""
         ids: list[int] = []
         cache = self._cache
-        pre_tokens = (p for part in _parts(fix_surrogates(text)) for p in self.pre_tokenize(part))
-        for piece in pre_tokens:
-            piece_ids = cache.get(piece)
-            if piece_ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                piece_ids = cache[piece] = self._encode_piece(piece.encode("utf-8"))
-            ids.extend(piece_ids)
+        for part in self._pieces(fix_surrogates(text)):
+            if isinstance(part, int):  # an added token
+                ids.append(part)
+                continue
+            for piece in self.pre_tokenize(part):
+                piece_ids = cache.get(piece)
+                if piece_ids is None:
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    piece_ids = cache[piece] = self._encode_piece(piece.encode("utf-8"))
+                ids.extend(piece_ids)
         return ids
 
     def pre_tokenize(self, text: str) -> list[str]:
@@ -329,24 +321,29 @@ class BPETokenizer(Tokenizer):
     # ---- saving ----
 
     def to_dict(self) -> dict[str, Any]:
+        more = {"added_tokens": self.added_tokens} if self.added_tokens else {}
+        more |= {"normalization": self.normalization} if self.normalization else {}
+        version = 2 if more or len(self.byte_order) < 256 else FORMAT_VERSION
         return {
             "type": self.kind,
-            "version": FORMAT_VERSION,
+            "version": version,  # older attnlab refuses what it would miss
             "pattern": self.pattern,
             "byte_order": token_to_text(bytes(self.byte_order)),
             "merges": [f"{token_to_text(a)} {token_to_text(b)}" for a, b in self.merges],
+            **more,
             "special_tokens": list(self.special_tokens),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in (FORMAT_VERSION, 2):
             raise ValueError(f"unsupported bpe format version {data.get('version')!r}")
         merges = [_parse_merge(line) for line in data["merges"]]
         if not isinstance(data["byte_order"], str):
             raise ValueError(f"byte_order must be a string, got {data['byte_order']!r}")
         byte_order = list(text_to_token(data["byte_order"]))
-        return cls(merges, data["pattern"], data.get("special_tokens", ()), byte_order)
+        more = data.get("added_tokens", ()), data.get("normalization")
+        return cls(merges, data["pattern"], data.get("special_tokens", ()), byte_order, *more)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
