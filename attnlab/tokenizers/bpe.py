@@ -243,7 +243,11 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, by tiktoken running our merges (between the added tokens)."""
-        pieces = list(self._pieces(text))
+        pieces = (
+            list(self._pieces(text))
+            if self._splitter.tokens
+            else _parts(self._splitter.normalized(text))
+        )
         if len(pieces) == 1 and isinstance(pieces[0], str):
             return self._fast.encode_ordinary(pieces[0])
         ids: list[int] = []
