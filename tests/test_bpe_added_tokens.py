@@ -100,3 +100,30 @@ def test_bytes_no_utf8_text_holds_may_be_left_out_and_none_other():
         BPETokenizer(MERGES, "gpt2", [], order[1:])  # byte 0 is needed
     with pytest.raises(ValueError, match="each byte value once"):
         BPETokenizer(MERGES, "gpt2", [], [*order, 0])
+
+
+@pytest.mark.parametrize(
+    "text, pieces",
+    [
+        ("a  12 b3", ["a", "  ", "1", "2", " b", "3"]),  # "  " added; " " stays before "b"
+        ("x 12", ["x", " ", "1", "2"]),  # GPT-2's regex alone: "x", " 12"
+        ("½²٣", ["½", "²", "٣"]),  # Unicode's other number characters too
+        ("", []),
+    ],
+)
+def test_split_digits_cuts_each_number_character_out_after_the_added_tokens(text, pieces):
+    tokenizer = neox_like(split_digits=True)
+    ids = tokenizer.encode(text)
+    expected = [i for p in pieces for i in neox_like().encode(p)]
+    assert ids == expected == tokenizer.encode_reference(text)
+    assert ids == tokenizer.encode_array(text).tolist()
+
+
+def test_split_digits_saves_as_version_3_past_what_readers_of_version_2_know():
+    tokenizer = neox_like(split_digits=True)
+    saved = tokenizer.to_dict()
+    assert saved["version"] == 3 and saved["split_digits"] is True
+    assert tokenizer_from_dict(saved) == tokenizer and tokenizer_from_dict(saved).split_digits
+    assert "split_digits" not in neox_like().to_dict() and neox_like().to_dict()["version"] == 2
+    with pytest.raises(ValueError, match="split_digits must be true or false"):
+        BPETokenizer(MERGES, split_digits="yes")

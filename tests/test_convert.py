@@ -229,11 +229,12 @@ def refusal(case: str, converted, tmp_path):
         name = case.split()[1].replace("weights", "model.safetensors")
         (tmp_path / "hf" / name).write_bytes((folder / name).read_bytes()[:200])
         return ["convert", str(tmp_path / "hf"), "--out", out], "transformers cannot load"
-    if case == "llama":
-        (tmp_path / "llama").mkdir()
-        config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
-        (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
-        return ["convert", str(tmp_path / "llama"), "--out", out], "reads GPT-2, Mamba and BERT"
+    if case == "mistral":
+        (tmp_path / "mistral").mkdir()
+        config = {"architectures": ["MistralForCausalLM"], "model_type": "mistral"}
+        (tmp_path / "mistral" / "config.json").write_text(json.dumps(config))
+        argv = ["convert", str(tmp_path / "mistral"), "--out", out]
+        return argv, "reads GPT-2, Llama, Mamba and BERT"
     if case == "checkpoint without --to hf":
         return ["convert", str(checkpoint), "--out", out], "add --to hf"
     if case == "folder with --to hf":
@@ -252,7 +253,7 @@ def refusal(case: str, converted, tmp_path):
 @pytest.mark.parametrize(
     "case",
     ["out holds a checkpoint", "out holds other files", "no merges.txt", "no tokenizer",
-     "damaged weights", "damaged vocab.json", "llama",
+     "damaged weights", "damaged vocab.json", "mistral",
      "checkpoint without --to hf", "folder with --to hf", "alibi", "vit"],
 )  # fmt: skip
 def test_refusals_are_one_line_and_write_nothing(case, converted, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2, Mamba or BERT folder (or a hub name in
-transformers' cache) as an attnlab checkpoint, and with --to hf an attnlab GPT or BERT
+"""`attnlab convert SRC --out DIR`: a Hugging Face GPT-2, Llama, Mamba or BERT folder (or a hub
+name in transformers' cache) as an attnlab checkpoint, and with --to hf an attnlab GPT or BERT
 checkpoint as a Hugging Face folder. The conversions are attnlab.interop's; this module checks
 the folders and says what it wrote. torch and transformers are imported once the command runs,
 not for --help."""
@@ -38,7 +38,15 @@ as tokens of their own, which attnlab's BPE does too. It becomes a gpt checkpoin
 inspect; its special tokens (<|endoftext|>, <|padding|>) are numbered last, as BERT's, and the
 model's token rows that no token has (its vocabulary padded: 50,280 rows for 50,277 tokens) are
 left out, with a note: a token's logit is Hugging Face's, its probability renormalized over the
-real tokens. Llama and Mistral folders are refused: their tokenizers are not attnlab's.
+real tokens.
+
+SRC may also hold a LlamaForCausalLM (such as HuggingFaceTB/SmolLM2-135M) with a byte-level BPE
+in tokenizer.json. It becomes a Llama-shaped gpt checkpoint in float32, for sample and inspect;
+its special tokens are numbered last, as Mamba's. The tokenizer's pre-tokenizer must be one
+attnlab's BPE holds: GPT-2's regex, SmolLM2's (each digit cut out first, then GPT-2's regex),
+or a Split on a regex attnlab runs (Llama 3's, GPT-4's pattern). Refused, in one line: any other
+pre-tokenizer (Llama 2's and Mistral's SentencePiece ones), and a tokenizer that adds tokens to
+every text (Llama 3's <|begin_of_text|>, which sample does not put first).
 
 With --to hf, SRC is an attnlab gpt checkpoint of GPT-2's shape (learned positions, LayerNorm;
 or Llama's: RoPE, RMSNorm, SwiGLU, no biases; or Mamba's: mixer mamba, d_ff 0, RMSNorm, no
@@ -72,6 +80,8 @@ examples:
   attnlab convert runs/bert_sst2 --to hf --out hf/bert_sst2
   attnlab convert state-spaces/mamba-130m-hf --out runs/mamba-130m
   attnlab sample runs/mamba-130m --prompt "Mamba is a" --temperature 0
+  attnlab convert HuggingFaceTB/SmolLM2-135M --out runs/smollm2
+  attnlab inspect lens runs/smollm2 --text "The capital of France is"
 """
 
 

@@ -1,6 +1,6 @@
 """Hugging Face model folders, as ``save_pretrained`` writes them, to and from attnlab's GPT
 with its tokenizer: the files `attnlab convert` reads and writes (BERT folders: hf_bert_folders.py,
-Mamba folders: hf_neox.py, with the helpers here).
+Mamba folders: hf_neox.py, Llama folders: hf_llama_folders.py, with the helpers here).
 
 GPT-2's tokenizer is a byte-level BPE, which attnlab's BPETokenizer holds exactly (vocab.json and
 merges.txt are GPT-2's encoder.json and vocab.bpe under other names; hf_neox reads it). A
@@ -47,8 +47,10 @@ def read_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module,
     """attnlab's model and its checkpoint's artefacts (the tokenizer; a classifier's class names)
     from a Hugging Face folder or hub name: from transformers' cache where it is there, else
     downloaded (`log` says so first). GPT-2 here (a GPT2LMHeadModel with vocab.json and
-    merges.txt, or tokenizer.json), BERT in hf_bert_folders, Mamba in hf_neox."""
-    from attnlab.interop.hf_neox import is_mamba, read_hf_mamba  # they import this module
+    merges.txt, or tokenizer.json), BERT in hf_bert_folders, Mamba in hf_neox, Llama in
+    hf_llama_folders."""
+    from attnlab.interop.hf_llama_folders import is_llama, read_hf_llama  # they import this
+    from attnlab.interop.hf_neox import is_mamba, read_hf_mamba  # module
 
     config, options = _source_config(source, log)
     if is_bert(config):
@@ -57,6 +59,8 @@ def read_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module,
         return read_hf_bert(source, config, options)
     if is_mamba(config):
         return read_hf_mamba(source, config, options, log)
+    if is_llama(config):
+        return read_hf_llama(source, config, options, log)
     model, tokenizer = _read_gpt2(source, config, options)
     return model, {"tokenizer": tokenizer}
 
@@ -134,10 +138,9 @@ def _check_gpt2(source: str, config: dict[str, Any]) -> None:
     if "GPT2LMHeadModel" in names or names == ["gpt2"]:
         return
     raise UserError(
-        f"{source} holds a {names[0]} model: convert reads GPT-2, Mamba and BERT folders, whose "
-        "tokenizers (GPT-2's and GPT-NeoX's byte-level BPE, BERT's WordPiece) are attnlab's; "
-        "from_hf in Python (attnlab.interop.huggingface) converts Llama and Mistral weights, "
-        "without their tokenizers"
+        f"{source} holds a {names[0]} model: convert reads GPT-2, Llama, Mamba and BERT folders, "
+        "whose tokenizers (byte-level BPEs, BERT's WordPiece) are attnlab's; from_hf in Python "
+        "(attnlab.interop.huggingface) converts Mistral weights, without their tokenizers"
     )
 
 
@@ -270,7 +273,7 @@ def gpt2_files(tokenizer: Tokenizer) -> tuple[dict[str, int], str] | None:
     elif (
         isinstance(tokenizer, BPETokenizer)
         and tokenizer.pattern == PATTERNS["gpt2"]
-        and not (tokenizer.added_tokens or tokenizer.normalization)
+        and not (tokenizer.added_tokens or tokenizer.normalization or tokenizer.split_digits)
         and len(tokenizer.byte_order) == 256
     ):
         saved = tokenizer.to_dict()

@@ -6,11 +6,18 @@ unpermuted."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from attnlab.interop.tables import ACTIVATIONS, TO_HF_ACTIVATIONS, copy_weights, layer_name
+from attnlab.interop.tables import (
+    ACTIVATIONS,
+    TO_HF_ACTIVATIONS,
+    copy_weights,
+    layer_name,
+    reordered_rows,
+)
 from attnlab.models.gpt import GPT, GPTConfig
 
 # (Hugging Face name, attnlab name, transpose). "{i}" is the block index.
@@ -183,7 +190,9 @@ def _rope_base(hf: Any) -> float:
     return float(parameters["rope_theta"])
 
 
-def llama_from_hf(model: nn.Module) -> GPT:
+def llama_from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> GPT:
+    """attnlab's GPT of a Llama-family model; token_order: our id i is its id token_order[i],
+    the rows it leaves out dropped (None: the same ids)."""
     kind, hf = type(model).__name__, model.config
     if kind.startswith("Qwen2"):
         raise ValueError(
@@ -208,8 +217,12 @@ def llama_from_hf(model: nn.Module) -> GPT:
     bad = [name for name, present in problems.items() if present]
     if bad:
         raise ValueError(f"{kind} with {', '.join(bad)} does not convert to attnlab's GPT")
+    state, vocab_size = model.state_dict(), hf.vocab_size
+    if token_order is not None:
+        names = (LLAMA_GLOBAL[0][0], LLAMA_HEAD[0])
+        state, vocab_size = reordered_rows(state, token_order, vocab_size, names), len(token_order)
     config = GPTConfig(
-        vocab_size=hf.vocab_size,
+        vocab_size=vocab_size,
         context_length=hf.max_position_embeddings,
         n_layers=hf.num_hidden_layers,
         n_heads=hf.num_attention_heads,
@@ -225,7 +238,7 @@ def llama_from_hf(model: nn.Module) -> GPT:
         tie_weights=bool(getattr(hf, "tie_word_embeddings", False)),
     )
     ours = GPT(config)
-    copy_weights(model.state_dict(), ours, _llama_table(config))
+    copy_weights(state, ours, _llama_table(config))
     return ours
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from attnlab.interop.tables import copy_weights
+from attnlab.interop.tables import copy_weights, reordered_rows
 from attnlab.layers.mamba import MambaOptions
 from attnlab.models.gpt import GPT, GPTConfig
 
@@ -111,7 +110,10 @@ def mamba_from_hf(model: nn.Module, token_order: Sequence[int] | None = None) ->
     )
     state, vocab_size = model.state_dict(), hf.vocab_size
     if token_order is not None:
-        state, vocab_size = _reordered(state, token_order, hf.vocab_size), len(token_order)
+        state, vocab_size = (
+            reordered_rows(state, token_order, hf.vocab_size, (MAMBA_GLOBAL[0][0], MAMBA_HEAD[0])),
+            len(token_order),
+        )
     config = GPTConfig(
         vocab_size=vocab_size,
         context_length=CONTEXT_LENGTH,
@@ -129,17 +131,6 @@ def mamba_from_hf(model: nn.Module, token_order: Sequence[int] | None = None) ->
     ours = GPT(config)
     copy_weights(state, ours, _mamba_table(config))
     return ours
-
-
-def _reordered(
-    state: dict[str, torch.Tensor], order: Sequence[int], rows: int
-) -> dict[str, torch.Tensor]:
-    """The state dict with its token rows in `order`, each of its `rows` named at most once."""
-    order = [int(i) for i in order]
-    if not order or len(set(order)) < len(order) or not all(0 <= i < rows for i in order):
-        raise ValueError(f"token_order must name each of the {rows} token rows at most once")
-    index, names = torch.as_tensor(order), (MAMBA_GLOBAL[0][0], MAMBA_HEAD[0])
-    return {**state, **{name: state[name][index] for name in names if name in state}}
 
 
 def mamba_to_hf(model: GPT) -> nn.Module:

@@ -13,6 +13,12 @@ match, as BERT's do (hf_bert_folders): the ids differ, the outputs do not. As fo
 tokenizer crosses only once both libraries are seen to give the same ids (hf_folders.same_ids),
 and a special token's name in a text is plain text to attnlab.
 
+How a byte-level BPE cuts text into pre-tokens is read from its pre_tokenizer, three forms of
+which attnlab's BPETokenizer holds: ByteLevel with its regex (GPT-2's pattern: GPT-2,
+GPT-NeoX); Digits(individual_digits) then that ByteLevel (split_digits: SmolLM2's); and a
+Split on a regex, isolating its matches, then ByteLevel without its own (that regex as the
+pattern, where attnlab runs it: Llama 3's is GPT-4's). Any other is refused, by name.
+
 Mamba's vocabulary is padded: mamba-130m has 50,280 token rows for its tokenizer's 50,277
 tokens. Rows no token has are left out (the command says how many), so a checkpoint's vocabulary
 is its tokenizer's and sampling never draws an id it cannot decode. The logits of every token
@@ -33,7 +39,13 @@ from attnlab.errors import UserError
 from attnlab.interop.hf_folders import check_weights, loaded, same_ids
 from attnlab.interop.huggingface import from_hf
 from attnlab.tokenizers.added_tokens import NORMALIZATIONS
-from attnlab.tokenizers.bpe import NOT_UTF8, BPETokenizer, printable_bytes, text_to_token
+from attnlab.tokenizers.bpe import (
+    NOT_UTF8,
+    BPETokenizer,
+    printable_bytes,
+    resolve_pattern,
+    text_to_token,
+)
 
 MAMBA = "MambaForCausalLM"
 
@@ -41,6 +53,44 @@ MAMBA = "MambaForCausalLM"
 def is_mamba(config: dict[str, Any]) -> bool:
     """Whether a model config is a Mamba's (Mamba-2's differs: model_type mamba2)."""
     return config.get("model_type") == "mamba" or MAMBA in (config.get("architectures") or [])
+
+
+def pre_tokenization(state: dict[str, Any], unlike: str) -> tuple[str, bool]:
+    """The pattern and split_digits of attnlab's BPETokenizer that cut text as a Hugging Face
+    tokenizer's pre_tokenizer (in its JSON `state`) does; else a UserError, `unlike` and why."""
+    pre = state.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    steps = steps if isinstance(steps, list) and all(isinstance(x, dict) for x in steps) else []
+    kinds = [step.get("type") for step in steps]
+    byte_level = steps[-1] if kinds and kinds[-1] == "ByteLevel" else {}
+    regex_on = byte_level.get("use_regex", True)  # older files lack it: on
+    if byte_level.get("add_prefix_space") is False:
+        if kinds == ["ByteLevel"] and regex_on:
+            return "gpt2", False
+        digits = steps[0].get("individual_digits") is True
+        if kinds == ["Digits", "ByteLevel"] and digits and regex_on:
+            return "gpt2", True
+        split = steps[0]
+        isolated = (split.get("behavior"), split.get("invert")) == ("Isolated", False)
+        pattern = (split.get("pattern") or {}).get("Regex")
+        if (
+            kinds == ["Split", "ByteLevel"]
+            and isolated
+            and isinstance(pattern, str)
+            and not regex_on
+        ):
+            try:
+                return resolve_pattern(pattern), False
+            except UserError:
+                raise UserError(
+                    f"{unlike}: its pre-tokenizer splits on a regex that attnlab's BPE does not "
+                    f"run ({pattern[:60]!r}{'...' if len(pattern) > 60 else ''})"
+                ) from None
+    shown = " then ".join(map(str, kinds)) or "none"
+    raise UserError(
+        f"{unlike}: its pre-tokenizer ({shown}; {json.dumps(pre)[:80]}) is not one attnlab's "
+        "BPE holds (ByteLevel; Digits then ByteLevel; a Split regex then ByteLevel)"
+    )
 
 
 def byte_level_from_hf(hf_tokenizer, source: str) -> tuple[BPETokenizer, list[int]]:
@@ -55,6 +105,7 @@ def byte_level_from_hf(hf_tokenizer, source: str) -> tuple[BPETokenizer, list[in
     normalization = normalizer.get("type")
     if normalization not in (None, *NORMALIZATIONS):
         raise UserError(f"{unlike}: its normalizer is {normalization}, not NFC or none")
+    pattern, split_digits = pre_tokenization(state, unlike)
     added = sorted(state.get("added_tokens") or [], key=lambda token: token["id"])
     specials = [t for t in added if t.get("special")]
     ordinary = [t for t in added if not t.get("special")]
@@ -71,11 +122,12 @@ def byte_level_from_hf(hf_tokenizer, source: str) -> tuple[BPETokenizer, list[in
         order += [vocab[left + right] for left, right in halves]
         ours = BPETokenizer(
             [(text_to_token(left), text_to_token(right)) for left, right in halves],
-            "gpt2",
+            pattern,
             [t["content"] for t in specials],
             byte_order,
             [t["content"] for t in ordinary],
             normalization,
+            split_digits,
         )
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{unlike} ({error})") from None
@@ -100,7 +152,8 @@ def read_hf_mamba(
     """attnlab's GPT of Mamba blocks and its checkpoint's artefacts (its tokenizer) from a
     Hugging Face MambaForCausalLM folder or hub name whose `config` and from_pretrained
     `options` hf_folders read; `log` says how many padding rows are left out."""
-    from transformers import AutoTokenizer, MambaForCausalLM
+    import torch
+    from transformers import MambaForCausalLM, PreTrainedTokenizerFast
 
     name = (config.get("architectures") or [MAMBA])[0]
     if name != MAMBA:
@@ -112,8 +165,10 @@ def read_hf_mamba(
                 f"{source} lacks its tokenizer: no tokenizer.json; save the tokenizer beside "
                 "the model (tokenizer.save_pretrained)"
             )
-    tokenizer, order = byte_level_from_hf(loaded(AutoTokenizer, source, options), source)
-    hf, report = loaded(MambaForCausalLM, source, options, output_loading_info=True)
+    tokenizer, order = byte_level_from_hf(loaded(PreTrainedTokenizerFast, source, options), source)
+    hf, report = loaded(  # in float32, whatever the folder holds, as Llama's
+        MambaForCausalLM, source, options, output_loading_info=True, dtype=torch.float32
+    )
     if missing := report["missing_keys"]:  # else transformers would start them at random
         raise UserError(
             f"{source} lacks weights a {MAMBA} has ({', '.join(sorted(missing)[:3])}"
@@ -129,10 +184,16 @@ def read_hf_mamba(
         model = from_hf(hf, token_order=order)
     except ValueError as error:  # a Mamba variant attnlab's does not compute
         raise UserError(f"{source}: {error}") from None
-    if padding := rows - len(order):
+    padding_note(rows, len(order), log)
+    return model, {"tokenizer": tokenizer}
+
+
+def padding_note(rows: int, tokens: int, log: Callable[[str], None]) -> None:
+    """Says (log) how many of a model's token `rows` no token of its tokenizer's `tokens` has,
+    if any: the rows a conversion leaves out."""
+    if padding := rows - tokens:
         log(
             f"note: {padding} of the model's {rows} token rows stand for no token of its "
             f"tokenizer (padding): left out, so the checkpoint's vocabulary is its "
-            f"{len(order)} tokens"
+            f"{tokens} tokens"
         )
-    return model, {"tokenizer": tokenizer}

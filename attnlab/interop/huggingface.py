@@ -40,20 +40,23 @@ def from_hf(model: nn.Module, token_order: Sequence[int] | None = None) -> nn.Mo
     or ViTModel -> VisionTransformer (from a ViTModel the head is new, zero, with
     config.num_labels outputs, and the pooler, a tanh layer for pre-training, is left behind).
     The model comes in the given one's mode (training or eval) and dtype. token_order, for a
-    BERT or a Mamba: our id i is its id token_order[i] (see hf_bert.bert_from_hf; a Mamba's
-    rows it leaves out are dropped, see hf_mamba)."""
+    BERT, a Mamba or a Llama: our id i is its id token_order[i] (see hf_bert.bert_from_hf; a
+    Mamba's or a Llama's rows it leaves out are dropped, see hf_mamba)."""
     kind = type(model).__name__
     if isinstance(model, str | os.PathLike):
         raise ValueError(
             "from_hf takes a Hugging Face model object: load a folder or hub name with "
             "transformers first (AutoModelForCausalLM.from_pretrained(path), say)"
         )
-    if token_order is not None and not (kind.startswith("Bert") or kind == "MambaForCausalLM"):
-        raise ValueError(f"token_order renumbers a BERT's or a Mamba's vocabulary, not a {kind}'s")
+    ordered = kind.startswith("Bert") or kind in ("MambaForCausalLM", *LLAMA_CLASSES)
+    if token_order is not None and not ordered:
+        raise ValueError(
+            f"token_order renumbers a BERT's, a Mamba's or a Llama's vocabulary, not a {kind}'s"
+        )
     if kind.startswith("Bert"):
         convert = functools.partial(bert_from_hf, token_order=token_order)
     elif kind in LLAMA_CLASSES or kind.startswith("Qwen2"):
-        convert = llama_from_hf
+        convert = functools.partial(llama_from_hf, token_order=token_order)
     elif kind in ("ViTModel", "ViTForImageClassification"):
         convert = vit_from_hf
     elif kind == "GPT2LMHeadModel":

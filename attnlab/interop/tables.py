@@ -1,8 +1,9 @@
-"""What every Hugging Face conversion shares: copying weights through a name table, and the
-activation names."""
+"""What every Hugging Face conversion shares: copying weights through a name table, token rows
+put in a tokenizer's order, and the activation names."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -60,3 +61,15 @@ def check_shape(src: str, value: torch.Tensor, dst: str, target: torch.Tensor, r
         raise ValueError(
             f"shape mismatch {src} {tuple(value.shape)} -> {dst} {tuple(target.shape)}"
         )
+
+
+def reordered_rows(
+    state: dict[str, torch.Tensor], order: Sequence[int], rows: int, names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The state dict with the token rows of its weights `names` (those it has) in `order`: our
+    row i is its row order[i], each of its `rows` named at most once (those unnamed dropped)."""
+    order = [int(i) for i in order]
+    if not order or len(set(order)) < len(order) or not all(0 <= i < rows for i in order):
+        raise ValueError(f"token_order must name each of the {rows} token rows at most once")
+    index = torch.as_tensor(order)
+    return {**state, **{name: state[name][index] for name in names if name in state}}

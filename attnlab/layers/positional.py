@@ -155,8 +155,8 @@ class RotaryEmbedding(RelativePosition):
         """(T,) positions -> cos and (-sin, sin), each (T, Dh), computed in `dtype`."""
         exponents = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=dtype)
         angles = torch.outer(
-            positions.to(dtype) / self.scale, self.base ** -(exponents / self.head_dim)
-        )
+            positions.to(dtype) / self.scale, 1.0 / self.base ** (exponents / self.head_dim)
+        )  # 1 / base^x, not base^-x: the same rounding as Hugging Face's Llama
         return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat(
             [-angles.sin(), angles.sin()], dim=-1
         )

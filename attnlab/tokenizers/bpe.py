@@ -25,18 +25,20 @@ Trained tokenizers give byte b the id b. GPT-2 permutes the 256 bytes (its print
 first), so the tokenizer keeps an explicit ``byte_order``: the byte value of the first ids. It
 may leave out the 13 bytes no UTF-8 text holds (0xC0, 0xC1, 0xF5-0xFF), as GPT-NeoX's does.
 
-Before its pattern, a tokenizer may normalize the text (Unicode NFC, say) and cut out *added
-tokens*, texts with ids of their own after the merges' (GPT-NeoX's runs of spaces): see
-:mod:`attnlab.tokenizers.added_tokens`. Trained ones have neither.
+Before its pattern, a tokenizer may normalize the text (Unicode NFC, say), cut out *added
+tokens*, texts with ids of their own after the merges' (GPT-NeoX's runs of spaces), and cut out
+each digit (split_digits, SmolLM2's): see :mod:`attnlab.tokenizers.added_tokens`. Trained ones
+do none of these.
 
 Saved JSON (type "bpe", version 1; version 2 where it has added tokens or a normalization, or
-leaves out bytes)::
+leaves out bytes; version 3 with split_digits, which the readers of version 2 would drop)::
 
     {"type": "bpe", "version": 1, "pattern": "<regex>",
      "byte_order": "<the 256 base tokens, in id order>",
      "merges": ["Ġ t", "Ġ a", ...],      # merge i makes token id 256 + i (bytes all there)
      "added_tokens": ["  ", ...],        # version 2 only, as text: ids after the merges'
      "normalization": "NFC",             # version 2 only, where it has one
+     "split_digits": true,               # version 3 only, where it has it
      "special_tokens": ["<|endoftext|>"]}
 
 Token bytes are written in GPT-2's printable form (as in its vocab.bpe; see
@@ -65,7 +67,13 @@ from attnlab.tokenizers.base import (
     load_tokenizer,
 )
 from attnlab.tokenizers.bpe_training import count_words, pieces, train_merges
-from attnlab.tokenizers.byte_table import printable_bytes, text_to_token, token_to_text
+from attnlab.tokenizers.byte_table import (
+    gpt2_specials,
+    parse_merge,
+    printable_bytes,
+    text_to_token,
+    token_to_text,
+)
 
 # Pre-tokenization patterns. GPT-2's keeps English contractions, runs of letters, of digits and
 # of other symbols apart, each with an optional leading space; whitespace before a word is left
@@ -129,7 +137,8 @@ class BPETokenizer(Tokenizer):
 
     Ids: the bytes first (in `byte_order`: all 256, or all but some of NOT_UTF8, which no text
     needs), then merge i, then the added tokens, then the special tokens. normalization: a
-    Unicode form text is put in first (None: as it is).
+    Unicode form text is put in first (None: as it is); split_digits: each digit (\\p{N}) is a
+    pre-token of its own, the pattern run on the text between.
     """
 
     kind = "bpe"
@@ -142,6 +151,7 @@ class BPETokenizer(Tokenizer):
         byte_order: Sequence[int] | None = None,
         added_tokens: Iterable[str] = (),
         normalization: str | None = None,
+        split_digits: bool = False,
     ):
         self.pattern = resolve_pattern(pattern)
         self.byte_order = list(range(256) if byte_order is None else byte_order)
@@ -162,8 +172,10 @@ class BPETokenizer(Tokenizer):
                 raise ValueError(f"merge {i} makes {left + right!r}, which is already a token")
             self._ranks[left + right] = len(self._token_bytes)
             self._token_bytes.append(left + right)
-        self._splitter = TextSplitter(added_tokens, normalization, len(self._token_bytes))
+        first = len(self._token_bytes)
+        self._splitter = TextSplitter(added_tokens, normalization, first, split_digits)
         self.added_tokens, self.normalization = self._splitter.tokens, normalization
+        self.split_digits = split_digits
         self._token_bytes += [token.encode("utf-8") for token in self.added_tokens]
         super().__init__(len(self._token_bytes), special_tokens)
         if both := sorted(set(self.added_tokens) & set(self.special_tokens)):
@@ -219,12 +231,12 @@ class BPETokenizer(Tokenizer):
             lines = Path(vocab_bpe_path).read_text(encoding="utf-8").splitlines()
             if lines and lines[0].startswith("#version"):
                 lines = lines[1:]  # only the header: "#" itself is a byte that merges can use
-            merges = [_parse_merge(line) for line in lines if line]
+            merges = [parse_merge(line) for line in lines if line]
             encoder = json.loads(Path(encoder_json_path).read_text(encoding="utf-8"))
             if not isinstance(encoder, dict):
                 raise ValueError("encoder.json is not a JSON object")
             byte_order = sorted(range(256), key=lambda b: encoder[printable_bytes()[b]])
-            tokenizer = cls(merges, "gpt2", _gpt2_specials(encoder, 256 + len(merges)), byte_order)
+            tokenizer = cls(merges, "gpt2", gpt2_specials(encoder, 256 + len(merges)), byte_order)
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(
                 f"{vocab_bpe_path} and {encoder_json_path} are not GPT-2's "
@@ -245,7 +257,7 @@ class BPETokenizer(Tokenizer):
         """Ids of `text`, by tiktoken running our merges (between the added tokens)."""
         pieces = (
             list(self._pieces(text))
-            if self._splitter.tokens
+            if self._splitter.cuts
             else _parts(self._splitter.normalized(text))
         )
         if len(pieces) == 1 and isinstance(pieces[0], str):
@@ -327,7 +339,9 @@ class BPETokenizer(Tokenizer):
     def to_dict(self) -> dict[str, Any]:
         more = {"added_tokens": self.added_tokens} if self.added_tokens else {}
         more |= {"normalization": self.normalization} if self.normalization else {}
+        more |= {"split_digits": True} if self.split_digits else {}
         version = 2 if more or len(self.byte_order) < 256 else FORMAT_VERSION
+        version = 3 if self.split_digits else version
         return {
             "type": self.kind,
             "version": version,  # older attnlab refuses what it would miss
@@ -340,13 +354,14 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
-        if data.get("version") not in (FORMAT_VERSION, 2):
+        if data.get("version") not in (FORMAT_VERSION, 2, 3):
             raise ValueError(f"unsupported bpe format version {data.get('version')!r}")
-        merges = [_parse_merge(line) for line in data["merges"]]
+        merges = [parse_merge(line) for line in data["merges"]]
         if not isinstance(data["byte_order"], str):
             raise ValueError(f"byte_order must be a string, got {data['byte_order']!r}")
         byte_order = list(text_to_token(data["byte_order"]))
         more = data.get("added_tokens", ()), data.get("normalization")
+        more += (data.get("split_digits", False),)
         return cls(merges, data["pattern"], data.get("special_tokens", ()), byte_order, *more)
 
     @classmethod
@@ -383,19 +398,3 @@ def _parts(text: str) -> list[str]:
 @cache
 def _long_space(limit: int) -> regex.Pattern:
     return regex.compile(rf"(?<!\s)\s{{{limit + 1},}}")  # only from a run's start: linear
-
-
-def _gpt2_specials(encoder: dict[str, int], first_special: int) -> list[str]:
-    """encoder.json's tokens past the merges (GPT-2: just <|endoftext|> = 50256), in id order."""
-    specials = sorted((i, t) for t, i in encoder.items() if i >= first_special)
-    if [i for i, _ in specials] != list(range(first_special, first_special + len(specials))):
-        raise ValueError("special token ids do not follow the merges contiguously")
-    return [t for _, t in specials]
-
-
-def _parse_merge(line: str) -> tuple[bytes, bytes]:
-    """ "Ġ t" -> (b" ", b"t"): two tokens in printable form, one space between."""
-    parts = line.split(" ") if isinstance(line, str) else []
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"merge {line!r} is not two tokens separated by one space")
-    return text_to_token(parts[0]), text_to_token(parts[1])

@@ -54,3 +54,19 @@ def text_to_token(text: str) -> bytes:
         raise ValueError(
             f"{text!r} is not a token in printable byte form ({text[error.start]!r})"
         ) from None
+
+
+def gpt2_specials(encoder: dict[str, int], first_special: int) -> list[str]:
+    """encoder.json's tokens past the merges (GPT-2: just <|endoftext|> = 50256), in id order."""
+    specials = sorted((i, t) for t, i in encoder.items() if i >= first_special)
+    if [i for i, _ in specials] != list(range(first_special, first_special + len(specials))):
+        raise ValueError("special token ids do not follow the merges contiguously")
+    return [t for _, t in specials]
+
+
+def parse_merge(line: str) -> tuple[bytes, bytes]:
+    """ "Ġ t" -> (b" ", b"t"): two tokens in printable form, one space between."""
+    parts = line.split(" ") if isinstance(line, str) else []
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"merge {line!r} is not two tokens separated by one space")
+    return text_to_token(parts[0]), text_to_token(parts[1])
