@@ -110,12 +110,13 @@ def test_unknown_probes_are_refused():
 @pytest.mark.parametrize(
     "kind, flags, message",
     [
-        ("gpt", ["--mixer", "hyena"], "GPT has no self-attention layers to score"),
+        ("gpt", ["--mixer", "hyena"], "--probes induction: GPT has no self-attention layers to "
+         "score (its hyena token mixers compute no attention weights)"),
         ("gpt", ["--context-length", "3"], "a context of 3 is too short"),
         ("bert", [], "need a causal language model, which bert is not"),
-        ("lstm_lm", [], "RecurrentLM has no self-attention layers"),
+        ("lstm_lm", [], "--probes induction: RecurrentLM has no self-attention layers"),
     ],
-)
+)  # fmt: skip
 def test_a_probe_that_cannot_score_the_model_stops_the_run_before_training(
     kind, flags, message, tmp_path, capsys
 ):

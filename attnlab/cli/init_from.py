@@ -132,6 +132,6 @@ def init_checkpoint(kind: ModelKind, path: str | None) -> dict[str, Any] | None:
     if get_kind(description["kind"]).name not in starts:
         raise UserError(
             f"--init {path} holds {a_kind(description['kind'])} model; `attnlab train {kind.name}` "
-            f"starts from a {' or '.join(starts)} checkpoint"
+            f"starts from {' or '.join(a_kind(name) for name in starts)} checkpoint"
         )
     return description

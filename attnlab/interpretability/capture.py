@@ -88,14 +88,21 @@ def require_attention(model: nn.Module, what: str) -> list[AttentionLayer]:
     """attention_layers, or a UserError naming the model when it has none."""
     layers = attention_layers(model)
     if not layers:
-        raise UserError(f"{what} holds a {type(model).__name__} with {_no_attention(model)}")
+        name = type(model).__name__
+        article = "an" if name[:1] in "AEIOU" else "a"
+        raise UserError(f"{what} holds {article} {name} with {_no_attention(model)}")
     return layers
 
 
+def why_no_attention(model: nn.Module) -> str:
+    """Why a model without attention layers has none: "its hyena token mixers compute no
+    attention weights" (a GPT's mixer by name), else "it computes no attention weights"."""
+    mixer = getattr(getattr(model, "config", None), "mixer", None)
+    return f"{f'its {mixer} token mixers compute' if mixer else 'it computes'} no attention weights"
+
+
 def _no_attention(model: nn.Module) -> str:
-    mixer = getattr(getattr(model, "config", None), "mixer", None)  # a GPT's, by name
-    why = f"its {mixer} token mixers compute" if mixer else "it computes"
-    return f"no attention layers ({why} no attention weights)"
+    return f"no attention layers ({why_no_attention(model)})"
 
 
 @dataclass

@@ -32,6 +32,7 @@ from attnlab.interpretability.capture import (
     ablate_heads,
     attention_layers,
     capture,
+    why_no_attention,
 )
 from attnlab.layers.contracts import eval_mode
 from attnlab.layers.hooks import hook_points
@@ -97,7 +98,10 @@ def _scored_layers(model: nn.Module, length: int | None) -> tuple[list[Attention
         raise UserError(f"induction scores need a causal language model, which {kind.name} is not")
     layers = [layer for layer in attention_layers(model) if not layer.cross]
     if not layers:
-        raise UserError(f"{type(model).__name__} has no self-attention layers to score")
+        raise UserError(
+            f"{type(model).__name__} has no self-attention layers to score "
+            f"({why_no_attention(model)})"
+        )
     context = model.config.context_length
     if context < 4:
         raise UserError(f"a context of {context} is too short: two copies of 2 tokens need 4")

@@ -135,9 +135,14 @@ class Trainer:
         self.artifacts, self.out_dir = artifacts or {}, Path(out_dir)
         self.on_record = on_record or (lambda record: None)
         self.metrics, self.keep_best = metrics, keep_best
-        self.probes = [load_probe(name) for name in parse_probes(config.probes)]
-        for probe in self.probes:  # once now: a model one cannot score is refused before training
-            probe(self.model)
+        names = parse_probes(config.probes)
+        self.probes = [load_probe(name) for name in names]
+        # each once now: a model one cannot score is refused before training, naming the probe
+        for name, probe in zip(names, self.probes, strict=True):
+            try:
+                probe(self.model)
+            except UserError as error:
+                raise UserError(f"--probes {name}: {error}") from None
         self.best: dict[str, Any] = {}  # {"step": ..., "value": ...} of the best evaluation
         self.step, self.last_eval, self.elapsed = 0, {}, 0.0
         self.saved_step: int | None = None  # of this run's last checkpoint
