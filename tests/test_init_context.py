@@ -1,6 +1,6 @@
 """`train --init CKPT --context-length N`: a run may read fewer positions than the checkpoint it
 starts from (fine-tuning GPT-2 on a CPU at a quarter of its context), each position table then
-holding the checkpoint's first N rows; a longer context is refused."""
+holding the checkpoint's first N rows; a longer context only where there is no table (RoPE)."""
 
 import pytest
 import safetensors.torch
@@ -48,8 +48,8 @@ def test_init_with_a_shorter_context_trains_on_and_a_longer_one_is_refused(
     torch.testing.assert_close(after[name], before[name][:8], rtol=0, atol=1e-6)
     code, _, err = run([*argv, "--context-length", "32", "--out", str(tmp_path / "c")], capsys)
     error = one_line_error(code, err)
-    assert "(context_length 16): leave --context-length 32 out" in error
-    assert "a shorter context crops its positions" in error
+    assert "has no positions past its 16: its position_embedding.weight is a table" in error
+    assert "--context-length 32 would read positions it never learned; give 16 or fewer" in error
     assert not (tmp_path / "c").exists()
     code, _, err = run([*argv, "--context-length", "0", "--out", str(tmp_path / "c")], capsys)
     assert "--context-length must be a positive number, got 0" in one_line_error(code, err)
@@ -77,11 +77,28 @@ def test_hyena_whose_filters_span_the_context_is_refused_a_shorter_one(tmp_path,
     assert not torch.allclose(*filters, atol=1e-2)  # the same weights, other filters
 
 
+def test_a_rope_model_without_a_position_table_starts_a_longer_context(tmp_path, corpus, capsys):
+    first = tmp_path / "run"
+    code, _, err = train(capsys, corpus, first, "--positional", "rope", "--max-iters", "1")
+    assert code == 0, err
+    argv = ["train", "gpt", "--init", str(first), "--data", str(corpus), "--batch-size", "4"]
+    argv += ["--eval-iters", "1", "--no-compile", "--max-iters", "1", "--learning-rate", "1e-9"]
+    code, _, err = run([*argv, "--context-length", "32", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "new: none" in err and "; a context of 32, not its 16" in err, err
+    before = safetensors.torch.load_file(first / "model.safetensors")
+    after = safetensors.torch.load_file(tmp_path / "b" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(("kind", "crops"), [("gpt", True), ("classifier", True), ("igpt", False)])
 def test_init_help_offers_a_shorter_context_only_where_there_is_the_flag(kind, crops, capsys):
     """igpt's context is its images' size, set by its data: it has no --context-length."""
     with pytest.raises(SystemExit):
         run(["train", kind, "--help"], capsys)
     text = " ".join(capsys.readouterr().out.split())
-    assert ("(a shorter --context-length crops its positions)" in text) == crops
+    assert (
+        "(a shorter --context-length crops its positions; a longer one needs none)" in text
+    ) == crops
     assert ("--context-length CONTEXT_LENGTH" in text) == crops

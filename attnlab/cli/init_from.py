@@ -14,29 +14,33 @@ from attnlab.config import config_to_dict
 from attnlab.devices import meta_device
 from attnlab.errors import UserError
 from attnlab.models.registry import ModelKind, a_kind, get_kind
-from attnlab.training.checkpoints import MODEL_FILE, checked_description, load_matching_weights
+from attnlab.training.checkpoints import (
+    MODEL_FILE,
+    checked_description,
+    load_matching_weights,
+    saved_shapes,
+)
 
 # model fields a run started from another's weights (--init) may change: its regularisation
-# and how a classifier reads a text; and its context may be shorter (position tables cropped)
+# and how a classifier reads a text; and its context (position tables cropped to a shorter one;
+# a longer one only where there are none: RoPE, ALiBi, no positions, a recurrent mixer)
 TUNABLE = {"dropout", "pooling", "long_text"}
-SHORTER = "context_length"
+CONTEXT = "context_length"
 
 
 def init_shape(args, init, model_base: dict, given: dict) -> dict[str, Any]:
     """The model settings of a run --init starts: the checkpoint's shape, where a setting given
-    may change only its regularisation (TUNABLE) or shorten its context (SHORTER)."""
+    may change only its regularisation (TUNABLE) or its context (CONTEXT: load_init checks it
+    against the weights)."""
     shape = {k: v for k, v in init["config"].items() if k in model_base}
-
-    def changes(k: str) -> bool:
-        shorter = k == SHORTER and isinstance(given[k], int) and given[k] < shape[k]  # 0: its error
-        return given[k] != shape[k] and not shorter
-
-    if changed := sorted(k for k in given.keys() & shape.keys() - TUNABLE if changes(k)):
+    context = CONTEXT if isinstance(given.get(CONTEXT), int) else None  # else (0): its error
+    if changed := sorted(
+        k for k in given.keys() & shape.keys() - TUNABLE - {context} if given[k] != shape[k]
+    ):
         has = ", ".join(f"{k} {shape[k]!r}" for k in changed)
         raise UserError(
             f"--init takes the model from {args.init} ({has}): leave "
             f"{', '.join(as_given(args, k, given[k]) for k in changed)} out"
-            + (" (a shorter context crops its positions)" if SHORTER in changed else "")
         )
     return {**model_base, **shape, **given}
 
@@ -46,9 +50,9 @@ def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
     (`classes`: the checkpoint's and this data's), which starts new."""
     before, now = classes
     fresh = class_head(kind, model.config) if None not in classes and before != now else set()
-    old = checked_description(init)["config"].get(SHORTER)
+    old = checked_description(init)["config"].get(CONTEXT)
     crop = (
-        (old, model.config.context_length) if old != getattr(model.config, SHORTER, old) else None
+        (old, model.config.context_length) if old != getattr(model.config, CONTEXT, old) else None
     )
     if crop:
         check_croppable(model, init, crop)
@@ -64,15 +68,35 @@ def load_init(kind: ModelKind, model, init: str, classes, log) -> None:
 
 
 def check_croppable(model, init: str, crop: tuple[int, int]) -> None:
-    """A UserError where a layer's function spans the whole context (Hyena's filters): read at a
-    shorter one, its weights would compute something else, not the first positions of it."""
+    """A UserError where a layer's function spans the whole context (Hyena's filters): read at
+    another length, its weights would compute something else, not the first positions of it; and
+    where a longer context would need rows a position table of the checkpoint lacks."""
     stretched = [n for n, m in model.named_modules() if getattr(m, "stretches_over_context", False)]
     if stretched:
         raise UserError(
             f"--init {init} does not crop to --context-length {crop[1]}: its {stretched[0]} is "
-            f"spread over all its {crop[0]} positions (not a table of them), so a shorter context "
+            f"spread over all its {crop[0]} positions (not a table of them), so another context "
             "changes what it computes; leave --context-length out"
         )
+    old, new = crop
+    if new > old and (tables := position_tables(model, Path(init) / MODEL_FILE, crop)):
+        raise UserError(
+            f"--init {init} has no positions past its {old}: its {tables[0]} is a table of {old} "
+            f"rows, so --context-length {new} would read positions it never learned; give "
+            f"{old} or fewer, or start from a model without one (RoPE, ALiBi, a recurrent mixer)"
+        )
+
+
+def position_tables(model, file: Path, crop: tuple[int, int]) -> list[str]:
+    """The weights of `model` that are tables of positions: of the shape saved in `file` but for
+    one dimension, crop[0] there and crop[1] here."""
+    shapes, here = saved_shapes(file), model.state_dict()
+    return sorted(
+        name
+        for name in shapes.keys() & here.keys()
+        if len(shapes[name]) == here[name].dim()
+        and any((a, b) == crop for a, b in zip(shapes[name], here[name].shape, strict=True))
+    )
 
 
 def class_head(kind: ModelKind, config) -> set[str]:

@@ -121,13 +121,14 @@ def _add_kind(kinds, kind: ModelKind) -> None:
     starts = " or ".join(map(a_kind, (kind.name, *kind.init_from)))
     tokens = any(f.name == "tokenizer" for f in dataclasses.fields(kind.data_config))
     flagged = {f.name for f in dataclasses.fields(kind.config)} - kind.data_fields  # igpt's: data
-    shorter = "context_length" in flagged
+    context = " (a shorter --context-length crops its positions; a longer one needs none)"
+    context = context if "context_length" in flagged else ""
     parser.add_argument(
         "--init",
         metavar="CKPT",
         help=f"start from the weights of {starts} checkpoint: its model shape"
         f"{' and tokenizer' if tokens else ''}"
-        f"{' (a shorter --context-length crops its positions)' if shorter else ''}; layers it "
+        f"{context}; layers it "
         "lacks start new (default: none, random weights)",
     )
     parser.add_argument(

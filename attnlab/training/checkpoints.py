@@ -248,7 +248,7 @@ def check_config_fits_weights(kind: ModelKind, config: dict[str, Any], file: Pat
     building stops once it has more parameters than the file could hold, so a config.json that
     claims 100,000 layers is one line, not gigabytes; so is one whose buffers (a sinusoidal
     table of 10**12 positions) would not fit in memory. Only the file's header is read."""
-    header = _header(file)
+    header = saved_shapes(file)
     try:
         model = build_on_meta(lambda: build_model(kind.name, config), 2 * len(header) + 16)
     except TooLarge:
@@ -295,7 +295,7 @@ def load_artifacts(path: str | os.PathLike) -> dict[str, Any]:
 def load_weights(model: nn.Module, file: Path) -> None:
     """Load safetensors weights into `model`, requiring every parameter to be present. Names
     and shapes are checked in the file's header, before any tensor is read."""
-    shapes = _header(file)
+    shapes = saved_shapes(file)
     expected = _unique_tensors(model.state_dict())
     missing, unexpected = expected.keys() - shapes.keys(), shapes.keys() - expected.keys()
     if missing or unexpected:
@@ -313,7 +313,7 @@ def load_matching_weights(
     start a model from another's (a classifier from a pre-trained encoder, or one with other
     classes); crop (old, new): its first new positions of each table of old. Returns the
     model's weights left as they were and the file's left unused."""
-    shapes = _header(file)
+    shapes = saved_shapes(file)
     expected = _unique_tensors(model.state_dict())
     names = expected.keys() & shapes.keys() - set(leave)
     for name in names if crop else ():
@@ -327,7 +327,7 @@ def load_matching_weights(
     return sorted(expected.keys() - shared), sorted(shapes.keys() - shared)
 
 
-def _header(file: Path) -> dict[str, tuple[int, ...]]:
+def saved_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in a safetensors file, from its header alone."""
     try:
         with safetensors.safe_open(file, framework="pt") as f:
