@@ -145,7 +145,15 @@ def test_to_hf_rejects_models_gpt2_cannot_express():
             vocab_size=10, context_length=8, n_layers=1, n_heads=2, d_model=8, positional="rope"
         )
     )
-    with pytest.raises(ValueError, match="GPT-2-shaped"):
+    with pytest.raises(ValueError, match="this GPT has positional 'rope': only GPT-2-shaped"):
+        to_hf(model)
+    shape = dict(n_kv_heads=1, d_ff=0, positional="learned", bias=True, norm="layernorm")
+    model = GPT(
+        GPTConfig(vocab_size=10, context_length=8, n_layers=1, n_heads=2, d_model=8, **shape)
+    )
+    with pytest.raises(
+        ValueError, match=r"has grouped-query heads \(n_kv_heads 1\), no feed-forward"
+    ):
         to_hf(model)
 
 

@@ -129,20 +129,21 @@ def gpt2_to_hf(model: GPT) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
-    shape = (c.mixer, c.positional, c.norm, c.activation, c.bias)
-    gpt2_shaped = (
-        shape[:3] == ("attention", "learned", "layernorm")
-        and c.bias
-        and (c.n_kv_heads or c.n_heads) == c.n_heads
-        and c.activation in TO_HF_ACTIVATIONS
-        and c.ff_width
-    )
-    if not gpt2_shaped:
+    unlike_gpt2 = {  # what GPT-2 has not
+        f"mixer {c.mixer!r}": c.mixer != "attention",
+        f"positional {c.positional!r}": c.positional != "learned",
+        f"norm {c.norm!r}": c.norm != "layernorm",
+        "no biases": not c.bias,
+        f"grouped-query heads (n_kv_heads {c.n_kv_heads})": c.n_kv_heads not in (None, c.n_heads),
+        f"activation {c.activation!r}": c.activation not in TO_HF_ACTIVATIONS,
+        "no feed-forward (d_ff 0)": not c.ff_width,
+    }
+    if unlike := [what for what, differs in unlike_gpt2.items() if differs]:
         raise ValueError(
-            "only GPT-2-shaped models (learned positions, LayerNorm with bias, multi-head "
-            "attention, a gelu/gelu_tanh/relu/silu feed-forward) convert, to GPT2LMHeadModel, "
-            "Llama-shaped ones (attention, RoPE, RMSNorm, SwiGLU, no biases), to "
-            "LlamaForCausalLM, and Mamba-shaped ones, to MambaForCausalLM"
+            f"this GPT has {', '.join(unlike)}: only GPT-2-shaped models (learned positions, "
+            "LayerNorm with bias, multi-head attention, a gelu/gelu_tanh/relu/silu feed-forward) "
+            "convert, to GPT2LMHeadModel, Llama-shaped ones (attention, RoPE, RMSNorm, SwiGLU, no "
+            "biases), to LlamaForCausalLM, and Mamba-shaped ones, to MambaForCausalLM"
         )
     hf_config = GPT2Config(
         vocab_size=c.vocab_size,
