@@ -247,10 +247,7 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
     model = kind.model(model_config)
     if init is not None:
         load_init(kind, model, args.init, (init_classes, data.artifacts.get("classes")), log)
-    if group.is_writer:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / RUN_FILE, run)
-    trainer = Trainer(
+    trainer = Trainer(  # before the run's file: a probe that cannot score the model refuses
         model,
         train_config,
         data.train,
@@ -261,6 +258,9 @@ def _train(kind: ModelKind, args, settings, source: str, out: Path, group: Group
         keep_best=data.best,
         group=group,
     )
+    if group.is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_FILE, run)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return fit_and_report(
         trainer,
