@@ -127,3 +127,14 @@ def test_split_digits_saves_as_version_3_past_what_readers_of_version_2_know():
     assert "split_digits" not in neox_like().to_dict() and neox_like().to_dict()["version"] == 2
     with pytest.raises(ValueError, match="split_digits must be true or false"):
         BPETokenizer(MERGES, split_digits="yes")
+
+
+@pytest.mark.parametrize("normalization", [None, "NFC"])
+def test_a_surrogate_pair_is_cut_as_the_character_it_makes(normalization):
+    """A pair of surrogates (as json or surrogatepass give text) is one character to encode,
+    here the digit U+1D7CE, cut out with split_digits by every encoder alike."""
+    tokenizer = BPETokenizer(MERGES, normalization=normalization, split_digits=True)
+    pair, joined = "a  \ud835\udfce", "a  \U0001d7ce"
+    ids = tokenizer.encode(joined)
+    assert tokenizer.encode(pair) == ids == tokenizer.encode_reference(pair)
+    assert tokenizer.encode_array(pair).tolist() == ids

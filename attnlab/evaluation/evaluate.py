@@ -29,7 +29,8 @@ def evaluate_language_model(
 
     Returns loss (nats/token), perplexity, bits per byte and the counts behind them. Bytes are
     those the evaluated tokens stand for, so bits/byte compares models with different tokenizers;
-    they are counted a piece at a time, without decoding the text.
+    they are counted a piece at a time, without decoding the text (so in the form the tokenizer
+    puts it: NFC, for a converted Mamba's).
     """
     device = next(model.parameters()).device
     length = model.config.context_length

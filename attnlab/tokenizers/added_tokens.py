@@ -75,8 +75,9 @@ class TextSplitter:
 
     def segments(self, text: str) -> list[tuple[str, int | None]]:
         """The normalized `text` as stretches to pre-tokenize (id None) and added tokens (their
-        ids), in order; a text without either cut is one stretch, itself (if empty too)."""
-        text = self.normalized(text)
+        ids), in order; a text without either cut is one stretch, itself (if empty too). Its
+        surrogates are joined first, as encode sees them: a pair may make a digit (U+1D7CE)."""
+        text = self.normalized(text) if self.normalization else fix_surrogates(text)
         if not self.cuts:
             return [(text, None)]
         segments: list[tuple[str, int | None]] = []
