@@ -61,6 +61,14 @@ def _in_cache(filename) -> str:
         return ""
 
 
+def hugging_face_hint(folder: Path, config: object) -> str:
+    """Where a folder's config.json is transformers' (it names architectures or a model_type),
+    how to make the folder an attnlab checkpoint; else nothing."""
+    if not isinstance(config, dict) or not ({"architectures", "model_type"} & config.keys()):
+        return ""
+    return f": a Hugging Face model's folder, which `attnlab convert {folder} --out DIR` converts"
+
+
 def dangling_link(path: Path) -> str:
     """What a link at `path` that leads to nothing is, for an error line."""
     return f"{path} is a link that leads nowhere, or around in a loop (to {os.readlink(path)})"

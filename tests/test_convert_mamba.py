@@ -221,3 +221,10 @@ def refusal(case: str, converted, tmp_path):
 def test_refusals_are_one_line_and_write_nothing(case, converted, tmp_path, capsys):
     argv, words = refusal(case, converted, tmp_path)
     assert_refused_writing_nothing(argv, words, converted[0], tmp_path, capsys)
+
+
+def test_the_hugging_face_folder_given_as_a_checkpoint_says_to_convert_it(converted, capsys):
+    folder = converted[0]
+    code, _, err = run(["sample", str(folder), "--max-new-tokens", "2"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"a Hugging Face model's folder, which `attnlab convert {folder} --out DIR`" in err

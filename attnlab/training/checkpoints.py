@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 
 from attnlab.config import config_to_dict
 from attnlab.devices import TooLarge, build_on_meta, memory_bytes
-from attnlab.errors import NotRegistered, UserError
+from attnlab.errors import NotRegistered, UserError, hugging_face_hint
 from attnlab.files import BEST_DIR, RUN_FILE, atomic_write_files, finish_writes, read_json
 from attnlab.models.registry import ModelKind, build_model, describe, get_kind, kind_config
 from attnlab.tokenizers import Tokenizer
@@ -174,12 +174,12 @@ def checkpoint_description(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
     _check_whole(path)  # a first save interrupted: says how to complete it
     description = read_json(path / CONFIG_FILE, "checkpoint config")
-    if (
-        not isinstance(description, dict)
-        or not isinstance(description.get("kind"), str)
-        or not isinstance(description.get("config"), dict)
-    ):
-        raise UserError(f"checkpoint config {path / CONFIG_FILE} lacks 'kind' and 'config'")
+    shaped = isinstance(description, dict) and isinstance(description.get("config"), dict)
+    if not shaped or not isinstance(description.get("kind"), str):
+        raise UserError(
+            f"checkpoint config {path / CONFIG_FILE} lacks 'kind' and 'config'"
+            f"{hugging_face_hint(path, description)}"
+        )
     try:  # a kind or mixer that a plugin registers, the plugin not loaded: say so, and how
         config = kind_config(get_kind(description["kind"]), description["config"])
     except NotRegistered as error:
