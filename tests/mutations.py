@@ -289,6 +289,24 @@ MUTATIONS = [
         ),
         (("tests/test_generation.py", "-k", "repetition_penalty_reads"),),
     ),
+    Mutation(
+        "added-tokens-shortest-first",
+        "attnlab/tokenizers/added_tokens.py",
+        (("sorted(self.tokens, key=len, reverse=True)", "sorted(self.tokens, key=len)"),),
+        (
+            ("tests/test_bpe_added_tokens.py", "-k", "leftmost_longest"),
+            ("tests/test_convert_mamba.py", "-k", "encodes_and_decodes"),
+        ),
+    ),
+    Mutation(
+        "split-digits-cuts-nothing",
+        "attnlab/tokenizers/added_tokens.py",
+        (("_DIGIT.split(text) if self.split_digits else [text]", "[text]"),),
+        (
+            ("tests/test_bpe_added_tokens.py", "-k", "split_digits_cuts"),
+            ("tests/test_convert_llama.py", "-k", "encodes_and_decodes"),
+        ),
+    ),
 ]
 
 

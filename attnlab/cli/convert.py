@@ -53,7 +53,7 @@ or Llama's: RoPE, RMSNorm, SwiGLU, no biases; or Mamba's: mixer mamba, d_ff 0, R
 positions), and DIR a folder that transformers' from_pretrained loads. Its tokenizer goes along
 (vocab.json, merges.txt and transformers' own files) once GPT2TokenizerFast is seen to give the
 same ids on a sample text and on every token: a byte tokenizer, GPT-2's own vocabulary
-(`--tokenizer gpt2`), a `bpe:N` one as a rule; else (a converted Mamba's GPT-NeoX one) it is
+(`--tokenizer gpt2`), a `bpe:N` one as a rule; else (a converted Mamba's or SmolLM2's) it is
 left out, with a note. The name of a special token (<|endoftext|>) in a text is that token to
 transformers, and plain text to attnlab.
 

@@ -6,10 +6,10 @@ GPT-NeoX's tokenizer is GPT-2's kind of byte-level BPE with four differences, ea
 attnlab's BPETokenizer holds: it puts text in Unicode NFC first; it has *added tokens*, runs of 2
 to 24 spaces cut out of the text before the BPE (see attnlab.tokenizers.added_tokens); it has no
 tokens for the 13 bytes no UTF-8 text holds (bpe.NOT_UTF8); and its ids come in another order,
-its special tokens (<|endoftext|>, <|padding|>) first. attnlab
-numbers the bytes, then the merges' tokens, then the added tokens, then the special tokens, so
-our id i is Hugging Face's id order[i], and the model's token rows (embedding, head) move to
-match, as BERT's do (hf_bert_folders): the ids differ, the outputs do not. As for GPT-2, the
+its special tokens (<|endoftext|>, <|padding|>) first. attnlab numbers the bytes, then the
+merges' tokens, then the added tokens, then the special tokens, so our id i is Hugging Face's id
+order[i], and the model's token rows (embedding, head) move to match, as BERT's do
+(hf_bert_folders): the ids differ, the outputs do not. As for GPT-2, the
 tokenizer crosses only once both libraries are seen to give the same ids (hf_folders.same_ids),
 and a special token's name in a text is plain text to attnlab.
 
