@@ -104,8 +104,12 @@ def test_bad_tokenizer_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not valid JSON"):
         load_tokenizer(tmp_path / "bad.json")
     (tmp_path / "odd.json").write_text('{"type": "sentencepiece"}')
-    with pytest.raises(UserError, match="unknown type"):
+    with pytest.raises(UserError, match="unknown type") as refused:
         load_tokenizer(tmp_path / "odd.json")
+    assert "Hugging Face" not in str(refused.value)
+    (tmp_path / "hf.json").write_text('{"version": "1.0", "added_tokens": [], "model": {}}')
+    with pytest.raises(UserError, match="a Hugging Face tokenizer: `attnlab convert` its model"):
+        load_tokenizer(tmp_path / "hf.json")  # transformers' tokenizer.json
     for fields, message in [
         ('"type": "char", "chars": "aa"', "a character more than once"),
         ('"type": "char", "chars": ""', "one or more single characters"),

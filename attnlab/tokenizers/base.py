@@ -181,8 +181,11 @@ def tokenizer_from_dict(data: Any, source: str = "tokenizer") -> Tokenizer:
     """A tokenizer from its to_dict() form; its "type" field picks the class."""
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in TOKENIZER_TYPES:
+        theirs = isinstance(data, dict) and {"model", "added_tokens"} <= data.keys()
+        hint = "; it is a Hugging Face tokenizer: `attnlab convert` its model's folder"
         raise UserError(
             f"{source} has unknown type {kind!r}; known types: {', '.join(TOKENIZER_TYPES)}"
+            f"{hint if theirs else ''}"
         )
     try:
         return tokenizer_class(kind).from_dict(data)
