@@ -246,7 +246,7 @@ def refusal(case: str, converted, tmp_path):
         save_tokenizer(smollm2_tokenizer(), folder)
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaModel"]}))
-        words = "holds a LlamaModel: Llama folders convert from LlamaForCausalLM"
+        words = "holds a LlamaModel: such folders convert from LlamaForCausalLM"
     return ["convert", str(folder), "--out", str(tmp_path / "out")], words
 
 

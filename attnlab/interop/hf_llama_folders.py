@@ -22,15 +22,12 @@ without its first token as one it was never trained on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from attnlab.errors import UserError
-from attnlab.interop.hf_folders import check_weights, loaded
-from attnlab.interop.hf_neox import byte_level_from_hf, padding_note
-from attnlab.interop.huggingface import from_hf
+from attnlab.interop.hf_neox import read_causal_lm
 
 LLAMA = "LlamaForCausalLM"
 
@@ -49,42 +46,8 @@ def read_hf_llama(
     """attnlab's Llama-shaped GPT and its checkpoint's artefacts (its tokenizer) from a Hugging
     Face LlamaForCausalLM folder or hub name whose `config` and from_pretrained `options`
     hf_folders read; `log` says how many padding rows are left out, if any."""
-    import torch
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-
-    name = (config.get("architectures") or [LLAMA])[0]
-    if name != LLAMA:
-        raise UserError(f"{source} holds a {name}: Llama folders convert from {LLAMA}")
-    if Path(source).exists():
-        check_weights(Path(source))
-        if not (Path(source) / "tokenizer.json").is_file():
-            raise UserError(
-                f"{source} lacks its tokenizer: no tokenizer.json (attnlab reads a Llama's "
-                "byte-level BPE from it, not a SentencePiece tokenizer.model)"
-            )
-    hf_tokenizer = loaded(PreTrainedTokenizerFast, source, options)
-    tokenizer, order = byte_level_from_hf(hf_tokenizer, source)
-    _check_nothing_added(hf_tokenizer, source)
-    hf, report = loaded(
-        LlamaForCausalLM, source, options, output_loading_info=True, dtype=torch.float32
-    )
-    if missing := report["missing_keys"]:  # else transformers would start them at random
-        raise UserError(
-            f"{source} lacks weights a {LLAMA} has ({', '.join(sorted(missing)[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}): it holds another model than its config says"
-        )
-    rows = hf.config.vocab_size
-    if max(order) >= rows:
-        raise UserError(
-            f"{source}: its tokenizer has ids up to {max(order)}, the model {rows} token rows: "
-            "the tokenizer does not belong to these weights"
-        )
-    try:
-        model = from_hf(hf, token_order=order)
-    except ValueError as error:  # a Llama variant attnlab's GPT does not compute
-        raise UserError(f"{source}: {error}") from None
-    padding_note(rows, len(order), log)
-    return model, {"tokenizer": tokenizer}
+    missing = " (attnlab reads a Llama's byte-level BPE from it, not a SentencePiece model)"
+    return read_causal_lm(LLAMA, source, config, options, log, missing, _check_nothing_added)
 
 
 def _check_nothing_added(hf_tokenizer, source: str) -> None:

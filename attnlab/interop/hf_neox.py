@@ -1,6 +1,7 @@
 """Hugging Face's byte-level BPE tokenizers (GPT-2's, GPT-NeoX's) as attnlab's BPETokenizer, and
 Mamba folders (MambaForCausalLM with GPT-NeoX's tokenizer, as state-spaces/mamba-130m-hf is
-saved) as attnlab gpt checkpoints: what `attnlab convert` reads for them.
+saved) as attnlab gpt checkpoints: what `attnlab convert` reads for them (read_causal_lm, which
+Llama folders share: hf_llama_folders).
 
 GPT-NeoX's tokenizer is GPT-2's kind of byte-level BPE with four differences, each of which
 attnlab's BPETokenizer holds: it puts text in Unicode NFC first; it has *added tokens*, runs of 2
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from attnlab.errors import UserError
@@ -152,26 +154,45 @@ def read_hf_mamba(
     """attnlab's GPT of Mamba blocks and its checkpoint's artefacts (its tokenizer) from a
     Hugging Face MambaForCausalLM folder or hub name whose `config` and from_pretrained
     `options` hf_folders read; `log` says how many padding rows are left out."""
-    import torch
-    from transformers import MambaForCausalLM, PreTrainedTokenizerFast
+    missing = "; save the tokenizer beside the model (tokenizer.save_pretrained)"
+    return read_causal_lm(MAMBA, source, config, options, log, missing)
 
-    name = (config.get("architectures") or [MAMBA])[0]
-    if name != MAMBA:
-        raise UserError(f"{source} holds a {name}: Mamba folders convert from {MAMBA}")
+
+def read_causal_lm(
+    class_name: str,
+    source: str,
+    config: dict[str, Any],
+    options: dict[str, Any],
+    log: Callable[[str], None],
+    no_tokenizer: str,
+    check_tokenizer: Callable[[Any, str], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """attnlab's GPT of a Hugging Face causal language model (transformers' class_name) with a
+    byte-level BPE in tokenizer.json, and its checkpoint's artefacts (the tokenizer): the
+    weights in float32, whatever the folder holds, their token rows in the tokenizer's order
+    (byte_level_from_hf), a note (`log`) on the padded ones left out. no_tokenizer: what the
+    refusal of a folder without tokenizer.json adds; check_tokenizer(hf_tokenizer, source): a
+    UserError for a tokenizer the class's conversion does not take."""
+    import transformers
+
+    name = (config.get("architectures") or [class_name])[0]
+    if name != class_name:
+        raise UserError(f"{source} holds a {name}: such folders convert from {class_name}")
     if Path(source).exists():
         check_weights(Path(source))
         if not (Path(source) / "tokenizer.json").is_file():
-            raise UserError(
-                f"{source} lacks its tokenizer: no tokenizer.json; save the tokenizer beside "
-                "the model (tokenizer.save_pretrained)"
-            )
-    tokenizer, order = byte_level_from_hf(loaded(PreTrainedTokenizerFast, source, options), source)
-    hf, report = loaded(  # in float32, whatever the folder holds, as Llama's
-        MambaForCausalLM, source, options, output_loading_info=True, dtype=torch.float32
-    )
+            raise UserError(f"{source} lacks its tokenizer: no tokenizer.json{no_tokenizer}")
+    hf_tokenizer = loaded(transformers.PreTrainedTokenizerFast, source, options)
+    tokenizer, order = byte_level_from_hf(hf_tokenizer, source)
+    if check_tokenizer is not None:
+        check_tokenizer(hf_tokenizer, source)
+    hf, report = loaded(
+        getattr(transformers, class_name), source, options, output_loading_info=True,
+        dtype=torch.float32,
+    )  # fmt: skip
     if missing := report["missing_keys"]:  # else transformers would start them at random
         raise UserError(
-            f"{source} lacks weights a {MAMBA} has ({', '.join(sorted(missing)[:3])}"
+            f"{source} lacks weights a {class_name} has ({', '.join(sorted(missing)[:3])}"
             f"{', ...' if len(missing) > 3 else ''}): it holds another model than its config says"
         )
     rows = hf.config.vocab_size
@@ -182,18 +203,12 @@ def read_hf_mamba(
         )
     try:
         model = from_hf(hf, token_order=order)
-    except ValueError as error:  # a Mamba variant attnlab's does not compute
+    except ValueError as error:  # a variant attnlab's GPT does not compute
         raise UserError(f"{source}: {error}") from None
-    padding_note(rows, len(order), log)
-    return model, {"tokenizer": tokenizer}
-
-
-def padding_note(rows: int, tokens: int, log: Callable[[str], None]) -> None:
-    """Says (log) how many of a model's token `rows` no token of its tokenizer's `tokens` has,
-    if any: the rows a conversion leaves out."""
-    if padding := rows - tokens:
+    if padding := rows - len(order):
         log(
             f"note: {padding} of the model's {rows} token rows stand for no token of its "
             f"tokenizer (padding): left out, so the checkpoint's vocabulary is its "
-            f"{tokens} tokens"
+            f"{len(order)} tokens"
         )
+    return model, {"tokenizer": tokenizer}
