@@ -230,3 +230,27 @@ def assert_refused_writing_nothing(argv, words, source, tmp_path, capsys) -> Non
     code, _, err = run(argv, capsys)
     assert words in one_line_error(code, err)
     assert snapshot(source) == before and sorted(p.name for p in tmp_path.rglob("*")) == files
+
+
+def assert_tokenizes_as(theirs, ours, order, text) -> None:
+    """attnlab's tokenizer `ours` (a converted one: our id i is theirs order[i]) encodes `text`
+    as the Hugging Face tokenizer `theirs` does, by each of its encoders, and decodes alike."""
+    ids, expected = ours.encode(text), theirs(text, add_special_tokens=False)["input_ids"]
+    assert [order[i] for i in ids] == expected
+    assert ids == ours.encode_reference(text) == ours.encode_array(text).tolist()
+    assert ours.decode(ids) == theirs.decode(expected, clean_up_tokenization_spaces=False)
+
+
+def assert_samples_as_generate(hf, theirs, checkpoint, prompt, capsys) -> None:
+    """Greedy `attnlab sample` of a converted checkpoint prints what transformers' greedy
+    generate gives, 12 tokens or up to its end token (id 0)."""
+    ids = theirs(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        new = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                          do_sample=False)[0, ids.shape[1] :].tolist()  # fmt: skip
+    new = new[: new.index(0)] if 0 in new else new
+    assert len(new) >= 4 and max(new) < len(theirs)
+    argv = ["sample", str(checkpoint), "--prompt", prompt, "--temperature", "0"]
+    code, out, err = run([*argv, "--max-new-tokens", "12"], capsys)
+    assert code == 0, err
+    assert out == prompt + theirs.decode(new, clean_up_tokenization_spaces=False) + "\n"

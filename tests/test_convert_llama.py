@@ -10,7 +10,12 @@ import shutil
 
 import pytest
 import torch
-from helpers import assert_refused_writing_nothing, run
+from helpers import (
+    assert_refused_writing_nothing,
+    assert_samples_as_generate,
+    assert_tokenizes_as,
+    run,
+)
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -155,12 +160,7 @@ def test_the_tokenizer_is_smollm2_shaped(converted):
 @pytest.mark.parametrize("text", TEXTS)
 def test_it_encodes_and_decodes_as_transformers(text, converted):
     _, _, theirs, checkpoint, order = converted
-    ours = load_checkpoint(checkpoint).tokenizer
-    ids = ours.encode(text)
-    expected = theirs(text, add_special_tokens=False)["input_ids"]
-    assert [order[i] for i in ids] == expected
-    assert ids == ours.encode_reference(text) == ours.encode_array(text).tolist()
-    assert ours.decode(ids) == theirs.decode(expected, clean_up_tokenization_spaces=False)
+    assert_tokenizes_as(theirs, load_checkpoint(checkpoint).tokenizer, order, text)
 
 
 def test_the_checkpoint_computes_as_transformers(converted):
@@ -180,17 +180,7 @@ def test_the_checkpoint_computes_as_transformers(converted):
 
 def test_greedy_sampling_prints_what_transformers_generates(converted, capsys):
     _, hf, theirs, checkpoint, _ = converted
-    prompt = "The cat sat in 2024"
-    ids = theirs(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        new = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                          do_sample=False)[0, ids.shape[1] :].tolist()  # fmt: skip
-    new = new[: new.index(0)] if 0 in new else new
-    assert len(new) >= 4
-    argv = ["sample", str(checkpoint), "--prompt", prompt, "--temperature", "0"]
-    code, out, err = run([*argv, "--max-new-tokens", "12"], capsys)
-    assert code == 0, err
-    assert out == prompt + theirs.decode(new, clean_up_tokenization_spaces=False) + "\n"
+    assert_samples_as_generate(hf, theirs, checkpoint, "The cat sat in 2024", capsys)
 
 
 def test_inspect_lens_reads_the_checkpoint(converted, capsys):
