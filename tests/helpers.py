@@ -2,6 +2,7 @@
 
 import errno
 import io
+import json
 import os
 import subprocess
 import sys
@@ -254,3 +255,43 @@ def assert_samples_as_generate(hf, theirs, checkpoint, prompt, capsys) -> None:
     code, out, err = run([*argv, "--max-new-tokens", "12"], capsys)
     assert code == 0, err
     assert out == prompt + theirs.decode(new, clean_up_tokenization_spaces=False) + "\n"
+
+
+def byte_level_tokenizer(corpus, pre_tokenizer, specials, vocab_size, normalizer=None, added=(),
+                         post_processor=None, pad_token=None):  # fmt: skip
+    """A Hugging Face byte-level BPE trained on `corpus` (20 times over), shaped as a real
+    one: `specials` at ids 0, 1, ..., then the bytes (but the 13 no UTF-8 text holds, which
+    GPT-2's table writes as the characters of those code points) and the merges, then the
+    `added` texts as tokens matched after `normalizer`; specials[0] its bos, eos and unk."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, trainers
+    from tokenizers import pre_tokenizers as split
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = [
+        c for c in split.ByteLevel.alphabet() if ord(c) not in (0xC0, 0xC1, *range(0xF5, 256))
+    ]
+    tokenizer = Tokenizer(models.BPE())
+    if normalizer is not None:
+        tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizer, decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet,
+        show_progress=False,
+    )  # fmt: skip
+    tokenizer.train_from_iterator([corpus] * 20, trainer)
+    tokenizer.add_tokens([AddedToken(text, normalized=True) for text in added])
+    if post_processor is not None:
+        tokenizer.post_processor = post_processor
+    end = specials[0]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=end, eos_token=end, unk_token=end,
+        pad_token=pad_token,
+    )  # fmt: skip
+
+
+def save_tokenizer(tokenizer, folder, tokenizer_class: str) -> None:
+    """save_pretrained, its tokenizer_config.json naming `tokenizer_class` (as a hub model's)."""
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = tokenizer_class
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))

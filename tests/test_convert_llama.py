@@ -14,7 +14,9 @@ from helpers import (
     assert_refused_writing_nothing,
     assert_samples_as_generate,
     assert_tokenizes_as,
+    byte_level_tokenizer,
     run,
+    save_tokenizer,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -47,37 +49,14 @@ TEXTS = [
     "  leading and trailing spaces  \n\n\n",
     "",
 ]
-NOT_UTF8 = (0xC0, 0xC1, *range(0xF5, 256))
-
-
-def byte_level_tokenizer(pre_tokenizer, post_processor=None, specials=SPECIALS):
-    """A byte-level BPE with `pre_tokenizer`, no normalizer, `specials` at ids 0, 1, ..., then
-    the bytes (but the 13 no UTF-8 text holds: GPT-2's table writes them as the characters of
-    those code points) and the merges."""
-    from tokenizers import Tokenizer, decoders, models, trainers
-    from tokenizers import pre_tokenizers as split
-
-    alphabet = [c for c in split.ByteLevel.alphabet() if ord(c) not in NOT_UTF8]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizer
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=460, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
-    )
-    tokenizer.train_from_iterator([CORPUS] * 20, trainer)
-    if post_processor is not None:
-        tokenizer.post_processor = post_processor
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=specials[0], eos_token=specials[0],
-        unk_token=specials[0],
-    )  # fmt: skip
 
 
 def smollm2_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import pre_tokenizers as split
 
     digits = split.Digits(individual_digits=True)
-    return byte_level_tokenizer(split.Sequence([digits, split.ByteLevel(add_prefix_space=False)]))
+    pre = split.Sequence([digits, split.ByteLevel(add_prefix_space=False)])
+    return byte_level_tokenizer(CORPUS, pre, SPECIALS, 460)
 
 
 def llama3_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
@@ -92,14 +71,8 @@ def llama3_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
     ])  # fmt: skip
     first = "<|begin_of_text|>"
     post = processors.TemplateProcessing(single=f"{first} $A", special_tokens=[(first, 0)])
-    return byte_level_tokenizer(pre, post if bos else None, [first, "<|end_of_text|>"])
-
-
-def save_tokenizer(tokenizer, folder) -> None:
-    tokenizer.save_pretrained(folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "GPT2Tokenizer"  # as HuggingFaceTB/SmolLM2-135M's says
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    specials = [first, "<|end_of_text|>"]
+    return byte_level_tokenizer(CORPUS, pre, specials, 460, post_processor=post if bos else None)
 
 
 def llama_folder(folder, tokenizer, tied: bool, seed=0) -> LlamaForCausalLM:
@@ -108,7 +81,7 @@ def llama_folder(folder, tokenizer, tied: bool, seed=0) -> LlamaForCausalLM:
     RoPE's base is 10,000, whose angles attnlab's RoPE and transformers' round alike in float32
     (base ** -x there, 1 / base ** x here: with another base they differ by an ulp)."""
     folder.mkdir(parents=True)
-    save_tokenizer(tokenizer, folder)
+    save_tokenizer(tokenizer, folder, "GPT2Tokenizer")  # as HuggingFaceTB/SmolLM2-135M's
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4 if tied else 2, max_position_embeddings=512,
@@ -225,15 +198,19 @@ def refusal(case: str, converted, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
     if case == "whitespace pre-tokenizer":
-        save_tokenizer(byte_level_tokenizer(split.WhitespaceSplit()), folder)
+        tokenizer = byte_level_tokenizer(CORPUS, split.WhitespaceSplit(), SPECIALS, 460)
+        save_tokenizer(tokenizer, folder, "GPT2Tokenizer")
         words = "its pre-tokenizer (WhitespaceSplit; "
     elif case == "a prefix space":
-        save_tokenizer(byte_level_tokenizer(split.ByteLevel(add_prefix_space=True)), folder)
+        tokenizer = byte_level_tokenizer(
+            CORPUS, split.ByteLevel(add_prefix_space=True), SPECIALS, 460
+        )
+        save_tokenizer(tokenizer, folder, "GPT2Tokenizer")
         words = "its pre-tokenizer (ByteLevel; "
     elif case == "no tokenizer":
         words = "lacks its tokenizer: no tokenizer.json"
     elif case == "a LlamaModel":
-        save_tokenizer(smollm2_tokenizer(), folder)
+        save_tokenizer(smollm2_tokenizer(), folder, "GPT2Tokenizer")
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaModel"]}))
         words = "holds a LlamaModel: such folders convert from LlamaForCausalLM"

@@ -13,7 +13,9 @@ from helpers import (
     assert_refused_writing_nothing,
     assert_samples_as_generate,
     assert_tokenizes_as,
+    byte_level_tokenizer,
     run,
+    save_tokenizer,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -51,37 +53,19 @@ def gpt_neox_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE shaped as GPT-NeoX's: NFC, <|endoftext|> and <|padding|> at ids 0 and 1,
     the bytes (but the 13 no UTF-8 text holds) and the merges after them, then runs of spaces as
     added tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import normalizers
     from tokenizers import pre_tokenizers as split
 
-    # GPT-2's table writes bytes 0xC0, 0xC1 and 0xF5-0xFF as the characters of those code points
-    BYTES = [c for c in split.ByteLevel.alphabet() if ord(c) not in (0xC0, 0xC1, *range(0xF5, 256))]
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = split.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=420, special_tokens=[END, PAD], initial_alphabet=BYTES, show_progress=False
+    return byte_level_tokenizer(
+        CORPUS, split.ByteLevel(add_prefix_space=False), [END, PAD], 420, normalizers.NFC(),
+        SPACES, pad_token=PAD,
     )  # fmt: skip
-    tokenizer.train_from_iterator([CORPUS] * 20, trainer)
-    tokenizer.add_tokens([AddedToken(run, normalized=True) for run in SPACES])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=END, eos_token=END, unk_token=END, pad_token=PAD
-    )
-
-
-def save_tokenizer(tokenizer, folder) -> None:
-    tokenizer.save_pretrained(folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "GPTNeoXTokenizer"  # as state-spaces/mamba-130m-hf's says
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def mamba_folder(folder, tokenizer, seed=0) -> MambaForCausalLM:
     """A tiny random Mamba saved beside `tokenizer`, its vocabulary padded to a multiple of 8."""
     folder.mkdir(parents=True)
-    save_tokenizer(tokenizer, folder)
+    save_tokenizer(tokenizer, folder, "GPTNeoXTokenizer")  # as state-spaces/mamba-130m-hf's
     rows = -(-len(tokenizer) // 8) * 8
     config = MambaConfig(
         vocab_size=rows, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
@@ -202,7 +186,7 @@ def refusal(case: str, converted, tmp_path):
     elif case == "more tokens than rows":
         tokenizer = gpt_neox_tokenizer()
         tokenizer.add_tokens([f"extra{i}" for i in range(20)])
-        save_tokenizer(tokenizer, folder)
+        save_tokenizer(tokenizer, folder, "GPTNeoXTokenizer")
         words = "the tokenizer does not belong to these weights"
     return ["convert", str(folder), "--out", str(tmp_path / "out")], words
 
